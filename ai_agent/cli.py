@@ -1,0 +1,214 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The C{ai-agent} command.
+
+Headend mode (any C{--openai-completions}) runs the same service as
+C{twistd ai-agent}.  Direct mode runs one agent on one prompt and streams
+the answer to standard output; logs go to standard error.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Sequence, TextIO
+
+from twisted.internet.defer import CancelledError
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+from twisted.python import usage
+
+from ai_agent import __version__
+from ai_agent.errors import AgentError, ConfigurationError
+from ai_agent.events import ContentDelta, Event, ReasoningDelta
+from ai_agent.providers import ChatMessage
+from ai_agent.tap import ServerOptions, makeService
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class Options(ServerOptions):
+    """
+    C{ai-agent} options: the server's, plus direct mode's prompt.
+    """
+
+    synopsis = (
+        "--agent FILE [options] PROMPT\n"
+        "       ai-agent --agent FILE [--agent FILE ...] --openai-completions PORT [options]"
+    )
+    longdesc = (
+        'Direct mode: PROMPT is the text, "-" reads it from standard input and '
+        '"@path" from a file. The answer streams to standard output.'
+    )
+    optFlags = [
+        ["verbose", "v", "Log more, and show the agent's reasoning and progress on stderr."],
+        ["quiet", "q", "Log errors only."],
+        ["version", "V", "Print the version and exit."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["prompt"] = None
+
+    def parseArgs(self, *prompt: str) -> None:
+        if len(prompt) > 1:
+            raise usage.UsageError(
+                "give the prompt as one argument (quote it), or '-' to read standard input"
+            )
+        self["prompt"] = prompt[0] if prompt else None
+
+    def postOptions(self) -> None:
+        if self["version"]:
+            return
+        super().postOptions()
+        if self["endpoints"]:
+            if self["prompt"] is not None:
+                raise usage.UsageError("a prompt is only taken in direct mode (no --openai-completions)")
+            return
+        if len(self["agents"]) != 1:
+            raise usage.UsageError("direct mode runs exactly one --agent")
+        if self["prompt"] is None:
+            raise usage.UsageError("direct mode needs a PROMPT (or '-' to read standard input)")
+
+
+def readPrompt(argument: str, stdin: TextIO) -> str:
+    """
+    The prompt text: C{-} reads standard input, C{@path} a file.
+
+    @raise usage.UsageError: when the file cannot be read or the prompt is empty.
+    """
+    if argument == "-":
+        text = stdin.read()
+    elif argument.startswith("@"):
+        try:
+            with open(argument[1:], encoding="utf-8") as f:
+                text = f.read()
+        except OSError as error:
+            raise usage.UsageError(f"cannot read the prompt file {argument[1:]}: {error.strerror}")
+    else:
+        text = argument
+    if not text.strip():
+        raise usage.UsageError("the prompt is empty")
+    return text
+
+
+def _startLogging(options: Options, stderr: TextIO) -> None:
+    level = LogLevel.info
+    if options["quiet"]:
+        level = LogLevel.error
+    elif options["endpoints"] or options["verbose"]:
+        level = LogLevel.info
+    else:
+        level = LogLevel.warn
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(stderr), [predicate])],
+        redirectStandardIO=False,
+    )
+
+
+def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) -> Any:
+    """
+    Run one agent on one prompt; fire with the exit code.
+    """
+    from twisted.internet.defer import ensureDeferred
+
+    from ai_agent.runtime import buildRuntime
+
+    async def main() -> int:
+        prompt = readPrompt(options["prompt"], sys.stdin)
+        runtime = buildRuntime(reactor, options["agents"], configFile=options["config"])
+        spec = runtime.registry.served[0].spec
+        ended: list[str] = [""]
+
+        def onEvent(event: Event) -> None:
+            if isinstance(event, ContentDelta):
+                stdout.write(event.text)
+                stdout.flush()
+                ended[0] = event.text
+            elif isinstance(event, ReasoningDelta) and options["verbose"]:
+                stderr.write(event.text)
+                stderr.flush()
+
+        try:
+            await runtime.runner.run(spec, [ChatMessage("user", prompt)], onEvent)
+        except AgentError as error:
+            if ended[0] and not ended[0].endswith("\n"):
+                stdout.write("\n")
+            stderr.write(f"ai-agent: {error.message}\n")
+            return EXIT_FAILED
+        finally:
+            await runtime.close()
+        if ended[0] and not ended[0].endswith("\n") and stdout.isatty():
+            stdout.write("\n")
+        stdout.flush()
+        return EXIT_OK
+
+    return ensureDeferred(main())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Entry point of the C{ai-agent} console script.
+    """
+    sys.exit(run(sys.argv[1:] if argv is None else argv, sys.stdout, sys.stderr))
+
+
+def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
+    """
+    Parse C{argv} and run; return the exit code.
+    """
+    options = Options()
+    try:
+        options.parseOptions(list(argv))
+    except usage.UsageError as error:
+        stderr.write(f"ai-agent: {error}\n")
+        stderr.write("Run 'ai-agent --help' for the options.\n")
+        return EXIT_USAGE
+    if options["version"]:
+        stdout.write(f"ai-agent {__version__}\n")
+        return EXIT_OK
+    _startLogging(options, stderr)
+    from twisted.internet import reactor
+
+    code = [EXIT_OK]
+    if options["endpoints"]:
+        try:
+            service = makeService(options, reactor)
+        except ConfigurationError as error:
+            stderr.write(f"ai-agent: {error}\n")
+            return EXIT_USAGE
+        service.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+        reactor.run()
+        return code[0]
+
+    def done(result: Any) -> None:
+        if isinstance(result, int):
+            code[0] = result
+        elif result.check(ConfigurationError, usage.UsageError):
+            stderr.write(f"ai-agent: {result.value}\n")
+            code[0] = EXIT_USAGE
+        elif result.check(CancelledError):
+            code[0] = EXIT_FAILED
+        else:
+            stderr.write(f"ai-agent: unexpected failure: {result.getErrorMessage()}\n")
+            code[0] = EXIT_FAILED
+        if reactor.running:
+            reactor.stop()
+
+    def start() -> None:
+        runDirect(reactor, options, stdout, stderr).addBoth(done)
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    return code[0]
+
+
+__all__ = ["Options", "main", "readPrompt", "run"]

@@ -1,0 +1,3 @@
+"""
+Headends: the HTTP faces of the server.
+"""

@@ -1,0 +1,106 @@
+# -*- test-case-name: tests.test_headend_sse -*-
+"""
+The one Server-Sent Events producer every streaming headend uses.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+
+@implementer(IPushProducer)
+@attrs.define(eq=False)
+class SSEStream:
+    """
+    Writes SSE frames to one request, honouring the transport's flow control.
+
+    While the transport is paused, frames wait in memory (in order) and go
+    out on resume.  When the client goes away, later frames are dropped and
+    C{onStop} runs so upstream work can stop; finishing the request is left
+    to Klein, which cancels the route's Deferred on disconnect.
+
+    @ivar request: the request to write to.
+    @ivar onStop: called once when the transport stops the producer.
+    """
+
+    request: IRequest
+    onStop: Callable[[], None] | None = None
+    started: bool = attrs.field(init=False, default=False)
+    paused: bool = attrs.field(init=False, default=False)
+    closed: bool = attrs.field(init=False, default=False)
+    _pending: list[bytes] = attrs.field(init=False, factory=list)
+
+    def start(self, extraHeaders: dict[bytes, bytes] | None = None) -> None:
+        """
+        Send the status line and SSE headers now, before any frame.
+        """
+        if self.started:
+            return
+        self.started = True
+        request = self.request
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-accel-buffering", b"no")
+        for name, value in (extraHeaders or {}).items():
+            request.setHeader(name, value)
+        request.registerProducer(self, True)
+        # Nothing leaves twisted.web until something is written.
+        request.write(b"")
+
+    def send(self, frame: bytes) -> None:
+        """
+        Write one frame, or queue it while the transport is paused.
+        """
+        if self.closed:
+            return
+        if self.paused:
+            self._pending.append(frame)
+        else:
+            self.request.write(frame)
+
+    def end(self) -> None:
+        """
+        Flush what is queued and let go of the transport; the request is
+        finished by whoever owns it (Klein, when the route's Deferred fires).
+        """
+        if not self.closed and self._pending:
+            self.request.write(b"".join(self._pending))
+        self._pending.clear()
+        if self.started and getattr(self.request, "producer", None) is self:
+            self.request.unregisterProducer()
+        self.closed = True
+
+    @property
+    def queuedBytes(self) -> int:
+        """
+        Bytes waiting for the transport to resume.
+        """
+        return sum(len(frame) for frame in self._pending)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self._pending and not self.closed:
+            frames, self._pending = self._pending, []
+            self.request.write(b"".join(frames))
+
+    def stopProducing(self) -> None:
+        # The transport calls this before Request.connectionLost; only stop
+        # upstream work here, never finish or fail the request.
+        if self.closed:
+            return
+        self.closed = True
+        self._pending.clear()
+        if self.onStop is not None:
+            self.onStop()
+
+
+__all__ = ["SSEStream"]

@@ -1,0 +1,149 @@
+# -*- test-case-name: tests.test_pool -*-
+"""
+The concurrency pool: at most C{concurrency} agent runs at once, a bounded
+queue behind them and a bounded wait in it.  Past either bound a request is
+refused with 503 and C{Retry-After}, before anything was sent to it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ai_agent.errors import AgentError, overloaded
+
+
+@attrs.define(eq=False)
+class Slot:
+    """
+    The right to run one agent.  Call L{release} exactly once when the run
+    ends; further calls do nothing.
+    """
+
+    _release: Callable[[], None]
+    _released: bool = False
+
+    def release(self) -> None:
+        """
+        Give the slot back to the pool.
+        """
+        if not self._released:
+            self._released = True
+            self._release()
+
+
+@attrs.define(eq=False)
+class RunPool(Service):
+    """
+    A L{Service} limiting concurrent agent runs.
+
+    @ivar concurrency: runs allowed at once.
+    @ivar maxQueue: requests allowed to wait for a slot.
+    @ivar queueTimeout: seconds a request may wait before it is refused.
+    """
+
+    log = Logger()
+
+    reactor: IReactorTime
+    concurrency: int = 4
+    maxQueue: int = 16
+    queueTimeout: float = 30.0
+    _semaphore: DeferredSemaphore = attrs.field(init=False)
+    _stopping: bool = attrs.field(init=False, default=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.maxQueue < 0:
+            raise ValueError("maxQueue must not be negative")
+        self._semaphore = DeferredSemaphore(self.concurrency)
+
+    @property
+    def activeRuns(self) -> int:
+        """
+        Runs holding a slot now.
+        """
+        return self.concurrency - self._semaphore.tokens
+
+    @property
+    def queuedRuns(self) -> int:
+        """
+        Requests waiting for a slot now.
+        """
+        return len(self._semaphore.waiting)
+
+    def _retryAfter(self) -> float:
+        return float(max(1, min(30, math.ceil(self.queueTimeout / 4))))
+
+    def acquire(self) -> Deferred[Slot]:
+        """
+        Wait for a slot.
+
+        @return: a Deferred firing with a L{Slot}, or failing with an
+            overloaded L{AgentError} when the queue is full, the wait
+            exceeded C{queueTimeout}, or the pool is stopping.  Cancelling
+            it leaves the queue.
+        """
+        if self._stopping:
+            return _failed(overloaded("the server is shutting down", self._retryAfter()))
+        if self._semaphore.tokens == 0 and self.queuedRuns >= self.maxQueue:
+            self.log.warn(
+                "pool full: {running} running, {queued} queued; refusing",
+                running=self.activeRuns,
+                queued=self.queuedRuns,
+            )
+            return _failed(
+                overloaded(
+                    f"all {self.concurrency} agent slots are busy and the queue is full;"
+                    " retry later",
+                    self._retryAfter(),
+                )
+            )
+        waiter = self._semaphore.acquire()
+        if waiter.called:
+            return waiter.addCallback(lambda _: Slot(self._semaphore.release))
+        timedOut = [False]
+
+        def onTimeout() -> None:
+            timedOut[0] = True
+            waiter.cancel()
+
+        timer = self.reactor.callLater(self.queueTimeout, onTimeout)
+
+        def acquired(_: object) -> Slot:
+            timer.cancel()
+            return Slot(self._semaphore.release)
+
+        def failed(reason: object) -> object:
+            if timer.active():
+                timer.cancel()
+            if timedOut[0]:
+                raise overloaded(
+                    f"no agent slot became free within {self.queueTimeout:g} s; retry later",
+                    self._retryAfter(),
+                )
+            return reason
+
+        return waiter.addCallbacks(acquired, failed)
+
+    def stopService(self) -> None:
+        """
+        Refuse new work from now on.
+        """
+        self._stopping = True
+        super().stopService()
+
+
+def _failed(error: AgentError) -> Deferred[Slot]:
+    d: Deferred[Slot] = Deferred()
+    d.errback(error)
+    return d
+
+
+__all__ = ["RunPool", "Slot"]

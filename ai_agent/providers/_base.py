@@ -1,0 +1,197 @@
+# -*- test-case-name: tests.test_provider_openai -*-
+"""
+The provider interface: what the agent session asks of an LLM wire protocol.
+
+Messages travel in the OpenAI Chat Completions shape internally (role,
+content, tool calls, tool results); other protocols translate at their edge.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Protocol
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from ai_agent.events import Usage
+
+
+@attrs.frozen
+class ToolCall:
+    """
+    One function call requested by the model.
+
+    @ivar arguments: the arguments as the model wrote them (a JSON text).
+    """
+
+    id: str
+    name: str
+    arguments: str
+
+
+@attrs.frozen
+class ChatMessage:
+    """
+    One message of a conversation.
+
+    @ivar role: C{system}, C{developer}, C{user}, C{assistant} or C{tool}.
+    @ivar toolCalls: calls made by an assistant message.
+    @ivar toolCallId: for C{tool} messages, the call this answers.
+    """
+
+    role: str
+    content: str
+    name: str | None = None
+    toolCalls: tuple[ToolCall, ...] = ()
+    toolCallId: str | None = None
+
+    def asOpenAI(self) -> dict[str, Any]:
+        """
+        This message as a Chat Completions request message.
+        """
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            message["name"] = self.name
+        if self.toolCalls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in self.toolCalls
+            ]
+            if not self.content:
+                message["content"] = None
+        if self.toolCallId is not None:
+            message["tool_call_id"] = self.toolCallId
+        return message
+
+
+@attrs.frozen
+class ToolSpec:
+    """
+    A function the model may call.
+
+    @ivar parameters: the JSON Schema of its arguments.
+    """
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+    def asOpenAI(self) -> dict[str, Any]:
+        """
+        This tool as a Chat Completions C{tools} entry.
+        """
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": dict(self.parameters),
+            },
+        }
+
+
+@attrs.frozen
+class LLMRequest:
+    """
+    One call to a model.
+
+    @ivar model: the upstream model name (the part after C{provider/}).
+    @ivar reasoning: a reasoning effort (C{low}, C{medium}, C{high}, ...) or
+        L{None} to leave the provider's default.
+    @ivar timeout: the longest silence allowed from the upstream, in seconds.
+    """
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    temperature: float | None = None
+    topP: float | None = None
+    maxTokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    reasoning: str | None = None
+    stream: bool = True
+    timeout: float | None = None
+
+
+@attrs.frozen
+class LLMResponse:
+    """
+    The assembled result of one model call.
+
+    @ivar finishReason: C{stop}, C{length}, C{tool_calls} or another reason
+        the upstream gave.
+    """
+
+    content: str
+    reasoning: str = ""
+    toolCalls: tuple[ToolCall, ...] = ()
+    finishReason: str = "stop"
+    usage: Usage = Usage()
+
+
+class DeltaSink(Protocol):
+    """
+    Receives a streaming call's pieces as they arrive.
+    """
+
+    def content(self, text: str) -> None:
+        """
+        A piece of the answer text.
+        """
+
+    def reasoning(self, text: str) -> None:
+        """
+        A piece of model reasoning.
+        """
+
+
+@attrs.define
+class CallbackSink:
+    """
+    A L{DeltaSink} made of two callables.
+    """
+
+    onContent: Callable[[str], None] = lambda text: None
+    onReasoning: Callable[[str], None] = lambda text: None
+
+    def content(self, text: str) -> None:
+        self.onContent(text)
+
+    def reasoning(self, text: str) -> None:
+        self.onReasoning(text)
+
+
+class Provider(Protocol):
+    """
+    An LLM wire protocol bound to one configured endpoint.
+
+    C{complete} streams content and reasoning into C{sink} as they arrive
+    (when C{request.stream}) and fires with the assembled L{LLMResponse}, or
+    fails with L{ai_agent.errors.ProviderError}.  Cancelling the returned
+    Deferred closes the upstream HTTP connection.
+    """
+
+    name: str
+
+    def complete(self, request: LLMRequest, sink: DeltaSink) -> Deferred[LLMResponse]:
+        """
+        Make one model call.
+        """
+        ...
+
+
+__all__ = [
+    "CallbackSink",
+    "ChatMessage",
+    "DeltaSink",
+    "LLMRequest",
+    "LLMResponse",
+    "Provider",
+    "ToolCall",
+    "ToolSpec",
+]

@@ -1,0 +1,34 @@
+"""
+Packaging for ai-agent: LLM agents defined in .ai files, served as OpenAI models.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ai-agent",
+    version="0.1.0",
+    description="Run LLM agents defined in .ai files behind an OpenAI-compatible API",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    # twisted/plugins has no __init__.py on purpose; list it explicitly so the
+    # twistd dropin ships in the wheel.
+    packages=find_packages(include=["ai_agent", "ai_agent.*"]) + ["twisted.plugins"],
+    package_data={"ai_agent": ["py.typed"]},
+    install_requires=[
+        "twisted>=24.7",
+        "klein>=24.8",
+        "attrs>=23.1",
+        "treq>=24.9",
+        "pyyaml>=6.0",
+    ],
+    extras_require={
+        "test": [
+            "openai>=1.40",
+            "mcp>=1.0",
+            "hypothesis>=6.100",
+        ],
+        "dev": ["mypy", "ruff", "types-PyYAML", "tox"],
+    },
+    entry_points={"console_scripts": ["ai-agent = ai_agent.cli:main"]},
+)
