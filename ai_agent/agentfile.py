@@ -1,0 +1,441 @@
+# -*- test-case-name: tests.test_agentfile -*-
+"""
+C{.ai} agent files: an optional shebang line, YAML frontmatter between
+C{---} lines, and a Markdown body that is the agent's system prompt.
+
+The format and the frontmatter keys follow the TypeScript ai-agent, so one
+file runs under either implementation.  Parsing is strict: an unknown key, a
+value of the wrong type or out of range raises L{ConfigurationError} naming
+the file, the key and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import yaml
+
+from ai_agent.errors import ConfigurationError
+
+
+@attrs.frozen
+class OutputSpec:
+    """
+    The agent's declared output: C{format} (C{markdown}, C{text}, C{json})
+    and, for JSON, an optional JSON Schema.
+    """
+
+    format: str = "markdown"
+    schema: Mapping[str, Any] | None = None
+
+
+@attrs.frozen
+class AgentSpec:
+    """
+    A parsed agent file.
+
+    @ivar path: the absolute path of the file.
+    @ivar name: C{toolName} if set, else the file name without C{.ai}.
+    @ivar models: C{provider/model} strings in fallback order.
+    @ivar tools: MCP server names from the config's C{mcpServers}.
+    @ivar agents: absolute paths of sub-agent files.
+    @ivar reasoning: C{none}, C{minimal}, C{low}, C{medium} or C{high};
+        L{None} leaves the provider's default.
+    @ivar llmTimeout: longest upstream silence allowed, in seconds.
+    @ivar toolTimeout: longest tool call allowed, in seconds.
+    @ivar prompt: the system prompt (the body).
+    """
+
+    path: str
+    name: str
+    prompt: str
+    models: tuple[str, ...]
+    description: str | None = None
+    usage: str | None = None
+    toolName: str | None = None
+    tools: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
+    maxTurns: int = 10
+    maxRetries: int = 3
+    temperature: float | None = None
+    topP: float | None = None
+    maxOutputTokens: int | None = None
+    reasoning: str | None = None
+    llmTimeout: float = 120.0
+    toolTimeout: float = 60.0
+    toolResponseMaxBytes: int = 12288
+    output: OutputSpec = OutputSpec()
+
+
+RESERVED_TOOL_NAMES = frozenset({"final_report", "task_status", "batch", "tool_output"})
+"""
+Names of the session's internal tools, which an agent's C{toolName} may not take.
+"""
+
+RUNTIME_ONLY_KEYS = frozenset(
+    {"traceLLM", "traceMCP", "verbose", "accounting", "save", "load", "stream", "targets"}
+)
+"""
+Keys the TypeScript ai-agent rejects in frontmatter because they are
+command-line options; rejected here with the same advice.
+"""
+
+OUTPUT_FORMATS = ("markdown", "text", "json")
+
+REASONING_LEVELS = ("none", "minimal", "low", "medium", "high", "default")
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_AI_SUFFIX = re.compile(r"\.ai$", re.IGNORECASE)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """
+    A safe YAML loader that rejects a key repeated in one mapping instead of
+    silently keeping the last value.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for keyNode, _ in node.value:
+            if isinstance(keyNode, yaml.ScalarNode) and keyNode.tag != "tag:yaml.org,2002:merge":
+                if keyNode.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {keyNode.value!r}", keyNode.start_mark
+                    )
+                seen.add(keyNode.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _describe(value: object) -> str:
+    """
+    A short description of a frontmatter value for an error message.
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+@attrs.frozen
+class _Context:
+    """
+    What a key parser needs to know about the file being parsed.
+    """
+
+    path: str
+    directory: str
+
+    def fail(self, key: str, problem: str, value: object) -> ConfigurationError:
+        """
+        An error naming the file, the key, the requirement and the value found.
+        """
+        return ConfigurationError(f"{self.path}: {key!r} {problem}, got {_describe(value)}")
+
+
+def _string(ctx: _Context, key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ctx.fail(key, "must be a string", value)
+    return value
+
+
+def _toolName(ctx: _Context, key: str, value: object) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ctx.fail(key, "must be letters, digits, '_' or '-' only", value)
+    if value in RESERVED_TOOL_NAMES:
+        reserved = ", ".join(sorted(RESERVED_TOOL_NAMES))
+        raise ctx.fail(key, f"must not be a reserved name ({reserved})", value)
+    return value
+
+
+def _names(ctx: _Context, key: str, value: object) -> tuple[str, ...]:
+    """
+    A list of strings, or one string of comma-separated items; blanks dropped.
+    """
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list):
+        items = []
+        for item in value:
+            if not isinstance(item, str):
+                raise ctx.fail(key, "must be a list of strings", item)
+            items.append(item)
+    else:
+        raise ctx.fail(key, "must be a string or a list of strings", value)
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _models(ctx: _Context, key: str, value: object) -> tuple[str, ...]:
+    models = _names(ctx, key, value)
+    if not models:
+        raise ctx.fail(key, "must name at least one 'provider/model'", value)
+    for model in models:
+        provider, _, name = model.partition("/")
+        if not provider.strip() or not name.strip():
+            raise ctx.fail(key, "entries must look like 'provider/model'", model)
+    return models
+
+
+def _tools(ctx: _Context, key: str, value: object) -> tuple[str, ...]:
+    tools = _names(ctx, key, value)
+    for tool in tools:
+        if not _NAME.fullmatch(tool):
+            raise ctx.fail(
+                key, "entries must be MCP server names (letters, digits, '_', '-')", tool
+            )
+    return tools
+
+
+def _agents(ctx: _Context, key: str, value: object) -> tuple[str, ...]:
+    return tuple(
+        os.path.normpath(os.path.join(ctx.directory, agent)) for agent in _names(ctx, key, value)
+    )
+
+
+def _positiveInt(ctx: _Context, key: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ctx.fail(key, "must be an integer >= 1", value)
+    return value
+
+
+def _rangeNumber(low: float, high: float) -> Callable[[_Context, str, object], float]:
+    def parse(ctx: _Context, key: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ctx.fail(key, f"must be a number from {low:g} to {high:g}", value)
+        if not low <= value <= high:
+            raise ctx.fail(key, f"must be a number from {low:g} to {high:g}", value)
+        return float(value)
+
+    return parse
+
+
+def _reasoning(ctx: _Context, key: str, value: object) -> str | None:
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        level = value.strip().lower()
+        if level in ("default", "inherit", ""):
+            return None
+        if level == "unset":
+            return "none"
+        if level in REASONING_LEVELS:
+            return level
+    raise ctx.fail(key, f"must be one of {', '.join(REASONING_LEVELS)}", value)
+
+
+def parseDuration(value: object) -> float | None:
+    """
+    Parse a duration as the agent files write it: a number of milliseconds,
+    or a string of digits with an optional unit C{ms}, C{s}, C{m} or C{h}
+    (no unit means milliseconds).
+
+    @return: the duration in seconds, or L{None} if C{value} is not a
+        positive duration.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value) / 1000
+    elif isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match is None:
+            return None
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "ms"]
+    else:
+        return None
+    if not seconds > 0 or seconds == float("inf"):
+        return None
+    return seconds
+
+
+def _duration(ctx: _Context, key: str, value: object) -> float:
+    seconds = parseDuration(value)
+    if seconds is None:
+        raise ctx.fail(
+            key, "must be a positive duration (milliseconds, or a string like '5s', '2m')", value
+        )
+    return seconds
+
+
+def _schema(ctx: _Context, key: str, value: object) -> Mapping[str, Any]:
+    """
+    A JSON Schema given as a mapping, or as a string holding JSON or YAML.
+    """
+    schema = value
+    if isinstance(value, str):
+        try:
+            schema = json.loads(value)
+        except ValueError:
+            try:
+                schema = yaml.load(value, Loader=_StrictLoader)
+            except yaml.YAMLError:
+                raise ctx.fail(
+                    key, "must be a mapping, or a string of JSON or YAML", value
+                ) from None
+    if not isinstance(schema, dict):
+        raise ctx.fail(key, "must be a JSON Schema object (a mapping)", value)
+    return schema
+
+
+def _output(ctx: _Context, key: str, value: object) -> OutputSpec:
+    if not isinstance(value, dict):
+        raise ctx.fail(key, "must be a mapping with 'format' and optional 'schema'", value)
+    for inner in value:
+        if inner not in ("format", "schema"):
+            raise ConfigurationError(
+                f"{ctx.path}: unknown key {inner!r} in 'output' (allowed: format, schema)"
+            )
+    schema = _schema(ctx, "output.schema", value["schema"]) if "schema" in value else None
+    outputFormat = value.get("format", "json" if schema is not None else "markdown")
+    if not isinstance(outputFormat, str) or outputFormat.lower() not in OUTPUT_FORMATS:
+        raise ctx.fail("output.format", f"must be one of {', '.join(OUTPUT_FORMATS)}", outputFormat)
+    outputFormat = outputFormat.lower()
+    if schema is not None and outputFormat != "json":
+        raise ConfigurationError(f"{ctx.path}: 'output.schema' needs 'output.format' json")
+    return OutputSpec(format=outputFormat, schema=schema)
+
+
+_KEYS: Mapping[str, Callable[[_Context, str, Any], object]] = {
+    "description": _string,
+    "usage": _string,
+    "toolName": _toolName,
+    "models": _models,
+    "tools": _tools,
+    "agents": _agents,
+    "maxTurns": _positiveInt,
+    "maxRetries": _positiveInt,
+    "temperature": _rangeNumber(0, 2),
+    "topP": _rangeNumber(0, 1),
+    "maxOutputTokens": _positiveInt,
+    "reasoning": _reasoning,
+    "llmTimeout": _duration,
+    "toolTimeout": _duration,
+    "toolResponseMaxBytes": _positiveInt,
+    "output": _output,
+}
+
+
+def _splitFile(text: str, path: str) -> tuple[str, int, str]:
+    """
+    Split an agent file into its frontmatter text, the line number (1-based)
+    of the frontmatter's first line, and the body.
+    """
+    lines = text.removeprefix("\ufeff").replace("\r\n", "\n").split("\n")
+    start = 1 if lines and lines[0].startswith("#!") else 0
+    if len(lines) <= start or lines[start].rstrip() != "---":
+        raise ConfigurationError(
+            f"{path}: no YAML frontmatter (the file must begin with a '---' line, "
+            "after an optional '#!' line)"
+        )
+    for end in range(start + 1, len(lines)):
+        if lines[end].rstrip() == "---":
+            break
+    else:
+        raise ConfigurationError(f"{path}: the frontmatter has no closing '---' line")
+    body = lines[end + 1 :]
+    while body and not body[0].strip():
+        body.pop(0)
+    while body and not body[-1].strip():
+        body.pop()
+    return "\n".join(lines[start + 1 : end]), start + 2, "\n".join(body)
+
+
+def _loadFrontmatter(frontmatter: str, firstLine: int, path: str) -> dict[str, Any]:
+    try:
+        data = yaml.load(frontmatter, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {firstLine + mark.line}" if mark is not None else ""
+        problem = e.problem or e.context or "unreadable"
+        raise ConfigurationError(f"{path}: invalid YAML frontmatter{where}: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigurationError(f"{path}: invalid YAML frontmatter: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigurationError(
+            f"{path}: the frontmatter must be a mapping of keys, got {_describe(data)}"
+        )
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigurationError(
+                f"{path}: frontmatter keys must be strings, got {_describe(key)}"
+            )
+    return data
+
+
+def parseAgent(text: str, path: str) -> AgentSpec:
+    """
+    Parse the text of an agent file.
+
+    @param text: the whole file.
+    @param path: where it was read from; names the file in errors, gives
+        the agent's default name, and is the base for relative sub-agent
+        paths.
+
+    @raise ConfigurationError: if the file is not a valid agent.
+    """
+    frontmatter, firstLine, prompt = _splitFile(text, path)
+    data = _loadFrontmatter(frontmatter, firstLine, path)
+    absolute = os.path.abspath(path)
+    ctx = _Context(path=path, directory=os.path.dirname(absolute))
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in RUNTIME_ONLY_KEYS:
+            raise ConfigurationError(
+                f"{path}: frontmatter key {key!r} is a runtime option, "
+                "use command-line flags instead"
+            )
+        parse = _KEYS.get(key)
+        if parse is None:
+            raise ConfigurationError(
+                f"{path}: unknown frontmatter key {key!r} (allowed: {', '.join(sorted(_KEYS))})"
+            )
+        values[key] = parse(ctx, key, value)
+    if "models" not in values:
+        raise ConfigurationError(
+            f"{path}: 'models' is required (one 'provider/model' or a list of them)"
+        )
+    name = values.get("toolName") or _AI_SUFFIX.sub("", os.path.basename(path)) or "agent"
+    return AgentSpec(path=absolute, name=name, prompt=prompt, **values)
+
+
+def loadAgent(path: str) -> AgentSpec:
+    """
+    Read and parse an agent file (UTF-8).
+
+    @raise ConfigurationError: if the file cannot be read or is not a valid
+        agent.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{path}: agent file is not valid UTF-8") from None
+    except OSError as e:
+        raise ConfigurationError(
+            f"{path}: cannot read agent file: {e.strerror or e.__class__.__name__}"
+        ) from None
+    return parseAgent(text, path)
+
+
+__all__ = [
+    "AgentSpec",
+    "OutputSpec",
+    "loadAgent",
+    "parseAgent",
+    "parseDuration",
+]

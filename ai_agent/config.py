@@ -1,0 +1,722 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+Layered configuration: C{.ai-agent.json} files with sibling C{.ai-agent.env}
+files, C{${VAR}} expansion, provider and MCP server definitions.
+
+Layers, nearest first: an explicit C{--config} file, the working directory,
+each agent directory, then C{~/.ai-agent/ai-agent.json}.  Nearer layers win
+key by key.  A placeholder whose variable is not set never stops loading: the
+provider or MCP server that uses it records the variable's name in
+C{missingVariables}, and L{describeMissing} explains it when the entry is
+used.
+
+No exception message or C{repr} produced here contains a configured value
+that may be a secret: errors name files, key paths and expected types only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from ai_agent.errors import ConfigurationError
+
+
+@attrs.frozen
+class ProviderConfig:
+    """
+    One configured LLM endpoint.
+
+    @ivar type: the wire protocol: C{openai}, C{anthropic} or C{ollama}.
+    @ivar baseUrl: the API root, without a trailing C{/}.
+    @ivar apiKey: the key, or L{None} for none (also when its variable is
+        not set).
+    @ivar missingVariables: C{${VAR}} names used by this entry that were not
+        set; using the provider fails with a message naming them.
+    """
+
+    name: str
+    type: str
+    baseUrl: str
+    apiKey: str | None = attrs.field(default=None, repr=False)
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    missingVariables: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class McpServerConfig:
+    """
+    One configured MCP server (C{stdio} or C{http}).
+    """
+
+    name: str
+    type: str
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    url: str | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    missingVariables: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Pricing:
+    """
+    Prices in USD per million tokens.
+    """
+
+    prompt: float
+    completion: float
+
+
+@attrs.frozen
+class Config:
+    """
+    The merged configuration.
+
+    @ivar providers: by name, including the built-in C{openai},
+        C{anthropic} and C{ollama}.
+    @ivar pricing: by C{provider/model}.
+    @ivar sources: the configuration files that were read, nearest first.
+    @ivar extra: top-level sections this module does not interpret, merged
+        and expanded like the rest.
+    """
+
+    providers: Mapping[str, ProviderConfig]
+    mcpServers: Mapping[str, McpServerConfig] = attrs.field(factory=dict)
+    pricing: Mapping[str, Pricing] = attrs.field(factory=dict)
+    sources: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+PROVIDER_TYPES = ("anthropic", "ollama", "openai")
+
+MCP_TYPES = ("http", "stdio")
+
+BUILTIN_PROVIDERS: Mapping[str, Mapping[str, str]] = {
+    "openai": {
+        "type": "openai",
+        "baseUrl": "https://api.openai.com/v1",
+        "apiKey": "${OPENAI_API_KEY}",
+    },
+    "anthropic": {
+        "type": "anthropic",
+        "baseUrl": "https://api.anthropic.com",
+        "apiKey": "${ANTHROPIC_API_KEY}",
+    },
+    "ollama": {"type": "ollama", "baseUrl": "http://localhost:11434/v1"},
+}
+"""
+Providers that exist without any configuration; a configured entry of the
+same name is merged over them.
+"""
+
+_TYPE_ALIASES = {"openai-compatible": "openai"}
+_DEFAULT_BASE_URLS = {name: entry["baseUrl"] for name, entry in BUILTIN_PROVIDERS.items()}
+_PROVIDER_KEYS = ("apiKey", "baseUrl", "headers", "type")
+_MCP_KEYS = ("args", "command", "env", "headers", "type", "url")
+_PRICING_KEYS = ("completion", "prompt")
+_SECTIONS = ("providers", "mcpServers", "pricing")
+
+_PROVIDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_MCP_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_LINE = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=[ \t]*(.*)", re.DOTALL)
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
+
+
+# --- .env files -------------------------------------------------------------
+
+
+def _doubleQuoted(rest: str, where: str) -> tuple[str, str]:
+    """
+    Read a double-quoted value at the start of C{rest}.
+
+    @return: the unescaped value and the text after the closing quote.
+    """
+    chars: list[str] = []
+    index = 1
+    while index < len(rest):
+        char = rest[index]
+        if char == "\\" and index + 1 < len(rest):
+            following = rest[index + 1]
+            chars.append(_ESCAPES.get(following, "\\" + following))
+            index += 2
+        elif char == '"':
+            return "".join(chars), rest[index + 1 :]
+        else:
+            chars.append(char)
+            index += 1
+    raise ConfigurationError(f"{where}: unterminated double-quoted value")
+
+
+def parseEnvFile(text: str, path: str) -> dict[str, str]:
+    """
+    Parse a C{.env} file: C{KEY=value} or C{export KEY=value} lines; blank
+    lines and C{#} comments are skipped.  A value may be in single quotes
+    (taken literally) or double quotes (with C{\\n}, C{\\t}, C{\\"} and
+    C{\\\\} escapes); an unquoted value ends at C{" #"}.
+
+    @param path: names the file in errors.
+
+    @raise ConfigurationError: naming the file and line of a malformed line
+        (never quoting its text, which may hold a secret).
+    """
+    result: dict[str, str] = {}
+    for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        where = f"{path}: line {number}"
+        match = _ENV_LINE.fullmatch(stripped)
+        if match is None:
+            raise ConfigurationError(f"{where}: expected KEY=value")
+        key, rest = match.groups()
+        if rest.startswith('"'):
+            value, rest = _doubleQuoted(rest, where)
+        elif rest.startswith("'"):
+            end = rest.find("'", 1)
+            if end < 0:
+                raise ConfigurationError(f"{where}: unterminated single-quoted value")
+            value, rest = rest[1:end], rest[end + 1 :]
+        else:
+            value, rest = re.split(r"\s#", rest, maxsplit=1)[0].strip(), ""
+        rest = rest.strip()
+        if rest and not rest.startswith("#"):
+            raise ConfigurationError(f"{where}: unexpected text after the quoted value of {key}")
+        result[key] = value
+    return result
+
+
+# --- ${VAR} expansion ---------------------------------------------------------
+
+
+@attrs.frozen
+class _Unresolved:
+    """
+    A configured string that uses variables which are not set.
+
+    @ivar text: the string as written.
+    @ivar value: the string with the unset variables replaced by nothing.
+    @ivar missing: the unset variables' names.
+    """
+
+    text: str = attrs.field(repr=False)
+    value: str = attrs.field(repr=False)
+    missing: tuple[str, ...]
+
+
+def _expandString(text: str, lookups: Sequence[Mapping[str, str]]) -> str | _Unresolved:
+    """
+    Replace C{${VAR}} and C{${VAR:-default}} from the first of C{lookups}
+    where C{VAR} is set and not empty.
+    """
+    missing: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        for lookup in lookups:
+            found = lookup.get(name)
+            if found:
+                return found
+        if default is not None:
+            return default
+        if name not in missing:
+            missing.append(name)
+        return ""
+
+    value = _PLACEHOLDER.sub(replace, text)
+    if missing:
+        return _Unresolved(text, value, tuple(missing))
+    return value
+
+
+def _expandTree(node: object, lookups: Sequence[Mapping[str, str]]) -> Any:
+    """
+    Expand every string inside parsed JSON (keys are left alone).
+    """
+    if isinstance(node, str):
+        return _expandString(node, lookups)
+    if isinstance(node, dict):
+        return {key: _expandTree(value, lookups) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_expandTree(value, lookups) for value in node]
+    return node
+
+
+def _missingIn(node: object) -> tuple[str, ...]:
+    """
+    The unset variables used anywhere inside C{node}, in order of appearance.
+    """
+    found: dict[str, None] = {}
+    if isinstance(node, _Unresolved):
+        found.update(dict.fromkeys(node.missing))
+    elif isinstance(node, dict):
+        for value in node.values():
+            found.update(dict.fromkeys(_missingIn(value)))
+    elif isinstance(node, list):
+        for value in node:
+            found.update(dict.fromkeys(_missingIn(value)))
+    return tuple(found)
+
+
+def _asWritten(node: object) -> Any:
+    """
+    Replace unresolved strings by their text as written (for sections this
+    module does not interpret).
+    """
+    if isinstance(node, _Unresolved):
+        return node.text
+    if isinstance(node, dict):
+        return {key: _asWritten(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_asWritten(value) for value in node]
+    return node
+
+
+def _text(node: object) -> str | None:
+    """
+    A string field's value; unresolved variables read as empty.
+    """
+    if isinstance(node, _Unresolved):
+        return node.value
+    if isinstance(node, str):
+        return node
+    return None
+
+
+# --- validating one file ------------------------------------------------------
+
+
+def _keyPath(*parts: str) -> str:
+    """
+    A readable key path: C{providers.local.baseUrl}, C{pricing["a/b"].prompt}.
+    """
+    path = parts[0]
+    for part in parts[1:]:
+        if _MCP_NAME.fullmatch(part):
+            path += f".{part}"
+        else:
+            path += f"[{json.dumps(part)}]"
+    return path
+
+
+def _jsonType(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _wrongType(path: str, keyPath: str, expected: str, value: object) -> ConfigurationError:
+    return ConfigurationError(f"{path}: {keyPath} must be {expected}, got {_jsonType(value)}")
+
+
+def _checkObject(path: str, keyPath: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _wrongType(path, keyPath, "an object", value)
+    return value
+
+
+def _checkKeys(path: str, keyPath: str, entry: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    for key in entry:
+        if key not in allowed:
+            raise ConfigurationError(
+                f"{path}: {keyPath}: unknown key {key!r} (allowed: {', '.join(allowed)})"
+            )
+
+
+def _checkOptionalString(path: str, keyPath: str, value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise _wrongType(path, keyPath, "a string", value)
+
+
+def _checkStringMap(path: str, keyPath: str, value: object) -> None:
+    if value is None:
+        return
+    for key, item in _checkObject(path, keyPath, value).items():
+        if not isinstance(item, str):
+            raise _wrongType(path, _keyPath(keyPath, key), "a string", item)
+
+
+def _checkType(path: str, keyPath: str, value: object, allowed: Sequence[str]) -> None:
+    _checkOptionalString(path, keyPath, value)
+    literal = isinstance(value, str) and "${" not in value
+    if literal and _TYPE_ALIASES.get(str(value), value) not in allowed:
+        raise ConfigurationError(
+            f"{path}: {keyPath} must be one of {', '.join(allowed)}, got {value!r}"
+        )
+
+
+def _checkProviders(path: str, section: object) -> None:
+    for name, entry in _checkObject(path, "providers", section).items():
+        keyPath = _keyPath("providers", name)
+        if not _PROVIDER_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"{path}: provider name {name!r} must be letters, digits, '.', '_' or '-'"
+            )
+        entry = _checkObject(path, keyPath, entry)
+        _checkKeys(path, keyPath, entry, _PROVIDER_KEYS)
+        _checkType(path, _keyPath(keyPath, "type"), entry.get("type"), PROVIDER_TYPES)
+        for key in ("baseUrl", "apiKey"):
+            _checkOptionalString(path, _keyPath(keyPath, key), entry.get(key))
+        _checkStringMap(path, _keyPath(keyPath, "headers"), entry.get("headers"))
+
+
+def _checkMcpServers(path: str, section: object) -> None:
+    for name, entry in _checkObject(path, "mcpServers", section).items():
+        keyPath = _keyPath("mcpServers", name)
+        if not _MCP_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"{path}: MCP server name {name!r} must be letters, digits, '_' or '-'"
+            )
+        entry = _checkObject(path, keyPath, entry)
+        _checkKeys(path, keyPath, entry, _MCP_KEYS)
+        _checkType(path, _keyPath(keyPath, "type"), entry.get("type"), MCP_TYPES)
+        for key in ("command", "url"):
+            _checkOptionalString(path, _keyPath(keyPath, key), entry.get(key))
+        args = entry.get("args")
+        if args is not None:
+            if not isinstance(args, list):
+                raise _wrongType(path, _keyPath(keyPath, "args"), "an array of strings", args)
+            for arg in args:
+                if not isinstance(arg, str):
+                    raise _wrongType(path, _keyPath(keyPath, "args"), "an array of strings", arg)
+        for key in ("env", "headers"):
+            _checkStringMap(path, _keyPath(keyPath, key), entry.get(key))
+
+
+def _checkPricing(path: str, section: object) -> None:
+    for model, entry in _checkObject(path, "pricing", section).items():
+        keyPath = _keyPath("pricing", model)
+        provider, _, name = model.partition("/")
+        if not provider or not name:
+            raise ConfigurationError(f"{path}: pricing key {model!r} must be 'provider/model'")
+        entry = _checkObject(path, keyPath, entry)
+        _checkKeys(path, keyPath, entry, _PRICING_KEYS)
+        for key, price in entry.items():
+            isNumber = isinstance(price, (int, float)) and not isinstance(price, bool)
+            if not isNumber or not math.isfinite(price) or price < 0:
+                raise ConfigurationError(
+                    f"{path}: {_keyPath(keyPath, key)} must be a non-negative number "
+                    "(USD per million tokens)"
+                )
+
+
+def _checkLayer(path: str, data: object) -> dict[str, Any]:
+    """
+    Check the shape and types of one configuration file.
+    """
+    if not isinstance(data, dict):
+        raise ConfigurationError(
+            f"{path}: the configuration must be a JSON object, got {_jsonType(data)}"
+        )
+    checks: dict[str, Callable[[str, object], None]] = {
+        "providers": _checkProviders,
+        "mcpServers": _checkMcpServers,
+        "pricing": _checkPricing,
+    }
+    for section, check in checks.items():
+        if section in data:
+            check(path, data[section])
+    return data
+
+
+# --- reading the layers -------------------------------------------------------
+
+
+@attrs.frozen
+class _Layer:
+    """
+    One configuration file, expanded with its own environment.
+    """
+
+    path: str
+    data: Mapping[str, Any]
+
+
+def _read(path: str) -> str | None:
+    """
+    The text of a UTF-8 file, or L{None} if it does not exist.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{path}: not valid UTF-8") from None
+    except OSError as e:
+        raise ConfigurationError(
+            f"{path}: cannot read: {e.strerror or e.__class__.__name__}"
+        ) from None
+
+
+def _parseJson(text: str, path: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigurationError(
+            f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+        ) from None
+
+
+def _candidates(
+    configFile: str | None, cwd: str, agentDirs: Sequence[str], home: str | None
+) -> list[tuple[str, str, bool]]:
+    """
+    The configuration files to try, nearest first, as (JSON path, env path,
+    required), without duplicates.
+    """
+    candidates: list[tuple[str, str, bool]] = []
+    if configFile is not None:
+        path = os.path.abspath(os.path.join(cwd, configFile))
+        candidates.append((path, os.path.join(os.path.dirname(path), ".ai-agent.env"), True))
+    for directory in [cwd, *agentDirs]:
+        directory = os.path.abspath(os.path.join(cwd, directory))
+        candidates.append(
+            (
+                os.path.join(directory, ".ai-agent.json"),
+                os.path.join(directory, ".ai-agent.env"),
+                False,
+            )
+        )
+    if home is not None:
+        base = os.path.join(home, ".ai-agent")
+        candidates.append(
+            (os.path.join(base, "ai-agent.json"), os.path.join(base, "ai-agent.env"), False)
+        )
+    seen: set[str] = set()
+    unique = []
+    for candidate in candidates:
+        key = os.path.realpath(candidate[0])
+        if key not in seen:
+            seen.add(key)
+            unique.append(candidate)
+    return unique
+
+
+def _merge(far: Mapping[str, Any], near: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Merge two parsed files: objects merge key by key, anything else in
+    C{near} replaces C{far}.
+    """
+    merged = dict(far)
+    for key, value in near.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --- building the values ------------------------------------------------------
+
+
+def _nearestSource(layers: Sequence[_Layer], section: str, name: str) -> str:
+    """
+    The nearest file that configures C{section.name} (for error messages).
+    """
+    for layer in layers:
+        entries = layer.data.get(section)
+        if isinstance(entries, dict) and name in entries:
+            return layer.path
+    return "built-in configuration"
+
+
+def _stringMap(node: object) -> dict[str, str]:
+    if not isinstance(node, dict):
+        return {}
+    return {key: _text(value) or "" for key, value in node.items()}
+
+
+def _provider(name: str, entry: Mapping[str, Any], source: str) -> ProviderConfig:
+    keyPath = _keyPath("providers", name)
+    missing = _missingIn(entry)
+    providerType = _text(entry.get("type"))
+    if providerType is None:
+        if name not in PROVIDER_TYPES:
+            raise ConfigurationError(
+                f"{source}: {keyPath}.type is required (one of {', '.join(PROVIDER_TYPES)})"
+            )
+        providerType = name
+    providerType = _TYPE_ALIASES.get(providerType, providerType)
+    if providerType not in PROVIDER_TYPES:
+        raise ConfigurationError(
+            f"{source}: {keyPath}.type must be one of {', '.join(PROVIDER_TYPES)}"
+        )
+    baseUrl = _text(entry.get("baseUrl"))
+    if baseUrl is None:
+        baseUrl = _DEFAULT_BASE_URLS[providerType]
+    elif not isinstance(entry.get("baseUrl"), _Unresolved) and not baseUrl.startswith(
+        ("http://", "https://")
+    ):
+        raise ConfigurationError(f"{source}: {keyPath}.baseUrl must be an http:// or https:// URL")
+    apiKey = entry.get("apiKey")
+    return ProviderConfig(
+        name=name,
+        type=providerType,
+        baseUrl=baseUrl.rstrip("/"),
+        apiKey=apiKey if isinstance(apiKey, str) and apiKey else None,
+        headers=_stringMap(entry.get("headers")),
+        missingVariables=missing,
+    )
+
+
+def _mcpServer(name: str, entry: Mapping[str, Any], source: str) -> McpServerConfig:
+    keyPath = _keyPath("mcpServers", name)
+    serverType = _text(entry.get("type"))
+    command = _text(entry.get("command"))
+    url = _text(entry.get("url"))
+    if serverType is None:
+        if command is not None and url is not None:
+            raise ConfigurationError(
+                f"{source}: {keyPath} has both 'command' and 'url'; set 'type' to stdio or http"
+            )
+        if command is None and url is None:
+            raise ConfigurationError(
+                f"{source}: {keyPath} needs 'command' (a stdio server) or 'url' (an http server)"
+            )
+        serverType = "stdio" if command is not None else "http"
+    if serverType not in MCP_TYPES:
+        raise ConfigurationError(f"{source}: {keyPath}.type must be one of {', '.join(MCP_TYPES)}")
+    forbidden: tuple[str, ...]
+    if serverType == "stdio":
+        required, forbidden = "command", ("url", "headers")
+    else:
+        required, forbidden = "url", ("command", "args", "env")
+    if entry.get(required) is None:
+        raise ConfigurationError(
+            f"{source}: {keyPath}.{required} is required for a {serverType} server"
+        )
+    for key in forbidden:
+        if entry.get(key):
+            raise ConfigurationError(
+                f"{source}: {keyPath}.{key} does not apply to a {serverType} server"
+            )
+    return McpServerConfig(
+        name=name,
+        type=serverType,
+        command=command,
+        args=tuple(_text(arg) or "" for arg in entry.get("args") or ()),
+        env=_stringMap(entry.get("env")),
+        url=url,
+        headers=_stringMap(entry.get("headers")),
+        missingVariables=_missingIn(entry),
+    )
+
+
+def _pricing(model: str, entry: Mapping[str, Any], source: str) -> Pricing:
+    for key in _PRICING_KEYS:
+        if key not in entry:
+            raise ConfigurationError(f"{source}: {_keyPath('pricing', model, key)} is required")
+    return Pricing(prompt=float(entry["prompt"]), completion=float(entry["completion"]))
+
+
+def loadConfig(
+    *,
+    configFile: str | None,
+    cwd: str,
+    agentDirs: Sequence[str],
+    home: str | None,
+    environ: Mapping[str, str],
+) -> Config:
+    """
+    Read and merge the configuration layers.
+
+    @param configFile: an explicit configuration file (C{--config}); it must
+        exist.  Relative to C{cwd}.
+    @param cwd: the working directory; its C{.ai-agent.json} is read.
+    @param agentDirs: directories holding agent files, nearest first; each
+        one's C{.ai-agent.json} is read.  Relative to C{cwd}.
+    @param home: the user's home directory, for
+        C{~/.ai-agent/ai-agent.json}; L{None} to skip that layer.
+    @param environ: the process environment, consulted after each layer's
+        own env file.
+
+    @raise ConfigurationError: naming the file and key path of an invalid
+        value, or a missing C{configFile}.
+    """
+    layers: list[_Layer] = []
+    envs: list[dict[str, str]] = []
+    for path, envPath, required in _candidates(configFile, cwd, agentDirs, home):
+        envText = _read(envPath)
+        env = parseEnvFile(envText, envPath) if envText is not None else {}
+        envs.append(env)
+        text = _read(path)
+        if text is None:
+            if required:
+                raise ConfigurationError(f"{path}: configuration file not found")
+            continue
+        data = _checkLayer(path, _parseJson(text, path))
+        layers.append(_Layer(path, _expandTree(data, (env, environ))))
+
+    merged: dict[str, Any] = {
+        "providers": _expandTree(dict(BUILTIN_PROVIDERS), (*envs, environ)),
+    }
+    for layer in reversed(layers):
+        merged = _merge(merged, layer.data)
+
+    providers = {
+        name: _provider(name, entry, _nearestSource(layers, "providers", name))
+        for name, entry in merged["providers"].items()
+    }
+    mcpServers = {
+        name: _mcpServer(name, entry, _nearestSource(layers, "mcpServers", name))
+        for name, entry in merged.get("mcpServers", {}).items()
+    }
+    pricing = {
+        model: _pricing(model, entry, _nearestSource(layers, "pricing", model))
+        for model, entry in merged.get("pricing", {}).items()
+    }
+    extra = {key: _asWritten(value) for key, value in merged.items() if key not in _SECTIONS}
+    return Config(
+        providers=providers,
+        mcpServers=mcpServers,
+        pricing=pricing,
+        sources=tuple(layer.path for layer in layers),
+        extra=extra,
+    )
+
+
+def describeMissing(entry: ProviderConfig | McpServerConfig) -> str | None:
+    """
+    Explain why a provider or MCP server cannot be used because variables it
+    needs are not set, or L{None} if it has none missing.  The text names
+    variables, never values.
+    """
+    names = entry.missingVariables
+    if not names:
+        return None
+    kind = "provider" if isinstance(entry, ProviderConfig) else "MCP server"
+    if len(names) == 1:
+        needs = f"the environment variable {names[0]}, which is not set"
+    else:
+        listed = ", ".join(names[:-1]) + f" and {names[-1]}"
+        needs = f"the environment variables {listed}, which are not set"
+    return f"{kind} {entry.name!r} needs {needs}"
+
+
+__all__ = [
+    "BUILTIN_PROVIDERS",
+    "Config",
+    "McpServerConfig",
+    "Pricing",
+    "ProviderConfig",
+    "describeMissing",
+    "loadConfig",
+    "parseEnvFile",
+]
