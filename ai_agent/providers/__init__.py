@@ -1,0 +1,90 @@
+"""
+LLM providers: one module per wire protocol behind the L{Provider} interface.
+"""
+
+from __future__ import annotations
+
+import attrs
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+
+from ai_agent.config import ProviderConfig
+from ai_agent.errors import ConfigurationError, ProviderError
+from ai_agent.providers._base import (
+    CallbackSink,
+    ChatMessage,
+    DeltaSink,
+    LLMRequest,
+    LLMResponse,
+    Provider,
+    ToolCall,
+    ToolSpec,
+)
+from ai_agent.providers.openai import OpenAIProvider
+
+
+@attrs.define(eq=False)
+class UnsupportedProvider:
+    """
+    A configured provider whose wire protocol is not implemented: every call
+    fails, not retryably, saying so.
+    """
+
+    name: str
+    reason: str
+
+    def complete(self, request: LLMRequest, sink: DeltaSink) -> Deferred[LLMResponse]:
+        """
+        Fail with a L{ProviderError} (status 500, code
+        C{provider_not_supported}).
+        """
+        return fail(
+            ProviderError(
+                f"provider {self.name!r} cannot serve model {request.model!r}: {self.reason}",
+                status=500,
+                code="provider_not_supported",
+                retryable=False,
+            )
+        )
+
+
+def makeProvider(config: ProviderConfig, http: HTTPClient, reactor: IReactorTime) -> Provider:
+    """
+    The L{Provider} for one configured endpoint.
+
+    @param http: the client (with its own connection pool) for every call.
+    @param reactor: schedules timeouts.
+    @raise ConfigurationError: the wire type is unknown.
+    """
+    if config.type in ("openai", "ollama"):
+        return OpenAIProvider(
+            name=config.name,
+            baseUrl=config.baseUrl,
+            http=http,
+            reactor=reactor,
+            apiKey=config.apiKey,
+            headers=dict(config.headers),
+            missingVariables=config.missingVariables,
+        )
+    if config.type == "anthropic":
+        return UnsupportedProvider(config.name, "the Anthropic wire protocol is not available yet")
+    raise ConfigurationError(
+        f"provider {config.name!r}: unknown type {config.type!r} "
+        "(expected openai, anthropic or ollama)"
+    )
+
+
+__all__ = [
+    "CallbackSink",
+    "ChatMessage",
+    "DeltaSink",
+    "LLMRequest",
+    "LLMResponse",
+    "OpenAIProvider",
+    "Provider",
+    "ToolCall",
+    "ToolSpec",
+    "UnsupportedProvider",
+    "makeProvider",
+]

@@ -1,0 +1,526 @@
+"""
+Tests for L{ai_agent.testing}: the shipped fake upstream and scripted
+provider.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import treq
+from treq.client import HTTPClient
+from treq.testing import StubTreq
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+
+from ai_agent.errors import ProviderError
+from ai_agent.providers import ChatMessage, LLMRequest, LLMResponse
+from ai_agent.sse import SSEParser
+from ai_agent.testing import (
+    FakeUpstream,
+    RecordedRequest,
+    Reply,
+    ScriptedProvider,
+    startFakeUpstream,
+    wordPieces,
+)
+
+
+def chatBody(stream: bool = True, includeUsage: bool = False, text: str = "hi there") -> dict:
+    """
+    A chat completion request body.
+    """
+    body: dict[str, Any] = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": text},
+        ],
+        "stream": stream,
+    }
+    if includeUsage:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+class Collected:
+    """
+    A streamed response: the raw reads and the parsed SSE payloads.
+    """
+
+    def __init__(self) -> None:
+        self.reads: list[bytes] = []
+        self.parser = SSEParser()
+        self.data: list[str] = []
+
+    def __call__(self, data: bytes) -> None:
+        self.reads.append(data)
+        self.data.extend(event.data for event in self.parser.feed(data))
+
+    def chunks(self) -> list[dict[str, Any]]:
+        """
+        The JSON payloads (everything before C{[DONE]}).
+        """
+        return [json.loads(d) for d in self.data if d != "[DONE]"]
+
+    def deltas(self, key: str) -> list[Any]:
+        """
+        The values of C{delta[key]} across the chunks, where present.
+        """
+        return [
+            c["choices"][0]["delta"][key]
+            for c in self.chunks()
+            if c["choices"] and key in c["choices"][0]["delta"]
+        ]
+
+
+class FakeUpstreamTests(TestCase):
+    """
+    L{FakeUpstream} over a loopback socket.
+    """
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.running = await startFakeUpstream(reactor)
+        self.addCleanup(self.running.stop)
+        self.upstream = self.running.upstream
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 8
+        self.addCleanup(pool.closeCachedConnections)
+        self.http = HTTPClient(Agent(reactor, pool=pool))
+
+    def post(self, body: Any, **kwargs: Any) -> Deferred[Any]:
+        return self.http.post(
+            self.running.baseUrl + "/chat/completions", json=body, unbuffered=True, **kwargs
+        )
+
+    async def stream(self, body: Any) -> Collected:
+        response = await self.post(body)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["text/event-stream"])
+        collected = Collected()
+        await treq.collect(response, collected)
+        return collected
+
+    async def test_baseUrl(self) -> None:
+        """
+        The base URL is the C{/v1} root on the loopback port.
+        """
+        self.assertEqual(self.running.baseUrl, f"http://127.0.0.1:{self.running.port}/v1")
+
+    async def test_models(self) -> None:
+        """
+        C{GET /v1/models} lists the configured models.
+        """
+        response = await self.http.get(self.running.baseUrl + "/models")
+        body = await response.json()
+        self.assertEqual([m["id"] for m in body["data"]], ["fake-model"])
+        self.assertEqual(body["object"], "list")
+
+    async def test_defaultEcho(self) -> None:
+        """
+        Unscripted, the answer echoes the last user message word by word,
+        after a role chunk, and ends with a finish chunk and C{[DONE]}; no
+        usage chunk unless asked for.
+        """
+        collected = await self.stream(chatBody(text="hello big world"))
+        chunks = collected.chunks()
+        self.assertEqual(chunks[0]["choices"][0]["delta"], {"role": "assistant", "content": ""})
+        self.assertEqual(collected.deltas("content"), ["", "echo: ", "hello ", "big ", "world"])
+        self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "stop")
+        self.assertEqual(collected.data[-1], "[DONE]")
+        self.assertFalse(any("usage" in c for c in chunks))
+        self.assertEqual(chunks[0]["object"], "chat.completion.chunk")
+        self.assertEqual(chunks[0]["model"], "m")
+
+    async def test_includeUsage(self) -> None:
+        """
+        With C{stream_options.include_usage} a last chunk with no choices
+        carries the usage: prompt words across all messages and the number
+        of content pieces, unless scripted.
+        """
+        collected = await self.stream(chatBody(includeUsage=True))
+        last = collected.chunks()[-1]
+        self.assertEqual(last["choices"], [])
+        self.assertEqual(
+            last["usage"], {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+        )
+        self.upstream.script(Reply(content="x", usage=(10, 20)))
+        collected = await self.stream(chatBody(includeUsage=True))
+        self.assertEqual(collected.chunks()[-1]["usage"]["total_tokens"], 30)
+
+    async def test_scriptOrder(self) -> None:
+        """
+        Scripted replies are used in order, then the echo comes back.
+        """
+        self.upstream.script(Reply(content=["one"]), Reply(content=["two", "!"]))
+        first = await self.stream(chatBody())
+        second = await self.stream(chatBody())
+        third = await self.stream(chatBody(text="x"))
+        self.assertEqual(first.deltas("content")[1:], ["one"])
+        self.assertEqual(second.deltas("content")[1:], ["two", "!"])
+        self.assertEqual("".join(third.deltas("content")), "echo: x")
+        self.assertEqual(self.upstream.scripted, 0)
+
+    async def test_reasoningAndToolCalls(self) -> None:
+        """
+        Reasoning streams as C{reasoning_content}; tool calls stream with
+        index and id, their arguments in two or more pieces, and the finish
+        reason becomes C{tool_calls}.
+        """
+        self.upstream.script(Reply(reasoning="let me see", toolCalls=[("f", {"a": 1})]))
+        collected = await self.stream(chatBody())
+        self.assertEqual(collected.deltas("reasoning_content"), ["let ", "me ", "see"])
+        calls = [c for d in collected.deltas("tool_calls") for c in d]
+        self.assertEqual(calls[0]["id"], "call_1_0")
+        self.assertEqual(calls[0]["function"]["name"], "f")
+        self.assertEqual({c["index"] for c in calls}, {0})
+        pieces = [c["function"]["arguments"] for c in calls[1:]]
+        self.assertGreaterEqual(len(pieces), 2)
+        self.assertEqual(json.loads("".join(pieces)), {"a": 1})
+        self.assertEqual(collected.chunks()[-1]["choices"][0]["finish_reason"], "tool_calls")
+
+    async def test_notStreaming(self) -> None:
+        """
+        Without C{stream} the answer is one chat completion object.
+        """
+        self.upstream.script(Reply(content="whole answer", reasoning="r", toolCalls=[("f", "{}")]))
+        response = await self.post(chatBody(stream=False))
+        body = await response.json()
+        message = body["choices"][0]["message"]
+        self.assertEqual(message["content"], "whole answer")
+        self.assertEqual(message["reasoning_content"], "r")
+        self.assertEqual(message["tool_calls"][0]["function"], {"name": "f", "arguments": "{}"})
+        self.assertEqual(body["choices"][0]["finish_reason"], "tool_calls")
+        self.assertEqual(body["usage"]["completion_tokens"], 2)
+
+    async def test_errorReply(self) -> None:
+        """
+        An error reply has its status, extra headers and an OpenAI error
+        envelope by default.
+        """
+        self.upstream.script(Reply(status=429, headers={"Retry-After": "3"}))
+        response = await self.post(chatBody())
+        self.assertEqual(response.code, 429)
+        self.assertEqual(response.headers.getRawHeaders("retry-after"), ["3"])
+        body = await response.json()
+        self.assertEqual(body["error"]["type"], "rate_limit_error")
+
+    async def test_recordedRequests(self) -> None:
+        """
+        Every request is recorded with its method, path, lower-case headers
+        and parsed JSON body.
+        """
+        waiting = self.upstream.waitForRequests(1)
+        response = await self.post(chatBody(), headers={"X-Trace-ID": "abc"})
+        await response.content()
+        await waiting
+        recorded = self.upstream.requests[0]
+        self.assertIsInstance(recorded, RecordedRequest)
+        self.assertEqual((recorded.method, recorded.path), ("POST", "/v1/chat/completions"))
+        self.assertEqual(recorded.headers["x-trace-id"], "abc")
+        self.assertEqual(recorded.body, chatBody())
+
+    async def test_holdAndRelease(self) -> None:
+        """
+        Held replies wait after the role chunk until C{release}; the
+        upstream counts calls in flight and the most at once.
+        """
+        self.upstream.script(Reply(content="a", hold=True), Reply(content="b", hold=True))
+        first = self.post(chatBody())
+        second = self.post(chatBody())
+        responses = [await first, await second]
+        self.assertEqual((self.upstream.inFlight, self.upstream.held), (2, 2))
+        collected = [Collected(), Collected()]
+        done = [treq.collect(r, c) for r, c in zip(responses, collected, strict=True)]
+        self.upstream.release()
+        for d in done:
+            await d
+        self.assertEqual(["".join(c.deltas("content")) for c in collected], ["a", "b"])
+        self.assertEqual((self.upstream.inFlight, self.upstream.maxInFlight), (0, 2))
+        self.assertEqual(self.upstream.disconnects, 0)
+
+    async def test_disconnects(self) -> None:
+        """
+        A client that goes away before the response finished is counted,
+        with the time.
+        """
+        self.upstream.script(Reply(content="a", hold=True))
+        response = await self.post(chatBody())
+
+        def hangUp(data: bytes) -> None:
+            raise RuntimeError("hang up")
+
+        with self.assertRaises(RuntimeError):
+            await treq.collect(response, hangUp)
+        self.assertEqual(await self.upstream.waitForDisconnects(1), 1)
+        self.assertEqual(len(self.upstream.disconnectTimes), 1)
+        self.assertEqual(self.upstream.lastDisconnectAt, self.upstream.disconnectTimes[0])
+        self.assertEqual((self.upstream.inFlight, self.upstream.held), (0, 0))
+
+    async def test_cutAfter(self) -> None:
+        """
+        C{cutAfter} closes the connection after that many events without
+        C{[DONE]}; that is not counted as a client disconnect.
+        """
+        self.upstream.script(Reply(content=["a", "b", "c"], cutAfter=2))
+        response = await self.post(chatBody())
+        collected = Collected()
+        with self.assertRaises(ResponseFailed):
+            await treq.collect(response, collected)
+        self.assertEqual(collected.deltas("content"), ["", "a"])
+        self.assertEqual(self.upstream.disconnects, 0)
+
+    async def test_rawChunks(self) -> None:
+        """
+        C{rawChunks} are the body, verbatim.
+        """
+        self.upstream.script(Reply(rawChunks=[b"data: {bad\n\n", b": x\n\n"]))
+        response = await self.post(chatBody())
+        self.assertEqual(await response.content(), b"data: {bad\n\n: x\n\n")
+
+    async def test_splitBytes(self) -> None:
+        """
+        C{splitBytes} writes the body in pieces of that size, splitting
+        UTF-8 characters, which still decode.
+        """
+        self.upstream.script(Reply(content="héllo 🎉", splitBytes=1))
+        collected = await self.stream(chatBody())
+        self.assertEqual({len(read) for read in collected.reads}, {1})
+        self.assertEqual("".join(collected.deltas("content")), "héllo 🎉")
+
+    async def test_stopDropsConnections(self) -> None:
+        """
+        C{stop} closes held connections too, so the reactor is left clean.
+        """
+        self.upstream.script(Reply(content="a", hold=True))
+        response = await self.post(chatBody())
+        collecting = treq.collect(response, Collected())
+        await self.running.stop()
+        with self.assertRaises(ResponseFailed):
+            await collecting
+        self.assertEqual(self.upstream.held, 0)
+
+
+class FakeUpstreamClockTests(SynchronousTestCase):
+    """
+    L{FakeUpstream} timing on an injected clock, in memory.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.upstream = FakeUpstream(self.clock)
+        self.stub = StubTreq(self.upstream.app.resource())
+
+    def test_delayAndInterval(self) -> None:
+        """
+        C{delay} holds the headers and C{interval} spaces the writes, on the
+        injected reactor.
+        """
+        self.upstream.script(Reply(content=["a", "b"], delay=5, interval=1))
+        d = self.stub.post("http://fake/v1/chat/completions", json=chatBody(), unbuffered=True)
+        self.stub.flush()
+        self.assertNoResult(d)
+        self.clock.advance(5)
+        self.stub.flush()
+        response = self.successResultOf(d)
+        collected = Collected()
+        done = self.stub.collect(response, collected)
+        self.stub.flush()
+        self.assertEqual(len(collected.data), 1)
+        self.clock.advance(1)
+        self.stub.flush()
+        self.assertEqual(collected.deltas("content"), ["", "a"])
+        self.clock.pump([1] * 5)
+        self.stub.flush()
+        self.successResultOf(done)
+        self.assertEqual(collected.data[-1], "[DONE]")
+
+    def test_waitForRequestsCancel(self) -> None:
+        """
+        A cancelled waiter is forgotten; others still fire.
+        """
+        first = self.upstream.waitForRequests(1)
+        second = self.upstream.waitForRequests(1)
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.stub.get("http://fake/v1/models")
+        self.stub.flush()
+        self.assertEqual(len(self.successResultOf(second)), 1)
+
+    def test_invalidBody(self) -> None:
+        """
+        A body that is not a JSON object is a 400 error envelope, recorded.
+        """
+        d = self.stub.post("http://fake/v1/chat/completions", data=b"nope")
+        self.stub.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 400)
+        self.assertIsNone(self.upstream.requests[0].body)
+
+
+def llmRequest(text: str = "hello world", stream: bool = True) -> LLMRequest:
+    """
+    A one-message request.
+    """
+    return LLMRequest(model="m", messages=(ChatMessage("user", text),), stream=stream)
+
+
+class Sink:
+    """
+    Records sink calls in order.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def content(self, text: str) -> None:
+        self.calls.append(("content", text))
+
+    def reasoning(self, text: str) -> None:
+        self.calls.append(("reasoning", text))
+
+
+class ScriptedProviderTests(SynchronousTestCase):
+    """
+    L{ScriptedProvider}.
+    """
+
+    def test_repliesInOrderThenEcho(self) -> None:
+        """
+        Replies are used in order; then the last user message is echoed.
+        The requests are recorded.
+        """
+        provider = ScriptedProvider(replies=[LLMResponse("one"), LLMResponse("two")])
+        results = [
+            self.successResultOf(provider.complete(llmRequest(), Sink())).content for _ in range(3)
+        ]
+        self.assertEqual(results, ["one", "two", "echo: hello world"])
+        self.assertEqual(len(provider.requests), 3)
+        self.assertEqual(provider.name, "scripted")
+
+    def test_streamsWordPieces(self) -> None:
+        """
+        When the request streams, reasoning then content reach the sink in
+        word pieces; otherwise the sink is untouched.
+        """
+        provider = ScriptedProvider(
+            replies=[LLMResponse("a b", reasoning="hm ok"), LLMResponse("c d")]
+        )
+        sink = Sink()
+        provider.complete(llmRequest(), sink)
+        self.assertEqual(
+            sink.calls,
+            [("reasoning", "hm "), ("reasoning", "ok"), ("content", "a "), ("content", "b")],
+        )
+        quiet = Sink()
+        provider.complete(llmRequest(stream=False), quiet)
+        self.assertEqual(quiet.calls, [])
+
+    def test_exception(self) -> None:
+        """
+        An exception reply fails the call with it.
+        """
+        error = ProviderError("down")
+        provider = ScriptedProvider(replies=[error])
+        self.assertIs(self.failureResultOf(provider.complete(llmRequest(), Sink())).value, error)
+
+    def test_deferredReply(self) -> None:
+        """
+        A Deferred reply is returned as is; its response streams when it
+        fires.
+        """
+        later: Deferred[LLMResponse] = Deferred()
+        provider = ScriptedProvider(replies=[later])
+        sink = Sink()
+        d = provider.complete(llmRequest(), sink)
+        self.assertNoResult(d)
+        later.callback(LLMResponse("done"))
+        self.assertEqual(self.successResultOf(d).content, "done")
+        self.assertEqual(sink.calls, [("content", "done")])
+
+    def test_holdAndCancel(self) -> None:
+        """
+        In hold mode calls stay pending; cancelling one fails it with
+        L{CancelledError} and counts it.
+        """
+        provider = ScriptedProvider(hold=True)
+        d = provider.complete(llmRequest(), Sink())
+        self.assertNoResult(d)
+        self.assertEqual(provider.held, [d])
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual((provider.cancelled, provider.held), (1, []))
+
+    def test_wordPieces(self) -> None:
+        """
+        L{wordPieces} keeps every character.
+        """
+        self.assertEqual(wordPieces("  a b  c "), ["  ", "a ", "b  ", "c "])
+        self.assertEqual(wordPieces(""), [])
+
+
+class _LineProtocol(ProcessProtocol):
+    def __init__(self) -> None:
+        self.firstLine: Deferred[str] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.buffer = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\n" in self.buffer and not self.firstLine.called:
+            self.firstLine.callback(self.buffer.split(b"\n")[0].decode())
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.firstLine.called:
+            self.firstLine.errback(reason)
+        self.ended.callback(None)
+
+
+class StandaloneTests(TestCase):
+    """
+    C{python -m ai_agent.testing}.
+    """
+
+    async def test_runsStandalone(self) -> None:
+        """
+        The module runs a fake upstream on the given port and says where.
+        """
+        from twisted.internet import reactor
+
+        protocol = _LineProtocol()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        process = reactor.spawnProcess(
+            protocol,
+            sys.executable,
+            [sys.executable, "-m", "ai_agent.testing", "--port", "0"],
+            env=env,
+        )
+
+        async def stop() -> None:
+            try:
+                process.signalProcess("TERM")
+            except Exception:
+                pass
+            await protocol.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        line = await protocol.firstLine
+        self.assertRegex(line, r"^fake upstream listening on http://127\.0\.0\.1:\d+/v1$")
+        baseUrl = line.rsplit(" ", 1)[1]
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        http = HTTPClient(Agent(reactor, pool=pool))
+        response = await http.get(baseUrl + "/models")
+        self.assertEqual(response.code, 200)
+        await response.content()
+        await pool.closeCachedConnections()
