@@ -25,12 +25,11 @@ from klein import Klein
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
+from ai_agent.connections import TrackingFactory
 from ai_agent.providers._base import DeltaSink, LLMRequest, LLMResponse
 
 
@@ -630,36 +629,6 @@ class _Exchange:
         await gone
 
 
-class _TrackingFactory(WrappingFactory):
-    """
-    Keeps the open connections so that L{RunningFakeUpstream.stop} can drop
-    them.
-    """
-
-    def __init__(self, wrappedFactory: Site) -> None:
-        super().__init__(wrappedFactory)
-        self._allGone: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p: Protocol) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._allGone = self._allGone, []
-            for d in waiters:
-                d.callback(None)
-
-    def dropConnections(self) -> Deferred[None]:
-        """
-        Abort every open connection; fire when all are closed.
-        """
-        if not self.protocols:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._allGone.append(d)
-        for protocol in list(self.protocols):
-            protocol.transport.abortConnection()
-        return d
-
-
 class _QuietSite(Site):
     """
     A L{Site} without the access log.
@@ -681,7 +650,7 @@ class RunningFakeUpstream:
     port: int
     baseUrl: str
     _listening: IListeningPort = attrs.field(repr=False)
-    _factory: _TrackingFactory = attrs.field(repr=False)
+    _factory: TrackingFactory = attrs.field(repr=False)
 
     def stop(self) -> Deferred[None]:
         """
@@ -713,7 +682,7 @@ def startFakeUpstream(
     if upstream is None:
         upstream = FakeUpstream(cast(IReactorTime, reactor))
     site = _QuietSite(upstream.app.resource(), parsePOSTFormSubmission=False, reactor=reactor)
-    factory = _TrackingFactory(site)
+    factory = TrackingFactory(site)
     endpoint = TCP4ServerEndpoint(reactor, port, interface=interface)
 
     def listening(listening: IListeningPort) -> RunningFakeUpstream:

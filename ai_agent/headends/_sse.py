@@ -72,8 +72,15 @@ class SSEStream:
         if not self.closed and self._pending:
             self.request.write(b"".join(self._pending))
         self._pending.clear()
-        if self.started and getattr(self.request, "producer", None) is self:
-            self.request.unregisterProducer()
+        request = self.request
+        if (
+            self.started
+            and getattr(request, "producer", None) is self
+            and getattr(request, "channel", None) is not None
+        ):
+            # A request whose connection is gone has no channel left to
+            # unregister from; it is never finished, so nothing checks.
+            request.unregisterProducer()
         self.closed = True
 
     @property

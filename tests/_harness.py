@@ -1,0 +1,124 @@
+"""
+A live server for integration tests: the real fake upstream and the real
+headend on 127.0.0.1, each on an ephemeral port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import attrs
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.trial.unittest import TestCase
+
+from ai_agent.connections import TrackingFactory
+from ai_agent.headends.openai import OpenAIHeadend
+from ai_agent.pool import RunPool
+from ai_agent.runtime import Runtime, buildRuntime
+from ai_agent.tap import makeSite
+from ai_agent.testing import FakeUpstream, startFakeUpstream
+
+SENTINEL_KEY = "sk-sentinel-0123456789abcdef"
+
+DEFAULT_AGENT = """\
+---
+description: Test agent
+models: fake/test-model
+---
+You are the test agent.
+"""
+
+
+def writeAgent(directory: str, name: str, text: str = DEFAULT_AGENT) -> str:
+    """
+    Write an agent file and return its path.
+    """
+    path = os.path.join(directory, name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+@attrs.define
+class LiveServer:
+    """
+    A running headend in front of a running fake upstream.
+    """
+
+    upstream: FakeUpstream
+    runtime: Runtime
+    pool: RunPool
+    headend: OpenAIHeadend
+    port: IListeningPort
+    directory: str
+
+    @property
+    def baseUrl(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}/v1"
+
+    def client(self, **kwargs: Any) -> Any:
+        """
+        An C{openai.OpenAI} client for this server, without retries.
+        """
+        import openai
+
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("timeout", 20)
+        return openai.OpenAI(base_url=self.baseUrl, api_key="any-key", **kwargs)
+
+
+async def startServer(
+    testCase: TestCase,
+    agents: dict[str, str] | None = None,
+    concurrency: int = 4,
+    maxQueue: int = 16,
+    queueTimeout: float = 30.0,
+    extraProviders: dict[str, Any] | None = None,
+    streamHeadGrace: float = 10.0,
+) -> LiveServer:
+    """
+    Start a fake upstream and a headend serving C{agents} (file name →
+    text); everything is stopped when C{testCase} ends.
+    """
+    running = await startFakeUpstream(reactor)
+    testCase.addCleanup(running.stop)
+    directory = os.path.abspath(testCase.mktemp())
+    os.makedirs(directory)
+    providers: dict[str, Any] = {
+        "fake": {"type": "openai", "baseUrl": running.baseUrl, "apiKey": SENTINEL_KEY}
+    }
+    providers.update(extraProviders or {})
+    configPath = os.path.join(directory, "config.json")
+    with open(configPath, "w", encoding="utf-8") as f:
+        json.dump({"providers": providers}, f)
+    paths = [
+        writeAgent(directory, name, text)
+        for name, text in (agents or {"agent.ai": DEFAULT_AGENT}).items()
+    ]
+    runtime = buildRuntime(
+        reactor, paths, configFile=configPath, cwd=directory, environ={"HOME": directory}
+    )
+    testCase.addCleanup(runtime.close)
+    pool = RunPool(reactor, concurrency, maxQueue, queueTimeout)
+    headend = OpenAIHeadend(
+        runtime.registry, runtime.runner, pool, reactor, streamHeadGrace=streamHeadGrace
+    )
+    factory = TrackingFactory(makeSite(headend))
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    # Cleanups run last-added first: stop listening, then drop what is open.
+    testCase.addCleanup(factory.dropConnections)
+    testCase.addCleanup(port.stopListening)
+    return LiveServer(running.upstream, runtime, pool, headend, port, directory)
+
+
+def inThread(f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+    """
+    Run a blocking client call in the reactor's thread pool.
+    """
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread(f, *args, **kwargs)

@@ -1,0 +1,179 @@
+"""
+The C{ai-agent} command in direct mode, run as a subprocess against the
+real fake upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from ai_agent.testing import Reply, startFakeUpstream
+from tests._harness import SENTINEL_KEY, writeAgent
+from tests._process import childEnvironment, command, run
+
+AGENT = """\
+#!/usr/bin/env ai-agent
+---
+description: CLI test agent
+models: local/small-model
+---
+You are the CLI test agent.
+"""
+
+
+class DirectModeTests(TestCase):
+    """
+    C{ai-agent --agent FILE PROMPT} streams the answer to stdout, logs to
+    stderr, and exits non-zero with a clear message on any problem.
+    """
+
+    async def setUpProject(self, agentText: str = AGENT) -> tuple[str, str]:
+        running = await startFakeUpstream(reactor)
+        self.addCleanup(running.stop)
+        self.upstream = running.upstream
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
+            json.dump(
+                {
+                    "providers": {
+                        "local": {
+                            "type": "openai",
+                            "baseUrl": running.baseUrl,
+                            "apiKey": "${LOCAL_KEY}",
+                        }
+                    }
+                },
+                f,
+            )
+        with open(os.path.join(folder, ".ai-agent.env"), "w") as f:
+            f.write(f"LOCAL_KEY={SENTINEL_KEY}\n")
+        return folder, writeAgent(folder, "chat.ai", agentText)
+
+    async def test_answers(self) -> None:
+        """
+        The answer from the configured provider is printed on stdout, the
+        upstream got the agent prompt as its first system message, the key
+        from the env file as a bearer token, and the exit code is 0.
+        """
+        folder, _ = await self.setUpProject()
+        out, err, code = await run(
+            [*command("ai-agent"), "--agent", "chat.ai", "hello there"],
+            folder,
+            childEnvironment(HOME=folder),
+        )
+        self.assertEqual((out.decode(), code), ("echo: hello there", 0), err)
+        request = self.upstream.requests[0]
+        self.assertEqual(
+            request.body["messages"][0],
+            {"role": "system", "content": "You are the CLI test agent."},
+        )
+        self.assertEqual(request.headers["authorization"], f"Bearer {SENTINEL_KEY}")
+        self.assertNotIn(SENTINEL_KEY.encode(), err)
+
+    async def test_stdinPrompt(self) -> None:
+        """
+        C{-} reads the prompt from standard input.
+        """
+        folder, _ = await self.setUpProject()
+        out, err, code = await run(
+            [*command("ai-agent"), "--agent", "chat.ai", "-"],
+            folder,
+            childEnvironment(HOME=folder),
+            stdin=b"from stdin",
+        )
+        self.assertEqual((out.decode(), code), ("echo: from stdin", 0), err)
+
+    async def test_filePrompt(self) -> None:
+        """
+        C{@path} reads the prompt from a file.
+        """
+        folder, _ = await self.setUpProject()
+        with open(os.path.join(folder, "q.txt"), "w") as f:
+            f.write("from a file")
+        out, err, code = await run(
+            [*command("ai-agent"), "--agent", "chat.ai", "@q.txt"],
+            folder,
+            childEnvironment(HOME=folder),
+        )
+        self.assertEqual((out.decode(), code), ("echo: from a file", 0), err)
+
+    async def test_shebang(self) -> None:
+        """
+        The agent file may come first without C{--agent}, as its shebang
+        line passes it.
+        """
+        folder, path = await self.setUpProject()
+        out, err, code = await run(
+            [*command("ai-agent"), path, "hi"], folder, childEnvironment(HOME=folder)
+        )
+        self.assertEqual((out.decode(), code), ("echo: hi", 0), err)
+
+    async def test_bogusKey(self) -> None:
+        """
+        A bogus frontmatter key is refused by name, with exit code 2 and no
+        upstream call.
+        """
+        folder, _ = await self.setUpProject(AGENT.replace("models:", "modle: x\nmodels:"))
+        out, err, code = await run(
+            [*command("ai-agent"), "--agent", "chat.ai", "hi"], folder, childEnvironment(HOME=folder)
+        )
+        self.assertEqual(code, 2)
+        self.assertIn(b"modle", err)
+        self.assertIn(b"chat.ai", err)
+        self.assertEqual(out, b"")
+        self.assertEqual(self.upstream.requests, [])
+
+    async def test_missingFile(self) -> None:
+        """
+        A missing agent file is named, with exit code 2.
+        """
+        folder, _ = await self.setUpProject()
+        out, err, code = await run(
+            [*command("ai-agent"), "--agent", "nope.ai", "hi"], folder, childEnvironment(HOME=folder)
+        )
+        self.assertEqual(code, 2)
+        self.assertIn(b"nope.ai", err)
+
+    async def test_missingPrompt(self) -> None:
+        """
+        Direct mode without a prompt is a usage error.
+        """
+        folder, _ = await self.setUpProject()
+        out, err, code = await run(
+            [*command("ai-agent"), "--agent", "chat.ai"], folder, childEnvironment(HOME=folder)
+        )
+        self.assertEqual(code, 2)
+        self.assertIn(b"PROMPT", err)
+
+    async def test_providerFailure(self) -> None:
+        """
+        A provider that keeps failing gives exit code 1 and a message
+        naming the provider, never the key.
+        """
+        folder, _ = await self.setUpProject()
+        self.upstream.script(*[Reply(status=500) for _ in range(3)])
+        out, err, code = await run(
+            [*command("ai-agent"), "--agent", "chat.ai", "hi"], folder, childEnvironment(HOME=folder)
+        )
+        self.assertEqual(code, 1)
+        self.assertIn(b"'local'", err)
+        self.assertNotIn(SENTINEL_KEY.encode(), err + out)
+
+    async def test_missingVariable(self) -> None:
+        """
+        An unset key variable does not stop loading; the run fails with a
+        message naming the variable.
+        """
+        folder, _ = await self.setUpProject()
+        os.remove(os.path.join(folder, ".ai-agent.env"))
+        out, err, code = await run(
+            [*command("ai-agent"), "--agent", "chat.ai", "hi"], folder, childEnvironment(HOME=folder)
+        )
+        self.assertEqual(code, 1)
+        self.assertIn(b"LOCAL_KEY", err)
+        self.assertEqual(self.upstream.requests, [])

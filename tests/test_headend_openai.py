@@ -1,0 +1,569 @@
+"""
+The OpenAI headend on a real socket, driven by the real C{openai} SDK, in
+front of the real fake upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import openai
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+
+from ai_agent.testing import Reply
+from tests._harness import SENTINEL_KEY, inThread, startServer
+
+CHAT = "chat.completions"
+
+
+class _RawClient(Protocol):
+    """
+    Sends one raw HTTP request and collects what comes back.
+    """
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.received = b""
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost.callback(None)
+
+
+def _post(body: dict[str, Any] | bytes, path: str = "/v1/chat/completions") -> bytes:
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+    ).encode() + payload
+
+
+async def _raw(port: int, request: bytes) -> _RawClient:
+    client = _RawClient(request)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    return client
+
+
+def _user(text: str = "hello") -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+class ModelsTests(TestCase):
+    """
+    C{/v1/models} lists every agent file as a model.
+    """
+
+    async def test_list(self) -> None:
+        """
+        The list has one entry per agent with the four OpenAI fields; the id
+        is C{toolName} or the file name without C{.ai}; C{created} is the
+        file's modification time, the same on every call.
+        """
+        server = await startServer(
+            self,
+            {
+                "alpha.ai": "---\ndescription: A\nmodels: fake/m\n---\nA",
+                "beta.ai": "---\ntoolName: named\nmodels: fake/m\n---\nB",
+            },
+        )
+        client = server.client()
+        first = await inThread(client.models.list)
+        second = await inThread(client.models.list)
+        self.assertEqual([m.id for m in first.data], ["alpha", "named"])
+        self.assertEqual([m.object for m in first.data], ["model", "model"])
+        self.assertEqual([m.owned_by for m in first.data], ["ai-agent", "ai-agent"])
+        self.assertEqual([m.created for m in first.data], [m.created for m in second.data])
+        mtime = int(os.stat(os.path.join(server.directory, "alpha.ai")).st_mtime)
+        self.assertEqual(first.data[0].created, mtime)
+
+    async def test_retrieve(self) -> None:
+        """
+        C{GET /v1/models/{id}} returns one entry; an unknown id is a 404
+        that the SDK raises as C{NotFoundError}.
+        """
+        server = await startServer(self)
+        client = server.client()
+        model = await inThread(client.models.retrieve, "agent")
+        self.assertEqual((model.id, model.object), ("agent", "model"))
+        with self.assertRaises(openai.NotFoundError):
+            await inThread(client.models.retrieve, "nope")
+
+    async def test_duplicateIds(self) -> None:
+        """
+        Two agents that would get the same id are told apart with C{-2}.
+        """
+        server = await startServer(
+            self,
+            {
+                "one.ai": "---\ntoolName: same\nmodels: fake/m\n---\n1",
+                "two.ai": "---\ntoolName: same\nmodels: fake/m\n---\n2",
+            },
+        )
+        models = await inThread(server.client().models.list)
+        self.assertEqual([m.id for m in models.data], ["same", "same-2"])
+
+
+class CompletionTests(TestCase):
+    """
+    Non-streaming and streaming completions have OpenAI's exact shapes.
+    """
+
+    async def test_create(self) -> None:
+        """
+        A plain completion answers with the upstream's text, a
+        C{chatcmpl-} id, finish reason C{stop} and the upstream's usage.
+        """
+        server = await startServer(self)
+        server.upstream.script(Reply(content=["Hello", " there"], usage=(11, 2)))
+        result = await inThread(
+            server.client().chat.completions.create, model="agent", messages=_user()
+        )
+        self.assertTrue(result.id.startswith("chatcmpl-"))
+        self.assertEqual(result.object, "chat.completion")
+        self.assertEqual(result.model, "agent")
+        self.assertEqual(result.choices[0].message.role, "assistant")
+        self.assertEqual(result.choices[0].message.content, "Hello there")
+        self.assertEqual(result.choices[0].finish_reason, "stop")
+        self.assertEqual(
+            (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.total_tokens),
+            (11, 2, 13),
+        )
+
+    async def test_agentPromptFirst(self) -> None:
+        """
+        The upstream sees the agent's prompt as the first system message,
+        then the client's system message, then the conversation as real
+        messages in order; developer messages become system messages.
+        """
+        server = await startServer(self)
+        messages = [
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": "Use British spelling."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": [{"type": "text", "text": "2+2?"}]},
+        ]
+        await inThread(server.client().chat.completions.create, model="agent", messages=messages)
+        sent = server.upstream.requests[0].body["messages"]
+        self.assertEqual(
+            [(m["role"], m["content"]) for m in sent],
+            [
+                ("system", "You are the test agent."),
+                ("system", "Be brief."),
+                ("system", "Use British spelling."),
+                ("user", "hi"),
+                ("assistant", "hello"),
+                ("user", "2+2?"),
+            ],
+        )
+        self.assertEqual(server.upstream.requests[0].body["model"], "test-model")
+
+    async def test_samplingPassedOn(self) -> None:
+        """
+        The client's temperature, top_p, max_completion_tokens, stop and
+        seed reach the upstream call.
+        """
+        server = await startServer(self)
+        await inThread(
+            server.client().chat.completions.create,
+            model="agent",
+            messages=_user(),
+            temperature=0.25,
+            top_p=0.5,
+            max_completion_tokens=33,
+            stop=["END"],
+            seed=7,
+        )
+        body = server.upstream.requests[0].body
+        self.assertEqual(
+            (body["temperature"], body["top_p"], body["max_tokens"], body["stop"], body["seed"]),
+            (0.25, 0.5, 33, ["END"], 7),
+        )
+
+    async def test_stream(self) -> None:
+        """
+        A stream starts with the role chunk, relays each content delta,
+        ends with an empty-delta chunk carrying C{finish_reason}, and every
+        chunk has the same id and created time; without C{include_usage}
+        no chunk carries usage.
+        """
+        server = await startServer(self)
+        server.upstream.script(Reply(content=["a", "b", "c"]))
+
+        def consume() -> list[Any]:
+            stream = server.client().chat.completions.create(
+                model="agent", messages=_user(), stream=True
+            )
+            return list(stream)
+
+        chunks = await inThread(consume)
+        self.assertEqual(chunks[0].choices[0].delta.role, "assistant")
+        self.assertEqual(chunks[0].choices[0].delta.content, "")
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        self.assertEqual(text, "abc")
+        self.assertEqual([c.choices[0].delta.content for c in chunks[1:4]], ["a", "b", "c"])
+        self.assertEqual(chunks[-1].choices[0].finish_reason, "stop")
+        self.assertIsNone(chunks[-1].choices[0].delta.content)
+        self.assertEqual(len({c.id for c in chunks}), 1)
+        self.assertEqual(len({c.created for c in chunks}), 1)
+        self.assertTrue(all(c.usage is None for c in chunks))
+        self.assertTrue(all(c.object == "chat.completion.chunk" for c in chunks))
+
+    async def test_streamIncludeUsage(self) -> None:
+        """
+        With C{stream_options.include_usage}, one last chunk has empty
+        C{choices} and the usage; the others carry C{usage: null}.
+        """
+        server = await startServer(self)
+        server.upstream.script(Reply(content=["x", "y"], usage=(5, 2)))
+
+        def consume() -> list[Any]:
+            return list(
+                server.client().chat.completions.create(
+                    model="agent",
+                    messages=_user(),
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            )
+
+        chunks = await inThread(consume)
+        self.assertEqual(chunks[-1].choices, [])
+        self.assertEqual(
+            (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens), (5, 2)
+        )
+        self.assertTrue(all(c.usage is None for c in chunks[:-1]))
+
+    async def test_streamHelper(self) -> None:
+        """
+        The SDK's C{chat.completions.stream()} helper accumulates the
+        stream into a final completion.
+        """
+        server = await startServer(self)
+        server.upstream.script(Reply(content=["Hel", "lo"]))
+
+        def consume() -> Any:
+            with server.client().chat.completions.stream(
+                model="agent", messages=_user()
+            ) as stream:
+                for _ in stream:
+                    pass
+                return stream.get_final_completion()
+
+        final = await inThread(consume)
+        self.assertEqual(final.choices[0].message.content, "Hello")
+        self.assertEqual(final.choices[0].finish_reason, "stop")
+
+    async def test_reasoning(self) -> None:
+        """
+        Upstream reasoning is relayed as C{reasoning_content}: as deltas
+        when streaming and as a message field otherwise, never in content.
+        """
+        server = await startServer(self)
+        server.upstream.script(
+            Reply(content="42", reasoning=["think", "ing"]),
+            Reply(content="42", reasoning="thinking"),
+        )
+
+        def consume() -> list[Any]:
+            return list(
+                server.client().chat.completions.create(
+                    model="agent", messages=_user(), stream=True
+                )
+            )
+
+        chunks = await inThread(consume)
+        reasoning = "".join(
+            (c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+            for c in chunks
+            if c.choices
+        )
+        self.assertEqual(reasoning, "thinking")
+        self.assertEqual("".join(c.choices[0].delta.content or "" for c in chunks), "42")
+        result = await inThread(
+            server.client().chat.completions.create, model="agent", messages=_user()
+        )
+        self.assertEqual(result.choices[0].message.content, "42")
+        self.assertEqual(result.choices[0].message.model_extra["reasoning_content"], "thinking")
+
+    async def test_unknownModel(self) -> None:
+        """
+        A chat request for a model that is not served is a 404
+        C{model_not_found}, raised by the SDK as C{NotFoundError}.
+        """
+        server = await startServer(self)
+        with self.assertRaises(openai.NotFoundError) as caught:
+            await inThread(
+                server.client().chat.completions.create, model="missing", messages=_user()
+            )
+        self.assertEqual(caught.exception.code, "model_not_found")
+        self.assertEqual(server.upstream.requests, [])
+
+    async def test_upstreamRejected(self) -> None:
+        """
+        An upstream that refuses the call before anything streamed gives a
+        502 naming the provider, never the key, for both modes.
+        """
+        server = await startServer(self)
+        server.upstream.script(
+            Reply(status=401, errorBody={"error": {"message": f"bad key {SENTINEL_KEY}"}}),
+            Reply(status=401, errorBody={"error": {"message": f"bad key {SENTINEL_KEY}"}}),
+        )
+        for stream in (False, True):
+            with self.assertRaises(openai.APIStatusError) as caught:
+                await inThread(
+                    lambda: list(
+                        server.client().chat.completions.create(
+                            model="agent", messages=_user(), stream=True
+                        )
+                    )
+                    if stream
+                    else server.client().chat.completions.create(model="agent", messages=_user())
+                )
+            self.assertEqual(caught.exception.status_code, 502)
+            self.assertIn("fake", caught.exception.message)
+            self.assertNotIn(SENTINEL_KEY, caught.exception.response.text)
+
+    async def test_midStreamError(self) -> None:
+        """
+        A failure after content was streamed arrives in-band as
+        C{data: {"error": ...}} followed by C{[DONE]}; the SDK raises it.
+        """
+        server = await startServer(self)
+        server.upstream.script(Reply(content=["a", "b", "c"], cutAfter=2))
+        port = server.port.getHost().port
+        client = await _raw(
+            port, _post({"model": "agent", "messages": _user(), "stream": True})
+        )
+        await client.lost
+        body = client.received.split(b"\r\n\r\n", 1)[1]
+        self.assertIn(b'data: {"error":', body)
+        self.assertIn(b"data: [DONE]", body)
+        self.assertLess(body.index(b'{"error":'), body.index(b"[DONE]"))
+
+
+class ErrorTests(TestCase):
+    """
+    Client mistakes get OpenAI's error envelope and a 4xx status.
+    """
+
+    async def _status(self, request: bytes) -> tuple[int, dict[str, Any], bytes]:
+        server = await startServer(self)
+        client = await _raw(server.port.getHost().port, request)
+        await client.lost
+        head, _, body = client.received.partition(b"\r\n\r\n")
+        status = int(head.split(b" ")[1])
+        if b"chunked" in head.lower():
+            body = _dechunk(body)
+        return status, json.loads(body), head
+
+    async def test_badJson(self) -> None:
+        """
+        A body that is not JSON is a 400 C{invalid_request_error}.
+        """
+        status, body, _ = await self._status(_post(b"{nope"))
+        self.assertEqual(status, 400)
+        self.assertEqual(body["error"]["type"], "invalid_request_error")
+        self.assertEqual(set(body["error"]), {"message", "type", "param", "code"})
+
+    async def test_missingMessages(self) -> None:
+        """
+        A request without C{messages} is a 400 whose C{param} names it.
+        """
+        status, body, _ = await self._status(_post({"model": "agent"}))
+        self.assertEqual(status, 400)
+        self.assertEqual(body["error"]["param"], "messages")
+
+    async def test_wrongType(self) -> None:
+        """
+        A field of the wrong type is a 400 naming the field.
+        """
+        status, body, _ = await self._status(
+            _post({"model": "agent", "messages": _user(), "temperature": "hot"})
+        )
+        self.assertEqual((status, body["error"]["param"]), (400, "temperature"))
+
+    async def test_unknownFieldsIgnored(self) -> None:
+        """
+        Fields this server does not use are ignored, not rejected.
+        """
+        status, body, _ = await self._status(
+            _post(
+                {
+                    "model": "agent",
+                    "messages": _user(),
+                    "frequency_penalty": 0.1,
+                    "logit_bias": {},
+                    "user": "u1",
+                    "metadata": {"a": "b"},
+                    "parallel_tool_calls": True,
+                }
+            )
+        )
+        self.assertEqual(status, 200)
+        self.assertEqual(body["object"], "chat.completion")
+
+    async def test_wrongMethod(self) -> None:
+        """
+        C{GET /v1/chat/completions} is a 405 with an C{Allow} header.
+        """
+        status, body, head = await self._status(
+            b"GET /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        self.assertEqual(status, 405)
+        self.assertIn(b"allow: post", head.lower())
+        self.assertEqual(body["error"]["code"], "method_not_allowed")
+
+    async def test_unknownPath(self) -> None:
+        """
+        An unknown path is a 404 in the OpenAI envelope.
+        """
+        status, body, _ = await self._status(
+            b"GET /v1/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        self.assertEqual(status, 404)
+        self.assertEqual(body["error"]["type"], "invalid_request_error")
+
+    async def test_health(self) -> None:
+        """
+        C{GET /health} is a 200 naming the agents served.
+        """
+        status, body, _ = await self._status(
+            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        self.assertEqual(status, 200)
+        self.assertEqual((body["status"], body["agents"]), ("ok", ["agent"]))
+
+
+class PoolTests(TestCase):
+    """
+    The pool bounds concurrent runs, refuses past its queue, and a client
+    that leaves cancels its run.
+    """
+
+    async def test_concurrencyBound(self) -> None:
+        """
+        With concurrency N, N+k concurrent requests against a slow upstream
+        never have more than N upstream calls in flight, and all complete.
+        """
+        server = await startServer(self, concurrency=2)
+        server.upstream.script(*[Reply(content="ok", hold=True) for _ in range(5)])
+        client = server.client()
+        calls = [
+            inThread(client.chat.completions.create, model="agent", messages=_user())
+            for _ in range(5)
+        ]
+        await server.upstream.waitForRequests(2)
+        await _sleep(0.2)
+        self.assertEqual(server.upstream.inFlight, 2)
+        self.assertEqual(server.pool.queuedRuns, 3)
+        while len(server.upstream.requests) < 5 or server.upstream.inFlight:
+            server.upstream.release()
+            await _sleep(0.02)
+        results = await gatherResults(calls)
+        self.assertEqual([r.choices[0].message.content for r in results], ["ok"] * 5)
+        self.assertEqual(server.upstream.maxInFlight, 2)
+
+    async def test_fullQueue(self) -> None:
+        """
+        With every slot busy and the queue full, a request is answered at
+        once with 503 and C{Retry-After}, before anything else is sent.
+        """
+        server = await startServer(self, concurrency=1, maxQueue=0)
+        server.upstream.script(Reply(content="slow", hold=True))
+        client = server.client()
+        first = inThread(client.chat.completions.create, model="agent", messages=_user())
+        await server.upstream.waitForRequests(1)
+        with self.assertRaises(openai.APIStatusError) as caught:
+            await inThread(client.chat.completions.create, model="agent", messages=_user())
+        self.assertEqual(caught.exception.status_code, 503)
+        self.assertGreaterEqual(int(caught.exception.response.headers["retry-after"]), 1)
+        server.upstream.release()
+        await first
+
+    async def test_streamDisconnectClosesUpstream(self) -> None:
+        """
+        A streaming client that disconnects mid-run gets its upstream call
+        closed within 50 ms, and its slot freed.
+        """
+        server = await startServer(self, concurrency=1, streamHeadGrace=0.0)
+        server.upstream.script(Reply(content=["a", "b"], hold=True))
+        client = await _raw(
+            server.port.getHost().port,
+            _post({"model": "agent", "messages": _user(), "stream": True}),
+        )
+        await server.upstream.waitForRequests(1)
+        await _sleep(0.05)
+        self.assertIn(b"text/event-stream", client.received)
+        closedAt = time.monotonic()
+        client.transport.loseConnection()
+        await server.upstream.waitForDisconnects(1)
+        self.assertLess(time.monotonic() - closedAt, 0.05)
+        await _sleep(0.01)
+        self.assertEqual(server.pool.activeRuns, 0)
+
+    async def test_nonStreamDisconnectClosesUpstream(self) -> None:
+        """
+        A non-streaming client that disconnects while its run is going
+        cancels it: the upstream call is closed and the slot freed.
+        """
+        server = await startServer(self, concurrency=1)
+        server.upstream.script(Reply(content="x", hold=True))
+        client = await _raw(server.port.getHost().port, _post({"model": "agent", "messages": _user()}))
+        await server.upstream.waitForRequests(1)
+        closedAt = time.monotonic()
+        client.transport.loseConnection()
+        await server.upstream.waitForDisconnects(1)
+        self.assertLess(time.monotonic() - closedAt, 0.05)
+        await _sleep(0.01)
+        self.assertEqual(server.pool.activeRuns, 0)
+
+    async def test_queuedDisconnectLeavesQueue(self) -> None:
+        """
+        A client that disconnects while queued leaves the queue and never
+        reaches the upstream.
+        """
+        server = await startServer(self, concurrency=1)
+        server.upstream.script(Reply(content="x", hold=True))
+        first = await _raw(server.port.getHost().port, _post({"model": "agent", "messages": _user()}))
+        await server.upstream.waitForRequests(1)
+        queued = await _raw(server.port.getHost().port, _post({"model": "agent", "messages": _user()}))
+        await _sleep(0.05)
+        self.assertEqual(server.pool.queuedRuns, 1)
+        queued.transport.loseConnection()
+        await _sleep(0.05)
+        self.assertEqual(server.pool.queuedRuns, 0)
+        server.upstream.release()
+        await first.lost
+        self.assertEqual(len(server.upstream.requests), 1)
+
+
+def _sleep(seconds: float) -> Deferred[None]:
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, seconds, lambda: None)
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size, _, rest = body.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            break
+        out += rest[:n]
+        body = rest[n + 2 :]
+    return out

@@ -1,0 +1,213 @@
+"""
+The twistd plugin and the server options, including C{twistd -n ai-agent}
+and C{ai-agent --openai-completions} serving requests as subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from ai_agent.tap import Options, endpointFor
+from ai_agent.testing import startFakeUpstream
+from tests._harness import writeAgent
+from tests._process import childEnvironment, command, run
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    C{twistd ai-agent} options are validated up front.
+    """
+
+    def setUp(self) -> None:
+        folder = self.mktemp()
+        os.makedirs(folder)
+        self.agent = writeAgent(folder, "a.ai")
+
+    def parse(self, *argv: str) -> Options:
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_barePortBindsHost(self) -> None:
+        """
+        A bare port binds 127.0.0.1 unless C{--host} says otherwise.
+        """
+        options = self.parse("--agent", self.agent, "--openai-completions", "8082")
+        self.assertEqual(options["endpoints"], ["tcp:8082:interface=127.0.0.1"])
+        options = self.parse(
+            "--agent", self.agent, "--openai-completions", "8082", "--host", "0.0.0.0"
+        )
+        self.assertEqual(options["endpoints"], ["tcp:8082:interface=0.0.0.0"])
+
+    def test_repeatable(self) -> None:
+        """
+        C{--agent} and C{--openai-completions} may repeat; endpoint strings
+        pass through.
+        """
+        options = self.parse(
+            "--agent",
+            self.agent,
+            "--agent",
+            self.agent,
+            "--openai-completions",
+            "8082",
+            "--openai-completions",
+            "tcp:9000:interface=::1",
+        )
+        self.assertEqual(len(options["agents"]), 2)
+        self.assertEqual(options["endpoints"][1], "tcp:9000:interface=::1")
+
+    def test_defaults(self) -> None:
+        """
+        Concurrency defaults to 4 and the queue to four times it.
+        """
+        options = self.parse("--agent", self.agent, "--openai-completions", "1")
+        self.assertEqual(options["openai-completions-concurrency"], 4)
+        self.assertEqual(options["openai-completions-queue"], 16)
+        self.assertEqual(options["openai-completions-queue-timeout"], 30.0)
+
+    def test_refused(self) -> None:
+        """
+        No agent, a missing agent file, no port, a bad port or a concurrency
+        below 1 are usage errors.
+        """
+        cases = [
+            ["--openai-completions", "8082"],
+            ["--agent", "missing.ai", "--openai-completions", "8082"],
+            ["--agent", self.agent],
+            ["--agent", self.agent, "--openai-completions", "http"],
+            ["--agent", self.agent, "--openai-completions", "70000"],
+            ["--agent", self.agent, "--openai-completions", "1", "--openai-completions-concurrency", "0"],
+        ]
+        for argv in cases:
+            self.assertRaises(usage.UsageError, self.parse, *argv)
+
+    def test_endpointFor(self) -> None:
+        """
+        An IPv6 host is escaped in the endpoint string.
+        """
+        self.assertEqual(endpointFor("80", "::1"), "tcp:80:interface=\\:\\:1")
+
+
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Server(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output: list[bytes] = []
+        self.ended: Deferred[int] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output.append(data)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: object) -> None:
+        value = getattr(reason, "value", None)
+        self.ended.callback(getattr(value, "exitCode", None) or 0)
+
+
+class ServerProcessTests(TestCase):
+    """
+    The installed plugin and both server commands work as processes.
+    """
+
+    async def test_pluginInstalled(self) -> None:
+        """
+        From outside the checkout, C{getPlugins} finds the C{ai-agent}
+        twistd plugin in the installed package.
+        """
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        code = (
+            "from twisted.plugin import getPlugins\n"
+            "from twisted.application.service import IServiceMaker\n"
+            "print([m.tapname for m in getPlugins(IServiceMaker)])\n"
+        )
+        out, err, status = await run(
+            [sys.executable, "-c", code], folder, childEnvironment(checkout=False, HOME=folder)
+        )
+        self.assertEqual(status, 0, err)
+        self.assertIn("'ai-agent'", out.decode())
+
+    async def _serve(self, argv: list[str]) -> None:
+        running = await startFakeUpstream(reactor)
+        self.addCleanup(running.stop)
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
+            json.dump(
+                {"providers": {"fake": {"type": "openai", "baseUrl": running.baseUrl}}}, f
+            )
+        writeAgent(folder, "chat.ai")
+        port = _freePort()
+        protocol = _Server()
+        full = [a.replace("PORT", str(port)) for a in argv]
+        reactor.spawnProcess(
+            protocol, full[0], full, env=childEnvironment(HOME=folder), path=folder
+        )
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        client = treq.client.HTTPClient(Agent(reactor, pool=pool))
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(100):
+                try:
+                    response = await client.get(base + "/health")
+                    await response.content()
+                    break
+                except Exception:
+                    await deferLater(reactor, 0.1, lambda: None)
+            response = await client.post(
+                base + "/v1/chat/completions",
+                json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            body = await response.json()
+            self.assertEqual(response.code, 200)
+            self.assertEqual(body["choices"][0]["message"]["content"], "echo: hi")
+        finally:
+            os.kill(protocol.transport.pid, signal.SIGTERM)
+            status = await protocol.ended
+        self.assertEqual(status, 0, b"".join(protocol.output).decode())
+
+    async def test_twistd(self) -> None:
+        """
+        C{twistd -n ai-agent} serves a chat completion and stops cleanly on
+        SIGTERM.
+        """
+        await self._serve(
+            [
+                *command("twistd"),
+                "-n",
+                "--pidfile=",
+                "ai-agent",
+                "--agent",
+                "chat.ai",
+                "--openai-completions",
+                "PORT",
+            ]
+        )
+
+    async def test_cliHeadend(self) -> None:
+        """
+        C{ai-agent --openai-completions} serves the same service and exits
+        0 on SIGTERM.
+        """
+        await self._serve(
+            [*command("ai-agent"), "--agent", "chat.ai", "--openai-completions", "PORT"]
+        )
