@@ -28,7 +28,7 @@ setup(
             "mcp>=1.0",
             "hypothesis>=6.100",
         ],
-        "dev": ["mypy", "ruff", "types-PyYAML", "tox"],
+        "dev": ["mypy", "mypy-zope", "ruff", "types-PyYAML", "tox"],
     },
     entry_points={"console_scripts": ["ai-agent = ai_agent.cli:main"]},
 )

@@ -7,7 +7,8 @@ drop long-lived ones such as idle keep-alives and SSE streams when it stops.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import WrappingFactory
 
 
@@ -16,7 +17,7 @@ class TrackingFactory(WrappingFactory):
     Wraps a server factory and keeps its open connections.
     """
 
-    def __init__(self, wrappedFactory: ServerFactory) -> None:
+    def __init__(self, wrappedFactory: IProtocolFactory) -> None:
         super().__init__(wrappedFactory)
         self._allGone: list[Deferred[None]] = []
 

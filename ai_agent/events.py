@@ -6,7 +6,7 @@ session knows nothing about HTTP.
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable
 
 import attrs
 
@@ -88,7 +88,7 @@ class Failed:
     usage: Usage = Usage()
 
 
-Event = Union[ContentDelta, ReasoningDelta, Usage, Finished, Failed]
+Event = ContentDelta | ReasoningDelta | Usage | Finished | Failed
 EventSink = Callable[[Event], None]
 
 __all__ = [

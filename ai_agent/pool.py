@@ -15,6 +15,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ai_agent.errors import AgentError, overloaded
 
@@ -120,7 +121,7 @@ class RunPool(Service):
             timer.cancel()
             return Slot(self._semaphore.release)
 
-        def failed(reason: object) -> object:
+        def failed(reason: Failure) -> Failure:
             if timer.active():
                 timer.cancel()
             if timedOut[0]:

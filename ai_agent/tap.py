@@ -89,9 +89,7 @@ class ServerOptions(usage.Options):
             raise usage.UsageError("--openai-completions-queue must not be negative")
         if self["openai-completions-queue-timeout"] <= 0:
             raise usage.UsageError("--openai-completions-queue-timeout must be positive")
-        self["endpoints"] = [
-            endpointFor(port, self["host"]) for port in self["openai-completions"]
-        ]
+        self["endpoints"] = [endpointFor(port, self["host"]) for port in self["openai-completions"]]
 
 
 class Options(ServerOptions):
@@ -153,9 +151,9 @@ def makeService(options: ServerOptions, reactor: Any = None) -> IService:
     Build the server: one headend per endpoint, each with its own pool.
     """
     if reactor is None:
-        from twisted.internet import reactor as globalReactor
+        from twisted.internet import reactor as _reactor
 
-        reactor = globalReactor
+        reactor = _reactor
     concurrency = options["openai-completions-concurrency"]
     endpoints = options["endpoints"]
     runtime = buildRuntime(

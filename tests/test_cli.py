@@ -120,7 +120,9 @@ class DirectModeTests(TestCase):
         """
         folder, _ = await self.setUpProject(AGENT.replace("models:", "modle: x\nmodels:"))
         out, err, code = await run(
-            [*command("ai-agent"), "--agent", "chat.ai", "hi"], folder, childEnvironment(HOME=folder)
+            [*command("ai-agent"), "--agent", "chat.ai", "hi"],
+            folder,
+            childEnvironment(HOME=folder),
         )
         self.assertEqual(code, 2)
         self.assertIn(b"modle", err)
@@ -134,7 +136,9 @@ class DirectModeTests(TestCase):
         """
         folder, _ = await self.setUpProject()
         out, err, code = await run(
-            [*command("ai-agent"), "--agent", "nope.ai", "hi"], folder, childEnvironment(HOME=folder)
+            [*command("ai-agent"), "--agent", "nope.ai", "hi"],
+            folder,
+            childEnvironment(HOME=folder),
         )
         self.assertEqual(code, 2)
         self.assertIn(b"nope.ai", err)
@@ -158,7 +162,9 @@ class DirectModeTests(TestCase):
         folder, _ = await self.setUpProject()
         self.upstream.script(*[Reply(status=500) for _ in range(3)])
         out, err, code = await run(
-            [*command("ai-agent"), "--agent", "chat.ai", "hi"], folder, childEnvironment(HOME=folder)
+            [*command("ai-agent"), "--agent", "chat.ai", "hi"],
+            folder,
+            childEnvironment(HOME=folder),
         )
         self.assertEqual(code, 1)
         self.assertIn(b"'local'", err)
@@ -172,7 +178,9 @@ class DirectModeTests(TestCase):
         folder, _ = await self.setUpProject()
         os.remove(os.path.join(folder, ".ai-agent.env"))
         out, err, code = await run(
-            [*command("ai-agent"), "--agent", "chat.ai", "hi"], folder, childEnvironment(HOME=folder)
+            [*command("ai-agent"), "--agent", "chat.ai", "hi"],
+            folder,
+            childEnvironment(HOME=folder),
         )
         self.assertEqual(code, 1)
         self.assertIn(b"LOCAL_KEY", err)

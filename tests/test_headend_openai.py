@@ -256,9 +256,7 @@ class CompletionTests(TestCase):
         server.upstream.script(Reply(content=["Hel", "lo"]))
 
         def consume() -> Any:
-            with server.client().chat.completions.stream(
-                model="agent", messages=_user()
-            ) as stream:
+            with server.client().chat.completions.stream(model="agent", messages=_user()) as stream:
                 for _ in stream:
                     pass
                 return stream.get_final_completion()
@@ -325,13 +323,17 @@ class CompletionTests(TestCase):
         for stream in (False, True):
             with self.assertRaises(openai.APIStatusError) as caught:
                 await inThread(
-                    lambda: list(
-                        server.client().chat.completions.create(
-                            model="agent", messages=_user(), stream=True
+                    lambda stream=stream: (
+                        list(
+                            server.client().chat.completions.create(
+                                model="agent", messages=_user(), stream=True
+                            )
+                        )
+                        if stream
+                        else server.client().chat.completions.create(
+                            model="agent", messages=_user()
                         )
                     )
-                    if stream
-                    else server.client().chat.completions.create(model="agent", messages=_user())
                 )
             self.assertEqual(caught.exception.status_code, 502)
             self.assertIn("fake", caught.exception.message)
@@ -345,9 +347,7 @@ class CompletionTests(TestCase):
         server = await startServer(self)
         server.upstream.script(Reply(content=["a", "b", "c"], cutAfter=2))
         port = server.port.getHost().port
-        client = await _raw(
-            port, _post({"model": "agent", "messages": _user(), "stream": True})
-        )
+        client = await _raw(port, _post({"model": "agent", "messages": _user(), "stream": True}))
         await client.lost
         body = client.received.split(b"\r\n\r\n", 1)[1]
         self.assertIn(b'data: {"error":', body)
@@ -522,7 +522,9 @@ class PoolTests(TestCase):
         """
         server = await startServer(self, concurrency=1)
         server.upstream.script(Reply(content="x", hold=True))
-        client = await _raw(server.port.getHost().port, _post({"model": "agent", "messages": _user()}))
+        client = await _raw(
+            server.port.getHost().port, _post({"model": "agent", "messages": _user()})
+        )
         await server.upstream.waitForRequests(1)
         closedAt = time.monotonic()
         client.transport.loseConnection()
@@ -538,9 +540,13 @@ class PoolTests(TestCase):
         """
         server = await startServer(self, concurrency=1)
         server.upstream.script(Reply(content="x", hold=True))
-        first = await _raw(server.port.getHost().port, _post({"model": "agent", "messages": _user()}))
+        first = await _raw(
+            server.port.getHost().port, _post({"model": "agent", "messages": _user()})
+        )
         await server.upstream.waitForRequests(1)
-        queued = await _raw(server.port.getHost().port, _post({"model": "agent", "messages": _user()}))
+        queued = await _raw(
+            server.port.getHost().port, _post({"model": "agent", "messages": _user()})
+        )
         await _sleep(0.05)
         self.assertEqual(server.pool.queuedRuns, 1)
         queued.transport.loseConnection()

@@ -90,7 +90,14 @@ class OptionsTests(SynchronousTestCase):
             ["--agent", self.agent],
             ["--agent", self.agent, "--openai-completions", "http"],
             ["--agent", self.agent, "--openai-completions", "70000"],
-            ["--agent", self.agent, "--openai-completions", "1", "--openai-completions-concurrency", "0"],
+            [
+                "--agent",
+                self.agent,
+                "--openai-completions",
+                "1",
+                "--openai-completions-concurrency",
+                "0",
+            ],
         ]
         for argv in cases:
             self.assertRaises(usage.UsageError, self.parse, *argv)
@@ -152,9 +159,7 @@ class ServerProcessTests(TestCase):
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
         with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
-            json.dump(
-                {"providers": {"fake": {"type": "openai", "baseUrl": running.baseUrl}}}, f
-            )
+            json.dump({"providers": {"fake": {"type": "openai", "baseUrl": running.baseUrl}}}, f)
         writeAgent(folder, "chat.ai")
         port = _freePort()
         protocol = _Server()

@@ -46,7 +46,9 @@ def parseChatRequest(body: bytes) -> ChatRequest:
     try:
         data = json.loads(body, parse_constant=_rejectConstant)
     except RecursionError:
-        raise invalidRequest("the request body is nested too deeply", code="invalid_json")
+        raise invalidRequest(
+            "the request body is nested too deeply", code="invalid_json"
+        ) from None
     except (ValueError, UnicodeDecodeError) as error:
         raise invalidRequest(
             f"the request body is not valid JSON: {error}", code="invalid_json"
@@ -57,7 +59,9 @@ def parseChatRequest(body: bytes) -> ChatRequest:
         )
     model = data.get("model")
     if model is None:
-        raise invalidRequest("you must provide a model parameter", "model", "missing_required_parameter")
+        raise invalidRequest(
+            "you must provide a model parameter", "model", "missing_required_parameter"
+        )
     if not isinstance(model, str) or not model:
         raise invalidRequest("'model' must be a non-empty string", "model", "invalid_type")
     messages = _parseMessages(data.get("messages"))
@@ -66,11 +70,17 @@ def parseChatRequest(body: bytes) -> ChatRequest:
     options = data.get("stream_options")
     if options is not None:
         if not isinstance(options, dict):
-            raise invalidRequest("'stream_options' must be an object", "stream_options", "invalid_type")
-        includeUsage = _optional(options, "include_usage", bool, False, "stream_options.include_usage")
+            raise invalidRequest(
+                "'stream_options' must be an object", "stream_options", "invalid_type"
+            )
+        includeUsage = _optional(
+            options, "include_usage", bool, False, "stream_options.include_usage"
+        )
     n = _optional(data, "n", int, 1)
     if n != 1:
-        raise invalidRequest("only n=1 is supported: an agent gives one answer", "n", "unsupported_value")
+        raise invalidRequest(
+            "only n=1 is supported: an agent gives one answer", "n", "unsupported_value"
+        )
     temperature = _number(data, "temperature", 0.0, 2.0)
     topP = _number(data, "top_p", 0.0, 1.0)
     maxTokens = _optional(data, "max_completion_tokens", int, None)
@@ -133,7 +143,9 @@ def _number(data: dict[str, Any], key: str, low: float, high: float) -> float | 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise invalidRequest(f"'{key}' must be a number, not {_typeName(value)}", key, "invalid_type")
+        raise invalidRequest(
+            f"'{key}' must be a number, not {_typeName(value)}", key, "invalid_type"
+        )
     if not low <= value <= high:
         raise invalidRequest(
             f"'{key}' must be between {low:g} and {high:g}, got {value}", key, "invalid_value"
@@ -175,7 +187,9 @@ def _parseMessages(value: Any) -> tuple[ChatMessage, ...]:
 
 def _parseMessage(item: Any, where: str) -> ChatMessage:
     if not isinstance(item, dict):
-        raise invalidRequest(f"'{where}' must be an object, not {_typeName(item)}", where, "invalid_type")
+        raise invalidRequest(
+            f"'{where}' must be an object, not {_typeName(item)}", where, "invalid_type"
+        )
     role = item.get("role")
     if not isinstance(role, str) or role not in _ROLES:
         raise invalidRequest(
@@ -214,7 +228,9 @@ def _parseContent(value: Any, where: str, required: bool) -> str:
                 continue
             if not isinstance(part, dict):
                 raise invalidRequest(
-                    f"'{partWhere}' must be an object, not {_typeName(part)}", partWhere, "invalid_type"
+                    f"'{partWhere}' must be an object, not {_typeName(part)}",
+                    partWhere,
+                    "invalid_type",
                 )
             kind = part.get("type")
             if kind in ("text", "input_text", "output_text", "refusal"):
@@ -249,11 +265,17 @@ def _parseToolCalls(value: Any, where: str) -> tuple[ToolCall, ...]:
         callWhere = f"{param}[{index}]"
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
-            raise invalidRequest(f"'{callWhere}.function' must be an object", f"{callWhere}.function", "invalid_type")
+            raise invalidRequest(
+                f"'{callWhere}.function' must be an object", f"{callWhere}.function", "invalid_type"
+            )
         callId = call.get("id")
         fname = function.get("name")
         arguments = function.get("arguments", "")
-        if not isinstance(callId, str) or not isinstance(fname, str) or not isinstance(arguments, str):
+        if (
+            not isinstance(callId, str)
+            or not isinstance(fname, str)
+            or not isinstance(arguments, str)
+        ):
             raise invalidRequest(
                 f"'{callWhere}' needs a string id, function.name and function.arguments",
                 callWhere,

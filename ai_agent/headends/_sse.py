@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Callable
 
 import attrs
-from twisted.web.iweb import IRequest
-from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
+from twisted.web.server import Request
+from zope.interface import implementer
 
 
 @implementer(IPushProducer)
@@ -28,7 +28,7 @@ class SSEStream:
     @ivar onStop: called once when the transport stops the producer.
     """
 
-    request: IRequest
+    request: Request
     onStop: Callable[[], None] | None = None
     started: bool = attrs.field(init=False, default=False)
     paused: bool = attrs.field(init=False, default=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import attrs
 from klein import Klein
@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.errors import AgentError, notFound
@@ -281,7 +282,7 @@ class OpenAIHeadend:
         # A client that goes away is handled by Klein, which cancels this
         # coroutine (and so the run) once the request has lost its
         # connection; the producer only stops writing.
-        stream = SSEStream(request)
+        stream = SSEStream(cast(Request, request))
         timer: list[IDelayedCall] = []
 
         def begin() -> None:
@@ -302,7 +303,9 @@ class OpenAIHeadend:
                     stream.send(frame)
 
         timer.append(self.reactor.callLater(self.streamHeadGrace, begin))
-        run: Deferred[Finished] = self.runner.run(agent.spec, chat.messages, onEvent, chat.sampling, stream=True)
+        run: Deferred[Finished] = self.runner.run(
+            agent.spec, chat.messages, onEvent, chat.sampling, stream=True
+        )
         try:
             finished = await run
         except CancelledError:
