@@ -5,12 +5,14 @@ The C{ai-agent} command.
 Headend mode (any C{--openai-completions}) runs the same service as
 C{twistd ai-agent}.  Direct mode runs one agent on one prompt and streams
 the answer to standard output; logs go to standard error.
+C{--list-tools SERVER|all} prints the tools of configured MCP servers.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any, Sequence, TextIO
+from typing import Any, Mapping, Sequence, TextIO, cast
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import (
@@ -21,6 +23,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from ai_agent import __version__
 from ai_agent.errors import AgentError, ConfigurationError
@@ -46,6 +49,14 @@ class Options(ServerOptions):
         'Direct mode: PROMPT is the text, "-" reads it from standard input and '
         '"@path" from a file. The answer streams to standard output.'
     )
+    optParameters: list[list[Any]] = [
+        [
+            "list-tools",
+            None,
+            None,
+            "Print the tools a configured MCP server offers (or 'all' servers) and exit.",
+        ],
+    ]
     optFlags = [
         ["verbose", "v", "Log more, and show the agent's reasoning and progress on stderr."],
         ["quiet", "q", "Log errors only."],
@@ -57,6 +68,11 @@ class Options(ServerOptions):
         self["prompt"] = None
 
     def parseArgs(self, *prompt: str) -> None:
+        if prompt and not self["agents"] and _isAgentFile(prompt[0]):
+            # "./chat.ai question" through the shebang line: the kernel
+            # passes the agent file as the first argument.
+            self["agents"].append(prompt[0])
+            prompt = prompt[1:]
         if len(prompt) > 1:
             raise usage.UsageError(
                 "give the prompt as one argument (quote it), or '-' to read standard input"
@@ -66,15 +82,40 @@ class Options(ServerOptions):
     def postOptions(self) -> None:
         if self["version"]:
             return
+        if self["list-tools"] is not None:
+            self._checkListTools()
+            return
         super().postOptions()
         if self["endpoints"]:
             if self["prompt"] is not None:
-                raise usage.UsageError("a prompt is only taken in direct mode (no --openai-completions)")
+                raise usage.UsageError(
+                    "a prompt is only taken in direct mode (no --openai-completions)"
+                )
             return
         if len(self["agents"]) != 1:
             raise usage.UsageError("direct mode runs exactly one --agent")
         if self["prompt"] is None:
             raise usage.UsageError("direct mode needs a PROMPT (or '-' to read standard input)")
+
+    def _checkListTools(self) -> None:
+        if self["prompt"] is not None or self["openai-completions"]:
+            raise usage.UsageError("--list-tools takes no prompt and no --openai-completions")
+        for path in self["agents"]:
+            if not os.path.isfile(path):
+                raise usage.UsageError(f"agent file not found: {path}")
+        if self["config"] is not None and not os.path.isfile(self["config"]):
+            raise usage.UsageError(f"configuration file not found: {self['config']}")
+        self["endpoints"] = []
+
+
+def _isAgentFile(argument: str) -> bool:
+    if not os.path.isfile(argument):
+        return False
+    try:
+        with open(argument, "rb") as f:
+            return f.read(2) == b"#!"
+    except OSError:
+        return False
 
 
 def readPrompt(argument: str, stdin: TextIO) -> str:
@@ -90,7 +131,9 @@ def readPrompt(argument: str, stdin: TextIO) -> str:
             with open(argument[1:], encoding="utf-8") as f:
                 text = f.read()
         except OSError as error:
-            raise usage.UsageError(f"cannot read the prompt file {argument[1:]}: {error.strerror}")
+            raise usage.UsageError(
+                f"cannot read the prompt file {argument[1:]}: {error.strerror}"
+            ) from None
     else:
         text = argument
     if not text.strip():
@@ -102,6 +145,9 @@ def _startLogging(options: Options, stderr: TextIO) -> None:
     level = LogLevel.info
     if options["quiet"]:
         level = LogLevel.error
+    elif options["list-tools"] is not None and not options["verbose"]:
+        # It reports what went wrong itself.
+        level = LogLevel.critical
     elif options["endpoints"] or options["verbose"]:
         level = LogLevel.info
     else:
@@ -151,6 +197,84 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
         return EXIT_OK
 
     return ensureDeferred(main())
+
+
+def runListTools(
+    reactor: Any,
+    options: Options,
+    stdout: TextIO,
+    stderr: TextIO,
+    environ: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> Any:
+    """
+    Start the MCP servers C{options["list-tools"]} names (one, or C{all}),
+    print their tools as the model would see them, and stop them; fire with
+    the exit code: 0, 1 when a server failed to start, 2 for an unknown
+    server.
+    """
+    from treq.client import HTTPClient
+    from twisted.internet.defer import DeferredList, ensureDeferred
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from ai_agent.config import loadConfig
+    from ai_agent.tools import McpManager, toolName
+
+    async def main() -> int:
+        env = dict(os.environ if environ is None else environ)
+        here = os.getcwd() if cwd is None else cwd
+        config = loadConfig(
+            configFile=options["config"],
+            cwd=here,
+            agentDirs=[os.path.dirname(os.path.abspath(path)) for path in options["agents"]],
+            home=env.get("HOME"),
+            environ=env,
+        )
+        wanted = options["list-tools"]
+        if wanted != "all" and wanted not in config.mcpServers:
+            known = ", ".join(sorted(config.mcpServers)) or "none"
+            stderr.write(
+                f"ai-agent: no MCP server named {wanted!r} is configured (configured: {known})\n"
+            )
+            return EXIT_USAGE
+        names = sorted(config.mcpServers) if wanted == "all" else [wanted]
+        if not names:
+            stderr.write("ai-agent: no MCP servers are configured\n")
+            return EXIT_OK
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        manager = McpManager(config.mcpServers, reactor, HTTPClient(Agent(reactor, pool=pool)), env)
+        try:
+            listings = await DeferredList(
+                [manager.server(name).listTools() for name in names], consumeErrors=True
+            )
+        finally:
+            await manager.stopAll()
+            await pool.closeCachedConnections()
+        code = EXIT_OK
+        blocks = []
+        for name, (ok, value) in zip(names, listings, strict=True):
+            if not ok:
+                error = cast(Failure, value).value
+                stderr.write(f"ai-agent: {getattr(error, 'message', None) or error}\n")
+                code = EXIT_FAILED
+                continue
+            rows = [(toolName(name, tool.name), _firstLine(tool.description)) for tool in value]
+            width = max((len(row[0]) for row in rows), default=0)
+            lines = [f"{name}: {len(rows)} tool{'' if len(rows) == 1 else 's'}"]
+            lines.extend(f"  {exposed.ljust(width)}  {text}".rstrip() for exposed, text in rows)
+            blocks.append("\n".join(lines) + "\n")
+        stdout.write("\n".join(blocks))
+        stdout.flush()
+        return code
+
+    return ensureDeferred(main())
+
+
+def _firstLine(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -204,11 +328,14 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
             reactor.stop()
 
     def start() -> None:
-        runDirect(reactor, options, stdout, stderr).addBoth(done)
+        if options["list-tools"] is not None:
+            runListTools(reactor, options, stdout, stderr).addBoth(done)
+        else:
+            runDirect(reactor, options, stdout, stderr).addBoth(done)
 
     reactor.callWhenRunning(start)
     reactor.run()
     return code[0]
 
 
-__all__ = ["Options", "main", "readPrompt", "run"]
+__all__ = ["Options", "main", "readPrompt", "run", "runListTools"]

@@ -22,6 +22,8 @@ class AgentError(Exception):
     @ivar code: the OpenAI error C{code}, or L{None}.
     @ivar param: the request parameter at fault, or L{None}.
     @ivar retryAfter: seconds for a C{Retry-After} header, or L{None}.
+    @ivar sideEffects: whether the run had already called a tool when it
+        failed, so repeating the request could repeat the tool's effects.
     """
 
     message: str
@@ -30,6 +32,7 @@ class AgentError(Exception):
     code: str | None = None
     param: str | None = None
     retryAfter: float | None = None
+    sideEffects: bool = attrs.field(default=False, kw_only=True)
 
     def __str__(self) -> str:
         return self.message

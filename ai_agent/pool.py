@@ -12,7 +12,7 @@ from typing import Callable
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,8 +27,9 @@ class Slot:
     ends; further calls do nothing.
     """
 
-    _release: Callable[[], None]
+    _release: Callable[[Slot], None]
     _released: bool = False
+    onAbort: Callable[[AgentError], None] | None = None
 
     def release(self) -> None:
         """
@@ -36,7 +37,14 @@ class Slot:
         """
         if not self._released:
             self._released = True
-            self._release()
+            self._release(self)
+
+    def abort(self, error: AgentError) -> None:
+        """
+        Ask the run holding this slot to stop with C{error} (at shutdown).
+        """
+        if not self._released and self.onAbort is not None:
+            self.onAbort(error)
 
 
 @attrs.define(eq=False)
@@ -57,6 +65,8 @@ class RunPool(Service):
     queueTimeout: float = 30.0
     _semaphore: DeferredSemaphore = attrs.field(init=False)
     _stopping: bool = attrs.field(init=False, default=False)
+    _active: set[Slot] = attrs.field(init=False, factory=set)
+    _idle: list[Deferred[None]] = attrs.field(init=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
         if self.concurrency < 1:
@@ -108,7 +118,7 @@ class RunPool(Service):
             )
         waiter = self._semaphore.acquire()
         if waiter.called:
-            return waiter.addCallback(lambda _: Slot(self._semaphore.release))
+            return waiter.addCallback(lambda _: self._newSlot())
         timedOut = [False]
 
         def onTimeout() -> None:
@@ -119,7 +129,7 @@ class RunPool(Service):
 
         def acquired(_: object) -> Slot:
             timer.cancel()
-            return Slot(self._semaphore.release)
+            return self._newSlot()
 
         def failed(reason: Failure) -> Failure:
             if timer.active():
@@ -132,6 +142,63 @@ class RunPool(Service):
             return reason
 
         return waiter.addCallbacks(acquired, failed)
+
+    def _newSlot(self) -> Slot:
+        slot = Slot(self._releaseSlot)
+        self._active.add(slot)
+        return slot
+
+    def _releaseSlot(self, slot: Slot) -> None:
+        self._active.discard(slot)
+        self._semaphore.release()
+        if not self._active:
+            waiters, self._idle = self._idle, []
+            for d in waiters:
+                d.callback(None)
+
+    @property
+    def draining(self) -> bool:
+        """
+        Whether the pool refuses new work (the server is stopping).
+        """
+        return self._stopping
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        Refuse new work, refuse the queued requests, and wait for the running
+        ones to finish; after C{timeout} seconds, ask those still running to
+        stop, and fire once they have.
+        """
+        self._stopping = True
+        shutdown = overloaded("the server is shutting down", self._retryAfter())
+        for waiter in list(self._semaphore.waiting):
+            self._semaphore.waiting.remove(waiter)
+            waiter.errback(shutdown)
+        if not self._active:
+            return succeed(None)
+        idle: Deferred[None] = Deferred()
+        self._idle.append(idle)
+        self.log.info(
+            "draining: waiting up to {timeout:g} s for {running} run(s)",
+            timeout=timeout,
+            running=len(self._active),
+        )
+
+        def expire() -> None:
+            self.log.warn(
+                "drain timeout: stopping {running} run(s) still going", running=len(self._active)
+            )
+            for slot in list(self._active):
+                slot.abort(overloaded("the server shut down before the run finished", 1))
+
+        timer = self.reactor.callLater(timeout, expire)
+
+        def done(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return idle.addBoth(done)
 
     def stopService(self) -> None:
         """

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_cli -*-
 """
 Assembly shared by the server and direct mode: configuration, agents,
-the HTTP client with its own connection pool, providers and the runner.
+the HTTP client with its own connection pool, providers, MCP servers, tools
+and the runner.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from typing import Any, Sequence
 import attrs
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from ai_agent.config import Config, describeMissing, loadConfig
-from ai_agent.errors import AgentError
+from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.providers import Provider, makeProvider
 from ai_agent.registry import AgentRegistry, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
+from ai_agent.tools import McpManager, ToolBoxFactory
 
 log = Logger()
 
@@ -60,12 +61,19 @@ class Runtime:
     http: HTTPClient
     providers: ProviderSet
     runner: SessionRunner
+    mcp: McpManager
+    tools: ToolBoxFactory
 
     def close(self) -> Deferred[None]:
         """
-        Close the upstream connection pool.
+        Stop the MCP servers, then close the upstream connection pool.
         """
-        return self.pool.closeCachedConnections()
+
+        async def close() -> None:
+            await self.mcp.stopAll()
+            await self.pool.closeCachedConnections()
+
+        return Deferred.fromCoroutine(close())
 
 
 def buildRuntime(
@@ -79,7 +87,11 @@ def buildRuntime(
     """
     Load configuration and agents and build the runner.
 
-    @raise ai_agent.errors.ConfigurationError: when a file is invalid.
+    MCP servers are not started here: L{Runtime.mcp} is a service that
+    starts the servers agents use, and a server also starts on first use.
+
+    @raise ai_agent.errors.ConfigurationError: when a file is invalid, or an
+        agent names an MCP server the configuration does not define.
     """
     environ = dict(os.environ if environ is None else environ)
     cwd = os.getcwd() if cwd is None else cwd
@@ -92,14 +104,52 @@ def buildRuntime(
         environ=environ,
     )
     registry = loadRegistry(agentPaths, config)
+    checkToolServers(registry, config)
     warnMissingKeys(registry, config)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max(connections, 2)
     pool.cachedConnectionTimeout = 120
     http = HTTPClient(Agent(reactor, pool=pool))
     providers = ProviderSet(config, http, reactor)
-    runner = SessionRunner(providers, reactor)
-    return Runtime(config, registry, pool, http, providers, runner)
+    mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
+    tools = ToolBoxFactory(registry.byPath, mcp)
+    runner = SessionRunner(providers, reactor, tools)
+    tools.runner = runner
+    return Runtime(config, registry, pool, http, providers, runner, mcp, tools)
+
+
+def usedToolServers(registry: AgentRegistry) -> list[str]:
+    """
+    The MCP servers the loaded agents use, sorted.
+    """
+    return sorted({name for spec in registry.byPath.values() for name in spec.tools})
+
+
+def checkToolServers(registry: AgentRegistry, config: Config) -> None:
+    """
+    Refuse agents that name an MCP server the configuration does not define,
+    or that have two sub-agents offered under the same tool name.
+
+    @raise ConfigurationError: naming the agent file and the server (or the
+        sub-agents).
+    """
+    known = ", ".join(sorted(config.mcpServers)) or "none"
+    for spec in registry.byPath.values():
+        for server in spec.tools:
+            if server not in config.mcpServers:
+                raise ConfigurationError(
+                    f"{spec.path}: 'tools' names MCP server {server!r}, which is not"
+                    f" configured in mcpServers (configured: {known})"
+                )
+        names: dict[str, str] = {}
+        for path in spec.agents:
+            name = registry.byPath[path].name
+            if name in names:
+                raise ConfigurationError(
+                    f"{spec.path}: the sub-agents {names[name]} and {path} would both be"
+                    f" the tool agent__{name}; give one a different toolName"
+                )
+            names[name] = path
 
 
 def warnMissingKeys(registry: AgentRegistry, config: Config) -> None:
@@ -118,6 +168,11 @@ def warnMissingKeys(registry: AgentRegistry, config: Config) -> None:
             log.warn("{problem}; requests to agents using it will fail", problem=problem)
 
 
-
-
-__all__ = ["ProviderSet", "Runtime", "buildRuntime", "warnMissingKeys"]
+__all__ = [
+    "ProviderSet",
+    "Runtime",
+    "buildRuntime",
+    "checkToolServers",
+    "usedToolServers",
+    "warnMissingKeys",
+]

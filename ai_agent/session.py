@@ -7,12 +7,19 @@ run ends when a model answers without calling a tool.
 Content and reasoning stream out through an L{EventSink} as they arrive.
 Cancelling the Deferred returned by L{SessionRunner.run} cancels the LLM call
 (closing its upstream connection) or the tool calls in flight.
+
+Token usage: each LLM call's usage goes out as a L{Usage} event as soon as
+the call returns, and a tool may send L{Usage} events into the sink it is
+given for tokens it spent (a sub-agent forwards its child run's); the session
+adds those to the run's total and passes them on.  So the L{Usage} events of
+a run add up to the usage of its L{Finished}, sub-agents included.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Protocol, Sequence
+import random
+from typing import Any, Callable, Mapping, Protocol, Sequence, cast
 
 import attrs
 from twisted.internet import defer
@@ -21,13 +28,17 @@ from twisted.internet.defer import (
     Deferred,
     DeferredList,
     ensureDeferred,
+    maybeDeferred,
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from ai_agent.accounting import RunAccount
 from ai_agent.agentfile import AgentSpec
+from ai_agent.config import Pricing
 from ai_agent.errors import AgentError, ProviderError
-from ai_agent.events import ContentDelta, EventSink, Finished, ReasoningDelta, Usage
+from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta, Usage
 from ai_agent.providers import (
     ChatMessage,
     LLMRequest,
@@ -36,6 +47,7 @@ from ai_agent.providers import (
     ToolCall,
     ToolSpec,
 )
+from ai_agent.retry import RetryLoop, RetryPolicy, totalTimeout
 
 log = Logger()
 
@@ -73,15 +85,19 @@ class ToolBox(Protocol):
     The tools one agent may call.
     """
 
-    def specs(self) -> Sequence[ToolSpec]:
+    def specs(self) -> Sequence[ToolSpec] | Deferred[Sequence[ToolSpec]]:
         """
-        The tools, as the model sees them.
+        The tools, as the model sees them (or a Deferred firing with them).
         """
         ...
 
     def call(self, name: str, arguments: Mapping[str, Any], sink: EventSink) -> Deferred[str]:
         """
         Run one tool; fire with its textual result or fail.
+
+        @param sink: progress for the client goes here as
+            L{ReasoningDelta}s; tokens the tool spent (a sub-agent's) as
+            L{Usage} events, which the session adds to the run's usage.
         """
         ...
 
@@ -122,19 +138,43 @@ def buildMessages(agent: AgentSpec, conversation: Sequence[ChatMessage]) -> list
 @attrs.define
 class _TrackingSink:
     """
-    Passes deltas on and remembers whether any answer text went out.
+    Passes deltas on and remembers whether any answer text, or anything at
+    all, went out.
+
+    Retry notes wait in L{note} until the next attempt produces something
+    (or the turn succeeds): a turn that fails without producing anything
+    sends nothing, so the client can still get a real HTTP status.
     """
 
     events: EventSink
     contentSent: bool = False
+    sentAnything: bool = False
+    _notes: list[str] = attrs.field(factory=list)
 
     def content(self, text: str) -> None:
         if text:
-            self.contentSent = True
+            self.flushNotes()
+            self.contentSent = self.sentAnything = True
             self.events(ContentDelta(text))
 
     def reasoning(self, text: str) -> None:
         if text:
+            self.flushNotes()
+            self.sentAnything = True
+            self.events(ReasoningDelta(text))
+
+    def note(self, text: str) -> None:
+        """
+        A progress note to send before whatever comes next.
+        """
+        self._notes.append(text)
+
+    def flushNotes(self) -> None:
+        """
+        Send the waiting notes.
+        """
+        notes, self._notes = self._notes, []
+        for text in notes:
             self.events(ReasoningDelta(text))
 
 
@@ -145,11 +185,18 @@ class SessionRunner:
 
     @ivar providers: finds a provider by name.
     @ivar tools: builds the L{ToolBox} of an agent, or L{None} for none.
+    @ivar retryPolicy: the waits between a turn's attempts.
+    @ivar random: the backoff jitter's source (a float in M{[0, 1)}).
+    @ivar pricing: prices by C{provider/model}, for the cost in each run's
+        log line.
     """
 
     providers: ProviderLookup
     reactor: IReactorTime
     tools: Any = None
+    retryPolicy: RetryPolicy = RetryPolicy()
+    random: Callable[[], float] = attrs.field(default=random.random, repr=False)
+    pricing: Mapping[str, Pricing] = attrs.field(factory=dict, repr=False)
 
     def run(
         self,
@@ -176,21 +223,55 @@ class SessionRunner:
         sampling: Sampling,
         stream: bool,
     ) -> Finished:
+        toolsRan: list[bool] = []
+        account = RunAccount(agent.name, self.reactor.seconds(), self.pricing)
+        try:
+            finished = await self._turns(
+                agent, conversation, events, sampling, stream, toolsRan, account
+            )
+        except CancelledError:
+            account.finish("cancelled", self.reactor.seconds())
+            raise
+        except AgentError as error:
+            account.finish(f"failed: {error.code or error.status}", self.reactor.seconds())
+            # Repeating a run whose tools already acted could repeat their
+            # effects; the headend tells clients not to retry it.
+            error.sideEffects = error.sideEffects or bool(toolsRan)
+            raise
+        except BaseException as error:
+            account.finish(f"crashed: {type(error).__name__}", self.reactor.seconds())
+            raise
+        account.finish(finished.finishReason, self.reactor.seconds(), finished.usage)
+        return finished
+
+    async def _turns(
+        self,
+        agent: AgentSpec,
+        conversation: Sequence[ChatMessage],
+        events: EventSink,
+        sampling: Sampling,
+        stream: bool,
+        toolsRan: list[bool],
+        account: RunAccount,
+    ) -> Finished:
         toolbox = self.tools(agent) if self.tools is not None else _NoTools()
-        specs = tuple(toolbox.specs())
+        specs = tuple(await maybeDeferred(toolbox.specs))
         messages = buildMessages(agent, conversation)
-        usage = Usage()
+        meter = _UsageMeter(events)
         for turn in range(1, agent.maxTurns + 1):
             lastTurn = turn == agent.maxTurns
             response, callUsage = await self._callWithFallback(
-                agent, messages, () if lastTurn else specs, events, sampling, stream
+                agent, messages, () if lastTurn else specs, events, sampling, stream, account
             )
-            usage = usage + callUsage
+            meter(callUsage)
             if not response.toolCalls or not specs or lastTurn:
                 reason = "length" if response.finishReason == "length" else "stop"
-                return Finished(reason, usage)
-            messages.append(ChatMessage("assistant", response.content, toolCalls=response.toolCalls))
-            results = await self._runTools(agent, toolbox, response.toolCalls, events)
+                return Finished(reason, meter.total)
+            messages.append(
+                ChatMessage("assistant", response.content, toolCalls=response.toolCalls)
+            )
+            toolsRan.append(True)
+            results = await self._runTools(agent, toolbox, response.toolCalls, meter.toolSink)
             messages.extend(results)
         raise AssertionError("unreachable: the last turn always returns")
 
@@ -202,54 +283,73 @@ class SessionRunner:
         events: EventSink,
         sampling: Sampling,
         stream: bool,
+        account: RunAccount | None = None,
     ) -> tuple[LLMResponse, Usage]:
         """
         One turn's LLM call: the agent's models in order, up to
-        C{maxRetries} attempts, retrying only while no answer text of this
-        turn reached the client.
+        C{maxRetries} attempts, with the waits of L{retryPolicy}, retrying
+        only while nothing of this turn reached the client.  See
+        L{ai_agent.retry}.
         """
         sink = _TrackingSink(events)
-        lastError: ProviderError | None = None
+        if account is None:
+            account = RunAccount(agent.name, self.reactor.seconds(), self.pricing)
+        request = LLMRequest(
+            model="",
+            messages=tuple(messages),
+            tools=specs,
+            temperature=_first(sampling.temperature, agent.temperature),
+            topP=_first(sampling.topP, agent.topP),
+            maxTokens=_first(sampling.maxTokens, agent.maxOutputTokens),
+            stop=sampling.stop,
+            seed=sampling.seed,
+            reasoning=agent.reasoning,
+            stream=stream,
+            timeout=agent.llmTimeout,
+            totalTimeout=totalTimeout(agent.llmTimeout),
+        )
         attempts = max(agent.maxRetries, 1)
-        for attempt in range(attempts):
-            model = agent.models[attempt % len(agent.models)]
+
+        async def attempt(model: str) -> LLMResponse:
             providerName, upstreamModel = splitModel(model)
             provider = self.providers(providerName)
-            request = LLMRequest(
-                model=upstreamModel,
-                messages=tuple(messages),
-                tools=specs,
-                temperature=_first(sampling.temperature, agent.temperature),
-                topP=_first(sampling.topP, agent.topP),
-                maxTokens=_first(sampling.maxTokens, agent.maxOutputTokens),
-                stop=sampling.stop,
-                seed=sampling.seed,
-                reasoning=agent.reasoning,
-                stream=stream,
-                timeout=agent.llmTimeout,
-            )
+            started = self.reactor.seconds()
             try:
-                response = await provider.complete(request, sink)
-            except CancelledError:
-                raise
-            except ProviderError as error:
-                lastError = error
-                log.warn(
-                    "agent {agent}: {model} failed (attempt {attempt} of {attempts}): {error}",
-                    agent=agent.name,
-                    model=model,
-                    attempt=attempt + 1,
-                    attempts=attempts,
-                    error=error.message,
+                response = await provider.complete(
+                    attrs.evolve(request, model=upstreamModel), sink
                 )
-                if not error.retryable or sink.contentSent:
-                    raise
-                if attempt + 1 < attempts:
-                    sink.reasoning(f"{model} failed ({error.message}); retrying\n")
-                continue
-            return response, response.usage
-        assert lastError is not None
-        raise lastError
+            except ProviderError as error:
+                account.record(model, Usage(), self.reactor.seconds() - started, error.code)
+                raise
+            account.record(model, response.usage, self.reactor.seconds() - started)
+            return response
+
+        def failed(model: str, number: int, error: ProviderError, retrying: bool) -> None:
+            log.warn(
+                "agent {agent}: {model} failed (attempt {attempt} of {attempts}): {error}",
+                agent=agent.name,
+                model=model,
+                attempt=number,
+                attempts=attempts,
+                error=error.message,
+            )
+            if retrying:
+                sink.note(f"{model} failed ({error.message}); retrying\n")
+
+        def waiting(model: str, seconds: float) -> None:
+            log.info(
+                "agent {agent}: waiting {seconds:.1f}s before calling {model}",
+                agent=agent.name,
+                seconds=seconds,
+                model=model,
+            )
+
+        loop = RetryLoop(self.reactor, self.retryPolicy, self.random, failed, waiting)
+        response = await loop.run(
+            agent.models, attempts, attempt, lambda: not sink.sentAnything
+        )
+        sink.flushNotes()
+        return response, response.usage
 
     async def _runTools(
         self,
@@ -266,9 +366,9 @@ class SessionRunner:
         # Cancelling a DeferredList cancels every call in it.
         outcomes = await DeferredList(pending, consumeErrors=True)
         results: list[ChatMessage] = []
-        for call, (ok, value) in zip(calls, outcomes):
+        for call, (ok, value) in zip(calls, outcomes, strict=True):
             if not ok:
-                value.raiseException()
+                cast(Failure, value).raiseException()
             results.append(ChatMessage("tool", value, toolCallId=call.id))
         return results
 
@@ -289,7 +389,7 @@ class SessionRunner:
             text = f"error: the arguments of {call.name} are not a JSON object: {error}"
             events(ReasoningDelta(f"{call.name} → {text}\n"))
             return text
-        attempt = toolbox.call(call.name, arguments, events)
+        attempt = maybeDeferred(toolbox.call, call.name, arguments, events)
         attempt.addTimeout(agent.toolTimeout, self.reactor)
         try:
             text = await attempt
@@ -305,9 +405,36 @@ class SessionRunner:
         encoded = text.encode("utf-8")
         if len(encoded) > limit:
             kept = encoded[:limit].decode("utf-8", "ignore")
-            text = f"{kept}\n[truncated: the result was {len(encoded)} bytes; only the first {limit} are shown]"
+            text = (
+                f"{kept}\n[truncated: the result was {len(encoded)} bytes;"
+                f" only the first {limit} are shown]"
+            )
         events(ReasoningDelta(f"{call.name} → {_summary(text)}\n"))
         return text
+
+
+@attrs.define
+class _UsageMeter:
+    """
+    Adds up a run's usage and passes each increment on as a L{Usage} event.
+    """
+
+    events: EventSink
+    total: Usage = Usage()
+
+    def __call__(self, usage: Usage) -> None:
+        if usage.totalTokens:
+            self.total = self.total + usage
+            self.events(usage)
+
+    def toolSink(self, event: Event) -> None:
+        """
+        The sink tools get: their L{Usage} events count towards the run.
+        """
+        if isinstance(event, Usage):
+            self(event)
+        else:
+            self.events(event)
 
 
 def _first(*values: Any) -> Any:

@@ -7,15 +7,20 @@ used by C{twistd ai-agent} and by the C{ai-agent} command's headend mode.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Mapping
 
+import attrs
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from ai_agent.connections import TrackingFactory
+from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
@@ -52,12 +57,42 @@ class ServerOptions(usage.Options):
             "Seconds a request may wait for a slot before a 503.",
             float,
         ],
+        [
+            "max-body-size",
+            None,
+            8 * 1024 * 1024,
+            "Largest request body accepted, in bytes (larger: 413).",
+            int,
+        ],
+        [
+            "request-timeout",
+            None,
+            10.0,
+            "Seconds allowed to receive a request's head and body (slower: 408).",
+            float,
+        ],
+        ["idle-timeout", None, 60.0, "Seconds an idle keep-alive connection stays open.", float],
+        [
+            "shutdown-timeout",
+            None,
+            30.0,
+            "Seconds running agents may finish after SIGTERM before they are stopped.",
+            float,
+        ],
+        [
+            "api-key-file",
+            None,
+            None,
+            "File of client API keys, one per line; /v1/ routes then need one.",
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["agents"] = []
         self["openai-completions"] = []
+        self["api-keys"] = []
+        self["cors-origins"] = []
 
     def opt_agent(self, path: str) -> None:
         """
@@ -72,7 +107,31 @@ class ServerOptions(usage.Options):
         """
         self["openai-completions"].append(port)
 
+    def opt_api_key(self, key: str) -> None:
+        """
+        A client API key; when any is set, /v1/ routes need
+        'Authorization: Bearer KEY'. Repeat for more (AI_AGENT_API_KEYS too).
+        """
+        self["api-keys"].append(key)
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """
+        A browser origin allowed to call the API (e.g. https://chat.example);
+        repeat for more. Off by default.
+        """
+        self["cors-origins"].append(origin.rstrip("/"))
+
     def postOptions(self) -> None:
+        for name in ("max-body-size",):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be positive")
+        for name in ("request-timeout", "idle-timeout"):
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be positive")
+        if self["shutdown-timeout"] < 0:
+            raise usage.UsageError("--shutdown-timeout must not be negative")
+        if self["api-key-file"] is not None and not os.path.isfile(self["api-key-file"]):
+            raise usage.UsageError(f"API key file not found: {self['api-key-file']}")
         if not self["agents"]:
             raise usage.UsageError("at least one --agent FILE is required")
         for path in self["agents"]:
@@ -137,13 +196,122 @@ class _RuntimeService(Service):
         return self.runtime.close()
 
 
-def makeSite(headend: OpenAIHeadend) -> Site:
+def makeSite(headend: OpenAIHeadend, policy: HTTPPolicy = HTTPPolicy()) -> Site:
     """
-    A web site for one headend; form parsing off (we take JSON only).
+    A web site for one headend under the HTTP layer's C{policy}.
     """
-    site = Site(headend.app.resource(), parsePOSTFormSubmission=False)
-    site.displayTracebacks = False
-    return site
+    return GuardedSite(headend.app.resource(), policy)
+
+
+def policyFrom(options: ServerOptions, environ: Mapping[str, str]) -> HTTPPolicy:
+    """
+    The HTTP policy the options ask for.  Client keys come from C{--api-key},
+    C{--api-key-file} and the C{AI_AGENT_API_KEYS} variable.
+
+    @raise usage.UsageError: when the key file cannot be read.
+    """
+    keys = list(options["api-keys"])
+    keys.extend(environ.get("AI_AGENT_API_KEYS", "").replace(",", " ").split())
+    if options["api-key-file"] is not None:
+        try:
+            with open(options["api-key-file"], encoding="utf-8") as f:
+                for line in f:
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        keys.append(line)
+        except OSError as error:
+            raise usage.UsageError(
+                f"cannot read the API key file {options['api-key-file']}: {error.strerror}"
+            ) from None
+    return HTTPPolicy(
+        maxBodySize=options["max-body-size"],
+        requestDeadline=options["request-timeout"],
+        idleTimeout=options["idle-timeout"],
+        apiKeys=APIKeys.fromKeys(keys),
+        corsOrigins=frozenset(options["cors-origins"]),
+    )
+
+
+@attrs.define(eq=False)
+class _Endpoint:
+    pool: RunPool
+    listener: StreamServerEndpointService
+    connections: TrackingFactory
+
+
+class ServerService(MultiService):
+    """
+    The server: headend endpoints with their pools, plus the shared
+    services (MCP servers, the upstream connection pool) as children.
+
+    Stopping is ordered: stop accepting connections at once (C{/health}
+    answers 503 from then on), let running agents finish for up to
+    C{shutdownTimeout} seconds, stop those still running with an error,
+    close the remaining connections, then stop the shared services.
+
+    @ivar exitOnSecondSignal: once stopping, a second SIGINT or SIGTERM
+        exits the process at once (set by the command-line entry points).
+    """
+
+    def __init__(self, reactor: Any, shutdownTimeout: float = 30.0) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.shutdownTimeout = shutdownTimeout
+        self.exitOnSecondSignal = False
+        self.endpoints: list[_Endpoint] = []
+
+    def addEndpoint(self, pool: RunPool, listener: Any, connections: TrackingFactory) -> None:
+        """
+        Serve C{listener}, whose runs go through C{pool}.
+        """
+        self.endpoints.append(_Endpoint(pool, listener, connections))
+
+    def startService(self) -> None:
+        super().startService()
+        for endpoint in self.endpoints:
+            endpoint.pool.startService()
+            endpoint.listener.startService()
+
+    def stopService(self) -> Deferred[None]:
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self.exitOnSecondSignal:
+            _exitOnNextSignal()
+        log.info("stopping: no new connections; draining running agents")
+        for endpoint in self.endpoints:
+            # Refuse at once, so /health turns 503 while we drain.
+            endpoint.pool._stopping = True
+        await gatherResults(
+            [maybeDeferred(endpoint.listener.stopService) for endpoint in self.endpoints]
+        )
+        await gatherResults(
+            [endpoint.pool.drain(self.shutdownTimeout) for endpoint in self.endpoints]
+        )
+        # Give the last answers a moment to be written, then close what is
+        # left open (idle keep-alive connections).
+        await deferLater(self.reactor, 0.05, lambda: None)
+        await gatherResults(
+            [endpoint.connections.dropConnections() for endpoint in self.endpoints]
+        )
+        for endpoint in self.endpoints:
+            endpoint.pool.stopService()
+        await MultiService.stopService(self)
+        log.info("stopped")
+
+
+def _exitOnNextSignal() -> None:
+    import signal
+
+    def exitNow(signum: int, frame: Any) -> None:
+        os.write(2, b"ai-agent: second signal, exiting at once\n")
+        os._exit(1)
+
+    try:
+        signal.signal(signal.SIGINT, exitNow)
+        signal.signal(signal.SIGTERM, exitNow)
+    except ValueError:
+        pass  # not the main thread: leave signals alone
 
 
 def makeService(options: ServerOptions, reactor: Any = None) -> IService:
@@ -162,8 +330,15 @@ def makeService(options: ServerOptions, reactor: Any = None) -> IService:
         configFile=options["config"],
         connections=max(concurrency * max(len(endpoints), 1) * 2, 8),
     )
-    top = MultiService()
+    policy = policyFrom(options, os.environ)
+    if policy.apiKeys.enabled:
+        log.info("client API keys required on /v1/ routes")
+    top = ServerService(reactor, options["shutdown-timeout"])
+    top.exitOnSecondSignal = True
     _RuntimeService(runtime).setServiceParent(top)
+    # Starts the MCP servers agents use; stops them all (before the runtime
+    # closes the connection pool, which waits for them).
+    runtime.mcp.setServiceParent(top)
     for endpoint in endpoints:
         pool = RunPool(
             reactor,
@@ -171,12 +346,12 @@ def makeService(options: ServerOptions, reactor: Any = None) -> IService:
             options["openai-completions-queue"],
             options["openai-completions-queue-timeout"],
         )
-        pool.setServiceParent(top)
         headend = OpenAIHeadend(runtime.registry, runtime.runner, pool, reactor)
-        listener = strports.service(endpoint, makeSite(headend))
+        connections = TrackingFactory(makeSite(headend, policy))
+        listener = strports.service(endpoint, connections)
         # A port that cannot be bound fails startup instead of being logged.
         listener._raiseSynchronously = True
-        listener.setServiceParent(top)
+        top.addEndpoint(pool, listener, connections)
         log.info(
             "serving {agents} on {endpoint} (concurrency {concurrency})",
             agents=", ".join(runtime.registry.ids()),

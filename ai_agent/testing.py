@@ -2,12 +2,24 @@
 """
 Test doubles shipped with the package, for our tests and anyone else's.
 
-  - L{FakeUpstream}: a real OpenAI-compatible HTTP server (Klein) whose
-    answers are scripted with L{Reply} values, and which records what it
-    received, how many calls ran at once and when clients went away;
-    L{startFakeUpstream} listens on a loopback port.  C{python -m
-    ai_agent.testing --port N} runs one standalone.
+  - L{FakeUpstream}: a real HTTP server (Klein) speaking both OpenAI Chat
+    Completions (C{POST /v1/chat/completions}) and Anthropic Messages
+    (C{POST /v1/messages}), whose answers are scripted with L{Reply} values,
+    and which records what it received, how many calls ran at once and when
+    clients went away; L{startFakeUpstream} listens on a loopback port.
+    C{python -m ai_agent.testing --port N} runs one standalone.
   - L{ScriptedProvider}: an in-memory L{ai_agent.providers.Provider}.
+
+The faults an upstream can show, and how to script each:
+
+  - connection refused: L{unusedBaseUrl} (a port nobody listens on);
+  - accepted, then silent: C{Reply(delay=...)} longer than the client waits;
+  - rate-limited: C{Reply(status=429, headers={"Retry-After": "2"})};
+  - failing: C{Reply(status=500)}, C{Reply(status=503)};
+  - a stream cut without its end: C{Reply(cutAfter=N)};
+  - an invalid chunk: C{Reply(rawChunks=[...])};
+  - a stall mid-stream: C{Reply(stallAfter=N)} (released by
+    L{FakeUpstream.release} or by the client going away).
 """
 
 from __future__ import annotations
@@ -94,11 +106,20 @@ class Reply:
     @ivar interval: seconds between writes.
     @ivar splitBytes: write the response body in pieces of this many bytes,
         splitting SSE events and UTF-8 characters.
-    @ivar hold: after the headers and the role chunk (or, not streaming, the
-        headers), wait for L{FakeUpstream.release}.
+    @ivar hold: after the headers and the first event (the role chunk, or
+        C{message_start}; not streaming, after the headers), wait for
+        L{FakeUpstream.release}.
+    @ivar stallAfter: after this many SSE events, go silent (keeping the
+        connection open) until L{FakeUpstream.release}.
     @ivar cutAfter: close the connection after this many SSE events (the role
-        chunk counts), without C{[DONE]}.
+        chunk or C{message_start} counts), without the stream's end
+        (C{[DONE]}, or C{message_stop}).
     @ivar rawChunks: send these bytes verbatim as the body instead.
+
+    In Anthropic mode, C{reasoning} becomes a signed thinking block, tool
+    calls become C{tool_use} blocks, and C{finishReason} is translated
+    (C{stop} → C{end_turn}, C{length} → C{max_tokens}, C{tool_calls} →
+    C{tool_use}; other values are sent as written).
     """
 
     content: str | Sequence[str] = ""
@@ -115,6 +136,7 @@ class Reply:
     hold: bool = False
     cutAfter: int | None = None
     rawChunks: Sequence[bytes] | None = None
+    stallAfter: int | None = None
 
     def contentPieces(self) -> list[str]:
         """
@@ -174,8 +196,10 @@ def _waiter(waiters: list[Deferred[Any]]) -> Deferred[Any]:
 @attrs.define(slots=False, eq=False)
 class FakeUpstream:
     """
-    An OpenAI-compatible upstream: C{GET /v1/models} and C{POST
-    /v1/chat/completions}, streamed or not.
+    An OpenAI-compatible and Anthropic-compatible upstream: C{GET
+    /v1/models}, C{POST /v1/chat/completions} and C{POST /v1/messages},
+    streamed or not.  Both kinds of call take their replies from the same
+    script.
 
     Replies queued with L{script} are used in order; with none left the
     answer is C{"echo: "} and the text of the last user message, streamed
@@ -305,9 +329,33 @@ class FakeUpstream:
             request.setHeader(b"content-type", b"application/json")
             return json.dumps(_envelope("the body is not a JSON object", 400)).encode()
 
+        await self._answer(request, body, _OPENAI)
+        return None
+
+    @app.route("/v1/messages", methods=["POST"])
+    async def messages(self, request: Request) -> bytes | None:
+        """
+        Answer one Anthropic Messages call with the next scripted L{Reply},
+        after the checks the real API makes of a request's shape.
+        """
+        raw = request.content.read() if request.content is not None else b""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self._record(request, body)
+        problem = _anthropicProblem(request, body)
+        if problem is not None:
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(_anthropicEnvelope(problem, 400)).encode()
+        await self._answer(request, body, _ANTHROPIC)
+        return None
+
+    async def _answer(self, request: Request, body: dict[str, Any], wire: str) -> None:
         reply = self._script.popleft() if self._script else self._echo(body)
         self._counter += 1
-        exchange = _Exchange(self, request, body, reply, self._counter)
+        exchange = _Exchange(self, request, body, reply, self._counter, wire)
         self.inFlight += 1
         self.maxInFlight = max(self.maxInFlight, self.inFlight)
         try:
@@ -315,7 +363,6 @@ class FakeUpstream:
         finally:
             self.inFlight -= 1
             exchange.ended()
-        return None
 
     # Helpers.
 
@@ -369,8 +416,67 @@ def _envelope(message: str, status: int) -> dict[str, Any]:
     return {"error": {"message": message, "type": errorType, "param": None, "code": None}}
 
 
+def _anthropicEnvelope(message: str, status: int) -> dict[str, Any]:
+    errorType = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        529: "overloaded_error",
+    }.get(status, "api_error")
+    return {"type": "error", "error": {"type": errorType, "message": message}}
+
+
+def _anthropicProblem(request: Request, body: Any) -> str | None:
+    """
+    Why the real Messages API would refuse this request with a 400, or
+    L{None}.
+    """
+    if not isinstance(body, dict):
+        return "the body is not a JSON object"
+    if not request.requestHeaders.getRawHeaders(b"anthropic-version"):
+        return "the anthropic-version header is required"
+    maxTokens = body.get("max_tokens")
+    if not isinstance(maxTokens, int) or maxTokens < 1:
+        return "max_tokens: field required"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: at least one message is required"
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            return f"messages.{position}.role: must be user or assistant"
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            return "thinking.budget_tokens: must be at least 1024"
+        if budget >= maxTokens:
+            return "max_tokens must be greater than thinking.budget_tokens"
+    return None
+
+
 def _sse(payload: Any) -> bytes:
     return b"data: " + json.dumps(payload).encode("utf-8") + b"\n\n"
+
+
+def _namedSSE(payload: Mapping[str, Any]) -> bytes:
+    """
+    An Anthropic stream event: its C{type} as the SSE event name.
+    """
+    return (
+        b"event: "
+        + str(payload["type"]).encode("ascii")
+        + b"\ndata: "
+        + json.dumps(payload).encode("utf-8")
+        + b"\n\n"
+    )
+
+
+_OPENAI, _ANTHROPIC = "openai", "anthropic"
+
+_ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
 @attrs.define(eq=False)
@@ -384,6 +490,7 @@ class _Exchange:
     body: Mapping[str, Any]
     reply: Reply
     number: int
+    wire: str = _OPENAI
     _cutting: bool = attrs.field(default=False, init=False)
     _running: bool = attrs.field(default=True, init=False)
     _lostAt: float | None = attrs.field(default=None, init=False)
@@ -430,7 +537,11 @@ class _Exchange:
         self.request.setResponseCode(reply.status)
         errorBody = reply.errorBody
         if errorBody is None:
-            errorBody = _envelope(f"fake upstream error {reply.status}", reply.status)
+            message = f"fake upstream error {reply.status}"
+            if self.wire == _ANTHROPIC:
+                errorBody = _anthropicEnvelope(message, reply.status)
+            else:
+                errorBody = _envelope(message, reply.status)
         if isinstance(errorBody, bytes):
             data = errorBody
         elif isinstance(errorBody, str):
@@ -453,6 +564,19 @@ class _Exchange:
 
     async def _complete(self) -> None:
         reply = self.reply
+        if self.wire == _ANTHROPIC:
+            data = json.dumps(self._anthropicMessage()).encode("utf-8")
+        else:
+            data = self._chatCompletion()
+        self._jsonHeaders()
+        self.request.setHeader(b"content-length", b"%d" % (len(data),))
+        if reply.hold:
+            self.request.write(b"")
+            await self.upstream._hold()
+        await self._write([data])
+
+    def _chatCompletion(self) -> bytes:
+        reply = self.reply
         message: dict[str, Any] = {"role": "assistant", "content": "".join(reply.contentPieces())}
         reasoning = "".join(reply.reasoningPieces())
         if reasoning:
@@ -469,7 +593,7 @@ class _Exchange:
             ]
             if not message["content"]:
                 message["content"] = None
-        data = json.dumps(
+        return json.dumps(
             {
                 **self._envelopeFields("chat.completion"),
                 "choices": [
@@ -478,27 +602,24 @@ class _Exchange:
                 "usage": self._usage(),
             }
         ).encode("utf-8")
-        self._jsonHeaders()
-        self.request.setHeader(b"content-length", b"%d" % (len(data),))
-        if reply.hold:
-            self.request.write(b"")
-            await self.upstream._hold()
-        await self._write([data])
 
     async def _stream(self) -> None:
         reply = self.reply
         self._streamHeaders()
-        events = self._events()
+        if self.wire == _ANTHROPIC:
+            events = self._anthropicEvents()
+        else:
+            events = self._events()
+            events.append(b"data: [DONE]\n\n")
         limit = reply.cutAfter
         if limit is not None:
             events = events[:limit]
-        else:
-            events.append(b"data: [DONE]\n\n")
-        if reply.hold:
+        stall = 1 if reply.hold else reply.stallAfter
+        if stall is not None:
             self.request.write(b"")
-            await self._write(events[:1])
+            await self._write(events[:stall])
             await self.upstream._hold()
-            events = events[1:]
+            events = events[stall:]
         await self._write(events)
         if limit is not None:
             await self._cut()
@@ -548,6 +669,109 @@ class _Exchange:
             )
         return events
 
+    def _anthropicEvents(self) -> list[bytes]:
+        reply = self.reply
+        prompt, completion = self._tokens()
+        events = [
+            _namedSSE(
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": f"msg_fake_{self.number}",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": str(self.body.get("model", "")),
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": prompt, "output_tokens": 1},
+                    },
+                }
+            ),
+            _namedSSE({"type": "ping"}),
+        ]
+        index = 0
+
+        def block(start: Mapping[str, Any], deltas: Sequence[Mapping[str, Any]]) -> None:
+            nonlocal index
+            events.append(
+                _namedSSE({"type": "content_block_start", "index": index, "content_block": start})
+            )
+            for delta in deltas:
+                events.append(
+                    _namedSSE({"type": "content_block_delta", "index": index, "delta": delta})
+                )
+            events.append(_namedSSE({"type": "content_block_stop", "index": index}))
+            index += 1
+
+        thinking = reply.reasoningPieces()
+        if thinking:
+            block(
+                {"type": "thinking", "thinking": ""},
+                [{"type": "thinking_delta", "thinking": piece} for piece in thinking]
+                + [{"type": "signature_delta", "signature": self._signature()}],
+            )
+        content = reply.contentPieces()
+        if content:
+            block(
+                {"type": "text", "text": ""},
+                [{"type": "text_delta", "text": piece} for piece in content],
+            )
+        for callId, name, arguments in self._toolCalls():
+            middle = max(1, len(arguments) // 2)
+            block(
+                {"type": "tool_use", "id": callId, "name": name, "input": {}},
+                [
+                    {"type": "input_json_delta", "partial_json": piece}
+                    for piece in (arguments[:middle], arguments[middle:])
+                ],
+            )
+        events.append(
+            _namedSSE(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": self._anthropicStop(), "stop_sequence": None},
+                    "usage": {"output_tokens": completion},
+                }
+            )
+        )
+        events.append(_namedSSE({"type": "message_stop"}))
+        return events
+
+    def _anthropicMessage(self) -> dict[str, Any]:
+        reply = self.reply
+        content: list[dict[str, Any]] = []
+        thinking = "".join(reply.reasoningPieces())
+        if thinking:
+            content.append(
+                {"type": "thinking", "thinking": thinking, "signature": self._signature()}
+            )
+        text = "".join(reply.contentPieces())
+        if text:
+            content.append({"type": "text", "text": text})
+        for callId, name, arguments in self._toolCalls():
+            content.append(
+                {"type": "tool_use", "id": callId, "name": name, "input": json.loads(arguments)}
+            )
+        prompt, completion = self._tokens()
+        return {
+            "id": f"msg_fake_{self.number}",
+            "type": "message",
+            "role": "assistant",
+            "model": str(self.body.get("model", "")),
+            "content": content,
+            "stop_reason": self._anthropicStop(),
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": completion},
+        }
+
+    def _anthropicStop(self) -> str:
+        reason = self._finishReason()
+        return _ANTHROPIC_STOP.get(reason, reason)
+
+    def _signature(self) -> str:
+        return f"fake-signature-{self.number}"
+
     def _chunk(self, delta: Mapping[str, Any], finishReason: str | None = None) -> bytes:
         return _sse(
             {
@@ -565,9 +789,10 @@ class _Exchange:
         }
 
     def _toolCalls(self) -> list[tuple[str, str, str]]:
+        prefix = "toolu" if self.wire == _ANTHROPIC else "call"
         return [
             (
-                f"call_{self.number}_{index}",
+                f"{prefix}_{self.number}_{index}",
                 name,
                 arguments if isinstance(arguments, str) else json.dumps(dict(arguments)),
             )
@@ -579,16 +804,21 @@ class _Exchange:
             return self.reply.finishReason
         return "tool_calls" if self.reply.toolCalls else "stop"
 
-    def _usage(self) -> dict[str, int]:
+    def _tokens(self) -> tuple[int, int]:
         if self.reply.usage is not None:
-            prompt, completion = self.reply.usage
-        else:
-            messages = self.body.get("messages")
-            prompt = sum(
-                len(_messageText(message).split())
-                for message in (messages if isinstance(messages, list) else [])
-            )
-            completion = len(self.reply.contentPieces())
+            return self.reply.usage
+        messages = self.body.get("messages")
+        prompt = sum(
+            len(_messageText(message).split())
+            for message in (messages if isinstance(messages, list) else [])
+        )
+        system = self.body.get("system")
+        if isinstance(system, str):
+            prompt += len(system.split())
+        return prompt, len(self.reply.contentPieces())
+
+    def _usage(self) -> dict[str, int]:
+        prompt, completion = self._tokens()
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
@@ -697,6 +927,18 @@ def startFakeUpstream(
         )
 
     return endpoint.listen(factory).addCallback(listening)
+
+
+def unusedBaseUrl(reactor: IReactorTCP, interface: str = "127.0.0.1") -> Deferred[str]:
+    """
+    The C{/v1} root of a loopback port that was free a moment ago and that
+    nobody listens on now: connecting to it is refused.
+    """
+
+    def stop(running: RunningFakeUpstream) -> Deferred[str]:
+        return running.stop().addCallback(lambda _: running.baseUrl)
+
+    return startFakeUpstream(reactor, 0, interface).addCallback(stop)
 
 
 # The in-memory provider.
@@ -808,6 +1050,7 @@ __all__ = [
     "ScriptedProvider",
     "main",
     "startFakeUpstream",
+    "unusedBaseUrl",
     "wordPieces",
 ]
 

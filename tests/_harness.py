@@ -79,10 +79,14 @@ async def startServer(
     queueTimeout: float = 30.0,
     extraProviders: dict[str, Any] | None = None,
     streamHeadGrace: float = 10.0,
+    mcpServers: dict[str, Any] | None = None,
+    policy: Any = None,
 ) -> LiveServer:
     """
     Start a fake upstream and a headend serving C{agents} (file name →
     text); everything is stopped when C{testCase} ends.
+
+    @param mcpServers: the configuration's C{mcpServers} section, if any.
     """
     running = await startFakeUpstream(reactor)
     testCase.addCleanup(running.stop)
@@ -94,7 +98,10 @@ async def startServer(
     providers.update(extraProviders or {})
     configPath = os.path.join(directory, "config.json")
     with open(configPath, "w", encoding="utf-8") as f:
-        json.dump({"providers": providers}, f)
+        config: dict[str, Any] = {"providers": providers}
+        if mcpServers is not None:
+            config["mcpServers"] = mcpServers
+        json.dump(config, f)
     paths = [
         writeAgent(directory, name, text)
         for name, text in (agents or {"agent.ai": DEFAULT_AGENT}).items()
@@ -107,7 +114,9 @@ async def startServer(
     headend = OpenAIHeadend(
         runtime.registry, runtime.runner, pool, reactor, streamHeadGrace=streamHeadGrace
     )
-    factory = TrackingFactory(makeSite(headend))
+    factory = TrackingFactory(
+        makeSite(headend) if policy is None else makeSite(headend, policy)
+    )
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     # Cleanups run last-added first: stop listening, then drop what is open.
     testCase.addCleanup(factory.dropConnections)

@@ -127,7 +127,9 @@ class SessionTests(SynchronousTestCase):
             "".join(e.text for e in self.events if isinstance(e, ContentDelta)), "four"
         )
         request = provider.requests[0]
-        self.assertEqual((request.model, request.temperature, request.topP, request.seed), ("m1", 0.1, 0.3, 3))
+        self.assertEqual(
+            (request.model, request.temperature, request.topP, request.seed), ("m1", 0.1, 0.3, 3)
+        )
 
     def test_lengthFinish(self) -> None:
         """
@@ -153,7 +155,9 @@ class SessionTests(SynchronousTestCase):
             name="second", replies=[LLMResponse(content="ok")]
         )
         agent = _agent(models=("first/m1", "second/m2"))
-        self.successResultOf(self.runner().run(agent, [ChatMessage("user", "x")], self.events.append))
+        self.successResultOf(
+            self.runner().run(agent, [ChatMessage("user", "x")], self.events.append)
+        )
         self.assertEqual(self.providers["second"].requests[0].model, "m2")
         notes = "".join(e.text for e in self.events if isinstance(e, ReasoningDelta))
         self.assertIn("first/m1 failed", notes)
@@ -242,7 +246,9 @@ class SessionTests(SynchronousTestCase):
             }
         )
         finished = self.successResultOf(
-            self.runner(lambda agent: tools).run(_agent(), [ChatMessage("user", "x")], self.events.append)
+            self.runner(lambda agent: tools).run(
+                _agent(), [ChatMessage("user", "x")], self.events.append
+            )
         )
         self.assertEqual(finished.usage, Usage(30, 8))
         second = provider.requests[1].messages
@@ -298,7 +304,9 @@ class SessionTests(SynchronousTestCase):
         answer.
         """
         call = LLMResponse(content="", toolCalls=(ToolCall("c", "t__x", "{}"),))
-        provider = ScriptedProvider(name="first", replies=[call, call, LLMResponse(content="final")])
+        provider = ScriptedProvider(
+            name="first", replies=[call, call, LLMResponse(content="final")]
+        )
         self.providers["first"] = provider
         tools = _Tools({"t__x": lambda args: succeed("r")})
         self.successResultOf(

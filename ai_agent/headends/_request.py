@@ -1,26 +1,60 @@
-# -*- test-case-name: tests.test_headend_request -*-
+# -*- test-case-name: tests.test_hostile_input,tests.test_headend_openai -*-
 """
 Parsing and validating a Chat Completions request body at the edge.
 
 Every mistake becomes a 400 C{invalid_request_error} whose C{param} names
-the field; fields this server does not use are ignored, never rejected,
-because clients send many.
+the field where one can be named; fields this server does not use are
+ignored, never rejected, because clients send many.
+
+Hostile bodies are refused before they can cost much: nesting deeper than
+L{MAX_DEPTH} is found by a scan of the raw bytes before the JSON parser
+recurses; the body must be UTF-8 (a leading byte order mark is tolerated);
+a string holding a lone UTF-16 surrogate (C{"\\ud800"}), which could not be
+encoded again on the way out, is refused naming where it was.  Bodies of
+L{OFF_REACTOR_THRESHOLD} bytes or more are parsed in a thread pool by
+L{parseChatRequestOffReactor}.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from array import array
+from itertools import accumulate
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from ai_agent.errors import AgentError, invalidRequest
 from ai_agent.providers import ChatMessage, ToolCall
 from ai_agent.session import Sampling
 
+#: The most messages one request may carry.
 MAX_MESSAGES = 2048
+#: The most entries C{tools} may hold (their content is not used: agents
+#: bring their own tools).
+MAX_TOOLS = 128
+#: The deepest nesting of arrays and objects a body may have.
+MAX_DEPTH = 64
+#: Bodies at least this long are parsed off the reactor thread.
+OFF_REACTOR_THRESHOLD = 256 * 1024
+
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+_BOM = b"\xef\xbb\xbf"
+# The depth scan: drop escapes, then strings, then everything but brackets.
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*"')
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+# A \\u escape that may start half of a surrogate pair, and the lone half itself.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @attrs.frozen
@@ -43,16 +77,7 @@ def parseChatRequest(body: bytes) -> ChatRequest:
 
     @raise AgentError: a 400 naming the offending C{param}.
     """
-    try:
-        data = json.loads(body, parse_constant=_rejectConstant)
-    except RecursionError:
-        raise invalidRequest(
-            "the request body is nested too deeply", code="invalid_json"
-        ) from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise invalidRequest(
-            f"the request body is not valid JSON: {error}", code="invalid_json"
-        ) from None
+    data = _loads(body)
     if not isinstance(data, dict):
         raise invalidRequest(
             f"the request body must be a JSON object, not {_typeName(data)}", code="invalid_json"
@@ -94,6 +119,7 @@ def parseChatRequest(body: bytes) -> ChatRequest:
     seed = _optional(data, "seed", int, None)
     stop = _parseStop(data.get("stop"))
     user = _optional(data, "user", str, None)
+    _checkTools(data.get("tools"))
     return ChatRequest(
         model=model,
         messages=messages,
@@ -102,6 +128,174 @@ def parseChatRequest(body: bytes) -> ChatRequest:
         sampling=Sampling(temperature, topP, maxTokens, stop, seed),
         user=user,
     )
+
+
+def parseChatRequestOffReactor(
+    body: bytes,
+    reactor: IReactorFromThreads,
+    threadpool: ThreadPool,
+    threshold: int = OFF_REACTOR_THRESHOLD,
+) -> Deferred[ChatRequest]:
+    """
+    L{parseChatRequest}, run in C{threadpool} when C{body} is at least
+    C{threshold} bytes long so that a large body does not hold up the
+    reactor; a smaller one is parsed at once.
+
+    Cancelling the result stops waiting for the thread (which finishes its
+    parse and is ignored).
+
+    @return: fires with the L{ChatRequest}, or fails with the 400
+        L{AgentError}.
+    """
+    if len(body) < threshold:
+        try:
+            return succeed(parseChatRequest(body))
+        except AgentError:
+            return fail()
+    result: Deferred[ChatRequest] = Deferred(canceller=_abandon)
+
+    def done(outcome: ChatRequest | Failure) -> None:
+        if not result.called:
+            result.callback(outcome)
+
+    deferToThreadPool(reactor, threadpool, parseChatRequest, body).addBoth(done)
+    return result
+
+
+def _abandon(result: Deferred[ChatRequest]) -> None:
+    """
+    A thread cannot be stopped: a cancelled parse is left to finish, and
+    L{Deferred.cancel} fails C{result} with L{CancelledError} at once.
+    """
+
+
+def _loads(body: bytes) -> Any:
+    """
+    The JSON value of a body: UTF-8 (a leading byte order mark is dropped),
+    at most L{MAX_DEPTH} deep, no C{NaN} or C{Infinity}, no lone surrogate.
+    """
+    if body.startswith(_BOM):
+        body = body[len(_BOM) :]
+    depth = _depth(body)
+    if depth > MAX_DEPTH:
+        raise invalidRequest(
+            f"the request body nests arrays and objects {depth} levels deep;"
+            f" at most {MAX_DEPTH} are allowed",
+            code="invalid_json",
+        )
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise invalidRequest(
+            f"the request body is not valid UTF-8 (at byte {error.start})", code="invalid_json"
+        ) from None
+    try:
+        data = json.loads(text, parse_constant=_rejectConstant)
+    except RecursionError:
+        # Not reached after the depth scan; kept so that it can never be a 500.
+        raise invalidRequest("the request body is nested too deeply", code="invalid_json") from None
+    except ValueError as error:
+        raise invalidRequest(
+            f"the request body is not valid JSON: {error}", code="invalid_json"
+        ) from None
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        found = _findSurrogate(data)
+        if found is not None:
+            where, inKey = found
+            what = f"'{where}'" if where else "the request body"
+            if inKey:
+                what = f"a key of {what}"
+            raise invalidRequest(
+                f"{what} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff"
+                " escape), which is not text",
+                where or None,
+                "invalid_unicode",
+            )
+    return data
+
+
+def _depth(body: bytes) -> int:
+    """
+    How deeply arrays and objects nest in C{body} (the top level counts as
+    one), ignoring brackets inside strings, or C{0} when there are too few
+    brackets to pass L{MAX_DEPTH}.  Found without recursion: the steps of +1
+    (open) and -1 (close) are added up in C.  For malformed JSON the answer
+    is approximate, and the parser rejects the body anyway.
+    """
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        return 0
+    brackets = _STRING.sub(b"", _ESCAPE.sub(b"", body)).translate(None, _NOT_BRACKETS)
+    if len(brackets) <= MAX_DEPTH:
+        return 0
+    return max(accumulate(array("b", brackets.translate(_STEPS))))
+
+
+def _findSurrogate(value: Any) -> tuple[str, bool] | None:
+    """
+    Find the first string holding a lone surrogate, in document order.
+
+    @return: its path (C{messages[0].content}; C{""} for the body itself)
+        and whether it is a key of the object at that path, or L{None}
+        when there is none.
+    """
+    # The value is at most MAX_DEPTH deep; it is walked without recursion all
+    # the same.
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item) is not None:
+                return where, False
+        elif isinstance(item, dict):
+            children = []
+            for key, child in item.items():
+                if _SURROGATE.search(key) is not None:
+                    return where, True
+                children.append((child, _join(where, key)))
+            stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend(reversed([(child, f"{where}[{i}]") for i, child in enumerate(item)]))
+    return None
+
+
+def _join(where: str, key: str) -> str:
+    if len(key) > 64:
+        key = key[:61] + "..."
+    return f"{where}.{key}" if where else key
+
+
+def _show(value: Any) -> str:
+    """
+    A client's value quoted in an error message, cut short.
+    """
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _checkTools(value: Any) -> None:
+    """
+    C{tools}, when given, is an array of at most L{MAX_TOOLS} objects; what
+    they say is not used, since an agent brings its own tools.
+    """
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise invalidRequest(
+            f"'tools' must be an array, not {_typeName(value)}", "tools", "invalid_type"
+        )
+    if len(value) > MAX_TOOLS:
+        raise invalidRequest(
+            f"'tools' holds {len(value)} items; at most {MAX_TOOLS} are allowed",
+            "tools",
+            "array_above_max_length",
+        )
+    for index, tool in enumerate(value):
+        if not isinstance(tool, dict):
+            raise invalidRequest(
+                f"'tools[{index}]' must be an object, not {_typeName(tool)}",
+                f"tools[{index}]",
+                "invalid_type",
+            )
 
 
 def _rejectConstant(name: str) -> Any:
@@ -193,7 +387,7 @@ def _parseMessage(item: Any, where: str) -> ChatMessage:
     role = item.get("role")
     if not isinstance(role, str) or role not in _ROLES:
         raise invalidRequest(
-            f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}, got {json.dumps(role)}",
+            f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}, got {_show(role)}",
             f"{where}.role",
             "invalid_value",
         )
@@ -242,7 +436,7 @@ def _parseContent(value: Any, where: str, required: bool) -> str:
                 texts.append(text)
             else:
                 raise invalidRequest(
-                    f"'{partWhere}' is a {json.dumps(kind)} part; agents here take text parts only",
+                    f"'{partWhere}' is a {_show(kind)} part; agents here take text parts only",
                     partWhere,
                     "unsupported_content_type",
                 )
@@ -285,4 +479,13 @@ def _parseToolCalls(value: Any, where: str) -> tuple[ToolCall, ...]:
     return tuple(calls)
 
 
-__all__ = ["AgentError", "ChatRequest", "MAX_MESSAGES", "parseChatRequest"]
+__all__ = [
+    "AgentError",
+    "ChatRequest",
+    "MAX_DEPTH",
+    "MAX_MESSAGES",
+    "MAX_TOOLS",
+    "OFF_REACTOR_THRESHOLD",
+    "parseChatRequest",
+    "parseChatRequestOffReactor",
+]

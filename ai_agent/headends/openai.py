@@ -24,7 +24,7 @@ from ai_agent.errors import AgentError, notFound
 from ai_agent.events import ContentDelta, Event, Finished, ReasoningDelta
 from ai_agent.headends._request import ChatRequest, parseChatRequest
 from ai_agent.headends._sse import SSEStream
-from ai_agent.pool import RunPool
+from ai_agent.pool import RunPool, Slot
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.session import SessionRunner
 
@@ -172,6 +172,9 @@ class OpenAIHeadend:
         request.setHeader(b"content-type", _JSON)
         if error.retryAfter is not None:
             request.setHeader(b"retry-after", str(max(1, round(error.retryAfter))).encode())
+        if error.sideEffects:
+            # A tool already ran: running the agent again could repeat it.
+            request.setHeader(b"x-should-retry", b"false")
         return _dumps(error.envelope())
 
     # -- routes ---------------------------------------------------------
@@ -182,9 +185,11 @@ class OpenAIHeadend:
         Liveness and the agents served.
         """
         request.setHeader(b"content-type", _JSON)
+        if self.pool.draining:
+            request.setResponseCode(503)
         return _dumps(
             {
-                "status": "ok",
+                "status": "stopping" if self.pool.draining else "ok",
                 "agents": self.registry.ids(),
                 "running": self.pool.activeRuns,
                 "queued": self.pool.queuedRuns,
@@ -224,15 +229,17 @@ class OpenAIHeadend:
         slot = await self.pool.acquire()
         try:
             if chat.stream:
-                await self._stream(request, chat, agent)
+                await self._stream(request, chat, agent, slot)
                 return None
-            return await self._complete(request, chat, agent)
+            return await self._complete(request, chat, agent, slot)
         finally:
             slot.release()
 
     # -- completions ----------------------------------------------------
 
-    async def _complete(self, request: IRequest, chat: ChatRequest, agent: ServedAgent) -> bytes:
+    async def _complete(
+        self, request: IRequest, chat: ChatRequest, agent: ServedAgent, slot: Slot
+    ) -> bytes:
         content: list[str] = []
         reasoning: list[str] = []
 
@@ -244,9 +251,14 @@ class OpenAIHeadend:
 
         completionId = _completionId()
         created = int(self.reactor.seconds())
-        finished = await self.runner.run(
-            agent.spec, chat.messages, onEvent, chat.sampling, stream=True
-        )
+        run = self.runner.run(agent.spec, chat.messages, onEvent, chat.sampling, stream=True)
+        stopped = _stopOnAbort(slot, run)
+        try:
+            finished = await run
+        except CancelledError:
+            if stopped:
+                raise stopped[0] from None
+            raise
         message: dict[str, Any] = {"role": "assistant", "content": "".join(content)}
         if reasoning and self.reasoningField is not None:
             message[self.reasoningField] = "".join(reasoning)
@@ -270,7 +282,9 @@ class OpenAIHeadend:
             }
         )
 
-    async def _stream(self, request: IRequest, chat: ChatRequest, agent: ServedAgent) -> None:
+    async def _stream(
+        self, request: IRequest, chat: ChatRequest, agent: ServedAgent, slot: Slot
+    ) -> None:
         completionId = _completionId()
         encoder = ChunkEncoder(
             completionId,
@@ -306,11 +320,20 @@ class OpenAIHeadend:
         run: Deferred[Finished] = self.runner.run(
             agent.spec, chat.messages, onEvent, chat.sampling, stream=True
         )
+        stopped = _stopOnAbort(slot, run)
         try:
             finished = await run
         except CancelledError:
+            if not stopped:
+                stream.end()
+                raise
+            error = stopped[0]
+            if not stream.started:
+                raise error from None
+            stream.send(encoder.error(error))
+            stream.send(encoder.DONE)
             stream.end()
-            raise
+            return
         except AgentError as error:
             if not stream.started:
                 # Nothing was sent yet: answer with a real status.
@@ -332,6 +355,21 @@ class OpenAIHeadend:
         frames.append(encoder.DONE)
         stream.send(b"".join(frames))
         stream.end()
+
+
+def _stopOnAbort(slot: Slot, run: Deferred[Finished]) -> list[AgentError]:
+    """
+    Let the pool stop C{run} at shutdown; the returned list receives the
+    error it was stopped with.
+    """
+    stopped: list[AgentError] = []
+
+    def abort(error: AgentError) -> None:
+        stopped.append(error)
+        run.cancel()
+
+    slot.onAbort = abort
+    return stopped
 
 
 def _modelEntry(agent: ServedAgent) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from ai_agent.providers._base import (
     ToolCall,
     ToolSpec,
 )
+from ai_agent.providers.anthropic import AnthropicProvider
 from ai_agent.providers.openai import OpenAIProvider
 
 
@@ -68,7 +69,15 @@ def makeProvider(config: ProviderConfig, http: HTTPClient, reactor: IReactorTime
             missingVariables=config.missingVariables,
         )
     if config.type == "anthropic":
-        return UnsupportedProvider(config.name, "the Anthropic wire protocol is not available yet")
+        return AnthropicProvider(
+            name=config.name,
+            baseUrl=config.baseUrl,
+            http=http,
+            reactor=reactor,
+            apiKey=config.apiKey,
+            headers=dict(config.headers),
+            missingVariables=config.missingVariables,
+        )
     raise ConfigurationError(
         f"provider {config.name!r}: unknown type {config.type!r} "
         "(expected openai, anthropic or ollama)"
@@ -76,6 +85,7 @@ def makeProvider(config: ProviderConfig, http: HTTPClient, reactor: IReactorTime
 
 
 __all__ = [
+    "AnthropicProvider",
     "CallbackSink",
     "ChatMessage",
     "DeltaSink",

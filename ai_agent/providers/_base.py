@@ -102,7 +102,9 @@ class LLMRequest:
     @ivar model: the upstream model name (the part after C{provider/}).
     @ivar reasoning: a reasoning effort (C{low}, C{medium}, C{high}, ...) or
         L{None} to leave the provider's default.
-    @ivar timeout: the longest silence allowed from the upstream, in seconds.
+    @ivar timeout: the longest silence allowed from the upstream, in seconds
+        (before the response headers and between body chunks).
+    @ivar totalTimeout: the longest the whole call may take, in seconds.
     """
 
     model: str
@@ -116,6 +118,7 @@ class LLMRequest:
     reasoning: str | None = None
     stream: bool = True
     timeout: float | None = None
+    totalTimeout: float | None = None
 
 
 @attrs.frozen

@@ -1,0 +1,168 @@
+# -*- test-case-name: tests.test_retry -*-
+"""
+What a run spent: the tokens of each LLM call, their cost from the optional
+C{pricing} table, and one log line when the run ends.
+
+A sub-agent runs through the same runner as its parent, so it has its own
+L{RunAccount} and its own log line; the parent's line shows its own calls
+and, separately, the total that includes its sub-agents.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import attrs
+from twisted.logger import Logger
+
+from ai_agent.config import Pricing
+from ai_agent.events import Usage
+
+log = Logger()
+
+_MILLION = 1_000_000
+
+
+def callCost(model: str, usage: Usage, pricing: Mapping[str, Pricing]) -> float | None:
+    """
+    The cost in USD of C{usage} tokens of C{model} (C{provider/model}), or
+    L{None} when the model has no price.
+    """
+    price = pricing.get(model)
+    if price is None:
+        return None
+    return (usage.promptTokens * price.prompt + usage.completionTokens * price.completion) / (
+        _MILLION
+    )
+
+
+@attrs.frozen
+class CallRecord:
+    """
+    One LLM call of a run.
+
+    @ivar model: C{provider/model} as the agent names it.
+    @ivar usage: its tokens (zero for a failed call).
+    @ivar seconds: how long it took.
+    @ivar error: the error code of a failed call, or L{None}.
+    @ivar cost: its cost in USD, or L{None} when the model has no price.
+    """
+
+    model: str
+    usage: Usage
+    seconds: float
+    error: str | None = None
+    cost: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """
+        Whether the call answered.
+        """
+        return self.error is None
+
+
+@attrs.define
+class RunAccount:
+    """
+    The LLM calls of one run, filled by the session as they end.
+
+    @ivar agent: the agent's name.
+    @ivar started: when the run started (the reactor's clock).
+    @ivar pricing: prices by C{provider/model}.
+    """
+
+    agent: str
+    started: float
+    pricing: Mapping[str, Pricing] = attrs.field(factory=dict, repr=False)
+    calls: list[CallRecord] = attrs.field(factory=list)
+
+    def record(
+        self, model: str, usage: Usage, seconds: float, error: str | None = None
+    ) -> CallRecord:
+        """
+        Add one call.
+        """
+        cost = callCost(model, usage, self.pricing) if usage.totalTokens else 0.0
+        call = CallRecord(model, usage, seconds, error, cost)
+        self.calls.append(call)
+        log.debug(
+            "agent {agent}: {model} call {outcome} in {seconds:.3f}s,"
+            " {promptTokens}+{completionTokens} tokens",
+            agent=self.agent,
+            model=model,
+            outcome="failed" if error else "answered",
+            seconds=seconds,
+            promptTokens=usage.promptTokens,
+            completionTokens=usage.completionTokens,
+            cost=cost,
+        )
+        return call
+
+    @property
+    def usage(self) -> Usage:
+        """
+        The tokens of every call of this run (sub-agents not included).
+        """
+        total = Usage()
+        for call in self.calls:
+            total = total + call.usage
+        return total
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """
+        The models that answered, in the order they first did.
+        """
+        return tuple(dict.fromkeys(call.model for call in self.calls if call.ok))
+
+    @property
+    def cost(self) -> float | None:
+        """
+        The cost of this run's calls in USD, or L{None} when a call that
+        spent tokens has no price.
+        """
+        total = 0.0
+        for call in self.calls:
+            if call.cost is None:
+                return None
+            total += call.cost
+        return total
+
+    def finish(self, outcome: str, now: float, total: Usage | None = None) -> None:
+        """
+        Log the run's one summary line.
+
+        @param outcome: C{stop}, C{length}, C{cancelled}, or C{failed: <code>}.
+        @param now: the reactor's clock.
+        @param total: the run's usage including its sub-agents, when known.
+        """
+        usage = self.usage
+        cost = self.cost
+        failures = sum(1 for call in self.calls if not call.ok)
+        withSubAgents = ""
+        if total is not None and total != usage:
+            withSubAgents = (
+                f" ({total.promptTokens}+{total.completionTokens} with sub-agents)"
+            )
+        log.info(
+            "agent {agent} run {outcome} in {duration:.3f}s: models {modelList},"
+            " {calls} calls ({failures} failed), tokens {promptTokens}+{completionTokens}"
+            "{withSubAgents}, cost {costText}",
+            agent=self.agent,
+            outcome=outcome,
+            duration=now - self.started,
+            models=self.models,
+            modelList=", ".join(self.models) or "none",
+            calls=len(self.calls),
+            failures=failures,
+            promptTokens=usage.promptTokens,
+            completionTokens=usage.completionTokens,
+            withSubAgents=withSubAgents,
+            totalTokens=(total or usage).totalTokens,
+            cost=cost,
+            costText="unknown" if cost is None else f"${cost:.6f}",
+        )
+
+
+__all__ = ["CallRecord", "RunAccount", "callCost"]

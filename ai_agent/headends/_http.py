@@ -1,0 +1,385 @@
+# -*- test-case-name: tests.test_http_guard -*-
+"""
+The HTTP layer in front of every headend: request size caps, a deadline for
+receiving a request, API keys checked before the body is read, CORS, and
+JSON errors for everything the web layer itself refuses.
+
+twisted.web has no body limit and only an idle timer that every byte resets;
+L{GuardedSite} adds what a server facing a network needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+from typing import Any, Iterable, cast
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.server import Request, Site
+
+from ai_agent.errors import AgentError
+
+log = Logger()
+
+#: Bodies up to this size are read (and dropped) after an early refusal, so
+#: the answer goes out on a connection that stays usable.  Larger ones get
+#: the answer at once and the connection closed.
+_DRAIN_LIMIT = 64 * 1024
+
+#: Seconds to keep reading (and dropping) a refused upload before closing,
+#: so the client sees the answer instead of a reset.
+_LINGER = 2.0
+
+_JSON_TYPES = (b"application/json", b"text/json")
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@attrs.frozen
+class APIKeys:
+    """
+    Client API keys, kept only as SHA-256 digests.
+    """
+
+    _digests: tuple[bytes, ...] = ()
+
+    @classmethod
+    def fromKeys(cls, keys: Iterable[str]) -> APIKeys:
+        """
+        Digest C{keys}; blank ones are ignored.
+        """
+        digests = {hashlib.sha256(key.strip().encode("utf-8")).digest() for key in keys}
+        digests.discard(hashlib.sha256(b"").digest())
+        return cls(tuple(sorted(digests)))
+
+    @property
+    def enabled(self) -> bool:
+        """
+        Whether any key is configured.
+        """
+        return bool(self._digests)
+
+    def accepts(self, presented: bytes | None) -> bool:
+        """
+        Whether C{presented} is one of the keys, compared in constant time
+        against every key (no early exit).
+        """
+        if presented is None:
+            return False
+        digest = hashlib.sha256(presented).digest()
+        matched = False
+        for known in self._digests:
+            matched |= hmac.compare_digest(digest, known)
+        return matched
+
+    def __repr__(self) -> str:
+        return f"<APIKeys: {len(self._digests)} key(s)>"
+
+
+@attrs.frozen
+class HTTPPolicy:
+    """
+    What the HTTP layer enforces.
+
+    @ivar maxBodySize: the largest request body accepted, in bytes.
+    @ivar requestDeadline: seconds allowed to receive a request's head and
+        body, from its first byte.
+    @ivar idleTimeout: seconds an idle keep-alive connection stays open.
+    @ivar corsOrigins: origins allowed to call from a browser (C{*} for any).
+    @ivar protectedPrefixes: paths that need an API key when keys are set.
+    """
+
+    maxBodySize: int = 8 * 1024 * 1024
+    requestDeadline: float = 10.0
+    idleTimeout: float = 60.0
+    apiKeys: APIKeys = APIKeys()
+    corsOrigins: frozenset[str] = frozenset()
+    protectedPrefixes: tuple[bytes, ...] = (b"/v1/",)
+
+    def allowsOrigin(self, origin: bytes | None) -> bytes | None:
+        """
+        The C{Access-Control-Allow-Origin} value for C{origin}, or L{None}.
+        """
+        if origin is None or not self.corsOrigins:
+            return None
+        if "*" in self.corsOrigins:
+            return b"*"
+        return origin if origin.decode("latin-1") in self.corsOrigins else None
+
+
+class GuardedRequest(Request):
+    """
+    A request checked as its head arrives: key, content type and declared
+    size are refused before the body is read; a body that grows past the
+    cap while streaming in is refused when it crosses it.
+    """
+
+    _refusal: AgentError | None = None
+    _received: int = 0
+    _answered: bool = False
+
+    @property
+    def policy(self) -> HTTPPolicy:
+        site = cast(Any, self.channel).site
+        return getattr(site, "policy", HTTPPolicy())
+
+    def gotLength(self, length: int | None) -> None:
+        refusal = self._screen(length)
+        if refusal is None:
+            super().gotLength(length)
+            return
+        self._refusal = refusal
+        if length is not None and length <= _DRAIN_LIMIT:
+            # Small body: read and drop it, then answer normally on a
+            # connection that stays usable.
+            self.content = io.BytesIO()  # type: ignore[assignment]
+            return
+        self._answerNow(refusal)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return
+        self._received += len(data)
+        if self._received > self.policy.maxBodySize:
+            self._refusal = _tooLarge(self.policy.maxBodySize)
+            self.content = io.BytesIO()  # type: ignore[assignment]
+            self._answerNow(self._refusal)
+            return
+        super().handleContentChunk(data)
+
+    def _screen(self, length: int | None) -> AgentError | None:
+        policy = self.policy
+        path = getattr(self.channel, "_path", b"").split(b"?", 1)[0]
+        method = getattr(self.channel, "_command", b"")
+        if method == b"OPTIONS":
+            return None
+        if policy.apiKeys.enabled and path.startswith(policy.protectedPrefixes):
+            if not policy.apiKeys.accepts(self._presentedKey()):
+                return AgentError(
+                    "a valid API key is required: send it as 'Authorization: Bearer KEY'",
+                    401,
+                    "invalid_request_error",
+                    "invalid_api_key",
+                )
+        if length is not None and length > policy.maxBodySize:
+            return _tooLarge(policy.maxBodySize)
+        if method in (b"POST", b"PUT", b"PATCH") and (length is None or length > 0):
+            contentType = self.requestHeaders.getRawHeaders(b"content-type", [None])[0]
+            if contentType is not None:
+                mediaType = contentType.split(b";", 1)[0].strip().lower()
+                if mediaType not in _JSON_TYPES and not mediaType.endswith(b"+json"):
+                    return AgentError(
+                        "the request body must be JSON (Content-Type: application/json),"
+                        f" not {mediaType.decode('latin-1')!r}",
+                        415,
+                        "invalid_request_error",
+                        "unsupported_media_type",
+                    )
+        return None
+
+    def _presentedKey(self) -> bytes | None:
+        authorization = self.requestHeaders.getRawHeaders(b"authorization", [None])[0]
+        if authorization is not None:
+            scheme, _, credentials = authorization.strip().partition(b" ")
+            if scheme.lower() == b"bearer":
+                return credentials.strip()
+        return self.requestHeaders.getRawHeaders(b"x-api-key", [None])[0]
+
+    def _answerNow(self, error: AgentError) -> None:
+        """
+        Answer before the body was read, then close the connection once the
+        client stops sending (or after a short linger).
+        """
+        if self._answered:
+            return
+        self._answered = True
+        channel: Any = self.channel
+        transport: Any = channel.transport
+        headers = self._errorHeaders(error)
+        body = _dumps(error.envelope())
+        reason = http.RESPONSES.get(error.status, b"Error")
+        lines = [b"HTTP/1.1 %d %s" % (error.status, reason)]
+        lines += [name + b": " + value for name, value in headers]
+        lines += [b"Content-Length: %d" % len(body), b"Connection: close", b"", b""]
+        log.info(
+            "refused a request before its body: {status} {code}",
+            status=error.status,
+            code=error.code,
+        )
+        transport.write(b"\r\n".join(lines) + body)
+        # Drop whatever else arrives; close when the client is done.
+        channel.dataReceived = lambda data: None
+        channel.setTimeout(None)
+        try:
+            transport.loseWriteConnection()
+        except AttributeError:
+            transport.loseConnection()
+        channel._lingerCall = channel.callLater(_LINGER, transport.abortConnection)
+
+    def _errorHeaders(self, error: AgentError) -> list[tuple[bytes, bytes]]:
+        headers = [(b"Content-Type", b"application/json")]
+        if error.status == 401:
+            headers.append((b"WWW-Authenticate", b'Bearer realm="ai-agent"'))
+        if error.retryAfter is not None:
+            headers.append((b"Retry-After", str(max(1, round(error.retryAfter))).encode()))
+        origin = self.policy.allowsOrigin(self.requestHeaders.getRawHeaders(b"origin", [None])[0])
+        if origin is not None:
+            headers.append((b"Access-Control-Allow-Origin", origin))
+            headers.append((b"Vary", b"Origin"))
+        return headers
+
+    def process(self) -> None:
+        self.site = cast(Any, self.channel).site
+        origin = self.policy.allowsOrigin(self.getHeader(b"origin"))
+        if origin is not None:
+            self.setHeader(b"access-control-allow-origin", origin)
+            self.setHeader(b"vary", b"Origin")
+            self.setHeader(
+                b"access-control-expose-headers", b"Retry-After, X-Request-Id, X-Should-Retry"
+            )
+        if self.method == b"OPTIONS" and self.getHeader(b"access-control-request-method"):
+            self._preflight(origin)
+            return
+        if self._answered:
+            # Already answered on the wire; the connection is closing.
+            return
+        if self._refusal is not None:
+            self._respond(self._refusal)
+            return
+        super().process()
+
+    def _preflight(self, origin: bytes | None) -> None:
+        if origin is None:
+            self._respond(
+                AgentError(
+                    "cross-origin requests from this origin are not allowed",
+                    403,
+                    "invalid_request_error",
+                    "cors_origin_not_allowed",
+                )
+            )
+            return
+        self.setResponseCode(204)
+        self.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
+        requested = self.getHeader(b"access-control-request-headers")
+        self.setHeader(
+            b"access-control-allow-headers",
+            requested or b"Authorization, Content-Type, X-Api-Key",
+        )
+        self.setHeader(b"access-control-max-age", b"600")
+        self.finish()
+
+    def _respond(self, error: AgentError) -> None:
+        self.setResponseCode(error.status)
+        for name, value in self._errorHeaders(error):
+            self.setHeader(name, value)
+        body = _dumps(error.envelope())
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
+    def processingFailed(self, reason: Failure) -> None:
+        # A bug, not a client mistake: log it, answer without a traceback.
+        log.failure("unexpected error answering {uri}", failure=reason, uri=self.uri)
+        if self.finished or self._disconnected or self.startedWriting:
+            if not self.finished and not self._disconnected:
+                self.finish()
+            return
+        self._respond(AgentError("internal server error", 500, "server_error", "internal_error"))
+
+
+def _tooLarge(limit: int) -> AgentError:
+    return AgentError(
+        f"the request body is larger than the {limit}-byte limit",
+        413,
+        "invalid_request_error",
+        "request_too_large",
+    )
+
+
+class GuardedChannel(http.HTTPChannel):
+    """
+    An HTTP channel with a deadline for receiving each request: from the
+    first byte of a request to the end of its body.  A client dripping
+    bytes gets a 408 and a closed connection.  The deadline stops once a
+    request is complete, so long responses (streams) are never cut.
+    """
+
+    _deadline: IDelayedCall | None = None
+    _lingerCall: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._deadline is None and not self._handlingRequest:
+            limit = getattr(getattr(self, "site", None), "policy", HTTPPolicy()).requestDeadline
+            self._deadline = self.callLater(limit, self._deadlinePassed)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._stopDeadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stopDeadline()
+        if self._lingerCall is not None and self._lingerCall.active():
+            self._lingerCall.cancel()
+        super().connectionLost(reason)
+
+    def _stopDeadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _deadlinePassed(self) -> None:
+        self._deadline = None
+        if self._handlingRequest or self.transport is None:
+            return
+        error = AgentError(
+            "the request was not received in time",
+            408,
+            "invalid_request_error",
+            "request_timeout",
+        )
+        body = _dumps(error.envelope())
+        transport: Any = self.transport
+        transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        )
+        log.info("closed a connection that did not send its request in time")
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        self.loseConnection()
+
+
+def _guardedChannelFactory(self: Site) -> Any:
+    return http._GenericHTTPChannelProtocol(GuardedChannel())
+
+
+class GuardedSite(Site):
+    """
+    A L{Site} using L{GuardedRequest} and L{GuardedChannel} under an
+    L{HTTPPolicy}; form parsing is off (the API takes JSON only), and
+    tracebacks are never shown.
+    """
+
+    requestFactory = GuardedRequest
+    protocol = _guardedChannelFactory
+    displayTracebacks = False
+
+    def __init__(self, resource: Any, policy: HTTPPolicy = HTTPPolicy(), **kwargs: Any) -> None:
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(resource, **kwargs)
+        self.policy = policy
+        self.timeOut = policy.idleTimeout
+
+
+__all__ = ["APIKeys", "GuardedChannel", "GuardedRequest", "GuardedSite", "HTTPPolicy"]

@@ -1,0 +1,530 @@
+# -*- test-case-name: tests.test_openapi -*-
+"""
+The OpenAPI 3.1 description of the OpenAI-compatible headend's own
+endpoints, served at C{GET /openapi.json}.
+
+The request schema follows what L{ai_agent.headends._request} accepts: the
+fields it reads are typed and bounded as it checks them, every other field
+is allowed and ignored.  Limits that a schema cannot state (nesting at most
+L{MAX_DEPTH} deep, no lone surrogates, the body size cap) are written in the
+descriptions and answered with a 400 or 413.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+from ai_agent import __version__
+from ai_agent.headends._request import MAX_DEPTH, MAX_MESSAGES, MAX_TOOLS
+
+_REF = "#/components/"
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"{_REF}{kind}/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """
+    C{schema}, or C{null} (the parser treats C{null} as "not given").
+    """
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _jsonResponse(description: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+        **extra,
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    error = {
+        "type": "object",
+        "description": "OpenAI's error envelope: every error this server answers has this shape.",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string", "description": "What went wrong."},
+                    "type": {
+                        "type": "string",
+                        "description": "OpenAI's error type, such as "
+                        "invalid_request_error, rate_limit_error or server_error.",
+                    },
+                    "param": {
+                        "type": ["string", "null"],
+                        "description": "The request field at fault, such as "
+                        "messages[0].content, when one can be named.",
+                    },
+                    "code": {
+                        "type": ["string", "null"],
+                        "description": "A machine-readable reason, such as "
+                        "model_not_found, invalid_api_key or request_too_large.",
+                    },
+                },
+            }
+        },
+    }
+    health = {
+        "type": "object",
+        "required": ["status", "agents", "running", "queued"],
+        "properties": {
+            "status": {
+                "type": "string",
+                "enum": ["ok", "stopping"],
+                "description": "stopping (with a 503) once a graceful shutdown began.",
+            },
+            "agents": {"type": "array", "items": {"type": "string"}},
+            "running": {"type": "integer", "minimum": 0},
+            "queued": {"type": "integer", "minimum": 0},
+        },
+    }
+    model = {
+        "type": "object",
+        "description": "One served agent, as an OpenAI model.",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "model"},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+            "description": {"type": "string"},
+        },
+    }
+    modelList = {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": _ref("schemas", "Model")},
+        },
+    }
+    textPart = {
+        "type": "object",
+        "required": ["type", "text"],
+        "properties": {
+            "type": {"enum": ["text", "input_text", "output_text"]},
+            "text": {"type": "string"},
+        },
+    }
+    refusalPart = {
+        "type": "object",
+        "required": ["type", "refusal"],
+        "properties": {"type": {"const": "refusal"}, "refusal": {"type": "string"}},
+    }
+    content = {
+        "description": "Text, or an array of text parts (joined with newlines). Parts of "
+        "other types (images, audio) are refused with a 400 naming the part.",
+        "anyOf": [
+            {"type": "string"},
+            {
+                "type": "array",
+                "items": {"anyOf": [{"type": "string"}, textPart, refusalPart]},
+            },
+            {"type": "null"},
+        ],
+    }
+    toolCall = {
+        "type": "object",
+        "required": ["id", "function"],
+        "properties": {
+            "id": {"type": "string"},
+            "type": {"type": "string"},
+            "function": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "arguments": {"type": "string"},
+                },
+            },
+        },
+    }
+    message = {
+        "type": "object",
+        "description": "content is required unless an assistant message has tool_calls; "
+        "a tool message needs tool_call_id.",
+        "required": ["role"],
+        "properties": {
+            "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+            "content": content,
+            "name": _nullable({"type": "string"}),
+            "tool_calls": _nullable({"type": "array", "items": toolCall}),
+            "tool_call_id": {"type": "string", "minLength": 1},
+        },
+    }
+    request = {
+        "type": "object",
+        "description": "A Chat Completions request. Fields not listed here are accepted "
+        f"and ignored. The body must be UTF-8 JSON nested at most {MAX_DEPTH} levels deep "
+        "and its strings must not hold lone UTF-16 surrogates; otherwise the answer is a 400.",
+        "required": ["model", "messages"],
+        "properties": {
+            "model": {
+                "type": "string",
+                "minLength": 1,
+                "description": "An agent's model id (see GET /v1/models), its file name "
+                "or path, in any letter case.",
+            },
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_MESSAGES,
+                "items": _ref("schemas", "ChatMessage"),
+            },
+            "stream": _nullable({"type": "boolean"}),
+            "stream_options": _nullable(
+                {
+                    "type": "object",
+                    "properties": {"include_usage": _nullable({"type": "boolean"})},
+                }
+            ),
+            "n": _nullable(
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 1,
+                    "description": "Only 1: an agent gives one answer.",
+                }
+            ),
+            "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 2}),
+            "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+            "max_completion_tokens": _nullable({"type": "integer", "minimum": 1}),
+            "max_tokens": _nullable(
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "Used when max_completion_tokens is not given.",
+                }
+            ),
+            "stop": _nullable(
+                {
+                    "anyOf": [
+                        {"type": "string"},
+                        {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+                    ]
+                }
+            ),
+            "seed": _nullable({"type": "integer"}),
+            "user": _nullable({"type": "string"}),
+            "tools": _nullable(
+                {
+                    "type": "array",
+                    "maxItems": MAX_TOOLS,
+                    "items": {"type": "object"},
+                    "description": "Checked for shape and ignored: an agent uses the tools "
+                    "its agent file names.",
+                }
+            ),
+        },
+    }
+    usage = {
+        "type": "object",
+        "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+        "properties": {
+            "prompt_tokens": {"type": "integer", "minimum": 0},
+            "completion_tokens": {"type": "integer", "minimum": 0},
+            "total_tokens": {"type": "integer", "minimum": 0},
+        },
+    }
+    completion = {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["index", "message", "finish_reason"],
+                    "properties": {
+                        "index": {"const": 0},
+                        "message": {
+                            "type": "object",
+                            "required": ["role", "content"],
+                            "properties": {
+                                "role": {"const": "assistant"},
+                                "content": {"type": "string"},
+                                "reasoning_content": {
+                                    "type": "string",
+                                    "description": "The model's reasoning and the agent's "
+                                    "progress, when there was any.",
+                                },
+                            },
+                        },
+                        "logprobs": {"type": "null"},
+                        "finish_reason": {"type": "string"},
+                    },
+                },
+            },
+            "usage": _ref("schemas", "Usage"),
+        },
+    }
+    return {
+        "Error": error,
+        "Health": health,
+        "Model": model,
+        "ModelList": modelList,
+        "ChatMessage": message,
+        "ChatCompletionRequest": request,
+        "ChatCompletion": completion,
+        "Usage": usage,
+    }
+
+
+def _headers() -> dict[str, Any]:
+    return {
+        "RetryAfter": {
+            "description": "Seconds to wait before trying again.",
+            "schema": {"type": "integer", "minimum": 1},
+        },
+        "RequestId": {
+            "description": "The completion's id.",
+            "schema": {"type": "string"},
+        },
+        "ShouldRetry": {
+            "description": "false when the failed run had already called a tool, so "
+            "repeating the request could repeat the tool's effects.",
+            "schema": {"enum": ["true", "false"]},
+        },
+        "WWWAuthenticate": {
+            "description": "The authentication scheme: Bearer.",
+            "schema": {"type": "string"},
+        },
+    }
+
+
+def _responses() -> dict[str, Any]:
+    error = _ref("schemas", "Error")
+
+    def failure(description: str, **headers: str) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if headers:
+            extra["headers"] = {name: _ref("headers", ref) for name, ref in headers.items()}
+        return _jsonResponse(description, error, **extra)
+
+    return {
+        "BadRequest": failure(
+            "The request is malformed: not JSON, not UTF-8, nested too deeply, a lone "
+            "surrogate, or a field of the wrong type or out of range (param names it)."
+        ),
+        "Unauthorized": failure(
+            "API keys are configured and the request carried none that matches "
+            "(Authorization: Bearer KEY, or x-api-key: KEY).",
+            **{"WWW-Authenticate": "WWWAuthenticate"},
+        ),
+        "NotFound": failure("No agent is served under that model name (model_not_found)."),
+        "RequestTimeout": failure(
+            "The request's head and body did not arrive in time; the connection is closed."
+        ),
+        "PayloadTooLarge": failure("The body is larger than --max-body-size."),
+        "UnsupportedMediaType": failure("The body was sent with a Content-Type that is not JSON."),
+        "RateLimited": failure(
+            "The model provider is rate limiting this server.",
+            **{"Retry-After": "RetryAfter", "x-should-retry": "ShouldRetry"},
+        ),
+        "ServerError": failure(
+            "The agent could not run (for example a provider's key is not set), "
+            "or an unexpected error.",
+            **{"x-should-retry": "ShouldRetry"},
+        ),
+        "BadGateway": failure(
+            "The model provider failed or refused the call.",
+            **{"x-should-retry": "ShouldRetry"},
+        ),
+        "Unavailable": failure(
+            "Every run slot is busy and the queue is full or the wait ran out, or the "
+            "server is shutting down.",
+            **{"Retry-After": "RetryAfter", "x-should-retry": "ShouldRetry"},
+        ),
+        "GatewayTimeout": failure(
+            "The model provider did not answer in time.",
+            **{"x-should-retry": "ShouldRetry"},
+        ),
+    }
+
+
+def _errors(*names: str) -> dict[str, Any]:
+    statuses = {
+        "BadRequest": "400",
+        "Unauthorized": "401",
+        "NotFound": "404",
+        "RequestTimeout": "408",
+        "PayloadTooLarge": "413",
+        "UnsupportedMediaType": "415",
+        "RateLimited": "429",
+        "ServerError": "500",
+        "BadGateway": "502",
+        "Unavailable": "503",
+        "GatewayTimeout": "504",
+    }
+    return {statuses[name]: _ref("responses", name) for name in names}
+
+
+_KEYED: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "Liveness, the agents served, and the pool's load.",
+                "security": [],
+                "responses": {
+                    "200": _jsonResponse("Serving.", _ref("schemas", "Health")),
+                    "503": _jsonResponse(
+                        "Shutting down: take this instance out of rotation.",
+                        _ref("schemas", "Health"),
+                    ),
+                    **_errors("RequestTimeout"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "security": [],
+                "responses": {
+                    "200": _jsonResponse("The OpenAPI document.", {"type": "object"}),
+                    **_errors("RequestTimeout"),
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "operationId": "listModels",
+                "summary": "Every served agent, as an OpenAI model.",
+                "security": _KEYED,
+                "responses": {
+                    "200": _jsonResponse("The models.", _ref("schemas", "ModelList")),
+                    **_errors("Unauthorized", "RequestTimeout"),
+                },
+            }
+        },
+        "/v1/models/{model}": {
+            "get": {
+                "operationId": "retrieveModel",
+                "summary": "One served agent.",
+                "security": _KEYED,
+                "parameters": [
+                    {
+                        "name": "model",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                        "description": "A model id, an agent's file name or path.",
+                    }
+                ],
+                "responses": {
+                    "200": _jsonResponse("The model.", _ref("schemas", "Model")),
+                    **_errors("Unauthorized", "NotFound", "RequestTimeout"),
+                },
+            }
+        },
+        "/v1/chat/completions": {
+            "post": {
+                "operationId": "createChatCompletion",
+                "summary": "Run an agent on a conversation.",
+                "description": "With stream=true the answer is Server-Sent Events, started at "
+                "the run's first event: a failure before it is a real HTTP status, one after "
+                'it arrives in-band as data: {"error": ...} followed by data: [DONE].',
+                "security": _KEYED,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref("schemas", "ChatCompletionRequest")}
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The completion: one JSON body, or with stream=true "
+                        "an SSE stream of chat.completion.chunk objects ending in "
+                        "data: [DONE].",
+                        "headers": {"x-request-id": _ref("headers", "RequestId")},
+                        "content": {
+                            "application/json": {"schema": _ref("schemas", "ChatCompletion")},
+                            "text/event-stream": {
+                                "schema": {
+                                    "type": "string",
+                                    "description": "data: {chat.completion.chunk}\\n\\n "
+                                    "frames, then data: [DONE]\\n\\n.",
+                                }
+                            },
+                        },
+                    },
+                    **_errors(
+                        "BadRequest",
+                        "Unauthorized",
+                        "NotFound",
+                        "RequestTimeout",
+                        "PayloadTooLarge",
+                        "UnsupportedMediaType",
+                        "RateLimited",
+                        "ServerError",
+                        "BadGateway",
+                        "Unavailable",
+                        "GatewayTimeout",
+                    ),
+                },
+            }
+        },
+    }
+
+
+def _build() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ai-agent",
+            "version": __version__,
+            "description": "LLM agents defined in .ai files, served as OpenAI-compatible "
+            "models. Errors use OpenAI's envelope. The /v1 routes need an API key only when "
+            "the server was started with --api-key, --api-key-file or AI_AGENT_API_KEYS.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "responses": _responses(),
+            "headers": _headers(),
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer"},
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
+        },
+    }
+
+
+#: The document, built once.  Use L{openapiDocument} for a copy to change.
+OPENAPI: dict[str, Any] = _build()
+
+
+def openapiDocument(serverUrl: str | None = None, models: Sequence[str] = ()) -> dict[str, Any]:
+    """
+    A copy of L{OPENAPI}.
+
+    @param serverUrl: when given, the document's one C{servers} entry.
+    @param models: served model ids, given as C{examples} of the request's
+        C{model} (any other name is still valid and answered with a 404).
+    """
+    document = copy.deepcopy(OPENAPI)
+    if serverUrl is not None:
+        document["servers"] = [{"url": serverUrl}]
+    if models:
+        request = document["components"]["schemas"]["ChatCompletionRequest"]
+        request["properties"]["model"]["examples"] = list(models)
+    return document
+
+
+__all__ = ["OPENAPI", "openapiDocument"]

@@ -1,0 +1,121 @@
+# -*- test-case-name: tests.test_tasks -*-
+"""
+Recognising chat UIs' background tasks.
+
+Open WebUI and LibreChat ask the chat's model for small chores — a title
+for the conversation, tags, follow-up questions, web search queries, input
+autocompletion — as ordinary chat completions whose last message is a
+prompt template.  Sent through an agent, each would run the whole agent
+loop, tools included.  L{detectTask} tells such a request apart so the
+headend can answer it with one direct call to the agent's first model.
+
+What is matched, all case-insensitively and on the last message only:
+
+  - Open WebUI's templates render the conversation between
+    C{<chat_history>} and C{</chat_history>}; the instructions before it
+    name the answer's JSON key (C{"title"}, C{"tags"}, C{"follow_ups"},
+    C{"queries"}, C{"text"}, C{"prompt"}) or, in older templates, the task
+    in words ("3-5 word title", "broad tags", ...).  Both the tags and one
+    of those are required.
+  - LibreChat's title prompts: "5-word-or-less title for the conversation"
+    (its completion and older prompts) and "concise title in the detected
+    language" (its structured prompt).
+  - An C{X-OpenWebUI-Task} header, which recent Open WebUI versions can
+    send from a connection's custom headers (value C{{{TASK}}}).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from ai_agent.providers import ChatMessage
+
+#: Open WebUI's task names (its C{TASKS} values) → ours.
+_OPEN_WEBUI_TASKS = {
+    "title_generation": "title",
+    "tags_generation": "tags",
+    "follow_up_generation": "follow_ups",
+    "query_generation": "queries",
+    "autocomplete_generation": "autocomplete",
+    "emoji_generation": "emoji",
+    "image_prompt_generation": "image_prompt",
+    "function_calling": "function_calling",
+    "moa_response_generation": "moa",
+}
+
+#: Header values that mean "an ordinary chat".
+_NOT_A_TASK = frozenset({"", "default", "none"})
+
+_HISTORY = re.compile(r"<chat_history>.*</chat_history>", re.IGNORECASE | re.DOTALL)
+
+#: The JSON key an Open WebUI template asks for → the task.
+_JSON_KEY = re.compile(r'\{\s*"(title|tags|follow_ups|queries|text|prompt)"\s*:', re.IGNORECASE)
+_BY_KEY = {
+    "title": "title",
+    "tags": "tags",
+    "follow_ups": "follow_ups",
+    "queries": "queries",
+    "text": "autocomplete",
+    "prompt": "image_prompt",
+}
+
+#: Older Open WebUI templates, without a JSON key: phrase → task.
+_OPEN_WEBUI_PHRASES = (
+    (re.compile(r"\b3-5 word title\b", re.IGNORECASE), "title"),
+    (re.compile(r"\bbroad tags\b", re.IGNORECASE), "tags"),
+    (re.compile(r"\bfollow[- ]up questions\b", re.IGNORECASE), "follow_ups"),
+    (re.compile(r"\bsearch quer(y|ies)\b", re.IGNORECASE), "queries"),
+    (re.compile(r"\bautocompletion system\b", re.IGNORECASE), "autocomplete"),
+)
+
+_LIBRECHAT_TITLE = re.compile(
+    r"5-word-or-less title for the conversation|concise title in the detected language",
+    re.IGNORECASE,
+)
+
+_TASK_NAME = re.compile(r"[^a-z0-9_]+")
+
+
+def detectTask(messages: Sequence[ChatMessage], taskHeader: str | None = None) -> str | None:
+    """
+    The background task a chat request is, or L{None} for a real chat.
+
+    @param messages: the request's conversation.
+    @param taskHeader: the request's C{X-OpenWebUI-Task} header, if any.
+    @return: C{title}, C{tags}, C{follow_ups}, C{queries},
+        C{autocomplete}, C{image_prompt}, or (from the header) another
+        task name.
+    """
+    if taskHeader is not None:
+        value = taskHeader.strip().lower()
+        if value not in _NOT_A_TASK:
+            known = _OPEN_WEBUI_TASKS.get(value)
+            return known or (_TASK_NAME.sub("_", value)[:64] or None)
+    if not messages:
+        return None
+    last = messages[-1]
+    if last.role not in ("user", "system"):
+        return None
+    return _openWebUITask(last.content) or _libreChatTask(last.content)
+
+
+def _openWebUITask(text: str) -> str | None:
+    history = _HISTORY.search(text)
+    if history is None:
+        return None
+    instructions = text[: history.start()]
+    key = _JSON_KEY.search(instructions)
+    if key is not None:
+        return _BY_KEY[key.group(1).lower()]
+    for phrase, task in _OPEN_WEBUI_PHRASES:
+        if phrase.search(instructions):
+            return task
+    return None
+
+
+def _libreChatTask(text: str) -> str | None:
+    return "title" if _LIBRECHAT_TITLE.search(text) else None
+
+
+__all__ = ["detectTask"]

@@ -1,0 +1,162 @@
+# -*- test-case-name: tests.test_tools -*-
+"""
+The tools one agent may call: the tools of the MCP servers named in its
+C{tools:} list, as C{<server>__<tool>}, and its sub-agents, as
+C{agent__<name>}.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, Mapping, cast
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ai_agent.agentfile import AgentSpec
+from ai_agent.errors import AgentError
+from ai_agent.events import EventSink
+from ai_agent.providers import ToolSpec
+from ai_agent.tools._jsonrpc import McpError
+from ai_agent.tools._naming import toolName
+from ai_agent.tools.mcp import McpManager, McpServer
+from ai_agent.tools.subagent import AgentRunner, SubAgentTool
+
+log = Logger()
+
+_Route = Callable[[Mapping[str, Any], EventSink], Deferred[str]]
+
+
+def functionParameters(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    A tool's input schema as function parameters: an object schema, with
+    C{type} and C{properties} present (some APIs insist on both).
+    """
+    parameters = dict(schema)
+    parameters.setdefault("type", "object")
+    if parameters["type"] == "object":
+        parameters.setdefault("properties", {})
+    return parameters
+
+
+@attrs.define(eq=False)
+class AgentToolBox:
+    """
+    The L{ai_agent.session.ToolBox} of one agent run.
+
+    @ivar startTimeout: how long L{specs} waits for a server that is
+        starting for the first time.
+    """
+
+    agent: AgentSpec
+    mcp: McpManager | None
+    subAgents: tuple[SubAgentTool, ...] = ()
+    startTimeout: float = 60.0
+    _routes: dict[str, _Route] = attrs.field(factory=dict, init=False)
+
+    def specs(self) -> Deferred[list[ToolSpec]]:
+        """
+        The tools, once every MCP server the agent uses has listed its
+        tools; a server that cannot start is left out (and logged).
+        """
+        return Deferred.fromCoroutine(self._specs())
+
+    async def _specs(self) -> list[ToolSpec]:
+        specs: list[ToolSpec] = []
+        routes: dict[str, _Route] = {}
+        servers: list[McpServer] = []
+        for name in self.agent.tools:
+            try:
+                assert self.mcp is not None, "an agent with tools needs an McpManager"
+                servers.append(self.mcp.server(name))
+            except McpError as error:
+                self._leftOut(name, error.message)
+        listings = await DeferredList(
+            [server.toolsForSession(self.startTimeout) for server in servers],
+            consumeErrors=True,
+        )
+        for server, (ok, value) in zip(servers, listings, strict=True):
+            if not ok:
+                failure = cast(Failure, value)
+                if failure.check(CancelledError):
+                    failure.raiseException()
+                self._leftOut(server.name, failure.getErrorMessage())
+                continue
+            for tool in value:
+                exposed = toolName(server.name, tool.name)
+                if exposed in routes:
+                    log.warn(
+                        "agent {agent}: MCP server {server} offers two tools named {tool}"
+                        " for the model; only the first is kept",
+                        agent=self.agent.name,
+                        server=server.name,
+                        tool=exposed,
+                    )
+                    continue
+                routes[exposed] = partial(self._callMcp, server, tool.name)
+                specs.append(
+                    ToolSpec(exposed, tool.description, functionParameters(tool.inputSchema))
+                )
+        for sub in self.subAgents:
+            if sub.name in routes:
+                log.warn(
+                    "agent {agent}: the sub-agent tool {tool} is already an MCP tool; left out",
+                    agent=self.agent.name,
+                    tool=sub.name,
+                )
+                continue
+            routes[sub.name] = sub.call
+            specs.append(sub.toolSpec())
+        self._routes = routes
+        return specs
+
+    def _leftOut(self, server: str, reason: str) -> None:
+        log.warn(
+            "agent {agent}: the tools of MCP server {server} are left out: {reason}",
+            agent=self.agent.name,
+            server=server,
+            reason=reason,
+        )
+
+    def call(self, name: str, arguments: Mapping[str, Any], sink: EventSink) -> Deferred[str]:
+        """
+        Run the tool the model called C{name}.
+        """
+        route = self._routes.get(name)
+        if route is None:
+            return fail(AgentError(f"there is no tool named {name!r}"))
+        return route(arguments, sink)
+
+    def _callMcp(
+        self, server: McpServer, tool: str, arguments: Mapping[str, Any], sink: EventSink
+    ) -> Deferred[str]:
+        return server.callTool(tool, arguments, self.agent.toolTimeout)
+
+
+@attrs.define(eq=False)
+class ToolBoxFactory:
+    """
+    Builds the tool box of each run (the C{tools} of
+    L{ai_agent.session.SessionRunner}).
+
+    @ivar agents: every loaded agent by absolute path (sub-agents included).
+    @ivar runner: runs sub-agents; set once the runner exists.
+    """
+
+    agents: Mapping[str, AgentSpec]
+    mcp: McpManager | None = None
+    runner: AgentRunner | None = None
+    startTimeout: float = 60.0
+
+    def __call__(self, agent: AgentSpec) -> AgentToolBox:
+        subAgents: list[SubAgentTool] = []
+        if agent.agents:
+            assert self.runner is not None, "ToolBoxFactory.runner is not set"
+            for path in agent.agents:
+                subAgents.append(SubAgentTool(self.agents[path], self.runner))
+        return AgentToolBox(agent, self.mcp, tuple(subAgents), self.startTimeout)
+
+
+__all__ = ["AgentToolBox", "ToolBoxFactory", "functionParameters"]

@@ -1,0 +1,166 @@
+# -*- test-case-name: tests.test_tools -*-
+"""
+Sub-agents as tools: each agent file named in an agent's C{agents:} list is
+offered to the model as C{agent__<name>} (its C{toolName}, else its file
+name), described by its C{description}, taking C{{"prompt": string}}.
+
+Calling one runs a child session of that agent, through the same runner as
+the parent, on the prompt as its only user message; the child's answer is
+the tool result.  The child's progress reaches the parent's stream as
+reasoning lines prefixed with C{[agent__<name>] }, its token usage is added
+to the parent's, and cancelling the call cancels the child run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, fail
+from twisted.python.failure import Failure
+
+from ai_agent.agentfile import AgentSpec
+from ai_agent.errors import AgentError
+from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta, Usage
+from ai_agent.providers import ChatMessage, ToolSpec
+from ai_agent.tools._naming import toolName
+
+SUBAGENT_NAMESPACE = "agent"
+
+PROMPT_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {
+        "prompt": {
+            "type": "string",
+            "description": "The complete request for the sub-agent: it sees nothing else.",
+        }
+    },
+    "required": ["prompt"],
+    "additionalProperties": False,
+}
+"""
+The parameters of every sub-agent tool.
+"""
+
+
+class AgentRunner(Protocol):
+    """
+    What runs a child session (L{ai_agent.session.SessionRunner}).
+    """
+
+    def run(
+        self,
+        agent: AgentSpec,
+        conversation: Sequence[ChatMessage],
+        events: EventSink,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Deferred[Finished]:
+        """
+        Run C{agent} on C{conversation}, streaming events to C{events}.
+        """
+        ...
+
+
+@attrs.define(eq=False)
+class NestedSink:
+    """
+    The event sink of a child run: its progress and reasoning go to the
+    parent's sink as whole lines behind C{prefix}; its token usage goes to
+    the parent unchanged (to be added to the parent run's usage); its answer
+    is kept in L{answer}, never streamed as the parent's content.
+    """
+
+    prefix: str
+    parent: EventSink
+    _answer: list[str] = attrs.field(factory=list, init=False)
+    _partial: str = attrs.field(default="", init=False)
+
+    @property
+    def answer(self) -> str:
+        """
+        The child's content so far.
+        """
+        return "".join(self._answer)
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, ContentDelta):
+            self._answer.append(event.text)
+        elif isinstance(event, ReasoningDelta):
+            *lines, self._partial = (self._partial + event.text).split("\n")
+            for line in lines:
+                self._emit(line)
+        elif isinstance(event, Usage):
+            self.parent(event)
+
+    def flush(self) -> None:
+        """
+        Pass on a last line that had no newline.
+        """
+        partial, self._partial = self._partial, ""
+        self._emit(partial)
+
+    def _emit(self, line: str) -> None:
+        if line.strip():
+            self.parent(ReasoningDelta(f"{self.prefix}{line}\n"))
+
+
+@attrs.define(eq=False)
+class SubAgentTool:
+    """
+    One sub-agent offered as a tool.
+
+    @ivar spec: the sub-agent.
+    @ivar runner: runs the child session (the parent's runner).
+    """
+
+    spec: AgentSpec
+    runner: AgentRunner
+
+    @property
+    def name(self) -> str:
+        """
+        C{agent__<name>}.
+        """
+        return toolName(SUBAGENT_NAMESPACE, self.spec.name)
+
+    def toolSpec(self) -> ToolSpec:
+        """
+        The tool as the model sees it.
+        """
+        description = self.spec.description or f"The {self.spec.name} agent."
+        if self.spec.usage:
+            description = f"{description}\n\nUsage: {self.spec.usage}"
+        return ToolSpec(self.name, description, PROMPT_SCHEMA)
+
+    def call(self, arguments: Mapping[str, Any], sink: EventSink) -> Deferred[str]:
+        """
+        Run the sub-agent on C{arguments["prompt"]}.
+
+        @return: a Deferred firing with the child's answer, or failing with
+            L{AgentError} when the child run fails.  Cancelling it cancels
+            the child run.
+        """
+        prompt = arguments.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            return fail(AgentError(f"{self.name} needs a 'prompt' string that is not empty"))
+        nested = NestedSink(f"[{self.name}] ", sink)
+        run = self.runner.run(self.spec, [ChatMessage("user", prompt)], nested)
+
+        def finished(result: Finished) -> str:
+            nested.flush()
+            answer = nested.answer.strip() or "(the sub-agent gave no answer)"
+            if result.finishReason == "length":
+                answer += "\n[the answer was cut at the sub-agent's output token limit]"
+            return answer
+
+        def failed(failure: Failure) -> Failure:
+            nested.flush()
+            if isinstance(failure.value, AgentError):
+                return Failure(AgentError(f"{self.name} failed: {failure.value.message}"))
+            return failure
+
+        return run.addCallbacks(finished, failed)
+
+
+__all__ = ["NestedSink", "PROMPT_SCHEMA", "SubAgentTool"]

@@ -1,0 +1,3 @@
+"""
+The performance benchmark (not a test): run it with C{bench/run}.
+"""

@@ -1,0 +1,413 @@
+"""
+From the samples of a run to C{docs/performance.md}, C{docs/img/perf-*.png}
+and C{docs/performance-samples.json}.
+
+Text between C{<!-- notes:begin -->} and C{<!-- notes:end -->} in an existing
+C{performance.md} (the analysis written by a person) is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from bench._stats import addedPerRound, median, percentile, ratio, summarize
+
+DIRECT, OURS, LITE = "direct", "ai-agent", "litellm"
+NOTES_BEGIN, NOTES_END = "<!-- notes:begin -->", "<!-- notes:end -->"
+
+
+def _rounds(samples: dict[str, Any], figure: str, arm: str, key: str = "ms") -> dict[int, list[float]]:
+    perRound = samples.get(figure, {}).get(arm, {})
+    return {int(r): value[key] for r, value in perRound.items() if value.get(key)}
+
+
+def _scalar(samples: dict[str, Any], figure: str, arm: str, key: str) -> list[float]:
+    perRound = samples.get(figure, {}).get(arm, {})
+    return [value[key] for _, value in sorted(perRound.items(), key=lambda kv: int(kv[0]))]
+
+
+def figures(samples: dict[str, Any]) -> dict[str, Any]:
+    """
+    The headline figures of a run: medians over rounds, ratios, checks.
+    """
+    out: dict[str, Any] = {}
+    arms = [arm for arm in (OURS, LITE) if arm in samples.get("latency_c1", {})]
+    for figure in ("latency_c1", "latency_c16", "ttft_c1"):
+        direct = _rounds(samples, figure, DIRECT)
+        for arm in arms:
+            values = _rounds(samples, figure, arm)
+            for q in (50, 99):
+                added = addedPerRound(values, direct, q)
+                if added:
+                    out[f"{figure}.added_p{q}.{arm}"] = summarize(added).asDict()
+        for arm in [DIRECT, *arms]:
+            values = _rounds(samples, figure, arm)
+            if values:
+                out[f"{figure}.p50.{arm}"] = median([percentile(v, 50) for v in values.values()])
+                out[f"{figure}.p99.{arm}"] = median([percentile(v, 99) for v in values.values()])
+            bad = sum(value.get("bad", 0) for value in samples.get(figure, {}).get(arm, {}).values())
+            out[f"{figure}.bad.{arm}"] = bad
+    for arm in [DIRECT, *arms]:
+        rps = _scalar(samples, "rps", arm, "rps")
+        if rps:
+            out[f"rps.{arm}"] = summarize(rps).asDict()
+            out[f"rps.cpu.{arm}"] = [v["cpu"] for v in samples["rps"][arm].values()]
+        tokens = _scalar(samples, "tokens", arm, "tokensPerSecond")
+        if tokens:
+            out[f"tokens.{arm}"] = summarize(tokens).asDict()
+            streams = sum(_scalar(samples, "tokens", arm, "streams"))
+            intact = sum(_scalar(samples, "tokens", arm, "intact"))
+            out[f"tokens.fidelity.{arm}"] = [intact, streams]
+            out[f"tokens.cpu.{arm}"] = [v["cpu"] for v in samples["tokens"][arm].values()]
+        cancel = samples.get("cancel", {}).get(arm, {}).get("0")
+        if cancel:
+            out[f"cancel.{arm}"] = {
+                "p50": percentile(cancel["ms"], 50) if cancel["ms"] else None,
+                "p99": percentile(cancel["ms"], 99) if cancel["ms"] else None,
+                "never": cancel["never"],
+                "n": len(cancel["ms"]) + cancel["never"],
+            }
+    for workers in ("1", "2"):
+        rps = _scalar(samples, "workers_rps", workers, "rps")
+        if rps:
+            out[f"workers.{workers}"] = summarize(rps).asDict()
+    return out
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, dict):
+        return f"{value['value']:.{digits}f} (IQR {value['q1']:.{digits}f}–{value['q3']:.{digits}f})"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _verdict(ok: bool | None) -> str:
+    if ok is None:
+        return "not measured"
+    return "met" if ok else "**not met**"
+
+
+def _value(f: dict[str, Any], key: str) -> float | None:
+    value = f.get(key)
+    if isinstance(value, dict):
+        return float(value["value"])
+    return value
+
+
+def targetsTable(samples: dict[str, Any], f: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """
+    Rows of (target, goal, measured, verdict).
+    """
+    rows: list[tuple[str, str, str, str]] = []
+
+    def row(name: str, goal: str, measured: str, ok: bool | None) -> None:
+        rows.append((name, goal, measured, _verdict(ok)))
+
+    p50 = _value(f, f"latency_c1.added_p50.{OURS}")
+    p99 = _value(f, f"latency_c1.added_p99.{OURS}")
+    row("added latency p50, c=1", "≤ 1.0 ms", _fmt(p50, 3) + " ms", None if p50 is None else p50 <= 1.0)
+    row("added latency p99, c=1", "≤ 3 ms", _fmt(p99, 3) + " ms", None if p99 is None else p99 <= 3.0)
+    lite50 = _value(f, f"latency_c1.added_p50.{LITE}")
+    r = ratio(p50, lite50) if p50 is not None and lite50 is not None else None
+    row(
+        "added latency vs LiteLLM (p50, c=1)",
+        "≤ 0.25×",
+        "n/a" if r is None else f"{r:.2f}× ({_fmt(p50, 3)} vs {_fmt(lite50, 3)} ms)",
+        None if r is None else r <= 0.25,
+    )
+    t50 = _value(f, f"ttft_c1.added_p50.{OURS}")
+    row("time to first token added, p50", "≤ 2 ms", _fmt(t50, 3) + " ms", None if t50 is None else t50 <= 2.0)
+    tokens = _value(f, f"tokens.{OURS}")
+    fidelity = f.get(f"tokens.fidelity.{OURS}")
+    intact = fidelity is not None and fidelity[0] == fidelity[1]
+    row(
+        "relayed tokens/s, one core, every frame intact",
+        "≥ 20,000",
+        f"{_fmt(tokens, 0)} ({fidelity[0]}/{fidelity[1]} streams intact)" if fidelity else "n/a",
+        None if tokens is None else tokens >= 20000 and intact,
+    )
+    rps = _value(f, f"rps.{OURS}")
+    row("requests/s, one core", "≥ 1,500", _fmt(rps, 0), None if rps is None else rps >= 1500)
+    literps = _value(f, f"rps.{LITE}")
+    r = ratio(rps, literps) if rps is not None and literps is not None else None
+    row(
+        "requests/s vs LiteLLM",
+        "≥ 8×",
+        "n/a" if r is None else f"{r:.1f}× ({_fmt(rps, 0)} vs {_fmt(literps, 0)})",
+        None if r is None else r >= 8,
+    )
+    idle = samples.get("idleStreams", {}).get("levels", [])
+    for level in idle:
+        per = level["perStreamKiB"]
+        row(
+            f"memory per idle stream at {level['streams']:,} streams",
+            "≤ 15 KB",
+            f"{per:.1f} KiB",
+            per <= 15 * 1000 / 1024,
+        )
+    rss = samples.get("idleRss", {}).get(OURS)
+    row("idle RSS", "≤ 80 MB", "n/a" if rss is None else f"{rss / 1024:.1f} MiB", None if rss is None else rss * 1024 <= 80e6)
+    cold = samples.get("coldStart", {}).get(OURS, {}).get("seconds")
+    c = median(cold) if cold else None
+    row("cold start to first 200", "≤ 1.5 s", "n/a" if c is None else f"{c:.2f} s (median)", None if c is None else c <= 1.5)
+    cancel = f.get(f"cancel.{OURS}")
+    if cancel and cancel["p99"] is not None:
+        row(
+            "upstream closed after the client leaves, p99",
+            "≤ 50 ms",
+            f"{cancel['p99']:.2f} ms ({cancel['never']} never closed of {cancel['n']})",
+            cancel["p99"] <= 50 and not cancel["never"],
+        )
+    reject = samples.get("reject")
+    if reject:
+        p = percentile(reject["ms"], 99)
+        row("full-queue rejection, p99", "≤ 5 ms", f"{p:.2f} ms", p <= 5)
+    return rows
+
+
+# Plots.
+
+
+def _cdf(ax: Any, values: list[float], label: str) -> None:
+    ordered = sorted(values)
+    n = len(ordered)
+    ax.plot(ordered, [(i + 1) / n for i in range(n)], label=label)
+
+
+def plots(samples: dict[str, Any], f: dict[str, Any], imgDir: str) -> list[tuple[str, str]]:
+    """
+    Draw the PNGs; return (file name, caption) pairs.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(imgDir, exist_ok=True)
+    made: list[tuple[str, str]] = []
+    arms = [arm for arm in (DIRECT, OURS, LITE) if arm in samples.get("latency_c1", {})]
+    for figure, title in (
+        ("latency_c1", "Non-streamed latency, concurrency 1"),
+        ("latency_c16", "Non-streamed latency, concurrency 16"),
+        ("ttft_c1", "Time to first content token, concurrency 1"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for arm in arms:
+            values = [v for vs in _rounds(samples, figure, arm).values() for v in vs]
+            if values:
+                _cdf(ax, values, arm)
+        ax.set_xscale("log")
+        ax.set_xlabel("milliseconds (log scale)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        name = f"perf-{figure.replace('_', '-')}.png"
+        fig.tight_layout()
+        fig.savefig(os.path.join(imgDir, name), dpi=100)
+        plt.close(fig)
+        made.append((name, title + " (CDF, all rounds)"))
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    panels = [
+        ("rps", "requests/s (one core)", arms),
+        ("tokens", "relayed tokens/s (one core)", arms),
+    ]
+    for ax, (key, label, names) in zip(axes[:2], panels, strict=True):
+        values = [_value(f, f"{key}.{arm}") or 0 for arm in names]
+        bars = ax.bar(names, values, color=["#888", "#2a7", "#c63"][: len(names)])
+        ax.bar_label(bars, fmt="%.0f")
+        ax.set_title(label)
+    workers = [w for w in ("1", "2") if f"workers.{w}" in f]
+    if workers:
+        values = [_value(f, f"workers.{w}") or 0 for w in workers]
+        bars = axes[2].bar([f"{w} worker{'s' if w != '1' else ''}" for w in workers], values, color="#2a7")
+        axes[2].bar_label(bars, fmt="%.0f")
+    axes[2].set_title("ai-agent requests/s by --workers")
+    fig.tight_layout()
+    fig.savefig(os.path.join(imgDir, "perf-throughput.png"), dpi=100)
+    plt.close(fig)
+    made.append(("perf-throughput.png", "Throughput (median of rounds)"))
+    return made
+
+
+# The document.
+
+
+def _keptNotes(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    begin = text.find(NOTES_BEGIN)
+    end = text.find(NOTES_END)
+    if begin < 0 or end < begin:
+        return ""
+    return text[begin + len(NOTES_BEGIN) : end].strip("\n")
+
+
+def write(samples: dict[str, Any], outDir: str) -> None:
+    """
+    Write C{performance.md}, the plots and the samples into C{outDir}.
+    """
+    os.makedirs(outDir, exist_ok=True)
+    with open(os.path.join(outDir, "performance-samples.json"), "w") as fp:
+        json.dump(samples, fp, separators=(",", ":"))
+    f = figures(samples)
+    images = plots(samples, f, os.path.join(outDir, "img"))
+    path = os.path.join(outDir, "performance.md")
+    notes = _keptNotes(path)
+    env = samples.get("environment", {})
+    plan = samples.get("plan", {})
+    lines: list[str] = ["# Performance", ""]
+    lines += [
+        "What this server adds on top of the LLM, measured the way gateway vendors do: in one run,",
+        "beside a direct call to the same upstream and beside a LiteLLM proxy. Regenerate with",
+        "`bench/run` (see the README); everything below the notes is written by it.",
+        "",
+    ]
+    if plan.get("quick"):
+        lines += [
+            "> **Short run** (`bench/run --quick`): few rounds and short windows, on a machine",
+            "> shared with other work while it ran. The numbers show orders of magnitude; run",
+            "> `bench/run` on a quiet machine for the figures of record.",
+            "",
+        ]
+    lines += [NOTES_BEGIN, notes or "_No notes yet._", NOTES_END, ""]
+    lines += ["## Targets", "", "| figure | target | measured | |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targetsTable(samples, f)]
+    lines += ["", "## All figures", "", "Milliseconds unless marked; medians over rounds with the interquartile range of the round values.", ""]
+    lines += ["| figure | " + " | ".join(a for a in (DIRECT, OURS, LITE) if f"latency_c1.p50.{a}" in f) + " |"]
+    armsPresent = [a for a in (DIRECT, OURS, LITE) if f"latency_c1.p50.{a}" in f]
+    lines += ["| --- |" + " --- |" * len(armsPresent)]
+
+    def line(label: str, key: str, digits: int = 3) -> None:
+        cells = [_fmt(f.get(key.format(arm=a)), digits) for a in armsPresent]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    for figure, label in (
+        ("latency_c1", "latency, non-streamed, c=1"),
+        ("latency_c16", "latency, non-streamed, c=16"),
+        ("ttft_c1", "time to first token, c=1"),
+    ):
+        line(f"{label}: p50", figure + ".p50.{arm}")
+        line(f"{label}: p99", figure + ".p99.{arm}")
+        line(f"{label}: added p50", figure + ".added_p50.{arm}")
+        line(f"{label}: added p99", figure + ".added_p99.{arm}")
+        line(f"{label}: failed or wrong answers", figure + ".bad.{arm}")
+    line("requests/s (c=32, closed loop)", "rps.{arm}", 0)
+    line("relayed tokens/s (8 streams of 401 tokens)", "tokens.{arm}", 0)
+    line("streams intact / streams", "tokens.fidelity.{arm}")
+    for arm in armsPresent:
+        pass
+    lines.append(
+        "| cancellation: upstream closed after client, p50 / p99 (never) | "
+        + " | ".join(
+            (
+                f"{c['p50']:.2f} / {c['p99']:.2f} ({c['never']})"
+                if (c := f.get(f"cancel.{a}")) and c["p50"] is not None
+                else ("never closed" if (c := f.get(f"cancel.{a}")) else "n/a")
+            )
+            for a in armsPresent
+        )
+        + " |"
+    )
+    lines.append("")
+    lines += ["CPU use during the throughput windows (fraction of one core, per round):", ""]
+    for key in ("rps", "tokens"):
+        for arm in armsPresent:
+            cpu = f.get(f"{key}.cpu.{arm}")
+            if cpu:
+                lines.append(f"- {key}, {arm}: " + "; ".join(
+                    ", ".join(f"{name} {value:.2f}" for name, value in c.items()) for c in cpu
+                ))
+    lines.append("")
+    lines += ["### Memory, start-up, overload", ""]
+    idleRss = samples.get("idleRss", {})
+    after = samples.get("idleRssAfterLoad", {})
+    for arm in (OURS, LITE):
+        if arm in idleRss:
+            lines.append(
+                f"- {arm}: idle RSS {idleRss[arm] / 1024:.1f} MiB after start,"
+                f" {after.get(arm, 0) / 1024:.1f} MiB after the load rounds."
+            )
+    for arm, cold in samples.get("coldStart", {}).items():
+        lines.append(
+            f"- {arm}: cold start to the first 200 on `/v1/models`: "
+            + ", ".join(f"{s:.2f}" for s in cold["seconds"])
+            + " s."
+        )
+    idle = samples.get("idleStreams")
+    if idle:
+        lines.append(
+            f"- Idle streams (ai-agent, each held open by the upstream after one token; base RSS"
+            f" {idle['baseKiB'] / 1024:.1f} MiB):"
+        )
+        for level in idle["levels"]:
+            lines.append(
+                f"  - {level['streams']:,} streams: RSS {level['rssKiB'] / 1024:.1f} MiB,"
+                f" {level['perStreamKiB']:.2f} KiB per stream, opened in {level['openSeconds']:.1f} s"
+                f" (cumulative), `/health` p99 {level['healthP99Ms']:.2f} ms while held"
+            )
+        lines.append(f"  - after closing them all: RSS {idle['afterKiB'] / 1024:.1f} MiB")
+    reject = samples.get("reject")
+    if reject:
+        lines.append(
+            "- Queue full (4 slots, queue of 4, all taken): time to the refusal,"
+            f" sequential p50 {percentile(reject['ms'], 50):.2f} ms, p99 {percentile(reject['ms'], 99):.2f} ms;"
+            f" burst of 64 p50 {percentile(reject['burstMs'], 50):.2f} ms, p99 {percentile(reject['burstMs'], 99):.2f} ms;"
+            f" statuses {reject['statuses']}; `Retry-After` on {reject['retryAfter']} of {len(reject['ms'])}."
+        )
+    w1, w2 = f.get("workers.1"), f.get("workers.2")
+    if w1 and w2:
+        lines.append(
+            f"- `--workers`: {w1['value']:.0f} requests/s with 1 worker (CPU 0), {w2['value']:.0f}"
+            f" with 2 (CPUs 0–1, the second shared with the load client and the upstream):"
+            f" {w2['value'] / w1['value']:.2f}×."
+        )
+    lines.append("")
+    lines += ["## Plots", ""]
+    for name, caption in images:
+        lines += [f"![{caption}](img/{name})", ""]
+    lines += ["## How it was measured", ""]
+    lines += [
+        "- One command, `bench/run`, starts the fake upstream (`bench/_upstream.py`: the answers",
+        "  of `ai_agent.testing.FakeUpstream`, \"echo: \" and the last user message word by word, from",
+        "  pre-encoded frames), this server, and a LiteLLM proxy in its own venv when installed.",
+        "  Each server under test is pinned to CPU 0 (`taskset`); the upstream and the load client",
+        "  (this process, raw asyncio sockets, keep-alive) share CPU 1. Loopback only.",
+        "- Arms: *direct* (client → upstream), *ai-agent* (client → server → upstream; an agent",
+        "  without tools is exactly one upstream call, streamed), *litellm* (client → LiteLLM →",
+        "  upstream, master key set, retries off). Same request bodies and bearer token everywhere.",
+        "- Interleaved rounds: every figure is measured in each round for every arm, in a random",
+        "  arm order per round (the order is in the samples file). Added latency = the arm's",
+        "  percentile minus the direct arm's percentile in the same round; reported as the median",
+        "  over rounds with the interquartile range.",
+        "- Requests/s: 32 closed-loop keep-alive connections, non-streamed, for the window; only",
+        "  correct answers count. Tokens/s: 8 streams at a time, each the 401 word-tokens of the",
+        "  echo; a stream counts only when every content frame arrived once, in order, unmerged,",
+        "  and `[DONE]` closed it. CPU shares come from `/proc/PID/stat`.",
+        "- Cancellation: a stream from the slow upstream (a word per 20 ms); after the first",
+        "  token the client closes its socket; the upstream records (`time.monotonic`, one clock",
+        "  for all processes) when its own connection closed.",
+        "- Memory per idle stream: (RSS with N streams − RSS before) / N, for streams the upstream",
+        "  holds open after one token. Each proxied stream costs two file descriptors (client and",
+        "  upstream) and the hard limit here is 20,000, so the top level is 9,950 streams.",
+        "- Raw samples: [performance-samples.json](performance-samples.json).",
+        "",
+        "## Environment",
+        "",
+    ]
+    for key in ("commit", "date", "cpu", "nproc", "loadavg", "python", "twisted", "klein", "treq", "litellm"):
+        lines.append(f"- {key}: {env.get(key)}")
+    lines.append(f"- plan: {json.dumps(plan)}")
+    lines.append(f"- run time: {samples.get('elapsedSeconds', '?')} s")
+    lines.append("")
+    with open(path, "w", encoding="utf-8") as fp:
+        fp.write("\n".join(lines))

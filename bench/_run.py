@@ -1,0 +1,791 @@
+"""
+The benchmark run: start the fake upstream, this server and (when
+installed) a LiteLLM proxy with their CPUs pinned, measure every arm in
+interleaved rounds, and write the samples, the summary and the plots.
+
+The load client is this process, pinned with the upstream to the second
+CPU; each server under test gets the first CPU to itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import attrs
+
+from bench import _report
+from bench._client import Connection, Result, Sampler, Target, request
+from bench._stats import checkStream, completionText, cpuSeconds, percentile, rssKiB
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+LITELLM = os.path.join(HERE, ".venv-litellm", "bin", "litellm")
+KEY = "sk-bench-master-0000"
+
+SERVER_CPU = "0"
+LOAD_CPU = 1
+
+DIRECT, OURS, LITE = "direct", "ai-agent", "litellm"
+
+# Messages: the upstream echoes them word by word.
+PING = "ping"
+SHORT = "ping pong"
+
+
+@attrs.frozen
+class Plan:
+    """
+    How much to measure.
+    """
+
+    rounds: int
+    latency1: int
+    latency16: int
+    ttft: int
+    seconds: float
+    tokensWords: int
+    cancels: int
+    rejects: int
+    idleLevels: tuple[int, ...]
+    coldStarts: int
+    warmup: int = 50
+
+
+QUICK = Plan(
+    rounds=3,
+    latency1=100,
+    latency16=480,
+    ttft=50,
+    seconds=2.0,
+    tokensWords=400,
+    cancels=10,
+    rejects=50,
+    idleLevels=(1000, 9950),
+    coldStarts=3,
+)
+FULL = Plan(
+    rounds=7,
+    latency1=300,
+    latency16=2000,
+    ttft=200,
+    seconds=8.0,
+    tokensWords=400,
+    cancels=100,
+    rejects=300,
+    idleLevels=(1000, 9950),
+    coldStarts=7,
+)
+
+
+def freePort() -> int:
+    """
+    A TCP port free on 127.0.0.1 now.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found.extend(int(p) for p in f.read().split())
+        except OSError:
+            pass
+    return found
+
+
+def processTree(pid: int) -> list[int]:
+    """
+    C{pid} and all its descendants.
+    """
+    pids = [pid]
+    for child in _children(pid):
+        pids.extend(processTree(child))
+    return pids
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+@attrs.define
+class Proc:
+    """
+    A process under test (with its children, for workers and LiteLLM).
+    """
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+    log: str
+
+    @property
+    def pids(self) -> list[int]:
+        return processTree(self.popen.pid)
+
+    def rssKiB(self) -> int:
+        """
+        Resident memory of the whole process tree.
+        """
+        return sum(rssKiB(_read(f"/proc/{pid}/status")) for pid in self.pids)
+
+    def cpu(self) -> float:
+        """
+        CPU seconds used so far by the process tree.
+        """
+        total = 0.0
+        for pid in self.pids:
+            stat = _read(f"/proc/{pid}/stat")
+            if stat:
+                total += cpuSeconds(stat)
+        return total
+
+    def stop(self) -> None:
+        """
+        SIGTERM, then SIGKILL after 10 s.
+        """
+        if self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            for pid in reversed(self.pids):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            self.popen.wait(5)
+
+
+def spawn(name: str, argv: list[str], cpus: str, cwd: str, env: dict[str, str], port: int) -> Proc:
+    """
+    Start C{argv} pinned to C{cpus}, output to a log file in C{cwd}.
+    """
+    log = os.path.join(cwd, f"{name}.log")
+    out = open(log, "ab")
+    popen = subprocess.Popen(
+        ["taskset", "-c", cpus, *argv],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    out.close()
+    return Proc(name, popen, port, log)
+
+
+async def waitReady(proc: Proc, path: str, timeout: float, key: str = KEY) -> float:
+    """
+    Poll C{GET path} until it answers 200; return the seconds from spawn
+    (measured from now, so call this right after L{spawn}).
+    """
+    started = time.perf_counter()
+    target = Target(proc.port, "", "")
+    target.key = key
+    raw = target.get(path)
+    while time.perf_counter() - started < timeout:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited; see {proc.log}")
+        try:
+            result = await request(proc.port, raw, timeout=5)
+            if result.status == 200:
+                return time.perf_counter() - started
+        except (OSError, asyncio.TimeoutError, Exception):
+            pass
+        await asyncio.sleep(0.002)
+    raise RuntimeError(f"{proc.name} did not answer within {timeout:g} s; see {proc.log}")
+
+
+# The systems under test.
+
+
+AGENT = """\
+---
+description: benchmark agent ({name})
+models: {provider}/m
+llmTimeout: 10m
+maxRetries: 1
+---
+"""
+
+
+@attrs.define
+class Setup:
+    """
+    The working directory shared by every server: agent files, the
+    configuration, logs.
+    """
+
+    directory: str
+    upstreamPort: int
+    env: dict[str, str]
+
+    @classmethod
+    def create(cls, upstreamPort: int) -> Setup:
+        directory = tempfile.mkdtemp(prefix="ai-agent-bench-")
+        base = f"http://127.0.0.1:{upstreamPort}"
+        providers = {
+            "up": {"type": "openai", "baseUrl": f"{base}/v1", "apiKey": "dummy"},
+            "uphold": {"type": "openai", "baseUrl": f"{base}/hold/v1", "apiKey": "dummy"},
+            "upslow": {"type": "openai", "baseUrl": f"{base}/slow/v1", "apiKey": "dummy"},
+        }
+        with open(os.path.join(directory, ".ai-agent.json"), "w") as f:
+            json.dump({"providers": providers}, f)
+        for name, provider in (("bench", "up"), ("hold", "uphold"), ("slow", "upslow")):
+            with open(os.path.join(directory, f"{name}.ai"), "w") as f:
+                f.write(AGENT.format(name=name, provider=provider))
+        with open(os.path.join(directory, "litellm.yaml"), "w") as f:
+            f.write("model_list:\n")
+            for name, prefix in (("bench", "/v1"), ("hold", "/hold/v1"), ("slow", "/slow/v1")):
+                f.write(
+                    f"  - model_name: {name}\n    litellm_params:\n      model: openai/m\n"
+                    f"      api_base: {base}{prefix}\n      api_key: dummy\n"
+                )
+            f.write(
+                "litellm_settings:\n  num_retries: 0\n  request_timeout: 600\n"
+                "  drop_params: true\n  telemetry: false\n"
+                f"general_settings:\n  master_key: {KEY}\n"
+            )
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key in ("PATH", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
+        }
+        env["HOME"] = directory
+        env["PYTHONPATH"] = ROOT
+        return cls(directory, upstreamPort, env)
+
+    def startOurs(
+        self, name: str = "ours", concurrency: int = 256, queue: int = 256, workers: int = 1
+    ) -> Proc:
+        port = freePort()
+        argv = [
+            sys.executable,
+            "-m",
+            "ai_agent",
+            "--agent",
+            "bench.ai",
+            "--agent",
+            "hold.ai",
+            "--agent",
+            "slow.ai",
+            "--openai-completions",
+            str(port),
+            "--openai-completions-concurrency",
+            str(concurrency),
+            "--openai-completions-queue",
+            str(queue),
+        ]
+        cpus = SERVER_CPU
+        if workers > 1:
+            argv += ["--workers", str(workers)]
+            cpus = "0-1"
+        return spawn(name, argv, cpus, self.directory, self.env, port)
+
+    def startLiteLLM(self) -> Proc:
+        port = freePort()
+        env = dict(self.env)
+        env.update(
+            LITELLM_LOCAL_MODEL_COST_MAP="True",
+            LITELLM_DONT_SHOW_FEEDBACK_BOX="1",
+            LITELLM_LOG="ERROR",
+            NO_DOCS="True",
+        )
+        env.pop("PYTHONPATH", None)
+        argv = [
+            LITELLM,
+            "--config",
+            "litellm.yaml",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--num_workers",
+            "1",
+            "--telemetry",
+            "False",
+        ]
+        return spawn("litellm", argv, SERVER_CPU, self.directory, env, port)
+
+
+def targets(upstreamPort: int, ours: Proc, lite: Proc | None, kind: str) -> dict[str, Target]:
+    """
+    The arms' targets for the agent C{kind} (C{bench}, C{hold}, C{slow}).
+    """
+    prefix = {"bench": "/v1", "hold": "/hold/v1", "slow": "/slow/v1"}[kind]
+    found = {
+        DIRECT: Target(upstreamPort, prefix, "m", KEY),
+        OURS: Target(ours.port, "/v1", kind, KEY),
+    }
+    if lite is not None:
+        found[LITE] = Target(lite.port, "/v1", kind, KEY)
+    return found
+
+
+# Measurements.
+
+
+@attrs.define
+class Recorder:
+    """
+    Every sample of the run, by figure, arm and round.
+    """
+
+    samples: dict[str, Any] = attrs.field(factory=dict)
+
+    def add(self, figure: str, arm: str, round: int, value: Any) -> None:
+        self.samples.setdefault(figure, {}).setdefault(arm, {})[str(round)] = value
+
+    def put(self, figure: str, value: Any) -> None:
+        self.samples[figure] = value
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 4)
+
+
+def _checkCompletion(results: list[Result], expected: str) -> int:
+    return sum(
+        1 for r in results if r.status != 200 or completionText(r.body) != expected
+    )
+
+
+async def measureLatency(target: Target, concurrency: int, count: int) -> dict[str, Any]:
+    sampler = Sampler(target.port)
+    await sampler.run(target.chat(PING, False), concurrency, count=count)
+    bad = _checkCompletion(sampler.results, "echo: " + PING) + sampler.errors
+    return {"ms": [_ms(r.latency) for r in sampler.results], "bad": bad}
+
+
+async def measureTTFT(target: Target, count: int) -> dict[str, Any]:
+    sampler = Sampler(target.port)
+    await sampler.run(target.chat(SHORT, True), 1, count=count, watch=True)
+    expected = ["echo: ", "ping ", "pong"]
+    values = [_ms(r.ttft) for r in sampler.results if r.ttft is not None]
+    bad = sampler.errors + sum(
+        1 for r in sampler.results if r.status != 200 or not checkStream(r.body).intact(expected)
+    )
+    return {"ms": values, "bad": bad}
+
+
+@attrs.define
+class Window:
+    """
+    CPU seconds of the processes under test across a measured window.
+    """
+
+    procs: dict[str, Proc]
+    started: dict[str, float] = attrs.field(factory=dict)
+    clientStarted: float = 0.0
+
+    def __enter__(self) -> Window:
+        self.started = {name: proc.cpu() for name, proc in self.procs.items()}
+        self.clientStarted = time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def used(self, elapsed: float) -> dict[str, float]:
+        used = {
+            name: round((proc.cpu() - self.started[name]) / elapsed, 3)
+            for name, proc in self.procs.items()
+        }
+        used["client"] = round((time.process_time() - self.clientStarted) / elapsed, 3)
+        return used
+
+
+async def measureRPS(
+    target: Target, seconds: float, procs: dict[str, Proc], concurrency: int = 32
+) -> dict[str, Any]:
+    sampler = Sampler(target.port)
+    with Window(procs) as window:
+        elapsed = await sampler.run(target.chat(PING, False), concurrency, duration=seconds)
+        cpu = window.used(elapsed)
+    ok = len(sampler.results) - _checkCompletion(sampler.results, "echo: " + PING)
+    return {"rps": round(ok / elapsed, 1), "bad": len(sampler.results) - ok + sampler.errors,
+            "cpu": cpu}
+
+
+def _words(count: int) -> str:
+    return " ".join(f"w{i}" for i in range(count))
+
+
+async def measureTokens(
+    target: Target, seconds: float, words: int, procs: dict[str, Proc], concurrency: int = 8
+) -> dict[str, Any]:
+    from ai_agent.testing import wordPieces
+
+    text = _words(words)
+    expected = wordPieces("echo: " + text)
+    sampler = Sampler(target.port)
+    with Window(procs) as window:
+        elapsed = await sampler.run(target.chat(text, True), concurrency, duration=seconds)
+        cpu = window.used(elapsed)
+    intact = 0
+    tokens = 0
+    for result in sampler.results:
+        check = checkStream(result.body)
+        if result.status == 200 and check.intact(expected):
+            intact += 1
+            tokens += len(check.pieces)
+    total = len(sampler.results) + sampler.errors
+    return {
+        "tokensPerSecond": round(tokens / elapsed, 1),
+        "streams": total,
+        "intact": intact,
+        "cpu": cpu,
+    }
+
+
+async def measureCancel(target: Target, upstreamPort: int, count: int) -> dict[str, Any]:
+    values: list[float] = []
+    never = 0
+    text = _words(300)
+    closed = Target(upstreamPort, "", "")
+    for i in range(count):
+        tag = f"tag-{os.getpid()}-{i}-{random.randrange(10**9)}"
+        connection = await Connection.open(target.port)
+        token: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        pending = connection.send(target.chat(f"{tag} {text}", True), True, token)
+        pending.add_done_callback(lambda f: f.exception())
+        await asyncio.wait_for(token, 30)
+        left = time.monotonic()
+        connection.close()
+        result = await request(upstreamPort, closed.get(f"/bench/closed?tag={tag}"), timeout=10)
+        closedAt = json.loads(result.body)["closedAt"]
+        if closedAt is None:
+            never += 1
+        else:
+            values.append(_ms(closedAt - left))
+    return {"ms": values, "never": never}
+
+
+async def measureReject(setup: Setup, count: int) -> dict[str, Any]:
+    """
+    A server with 4 slots and a queue of 4, all taken by held streams:
+    time each further request until its refusal.
+    """
+    proc = setup.startOurs("ours-reject", concurrency=4, queue=4)
+    try:
+        await waitReady(proc, "/v1/models", 30)
+        hold = Target(proc.port, "/v1", "hold", KEY)
+        holders: list[Connection] = []
+        tokens: list[asyncio.Future[float]] = []
+        for _ in range(8):
+            connection = await Connection.open(proc.port)
+            token: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            pending = connection.send(hold.chat(PING, True), True, token)
+            pending.add_done_callback(lambda f: f.exception())
+            holders.append(connection)
+            tokens.append(token)
+        await asyncio.wait_for(asyncio.gather(*tokens[:4]), 30)
+        health = hold.get("/health")
+        for _ in range(500):
+            state = json.loads((await request(proc.port, health)).body)
+            if state.get("queued") == 4:
+                break
+            await asyncio.sleep(0.01)
+        raw = hold.chat(PING, False)
+        sequential: list[float] = []
+        statuses: dict[str, int] = {}
+        retryAfter = 0
+        for _ in range(count):
+            result = await request(proc.port, raw)
+            sequential.append(_ms(result.latency))
+            statuses[str(result.status)] = statuses.get(str(result.status), 0) + 1
+            retryAfter += "retry-after" in result.headers
+        burst = await asyncio.gather(*(request(proc.port, raw) for _ in range(64)))
+        for result in burst:
+            statuses[str(result.status)] = statuses.get(str(result.status), 0) + 1
+        for connection in holders:
+            connection.close()
+        return {
+            "ms": sequential,
+            "burstMs": [_ms(r.latency) for r in burst],
+            "statuses": statuses,
+            "retryAfter": retryAfter,
+        }
+    finally:
+        proc.stop()
+
+
+async def measureIdle(setup: Setup, levels: tuple[int, ...]) -> dict[str, Any]:
+    """
+    Streams held open by the upstream after one token: RSS per stream.
+    """
+    top = max(levels)
+    proc = setup.startOurs("ours-idle", concurrency=top + 100, queue=0)
+    holders: list[Connection] = []
+    try:
+        await waitReady(proc, "/v1/models", 30)
+        hold = Target(proc.port, "/v1", "hold", KEY)
+        sampler = Sampler(proc.port)
+        await sampler.run(Target(proc.port, "/v1", "bench", KEY).chat(PING, True), 4, count=40)
+        await asyncio.sleep(2)
+        base = proc.rssKiB()
+        raw = hold.chat(PING, True)
+        out: dict[str, Any] = {"baseKiB": base, "levels": []}
+        started = time.perf_counter()
+
+        async def openOne() -> None:
+            connection = await Connection.open(proc.port)
+            token: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            pending = connection.send(raw, True, token)
+            pending.add_done_callback(lambda f: f.exception())
+            holders.append(connection)
+            await asyncio.wait_for(token, 60)
+
+        for level in sorted(levels):
+            while len(holders) < level:
+                batch = min(200, level - len(holders))
+                await asyncio.gather(*(openOne() for _ in range(batch)))
+            await asyncio.sleep(2)
+            rss = proc.rssKiB()
+            healthMs = []
+            for _ in range(20):
+                result = await request(proc.port, hold.get("/health"))
+                healthMs.append(_ms(result.latency))
+            out["levels"].append(
+                {
+                    "streams": level,
+                    "rssKiB": rss,
+                    "perStreamKiB": round((rss - base) / level, 2),
+                    "openSeconds": round(time.perf_counter() - started, 2),
+                    "healthP99Ms": round(percentile(healthMs, 99), 3),
+                }
+            )
+        for connection in holders:
+            connection.close()
+        holders.clear()
+        await asyncio.sleep(3)
+        out["afterKiB"] = proc.rssKiB()
+        return out
+    finally:
+        for connection in holders:
+            connection.close()
+        proc.stop()
+
+
+async def coldStart(setup: Setup, kind: str, times: int) -> dict[str, Any]:
+    seconds: list[float] = []
+    rss: list[int] = []
+    for _ in range(times):
+        proc = setup.startOurs("ours-cold") if kind == OURS else setup.startLiteLLM()
+        try:
+            seconds.append(round(await waitReady(proc, "/v1/models", 180), 4))
+            await asyncio.sleep(1)
+            rss.append(proc.rssKiB())
+        finally:
+            proc.stop()
+    return {"seconds": seconds, "idleRssKiB": rss}
+
+
+# The run.
+
+
+def environment() -> dict[str, Any]:
+    def version(module: str) -> str:
+        try:
+            from importlib.metadata import version as v
+
+            return v(module)
+        except Exception:
+            return "?"
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    cpu = "?"
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    litellm = "not installed"
+    if os.path.exists(LITELLM):
+        out = subprocess.run(
+            [os.path.join(os.path.dirname(LITELLM), "pip"), "show", "litellm"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        litellm = next(
+            (line.split()[1] for line in out.splitlines() if line.startswith("Version:")), "?"
+        )
+    return {
+        "commit": commit + ("+local changes" if dirty else ""),
+        "python": platform.python_version(),
+        "twisted": version("twisted"),
+        "klein": version("klein"),
+        "treq": version("treq"),
+        "litellm": litellm,
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "loadavg": _read("/proc/loadavg").split()[:3],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
+    os.sched_setaffinity(0, {LOAD_CPU})
+    rec = Recorder()
+    began = time.perf_counter()
+    rec.put("environment", environment())
+    rec.put("plan", attrs.asdict(plan) | {"quick": quick})
+
+    upstreamPort = freePort()
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    upstream = spawn(
+        "upstream",
+        [sys.executable, "-m", "bench._upstream", "--port", str(upstreamPort)],
+        str(LOAD_CPU),
+        tempfile.gettempdir(),
+        env,
+        upstreamPort,
+    )
+    setup = Setup.create(upstreamPort)
+    procs: list[Proc] = [upstream]
+    print(f"bench: working directory {setup.directory}", flush=True)
+    try:
+        await waitReady(upstream, "/v1/models", 30)
+
+        print("bench: cold start", flush=True)
+        rec.put("coldStart", {OURS: await coldStart(setup, OURS, plan.coldStarts)})
+        lite: Proc | None = None
+        if useLiteLLM:
+            rec.samples["coldStart"][LITE] = await coldStart(setup, LITE, max(1, plan.coldStarts // 3))
+
+        ours = setup.startOurs()
+        procs.append(ours)
+        await waitReady(ours, "/v1/models", 30)
+        if useLiteLLM:
+            lite = setup.startLiteLLM()
+            procs.append(lite)
+            await waitReady(lite, "/v1/models", 180)
+        await asyncio.sleep(2)
+        rec.put("idleRss", {OURS: ours.rssKiB()} | ({LITE: lite.rssKiB()} if lite else {}))
+
+        fast = targets(upstreamPort, ours, lite, "bench")
+        arms = list(fast)
+        watched = {"server-" + OURS: ours, "upstream": upstream}
+        if lite is not None:
+            watched["server-" + LITE] = lite
+
+        print("bench: warm-up", flush=True)
+        for arm in arms:
+            await Sampler(fast[arm].port).run(fast[arm].chat(PING, False), 4, count=plan.warmup)
+            await Sampler(fast[arm].port).run(fast[arm].chat(SHORT, True), 4, count=plan.warmup)
+
+        order: list[list[str]] = []
+        for r in range(plan.rounds):
+            print(f"bench: round {r + 1} of {plan.rounds}", flush=True)
+            for figure, measure in (
+                ("latency_c1", lambda t: measureLatency(t, 1, plan.latency1)),
+                ("latency_c16", lambda t: measureLatency(t, 16, plan.latency16)),
+                ("ttft_c1", lambda t: measureTTFT(t, plan.ttft)),
+                ("rps", lambda t: measureRPS(t, plan.seconds, watched)),
+                ("tokens", lambda t: measureTokens(t, plan.seconds, plan.tokensWords, watched)),
+            ):
+                shuffled = random.sample(arms, len(arms))
+                order.append([figure, *shuffled])
+                for arm in shuffled:
+                    rec.add(figure, arm, r, await measure(fast[arm]))
+        rec.put("order", order)
+
+        print("bench: cancellation", flush=True)
+        slow = targets(upstreamPort, ours, lite, "slow")
+        for arm in arms:
+            rec.add("cancel", arm, 0, await measureCancel(slow[arm], upstreamPort, plan.cancels))
+
+        rec.put("idleRssAfterLoad", {OURS: ours.rssKiB()} | ({LITE: lite.rssKiB()} if lite else {}))
+        if lite is not None:
+            lite.stop()
+            procs.remove(lite)
+
+        print("bench: workers 1 and 2", flush=True)
+        two = setup.startOurs("ours-2", workers=2)
+        procs.append(two)
+        await waitReady(two, "/v1/models", 30)
+        scaled = {"1": ours, "2": two}
+        for proc in scaled.values():
+            t = Target(proc.port, "/v1", "bench", KEY)
+            await Sampler(proc.port).run(t.chat(PING, False), 8, count=200)
+        for r in range(plan.rounds):
+            for workers in random.sample(list(scaled), 2):
+                proc = scaled[workers]
+                t = Target(proc.port, "/v1", "bench", KEY)
+                cpuWatch = {"server": proc, "upstream": upstream}
+                rec.add("workers_rps", workers, r, await measureRPS(t, plan.seconds, cpuWatch, 64))
+        two.stop()
+        procs.remove(two)
+        ours.stop()
+        procs.remove(ours)
+
+        print("bench: queue full", flush=True)
+        rec.put("reject", await measureReject(setup, plan.rejects))
+
+        print("bench: idle streams", flush=True)
+        rec.put("idleStreams", await measureIdle(setup, plan.idleLevels))
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    rec.put("elapsedSeconds", round(time.perf_counter() - began, 1))
+    _report.write(rec.samples, outDir)
+    shutil.rmtree(setup.directory, ignore_errors=True)
+    print(f"bench: done in {rec.samples['elapsedSeconds']:.0f} s; see {outDir}/performance.md")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short run (validation only)")
+    parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM arm")
+    parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument("--out", default=os.path.join(ROOT, "docs"), help="output directory")
+    parser.add_argument(
+        "--report-only",
+        metavar="SAMPLES",
+        help="rewrite the summary and plots from a samples file",
+    )
+    options = parser.parse_args(argv)
+    if options.report_only:
+        with open(options.report_only) as f:
+            _report.write(json.load(f), options.out)
+        return
+    plan = QUICK if options.quick else FULL
+    if options.rounds:
+        plan = attrs.evolve(plan, rounds=options.rounds)
+    useLiteLLM = not options.no_litellm and os.path.exists(LITELLM)
+    if not options.no_litellm and not useLiteLLM:
+        print("bench: LiteLLM is not installed (bench/.venv-litellm); running without it")
+    asyncio.run(run(plan, useLiteLLM, options.out, options.quick))

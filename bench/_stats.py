@@ -1,0 +1,322 @@
+"""
+Statistics and response parsing for the benchmark: pure functions, so the
+suite can check them (tests/test_bench.py) without running a benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """
+    The C{q}-th percentile (0-100) of C{values}, interpolated linearly
+    between the closest ranks (numpy's default method).
+
+    @raise ValueError: when C{values} is empty or C{q} is out of range.
+    """
+    if not values:
+        raise ValueError("no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile out of range: {q}")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = math.ceil(position)
+    if low == high:
+        return float(ordered[low])
+    fraction = position - low
+    return float(ordered[low] + (ordered[high] - ordered[low]) * fraction)
+
+
+def median(values: Sequence[float]) -> float:
+    """
+    The median of C{values}.
+    """
+    return percentile(values, 50)
+
+
+def iqr(values: Sequence[float]) -> tuple[float, float]:
+    """
+    The first and third quartiles of C{values}.
+    """
+    return percentile(values, 25), percentile(values, 75)
+
+
+@attrs.frozen
+class Summary:
+    """
+    The median of per-round values and their spread.
+
+    @ivar value: the median over rounds.
+    @ivar low: the first quartile over rounds.
+    @ivar high: the third quartile over rounds.
+    @ivar rounds: how many rounds contributed.
+    """
+
+    value: float
+    low: float
+    high: float
+    rounds: int
+
+    def asDict(self) -> dict[str, float | int]:
+        """
+        A JSON-ready form.
+        """
+        return {"value": self.value, "q1": self.low, "q3": self.high, "rounds": self.rounds}
+
+
+def summarize(perRound: Sequence[float]) -> Summary:
+    """
+    Median of round values with the interquartile range: the method of
+    interleaved rounds, robust to one noisy round.
+    """
+    low, high = iqr(perRound)
+    return Summary(median(perRound), low, high, len(perRound))
+
+
+def addedPerRound(
+    arm: dict[int, Sequence[float]], baseline: dict[int, Sequence[float]], q: float
+) -> list[float]:
+    """
+    Per round, the C{q}-th percentile of C{arm} minus that of C{baseline}
+    in the same round; rounds missing on either side are skipped.
+
+    @param arm: round number to samples.
+    @param baseline: round number to samples of the direct arm.
+    """
+    return [
+        percentile(arm[r], q) - percentile(baseline[r], q)
+        for r in sorted(arm)
+        if r in baseline and arm[r] and baseline[r]
+    ]
+
+
+def ratio(ours: float, theirs: float) -> float | None:
+    """
+    C{ours / theirs}, or L{None} when C{theirs} is not positive.
+    """
+    if theirs <= 0:
+        return None
+    return ours / theirs
+
+
+# HTTP and SSE parsing.
+
+
+class ParseError(Exception):
+    """
+    A response the benchmark client cannot read.
+    """
+
+
+@attrs.define
+class ResponseParser:
+    """
+    An incremental HTTP/1.1 response parser (Content-Length or chunked
+    bodies), enough for the servers under test.
+
+    Feed it bytes; once L{done}, C{status}, C{headers} and C{body} hold the
+    response, and unconsumed bytes (a pipelined next response) stay in
+    C{rest}.
+    """
+
+    status: int = 0
+    headers: dict[str, str] = attrs.field(factory=dict)
+    body: bytearray = attrs.field(factory=bytearray)
+    done: bool = False
+    rest: bytearray = attrs.field(factory=bytearray)
+    _inHead: bool = True
+    _length: int | None = None
+    _chunked: bool = False
+    _chunkLeft: int = -1
+    _trailer: bool = False
+
+    def feed(self, data: bytes) -> int:
+        """
+        Take C{data}; return how many body bytes it added.
+        """
+        buffer = self.rest
+        buffer += data
+        before = len(self.body)
+        if self._inHead:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return 0
+            self._head(bytes(buffer[:end]))
+            del buffer[: end + 4]
+        if self._chunked:
+            self._chunks(buffer)
+        elif self._length is not None:
+            take = min(self._length - len(self.body), len(buffer))
+            self.body += buffer[:take]
+            del buffer[:take]
+            if len(self.body) >= self._length:
+                self.done = True
+        return len(self.body) - before
+
+    def close(self) -> None:
+        """
+        The connection closed: a body without a length ends here.
+        """
+        if not self._inHead and self._length is None and not self._chunked:
+            self.done = True
+
+    def _head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+            raise ParseError(f"not an HTTP response: {lines[0]!r}")
+        self.status = int(parts[1])
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            self.headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        self._inHead = False
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            self._chunked = True
+        elif "content-length" in self.headers:
+            self._length = int(self.headers["content-length"])
+            if self._length == 0:
+                self.done = True
+
+    def _chunks(self, buffer: bytearray) -> None:
+        while not self.done:
+            if self._trailer:
+                end = buffer.find(b"\r\n")
+                if end < 0:
+                    return
+                line = buffer[:end]
+                del buffer[: end + 2]
+                if not line:
+                    self.done = True
+                continue
+            if self._chunkLeft < 0:
+                end = buffer.find(b"\r\n")
+                if end < 0:
+                    return
+                size = int(bytes(buffer[:end]).split(b";")[0], 16)
+                del buffer[: end + 2]
+                if size == 0:
+                    self._trailer = True
+                    continue
+                self._chunkLeft = size
+            if self._chunkLeft > 0:
+                take = min(self._chunkLeft, len(buffer))
+                if take == 0:
+                    return
+                self.body += buffer[:take]
+                del buffer[:take]
+                self._chunkLeft -= take
+            if self._chunkLeft == 0:
+                if len(buffer) < 2:
+                    return
+                del buffer[:2]
+                self._chunkLeft = -1
+
+
+@attrs.frozen
+class StreamCheck:
+    """
+    What an SSE chat-completion body carried.
+
+    @ivar pieces: the non-empty C{delta.content} strings, in order.
+    @ivar done: whether C{data: [DONE]} ended it.
+    @ivar errors: in-band error frames.
+    @ivar badFrames: frames that were not JSON.
+    """
+
+    pieces: tuple[str, ...]
+    done: bool
+    errors: int
+    badFrames: int
+
+    def intact(self, expected: Sequence[str]) -> bool:
+        """
+        Whether every expected piece arrived once, in order, unmerged, and
+        the stream ended cleanly.
+        """
+        return (
+            self.done
+            and not self.errors
+            and not self.badFrames
+            and list(self.pieces) == list(expected)
+        )
+
+
+def checkStream(body: bytes) -> StreamCheck:
+    """
+    Read an SSE chat-completion body.
+    """
+    pieces: list[str] = []
+    done = False
+    errors = 0
+    bad = 0
+    for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(
+            line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+        )
+        if not data:
+            continue
+        if data == b"[DONE]":
+            done = True
+            continue
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            bad += 1
+            continue
+        if not isinstance(chunk, dict):
+            bad += 1
+            continue
+        if chunk.get("error"):
+            errors += 1
+            continue
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                pieces.append(content)
+    return StreamCheck(tuple(pieces), done, errors, bad)
+
+
+def completionText(body: bytes) -> str | None:
+    """
+    The C{message.content} of a non-streamed chat completion, or L{None}.
+    """
+    try:
+        value: Any = json.loads(body)
+        content = value["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
+
+
+def cpuSeconds(stat: str) -> float:
+    """
+    User plus system CPU seconds from the text of C{/proc/PID/stat}.
+    """
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rssKiB(status: str) -> int:
+    """
+    C{VmRSS} in KiB from the text of C{/proc/PID/status} (0 if missing).
+    """
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def flatten(groups: Iterable[Sequence[float]]) -> list[float]:
+    """
+    All values of C{groups} in one list.
+    """
+    return [value for group in groups for value in group]

@@ -1,0 +1,288 @@
+"""
+The benchmark's fake upstream: the answers of L{ai_agent.testing.FakeUpstream}
+(C{"echo: "} and the last user message, streamed word by word), served by a
+bare C{twisted.web} resource with pre-encoded frames so that the upstream,
+which shares a core with the load client, stays far from saturation.
+
+The path prefix picks the behaviour, so every arm (direct, this server,
+LiteLLM) reaches each one by its base URL alone:
+
+  - C{/v1}: answer at once (a stream goes out in one write);
+  - C{/hold/v1}: stream the role chunk and the first word, then hold the
+    stream open until the client leaves;
+  - C{/slow/v1}: stream one word every C{--interval} seconds.
+
+A word C{tag-...} in the last user message names the exchange; the time
+(C{time.monotonic}, shared by every process of the machine) at which its
+client went away is kept and served at C{GET /bench/closed?tag=...}, which
+is how cancellation latency is measured.
+
+Run: C{python -m bench._upstream --port 0}; it prints the C{/v1} base URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from ai_agent.testing import wordPieces
+
+_MODES = {b"": "fast", b"/hold": "hold", b"/slow": "slow"}
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def lastUserText(body: Any) -> str:
+    """
+    The text of the last user message of a chat-completion body.
+    """
+    messages = body.get("messages") if isinstance(body, dict) else None
+    for message in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(
+                    part.get("text", "")
+                    for part in content
+                    if isinstance(part, dict) and isinstance(part.get("text"), str)
+                )
+    return ""
+
+
+def tagOf(text: str) -> str | None:
+    """
+    The first C{tag-...} word of C{text}, if any.
+    """
+    for word in text.split():
+        if word.startswith("tag-"):
+            return word
+    return None
+
+
+class _Frames:
+    """
+    The SSE frames of one streamed answer, sharing one encoded envelope.
+    """
+
+    def __init__(self, number: int, model: str) -> None:
+        head = _dumps(
+            {
+                "id": f"chatcmpl-bench-{number}",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+            }
+        )[:-1]
+        self.head = head
+        self.prefix = b"data: " + head + b',"choices":[{"index":0,"delta":'
+        self.suffix = b',"finish_reason":null}]}\n\n'
+
+    def delta(self, delta: bytes) -> bytes:
+        return self.prefix + delta + self.suffix
+
+    def content(self, text: str) -> bytes:
+        return self.delta(b'{"content":' + _dumps(text) + b"}")
+
+    def finish(self) -> bytes:
+        return self.prefix + b'{},"finish_reason":"stop"}]}\n\n'
+
+    def usage(self, prompt: int, completion: int) -> bytes:
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        return b"data: " + self.head + b',"choices":[],"usage":' + _dumps(usage) + b"}\n\n"
+
+
+class BenchUpstream(Resource):
+    """
+    The resource answering every path (see the module docstring).
+
+    @ivar interval: seconds between words in C{/slow} mode.
+    @ivar closed: tag to the monotonic time its client went away.
+    @ivar requests: chat completions received.
+    """
+
+    isLeaf = True
+
+    def __init__(self, reactor: Any, interval: float = 0.02) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.interval = interval
+        self.closed: dict[str, float] = {}
+        self.requests = 0
+        self.open = 0
+        self._closeWaiters: dict[str, list[Deferred[None]]] = {}
+
+    # Routing.
+
+    def render_GET(self, request: Request) -> bytes | int:
+        path = request.path
+        if path == b"/bench/closed":
+            return self._closedAt(request)
+        if path == b"/bench/stats":
+            return self._json(request, {"requests": self.requests, "open": self.open})
+        if path.endswith(b"/v1/models"):
+            return self._json(
+                request,
+                {"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "bench"}]},
+            )
+        request.setResponseCode(404)
+        return self._json(request, {"error": {"message": "not found", "type": "not_found"}})
+
+    def render_POST(self, request: Request) -> bytes | int:
+        prefix, _, rest = request.path.partition(b"/v1/")
+        mode = _MODES.get(prefix)
+        if mode is None or rest != b"chat/completions":
+            request.setResponseCode(404)
+            return self._json(request, {"error": {"message": "not found", "type": "not_found"}})
+        try:
+            body = json.loads(request.content.read())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            request.setResponseCode(400)
+            return self._json(request, {"error": {"message": "not JSON", "type": "bad"}})
+        self.requests += 1
+        text = lastUserText(body)
+        tag = tagOf(text)
+        self.open += 1
+        request.notifyFinish().addBoth(self._ended, tag)
+        pieces = wordPieces("echo: " + text)
+        model = str(body.get("model", ""))
+        if not body.get("stream"):
+            if mode == "hold":
+                return NOT_DONE_YET
+            return self._complete(request, model, text, pieces)
+        frames = _Frames(self.requests, model)
+        request.setHeader(b"content-type", b"text/event-stream")
+        request.setHeader(b"cache-control", b"no-cache")
+        first = frames.delta(b'{"role":"assistant","content":""}')
+        options = body.get("stream_options")
+        usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        tail = [frames.finish()]
+        if usage:
+            tail.append(frames.usage(len(text.split()), len(pieces)))
+        tail.append(b"data: [DONE]\n\n")
+        if mode == "fast":
+            request.write(
+                first + b"".join(frames.content(piece) for piece in pieces) + b"".join(tail)
+            )
+            request.finish()
+        elif mode == "hold":
+            request.write(first + frames.content(pieces[0]))
+        else:
+            request.write(first)
+            self._drip(request, frames, pieces, 0, b"".join(tail))
+        return NOT_DONE_YET
+
+    # Answers.
+
+    def _complete(self, request: Request, model: str, text: str, pieces: list[str]) -> bytes:
+        prompt, completion = len(text.split()), len(pieces)
+        data = _dumps(
+            {
+                "id": f"chatcmpl-bench-{self.requests}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(pieces)},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
+            }
+        )
+        request.setHeader(b"content-type", b"application/json")
+        return data
+
+    def _drip(
+        self, request: Request, frames: _Frames, pieces: list[str], position: int, tail: bytes
+    ) -> None:
+        if request.finished or request._disconnected:
+            return
+        if position == len(pieces):
+            request.write(tail)
+            request.finish()
+            return
+        request.write(frames.content(pieces[position]))
+        self.reactor.callLater(self.interval, self._drip, request, frames, pieces, position + 1, tail)
+
+    # Bookkeeping.
+
+    def _ended(self, result: None | Failure, tag: str | None) -> None:
+        self.open -= 1
+        if isinstance(result, Failure) and tag is not None:
+            self.closed[tag] = time.monotonic()
+            for waiter in self._closeWaiters.pop(tag, []):
+                waiter.callback(None)
+
+    def _closedAt(self, request: Request) -> bytes | int:
+        tag = (request.args.get(b"tag") or [b""])[0].decode()
+        if tag in self.closed or not tag:
+            return self._json(request, {"closedAt": self.closed.pop(tag, None)})
+        waiter: Deferred[None] = Deferred()
+        self._closeWaiters.setdefault(tag, []).append(waiter)
+        timer = self.reactor.callLater(3.0, waiter.callback, None)
+
+        def answer(_: None) -> None:
+            if timer.active():
+                timer.cancel()
+            if waiter in self._closeWaiters.get(tag, []):
+                self._closeWaiters[tag].remove(waiter)
+            request.write(self._json(request, {"closedAt": self.closed.pop(tag, None)}))
+            request.finish()
+
+        waiter.addCallback(answer)
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _json(request: Request, value: Any) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return _dumps(value)
+
+
+class _QuietSite(Site):
+    def log(self, request: Any) -> None:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    """
+    Serve until interrupted.
+    """
+    parser = argparse.ArgumentParser(prog="python -m bench._upstream")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--interval", type=float, default=0.02)
+    options = parser.parse_args(argv)
+    from twisted.internet import reactor
+
+    site = _QuietSite(BenchUpstream(reactor, options.interval), parsePOSTFormSubmission=False)
+    port = reactor.listenTCP(options.port, site, backlog=4096, interface="127.0.0.1")  # type: ignore[attr-defined]
+    sys.stdout.write(f"fake upstream listening on http://127.0.0.1:{port.getHost().port}/v1\n")
+    sys.stdout.flush()
+    reactor.run()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()

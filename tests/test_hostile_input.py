@@ -1,0 +1,801 @@
+"""
+Hostile and malformed request bodies: whatever a client posts to
+C{/v1/chat/completions}, the answer is a 4xx in OpenAI's error envelope (or
+a real completion), never a 5xx or a traceback.
+
+Property tests run many examples through L{parseChatRequest} directly and
+fewer through the real server on a loopback socket (the examples are sent
+from a worker thread with a blocking client while the reactor serves).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import time
+from typing import Any, Callable
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from ai_agent.headends._request import (
+    MAX_DEPTH,
+    MAX_MESSAGES,
+    MAX_TOOLS,
+    AgentError,
+    ChatRequest,
+    parseChatRequest,
+    parseChatRequestOffReactor,
+)
+from tests._harness import inThread, startServer
+
+_ENVELOPE_KEYS = {"message", "type", "param", "code"}
+_ROLES = ["system", "developer", "user", "assistant", "tool"]
+
+# -- strategies -------------------------------------------------------------
+
+#: Any character, lone surrogates included, and the awkward ones more often.
+_chars = st.one_of(
+    st.characters(exclude_categories=()),
+    st.sampled_from(["\ud800", "\udfff", "\x00", "\ufeff", "\U0001f600", "\u2028", '"', "\\"]),
+)
+_text = st.text(alphabet=_chars, max_size=20)
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _text
+)
+#: Any JSON value.
+_json = st.recursive(
+    _scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_text, children, max_size=4),
+    max_leaves=20,
+)
+_part = st.one_of(
+    _text,
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "input_text", "refusal", "image_url"]) | _json},
+        optional={"text": _text | _json, "refusal": _text},
+    ),
+    _json,
+)
+_toolCall = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": _text | _json,
+        "type": st.just("function"),
+        "function": st.fixed_dictionaries(
+            {}, optional={"name": _text | _json, "arguments": _text | _json}
+        )
+        | _json,
+    },
+)
+_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(_ROLES) | _json},
+    optional={
+        "content": _text | st.lists(_part, max_size=3) | _json,
+        "name": _text | _json,
+        "tool_calls": st.lists(_toolCall, max_size=2) | _json,
+        "tool_call_id": _text | _json,
+    },
+)
+#: Chat requests that are nearly right: the known fields, each sometimes
+#: of the wrong type.
+_chatRequest = st.fixed_dictionaries(
+    {
+        "model": st.just("agent") | _json,
+        "messages": st.lists(_message, min_size=1, max_size=4) | _json,
+    },
+    optional={
+        "stream": st.booleans() | _json,
+        "stream_options": st.fixed_dictionaries({}, optional={"include_usage": _json}) | _json,
+        "n": st.just(1) | _json,
+        "temperature": st.floats(0, 2) | _json,
+        "top_p": st.floats(0, 1) | _json,
+        "max_tokens": st.integers(1, 10**6) | _json,
+        "max_completion_tokens": st.integers(-2, 10**6) | _json,
+        "seed": st.integers() | _json,
+        "stop": _text | st.lists(_text, max_size=5) | _json,
+        "user": _text | _json,
+        "tools": st.lists(st.dictionaries(_text, _json, max_size=2), max_size=3) | _json,
+        "metadata": _json,
+    },
+)
+#: Well-formed requests whose one user message is any text (no lone
+#: surrogates): they must succeed and come back intact.
+_goodText = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=40)
+
+
+def _encodings(value: Any) -> list[bytes]:
+    """
+    C{value} as JSON the usual way (non-ASCII escaped) and as raw UTF-8
+    (lone surrogates then become invalid UTF-8 bytes).
+    """
+    raw = json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return [json.dumps(value).encode("ascii"), raw]
+
+
+def _checkParse(testCase: SynchronousTestCase, body: bytes) -> ChatRequest | AgentError:
+    """
+    Parse C{body}: either a request whose text all encodes as UTF-8, or a
+    400 whose envelope does.
+    """
+    try:
+        chat = parseChatRequest(body)
+    except AgentError as error:
+        testCase.assertEqual(error.status, 400)
+        testCase.assertEqual(error.type, "invalid_request_error")
+        envelope = json.dumps(error.envelope(), ensure_ascii=False).encode("utf-8")
+        testCase.assertEqual(set(json.loads(envelope)["error"]), _ENVELOPE_KEYS)
+        return error
+    for message in chat.messages:
+        message.content.encode("utf-8")
+    chat.model.encode("utf-8")
+    return chat
+
+
+def _request(body: dict[str, Any] | None = None, **fields: Any) -> bytes:
+    base: dict[str, Any] = {"model": "agent", "messages": [{"role": "user", "content": "hi"}]}
+    base.update(body or {})
+    base.update(fields)
+    return json.dumps(base).encode("utf-8")
+
+
+def _nested(depth: int) -> Any:
+    """
+    A value C{depth} levels deep (an array of arrays … of an object).
+    """
+    value: Any = {"leaf": True}
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+# -- the parser -------------------------------------------------------------
+
+
+class ParserPropertyTests(SynchronousTestCase):
+    """
+    L{parseChatRequest} on generated bodies.
+    """
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_json)
+    def test_anyJsonValue(self, value: Any) -> None:
+        """
+        Any JSON value, escaped or raw UTF-8, parses or is a 400 in the
+        envelope; nothing else is raised.
+        """
+        for body in _encodings(value):
+            _checkParse(self, body)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_anyBytes(self, body: bytes) -> None:
+        """
+        Any byte string is a 400 in the envelope (or, rarely, a request).
+        """
+        _checkParse(self, body)
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_chatRequest)
+    def test_nearlyRightRequests(self, value: dict[str, Any]) -> None:
+        """
+        Requests with the right fields, any of them of the wrong type or
+        holding odd text, parse or are a 400; a 400 caused by one field
+        names a C{param}, except for body-level problems.
+        """
+        for body in _encodings(value):
+            result = _checkParse(self, body)
+            if isinstance(result, AgentError) and result.code not in ("invalid_json",):
+                if result.code != "invalid_unicode":
+                    self.assertIsNotNone(result.param, result.message)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.data())
+    def test_mutatedBody(self, data: st.DataObject) -> None:
+        """
+        A valid body with bytes replaced, inserted or cut off parses or is
+        a 400.
+        """
+        body = bytearray(_request(temperature=0.5, stop=["x"], tools=[{"type": "function"}]))
+        for _ in range(data.draw(st.integers(1, 4))):
+            position = data.draw(st.integers(0, len(body) - 1))
+            action = data.draw(st.sampled_from(["replace", "insert", "cut"]))
+            byte = data.draw(st.integers(0, 255))
+            if action == "replace":
+                body[position] = byte
+            elif action == "insert":
+                body.insert(position, byte)
+            else:
+                del body[position:]
+                break
+        _checkParse(self, bytes(body))
+
+
+class UnicodeTests(SynchronousTestCase):
+    """
+    Unicode edge cases in request text.
+    """
+
+    def _user(self, escapedText: str) -> bytes:
+        head = '{"model": "agent", "messages": [{"role": "user", "content": "'
+        return (head + escapedText + '"}]}').encode("utf-8")
+
+    def test_loneSurrogateContent(self) -> None:
+        """
+        A lone surrogate escape in a message's content is a 400
+        C{invalid_unicode} naming the content.
+        """
+        for escape in ("\\ud800", "\\uDFFF", "a\\udc00b", "\\ud83d", "\\ude00\\ud83d"):
+            with self.assertRaises(AgentError) as caught:
+                parseChatRequest(self._user(escape))
+            self.assertEqual(caught.exception.status, 400)
+            self.assertEqual(caught.exception.param, "messages[0].content")
+            self.assertEqual(caught.exception.code, "invalid_unicode")
+
+    def test_loneSurrogateElsewhere(self) -> None:
+        """
+        A lone surrogate is refused wherever it is, in values and keys,
+        fields the server ignores included, and the C{param} says where.
+        """
+        cases = {
+            b'"model": "a\\ud800"': "model",
+            b'"user": "\\udfff"': "user",
+            b'"metadata": {"k": ["\\ud800"]}': "metadata.k[0]",
+            b'"metadata": {"\\ud800": 1}': "metadata",
+            b'"\\ud800": 1': None,
+        }
+        for fragment, param in cases.items():
+            body = b'{"model": "agent", "messages": [{"role": "user", "content": "hi"}], '
+            with self.assertRaises(AgentError) as caught:
+                parseChatRequest(body + fragment + b"}")
+            self.assertEqual(
+                (caught.exception.code, caught.exception.param), ("invalid_unicode", param)
+            )
+            self.assertIn("surrogate", caught.exception.message)
+
+    def test_surrogatePairAccepted(self) -> None:
+        """
+        A surrogate pair escape is an astral character, accepted.
+        """
+        chat = parseChatRequest(self._user("\\ud83d\\ude00 and \\uD83D\\uDE00"))
+        self.assertEqual(chat.messages[0].content, "\U0001f600 and \U0001f600")
+
+    def test_rawUtf8Surrogate(self) -> None:
+        """
+        A surrogate encoded in UTF-8 bytes (not valid UTF-8) is a 400.
+        """
+        with self.assertRaises(AgentError) as caught:
+            parseChatRequest(self._user("a").replace(b'"a"', b'"\xed\xa0\x80"'))
+        self.assertIn("UTF-8", caught.exception.message)
+        self.assertEqual(caught.exception.status, 400)
+
+    def test_invalidUtf8(self) -> None:
+        """
+        Invalid or overlong UTF-8 and other encodings (Latin-1, UTF-16) are
+        a 400 C{invalid_json}.
+        """
+        good = self._user("caf\u00e9")
+        for body in (
+            good.replace(b"caf", b"\xff\xfe"),
+            good.replace(b"caf", b"\xc0\xaf"),
+            self._user("x").replace(b'"x"', '"caf\u00e9"'.encode("latin-1")),
+            json.dumps({"model": "agent", "messages": []}).encode("utf-16"),
+        ):
+            with self.assertRaises(AgentError) as caught:
+                parseChatRequest(body)
+            self.assertEqual(caught.exception.code, "invalid_json")
+
+    def test_nulAccepted(self) -> None:
+        """
+        NUL (C{\\u0000}) is a character like any other.
+        """
+        chat = parseChatRequest(self._user("a\\u0000b"))
+        self.assertEqual(chat.messages[0].content, "a\x00b")
+
+    def test_byteOrderMark(self) -> None:
+        """
+        A UTF-8 byte order mark before the body is dropped; one inside a
+        string is kept.
+        """
+        chat = parseChatRequest(b"\xef\xbb\xbf" + self._user("\ufeffx"))
+        self.assertEqual(chat.messages[0].content, "\ufeffx")
+
+    def test_astral(self) -> None:
+        """
+        Characters beyond the Basic Multilingual Plane, raw or escaped,
+        come through unchanged.
+        """
+        text = "\U0001f600\U00010348\U000e0001"
+        chat = parseChatRequest(_request(messages=[{"role": "user", "content": text}]))
+        self.assertEqual(chat.messages[0].content, text)
+        raw = json.dumps(
+            {"model": "agent", "messages": [{"role": "user", "content": text}]},
+            ensure_ascii=False,
+        ).encode("utf-8")
+        self.assertEqual(parseChatRequest(raw).messages[0].content, text)
+
+
+class DepthTests(SynchronousTestCase):
+    """
+    Nesting limits, enforced before the JSON parser recurses.
+    """
+
+    def test_limitAccepted(self) -> None:
+        """
+        A body nested exactly L{MAX_DEPTH} levels deep (the body itself
+        counts as one) is accepted.
+        """
+        chat = parseChatRequest(_request(metadata=_nested(MAX_DEPTH - 1)))
+        self.assertEqual(chat.model, "agent")
+
+    def test_overLimit(self) -> None:
+        """
+        One level more is a 400 whose message names the depth and the limit.
+        """
+        with self.assertRaises(AgentError) as caught:
+            parseChatRequest(_request(metadata=_nested(MAX_DEPTH)))
+        self.assertEqual(caught.exception.status, 400)
+        self.assertIn(f"{MAX_DEPTH + 1} levels deep", caught.exception.message)
+        self.assertIn(f"at most {MAX_DEPTH}", caught.exception.message)
+
+    def test_veryDeep(self) -> None:
+        """
+        A million levels of brackets (far past the interpreter's recursion
+        limit) are a 400, found quickly.
+        """
+        for opener, closer in ((b"[", b"]"), (b'{"a":', b"}")):
+            body = opener * 1_000_000 + closer * 1_000_000
+            started = time.perf_counter()
+            with self.assertRaises(AgentError) as caught:
+                parseChatRequest(body)
+            self.assertLess(time.perf_counter() - started, 5)
+            self.assertIn("levels deep", caught.exception.message)
+        with self.assertRaises(AgentError):
+            parseChatRequest(b"[" * 1_000_000)
+
+    def test_bracketsInStrings(self) -> None:
+        """
+        Brackets inside strings, escaped quotes among them, do not count.
+        """
+        text = '[{"\\' * 5000 + '"]}' * 100
+        chat = parseChatRequest(_request(messages=[{"role": "user", "content": text}]))
+        self.assertEqual(chat.messages[0].content, text)
+
+    def test_deepInTheStack(self) -> None:
+        """
+        Parsing from a frame already near the recursion limit is a request
+        or a 400, never a C{RecursionError}.
+        """
+        body = _request(metadata=_nested(MAX_DEPTH - 1))
+        outcome: list[object] = []
+
+        def descend(n: int) -> None:
+            if n:
+                descend(n - 1)
+                return
+            try:
+                outcome.append(parseChatRequest(body))
+            except AgentError as error:
+                outcome.append(error)
+
+        depth = sys.getrecursionlimit() - 40
+        descend(depth - len(_stackDepth()))
+        self.assertEqual(len(outcome), 1)
+        self.assertIsInstance(outcome[0], (ChatRequest, AgentError))
+
+
+def _stackDepth() -> list[None]:
+    frame = sys._getframe()
+    frames = []
+    while frame is not None:
+        frames.append(None)
+        frame = frame.f_back  # type: ignore[assignment]
+    return frames
+
+
+class FieldTests(SynchronousTestCase):
+    """
+    Each field of the wrong type or out of bounds is a 400 naming it.
+    """
+
+    def test_wrongTypes(self) -> None:
+        """
+        Every field the parser reads, given a wrong type, is refused with
+        C{param} naming it exactly.
+        """
+        user = {"role": "user", "content": "hi"}
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"model": 1}, "model"),
+            ({"model": ""}, "model"),
+            ({"messages": {}}, "messages"),
+            ({"messages": []}, "messages"),
+            ({"messages": [1]}, "messages[0]"),
+            ({"messages": [user, {"role": 1, "content": "x"}]}, "messages[1].role"),
+            ({"messages": [{"role": "user", "content": 1}]}, "messages[0].content"),
+            ({"messages": [{"role": "user"}]}, "messages[0].content"),
+            ({"messages": [{"role": "user", "content": [1]}]}, "messages[0].content[0]"),
+            (
+                {"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]},
+                "messages[0].content[0].text",
+            ),
+            ({"messages": [{"role": "user", "content": "x", "name": 1}]}, "messages[0].name"),
+            (
+                {"messages": [{"role": "assistant", "content": "x", "tool_calls": {}}]},
+                "messages[0].tool_calls",
+            ),
+            (
+                {"messages": [{"role": "assistant", "content": "x", "tool_calls": [{}]}]},
+                "messages[0].tool_calls[0].function",
+            ),
+            ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+            ({"stream": "yes"}, "stream"),
+            ({"stream_options": 1}, "stream_options"),
+            ({"stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
+            ({"n": "1"}, "n"),
+            ({"n": 2}, "n"),
+            ({"temperature": "hot"}, "temperature"),
+            ({"temperature": 2.5}, "temperature"),
+            ({"top_p": True}, "top_p"),
+            ({"max_tokens": 1.5}, "max_tokens"),
+            ({"max_tokens": 0}, "max_tokens"),
+            ({"max_completion_tokens": "x"}, "max_completion_tokens"),
+            ({"seed": 1.5}, "seed"),
+            ({"stop": 1}, "stop"),
+            ({"stop": ["a"] * 5}, "stop"),
+            ({"user": 1}, "user"),
+            ({"tools": {}}, "tools"),
+            ({"tools": [{"type": "function"}, "x"]}, "tools[1]"),
+            ({"tools": [{}] * (MAX_TOOLS + 1)}, "tools"),
+        ]
+        for fields, param in cases:
+            with self.assertRaises(AgentError, msg=repr(fields)) as caught:
+                parseChatRequest(_request(fields))
+            self.assertEqual(caught.exception.status, 400)
+            self.assertEqual(caught.exception.param, param, repr(fields))
+
+    def test_limitsAccepted(self) -> None:
+        """
+        L{MAX_TOOLS} tools (their content ignored) and L{MAX_MESSAGES}
+        messages are accepted; one more of either is a 400
+        C{array_above_max_length}.
+        """
+        parseChatRequest(_request(tools=[{"anything": [1, 2]}] * MAX_TOOLS))
+        messages = [{"role": "user", "content": "x"}] * MAX_MESSAGES
+        self.assertEqual(len(parseChatRequest(_request(messages=messages)).messages), MAX_MESSAGES)
+        for fields in ({"tools": [{}] * (MAX_TOOLS + 1)}, {"messages": messages + messages[:1]}):
+            with self.assertRaises(AgentError) as caught:
+                parseChatRequest(_request(fields))
+            self.assertEqual(caught.exception.code, "array_above_max_length")
+
+    def test_echoedValuesShortened(self) -> None:
+        """
+        A client's value quoted in an error message is cut short, so a
+        large body is not sent back.
+        """
+        for fields in (
+            {"messages": [{"role": "x" * 100_000, "content": "x"}]},
+            {"messages": [{"role": "user", "content": [{"type": "y" * 100_000}]}]},
+        ):
+            with self.assertRaises(AgentError) as caught:
+                parseChatRequest(_request(fields))
+            self.assertLess(len(caught.exception.message), 300)
+
+    def test_hugeNumbers(self) -> None:
+        """
+        Numbers too long to convert, or too large for a float, are a 400.
+        """
+        head = _request()[:-1]
+        for body in (
+            head + b', "seed": ' + b"9" * 10_000 + b"}",
+            head + b', "temperature": 1e999}',
+            head + b', "temperature": NaN}',
+            head + b', "top_p": -Infinity}',
+        ):
+            with self.assertRaises(AgentError) as caught:
+                parseChatRequest(body)
+            self.assertEqual(caught.exception.status, 400)
+
+
+# -- parsing off the reactor ------------------------------------------------
+
+
+class _FakeThreadPool:
+    """
+    A thread pool that runs nothing until told to.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[bool, object], None], Callable[..., Any], Any]] = []
+
+    def callInThreadWithCallback(
+        self, onResult: Callable[[bool, object], None], f: Callable[..., Any], *args: Any
+    ) -> None:
+        self.pending.append((onResult, f, args))
+
+    def runOne(self) -> None:
+        onResult, f, args = self.pending.pop(0)
+        try:
+            result = f(*args)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class _ImmediateReactor:
+    """
+    C{callFromThread} that calls at once.
+    """
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+        f(*args)
+
+
+class OffReactorTests(SynchronousTestCase):
+    """
+    L{parseChatRequestOffReactor}: large bodies go to the thread pool.
+    """
+
+    def _parse(self, body: bytes, threshold: int = 100) -> tuple[Deferred[Any], _FakeThreadPool]:
+        pool = _FakeThreadPool()
+        d = parseChatRequestOffReactor(
+            body,
+            _ImmediateReactor(),  # type: ignore[arg-type]
+            pool,  # type: ignore[arg-type]
+            threshold=threshold,
+        )
+        return d, pool
+
+    def test_smallBodyAtOnce(self) -> None:
+        """
+        A body under the threshold is parsed at once, without the pool.
+        """
+        d, pool = self._parse(b'{"model": "agent", "messages": [{"role": "user", "content": ""}]}')
+        self.assertEqual(self.successResultOf(d).model, "agent")
+        self.assertEqual(pool.pending, [])
+        d, pool = self._parse(b"{nope")
+        self.assertEqual(self.failureResultOf(d, AgentError).value.status, 400)
+
+    def test_largeBodyInPool(self) -> None:
+        """
+        A body at or over the threshold is parsed in the pool; its request
+        or its 400 arrives when the thread finishes.
+        """
+        body = _request(messages=[{"role": "user", "content": "x" * 200}])
+        d, pool = self._parse(body)
+        self.assertNoResult(d)
+        pool.runOne()
+        self.assertEqual(self.successResultOf(d).messages[0].content, "x" * 200)
+        d, pool = self._parse(b"[" * 300)
+        self.assertNoResult(d)
+        pool.runOne()
+        self.assertIn("levels deep", self.failureResultOf(d, AgentError).value.message)
+
+    def test_cancel(self) -> None:
+        """
+        Cancelling stops the wait at once; the thread's late result is
+        dropped.
+        """
+        d, pool = self._parse(_request(user="x" * 200))
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        pool.runOne()
+
+
+class OffReactorRealPoolTests(TestCase):
+    """
+    L{parseChatRequestOffReactor} with the reactor's real thread pool.
+    """
+
+    async def test_realPool(self) -> None:
+        """
+        A large body is parsed in a real thread and the request arrives in
+        the reactor thread.
+        """
+        text = "y" * 300_000
+        chat = await parseChatRequestOffReactor(
+            _request(messages=[{"role": "user", "content": text}]),
+            reactor,
+            reactor.getThreadPool(),
+        )
+        self.assertEqual(chat.messages[0].content, text)
+
+
+# -- the real server --------------------------------------------------------
+
+
+def _post(port: int, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """
+    POST C{body} to the chat completions route with a blocking client.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(
+            "POST",
+            "/v1/chat/completions",
+            body=body,
+            headers={"Content-Type": "application/json", "Connection": "close"},
+        )
+        response = connection.getresponse()
+        data = response.read()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, headers, data
+    finally:
+        connection.close()
+
+
+def _checkAnswer(testCase: TestCase, status: int, headers: dict[str, str], data: bytes) -> Any:
+    """
+    Never a 5xx; a 4xx is OpenAI's envelope as JSON; a 200 is a completion
+    or a complete stream.  Returns the parsed JSON body, or the stream text.
+    """
+    testCase.assertLess(status, 500, data[:300])
+    if status >= 400:
+        testCase.assertTrue(headers["content-type"].startswith("application/json"))
+        envelope = json.loads(data)
+        testCase.assertEqual(set(envelope["error"]), _ENVELOPE_KEYS)
+        return envelope
+    testCase.assertEqual(status, 200)
+    if headers["content-type"].startswith("text/event-stream"):
+        text = data.decode("utf-8")
+        testCase.assertTrue(text.endswith("data: [DONE]\n\n"), text[-200:])
+        testCase.assertNotIn('data: {"error"', text)
+        return text
+    completion = json.loads(data)
+    testCase.assertEqual(completion["object"], "chat.completion")
+    return completion
+
+
+_serverSettings = settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+class ServerPropertyTests(TestCase):
+    """
+    Generated bodies through the real server on a loopback socket.
+    """
+
+    async def test_anyJsonValue(self) -> None:
+        """
+        Any JSON value posted gets a 4xx envelope (or a completion), never
+        a 5xx.
+        """
+        server = await startServer(self)
+        port = server.port.getHost().port
+
+        @_serverSettings
+        @given(_json)
+        def check(value: Any) -> None:
+            for body in _encodings(value):
+                _checkAnswer(self, *_post(port, body))
+
+        await inThread(check)
+
+    async def test_anyBytes(self) -> None:
+        """
+        Any byte string posted gets a 4xx envelope, never a 5xx.
+        """
+        server = await startServer(self)
+        port = server.port.getHost().port
+
+        @_serverSettings
+        @given(st.binary(max_size=500))
+        def check(body: bytes) -> None:
+            _checkAnswer(self, *_post(port, body))
+
+        await inThread(check)
+
+    async def test_nearlyRightRequests(self) -> None:
+        """
+        Nearly-right chat requests get a 4xx envelope or a full answer
+        (streamed or not), never a 5xx or an in-band error.
+        """
+        server = await startServer(self)
+        port = server.port.getHost().port
+
+        @_serverSettings
+        @given(_chatRequest)
+        def check(value: dict[str, Any]) -> None:
+            for body in _encodings(value):
+                _checkAnswer(self, *_post(port, body))
+
+        await inThread(check)
+
+    async def test_anyTextRoundTrips(self) -> None:
+        """
+        Any text without lone surrogates (NUL, BOM, astral and separators
+        included) reaches the model and its echo comes back unchanged,
+        streamed or not.
+        """
+        server = await startServer(self)
+        port = server.port.getHost().port
+
+        @_serverSettings
+        @given(_goodText, st.booleans())
+        def check(text: str, stream: bool) -> None:
+            body = json.dumps(
+                {
+                    "model": "agent",
+                    "messages": [{"role": "user", "content": text}],
+                    "stream": stream,
+                },
+                ensure_ascii=False,
+            ).encode("utf-8")
+            answer = _checkAnswer(self, *_post(port, body))
+            if stream:
+                content = "".join(
+                    json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                    for line in answer.split("\n\n")
+                    if line.startswith("data: {")
+                )
+            else:
+                content = answer["choices"][0]["message"]["content"]
+            self.assertEqual(content, "echo: " + text)
+
+        await inThread(check)
+
+
+class ServerEdgeCaseTests(TestCase):
+    """
+    Specific hostile bodies through the real server.
+    """
+
+    async def test_loneSurrogate(self) -> None:
+        """
+        A lone surrogate in a message is a 400 naming the message's content,
+        streamed or not, and the upstream is never called (it used to be a
+        500, or a broken stream, when the echo could not be encoded).
+        """
+        server = await startServer(self)
+        port = server.port.getHost().port
+        for stream in (b"false", b"true"):
+            body = (
+                b'{"model": "agent", "messages": [{"role": "user", "content": "a \\ud800"}],'
+                b' "stream": ' + stream + b"}"
+            )
+            status, headers, data = await inThread(_post, port, body)
+            envelope = _checkAnswer(self, status, headers, data)
+            self.assertEqual(status, 400)
+            self.assertEqual(envelope["error"]["param"], "messages[0].content")
+        self.assertEqual(server.upstream.requests, [])
+
+    async def test_deepNesting(self) -> None:
+        """
+        A hundred thousand levels of nesting are a 400 naming the depth.
+        """
+        server = await startServer(self)
+        body = b'{"model": "agent", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        status, headers, data = await inThread(_post, server.port.getHost().port, body)
+        envelope = _checkAnswer(self, status, headers, data)
+        self.assertEqual(status, 400)
+        self.assertIn("levels deep", envelope["error"]["message"])
+
+    async def test_unicodeEdges(self) -> None:
+        """
+        NUL, a leading BOM, a BOM inside text and astral characters are
+        answered with a completion echoing the text exactly.
+        """
+        server = await startServer(self)
+        port = server.port.getHost().port
+        text = "nul\x00 bom\ufeff astral\U0001f600 sep\u2028"
+        body = json.dumps(
+            {"model": "agent", "messages": [{"role": "user", "content": text}]},
+            ensure_ascii=False,
+        ).encode("utf-8")
+        for payload in (body, b"\xef\xbb\xbf" + body):
+            status, headers, data = await inThread(_post, port, payload)
+            completion = _checkAnswer(self, status, headers, data)
+            self.assertEqual(completion["choices"][0]["message"]["content"], "echo: " + text)

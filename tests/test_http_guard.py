@@ -1,0 +1,425 @@
+"""
+The HTTP layer (L{ai_agent.headends._http}) over raw sockets: body caps,
+content types, deadlines, keep-alive, pipelining, API keys and CORS.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from ai_agent.headends._http import APIKeys, HTTPPolicy
+from ai_agent.testing import Reply
+from tests._harness import LiveServer, startServer
+
+BODY = json.dumps({"model": "agent", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+class _Raw(Protocol):
+    """
+    A raw client connection recording what it receives.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Deferred[None] = Deferred()
+        self.closed = False
+        self._waiters: list[tuple[bytes, int, Deferred[None]]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        self._check()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.closed = True
+        self.lost.callback(None)
+        for _, _, d in self._waiters:
+            d.callback(None)
+        self._waiters = []
+
+    def waitFor(self, marker: bytes, count: int = 1) -> Deferred[None]:
+        """
+        Fire once C{marker} was received C{count} times (or the connection
+        closed).
+        """
+        d: Deferred[None] = Deferred()
+        self._waiters.append((marker, count, d))
+        self._check()
+        return d
+
+    def _check(self) -> None:
+        for waiter in list(self._waiters):
+            marker, count, d = waiter
+            if self.received.count(marker) >= count:
+                self._waiters.remove(waiter)
+                d.callback(None)
+
+
+async def _connect(server: LiveServer) -> _Raw:
+    raw = _Raw()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port.getHost().port), raw)
+    return raw
+
+
+def _request(
+    body: bytes = BODY,
+    path: bytes = b"/v1/chat/completions",
+    headers: dict[bytes, bytes] | None = None,
+    method: bytes = b"POST",
+) -> bytes:
+    allHeaders = {b"Host": b"x", b"Content-Type": b"application/json"}
+    if body or method == b"POST":
+        allHeaders[b"Content-Length"] = str(len(body)).encode()
+    allHeaders.update(headers or {})
+    head = b"".join(name + b": " + value + b"\r\n" for name, value in allHeaders.items())
+    return method + b" " + path + b" HTTP/1.1\r\n" + head + b"\r\n" + body
+
+
+def _status(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def _sleep(seconds: float) -> Deferred[None]:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class BodyLimitTests(TestCase):
+    """
+    Bodies over the cap are refused with 413, before they are read.
+    """
+
+    async def test_declaredTooLarge(self) -> None:
+        """
+        A Content-Length over the cap is answered with 413 from the head
+        alone; the connection then closes.
+        """
+        server = await startServer(self, policy=HTTPPolicy(maxBodySize=1000))
+        raw = await _connect(server)
+        raw.transport.write(_request(b"", headers={b"Content-Length": b"5000000"}))
+        await raw.waitFor(b"}}")
+        self.assertEqual(_status(raw.received), 413)
+        body = raw.received.split(b"\r\n\r\n", 1)[1]
+        self.assertEqual(json.loads(body)["error"]["code"], "request_too_large")
+        raw.transport.loseConnection()
+        self.assertEqual(server.upstream.requests, [])
+
+    async def test_chunkedTooLarge(self) -> None:
+        """
+        A chunked body is refused with 413 as soon as it crosses the cap.
+        """
+        server = await startServer(self, policy=HTTPPolicy(maxBodySize=1000))
+        raw = await _connect(server)
+        head = _request(b"", headers={b"Transfer-Encoding": b"chunked"}).replace(
+            b"Content-Length: 0\r\n", b""
+        )
+        raw.transport.write(head)
+        for _ in range(3):
+            raw.transport.write(b"200\r\n" + b"x" * 512 + b"\r\n")
+        await raw.waitFor(b"}}")
+        self.assertEqual(_status(raw.received), 413)
+        raw.transport.loseConnection()
+
+    async def test_underCapAccepted(self) -> None:
+        """
+        A chunked body under the cap is read and served.
+        """
+        server = await startServer(self, policy=HTTPPolicy(maxBodySize=len(BODY) + 10))
+        raw = await _connect(server)
+        head = _request(b"", headers={b"Transfer-Encoding": b"chunked"}).replace(
+            b"Content-Length: 0\r\n", b""
+        )
+        raw.transport.write(head + b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n")
+        await raw.waitFor(b"chat.completion")
+        self.assertEqual(_status(raw.received), 200)
+        raw.transport.loseConnection()
+
+
+class ContentTypeTests(TestCase):
+    """
+    Only JSON bodies are taken.
+    """
+
+    async def test_formRefused(self) -> None:
+        """
+        A form-encoded body is a 415, and the connection stays usable: the
+        next request on it is served.
+        """
+        server = await startServer(self)
+        raw = await _connect(server)
+        raw.transport.write(
+            _request(headers={b"Content-Type": b"application/x-www-form-urlencoded"})
+            + _request(path=b"/health", method=b"GET", body=b"")
+        )
+        await raw.waitFor(b"HTTP/1.1", 2)
+        await raw.waitFor(b'"status"')
+        first, second = raw.received.split(b"HTTP/1.1 ")[1:3]
+        self.assertTrue(first.startswith(b"415"))
+        self.assertIn(b"unsupported_media_type", first)
+        self.assertTrue(second.startswith(b"200"))
+        raw.transport.loseConnection()
+
+    async def test_jsonWithCharset(self) -> None:
+        """
+        C{application/json; charset=utf-8} is accepted.
+        """
+        server = await startServer(self)
+        raw = await _connect(server)
+        raw.transport.write(_request(headers={b"Content-Type": b"application/json; charset=utf-8"}))
+        await raw.waitFor(b"chat.completion")
+        self.assertEqual(_status(raw.received), 200)
+        raw.transport.loseConnection()
+
+
+class DeadlineTests(TestCase):
+    """
+    Slow and idle clients are cut; streams are not.
+    """
+
+    async def test_drip(self) -> None:
+        """
+        A client dripping its request a byte at a time past the deadline
+        gets a 408 and a closed connection.
+        """
+        server = await startServer(self, policy=HTTPPolicy(requestDeadline=0.3))
+        raw = await _connect(server)
+        for byte in _request()[:40]:
+            if raw.closed:
+                break
+            raw.transport.write(bytes([byte]))
+            await _sleep(0.02)
+        await raw.lost
+        self.assertEqual(_status(raw.received), 408)
+        self.assertEqual(server.upstream.requests, [])
+
+    async def test_idleKeepAliveClosed(self) -> None:
+        """
+        An idle keep-alive connection is closed after the idle timeout.
+        """
+        server = await startServer(self, policy=HTTPPolicy(idleTimeout=0.2))
+        raw = await _connect(server)
+        raw.transport.write(_request(path=b"/health", method=b"GET", body=b""))
+        await raw.waitFor(b'"status"')
+        await raw.lost
+        self.assertTrue(raw.closed)
+
+    async def test_longStreamNotCut(self) -> None:
+        """
+        A stream lasting longer than the request deadline and the idle
+        timeout completes.
+        """
+        server = await startServer(
+            self,
+            policy=HTTPPolicy(requestDeadline=0.2, idleTimeout=0.2),
+            streamHeadGrace=0.0,
+        )
+        server.upstream.script(Reply(content=["a", "b", "c", "d"], interval=0.2))
+        raw = await _connect(server)
+        raw.transport.write(
+            _request(
+                json.dumps(
+                    {
+                        "model": "agent",
+                        "messages": [{"role": "user", "content": "x"}],
+                        "stream": True,
+                    }
+                ).encode()
+            )
+        )
+        await raw.waitFor(b"[DONE]")
+        self.assertIn(b'"content":"d"', raw.received)
+        raw.transport.loseConnection()
+
+    async def test_pipelining(self) -> None:
+        """
+        Pipelined requests are answered in order.
+        """
+        server = await startServer(self)
+        raw = await _connect(server)
+        raw.transport.write(
+            _request(path=b"/v1/models", method=b"GET", body=b"")
+            + _request()
+            + _request(path=b"/health", method=b"GET", body=b"")
+        )
+        await raw.waitFor(b"HTTP/1.1 ", 3)
+        await raw.waitFor(b'"status"')
+        received = raw.received
+        self.assertLess(received.index(b'"object":"list"'), received.index(b"chat.completion"))
+        self.assertLess(received.index(b"chat.completion"), received.index(b'"status"'))
+        raw.transport.loseConnection()
+
+
+class APIKeyTests(TestCase):
+    """
+    With keys configured, /v1/ routes need one; /health stays open.
+    """
+
+    async def _answer(self, request: bytes) -> bytes:
+        raw = await _connect(self.server)
+        raw.transport.write(request)
+        await raw.waitFor(b"}")
+        await _sleep(0.02)
+        raw.transport.loseConnection()
+        return raw.received
+
+    async def setUp(self) -> None:
+        self.server = await startServer(
+            self, policy=HTTPPolicy(apiKeys=APIKeys.fromKeys(["k-one", "k-two"]))
+        )
+
+    async def test_missingKey(self) -> None:
+        """
+        No key is a 401 with C{WWW-Authenticate: Bearer} and the envelope.
+        """
+        answer = await self._answer(_request())
+        self.assertEqual(_status(answer), 401)
+        self.assertIn(b"www-authenticate: bearer", answer.lower())
+        body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        self.assertEqual(body["error"]["code"], "invalid_api_key")
+
+    async def test_wrongKey(self) -> None:
+        """
+        A wrong key is a 401 and never reaches the upstream.
+        """
+        answer = await self._answer(_request(headers={b"Authorization": b"Bearer k-three"}))
+        self.assertEqual(_status(answer), 401)
+        self.assertEqual(self.server.upstream.requests, [])
+
+    async def test_bearerAndHeader(self) -> None:
+        """
+        A key is accepted as a bearer token or as C{x-api-key}.
+        """
+        answer = await self._answer(_request(headers={b"Authorization": b"Bearer k-two"}))
+        self.assertEqual(_status(answer), 200)
+        answer = await self._answer(
+            _request(path=b"/v1/models", method=b"GET", body=b"", headers={b"X-Api-Key": b"k-one"})
+        )
+        self.assertEqual(_status(answer), 200)
+
+    async def test_checkedBeforeBody(self) -> None:
+        """
+        The key is checked from the head: a 401 arrives although the
+        announced body was never sent.
+        """
+        answer = await self._answer(_request(b"", headers={b"Content-Length": b"100000000"}))
+        self.assertEqual(_status(answer), 401)
+
+    async def test_healthOpen(self) -> None:
+        """
+        C{/health} needs no key.
+        """
+        answer = await self._answer(_request(path=b"/health", method=b"GET", body=b""))
+        self.assertEqual(_status(answer), 200)
+
+
+class CORSTests(TestCase):
+    """
+    CORS is off by default and answers only the configured origins.
+    """
+
+    async def _answer(self, server: LiveServer, request: bytes) -> bytes:
+        raw = await _connect(server)
+        raw.transport.write(request)
+        await raw.waitFor(b"\r\n\r\n")
+        await _sleep(0.05)
+        raw.transport.loseConnection()
+        return raw.received
+
+    def _preflight(self, origin: bytes) -> bytes:
+        return _request(
+            b"",
+            method=b"OPTIONS",
+            headers={
+                b"Origin": origin,
+                b"Access-Control-Request-Method": b"POST",
+                b"Access-Control-Request-Headers": b"authorization, content-type",
+            },
+        )
+
+    async def test_offByDefault(self) -> None:
+        """
+        Without configured origins, no response carries CORS headers.
+        """
+        server = await startServer(self)
+        answer = await self._answer(
+            server,
+            _request(
+                path=b"/v1/models",
+                method=b"GET",
+                body=b"",
+                headers={b"Origin": b"https://a.example"},
+            ),
+        )
+        self.assertNotIn(b"access-control-allow-origin", answer.lower())
+
+    async def test_preflightAllowed(self) -> None:
+        """
+        A preflight from an allowed origin gets 204 with that origin, the
+        methods and the requested headers; never C{*} with credentials.
+        """
+        server = await startServer(
+            self, policy=HTTPPolicy(corsOrigins=frozenset({"https://a.example"}))
+        )
+        answer = (await self._answer(server, self._preflight(b"https://a.example"))).lower()
+        self.assertEqual(_status(answer), 204)
+        self.assertIn(b"access-control-allow-origin: https://a.example", answer)
+        self.assertIn(b"access-control-allow-methods: get, post, options", answer)
+        self.assertIn(b"access-control-allow-headers: authorization, content-type", answer)
+        self.assertNotIn(b"access-control-allow-credentials", answer)
+
+    async def test_otherOriginRefused(self) -> None:
+        """
+        A preflight from another origin gets 403 and no allow header; a
+        request from it gets no allow header either.
+        """
+        server = await startServer(
+            self, policy=HTTPPolicy(corsOrigins=frozenset({"https://a.example"}))
+        )
+        answer = (await self._answer(server, self._preflight(b"https://b.example"))).lower()
+        self.assertEqual(_status(answer), 403)
+        self.assertNotIn(b"access-control-allow-origin", answer)
+
+    async def test_allowedOriginOnResponses(self) -> None:
+        """
+        Responses to an allowed origin carry its allow header and
+        C{Vary: Origin}.
+        """
+        server = await startServer(
+            self, policy=HTTPPolicy(corsOrigins=frozenset({"https://a.example"}))
+        )
+        answer = await self._answer(
+            server,
+            _request(
+                path=b"/v1/models",
+                method=b"GET",
+                body=b"",
+                headers={b"Origin": b"https://a.example"},
+            ),
+        )
+        self.assertIn(b"access-control-allow-origin: https://a.example", answer.lower())
+        self.assertIn(b"vary: origin", answer.lower())
+
+
+class APIKeysTests(SynchronousTestCase):
+    """
+    L{APIKeys} keeps digests only.
+    """
+
+    def test_digestsOnly(self) -> None:
+        """
+        Keys are matched by digest, blank keys are ignored, and the repr
+        shows no key.
+        """
+        keys = APIKeys.fromKeys(["secret-one", " ", ""])
+        self.assertTrue(keys.enabled)
+        self.assertTrue(keys.accepts(b"secret-one"))
+        self.assertFalse(keys.accepts(b"secret-two"))
+        self.assertFalse(keys.accepts(None))
+        self.assertNotIn("secret", repr(keys))
+        self.assertFalse(APIKeys.fromKeys(["", " "]).enabled)
