@@ -25,8 +25,10 @@ setup(
     extras_require={
         "test": [
             "openai>=1.40",
-            "mcp>=1.0",
+            "langchain-openai>=1.0",
+            "mcp>=2.3,<3",
             "hypothesis>=6.100",
+            "jsonschema>=4.18",
         ],
         "dev": ["mypy", "mypy-zope", "ruff", "types-PyYAML", "tox"],
     },

@@ -142,9 +142,7 @@ class RunAccount:
         failures = sum(1 for call in self.calls if not call.ok)
         withSubAgents = ""
         if total is not None and total != usage:
-            withSubAgents = (
-                f" ({total.promptTokens}+{total.completionTokens} with sub-agents)"
-            )
+            withSubAgents = f" ({total.promptTokens}+{total.completionTokens} with sub-agents)"
         log.info(
             "agent {agent} run {outcome} in {duration:.3f}s: models {modelList},"
             " {calls} calls ({failures} failed), tokens {promptTokens}+{completionTokens}"

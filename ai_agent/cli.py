@@ -16,11 +16,13 @@ from typing import Any, Mapping, Sequence, TextIO, cast
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
+    formatEventAsClassicLogText,
+    formatTime,
     globalLogBeginner,
-    textFileLogObserver,
 )
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -30,6 +32,7 @@ from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.events import ContentDelta, Event, ReasoningDelta
 from ai_agent.providers import ChatMessage
 from ai_agent.tap import ServerOptions, makeService
+from ai_agent.workers import ADOPTABLE, parseInherited, startWorkers, watchParent
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -56,6 +59,14 @@ class Options(ServerOptions):
             None,
             "Print the tools a configured MCP server offers (or 'all' servers) and exit.",
         ],
+        [
+            "workers",
+            None,
+            1,
+            "Processes serving the same ports, sharing their sockets (0: one per CPU).",
+            int,
+        ],
+        ["worker-fds", None, None, "Internal: the listening sockets a worker inherits."],
     ]
     optFlags = [
         ["verbose", "v", "Log more, and show the agent's reasoning and progress on stderr."],
@@ -86,6 +97,7 @@ class Options(ServerOptions):
             self._checkListTools()
             return
         super().postOptions()
+        self._checkWorkers()
         if self["endpoints"]:
             if self["prompt"] is not None:
                 raise usage.UsageError(
@@ -96,6 +108,24 @@ class Options(ServerOptions):
             raise usage.UsageError("direct mode runs exactly one --agent")
         if self["prompt"] is None:
             raise usage.UsageError("direct mode needs a PROMPT (or '-' to read standard input)")
+
+    def _checkWorkers(self) -> None:
+        if self["workers"] < 0:
+            raise usage.UsageError("--workers must not be negative")
+        if self["workers"] == 0:
+            self["workers"] = os.cpu_count() or 1
+        if self["worker-fds"] is not None:
+            self["worker-fds"] = parseInherited(self["worker-fds"])
+            if len(self["worker-fds"]) != len(self["endpoints"]):
+                raise usage.UsageError("--worker-fds must name one socket per endpoint")
+        elif self["workers"] > 1:
+            if not self["endpoints"]:
+                raise usage.UsageError("--workers needs --openai-completions")
+            for endpoint in self["endpoints"]:
+                if not endpoint.startswith(ADOPTABLE):
+                    raise usage.UsageError(
+                        f"--workers serves TCP or UNIX endpoints only, not {endpoint!r}"
+                    )
 
     def _checkListTools(self) -> None:
         if self["prompt"] is not None or self["openai-completions"]:
@@ -154,9 +184,29 @@ def _startLogging(options: Options, stderr: TextIO) -> None:
         level = LogLevel.warn
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
     globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(textFileLogObserver(stderr), [predicate])],
+        [FilteringLogObserver(_textObserver(stderr), [predicate])],
         redirectStandardIO=False,
     )
+
+
+def _textObserver(stream: TextIO) -> FileLogObserver:
+    """
+    C{textFileLogObserver}'s format, with the timestamp (whole seconds)
+    formatted once per second: formatting it was a third of the cost of a
+    log line, and a server logs a few lines per request.
+    """
+    last: list[Any] = [None, ""]
+
+    def stamp(when: float | None) -> str:
+        if when is None:
+            return "-"
+        second = int(when)
+        if second != last[0]:
+            last[0] = second
+            last[1] = formatTime(second)
+        return cast(str, last[1])
+
+    return FileLogObserver(stream, lambda event: formatEventAsClassicLogText(event, stamp))
 
 
 def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) -> Any:
@@ -303,13 +353,21 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
 
     code = [EXIT_OK]
     if options["endpoints"]:
+        inherited = options["worker-fds"]
         try:
-            service = makeService(options, reactor)
+            service = makeService(options, reactor, inherited)
         except ConfigurationError as error:
             stderr.write(f"ai-agent: {error}\n")
             return EXIT_USAGE
         service.startService()
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+        if inherited is not None:
+            watchParent(reactor)
+        elif options["workers"] > 1:
+            listeners = [endpoint.listener for endpoint in cast(Any, service).endpoints]
+            startWorkers(
+                reactor, listeners, argv, options["workers"] - 1, options["shutdown-timeout"]
+            )
         reactor.run()
         return code[0]
 

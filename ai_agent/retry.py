@@ -91,9 +91,7 @@ class RetryPolicy:
         return ceiling / 2 + random() * ceiling / 2
 
 
-def exhausted(
-    errors: Sequence[ProviderError], retryAfter: float | None = None
-) -> ProviderError:
+def exhausted(errors: Sequence[ProviderError], retryAfter: float | None = None) -> ProviderError:
     """
     The error of a turn whose every attempt failed retryably.
 

@@ -18,7 +18,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from ai_agent.config import Config, describeMissing, loadConfig
 from ai_agent.errors import AgentError, ConfigurationError
-from ai_agent.providers import Provider, makeProvider
+from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
 from ai_agent.registry import AgentRegistry, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
 from ai_agent.tools import McpManager, ToolBoxFactory
@@ -109,11 +109,11 @@ def buildRuntime(
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max(connections, 2)
     pool.cachedConnectionTimeout = 120
-    http = HTTPClient(Agent(reactor, pool=pool))
+    http = HTTPClient(Agent(reactor, connectTimeout=CONNECT_TIMEOUT, pool=pool))
     providers = ProviderSet(config, http, reactor)
     mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
     tools = ToolBoxFactory(registry.byPath, mcp)
-    runner = SessionRunner(providers, reactor, tools)
+    runner = SessionRunner(providers, reactor, tools, pricing=config.pricing)
     tools.runner = runner
     return Runtime(config, registry, pool, http, providers, runner, mcp, tools)
 

@@ -40,6 +40,7 @@ from ai_agent.config import Pricing
 from ai_agent.errors import AgentError, ProviderError
 from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta, Usage
 from ai_agent.providers import (
+    CallbackSink,
     ChatMessage,
     LLMRequest,
     LLMResponse,
@@ -214,6 +215,76 @@ class SessionRunner:
             C{events} as they arrive.
         """
         return ensureDeferred(self._run(agent, conversation, events, sampling, stream))
+
+    def runDirect(
+        self,
+        agent: AgentSpec,
+        conversation: Sequence[ChatMessage],
+        events: EventSink,
+        sampling: Sampling = Sampling(),
+        stream: bool = True,
+    ) -> Deferred[Finished]:
+        """
+        One call to the agent's first model with the client's messages as
+        they are (C{developer} sent as C{system}): no agent prompt, no
+        tools, no retry or fallback.  For chat UIs' background tasks
+        (titles, tags, ...; see L{ai_agent.tasks}), whose answers the
+        client parses: only answer text and the call's L{Usage} go to
+        C{events}, the model's reasoning is dropped.
+
+        @return: a Deferred firing with L{Finished}, or failing with
+            L{AgentError}; cancelling it closes the upstream call.
+        """
+        return ensureDeferred(self._direct(agent, conversation, events, sampling, stream))
+
+    async def _direct(
+        self,
+        agent: AgentSpec,
+        conversation: Sequence[ChatMessage],
+        events: EventSink,
+        sampling: Sampling,
+        stream: bool,
+    ) -> Finished:
+        model = agent.models[0]
+        account = RunAccount(agent.name, self.reactor.seconds(), self.pricing)
+        providerName, upstreamModel = splitModel(model)
+        request = LLMRequest(
+            model=upstreamModel,
+            messages=tuple(
+                attrs.evolve(m, role="system") if m.role == "developer" else m for m in conversation
+            ),
+            temperature=_first(sampling.temperature, agent.temperature),
+            topP=_first(sampling.topP, agent.topP),
+            maxTokens=_first(sampling.maxTokens, agent.maxOutputTokens),
+            stop=sampling.stop,
+            seed=sampling.seed,
+            stream=stream,
+            timeout=agent.llmTimeout,
+            totalTimeout=totalTimeout(agent.llmTimeout),
+        )
+
+        def content(text: str) -> None:
+            if text:
+                events(ContentDelta(text))
+
+        started = self.reactor.seconds()
+        try:
+            provider = self.providers(providerName)
+            response = await provider.complete(request, CallbackSink(onContent=content))
+        except CancelledError:
+            account.finish("cancelled", self.reactor.seconds())
+            raise
+        except AgentError as error:
+            if isinstance(error, ProviderError):
+                account.record(model, Usage(), self.reactor.seconds() - started, error.code)
+            account.finish(f"failed: {error.code or error.status}", self.reactor.seconds())
+            raise
+        account.record(model, response.usage, self.reactor.seconds() - started)
+        if response.usage.totalTokens:
+            events(response.usage)
+        reason = "length" if response.finishReason == "length" else "stop"
+        account.finish(reason, self.reactor.seconds(), response.usage)
+        return Finished(reason, response.usage)
 
     async def _run(
         self,

@@ -7,7 +7,7 @@ used by C{twistd ai-agent} and by the C{ai-agent} command's headend mode.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import attrs
 from twisted.application import strports
@@ -24,8 +24,26 @@ from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
+from ai_agent.workers import AdoptedPortService
 
 log = Logger()
+
+#: The values of C{--reasoning-field}.
+REASONING_FIELDS = ("reasoning_content", "reasoning", "think", "none")
+
+
+def reasoningField(value: str) -> str:
+    """
+    Check a C{--reasoning-field} value.
+
+    @raise ValueError: for anything but L{REASONING_FIELDS}.
+    """
+    if value not in REASONING_FIELDS:
+        raise ValueError(f"must be one of {', '.join(REASONING_FIELDS)}, not {value!r}")
+    return value
+
+
+reasoningField.coerceDoc = "One of " + ", ".join(REASONING_FIELDS) + "."  # type: ignore[attr-defined]
 
 
 class ServerOptions(usage.Options):
@@ -85,6 +103,14 @@ class ServerOptions(usage.Options):
             None,
             "File of client API keys, one per line; /v1/ routes then need one.",
         ],
+        [
+            "reasoning-field",
+            None,
+            "reasoning_content",
+            "Where reasoning and progress go: the reasoning_content or reasoning"
+            " field, think (inside content, between <think> and </think>), or none.",
+            reasoningField,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -93,6 +119,7 @@ class ServerOptions(usage.Options):
         self["openai-completions"] = []
         self["api-keys"] = []
         self["cors-origins"] = []
+        self["task-shortcut"] = True
 
     def opt_agent(self, path: str) -> None:
         """
@@ -113,6 +140,14 @@ class ServerOptions(usage.Options):
         'Authorization: Bearer KEY'. Repeat for more (AI_AGENT_API_KEYS too).
         """
         self["api-keys"].append(key)
+
+    def opt_no_task_shortcut(self) -> None:
+        """
+        Run Open WebUI's and LibreChat's background tasks (titles, tags,
+        follow-ups, search queries) through the whole agent, instead of one
+        direct call to its first model.
+        """
+        self["task-shortcut"] = False
 
     def opt_cors_origin(self, origin: str) -> None:
         """
@@ -314,9 +349,17 @@ def _exitOnNextSignal() -> None:
         pass  # not the main thread: leave signals alone
 
 
-def makeService(options: ServerOptions, reactor: Any = None) -> IService:
+def makeService(
+    options: ServerOptions,
+    reactor: Any = None,
+    inherited: Sequence[tuple[int, int]] | None = None,
+) -> IService:
     """
     Build the server: one headend per endpoint, each with its own pool.
+
+    @param inherited: in a worker process (see L{ai_agent.workers}), the
+        C{(descriptor, address family)} of each endpoint's listening socket,
+        adopted instead of listening.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -339,18 +382,32 @@ def makeService(options: ServerOptions, reactor: Any = None) -> IService:
     # Starts the MCP servers agents use; stops them all (before the runtime
     # closes the connection pool, which waits for them).
     runtime.mcp.setServiceParent(top)
-    for endpoint in endpoints:
+    for index, endpoint in enumerate(endpoints):
         pool = RunPool(
             reactor,
             concurrency,
             options["openai-completions-queue"],
             options["openai-completions-queue-timeout"],
         )
-        headend = OpenAIHeadend(runtime.registry, runtime.runner, pool, reactor)
+        headend = OpenAIHeadend(
+            runtime.registry,
+            runtime.runner,
+            pool,
+            reactor,
+            reasoningField=None
+            if options["reasoning-field"] == "none"
+            else options["reasoning-field"],
+            taskShortcut=options["task-shortcut"],
+        )
         connections = TrackingFactory(makeSite(headend, policy))
-        listener = strports.service(endpoint, connections)
-        # A port that cannot be bound fails startup instead of being logged.
-        listener._raiseSynchronously = True
+        listener: Any
+        if inherited is not None:
+            fileno, family = inherited[index]
+            listener = AdoptedPortService(reactor, fileno, family, connections)
+        else:
+            listener = strports.service(endpoint, connections)
+            # A port that cannot be bound fails startup instead of being logged.
+            listener._raiseSynchronously = True
         top.addEndpoint(pool, listener, connections)
         log.info(
             "serving {agents} on {endpoint} (concurrency {concurrency})",

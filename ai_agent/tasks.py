@@ -22,12 +22,16 @@ What is matched, all case-insensitively and on the last message only:
     language" (its structured prompt).
   - An C{X-OpenWebUI-Task} header, which recent Open WebUI versions can
     send from a connection's custom headers (value C{{{TASK}}}).
+
+L{forwardedHeaders} picks out who asked — the user and chat headers these
+UIs forward — for the run's log line.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Callable, Sequence
+from urllib.parse import unquote
 
 from ai_agent.providers import ChatMessage
 
@@ -76,6 +80,32 @@ _LIBRECHAT_TITLE = re.compile(
 
 _TASK_NAME = re.compile(r"[^a-z0-9_]+")
 
+#: Headers that say who asked, as chat UIs forward them: Open WebUI's with
+#: C{ENABLE_FORWARD_USER_INFO_HEADERS=true}, and the names suggested for
+#: LibreChat's configurable C{headers} (and used by other gateways).
+FORWARDED_HEADERS = (
+    "X-OpenWebUI-User-Id",
+    "X-OpenWebUI-User-Name",
+    "X-OpenWebUI-User-Email",
+    "X-OpenWebUI-User-Role",
+    "X-OpenWebUI-Chat-Id",
+    "X-OpenWebUI-Message-Id",
+    "X-User-Id",
+    "X-User-Name",
+    "X-User-Email",
+    "X-User-Role",
+    "X-Chat-Id",
+    "X-Conversation-Id",
+    "X-Session-Id",
+    "X-Message-Id",
+)
+
+#: Open WebUI percent-encodes the user's name.
+_PERCENT_ENCODED = frozenset({"X-OpenWebUI-User-Name"})
+
+#: The longest value kept from a forwarded header.
+MAX_FORWARDED_LENGTH = 200
+
 
 def detectTask(messages: Sequence[ChatMessage], taskHeader: str | None = None) -> str | None:
     """
@@ -91,7 +121,7 @@ def detectTask(messages: Sequence[ChatMessage], taskHeader: str | None = None) -
         value = taskHeader.strip().lower()
         if value not in _NOT_A_TASK:
             known = _OPEN_WEBUI_TASKS.get(value)
-            return known or (_TASK_NAME.sub("_", value)[:64] or None)
+            return known or (_TASK_NAME.sub("_", value).strip("_")[:64] or None)
     if not messages:
         return None
     last = messages[-1]
@@ -118,4 +148,36 @@ def _libreChatTask(text: str) -> str | None:
     return "title" if _LIBRECHAT_TITLE.search(text) else None
 
 
-__all__ = ["detectTask"]
+def forwardedHeaders(getHeader: Callable[[bytes], bytes | None]) -> dict[str, str]:
+    """
+    The L{FORWARDED_HEADERS} a request carries, by their canonical names,
+    made safe for a log line (see L{loggable}).  Empty values and
+    placeholders the client left unfilled (C{{{...}}}) are left out.
+
+    @param getHeader: the request's C{getHeader}.
+    """
+    found: dict[str, str] = {}
+    for name in FORWARDED_HEADERS:
+        raw = getHeader(name.lower().encode("ascii"))
+        if raw is None:
+            continue
+        value = raw.decode("utf-8", "replace").strip()
+        if name in _PERCENT_ENCODED:
+            value = unquote(value)
+        if not value or "{{" in value:
+            continue
+        found[name] = loggable(value)
+    return found
+
+
+def loggable(value: str, limit: int = MAX_FORWARDED_LENGTH) -> str:
+    """
+    C{value} with control characters (line breaks included) replaced by
+    spaces and cut to C{limit} characters, so a client cannot forge or
+    flood log lines.
+    """
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in value)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+__all__ = ["FORWARDED_HEADERS", "detectTask", "forwardedHeaders", "loggable"]

@@ -109,8 +109,8 @@ class Reply:
     @ivar hold: after the headers and the first event (the role chunk, or
         C{message_start}; not streaming, after the headers), wait for
         L{FakeUpstream.release}.
-    @ivar stallAfter: after this many SSE events, go silent (keeping the
-        connection open) until L{FakeUpstream.release}.
+    @ivar stallAfter: after this many SSE events of a streamed reply, go
+        silent (keeping the connection open) until L{FakeUpstream.release}.
     @ivar cutAfter: close the connection after this many SSE events (the role
         chunk or C{message_start} counts), without the stream's end
         (C{[DONE]}, or C{message_stop}).
@@ -436,7 +436,7 @@ def _anthropicProblem(request: Request, body: Any) -> str | None:
     """
     if not isinstance(body, dict):
         return "the body is not a JSON object"
-    if not request.requestHeaders.getRawHeaders(b"anthropic-version"):
+    if not any(v.strip() for v in request.requestHeaders.getRawHeaders(b"anthropic-version", [])):
         return "the anthropic-version header is required"
     maxTokens = body.get("max_tokens")
     if not isinstance(maxTokens, int) or maxTokens < 1:
@@ -1019,7 +1019,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     parser = argparse.ArgumentParser(
         prog="python -m ai_agent.testing",
-        description="Run an OpenAI-compatible fake upstream.",
+        description="Run a fake OpenAI-compatible and Anthropic-compatible upstream.",
     )
     parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
     parser.add_argument("--interface", default="127.0.0.1", help="address to listen on")

@@ -88,7 +88,7 @@ class Result:
     body: bytes
 
 
-class ConnectionLost(Exception):
+class ConnectionLostError(Exception):
     """
     The server closed the connection before the response ended.
     """
@@ -170,10 +170,13 @@ class Connection(asyncio.Protocol):
             if parser.done:
                 self._complete(time.perf_counter())
             else:
-                waiter.set_exception(ConnectionLost(str(exc)))
+                waiter.set_exception(ConnectionLostError(str(exc)))
 
     def send(
-        self, raw: bytes, watchContent: bool = False, firstToken: asyncio.Future[float] | None = None
+        self,
+        raw: bytes,
+        watchContent: bool = False,
+        firstToken: asyncio.Future[float] | None = None,
     ) -> asyncio.Future[Result]:
         """
         Write one request; the Future fires with its L{Result}.
@@ -247,7 +250,7 @@ class Sampler:
                     connection = await Connection.open(self.port)
                 try:
                     result = await asyncio.wait_for(connection.send(raw, watch), 30.0)
-                except (ConnectionLost, asyncio.TimeoutError, OSError):
+                except (ConnectionLostError, TimeoutError, OSError):
                     self.errors += 1
                     connection.close()
                     connection = None

@@ -216,7 +216,7 @@ async def waitReady(proc: Proc, path: str, timeout: float, key: str = KEY) -> fl
             result = await request(proc.port, raw, timeout=5)
             if result.status == 200:
                 return time.perf_counter() - started
-        except (OSError, asyncio.TimeoutError, Exception):
+        except (OSError, TimeoutError, Exception):
             pass
         await asyncio.sleep(0.002)
     raise RuntimeError(f"{proc.name} did not answer within {timeout:g} s; see {proc.log}")
@@ -371,9 +371,7 @@ def _ms(seconds: float) -> float:
 
 
 def _checkCompletion(results: list[Result], expected: str) -> int:
-    return sum(
-        1 for r in results if r.status != 200 or completionText(r.body) != expected
-    )
+    return sum(1 for r in results if r.status != 200 or completionText(r.body) != expected)
 
 
 async def measureLatency(target: Target, concurrency: int, count: int) -> dict[str, Any]:
@@ -429,8 +427,11 @@ async def measureRPS(
         elapsed = await sampler.run(target.chat(PING, False), concurrency, duration=seconds)
         cpu = window.used(elapsed)
     ok = len(sampler.results) - _checkCompletion(sampler.results, "echo: " + PING)
-    return {"rps": round(ok / elapsed, 1), "bad": len(sampler.results) - ok + sampler.errors,
-            "cpu": cpu}
+    return {
+        "rps": round(ok / elapsed, 1),
+        "bad": len(sampler.results) - ok + sampler.errors,
+        "cpu": cpu,
+    }
 
 
 def _words(count: int) -> str:
@@ -564,7 +565,9 @@ async def measureIdle(setup: Setup, levels: tuple[int, ...]) -> dict[str, Any]:
 
         for level in sorted(levels):
             while len(holders) < level:
-                batch = min(200, level - len(holders))
+                # Below the server's listen backlog (Twisted's default, 50),
+                # so that no SYN is dropped and retried a second later.
+                batch = min(40, level - len(holders))
                 await asyncio.gather(*(openOne() for _ in range(batch)))
             await asyncio.sleep(2)
             rss = proc.rssKiB()
@@ -684,7 +687,9 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
         rec.put("coldStart", {OURS: await coldStart(setup, OURS, plan.coldStarts)})
         lite: Proc | None = None
         if useLiteLLM:
-            rec.samples["coldStart"][LITE] = await coldStart(setup, LITE, max(1, plan.coldStarts // 3))
+            rec.samples["coldStart"][LITE] = await coldStart(
+                setup, LITE, max(1, plan.coldStarts // 3)
+            )
 
         ours = setup.startOurs()
         procs.append(ours)

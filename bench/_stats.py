@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -82,7 +82,7 @@ def summarize(perRound: Sequence[float]) -> Summary:
 
 
 def addedPerRound(
-    arm: dict[int, Sequence[float]], baseline: dict[int, Sequence[float]], q: float
+    arm: Mapping[int, Sequence[float]], baseline: Mapping[int, Sequence[float]], q: float
 ) -> list[float]:
     """
     Per round, the C{q}-th percentile of C{arm} minus that of C{baseline}

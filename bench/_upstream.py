@@ -150,7 +150,7 @@ class BenchUpstream(Resource):
             request.setResponseCode(404)
             return self._json(request, {"error": {"message": "not found", "type": "not_found"}})
         try:
-            body = json.loads(request.content.read())
+            body = json.loads(request.content.read() if request.content else b"")
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -226,7 +226,9 @@ class BenchUpstream(Resource):
             request.finish()
             return
         request.write(frames.content(pieces[position]))
-        self.reactor.callLater(self.interval, self._drip, request, frames, pieces, position + 1, tail)
+        self.reactor.callLater(
+            self.interval, self._drip, request, frames, pieces, position + 1, tail
+        )
 
     # Bookkeeping.
 
@@ -238,7 +240,8 @@ class BenchUpstream(Resource):
                 waiter.callback(None)
 
     def _closedAt(self, request: Request) -> bytes | int:
-        tag = (request.args.get(b"tag") or [b""])[0].decode()
+        args: dict[bytes, list[bytes]] = request.args or {}
+        tag = (args.get(b"tag") or [b""])[0].decode()
         if tag in self.closed or not tag:
             return self._json(request, {"closedAt": self.closed.pop(tag, None)})
         waiter: Deferred[None] = Deferred()
@@ -275,13 +278,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--interval", type=float, default=0.02)
     options = parser.parse_args(argv)
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
 
+    reactor: Any = _reactor
     site = _QuietSite(BenchUpstream(reactor, options.interval), parsePOSTFormSubmission=False)
-    port = reactor.listenTCP(options.port, site, backlog=4096, interface="127.0.0.1")  # type: ignore[attr-defined]
+    port = reactor.listenTCP(options.port, site, backlog=4096, interface="127.0.0.1")
     sys.stdout.write(f"fake upstream listening on http://127.0.0.1:{port.getHost().port}/v1\n")
     sys.stdout.flush()
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":

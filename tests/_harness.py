@@ -81,12 +81,24 @@ async def startServer(
     streamHeadGrace: float = 10.0,
     mcpServers: dict[str, Any] | None = None,
     policy: Any = None,
+    reasoningField: str | None = "reasoning_content",
+    taskShortcut: bool = True,
+    fakeProviders: dict[str, str] | None = None,
+    extraConfig: dict[str, Any] | None = None,
 ) -> LiveServer:
     """
     Start a fake upstream and a headend serving C{agents} (file name →
     text); everything is stopped when C{testCase} ends.
 
     @param mcpServers: the configuration's C{mcpServers} section, if any.
+    @param reasoningField: the headend's C{reasoningField} (L{None} for
+        C{--reasoning-field none}).
+    @param taskShortcut: L{False} as with C{--no-task-shortcut}.
+    @param fakeProviders: more providers served by the same fake upstream,
+        name → wire type (e.g. C{{"claude": "anthropic"}}), with the
+        sentinel key.
+    @param extraConfig: more top-level configuration sections (e.g.
+        C{pricing}).
     """
     running = await startFakeUpstream(reactor)
     testCase.addCleanup(running.stop)
@@ -95,12 +107,15 @@ async def startServer(
     providers: dict[str, Any] = {
         "fake": {"type": "openai", "baseUrl": running.baseUrl, "apiKey": SENTINEL_KEY}
     }
+    for name, wire in (fakeProviders or {}).items():
+        providers[name] = {"type": wire, "baseUrl": running.baseUrl, "apiKey": SENTINEL_KEY}
     providers.update(extraProviders or {})
     configPath = os.path.join(directory, "config.json")
     with open(configPath, "w", encoding="utf-8") as f:
         config: dict[str, Any] = {"providers": providers}
         if mcpServers is not None:
             config["mcpServers"] = mcpServers
+        config.update(extraConfig or {})
         json.dump(config, f)
     paths = [
         writeAgent(directory, name, text)
@@ -112,11 +127,15 @@ async def startServer(
     testCase.addCleanup(runtime.close)
     pool = RunPool(reactor, concurrency, maxQueue, queueTimeout)
     headend = OpenAIHeadend(
-        runtime.registry, runtime.runner, pool, reactor, streamHeadGrace=streamHeadGrace
+        runtime.registry,
+        runtime.runner,
+        pool,
+        reactor,
+        streamHeadGrace=streamHeadGrace,
+        reasoningField=reasoningField,
+        taskShortcut=taskShortcut,
     )
-    factory = TrackingFactory(
-        makeSite(headend) if policy is None else makeSite(headend, policy)
-    )
+    factory = TrackingFactory(makeSite(headend) if policy is None else makeSite(headend, policy))
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     # Cleanups run last-added first: stop listening, then drop what is open.
     testCase.addCleanup(factory.dropConnections)

@@ -191,12 +191,12 @@ class JavaScriptClientTests(TestCase):
         await self._node("librechat.test.mjs", server)
         chats = [r for r in server.upstream.requests if r.path.endswith("/chat/completions")]
         self.assertEqual(len(chats), 2)
-        turn, title = chats[0].body["messages"], chats[1].body["messages"]
+        title, turn = chats[0].body["messages"], chats[1].body["messages"]
         self.assertEqual(turn[0], {"role": "system", "content": "You are the chat agent."})
         self.assertEqual([m["role"] for m in title], ["user"])
         self.assertTrue(title[0]["content"].startswith("Provide a concise, 5-word-or-less title"))
         tasks = [event["task"] for event in logs]
-        self.assertEqual(tasks, [None, "title"])
+        self.assertEqual(tasks, ["title", None])
         for event in logs:
             self.assertEqual(
                 event["forwarded"],

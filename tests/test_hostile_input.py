@@ -32,6 +32,7 @@ from ai_agent.headends._request import (
     parseChatRequest,
     parseChatRequestOffReactor,
 )
+from ai_agent.testing import Reply
 from tests._harness import inThread, startServer
 
 _ENVELOPE_KEYS = {"message", "type", "param", "code"}
@@ -799,3 +800,36 @@ class ServerEdgeCaseTests(TestCase):
             status, headers, data = await inThread(_post, port, payload)
             completion = _checkAnswer(self, status, headers, data)
             self.assertEqual(completion["choices"][0]["message"]["content"], "echo: " + text)
+
+
+class UpstreamUnicodeTests(TestCase):
+    """
+    Hostile text from the other side: the model's answer.
+    """
+
+    async def test_loneSurrogateFromUpstream(self) -> None:
+        """
+        An upstream whose answer holds a lone surrogate escape never causes
+        a 500 or a stream left unfinished: the answer arrives with the
+        surrogate replaced by U+FFFD, streamed or not.
+        """
+        server = await startServer(self)
+        port = server.port.getHost().port
+        chunk = (
+            b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"m",'
+            b'"choices":[{"index":0,"delta":{"content":"a \\ud800 b"},"finish_reason":null}]}\n\n'
+        )
+        end = (
+            b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"m",'
+            b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+        )
+        user = [{"role": "user", "content": "hi"}]
+        for stream in (False, True):
+            server.upstream.script(Reply(rawChunks=[chunk, end]))
+            body = json.dumps({"model": "agent", "messages": user, "stream": stream}).encode()
+            status, headers, data = await inThread(_post, port, body)
+            self.assertEqual(status, 200, data[:300])
+            self.assertIn("a \ufffd b", data.decode("utf-8"))
+            if headers["content-type"].startswith("text/event-stream"):
+                self.assertTrue(data.endswith(b"data: [DONE]\n\n"), data[-200:])
+

@@ -193,7 +193,9 @@ class JsonRpcTests(SynchronousTestCase):
         self.transport.hold = True
         d = self.connection.request("tools/list")
         self.transport.exchanges[0].errback(McpError("cannot reach MCP server 'demo'"))
-        self.assertEqual(self.failureResultOf(d, McpError).value.message, "cannot reach MCP server 'demo'")
+        self.assertEqual(
+            self.failureResultOf(d, McpError).value.message, "cannot reach MCP server 'demo'"
+        )
 
     def test_serverRequests(self) -> None:
         """
@@ -307,31 +309,20 @@ class StdioTests(TestCase):
     A stdio server started as a child process.
     """
 
-    async def test_handshakeAndTools(self) -> None:
+    async def test_handshakeAndPagedTools(self) -> None:
         """
-        The client offers protocol 2025-06-18, accepts the server's answer,
-        and lists the tools with their descriptions and input schemas.
+        The client offers protocol 2025-06-18 and accepts the server's
+        answer, then lists the tools with their descriptions and input
+        schemas, following C{nextCursor} to the last page.
         """
-        server = _server(self, _stdio())
+        server = _server(self, _stdio("calc", "--page-size", "2", "--many", "3"))
         tools = await server.listTools()
         self.assertEqual(server.state, "ready")
         self.assertEqual(server.protocolVersion, "2025-06-18")
         self.assertEqual(server.serverInfo["name"], "calc")
         self.assertEqual(server.instructions, "Arithmetic for tests.")
-        add = {tool.name: tool for tool in tools}["add"]
-        self.assertEqual(add.description, "Add two integers.")
-        self.assertEqual(add.inputSchema["required"], ["a", "b"])
-        self.assertEqual(add.inputSchema["properties"]["a"]["type"], "integer")
-
-    async def test_pagination(self) -> None:
-        """
-        C{tools/list} follows C{nextCursor} until the last page.
-        """
-        server = _server(self, _stdio("calc", "--page-size", "2", "--many", "3"))
-        tools = await server.listTools()
-        names = [tool.name for tool in tools]
         self.assertEqual(
-            names,
+            [tool.name for tool in tools],
             [
                 "add",
                 "fail",
@@ -347,12 +338,17 @@ class StdioTests(TestCase):
                 "noop_2",
             ],
         )
+        add = tools[0]
+        self.assertEqual(add.description, "Add two integers.")
+        self.assertEqual(add.inputSchema["required"], ["a", "b"])
+        self.assertEqual(add.inputSchema["properties"]["a"]["type"], "integer")
 
     async def test_calls(self) -> None:
         """
         Tool results come back as text: text content as is, images
         described, structured content as JSON, concurrent calls each with
-        its own answer; C{ping} is answered.
+        its own answer; an error result and an unknown tool fail the call
+        with L{McpError} carrying the server's text; C{ping} is answered.
         """
         server = _server(self, _stdio())
         self.assertEqual(await server.callTool("add", {"a": 2, "b": 3}, 10), "5")
@@ -366,20 +362,13 @@ class StdioTests(TestCase):
         self.assertEqual(await fast, "2")
         self.assertFalse(slow.called)
         self.assertEqual(await slow, "slept 0.3 s")
-        await server.ping()
-
-    async def test_toolErrors(self) -> None:
-        """
-        A result with C{isError} and an unknown tool both fail the call with
-        L{McpError} carrying the server's text.
-        """
-        server = _server(self, _stdio())
         with self.assertRaises(McpError) as caught:
             await server.callTool("fail", {"message": "boom"}, 10)
-        self.assertIn("boom", caught.exception.message)
+        self.assertEqual(caught.exception.message, "Error executing tool fail: boom")
         with self.assertRaises(McpError) as caught:
             await server.callTool("nope", {}, 10)
-        self.assertIn("nope", caught.exception.message)
+        self.assertEqual(caught.exception.message, "Unknown tool: nope")
+        await server.ping()
 
     async def test_timeoutCancelsOnServer(self) -> None:
         """
@@ -421,9 +410,7 @@ class StdioTests(TestCase):
         """
         logs = captureLogs(self)
         environ = {"PATH": os.environ["PATH"], "HOME": "/nowhere", "PROVIDER_KEY": "sk-parent"}
-        server = _server(
-            self, _stdio(env={"CALC_SECRET": "s3cret-value"}), environ=environ
-        )
+        server = _server(self, _stdio(env={"CALC_SECRET": "s3cret-value"}), environ=environ)
         self.assertEqual(await server.callTool("env", {"name": "CALC_SECRET"}, 10), "s3cret-value")
         self.assertEqual(await server.callTool("env", {"name": "HOME"}, 10), "/nowhere")
         self.assertEqual(await server.callTool("env", {"name": "PATH"}, 10), os.environ["PATH"])
@@ -441,20 +428,6 @@ class StdioTests(TestCase):
         await server.callTool("log", {"text": "hello from stderr"}, 10)
         await waitFor(lambda: any("hello from stderr" in line for line in logs))
         self.assertIn("MCP server calc: hello from stderr", logs)
-
-    async def test_crashRestarts(self) -> None:
-        """
-        A crashed server fails the calls in flight with a clear error and is
-        started again after the backoff; a call made meanwhile waits for it.
-        """
-        server = _server(self, _stdio(), backoff=(0.2,))
-        await server.listTools()
-        with self.assertRaises(McpError) as caught:
-            await server.callTool("crash", {}, 10)
-        self.assertEqual(caught.exception.message, "MCP server 'calc' exited with code 3 before answering")
-        self.assertEqual(server.state, "backoff")
-        self.assertEqual(await server.callTool("add", {"a": 2, "b": 2}, 10), "4")
-        self.assertEqual(server.starts, 2)
 
     async def test_downTooLong(self) -> None:
         """
@@ -474,20 +447,28 @@ class StdioTests(TestCase):
             "MCP server 'calc' is not available: exited with code 3 (waited 0.3 s for it to start)",
         )
 
-    async def test_backoffResets(self) -> None:
+    async def test_crashRestartsWithBackoff(self) -> None:
         """
+        A crashed server fails the call in flight with a clear error and is
+        started again after the backoff; a call made meanwhile waits for it.
         The backoff grows with each crash, and starts over once the server
         has stayed up for C{stableAfter} seconds.
         """
         server = _server(self, _stdio(), backoff=(0.1, 30), stableAfter=0.3)
         await server.listTools()
-        with self.assertRaises(McpError):
+        with self.assertRaises(McpError) as caught:
             await server.callTool("crash", {}, 10)
-        await server.whenReady(10)
+        self.assertEqual(
+            caught.exception.message, "MCP server 'calc' exited with code 3 before answering"
+        )
+        self.assertEqual(server.state, "backoff")
+        self.assertEqual(await server.callTool("add", {"a": 2, "b": 2}, 10), "4")
+        self.assertEqual(server.starts, 2)
         await sleep(0.4)
         with self.assertRaises(McpError):
             await server.callTool("crash", {}, 10)
         began = time.monotonic()
+        # Without the reset, the next start would be 30 s away.
         await server.whenReady(10)
         self.assertLess(time.monotonic() - began, 5)
         self.assertEqual(server.starts, 3)
@@ -502,7 +483,9 @@ class StdioTests(TestCase):
         call = server.callTool("sleep", {"seconds": 30}, 60)
         await sleep(0.1)
         await server.stop()
-        self.assertEqual(self.failureResultOf(call, McpError).value.message, "MCP server 'calc' is stopping")
+        self.assertEqual(
+            self.failureResultOf(call, McpError).value.message, "MCP server 'calc' is stopping"
+        )
         self.assertEqual(server.state, "stopped")
         with self.assertRaises(McpError) as caught:
             await server.callTool("add", {"a": 1, "b": 1}, 1)
@@ -532,7 +515,11 @@ class StdioTests(TestCase):
         os.makedirs(folder)
         with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
             json.dump(
-                {"mcpServers": {"calc": {"command": sys.executable, "env": {"T": "${CALC_TOKEN}"}}}},
+                {
+                    "mcpServers": {
+                        "calc": {"command": sys.executable, "env": {"T": "${CALC_TOKEN}"}}
+                    }
+                },
                 f,
             )
         config = loadConfig(configFile=None, cwd=folder, agentDirs=[], home=None, environ={})

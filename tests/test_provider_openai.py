@@ -20,10 +20,11 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ai_agent.config import ProviderConfig
+from ai_agent.config import ProviderConfig, loadConfig
 from ai_agent.errors import ConfigurationError, ProviderError
 from ai_agent.events import Usage
 from ai_agent.providers import (
+    AnthropicProvider,
     CallbackSink,
     ChatMessage,
     LLMRequest,
@@ -301,7 +302,8 @@ class InMemoryTests(SynchronousTestCase):
     def test_errorChunk(self) -> None:
         """
         A C{data: {"error": ...}} chunk mid-stream fails the call with the
-        upstream's message and closes the connection.
+        upstream's message, closing the connection on the next turn of the
+        reactor.
         """
         d = self.call()
         upstream = self.respond(
@@ -310,12 +312,33 @@ class InMemoryTests(SynchronousTestCase):
             chunk({"content": "par"}),
             b'data: {"error": {"message": "overloaded, try later", "type": "server_error"}}\n\n',
         )
+        self.assertNoResult(d)
+        self.clock.advance(0)
+        self.agent.flush()
         error = self.failureResultOf(d, ProviderError).value
         self.assertIn("overloaded, try later", error.message)
         self.assertIn("'openai'", error.message)
         self.assertIn("'gpt-x'", error.message)
         self.assertTrue(error.retryable)
         self.assertEqual(self.resource.lost, [upstream])
+
+    def test_invalidEndKeepsConnection(self) -> None:
+        """
+        When the body ends in the same data as an invalid chunk, the call
+        fails without closing the connection, whose HTTP framing is intact.
+        """
+        d = self.call()
+        upstream = self.resource.requests[-1]
+        upstream.setHeader(b"content-type", b"text/event-stream")
+        upstream.write(chunk({"content": "a"}) + b"data: {nope\n\n")
+        upstream.finish()
+        self.agent.flush()
+        self.assertEqual(
+            self.failureResultOf(d, ProviderError).value.code, "upstream_invalid_response"
+        )
+        self.clock.advance(0)
+        self.assertEqual(self.resource.lost, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_timeoutBeforeHeaders(self) -> None:
         """
@@ -352,6 +375,41 @@ class InMemoryTests(SynchronousTestCase):
         self.assertEqual((error.status, error.code), (504, "upstream_timeout"))
         self.assertIn("no data for 10 s", error.message)
         self.assertEqual(self.resource.lost, [upstream])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_totalTimeout(self) -> None:
+        """
+        A call that keeps trickling data within the silence timeout still
+        ends at C{totalTimeout}: a retryable 504 that closes the connection.
+        """
+        d = self.call(timeout=10, totalTimeout=30)
+        upstream = self.respond(200, b"text/event-stream", chunk({"content": "a"}))
+        for _ in range(3):
+            self.clock.advance(9)
+            upstream.write(chunk({"content": "b"}))
+            self.agent.flush()
+        self.assertNoResult(d)
+        self.clock.advance(3)
+        self.agent.flush()
+        error = self.failureResultOf(d, ProviderError).value
+        self.assertEqual(
+            (error.status, error.code, error.retryable), (504, "upstream_timeout", True)
+        )
+        self.assertIn("did not finish within 30 s", error.message)
+        self.assertEqual(self.resource.lost, [upstream])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_totalTimeoutCancelledOnSuccess(self) -> None:
+        """
+        A call that ends in time leaves no timer behind.
+        """
+        d = self.call(timeout=10, totalTimeout=30)
+        upstream = self.respond(
+            200, b"text/event-stream", chunk({"content": "ok"}, "stop"), b"data: [DONE]\n\n"
+        )
+        upstream.finish()
+        self.agent.flush()
+        self.assertEqual(self.successResultOf(d).content, "ok")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_doneWithoutEndOfBody(self) -> None:
@@ -462,6 +520,23 @@ class ScrubTests(SynchronousTestCase):
             self.provider.scrub("Incorrect API key provided"), "Incorrect API key provided"
         )
 
+    def test_headerValues(self) -> None:
+        """
+        Configured header values of 8 characters or more (which may be keys)
+        are scrubbed like the key, whole or in part; shorter ones are not.
+        """
+        provider = OpenAIProvider(
+            name="azure",
+            baseUrl="http://h/v1",
+            http=StubTreq(Resource()),
+            reactor=Clock(),
+            headers={"api-key": "azk-0123456789abcdef", "X-Tier": "gold"},
+        )
+        self.assertEqual(
+            provider.scrub("bad azk-0123456789abcdef, azk-01234567 and gold"),
+            "bad [redacted], [redacted] and gold",
+        )
+
 
 class MakeProviderTests(SynchronousTestCase):
     """
@@ -492,21 +567,52 @@ class MakeProviderTests(SynchronousTestCase):
             )
             self.assertEqual(provider.missingVariables, ("X",))
 
-    def test_anthropicNotSupported(self) -> None:
+    def test_anthropic(self) -> None:
         """
-        An C{anthropic} entry fails every call, not retryably, with
-        C{provider_not_supported}.
+        An C{anthropic} entry becomes an L{AnthropicProvider} carrying the
+        configuration.
         """
-        config = ProviderConfig(name="claude", type="anthropic", baseUrl="https://h")
+        config = ProviderConfig(
+            name="claude",
+            type="anthropic",
+            baseUrl="https://h",
+            apiKey="k",
+            headers={"anthropic-beta": "x"},
+            missingVariables=("Y",),
+        )
         provider = makeProvider(config, self.http, Clock())
-        self.assertIsInstance(provider, UnsupportedProvider)
+        assert isinstance(provider, AnthropicProvider)
+        self.assertEqual(
+            (provider.name, provider.url, provider.apiKey, dict(provider.headers)),
+            ("claude", "https://h/v1/messages", "k", {"anthropic-beta": "x"}),
+        )
+        self.assertEqual(provider.missingVariables, ("Y",))
+
+    def test_ollamaBuiltIn(self) -> None:
+        """
+        The built-in C{ollama} provider speaks the OpenAI wire type to
+        Ollama's default local URL, without a key.
+        """
+        config = loadConfig(configFile=None, cwd=self.mktemp(), agentDirs=[], home=None, environ={})
+        provider = makeProvider(config.providers["ollama"], self.http, Clock())
+        assert isinstance(provider, OpenAIProvider)
+        self.assertEqual(provider.url, "http://localhost:11434/v1/chat/completions")
+        self.assertIsNone(provider.apiKey)
+        self.assertNotIn("Authorization", provider.requestHeaders(request()))
+
+    def test_unsupportedProvider(self) -> None:
+        """
+        L{UnsupportedProvider} fails every call, not retryably, with
+        C{provider_not_supported} and its reason.
+        """
+        provider = UnsupportedProvider("x", "no carrier pigeons here")
         error = self.failureResultOf(
             provider.complete(request(), CallbackSink()), ProviderError
         ).value
         self.assertEqual(
             (error.status, error.code, error.retryable), (500, "provider_not_supported", False)
         )
-        self.assertIn("Anthropic", error.message)
+        self.assertIn("no carrier pigeons here", error.message)
 
     def test_unknownType(self) -> None:
         """
@@ -725,6 +831,17 @@ class UpstreamTests(TestCase):
         error = await self.failure(self.call())
         self.assertEqual(error.code, "upstream_invalid_response")
         self.assertIn("{nope", error.message)
+
+    async def test_connectionReusedAfterInvalidBody(self) -> None:
+        """
+        A call that fails on an invalid last chunk leaves a healthy
+        connection: a call made at once after it succeeds.
+        """
+        self.upstream.script(Reply(rawChunks=[chunk({"content": "a"}), b"data: {nope\n\n"]))
+        error = await self.failure(self.call())
+        self.assertEqual(error.code, "upstream_invalid_response")
+        response = await self.call()
+        self.assertEqual(response.content, "echo: hello there")
 
     async def test_invalidUTF8(self) -> None:
         """

@@ -171,10 +171,12 @@ class SessionTests(SynchronousTestCase):
             name="first", replies=[ProviderError(f"down {n}") for n in range(5)]
         )
         self.providers["first"] = provider
-        failure = self.failureResultOf(
-            self.runner().run(_agent(maxRetries=3), [ChatMessage("user", "x")], self.events.append),
-            ProviderError,
+        run = self.runner().run(
+            _agent(maxRetries=3), [ChatMessage("user", "x")], self.events.append
         )
+        # Retrying the only model waits a backoff first (at most 60 s each).
+        self.clock.pump([60, 60])
+        failure = self.failureResultOf(run, ProviderError)
         self.assertEqual(len(provider.requests), 3)
         self.assertEqual(failure.value.message, "down 2")
 

@@ -14,6 +14,7 @@ import treq
 from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -29,6 +30,7 @@ from ai_agent.testing import (
     Reply,
     ScriptedProvider,
     startFakeUpstream,
+    unusedBaseUrl,
     wordPieces,
 )
 
@@ -48,6 +50,19 @@ def chatBody(stream: bool = True, includeUsage: bool = False, text: str = "hi th
     if includeUsage:
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+def messagesBody(stream: bool = True) -> dict[str, Any]:
+    """
+    An Anthropic Messages request body.
+    """
+    return {
+        "model": "claude-x",
+        "max_tokens": 100,
+        "system": "be brief",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi there"}]}],
+        "stream": stream,
+    }
 
 
 class Collected:
@@ -309,6 +324,163 @@ class FakeUpstreamTests(TestCase):
         with self.assertRaises(ResponseFailed):
             await collecting
         self.assertEqual(self.upstream.held, 0)
+
+
+class AnthropicModeTests(TestCase):
+    """
+    L{FakeUpstream}'s Anthropic Messages mode and its fault modes, over a
+    loopback socket.
+    """
+
+    setUp = FakeUpstreamTests.setUp
+    post = FakeUpstreamTests.post
+
+    def postMessages(self, body: Any, headers: Any = None) -> Deferred[Any]:
+        return self.http.post(
+            self.running.baseUrl + "/messages",
+            json=body,
+            headers=headers if headers is not None else {"anthropic-version": "2023-06-01"},
+            unbuffered=True,
+        )
+
+    async def events(self, body: Any) -> list[tuple[str, dict[str, Any]]]:
+        """
+        The (event name, payload) pairs of a streamed Messages answer.
+        """
+        response = await self.postMessages(body)
+        self.assertEqual(response.code, 200)
+        parser = SSEParser()
+        events: list[Any] = []
+        await treq.collect(response, lambda data: events.extend(parser.feed(data)))
+        return [(e.event, json.loads(e.data)) for e in events]
+
+    async def test_streamedEvents(self) -> None:
+        """
+        A streamed reply is C{message_start}, a ping, a signed thinking
+        block, a text block, a C{tool_use} block with its input in two
+        pieces, C{message_delta} with the translated stop reason and usage,
+        and C{message_stop}; each event is named after its C{type}.
+        """
+        self.upstream.script(
+            Reply(content=["Hi", "!"], reasoning="hm", toolCalls=[("f", {"a": 1})], usage=(5, 2))
+        )
+        events = await self.events(messagesBody())
+        self.assertTrue(all(name == payload["type"] for name, payload in events))
+        kinds = [payload["type"] for _, payload in events]
+        self.assertEqual(kinds[:2], ["message_start", "ping"])
+        self.assertEqual(kinds[-2:], ["message_delta", "message_stop"])
+        deltas = [p["delta"] for _, p in events if p["type"] == "content_block_delta"]
+        self.assertEqual(
+            [d.get("thinking") or d.get("text") for d in deltas[:4]], ["hm", None, "Hi", "!"]
+        )
+        self.assertEqual(deltas[1], {"type": "signature_delta", "signature": "fake-signature-1"})
+        pieces = [d["partial_json"] for d in deltas if d["type"] == "input_json_delta"]
+        self.assertEqual((len(pieces), json.loads("".join(pieces))), (2, {"a": 1}))
+        starts = [p["content_block"] for _, p in events if p["type"] == "content_block_start"]
+        self.assertEqual(starts[2]["id"], "toolu_1_0")
+        self.assertEqual(events[0][1]["message"]["usage"]["input_tokens"], 5)
+        self.assertEqual(
+            events[-2][1],
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                "usage": {"output_tokens": 2},
+            },
+        )
+
+    async def test_notStreamed(self) -> None:
+        """
+        Without C{stream} the answer is one Messages object whose content
+        blocks carry the thinking (signed), the text and the tool calls.
+        """
+        self.upstream.script(Reply(content="whole", reasoning="r", finishReason="length"))
+        response = await self.postMessages(messagesBody(stream=False))
+        body = await response.json()
+        self.assertEqual(
+            body["content"],
+            [
+                {"type": "thinking", "thinking": "r", "signature": "fake-signature-1"},
+                {"type": "text", "text": "whole"},
+            ],
+        )
+        self.assertEqual(body["stop_reason"], "max_tokens")
+        self.assertEqual(body["usage"], {"input_tokens": 4, "output_tokens": 1})
+
+    async def test_echo(self) -> None:
+        """
+        Unscripted, the answer echoes the last user text.
+        """
+        events = await self.events(messagesBody())
+        text = "".join(p["delta"]["text"] for _, p in events if p["type"] == "content_block_delta")
+        self.assertEqual(text, "echo: hi there")
+        self.assertEqual(self.upstream.requests[0].path, "/v1/messages")
+
+    async def test_errorEnvelope(self) -> None:
+        """
+        An error reply has Anthropic's envelope by default.
+        """
+        self.upstream.script(Reply(status=529))
+        response = await self.postMessages(messagesBody())
+        self.assertEqual(response.code, 529)
+        self.assertEqual(
+            await response.json(),
+            {
+                "type": "error",
+                "error": {"type": "overloaded_error", "message": "fake upstream error 529"},
+            },
+        )
+
+    async def test_refusesWhatTheRealAPIRefuses(self) -> None:
+        """
+        A missing C{anthropic-version}, a missing C{max_tokens}, a system
+        role in C{messages} and a thinking budget not below C{max_tokens}
+        are 400 C{invalid_request_error}s, and use no scripted reply.
+        """
+        self.upstream.script(Reply(content="kept"))
+        thinking = {"type": "enabled", "budget_tokens": 2048}
+        cases = [
+            (messagesBody(), {}),
+            ({k: v for k, v in messagesBody().items() if k != "max_tokens"}, None),
+            ({**messagesBody(), "messages": [{"role": "system", "content": "x"}]}, None),
+            ({**messagesBody(), "max_tokens": 2048, "thinking": thinking}, None),
+        ]
+        for body, headers in cases:
+            response = await self.postMessages(body, headers)
+            self.assertEqual(response.code, 400)
+            self.assertEqual((await response.json())["error"]["type"], "invalid_request_error")
+        self.assertEqual(self.upstream.scripted, 1)
+
+    async def test_stallAfter(self) -> None:
+        """
+        C{stallAfter} sends that many events, then nothing (the connection
+        open) until C{release}.
+        """
+        self.upstream.script(Reply(content=["a", "b"], stallAfter=2))
+        response = await self.post(chatBody())
+        collected = Collected()
+        twoEvents: Deferred[None] = Deferred()
+
+        def collect(data: bytes) -> None:
+            collected(data)
+            if len(collected.data) >= 2 and not twoEvents.called:
+                twoEvents.callback(None)
+
+        done = treq.collect(response, collect)
+        await twoEvents
+        self.assertEqual(collected.deltas("content"), ["", "a"])
+        self.assertEqual(self.upstream.held, 1)
+        self.upstream.release()
+        await done
+        self.assertEqual(collected.deltas("content"), ["", "a", "b"])
+
+    async def test_unusedBaseUrl(self) -> None:
+        """
+        L{unusedBaseUrl} is a loopback URL whose connections are refused.
+        """
+        baseUrl = await unusedBaseUrl(self.reactor)
+        self.assertTrue(baseUrl.startswith("http://127.0.0.1:"))
+        with self.assertRaises(ConnectionRefusedError):
+            await self.http.get(baseUrl + "/models")
 
 
 class FakeUpstreamClockTests(SynchronousTestCase):

@@ -7,6 +7,7 @@ C{/v1/models} and C{/v1/chat/completions}, streamed as Server-Sent Events.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from typing import Any, ClassVar, cast
 
@@ -21,12 +22,18 @@ from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.errors import AgentError, notFound
-from ai_agent.events import ContentDelta, Event, Finished, ReasoningDelta
-from ai_agent.headends._request import ChatRequest, parseChatRequest
+from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta
+from ai_agent.headends._request import (
+    OFF_REACTOR_THRESHOLD,
+    ChatRequest,
+    parseChatRequest,
+    parseChatRequestOffReactor,
+)
 from ai_agent.headends._sse import SSEStream
 from ai_agent.pool import RunPool, Slot
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.session import SessionRunner
+from ai_agent.tasks import detectTask, forwardedHeaders, loggable
 
 #: Seconds a streaming request may go without any event before the SSE
 #: headers are sent anyway; until then, a failure can still be a real status.
@@ -34,9 +41,24 @@ STREAM_HEAD_GRACE = 10.0
 
 _JSON = b"application/json"
 
+#: The C{reasoningField} that puts reasoning inside C{content}, between
+#: C{<think>} and C{</think>}, for UIs that render only that.
+THINK = "think"
+THINK_OPEN = "<think>\n"
+THINK_CLOSE = "\n</think>\n\n"
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (from a model's answer, say) has no UTF-8 form;
+        # send the replacement character rather than failing the response.
+        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 @attrs.define
@@ -46,7 +68,9 @@ class ChunkEncoder:
     delta costs one small C{json.dumps}.
 
     @ivar reasoningField: the delta key for reasoning and progress, or
-        L{None} to drop them.
+        L{None} to drop them, or L{THINK} to send them as content inside
+        C{<think>}…C{</think>}: the tag opens with the first reasoning
+        delta and closes before the next content delta or at the finish.
     """
 
     completionId: str
@@ -56,6 +80,7 @@ class ChunkEncoder:
     reasoningField: str | None = "reasoning_content"
     _prefix: bytes = attrs.field(init=False)
     _suffix: bytes = attrs.field(init=False)
+    _thinking: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         head = _dumps(
@@ -80,6 +105,9 @@ class ChunkEncoder:
         """
         A chunk carrying answer text.
         """
+        if self._thinking:
+            self._thinking = False
+            text = THINK_CLOSE + text
         return self._prefix + _dumps({"content": text}) + self._suffix
 
     def reasoning(self, text: str) -> bytes | None:
@@ -88,15 +116,23 @@ class ChunkEncoder:
         """
         if self.reasoningField is None:
             return None
+        if self.reasoningField == THINK:
+            if not self._thinking:
+                self._thinking = True
+                text = THINK_OPEN + text
+            return self._prefix + _dumps({"content": text}) + self._suffix
         return self._prefix + _dumps({self.reasoningField: text}) + self._suffix
 
     def finish(self, reason: str) -> bytes:
         """
-        The chunk with an empty delta and the finish reason.
+        The chunk with an empty delta and the finish reason (after a
+        chunk closing C{<think>}, if still open).
         """
         usage = b',"usage":null' if self.includeUsage else b""
+        closing = self.content("") if self._thinking else b""
         return (
-            self._prefix
+            closing
+            + self._prefix
             + b'{},"logprobs":null,"finish_reason":'
             + _dumps(reason)
             + b"}]"
@@ -136,6 +172,17 @@ class OpenAIHeadend:
     reactor: IReactorTime
     reasoningField: str | None = "reasoning_content"
     streamHeadGrace: float = STREAM_HEAD_GRACE
+    taskShortcut: bool = True
+
+    threadPool: Any = None
+
+    def _threadPool(self) -> Any:
+        """
+        The pool that parses large bodies off the reactor thread.
+        """
+        if self.threadPool is None:
+            self.threadPool = cast(Any, self.reactor).getThreadPool()
+        return self.threadPool
 
     # -- errors ---------------------------------------------------------
 
@@ -196,6 +243,17 @@ class OpenAIHeadend:
             }
         )
 
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        """
+        The OpenAPI 3.1 description of these routes, with the served
+        models as examples.
+        """
+        from ai_agent.headends.openapi import openapiDocument
+
+        request.setHeader(b"content-type", _JSON)
+        return _dumps(openapiDocument(models=self.registry.ids()))
+
     @app.route("/v1/models", methods=["GET"])
     def models(self, request: IRequest) -> bytes:
         """
@@ -222,23 +280,90 @@ class OpenAIHeadend:
         """
         Run an agent on a conversation; answer in one JSON body or stream.
         """
-        chat = parseChatRequest(request.content.read())
+        body = request.content.read()
+        if len(body) < OFF_REACTOR_THRESHOLD:
+            chat = parseChatRequest(body)
+        else:
+            # A large body would hold up every other stream while parsed.
+            chat = await parseChatRequestOffReactor(body, self.reactor, self._threadPool())
         agent = self.registry.resolve(chat.model)
         if agent is None:
             raise _unknownModel(chat.model)
+        record = _RunRecord(_completionId(), self._taskOf(request, chat))
         slot = await self.pool.acquire()
+        started = self.reactor.seconds()
         try:
             if chat.stream:
-                await self._stream(request, chat, agent, slot)
+                await self._stream(request, chat, agent, slot, record)
                 return None
-            return await self._complete(request, chat, agent, slot)
+            return await self._complete(request, chat, agent, slot, record)
+        except AgentError as error:
+            record.failed(error)
+            raise
         finally:
             slot.release()
+            self._logRun(request, chat, agent, record, self.reactor.seconds() - started)
+
+    def _taskOf(self, request: IRequest, chat: ChatRequest) -> str | None:
+        """
+        The chat UI background task this request is (see
+        L{ai_agent.tasks}), or L{None}; always L{None} with the shortcut off.
+        """
+        if not self.taskShortcut:
+            return None
+        header = request.getHeader(b"x-openwebui-task")
+        return detectTask(
+            chat.messages, None if header is None else header.decode("utf-8", "replace")
+        )
+
+    def _start(
+        self, agent: ServedAgent, chat: ChatRequest, task: str | None, onEvent: EventSink
+    ) -> Deferred[Finished]:
+        """
+        The agent loop, or one direct call for a background task.
+        """
+        start = self.runner.run if task is None else self.runner.runDirect
+        return start(agent.spec, chat.messages, onEvent, chat.sampling, stream=True)
+
+    def _logRun(
+        self,
+        request: IRequest,
+        chat: ChatRequest,
+        agent: ServedAgent,
+        record: _RunRecord,
+        elapsed: float,
+    ) -> None:
+        """
+        One line per finished request: the run's outcome and who asked, as
+        chat UIs forward it (never a key or the C{Authorization} header).
+        """
+        forwarded = forwardedHeaders(request.getHeader)
+        details = [f"task {record.task}"] if record.task else []
+        if chat.user is not None:
+            details.append(f"user {loggable(chat.user)!r}")
+        details.extend(f"{name} {value!r}" for name, value in forwarded.items())
+        self.log.info(
+            "{completionId} for agent {agent} {outcome} in {elapsed:.3f}s{detailText}",
+            completionId=record.completionId,
+            agent=agent.id,
+            outcome=record.outcome,
+            elapsed=elapsed,
+            stream=chat.stream,
+            task=record.task,
+            user=None if chat.user is None else loggable(chat.user),
+            forwarded=forwarded,
+            detailText="".join(f"; {detail}" for detail in details),
+        )
 
     # -- completions ----------------------------------------------------
 
     async def _complete(
-        self, request: IRequest, chat: ChatRequest, agent: ServedAgent, slot: Slot
+        self,
+        request: IRequest,
+        chat: ChatRequest,
+        agent: ServedAgent,
+        slot: Slot,
+        record: _RunRecord,
     ) -> bytes:
         content: list[str] = []
         reasoning: list[str] = []
@@ -249,9 +374,9 @@ class OpenAIHeadend:
             elif isinstance(event, ReasoningDelta):
                 reasoning.append(event.text)
 
-        completionId = _completionId()
+        completionId = record.completionId
         created = int(self.reactor.seconds())
-        run = self.runner.run(agent.spec, chat.messages, onEvent, chat.sampling, stream=True)
+        run = self._start(agent, chat, record.task, onEvent)
         stopped = _stopOnAbort(slot, run)
         try:
             finished = await run
@@ -259,8 +384,12 @@ class OpenAIHeadend:
             if stopped:
                 raise stopped[0] from None
             raise
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(content)}
-        if reasoning and self.reasoningField is not None:
+        record.outcome = finished.finishReason
+        text = "".join(content)
+        if reasoning and self.reasoningField == THINK:
+            text = THINK_OPEN + "".join(reasoning) + THINK_CLOSE + text
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if reasoning and self.reasoningField not in (None, THINK):
             message[self.reasoningField] = "".join(reasoning)
         request.setHeader(b"content-type", _JSON)
         request.setHeader(b"x-request-id", completionId.encode("ascii"))
@@ -283,9 +412,14 @@ class OpenAIHeadend:
         )
 
     async def _stream(
-        self, request: IRequest, chat: ChatRequest, agent: ServedAgent, slot: Slot
+        self,
+        request: IRequest,
+        chat: ChatRequest,
+        agent: ServedAgent,
+        slot: Slot,
+        record: _RunRecord,
     ) -> None:
-        completionId = _completionId()
+        completionId = record.completionId
         encoder = ChunkEncoder(
             completionId,
             int(self.reactor.seconds()),
@@ -317,9 +451,7 @@ class OpenAIHeadend:
                     stream.send(frame)
 
         timer.append(self.reactor.callLater(self.streamHeadGrace, begin))
-        run: Deferred[Finished] = self.runner.run(
-            agent.spec, chat.messages, onEvent, chat.sampling, stream=True
-        )
+        run = self._start(agent, chat, record.task, onEvent)
         stopped = _stopOnAbort(slot, run)
         try:
             finished = await run
@@ -330,6 +462,7 @@ class OpenAIHeadend:
             error = stopped[0]
             if not stream.started:
                 raise error from None
+            record.failed(error)
             stream.send(encoder.error(error))
             stream.send(encoder.DONE)
             stream.end()
@@ -341,6 +474,7 @@ class OpenAIHeadend:
             self.log.warn(
                 "agent {agent} failed mid-stream: {error}", agent=agent.id, error=error.message
             )
+            record.failed(error)
             stream.send(encoder.error(error))
             stream.send(encoder.DONE)
             stream.end()
@@ -349,12 +483,33 @@ class OpenAIHeadend:
             if timer[0].active():
                 timer[0].cancel()
         begin()
+        record.outcome = finished.finishReason
         frames = [encoder.finish(finished.finishReason)]
         if chat.includeUsage:
             frames.append(encoder.usage(finished.usage.asOpenAI()))
         frames.append(encoder.DONE)
         stream.send(b"".join(frames))
         stream.end()
+
+
+@attrs.define
+class _RunRecord:
+    """
+    What the log line of one chat completion says.
+
+    @ivar outcome: the finish reason, C{failed: …}, or C{cancelled} until
+        the run ends otherwise.
+    """
+
+    completionId: str
+    task: str | None
+    outcome: str = "cancelled"
+
+    def failed(self, error: AgentError) -> None:
+        """
+        The run ended with C{error}.
+        """
+        self.outcome = f"failed: {error.status} {error.code or error.type}"
 
 
 def _stopOnAbort(slot: Slot, run: Deferred[Finished]) -> list[AgentError]:
@@ -396,4 +551,4 @@ def _completionId() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-__all__ = ["ChunkEncoder", "OpenAIHeadend", "STREAM_HEAD_GRACE"]
+__all__ = ["ChunkEncoder", "OpenAIHeadend", "STREAM_HEAD_GRACE", "THINK"]

@@ -115,7 +115,11 @@ def _schemas() -> dict[str, Any]:
     refusalPart = {
         "type": "object",
         "required": ["type", "refusal"],
-        "properties": {"type": {"const": "refusal"}, "refusal": {"type": "string"}},
+        "properties": {
+            "type": {"const": "refusal"},
+            "refusal": {"type": "string"},
+            "text": {"type": "string"},
+        },
     }
     content = {
         "description": "Text, or an array of text parts (joined with newlines). Parts of "
@@ -126,7 +130,6 @@ def _schemas() -> dict[str, Any]:
                 "type": "array",
                 "items": {"anyOf": [{"type": "string"}, textPart, refusalPart]},
             },
-            {"type": "null"},
         ],
     }
     toolCall = {
@@ -145,18 +148,48 @@ def _schemas() -> dict[str, Any]:
             },
         },
     }
+    name = _nullable({"type": "string"})
     message = {
-        "type": "object",
-        "description": "content is required unless an assistant message has tool_calls; "
-        "a tool message needs tool_call_id.",
-        "required": ["role"],
-        "properties": {
-            "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
-            "content": content,
-            "name": _nullable({"type": "string"}),
-            "tool_calls": _nullable({"type": "array", "items": toolCall}),
-            "tool_call_id": {"type": "string", "minLength": 1},
-        },
+        "description": "A message of the conversation. content is required, except that an "
+        "assistant message may carry tool_calls instead; a tool message needs tool_call_id.",
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"enum": ["system", "developer", "user"]},
+                    "content": content,
+                    "name": name,
+                },
+            },
+            {
+                "type": "object",
+                "required": ["role"],
+                "properties": {
+                    "role": {"const": "assistant"},
+                    "content": _nullable(content),
+                    "name": name,
+                    "tool_calls": _nullable({"type": "array", "items": toolCall}),
+                },
+                "anyOf": [
+                    {"required": ["content"], "properties": {"content": content}},
+                    {
+                        "required": ["tool_calls"],
+                        "properties": {"tool_calls": {"type": "array", "minItems": 1}},
+                    },
+                ],
+            },
+            {
+                "type": "object",
+                "required": ["role", "content", "tool_call_id"],
+                "properties": {
+                    "role": {"const": "tool"},
+                    "content": content,
+                    "name": name,
+                    "tool_call_id": {"type": "string", "minLength": 1},
+                },
+            },
+        ],
     }
     request = {
         "type": "object",
@@ -270,8 +303,20 @@ def _schemas() -> dict[str, Any]:
             "usage": _ref("schemas", "Usage"),
         },
     }
+    streamEvent = {
+        "type": "object",
+        "description": "One Server-Sent Event (this schema describes each event of the "
+        "stream). Its data is a chat.completion.chunk as JSON; the last is [DONE]. A failure "
+        "after the stream began arrives as an error envelope as JSON, then [DONE].",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"type": "string"},
+        },
+    }
     return {
         "Error": error,
+        "StreamEvent": streamEvent,
         "Health": health,
         "Model": model,
         "ModelList": modelList,
@@ -455,13 +500,7 @@ def _paths() -> dict[str, Any]:
                         "headers": {"x-request-id": _ref("headers", "RequestId")},
                         "content": {
                             "application/json": {"schema": _ref("schemas", "ChatCompletion")},
-                            "text/event-stream": {
-                                "schema": {
-                                    "type": "string",
-                                    "description": "data: {chat.completion.chunk}\\n\\n "
-                                    "frames, then data: [DONE]\\n\\n.",
-                                }
-                            },
+                            "text/event-stream": {"schema": _ref("schemas", "StreamEvent")},
                         },
                     },
                     **_errors(

@@ -21,6 +21,7 @@ from ai_agent.providers._base import (
     ToolCall,
     ToolSpec,
 )
+from ai_agent.providers._http import CONNECT_TIMEOUT
 from ai_agent.providers.anthropic import AnthropicProvider
 from ai_agent.providers.openai import OpenAIProvider
 
@@ -85,6 +86,7 @@ def makeProvider(config: ProviderConfig, http: HTTPClient, reactor: IReactorTime
 
 
 __all__ = [
+    "CONNECT_TIMEOUT",
     "AnthropicProvider",
     "CallbackSink",
     "ChatMessage",

@@ -243,9 +243,7 @@ class AnthropicProvider(HTTPProvider):
                 return not message.toolCalls or message.toolCalls[0].id in self._thinking
         return True
 
-    def rememberThinking(
-        self, calls: Sequence[ToolCall], blocks: Sequence[dict[str, Any]]
-    ) -> None:
+    def rememberThinking(self, calls: Sequence[ToolCall], blocks: Sequence[dict[str, Any]]) -> None:
         """
         Keep the signed thinking C{blocks} of an answer that made C{calls},
         for the request that sends their results.

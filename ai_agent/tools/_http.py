@@ -41,6 +41,12 @@ class _TooLargeError(Exception):
     pass
 
 
+class _SessionLostError(McpError):
+    """
+    The server answered 404 to our session.
+    """
+
+
 class _BodyReader(Protocol):
     """
     Feeds a response body to C{onData}; L{done} fires at its end.
@@ -165,7 +171,16 @@ class HttpTransport:
         @return: fires with C{True} for a request (its answer, if any, has
             been delivered), C{False} otherwise.
         """
-        return Deferred.fromCoroutine(self._post(message))
+        exchange = Deferred.fromCoroutine(self._post(message))
+        # Reported once the exchange is over, not from inside it: the owner
+        # then drops this connection, cancelling its exchanges.
+        exchange.addErrback(self._sessionLost)
+        return exchange
+
+    def _sessionLost(self, failure: Failure) -> Failure:
+        if failure.check(_SessionLostError):
+            self.onSessionLost(f"MCP server {self.server!r} forgot our session (HTTP 404)")
+        return failure
 
     def close(self) -> Deferred[None]:
         """
@@ -220,8 +235,7 @@ class HttpTransport:
         if code == 404 and self.sessionId is not None and method != "initialize":
             await _discard(response)
             self.sessionId = None
-            self.onSessionLost(f"MCP server {self.server!r} forgot our session (HTTP 404)")
-            raise McpError(f"MCP server {self.server!r} forgot the session; reconnecting")
+            raise _SessionLostError(f"MCP server {self.server!r} forgot the session; reconnecting")
         if not 200 <= code < 300:
             raise McpError(await self._statusError(response, code, contentType))
         if code == 202 or not isRequest and contentType not in ("application/json",):

@@ -30,6 +30,11 @@ log = Logger()
 
 METHOD_NOT_FOUND = -32601
 
+SEND_TIMEOUT = 30.0
+"""
+Seconds allowed to deliver a notification or a reply to the server.
+"""
+
 
 class McpError(AgentError):
     """
@@ -172,7 +177,7 @@ class JsonRpcConnection:
         message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             message["params"] = dict(params)
-        self._send(message).addErrback(self._sendFailed, method)
+        self._sendQuietly(message, method)
 
     def messageReceived(self, message: Any) -> None:
         """
@@ -217,6 +222,16 @@ class JsonRpcConnection:
 
             exchange.addBoth(finished)
         return exchange
+
+    def _sendQuietly(self, message: Mapping[str, Any], what: str) -> None:
+        """
+        Send a message no answer is expected for, within L{SEND_TIMEOUT}
+        seconds; a failure is logged.
+        """
+        exchange = self._send(message)
+        if not exchange.called:
+            exchange.addTimeout(SEND_TIMEOUT, self.reactor)
+        exchange.addErrback(self._sendFailed, what)
 
     def _forget(self, requestId: int, cancelExchange: bool) -> None:
         self._pending.pop(requestId, None)
@@ -322,7 +337,7 @@ class JsonRpcConnection:
                 "code": METHOD_NOT_FOUND,
                 "message": f"Method not found: this client does not support {method}",
             }
-        self._send(reply).addErrback(self._sendFailed, f"the reply to {method}")
+        self._sendQuietly(reply, f"the reply to {method}")
 
     def _notified(self, method: str, params: Mapping[str, Any]) -> None:
         log.debug("MCP server {server} notified {method}", server=self.server, method=method)

@@ -96,10 +96,11 @@ def describeExit(reason: Failure) -> str:
 
 class StdioProcess(ProcessProtocol):
     """
-    One running stdio server.
+    One running stdio server: messages from its standard output go to
+    C{onMessage}; C{onEnded} is called with a few words on how it ended
+    once the process has exited and its pipes are closed.
 
-    @ivar ended: fires (with a few words on how it ended) when the process
-        has exited and its pipes are closed.
+    @ivar exitDescription: those words, or L{None} while it runs.
     """
 
     def __init__(

@@ -132,7 +132,11 @@ class AgentToolBox:
     def _callMcp(
         self, server: McpServer, tool: str, arguments: Mapping[str, Any], sink: EventSink
     ) -> Deferred[str]:
-        return server.callTool(tool, arguments, self.agent.toolTimeout)
+        # The session times the call out at toolTimeout and says so; the
+        # request's own timeout is only a backstop.  Waiting for a server
+        # that is restarting ends at toolTimeout with an error saying why.
+        timeout = self.agent.toolTimeout
+        return server.callTool(tool, arguments, timeout + 1.0, readyTimeout=timeout)
 
 
 @attrs.define(eq=False)

@@ -270,17 +270,24 @@ class McpServer:
             return succeed(self.tools)
         return self.listTools(timeout)
 
-    def callTool(self, tool: str, arguments: Mapping[str, Any], timeout: float) -> Deferred[str]:
+    def callTool(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any],
+        timeout: float,
+        readyTimeout: float | None = None,
+    ) -> Deferred[str]:
         """
-        Call a tool, waiting up to C{timeout} seconds for the server to be
-        ready first (it may be restarting), then up to C{timeout} seconds
-        for the answer.
+        Call a tool, waiting up to C{readyTimeout} seconds (default
+        C{timeout}) for the server to be ready first (it may be
+        restarting), then up to C{timeout} seconds for the answer.
 
         @return: a Deferred firing with the result as text (see
             L{formatToolResult}), or failing with L{McpError}.  Cancelling
             it cancels the request (the server is told).
         """
-        return Deferred.fromCoroutine(self._callTool(tool, arguments, timeout))
+        wait = timeout if readyTimeout is None else readyTimeout
+        return Deferred.fromCoroutine(self._callTool(tool, arguments, timeout, wait))
 
     def ping(self, timeout: float | None = None) -> Deferred[None]:
         """
@@ -587,8 +594,10 @@ class McpServer:
         self._refresh = Deferred.fromCoroutine(refresh())
         self._refresh.addErrback(failed)
 
-    async def _callTool(self, tool: str, arguments: Mapping[str, Any], timeout: float) -> str:
-        await self.whenReady(timeout)
+    async def _callTool(
+        self, tool: str, arguments: Mapping[str, Any], timeout: float, readyTimeout: float
+    ) -> str:
+        await self.whenReady(readyTimeout)
         connection = self._connection
         if connection is None:
             raise McpError(self._unavailable())

@@ -65,6 +65,17 @@ test("fetching models (models.fetch) finds the agent", async () => {
   assert.deepEqual(body.data.map((m) => m.id), [model]);
 });
 
+test("the title request (titleMethod completion) gets the title", async () => {
+  // The one scripted reply, used by this first chat completion: "Friendly Greeting".
+  const endpoint = await documentedEndpoint();
+  const prompt =
+    "Provide a concise, 5-word-or-less title for the conversation, using title case " +
+    "conventions. Only return the title itself.\n\nConversation:\n" +
+    `User: hello there\nAI: ${echoOf("hello there")}`;
+  const message = await chat(endpoint, model).invoke([{ role: "user", content: prompt }]);
+  assert.equal(message.content, "Friendly Greeting");
+});
+
 test("a chat turn streams the agent's answer", async () => {
   // Served by the agent loop: the fake upstream echoes.
   const endpoint = await documentedEndpoint();
@@ -73,15 +84,4 @@ test("a chat turn streams the agent's answer", async () => {
     full = full === undefined ? chunk : full.concat(chunk);
   }
   assert.equal(full.content, echoOf("hello there"));
-});
-
-test("the title request (titleMethod completion) gets the title", async () => {
-  // The one scripted reply: "Friendly Greeting".
-  const endpoint = await documentedEndpoint();
-  const prompt =
-    "Provide a concise, 5-word-or-less title for the conversation, using title case " +
-    "conventions. Only return the title itself.\n\nConversation:\n" +
-    `User: hello there\nAI: ${echoOf("hello there")}`;
-  const message = await chat(endpoint, model).invoke([{ role: "user", content: prompt }]);
-  assert.equal(message.content, "Friendly Greeting");
 });

@@ -4,8 +4,10 @@ MCP servers for the tests, and helpers to run them.
   - C{calc.py}: a small server written with the official MCP Python SDK,
     over stdio or Streamable HTTP.
   - C{@modelcontextprotocol/server-everything}: the reference server from
-    npm, used when it is installed in C{node_modules} at the repository
-    root (C{npm install --no-save @modelcontextprotocol/server-everything}).
+    npm, used when it is installed, either with the JavaScript client
+    matrix (C{tests/js/node_modules}, installed by C{.ci/run}) or in
+    C{node_modules} at the repository root (C{npm install --no-save
+    @modelcontextprotocol/server-everything}).
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CALC = os.path.join(HERE, "calc.py")
-EVERYTHING = os.path.join(ROOT, "node_modules", ".bin", "mcp-server-everything")
+EVERYTHING_PLACES = (
+    os.path.join(ROOT, "tests", "js", "node_modules", ".bin", "mcp-server-everything"),
+    os.path.join(ROOT, "node_modules", ".bin", "mcp-server-everything"),
+)
 
 
 def calcEntry(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -47,15 +52,18 @@ def everythingCommand() -> str | None:
     The installed C{mcp-server-everything} script, or L{None} if it (or
     Node) is not there.
     """
-    if shutil.which("node") is None or not os.access(EVERYTHING, os.X_OK):
+    if shutil.which("node") is None:
         return None
-    return EVERYTHING
+    for place in EVERYTHING_PLACES:
+        if os.access(place, os.X_OK):
+            return place
+    return None
 
 
 EVERYTHING_MISSING = (
-    "the npm package @modelcontextprotocol/server-everything is not installed in"
-    " node_modules at the repository root (npm install --no-save"
-    " @modelcontextprotocol/server-everything), or Node is not on PATH"
+    "the npm package @modelcontextprotocol/server-everything is not installed (in"
+    " tests/js/node_modules or node_modules at the repository root: npm install"
+    " --no-save @modelcontextprotocol/server-everything), or Node is not on PATH"
 )
 
 

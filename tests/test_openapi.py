@@ -1,0 +1,222 @@
+"""
+The OpenAPI document: well-formed, in agreement with the request parser,
+and describing what the real server answers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import treq
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from ai_agent.headends._request import AgentError, parseChatRequest
+from ai_agent.headends.openapi import OPENAPI, openapiDocument
+from tests._harness import startServer
+
+
+def _validator(ref: str) -> jsonschema.Draft202012Validator:
+    """
+    A validator for the schema at C{ref} (C{#/components/...}), resolving
+    references within the document.
+    """
+    return jsonschema.Draft202012Validator({"$ref": ref, "components": OPENAPI["components"]})
+
+
+def _responseValidator(
+    path: str, method: str, status: int, mediaType: str
+) -> jsonschema.Draft202012Validator:
+    """
+    A validator for the schema documented for one response.
+    """
+    response = OPENAPI["paths"][path][method]["responses"][str(status)]
+    if "$ref" in response:
+        name = response["$ref"].rsplit("/", 1)[1]
+        response = OPENAPI["components"]["responses"][name]
+    schema = response["content"][mediaType]["schema"]
+    return jsonschema.Draft202012Validator({**schema, "components": OPENAPI["components"]})
+
+
+class DocumentTests(SynchronousTestCase):
+    """
+    The document's shape.
+    """
+
+    def test_schemasAreValid(self) -> None:
+        """
+        Every component schema is a valid JSON Schema 2020-12 schema, and
+        every C{$ref} in the document points at something.
+        """
+        for schema in OPENAPI["components"]["schemas"].values():
+            jsonschema.Draft202012Validator.check_schema(schema)
+        text = json.dumps(OPENAPI)
+        for ref in {part.split('"')[0] for part in text.split('"$ref": "')[1:]}:
+            node: Any = OPENAPI
+            for key in ref.removeprefix("#/").split("/"):
+                node = node[key]
+            self.assertIsInstance(node, dict, ref)
+
+    def test_operations(self) -> None:
+        """
+        The document describes exactly the server's routes; the C{/v1}
+        ones take the bearer or C{x-api-key} security schemes, the others
+        none.
+        """
+        operations = {
+            (path, method): operation
+            for path, item in OPENAPI["paths"].items()
+            for method, operation in item.items()
+        }
+        self.assertEqual(
+            set(operations),
+            {
+                ("/health", "get"),
+                ("/openapi.json", "get"),
+                ("/v1/models", "get"),
+                ("/v1/models/{model}", "get"),
+                ("/v1/chat/completions", "post"),
+            },
+        )
+        for (path, _), operation in operations.items():
+            if path.startswith("/v1/"):
+                self.assertEqual(operation["security"], [{"bearerAuth": []}, {"apiKeyHeader": []}])
+                self.assertIn("401", operation["responses"])
+            else:
+                self.assertEqual(operation["security"], [])
+        self.assertEqual(OPENAPI["openapi"], "3.1.0")
+
+    def test_documentCopies(self) -> None:
+        """
+        L{openapiDocument} returns a copy with the server URL and the model
+        examples filled in, leaving L{OPENAPI} unchanged.
+        """
+        document = openapiDocument("http://127.0.0.1:1", models=["chat"])
+        self.assertEqual(document["servers"], [{"url": "http://127.0.0.1:1"}])
+        model = document["components"]["schemas"]["ChatCompletionRequest"]["properties"]["model"]
+        self.assertEqual(model["examples"], ["chat"])
+        self.assertNotIn("servers", OPENAPI)
+        self.assertNotIn(
+            "examples",
+            OPENAPI["components"]["schemas"]["ChatCompletionRequest"]["properties"]["model"],
+        )
+
+
+class RequestSchemaTests(SynchronousTestCase):
+    """
+    The request schema and the parser agree on clear cases.
+    """
+
+    validator = _validator("#/components/schemas/ChatCompletionRequest")
+
+    def _both(self, body: dict[str, Any]) -> tuple[bool, bool]:
+        """
+        Whether the schema accepts C{body}, and whether the parser does.
+        """
+        schemaOk = self.validator.is_valid(body)
+        try:
+            parseChatRequest(json.dumps(body).encode())
+        except AgentError:
+            return schemaOk, False
+        return schemaOk, True
+
+    def test_agree(self) -> None:
+        """
+        Bodies both accept, and bodies both refuse.
+        """
+        user = {"role": "user", "content": "hi"}
+        good: list[dict[str, Any]] = [
+            {"model": "a", "messages": [user]},
+            {"model": "a", "messages": [user], "stream": True, "stream_options": None},
+            {
+                "model": "a",
+                "messages": [
+                    {"role": "system", "content": [{"type": "text", "text": "x"}, "y"]},
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{}"}}],
+                    },
+                    {"role": "tool", "tool_call_id": "1", "content": "ok"},
+                    {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+                ],
+                "temperature": 2,
+                "top_p": 0,
+                "n": 1,
+                "max_tokens": 1,
+                "stop": ["a", "b"],
+                "seed": -3,
+                "user": "u",
+                "tools": [{"type": "function"}],
+                "anything": {"else": [1]},
+            },
+        ]
+        bad: list[dict[str, Any]] = [
+            {"messages": [user]},
+            {"model": "", "messages": [user]},
+            {"model": "a", "messages": []},
+            {"model": "a", "messages": [{"role": "robot", "content": "x"}]},
+            {"model": "a", "messages": [{"role": "user"}]},
+            {"model": "a", "messages": [{"role": "user", "content": None}]},
+            {"model": "a", "messages": [{"role": "tool", "content": "x"}]},
+            {"model": "a", "messages": [{"role": "assistant", "tool_calls": []}]},
+            {"model": "a", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            {"model": "a", "messages": [user], "n": 2},
+            {"model": "a", "messages": [user], "temperature": 3},
+            {"model": "a", "messages": [user], "top_p": "1"},
+            {"model": "a", "messages": [user], "max_completion_tokens": 0},
+            {"model": "a", "messages": [user], "stop": ["a"] * 5},
+            {"model": "a", "messages": [user], "stream": "yes"},
+            {"model": "a", "messages": [user], "tools": [1]},
+            {"model": "a", "messages": [user], "tools": [{}] * 129},
+        ]
+        for body in good:
+            self.assertEqual(self._both(body), (True, True), body)
+        for body in bad:
+            self.assertEqual(self._both(body), (False, False), body)
+
+
+class ServedTests(TestCase):
+    """
+    What the real server answers matches the document.
+    """
+
+    async def test_responsesMatch(self) -> None:
+        """
+        Health, models, a completion and errors, as served, validate
+        against the schemas documented for their status; C{GET
+        /openapi.json} serves the document with the served models as
+        examples.
+        """
+        server = await startServer(self)
+        base = f"http://127.0.0.1:{server.port.getHost().port}"
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        client = HTTPClient(Agent(reactor, pool=pool))
+
+        async def check(method: str, path: str, route: str, status: int, body: Any = None) -> Any:
+            data = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": ["application/json"]} if data is not None else {}
+            response = await client.request(method, base + path, data=data, headers=headers)
+            answer = json.loads(await treq.content(response))
+            self.assertEqual(response.code, status, answer)
+            _responseValidator(route, method.lower(), status, "application/json").validate(answer)
+            return answer
+
+        user = [{"role": "user", "content": "hi"}]
+        await check("GET", "/health", "/health", 200)
+        await check("GET", "/v1/models", "/v1/models", 200)
+        await check("GET", "/v1/models/agent", "/v1/models/{model}", 200)
+        await check("GET", "/v1/models/nope", "/v1/models/{model}", 404)
+        chat = "/v1/chat/completions"
+        await check("POST", chat, chat, 200, {"model": "agent", "messages": user})
+        await check("POST", chat, chat, 400, {"model": "agent"})
+        await check("POST", chat, chat, 404, {"model": "nope", "messages": user})
+        document = await check("GET", "/openapi.json", "/openapi.json", 200)
+        self.assertEqual(document["paths"], OPENAPI["paths"])
+        model = document["components"]["schemas"]["ChatCompletionRequest"]["properties"]["model"]
+        self.assertEqual(model["examples"], ["agent"])

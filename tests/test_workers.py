@@ -1,0 +1,293 @@
+"""
+C{ai-agent --workers N}: several processes answering on one port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from ai_agent.cli import Options
+from ai_agent.testing import Reply, startFakeUpstream
+from ai_agent.workers import encodeInherited, parseInherited, workerCommand
+from tests._harness import writeAgent
+from tests._process import childEnvironment, command
+
+AGENT = """\
+---
+description: Worker test agent
+models: fake/test-model
+---
+"""
+
+
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+class _Server(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ended: Deferred[int] = Deferred()
+        self.output: list[bytes] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.output.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.output.append(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        code = 0 if reason.check(ProcessDone) else getattr(reason.value, "exitCode", None)
+        if reason.check(ProcessTerminated) and code is None:
+            code = -1
+        self.ended.callback(code if code is not None else 0)
+
+
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    """
+    One GET on a new connection (so the kernel picks the accepting process
+    afresh each time).
+    """
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.protocol import Protocol
+
+    class Collect(Protocol):
+        def __init__(self) -> None:
+            self.data = b""
+            self.done: Deferred[bytes] = Deferred()
+
+        def dataReceived(self, data: bytes) -> None:
+            self.data += data
+
+        def connectionLost(self, reason: Failure | None = None) -> None:
+            self.done.callback(self.data)
+
+    protocol = Collect()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
+    assert protocol.transport is not None
+    protocol.transport.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+    raw = await protocol.done
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+class WorkersTests(TestCase):
+    """
+    Real processes on 127.0.0.1.
+    """
+
+    timeout = 60
+
+    async def test_twoWorkersShareOnePort(self) -> None:
+        """
+        With C{--workers 2} the parent and one worker both accept on the
+        one port: while an agent run is held open in one process, fresh
+        connections see C{running: 1} from it and C{running: 0} from the
+        other.  SIGTERM to the parent stops the worker too, and the parent
+        exits 0.
+        """
+        running = await startFakeUpstream(reactor)
+        self.addCleanup(running.stop)
+        running.upstream.script(Reply(content="held", hold=True))
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with open(os.path.join(directory, ".ai-agent.json"), "w") as f:
+            json.dump({"providers": {"fake": {"type": "openai", "baseUrl": running.baseUrl}}}, f)
+        writeAgent(directory, "agent.ai", AGENT)
+        port = _freePort()
+        argv = [
+            *command("ai-agent"),
+            "--agent",
+            "agent.ai",
+            "--openai-completions",
+            str(port),
+            "--workers",
+            "2",
+        ]
+        server = _Server()
+        env = childEnvironment(HOME=directory)
+        transport = reactor.spawnProcess(server, argv[0], argv, env=env, path=directory)
+        pid = transport.pid
+        assert pid is not None
+
+        def killAll() -> None:
+            for child in _children(pid):
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except OSError:
+                    pass
+            if not server.ended.called:
+                transport.signalProcess("KILL")
+
+        self.addCleanup(lambda: server.ended if server.ended.called else _killed(killAll, server))
+
+        for _ in range(200):
+            try:
+                status, _ = await _get(port, "/health")
+                if status == 200 and _children(pid):
+                    break
+            except Exception:
+                pass
+            await deferLater(reactor, 0.05, lambda: None)
+        workers = _children(pid)
+        self.assertEqual(len(workers), 1, b"".join(server.output).decode())
+
+        # Hold one run open in whichever process takes it.
+        holder = _HeldStream(port)
+        await holder.start()
+        await running.upstream.waitForRequests(1)
+        # The worker may still be starting: ask for up to 20 seconds.
+        seen: set[int] = set()
+        for _ in range(1000):
+            status, body = await _get(port, "/health")
+            self.assertEqual(status, 200)
+            seen.add(json.loads(body)["running"])
+            if seen == {0, 1}:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(seen, {0, 1}, b"".join(server.output).decode())
+        holder.close()
+        running.upstream.release()
+
+        transport.signalProcess("TERM")
+        code = await server.ended
+        self.assertEqual(code, 0, b"".join(server.output).decode())
+        for child in workers:
+            for _ in range(100):
+                if not os.path.exists(f"/proc/{child}") or _isZombie(child):
+                    break
+                await deferLater(reactor, 0.05, lambda: None)
+            self.assertTrue(
+                not os.path.exists(f"/proc/{child}") or _isZombie(child), "worker still running"
+            )
+
+
+def _isZombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _killed(killAll: Any, server: _Server) -> Deferred[int]:
+    killAll()
+    return server.ended
+
+
+class _HeldStream:
+    """
+    A streaming chat completion left open.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock: socket.socket | None = None
+
+    async def start(self) -> None:
+        body = json.dumps(
+            {"model": "agent", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        ).encode()
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.sock = sock
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+class WorkerOptionsTests(SynchronousTestCase):
+    """
+    Parsing the worker options.
+    """
+
+    def test_inheritedRoundTrip(self) -> None:
+        """
+        C{--worker-fds} names each inherited descriptor with its address
+        family, and parses back to the same pairs.
+        """
+        pairs = [(7, socket.AF_INET), (8, socket.AF_INET6)]
+        self.assertEqual(parseInherited(encodeInherited(pairs)), [(7, 2), (8, 10)])
+
+    def test_badInherited(self) -> None:
+        """
+        A malformed C{--worker-fds} value is a usage error.
+        """
+        self.assertRaises(usage.UsageError, parseInherited, "7")
+        self.assertRaises(usage.UsageError, parseInherited, "x:2")
+
+    def test_workerCommand(self) -> None:
+        """
+        A worker runs the same command with C{--worker-fds} first, so that no
+        later option can make it start workers of its own.
+        """
+        argv = workerCommand(["--agent", "a.ai", "--workers", "3"], [(5, 2)])
+        self.assertEqual(argv[1:5], ["-m", "ai_agent", "--worker-fds", "5:2"])
+        self.assertEqual(argv[5:], ["--agent", "a.ai", "--workers", "3"])
+
+    def test_workersNeedAnEndpoint(self) -> None:
+        """
+        C{--workers} above 1 needs a port to serve.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(AGENT)
+        options = Options()
+        self.assertRaises(
+            usage.UsageError, options.parseOptions, ["--agent", path, "--workers", "2", "hi"]
+        )
+
+    def test_workersServeTCPOnly(self) -> None:
+        """
+        Workers adopt plain TCP or UNIX sockets only; a TLS endpoint is refused.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(AGENT)
+        options = Options()
+        error = self.assertRaises(
+            usage.UsageError,
+            options.parseOptions,
+            ["--agent", path, "--openai-completions", "ssl:8443", "--workers", "2"],
+        )
+        self.assertIn("TCP or UNIX", str(error))
+
+    def test_inheritedCountMatchesEndpoints(self) -> None:
+        """
+        A worker must inherit exactly one socket per endpoint.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(AGENT)
+        options = Options()
+        self.assertRaises(
+            usage.UsageError,
+            options.parseOptions,
+            ["--worker-fds", "5:2,6:2", "--agent", path, "--openai-completions", "8082"],
+        )
