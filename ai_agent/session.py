@@ -52,6 +52,9 @@ from ai_agent.retry import RetryLoop, RetryPolicy, totalTimeout
 
 log = Logger()
 
+#: Tool names of sub-agent calls start with this.
+SUBAGENT_PREFIX = "agent__"
+
 
 @attrs.frozen
 class Sampling:
@@ -386,9 +389,7 @@ class SessionRunner:
             provider = self.providers(providerName)
             started = self.reactor.seconds()
             try:
-                response = await provider.complete(
-                    attrs.evolve(request, model=upstreamModel), sink
-                )
+                response = await provider.complete(attrs.evolve(request, model=upstreamModel), sink)
             except ProviderError as error:
                 account.record(model, Usage(), self.reactor.seconds() - started, error.code)
                 raise
@@ -416,9 +417,7 @@ class SessionRunner:
             )
 
         loop = RetryLoop(self.reactor, self.retryPolicy, self.random, failed, waiting)
-        response = await loop.run(
-            agent.models, attempts, attempt, lambda: not sink.sentAnything
-        )
+        response = await loop.run(agent.models, attempts, attempt, lambda: not sink.sentAnything)
         sink.flushNotes()
         return response, response.usage
 
@@ -461,7 +460,10 @@ class SessionRunner:
             events(ReasoningDelta(f"{call.name} → {text}\n"))
             return text
         attempt = maybeDeferred(toolbox.call, call.name, arguments, events)
-        attempt.addTimeout(agent.toolTimeout, self.reactor)
+        if not call.name.startswith(SUBAGENT_PREFIX):
+            # A sub-agent is bounded by its own limits (its turns, its LLM
+            # and tool timeouts), not by the parent's toolTimeout.
+            attempt.addTimeout(agent.toolTimeout, self.reactor)
         try:
             text = await attempt
         except CancelledError:

@@ -326,9 +326,7 @@ class ServerService(MultiService):
         # Give the last answers a moment to be written, then close what is
         # left open (idle keep-alive connections).
         await deferLater(self.reactor, 0.05, lambda: None)
-        await gatherResults(
-            [endpoint.connections.dropConnections() for endpoint in self.endpoints]
-        )
+        await gatherResults([endpoint.connections.dropConnections() for endpoint in self.endpoints])
         for endpoint in self.endpoints:
             endpoint.pool.stopService()
         await MultiService.stopService(self)

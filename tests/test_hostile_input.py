@@ -832,4 +832,3 @@ class UpstreamUnicodeTests(TestCase):
             self.assertIn("a \ufffd b", data.decode("utf-8"))
             if headers["content-type"].startswith("text/event-stream"):
                 self.assertTrue(data.endswith(b"data: [DONE]\n\n"), data[-200:])
-

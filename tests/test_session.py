@@ -341,3 +341,41 @@ class SessionTests(SynchronousTestCase):
         result = [m.content for m in provider.requests[1].messages if m.role == "tool"][0]
         self.assertTrue(result.startswith("ééééé\n[truncated"))
         self.assertIn("200 bytes", result)
+
+
+class SubAgentTimeoutTests(SynchronousTestCase):
+    """
+    Sub-agent calls are bounded by the child's own limits, not by the
+    parent's C{toolTimeout}.
+    """
+
+    def test_subAgentNotCutAtToolTimeout(self) -> None:
+        """
+        An C{agent__} tool answering after the parent's C{toolTimeout} still
+        delivers its answer, while an ordinary tool that slow is cut.
+        """
+        clock = Clock()
+        provider = ScriptedProvider(
+            name="first",
+            replies=[
+                LLMResponse(
+                    content="",
+                    toolCalls=(
+                        ToolCall("c1", "agent__helper", '{"prompt": "x"}'),
+                        ToolCall("c2", "t__slow", "{}"),
+                    ),
+                ),
+                LLMResponse(content="done"),
+            ],
+        )
+        late: Deferred[str] = Deferred()
+        tools = _Tools({"agent__helper": lambda args: late, "t__slow": lambda args: Deferred()})
+        runner = SessionRunner({"first": provider}.__getitem__, clock, lambda agent: tools)
+        run = runner.run(_agent(toolTimeout=5.0), [ChatMessage("user", "x")], lambda e: None)
+        clock.advance(30)
+        self.assertNoResult(run)
+        late.callback("the helper's answer")
+        self.successResultOf(run)
+        results = [m.content for m in provider.requests[1].messages if m.role == "tool"]
+        self.assertEqual(results[0], "the helper's answer")
+        self.assertIn("did not answer within 5 s", results[1])

@@ -285,7 +285,9 @@ class OpenAIHeadend:
             chat = parseChatRequest(body)
         else:
             # A large body would hold up every other stream while parsed.
-            chat = await parseChatRequestOffReactor(body, self.reactor, self._threadPool())
+            chat = await parseChatRequestOffReactor(
+                body, cast(Any, self.reactor), self._threadPool()
+            )
         agent = self.registry.resolve(chat.model)
         if agent is None:
             raise _unknownModel(chat.model)
