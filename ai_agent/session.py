@@ -251,20 +251,11 @@ class SessionRunner:
         model = agent.models[0]
         account = RunAccount(agent.name, self.reactor.seconds(), self.pricing)
         providerName, upstreamModel = splitModel(model)
-        request = LLMRequest(
-            model=upstreamModel,
-            messages=tuple(
-                attrs.evolve(m, role="system") if m.role == "developer" else m for m in conversation
-            ),
-            temperature=_first(sampling.temperature, agent.temperature),
-            topP=_first(sampling.topP, agent.topP),
-            maxTokens=_first(sampling.maxTokens, agent.maxOutputTokens),
-            stop=sampling.stop,
-            seed=sampling.seed,
-            stream=stream,
-            timeout=agent.llmTimeout,
-            totalTimeout=totalTimeout(agent.llmTimeout),
-        )
+        messages = [
+            attrs.evolve(m, role="system") if m.role == "developer" else m for m in conversation
+        ]
+        # No reasoning effort: the client waits for a short, parsed answer.
+        request = _llmRequest(agent, upstreamModel, messages, (), sampling, stream, None)
 
         def content(text: str) -> None:
             if text:
@@ -368,20 +359,7 @@ class SessionRunner:
         sink = _TrackingSink(events)
         if account is None:
             account = RunAccount(agent.name, self.reactor.seconds(), self.pricing)
-        request = LLMRequest(
-            model="",
-            messages=tuple(messages),
-            tools=specs,
-            temperature=_first(sampling.temperature, agent.temperature),
-            topP=_first(sampling.topP, agent.topP),
-            maxTokens=_first(sampling.maxTokens, agent.maxOutputTokens),
-            stop=sampling.stop,
-            seed=sampling.seed,
-            reasoning=agent.reasoning,
-            stream=stream,
-            timeout=agent.llmTimeout,
-            totalTimeout=totalTimeout(agent.llmTimeout),
-        )
+        request = _llmRequest(agent, "", messages, specs, sampling, stream, agent.reasoning)
         attempts = max(agent.maxRetries, 1)
 
         async def attempt(model: str) -> LLMResponse:
@@ -508,6 +486,35 @@ class _UsageMeter:
             self(event)
         else:
             self.events(event)
+
+
+def _llmRequest(
+    agent: AgentSpec,
+    model: str,
+    messages: Sequence[ChatMessage],
+    specs: tuple[ToolSpec, ...],
+    sampling: Sampling,
+    stream: bool,
+    reasoning: str | None,
+) -> LLMRequest:
+    """
+    One LLM call's request: the client's sampling over the agent's, the
+    agent's timeouts.
+    """
+    return LLMRequest(
+        model=model,
+        messages=tuple(messages),
+        tools=specs,
+        temperature=_first(sampling.temperature, agent.temperature),
+        topP=_first(sampling.topP, agent.topP),
+        maxTokens=_first(sampling.maxTokens, agent.maxOutputTokens),
+        stop=sampling.stop,
+        seed=sampling.seed,
+        reasoning=reasoning,
+        stream=stream,
+        timeout=agent.llmTimeout,
+        totalTimeout=totalTimeout(agent.llmTimeout),
+    )
 
 
 def _first(*values: Any) -> Any:

@@ -59,18 +59,14 @@ def makeProvider(config: ProviderConfig, http: HTTPClient, reactor: IReactorTime
     @param reactor: schedules timeouts.
     @raise ConfigurationError: the wire type is unknown.
     """
-    if config.type in ("openai", "ollama"):
-        return OpenAIProvider(
-            name=config.name,
-            baseUrl=config.baseUrl,
-            http=http,
-            reactor=reactor,
-            apiKey=config.apiKey,
-            headers=dict(config.headers),
-            missingVariables=config.missingVariables,
-        )
-    if config.type == "anthropic":
-        return AnthropicProvider(
+    wireTypes: dict[str, type[OpenAIProvider] | type[AnthropicProvider]] = {
+        "openai": OpenAIProvider,
+        "ollama": OpenAIProvider,
+        "anthropic": AnthropicProvider,
+    }
+    wireType = wireTypes.get(config.type)
+    if wireType is not None:
+        return wireType(
             name=config.name,
             baseUrl=config.baseUrl,
             http=http,
