@@ -71,12 +71,20 @@ class Options(ServerOptions):
     optFlags = [
         ["verbose", "v", "Log more, and show the agent's reasoning and progress on stderr."],
         ["quiet", "q", "Log errors only."],
-        ["version", "V", "Print the version and exit."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["prompt"] = None
+        self["version"] = False
+
+    def opt_version(self) -> None:
+        """
+        Print the version and exit.
+        """
+        self["version"] = True
+
+    opt_V = opt_version
 
     def parseArgs(self, *prompt: str) -> None:
         if prompt and not self["agents"] and _isAgentFile(prompt[0]):

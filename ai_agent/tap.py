@@ -129,8 +129,8 @@ class ServerOptions(usage.Options):
 
     def opt_openai_completions(self, port: str) -> None:
         """
-        Serve the OpenAI-compatible API on this port or endpoint
-        (e.g. 8082 or tcp:8082:interface=0.0.0.0); repeat for more.
+        Serve the OpenAI-compatible API on this port or endpoint, e.g. 8082 or
+        tcp:8082:interface=0.0.0.0; repeat for more.
         """
         self["openai-completions"].append(port)
 

@@ -9,7 +9,7 @@ import json
 import os
 
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ai_agent.testing import Reply, startFakeUpstream
 from tests._harness import SENTINEL_KEY, writeAgent
@@ -185,3 +185,23 @@ class DirectModeTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn(b"LOCAL_KEY", err)
         self.assertEqual(self.upstream.requests, [])
+
+
+class VersionTests(SynchronousTestCase):
+    """
+    C{--version} and C{-V} print this project's version, not Twisted's.
+    """
+
+    def test_version(self) -> None:
+        """
+        Both spellings print C{ai-agent <version>} and exit 0.
+        """
+        import io
+
+        from ai_agent import __version__
+        from ai_agent.cli import run as runCLI
+
+        for flag in ("--version", "-V"):
+            out, err = io.StringIO(), io.StringIO()
+            self.assertEqual(runCLI([flag], out, err), 0)
+            self.assertEqual(out.getvalue(), f"ai-agent {__version__}\n")
