@@ -199,9 +199,9 @@ class VersionTests(SynchronousTestCase):
         import io
 
         from ai_agent import __version__
-        from ai_agent.cli import run as runCLI
+        from ai_agent import cli
 
         for flag in ("--version", "-V"):
             out, err = io.StringIO(), io.StringIO()
-            self.assertEqual(runCLI([flag], out, err), 0)
+            self.assertEqual(cli.run([flag], out, err), 0)
             self.assertEqual(out.getvalue(), f"ai-agent {__version__}\n")
