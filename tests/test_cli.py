@@ -198,8 +198,7 @@ class VersionTests(SynchronousTestCase):
         """
         import io
 
-        from ai_agent import __version__
-        from ai_agent import cli
+        from ai_agent import __version__, cli
 
         for flag in ("--version", "-V"):
             out, err = io.StringIO(), io.StringIO()
