@@ -62,6 +62,33 @@ class CallRecord:
         return self.error is None
 
 
+@attrs.frozen
+class RunLabels:
+    """
+    Who asked for a run, as its log line names it: the request it serves
+    and what chat UIs forward about the user (never a key).
+
+    @ivar completionId: the C{chatcmpl-…} id of the request.
+    @ivar forwarded: user and chat headers, already made safe to log.
+    """
+
+    completionId: str
+    stream: bool = False
+    task: str | None = None
+    user: str | None = None
+    forwarded: Mapping[str, str] = attrs.field(factory=dict)
+
+    def details(self) -> str:
+        """
+        The labels as C{; name value} text for the log line.
+        """
+        parts = [f"task {self.task}"] if self.task else []
+        if self.user is not None:
+            parts.append(f"user {self.user!r}")
+        parts.extend(f"{name} {value!r}" for name, value in self.forwarded.items())
+        return "".join(f"; {part}" for part in parts)
+
+
 @attrs.define
 class RunAccount:
     """
@@ -76,6 +103,7 @@ class RunAccount:
     started: float
     pricing: Mapping[str, Pricing] = attrs.field(factory=dict, repr=False)
     calls: list[CallRecord] = attrs.field(factory=list)
+    labels: RunLabels | None = None
 
     def record(
         self, model: str, usage: Usage, seconds: float, error: str | None = None
@@ -133,7 +161,7 @@ class RunAccount:
         """
         Log the run's one summary line.
 
-        @param outcome: C{stop}, C{length}, C{cancelled}, or C{failed: <code>}.
+        @param outcome: C{stop}, C{length}, C{cancelled}, or C{failed: <status> <code>}.
         @param now: the reactor's clock.
         @param total: the run's usage including its sub-agents, when known.
         """
@@ -143,10 +171,18 @@ class RunAccount:
         withSubAgents = ""
         if total is not None and total != usage:
             withSubAgents = f" ({total.promptTokens}+{total.completionTokens} with sub-agents)"
+        labels = self.labels
+        head = "agent {agent} run" if labels is None else "{completionId} for agent {agent}"
         log.info(
-            "agent {agent} run {outcome} in {duration:.3f}s: models {modelList},"
+            head + " {outcome} in {duration:.3f}s: models {modelList},"
             " {calls} calls ({failures} failed), tokens {promptTokens}+{completionTokens}"
-            "{withSubAgents}, cost {costText}",
+            "{withSubAgents}, cost {costText}{detailText}",
+            completionId=None if labels is None else labels.completionId,
+            stream=None if labels is None else labels.stream,
+            task=None if labels is None else labels.task,
+            user=None if labels is None else labels.user,
+            forwarded={} if labels is None else dict(labels.forwarded),
+            detailText="" if labels is None else labels.details(),
             agent=self.agent,
             outcome=outcome,
             duration=now - self.started,
@@ -163,4 +199,4 @@ class RunAccount:
         )
 
 
-__all__ = ["CallRecord", "RunAccount", "callCost"]
+__all__ = ["CallRecord", "RunAccount", "RunLabels", "callCost"]

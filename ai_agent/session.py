@@ -34,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ai_agent.accounting import RunAccount
+from ai_agent.accounting import RunAccount, RunLabels
 from ai_agent.agentfile import AgentSpec
 from ai_agent.config import Pricing
 from ai_agent.errors import AgentError, ProviderError
@@ -209,6 +209,7 @@ class SessionRunner:
         events: EventSink,
         sampling: Sampling = Sampling(),
         stream: bool = True,
+        labels: RunLabels | None = None,
     ) -> Deferred[Finished]:
         """
         Run C{agent} on C{conversation}.
@@ -217,7 +218,7 @@ class SessionRunner:
             or failing with L{AgentError}.  Content and reasoning go to
             C{events} as they arrive.
         """
-        return ensureDeferred(self._run(agent, conversation, events, sampling, stream))
+        return ensureDeferred(self._run(agent, conversation, events, sampling, stream, labels))
 
     def runDirect(
         self,
@@ -226,6 +227,7 @@ class SessionRunner:
         events: EventSink,
         sampling: Sampling = Sampling(),
         stream: bool = True,
+        labels: RunLabels | None = None,
     ) -> Deferred[Finished]:
         """
         One call to the agent's first model with the client's messages as
@@ -238,7 +240,7 @@ class SessionRunner:
         @return: a Deferred firing with L{Finished}, or failing with
             L{AgentError}; cancelling it closes the upstream call.
         """
-        return ensureDeferred(self._direct(agent, conversation, events, sampling, stream))
+        return ensureDeferred(self._direct(agent, conversation, events, sampling, stream, labels))
 
     async def _direct(
         self,
@@ -247,9 +249,10 @@ class SessionRunner:
         events: EventSink,
         sampling: Sampling,
         stream: bool,
+        labels: RunLabels | None = None,
     ) -> Finished:
         model = agent.models[0]
-        account = RunAccount(agent.name, self.reactor.seconds(), self.pricing)
+        account = RunAccount(agent.name, self.reactor.seconds(), self.pricing, labels=labels)
         providerName, upstreamModel = splitModel(model)
         messages = [
             attrs.evolve(m, role="system") if m.role == "developer" else m for m in conversation
@@ -271,7 +274,9 @@ class SessionRunner:
         except AgentError as error:
             if isinstance(error, ProviderError):
                 account.record(model, Usage(), self.reactor.seconds() - started, error.code)
-            account.finish(f"failed: {error.code or error.status}", self.reactor.seconds())
+            account.finish(
+                f"failed: {error.status} {error.code or error.type}", self.reactor.seconds()
+            )
             raise
         account.record(model, response.usage, self.reactor.seconds() - started)
         if response.usage.totalTokens:
@@ -287,9 +292,10 @@ class SessionRunner:
         events: EventSink,
         sampling: Sampling,
         stream: bool,
+        labels: RunLabels | None = None,
     ) -> Finished:
         toolsRan: list[bool] = []
-        account = RunAccount(agent.name, self.reactor.seconds(), self.pricing)
+        account = RunAccount(agent.name, self.reactor.seconds(), self.pricing, labels=labels)
         try:
             finished = await self._turns(
                 agent, conversation, events, sampling, stream, toolsRan, account
@@ -298,7 +304,9 @@ class SessionRunner:
             account.finish("cancelled", self.reactor.seconds())
             raise
         except AgentError as error:
-            account.finish(f"failed: {error.code or error.status}", self.reactor.seconds())
+            account.finish(
+                f"failed: {error.status} {error.code or error.type}", self.reactor.seconds()
+            )
             # Repeating a run whose tools already acted could repeat their
             # effects; the headend tells clients not to retry it.
             error.sideEffects = error.sideEffects or bool(toolsRan)

@@ -91,6 +91,12 @@ class ServerOptions(usage.Options):
         ],
         ["idle-timeout", None, 60.0, "Seconds an idle keep-alive connection stays open.", float],
         [
+            "access-log",
+            None,
+            None,
+            "Write an access log (combined format, one line per HTTP request) to this file.",
+        ],
+        [
             "shutdown-timeout",
             None,
             30.0,
@@ -231,11 +237,14 @@ class _RuntimeService(Service):
         return self.runtime.close()
 
 
-def makeSite(headend: OpenAIHeadend, policy: HTTPPolicy = HTTPPolicy()) -> Site:
+def makeSite(
+    headend: OpenAIHeadend, policy: HTTPPolicy = HTTPPolicy(), accessLog: str | None = None
+) -> Site:
     """
-    A web site for one headend under the HTTP layer's C{policy}.
+    A web site for one headend under the HTTP layer's C{policy}, writing an
+    access log in the combined format to C{accessLog} if given.
     """
-    return GuardedSite(headend.app.resource(), policy)
+    return GuardedSite(headend.app.resource(), policy, logPath=accessLog)
 
 
 def policyFrom(options: ServerOptions, environ: Mapping[str, str]) -> HTTPPolicy:
@@ -397,7 +406,7 @@ def makeService(
             else options["reasoning-field"],
             taskShortcut=options["task-shortcut"],
         )
-        connections = TrackingFactory(makeSite(headend, policy))
+        connections = TrackingFactory(makeSite(headend, policy, options["access-log"]))
         listener: Any
         if inherited is not None:
             fileno, family = inherited[index]

@@ -423,3 +423,44 @@ class APIKeysTests(SynchronousTestCase):
         self.assertFalse(keys.accepts(None))
         self.assertNotIn("secret", repr(keys))
         self.assertFalse(APIKeys.fromKeys(["", " "]).enabled)
+
+
+class AccessLogTests(TestCase):
+    """
+    The access log is off by default and written to a file when asked for.
+    """
+
+    async def test_accessLogFile(self) -> None:
+        """
+        With an access log path, each HTTP request adds a combined-format
+        line naming its method, path and status.
+        """
+        import os
+
+        from ai_agent.headends._http import GuardedSite
+
+        server = await startServer(self)
+        path = os.path.join(server.directory, "access.log")
+        site = GuardedSite(server.headend.app.resource(), logPath=path)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        raw = _Raw()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), raw)
+        raw.transport.write(
+            _request(path=b"/health", method=b"GET", body=b"", headers={b"Connection": b"close"})
+        )
+        await raw.lost
+        site.stopFactory()
+        with open(path) as f:
+            line = f.read()
+        self.assertIn('"GET /health HTTP/1.1" 200', line)
+
+    def test_offByDefault(self) -> None:
+        """
+        Without a path, the site writes no access log.
+        """
+        from ai_agent.headends._http import GuardedSite
+
+        site = GuardedSite(None)
+        self.assertIsNone(site.logPath)
+        site.log(None)  # must not touch the request at all

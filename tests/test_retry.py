@@ -422,7 +422,7 @@ class SessionRetryTests(SynchronousTestCase):
         )
         self.failureResultOf(self.start(agent()), ProviderError)
         [line] = [e for e in logs.events if e["log_level"].name == "info"]
-        self.assertEqual(line["outcome"], "failed: upstream_rejected")
+        self.assertEqual(line["outcome"], "failed: 502 upstream_rejected")
         self.assertEqual(line["modelList"], "none")
 
 

@@ -381,5 +381,11 @@ class GuardedSite(Site):
         self.policy = policy
         self.timeOut = policy.idleTimeout
 
+    def log(self, request: Any) -> None:
+        # Each run logs its own line; a per-request access log (combined
+        # format) is written only to a file asked for with logPath.
+        if self.logPath is not None:
+            super().log(request)
+
 
 __all__ = ["APIKeys", "GuardedChannel", "GuardedRequest", "GuardedSite", "HTTPPolicy"]

@@ -21,6 +21,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ai_agent.accounting import RunLabels
 from ai_agent.errors import AgentError, notFound
 from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta
 from ai_agent.headends._request import (
@@ -291,20 +292,15 @@ class OpenAIHeadend:
         agent = self.registry.resolve(chat.model)
         if agent is None:
             raise _unknownModel(chat.model)
-        record = _RunRecord(_completionId(), self._taskOf(request, chat))
+        record = self._labels(request, chat)
         slot = await self.pool.acquire()
-        started = self.reactor.seconds()
         try:
             if chat.stream:
                 await self._stream(request, chat, agent, slot, record)
                 return None
             return await self._complete(request, chat, agent, slot, record)
-        except AgentError as error:
-            record.failed(error)
-            raise
         finally:
             slot.release()
-            self._logRun(request, chat, agent, record, self.reactor.seconds() - started)
 
     def _taskOf(self, request: IRequest, chat: ChatRequest) -> str | None:
         """
@@ -319,42 +315,27 @@ class OpenAIHeadend:
         )
 
     def _start(
-        self, agent: ServedAgent, chat: ChatRequest, task: str | None, onEvent: EventSink
+        self, agent: ServedAgent, chat: ChatRequest, labels: RunLabels, onEvent: EventSink
     ) -> Deferred[Finished]:
         """
         The agent loop, or one direct call for a background task.
         """
-        start = self.runner.run if task is None else self.runner.runDirect
-        return start(agent.spec, chat.messages, onEvent, chat.sampling, stream=True)
+        start = self.runner.run if labels.task is None else self.runner.runDirect
+        return start(agent.spec, chat.messages, onEvent, chat.sampling, stream=True, labels=labels)
 
-    def _logRun(
-        self,
-        request: IRequest,
-        chat: ChatRequest,
-        agent: ServedAgent,
-        record: _RunRecord,
-        elapsed: float,
-    ) -> None:
+    def _labels(self, request: IRequest, chat: ChatRequest) -> RunLabels:
         """
-        One line per finished request: the run's outcome and who asked, as
-        chat UIs forward it (never a key or the C{Authorization} header).
+        What the run's log line says about the request: its id, the task
+        (if a chat UI's background task), the C{user} field and the user
+        and chat headers chat UIs forward (never a key or the
+        C{Authorization} header).
         """
-        forwarded = forwardedHeaders(request.getHeader)
-        details = [f"task {record.task}"] if record.task else []
-        if chat.user is not None:
-            details.append(f"user {loggable(chat.user)!r}")
-        details.extend(f"{name} {value!r}" for name, value in forwarded.items())
-        self.log.info(
-            "{completionId} for agent {agent} {outcome} in {elapsed:.3f}s{detailText}",
-            completionId=record.completionId,
-            agent=agent.id,
-            outcome=record.outcome,
-            elapsed=elapsed,
+        return RunLabels(
+            completionId=_completionId(),
             stream=chat.stream,
-            task=record.task,
+            task=self._taskOf(request, chat),
             user=None if chat.user is None else loggable(chat.user),
-            forwarded=forwarded,
-            detailText="".join(f"; {detail}" for detail in details),
+            forwarded=forwardedHeaders(request.getHeader),
         )
 
     # -- completions ----------------------------------------------------
@@ -365,7 +346,7 @@ class OpenAIHeadend:
         chat: ChatRequest,
         agent: ServedAgent,
         slot: Slot,
-        record: _RunRecord,
+        record: RunLabels,
     ) -> bytes:
         content: list[str] = []
         reasoning: list[str] = []
@@ -378,7 +359,7 @@ class OpenAIHeadend:
 
         completionId = record.completionId
         created = int(self.reactor.seconds())
-        run = self._start(agent, chat, record.task, onEvent)
+        run = self._start(agent, chat, record, onEvent)
         stopped = _stopOnAbort(slot, run)
         try:
             finished = await run
@@ -386,7 +367,6 @@ class OpenAIHeadend:
             if stopped:
                 raise stopped[0] from None
             raise
-        record.outcome = finished.finishReason
         text = "".join(content)
         if reasoning and self.reasoningField == THINK:
             text = THINK_OPEN + "".join(reasoning) + THINK_CLOSE + text
@@ -419,7 +399,7 @@ class OpenAIHeadend:
         chat: ChatRequest,
         agent: ServedAgent,
         slot: Slot,
-        record: _RunRecord,
+        record: RunLabels,
     ) -> None:
         completionId = record.completionId
         encoder = ChunkEncoder(
@@ -453,7 +433,7 @@ class OpenAIHeadend:
                     stream.send(frame)
 
         timer.append(self.reactor.callLater(self.streamHeadGrace, begin))
-        run = self._start(agent, chat, record.task, onEvent)
+        run = self._start(agent, chat, record, onEvent)
         stopped = _stopOnAbort(slot, run)
         try:
             finished = await run
@@ -464,7 +444,6 @@ class OpenAIHeadend:
             error = stopped[0]
             if not stream.started:
                 raise error from None
-            record.failed(error)
             stream.send(encoder.error(error))
             stream.send(encoder.DONE)
             stream.end()
@@ -474,9 +453,11 @@ class OpenAIHeadend:
                 # Nothing was sent yet: answer with a real status.
                 raise
             self.log.warn(
-                "agent {agent} failed mid-stream: {error}", agent=agent.id, error=error.message
+                "{completionId}: agent {agent} failed mid-stream: {error}",
+                completionId=record.completionId,
+                agent=agent.id,
+                error=error.message,
             )
-            record.failed(error)
             stream.send(encoder.error(error))
             stream.send(encoder.DONE)
             stream.end()
@@ -485,33 +466,12 @@ class OpenAIHeadend:
             if timer[0].active():
                 timer[0].cancel()
         begin()
-        record.outcome = finished.finishReason
         frames = [encoder.finish(finished.finishReason)]
         if chat.includeUsage:
             frames.append(encoder.usage(finished.usage.asOpenAI()))
         frames.append(encoder.DONE)
         stream.send(b"".join(frames))
         stream.end()
-
-
-@attrs.define
-class _RunRecord:
-    """
-    What the log line of one chat completion says.
-
-    @ivar outcome: the finish reason, C{failed: …}, or C{cancelled} until
-        the run ends otherwise.
-    """
-
-    completionId: str
-    task: str | None
-    outcome: str = "cancelled"
-
-    def failed(self, error: AgentError) -> None:
-        """
-        The run ended with C{error}.
-        """
-        self.outcome = f"failed: {error.status} {error.code or error.type}"
 
 
 def _stopOnAbort(slot: Slot, run: Deferred[Finished]) -> list[AgentError]:
