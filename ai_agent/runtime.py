@@ -13,8 +13,13 @@ from typing import Any, Sequence
 import attrs
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.error import SchemeNotSupported
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 from ai_agent.config import Config, describeMissing, loadConfig
 from ai_agent.errors import AgentError, ConfigurationError
@@ -109,7 +114,8 @@ def buildRuntime(
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max(connections, 2)
     pool.cachedConnectionTimeout = 120
-    http = HTTPClient(Agent(reactor, connectTimeout=CONNECT_TIMEOUT, pool=pool))
+    endpoints = CachingEndpointFactory(reactor, CONNECT_TIMEOUT)
+    http = HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
     providers = ProviderSet(config, http, reactor)
     mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
     tools = ToolBoxFactory(registry.byPath, mcp)
@@ -152,6 +158,39 @@ def checkToolServers(registry: AgentRegistry, config: Config) -> None:
             names[name] = path
 
 
+@implementer(IAgentEndpointFactory)
+@attrs.define
+class CachingEndpointFactory:
+    """
+    Client endpoints for upstream URLs, built once per scheme, host and
+    port.  Twisted's own factory builds a new endpoint for every request,
+    which spends noticeable time encoding the host name (IDNA) even when a
+    pooled connection is then reused.
+    """
+
+    reactor: Any
+    connectTimeout: float
+    _tls: BrowserLikePolicyForHTTPS = attrs.field(factory=BrowserLikePolicyForHTTPS)
+    _cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = attrs.field(factory=dict)
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        """
+        The endpoint connecting to C{uri}'s host and port (over TLS for
+        C{https}).
+        """
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            host = uri.host.decode("ascii")
+            endpoint = HostnameEndpoint(self.reactor, host, uri.port, timeout=self.connectTimeout)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+            elif uri.scheme != b"http":
+                raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
+            self._cache[key] = endpoint
+        return endpoint
+
+
 def warnMissingKeys(registry: AgentRegistry, config: Config) -> None:
     """
     Log one warning per provider an agent uses whose key variable is unset.
@@ -169,6 +208,7 @@ def warnMissingKeys(registry: AgentRegistry, config: Config) -> None:
 
 
 __all__ = [
+    "CachingEndpointFactory",
     "ProviderSet",
     "Runtime",
     "buildRuntime",

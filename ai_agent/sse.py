@@ -69,7 +69,7 @@ def _newDecoder() -> codecs.IncrementalDecoder:
     return codecs.getincrementaldecoder("utf-8")(errors="strict")
 
 
-@attrs.define
+@attrs.define(on_setattr=attrs.setters.NO_OP)
 class SSEParser:
     """
     Turns the bytes of an event stream into L{SSEEvent}s, incrementally.
