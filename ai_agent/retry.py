@@ -5,8 +5,11 @@ The retry and fallback policy of one LLM turn.
 A turn makes up to C{attempts} calls; call I{i} goes to C{targets[i % n]}
 (the agent's C{models}, in order, wrapping).  After a failure:
 
-  - a failure that is not retryable (the request or the key was rejected,
-    the provider is not configured) ends the turn at once with that error;
+  - a model whose provider is not configured (its key variable is unset)
+    is dropped from the rotation without using up an attempt, as long as
+    another model is left; the last one left fails the turn with that error;
+  - a failure that is not retryable (the request or the key was rejected)
+    ends the turn at once with that error;
   - so does any failure once something of the turn reached the client
     (C{mayRetry} says so): the headend then reports it in-band;
   - otherwise the next target is tried.  Before a new rotation through the
@@ -38,6 +41,10 @@ from ai_agent.errors import ProviderError
 log = Logger()
 
 T = TypeVar("T")
+
+#: The code of a failure meaning the provider cannot be used at all (a key
+#: variable is unset): its models are skipped in favour of the next ones.
+NOT_CONFIGURED = "provider_not_configured"
 
 TOTAL_TIMEOUT_FACTOR = 10
 """
@@ -161,11 +168,13 @@ class RetryLoop:
         attempts = max(attempts, 1)
         notBefore: dict[str, float] = {}
         errors: list[ProviderError] = []
-        for index in range(attempts):
-            target = targets[index % len(targets)]
+        usable = list(targets)
+        index = 0
+        while index < attempts:
+            target = usable[index % len(usable)]
             wait = 0.0
-            if index and index % len(targets) == 0:
-                wait = self.policy.backoff(index // len(targets), self.random)
+            if index and index % len(usable) == 0:
+                wait = self.policy.backoff(index // len(usable), self.random)
             if target in notBefore:
                 wait = max(wait, notBefore[target] - clock.seconds())
             wait = min(wait, self.policy.maxWait)
@@ -177,9 +186,16 @@ class RetryLoop:
             except CancelledError:
                 raise
             except ProviderError as error:
+                if error.code == NOT_CONFIGURED and len(usable) > 1:
+                    # A model whose provider has no key is skipped, not
+                    # retried: the next model is the fallback.
+                    usable.remove(target)
+                    self.onFailure(target, index + 1, error, True)
+                    continue
                 errors.append(error)
-                final = index + 1 == attempts or not error.retryable or not mayRetry()
-                self.onFailure(target, index + 1, error, not final)
+                index += 1
+                final = index == attempts or not error.retryable or not mayRetry()
+                self.onFailure(target, index, error, not final)
                 if not error.retryable or not mayRetry():
                     raise
                 if error.retryAfter is not None:

@@ -195,6 +195,34 @@ class RetryLoopTests(SynchronousTestCase):
         self.assertEqual([t for t, _ in targets.calls], ["A"])
         self.assertEqual(self.failures, [("A", 1, "HTTP 401", False)])
 
+    def test_unconfiguredSkipped(self) -> None:
+        """
+        A target whose provider is not configured is dropped from the
+        rotation without using up an attempt; the next target answers.
+        """
+        missing = down(
+            "provider 'openai' needs OPENAI_API_KEY",
+            status=500,
+            code="provider_not_configured",
+            retryable=False,
+        )
+        targets = Targets(self.clock, A=[missing], B=[down("b1"), "B answers"])
+        d = self.turn(targets, ["A", "B"], 2)
+        self.clock.advance(30)
+        self.assertEqual(self.successResultOf(d), "B answers")
+        self.assertEqual([t for t, _ in targets.calls], ["A", "B", "B"])
+
+    def test_allUnconfigured(self) -> None:
+        """
+        When no target is configured, the turn fails with the last one's
+        error, which names its variable.
+        """
+        missingA = down("A needs KEY_A", status=500, code="provider_not_configured", retryable=False)
+        missingB = down("B needs KEY_B", status=500, code="provider_not_configured", retryable=False)
+        targets = Targets(self.clock, A=[missingA], B=[missingB])
+        failure = self.failureResultOf(self.turn(targets, ["A", "B"], 3), ProviderError)
+        self.assertIs(failure.value, missingB)
+
     def test_noRetryOnceSomethingWasSent(self) -> None:
         """
         When C{mayRetry} says something reached the client, the failure
