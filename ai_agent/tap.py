@@ -209,6 +209,10 @@ class Options(ServerOptions):
             raise usage.UsageError("at least one --openai-completions PORT is required")
 
 
+#: The listen backlog of a bare port.
+LISTEN_BACKLOG = 1024
+
+
 def endpointFor(port: str, host: str) -> str:
     """
     Turn a bare port into a TCP endpoint bound to C{host}; pass endpoint
@@ -221,7 +225,9 @@ def endpointFor(port: str, host: str) -> str:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise usage.UsageError(f"not a port number or endpoint: {port!r}")
     interface = host.replace(":", "\\:")
-    return f"tcp:{int(port)}:interface={interface}"
+    # A deeper accept queue than Twisted's 50 absorbs bursts of new
+    # connections (many clients opening streams at once).
+    return f"tcp:{int(port)}:interface={interface}:backlog={LISTEN_BACKLOG}"
 
 
 class _RuntimeService(Service):

@@ -46,11 +46,11 @@ class OptionsTests(SynchronousTestCase):
         A bare port binds 127.0.0.1 unless C{--host} says otherwise.
         """
         options = self.parse("--agent", self.agent, "--openai-completions", "8082")
-        self.assertEqual(options["endpoints"], ["tcp:8082:interface=127.0.0.1"])
+        self.assertEqual(options["endpoints"], ["tcp:8082:interface=127.0.0.1:backlog=1024"])
         options = self.parse(
             "--agent", self.agent, "--openai-completions", "8082", "--host", "0.0.0.0"
         )
-        self.assertEqual(options["endpoints"], ["tcp:8082:interface=0.0.0.0"])
+        self.assertEqual(options["endpoints"], ["tcp:8082:interface=0.0.0.0:backlog=1024"])
 
     def test_repeatable(self) -> None:
         """
@@ -106,7 +106,7 @@ class OptionsTests(SynchronousTestCase):
         """
         An IPv6 host is escaped in the endpoint string.
         """
-        self.assertEqual(endpointFor("80", "::1"), "tcp:80:interface=\\:\\:1")
+        self.assertEqual(endpointFor("80", "::1"), "tcp:80:interface=\\:\\:1:backlog=1024")
 
 
 def _freePort() -> int:
