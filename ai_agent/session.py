@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from typing import Any, Callable, Mapping, Protocol, Sequence, cast
 
 import attrs
@@ -68,6 +69,23 @@ class Sampling:
     maxTokens: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    responseFormat: Mapping[str, Any] | None = None
+
+
+def agentResponseFormat(agent: AgentSpec) -> Mapping[str, Any] | None:
+    """
+    The Chat Completions C{response_format} for an agent's declared
+    C{output}: a JSON schema, any JSON object, or L{None} for text.
+    """
+    if agent.output.format != "json":
+        return None
+    if agent.output.schema is None:
+        return {"type": "json_object"}
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", agent.name)[:64] or "answer"
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": name, "schema": dict(agent.output.schema), "strict": False},
+    }
 
 
 class ProviderLookup(Protocol):
@@ -257,8 +275,11 @@ class SessionRunner:
         messages = [
             attrs.evolve(m, role="system") if m.role == "developer" else m for m in conversation
         ]
-        # No reasoning effort: the client waits for a short, parsed answer.
-        request = _llmRequest(agent, upstreamModel, messages, (), sampling, stream, None)
+        # No reasoning effort: the client waits for a short, parsed answer,
+        # in the format it asked for (not the agent's).
+        request = _llmRequest(
+            agent, upstreamModel, messages, (), sampling, stream, None, sampling.responseFormat
+        )
 
         def content(text: str) -> None:
             if text:
@@ -367,7 +388,10 @@ class SessionRunner:
         sink = _TrackingSink(events)
         if account is None:
             account = RunAccount(agent.name, self.reactor.seconds(), self.pricing)
-        request = _llmRequest(agent, "", messages, specs, sampling, stream, agent.reasoning)
+        responseFormat = sampling.responseFormat or agentResponseFormat(agent)
+        request = _llmRequest(
+            agent, "", messages, specs, sampling, stream, agent.reasoning, responseFormat
+        )
         attempts = max(agent.maxRetries, 1)
 
         async def attempt(model: str) -> LLMResponse:
@@ -504,6 +528,7 @@ def _llmRequest(
     sampling: Sampling,
     stream: bool,
     reasoning: str | None,
+    responseFormat: Mapping[str, Any] | None,
 ) -> LLMRequest:
     """
     One LLM call's request: the client's sampling over the agent's, the
@@ -522,6 +547,7 @@ def _llmRequest(
         stream=stream,
         timeout=agent.llmTimeout,
         totalTimeout=totalTimeout(agent.llmTimeout),
+        responseFormat=responseFormat,
     )
 
 

@@ -573,3 +573,42 @@ def _dechunk(body: bytes) -> bytes:
         out += rest[:n]
         body = rest[n + 2 :]
     return out
+
+
+class ResponseFormatTests(TestCase):
+    """
+    A client's C{response_format} reaches the agent's model; a bad one is a
+    400 naming the field.
+    """
+
+    async def test_passedOn(self) -> None:
+        """
+        A JSON schema asked by the SDK reaches the upstream call.
+        """
+        server = await startServer(self)
+        schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+        await inThread(
+            server.client().chat.completions.create,
+            model="agent",
+            messages=_user(),
+            response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+        )
+        self.assertEqual(
+            server.upstream.requests[0].body["response_format"],
+            {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+        )
+
+    async def test_invalid(self) -> None:
+        """
+        An unknown format type is a 400 whose C{param} names it.
+        """
+        server = await startServer(self)
+        with self.assertRaises(openai.BadRequestError) as caught:
+            await inThread(
+                server.client().chat.completions.create,
+                model="agent",
+                messages=_user(),
+                response_format={"type": "yaml"},
+            )
+        self.assertEqual(caught.exception.body["param"], "response_format.type")
+        self.assertEqual(server.upstream.requests, [])

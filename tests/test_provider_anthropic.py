@@ -730,3 +730,46 @@ class UpstreamTests(TestCase):
         self.assertEqual(
             (error.status, error.retryable, error.code), (502, True, "upstream_unreachable")
         )
+
+
+class JSONInstructionTests(SynchronousTestCase):
+    """
+    The Messages API has no response format, so a JSON answer is asked for
+    in the system text.
+    """
+
+    def test_instruction(self) -> None:
+        """
+        A JSON schema is written into the instruction; any JSON object gets
+        a shorter one; text gets none.
+        """
+        from ai_agent.providers.anthropic import jsonInstruction
+
+        schemaText = jsonInstruction(
+            {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "array"}}}
+        )
+        assert schemaText is not None
+        self.assertIn('{"type": "array"}', schemaText)
+        self.assertIn("JSON", jsonInstruction({"type": "json_object"}) or "")
+        self.assertIsNone(jsonInstruction(None))
+
+    def test_payloadCarriesInstruction(self) -> None:
+        """
+        A request with a response format has the instruction appended to
+        its system text.
+        """
+        from ai_agent.providers import LLMRequest
+        from ai_agent.providers._base import ChatMessage
+        from ai_agent.providers.anthropic import AnthropicProvider
+
+        provider = AnthropicProvider(
+            name="claude", baseUrl="https://upstream.invalid", http=None, reactor=Clock()
+        )
+        body = provider.payload(
+            LLMRequest(
+                model="m",
+                messages=(ChatMessage("system", "Be brief."), ChatMessage("user", "hi")),
+                responseFormat={"type": "json_object"},
+            )
+        )
+        self.assertTrue(body["system"].startswith("Be brief.\n\nAnswer with one JSON object"))

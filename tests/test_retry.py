@@ -217,8 +217,12 @@ class RetryLoopTests(SynchronousTestCase):
         When no target is configured, the turn fails with the last one's
         error, which names its variable.
         """
-        missingA = down("A needs KEY_A", status=500, code="provider_not_configured", retryable=False)
-        missingB = down("B needs KEY_B", status=500, code="provider_not_configured", retryable=False)
+        missingA = down(
+            "A needs KEY_A", status=500, code="provider_not_configured", retryable=False
+        )
+        missingB = down(
+            "B needs KEY_B", status=500, code="provider_not_configured", retryable=False
+        )
         targets = Targets(self.clock, A=[missingA], B=[missingB])
         failure = self.failureResultOf(self.turn(targets, ["A", "B"], 3), ProviderError)
         self.assertIs(failure.value, missingB)

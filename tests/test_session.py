@@ -379,3 +379,48 @@ class SubAgentTimeoutTests(SynchronousTestCase):
         results = [m.content for m in provider.requests[1].messages if m.role == "tool"]
         self.assertEqual(results[0], "the helper's answer")
         self.assertIn("did not answer within 5 s", results[1])
+
+
+class ResponseFormatTests(SynchronousTestCase):
+    """
+    The answer's format: the client's C{response_format} over the agent's
+    declared C{output}.
+    """
+
+    def _format(self, agent: AgentSpec, sampling: Sampling = Sampling()) -> Any:
+        provider = ScriptedProvider(name="first", replies=[LLMResponse(content="{}")])
+        runner = SessionRunner({"first": provider}.__getitem__, Clock())
+        self.successResultOf(
+            runner.run(agent, [ChatMessage("user", "x")], lambda e: None, sampling)
+        )
+        return provider.requests[0].responseFormat
+
+    def test_agentOutput(self) -> None:
+        """
+        An agent declaring JSON output with a schema asks for that schema;
+        JSON without one asks for any JSON object; text asks for nothing.
+        """
+        from ai_agent.agentfile import OutputSpec
+
+        schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+        self.assertEqual(
+            self._format(_agent(output=OutputSpec("json", schema))),
+            {
+                "type": "json_schema",
+                "json_schema": {"name": "a", "schema": schema, "strict": False},
+            },
+        )
+        self.assertEqual(self._format(_agent(output=OutputSpec("json"))), {"type": "json_object"})
+        self.assertIsNone(self._format(_agent()))
+
+    def test_clientWins(self) -> None:
+        """
+        The client's C{response_format} overrides the agent's output.
+        """
+        from ai_agent.agentfile import OutputSpec
+
+        asked = {"type": "json_object"}
+        found = self._format(
+            _agent(output=OutputSpec("json", {"type": "array"})), Sampling(responseFormat=asked)
+        )
+        self.assertEqual(found, asked)

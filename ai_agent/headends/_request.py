@@ -120,14 +120,63 @@ def parseChatRequest(body: bytes) -> ChatRequest:
     stop = _parseStop(data.get("stop"))
     user = _optional(data, "user", str, None)
     _checkTools(data.get("tools"))
+    responseFormat = _parseResponseFormat(data.get("response_format"))
     return ChatRequest(
         model=model,
         messages=messages,
         stream=stream,
         includeUsage=includeUsage,
-        sampling=Sampling(temperature, topP, maxTokens, stop, seed),
+        sampling=Sampling(temperature, topP, maxTokens, stop, seed, responseFormat),
         user=user,
     )
+
+
+def _parseResponseFormat(value: Any) -> dict[str, Any] | None:
+    """
+    A client's C{response_format}: C{text} (the default: L{None}),
+    C{json_object}, or C{json_schema} with a C{name} and an object
+    C{schema}.
+    """
+    param = "response_format"
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalidRequest(f"'{param}' must be an object", param, "invalid_type")
+    kind = value.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind != "json_schema":
+        raise invalidRequest(
+            f"'{param}.type' must be one of text, json_object, json_schema",
+            f"{param}.type",
+            "invalid_value",
+        )
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise invalidRequest(
+            f"'{param}.json_schema' must be an object", f"{param}.json_schema", "invalid_type"
+        )
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise invalidRequest(
+            f"'{param}.json_schema.name' must be a non-empty string",
+            f"{param}.json_schema.name",
+            "invalid_type",
+        )
+    schema = spec.get("schema", {})
+    if not isinstance(schema, dict):
+        raise invalidRequest(
+            f"'{param}.json_schema.schema' must be an object",
+            f"{param}.json_schema.schema",
+            "invalid_type",
+        )
+    chosen: dict[str, Any] = {"name": name, "schema": schema}
+    for key in ("description", "strict"):
+        if key in spec:
+            chosen[key] = spec[key]
+    return {"type": "json_schema", "json_schema": chosen}
 
 
 def parseChatRequestOffReactor(

@@ -244,6 +244,35 @@ def _schemas() -> dict[str, Any]:
                 }
             ),
             "seed": _nullable({"type": "integer"}),
+            "response_format": _nullable(
+                {
+                    "description": "The answer's format; overrides the agent's `output`.",
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["type"],
+                            "properties": {"type": {"enum": ["text", "json_object"]}},
+                        },
+                        {
+                            "type": "object",
+                            "required": ["type", "json_schema"],
+                            "properties": {
+                                "type": {"const": "json_schema"},
+                                "json_schema": {
+                                    "type": "object",
+                                    "required": ["name"],
+                                    "properties": {
+                                        "name": {"type": "string", "minLength": 1},
+                                        "description": {"type": "string"},
+                                        "schema": {"type": "object"},
+                                        "strict": _nullable({"type": "boolean"}),
+                                    },
+                                },
+                            },
+                        },
+                    ],
+                }
+            ),
             "user": _nullable({"type": "string"}),
             "tools": _nullable(
                 {

@@ -105,6 +105,9 @@ class LLMRequest:
     @ivar timeout: the longest silence allowed from the upstream, in seconds
         (before the response headers and between body chunks).
     @ivar totalTimeout: the longest the whole call may take, in seconds.
+    @ivar responseFormat: the answer's format in Chat Completions' shape
+        (C{{"type": "json_object"}} or C{{"type": "json_schema",
+        "json_schema": {"name": …, "schema": …}}}), or L{None} for text.
     """
 
     model: str
@@ -118,6 +121,7 @@ class LLMRequest:
     reasoning: str | None = None
     stream: bool = True
     timeout: float | None = None
+    responseFormat: Mapping[str, Any] | None = None
     totalTimeout: float | None = None
 
 

@@ -85,6 +85,25 @@ def messagesURL(baseUrl: str) -> str:
     return root + "/v1/messages"
 
 
+def jsonInstruction(responseFormat: Mapping[str, Any] | None) -> str | None:
+    """
+    The system-prompt sentence asking for a JSON answer, for a Chat
+    Completions C{response_format}, or L{None} for a text answer.
+    """
+    if responseFormat is None:
+        return None
+    kind = responseFormat.get("type")
+    if kind == "json_object":
+        return "Answer with one JSON object and nothing else: no prose, no code fence."
+    if kind == "json_schema":
+        schema = (responseFormat.get("json_schema") or {}).get("schema")
+        return (
+            "Answer with one JSON value that conforms to this JSON Schema, and nothing else"
+            " (no prose, no code fence):\n" + json.dumps(schema, ensure_ascii=False)
+        )
+    return None
+
+
 def translateMessages(
     messages: Sequence[ChatMessage],
     thinkingFor: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
@@ -190,6 +209,10 @@ class AnthropicProvider(HTTPProvider):
         )
         maxTokens = request.maxTokens if request.maxTokens is not None else DEFAULT_MAX_TOKENS
         body: dict[str, Any] = {"model": request.model, "max_tokens": maxTokens}
+        instruction = jsonInstruction(request.responseFormat)
+        if instruction:
+            # The Messages API has no response format: ask for it in words.
+            system = f"{system}\n\n{instruction}" if system else instruction
         if system:
             body["system"] = system
         body["messages"] = messages

@@ -67,6 +67,8 @@ class OpenAIProvider(HTTPProvider):
             body["stop"] = list(request.stop)
         if request.reasoning is not None and request.reasoning != "none":
             body["reasoning_effort"] = request.reasoning
+        if request.responseFormat is not None:
+            body["response_format"] = dict(request.responseFormat)
         body["stream"] = request.stream
         if request.stream:
             body["stream_options"] = {"include_usage": True}
