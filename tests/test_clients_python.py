@@ -197,6 +197,28 @@ class LangChainTests(TestCase):
         )
         self.assertEqual(message.response_metadata["model_name"], MODEL)
 
+    async def test_structuredOutput(self) -> None:
+        """
+        C{with_structured_output(method="json_schema")} sends its schema as
+        C{response_format}, which reaches the agent's model, and parses the
+        JSON answer.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content='{"city": "Paris", "population": 2100000}'))
+        schema = {
+            "title": "City",
+            "description": "A city and its population.",
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+            "required": ["city", "population"],
+        }
+        structured = self._chat(server).with_structured_output(schema, method="json_schema")
+        answer = await inThread(structured.invoke, "Capital of France?")
+        self.assertEqual(answer, {"city": "Paris", "population": 2100000})
+        sent = server.upstream.requests[0].body["response_format"]
+        self.assertEqual(sent["type"], "json_schema")
+        self.assertEqual(sent["json_schema"]["schema"]["properties"], schema["properties"])
+
     async def test_streamUsage(self) -> None:
         """
         C{stream} yields the text in pieces, and the last chunk carries the
