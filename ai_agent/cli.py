@@ -45,7 +45,7 @@ class Options(ServerOptions):
     """
 
     synopsis = (
-        "--agent FILE [options] PROMPT\n"
+        "Usage: ai-agent --agent FILE [options] PROMPT\n"
         "       ai-agent --agent FILE [--agent FILE ...] --openai-completions PORT [options]"
     )
     longdesc = (
