@@ -176,7 +176,12 @@ class RunPool(Service):
             waiter.errback(shutdown)
         if not self._active:
             return succeed(None)
-        idle: Deferred[None] = Deferred()
+
+        def forget(d: Deferred[None]) -> None:
+            if d in self._idle:
+                self._idle.remove(d)
+
+        idle: Deferred[None] = Deferred(canceller=forget)
         self._idle.append(idle)
         self.log.info(
             "draining: waiting up to {timeout:g} s for {running} run(s)",

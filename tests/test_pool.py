@@ -104,3 +104,53 @@ class RunPoolTests(SynchronousTestCase):
         """
         self.assertRaises(ValueError, RunPool, self.clock, 0)
         self.assertRaises(ValueError, RunPool, self.clock, 1, -1)
+
+
+class DrainTests(SynchronousTestCase):
+    """
+    L{RunPool.drain} waits for running work, refuses queued work, and stops
+    what is still running after its timeout.
+    """
+
+    def test_drain(self) -> None:
+        """
+        Draining refuses the queued request with a 503, waits for the
+        running one, and fires when it releases its slot.
+        """
+        clock = Clock()
+        pool = RunPool(clock, concurrency=1, maxQueue=2, queueTimeout=10)
+        slot = self.successResultOf(pool.acquire())
+        queued = pool.acquire()
+        drained = pool.drain(30)
+        self.assertEqual(self.failureResultOf(queued, AgentError).value.status, 503)
+        self.assertNoResult(drained)
+        slot.release()
+        self.successResultOf(drained)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_timeoutAborts(self) -> None:
+        """
+        After the timeout, each running run is asked to stop with a 503.
+        """
+        clock = Clock()
+        pool = RunPool(clock, concurrency=1)
+        slot = self.successResultOf(pool.acquire())
+        stopped: list[AgentError] = []
+        slot.onAbort = stopped.append
+        drained = pool.drain(5)
+        clock.advance(5)
+        self.assertEqual([e.status for e in stopped], [503])
+        slot.release()
+        self.successResultOf(drained)
+
+    def test_cancel(self) -> None:
+        """
+        Cancelling a drain stops waiting and leaves no timer behind.
+        """
+        clock = Clock()
+        pool = RunPool(clock, concurrency=1)
+        self.successResultOf(pool.acquire())
+        drained = pool.drain(5)
+        drained.cancel()
+        self.failureResultOf(drained, CancelledError)
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -462,6 +462,20 @@ class OpenAIHeadend:
             stream.send(encoder.DONE)
             stream.end()
             return
+        except Exception:
+            if not stream.started:
+                # Nothing was sent yet: the web layer answers 500.
+                raise
+            # A bug: log it, and end the stream in-band without its text.
+            self.log.failure(
+                "{completionId}: agent {agent} crashed mid-stream",
+                completionId=record.completionId,
+                agent=agent.id,
+            )
+            stream.send(encoder.error(_internalError()))
+            stream.send(encoder.DONE)
+            stream.end()
+            return
         finally:
             if timer[0].active():
                 timer[0].cancel()
@@ -507,6 +521,11 @@ def _unknownModel(model: str) -> AgentError:
         "model_not_found",
         "model",
     )
+
+
+def _internalError() -> AgentError:
+    # The same envelope the web layer answers a bug with (a 500).
+    return AgentError("internal server error", 500, "server_error", "internal_error")
 
 
 def _completionId() -> str:
