@@ -204,7 +204,10 @@ def warnMissingKeys(registry: AgentRegistry, config: Config) -> None:
             continue
         problem = describeMissing(entry)
         if problem is not None:
-            log.warn("{problem}; requests to agents using it will fail", problem=problem)
+            log.warn(
+                "{problem}; agents skip its models for their next ones, and fail without one",
+                problem=problem,
+            )
 
 
 __all__ = [
