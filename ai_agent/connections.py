@@ -17,6 +17,8 @@ class TrackingFactory(WrappingFactory):
     Wraps a server factory and keeps its open connections.
     """
 
+    noisy = False
+
     def __init__(self, wrappedFactory: IProtocolFactory) -> None:
         super().__init__(wrappedFactory)
         self._allGone: list[Deferred[None]] = []

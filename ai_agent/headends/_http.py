@@ -374,6 +374,7 @@ class GuardedSite(Site):
     requestFactory = GuardedRequest
     protocol = _guardedChannelFactory
     displayTracebacks = False
+    noisy = False
 
     def __init__(self, resource: Any, policy: HTTPPolicy = HTTPPolicy(), **kwargs: Any) -> None:
         kwargs.setdefault("parsePOSTFormSubmission", False)
