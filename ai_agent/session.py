@@ -141,18 +141,22 @@ def splitModel(model: str) -> tuple[str, str]:
     return provider, upstream
 
 
-def buildMessages(agent: AgentSpec, conversation: Sequence[ChatMessage]) -> list[ChatMessage]:
+def buildMessages(
+    agent: AgentSpec, conversation: Sequence[ChatMessage], instructions: Sequence[str] = ()
+) -> list[ChatMessage]:
     """
-    The messages of a run's first LLM call: the agent's prompt as the first
-    system message, then the client's system and developer messages (as
-    system messages, which every OpenAI-compatible server accepts), then the
-    rest of the conversation in order.
+    The messages of a run's first LLM call: the agent's prompt (followed by
+    the C{instructions} its tools' servers give) as the first system
+    message, then the client's system and developer messages (as system
+    messages, which every OpenAI-compatible server accepts), then the rest
+    of the conversation in order.
     """
     messages: list[ChatMessage] = []
-    if agent.prompt:
-        messages.append(ChatMessage("system", agent.prompt))
-    instructions = [m for m in conversation if m.role in ("system", "developer")]
-    messages.extend(attrs.evolve(m, role="system") for m in instructions)
+    prompt = "\n\n".join(part for part in (agent.prompt, *instructions) if part)
+    if prompt:
+        messages.append(ChatMessage("system", prompt))
+    clientInstructions = [m for m in conversation if m.role in ("system", "developer")]
+    messages.extend(attrs.evolve(m, role="system") for m in clientInstructions)
     messages.extend(m for m in conversation if m.role not in ("system", "developer"))
     return messages
 
@@ -350,7 +354,7 @@ class SessionRunner:
     ) -> Finished:
         toolbox = self.tools(agent) if self.tools is not None else _NoTools()
         specs = tuple(await maybeDeferred(toolbox.specs))
-        messages = buildMessages(agent, conversation)
+        messages = buildMessages(agent, conversation, getattr(toolbox, "instructions", ()))
         meter = _UsageMeter(events)
         for turn in range(1, agent.maxTurns + 1):
             lastTurn = turn == agent.maxTurns

@@ -417,10 +417,11 @@ class EndToEndTests(TestCase):
 
     async def test_toolCallReachesModel(self) -> None:
         """
-        The model is offered C{calc__add} with the tool's schema; its call
-        runs on the MCP server and the result goes back as a C{tool}
-        message; while streaming, the call and its outcome are announced as
-        reasoning deltas.
+        The model is offered C{calc__add} with the tool's schema, and the
+        server's instructions after the agent's prompt; its call runs on
+        the MCP server and the result goes back as a C{tool} message; while
+        streaming, the call and its outcome are announced as reasoning
+        deltas.
         """
         server = await self.start()
         server.upstream.script(
@@ -447,6 +448,10 @@ class EndToEndTests(TestCase):
         self.assertEqual(functions["calc__add"]["description"], "Add two integers.")
         self.assertEqual(functions["calc__add"]["parameters"]["required"], ["a", "b"])
         self.assertEqual(functions["calc__add"]["parameters"]["type"], "object")
+        self.assertEqual(
+            first["messages"][0]["content"],
+            "You add numbers.\n\nInstructions of the calc tools (calc__*):\nArithmetic for tests.",
+        )
         messages = server.upstream.requests[1].body["messages"]
         call = messages[-2]["tool_calls"][0]
         self.assertEqual(call["function"]["name"], "calc__add")

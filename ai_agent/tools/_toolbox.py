@@ -54,6 +54,7 @@ class AgentToolBox:
     mcp: McpManager | None
     subAgents: tuple[SubAgentTool, ...] = ()
     startTimeout: float = 60.0
+    instructions: list[str] = attrs.field(factory=list, init=False)
     _routes: dict[str, _Route] = attrs.field(factory=dict, init=False)
 
     def specs(self) -> Deferred[list[ToolSpec]]:
@@ -84,6 +85,13 @@ class AgentToolBox:
                     failure.raiseException()
                 self._leftOut(server.name, failure.getErrorMessage())
                 continue
+            if server.instructions and server.instructions.strip():
+                # What the server says about using its tools goes to the
+                # model with the agent's prompt.
+                self.instructions.append(
+                    f"Instructions of the {server.name} tools ({server.name}__*):\n"
+                    + server.instructions.strip()
+                )
             for tool in value:
                 exposed = toolName(server.name, tool.name)
                 if exposed in routes:
