@@ -5,11 +5,13 @@ Running the installed commands as subprocesses in tests.
 from __future__ import annotations
 
 import os
+import socket
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 
 
@@ -81,3 +83,33 @@ def run(
 
     reactor.spawnProcess(_Collect(), argv[0], list(argv), env=env, path=cwd)
     return done
+
+
+def freePort() -> int:
+    """
+    A TCP port on 127.0.0.1 that was free a moment ago.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess(ProcessProtocol):
+    """
+    A server child: collects its output, fires C{ended} with its exit code.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[int] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        # twistd re-raises SIGTERM on itself after a clean shutdown, so an
+        # end by a signal (no exit code) counts as 0; tests that need to
+        # tell look at the output.
+        self.ended.callback(getattr(reason.value, "exitCode", None) or 0)

@@ -10,41 +10,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
-from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from ai_agent.testing import Reply, startFakeUpstream
 from tests._harness import writeAgent
-from tests._process import childEnvironment, command
+from tests._process import ServerProcess, childEnvironment, command, freePort
 from tests.test_http_guard import _Raw, _request
-
-
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Server(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred[int] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(getattr(reason.value, "exitCode", None) or 0)
 
 
 def _sleep(seconds: float) -> Deferred[None]:
@@ -61,7 +38,7 @@ class ShutdownTests(TestCase):
     SIGTERM drains the server.
     """
 
-    async def startServer(self, *extra: str) -> tuple[_Server, int]:
+    async def startServer(self, *extra: str) -> tuple[ServerProcess, int]:
         running = await startFakeUpstream(reactor)
         self.addCleanup(running.stop)
         self.upstream = running.upstream
@@ -70,8 +47,8 @@ class ShutdownTests(TestCase):
         with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
             json.dump({"providers": {"fake": {"type": "openai", "baseUrl": running.baseUrl}}}, f)
         writeAgent(folder, "chat.ai")
-        port = _freePort()
-        server = _Server()
+        port = freePort()
+        server = ServerProcess()
         argv = [
             *command("ai-agent"),
             "--agent",

@@ -8,13 +8,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -23,7 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from ai_agent.tap import Options, endpointFor
 from ai_agent.testing import startFakeUpstream
 from tests._harness import writeAgent
-from tests._process import childEnvironment, command, run
+from tests._process import ServerProcess, childEnvironment, command, freePort, run
 
 
 class OptionsTests(SynchronousTestCase):
@@ -109,27 +106,6 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(endpointFor("80", "::1"), "tcp:80:interface=\\:\\:1:backlog=1024")
 
 
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Server(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output: list[bytes] = []
-        self.ended: Deferred[int] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output.append(data)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: object) -> None:
-        value = getattr(reason, "value", None)
-        self.ended.callback(getattr(value, "exitCode", None) or 0)
-
-
 class ServerProcessTests(TestCase):
     """
     The installed plugin and both server commands work as processes.
@@ -161,8 +137,8 @@ class ServerProcessTests(TestCase):
         with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
             json.dump({"providers": {"fake": {"type": "openai", "baseUrl": running.baseUrl}}}, f)
         writeAgent(folder, "chat.ai")
-        port = _freePort()
-        protocol = _Server()
+        port = freePort()
+        protocol = ServerProcess()
         full = [a.replace("PORT", str(port)) for a in argv]
         reactor.spawnProcess(
             protocol, full[0], full, env=childEnvironment(HOME=folder), path=folder
@@ -188,7 +164,7 @@ class ServerProcessTests(TestCase):
         finally:
             os.kill(protocol.transport.pid, signal.SIGTERM)
             status = await protocol.ended
-        self.assertEqual(status, 0, b"".join(protocol.output).decode())
+        self.assertEqual(status, 0, protocol.output.decode())
 
     async def test_twistd(self) -> None:
         """

@@ -12,8 +12,6 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -23,7 +21,7 @@ from ai_agent.cli import Options
 from ai_agent.testing import Reply, startFakeUpstream
 from ai_agent.workers import encodeInherited, parseInherited, workerCommand
 from tests._harness import writeAgent
-from tests._process import childEnvironment, command
+from tests._process import ServerProcess, childEnvironment, command, freePort
 
 AGENT = """\
 ---
@@ -33,36 +31,12 @@ models: fake/test-model
 """
 
 
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             return [int(p) for p in f.read().split()]
     except OSError:
         return []
-
-
-class _Server(ProcessProtocol):
-    def __init__(self) -> None:
-        self.ended: Deferred[int] = Deferred()
-        self.output: list[bytes] = []
-
-    def outReceived(self, data: bytes) -> None:
-        self.output.append(data)
-
-    def errReceived(self, data: bytes) -> None:
-        self.output.append(data)
-
-    def processEnded(self, reason: Failure) -> None:
-        code = 0 if reason.check(ProcessDone) else getattr(reason.value, "exitCode", None)
-        if reason.check(ProcessTerminated) and code is None:
-            code = -1
-        self.ended.callback(code if code is not None else 0)
 
 
 async def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -116,7 +90,7 @@ class WorkersTests(TestCase):
         with open(os.path.join(directory, ".ai-agent.json"), "w") as f:
             json.dump({"providers": {"fake": {"type": "openai", "baseUrl": running.baseUrl}}}, f)
         writeAgent(directory, "agent.ai", AGENT)
-        port = _freePort()
+        port = freePort()
         argv = [
             *command("ai-agent"),
             "--agent",
@@ -126,7 +100,7 @@ class WorkersTests(TestCase):
             "--workers",
             "2",
         ]
-        server = _Server()
+        server = ServerProcess()
         env = childEnvironment(HOME=directory)
         transport = reactor.spawnProcess(server, argv[0], argv, env=env, path=directory)
         pid = transport.pid
@@ -152,7 +126,7 @@ class WorkersTests(TestCase):
                 pass
             await deferLater(reactor, 0.05, lambda: None)
         workers = _children(pid)
-        self.assertEqual(len(workers), 1, b"".join(server.output).decode())
+        self.assertEqual(len(workers), 1, server.output.decode())
 
         # Hold one run open in whichever process takes it.
         holder = _HeldStream(port)
@@ -167,13 +141,13 @@ class WorkersTests(TestCase):
             if seen == {0, 1}:
                 break
             await deferLater(reactor, 0.02, lambda: None)
-        self.assertEqual(seen, {0, 1}, b"".join(server.output).decode())
+        self.assertEqual(seen, {0, 1}, server.output.decode())
         holder.close()
         running.upstream.release()
 
         transport.signalProcess("TERM")
         code = await server.ended
-        self.assertEqual(code, 0, b"".join(server.output).decode())
+        self.assertEqual(code, 0, server.output.decode())
         for child in workers:
             for _ in range(100):
                 if not os.path.exists(f"/proc/{child}") or _isZombie(child):
@@ -192,7 +166,7 @@ def _isZombie(pid: int) -> bool:
         return True
 
 
-def _killed(killAll: Any, server: _Server) -> Deferred[int]:
+def _killed(killAll: Any, server: ServerProcess) -> Deferred[int]:
     killAll()
     return server.ended
 

@@ -444,9 +444,7 @@ class OpenAIHeadend:
             error = stopped[0]
             if not stream.started:
                 raise error from None
-            stream.send(encoder.error(error))
-            stream.send(encoder.DONE)
-            stream.end()
+            _endInBand(stream, error)
             return
         except AgentError as error:
             if not stream.started:
@@ -458,9 +456,7 @@ class OpenAIHeadend:
                 agent=agent.id,
                 error=error.message,
             )
-            stream.send(encoder.error(error))
-            stream.send(encoder.DONE)
-            stream.end()
+            _endInBand(stream, error)
             return
         except Exception:
             if not stream.started:
@@ -472,9 +468,7 @@ class OpenAIHeadend:
                 completionId=record.completionId,
                 agent=agent.id,
             )
-            stream.send(encoder.error(_internalError()))
-            stream.send(encoder.DONE)
-            stream.end()
+            _endInBand(stream, _internalError())
             return
         finally:
             if timer[0].active():
@@ -486,6 +480,14 @@ class OpenAIHeadend:
         frames.append(encoder.DONE)
         stream.send(b"".join(frames))
         stream.end()
+
+
+def _endInBand(stream: SSEStream, error: AgentError) -> None:
+    """
+    End a stream that already began with an error frame and C{[DONE]}.
+    """
+    stream.send(ChunkEncoder.error(error) + ChunkEncoder.DONE)
+    stream.end()
 
 
 def _stopOnAbort(slot: Slot, run: Deferred[Finished]) -> list[AgentError]:
