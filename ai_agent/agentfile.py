@@ -69,6 +69,7 @@ class AgentSpec:
     llmTimeout: float = 120.0
     toolTimeout: float = 60.0
     toolResponseMaxBytes: int = 12288
+    caching: bool = True
     output: OutputSpec = OutputSpec()
 
 
@@ -224,6 +225,12 @@ def _rangeNumber(low: float, high: float) -> Callable[[_Context, str, object], f
     return parse
 
 
+def _caching(ctx: _Context, key: str, value: object) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("full", "none"):
+        return value.strip().lower() == "full"
+    raise ctx.fail(key, "must be full or none", value)
+
+
 def _reasoning(ctx: _Context, key: str, value: object) -> str | None:
     if value is None:
         return "none"
@@ -325,6 +332,7 @@ _KEYS: Mapping[str, Callable[[_Context, str, Any], object]] = {
     "toolTimeout": _duration,
     "toolResponseMaxBytes": _positiveInt,
     "output": _output,
+    "caching": _caching,
 }
 
 

@@ -552,6 +552,7 @@ def _llmRequest(
         timeout=agent.llmTimeout,
         totalTimeout=totalTimeout(agent.llmTimeout),
         responseFormat=responseFormat,
+        cache=agent.caching,
     )
 
 

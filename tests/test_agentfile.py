@@ -476,3 +476,21 @@ class LoadAgentTests(SynchronousTestCase):
             f.write(b"---\nmodels: a/b\n---\n\xff\xfe\n")
         error = self.assertRaises(ConfigurationError, loadAgent, path)
         self.assertIn(f"{path}: agent file is not valid UTF-8", str(error))
+
+
+class CachingTests(SynchronousTestCase):
+    """
+    C{caching} turns prompt caching on (C{full}, the default) or off.
+    """
+
+    def test_values(self) -> None:
+        """
+        C{full} and C{none} (any case) are taken; anything else is refused
+        by name.
+        """
+        self.assertTrue(agent("models: a/b").caching)
+        self.assertTrue(agent("models: a/b\ncaching: Full").caching)
+        self.assertFalse(agent("models: a/b\ncaching: none").caching)
+        with self.assertRaises(ConfigurationError) as caught:
+            agent("models: a/b\ncaching: sometimes")
+        self.assertIn("'caching'", str(caught.exception))

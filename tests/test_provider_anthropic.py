@@ -773,3 +773,43 @@ class JSONInstructionTests(SynchronousTestCase):
             )
         )
         self.assertTrue(body["system"].startswith("Be brief.\n\nAnswer with one JSON object"))
+
+
+class PromptCacheTests(SynchronousTestCase):
+    """
+    With C{cache}, the end of the conversation is a prompt-cache
+    breakpoint; without it, nothing is marked.
+    """
+
+    def _body(self, **kwargs: Any) -> dict[str, Any]:
+        from ai_agent.providers.anthropic import AnthropicProvider
+
+        provider = AnthropicProvider(
+            name="claude", baseUrl="https://upstream.invalid", http=None, reactor=Clock()
+        )
+        return provider.payload(request(**kwargs))
+
+    def test_lastBlockMarked(self) -> None:
+        """
+        The last block of the last message carries C{cache_control}; the
+        earlier ones do not.
+        """
+        body = self._body(
+            cache=True,
+            messages=(
+                ChatMessage("user", "first"),
+                ChatMessage("assistant", "", toolCalls=(ToolCall("c1", "t__x", "{}"),)),
+                ChatMessage("tool", "result", toolCallId="c1"),
+            ),
+        )
+        last = body["messages"][-1]["content"][-1]
+        self.assertEqual(last["type"], "tool_result")
+        self.assertEqual(last["cache_control"], {"type": "ephemeral"})
+        self.assertNotIn("cache_control", body["messages"][0]["content"][-1])
+
+    def test_off(self) -> None:
+        """
+        Without C{cache}, no block is marked.
+        """
+        body = self._body(cache=False)
+        self.assertNotIn("cache_control", json.dumps(body))

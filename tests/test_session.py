@@ -424,3 +424,21 @@ class ResponseFormatTests(SynchronousTestCase):
             _agent(output=OutputSpec("json", {"type": "array"})), Sampling(responseFormat=asked)
         )
         self.assertEqual(found, asked)
+
+
+class CachingFlagTests(SynchronousTestCase):
+    """
+    The agent's C{caching} reaches every LLM request.
+    """
+
+    def test_flag(self) -> None:
+        """
+        C{caching: full} (the default) asks for caching; C{none} does not.
+        """
+        for caching in (True, False):
+            provider = ScriptedProvider(name="first", replies=[LLMResponse(content="ok")])
+            runner = SessionRunner({"first": provider}.__getitem__, Clock())
+            self.successResultOf(
+                runner.run(_agent(caching=caching), [ChatMessage("user", "x")], lambda e: None)
+            )
+            self.assertEqual(provider.requests[0].cache, caching)

@@ -108,6 +108,9 @@ class LLMRequest:
     @ivar responseFormat: the answer's format in Chat Completions' shape
         (C{{"type": "json_object"}} or C{{"type": "json_schema",
         "json_schema": {"name": …, "schema": …}}}), or L{None} for text.
+    @ivar cache: ask the provider to cache the request's prefix (tools,
+        system text, conversation so far) for the next call, where the wire
+        protocol has such a switch (Anthropic's prompt caching).
     """
 
     model: str
@@ -122,6 +125,7 @@ class LLMRequest:
     stream: bool = True
     timeout: float | None = None
     responseFormat: Mapping[str, Any] | None = None
+    cache: bool = False
     totalTimeout: float | None = None
 
 

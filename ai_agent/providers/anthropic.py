@@ -160,6 +160,24 @@ def _blocks(
     return "user", blocks
 
 
+#: Blocks that may carry a prompt-cache breakpoint.
+_CACHEABLE = frozenset({"text", "tool_result", "tool_use", "image", "document"})
+
+
+def _markCacheBreakpoint(messages: list[dict[str, Any]]) -> None:
+    """
+    Mark the end of the conversation as a prompt-cache breakpoint, so the
+    next call of the run (after its tool results) reads tools, system text
+    and history from Anthropic's cache instead of paying for them again.
+    A prefix shorter than the model's minimum is simply not cached.
+    """
+    if not messages:
+        return
+    blocks = messages[-1]["content"]
+    if blocks and blocks[-1].get("type") in _CACHEABLE:
+        blocks[-1] = {**blocks[-1], "cache_control": {"type": "ephemeral"}}
+
+
 def _input(call: ToolCall) -> dict[str, Any]:
     try:
         value = json.loads(call.arguments) if call.arguments.strip() else {}
@@ -239,6 +257,8 @@ class AnthropicProvider(HTTPProvider):
         if request.stop:
             body["stop_sequences"] = list(request.stop)
         body["stream"] = request.stream
+        if request.cache:
+            _markCacheBreakpoint(messages)
         return body
 
     def requestHeaders(self, request: LLMRequest) -> dict[str, str]:
