@@ -14,7 +14,9 @@ import hashlib
 import hmac
 import io
 import json
+import re
 from typing import Any, Iterable, cast
+from urllib.parse import quote, unquote_to_bytes
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall
@@ -38,6 +40,61 @@ _DRAIN_LIMIT = 64 * 1024
 _LINGER = 2.0
 
 _JSON_TYPES = (b"application/json", b"text/json")
+
+
+#: A C{%} not followed by two hex digits.
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+#: Characters left unescaped when a canonical path is written back: RFC
+#: 3986's unreserved and sub-delimiters, C{:} and C{@}.
+_SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
+
+#: An absolute-form request target's scheme and authority.
+_ABSOLUTE_FORM = re.compile(rb"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
+class UnusablePath(ValueError):
+    """
+    A request target that has no single meaning as a path.
+    """
+
+
+def canonicalPath(target: bytes) -> tuple[bytes, bytes]:
+    """
+    The one spelling of a request target's path that both the API-key check
+    and the router use, and its query string (with its C{?}, or empty).
+
+    An absolute-form target (C{http://host/v1/models}) loses its scheme and
+    authority; percent-escapes are decoded once; runs of C{/} fold into one;
+    each segment is written back escaped, so the router's own decoding gives
+    the same segments.  A trailing C{/} is kept.
+
+    @raise UnusablePath: for a target that cannot be given one meaning: a
+        malformed or double escape, bytes that are not UTF-8, control
+        characters, C{.} or C{..} segments, a fragment, or a target that is
+        not a path.
+    """
+    target = _ABSOLUTE_FORM.sub(b"", target, count=1) or b"/"
+    path, question, query = target.partition(b"?")
+    if not path.startswith(b"/"):
+        raise UnusablePath("the request target must be a path starting with '/'")
+    if b"#" in path or _BAD_ESCAPE.search(path):
+        raise UnusablePath("the request path has a malformed percent-escape")
+    try:
+        decoded = unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnusablePath("the request path is not UTF-8 once percent-decoded") from None
+    if "%" in decoded:
+        raise UnusablePath("the request path is percent-escaped twice")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+        raise UnusablePath("the request path has control characters")
+    segments = [segment for segment in decoded.split("/") if segment]
+    if any(segment in (".", "..") for segment in segments):
+        raise UnusablePath("the request path has '.' or '..' segments")
+    canonical = "/" + "/".join(quote(segment, safe=_SEGMENT_SAFE) for segment in segments)
+    if segments and decoded.endswith("/"):
+        canonical += "/"
+    return canonical.encode("ascii"), question + query
 
 
 def _dumps(value: Any) -> bytes:
@@ -95,7 +152,9 @@ class HTTPPolicy:
         body, from its first byte.
     @ivar idleTimeout: seconds an idle keep-alive connection stays open.
     @ivar corsOrigins: origins allowed to call from a browser (C{*} for any).
-    @ivar protectedPrefixes: paths that need an API key when keys are set.
+    @ivar openPaths: the canonical paths answered without an API key when
+        keys are set; every other path, whether or not a route serves it,
+        needs one.
     """
 
     maxBodySize: int = 8 * 1024 * 1024
@@ -103,7 +162,7 @@ class HTTPPolicy:
     idleTimeout: float = 60.0
     apiKeys: APIKeys = APIKeys()
     corsOrigins: frozenset[str] = frozenset()
-    protectedPrefixes: tuple[bytes, ...] = (b"/v1/",)
+    openPaths: frozenset[bytes] = frozenset({b"/health", b"/openapi.json"})
 
     def allowsOrigin(self, origin: bytes | None) -> bytes | None:
         """
@@ -126,6 +185,7 @@ class GuardedRequest(Request):
     _refusal: AgentError | None = None
     _received: int = 0
     _answered: bool = False
+    _canonical: tuple[bytes, bytes] | None = None
 
     @property
     def policy(self) -> HTTPPolicy:
@@ -158,11 +218,18 @@ class GuardedRequest(Request):
 
     def _screen(self, length: int | None) -> AgentError | None:
         policy = self.policy
-        path = getattr(self.channel, "_path", b"").split(b"?", 1)[0]
+        # The request line as received; twisted.web gives no public access
+        # to it before the body is read (tests.test_http_guard pins this).
+        target = getattr(self.channel, "_path", b"")
         method = getattr(self.channel, "_command", b"")
+        try:
+            self._canonical = canonicalPath(target)
+        except UnusablePath as e:
+            return AgentError(str(e), 400, "invalid_request_error", "invalid_path")
+        path = self._canonical[0]
         if method == b"OPTIONS":
             return None
-        if policy.apiKeys.enabled and path.startswith(policy.protectedPrefixes):
+        if policy.apiKeys.enabled and path not in policy.openPaths:
             if not policy.apiKeys.accepts(self._presentedKey()):
                 return AgentError(
                     "a valid API key is required: send it as 'Authorization: Bearer KEY'",
@@ -236,6 +303,16 @@ class GuardedRequest(Request):
             headers.append((b"Access-Control-Allow-Origin", origin))
             headers.append((b"Vary", b"Origin"))
         return headers
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # Route by the same canonical path the key check used.  A target
+        # that could not be made canonical was refused already; route it
+        # nowhere.
+        if self._canonical is not None:
+            path = b"".join(self._canonical)
+        elif self._refusal is not None:
+            path = b"/"
+        super().requestReceived(command, path, version)
 
     def process(self) -> None:
         self.site = cast(Any, self.channel).site
@@ -389,4 +466,12 @@ class GuardedSite(Site):
             super().log(request)
 
 
-__all__ = ["APIKeys", "GuardedChannel", "GuardedRequest", "GuardedSite", "HTTPPolicy"]
+__all__ = [
+    "APIKeys",
+    "GuardedChannel",
+    "GuardedRequest",
+    "GuardedSite",
+    "HTTPPolicy",
+    "UnusablePath",
+    "canonicalPath",
+]
