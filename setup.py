@@ -16,7 +16,7 @@ setup(
     packages=find_packages(include=["ai_agent", "ai_agent.*"]) + ["twisted.plugins"],
     package_data={"ai_agent": ["py.typed"]},
     install_requires=[
-        "twisted>=24.7",
+        "twisted>=24.7,<27",  # private attributes pinned by tests/test_private_api.py
         "klein>=24.8",
         "attrs>=23.1",
         "treq>=24.9",
