@@ -44,15 +44,25 @@ class _Raw(Protocol):
             d.callback(None)
         self._waiters = []
 
-    def waitFor(self, marker: bytes, count: int = 1) -> Deferred[None]:
+    def waitFor(self, marker: bytes, count: int = 1, timeout: float = 15.0) -> Deferred[None]:
         """
         Fire once C{marker} was received C{count} times (or the connection
-        closed).
+        closed); fail after C{timeout} seconds, showing what was received.
         """
-        d: Deferred[None] = Deferred()
+
+        def forget(d: Deferred[None]) -> None:
+            self._waiters = [waiter for waiter in self._waiters if waiter[2] is not d]
+
+        def timedOut(result: object, seconds: float) -> None:
+            raise AssertionError(
+                f"{marker!r} not received {count} time(s) in {seconds:g} s; "
+                f"received: {self.received[-1000:]!r}"
+            )
+
+        d: Deferred[None] = Deferred(canceller=forget)
         self._waiters.append((marker, count, d))
         self._check()
-        return d
+        return d.addTimeout(timeout, reactor, onTimeoutCancel=timedOut)
 
     def _check(self) -> None:
         for waiter in list(self._waiters):
