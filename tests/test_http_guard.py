@@ -6,6 +6,7 @@ content types, deadlines, keep-alive, pipelining, API keys and CORS.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from twisted.internet import reactor
@@ -225,14 +226,25 @@ class DeadlineTests(TestCase):
 
     async def test_idleKeepAliveClosed(self) -> None:
         """
-        An idle keep-alive connection is closed after the idle timeout.
+        A keep-alive connection stays open and usable while it is idle for
+        less than the idle timeout, and is closed by the server once it
+        has been idle for the whole timeout.
         """
-        server = await startServer(self, policy=HTTPPolicy(idleTimeout=0.2))
+        server = await startServer(self, policy=HTTPPolicy(idleTimeout=0.6))
         raw = await _connect(server)
-        raw.transport.write(_request(path=b"/health", method=b"GET", body=b""))
+        health = _request(path=b"/health", method=b"GET", body=b"")
+        raw.transport.write(health)
         await raw.waitFor(b'"status"')
-        await raw.lost
-        self.assertTrue(raw.closed)
+        await _sleep(0.3)
+        self.assertFalse(raw.closed, "closed before the idle timeout")
+        raw.transport.write(health)
+        await raw.waitFor(b'"status"', 2)
+        self.assertEqual(raw.received.count(b"HTTP/1.1 200"), 2, raw.received)
+        answered = time.monotonic()
+        await _withTimeout(raw.lost, 10)
+        # The timer restarts when the second answer is sent, a moment
+        # before it arrives here.
+        self.assertGreater(time.monotonic() - answered, 0.45)
 
     async def test_longStreamNotCut(self) -> None:
         """
@@ -572,6 +584,17 @@ class CORSTests(TestCase):
         answer = (await self._answer(server, self._preflight(b"https://b.example"))).lower()
         self.assertEqual(_status(answer), 403)
         self.assertNotIn(b"access-control-allow-origin", answer)
+        answer = await self._answer(
+            server,
+            _request(
+                path=b"/v1/models",
+                method=b"GET",
+                body=b"",
+                headers={b"Origin": b"https://b.example"},
+            ),
+        )
+        self.assertEqual(_status(answer), 200)
+        self.assertNotIn(b"access-control-allow-", answer.lower())
 
     async def test_allowedOriginOnResponses(self) -> None:
         """
