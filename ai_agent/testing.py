@@ -442,10 +442,12 @@ def _anthropicEnvelope(message: str, status: int) -> dict[str, Any]:
     errorType = {
         400: "invalid_request_error",
         401: "authentication_error",
+        402: "billing_error",
         403: "permission_error",
         404: "not_found_error",
         413: "request_too_large",
         429: "rate_limit_error",
+        504: "timeout_error",
         529: "overloaded_error",
     }.get(status, "api_error")
     return {"type": "error", "error": {"type": errorType, "message": message}}
@@ -729,7 +731,9 @@ class _Exchange:
         thinking = reply.reasoningPieces()
         if thinking:
             block(
-                {"type": "thinking", "thinking": ""},
+                # The API opens a thinking block with an empty signature,
+                # which a signature_delta fills in before the block stops.
+                {"type": "thinking", "thinking": "", "signature": ""},
                 [{"type": "thinking_delta", "thinking": piece} for piece in thinking]
                 + [{"type": "signature_delta", "signature": self._signature()}],
             )
