@@ -25,6 +25,7 @@ setup(
     extras_require={
         "test": [
             "openai>=1.40",
+            "anthropic>=2.14",
             "langchain-openai>=1.0",
             "mcp>=2.3,<3",
             "hypothesis>=6.100",
