@@ -35,7 +35,7 @@ from anthropic.types import (
     ToolUseBlock,
 )
 from anthropic.types.shared import ErrorResponse
-from openai.types import CompletionUsage
+from openai.types import CompletionUsage, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.shared import ErrorObject
 from twisted.internet import reactor
@@ -149,6 +149,19 @@ class OpenAISDKTests(_FakeTestCase):
         events = _events(response.text)
         assert events[-1] == (None, "[DONE]"), events[-1]
         return [json.loads(data) for _, data in events[:-1]]
+
+    async def test_models(self) -> None:
+        """
+        The model list parses into the SDK's C{Model}s, raw entries with no
+        unknown field.
+        """
+        models = await inThread(lambda: list(self.client.models.list()))
+        self.assertEqual([(m.id, m.object) for m in models], [("fake-model", "model")])
+        self.assertIsInstance(models[0], Model)
+        listing = await inThread(httpx.get, self.running.baseUrl + "/models", timeout=20)
+        self.assertEqual(listing.json()["object"], "list")
+        for entry in listing.json()["data"]:
+            self.assertEqual(_validate(Model, entry)[1], [])
 
     async def test_completion(self) -> None:
         """
