@@ -220,7 +220,7 @@ class DeadlineTests(TestCase):
                 break
             raw.transport.write(bytes([byte]))
             await _sleep(0.02)
-        await raw.lost
+        await _withTimeout(raw.lost, 10)
         self.assertEqual(_status(raw.received), 408)
         self.assertEqual(server.upstream.requests, [])
 
@@ -660,7 +660,7 @@ class AccessLogTests(TestCase):
         raw.transport.write(
             _request(path=b"/health", method=b"GET", body=b"", headers={b"Connection": b"close"})
         )
-        await raw.lost
+        await _withTimeout(raw.lost, 10)
         site.stopFactory()
         with open(path) as f:
             line = f.read()
