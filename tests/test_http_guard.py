@@ -16,7 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from ai_agent.headends._http import APIKeys, HTTPPolicy, UnusablePath, canonicalPath
+from ai_agent.headends._http import APIKeys, HTTPPolicy, UnusablePathError, canonicalPath
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, startServer
 
@@ -502,7 +502,7 @@ class CanonicalPathTests(SynchronousTestCase):
 
     def test_refuses(self) -> None:
         """
-        Targets without a single meaning raise L{UnusablePath}.
+        Targets without a single meaning raise L{UnusablePathError}.
         """
         for target in (
             b"*",
@@ -515,7 +515,7 @@ class CanonicalPathTests(SynchronousTestCase):
             b"/\x01",
             b"/a#b",
         ):
-            self.assertRaises(UnusablePath, canonicalPath, target)
+            self.assertRaises(UnusablePathError, canonicalPath, target)
 
 
 class CORSTests(TestCase):

@@ -21,8 +21,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ai_agent.config import ProviderConfig, loadConfig
-from ai_agent.errors import ConfigurationError, ProviderError
-from ai_agent.events import Usage
+from ai_agent.errors import ConfigurationError, ErrorKind, ProviderError
+from ai_agent.events import FinishReason, Usage
 from ai_agent.providers import (
     AnthropicProvider,
     CallbackSink,
@@ -247,7 +247,10 @@ class InMemoryTests(SynchronousTestCase):
         self.assertEqual(
             self.successResultOf(d),
             LLMResponse(
-                content="Hello", reasoning="hmm ok", finishReason="stop", usage=Usage(3, 2)
+                content="Hello",
+                reasoning="hmm ok",
+                finishReason=FinishReason.END,
+                usage=Usage(3, 2),
             ),
         )
 
@@ -284,7 +287,7 @@ class InMemoryTests(SynchronousTestCase):
         upstream = self.respond(200, b"text/event-stream", chunk({"content": "x"}, "length"))
         upstream.finish()
         self.agent.flush()
-        self.assertEqual(self.successResultOf(d).finishReason, "length")
+        self.assertEqual(self.successResultOf(d).finishReason, FinishReason.MAX_TOKENS)
 
     def test_jsonWhenStreamAsked(self) -> None:
         """
@@ -689,7 +692,8 @@ class UpstreamTests(TestCase):
         response = await self.call()
         self.assertEqual(self.sink.contents, ["Hello", " world"])
         self.assertEqual(
-            response, LLMResponse(content="Hello world", finishReason="stop", usage=Usage(9, 2))
+            response,
+            LLMResponse(content="Hello world", finishReason=FinishReason.END, usage=Usage(9, 2)),
         )
         recorded = self.upstream.requests[0]
         self.assertEqual(recorded.path, "/v1/chat/completions")
@@ -795,7 +799,7 @@ class UpstreamTests(TestCase):
         )
         error = await self.failure(self.call())
         self.assertEqual((error.status, error.retryable, error.retryAfter), (429, True, 7.0))
-        self.assertEqual(error.type, "rate_limit_error")
+        self.assertEqual(error.kind, ErrorKind.RATE_LIMIT)
         error = await self.failure(self.call())
         self.assertEqual(error.retryAfter, 60.0)
 
