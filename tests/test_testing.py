@@ -253,6 +253,8 @@ class FakeUpstreamTests(TestCase):
         """
         self.upstream.script(Reply(content="a", hold=True), Reply(content="b", hold=True))
         first = self.post(chatBody())
+        # Two connections race: let the first take the first reply.
+        await self.upstream.waitForRequests(1)
         second = self.post(chatBody())
         responses = [await first, await second]
         self.assertEqual((self.upstream.inFlight, self.upstream.held), (2, 2))
