@@ -25,14 +25,12 @@ from ai_agent.errors import ConfigurationError, ErrorKind, ProviderError
 from ai_agent.events import FinishReason, Usage
 from ai_agent.providers import (
     AnthropicProvider,
-    CallbackSink,
     ChatMessage,
     LLMRequest,
     LLMResponse,
     OpenAIProvider,
     ToolCall,
     ToolSpec,
-    UnsupportedProvider,
     makeProvider,
 )
 from ai_agent.testing import Reply, RunningFakeUpstream, startFakeUpstream
@@ -277,6 +275,26 @@ class InMemoryTests(SynchronousTestCase):
             response.toolCalls, (ToolCall("a", "f", '{"x": 1}'), ToolCall("b", "g", "{}"))
         )
         self.assertEqual(response.finishReason, "tool_calls")
+
+    def test_usageDetailsAndFinishWords(self) -> None:
+        """
+        Cached prompt tokens and reasoning tokens are read from the usage
+        details; C{content_filter} becomes the neutral C{content_filter}.
+        """
+        d = self.call()
+        upstream = self.respond()
+        upstream.write(chunk({"content": "x"}, "content_filter"))
+        upstream.write(
+            b'data: {"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 9,'
+            b' "prompt_tokens_details": {"cached_tokens": 20},'
+            b' "completion_tokens_details": {"reasoning_tokens": 4}}}\n\n'
+        )
+        upstream.write(b"data: [DONE]\n\n")
+        upstream.finish()
+        self.agent.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.usage, Usage(30, 9, cacheReadTokens=20, reasoningTokens=4))
+        self.assertEqual(response.finishReason, FinishReason.CONTENT_FILTER)
 
     def test_finishWithoutDone(self) -> None:
         """
@@ -602,20 +620,6 @@ class MakeProviderTests(SynchronousTestCase):
         self.assertEqual(provider.url, "http://localhost:11434/v1/chat/completions")
         self.assertIsNone(provider.apiKey)
         self.assertNotIn("Authorization", provider.requestHeaders(request()))
-
-    def test_unsupportedProvider(self) -> None:
-        """
-        L{UnsupportedProvider} fails every call, not retryably, with
-        C{provider_not_supported} and its reason.
-        """
-        provider = UnsupportedProvider("x", "no carrier pigeons here")
-        error = self.failureResultOf(
-            provider.complete(request(), CallbackSink()), ProviderError
-        ).value
-        self.assertEqual(
-            (error.status, error.code, error.retryable), (500, "provider_not_supported", False)
-        )
-        self.assertIn("no carrier pigeons here", error.message)
 
     def test_unknownType(self) -> None:
         """
