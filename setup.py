@@ -25,6 +25,11 @@ setup(
     extras_require={
         "test": [
             "openai>=1.40",
+            "anthropic>=2.14",
+            # Imported directly by tests/test_fake_against_sdks.py (both SDKs
+            # depend on them too).
+            "httpx>=0.23",
+            "pydantic>=2",
             "langchain-openai>=1.0",
             "mcp>=2.3,<3",
             "hypothesis>=6.100",
