@@ -350,7 +350,7 @@ class CompletionTests(TestCase):
         server.upstream.script(Reply(content=["a", "b", "c"], cutAfter=2))
         port = server.port.getHost().port
         client = await _raw(port, _post({"model": "agent", "messages": _user(), "stream": True}))
-        await client.lost
+        await client.lost.addTimeout(15, reactor)
         body = client.received.split(b"\r\n\r\n", 1)[1]
         self.assertIn(b'data: {"error":', body)
         self.assertIn(b"data: [DONE]", body)
@@ -365,7 +365,7 @@ class ErrorTests(TestCase):
     async def _status(self, request: bytes) -> tuple[int, dict[str, Any], bytes]:
         server = await startServer(self)
         client = await _raw(server.port.getHost().port, request)
-        await client.lost
+        await client.lost.addTimeout(15, reactor)
         head, _, body = client.received.partition(b"\r\n\r\n")
         status = int(head.split(b" ")[1])
         if b"chunked" in head.lower():
@@ -555,7 +555,7 @@ class PoolTests(TestCase):
         await _sleep(0.05)
         self.assertEqual(server.pool.queuedRuns, 0)
         server.upstream.release()
-        await first.lost
+        await first.lost.addTimeout(15, reactor)
         self.assertEqual(len(server.upstream.requests), 1)
 
 

@@ -8,6 +8,7 @@ they were checked on).
 from __future__ import annotations
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
@@ -38,6 +39,7 @@ class TwistedPrivateAPITests(SynchronousTestCase):
         The guard checks keys, sizes and paths from these.
         """
         channel = _Recording()
+        channel.callLater = Clock().callLater  # type: ignore[method-assign]
         channel.seen = []
         channel.site = GuardedSite(None)  # type: ignore[attr-defined]
         channel.makeConnection(StringTransport())
