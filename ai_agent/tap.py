@@ -21,6 +21,7 @@ from twisted.web.server import Site
 
 from ai_agent.connections import TrackingFactory
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
+from ai_agent.headends._site import APIRouter, Mount
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
@@ -244,13 +245,26 @@ class _RuntimeService(Service):
 
 
 def makeSite(
-    headend: OpenAIHeadend, policy: HTTPPolicy = HTTPPolicy(), accessLog: str | None = None
+    headend: OpenAIHeadend,
+    policy: HTTPPolicy = HTTPPolicy(),
+    accessLog: str | None = None,
+    mounts: Sequence[Mount] = (),
 ) -> Site:
     """
-    A web site for one headend under the HTTP layer's C{policy}, writing an
-    access log in the combined format to C{accessLog} if given.
+    A web site for the OpenAI headend and the other APIs (C{mounts}) under
+    the HTTP layer's C{policy}, writing an access log in the combined format
+    to C{accessLog} if given.
     """
-    return GuardedSite(headend.app.resource(), policy, logPath=accessLog)
+    router = APIRouter(headend.app.resource(), mounts)
+    return GuardedSite(router, policy, errorFormats=router.errorFormat, logPath=accessLog)
+
+
+def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
+    """
+    The APIs served beside the OpenAI routes on every port, each with its
+    own headend over the same runtime and pool.
+    """
+    return []
 
 
 def policyFrom(options: ServerOptions, environ: Mapping[str, str]) -> HTTPPolicy:
@@ -412,7 +426,8 @@ def makeService(
             else options["reasoning-field"],
             taskShortcut=options["task-shortcut"],
         )
-        connections = TrackingFactory(makeSite(headend, policy, options["access-log"]))
+        site = makeSite(headend, policy, options["access-log"], apiMounts(runtime, pool, reactor))
+        connections = TrackingFactory(site)
         listener: Any
         if inherited is not None:
             fileno, family = inherited[index]
@@ -431,4 +446,4 @@ def makeService(
     return top
 
 
-__all__ = ["Options", "ServerOptions", "endpointFor", "makeService", "makeSite"]
+__all__ = ["Options", "ServerOptions", "apiMounts", "endpointFor", "makeService", "makeSite"]
