@@ -26,6 +26,7 @@ from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
 from ai_agent.registry import AgentRegistry, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
+from ai_agent.store import RunStore
 from ai_agent.tools import McpManager, ToolBoxFactory
 
 log = Logger()
@@ -68,6 +69,10 @@ class Runtime:
     runner: SessionRunner
     mcp: McpManager
     tools: ToolBoxFactory
+    #: The run store (hybrid runs' hidden turns, stored responses), or
+    #: L{None} with C{--store none} and in direct mode.  The server opens it
+    #: when it starts and closes it when it stops (L{ai_agent.store.StoreService}).
+    store: RunStore | None = None
 
     def close(self) -> Deferred[None]:
         """
@@ -88,6 +93,7 @@ def buildRuntime(
     connections: int = 16,
     cwd: str | None = None,
     environ: dict[str, str] | None = None,
+    store: RunStore | None = None,
 ) -> Runtime:
     """
     Load configuration and agents and build the runner.
@@ -121,7 +127,7 @@ def buildRuntime(
     tools = ToolBoxFactory(registry.byPath, mcp)
     runner = SessionRunner(providers, reactor, tools, pricing=config.pricing)
     tools.runner = runner
-    return Runtime(config, registry, pool, http, providers, runner, mcp, tools)
+    return Runtime(config, registry, pool, http, providers, runner, mcp, tools, store)
 
 
 def usedToolServers(registry: AgentRegistry) -> list[str]:

@@ -130,6 +130,9 @@ class MemoryStore:
     def purge(self) -> Deferred[int]:
         if self._closed:
             return fail(StoreError("the run store is closed"))
+        return succeed(self._purgeNow())
+
+    def _purgeNow(self) -> int:
         now = self.clock.seconds()
         expired = [name for name, entry in self._entries.items() if entry.expiresAt <= now]
         for name in expired:
@@ -137,7 +140,7 @@ class MemoryStore:
         removed = len(expired)
         if len(self._entries) > self.maxEntries or self._bytes > self.maxBytes:
             removed += self._evict()
-        return succeed(removed)
+        return removed
 
     def stats(self, namespace: str | None = None) -> Deferred[StoreStats]:
         if self._closed:
@@ -154,7 +157,7 @@ class MemoryStore:
         if self._closed:
             return fail(StoreError("the run store is closed"))
         if self._purger is None:
-            self._purger = LoopingCall(self.purge)
+            self._purger = LoopingCall(self._purgeQuietly)
             self._purger.clock = self.clock
             self._purger.start(self.purgeInterval, now=False)
         return succeed(None)
@@ -166,6 +169,11 @@ class MemoryStore:
         self._entries.clear()
         self._bytes = 0
         return succeed(None)
+
+    def _purgeQuietly(self) -> None:
+        removed = self._purgeNow()
+        if removed:
+            self.log.info("run store purge removed {removed} documents", removed=removed)
 
     def _remove(self, name: tuple[str, str]) -> _Entry | None:
         entry = self._entries.pop(name, None)

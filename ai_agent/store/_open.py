@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -44,21 +45,21 @@ def checkLocation(location: str | None) -> None:
     """
     Check a C{--store} value without touching the database.
 
-    @raise ValueError: for a PostgreSQL URL without a host or socket
-        directory and database, or an empty value; the message has no
-        password.
+    @raise ValueError: for an empty value or a PostgreSQL URL that cannot be
+        parsed (a bad port, say); the message has no password.
     """
     if location is None or location in ("none", "memory"):
         return
     if not location.strip():
         raise ValueError("--store needs a file, a postgresql:// URL, memory or none")
     if isPostgresURL(location):
-        rest = location.split("://", 1)[1]
-        if not rest or rest.startswith("/") and "host=" not in rest:
+        try:
+            _ = urlsplit(location).port  # raises for a bad port
+        except ValueError:
             raise ValueError(
-                f"--store {describeLocation(location)}: a PostgreSQL URL names a host"
-                " (postgresql://user@host:5432/database) or a socket directory (?host=/run/…)"
-            )
+                f"{describeLocation(location)} is not a PostgreSQL URL"
+                " (postgresql://user@host:5432/database)"
+            ) from None
 
 
 def makeStore(

@@ -124,11 +124,11 @@ class Dialect:
 
     name: str
     description: str
-    connect: Callable[[], Any]
+    connect: Callable[[], Any] = attrs.field(repr=False)
     marker: str = "?"
     lockStatements: tuple[str, ...] = ()
     errors: tuple[type[BaseException], ...] = ()
-    secrets: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
     prepare: Callable[[], None] | None = None
     isBroken: Callable[[Any], bool] = lambda connection: False
 
@@ -149,13 +149,16 @@ class Dialect:
 def sqliteDialect(path: str, busyTimeout: float = 10.0) -> Dialect:
     """
     SQLite in the file C{path}, in WAL mode so readers never wait for the
-    writer (and several processes on one machine can share the file); its
-    directory is created (mode 0700) when missing.
+    writer (and several processes on one machine can share the file); the
+    file (mode 0600) and its directory (mode 0700) are created when missing.
     """
 
     def prepare() -> None:
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        # Conversations are private: a new file is readable by its owner only
+        # (SQLite gives its -wal and -shm files the same mode).
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
     def connect() -> sqlite3.Connection:
         connection = sqlite3.connect(path, timeout=busyTimeout, check_same_thread=False)
@@ -470,8 +473,6 @@ class SQLStore:
         )
 
     def _migrate(self, cursor: Any, now: float) -> tuple[int, StoreStats]:
-        if self.dialect.prepare is not None:
-            self.dialect.prepare()
         if self.dialect.name == "sqlite":
             # Take the write lock first: two processes opening the same file
             # then migrate one after the other.
@@ -600,6 +601,8 @@ class SQLStore:
             raise CancelledError()
         connection = getattr(self._local, "connection", None)
         if connection is None:
+            if self.dialect.prepare is not None:
+                self.dialect.prepare()
             connection = self.dialect.connect()
             self._local.connection = connection
             with self._connectionsLock:
