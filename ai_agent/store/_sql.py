@@ -192,7 +192,8 @@ def postgresDialect(url: str, connectTimeout: float = 10.0) -> Dialect:
         import psycopg
     except ImportError:
         raise StoreError(
-            "a PostgreSQL store needs psycopg: pip install 'psycopg[binary]'"
+            "a PostgreSQL store needs psycopg: pip install 'ai-agent[postgresql]'"
+            " (or 'psycopg[binary]')"
         ) from None
 
     def connect() -> Any:
@@ -462,6 +463,8 @@ class SQLStore:
             self._threads.start()
         now = self.clock.seconds()
         version, stats = await self._inThread("open", lambda cursor: self._migrate(cursor, now))
+        if self._closed:
+            raise StoreError("the run store is closed")
         self._estimate = stats
         self._ready = True
         self.log.info(
