@@ -615,6 +615,40 @@ class PostgresStoreTests(PostgresTestMixin, SQLStoreBehaviourMixin, TestCase):
         await stores[3].put(TURNS, "a", 1)
         self.assertEqual((await stores[0].get(TURNS, "a")).document, 1)  # type: ignore[union-attr]
 
+    async def test_tablesMadeForIt(self) -> None:
+        """
+        A user that may not create tables uses the tables another user
+        created: opening creates nothing that exists.
+        """
+        await (await self.openStore()).close()
+        password = "limited-pw"
+
+        def limitedRole(create: bool) -> None:
+            import psycopg
+
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+                if create:
+                    connection.execute("DROP ROLE IF EXISTS ai_agent_limited")
+                    connection.execute(f"CREATE ROLE ai_agent_limited LOGIN PASSWORD '{password}'")
+                    connection.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+                    connection.execute(
+                        "GRANT SELECT, INSERT, UPDATE, DELETE"
+                        " ON ai_agent_store, ai_agent_store_schema TO ai_agent_limited"
+                    )
+                else:
+                    connection.execute("DROP OWNED BY ai_agent_limited")
+                    connection.execute("DROP ROLE ai_agent_limited")
+
+        await deferToThread(limitedRole, True)
+        self.addCleanup(deferToThread, limitedRole, False)
+        scheme, rest = POSTGRES_URL.split("://", 1)
+        url = f"{scheme}://ai_agent_limited:{password}@{rest.split('@', 1)[1]}"
+        store = self.makePostgresStore(url)
+        self.addCleanup(store.close)
+        await withTimeout(store.start())
+        await store.put(TURNS, "a", {"by": "limited"})
+        self.assertEqual((await store.get(TURNS, "a")).document, {"by": "limited"})  # type: ignore[union-attr]
+
     async def test_reconnects(self) -> None:
         """
         When the server drops the store's connections (a restart), the next

@@ -126,6 +126,7 @@ class Dialect:
     description: str
     connect: Callable[[], Any] = attrs.field(repr=False)
     marker: str = "?"
+    tableExists: str = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
     lockStatements: tuple[str, ...] = ()
     errors: tuple[type[BaseException], ...] = ()
     secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
@@ -209,6 +210,7 @@ def postgresDialect(url: str, connectTimeout: float = 10.0) -> Dialect:
         f"PostgreSQL {redactURL(url)}",
         connect,
         marker="%s",
+        tableExists="SELECT to_regclass(%s) IS NOT NULL",
         lockStatements=(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})",),
         errors=(psycopg.Error,),
         secrets=tuple(urlSecrets(url)),
@@ -482,7 +484,11 @@ class SQLStore:
             cursor.execute("BEGIN IMMEDIATE")
         for statement in self.dialect.lockStatements:
             cursor.execute(statement)
-        cursor.execute(_CREATE_VERSIONS)
+        # Only what is missing is created, so a user without the right to
+        # create tables can use tables created for it.
+        cursor.execute(self.dialect.tableExists, ("ai_agent_store_schema",))
+        if not cursor.fetchone()[0]:
+            cursor.execute(_CREATE_VERSIONS)
         cursor.execute(_READ_VERSION)
         version = cursor.fetchone()[0] or 0
         if version > SCHEMA_VERSION:
