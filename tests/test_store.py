@@ -8,6 +8,7 @@ PostgreSQL, migrations racing, and passwords kept out of errors and logs.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -19,7 +20,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from ai_agent.store import (
     RESPONSES,
@@ -846,3 +847,114 @@ class SettingsTests(SynchronousTestCase):
         self.successResultOf(service.stopService())
         self.assertEqual(clock.getDelayedCalls(), [])
         self.failureResultOf(store.get(TURNS, "a"), StoreError)
+
+
+class ServerWiringTests(TestCase):
+    """
+    The server opens the store C{--store} names when it starts and closes
+    it when it stops; L{Runtime.store<ai_agent.runtime.Runtime>} is it.
+    """
+
+    def setUp(self) -> None:
+        self.folder = os.path.abspath(self.mktemp())
+        os.makedirs(self.folder)
+        writeAgent(self.folder, "chat.ai")
+        # The agent's provider; nothing here calls it.
+        with open(os.path.join(self.folder, ".ai-agent.json"), "w") as f:
+            json.dump(
+                {"providers": {"fake": {"type": "openai", "baseUrl": "http://127.0.0.1:9"}}}, f
+            )
+
+    def build(self, *argv: str) -> Any:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from ai_agent import tap
+
+        options = tap.Options()
+        options.parseOptions(
+            [
+                "--agent",
+                os.path.join(self.folder, "chat.ai"),
+                "--config",
+                os.path.join(self.folder, ".ai-agent.json"),
+                "--openai-completions",
+                "0",
+                *argv,
+            ]
+        )
+        return tap.makeService(options, MemoryReactorClock())
+
+    def test_runtimeStore(self) -> None:
+        """
+        C{--store FILE} gives the runtime a SQLite store on that file, with
+        C{--store-ttl}, and a service that opens and closes it; C{--store
+        none} gives it none.
+        """
+        path = os.path.join(self.folder, "s.sqlite3")
+        top = self.build("--store", path, "--store-ttl", "1h")
+        runtimes = [child.runtime for child in top if hasattr(child, "runtime")]
+        stores = [child.store for child in top if isinstance(child, StoreService)]
+        self.assertEqual(len(stores), 1)
+        self.assertIs(runtimes[0].store, stores[0])
+        self.assertEqual(stores[0].description, "SQLite " + path)
+        self.assertEqual(stores[0].ttl, 3600)
+        top = self.build("--store", "none")
+        self.assertIsNone([c.runtime for c in top if hasattr(c, "runtime")][0].store)
+        self.assertEqual([c for c in top if isinstance(c, StoreService)], [])
+
+    async def serve(self, *argv: str) -> str:
+        """
+        Run C{ai-agent} on this folder until its store is open, stop it with
+        SIGTERM, and return its output.
+        """
+        import signal
+
+        from tests._process import ServerProcess, childEnvironment, command, freePort
+
+        protocol = ServerProcess()
+        full = [
+            *command("ai-agent"),
+            "--agent",
+            "chat.ai",
+            "--openai-completions",
+            str(freePort()),
+            *argv,
+        ]
+        reactor.spawnProcess(
+            protocol, full[0], full, env=childEnvironment(HOME=self.folder), path=self.folder
+        )
+        try:
+            for _ in range(int(TIMEOUT / 0.1)):
+                if b"run store open" in protocol.output or protocol.ended.called:
+                    break
+                await deferLater(reactor, 0.1, lambda: None)
+        finally:
+            if not protocol.ended.called:
+                os.kill(protocol.transport.pid, signal.SIGTERM)
+            status = await withTimeout(protocol.ended)
+        output = protocol.output.decode()
+        self.assertEqual(status, 0, output)
+        return output
+
+    async def test_defaultFile(self) -> None:
+        """
+        Without C{--store}, a server keeps its store in
+        C{~/.local/state/ai-agent/store.sqlite3}, opened at start and closed
+        at a SIGTERM.
+        """
+        output = await self.serve()
+        path = os.path.join(self.folder, ".local", "state", "ai-agent", "store.sqlite3")
+        self.assertIn(f"run store open (SQLite {path}, schema {SCHEMA_VERSION})", output)
+        self.assertIn(f"run store closed (SQLite {path})", output)
+        self.assertTrue(os.path.isfile(path))
+
+    async def test_postgresPasswordNotLogged(self) -> None:
+        """
+        A server on a PostgreSQL store logs where it is, never its password.
+        """
+        if not POSTGRES_URL:
+            raise SkipTest(POSTGRES_SKIP)
+        output = await self.serve("--store", POSTGRES_URL)
+        self.assertIn(f"run store open (PostgreSQL {redactURL(POSTGRES_URL)}", output)
+        for secret in urlSecrets(POSTGRES_URL):
+            self.assertNotIn(secret, output)

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -119,8 +119,6 @@ class StoreService(Service):
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
-        if self.store is None:
-            return succeed(None)
         return self.store.close()
 
 
