@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from typing import Any, Callable
 
@@ -440,6 +441,28 @@ class SQLStoreBehaviourMixin(StoreBehaviourMixin):
         await withTimeout(store.close())
         results = await gatherResults(puts)
         self.assertEqual(results, [None] * 50)
+
+    async def test_closeGivesUpOnHungWork(self) -> None:
+        """
+        An operation that does not finish (a database that stopped
+        answering) holds C{close} up for C{closeTimeout} seconds at most;
+        the store then closes with a warning, without waiting for its
+        threads.
+        """
+        logs = LogCapture(self)  # type: ignore[arg-type]
+        store = await self.openStore(closeTimeout=5)
+        release = threading.Event()
+        self.addCleanup(release.set)  # type: ignore[attr-defined]
+        hung = store._inThread("hang", lambda cursor: release.wait(TIMEOUT))
+        closing = store.close()
+        self.clock.advance(4)
+        self.assertFalse(closing.called)  # type: ignore[attr-defined]
+        self.clock.advance(1)
+        await withTimeout(closing)
+        self.assertIn("1 operations still running after 5s", logs.everything())
+        self.assertFalse(hung.called)  # type: ignore[attr-defined]
+        release.set()
+        await withTimeout(hung)
 
 
 class MemoryStoreTests(StoreBehaviourMixin, TestCase):

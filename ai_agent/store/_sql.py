@@ -18,7 +18,7 @@ import threading
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -183,9 +183,13 @@ def sqliteDialect(path: str, busyTimeout: float = 10.0) -> Dialect:
     )
 
 
-def postgresDialect(url: str, connectTimeout: float = 10.0) -> Dialect:
+def postgresDialect(
+    url: str, connectTimeout: float = 10.0, statementTimeout: float = 30.0
+) -> Dialect:
     """
-    PostgreSQL at C{url} (C{postgresql://…}), through psycopg 3.
+    PostgreSQL at C{url} (C{postgresql://…}), through psycopg 3.  A
+    connection attempt gives up after C{connectTimeout} seconds, a
+    statement after C{statementTimeout}.
 
     @raise StoreError: when psycopg is not installed.
     """
@@ -198,9 +202,17 @@ def postgresDialect(url: str, connectTimeout: float = 10.0) -> Dialect:
         ) from None
 
     def connect() -> Any:
-        return psycopg.connect(
+        connection = psycopg.connect(
             url, connect_timeout=max(int(connectTimeout), 1), application_name="ai-agent"
         )
+        try:
+            # No statement (nor wait for a lock) holds a store thread for ever.
+            connection.execute(f"SET statement_timeout = {int(statementTimeout * 1000)}")
+            connection.commit()
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     def isBroken(connection: Any) -> bool:
         return bool(connection.closed or connection.broken)
@@ -216,6 +228,17 @@ def postgresDialect(url: str, connectTimeout: float = 10.0) -> Dialect:
         secrets=tuple(urlSecrets(url)),
         isBroken=isBroken,
     )
+
+
+class _StoreThreads(ThreadPool):
+    """
+    The store's threads: daemon threads, so that a database that stopped
+    answering cannot keep the process from exiting.
+    """
+
+    @staticmethod
+    def threadFactory(*args: Any, **kwargs: Any) -> threading.Thread:  # type: ignore[override]
+        return threading.Thread(*args, daemon=True, **kwargs)
 
 
 @attrs.define(eq=False)
@@ -253,6 +276,7 @@ class SQLStore:
     maxEntries: int = DEFAULT_MAX_ENTRIES
     purgeInterval: float = DEFAULT_PURGE_INTERVAL
     connections: int = 1
+    closeTimeout: float = 10.0
     _threads: ThreadPool | None = attrs.field(default=None, init=False)
     _local: threading.local = attrs.field(factory=threading.local, init=False)
     _liveConnections: list[Any] = attrs.field(factory=list, init=False)
@@ -410,15 +434,33 @@ class SQLStore:
         self._closed = True
         if self._purger is not None and self._purger.running:
             self._purger.stop()
-        # Operations already handed to the database finish; their callers
-        # get their results.
-        while self._pending:
-            await DeferredList(list(self._pending), consumeErrors=True)
+        # Operations already handed to the database finish, and their callers
+        # get their results, for up to closeTimeout seconds.
+        deadline = self.clock.seconds() + self.closeTimeout
+        while self._pending and self.clock.seconds() < deadline:
+            waiting = DeferredList([_observe(d) for d in self._pending], consumeErrors=True)
+            waiting.addTimeout(max(deadline - self.clock.seconds(), 0.0), self.clock)
+            try:
+                await waiting
+            except TimeoutError:
+                break
         threads, self._threads = self._threads, None
-        if threads is not None:
-            closing = deferToThreadPool(self.reactor, threads, self._closeConnections)
-            await DeferredList([closing], consumeErrors=True)
-            threads.stop()
+        if threads is None:
+            return
+        if self._pending:
+            self.log.warn(
+                "run store ({store}): {count} operations still running after"
+                " {timeout}s; closing without them",
+                store=self.description,
+                count=len(self._pending),
+                timeout=self.closeTimeout,
+            )
+            # Joining would wait for them: leave that to a thread of its own.
+            threading.Thread(target=threads.stop, daemon=True).start()
+            return
+        closing = deferToThreadPool(self.reactor, threads, self._closeConnections)
+        await DeferredList([closing], consumeErrors=True)
+        threads.stop()
         self.log.info("run store closed ({store})", store=self.description)
 
     def _whenReady(self) -> Deferred[None]:
@@ -461,7 +503,7 @@ class SQLStore:
 
     async def _open(self) -> None:
         if self._threads is None:
-            self._threads = ThreadPool(1, self.connections, name="ai-agent-store")
+            self._threads = _StoreThreads(1, self.connections, name="ai-agent-store")
             self._threads.start()
         now = self.clock.seconds()
         version, stats = await self._inThread("open", lambda cursor: self._migrate(cursor, now))
@@ -665,6 +707,21 @@ def _encode(document: Any) -> tuple[str, int]:
         text = json.dumps(document, separators=(",", ":"), allow_nan=False)
         size = len(text)
     return text, size
+
+
+def _observe(d: Deferred[Any]) -> Deferred[None]:
+    """
+    A Deferred firing when C{d} does; cancelling it leaves C{d} alone.
+    """
+    observer: Deferred[None] = Deferred()
+
+    def fired(result: Any) -> Any:
+        if not observer.called:
+            observer.callback(None)
+        return result
+
+    d.addBoth(fired)
+    return observer
 
 
 def _succeeded(value: T) -> Deferred[T]:
