@@ -22,7 +22,7 @@ import math
 import re
 from array import array
 from itertools import accumulate
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -31,14 +31,16 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from ai_agent.accounting import RunLabels
 from ai_agent.errors import AgentError, invalidRequest
-from ai_agent.providers import ChatMessage, ToolCall
-from ai_agent.session import Sampling
+from ai_agent.providers import ChatMessage, ToolCall, ToolSpec
+from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
+
+_T = TypeVar("_T")
 
 #: The most messages one request may carry.
 MAX_MESSAGES = 2048
-#: The most entries C{tools} may hold (their content is not used: agents
-#: bring their own tools).
+#: The most entries C{tools} may hold.
 MAX_TOOLS = 128
 #: The deepest nesting of arrays and objects a body may have.
 MAX_DEPTH = 64
@@ -69,6 +71,27 @@ class ChatRequest:
     includeUsage: bool = False
     sampling: Sampling = Sampling()
     user: str | None = None
+    tools: tuple[ClientTool, ...] = ()
+    toolChoice: ToolChoice = ToolChoice()
+    parallelToolCalls: bool | None = None
+
+    def runRequest(self, labels: RunLabels) -> RunRequest:
+        """
+        The neutral run request: system and developer messages stay in the
+        conversation, where the session puts them after the agent's prompt.
+        LLM calls stream whether or not the client does: a whole answer is
+        made of the same events.
+        """
+        return RunRequest(
+            self.messages,
+            (),
+            self.sampling,
+            True,
+            labels,
+            self.tools,
+            self.toolChoice,
+            self.parallelToolCalls,
+        )
 
 
 def parseChatRequest(body: bytes) -> ChatRequest:
@@ -119,7 +142,9 @@ def parseChatRequest(body: bytes) -> ChatRequest:
     seed = _optional(data, "seed", int, None)
     stop = _parseStop(data.get("stop"))
     user = _optional(data, "user", str, None)
-    _checkTools(data.get("tools"))
+    tools = _parseTools(data.get("tools"))
+    toolChoice = _parseToolChoice(data.get("tool_choice"), tools)
+    parallel = _optional(data, "parallel_tool_calls", bool, None)
     responseFormat = _parseResponseFormat(data.get("response_format"))
     return ChatRequest(
         model=model,
@@ -128,10 +153,13 @@ def parseChatRequest(body: bytes) -> ChatRequest:
         includeUsage=includeUsage,
         sampling=Sampling(temperature, topP, maxTokens, stop, seed, responseFormat),
         user=user,
+        tools=tools,
+        toolChoice=toolChoice,
+        parallelToolCalls=parallel,
     )
 
 
-def _parseResponseFormat(value: Any) -> dict[str, Any] | None:
+def _parseResponseFormat(value: Any) -> OutputFormat | None:
     """
     A client's C{response_format}: C{text} (the default: L{None}),
     C{json_object}, or C{json_schema} with a C{name} and an object
@@ -146,7 +174,7 @@ def _parseResponseFormat(value: Any) -> dict[str, Any] | None:
     if kind == "text":
         return None
     if kind == "json_object":
-        return {"type": "json_object"}
+        return OutputFormat()
     if kind != "json_schema":
         raise invalidRequest(
             f"'{param}.type' must be one of text, json_object, json_schema",
@@ -172,11 +200,55 @@ def _parseResponseFormat(value: Any) -> dict[str, Any] | None:
             f"{param}.json_schema.schema",
             "invalid_type",
         )
-    chosen: dict[str, Any] = {"name": name, "schema": schema}
-    for key in ("description", "strict"):
-        if key in spec:
-            chosen[key] = spec[key]
-    return {"type": "json_schema", "json_schema": chosen}
+    description = spec.get("description")
+    if description is not None and not isinstance(description, str):
+        raise invalidRequest(
+            f"'{param}.json_schema.description' must be a string",
+            f"{param}.json_schema.description",
+            "invalid_type",
+        )
+    strict = spec.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise invalidRequest(
+            f"'{param}.json_schema.strict' must be a boolean",
+            f"{param}.json_schema.strict",
+            "invalid_type",
+        )
+    return OutputFormat(schema, name, description, strict)
+
+
+def parseOffReactor(
+    parse: Callable[[bytes], _T],
+    body: bytes,
+    reactor: IReactorFromThreads,
+    threadpool: ThreadPool,
+    threshold: int = OFF_REACTOR_THRESHOLD,
+) -> Deferred[_T]:
+    """
+    C{parse(body)}, run in C{threadpool} when C{body} is at least
+    C{threshold} bytes long so that a large body does not hold up the
+    reactor; a smaller one is parsed at once.  Every API's parser goes
+    through here.
+
+    Cancelling the result stops waiting for the thread (which finishes its
+    parse and is ignored).
+
+    @return: fires with what C{parse} returns, or fails with the 400
+        L{AgentError} it raises.
+    """
+    if len(body) < threshold:
+        try:
+            return succeed(parse(body))
+        except AgentError:
+            return fail()
+    result: Deferred[_T] = Deferred(canceller=_abandon)
+
+    def done(outcome: _T | Failure) -> None:
+        if not result.called:
+            result.callback(outcome)
+
+    deferToThreadPool(reactor, threadpool, parse, body).addBoth(done)
+    return result
 
 
 def parseChatRequestOffReactor(
@@ -186,32 +258,12 @@ def parseChatRequestOffReactor(
     threshold: int = OFF_REACTOR_THRESHOLD,
 ) -> Deferred[ChatRequest]:
     """
-    L{parseChatRequest}, run in C{threadpool} when C{body} is at least
-    C{threshold} bytes long so that a large body does not hold up the
-    reactor; a smaller one is parsed at once.
-
-    Cancelling the result stops waiting for the thread (which finishes its
-    parse and is ignored).
-
-    @return: fires with the L{ChatRequest}, or fails with the 400
-        L{AgentError}.
+    L{parseChatRequest} through L{parseOffReactor}.
     """
-    if len(body) < threshold:
-        try:
-            return succeed(parseChatRequest(body))
-        except AgentError:
-            return fail()
-    result: Deferred[ChatRequest] = Deferred(canceller=_abandon)
-
-    def done(outcome: ChatRequest | Failure) -> None:
-        if not result.called:
-            result.callback(outcome)
-
-    deferToThreadPool(reactor, threadpool, parseChatRequest, body).addBoth(done)
-    return result
+    return parseOffReactor(parseChatRequest, body, reactor, threadpool, threshold)
 
 
-def _abandon(result: Deferred[ChatRequest]) -> None:
+def _abandon(result: Deferred[Any]) -> None:
     """
     A thread cannot be stopped: a cancelled parse is left to finish, and
     L{Deferred.cancel} fails C{result} with L{CancelledError} at once.
@@ -321,13 +373,18 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _checkTools(value: Any) -> None:
+#: What a tool's name may be (OpenAI's rule).
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _parseTools(value: Any) -> tuple[ClientTool, ...]:
     """
-    C{tools}, when given, is an array of at most L{MAX_TOOLS} objects; what
-    they say is not used, since an agent brings its own tools.
+    C{tools}: at most L{MAX_TOOLS} function tools, each with a name of
+    letters, digits, C{_} and C{-} (at most 64), names unique, an optional
+    description and JSON-schema C{parameters} object.
     """
     if value is None:
-        return
+        return ()
     if not isinstance(value, list):
         raise invalidRequest(
             f"'tools' must be an array, not {_typeName(value)}", "tools", "invalid_type"
@@ -338,13 +395,108 @@ def _checkTools(value: Any) -> None:
             "tools",
             "array_above_max_length",
         )
+    tools: list[ClientTool] = []
+    names: set[str] = set()
     for index, tool in enumerate(value):
+        where = f"tools[{index}]"
         if not isinstance(tool, dict):
             raise invalidRequest(
-                f"'tools[{index}]' must be an object, not {_typeName(tool)}",
-                f"tools[{index}]",
-                "invalid_type",
+                f"'{where}' must be an object, not {_typeName(tool)}", where, "invalid_type"
             )
+        kind = tool.get("type", "function")
+        if kind != "function":
+            raise invalidRequest(
+                f"'{where}.type' is {_show(kind)}; only function tools are supported",
+                f"{where}.type",
+                "unsupported_tool_type",
+            )
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise invalidRequest(
+                f"'{where}.function' must be an object", f"{where}.function", "invalid_type"
+            )
+        spec = functionSpec(function, f"{where}.function")
+        if spec.name in names:
+            raise invalidRequest(
+                f"'{where}.function.name' repeats the tool name {spec.name!r}",
+                f"{where}.function.name",
+                "duplicate_tool_name",
+            )
+        names.add(spec.name)
+        tools.append(ClientTool(spec, f"{where}.function.name"))
+    return tuple(tools)
+
+
+def functionSpec(function: dict[str, Any], where: str) -> ToolSpec:
+    """
+    A client's function definition (C{name}, C{description},
+    C{parameters}) as a L{ToolSpec}; C{where} is its path, for errors.
+    """
+    name = function.get("name")
+    if not isinstance(name, str) or TOOL_NAME.fullmatch(name) is None:
+        raise invalidRequest(
+            f"'{where}.name' must be 1 to 64 letters, digits, '_' or '-', got {_show(name)}",
+            f"{where}.name",
+            "invalid_value",
+        )
+    description = function.get("description")
+    if description is not None and not isinstance(description, str):
+        raise invalidRequest(
+            f"'{where}.description' must be a string", f"{where}.description", "invalid_type"
+        )
+    strict = function.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise invalidRequest(
+            f"'{where}.strict' must be a boolean", f"{where}.strict", "invalid_type"
+        )
+    parameters = function.get("parameters")
+    if parameters is None:
+        parameters = {"type": "object", "properties": {}}
+    if not isinstance(parameters, dict):
+        raise invalidRequest(
+            f"'{where}.parameters' must be a JSON Schema object",
+            f"{where}.parameters",
+            "invalid_type",
+        )
+    return ToolSpec(name, description or "", parameters)
+
+
+def _parseToolChoice(value: Any, tools: tuple[ClientTool, ...]) -> ToolChoice:
+    """
+    C{tool_choice}: C{none}, C{auto}, C{required}, or a function (by a name
+    among C{tools}).
+    """
+    if value is None:
+        return ToolChoice()
+    if isinstance(value, str):
+        if value in (ToolChoice.NONE, ToolChoice.AUTO, ToolChoice.REQUIRED):
+            return ToolChoice(value)
+        raise invalidRequest(
+            f"'tool_choice' must be none, auto, required or a function, got {_show(value)}",
+            "tool_choice",
+            "invalid_value",
+        )
+    if not isinstance(value, dict):
+        raise invalidRequest(
+            f"'tool_choice' must be a string or an object, not {_typeName(value)}",
+            "tool_choice",
+            "invalid_type",
+        )
+    function = value.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    if value.get("type") != "function" or not isinstance(name, str):
+        raise invalidRequest(
+            '\'tool_choice\' must be {"type": "function", "function": {"name": ...}}',
+            "tool_choice",
+            "invalid_value",
+        )
+    if name not in {tool.spec.name for tool in tools}:
+        raise invalidRequest(
+            f"'tool_choice.function.name' names {_show(name)}, which is not in 'tools'",
+            "tool_choice.function.name",
+            "invalid_value",
+        )
+    return ToolChoice(ToolChoice.TOOL, name)
 
 
 def _rejectConstant(name: str) -> Any:
@@ -537,4 +689,5 @@ __all__ = [
     "OFF_REACTOR_THRESHOLD",
     "parseChatRequest",
     "parseChatRequestOffReactor",
+    "parseOffReactor",
 ]

@@ -31,9 +31,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 import attrs
 
 from ai_agent import __version__
-from ai_agent.events import Usage
+from ai_agent.events import FinishReason, Usage
 from ai_agent.providers._base import ChatMessage, DeltaSink, LLMRequest, LLMResponse, ToolCall
 from ai_agent.providers._http import HTTPCall, HTTPProvider, truncate
+from ai_agent.request import OutputFormat, ToolChoice
 from ai_agent.sse import SSEEvent
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -59,16 +60,16 @@ The extended-thinking C{budget_tokens} of each reasoning effort; C{none}
 """
 
 STOP_REASONS: Mapping[str, str] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
+    "end_turn": FinishReason.END,
+    "stop_sequence": FinishReason.STOP_SEQUENCE,
+    "pause_turn": FinishReason.END,
+    "max_tokens": FinishReason.MAX_TOKENS,
+    "model_context_window_exceeded": FinishReason.MAX_TOKENS,
+    "tool_use": FinishReason.TOOL_CALLS,
+    "refusal": FinishReason.CONTENT_FILTER,
 }
 """
-Anthropic's C{stop_reason} values as Chat Completions finish reasons; others
+Anthropic's C{stop_reason} values in neutral words (L{FinishReason}); others
 pass through unchanged.
 """
 
@@ -85,23 +86,43 @@ def messagesURL(baseUrl: str) -> str:
     return root + "/v1/messages"
 
 
-def jsonInstruction(responseFormat: Mapping[str, Any] | None) -> str | None:
+def jsonInstruction(output: OutputFormat | None) -> str | None:
     """
-    The system-prompt sentence asking for a JSON answer, for a Chat
-    Completions C{response_format}, or L{None} for a text answer.
+    The system-prompt sentence asking for a JSON answer of the shape
+    C{output}, or L{None} for a text answer.
     """
-    if responseFormat is None:
+    if output is None:
         return None
-    kind = responseFormat.get("type")
-    if kind == "json_object":
+    if output.schema is None:
         return "Answer with one JSON object and nothing else: no prose, no code fence."
-    if kind == "json_schema":
-        schema = (responseFormat.get("json_schema") or {}).get("schema")
-        return (
-            "Answer with one JSON value that conforms to this JSON Schema, and nothing else"
-            " (no prose, no code fence):\n" + json.dumps(schema, ensure_ascii=False)
-        )
-    return None
+    return (
+        "Answer with one JSON value that conforms to this JSON Schema, and nothing else"
+        " (no prose, no code fence):\n" + json.dumps(dict(output.schema), ensure_ascii=False)
+    )
+
+
+_TOOL_CHOICE_TYPES = {
+    ToolChoice.AUTO: "auto",
+    ToolChoice.NONE: "none",
+    ToolChoice.REQUIRED: "any",
+    ToolChoice.TOOL: "tool",
+}
+
+
+def toolChoice(choice: ToolChoice | None, parallel: bool | None) -> dict[str, Any] | None:
+    """
+    The Messages API's C{tool_choice} for C{choice} and whether calls may
+    run in parallel, or L{None} for the default (C{auto}, in parallel).
+    """
+    if choice is None and parallel is not False:
+        return None
+    mode = ToolChoice.AUTO if choice is None else choice.mode
+    value: dict[str, Any] = {"type": _TOOL_CHOICE_TYPES[mode]}
+    if choice is not None and mode == ToolChoice.TOOL:
+        value["name"] = choice.name
+    if parallel is False and mode != ToolChoice.NONE:
+        value["disable_parallel_tool_use"] = True
+    return value
 
 
 def translateMessages(
@@ -222,12 +243,20 @@ class AnthropicProvider(HTTPProvider):
         budget = THINKING_BUDGETS.get(request.reasoning or "none")
         if budget is not None and not self._canThink(request.messages):
             budget = None
+        choice = request.toolChoice
+        if (
+            request.tools
+            and choice is not None
+            and choice.mode in (ToolChoice.REQUIRED, ToolChoice.TOOL)
+        ):
+            # Anthropic refuses extended thinking with a forced tool call.
+            budget = None
         system, messages = translateMessages(
             request.messages, self._thinking if budget is not None else None
         )
         maxTokens = request.maxTokens if request.maxTokens is not None else DEFAULT_MAX_TOKENS
         body: dict[str, Any] = {"model": request.model, "max_tokens": maxTokens}
-        instruction = jsonInstruction(request.responseFormat)
+        instruction = jsonInstruction(request.outputFormat)
         if instruction:
             # The Messages API has no response format: ask for it in words.
             system = f"{system}\n\n{instruction}" if system else instruction
@@ -243,6 +272,9 @@ class AnthropicProvider(HTTPProvider):
                 }
                 for tool in request.tools
             ]
+            wireChoice = toolChoice(request.toolChoice, request.parallelToolCalls)
+            if wireChoice is not None:
+                body["tool_choice"] = wireChoice
         if budget is not None:
             body["thinking"] = {"type": "enabled", "budget_tokens": budget}
             if maxTokens <= budget:
@@ -492,7 +524,7 @@ class _MessageCall(HTTPCall):
         )
         stopReason = self._stopReason
         if stopReason is None:
-            finishReason = "tool_calls" if toolCalls else "stop"
+            finishReason = FinishReason.TOOL_CALLS if toolCalls else FinishReason.END
         else:
             finishReason = STOP_REASONS.get(stopReason, stopReason)
         return LLMResponse(
@@ -500,7 +532,12 @@ class _MessageCall(HTTPCall):
             reasoning="".join("".join(b.parts) for b in blocks if b.type == "thinking"),
             toolCalls=toolCalls,
             finishReason=finishReason,
-            usage=Usage(prompt, usage.get("output_tokens", 0)),
+            usage=Usage(
+                prompt,
+                usage.get("output_tokens", 0),
+                cacheReadTokens=usage.get("cache_read_input_tokens", 0),
+                cacheWriteTokens=usage.get("cache_creation_input_tokens", 0),
+            ),
         )
 
 
