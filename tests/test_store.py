@@ -23,6 +23,7 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from ai_agent.errors import OPENAI_ERRORS
 from ai_agent.store import (
     RESPONSES,
     SCHEMA_VERSION,
@@ -206,10 +207,11 @@ class StoreBehaviourMixin:
         with self.assertRaises(DocumentTooLargeError) as caught:  # type: ignore[attr-defined]
             await store.put(TURNS, "big", "é" * 10)
         error = caught.exception
-        self.assertEqual((error.status, error.type), (413, "invalid_request_error"))  # type: ignore[attr-defined]
-        self.assertEqual(error.code, "store_document_too_large")  # type: ignore[attr-defined]
+        envelope = OPENAI_ERRORS.envelope(error)["error"]
+        self.assertEqual((error.status, envelope["type"]), (413, "invalid_request_error"))  # type: ignore[attr-defined]
+        self.assertEqual(envelope["code"], "store_document_too_large")  # type: ignore[attr-defined]
         self.assertEqual((error.size, error.limit), (22, 20))  # type: ignore[attr-defined]
-        self.assertIn("22 bytes", error.envelope()["error"]["message"])  # type: ignore[attr-defined]
+        self.assertIn("22 bytes", envelope["message"])  # type: ignore[attr-defined]
         self.assertIsNone(await store.get(TURNS, "big"))  # type: ignore[attr-defined]
         self.assertIsNotNone(await store.get(TURNS, "fits"))  # type: ignore[attr-defined]
 
@@ -725,7 +727,7 @@ class PostgresSecretTests(PostgresTestMixin, TestCase):
         self.assertIn("password authentication failed", message)
         for secret in (wrong, self.password):
             self.assertNotIn(secret, message)
-            self.assertNotIn(secret, repr(caught.exception.envelope()))
+            self.assertNotIn(secret, repr(OPENAI_ERRORS.envelope(caught.exception)))
             self.assertNotIn(secret, logs.everything())
             self.assertNotIn(secret, store.description)
         self.assertIn("***", store.description)

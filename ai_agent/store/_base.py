@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 import attrs
 from twisted.internet.defer import Deferred
 
-from ai_agent.errors import AgentError
+from ai_agent.errors import AgentError, ErrorKind
 
 #: Hidden agent turns of hybrid runs (client tools), keyed by tool-call id.
 TURNS = "turns"
@@ -47,25 +47,25 @@ _NAMESPACE = re.compile(r"[a-z][a-z0-9_.-]{0,63}\Z")
 class StoreError(AgentError):
     """
     The store could not do what was asked.  The message is fit for a client
-    (it names no file, host or password); C{status}, C{type} and C{code}
-    give the HTTP status and the OpenAI envelope's fields.
+    (it names no file, host or password); C{status}, C{kind} and C{code}
+    are what each API's envelope is written from.
     """
 
     def __init__(
         self,
         message: str,
         status: int = 500,
-        type: str = "server_error",
+        kind: str = ErrorKind.SERVER,
         code: str | None = "store_error",
         retryAfter: float | None = None,
     ) -> None:
-        super().__init__(message, status, type, code, None, retryAfter)
+        super().__init__(message, status, kind, code, None, retryAfter)
 
 
 class DocumentTooLargeError(StoreError):
     """
     A document's JSON text is larger than the store's C{maxDocumentSize}
-    (a 413 C{invalid_request_error}, code C{store_document_too_large}).
+    (a 413 C{request_too_large}, code C{store_document_too_large}).
 
     @ivar size: the document's size in bytes.
     @ivar limit: the largest size accepted.
@@ -75,7 +75,7 @@ class DocumentTooLargeError(StoreError):
         super().__init__(
             f"the document to store is {size} bytes; the store accepts at most {limit}",
             413,
-            "invalid_request_error",
+            ErrorKind.REQUEST_TOO_LARGE,
             "store_document_too_large",
         )
         self.size = size
@@ -84,13 +84,13 @@ class DocumentTooLargeError(StoreError):
 
 class StoreUnavailableError(StoreError):
     """
-    The database could not be reached or failed (a 503 C{server_error},
+    The database could not be reached or failed (a 503 C{server} error,
     code C{store_unavailable}, with C{Retry-After}).  The message carries
     the database's own explanation, with any password removed.
     """
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, 503, "server_error", "store_unavailable", retryAfter=5.0)
+        super().__init__(message, 503, ErrorKind.SERVER, "store_unavailable", retryAfter=5.0)
 
 
 @attrs.frozen
@@ -233,7 +233,7 @@ def checkKey(key: str) -> None:
         raise StoreError(
             f"a store key must be 1 to {MAX_KEY_LENGTH} characters",
             400,
-            "invalid_request_error",
+            ErrorKind.INVALID_REQUEST,
             "store_invalid_key",
         )
 
