@@ -16,14 +16,16 @@ import time
 from typing import Any, Callable
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from ai_agent.clienttools import HiddenTurn
 from ai_agent.errors import OPENAI_ERRORS
+from ai_agent.providers import ChatMessage, ToolCall
 from ai_agent.store import (
     RESPONSES,
     SCHEMA_VERSION,
@@ -34,6 +36,7 @@ from ai_agent.store import (
     StoreError,
     StoreService,
     StoreStats,
+    StoreTurnStore,
     StoreUnavailableError,
     checkLocation,
     defaultStorePath,
@@ -983,3 +986,129 @@ class ServerWiringTests(TestCase):
         self.assertIn(f"run store open (PostgreSQL {redactURL(POSTGRES_URL)}", output)
         for secret in urlSecrets(POSTGRES_URL):
             self.assertNotIn(secret, output)
+
+
+class StoreTurnStoreTests(TestCase):
+    """
+    Hybrid runs' hidden turns kept in the run store (L{StoreTurnStore}), on
+    SQLite.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "store.sqlite3")
+
+    async def openTurns(self, path: str | None = None, **limits: Any) -> StoreTurnStore:
+        store = SQLStore(sqliteDialect(path or self.path), reactor, self.clock, **limits)
+        self.addCleanup(store.close)
+        await withTimeout(store.start())
+        return StoreTurnStore(store)
+
+    def turn(self, *callIds: str) -> HiddenTurn:
+        return HiddenTurn(
+            (ChatMessage("assistant", "", toolCalls=(ToolCall("o1", "calc__add", "{}"),)),),
+            ChatMessage(
+                "assistant", "", toolCalls=tuple(ToolCall(i, "get_weather", "{}") for i in callIds)
+            ),
+            (ChatMessage("tool", "2", toolCallId="o1"),),
+            callIds,
+        )
+
+    async def test_foundByAnyCallId(self) -> None:
+        """
+        A hidden turn is found by any of its handed-back call ids, equal to
+        what was saved; unknown ids find nothing.
+        """
+        turns = await self.openTurns()
+        turn = self.turn("c1", "c2")
+        await turns.saveTurn(turn)
+        self.assertEqual(await turns.findTurn(["zz", "c2"]), turn)
+        self.assertIsNone(await turns.findTurn(["zz"]))
+
+    async def test_keptAtMostADay(self) -> None:
+        """
+        Hidden turns are kept for the store's TTL, but at most a day.
+        """
+        turns = await self.openTurns(ttl=30 * 86400)
+        self.assertEqual(turns.ttl, 86400)
+        self.assertEqual((await self.openTurns(ttl=600)).ttl, 600)
+        await turns.saveTurn(self.turn("c1"))
+        self.clock.advance(86400)
+        self.assertIsNone(await turns.findTurn(["c1"]))
+
+    async def test_unavailable(self) -> None:
+        """
+        A store that cannot be read finds nothing, with a warning, so the
+        run goes on from what the client sent.
+        """
+        blocker = self.mktemp()
+        with open(blocker, "w") as f:
+            f.write("not a directory")
+        store = SQLStore(sqliteDialect(os.path.join(blocker, "s.sqlite3")), reactor, self.clock)
+        self.addCleanup(store.close)
+        logs = LogCapture(self)
+        self.assertIsNone(await withTimeout(StoreTurnStore(store).findTurn(["c1"])))
+        self.assertIn("hidden turns of c1 not looked up", logs.everything())
+
+    async def test_unreadable(self) -> None:
+        """
+        A document that is not a hidden turn is skipped with a warning.
+        """
+        turns = await self.openTurns()
+        await turns.store.put(TURNS, "c1", {"not": "a turn"})
+        logs = LogCapture(self)
+        self.assertIsNone(await turns.findTurn(["c1"]))
+        self.assertIn("the hidden turn under c1 is unreadable", logs.everything())
+
+    async def test_continuationAfterRestart(self) -> None:
+        """
+        A hybrid run's first half on one store, its continuation on a store
+        opened afresh on the same file (a server restart): the continued
+        run's model sees the whole history, hidden turns included.
+        """
+        from ai_agent.request import RunRequest
+        from ai_agent.session import SessionRunner
+        from ai_agent.testing import ScriptedProvider
+        from tests.test_clienttools import WEATHER, _answer, _calls
+        from tests.test_session import _agent, _Tools
+
+        tools = _Tools({"calc__add": lambda args: succeed(str(args["a"] + args["b"]))})
+        provider = ScriptedProvider(
+            name="first",
+            replies=[
+                _calls(("o1", "calc__add", {"a": 2, "b": 3})),
+                _calls(("c1", "get_weather", {"city": "X"})),
+                _answer("5 and sunny"),
+            ],
+        )
+
+        def runner(turns: StoreTurnStore) -> SessionRunner:
+            return SessionRunner(
+                {"first": provider}.__getitem__, self.clock, lambda agent: tools, turns=turns
+            )
+
+        question = ChatMessage("user", "sum, then weather")
+        before = await self.openTurns()
+        await runner(before).run(
+            _agent(), RunRequest((question,), clientTools=(WEATHER,)), lambda event: None
+        )
+        await before.store.close()
+        after = await self.openTurns()
+        clientSaw = ChatMessage("assistant", "", toolCalls=(ToolCall("c1", "get_weather", "{}"),))
+        result = ChatMessage("tool", "sunny", toolCallId="c1")
+        await runner(after).run(
+            _agent(),
+            RunRequest((question, clientSaw, result), clientTools=(WEATHER,)),
+            lambda event: None,
+        )
+        seen = provider.requests[2].messages
+        self.assertEqual(
+            [(m.role, [c.id for c in m.toolCalls], m.toolCallId) for m in seen[1:]],
+            [
+                ("user", [], None),
+                ("assistant", ["o1"], None),
+                ("tool", [], "o1"),
+                ("assistant", ["c1"], None),
+                ("tool", [], "c1"),
+            ],
+        )

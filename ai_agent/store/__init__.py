@@ -28,6 +28,7 @@ from ai_agent.store._base import (
 from ai_agent.store._memory import MemoryStore
 from ai_agent.store._open import StoreService, checkLocation, describeLocation, makeStore
 from ai_agent.store._sql import SCHEMA_VERSION, SQLStore, postgresDialect, sqliteDialect
+from ai_agent.store._turns import StoreTurnStore
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -46,6 +47,7 @@ __all__ = [
     "StoreError",
     "StoreService",
     "StoreStats",
+    "StoreTurnStore",
     "StoreUnavailableError",
     "StoredDocument",
     "checkLocation",
