@@ -25,6 +25,7 @@ from ai_agent.headends._site import APIRouter, Mount
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
+from ai_agent.store import StoreService, checkLocation, makeStore, parseDuration
 from ai_agent.workers import AdoptedPortService
 
 log = Logger()
@@ -118,6 +119,20 @@ class ServerOptions(usage.Options):
             " field, think (inside content, between <think> and </think>), or none.",
             reasoningField,
         ],
+        [
+            "store",
+            None,
+            None,
+            "Where hybrid runs and stored responses are kept: a SQLite file, a"
+            " postgresql:// URL (several instances sharing it), memory, or none"
+            " (default: $XDG_STATE_HOME/ai-agent/store.sqlite3).",
+        ],
+        [
+            "store-ttl",
+            None,
+            "30d",
+            "How long the store keeps what it is given (e.g. 30d, 12h, 90m, 3600).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -191,6 +206,12 @@ class ServerOptions(usage.Options):
         if self["openai-completions-queue-timeout"] <= 0:
             raise usage.UsageError("--openai-completions-queue-timeout must be positive")
         self["endpoints"] = [endpointFor(port, self["host"]) for port in self["openai-completions"]]
+        try:
+            if isinstance(self["store-ttl"], str):
+                self["store-ttl"] = parseDuration(self["store-ttl"])
+            checkLocation(self["store"])
+        except ValueError as error:
+            raise usage.UsageError(f"--store-ttl or --store: {error}") from None
 
 
 class Options(ServerOptions):
@@ -394,11 +415,13 @@ def makeService(
         reactor = _reactor
     concurrency = options["openai-completions-concurrency"]
     endpoints = options["endpoints"]
+    store = makeStore(options["store"], reactor, ttl=options["store-ttl"])
     runtime = buildRuntime(
         reactor,
         options["agents"],
         configFile=options["config"],
         connections=max(concurrency * max(len(endpoints), 1) * 2, 8),
+        store=store,
     )
     policy = policyFrom(options, os.environ)
     if policy.apiKeys.enabled:
@@ -406,6 +429,11 @@ def makeService(
     top = ServerService(reactor, options["shutdown-timeout"])
     top.exitOnSecondSignal = True
     _RuntimeService(runtime).setServiceParent(top)
+    if store is not None:
+        # Opened at start (operations wait for it); closed once the headends
+        # have drained.
+        StoreService(store).setServiceParent(top)
+        log.info("run store: {store}", store=store.description)
     # Starts the MCP servers agents use; stops them all (before the runtime
     # closes the connection pool, which waits for them).
     runtime.mcp.setServiceParent(top)
