@@ -509,9 +509,8 @@ class HTTPCall:
                 self._collect(data)
         except ProviderError as e:
             self._stop(Failure(e))
-        except Exception:
-            self._logBug(Failure())
-            self._stop(Failure())
+        except Exception as e:
+            self._stop(Failure(self._unreadable(e)))
 
     def _stop(self, reason: Failure) -> None:
         """
@@ -561,8 +560,8 @@ class HTTPCall:
             self._fail(e)
         except SSEError as e:
             self._fail(self.invalid(str(e)))
-        except Exception:
-            self._bug(Failure())
+        except Exception as e:
+            self._fail(self._unreadable(e))
 
     def _collect(self, data: bytes) -> None:
         self._bodyLength += len(data)
@@ -623,6 +622,21 @@ class HTTPCall:
         return self.error(
             "sent an invalid response", cause, code="upstream_invalid_response", retryable=True
         )
+
+    def _unreadable(self, error: Exception) -> ProviderError:
+        """
+        The 502 for an answer whose shape the wire type's parser did not
+        expect (it raised something other than L{ProviderError}): the
+        client learns what broke, the log gets a warning, not a traceback.
+        """
+        log.warn(
+            "provider {provider} sent model {model}'s answer in a shape that could not be"
+            " read: {error}",
+            provider=self.provider.name,
+            model=self.request.model,
+            error=describe(error),
+        )
+        return self.invalid(f"the answer could not be read ({truncate(describe(error), 120)})")
 
     def _cut(self, reason: Failure) -> ProviderError:
         cause = _innermost(reason.value)
@@ -734,7 +748,12 @@ class HTTPCall:
         self._abort()
         if self._sawEnd:
             # The answer is complete; only the end of the body went missing.
-            self._succeed(self.assembled())
+            try:
+                self._succeed(self.assembled())
+            except ProviderError as e:
+                self._fail(e)
+            except Exception as e:
+                self._fail(self._unreadable(e))
             return
         waited = "response headers" if self._response is None else "data"
         self._fail(
