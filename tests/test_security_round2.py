@@ -209,3 +209,102 @@ class UserinfoTests(TestCase):
             self.assertIn(b"user name or password", output)
             self.assertNotIn(b"tiger-pass-9F3", output)
             self.assertNotIn(b"scott", output)
+
+
+def toolCallEvents(calls: list[tuple[str, str]]) -> list[Any]:
+    """
+    Stream chunks of tool calls (name, arguments), then their finish.
+    """
+    events: list[Any] = []
+    for index, (name, arguments) in enumerate(calls):
+        events.append(
+            {
+                "choices": [
+                    {
+                        "delta": {
+                            "tool_calls": [
+                                {
+                                    "index": index,
+                                    "id": f"call_{index}",
+                                    "function": {"name": name, "arguments": arguments},
+                                }
+                            ]
+                        }
+                    }
+                ]
+            }
+        )
+    events.append({"choices": [{"delta": {}, "finish_reason": "tool_calls"}]})
+    return events
+
+
+def textEvents(pieces: list[str], field: str = "content") -> list[Any]:
+    """
+    Stream chunks carrying C{pieces} in C{field}, then a stop.
+    """
+    return [{"choices": [{"delta": {field: piece}}]} for piece in pieces] + [
+        {"choices": [{"delta": {}, "finish_reason": "stop"}]}
+    ]
+
+
+class RedactionTests(TestCase):
+    """
+    Item 3: a configured secret never reaches a client, whatever part of a
+    successful answer carries it, whole or split across stream deltas.
+    """
+
+    timeout = 60
+
+    async def test_keyInEveryPartOfAnAnswer(self) -> None:
+        """
+        The provider key in a tool call's name and arguments (quoted in the
+        progress lines), in reasoning and in content, split over several
+        deltas at every position, is replaced with C{[redacted]} in the
+        streamed and the non-streamed answer; text around it and a lone
+        prefix of the key at the end of the answer arrive unchanged.
+        """
+        upstream = ScriptedUpstream().start(self)
+        agents = {
+            "agent.ai": agentText(agents="[child.ai]"),
+            "child.ai": agentText(),
+        }
+        server = await badServer(self, upstream, agents=agents)
+        cut = [BAD_KEY[:5], BAD_KEY[5:9], BAD_KEY[9:]]
+        for stream in (False, True):
+            upstream.answers.extend(
+                [
+                    sseAnswer(
+                        toolCallEvents(
+                            [
+                                ("agent__child", json.dumps({"prompt": f"use {BAD_KEY}"})),
+                                (f"tool_{BAD_KEY}", "{}"),
+                            ]
+                        )
+                    ),
+                    # The child's answer is the tool's result, shown in progress.
+                    sseAnswer(textEvents(["child says ", *cut])),
+                    sseAnswer(
+                        textEvents(["thinking ", *cut, " done"], "reasoning_content")[:-1]
+                        + textEvents(["the key is ", *cut, "! and ", BAD_KEY[:6]])
+                    ),
+                ]
+            )
+            status, headers, body = await chat(self, server, stream=stream)
+            self.assertEqual(status, 200, body)
+            self.assertNotIn(BAD_KEY.encode(), body)
+            for fragment in (BAD_KEY[3:], BAD_KEY[5:]):
+                self.assertNotIn(fragment.encode(), body)
+            if stream:
+                frames = [e for e in sseEvents(body) if isinstance(e, dict) and e.get("choices")]
+                content = "".join(f["choices"][0]["delta"].get("content") or "" for f in frames)
+                reasoning = "".join(
+                    f["choices"][0]["delta"].get("reasoning_content") or "" for f in frames
+                )
+            else:
+                message = json.loads(body)["choices"][0]["message"]
+                content, reasoning = message["content"], message["reasoning_content"]
+            self.assertEqual(content, f"the key is [redacted]! and {BAD_KEY[:6]}")
+            self.assertIn("thinking [redacted] done", reasoning)
+            self.assertIn("calling tool_[redacted] {}", reasoning)
+            self.assertIn('"prompt": "use [redacted]"', reasoning)
+            self.assertIn("child says [redacted]", reasoning)

@@ -32,6 +32,7 @@ from ai_agent.headends._request import (
 )
 from ai_agent.headends._sse import SSEStream
 from ai_agent.pool import RunPool, Slot
+from ai_agent.redaction import MAX_ERROR_MESSAGE, RedactingSink, Redactor, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.session import SessionRunner
 from ai_agent.tasks import detectTask, forwardedHeaders, loggable
@@ -176,6 +177,17 @@ class OpenAIHeadend:
     taskShortcut: bool = True
 
     threadPool: Any = None
+    redactor: Redactor | None = None
+
+    def _redactor(self) -> Redactor:
+        """
+        The configured secrets to keep out of every response (by default
+        those of the runner's configuration).
+        """
+        if self.redactor is None:
+            providers = getattr(self.runner, "providers", None)
+            self.redactor = Redactor.fromConfig(getattr(providers, "config", None))
+        return self.redactor
 
     def _threadPool(self) -> Any:
         """
@@ -216,6 +228,7 @@ class OpenAIHeadend:
         )
 
     def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
+        error = _safeError(error, self._redactor())
         request.setResponseCode(error.status)
         request.setHeader(b"content-type", _JSON)
         if error.retryAfter is not None:
@@ -359,7 +372,8 @@ class OpenAIHeadend:
 
         completionId = record.completionId
         created = int(self.reactor.seconds())
-        run = self._start(agent, chat, record, onEvent)
+        redacting = RedactingSink(self._redactor(), onEvent)
+        run = self._start(agent, chat, record, redacting)
         stopped = _stopOnAbort(slot, run)
         try:
             finished = await run
@@ -367,6 +381,7 @@ class OpenAIHeadend:
             if stopped:
                 raise stopped[0] from None
             raise
+        redacting.flush()
         text = "".join(content)
         if reasoning and self.reasoningField == THINK:
             text = THINK_OPEN + "".join(reasoning) + THINK_CLOSE + text
@@ -433,7 +448,9 @@ class OpenAIHeadend:
                     stream.send(frame)
 
         timer.append(self.reactor.callLater(self.streamHeadGrace, begin))
-        run = self._start(agent, chat, record, onEvent)
+        redactor = self._redactor()
+        redacting = RedactingSink(redactor, onEvent)
+        run = self._start(agent, chat, record, redacting)
         stopped = _stopOnAbort(slot, run)
         try:
             finished = await run
@@ -444,7 +461,7 @@ class OpenAIHeadend:
             error = stopped[0]
             if not stream.started:
                 raise error from None
-            _endInBand(stream, error)
+            _endInBand(stream, _safeError(error, redactor))
             return
         except AgentError as error:
             if not stream.started:
@@ -456,7 +473,7 @@ class OpenAIHeadend:
                 agent=agent.id,
                 error=error.message,
             )
-            _endInBand(stream, error)
+            _endInBand(stream, _safeError(error, redactor))
             return
         except Exception:
             if not stream.started:
@@ -473,6 +490,7 @@ class OpenAIHeadend:
         finally:
             if timer[0].active():
                 timer[0].cancel()
+        redacting.flush()
         begin()
         frames = [encoder.finish(finished.finishReason)]
         if chat.includeUsage:
@@ -488,6 +506,25 @@ def _endInBand(stream: SSEStream, error: AgentError) -> None:
     """
     stream.send(ChunkEncoder.error(error) + ChunkEncoder.DONE)
     stream.end()
+
+
+def _safeError(error: AgentError, redactor: Redactor) -> AgentError:
+    """
+    C{error} as it may be shown: configured secrets taken out of its
+    message, and the message cut to a bounded length.
+    """
+    message = redactor.scrub(shorten(error.message, MAX_ERROR_MESSAGE))
+    if message == error.message:
+        return error
+    return AgentError(
+        message,
+        error.status,
+        error.type,
+        error.code,
+        error.param,
+        error.retryAfter,
+        sideEffects=error.sideEffects,
+    )
 
 
 def _stopOnAbort(slot: Slot, run: Deferred[Finished]) -> list[AgentError]:
