@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from ai_agent.config import Config, describeMissing, loadConfig
 from ai_agent.errors import AgentError, ConfigurationError
+from ai_agent.limits import SubAgentLimiter
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
 from ai_agent.registry import AgentRegistry, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
@@ -118,7 +119,7 @@ def buildRuntime(
     http = HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
     providers = ProviderSet(config, http, reactor)
     mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
-    tools = ToolBoxFactory(registry.byPath, mcp)
+    tools = ToolBoxFactory(registry.byPath, mcp, subAgentLimiter=SubAgentLimiter(reactor))
     runner = SessionRunner(providers, reactor, tools, pricing=config.pricing)
     tools.runner = runner
     return Runtime(config, registry, pool, http, providers, runner, mcp, tools)

@@ -28,6 +28,7 @@ from twisted.internet.defer import (
     CancelledError,
     Deferred,
     DeferredList,
+    DeferredSemaphore,
     ensureDeferred,
     maybeDeferred,
 )
@@ -40,6 +41,7 @@ from ai_agent.agentfile import AgentSpec
 from ai_agent.config import Pricing
 from ai_agent.errors import AgentError, ProviderError
 from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta, Usage
+from ai_agent.limits import boundedCalls
 from ai_agent.providers import (
     CallbackSink,
     ChatMessage,
@@ -446,15 +448,17 @@ class SessionRunner:
         Run a turn's tool calls concurrently; every outcome, failures and
         timeouts included, becomes a C{tool} message the model can read.
         """
-        pending = [self._runTool(agent, toolbox, call, events) for call in calls]
+        running, refused = boundedCalls(agent, calls, events)
+        limit = DeferredSemaphore(agent.maxConcurrentTools)
+        pending = [limit.run(self._runTool, agent, toolbox, call, events) for call in running]
         # Cancelling a DeferredList cancels every call in it.
         outcomes = await DeferredList(pending, consumeErrors=True)
         results: list[ChatMessage] = []
-        for call, (ok, value) in zip(calls, outcomes, strict=True):
+        for call, (ok, value) in zip(running, outcomes, strict=True):
             if not ok:
                 cast(Failure, value).raiseException()
             results.append(ChatMessage("tool", value, toolCallId=call.id))
-        return results
+        return results + refused
 
     def _runTool(
         self, agent: AgentSpec, toolbox: ToolBox, call: ToolCall, events: EventSink

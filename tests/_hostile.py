@@ -285,3 +285,26 @@ __all__ = [
     "sseAnswer",
     "startServerProcess",
 ]
+
+
+async def waitUntil(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """
+    Poll C{condition} every 20 ms until it holds; fail after C{timeout}
+    seconds.
+    """
+    from twisted.internet.task import deferLater
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await deferLater(reactor, 0.02, lambda: None)
+
+
+async def pause(seconds: float) -> None:
+    """
+    Let the reactor run for C{seconds}.
+    """
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)

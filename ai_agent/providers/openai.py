@@ -156,8 +156,7 @@ class _Completion(HTTPCall):
         for position, call in enumerate(toolCalls or ()):
             if not isinstance(call, dict):
                 raise self.invalid(
-                    f"a stream chunk's delta.tool_calls[{position}] is {_kind(call)},"
-                    " not an object"
+                    f"a stream chunk's delta.tool_calls[{position}] is {_kind(call)}, not an object"
                 )
             self._toolCallDelta(position, call)
         finishReason = choice.get("finish_reason")
@@ -233,9 +232,7 @@ class _Completion(HTTPCall):
                 raise self.invalid(f"{where}[{index}] is {_kind(call)}, not an object")
             function = call.get("function")
             if not isinstance(function, dict):
-                raise self.invalid(
-                    f"{where}[{index}].function is {_kind(function)}, not an object"
-                )
+                raise self.invalid(f"{where}[{index}].function is {_kind(function)}, not an object")
             name = function.get("name")
             if not isinstance(name, str) or not name:
                 raise self.invalid(

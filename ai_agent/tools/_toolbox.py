@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from ai_agent.agentfile import AgentSpec
 from ai_agent.errors import AgentError
 from ai_agent.events import EventSink
+from ai_agent.limits import SubAgentLimiter
 from ai_agent.providers import ToolSpec
 from ai_agent.tools._jsonrpc import McpError
 from ai_agent.tools._naming import toolName
@@ -161,13 +162,14 @@ class ToolBoxFactory:
     mcp: McpManager | None = None
     runner: AgentRunner | None = None
     startTimeout: float = 60.0
+    subAgentLimiter: SubAgentLimiter | None = None
 
     def __call__(self, agent: AgentSpec) -> AgentToolBox:
         subAgents: list[SubAgentTool] = []
         if agent.agents:
             assert self.runner is not None, "ToolBoxFactory.runner is not set"
             for path in agent.agents:
-                subAgents.append(SubAgentTool(self.agents[path], self.runner))
+                subAgents.append(SubAgentTool(self.agents[path], self.runner, self.subAgentLimiter))
         return AgentToolBox(agent, self.mcp, tuple(subAgents), self.startTimeout)
 
 

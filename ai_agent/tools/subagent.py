@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from ai_agent.agentfile import AgentSpec
 from ai_agent.errors import AgentError
 from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta, Usage
+from ai_agent.limits import SubAgentLimiter
 from ai_agent.providers import ChatMessage, ToolSpec
 from ai_agent.tools._naming import toolName
 
@@ -112,10 +113,13 @@ class SubAgentTool:
 
     @ivar spec: the sub-agent.
     @ivar runner: runs the child session (the parent's runner).
+    @ivar limiter: the server-wide bound on sub-agent runs, if any; a run
+        waits at most the sub-agent's C{toolTimeout} for a place.
     """
 
     spec: AgentSpec
     runner: AgentRunner
+    limiter: SubAgentLimiter | None = None
 
     @property
     def name(self) -> str:
@@ -145,7 +149,13 @@ class SubAgentTool:
         if not isinstance(prompt, str) or not prompt.strip():
             return fail(AgentError(f"{self.name} needs a 'prompt' string that is not empty"))
         nested = NestedSink(f"[{self.name}] ", sink)
-        run = self.runner.run(self.spec, [ChatMessage("user", prompt)], nested)
+        conversation = [ChatMessage("user", prompt)]
+        if self.limiter is None:
+            run = self.runner.run(self.spec, conversation, nested)
+        else:
+            run = self.limiter.run(
+                self.spec.toolTimeout, self.runner.run, self.spec, conversation, nested
+            )
 
         def finished(result: Finished) -> str:
             nested.flush()

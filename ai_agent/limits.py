@@ -1,0 +1,131 @@
+# -*- test-case-name: tests.test_security_round2 -*-
+"""
+Bounds on what one model turn can make the server do: how many of its tool
+calls run, and how many sub-agent runs the whole server has in flight.
+
+A model may ask for thousands of calls in one turn (a prompt injection
+will); each is a real MCP call or a whole child run with its own upstream
+calls.  The agent file bounds the calls per turn (C{maxToolCallsPerTurn})
+and how many run at once (C{maxConcurrentTools}); a L{SubAgentLimiter}
+shared by the server bounds sub-agent runs across every request, so one
+request cannot multiply itself past the port's concurrency.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+
+from ai_agent.agentfile import AgentSpec
+from ai_agent.errors import AgentError
+from ai_agent.events import EventSink, ReasoningDelta
+from ai_agent.providers import ChatMessage, ToolCall
+
+T = TypeVar("T")
+
+#: The most sub-agent runs in flight in one server process, by default.
+MAX_SUBAGENT_RUNS = 16
+
+
+def boundedCalls(
+    agent: AgentSpec, calls: Sequence[ToolCall], events: EventSink
+) -> tuple[list[ToolCall], list[ChatMessage]]:
+    """
+    Split a turn's tool calls into those that run (the first
+    C{agent.maxToolCallsPerTurn}) and the C{tool} messages answering the
+    rest, which tell the model they were not run and why.
+    """
+    limit = agent.maxToolCallsPerTurn
+    if len(calls) <= limit:
+        return list(calls), []
+    events(
+        ReasoningDelta(
+            f"the model asked for {len(calls)} tool calls in one turn; running the first {limit}\n"
+        )
+    )
+    text = (
+        f"error: not run: this turn asked for {len(calls)} tool calls and at most {limit}"
+        " run per turn; ask again for the ones still needed"
+    )
+    return list(calls[:limit]), [
+        ChatMessage("tool", text, toolCallId=call.id) for call in calls[limit:]
+    ]
+
+
+@attrs.define(eq=False)
+class SubAgentLimiter:
+    """
+    A server-wide bound on sub-agent runs in flight; a run waits a bounded
+    time for a place, then its tool call fails with a message the model
+    reads.
+
+    @ivar limit: the most sub-agent runs at once.
+    """
+
+    reactor: IReactorTime
+    limit: int = MAX_SUBAGENT_RUNS
+    _semaphore: DeferredSemaphore = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._semaphore = DeferredSemaphore(self.limit)
+
+    @property
+    def running(self) -> int:
+        """
+        Sub-agent runs holding a place now.
+        """
+        return self.limit - self._semaphore.tokens
+
+    def run(self, wait: float, f: Callable[..., Deferred[T]], *args: Any) -> Deferred[T]:
+        """
+        Call C{f(*args)} once a place is free, holding it until the result
+        fires; fail with L{AgentError} when none frees within C{wait}
+        seconds.  Cancelling the result while it waits leaves the queue;
+        while it runs, cancels C{f}'s Deferred.
+        """
+        state: dict[str, Any] = {}
+
+        def cancel(_: Deferred[T]) -> None:
+            state["cancelled"] = True
+            if timer.active():
+                timer.cancel()
+            running = state.get("running")
+            if running is not None:
+                running.cancel()
+            else:
+                acquiring.cancel()
+
+        result: Deferred[T] = Deferred(canceller=cancel)
+        acquiring = self._semaphore.acquire()
+        timer = self.reactor.callLater(wait, acquiring.cancel)
+
+        def release(outcome: Any) -> Any:
+            self._semaphore.release()
+            return outcome
+
+        def acquired(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            running = maybeDeferred(f, *args)
+            state["running"] = running
+            running.addBoth(release).chainDeferred(result)
+
+        def notAcquired(failure: Any) -> None:
+            if state.get("cancelled"):
+                # The caller cancelled: Deferred.cancel fails the result.
+                return
+            result.errback(
+                AgentError(
+                    f"the server is running its most sub-agents ({self.limit}); none"
+                    f" finished within {wait:g} s: try again later or without a sub-agent"
+                )
+            )
+
+        acquiring.addCallbacks(acquired, notAcquired)
+        return result
+
+
+__all__ = ["MAX_SUBAGENT_RUNS", "SubAgentLimiter", "boundedCalls"]
