@@ -21,13 +21,17 @@ from twisted.internet.interfaces import IReactorTime
 
 from ai_agent.agentfile import AgentSpec
 from ai_agent.errors import AgentError
-from ai_agent.events import EventSink, ReasoningDelta
+from ai_agent.events import ContentDelta, Event, EventSink, ReasoningDelta
 from ai_agent.providers import ChatMessage, ToolCall
 
 T = TypeVar("T")
 
 #: The most sub-agent runs in flight in one server process, by default.
 MAX_SUBAGENT_RUNS = 16
+
+#: The most characters of answer text, reasoning and progress one run may
+#: send its client.
+MAX_RUN_ANSWER = 32 * 1024 * 1024
 
 
 def boundedCalls(
@@ -128,4 +132,42 @@ class SubAgentLimiter:
         return result
 
 
-__all__ = ["MAX_SUBAGENT_RUNS", "SubAgentLimiter", "boundedCalls"]
+@attrs.define(eq=False)
+class AnswerCap:
+    """
+    An event sink passing a run's events on until its answer text,
+    reasoning and progress together pass L{limit} characters; then it calls
+    L{onOver} once and drops the rest.  The headend stops the run there
+    with L{error}.
+    """
+
+    sink: EventSink
+    limit: int = MAX_RUN_ANSWER
+    onOver: Callable[[], None] = lambda: None
+    size: int = attrs.field(default=0, init=False)
+    over: bool = attrs.field(default=False, init=False)
+
+    def __call__(self, event: Event) -> None:
+        if self.over:
+            return
+        if isinstance(event, (ContentDelta, ReasoningDelta)):
+            self.size += len(event.text)
+            if self.size > self.limit:
+                self.over = True
+                self.onOver()
+                return
+        self.sink(event)
+
+    def error(self) -> AgentError:
+        """
+        The error the run ends with.
+        """
+        return AgentError(
+            f"the answer grew past {self.limit} characters; the run was stopped",
+            502,
+            "server_error",
+            "answer_too_large",
+        )
+
+
+__all__ = ["MAX_RUN_ANSWER", "MAX_SUBAGENT_RUNS", "AnswerCap", "SubAgentLimiter", "boundedCalls"]

@@ -308,3 +308,53 @@ async def pause(seconds: float) -> None:
     from twisted.internet.task import deferLater
 
     await deferLater(reactor, seconds, lambda: None)
+
+
+@attrs.define
+class FloodAnswer:
+    """
+    An answer streaming C{total} bytes of content chunks as fast as the
+    connection takes them (a pull producer: it writes only when the socket
+    wants more), then C{[DONE]}.  L{sent} counts what the socket accepted;
+    L{closed} fires when the server closes the connection.
+    """
+
+    total: int
+    chunk: int = 64 * 1024
+    sent: int = 0
+    closed: Deferred[None] = attrs.field(factory=Deferred)
+
+    def __call__(self, request: bytes, connection: _UpstreamConnection) -> None:
+        from zope.interface import implementer
+        from twisted.internet.interfaces import IPullProducer
+
+        flood = self
+        transport = connection.transport
+        piece = (
+            b"data: "
+            + json.dumps({"choices": [{"delta": {"content": "x" * self.chunk}}]}).encode()
+            + b"\n\n"
+        )
+        transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+        )
+
+        @implementer(IPullProducer)
+        class _Producer:
+            def resumeProducing(self) -> None:
+                if flood.sent >= flood.total:
+                    transport.unregisterProducer()
+                    transport.write(
+                        b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n'
+                        b"data: [DONE]\n\n"
+                    )
+                    transport.loseConnection()
+                    return
+                flood.sent += len(piece)
+                transport.write(piece)
+
+            def stopProducing(self) -> None:
+                pass
+
+        transport.registerProducer(_Producer(), False)
+        connection.lost.addCallback(lambda _: self.closed.callback(None))

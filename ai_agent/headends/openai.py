@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from typing import Any, ClassVar, cast
+from typing import Any, Callable, ClassVar, cast
 
 import attrs
 from klein import Klein
@@ -24,6 +24,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from ai_agent.accounting import RunLabels
 from ai_agent.errors import AgentError, notFound
 from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta
+from ai_agent.flow import CLIENT_STALL_TIMEOUT, Flow, currentFlow
 from ai_agent.headends._request import (
     OFF_REACTOR_THRESHOLD,
     ChatRequest,
@@ -31,6 +32,7 @@ from ai_agent.headends._request import (
     parseChatRequestOffReactor,
 )
 from ai_agent.headends._sse import SSEStream
+from ai_agent.limits import MAX_RUN_ANSWER, AnswerCap
 from ai_agent.pool import RunPool, Slot
 from ai_agent.redaction import MAX_ERROR_MESSAGE, RedactingSink, Redactor, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
@@ -178,6 +180,8 @@ class OpenAIHeadend:
 
     threadPool: Any = None
     redactor: Redactor | None = None
+    clientStallTimeout: float = CLIENT_STALL_TIMEOUT
+    maxAnswer: int = MAX_RUN_ANSWER
 
     def _redactor(self) -> Redactor:
         """
@@ -373,8 +377,10 @@ class OpenAIHeadend:
         completionId = record.completionId
         created = int(self.reactor.seconds())
         redacting = RedactingSink(self._redactor(), onEvent)
-        run = self._start(agent, chat, record, redacting)
+        cap = AnswerCap(redacting, self.maxAnswer)
+        run = self._start(agent, chat, record, cap)
         stopped = _stopOnAbort(slot, run)
+        cap.onOver = _stopper(self.reactor, run, stopped, cap.error())
         try:
             finished = await run
         except CancelledError:
@@ -427,7 +433,8 @@ class OpenAIHeadend:
         # A client that goes away is handled by Klein, which cancels this
         # coroutine (and so the run) once the request has lost its
         # connection; the producer only stops writing.
-        stream = SSEStream(cast(Request, request))
+        flow = Flow(self.reactor, self.clientStallTimeout, lambda: _drop(request))
+        stream = SSEStream(cast(Request, request), onPause=flow.pause, onResume=flow.resume)
         timer: list[IDelayedCall] = []
 
         def begin() -> None:
@@ -450,8 +457,15 @@ class OpenAIHeadend:
         timer.append(self.reactor.callLater(self.streamHeadGrace, begin))
         redactor = self._redactor()
         redacting = RedactingSink(redactor, onEvent)
-        run = self._start(agent, chat, record, redacting)
+        cap = AnswerCap(redacting, self.maxAnswer)
+        # The run's upstream calls find the flow as they start.
+        token = currentFlow.set(flow)
+        try:
+            run = self._start(agent, chat, record, cap)
+        finally:
+            currentFlow.reset(token)
         stopped = _stopOnAbort(slot, run)
+        cap.onOver = _stopper(self.reactor, run, stopped, cap.error())
         try:
             finished = await run
         except CancelledError:
@@ -488,6 +502,7 @@ class OpenAIHeadend:
             _endInBand(stream, _internalError())
             return
         finally:
+            flow.close()
             if timer[0].active():
                 timer[0].cancel()
         redacting.flush()
@@ -525,6 +540,32 @@ def _safeError(error: AgentError, redactor: Redactor) -> AgentError:
         error.retryAfter,
         sideEffects=error.sideEffects,
     )
+
+
+def _stopper(
+    reactor: IReactorTime, run: Deferred[Finished], stopped: list[AgentError], error: AgentError
+) -> Callable[[], None]:
+    """
+    A function stopping C{run} with C{error} (on the next turn of the
+    reactor: it is called from inside the upstream call's data handling).
+    """
+
+    def stop() -> None:
+        if not stopped:
+            stopped.append(error)
+            reactor.callLater(0, run.cancel)
+
+    return stop
+
+
+def _drop(request: IRequest) -> None:
+    """
+    Close the connection of a client that stopped reading; Klein then
+    cancels the route, and with it the run.
+    """
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    if transport is not None:
+        transport.abortConnection()
 
 
 def _stopOnAbort(slot: Slot, run: Deferred[Finished]) -> list[AgentError]:
