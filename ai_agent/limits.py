@@ -59,6 +59,29 @@ def boundedCalls(
     ]
 
 
+def noToolsExchange(response: Any, toolbox: Any, events: EventSink) -> list[ChatMessage]:
+    """
+    The messages that tell a model which was offered no tools (the agent has
+    none, or their servers are down) that the tools it called are not
+    available, as plain text: a conversation holding tool calls must offer
+    tools on some APIs.
+    """
+    names = ", ".join(sorted({call.name for call in response.toolCalls}))
+    unavailable = getattr(toolbox, "unavailable", None) or {}
+    if unavailable:
+        why = "; ".join(f"{server}: {reason}" for server, reason in sorted(unavailable.items()))
+        reason = f"its tools are unavailable right now ({why})"
+    else:
+        reason = "this agent has no tools"
+    events(ReasoningDelta(f"the model called {names}, which it cannot use: {reason}\n"))
+    note = (
+        f"[The tool calls you made ({names}) were not run: {reason}."
+        " Answer with what you know, without calling tools.]"
+    )
+    said = response.content or f"(calling {names})"
+    return [ChatMessage("assistant", said), ChatMessage("user", note)]
+
+
 @attrs.define(eq=False)
 class SubAgentLimiter:
     """
@@ -170,4 +193,11 @@ class AnswerCap:
         )
 
 
-__all__ = ["MAX_RUN_ANSWER", "MAX_SUBAGENT_RUNS", "AnswerCap", "SubAgentLimiter", "boundedCalls"]
+__all__ = [
+    "MAX_RUN_ANSWER",
+    "MAX_SUBAGENT_RUNS",
+    "AnswerCap",
+    "SubAgentLimiter",
+    "boundedCalls",
+    "noToolsExchange",
+]

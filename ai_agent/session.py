@@ -41,7 +41,7 @@ from ai_agent.agentfile import AgentSpec
 from ai_agent.config import Pricing
 from ai_agent.errors import AgentError, ProviderError
 from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta, Usage
-from ai_agent.limits import boundedCalls
+from ai_agent.limits import boundedCalls, noToolsExchange
 from ai_agent.providers import (
     CallbackSink,
     ChatMessage,
@@ -364,7 +364,11 @@ class SessionRunner:
                 agent, messages, () if lastTurn else specs, events, sampling, stream, account
             )
             meter(callUsage)
-            if not response.toolCalls or not specs or lastTurn:
+            if response.toolCalls and not specs and not lastTurn:
+                # Calls to tools the model was not offered: it is told so.
+                messages.extend(noToolsExchange(response, toolbox, events))
+                continue
+            if not response.toolCalls or lastTurn:
                 reason = "length" if response.finishReason == "length" else "stop"
                 return Finished(reason, meter.total)
             messages.append(

@@ -558,3 +558,92 @@ class AnswerSizeTests(TestCase):
             else:
                 self.assertEqual(status, 502, body)
                 self.assertEqual(json.loads(body)["error"]["code"], "answer_too_large")
+
+
+class SilentMcpTests(TestCase):
+    """
+    Item 7: an MCP server that never answers C{initialize} costs a request
+    a short bounded wait once, then nothing while it is known to be down,
+    and the model is told its tools are unavailable instead of having its
+    call dropped; so is a model calling a tool on an agent that has none.
+    """
+
+    timeout = 60
+
+    async def test_silentServers(self) -> None:
+        """
+        With a stdio server and an HTTP server that both never answer
+        C{initialize} (start timeout 1 s here, 10 s by default): the first
+        request waits about that long, the next ones do not wait at all;
+        the model's call to one of their tools is answered with a note
+        naming the tools as unavailable, and its next answer reaches the
+        client.
+        """
+        import os
+        import sys
+        import time
+
+        from tests._hostile import pause
+
+        script = os.path.abspath(self.mktemp())
+        with open(script, "w") as f:
+            f.write("import sys\nfor line in sys.stdin:\n    pass\n")
+        silentHttp = ScriptedUpstream(default=lambda request, connection: None).start(self)
+        upstream = ScriptedUpstream().start(self)
+        server = await badServer(
+            self,
+            upstream,
+            agents={"agent.ai": agentText(tools="[quiet, mute]")},
+            mcpServers={
+                "quiet": {"command": sys.executable, "args": [script]},
+                "mute": {"url": silentHttp.baseUrl.removesuffix("/v1") + "/mcp"},
+            },
+        )
+        server.runtime.mcp.serverOptions["initializeTimeout"] = 1.0
+        waits = []
+        for attempt in range(3):
+            upstream.answers.extend(
+                [
+                    sseAnswer(toolCallEvents([("quiet__lookup", "{}")])),
+                    sseAnswer(textEvents([f"answer {attempt}"])),
+                ]
+            )
+            started = time.monotonic()
+            status, headers, body = await chat(self, server)
+            waits.append(time.monotonic() - started)
+            self.assertEqual(status, 200, body)
+            self.assertEqual(
+                json.loads(body)["choices"][0]["message"]["content"], f"answer {attempt}"
+            )
+            told = upstream.requests[-1].decode()
+            self.assertIn("quiet__lookup", told)
+            self.assertIn("were not run", told)
+            self.assertIn("unavailable", told)
+            # Past the first backoff: the server is starting again.
+            await pause(0.6)
+        print(f"\nwaits: {', '.join(f'{w:.2f}' for w in waits)} s")
+        self.assertGreater(waits[0], 0.9)
+        self.assertLess(waits[0], 3.0)
+        for wait in waits[1:]:
+            self.assertLess(wait, 0.5)
+
+    async def test_noToolsAgent(self) -> None:
+        """
+        A model calling a tool on an agent with no tools gets a note saying
+        the agent has none and answers again; the client gets that answer,
+        not an empty 200.
+        """
+        upstream = ScriptedUpstream().start(self)
+        server = await badServer(self, upstream)
+        upstream.answers.extend(
+            [
+                sseAnswer(toolCallEvents([("web_search", '{"q": "x"}')])),
+                sseAnswer(textEvents(["no tools, so: 42"])),
+            ]
+        )
+        status, headers, body = await chat(self, server)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body)["choices"][0]["message"]["content"], "no tools, so: 42")
+        told = upstream.requests[-1].decode()
+        self.assertIn("web_search", told)
+        self.assertIn("this agent has no tools", told)

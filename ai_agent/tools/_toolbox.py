@@ -56,6 +56,7 @@ class AgentToolBox:
     subAgents: tuple[SubAgentTool, ...] = ()
     startTimeout: float = 60.0
     instructions: list[str] = attrs.field(factory=list, init=False)
+    unavailable: dict[str, str] = attrs.field(factory=dict, init=False)
     _routes: dict[str, _Route] = attrs.field(factory=dict, init=False)
 
     def specs(self) -> Deferred[list[ToolSpec]]:
@@ -122,6 +123,7 @@ class AgentToolBox:
         return specs
 
     def _leftOut(self, server: str, reason: str) -> None:
+        self.unavailable[server] = reason
         log.warn(
             "agent {agent}: the tools of MCP server {server} are left out: {reason}",
             agent=self.agent.name,
@@ -135,6 +137,14 @@ class AgentToolBox:
         """
         route = self._routes.get(name)
         if route is None:
+            server = name.partition("__")[0]
+            if server in self.unavailable:
+                return fail(
+                    AgentError(
+                        f"the tool {name!r} is unavailable right now:"
+                        f" {self.unavailable[server]}; answer without it"
+                    )
+                )
             return fail(AgentError(f"there is no tool named {name!r}"))
         return route(arguments, sink)
 
