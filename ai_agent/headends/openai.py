@@ -518,7 +518,19 @@ class OpenAIHeadend:
 def _endInBand(stream: SSEStream, error: AgentError) -> None:
     """
     End a stream that already began with an error frame and C{[DONE]}.
+    An error's C{Retry-After} cannot be a header any more: the message says
+    it.
     """
+    if error.retryAfter is not None:
+        error = AgentError(
+            f"{error.message} (retry after {max(1, round(error.retryAfter))} s)",
+            error.status,
+            error.type,
+            error.code,
+            error.param,
+            error.retryAfter,
+            sideEffects=error.sideEffects,
+        )
     stream.send(ChunkEncoder.error(error) + ChunkEncoder.DONE)
     stream.end()
 

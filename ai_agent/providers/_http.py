@@ -57,9 +57,11 @@ CONNECT_TIMEOUT = 10.0
 Seconds allowed to open a TCP (and TLS) connection to an upstream.
 """
 
-MAX_RETRY_AFTER = 60.0
+MAX_RETRY_AFTER = 86400.0
 """
-The most seconds of an upstream's C{Retry-After} that are honoured.
+The most seconds of an upstream's C{Retry-After} that are believed (and
+passed on to a client); how long a turn actually waits is the retry
+policy's business (L{ai_agent.retry}).
 """
 
 DONE_GRACE = 5.0
