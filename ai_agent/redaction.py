@@ -26,7 +26,10 @@ MIN_SECRET_LENGTH = 8
 REDACTED = "[redacted]"
 
 #: The most characters of an error message a client is shown.
-MAX_ERROR_MESSAGE = 1000
+MAX_ERROR_MESSAGE = 500
+
+#: The most characters of an error's C{param} (a path into the request).
+MAX_PARAM = 200
 
 #: The most characters of a client's own value quoted back to it.
 MAX_ECHO = 80
@@ -183,6 +186,7 @@ class RedactingSink:
 __all__ = [
     "MAX_ECHO",
     "MAX_ERROR_MESSAGE",
+    "MAX_PARAM",
     "shorten",
     "MIN_SECRET_LENGTH",
     "REDACTED",

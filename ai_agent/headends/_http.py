@@ -27,6 +27,7 @@ from twisted.web import http
 from twisted.web.server import Request, Site
 
 from ai_agent.errors import AgentError
+from ai_agent.redaction import shorten
 
 log = Logger()
 
@@ -53,7 +54,7 @@ _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 _ABSOLUTE_FORM = re.compile(rb"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
 
-class UnusablePath(ValueError):
+class UnusablePath(ValueError):  # noqa: N818 - a refusal, not a bug
     """
     A request target that has no single meaning as a path.
     """
@@ -246,7 +247,7 @@ class GuardedRequest(Request):
                 if mediaType not in _JSON_TYPES and not mediaType.endswith(b"+json"):
                     return AgentError(
                         "the request body must be JSON (Content-Type: application/json),"
-                        f" not {mediaType.decode('latin-1')!r}",
+                        f" not {shorten(repr(mediaType.decode('latin-1')))}",
                         415,
                         "invalid_request_error",
                         "unsupported_media_type",

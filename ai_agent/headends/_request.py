@@ -33,6 +33,7 @@ from twisted.python.threadpool import ThreadPool
 
 from ai_agent.errors import AgentError, invalidRequest
 from ai_agent.providers import ChatMessage, ToolCall
+from ai_agent.redaction import shorten
 from ai_agent.session import Sampling
 
 #: The most messages one request may carry.
@@ -55,6 +56,8 @@ _STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 # A \\u escape that may start half of a surrogate pair, and the lone half itself.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A number that may overflow a double: a three-digit exponent, or 309 digits.
+_HUGE_NUMBER = re.compile(r"\d[eE]\+?0*[1-9]\d{2}|\d{309}")
 
 
 @attrs.frozen
@@ -247,11 +250,21 @@ def _loads(body: bytes) -> Any:
         raise invalidRequest(
             f"the request body is not valid JSON: {error}", code="invalid_json"
         ) from None
+    if _HUGE_NUMBER.search(text) is not None:
+        where = _findNonFinite(data)
+        if where is not None:
+            raise invalidRequest(
+                f"{f'{shorten(repr(where))}' if where else 'the request body'} holds a number"
+                " too large"
+                " to represent (it would be Infinity, which is not JSON)",
+                where or None,
+                "invalid_number",
+            )
     if _SURROGATE_ESCAPE.search(text) is not None:
         found = _findSurrogate(data)
         if found is not None:
             where, inKey = found
-            what = f"'{where}'" if where else "the request body"
+            what = shorten(repr(where)) if where else "the request body"
             if inKey:
                 what = f"a key of {what}"
             raise invalidRequest(
@@ -302,6 +315,24 @@ def _findSurrogate(value: Any) -> tuple[str, bool] | None:
                     return where, True
                 children.append((child, _join(where, key)))
             stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend(reversed([(child, f"{where}[{i}]") for i, child in enumerate(item)]))
+    return None
+
+
+def _findNonFinite(value: Any) -> str | None:
+    """
+    The path of the first number that parsed as infinite (C{1e400}), in
+    document order, or L{None}.
+    """
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return where
+        elif isinstance(item, dict):
+            stack.extend(reversed([(child, _join(where, key)) for key, child in item.items()]))
         elif isinstance(item, list):
             stack.extend(reversed([(child, f"{where}[{i}]") for i, child in enumerate(item)]))
     return None

@@ -34,7 +34,7 @@ from ai_agent.headends._request import (
 from ai_agent.headends._sse import SSEStream
 from ai_agent.limits import MAX_RUN_ANSWER, AnswerCap
 from ai_agent.pool import RunPool, Slot
-from ai_agent.redaction import MAX_ERROR_MESSAGE, RedactingSink, Redactor, shorten
+from ai_agent.redaction import MAX_ERROR_MESSAGE, MAX_PARAM, RedactingSink, Redactor, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.session import SessionRunner
 from ai_agent.tasks import detectTask, forwardedHeaders, loggable
@@ -212,7 +212,7 @@ class OpenAIHeadend:
     @app.handle_errors(NotFound)
     def _notFound(self, request: IRequest, failure: Failure) -> bytes:
         path = request.path.decode("utf-8", "replace")
-        return self._errorBody(request, notFound(f"no such endpoint: {path}", "not_found"))
+        return self._errorBody(request, notFound(f"no such endpoint: {shorten(path)}", "not_found"))
 
     @app.handle_errors(MethodNotAllowed)
     def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
@@ -224,7 +224,7 @@ class OpenAIHeadend:
         return self._errorBody(
             request,
             AgentError(
-                f"{method} is not allowed here; use {allowed}",
+                f"{shorten(method)} is not allowed here; use {allowed}",
                 405,
                 "invalid_request_error",
                 "method_not_allowed",
@@ -541,14 +541,15 @@ def _safeError(error: AgentError, redactor: Redactor) -> AgentError:
     message, and the message cut to a bounded length.
     """
     message = redactor.scrub(shorten(error.message, MAX_ERROR_MESSAGE))
-    if message == error.message:
+    param = None if error.param is None else shorten(error.param, MAX_PARAM)
+    if message == error.message and param == error.param:
         return error
     return AgentError(
         message,
         error.status,
         error.type,
         error.code,
-        error.param,
+        param,
         error.retryAfter,
         sideEffects=error.sideEffects,
     )
@@ -609,7 +610,7 @@ def _modelEntry(agent: ServedAgent) -> dict[str, Any]:
 
 def _unknownModel(model: str) -> AgentError:
     return notFound(
-        f"The model {model!r} does not exist: no agent is served under that name",
+        f"The model {shorten(repr(model))} does not exist: no agent is served under that name",
         "model_not_found",
         "model",
     )
