@@ -157,7 +157,7 @@ def rawExchange(
                 s.settimeout(max(0.05, min(0.5, deadline - time.monotonic())))
                 try:
                     chunk = s.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError:
                     break
@@ -325,8 +325,8 @@ class FloodAnswer:
     closed: Deferred[None] = attrs.field(factory=Deferred)
 
     def __call__(self, request: bytes, connection: _UpstreamConnection) -> None:
-        from zope.interface import implementer
         from twisted.internet.interfaces import IPullProducer
+        from zope.interface import implementer
 
         flood = self
         transport = connection.transport
