@@ -43,6 +43,9 @@ MAX_MESSAGES = 2048
 MAX_TOOLS = 128
 #: The deepest nesting of arrays and objects a body may have.
 MAX_DEPTH = 64
+#: The most arrays and objects a body may hold (a chat request with every
+#: other limit reached holds a few tens of thousands).
+MAX_CONTAINERS = 100_000
 #: Bodies at least this long are parsed off the reactor thread.
 OFF_REACTOR_THRESHOLD = 256 * 1024
 
@@ -56,8 +59,6 @@ _STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 # A \\u escape that may start half of a surrogate pair, and the lone half itself.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# A number that may overflow a double: a three-digit exponent, or 309 digits.
-_HUGE_NUMBER = re.compile(r"\d[eE]\+?0*[1-9]\d{2}|\d{309}")
 
 
 @attrs.frozen
@@ -228,7 +229,13 @@ def _loads(body: bytes) -> Any:
     """
     if body.startswith(_BOM):
         body = body[len(_BOM) :]
-    depth = _depth(body)
+    depth, containers = _shape(body)
+    if containers > MAX_CONTAINERS:
+        raise invalidRequest(
+            f"the request body holds {containers} arrays and objects;"
+            f" at most {MAX_CONTAINERS} are allowed",
+            code="request_too_complex",
+        )
     if depth > MAX_DEPTH:
         raise invalidRequest(
             f"the request body nests arrays and objects {depth} levels deep;"
@@ -241,8 +248,16 @@ def _loads(body: bytes) -> Any:
         raise invalidRequest(
             f"the request body is not valid UTF-8 (at byte {error.start})", code="invalid_json"
         ) from None
+    infinite: list[bool] = []
+
+    def parseFloat(literal: str) -> float:
+        value = float(literal)
+        if math.isinf(value):
+            infinite.append(True)
+        return value
+
     try:
-        data = json.loads(text, parse_constant=_rejectConstant)
+        data = json.loads(text, parse_constant=_rejectConstant, parse_float=parseFloat)
     except RecursionError:
         # Not reached after the depth scan; kept so that it can never be a 500.
         raise invalidRequest("the request body is nested too deeply", code="invalid_json") from None
@@ -250,7 +265,7 @@ def _loads(body: bytes) -> Any:
         raise invalidRequest(
             f"the request body is not valid JSON: {error}", code="invalid_json"
         ) from None
-    if _HUGE_NUMBER.search(text) is not None:
+    if infinite:
         where = _findNonFinite(data)
         if where is not None:
             raise invalidRequest(
@@ -276,20 +291,28 @@ def _loads(body: bytes) -> Any:
     return data
 
 
-def _depth(body: bytes) -> int:
+def _shape(body: bytes) -> tuple[int, int]:
     """
     How deeply arrays and objects nest in C{body} (the top level counts as
-    one), ignoring brackets inside strings, or C{0} when there are too few
-    brackets to pass L{MAX_DEPTH}.  Found without recursion: the steps of +1
-    (open) and -1 (close) are added up in C.  For malformed JSON the answer
-    is approximate, and the parser rejects the body anyway.
+    one) and how many there are, ignoring brackets inside strings.  Found
+    without recursion, in a few passes of C code over the bytes (each short
+    enough that other threads, the reactor's included, get the interpreter
+    between them): escapes and strings are dropped, then everything but
+    brackets; the depth is the running sum of +1 (open) and -1 (close),
+    computed only when the count is within L{MAX_CONTAINERS}.  For malformed
+    JSON the answer is approximate, and the parser rejects the body anyway.
+
+    @return: C{(depth, containers)}; the depth is C{0} when there are too
+        few brackets to pass L{MAX_DEPTH}, or too many containers to look.
     """
-    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
-        return 0
+    opening = body.count(b"[") + body.count(b"{")
+    if opening <= MAX_DEPTH:
+        return 0, opening
     brackets = _STRING.sub(b"", _ESCAPE.sub(b"", body)).translate(None, _NOT_BRACKETS)
-    if len(brackets) <= MAX_DEPTH:
-        return 0
-    return max(accumulate(array("b", brackets.translate(_STEPS))))
+    containers = brackets.count(b"[") + brackets.count(b"{")
+    if containers <= MAX_DEPTH or containers > MAX_CONTAINERS:
+        return 0, containers
+    return max(accumulate(array("b", brackets.translate(_STEPS)))), containers
 
 
 def _findSurrogate(value: Any) -> tuple[str, bool] | None:
@@ -562,6 +585,7 @@ def _parseToolCalls(value: Any, where: str) -> tuple[ToolCall, ...]:
 __all__ = [
     "AgentError",
     "ChatRequest",
+    "MAX_CONTAINERS",
     "MAX_DEPTH",
     "MAX_MESSAGES",
     "MAX_TOOLS",

@@ -25,11 +25,11 @@ from ai_agent.accounting import RunLabels
 from ai_agent.errors import AgentError, notFound
 from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta
 from ai_agent.flow import CLIENT_STALL_TIMEOUT, Flow, currentFlow
+from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._request import (
     OFF_REACTOR_THRESHOLD,
     ChatRequest,
     parseChatRequest,
-    parseChatRequestOffReactor,
 )
 from ai_agent.headends._sse import SSEStream
 from ai_agent.limits import MAX_RUN_ANSWER, AnswerCap
@@ -179,6 +179,7 @@ class OpenAIHeadend:
     taskShortcut: bool = True
 
     threadPool: Any = None
+    bodyGate: BodyGate | None = None
     redactor: Redactor | None = None
     clientStallTimeout: float = CLIENT_STALL_TIMEOUT
     maxAnswer: int = MAX_RUN_ANSWER
@@ -192,6 +193,14 @@ class OpenAIHeadend:
             providers = getattr(self.runner, "providers", None)
             self.redactor = Redactor.fromConfig(getattr(providers, "config", None))
         return self.redactor
+
+    def _bodyGate(self) -> BodyGate:
+        """
+        The gate large bodies are parsed through.
+        """
+        if self.bodyGate is None:
+            self.bodyGate = BodyGate(self.reactor, self._threadPool())
+        return self.bodyGate
 
     def _threadPool(self) -> Any:
         """
@@ -298,14 +307,16 @@ class OpenAIHeadend:
         """
         Run an agent on a conversation; answer in one JSON body or stream.
         """
-        body = request.content.read()
-        if len(body) < OFF_REACTOR_THRESHOLD:
-            chat = parseChatRequest(body)
+        content = request.content
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        if size < OFF_REACTOR_THRESHOLD:
+            chat = parseChatRequest(content.read())
         else:
-            # A large body would hold up every other stream while parsed.
-            chat = await parseChatRequestOffReactor(
-                body, cast(Any, self.reactor), self._threadPool()
-            )
+            # A large body would hold up every other stream while parsed:
+            # it is read and parsed in a thread, one at a time.
+            chat = await self._bodyGate().parse(content)
         agent = self.registry.resolve(chat.model)
         if agent is None:
             raise _unknownModel(chat.model)
