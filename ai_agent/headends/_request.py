@@ -230,17 +230,18 @@ def _loads(body: bytes) -> Any:
     if body.startswith(_BOM):
         body = body[len(_BOM) :]
     depth, containers = _shape(body)
+    if depth > MAX_DEPTH:
+        atLeast = "at least " if containers > MAX_CONTAINERS else ""
+        raise invalidRequest(
+            f"the request body nests arrays and objects {atLeast}{depth} levels deep;"
+            f" at most {MAX_DEPTH} are allowed",
+            code="invalid_json",
+        )
     if containers > MAX_CONTAINERS:
         raise invalidRequest(
             f"the request body holds {containers} arrays and objects;"
             f" at most {MAX_CONTAINERS} are allowed",
             code="request_too_complex",
-        )
-    if depth > MAX_DEPTH:
-        raise invalidRequest(
-            f"the request body nests arrays and objects {depth} levels deep;"
-            f" at most {MAX_DEPTH} are allowed",
-            code="invalid_json",
         )
     try:
         text = body.decode("utf-8")
@@ -299,19 +300,23 @@ def _shape(body: bytes) -> tuple[int, int]:
     enough that other threads, the reactor's included, get the interpreter
     between them): escapes and strings are dropped, then everything but
     brackets; the depth is the running sum of +1 (open) and -1 (close),
-    computed only when the count is within L{MAX_CONTAINERS}.  For malformed
+    computed over at most the first L{MAX_CONTAINERS} pairs.  For malformed
     JSON the answer is approximate, and the parser rejects the body anyway.
 
     @return: C{(depth, containers)}; the depth is C{0} when there are too
-        few brackets to pass L{MAX_DEPTH}, or too many containers to look.
+        few brackets to pass L{MAX_DEPTH}, and that of the first
+        L{MAX_CONTAINERS} or so when there are more.
     """
     opening = body.count(b"[") + body.count(b"{")
     if opening <= MAX_DEPTH:
         return 0, opening
     brackets = _STRING.sub(b"", _ESCAPE.sub(b"", body)).translate(None, _NOT_BRACKETS)
     containers = brackets.count(b"[") + brackets.count(b"{")
-    if containers <= MAX_DEPTH or containers > MAX_CONTAINERS:
+    if containers <= MAX_DEPTH:
         return 0, containers
+    # Past the cap on containers, the depth of a bounded prefix is enough
+    # to tell a deep body from a wide one.
+    brackets = brackets[: 2 * MAX_CONTAINERS + 2]
     return max(accumulate(array("b", brackets.translate(_STEPS)))), containers
 
 
