@@ -31,7 +31,7 @@ MAX_SUBAGENT_RUNS = 16
 
 #: The most characters of answer text, reasoning and progress one run may
 #: send its client.
-MAX_RUN_ANSWER = 32 * 1024 * 1024
+MAX_RUN_ANSWER = 8 * 1024 * 1024
 
 
 def boundedCalls(

@@ -161,10 +161,14 @@ class RedactingSink:
         if not self.redactor.secrets:
             self.sink(event)
         elif isinstance(event, ContentDelta):
+            # A change of channel lets out what the other one held, so the
+            # two stay in order.
+            self._flushReasoning()
             text = self._content.feed(event.text)
             if text:
                 self.sink(ContentDelta(text))
         elif isinstance(event, ReasoningDelta):
+            self._flushContent()
             text = self._reasoning.feed(event.text)
             if text:
                 self.sink(ReasoningDelta(text))
@@ -175,9 +179,15 @@ class RedactingSink:
         """
         Pass on the text held back at the end of each stream.
         """
+        self._flushReasoning()
+        self._flushContent()
+
+    def _flushReasoning(self) -> None:
         reasoning = self._reasoning.flush()
         if reasoning:
             self.sink(ReasoningDelta(reasoning))
+
+    def _flushContent(self) -> None:
         content = self._content.flush()
         if content:
             self.sink(ContentDelta(content))

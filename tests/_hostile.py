@@ -313,7 +313,8 @@ async def pause(seconds: float) -> None:
 @attrs.define
 class FloodAnswer:
     """
-    An answer streaming C{total} bytes of content chunks as fast as the
+    An answer streaming C{total} bytes of content chunks (or, without
+    C{content}, chunks that carry nothing) as fast as the
     connection takes them (a pull producer: it writes only when the socket
     wants more), then C{[DONE]}.  L{sent} counts what the socket accepted;
     L{closed} fires when the server closes the connection.
@@ -321,6 +322,7 @@ class FloodAnswer:
 
     total: int
     chunk: int = 64 * 1024
+    content: bool = True
     sent: int = 0
     closed: Deferred[None] = attrs.field(factory=Deferred)
 
@@ -330,11 +332,12 @@ class FloodAnswer:
 
         flood = self
         transport = connection.transport
-        piece = (
-            b"data: "
-            + json.dumps({"choices": [{"delta": {"content": "x" * self.chunk}}]}).encode()
-            + b"\n\n"
-        )
+        if self.content:
+            delta = {"content": "x" * self.chunk}
+        else:
+            # Chunks of the right size with nothing in them.
+            delta = {"padding": "x" * self.chunk}
+        piece = b"data: " + json.dumps({"choices": [{"delta": delta}]}).encode() + b"\n\n"
         transport.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
         )

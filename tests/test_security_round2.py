@@ -433,10 +433,13 @@ class AnswerSizeTests(TestCase):
 
     async def test_hugeAnswerCapped(self) -> None:
         """
-        A 100 MB answer fails at the 16 MiB cap: the non-streamed request
-        gets a 502 C{upstream_answer_too_large}, the streamed one an in-band
-        error with that code; the server's RSS grows by less than 150 MB
-        and the upstream connection is closed.
+        A 100 MB answer of text stops at the run's 8 Mi-character cap: the
+        non-streamed request gets a 502 C{answer_too_large}, the streamed
+        one an in-band error with that code.  A 100 MB stream of chunks
+        carrying nothing stops at the 64 MiB cap on an upstream body: a 502
+        C{upstream_answer_too_large} (streamed too, since nothing had been
+        sent).  The upstream connection is closed
+        each time, and the server's RSS grows by less than 150 MB.
         """
         from tests._hostile import FloodAnswer, startServerProcess
 
@@ -451,29 +454,36 @@ class AnswerSizeTests(TestCase):
         sampler = LoopingCall(lambda: samples.append(server.rss()))
         sampler.start(0.02)
         self.addCleanup(lambda: sampler.running and sampler.stop())
-        for stream in (False, True):
-            flood = FloodAnswer(100 * 1024 * 1024)
-            upstream.answers.append(flood)
-            response = await client(self).post(
-                server.base + "/v1/chat/completions",
-                json={
-                    "model": "agent",
-                    "messages": [{"role": "user", "content": "hi"}],
-                    "stream": stream,
-                },
-            )
-            body = await treq.content(response)
-            await flood.closed
-            self.assertLess(flood.sent, 40 * 1024 * 1024)
-            if stream:
-                self.assertEqual(response.code, 200)
-                errors = [
-                    e["error"] for e in sseEvents(body) if isinstance(e, dict) and "error" in e
-                ]
-                self.assertEqual(errors[0]["code"], "upstream_answer_too_large")
-            else:
-                self.assertEqual(response.code, 502, body[:300])
-                self.assertEqual(json.loads(body)["error"]["code"], "upstream_answer_too_large")
+        cases = [
+            (True, 20, "answer_too_large"),
+            (False, 80, "upstream_answer_too_large"),
+        ]
+        for content, mostMB, code in cases:
+            for stream in (False, True):
+                flood = FloodAnswer(100 * 1024 * 1024, content=content)
+                upstream.answers.append(flood)
+                response = await client(self).post(
+                    server.base + "/v1/chat/completions",
+                    json={
+                        "model": "agent",
+                        "messages": [{"role": "user", "content": "hi"}],
+                        "stream": stream,
+                    },
+                )
+                body = await treq.content(response)
+                await flood.closed
+                self.assertLess(flood.sent, mostMB * 1024 * 1024)
+                if stream and content:
+                    # The text began the stream: the error is in-band.
+                    self.assertEqual(response.code, 200)
+                    errors = [
+                        e["error"] for e in sseEvents(body) if isinstance(e, dict) and "error" in e
+                    ]
+                    self.assertEqual(errors[0]["code"], code)
+                else:
+                    # Nothing was sent yet: a real status.
+                    self.assertEqual(response.code, 502, body[:300])
+                    self.assertEqual(json.loads(body)["error"]["code"], code)
         sampler.stop()
         peak = max(samples)
         grown = (peak - before) / 2**20
@@ -539,7 +549,7 @@ class AnswerSizeTests(TestCase):
     async def test_runAnswerCapped(self) -> None:
         """
         A run whose answer text and progress pass the headend's cap (set to
-        1,000 characters here; 32 Mi by default) is stopped: a 502
+        1,000 characters here; 8 Mi by default) is stopped: a 502
         C{answer_too_large} before the stream started, an in-band error
         after.
         """

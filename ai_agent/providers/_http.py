@@ -69,7 +69,7 @@ DONE_GRACE = 5.0
 Seconds to wait for the end of a body after the answer is complete.
 """
 
-MAX_ANSWER_BYTES = 16 * 1024 * 1024
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 """
 The most bytes of one upstream answer's body (an event stream or one JSON
 document) read before the call fails with C{upstream_answer_too_large}.
