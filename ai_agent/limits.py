@@ -13,6 +13,7 @@ request cannot multiply itself past the port's concurrency.
 
 from __future__ import annotations
 
+from contextvars import copy_context
 from typing import Any, Callable, Sequence, TypeVar
 
 import attrs
@@ -126,6 +127,9 @@ class SubAgentLimiter:
                 acquiring.cancel()
 
         result: Deferred[T] = Deferred(canceller=cancel)
+        # The run starts from whatever frees a place: in this caller's
+        # context, not that one (see ai_agent.flow).
+        context = copy_context()
         acquiring = self._semaphore.acquire()
         timer = self.reactor.callLater(wait, acquiring.cancel)
 
@@ -136,7 +140,7 @@ class SubAgentLimiter:
         def acquired(_: Any) -> None:
             if timer.active():
                 timer.cancel()
-            running = maybeDeferred(f, *args)
+            running = context.run(maybeDeferred, f, *args)
             state["running"] = running
             running.addBoth(release).chainDeferred(result)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from contextvars import copy_context
 from typing import Any, Callable, Mapping, Protocol, Sequence, cast
 
 import attrs
@@ -454,7 +455,12 @@ class SessionRunner:
         """
         running, refused = boundedCalls(agent, calls, events)
         limit = DeferredSemaphore(agent.maxConcurrentTools)
-        pending = [limit.run(self._runTool, agent, toolbox, call, events) for call in running]
+        # A call that waits for a place starts from whatever freed it: each
+        # runs in a copy of this run's context (see ai_agent.flow).
+        pending = [
+            limit.run(copy_context().run, self._runTool, agent, toolbox, call, events)
+            for call in running
+        ]
         # Cancelling a DeferredList cancels every call in it.
         outcomes = await DeferredList(pending, consumeErrors=True)
         results: list[ChatMessage] = []

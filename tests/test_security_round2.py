@@ -1191,3 +1191,44 @@ def deferToThreadWithPool(f: Any, *args: Any) -> Any:
 
 
 _clientPool: Any = None
+
+
+class ContextTests(TestCase):
+    """
+    The back-pressure of item 5 reaches calls that waited for a place: they
+    run in the context of the run that asked for them.
+    """
+
+    def test_limiterKeepsCallersContext(self) -> None:
+        """
+        A sub-agent run that waited for a place in L{SubAgentLimiter} starts
+        in its caller's context, not in that of the run whose end freed the
+        place.
+        """
+        from contextvars import ContextVar, copy_context
+
+        from twisted.internet.defer import Deferred
+        from twisted.internet.task import Clock
+
+        from ai_agent.limits import SubAgentLimiter
+
+        var: ContextVar[str] = ContextVar("var", default="none")
+        limiter = SubAgentLimiter(Clock(), 1)
+        seen: list[str] = []
+        first: Deferred[None] = Deferred()
+
+        def run(result: Deferred[None]) -> Deferred[None]:
+            seen.append(var.get())
+            return result
+
+        def call(name: str, result: Deferred[None]) -> Deferred[None]:
+            var.set(name)
+            return limiter.run(10, run, result)
+
+        copy_context().run(call, "first", first)
+        second = copy_context().run(call, "second", Deferred())
+        self.assertEqual(seen, ["first"])
+        copy_context().run(lambda: (var.set("releaser"), first.callback(None)))
+        self.assertEqual(seen, ["first", "second"])
+        second.cancel()
+        self.failureResultOf(second)
