@@ -21,8 +21,17 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 
 from ai_agent.agentfile import AgentSpec
-from ai_agent.errors import AgentError
-from ai_agent.events import ContentDelta, Event, EventSink, ReasoningDelta
+from ai_agent.errors import AgentError, ErrorKind
+from ai_agent.events import (
+    ContentDelta,
+    Event,
+    EventSink,
+    ReasoningDelta,
+    Retrying,
+    SubAgentProgress,
+    ToolFinished,
+    ToolStarted,
+)
 from ai_agent.providers import ChatMessage, ToolCall
 
 T = TypeVar("T")
@@ -46,18 +55,25 @@ def boundedCalls(
     limit = agent.maxToolCallsPerTurn
     if len(calls) <= limit:
         return list(calls), []
-    events(
-        ReasoningDelta(
-            f"the model asked for {len(calls)} tool calls in one turn; running the first {limit}\n"
-        )
-    )
     text = (
         f"error: not run: this turn asked for {len(calls)} tool calls and at most {limit}"
         " run per turn; ask again for the ones still needed"
     )
-    return list(calls[:limit]), [
-        ChatMessage("tool", text, toolCallId=call.id) for call in calls[limit:]
-    ]
+    refused = calls[limit:]
+    _tellOnce(refused, text, events)
+    return list(calls[:limit]), [ChatMessage("tool", text, toolCallId=call.id) for call in refused]
+
+
+def _tellOnce(calls: Sequence[ToolCall], text: str, events: EventSink) -> None:
+    """
+    Progress for calls that were not run: one L{ToolFinished} per tool name
+    (a model may ask for thousands of calls), carrying why.
+    """
+    seen: set[str] = set()
+    for call in calls:
+        if call.name not in seen:
+            seen.add(call.name)
+            events(ToolFinished(call.name, text, call.id))
 
 
 def noToolsExchange(response: Any, toolbox: Any, events: EventSink) -> list[ChatMessage]:
@@ -74,7 +90,7 @@ def noToolsExchange(response: Any, toolbox: Any, events: EventSink) -> list[Chat
         reason = f"its tools are unavailable right now ({why})"
     else:
         reason = "this agent has no tools"
-    events(ReasoningDelta(f"the model called {names}, which it cannot use: {reason}\n"))
+    _tellOnce(response.toolCalls, f"error: not run: {reason}", events)
     note = (
         f"[The tool calls you made ({names}) were not run: {reason}."
         " Answer with what you know, without calling tools.]"
@@ -177,8 +193,9 @@ class AnswerCap:
     def __call__(self, event: Event) -> None:
         if self.over:
             return
-        if isinstance(event, (ContentDelta, ReasoningDelta)):
-            self.size += len(event.text)
+        size = _size(event)
+        if size:
+            self.size += size
             if self.size > self.limit:
                 self.over = True
                 self.onOver()
@@ -192,9 +209,26 @@ class AnswerCap:
         return AgentError(
             f"the answer grew past {self.limit} characters; the run was stopped",
             502,
-            "server_error",
+            ErrorKind.SERVER,
             "answer_too_large",
         )
+
+
+def _size(event: Event) -> int:
+    """
+    About how many characters C{event} makes a client receive.
+    """
+    if isinstance(event, (ContentDelta, ReasoningDelta)):
+        return len(event.text)
+    if isinstance(event, ToolStarted):
+        return len(event.name) + len(event.arguments)
+    if isinstance(event, ToolFinished):
+        return len(event.name) + len(event.result)
+    if isinstance(event, Retrying):
+        return len(event.model) + len(event.reason)
+    if isinstance(event, SubAgentProgress):
+        return len(event.agent) + _size(event.event)
+    return 0
 
 
 __all__ = [

@@ -16,7 +16,18 @@ from typing import Any, Iterable
 
 import attrs
 
-from ai_agent.events import ContentDelta, Event, EventSink, ReasoningDelta
+from ai_agent.errors import AgentError
+from ai_agent.events import (
+    ContentDelta,
+    Event,
+    EventSink,
+    Progress,
+    ReasoningDelta,
+    Retrying,
+    SubAgentProgress,
+    ToolFinished,
+    ToolStarted,
+)
 
 #: Secrets shorter than this are not searched for: a short value (a
 #: header such as C{1} or C{true}) would redact ordinary text.
@@ -140,6 +151,30 @@ class StreamRedactor:
         return held
 
 
+def safeError(error: AgentError, redactor: Redactor, inBand: bool = False) -> AgentError:
+    """
+    C{error} as it may be shown to a client: configured secrets taken out of
+    its message, the message and C{param} cut to bounded lengths, and, for
+    an error sent in-band (where no C{Retry-After} header can go any more),
+    its retry delay said in the message.
+    """
+    message = redactor.scrub(shorten(error.message, MAX_ERROR_MESSAGE))
+    if inBand and error.retryAfter is not None:
+        message = f"{message} (retry after {max(1, round(error.retryAfter))} s)"
+    param = None if error.param is None else shorten(error.param, MAX_PARAM)
+    if message == error.message and param == error.param:
+        return error
+    return AgentError(
+        message,
+        error.status,
+        error.kind,
+        error.code,
+        param,
+        error.retryAfter,
+        sideEffects=error.sideEffects,
+    )
+
+
 @attrs.define
 class RedactingSink:
     """
@@ -172,8 +207,24 @@ class RedactingSink:
             text = self._reasoning.feed(event.text)
             if text:
                 self.sink(ReasoningDelta(text))
+        elif isinstance(event, (ToolStarted, ToolFinished, Retrying, SubAgentProgress)):
+            # Progress comes whole: each of its texts is scrubbed as it is.
+            self.sink(self._progress(event))
         else:
             self.sink(event)
+
+    def _progress(self, event: Progress) -> Progress:
+        scrub = self.redactor.scrub
+        if isinstance(event, ToolStarted):
+            return attrs.evolve(event, name=scrub(event.name), arguments=scrub(event.arguments))
+        if isinstance(event, ToolFinished):
+            return attrs.evolve(event, name=scrub(event.name), result=scrub(event.result))
+        if isinstance(event, Retrying):
+            return attrs.evolve(event, model=scrub(event.model), reason=scrub(event.reason))
+        inner = event.event
+        if isinstance(inner, ReasoningDelta):
+            return attrs.evolve(event, event=ReasoningDelta(scrub(inner.text)))
+        return attrs.evolve(event, event=self._progress(inner))
 
     def flush(self) -> None:
         """
@@ -197,6 +248,7 @@ __all__ = [
     "MAX_ECHO",
     "MAX_ERROR_MESSAGE",
     "MAX_PARAM",
+    "safeError",
     "shorten",
     "MIN_SECRET_LENGTH",
     "REDACTED",

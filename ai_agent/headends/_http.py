@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
-import json
 import re
-from typing import Any, Iterable, cast
+from typing import Any, Callable, Iterable, cast
 from urllib.parse import quote, unquote_to_bytes
 
 import attrs
@@ -24,10 +23,23 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
-from ai_agent.errors import AgentError
+from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, ErrorKind
 from ai_agent.redaction import shorten
+
+#: Picks the error format of the API a request is for, from its canonical
+#: path and its headers.
+ErrorFormatChooser = Callable[[bytes, Headers], ErrorFormat]
+
+
+def openaiErrors(path: bytes, headers: Headers) -> ErrorFormat:
+    """
+    The default chooser: OpenAI's envelope for every path.
+    """
+    return OPENAI_ERRORS
+
 
 log = Logger()
 
@@ -54,7 +66,7 @@ _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 _ABSOLUTE_FORM = re.compile(rb"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
 
-class UnusablePath(ValueError):  # noqa: N818 - a refusal, not a bug
+class UnusablePathError(ValueError):
     """
     A request target that has no single meaning as a path.
     """
@@ -70,7 +82,7 @@ def canonicalPath(target: bytes) -> tuple[bytes, bytes]:
     each segment is written back escaped, so the router's own decoding gives
     the same segments.  A trailing C{/} is kept.
 
-    @raise UnusablePath: for a target that cannot be given one meaning: a
+    @raise UnusablePathError: for a target that cannot be given one meaning: a
         malformed or double escape, bytes that are not UTF-8, control
         characters, C{.} or C{..} segments, a fragment, or a target that is
         not a path.
@@ -78,28 +90,24 @@ def canonicalPath(target: bytes) -> tuple[bytes, bytes]:
     target = _ABSOLUTE_FORM.sub(b"", target, count=1) or b"/"
     path, question, query = target.partition(b"?")
     if not path.startswith(b"/"):
-        raise UnusablePath("the request target must be a path starting with '/'")
+        raise UnusablePathError("the request target must be a path starting with '/'")
     if b"#" in path or _BAD_ESCAPE.search(path):
-        raise UnusablePath("the request path has a malformed percent-escape")
+        raise UnusablePathError("the request path has a malformed percent-escape")
     try:
         decoded = unquote_to_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
-        raise UnusablePath("the request path is not UTF-8 once percent-decoded") from None
+        raise UnusablePathError("the request path is not UTF-8 once percent-decoded") from None
     if "%" in decoded:
-        raise UnusablePath("the request path is percent-escaped twice")
+        raise UnusablePathError("the request path is percent-escaped twice")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
-        raise UnusablePath("the request path has control characters")
+        raise UnusablePathError("the request path has control characters")
     segments = [segment for segment in decoded.split("/") if segment]
     if any(segment in (".", "..") for segment in segments):
-        raise UnusablePath("the request path has '.' or '..' segments")
+        raise UnusablePathError("the request path has '.' or '..' segments")
     canonical = "/" + "/".join(quote(segment, safe=_SEGMENT_SAFE) for segment in segments)
     if segments and decoded.endswith("/"):
         canonical += "/"
     return canonical.encode("ascii"), question + query
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 @attrs.frozen
@@ -241,8 +249,8 @@ class GuardedRequest(Request):
         method = getattr(self.channel, "_command", b"")
         try:
             self._canonical = canonicalPath(target)
-        except UnusablePath as e:
-            return AgentError(str(e), 400, "invalid_request_error", "invalid_path")
+        except UnusablePathError as e:
+            return AgentError(str(e), 400, ErrorKind.INVALID_REQUEST, "invalid_path")
         path = self._canonical[0]
         if method == b"OPTIONS":
             return None
@@ -251,7 +259,7 @@ class GuardedRequest(Request):
                 return AgentError(
                     "a valid API key is required: send it as 'Authorization: Bearer KEY'",
                     401,
-                    "invalid_request_error",
+                    ErrorKind.AUTHENTICATION,
                     "invalid_api_key",
                 )
         if length is not None and length > policy.maxBodySize:
@@ -265,7 +273,7 @@ class GuardedRequest(Request):
                         "the request body must be JSON (Content-Type: application/json),"
                         f" not {shorten(repr(mediaType.decode('latin-1')))}",
                         415,
-                        "invalid_request_error",
+                        ErrorKind.INVALID_REQUEST,
                         "unsupported_media_type",
                     )
         return None
@@ -289,9 +297,11 @@ class GuardedRequest(Request):
         channel: Any = self.channel
         transport: Any = channel.transport
         headers = self._errorHeaders(error)
-        body = _dumps(error.envelope())
-        reason = http.RESPONSES.get(error.status, b"Error")
-        lines = [b"HTTP/1.1 %d %s" % (error.status, reason)]
+        errors = self.errorFormat()
+        body = errors.body(error)
+        status = errors.status(error)
+        reason = http.RESPONSES.get(status, b"Error")
+        lines = [b"HTTP/1.1 %d %s" % (status, reason)]
         lines += [name + b": " + value for name, value in headers]
         lines += [b"Content-Length: %d" % len(body), b"Connection: close", b"", b""]
         log.info(
@@ -357,7 +367,7 @@ class GuardedRequest(Request):
                 AgentError(
                     "cross-origin requests from this origin are not allowed",
                     403,
-                    "invalid_request_error",
+                    ErrorKind.PERMISSION,
                     "cors_origin_not_allowed",
                 )
             )
@@ -372,11 +382,20 @@ class GuardedRequest(Request):
         self.setHeader(b"access-control-max-age", b"600")
         self.finish()
 
+    def errorFormat(self) -> ErrorFormat:
+        """
+        The error format of the API this request is for.
+        """
+        path = b"/" if self._canonical is None else self._canonical[0]
+        chooser = getattr(cast(Any, self.channel).site, "errorFormats", openaiErrors)
+        return cast(ErrorFormat, chooser(path, self.requestHeaders))
+
     def _respond(self, error: AgentError) -> None:
-        self.setResponseCode(error.status)
+        errors = self.errorFormat()
+        self.setResponseCode(errors.status(error))
         for name, value in self._errorHeaders(error):
             self.setHeader(name, value)
-        body = _dumps(error.envelope())
+        body = errors.body(error)
         self.setHeader(b"content-length", b"%d" % len(body))
         self.write(body)
         self.finish()
@@ -388,18 +407,18 @@ class GuardedRequest(Request):
             if not self.finished and not self._disconnected:
                 self.finish()
             return
-        self._respond(AgentError("internal server error", 500, "server_error", "internal_error"))
+        self._respond(AgentError("internal server error", 500, ErrorKind.SERVER, "internal_error"))
 
 
 def _headersTooLarge(message: str) -> AgentError:
-    return AgentError(message, 431, "invalid_request_error", "request_header_fields_too_large")
+    return AgentError(message, 431, ErrorKind.INVALID_REQUEST, "request_header_fields_too_large")
 
 
 def _tooLarge(limit: int) -> AgentError:
     return AgentError(
         f"the request body is larger than the {limit}-byte limit",
         413,
-        "invalid_request_error",
+        ErrorKind.REQUEST_TOO_LARGE,
         "request_too_large",
     )
 
@@ -444,7 +463,7 @@ class GuardedChannel(http.HTTPChannel):
         error = AgentError(
             "the request was not received in time",
             408,
-            "invalid_request_error",
+            ErrorKind.INVALID_REQUEST,
             "request_timeout",
         )
         log.info("closed a connection that did not send its request in time")
@@ -452,11 +471,17 @@ class GuardedChannel(http.HTTPChannel):
 
     def _refuseAndClose(self, error: AgentError) -> None:
         """
-        Answer C{error} as a JSON envelope outside any request, and close.
+        Answer C{error} in the error envelope of the API the request was
+        for, outside any request, and close.
         """
         if self.transport is None:
             return
-        body = _dumps(error.envelope())
+        try:
+            path = canonicalPath(getattr(self, "_path", b"/") or b"/")[0]
+        except UnusablePathError:
+            path = b"/"
+        chooser = getattr(getattr(self, "site", None), "errorFormats", openaiErrors)
+        body = chooser(path, Headers()).body(error)
         reason = http.RESPONSES.get(error.status, b"Error")
         transport: Any = self.transport
         transport.write(
@@ -491,7 +516,7 @@ class GuardedChannel(http.HTTPChannel):
                 "the request is not valid HTTP/1.1 (its request line, a header, its framing"
                 " or its chunked body)",
                 400,
-                "invalid_request_error",
+                ErrorKind.INVALID_REQUEST,
                 "invalid_http",
             )
         log.info("refused malformed HTTP: {status} {code}", status=error.status, code=error.code)
@@ -504,7 +529,7 @@ class GuardedChannel(http.HTTPChannel):
             error = AgentError(
                 f"the request line is longer than {self.MAX_LENGTH} bytes",
                 414,
-                "invalid_request_error",
+                ErrorKind.INVALID_REQUEST,
                 "uri_too_long",
             )
         else:
@@ -521,7 +546,8 @@ class GuardedSite(Site):
     """
     A L{Site} using L{GuardedRequest} and L{GuardedChannel} under an
     L{HTTPPolicy}; form parsing is off (the API takes JSON only), and
-    tracebacks are never shown.
+    tracebacks are never shown.  Refusals are written in the error format
+    C{errorFormats} picks for the request's path and headers.
     """
 
     requestFactory = GuardedRequest
@@ -529,10 +555,17 @@ class GuardedSite(Site):
     displayTracebacks = False
     noisy = False
 
-    def __init__(self, resource: Any, policy: HTTPPolicy = HTTPPolicy(), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: Any,
+        policy: HTTPPolicy = HTTPPolicy(),
+        errorFormats: ErrorFormatChooser = openaiErrors,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, **kwargs)
         self.policy = policy
+        self.errorFormats = errorFormats
         self.timeOut = policy.idleTimeout
 
     def log(self, request: Any) -> None:
@@ -544,10 +577,12 @@ class GuardedSite(Site):
 
 __all__ = [
     "APIKeys",
+    "ErrorFormatChooser",
     "GuardedChannel",
     "GuardedRequest",
     "GuardedSite",
     "HTTPPolicy",
-    "UnusablePath",
+    "UnusablePathError",
     "canonicalPath",
+    "openaiErrors",
 ]

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_headend_sse -*-
+# -*- test-case-name: tests.test_stream -*-
 """
 The one Server-Sent Events producer every streaming headend uses.
 """
@@ -20,19 +20,17 @@ class SSEStream:
     Writes SSE frames to one request, honouring the transport's flow control.
 
     While the transport is paused, frames wait in memory (in order) and go
-    out on resume.  When the client goes away, later frames are dropped and
-    C{onStop} runs so upstream work can stop; finishing the request is left
-    to Klein, which cancels the route's Deferred on disconnect.
+    out on resume.  When the client goes away, later frames are dropped;
+    stopping the run and finishing the request are left to Klein, which
+    cancels the route's Deferred on disconnect.
 
     @ivar request: the request to write to.
-    @ivar onStop: called once when the transport stops the producer.
     @ivar onPause: called when the transport pauses the producer (the
         client is not reading), to pause the work feeding the stream.
     @ivar onResume: called when it resumes.
     """
 
     request: Request
-    onStop: Callable[[], None] | None = None
     onPause: Callable[[], None] | None = None
     onResume: Callable[[], None] | None = None
     started: bool = attrs.field(init=False, default=False)
@@ -88,13 +86,6 @@ class SSEStream:
             request.unregisterProducer()
         self.closed = True
 
-    @property
-    def queuedBytes(self) -> int:
-        """
-        Bytes waiting for the transport to resume.
-        """
-        return sum(len(frame) for frame in self._pending)
-
     def pauseProducing(self) -> None:
         self.paused = True
         if self.onPause is not None and not self.closed:
@@ -115,8 +106,6 @@ class SSEStream:
             return
         self.closed = True
         self._pending.clear()
-        if self.onStop is not None:
-            self.onStop()
 
 
 __all__ = ["SSEStream"]
