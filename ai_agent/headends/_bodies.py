@@ -15,14 +15,16 @@ C{503 overloaded}.
 
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import IO, Any, Callable, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredSemaphore, fail
 from twisted.internet.threads import deferToThreadPool
 
 from ai_agent.errors import overloaded
-from ai_agent.headends._request import ChatRequest, parseChatRequest
+from ai_agent.headends._request import parseChatRequest
+
+_T = TypeVar("_T")
 
 #: Large bodies parsed at once, by default.
 PARSE_SLOTS = 1
@@ -53,12 +55,16 @@ class BodyGate:
     def __attrs_post_init__(self) -> None:
         self._semaphore = DeferredSemaphore(self.slots)
 
-    def parse(self, content: IO[bytes]) -> Deferred[ChatRequest]:
+    def parse(
+        self,
+        content: IO[bytes],
+        parser: Callable[[bytes], _T] = parseChatRequest,  # type: ignore[assignment]
+    ) -> Deferred[_T]:
         """
-        Read C{content} and parse it as a chat request, in a thread, once a
-        slot is free.
+        Read C{content} and parse it with C{parser} (by default as a chat
+        completions request), in a thread, once a slot is free.
 
-        @return: fires with the L{ChatRequest}, or fails with the 400
+        @return: fires with what C{parser} returns, or fails with the 400
             L{ai_agent.errors.AgentError}, or a 503 when too many bodies
             wait.  Cancelling it while it waits leaves the queue; while it
             is parsed, stops waiting for the thread (whose slot is freed
@@ -71,18 +77,16 @@ class BodyGate:
         self.waiting += 1
         state: dict[str, Any] = {}
 
-        def cancel(_: Deferred[ChatRequest]) -> None:
+        def cancel(_: Deferred[_T]) -> None:
             state["cancelled"] = True
             if "work" not in state:
                 acquiring.cancel()
 
-        result: Deferred[ChatRequest] = Deferred(canceller=cancel)
+        result: Deferred[_T] = Deferred(canceller=cancel)
 
         def acquired(_: object) -> None:
             self.waiting -= 1
-            work = deferToThreadPool(
-                self.reactor, self.threadPool, lambda: parseChatRequest(content.read())
-            )
+            work = deferToThreadPool(self.reactor, self.threadPool, lambda: parser(content.read()))
             state["work"] = work
 
             def done(outcome: Any) -> None:
