@@ -216,9 +216,19 @@ class RedactingSink:
     def _progress(self, event: Progress) -> Progress:
         scrub = self.redactor.scrub
         if isinstance(event, ToolStarted):
-            return attrs.evolve(event, name=scrub(event.name), arguments=scrub(event.arguments))
+            return attrs.evolve(
+                event,
+                name=scrub(event.name),
+                arguments=scrub(event.arguments),
+                callId=scrub(event.callId),
+            )
         if isinstance(event, ToolFinished):
-            return attrs.evolve(event, name=scrub(event.name), result=scrub(event.result))
+            return attrs.evolve(
+                event,
+                name=scrub(event.name),
+                result=scrub(event.result),
+                callId=scrub(event.callId),
+            )
         if isinstance(event, Retrying):
             return attrs.evolve(event, model=scrub(event.model), reason=scrub(event.reason))
         inner = event.event
