@@ -1232,3 +1232,48 @@ class ContextTests(TestCase):
         self.assertEqual(seen, ["first", "second"])
         second.cancel()
         self.failureResultOf(second)
+
+
+class StreamRedactorTests(TestCase):
+    """
+    The piecewise redaction behind item 3, over arbitrary text cut at
+    arbitrary places.
+    """
+
+    def test_anyCuts(self) -> None:
+        """
+        Whatever the text (secrets, their prefixes and overlaps included)
+        and wherever it is cut into pieces, no secret is in what goes out,
+        joined; text holding no secret goes out unchanged; with one secret,
+        the output is exactly the text with each occurrence replaced.
+        """
+        from hypothesis import given, settings
+        from hypothesis import strategies as st
+
+        from ai_agent.redaction import REDACTED, Redactor
+
+        secrets = ("sk-abcdef123456", "hdr-value-99", "abcdef12", "12345678")
+        several = Redactor.of(secrets)
+        one = Redactor.of(secrets[:1])
+        alphabet = st.sampled_from(
+            ["sk-", "abc", "def", "123456", "78", "hdr-", "value-99", "x", " "]
+        )
+
+        def run(redactor: Redactor, pieces: list[str]) -> str:
+            stream = redactor.stream()
+            return "".join(stream.feed(piece) for piece in pieces) + stream.flush()
+
+        @settings(max_examples=400, deadline=None)
+        @given(st.lists(alphabet, max_size=30), st.lists(st.integers(0, 200), max_size=8))
+        def check(parts: list[str], cuts: list[int]) -> None:
+            text = "".join(parts)
+            points = sorted({min(c, len(text)) for c in cuts})
+            pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+            out = run(several, pieces)
+            for secret in secrets:
+                self.assertNotIn(secret, out)
+            if not any(secret in text for secret in secrets):
+                self.assertEqual(out, text)
+            self.assertEqual(run(one, pieces), text.replace(secrets[0], REDACTED))
+
+        check()
