@@ -53,6 +53,9 @@ class AgentSpec:
     @ivar maxConcurrentTools: the most tool and sub-agent calls of one run
         in flight at once.
     @ivar prompt: the system prompt (the body).
+    @ivar clientTools: whether the tools a client sends with its request are
+        shown to the model and handed back when called (L{False}: ignored,
+        for agents behind chat UIs that always send tools).
     """
 
     path: str
@@ -77,6 +80,7 @@ class AgentSpec:
     maxConcurrentTools: int = 4
     caching: bool = True
     output: OutputSpec = OutputSpec()
+    clientTools: bool = True
 
 
 RESERVED_TOOL_NAMES = frozenset({"final_report", "task_status", "batch", "tool_output"})
@@ -231,6 +235,12 @@ def _rangeNumber(low: float, high: float) -> Callable[[_Context, str, object], f
     return parse
 
 
+def _boolean(ctx: _Context, key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ctx.fail(key, "must be true or false", value)
+
+
 def _caching(ctx: _Context, key: str, value: object) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("full", "none"):
         return value.strip().lower() == "full"
@@ -341,6 +351,7 @@ _KEYS: Mapping[str, Callable[[_Context, str, Any], object]] = {
     "maxConcurrentTools": _positiveInt,
     "output": _output,
     "caching": _caching,
+    "clientTools": _boolean,
 }
 
 

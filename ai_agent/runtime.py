@@ -21,6 +21,7 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgent, IAgentEndpointFactory
 from zope.interface import implementer
 
+from ai_agent.clienttools import MemoryTurnStore
 from ai_agent.config import Config, describeMissing, loadConfig
 from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.limits import SubAgentLimiter
@@ -131,7 +132,9 @@ def buildRuntime(
     providers = ProviderSet(config, http, reactor)
     mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
     tools = ToolBoxFactory(registry.byPath, mcp, subAgentLimiter=SubAgentLimiter(reactor))
-    runner = SessionRunner(providers, reactor, tools, pricing=config.pricing)
+    runner = SessionRunner(
+        providers, reactor, tools, pricing=config.pricing, turns=MemoryTurnStore(reactor)
+    )
     tools.runner = runner
     return Runtime(config, registry, pool, http, providers, runner, mcp, tools)
 
