@@ -106,6 +106,13 @@ class ServerOptions(usage.Options):
             float,
         ],
         [
+            "client-stall-timeout",
+            None,
+            60.0,
+            "Seconds a streaming client may stop reading before its run is stopped.",
+            float,
+        ],
+        [
             "api-key-file",
             None,
             None,
@@ -182,7 +189,7 @@ class ServerOptions(usage.Options):
         for name in ("max-body-size",):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be positive")
-        for name in ("request-timeout", "idle-timeout"):
+        for name in ("request-timeout", "idle-timeout", "client-stall-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         if self["shutdown-timeout"] < 0:
@@ -453,6 +460,7 @@ def makeService(
             if options["reasoning-field"] == "none"
             else options["reasoning-field"],
             taskShortcut=options["task-shortcut"],
+            clientStallTimeout=options["client-stall-timeout"],
         )
         site = makeSite(headend, policy, options["access-log"], apiMounts(runtime, pool, reactor))
         connections = TrackingFactory(site)
