@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from ai_agent.config import Config, describeMissing, loadConfig
 from ai_agent.errors import AgentError, ConfigurationError
+from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
 from ai_agent.registry import AgentRegistry, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
@@ -88,6 +89,7 @@ def buildRuntime(
     connections: int = 16,
     cwd: str | None = None,
     environ: dict[str, str] | None = None,
+    observer: Observer = NULL_OBSERVER,
 ) -> Runtime:
     """
     Load configuration and agents and build the runner.
@@ -119,7 +121,7 @@ def buildRuntime(
     providers = ProviderSet(config, http, reactor)
     mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
     tools = ToolBoxFactory(registry.byPath, mcp)
-    runner = SessionRunner(providers, reactor, tools, pricing=config.pricing)
+    runner = SessionRunner(providers, reactor, tools, pricing=config.pricing, observer=observer)
     tools.runner = runner
     return Runtime(config, registry, pool, http, providers, runner, mcp, tools)
 

@@ -40,6 +40,7 @@ from ai_agent.agentfile import AgentSpec
 from ai_agent.config import Pricing
 from ai_agent.errors import AgentError, ProviderError
 from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta, Usage
+from ai_agent.observe import NULL_OBSERVER, Observer, RunScope, ToolScope
 from ai_agent.providers import (
     CallbackSink,
     ChatMessage,
@@ -215,6 +216,8 @@ class SessionRunner:
     @ivar random: the backoff jitter's source (a float in M{[0, 1)}).
     @ivar pricing: prices by C{provider/model}, for the cost in each run's
         log line.
+    @ivar observer: told of each run, LLM call and tool call (metrics and
+        traces).
     """
 
     providers: ProviderLookup
@@ -223,6 +226,7 @@ class SessionRunner:
     retryPolicy: RetryPolicy = RetryPolicy()
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
     pricing: Mapping[str, Pricing] = attrs.field(factory=dict, repr=False)
+    observer: Observer = attrs.field(default=NULL_OBSERVER, repr=False)
 
     def run(
         self,
@@ -290,24 +294,41 @@ class SessionRunner:
                 events(ContentDelta(text))
 
         started = self.reactor.seconds()
+        scope = self.observer.run(agent.name, agent.description or "")
+        account.traceId = scope.traceId
+        call = None
         try:
             provider = self.providers(providerName)
-            response = await provider.complete(request, CallbackSink(onContent=content))
+            call = scope.llmCall(providerName, upstreamModel, request, provider)
+            with call.activate():
+                calling = provider.complete(request, call.sink(CallbackSink(onContent=content)))
+            response = await calling
         except CancelledError:
+            if call is not None:
+                call.failed("cancelled")
             account.finish("cancelled", self.reactor.seconds())
+            scope.end("cancelled", errorType="cancelled")
             raise
         except AgentError as error:
             if isinstance(error, ProviderError):
-                account.record(model, Usage(), self.reactor.seconds() - started, error.code)
+                record = account.record(
+                    model, Usage(), self.reactor.seconds() - started, error.code
+                )
+                if call is not None:
+                    call.failed(error.code or error.type, record.cost)
             account.finish(
                 f"failed: {error.status} {error.code or error.type}", self.reactor.seconds()
             )
+            scope.end("failed", errorType=error.code or error.type)
             raise
-        account.record(model, response.usage, self.reactor.seconds() - started)
+        record = account.record(model, response.usage, self.reactor.seconds() - started)
+        assert call is not None
+        call.answered(response, record.cost)
         if response.usage.totalTokens:
             events(response.usage)
         reason = "length" if response.finishReason == "length" else "stop"
         account.finish(reason, self.reactor.seconds(), response.usage)
+        scope.end(reason, response.usage)
         return Finished(reason, response.usage)
 
     async def _run(
@@ -321,25 +342,33 @@ class SessionRunner:
     ) -> Finished:
         toolsRan: list[bool] = []
         account = RunAccount(agent.name, self.reactor.seconds(), self.pricing, labels=labels)
+        # Its parent span is the one current now: the request's, or the tool
+        # call running this agent as a sub-agent.
+        scope = self.observer.run(agent.name, agent.description or "")
+        account.traceId = scope.traceId
         try:
             finished = await self._turns(
-                agent, conversation, events, sampling, stream, toolsRan, account
+                agent, conversation, events, sampling, stream, toolsRan, account, scope
             )
         except CancelledError:
             account.finish("cancelled", self.reactor.seconds())
+            scope.end("cancelled", errorType="cancelled")
             raise
         except AgentError as error:
             account.finish(
                 f"failed: {error.status} {error.code or error.type}", self.reactor.seconds()
             )
+            scope.end("failed", errorType=error.code or error.type)
             # Repeating a run whose tools already acted could repeat their
             # effects; the headend tells clients not to retry it.
             error.sideEffects = error.sideEffects or bool(toolsRan)
             raise
         except BaseException as error:
             account.finish(f"crashed: {type(error).__name__}", self.reactor.seconds())
+            scope.end("failed", errorType=type(error).__name__)
             raise
         account.finish(finished.finishReason, self.reactor.seconds(), finished.usage)
+        scope.end(finished.finishReason, finished.usage)
         return finished
 
     async def _turns(
@@ -351,6 +380,7 @@ class SessionRunner:
         stream: bool,
         toolsRan: list[bool],
         account: RunAccount,
+        scope: RunScope = RunScope(),
     ) -> Finished:
         toolbox = self.tools(agent) if self.tools is not None else _NoTools()
         specs = tuple(await maybeDeferred(toolbox.specs))
@@ -359,7 +389,7 @@ class SessionRunner:
         for turn in range(1, agent.maxTurns + 1):
             lastTurn = turn == agent.maxTurns
             response, callUsage = await self._callWithFallback(
-                agent, messages, () if lastTurn else specs, events, sampling, stream, account
+                agent, messages, () if lastTurn else specs, events, sampling, stream, account, scope
             )
             meter(callUsage)
             if not response.toolCalls or not specs or lastTurn:
@@ -369,7 +399,9 @@ class SessionRunner:
                 ChatMessage("assistant", response.content, toolCalls=response.toolCalls)
             )
             toolsRan.append(True)
-            results = await self._runTools(agent, toolbox, response.toolCalls, meter.toolSink)
+            results = await self._runTools(
+                agent, toolbox, response.toolCalls, meter.toolSink, scope
+            )
             messages.extend(results)
         raise AssertionError("unreachable: the last turn always returns")
 
@@ -382,6 +414,7 @@ class SessionRunner:
         sampling: Sampling,
         stream: bool,
         account: RunAccount | None = None,
+        scope: RunScope = RunScope(),
     ) -> tuple[LLMResponse, Usage]:
         """
         One turn's LLM call: the agent's models in order, up to
@@ -402,15 +435,31 @@ class SessionRunner:
             providerName, upstreamModel = splitModel(model)
             provider = self.providers(providerName)
             started = self.reactor.seconds()
+            call = scope.llmCall(providerName, upstreamModel, request, provider)
             try:
-                response = await provider.complete(attrs.evolve(request, model=upstreamModel), sink)
+                # The call's span is current while the request goes out, so
+                # its traceparent goes with it.
+                with call.activate():
+                    calling = provider.complete(
+                        attrs.evolve(request, model=upstreamModel), call.sink(sink)
+                    )
+                response = await calling
             except ProviderError as error:
-                account.record(model, Usage(), self.reactor.seconds() - started, error.code)
+                record = account.record(
+                    model, Usage(), self.reactor.seconds() - started, error.code
+                )
+                call.failed(error.code or error.type, record.cost)
                 raise
-            account.record(model, response.usage, self.reactor.seconds() - started)
+            except CancelledError:
+                call.failed("cancelled")
+                raise
+            record = account.record(model, response.usage, self.reactor.seconds() - started)
+            call.answered(response, record.cost)
             return response
 
         def failed(model: str, number: int, error: ProviderError, retrying: bool) -> None:
+            if retrying:
+                scope.retrying(*splitModel(model))
             log.warn(
                 "agent {agent}: {model} failed (attempt {attempt} of {attempts}): {error}",
                 agent=agent.name,
@@ -441,12 +490,13 @@ class SessionRunner:
         toolbox: ToolBox,
         calls: tuple[ToolCall, ...],
         events: EventSink,
+        scope: RunScope = RunScope(),
     ) -> list[ChatMessage]:
         """
         Run a turn's tool calls concurrently; every outcome, failures and
         timeouts included, becomes a C{tool} message the model can read.
         """
-        pending = [self._runTool(agent, toolbox, call, events) for call in calls]
+        pending = [self._runTool(agent, toolbox, call, events, scope) for call in calls]
         # Cancelling a DeferredList cancels every call in it.
         outcomes = await DeferredList(pending, consumeErrors=True)
         results: list[ChatMessage] = []
@@ -457,12 +507,30 @@ class SessionRunner:
         return results
 
     def _runTool(
-        self, agent: AgentSpec, toolbox: ToolBox, call: ToolCall, events: EventSink
+        self,
+        agent: AgentSpec,
+        toolbox: ToolBox,
+        call: ToolCall,
+        events: EventSink,
+        scope: RunScope = RunScope(),
     ) -> Deferred[str]:
-        return ensureDeferred(self._toolText(agent, toolbox, call, events))
+        tool = scope.tool(call.name, call.id, call.arguments)
+        outcome = ensureDeferred(self._toolText(agent, toolbox, call, events, tool))
+
+        def cancelled(failure: Failure) -> Failure:
+            if failure.check(CancelledError):
+                tool.end("cancelled")
+            return failure
+
+        return outcome.addErrback(cancelled)
 
     async def _toolText(
-        self, agent: AgentSpec, toolbox: ToolBox, call: ToolCall, events: EventSink
+        self,
+        agent: AgentSpec,
+        toolbox: ToolBox,
+        call: ToolCall,
+        events: EventSink,
+        tool: ToolScope = ToolScope(),
     ) -> str:
         events(ReasoningDelta(f"calling {call.name} {_compact(call.arguments)}\n"))
         try:
@@ -472,22 +540,30 @@ class SessionRunner:
         except ValueError as error:
             text = f"error: the arguments of {call.name} are not a JSON object: {error}"
             events(ReasoningDelta(f"{call.name} → {text}\n"))
+            tool.end("error", text)
             return text
-        attempt = maybeDeferred(toolbox.call, call.name, arguments, events)
+        # The tool call's span is current while the call starts: a
+        # sub-agent's run and an MCP server's HTTP request find it there.
+        with tool.activate():
+            attempt = maybeDeferred(toolbox.call, call.name, arguments, events)
         if not call.name.startswith(SUBAGENT_PREFIX):
             # A sub-agent is bounded by its own limits (its turns, its LLM
             # and tool timeouts), not by the parent's toolTimeout.
             attempt.addTimeout(agent.toolTimeout, self.reactor)
+        outcome = "error"
         try:
             text = await attempt
+            outcome = "ok"
         except CancelledError:
             raise
         except defer.TimeoutError:
             text = f"error: {call.name} did not answer within {agent.toolTimeout:g} s"
+            outcome = "timeout"
         except AgentError as error:
             text = f"error: {error.message}"
         except Exception as error:  # noqa: BLE001 - the model reads any tool failure
             text = f"error: {type(error).__name__}: {error}"
+        tool.end(outcome, text)
         limit = agent.toolResponseMaxBytes
         encoded = text.encode("utf-8")
         if len(encoded) > limit:

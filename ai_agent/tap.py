@@ -22,6 +22,16 @@ from twisted.web.server import Site
 from ai_agent.connections import TrackingFactory
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
 from ai_agent.headends.openai import OpenAIHeadend
+from ai_agent.observe import (
+    NULL_OBSERVER,
+    Metrics,
+    MetricsResource,
+    Observability,
+    Observer,
+    Tracing,
+    WithMetrics,
+    metricsSite,
+)
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
 from ai_agent.workers import AdoptedPortService
@@ -110,6 +120,12 @@ class ServerOptions(usage.Options):
             "File of client API keys, one per line; /v1/ routes then need one.",
         ],
         [
+            "metrics-port",
+            None,
+            None,
+            "Also serve /metrics, without API keys, on this port of 127.0.0.1 (or endpoint).",
+        ],
+        [
             "reasoning-field",
             None,
             "reasoning_content",
@@ -126,6 +142,13 @@ class ServerOptions(usage.Options):
         self["api-keys"] = []
         self["cors-origins"] = []
         self["task-shortcut"] = True
+        self["metrics"] = True
+
+    def opt_no_metrics(self) -> None:
+        """
+        Do not keep Prometheus metrics (no /metrics).
+        """
+        self["metrics"] = False
 
     def opt_agent(self, path: str) -> None:
         """
@@ -190,6 +213,12 @@ class ServerOptions(usage.Options):
         if self["openai-completions-queue-timeout"] <= 0:
             raise usage.UsageError("--openai-completions-queue-timeout must be positive")
         self["endpoints"] = [endpointFor(port, self["host"]) for port in self["openai-completions"]]
+        if self["metrics-port"] is not None:
+            if not self["metrics"]:
+                raise usage.UsageError("--metrics-port and --no-metrics do not go together")
+            self["metrics-endpoint"] = endpointFor(self["metrics-port"], "127.0.0.1")
+        else:
+            self["metrics-endpoint"] = None
 
 
 class Options(ServerOptions):
@@ -244,13 +273,48 @@ class _RuntimeService(Service):
 
 
 def makeSite(
-    headend: OpenAIHeadend, policy: HTTPPolicy = HTTPPolicy(), accessLog: str | None = None
+    headend: OpenAIHeadend,
+    policy: HTTPPolicy = HTTPPolicy(),
+    accessLog: str | None = None,
+    metrics: MetricsResource | None = None,
 ) -> Site:
     """
     A web site for one headend under the HTTP layer's C{policy}, writing an
-    access log in the combined format to C{accessLog} if given.
+    access log in the combined format to C{accessLog} if given, with
+    C{/metrics} beside the headend's routes when C{metrics} is given.
     """
-    return GuardedSite(headend.app.resource(), policy, logPath=accessLog)
+    resource: Any = headend.app.resource()
+    if metrics is not None:
+        resource = WithMetrics(resource, metrics)
+    return GuardedSite(resource, policy, logPath=accessLog)
+
+
+def makeObserver(options: ServerOptions, environ: Mapping[str, str], reactor: Any) -> Observer:
+    """
+    Metrics (unless C{--no-metrics}) and tracing (when the C{OTEL_*}
+    variables ask for it), or the observer that does nothing.
+    """
+    metrics = Metrics() if options["metrics"] else None
+    tracing = Tracing.fromEnvironment(environ)
+    if metrics is None and tracing is None:
+        return NULL_OBSERVER
+    return Observability(metrics, tracing, clock=reactor.seconds)
+
+
+class _TracingService(Service):
+    """
+    Exports the last spans when the server stops.
+    """
+
+    def __init__(self, reactor: Any, tracing: Tracing) -> None:
+        self.reactor = reactor
+        self.tracing = tracing
+
+    def stopService(self) -> Deferred[None]:
+        from twisted.internet.threads import deferToThreadPool
+
+        Service.stopService(self)
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.tracing.shutdown)
 
 
 def policyFrom(options: ServerOptions, environ: Mapping[str, str]) -> HTTPPolicy:
@@ -380,11 +444,13 @@ def makeService(
         reactor = _reactor
     concurrency = options["openai-completions-concurrency"]
     endpoints = options["endpoints"]
+    observer = makeObserver(options, os.environ, reactor)
     runtime = buildRuntime(
         reactor,
         options["agents"],
         configFile=options["config"],
         connections=max(concurrency * max(len(endpoints), 1) * 2, 8),
+        observer=observer,
     )
     policy = policyFrom(options, os.environ)
     if policy.apiKeys.enabled:
@@ -395,12 +461,27 @@ def makeService(
     # Starts the MCP servers agents use; stops them all (before the runtime
     # closes the connection pool, which waits for them).
     runtime.mcp.setServiceParent(top)
+    tracing = getattr(observer, "tracing", None)
+    if tracing is not None:
+        _TracingService(reactor, tracing).setServiceParent(top)
+    metricsResource = None
+    if observer.metrics is not None:
+        metricsResource = MetricsResource(observer.metrics, reactor)
+        metricsEndpoint = options.get("metrics-endpoint")
+        if metricsEndpoint is not None and inherited is None:
+            # Only the first process listens here; a scrape still sees every
+            # worker's counts.
+            metricsListener = strports.service(metricsEndpoint, metricsSite(metricsResource))
+            metricsListener._raiseSynchronously = True
+            metricsListener.setServiceParent(top)
+            log.info("serving /metrics on {endpoint}", endpoint=metricsEndpoint)
     for index, endpoint in enumerate(endpoints):
         pool = RunPool(
             reactor,
             concurrency,
             options["openai-completions-queue"],
             options["openai-completions-queue-timeout"],
+            observer=observer,
         )
         headend = OpenAIHeadend(
             runtime.registry,
@@ -411,8 +492,11 @@ def makeService(
             if options["reasoning-field"] == "none"
             else options["reasoning-field"],
             taskShortcut=options["task-shortcut"],
+            observer=observer,
         )
-        connections = TrackingFactory(makeSite(headend, policy, options["access-log"]))
+        connections = TrackingFactory(
+            makeSite(headend, policy, options["access-log"], metricsResource)
+        )
         listener: Any
         if inherited is not None:
             fileno, family = inherited[index]
@@ -431,4 +515,4 @@ def makeService(
     return top
 
 
-__all__ = ["Options", "ServerOptions", "endpointFor", "makeService", "makeSite"]
+__all__ = ["Options", "ServerOptions", "endpointFor", "makeObserver", "makeService", "makeSite"]

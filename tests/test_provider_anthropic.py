@@ -311,7 +311,8 @@ class InMemoryTests(SynchronousTestCase):
         """
         Thinking and text deltas reach the sink as they arrive; pings are
         ignored; the response has the text, the reasoning, the mapped stop
-        reason, and usage with cache tokens counted as prompt tokens.
+        reason, and usage with cache tokens counted as prompt tokens (and
+        kept apart as cache reads and writes).
         """
         d = self.call()
         upstream = self.respond()
@@ -338,7 +339,14 @@ class InMemoryTests(SynchronousTestCase):
         )
         self.assertEqual(
             self.successResultOf(d),
-            LLMResponse(content="Hello", reasoning="hmm", finishReason="stop", usage=Usage(35, 7)),
+            LLMResponse(
+                content="Hello",
+                reasoning="hmm",
+                finishReason="stop",
+                usage=Usage(35, 7),
+                cacheReadTokens=20,
+                cacheWriteTokens=5,
+            ),
         )
 
     def test_toolUseStreamed(self) -> None:

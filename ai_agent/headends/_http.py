@@ -95,7 +95,8 @@ class HTTPPolicy:
         body, from its first byte.
     @ivar idleTimeout: seconds an idle keep-alive connection stays open.
     @ivar corsOrigins: origins allowed to call from a browser (C{*} for any).
-    @ivar protectedPrefixes: paths that need an API key when keys are set.
+    @ivar protectedPrefixes: paths that need an API key when keys are set
+        (the API and C{/metrics}).
     """
 
     maxBodySize: int = 8 * 1024 * 1024
@@ -103,7 +104,7 @@ class HTTPPolicy:
     idleTimeout: float = 60.0
     apiKeys: APIKeys = APIKeys()
     corsOrigins: frozenset[str] = frozenset()
-    protectedPrefixes: tuple[bytes, ...] = (b"/v1/",)
+    protectedPrefixes: tuple[bytes, ...] = (b"/v1/", b"/metrics")
 
     def allowsOrigin(self, origin: bytes | None) -> bytes | None:
         """

@@ -31,6 +31,7 @@ from ai_agent.headends._request import (
     parseChatRequestOffReactor,
 )
 from ai_agent.headends._sse import SSEStream
+from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool, Slot
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.session import SessionRunner
@@ -174,6 +175,7 @@ class OpenAIHeadend:
     reasoningField: str | None = "reasoning_content"
     streamHeadGrace: float = STREAM_HEAD_GRACE
     taskShortcut: bool = True
+    observer: Observer = NULL_OBSERVER
 
     threadPool: Any = None
 
@@ -277,6 +279,7 @@ class OpenAIHeadend:
         return _dumps(_modelEntry(agent))
 
     @app.route("/v1/chat/completions", methods=["POST"])
+    @observedRoute("openai", "/v1/chat/completions")
     async def chatCompletions(self, request: IRequest) -> bytes | None:
         """
         Run an agent on a conversation; answer in one JSON body or stream.
@@ -292,6 +295,7 @@ class OpenAIHeadend:
         agent = self.registry.resolve(chat.model)
         if agent is None:
             raise _unknownModel(chat.model)
+        requestScope(request).agent = agent.id
         record = self._labels(request, chat)
         slot = await self.pool.acquire()
         try:
@@ -350,9 +354,11 @@ class OpenAIHeadend:
     ) -> bytes:
         content: list[str] = []
         reasoning: list[str] = []
+        scope = requestScope(request)
 
         def onEvent(event: Event) -> None:
             if isinstance(event, ContentDelta):
+                scope.firstToken()
                 content.append(event.text)
             elif isinstance(event, ReasoningDelta):
                 reasoning.append(event.text)
@@ -414,6 +420,7 @@ class OpenAIHeadend:
         # connection; the producer only stops writing.
         stream = SSEStream(cast(Request, request))
         timer: list[IDelayedCall] = []
+        scope = requestScope(request)
 
         def begin() -> None:
             if not stream.started:
@@ -424,6 +431,7 @@ class OpenAIHeadend:
 
         def onEvent(event: Event) -> None:
             if isinstance(event, ContentDelta):
+                scope.firstToken()
                 begin()
                 stream.send(encoder.content(event.text))
             elif isinstance(event, ReasoningDelta):
@@ -486,6 +494,7 @@ def _endInBand(stream: SSEStream, error: AgentError) -> None:
     """
     End a stream that already began with an error frame and C{[DONE]}.
     """
+    requestScope(stream.request).failedInBand(error.status)
     stream.send(ChunkEncoder.error(error) + ChunkEncoder.DONE)
     stream.end()
 

@@ -136,6 +136,12 @@ class LLMResponse:
 
     @ivar finishReason: C{stop}, C{length}, C{tool_calls} or another reason
         the upstream gave.
+    @ivar cacheReadTokens: the input tokens read from the provider's prompt
+        cache (part of C{usage.promptTokens}), when it says.
+    @ivar cacheWriteTokens: the input tokens written to it (part of
+        C{usage.promptTokens}).
+    @ivar reasoningTokens: the output tokens spent reasoning (part of
+        C{usage.completionTokens}).
     """
 
     content: str
@@ -143,6 +149,9 @@ class LLMResponse:
     toolCalls: tuple[ToolCall, ...] = ()
     finishReason: str = "stop"
     usage: Usage = Usage()
+    cacheReadTokens: int = 0
+    cacheWriteTokens: int = 0
+    reasoningTokens: int = 0
 
 
 class DeltaSink(Protocol):

@@ -501,6 +501,8 @@ class _MessageCall(HTTPCall):
             toolCalls=toolCalls,
             finishReason=finishReason,
             usage=Usage(prompt, usage.get("output_tokens", 0)),
+            cacheReadTokens=usage.get("cache_read_input_tokens", 0),
+            cacheWriteTokens=usage.get("cache_creation_input_tokens", 0),
         )
 
 

@@ -107,6 +107,8 @@ class _Completion(HTTPCall):
     _toolCalls: dict[int, _ToolCallParts] = attrs.field(factory=dict, init=False)
     _finishReason: str | None = attrs.field(default=None, init=False)
     _usage: Usage | None = attrs.field(default=None, init=False)
+    _cachedTokens: int = attrs.field(default=0, init=False)
+    _reasoningTokens: int = attrs.field(default=0, init=False)
 
     endMarker: ClassVar[str] = "[DONE]"
 
@@ -192,6 +194,8 @@ class _Completion(HTTPCall):
             toolCalls=toolCalls,
             finishReason=self._finishReason or ("tool_calls" if toolCalls else "stop"),
             usage=self._usage or Usage(),
+            cacheReadTokens=self._cachedTokens,
+            reasoningTokens=self._reasoningTokens,
         )
 
     def _takeUsage(self, body: Mapping[str, Any]) -> None:
@@ -203,6 +207,8 @@ class _Completion(HTTPCall):
                 prompt if isinstance(prompt, int) else 0,
                 completion if isinstance(completion, int) else 0,
             )
+            self._cachedTokens = _detail(usage, "prompt_tokens_details", "cached_tokens")
+            self._reasoningTokens = _detail(usage, "completion_tokens_details", "reasoning_tokens")
 
     # Not streaming.
 
@@ -244,7 +250,22 @@ class _Completion(HTTPCall):
             toolCalls=tuple(toolCalls),
             finishReason=finishReason,
             usage=self._usage or Usage(),
+            cacheReadTokens=self._cachedTokens,
+            reasoningTokens=self._reasoningTokens,
         )
+
+
+def _detail(usage: Mapping[str, Any], group: str, key: str) -> int:
+    """
+    A count inside C{usage}'s C{group} object (e.g. the cached part of the
+    prompt tokens), or 0.
+    """
+    details = usage.get(group)
+    if isinstance(details, dict):
+        value = details.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 0
 
 
 def _text(value: Any) -> str:
