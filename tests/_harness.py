@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import TestCase
 
 from ai_agent.connections import TrackingFactory
+from ai_agent.headends._http import HTTPPolicy
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
@@ -85,6 +86,7 @@ async def startServer(
     taskShortcut: bool = True,
     fakeProviders: dict[str, str] | None = None,
     extraConfig: dict[str, Any] | None = None,
+    observer: Any = None,
 ) -> LiveServer:
     """
     Start a fake upstream and a headend serving C{agents} (file name →
@@ -99,6 +101,8 @@ async def startServer(
         sentinel key.
     @param extraConfig: more top-level configuration sections (e.g.
         C{pricing}).
+    @param observer: an L{ai_agent.observe.Observer} for the runner, the
+        pool and the headend; with metrics, C{/metrics} is served too.
     """
     running = await startFakeUpstream(reactor)
     testCase.addCleanup(running.stop)
@@ -121,11 +125,17 @@ async def startServer(
         writeAgent(directory, name, text)
         for name, text in (agents or {"agent.ai": DEFAULT_AGENT}).items()
     ]
+    observed: dict[str, Any] = {} if observer is None else {"observer": observer}
     runtime = buildRuntime(
-        reactor, paths, configFile=configPath, cwd=directory, environ={"HOME": directory}
+        reactor,
+        paths,
+        configFile=configPath,
+        cwd=directory,
+        environ={"HOME": directory},
+        **observed,
     )
     testCase.addCleanup(runtime.close)
-    pool = RunPool(reactor, concurrency, maxQueue, queueTimeout)
+    pool = RunPool(reactor, concurrency, maxQueue, queueTimeout, **observed)
     headend = OpenAIHeadend(
         runtime.registry,
         runtime.runner,
@@ -134,8 +144,15 @@ async def startServer(
         streamHeadGrace=streamHeadGrace,
         reasoningField=reasoningField,
         taskShortcut=taskShortcut,
+        **observed,
     )
-    factory = TrackingFactory(makeSite(headend) if policy is None else makeSite(headend, policy))
+    metrics = None
+    if observer is not None and observer.metrics is not None:
+        from ai_agent.observe import MetricsResource
+
+        metrics = MetricsResource(observer.metrics, reactor)
+    site = makeSite(headend, HTTPPolicy() if policy is None else policy, metrics=metrics)
+    factory = TrackingFactory(site)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     # Cleanups run last-added first: stop listening, then drop what is open.
     testCase.addCleanup(factory.dropConnections)
