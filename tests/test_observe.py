@@ -7,11 +7,14 @@ the test (decoded with opentelemetry-proto), and JSON log lines.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import socket
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -31,8 +34,8 @@ from ai_agent.observe import (
     tracingWanted,
 )
 from ai_agent.tap import ServerOptions, makeObserver
-from ai_agent.testing import Reply
-from tests._harness import LiveServer, inThread, startServer
+from ai_agent.testing import Reply, startFakeUpstream
+from tests._harness import LiveServer, inThread, startServer, writeAgent
 from tests.mcp_servers import httpClient, startHttpCalc, waitFor
 
 AGENT = """\
@@ -592,3 +595,283 @@ class TracingTests(TestCase):
             json.loads(attributes(tool)["gen_ai.tool.call.arguments"]), {"prompt": "which header?"}
         )
         self.assertEqual(attributes(tool)["gen_ai.tool.call.result"], "none needed")
+
+
+class _RawClient:
+    """
+    One HTTP request on a new connection (so the kernel picks the accepting
+    process afresh), its answer collected as it comes.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed: Deferred[None] = Deferred()
+        self.transport: Any = None
+
+    @classmethod
+    async def send(cls, port: int, method: str, path: str, body: Any = None) -> _RawClient:
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.internet.protocol import Protocol
+
+        client = cls()
+
+        class Collect(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                client.data += data
+
+            def connectionLost(self, reason: Any = None) -> None:
+                client.closed.callback(None)
+
+        protocol = Collect()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
+        client.transport = protocol.transport
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = f"{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: {len(payload)}\r\n"
+        if body is not None:
+            head += "Content-Type: application/json\r\n"
+        protocol.transport.write(head.encode() + b"\r\n" + payload)
+        return client
+
+    @property
+    def status(self) -> int | None:
+        if not self.data.startswith(b"HTTP/"):
+            return None
+        return int(self.data.split(b" ", 2)[1])
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+async def _answer(port: int, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+    client = await _RawClient.send(port, method, path, body)
+    await client.closed.addTimeout(20, reactor)
+    assert client.status is not None, client.data
+    return client.status, client.data.partition(b"\r\n\r\n")[2]
+
+
+def _perProcess(directory: str) -> dict[int, float]:
+    """
+    The requests each process counted, read from its own files in the
+    multiprocess directory.
+    """
+    import shutil
+    import tempfile
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    files: dict[int, list[str]] = {}
+    for name in os.listdir(directory):
+        stem = name.rsplit(".", 1)[0]
+        pid = stem.rsplit("_", 1)[-1]
+        if pid.isdigit():
+            files.setdefault(int(pid), []).append(name)
+    counts: dict[int, float] = {}
+    for pid, names in files.items():
+        alone = tempfile.mkdtemp()
+        try:
+            for name in names:
+                shutil.copy(os.path.join(directory, name), alone)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=alone)
+            text = generate_latest(registry).decode()
+        finally:
+            shutil.rmtree(alone)
+        counts[pid] = metricValue(text, "ai_agent_requests_total")
+    return {pid: count for pid, count in counts.items() if count}
+
+
+class WorkersTests(TestCase):
+    """
+    C{ai-agent --workers 2 --metrics-port N --log-format json}, real processes,
+    with tracing asked for by C{OTEL_*} variables.
+    """
+
+    timeout = 120
+
+    async def test_oneScrapeSeesEveryWorker(self) -> None:
+        """
+        With two processes sharing the port, answers, an upstream failure, a
+        tool call and pool refusals spread over both; one scrape of the
+        unauthenticated metrics port counts all of them, as does C{/metrics}
+        on the API port (either process answers), while each process's own
+        files hold only its part.  Every log line is one JSON object; the
+        run lines carry the run's fields.  The metrics directory the server
+        made is gone after it exits.  Tracing, configured by C{OTEL_*}
+        variables alone, exported every run's spans by then, under the
+        service name given, and each run line names its run's trace.
+        """
+        from tests._process import ServerProcess, childEnvironment, command, freePort
+        from tests.test_workers import _children, _killed
+
+        running = await startFakeUpstream(reactor)
+        self.addCleanup(running.stop)
+        upstream = running.upstream
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        temp = os.path.join(directory, "tmp")
+        os.makedirs(temp)
+        with open(os.path.join(directory, ".ai-agent.json"), "w") as f:
+            json.dump({"providers": {"fake": {"type": "openai", "baseUrl": running.baseUrl}}}, f)
+        for name, text in (("agent.ai", AGENT), ("boss.ai", BOSS), ("helper.ai", HELPER)):
+            writeAgent(directory, name, text)
+        port, metricsPort = freePort(), freePort()
+        argv = [
+            *command("ai-agent"),
+            *("--agent", "agent.ai", "--agent", "boss.ai"),
+            *("--openai-completions", str(port), "--workers", "2"),
+            *("--metrics-port", str(metricsPort), "--log-format", "json"),
+            *("--openai-completions-concurrency", "1", "--openai-completions-queue", "0"),
+        ]
+        server = ServerProcess()
+        receiver, receiverUrl = startReceiver(self)
+        env = childEnvironment(
+            HOME=directory,
+            TMPDIR=temp,
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiverUrl,
+            OTEL_SERVICE_NAME="observed",
+            OTEL_BSP_SCHEDULE_DELAY="100",
+        )
+        transport = reactor.spawnProcess(server, argv[0], argv, env=env, path=directory)
+        pid = transport.pid
+        assert pid is not None
+
+        def killAll() -> None:
+            for child in _children(pid):
+                try:
+                    os.kill(child, 9)
+                except OSError:
+                    pass
+            if not server.ended.called:
+                transport.signalProcess("KILL")
+
+        self.addCleanup(lambda: server.ended if server.ended.called else _killed(killAll, server))
+
+        async def ready() -> bool:
+            try:
+                status, _ = await _answer(port, "GET", "/health")
+                scraped, _ = await _answer(metricsPort, "GET", "/metrics")
+            except Exception:
+                return False
+            return status == scraped == 200 and len(_children(pid)) == 1
+
+        for _ in range(400):
+            if await ready():
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(_children(pid)), 1, server.output.decode())
+        [metricsDir] = [os.path.join(temp, name) for name in os.listdir(temp)]
+
+        user = {"model": "agent", "messages": [{"role": "user", "content": "hi"}]}
+        sent = 0
+        for _ in range(200):
+            upstream.script(Reply(content="ok", usage=(2, 1)))
+            status, body = await _answer(port, "POST", "/v1/chat/completions", user)
+            self.assertEqual(status, 200, body)
+            sent += 1
+            if sent >= 2 and len(_perProcess(metricsDir)) == 2:
+                break
+        self.assertEqual(len(_perProcess(metricsDir)), 2, "one process took every request")
+
+        upstream.script(Reply(status=500), Reply(status=500))
+        status, _ = await _answer(port, "POST", "/v1/chat/completions", user)
+        self.assertEqual(status, 502)
+        upstream.script(
+            Reply(toolCalls=[("agent__helper", {"prompt": "help"})], usage=(10, 1)),
+            Reply(content="helped", usage=(20, 2)),
+            Reply(content="done", usage=(30, 3)),
+        )
+        status, _ = await _answer(port, "POST", "/v1/chat/completions", {**user, "model": "boss"})
+        self.assertEqual(status, 200)
+
+        # Occupy both processes' only slot; every refusal on the way counts.
+        holders: list[_RawClient] = []
+        refused = 0
+        stream = {**user, "stream": True}
+        for _ in range(100):
+            if len(holders) == 2:
+                break
+            if not upstream.scripted:
+                upstream.script(Reply(content="held", hold=True, usage=(1, 1)))
+            before = upstream.held
+            client = await _RawClient.send(port, "POST", "/v1/chat/completions", stream)
+            for _ in range(500):
+                if upstream.held > before or client.status is not None:
+                    break
+                await deferLater(reactor, 0.02, lambda: None)
+            if upstream.held > before:
+                holders.append(client)
+            else:
+                self.assertEqual(client.status, 503, client.data)
+                refused += 1
+                client.close()
+        self.assertEqual(len(holders), 2)
+        for _ in range(3):
+            status, _ = await _answer(port, "POST", "/v1/chat/completions", user)
+            self.assertEqual(status, 503)
+            refused += 1
+        upstream.release()
+        for client in holders:
+            await client.closed.addTimeout(20, reactor)
+            self.assertIn(b"data: [DONE]", client.data)
+
+        url = f"http://127.0.0.1:{metricsPort}/metrics"
+        expected = sent + 2 + 1 + refused + 1
+        for _ in range(200):
+            _, text = await scrape(self, url)
+            if metricValue(text, "ai_agent_requests_total") == expected:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+
+        def value(name: str, **labels: str) -> float:
+            return metricValue(text, name, **labels)
+
+        model = {"provider": "fake", "model": "test-model"}
+        requests = "ai_agent_requests_total"
+        self.assertEqual(value(requests, agent="agent", status="200"), sent + 2)
+        self.assertEqual(value(requests, agent="agent", status="502"), 1)
+        self.assertEqual(value(requests, agent="agent", status="503"), refused)
+        self.assertEqual(value(requests, agent="boss", status="200"), 1)
+        self.assertEqual(value("ai_agent_llm_calls_total", outcome="ok", **model), sent + 2 + 3)
+        self.assertEqual(value("ai_agent_llm_calls_total", outcome="upstream_error", **model), 2)
+        self.assertEqual(value("ai_agent_tool_calls_total", tool="agent__helper", outcome="ok"), 1)
+        self.assertEqual(value("ai_agent_queue_rejections_total"), refused)
+        self.assertEqual(
+            value("ai_agent_llm_tokens_total", type="input", **model), 2 * sent + 2 + 60
+        )
+        self.assertEqual(value("ai_agent_runs_in_progress"), 0)
+        self.assertEqual(value("ai_agent_queue_depth"), 0)
+        self.assertEqual(sum(_perProcess(metricsDir).values()), expected)
+        status, apiText = await scrape(self, f"http://127.0.0.1:{port}/metrics")
+        self.assertEqual(status, 200)
+        self.assertEqual(metricValue(apiText, requests), expected)
+
+        transport.signalProcess("TERM")
+        code = await server.ended
+        self.assertEqual(code, 0, server.output.decode())
+        self.assertFalse(os.path.exists(metricsDir))
+
+        lines = [line for line in server.output.decode().splitlines() if line.strip()]
+        records = [json.loads(line) for line in lines]
+        runs = [
+            r for r in records if r.get("completionId") and r["namespace"] == "ai_agent.accounting"
+        ]
+        for record in runs:
+            for key in ("agent", "outcome", "duration", "promptTokens", "cost", "user", "time"):
+                self.assertIn(key, record)
+        answered = [r for r in runs if r["agent"] == "agent" and r["outcome"] == "stop"]
+        self.assertEqual(len(answered), sent + 2)
+
+        agentRuns = [span for span in receiver.spans if span.name == "invoke_agent agent"]
+        self.assertEqual(len(agentRuns), sent + 2 + 1)
+        traces = {span.trace_id.hex() for span in receiver.spans}
+        self.assertEqual({r["traceId"] for r in runs} - traces, set())
+        self.assertEqual(len({r["traceId"] for r in answered}), sent + 2)
+        names = {
+            a.value.string_value
+            for resource in receiver.resources
+            for a in resource.attributes
+            if a.key == "service.name"
+        }
+        self.assertEqual(names, {"observed"})
