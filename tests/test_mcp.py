@@ -332,6 +332,7 @@ class StdioTests(TestCase):
                 "big",
                 "picture",
                 "weather",
+                "header",
                 "log",
                 "noop_0",
                 "noop_1",
