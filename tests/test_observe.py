@@ -307,6 +307,42 @@ class HookTests(SynchronousTestCase):
         )
 
 
+class DocumentedMetricsTests(SynchronousTestCase):
+    """
+    The documentation and the Grafana dashboard name the families there are.
+    """
+
+    def test_sameFamilies(self) -> None:
+        """
+        The families in docs/observability.md's table are exactly those a
+        scrape has, and every family the dashboard queries is one of them.
+        """
+        import re
+
+        from tests._process import CHECKOUT
+
+        families = {name for name in metricNames(Metrics().render()[0].decode())}
+        ours = {name for name in families if name.startswith("ai_agent_")}
+        with open(os.path.join(CHECKOUT, "docs", "observability.md"), encoding="utf-8") as f:
+            documented = set(re.findall(r"^\| `(ai_agent_\w+)`", f.read(), re.MULTILINE))
+        self.assertEqual({_family(name) for name in documented}, ours)
+        with open(os.path.join(CHECKOUT, "docs", "grafana-dashboard.json"), encoding="utf-8") as f:
+            queried = set(re.findall(r"\b(ai_agent_\w+)", f.read()))
+        self.assertTrue(queried)
+        self.assertEqual({_family(name) for name in queried} - ours, set())
+
+
+def _family(sample: str) -> str:
+    """
+    The family of a sample name (the name without its counter or histogram
+    suffix).
+    """
+    for suffix in ("_bucket", "_count", "_sum", "_total"):
+        if sample.endswith(suffix):
+            return sample[: -len(suffix)]
+    return sample
+
+
 class JSONLogTests(SynchronousTestCase):
     """
     C{--log-format json}.
