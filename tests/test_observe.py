@@ -911,3 +911,60 @@ class WorkersTests(TestCase):
             if a.key == "service.name"
         }
         self.assertEqual(names, {"observed"})
+
+
+class DirectModeTests(TestCase):
+    """
+    C{ai-agent --agent FILE PROMPT} as a subprocess.
+    """
+
+    timeout = 60
+
+    async def test_tracesExportedBeforeExit(self) -> None:
+        """
+        Direct mode traces too when C{OTEL_*} asks: the run's spans reach the
+        collector before the command exits, and the upstream call carried
+        the C{chat} span's C{traceparent}.
+        """
+        from tests._process import childEnvironment, command, run
+
+        running = await startFakeUpstream(reactor)
+        self.addCleanup(running.stop)
+        running.upstream.script(Reply(content="answer"))
+        receiver, url = startReceiver(self)
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
+            json.dump({"providers": {"fake": {"type": "openai", "baseUrl": running.baseUrl}}}, f)
+        writeAgent(folder, "agent.ai", AGENT)
+        out, err, code = await run(
+            [*command("ai-agent"), "--agent", "agent.ai", "hi"],
+            folder,
+            childEnvironment(HOME=folder, OTEL_EXPORTER_OTLP_ENDPOINT=url),
+        )
+        self.assertEqual((code, out), (0, b"answer"), err)
+        [agentRun] = [span for span in receiver.spans if span.name == "invoke_agent agent"]
+        [chat] = [span for span in receiver.spans if span.name == "chat test-model"]
+        self.assertEqual(chat.parent_span_id, agentRun.span_id)
+        # The flags: sampled, and (a new trace's) random trace id.
+        self.assertEqual(
+            running.upstream.requests[0].headers["traceparent"].rsplit("-", 1)[0],
+            f"00-{chat.trace_id.hex()}-{chat.span_id.hex()}",
+        )
+
+    async def test_badLogFormat(self) -> None:
+        """
+        A C{--log-format} other than text or json is a usage error.
+        """
+        from tests._process import childEnvironment, command, run
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        writeAgent(folder, "agent.ai", AGENT)
+        out, err, code = await run(
+            [*command("ai-agent"), "--agent", "agent.ai", "--log-format", "xml", "hi"],
+            folder,
+            childEnvironment(HOME=folder),
+        )
+        self.assertEqual(code, 2)
+        self.assertIn(b"--log-format must be one of text, json", err)
