@@ -130,14 +130,14 @@ class WithMetrics(Resource):
 
 def metricsSite(resource: MetricsResource) -> Site:
     """
-    The site of C{--metrics-port}: C{/metrics} only, no keys.
+    The site of C{--metrics-port}: C{/metrics} only, no keys, under the
+    HTTP layer's default limits.
     """
+    from ai_agent.headends._http import GuardedSite
+
     root = Resource()
     root.putChild(METRICS_PATH, resource)
-    site = Site(root)
-    site.noisy = False
-    site.displayTracebacks = False
-    return site
+    return GuardedSite(root)
 
 
 __all__ = ["METRICS_PATH", "MetricsResource", "WithMetrics", "metricsSite", "observedRoute"]
