@@ -117,7 +117,7 @@ class ServerOptions(usage.Options):
             "api-key-file",
             None,
             None,
-            "File of client API keys, one per line; /v1/ routes and /metrics then need one.",
+            "File of client API keys, one per line; every path but /health then needs one.",
         ],
         [
             "metrics-port",
@@ -165,7 +165,7 @@ class ServerOptions(usage.Options):
 
     def opt_api_key(self, key: str) -> None:
         """
-        A client API key; when any is set, /v1/ routes and /metrics need
+        A client API key; when any is set, every path but /health needs
         'Authorization: Bearer KEY'. Repeat for more (AI_AGENT_API_KEYS too).
         """
         self["api-keys"].append(key)
@@ -454,7 +454,7 @@ def makeService(
     )
     policy = policyFrom(options, os.environ)
     if policy.apiKeys.enabled:
-        log.info("client API keys required on /v1/ routes and /metrics")
+        log.info("client API keys required on every path but /health and /openapi.json")
     top = ServerService(reactor, options["shutdown-timeout"])
     top.exitOnSecondSignal = True
     _RuntimeService(runtime).setServiceParent(top)

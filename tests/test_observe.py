@@ -374,10 +374,10 @@ class JSONLogTests(SynchronousTestCase):
         self.assertEqual(line.count("\n"), 1)
         record = json.loads(line)
         self.assertEqual(
-            {key: record[key] for key in ("agent", "completionId", "outcome", "user", "traceId")},
+            {key: record[key] for key in ("agent", "requestId", "outcome", "user", "traceId")},
             {
                 "agent": "agent",
-                "completionId": "chatcmpl-1",
+                "requestId": "chatcmpl-1",
                 "outcome": "stop",
                 "user": "ann",
                 "traceId": "ab" * 16,
@@ -891,12 +891,12 @@ class WorkersTests(TestCase):
         lines = [line for line in server.output.decode().splitlines() if line.strip()]
         records = [json.loads(line) for line in lines]
         runs = [
-            r for r in records if r.get("completionId") and r["namespace"] == "ai_agent.accounting"
+            r for r in records if r.get("requestId") and r["namespace"] == "ai_agent.accounting"
         ]
         for record in runs:
             for key in ("agent", "outcome", "duration", "promptTokens", "cost", "user", "time"):
                 self.assertIn(key, record)
-        answered = [r for r in runs if r["agent"] == "agent" and r["outcome"] == "stop"]
+        answered = [r for r in runs if r["agent"] == "agent" and r["outcome"] == "end"]
         self.assertEqual(len(answered), sent + 2)
 
         agentRuns = [span for span in receiver.spans if span.name == "invoke_agent agent"]

@@ -514,17 +514,20 @@ class _Call(CallScope):
         span = self.span
         if span is not None:
             usage = response.usage
-            span.set_attribute("gen_ai.response.finish_reasons", [response.finishReason])
+            reason = response.finishReason
+            span.set_attribute(
+                "gen_ai.response.finish_reasons", [_CONVENTION_REASONS.get(reason, reason)]
+            )
             span.set_attribute("gen_ai.usage.input_tokens", usage.promptTokens)
             span.set_attribute("gen_ai.usage.output_tokens", usage.completionTokens)
-            if response.cacheReadTokens:
-                span.set_attribute("gen_ai.usage.cache_read.input_tokens", response.cacheReadTokens)
-            if response.cacheWriteTokens:
+            if usage.cacheReadTokens:
+                span.set_attribute("gen_ai.usage.cache_read.input_tokens", usage.cacheReadTokens)
+            if usage.cacheWriteTokens:
                 span.set_attribute(
-                    "gen_ai.usage.cache_creation.input_tokens", response.cacheWriteTokens
+                    "gen_ai.usage.cache_creation.input_tokens", usage.cacheWriteTokens
                 )
-            if response.reasoningTokens:
-                span.set_attribute("gen_ai.usage.reasoning.output_tokens", response.reasoningTokens)
+            if usage.reasoningTokens:
+                span.set_attribute("gen_ai.usage.reasoning.output_tokens", usage.reasoningTokens)
             if self.firstChunk is not None:
                 span.set_attribute(
                     "gen_ai.response.time_to_first_chunk", self.firstChunk - self.started
@@ -555,9 +558,9 @@ class _Call(CallScope):
             for kind, count in (
                 ("input", usage.promptTokens),
                 ("output", usage.completionTokens),
-                ("cache_read", response.cacheReadTokens),
-                ("cache_write", response.cacheWriteTokens),
-                ("reasoning", response.reasoningTokens),
+                ("cache_read", usage.cacheReadTokens),
+                ("cache_write", usage.cacheWriteTokens),
+                ("reasoning", usage.reasoningTokens),
             ):
                 if count:
                     tokens.labels(provider, model, kind).inc(count)
@@ -608,6 +611,15 @@ class _Tool(ToolScope):
             span.end()
 
 
+#: The neutral finish reasons in the words the GenAI conventions show
+#: (Chat Completions'); others go as they are.
+_CONVENTION_REASONS = {
+    "end": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+}
+
+
 def _messagesJSON(messages: Sequence[Any]) -> str:
     """
     Messages in the GenAI conventions' shape (role and parts), as JSON.
@@ -643,8 +655,9 @@ def _outputJSON(response: LLMResponse) -> str:
         parts.append(
             {"type": "tool_call", "id": call.id, "name": call.name, "arguments": call.arguments}
         )
+    reason = _CONVENTION_REASONS.get(response.finishReason, response.finishReason)
     return json.dumps(
-        [{"role": "assistant", "parts": parts, "finish_reason": response.finishReason}],
+        [{"role": "assistant", "parts": parts, "finish_reason": reason}],
         ensure_ascii=False,
     )
 

@@ -4,7 +4,7 @@ C{--log-format json}: one JSON object per line.
 
 Every line has C{time} (ISO 8601, UTC), C{level}, C{namespace} and
 C{message} (the text line's message), then the event's own fields: a run's
-line carries C{agent}, C{completionId} (the request id), C{outcome},
+line carries C{agent}, C{requestId}, C{outcome},
 C{duration}, C{promptTokens}, C{completionTokens}, C{totalTokens}, C{cost},
 C{user}, C{task}, C{models}, C{calls}, C{failures} and, when tracing,
 C{traceId}.  Fields whose names start with C{_} only shape the text line and
