@@ -400,7 +400,7 @@ class OpenAIHeadend:
         agent = self.registry.resolve(chat.model)
         if agent is None:
             raise _unknownModel(chat.model)
-        requestScope(request).agent = agent.id
+        requestScope(request).setAgent(agent.id)
         labels = self._labels(request, chat)
         run = chat.runRequest(labels)
         encoder = ChatEncoder(

@@ -161,14 +161,17 @@ class RequestScope:
     One request to a headend.  This base does nothing.
     """
 
-    agent: str = ""
-
     def activate(self) -> Any:
         """
         A context manager making this request's span current (runs started
         inside it are its children).
         """
         return _NOTHING
+
+    def setAgent(self, agent: str) -> None:
+        """
+        The request is for the served agent C{agent} (its label).
+        """
 
     def firstToken(self) -> None:
         """
@@ -335,6 +338,7 @@ class _Request(RequestScope):
         self.started = observer.clock()
         self.firstAt: float | None = None
         self.inBandStatus: int | None = None
+        self.agent = ""
         self.span: Any = None
         tracer = observer.tracer
         if tracer is not None:
@@ -356,6 +360,9 @@ class _Request(RequestScope):
 
     def activate(self) -> Any:
         return _NOTHING if self.span is None else _Activation(self.span)
+
+    def setAgent(self, agent: str) -> None:
+        self.agent = agent
 
     def firstToken(self) -> None:
         if self.firstAt is None:
