@@ -49,6 +49,9 @@ class AgentSpec:
     @ivar llmTimeout: longest upstream silence allowed, in seconds.
     @ivar toolTimeout: longest tool call allowed, in seconds.
     @ivar prompt: the system prompt (the body).
+    @ivar clientTools: whether the tools a client sends with its request are
+        shown to the model and handed back when called (L{False}: ignored,
+        for agents behind chat UIs that always send tools).
     """
 
     path: str
@@ -71,6 +74,7 @@ class AgentSpec:
     toolResponseMaxBytes: int = 12288
     caching: bool = True
     output: OutputSpec = OutputSpec()
+    clientTools: bool = True
 
 
 RESERVED_TOOL_NAMES = frozenset({"final_report", "task_status", "batch", "tool_output"})
@@ -225,6 +229,12 @@ def _rangeNumber(low: float, high: float) -> Callable[[_Context, str, object], f
     return parse
 
 
+def _boolean(ctx: _Context, key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ctx.fail(key, "must be true or false", value)
+
+
 def _caching(ctx: _Context, key: str, value: object) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("full", "none"):
         return value.strip().lower() == "full"
@@ -333,6 +343,7 @@ _KEYS: Mapping[str, Callable[[_Context, str, Any], object]] = {
     "toolResponseMaxBytes": _positiveInt,
     "output": _output,
     "caching": _caching,
+    "clientTools": _boolean,
 }
 
 

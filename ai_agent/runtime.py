@@ -18,9 +18,10 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.error import SchemeNotSupported
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.iweb import IAgent, IAgentEndpointFactory
 from zope.interface import implementer
 
+from ai_agent.clienttools import MemoryTurnStore
 from ai_agent.config import Config, describeMissing, loadConfig
 from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.observe import NULL_OBSERVER, Observer
@@ -30,6 +31,17 @@ from ai_agent.session import SessionRunner, splitModel
 from ai_agent.tools import McpManager, ToolBoxFactory
 
 log = Logger()
+
+
+class UpstreamHTTPClient(HTTPClient):
+    """
+    treq's client, keeping its C{Agent} in view: the provider's hot path
+    posts through the agent directly (see L{ai_agent.providers._http}).
+    """
+
+    def __init__(self, agent: IAgent, **kwargs: Any) -> None:
+        super().__init__(agent, **kwargs)
+        self.agent = agent
 
 
 @attrs.define
@@ -117,11 +129,18 @@ def buildRuntime(
     pool.maxPersistentPerHost = max(connections, 2)
     pool.cachedConnectionTimeout = 120
     endpoints = CachingEndpointFactory(reactor, CONNECT_TIMEOUT)
-    http = HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
+    http = UpstreamHTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
     providers = ProviderSet(config, http, reactor)
     mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
     tools = ToolBoxFactory(registry.byPath, mcp)
-    runner = SessionRunner(providers, reactor, tools, pricing=config.pricing, observer=observer)
+    runner = SessionRunner(
+        providers,
+        reactor,
+        tools,
+        pricing=config.pricing,
+        turns=MemoryTurnStore(reactor),
+        observer=observer,
+    )
     tools.runner = runner
     return Runtime(config, registry, pool, http, providers, runner, mcp, tools)
 

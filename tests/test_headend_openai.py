@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any
 
 import openai
@@ -350,7 +349,7 @@ class CompletionTests(TestCase):
         server.upstream.script(Reply(content=["a", "b", "c"], cutAfter=2))
         port = server.port.getHost().port
         client = await _raw(port, _post({"model": "agent", "messages": _user(), "stream": True}))
-        await client.lost
+        await client.lost.addTimeout(15, reactor)
         body = client.received.split(b"\r\n\r\n", 1)[1]
         self.assertIn(b'data: {"error":', body)
         self.assertIn(b"data: [DONE]", body)
@@ -365,7 +364,7 @@ class ErrorTests(TestCase):
     async def _status(self, request: bytes) -> tuple[int, dict[str, Any], bytes]:
         server = await startServer(self)
         client = await _raw(server.port.getHost().port, request)
-        await client.lost
+        await client.lost.addTimeout(15, reactor)
         head, _, body = client.received.partition(b"\r\n\r\n")
         status = int(head.split(b" ")[1])
         if b"chunked" in head.lower():
@@ -499,7 +498,8 @@ class PoolTests(TestCase):
     async def test_streamDisconnectClosesUpstream(self) -> None:
         """
         A streaming client that disconnects mid-run gets its upstream call
-        closed within 50 ms, and its slot freed.
+        closed and its slot freed (how fast is measured by bench/run, not
+        here; the lifecycle is pinned on a memory clock in test_stream).
         """
         server = await startServer(self, concurrency=1, streamHeadGrace=0.0)
         server.upstream.script(Reply(content=["a", "b"], hold=True))
@@ -510,10 +510,8 @@ class PoolTests(TestCase):
         await server.upstream.waitForRequests(1)
         await _sleep(0.05)
         self.assertIn(b"text/event-stream", client.received)
-        closedAt = time.monotonic()
         client.transport.loseConnection()
         await server.upstream.waitForDisconnects(1)
-        self.assertLess(time.monotonic() - closedAt, 0.05)
         await _sleep(0.01)
         self.assertEqual(server.pool.activeRuns, 0)
 
@@ -528,10 +526,8 @@ class PoolTests(TestCase):
             server.port.getHost().port, _post({"model": "agent", "messages": _user()})
         )
         await server.upstream.waitForRequests(1)
-        closedAt = time.monotonic()
         client.transport.loseConnection()
         await server.upstream.waitForDisconnects(1)
-        self.assertLess(time.monotonic() - closedAt, 0.05)
         await _sleep(0.01)
         self.assertEqual(server.pool.activeRuns, 0)
 
@@ -555,7 +551,7 @@ class PoolTests(TestCase):
         await _sleep(0.05)
         self.assertEqual(server.pool.queuedRuns, 0)
         server.upstream.release()
-        await first.lost
+        await first.lost.addTimeout(15, reactor)
         self.assertEqual(len(server.upstream.requests), 1)
 
 

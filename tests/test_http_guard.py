@@ -6,6 +6,7 @@ content types, deadlines, keep-alive, pipelining, API keys and CORS.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from twisted.internet import reactor
@@ -44,15 +45,25 @@ class _Raw(Protocol):
             d.callback(None)
         self._waiters = []
 
-    def waitFor(self, marker: bytes, count: int = 1) -> Deferred[None]:
+    def waitFor(self, marker: bytes, count: int = 1, timeout: float = 15.0) -> Deferred[None]:
         """
         Fire once C{marker} was received C{count} times (or the connection
-        closed).
+        closed); fail after C{timeout} seconds, showing what was received.
         """
-        d: Deferred[None] = Deferred()
+
+        def forget(d: Deferred[None]) -> None:
+            self._waiters = [waiter for waiter in self._waiters if waiter[2] is not d]
+
+        def timedOut(result: object, seconds: float) -> None:
+            raise AssertionError(
+                f"{marker!r} not received {count} time(s) in {seconds:g} s; "
+                f"received: {self.received[-1000:]!r}"
+            )
+
+        d: Deferred[None] = Deferred(canceller=forget)
         self._waiters.append((marker, count, d))
         self._check()
-        return d
+        return d.addTimeout(timeout, reactor, onTimeoutCancel=timedOut)
 
     def _check(self) -> None:
         for waiter in list(self._waiters):
@@ -209,20 +220,31 @@ class DeadlineTests(TestCase):
                 break
             raw.transport.write(bytes([byte]))
             await _sleep(0.02)
-        await raw.lost
+        await _withTimeout(raw.lost, 10)
         self.assertEqual(_status(raw.received), 408)
         self.assertEqual(server.upstream.requests, [])
 
     async def test_idleKeepAliveClosed(self) -> None:
         """
-        An idle keep-alive connection is closed after the idle timeout.
+        A keep-alive connection stays open and usable while it is idle for
+        less than the idle timeout, and is closed by the server once it
+        has been idle for the whole timeout.
         """
-        server = await startServer(self, policy=HTTPPolicy(idleTimeout=0.2))
+        server = await startServer(self, policy=HTTPPolicy(idleTimeout=0.6))
         raw = await _connect(server)
-        raw.transport.write(_request(path=b"/health", method=b"GET", body=b""))
+        health = _request(path=b"/health", method=b"GET", body=b"")
+        raw.transport.write(health)
         await raw.waitFor(b'"status"')
-        await raw.lost
-        self.assertTrue(raw.closed)
+        await _sleep(0.3)
+        self.assertFalse(raw.closed, "closed before the idle timeout")
+        raw.transport.write(health)
+        await raw.waitFor(b'"status"', 2)
+        self.assertEqual(raw.received.count(b"HTTP/1.1 200"), 2, raw.received)
+        answered = time.monotonic()
+        await _withTimeout(raw.lost, 10)
+        # The timer restarts when the second answer is sent, a moment
+        # before it arrives here.
+        self.assertGreater(time.monotonic() - answered, 0.45)
 
     async def test_longStreamNotCut(self) -> None:
         """
@@ -562,6 +584,17 @@ class CORSTests(TestCase):
         answer = (await self._answer(server, self._preflight(b"https://b.example"))).lower()
         self.assertEqual(_status(answer), 403)
         self.assertNotIn(b"access-control-allow-origin", answer)
+        answer = await self._answer(
+            server,
+            _request(
+                path=b"/v1/models",
+                method=b"GET",
+                body=b"",
+                headers={b"Origin": b"https://b.example"},
+            ),
+        )
+        self.assertEqual(_status(answer), 200)
+        self.assertNotIn(b"access-control-allow-", answer.lower())
 
     async def test_allowedOriginOnResponses(self) -> None:
         """
@@ -627,7 +660,7 @@ class AccessLogTests(TestCase):
         raw.transport.write(
             _request(path=b"/health", method=b"GET", body=b"", headers={b"Connection": b"close"})
         )
-        await raw.lost
+        await _withTimeout(raw.lost, 10)
         site.stopFactory()
         with open(path) as f:
             line = f.read()

@@ -222,6 +222,36 @@ class MetricsTests(TestCase):
         self.assertEqual(value(cost, agent="helper", **model), 20 + 2 * 2)
         self.assertIn("process_cpu_seconds", metricNames(text))
 
+    async def test_clientToolHandedBack(self) -> None:
+        """
+        A client's own tool, called by the model and handed back to the
+        client, counts once as C{tool="client"}, never under its name.
+        """
+        metrics = Metrics()
+        server = await startServer(self, observer=Observability(metrics, None))
+        server.upstream.script(Reply(toolCalls=[("get_weather", {"city": "Paris"})]))
+        weather = {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "The weather in a city.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+        result = await inThread(
+            server.client().chat.completions.create,
+            model="agent",
+            messages=[{"role": "user", "content": "weather?"}],
+            tools=[weather],
+        )
+        self.assertEqual(result.choices[0].message.tool_calls[0].function.name, "get_weather")
+        text = metrics.render()[0].decode()
+        self.assertEqual(
+            metricValue(text, "ai_agent_tool_calls_total", tool="client", outcome="handed_back"), 1
+        )
+        self.assertEqual(metricValue(text, "ai_agent_tool_calls_total"), 1)
+        self.assertNotIn("get_weather", text)
+
     async def test_apiKeyRule(self) -> None:
         """
         With client keys set, C{/metrics} needs one like the API does.

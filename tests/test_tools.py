@@ -639,7 +639,8 @@ class EndToEndTests(TestCase):
     async def test_disconnectCancelsSubAgent(self) -> None:
         """
         A client that disconnects while a sub-agent runs cancels the child
-        session: its upstream LLM call is closed.
+        session: its upstream LLM call is closed, the run ends, and the
+        parent makes no further LLM call.
         """
         server = await self.start(
             agent="---\nmodels: fake/test-model\nagents: [helper.ai]\n---\nBoss.\n",
@@ -653,8 +654,14 @@ class EndToEndTests(TestCase):
         await server.upstream.waitForRequests(2)
         await sleep(0.05)
         client.transport.loseConnection()
-        await server.upstream.waitForDisconnects(1)
+        gone = await server.upstream.waitForDisconnects(1)
         await waitFor(lambda: server.pool.activeRuns == 0)
+        self.assertEqual((gone, server.upstream.held), (1, 0))
+        # The closed call was the sub-agent's, and nothing came after it.
+        self.assertEqual(len(server.upstream.requests), 2)
+        child = server.upstream.requests[1].body["messages"]
+        self.assertEqual(child[-1], {"role": "user", "content": "x"})
+        self.assertEqual(server.upstream.disconnects, 1)
 
     async def test_unavailableServerLeftOut(self) -> None:
         """

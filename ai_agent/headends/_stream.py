@@ -28,6 +28,7 @@ from twisted.web.server import Request
 from ai_agent.errors import AgentError, ErrorKind
 from ai_agent.events import (
     PROGRESS_TYPES,
+    ClientToolCall,
     ContentDelta,
     Event,
     EventSink,
@@ -75,6 +76,12 @@ class RunEncoder(Protocol):
         """
         Something the agent did (a tool call, a retry, a sub-agent's
         progress).
+        """
+        ...
+
+    def toolCall(self, call: ClientToolCall) -> bytes | None:
+        """
+        A call of one of the client's tools, handed back.
         """
         ...
 
@@ -145,6 +152,8 @@ class RunResponse:
             return encoder.progress(event)
         if isinstance(event, Usage):
             return encoder.usage(event)
+        if isinstance(event, ClientToolCall):
+            return encoder.toolCall(event)
         return None
 
     def _keep(self, event: Event) -> None:

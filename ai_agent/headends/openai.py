@@ -23,6 +23,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from ai_agent.accounting import RunLabels
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorKind, notFound
 from ai_agent.events import (
+    ClientToolCall,
     EventSink,
     Finished,
     FinishReason,
@@ -148,6 +149,24 @@ class ChunkEncoder:
             + b"}\n\n"
         )
 
+    def toolCall(self, call: ClientToolCall) -> bytes:
+        """
+        The chunks of one handed-back tool call: the first names it (index,
+        id, type, function name, no arguments yet), the second carries its
+        arguments; indices count from 0 in the order of the calls.
+        """
+        head = {
+            "index": call.index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        frames = self._prefix + _dumps({"tool_calls": [head]}) + self._suffix
+        if call.arguments:
+            rest = {"index": call.index, "function": {"arguments": call.arguments}}
+            frames += self._prefix + _dumps({"tool_calls": [rest]}) + self._suffix
+        return frames
+
     def usage(self, usage: dict[str, int]) -> bytes:
         """
         The usage chunk (empty C{choices}), sent only when asked for.
@@ -206,9 +225,14 @@ class ChatEncoder:
     _text: ReasoningText = attrs.field(factory=ReasoningText, init=False)
     _content: list[str] = attrs.field(factory=list, init=False)
     _reasoning: list[str] = attrs.field(factory=list, init=False)
+    _toolCalls: list[ClientToolCall] = attrs.field(factory=list, init=False)
 
     def open(self) -> bytes:
         return self.chunks.role()
+
+    def toolCall(self, call: ClientToolCall) -> bytes:
+        self._toolCalls.append(call)
+        return self.chunks.toolCall(call)
 
     def content(self, text: str) -> bytes:
         self._content.append(text)
@@ -245,6 +269,16 @@ class ChatEncoder:
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if self._reasoning and field not in (None, THINK):
             message[field] = "".join(self._reasoning)
+        if self._toolCalls:
+            message["content"] = text or None
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in self._toolCalls
+            ]
         return _dumps(
             {
                 "id": self.chunks.completionId,

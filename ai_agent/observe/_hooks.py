@@ -80,7 +80,8 @@ class ToolScope:
 
     def end(self, outcome: str, result: str | None = None) -> None:
         """
-        The call ended: C{ok}, C{error}, C{timeout} or C{cancelled}.
+        The call ended: C{ok}, C{error}, C{timeout} or C{cancelled}; a
+        client's tool call, handed back to it: C{handed_back}.
         """
 
 

@@ -133,7 +133,8 @@ class Metrics:
         )
         self.toolCalls = counter(
             "ai_agent_tool_calls",
-            "Tool calls, by outcome: ok, error, timeout or cancelled.",
+            "Tool calls, by outcome: ok, error, timeout or cancelled (handed_back: a client's"
+            " tool call, counted as tool=client).",
             ("tool", "outcome"),
         )
         self.toolDuration = histogram(

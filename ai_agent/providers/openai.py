@@ -19,7 +19,7 @@ from ai_agent import __version__
 from ai_agent.events import FinishReason, Usage
 from ai_agent.providers._base import DeltaSink, LLMRequest, LLMResponse, ToolCall
 from ai_agent.providers._http import HTTPCall, HTTPProvider, truncate
-from ai_agent.request import OutputFormat
+from ai_agent.request import OutputFormat, ToolChoice
 from ai_agent.sse import SSEEvent
 
 
@@ -57,6 +57,10 @@ class OpenAIProvider(HTTPProvider):
         }
         if request.tools:
             body["tools"] = [tool.asOpenAI() for tool in request.tools]
+            if request.toolChoice is not None:
+                body["tool_choice"] = toolChoice(request.toolChoice)
+            if request.parallelToolCalls is not None:
+                body["parallel_tool_calls"] = request.parallelToolCalls
         optional: dict[str, Any] = {
             "temperature": request.temperature,
             "top_p": request.topP,
@@ -269,6 +273,15 @@ def _finishReason(value: Any, calledTools: bool) -> str:
 def _count(usage: Any, key: str) -> int:
     value = usage.get(key) if isinstance(usage, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def toolChoice(choice: ToolChoice) -> str | dict[str, Any]:
+    """
+    Chat Completions' C{tool_choice} for C{choice}.
+    """
+    if choice.mode == ToolChoice.TOOL:
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode
 
 
 def responseFormat(output: OutputFormat) -> dict[str, Any]:
