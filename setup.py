@@ -33,9 +33,12 @@ setup(
         # Traces (OpenTelemetry, exported over OTLP/HTTP); off unless OTEL_*
         # variables ask for them.
         "tracing": TRACING,
+        # The run store on PostgreSQL (--store postgresql://...).
+        "postgresql": ["psycopg[binary]>=3.1"],
         "test": [
             *TRACING,
             "opentelemetry-proto>=1.25",
+            "psycopg[binary]>=3.1",
             "openai>=1.40",
             "anthropic>=2.14",
             # Imported directly by tests/test_fake_against_sdks.py (both SDKs

@@ -21,6 +21,7 @@ from twisted.web.server import Site
 
 from ai_agent.connections import TrackingFactory
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
+from ai_agent.headends._site import APIRouter, Mount
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.observe import (
     NULL_OBSERVER,
@@ -34,6 +35,7 @@ from ai_agent.observe import (
 )
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
+from ai_agent.store import StoreService, checkLocation, makeStore, parseDuration
 from ai_agent.workers import AdoptedPortService
 
 log = Logger()
@@ -133,6 +135,20 @@ class ServerOptions(usage.Options):
             " field, think (inside content, between <think> and </think>), or none.",
             reasoningField,
         ],
+        [
+            "store",
+            None,
+            None,
+            "Where hybrid runs and stored responses are kept: a SQLite file, a"
+            " postgresql:// URL (several instances sharing it), memory, or none"
+            " (default: $XDG_STATE_HOME/ai-agent/store.sqlite3).",
+        ],
+        [
+            "store-ttl",
+            None,
+            "30d",
+            "How long the store keeps what it is given (e.g. 30d, 12h, 90m, 3600).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -219,6 +235,12 @@ class ServerOptions(usage.Options):
             self["metrics-endpoint"] = endpointFor(self["metrics-port"], "127.0.0.1")
         else:
             self["metrics-endpoint"] = None
+        try:
+            if isinstance(self["store-ttl"], str):
+                self["store-ttl"] = parseDuration(self["store-ttl"])
+            checkLocation(self["store"])
+        except ValueError as error:
+            raise usage.UsageError(f"--store-ttl or --store: {error}") from None
 
 
 class Options(ServerOptions):
@@ -276,17 +298,26 @@ def makeSite(
     headend: OpenAIHeadend,
     policy: HTTPPolicy = HTTPPolicy(),
     accessLog: str | None = None,
+    mounts: Sequence[Mount] = (),
     metrics: MetricsResource | None = None,
 ) -> Site:
     """
-    A web site for one headend under the HTTP layer's C{policy}, writing an
-    access log in the combined format to C{accessLog} if given, with
-    C{/metrics} beside the headend's routes when C{metrics} is given.
+    A web site for the OpenAI headend and the other APIs (C{mounts}) under
+    the HTTP layer's C{policy}, writing an access log in the combined format
+    to C{accessLog} if given, with C{/metrics} beside them when C{metrics}
+    is given.
     """
-    resource: Any = headend.app.resource()
-    if metrics is not None:
-        resource = WithMetrics(resource, metrics)
-    return GuardedSite(resource, policy, logPath=accessLog)
+    router = APIRouter(headend.app.resource(), mounts)
+    resource: Any = router if metrics is None else WithMetrics(router, metrics)
+    return GuardedSite(resource, policy, errorFormats=router.errorFormat, logPath=accessLog)
+
+
+def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
+    """
+    The APIs served beside the OpenAI routes on every port, each with its
+    own headend over the same runtime and pool.
+    """
+    return []
 
 
 def makeObserver(options: ServerOptions, environ: Mapping[str, str], reactor: Any) -> Observer:
@@ -445,12 +476,14 @@ def makeService(
     concurrency = options["openai-completions-concurrency"]
     endpoints = options["endpoints"]
     observer = makeObserver(options, os.environ, reactor)
+    store = makeStore(options["store"], reactor, ttl=options["store-ttl"])
     runtime = buildRuntime(
         reactor,
         options["agents"],
         configFile=options["config"],
         connections=max(concurrency * max(len(endpoints), 1) * 2, 8),
         observer=observer,
+        store=store,
     )
     policy = policyFrom(options, os.environ)
     if policy.apiKeys.enabled:
@@ -458,6 +491,11 @@ def makeService(
     top = ServerService(reactor, options["shutdown-timeout"])
     top.exitOnSecondSignal = True
     _RuntimeService(runtime).setServiceParent(top)
+    if store is not None:
+        # Opened at start (operations wait for it); closed once the headends
+        # have drained.
+        StoreService(store).setServiceParent(top)
+        log.info("run store: {store}", store=store.description)
     # Starts the MCP servers agents use; stops them all (before the runtime
     # closes the connection pool, which waits for them).
     runtime.mcp.setServiceParent(top)
@@ -494,9 +532,14 @@ def makeService(
             taskShortcut=options["task-shortcut"],
             observer=observer,
         )
-        connections = TrackingFactory(
-            makeSite(headend, policy, options["access-log"], metricsResource)
+        site = makeSite(
+            headend,
+            policy,
+            options["access-log"],
+            apiMounts(runtime, pool, reactor),
+            metrics=metricsResource,
         )
+        connections = TrackingFactory(site)
         listener: Any
         if inherited is not None:
             fileno, family = inherited[index]
@@ -515,4 +558,12 @@ def makeService(
     return top
 
 
-__all__ = ["Options", "ServerOptions", "endpointFor", "makeObserver", "makeService", "makeSite"]
+__all__ = [
+    "Options",
+    "ServerOptions",
+    "apiMounts",
+    "endpointFor",
+    "makeObserver",
+    "makeService",
+    "makeSite",
+]

@@ -20,7 +20,7 @@ from ai_agent.headends._http import HTTPPolicy
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
-from ai_agent.tap import makeSite
+from ai_agent.tap import apiMounts, makeSite
 from ai_agent.testing import FakeUpstream, startFakeUpstream
 
 SENTINEL_KEY = "sk-sentinel-0123456789abcdef"
@@ -56,6 +56,7 @@ class LiveServer:
     headend: OpenAIHeadend
     port: IListeningPort
     directory: str
+    mounts: tuple[Any, ...] = ()
 
     @property
     def baseUrl(self) -> str:
@@ -87,6 +88,7 @@ async def startServer(
     fakeProviders: dict[str, str] | None = None,
     extraConfig: dict[str, Any] | None = None,
     observer: Any = None,
+    mounts: Any = None,
 ) -> LiveServer:
     """
     Start a fake upstream and a headend serving C{agents} (file name →
@@ -103,6 +105,9 @@ async def startServer(
         C{pricing}).
     @param observer: an L{ai_agent.observe.Observer} for the runner, the
         pool and the headend; with metrics, C{/metrics} is served too.
+    @param mounts: builds the other APIs' L{ai_agent.headends._site.Mount}s
+        from the runtime, the pool and the reactor (by default, as the
+        server does: L{ai_agent.tap.apiMounts}).
     """
     running = await startFakeUpstream(reactor)
     testCase.addCleanup(running.stop)
@@ -151,13 +156,16 @@ async def startServer(
         from ai_agent.observe import MetricsResource
 
         metrics = MetricsResource(observer.metrics, reactor)
-    site = makeSite(headend, HTTPPolicy() if policy is None else policy, metrics=metrics)
+    extra = (apiMounts if mounts is None else mounts)(runtime, pool, reactor)
+    site = makeSite(
+        headend, HTTPPolicy() if policy is None else policy, mounts=extra, metrics=metrics
+    )
     factory = TrackingFactory(site)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     # Cleanups run last-added first: stop listening, then drop what is open.
     testCase.addCleanup(factory.dropConnections)
     testCase.addCleanup(port.stopListening)
-    return LiveServer(running.upstream, runtime, pool, headend, port, directory)
+    return LiveServer(running.upstream, runtime, pool, headend, port, directory, tuple(extra))
 
 
 def inThread(f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
