@@ -39,6 +39,9 @@ class ProviderConfig:
         not set).
     @ivar missingVariables: C{${VAR}} names used by this entry that were not
         set; using the provider fails with a message naming them.
+    @ivar local: for the C{local} type (an embedded llama.cpp, see
+        L{ai_agent.providers.local}): C{models} (name to GGUF path),
+        C{threads}, C{contextSize} and C{parallel}, as configured.
     """
 
     name: str
@@ -47,6 +50,7 @@ class ProviderConfig:
     apiKey: str | None = attrs.field(default=None, repr=False)
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     missingVariables: tuple[str, ...] = ()
+    local: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -95,7 +99,7 @@ class Config:
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 
 
-PROVIDER_TYPES = ("anthropic", "ollama", "openai")
+PROVIDER_TYPES = ("anthropic", "local", "ollama", "openai")
 
 MCP_TYPES = ("http", "stdio")
 
@@ -111,6 +115,7 @@ BUILTIN_PROVIDERS: Mapping[str, Mapping[str, str]] = {
         "apiKey": "${ANTHROPIC_API_KEY}",
     },
     "ollama": {"type": "ollama", "baseUrl": "http://localhost:11434/v1"},
+    "local": {"type": "local"},
 }
 """
 Providers that exist without any configuration; a configured entry of the
@@ -118,8 +123,19 @@ same name is merged over them.
 """
 
 _TYPE_ALIASES = {"openai-compatible": "openai"}
-_DEFAULT_BASE_URLS = {name: entry["baseUrl"] for name, entry in BUILTIN_PROVIDERS.items()}
-_PROVIDER_KEYS = ("apiKey", "baseUrl", "headers", "type")
+_DEFAULT_BASE_URLS = {name: entry.get("baseUrl", "") for name, entry in BUILTIN_PROVIDERS.items()}
+_PROVIDER_KEYS = (
+    "apiKey",
+    "baseUrl",
+    "contextSize",
+    "headers",
+    "models",
+    "parallel",
+    "threads",
+    "type",
+)
+#: The keys only the C{local} type takes (its GGUF files and llama.cpp's settings).
+_LOCAL_KEYS = ("contextSize", "models", "parallel", "threads")
 _MCP_KEYS = ("args", "command", "env", "headers", "type", "url")
 _PRICING_KEYS = ("completion", "prompt")
 _SECTIONS = ("providers", "mcpServers", "pricing")
@@ -374,6 +390,13 @@ def _checkProviders(path: str, section: object) -> None:
         for key in ("baseUrl", "apiKey"):
             _checkOptionalString(path, _keyPath(keyPath, key), entry.get(key))
         _checkStringMap(path, _keyPath(keyPath, "headers"), entry.get("headers"))
+        _checkStringMap(path, _keyPath(keyPath, "models"), entry.get("models"))
+        for key in ("contextSize", "parallel", "threads"):
+            value = entry.get(key)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise _wrongType(path, _keyPath(keyPath, key), "a positive integer", value)
 
 
 def _checkMcpServers(path: str, section: object) -> None:
@@ -558,6 +581,13 @@ def _provider(name: str, entry: Mapping[str, Any], source: str) -> ProviderConfi
         raise ConfigurationError(
             f"{source}: {keyPath}.type must be one of {', '.join(PROVIDER_TYPES)}"
         )
+    local = {key: entry[key] for key in _LOCAL_KEYS if entry.get(key) is not None}
+    if providerType == "local":
+        local["models"] = _stringMap(entry.get("models"))
+    elif local:
+        raise ConfigurationError(
+            f"{source}: {keyPath}.{sorted(local)[0]} applies to local providers only"
+        )
     baseUrl = _text(entry.get("baseUrl"))
     if baseUrl is None:
         baseUrl = _DEFAULT_BASE_URLS[providerType]
@@ -573,6 +603,7 @@ def _provider(name: str, entry: Mapping[str, Any], source: str) -> ProviderConfi
         apiKey=apiKey if isinstance(apiKey, str) and apiKey else None,
         headers=_stringMap(entry.get("headers")),
         missingVariables=missing,
+        local=local,
     )
 
 

@@ -53,6 +53,19 @@ class ProviderSet:
             self._built[name] = provider
         return provider
 
+    def stop(self) -> Deferred[None]:
+        """
+        Stop what the built providers run in this process (embedded models).
+        """
+
+        async def stop() -> None:
+            for provider in list(self._built.values()):
+                stopping = getattr(provider, "stop", None)
+                if stopping is not None:
+                    await stopping()
+
+        return Deferred.fromCoroutine(stop())
+
 
 @attrs.define
 class Runtime:
@@ -76,6 +89,7 @@ class Runtime:
 
         async def close() -> None:
             await self.mcp.stopAll()
+            await self.providers.stop()
             await self.pool.closeCachedConnections()
 
         return Deferred.fromCoroutine(close())

@@ -23,6 +23,7 @@ from ai_agent.providers._base import (
 )
 from ai_agent.providers._http import CONNECT_TIMEOUT
 from ai_agent.providers.anthropic import AnthropicProvider
+from ai_agent.providers.local import LocalProvider, LocalSettings
 from ai_agent.providers.openai import OpenAIProvider
 
 
@@ -59,6 +60,8 @@ def makeProvider(config: ProviderConfig, http: HTTPClient, reactor: IReactorTime
     @param reactor: schedules timeouts.
     @raise ConfigurationError: the wire type is unknown.
     """
+    if config.type == "local":
+        return LocalProvider(config.name, LocalSettings.fromConfig(config.local), http, reactor)
     wireTypes: dict[str, type[OpenAIProvider] | type[AnthropicProvider]] = {
         "openai": OpenAIProvider,
         "ollama": OpenAIProvider,
@@ -77,7 +80,7 @@ def makeProvider(config: ProviderConfig, http: HTTPClient, reactor: IReactorTime
         )
     raise ConfigurationError(
         f"provider {config.name!r}: unknown type {config.type!r} "
-        "(expected openai, anthropic or ollama)"
+        "(expected openai, anthropic, ollama or local)"
     )
 
 
@@ -89,6 +92,7 @@ __all__ = [
     "DeltaSink",
     "LLMRequest",
     "LLMResponse",
+    "LocalProvider",
     "OpenAIProvider",
     "Provider",
     "ToolCall",
