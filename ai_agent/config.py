@@ -584,6 +584,12 @@ def _provider(name: str, entry: Mapping[str, Any], source: str) -> ProviderConfi
     local = {key: entry[key] for key in _LOCAL_KEYS if entry.get(key) is not None}
     if providerType == "local":
         local["models"] = _stringMap(entry.get("models"))
+        for key in ("baseUrl", "apiKey", "headers"):
+            if entry.get(key) is not None:
+                raise ConfigurationError(
+                    f"{source}: {keyPath}.{key} does not apply to a local provider (its models"
+                    " run in this process); for an OpenAI-compatible server set type to openai"
+                )
     elif local:
         raise ConfigurationError(
             f"{source}: {keyPath}.{sorted(local)[0]} applies to local providers only"

@@ -88,7 +88,19 @@ class Failed:
     usage: Usage = Usage()
 
 
-Event = ContentDelta | ReasoningDelta | Usage | Finished | Failed
+@attrs.frozen
+class ModelAnswering:
+    """
+    The model (C{provider/model}) whose output the deltas that follow are:
+    sent before a call's first delta, or when a call that produced none
+    answered.  Headends may show it (the C{x-ai-agent-model} header); it
+    writes nothing by itself.
+    """
+
+    model: str
+
+
+Event = ContentDelta | ReasoningDelta | Usage | Finished | Failed | ModelAnswering
 EventSink = Callable[[Event], None]
 
 __all__ = [
@@ -97,6 +109,7 @@ __all__ = [
     "EventSink",
     "Failed",
     "Finished",
+    "ModelAnswering",
     "ReasoningDelta",
     "Usage",
 ]

@@ -36,10 +36,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ai_agent.accounting import RunAccount, RunLabels
+from ai_agent.advice import noModelAnswered
 from ai_agent.agentfile import AgentSpec
 from ai_agent.config import Pricing
 from ai_agent.errors import AgentError, ProviderError
-from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta, Usage
+from ai_agent.events import (
+    ContentDelta,
+    Event,
+    EventSink,
+    Finished,
+    ModelAnswering,
+    ReasoningDelta,
+    Usage,
+)
 from ai_agent.providers import (
     CallbackSink,
     ChatMessage,
@@ -49,7 +58,7 @@ from ai_agent.providers import (
     ToolCall,
     ToolSpec,
 )
-from ai_agent.retry import RetryLoop, RetryPolicy, totalTimeout
+from ai_agent.retry import NOT_CONFIGURED, RetryLoop, RetryPolicy, totalTimeout
 
 log = Logger()
 
@@ -176,15 +185,32 @@ class _TrackingSink:
     contentSent: bool = False
     sentAnything: bool = False
     _notes: list[str] = attrs.field(factory=list)
+    _model: str | None = None
+
+    def calling(self, model: str) -> None:
+        """
+        The next deltas come from C{model}: announce it before the first.
+        """
+        self._model = model
+
+    def answered(self) -> None:
+        """
+        The current call answered: announce its model if no delta did.
+        """
+        if self._model is not None:
+            model, self._model = self._model, None
+            self.events(ModelAnswering(model))
 
     def content(self, text: str) -> None:
         if text:
+            self.answered()
             self.flushNotes()
             self.contentSent = self.sentAnything = True
             self.events(ContentDelta(text))
 
     def reasoning(self, text: str) -> None:
         if text:
+            self.answered()
             self.flushNotes()
             self.sentAnything = True
             self.events(ReasoningDelta(text))
@@ -398,19 +424,35 @@ class SessionRunner:
         )
         attempts = max(agent.maxRetries, 1)
 
+        reasons: dict[str, ProviderError] = {}
+
         async def attempt(model: str) -> LLMResponse:
             providerName, upstreamModel = splitModel(model)
             provider = self.providers(providerName)
             started = self.reactor.seconds()
+            sink.calling(model)
             try:
                 response = await provider.complete(attrs.evolve(request, model=upstreamModel), sink)
             except ProviderError as error:
-                account.record(model, Usage(), self.reactor.seconds() - started, error.code)
+                reasons[model] = error
+                if error.code != NOT_CONFIGURED:
+                    # A model that cannot be used at all was never called.
+                    account.record(model, Usage(), self.reactor.seconds() - started, error.code)
                 raise
             account.record(model, response.usage, self.reactor.seconds() - started)
+            sink.answered()
             return response
 
         def failed(model: str, number: int, error: ProviderError, retrying: bool) -> None:
+            if error.code == NOT_CONFIGURED:
+                log.info(
+                    "agent {agent}: skipping {model}: {error}",
+                    agent=agent.name,
+                    model=model,
+                    error=error.message,
+                )
+                sink.note(f"skipping {model}: {error.message}\n")
+                return
             log.warn(
                 "agent {agent}: {model} failed (attempt {attempt} of {attempts}): {error}",
                 agent=agent.name,
@@ -431,7 +473,14 @@ class SessionRunner:
             )
 
         loop = RetryLoop(self.reactor, self.retryPolicy, self.random, failed, waiting)
-        response = await loop.run(agent.models, attempts, attempt, lambda: not sink.sentAnything)
+        try:
+            response = await loop.run(
+                agent.models, attempts, attempt, lambda: not sink.sentAnything
+            )
+        except ProviderError as error:
+            if len(reasons) > 1 and not sink.sentAnything:
+                raise noModelAnswered(agent.name, agent.models, reasons, error) from None
+            raise
         sink.flushNotes()
         return response, response.usage
 

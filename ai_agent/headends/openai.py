@@ -23,7 +23,14 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.errors import AgentError, notFound
-from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta
+from ai_agent.events import (
+    ContentDelta,
+    Event,
+    EventSink,
+    Finished,
+    ModelAnswering,
+    ReasoningDelta,
+)
 from ai_agent.headends._request import (
     OFF_REACTOR_THRESHOLD,
     ChatRequest,
@@ -41,6 +48,9 @@ from ai_agent.tasks import detectTask, forwardedHeaders, loggable
 STREAM_HEAD_GRACE = 10.0
 
 _JSON = b"application/json"
+
+#: The response header naming the model (C{provider/model}) that answered.
+MODEL_HEADER = b"x-ai-agent-model"
 
 #: The C{reasoningField} that puts reasoning inside C{content}, between
 #: C{<think>} and C{</think>}, for UIs that render only that.
@@ -350,12 +360,15 @@ class OpenAIHeadend:
     ) -> bytes:
         content: list[str] = []
         reasoning: list[str] = []
+        answering: list[str] = []
 
         def onEvent(event: Event) -> None:
             if isinstance(event, ContentDelta):
                 content.append(event.text)
             elif isinstance(event, ReasoningDelta):
                 reasoning.append(event.text)
+            elif isinstance(event, ModelAnswering):
+                answering.append(event.model)
 
         completionId = record.completionId
         created = int(self.reactor.seconds())
@@ -375,6 +388,8 @@ class OpenAIHeadend:
             message[self.reasoningField] = "".join(reasoning)
         request.setHeader(b"content-type", _JSON)
         request.setHeader(b"x-request-id", completionId.encode("ascii"))
+        if answering:
+            request.setHeader(MODEL_HEADER, answering[-1].encode("utf-8"))
         return _dumps(
             {
                 "id": completionId,
@@ -414,16 +429,22 @@ class OpenAIHeadend:
         # connection; the producer only stops writing.
         stream = SSEStream(cast(Request, request))
         timer: list[IDelayedCall] = []
+        answering: list[str] = []
 
         def begin() -> None:
             if not stream.started:
                 if timer and timer[0].active():
                     timer[0].cancel()
-                stream.start({b"x-request-id": completionId.encode("ascii")})
+                headers = {b"x-request-id": completionId.encode("ascii")}
+                if answering:
+                    headers[MODEL_HEADER] = answering[-1].encode("utf-8")
+                stream.start(headers)
                 stream.send(encoder.role())
 
         def onEvent(event: Event) -> None:
-            if isinstance(event, ContentDelta):
+            if isinstance(event, ModelAnswering):
+                answering.append(event.model)
+            elif isinstance(event, ContentDelta):
                 begin()
                 stream.send(encoder.content(event.text))
             elif isinstance(event, ReasoningDelta):
