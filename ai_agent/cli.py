@@ -16,12 +16,9 @@ from typing import Any, Mapping, Sequence, TextIO, cast
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import (
-    FileLogObserver,
     FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
-    formatEventAsClassicLogText,
-    formatTime,
     globalLogBeginner,
 )
 from twisted.python import usage
@@ -31,6 +28,7 @@ from ai_agent import __version__
 from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.events import ContentDelta, Event, ReasoningDelta
 from ai_agent.providers import ChatMessage
+from ai_agent.startup import WORKER_VARIABLE, StartupError, textObserver
 from ai_agent.tap import ServerOptions, makeService
 from ai_agent.workers import ADOPTABLE, parseInherited, startWorkers, watchParent
 
@@ -179,7 +177,7 @@ def readPrompt(argument: str, stdin: TextIO) -> str:
     return text
 
 
-def _startLogging(options: Options, stderr: TextIO) -> None:
+def _startLogging(options: Options, stderr: TextIO) -> LogLevelFilterPredicate:
     level = LogLevel.info
     if options["quiet"]:
         level = LogLevel.error
@@ -191,30 +189,16 @@ def _startLogging(options: Options, stderr: TextIO) -> None:
     else:
         level = LogLevel.warn
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    worker = None
+    if options["worker-fds"] is not None:
+        worker = os.environ.get(WORKER_VARIABLE, "?")
+    elif options["endpoints"] and options["workers"] > 1:
+        worker = "0"
     globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(_textObserver(stderr), [predicate])],
+        [FilteringLogObserver(textObserver(stderr, worker), [predicate])],
         redirectStandardIO=False,
     )
-
-
-def _textObserver(stream: TextIO) -> FileLogObserver:
-    """
-    C{textFileLogObserver}'s format, with the timestamp (whole seconds)
-    formatted once per second: formatting it was a third of the cost of a
-    log line, and a server logs a few lines per request.
-    """
-    last: list[Any] = [None, ""]
-
-    def stamp(when: float | None) -> str:
-        if when is None:
-            return "-"
-        second = int(when)
-        if second != last[0]:
-            last[0] = second
-            last[1] = formatTime(second)
-        return cast(str, last[1])
-
-    return FileLogObserver(stream, lambda event: formatEventAsClassicLogText(event, stamp))
+    return predicate
 
 
 def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) -> Any:
@@ -356,7 +340,7 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
     if options["version"]:
         stdout.write(f"ai-agent {__version__}\n")
         return EXIT_OK
-    _startLogging(options, stderr)
+    logFilter = _startLogging(options, stderr)
     from twisted.internet import reactor
 
     code = [EXIT_OK]
@@ -367,7 +351,18 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
         except ConfigurationError as error:
             stderr.write(f"ai-agent: {error}\n")
             return EXIT_USAGE
-        service.startService()
+        try:
+            service.startService()
+        except StartupError as error:
+            stderr.write(f"ai-agent: {error}\n")
+            # Stop what did start (MCP servers) without a word.
+            logFilter.defaultLogLevel = LogLevel.critical
+            logFilter.clearLogLevels()
+            stopping = service.stopService()
+            if not stopping.called:
+                stopping.addBoth(lambda _: reactor.stop())
+                reactor.run()
+            return EXIT_FAILED
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
         if inherited is not None:
             watchParent(reactor)

@@ -26,6 +26,7 @@ from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
 from ai_agent.registry import AgentRegistry, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
+from ai_agent.startup import QuietClientFactory
 from ai_agent.tools import McpManager, ToolBoxFactory
 
 log = Logger()
@@ -128,6 +129,7 @@ def buildRuntime(
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max(connections, 2)
     pool.cachedConnectionTimeout = 120
+    pool._factory = QuietClientFactory
     endpoints = CachingEndpointFactory(reactor, CONNECT_TIMEOUT)
     http = HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
     providers = ProviderSet(config, http, reactor)

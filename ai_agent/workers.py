@@ -188,7 +188,11 @@ class WorkerSupervisor:
         for fileno, _ in self.inherited:
             childFDs[fileno] = fileno
         self.reactor.spawnProcess(
-            worker, self.command[0], self.command, env=dict(os.environ), childFDs=childFDs
+            worker,
+            self.command[0],
+            self.command,
+            env={**os.environ, "AI_AGENT_WORKER": str(number)},
+            childFDs=childFDs,
         )
         self.workers[number] = worker
         log.info("worker {number} started (pid {pid})", number=number, pid=worker.pid)
