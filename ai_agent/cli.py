@@ -110,8 +110,8 @@ class Options(ServerOptions):
                     "a prompt is only taken in direct mode (no --openai-completions)"
                 )
             return
-        if len(self["agents"]) != 1:
-            raise usage.UsageError("direct mode runs exactly one --agent")
+        if len(self["agents"]) != 1 or os.path.isdir(self["agents"][0]):
+            raise usage.UsageError("direct mode runs exactly one --agent FILE")
         if self["prompt"] is None:
             raise usage.UsageError("direct mode needs a PROMPT (or '-' to read standard input)")
 
@@ -368,9 +368,13 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
             watchParent(reactor)
         elif options["workers"] > 1:
             listeners = [endpoint.listener for endpoint in cast(Any, service).endpoints]
-            startWorkers(
+            supervisor = startWorkers(
                 reactor, listeners, argv, options["workers"] - 1, options["shutdown-timeout"]
             )
+            reloader = cast(Any, service).reloader
+            if reloader is not None:
+                # Each worker reloads its own copy.
+                reloader.onReload.append(supervisor.hangup)
         reactor.run()
         return code[0]
 

@@ -24,7 +24,7 @@ from zope.interface import implementer
 from ai_agent.config import Config, describeMissing, loadConfig
 from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
-from ai_agent.registry import AgentRegistry, loadRegistry
+from ai_agent.registry import AgentRegistry, agentFiles, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
 from ai_agent.startup import QuietClientFactory
 from ai_agent.tools import McpManager, ToolBoxFactory
@@ -115,6 +115,7 @@ def buildRuntime(
     """
     environ = dict(os.environ if environ is None else environ)
     cwd = os.getcwd() if cwd is None else cwd
+    agentPaths = agentFiles(agentPaths)
     agentDirs = [os.path.dirname(os.path.abspath(path)) for path in agentPaths]
     config = loadConfig(
         configFile=configFile,

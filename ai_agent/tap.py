@@ -25,6 +25,7 @@ from ai_agent.errors import ConfigurationError
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.pool import RunPool
+from ai_agent.reload import Reloader, onHangup
 from ai_agent.runtime import Runtime, buildRuntime
 from ai_agent.startup import address, bannerLines, listenError
 from ai_agent.workers import AdoptedPortService
@@ -132,7 +133,8 @@ class ServerOptions(usage.Options):
 
     def opt_agent(self, path: str) -> None:
         """
-        An agent file (.ai) to serve; repeat for more.
+        An agent file (.ai), or a directory of them, to serve; repeat for
+        more. SIGHUP reloads them.
         """
         self["agents"].append(path)
 
@@ -179,7 +181,7 @@ class ServerOptions(usage.Options):
         if not self["agents"]:
             raise usage.UsageError("at least one --agent FILE is required")
         for path in self["agents"]:
-            if not os.path.isfile(path):
+            if not os.path.isfile(path) and not os.path.isdir(path):
                 raise usage.UsageError(f"agent file not found: {path}")
         if self["config"] is not None and not os.path.isfile(self["config"]):
             raise usage.UsageError(f"configuration file not found: {self['config']}")
@@ -314,6 +316,7 @@ class ServerService(MultiService):
         self.exitOnStartupError = False
         self.endpoints: list[_Endpoint] = []
         self.onReady: Callable[[list[str]], None] | None = None
+        self.reloader: Reloader | None = None
 
     def addEndpoint(self, pool: RunPool, listener: Any, connections: TrackingFactory) -> None:
         """
@@ -340,6 +343,8 @@ class ServerService(MultiService):
             if self.exitOnStartupError:
                 raise SystemExit(f"twistd ai-agent: {failure}") from None
             raise failure from None
+        if self.reloader is not None:
+            onHangup(self.reactor, self.reloader.reload)
         if self.onReady is not None:
             self._announce(self.onReady)
 
@@ -434,6 +439,14 @@ def makeService(
     # Starts the MCP servers agents use; stops them all (before the runtime
     # closes the connection pool, which waits for them).
     runtime.mcp.setServiceParent(top)
+    top.reloader = Reloader(
+        reactor,
+        runtime,
+        options["agents"],
+        options["config"],
+        parent=top,
+        grace=options["shutdown-timeout"],
+    )
     for index, endpoint in enumerate(endpoints):
         pool = RunPool(
             reactor,
@@ -451,6 +464,7 @@ def makeService(
             else options["reasoning-field"],
             taskShortcut=options["task-shortcut"],
         )
+        top.reloader.headends.append(headend)
         connections = TrackingFactory(makeSite(headend, policy, options["access-log"]))
         listener: Any
         if inherited is not None:

@@ -216,6 +216,13 @@ class WorkerSupervisor:
         """
         return [w.pid for w in self.workers.values() if w.pid]
 
+    def hangup(self) -> None:
+        """
+        Send every worker SIGHUP (each reloads its agents and configuration).
+        """
+        for worker in list(self.workers.values()):
+            _signal(worker, "HUP")
+
     def stop(self) -> Deferred[None]:
         """
         SIGTERM every worker; SIGKILL those still running after
