@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, Mapping, Sequence, TextIO, cast
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -35,6 +35,8 @@ from ai_agent.workers import ADOPTABLE, parseInherited, startWorkers, watchParen
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: Stopped by Ctrl-C (or SIGTERM), as shells report it (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 class Options(ServerOptions):
@@ -75,6 +77,7 @@ class Options(ServerOptions):
         super().__init__()
         self["prompt"] = None
         self["version"] = False
+        self["interactive"] = False
 
     def opt_version(self) -> None:
         """
@@ -113,7 +116,10 @@ class Options(ServerOptions):
         if len(self["agents"]) != 1 or os.path.isdir(self["agents"][0]):
             raise usage.UsageError("direct mode runs exactly one --agent FILE")
         if self["prompt"] is None:
-            raise usage.UsageError("direct mode needs a PROMPT (or '-' to read standard input)")
+            if not sys.stdin.isatty():
+                raise usage.UsageError("direct mode needs a PROMPT (or '-' to read standard input)")
+            # On a terminal with no question: an interactive chat.
+            self["interactive"] = True
 
     def _checkWorkers(self) -> None:
         if self["workers"] < 0:
@@ -210,6 +216,8 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
     from ai_agent.runtime import buildRuntime
 
     async def main() -> int:
+        if options["interactive"]:
+            return await _chat(reactor, options, stdout, stderr)
         prompt = readPrompt(options["prompt"], sys.stdin)
         runtime = buildRuntime(reactor, options["agents"], configFile=options["config"])
         spec = runtime.registry.served[0].spec
@@ -226,19 +234,63 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
 
         try:
             await runtime.runner.run(spec, [ChatMessage("user", prompt)], onEvent)
-        except AgentError as error:
+        except (AgentError, CancelledError) as error:
             if ended[0] and not ended[0].endswith("\n"):
                 stdout.write("\n")
+                stdout.flush()
+            if isinstance(error, CancelledError):
+                raise
             stderr.write(f"ai-agent: {error.message}\n")
             return EXIT_FAILED
         finally:
             await runtime.close()
-        if ended[0] and not ended[0].endswith("\n") and stdout.isatty():
+        # The output ends with a newline, on a terminal or in a pipe.
+        if ended[0] and not ended[0].endswith("\n"):
             stdout.write("\n")
         stdout.flush()
         return EXIT_OK
 
     return ensureDeferred(main())
+
+
+async def _chat(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) -> int:
+    """
+    The interactive chat of direct mode (see L{ai_agent.chat}).
+    """
+    from twisted.internet.stdio import StandardIO
+
+    from ai_agent.chat import ChatProtocol, ChatSession
+    from ai_agent.runtime import buildRuntime
+
+    runtime = buildRuntime(reactor, options["agents"], configFile=options["config"])
+    served = runtime.registry.served[0]
+    session = ChatSession(
+        lambda history, onEvent: runtime.runner.run(served.spec, history, onEvent),
+        stdout,
+        stderr,
+        verbose=options["verbose"],
+    )
+    # Standard output stays ours (written as the answer streams); the
+    # transport's own output side goes nowhere.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    io = cast(Any, StandardIO)(ChatProtocol(session), stdin=0, stdout=devnull, reactor=reactor)
+    session.start(
+        f"Chatting with agent {served.id!r} ({', '.join(served.spec.models)})."
+        " Type /exit or press Ctrl-D to leave."
+    )
+    try:
+        return await session.done
+    except CancelledError:
+        stopping = session.interrupt()
+        if stopping is not None:
+            try:
+                await stopping
+            except CancelledError:
+                pass  # the answer we stopped; the chat's own cancellation follows
+        raise
+    finally:
+        io.loseConnection()
+        await runtime.close()
 
 
 def runListTools(
@@ -378,27 +430,49 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
         reactor.run()
         return code[0]
 
+    running: list[Any] = []
+    interrupted: list[bool] = []
+
     def done(result: Any) -> None:
         if isinstance(result, int):
             code[0] = result
         elif result.check(ConfigurationError, usage.UsageError):
             stderr.write(f"ai-agent: {result.value}\n")
             code[0] = EXIT_USAGE
+        elif result.check(CancelledError) and interrupted:
+            stderr.write("ai-agent: interrupted\n")
+            code[0] = EXIT_INTERRUPTED
         elif result.check(CancelledError):
             code[0] = EXIT_FAILED
         else:
             stderr.write(f"ai-agent: unexpected failure: {result.getErrorMessage()}\n")
             code[0] = EXIT_FAILED
-        if reactor.running:
+        if reactor.running and not interrupted:
             reactor.stop()
 
     def start() -> None:
         if options["list-tools"] is not None:
-            runListTools(reactor, options, stdout, stderr).addBoth(done)
+            work = runListTools(reactor, options, stdout, stderr)
         else:
-            runDirect(reactor, options, stdout, stderr).addBoth(done)
+            work = runDirect(reactor, options, stdout, stderr)
+        running.append(work)
+        work.addBoth(done)
+
+    def interrupt() -> Any:
+        """
+        The reactor is stopping (Ctrl-C, SIGTERM) while the work runs:
+        cancel it and wait until it has cleaned up.
+        """
+        if not running or running[0].called:
+            return None
+        interrupted.append(True)
+        stopped: Deferred[None] = Deferred()
+        running[0].addBoth(lambda _: stopped.callback(None))
+        running[0].cancel()
+        return stopped
 
     reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", interrupt)
     reactor.run()
     return code[0]
 

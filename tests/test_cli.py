@@ -66,7 +66,7 @@ class DirectModeTests(TestCase):
             folder,
             childEnvironment(HOME=folder),
         )
-        self.assertEqual((out.decode(), code), ("echo: hello there", 0), err)
+        self.assertEqual((out.decode(), code), ("echo: hello there\n", 0), err)
         request = self.upstream.requests[0]
         self.assertEqual(
             request.body["messages"][0],
