@@ -533,8 +533,8 @@ class SectionTests(LoadConfigTestCase):
         )
         self.assertConfigError(
             {"providers": {"local": {"type": "openai", "baseURL": "http://h"}}},
-            "providers.local: unknown key 'baseURL' (allowed: apiKey, baseUrl, contextSize, headers,"
-            " models, parallel, threads, type)",
+            "providers.local: unknown key 'baseURL' (allowed: apiKey, baseUrl, contextSize,"
+            " headers, models, parallel, threads, type)",
         )
         self.assertConfigError(
             {"providers": {"local": {"type": "openai", "headers": {"X": 1}}}},
