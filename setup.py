@@ -16,7 +16,7 @@ setup(
     packages=find_packages(include=["ai_agent", "ai_agent.*"]) + ["twisted.plugins"],
     package_data={"ai_agent": ["py.typed"]},
     install_requires=[
-        "twisted>=24.7",
+        "twisted>=24.7,<27",  # private attributes pinned by tests/test_private_api.py
         "klein>=24.8",
         "attrs>=23.1",
         "treq>=24.9",
@@ -25,6 +25,11 @@ setup(
     extras_require={
         "test": [
             "openai>=1.40",
+            "anthropic>=2.14",
+            # Imported directly by tests/test_fake_against_sdks.py (both SDKs
+            # depend on them too).
+            "httpx>=0.23",
+            "pydantic>=2",
             "langchain-openai>=1.0",
             "mcp>=2.3,<3",
             "hypothesis>=6.100",

@@ -68,11 +68,12 @@ class RunLabels:
     Who asked for a run, as its log line names it: the request it serves
     and what chat UIs forward about the user (never a key).
 
-    @ivar completionId: the C{chatcmpl-…} id of the request.
+    @ivar requestId: the id of the request (C{chatcmpl-…}, C{resp_…},
+        C{msg_…}: each API's own).
     @ivar forwarded: user and chat headers, already made safe to log.
     """
 
-    completionId: str
+    requestId: str
     stream: bool = False
     task: str | None = None
     user: str | None = None
@@ -172,12 +173,12 @@ class RunAccount:
         if total is not None and total != usage:
             withSubAgents = f" ({total.promptTokens}+{total.completionTokens} with sub-agents)"
         labels = self.labels
-        head = "agent {agent} run" if labels is None else "{completionId} for agent {agent}"
+        head = "agent {agent} run" if labels is None else "{requestId} for agent {agent}"
         log.info(
             head + " {outcome} in {duration:.3f}s: models {modelList},"
             " {calls} calls ({failures} failed), tokens {promptTokens}+{completionTokens}"
             "{withSubAgents}, cost {costText}{detailText}",
-            completionId=None if labels is None else labels.completionId,
+            requestId=None if labels is None else labels.requestId,
             stream=None if labels is None else labels.stream,
             task=None if labels is None else labels.task,
             user=None if labels is None else labels.user,

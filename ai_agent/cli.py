@@ -26,8 +26,9 @@ from twisted.python.failure import Failure
 
 from ai_agent import __version__
 from ai_agent.errors import AgentError, ConfigurationError
-from ai_agent.events import ContentDelta, Event, ReasoningDelta
+from ai_agent.events import PROGRESS_TYPES, ContentDelta, Event, ReasoningDelta, ReasoningText
 from ai_agent.providers import ChatMessage
+from ai_agent.request import RunRequest
 from ai_agent.startup import WORKER_VARIABLE, StartupError, textObserver
 from ai_agent.tap import ServerOptions, makeService
 from ai_agent.workers import ADOPTABLE, parseInherited, startWorkers, watchParent
@@ -222,18 +223,22 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
         runtime = buildRuntime(reactor, options["agents"], configFile=options["config"])
         spec = runtime.registry.served[0].spec
         ended: list[str] = [""]
+        reasoning = ReasoningText()
 
         def onEvent(event: Event) -> None:
             if isinstance(event, ContentDelta):
                 stdout.write(event.text)
                 stdout.flush()
                 ended[0] = event.text
-            elif isinstance(event, ReasoningDelta) and options["verbose"]:
-                stderr.write(event.text)
+            elif options["verbose"]:
+                if isinstance(event, ReasoningDelta):
+                    stderr.write(reasoning.reasoning(event.text))
+                elif isinstance(event, PROGRESS_TYPES):
+                    stderr.write(reasoning.progress(event))
                 stderr.flush()
 
         try:
-            await runtime.runner.run(spec, [ChatMessage("user", prompt)], onEvent)
+            await runtime.runner.run(spec, RunRequest((ChatMessage("user", prompt),)), onEvent)
         except (AgentError, CancelledError) as error:
             if ended[0] and not ended[0].endswith("\n"):
                 stdout.write("\n")
@@ -265,7 +270,9 @@ async def _chat(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) 
     runtime = buildRuntime(reactor, options["agents"], configFile=options["config"])
     served = runtime.registry.served[0]
     session = ChatSession(
-        lambda history, onEvent: runtime.runner.run(served.spec, history, onEvent),
+        lambda history, onEvent: runtime.runner.run(
+            served.spec, RunRequest(tuple(history)), onEvent
+        ),
         stdout,
         stderr,
         verbose=options["verbose"],

@@ -1,14 +1,66 @@
 # -*- test-case-name: tests.test_errors -*-
 """
-Errors as data: every failure the server can report carries its HTTP status and
-the OpenAI error envelope fields, so each headend translates it in one place.
+Errors as data, in no API's shape: every failure the server can report
+carries its HTTP status, a neutral kind, a machine-readable code and the
+request field at fault.  Each API renders them in its own envelope, once,
+at its edge (L{ErrorFormat}: L{OPENAI_ERRORS} here; the Anthropic headend
+brings its own).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Protocol
 
 import attrs
+
+
+class ErrorKind:
+    """
+    What went wrong, in words no API owns.  Each API maps a kind to its own
+    error type.
+    """
+
+    INVALID_REQUEST = "invalid_request"
+    AUTHENTICATION = "authentication"
+    PERMISSION = "permission"
+    NOT_FOUND = "not_found"
+    REQUEST_TOO_LARGE = "request_too_large"
+    RATE_LIMIT = "rate_limit"
+    TIMEOUT = "timeout"
+    OVERLOADED = "overloaded"
+    SERVER = "server"
+
+    ALL = frozenset(
+        {
+            INVALID_REQUEST,
+            AUTHENTICATION,
+            PERMISSION,
+            NOT_FOUND,
+            REQUEST_TOO_LARGE,
+            RATE_LIMIT,
+            TIMEOUT,
+            OVERLOADED,
+            SERVER,
+        }
+    )
+
+
+#: OpenAI's error types, accepted where a kind is expected (the three it
+#: uses map one to one).
+_OPENAI_TYPES = {
+    "invalid_request_error": ErrorKind.INVALID_REQUEST,
+    "rate_limit_error": ErrorKind.RATE_LIMIT,
+    "timeout_error": ErrorKind.TIMEOUT,
+    "server_error": ErrorKind.SERVER,
+}
+
+
+def _kind(value: str) -> str:
+    kind = _OPENAI_TYPES.get(value, value)
+    if kind not in ErrorKind.ALL:
+        raise ValueError(f"unknown error kind {value!r}")
+    return kind
 
 
 @attrs.define(eq=False, str=False)
@@ -18,9 +70,12 @@ class AgentError(Exception):
 
     @ivar message: human-readable text; never contains a secret.
     @ivar status: the HTTP status to answer with when nothing was sent yet.
-    @ivar type: the OpenAI error C{type}.
-    @ivar code: the OpenAI error C{code}, or L{None}.
-    @ivar param: the request parameter at fault, or L{None}.
+    @ivar kind: an L{ErrorKind} value (OpenAI's type names are accepted and
+        translated).
+    @ivar code: a machine-readable code (C{model_not_found}, ...), or
+        L{None}.
+    @ivar param: the path of the request field at fault
+        (C{messages[2].content}), or L{None}.
     @ivar retryAfter: seconds for a C{Retry-After} header, or L{None}.
     @ivar sideEffects: whether the run had already called a tool when it
         failed, so repeating the request could repeat the tool's effects.
@@ -28,7 +83,7 @@ class AgentError(Exception):
 
     message: str
     status: int = 500
-    type: str = "server_error"
+    kind: str = attrs.field(default=ErrorKind.SERVER, converter=_kind)
     code: str | None = None
     param: str | None = None
     retryAfter: float | None = None
@@ -37,39 +92,90 @@ class AgentError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def envelope(self) -> dict[str, Any]:
+
+class ErrorFormat(Protocol):
+    """
+    One API's way of writing an L{AgentError}.
+    """
+
+    def status(self, error: AgentError) -> int:
         """
-        The OpenAI error envelope for this error.
+        The HTTP status to answer C{error} with.
+        """
+        ...
+
+    def body(self, error: AgentError) -> bytes:
+        """
+        The JSON body (the API's error envelope) for C{error}.
+        """
+        ...
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@attrs.frozen
+class OpenAIErrors:
+    """
+    OpenAI's envelope: C{{"error": {"message", "type", "param", "code"}}}.
+    """
+
+    def type(self, error: AgentError) -> str:
+        """
+        OpenAI's C{type} for C{error}'s kind.
+        """
+        if error.kind == ErrorKind.RATE_LIMIT:
+            return "rate_limit_error"
+        if error.kind == ErrorKind.TIMEOUT and error.status >= 500:
+            return "timeout_error"
+        if error.status >= 500 or error.kind in (ErrorKind.SERVER, ErrorKind.OVERLOADED):
+            return "server_error"
+        return "invalid_request_error"
+
+    def envelope(self, error: AgentError) -> dict[str, Any]:
+        """
+        The envelope as a JSON-ready value.
         """
         return {
             "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
+                "message": error.message,
+                "type": self.type(error),
+                "param": error.param,
+                "code": error.code,
             }
         }
+
+    def status(self, error: AgentError) -> int:
+        return error.status
+
+    def body(self, error: AgentError) -> bytes:
+        return _dumps(self.envelope(error))
+
+
+#: The error format of the OpenAI routes (and of paths no API owns).
+OPENAI_ERRORS = OpenAIErrors()
 
 
 def invalidRequest(message: str, param: str | None = None, code: str | None = None) -> AgentError:
     """
-    A 400 C{invalid_request_error}.
+    A 400: the request is malformed.
     """
-    return AgentError(message, 400, "invalid_request_error", code, param)
+    return AgentError(message, 400, ErrorKind.INVALID_REQUEST, code, param)
 
 
 def notFound(message: str, code: str = "not_found", param: str | None = None) -> AgentError:
     """
-    A 404 C{invalid_request_error} (the type OpenAI uses for unknown models).
+    A 404: no such model, endpoint or object.
     """
-    return AgentError(message, 404, "invalid_request_error", code, param)
+    return AgentError(message, 404, ErrorKind.NOT_FOUND, code, param)
 
 
 def overloaded(message: str, retryAfter: float) -> AgentError:
     """
-    A 503 answered with C{Retry-After}.
+    A 503 answered with C{Retry-After}: the server is full.
     """
-    return AgentError(message, 503, "server_error", "overloaded", None, retryAfter)
+    return AgentError(message, 503, ErrorKind.OVERLOADED, "overloaded", None, retryAfter)
 
 
 class ProviderError(AgentError):
@@ -93,8 +199,8 @@ class ProviderError(AgentError):
         upstreamStatus: int | None = None,
         retryAfter: float | None = None,
     ) -> None:
-        errorType = {429: "rate_limit_error", 504: "timeout_error"}.get(status, "server_error")
-        super().__init__(message, status, errorType, code, None, retryAfter)
+        kind = {429: ErrorKind.RATE_LIMIT, 504: ErrorKind.TIMEOUT}.get(status, ErrorKind.SERVER)
+        super().__init__(message, status, kind, code, None, retryAfter)
         self.retryable = retryable
         self.upstreamStatus = upstreamStatus
 
@@ -109,6 +215,10 @@ class ConfigurationError(Exception):
 __all__ = [
     "AgentError",
     "ConfigurationError",
+    "ErrorFormat",
+    "ErrorKind",
+    "OPENAI_ERRORS",
+    "OpenAIErrors",
     "ProviderError",
     "invalidRequest",
     "notFound",

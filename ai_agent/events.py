@@ -1,16 +1,22 @@
-# -*- test-case-name: tests.test_session -*-
+# -*- test-case-name: tests.test_session,tests.test_events -*-
 """
-The values a running agent session emits.  Every headend encodes these; the
-session knows nothing about HTTP.
+The values a running agent emits, in no API's words.  Every headend encodes
+these; the session knows nothing about HTTP.
+
+A run emits answer text (L{ContentDelta}), the model's own reasoning
+(L{ReasoningDelta}), the agent's progress as data (L{ToolStarted},
+L{ToolFinished}, L{Retrying}, and a sub-agent's progress inside
+L{SubAgentProgress}), token L{Usage} increments, and ends with
+L{Finished}.  Encoders that show progress as text share L{progressText}
+and L{ReasoningText}, so every API words it the same way.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 import attrs
-
-from ai_agent.errors import AgentError
 
 
 @attrs.frozen
@@ -25,21 +31,83 @@ class ContentDelta:
 @attrs.frozen
 class ReasoningDelta:
     """
-    A piece of model reasoning or of the agent's progress (tool calls,
-    sub-agents, retries); never part of the answer.
+    A piece of the model's own reasoning; never part of the answer.
     """
 
     text: str
 
 
 @attrs.frozen
+class ToolStarted:
+    """
+    The agent called one of its own tools (an MCP tool or a sub-agent).
+
+    @ivar arguments: the arguments as the model wrote them (JSON text).
+    """
+
+    name: str
+    arguments: str
+    callId: str = ""
+
+
+@attrs.frozen
+class ToolFinished:
+    """
+    One of the agent's own tools answered (or failed: C{result} is then the
+    error text the model reads).
+    """
+
+    name: str
+    result: str
+    callId: str = ""
+
+
+@attrs.frozen
+class Retrying:
+    """
+    An LLM call failed and the turn is tried again (the same or the next
+    model).
+    """
+
+    model: str
+    reason: str
+
+
+@attrs.frozen
+class SubAgentProgress:
+    """
+    Something a sub-agent's run did, seen from its parent.
+
+    @ivar agent: the sub-agent's tool name (C{agent__name}).
+    @ivar event: the child's progress, or one whole line of its model's
+        reasoning (a L{ReasoningDelta} ending with a newline).
+    """
+
+    agent: str
+    event: Progress | ReasoningDelta
+
+
+Progress = ToolStarted | ToolFinished | Retrying | SubAgentProgress
+PROGRESS_TYPES = (ToolStarted, ToolFinished, Retrying, SubAgentProgress)
+
+
+@attrs.frozen
 class Usage:
     """
     Token counts of one or more LLM calls.
+
+    @ivar promptTokens: every input token, cached ones included.
+    @ivar completionTokens: every output token, reasoning included.
+    @ivar cacheReadTokens: input tokens read from the provider's cache.
+    @ivar cacheWriteTokens: input tokens written to the provider's cache.
+    @ivar reasoningTokens: output tokens spent on reasoning.
     """
 
     promptTokens: int = 0
     completionTokens: int = 0
+    cacheReadTokens: int = 0
+    cacheWriteTokens: int = 0
+    reasoningTokens: int = 0
 
     @property
     def totalTokens(self) -> int:
@@ -52,17 +120,27 @@ class Usage:
         return Usage(
             self.promptTokens + other.promptTokens,
             self.completionTokens + other.completionTokens,
+            self.cacheReadTokens + other.cacheReadTokens,
+            self.cacheWriteTokens + other.cacheWriteTokens,
+            self.reasoningTokens + other.reasoningTokens,
         )
 
-    def asOpenAI(self) -> dict[str, int]:
-        """
-        The OpenAI C{usage} object.
-        """
-        return {
-            "prompt_tokens": self.promptTokens,
-            "completion_tokens": self.completionTokens,
-            "total_tokens": self.totalTokens,
-        }
+
+class FinishReason:
+    """
+    Why a run or an LLM call ended, in words no API owns.
+    """
+
+    #: The model finished its answer.
+    END = "end"
+    #: The output token limit cut the answer.
+    MAX_TOKENS = "max_tokens"
+    #: A client's stop sequence ended the answer.
+    STOP_SEQUENCE = "stop_sequence"
+    #: The model called tools (for a run: the client's, handed back).
+    TOOL_CALLS = "tool_calls"
+    #: The provider withheld or cut the answer.
+    CONTENT_FILTER = "content_filter"
 
 
 @attrs.frozen
@@ -70,22 +148,12 @@ class Finished:
     """
     The run ended with an answer.
 
-    @ivar finishReason: C{"stop"} or C{"length"}.
+    @ivar reason: a L{FinishReason} value.
     @ivar usage: the tokens of every LLM call of the run.
     """
 
-    finishReason: str
+    reason: str
     usage: Usage
-
-
-@attrs.frozen
-class Failed:
-    """
-    The run ended without an answer.
-    """
-
-    error: AgentError
-    usage: Usage = Usage()
 
 
 @attrs.frozen
@@ -100,16 +168,80 @@ class ModelAnswering:
     model: str
 
 
-Event = ContentDelta | ReasoningDelta | Usage | Finished | Failed | ModelAnswering
+Event = ContentDelta | ReasoningDelta | Progress | Usage | ModelAnswering
 EventSink = Callable[[Event], None]
+
+
+def progressText(event: Progress) -> str:
+    """
+    One line (with its newline) telling a person what C{event} was.
+    """
+    if isinstance(event, ToolStarted):
+        return f"calling {event.name} {_compact(event.arguments)}\n"
+    if isinstance(event, ToolFinished):
+        return f"{event.name} → {_summary(event.result)}\n"
+    if isinstance(event, Retrying):
+        return f"{event.model} failed ({event.reason}); retrying\n"
+    inner = event.event
+    text = inner.text if isinstance(inner, ReasoningDelta) else progressText(inner)
+    return f"[{event.agent}] {text}"
+
+
+@attrs.define
+class ReasoningText:
+    """
+    Reasoning and progress as one text: progress lines always start on a
+    line of their own, even after reasoning that did not end with one.
+    """
+
+    _atLineStart: bool = True
+
+    def reasoning(self, text: str) -> str:
+        """
+        The text to send for a piece of reasoning.
+        """
+        if text:
+            self._atLineStart = text.endswith("\n")
+        return text
+
+    def progress(self, event: Progress) -> str:
+        """
+        The text to send for C{event}.
+        """
+        line = progressText(event)
+        if not self._atLineStart:
+            line = "\n" + line
+        self._atLineStart = True
+        return line
+
+
+def _compact(arguments: str) -> str:
+    try:
+        return json.dumps(json.loads(arguments), ensure_ascii=False)[:200]
+    except ValueError:
+        return arguments[:200]
+
+
+def _summary(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= 200 else line[:199] + "…"
+
 
 __all__ = [
     "ContentDelta",
     "Event",
     "EventSink",
-    "Failed",
+    "FinishReason",
     "Finished",
     "ModelAnswering",
+    "PROGRESS_TYPES",
+    "Progress",
     "ReasoningDelta",
+    "ReasoningText",
+    "Retrying",
+    "SubAgentProgress",
+    "ToolFinished",
+    "ToolStarted",
     "Usage",
+    "progressText",
 ]

@@ -163,6 +163,12 @@ class RunPool(Service):
         """
         return self._stopping
 
+    def stopAccepting(self) -> None:
+        """
+        Refuse new work from now on; what runs or waits is left alone.
+        """
+        self._stopping = True
+
     def drain(self, timeout: float) -> Deferred[None]:
         """
         Refuse new work, refuse the queued requests, and wait for the running

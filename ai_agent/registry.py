@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_registry -*-
+# -*- test-case-name: tests.test_tools,tests.test_headend_openai -*-
 """
 The agents a server offers: loaded agent files, their model ids and aliases,
 and the sub-agents they call (loaded too, cycles refused).

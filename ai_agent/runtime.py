@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.error import SchemeNotSupported
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.iweb import IAgent, IAgentEndpointFactory
 from zope.interface import implementer
 
 from ai_agent.config import Config, describeMissing, loadConfig
@@ -30,6 +30,17 @@ from ai_agent.startup import QuietClientFactory
 from ai_agent.tools import McpManager, ToolBoxFactory
 
 log = Logger()
+
+
+class UpstreamHTTPClient(HTTPClient):
+    """
+    treq's client, keeping its C{Agent} in view: the provider's hot path
+    posts through the agent directly (see L{ai_agent.providers._http}).
+    """
+
+    def __init__(self, agent: IAgent, **kwargs: Any) -> None:
+        super().__init__(agent, **kwargs)
+        self.agent = agent
 
 
 @attrs.define
@@ -132,7 +143,7 @@ def buildRuntime(
     pool.cachedConnectionTimeout = 120
     pool._factory = QuietClientFactory
     endpoints = CachingEndpointFactory(reactor, CONNECT_TIMEOUT)
-    http = HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
+    http = UpstreamHTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
     providers = ProviderSet(config, http, reactor)
     mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
     tools = ToolBoxFactory(registry.byPath, mcp)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from typing import Any, Callable, Mapping, Protocol, Sequence, cast
 
 import attrs
@@ -35,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ai_agent.accounting import RunAccount, RunLabels
+from ai_agent.accounting import RunAccount
 from ai_agent.advice import noModelAnswered
 from ai_agent.agentfile import AgentSpec
 from ai_agent.config import Pricing
@@ -45,8 +44,12 @@ from ai_agent.events import (
     Event,
     EventSink,
     Finished,
+    FinishReason,
     ModelAnswering,
     ReasoningDelta,
+    Retrying,
+    ToolFinished,
+    ToolStarted,
     Usage,
 )
 from ai_agent.providers import (
@@ -58,6 +61,7 @@ from ai_agent.providers import (
     ToolCall,
     ToolSpec,
 )
+from ai_agent.request import OutputFormat, RunRequest, Sampling
 from ai_agent.retry import NOT_CONFIGURED, RetryLoop, RetryPolicy, totalTimeout
 
 log = Logger()
@@ -66,35 +70,14 @@ log = Logger()
 SUBAGENT_PREFIX = "agent__"
 
 
-@attrs.frozen
-class Sampling:
+def agentOutputFormat(agent: AgentSpec) -> OutputFormat | None:
     """
-    Sampling settings a client asked for; each overrides the agent's own
-    value when set.
-    """
-
-    temperature: float | None = None
-    topP: float | None = None
-    maxTokens: int | None = None
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    responseFormat: Mapping[str, Any] | None = None
-
-
-def agentResponseFormat(agent: AgentSpec) -> Mapping[str, Any] | None:
-    """
-    The Chat Completions C{response_format} for an agent's declared
-    C{output}: a JSON schema, any JSON object, or L{None} for text.
+    The answer format an agent file's C{output} declares: JSON conforming
+    to a schema, any JSON object, or L{None} for text.
     """
     if agent.output.format != "json":
         return None
-    if agent.output.schema is None:
-        return {"type": "json_object"}
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", agent.name)[:64] or "answer"
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": name, "schema": dict(agent.output.schema), "strict": False},
-    }
+    return OutputFormat.forAgent(agent.name, agent.output.schema)
 
 
 class ProviderLookup(Protocol):
@@ -126,9 +109,10 @@ class ToolBox(Protocol):
         """
         Run one tool; fire with its textual result or fail.
 
-        @param sink: progress for the client goes here as
-            L{ReasoningDelta}s; tokens the tool spent (a sub-agent's) as
-            L{Usage} events, which the session adds to the run's usage.
+        @param sink: progress for the client goes here (a sub-agent's as
+            L{ai_agent.events.SubAgentProgress}); tokens the tool spent (a
+            sub-agent's) as L{Usage} events, which the session adds to the
+            run's usage.
         """
         ...
 
@@ -151,21 +135,26 @@ def splitModel(model: str) -> tuple[str, str]:
 
 
 def buildMessages(
-    agent: AgentSpec, conversation: Sequence[ChatMessage], instructions: Sequence[str] = ()
+    agent: AgentSpec,
+    conversation: Sequence[ChatMessage],
+    instructions: Sequence[str] = (),
+    clientInstructions: Sequence[str] = (),
 ) -> list[ChatMessage]:
     """
     The messages of a run's first LLM call: the agent's prompt (followed by
     the C{instructions} its tools' servers give) as the first system
-    message, then the client's system and developer messages (as system
-    messages, which every OpenAI-compatible server accepts), then the rest
-    of the conversation in order.
+    message, then the client's own instructions (C{clientInstructions}, then
+    the conversation's system and developer messages), each as a system
+    message (which every OpenAI-compatible server accepts), then the rest of
+    the conversation in order.
     """
     messages: list[ChatMessage] = []
     prompt = "\n\n".join(part for part in (agent.prompt, *instructions) if part)
     if prompt:
         messages.append(ChatMessage("system", prompt))
-    clientInstructions = [m for m in conversation if m.role in ("system", "developer")]
-    messages.extend(attrs.evolve(m, role="system") for m in clientInstructions)
+    messages.extend(ChatMessage("system", text) for text in clientInstructions if text)
+    inline = [m for m in conversation if m.role in ("system", "developer")]
+    messages.extend(attrs.evolve(m, role="system") for m in inline)
     messages.extend(m for m in conversation if m.role not in ("system", "developer"))
     return messages
 
@@ -184,7 +173,7 @@ class _TrackingSink:
     events: EventSink
     contentSent: bool = False
     sentAnything: bool = False
-    _notes: list[str] = attrs.field(factory=list)
+    _notes: list[Retrying] = attrs.field(factory=list)
     _model: str | None = None
 
     def calling(self, model: str) -> None:
@@ -215,19 +204,19 @@ class _TrackingSink:
             self.sentAnything = True
             self.events(ReasoningDelta(text))
 
-    def note(self, text: str) -> None:
+    def note(self, event: Retrying) -> None:
         """
-        A progress note to send before whatever comes next.
+        A retry to report before whatever comes next.
         """
-        self._notes.append(text)
+        self._notes.append(event)
 
     def flushNotes(self) -> None:
         """
         Send the waiting notes.
         """
         notes, self._notes = self._notes, []
-        for text in notes:
-            self.events(ReasoningDelta(text))
+        for event in notes:
+            self.events(event)
 
 
 @attrs.define
@@ -250,32 +239,18 @@ class SessionRunner:
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
     pricing: Mapping[str, Pricing] = attrs.field(factory=dict, repr=False)
 
-    def run(
-        self,
-        agent: AgentSpec,
-        conversation: Sequence[ChatMessage],
-        events: EventSink,
-        sampling: Sampling = Sampling(),
-        stream: bool = True,
-        labels: RunLabels | None = None,
-    ) -> Deferred[Finished]:
+    def run(self, agent: AgentSpec, request: RunRequest, events: EventSink) -> Deferred[Finished]:
         """
-        Run C{agent} on C{conversation}.
+        Run C{agent} on C{request}.
 
         @return: a Deferred firing with L{Finished} when the agent answered,
-            or failing with L{AgentError}.  Content and reasoning go to
-            C{events} as they arrive.
+            or failing with L{AgentError}.  Content, reasoning and progress
+            go to C{events} as they arrive.
         """
-        return ensureDeferred(self._run(agent, conversation, events, sampling, stream, labels))
+        return ensureDeferred(self._run(agent, request, events))
 
     def runDirect(
-        self,
-        agent: AgentSpec,
-        conversation: Sequence[ChatMessage],
-        events: EventSink,
-        sampling: Sampling = Sampling(),
-        stream: bool = True,
-        labels: RunLabels | None = None,
+        self, agent: AgentSpec, request: RunRequest, events: EventSink
     ) -> Deferred[Finished]:
         """
         One call to the agent's first model with the client's messages as
@@ -288,27 +263,21 @@ class SessionRunner:
         @return: a Deferred firing with L{Finished}, or failing with
             L{AgentError}; cancelling it closes the upstream call.
         """
-        return ensureDeferred(self._direct(agent, conversation, events, sampling, stream, labels))
+        return ensureDeferred(self._direct(agent, request, events))
 
-    async def _direct(
-        self,
-        agent: AgentSpec,
-        conversation: Sequence[ChatMessage],
-        events: EventSink,
-        sampling: Sampling,
-        stream: bool,
-        labels: RunLabels | None = None,
-    ) -> Finished:
+    async def _direct(self, agent: AgentSpec, run: RunRequest, events: EventSink) -> Finished:
         model = agent.models[0]
-        account = RunAccount(agent.name, self.reactor.seconds(), self.pricing, labels=labels)
+        account = RunAccount(agent.name, self.reactor.seconds(), self.pricing, labels=run.labels)
         providerName, upstreamModel = splitModel(model)
-        messages = [
-            attrs.evolve(m, role="system") if m.role == "developer" else m for m in conversation
+        messages = [ChatMessage("system", text) for text in run.instructions if text]
+        messages += [
+            attrs.evolve(m, role="system") if m.role == "developer" else m for m in run.conversation
         ]
+        sampling = run.sampling
         # No reasoning effort: the client waits for a short, parsed answer,
         # in the format it asked for (not the agent's).
         request = _llmRequest(
-            agent, upstreamModel, messages, (), sampling, stream, None, sampling.responseFormat
+            agent, upstreamModel, messages, (), sampling, run.stream, None, sampling.outputFormat
         )
 
         def content(text: str) -> None:
@@ -326,37 +295,29 @@ class SessionRunner:
             if isinstance(error, ProviderError):
                 account.record(model, Usage(), self.reactor.seconds() - started, error.code)
             account.finish(
-                f"failed: {error.status} {error.code or error.type}", self.reactor.seconds()
+                f"failed: {error.status} {error.code or error.kind}", self.reactor.seconds()
             )
             raise
         account.record(model, response.usage, self.reactor.seconds() - started)
         if response.usage.totalTokens:
             events(response.usage)
-        reason = "length" if response.finishReason == "length" else "stop"
+        reason = _runReason(response.finishReason)
         account.finish(reason, self.reactor.seconds(), response.usage)
         return Finished(reason, response.usage)
 
-    async def _run(
-        self,
-        agent: AgentSpec,
-        conversation: Sequence[ChatMessage],
-        events: EventSink,
-        sampling: Sampling,
-        stream: bool,
-        labels: RunLabels | None = None,
-    ) -> Finished:
+    async def _run(self, agent: AgentSpec, request: RunRequest, events: EventSink) -> Finished:
         toolsRan: list[bool] = []
-        account = RunAccount(agent.name, self.reactor.seconds(), self.pricing, labels=labels)
+        account = RunAccount(
+            agent.name, self.reactor.seconds(), self.pricing, labels=request.labels
+        )
         try:
-            finished = await self._turns(
-                agent, conversation, events, sampling, stream, toolsRan, account
-            )
+            finished = await self._turns(agent, request, events, toolsRan, account)
         except CancelledError:
             account.finish("cancelled", self.reactor.seconds())
             raise
         except AgentError as error:
             account.finish(
-                f"failed: {error.status} {error.code or error.type}", self.reactor.seconds()
+                f"failed: {error.status} {error.code or error.kind}", self.reactor.seconds()
             )
             # Repeating a run whose tools already acted could repeat their
             # effects; the headend tells clients not to retry it.
@@ -365,32 +326,40 @@ class SessionRunner:
         except BaseException as error:
             account.finish(f"crashed: {type(error).__name__}", self.reactor.seconds())
             raise
-        account.finish(finished.finishReason, self.reactor.seconds(), finished.usage)
+        account.finish(finished.reason, self.reactor.seconds(), finished.usage)
         return finished
 
     async def _turns(
         self,
         agent: AgentSpec,
-        conversation: Sequence[ChatMessage],
+        request: RunRequest,
         events: EventSink,
-        sampling: Sampling,
-        stream: bool,
         toolsRan: list[bool],
         account: RunAccount,
     ) -> Finished:
         toolbox = self.tools(agent) if self.tools is not None else _NoTools()
         specs = tuple(await maybeDeferred(toolbox.specs))
-        messages = buildMessages(agent, conversation, getattr(toolbox, "instructions", ()))
+        messages = buildMessages(
+            agent,
+            request.conversation,
+            getattr(toolbox, "instructions", ()),
+            request.instructions,
+        )
         meter = _UsageMeter(events)
         for turn in range(1, agent.maxTurns + 1):
             lastTurn = turn == agent.maxTurns
             response, callUsage = await self._callWithFallback(
-                agent, messages, () if lastTurn else specs, events, sampling, stream, account
+                agent,
+                messages,
+                () if lastTurn else specs,
+                events,
+                request.sampling,
+                request.stream,
+                account,
             )
             meter(callUsage)
             if not response.toolCalls or not specs or lastTurn:
-                reason = "length" if response.finishReason == "length" else "stop"
-                return Finished(reason, meter.total)
+                return Finished(_runReason(response.finishReason), meter.total)
             messages.append(
                 ChatMessage("assistant", response.content, toolCalls=response.toolCalls)
             )
@@ -418,9 +387,9 @@ class SessionRunner:
         sink = _TrackingSink(events)
         if account is None:
             account = RunAccount(agent.name, self.reactor.seconds(), self.pricing)
-        responseFormat = sampling.responseFormat or agentResponseFormat(agent)
+        outputFormat = sampling.outputFormat or agentOutputFormat(agent)
         request = _llmRequest(
-            agent, "", messages, specs, sampling, stream, agent.reasoning, responseFormat
+            agent, "", messages, specs, sampling, stream, agent.reasoning, outputFormat
         )
         attempts = max(agent.maxRetries, 1)
 
@@ -451,7 +420,7 @@ class SessionRunner:
                     model=model,
                     error=error.message,
                 )
-                sink.note(f"skipping {model}: {error.message}\n")
+                sink.note(Retrying(model, error.message))
                 return
             log.warn(
                 "agent {agent}: {model} failed (attempt {attempt} of {attempts}): {error}",
@@ -462,7 +431,7 @@ class SessionRunner:
                 error=error.message,
             )
             if retrying:
-                sink.note(f"{model} failed ({error.message}); retrying\n")
+                sink.note(Retrying(model, error.message))
 
         def waiting(model: str, seconds: float) -> None:
             log.info(
@@ -513,14 +482,14 @@ class SessionRunner:
     async def _toolText(
         self, agent: AgentSpec, toolbox: ToolBox, call: ToolCall, events: EventSink
     ) -> str:
-        events(ReasoningDelta(f"calling {call.name} {_compact(call.arguments)}\n"))
+        events(ToolStarted(call.name, call.arguments, call.id))
         try:
             arguments = json.loads(call.arguments) if call.arguments.strip() else {}
             if not isinstance(arguments, dict):
                 raise ValueError("arguments must be a JSON object")
         except ValueError as error:
             text = f"error: the arguments of {call.name} are not a JSON object: {error}"
-            events(ReasoningDelta(f"{call.name} → {text}\n"))
+            events(ToolFinished(call.name, text, call.id))
             return text
         attempt = maybeDeferred(toolbox.call, call.name, arguments, events)
         if not call.name.startswith(SUBAGENT_PREFIX):
@@ -545,7 +514,7 @@ class SessionRunner:
                 f"{kept}\n[truncated: the result was {len(encoded)} bytes;"
                 f" only the first {limit} are shown]"
             )
-        events(ReasoningDelta(f"{call.name} → {_summary(text)}\n"))
+        events(ToolFinished(call.name, text, call.id))
         return text
 
 
@@ -581,7 +550,7 @@ def _llmRequest(
     sampling: Sampling,
     stream: bool,
     reasoning: str | None,
-    responseFormat: Mapping[str, Any] | None,
+    outputFormat: OutputFormat | None,
 ) -> LLMRequest:
     """
     One LLM call's request: the client's sampling over the agent's, the
@@ -600,7 +569,7 @@ def _llmRequest(
         stream=stream,
         timeout=agent.llmTimeout,
         totalTimeout=totalTimeout(agent.llmTimeout),
-        responseFormat=responseFormat,
+        outputFormat=outputFormat,
         cache=agent.caching,
     )
 
@@ -612,16 +581,26 @@ def _first(*values: Any) -> Any:
     return None
 
 
-def _compact(arguments: str) -> str:
-    try:
-        return json.dumps(json.loads(arguments), ensure_ascii=False)[:200]
-    except ValueError:
-        return arguments[:200]
+def _runReason(reason: str) -> str:
+    """
+    A run's finish reason from its last LLM call's: the model's own tool
+    calls were handled (or ignored on the last turn), so they end nothing.
+    """
+    if reason in (
+        FinishReason.MAX_TOKENS,
+        FinishReason.STOP_SEQUENCE,
+        FinishReason.CONTENT_FILTER,
+    ):
+        return reason
+    return FinishReason.END
 
 
-def _summary(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= 200 else line[:199] + "…"
-
-
-__all__ = ["Sampling", "SessionRunner", "ToolBox", "buildMessages", "splitModel"]
+__all__ = [
+    "RunRequest",
+    "Sampling",
+    "SessionRunner",
+    "ToolBox",
+    "agentOutputFormat",
+    "buildMessages",
+    "splitModel",
+]

@@ -373,7 +373,7 @@ class ServerService(MultiService):
         log.info("stopping: no new connections; draining running agents")
         for endpoint in self.endpoints:
             # Refuse at once, so /health turns 503 while we drain.
-            endpoint.pool._stopping = True
+            endpoint.pool.stopAccepting()
         await gatherResults(
             [maybeDeferred(endpoint.listener.stopService) for endpoint in self.endpoints]
         )

@@ -29,11 +29,12 @@ import json
 import re
 import sys
 from collections import deque
-from typing import Any, ClassVar, Mapping, Sequence, cast
+from typing import Any, Callable, ClassVar, Mapping, Sequence, cast
 from typing import Protocol as TypingProtocol
 
 import attrs
 from klein import Klein
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
@@ -55,6 +56,10 @@ class _Clock(TypingProtocol):
 
 
 _WORD = re.compile(r"\S+\s*|\s+")
+
+#: Seconds L{FakeUpstream.waitForRequests} and
+#: L{FakeUpstream.waitForDisconnects} wait by default before failing.
+WAIT_TIMEOUT = 30.0
 
 
 def wordPieces(text: str) -> list[str]:
@@ -262,29 +267,46 @@ class FakeUpstream:
         for d in held:
             d.callback(None)
 
-    def waitForRequests(self, n: int) -> Deferred[list[RecordedRequest]]:
+    def waitForRequests(
+        self, n: int, timeout: float = WAIT_TIMEOUT
+    ) -> Deferred[list[RecordedRequest]]:
         """
-        Fire with L{requests} once at least C{n} requests were received.
+        Fire with L{requests} once at least C{n} requests were received;
+        fail with L{defer.TimeoutError} after C{timeout} seconds.
         """
         if len(self.requests) >= n:
             return succeed(self.requests)
-        return self._wait(self._requestWaiters, n)
+        return self._wait(
+            self._requestWaiters, n, timeout, lambda: f"{len(self.requests)} request(s)"
+        )
 
-    def waitForDisconnects(self, n: int) -> Deferred[int]:
+    def waitForDisconnects(self, n: int, timeout: float = WAIT_TIMEOUT) -> Deferred[int]:
         """
-        Fire with L{disconnects} once at least C{n} clients went away early.
+        Fire with L{disconnects} once at least C{n} clients went away early;
+        fail with L{defer.TimeoutError} after C{timeout} seconds.
         """
         if self.disconnects >= n:
             return succeed(self.disconnects)
-        return self._wait(self._disconnectWaiters, n)
+        return self._wait(
+            self._disconnectWaiters, n, timeout, lambda: f"{self.disconnects} disconnect(s)"
+        )
 
-    def _wait(self, waiters: list[tuple[int, Deferred[Any]]], n: int) -> Deferred[Any]:
+    def _wait(
+        self,
+        waiters: list[tuple[int, Deferred[Any]]],
+        n: int,
+        timeout: float,
+        seen: Callable[[], str],
+    ) -> Deferred[Any]:
         def cancel(d: Deferred[Any]) -> None:
             waiters[:] = [(count, other) for count, other in waiters if other is not d]
 
+        def timedOut(result: object, seconds: float) -> Any:
+            raise defer.TimeoutError(f"waited {seconds:g} s for {n}, saw {seen()}")
+
         d: Deferred[Any] = Deferred(canceller=cancel)
         waiters.append((n, d))
-        return d
+        return d.addTimeout(timeout, self.reactor, onTimeoutCancel=timedOut)
 
     @staticmethod
     def _notify(waiters: list[tuple[int, Deferred[Any]]], count: int, value: Any) -> None:
@@ -420,10 +442,12 @@ def _anthropicEnvelope(message: str, status: int) -> dict[str, Any]:
     errorType = {
         400: "invalid_request_error",
         401: "authentication_error",
+        402: "billing_error",
         403: "permission_error",
         404: "not_found_error",
         413: "request_too_large",
         429: "rate_limit_error",
+        504: "timeout_error",
         529: "overloaded_error",
     }.get(status, "api_error")
     return {"type": "error", "error": {"type": errorType, "message": message}}
@@ -707,7 +731,9 @@ class _Exchange:
         thinking = reply.reasoningPieces()
         if thinking:
             block(
-                {"type": "thinking", "thinking": ""},
+                # The API opens a thinking block with an empty signature,
+                # which a signature_delta fills in before the block stops.
+                {"type": "thinking", "thinking": "", "signature": ""},
                 [{"type": "thinking_delta", "thinking": piece} for piece in thinking]
                 + [{"type": "signature_delta", "signature": self._signature()}],
             )
@@ -1043,6 +1069,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 __all__ = [
+    "WAIT_TIMEOUT",
     "FakeUpstream",
     "RecordedRequest",
     "Reply",

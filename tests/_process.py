@@ -7,12 +7,15 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.utils import getProcessOutputAndValue
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectError
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 
 def command(name: str) -> list[str]:
@@ -50,39 +53,61 @@ def childEnvironment(checkout: bool = True, **extra: str) -> dict[str, str]:
     return env
 
 
+def exitStatus(reason: Failure) -> int:
+    """
+    How a child ended, from the reason C{processEnded} was given: its exit
+    code, or minus the number of the signal that killed it (as
+    L{subprocess.Popen.returncode} reports it), so that a death by signal
+    never reads as a success.
+    """
+    ended = reason.value
+    number = getattr(ended, "signal", None)
+    if number is not None:
+        return -int(number)
+    code = getattr(ended, "exitCode", None)
+    if code is None:
+        raise ValueError(f"a process ended with neither an exit code nor a signal: {ended!r}")
+    return int(code)
+
+
+class _Collect(ProcessProtocol):
+    """
+    A short-lived child: feeds it C{stdin}, collects its output, fires
+    C{done} with (stdout, stderr, L{exitStatus}).
+    """
+
+    def __init__(self, stdin: bytes | None) -> None:
+        self.stdin = stdin
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+        self.done: Deferred[tuple[bytes, bytes, int]] = Deferred()
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self.stdin is not None:
+            transport.write(self.stdin)
+        transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.err.append(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.done.callback((b"".join(self.out), b"".join(self.err), exitStatus(reason)))
+
+
 def run(
     argv: Sequence[str], cwd: str, env: dict[str, str], stdin: bytes | None = None
 ) -> Deferred[tuple[bytes, bytes, int]]:
     """
-    Run a command; fire with (stdout, stderr, exit code).
+    Run a command; fire with (stdout, stderr, L{exitStatus}).
     """
-    if stdin is None:
-        return getProcessOutputAndValue(argv[0], list(argv[1:]), env=env, path=cwd, reactor=reactor)
-    from twisted.internet.protocol import ProcessProtocol
-
-    done: Deferred[tuple[bytes, bytes, int]] = Deferred()
-
-    class _Collect(ProcessProtocol):
-        def __init__(self) -> None:
-            self.out: list[bytes] = []
-            self.err: list[bytes] = []
-
-        def connectionMade(self) -> None:
-            self.transport.write(stdin)
-            self.transport.closeStdin()
-
-        def outReceived(self, data: bytes) -> None:
-            self.out.append(data)
-
-        def errReceived(self, data: bytes) -> None:
-            self.err.append(data)
-
-        def processEnded(self, reason: object) -> None:
-            code = getattr(getattr(reason, "value", None), "exitCode", 1)
-            done.callback((b"".join(self.out), b"".join(self.err), code or 0))
-
-    reactor.spawnProcess(_Collect(), argv[0], list(argv), env=env, path=cwd)
-    return done
+    collect = _Collect(stdin)
+    reactor.spawnProcess(collect, argv[0], list(argv), env=env, path=cwd)
+    return collect.done
 
 
 def freePort() -> int:
@@ -96,20 +121,83 @@ def freePort() -> int:
 
 class ServerProcess(ProcessProtocol):
     """
-    A server child: collects its output, fires C{ended} with its exit code.
+    A server child: collects its output, fires C{ended} with its
+    L{exitStatus}.
+
+    twistd re-raises the signal that stopped it once it has shut down
+    cleanly, so C{twistd -n} ends with C{-SIGTERM} where C{ai-agent} exits
+    0; a test telling that apart from a crash by the same signal also looks
+    at the output.
+
+    @ivar status: the L{exitStatus}, or L{None} while it runs.
     """
 
     def __init__(self) -> None:
         self.output = b""
+        self.status: int | None = None
         self.ended: Deferred[int] = Deferred()
+        self._endWaiters: list[Deferred[int]] = []
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
 
     errReceived = outReceived
 
-    def processEnded(self, reason: Any) -> None:
-        # twistd re-raises SIGTERM on itself after a clean shutdown, so an
-        # end by a signal (no exit code) counts as 0; tests that need to
-        # tell look at the output.
-        self.ended.callback(getattr(reason.value, "exitCode", None) or 0)
+    def processEnded(self, reason: Failure) -> None:
+        self.status = exitStatus(reason)
+        waiters, self._endWaiters = self._endWaiters, []
+        self.ended.callback(self.status)
+        for waiter in waiters:
+            waiter.callback(self.status)
+
+    def waitForEnd(self, timeout: float = 30.0) -> Deferred[int]:
+        """
+        Fire with the L{exitStatus} once the child ended; fail with its
+        output after C{timeout} seconds (the child is left running and
+        C{ended} untouched, for the test's cleanup to kill it).
+        """
+        if self.status is not None:
+            return succeed(self.status)
+
+        def forget(d: Deferred[int]) -> None:
+            self._endWaiters.remove(d)
+
+        def timedOut(result: object, seconds: float) -> int:
+            raise AssertionError(
+                f"the server still runs after {seconds:g} s; it said:\n"
+                + self.output.decode("utf-8", "replace")
+            )
+
+        waiter: Deferred[int] = Deferred(canceller=forget)
+        self._endWaiters.append(waiter)
+        return waiter.addTimeout(timeout, reactor, onTimeoutCancel=timedOut)
+
+
+async def waitUntilListening(server: ServerProcess, port: int, timeout: float = 30.0) -> None:
+    """
+    Wait until the child C{server} accepts connections on 127.0.0.1:C{port}.
+
+    @raise AssertionError: naming the exit status and showing the output,
+        when the child ends first or nothing listens within C{timeout}
+        seconds.
+    """
+    deadline = reactor.seconds() + timeout
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    while True:
+        if server.status is not None:
+            raise AssertionError(
+                f"the server ended ({server.status}) before listening on port {port}:\n"
+                + server.output.decode("utf-8", "replace")
+            )
+        try:
+            probe = await connectProtocol(endpoint, Protocol())
+        except ConnectError:
+            if reactor.seconds() >= deadline:
+                raise AssertionError(
+                    f"nothing listened on port {port} after {timeout:g} s; the server said:\n"
+                    + server.output.decode("utf-8", "replace")
+                ) from None
+            await deferLater(reactor, 0.05, lambda: None)
+        else:
+            probe.transport.loseConnection()
+            return

@@ -17,13 +17,15 @@ missing or C{npm ci --prefix tests/js} was not run; C{.ci/run} runs it.
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import re
 import shutil
 import subprocess
 from typing import Any
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, startServer
@@ -45,12 +47,22 @@ You are the chat agent.
 #: Seconds one node test may take before node fails it.
 NODE_TEST_TIMEOUT = 30
 
+#: The reporter that names each file's tests by outcome.
+REPORTER = os.path.join(JS, "_count-reporter.mjs")
+
 
 def _node() -> str | None:
     return shutil.which("node")
 
 
 def _skipReason() -> str | None:
+    reason = _nodeProblem()
+    if reason is None and not os.path.isdir(os.path.join(JS, "node_modules")):
+        return "tests/js/node_modules is missing: run `npm ci --prefix tests/js` first"
+    return reason
+
+
+def _nodeProblem() -> str | None:
     node = _node()
     if node is None:
         return "node is not installed: the JavaScript client matrix needs Node.js 20 or newer"
@@ -63,9 +75,49 @@ def _skipReason() -> str | None:
     match = re.match(r"v(\d+)\.", version)
     if match is None or int(match.group(1)) < 20:
         return f"node {version} is too old: the JavaScript client matrix needs Node.js 20 or newer"
-    if not os.path.isdir(os.path.join(JS, "node_modules")):
-        return "tests/js/node_modules is missing: run `npm ci --prefix tests/js` first"
     return None
+
+
+async def runNodeTests(
+    script: str, cwd: str, env: dict[str, str], counts: str
+) -> tuple[str, str | None]:
+    """
+    Run the test file C{script} under C{node --test}, its spec report on
+    stdout and the names of its tests by outcome (C{_count-reporter.mjs})
+    in the file C{counts}.
+
+    @return: node's output, and why the run is not a pass (L{None} when
+        node exited 0 having passed at least one test and skipped none).
+    """
+    node = _node()
+    assert node is not None
+    out, err, code = await run(
+        [
+            node,
+            "--test",
+            f"--test-timeout={NODE_TEST_TIMEOUT * 1000}",
+            "--test-reporter=spec",
+            "--test-reporter-destination=stdout",
+            f"--test-reporter={REPORTER}",
+            f"--test-reporter-destination={counts}",
+            script,
+        ],
+        cwd=cwd,
+        env=env,
+    )
+    output = (out + err).decode("utf-8", "replace")
+    if code != 0:
+        return output, f"exited with {code}"
+    try:
+        with open(counts, encoding="utf-8") as f:
+            seen = json.load(f)
+    except (OSError, ValueError) as error:
+        return output, f"left no readable test counts ({error})"
+    if seen["skipped"] or seen["todo"]:
+        return output, f"skipped {seen['skipped']} and left as todo {seen['todo']}"
+    if not seen["passed"]:
+        return output, "registered no test"
+    return output, None
 
 
 class JavaScriptClientTests(TestCase):
@@ -82,10 +134,8 @@ class JavaScriptClientTests(TestCase):
     async def _node(self, script: str, server: LiveServer) -> str:
         """
         Run one test file under C{node --test}; fail with node's output
-        unless it exits 0.
+        unless it exits 0 having passed at least one test and skipped none.
         """
-        node = _node()
-        assert node is not None
         env = {
             key: value
             for key, value in os.environ.items()
@@ -97,20 +147,12 @@ class JavaScriptClientTests(TestCase):
             NO_COLOR="1",
             NODE_NO_WARNINGS="1",
         )
-        out, err, code = await run(
-            [
-                node,
-                "--test",
-                "--test-reporter=spec",
-                f"--test-timeout={NODE_TEST_TIMEOUT * 1000}",
-                script,
-            ],
-            cwd=JS,
-            env=env,
-        )
-        output = (out + err).decode("utf-8", "replace")
-        if code != 0:
-            self.fail(f"node --test {script} exited with {code}:\n{output}")
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        counts = os.path.join(folder, "counts.json")
+        output, problem = await runNodeTests(script, JS, env, counts)
+        if problem is not None:
+            self.fail(f"node --test {script} {problem}:\n{output}")
         return output
 
     async def test_openaiSdk(self) -> None:
@@ -206,3 +248,76 @@ class JavaScriptClientTests(TestCase):
                     "X-Message-Id": "librechat-message-1",
                 },
             )
+
+
+class NodeRunnerTests(TestCase):
+    """
+    L{runNodeTests} passes a file only when node ran at least one of its
+    tests, and every one passed.
+    """
+
+    skip = _nodeProblem()
+
+    async def _problem(self, source: str) -> str | None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, "probe.test.mjs"), "w", encoding="utf-8") as f:
+            f.write(source)
+        env = {"PATH": os.environ.get("PATH", ""), "NO_COLOR": "1", "NODE_NO_WARNINGS": "1"}
+        counts = os.path.join(folder, "counts.json")
+        _, problem = await runNodeTests("probe.test.mjs", folder, env, counts)
+        return problem
+
+    async def test_passing(self) -> None:
+        """
+        A file whose tests all pass is a pass.
+        """
+        problem = await self._problem(
+            'import test from "node:test";\ntest("a", () => {});\ntest("b", () => {});\n'
+        )
+        self.assertIsNone(problem)
+
+    async def test_noTestRegistered(self) -> None:
+        """
+        A file that registers no test, which node counts as one passing
+        test, is refused.
+        """
+        problem = await self._problem('import assert from "node:assert";\nassert.ok(true);\n')
+        self.assertEqual(problem, "registered no test")
+
+    async def test_skipped(self) -> None:
+        """
+        A file with a skipped or todo test is refused, even when others
+        pass.
+        """
+        problem = await self._problem(
+            'import test from "node:test";\ntest("a", () => {});\n'
+            'test("b", { skip: "not yet" }, () => {});\n'
+        )
+        self.assertEqual(problem, "skipped ['b'] and left as todo []")
+
+    async def test_failing(self) -> None:
+        """
+        A failing test is reported with node's exit code.
+        """
+        problem = await self._problem(
+            'import test from "node:test";\ntest("a", () => { throw new Error("no"); });\n'
+        )
+        self.assertEqual(problem, "exited with 1")
+
+
+class MatrixFilesTests(SynchronousTestCase):
+    """
+    The matrix runs every test file of C{tests/js}.
+    """
+
+    def test_everyFileRun(self) -> None:
+        """
+        Each C{*.test.mjs} of C{tests/js} is named by a test of
+        L{JavaScriptClientTests}, and each name is a file: a file left out
+        would never run.
+        """
+        named = set(re.findall(r'"([\w.-]+\.test\.mjs)"', inspect.getsource(JavaScriptClientTests)))
+        files = {name for name in os.listdir(JS) if name.endswith(".test.mjs")}
+        self.assertGreater(len(files), 5)
+        self.assertEqual(named, files)

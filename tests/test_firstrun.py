@@ -184,7 +184,8 @@ class StartStopTests(_Project, TestCase):
         )
         self.assertEqual(response.headers.getRawHeaders("x-ai-agent-model"), ["fake/test-model"])
         await response.content()
-        await child.waitFor(b"for agent chat stop")
+        # The run's log line names the model that answered.
+        await child.waitFor(b"models fake/test-model")
         child.send("TERM")
         await ended(child)
         self.assertEqual((child.exitCode, child.signal), (0, None), child.output.decode())

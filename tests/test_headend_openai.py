@@ -15,8 +15,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from ai_agent.events import Finished, FinishReason, ToolStarted, Usage
+from ai_agent.headends.openai import ChatEncoder, ChunkEncoder
 from ai_agent.testing import Reply
 from tests._harness import SENTINEL_KEY, inThread, startServer
 
@@ -348,7 +350,7 @@ class CompletionTests(TestCase):
         server.upstream.script(Reply(content=["a", "b", "c"], cutAfter=2))
         port = server.port.getHost().port
         client = await _raw(port, _post({"model": "agent", "messages": _user(), "stream": True}))
-        await client.lost
+        await client.lost.addTimeout(15, reactor)
         body = client.received.split(b"\r\n\r\n", 1)[1]
         self.assertIn(b'data: {"error":', body)
         self.assertIn(b"data: [DONE]", body)
@@ -363,7 +365,7 @@ class ErrorTests(TestCase):
     async def _status(self, request: bytes) -> tuple[int, dict[str, Any], bytes]:
         server = await startServer(self)
         client = await _raw(server.port.getHost().port, request)
-        await client.lost
+        await client.lost.addTimeout(15, reactor)
         head, _, body = client.received.partition(b"\r\n\r\n")
         status = int(head.split(b" ")[1])
         if b"chunked" in head.lower():
@@ -553,7 +555,7 @@ class PoolTests(TestCase):
         await _sleep(0.05)
         self.assertEqual(server.pool.queuedRuns, 0)
         server.upstream.release()
-        await first.lost
+        await first.lost.addTimeout(15, reactor)
         self.assertEqual(len(server.upstream.requests), 1)
 
 
@@ -612,3 +614,61 @@ class ResponseFormatTests(TestCase):
             )
         self.assertEqual(caught.exception.body["param"], "response_format.type")
         self.assertEqual(server.upstream.requests, [])
+
+
+class ChatEncoderTests(SynchronousTestCase):
+    """
+    L{ChatEncoder}: the neutral run events as Chat Completions.
+    """
+
+    def encoder(self, field: str | None = "reasoning_content") -> ChatEncoder:
+        return ChatEncoder(ChunkEncoder("chatcmpl-1", 7, "agent", True, field))
+
+    def test_progressOnItsOwnLine(self) -> None:
+        """
+        Progress after reasoning that did not end its line starts on a new
+        line in the reasoning field, streamed and whole.
+        """
+        encoder = self.encoder()
+        encoder.reasoning("the time first.")
+        frame = encoder.progress(ToolStarted("clock__now", "{}"))
+        assert frame is not None
+        delta = json.loads(frame[len(b"data: ") :])["choices"][0]["delta"]
+        self.assertEqual(delta, {"reasoning_content": "\ncalling clock__now {}\n"})
+        body = json.loads(encoder.body(Finished(FinishReason.END, Usage(1, 1))))
+        self.assertEqual(
+            body["choices"][0]["message"]["reasoning_content"],
+            "the time first.\ncalling clock__now {}\n",
+        )
+
+    def test_finishWords(self) -> None:
+        """
+        Neutral finish reasons become Chat Completions' words.
+        """
+        cases = {
+            FinishReason.END: "stop",
+            FinishReason.STOP_SEQUENCE: "stop",
+            FinishReason.MAX_TOKENS: "length",
+            FinishReason.TOOL_CALLS: "tool_calls",
+            FinishReason.CONTENT_FILTER: "content_filter",
+        }
+        for neutral, word in cases.items():
+            body = json.loads(self.encoder().body(Finished(neutral, Usage())))
+            self.assertEqual(body["choices"][0]["finish_reason"], word)
+            frames = self.encoder().finish(Finished(neutral, Usage(2, 3)))
+            first = json.loads(frames.split(b"\n\n")[0][len(b"data: ") :])
+            self.assertEqual(first["choices"][0]["finish_reason"], word)
+            usage = json.loads(frames.split(b"\n\n")[1][len(b"data: ") :])["usage"]
+            self.assertEqual(usage, {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5})
+            self.assertTrue(frames.endswith(b"data: [DONE]\n\n"))
+
+    def test_hiddenReasoning(self) -> None:
+        """
+        With the reasoning field off, reasoning and progress make no frame
+        and stay out of the whole answer.
+        """
+        encoder = self.encoder(None)
+        self.assertIsNone(encoder.reasoning("r"))
+        self.assertIsNone(encoder.progress(ToolStarted("t", "{}")))
+        body = json.loads(encoder.body(Finished(FinishReason.END, Usage())))
+        self.assertEqual(body["choices"][0]["message"], {"role": "assistant", "content": ""})

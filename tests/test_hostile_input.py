@@ -23,6 +23,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from ai_agent.errors import OPENAI_ERRORS, ErrorKind
 from ai_agent.headends._request import (
     MAX_DEPTH,
     MAX_MESSAGES,
@@ -132,8 +133,9 @@ def _checkParse(testCase: SynchronousTestCase, body: bytes) -> ChatRequest | Age
         chat = parseChatRequest(body)
     except AgentError as error:
         testCase.assertEqual(error.status, 400)
-        testCase.assertEqual(error.type, "invalid_request_error")
-        envelope = json.dumps(error.envelope(), ensure_ascii=False).encode("utf-8")
+        testCase.assertEqual(error.kind, ErrorKind.INVALID_REQUEST)
+        envelope = OPENAI_ERRORS.body(error)
+        testCase.assertEqual(json.loads(envelope)["error"]["type"], "invalid_request_error")
         testCase.assertEqual(set(json.loads(envelope)["error"]), _ENVELOPE_KEYS)
         return error
     for message in chat.messages:

@@ -6,6 +6,7 @@ content types, deadlines, keep-alive, pipelining, API keys and CORS.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from twisted.internet import reactor
@@ -15,7 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from ai_agent.headends._http import APIKeys, HTTPPolicy
+from ai_agent.headends._http import APIKeys, HTTPPolicy, UnusablePathError, canonicalPath
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, startServer
 
@@ -44,15 +45,25 @@ class _Raw(Protocol):
             d.callback(None)
         self._waiters = []
 
-    def waitFor(self, marker: bytes, count: int = 1) -> Deferred[None]:
+    def waitFor(self, marker: bytes, count: int = 1, timeout: float = 15.0) -> Deferred[None]:
         """
         Fire once C{marker} was received C{count} times (or the connection
-        closed).
+        closed); fail after C{timeout} seconds, showing what was received.
         """
-        d: Deferred[None] = Deferred()
+
+        def forget(d: Deferred[None]) -> None:
+            self._waiters = [waiter for waiter in self._waiters if waiter[2] is not d]
+
+        def timedOut(result: object, seconds: float) -> None:
+            raise AssertionError(
+                f"{marker!r} not received {count} time(s) in {seconds:g} s; "
+                f"received: {self.received[-1000:]!r}"
+            )
+
+        d: Deferred[None] = Deferred(canceller=forget)
         self._waiters.append((marker, count, d))
         self._check()
-        return d
+        return d.addTimeout(timeout, reactor, onTimeoutCancel=timedOut)
 
     def _check(self) -> None:
         for waiter in list(self._waiters):
@@ -84,6 +95,21 @@ def _request(
 
 def _status(response: bytes) -> int:
     return int(response.split(b" ", 2)[1])
+
+
+def _envelope(response: bytes) -> Any:
+    """
+    The JSON body of a response, whether sized or chunked.
+    """
+    body = response.split(b"\r\n\r\n", 1)[1]
+    return json.loads(body[body.index(b"{") : body.rindex(b"}") + 1])
+
+
+def _withTimeout(d: Deferred[None], seconds: float) -> Deferred[None]:
+    """
+    C{d}, failing with a timeout after C{seconds}.
+    """
+    return d.addTimeout(seconds, reactor)
 
 
 def _sleep(seconds: float) -> Deferred[None]:
@@ -194,20 +220,31 @@ class DeadlineTests(TestCase):
                 break
             raw.transport.write(bytes([byte]))
             await _sleep(0.02)
-        await raw.lost
+        await _withTimeout(raw.lost, 10)
         self.assertEqual(_status(raw.received), 408)
         self.assertEqual(server.upstream.requests, [])
 
     async def test_idleKeepAliveClosed(self) -> None:
         """
-        An idle keep-alive connection is closed after the idle timeout.
+        A keep-alive connection stays open and usable while it is idle for
+        less than the idle timeout, and is closed by the server once it
+        has been idle for the whole timeout.
         """
-        server = await startServer(self, policy=HTTPPolicy(idleTimeout=0.2))
+        server = await startServer(self, policy=HTTPPolicy(idleTimeout=0.6))
         raw = await _connect(server)
-        raw.transport.write(_request(path=b"/health", method=b"GET", body=b""))
+        health = _request(path=b"/health", method=b"GET", body=b"")
+        raw.transport.write(health)
         await raw.waitFor(b'"status"')
-        await raw.lost
-        self.assertTrue(raw.closed)
+        await _sleep(0.3)
+        self.assertFalse(raw.closed, "closed before the idle timeout")
+        raw.transport.write(health)
+        await raw.waitFor(b'"status"', 2)
+        self.assertEqual(raw.received.count(b"HTTP/1.1 200"), 2, raw.received)
+        answered = time.monotonic()
+        await _withTimeout(raw.lost, 10)
+        # The timer restarts when the second answer is sent, a moment
+        # before it arrives here.
+        self.assertGreater(time.monotonic() - answered, 0.45)
 
     async def test_longStreamNotCut(self) -> None:
         """
@@ -318,6 +355,169 @@ class APIKeyTests(TestCase):
         self.assertEqual(_status(answer), 200)
 
 
+#: Spellings of one path that a router may fold into it: doubled slashes,
+#: percent-escaped letters and slashes, dot segments, absolute form.
+def _spellings(path: bytes) -> list[bytes]:
+    escapedFirst = b"/%" + b"%02x" % path[1] + path[2:]
+    return [
+        path,
+        b"/" + path,
+        path.replace(b"/", b"//"),
+        escapedFirst,
+        b"/%" + b"%02X" % path[1] + path[2:],
+        path.replace(b"/", b"%2f").replace(b"%2f", b"/", 1),
+        path.replace(b"/", b"%2F").replace(b"%2F", b"/", 1),
+        b"http://elsewhere.example" + path,
+        path + b"?x=1",
+    ]
+
+
+class PathSpellingTests(TestCase):
+    """
+    The key check and the router see one canonical path, so no spelling of
+    a protected route escapes the check, and a target with no single
+    meaning is refused with a JSON 400.
+    """
+
+    async def setUp(self) -> None:
+        self.server = await startServer(self, policy=HTTPPolicy(apiKeys=APIKeys.fromKeys(["k"])))
+
+    async def _answer(self, request: bytes) -> bytes:
+        raw = await _connect(self.server)
+        raw.transport.write(request)
+        await _withTimeout(raw.waitFor(b"}"), 10)
+        raw.transport.loseConnection()
+        return raw.received
+
+    async def test_everyRouteEverySpellingNeedsKey(self) -> None:
+        """
+        Every route of the headend (taken from its router, not a list kept
+        here), in every spelling, is a 401 without a key, except the open
+        ones; the upstream is never called.
+        """
+        rules = list(self.server.headend.app.url_map.iter_rules())
+        self.assertGreater(len(rules), 3)
+        checked = 0
+        for rule in rules:
+            path = rule.rule.replace("<path:modelId>", "agent").encode()
+            self.assertNotIn(b"<", path, f"fill in the converter of {rule.rule}")
+            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+                for spelling in _spellings(path):
+                    body = BODY if method == "POST" else b""
+                    answer = await self._answer(
+                        _request(body, path=spelling, method=method.encode())
+                    )
+                    status = _status(answer)
+                    if path in (b"/health", b"/openapi.json"):
+                        self.assertNotEqual(status, 401, spelling)
+                    else:
+                        self.assertEqual(status, 401, (method, spelling, answer[:200]))
+                    checked += 1
+        self.assertGreater(checked, 20)
+        self.assertEqual(self.server.upstream.requests, [])
+
+    async def test_unknownPathNeedsKey(self) -> None:
+        """
+        A path no route serves is a 401 without a key too (nothing is said
+        about which routes exist), and a JSON 404 with one.
+        """
+        answer = await self._answer(_request(b"", path=b"/v2/secret", method=b"GET"))
+        self.assertEqual(_status(answer), 401)
+        answer = await self._answer(
+            _request(b"", path=b"/v2/secret", method=b"GET", headers={b"X-Api-Key": b"k"})
+        )
+        self.assertEqual(_status(answer), 404)
+        self.assertEqual(_envelope(answer)["error"]["type"], "invalid_request_error")
+
+    async def test_spellingsRouteLikeCanonical(self) -> None:
+        """
+        With the key, each spelling reaches the same route as the canonical
+        path: the model list, and a chat completion through the upstream.
+        """
+        for spelling in _spellings(b"/v1/models"):
+            answer = await self._answer(
+                _request(b"", path=spelling, method=b"GET", headers={b"X-Api-Key": b"k"})
+            )
+            self.assertEqual(_status(answer), 200, spelling)
+            self.assertIn(b'"object":"list"', answer.replace(b" ", b""))
+        answer = await self._answer(
+            _request(path=b"http://h//v1/chat/completions", headers={b"X-Api-Key": b"k"})
+        )
+        self.assertEqual(_status(answer), 200)
+        self.assertEqual(len(self.server.upstream.requests), 1)
+
+    async def test_unusableTargetsRefused(self) -> None:
+        """
+        Targets with no single meaning get a JSON 400 naming the problem,
+        before the key check, and nothing is routed.
+        """
+        for target in (
+            b"/%ff",
+            b"/v1/%zzmodels",
+            b"/v1/%2576%2531",
+            b"/v1/../v1/models",
+            b"/v1/%00",
+        ):
+            answer = await self._answer(_request(b"", path=target, method=b"GET"))
+            self.assertEqual(_status(answer), 400, target)
+            error = _envelope(answer)["error"]
+            self.assertEqual(error["code"], "invalid_path", target)
+        self.assertEqual(self.server.upstream.requests, [])
+
+    async def test_noRedirectFromHost(self) -> None:
+        """
+        Doubled slashes are folded, not redirected: no C{Location} built
+        from a client's C{Host} header is ever sent.
+        """
+        answer = await self._answer(
+            _request(
+                b"",
+                path=b"/v1/models//agent",
+                method=b"GET",
+                headers={b"Host": b"evil.example", b"X-Api-Key": b"k"},
+            )
+        )
+        self.assertNotIn(b"location:", answer.lower())
+        self.assertNotIn(b"evil.example", answer)
+        self.assertEqual(_status(answer), 200)
+
+
+class CanonicalPathTests(SynchronousTestCase):
+    """
+    L{canonicalPath} gives one spelling per path.
+    """
+
+    def test_folds(self) -> None:
+        """
+        Escapes are decoded once, slashes folded, the absolute form's
+        authority dropped, the query and a trailing slash kept, and
+        characters outside the safe set escaped again.
+        """
+        self.assertEqual(canonicalPath(b"//v1///models"), (b"/v1/models", b""))
+        self.assertEqual(canonicalPath(b"/%76%31/models?a=%2f"), (b"/v1/models", b"?a=%2f"))
+        self.assertEqual(canonicalPath(b"/v1%2Fmodels/"), (b"/v1/models/", b""))
+        self.assertEqual(canonicalPath(b"HTTP://h:80"), (b"/", b""))
+        self.assertEqual(canonicalPath(b"https://h/v1/models/a%20b"), (b"/v1/models/a%20b", b""))
+        self.assertEqual(canonicalPath(b"/v1/models/caf%C3%A9"), (b"/v1/models/caf%C3%A9", b""))
+
+    def test_refuses(self) -> None:
+        """
+        Targets without a single meaning raise L{UnusablePathError}.
+        """
+        for target in (
+            b"*",
+            b"v1/models",
+            b"/%",
+            b"/%e9",
+            b"/%252f",
+            b"/a/./b",
+            b"/a/%2e%2e/b",
+            b"/\x01",
+            b"/a#b",
+        ):
+            self.assertRaises(UnusablePathError, canonicalPath, target)
+
+
 class CORSTests(TestCase):
     """
     CORS is off by default and answers only the configured origins.
@@ -384,6 +584,17 @@ class CORSTests(TestCase):
         answer = (await self._answer(server, self._preflight(b"https://b.example"))).lower()
         self.assertEqual(_status(answer), 403)
         self.assertNotIn(b"access-control-allow-origin", answer)
+        answer = await self._answer(
+            server,
+            _request(
+                path=b"/v1/models",
+                method=b"GET",
+                body=b"",
+                headers={b"Origin": b"https://b.example"},
+            ),
+        )
+        self.assertEqual(_status(answer), 200)
+        self.assertNotIn(b"access-control-allow-", answer.lower())
 
     async def test_allowedOriginOnResponses(self) -> None:
         """
@@ -449,7 +660,7 @@ class AccessLogTests(TestCase):
         raw.transport.write(
             _request(path=b"/health", method=b"GET", body=b"", headers={b"Connection": b"close"})
         )
-        await raw.lost
+        await _withTimeout(raw.lost, 10)
         site.stopFactory()
         with open(path) as f:
             line = f.read()

@@ -20,7 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Request
 
 from ai_agent.errors import ProviderError
-from ai_agent.events import Usage
+from ai_agent.events import FinishReason, Usage
 from ai_agent.providers import (
     AnthropicProvider,
     ChatMessage,
@@ -30,6 +30,7 @@ from ai_agent.providers import (
     ToolSpec,
 )
 from ai_agent.providers.anthropic import messagesURL, translateMessages
+from ai_agent.request import OutputFormat
 from ai_agent.testing import Reply, RunningFakeUpstream, startFakeUpstream, unusedBaseUrl
 from tests.test_provider_openai import PendingResource, RecordingSink
 
@@ -311,7 +312,8 @@ class InMemoryTests(SynchronousTestCase):
         """
         Thinking and text deltas reach the sink as they arrive; pings are
         ignored; the response has the text, the reasoning, the mapped stop
-        reason, and usage with cache tokens counted as prompt tokens.
+        reason, and usage with cache tokens counted as prompt tokens and
+        reported apart as cache reads and writes.
         """
         d = self.call()
         upstream = self.respond()
@@ -338,7 +340,12 @@ class InMemoryTests(SynchronousTestCase):
         )
         self.assertEqual(
             self.successResultOf(d),
-            LLMResponse(content="Hello", reasoning="hmm", finishReason="stop", usage=Usage(35, 7)),
+            LLMResponse(
+                content="Hello",
+                reasoning="hmm",
+                finishReason=FinishReason.END,
+                usage=Usage(35, 7, cacheReadTokens=20, cacheWriteTokens=5),
+            ),
         )
 
     def test_toolUseStreamed(self) -> None:
@@ -368,12 +375,17 @@ class InMemoryTests(SynchronousTestCase):
 
     def test_stopReasons(self) -> None:
         """
-        C{max_tokens} maps to C{length}, C{stop_sequence} to C{stop}; an
-        unknown reason passes through.
+        Anthropic's stop reasons map to neutral ones (C{end_turn} to
+        C{end}, C{max_tokens} stays, C{stop_sequence} stays, C{tool_use} to
+        C{tool_calls}, C{refusal} to C{content_filter}); an unknown reason
+        passes through.
         """
         for reason, expected in [
-            ("max_tokens", "length"),
-            ("stop_sequence", "stop"),
+            ("end_turn", FinishReason.END),
+            ("max_tokens", FinishReason.MAX_TOKENS),
+            ("stop_sequence", FinishReason.STOP_SEQUENCE),
+            ("tool_use", FinishReason.TOOL_CALLS),
+            ("refusal", FinishReason.CONTENT_FILTER),
             ("brand_new", "brand_new"),
         ]:
             d = self.call()
@@ -598,7 +610,10 @@ class UpstreamTests(TestCase):
         self.assertEqual(
             response,
             LLMResponse(
-                content="Hello world", reasoning="ok", finishReason="stop", usage=Usage(9, 2)
+                content="Hello world",
+                reasoning="ok",
+                finishReason=FinishReason.END,
+                usage=Usage(9, 2),
             ),
         )
         recorded = self.upstream.requests[0]
@@ -745,12 +760,10 @@ class JSONInstructionTests(SynchronousTestCase):
         """
         from ai_agent.providers.anthropic import jsonInstruction
 
-        schemaText = jsonInstruction(
-            {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "array"}}}
-        )
+        schemaText = jsonInstruction(OutputFormat({"type": "array"}, "n"))
         assert schemaText is not None
         self.assertIn('{"type": "array"}', schemaText)
-        self.assertIn("JSON", jsonInstruction({"type": "json_object"}) or "")
+        self.assertIn("JSON", jsonInstruction(OutputFormat()) or "")
         self.assertIsNone(jsonInstruction(None))
 
     def test_payloadCarriesInstruction(self) -> None:
@@ -769,7 +782,7 @@ class JSONInstructionTests(SynchronousTestCase):
             LLMRequest(
                 model="m",
                 messages=(ChatMessage("system", "Be brief."), ChatMessage("user", "hi")),
-                responseFormat={"type": "json_object"},
+                outputFormat=OutputFormat(),
             )
         )
         self.assertTrue(body["system"].startswith("Be brief.\n\nAnswer with one JSON object"))

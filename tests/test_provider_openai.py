@@ -21,18 +21,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ai_agent.config import ProviderConfig, loadConfig
-from ai_agent.errors import ConfigurationError, ProviderError
-from ai_agent.events import Usage
+from ai_agent.errors import ConfigurationError, ErrorKind, ProviderError
+from ai_agent.events import FinishReason, Usage
 from ai_agent.providers import (
     AnthropicProvider,
-    CallbackSink,
     ChatMessage,
     LLMRequest,
     LLMResponse,
     OpenAIProvider,
     ToolCall,
     ToolSpec,
-    UnsupportedProvider,
     makeProvider,
 )
 from ai_agent.testing import Reply, RunningFakeUpstream, startFakeUpstream
@@ -247,7 +245,10 @@ class InMemoryTests(SynchronousTestCase):
         self.assertEqual(
             self.successResultOf(d),
             LLMResponse(
-                content="Hello", reasoning="hmm ok", finishReason="stop", usage=Usage(3, 2)
+                content="Hello",
+                reasoning="hmm ok",
+                finishReason=FinishReason.END,
+                usage=Usage(3, 2),
             ),
         )
 
@@ -275,6 +276,26 @@ class InMemoryTests(SynchronousTestCase):
         )
         self.assertEqual(response.finishReason, "tool_calls")
 
+    def test_usageDetailsAndFinishWords(self) -> None:
+        """
+        Cached prompt tokens and reasoning tokens are read from the usage
+        details; C{content_filter} becomes the neutral C{content_filter}.
+        """
+        d = self.call()
+        upstream = self.respond()
+        upstream.write(chunk({"content": "x"}, "content_filter"))
+        upstream.write(
+            b'data: {"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 9,'
+            b' "prompt_tokens_details": {"cached_tokens": 20},'
+            b' "completion_tokens_details": {"reasoning_tokens": 4}}}\n\n'
+        )
+        upstream.write(b"data: [DONE]\n\n")
+        upstream.finish()
+        self.agent.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.usage, Usage(30, 9, cacheReadTokens=20, reasoningTokens=4))
+        self.assertEqual(response.finishReason, FinishReason.CONTENT_FILTER)
+
     def test_finishWithoutDone(self) -> None:
         """
         A stream that ends cleanly after a finish reason but without
@@ -284,7 +305,7 @@ class InMemoryTests(SynchronousTestCase):
         upstream = self.respond(200, b"text/event-stream", chunk({"content": "x"}, "length"))
         upstream.finish()
         self.agent.flush()
-        self.assertEqual(self.successResultOf(d).finishReason, "length")
+        self.assertEqual(self.successResultOf(d).finishReason, FinishReason.MAX_TOKENS)
 
     def test_jsonWhenStreamAsked(self) -> None:
         """
@@ -600,20 +621,6 @@ class MakeProviderTests(SynchronousTestCase):
         self.assertIsNone(provider.apiKey)
         self.assertNotIn("Authorization", provider.requestHeaders(request()))
 
-    def test_unsupportedProvider(self) -> None:
-        """
-        L{UnsupportedProvider} fails every call, not retryably, with
-        C{provider_not_supported} and its reason.
-        """
-        provider = UnsupportedProvider("x", "no carrier pigeons here")
-        error = self.failureResultOf(
-            provider.complete(request(), CallbackSink()), ProviderError
-        ).value
-        self.assertEqual(
-            (error.status, error.code, error.retryable), (500, "provider_not_supported", False)
-        )
-        self.assertIn("no carrier pigeons here", error.message)
-
     def test_unknownType(self) -> None:
         """
         An unknown type is a configuration error.
@@ -689,7 +696,8 @@ class UpstreamTests(TestCase):
         response = await self.call()
         self.assertEqual(self.sink.contents, ["Hello", " world"])
         self.assertEqual(
-            response, LLMResponse(content="Hello world", finishReason="stop", usage=Usage(9, 2))
+            response,
+            LLMResponse(content="Hello world", finishReason=FinishReason.END, usage=Usage(9, 2)),
         )
         recorded = self.upstream.requests[0]
         self.assertEqual(recorded.path, "/v1/chat/completions")
@@ -795,7 +803,7 @@ class UpstreamTests(TestCase):
         )
         error = await self.failure(self.call())
         self.assertEqual((error.status, error.retryable, error.retryAfter), (429, True, 7.0))
-        self.assertEqual(error.type, "rate_limit_error")
+        self.assertEqual(error.kind, ErrorKind.RATE_LIMIT)
         error = await self.failure(self.call())
         self.assertEqual(error.retryAfter, 60.0)
 

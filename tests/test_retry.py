@@ -17,9 +17,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from ai_agent.accounting import RunAccount, callCost
 from ai_agent.agentfile import AgentSpec
 from ai_agent.config import Pricing
-from ai_agent.errors import ProviderError
-from ai_agent.events import ContentDelta, Event, ModelAnswering, ReasoningDelta, Usage
+from ai_agent.errors import ErrorKind, ProviderError
+from ai_agent.events import ContentDelta, Event, ModelAnswering, Retrying, Usage, progressText
 from ai_agent.providers import ChatMessage, LLMResponse
+from ai_agent.request import RunRequest
 from ai_agent.retry import RetryLoop, RetryPolicy, exhausted, totalTimeout
 from ai_agent.session import SessionRunner
 from ai_agent.testing import ScriptedProvider
@@ -260,7 +261,7 @@ class RetryLoopTests(SynchronousTestCase):
         failure = self.failureResultOf(self.turn(targets, ["A", "B"], 2), ProviderError)
         self.assertEqual((failure.value.status, failure.value.retryAfter), (429, 5))
         self.assertEqual(failure.value.message, "B busy")
-        self.assertEqual(failure.value.type, "rate_limit_error")
+        self.assertEqual(failure.value.kind, ErrorKind.RATE_LIMIT)
 
 
 class ExhaustedTests(SynchronousTestCase):
@@ -274,7 +275,7 @@ class ExhaustedTests(SynchronousTestCase):
         upstream status.
         """
         error = exhausted([timedOut(), rateLimited(3, "provider 'p' said HTTP 429")])
-        self.assertEqual((error.status, error.type), (502, "server_error"))
+        self.assertEqual((error.status, error.kind), (502, ErrorKind.SERVER))
         self.assertEqual(error.message, "provider 'p' said HTTP 429")
         self.assertEqual((error.upstreamStatus, error.retryAfter), (429, None))
 
@@ -347,7 +348,7 @@ class SessionRetryTests(SynchronousTestCase):
         )
 
     def start(self, spec: AgentSpec) -> Deferred[Any]:
-        return self.runner.run(spec, [ChatMessage("user", "x")], self.events.append)
+        return self.runner.run(spec, RunRequest((ChatMessage("user", "x"),)), self.events.append)
 
     def test_failedTurnSendsNothing(self) -> None:
         """
@@ -372,14 +373,12 @@ class SessionRetryTests(SynchronousTestCase):
         d = self.start(agent(maxRetries=2))
         self.clock.advance(0.5)
         self.successResultOf(d)
-        self.assertEqual(
-            self.events[:3],
-            [
-                ModelAnswering("first/m1"),
-                ReasoningDelta("first/m1 failed (boom); retrying\n"),
-                ContentDelta("ok"),
-            ],
-        )
+        # The model that answers is announced first, then the note, then
+        # the answer.
+        self.assertEqual(self.events[0], ModelAnswering("first/m1"))
+        self.assertEqual(self.events[1], Retrying("first/m1", "boom"))
+        self.assertEqual(progressText(self.events[1]), "first/m1 failed (boom); retrying\n")
+        self.assertEqual(self.events[2], ContentDelta("ok"))
 
     def test_rateLimitWaitsOnClock(self) -> None:
         """
@@ -442,7 +441,7 @@ class SessionRetryTests(SynchronousTestCase):
         [line] = [e for e in logs.events if e["log_level"].name == "info"]
         self.assertEqual(
             (line["agent"], line["outcome"], line["models"], line["calls"], line["failures"]),
-            ("a", "stop", ("first/m1",), 2, 1),
+            ("a", "end", ("first/m1",), 2, 1),
         )
         self.assertEqual((line["promptTokens"], line["completionTokens"]), (1000, 200))
         self.assertAlmostEqual(line["cost"], 0.004)

@@ -13,10 +13,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ai_agent.agentfile import AgentSpec
 from ai_agent.errors import ProviderError
-from ai_agent.events import ContentDelta, Event, EventSink, ReasoningDelta, Usage
+from ai_agent.events import ContentDelta, Event, EventSink, FinishReason, Usage
 from ai_agent.providers import ChatMessage, DeltaSink, LLMRequest, LLMResponse, ToolCall, ToolSpec
+from ai_agent.request import OutputFormat, RunRequest
 from ai_agent.session import Sampling, SessionRunner, buildMessages
 from ai_agent.testing import ScriptedProvider
+from tests.test_tools import _reasoning
 
 
 def _agent(**kwargs: Any) -> AgentSpec:
@@ -116,12 +118,13 @@ class SessionTests(SynchronousTestCase):
         finished = self.successResultOf(
             self.runner().run(
                 _agent(temperature=0.9, topP=0.3),
-                [ChatMessage("user", "2+2?")],
+                RunRequest(
+                    (ChatMessage("user", "2+2?"),), sampling=Sampling(temperature=0.1, seed=3)
+                ),
                 self.events.append,
-                Sampling(temperature=0.1, seed=3),
             )
         )
-        self.assertEqual(finished.finishReason, "stop")
+        self.assertEqual(finished.reason, FinishReason.END)
         self.assertEqual(finished.usage, Usage(7, 1))
         self.assertEqual(
             "".join(e.text for e in self.events if isinstance(e, ContentDelta)), "four"
@@ -136,12 +139,12 @@ class SessionTests(SynchronousTestCase):
         An upstream C{length} finish is reported as C{length}.
         """
         self.providers["first"] = ScriptedProvider(
-            name="first", replies=[LLMResponse(content="tru", finishReason="length")]
+            name="first", replies=[LLMResponse(content="tru", finishReason=FinishReason.MAX_TOKENS)]
         )
         finished = self.successResultOf(
-            self.runner().run(_agent(), [ChatMessage("user", "x")], self.events.append)
+            self.runner().run(_agent(), RunRequest((ChatMessage("user", "x"),)), self.events.append)
         )
-        self.assertEqual(finished.finishReason, "length")
+        self.assertEqual(finished.reason, FinishReason.MAX_TOKENS)
 
     def test_fallback(self) -> None:
         """
@@ -156,10 +159,10 @@ class SessionTests(SynchronousTestCase):
         )
         agent = _agent(models=("first/m1", "second/m2"))
         self.successResultOf(
-            self.runner().run(agent, [ChatMessage("user", "x")], self.events.append)
+            self.runner().run(agent, RunRequest((ChatMessage("user", "x"),)), self.events.append)
         )
         self.assertEqual(self.providers["second"].requests[0].model, "m2")
-        notes = "".join(e.text for e in self.events if isinstance(e, ReasoningDelta))
+        notes = _reasoning(self.events)
         self.assertIn("first/m1 failed", notes)
 
     def test_attemptsBounded(self) -> None:
@@ -172,7 +175,7 @@ class SessionTests(SynchronousTestCase):
         )
         self.providers["first"] = provider
         run = self.runner().run(
-            _agent(maxRetries=3), [ChatMessage("user", "x")], self.events.append
+            _agent(maxRetries=3), RunRequest((ChatMessage("user", "x"),)), self.events.append
         )
         # Retrying the only model waits a backoff first (at most 60 s each).
         self.clock.pump([60, 60])
@@ -190,7 +193,8 @@ class SessionTests(SynchronousTestCase):
         self.providers["second"] = ScriptedProvider(name="second")
         agent = _agent(models=("first/m1", "second/m2"))
         self.failureResultOf(
-            self.runner().run(agent, [ChatMessage("user", "x")], self.events.append), ProviderError
+            self.runner().run(agent, RunRequest((ChatMessage("user", "x"),)), self.events.append),
+            ProviderError,
         )
         self.assertEqual(self.providers["second"].requests, [])
 
@@ -203,7 +207,8 @@ class SessionTests(SynchronousTestCase):
         self.providers["second"] = ScriptedProvider(name="second")
         agent = _agent(models=("broken/m", "second/m"))
         self.failureResultOf(
-            self.runner().run(agent, [ChatMessage("user", "x")], self.events.append), ProviderError
+            self.runner().run(agent, RunRequest((ChatMessage("user", "x"),)), self.events.append),
+            ProviderError,
         )
         self.assertEqual(broken.calls, 1)
         self.assertEqual(self.providers["second"].requests, [])
@@ -214,7 +219,9 @@ class SessionTests(SynchronousTestCase):
         """
         provider = ScriptedProvider(name="first", hold=True)
         self.providers["first"] = provider
-        run = self.runner().run(_agent(), [ChatMessage("user", "x")], self.events.append)
+        run = self.runner().run(
+            _agent(), RunRequest((ChatMessage("user", "x"),)), self.events.append
+        )
         run.cancel()
         self.failureResultOf(run, CancelledError)
         self.assertEqual(provider.cancelled, 1)
@@ -234,7 +241,7 @@ class SessionTests(SynchronousTestCase):
                         ToolCall("c1", "calc__add", '{"a": 2, "b": 3}'),
                         ToolCall("c2", "calc__mul", '{"a": 2, "b": 3}'),
                     ),
-                    finishReason="tool_calls",
+                    finishReason=FinishReason.TOOL_CALLS,
                     usage=Usage(10, 5),
                 ),
                 LLMResponse(content="5 and 6", usage=Usage(20, 3)),
@@ -249,7 +256,7 @@ class SessionTests(SynchronousTestCase):
         )
         finished = self.successResultOf(
             self.runner(lambda agent: tools).run(
-                _agent(), [ChatMessage("user", "x")], self.events.append
+                _agent(), RunRequest((ChatMessage("user", "x"),)), self.events.append
             )
         )
         self.assertEqual(finished.usage, Usage(30, 8))
@@ -259,7 +266,7 @@ class SessionTests(SynchronousTestCase):
             [("tool", "5", "c1"), ("tool", "6", "c2")],
         )
         self.assertEqual(second[-3].toolCalls[0].name, "calc__add")
-        notes = "".join(e.text for e in self.events if isinstance(e, ReasoningDelta))
+        notes = _reasoning(self.events)
         self.assertIn('calling calc__add {"a": 2, "b": 3}', notes)
         self.assertIn("calc__add → 5", notes)
 
@@ -291,7 +298,7 @@ class SessionTests(SynchronousTestCase):
 
         tools = _Tools({"t__boom": boom, "t__slow": lambda args: Deferred()})
         run = self.runner(lambda agent: tools).run(
-            _agent(toolTimeout=5.0), [ChatMessage("user", "x")], self.events.append
+            _agent(toolTimeout=5.0), RunRequest((ChatMessage("user", "x"),)), self.events.append
         )
         self.clock.advance(5.1)
         self.successResultOf(run)
@@ -313,7 +320,7 @@ class SessionTests(SynchronousTestCase):
         tools = _Tools({"t__x": lambda args: succeed("r")})
         self.successResultOf(
             self.runner(lambda agent: tools).run(
-                _agent(maxTurns=2), [ChatMessage("user", "x")], self.events.append
+                _agent(maxTurns=2), RunRequest((ChatMessage("user", "x"),)), self.events.append
             )
         )
         self.assertEqual(len(provider.requests), 2)
@@ -335,7 +342,9 @@ class SessionTests(SynchronousTestCase):
         tools = _Tools({"t__big": lambda args: succeed("é" * 100)})
         self.successResultOf(
             self.runner(lambda agent: tools).run(
-                _agent(toolResponseMaxBytes=11), [ChatMessage("user", "x")], self.events.append
+                _agent(toolResponseMaxBytes=11),
+                RunRequest((ChatMessage("user", "x"),)),
+                self.events.append,
             )
         )
         result = [m.content for m in provider.requests[1].messages if m.role == "tool"][0]
@@ -371,7 +380,9 @@ class SubAgentTimeoutTests(SynchronousTestCase):
         late: Deferred[str] = Deferred()
         tools = _Tools({"agent__helper": lambda args: late, "t__slow": lambda args: Deferred()})
         runner = SessionRunner({"first": provider}.__getitem__, clock, lambda agent: tools)
-        run = runner.run(_agent(toolTimeout=5.0), [ChatMessage("user", "x")], lambda e: None)
+        run = runner.run(
+            _agent(toolTimeout=5.0), RunRequest((ChatMessage("user", "x"),)), lambda e: None
+        )
         clock.advance(30)
         self.assertNoResult(run)
         late.callback("the helper's answer")
@@ -391,9 +402,11 @@ class ResponseFormatTests(SynchronousTestCase):
         provider = ScriptedProvider(name="first", replies=[LLMResponse(content="{}")])
         runner = SessionRunner({"first": provider}.__getitem__, Clock())
         self.successResultOf(
-            runner.run(agent, [ChatMessage("user", "x")], lambda e: None, sampling)
+            runner.run(
+                agent, RunRequest((ChatMessage("user", "x"),), sampling=sampling), lambda e: None
+            )
         )
-        return provider.requests[0].responseFormat
+        return provider.requests[0].outputFormat
 
     def test_agentOutput(self) -> None:
         """
@@ -405,12 +418,11 @@ class ResponseFormatTests(SynchronousTestCase):
         schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
         self.assertEqual(
             self._format(_agent(output=OutputSpec("json", schema))),
-            {
-                "type": "json_schema",
-                "json_schema": {"name": "a", "schema": schema, "strict": False},
-            },
+            OutputFormat(schema, "a", None, False),
         )
-        self.assertEqual(self._format(_agent(output=OutputSpec("json"))), {"type": "json_object"})
+        self.assertEqual(
+            self._format(_agent(output=OutputSpec("json"))), OutputFormat(None, "a", None, False)
+        )
         self.assertIsNone(self._format(_agent()))
 
     def test_clientWins(self) -> None:
@@ -419,9 +431,9 @@ class ResponseFormatTests(SynchronousTestCase):
         """
         from ai_agent.agentfile import OutputSpec
 
-        asked = {"type": "json_object"}
+        asked = OutputFormat()
         found = self._format(
-            _agent(output=OutputSpec("json", {"type": "array"})), Sampling(responseFormat=asked)
+            _agent(output=OutputSpec("json", {"type": "array"})), Sampling(outputFormat=asked)
         )
         self.assertEqual(found, asked)
 
@@ -439,6 +451,8 @@ class CachingFlagTests(SynchronousTestCase):
             provider = ScriptedProvider(name="first", replies=[LLMResponse(content="ok")])
             runner = SessionRunner({"first": provider}.__getitem__, Clock())
             self.successResultOf(
-                runner.run(_agent(caching=caching), [ChatMessage("user", "x")], lambda e: None)
+                runner.run(
+                    _agent(caching=caching), RunRequest((ChatMessage("user", "x"),)), lambda e: None
+                )
             )
             self.assertEqual(provider.requests[0].cache, caching)

@@ -20,7 +20,13 @@ from twisted.trial.unittest import TestCase
 
 from ai_agent.testing import Reply, startFakeUpstream
 from tests._harness import writeAgent
-from tests._process import ServerProcess, childEnvironment, command, freePort
+from tests._process import (
+    ServerProcess,
+    childEnvironment,
+    command,
+    freePort,
+    waitUntilListening,
+)
 from tests.test_http_guard import _Raw, _request
 
 
@@ -66,13 +72,7 @@ class ShutdownTests(TestCase):
             return None
 
         self.addCleanup(kill)
-        for _ in range(100):
-            try:
-                raw = await self.connect(port)
-                raw.transport.loseConnection()
-                break
-            except Exception:
-                await _sleep(0.05)
+        await waitUntilListening(server, port)
         return server, port
 
     async def connect(self, port: int) -> _Raw:
@@ -103,7 +103,7 @@ class ShutdownTests(TestCase):
         await streamer.waitFor(b"[DONE]")
         self.assertIn(b'"content":"two"', streamer.received)
         self.assertNotIn(b'"error"', streamer.received)
-        code = await server.ended
+        code = await server.waitForEnd()
         self.assertEqual(code, 0, server.output.decode())
 
     async def test_timeoutBeforeAnythingSent(self) -> None:
@@ -120,7 +120,7 @@ class ShutdownTests(TestCase):
         await streamer.waitFor(b"}}")
         self.assertTrue(streamer.received.startswith(b"HTTP/1.1 503"))
         self.assertIn(b"shut down", streamer.received)
-        code = await server.ended
+        code = await server.waitForEnd()
         self.assertEqual(code, 0, server.output.decode())
 
     async def test_timeoutErrorsInBand(self) -> None:
@@ -138,7 +138,7 @@ class ShutdownTests(TestCase):
         await streamer.waitFor(b"[DONE]")
         self.assertIn(b'data: {"error":', streamer.received)
         self.assertIn(b"shut down", streamer.received)
-        code = await server.ended
+        code = await server.waitForEnd()
         self.assertEqual(code, 0, server.output.decode())
         self.assertLess(time.monotonic() - started, 5)
 
@@ -155,7 +155,7 @@ class ShutdownTests(TestCase):
         await _sleep(0.3)
         started = time.monotonic()
         os.kill(server.transport.pid, signal.SIGTERM)
-        code = await server.ended
+        code = await server.waitForEnd()
         self.assertEqual(code, 1)
         self.assertLess(time.monotonic() - started, 2)
         self.upstream.release()

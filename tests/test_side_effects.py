@@ -20,6 +20,7 @@ from ai_agent.pool import RunPool
 from ai_agent.providers import LLMResponse, ToolCall, ToolSpec
 from ai_agent.providers._base import ChatMessage
 from ai_agent.registry import AgentRegistry
+from ai_agent.request import RunRequest
 from ai_agent.session import SessionRunner
 from ai_agent.testing import ScriptedProvider
 
@@ -45,7 +46,7 @@ class SideEffectTests(SynchronousTestCase):
     def run_(self, replies: list[Any]) -> AgentError:
         provider = ScriptedProvider(name="p", replies=replies)
         runner = SessionRunner({"p": provider}.__getitem__, Clock(), lambda agent: _OneTool())
-        d = runner.run(_agent(), [ChatMessage("user", "x")], lambda event: None)
+        d = runner.run(_agent(), RunRequest((ChatMessage("user", "x"),)), lambda event: None)
         return self.failureResultOf(d, AgentError).value
 
     def test_failureAfterTool(self) -> None:

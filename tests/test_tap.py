@@ -12,7 +12,6 @@ import sys
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -20,7 +19,14 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from ai_agent.tap import Options, endpointFor
 from ai_agent.testing import startFakeUpstream
 from tests._harness import writeAgent
-from tests._process import ServerProcess, childEnvironment, command, freePort, run
+from tests._process import (
+    ServerProcess,
+    childEnvironment,
+    command,
+    freePort,
+    run,
+    waitUntilListening,
+)
 
 
 class OptionsTests(SynchronousTestCase):
@@ -129,7 +135,12 @@ class ServerProcessTests(TestCase):
         self.assertEqual(status, 0, err)
         self.assertIn("'ai-agent'", out.decode())
 
-    async def _serve(self, argv: list[str]) -> None:
+    async def _serve(self, argv: list[str], expectedStatus: int) -> None:
+        """
+        Run the server command C{argv} (C{PORT} replaced by a free port),
+        ask it for a chat completion, stop it with SIGTERM, and check it
+        ended with C{expectedStatus} after stopping its service.
+        """
         running = await startFakeUpstream(reactor)
         self.addCleanup(running.stop)
         folder = os.path.abspath(self.mktemp())
@@ -147,13 +158,7 @@ class ServerProcessTests(TestCase):
         client = treq.client.HTTPClient(Agent(reactor, pool=pool))
         base = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(100):
-                try:
-                    response = await client.get(base + "/health")
-                    await response.content()
-                    break
-                except Exception:
-                    await deferLater(reactor, 0.1, lambda: None)
+            await waitUntilListening(protocol, port)
             response = await client.post(
                 base + "/v1/chat/completions",
                 json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
@@ -162,14 +167,20 @@ class ServerProcessTests(TestCase):
             self.assertEqual(response.code, 200)
             self.assertEqual(body["choices"][0]["message"]["content"], "echo: hi")
         finally:
-            os.kill(protocol.transport.pid, signal.SIGTERM)
-            status = await protocol.ended
-        self.assertEqual(status, 0, protocol.output.decode())
+            if protocol.status is None:
+                os.kill(protocol.transport.pid, signal.SIGTERM)
+            status = await protocol.waitForEnd()
+        output = protocol.output.decode()
+        self.assertEqual(status, expectedStatus, output)
+        # The service stopped (not just the process): a crash by the same
+        # signal would not log this.
+        # (twistd's log names the namespace, ai-agent's does not.)
+        self.assertRegex(output, r"(?m)^\S+ (\[ai_agent\.tap#info\] )?stopped$")
 
     async def test_twistd(self) -> None:
         """
         C{twistd -n ai-agent} serves a chat completion and stops cleanly on
-        SIGTERM.
+        SIGTERM, then ends by re-raising it, as twistd does.
         """
         await self._serve(
             [
@@ -181,7 +192,9 @@ class ServerProcessTests(TestCase):
                 "chat.ai",
                 "--openai-completions",
                 "PORT",
-            ]
+            ],
+            # twistd re-raises the signal that stopped it, once stopped.
+            expectedStatus=-signal.SIGTERM,
         )
 
     async def test_cliHeadend(self) -> None:
@@ -190,5 +203,6 @@ class ServerProcessTests(TestCase):
         0 on SIGTERM.
         """
         await self._serve(
-            [*command("ai-agent"), "--agent", "chat.ai", "--openai-completions", "PORT"]
+            [*command("ai-agent"), "--agent", "chat.ai", "--openai-completions", "PORT"],
+            expectedStatus=0,
         )

@@ -28,13 +28,13 @@ from tests._harness import inThread, startServer
 def captureRunLogs(testCase: TestCase) -> list[LogEvent]:
     """
     Collect the headend's per-request log events (those with a
-    C{completionId}) until C{testCase} ends.
+    C{requestId}) until C{testCase} ends.
     """
     events: list[LogEvent] = []
 
     @provider(ILogObserver)
     def observe(event: LogEvent) -> None:
-        if "completionId" in event and "forwarded" in event:
+        if "requestId" in event and "forwarded" in event:
             events.append(event)
 
     globalLogPublisher.addObserver(observe)
@@ -341,7 +341,7 @@ class ShortcutTests(TestCase):
         self.assertEqual(sent.body["max_tokens"], 1000)
         [event] = logs
         self.assertEqual(
-            (event["task"], event["user"], event["outcome"]), ("title", "owui-user-1", "stop")
+            (event["task"], event["user"], event["outcome"]), ("title", "owui-user-1", "end")
         )
         self.assertEqual(
             event["forwarded"],
@@ -468,14 +468,14 @@ class ShortcutTests(TestCase):
             },
         )
         [event] = logs
-        self.assertEqual(event["completionId"], result.id)
+        self.assertEqual(event["requestId"], result.id)
         self.assertEqual(
-            (event["agent"], event["outcome"], event["stream"]), ("agent", "stop", False)
+            (event["agent"], event["outcome"], event["stream"]), ("agent", "end", False)
         )
         self.assertEqual(event["user"], "bob FORGED")
         self.assertEqual(event["forwarded"], {"X-Chat-Id": "chat-9"})
         line = formatEvent(event)
-        self.assertIn(f"{result.id} for agent agent stop in ", line)
+        self.assertIn(f"{result.id} for agent agent end in ", line)
         self.assertIn("user 'bob FORGED'; X-Chat-Id 'chat-9'", line)
         self.assertNotIn("\n", line)
         self.assertNotIn("sk-client-secret", line + json.dumps(event, default=repr))

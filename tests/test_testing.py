@@ -13,7 +13,7 @@ from typing import Any
 import treq
 from treq.client import HTTPClient
 from treq.testing import StubTreq
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
@@ -25,6 +25,7 @@ from ai_agent.errors import ProviderError
 from ai_agent.providers import ChatMessage, LLMRequest, LLMResponse
 from ai_agent.sse import SSEParser
 from ai_agent.testing import (
+    WAIT_TIMEOUT,
     FakeUpstream,
     RecordedRequest,
     Reply,
@@ -252,6 +253,8 @@ class FakeUpstreamTests(TestCase):
         """
         self.upstream.script(Reply(content="a", hold=True), Reply(content="b", hold=True))
         first = self.post(chatBody())
+        # Two connections race: let the first take the first reply.
+        await self.upstream.waitForRequests(1)
         second = self.post(chatBody())
         responses = [await first, await second]
         self.assertEqual((self.upstream.inFlight, self.upstream.held), (2, 2))
@@ -528,6 +531,42 @@ class FakeUpstreamClockTests(SynchronousTestCase):
         self.stub.get("http://fake/v1/models")
         self.stub.flush()
         self.assertEqual(len(self.successResultOf(second)), 1)
+
+    def test_waitersTimeOut(self) -> None:
+        """
+        Waiting for requests or disconnects that do not come fails with a
+        L{TimeoutError} saying what was seen, after the timeout on the
+        injected clock, and the waiter is forgotten.
+        """
+        self.stub.get("http://fake/v1/models")
+        self.stub.flush()
+        requests = self.upstream.waitForRequests(2, timeout=5)
+        disconnects = self.upstream.waitForDisconnects(1)
+        self.clock.advance(4.9)
+        self.assertNoResult(requests)
+        self.clock.advance(0.1)
+        failure = self.failureResultOf(requests, TimeoutError)
+        self.assertEqual(failure.getErrorMessage(), "waited 5 s for 2, saw 1 request(s)")
+        self.assertNoResult(disconnects)
+        self.clock.advance(WAIT_TIMEOUT - 5)
+        failure = self.failureResultOf(disconnects, TimeoutError)
+        self.assertEqual(
+            failure.getErrorMessage(), f"waited {WAIT_TIMEOUT:g} s for 1, saw 0 disconnect(s)"
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.stub.get("http://fake/v1/models")
+        self.stub.flush()
+        self.assertEqual(len(self.upstream.requests), 2)
+
+    def test_waiterFiredInTime(self) -> None:
+        """
+        A waiter that fires in time leaves no timer behind.
+        """
+        waiting = self.upstream.waitForRequests(1, timeout=5)
+        self.stub.get("http://fake/v1/models")
+        self.stub.flush()
+        self.assertEqual(len(self.successResultOf(waiting)), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_invalidBody(self) -> None:
         """

@@ -23,9 +23,20 @@ from ai_agent.agentfile import AgentSpec
 from ai_agent.cli import Options, runListTools
 from ai_agent.config import Config, ProviderConfig
 from ai_agent.errors import ConfigurationError, ProviderError
-from ai_agent.events import ContentDelta, Event, EventSink, ReasoningDelta, Usage
+from ai_agent.events import (
+    PROGRESS_TYPES,
+    ContentDelta,
+    Event,
+    EventSink,
+    ReasoningDelta,
+    SubAgentProgress,
+    ToolStarted,
+    Usage,
+    progressText,
+)
 from ai_agent.providers import ChatMessage, LLMResponse, ToolCall, ToolSpec
 from ai_agent.registry import loadRegistry
+from ai_agent.request import RunRequest
 from ai_agent.runtime import buildRuntime
 from ai_agent.session import SessionRunner
 from ai_agent.testing import Reply, ScriptedProvider
@@ -53,7 +64,14 @@ def _call(name: str, arguments: Mapping[str, Any], callId: str = "c1") -> LLMRes
 
 
 def _reasoning(events: Sequence[Event]) -> str:
-    return "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    """
+    Reasoning and progress as a client reads them.
+    """
+    return "".join(
+        progressText(e) if isinstance(e, PROGRESS_TYPES) else e.text
+        for e in events
+        if isinstance(e, (ReasoningDelta, *PROGRESS_TYPES))
+    )
 
 
 # --- sub-agents and the tool box, in memory ------------------------------------
@@ -84,7 +102,9 @@ class SubAgentTests(SynchronousTestCase):
         self.events: list[Event] = []
 
     def runMain(self) -> Deferred[Any]:
-        return self.runner.run(self.main, [ChatMessage("user", "2+3?")], self.events.append)
+        return self.runner.run(
+            self.main, RunRequest((ChatMessage("user", "2+3?"),)), self.events.append
+        )
 
     def test_spec(self) -> None:
         """
@@ -209,16 +229,21 @@ class SubAgentTests(SynchronousTestCase):
 
     def test_nestedSink(self) -> None:
         """
-        L{NestedSink} passes whole prefixed lines and usage on, and keeps
-        the content as the answer.
+        L{NestedSink} passes the child's reasoning on in whole lines and its
+        progress as it comes (after the partial line before it), each inside
+        a L{SubAgentProgress} naming the sub-agent, passes usage on as it
+        is, and keeps the content as the answer.
         """
         received: list[Event] = []
-        sink = NestedSink("[agent__x] ", received.append)
+        sink = NestedSink("agent__x", received.append)
+        started = ToolStarted("t__a", "{}", "c1")
         for event in (
             ReasoningDelta("one\ntw"),
             ReasoningDelta("o\n"),
             ContentDelta("the "),
             Usage(3, 4),
+            ReasoningDelta("half"),
+            started,
             ContentDelta("answer"),
             ReasoningDelta("\nlast"),
         ):
@@ -227,11 +252,17 @@ class SubAgentTests(SynchronousTestCase):
         self.assertEqual(
             received,
             [
-                ReasoningDelta("[agent__x] one\n"),
-                ReasoningDelta("[agent__x] two\n"),
+                SubAgentProgress("agent__x", ReasoningDelta("one\n")),
+                SubAgentProgress("agent__x", ReasoningDelta("two\n")),
                 Usage(3, 4),
-                ReasoningDelta("[agent__x] last\n"),
+                SubAgentProgress("agent__x", ReasoningDelta("half\n")),
+                SubAgentProgress("agent__x", started),
+                SubAgentProgress("agent__x", ReasoningDelta("last\n")),
             ],
+        )
+        self.assertEqual(
+            [progressText(e) for e in received if isinstance(e, SubAgentProgress)][3],
+            "[agent__x] calling t__a {}\n",
         )
         self.assertEqual(sink.answer, "the answer")
 
@@ -261,7 +292,9 @@ class SessionToolTests(SynchronousTestCase):
         runner = SessionRunner(
             {"main": provider}.__getitem__, Clock(), lambda agent: _RaisingTools()
         )
-        self.successResultOf(runner.run(_spec("main"), [ChatMessage("user", "x")], lambda e: None))
+        self.successResultOf(
+            runner.run(_spec("main"), RunRequest((ChatMessage("user", "x"),)), lambda e: None)
+        )
         self.assertEqual(
             provider.requests[1].messages[-1].content, "error: ValueError: broken tool box"
         )
@@ -606,7 +639,8 @@ class EndToEndTests(TestCase):
     async def test_disconnectCancelsSubAgent(self) -> None:
         """
         A client that disconnects while a sub-agent runs cancels the child
-        session: its upstream LLM call is closed.
+        session: its upstream LLM call is closed, the run ends, and the
+        parent makes no further LLM call.
         """
         server = await self.start(
             agent="---\nmodels: fake/test-model\nagents: [helper.ai]\n---\nBoss.\n",
@@ -620,8 +654,14 @@ class EndToEndTests(TestCase):
         await server.upstream.waitForRequests(2)
         await sleep(0.05)
         client.transport.loseConnection()
-        await server.upstream.waitForDisconnects(1)
+        gone = await server.upstream.waitForDisconnects(1)
         await waitFor(lambda: server.pool.activeRuns == 0)
+        self.assertEqual((gone, server.upstream.held), (1, 0))
+        # The closed call was the sub-agent's, and nothing came after it.
+        self.assertEqual(len(server.upstream.requests), 2)
+        child = server.upstream.requests[1].body["messages"]
+        self.assertEqual(child[-1], {"role": "user", "content": "x"})
+        self.assertEqual(server.upstream.disconnects, 1)
 
     async def test_unavailableServerLeftOut(self) -> None:
         """

@@ -146,7 +146,7 @@ class WorkersTests(TestCase):
         running.upstream.release()
 
         transport.signalProcess("TERM")
-        code = await server.ended
+        code = await server.waitForEnd()
         self.assertEqual(code, 0, server.output.decode())
         for child in workers:
             for _ in range(100):

@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
-import json
-from typing import Any, Iterable, cast
+import re
+from typing import Any, Callable, Iterable, cast
+from urllib.parse import quote, unquote_to_bytes
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall
@@ -22,9 +23,22 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
-from ai_agent.errors import AgentError
+from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, ErrorKind
+
+#: Picks the error format of the API a request is for, from its canonical
+#: path and its headers.
+ErrorFormatChooser = Callable[[bytes, Headers], ErrorFormat]
+
+
+def openaiErrors(path: bytes, headers: Headers) -> ErrorFormat:
+    """
+    The default chooser: OpenAI's envelope for every path.
+    """
+    return OPENAI_ERRORS
+
 
 log = Logger()
 
@@ -40,8 +54,59 @@ _LINGER = 2.0
 _JSON_TYPES = (b"application/json", b"text/json")
 
 
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+#: A C{%} not followed by two hex digits.
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+#: Characters left unescaped when a canonical path is written back: RFC
+#: 3986's unreserved and sub-delimiters, C{:} and C{@}.
+_SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
+
+#: An absolute-form request target's scheme and authority.
+_ABSOLUTE_FORM = re.compile(rb"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
+class UnusablePathError(ValueError):
+    """
+    A request target that has no single meaning as a path.
+    """
+
+
+def canonicalPath(target: bytes) -> tuple[bytes, bytes]:
+    """
+    The one spelling of a request target's path that both the API-key check
+    and the router use, and its query string (with its C{?}, or empty).
+
+    An absolute-form target (C{http://host/v1/models}) loses its scheme and
+    authority; percent-escapes are decoded once; runs of C{/} fold into one;
+    each segment is written back escaped, so the router's own decoding gives
+    the same segments.  A trailing C{/} is kept.
+
+    @raise UnusablePathError: for a target that cannot be given one meaning: a
+        malformed or double escape, bytes that are not UTF-8, control
+        characters, C{.} or C{..} segments, a fragment, or a target that is
+        not a path.
+    """
+    target = _ABSOLUTE_FORM.sub(b"", target, count=1) or b"/"
+    path, question, query = target.partition(b"?")
+    if not path.startswith(b"/"):
+        raise UnusablePathError("the request target must be a path starting with '/'")
+    if b"#" in path or _BAD_ESCAPE.search(path):
+        raise UnusablePathError("the request path has a malformed percent-escape")
+    try:
+        decoded = unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnusablePathError("the request path is not UTF-8 once percent-decoded") from None
+    if "%" in decoded:
+        raise UnusablePathError("the request path is percent-escaped twice")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+        raise UnusablePathError("the request path has control characters")
+    segments = [segment for segment in decoded.split("/") if segment]
+    if any(segment in (".", "..") for segment in segments):
+        raise UnusablePathError("the request path has '.' or '..' segments")
+    canonical = "/" + "/".join(quote(segment, safe=_SEGMENT_SAFE) for segment in segments)
+    if segments and decoded.endswith("/"):
+        canonical += "/"
+    return canonical.encode("ascii"), question + query
 
 
 @attrs.frozen
@@ -95,7 +160,9 @@ class HTTPPolicy:
         body, from its first byte.
     @ivar idleTimeout: seconds an idle keep-alive connection stays open.
     @ivar corsOrigins: origins allowed to call from a browser (C{*} for any).
-    @ivar protectedPrefixes: paths that need an API key when keys are set.
+    @ivar openPaths: the canonical paths answered without an API key when
+        keys are set; every other path, whether or not a route serves it,
+        needs one.
     """
 
     maxBodySize: int = 8 * 1024 * 1024
@@ -103,7 +170,7 @@ class HTTPPolicy:
     idleTimeout: float = 60.0
     apiKeys: APIKeys = APIKeys()
     corsOrigins: frozenset[str] = frozenset()
-    protectedPrefixes: tuple[bytes, ...] = (b"/v1/",)
+    openPaths: frozenset[bytes] = frozenset({b"/health", b"/openapi.json"})
 
     def allowsOrigin(self, origin: bytes | None) -> bytes | None:
         """
@@ -126,6 +193,7 @@ class GuardedRequest(Request):
     _refusal: AgentError | None = None
     _received: int = 0
     _answered: bool = False
+    _canonical: tuple[bytes, bytes] | None = None
 
     @property
     def policy(self) -> HTTPPolicy:
@@ -158,16 +226,23 @@ class GuardedRequest(Request):
 
     def _screen(self, length: int | None) -> AgentError | None:
         policy = self.policy
-        path = getattr(self.channel, "_path", b"").split(b"?", 1)[0]
+        # The request line as received; twisted.web gives no public access
+        # to it before the body is read (tests.test_http_guard pins this).
+        target = getattr(self.channel, "_path", b"")
         method = getattr(self.channel, "_command", b"")
+        try:
+            self._canonical = canonicalPath(target)
+        except UnusablePathError as e:
+            return AgentError(str(e), 400, ErrorKind.INVALID_REQUEST, "invalid_path")
+        path = self._canonical[0]
         if method == b"OPTIONS":
             return None
-        if policy.apiKeys.enabled and path.startswith(policy.protectedPrefixes):
+        if policy.apiKeys.enabled and path not in policy.openPaths:
             if not policy.apiKeys.accepts(self._presentedKey()):
                 return AgentError(
                     "a valid API key is required: send it as 'Authorization: Bearer KEY'",
                     401,
-                    "invalid_request_error",
+                    ErrorKind.AUTHENTICATION,
                     "invalid_api_key",
                 )
         if length is not None and length > policy.maxBodySize:
@@ -181,7 +256,7 @@ class GuardedRequest(Request):
                         "the request body must be JSON (Content-Type: application/json),"
                         f" not {mediaType.decode('latin-1')!r}",
                         415,
-                        "invalid_request_error",
+                        ErrorKind.INVALID_REQUEST,
                         "unsupported_media_type",
                     )
         return None
@@ -205,9 +280,11 @@ class GuardedRequest(Request):
         channel: Any = self.channel
         transport: Any = channel.transport
         headers = self._errorHeaders(error)
-        body = _dumps(error.envelope())
-        reason = http.RESPONSES.get(error.status, b"Error")
-        lines = [b"HTTP/1.1 %d %s" % (error.status, reason)]
+        errors = self.errorFormat()
+        body = errors.body(error)
+        status = errors.status(error)
+        reason = http.RESPONSES.get(status, b"Error")
+        lines = [b"HTTP/1.1 %d %s" % (status, reason)]
         lines += [name + b": " + value for name, value in headers]
         lines += [b"Content-Length: %d" % len(body), b"Connection: close", b"", b""]
         log.info(
@@ -237,6 +314,16 @@ class GuardedRequest(Request):
             headers.append((b"Vary", b"Origin"))
         return headers
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # Route by the same canonical path the key check used.  A target
+        # that could not be made canonical was refused already; route it
+        # nowhere.
+        if self._canonical is not None:
+            path = b"".join(self._canonical)
+        elif self._refusal is not None:
+            path = b"/"
+        super().requestReceived(command, path, version)
+
     def process(self) -> None:
         self.site = cast(Any, self.channel).site
         origin = self.policy.allowsOrigin(self.getHeader(b"origin"))
@@ -263,7 +350,7 @@ class GuardedRequest(Request):
                 AgentError(
                     "cross-origin requests from this origin are not allowed",
                     403,
-                    "invalid_request_error",
+                    ErrorKind.PERMISSION,
                     "cors_origin_not_allowed",
                 )
             )
@@ -278,11 +365,20 @@ class GuardedRequest(Request):
         self.setHeader(b"access-control-max-age", b"600")
         self.finish()
 
+    def errorFormat(self) -> ErrorFormat:
+        """
+        The error format of the API this request is for.
+        """
+        path = b"/" if self._canonical is None else self._canonical[0]
+        chooser = getattr(cast(Any, self.channel).site, "errorFormats", openaiErrors)
+        return cast(ErrorFormat, chooser(path, self.requestHeaders))
+
     def _respond(self, error: AgentError) -> None:
-        self.setResponseCode(error.status)
+        errors = self.errorFormat()
+        self.setResponseCode(errors.status(error))
         for name, value in self._errorHeaders(error):
             self.setHeader(name, value)
-        body = _dumps(error.envelope())
+        body = errors.body(error)
         self.setHeader(b"content-length", b"%d" % len(body))
         self.write(body)
         self.finish()
@@ -294,14 +390,14 @@ class GuardedRequest(Request):
             if not self.finished and not self._disconnected:
                 self.finish()
             return
-        self._respond(AgentError("internal server error", 500, "server_error", "internal_error"))
+        self._respond(AgentError("internal server error", 500, ErrorKind.SERVER, "internal_error"))
 
 
 def _tooLarge(limit: int) -> AgentError:
     return AgentError(
         f"the request body is larger than the {limit}-byte limit",
         413,
-        "invalid_request_error",
+        ErrorKind.REQUEST_TOO_LARGE,
         "request_too_large",
     )
 
@@ -346,10 +442,15 @@ class GuardedChannel(http.HTTPChannel):
         error = AgentError(
             "the request was not received in time",
             408,
-            "invalid_request_error",
+            ErrorKind.INVALID_REQUEST,
             "request_timeout",
         )
-        body = _dumps(error.envelope())
+        try:
+            path = canonicalPath(getattr(self, "_path", b"/") or b"/")[0]
+        except UnusablePathError:
+            path = b"/"
+        chooser = getattr(getattr(self, "site", None), "errorFormats", openaiErrors)
+        body = chooser(path, Headers()).body(error)
         transport: Any = self.transport
         transport.write(
             b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
@@ -368,7 +469,8 @@ class GuardedSite(Site):
     """
     A L{Site} using L{GuardedRequest} and L{GuardedChannel} under an
     L{HTTPPolicy}; form parsing is off (the API takes JSON only), and
-    tracebacks are never shown.
+    tracebacks are never shown.  Refusals are written in the error format
+    C{errorFormats} picks for the request's path and headers.
     """
 
     requestFactory = GuardedRequest
@@ -376,10 +478,17 @@ class GuardedSite(Site):
     displayTracebacks = False
     noisy = False
 
-    def __init__(self, resource: Any, policy: HTTPPolicy = HTTPPolicy(), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: Any,
+        policy: HTTPPolicy = HTTPPolicy(),
+        errorFormats: ErrorFormatChooser = openaiErrors,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, **kwargs)
         self.policy = policy
+        self.errorFormats = errorFormats
         self.timeOut = policy.idleTimeout
 
     def log(self, request: Any) -> None:
@@ -389,4 +498,14 @@ class GuardedSite(Site):
             super().log(request)
 
 
-__all__ = ["APIKeys", "GuardedChannel", "GuardedRequest", "GuardedSite", "HTTPPolicy"]
+__all__ = [
+    "APIKeys",
+    "ErrorFormatChooser",
+    "GuardedChannel",
+    "GuardedRequest",
+    "GuardedSite",
+    "HTTPPolicy",
+    "UnusablePathError",
+    "canonicalPath",
+    "openaiErrors",
+]

@@ -22,7 +22,7 @@ import math
 import re
 from array import array
 from itertools import accumulate
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -31,9 +31,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from ai_agent.accounting import RunLabels
 from ai_agent.errors import AgentError, invalidRequest
 from ai_agent.providers import ChatMessage, ToolCall
-from ai_agent.session import Sampling
+from ai_agent.request import OutputFormat, RunRequest, Sampling
+
+_T = TypeVar("_T")
 
 #: The most messages one request may carry.
 MAX_MESSAGES = 2048
@@ -69,6 +72,15 @@ class ChatRequest:
     includeUsage: bool = False
     sampling: Sampling = Sampling()
     user: str | None = None
+
+    def runRequest(self, labels: RunLabels) -> RunRequest:
+        """
+        The neutral run request: system and developer messages stay in the
+        conversation, where the session puts them after the agent's prompt.
+        LLM calls stream whether or not the client does: a whole answer is
+        made of the same events.
+        """
+        return RunRequest(self.messages, (), self.sampling, True, labels)
 
 
 def parseChatRequest(body: bytes) -> ChatRequest:
@@ -131,7 +143,7 @@ def parseChatRequest(body: bytes) -> ChatRequest:
     )
 
 
-def _parseResponseFormat(value: Any) -> dict[str, Any] | None:
+def _parseResponseFormat(value: Any) -> OutputFormat | None:
     """
     A client's C{response_format}: C{text} (the default: L{None}),
     C{json_object}, or C{json_schema} with a C{name} and an object
@@ -146,7 +158,7 @@ def _parseResponseFormat(value: Any) -> dict[str, Any] | None:
     if kind == "text":
         return None
     if kind == "json_object":
-        return {"type": "json_object"}
+        return OutputFormat()
     if kind != "json_schema":
         raise invalidRequest(
             f"'{param}.type' must be one of text, json_object, json_schema",
@@ -172,11 +184,55 @@ def _parseResponseFormat(value: Any) -> dict[str, Any] | None:
             f"{param}.json_schema.schema",
             "invalid_type",
         )
-    chosen: dict[str, Any] = {"name": name, "schema": schema}
-    for key in ("description", "strict"):
-        if key in spec:
-            chosen[key] = spec[key]
-    return {"type": "json_schema", "json_schema": chosen}
+    description = spec.get("description")
+    if description is not None and not isinstance(description, str):
+        raise invalidRequest(
+            f"'{param}.json_schema.description' must be a string",
+            f"{param}.json_schema.description",
+            "invalid_type",
+        )
+    strict = spec.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise invalidRequest(
+            f"'{param}.json_schema.strict' must be a boolean",
+            f"{param}.json_schema.strict",
+            "invalid_type",
+        )
+    return OutputFormat(schema, name, description, strict)
+
+
+def parseOffReactor(
+    parse: Callable[[bytes], _T],
+    body: bytes,
+    reactor: IReactorFromThreads,
+    threadpool: ThreadPool,
+    threshold: int = OFF_REACTOR_THRESHOLD,
+) -> Deferred[_T]:
+    """
+    C{parse(body)}, run in C{threadpool} when C{body} is at least
+    C{threshold} bytes long so that a large body does not hold up the
+    reactor; a smaller one is parsed at once.  Every API's parser goes
+    through here.
+
+    Cancelling the result stops waiting for the thread (which finishes its
+    parse and is ignored).
+
+    @return: fires with what C{parse} returns, or fails with the 400
+        L{AgentError} it raises.
+    """
+    if len(body) < threshold:
+        try:
+            return succeed(parse(body))
+        except AgentError:
+            return fail()
+    result: Deferred[_T] = Deferred(canceller=_abandon)
+
+    def done(outcome: _T | Failure) -> None:
+        if not result.called:
+            result.callback(outcome)
+
+    deferToThreadPool(reactor, threadpool, parse, body).addBoth(done)
+    return result
 
 
 def parseChatRequestOffReactor(
@@ -186,32 +242,12 @@ def parseChatRequestOffReactor(
     threshold: int = OFF_REACTOR_THRESHOLD,
 ) -> Deferred[ChatRequest]:
     """
-    L{parseChatRequest}, run in C{threadpool} when C{body} is at least
-    C{threshold} bytes long so that a large body does not hold up the
-    reactor; a smaller one is parsed at once.
-
-    Cancelling the result stops waiting for the thread (which finishes its
-    parse and is ignored).
-
-    @return: fires with the L{ChatRequest}, or fails with the 400
-        L{AgentError}.
+    L{parseChatRequest} through L{parseOffReactor}.
     """
-    if len(body) < threshold:
-        try:
-            return succeed(parseChatRequest(body))
-        except AgentError:
-            return fail()
-    result: Deferred[ChatRequest] = Deferred(canceller=_abandon)
-
-    def done(outcome: ChatRequest | Failure) -> None:
-        if not result.called:
-            result.callback(outcome)
-
-    deferToThreadPool(reactor, threadpool, parseChatRequest, body).addBoth(done)
-    return result
+    return parseOffReactor(parseChatRequest, body, reactor, threadpool, threshold)
 
 
-def _abandon(result: Deferred[ChatRequest]) -> None:
+def _abandon(result: Deferred[Any]) -> None:
     """
     A thread cannot be stopped: a cancelled parse is left to finish, and
     L{Deferred.cancel} fails C{result} with L{CancelledError} at once.
@@ -537,4 +573,5 @@ __all__ = [
     "OFF_REACTOR_THRESHOLD",
     "parseChatRequest",
     "parseChatRequestOffReactor",
+    "parseOffReactor",
 ]

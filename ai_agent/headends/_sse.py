@@ -1,11 +1,9 @@
-# -*- test-case-name: tests.test_headend_sse -*-
+# -*- test-case-name: tests.test_stream -*-
 """
 The one Server-Sent Events producer every streaming headend uses.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import attrs
 from twisted.internet.interfaces import IPushProducer
@@ -20,16 +18,14 @@ class SSEStream:
     Writes SSE frames to one request, honouring the transport's flow control.
 
     While the transport is paused, frames wait in memory (in order) and go
-    out on resume.  When the client goes away, later frames are dropped and
-    C{onStop} runs so upstream work can stop; finishing the request is left
-    to Klein, which cancels the route's Deferred on disconnect.
+    out on resume.  When the client goes away, later frames are dropped;
+    stopping the run and finishing the request are left to Klein, which
+    cancels the route's Deferred on disconnect.
 
     @ivar request: the request to write to.
-    @ivar onStop: called once when the transport stops the producer.
     """
 
     request: Request
-    onStop: Callable[[], None] | None = None
     started: bool = attrs.field(init=False, default=False)
     paused: bool = attrs.field(init=False, default=False)
     closed: bool = attrs.field(init=False, default=False)
@@ -83,13 +79,6 @@ class SSEStream:
             request.unregisterProducer()
         self.closed = True
 
-    @property
-    def queuedBytes(self) -> int:
-        """
-        Bytes waiting for the transport to resume.
-        """
-        return sum(len(frame) for frame in self._pending)
-
     def pauseProducing(self) -> None:
         self.paused = True
 
@@ -106,8 +95,6 @@ class SSEStream:
             return
         self.closed = True
         self._pending.clear()
-        if self.onStop is not None:
-            self.onStop()
 
 
 __all__ = ["SSEStream"]

@@ -13,23 +13,22 @@ from typing import Any, ClassVar, cast
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
-from ai_agent.errors import AgentError, notFound
+from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorKind, notFound
 from ai_agent.events import (
-    ContentDelta,
-    Event,
     EventSink,
     Finished,
-    ModelAnswering,
-    ReasoningDelta,
+    FinishReason,
+    Progress,
+    ReasoningText,
+    Usage,
 )
 from ai_agent.headends._request import (
     OFF_REACTOR_THRESHOLD,
@@ -37,8 +36,8 @@ from ai_agent.headends._request import (
     parseChatRequest,
     parseChatRequestOffReactor,
 )
-from ai_agent.headends._sse import SSEStream
-from ai_agent.pool import RunPool, Slot
+from ai_agent.headends._stream import RunResponse
+from ai_agent.pool import RunPool
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.session import SessionRunner
 from ai_agent.tasks import detectTask, forwardedHeaders, loggable
@@ -48,9 +47,6 @@ from ai_agent.tasks import detectTask, forwardedHeaders, loggable
 STREAM_HEAD_GRACE = 10.0
 
 _JSON = b"application/json"
-
-#: The response header naming the model (C{provider/model}) that answered.
-MODEL_HEADER = b"x-ai-agent-model"
 
 #: The C{reasoningField} that puts reasoning inside C{content}, between
 #: C{<think>} and C{</think>}, for UIs that render only that.
@@ -163,9 +159,108 @@ class ChunkEncoder:
         """
         An in-band error frame.
         """
-        return b"data: " + _dumps(error.envelope()) + b"\n\n"
+        return b"data: " + OPENAI_ERRORS.body(error) + b"\n\n"
 
     DONE: ClassVar[bytes] = b"data: [DONE]\n\n"
+
+
+#: Neutral finish reasons as Chat Completions' C{finish_reason}.
+FINISH_REASONS: dict[str, str] = {
+    FinishReason.END: "stop",
+    FinishReason.STOP_SEQUENCE: "stop",
+    FinishReason.MAX_TOKENS: "length",
+    FinishReason.TOOL_CALLS: "tool_calls",
+    FinishReason.CONTENT_FILTER: "content_filter",
+}
+
+
+def finishReason(reason: str) -> str:
+    """
+    Chat Completions' C{finish_reason} for a neutral one.
+    """
+    return FINISH_REASONS.get(reason, "stop")
+
+
+def usageObject(usage: Usage) -> dict[str, int]:
+    """
+    Chat Completions' C{usage} object.
+    """
+    return {
+        "prompt_tokens": usage.promptTokens,
+        "completion_tokens": usage.completionTokens,
+        "total_tokens": usage.totalTokens,
+    }
+
+
+@attrs.define
+class ChatEncoder:
+    """
+    A run as Chat Completions (a L{ai_agent.headends._stream.RunEncoder}):
+    chunks when streamed, one C{chat.completion} object when not.  The
+    model's reasoning and the agent's progress share the reasoning field,
+    progress always on lines of its own.
+    """
+
+    chunks: ChunkEncoder
+    _text: ReasoningText = attrs.field(factory=ReasoningText, init=False)
+    _content: list[str] = attrs.field(factory=list, init=False)
+    _reasoning: list[str] = attrs.field(factory=list, init=False)
+
+    def open(self) -> bytes:
+        return self.chunks.role()
+
+    def content(self, text: str) -> bytes:
+        self._content.append(text)
+        return self.chunks.content(text)
+
+    def reasoning(self, text: str) -> bytes | None:
+        text = self._text.reasoning(text)
+        self._reasoning.append(text)
+        return self.chunks.reasoning(text)
+
+    def progress(self, event: Progress) -> bytes | None:
+        text = self._text.progress(event)
+        self._reasoning.append(text)
+        return self.chunks.reasoning(text)
+
+    def usage(self, usage: Usage) -> None:
+        return None
+
+    def finish(self, finished: Finished) -> bytes:
+        frames = [self.chunks.finish(finishReason(finished.reason))]
+        if self.chunks.includeUsage:
+            frames.append(self.chunks.usage(usageObject(finished.usage)))
+        frames.append(ChunkEncoder.DONE)
+        return b"".join(frames)
+
+    def error(self, error: AgentError) -> bytes:
+        return ChunkEncoder.error(error) + ChunkEncoder.DONE
+
+    def body(self, finished: Finished) -> bytes:
+        field = self.chunks.reasoningField
+        text = "".join(self._content)
+        if self._reasoning and field == THINK:
+            text = THINK_OPEN + "".join(self._reasoning) + THINK_CLOSE + text
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if self._reasoning and field not in (None, THINK):
+            message[field] = "".join(self._reasoning)
+        return _dumps(
+            {
+                "id": self.chunks.completionId,
+                "object": "chat.completion",
+                "created": self.chunks.created,
+                "model": self.chunks.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": None,
+                        "finish_reason": finishReason(finished.reason),
+                    }
+                ],
+                "usage": usageObject(finished.usage),
+            }
+        )
 
 
 @attrs.define(slots=False)
@@ -220,20 +315,20 @@ class OpenAIHeadend:
             AgentError(
                 f"{method} is not allowed here; use {allowed}",
                 405,
-                "invalid_request_error",
+                ErrorKind.INVALID_REQUEST,
                 "method_not_allowed",
             ),
         )
 
     def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
-        request.setResponseCode(error.status)
+        request.setResponseCode(OPENAI_ERRORS.status(error))
         request.setHeader(b"content-type", _JSON)
         if error.retryAfter is not None:
             request.setHeader(b"retry-after", str(max(1, round(error.retryAfter))).encode())
         if error.sideEffects:
             # A tool already ran: running the agent again could repeat it.
             request.setHeader(b"x-should-retry", b"false")
-        return _dumps(error.envelope())
+        return OPENAI_ERRORS.body(error)
 
     # -- routes ---------------------------------------------------------
 
@@ -302,13 +397,38 @@ class OpenAIHeadend:
         agent = self.registry.resolve(chat.model)
         if agent is None:
             raise _unknownModel(chat.model)
-        record = self._labels(request, chat)
+        labels = self._labels(request, chat)
+        run = chat.runRequest(labels)
+        encoder = ChatEncoder(
+            ChunkEncoder(
+                labels.requestId,
+                int(self.reactor.seconds()),
+                agent.id,
+                chat.includeUsage,
+                self.reasoningField,
+            )
+        )
         slot = await self.pool.acquire()
         try:
+            response = RunResponse(
+                request,
+                self.reactor,
+                encoder,
+                slot,
+                self.streamHeadGrace,
+                {b"x-request-id": labels.requestId.encode("ascii")},
+                f"{labels.requestId}: agent {agent.id}",
+            )
+            start = self.runner.run if labels.task is None else self.runner.runDirect
+
+            def begin(events: EventSink) -> Deferred[Finished]:
+                # The agent loop, or one direct call for a background task.
+                return start(agent.spec, run, events)
+
             if chat.stream:
-                await self._stream(request, chat, agent, slot, record)
+                await response.stream(begin)
                 return None
-            return await self._complete(request, chat, agent, slot, record)
+            return await response.complete(begin)
         finally:
             slot.release()
 
@@ -324,15 +444,6 @@ class OpenAIHeadend:
             chat.messages, None if header is None else header.decode("utf-8", "replace")
         )
 
-    def _start(
-        self, agent: ServedAgent, chat: ChatRequest, labels: RunLabels, onEvent: EventSink
-    ) -> Deferred[Finished]:
-        """
-        The agent loop, or one direct call for a background task.
-        """
-        start = self.runner.run if labels.task is None else self.runner.runDirect
-        return start(agent.spec, chat.messages, onEvent, chat.sampling, stream=True, labels=labels)
-
     def _labels(self, request: IRequest, chat: ChatRequest) -> RunLabels:
         """
         What the run's log line says about the request: its id, the task
@@ -341,189 +452,12 @@ class OpenAIHeadend:
         C{Authorization} header).
         """
         return RunLabels(
-            completionId=_completionId(),
+            requestId=_completionId(),
             stream=chat.stream,
             task=self._taskOf(request, chat),
             user=None if chat.user is None else loggable(chat.user),
             forwarded=forwardedHeaders(request.getHeader),
         )
-
-    # -- completions ----------------------------------------------------
-
-    async def _complete(
-        self,
-        request: IRequest,
-        chat: ChatRequest,
-        agent: ServedAgent,
-        slot: Slot,
-        record: RunLabels,
-    ) -> bytes:
-        content: list[str] = []
-        reasoning: list[str] = []
-        answering: list[str] = []
-
-        def onEvent(event: Event) -> None:
-            if isinstance(event, ContentDelta):
-                content.append(event.text)
-            elif isinstance(event, ReasoningDelta):
-                reasoning.append(event.text)
-            elif isinstance(event, ModelAnswering):
-                answering.append(event.model)
-
-        completionId = record.completionId
-        created = int(self.reactor.seconds())
-        run = self._start(agent, chat, record, onEvent)
-        stopped = _stopOnAbort(slot, run)
-        try:
-            finished = await run
-        except CancelledError:
-            if stopped:
-                raise stopped[0] from None
-            raise
-        text = "".join(content)
-        if reasoning and self.reasoningField == THINK:
-            text = THINK_OPEN + "".join(reasoning) + THINK_CLOSE + text
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if reasoning and self.reasoningField not in (None, THINK):
-            message[self.reasoningField] = "".join(reasoning)
-        request.setHeader(b"content-type", _JSON)
-        request.setHeader(b"x-request-id", completionId.encode("ascii"))
-        if answering:
-            request.setHeader(MODEL_HEADER, answering[-1].encode("utf-8"))
-        return _dumps(
-            {
-                "id": completionId,
-                "object": "chat.completion",
-                "created": created,
-                "model": agent.id,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": message,
-                        "logprobs": None,
-                        "finish_reason": finished.finishReason,
-                    }
-                ],
-                "usage": finished.usage.asOpenAI(),
-            }
-        )
-
-    async def _stream(
-        self,
-        request: IRequest,
-        chat: ChatRequest,
-        agent: ServedAgent,
-        slot: Slot,
-        record: RunLabels,
-    ) -> None:
-        completionId = record.completionId
-        encoder = ChunkEncoder(
-            completionId,
-            int(self.reactor.seconds()),
-            agent.id,
-            chat.includeUsage,
-            self.reasoningField,
-        )
-        # A client that goes away is handled by Klein, which cancels this
-        # coroutine (and so the run) once the request has lost its
-        # connection; the producer only stops writing.
-        stream = SSEStream(cast(Request, request))
-        timer: list[IDelayedCall] = []
-        answering: list[str] = []
-
-        def begin() -> None:
-            if not stream.started:
-                if timer and timer[0].active():
-                    timer[0].cancel()
-                headers = {b"x-request-id": completionId.encode("ascii")}
-                if answering:
-                    headers[MODEL_HEADER] = answering[-1].encode("utf-8")
-                stream.start(headers)
-                stream.send(encoder.role())
-
-        def onEvent(event: Event) -> None:
-            if isinstance(event, ModelAnswering):
-                answering.append(event.model)
-            elif isinstance(event, ContentDelta):
-                begin()
-                stream.send(encoder.content(event.text))
-            elif isinstance(event, ReasoningDelta):
-                frame = encoder.reasoning(event.text)
-                if frame is not None:
-                    begin()
-                    stream.send(frame)
-
-        timer.append(self.reactor.callLater(self.streamHeadGrace, begin))
-        run = self._start(agent, chat, record, onEvent)
-        stopped = _stopOnAbort(slot, run)
-        try:
-            finished = await run
-        except CancelledError:
-            if not stopped:
-                stream.end()
-                raise
-            error = stopped[0]
-            if not stream.started:
-                raise error from None
-            _endInBand(stream, error)
-            return
-        except AgentError as error:
-            if not stream.started:
-                # Nothing was sent yet: answer with a real status.
-                raise
-            self.log.warn(
-                "{completionId}: agent {agent} failed mid-stream: {error}",
-                completionId=record.completionId,
-                agent=agent.id,
-                error=error.message,
-            )
-            _endInBand(stream, error)
-            return
-        except Exception:
-            if not stream.started:
-                # Nothing was sent yet: the web layer answers 500.
-                raise
-            # A bug: log it, and end the stream in-band without its text.
-            self.log.failure(
-                "{completionId}: agent {agent} crashed mid-stream",
-                completionId=record.completionId,
-                agent=agent.id,
-            )
-            _endInBand(stream, _internalError())
-            return
-        finally:
-            if timer[0].active():
-                timer[0].cancel()
-        begin()
-        frames = [encoder.finish(finished.finishReason)]
-        if chat.includeUsage:
-            frames.append(encoder.usage(finished.usage.asOpenAI()))
-        frames.append(encoder.DONE)
-        stream.send(b"".join(frames))
-        stream.end()
-
-
-def _endInBand(stream: SSEStream, error: AgentError) -> None:
-    """
-    End a stream that already began with an error frame and C{[DONE]}.
-    """
-    stream.send(ChunkEncoder.error(error) + ChunkEncoder.DONE)
-    stream.end()
-
-
-def _stopOnAbort(slot: Slot, run: Deferred[Finished]) -> list[AgentError]:
-    """
-    Let the pool stop C{run} at shutdown; the returned list receives the
-    error it was stopped with.
-    """
-    stopped: list[AgentError] = []
-
-    def abort(error: AgentError) -> None:
-        stopped.append(error)
-        run.cancel()
-
-    slot.onAbort = abort
-    return stopped
 
 
 def _modelEntry(agent: ServedAgent) -> dict[str, Any]:
@@ -546,13 +480,8 @@ def _unknownModel(model: str) -> AgentError:
     )
 
 
-def _internalError() -> AgentError:
-    # The same envelope the web layer answers a bug with (a 500).
-    return AgentError("internal server error", 500, "server_error", "internal_error")
-
-
 def _completionId() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-__all__ = ["ChunkEncoder", "OpenAIHeadend", "STREAM_HEAD_GRACE", "THINK"]
+__all__ = ["ChatEncoder", "ChunkEncoder", "OpenAIHeadend", "STREAM_HEAD_GRACE", "THINK"]

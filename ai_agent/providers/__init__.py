@@ -4,13 +4,11 @@ LLM providers: one module per wire protocol behind the L{Provider} interface.
 
 from __future__ import annotations
 
-import attrs
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 
 from ai_agent.config import ProviderConfig
-from ai_agent.errors import ConfigurationError, ProviderError
+from ai_agent.errors import ConfigurationError
 from ai_agent.providers._base import (
     CallbackSink,
     ChatMessage,
@@ -25,31 +23,6 @@ from ai_agent.providers._http import CONNECT_TIMEOUT
 from ai_agent.providers.anthropic import AnthropicProvider
 from ai_agent.providers.local import LocalProvider, LocalSettings
 from ai_agent.providers.openai import OpenAIProvider
-
-
-@attrs.define(eq=False)
-class UnsupportedProvider:
-    """
-    A configured provider whose wire protocol is not implemented: every call
-    fails, not retryably, saying so.
-    """
-
-    name: str
-    reason: str
-
-    def complete(self, request: LLMRequest, sink: DeltaSink) -> Deferred[LLMResponse]:
-        """
-        Fail with a L{ProviderError} (status 500, code
-        C{provider_not_supported}).
-        """
-        return fail(
-            ProviderError(
-                f"provider {self.name!r} cannot serve model {request.model!r}: {self.reason}",
-                status=500,
-                code="provider_not_supported",
-                retryable=False,
-            )
-        )
 
 
 def makeProvider(config: ProviderConfig, http: HTTPClient, reactor: IReactorTime) -> Provider:
@@ -97,6 +70,5 @@ __all__ = [
     "Provider",
     "ToolCall",
     "ToolSpec",
-    "UnsupportedProvider",
     "makeProvider",
 ]

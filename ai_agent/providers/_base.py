@@ -2,8 +2,9 @@
 """
 The provider interface: what the agent session asks of an LLM wire protocol.
 
-Messages travel in the OpenAI Chat Completions shape internally (role,
-content, tool calls, tool results); other protocols translate at their edge.
+Messages travel as role, content, tool calls and tool results (the
+conversation's shape in every API); each wire protocol translates them at
+its edge.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any, Callable, Mapping, Protocol
 import attrs
 from twisted.internet.defer import Deferred
 
-from ai_agent.events import Usage
+from ai_agent.events import FinishReason, Usage
+from ai_agent.request import OutputFormat
 
 
 @attrs.frozen
@@ -105,9 +107,8 @@ class LLMRequest:
     @ivar timeout: the longest silence allowed from the upstream, in seconds
         (before the response headers and between body chunks).
     @ivar totalTimeout: the longest the whole call may take, in seconds.
-    @ivar responseFormat: the answer's format in Chat Completions' shape
-        (C{{"type": "json_object"}} or C{{"type": "json_schema",
-        "json_schema": {"name": …, "schema": …}}}), or L{None} for text.
+    @ivar outputFormat: the shape the answer must have, or L{None} for
+        text.
     @ivar cache: ask the provider to cache the request's prefix (tools,
         system text, conversation so far) for the next call, where the wire
         protocol has such a switch (Anthropic's prompt caching).
@@ -124,7 +125,7 @@ class LLMRequest:
     reasoning: str | None = None
     stream: bool = True
     timeout: float | None = None
-    responseFormat: Mapping[str, Any] | None = None
+    outputFormat: OutputFormat | None = None
     cache: bool = False
     totalTimeout: float | None = None
 
@@ -134,14 +135,15 @@ class LLMResponse:
     """
     The assembled result of one model call.
 
-    @ivar finishReason: C{stop}, C{length}, C{tool_calls} or another reason
-        the upstream gave.
+    @ivar finishReason: a L{ai_agent.events.FinishReason} value (each
+        provider translates its wire's words), or the upstream's own word
+        where it has no neutral one.
     """
 
     content: str
     reasoning: str = ""
     toolCalls: tuple[ToolCall, ...] = ()
-    finishReason: str = "stop"
+    finishReason: str = FinishReason.END
     usage: Usage = Usage()
 
 

@@ -105,10 +105,10 @@ def _post(http: HTTPClient, url: str, payload: Any, headers: Headers) -> Deferre
     A plain ASCII URL goes straight to the client's C{Agent}: treq's
     per-request layers (URL normalisation, cookie jar, redirects, gzip) cost
     about a fifth of a proxied request's CPU and an API call needs none of
-    them.  Anything else (and test doubles without an C{Agent}) goes
-    through treq.
+    them.  Anything else (and clients that do not show their C{Agent}, as
+    L{ai_agent.runtime.UpstreamHTTPClient} does) goes through treq.
     """
-    agent = getattr(http, "_agent", None)
+    agent = getattr(http, "agent", None)
     if agent is None or not url.isascii() or any(c.isspace() for c in url):
         return http.post(url, json=payload, headers=headers, unbuffered=True)
     body = json.dumps(payload, separators=(",", ":")).encode("utf-8")

@@ -31,9 +31,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 import attrs
 
 from ai_agent import __version__
-from ai_agent.events import Usage
+from ai_agent.events import FinishReason, Usage
 from ai_agent.providers._base import ChatMessage, DeltaSink, LLMRequest, LLMResponse, ToolCall
 from ai_agent.providers._http import HTTPCall, HTTPProvider, truncate
+from ai_agent.request import OutputFormat
 from ai_agent.sse import SSEEvent
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -59,16 +60,16 @@ The extended-thinking C{budget_tokens} of each reasoning effort; C{none}
 """
 
 STOP_REASONS: Mapping[str, str] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
+    "end_turn": FinishReason.END,
+    "stop_sequence": FinishReason.STOP_SEQUENCE,
+    "pause_turn": FinishReason.END,
+    "max_tokens": FinishReason.MAX_TOKENS,
+    "model_context_window_exceeded": FinishReason.MAX_TOKENS,
+    "tool_use": FinishReason.TOOL_CALLS,
+    "refusal": FinishReason.CONTENT_FILTER,
 }
 """
-Anthropic's C{stop_reason} values as Chat Completions finish reasons; others
+Anthropic's C{stop_reason} values in neutral words (L{FinishReason}); others
 pass through unchanged.
 """
 
@@ -85,23 +86,19 @@ def messagesURL(baseUrl: str) -> str:
     return root + "/v1/messages"
 
 
-def jsonInstruction(responseFormat: Mapping[str, Any] | None) -> str | None:
+def jsonInstruction(output: OutputFormat | None) -> str | None:
     """
-    The system-prompt sentence asking for a JSON answer, for a Chat
-    Completions C{response_format}, or L{None} for a text answer.
+    The system-prompt sentence asking for a JSON answer of the shape
+    C{output}, or L{None} for a text answer.
     """
-    if responseFormat is None:
+    if output is None:
         return None
-    kind = responseFormat.get("type")
-    if kind == "json_object":
+    if output.schema is None:
         return "Answer with one JSON object and nothing else: no prose, no code fence."
-    if kind == "json_schema":
-        schema = (responseFormat.get("json_schema") or {}).get("schema")
-        return (
-            "Answer with one JSON value that conforms to this JSON Schema, and nothing else"
-            " (no prose, no code fence):\n" + json.dumps(schema, ensure_ascii=False)
-        )
-    return None
+    return (
+        "Answer with one JSON value that conforms to this JSON Schema, and nothing else"
+        " (no prose, no code fence):\n" + json.dumps(dict(output.schema), ensure_ascii=False)
+    )
 
 
 def translateMessages(
@@ -227,7 +224,7 @@ class AnthropicProvider(HTTPProvider):
         )
         maxTokens = request.maxTokens if request.maxTokens is not None else DEFAULT_MAX_TOKENS
         body: dict[str, Any] = {"model": request.model, "max_tokens": maxTokens}
-        instruction = jsonInstruction(request.responseFormat)
+        instruction = jsonInstruction(request.outputFormat)
         if instruction:
             # The Messages API has no response format: ask for it in words.
             system = f"{system}\n\n{instruction}" if system else instruction
@@ -492,7 +489,7 @@ class _MessageCall(HTTPCall):
         )
         stopReason = self._stopReason
         if stopReason is None:
-            finishReason = "tool_calls" if toolCalls else "stop"
+            finishReason = FinishReason.TOOL_CALLS if toolCalls else FinishReason.END
         else:
             finishReason = STOP_REASONS.get(stopReason, stopReason)
         return LLMResponse(
@@ -500,7 +497,12 @@ class _MessageCall(HTTPCall):
             reasoning="".join("".join(b.parts) for b in blocks if b.type == "thinking"),
             toolCalls=toolCalls,
             finishReason=finishReason,
-            usage=Usage(prompt, usage.get("output_tokens", 0)),
+            usage=Usage(
+                prompt,
+                usage.get("output_tokens", 0),
+                cacheReadTokens=usage.get("cache_read_input_tokens", 0),
+                cacheWriteTokens=usage.get("cache_creation_input_tokens", 0),
+            ),
         )
 
 

@@ -16,9 +16,10 @@ from typing import Any, ClassVar, Mapping
 import attrs
 
 from ai_agent import __version__
-from ai_agent.events import Usage
+from ai_agent.events import FinishReason, Usage
 from ai_agent.providers._base import DeltaSink, LLMRequest, LLMResponse, ToolCall
 from ai_agent.providers._http import HTTPCall, HTTPProvider, truncate
+from ai_agent.request import OutputFormat
 from ai_agent.sse import SSEEvent
 
 
@@ -67,8 +68,8 @@ class OpenAIProvider(HTTPProvider):
             body["stop"] = list(request.stop)
         if request.reasoning is not None and request.reasoning != "none":
             body["reasoning_effort"] = request.reasoning
-        if request.responseFormat is not None:
-            body["response_format"] = dict(request.responseFormat)
+        if request.outputFormat is not None:
+            body["response_format"] = responseFormat(request.outputFormat)
         body["stream"] = request.stream
         if request.stream:
             body["stream_options"] = {"include_usage": True}
@@ -190,18 +191,18 @@ class _Completion(HTTPCall):
             content="".join(self._content),
             reasoning="".join(self._reasoning),
             toolCalls=toolCalls,
-            finishReason=self._finishReason or ("tool_calls" if toolCalls else "stop"),
+            finishReason=_finishReason(self._finishReason, bool(toolCalls)),
             usage=self._usage or Usage(),
         )
 
     def _takeUsage(self, body: Mapping[str, Any]) -> None:
         usage = body.get("usage")
         if isinstance(usage, dict):
-            prompt = usage.get("prompt_tokens")
-            completion = usage.get("completion_tokens")
             self._usage = Usage(
-                prompt if isinstance(prompt, int) else 0,
-                completion if isinstance(completion, int) else 0,
+                _count(usage, "prompt_tokens"),
+                _count(usage, "completion_tokens"),
+                cacheReadTokens=_count(usage.get("prompt_tokens_details"), "cached_tokens"),
+                reasoningTokens=_count(usage.get("completion_tokens_details"), "reasoning_tokens"),
             )
 
     # Not streaming.
@@ -229,9 +230,7 @@ class _Completion(HTTPCall):
                 )
             )
         self._takeUsage(body)
-        finishReason = choices[0].get("finish_reason")
-        if not isinstance(finishReason, str) or not finishReason:
-            finishReason = "tool_calls" if toolCalls else "stop"
+        finishReason = _finishReason(choices[0].get("finish_reason"), bool(toolCalls))
         if self.request.stream:
             # Asked to stream but answered in one piece: still feed the sink.
             if reasoning:
@@ -245,6 +244,45 @@ class _Completion(HTTPCall):
             finishReason=finishReason,
             usage=self._usage or Usage(),
         )
+
+
+#: Chat Completions' C{finish_reason} values in neutral words.
+FINISH_REASONS: Mapping[str, str] = {
+    "stop": FinishReason.END,
+    "length": FinishReason.MAX_TOKENS,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
+    "content_filter": FinishReason.CONTENT_FILTER,
+}
+
+
+def _finishReason(value: Any, calledTools: bool) -> str:
+    """
+    The neutral finish reason for an upstream's C{finish_reason} (which
+    some servers leave out).
+    """
+    if not isinstance(value, str) or not value:
+        return FinishReason.TOOL_CALLS if calledTools else FinishReason.END
+    return FINISH_REASONS.get(value, value)
+
+
+def _count(usage: Any, key: str) -> int:
+    value = usage.get(key) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def responseFormat(output: OutputFormat) -> dict[str, Any]:
+    """
+    Chat Completions' C{response_format} for C{output}.
+    """
+    if output.schema is None:
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": output.name, "schema": dict(output.schema)}
+    if output.description is not None:
+        spec["description"] = output.description
+    if output.strict is not None:
+        spec["strict"] = output.strict
+    return {"type": "json_schema", "json_schema": spec}
 
 
 def _text(value: Any) -> str:

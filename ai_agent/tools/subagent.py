@@ -6,14 +6,15 @@ name), described by its C{description}, taking C{{"prompt": string}}.
 
 Calling one runs a child session of that agent, through the same runner as
 the parent, on the prompt as its only user message; the child's answer is
-the tool result.  The child's progress reaches the parent's stream as
-reasoning lines prefixed with C{[agent__<name>] }, its token usage is added
-to the parent's, and cancelling the call cancels the child run.
+the tool result.  The child's progress and its model's reasoning (in whole
+lines) reach the parent's stream inside L{SubAgentProgress} events, shown
+as lines prefixed with C{[agent__<name>] }; its token usage is added to the
+parent's, and cancelling the call cancels the child run.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, fail
@@ -21,8 +22,19 @@ from twisted.python.failure import Failure
 
 from ai_agent.agentfile import AgentSpec
 from ai_agent.errors import AgentError
-from ai_agent.events import ContentDelta, Event, EventSink, Finished, ReasoningDelta, Usage
+from ai_agent.events import (
+    PROGRESS_TYPES,
+    ContentDelta,
+    Event,
+    EventSink,
+    Finished,
+    FinishReason,
+    ReasoningDelta,
+    SubAgentProgress,
+    Usage,
+)
 from ai_agent.providers import ChatMessage, ToolSpec
+from ai_agent.request import RunRequest
 from ai_agent.tools._naming import toolName
 
 SUBAGENT_NAMESPACE = "agent"
@@ -48,16 +60,9 @@ class AgentRunner(Protocol):
     What runs a child session (L{ai_agent.session.SessionRunner}).
     """
 
-    def run(
-        self,
-        agent: AgentSpec,
-        conversation: Sequence[ChatMessage],
-        events: EventSink,
-        *args: Any,
-        **kwargs: Any,
-    ) -> Deferred[Finished]:
+    def run(self, agent: AgentSpec, request: RunRequest, events: EventSink) -> Deferred[Finished]:
         """
-        Run C{agent} on C{conversation}, streaming events to C{events}.
+        Run C{agent} on C{request}, streaming events to C{events}.
         """
         ...
 
@@ -65,13 +70,14 @@ class AgentRunner(Protocol):
 @attrs.define(eq=False)
 class NestedSink:
     """
-    The event sink of a child run: its progress and reasoning go to the
-    parent's sink as whole lines behind C{prefix}; its token usage goes to
-    the parent unchanged (to be added to the parent run's usage); its answer
-    is kept in L{answer}, never streamed as the parent's content.
+    The event sink of a child run: its progress goes to the parent's sink
+    inside L{SubAgentProgress} events naming C{agent}, and so does its
+    model's reasoning, in whole lines; its token usage goes to the parent
+    unchanged (to be added to the parent run's usage); its answer is kept
+    in L{answer}, never streamed as the parent's content.
     """
 
-    prefix: str
+    agent: str
     parent: EventSink
     _answer: list[str] = attrs.field(factory=list, init=False)
     _partial: str = attrs.field(default="", init=False)
@@ -90,6 +96,10 @@ class NestedSink:
             *lines, self._partial = (self._partial + event.text).split("\n")
             for line in lines:
                 self._emit(line)
+        elif isinstance(event, PROGRESS_TYPES):
+            # Progress starts a line of its own.
+            self.flush()
+            self.parent(SubAgentProgress(self.agent, event))
         elif isinstance(event, Usage):
             self.parent(event)
 
@@ -102,7 +112,7 @@ class NestedSink:
 
     def _emit(self, line: str) -> None:
         if line.strip():
-            self.parent(ReasoningDelta(f"{self.prefix}{line}\n"))
+            self.parent(SubAgentProgress(self.agent, ReasoningDelta(f"{line}\n")))
 
 
 @attrs.define(eq=False)
@@ -144,13 +154,13 @@ class SubAgentTool:
         prompt = arguments.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             return fail(AgentError(f"{self.name} needs a 'prompt' string that is not empty"))
-        nested = NestedSink(f"[{self.name}] ", sink)
-        run = self.runner.run(self.spec, [ChatMessage("user", prompt)], nested)
+        nested = NestedSink(self.name, sink)
+        run = self.runner.run(self.spec, RunRequest((ChatMessage("user", prompt),)), nested)
 
         def finished(result: Finished) -> str:
             nested.flush()
             answer = nested.answer.strip() or "(the sub-agent gave no answer)"
-            if result.finishReason == "length":
+            if result.reason == FinishReason.MAX_TOKENS:
                 answer += "\n[the answer was cut at the sub-agent's output token limit]"
             return answer
 

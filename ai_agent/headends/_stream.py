@@ -1,0 +1,261 @@
+# -*- test-case-name: tests.test_stream -*-
+"""
+A run's life as an HTTP response, once for every API: each headend brings a
+L{RunEncoder} that turns the neutral run events into its wire format, and
+L{RunResponse} does the rest.
+
+For a streamed answer: nothing is sent while the run is queued or silent,
+so that a failure before the first event can still be a real HTTP status;
+the response starts with the first frame the encoder makes (or when the
+head grace runs out, so that a slow agent does not look dead); a failure
+after that ends the stream in-band; a shutdown stops the run with the
+pool's error, as a status or in-band; a client that goes away cancels the
+run (Klein cancels the route's Deferred) and later frames are dropped.
+For a whole answer: the encoder's body once the run finished.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.server import Request
+
+from ai_agent.errors import AgentError, ErrorKind
+from ai_agent.events import (
+    PROGRESS_TYPES,
+    ContentDelta,
+    Event,
+    EventSink,
+    Finished,
+    ModelAnswering,
+    Progress,
+    ReasoningDelta,
+    Usage,
+)
+from ai_agent.headends._sse import SSEStream
+from ai_agent.pool import Slot
+
+log = Logger()
+
+#: The response header naming the model (C{provider/model}) that answered.
+MODEL_HEADER = b"x-ai-agent-model"
+
+#: Starts a run whose events go to the given sink.
+StartRun = Callable[[EventSink], "Deferred[Finished]"]
+
+
+class RunEncoder(Protocol):
+    """
+    One API's encoding of one run.  Each method returns the bytes to send
+    for what happened (L{None} or C{b""} for nothing); an encoder also
+    keeps what it needs to write the whole answer for L{body}.
+    """
+
+    def open(self) -> bytes:
+        """
+        The first frames of a stream, sent when it begins.
+        """
+        ...
+
+    def content(self, text: str) -> bytes | None:
+        """
+        A piece of the answer.
+        """
+        ...
+
+    def reasoning(self, text: str) -> bytes | None:
+        """
+        A piece of the model's reasoning.
+        """
+        ...
+
+    def progress(self, event: Progress) -> bytes | None:
+        """
+        Something the agent did (a tool call, a retry, a sub-agent's
+        progress).
+        """
+        ...
+
+    def usage(self, usage: Usage) -> bytes | None:
+        """
+        Tokens spent since the last L{Usage} event.
+        """
+        ...
+
+    def finish(self, finished: Finished) -> bytes:
+        """
+        The last frames of a stream whose run finished.
+        """
+        ...
+
+    def error(self, error: AgentError) -> bytes:
+        """
+        The last frames of a stream whose run failed after it began.
+        """
+        ...
+
+    def body(self, finished: Finished) -> bytes:
+        """
+        The whole answer, for a client that did not stream.
+        """
+        ...
+
+
+def internalError() -> AgentError:
+    """
+    What a client is told of a bug: the same as the web layer's 500.
+    """
+    return AgentError("internal server error", 500, ErrorKind.SERVER, "internal_error")
+
+
+@attrs.define(eq=False)
+class RunResponse:
+    """
+    Answers one request with one run, through C{encoder}.
+
+    @ivar headGrace: seconds a stream may stay silent before its head is
+        sent anyway.
+    @ivar headers: extra response headers (the request id, ...).
+    @ivar describe: names the run in log lines.
+    """
+
+    request: IRequest
+    reactor: IReactorTime
+    encoder: RunEncoder
+    slot: Slot
+    headGrace: float = 10.0
+    headers: dict[bytes, bytes] = attrs.field(factory=dict)
+    describe: str = "run"
+
+    def _frame(self, event: Event) -> bytes | None:
+        encoder = self.encoder
+        if isinstance(event, ModelAnswering):
+            # Sent with the head (a stream's first frame, a body's end).
+            self.headers[MODEL_HEADER] = event.model.encode("utf-8")
+            return None
+        if isinstance(event, ContentDelta):
+            return encoder.content(event.text)
+        if isinstance(event, ReasoningDelta):
+            return encoder.reasoning(event.text)
+        if isinstance(event, PROGRESS_TYPES):
+            return encoder.progress(event)
+        if isinstance(event, Usage):
+            return encoder.usage(event)
+        return None
+
+    def _keep(self, event: Event) -> None:
+        # Whole answers: the encoder keeps what it needs; no frame is sent.
+        self._frame(event)
+
+    async def complete(self, start: StartRun) -> bytes:
+        """
+        Run to the end and return the whole answer's body; a failure is
+        raised for the route's error handler to answer with its status.
+        """
+        run = start(self._keep)
+        stopped = _stopOnAbort(self.slot, run)
+        try:
+            finished = await run
+        except CancelledError:
+            if stopped:
+                raise stopped[0] from None
+            raise
+        self.request.setHeader(b"content-type", b"application/json")
+        for name, value in self.headers.items():
+            self.request.setHeader(name, value)
+        return self.encoder.body(finished)
+
+    async def stream(self, start: StartRun) -> None:
+        """
+        Run, streaming the encoder's frames as Server-Sent Events.  A
+        failure before anything was sent is raised (a real status); after,
+        it ends the stream in-band.
+        """
+        stream = SSEStream(_asRequest(self.request))
+        encoder = self.encoder
+        timer: list[IDelayedCall] = []
+
+        def begin() -> None:
+            if not stream.started:
+                if timer and timer[0].active():
+                    timer[0].cancel()
+                stream.start(self.headers)
+                stream.send(encoder.open())
+
+        def onEvent(event: Event) -> None:
+            frame = self._frame(event)
+            if frame:
+                begin()
+                stream.send(frame)
+
+        timer.append(self.reactor.callLater(self.headGrace, begin))
+        run = start(onEvent)
+        stopped = _stopOnAbort(self.slot, run)
+        try:
+            finished = await run
+        except CancelledError:
+            if not stopped:
+                # The client went away (or the route was cancelled).
+                stream.end()
+                raise
+            error = stopped[0]
+            if not stream.started:
+                raise error from None
+            self._endInBand(stream, error)
+            return
+        except AgentError as error:
+            if not stream.started:
+                raise
+            log.warn(
+                "{run} failed mid-stream: {error}",
+                run=self.describe,
+                error=error.message,
+            )
+            self._endInBand(stream, error)
+            return
+        except Exception:
+            if not stream.started:
+                # The web layer answers 500.
+                raise
+            # A bug: log it, and end the stream in-band without its text.
+            log.failure("{run} crashed mid-stream", run=self.describe)
+            self._endInBand(stream, internalError())
+            return
+        finally:
+            if timer[0].active():
+                timer[0].cancel()
+        begin()
+        stream.send(encoder.finish(finished))
+        stream.end()
+
+    def _endInBand(self, stream: SSEStream, error: AgentError) -> None:
+        stream.send(self.encoder.error(error))
+        stream.end()
+
+
+def _asRequest(request: IRequest) -> Request:
+    assert isinstance(request, Request)
+    return request
+
+
+def _stopOnAbort(slot: Slot, run: Deferred[Finished]) -> list[AgentError]:
+    """
+    Let the pool stop C{run} at shutdown; the returned list receives the
+    error it was stopped with.
+    """
+    stopped: list[AgentError] = []
+
+    def abort(error: AgentError) -> None:
+        stopped.append(error)
+        run.cancel()
+
+    slot.onAbort = abort
+    return stopped
+
+
+__all__ = ["RunEncoder", "RunResponse", "StartRun", "internalError"]

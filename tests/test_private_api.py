@@ -1,0 +1,73 @@
+"""
+The few private attributes of Twisted this project still reaches, each
+because no public API gives the same: these tests fail the day one of them
+disappears, before the server misbehaves (setup.py pins the Twisted range
+they were checked on).
+"""
+
+from __future__ import annotations
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import http
+from twisted.web._newclient import Response
+
+from ai_agent.headends._http import GuardedChannel, GuardedSite
+
+
+class _Recording(GuardedChannel):
+    seen: list[tuple[bytes, bytes, bool]]
+
+    def allHeadersReceived(self) -> None:
+        # What GuardedRequest reads when the head is complete.
+        self.seen.append((self._path, self._command, self._handlingRequest))
+        super().allHeadersReceived()
+
+
+class TwistedPrivateAPITests(SynchronousTestCase):
+    """
+    What the HTTP guard and the service assembly rely on.
+    """
+
+    def test_requestLineBeforeBody(self) -> None:
+        """
+        When a request's head is complete (before its body is read), the
+        channel holds the raw request target in C{_path} and the method in
+        C{_command}; C{_handlingRequest} is false until the body is in.
+        The guard checks keys, sizes and paths from these.
+        """
+        channel = _Recording()
+        channel.callLater = Clock().callLater  # type: ignore[method-assign]
+        channel.seen = []
+        channel.site = GuardedSite(None)  # type: ignore[attr-defined]
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(b"POST //v1/x?y=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n")
+        self.assertEqual(channel.seen, [(b"//v1/x?y=1", b"POST", False)])
+
+    def test_channelWrapper(self) -> None:
+        """
+        C{http._GenericHTTPChannelProtocol} still wraps an HTTP/1.1
+        channel, as the guarded site's protocol factory needs.
+        """
+        wrapper = http._GenericHTTPChannelProtocol(GuardedChannel())
+        self.assertIsInstance(wrapper._channel, GuardedChannel)
+
+    def test_raiseSynchronously(self) -> None:
+        """
+        A listening service can be told to raise a bind failure at start
+        (C{_raiseSynchronously}) instead of logging it.
+        """
+        service = StreamServerEndpointService(None, None)
+        self.assertFalse(service._raiseSynchronously)
+
+    def test_responseTransport(self) -> None:
+        """
+        An upstream response keeps its connection in C{_transport}, which
+        the provider pauses and aborts.
+        """
+        response = Response._construct(
+            (b"HTTP", 1, 1), 200, b"OK", http.Headers(), StringTransport(), None
+        )
+        self.assertIsInstance(response._transport, StringTransport)
