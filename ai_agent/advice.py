@@ -82,4 +82,19 @@ def noModelAnswered(
     )
 
 
-__all__ = ["INSTALL_LOCAL", "noModelAnswered"]
+#: The API's routes under C{/v1}, as clients that forgot it ask for them.
+_V1_ROUTES = ("/chat/completions", "/models", "/completions", "/responses", "/messages")
+
+
+def endpointHint(path: str) -> str:
+    """
+    For a path that does not exist: C{"; did you mean /v1/…?"} when it is
+    one of the API's routes without its C{/v1} prefix, else nothing.
+    """
+    bare = "/" + path.strip("/")
+    if any(bare == route or bare.startswith(route + "/") for route in _V1_ROUTES):
+        return f"; the API is under /v1: use /v1{bare} (a client's base URL is http://HOST:PORT/v1)"
+    return ""
+
+
+__all__ = ["INSTALL_LOCAL", "endpointHint", "noModelAnswered"]

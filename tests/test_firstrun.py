@@ -436,6 +436,41 @@ class AdviceTests(TestCase):
         self.assertIn("is /v1 missing at the end of the base URL", body["error"]["message"])
 
 
+class WrongAddressTests(TestCase):
+    """
+    Requests aimed a little off: the error says where to aim.
+    """
+
+    async def test_unknownModelNamesServed(self) -> None:
+        """
+        An unknown model's 404 names the models that are served.
+        """
+        server = await startServer(self)
+        response = await client().post(
+            server.baseUrl + "/chat/completions",
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        body = await response.json()
+        self.assertEqual(response.code, 404)
+        self.assertEqual(body["error"]["code"], "model_not_found")
+        self.assertIn("(served: agent)", body["error"]["message"])
+
+    async def test_missingV1Prefix(self) -> None:
+        """
+        C{/chat/completions} without C{/v1} is a 404 in the API's envelope
+        that says to add it.
+        """
+        server = await startServer(self)
+        root = server.baseUrl.removesuffix("/v1")
+        response = await client().post(
+            root + "/chat/completions",
+            json={"model": "agent", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        body = await response.json()
+        self.assertEqual(response.code, 404)
+        self.assertIn("use /v1/chat/completions", body["error"]["message"])
+
+
 class UnitTests(SynchronousTestCase):
     """
     The pieces behind the messages.

@@ -21,6 +21,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
+from ai_agent.advice import endpointHint
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorKind, notFound
 from ai_agent.events import (
     EventSink,
@@ -301,7 +302,8 @@ class OpenAIHeadend:
     @app.handle_errors(NotFound)
     def _notFound(self, request: IRequest, failure: Failure) -> bytes:
         path = request.path.decode("utf-8", "replace")
-        return self._errorBody(request, notFound(f"no such endpoint: {path}", "not_found"))
+        message = f"no such endpoint: {path}" + endpointHint(path)
+        return self._errorBody(request, notFound(message, "not_found"))
 
     @app.handle_errors(MethodNotAllowed)
     def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
@@ -377,7 +379,7 @@ class OpenAIHeadend:
         """
         agent = self.registry.resolve(modelId)
         if agent is None:
-            raise _unknownModel(modelId)
+            raise _unknownModel(modelId, self.registry.ids())
         request.setHeader(b"content-type", _JSON)
         return _dumps(_modelEntry(agent))
 
@@ -396,7 +398,7 @@ class OpenAIHeadend:
             )
         agent = self.registry.resolve(chat.model)
         if agent is None:
-            raise _unknownModel(chat.model)
+            raise _unknownModel(chat.model, self.registry.ids())
         labels = self._labels(request, chat)
         run = chat.runRequest(labels)
         encoder = ChatEncoder(
@@ -472,9 +474,10 @@ def _modelEntry(agent: ServedAgent) -> dict[str, Any]:
     return entry
 
 
-def _unknownModel(model: str) -> AgentError:
+def _unknownModel(model: str, served: list[str]) -> AgentError:
     return notFound(
-        f"The model {model!r} does not exist: no agent is served under that name",
+        f"The model {model!r} does not exist: no agent is served under that name"
+        f" (served: {', '.join(served) or 'none'})",
         "model_not_found",
         "model",
     )
