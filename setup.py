@@ -14,7 +14,7 @@ setup(
     # twisted/plugins has no __init__.py on purpose; list it explicitly so the
     # twistd dropin ships in the wheel.
     packages=find_packages(include=["ai_agent", "ai_agent.*"]) + ["twisted.plugins"],
-    package_data={"ai_agent": ["py.typed"]},
+    package_data={"ai_agent": ["py.typed"], "ai_agent.headends": ["assets/*"]},
     install_requires=[
         "twisted>=24.7,<27",  # private attributes pinned by tests/test_private_api.py
         "klein>=24.8",

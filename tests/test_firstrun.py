@@ -471,6 +471,55 @@ class WrongAddressTests(TestCase):
         self.assertIn("use /v1/chat/completions", body["error"]["message"])
 
 
+class PageTests(TestCase):
+    """
+    What a browser finds at C{/} and C{/docs}.
+    """
+
+    async def get(self, path: str) -> tuple[Any, bytes]:
+        server = await startServer(self)
+        root = server.baseUrl.removesuffix("/v1")
+        response = await client().get(root + path)
+        return response, await response.content()
+
+    async def test_home(self) -> None:
+        """
+        C{/} is an HTML page naming the served models and linking to the
+        docs, the OpenAPI document and the models list, loading nothing
+        from elsewhere.
+        """
+        response, body = await self.get("/")
+        self.assertEqual(response.code, 200)
+        self.assertTrue(response.headers.getRawHeaders("content-type")[0].startswith("text/html"))
+        text = body.decode()
+        self.assertIn("<code>agent</code>", text)
+        for link in ("/docs", "/openapi.json", "/v1/models"):
+            self.assertIn(f'href="{link}"', text)
+        self.assertNotIn("https://", text)
+        policy = response.headers.getRawHeaders("content-security-policy")[0]
+        self.assertIn("default-src 'none'", policy)
+
+    async def test_docs(self) -> None:
+        """
+        C{/docs} loads its script from this server, which reads
+        C{/openapi.json}; an unknown asset is the API's JSON 404.
+        """
+        response, body = await self.get("/docs")
+        self.assertEqual(response.code, 200)
+        self.assertIn(b'<script src="/assets/docs.js">', body)
+        self.assertNotIn(b"https://", body)
+        server = await startServer(self)
+        root = server.baseUrl.removesuffix("/v1")
+        script = await client().get(root + "/assets/docs.js")
+        self.assertEqual(
+            script.headers.getRawHeaders("content-type"), ["text/javascript; charset=utf-8"]
+        )
+        self.assertIn(b'fetch("/openapi.json")', await script.content())
+        missing = await client().get(root + "/assets/nope.js")
+        self.assertEqual(missing.code, 404)
+        self.assertEqual((await missing.json())["error"]["code"], "not_found")
+
+
 class UnitTests(SynchronousTestCase):
     """
     The pieces behind the messages.

@@ -31,6 +31,7 @@ from ai_agent.events import (
     ReasoningText,
     Usage,
 )
+from ai_agent.headends import pages
 from ai_agent.headends._request import (
     OFF_REACTOR_THRESHOLD,
     ChatRequest,
@@ -351,6 +352,30 @@ class OpenAIHeadend:
             }
         )
 
+    @app.route("/", methods=["GET"])
+    def home(self, request: IRequest) -> bytes:
+        """
+        A short page naming the server, its models and links.
+        """
+        return _page(request, pages.HTML, pages.homePage(self.registry.ids()))
+
+    @app.route("/docs", methods=["GET"])
+    def docs(self, request: IRequest) -> bytes:
+        """
+        The interactive page for C{/openapi.json}.
+        """
+        return _page(request, pages.HTML, pages.asset("docs.html"))
+
+    @app.route("/assets/<name>", methods=["GET"])
+    def assets(self, request: IRequest, name: str) -> bytes:
+        """
+        The pages' script and style sheet, installed with the package.
+        """
+        contentType = pages.ASSETS.get(name)
+        if contentType is None:
+            raise notFound(f"no such asset: {name[:80]}", "not_found")
+        return _page(request, contentType, pages.asset(name))
+
     @app.route("/openapi.json", methods=["GET"])
     def openapi(self, request: IRequest) -> bytes:
         """
@@ -472,6 +497,13 @@ def _modelEntry(agent: ServedAgent) -> dict[str, Any]:
     if agent.spec.description:
         entry["description"] = agent.spec.description
     return entry
+
+
+def _page(request: IRequest, contentType: bytes, body: bytes) -> bytes:
+    request.setHeader(b"content-type", contentType)
+    request.setHeader(b"content-security-policy", pages.CONTENT_SECURITY_POLICY)
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    return body
 
 
 def _unknownModel(model: str, served: list[str]) -> AgentError:

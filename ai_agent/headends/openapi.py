@@ -428,6 +428,10 @@ def _responses() -> dict[str, Any]:
     }
 
 
+def _htmlResponse(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
 def _errors(*names: str) -> dict[str, Any]:
     statuses = {
         "BadRequest": "400",
@@ -462,6 +466,53 @@ def _paths() -> dict[str, Any]:
                         _ref("schemas", "Health"),
                     ),
                     **_errors("RequestTimeout"),
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "operationId": "home",
+                "summary": "A page naming the server, its models and links.",
+                "security": [],
+                "responses": {
+                    "200": _htmlResponse("The page."),
+                    **_errors("RequestTimeout"),
+                },
+            }
+        },
+        "/docs": {
+            "get": {
+                "operationId": "docs",
+                "summary": "An interactive page for this document.",
+                "security": [],
+                "responses": {
+                    "200": _htmlResponse("The page."),
+                    **_errors("RequestTimeout"),
+                },
+            }
+        },
+        "/assets/{name}": {
+            "get": {
+                "operationId": "asset",
+                "summary": "The pages' script and style sheet.",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": ["docs.js", "page.css"]},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "content": {
+                            "text/javascript": {"schema": {"type": "string"}},
+                            "text/css": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors("NotFound", "RequestTimeout"),
                 },
             }
         },
