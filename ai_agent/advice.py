@@ -9,8 +9,9 @@ be a secret (the provider errors they quote are already scrubbed).
 
 from __future__ import annotations
 
+import difflib
 import re
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ai_agent.errors import ProviderError
 
@@ -97,4 +98,17 @@ def endpointHint(path: str) -> str:
     return ""
 
 
-__all__ = ["INSTALL_LOCAL", "endpointHint", "noModelAnswered"]
+def didYouMean(word: str, choices: Iterable[str]) -> str:
+    """
+    C{"; did you mean 'x'?"} for the choice closest to a misspelt C{word},
+    or nothing when none is close.
+    """
+    options = list(choices)
+    lowered = {choice.lower(): choice for choice in options}
+    if word.lower() in lowered:
+        return f"; did you mean {lowered[word.lower()]!r}?"
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+__all__ = ["INSTALL_LOCAL", "didYouMean", "endpointHint", "noModelAnswered"]

@@ -24,8 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+from twisted.logger import Logger
 
+from ai_agent.advice import didYouMean
 from ai_agent.errors import ConfigurationError
+
+log = Logger()
 
 
 @attrs.frozen
@@ -352,6 +356,7 @@ def _checkKeys(path: str, keyPath: str, entry: Mapping[str, Any], allowed: Seque
         if key not in allowed:
             raise ConfigurationError(
                 f"{path}: {keyPath}: unknown key {key!r} (allowed: {', '.join(allowed)})"
+                + didYouMean(key, allowed)
             )
 
 
@@ -455,6 +460,15 @@ def _checkLayer(path: str, data: object) -> dict[str, Any]:
     for section, check in checks.items():
         if section in data:
             check(path, data[section])
+    for key in data:
+        if key not in checks:
+            log.warn(
+                "{path}: unknown top-level key {key!r} is ignored (known: {known}){hint}",
+                path=path,
+                key=key,
+                known=", ".join(checks),
+                hint=didYouMean(key, checks),
+            )
     return data
 
 

@@ -534,7 +534,7 @@ class SectionTests(LoadConfigTestCase):
         self.assertConfigError(
             {"providers": {"local": {"type": "openai", "baseURL": "http://h"}}},
             "providers.local: unknown key 'baseURL' (allowed: apiKey, baseUrl, contextSize,"
-            " headers, models, parallel, threads, type)",
+            " headers, models, parallel, threads, type); did you mean 'baseUrl'?",
         )
         self.assertConfigError(
             {"providers": {"local": {"type": "openai", "headers": {"X": 1}}}},

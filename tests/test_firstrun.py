@@ -19,12 +19,15 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from ai_agent.advice import noModelAnswered
-from ai_agent.errors import ProviderError
+from ai_agent.agentfile import parseAgent
+from ai_agent.config import loadConfig
+from ai_agent.errors import ConfigurationError, ProviderError
 from ai_agent.startup import _isNoise, listenError
 from ai_agent.testing import FakeUpstream, Reply, startFakeUpstream, unusedBaseUrl
 from tests._harness import startServer, writeAgent
@@ -524,6 +527,53 @@ class UnitTests(SynchronousTestCase):
     """
     The pieces behind the messages.
     """
+
+    def test_agentFileAllErrorsAtOnce(self) -> None:
+        """
+        Every problem of an agent file is in the one error: misspelt keys
+        with a did-you-mean (the allowed keys listed once), a runtime
+        option with what to use instead, an invalid value, and the missing
+        C{models}.
+        """
+        text = "---\nmodles: [a/b]\ntemprature: 0.3\nverbose: true\nmaxTurns: -1\n---\nhi\n"
+        error = self.assertRaises(ConfigurationError, parseAgent, text, "x.ai")
+        message = str(error)
+        self.assertEqual(message.count("(allowed: "), 1)
+        for part in (
+            "unknown frontmatter key 'modles' (allowed: agents,",
+            "; did you mean 'models'?",
+            "unknown frontmatter key 'temprature'; did you mean 'temperature'?",
+            "'verbose' is a runtime option, use command-line flags instead: ai-agent --verbose",
+            "'maxTurns' must be an integer >= 1, got -1",
+            "'models' is required",
+        ):
+            self.assertIn(part, message)
+        self.assertNotIn("\n", message)
+
+    def test_yamlErrorInPlainWords(self) -> None:
+        """
+        A YAML error names the line and column in the file and says what
+        is wrong in plain words.
+        """
+        text = "---\nmodels: a/b\ndescription: x: y\n---\nhi\n"
+        error = self.assertRaises(ConfigurationError, parseAgent, text, "x.ai")
+        self.assertIn("at line 3, column 15: a ':' where a value was expected", str(error))
+
+    def test_unknownConfigSection(self) -> None:
+        """
+        An unknown top-level key of a configuration file is warned about,
+        with a did-you-mean; loading goes on.
+        """
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
+            json.dump({"provders": {}}, f)
+        with capturedLogs() as events:
+            loadConfig(configFile=None, cwd=folder, agentDirs=[], home=None, environ={})
+        warnings = [formatEvent(event) for event in events if event["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("unknown top-level key 'provders' is ignored", warnings[0])
+        self.assertIn("did you mean 'providers'?", warnings[0])
 
     def test_listenError(self) -> None:
         """
