@@ -34,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ai_agent.accounting import RunAccount
+from ai_agent.accounting import CANCELLED, RunAccount
 from ai_agent.advice import noModelAnswered
 from ai_agent.agentfile import AgentSpec
 from ai_agent.config import Pricing
@@ -289,6 +289,7 @@ class SessionRunner:
             provider = self.providers(providerName)
             response = await provider.complete(request, CallbackSink(onContent=content))
         except CancelledError:
+            account.record(model, Usage(), self.reactor.seconds() - started, CANCELLED)
             account.finish("cancelled", self.reactor.seconds())
             raise
         except AgentError as error:
@@ -402,6 +403,10 @@ class SessionRunner:
             sink.calling(model)
             try:
                 response = await provider.complete(attrs.evolve(request, model=upstreamModel), sink)
+            except CancelledError:
+                # The call ran and may have spent tokens nobody reported.
+                account.record(model, Usage(), self.reactor.seconds() - started, CANCELLED)
+                raise
             except ProviderError as error:
                 reasons[model] = error
                 if error.code != NOT_CONFIGURED:

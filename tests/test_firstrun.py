@@ -474,6 +474,53 @@ class WrongAddressTests(TestCase):
         self.assertIn("use /v1/chat/completions", body["error"]["message"])
 
 
+class CancelledAccountingTests(TestCase):
+    """
+    What a cancelled run's log line says it spent.
+    """
+
+    async def test_cancelledRunCountsItsCall(self) -> None:
+        """
+        A run cancelled while its model was answering counts that call,
+        and its cost is unknown (the tokens it spent were never reported),
+        not C{$0.000000}; a run that answered has its price.
+        """
+        server = await startServer(
+            self, extraConfig={"pricing": {"fake/test-model": {"prompt": 1, "completion": 1}}}
+        )
+        server.upstream.script(Reply(content="never", hold=True))
+        with capturedLogs() as events:
+            request = client().post(
+                server.baseUrl + "/chat/completions",
+                json={"model": "agent", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            await server.upstream.waitForRequests(1)
+            request.cancel()
+            # The client side of the cancellation is not under test.
+            request.addErrback(lambda reason: reason.trap(Exception))
+            lines: list[str] = []
+            for _ in range(200):
+                lines = [formatEvent(e) for e in events if "for agent agent" in formatEvent(e)]
+                if lines:
+                    break
+                await deferLater(reactor, 0.02, lambda: None)
+            server.upstream.release()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(" cancelled in ", lines[0])
+        self.assertIn("1 calls (1 failed)", lines[0])
+        self.assertIn("cost unknown", lines[0])
+
+        with capturedLogs() as events:
+            response = await client().post(
+                server.baseUrl + "/chat/completions",
+                json={"model": "agent", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            await response.content()
+        lines = [formatEvent(e) for e in events if "for agent agent" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(lines[0], r"cost \$0\.0000\d\d")
+
+
 class PageTests(TestCase):
     """
     What a browser finds at C{/} and C{/docs}.
