@@ -366,6 +366,12 @@ def _headers() -> dict[str, Any]:
             "description": "The completion's id.",
             "schema": {"type": "string"},
         },
+        "AnsweringModel": {
+            "description": "The model (provider/model) that answered, e.g. local/smollm2 "
+            "when the embedded model did; absent when no model answered before the "
+            "response began.",
+            "schema": {"type": "string"},
+        },
         "ShouldRetry": {
             "description": "false when the failed run had already called a tool, so "
             "repeating the request could repeat the tool's effects.",
@@ -577,7 +583,10 @@ def _paths() -> dict[str, Any]:
                         "description": "The completion: one JSON body, or with stream=true "
                         "an SSE stream of chat.completion.chunk objects ending in "
                         "data: [DONE].",
-                        "headers": {"x-request-id": _ref("headers", "RequestId")},
+                        "headers": {
+                            "x-request-id": _ref("headers", "RequestId"),
+                            "x-ai-agent-model": _ref("headers", "AnsweringModel"),
+                        },
                         "content": {
                             "application/json": {"schema": _ref("schemas", "ChatCompletion")},
                             "text/event-stream": {"schema": _ref("schemas", "StreamEvent")},
