@@ -213,6 +213,20 @@ class Options(ServerOptions):
         if not self["endpoints"]:
             raise usage.UsageError("at least one --openai-completions PORT is required")
 
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse; under twistd (as its subcommand), a usage error ends twistd
+        with one line instead of twistd's whole help text.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if getattr(self, "parent", None) is None:
+                raise
+            raise SystemExit(
+                f"twistd ai-agent: {error} (twistd ai-agent --help lists the options)"
+            ) from None
+
 
 #: The listen backlog of a bare port.
 LISTEN_BACKLOG = 1024

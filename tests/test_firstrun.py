@@ -258,6 +258,25 @@ class StartStopTests(_Project, TestCase):
             "unknown frontmatter key 'modles'",
         )
 
+    async def test_badOptionUnderTwistd(self) -> None:
+        """
+        An unknown option of C{twistd ai-agent} is one line, not twistd's
+        whole help text, and a non-zero exit.
+        """
+        folder = await self.makeProject(self)
+        await self.assertOneLine(
+            [*command("twistd"), "-n", "--pidfile=", "ai-agent", "--agent", "agents", "--bogus"],
+            folder,
+            "twistd ai-agent: option --bogus not recognized",
+        )
+        child = spawn(
+            self,
+            [*command("twistd"), "-n", "--pidfile=", "ai-agent", "--agent", "agents", "--bogus"],
+            folder,
+        )
+        await ended(child)
+        self.assertEqual(len(child.output.decode().strip().splitlines()), 1, child.output)
+
     async def test_workersNameThemselves(self) -> None:
         """
         With C{--workers 2}, every log line of a worker names it.
