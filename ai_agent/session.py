@@ -285,6 +285,8 @@ class SessionRunner:
                 events(ContentDelta(text))
 
         started = self.reactor.seconds()
+        # One model, no fallback: whatever comes is its answer.
+        events(ModelAnswering(model))
         try:
             provider = self.providers(providerName)
             response = await provider.complete(request, CallbackSink(onContent=content))
