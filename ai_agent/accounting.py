@@ -22,6 +22,9 @@ log = Logger()
 
 _MILLION = 1_000_000
 
+#: The error of a call stopped by cancellation (the client left, shutdown).
+CANCELLED = "cancelled"
+
 
 def callCost(model: str, usage: Usage, pricing: Mapping[str, Pricing]) -> float | None:
     """
@@ -114,7 +117,13 @@ class RunAccount:
         """
         Add one call.
         """
-        cost = callCost(model, usage, self.pricing) if usage.totalTokens else 0.0
+        if usage.totalTokens:
+            cost = callCost(model, usage, self.pricing)
+        elif error == CANCELLED:
+            # Stopped mid-call: it may have spent tokens no one reported.
+            cost = None
+        else:
+            cost = 0.0
         call = CallRecord(model, usage, seconds, error, cost)
         self.calls.append(call)
         log.debug(
@@ -205,4 +214,4 @@ class RunAccount:
         )
 
 
-__all__ = ["CallRecord", "RunAccount", "RunLabels", "callCost"]
+__all__ = ["CANCELLED", "CallRecord", "RunAccount", "RunLabels", "callCost"]

@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 import yaml
 
+from ai_agent.advice import didYouMean
 from ai_agent.errors import ConfigurationError
 
 
@@ -88,12 +89,20 @@ RESERVED_TOOL_NAMES = frozenset({"final_report", "task_status", "batch", "tool_o
 Names of the session's internal tools, which an agent's C{toolName} may not take.
 """
 
-RUNTIME_ONLY_KEYS = frozenset(
-    {"traceLLM", "traceMCP", "verbose", "accounting", "save", "load", "stream", "targets"}
-)
+RUNTIME_ONLY_KEYS: Mapping[str, str] = {
+    "traceLLM": "ai-agent --verbose logs every LLM call",
+    "traceMCP": "ai-agent --verbose logs every tool call",
+    "verbose": "ai-agent --verbose",
+    "accounting": "every run's tokens and cost are logged; prices go under 'pricing'"
+    " in .ai-agent.json",
+    "save": "requests are stateless; the client keeps the conversation",
+    "load": "requests are stateless; the client sends the conversation",
+    "stream": "the client chooses with its request's 'stream' field",
+    "targets": "list the models under 'models'",
+}
 """
 Keys the TypeScript ai-agent rejects in frontmatter because they are
-command-line options; rejected here with the same advice.
+command-line options; rejected here, each with what to use here instead.
 """
 
 OUTPUT_FORMATS = ("markdown", "text", "json")
@@ -385,8 +394,12 @@ def _loadFrontmatter(frontmatter: str, firstLine: int, path: str) -> dict[str, A
         data = yaml.load(frontmatter, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        where = f" at line {firstLine + mark.line}" if mark is not None else ""
-        problem = e.problem or e.context or "unreadable"
+        where = (
+            f" at line {firstLine + mark.line}, column {mark.column + 1}"
+            if mark is not None
+            else ""
+        )
+        problem = _plainYAML(e.problem or e.context or "unreadable")
         raise ConfigurationError(f"{path}: invalid YAML frontmatter{where}: {problem}") from None
     except yaml.YAMLError as e:
         raise ConfigurationError(f"{path}: invalid YAML frontmatter: {e}") from None
@@ -402,6 +415,30 @@ def _loadFrontmatter(frontmatter: str, firstLine: int, path: str) -> dict[str, A
                 f"{path}: frontmatter keys must be strings, got {_describe(key)}"
             )
     return data
+
+
+_YAML_PROBLEMS = (
+    (
+        "mapping values are not allowed",
+        "a ':' where a value was expected (quote a value that contains ': ')",
+    ),
+    ("found character '\\t'", "a tab character (indent with spaces)"),
+    ("could not find expected ':'", "a line that is not 'key: value'"),
+    ("did not find expected key", "the indentation does not line up with the keys above"),
+    ("found undefined alias", "an '*' that names no '&' anchor (quote a value starting with '*')"),
+    ("duplicate key", "a key that appears twice"),
+)
+
+
+def _plainYAML(problem: str) -> str:
+    """
+    PyYAML's wording of a problem, with a plain explanation where one is
+    known.
+    """
+    for start, plain in _YAML_PROBLEMS:
+        if problem.startswith(start):
+            return f"{plain} ({problem})"
+    return problem
 
 
 def parseAgent(text: str, path: str) -> AgentSpec:
@@ -420,22 +457,35 @@ def parseAgent(text: str, path: str) -> AgentSpec:
     absolute = os.path.abspath(path)
     ctx = _Context(path=path, directory=os.path.dirname(absolute))
     values: dict[str, Any] = {}
+    # Every problem of the file is reported at once.
+    problems: list[str] = []
+    unknown: list[str] = []
+    invalid: list[str] = []
     for key, value in data.items():
         if key in RUNTIME_ONLY_KEYS:
-            raise ConfigurationError(
-                f"{path}: frontmatter key {key!r} is a runtime option, "
-                "use command-line flags instead"
+            problems.append(
+                f"frontmatter key {key!r} is a runtime option, "
+                f"use command-line flags instead: {RUNTIME_ONLY_KEYS[key]}"
             )
+            continue
         parse = _KEYS.get(key)
         if parse is None:
-            raise ConfigurationError(
-                f"{path}: unknown frontmatter key {key!r} (allowed: {', '.join(sorted(_KEYS))})"
-            )
-        values[key] = parse(ctx, key, value)
-    if "models" not in values:
-        raise ConfigurationError(
-            f"{path}: 'models' is required (one 'provider/model' or a list of them)"
-        )
+            problem = f"unknown frontmatter key {key!r}"
+            if not unknown:
+                # The allowed keys once, not after every misspelling.
+                problem += f" (allowed: {', '.join(sorted(_KEYS))})"
+            unknown.append(key)
+            problems.append(problem + didYouMean(key, _KEYS))
+            continue
+        try:
+            values[key] = parse(ctx, key, value)
+        except ConfigurationError as error:
+            invalid.append(key)
+            problems.append(str(error).removeprefix(f"{path}: "))
+    if "models" not in values and "models" not in invalid:
+        problems.append("'models' is required (one 'provider/model' or a list of them)")
+    if problems:
+        raise ConfigurationError(f"{path}: " + "; ".join(problems))
     name = values.get("toolName") or _AI_SUFFIX.sub("", os.path.basename(path)) or "agent"
     return AgentSpec(path=absolute, name=name, prompt=prompt, **values)
 

@@ -14,14 +14,11 @@ import os
 import sys
 from typing import Any, Mapping, Sequence, TextIO, cast
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import (
-    FileLogObserver,
     FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
-    formatEventAsClassicLogText,
-    formatTime,
     globalLogBeginner,
 )
 from twisted.python import usage
@@ -33,6 +30,7 @@ from ai_agent.events import PROGRESS_TYPES, ContentDelta, Event, ReasoningDelta,
 from ai_agent.observe import MULTIPROC_DIR, jsonFileLogObserver
 from ai_agent.providers import ChatMessage
 from ai_agent.request import RunRequest
+from ai_agent.startup import WORKER_VARIABLE, StartupError, textObserver
 from ai_agent.tap import ServerOptions, makeService
 from ai_agent.workers import ADOPTABLE, parseInherited, startWorkers, watchParent
 
@@ -42,6 +40,8 @@ LOG_FORMATS = ("text", "json")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: Stopped by Ctrl-C (or SIGTERM), as shells report it (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 class Options(ServerOptions):
@@ -88,6 +88,7 @@ class Options(ServerOptions):
         super().__init__()
         self["prompt"] = None
         self["version"] = False
+        self["interactive"] = False
 
     def opt_version(self) -> None:
         """
@@ -127,10 +128,13 @@ class Options(ServerOptions):
                     "a prompt is only taken in direct mode (no --openai-completions)"
                 )
             return
-        if len(self["agents"]) != 1:
-            raise usage.UsageError("direct mode runs exactly one --agent")
+        if len(self["agents"]) != 1 or os.path.isdir(self["agents"][0]):
+            raise usage.UsageError("direct mode runs exactly one --agent FILE")
         if self["prompt"] is None:
-            raise usage.UsageError("direct mode needs a PROMPT (or '-' to read standard input)")
+            if not sys.stdin.isatty():
+                raise usage.UsageError("direct mode needs a PROMPT (or '-' to read standard input)")
+            # On a terminal with no question: an interactive chat.
+            self["interactive"] = True
 
     def _checkWorkers(self) -> None:
         if self["workers"] < 0:
@@ -194,7 +198,7 @@ def readPrompt(argument: str, stdin: TextIO) -> str:
     return text
 
 
-def _startLogging(options: Options, stderr: TextIO) -> None:
+def _startLogging(options: Options, stderr: TextIO) -> LogLevelFilterPredicate:
     level = LogLevel.info
     if options["quiet"]:
         level = LogLevel.error
@@ -206,34 +210,20 @@ def _startLogging(options: Options, stderr: TextIO) -> None:
     else:
         level = LogLevel.warn
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    worker = None
+    if options["worker-fds"] is not None:
+        worker = os.environ.get(WORKER_VARIABLE, "?")
+    elif options["endpoints"] and options["workers"] > 1:
+        worker = "0"
     if options["log-format"] == "json":
         observer = jsonFileLogObserver(stderr)
     else:
-        observer = _textObserver(stderr)
+        observer = textObserver(stderr, worker)
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(observer, [predicate])],
         redirectStandardIO=False,
     )
-
-
-def _textObserver(stream: TextIO) -> FileLogObserver:
-    """
-    C{textFileLogObserver}'s format, with the timestamp (whole seconds)
-    formatted once per second: formatting it was a third of the cost of a
-    log line, and a server logs a few lines per request.
-    """
-    last: list[Any] = [None, ""]
-
-    def stamp(when: float | None) -> str:
-        if when is None:
-            return "-"
-        second = int(when)
-        if second != last[0]:
-            last[0] = second
-            last[1] = formatTime(second)
-        return cast(str, last[1])
-
-    return FileLogObserver(stream, lambda event: formatEventAsClassicLogText(event, stamp))
+    return predicate
 
 
 def _shareMetrics(environ: Any) -> str | None:
@@ -271,6 +261,8 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
     from ai_agent.runtime import buildRuntime
 
     async def main() -> int:
+        if options["interactive"]:
+            return await _chat(reactor, options, stdout, stderr)
         prompt = readPrompt(options["prompt"], sys.stdin)
         tracing = Tracing.fromEnvironment(os.environ)
         observer = NULL_OBSERVER if tracing is None else Observability(None, tracing)
@@ -295,21 +287,67 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
 
         try:
             await runtime.runner.run(spec, RunRequest((ChatMessage("user", prompt),)), onEvent)
-        except AgentError as error:
+        except (AgentError, CancelledError) as error:
             if ended[0] and not ended[0].endswith("\n"):
                 stdout.write("\n")
+                stdout.flush()
+            if isinstance(error, CancelledError):
+                raise
             stderr.write(f"ai-agent: {error.message}\n")
             return EXIT_FAILED
         finally:
             await runtime.close()
             if tracing is not None:
                 await deferToThread(tracing.shutdown)
-        if ended[0] and not ended[0].endswith("\n") and stdout.isatty():
+        # The output ends with a newline, on a terminal or in a pipe.
+        if ended[0] and not ended[0].endswith("\n"):
             stdout.write("\n")
         stdout.flush()
         return EXIT_OK
 
     return ensureDeferred(main())
+
+
+async def _chat(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) -> int:
+    """
+    The interactive chat of direct mode (see L{ai_agent.chat}).
+    """
+    from twisted.internet.stdio import StandardIO
+
+    from ai_agent.chat import ChatProtocol, ChatSession
+    from ai_agent.runtime import buildRuntime
+
+    runtime = buildRuntime(reactor, options["agents"], configFile=options["config"])
+    served = runtime.registry.served[0]
+    session = ChatSession(
+        lambda history, onEvent: runtime.runner.run(
+            served.spec, RunRequest(tuple(history)), onEvent
+        ),
+        stdout,
+        stderr,
+        verbose=options["verbose"],
+    )
+    # Standard output stays ours (written as the answer streams); the
+    # transport's own output side goes nowhere.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    io = cast(Any, StandardIO)(ChatProtocol(session), stdin=0, stdout=devnull, reactor=reactor)
+    session.start(
+        f"Chatting with agent {served.id!r} ({', '.join(served.spec.models)})."
+        " Type /exit or press Ctrl-D to leave."
+    )
+    try:
+        return await session.done
+    except CancelledError:
+        stopping = session.interrupt()
+        if stopping is not None:
+            try:
+                await stopping
+            except CancelledError:
+                pass  # the answer we stopped; the chat's own cancellation follows
+        raise
+    finally:
+        io.loseConnection()
+        await runtime.close()
 
 
 def runListTools(
@@ -411,7 +449,7 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
     if options["version"]:
         stdout.write(f"ai-agent {__version__}\n")
         return EXIT_OK
-    _startLogging(options, stderr)
+    logFilter = _startLogging(options, stderr)
     from twisted.internet import reactor
 
     code = [EXIT_OK]
@@ -426,18 +464,36 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
             stderr.write(f"ai-agent: {error}\n")
             _removeMetricsDir(metricsDir)
             return EXIT_USAGE
-        service.startService()
+        try:
+            service.startService()
+        except StartupError as error:
+            stderr.write(f"ai-agent: {error}\n")
+            # Stop what did start (MCP servers) without a word.
+            logFilter.defaultLogLevel = LogLevel.critical
+            logFilter.clearLogLevels()
+            stopping = service.stopService()
+            if not stopping.called:
+                stopping.addBoth(lambda _: reactor.stop())
+                reactor.run()
+            return EXIT_FAILED
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
         if inherited is not None:
             watchParent(reactor)
         elif options["workers"] > 1:
             listeners = [endpoint.listener for endpoint in cast(Any, service).endpoints]
-            startWorkers(
+            supervisor = startWorkers(
                 reactor, listeners, argv, options["workers"] - 1, options["shutdown-timeout"]
             )
+            reloader = cast(Any, service).reloader
+            if reloader is not None:
+                # Each worker reloads its own copy.
+                reloader.onReload.append(supervisor.hangup)
         reactor.run()
         _removeMetricsDir(metricsDir)
         return code[0]
+
+    running: list[Any] = []
+    interrupted: list[bool] = []
 
     def done(result: Any) -> None:
         if isinstance(result, int):
@@ -445,21 +501,40 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
         elif result.check(ConfigurationError, usage.UsageError):
             stderr.write(f"ai-agent: {result.value}\n")
             code[0] = EXIT_USAGE
+        elif result.check(CancelledError) and interrupted:
+            stderr.write("ai-agent: interrupted\n")
+            code[0] = EXIT_INTERRUPTED
         elif result.check(CancelledError):
             code[0] = EXIT_FAILED
         else:
             stderr.write(f"ai-agent: unexpected failure: {result.getErrorMessage()}\n")
             code[0] = EXIT_FAILED
-        if reactor.running:
+        if reactor.running and not interrupted:
             reactor.stop()
 
     def start() -> None:
         if options["list-tools"] is not None:
-            runListTools(reactor, options, stdout, stderr).addBoth(done)
+            work = runListTools(reactor, options, stdout, stderr)
         else:
-            runDirect(reactor, options, stdout, stderr).addBoth(done)
+            work = runDirect(reactor, options, stdout, stderr)
+        running.append(work)
+        work.addBoth(done)
+
+    def interrupt() -> Any:
+        """
+        The reactor is stopping (Ctrl-C, SIGTERM) while the work runs:
+        cancel it and wait until it has cleaned up.
+        """
+        if not running or running[0].called:
+            return None
+        interrupted.append(True)
+        stopped: Deferred[None] = Deferred()
+        running[0].addBoth(lambda _: stopped.callback(None))
+        running[0].cancel()
+        return stopped
 
     reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", interrupt)
     reactor.run()
     return code[0]
 

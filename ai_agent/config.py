@@ -24,8 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+from twisted.logger import Logger
 
+from ai_agent.advice import didYouMean
 from ai_agent.errors import ConfigurationError
+
+log = Logger()
 
 
 @attrs.frozen
@@ -39,6 +43,9 @@ class ProviderConfig:
         not set).
     @ivar missingVariables: C{${VAR}} names used by this entry that were not
         set; using the provider fails with a message naming them.
+    @ivar local: for the C{local} type (an embedded llama.cpp, see
+        L{ai_agent.providers.local}): C{models} (name to GGUF path),
+        C{threads}, C{contextSize} and C{parallel}, as configured.
     """
 
     name: str
@@ -47,6 +54,7 @@ class ProviderConfig:
     apiKey: str | None = attrs.field(default=None, repr=False)
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     missingVariables: tuple[str, ...] = ()
+    local: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -95,7 +103,7 @@ class Config:
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 
 
-PROVIDER_TYPES = ("anthropic", "ollama", "openai")
+PROVIDER_TYPES = ("anthropic", "local", "ollama", "openai")
 
 MCP_TYPES = ("http", "stdio")
 
@@ -111,6 +119,7 @@ BUILTIN_PROVIDERS: Mapping[str, Mapping[str, str]] = {
         "apiKey": "${ANTHROPIC_API_KEY}",
     },
     "ollama": {"type": "ollama", "baseUrl": "http://localhost:11434/v1"},
+    "local": {"type": "local"},
 }
 """
 Providers that exist without any configuration; a configured entry of the
@@ -118,8 +127,19 @@ same name is merged over them.
 """
 
 _TYPE_ALIASES = {"openai-compatible": "openai"}
-_DEFAULT_BASE_URLS = {name: entry["baseUrl"] for name, entry in BUILTIN_PROVIDERS.items()}
-_PROVIDER_KEYS = ("apiKey", "baseUrl", "headers", "type")
+_DEFAULT_BASE_URLS = {name: entry.get("baseUrl", "") for name, entry in BUILTIN_PROVIDERS.items()}
+_PROVIDER_KEYS = (
+    "apiKey",
+    "baseUrl",
+    "contextSize",
+    "headers",
+    "models",
+    "parallel",
+    "threads",
+    "type",
+)
+#: The keys only the C{local} type takes (its GGUF files and llama.cpp's settings).
+_LOCAL_KEYS = ("contextSize", "models", "parallel", "threads")
 _MCP_KEYS = ("args", "command", "env", "headers", "type", "url")
 _PRICING_KEYS = ("completion", "prompt")
 _SECTIONS = ("providers", "mcpServers", "pricing")
@@ -336,6 +356,7 @@ def _checkKeys(path: str, keyPath: str, entry: Mapping[str, Any], allowed: Seque
         if key not in allowed:
             raise ConfigurationError(
                 f"{path}: {keyPath}: unknown key {key!r} (allowed: {', '.join(allowed)})"
+                + didYouMean(key, allowed)
             )
 
 
@@ -374,6 +395,13 @@ def _checkProviders(path: str, section: object) -> None:
         for key in ("baseUrl", "apiKey"):
             _checkOptionalString(path, _keyPath(keyPath, key), entry.get(key))
         _checkStringMap(path, _keyPath(keyPath, "headers"), entry.get("headers"))
+        _checkStringMap(path, _keyPath(keyPath, "models"), entry.get("models"))
+        for key in ("contextSize", "parallel", "threads"):
+            value = entry.get(key)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise _wrongType(path, _keyPath(keyPath, key), "a positive integer", value)
 
 
 def _checkMcpServers(path: str, section: object) -> None:
@@ -432,6 +460,15 @@ def _checkLayer(path: str, data: object) -> dict[str, Any]:
     for section, check in checks.items():
         if section in data:
             check(path, data[section])
+    for key in data:
+        if key not in checks:
+            log.warn(
+                "{path}: unknown top-level key {key!r} is ignored (known: {known}){hint}",
+                path=path,
+                key=key,
+                known=", ".join(checks),
+                hint=didYouMean(key, checks),
+            )
     return data
 
 
@@ -558,6 +595,19 @@ def _provider(name: str, entry: Mapping[str, Any], source: str) -> ProviderConfi
         raise ConfigurationError(
             f"{source}: {keyPath}.type must be one of {', '.join(PROVIDER_TYPES)}"
         )
+    local = {key: entry[key] for key in _LOCAL_KEYS if entry.get(key) is not None}
+    if providerType == "local":
+        local["models"] = _stringMap(entry.get("models"))
+        for key in ("baseUrl", "apiKey", "headers"):
+            if entry.get(key) is not None:
+                raise ConfigurationError(
+                    f"{source}: {keyPath}.{key} does not apply to a local provider (its models"
+                    " run in this process); for an OpenAI-compatible server set type to openai"
+                )
+    elif local:
+        raise ConfigurationError(
+            f"{source}: {keyPath}.{sorted(local)[0]} applies to local providers only"
+        )
     baseUrl = _text(entry.get("baseUrl"))
     if baseUrl is None:
         baseUrl = _DEFAULT_BASE_URLS[providerType]
@@ -579,6 +629,7 @@ def _provider(name: str, entry: Mapping[str, Any], source: str) -> ProviderConfi
         apiKey=apiKey if isinstance(apiKey, str) and apiKey else None,
         headers=_stringMap(entry.get("headers")),
         missingVariables=missing,
+        local=local,
     )
 
 

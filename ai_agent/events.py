@@ -173,7 +173,19 @@ class Finished:
     usage: Usage
 
 
-Event = ContentDelta | ReasoningDelta | Progress | ClientToolCall | Usage
+@attrs.frozen
+class ModelAnswering:
+    """
+    The model (C{provider/model}) whose output the deltas that follow are:
+    sent before a call's first delta, or when a call that produced none
+    answered.  Headends may show it (the C{x-ai-agent-model} header); it
+    writes nothing by itself.
+    """
+
+    model: str
+
+
+Event = ContentDelta | ReasoningDelta | Progress | ClientToolCall | Usage | ModelAnswering
 EventSink = Callable[[Event], None]
 
 
@@ -239,6 +251,7 @@ __all__ = [
     "EventSink",
     "FinishReason",
     "Finished",
+    "ModelAnswering",
     "PROGRESS_TYPES",
     "Progress",
     "ReasoningDelta",

@@ -67,6 +67,29 @@ class AgentRegistry:
         return [agent.id for agent in self.served]
 
 
+def agentFiles(paths: Iterable[str]) -> list[str]:
+    """
+    The agent files C{paths} name: a file as it is, a directory as every
+    C{.ai} file directly in it, sorted.
+
+    @raise ConfigurationError: a directory holds no C{.ai} file.
+    """
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(path, name)
+                for name in os.listdir(path)
+                if name.endswith(".ai") and os.path.isfile(os.path.join(path, name))
+            )
+            if not found:
+                raise ConfigurationError(f"{path}: the directory holds no .ai agent file")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
 def loadRegistry(
     paths: Iterable[str],
     config: Config,
@@ -134,4 +157,4 @@ def _checkProviders(spec: AgentSpec, providers: Mapping[str, object]) -> None:
             )
 
 
-__all__ = ["AgentRegistry", "ServedAgent", "loadRegistry"]
+__all__ = ["AgentRegistry", "ServedAgent", "agentFiles", "loadRegistry"]

@@ -27,8 +27,9 @@ from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.limits import SubAgentLimiter
 from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
-from ai_agent.registry import AgentRegistry, loadRegistry
+from ai_agent.registry import AgentRegistry, agentFiles, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
+from ai_agent.startup import QuietClientFactory
 from ai_agent.store import RunStore, StoreTurnStore
 from ai_agent.tools import McpManager, ToolBoxFactory
 
@@ -68,6 +69,19 @@ class ProviderSet:
             self._built[name] = provider
         return provider
 
+    def stop(self) -> Deferred[None]:
+        """
+        Stop what the built providers run in this process (embedded models).
+        """
+
+        async def stop() -> None:
+            for provider in list(self._built.values()):
+                stopping = getattr(provider, "stop", None)
+                if stopping is not None:
+                    await stopping()
+
+        return Deferred.fromCoroutine(stop())
+
 
 @attrs.define
 class Runtime:
@@ -95,6 +109,7 @@ class Runtime:
 
         async def close() -> None:
             await self.mcp.stopAll()
+            await self.providers.stop()
             await self.pool.closeCachedConnections()
 
         return Deferred.fromCoroutine(close())
@@ -121,6 +136,7 @@ def buildRuntime(
     """
     environ = dict(os.environ if environ is None else environ)
     cwd = os.getcwd() if cwd is None else cwd
+    agentPaths = agentFiles(agentPaths)
     agentDirs = [os.path.dirname(os.path.abspath(path)) for path in agentPaths]
     config = loadConfig(
         configFile=configFile,
@@ -135,6 +151,7 @@ def buildRuntime(
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max(connections, 2)
     pool.cachedConnectionTimeout = 120
+    pool._factory = QuietClientFactory
     endpoints = CachingEndpointFactory(reactor, CONNECT_TIMEOUT)
     http = UpstreamHTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
     providers = ProviderSet(config, http, reactor)

@@ -37,7 +37,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ai_agent.accounting import RunAccount
+from ai_agent.accounting import CANCELLED, RunAccount
+from ai_agent.advice import noModelAnswered
 from ai_agent.agentfile import AgentSpec
 from ai_agent.clienttools import HiddenTurn, TurnStore, restoreConversation
 from ai_agent.config import Pricing
@@ -49,6 +50,7 @@ from ai_agent.events import (
     EventSink,
     Finished,
     FinishReason,
+    ModelAnswering,
     ReasoningDelta,
     Retrying,
     ToolFinished,
@@ -67,7 +69,7 @@ from ai_agent.providers import (
     ToolSpec,
 )
 from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
-from ai_agent.retry import RetryLoop, RetryPolicy, totalTimeout
+from ai_agent.retry import NOT_CONFIGURED, RetryLoop, RetryPolicy, totalTimeout
 
 log = Logger()
 
@@ -179,15 +181,32 @@ class _TrackingSink:
     contentSent: bool = False
     sentAnything: bool = False
     _notes: list[Retrying] = attrs.field(factory=list)
+    _model: str | None = None
+
+    def calling(self, model: str) -> None:
+        """
+        The next deltas come from C{model}: announce it before the first.
+        """
+        self._model = model
+
+    def answered(self) -> None:
+        """
+        The current call answered: announce its model if no delta did.
+        """
+        if self._model is not None:
+            model, self._model = self._model, None
+            self.events(ModelAnswering(model))
 
     def content(self, text: str) -> None:
         if text:
+            self.answered()
             self.flushNotes()
             self.contentSent = self.sentAnything = True
             self.events(ContentDelta(text))
 
     def reasoning(self, text: str) -> None:
         if text:
+            self.answered()
             self.flushNotes()
             self.sentAnything = True
             self.events(ReasoningDelta(text))
@@ -283,6 +302,8 @@ class SessionRunner:
         scope = self.observer.run(agent.name, agent.description or "")
         account.traceId = scope.traceId
         call = None
+        # One model, no fallback: whatever comes is its answer.
+        events(ModelAnswering(model))
         try:
             provider = self.providers(providerName)
             call = scope.llmCall(providerName, upstreamModel, request, provider)
@@ -292,6 +313,7 @@ class SessionRunner:
         except CancelledError:
             if call is not None:
                 call.failed("cancelled")
+            account.record(model, Usage(), self.reactor.seconds() - started, CANCELLED)
             account.finish("cancelled", self.reactor.seconds())
             scope.end("cancelled", errorType="cancelled")
             raise
@@ -490,11 +512,14 @@ class SessionRunner:
             )
         attempts = max(agent.maxRetries, 1)
 
+        reasons: dict[str, ProviderError] = {}
+
         async def attempt(model: str) -> LLMResponse:
             providerName, upstreamModel = splitModel(model)
             provider = self.providers(providerName)
             started = self.reactor.seconds()
             call = scope.llmCall(providerName, upstreamModel, request, provider)
+            sink.calling(model)
             try:
                 # The call's span is current while the request goes out, so
                 # its traceparent goes with it.
@@ -503,20 +528,35 @@ class SessionRunner:
                         attrs.evolve(request, model=upstreamModel), call.sink(sink)
                     )
                 response = await calling
-            except ProviderError as error:
-                record = account.record(
-                    model, Usage(), self.reactor.seconds() - started, error.code
-                )
-                call.failed(error.code or error.kind, record.cost)
-                raise
             except CancelledError:
+                # The call ran and may have spent tokens nobody reported.
+                account.record(model, Usage(), self.reactor.seconds() - started, CANCELLED)
                 call.failed("cancelled")
+                raise
+            except ProviderError as error:
+                reasons[model] = error
+                if error.code != NOT_CONFIGURED:
+                    # A model that cannot be used at all was never called.
+                    record = account.record(
+                        model, Usage(), self.reactor.seconds() - started, error.code
+                    )
+                    call.failed(error.code or error.kind, record.cost)
                 raise
             record = account.record(model, response.usage, self.reactor.seconds() - started)
             call.answered(response, record.cost)
+            sink.answered()
             return response
 
         def failed(model: str, number: int, error: ProviderError, retrying: bool) -> None:
+            if error.code == NOT_CONFIGURED:
+                log.info(
+                    "agent {agent}: skipping {model}: {error}",
+                    agent=agent.name,
+                    model=model,
+                    error=error.message,
+                )
+                sink.note(Retrying(model, error.message))
+                return
             if retrying:
                 scope.retrying(*splitModel(model))
             log.warn(
@@ -539,7 +579,14 @@ class SessionRunner:
             )
 
         loop = RetryLoop(self.reactor, self.retryPolicy, self.random, failed, waiting)
-        response = await loop.run(agent.models, attempts, attempt, lambda: not sink.sentAnything)
+        try:
+            response = await loop.run(
+                agent.models, attempts, attempt, lambda: not sink.sentAnything
+            )
+        except ProviderError as error:
+            if len(reasons) > 1 and not sink.sentAnything:
+                raise noModelAnswered(agent.name, agent.models, reasons, error) from None
+            raise
         sink.flushNotes()
         return response, response.usage
 

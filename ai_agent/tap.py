@@ -7,19 +7,21 @@ used by C{twistd ai-agent} and by the C{ai-agent} command's headend mode.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
 from ai_agent.connections import TrackingFactory
+from ai_agent.errors import ConfigurationError
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
 from ai_agent.headends._site import APIRouter, Mount
 from ai_agent.headends.openai import OpenAIHeadend
@@ -34,7 +36,9 @@ from ai_agent.observe import (
     metricsSite,
 )
 from ai_agent.pool import RunPool
+from ai_agent.reload import Reloader, onHangup
 from ai_agent.runtime import Runtime, buildRuntime
+from ai_agent.startup import address, bannerLines, listenError
 from ai_agent.store import StoreService, checkLocation, makeStore, parseDuration
 from ai_agent.workers import AdoptedPortService
 
@@ -175,7 +179,8 @@ class ServerOptions(usage.Options):
 
     def opt_agent(self, path: str) -> None:
         """
-        An agent file (.ai) to serve; repeat for more.
+        An agent file (.ai), or a directory of them, to serve; repeat for
+        more. SIGHUP reloads them.
         """
         self["agents"].append(path)
 
@@ -222,7 +227,7 @@ class ServerOptions(usage.Options):
         if not self["agents"]:
             raise usage.UsageError("at least one --agent FILE is required")
         for path in self["agents"]:
-            if not os.path.isfile(path):
+            if not os.path.isfile(path) and not os.path.isdir(path):
                 raise usage.UsageError(f"agent file not found: {path}")
         if self["config"] is not None and not os.path.isfile(self["config"]):
             raise usage.UsageError(f"configuration file not found: {self['config']}")
@@ -265,6 +270,20 @@ class Options(ServerOptions):
         super().postOptions()
         if not self["endpoints"]:
             raise usage.UsageError("at least one --openai-completions PORT is required")
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse; under twistd (as its subcommand), a usage error ends twistd
+        with one line instead of twistd's whole help text.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if getattr(self, "parent", None) is None:
+                raise
+            raise SystemExit(
+                f"twistd ai-agent: {error} (twistd ai-agent --help lists the options)"
+            ) from None
 
 
 #: The listen backlog of a bare port.
@@ -410,7 +429,10 @@ class ServerService(MultiService):
         self.reactor = reactor
         self.shutdownTimeout = shutdownTimeout
         self.exitOnSecondSignal = False
+        self.exitOnStartupError = False
         self.endpoints: list[_Endpoint] = []
+        self.onReady: Callable[[list[str]], None] | None = None
+        self.reloader: Reloader | None = None
 
     def addEndpoint(self, pool: RunPool, listener: Any, connections: TrackingFactory) -> None:
         """
@@ -419,10 +441,44 @@ class ServerService(MultiService):
         self.endpoints.append(_Endpoint(pool, listener, connections))
 
     def startService(self) -> None:
+        """
+        Start the shared services, then listen; once every port is bound,
+        call L{onReady} with their addresses (the banner).
+
+        @raise StartupError: a port cannot be bound (with
+            C{exitOnStartupError}, as twistd runs it: C{SystemExit} with the
+            same one line).
+        """
         super().startService()
+        try:
+            for endpoint in self.endpoints:
+                endpoint.pool.startService()
+                endpoint.listener.startService()
+        except CannotListenError as error:
+            failure = listenError(error)
+            if self.exitOnStartupError:
+                raise SystemExit(f"twistd ai-agent: {failure}") from None
+            raise failure from None
+        if self.reloader is not None:
+            onHangup(self.reactor, self.reloader.reload)
+        if self.onReady is not None:
+            self._announce(self.onReady)
+
+    def _announce(self, onReady: Callable[[list[str]], None]) -> None:
+        ports: list[Any] = []
+
+        def keep(port: Any) -> Any:
+            ports.append(port)
+            return port
+
         for endpoint in self.endpoints:
-            endpoint.pool.startService()
-            endpoint.listener.startService()
+            listener: Any = endpoint.listener
+            waiting = getattr(listener, "_waitingForPort", None)
+            if waiting is not None and waiting.called:
+                waiting.addCallback(keep)
+            elif getattr(listener, "port", None) is not None:
+                ports.append(listener.port)
+        onReady([address(port) for port in ports])
 
     def stopService(self) -> Deferred[None]:
         return ensureDeferred(self._stop())
@@ -480,6 +536,8 @@ def makeService(
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+        if isinstance(options, Options):
+            return _underTwistd(options, reactor)
     concurrency = options["openai-completions-concurrency"]
     endpoints = options["endpoints"]
     observer = makeObserver(options, os.environ, reactor)
@@ -520,6 +578,14 @@ def makeService(
             metricsListener._raiseSynchronously = True
             metricsListener.setServiceParent(top)
             log.info("serving /metrics on {endpoint}", endpoint=metricsEndpoint)
+    top.reloader = Reloader(
+        reactor,
+        runtime,
+        options["agents"],
+        options["config"],
+        parent=top,
+        grace=options["shutdown-timeout"],
+    )
     for index, endpoint in enumerate(endpoints):
         pool = RunPool(
             reactor,
@@ -540,6 +606,7 @@ def makeService(
             clientStallTimeout=options["client-stall-timeout"],
             observer=observer,
         )
+        top.reloader.headends.append(headend)
         site = makeSite(
             headend,
             policy,
@@ -557,13 +624,38 @@ def makeService(
             # A port that cannot be bound fails startup instead of being logged.
             listener._raiseSynchronously = True
         top.addEndpoint(pool, listener, connections)
-        log.info(
+        log.debug(
             "serving {agents} on {endpoint} (concurrency {concurrency})",
             agents=", ".join(runtime.registry.ids()),
             endpoint=endpoint,
             concurrency=concurrency,
         )
+    if inherited is None:
+        # Workers are quiet: the first process speaks for them all.
+        def banner(addresses: list[str]) -> None:
+            for line in bannerLines(
+                runtime.registry, runtime.config, addresses, policy.apiKeys.enabled
+            ):
+                log.info("{line}", line=line)
+
+        top.onReady = banner
     return top
+
+
+def _underTwistd(options: Options, reactor: Any) -> IService:
+    """
+    The server as C{twistd ai-agent} runs it: the errors a user can fix (an
+    invalid agent file or configuration, a port that cannot be bound) end
+    twistd with one line and a non-zero exit, as C{ai-agent} does, instead
+    of a traceback.
+    """
+    try:
+        service = makeService(options, reactor)
+    except ConfigurationError as error:
+        raise SystemExit(f"twistd ai-agent: {error}") from None
+    if isinstance(service, ServerService):
+        service.exitOnStartupError = True
+    return service
 
 
 __all__ = [

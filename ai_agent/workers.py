@@ -191,7 +191,11 @@ class WorkerSupervisor:
         for fileno, _ in self.inherited:
             childFDs[fileno] = fileno
         self.reactor.spawnProcess(
-            worker, self.command[0], self.command, env=dict(os.environ), childFDs=childFDs
+            worker,
+            self.command[0],
+            self.command,
+            env={**os.environ, "AI_AGENT_WORKER": str(number)},
+            childFDs=childFDs,
         )
         worker.startedPid = worker.pid
         self.workers[number] = worker
@@ -218,6 +222,13 @@ class WorkerSupervisor:
         The process ids of the running workers.
         """
         return [w.pid for w in self.workers.values() if w.pid]
+
+    def hangup(self) -> None:
+        """
+        Send every worker SIGHUP (each reloads its agents and configuration).
+        """
+        for worker in list(self.workers.values()):
+            _signal(worker, "HUP")
 
     def stop(self) -> Deferred[None]:
         """

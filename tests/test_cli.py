@@ -66,7 +66,7 @@ class DirectModeTests(TestCase):
             folder,
             childEnvironment(HOME=folder),
         )
-        self.assertEqual((out.decode(), code), ("echo: hello there", 0), err)
+        self.assertEqual((out.decode(), code), ("echo: hello there\n", 0), err)
         request = self.upstream.requests[0]
         self.assertEqual(
             request.body["messages"][0],
@@ -86,7 +86,7 @@ class DirectModeTests(TestCase):
             childEnvironment(HOME=folder),
             stdin=b"from stdin",
         )
-        self.assertEqual((out.decode(), code), ("echo: from stdin", 0), err)
+        self.assertEqual((out.decode(), code), ("echo: from stdin\n", 0), err)
 
     async def test_filePrompt(self) -> None:
         """
@@ -100,7 +100,7 @@ class DirectModeTests(TestCase):
             folder,
             childEnvironment(HOME=folder),
         )
-        self.assertEqual((out.decode(), code), ("echo: from a file", 0), err)
+        self.assertEqual((out.decode(), code), ("echo: from a file\n", 0), err)
 
     async def test_shebang(self) -> None:
         """
@@ -111,7 +111,7 @@ class DirectModeTests(TestCase):
         out, err, code = await run(
             [*command("ai-agent"), path, "hi"], folder, childEnvironment(HOME=folder)
         )
-        self.assertEqual((out.decode(), code), ("echo: hi", 0), err)
+        self.assertEqual((out.decode(), code), ("echo: hi\n", 0), err)
 
     async def test_bogusKey(self) -> None:
         """

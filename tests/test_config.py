@@ -152,7 +152,7 @@ class BuiltinProviderTests(LoadConfigTestCase):
         default URLs; keys come from the environment.
         """
         config = self.files.load({"OPENAI_API_KEY": "k1", "ANTHROPIC_API_KEY": "k2"})
-        self.assertEqual(list(config.providers), ["openai", "anthropic", "ollama"])
+        self.assertEqual(list(config.providers), ["openai", "anthropic", "ollama", "local"])
         openai = config.providers["openai"]
         self.assertEqual(
             (openai.type, openai.baseUrl, openai.apiKey, openai.missingVariables),
@@ -520,12 +520,12 @@ class SectionTests(LoadConfigTestCase):
         Provider errors name the file and the key path.
         """
         self.assertConfigError(
-            {"providers": {"local": {"baseUrl": "http://h"}}},
-            "providers.local.type is required (one of anthropic, ollama, openai)",
+            {"providers": {"mine": {"baseUrl": "http://h"}}},
+            "providers.mine.type is required (one of anthropic, local, ollama, openai)",
         )
         self.assertConfigError(
             {"providers": {"local": {"type": "opneai"}}},
-            "providers.local.type must be one of anthropic, ollama, openai, got 'opneai'",
+            "providers.local.type must be one of anthropic, local, ollama, openai, got 'opneai'",
         )
         self.assertConfigError(
             {"providers": {"local": {"type": "openai", "baseUrl": 8000}}},
@@ -533,7 +533,8 @@ class SectionTests(LoadConfigTestCase):
         )
         self.assertConfigError(
             {"providers": {"local": {"type": "openai", "baseURL": "http://h"}}},
-            "providers.local: unknown key 'baseURL' (allowed: apiKey, baseUrl, headers, type)",
+            "providers.local: unknown key 'baseURL' (allowed: apiKey, baseUrl, contextSize,"
+            " headers, models, parallel, threads, type); did you mean 'baseUrl'?",
         )
         self.assertConfigError(
             {"providers": {"local": {"type": "openai", "headers": {"X": 1}}}},

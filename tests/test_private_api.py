@@ -96,3 +96,44 @@ class TwistedPrivateAPITests(SynchronousTestCase):
         channel.makeConnection(transport)
         channel.dataReceived(b"GET /" + b"a" * (channel.MAX_LENGTH + 10))
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 414 "), transport.value()[:80])
+
+    def test_waitingForPort(self) -> None:
+        """
+        A started listening service keeps the Deferred of its port in
+        C{_waitingForPort}; the banner reads the bound address from it.
+        """
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from twisted.internet.protocol import Factory
+        from twisted.internet.testing import MemoryReactor
+
+        reactor = MemoryReactor()
+        service = StreamServerEndpointService(TCP4ServerEndpoint(reactor, 0), Factory())
+        service.startService()
+        self.assertTrue(service._waitingForPort.called)
+
+    def test_quietClientFactory(self) -> None:
+        """
+        The upstream connection pool builds its protocols from its
+        C{_factory}, which the runtime replaces by a subclass of
+        C{_HTTP11ClientFactory} that logs no start and stop lines.
+        """
+        from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+
+        from ai_agent.startup import QuietClientFactory
+
+        self.assertIs(HTTPConnectionPool._factory, _HTTP11ClientFactory)
+        self.assertTrue(issubclass(QuietClientFactory, _HTTP11ClientFactory))
+        self.assertFalse(QuietClientFactory.noisy)
+
+    def test_headerNameCache(self) -> None:
+        """
+        Twisted's header-name encoder caches in C{_canonicalHeaderCache}
+        (given typed keys by C{tests/__init__.py} to keep C{python -b}
+        quiet); header names still encode as before.
+        """
+        from twisted.web.http_headers import Headers, _nameEncoder
+
+        self.assertIsInstance(_nameEncoder._canonicalHeaderCache, dict)
+        headers = Headers({"x-a": ["1"]})
+        headers.addRawHeader(b"x-a", b"2")
+        self.assertEqual(headers.getRawHeaders(b"X-A"), [b"1", b"2"])

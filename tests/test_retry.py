@@ -18,7 +18,7 @@ from ai_agent.accounting import RunAccount, callCost
 from ai_agent.agentfile import AgentSpec
 from ai_agent.config import Pricing
 from ai_agent.errors import ErrorKind, ProviderError
-from ai_agent.events import ContentDelta, Event, Retrying, Usage, progressText
+from ai_agent.events import ContentDelta, Event, ModelAnswering, Retrying, Usage, progressText
 from ai_agent.providers import ChatMessage, LLMResponse
 from ai_agent.request import RunRequest
 from ai_agent.retry import RetryLoop, RetryPolicy, exhausted, totalTimeout
@@ -381,9 +381,12 @@ class SessionRetryTests(SynchronousTestCase):
         d = self.start(agent(maxRetries=2))
         self.clock.advance(0.5)
         self.successResultOf(d)
-        self.assertEqual(self.events[0], Retrying("first/m1", "boom"))
-        self.assertEqual(progressText(self.events[0]), "first/m1 failed (boom); retrying\n")
-        self.assertEqual(self.events[1], ContentDelta("ok"))
+        # The model that answers is announced first, then the note, then
+        # the answer.
+        self.assertEqual(self.events[0], ModelAnswering("first/m1"))
+        self.assertEqual(self.events[1], Retrying("first/m1", "boom"))
+        self.assertEqual(progressText(self.events[1]), "first/m1 failed (boom); retrying\n")
+        self.assertEqual(self.events[2], ContentDelta("ok"))
 
     def test_rateLimitWaitsOnClock(self) -> None:
         """

@@ -29,7 +29,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from ai_agent.testing import FakeUpstream, Reply, startFakeUpstream
 from tests._process import childEnvironment, command
 
-_LISTENING = re.compile(rb"starting on (\d+)")
+#: The banner's address line (ai-agent logs no "starting on" line of Twisted's).
+_LISTENING = re.compile(rb"API: http://127\.0\.0\.1:(\d+)/v1")
 
 _AGENT = """\
 ---
@@ -330,7 +331,7 @@ class SentinelTests(TestCase):
             # ... and no client key was passed on.
             for key in (session.clientKey, session.argvKey, session.fileKey):
                 self.assertNotIn(key, json.dumps(dict(recorded.headers)))
-        self.assertIn(b"starting on", output)
+        self.assertIn(b"API: http://127.0.0.1:", output)
         session.assertNoLeak(output)
 
     async def test_headerValueEchoedByUpstream(self) -> None:

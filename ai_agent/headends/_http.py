@@ -171,7 +171,9 @@ class HTTPPolicy:
     idleTimeout: float = 60.0
     apiKeys: APIKeys = APIKeys()
     corsOrigins: frozenset[str] = frozenset()
-    openPaths: frozenset[bytes] = frozenset({b"/health", b"/openapi.json"})
+    openPaths: frozenset[bytes] = frozenset(
+        {b"/health", b"/openapi.json", b"/", b"/docs", b"/assets/docs.js", b"/assets/page.css"}
+    )
 
     def allowsOrigin(self, origin: bytes | None) -> bytes | None:
         """

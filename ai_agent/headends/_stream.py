@@ -33,6 +33,7 @@ from ai_agent.events import (
     Event,
     EventSink,
     Finished,
+    ModelAnswering,
     Progress,
     ReasoningDelta,
     Usage,
@@ -45,6 +46,9 @@ from ai_agent.pool import Slot
 from ai_agent.redaction import RedactingSink, Redactor, safeError
 
 log = Logger()
+
+#: The response header naming the model (C{provider/model}) that answered.
+MODEL_HEADER = b"x-ai-agent-model"
 
 #: Starts a run whose events go to the given sink.
 StartRun = Callable[[EventSink], "Deferred[Finished]"]
@@ -154,6 +158,10 @@ class RunResponse:
 
     def _frame(self, event: Event) -> bytes | None:
         encoder = self.encoder
+        if isinstance(event, ModelAnswering):
+            # Sent with the head (a stream's first frame, a body's end).
+            self.headers[MODEL_HEADER] = event.model.encode("utf-8")
+            return None
         if isinstance(event, ContentDelta):
             self._scope.firstToken()
             return encoder.content(event.text)

@@ -21,6 +21,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
+from ai_agent.advice import endpointHint
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorKind, notFound
 from ai_agent.events import (
     ClientToolCall,
@@ -32,6 +33,7 @@ from ai_agent.events import (
     Usage,
 )
 from ai_agent.flow import CLIENT_STALL_TIMEOUT
+from ai_agent.headends import pages
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._request import (
     OFF_REACTOR_THRESHOLD,
@@ -362,7 +364,8 @@ class OpenAIHeadend:
     @app.handle_errors(NotFound)
     def _notFound(self, request: IRequest, failure: Failure) -> bytes:
         path = request.path.decode("utf-8", "replace")
-        return self._errorBody(request, notFound(f"no such endpoint: {shorten(path)}", "not_found"))
+        message = f"no such endpoint: {shorten(path)}" + endpointHint(path)
+        return self._errorBody(request, notFound(message, "not_found"))
 
     @app.handle_errors(MethodNotAllowed)
     def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
@@ -411,6 +414,30 @@ class OpenAIHeadend:
             }
         )
 
+    @app.route("/", methods=["GET"])
+    def home(self, request: IRequest) -> bytes:
+        """
+        A short page naming the server, its models and links.
+        """
+        return _page(request, pages.HTML, pages.homePage(self.registry.ids()))
+
+    @app.route("/docs", methods=["GET"])
+    def docs(self, request: IRequest) -> bytes:
+        """
+        The interactive page for C{/openapi.json}.
+        """
+        return _page(request, pages.HTML, pages.asset("docs.html"))
+
+    @app.route("/assets/<name>", methods=["GET"])
+    def assets(self, request: IRequest, name: str) -> bytes:
+        """
+        The pages' script and style sheet, installed with the package.
+        """
+        contentType = pages.ASSETS.get(name)
+        if contentType is None:
+            raise notFound(f"no such asset: {name[:80]}", "not_found")
+        return _page(request, contentType, pages.asset(name))
+
     @app.route("/openapi.json", methods=["GET"])
     def openapi(self, request: IRequest) -> bytes:
         """
@@ -439,7 +466,7 @@ class OpenAIHeadend:
         """
         agent = self.registry.resolve(modelId)
         if agent is None:
-            raise _unknownModel(modelId)
+            raise _unknownModel(modelId, self.registry.ids())
         request.setHeader(b"content-type", _JSON)
         return _dumps(_modelEntry(agent))
 
@@ -461,7 +488,7 @@ class OpenAIHeadend:
             chat = await self._bodyGate().parse(content)
         agent = self.registry.resolve(chat.model)
         if agent is None:
-            raise _unknownModel(chat.model)
+            raise _unknownModel(chat.model, self.registry.ids())
         requestScope(request).setAgent(agent.id)
         labels = self._labels(request, chat)
         run = chat.runRequest(labels)
@@ -541,9 +568,17 @@ def _modelEntry(agent: ServedAgent) -> dict[str, Any]:
     return entry
 
 
-def _unknownModel(model: str) -> AgentError:
+def _page(request: IRequest, contentType: bytes, body: bytes) -> bytes:
+    request.setHeader(b"content-type", contentType)
+    request.setHeader(b"content-security-policy", pages.CONTENT_SECURITY_POLICY)
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    return body
+
+
+def _unknownModel(model: str, served: list[str]) -> AgentError:
     return notFound(
-        f"The model {shorten(repr(model))} does not exist: no agent is served under that name",
+        f"The model {shorten(repr(model))} does not exist: no agent is served under that name"
+        f" (served: {shorten(', '.join(served) or 'none')})",
         "model_not_found",
         "model",
     )

@@ -431,6 +431,12 @@ def _headers() -> dict[str, Any]:
             "description": "The completion's id.",
             "schema": {"type": "string"},
         },
+        "AnsweringModel": {
+            "description": "The model (provider/model) that answered, e.g. local/smollm2 "
+            "when the embedded model did; absent when no model answered before the "
+            "response began.",
+            "schema": {"type": "string"},
+        },
         "ShouldRetry": {
             "description": "false when the failed run had already called a tool, so "
             "repeating the request could repeat the tool's effects.",
@@ -496,6 +502,10 @@ def _responses() -> dict[str, Any]:
     }
 
 
+def _htmlResponse(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
 def _errors(*names: str) -> dict[str, Any]:
     statuses = {
         "BadRequest": "400",
@@ -530,6 +540,53 @@ def _paths() -> dict[str, Any]:
                         _ref("schemas", "Health"),
                     ),
                     **_errors("RequestTimeout"),
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "operationId": "home",
+                "summary": "A page naming the server, its models and links.",
+                "security": [],
+                "responses": {
+                    "200": _htmlResponse("The page."),
+                    **_errors("RequestTimeout"),
+                },
+            }
+        },
+        "/docs": {
+            "get": {
+                "operationId": "docs",
+                "summary": "An interactive page for this document.",
+                "security": [],
+                "responses": {
+                    "200": _htmlResponse("The page."),
+                    **_errors("RequestTimeout"),
+                },
+            }
+        },
+        "/assets/{name}": {
+            "get": {
+                "operationId": "asset",
+                "summary": "The pages' script and style sheet.",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": ["docs.js", "page.css"]},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "content": {
+                            "text/javascript": {"schema": {"type": "string"}},
+                            "text/css": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors("NotFound", "RequestTimeout"),
                 },
             }
         },
@@ -594,7 +651,10 @@ def _paths() -> dict[str, Any]:
                         "description": "The completion: one JSON body, or with stream=true "
                         "an SSE stream of chat.completion.chunk objects ending in "
                         "data: [DONE].",
-                        "headers": {"x-request-id": _ref("headers", "RequestId")},
+                        "headers": {
+                            "x-request-id": _ref("headers", "RequestId"),
+                            "x-ai-agent-model": _ref("headers", "AnsweringModel"),
+                        },
                         "content": {
                             "application/json": {"schema": _ref("schemas", "ChatCompletion")},
                             "text/event-stream": {"schema": _ref("schemas", "StreamEvent")},

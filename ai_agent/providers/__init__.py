@@ -21,6 +21,7 @@ from ai_agent.providers._base import (
 )
 from ai_agent.providers._http import CONNECT_TIMEOUT
 from ai_agent.providers.anthropic import AnthropicProvider
+from ai_agent.providers.local import LocalProvider, LocalSettings
 from ai_agent.providers.openai import OpenAIProvider
 
 
@@ -32,6 +33,8 @@ def makeProvider(config: ProviderConfig, http: HTTPClient, reactor: IReactorTime
     @param reactor: schedules timeouts.
     @raise ConfigurationError: the wire type is unknown.
     """
+    if config.type == "local":
+        return LocalProvider(config.name, LocalSettings.fromConfig(config.local), http, reactor)
     wireTypes: dict[str, type[OpenAIProvider] | type[AnthropicProvider]] = {
         "openai": OpenAIProvider,
         "ollama": OpenAIProvider,
@@ -50,7 +53,7 @@ def makeProvider(config: ProviderConfig, http: HTTPClient, reactor: IReactorTime
         )
     raise ConfigurationError(
         f"provider {config.name!r}: unknown type {config.type!r} "
-        "(expected openai, anthropic or ollama)"
+        "(expected openai, anthropic, ollama or local)"
     )
 
 
@@ -62,6 +65,7 @@ __all__ = [
     "DeltaSink",
     "LLMRequest",
     "LLMResponse",
+    "LocalProvider",
     "OpenAIProvider",
     "Provider",
     "ToolCall",

