@@ -1277,3 +1277,59 @@ class StreamRedactorTests(TestCase):
             self.assertEqual(run(one, pieces), text.replace(secrets[0], REDACTED))
 
         check()
+
+
+class BodyGateTests(TestCase):
+    """
+    Item 6: large bodies are parsed one at a time, and only so many may
+    wait.
+    """
+
+    def test_queueBounded(self) -> None:
+        """
+        With one slot and room for two waiting bodies, a fourth large body
+        is refused with a 503 and C{Retry-After}; a waiting body that is
+        cancelled leaves the queue, and the next body parses once the
+        running one is done.
+        """
+        import io
+
+        from ai_agent.errors import AgentError
+        from ai_agent.headends._bodies import BodyGate
+
+        class HeldPool:
+            def __init__(self) -> None:
+                self.work: list[Any] = []
+
+            def callInThreadWithCallback(self, onResult: Any, f: Any, *a: Any, **k: Any) -> None:
+                self.work.append((onResult, f))
+
+            def finishOne(self) -> None:
+                onResult, f = self.work.pop(0)
+                onResult(True, f())
+
+        class Now:
+            def callFromThread(self, f: Any, *args: Any) -> None:
+                f(*args)
+
+        pool = HeldPool()
+        gate = BodyGate(Now(), pool, slots=1, maxWaiting=2)
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode()
+        first = gate.parse(io.BytesIO(body))
+        second = gate.parse(io.BytesIO(body))
+        third = gate.parse(io.BytesIO(body))
+        fourth = gate.parse(io.BytesIO(body))
+        refused = self.failureResultOf(fourth, AgentError).value
+        self.assertEqual(
+            (refused.status, refused.code, refused.retryAfter), (503, "overloaded", 1.0)
+        )
+        self.assertEqual(len(pool.work), 1)
+        second.cancel()
+        self.failureResultOf(second)
+        self.assertEqual(gate.waiting, 1)
+        pool.finishOne()
+        self.assertEqual(self.successResultOf(first).model, "m")
+        self.assertEqual(len(pool.work), 1)
+        pool.finishOne()
+        self.assertEqual(self.successResultOf(third).model, "m")
+        self.assertEqual(gate.waiting, 0)
