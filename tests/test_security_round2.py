@@ -161,6 +161,42 @@ class MalformedUpstreamTests(TestCase):
                 self.assertNotIn(BAD_KEY, error["message"])
         self.assertEqual(crashes, [])
 
+    async def test_anthropicShapes(self) -> None:
+        """
+        The same for the Anthropic wire: a C{tool_use} block whose name is
+        an object, whose input is a string, or content that is not an
+        array, each give a 502 C{upstream_invalid_response} naming it.
+        """
+        cases: list[tuple[Any, str]] = [
+            (
+                jsonAnswer({"content": [{"type": "tool_use", "id": "t", "name": {"x": 1}}]}),
+                "content[0] is a tool_use block without a name",
+            ),
+            (
+                jsonAnswer(
+                    {"content": [{"type": "tool_use", "id": "t", "name": "f", "input": "x"}]}
+                ),
+                "content[0] is a tool_use block whose input is not an object",
+            ),
+            (jsonAnswer({"content": "text"}), "the response has no content"),
+        ]
+        upstream = ScriptedUpstream().start(self)
+        server = await badServer(
+            self,
+            upstream,
+            agents={"agent.ai": agentText("claude/model")},
+            extraProviders={
+                "claude": {"type": "anthropic", "baseUrl": upstream.baseUrl, "apiKey": BAD_KEY}
+            },
+        )
+        for answer, named in cases:
+            upstream.answers.append(answer)
+            status, headers, body = await chat(self, server)
+            self.assertEqual(status, 502, (named, body))
+            error = json.loads(body)["error"]
+            self.assertEqual(error["code"], "upstream_invalid_response")
+            self.assertIn(named, error["message"])
+
 
 class UserinfoTests(TestCase):
     """
