@@ -360,12 +360,19 @@ class FanOutTests(TestCase):
     timeout = 60
 
     async def fanOut(
-        self, calls: int, parentKeys: dict[str, Any], serverLimit: int | None
+        self,
+        calls: int,
+        parentKeys: dict[str, Any],
+        serverLimit: int | None,
+        process: bool = False,
     ) -> tuple[int, list[Any], int, bytes]:
         """
         A parent whose first turn asks for C{calls} sub-agent calls; every
         child's upstream call is held until the test has seen how many are
         in flight at once.
+
+        @param process: run the server as a subprocess (with its defaults)
+            rather than in the test's process.
 
         @return: the most child calls in flight, the parent's second-turn
             request, the number of child calls made, and the answer body.
@@ -377,7 +384,19 @@ class FanOutTests(TestCase):
             "agent.ai": agentText(agents="[child.ai]", **parentKeys),
             "child.ai": agentText(),
         }
-        server = await badServer(self, upstream, agents=agents)
+        if process:
+            from tests._hostile import startServerProcess
+
+            child = await startServerProcess(
+                self,
+                floodConfig(upstream),
+                agents,
+                ("--verbose", "--openai-completions-concurrency", "4"),
+            )
+            url = child.base + "/v1/chat/completions"
+        else:
+            server = await badServer(self, upstream, agents=agents)
+            url = server.baseUrl + "/chat/completions"
         if serverLimit is not None:
             from ai_agent.limits import SubAgentLimiter
 
@@ -404,7 +423,13 @@ class FanOutTests(TestCase):
         )
         from twisted.internet.defer import ensureDeferred
 
-        answer = ensureDeferred(chat(self, server))
+        async def post() -> tuple[int, bytes]:
+            response = await client(self).post(
+                url, json={"model": "agent", "messages": [{"role": "user", "content": "go"}]}
+            )
+            return response.code, await treq.content(response)
+
+        answer = ensureDeferred(post())
         most = 0
         while not final:
             await waitUntil(lambda: bool(held) or bool(final))
@@ -415,7 +440,7 @@ class FanOutTests(TestCase):
             connection = held.pop(0)
             sseAnswer(textEvents(["ok"]))(b"", connection)
             await waitUntil(lambda: bool(held) or bool(final))
-        status, headers, body = await answer
+        status, body = await answer
         self.assertEqual(status, 200, body)
         return most, json.loads(final[0].split(b"\r\n\r\n", 1)[1])["messages"], len(children), body
 
@@ -437,6 +462,20 @@ class FanOutTests(TestCase):
         self.assertEqual(len(notRun), 35)
         self.assertIn("at most 5 run per turn", notRun[0]["content"])
         self.assertIn(b"all done", body)
+
+    async def test_twoThousandChildren(self) -> None:
+        """
+        The campaign's case, on the real server process with its defaults
+        (C{--openai-completions-concurrency 4}, no limits in the agent
+        file): one turn asking for 2,000 C{agent__child} calls makes 32
+        child runs, never more than 4 at once, and the model is told the
+        other 1,968 were not run.
+        """
+        most, messages, made, body = await self.fanOut(2000, {}, None, process=True)
+        self.assertEqual((made, most), (32, 4))
+        tools = [m for m in messages if m["role"] == "tool"]
+        self.assertEqual(len(tools), 2000)
+        self.assertEqual(len([m for m in tools if m["content"].startswith("error: not run")]), 1968)
 
     async def test_serverWideSubAgentLimit(self) -> None:
         """
