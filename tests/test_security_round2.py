@@ -1052,6 +1052,14 @@ class RawHTTPTests(TestCase):
             (b"GET /v1/models//x HTTP/1.1\r\nHost: evil.example\r\n\r\n", 404, "model_not_found"),
             (b"GET /v1/models/ HTTP/1.1\r\nHost: evil.example\r\n\r\n", None, None),
             (b"GET /v1/ HTTP/1.1\r\nHost: evil.example\r\n\r\n", 404, "not_found"),
+            (b"GET /health/ HTTP/1.1\r\nHost: evil.example\r\n\r\n", None, None),
+            (b"GET /v1/models/x/ HTTP/1.1\r\nHost: evil.example\r\n\r\n", None, None),
+            (
+                b"POST /v1/chat/completions/ HTTP/1.1\r\nHost: evil.example\r\n"
+                b"Content-Length: 2\r\n\r\n{}",
+                None,
+                None,
+            ),
             (b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_path"),
         ]
         for request, expected, code in cases:
