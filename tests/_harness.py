@@ -16,10 +16,11 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import TestCase
 
 from ai_agent.connections import TrackingFactory
+from ai_agent.headends._http import HTTPPolicy
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
-from ai_agent.tap import makeSite
+from ai_agent.tap import apiMounts, makeSite
 from ai_agent.testing import FakeUpstream, startFakeUpstream
 
 SENTINEL_KEY = "sk-sentinel-0123456789abcdef"
@@ -55,6 +56,7 @@ class LiveServer:
     headend: OpenAIHeadend
     port: IListeningPort
     directory: str
+    mounts: tuple[Any, ...] = ()
 
     @property
     def baseUrl(self) -> str:
@@ -85,6 +87,8 @@ async def startServer(
     taskShortcut: bool = True,
     fakeProviders: dict[str, str] | None = None,
     extraConfig: dict[str, Any] | None = None,
+    observer: Any = None,
+    mounts: Any = None,
 ) -> LiveServer:
     """
     Start a fake upstream and a headend serving C{agents} (file name →
@@ -99,6 +103,11 @@ async def startServer(
         sentinel key.
     @param extraConfig: more top-level configuration sections (e.g.
         C{pricing}).
+    @param observer: an L{ai_agent.observe.Observer} for the runner, the
+        pool and the headend; with metrics, C{/metrics} is served too.
+    @param mounts: builds the other APIs' L{ai_agent.headends._site.Mount}s
+        from the runtime, the pool and the reactor (by default, as the
+        server does: L{ai_agent.tap.apiMounts}).
     """
     running = await startFakeUpstream(reactor)
     testCase.addCleanup(running.stop)
@@ -121,11 +130,17 @@ async def startServer(
         writeAgent(directory, name, text)
         for name, text in (agents or {"agent.ai": DEFAULT_AGENT}).items()
     ]
+    observed: dict[str, Any] = {} if observer is None else {"observer": observer}
     runtime = buildRuntime(
-        reactor, paths, configFile=configPath, cwd=directory, environ={"HOME": directory}
+        reactor,
+        paths,
+        configFile=configPath,
+        cwd=directory,
+        environ={"HOME": directory},
+        **observed,
     )
     testCase.addCleanup(runtime.close)
-    pool = RunPool(reactor, concurrency, maxQueue, queueTimeout)
+    pool = RunPool(reactor, concurrency, maxQueue, queueTimeout, **observed)
     headend = OpenAIHeadend(
         runtime.registry,
         runtime.runner,
@@ -134,13 +149,23 @@ async def startServer(
         streamHeadGrace=streamHeadGrace,
         reasoningField=reasoningField,
         taskShortcut=taskShortcut,
+        **observed,
     )
-    factory = TrackingFactory(makeSite(headend) if policy is None else makeSite(headend, policy))
+    metrics = None
+    if observer is not None and observer.metrics is not None:
+        from ai_agent.observe import MetricsResource
+
+        metrics = MetricsResource(observer.metrics, reactor)
+    extra = (apiMounts if mounts is None else mounts)(runtime, pool, reactor)
+    site = makeSite(
+        headend, HTTPPolicy() if policy is None else policy, mounts=extra, metrics=metrics
+    )
+    factory = TrackingFactory(site)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     # Cleanups run last-added first: stop listening, then drop what is open.
     testCase.addCleanup(factory.dropConnections)
     testCase.addCleanup(port.stopListening)
-    return LiveServer(running.upstream, runtime, pool, headend, port, directory)
+    return LiveServer(running.upstream, runtime, pool, headend, port, directory, tuple(extra))
 
 
 def inThread(f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
