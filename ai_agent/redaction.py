@@ -12,6 +12,7 @@ without one passes at once and a secret never goes out, whole or split.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 import attrs
@@ -65,6 +66,25 @@ class Redactor:
     """
 
     secrets: tuple[str, ...] = ()
+    _any: re.Pattern[str] | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    _tail: re.Pattern[str] | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    _window: int = attrs.field(init=False, default=0, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.secrets:
+            return
+        # One pass of C finds any secret; another finds a tail of the text
+        # that is the start of one (each proper prefix, longest first, at
+        # the end of the text: the leftmost match is the longest tail).
+        prefixes = sorted(
+            {secret[:n] for secret in self.secrets for n in range(1, len(secret))},
+            key=lambda prefix: (-len(prefix), prefix),
+        )
+        object.__setattr__(self, "_any", re.compile("|".join(map(re.escape, self.secrets))))
+        object.__setattr__(
+            self, "_tail", re.compile("(?:" + "|".join(map(re.escape, prefixes)) + r")\Z")
+        )
+        object.__setattr__(self, "_window", max(map(len, self.secrets)) - 1)
 
     @classmethod
     def of(cls, values: Iterable[str | None]) -> Redactor:
@@ -121,26 +141,19 @@ class StreamRedactor:
         whole secret replaced, and any tail that is the beginning of a
         secret held back for the next piece.
         """
-        secrets = self.redactor.secrets
-        if not secrets:
+        redactor = self.redactor
+        if redactor._tail is None or redactor._any is None:
             return text
-        text = self.redactor.scrub(self._held + text)
-        hold = 0
-        size = len(text)
-        for secret in secrets:
-            start = max(0, size - len(secret) + 1)
-            first = secret[0]
-            index = text.find(first, start)
-            while index != -1 and size - index > hold:
-                if secret.startswith(text[index:]):
-                    hold = size - index
-                    break
-                index = text.find(first, index + 1)
-        if hold:
-            self._held = text[size - hold :]
-            return text[: size - hold]
-        self._held = ""
-        return text
+        if self._held:
+            text = self._held + text
+            self._held = ""
+        if redactor._any.search(text) is not None:
+            text = redactor.scrub(text)
+        tail = redactor._tail.search(text, max(0, len(text) - redactor._window))
+        if tail is None:
+            return text
+        self._held = text[tail.start() :]
+        return text[: tail.start()]
 
     def flush(self) -> str:
         """
@@ -198,14 +211,20 @@ class RedactingSink:
         elif isinstance(event, ContentDelta):
             # A change of channel lets out what the other one held, so the
             # two stay in order.
-            self._flushReasoning()
+            if self._reasoning._held:
+                self._flushReasoning()
             text = self._content.feed(event.text)
-            if text:
+            if text == event.text:
+                self.sink(event)
+            elif text:
                 self.sink(ContentDelta(text))
         elif isinstance(event, ReasoningDelta):
-            self._flushContent()
+            if self._content._held:
+                self._flushContent()
             text = self._reasoning.feed(event.text)
-            if text:
+            if text == event.text:
+                self.sink(event)
+            elif text:
                 self.sink(ReasoningDelta(text))
         elif isinstance(event, (ToolStarted, ToolFinished, Retrying, SubAgentProgress)):
             # Progress comes whole: each of its texts is scrubbed as it is.

@@ -161,6 +161,42 @@ class MalformedUpstreamTests(TestCase):
                 self.assertNotIn(BAD_KEY, error["message"])
         self.assertEqual(crashes, [])
 
+    async def test_anthropicShapes(self) -> None:
+        """
+        The same for the Anthropic wire: a C{tool_use} block whose name is
+        an object, whose input is a string, or content that is not an
+        array, each give a 502 C{upstream_invalid_response} naming it.
+        """
+        cases: list[tuple[Any, str]] = [
+            (
+                jsonAnswer({"content": [{"type": "tool_use", "id": "t", "name": {"x": 1}}]}),
+                "content[0] is a tool_use block without a name",
+            ),
+            (
+                jsonAnswer(
+                    {"content": [{"type": "tool_use", "id": "t", "name": "f", "input": "x"}]}
+                ),
+                "content[0] is a tool_use block whose input is not an object",
+            ),
+            (jsonAnswer({"content": "text"}), "the response has no content"),
+        ]
+        upstream = ScriptedUpstream().start(self)
+        server = await badServer(
+            self,
+            upstream,
+            agents={"agent.ai": agentText("claude/model")},
+            extraProviders={
+                "claude": {"type": "anthropic", "baseUrl": upstream.baseUrl, "apiKey": BAD_KEY}
+            },
+        )
+        for answer, named in cases:
+            upstream.answers.append(answer)
+            status, headers, body = await chat(self, server)
+            self.assertEqual(status, 502, (named, body))
+            error = json.loads(body)["error"]
+            self.assertEqual(error["code"], "upstream_invalid_response")
+            self.assertIn(named, error["message"])
+
 
 class UserinfoTests(TestCase):
     """
@@ -324,12 +360,19 @@ class FanOutTests(TestCase):
     timeout = 60
 
     async def fanOut(
-        self, calls: int, parentKeys: dict[str, Any], serverLimit: int | None
+        self,
+        calls: int,
+        parentKeys: dict[str, Any],
+        serverLimit: int | None,
+        process: bool = False,
     ) -> tuple[int, list[Any], int, bytes]:
         """
         A parent whose first turn asks for C{calls} sub-agent calls; every
         child's upstream call is held until the test has seen how many are
         in flight at once.
+
+        @param process: run the server as a subprocess (with its defaults)
+            rather than in the test's process.
 
         @return: the most child calls in flight, the parent's second-turn
             request, the number of child calls made, and the answer body.
@@ -341,7 +384,19 @@ class FanOutTests(TestCase):
             "agent.ai": agentText(agents="[child.ai]", **parentKeys),
             "child.ai": agentText(),
         }
-        server = await badServer(self, upstream, agents=agents)
+        if process:
+            from tests._hostile import startServerProcess
+
+            child = await startServerProcess(
+                self,
+                floodConfig(upstream),
+                agents,
+                ("--verbose", "--openai-completions-concurrency", "4"),
+            )
+            url = child.base + "/v1/chat/completions"
+        else:
+            server = await badServer(self, upstream, agents=agents)
+            url = server.baseUrl + "/chat/completions"
         if serverLimit is not None:
             from ai_agent.limits import SubAgentLimiter
 
@@ -368,7 +423,13 @@ class FanOutTests(TestCase):
         )
         from twisted.internet.defer import ensureDeferred
 
-        answer = ensureDeferred(chat(self, server))
+        async def post() -> tuple[int, bytes]:
+            response = await client(self).post(
+                url, json={"model": "agent", "messages": [{"role": "user", "content": "go"}]}
+            )
+            return response.code, await treq.content(response)
+
+        answer = ensureDeferred(post())
         most = 0
         while not final:
             await waitUntil(lambda: bool(held) or bool(final))
@@ -379,7 +440,7 @@ class FanOutTests(TestCase):
             connection = held.pop(0)
             sseAnswer(textEvents(["ok"]))(b"", connection)
             await waitUntil(lambda: bool(held) or bool(final))
-        status, headers, body = await answer
+        status, body = await answer
         self.assertEqual(status, 200, body)
         return most, json.loads(final[0].split(b"\r\n\r\n", 1)[1])["messages"], len(children), body
 
@@ -401,6 +462,20 @@ class FanOutTests(TestCase):
         self.assertEqual(len(notRun), 35)
         self.assertIn("at most 5 run per turn", notRun[0]["content"])
         self.assertIn(b"all done", body)
+
+    async def test_twoThousandChildren(self) -> None:
+        """
+        The campaign's case, on the real server process with its defaults
+        (C{--openai-completions-concurrency 4}, no limits in the agent
+        file): one turn asking for 2,000 C{agent__child} calls makes 32
+        child runs, never more than 4 at once, and the model is told the
+        other 1,968 were not run.
+        """
+        most, messages, made, body = await self.fanOut(2000, {}, None, process=True)
+        self.assertEqual((made, most), (32, 4))
+        tools = [m for m in messages if m["role"] == "tool"]
+        self.assertEqual(len(tools), 2000)
+        self.assertEqual(len([m for m in tools if m["content"].startswith("error: not run")]), 1968)
 
     async def test_serverWideSubAgentLimit(self) -> None:
         """
@@ -977,6 +1052,14 @@ class RawHTTPTests(TestCase):
             (b"GET /v1/models//x HTTP/1.1\r\nHost: evil.example\r\n\r\n", 404, "model_not_found"),
             (b"GET /v1/models/ HTTP/1.1\r\nHost: evil.example\r\n\r\n", None, None),
             (b"GET /v1/ HTTP/1.1\r\nHost: evil.example\r\n\r\n", 404, "not_found"),
+            (b"GET /health/ HTTP/1.1\r\nHost: evil.example\r\n\r\n", None, None),
+            (b"GET /v1/models/x/ HTTP/1.1\r\nHost: evil.example\r\n\r\n", None, None),
+            (
+                b"POST /v1/chat/completions/ HTTP/1.1\r\nHost: evil.example\r\n"
+                b"Content-Length: 2\r\n\r\n{}",
+                None,
+                None,
+            ),
             (b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_path"),
         ]
         for request, expected, code in cases:
@@ -1277,3 +1360,59 @@ class StreamRedactorTests(TestCase):
             self.assertEqual(run(one, pieces), text.replace(secrets[0], REDACTED))
 
         check()
+
+
+class BodyGateTests(TestCase):
+    """
+    Item 6: large bodies are parsed one at a time, and only so many may
+    wait.
+    """
+
+    def test_queueBounded(self) -> None:
+        """
+        With one slot and room for two waiting bodies, a fourth large body
+        is refused with a 503 and C{Retry-After}; a waiting body that is
+        cancelled leaves the queue, and the next body parses once the
+        running one is done.
+        """
+        import io
+
+        from ai_agent.errors import AgentError
+        from ai_agent.headends._bodies import BodyGate
+
+        class HeldPool:
+            def __init__(self) -> None:
+                self.work: list[Any] = []
+
+            def callInThreadWithCallback(self, onResult: Any, f: Any, *a: Any, **k: Any) -> None:
+                self.work.append((onResult, f))
+
+            def finishOne(self) -> None:
+                onResult, f = self.work.pop(0)
+                onResult(True, f())
+
+        class Now:
+            def callFromThread(self, f: Any, *args: Any) -> None:
+                f(*args)
+
+        pool = HeldPool()
+        gate = BodyGate(Now(), pool, slots=1, maxWaiting=2)
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode()
+        first = gate.parse(io.BytesIO(body))
+        second = gate.parse(io.BytesIO(body))
+        third = gate.parse(io.BytesIO(body))
+        fourth = gate.parse(io.BytesIO(body))
+        refused = self.failureResultOf(fourth, AgentError).value
+        self.assertEqual(
+            (refused.status, refused.code, refused.retryAfter), (503, "overloaded", 1.0)
+        )
+        self.assertEqual(len(pool.work), 1)
+        second.cancel()
+        self.failureResultOf(second)
+        self.assertEqual(gate.waiting, 1)
+        pool.finishOne()
+        self.assertEqual(self.successResultOf(first).model, "m")
+        self.assertEqual(len(pool.work), 1)
+        pool.finishOne()
+        self.assertEqual(self.successResultOf(third).model, "m")
+        self.assertEqual(gate.waiting, 0)

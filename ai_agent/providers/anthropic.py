@@ -418,9 +418,7 @@ class _MessageCall(HTTPCall):
         elif kind == "redacted_thinking":
             current.data = str(block.get("data") or "")
         elif kind == "tool_use":
-            current.id = str(block.get("id") or "")
-            current.name = str(block.get("name") or "")
-            current.input = block.get("input")
+            self._toolUse(current, block, f"content block {index}")
 
     def _blockDelta(self, index: int, delta: Mapping[str, Any]) -> None:
         current = self._contentBlocks.get(index)
@@ -437,6 +435,20 @@ class _MessageCall(HTTPCall):
         elif kind == "input_json_delta":
             if isinstance(delta.get("partial_json"), str):
                 current.parts.append(delta["partial_json"])
+
+    def _toolUse(self, block: _Block, item: Mapping[str, Any], where: str) -> None:
+        """
+        Take a C{tool_use} block's id, name and input, each checked: a shape
+        the server cannot use is a 502 naming the part.
+        """
+        name, callId, given = item.get("name"), item.get("id"), item.get("input")
+        if not isinstance(name, str) or not name:
+            raise self.invalid(f"{where} is a tool_use block without a name")
+        if callId is not None and not isinstance(callId, str):
+            raise self.invalid(f"{where} is a tool_use block whose id is not a string")
+        if given is not None and not isinstance(given, dict):
+            raise self.invalid(f"{where} is a tool_use block whose input is not an object")
+        block.id, block.name, block.input = callId or "", name, given
 
     def _addText(self, block: _Block, text: Any) -> None:
         if isinstance(text, str) and text:
@@ -471,7 +483,7 @@ class _MessageCall(HTTPCall):
         if not isinstance(content, list):
             raise self.invalid("the response has no content")
         blocks: list[_Block] = []
-        for item in content:
+        for position, item in enumerate(content):
             if not isinstance(item, dict):
                 continue
             kind = str(item.get("type") or "")
@@ -484,9 +496,7 @@ class _MessageCall(HTTPCall):
             elif kind == "redacted_thinking":
                 block.data = str(item.get("data") or "")
             elif kind == "tool_use":
-                block.id = str(item.get("id") or "")
-                block.name = str(item.get("name") or "")
-                block.input = item.get("input")
+                self._toolUse(block, item, f"content[{position}]")
             blocks.append(block)
         if isinstance(body.get("stop_reason"), str):
             self._stopReason = body["stop_reason"]
