@@ -116,6 +116,13 @@ class ServerOptions(usage.Options):
             float,
         ],
         [
+            "client-stall-timeout",
+            None,
+            60.0,
+            "Seconds a streaming client may stop reading before its run is stopped.",
+            float,
+        ],
+        [
             "api-key-file",
             None,
             None,
@@ -205,7 +212,7 @@ class ServerOptions(usage.Options):
         for name in ("max-body-size",):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be positive")
-        for name in ("request-timeout", "idle-timeout"):
+        for name in ("request-timeout", "idle-timeout", "client-stall-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         if self["shutdown-timeout"] < 0:
@@ -530,6 +537,7 @@ def makeService(
             if options["reasoning-field"] == "none"
             else options["reasoning-field"],
             taskShortcut=options["task-shortcut"],
+            clientStallTimeout=options["client-stall-timeout"],
             observer=observer,
         )
         site = makeSite(
