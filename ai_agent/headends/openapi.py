@@ -628,7 +628,8 @@ def _paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _jsonResponse("The model.", _ref("schemas", "Model")),
-                    **_errors("Unauthorized", "NotFound", "RequestTimeout"),
+                    # 400 invalid_path: an id with control characters, ...
+                    **_errors("BadRequest", "Unauthorized", "NotFound", "RequestTimeout"),
                 },
             }
         },
