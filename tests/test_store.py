@@ -4,6 +4,10 @@ PostgreSQL (a real server; set C{AI_AGENT_TEST_POSTGRES_URL}, which
 C{.ci/run} does) and in memory, plus what only a database shows: a restart,
 the reactor staying free during big writes, several instances sharing one
 PostgreSQL, migrations racing, and passwords kept out of errors and logs.
+
+The PostgreSQL tests drop and create the store's tables: give them a
+database of their own, and do not run two of these test runs against it at
+once.
 """
 
 from __future__ import annotations
