@@ -48,6 +48,10 @@ class AgentSpec:
         L{None} leaves the provider's default.
     @ivar llmTimeout: longest upstream silence allowed, in seconds.
     @ivar toolTimeout: longest tool call allowed, in seconds.
+    @ivar maxToolCallsPerTurn: the most tool calls of one model turn that
+        run; the model is told the rest were not run.
+    @ivar maxConcurrentTools: the most tool and sub-agent calls of one run
+        in flight at once.
     @ivar prompt: the system prompt (the body).
     @ivar clientTools: whether the tools a client sends with its request are
         shown to the model and handed back when called (L{False}: ignored,
@@ -72,6 +76,8 @@ class AgentSpec:
     llmTimeout: float = 120.0
     toolTimeout: float = 60.0
     toolResponseMaxBytes: int = 12288
+    maxToolCallsPerTurn: int = 32
+    maxConcurrentTools: int = 4
     caching: bool = True
     output: OutputSpec = OutputSpec()
     clientTools: bool = True
@@ -341,6 +347,8 @@ _KEYS: Mapping[str, Callable[[_Context, str, Any], object]] = {
     "llmTimeout": _duration,
     "toolTimeout": _duration,
     "toolResponseMaxBytes": _positiveInt,
+    "maxToolCallsPerTurn": _positiveInt,
+    "maxConcurrentTools": _positiveInt,
     "output": _output,
     "caching": _caching,
     "clientTools": _boolean,

@@ -24,6 +24,7 @@ from zope.interface import implementer
 from ai_agent.clienttools import MemoryTurnStore, TurnStore
 from ai_agent.config import Config, describeMissing, loadConfig
 from ai_agent.errors import AgentError, ConfigurationError
+from ai_agent.limits import SubAgentLimiter
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
 from ai_agent.registry import AgentRegistry, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
@@ -136,7 +137,7 @@ def buildRuntime(
     http = UpstreamHTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
     providers = ProviderSet(config, http, reactor)
     mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
-    tools = ToolBoxFactory(registry.byPath, mcp)
+    tools = ToolBoxFactory(registry.byPath, mcp, subAgentLimiter=SubAgentLimiter(reactor))
     # Hidden turns of hybrid runs go to the run store when there is one (so
     # they outlive a restart and are shared by instances), else to memory.
     turns: TurnStore = MemoryTurnStore(reactor) if store is None else StoreTurnStore(store)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import secrets
+from contextvars import copy_context
 from typing import Any, Callable, Mapping, Protocol, Sequence, cast
 
 import attrs
@@ -28,6 +29,7 @@ from twisted.internet.defer import (
     CancelledError,
     Deferred,
     DeferredList,
+    DeferredSemaphore,
     ensureDeferred,
     maybeDeferred,
 )
@@ -53,6 +55,7 @@ from ai_agent.events import (
     ToolStarted,
     Usage,
 )
+from ai_agent.limits import boundedCalls, noToolsExchange
 from ai_agent.providers import (
     CallbackSink,
     ChatMessage,
@@ -368,7 +371,11 @@ class SessionRunner:
                 request.parallelToolCalls,
             )
             meter(callUsage)
-            if not response.toolCalls or not specs or lastTurn:
+            if response.toolCalls and not specs and not lastTurn:
+                # Calls to tools the model was not offered: it is told so.
+                messages.extend(noToolsExchange(response, toolbox, events))
+                continue
+            if not response.toolCalls or lastTurn:
                 return Finished(_runReason(response.finishReason), meter.total)
             calledTools = True
             calls = _uniqueIds(response.toolCalls, messages)
@@ -495,15 +502,22 @@ class SessionRunner:
         Run a turn's tool calls concurrently; every outcome, failures and
         timeouts included, becomes a C{tool} message the model can read.
         """
-        pending = [self._runTool(agent, toolbox, call, events) for call in calls]
+        running, refused = boundedCalls(agent, calls, events)
+        limit = DeferredSemaphore(agent.maxConcurrentTools)
+        # A call that waits for a place starts from whatever freed it: each
+        # runs in a copy of this run's context (see ai_agent.flow).
+        pending = [
+            limit.run(copy_context().run, self._runTool, agent, toolbox, call, events)
+            for call in running
+        ]
         # Cancelling a DeferredList cancels every call in it.
         outcomes = await DeferredList(pending, consumeErrors=True)
         results: list[ChatMessage] = []
-        for call, (ok, value) in zip(calls, outcomes, strict=True):
+        for call, (ok, value) in zip(running, outcomes, strict=True):
             if not ok:
                 cast(Failure, value).raiseException()
             results.append(ChatMessage("tool", value, toolCallId=call.id))
-        return results
+        return results + refused
 
     def _runTool(
         self, agent: AgentSpec, toolbox: ToolBox, call: ToolCall, events: EventSink

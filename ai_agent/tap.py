@@ -21,6 +21,7 @@ from twisted.web.server import Site
 
 from ai_agent.connections import TrackingFactory
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
+from ai_agent.headends._site import APIRouter, Mount
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
@@ -105,6 +106,13 @@ class ServerOptions(usage.Options):
             float,
         ],
         [
+            "client-stall-timeout",
+            None,
+            60.0,
+            "Seconds a streaming client may stop reading before its run is stopped.",
+            float,
+        ],
+        [
             "api-key-file",
             None,
             None,
@@ -181,7 +189,7 @@ class ServerOptions(usage.Options):
         for name in ("max-body-size",):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be positive")
-        for name in ("request-timeout", "idle-timeout"):
+        for name in ("request-timeout", "idle-timeout", "client-stall-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         if self["shutdown-timeout"] < 0:
@@ -265,13 +273,26 @@ class _RuntimeService(Service):
 
 
 def makeSite(
-    headend: OpenAIHeadend, policy: HTTPPolicy = HTTPPolicy(), accessLog: str | None = None
+    headend: OpenAIHeadend,
+    policy: HTTPPolicy = HTTPPolicy(),
+    accessLog: str | None = None,
+    mounts: Sequence[Mount] = (),
 ) -> Site:
     """
-    A web site for one headend under the HTTP layer's C{policy}, writing an
-    access log in the combined format to C{accessLog} if given.
+    A web site for the OpenAI headend and the other APIs (C{mounts}) under
+    the HTTP layer's C{policy}, writing an access log in the combined format
+    to C{accessLog} if given.
     """
-    return GuardedSite(headend.app.resource(), policy, logPath=accessLog)
+    router = APIRouter(headend.app.resource(), mounts)
+    return GuardedSite(router, policy, errorFormats=router.errorFormat, logPath=accessLog)
+
+
+def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
+    """
+    The APIs served beside the OpenAI routes on every port, each with its
+    own headend over the same runtime and pool.
+    """
+    return []
 
 
 def policyFrom(options: ServerOptions, environ: Mapping[str, str]) -> HTTPPolicy:
@@ -439,8 +460,10 @@ def makeService(
             if options["reasoning-field"] == "none"
             else options["reasoning-field"],
             taskShortcut=options["task-shortcut"],
+            clientStallTimeout=options["client-stall-timeout"],
         )
-        connections = TrackingFactory(makeSite(headend, policy, options["access-log"]))
+        site = makeSite(headend, policy, options["access-log"], apiMounts(runtime, pool, reactor))
+        connections = TrackingFactory(site)
         listener: Any
         if inherited is not None:
             fileno, family = inherited[index]
@@ -459,4 +482,4 @@ def makeService(
     return top
 
 
-__all__ = ["Options", "ServerOptions", "endpointFor", "makeService", "makeSite"]
+__all__ = ["Options", "ServerOptions", "apiMounts", "endpointFor", "makeService", "makeSite"]

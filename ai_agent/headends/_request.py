@@ -34,6 +34,7 @@ from twisted.python.threadpool import ThreadPool
 from ai_agent.accounting import RunLabels
 from ai_agent.errors import AgentError, invalidRequest
 from ai_agent.providers import ChatMessage, ToolCall, ToolSpec
+from ai_agent.redaction import shorten
 from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
 
 _T = TypeVar("_T")
@@ -44,6 +45,9 @@ MAX_MESSAGES = 2048
 MAX_TOOLS = 128
 #: The deepest nesting of arrays and objects a body may have.
 MAX_DEPTH = 64
+#: The most arrays and objects a body may hold (a chat request with every
+#: other limit reached holds a few tens of thousands).
+MAX_CONTAINERS = 100_000
 #: Bodies at least this long are parsed off the reactor thread.
 OFF_REACTOR_THRESHOLD = 256 * 1024
 
@@ -277,12 +281,19 @@ def _loads(body: bytes) -> Any:
     """
     if body.startswith(_BOM):
         body = body[len(_BOM) :]
-    depth = _depth(body)
+    depth, containers = _shape(body)
     if depth > MAX_DEPTH:
+        atLeast = "at least " if containers > MAX_CONTAINERS else ""
         raise invalidRequest(
-            f"the request body nests arrays and objects {depth} levels deep;"
+            f"the request body nests arrays and objects {atLeast}{depth} levels deep;"
             f" at most {MAX_DEPTH} are allowed",
             code="invalid_json",
+        )
+    if containers > MAX_CONTAINERS:
+        raise invalidRequest(
+            f"the request body holds {containers} arrays and objects;"
+            f" at most {MAX_CONTAINERS} are allowed",
+            code="request_too_complex",
         )
     try:
         text = body.decode("utf-8")
@@ -290,8 +301,16 @@ def _loads(body: bytes) -> Any:
         raise invalidRequest(
             f"the request body is not valid UTF-8 (at byte {error.start})", code="invalid_json"
         ) from None
+    infinite: list[bool] = []
+
+    def parseFloat(literal: str) -> float:
+        value = float(literal)
+        if math.isinf(value):
+            infinite.append(True)
+        return value
+
     try:
-        data = json.loads(text, parse_constant=_rejectConstant)
+        data = json.loads(text, parse_constant=_rejectConstant, parse_float=parseFloat)
     except RecursionError:
         # Not reached after the depth scan; kept so that it can never be a 500.
         raise invalidRequest("the request body is nested too deeply", code="invalid_json") from None
@@ -299,11 +318,21 @@ def _loads(body: bytes) -> Any:
         raise invalidRequest(
             f"the request body is not valid JSON: {error}", code="invalid_json"
         ) from None
+    if infinite:
+        where = _findNonFinite(data)
+        if where is not None:
+            raise invalidRequest(
+                f"{f'{shorten(repr(where))}' if where else 'the request body'} holds a number"
+                " too large"
+                " to represent (it would be Infinity, which is not JSON)",
+                where or None,
+                "invalid_number",
+            )
     if _SURROGATE_ESCAPE.search(text) is not None:
         found = _findSurrogate(data)
         if found is not None:
             where, inKey = found
-            what = f"'{where}'" if where else "the request body"
+            what = shorten(repr(where)) if where else "the request body"
             if inKey:
                 what = f"a key of {what}"
             raise invalidRequest(
@@ -315,20 +344,32 @@ def _loads(body: bytes) -> Any:
     return data
 
 
-def _depth(body: bytes) -> int:
+def _shape(body: bytes) -> tuple[int, int]:
     """
     How deeply arrays and objects nest in C{body} (the top level counts as
-    one), ignoring brackets inside strings, or C{0} when there are too few
-    brackets to pass L{MAX_DEPTH}.  Found without recursion: the steps of +1
-    (open) and -1 (close) are added up in C.  For malformed JSON the answer
-    is approximate, and the parser rejects the body anyway.
+    one) and how many there are, ignoring brackets inside strings.  Found
+    without recursion, in a few passes of C code over the bytes (each short
+    enough that other threads, the reactor's included, get the interpreter
+    between them): escapes and strings are dropped, then everything but
+    brackets; the depth is the running sum of +1 (open) and -1 (close),
+    computed over at most the first L{MAX_CONTAINERS} pairs.  For malformed
+    JSON the answer is approximate, and the parser rejects the body anyway.
+
+    @return: C{(depth, containers)}; the depth is C{0} when there are too
+        few brackets to pass L{MAX_DEPTH}, and that of the first
+        L{MAX_CONTAINERS} or so when there are more.
     """
-    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
-        return 0
+    opening = body.count(b"[") + body.count(b"{")
+    if opening <= MAX_DEPTH:
+        return 0, opening
     brackets = _STRING.sub(b"", _ESCAPE.sub(b"", body)).translate(None, _NOT_BRACKETS)
-    if len(brackets) <= MAX_DEPTH:
-        return 0
-    return max(accumulate(array("b", brackets.translate(_STEPS))))
+    containers = brackets.count(b"[") + brackets.count(b"{")
+    if containers <= MAX_DEPTH:
+        return 0, containers
+    # Past the cap on containers, the depth of a bounded prefix is enough
+    # to tell a deep body from a wide one.
+    brackets = brackets[: 2 * MAX_CONTAINERS + 2]
+    return max(accumulate(array("b", brackets.translate(_STEPS)))), containers
 
 
 def _findSurrogate(value: Any) -> tuple[str, bool] | None:
@@ -354,6 +395,24 @@ def _findSurrogate(value: Any) -> tuple[str, bool] | None:
                     return where, True
                 children.append((child, _join(where, key)))
             stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend(reversed([(child, f"{where}[{i}]") for i, child in enumerate(item)]))
+    return None
+
+
+def _findNonFinite(value: Any) -> str | None:
+    """
+    The path of the first number that parsed as infinite (C{1e400}), in
+    document order, or L{None}.
+    """
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return where
+        elif isinstance(item, dict):
+            stack.extend(reversed([(child, _join(where, key)) for key, child in item.items()]))
         elif isinstance(item, list):
             stack.extend(reversed([(child, f"{where}[{i}]") for i, child in enumerate(item)]))
     return None
@@ -683,6 +742,7 @@ def _parseToolCalls(value: Any, where: str) -> tuple[ToolCall, ...]:
 __all__ = [
     "AgentError",
     "ChatRequest",
+    "MAX_CONTAINERS",
     "MAX_DEPTH",
     "MAX_MESSAGES",
     "MAX_TOOLS",

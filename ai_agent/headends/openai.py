@@ -31,14 +31,17 @@ from ai_agent.events import (
     ReasoningText,
     Usage,
 )
+from ai_agent.flow import CLIENT_STALL_TIMEOUT
+from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._request import (
     OFF_REACTOR_THRESHOLD,
     ChatRequest,
     parseChatRequest,
-    parseChatRequestOffReactor,
 )
 from ai_agent.headends._stream import RunResponse
+from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.pool import RunPool
+from ai_agent.redaction import Redactor, safeError, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.session import SessionRunner
 from ai_agent.tasks import detectTask, forwardedHeaders, loggable
@@ -315,6 +318,28 @@ class OpenAIHeadend:
     taskShortcut: bool = True
 
     threadPool: Any = None
+    bodyGate: BodyGate | None = None
+    redactor: Redactor | None = None
+    clientStallTimeout: float = CLIENT_STALL_TIMEOUT
+    maxAnswer: int = MAX_RUN_ANSWER
+
+    def _redactor(self) -> Redactor:
+        """
+        The configured secrets to keep out of every response (by default
+        those of the runner's configuration).
+        """
+        if self.redactor is None:
+            providers = getattr(self.runner, "providers", None)
+            self.redactor = Redactor.fromConfig(getattr(providers, "config", None))
+        return self.redactor
+
+    def _bodyGate(self) -> BodyGate:
+        """
+        The gate large bodies are parsed through.
+        """
+        if self.bodyGate is None:
+            self.bodyGate = BodyGate(self.reactor, self._threadPool())
+        return self.bodyGate
 
     def _threadPool(self) -> Any:
         """
@@ -335,7 +360,7 @@ class OpenAIHeadend:
     @app.handle_errors(NotFound)
     def _notFound(self, request: IRequest, failure: Failure) -> bytes:
         path = request.path.decode("utf-8", "replace")
-        return self._errorBody(request, notFound(f"no such endpoint: {path}", "not_found"))
+        return self._errorBody(request, notFound(f"no such endpoint: {shorten(path)}", "not_found"))
 
     @app.handle_errors(MethodNotAllowed)
     def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
@@ -347,7 +372,7 @@ class OpenAIHeadend:
         return self._errorBody(
             request,
             AgentError(
-                f"{method} is not allowed here; use {allowed}",
+                f"{shorten(method)} is not allowed here; use {allowed}",
                 405,
                 ErrorKind.INVALID_REQUEST,
                 "method_not_allowed",
@@ -355,6 +380,7 @@ class OpenAIHeadend:
         )
 
     def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
+        error = safeError(error, self._redactor())
         request.setResponseCode(OPENAI_ERRORS.status(error))
         request.setHeader(b"content-type", _JSON)
         if error.retryAfter is not None:
@@ -420,14 +446,16 @@ class OpenAIHeadend:
         """
         Run an agent on a conversation; answer in one JSON body or stream.
         """
-        body = request.content.read()
-        if len(body) < OFF_REACTOR_THRESHOLD:
-            chat = parseChatRequest(body)
+        content = request.content
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        if size < OFF_REACTOR_THRESHOLD:
+            chat = parseChatRequest(content.read())
         else:
-            # A large body would hold up every other stream while parsed.
-            chat = await parseChatRequestOffReactor(
-                body, cast(Any, self.reactor), self._threadPool()
-            )
+            # A large body would hold up every other stream while parsed:
+            # it is read and parsed in a thread, one at a time.
+            chat = await self._bodyGate().parse(content)
         agent = self.registry.resolve(chat.model)
         if agent is None:
             raise _unknownModel(chat.model)
@@ -452,6 +480,9 @@ class OpenAIHeadend:
                 self.streamHeadGrace,
                 {b"x-request-id": labels.requestId.encode("ascii")},
                 f"{labels.requestId}: agent {agent.id}",
+                redactor=self._redactor(),
+                maxAnswer=self.maxAnswer,
+                stallTimeout=self.clientStallTimeout,
             )
             start = self.runner.run if labels.task is None else self.runner.runDirect
 
@@ -508,7 +539,7 @@ def _modelEntry(agent: ServedAgent) -> dict[str, Any]:
 
 def _unknownModel(model: str) -> AgentError:
     return notFound(
-        f"The model {model!r} does not exist: no agent is served under that name",
+        f"The model {shorten(repr(model))} does not exist: no agent is served under that name",
         "model_not_found",
         "model",
     )

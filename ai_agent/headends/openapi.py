@@ -454,8 +454,9 @@ def _responses() -> dict[str, Any]:
 
     return {
         "BadRequest": failure(
-            "The request is malformed: not JSON, not UTF-8, nested too deeply, a lone "
-            "surrogate, or a field of the wrong type or out of range (param names it)."
+            "The request is malformed: not JSON, not UTF-8, nested too deeply, holding too "
+            "many arrays and objects, a lone surrogate, a number too large for a double, or a "
+            "field of the wrong type or out of range (param names it)."
         ),
         "Unauthorized": failure(
             "API keys are configured and the request carried none that matches "
@@ -478,12 +479,14 @@ def _responses() -> dict[str, Any]:
             **{"x-should-retry": "ShouldRetry"},
         ),
         "BadGateway": failure(
-            "The model provider failed or refused the call.",
+            "The model provider failed or refused the call, sent an answer of the wrong "
+            "shape (upstream_invalid_response), or too long an answer "
+            "(upstream_answer_too_large, answer_too_large).",
             **{"x-should-retry": "ShouldRetry"},
         ),
         "Unavailable": failure(
-            "Every run slot is busy and the queue is full or the wait ran out, or the "
-            "server is shutting down.",
+            "Every run slot is busy and the queue is full or the wait ran out, too many "
+            "large bodies are waiting to be parsed, or the server is shutting down.",
             **{"Retry-After": "RetryAfter", "x-should-retry": "ShouldRetry"},
         ),
         "GatewayTimeout": failure(
