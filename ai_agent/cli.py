@@ -30,10 +30,14 @@ from twisted.python.failure import Failure
 from ai_agent import __version__
 from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.events import PROGRESS_TYPES, ContentDelta, Event, ReasoningDelta, ReasoningText
+from ai_agent.observe import MULTIPROC_DIR, jsonFileLogObserver
 from ai_agent.providers import ChatMessage
 from ai_agent.request import RunRequest
 from ai_agent.tap import ServerOptions, makeService
 from ai_agent.workers import ADOPTABLE, parseInherited, startWorkers, watchParent
+
+#: The values of C{--log-format}.
+LOG_FORMATS = ("text", "json")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -68,6 +72,12 @@ class Options(ServerOptions):
             int,
         ],
         ["worker-fds", None, None, "Internal: the listening sockets a worker inherits."],
+        [
+            "log-format",
+            None,
+            "text",
+            "Log lines as text, or json (one JSON object per line).",
+        ],
     ]
     optFlags = [
         ["verbose", "v", "Log more, and show the agent's reasoning and progress on stderr."],
@@ -102,6 +112,10 @@ class Options(ServerOptions):
     def postOptions(self) -> None:
         if self["version"]:
             return
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(
+                f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {self['log-format']!r}"
+            )
         if self["list-tools"] is not None:
             self._checkListTools()
             return
@@ -192,8 +206,12 @@ def _startLogging(options: Options, stderr: TextIO) -> None:
     else:
         level = LogLevel.warn
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    if options["log-format"] == "json":
+        observer = jsonFileLogObserver(stderr)
+    else:
+        observer = _textObserver(stderr)
     globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(_textObserver(stderr), [predicate])],
+        [FilteringLogObserver(observer, [predicate])],
         redirectStandardIO=False,
     )
 
@@ -218,17 +236,47 @@ def _textObserver(stream: TextIO) -> FileLogObserver:
     return FileLogObserver(stream, lambda event: formatEventAsClassicLogText(event, stamp))
 
 
+def _shareMetrics(environ: Any) -> str | None:
+    """
+    Before any metric exists: have this process and its workers keep their
+    metrics in files of one directory (prometheus_client's multiprocess
+    mode), a new one unless C{PROMETHEUS_MULTIPROC_DIR} names one.
+
+    @return: the directory made here (removed at exit), or L{None}.
+    """
+    if environ.get(MULTIPROC_DIR):
+        return None
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="ai-agent-metrics-")
+    environ[MULTIPROC_DIR] = directory
+    return directory
+
+
+def _removeMetricsDir(directory: str | None) -> None:
+    if directory is not None:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) -> Any:
     """
     Run one agent on one prompt; fire with the exit code.
     """
     from twisted.internet.defer import ensureDeferred
+    from twisted.internet.threads import deferToThread
 
+    from ai_agent.observe import NULL_OBSERVER, Observability, Tracing
     from ai_agent.runtime import buildRuntime
 
     async def main() -> int:
         prompt = readPrompt(options["prompt"], sys.stdin)
-        runtime = buildRuntime(reactor, options["agents"], configFile=options["config"])
+        tracing = Tracing.fromEnvironment(os.environ)
+        observer = NULL_OBSERVER if tracing is None else Observability(None, tracing)
+        runtime = buildRuntime(
+            reactor, options["agents"], configFile=options["config"], observer=observer
+        )
         spec = runtime.registry.served[0].spec
         ended: list[str] = [""]
         reasoning = ReasoningText()
@@ -254,6 +302,8 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
             return EXIT_FAILED
         finally:
             await runtime.close()
+            if tracing is not None:
+                await deferToThread(tracing.shutdown)
         if ended[0] and not ended[0].endswith("\n") and stdout.isatty():
             stdout.write("\n")
         stdout.flush()
@@ -367,10 +417,14 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
     code = [EXIT_OK]
     if options["endpoints"]:
         inherited = options["worker-fds"]
+        metricsDir = None
+        if inherited is None and options["workers"] > 1 and options["metrics"]:
+            metricsDir = _shareMetrics(os.environ)
         try:
             service = makeService(options, reactor, inherited)
         except ConfigurationError as error:
             stderr.write(f"ai-agent: {error}\n")
+            _removeMetricsDir(metricsDir)
             return EXIT_USAGE
         service.startService()
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
@@ -382,6 +436,7 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
                 reactor, listeners, argv, options["workers"] - 1, options["shutdown-timeout"]
             )
         reactor.run()
+        _removeMetricsDir(metricsDir)
         return code[0]
 
     def done(result: Any) -> None:

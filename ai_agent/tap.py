@@ -23,6 +23,16 @@ from ai_agent.connections import TrackingFactory
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
 from ai_agent.headends._site import APIRouter, Mount
 from ai_agent.headends.openai import OpenAIHeadend
+from ai_agent.observe import (
+    NULL_OBSERVER,
+    Metrics,
+    MetricsResource,
+    Observability,
+    Observer,
+    Tracing,
+    WithMetrics,
+    metricsSite,
+)
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
 from ai_agent.store import StoreService, checkLocation, makeStore, parseDuration
@@ -116,7 +126,13 @@ class ServerOptions(usage.Options):
             "api-key-file",
             None,
             None,
-            "File of client API keys, one per line; /v1/ routes then need one.",
+            "File of client API keys, one per line; every path but /health then needs one.",
+        ],
+        [
+            "metrics-port",
+            None,
+            None,
+            "Also serve /metrics, without API keys, on this port of 127.0.0.1 (or endpoint).",
         ],
         [
             "reasoning-field",
@@ -149,6 +165,13 @@ class ServerOptions(usage.Options):
         self["api-keys"] = []
         self["cors-origins"] = []
         self["task-shortcut"] = True
+        self["metrics"] = True
+
+    def opt_no_metrics(self) -> None:
+        """
+        Do not keep Prometheus metrics (no /metrics).
+        """
+        self["metrics"] = False
 
     def opt_agent(self, path: str) -> None:
         """
@@ -165,7 +188,7 @@ class ServerOptions(usage.Options):
 
     def opt_api_key(self, key: str) -> None:
         """
-        A client API key; when any is set, /v1/ routes need
+        A client API key; when any is set, every path but /health needs
         'Authorization: Bearer KEY'. Repeat for more (AI_AGENT_API_KEYS too).
         """
         self["api-keys"].append(key)
@@ -213,6 +236,12 @@ class ServerOptions(usage.Options):
         if self["openai-completions-queue-timeout"] <= 0:
             raise usage.UsageError("--openai-completions-queue-timeout must be positive")
         self["endpoints"] = [endpointFor(port, self["host"]) for port in self["openai-completions"]]
+        if self["metrics-port"] is not None:
+            if not self["metrics"]:
+                raise usage.UsageError("--metrics-port and --no-metrics do not go together")
+            self["metrics-endpoint"] = endpointFor(self["metrics-port"], "127.0.0.1")
+        else:
+            self["metrics-endpoint"] = None
         try:
             if isinstance(self["store-ttl"], str):
                 self["store-ttl"] = parseDuration(self["store-ttl"])
@@ -277,14 +306,17 @@ def makeSite(
     policy: HTTPPolicy = HTTPPolicy(),
     accessLog: str | None = None,
     mounts: Sequence[Mount] = (),
+    metrics: MetricsResource | None = None,
 ) -> Site:
     """
     A web site for the OpenAI headend and the other APIs (C{mounts}) under
     the HTTP layer's C{policy}, writing an access log in the combined format
-    to C{accessLog} if given.
+    to C{accessLog} if given, with C{/metrics} beside them when C{metrics}
+    is given.
     """
     router = APIRouter(headend.app.resource(), mounts)
-    return GuardedSite(router, policy, errorFormats=router.errorFormat, logPath=accessLog)
+    resource: Any = router if metrics is None else WithMetrics(router, metrics)
+    return GuardedSite(resource, policy, errorFormats=router.errorFormat, logPath=accessLog)
 
 
 def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
@@ -293,6 +325,34 @@ def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
     own headend over the same runtime and pool.
     """
     return []
+
+
+def makeObserver(options: ServerOptions, environ: Mapping[str, str], reactor: Any) -> Observer:
+    """
+    Metrics (unless C{--no-metrics}) and tracing (when the C{OTEL_*}
+    variables ask for it), or the observer that does nothing.
+    """
+    metrics = Metrics() if options["metrics"] else None
+    tracing = Tracing.fromEnvironment(environ)
+    if metrics is None and tracing is None:
+        return NULL_OBSERVER
+    return Observability(metrics, tracing, clock=reactor.seconds)
+
+
+class _TracingService(Service):
+    """
+    Exports the last spans when the server stops.
+    """
+
+    def __init__(self, reactor: Any, tracing: Tracing) -> None:
+        self.reactor = reactor
+        self.tracing = tracing
+
+    def stopService(self) -> Deferred[None]:
+        from twisted.internet.threads import deferToThreadPool
+
+        Service.stopService(self)
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.tracing.shutdown)
 
 
 def policyFrom(options: ServerOptions, environ: Mapping[str, str]) -> HTTPPolicy:
@@ -422,17 +482,19 @@ def makeService(
         reactor = _reactor
     concurrency = options["openai-completions-concurrency"]
     endpoints = options["endpoints"]
+    observer = makeObserver(options, os.environ, reactor)
     store = makeStore(options["store"], reactor, ttl=options["store-ttl"])
     runtime = buildRuntime(
         reactor,
         options["agents"],
         configFile=options["config"],
         connections=max(concurrency * max(len(endpoints), 1) * 2, 8),
+        observer=observer,
         store=store,
     )
     policy = policyFrom(options, os.environ)
     if policy.apiKeys.enabled:
-        log.info("client API keys required on /v1/ routes")
+        log.info("client API keys required on every path but /health and /openapi.json")
     top = ServerService(reactor, options["shutdown-timeout"])
     top.exitOnSecondSignal = True
     _RuntimeService(runtime).setServiceParent(top)
@@ -444,12 +506,27 @@ def makeService(
     # Starts the MCP servers agents use; stops them all (before the runtime
     # closes the connection pool, which waits for them).
     runtime.mcp.setServiceParent(top)
+    tracing = getattr(observer, "tracing", None)
+    if tracing is not None:
+        _TracingService(reactor, tracing).setServiceParent(top)
+    metricsResource = None
+    if observer.metrics is not None:
+        metricsResource = MetricsResource(observer.metrics, reactor)
+        metricsEndpoint = options.get("metrics-endpoint")
+        if metricsEndpoint is not None and inherited is None:
+            # Only the first process listens here; a scrape still sees every
+            # worker's counts.
+            metricsListener = strports.service(metricsEndpoint, metricsSite(metricsResource))
+            metricsListener._raiseSynchronously = True
+            metricsListener.setServiceParent(top)
+            log.info("serving /metrics on {endpoint}", endpoint=metricsEndpoint)
     for index, endpoint in enumerate(endpoints):
         pool = RunPool(
             reactor,
             concurrency,
             options["openai-completions-queue"],
             options["openai-completions-queue-timeout"],
+            observer=observer,
         )
         headend = OpenAIHeadend(
             runtime.registry,
@@ -461,8 +538,15 @@ def makeService(
             else options["reasoning-field"],
             taskShortcut=options["task-shortcut"],
             clientStallTimeout=options["client-stall-timeout"],
+            observer=observer,
         )
-        site = makeSite(headend, policy, options["access-log"], apiMounts(runtime, pool, reactor))
+        site = makeSite(
+            headend,
+            policy,
+            options["access-log"],
+            apiMounts(runtime, pool, reactor),
+            metrics=metricsResource,
+        )
         connections = TrackingFactory(site)
         listener: Any
         if inherited is not None:
@@ -482,4 +566,12 @@ def makeService(
     return top
 
 
-__all__ = ["Options", "ServerOptions", "apiMounts", "endpointFor", "makeService", "makeSite"]
+__all__ = [
+    "Options",
+    "ServerOptions",
+    "apiMounts",
+    "endpointFor",
+    "makeObserver",
+    "makeService",
+    "makeSite",
+]
