@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import attrs
@@ -164,7 +165,9 @@ def sqliteDialect(path: str, busyTimeout: float = 10.0) -> Dialect:
     def connect() -> sqlite3.Connection:
         connection = sqlite3.connect(path, timeout=busyTimeout, check_same_thread=False)
         try:
-            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _retryLocked(
+                lambda: connection.execute("PRAGMA journal_mode=WAL").fetchone()[0], busyTimeout
+            )
             if mode.lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot use WAL mode (journal mode is {mode})")
             connection.execute("PRAGMA synchronous=NORMAL")
@@ -181,6 +184,23 @@ def sqliteDialect(path: str, busyTimeout: float = 10.0) -> Dialect:
         errors=(sqlite3.Error, OSError),
         prepare=prepare,
     )
+
+
+def _retryLocked(action: Callable[[], T], timeout: float) -> T:
+    """
+    In a store thread: C{action}, tried again for up to C{timeout} seconds
+    while SQLite says the database is locked.  Switching a new file to WAL
+    mode while another process does the same is refused at once, without
+    SQLite's own busy wait.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
 
 
 def postgresDialect(
