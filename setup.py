@@ -23,7 +23,10 @@ setup(
         "pyyaml>=6.0",
     ],
     extras_require={
+        # The run store on PostgreSQL (--store postgresql://...).
+        "postgresql": ["psycopg[binary]>=3.1"],
         "test": [
+            "psycopg[binary]>=3.1",
             "openai>=1.40",
             "anthropic>=2.14",
             # Imported directly by tests/test_fake_against_sdks.py (both SDKs

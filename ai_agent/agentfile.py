@@ -49,7 +49,14 @@ class AgentSpec:
         L{None} leaves the provider's default.
     @ivar llmTimeout: longest upstream silence allowed, in seconds.
     @ivar toolTimeout: longest tool call allowed, in seconds.
+    @ivar maxToolCallsPerTurn: the most tool calls of one model turn that
+        run; the model is told the rest were not run.
+    @ivar maxConcurrentTools: the most tool and sub-agent calls of one run
+        in flight at once.
     @ivar prompt: the system prompt (the body).
+    @ivar clientTools: whether the tools a client sends with its request are
+        shown to the model and handed back when called (L{False}: ignored,
+        for agents behind chat UIs that always send tools).
     """
 
     path: str
@@ -70,8 +77,11 @@ class AgentSpec:
     llmTimeout: float = 120.0
     toolTimeout: float = 60.0
     toolResponseMaxBytes: int = 12288
+    maxToolCallsPerTurn: int = 32
+    maxConcurrentTools: int = 4
     caching: bool = True
     output: OutputSpec = OutputSpec()
+    clientTools: bool = True
 
 
 RESERVED_TOOL_NAMES = frozenset({"final_report", "task_status", "batch", "tool_output"})
@@ -234,6 +244,12 @@ def _rangeNumber(low: float, high: float) -> Callable[[_Context, str, object], f
     return parse
 
 
+def _boolean(ctx: _Context, key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ctx.fail(key, "must be true or false", value)
+
+
 def _caching(ctx: _Context, key: str, value: object) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("full", "none"):
         return value.strip().lower() == "full"
@@ -340,8 +356,11 @@ _KEYS: Mapping[str, Callable[[_Context, str, Any], object]] = {
     "llmTimeout": _duration,
     "toolTimeout": _duration,
     "toolResponseMaxBytes": _positiveInt,
+    "maxToolCallsPerTurn": _positiveInt,
+    "maxConcurrentTools": _positiveInt,
     "output": _output,
     "caching": _caching,
+    "clientTools": _boolean,
 }
 
 

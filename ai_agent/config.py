@@ -615,6 +615,12 @@ def _provider(name: str, entry: Mapping[str, Any], source: str) -> ProviderConfi
         ("http://", "https://")
     ):
         raise ConfigurationError(f"{source}: {keyPath}.baseUrl must be an http:// or https:// URL")
+    if _hasUserinfo(baseUrl):
+        # The URL is not quoted: what precedes the '@' is a secret.
+        raise ConfigurationError(
+            f"{source}: {keyPath}.baseUrl holds a user name or password before '@';"
+            " put the credentials in apiKey or headers instead"
+        )
     apiKey = entry.get("apiKey")
     return ProviderConfig(
         name=name,
@@ -625,6 +631,16 @@ def _provider(name: str, entry: Mapping[str, Any], source: str) -> ProviderConfi
         missingVariables=missing,
         local=local,
     )
+
+
+def _hasUserinfo(url: str) -> bool:
+    """
+    Whether C{url}'s authority holds userinfo (C{user:pass@host}), which
+    would put a secret in every message that names the URL.
+    """
+    rest = url.partition("://")[2]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    return "@" in authority
 
 
 def _mcpServer(name: str, entry: Mapping[str, Any], source: str) -> McpServerConfig:
@@ -658,6 +674,11 @@ def _mcpServer(name: str, entry: Mapping[str, Any], source: str) -> McpServerCon
             raise ConfigurationError(
                 f"{source}: {keyPath}.{key} does not apply to a {serverType} server"
             )
+    if url is not None and _hasUserinfo(url):
+        raise ConfigurationError(
+            f"{source}: {keyPath}.url holds a user name or password before '@';"
+            " put the credentials in headers instead"
+        )
     return McpServerConfig(
         name=name,
         type=serverType,

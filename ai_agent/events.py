@@ -6,9 +6,10 @@ these; the session knows nothing about HTTP.
 A run emits answer text (L{ContentDelta}), the model's own reasoning
 (L{ReasoningDelta}), the agent's progress as data (L{ToolStarted},
 L{ToolFinished}, L{Retrying}, and a sub-agent's progress inside
-L{SubAgentProgress}), token L{Usage} increments, and ends with
-L{Finished}.  Encoders that show progress as text share L{progressText}
-and L{ReasoningText}, so every API words it the same way.
+L{SubAgentProgress}), the calls of the client's own tools it hands back
+(L{ClientToolCall}), token L{Usage} increments, and ends with L{Finished}.
+Encoders that show progress as text share L{progressText} and
+L{ReasoningText}, so every API words it the same way.
 """
 
 from __future__ import annotations
@@ -85,6 +86,22 @@ class SubAgentProgress:
 
     agent: str
     event: Progress | ReasoningDelta
+
+
+@attrs.frozen
+class ClientToolCall:
+    """
+    The model called one of the client's own tools: the run ends handing
+    the call back to the client (with L{FinishReason.TOOL_CALLS}).
+
+    @ivar index: the call's position among those handed back (0, 1, ...).
+    @ivar arguments: the arguments as the model wrote them (JSON text).
+    """
+
+    index: int
+    id: str
+    name: str
+    arguments: str
 
 
 Progress = ToolStarted | ToolFinished | Retrying | SubAgentProgress
@@ -168,7 +185,7 @@ class ModelAnswering:
     model: str
 
 
-Event = ContentDelta | ReasoningDelta | Progress | Usage | ModelAnswering
+Event = ContentDelta | ReasoningDelta | Progress | ClientToolCall | Usage | ModelAnswering
 EventSink = Callable[[Event], None]
 
 
@@ -228,6 +245,7 @@ def _summary(text: str) -> str:
 
 
 __all__ = [
+    "ClientToolCall",
     "ContentDelta",
     "Event",
     "EventSink",

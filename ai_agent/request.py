@@ -12,13 +12,13 @@ whether to stream, and the L{RunLabels} its log line carries.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import attrs
 
 if TYPE_CHECKING:
     from ai_agent.accounting import RunLabels
-    from ai_agent.providers._base import ChatMessage
+    from ai_agent.providers._base import ChatMessage, ToolSpec
 
 
 @attrs.frozen
@@ -63,6 +63,40 @@ class Sampling:
 
 
 @attrs.frozen
+class ToolChoice:
+    """
+    Which tools the model must or may call.
+
+    @ivar mode: C{auto} (the model decides), C{none} (the client's tools
+        are hidden; the agent keeps its own), C{required} (some tool must be
+        called before the model answers), or C{tool} (the tool C{name} is
+        called on the run's first LLM call).
+    """
+
+    mode: str = "auto"
+    name: str | None = None
+
+    AUTO: ClassVar[str] = "auto"
+    NONE: ClassVar[str] = "none"
+    REQUIRED: ClassVar[str] = "required"
+    TOOL: ClassVar[str] = "tool"
+
+
+@attrs.frozen
+class ClientTool:
+    """
+    A function tool the client brought: shown to the model beside the
+    agent's own, and handed back to the client when called.
+
+    @ivar param: where its name is in the client's request
+        (C{tools[2].function.name}), for errors about it.
+    """
+
+    spec: ToolSpec
+    param: str
+
+
+@attrs.frozen
 class RunRequest:
     """
     One run of an agent, as any API asked for it.
@@ -76,6 +110,10 @@ class RunRequest:
         it, and assemble a whole answer from the events when the client
         does not stream).
     @ivar labels: what the run's log line says about the request.
+    @ivar clientTools: the client's own tools (see L{ClientTool}).
+    @ivar toolChoice: the client's constraint on tool calls.
+    @ivar parallelToolCalls: whether the model may call several tools in
+        one turn (L{None}: the provider's default).
     """
 
     conversation: tuple[ChatMessage, ...]
@@ -83,6 +121,9 @@ class RunRequest:
     sampling: Sampling = Sampling()
     stream: bool = True
     labels: RunLabels | None = None
+    clientTools: tuple[ClientTool, ...] = ()
+    toolChoice: ToolChoice = ToolChoice()
+    parallelToolCalls: bool | None = None
 
 
-__all__ = ["OutputFormat", "RunRequest", "Sampling"]
+__all__ = ["ClientTool", "OutputFormat", "RunRequest", "Sampling", "ToolChoice"]

@@ -16,7 +16,10 @@ A turn makes up to C{attempts} calls; call I{i} goes to C{targets[i % n]}
     targets begins (with one target, before every retry) the turn waits a
     jittered exponential backoff; before calling a target that answered 429
     with C{Retry-After}, it waits until that time has passed.  Every wait is
-    capped at L{RetryPolicy.maxWait} and is cancellable.
+    capped at L{RetryPolicy.maxWait} and is cancellable.  A target whose
+    C{Retry-After} is longer than C{maxWait} is not called again in the
+    turn; when no other target is left, the turn gives up at once with a
+    429 passing the upstream's wait on, rather than waiting in vain.
 
 When every attempt failed, the turn fails with L{exhausted}: a 429 with
 C{Retry-After} when every attempt was rate-limited, a 504 when every attempt
@@ -200,6 +203,12 @@ class RetryLoop:
                     raise
                 if error.retryAfter is not None:
                     notBefore[target] = clock.seconds() + error.retryAfter
+                    if error.retryAfter > self.policy.maxWait:
+                        # Longer than this turn may wait: never call it again
+                        # in this turn, and give up at once if it was the last.
+                        usable.remove(target)
+                        if not usable:
+                            break
         now = clock.seconds()
         remaining = [when - now for when in notBefore.values()]
         raise exhausted(errors, min(remaining) if remaining else None)

@@ -21,12 +21,15 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgent, IAgentEndpointFactory
 from zope.interface import implementer
 
+from ai_agent.clienttools import MemoryTurnStore, TurnStore
 from ai_agent.config import Config, describeMissing, loadConfig
 from ai_agent.errors import AgentError, ConfigurationError
+from ai_agent.limits import SubAgentLimiter
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
 from ai_agent.registry import AgentRegistry, agentFiles, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
 from ai_agent.startup import QuietClientFactory
+from ai_agent.store import RunStore, StoreTurnStore
 from ai_agent.tools import McpManager, ToolBoxFactory
 
 log = Logger()
@@ -93,6 +96,10 @@ class Runtime:
     runner: SessionRunner
     mcp: McpManager
     tools: ToolBoxFactory
+    #: The run store (hybrid runs' hidden turns, stored responses), or
+    #: L{None} with C{--store none} and in direct mode.  The server opens it
+    #: when it starts and closes it when it stops (L{ai_agent.store.StoreService}).
+    store: RunStore | None = None
 
     def close(self) -> Deferred[None]:
         """
@@ -114,6 +121,7 @@ def buildRuntime(
     connections: int = 16,
     cwd: str | None = None,
     environ: dict[str, str] | None = None,
+    store: RunStore | None = None,
 ) -> Runtime:
     """
     Load configuration and agents and build the runner.
@@ -146,10 +154,13 @@ def buildRuntime(
     http = UpstreamHTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
     providers = ProviderSet(config, http, reactor)
     mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
-    tools = ToolBoxFactory(registry.byPath, mcp)
-    runner = SessionRunner(providers, reactor, tools, pricing=config.pricing)
+    tools = ToolBoxFactory(registry.byPath, mcp, subAgentLimiter=SubAgentLimiter(reactor))
+    # Hidden turns of hybrid runs go to the run store when there is one (so
+    # they outlive a restart and are shared by instances), else to memory.
+    turns: TurnStore = MemoryTurnStore(reactor) if store is None else StoreTurnStore(store)
+    runner = SessionRunner(providers, reactor, tools, pricing=config.pricing, turns=turns)
     tools.runner = runner
-    return Runtime(config, registry, pool, http, providers, runner, mcp, tools)
+    return Runtime(config, registry, pool, http, providers, runner, mcp, tools, store)
 
 
 def usedToolServers(registry: AgentRegistry) -> list[str]:

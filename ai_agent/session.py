@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
+from contextvars import copy_context
 from typing import Any, Callable, Mapping, Protocol, Sequence, cast
 
 import attrs
@@ -27,6 +29,7 @@ from twisted.internet.defer import (
     CancelledError,
     Deferred,
     DeferredList,
+    DeferredSemaphore,
     ensureDeferred,
     maybeDeferred,
 )
@@ -37,9 +40,11 @@ from twisted.python.failure import Failure
 from ai_agent.accounting import CANCELLED, RunAccount
 from ai_agent.advice import noModelAnswered
 from ai_agent.agentfile import AgentSpec
+from ai_agent.clienttools import HiddenTurn, TurnStore, restoreConversation
 from ai_agent.config import Pricing
-from ai_agent.errors import AgentError, ProviderError
+from ai_agent.errors import AgentError, ProviderError, invalidRequest
 from ai_agent.events import (
+    ClientToolCall,
     ContentDelta,
     Event,
     EventSink,
@@ -52,6 +57,7 @@ from ai_agent.events import (
     ToolStarted,
     Usage,
 )
+from ai_agent.limits import boundedCalls, noToolsExchange
 from ai_agent.providers import (
     CallbackSink,
     ChatMessage,
@@ -61,7 +67,7 @@ from ai_agent.providers import (
     ToolCall,
     ToolSpec,
 )
-from ai_agent.request import OutputFormat, RunRequest, Sampling
+from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
 from ai_agent.retry import NOT_CONFIGURED, RetryLoop, RetryPolicy, totalTimeout
 
 log = Logger()
@@ -230,6 +236,9 @@ class SessionRunner:
     @ivar random: the backoff jitter's source (a float in M{[0, 1)}).
     @ivar pricing: prices by C{provider/model}, for the cost in each run's
         log line.
+    @ivar turns: where hybrid runs keep the agent's own work until the
+        client comes back with its tools' results (L{None}: not kept; a
+        continuation goes on from what the client sent).
     """
 
     providers: ProviderLookup
@@ -238,6 +247,7 @@ class SessionRunner:
     retryPolicy: RetryPolicy = RetryPolicy()
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
     pricing: Mapping[str, Pricing] = attrs.field(factory=dict, repr=False)
+    turns: TurnStore | None = None
 
     def run(self, agent: AgentSpec, request: RunRequest, events: EventSink) -> Deferred[Finished]:
         """
@@ -341,14 +351,34 @@ class SessionRunner:
         account: RunAccount,
     ) -> Finished:
         toolbox = self.tools(agent) if self.tools is not None else _NoTools()
-        specs = tuple(await maybeDeferred(toolbox.specs))
+        ownSpecs = tuple(await maybeDeferred(toolbox.specs))
+        clientTools = request.clientTools if agent.clientTools else ()
+        choice = request.toolChoice if agent.clientTools else ToolChoice()
+        _refuseClashes(clientTools, ownSpecs)
+        clientNames = frozenset(tool.spec.name for tool in clientTools)
+        specs = ownSpecs
+        if choice.mode != ToolChoice.NONE:
+            specs += tuple(tool.spec for tool in clientTools)
+        conversation: Sequence[ChatMessage] = request.conversation
+        if self.turns is not None and any(m.toolCalls for m in conversation):
+            conversation, missing = await restoreConversation(conversation, self.turns)
+            if missing:
+                log.warn(
+                    "agent {agent}: no hidden turn found for tool calls {missing}"
+                    " (expired, or made on another instance); going on from what"
+                    " the client sent",
+                    agent=agent.name,
+                    missing=", ".join(missing[:8]),
+                )
         messages = buildMessages(
             agent,
-            request.conversation,
+            conversation,
             getattr(toolbox, "instructions", ()),
             request.instructions,
         )
+        start = len(messages)
         meter = _UsageMeter(events)
+        calledTools = False
         for turn in range(1, agent.maxTurns + 1):
             lastTurn = turn == agent.maxTurns
             response, callUsage = await self._callWithFallback(
@@ -359,17 +389,61 @@ class SessionRunner:
                 request.sampling,
                 request.stream,
                 account,
+                _turnChoice(choice, turn, calledTools, lastTurn),
+                request.parallelToolCalls,
             )
             meter(callUsage)
-            if not response.toolCalls or not specs or lastTurn:
+            if response.toolCalls and not specs and not lastTurn:
+                # Calls to tools the model was not offered: it is told so.
+                messages.extend(noToolsExchange(response, toolbox, events))
+                continue
+            if not response.toolCalls or lastTurn:
                 return Finished(_runReason(response.finishReason), meter.total)
-            messages.append(
-                ChatMessage("assistant", response.content, toolCalls=response.toolCalls)
-            )
-            toolsRan.append(True)
-            results = await self._runTools(agent, toolbox, response.toolCalls, meter.toolSink)
+            calledTools = True
+            calls = _uniqueIds(response.toolCalls, messages)
+            assistant = ChatMessage("assistant", response.content, toolCalls=calls)
+            own = tuple(call for call in calls if call.name not in clientNames)
+            handedBack = [call for call in calls if call.name in clientNames]
+            results: list[ChatMessage] = []
+            if own:
+                toolsRan.append(True)
+                results = await self._runTools(agent, toolbox, own, meter.toolSink)
+            if handedBack:
+                await self._saveHidden(
+                    agent,
+                    HiddenTurn(
+                        tuple(messages[start:]),
+                        assistant,
+                        tuple(results),
+                        tuple(call.id for call in handedBack),
+                    ),
+                )
+                for index, call in enumerate(handedBack):
+                    events(ClientToolCall(index, call.id, call.name, call.arguments))
+                return Finished(FinishReason.TOOL_CALLS, meter.total)
+            messages.append(assistant)
             messages.extend(results)
         raise AssertionError("unreachable: the last turn always returns")
+
+    async def _saveHidden(self, agent: AgentSpec, turn: HiddenTurn) -> None:
+        """
+        Keep the agent's own work of this run for the client's next
+        request; a store that fails costs the continuation its hidden
+        turns, not this answer.
+        """
+        if self.turns is None:
+            return
+        try:
+            await self.turns.saveTurn(turn)
+        except CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the answer still goes out
+            log.warn(
+                "agent {agent}: could not keep the hidden turn of calls {calls}: {error}",
+                agent=agent.name,
+                calls=", ".join(turn.clientCallIds),
+                error=str(error),
+            )
 
     async def _callWithFallback(
         self,
@@ -380,6 +454,8 @@ class SessionRunner:
         sampling: Sampling,
         stream: bool,
         account: RunAccount | None = None,
+        toolChoice: ToolChoice | None = None,
+        parallelToolCalls: bool | None = None,
     ) -> tuple[LLMResponse, Usage]:
         """
         One turn's LLM call: the agent's models in order, up to
@@ -394,6 +470,10 @@ class SessionRunner:
         request = _llmRequest(
             agent, "", messages, specs, sampling, stream, agent.reasoning, outputFormat
         )
+        if specs:
+            request = attrs.evolve(
+                request, toolChoice=toolChoice, parallelToolCalls=parallelToolCalls
+            )
         attempts = max(agent.maxRetries, 1)
 
         reasons: dict[str, ProviderError] = {}
@@ -471,15 +551,22 @@ class SessionRunner:
         Run a turn's tool calls concurrently; every outcome, failures and
         timeouts included, becomes a C{tool} message the model can read.
         """
-        pending = [self._runTool(agent, toolbox, call, events) for call in calls]
+        running, refused = boundedCalls(agent, calls, events)
+        limit = DeferredSemaphore(agent.maxConcurrentTools)
+        # A call that waits for a place starts from whatever freed it: each
+        # runs in a copy of this run's context (see ai_agent.flow).
+        pending = [
+            limit.run(copy_context().run, self._runTool, agent, toolbox, call, events)
+            for call in running
+        ]
         # Cancelling a DeferredList cancels every call in it.
         outcomes = await DeferredList(pending, consumeErrors=True)
         results: list[ChatMessage] = []
-        for call, (ok, value) in zip(calls, outcomes, strict=True):
+        for call, (ok, value) in zip(running, outcomes, strict=True):
             if not ok:
                 cast(Failure, value).raiseException()
             results.append(ChatMessage("tool", value, toolCallId=call.id))
-        return results
+        return results + refused
 
     def _runTool(
         self, agent: AgentSpec, toolbox: ToolBox, call: ToolCall, events: EventSink
@@ -586,6 +673,58 @@ def _first(*values: Any) -> Any:
         if value is not None:
             return value
     return None
+
+
+def _refuseClashes(clientTools: Sequence[ClientTool], own: Sequence[ToolSpec]) -> None:
+    """
+    A client tool may not take the name of one of the agent's own tools,
+    nor the sub-agents' namespace: the model could not tell them apart.
+
+    @raise AgentError: a 400 naming the tool.
+    """
+    ownNames = {spec.name for spec in own}
+    for tool in clientTools:
+        name = tool.spec.name
+        if name in ownNames or name.startswith(SUBAGENT_PREFIX):
+            raise invalidRequest(
+                f"the client tool {name!r} has the name of one of the agent's own tools"
+                f" ({SUBAGENT_PREFIX}* names are sub-agents); rename it",
+                tool.param,
+                "tool_name_conflict",
+            )
+
+
+def _turnChoice(
+    choice: ToolChoice, turn: int, calledTools: bool, lastTurn: bool
+) -> ToolChoice | None:
+    """
+    The tool choice of one LLM call: a named tool is forced on the first
+    call only; C{required} holds until some tool was called; otherwise the
+    provider's default.
+    """
+    if lastTurn:
+        return None
+    if choice.mode == ToolChoice.TOOL:
+        return choice if turn == 1 else None
+    if choice.mode == ToolChoice.REQUIRED:
+        return None if calledTools else choice
+    return None
+
+
+def _uniqueIds(calls: Sequence[ToolCall], messages: Sequence[ChatMessage]) -> tuple[ToolCall, ...]:
+    """
+    The calls with ids unique in the run (the model's own where it gave
+    them): an empty or repeated id is replaced with a generated one, since
+    results, and hidden turns, are found by id.
+    """
+    seen = {call.id for message in messages for call in message.toolCalls}
+    unique: list[ToolCall] = []
+    for call in calls:
+        if not call.id or call.id in seen:
+            call = attrs.evolve(call, id="call_" + secrets.token_hex(12))
+        seen.add(call.id)
+        unique.append(call)
+    return tuple(unique)
 
 
 def _runReason(reason: str) -> str:

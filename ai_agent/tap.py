@@ -23,11 +23,13 @@ from twisted.web.server import Site
 from ai_agent.connections import TrackingFactory
 from ai_agent.errors import ConfigurationError
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
+from ai_agent.headends._site import APIRouter, Mount
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.pool import RunPool
 from ai_agent.reload import Reloader, onHangup
 from ai_agent.runtime import Runtime, buildRuntime
 from ai_agent.startup import address, bannerLines, listenError
+from ai_agent.store import StoreService, checkLocation, makeStore, parseDuration
 from ai_agent.workers import AdoptedPortService
 
 log = Logger()
@@ -108,6 +110,13 @@ class ServerOptions(usage.Options):
             float,
         ],
         [
+            "client-stall-timeout",
+            None,
+            60.0,
+            "Seconds a streaming client may stop reading before its run is stopped.",
+            float,
+        ],
+        [
             "api-key-file",
             None,
             None,
@@ -120,6 +129,20 @@ class ServerOptions(usage.Options):
             "Where reasoning and progress go: the reasoning_content or reasoning"
             " field, think (inside content, between <think> and </think>), or none.",
             reasoningField,
+        ],
+        [
+            "store",
+            None,
+            None,
+            "Where hybrid runs and stored responses are kept: a SQLite file, a"
+            " postgresql:// URL (several instances sharing it), memory, or none"
+            " (default: $XDG_STATE_HOME/ai-agent/store.sqlite3).",
+        ],
+        [
+            "store-ttl",
+            None,
+            "30d",
+            "How long the store keeps what it is given (e.g. 30d, 12h, 90m, 3600).",
         ],
     ]
 
@@ -171,7 +194,7 @@ class ServerOptions(usage.Options):
         for name in ("max-body-size",):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be positive")
-        for name in ("request-timeout", "idle-timeout"):
+        for name in ("request-timeout", "idle-timeout", "client-stall-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         if self["shutdown-timeout"] < 0:
@@ -195,6 +218,12 @@ class ServerOptions(usage.Options):
         if self["openai-completions-queue-timeout"] <= 0:
             raise usage.UsageError("--openai-completions-queue-timeout must be positive")
         self["endpoints"] = [endpointFor(port, self["host"]) for port in self["openai-completions"]]
+        try:
+            if isinstance(self["store-ttl"], str):
+                self["store-ttl"] = parseDuration(self["store-ttl"])
+            checkLocation(self["store"])
+        except ValueError as error:
+            raise usage.UsageError(f"--store-ttl or --store: {error}") from None
 
 
 class Options(ServerOptions):
@@ -263,13 +292,26 @@ class _RuntimeService(Service):
 
 
 def makeSite(
-    headend: OpenAIHeadend, policy: HTTPPolicy = HTTPPolicy(), accessLog: str | None = None
+    headend: OpenAIHeadend,
+    policy: HTTPPolicy = HTTPPolicy(),
+    accessLog: str | None = None,
+    mounts: Sequence[Mount] = (),
 ) -> Site:
     """
-    A web site for one headend under the HTTP layer's C{policy}, writing an
-    access log in the combined format to C{accessLog} if given.
+    A web site for the OpenAI headend and the other APIs (C{mounts}) under
+    the HTTP layer's C{policy}, writing an access log in the combined format
+    to C{accessLog} if given.
     """
-    return GuardedSite(headend.app.resource(), policy, logPath=accessLog)
+    router = APIRouter(headend.app.resource(), mounts)
+    return GuardedSite(router, policy, errorFormats=router.errorFormat, logPath=accessLog)
+
+
+def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
+    """
+    The APIs served beside the OpenAI routes on every port, each with its
+    own headend over the same runtime and pool.
+    """
+    return []
 
 
 def policyFrom(options: ServerOptions, environ: Mapping[str, str]) -> HTTPPolicy:
@@ -438,11 +480,13 @@ def makeService(
             return _underTwistd(options, reactor)
     concurrency = options["openai-completions-concurrency"]
     endpoints = options["endpoints"]
+    store = makeStore(options["store"], reactor, ttl=options["store-ttl"])
     runtime = buildRuntime(
         reactor,
         options["agents"],
         configFile=options["config"],
         connections=max(concurrency * max(len(endpoints), 1) * 2, 8),
+        store=store,
     )
     policy = policyFrom(options, os.environ)
     if policy.apiKeys.enabled:
@@ -450,6 +494,11 @@ def makeService(
     top = ServerService(reactor, options["shutdown-timeout"])
     top.exitOnSecondSignal = True
     _RuntimeService(runtime).setServiceParent(top)
+    if store is not None:
+        # Opened at start (operations wait for it); closed once the headends
+        # have drained.
+        StoreService(store).setServiceParent(top)
+        log.info("run store: {store}", store=store.description)
     # Starts the MCP servers agents use; stops them all (before the runtime
     # closes the connection pool, which waits for them).
     runtime.mcp.setServiceParent(top)
@@ -477,9 +526,18 @@ def makeService(
             if options["reasoning-field"] == "none"
             else options["reasoning-field"],
             taskShortcut=options["task-shortcut"],
+            clientStallTimeout=options["client-stall-timeout"],
         )
+        mounts = apiMounts(runtime, pool, reactor)
+        # Every API's headend gets the new agents on SIGHUP.
         top.reloader.headends.append(headend)
-        connections = TrackingFactory(makeSite(headend, policy, options["access-log"]))
+        for mount in mounts:
+            # A mounted API's Klein app is bound to its headend.
+            owner = getattr(mount.app, "_instance", None)
+            if owner is not None and hasattr(owner, "registry") and hasattr(owner, "runner"):
+                top.reloader.headends.append(owner)
+        site = makeSite(headend, policy, options["access-log"], mounts)
+        connections = TrackingFactory(site)
         listener: Any
         if inherited is not None:
             fileno, family = inherited[index]
@@ -495,15 +553,18 @@ def makeService(
             endpoint=endpoint,
             concurrency=concurrency,
         )
-    if inherited is None:
-        # Workers are quiet: the first process speaks for them all.
-        def banner(addresses: list[str]) -> None:
-            for line in bannerLines(
-                runtime.registry, runtime.config, addresses, policy.apiKeys.enabled
-            ):
-                log.info("{line}", line=line)
 
-        top.onReady = banner
+    def banner(addresses: list[str]) -> None:
+        if inherited is not None:
+            # The first process's banner speaks for its workers.
+            log.info("ready, serving {models}", models=", ".join(runtime.registry.ids()))
+            return
+        for line in bannerLines(
+            runtime.registry, runtime.config, addresses, policy.apiKeys.enabled
+        ):
+            log.info("{line}", line=line)
+
+    top.onReady = banner
     return top
 
 
@@ -523,4 +584,4 @@ def _underTwistd(options: Options, reactor: Any) -> IService:
     return service
 
 
-__all__ = ["Options", "ServerOptions", "endpointFor", "makeService", "makeSite"]
+__all__ = ["Options", "ServerOptions", "apiMounts", "endpointFor", "makeService", "makeSite"]

@@ -16,10 +16,11 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import TestCase
 
 from ai_agent.connections import TrackingFactory
+from ai_agent.headends._http import HTTPPolicy
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
-from ai_agent.tap import makeSite
+from ai_agent.tap import apiMounts, makeSite
 from ai_agent.testing import FakeUpstream, startFakeUpstream
 
 SENTINEL_KEY = "sk-sentinel-0123456789abcdef"
@@ -55,6 +56,7 @@ class LiveServer:
     headend: OpenAIHeadend
     port: IListeningPort
     directory: str
+    mounts: tuple[Any, ...] = ()
 
     @property
     def baseUrl(self) -> str:
@@ -85,6 +87,7 @@ async def startServer(
     taskShortcut: bool = True,
     fakeProviders: dict[str, str] | None = None,
     extraConfig: dict[str, Any] | None = None,
+    mounts: Any = None,
 ) -> LiveServer:
     """
     Start a fake upstream and a headend serving C{agents} (file name →
@@ -99,6 +102,9 @@ async def startServer(
         sentinel key.
     @param extraConfig: more top-level configuration sections (e.g.
         C{pricing}).
+    @param mounts: builds the other APIs' L{ai_agent.headends._site.Mount}s
+        from the runtime, the pool and the reactor (by default, as the
+        server does: L{ai_agent.tap.apiMounts}).
     """
     running = await startFakeUpstream(reactor)
     testCase.addCleanup(running.stop)
@@ -135,12 +141,15 @@ async def startServer(
         reasoningField=reasoningField,
         taskShortcut=taskShortcut,
     )
-    factory = TrackingFactory(makeSite(headend) if policy is None else makeSite(headend, policy))
+    extra = (apiMounts if mounts is None else mounts)(runtime, pool, reactor)
+    factory = TrackingFactory(
+        makeSite(headend, HTTPPolicy() if policy is None else policy, mounts=extra)
+    )
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     # Cleanups run last-added first: stop listening, then drop what is open.
     testCase.addCleanup(factory.dropConnections)
     testCase.addCleanup(port.stopListening)
-    return LiveServer(running.upstream, runtime, pool, headend, port, directory)
+    return LiveServer(running.upstream, runtime, pool, headend, port, directory, tuple(extra))
 
 
 def inThread(f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:

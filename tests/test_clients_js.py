@@ -30,6 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, startServer
 from tests._process import run
+from tests.mcp_servers import calcEntry
 from tests.test_tasks import captureRunLogs
 
 JS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js")
@@ -198,6 +199,48 @@ class JavaScriptClientTests(TestCase):
             Reply(content=["a", "b", "c"], cutAfter=2),
         )
         await self._node("ai-sdk-scripted.test.mjs", server)
+
+    async def test_clientTools(self) -> None:
+        """
+        Client tools through the C{openai} npm SDK (a call and its
+        continuation; C{runTools} streamed), the Vercel AI SDK
+        (C{generateText} through a hybrid turn, the agent's MCP tool then
+        the client's; C{streamText}; both with executing tools and
+        C{stopWhen}) and LangChain.js (C{bindTools}, C{ToolMessage}); each
+        continuation's model sees the client's result as a tool message.
+        """
+        server = await startServer(
+            self,
+            agents={f"{MODEL}.ai": CHAT_AGENT.replace("models:", "tools: [calc]\nmodels:")},
+            mcpServers={"calc": calcEntry()},
+        )
+        server.upstream.script(
+            Reply(toolCalls=[("get_weather", {"city": "Paris"})]),
+            Reply(content="Sunny in Paris."),
+            Reply(toolCalls=[("get_weather", {"city": "Oslo"})]),
+            Reply(content="Cold in Oslo."),
+            Reply(toolCalls=[("calc__add", {"a": 2, "b": 3})]),
+            Reply(toolCalls=[("get_weather", {"city": "Rome"})]),
+            Reply(content="5, and warm in Rome."),
+            Reply(toolCalls=[("get_weather", {"city": "Lima"})]),
+            Reply(content="Mild in Lima."),
+            Reply(toolCalls=[("get_weather", {"city": "Kyiv"})]),
+            Reply(content="Snow in Kyiv."),
+        )
+        await self._node("client-tools.test.mjs", server)
+        requests = server.upstream.requests
+        self.assertEqual(len(requests), 11)
+        results = [
+            [m["content"] for m in r.body["messages"] if m["role"] == "tool"] for r in requests
+        ]
+        self.assertEqual(results[1], ["sunny"])
+        self.assertEqual(results[3], ["cold"])
+        self.assertEqual(results[5], ["5"])
+        self.assertEqual(len(results[6]), 2)
+        self.assertEqual(results[6][0], "5")
+        self.assertIn("warm", results[6][1])
+        self.assertIn("mild", results[8][0])
+        self.assertEqual(results[10], ["-3 C"])
 
     async def test_langchainJs(self) -> None:
         """

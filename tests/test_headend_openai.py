@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any
 
 import openai
@@ -499,7 +498,8 @@ class PoolTests(TestCase):
     async def test_streamDisconnectClosesUpstream(self) -> None:
         """
         A streaming client that disconnects mid-run gets its upstream call
-        closed within 50 ms, and its slot freed.
+        closed and its slot freed (how fast is measured by bench/run, not
+        here; the lifecycle is pinned on a memory clock in test_stream).
         """
         server = await startServer(self, concurrency=1, streamHeadGrace=0.0)
         server.upstream.script(Reply(content=["a", "b"], hold=True))
@@ -510,10 +510,8 @@ class PoolTests(TestCase):
         await server.upstream.waitForRequests(1)
         await _sleep(0.05)
         self.assertIn(b"text/event-stream", client.received)
-        closedAt = time.monotonic()
         client.transport.loseConnection()
         await server.upstream.waitForDisconnects(1)
-        self.assertLess(time.monotonic() - closedAt, 0.05)
         await _sleep(0.01)
         self.assertEqual(server.pool.activeRuns, 0)
 
@@ -528,10 +526,8 @@ class PoolTests(TestCase):
             server.port.getHost().port, _post({"model": "agent", "messages": _user()})
         )
         await server.upstream.waitForRequests(1)
-        closedAt = time.monotonic()
         client.transport.loseConnection()
         await server.upstream.waitForDisconnects(1)
-        self.assertLess(time.monotonic() - closedAt, 0.05)
         await _sleep(0.01)
         self.assertEqual(server.pool.activeRuns, 0)
 

@@ -208,7 +208,13 @@ class ParserPropertyTests(SynchronousTestCase):
         A valid body with bytes replaced, inserted or cut off parses or is
         a 400.
         """
-        body = bytearray(_request(temperature=0.5, stop=["x"], tools=[{"type": "function"}]))
+        body = bytearray(
+            _request(
+                temperature=0.5,
+                stop=["x"],
+                tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            )
+        )
         for _ in range(data.draw(st.integers(1, 4))):
             position = data.draw(st.integers(0, len(body) - 1))
             action = data.draw(st.sampled_from(["replace", "insert", "cut"]))
@@ -456,7 +462,23 @@ class FieldTests(SynchronousTestCase):
             ({"stop": ["a"] * 5}, "stop"),
             ({"user": 1}, "user"),
             ({"tools": {}}, "tools"),
-            ({"tools": [{"type": "function"}, "x"]}, "tools[1]"),
+            ({"tools": [{"type": "function", "function": {"name": "f"}}, "x"]}, "tools[1]"),
+            ({"tools": [{"type": "function"}]}, "tools[0].function"),
+            ({"tools": [{"function": {"name": 3}}]}, "tools[0].function.name"),
+            (
+                {"tools": [{"function": {"name": "f", "parameters": []}}]},
+                "tools[0].function.parameters",
+            ),
+            (
+                {"tools": [{"function": {"name": "f"}}, {"function": {"name": "f"}}]},
+                "tools[1].function.name",
+            ),
+            ({"tool_choice": 3}, "tool_choice"),
+            (
+                {"tool_choice": {"type": "function", "function": {"name": "g"}}},
+                "tool_choice.function.name",
+            ),
+            ({"parallel_tool_calls": "no"}, "parallel_tool_calls"),
             ({"tools": [{}] * (MAX_TOOLS + 1)}, "tools"),
         ]
         for fields, param in cases:
@@ -467,11 +489,11 @@ class FieldTests(SynchronousTestCase):
 
     def test_limitsAccepted(self) -> None:
         """
-        L{MAX_TOOLS} tools (their content ignored) and L{MAX_MESSAGES}
-        messages are accepted; one more of either is a 400
-        C{array_above_max_length}.
+        L{MAX_TOOLS} tools and L{MAX_MESSAGES} messages are accepted; one
+        more of either is a 400 C{array_above_max_length}.
         """
-        parseChatRequest(_request(tools=[{"anything": [1, 2]}] * MAX_TOOLS))
+        tools = [{"type": "function", "function": {"name": f"t{n}"}} for n in range(MAX_TOOLS)]
+        self.assertEqual(len(parseChatRequest(_request(tools=tools)).tools), MAX_TOOLS)
         messages = [{"role": "user", "content": "x"}] * MAX_MESSAGES
         self.assertEqual(len(parseChatRequest(_request(messages=messages)).messages), MAX_MESSAGES)
         for fields in ({"tools": [{}] * (MAX_TOOLS + 1)}, {"messages": messages + messages[:1]}):

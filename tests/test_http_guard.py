@@ -6,6 +6,7 @@ content types, deadlines, keep-alive, pipelining, API keys and CORS.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -393,17 +394,17 @@ class PathSpellingTests(TestCase):
 
     async def test_everyRouteEverySpellingNeedsKey(self) -> None:
         """
-        Every route of the headend (taken from its router, not a list kept
-        here), in every spelling, is a 401 without a key, except the open
-        ones; the upstream is never called.
+        Every route of every API served (taken from their routers, not a
+        list kept here), in every spelling, is a 401 without a key, except
+        the open ones; the upstream is never called.
         """
-        rules = list(self.server.headend.app.url_map.iter_rules())
+        apps = [self.server.headend.app, *(mount.app for mount in self.server.mounts)]
+        rules = [rule for app in apps for rule in app.url_map.iter_rules()]
         self.assertGreater(len(rules), 3)
         checked = 0
         for rule in rules:
-            path = rule.rule.replace("<path:modelId>", "agent").replace("<name>", "docs.js")
-            path = path.encode()
-            self.assertNotIn(b"<", path, f"fill in the converter of {rule.rule}")
+            rule_ = rule.rule.replace("<path:modelId>", "agent").replace("<name>", "docs.js")
+            path = re.sub(r"<[^>]+>", "x", rule_).encode()
             for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
                 for spelling in _spellings(path):
                     body = BODY if method == "POST" else b""

@@ -164,7 +164,19 @@ class RequestSchemaTests(SynchronousTestCase):
                 "stop": ["a", "b"],
                 "seed": -3,
                 "user": "u",
-                "tools": [{"type": "function"}],
+                "tools": [
+                    {"type": "function", "function": {"name": "get_time"}},
+                    {
+                        "function": {
+                            "name": "f-2",
+                            "description": "d",
+                            "parameters": {"type": "object"},
+                            "strict": True,
+                        }
+                    },
+                ],
+                "tool_choice": {"type": "function", "function": {"name": "f-2"}},
+                "parallel_tool_calls": False,
                 "anything": {"else": [1]},
             },
         ]
@@ -186,6 +198,16 @@ class RequestSchemaTests(SynchronousTestCase):
             {"model": "a", "messages": [user], "stream": "yes"},
             {"model": "a", "messages": [user], "tools": [1]},
             {"model": "a", "messages": [user], "tools": [{}] * 129},
+            {"model": "a", "messages": [user], "tools": [{"type": "function"}]},
+            {"model": "a", "messages": [user], "tools": [{"function": {"name": "a b"}}]},
+            {
+                "model": "a",
+                "messages": [user],
+                "tools": [{"type": "web", "function": {"name": "x"}}],
+            },
+            {"model": "a", "messages": [user], "tool_choice": "always"},
+            {"model": "a", "messages": [user], "tool_choice": {"type": "function"}},
+            {"model": "a", "messages": [user], "parallel_tool_calls": "yes"},
         ]
         for body in good:
             self.assertEqual(self._both(body), (True, True), body)

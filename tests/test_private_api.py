@@ -112,3 +112,28 @@ class TwistedPrivateAPITests(SynchronousTestCase):
         headers = Headers({"x-a": ["1"]})
         headers.addRawHeader(b"x-a", b"2")
         self.assertEqual(headers.getRawHeaders(b"X-A"), [b"1", b"2"])
+
+    def test_badRequestHooks(self) -> None:
+        """
+        twisted.web refuses malformed HTTP through
+        C{_respondToBadRequestAndDisconnect} (counting headers in
+        C{_receivedHeaderCount} and C{_receivedHeaderSize}), a line past
+        C{MAX_LENGTH} through C{lineLengthExceeded} (before the request line
+        C{_HTTPChannel__first_line} is true), and writes C{100 Continue}
+        through C{_send100Continue}: the guard overrides these to answer
+        with JSON, and never after a final answer.
+        """
+        channel = GuardedChannel()
+        for name in ("_respondToBadRequestAndDisconnect", "_send100Continue"):
+            self.assertTrue(callable(getattr(http.HTTPChannel, name)))
+        self.assertTrue(channel._HTTPChannel__first_line)  # type: ignore[attr-defined]
+        self.assertEqual(
+            (channel._receivedHeaderCount, channel._receivedHeaderSize),  # type: ignore[attr-defined]
+            (0, 0),
+        )
+        transport = StringTransport()
+        channel.callLater = Clock().callLater  # type: ignore[method-assign]
+        channel.site = GuardedSite(None)  # type: ignore[attr-defined]
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /" + b"a" * (channel.MAX_LENGTH + 10))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 414 "), transport.value()[:80])

@@ -794,18 +794,21 @@ class UpstreamTests(TestCase):
 
     async def test_rateLimited(self) -> None:
         """
-        HTTP 429 is retryable with the upstream's C{Retry-After}, capped at
-        60 seconds.
+        HTTP 429 is retryable with the upstream's C{Retry-After}, believed
+        up to a day (how long to wait is the retry policy's decision).
         """
         self.upstream.script(
             Reply(status=429, headers={"Retry-After": "7"}),
             Reply(status=429, headers={"Retry-After": "3600"}),
+            Reply(status=429, headers={"Retry-After": "99999999"}),
         )
         error = await self.failure(self.call())
         self.assertEqual((error.status, error.retryable, error.retryAfter), (429, True, 7.0))
         self.assertEqual(error.kind, ErrorKind.RATE_LIMIT)
         error = await self.failure(self.call())
-        self.assertEqual(error.retryAfter, 60.0)
+        self.assertEqual(error.retryAfter, 3600.0)
+        error = await self.failure(self.call())
+        self.assertEqual(error.retryAfter, 86400.0)
 
     async def test_serverError(self) -> None:
         """

@@ -176,14 +176,22 @@ class RetryLoopTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), "A again")
         self.assertEqual(self.waits, [("A", 20)])
 
-    def test_retryAfterCapped(self) -> None:
+    def test_retryAfterBeyondBudget(self) -> None:
         """
-        No wait is longer than C{maxWait}.
+        A C{Retry-After} longer than C{maxWait} ends the turn at once (no
+        wait) with a 429 passing that wait on, when no other target is
+        left; another target is still tried (after the usual backoff).
         """
-        targets = Targets(self.clock, A=[rateLimited(3600), "ok"])
-        d = self.turn(targets, ["A"], 2)
-        self.clock.advance(60)
-        self.assertEqual(self.successResultOf(d), "ok")
+        targets = Targets(self.clock, A=[rateLimited(3600), "unused"])
+        failure = self.failureResultOf(self.turn(targets, ["A"], 3), ProviderError)
+        self.assertEqual((failure.value.status, failure.value.retryAfter), (429, 3600))
+        self.assertEqual(self.waits, [])
+        self.assertEqual(len(targets.calls), 1)
+        targets = Targets(self.clock, A=[rateLimited(3600)], B=["from B"])
+        d = self.turn(targets, ["A", "B"], 3)
+        self.clock.advance(30)
+        self.assertEqual(self.successResultOf(d), "from B")
+        self.assertEqual([target for target, _ in targets.calls], ["A", "B"])
 
     def test_notRetryable(self) -> None:
         """

@@ -18,6 +18,7 @@ from twisted.web.server import Request, Site
 
 from ai_agent.errors import AgentError, ErrorKind
 from ai_agent.events import (
+    ClientToolCall,
     ContentDelta,
     EventSink,
     Finished,
@@ -55,6 +56,9 @@ class _Encoder:
 
     def usage(self, usage: Usage) -> None:
         return None
+
+    def toolCall(self, call: ClientToolCall) -> bytes:
+        return b"call:" + call.name.encode() + b";"
 
     def finish(self, finished: Finished) -> bytes:
         return b"finish:" + finished.reason.encode() + b";"

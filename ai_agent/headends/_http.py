@@ -27,6 +27,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, ErrorKind
+from ai_agent.redaction import shorten
 
 #: Picks the error format of the API a request is for, from its canonical
 #: path and its headers.
@@ -208,12 +209,28 @@ class GuardedRequest(Request):
             super().gotLength(length)
             return
         self._refusal = refusal
+        if self._expectsContinue():
+            # The client waits for a 100 before sending the body: answer
+            # now, and never send the 100 (see GuardedChannel).
+            self._answerNow(refusal)
+            return
         if length is not None and length <= _DRAIN_LIMIT:
             # Small body: read and drop it, then answer normally on a
             # connection that stays usable.
             self.content = io.BytesIO()  # type: ignore[assignment]
             return
         self._answerNow(refusal)
+
+    def _expectsContinue(self) -> bool:
+        expect = self.requestHeaders.getRawHeaders(b"expect", [b""])[0]
+        return expect.strip().lower() == b"100-continue"
+
+    @property
+    def refused(self) -> bool:
+        """
+        Whether this request was refused as its head arrived.
+        """
+        return self._refusal is not None
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refusal is not None:
@@ -256,7 +273,7 @@ class GuardedRequest(Request):
                 if mediaType not in _JSON_TYPES and not mediaType.endswith(b"+json"):
                     return AgentError(
                         "the request body must be JSON (Content-Type: application/json),"
-                        f" not {mediaType.decode('latin-1')!r}",
+                        f" not {shorten(repr(mediaType.decode('latin-1')))}",
                         415,
                         ErrorKind.INVALID_REQUEST,
                         "unsupported_media_type",
@@ -395,6 +412,10 @@ class GuardedRequest(Request):
         self._respond(AgentError("internal server error", 500, ErrorKind.SERVER, "internal_error"))
 
 
+def _headersTooLarge(message: str) -> AgentError:
+    return AgentError(message, 431, ErrorKind.INVALID_REQUEST, "request_header_fields_too_large")
+
+
 def _tooLarge(limit: int) -> AgentError:
     return AgentError(
         f"the request body is larger than the {limit}-byte limit",
@@ -447,20 +468,76 @@ class GuardedChannel(http.HTTPChannel):
             ErrorKind.INVALID_REQUEST,
             "request_timeout",
         )
+        log.info("closed a connection that did not send its request in time")
+        self._refuseAndClose(error)
+
+    def _refuseAndClose(self, error: AgentError) -> None:
+        """
+        Answer C{error} in the error envelope of the API the request was
+        for, outside any request, and close.
+        """
+        if self.transport is None:
+            return
         try:
             path = canonicalPath(getattr(self, "_path", b"/") or b"/")[0]
         except UnusablePathError:
             path = b"/"
         chooser = getattr(getattr(self, "site", None), "errorFormats", openaiErrors)
         body = chooser(path, Headers()).body(error)
+        reason = http.RESPONSES.get(error.status, b"Error")
         transport: Any = self.transport
         transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+            % (error.status, reason, len(body))
+            + body
         )
-        log.info("closed a connection that did not send its request in time")
         self.dataReceived = lambda data: None  # type: ignore[method-assign]
         self.loseConnection()
+
+    def _send100Continue(self) -> None:
+        # Never after a final answer: a request refused as its head arrived
+        # has been (or will be) answered with its error instead.
+        if self.requests and getattr(self.requests[-1], "refused", False):
+            return
+        super()._send100Continue()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web writes a bare "400 Bad Request" here; every refusal of
+        # ours is a JSON envelope.
+        if (
+            getattr(self, "_receivedHeaderCount", 0) > self.maxHeaders
+            or getattr(self, "_receivedHeaderSize", 0) > self.totalHeadersSize
+        ):
+            error = _headersTooLarge(
+                f"the request has more than {self.maxHeaders} headers or"
+                f" {self.totalHeadersSize} bytes of them"
+            )
+        else:
+            error = AgentError(
+                "the request is not valid HTTP/1.1 (its request line, a header, its framing"
+                " or its chunked body)",
+                400,
+                ErrorKind.INVALID_REQUEST,
+                "invalid_http",
+            )
+        log.info("refused malformed HTTP: {status} {code}", status=error.status, code=error.code)
+        self._refuseAndClose(error)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # A request line or header line past MAX_LENGTH: LineReceiver would
+        # just close the connection.
+        if getattr(self, "_HTTPChannel__first_line", 0):
+            error = AgentError(
+                f"the request line is longer than {self.MAX_LENGTH} bytes",
+                414,
+                ErrorKind.INVALID_REQUEST,
+                "uri_too_long",
+            )
+        else:
+            error = _headersTooLarge(f"a request header is longer than {self.MAX_LENGTH} bytes")
+        log.info("refused malformed HTTP: {status} {code}", status=error.status, code=error.code)
+        self._refuseAndClose(error)
 
 
 def _guardedChannelFactory(self: Site) -> Any:

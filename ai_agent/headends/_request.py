@@ -33,18 +33,21 @@ from twisted.python.threadpool import ThreadPool
 
 from ai_agent.accounting import RunLabels
 from ai_agent.errors import AgentError, invalidRequest
-from ai_agent.providers import ChatMessage, ToolCall
-from ai_agent.request import OutputFormat, RunRequest, Sampling
+from ai_agent.providers import ChatMessage, ToolCall, ToolSpec
+from ai_agent.redaction import shorten
+from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
 
 _T = TypeVar("_T")
 
 #: The most messages one request may carry.
 MAX_MESSAGES = 2048
-#: The most entries C{tools} may hold (their content is not used: agents
-#: bring their own tools).
+#: The most entries C{tools} may hold.
 MAX_TOOLS = 128
 #: The deepest nesting of arrays and objects a body may have.
 MAX_DEPTH = 64
+#: The most arrays and objects a body may hold (a chat request with every
+#: other limit reached holds a few tens of thousands).
+MAX_CONTAINERS = 100_000
 #: Bodies at least this long are parsed off the reactor thread.
 OFF_REACTOR_THRESHOLD = 256 * 1024
 
@@ -72,6 +75,9 @@ class ChatRequest:
     includeUsage: bool = False
     sampling: Sampling = Sampling()
     user: str | None = None
+    tools: tuple[ClientTool, ...] = ()
+    toolChoice: ToolChoice = ToolChoice()
+    parallelToolCalls: bool | None = None
 
     def runRequest(self, labels: RunLabels) -> RunRequest:
         """
@@ -80,7 +86,16 @@ class ChatRequest:
         LLM calls stream whether or not the client does: a whole answer is
         made of the same events.
         """
-        return RunRequest(self.messages, (), self.sampling, True, labels)
+        return RunRequest(
+            self.messages,
+            (),
+            self.sampling,
+            True,
+            labels,
+            self.tools,
+            self.toolChoice,
+            self.parallelToolCalls,
+        )
 
 
 def parseChatRequest(body: bytes) -> ChatRequest:
@@ -131,7 +146,9 @@ def parseChatRequest(body: bytes) -> ChatRequest:
     seed = _optional(data, "seed", int, None)
     stop = _parseStop(data.get("stop"))
     user = _optional(data, "user", str, None)
-    _checkTools(data.get("tools"))
+    tools = _parseTools(data.get("tools"))
+    toolChoice = _parseToolChoice(data.get("tool_choice"), tools)
+    parallel = _optional(data, "parallel_tool_calls", bool, None)
     responseFormat = _parseResponseFormat(data.get("response_format"))
     return ChatRequest(
         model=model,
@@ -140,6 +157,9 @@ def parseChatRequest(body: bytes) -> ChatRequest:
         includeUsage=includeUsage,
         sampling=Sampling(temperature, topP, maxTokens, stop, seed, responseFormat),
         user=user,
+        tools=tools,
+        toolChoice=toolChoice,
+        parallelToolCalls=parallel,
     )
 
 
@@ -261,12 +281,19 @@ def _loads(body: bytes) -> Any:
     """
     if body.startswith(_BOM):
         body = body[len(_BOM) :]
-    depth = _depth(body)
+    depth, containers = _shape(body)
     if depth > MAX_DEPTH:
+        atLeast = "at least " if containers > MAX_CONTAINERS else ""
         raise invalidRequest(
-            f"the request body nests arrays and objects {depth} levels deep;"
+            f"the request body nests arrays and objects {atLeast}{depth} levels deep;"
             f" at most {MAX_DEPTH} are allowed",
             code="invalid_json",
+        )
+    if containers > MAX_CONTAINERS:
+        raise invalidRequest(
+            f"the request body holds {containers} arrays and objects;"
+            f" at most {MAX_CONTAINERS} are allowed",
+            code="request_too_complex",
         )
     try:
         text = body.decode("utf-8")
@@ -274,8 +301,16 @@ def _loads(body: bytes) -> Any:
         raise invalidRequest(
             f"the request body is not valid UTF-8 (at byte {error.start})", code="invalid_json"
         ) from None
+    infinite: list[bool] = []
+
+    def parseFloat(literal: str) -> float:
+        value = float(literal)
+        if math.isinf(value):
+            infinite.append(True)
+        return value
+
     try:
-        data = json.loads(text, parse_constant=_rejectConstant)
+        data = json.loads(text, parse_constant=_rejectConstant, parse_float=parseFloat)
     except RecursionError:
         # Not reached after the depth scan; kept so that it can never be a 500.
         raise invalidRequest("the request body is nested too deeply", code="invalid_json") from None
@@ -283,11 +318,21 @@ def _loads(body: bytes) -> Any:
         raise invalidRequest(
             f"the request body is not valid JSON: {error}", code="invalid_json"
         ) from None
+    if infinite:
+        where = _findNonFinite(data)
+        if where is not None:
+            raise invalidRequest(
+                f"{f'{shorten(repr(where))}' if where else 'the request body'} holds a number"
+                " too large"
+                " to represent (it would be Infinity, which is not JSON)",
+                where or None,
+                "invalid_number",
+            )
     if _SURROGATE_ESCAPE.search(text) is not None:
         found = _findSurrogate(data)
         if found is not None:
             where, inKey = found
-            what = f"'{where}'" if where else "the request body"
+            what = shorten(repr(where)) if where else "the request body"
             if inKey:
                 what = f"a key of {what}"
             raise invalidRequest(
@@ -299,20 +344,32 @@ def _loads(body: bytes) -> Any:
     return data
 
 
-def _depth(body: bytes) -> int:
+def _shape(body: bytes) -> tuple[int, int]:
     """
     How deeply arrays and objects nest in C{body} (the top level counts as
-    one), ignoring brackets inside strings, or C{0} when there are too few
-    brackets to pass L{MAX_DEPTH}.  Found without recursion: the steps of +1
-    (open) and -1 (close) are added up in C.  For malformed JSON the answer
-    is approximate, and the parser rejects the body anyway.
+    one) and how many there are, ignoring brackets inside strings.  Found
+    without recursion, in a few passes of C code over the bytes (each short
+    enough that other threads, the reactor's included, get the interpreter
+    between them): escapes and strings are dropped, then everything but
+    brackets; the depth is the running sum of +1 (open) and -1 (close),
+    computed over at most the first L{MAX_CONTAINERS} pairs.  For malformed
+    JSON the answer is approximate, and the parser rejects the body anyway.
+
+    @return: C{(depth, containers)}; the depth is C{0} when there are too
+        few brackets to pass L{MAX_DEPTH}, and that of the first
+        L{MAX_CONTAINERS} or so when there are more.
     """
-    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
-        return 0
+    opening = body.count(b"[") + body.count(b"{")
+    if opening <= MAX_DEPTH:
+        return 0, opening
     brackets = _STRING.sub(b"", _ESCAPE.sub(b"", body)).translate(None, _NOT_BRACKETS)
-    if len(brackets) <= MAX_DEPTH:
-        return 0
-    return max(accumulate(array("b", brackets.translate(_STEPS))))
+    containers = brackets.count(b"[") + brackets.count(b"{")
+    if containers <= MAX_DEPTH:
+        return 0, containers
+    # Past the cap on containers, the depth of a bounded prefix is enough
+    # to tell a deep body from a wide one.
+    brackets = brackets[: 2 * MAX_CONTAINERS + 2]
+    return max(accumulate(array("b", brackets.translate(_STEPS)))), containers
 
 
 def _findSurrogate(value: Any) -> tuple[str, bool] | None:
@@ -343,6 +400,24 @@ def _findSurrogate(value: Any) -> tuple[str, bool] | None:
     return None
 
 
+def _findNonFinite(value: Any) -> str | None:
+    """
+    The path of the first number that parsed as infinite (C{1e400}), in
+    document order, or L{None}.
+    """
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return where
+        elif isinstance(item, dict):
+            stack.extend(reversed([(child, _join(where, key)) for key, child in item.items()]))
+        elif isinstance(item, list):
+            stack.extend(reversed([(child, f"{where}[{i}]") for i, child in enumerate(item)]))
+    return None
+
+
 def _join(where: str, key: str) -> str:
     if len(key) > 64:
         key = key[:61] + "..."
@@ -357,13 +432,18 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _checkTools(value: Any) -> None:
+#: What a tool's name may be (OpenAI's rule).
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _parseTools(value: Any) -> tuple[ClientTool, ...]:
     """
-    C{tools}, when given, is an array of at most L{MAX_TOOLS} objects; what
-    they say is not used, since an agent brings its own tools.
+    C{tools}: at most L{MAX_TOOLS} function tools, each with a name of
+    letters, digits, C{_} and C{-} (at most 64), names unique, an optional
+    description and JSON-schema C{parameters} object.
     """
     if value is None:
-        return
+        return ()
     if not isinstance(value, list):
         raise invalidRequest(
             f"'tools' must be an array, not {_typeName(value)}", "tools", "invalid_type"
@@ -374,13 +454,108 @@ def _checkTools(value: Any) -> None:
             "tools",
             "array_above_max_length",
         )
+    tools: list[ClientTool] = []
+    names: set[str] = set()
     for index, tool in enumerate(value):
+        where = f"tools[{index}]"
         if not isinstance(tool, dict):
             raise invalidRequest(
-                f"'tools[{index}]' must be an object, not {_typeName(tool)}",
-                f"tools[{index}]",
-                "invalid_type",
+                f"'{where}' must be an object, not {_typeName(tool)}", where, "invalid_type"
             )
+        kind = tool.get("type", "function")
+        if kind != "function":
+            raise invalidRequest(
+                f"'{where}.type' is {_show(kind)}; only function tools are supported",
+                f"{where}.type",
+                "unsupported_tool_type",
+            )
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise invalidRequest(
+                f"'{where}.function' must be an object", f"{where}.function", "invalid_type"
+            )
+        spec = functionSpec(function, f"{where}.function")
+        if spec.name in names:
+            raise invalidRequest(
+                f"'{where}.function.name' repeats the tool name {spec.name!r}",
+                f"{where}.function.name",
+                "duplicate_tool_name",
+            )
+        names.add(spec.name)
+        tools.append(ClientTool(spec, f"{where}.function.name"))
+    return tuple(tools)
+
+
+def functionSpec(function: dict[str, Any], where: str) -> ToolSpec:
+    """
+    A client's function definition (C{name}, C{description},
+    C{parameters}) as a L{ToolSpec}; C{where} is its path, for errors.
+    """
+    name = function.get("name")
+    if not isinstance(name, str) or TOOL_NAME.fullmatch(name) is None:
+        raise invalidRequest(
+            f"'{where}.name' must be 1 to 64 letters, digits, '_' or '-', got {_show(name)}",
+            f"{where}.name",
+            "invalid_value",
+        )
+    description = function.get("description")
+    if description is not None and not isinstance(description, str):
+        raise invalidRequest(
+            f"'{where}.description' must be a string", f"{where}.description", "invalid_type"
+        )
+    strict = function.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise invalidRequest(
+            f"'{where}.strict' must be a boolean", f"{where}.strict", "invalid_type"
+        )
+    parameters = function.get("parameters")
+    if parameters is None:
+        parameters = {"type": "object", "properties": {}}
+    if not isinstance(parameters, dict):
+        raise invalidRequest(
+            f"'{where}.parameters' must be a JSON Schema object",
+            f"{where}.parameters",
+            "invalid_type",
+        )
+    return ToolSpec(name, description or "", parameters)
+
+
+def _parseToolChoice(value: Any, tools: tuple[ClientTool, ...]) -> ToolChoice:
+    """
+    C{tool_choice}: C{none}, C{auto}, C{required}, or a function (by a name
+    among C{tools}).
+    """
+    if value is None:
+        return ToolChoice()
+    if isinstance(value, str):
+        if value in (ToolChoice.NONE, ToolChoice.AUTO, ToolChoice.REQUIRED):
+            return ToolChoice(value)
+        raise invalidRequest(
+            f"'tool_choice' must be none, auto, required or a function, got {_show(value)}",
+            "tool_choice",
+            "invalid_value",
+        )
+    if not isinstance(value, dict):
+        raise invalidRequest(
+            f"'tool_choice' must be a string or an object, not {_typeName(value)}",
+            "tool_choice",
+            "invalid_type",
+        )
+    function = value.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    if value.get("type") != "function" or not isinstance(name, str):
+        raise invalidRequest(
+            '\'tool_choice\' must be {"type": "function", "function": {"name": ...}}',
+            "tool_choice",
+            "invalid_value",
+        )
+    if name not in {tool.spec.name for tool in tools}:
+        raise invalidRequest(
+            f"'tool_choice.function.name' names {_show(name)}, which is not in 'tools'",
+            "tool_choice.function.name",
+            "invalid_value",
+        )
+    return ToolChoice(ToolChoice.TOOL, name)
 
 
 def _rejectConstant(name: str) -> Any:
@@ -567,6 +742,7 @@ def _parseToolCalls(value: Any, where: str) -> tuple[ToolCall, ...]:
 __all__ = [
     "AgentError",
     "ChatRequest",
+    "MAX_CONTAINERS",
     "MAX_DEPTH",
     "MAX_MESSAGES",
     "MAX_TOOLS",

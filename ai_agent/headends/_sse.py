@@ -5,6 +5,8 @@ The one Server-Sent Events producer every streaming headend uses.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import attrs
 from twisted.internet.interfaces import IPushProducer
 from twisted.web.server import Request
@@ -23,9 +25,14 @@ class SSEStream:
     cancels the route's Deferred on disconnect.
 
     @ivar request: the request to write to.
+    @ivar onPause: called when the transport pauses the producer (the
+        client is not reading), to pause the work feeding the stream.
+    @ivar onResume: called when it resumes.
     """
 
     request: Request
+    onPause: Callable[[], None] | None = None
+    onResume: Callable[[], None] | None = None
     started: bool = attrs.field(init=False, default=False)
     paused: bool = attrs.field(init=False, default=False)
     closed: bool = attrs.field(init=False, default=False)
@@ -81,12 +88,16 @@ class SSEStream:
 
     def pauseProducing(self) -> None:
         self.paused = True
+        if self.onPause is not None and not self.closed:
+            self.onPause()
 
     def resumeProducing(self) -> None:
         self.paused = False
         if self._pending and not self.closed:
             frames, self._pending = self._pending, []
             self.request.write(b"".join(frames))
+        if self.onResume is not None and not self.closed:
+            self.onResume()
 
     def stopProducing(self) -> None:
         # The transport calls this before Request.connectionLost; only stop

@@ -28,6 +28,7 @@ from twisted.web.server import Request
 from ai_agent.errors import AgentError, ErrorKind
 from ai_agent.events import (
     PROGRESS_TYPES,
+    ClientToolCall,
     ContentDelta,
     Event,
     EventSink,
@@ -37,8 +38,11 @@ from ai_agent.events import (
     ReasoningDelta,
     Usage,
 )
+from ai_agent.flow import CLIENT_STALL_TIMEOUT, Flow, currentFlow
 from ai_agent.headends._sse import SSEStream
+from ai_agent.limits import MAX_RUN_ANSWER, AnswerCap
 from ai_agent.pool import Slot
+from ai_agent.redaction import RedactingSink, Redactor, safeError
 
 log = Logger()
 
@@ -78,6 +82,12 @@ class RunEncoder(Protocol):
         """
         Something the agent did (a tool call, a retry, a sub-agent's
         progress).
+        """
+        ...
+
+    def toolCall(self, call: ClientToolCall) -> bytes | None:
+        """
+        A call of one of the client's tools, handed back.
         """
         ...
 
@@ -122,6 +132,11 @@ class RunResponse:
         sent anyway.
     @ivar headers: extra response headers (the request id, ...).
     @ivar describe: names the run in log lines.
+    @ivar redactor: the configured secrets, kept out of everything written.
+    @ivar maxAnswer: the most characters of text, reasoning and progress
+        the run may send before it is stopped with C{answer_too_large}.
+    @ivar stallTimeout: seconds a streaming client may read nothing before
+        it is dropped and the run stopped (see L{ai_agent.flow}).
     """
 
     request: IRequest
@@ -131,6 +146,9 @@ class RunResponse:
     headGrace: float = 10.0
     headers: dict[bytes, bytes] = attrs.field(factory=dict)
     describe: str = "run"
+    redactor: Redactor = attrs.field(factory=Redactor, kw_only=True)
+    maxAnswer: int = attrs.field(default=MAX_RUN_ANSWER, kw_only=True)
+    stallTimeout: float = attrs.field(default=CLIENT_STALL_TIMEOUT, kw_only=True)
 
     def _frame(self, event: Event) -> bytes | None:
         encoder = self.encoder
@@ -146,6 +164,8 @@ class RunResponse:
             return encoder.progress(event)
         if isinstance(event, Usage):
             return encoder.usage(event)
+        if isinstance(event, ClientToolCall):
+            return encoder.toolCall(event)
         return None
 
     def _keep(self, event: Event) -> None:
@@ -157,14 +177,18 @@ class RunResponse:
         Run to the end and return the whole answer's body; a failure is
         raised for the route's error handler to answer with its status.
         """
-        run = start(self._keep)
+        redacting = RedactingSink(self.redactor, self._keep)
+        cap = AnswerCap(redacting, self.maxAnswer)
+        run = start(cap)
         stopped = _stopOnAbort(self.slot, run)
+        cap.onOver = _stopper(self.reactor, run, stopped, cap.error())
         try:
             finished = await run
         except CancelledError:
             if stopped:
                 raise stopped[0] from None
             raise
+        redacting.flush()
         self.request.setHeader(b"content-type", b"application/json")
         for name, value in self.headers.items():
             self.request.setHeader(name, value)
@@ -176,7 +200,8 @@ class RunResponse:
         failure before anything was sent is raised (a real status); after,
         it ends the stream in-band.
         """
-        stream = SSEStream(_asRequest(self.request))
+        flow = Flow(self.reactor, self.stallTimeout, lambda: _drop(self.request))
+        stream = SSEStream(_asRequest(self.request), onPause=flow.pause, onResume=flow.resume)
         encoder = self.encoder
         timer: list[IDelayedCall] = []
 
@@ -194,8 +219,16 @@ class RunResponse:
                 stream.send(frame)
 
         timer.append(self.reactor.callLater(self.headGrace, begin))
-        run = start(onEvent)
+        redacting = RedactingSink(self.redactor, onEvent)
+        cap = AnswerCap(redacting, self.maxAnswer)
+        # The run's upstream calls find the flow as they start.
+        token = currentFlow.set(flow)
+        try:
+            run = start(cap)
+        finally:
+            currentFlow.reset(token)
         stopped = _stopOnAbort(self.slot, run)
+        cap.onOver = _stopper(self.reactor, run, stopped, cap.error())
         try:
             finished = await run
         except CancelledError:
@@ -227,20 +260,48 @@ class RunResponse:
             self._endInBand(stream, internalError())
             return
         finally:
+            flow.close()
             if timer[0].active():
                 timer[0].cancel()
+        redacting.flush()
         begin()
         stream.send(encoder.finish(finished))
         stream.end()
 
     def _endInBand(self, stream: SSEStream, error: AgentError) -> None:
-        stream.send(self.encoder.error(error))
+        stream.send(self.encoder.error(safeError(error, self.redactor, inBand=True)))
         stream.end()
 
 
 def _asRequest(request: IRequest) -> Request:
     assert isinstance(request, Request)
     return request
+
+
+def _stopper(
+    reactor: IReactorTime, run: Deferred[Finished], stopped: list[AgentError], error: AgentError
+) -> Callable[[], None]:
+    """
+    A function stopping C{run} with C{error} (on the next turn of the
+    reactor: it is called from inside an upstream call's data handling).
+    """
+
+    def stop() -> None:
+        if not stopped:
+            stopped.append(error)
+            reactor.callLater(0, run.cancel)
+
+    return stop
+
+
+def _drop(request: IRequest) -> None:
+    """
+    Close the connection of a client that stopped reading; Klein then
+    cancels the route, and with it the run.
+    """
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    if transport is not None:
+        transport.abortConnection()
 
 
 def _stopOnAbort(slot: Slot, run: Deferred[Finished]) -> list[AgentError]:

@@ -24,6 +24,7 @@ from ai_agent.accounting import RunLabels
 from ai_agent.advice import endpointHint
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorKind, notFound
 from ai_agent.events import (
+    ClientToolCall,
     EventSink,
     Finished,
     FinishReason,
@@ -31,15 +32,18 @@ from ai_agent.events import (
     ReasoningText,
     Usage,
 )
+from ai_agent.flow import CLIENT_STALL_TIMEOUT
 from ai_agent.headends import pages
+from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._request import (
     OFF_REACTOR_THRESHOLD,
     ChatRequest,
     parseChatRequest,
-    parseChatRequestOffReactor,
 )
 from ai_agent.headends._stream import RunResponse
+from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.pool import RunPool
+from ai_agent.redaction import Redactor, safeError, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.session import SessionRunner
 from ai_agent.tasks import detectTask, forwardedHeaders, loggable
@@ -149,6 +153,24 @@ class ChunkEncoder:
             + b"}\n\n"
         )
 
+    def toolCall(self, call: ClientToolCall) -> bytes:
+        """
+        The chunks of one handed-back tool call: the first names it (index,
+        id, type, function name, no arguments yet), the second carries its
+        arguments; indices count from 0 in the order of the calls.
+        """
+        head = {
+            "index": call.index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        frames = self._prefix + _dumps({"tool_calls": [head]}) + self._suffix
+        if call.arguments:
+            rest = {"index": call.index, "function": {"arguments": call.arguments}}
+            frames += self._prefix + _dumps({"tool_calls": [rest]}) + self._suffix
+        return frames
+
     def usage(self, usage: dict[str, int]) -> bytes:
         """
         The usage chunk (empty C{choices}), sent only when asked for.
@@ -207,9 +229,14 @@ class ChatEncoder:
     _text: ReasoningText = attrs.field(factory=ReasoningText, init=False)
     _content: list[str] = attrs.field(factory=list, init=False)
     _reasoning: list[str] = attrs.field(factory=list, init=False)
+    _toolCalls: list[ClientToolCall] = attrs.field(factory=list, init=False)
 
     def open(self) -> bytes:
         return self.chunks.role()
+
+    def toolCall(self, call: ClientToolCall) -> bytes:
+        self._toolCalls.append(call)
+        return self.chunks.toolCall(call)
 
     def content(self, text: str) -> bytes:
         self._content.append(text)
@@ -246,6 +273,16 @@ class ChatEncoder:
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if self._reasoning and field not in (None, THINK):
             message[field] = "".join(self._reasoning)
+        if self._toolCalls:
+            message["content"] = text or None
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in self._toolCalls
+            ]
         return _dumps(
             {
                 "id": self.chunks.completionId,
@@ -283,6 +320,28 @@ class OpenAIHeadend:
     taskShortcut: bool = True
 
     threadPool: Any = None
+    bodyGate: BodyGate | None = None
+    redactor: Redactor | None = None
+    clientStallTimeout: float = CLIENT_STALL_TIMEOUT
+    maxAnswer: int = MAX_RUN_ANSWER
+
+    def _redactor(self) -> Redactor:
+        """
+        The configured secrets to keep out of every response (by default
+        those of the runner's configuration).
+        """
+        if self.redactor is None:
+            providers = getattr(self.runner, "providers", None)
+            self.redactor = Redactor.fromConfig(getattr(providers, "config", None))
+        return self.redactor
+
+    def _bodyGate(self) -> BodyGate:
+        """
+        The gate large bodies are parsed through.
+        """
+        if self.bodyGate is None:
+            self.bodyGate = BodyGate(self.reactor, self._threadPool())
+        return self.bodyGate
 
     def _threadPool(self) -> Any:
         """
@@ -303,7 +362,7 @@ class OpenAIHeadend:
     @app.handle_errors(NotFound)
     def _notFound(self, request: IRequest, failure: Failure) -> bytes:
         path = request.path.decode("utf-8", "replace")
-        message = f"no such endpoint: {path}" + endpointHint(path)
+        message = f"no such endpoint: {shorten(path)}" + endpointHint(path)
         return self._errorBody(request, notFound(message, "not_found"))
 
     @app.handle_errors(MethodNotAllowed)
@@ -316,7 +375,7 @@ class OpenAIHeadend:
         return self._errorBody(
             request,
             AgentError(
-                f"{method} is not allowed here; use {allowed}",
+                f"{shorten(method)} is not allowed here; use {allowed}",
                 405,
                 ErrorKind.INVALID_REQUEST,
                 "method_not_allowed",
@@ -324,6 +383,7 @@ class OpenAIHeadend:
         )
 
     def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
+        error = safeError(error, self._redactor())
         request.setResponseCode(OPENAI_ERRORS.status(error))
         request.setHeader(b"content-type", _JSON)
         if error.retryAfter is not None:
@@ -413,14 +473,16 @@ class OpenAIHeadend:
         """
         Run an agent on a conversation; answer in one JSON body or stream.
         """
-        body = request.content.read()
-        if len(body) < OFF_REACTOR_THRESHOLD:
-            chat = parseChatRequest(body)
+        content = request.content
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        if size < OFF_REACTOR_THRESHOLD:
+            chat = parseChatRequest(content.read())
         else:
-            # A large body would hold up every other stream while parsed.
-            chat = await parseChatRequestOffReactor(
-                body, cast(Any, self.reactor), self._threadPool()
-            )
+            # A large body would hold up every other stream while parsed:
+            # it is read and parsed in a thread, one at a time.
+            chat = await self._bodyGate().parse(content)
         agent = self.registry.resolve(chat.model)
         if agent is None:
             raise _unknownModel(chat.model, self.registry.ids())
@@ -445,6 +507,9 @@ class OpenAIHeadend:
                 self.streamHeadGrace,
                 {b"x-request-id": labels.requestId.encode("ascii")},
                 f"{labels.requestId}: agent {agent.id}",
+                redactor=self._redactor(),
+                maxAnswer=self.maxAnswer,
+                stallTimeout=self.clientStallTimeout,
             )
             start = self.runner.run if labels.task is None else self.runner.runDirect
 
@@ -508,8 +573,8 @@ def _page(request: IRequest, contentType: bytes, body: bytes) -> bytes:
 
 def _unknownModel(model: str, served: list[str]) -> AgentError:
     return notFound(
-        f"The model {model!r} does not exist: no agent is served under that name"
-        f" (served: {', '.join(served) or 'none'})",
+        f"The model {shorten(repr(model))} does not exist: no agent is served under that name"
+        f" (served: {shorten(', '.join(served) or 'none', 300)})",
         "model_not_found",
         "model",
     )

@@ -278,11 +278,55 @@ def _schemas() -> dict[str, Any]:
                 {
                     "type": "array",
                     "maxItems": MAX_TOOLS,
-                    "items": {"type": "object"},
-                    "description": "Checked for shape and ignored: an agent uses the tools "
-                    "its agent file names.",
+                    "items": {
+                        "type": "object",
+                        "required": ["function"],
+                        "properties": {
+                            "type": {"const": "function"},
+                            "function": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {
+                                        "type": "string",
+                                        "pattern": "^[A-Za-z0-9_-]{1,64}$",
+                                    },
+                                    "description": _nullable({"type": "string"}),
+                                    "parameters": _nullable({"type": "object"}),
+                                    "strict": _nullable({"type": "boolean"}),
+                                },
+                            },
+                        },
+                    },
+                    "description": "The client's own function tools (names unique): shown "
+                    "to the model beside the agent's own tools; a call of one ends the run "
+                    "with tool_calls for the client to run (ignored for agents with "
+                    "clientTools: false).",
                 }
             ),
+            "tool_choice": _nullable(
+                {
+                    "oneOf": [
+                        {"enum": ["none", "auto", "required"]},
+                        {
+                            "type": "object",
+                            "required": ["type", "function"],
+                            "properties": {
+                                "type": {"const": "function"},
+                                "function": {
+                                    "type": "object",
+                                    "required": ["name"],
+                                    "properties": {"name": {"type": "string"}},
+                                },
+                            },
+                        },
+                    ],
+                    "description": "none hides the client's tools (the agent keeps its "
+                    "own); a named function (one of tools) is called on the first LLM call; "
+                    "required makes the model call some tool before it answers.",
+                }
+            ),
+            "parallel_tool_calls": _nullable({"type": "boolean"}),
         },
     }
     usage = {
@@ -316,7 +360,28 @@ def _schemas() -> dict[str, Any]:
                             "required": ["role", "content"],
                             "properties": {
                                 "role": {"const": "assistant"},
-                                "content": {"type": "string"},
+                                "content": _nullable({"type": "string"}),
+                                "tool_calls": {
+                                    "type": "array",
+                                    "description": "Calls of the client's tools, handed "
+                                    "back (finish_reason tool_calls).",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["id", "type", "function"],
+                                        "properties": {
+                                            "id": {"type": "string"},
+                                            "type": {"const": "function"},
+                                            "function": {
+                                                "type": "object",
+                                                "required": ["name", "arguments"],
+                                                "properties": {
+                                                    "name": {"type": "string"},
+                                                    "arguments": {"type": "string"},
+                                                },
+                                            },
+                                        },
+                                    },
+                                },
                                 "reasoning_content": {
                                     "type": "string",
                                     "description": "The model's reasoning and the agent's "
@@ -395,8 +460,9 @@ def _responses() -> dict[str, Any]:
 
     return {
         "BadRequest": failure(
-            "The request is malformed: not JSON, not UTF-8, nested too deeply, a lone "
-            "surrogate, or a field of the wrong type or out of range (param names it)."
+            "The request is malformed: not JSON, not UTF-8, nested too deeply, holding too "
+            "many arrays and objects, a lone surrogate, a number too large for a double, or a "
+            "field of the wrong type or out of range (param names it)."
         ),
         "Unauthorized": failure(
             "API keys are configured and the request carried none that matches "
@@ -419,12 +485,14 @@ def _responses() -> dict[str, Any]:
             **{"x-should-retry": "ShouldRetry"},
         ),
         "BadGateway": failure(
-            "The model provider failed or refused the call.",
+            "The model provider failed or refused the call, sent an answer of the wrong "
+            "shape (upstream_invalid_response), or too long an answer "
+            "(upstream_answer_too_large, answer_too_large).",
             **{"x-should-retry": "ShouldRetry"},
         ),
         "Unavailable": failure(
-            "Every run slot is busy and the queue is full or the wait ran out, or the "
-            "server is shutting down.",
+            "Every run slot is busy and the queue is full or the wait ran out, too many "
+            "large bodies are waiting to be parsed, or the server is shutting down.",
             **{"Retry-After": "RetryAfter", "x-should-retry": "ShouldRetry"},
         ),
         "GatewayTimeout": failure(

@@ -15,7 +15,7 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from ai_agent.events import FinishReason, Usage
-from ai_agent.request import OutputFormat
+from ai_agent.request import OutputFormat, ToolChoice
 
 
 @attrs.frozen
@@ -109,6 +109,10 @@ class LLMRequest:
     @ivar totalTimeout: the longest the whole call may take, in seconds.
     @ivar outputFormat: the shape the answer must have, or L{None} for
         text.
+    @ivar toolChoice: which tools the model must or may call (L{None}: the
+        provider's default, which is C{auto}); sent only with tools.
+    @ivar parallelToolCalls: whether the model may call several tools at
+        once (L{None}: the provider's default); sent only with tools.
     @ivar cache: ask the provider to cache the request's prefix (tools,
         system text, conversation so far) for the next call, where the wire
         protocol has such a switch (Anthropic's prompt caching).
@@ -128,6 +132,8 @@ class LLMRequest:
     outputFormat: OutputFormat | None = None
     cache: bool = False
     totalTimeout: float | None = None
+    toolChoice: ToolChoice | None = None
+    parallelToolCalls: bool | None = None
 
 
 @attrs.frozen

@@ -49,6 +49,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from ai_agent.errors import ProviderError
+from ai_agent.flow import Flow, currentFlow
 from ai_agent.providers._base import DeltaSink, LLMRequest, LLMResponse
 from ai_agent.sse import DEFAULT_MAX_BUFFER, SSEError, SSEEvent, SSEParser
 
@@ -57,14 +58,22 @@ CONNECT_TIMEOUT = 10.0
 Seconds allowed to open a TCP (and TLS) connection to an upstream.
 """
 
-MAX_RETRY_AFTER = 60.0
+MAX_RETRY_AFTER = 86400.0
 """
-The most seconds of an upstream's C{Retry-After} that are honoured.
+The most seconds of an upstream's C{Retry-After} that are believed (and
+passed on to a client); how long a turn actually waits is the retry
+policy's business (L{ai_agent.retry}).
 """
 
 DONE_GRACE = 5.0
 """
 Seconds to wait for the end of a body after the answer is complete.
+"""
+
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""
+The most bytes of one upstream answer's body (an event stream or one JSON
+document) read before the call fails with C{upstream_answer_too_large}.
 """
 
 MAX_ERROR_BODY = 64 * 1024
@@ -169,6 +178,7 @@ class HTTPProvider:
         call fails at once naming them.
     @ivar maxBuffer: the most characters of one SSE event, or bytes of a JSON
         body, accepted from the upstream.
+    @ivar maxAnswerBytes: the most bytes of one answer's body.
     """
 
     name: str
@@ -179,6 +189,7 @@ class HTTPProvider:
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     missingVariables: tuple[str, ...] = ()
     maxBuffer: int = DEFAULT_MAX_BUFFER
+    maxAnswerBytes: int = MAX_ANSWER_BYTES
 
     def complete(self, request: LLMRequest, sink: DeltaSink) -> Deferred[LLMResponse]:
         """
@@ -354,6 +365,9 @@ class HTTPCall:
     _sawEnd: bool = attrs.field(default=False, init=False)
     _clock: Clock = attrs.field(init=False)
     _stopping: Failure | None = attrs.field(default=None, init=False)
+    _flow: Flow | None = attrs.field(default=None, init=False)
+    _paused: bool = attrs.field(default=False, init=False)
+    _answerBytes: int = attrs.field(default=0, init=False)
 
     endMarker: ClassVar[str] = "its end"
 
@@ -418,6 +432,9 @@ class HTTPCall:
             model=request.model,
             stream=request.stream,
         )
+        self._flow = currentFlow.get()
+        if self._flow is not None:
+            self._flow.register(self)
         self._armTimer()
         if request.totalTimeout is not None:
             self._deadline = self._clock.callLater(request.totalTimeout, self._deadlinePassed)
@@ -502,21 +519,66 @@ class HTTPCall:
 
     def _bodyStarted(self, transport: Any) -> None:
         self._transport = transport
+        if self._paused and transport is not None:
+            transport.pauseProducing()
+
+    # Back-pressure (see ai_agent.flow).
+
+    def pauseBody(self) -> None:
+        """
+        The client stopped reading: stop reading the upstream, and stop the
+        silence timer (the upstream is not the one being slow).
+        """
+        if self._paused or self._done:
+            return
+        self._paused = True
+        transport = self._bodyTransport()
+        if transport is not None:
+            transport.pauseProducing()
+        if self._stopping is None and not self._sawEnd:
+            self._cancelTimer()
+
+    def resumeBody(self) -> None:
+        """
+        The client reads again: so does this call.
+        """
+        if not self._paused:
+            return
+        self._paused = False
+        if self._done:
+            return
+        transport = self._bodyTransport()
+        if transport is not None:
+            transport.resumeProducing()
+        self._armTimer()
+
+    def _bodyTransport(self) -> Any:
+        transport = self._transport
+        if transport is None and self._response is not None:
+            transport = _responseTransport(self._response)
+        return transport
 
     def _bodyData(self, data: bytes) -> None:
         if self._done or self._stopping is not None:
             return
         self._armTimer()
         try:
+            self._answerBytes += len(data)
+            if self._answerBytes > self.provider.maxAnswerBytes and self._mode != ERROR:
+                raise self.error(
+                    "sent too long an answer",
+                    f"more than {self.provider.maxAnswerBytes} bytes",
+                    code="upstream_answer_too_large",
+                    retryable=False,
+                )
             if self._mode == SSE:
                 self._sseData(data)
             else:
                 self._collect(data)
         except ProviderError as e:
             self._stop(Failure(e))
-        except Exception:
-            self._logBug(Failure())
-            self._stop(Failure())
+        except Exception as e:
+            self._stop(Failure(self._unreadable(e)))
 
     def _stop(self, reason: Failure) -> None:
         """
@@ -566,8 +628,8 @@ class HTTPCall:
             self._fail(e)
         except SSEError as e:
             self._fail(self.invalid(str(e)))
-        except Exception:
-            self._bug(Failure())
+        except Exception as e:
+            self._fail(self._unreadable(e))
 
     def _collect(self, data: bytes) -> None:
         self._bodyLength += len(data)
@@ -628,6 +690,21 @@ class HTTPCall:
         return self.error(
             "sent an invalid response", cause, code="upstream_invalid_response", retryable=True
         )
+
+    def _unreadable(self, error: Exception) -> ProviderError:
+        """
+        The 502 for an answer whose shape the wire type's parser did not
+        expect (it raised something other than L{ProviderError}): the
+        client learns what broke, the log gets a warning, not a traceback.
+        """
+        log.warn(
+            "provider {provider} sent model {model}'s answer in a shape that could not be"
+            " read: {error}",
+            provider=self.provider.name,
+            model=self.request.model,
+            error=describe(error),
+        )
+        return self.invalid(f"the answer could not be read ({truncate(describe(error), 120)})")
 
     def _cut(self, reason: Failure) -> ProviderError:
         cause = _innermost(reason.value)
@@ -711,7 +788,7 @@ class HTTPCall:
 
     def _armTimer(self) -> None:
         timeout = self.request.timeout
-        if timeout is None or self._done or self._sawEnd:
+        if timeout is None or self._done or self._sawEnd or self._paused:
             return
         if self._timer is not None and self._timer.active():
             self._timer.reset(timeout)
@@ -741,7 +818,12 @@ class HTTPCall:
         self._abort()
         if self._sawEnd:
             # The answer is complete; only the end of the body went missing.
-            self._succeed(self.assembled())
+            try:
+                self._succeed(self.assembled())
+            except ProviderError as e:
+                self._fail(e)
+            except Exception as e:
+                self._fail(self._unreadable(e))
             return
         waited = "response headers" if self._response is None else "data"
         self._fail(
@@ -797,6 +879,8 @@ class HTTPCall:
         self._cancelTimers()
         self._abort()
         self._done = True
+        if self._flow is not None:
+            self._flow.unregister(self)
         # The Deferred now fails with CancelledError on its own.
 
     def _finishStopping(self) -> None:
@@ -826,6 +910,8 @@ class HTTPCall:
             return
         self._done = True
         self._cancelTimers()
+        if self._flow is not None:
+            self._flow.unregister(self)
         if isinstance(result, Failure):
             self.result.errback(result)
         else:
@@ -917,6 +1003,7 @@ __all__ = [
     "DONE_GRACE",
     "HTTPCall",
     "HTTPProvider",
+    "MAX_ANSWER_BYTES",
     "MAX_RETRY_AFTER",
     "describe",
     "errorMessage",

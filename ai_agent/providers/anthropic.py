@@ -34,7 +34,7 @@ from ai_agent import __version__
 from ai_agent.events import FinishReason, Usage
 from ai_agent.providers._base import ChatMessage, DeltaSink, LLMRequest, LLMResponse, ToolCall
 from ai_agent.providers._http import HTTPCall, HTTPProvider, truncate
-from ai_agent.request import OutputFormat
+from ai_agent.request import OutputFormat, ToolChoice
 from ai_agent.sse import SSEEvent
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -99,6 +99,30 @@ def jsonInstruction(output: OutputFormat | None) -> str | None:
         "Answer with one JSON value that conforms to this JSON Schema, and nothing else"
         " (no prose, no code fence):\n" + json.dumps(dict(output.schema), ensure_ascii=False)
     )
+
+
+_TOOL_CHOICE_TYPES = {
+    ToolChoice.AUTO: "auto",
+    ToolChoice.NONE: "none",
+    ToolChoice.REQUIRED: "any",
+    ToolChoice.TOOL: "tool",
+}
+
+
+def toolChoice(choice: ToolChoice | None, parallel: bool | None) -> dict[str, Any] | None:
+    """
+    The Messages API's C{tool_choice} for C{choice} and whether calls may
+    run in parallel, or L{None} for the default (C{auto}, in parallel).
+    """
+    if choice is None and parallel is not False:
+        return None
+    mode = ToolChoice.AUTO if choice is None else choice.mode
+    value: dict[str, Any] = {"type": _TOOL_CHOICE_TYPES[mode]}
+    if choice is not None and mode == ToolChoice.TOOL:
+        value["name"] = choice.name
+    if parallel is False and mode != ToolChoice.NONE:
+        value["disable_parallel_tool_use"] = True
+    return value
 
 
 def translateMessages(
@@ -219,6 +243,14 @@ class AnthropicProvider(HTTPProvider):
         budget = THINKING_BUDGETS.get(request.reasoning or "none")
         if budget is not None and not self._canThink(request.messages):
             budget = None
+        choice = request.toolChoice
+        if (
+            request.tools
+            and choice is not None
+            and choice.mode in (ToolChoice.REQUIRED, ToolChoice.TOOL)
+        ):
+            # Anthropic refuses extended thinking with a forced tool call.
+            budget = None
         system, messages = translateMessages(
             request.messages, self._thinking if budget is not None else None
         )
@@ -240,6 +272,9 @@ class AnthropicProvider(HTTPProvider):
                 }
                 for tool in request.tools
             ]
+            wireChoice = toolChoice(request.toolChoice, request.parallelToolCalls)
+            if wireChoice is not None:
+                body["tool_choice"] = wireChoice
         if budget is not None:
             body["thinking"] = {"type": "enabled", "budget_tokens": budget}
             if maxTokens <= budget:

@@ -19,7 +19,7 @@ from ai_agent import __version__
 from ai_agent.events import FinishReason, Usage
 from ai_agent.providers._base import DeltaSink, LLMRequest, LLMResponse, ToolCall
 from ai_agent.providers._http import HTTPCall, HTTPProvider, truncate
-from ai_agent.request import OutputFormat
+from ai_agent.request import OutputFormat, ToolChoice
 from ai_agent.sse import SSEEvent
 
 
@@ -57,6 +57,10 @@ class OpenAIProvider(HTTPProvider):
         }
         if request.tools:
             body["tools"] = [tool.asOpenAI() for tool in request.tools]
+            if request.toolChoice is not None:
+                body["tool_choice"] = toolChoice(request.toolChoice)
+            if request.parallelToolCalls is not None:
+                body["parallel_tool_calls"] = request.parallelToolCalls
         optional: dict[str, Any] = {
             "temperature": request.temperature,
             "top_p": request.topP,
@@ -152,10 +156,14 @@ class _Completion(HTTPCall):
             self._content.append(content)
             self.sink.content(content)
         toolCalls = delta.get("tool_calls")
-        if isinstance(toolCalls, list):
-            for position, call in enumerate(toolCalls):
-                if isinstance(call, dict):
-                    self._toolCallDelta(position, call)
+        if toolCalls is not None and not isinstance(toolCalls, list):
+            raise self.invalid(f"a stream chunk's delta.tool_calls is {_kind(toolCalls)}")
+        for position, call in enumerate(toolCalls or ()):
+            if not isinstance(call, dict):
+                raise self.invalid(
+                    f"a stream chunk's delta.tool_calls[{position}] is {_kind(call)}, not an object"
+                )
+            self._toolCallDelta(position, call)
         finishReason = choice.get("finish_reason")
         if isinstance(finishReason, str) and finishReason:
             self._finishReason = finishReason
@@ -169,7 +177,10 @@ class _Completion(HTTPCall):
             parts.id = call["id"]
         function = call.get("function") or {}
         if not isinstance(function, dict):
-            return
+            raise self.invalid(
+                f"a stream chunk's delta.tool_calls[{position}].function is {_kind(function)},"
+                " not an object"
+            )
         if isinstance(function.get("name"), str) and function["name"] and not parts.name:
             parts.name = function["name"]
         arguments = function.get("arguments")
@@ -179,6 +190,9 @@ class _Completion(HTTPCall):
             parts.arguments.append(json.dumps(arguments))
 
     def assembled(self) -> LLMResponse:
+        for index, parts in sorted(self._toolCalls.items()):
+            if not parts.name:
+                raise self.invalid(f"the streamed tool call {index} has no function name")
         toolCalls = tuple(
             ToolCall(
                 id=parts.id or f"call_{index}",
@@ -207,28 +221,51 @@ class _Completion(HTTPCall):
 
     # Not streaming.
 
+    def _toolCallsOf(self, value: Any) -> list[ToolCall]:
+        """
+        The tool calls of a whole message, each part checked: a shape the
+        server cannot use names the part at fault.
+        """
+        where = "choices[0].message.tool_calls"
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.invalid(f"{where} is {_kind(value)}, not an array")
+        toolCalls: list[ToolCall] = []
+        for index, call in enumerate(value):
+            if not isinstance(call, dict):
+                raise self.invalid(f"{where}[{index}] is {_kind(call)}, not an object")
+            function = call.get("function")
+            if not isinstance(function, dict):
+                raise self.invalid(f"{where}[{index}].function is {_kind(function)}, not an object")
+            name = function.get("name")
+            if not isinstance(name, str) or not name:
+                raise self.invalid(
+                    f"{where}[{index}].function.name is {_kind(name)}, not a tool name"
+                )
+            callId = call.get("id")
+            if callId is not None and not isinstance(callId, str):
+                raise self.invalid(f"{where}[{index}].id is {_kind(callId)}, not a string")
+            arguments = function.get("arguments", "")
+            toolCalls.append(
+                ToolCall(
+                    id=callId or f"call_{index}",
+                    name=name,
+                    arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+                )
+            )
+        return toolCalls
+
     def parseBody(self, body: dict[str, Any]) -> LLMResponse:
         choices = body.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise self.invalid("the response has no choices")
         message = choices[0].get("message")
         if not isinstance(message, dict):
-            raise self.invalid("the response has no message")
+            raise self.invalid(f"choices[0].message is {_kind(message)}, not an object")
         content = _text(message.get("content"))
         reasoning = _text(message.get("reasoning_content")) or _text(message.get("reasoning"))
-        toolCalls: list[ToolCall] = []
-        for index, call in enumerate(message.get("tool_calls") or []):
-            if not isinstance(call, dict):
-                continue
-            function = call.get("function") or {}
-            arguments = function.get("arguments", "")
-            toolCalls.append(
-                ToolCall(
-                    id=str(call.get("id") or f"call_{index}"),
-                    name=str(function.get("name") or ""),
-                    arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
-                )
-            )
+        toolCalls = self._toolCallsOf(message.get("tool_calls"))
         self._takeUsage(body)
         finishReason = _finishReason(choices[0].get("finish_reason"), bool(toolCalls))
         if self.request.stream:
@@ -244,6 +281,23 @@ class _Completion(HTTPCall):
             finishReason=finishReason,
             usage=self._usage or Usage(),
         )
+
+
+def _kind(value: Any) -> str:
+    """
+    What a JSON value is, for a message about an answer of the wrong shape.
+    """
+    if value is None:
+        return "missing or null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "an empty string" if not value else "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
 
 
 #: Chat Completions' C{finish_reason} values in neutral words.
@@ -269,6 +323,15 @@ def _finishReason(value: Any, calledTools: bool) -> str:
 def _count(usage: Any, key: str) -> int:
     value = usage.get(key) if isinstance(usage, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def toolChoice(choice: ToolChoice) -> str | dict[str, Any]:
+    """
+    Chat Completions' C{tool_choice} for C{choice}.
+    """
+    if choice.mode == ToolChoice.TOOL:
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode
 
 
 def responseFormat(output: OutputFormat) -> dict[str, Any]:

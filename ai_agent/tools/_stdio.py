@@ -94,6 +94,16 @@ def describeExit(reason: Failure) -> str:
     return reason.getErrorMessage()
 
 
+#: The longest line of a server's standard error logged whole; longer ones
+#: are cut.
+STDERR_LINE_LIMIT = 1000
+
+#: At most this many bytes of a server's standard error are logged per
+#: L{STDERR_WINDOW} seconds; the rest is counted and reported once.
+STDERR_BUDGET = 64 * 1024
+STDERR_WINDOW = 10.0
+
+
 class StdioProcess(ProcessProtocol):
     """
     One running stdio server: messages from its standard output go to
@@ -118,6 +128,9 @@ class StdioProcess(ProcessProtocol):
         self._out: list[bytes] = []
         self._outLength = 0
         self._err = b""
+        self._errWindow = float("-inf")
+        self._errLogged = 0
+        self._errDropped = 0
         self._stopWaiters: list[Deferred[None]] = []
         self._kills: list[IDelayedCall] = []
 
@@ -245,23 +258,54 @@ class StdioProcess(ProcessProtocol):
         self.onMessage(message)
 
     def errReceived(self, data: bytes) -> None:
+        now = self.reactor.seconds()
+        if now - self._errWindow >= STDERR_WINDOW:
+            self._reportDropped()
+            self._errWindow = now
+            self._errLogged = 0
+        if self._errLogged >= STDERR_BUDGET:
+            # Over this window's budget: not even split into lines.
+            self._errDropped += len(data)
+            return
         self._err += data
         *lines, self._err = self._err.split(b"\n")
         for line in lines:
             self._logStderr(line)
-        if len(self._err) > 64 * 1024:
+        if len(self._err) > STDERR_LINE_LIMIT:
             self._logStderr(self._err)
             self._err = b""
 
     def _logStderr(self, line: bytes) -> None:
+        if self._errLogged >= STDERR_BUDGET:
+            self._errDropped += len(line) + 1
+            return
+        if len(line) > STDERR_LINE_LIMIT:
+            self._errDropped += len(line) - STDERR_LINE_LIMIT
+            line = line[:STDERR_LINE_LIMIT] + b"..."
+        self._errLogged += len(line) + 1
         text = line.rstrip(b"\r").decode("utf-8", "replace")
         if text.strip():
             log.info("MCP server {server}: {line}", server=self.server, line=text)
+
+    def _reportDropped(self) -> None:
+        if self._errDropped:
+            log.warn(
+                "MCP server {server}: {dropped} bytes of its standard error were not logged"
+                " (lines are cut at {limit} bytes, and at most {budget} bytes are logged"
+                " every {window:g} s)",
+                server=self.server,
+                dropped=self._errDropped,
+                limit=STDERR_LINE_LIMIT,
+                budget=STDERR_BUDGET,
+                window=STDERR_WINDOW,
+            )
+            self._errDropped = 0
 
     def processEnded(self, reason: Failure) -> None:
         if self._err:
             self._logStderr(self._err)
             self._err = b""
+        self._reportDropped()
         self.exitDescription = describeExit(reason)
         for call in self._kills:
             if call.active():

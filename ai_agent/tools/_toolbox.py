@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from ai_agent.agentfile import AgentSpec
 from ai_agent.errors import AgentError
 from ai_agent.events import EventSink
+from ai_agent.limits import SubAgentLimiter
 from ai_agent.providers import ToolSpec
 from ai_agent.tools._jsonrpc import McpError
 from ai_agent.tools._naming import toolName
@@ -55,6 +56,7 @@ class AgentToolBox:
     subAgents: tuple[SubAgentTool, ...] = ()
     startTimeout: float = 60.0
     instructions: list[str] = attrs.field(factory=list, init=False)
+    unavailable: dict[str, str] = attrs.field(factory=dict, init=False)
     _routes: dict[str, _Route] = attrs.field(factory=dict, init=False)
 
     def specs(self) -> Deferred[list[ToolSpec]]:
@@ -121,6 +123,7 @@ class AgentToolBox:
         return specs
 
     def _leftOut(self, server: str, reason: str) -> None:
+        self.unavailable[server] = reason
         log.warn(
             "agent {agent}: the tools of MCP server {server} are left out: {reason}",
             agent=self.agent.name,
@@ -134,6 +137,14 @@ class AgentToolBox:
         """
         route = self._routes.get(name)
         if route is None:
+            server = name.partition("__")[0]
+            if server in self.unavailable:
+                return fail(
+                    AgentError(
+                        f"the tool {name!r} is unavailable right now:"
+                        f" {self.unavailable[server]}; answer without it"
+                    )
+                )
             return fail(AgentError(f"there is no tool named {name!r}"))
         return route(arguments, sink)
 
@@ -161,13 +172,14 @@ class ToolBoxFactory:
     mcp: McpManager | None = None
     runner: AgentRunner | None = None
     startTimeout: float = 60.0
+    subAgentLimiter: SubAgentLimiter | None = None
 
     def __call__(self, agent: AgentSpec) -> AgentToolBox:
         subAgents: list[SubAgentTool] = []
         if agent.agents:
             assert self.runner is not None, "ToolBoxFactory.runner is not set"
             for path in agent.agents:
-                subAgents.append(SubAgentTool(self.agents[path], self.runner))
+                subAgents.append(SubAgentTool(self.agents[path], self.runner, self.subAgentLimiter))
         return AgentToolBox(agent, self.mcp, tuple(subAgents), self.startTimeout)
 
 

@@ -58,6 +58,12 @@ Seconds to wait before each restart of a server that died or failed to
 start; the last value repeats.
 """
 
+INITIALIZE_TIMEOUT = 10.0
+"""
+Seconds a server has to answer each request of its start (C{initialize} and
+the first C{tools/list}); one that does not is treated as failing to start.
+"""
+
 MAX_TOOL_PAGES = 100
 """
 The most C{tools/list} pages read from one server.
@@ -162,6 +168,8 @@ class McpServer:
         from (see L{ai_agent.tools._stdio.INHERITED_VARIABLES}).
     @ivar requestTimeout: seconds allowed for each request other than
         C{tools/call} (whose timeout the caller gives).
+    @ivar initializeTimeout: seconds allowed for each request of a start
+        (C{initialize}, then C{tools/list}).
     @ivar backoff: seconds to wait before each restart; the last repeats.
     @ivar stableAfter: seconds a server must stay up for the backoff to
         start over.
@@ -181,6 +189,7 @@ class McpServer:
     http: HTTPClient | None = None
     environ: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     requestTimeout: float = 60.0
+    initializeTimeout: float = INITIALIZE_TIMEOUT
     backoff: Sequence[float] = DEFAULT_BACKOFF
     stableAfter: float = 30.0
     stopGrace: float = 2.0
@@ -268,6 +277,10 @@ class McpServer:
         self.start()
         if self.listed and self.state in ("ready", "backoff", "starting"):
             return succeed(self.tools)
+        if self.state == "starting" and self.lastError is not None:
+            # Known to be down (it failed before and is trying again): a
+            # request does not wait for the retry.
+            return fail(McpError(self._unavailable()))
         return self.listTools(timeout)
 
     def callTool(
@@ -394,7 +407,7 @@ class McpServer:
         result = await connection.request(
             "initialize",
             {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO},
-            self.requestTimeout,
+            min(self.requestTimeout, self.initializeTimeout),
         )
         if not isinstance(result, dict):
             raise McpError(f"MCP server {self.name!r} answered initialize without an object")
@@ -407,16 +420,22 @@ class McpServer:
         if self._transport is not None:
             self._transport.protocolVersion = self.protocolVersion
         connection.notify("notifications/initialized")
-        self.tools = await self._listAll(connection)
+        self.tools = await self._listAll(
+            connection, min(self.requestTimeout, self.initializeTimeout)
+        )
         self.listed = True
 
-    async def _listAll(self, connection: JsonRpcConnection) -> tuple[McpTool, ...]:
+    async def _listAll(
+        self, connection: JsonRpcConnection, timeout: float | None = None
+    ) -> tuple[McpTool, ...]:
         tools: list[McpTool] = []
         cursor: str | None = None
         seen: set[str] = set()
         for _ in range(MAX_TOOL_PAGES):
             params = {"cursor": cursor} if cursor is not None else None
-            result = await connection.request("tools/list", params, self.requestTimeout)
+            result = await connection.request(
+                "tools/list", params, self.requestTimeout if timeout is None else timeout
+            )
             page, cursor = _parseTools(self.name, result)
             tools.extend(page)
             if cursor is None or cursor in seen:

@@ -33,6 +33,7 @@ from ai_agent.events import (
     SubAgentProgress,
     Usage,
 )
+from ai_agent.limits import SubAgentLimiter
 from ai_agent.providers import ChatMessage, ToolSpec
 from ai_agent.request import RunRequest
 from ai_agent.tools._naming import toolName
@@ -122,10 +123,13 @@ class SubAgentTool:
 
     @ivar spec: the sub-agent.
     @ivar runner: runs the child session (the parent's runner).
+    @ivar limiter: the server-wide bound on sub-agent runs, if any; a run
+        waits at most the sub-agent's C{toolTimeout} for a place.
     """
 
     spec: AgentSpec
     runner: AgentRunner
+    limiter: SubAgentLimiter | None = None
 
     @property
     def name(self) -> str:
@@ -155,7 +159,13 @@ class SubAgentTool:
         if not isinstance(prompt, str) or not prompt.strip():
             return fail(AgentError(f"{self.name} needs a 'prompt' string that is not empty"))
         nested = NestedSink(self.name, sink)
-        run = self.runner.run(self.spec, RunRequest((ChatMessage("user", prompt),)), nested)
+        request = RunRequest((ChatMessage("user", prompt),))
+        if self.limiter is None:
+            run = self.runner.run(self.spec, request, nested)
+        else:
+            run = self.limiter.run(
+                self.spec.toolTimeout, self.runner.run, self.spec, request, nested
+            )
 
         def finished(result: Finished) -> str:
             nested.flush()

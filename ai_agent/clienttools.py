@@ -1,0 +1,195 @@
+# -*- test-case-name: tests.test_clienttools -*-
+"""
+Client tools in hybrid runs: what the client does not see, kept until it
+comes back.
+
+When a turn's calls include the client's own tools, the agent's calls of
+that turn run first, then the run ends and the client gets only its own
+calls.  The agent's work of that run (its tool-call messages and their
+results, and the whole assistant message of the last turn, whose own calls
+the client never saw) is a L{HiddenTurn}, saved under each handed-back call
+id.  When the client sends its results, L{restoreConversation} finds the
+hidden turn by those ids and puts it back in place of the client's
+assistant message, so the model sees the whole history, in its original
+order and pairing, not a gap.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Mapping, Protocol, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ai_agent.providers._base import ChatMessage, ToolCall
+
+log = Logger()
+
+#: How long a hidden turn is kept by default (seconds): a client runs its
+#: tools and comes back well within a day.
+DEFAULT_TURN_TTL = 24 * 3600.0
+
+
+@attrs.frozen
+class HiddenTurn:
+    """
+    The agent's own work of a run that handed tool calls back.
+
+    @ivar before: the run's earlier turns (assistant tool-call messages and
+        tool results), in order.
+    @ivar assistant: the last turn's assistant message, with every call the
+        model made (the agent's and the client's).
+    @ivar after: the results of the agent's own calls of the last turn.
+    @ivar clientCallIds: the ids of the calls handed back.
+    """
+
+    before: tuple[ChatMessage, ...]
+    assistant: ChatMessage
+    after: tuple[ChatMessage, ...]
+    clientCallIds: tuple[str, ...]
+
+    def asJSON(self) -> dict[str, Any]:
+        """
+        A JSON-ready form of this turn, for a store.
+        """
+        return {
+            "before": [_messageJSON(m) for m in self.before],
+            "assistant": _messageJSON(self.assistant),
+            "after": [_messageJSON(m) for m in self.after],
+            "clientCallIds": list(self.clientCallIds),
+        }
+
+    @classmethod
+    def fromJSON(cls, value: Mapping[str, Any]) -> HiddenTurn:
+        """
+        The turn L{asJSON} wrote.
+
+        @raise ValueError: for anything else.
+        """
+        try:
+            return cls(
+                tuple(_message(m) for m in value["before"]),
+                _message(value["assistant"]),
+                tuple(_message(m) for m in value["after"]),
+                tuple(str(i) for i in value["clientCallIds"]),
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"not a hidden turn: {error}") from None
+
+
+def _messageJSON(message: ChatMessage) -> dict[str, Any]:
+    value: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.name is not None:
+        value["name"] = message.name
+    if message.toolCalls:
+        value["toolCalls"] = [[c.id, c.name, c.arguments] for c in message.toolCalls]
+    if message.toolCallId is not None:
+        value["toolCallId"] = message.toolCallId
+    return value
+
+
+def _message(value: Mapping[str, Any]) -> ChatMessage:
+    return ChatMessage(
+        str(value["role"]),
+        str(value["content"]),
+        value.get("name"),
+        tuple(ToolCall(str(i), str(n), str(a)) for i, n, a in value.get("toolCalls", ())),
+        value.get("toolCallId"),
+    )
+
+
+class TurnStore(Protocol):
+    """
+    Where hidden turns wait for the client to come back.
+    """
+
+    def saveTurn(self, turn: HiddenTurn) -> Deferred[None]:
+        """
+        Keep C{turn} under each of its client call ids.
+        """
+        ...
+
+    def findTurn(self, callIds: Sequence[str]) -> Deferred[HiddenTurn | None]:
+        """
+        The turn saved under any of C{callIds}, or L{None}.
+        """
+        ...
+
+
+@attrs.define
+class MemoryTurnStore:
+    """
+    Hidden turns in this process's memory: bounded in count, each kept for
+    C{ttl} seconds.  For direct mode and tests; a server keeps them in its
+    run store so that they outlive a restart and are shared by instances.
+    """
+
+    clock: IReactorTime
+    ttl: float = DEFAULT_TURN_TTL
+    maxTurns: int = 10_000
+    _turns: OrderedDict[str, tuple[float, HiddenTurn]] = attrs.field(
+        factory=OrderedDict, init=False
+    )
+
+    def saveTurn(self, turn: HiddenTurn) -> Deferred[None]:
+        expires = self.clock.seconds() + self.ttl
+        for callId in turn.clientCallIds:
+            self._turns[callId] = (expires, turn)
+            self._turns.move_to_end(callId)
+        while len(self._turns) > self.maxTurns:
+            self._turns.popitem(last=False)
+        return succeed(None)
+
+    def findTurn(self, callIds: Sequence[str]) -> Deferred[HiddenTurn | None]:
+        now = self.clock.seconds()
+        for callId in callIds:
+            found = self._turns.get(callId)
+            if found is None:
+                continue
+            expires, turn = found
+            if expires <= now:
+                del self._turns[callId]
+                continue
+            return succeed(turn)
+        return succeed(None)
+
+
+async def restoreConversation(
+    conversation: Sequence[ChatMessage], store: TurnStore
+) -> tuple[list[ChatMessage], list[str]]:
+    """
+    The conversation with each hidden turn put back in place of the
+    client's assistant message that carried its handed-back calls.
+
+    @return: the conversation, and the ids of tool calls whose hidden turn
+        was not found (expired, or saved by another instance without a
+        shared store): the run goes on from what the client sent.
+    """
+    restored: list[ChatMessage] = []
+    missing: list[str] = []
+    for message in conversation:
+        if message.role != "assistant" or not message.toolCalls:
+            restored.append(message)
+            continue
+        callIds = [call.id for call in message.toolCalls]
+        turn = await store.findTurn(callIds)
+        if turn is None:
+            missing.extend(callIds)
+            restored.append(message)
+            continue
+        restored.extend(turn.before)
+        restored.append(turn.assistant)
+        restored.extend(turn.after)
+    return restored, missing
+
+
+__all__ = [
+    "DEFAULT_TURN_TTL",
+    "HiddenTurn",
+    "MemoryTurnStore",
+    "TurnStore",
+    "restoreConversation",
+]

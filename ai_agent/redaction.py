@@ -1,0 +1,268 @@
+# -*- test-case-name: tests.test_security_round2 -*-
+"""
+Configured secrets kept out of everything a headend writes.
+
+A model can repeat a provider's key (a prompt injection may ask it to, a
+misconfigured gateway may echo it), and the text reaches the client in
+pieces: a key split over two stream deltas is in neither.  A L{Redactor}
+knows the secrets; its L{Redactor.stream} follows one stream of text and
+holds back only a tail that could still be the start of a secret, so text
+without one passes at once and a secret never goes out, whole or split.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import attrs
+
+from ai_agent.errors import AgentError
+from ai_agent.events import (
+    ContentDelta,
+    Event,
+    EventSink,
+    Progress,
+    ReasoningDelta,
+    Retrying,
+    SubAgentProgress,
+    ToolFinished,
+    ToolStarted,
+)
+
+#: Secrets shorter than this are not searched for: a short value (a
+#: header such as C{1} or C{true}) would redact ordinary text.
+MIN_SECRET_LENGTH = 8
+
+#: What a secret is replaced with.
+REDACTED = "[redacted]"
+
+#: The most characters of an error message a client is shown.
+MAX_ERROR_MESSAGE = 500
+
+#: The most characters of an error's C{param} (a path into the request).
+MAX_PARAM = 200
+
+#: The most characters of a client's own value quoted back to it.
+MAX_ECHO = 80
+
+
+def shorten(text: str, limit: int = MAX_ECHO) -> str:
+    """
+    C{text} cut to at most C{limit} characters, with C{...} when cut.
+    """
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3] + "..."
+
+
+@attrs.frozen
+class Redactor:
+    """
+    The secrets a server's configuration holds.
+
+    @ivar secrets: longest first, so that a secret containing another is
+        replaced whole.
+    """
+
+    secrets: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, values: Iterable[str | None]) -> Redactor:
+        """
+        A redactor of C{values}, dropping empty and short ones.
+        """
+        found = {value for value in values if value and len(value) >= MIN_SECRET_LENGTH}
+        return cls(tuple(sorted(found, key=lambda s: (-len(s), s))))
+
+    @classmethod
+    def fromConfig(cls, config: Any) -> Redactor:
+        """
+        The provider keys and header values, and the MCP servers' header
+        values, of a L{ai_agent.config.Config} (or nothing for L{None}).
+        """
+        if config is None:
+            return cls()
+        values: list[str | None] = []
+        for provider in getattr(config, "providers", {}).values():
+            values.append(provider.apiKey)
+            values.extend(provider.headers.values())
+        for server in getattr(config, "mcpServers", {}).values():
+            values.extend(getattr(server, "headers", {}).values())
+        return cls.of(values)
+
+    def scrub(self, text: str) -> str:
+        """
+        C{text} with every secret replaced.
+        """
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def stream(self) -> StreamRedactor:
+        """
+        A redactor for one stream of text pieces.
+        """
+        return StreamRedactor(self)
+
+
+@attrs.define
+class StreamRedactor:
+    """
+    Redacts one stream of text that arrives in pieces.
+    """
+
+    redactor: Redactor
+    _held: str = ""
+
+    def feed(self, text: str) -> str:
+        """
+        The part of C{text} (after what was held) that can go out now: every
+        whole secret replaced, and any tail that is the beginning of a
+        secret held back for the next piece.
+        """
+        secrets = self.redactor.secrets
+        if not secrets:
+            return text
+        text = self.redactor.scrub(self._held + text)
+        hold = 0
+        size = len(text)
+        for secret in secrets:
+            start = max(0, size - len(secret) + 1)
+            first = secret[0]
+            index = text.find(first, start)
+            while index != -1 and size - index > hold:
+                if secret.startswith(text[index:]):
+                    hold = size - index
+                    break
+                index = text.find(first, index + 1)
+        if hold:
+            self._held = text[size - hold :]
+            return text[: size - hold]
+        self._held = ""
+        return text
+
+    def flush(self) -> str:
+        """
+        Whatever was held back, at the end of the stream (it is not a secret:
+        the stream ended before one was complete).
+        """
+        held, self._held = self._held, ""
+        return held
+
+
+def safeError(error: AgentError, redactor: Redactor, inBand: bool = False) -> AgentError:
+    """
+    C{error} as it may be shown to a client: configured secrets taken out of
+    its message, the message and C{param} cut to bounded lengths, and, for
+    an error sent in-band (where no C{Retry-After} header can go any more),
+    its retry delay said in the message.
+    """
+    message = redactor.scrub(shorten(error.message, MAX_ERROR_MESSAGE))
+    if inBand and error.retryAfter is not None:
+        message = f"{message} (retry after {max(1, round(error.retryAfter))} s)"
+    param = None if error.param is None else shorten(error.param, MAX_PARAM)
+    if message == error.message and param == error.param:
+        return error
+    return AgentError(
+        message,
+        error.status,
+        error.kind,
+        error.code,
+        param,
+        error.retryAfter,
+        sideEffects=error.sideEffects,
+    )
+
+
+@attrs.define
+class RedactingSink:
+    """
+    An event sink that passes a run's events on with the secrets taken out
+    of its answer text and its reasoning and progress (which quote tool
+    calls' names and arguments); call L{flush} when the run ends.
+    """
+
+    redactor: Redactor
+    sink: EventSink
+    _content: StreamRedactor = attrs.field(init=False)
+    _reasoning: StreamRedactor = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._content = self.redactor.stream()
+        self._reasoning = self.redactor.stream()
+
+    def __call__(self, event: Event) -> None:
+        if not self.redactor.secrets:
+            self.sink(event)
+        elif isinstance(event, ContentDelta):
+            # A change of channel lets out what the other one held, so the
+            # two stay in order.
+            self._flushReasoning()
+            text = self._content.feed(event.text)
+            if text:
+                self.sink(ContentDelta(text))
+        elif isinstance(event, ReasoningDelta):
+            self._flushContent()
+            text = self._reasoning.feed(event.text)
+            if text:
+                self.sink(ReasoningDelta(text))
+        elif isinstance(event, (ToolStarted, ToolFinished, Retrying, SubAgentProgress)):
+            # Progress comes whole: each of its texts is scrubbed as it is.
+            self.sink(self._progress(event))
+        else:
+            self.sink(event)
+
+    def _progress(self, event: Progress) -> Progress:
+        scrub = self.redactor.scrub
+        if isinstance(event, ToolStarted):
+            return attrs.evolve(
+                event,
+                name=scrub(event.name),
+                arguments=scrub(event.arguments),
+                callId=scrub(event.callId),
+            )
+        if isinstance(event, ToolFinished):
+            return attrs.evolve(
+                event,
+                name=scrub(event.name),
+                result=scrub(event.result),
+                callId=scrub(event.callId),
+            )
+        if isinstance(event, Retrying):
+            return attrs.evolve(event, model=scrub(event.model), reason=scrub(event.reason))
+        inner = event.event
+        if isinstance(inner, ReasoningDelta):
+            return attrs.evolve(event, event=ReasoningDelta(scrub(inner.text)))
+        return attrs.evolve(event, event=self._progress(inner))
+
+    def flush(self) -> None:
+        """
+        Pass on the text held back at the end of each stream.
+        """
+        self._flushReasoning()
+        self._flushContent()
+
+    def _flushReasoning(self) -> None:
+        reasoning = self._reasoning.flush()
+        if reasoning:
+            self.sink(ReasoningDelta(reasoning))
+
+    def _flushContent(self) -> None:
+        content = self._content.flush()
+        if content:
+            self.sink(ContentDelta(content))
+
+
+__all__ = [
+    "MAX_ECHO",
+    "MAX_ERROR_MESSAGE",
+    "MAX_PARAM",
+    "safeError",
+    "shorten",
+    "MIN_SECRET_LENGTH",
+    "REDACTED",
+    "RedactingSink",
+    "Redactor",
+    "StreamRedactor",
+]

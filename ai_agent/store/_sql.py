@@ -1,0 +1,746 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The run store on a SQL database: one set of queries, run on SQLite or on
+PostgreSQL (psycopg 3), always in a dedicated thread pool so the reactor
+never waits for the database.
+
+Each pool thread holds its own connection, opened on first use and dropped
+when the database reports it broken, so a restarted PostgreSQL server is
+reconnected to by the next operation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from ai_agent.store._base import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_DOCUMENT_SIZE,
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_PURGE_INTERVAL,
+    DEFAULT_TTL,
+    DocumentTooLargeError,
+    StoredDocument,
+    StoreError,
+    StoreStats,
+    StoreUnavailableError,
+    checkKey,
+    checkNamespace,
+    redact,
+    redactURL,
+    urlSecrets,
+    usableKeys,
+)
+
+T = TypeVar("T")
+
+#: The schema version this code writes, and the statements that bring a
+#: database from the version before to each version.  Written once, in
+#: types and syntax both SQLite and PostgreSQL take.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            "CREATE TABLE IF NOT EXISTS ai_agent_store ("
+            " ns TEXT NOT NULL,"
+            " doc_key TEXT NOT NULL,"
+            " body TEXT NOT NULL,"
+            " size_bytes BIGINT NOT NULL,"
+            " created_at DOUBLE PRECISION NOT NULL,"
+            " expires_at DOUBLE PRECISION NOT NULL,"
+            " PRIMARY KEY (ns, doc_key))",
+            "CREATE INDEX IF NOT EXISTS ai_agent_store_expiry ON ai_agent_store (expires_at)",
+            "CREATE INDEX IF NOT EXISTS ai_agent_store_age ON ai_agent_store (created_at)",
+        ),
+    ),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+#: The key of the PostgreSQL advisory lock held while migrating.
+_MIGRATION_LOCK = 0x41494147  # "AIAG"
+
+#: Keys looked up per query by C{getMany}, well under SQLite's limit on
+#: parameters.
+_KEYS_PER_QUERY = 200
+
+#: When eviction runs, it brings the store down to this share of its bounds,
+#: so that the next puts do not each evict again.
+_EVICT_TO = 0.9
+
+_CREATE_VERSIONS = "CREATE TABLE IF NOT EXISTS ai_agent_store_schema (version INTEGER NOT NULL)"
+_READ_VERSION = "SELECT MAX(version) FROM ai_agent_store_schema"
+_WRITE_VERSION = "INSERT INTO ai_agent_store_schema (version) VALUES (?)"
+_UPSERT = (
+    "INSERT INTO ai_agent_store (ns, doc_key, body, size_bytes, created_at, expires_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (ns, doc_key) DO UPDATE SET body = excluded.body,"
+    " size_bytes = excluded.size_bytes, created_at = excluded.created_at,"
+    " expires_at = excluded.expires_at"
+)
+_SELECT = (
+    "SELECT doc_key, body, created_at, expires_at FROM ai_agent_store"
+    " WHERE ns = ? AND expires_at > ? AND doc_key IN ({marks})"
+)
+_FIND = "SELECT expires_at FROM ai_agent_store WHERE ns = ? AND doc_key = ?"
+_DELETE = "DELETE FROM ai_agent_store WHERE ns = ? AND doc_key = ?"
+_PURGE = "DELETE FROM ai_agent_store WHERE expires_at <= ?"
+_STATS = "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM ai_agent_store WHERE expires_at > ?"
+_STATS_NS = _STATS + " AND ns = ?"
+# The newest documents that fit in the bounds are kept; the rest go.
+_EVICT = (
+    "DELETE FROM ai_agent_store WHERE (ns, doc_key) IN ("
+    " SELECT ns, doc_key FROM ("
+    "  SELECT ns, doc_key,"
+    "   SUM(size_bytes) OVER (ORDER BY created_at DESC, ns, doc_key) AS running,"
+    "   ROW_NUMBER() OVER (ORDER BY created_at DESC, ns, doc_key) AS position"
+    "  FROM ai_agent_store) AS ranked"
+    " WHERE running > ? OR position > ?)"
+)
+
+
+@attrs.frozen
+class Dialect:
+    """
+    What differs between the databases: how to connect, the parameter
+    marker, how to take the migration lock, what a broken connection looks
+    like, and how to describe an error without a secret.
+
+    @ivar description: where the database is, fit for a log line.
+    """
+
+    name: str
+    description: str
+    connect: Callable[[], Any] = attrs.field(repr=False)
+    marker: str = "?"
+    tableExists: str = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
+    lockStatements: tuple[str, ...] = ()
+    errors: tuple[type[BaseException], ...] = ()
+    secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
+    prepare: Callable[[], None] | None = None
+    isBroken: Callable[[Any], bool] = lambda connection: False
+
+    def sql(self, query: str) -> str:
+        """
+        C{query}, written with C{?} markers, in this database's marker.
+        """
+        return query if self.marker == "?" else query.replace("?", self.marker)
+
+    def explain(self, error: BaseException) -> str:
+        """
+        The database's message for C{error}, with secrets removed.
+        """
+        text = str(error).strip() or type(error).__name__
+        return redact(text, self.secrets)
+
+
+def sqliteDialect(path: str, busyTimeout: float = 10.0) -> Dialect:
+    """
+    SQLite in the file C{path}, in WAL mode so readers never wait for the
+    writer (and several processes on one machine can share the file); the
+    file (mode 0600) and its directory (mode 0700) are created when missing.
+    """
+
+    def prepare() -> None:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        # Conversations are private: a new file is readable by its owner only
+        # (SQLite gives its -wal and -shm files the same mode).
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(path, timeout=busyTimeout, check_same_thread=False)
+        try:
+            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot use WAL mode (journal mode is {mode})")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(f"PRAGMA busy_timeout={int(busyTimeout * 1000)}")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    return Dialect(
+        "sqlite",
+        f"SQLite {path}",
+        connect,
+        errors=(sqlite3.Error, OSError),
+        prepare=prepare,
+    )
+
+
+def postgresDialect(
+    url: str, connectTimeout: float = 10.0, statementTimeout: float = 30.0
+) -> Dialect:
+    """
+    PostgreSQL at C{url} (C{postgresql://…}), through psycopg 3.  A
+    connection attempt gives up after C{connectTimeout} seconds, a
+    statement after C{statementTimeout}.
+
+    @raise StoreError: when psycopg is not installed.
+    """
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreError(
+            "a PostgreSQL store needs psycopg: pip install 'ai-agent[postgresql]'"
+            " (or 'psycopg[binary]')"
+        ) from None
+
+    def connect() -> Any:
+        connection = psycopg.connect(
+            url, connect_timeout=max(int(connectTimeout), 1), application_name="ai-agent"
+        )
+        try:
+            # No statement (nor wait for a lock) holds a store thread for ever.
+            connection.execute(f"SET statement_timeout = {int(statementTimeout * 1000)}")
+            connection.commit()
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def isBroken(connection: Any) -> bool:
+        return bool(connection.closed or connection.broken)
+
+    return Dialect(
+        "postgresql",
+        f"PostgreSQL {redactURL(url)}",
+        connect,
+        marker="%s",
+        tableExists="SELECT to_regclass(%s) IS NOT NULL",
+        lockStatements=(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})",),
+        errors=(psycopg.Error,),
+        secrets=tuple(urlSecrets(url)),
+        isBroken=isBroken,
+    )
+
+
+class _StoreThreads(ThreadPool):
+    """
+    The store's threads: daemon threads, so that a database that stopped
+    answering cannot keep the process from exiting.
+    """
+
+    @staticmethod
+    def threadFactory(*args: Any, **kwargs: Any) -> threading.Thread:  # type: ignore[override]
+        return threading.Thread(*args, daemon=True, **kwargs)
+
+
+@attrs.define(eq=False)
+class _Operation:
+    """
+    One piece of database work: skipped if cancelled before it starts.
+    """
+
+    cancelled: bool = False
+
+
+@attrs.define(eq=False)
+class SQLStore:
+    """
+    The run store on a SQL database (see L{ai_agent.store.RunStore}).
+
+    @ivar dialect: the database.
+    @ivar reactor: runs the thread pool's results back on the reactor.
+    @ivar clock: the time documents are created and expire at, and the
+        periodic purge's timer.
+    @ivar connections: the pool's threads (each with one connection); 1 for
+        SQLite, whose writes are serialised anyway.
+    @ivar maxBytes: the bound on the documents' total size.
+    @ivar maxEntries: the bound on the number of documents.
+    """
+
+    log = Logger()
+
+    dialect: Dialect
+    reactor: IReactorFromThreads
+    clock: IReactorTime
+    ttl: float = DEFAULT_TTL
+    maxDocumentSize: int = DEFAULT_MAX_DOCUMENT_SIZE
+    maxBytes: int = DEFAULT_MAX_BYTES
+    maxEntries: int = DEFAULT_MAX_ENTRIES
+    purgeInterval: float = DEFAULT_PURGE_INTERVAL
+    connections: int = 1
+    closeTimeout: float = 10.0
+    _threads: ThreadPool | None = attrs.field(default=None, init=False)
+    _local: threading.local = attrs.field(factory=threading.local, init=False)
+    _liveConnections: list[Any] = attrs.field(factory=list, init=False)
+    _connectionsLock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _pending: set[Deferred[Any]] = attrs.field(factory=set, init=False)
+    _opening: Deferred[None] | None = attrs.field(default=None, init=False)
+    _waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
+    _ready: bool = attrs.field(default=False, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _purger: LoopingCall | None = attrs.field(default=None, init=False)
+    _estimate: StoreStats = attrs.field(default=StoreStats(0, 0), init=False)
+
+    @property
+    def description(self) -> str:
+        """
+        Where the store lives, without a password.
+        """
+        return self.dialect.description
+
+    # -- the interface --------------------------------------------------
+
+    def put(
+        self, namespace: str, key: str, document: Any, ttl: float | None = None
+    ) -> Deferred[None]:
+        return self.putMany(namespace, {key: document}, ttl)
+
+    def putMany(
+        self, namespace: str, documents: Mapping[str, Any], ttl: float | None = None
+    ) -> Deferred[None]:
+        checkNamespace(namespace)
+        try:
+            for key in documents:
+                checkKey(key)
+        except StoreError as error:
+            return _failed(error)
+        items = list(documents.items())
+        now = self.clock.seconds()
+        expires = now + (self.ttl if ttl is None else ttl)
+        evict = self._overBounds(len(items))
+        limit = self.maxDocumentSize
+
+        if not items:
+            return _succeeded(None)
+
+        def work(cursor: Any) -> tuple[int, StoreStats | None]:
+            rows = []
+            for key, document in items:
+                text, size = _encode(document)
+                if size > limit:
+                    raise DocumentTooLargeError(size, limit)
+                rows.append((namespace, key, text, size, now, expires))
+            cursor.executemany(self.dialect.sql(_UPSERT), rows)
+            added = sum(row[3] for row in rows)
+            if evict or self._estimate.bytes + added > self.maxBytes:
+                self._evict(cursor)
+                return added, self._count(cursor, now)
+            return added, None
+
+        def stored(result: tuple[int, StoreStats | None]) -> None:
+            added, stats = result
+            if stats is None:
+                # An estimate (a replaced document counts twice) until the
+                # next purge counts again; it only decides when to evict.
+                before = self._estimate
+                stats = StoreStats(before.entries + len(items), before.bytes + added)
+            self._estimate = stats
+
+        return self._call("put", work).addCallback(stored)
+
+    def get(self, namespace: str, key: str) -> Deferred[StoredDocument | None]:
+        return self.getMany(namespace, [key]).addCallback(lambda found: found.get(key))
+
+    def getMany(self, namespace: str, keys: Iterable[str]) -> Deferred[dict[str, StoredDocument]]:
+        checkNamespace(namespace)
+        wanted = usableKeys(keys)
+        now = self.clock.seconds()
+
+        def work(cursor: Any) -> dict[str, StoredDocument]:
+            found: dict[str, StoredDocument] = {}
+            for start in range(0, len(wanted), _KEYS_PER_QUERY):
+                chunk = wanted[start : start + _KEYS_PER_QUERY]
+                query = _SELECT.format(marks=", ".join("?" * len(chunk)))
+                cursor.execute(self.dialect.sql(query), (namespace, now, *chunk))
+                for key, body, created, expires in cursor.fetchall():
+                    found[key] = StoredDocument(
+                        namespace, key, json.loads(body), float(created), float(expires)
+                    )
+            return found
+
+        if not wanted:
+            return _succeeded({})
+        return self._call("get", work)
+
+    def delete(self, namespace: str, key: str) -> Deferred[bool]:
+        checkNamespace(namespace)
+        if not usableKeys([key]):
+            return _succeeded(False)
+        now = self.clock.seconds()
+
+        def work(cursor: Any) -> bool:
+            cursor.execute(self.dialect.sql(_FIND), (namespace, key))
+            row = cursor.fetchone()
+            if row is None:
+                return False
+            cursor.execute(self.dialect.sql(_DELETE), (namespace, key))
+            return bool(float(row[0]) > now)
+
+        return self._call("delete", work)
+
+    def purge(self) -> Deferred[int]:
+        now = self.clock.seconds()
+
+        def work(cursor: Any) -> tuple[int, StoreStats]:
+            cursor.execute(self.dialect.sql(_PURGE), (now,))
+            removed = max(cursor.rowcount, 0)
+            stats = self._count(cursor, now)
+            if stats.entries > self.maxEntries or stats.bytes > self.maxBytes:
+                removed += self._evict(cursor)
+                stats = self._count(cursor, now)
+            return removed, stats
+
+        def purged(result: tuple[int, StoreStats]) -> int:
+            removed, self._estimate = result
+            return removed
+
+        return self._call("purge", work).addCallback(purged)
+
+    def stats(self, namespace: str | None = None) -> Deferred[StoreStats]:
+        if namespace is not None:
+            checkNamespace(namespace)
+        now = self.clock.seconds()
+        return self._call("stats", lambda cursor: self._count(cursor, now, namespace))
+
+    def start(self) -> Deferred[None]:
+        """
+        Open the store and start the periodic purge.  Fails (after logging
+        why) when the database cannot be opened; operations then try again.
+        """
+        if self._closed:
+            return _failed(StoreError("the run store is closed"))
+        if self._purger is None:
+            self._purger = LoopingCall(lambda: Deferred.fromCoroutine(self._purgeQuietly()))
+            self._purger.clock = self.clock
+            self._purger.start(self.purgeInterval, now=False)
+        return self._whenReady()
+
+    def close(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._close())
+
+    # -- lifecycle ------------------------------------------------------
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._purger is not None and self._purger.running:
+            self._purger.stop()
+        # Operations already handed to the database finish, and their callers
+        # get their results, for up to closeTimeout seconds.
+        deadline = self.clock.seconds() + self.closeTimeout
+        while self._pending and self.clock.seconds() < deadline:
+            waiting = DeferredList([_observe(d) for d in self._pending], consumeErrors=True)
+            waiting.addTimeout(max(deadline - self.clock.seconds(), 0.0), self.clock)
+            try:
+                await waiting
+            except TimeoutError:
+                break
+        threads, self._threads = self._threads, None
+        if threads is None:
+            return
+        if self._pending:
+            self.log.warn(
+                "run store ({store}): {count} operations still running after"
+                " {timeout}s; closing without them",
+                store=self.description,
+                count=len(self._pending),
+                timeout=self.closeTimeout,
+            )
+            # Joining would wait for them: leave that to a thread of its own.
+            threading.Thread(target=threads.stop, daemon=True).start()
+            return
+        closing = deferToThreadPool(self.reactor, threads, self._closeConnections)
+        await DeferredList([closing], consumeErrors=True)
+        threads.stop()
+        self.log.info("run store closed ({store})", store=self.description)
+
+    def _whenReady(self) -> Deferred[None]:
+        """
+        A Deferred of this caller's own that fires once the store is open.
+        Cancelling it leaves the opening alone.
+        """
+        if self._ready:
+            return _succeeded(None)
+        if self._closed:
+            return _failed(StoreError("the run store is closed"))
+
+        def cancel(waiter: Deferred[None]) -> None:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+        waiter: Deferred[None] = Deferred(cancel)
+        self._waiters.append(waiter)
+        if self._opening is None:
+            self._opening = Deferred.fromCoroutine(self._open())
+            self._opening.addBoth(self._openFinished)
+        return waiter
+
+    def _openFinished(self, result: None | Failure) -> None:
+        self._opening = None
+        waiters, self._waiters = self._waiters, []
+        if isinstance(result, Failure):
+            error = result.value
+            message = error.message if isinstance(error, StoreError) else str(error)
+            self.log.error(
+                "cannot open the run store ({store}): {problem}",
+                store=self.description,
+                problem=message,
+            )
+            for waiter in waiters:
+                waiter.errback(Failure(error))
+        else:
+            for waiter in waiters:
+                waiter.callback(None)
+
+    async def _open(self) -> None:
+        if self._threads is None:
+            self._threads = _StoreThreads(1, self.connections, name="ai-agent-store")
+            self._threads.start()
+        now = self.clock.seconds()
+        version, stats = await self._inThread("open", lambda cursor: self._migrate(cursor, now))
+        if self._closed:
+            raise StoreError("the run store is closed")
+        self._estimate = stats
+        self._ready = True
+        self.log.info(
+            "run store open ({store}, schema {version}): {entries} documents, {size} bytes",
+            store=self.description,
+            version=version,
+            entries=stats.entries,
+            size=stats.bytes,
+        )
+
+    def _migrate(self, cursor: Any, now: float) -> tuple[int, StoreStats]:
+        if self.dialect.name == "sqlite":
+            # Take the write lock first: two processes opening the same file
+            # then migrate one after the other.
+            cursor.execute("BEGIN IMMEDIATE")
+        for statement in self.dialect.lockStatements:
+            cursor.execute(statement)
+        # Only what is missing is created, so a user without the right to
+        # create tables can use tables created for it.
+        cursor.execute(self.dialect.tableExists, ("ai_agent_store_schema",))
+        if not cursor.fetchone()[0]:
+            cursor.execute(_CREATE_VERSIONS)
+        cursor.execute(_READ_VERSION)
+        version = cursor.fetchone()[0] or 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the run store's schema is version {version}, newer than this"
+                f" ai-agent knows ({SCHEMA_VERSION}); upgrade ai-agent"
+            )
+        for target, statements in MIGRATIONS:
+            if target > version:
+                for statement in statements:
+                    cursor.execute(statement)
+                cursor.execute(self.dialect.sql(_WRITE_VERSION), (target,))
+                version = target
+        return version, self._count(cursor, now)
+
+    async def _purgeQuietly(self) -> None:
+        try:
+            removed = await self.purge()
+        except StoreError as error:
+            self.log.warn("run store purge failed: {problem}", problem=error.message)
+            return
+        if removed:
+            self.log.info("run store purge removed {removed} documents", removed=removed)
+
+    # -- database work --------------------------------------------------
+
+    def _overBounds(self, adding: int) -> bool:
+        estimate = self._estimate
+        return estimate.entries + adding > self.maxEntries or estimate.bytes > self.maxBytes
+
+    def _count(self, cursor: Any, now: float, namespace: str | None = None) -> StoreStats:
+        if namespace is None:
+            cursor.execute(self.dialect.sql(_STATS), (now,))
+        else:
+            cursor.execute(self.dialect.sql(_STATS_NS), (now, namespace))
+        entries, size = cursor.fetchone()
+        return StoreStats(int(entries), int(size))
+
+    def _evict(self, cursor: Any) -> int:
+        cursor.execute(
+            self.dialect.sql(_EVICT),
+            (int(self.maxBytes * _EVICT_TO), int(self.maxEntries * _EVICT_TO)),
+        )
+        removed = max(cursor.rowcount, 0)
+        if removed:
+            self.log.warn(
+                "run store over its bounds ({maxEntries} documents, {maxBytes} bytes):"
+                " evicted the {removed} oldest",
+                maxEntries=self.maxEntries,
+                maxBytes=self.maxBytes,
+                removed=removed,
+            )
+        return removed
+
+    def _call(self, name: str, work: Callable[[Any], T]) -> Deferred[T]:
+        """
+        Run C{work} with a cursor once the store is open.
+        """
+
+        async def call() -> T:
+            await self._whenReady()
+            return await self._inThread(name, work)
+
+        return Deferred.fromCoroutine(call())
+
+    def _inThread(self, name: str, work: Callable[[Any], T]) -> Deferred[T]:
+        """
+        Run C{work(cursor)} in one transaction on a pool thread.  The
+        returned Deferred is the caller's own: cancelling it skips the work
+        if it has not started, and fires it with L{CancelledError} at once.
+        """
+        if self._closed and name != "open":
+            return _failed(StoreError("the run store is closed"))
+        threads = self._threads
+        if threads is None:
+            return _failed(StoreError("the run store is not open"))
+        operation = _Operation()
+        inner = deferToThreadPool(self.reactor, threads, self._transaction, operation, work)
+        self._pending.add(inner)
+
+        def cancel(outer: Deferred[T]) -> None:
+            operation.cancelled = True
+
+        outer: Deferred[T] = Deferred(cancel)
+
+        def done(result: T | Failure) -> None:
+            self._pending.discard(inner)
+            if outer.called:
+                return  # cancelled: nobody is waiting
+            if isinstance(result, Failure):
+                outer.errback(self._translate(name, result))
+            else:
+                outer.callback(result)
+
+        inner.addBoth(done)
+        return outer
+
+    def _translate(self, name: str, failure: Failure) -> Failure:
+        error = failure.value
+        if isinstance(error, (StoreError, CancelledError)):
+            return failure
+        if isinstance(error, self.dialect.errors):
+            problem = self.dialect.explain(error)
+            self.log.error(
+                "run store {operation} failed ({store}): {problem}",
+                operation=name,
+                store=self.description,
+                problem=problem,
+            )
+            return Failure(StoreUnavailableError(f"the run store failed: {problem}"))
+        return failure
+
+    def _transaction(self, operation: _Operation, work: Callable[[Any], T]) -> T:
+        """
+        In a pool thread: C{work} in one transaction on this thread's
+        connection.
+        """
+        if operation.cancelled:
+            raise CancelledError()
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            if self.dialect.prepare is not None:
+                self.dialect.prepare()
+            connection = self.dialect.connect()
+            self._local.connection = connection
+            with self._connectionsLock:
+                self._liveConnections.append(connection)
+        try:
+            cursor = connection.cursor()
+            try:
+                result = work(cursor)
+            finally:
+                cursor.close()
+            connection.commit()
+            return result
+        except BaseException:
+            try:
+                connection.rollback()
+            except BaseException:
+                pass  # the connection is dropped below if it is broken
+            if self.dialect.isBroken(connection):
+                self._dropConnection(connection)
+            raise
+
+    def _dropConnection(self, connection: Any) -> None:
+        self._local.connection = None
+        with self._connectionsLock:
+            if connection in self._liveConnections:
+                self._liveConnections.remove(connection)
+        try:
+            connection.close()
+        except BaseException:
+            pass  # already unusable
+
+    def _closeConnections(self) -> None:
+        with self._connectionsLock:
+            opened, self._liveConnections = self._liveConnections, []
+        for connection in opened:
+            try:
+                connection.close()
+            except BaseException:
+                pass  # closing anyway
+
+
+def _encode(document: Any) -> tuple[str, int]:
+    """
+    The JSON text of C{document} and its size in bytes (UTF-8).
+    """
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        # Lone surrogates cannot be stored as text; escape everything.
+        text = json.dumps(document, separators=(",", ":"), allow_nan=False)
+        size = len(text)
+    return text, size
+
+
+def _observe(d: Deferred[Any]) -> Deferred[None]:
+    """
+    A Deferred firing when C{d} does; cancelling it leaves C{d} alone.
+    """
+    observer: Deferred[None] = Deferred()
+
+    def fired(result: Any) -> Any:
+        if not observer.called:
+            observer.callback(None)
+        return result
+
+    d.addBoth(fired)
+    return observer
+
+
+def _succeeded(value: T) -> Deferred[T]:
+    d: Deferred[T] = Deferred()
+    d.callback(value)
+    return d
+
+
+def _failed(error: BaseException) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(Failure(error))
+    return d
+
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Dialect",
+    "SQLStore",
+    "postgresDialect",
+    "sqliteDialect",
+]

@@ -1,0 +1,77 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+Hybrid runs' hidden turns (L{ai_agent.clienttools}) kept in the run store,
+so that a continuation finds them after a restart or on another instance.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ai_agent.clienttools import DEFAULT_TURN_TTL, HiddenTurn
+from ai_agent.store._base import TURNS, RunStore, StoredDocument, StoreError
+
+
+@attrs.define
+class StoreTurnStore:
+    """
+    A L{TurnStore<ai_agent.clienttools.TurnStore>} on a run store: each
+    hidden turn is one document in the C{turns} namespace under each of its
+    handed-back call ids, kept for the store's TTL but at most
+    L{DEFAULT_TURN_TTL<ai_agent.clienttools.DEFAULT_TURN_TTL>}.
+
+    A store that cannot be read counts as finding nothing (the run goes on
+    from what the client sent), with a warning.
+    """
+
+    log = Logger()
+
+    store: RunStore
+
+    @property
+    def ttl(self) -> float:
+        """
+        How long a hidden turn is kept.
+        """
+        return min(self.store.ttl, DEFAULT_TURN_TTL)
+
+    def saveTurn(self, turn: HiddenTurn) -> Deferred[None]:
+        document = turn.asJSON()
+        return self.store.putMany(
+            TURNS, {callId: document for callId in turn.clientCallIds}, self.ttl
+        )
+
+    def findTurn(self, callIds: Sequence[str]) -> Deferred[HiddenTurn | None]:
+        def found(documents: dict[str, StoredDocument]) -> HiddenTurn | None:
+            for callId in callIds:
+                stored = documents.get(callId)
+                if stored is None:
+                    continue
+                try:
+                    return HiddenTurn.fromJSON(stored.document)
+                except ValueError as error:
+                    self.log.warn(
+                        "run store: the hidden turn under {callId} is unreadable: {error}",
+                        callId=callId,
+                        error=str(error),
+                    )
+            return None
+
+        def unavailable(failure: Failure) -> None:
+            failure.trap(StoreError)
+            self.log.warn(
+                "run store unavailable, hidden turns of {calls} not looked up: {problem}",
+                calls=", ".join(callIds[:8]),
+                problem=failure.getErrorMessage(),
+            )
+            return None
+
+        return self.store.getMany(TURNS, callIds).addCallbacks(found, unavailable)
+
+
+__all__ = ["StoreTurnStore"]

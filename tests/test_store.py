@@ -1,0 +1,1114 @@
+"""
+The run store (L{ai_agent.store}): the same behaviour checked on SQLite, on
+PostgreSQL (a real server; set C{AI_AGENT_TEST_POSTGRES_URL}, which
+C{.ci/run} does) and in memory, plus what only a database shows: a restart,
+the reactor staying free during big writes, several instances sharing one
+PostgreSQL, migrations racing, and passwords kept out of errors and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from typing import Any, Callable
+
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.python import usage
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from ai_agent.clienttools import HiddenTurn
+from ai_agent.errors import OPENAI_ERRORS
+from ai_agent.providers import ChatMessage, ToolCall
+from ai_agent.store import (
+    RESPONSES,
+    SCHEMA_VERSION,
+    TURNS,
+    DocumentTooLargeError,
+    MemoryStore,
+    SQLStore,
+    StoreError,
+    StoreService,
+    StoreStats,
+    StoreTurnStore,
+    StoreUnavailableError,
+    checkLocation,
+    defaultStorePath,
+    makeStore,
+    parseDuration,
+    postgresDialect,
+    redactURL,
+    sqliteDialect,
+)
+from ai_agent.store._base import urlSecrets
+from ai_agent.tap import ServerOptions
+from tests._harness import writeAgent
+
+POSTGRES_URL = os.environ.get("AI_AGENT_TEST_POSTGRES_URL", "")
+POSTGRES_SKIP = (
+    None
+    if POSTGRES_URL
+    else "AI_AGENT_TEST_POSTGRES_URL is not set: no PostgreSQL server to test against"
+    " (.ci/run starts one with .ci/postgres)"
+)
+
+#: How long a test waits for something the store does in its threads.
+TIMEOUT = 20.0
+
+
+def withTimeout(d: Deferred[Any], seconds: float = TIMEOUT) -> Deferred[Any]:
+    """
+    C{d}, failing with a timeout after C{seconds}.
+    """
+    return d.addTimeout(seconds, reactor)
+
+
+class LogCapture:
+    """
+    The text of every log event published while a test runs.
+    """
+
+    def __init__(self, testCase: SynchronousTestCase) -> None:
+        self.events: list[LogEvent] = []
+        self._waiters: list[tuple[Callable[[str], bool], Deferred[str]]] = []
+        globalLogPublisher.addObserver(self)
+        testCase.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event: LogEvent) -> None:
+        self.events.append(event)
+        text = self.text(event)
+        for waiter in list(self._waiters):
+            if waiter[0](text) and not waiter[1].called:
+                self._waiters.remove(waiter)
+                waiter[1].callback(text)
+
+    def text(self, event: LogEvent) -> str:
+        """
+        An event as text, its fields included.
+        """
+        return (formatEvent(event) or "") + " " + repr(sorted(event.items(), key=str))
+
+    def everything(self) -> str:
+        """
+        All events as one text.
+        """
+        return "\n".join(self.text(event) for event in self.events)
+
+    def waitFor(self, predicate: Callable[[str], bool]) -> Deferred[str]:
+        """
+        A Deferred firing with the first event text (from now) for which
+        C{predicate} holds, failing after L{TIMEOUT}.
+        """
+        d: Deferred[str] = Deferred()
+        self._waiters.append((predicate, d))
+        return withTimeout(d)
+
+
+class StoreBehaviourMixin:
+    """
+    The behaviour every run store has.  Subclasses build the store in
+    L{makeStore}; C{self.clock} drives time.
+    """
+
+    clock: Clock
+    realThreads = True
+
+    def makeStore(self, **limits: Any) -> Any:
+        raise NotImplementedError
+
+    async def openStore(self, **limits: Any) -> Any:
+        store = self.makeStore(**limits)
+        self.addCleanup(store.close)  # type: ignore[attr-defined]
+        await withTimeout(store.start())
+        return store
+
+    async def test_putThenGet(self) -> None:
+        """
+        A document put is read back equal (a copy), with its creation time
+        and expiry from the store's clock and TTL.
+        """
+        store = await self.openStore()
+        self.clock.advance(1000)
+        document = {"turns": [{"role": "assistant", "content": "é ✓", "n": 1.5}], "ok": True}
+        await store.put(TURNS, "call_1", document)
+        found = await store.get(TURNS, "call_1")
+        self.assertEqual(found.document, document)  # type: ignore[attr-defined]
+        self.assertEqual((found.namespace, found.key), (TURNS, "call_1"))  # type: ignore[attr-defined]
+        self.assertEqual(found.createdAt, 1000)  # type: ignore[attr-defined]
+        self.assertEqual(found.expiresAt, 1000 + store.ttl)  # type: ignore[attr-defined]
+        found.document["ok"] = False
+        again = await store.get(TURNS, "call_1")
+        self.assertIs(again.document["ok"], True)  # type: ignore[attr-defined]
+
+    async def test_missing(self) -> None:
+        """
+        A key never put reads as L{None}, and so does an overlong one.
+        """
+        store = await self.openStore()
+        self.assertIsNone(await store.get(TURNS, "nothing"))  # type: ignore[attr-defined]
+        self.assertIsNone(await store.get(TURNS, "x" * 5000))  # type: ignore[attr-defined]
+
+    async def test_replace(self) -> None:
+        """
+        A second put under the same key replaces the document and its times.
+        """
+        store = await self.openStore()
+        await store.put(RESPONSES, "resp_1", {"v": 1})
+        self.clock.advance(10)
+        await store.put(RESPONSES, "resp_1", {"v": 2}, ttl=60)
+        found = await store.get(RESPONSES, "resp_1")
+        self.assertEqual(found.document, {"v": 2})  # type: ignore[attr-defined]
+        self.assertEqual(found.expiresAt, 70)  # type: ignore[attr-defined]
+        self.assertEqual(await store.stats(RESPONSES), StoreStats(1, 7))  # type: ignore[attr-defined]
+
+    async def test_namespacesApart(self) -> None:
+        """
+        The same key in two namespaces names two documents.
+        """
+        store = await self.openStore()
+        await store.put(TURNS, "k", "turn")
+        await store.put(RESPONSES, "k", "response")
+        self.assertEqual((await store.get(TURNS, "k")).document, "turn")  # type: ignore[attr-defined]
+        self.assertEqual((await store.get(RESPONSES, "k")).document, "response")  # type: ignore[attr-defined]
+
+    async def test_getMany(self) -> None:
+        """
+        C{getMany} answers the keys found, by key, whatever else was asked:
+        unknown, repeated, overlong keys, and more keys than one query takes.
+        """
+        store = await self.openStore()
+        await store.putMany(TURNS, {f"call_{n}": {"n": n} for n in range(0, 500, 7)})
+        asked = [f"call_{n}" for n in range(500)] + ["call_7", "y" * 1000]
+        found = await store.getMany(TURNS, asked)
+        self.assertEqual(sorted(found), sorted(f"call_{n}" for n in range(0, 500, 7)))
+        self.assertEqual(found["call_21"].document, {"n": 21})
+        self.assertEqual(await store.getMany(TURNS, []), {})  # type: ignore[attr-defined]
+
+    async def test_putManyAllOrNothing(self) -> None:
+        """
+        When one document of a C{putMany} is too large, none is stored.
+        """
+        store = await self.openStore(maxDocumentSize=100)
+        with self.assertRaises(DocumentTooLargeError):  # type: ignore[attr-defined]
+            await store.putMany(TURNS, {"a": "small", "b": "x" * 200})
+        self.assertEqual(await store.getMany(TURNS, ["a", "b"]), {})  # type: ignore[attr-defined]
+
+    async def test_sizeLimit(self) -> None:
+        """
+        A document over C{maxDocumentSize} (counted in UTF-8 bytes of its
+        JSON) is refused with a 413 naming both sizes; one at the limit is
+        stored.
+        """
+        store = await self.openStore(maxDocumentSize=20)
+        await store.put(TURNS, "fits", "é" * 9)  # 18 bytes + 2 quotes
+        with self.assertRaises(DocumentTooLargeError) as caught:  # type: ignore[attr-defined]
+            await store.put(TURNS, "big", "é" * 10)
+        error = caught.exception
+        envelope = OPENAI_ERRORS.envelope(error)["error"]
+        self.assertEqual((error.status, envelope["type"]), (413, "invalid_request_error"))  # type: ignore[attr-defined]
+        self.assertEqual(envelope["code"], "store_document_too_large")  # type: ignore[attr-defined]
+        self.assertEqual((error.size, error.limit), (22, 20))  # type: ignore[attr-defined]
+        self.assertIn("22 bytes", envelope["message"])  # type: ignore[attr-defined]
+        self.assertIsNone(await store.get(TURNS, "big"))  # type: ignore[attr-defined]
+        self.assertIsNotNone(await store.get(TURNS, "fits"))  # type: ignore[attr-defined]
+
+    async def test_badKey(self) -> None:
+        """
+        Putting under an empty or overlong key is a 400.
+        """
+        store = await self.openStore()
+        for key in ("", "k" * 513):
+            with self.assertRaises(StoreError) as caught:  # type: ignore[attr-defined]
+                await store.put(TURNS, key, 1)
+            self.assertEqual(caught.exception.status, 400)  # type: ignore[attr-defined]
+
+    async def test_delete(self) -> None:
+        """
+        C{delete} removes a document and says whether there was one; an
+        expired document counts as none.
+        """
+        store = await self.openStore()
+        await store.put(RESPONSES, "resp_1", 1)
+        await store.put(RESPONSES, "resp_2", 2, ttl=5)
+        self.assertIs(await store.delete(RESPONSES, "resp_1"), True)  # type: ignore[attr-defined]
+        self.assertIs(await store.delete(RESPONSES, "resp_1"), False)  # type: ignore[attr-defined]
+        self.assertIsNone(await store.get(RESPONSES, "resp_1"))  # type: ignore[attr-defined]
+        self.clock.advance(5)
+        self.assertIs(await store.delete(RESPONSES, "resp_2"), False)  # type: ignore[attr-defined]
+
+    async def test_expiry(self) -> None:
+        """
+        A document is invisible from its expiry on, before any purge; the
+        store's TTL applies unless a put gives its own.
+        """
+        store = await self.openStore()
+        await store.put(TURNS, "short", 1, ttl=10)
+        await store.put(TURNS, "long", 2)
+        self.clock.advance(9.5)
+        self.assertEqual(sorted(await store.getMany(TURNS, ["short", "long"])), ["long", "short"])  # type: ignore[attr-defined]
+        self.clock.advance(0.5)
+        self.assertEqual(list(await store.getMany(TURNS, ["short", "long"])), ["long"])  # type: ignore[attr-defined]
+        self.assertEqual((await store.stats()).entries, 1)  # type: ignore[attr-defined]
+        self.clock.advance(store.ttl)
+        self.assertIsNone(await store.get(TURNS, "long"))  # type: ignore[attr-defined]
+
+    async def test_purge(self) -> None:
+        """
+        C{purge} removes the expired documents and answers how many.
+        """
+        store = await self.openStore()
+        await store.putMany(TURNS, {"a": 1, "b": 2}, ttl=10)
+        await store.put(TURNS, "c", 3, ttl=100)
+        self.assertEqual(await store.purge(), 0)  # type: ignore[attr-defined]
+        self.clock.advance(10)
+        self.assertEqual(await store.purge(), 2)  # type: ignore[attr-defined]
+        self.assertEqual(await store.purge(), 0)  # type: ignore[attr-defined]
+        self.assertEqual(list(await store.getMany(TURNS, "abc")), ["c"])  # type: ignore[attr-defined]
+
+    async def test_periodicPurge(self) -> None:
+        """
+        Once started, the store purges expired documents every
+        C{purgeInterval} seconds of its clock, and stops doing so when
+        closed.
+        """
+        logs = LogCapture(self)  # type: ignore[arg-type]
+        store = await self.openStore(purgeInterval=60)
+        await store.putMany(TURNS, {"a": 1, "b": 2}, ttl=30)
+        purged = logs.waitFor(lambda text: "purge removed 2 documents" in text)
+        self.clock.advance(60)
+        await purged
+        self.assertEqual(await store.purge(), 0)  # type: ignore[attr-defined]
+        await store.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # type: ignore[attr-defined]
+
+    async def test_boundOnEntries(self) -> None:
+        """
+        Past C{maxEntries}, a put evicts the oldest documents, down to 90%
+        of the bound; the newest stay.
+        """
+        store = await self.openStore(maxEntries=10)
+        for n in range(11):
+            self.clock.advance(1)
+            await store.put(TURNS, f"k{n:02}", n)
+        stats = await store.stats()
+        self.assertEqual(stats.entries, 9)
+        found = await store.getMany(TURNS, [f"k{n:02}" for n in range(11)])
+        self.assertEqual(sorted(found), [f"k{n:02}" for n in range(2, 11)])
+
+    async def test_boundOnBytes(self) -> None:
+        """
+        Past C{maxBytes}, a put evicts the oldest documents until the rest
+        take at most 90% of it.
+        """
+        store = await self.openStore(maxBytes=1000)
+        for n in range(12):
+            self.clock.advance(1)
+            await store.put(RESPONSES, f"r{n:02}", "x" * 98)  # 100 bytes each
+        stats = await store.stats()
+        self.assertLessEqual(stats.bytes, 1000)
+        found = await store.getMany(RESPONSES, [f"r{n:02}" for n in range(12)])
+        self.assertIn("r11", found)
+        self.assertNotIn("r00", found)
+        self.assertEqual(stats.entries, len(found))
+
+    async def test_stats(self) -> None:
+        """
+        C{stats} counts documents and the bytes of their JSON, for the whole
+        store or one namespace.
+        """
+        store = await self.openStore()
+        self.assertEqual(await store.stats(), StoreStats(0, 0))  # type: ignore[attr-defined]
+        await store.put(TURNS, "a", [1, 2])  # [1,2]
+        await store.put(RESPONSES, "b", "é")  # "é": 4 bytes
+        self.assertEqual(await store.stats(), StoreStats(2, 9))  # type: ignore[attr-defined]
+        self.assertEqual(await store.stats(RESPONSES), StoreStats(1, 4))  # type: ignore[attr-defined]
+
+    async def test_awkwardText(self) -> None:
+        """
+        Text the database could not hold as is (NUL, lone surrogates,
+        quotes, markers of SQL parameters) round-trips unchanged.
+        """
+        store = await self.openStore()
+        document = {"nul": "a\x00b", "surrogate": "\ud800", "sql": "?, %s, %(x)s, '; --"}
+        await store.put(TURNS, "odd ? %s key", document)
+        found = await store.get(TURNS, "odd ? %s key")
+        self.assertEqual(found.document, document)  # type: ignore[attr-defined]
+
+    async def test_closed(self) -> None:
+        """
+        After C{close}, operations fail with a L{StoreError}.
+        """
+        store = await self.openStore()
+        await store.close()
+        with self.assertRaises(StoreError):  # type: ignore[attr-defined]
+            await store.get(TURNS, "a")
+        with self.assertRaises(StoreError):  # type: ignore[attr-defined]
+            await store.put(TURNS, "a", 1)
+
+
+class SQLStoreBehaviourMixin(StoreBehaviourMixin):
+    """
+    What only a store on a database in threads shows.
+    """
+
+    async def test_restart(self) -> None:
+        """
+        Documents survive closing the store and opening it again (a server
+        restart), with their times.
+        """
+        store = await self.openStore()
+        await store.put(RESPONSES, "resp_1", {"output": ["hi"]})
+        await store.close()
+        again = await self.openStore()
+        found = await again.get(RESPONSES, "resp_1")
+        self.assertEqual(found.document, {"output": ["hi"]})  # type: ignore[attr-defined]
+        self.assertEqual(found.createdAt, 0)  # type: ignore[attr-defined]
+
+    async def test_operationsBeforeStart(self) -> None:
+        """
+        Operations called before C{start} open the store themselves.
+        """
+        store = self.makeStore()
+        self.addCleanup(store.close)  # type: ignore[attr-defined]
+        puts = [store.put(TURNS, f"k{n}", n) for n in range(5)]
+        await withTimeout(gatherResults(puts))
+        self.assertEqual((await store.stats()).entries, 5)  # type: ignore[attr-defined]
+
+    async def test_cancelGet(self) -> None:
+        """
+        Cancelling an operation fires it with L{CancelledError} at once and
+        leaves the store working.
+        """
+        store = await self.openStore()
+        d = store.get(TURNS, "a")
+        d.cancel()
+        with self.assertRaises(CancelledError):  # type: ignore[attr-defined]
+            await d
+        await store.put(TURNS, "a", 1)
+        self.assertEqual((await store.get(TURNS, "a")).document, 1)  # type: ignore[attr-defined]
+
+    async def test_cancelQueuedPut(self) -> None:
+        """
+        A put cancelled while it waits behind other work is not done.
+        """
+        store = await self.openStore()
+        big = store.putMany(TURNS, {f"b{n}": "x" * 2000 for n in range(3000)})
+        waiting = [store.put(TURNS, f"w{n}", n) for n in range(store.connections + 1)]
+        for d in waiting:
+            d.cancel()
+        for d in waiting:
+            with self.assertRaises(CancelledError):  # type: ignore[attr-defined]
+                await d
+        await withTimeout(big)
+        found = await store.getMany(TURNS, [f"w{n}" for n in range(store.connections + 1)])
+        # Each thread may have started one before the cancel; the rest waited.
+        self.assertLess(len(found), store.connections + 1)
+        await withTimeout(store.close())
+
+    async def test_reactorFreeDuringBigWrite(self) -> None:
+        """
+        While a large write runs, the reactor keeps running: a timer due
+        10ms later fires before the write completes.
+        """
+        store = await self.openStore()
+        events: list[str] = []
+        write = store.putMany(TURNS, {f"k{n}": {"text": "y" * 4000} for n in range(4000)})
+        write.addCallback(lambda _: events.append("written"))
+        timer = deferLater(reactor, 0.01, events.append, "timer")
+        await withTimeout(gatherResults([write, timer]))
+        self.assertEqual(events, ["timer", "written"])
+
+    async def test_manyPutsAtOnce(self) -> None:
+        """
+        Hundreds of puts issued at once all complete and are all readable.
+        """
+        store = await self.openStore()
+        started = time.monotonic()
+        await withTimeout(gatherResults([store.put(TURNS, f"c{n}", {"n": n}) for n in range(300)]))
+        self.elapsed = time.monotonic() - started
+        found = await store.getMany(TURNS, [f"c{n}" for n in range(300)])
+        self.assertEqual(len(found), 300)
+        self.assertEqual(found["c299"].document, {"n": 299})
+
+    async def test_closeWaitsForWork(self) -> None:
+        """
+        C{close} lets operations already under way finish and deliver their
+        results.
+        """
+        store = await self.openStore()
+        puts = [store.put(TURNS, f"k{n}", n) for n in range(50)]
+        await withTimeout(store.close())
+        results = await gatherResults(puts)
+        self.assertEqual(results, [None] * 50)
+
+    async def test_closeGivesUpOnHungWork(self) -> None:
+        """
+        An operation that does not finish (a database that stopped
+        answering) holds C{close} up for C{closeTimeout} seconds at most;
+        the store then closes with a warning, without waiting for its
+        threads.
+        """
+        logs = LogCapture(self)  # type: ignore[arg-type]
+        store = await self.openStore(closeTimeout=5)
+        release = threading.Event()
+        self.addCleanup(release.set)  # type: ignore[attr-defined]
+        hung = store._inThread("hang", lambda cursor: release.wait(TIMEOUT))
+        closing = store.close()
+        self.clock.advance(4)
+        self.assertFalse(closing.called)  # type: ignore[attr-defined]
+        self.clock.advance(1)
+        await withTimeout(closing)
+        self.assertIn("1 operations still running after 5s", logs.everything())
+        self.assertFalse(hung.called)  # type: ignore[attr-defined]
+        release.set()
+        await withTimeout(hung)
+
+
+class MemoryStoreTests(StoreBehaviourMixin, TestCase):
+    """
+    L{MemoryStore} behaves as the database stores do.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def makeStore(self, **limits: Any) -> MemoryStore:
+        return MemoryStore(self.clock, **limits)
+
+    def test_synchronous(self) -> None:
+        """
+        Every operation's Deferred has fired when it is returned, so unit
+        tests need no reactor.
+        """
+        store = self.makeStore()
+        self.successResultOf(store.start())
+        self.successResultOf(store.put(TURNS, "a", 1))
+        self.assertEqual(self.successResultOf(store.get(TURNS, "a")).document, 1)
+        self.failureResultOf(store.put(TURNS, "", 1), StoreError)
+        self.successResultOf(store.close())
+
+
+class SQLiteStoreTests(SQLStoreBehaviourMixin, TestCase):
+    """
+    The store on SQLite, in a file of the test's temporary directory.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "state", "store.sqlite3")
+
+    def makeStore(self, **limits: Any) -> SQLStore:
+        return SQLStore(sqliteDialect(self.path), reactor, self.clock, **limits)
+
+    async def test_fileAndWAL(self) -> None:
+        """
+        Opening creates the file's directory (mode 0700) and the file (mode
+        0600), in WAL mode, with the current schema version recorded.
+        """
+        await self.openStore()
+        self.assertEqual(os.stat(os.path.dirname(self.path)).st_mode & 0o777, 0o700)
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+        connection = sqlite3.connect(self.path)
+        self.addCleanup(connection.close)
+        self.assertEqual(connection.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+        rows = connection.execute("SELECT version FROM ai_agent_store_schema").fetchall()
+        self.assertEqual(rows, [(SCHEMA_VERSION,)])
+
+    async def test_twoProcessesShareTheFile(self) -> None:
+        """
+        Two stores on one file (as two worker processes would be) open it
+        at once and see each other's documents.
+        """
+        first, second = self.makeStore(), self.makeStore()
+        self.addCleanup(first.close)
+        self.addCleanup(second.close)
+        await withTimeout(gatherResults([first.start(), second.start()]))
+        await first.put(TURNS, "a", 1)
+        self.assertEqual((await second.get(TURNS, "a")).document, 1)  # type: ignore[union-attr]
+
+    async def test_newerSchema(self) -> None:
+        """
+        A file written by a newer ai-agent (a higher schema version) is
+        refused with a message saying so, and nothing is changed.
+        """
+        await (await self.openStore()).close()
+        connection = sqlite3.connect(self.path)
+        connection.execute("INSERT INTO ai_agent_store_schema VALUES (99)")
+        connection.commit()
+        connection.close()
+        store = self.makeStore()
+        self.addCleanup(store.close)
+        with self.assertRaises(StoreError) as caught:
+            await withTimeout(store.start())
+        self.assertIn("version 99, newer", caught.exception.message)
+
+    async def test_cannotOpen(self) -> None:
+        """
+        A file that cannot be created fails the opening (and each
+        operation) with a 503 C{store_unavailable}, logged once per
+        attempt.
+        """
+        blocker = self.mktemp()
+        with open(blocker, "w") as f:
+            f.write("a file, not a directory")
+        self.path = os.path.join(blocker, "sub", "store.sqlite3")
+        logs = LogCapture(self)
+        store = self.makeStore()
+        self.addCleanup(store.close)
+        with self.assertRaises(StoreUnavailableError) as caught:
+            await withTimeout(store.start())
+        self.assertEqual(caught.exception.status, 503)
+        self.assertEqual(caught.exception.code, "store_unavailable")
+        with self.assertRaises(StoreUnavailableError):
+            await withTimeout(store.get(TURNS, "a"))
+        opened = [e for e in logs.events if "cannot open the run store" in formatEvent(e)]
+        self.assertEqual(len(opened), 2)
+
+
+class PostgresTestMixin:
+    """
+    Each test starts from an empty database: the store's tables dropped.
+    """
+
+    skip = POSTGRES_SKIP
+
+    def dropTables(self) -> Deferred[None]:
+        def drop() -> None:
+            import psycopg
+
+            with psycopg.connect(POSTGRES_URL) as connection:
+                connection.execute("DROP TABLE IF EXISTS ai_agent_store, ai_agent_store_schema")
+
+        return deferToThread(drop)
+
+    def makePostgresStore(self, url: str = "", **limits: Any) -> SQLStore:
+        return SQLStore(
+            postgresDialect(url or POSTGRES_URL),
+            reactor,
+            self.clock,  # type: ignore[attr-defined]
+            connections=4,
+            **limits,
+        )
+
+
+class PostgresStoreTests(PostgresTestMixin, SQLStoreBehaviourMixin, TestCase):
+    """
+    The store on a real PostgreSQL server.
+    """
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.clock = Clock()
+        await withTimeout(self.dropTables())
+
+    def makeStore(self, **limits: Any) -> SQLStore:
+        return self.makePostgresStore(**limits)
+
+    async def test_twoInstancesShareOneDatabase(self) -> None:
+        """
+        Two stores with their own connection pools (two server instances)
+        share one database: what one puts the other reads, and deletes.
+        """
+        first, second = self.makeStore(), self.makeStore()
+        for store in (first, second):
+            self.addCleanup(store.close)
+        await withTimeout(gatherResults([first.start(), second.start()]))
+        await first.put(RESPONSES, "resp_1", {"made": "on one"})
+        found = await second.get(RESPONSES, "resp_1")
+        self.assertEqual(found.document, {"made": "on one"})  # type: ignore[union-attr]
+        self.assertIs(await second.delete(RESPONSES, "resp_1"), True)
+        self.assertIsNone(await first.get(RESPONSES, "resp_1"))
+
+    async def test_migrationRace(self) -> None:
+        """
+        Several instances starting at once on an empty database all open it;
+        the schema is created once and its version recorded once.
+        """
+        stores = [self.makeStore() for _ in range(4)]
+        for store in stores:
+            self.addCleanup(store.close)
+        await withTimeout(gatherResults([store.start() for store in stores]))
+
+        def versions() -> list[tuple[int]]:
+            import psycopg
+
+            with psycopg.connect(POSTGRES_URL) as connection:
+                return connection.execute("SELECT version FROM ai_agent_store_schema").fetchall()
+
+        self.assertEqual(await deferToThread(versions), [(SCHEMA_VERSION,)])
+        await stores[3].put(TURNS, "a", 1)
+        self.assertEqual((await stores[0].get(TURNS, "a")).document, 1)  # type: ignore[union-attr]
+
+    async def test_tablesMadeForIt(self) -> None:
+        """
+        A user that may not create tables uses the tables another user
+        created: opening creates nothing that exists.
+        """
+        await (await self.openStore()).close()
+        password = "limited-pw"
+
+        def limitedRole(create: bool) -> None:
+            import psycopg
+
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+                if create:
+                    connection.execute("DROP ROLE IF EXISTS ai_agent_limited")
+                    connection.execute(f"CREATE ROLE ai_agent_limited LOGIN PASSWORD '{password}'")
+                    connection.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+                    connection.execute(
+                        "GRANT SELECT, INSERT, UPDATE, DELETE"
+                        " ON ai_agent_store, ai_agent_store_schema TO ai_agent_limited"
+                    )
+                else:
+                    connection.execute("DROP OWNED BY ai_agent_limited")
+                    connection.execute("DROP ROLE ai_agent_limited")
+
+        await deferToThread(limitedRole, True)
+        self.addCleanup(deferToThread, limitedRole, False)
+        scheme, rest = POSTGRES_URL.split("://", 1)
+        url = f"{scheme}://ai_agent_limited:{password}@{rest.split('@', 1)[1]}"
+        store = self.makePostgresStore(url)
+        self.addCleanup(store.close)
+        await withTimeout(store.start())
+        await store.put(TURNS, "a", {"by": "limited"})
+        self.assertEqual((await store.get(TURNS, "a")).document, {"by": "limited"})  # type: ignore[union-attr]
+
+    async def test_reconnects(self) -> None:
+        """
+        When the server drops the store's connections (a restart), the next
+        operation may fail with a 503, and later ones reconnect.
+        """
+        store = await self.openStore()
+        await store.put(TURNS, "a", 1)
+
+        def terminate() -> None:
+            import psycopg
+
+            with psycopg.connect(POSTGRES_URL) as connection:
+                connection.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = 'ai-agent'"
+                )
+
+        await deferToThread(terminate)
+        for _ in range(store.connections + 1):
+            try:
+                await withTimeout(store.get(TURNS, "a"))
+            except StoreUnavailableError:
+                pass
+        found = await withTimeout(store.get(TURNS, "a"))
+        self.assertEqual(found.document, 1)  # type: ignore[union-attr]
+
+
+class PostgresSecretTests(PostgresTestMixin, TestCase):
+    """
+    A PostgreSQL password never appears in an error or a log line.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.password = urlSecrets(POSTGRES_URL)[0] if POSTGRES_URL else "unused"
+
+    async def test_wrongPassword(self) -> None:
+        """
+        A wrong password fails the opening with a 503 whose message, like
+        every log line, has neither the wrong password nor the right one.
+        """
+        wrong = "not-" + self.password
+        url = POSTGRES_URL.replace(self.password, wrong)
+        logs = LogCapture(self)
+        store = self.makePostgresStore(url)
+        self.addCleanup(store.close)
+        with self.assertRaises(StoreUnavailableError) as caught:
+            await withTimeout(store.start())
+        message = caught.exception.message
+        self.assertIn("password authentication failed", message)
+        for secret in (wrong, self.password):
+            self.assertNotIn(secret, message)
+            self.assertNotIn(secret, repr(OPENAI_ERRORS.envelope(caught.exception)))
+            self.assertNotIn(secret, logs.everything())
+            self.assertNotIn(secret, store.description)
+        self.assertIn("***", store.description)
+
+    async def test_noPasswordInLogs(self) -> None:
+        """
+        Opening, using and closing a store logs where it is, without the
+        password.
+        """
+        logs = LogCapture(self)
+        store = self.makePostgresStore()
+        await withTimeout(store.start())
+        await store.put(TURNS, "a", 1)
+        await store.close()
+        text = logs.everything()
+        self.assertIn("run store open (PostgreSQL postgresql://", text)
+        self.assertNotIn(self.password, text)
+
+    async def test_unreachable(self) -> None:
+        """
+        A server that is not there fails the opening with a 503 that names
+        neither password.
+        """
+        url = POSTGRES_URL.rsplit("@", 1)[0] + "@127.0.0.1:1/nowhere"
+        store = self.makePostgresStore(url)
+        self.addCleanup(store.close)
+        with self.assertRaises(StoreUnavailableError) as caught:
+            await withTimeout(store.start())
+        self.assertNotIn(self.password, caught.exception.message)
+
+
+class SettingsTests(SynchronousTestCase):
+    """
+    Parsing the store's settings, choosing a store, and the server options.
+    """
+
+    def test_durations(self) -> None:
+        """
+        Durations take s, m, h, d, w or bare seconds; others are refused.
+        """
+        self.assertEqual(parseDuration("30d"), 30 * 86400)
+        self.assertEqual(parseDuration("12h"), 43200)
+        self.assertEqual(parseDuration("1.5m"), 90)
+        self.assertEqual(parseDuration("3600"), 3600)
+        self.assertEqual(parseDuration("2w"), 14 * 86400)
+        for bad in ("", "0", "-1d", "3 days", "1y", "d"):
+            self.assertRaises(ValueError, parseDuration, bad)
+
+    def test_defaultPath(self) -> None:
+        """
+        The default file is under C{$XDG_STATE_HOME}, else
+        C{~/.local/state}; a relative XDG_STATE_HOME is ignored.
+        """
+        self.assertEqual(
+            defaultStorePath({"XDG_STATE_HOME": "/s", "HOME": "/h"}), "/s/ai-agent/store.sqlite3"
+        )
+        self.assertEqual(defaultStorePath({"HOME": "/h"}), "/h/.local/state/ai-agent/store.sqlite3")
+        self.assertEqual(
+            defaultStorePath({"XDG_STATE_HOME": "rel", "HOME": "/h"}),
+            "/h/.local/state/ai-agent/store.sqlite3",
+        )
+
+    def test_redactURL(self) -> None:
+        """
+        Passwords in the user information or the query become C{***}; the
+        rest of the URL stays readable.
+        """
+        self.assertEqual(
+            redactURL("postgresql://u:p%40ss@db:5432/x?sslmode=require&password=q"),
+            "postgresql://u:***@db:5432/x?sslmode=require&password=***",
+        )
+        self.assertEqual(redactURL("postgresql://u@db/x"), "postgresql://u@db/x")
+        secrets = urlSecrets("postgresql://u:p%40ss@db/x")
+        self.assertLessEqual({"p%40ss", "p@ss"}, set(secrets))
+        self.assertNotIn("u", secrets)
+
+    def test_makeStore(self) -> None:
+        """
+        C{--store} picks the store: none, memory, a PostgreSQL URL, a file,
+        or the default file; nothing is opened yet.
+        """
+        clock = Clock()
+        self.assertIsNone(makeStore("none", reactor, clock))
+        self.assertIsInstance(makeStore("memory", reactor, clock), MemoryStore)
+        postgres = makeStore("postgres://u:secret@db/x", reactor, clock, ttl=60)
+        assert isinstance(postgres, SQLStore)
+        self.assertEqual(postgres.dialect.name, "postgresql")
+        self.assertEqual(postgres.ttl, 60)
+        self.assertNotIn("secret", postgres.description)
+        sqlite = makeStore("~/x.sqlite3", reactor, clock)
+        assert isinstance(sqlite, SQLStore)
+        self.assertEqual(sqlite.description, "SQLite " + os.path.expanduser("~/x.sqlite3"))
+        default = makeStore(None, reactor, clock, environ={"XDG_STATE_HOME": "/state"})
+        assert isinstance(default, SQLStore)
+        self.assertEqual(default.description, "SQLite /state/ai-agent/store.sqlite3")
+        self.assertFalse(os.path.exists("/state"))
+
+    def test_checkLocation(self) -> None:
+        """
+        A PostgreSQL URL that cannot be parsed is refused, without its
+        password; local-socket URLs and files are accepted.
+        """
+        checkLocation("postgresql://u:pw@db/x")
+        checkLocation("/var/lib/store.sqlite3")
+        checkLocation("postgresql:///x?host=/run/postgresql")
+        with self.assertRaises(ValueError) as caught:
+            checkLocation("postgresql://u:secret@db:port/x")
+        self.assertIn("postgresql://u:***@db:port/x is not a PostgreSQL URL", str(caught.exception))
+        self.assertNotIn("secret", str(caught.exception))
+
+    def test_serverOptions(self) -> None:
+        """
+        C{--store} and C{--store-ttl} reach the options (the TTL in
+        seconds); a bad TTL or URL is a usage error without the password.
+        """
+        folder = self.mktemp()
+        os.makedirs(folder)
+        agent = writeAgent(folder, "a.ai")
+        options = ServerOptions()
+        options.parseOptions(["--agent", agent])
+        self.assertEqual((options["store"], options["store-ttl"]), (None, 30 * 86400))
+        options = ServerOptions()
+        options.parseOptions(["--agent", agent, "--store", "none", "--store-ttl", "2h"])
+        self.assertEqual((options["store"], options["store-ttl"]), ("none", 7200))
+        with self.assertRaises(usage.UsageError):
+            ServerOptions().parseOptions(["--agent", agent, "--store-ttl", "soon"])
+        with self.assertRaises(usage.UsageError) as caught:
+            ServerOptions().parseOptions(["--agent", agent, "--store", "postgresql://u:pw@h:x/"])
+        self.assertNotIn("pw", str(caught.exception))
+
+    def test_service(self) -> None:
+        """
+        L{StoreService} opens its store when started and closes it when
+        stopped, stopping the periodic purge.
+        """
+        clock = Clock()
+        store = MemoryStore(clock, purgeInterval=10)
+        service = StoreService(store)
+        service.startService()
+        self.successResultOf(store.put(TURNS, "a", 1))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        self.successResultOf(service.stopService())
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.failureResultOf(store.get(TURNS, "a"), StoreError)
+
+
+class ServerWiringTests(TestCase):
+    """
+    The server opens the store C{--store} names when it starts and closes
+    it when it stops; L{Runtime.store<ai_agent.runtime.Runtime>} is it.
+    """
+
+    def setUp(self) -> None:
+        self.folder = os.path.abspath(self.mktemp())
+        os.makedirs(self.folder)
+        writeAgent(self.folder, "chat.ai")
+        # The agent's provider; nothing here calls it.
+        with open(os.path.join(self.folder, ".ai-agent.json"), "w") as f:
+            json.dump(
+                {"providers": {"fake": {"type": "openai", "baseUrl": "http://127.0.0.1:9"}}}, f
+            )
+
+    def build(self, *argv: str) -> Any:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from ai_agent import tap
+
+        options = tap.Options()
+        options.parseOptions(
+            [
+                "--agent",
+                os.path.join(self.folder, "chat.ai"),
+                "--config",
+                os.path.join(self.folder, ".ai-agent.json"),
+                "--openai-completions",
+                "0",
+                *argv,
+            ]
+        )
+        return tap.makeService(options, MemoryReactorClock())
+
+    def test_runtimeStore(self) -> None:
+        """
+        C{--store FILE} gives the runtime a SQLite store on that file, with
+        C{--store-ttl}, and a service that opens and closes it; C{--store
+        none} gives it none.
+        """
+        path = os.path.join(self.folder, "s.sqlite3")
+        top = self.build("--store", path, "--store-ttl", "1h")
+        runtimes = [child.runtime for child in top if hasattr(child, "runtime")]
+        stores = [child.store for child in top if isinstance(child, StoreService)]
+        self.assertEqual(len(stores), 1)
+        self.assertIs(runtimes[0].store, stores[0])
+        self.assertEqual(stores[0].description, "SQLite " + path)
+        self.assertEqual(stores[0].ttl, 3600)
+        top = self.build("--store", "none")
+        self.assertIsNone([c.runtime for c in top if hasattr(c, "runtime")][0].store)
+        self.assertEqual([c for c in top if isinstance(c, StoreService)], [])
+
+    async def serve(self, *argv: str) -> str:
+        """
+        Run C{ai-agent} on this folder until its store is open, stop it with
+        SIGTERM, and return its output.
+        """
+        import signal
+
+        from tests._process import ServerProcess, childEnvironment, command, freePort
+
+        protocol = ServerProcess()
+        full = [
+            *command("ai-agent"),
+            "--agent",
+            "chat.ai",
+            "--openai-completions",
+            str(freePort()),
+            *argv,
+        ]
+        reactor.spawnProcess(
+            protocol, full[0], full, env=childEnvironment(HOME=self.folder), path=self.folder
+        )
+        try:
+            for _ in range(int(TIMEOUT / 0.1)):
+                if b"run store open" in protocol.output or protocol.ended.called:
+                    break
+                await deferLater(reactor, 0.1, lambda: None)
+        finally:
+            if not protocol.ended.called:
+                os.kill(protocol.transport.pid, signal.SIGTERM)
+            status = await withTimeout(protocol.ended)
+        output = protocol.output.decode()
+        self.assertEqual(status, 0, output)
+        return output
+
+    async def test_defaultFile(self) -> None:
+        """
+        Without C{--store}, a server keeps its store in
+        C{~/.local/state/ai-agent/store.sqlite3}, opened at start and closed
+        at a SIGTERM.
+        """
+        output = await self.serve()
+        path = os.path.join(self.folder, ".local", "state", "ai-agent", "store.sqlite3")
+        self.assertIn(f"run store open (SQLite {path}, schema {SCHEMA_VERSION})", output)
+        self.assertIn(f"run store closed (SQLite {path})", output)
+        self.assertTrue(os.path.isfile(path))
+
+    async def test_postgresPasswordNotLogged(self) -> None:
+        """
+        A server on a PostgreSQL store logs where it is, never its password.
+        """
+        if not POSTGRES_URL:
+            raise SkipTest(POSTGRES_SKIP)
+        output = await self.serve("--store", POSTGRES_URL)
+        self.assertIn(f"run store open (PostgreSQL {redactURL(POSTGRES_URL)}", output)
+        for secret in urlSecrets(POSTGRES_URL):
+            self.assertNotIn(secret, output)
+
+
+class StoreTurnStoreTests(TestCase):
+    """
+    Hybrid runs' hidden turns kept in the run store (L{StoreTurnStore}), on
+    SQLite.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "store.sqlite3")
+
+    async def openTurns(self, path: str | None = None, **limits: Any) -> StoreTurnStore:
+        store = SQLStore(sqliteDialect(path or self.path), reactor, self.clock, **limits)
+        self.addCleanup(store.close)
+        await withTimeout(store.start())
+        return StoreTurnStore(store)
+
+    def turn(self, *callIds: str) -> HiddenTurn:
+        return HiddenTurn(
+            (ChatMessage("assistant", "", toolCalls=(ToolCall("o1", "calc__add", "{}"),)),),
+            ChatMessage(
+                "assistant", "", toolCalls=tuple(ToolCall(i, "get_weather", "{}") for i in callIds)
+            ),
+            (ChatMessage("tool", "2", toolCallId="o1"),),
+            callIds,
+        )
+
+    async def test_foundByAnyCallId(self) -> None:
+        """
+        A hidden turn is found by any of its handed-back call ids, equal to
+        what was saved; unknown ids find nothing.
+        """
+        turns = await self.openTurns()
+        turn = self.turn("c1", "c2")
+        await turns.saveTurn(turn)
+        self.assertEqual(await turns.findTurn(["zz", "c2"]), turn)
+        self.assertIsNone(await turns.findTurn(["zz"]))
+
+    async def test_keptAtMostADay(self) -> None:
+        """
+        Hidden turns are kept for the store's TTL, but at most a day.
+        """
+        turns = await self.openTurns(ttl=30 * 86400)
+        self.assertEqual(turns.ttl, 86400)
+        self.assertEqual((await self.openTurns(ttl=600)).ttl, 600)
+        await turns.saveTurn(self.turn("c1"))
+        self.clock.advance(86400)
+        self.assertIsNone(await turns.findTurn(["c1"]))
+
+    async def test_unavailable(self) -> None:
+        """
+        A store that cannot be read finds nothing, with a warning, so the
+        run goes on from what the client sent.
+        """
+        blocker = self.mktemp()
+        with open(blocker, "w") as f:
+            f.write("not a directory")
+        store = SQLStore(sqliteDialect(os.path.join(blocker, "s.sqlite3")), reactor, self.clock)
+        self.addCleanup(store.close)
+        logs = LogCapture(self)
+        self.assertIsNone(await withTimeout(StoreTurnStore(store).findTurn(["c1"])))
+        self.assertIn("hidden turns of c1 not looked up", logs.everything())
+
+    async def test_unreadable(self) -> None:
+        """
+        A document that is not a hidden turn is skipped with a warning.
+        """
+        turns = await self.openTurns()
+        await turns.store.put(TURNS, "c1", {"not": "a turn"})
+        logs = LogCapture(self)
+        self.assertIsNone(await turns.findTurn(["c1"]))
+        self.assertIn("the hidden turn under c1 is unreadable", logs.everything())
+
+    async def test_continuationAfterRestart(self) -> None:
+        """
+        A hybrid run's first half on one store, its continuation on a store
+        opened afresh on the same file (a server restart): the continued
+        run's model sees the whole history, hidden turns included.
+        """
+        from ai_agent.request import RunRequest
+        from ai_agent.session import SessionRunner
+        from ai_agent.testing import ScriptedProvider
+        from tests.test_clienttools import WEATHER, _answer, _calls
+        from tests.test_session import _agent, _Tools
+
+        tools = _Tools({"calc__add": lambda args: succeed(str(args["a"] + args["b"]))})
+        provider = ScriptedProvider(
+            name="first",
+            replies=[
+                _calls(("o1", "calc__add", {"a": 2, "b": 3})),
+                _calls(("c1", "get_weather", {"city": "X"})),
+                _answer("5 and sunny"),
+            ],
+        )
+
+        def runner(turns: StoreTurnStore) -> SessionRunner:
+            return SessionRunner(
+                {"first": provider}.__getitem__, self.clock, lambda agent: tools, turns=turns
+            )
+
+        question = ChatMessage("user", "sum, then weather")
+        before = await self.openTurns()
+        await runner(before).run(
+            _agent(), RunRequest((question,), clientTools=(WEATHER,)), lambda event: None
+        )
+        await before.store.close()
+        after = await self.openTurns()
+        clientSaw = ChatMessage("assistant", "", toolCalls=(ToolCall("c1", "get_weather", "{}"),))
+        result = ChatMessage("tool", "sunny", toolCallId="c1")
+        await runner(after).run(
+            _agent(),
+            RunRequest((question, clientSaw, result), clientTools=(WEATHER,)),
+            lambda event: None,
+        )
+        seen = provider.requests[2].messages
+        self.assertEqual(
+            [(m.role, [c.id for c in m.toolCalls], m.toolCallId) for m in seen[1:]],
+            [
+                ("user", [], None),
+                ("assistant", ["o1"], None),
+                ("tool", [], "o1"),
+                ("assistant", ["c1"], None),
+                ("tool", [], "c1"),
+            ],
+        )
