@@ -14,6 +14,7 @@ import os
 import socket
 from typing import Any
 
+import attrs
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -28,6 +29,8 @@ from ai_agent.advice import noModelAnswered
 from ai_agent.agentfile import parseAgent
 from ai_agent.config import loadConfig
 from ai_agent.errors import ConfigurationError, ProviderError
+from ai_agent.reload import Reloader
+from ai_agent.runtime import buildRuntime
 from ai_agent.startup import _isNoise, listenError
 from ai_agent.testing import FakeUpstream, Reply, startFakeUpstream, unusedBaseUrl
 from tests._harness import startServer, writeAgent
@@ -355,6 +358,54 @@ class ReloadTests(_Project, TestCase):
         child.send("TERM")
         await ended(child)
         self.assertEqual((child.exitCode, child.signal), (0, None), child.output.decode())
+
+
+class ReloaderTests(TestCase):
+    """
+    L{Reloader} in process: what it swaps and what it keeps.
+    """
+
+    def test_swapKeepsWhatDidNotChange(self) -> None:
+        """
+        A reload points the headends at the new agents and runner, keeps a
+        provider whose configuration did not change (an embedded model
+        stays loaded) and the runner's turn store; a broken file changes
+        nothing.
+        """
+        folder = os.path.abspath(self.mktemp())
+        agents = os.path.join(folder, "agents")
+        os.makedirs(agents)
+        with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
+            json.dump({"providers": {"fake": {"type": "openai", "baseUrl": "http://h/v1"}}}, f)
+        writeAgent(agents, "chat.ai", AGENT)
+        environ = {"HOME": folder}
+        runtime = buildRuntime(reactor, [agents], cwd=folder, environ=environ)
+        self.addCleanup(runtime.close)
+        provider = runtime.providers("fake")
+        turns = runtime.runner.turns
+        headend = _Headend(runtime.registry, runtime.runner)
+        reloader = Reloader(
+            reactor, runtime, [agents], None, headends=[headend], cwd=folder, environ=environ
+        )
+        writeAgent(agents, "other.ai", AGENT)
+        self.assertTrue(reloader.reload())
+        self.assertEqual(headend.registry.ids(), ["chat", "other"])
+        self.assertIs(headend.runner, runtime.runner)
+        self.assertIs(runtime.runner.providers("fake"), provider)
+        self.assertIs(runtime.runner.turns, turns)
+        self.assertIs(runtime.tools.runner, runtime.runner)
+
+        writeAgent(agents, "broken.ai", "---\nmodles: x\n---\n")
+        runner = runtime.runner
+        self.assertFalse(reloader.reload())
+        self.assertEqual(headend.registry.ids(), ["chat", "other"])
+        self.assertIs(headend.runner, runner)
+
+
+@attrs.define
+class _Headend:
+    registry: Any
+    runner: Any
 
 
 class DirectModeTests(_Project, TestCase):
