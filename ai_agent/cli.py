@@ -26,10 +26,17 @@ from twisted.python.failure import Failure
 
 from ai_agent import __version__
 from ai_agent.errors import AgentError, ConfigurationError
-from ai_agent.events import PROGRESS_TYPES, ContentDelta, Event, ReasoningDelta, ReasoningText
+from ai_agent.events import (
+    PROGRESS_TYPES,
+    ContentDelta,
+    Event,
+    ModelAnswering,
+    ReasoningDelta,
+    ReasoningText,
+)
 from ai_agent.providers import ChatMessage
 from ai_agent.request import RunRequest
-from ai_agent.startup import WORKER_VARIABLE, StartupError, textObserver
+from ai_agent.startup import WORKER_VARIABLE, StartupError, embeddedModels, textObserver
 from ai_agent.tap import ServerOptions, makeService
 from ai_agent.workers import ADOPTABLE, parseInherited, startWorkers, watchParent
 
@@ -225,11 +232,15 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
         ended: list[str] = [""]
         reasoning = ReasoningText()
 
+        answered: list[str] = []
+
         def onEvent(event: Event) -> None:
             if isinstance(event, ContentDelta):
                 stdout.write(event.text)
                 stdout.flush()
                 ended[0] = event.text
+            elif isinstance(event, ModelAnswering):
+                answered.append(event.model)
             elif options["verbose"]:
                 if isinstance(event, ReasoningDelta):
                     stderr.write(reasoning.reasoning(event.text))
@@ -253,6 +264,13 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
         if ended[0] and not ended[0].endswith("\n"):
             stdout.write("\n")
         stdout.flush()
+        embedded = embeddedModels(answered, runtime.config)
+        if embedded and not options["quiet"]:
+            # Nobody should take the small local model's answer for another's.
+            stderr.write(
+                f"ai-agent: answered by the embedded model {', '.join(embedded)};"
+                " set a provider's key for a bigger model\n"
+            )
         return EXIT_OK
 
     return ensureDeferred(main())

@@ -31,7 +31,7 @@ from ai_agent.config import loadConfig
 from ai_agent.errors import ConfigurationError, ProviderError
 from ai_agent.reload import Reloader
 from ai_agent.runtime import buildRuntime
-from ai_agent.startup import _isNoise, listenError
+from ai_agent.startup import _isNoise, embeddedModels, listenError
 from ai_agent.testing import FakeUpstream, Reply, startFakeUpstream, unusedBaseUrl
 from tests._harness import startServer, writeAgent
 from tests._process import childEnvironment, command, freePort
@@ -690,6 +690,21 @@ class UnitTests(SynchronousTestCase):
         self.assertEqual(len(warnings), 1)
         self.assertIn("unknown top-level key 'provders' is ignored", warnings[0])
         self.assertIn("did you mean 'providers'?", warnings[0])
+
+    def test_embeddedModels(self) -> None:
+        """
+        The models that run in this process are told apart by their
+        provider's type, whatever the provider is called.
+        """
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
+            json.dump({"providers": {"gguf": {"type": "local"}}}, f)
+        config = loadConfig(configFile=None, cwd=folder, agentDirs=[], home=None, environ={})
+        self.assertEqual(
+            embeddedModels(["openai/x", "local/smollm2", "gguf/q", "local/smollm2"], config),
+            ["local/smollm2", "gguf/q"],
+        )
 
     def test_listenError(self) -> None:
         """
