@@ -4,6 +4,12 @@ Packaging for ai-agent: LLM agents defined in .ai files, served as OpenAI models
 
 from setuptools import find_packages, setup
 
+TRACING = [
+    "opentelemetry-api>=1.25",
+    "opentelemetry-sdk>=1.25",
+    "opentelemetry-exporter-otlp-proto-http>=1.25",
+]
+
 setup(
     name="ai-agent",
     version="0.1.0",
@@ -21,11 +27,17 @@ setup(
         "attrs>=23.1",
         "treq>=24.9",
         "pyyaml>=6.0",
+        "prometheus_client>=0.20",
     ],
     extras_require={
+        # Traces (OpenTelemetry, exported over OTLP/HTTP); off unless OTEL_*
+        # variables ask for them.
+        "tracing": TRACING,
         # The run store on PostgreSQL (--store postgresql://...).
         "postgresql": ["psycopg[binary]>=3.1"],
         "test": [
+            *TRACING,
+            "opentelemetry-proto>=1.25",
             "psycopg[binary]>=3.1",
             "openai>=1.40",
             "anthropic>=2.14",

@@ -101,6 +101,7 @@ class RunAccount:
     @ivar agent: the agent's name.
     @ivar started: when the run started (the reactor's clock).
     @ivar pricing: prices by C{provider/model}.
+    @ivar traceId: the run's trace id when tracing, for its log line.
     """
 
     agent: str
@@ -108,6 +109,7 @@ class RunAccount:
     pricing: Mapping[str, Pricing] = attrs.field(factory=dict, repr=False)
     calls: list[CallRecord] = attrs.field(factory=list)
     labels: RunLabels | None = None
+    traceId: str | None = None
 
     def record(
         self, model: str, usage: Usage, seconds: float, error: str | None = None
@@ -183,29 +185,32 @@ class RunAccount:
             withSubAgents = f" ({total.promptTokens}+{total.completionTokens} with sub-agents)"
         labels = self.labels
         head = "agent {agent} run" if labels is None else "{requestId} for agent {agent}"
+        traceText = "" if self.traceId is None else f"; trace {self.traceId}"
         log.info(
-            head + " {outcome} in {duration:.3f}s: models {modelList},"
+            head + " {outcome} in {duration:.3f}s: models {_modelList},"
             " {calls} calls ({failures} failed), tokens {promptTokens}+{completionTokens}"
-            "{withSubAgents}, cost {costText}{detailText}",
+            "{_withSubAgents}, cost {_costText}{_detailText}{_traceText}",
             requestId=None if labels is None else labels.requestId,
             stream=None if labels is None else labels.stream,
             task=None if labels is None else labels.task,
             user=None if labels is None else labels.user,
             forwarded={} if labels is None else dict(labels.forwarded),
-            detailText="" if labels is None else labels.details(),
+            _detailText="" if labels is None else labels.details(),
+            _traceText=traceText,
+            traceId=self.traceId,
             agent=self.agent,
             outcome=outcome,
             duration=now - self.started,
             models=self.models,
-            modelList=", ".join(self.models) or "none",
+            _modelList=", ".join(self.models) or "none",
             calls=len(self.calls),
             failures=failures,
             promptTokens=usage.promptTokens,
             completionTokens=usage.completionTokens,
-            withSubAgents=withSubAgents,
+            _withSubAgents=withSubAgents,
             totalTokens=(total or usage).totalTokens,
             cost=cost,
-            costText="unknown" if cost is None else f"${cost:.6f}",
+            _costText="unknown" if cost is None else f"${cost:.6f}",
         )
 
 

@@ -34,11 +34,15 @@ from ai_agent.events import (
     ReasoningDelta,
     ReasoningText,
 )
+from ai_agent.observe import MULTIPROC_DIR, jsonFileLogObserver
 from ai_agent.providers import ChatMessage
 from ai_agent.request import RunRequest
 from ai_agent.startup import WORKER_VARIABLE, StartupError, embeddedModels, textObserver
 from ai_agent.tap import ServerOptions, makeService
 from ai_agent.workers import ADOPTABLE, parseInherited, startWorkers, watchParent
+
+#: The values of C{--log-format}.
+LOG_FORMATS = ("text", "json")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -75,6 +79,12 @@ class Options(ServerOptions):
             int,
         ],
         ["worker-fds", None, None, "Internal: the listening sockets a worker inherits."],
+        [
+            "log-format",
+            None,
+            "text",
+            "Log lines as text, or json (one JSON object per line).",
+        ],
     ]
     optFlags = [
         ["verbose", "v", "Log more, and show the agent's reasoning and progress on stderr."],
@@ -110,6 +120,10 @@ class Options(ServerOptions):
     def postOptions(self) -> None:
         if self["version"]:
             return
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(
+                f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {self['log-format']!r}"
+            )
         if self["list-tools"] is not None:
             self._checkListTools()
             return
@@ -208,11 +222,39 @@ def _startLogging(options: Options, stderr: TextIO) -> LogLevelFilterPredicate:
         worker = os.environ.get(WORKER_VARIABLE, "?")
     elif options["endpoints"] and options["workers"] > 1:
         worker = "0"
+    if options["log-format"] == "json":
+        observer = jsonFileLogObserver(stderr)
+    else:
+        observer = textObserver(stderr, worker)
     globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(textObserver(stderr, worker), [predicate])],
+        [FilteringLogObserver(observer, [predicate])],
         redirectStandardIO=False,
     )
     return predicate
+
+
+def _shareMetrics(environ: Any) -> str | None:
+    """
+    Before any metric exists: have this process and its workers keep their
+    metrics in files of one directory (prometheus_client's multiprocess
+    mode), a new one unless C{PROMETHEUS_MULTIPROC_DIR} names one.
+
+    @return: the directory made here (removed at exit), or L{None}.
+    """
+    if environ.get(MULTIPROC_DIR):
+        return None
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="ai-agent-metrics-")
+    environ[MULTIPROC_DIR] = directory
+    return directory
+
+
+def _removeMetricsDir(directory: str | None) -> None:
+    if directory is not None:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) -> Any:
@@ -220,14 +262,20 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
     Run one agent on one prompt; fire with the exit code.
     """
     from twisted.internet.defer import ensureDeferred
+    from twisted.internet.threads import deferToThread
 
+    from ai_agent.observe import NULL_OBSERVER, Observability, Tracing
     from ai_agent.runtime import buildRuntime
 
     async def main() -> int:
         if options["interactive"]:
             return await _chat(reactor, options, stdout, stderr)
         prompt = readPrompt(options["prompt"], sys.stdin)
-        runtime = buildRuntime(reactor, options["agents"], configFile=options["config"])
+        tracing = Tracing.fromEnvironment(os.environ)
+        observer = NULL_OBSERVER if tracing is None else Observability(None, tracing)
+        runtime = buildRuntime(
+            reactor, options["agents"], configFile=options["config"], observer=observer
+        )
         spec = runtime.registry.served[0].spec
         ended: list[str] = [""]
         reasoning = ReasoningText()
@@ -260,6 +308,8 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
             return EXIT_FAILED
         finally:
             await runtime.close()
+            if tracing is not None:
+                await deferToThread(tracing.shutdown)
         # The output ends with a newline, on a terminal or in a pipe.
         if ended[0] and not ended[0].endswith("\n"):
             stdout.write("\n")
@@ -423,10 +473,14 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
     code = [EXIT_OK]
     if options["endpoints"]:
         inherited = options["worker-fds"]
+        metricsDir = None
+        if inherited is None and options["workers"] > 1 and options["metrics"]:
+            metricsDir = _shareMetrics(os.environ)
         try:
             service = makeService(options, reactor, inherited)
         except ConfigurationError as error:
             stderr.write(f"ai-agent: {error}\n")
+            _removeMetricsDir(metricsDir)
             return EXIT_USAGE
         try:
             service.startService()
@@ -439,6 +493,7 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
             if not stopping.called:
                 stopping.addBoth(lambda _: reactor.stop())
                 reactor.run()
+            _removeMetricsDir(metricsDir)
             return EXIT_FAILED
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
         if inherited is not None:
@@ -453,6 +508,7 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
                 # Each worker reloads its own copy.
                 reloader.onReload.append(supervisor.hangup)
         reactor.run()
+        _removeMetricsDir(metricsDir)
         return code[0]
 
     running: list[Any] = []

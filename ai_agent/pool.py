@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ai_agent.errors import AgentError, overloaded
+from ai_agent.observe import NULL_OBSERVER, Observer
 
 
 @attrs.define(eq=False)
@@ -55,6 +56,7 @@ class RunPool(Service):
     @ivar concurrency: runs allowed at once.
     @ivar maxQueue: requests allowed to wait for a slot.
     @ivar queueTimeout: seconds a request may wait before it is refused.
+    @ivar observer: told of queue depth, waits and refusals.
     """
 
     log = Logger()
@@ -63,6 +65,7 @@ class RunPool(Service):
     concurrency: int = 4
     maxQueue: int = 16
     queueTimeout: float = 30.0
+    observer: Observer = NULL_OBSERVER
     _semaphore: DeferredSemaphore = attrs.field(init=False)
     _stopping: bool = attrs.field(init=False, default=False)
     _active: set[Slot] = attrs.field(init=False, factory=set)
@@ -101,9 +104,12 @@ class RunPool(Service):
             exceeded C{queueTimeout}, or the pool is stopping.  Cancelling
             it leaves the queue.
         """
+        observer = self.observer
         if self._stopping:
+            observer.rejected()
             return _failed(overloaded("the server is shutting down", self._retryAfter()))
         if self._semaphore.tokens == 0 and self.queuedRuns >= self.maxQueue:
+            observer.rejected()
             self.log.warn(
                 "pool full: {running} running, {queued} queued; refusing",
                 running=self.activeRuns,
@@ -118,7 +124,10 @@ class RunPool(Service):
             )
         waiter = self._semaphore.acquire()
         if waiter.called:
+            observer.slotAcquired(0.0)
             return waiter.addCallback(lambda _: self._newSlot())
+        observer.queueEntered()
+        queued = observer.clock()
         timedOut = [False]
 
         def onTimeout() -> None:
@@ -129,11 +138,17 @@ class RunPool(Service):
 
         def acquired(_: object) -> Slot:
             timer.cancel()
+            observer.queueLeft()
+            observer.slotAcquired(observer.clock() - queued)
             return self._newSlot()
 
         def failed(reason: Failure) -> Failure:
             if timer.active():
                 timer.cancel()
+            observer.queueLeft()
+            if timedOut[0] or reason.check(AgentError):
+                # Waited too long, or the server began shutting down.
+                observer.rejected()
             if timedOut[0]:
                 raise overloaded(
                     f"no agent slot became free within {self.queueTimeout:g} s; retry later",

@@ -25,6 +25,7 @@ from ai_agent.clienttools import MemoryTurnStore, TurnStore
 from ai_agent.config import Config, describeMissing, loadConfig
 from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.limits import SubAgentLimiter
+from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
 from ai_agent.registry import AgentRegistry, agentFiles, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
@@ -121,6 +122,7 @@ def buildRuntime(
     connections: int = 16,
     cwd: str | None = None,
     environ: dict[str, str] | None = None,
+    observer: Observer = NULL_OBSERVER,
     store: RunStore | None = None,
 ) -> Runtime:
     """
@@ -158,7 +160,9 @@ def buildRuntime(
     # Hidden turns of hybrid runs go to the run store when there is one (so
     # they outlive a restart and are shared by instances), else to memory.
     turns: TurnStore = MemoryTurnStore(reactor) if store is None else StoreTurnStore(store)
-    runner = SessionRunner(providers, reactor, tools, pricing=config.pricing, turns=turns)
+    runner = SessionRunner(
+        providers, reactor, tools, pricing=config.pricing, turns=turns, observer=observer
+    )
     tools.runner = runner
     return Runtime(config, registry, pool, http, providers, runner, mcp, tools, store)
 

@@ -58,6 +58,7 @@ from ai_agent.events import (
     Usage,
 )
 from ai_agent.limits import boundedCalls, noToolsExchange
+from ai_agent.observe import NULL_OBSERVER, Observer, RunScope, ToolScope
 from ai_agent.providers import (
     CallbackSink,
     ChatMessage,
@@ -239,6 +240,8 @@ class SessionRunner:
     @ivar turns: where hybrid runs keep the agent's own work until the
         client comes back with its tools' results (L{None}: not kept; a
         continuation goes on from what the client sent).
+    @ivar observer: told of each run, LLM call and tool call (metrics and
+        traces).
     """
 
     providers: ProviderLookup
@@ -248,6 +251,7 @@ class SessionRunner:
     random: Callable[[], float] = attrs.field(default=random.random, repr=False)
     pricing: Mapping[str, Pricing] = attrs.field(factory=dict, repr=False)
     turns: TurnStore | None = None
+    observer: Observer = attrs.field(default=NULL_OBSERVER, repr=False)
 
     def run(self, agent: AgentSpec, request: RunRequest, events: EventSink) -> Deferred[Finished]:
         """
@@ -297,25 +301,42 @@ class SessionRunner:
         started = self.reactor.seconds()
         # One model, no fallback: whatever comes is its answer.
         events(ModelAnswering(model))
+        scope = self.observer.run(agent.name, agent.description or "")
+        account.traceId = scope.traceId
+        call = None
         try:
             provider = self.providers(providerName)
-            response = await provider.complete(request, CallbackSink(onContent=content))
+            call = scope.llmCall(providerName, upstreamModel, request, provider)
+            with call.activate():
+                calling = provider.complete(request, call.sink(CallbackSink(onContent=content)))
+            response = await calling
         except CancelledError:
             account.record(model, Usage(), self.reactor.seconds() - started, CANCELLED)
+            if call is not None:
+                call.failed("cancelled")
             account.finish("cancelled", self.reactor.seconds())
+            scope.end("cancelled", errorType="cancelled")
             raise
         except AgentError as error:
             if isinstance(error, ProviderError):
-                account.record(model, Usage(), self.reactor.seconds() - started, error.code)
+                record = account.record(
+                    model, Usage(), self.reactor.seconds() - started, error.code
+                )
+                if call is not None:
+                    call.failed(error.code or error.kind, record.cost)
             account.finish(
                 f"failed: {error.status} {error.code or error.kind}", self.reactor.seconds()
             )
+            scope.end("failed", errorType=error.code or error.kind)
             raise
-        account.record(model, response.usage, self.reactor.seconds() - started)
+        record = account.record(model, response.usage, self.reactor.seconds() - started)
+        assert call is not None
+        call.answered(response, record.cost)
         if response.usage.totalTokens:
             events(response.usage)
         reason = _runReason(response.finishReason)
         account.finish(reason, self.reactor.seconds(), response.usage)
+        scope.end(reason, response.usage)
         return Finished(reason, response.usage)
 
     async def _run(self, agent: AgentSpec, request: RunRequest, events: EventSink) -> Finished:
@@ -323,23 +344,31 @@ class SessionRunner:
         account = RunAccount(
             agent.name, self.reactor.seconds(), self.pricing, labels=request.labels
         )
+        # Its parent span is the one current now: the request's, or the tool
+        # call running this agent as a sub-agent.
+        scope = self.observer.run(agent.name, agent.description or "")
+        account.traceId = scope.traceId
         try:
-            finished = await self._turns(agent, request, events, toolsRan, account)
+            finished = await self._turns(agent, request, events, toolsRan, account, scope)
         except CancelledError:
             account.finish("cancelled", self.reactor.seconds())
+            scope.end("cancelled", errorType="cancelled")
             raise
         except AgentError as error:
             account.finish(
                 f"failed: {error.status} {error.code or error.kind}", self.reactor.seconds()
             )
+            scope.end("failed", errorType=error.code or error.kind)
             # Repeating a run whose tools already acted could repeat their
             # effects; the headend tells clients not to retry it.
             error.sideEffects = error.sideEffects or bool(toolsRan)
             raise
         except BaseException as error:
             account.finish(f"crashed: {type(error).__name__}", self.reactor.seconds())
+            scope.end("failed", errorType=type(error).__name__)
             raise
         account.finish(finished.reason, self.reactor.seconds(), finished.usage)
+        scope.end(finished.reason, finished.usage)
         return finished
 
     async def _turns(
@@ -349,6 +378,7 @@ class SessionRunner:
         events: EventSink,
         toolsRan: list[bool],
         account: RunAccount,
+        scope: RunScope = RunScope(),
     ) -> Finished:
         toolbox = self.tools(agent) if self.tools is not None else _NoTools()
         ownSpecs = tuple(await maybeDeferred(toolbox.specs))
@@ -391,6 +421,7 @@ class SessionRunner:
                 account,
                 _turnChoice(choice, turn, calledTools, lastTurn),
                 request.parallelToolCalls,
+                scope=scope,
             )
             meter(callUsage)
             if response.toolCalls and not specs and not lastTurn:
@@ -407,7 +438,7 @@ class SessionRunner:
             results: list[ChatMessage] = []
             if own:
                 toolsRan.append(True)
-                results = await self._runTools(agent, toolbox, own, meter.toolSink)
+                results = await self._runTools(agent, toolbox, own, meter.toolSink, scope)
             if handedBack:
                 await self._saveHidden(
                     agent,
@@ -419,6 +450,10 @@ class SessionRunner:
                     ),
                 )
                 for index, call in enumerate(handedBack):
+                    # The client runs it: counted as tool="client".
+                    scope.tool(call.name, call.id, call.arguments, kind="function").end(
+                        "handed_back"
+                    )
                     events(ClientToolCall(index, call.id, call.name, call.arguments))
                 return Finished(FinishReason.TOOL_CALLS, meter.total)
             messages.append(assistant)
@@ -456,6 +491,7 @@ class SessionRunner:
         account: RunAccount | None = None,
         toolChoice: ToolChoice | None = None,
         parallelToolCalls: bool | None = None,
+        scope: RunScope = RunScope(),
     ) -> tuple[LLMResponse, Usage]:
         """
         One turn's LLM call: the agent's models in order, up to
@@ -483,19 +519,33 @@ class SessionRunner:
             provider = self.providers(providerName)
             started = self.reactor.seconds()
             sink.calling(model)
+            call = scope.llmCall(providerName, upstreamModel, request, provider)
             try:
-                response = await provider.complete(attrs.evolve(request, model=upstreamModel), sink)
+                # The call's span is current while the request goes out, so
+                # its traceparent goes with it.
+                with call.activate():
+                    calling = provider.complete(
+                        attrs.evolve(request, model=upstreamModel), call.sink(sink)
+                    )
+                response = await calling
+            except ProviderError as error:
+                reasons[model] = error
+                if error.code == NOT_CONFIGURED:
+                    # A model that cannot be used at all was never called.
+                    call.failed(error.code)
+                    raise
+                record = account.record(
+                    model, Usage(), self.reactor.seconds() - started, error.code
+                )
+                call.failed(error.code or error.kind, record.cost)
+                raise
             except CancelledError:
                 # The call ran and may have spent tokens nobody reported.
                 account.record(model, Usage(), self.reactor.seconds() - started, CANCELLED)
+                call.failed("cancelled")
                 raise
-            except ProviderError as error:
-                reasons[model] = error
-                if error.code != NOT_CONFIGURED:
-                    # A model that cannot be used at all was never called.
-                    account.record(model, Usage(), self.reactor.seconds() - started, error.code)
-                raise
-            account.record(model, response.usage, self.reactor.seconds() - started)
+            record = account.record(model, response.usage, self.reactor.seconds() - started)
+            call.answered(response, record.cost)
             sink.answered()
             return response
 
@@ -509,6 +559,8 @@ class SessionRunner:
                 )
                 sink.note(Retrying(model, error.message))
                 return
+            if retrying:
+                scope.retrying(*splitModel(model))
             log.warn(
                 "agent {agent}: {model} failed (attempt {attempt} of {attempts}): {error}",
                 agent=agent.name,
@@ -546,6 +598,7 @@ class SessionRunner:
         toolbox: ToolBox,
         calls: tuple[ToolCall, ...],
         events: EventSink,
+        scope: RunScope = RunScope(),
     ) -> list[ChatMessage]:
         """
         Run a turn's tool calls concurrently; every outcome, failures and
@@ -556,7 +609,7 @@ class SessionRunner:
         # A call that waits for a place starts from whatever freed it: each
         # runs in a copy of this run's context (see ai_agent.flow).
         pending = [
-            limit.run(copy_context().run, self._runTool, agent, toolbox, call, events)
+            limit.run(copy_context().run, self._runTool, agent, toolbox, call, events, scope)
             for call in running
         ]
         # Cancelling a DeferredList cancels every call in it.
@@ -569,12 +622,30 @@ class SessionRunner:
         return results + refused
 
     def _runTool(
-        self, agent: AgentSpec, toolbox: ToolBox, call: ToolCall, events: EventSink
+        self,
+        agent: AgentSpec,
+        toolbox: ToolBox,
+        call: ToolCall,
+        events: EventSink,
+        scope: RunScope = RunScope(),
     ) -> Deferred[str]:
-        return ensureDeferred(self._toolText(agent, toolbox, call, events))
+        tool = scope.tool(call.name, call.id, call.arguments)
+        outcome = ensureDeferred(self._toolText(agent, toolbox, call, events, tool))
+
+        def cancelled(failure: Failure) -> Failure:
+            if failure.check(CancelledError):
+                tool.end("cancelled")
+            return failure
+
+        return outcome.addErrback(cancelled)
 
     async def _toolText(
-        self, agent: AgentSpec, toolbox: ToolBox, call: ToolCall, events: EventSink
+        self,
+        agent: AgentSpec,
+        toolbox: ToolBox,
+        call: ToolCall,
+        events: EventSink,
+        tool: ToolScope = ToolScope(),
     ) -> str:
         events(ToolStarted(call.name, call.arguments, call.id))
         try:
@@ -584,22 +655,30 @@ class SessionRunner:
         except ValueError as error:
             text = f"error: the arguments of {call.name} are not a JSON object: {error}"
             events(ToolFinished(call.name, text, call.id))
+            tool.end("error", text)
             return text
-        attempt = maybeDeferred(toolbox.call, call.name, arguments, events)
+        # The tool call's span is current while the call starts: a
+        # sub-agent's run and an MCP server's HTTP request find it there.
+        with tool.activate():
+            attempt = maybeDeferred(toolbox.call, call.name, arguments, events)
         if not call.name.startswith(SUBAGENT_PREFIX):
             # A sub-agent is bounded by its own limits (its turns, its LLM
             # and tool timeouts), not by the parent's toolTimeout.
             attempt.addTimeout(agent.toolTimeout, self.reactor)
+        outcome = "error"
         try:
             text = await attempt
+            outcome = "ok"
         except CancelledError:
             raise
         except defer.TimeoutError:
             text = f"error: {call.name} did not answer within {agent.toolTimeout:g} s"
+            outcome = "timeout"
         except AgentError as error:
             text = f"error: {error.message}"
         except Exception as error:  # noqa: BLE001 - the model reads any tool failure
             text = f"error: {type(error).__name__}: {error}"
+        tool.end(outcome, text)
         limit = agent.toolResponseMaxBytes
         encoded = text.encode("utf-8")
         if len(encoded) > limit:

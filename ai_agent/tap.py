@@ -25,6 +25,16 @@ from ai_agent.errors import ConfigurationError
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
 from ai_agent.headends._site import APIRouter, Mount
 from ai_agent.headends.openai import OpenAIHeadend
+from ai_agent.observe import (
+    NULL_OBSERVER,
+    Metrics,
+    MetricsResource,
+    Observability,
+    Observer,
+    Tracing,
+    WithMetrics,
+    metricsSite,
+)
 from ai_agent.pool import RunPool
 from ai_agent.reload import Reloader, onHangup
 from ai_agent.runtime import Runtime, buildRuntime
@@ -120,7 +130,13 @@ class ServerOptions(usage.Options):
             "api-key-file",
             None,
             None,
-            "File of client API keys, one per line; /v1/ routes then need one.",
+            "File of client API keys, one per line; every path but /health then needs one.",
+        ],
+        [
+            "metrics-port",
+            None,
+            None,
+            "Also serve /metrics, without API keys, on this port of 127.0.0.1 (or endpoint).",
         ],
         [
             "reasoning-field",
@@ -153,6 +169,13 @@ class ServerOptions(usage.Options):
         self["api-keys"] = []
         self["cors-origins"] = []
         self["task-shortcut"] = True
+        self["metrics"] = True
+
+    def opt_no_metrics(self) -> None:
+        """
+        Do not keep Prometheus metrics (no /metrics).
+        """
+        self["metrics"] = False
 
     def opt_agent(self, path: str) -> None:
         """
@@ -170,7 +193,7 @@ class ServerOptions(usage.Options):
 
     def opt_api_key(self, key: str) -> None:
         """
-        A client API key; when any is set, /v1/ routes need
+        A client API key; when any is set, every path but /health needs
         'Authorization: Bearer KEY'. Repeat for more (AI_AGENT_API_KEYS too).
         """
         self["api-keys"].append(key)
@@ -218,6 +241,12 @@ class ServerOptions(usage.Options):
         if self["openai-completions-queue-timeout"] <= 0:
             raise usage.UsageError("--openai-completions-queue-timeout must be positive")
         self["endpoints"] = [endpointFor(port, self["host"]) for port in self["openai-completions"]]
+        if self["metrics-port"] is not None:
+            if not self["metrics"]:
+                raise usage.UsageError("--metrics-port and --no-metrics do not go together")
+            self["metrics-endpoint"] = endpointFor(self["metrics-port"], "127.0.0.1")
+        else:
+            self["metrics-endpoint"] = None
         try:
             if isinstance(self["store-ttl"], str):
                 self["store-ttl"] = parseDuration(self["store-ttl"])
@@ -296,14 +325,17 @@ def makeSite(
     policy: HTTPPolicy = HTTPPolicy(),
     accessLog: str | None = None,
     mounts: Sequence[Mount] = (),
+    metrics: MetricsResource | None = None,
 ) -> Site:
     """
     A web site for the OpenAI headend and the other APIs (C{mounts}) under
     the HTTP layer's C{policy}, writing an access log in the combined format
-    to C{accessLog} if given.
+    to C{accessLog} if given, with C{/metrics} beside them when C{metrics}
+    is given.
     """
     router = APIRouter(headend.app.resource(), mounts)
-    return GuardedSite(router, policy, errorFormats=router.errorFormat, logPath=accessLog)
+    resource: Any = router if metrics is None else WithMetrics(router, metrics)
+    return GuardedSite(resource, policy, errorFormats=router.errorFormat, logPath=accessLog)
 
 
 def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
@@ -312,6 +344,34 @@ def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
     own headend over the same runtime and pool.
     """
     return []
+
+
+def makeObserver(options: ServerOptions, environ: Mapping[str, str], reactor: Any) -> Observer:
+    """
+    Metrics (unless C{--no-metrics}) and tracing (when the C{OTEL_*}
+    variables ask for it), or the observer that does nothing.
+    """
+    metrics = Metrics() if options["metrics"] else None
+    tracing = Tracing.fromEnvironment(environ)
+    if metrics is None and tracing is None:
+        return NULL_OBSERVER
+    return Observability(metrics, tracing, clock=reactor.seconds)
+
+
+class _TracingService(Service):
+    """
+    Exports the last spans when the server stops.
+    """
+
+    def __init__(self, reactor: Any, tracing: Tracing) -> None:
+        self.reactor = reactor
+        self.tracing = tracing
+
+    def stopService(self) -> Deferred[None]:
+        from twisted.internet.threads import deferToThreadPool
+
+        Service.stopService(self)
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.tracing.shutdown)
 
 
 def policyFrom(options: ServerOptions, environ: Mapping[str, str]) -> HTTPPolicy:
@@ -389,8 +449,9 @@ class ServerService(MultiService):
             C{exitOnStartupError}, as twistd runs it: C{SystemExit} with the
             same one line).
         """
-        super().startService()
         try:
+            # (Children first: the metrics port may be busy too.)
+            super().startService()
             for endpoint in self.endpoints:
                 endpoint.pool.startService()
                 endpoint.listener.startService()
@@ -480,17 +541,19 @@ def makeService(
             return _underTwistd(options, reactor)
     concurrency = options["openai-completions-concurrency"]
     endpoints = options["endpoints"]
+    observer = makeObserver(options, os.environ, reactor)
     store = makeStore(options["store"], reactor, ttl=options["store-ttl"])
     runtime = buildRuntime(
         reactor,
         options["agents"],
         configFile=options["config"],
         connections=max(concurrency * max(len(endpoints), 1) * 2, 8),
+        observer=observer,
         store=store,
     )
     policy = policyFrom(options, os.environ)
     if policy.apiKeys.enabled:
-        log.info("client API keys required on /v1/ routes")
+        log.info("client API keys required on every path but /health and /openapi.json")
     top = ServerService(reactor, options["shutdown-timeout"])
     top.exitOnSecondSignal = True
     _RuntimeService(runtime).setServiceParent(top)
@@ -510,12 +573,27 @@ def makeService(
         parent=top,
         grace=options["shutdown-timeout"],
     )
+    tracing = getattr(observer, "tracing", None)
+    if tracing is not None:
+        _TracingService(reactor, tracing).setServiceParent(top)
+    metricsResource = None
+    if observer.metrics is not None:
+        metricsResource = MetricsResource(observer.metrics, reactor)
+        metricsEndpoint = options.get("metrics-endpoint")
+        if metricsEndpoint is not None and inherited is None:
+            # Only the first process listens here; a scrape still sees every
+            # worker's counts.
+            metricsListener = strports.service(metricsEndpoint, metricsSite(metricsResource))
+            metricsListener._raiseSynchronously = True
+            metricsListener.setServiceParent(top)
+            log.info("serving /metrics on {endpoint}", endpoint=metricsEndpoint)
     for index, endpoint in enumerate(endpoints):
         pool = RunPool(
             reactor,
             concurrency,
             options["openai-completions-queue"],
             options["openai-completions-queue-timeout"],
+            observer=observer,
         )
         headend = OpenAIHeadend(
             runtime.registry,
@@ -527,6 +605,7 @@ def makeService(
             else options["reasoning-field"],
             taskShortcut=options["task-shortcut"],
             clientStallTimeout=options["client-stall-timeout"],
+            observer=observer,
         )
         mounts = apiMounts(runtime, pool, reactor)
         # Every API's headend gets the new agents on SIGHUP.
@@ -536,7 +615,7 @@ def makeService(
             owner = getattr(mount.app, "_instance", None)
             if owner is not None and hasattr(owner, "registry") and hasattr(owner, "runner"):
                 top.reloader.headends.append(owner)
-        site = makeSite(headend, policy, options["access-log"], mounts)
+        site = makeSite(headend, policy, options["access-log"], mounts, metrics=metricsResource)
         connections = TrackingFactory(site)
         listener: Any
         if inherited is not None:
@@ -584,4 +663,12 @@ def _underTwistd(options: Options, reactor: Any) -> IService:
     return service
 
 
-__all__ = ["Options", "ServerOptions", "apiMounts", "endpointFor", "makeService", "makeSite"]
+__all__ = [
+    "Options",
+    "ServerOptions",
+    "apiMounts",
+    "endpointFor",
+    "makeObserver",
+    "makeService",
+    "makeSite",
+]

@@ -31,6 +31,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from ai_agent.observe import markProcessDead
+
 log = Logger()
 
 #: Endpoint types whose sockets a worker can adopt as they are.
@@ -141,6 +143,7 @@ class _Worker(ProcessProtocol):
         self.supervisor = supervisor
         self.number = number
         self.ended: Deferred[None] = Deferred()
+        self.startedPid: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -194,12 +197,16 @@ class WorkerSupervisor:
             env={**os.environ, "AI_AGENT_WORKER": str(number)},
             childFDs=childFDs,
         )
+        worker.startedPid = worker.pid
         self.workers[number] = worker
         log.info("worker {number} started (pid {pid})", number=number, pid=worker.pid)
 
     def _ended(self, worker: _Worker, reason: Failure) -> None:
         if self.workers.get(worker.number) is worker:
             del self.workers[worker.number]
+        if worker.startedPid is not None:
+            # Its gauges (runs in progress, queue depth) no longer count.
+            markProcessDead(worker.startedPid)
         if self._stopping:
             return
         log.warn(

@@ -95,6 +95,74 @@ def figures(samples: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The observability arms, in the order they are reported.
+OBSERVE_ARMS = ("off", "metrics", "tracing")
+
+
+def observeFigures(samples: dict[str, Any]) -> dict[str, Any]:
+    """
+    The cost of observability: per arm, latency at concurrency 1 (p50 and
+    p99, and added over the metrics-off arm of the same round), requests/s
+    and the server's CPU per request.
+    """
+    out: dict[str, Any] = {}
+    off = _rounds(samples, "observe_latency_c1", "off")
+    for arm in OBSERVE_ARMS:
+        values = _rounds(samples, "observe_latency_c1", arm)
+        if not values:
+            continue
+        for q in (50, 99):
+            out[f"p{q}.{arm}"] = median([percentile(v, q) for v in values.values()])
+            if arm != "off":
+                added = addedPerRound(values, off, q)
+                if added:
+                    out[f"added_p{q}.{arm}"] = summarize(added).asDict()
+        rounds = samples.get("observe_rps", {}).get(arm, {}).values()
+        rps = [r["rps"] for r in rounds]
+        if rps:
+            out[f"rps.{arm}"] = summarize(rps).asDict()
+            perRequest = [r["cpu"]["server"] / r["rps"] for r in rounds if r["rps"] > 0]
+            if perRequest:
+                out[f"cpuUs.{arm}"] = round(median(perRequest) * 1e6, 1)
+    return out
+
+
+def observeLines(samples: dict[str, Any]) -> list[str]:
+    """
+    The observability section of the report (nothing when not measured).
+    """
+    f = observeFigures(samples)
+    if "p50.off" not in f:
+        return []
+    lines = [
+        "## Observability cost",
+        "",
+        "The same server with metrics off (`--no-metrics`), with metrics on (the default), and",
+        "with tracing on too (`OTEL_EXPORTER_OTLP_ENDPOINT`: every request's spans exported over",
+        "OTLP/HTTP to a sink on the upstream's CPU), in interleaved rounds. Latency: non-streamed,",
+        "concurrency 1, ms; added: the arm's percentile minus the metrics-off arm's in the same",
+        "round (median over rounds, IQR); requests/s: 32 connections; CPU: the server's",
+        "microseconds per request.",
+        "",
+        "| arm | p50 | p99 | added p50 | added p99 | requests/s | CPU µs/request |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for arm in OBSERVE_ARMS:
+        if f"p50.{arm}" not in f:
+            continue
+        cells = [
+            _fmt(f.get(f"p50.{arm}"), 3),
+            _fmt(f.get(f"p99.{arm}"), 3),
+            "—" if arm == "off" else _fmt(f.get(f"added_p50.{arm}"), 3),
+            "—" if arm == "off" else _fmt(f.get(f"added_p99.{arm}"), 3),
+            _fmt(f.get(f"rps.{arm}"), 0),
+            _fmt(f.get(f"cpuUs.{arm}"), 1),
+        ]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "n/a"
@@ -460,6 +528,7 @@ def write(samples: dict[str, Any], outDir: str) -> None:
             " the upstream, so on this 2-CPU machine the second worker competes with them."
         )
     lines.append("")
+    lines += observeLines(samples)
     lines += ["## Plots", ""]
     for name, caption in images:
         lines += [f"![{caption}](img/{name})", ""]

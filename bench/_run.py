@@ -282,7 +282,13 @@ class Setup:
         return cls(directory, upstreamPort, env)
 
     def startOurs(
-        self, name: str = "ours", concurrency: int = 256, queue: int = 256, workers: int = 1
+        self,
+        name: str = "ours",
+        concurrency: int = 256,
+        queue: int = 256,
+        workers: int = 1,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> Proc:
         port = freePort()
         argv = [
@@ -301,12 +307,13 @@ class Setup:
             str(concurrency),
             "--openai-completions-queue",
             str(queue),
+            *extra,
         ]
         cpus = SERVER_CPU
         if workers > 1:
             argv += ["--workers", str(workers)]
             cpus = "0-1"
-        return spawn(name, argv, cpus, self.directory, self.env, port)
+        return spawn(name, argv, cpus, self.directory, {**self.env, **(env or {})}, port)
 
     def startLiteLLM(self) -> Proc:
         port = freePort()
@@ -596,6 +603,45 @@ async def measureIdle(setup: Setup, levels: tuple[int, ...]) -> dict[str, Any]:
         proc.stop()
 
 
+#: The observability arms: metrics off, metrics on (the default), metrics
+#: and tracing on (every span exported over OTLP/HTTP to the upstream's sink).
+OBSERVE_ARMS = ("off", "metrics", "tracing")
+
+
+async def measureObserve(
+    setup: Setup, plan: Plan, upstream: Proc, rec: Recorder, rounds: int
+) -> None:
+    """
+    The cost of observability: the same server with metrics off, metrics
+    on, and tracing on too, measured in interleaved rounds (latency at
+    concurrency 1, requests/s with the CPU per request).
+    """
+    sink = f"http://127.0.0.1:{setup.upstreamPort}"
+    procs = {
+        "off": setup.startOurs("obs-off", extra=("--no-metrics",)),
+        "metrics": setup.startOurs("obs-metrics"),
+        "tracing": setup.startOurs(
+            "obs-tracing",
+            env={"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_SERVICE_NAME": "ai-agent-bench"},
+        ),
+    }
+    try:
+        for proc in procs.values():
+            await waitReady(proc, "/v1/models", 30)
+            t = Target(proc.port, "/v1", "bench", KEY)
+            await Sampler(proc.port).run(t.chat(PING, False), 8, count=plan.warmup * 4)
+        for r in range(rounds):
+            for arm in random.sample(list(OBSERVE_ARMS), len(OBSERVE_ARMS)):
+                proc = procs[arm]
+                t = Target(proc.port, "/v1", "bench", KEY)
+                rec.add("observe_latency_c1", arm, r, await measureLatency(t, 1, plan.latency1))
+                watch = {"server": proc, "upstream": upstream}
+                rec.add("observe_rps", arm, r, await measureRPS(t, plan.seconds, watch))
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
 async def coldStart(setup: Setup, kind: str, times: int) -> dict[str, Any]:
     seconds: list[float] = []
     rss: list[int] = []
@@ -757,6 +803,9 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
         ours.stop()
         procs.remove(ours)
 
+        print("bench: observability (metrics off, on, tracing on)", flush=True)
+        await measureObserve(setup, plan, upstream, rec, plan.rounds)
+
         print("bench: queue full", flush=True)
         rec.put("reject", await measureReject(setup, plan.rejects))
 
@@ -771,11 +820,42 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
     print(f"bench: done in {rec.samples['elapsedSeconds']:.0f} s; see {outDir}/performance.md")
 
 
+async def runObserveOnly(plan: Plan) -> None:
+    """
+    Only the observability arms; print their figures (no report written).
+    """
+    os.sched_setaffinity(0, {LOAD_CPU})
+    rec = Recorder()
+    upstreamPort = freePort()
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    upstream = spawn(
+        "upstream",
+        [sys.executable, "-m", "bench._upstream", "--port", str(upstreamPort)],
+        str(LOAD_CPU),
+        tempfile.gettempdir(),
+        env,
+        upstreamPort,
+    )
+    setup = Setup.create(upstreamPort)
+    try:
+        await waitReady(upstream, "/v1/models", 30)
+        await measureObserve(setup, plan, upstream, rec, plan.rounds)
+    finally:
+        upstream.stop()
+        shutil.rmtree(setup.directory, ignore_errors=True)
+    print("\n".join(_report.observeLines(rec.samples)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short run (validation only)")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM arm")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument(
+        "--observe-only",
+        action="store_true",
+        help="measure only the cost of metrics and tracing; print it, write nothing",
+    )
     parser.add_argument("--out", default=os.path.join(ROOT, "docs"), help="output directory")
     parser.add_argument(
         "--report-only",
@@ -790,6 +870,9 @@ def main(argv: list[str] | None = None) -> None:
     plan = QUICK if options.quick else FULL
     if options.rounds:
         plan = attrs.evolve(plan, rounds=options.rounds)
+    if options.observe_only:
+        asyncio.run(runObserveOnly(plan))
+        return
     useLiteLLM = not options.no_litellm and os.path.exists(LITELLM)
     if not options.no_litellm and not useLiteLLM:
         print("bench: LiteLLM is not installed (bench/.venv-litellm); running without it")

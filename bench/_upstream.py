@@ -124,6 +124,7 @@ class BenchUpstream(Resource):
         self.interval = interval
         self.closed: dict[str, float] = {}
         self.requests = 0
+        self.traceExports = 0
         self.open = 0
         self._closeWaiters: dict[str, list[Deferred[None]]] = {}
 
@@ -144,6 +145,11 @@ class BenchUpstream(Resource):
         return self._json(request, {"error": {"message": "not found", "type": "not_found"}})
 
     def render_POST(self, request: Request) -> bytes | int:
+        if request.path == b"/v1/traces":
+            # An OTLP/HTTP sink for the tracing arm: accepted, dropped.
+            self.traceExports += 1
+            request.setHeader(b"content-type", b"application/x-protobuf")
+            return b""
         prefix, _, rest = request.path.partition(b"/v1/")
         mode = _MODES.get(prefix)
         if mode is None or rest != b"chat/completions":

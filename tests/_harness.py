@@ -87,6 +87,7 @@ async def startServer(
     taskShortcut: bool = True,
     fakeProviders: dict[str, str] | None = None,
     extraConfig: dict[str, Any] | None = None,
+    observer: Any = None,
     mounts: Any = None,
 ) -> LiveServer:
     """
@@ -102,6 +103,8 @@ async def startServer(
         sentinel key.
     @param extraConfig: more top-level configuration sections (e.g.
         C{pricing}).
+    @param observer: an L{ai_agent.observe.Observer} for the runner, the
+        pool and the headend; with metrics, C{/metrics} is served too.
     @param mounts: builds the other APIs' L{ai_agent.headends._site.Mount}s
         from the runtime, the pool and the reactor (by default, as the
         server does: L{ai_agent.tap.apiMounts}).
@@ -127,11 +130,17 @@ async def startServer(
         writeAgent(directory, name, text)
         for name, text in (agents or {"agent.ai": DEFAULT_AGENT}).items()
     ]
+    observed: dict[str, Any] = {} if observer is None else {"observer": observer}
     runtime = buildRuntime(
-        reactor, paths, configFile=configPath, cwd=directory, environ={"HOME": directory}
+        reactor,
+        paths,
+        configFile=configPath,
+        cwd=directory,
+        environ={"HOME": directory},
+        **observed,
     )
     testCase.addCleanup(runtime.close)
-    pool = RunPool(reactor, concurrency, maxQueue, queueTimeout)
+    pool = RunPool(reactor, concurrency, maxQueue, queueTimeout, **observed)
     headend = OpenAIHeadend(
         runtime.registry,
         runtime.runner,
@@ -140,11 +149,18 @@ async def startServer(
         streamHeadGrace=streamHeadGrace,
         reasoningField=reasoningField,
         taskShortcut=taskShortcut,
+        **observed,
     )
+    metrics = None
+    if observer is not None and observer.metrics is not None:
+        from ai_agent.observe import MetricsResource
+
+        metrics = MetricsResource(observer.metrics, reactor)
     extra = (apiMounts if mounts is None else mounts)(runtime, pool, reactor)
-    factory = TrackingFactory(
-        makeSite(headend, HTTPPolicy() if policy is None else policy, mounts=extra)
+    site = makeSite(
+        headend, HTTPPolicy() if policy is None else policy, mounts=extra, metrics=metrics
     )
+    factory = TrackingFactory(site)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     # Cleanups run last-added first: stop listening, then drop what is open.
     testCase.addCleanup(factory.dropConnections)

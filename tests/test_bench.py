@@ -9,6 +9,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from bench._report import observeFigures, observeLines
 from bench._stats import (
     ResponseParser,
     addedPerRound,
@@ -172,3 +173,41 @@ class ParsingTests(SynchronousTestCase):
         self.assertEqual(completionText(body), "hi")
         self.assertIsNone(completionText(b'{"error": {}}'))
         self.assertIsNone(completionText(b"nope"))
+
+
+class ObserveReportTests(SynchronousTestCase):
+    """
+    The observability arms in the report.
+    """
+
+    def test_addedOverMetricsOff(self) -> None:
+        """
+        Each arm's added latency is taken against the metrics-off arm of the
+        same round; CPU per request is the server's CPU share over the rate;
+        the section has one row per arm measured.
+        """
+        samples = {
+            "observe_latency_c1": {
+                "off": {"0": {"ms": [1.0, 1.0, 1.0]}, "1": {"ms": [2.0]}},
+                "metrics": {"0": {"ms": [1.5, 1.5, 1.5]}, "1": {"ms": [2.5]}},
+                "tracing": {"0": {"ms": [3.0, 3.0, 3.0]}, "1": {"ms": [4.0]}},
+            },
+            "observe_rps": {
+                arm: {"0": {"rps": rps, "cpu": {"server": 1.0, "upstream": 0.2}}}
+                for arm, rps in (("off", 1000.0), ("metrics", 800.0), ("tracing", 500.0))
+            },
+        }
+        f = observeFigures(samples)
+        self.assertEqual(f["added_p50.metrics"]["value"], 0.5)
+        self.assertEqual(f["added_p50.tracing"]["value"], 2.0)
+        self.assertNotIn("added_p50.off", f)
+        self.assertEqual(
+            (f["cpuUs.off"], f["cpuUs.metrics"], f["cpuUs.tracing"]), (1000.0, 1250.0, 2000.0)
+        )
+        rows = [
+            line for line in observeLines(samples) if line.startswith("| ") and "---" not in line
+        ]
+        self.assertEqual(
+            [row.split(" | ")[0] for row in rows[1:]], ["| off", "| metrics", "| tracing"]
+        )
+        self.assertEqual(observeLines({}), [])

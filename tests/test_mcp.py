@@ -332,6 +332,7 @@ class StdioTests(TestCase):
                 "big",
                 "picture",
                 "weather",
+                "header",
                 "log",
                 "noop_0",
                 "noop_1",
@@ -571,7 +572,7 @@ class HttpTests(TestCase):
             self, self._http(url, Authorization="Bearer s3cret-header"), http=httpClient(self)
         )
         tools = await server.listTools()
-        self.assertEqual(len(tools), 9)
+        self.assertEqual(len(tools), 10)
         self.assertEqual(server.protocolVersion, "2025-06-18")
         self.assertEqual(await server.callTool("add", {"a": 20, "b": 22}, 10), "42")
         with self.assertRaises(McpError):

@@ -454,7 +454,7 @@ class SessionRetryTests(SynchronousTestCase):
         self.assertEqual((line["promptTokens"], line["completionTokens"]), (1000, 200))
         self.assertAlmostEqual(line["cost"], 0.004)
         self.assertEqual(line["duration"], 0.5)
-        self.assertEqual(line["costText"], "$0.004000")
+        self.assertEqual(line["_costText"], "$0.004000")
 
     def test_failedRunLogLine(self) -> None:
         """
@@ -468,7 +468,7 @@ class SessionRetryTests(SynchronousTestCase):
         self.failureResultOf(self.start(agent()), ProviderError)
         [line] = [e for e in logs.events if e["log_level"].name == "info"]
         self.assertEqual(line["outcome"], "failed: 502 upstream_rejected")
-        self.assertEqual(line["modelList"], "none")
+        self.assertEqual(line["_modelList"], "none")
 
 
 class AccountTests(SynchronousTestCase):

@@ -105,6 +105,31 @@ class OptionsTests(SynchronousTestCase):
         for argv in cases:
             self.assertRaises(usage.UsageError, self.parse, *argv)
 
+    def test_metricsOptions(self) -> None:
+        """
+        Metrics are on by default with no port of their own; a bare
+        C{--metrics-port} binds 127.0.0.1 whatever C{--host} says; it does
+        not go with C{--no-metrics}.
+        """
+        options = self.parse("--agent", self.agent, "--openai-completions", "1")
+        self.assertEqual((options["metrics"], options["metrics-endpoint"]), (True, None))
+        options = self.parse(
+            *("--agent", self.agent, "--openai-completions", "1", "--host", "0.0.0.0"),
+            *("--metrics-port", "9464"),
+        )
+        self.assertEqual(options["metrics-endpoint"], "tcp:9464:interface=127.0.0.1:backlog=1024")
+        self.assertFalse(
+            self.parse("--agent", self.agent, "--openai-completions", "1", "--no-metrics")[
+                "metrics"
+            ]
+        )
+        self.assertRaises(
+            usage.UsageError,
+            self.parse,
+            *("--agent", self.agent, "--openai-completions", "1"),
+            *("--metrics-port", "9464", "--no-metrics"),
+        )
+
     def test_endpointFor(self) -> None:
         """
         An IPv6 host is escaped in the endpoint string.

@@ -741,9 +741,9 @@ class ListToolsTests(TestCase):
         code, out, err = await self.listTools("calc")
         self.assertEqual((code, err), (0, ""))
         lines = out.splitlines()
-        self.assertEqual(lines[0], "calc: 9 tools")
+        self.assertEqual(lines[0], "calc: 10 tools")
         self.assertEqual(lines[1], "  calc__add      Add two integers.")
-        self.assertEqual(len(lines), 10)
+        self.assertEqual(len(lines), 11)
 
     async def test_unknownServer(self) -> None:
         """
@@ -786,5 +786,5 @@ class ListToolsTests(TestCase):
             env=_process.childEnvironment(PYTHONPATH=ROOT),
         )
         self.assertEqual(code, 1)
-        self.assertTrue(out.decode().startswith("calc: 9 tools\n  calc__add "))
+        self.assertTrue(out.decode().startswith("calc: 10 tools\n  calc__add "))
         self.assertIn(b"MCP server 'ghost' is not available", err)

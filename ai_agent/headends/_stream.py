@@ -41,6 +41,7 @@ from ai_agent.events import (
 from ai_agent.flow import CLIENT_STALL_TIMEOUT, Flow, currentFlow
 from ai_agent.headends._sse import SSEStream
 from ai_agent.limits import MAX_RUN_ANSWER, AnswerCap
+from ai_agent.observe import RequestScope, requestScope
 from ai_agent.pool import Slot
 from ai_agent.redaction import RedactingSink, Redactor, safeError
 
@@ -149,6 +150,11 @@ class RunResponse:
     redactor: Redactor = attrs.field(factory=Redactor, kw_only=True)
     maxAnswer: int = attrs.field(default=MAX_RUN_ANSWER, kw_only=True)
     stallTimeout: float = attrs.field(default=CLIENT_STALL_TIMEOUT, kw_only=True)
+    _scope: RequestScope = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Told of the first piece of the answer and of an in-band failure.
+        self._scope = requestScope(self.request)
 
     def _frame(self, event: Event) -> bytes | None:
         encoder = self.encoder
@@ -157,6 +163,7 @@ class RunResponse:
             self.headers[MODEL_HEADER] = event.model.encode("utf-8")
             return None
         if isinstance(event, ContentDelta):
+            self._scope.firstToken()
             return encoder.content(event.text)
         if isinstance(event, ReasoningDelta):
             return encoder.reasoning(event.text)
@@ -269,6 +276,7 @@ class RunResponse:
         stream.end()
 
     def _endInBand(self, stream: SSEStream, error: AgentError) -> None:
+        self._scope.failedInBand(error.status)
         stream.send(self.encoder.error(safeError(error, self.redactor, inBand=True)))
         stream.end()
 

@@ -42,6 +42,7 @@ from ai_agent.headends._request import (
 )
 from ai_agent.headends._stream import RunResponse
 from ai_agent.limits import MAX_RUN_ANSWER
+from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
 from ai_agent.redaction import Redactor, safeError, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
@@ -318,6 +319,7 @@ class OpenAIHeadend:
     reasoningField: str | None = "reasoning_content"
     streamHeadGrace: float = STREAM_HEAD_GRACE
     taskShortcut: bool = True
+    observer: Observer = NULL_OBSERVER
 
     threadPool: Any = None
     bodyGate: BodyGate | None = None
@@ -469,6 +471,7 @@ class OpenAIHeadend:
         return _dumps(_modelEntry(agent))
 
     @app.route("/v1/chat/completions", methods=["POST"])
+    @observedRoute("openai", "/v1/chat/completions")
     async def chatCompletions(self, request: IRequest) -> bytes | None:
         """
         Run an agent on a conversation; answer in one JSON body or stream.
@@ -486,6 +489,7 @@ class OpenAIHeadend:
         agent = self.registry.resolve(chat.model)
         if agent is None:
             raise _unknownModel(chat.model, self.registry.ids())
+        requestScope(request).setAgent(agent.id)
         labels = self._labels(request, chat)
         run = chat.runRequest(labels)
         encoder = ChatEncoder(

@@ -50,6 +50,7 @@ from zope.interface import implementer
 
 from ai_agent.errors import ProviderError
 from ai_agent.flow import Flow, currentFlow
+from ai_agent.observe import injectTraceContext
 from ai_agent.providers._base import DeltaSink, LLMRequest, LLMResponse
 from ai_agent.sse import DEFAULT_MAX_BUFFER, SSEError, SSEEvent, SSEParser
 
@@ -439,11 +440,13 @@ class HTTPCall:
         if request.totalTimeout is not None:
             self._deadline = self._clock.callLater(request.totalTimeout, self._deadlinePassed)
         try:
+            headers = provider.requestHeaders(request)
+            injectTraceContext(headers)
             requestDeferred = _post(
                 provider.http,
                 provider.url,
                 provider.payload(request),
-                Headers({key: [value] for key, value in provider.requestHeaders(request).items()}),
+                Headers({key: [value] for key, value in headers.items()}),
             )
         except Exception as e:
             self._fail(self.error("could not send a request", describe(e), retryable=False))

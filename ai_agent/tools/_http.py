@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
+from ai_agent.observe import injectTraceContext
 from ai_agent.sse import SSEError, SSEParser
 from ai_agent.tools._jsonrpc import McpError
 
@@ -209,6 +210,9 @@ class HttpTransport:
             headers["Mcp-Session-Id"] = self.sessionId
         if self.protocolVersion is not None:
             headers["MCP-Protocol-Version"] = self.protocolVersion
+        traceContext: dict[str, str] = {}
+        injectTraceContext(traceContext)
+        headers.update(traceContext)
         return headers
 
     async def _post(self, message: Mapping[str, Any]) -> bool:

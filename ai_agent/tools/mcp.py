@@ -18,6 +18,7 @@ Tool results become text for the model with L{formatToolResult}.
 
 from __future__ import annotations
 
+import contextvars
 import json
 from functools import partial
 from typing import Any, Iterable, Mapping, Sequence
@@ -230,7 +231,10 @@ class McpServer:
         final).
         """
         if self.state == "idle":
-            self._launch()
+            # In a context of its own: the server outlives the run that
+            # happened to start it, and its traffic is no part of that
+            # run's trace.
+            contextvars.Context().run(self._launch)
 
     def whenReady(self, timeout: float, failFast: bool = False) -> Deferred[None]:
         """

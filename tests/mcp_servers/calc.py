@@ -13,6 +13,7 @@ bodies with C{--json}.
 Tools: C{add}, C{fail} (always an error result), C{sleep} (writes
 C{cancelled} into the marker directory when its call is cancelled),
 C{crash} (the process exits), C{env} (reads an environment variable),
+C{header} (a header of the call's HTTP request),
 C{big} (a long text), C{picture} (an image and a text), C{weather}
 (structured content only), C{log} (writes to stderr), and with
 C{--many N} that many C{noop_<i>} tools.  With C{--page-size N}, C{tools/list}
@@ -29,7 +30,7 @@ from typing import Any
 
 import anyio
 import mcp_types as types
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.utilities.types import Image
 
@@ -111,6 +112,13 @@ def build(marker: str | None, many: int) -> PagedServer:
     def weather(city: str) -> types.CallToolResult:
         """Structured weather, without text content."""
         return types.CallToolResult(content=[], structured_content={"city": city, "celsius": 21})
+
+    @server.tool()
+    def header(name: str, ctx: Context) -> str:
+        """The value of a header of this call's HTTP request, or (none)."""
+        request = ctx.request_context.request
+        headers = getattr(request, "headers", None)
+        return "(none)" if headers is None else headers.get(name, "(none)")
 
     @server.tool()
     def log(text: str) -> str:

@@ -1,0 +1,67 @@
+# -*- test-case-name: tests.test_observe -*-
+"""
+C{--log-format json}: one JSON object per line.
+
+Every line has C{time} (ISO 8601, UTC), C{level}, C{namespace} and
+C{message} (the text line's message), then the event's own fields: a run's
+line carries C{agent}, C{requestId}, C{outcome},
+C{duration}, C{promptTokens}, C{completionTokens}, C{totalTokens}, C{cost},
+C{user}, C{task}, C{models}, C{calls}, C{failures} and, when tracing,
+C{traceId}.  Fields whose names start with C{_} only shape the text line and
+are left out, as are Twisted's own C{log_*} keys.  A failure's traceback is
+in C{traceback}.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from twisted.logger import FileLogObserver, formatEvent
+
+_PRIMITIVE = (str, int, float, bool, type(None))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, _PRIMITIVE):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    return str(value)
+
+
+def eventAsJSON(event: dict[str, Any]) -> str:
+    """
+    One log event as one line of JSON (ending in a newline).
+    """
+    when = event.get("log_time")
+    record: dict[str, Any] = {
+        "time": None
+        if when is None
+        else datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds"),
+        "level": getattr(event.get("log_level"), "name", None),
+        "namespace": event.get("log_namespace"),
+        "message": formatEvent(event),
+    }
+    for key, value in event.items():
+        if key.startswith(("log_", "_")) or key in record or key == "format":
+            continue
+        record[key] = _jsonable(value)
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["traceback"] = failure.getTraceback()
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+    return text + "\n"
+
+
+def jsonFileLogObserver(stream: IO[str]) -> FileLogObserver:
+    """
+    A log observer writing L{eventAsJSON} lines to C{stream}.
+    """
+    return FileLogObserver(stream, eventAsJSON)
+
+
+__all__ = ["eventAsJSON", "jsonFileLogObserver"]
