@@ -26,11 +26,18 @@ from twisted.python.failure import Failure
 
 from ai_agent import __version__
 from ai_agent.errors import AgentError, ConfigurationError
-from ai_agent.events import PROGRESS_TYPES, ContentDelta, Event, ReasoningDelta, ReasoningText
+from ai_agent.events import (
+    PROGRESS_TYPES,
+    ContentDelta,
+    Event,
+    ModelAnswering,
+    ReasoningDelta,
+    ReasoningText,
+)
 from ai_agent.observe import MULTIPROC_DIR, jsonFileLogObserver
 from ai_agent.providers import ChatMessage
 from ai_agent.request import RunRequest
-from ai_agent.startup import WORKER_VARIABLE, StartupError, textObserver
+from ai_agent.startup import WORKER_VARIABLE, StartupError, embeddedModels, textObserver
 from ai_agent.tap import ServerOptions, makeService
 from ai_agent.workers import ADOPTABLE, parseInherited, startWorkers, watchParent
 
@@ -273,11 +280,15 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
         ended: list[str] = [""]
         reasoning = ReasoningText()
 
+        answered: list[str] = []
+
         def onEvent(event: Event) -> None:
             if isinstance(event, ContentDelta):
                 stdout.write(event.text)
                 stdout.flush()
                 ended[0] = event.text
+            elif isinstance(event, ModelAnswering):
+                answered.append(event.model)
             elif options["verbose"]:
                 if isinstance(event, ReasoningDelta):
                     stderr.write(reasoning.reasoning(event.text))
@@ -303,6 +314,13 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
         if ended[0] and not ended[0].endswith("\n"):
             stdout.write("\n")
         stdout.flush()
+        embedded = embeddedModels(answered, runtime.config)
+        if embedded and not options["quiet"]:
+            # Nobody should take the small local model's answer for another's.
+            stderr.write(
+                f"ai-agent: answered by the embedded model {', '.join(embedded)};"
+                " set a provider's key for a bigger model\n"
+            )
         return EXIT_OK
 
     return ensureDeferred(main())
@@ -475,6 +493,7 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
             if not stopping.called:
                 stopping.addBoth(lambda _: reactor.stop())
                 reactor.run()
+            _removeMetricsDir(metricsDir)
             return EXIT_FAILED
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
         if inherited is not None:

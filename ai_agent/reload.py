@@ -32,8 +32,7 @@ from ai_agent.runtime import (
     usedToolServers,
     warnMissingKeys,
 )
-from ai_agent.session import SessionRunner
-from ai_agent.tools import McpManager, ToolBoxFactory
+from ai_agent.tools import McpManager
 
 log = Logger()
 
@@ -112,8 +111,12 @@ class Reloader:
             if self.parent is not None:
                 mcp.setServiceParent(self.parent)
             retired.append(runtime.mcp)
-        tools = ToolBoxFactory(registry.byPath, mcp)
-        runner = SessionRunner(providers, self.reactor, tools, pricing=config.pricing)
+        # Everything else (the sub-agent limiter, the turn store, the retry
+        # policy) carries over unchanged.
+        tools = attrs.evolve(runtime.tools, agents=registry.byPath, mcp=mcp, runner=None)
+        runner = attrs.evolve(
+            runtime.runner, providers=providers, tools=tools, pricing=config.pricing
+        )
         tools.runner = runner
         runtime.config, runtime.registry, runtime.providers = config, registry, providers
         runtime.runner, runtime.mcp, runtime.tools = runner, mcp, tools

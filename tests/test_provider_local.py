@@ -99,6 +99,8 @@ class LocalProviderTests(TestCase):
             runtime.http,
             reactor,
             loader=loader,
+            # The fake loader needs no llama.cpp: these run without xllamacpp.
+            hasEngine=lambda: True,
         )
         self.addCleanup(self.provider.stop)
         return running.upstream

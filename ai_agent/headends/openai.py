@@ -578,7 +578,7 @@ def _page(request: IRequest, contentType: bytes, body: bytes) -> bytes:
 def _unknownModel(model: str, served: list[str]) -> AgentError:
     return notFound(
         f"The model {shorten(repr(model))} does not exist: no agent is served under that name"
-        f" (served: {shorten(', '.join(served) or 'none')})",
+        f" (served: {shorten(', '.join(served) or 'none', 300)})",
         "model_not_found",
         "model",
     )

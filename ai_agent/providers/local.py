@@ -330,6 +330,7 @@ class LocalProvider:
     @ivar loader: starts one model's server in a thread (L{loadServer}).
     @ivar threadPoolFactory: the pool that loading and stopping run in
         (the reactor's by default).
+    @ivar hasEngine: whether the engine C{loader} needs is installed.
     """
 
     name: str
@@ -338,6 +339,7 @@ class LocalProvider:
     reactor: IReactorTime = attrs.field(repr=False)
     loader: Loader = attrs.field(default=loadServer, repr=False)
     threadPoolFactory: Callable[[], Any] | None = attrs.field(default=None, repr=False)
+    hasEngine: Callable[[], bool] = attrs.field(default=engineInstalled, repr=False)
     _engines: dict[str, _Engine] = attrs.field(factory=dict, init=False)
 
     def threadPool(self) -> Any:
@@ -367,7 +369,7 @@ class LocalProvider:
         Why C{model} cannot run here (not installed, unknown, no file), or
         L{None}.
         """
-        if not engineInstalled():
+        if not self.hasEngine():
             return ProviderError(
                 f"provider {self.name!r} cannot run model {model!r}: the xllamacpp package"
                 " is not installed (pip install xllamacpp)",
