@@ -46,6 +46,8 @@ setup(
             "httpx>=0.23",
             "pydantic>=2",
             "langchain-openai>=1.0",
+            # The Responses API's client in tests/test_headend_responses.py.
+            "openai-agents>=0.24",
             "mcp>=2.3,<3",
             "hypothesis>=6.100",
             "jsonschema>=4.18",

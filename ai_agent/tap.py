@@ -21,10 +21,11 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from ai_agent.connections import TrackingFactory
-from ai_agent.errors import ConfigurationError
+from ai_agent.errors import OPENAI_ERRORS, ConfigurationError
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
 from ai_agent.headends._site import APIRouter, Mount
 from ai_agent.headends.openai import OpenAIHeadend
+from ai_agent.headends.responses import ResponsesHeadend
 from ai_agent.observe import (
     NULL_OBSERVER,
     Metrics,
@@ -343,7 +344,15 @@ def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
     The APIs served beside the OpenAI routes on every port, each with its
     own headend over the same runtime and pool.
     """
-    return []
+    responses = ResponsesHeadend(
+        runtime.registry,
+        runtime.runner,
+        pool,
+        reactor,
+        store=runtime.store,
+        observer=runtime.runner.observer,
+    )
+    return [Mount(b"/v1/responses", responses.app, OPENAI_ERRORS)]
 
 
 def makeObserver(options: ServerOptions, environ: Mapping[str, str], reactor: Any) -> Observer:

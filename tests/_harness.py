@@ -89,6 +89,7 @@ async def startServer(
     extraConfig: dict[str, Any] | None = None,
     observer: Any = None,
     mounts: Any = None,
+    store: Any = None,
 ) -> LiveServer:
     """
     Start a fake upstream and a headend serving C{agents} (file name →
@@ -108,6 +109,8 @@ async def startServer(
     @param mounts: builds the other APIs' L{ai_agent.headends._site.Mount}s
         from the runtime, the pool and the reactor (by default, as the
         server does: L{ai_agent.tap.apiMounts}).
+    @param store: the run store (L{None}: as with C{--store none}); it is
+        started here and closed when the test ends.
     """
     running = await startFakeUpstream(reactor)
     testCase.addCleanup(running.stop)
@@ -131,12 +134,16 @@ async def startServer(
         for name, text in (agents or {"agent.ai": DEFAULT_AGENT}).items()
     ]
     observed: dict[str, Any] = {} if observer is None else {"observer": observer}
+    if store is not None:
+        await store.start()
+        testCase.addCleanup(store.close)
     runtime = buildRuntime(
         reactor,
         paths,
         configFile=configPath,
         cwd=directory,
         environ={"HOME": directory},
+        store=store,
         **observed,
     )
     testCase.addCleanup(runtime.close)

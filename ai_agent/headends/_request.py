@@ -739,6 +739,14 @@ def _parseToolCalls(value: Any, where: str) -> tuple[ToolCall, ...]:
     return tuple(calls)
 
 
+# The checks other APIs' parsers share, under public names.
+loadJSON = _loads
+optional = _optional
+number = _number
+typeName = _typeName
+show = _show
+
+
 __all__ = [
     "AgentError",
     "ChatRequest",
@@ -747,7 +755,14 @@ __all__ = [
     "MAX_MESSAGES",
     "MAX_TOOLS",
     "OFF_REACTOR_THRESHOLD",
+    "TOOL_NAME",
+    "functionSpec",
+    "loadJSON",
+    "number",
+    "optional",
     "parseChatRequest",
     "parseChatRequestOffReactor",
     "parseOffReactor",
+    "show",
+    "typeName",
 ]

@@ -138,6 +138,10 @@ class RunResponse:
         the run may send before it is stopped with C{answer_too_large}.
     @ivar stallTimeout: seconds a streaming client may read nothing before
         it is dropped and the run stopped (see L{ai_agent.flow}).
+    @ivar beforeFinish: called with the run's end once every event reached
+        the encoder and before the last frames or the body are made (the
+        Responses API stores the response here); a failure it raises is
+        the run's failure.
     """
 
     request: IRequest
@@ -150,6 +154,9 @@ class RunResponse:
     redactor: Redactor = attrs.field(factory=Redactor, kw_only=True)
     maxAnswer: int = attrs.field(default=MAX_RUN_ANSWER, kw_only=True)
     stallTimeout: float = attrs.field(default=CLIENT_STALL_TIMEOUT, kw_only=True)
+    beforeFinish: Callable[[Finished], Deferred[None]] | None = attrs.field(
+        default=None, kw_only=True
+    )
     _scope: RequestScope = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -196,6 +203,8 @@ class RunResponse:
                 raise stopped[0] from None
             raise
         redacting.flush()
+        if self.beforeFinish is not None:
+            await self.beforeFinish(finished)
         self.request.setHeader(b"content-type", b"application/json")
         for name, value in self.headers.items():
             self.request.setHeader(name, value)
@@ -271,6 +280,17 @@ class RunResponse:
             if timer[0].active():
                 timer[0].cancel()
         redacting.flush()
+        if self.beforeFinish is not None:
+            try:
+                await self.beforeFinish(finished)
+            except CancelledError:
+                stream.end()
+                raise
+            except AgentError as error:
+                if not stream.started:
+                    raise
+                self._endInBand(stream, error)
+                return
         begin()
         stream.send(encoder.finish(finished))
         stream.end()

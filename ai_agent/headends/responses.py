@@ -1,0 +1,1057 @@
+# -*- test-case-name: tests.test_headend_responses -*-
+"""
+The OpenAI Responses API: C{POST /v1/responses} runs an agent on a list of
+input items and answers with a C{response} object, or streams it as typed
+Server-Sent Events; stored responses are read back, listed and deleted
+under C{/v1/responses/{id}}.
+
+The parser maps the body to the neutral L{RunRequest}; L{ResponsesEncoder}
+maps the run's events to output items (a C{reasoning} item carrying the
+model's reasoning and the agent's progress, a C{message}, the client's
+C{function_call}s).  A stored response keeps only its own input and output
+items and the id of the response it continued, so a long chain costs no
+more than its items; C{previous_response_id} walks the chain back.  See
+docs/responses.md.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any, ClassVar, Iterable, cast
+
+import attrs
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from ai_agent.accounting import RunLabels
+from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorKind, invalidRequest, notFound
+from ai_agent.events import (
+    ClientToolCall,
+    EventSink,
+    Finished,
+    FinishReason,
+    Progress,
+    ReasoningText,
+    Usage,
+)
+from ai_agent.flow import CLIENT_STALL_TIMEOUT
+from ai_agent.headends._bodies import BodyGate
+from ai_agent.headends._request import (
+    MAX_MESSAGES,
+    MAX_TOOLS,
+    OFF_REACTOR_THRESHOLD,
+    functionSpec,
+    loadJSON,
+    number,
+    optional,
+    show,
+    typeName,
+)
+from ai_agent.headends._stream import RunResponse
+from ai_agent.limits import MAX_RUN_ANSWER
+from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
+from ai_agent.pool import RunPool
+from ai_agent.providers import ChatMessage, ToolCall
+from ai_agent.redaction import Redactor, safeError, shorten
+from ai_agent.registry import AgentRegistry
+from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
+from ai_agent.session import SessionRunner
+from ai_agent.store import RESPONSES, RunStore
+from ai_agent.tasks import forwardedHeaders, loggable
+
+#: Output items of stored responses, by item id, for C{item_reference}.
+ITEMS = "response_items"
+
+#: The most responses C{previous_response_id} may chain back through.
+MAX_CHAIN = 1000
+
+#: Seconds a streamed response may stay silent before its head is sent.
+STREAM_HEAD_GRACE = 10.0
+
+_JSON = b"application/json"
+_ROLES = frozenset({"user", "assistant", "system", "developer"})
+_TEXT_PARTS = frozenset({"input_text", "output_text", "text", "refusal"})
+_INPUT_TYPES = frozenset(
+    {"message", "function_call", "function_call_output", "item_reference", "reasoning"}
+)
+
+
+def _newId(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+
+
+# -- the request --------------------------------------------------------
+
+
+@attrs.frozen
+class ResponsesRequest:
+    """
+    A validated C{POST /v1/responses} body.
+
+    @ivar items: the input as items (a string input is one user message),
+        each with an C{id}; C{item_reference}s are resolved by the route.
+    @ivar echo: the request's fields the response object repeats (tools,
+        tool_choice, text, metadata, ...), as the client sent them.
+    """
+
+    model: str
+    items: tuple[dict[str, Any], ...]
+    instructions: str | None = None
+    previousResponseId: str | None = None
+    store: bool = True
+    stream: bool = False
+    sampling: Sampling = Sampling()
+    tools: tuple[ClientTool, ...] = ()
+    toolChoice: ToolChoice = ToolChoice()
+    parallelToolCalls: bool | None = None
+    user: str | None = None
+    echo: dict[str, Any] = attrs.field(factory=dict)
+
+
+def parseResponsesRequest(body: bytes) -> ResponsesRequest:
+    """
+    Parse and validate a request body.
+
+    @raise AgentError: a 400 naming the offending C{param}.
+    """
+    data = loadJSON(body)
+    if not isinstance(data, dict):
+        raise invalidRequest(
+            f"the request body must be a JSON object, not {typeName(data)}", code="invalid_json"
+        )
+    model = data.get("model")
+    if model is None:
+        raise invalidRequest(
+            "you must provide a model parameter", "model", "missing_required_parameter"
+        )
+    if not isinstance(model, str) or not model:
+        raise invalidRequest("'model' must be a non-empty string", "model", "invalid_type")
+    if optional(data, "background", bool, False):
+        raise invalidRequest(
+            "background responses are not supported here: leave 'background' false and"
+            " stream the response instead",
+            "background",
+            "unsupported_value",
+        )
+    if data.get("conversation") is not None:
+        raise invalidRequest(
+            "conversation objects are not supported here: chain responses with"
+            " 'previous_response_id' instead",
+            "conversation",
+            "unsupported_parameter",
+        )
+    items = _parseInput(data.get("input"))
+    instructions = optional(data, "instructions", str, None)
+    previous = optional(data, "previous_response_id", str, None)
+    store = optional(data, "store", bool, True)
+    stream = optional(data, "stream", bool, False)
+    temperature = number(data, "temperature", 0.0, 2.0)
+    topP = number(data, "top_p", 0.0, 1.0)
+    maxTokens = optional(data, "max_output_tokens", int, None)
+    if maxTokens is not None and maxTokens < 1:
+        raise invalidRequest(
+            "'max_output_tokens' must be at least 1", "max_output_tokens", "invalid_value"
+        )
+    tools = _parseTools(data.get("tools"))
+    toolChoice = _parseToolChoice(data.get("tool_choice"), tools)
+    parallel = optional(data, "parallel_tool_calls", bool, None)
+    outputFormat = _parseText(data.get("text"))
+    metadata = _parseMetadata(data.get("metadata"))
+    user = optional(data, "user", str, None)
+    echo = {
+        "tools": data.get("tools") or [],
+        "tool_choice": data.get("tool_choice") or "auto",
+        "text": data.get("text") or {"format": {"type": "text"}},
+        "metadata": metadata,
+        "temperature": temperature,
+        "top_p": topP,
+        "max_output_tokens": maxTokens,
+        "truncation": data.get("truncation") or "disabled",
+        "reasoning": data.get("reasoning") or {"effort": None, "summary": None},
+    }
+    return ResponsesRequest(
+        model=model,
+        items=items,
+        instructions=instructions,
+        previousResponseId=previous,
+        store=store,
+        stream=stream,
+        sampling=Sampling(temperature, topP, maxTokens, (), None, outputFormat),
+        tools=tools,
+        toolChoice=toolChoice,
+        parallelToolCalls=parallel,
+        user=user,
+        echo=echo,
+    )
+
+
+def _parseInput(value: Any) -> tuple[dict[str, Any], ...]:
+    if value is None:
+        raise invalidRequest(
+            "you must provide an input parameter", "input", "missing_required_parameter"
+        )
+    if isinstance(value, str):
+        return (_message("user", [{"type": "input_text", "text": value}]),)
+    if not isinstance(value, list):
+        raise invalidRequest(
+            f"'input' must be a string or an array of items, not {typeName(value)}",
+            "input",
+            "invalid_type",
+        )
+    if len(value) > MAX_MESSAGES:
+        raise invalidRequest(
+            f"'input' holds {len(value)} items; at most {MAX_MESSAGES} are allowed",
+            "input",
+            "array_above_max_length",
+        )
+    return tuple(_parseItem(item, f"input[{index}]") for index, item in enumerate(value))
+
+
+def _message(role: str, content: list[dict[str, Any]], itemId: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": itemId or _newId("msg"),
+        "status": "completed",
+        "role": role,
+        "content": content,
+    }
+
+
+def _string(item: dict[str, Any], key: str, where: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str):
+        raise invalidRequest(
+            f"'{where}.{key}' must be a string, not {typeName(value)}",
+            f"{where}.{key}",
+            "invalid_type" if key in item else "missing_required_parameter",
+        )
+    return value
+
+
+def _parseItem(item: Any, where: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise invalidRequest(
+            f"'{where}' must be an object, not {typeName(item)}", where, "invalid_type"
+        )
+    kind = item.get("type", "message")
+    if kind not in _INPUT_TYPES:
+        raise invalidRequest(
+            f"'{where}.type' is {show(kind)}; input items here are messages, function_call,"
+            " function_call_output, item_reference and reasoning",
+            f"{where}.type",
+            "unsupported_value",
+        )
+    itemId = optional(item, "id", str, None, f"{where}.id")
+    if kind == "message":
+        role = item.get("role")
+        if role not in _ROLES:
+            raise invalidRequest(
+                f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}, got {show(role)}",
+                f"{where}.role",
+                "invalid_value",
+            )
+        partType = "output_text" if role == "assistant" else "input_text"
+        parts = _parseParts(item.get("content"), f"{where}.content", partType)
+        return _message(role, parts, itemId)
+    if kind == "function_call":
+        return {
+            "type": "function_call",
+            "id": itemId or _newId("fc"),
+            "call_id": _string(item, "call_id", where),
+            "name": _string(item, "name", where),
+            "arguments": _string(item, "arguments", where),
+            "status": "completed",
+        }
+    if kind == "function_call_output":
+        output = item.get("output")
+        if isinstance(output, list):
+            output = "\n".join(
+                part["text"] for part in _parseParts(output, f"{where}.output", "input_text")
+            )
+        if not isinstance(output, str):
+            raise invalidRequest(
+                f"'{where}.output' must be a string, not {typeName(output)}",
+                f"{where}.output",
+                "invalid_type",
+            )
+        return {
+            "type": "function_call_output",
+            "id": itemId or _newId("fco"),
+            "call_id": _string(item, "call_id", where),
+            "output": output,
+            "status": "completed",
+        }
+    if kind == "item_reference":
+        return {"type": "item_reference", "id": _string(item, "id", where), "where": where}
+    # A reasoning item is kept in the history but never shown to the model.
+    return {"type": "reasoning", "id": itemId or _newId("rs"), "summary": []}
+
+
+def _parseParts(value: Any, where: str, partType: str) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        return [_textPart(partType, value)]
+    if not isinstance(value, list):
+        raise invalidRequest(
+            f"'{where}' must be a string or an array of content parts, not {typeName(value)}",
+            where,
+            "invalid_type",
+        )
+    parts = []
+    for index, part in enumerate(value):
+        partWhere = f"{where}[{index}]"
+        if not isinstance(part, dict):
+            raise invalidRequest(
+                f"'{partWhere}' must be an object, not {typeName(part)}", partWhere, "invalid_type"
+            )
+        kind = part.get("type")
+        if kind not in _TEXT_PARTS:
+            raise invalidRequest(
+                f"'{partWhere}' is a {show(kind)} part; agents here take text parts only",
+                partWhere,
+                "unsupported_content_type",
+            )
+        text = part.get("text", part.get("refusal"))
+        if not isinstance(text, str):
+            raise invalidRequest(
+                f"'{partWhere}.text' must be a string", f"{partWhere}.text", "invalid_type"
+            )
+        parts.append(_textPart(partType, text))
+    return parts
+
+
+def _textPart(partType: str, text: str) -> dict[str, Any]:
+    if partType == "output_text":
+        return {"type": "output_text", "text": text, "annotations": []}
+    return {"type": "input_text", "text": text}
+
+
+def _parseTools(value: Any) -> tuple[ClientTool, ...]:
+    """
+    C{tools}: function tools, flat as the Responses API writes them
+    (C{{"type": "function", "name", "description", "parameters"}}); any
+    hosted tool type is refused, naming it.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise invalidRequest(
+            f"'tools' must be an array, not {typeName(value)}", "tools", "invalid_type"
+        )
+    if len(value) > MAX_TOOLS:
+        raise invalidRequest(
+            f"'tools' holds {len(value)} items; at most {MAX_TOOLS} are allowed",
+            "tools",
+            "array_above_max_length",
+        )
+    tools: list[ClientTool] = []
+    names: set[str] = set()
+    for index, tool in enumerate(value):
+        where = f"tools[{index}]"
+        if not isinstance(tool, dict):
+            raise invalidRequest(
+                f"'{where}' must be an object, not {typeName(tool)}", where, "invalid_type"
+            )
+        kind = tool.get("type")
+        if kind != "function":
+            raise invalidRequest(
+                f"'{where}.type' is {show(kind)}: hosted tools are not available here;"
+                " only function tools are supported",
+                f"{where}.type",
+                "unsupported_tool_type",
+            )
+        spec = functionSpec(tool, where)
+        if spec.name in names:
+            raise invalidRequest(
+                f"'{where}.name' repeats the tool name {spec.name!r}",
+                f"{where}.name",
+                "duplicate_tool_name",
+            )
+        names.add(spec.name)
+        tools.append(ClientTool(spec, f"{where}.name"))
+    return tuple(tools)
+
+
+def _parseToolChoice(value: Any, tools: tuple[ClientTool, ...]) -> ToolChoice:
+    if value is None:
+        return ToolChoice()
+    if isinstance(value, str):
+        if value in (ToolChoice.NONE, ToolChoice.AUTO, ToolChoice.REQUIRED):
+            return ToolChoice(value)
+        raise invalidRequest(
+            f"'tool_choice' must be none, auto, required or a function, got {show(value)}",
+            "tool_choice",
+            "invalid_value",
+        )
+    if not isinstance(value, dict):
+        raise invalidRequest(
+            f"'tool_choice' must be a string or an object, not {typeName(value)}",
+            "tool_choice",
+            "invalid_type",
+        )
+    name = value.get("name")
+    if value.get("type") != "function" or not isinstance(name, str):
+        raise invalidRequest(
+            '\'tool_choice\' must be none, auto, required or {"type": "function", "name": ...}',
+            "tool_choice",
+            "invalid_value",
+        )
+    if name not in {tool.spec.name for tool in tools}:
+        raise invalidRequest(
+            f"'tool_choice.name' names {show(name)}, which is not in 'tools'",
+            "tool_choice.name",
+            "invalid_value",
+        )
+    return ToolChoice(ToolChoice.TOOL, name)
+
+
+def _parseText(value: Any) -> OutputFormat | None:
+    """
+    C{text.format}: C{text} (L{None}), C{json_object}, or C{json_schema}
+    with C{name} and C{schema} beside the type.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalidRequest("'text' must be an object", "text", "invalid_type")
+    spec = value.get("format")
+    if spec is None:
+        return None
+    param = "text.format"
+    if not isinstance(spec, dict):
+        raise invalidRequest(f"'{param}' must be an object", param, "invalid_type")
+    kind = spec.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputFormat()
+    if kind != "json_schema":
+        raise invalidRequest(
+            f"'{param}.type' must be one of text, json_object, json_schema",
+            f"{param}.type",
+            "invalid_value",
+        )
+    name = spec.get("name", "answer")
+    if not isinstance(name, str) or not name:
+        raise invalidRequest(
+            f"'{param}.name' must be a non-empty string", f"{param}.name", "invalid_type"
+        )
+    schema = spec.get("schema", {})
+    if not isinstance(schema, dict):
+        raise invalidRequest(
+            f"'{param}.schema' must be an object", f"{param}.schema", "invalid_type"
+        )
+    description = optional(spec, "description", str, None, f"{param}.description")
+    strict = optional(spec, "strict", bool, None, f"{param}.strict")
+    return OutputFormat(schema, name, description, strict)
+
+
+def _parseMetadata(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > 16:
+        raise invalidRequest(
+            "'metadata' must be an object of at most 16 string values", "metadata", "invalid_type"
+        )
+    for key, entry in value.items():
+        if len(key) > 64 or not isinstance(entry, str) or len(entry) > 512:
+            raise invalidRequest(
+                "'metadata' keys are at most 64 characters and values strings of at most 512",
+                f"metadata.{shorten(key, 64)}",
+                "invalid_value",
+            )
+    return dict(value)
+
+
+def conversation(items: Iterable[dict[str, Any]]) -> tuple[ChatMessage, ...]:
+    """
+    Items (resolved: no C{item_reference}) as the conversation the agent
+    sees: messages as they are, consecutive C{function_call}s as one
+    assistant message's tool calls (joined to the assistant message just
+    before them), C{function_call_output}s as tool messages; reasoning
+    items are left out.
+    """
+    messages: list[ChatMessage] = []
+    for item in items:
+        kind = item.get("type")
+        if kind == "message":
+            text = "\n".join(part.get("text", "") for part in item.get("content", ()))
+            messages.append(ChatMessage(item["role"], text))
+        elif kind == "function_call":
+            call = ToolCall(item["call_id"], item["name"], item["arguments"])
+            last = messages[-1] if messages else None
+            if last is not None and last.role == "assistant":
+                messages[-1] = attrs.evolve(last, toolCalls=(*last.toolCalls, call))
+            else:
+                messages.append(ChatMessage("assistant", "", toolCalls=(call,)))
+        elif kind == "function_call_output":
+            messages.append(ChatMessage("tool", item["output"], toolCallId=item["call_id"]))
+    return tuple(messages)
+
+
+# -- the response -------------------------------------------------------
+
+
+#: Why a response is incomplete, by neutral finish reason.
+INCOMPLETE = {
+    FinishReason.MAX_TOKENS: "max_output_tokens",
+    FinishReason.CONTENT_FILTER: "content_filter",
+}
+
+
+def usageObject(usage: Usage) -> dict[str, Any]:
+    """
+    The Responses API's C{usage}.
+    """
+    return {
+        "input_tokens": usage.promptTokens,
+        "input_tokens_details": {"cached_tokens": usage.cacheReadTokens},
+        "output_tokens": usage.completionTokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoningTokens},
+        "total_tokens": usage.totalTokens,
+    }
+
+
+@attrs.define
+class ResponsesEncoder:
+    """
+    A run as a Responses API response (a
+    L{ai_agent.headends._stream.RunEncoder}): typed events when streamed,
+    the response object when not.  Reasoning and progress share a
+    C{reasoning} item's summary, answer text a C{message} item, each
+    client tool call a C{function_call} item; an item is closed when one
+    of another kind starts.
+
+    @ivar base: the response object's fields but C{status}, C{output},
+        C{usage}, C{error} and C{incomplete_details}.
+    """
+
+    base: dict[str, Any]
+    output: list[dict[str, Any]] = attrs.field(factory=list, init=False)
+    _sequence: int = attrs.field(default=0, init=False)
+    _open: dict[str, Any] | None = attrs.field(default=None, init=False)
+    _text: list[str] = attrs.field(factory=list, init=False)
+    _reasoningText: ReasoningText = attrs.field(factory=ReasoningText, init=False)
+    _final: dict[str, Any] | None = attrs.field(default=None, init=False)
+
+    def snapshot(self, status: str, **fields: Any) -> dict[str, Any]:
+        """
+        The response object as it stands.
+        """
+        return {
+            **self.base,
+            "status": status,
+            "error": None,
+            "incomplete_details": None,
+            "output": [dict(item) for item in self.output],
+            "usage": None,
+            **fields,
+        }
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        data = {"type": kind, "sequence_number": self._sequence, **fields}
+        self._sequence += 1
+        return b"event: " + kind.encode("ascii") + b"\ndata: " + _dumps(data) + b"\n\n"
+
+    def open(self) -> bytes:
+        return self._event("response.created", response=self.snapshot("in_progress")) + self._event(
+            "response.in_progress", response=self.snapshot("in_progress")
+        )
+
+    def _start(self, item: dict[str, Any]) -> bytes:
+        frames = self._close()
+        self.output.append(item)
+        self._open = item
+        self._text = []
+        return frames + self._event(
+            "response.output_item.added", output_index=len(self.output) - 1, item=dict(item)
+        )
+
+    def _where(self) -> dict[str, Any]:
+        assert self._open is not None
+        return {"item_id": self._open["id"], "output_index": len(self.output) - 1}
+
+    def _close(self) -> bytes:
+        item = self._open
+        if item is None:
+            return b""
+        where = self._where()
+        self._open = None
+        text = "".join(self._text)
+        if item["type"] == "message":
+            part = {"type": "output_text", "text": text, "annotations": []}
+            item["content"] = [part]
+            item["status"] = "completed"
+            frames = self._event(
+                "response.output_text.done", **where, content_index=0, text=text, logprobs=[]
+            ) + self._event("response.content_part.done", **where, content_index=0, part=part)
+        else:
+            part = {"type": "summary_text", "text": text}
+            item["summary"] = [part]
+            frames = self._event(
+                "response.reasoning_summary_text.done", **where, summary_index=0, text=text
+            ) + self._event(
+                "response.reasoning_summary_part.done", **where, summary_index=0, part=part
+            )
+        return frames + self._event(
+            "response.output_item.done", output_index=where["output_index"], item=dict(item)
+        )
+
+    def content(self, text: str) -> bytes:
+        frames = b""
+        if self._open is None or self._open["type"] != "message":
+            frames = self._start(
+                {
+                    "type": "message",
+                    "id": _newId("msg"),
+                    "status": "in_progress",
+                    "role": "assistant",
+                    "content": [],
+                }
+            )
+            frames += self._event(
+                "response.content_part.added",
+                **self._where(),
+                content_index=0,
+                part={"type": "output_text", "text": "", "annotations": []},
+            )
+        self._text.append(text)
+        return frames + self._event(
+            "response.output_text.delta", **self._where(), content_index=0, delta=text, logprobs=[]
+        )
+
+    def _summary(self, text: str) -> bytes:
+        frames = b""
+        if self._open is None or self._open["type"] != "reasoning":
+            frames = self._start({"type": "reasoning", "id": _newId("rs"), "summary": []})
+            frames += self._event(
+                "response.reasoning_summary_part.added",
+                **self._where(),
+                summary_index=0,
+                part={"type": "summary_text", "text": ""},
+            )
+        self._text.append(text)
+        return frames + self._event(
+            "response.reasoning_summary_text.delta", **self._where(), summary_index=0, delta=text
+        )
+
+    def reasoning(self, text: str) -> bytes:
+        return self._summary(self._reasoningText.reasoning(text))
+
+    def progress(self, event: Progress) -> bytes:
+        return self._summary(self._reasoningText.progress(event))
+
+    def toolCall(self, call: ClientToolCall) -> bytes:
+        item = {
+            "type": "function_call",
+            "id": _newId("fc"),
+            "call_id": call.id,
+            "name": call.name,
+            "arguments": "",
+            "status": "in_progress",
+        }
+        frames = self._start(item)
+        self._open = None
+        index = len(self.output) - 1
+        where = {"item_id": item["id"], "output_index": index}
+        if call.arguments:
+            frames += self._event(
+                "response.function_call_arguments.delta", **where, delta=call.arguments
+            )
+        item["arguments"] = call.arguments
+        item["status"] = "completed"
+        return (
+            frames
+            + self._event(
+                "response.function_call_arguments.done",
+                **where,
+                name=call.name,
+                arguments=call.arguments,
+            )
+            + self._event("response.output_item.done", output_index=index, item=dict(item))
+        )
+
+    def usage(self, usage: Usage) -> None:
+        return None
+
+    def final(self, finished: Finished) -> dict[str, Any]:
+        """
+        The finished response object (made once).
+        """
+        if self._final is None:
+            self._closing = self._close()
+            reason = INCOMPLETE.get(finished.reason)
+            self._final = self.snapshot(
+                "completed" if reason is None else "incomplete",
+                incomplete_details=None if reason is None else {"reason": reason},
+                usage=usageObject(finished.usage),
+            )
+        return self._final
+
+    _closing: bytes = attrs.field(default=b"", init=False)
+
+    def finish(self, finished: Finished) -> bytes:
+        response = self.final(finished)
+        kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
+        closing, self._closing = self._closing, b""
+        return closing + self._event(kind, response=response)
+
+    def error(self, error: AgentError) -> bytes:
+        frames = self._closing + self._close()
+        self._closing = b""
+        failed = self.snapshot(
+            "failed", error={"code": error.code or "server_error", "message": error.message}
+        )
+        return frames + self._event("response.failed", response=failed)
+
+    def body(self, finished: Finished) -> bytes:
+        return _dumps(self.final(finished))
+
+
+# -- the headend --------------------------------------------------------
+
+
+@attrs.define(slots=False)
+class ResponsesHeadend:
+    """
+    Klein routes for the Responses API, beside the OpenAI headend on the
+    same port and pool.
+
+    @ivar store: the run store, or L{None} (C{--store none}): nothing is
+        stored and C{previous_response_id} is refused.
+    """
+
+    log: ClassVar[Logger] = Logger()
+    app: ClassVar[Klein] = Klein()
+
+    registry: AgentRegistry
+    runner: SessionRunner
+    pool: RunPool
+    reactor: IReactorTime
+    store: RunStore | None = None
+    observer: Observer = NULL_OBSERVER
+    streamHeadGrace: float = STREAM_HEAD_GRACE
+    clientStallTimeout: float = CLIENT_STALL_TIMEOUT
+    maxAnswer: int = MAX_RUN_ANSWER
+    redactor: Redactor | None = None
+    bodyGate: BodyGate | None = None
+
+    def _redactor(self) -> Redactor:
+        if self.redactor is None:
+            providers = getattr(self.runner, "providers", None)
+            self.redactor = Redactor.fromConfig(getattr(providers, "config", None))
+        return self.redactor
+
+    def _bodyGate(self) -> BodyGate:
+        if self.bodyGate is None:
+            self.bodyGate = BodyGate(self.reactor, cast(Any, self.reactor).getThreadPool())
+        return self.bodyGate
+
+    # -- errors ---------------------------------------------------------
+
+    @app.handle_errors(AgentError)
+    def _agentError(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, AgentError)
+        return self._errorBody(request, error)
+
+    @app.handle_errors(NotFound)
+    def _notFound(self, request: IRequest, failure: Failure) -> bytes:
+        path = request.path.decode("utf-8", "replace")
+        return self._errorBody(request, notFound(f"no such endpoint: {shorten(path)}"))
+
+    @app.handle_errors(MethodNotAllowed)
+    def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, MethodNotAllowed)
+        method = request.method.decode("ascii", "replace")
+        allowed = ", ".join(error.valid_methods or ())
+        request.setHeader(b"allow", allowed.encode("ascii"))
+        return self._errorBody(
+            request,
+            AgentError(
+                f"{shorten(method)} is not allowed here; use {allowed}",
+                405,
+                ErrorKind.INVALID_REQUEST,
+                "method_not_allowed",
+            ),
+        )
+
+    def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
+        error = safeError(error, self._redactor())
+        request.setResponseCode(OPENAI_ERRORS.status(error))
+        request.setHeader(b"content-type", _JSON)
+        if error.retryAfter is not None:
+            request.setHeader(b"retry-after", str(max(1, round(error.retryAfter))).encode())
+        if error.sideEffects:
+            request.setHeader(b"x-should-retry", b"false")
+        return OPENAI_ERRORS.body(error)
+
+    # -- the store ------------------------------------------------------
+
+    def _needStore(self, what: str, param: str | None) -> RunStore:
+        if self.store is None:
+            raise invalidRequest(
+                f"{what} needs the response store, which is off on this server (--store none)",
+                param,
+                "store_disabled",
+            )
+        return self.store
+
+    async def _history(self, responseId: str) -> list[dict[str, Any]]:
+        """
+        The items of a chain of stored responses, oldest first: each
+        response's input, then its output.
+        """
+        store = self._needStore("'previous_response_id'", "previous_response_id")
+        chain: list[dict[str, Any]] = []
+        nextId: str | None = responseId
+        while nextId is not None:
+            if len(chain) >= MAX_CHAIN:
+                raise invalidRequest(
+                    f"the chain of previous responses is longer than {MAX_CHAIN}",
+                    "previous_response_id",
+                    "chain_too_long",
+                )
+            found = await store.get(RESPONSES, nextId)
+            if found is None:
+                raise notFound(
+                    f"Response with id {shorten(repr(nextId))} not found.",
+                    "response_not_found",
+                    "previous_response_id",
+                )
+            chain.append(found.document)
+            nextId = found.document.get("previous_response_id")
+        items: list[dict[str, Any]] = []
+        for document in reversed(chain):
+            items.extend(document["input"])
+            items.extend(document["response"]["output"])
+        return items
+
+    async def _resolve(self, items: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+        """
+        The input with every C{item_reference} replaced by the stored item.
+        """
+        references = [item for item in items if item["type"] == "item_reference"]
+        if not references:
+            return list(items)
+        store = self._needStore("'item_reference'", references[0]["where"])
+        found = await store.getMany(ITEMS, [item["id"] for item in references])
+        resolved = []
+        for item in items:
+            if item["type"] == "item_reference":
+                stored = found.get(item["id"])
+                if stored is None:
+                    raise notFound(
+                        f"Item with id {shorten(repr(item['id']))} not found.",
+                        "item_not_found",
+                        f"{item['where']}.id",
+                    )
+                resolved.append(stored.document)
+            else:
+                resolved.append(item)
+        return resolved
+
+    def _keeper(
+        self, encoder: ResponsesEncoder, previous: str | None, items: list[dict[str, Any]]
+    ) -> Any:
+        store = self.store
+
+        def keep(finished: Finished) -> Deferred[None]:
+            assert store is not None
+            response = encoder.final(finished)
+            document = {"input": items, "previous_response_id": previous, "response": response}
+            outputs = {item["id"]: item for item in response["output"]}
+
+            async def both() -> None:
+                await store.put(RESPONSES, response["id"], document)
+                if outputs:
+                    await store.putMany(ITEMS, outputs)
+
+            return Deferred.fromCoroutine(both())
+
+        return keep
+
+    # -- routes ---------------------------------------------------------
+
+    @app.route("/v1/responses", methods=["POST"])
+    @observedRoute("responses", "/v1/responses")
+    async def create(self, request: IRequest) -> bytes | None:
+        """
+        Run an agent on the input items; answer with the response object
+        or stream its events.
+        """
+        content = request.content
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        if size < OFF_REACTOR_THRESHOLD:
+            parsed = parseResponsesRequest(content.read())
+        else:
+            parsed = await self._bodyGate().parse(content, parseResponsesRequest)
+        agent = self.registry.resolve(parsed.model)
+        if agent is None:
+            raise notFound(
+                f"The model {shorten(repr(parsed.model))} does not exist: no agent is served"
+                f" under that name (served: {shorten(', '.join(self.registry.ids()) or 'none')})",
+                "model_not_found",
+                "model",
+            )
+        requestScope(request).setAgent(agent.id)
+        history: list[dict[str, Any]] = []
+        if parsed.previousResponseId is not None:
+            history = await self._history(parsed.previousResponseId)
+        items = await self._resolve(parsed.items)
+        responseId = _newId("resp")
+        labels = RunLabels(
+            requestId=responseId,
+            stream=parsed.stream,
+            user=None if parsed.user is None else loggable(parsed.user),
+            forwarded=forwardedHeaders(request.getHeader),
+        )
+        run = RunRequest(
+            conversation([*history, *items]),
+            () if not parsed.instructions else (parsed.instructions,),
+            parsed.sampling,
+            True,
+            labels,
+            parsed.tools,
+            parsed.toolChoice,
+            parsed.parallelToolCalls,
+        )
+        stores = parsed.store and self.store is not None
+        encoder = ResponsesEncoder(
+            {
+                "id": responseId,
+                "object": "response",
+                "created_at": int(self.reactor.seconds()),
+                "model": agent.id,
+                "instructions": parsed.instructions,
+                "previous_response_id": parsed.previousResponseId,
+                "parallel_tool_calls": parsed.parallelToolCalls is not False,
+                "store": stores,
+                "background": False,
+                "user": parsed.user,
+                **parsed.echo,
+            }
+        )
+        slot = await self.pool.acquire()
+        try:
+            response = RunResponse(
+                request,
+                self.reactor,
+                encoder,
+                slot,
+                self.streamHeadGrace,
+                {b"x-request-id": responseId.encode("ascii")},
+                f"{responseId}: agent {agent.id}",
+                redactor=self._redactor(),
+                maxAnswer=self.maxAnswer,
+                stallTimeout=self.clientStallTimeout,
+                beforeFinish=self._keeper(encoder, parsed.previousResponseId, items)
+                if stores
+                else None,
+            )
+
+            def begin(events: EventSink) -> Deferred[Finished]:
+                return self.runner.run(agent.spec, run, events)
+
+            if parsed.stream:
+                await response.stream(begin)
+                return None
+            return await response.complete(begin)
+        finally:
+            slot.release()
+
+    async def _stored(self, responseId: str) -> dict[str, Any]:
+        if self.store is None:
+            raise notFound(
+                f"Response with id {shorten(repr(responseId))} not found: the response store"
+                " is off on this server (--store none)",
+                "response_not_found",
+            )
+        found = await self.store.get(RESPONSES, responseId)
+        if found is None:
+            raise notFound(
+                f"Response with id {shorten(repr(responseId))} not found.", "response_not_found"
+            )
+        document: dict[str, Any] = found.document
+        return document
+
+    @app.route("/v1/responses/<string:responseId>", methods=["GET"])
+    @observedRoute("responses", "/v1/responses/{id}")
+    async def retrieve(self, request: IRequest, responseId: str) -> bytes:
+        """
+        A stored response object.
+        """
+        document = await self._stored(responseId)
+        request.setHeader(b"content-type", _JSON)
+        return _dumps(document["response"])
+
+    @app.route("/v1/responses/<string:responseId>", methods=["DELETE"])
+    @observedRoute("responses", "/v1/responses/{id}")
+    async def delete(self, request: IRequest, responseId: str) -> bytes:
+        """
+        Forget a stored response and its output items.
+        """
+        document = await self._stored(responseId)
+        assert self.store is not None
+        await self.store.delete(RESPONSES, responseId)
+        for item in document["response"]["output"]:
+            await self.store.delete(ITEMS, item["id"])
+        request.setHeader(b"content-type", _JSON)
+        return _dumps({"id": responseId, "object": "response", "deleted": True})
+
+    @app.route("/v1/responses/<string:responseId>/input_items", methods=["GET"])
+    @observedRoute("responses", "/v1/responses/{id}/input_items")
+    async def inputItems(self, request: IRequest, responseId: str) -> bytes:
+        """
+        A stored response's own input items, a page at a time (C{limit},
+        C{order}, C{after}).
+        """
+        args = request.args
+        limitText = (args.get(b"limit") or [b"20"])[0].decode("ascii", "replace")
+        if not limitText.isdigit() or not 1 <= int(limitText) <= 100:
+            raise invalidRequest("'limit' must be an integer from 1 to 100", "limit")
+        order = (args.get(b"order") or [b"desc"])[0].decode("ascii", "replace")
+        if order not in ("asc", "desc"):
+            raise invalidRequest("'order' must be asc or desc", "order", "invalid_value")
+        after = (args.get(b"after") or [None])[0]
+        document = await self._stored(responseId)
+        items: list[dict[str, Any]] = list(document["input"])
+        if order == "desc":
+            items.reverse()
+        if after is not None:
+            ids = [item.get("id") for item in items]
+            key = after.decode("utf-8", "replace")
+            items = items[ids.index(key) + 1 :] if key in ids else []
+        page = items[: int(limitText)]
+        request.setHeader(b"content-type", _JSON)
+        return _dumps(
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(items) > len(page),
+            }
+        )
+
+
+__all__ = [
+    "ITEMS",
+    "ResponsesEncoder",
+    "ResponsesHeadend",
+    "ResponsesRequest",
+    "conversation",
+    "parseResponsesRequest",
+]
