@@ -542,6 +542,7 @@ class ResponsesEncoder:
     _text: list[str] = attrs.field(factory=list, init=False)
     _reasoningText: ReasoningText = attrs.field(factory=ReasoningText, init=False)
     _final: dict[str, Any] | None = attrs.field(default=None, init=False)
+    _opened: bool = attrs.field(default=False, init=False)
 
     def snapshot(self, status: str, **fields: Any) -> dict[str, Any]:
         """
@@ -563,12 +564,25 @@ class ResponsesEncoder:
         return b"event: " + kind.encode("ascii") + b"\ndata: " + _dumps(data) + b"\n\n"
 
     def open(self) -> bytes:
-        return self._event("response.created", response=self.snapshot("in_progress")) + self._event(
-            "response.in_progress", response=self.snapshot("in_progress")
+        return self._opening()
+
+    def _opening(self) -> bytes:
+        """
+        C{response.created} and C{response.in_progress}, the first time
+        only: before the first item's events, or when the stream's head
+        is sent before any (L{open}, then called after that item's frames
+        were made, has nothing left to send).
+        """
+        if self._opened:
+            return b""
+        self._opened = True
+        begun = self.snapshot("in_progress")
+        return self._event("response.created", response=begun) + self._event(
+            "response.in_progress", response=begun
         )
 
     def _start(self, item: dict[str, Any]) -> bytes:
-        frames = self._close()
+        frames = self._opening() + self._close()
         self.output.append(item)
         self._open = item
         self._text = []
@@ -703,10 +717,10 @@ class ResponsesEncoder:
         response = self.final(finished)
         kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
         closing, self._closing = self._closing, b""
-        return closing + self._event(kind, response=response)
+        return self._opening() + closing + self._event(kind, response=response)
 
     def error(self, error: AgentError) -> bytes:
-        frames = self._closing + self._close()
+        frames = self._opening() + self._closing + self._close()
         self._closing = b""
         failed = self.snapshot(
             "failed", error={"code": error.code or "server_error", "message": error.message}

@@ -1,0 +1,651 @@
+"""
+The Responses API (C{/v1/responses}) through a live server, driven by real
+clients unmodified: the C{openai} SDK (create, stream, retrieve, delete,
+input items, C{previous_response_id} chains, function tools, a hybrid run
+with the calc MCP server) and the OpenAI Agents SDK; the store on SQLite
+across a restart and on PostgreSQL shared by two servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import openai
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from ai_agent.store import makeStore
+from ai_agent.testing import Reply
+from tests._harness import LiveServer, inThread, startServer
+from tests.mcp_servers import calcEntry
+
+MODEL = "agent"
+
+HYBRID = """\
+---
+description: An agent with its own calculator
+models: fake/test-model
+tools: [calc]
+---
+You are the hybrid agent.
+"""
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+POSTGRES_URL = os.environ.get("AI_AGENT_TEST_POSTGRES_URL", "")
+
+
+def _memoryStore() -> Any:
+    return makeStore("memory", reactor)
+
+
+async def _server(testCase: TestCase, store: Any = "memory", **kwargs: Any) -> LiveServer:
+    return await startServer(
+        testCase,
+        streamHeadGrace=0.0,
+        store=_memoryStore() if store == "memory" else store,
+        **kwargs,
+    )
+
+
+def _http(testCase: TestCase) -> HTTPClient:
+    """
+    A raw HTTP client whose connections close after each response.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    testCase.addCleanup(pool.closeCachedConnections)
+    return HTTPClient(Agent(reactor, pool=pool))
+
+
+def _seen(server: LiveServer, index: int) -> list[tuple[str, Any]]:
+    """
+    What the model got in its C{index}th call: (role, content or tool
+    call names) of each message.
+    """
+    return [
+        (
+            m["role"],
+            [c["function"]["name"] for c in m["tool_calls"]]
+            if m.get("tool_calls")
+            else m.get("content"),
+        )
+        for m in server.upstream.requests[index].body["messages"]
+    ]
+
+
+class CreateTests(TestCase):
+    """
+    C{responses.create}, whole and streamed, with the C{openai} SDK.
+    """
+
+    async def test_whole(self) -> None:
+        """
+        A whole response is OpenAI's object: a C{resp_} id, the agent as
+        model, one completed C{message} item with the answer as
+        C{output_text}, usage with details; the instructions reach the
+        model after the agent's prompt.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content="Hello there.", usage=(11, 3)))
+        response = await inThread(
+            server.client().responses.create,
+            model=MODEL,
+            input="Hi!",
+            instructions="Be brief.",
+            metadata={"ticket": "42"},
+        )
+        self.assertTrue(response.id.startswith("resp_"))
+        self.assertEqual(response.object, "response")
+        self.assertEqual(response.model, MODEL)
+        self.assertEqual(response.status, "completed")
+        self.assertEqual(response.output_text, "Hello there.")
+        [item] = response.output
+        self.assertEqual((item.type, item.role, item.status), ("message", "assistant", "completed"))
+        self.assertEqual(item.content[0].type, "output_text")
+        self.assertEqual(
+            (
+                response.usage.input_tokens,
+                response.usage.output_tokens,
+                response.usage.total_tokens,
+            ),
+            (11, 3, 14),
+        )
+        self.assertEqual(response.usage.input_tokens_details.cached_tokens, 0)
+        self.assertEqual(response.usage.output_tokens_details.reasoning_tokens, 0)
+        self.assertEqual(response.instructions, "Be brief.")
+        self.assertEqual(response.metadata, {"ticket": "42"})
+        seen = _seen(server, 0)
+        self.assertEqual(seen[1:], [("system", "Be brief."), ("user", "Hi!")])
+        self.assertIn("test agent", seen[0][1])
+
+    async def test_streamed(self) -> None:
+        """
+        A streamed response: C{response.created} first, then
+        C{response.in_progress}, a reasoning item and a message item each
+        added, filled and done, then C{response.completed}; sequence
+        numbers count from 0 by one; the SDK's final response carries the
+        text and the reasoning summary.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(reasoning="Let me think.", content="Four."))
+
+        def run() -> tuple[list[Any], Any]:
+            with server.client().responses.stream(model=MODEL, input="2+2?") as stream:
+                events = list(stream)
+                return events, stream.get_final_response()
+
+        events, final = await inThread(run)
+        types = [e.type for e in events]
+        self.assertEqual(
+            types[:3], ["response.created", "response.in_progress", "response.output_item.added"]
+        )
+        self.assertEqual(types[-1], "response.completed")
+        self.assertEqual([e.sequence_number for e in events], list(range(len(events))))
+        self.assertIn("response.reasoning_summary_text.delta", types)
+        self.assertIn("response.content_part.added", types)
+        self.assertLess(
+            types.index("response.content_part.added"), types.index("response.output_text.delta")
+        )
+        self.assertEqual(types.count("response.output_item.done"), 2)
+        self.assertEqual(final.output_text, "Four.")
+        self.assertEqual([item.type for item in final.output], ["reasoning", "message"])
+        self.assertEqual(final.output[0].summary[0].text, "Let me think.")
+        deltas = [e for e in events if e.type == "response.output_text.delta"]
+        self.assertEqual({(e.output_index, e.item_id) for e in deltas}, {(1, final.output[1].id)})
+
+    async def test_rawEvents(self) -> None:
+        """
+        On the wire, each event is an SSE C{event:} line naming its type,
+        then its C{data:}, and the type inside matches.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content="Hi."))
+        response = await _http(self).post(
+            server.baseUrl + "/responses",
+            json={"model": MODEL, "input": "hello", "stream": True},
+        )
+        self.assertEqual(response.code, 200)
+        text = (await response.content()).decode()
+        blocks = [b for b in text.split("\n\n") if b.strip()]
+        for block in blocks:
+            eventLine, dataLine = block.split("\n")
+            kind = eventLine.removeprefix("event: ")
+            self.assertEqual(json.loads(dataLine.removeprefix("data: "))["type"], kind)
+        self.assertTrue(blocks[-1].startswith("event: response.completed"))
+
+    async def test_maxTokens(self) -> None:
+        """
+        An answer cut by the token limit is C{incomplete}, with reason
+        C{max_output_tokens}; the limit reaches the model.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content="A long", finishReason="length"))
+        response = await inThread(
+            server.client().responses.create, model=MODEL, input="Tell me", max_output_tokens=5
+        )
+        self.assertEqual(response.status, "incomplete")
+        self.assertEqual(response.incomplete_details.reason, "max_output_tokens")
+        body = server.upstream.requests[0].body
+        self.assertEqual(body.get("max_completion_tokens", body.get("max_tokens")), 5)
+
+    async def test_structuredOutput(self) -> None:
+        """
+        C{text.format} of type C{json_schema} reaches the model as its
+        response format, with the schema.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content='{"n": 4}'))
+        schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+        await inThread(
+            server.client().responses.create,
+            model=MODEL,
+            input="2+2 as JSON",
+            text={"format": {"type": "json_schema", "name": "sum", "schema": schema}},
+        )
+        sent = server.upstream.requests[0].body["response_format"]
+        self.assertEqual(sent["type"], "json_schema")
+        self.assertEqual(sent["json_schema"]["schema"], schema)
+
+
+class StoreTests(TestCase):
+    """
+    Stored responses: chains, retrieval, input items, deletion.
+    """
+
+    async def test_chain(self) -> None:
+        """
+        C{previous_response_id} puts the earlier turns (input and output)
+        before the new input, over a chain of three; instructions are not
+        carried over.
+        """
+        server = await _server(self)
+        server.upstream.script(
+            Reply(content="One."), Reply(content="Two."), Reply(content="Three.")
+        )
+        client = server.client()
+        first = await inThread(
+            client.responses.create, model=MODEL, input="first", instructions="Old rule."
+        )
+        second = await inThread(
+            client.responses.create, model=MODEL, input="second", previous_response_id=first.id
+        )
+        third = await inThread(
+            client.responses.create, model=MODEL, input="third", previous_response_id=second.id
+        )
+        self.assertEqual(third.output_text, "Three.")
+        self.assertEqual(third.previous_response_id, second.id)
+        self.assertEqual(
+            _seen(server, 2)[1:],
+            [
+                ("user", "first"),
+                ("assistant", "One."),
+                ("user", "second"),
+                ("assistant", "Two."),
+                ("user", "third"),
+            ],
+        )
+
+    async def test_retrieveInputItemsDelete(self) -> None:
+        """
+        A stored response is retrieved as it was answered; its input items
+        are listed newest first by default and paged; once deleted, it is
+        a 404 and cannot be continued.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content="Noted."))
+        client = server.client()
+        created = await inThread(
+            client.responses.create,
+            model=MODEL,
+            input=[
+                {"role": "developer", "content": "Be kind."},
+                {"role": "user", "content": "a"},
+                {"role": "user", "content": [{"type": "input_text", "text": "b"}]},
+            ],
+        )
+        again = await inThread(client.responses.retrieve, created.id)
+        self.assertEqual(again.model_dump(), created.model_dump())
+        page = await inThread(client.responses.input_items.list, created.id, limit=2)
+        self.assertEqual([i.content[0].text for i in page.data], ["b", "a"])
+        self.assertTrue(page.has_more)
+        everything = await inThread(
+            lambda: list(client.responses.input_items.list(created.id, order="asc", limit=1))
+        )
+        self.assertEqual([i.role for i in everything], ["developer", "user", "user"])
+        deleted = await inThread(client.responses.delete, created.id)
+        self.assertIsNone(deleted)
+        with self.assertRaises(openai.NotFoundError):
+            await inThread(client.responses.retrieve, created.id)
+        with self.assertRaises(openai.NotFoundError) as caught:
+            await inThread(
+                client.responses.create, model=MODEL, input="x", previous_response_id=created.id
+            )
+        self.assertIn(created.id, caught.exception.message)
+
+    async def test_storeFalse(self) -> None:
+        """
+        C{store: false} stores nothing: the response cannot be retrieved.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content="Gone."))
+        client = server.client()
+        created = await inThread(client.responses.create, model=MODEL, input="x", store=False)
+        self.assertEqual(created.output_text, "Gone.")
+        with self.assertRaises(openai.NotFoundError):
+            await inThread(client.responses.retrieve, created.id)
+
+    async def test_itemReference(self) -> None:
+        """
+        An C{item_reference} is resolved to the stored output item it
+        names; an unknown one is a 404 naming it.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content="Paris."), Reply(content="Yes."))
+        client = server.client()
+        first = await inThread(client.responses.create, model=MODEL, input="Capital of France?")
+        await inThread(
+            client.responses.create,
+            model=MODEL,
+            input=[
+                {"role": "user", "content": "Capital of France?"},
+                {"type": "item_reference", "id": first.output[0].id},
+                {"role": "user", "content": "Sure?"},
+            ],
+        )
+        self.assertEqual(
+            _seen(server, 1)[1:],
+            [("user", "Capital of France?"), ("assistant", "Paris."), ("user", "Sure?")],
+        )
+        with self.assertRaises(openai.NotFoundError) as caught:
+            await inThread(
+                client.responses.create,
+                model=MODEL,
+                input=[{"type": "item_reference", "id": "msg_nope"}],
+            )
+        self.assertIn("msg_nope", caught.exception.message)
+        self.assertEqual(caught.exception.body["param"], "input[0].id")
+
+    async def test_noStore(self) -> None:
+        """
+        Without a store (C{--store none}) a response is still answered, but
+        C{previous_response_id} is a 400 saying the store is off.
+        """
+        server = await _server(self, store=None)
+        server.upstream.script(Reply(content="Fine."))
+        client = server.client()
+        created = await inThread(client.responses.create, model=MODEL, input="x")
+        self.assertEqual(created.output_text, "Fine.")
+        with self.assertRaises(openai.BadRequestError) as caught:
+            await inThread(
+                client.responses.create, model=MODEL, input="y", previous_response_id=created.id
+            )
+        self.assertIn("--store none", caught.exception.message)
+
+    async def test_sqliteSurvivesRestart(self) -> None:
+        """
+        On SQLite, a response stored by one server is retrieved and
+        continued by the next one started on the same file.
+        """
+        path = os.path.abspath(self.mktemp())
+        store = makeStore(path, reactor)
+        server = await _server(self, store=store)
+        server.upstream.script(Reply(content="Remembered."))
+        created = await inThread(server.client().responses.create, model=MODEL, input="keep me")
+        await server.port.stopListening()
+        await store.close()
+        later = await _server(self, store=makeStore(path, reactor))
+        later.upstream.script(Reply(content="Still here."))
+        again = await inThread(later.client().responses.retrieve, created.id)
+        self.assertEqual(again.output_text, "Remembered.")
+        await inThread(
+            later.client().responses.create,
+            model=MODEL,
+            input="and now?",
+            previous_response_id=created.id,
+        )
+        self.assertEqual(
+            _seen(later, 0)[1:],
+            [("user", "keep me"), ("assistant", "Remembered."), ("user", "and now?")],
+        )
+
+    async def test_postgresSharedByTwoServers(self) -> None:
+        """
+        Two servers on one PostgreSQL database: a response made on one is
+        continued on the other.
+        """
+        if not POSTGRES_URL:
+            self.skipTest("AI_AGENT_TEST_POSTGRES_URL is not set: no PostgreSQL server to test")
+        one = await _server(self, store=makeStore(POSTGRES_URL, reactor))
+        two = await _server(self, store=makeStore(POSTGRES_URL, reactor))
+        one.upstream.script(Reply(content="From one."))
+        two.upstream.script(Reply(content="From two."))
+        created = await inThread(one.client().responses.create, model=MODEL, input="hello")
+        answer = await inThread(
+            two.client().responses.create,
+            model=MODEL,
+            input="continue",
+            previous_response_id=created.id,
+        )
+        self.assertEqual(answer.output_text, "From two.")
+        self.assertEqual(
+            _seen(two, 0)[1:],
+            [("user", "hello"), ("assistant", "From one."), ("user", "continue")],
+        )
+
+
+class ToolTests(TestCase):
+    """
+    Function tools as client tools, alone and beside the agent's own.
+    """
+
+    async def test_functionCallAndOutput(self) -> None:
+        """
+        A client tool call comes back as a C{function_call} item whose
+        C{fc_} id differs from its C{call_id}; the client's
+        C{function_call_output}, sent with C{previous_response_id}, reaches
+        the model as the tool's result, and the answer follows.
+        """
+        server = await _server(self)
+        server.upstream.script(
+            Reply(toolCalls=[("get_weather", {"city": "Paris"})]),
+            Reply(content="Sunny in Paris."),
+        )
+        client = server.client()
+        first = await inThread(
+            client.responses.create, model=MODEL, input="Weather in Paris?", tools=[WEATHER]
+        )
+        [call] = first.output
+        self.assertEqual(call.type, "function_call")
+        self.assertTrue(call.id.startswith("fc_"))
+        self.assertNotEqual(call.id, call.call_id)
+        self.assertEqual(
+            (call.name, json.loads(call.arguments)), ("get_weather", {"city": "Paris"})
+        )
+        offered = server.upstream.requests[0].body["tools"]
+        self.assertEqual(offered[0]["function"]["name"], "get_weather")
+        second = await inThread(
+            client.responses.create,
+            model=MODEL,
+            previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+            tools=[WEATHER],
+        )
+        self.assertEqual(second.output_text, "Sunny in Paris.")
+        self.assertEqual(
+            _seen(server, 1)[1:],
+            [("user", "Weather in Paris?"), ("assistant", ["get_weather"]), ("tool", "sunny")],
+        )
+
+    async def test_hybridStreamed(self) -> None:
+        """
+        The agent's own MCP call shows as reasoning summary progress; the
+        client's call streams as a C{function_call} item (arguments delta,
+        done with the name); the continuation's model sees both results.
+        """
+        server = await startServer(
+            self,
+            agents={f"{MODEL}.ai": HYBRID},
+            mcpServers={"calc": calcEntry()},
+            streamHeadGrace=0.0,
+            store=_memoryStore(),
+        )
+        server.upstream.script(
+            Reply(toolCalls=[("calc__add", {"a": 2, "b": 3})]),
+            Reply(toolCalls=[("get_weather", {"city": "Paris"})]),
+            Reply(content="5, and sunny."),
+        )
+        client = server.client()
+
+        def run() -> tuple[list[Any], Any]:
+            with client.responses.stream(
+                model=MODEL, input="2+3, and the weather in Paris?", tools=[WEATHER]
+            ) as stream:
+                return list(stream), stream.get_final_response()
+
+        events, final = await inThread(run)
+        self.assertEqual([item.type for item in final.output], ["reasoning", "function_call"])
+        self.assertIn("calling calc__add", final.output[0].summary[0].text)
+        done = [e for e in events if e.type == "response.function_call_arguments.done"]
+        self.assertEqual([(e.name, e.output_index) for e in done], [("get_weather", 1)])
+        call = final.output[1]
+        answer = await inThread(
+            client.responses.create,
+            model=MODEL,
+            previous_response_id=final.id,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+            tools=[WEATHER],
+        )
+        self.assertEqual(answer.output_text, "5, and sunny.")
+        self.assertEqual(
+            _seen(server, 2)[1:],
+            [
+                ("user", "2+3, and the weather in Paris?"),
+                ("assistant", ["calc__add"]),
+                ("tool", "5"),
+                ("assistant", ["get_weather"]),
+                ("tool", "sunny"),
+            ],
+        )
+
+
+class ErrorTests(TestCase):
+    """
+    Bad requests get OpenAI's envelope and the right status.
+    """
+
+    async def _post(self, server: LiveServer, body: Any) -> tuple[int, Any]:
+        response = await _http(self).post(server.baseUrl + "/responses", json=body)
+        return response.code, json.loads(await response.content())
+
+    async def test_badRequests(self) -> None:
+        """
+        Hosted tools, background runs, a missing input, a wrong type and
+        an unknown model are refused with a 4xx naming the field; an
+        unknown previous response is a 404 naming it.
+        """
+        server = await _server(self)
+        cases = [
+            (
+                {"model": MODEL, "input": "x", "tools": [{"type": "web_search"}]},
+                400,
+                "tools[0].type",
+            ),
+            ({"model": MODEL, "input": "x", "background": True}, 400, "background"),
+            ({"model": MODEL}, 400, "input"),
+            ({"model": MODEL, "input": 3}, 400, "input"),
+            ({"model": MODEL, "input": [{"type": "input_image"}]}, 400, "input[0].type"),
+            ({"model": MODEL, "input": "x", "temperature": "hot"}, 400, "temperature"),
+            ({"model": "nobody", "input": "x"}, 404, "model"),
+            (
+                {"model": MODEL, "input": "x", "previous_response_id": "resp_missing"},
+                404,
+                "previous_response_id",
+            ),
+        ]
+        for body, status, param in cases:
+            code, envelope = await self._post(server, body)
+            self.assertEqual((code, envelope["error"]["param"]), (status, param), body)
+            self.assertIn(envelope["error"]["type"], ("invalid_request_error",), body)
+        _, envelope = await self._post(server, cases[0][0])
+        self.assertIn("web_search", envelope["error"]["message"])
+        _, envelope = await self._post(server, cases[-1][0])
+        self.assertIn("resp_missing", envelope["error"]["message"])
+
+    async def test_failedMidStream(self) -> None:
+        """
+        An upstream failure after the stream began ends it with
+        C{response.failed}, carrying the error; the SDK sees no
+        C{response.completed}.
+        """
+        server = await _server(self)
+        server.upstream.script(
+            Reply(content=["Hel", "lo"], cutAfter=2), Reply(content=["Hel", "lo"], cutAfter=2)
+        )
+        response = await _http(self).post(
+            server.baseUrl + "/responses",
+            json={"model": MODEL, "input": "hello", "stream": True},
+        )
+        text = (await response.content()).decode()
+        kinds = [
+            line.removeprefix("event: ") for line in text.split("\n") if line.startswith("event: ")
+        ]
+        self.assertEqual(kinds[-1], "response.failed")
+        self.assertNotIn("response.completed", kinds)
+        last = json.loads(text.strip().split("\n")[-1].removeprefix("data: "))
+        self.assertEqual(last["response"]["status"], "failed")
+        self.assertTrue(last["response"]["error"]["message"])
+
+
+class AgentsSDKTests(TestCase):
+    """
+    The OpenAI Agents SDK's default (Responses) model against the server.
+    """
+
+    def setUp(self) -> None:
+        try:
+            import agents  # noqa: F401
+        except ImportError:
+            raise self.skipTest("openai-agents is not installed") from None
+
+    def _agent(self, server: LiveServer, tools: list[Any]) -> Any:
+        import agents
+
+        agents.set_tracing_disabled(True)
+        client = openai.AsyncOpenAI(base_url=server.baseUrl, api_key="any-key", max_retries=0)
+        model = agents.OpenAIResponsesModel(model=MODEL, openai_client=client)
+        return agents.Agent(name="helper", instructions="Help.", model=model, tools=tools)
+
+    async def test_runWithTool(self) -> None:
+        """
+        C{Runner.run} with a function tool: the model's call runs the
+        tool in the SDK, its result goes back, the final output is the
+        model's answer.
+        """
+        import agents
+
+        calls: list[str] = []
+
+        @agents.function_tool
+        def get_weather(city: str) -> str:
+            """The weather in a city."""
+            calls.append(city)
+            return "sunny"
+
+        server = await _server(self)
+        server.upstream.script(
+            Reply(toolCalls=[("get_weather", {"city": "Paris"})]),
+            Reply(content="It is sunny in Paris."),
+        )
+        agent = self._agent(server, [get_weather])
+
+        def run() -> Any:
+            import asyncio
+
+            return asyncio.run(agents.Runner.run(agent, "Weather in Paris?"))
+
+        result = await inThread(run)
+        self.assertEqual(result.final_output, "It is sunny in Paris.")
+        self.assertEqual(calls, ["Paris"])
+        self.assertEqual(_seen(server, 1)[-1], ("tool", "sunny"))
+
+    async def test_streamed(self) -> None:
+        """
+        C{Runner.run_streamed}: the text deltas arrive as raw response
+        events and add up to the final output.
+        """
+        import agents
+
+        server = await _server(self)
+        server.upstream.script(Reply(content="Streaming works."))
+        agent = self._agent(server, [])
+
+        def run() -> tuple[str, Any]:
+            import asyncio
+
+            async def go() -> tuple[str, Any]:
+                result = agents.Runner.run_streamed(agent, "Say it.")
+                text = []
+                async for event in result.stream_events():
+                    if event.type == "raw_response_event" and (
+                        event.data.type == "response.output_text.delta"
+                    ):
+                        text.append(event.data.delta)
+                return "".join(text), result.final_output
+
+            return asyncio.run(go())
+
+        text, final = await inThread(run)
+        self.assertEqual((text, final), ("Streaming works.", "Streaming works."))
