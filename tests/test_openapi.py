@@ -19,6 +19,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from ai_agent.headends._request import AgentError, parseChatRequest
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.headends.openapi import OPENAPI, openapiDocument
+from ai_agent.headends.responses import ResponsesHeadend
 from tests._harness import startServer
 
 
@@ -65,14 +66,19 @@ class DocumentTests(SynchronousTestCase):
 
     def test_operations(self) -> None:
         """
-        The document describes exactly the routes of the headend's Klein
-        app, read from its router (a route added without documentation,
-        or a documented route that is gone, fails here), with a declared
+        The document describes exactly the routes of the headends' Klein
+        apps (OpenAI's and the Responses API's), read from their routers (a
+        route added without documentation, or a documented route that is
+        gone, fails here), with a declared
         path parameter for each variable part; the C{/v1} ones take the
         bearer or C{x-api-key} security schemes, the others none.
         """
         routes = set()
-        for rule in OpenAIHeadend.app.url_map.iter_rules():
+        rules = [
+            *OpenAIHeadend.app.url_map.iter_rules(),
+            *ResponsesHeadend.app.url_map.iter_rules(),
+        ]
+        for rule in rules:
             methods = set(rule.methods or ())
             if "GET" in methods:
                 # The router answers HEAD for every GET on its own.

@@ -680,6 +680,234 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _responsesSchemas() -> dict[str, Any]:
+    """
+    The Responses API's bodies (C{/v1/responses}, see docs/responses.md).
+    """
+    text = {
+        "type": "object",
+        "required": ["type", "text"],
+        "properties": {"type": {"type": "string"}, "text": {"type": "string"}},
+    }
+    item = {
+        "type": "object",
+        "description": "An input or output item: a message (input_text or output_text "
+        "parts), a function_call, a function_call_output, a reasoning item, or (input only) "
+        "an item_reference to a stored output item.",
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string"},
+            "id": {"type": "string"},
+            "role": {"type": "string", "enum": ["user", "assistant", "system", "developer"]},
+            "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": text}]},
+            "call_id": {"type": "string"},
+            "name": {"type": "string"},
+            "arguments": {"type": "string"},
+            "output": {"type": ["string", "array"]},
+        },
+    }
+    request = {
+        "type": "object",
+        "description": "Fields not listed (reasoning, include, truncation, "
+        "prompt_cache_key, ...) are accepted and ignored.",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "description": "An agent's name."},
+            "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": item}]},
+            "instructions": {"type": ["string", "null"]},
+            "previous_response_id": {"type": ["string", "null"]},
+            "store": {"type": ["boolean", "null"], "default": True},
+            "stream": {"type": ["boolean", "null"], "default": False},
+            "background": {
+                "type": ["boolean", "null"],
+                "enum": [False, None],
+                "description": "Background responses are not supported.",
+            },
+            "tools": {
+                "type": ["array", "null"],
+                "description": "Function tools only (the client's own tools).",
+                "items": {
+                    "type": "object",
+                    "required": ["type", "name"],
+                    "properties": {
+                        "type": {"const": "function"},
+                        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                        "description": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "strict": {"type": ["boolean", "null"]},
+                    },
+                },
+            },
+            "tool_choice": {"type": ["string", "object", "null"]},
+            "parallel_tool_calls": {"type": ["boolean", "null"]},
+            "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+            "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "max_output_tokens": {"type": ["integer", "null"], "minimum": 1},
+            "text": {"type": ["object", "null"]},
+            "metadata": {
+                "type": ["object", "null"],
+                "maxProperties": 16,
+                "additionalProperties": {"type": "string", "maxLength": 512},
+            },
+            "user": {"type": ["string", "null"]},
+        },
+    }
+    response = {
+        "type": "object",
+        "description": "A response object, or with stream=true Server-Sent Events "
+        "(event: response.created, ..., response.completed).",
+        "required": ["id", "object", "created_at", "status", "model", "output"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "response"},
+            "created_at": {"type": "integer"},
+            "status": {
+                "type": "string",
+                "enum": ["completed", "incomplete", "failed", "in_progress"],
+            },
+            "model": {"type": "string"},
+            "output": {"type": "array", "items": item},
+            "usage": {"type": ["object", "null"]},
+            "error": {"type": ["object", "null"]},
+            "incomplete_details": {"type": ["object", "null"]},
+            "previous_response_id": {"type": ["string", "null"]},
+        },
+    }
+    return {
+        "ResponseRequest": request,
+        "Response": response,
+        "ResponseItem": item,
+        "ResponseDeleted": {
+            "type": "object",
+            "required": ["id", "object", "deleted"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "response"},
+                "deleted": {"const": True},
+            },
+        },
+        "ResponseItemList": {
+            "type": "object",
+            "required": ["object", "data", "has_more"],
+            "properties": {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": item},
+                "first_id": {"type": ["string", "null"]},
+                "last_id": {"type": ["string", "null"]},
+                "has_more": {"type": "boolean"},
+            },
+        },
+    }
+
+
+def _responsesPaths() -> dict[str, Any]:
+    """
+    The Responses API's routes.
+    """
+    responseId = {
+        "name": "response_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1},
+        "description": "A stored response's id (resp_...).",
+    }
+    stored = _errors("Unauthorized", "NotFound", "RequestTimeout", "Unavailable")
+    return {
+        "/v1/responses": {
+            "post": {
+                "operationId": "createResponse",
+                "summary": "Run an agent on input items (the OpenAI Responses API).",
+                "description": "Stored (store defaults to true) for previous_response_id, "
+                "item_reference and the routes below. With stream=true: typed Server-Sent "
+                "Events ending in response.completed, response.incomplete or response.failed.",
+                "security": _KEYED,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("schemas", "ResponseRequest")}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "The response object, or its events.",
+                        "headers": {"x-request-id": _ref("headers", "RequestId")},
+                        "content": {
+                            "application/json": {"schema": _ref("schemas", "Response")},
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(
+                        "BadRequest",
+                        "Unauthorized",
+                        "NotFound",
+                        "RequestTimeout",
+                        "PayloadTooLarge",
+                        "UnsupportedMediaType",
+                        "RateLimited",
+                        "ServerError",
+                        "BadGateway",
+                        "Unavailable",
+                        "GatewayTimeout",
+                    ),
+                },
+            }
+        },
+        "/v1/responses/{response_id}": {
+            "get": {
+                "operationId": "retrieveResponse",
+                "summary": "A stored response.",
+                "security": _KEYED,
+                "parameters": [responseId],
+                "responses": {
+                    "200": _jsonResponse("The response.", _ref("schemas", "Response")),
+                    **stored,
+                },
+            },
+            "delete": {
+                "operationId": "deleteResponse",
+                "summary": "Forget a stored response.",
+                "security": _KEYED,
+                "parameters": [responseId],
+                "responses": {
+                    "200": _jsonResponse("Deleted.", _ref("schemas", "ResponseDeleted")),
+                    **stored,
+                },
+            },
+        },
+        "/v1/responses/{response_id}/input_items": {
+            "get": {
+                "operationId": "listResponseInputItems",
+                "summary": "A stored response's own input items, a page at a time.",
+                "security": _KEYED,
+                "parameters": [
+                    responseId,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                    {
+                        "name": "order",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["asc", "desc"]},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": _jsonResponse("The items.", _ref("schemas", "ResponseItemList")),
+                    **_errors("BadRequest"),
+                    **stored,
+                },
+            }
+        },
+    }
+
+
 def _build() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -690,9 +918,9 @@ def _build() -> dict[str, Any]:
             "models. Errors use OpenAI's envelope. The /v1 routes need an API key only when "
             "the server was started with --api-key, --api-key-file or AI_AGENT_API_KEYS.",
         },
-        "paths": _paths(),
+        "paths": {**_paths(), **_responsesPaths()},
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **_responsesSchemas()},
             "responses": _responses(),
             "headers": _headers(),
             "securitySchemes": {
