@@ -200,6 +200,36 @@ class JavaScriptClientTests(TestCase):
         )
         await self._node("ai-sdk-scripted.test.mjs", server)
 
+    async def test_vercelResponses(self) -> None:
+        """
+        The Vercel AI SDK's C{openai.responses()} model: C{generateText}
+        over two turns, the second referring to the stored answer by
+        C{item_reference} (resolved from the store: the model sees the
+        first answer), and C{streamText} with an executing tool (the call,
+        its result sent back, the answer).
+        """
+        from twisted.internet import reactor
+
+        from ai_agent.store import makeStore
+
+        server = await self._server(store=makeStore("memory", reactor))
+        server.upstream.script(
+            Reply(content="Paris."),
+            Reply(content="Yes, Paris."),
+            Reply(toolCalls=[("get_weather", {"city": "Oslo"})]),
+            Reply(content="Cold in Oslo."),
+        )
+        await self._node("ai-sdk-responses.test.mjs", server)
+        requests = server.upstream.requests
+        second = [(m["role"], m["content"]) for m in requests[1].body["messages"][1:]]
+        self.assertEqual(
+            second,
+            [("user", "Capital of France?"), ("assistant", "Paris."), ("user", "Sure?")],
+        )
+        results = [m["content"] for m in requests[3].body["messages"] if m["role"] == "tool"]
+        self.assertEqual(len(results), 1)
+        self.assertIn("cold", results[0])
+
     async def test_clientTools(self) -> None:
         """
         Client tools through the C{openai} npm SDK (a call and its

@@ -17,6 +17,7 @@ docs/responses.md.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from typing import Any, ClassVar, Iterable, cast
 
@@ -1034,7 +1035,7 @@ class ResponsesHeadend:
         """
         args = request.args
         limitText = (args.get(b"limit") or [b"20"])[0].decode("ascii", "replace")
-        if not limitText.isdigit() or not 1 <= int(limitText) <= 100:
+        if re.fullmatch("[0-9]{1,3}", limitText) is None or not 1 <= int(limitText) <= 100:
             raise invalidRequest("'limit' must be an integer from 1 to 100", "limit")
         order = (args.get(b"order") or [b"desc"])[0].decode("ascii", "replace")
         if order not in ("asc", "desc"):
