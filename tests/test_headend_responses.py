@@ -70,6 +70,13 @@ def _http(testCase: TestCase) -> HTTPClient:
     return HTTPClient(Agent(reactor, pool=pool))
 
 
+def _eventTypes(text: str) -> list[str]:
+    """
+    The C{event:} names of an SSE body, in order.
+    """
+    return [line.removeprefix("event: ") for line in text.split("\n") if line.startswith("event: ")]
+
+
 def _seen(server: LiveServer, index: int) -> list[tuple[str, Any]]:
     """
     What the model got in its C{index}th call: (role, content or tool
@@ -559,9 +566,7 @@ class ErrorTests(TestCase):
             json={"model": MODEL, "input": "hello", "stream": True},
         )
         text = (await response.content()).decode()
-        kinds = [
-            line.removeprefix("event: ") for line in text.split("\n") if line.startswith("event: ")
-        ]
+        kinds = _eventTypes(text)
         self.assertEqual(kinds[-1], "response.failed")
         self.assertNotIn("response.completed", kinds)
         last = json.loads(text.strip().split("\n")[-1].removeprefix("data: "))
@@ -649,3 +654,99 @@ class AgentsSDKTests(TestCase):
 
         text, final = await inThread(run)
         self.assertEqual((text, final), ("Streaming works.", "Streaming works."))
+
+
+class StoreLimitTests(TestCase):
+    """
+    A response larger than the store accepts fails cleanly.
+    """
+
+    async def test_tooLarge(self) -> None:
+        """
+        Whole: a 413 with code C{store_document_too_large}; streamed: the
+        stream ends with C{response.failed} carrying that code, after the
+        open message item was closed, and no C{response.completed}.
+        """
+        server = await _server(self, store=makeStore("memory", reactor, maxDocumentSize=300))
+        server.upstream.script(Reply(content="x " * 200), Reply(content="x " * 200))
+        with self.assertRaises(openai.APIStatusError) as caught:
+            await inThread(server.client().responses.create, model=MODEL, input="big")
+        self.assertEqual(caught.exception.status_code, 413)
+        self.assertEqual(caught.exception.code, "store_document_too_large")
+        response = await _http(self).post(
+            server.baseUrl + "/responses",
+            json={"model": MODEL, "input": "big", "stream": True},
+        )
+        text = (await response.content()).decode()
+        kinds = _eventTypes(text)
+        self.assertEqual(kinds[-2:], ["response.output_item.done", "response.failed"])
+        self.assertNotIn("response.completed", kinds)
+        last = json.loads(text.strip().split("\n")[-1].removeprefix("data: "))
+        self.assertEqual(last["response"]["error"]["code"], "store_document_too_large")
+
+
+class ParserTests(TestCase):
+    """
+    The request parser on its own: what it accepts and how it maps items.
+    """
+
+    def test_items(self) -> None:
+        """
+        Messages, function calls and their outputs become the conversation
+        the agent sees: consecutive calls join the assistant message before
+        them, outputs are tool messages, reasoning items are left out.
+        """
+        from ai_agent.headends.responses import conversation, parseResponsesRequest
+
+        parsed = parseResponsesRequest(
+            json.dumps(
+                {
+                    "model": "m",
+                    "input": [
+                        {"role": "user", "content": "hi"},
+                        {"type": "reasoning", "summary": []},
+                        {"role": "assistant", "content": [{"type": "output_text", "text": "a"}]},
+                        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                        {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{}"},
+                        {"type": "function_call_output", "call_id": "c1", "output": "r1"},
+                        {"type": "function_call_output", "call_id": "c2", "output": "r2"},
+                    ],
+                }
+            ).encode()
+        )
+        messages = conversation(parsed.items)
+        self.assertEqual(
+            [(m.role, m.content, [c.id for c in m.toolCalls], m.toolCallId) for m in messages],
+            [
+                ("user", "hi", [], None),
+                ("assistant", "a", ["c1", "c2"], None),
+                ("tool", "r1", [], "c1"),
+                ("tool", "r2", [], "c2"),
+            ],
+        )
+        self.assertTrue(all(item["id"] for item in parsed.items))
+
+    def test_refusals(self) -> None:
+        """
+        Each malformed field is a 400 naming it.
+        """
+        from ai_agent.errors import AgentError
+        from ai_agent.headends.responses import parseResponsesRequest
+
+        cases = {
+            "tool_choice.name": {
+                "input": "x",
+                "tool_choice": {"type": "function", "name": "nope"},
+            },
+            "tools[0].name": {"input": "x", "tools": [{"type": "function", "name": "bad name"}]},
+            "input[0].call_id": {"input": [{"type": "function_call_output", "output": "r"}]},
+            "input[0].role": {"input": [{"role": "tool", "content": "x"}]},
+            "text.format.type": {"input": "x", "text": {"format": {"type": "xml"}}},
+            "max_output_tokens": {"input": "x", "max_output_tokens": 0},
+            "metadata": {"input": "x", "metadata": [1]},
+            "conversation": {"input": "x", "conversation": "conv_1"},
+        }
+        for param, body in cases.items():
+            with self.assertRaises(AgentError) as caught:
+                parseResponsesRequest(json.dumps({"model": "m", **body}).encode())
+            self.assertEqual((caught.exception.status, caught.exception.param), (400, param))
