@@ -750,3 +750,73 @@ class ParserTests(TestCase):
             with self.assertRaises(AgentError) as caught:
                 parseResponsesRequest(json.dumps({"model": "m", **body}).encode())
             self.assertEqual((caught.exception.status, caught.exception.param), (400, param))
+
+
+#: The Codex CLI installed by C{npm ci --prefix tests/js}.
+CODEX = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "js", "node_modules", ".bin", "codex"
+)
+
+#: A Codex home pointing Codex at the server on the Responses API; its
+#: multi-agent tools (a C{namespace} tool) and web search (a hosted tool)
+#: are off, since the server has neither.
+CODEX_CONFIG = """\
+model = "{model}"
+model_provider = "aiagent"
+web_search = "disabled"
+
+[features]
+multi_agent = false
+
+[model_providers.aiagent]
+name = "ai-agent"
+base_url = "{baseUrl}"
+wire_api = "responses"
+env_key = "AI_AGENT_KEY"
+"""
+
+
+class CodexTests(TestCase):
+    """
+    The Codex CLI (C{codex exec}) on a custom provider pointed at the
+    server.
+    """
+
+    def setUp(self) -> None:
+        import shutil
+
+        if shutil.which("node") is None:
+            raise self.skipTest("node is not installed: the Codex CLI needs Node.js")
+        if not os.path.exists(CODEX):
+            raise self.skipTest("the Codex CLI is missing: run `npm ci --prefix tests/js` first")
+
+    async def test_exec(self) -> None:
+        """
+        C{codex exec} sends its prompt through C{/v1/responses} (its
+        instructions and the prompt reach the model, its own tools are
+        offered as client tools) and prints the agent's answer.
+        """
+        from tests._process import run
+
+        server = await _server(self)
+        server.upstream.script(Reply(content="Hello from the agent."))
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        with open(os.path.join(home, "config.toml"), "w", encoding="utf-8") as f:
+            f.write(CODEX_CONFIG.format(model=MODEL, baseUrl=server.baseUrl))
+        env = {"PATH": os.environ["PATH"], "HOME": home, "CODEX_HOME": home, "AI_AGENT_KEY": "k"}
+        out, err, code = await run(
+            [CODEX, "exec", "--skip-git-repo-check", "Say hi"], cwd=home, env=env
+        )
+        output = (out + err).decode("utf-8", "replace")
+        self.assertEqual(code, 0, output)
+        self.assertIn("Hello from the agent.", out.decode())
+        [request] = server.upstream.requests
+        messages = request.body["messages"]
+        self.assertEqual(messages[-1], {"role": "user", "content": "Say hi"})
+        self.assertIn("Codex", json.dumps(messages))
+        offered = {tool["function"]["name"] for tool in request.body.get("tools", ())}
+        self.assertIn("exec_command", offered)
+
+    # Codex starts in a second or so; a hung one fails the test instead of the run.
+    test_exec.timeout = 120  # type: ignore[attr-defined]
