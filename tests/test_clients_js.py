@@ -205,7 +205,8 @@ class JavaScriptClientTests(TestCase):
         The Vercel AI SDK's C{openai.responses()} model: C{generateText}
         over two turns, the second referring to the stored answer by
         C{item_reference} (resolved from the store: the model sees the
-        first answer), and C{streamText} with an executing tool (the call,
+        first answer and its reasoning, which the model does not see
+        again), and C{streamText} with an executing tool (the call,
         its result sent back, the answer).
         """
         from twisted.internet import reactor
@@ -214,7 +215,7 @@ class JavaScriptClientTests(TestCase):
 
         server = await self._server(store=makeStore("memory", reactor))
         server.upstream.script(
-            Reply(content="Paris."),
+            Reply(content="Paris.", reasoning="Thinking of France."),
             Reply(content="Yes, Paris."),
             Reply(toolCalls=[("get_weather", {"city": "Oslo"})]),
             Reply(content="Cold in Oslo."),

@@ -20,7 +20,7 @@ const openai = createOpenAI({
 });
 
 test("generateText over two turns refers to the stored answer by item_reference", async () => {
-  // Replies 1 and 2: "Paris.", then "Yes, Paris."
+  // Replies 1 and 2: reasoning "Thinking of France." and "Paris.", then "Yes, Paris."
   const question = { role: "user", content: "Capital of France?" };
   const first = await generateText({
     model: openai.responses(model),
@@ -28,6 +28,7 @@ test("generateText over two turns refers to the stored answer by item_reference"
     maxRetries: 0,
   });
   assert.equal(first.text, "Paris.");
+  assert.equal(first.reasoningText, "Thinking of France.");
   assert.match(first.response.id, /^resp_/);
   assert.equal(first.usage.inputTokens > 0, true);
   const second = await generateText({
@@ -38,7 +39,8 @@ test("generateText over two turns refers to the stored answer by item_reference"
   assert.equal(second.text, "Yes, Paris.");
   const sent = sentBodies.at(-1);
   const references = (sent.input ?? []).filter((item) => item.type === "item_reference");
-  assert.equal(references.length, 1, JSON.stringify(sent));
+  // The reasoning item and the message, both by reference.
+  assert.equal(references.length, 2, JSON.stringify(sent));
 });
 
 test("streamText with an executing tool: the call, its result, and the answer", async () => {
