@@ -17,7 +17,8 @@ import attrs
 
 from bench._stats import ResponseParser
 
-_CONTENT = re.compile(rb'"content":\s*"(?!")')
+# The first text: a chat chunk's delta.content, or a Responses output_text delta.
+_CONTENT = re.compile(rb'"(?:content|delta)":\s*"(?!")')
 
 
 @attrs.define
@@ -46,6 +47,13 @@ class Target:
             "stream": stream,
         }
         return self.post(f"{self.prefix}/chat/completions", json.dumps(body).encode())
+
+    def responses(self, text: str, stream: bool) -> bytes:
+        """
+        The raw bytes of one Responses API request (stored, the default).
+        """
+        body: dict[str, Any] = {"model": self.model, "input": text, "stream": stream}
+        return self.post(f"{self.prefix}/responses", json.dumps(body).encode())
 
     def post(self, path: str, body: bytes) -> bytes:
         """

@@ -53,6 +53,23 @@ def figures(samples: dict[str, Any]) -> dict[str, Any]:
                 value.get("bad", 0) for value in samples.get(figure, {}).get(arm, {}).values()
             )
             out[f"{figure}.bad.{arm}"] = bad
+    # The Responses API's stream, against the upstream's own (chat) TTFT.
+    responses = _rounds(samples, "ttft_responses_c1", OURS)
+    if responses:
+        direct = _rounds(samples, "ttft_c1", DIRECT)
+        for q in (50, 99):
+            added = addedPerRound(responses, direct, q)
+            if added:
+                out[f"ttft_responses_c1.added_p{q}.{OURS}"] = summarize(added).asDict()
+        out[f"ttft_responses_c1.p50.{OURS}"] = median(
+            [percentile(v, 50) for v in responses.values()]
+        )
+        out[f"ttft_responses_c1.p99.{OURS}"] = median(
+            [percentile(v, 99) for v in responses.values()]
+        )
+        out[f"ttft_responses_c1.bad.{OURS}"] = sum(
+            value.get("bad", 0) for value in samples["ttft_responses_c1"][OURS].values()
+        )
     for arm in [DIRECT, *arms]:
         rps = _scalar(samples, "rps", arm, "rps")
         if rps:
@@ -444,6 +461,13 @@ def write(samples: dict[str, Any], outDir: str) -> None:
         line(f"{label}: added p50", figure + ".added_p50.{arm}")
         line(f"{label}: added p99", figure + ".added_p99.{arm}")
         line(f"{label}: failed or wrong answers", figure + ".bad.{arm}")
+    if f"ttft_responses_c1.p50.{OURS}" in f:
+        label = "time to first token, Responses API stream (stored), c=1"
+        line(f"{label}: p50", "ttft_responses_c1.p50.{arm}")
+        line(f"{label}: p99", "ttft_responses_c1.p99.{arm}")
+        line(f"{label}: added p50", "ttft_responses_c1.added_p50.{arm}")
+        line(f"{label}: added p99", "ttft_responses_c1.added_p99.{arm}")
+        line(f"{label}: failed or wrong answers", "ttft_responses_c1.bad.{arm}")
     line("requests/s (c=32, closed loop)", "rps.{arm}", 0)
     line("server CPU per request, µs", "rps.cpuPerRequestUs.{arm}", 0)
     line("relayed tokens/s (8 streams of 401 tokens)", "tokens.{arm}", 0)

@@ -28,7 +28,14 @@ import attrs
 
 from bench import _report
 from bench._client import Connection, Result, Sampler, Target, request
-from bench._stats import checkStream, completionText, cpuSeconds, percentile, rssKiB
+from bench._stats import (
+    checkResponsesStream,
+    checkStream,
+    completionText,
+    cpuSeconds,
+    percentile,
+    rssKiB,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -399,6 +406,23 @@ async def measureTTFT(target: Target, count: int) -> dict[str, Any]:
     return {"ms": values, "bad": bad}
 
 
+async def measureTTFTResponses(target: Target, count: int) -> dict[str, Any]:
+    """
+    Time to the first text delta of a streamed Responses API request (the
+    response stored, as by default).
+    """
+    sampler = Sampler(target.port)
+    await sampler.run(target.responses(SHORT, True), 1, count=count, watch=True)
+    expected = ["echo: ", "ping ", "pong"]
+    values = [_ms(r.ttft) for r in sampler.results if r.ttft is not None]
+    bad = sampler.errors + sum(
+        1
+        for r in sampler.results
+        if r.status != 200 or not checkResponsesStream(r.body).intact(expected)
+    )
+    return {"ms": values, "bad": bad}
+
+
 @attrs.define
 class Window:
     """
@@ -757,6 +781,7 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
         for arm in arms:
             await Sampler(fast[arm].port).run(fast[arm].chat(PING, False), 4, count=plan.warmup)
             await Sampler(fast[arm].port).run(fast[arm].chat(SHORT, True), 4, count=plan.warmup)
+        await Sampler(ours.port).run(fast[OURS].responses(SHORT, True), 4, count=plan.warmup)
 
         order: list[list[str]] = []
         for r in range(plan.rounds):
@@ -772,6 +797,9 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
                 order.append([figure, *shuffled])
                 for arm in shuffled:
                     rec.add(figure, arm, r, await measure(fast[arm]))
+            # The Responses API's stream, on this server only (the upstream
+            # speaks Chat Completions: its TTFT is the baseline).
+            rec.add("ttft_responses_c1", OURS, r, await measureTTFTResponses(fast[OURS], plan.ttft))
         rec.put("order", order)
 
         print("bench: cancellation", flush=True)

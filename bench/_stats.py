@@ -285,6 +285,40 @@ def checkStream(body: bytes) -> StreamCheck:
     return StreamCheck(tuple(pieces), done, errors, bad)
 
 
+def checkResponsesStream(body: bytes) -> StreamCheck:
+    """
+    Read an SSE Responses API body: the pieces are its
+    C{response.output_text.delta} deltas, C{done} whether
+    C{response.completed} ended it, errors its C{response.failed} and
+    C{error} events.
+    """
+    pieces: list[str] = []
+    done = False
+    errors = 0
+    bad = 0
+    for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(
+            line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+        )
+        if not data:
+            continue
+        try:
+            value = json.loads(data)
+        except ValueError:
+            bad += 1
+            continue
+        kind = value.get("type") if isinstance(value, dict) else None
+        if kind is None:
+            bad += 1
+        elif kind == "response.output_text.delta" and value.get("delta"):
+            pieces.append(value["delta"])
+        elif kind == "response.completed":
+            done = True
+        elif kind in ("response.failed", "error"):
+            errors += 1
+    return StreamCheck(tuple(pieces), done, errors, bad)
+
+
 def completionText(body: bytes) -> str | None:
     """
     The C{message.content} of a non-streamed chat completion, or L{None}.

@@ -9,10 +9,11 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench._report import observeFigures, observeLines
+from bench._report import figures, observeFigures, observeLines
 from bench._stats import (
     ResponseParser,
     addedPerRound,
+    checkResponsesStream,
     checkStream,
     completionText,
     cpuSeconds,
@@ -164,6 +165,41 @@ class ParsingTests(SynchronousTestCase):
             checkStream(_frame("a") + _frame("a") + _frame("b") + done).intact(expected)
         )
         self.assertFalse(checkStream(_frame("ab") + done).intact(expected))
+
+    def test_responsesStream(self) -> None:
+        """
+        A Responses API stream is intact when its text deltas arrived in
+        order and C{response.completed} ended it; a C{response.failed} or
+        a missing end makes it not intact.
+        """
+
+        def event(kind: str, **fields: str) -> bytes:
+            data = json.dumps({"type": kind, **fields}).encode()
+            return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+        deltas = event("response.output_text.delta", delta="a") + event(
+            "response.output_text.delta", delta="b"
+        )
+        body = event("response.created") + deltas + event("response.completed")
+        self.assertEqual(checkResponsesStream(body).pieces, ("a", "b"))
+        self.assertTrue(checkResponsesStream(body).intact(["a", "b"]))
+        self.assertFalse(checkResponsesStream(deltas).intact(["a", "b"]))
+        failed = deltas + event("response.failed") + event("response.completed")
+        self.assertFalse(checkResponsesStream(failed).intact(["a", "b"]))
+
+    def test_responsesFigures(self) -> None:
+        """
+        The Responses stream's added time to first token is taken against
+        the upstream's own TTFT of the same round.
+        """
+        samples = {
+            "ttft_c1": {"direct": {"0": {"ms": [1.0, 1.0]}}},
+            "ttft_responses_c1": {"ai-agent": {"0": {"ms": [3.0, 3.0], "bad": 1}}},
+        }
+        f = figures(samples)
+        self.assertEqual(f["ttft_responses_c1.p50.ai-agent"], 3.0)
+        self.assertEqual(f["ttft_responses_c1.added_p50.ai-agent"]["value"], 2.0)
+        self.assertEqual(f["ttft_responses_c1.bad.ai-agent"], 1)
 
     def test_completionText(self) -> None:
         """
