@@ -820,3 +820,50 @@ class CodexTests(TestCase):
 
     # Codex starts in a second or so; a hung one fails the test instead of the run.
     test_exec.timeout = 120  # type: ignore[attr-defined]
+
+
+class EncoderTests(TestCase):
+    """
+    L{ResponsesEncoder} on its own.
+    """
+
+    def _events(self, frames: bytes) -> list[dict[str, Any]]:
+        return [
+            json.loads(block.split("\ndata: ", 1)[1])
+            for block in frames.decode().split("\n\n")
+            if block.strip()
+        ]
+
+    def test_openAfterFirstFrame(self) -> None:
+        """
+        When the stream's head is sent only with the first item's frames
+        (made before L{open} is called), C{response.created} still comes
+        first and sequence numbers still count up from 0 in the order sent.
+        """
+        from ai_agent.headends.responses import ResponsesEncoder
+
+        encoder = ResponsesEncoder({"id": "resp_1"})
+        first = encoder.content("Hi")
+        frames = encoder.open() + first + encoder.content(" there")
+        events = self._events(frames)
+        self.assertEqual(events[0]["type"], "response.created")
+        self.assertEqual(events[0]["response"]["output"], [])
+        self.assertEqual([e["sequence_number"] for e in events], list(range(len(events))))
+
+    def test_failedCodes(self) -> None:
+        """
+        A rate limit or an overload fails the response with OpenAI's codes
+        for them; another error keeps its own code.
+        """
+        from ai_agent.errors import AgentError, ErrorKind
+        from ai_agent.headends.responses import ResponsesEncoder
+
+        for kind, code, expected in [
+            (ErrorKind.RATE_LIMIT, "rate_limited", "rate_limit_exceeded"),
+            (ErrorKind.OVERLOADED, "queue_full", "server_is_overloaded"),
+            (ErrorKind.SERVER, "upstream_unreachable", "upstream_unreachable"),
+        ]:
+            encoder = ResponsesEncoder({"id": "resp_1"})
+            events = self._events(encoder.error(AgentError("no", 502, kind, code)))
+            self.assertEqual(events[-1]["type"], "response.failed")
+            self.assertEqual(events[-1]["response"]["error"]["code"], expected)

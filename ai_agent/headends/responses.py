@@ -522,6 +522,22 @@ def usageObject(usage: Usage) -> dict[str, Any]:
     }
 
 
+#: The codes OpenAI's C{response.failed} uses for these kinds (clients such
+#: as Codex retry on them).
+_FAILED_CODES = {
+    ErrorKind.RATE_LIMIT: "rate_limit_exceeded",
+    ErrorKind.OVERLOADED: "server_is_overloaded",
+}
+
+
+def failedCode(error: AgentError) -> str:
+    """
+    The C{error.code} of a failed response: OpenAI's word for a rate limit
+    or an overload, else the error's own code.
+    """
+    return _FAILED_CODES.get(error.kind) or error.code or "server_error"
+
+
 @attrs.define
 class ResponsesEncoder:
     """
@@ -724,7 +740,7 @@ class ResponsesEncoder:
         frames = self._opening() + self._closing + self._close()
         self._closing = b""
         failed = self.snapshot(
-            "failed", error={"code": error.code or "server_error", "message": error.message}
+            "failed", error={"code": failedCode(error), "message": error.message}
         )
         return frames + self._event("response.failed", response=failed)
 
