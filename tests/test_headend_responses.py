@@ -867,3 +867,32 @@ class EncoderTests(TestCase):
             events = self._events(encoder.error(AgentError("no", 502, kind, code)))
             self.assertEqual(events[-1]["type"], "response.failed")
             self.assertEqual(events[-1]["response"]["error"]["code"], expected)
+
+
+class DisconnectTests(TestCase):
+    """
+    The same cancellation as Chat Completions.
+    """
+
+    async def test_streamDisconnectClosesUpstream(self) -> None:
+        """
+        A streaming client that goes away mid-run gets its upstream call
+        closed and its pool slot freed; nothing is stored for the run.
+        """
+        from tests.test_headend_openai import _post, _raw, _sleep
+
+        store = _memoryStore()
+        server = await _server(self, store=store, concurrency=1)
+        server.upstream.script(Reply(content=["a", "b"], hold=True))
+        client = await _raw(
+            server.port.getHost().port,
+            _post({"model": MODEL, "input": "hello", "stream": True}, "/v1/responses"),
+        )
+        await server.upstream.waitForRequests(1)
+        await _sleep(0.05)
+        self.assertEqual(server.pool.activeRuns, 1)
+        client.transport.loseConnection()
+        await server.upstream.waitForDisconnects(1)
+        await _sleep(0.01)
+        self.assertEqual(server.pool.activeRuns, 0)
+        self.assertEqual((await store.stats("responses")).entries, 0)
