@@ -896,3 +896,79 @@ class DisconnectTests(TestCase):
         await _sleep(0.01)
         self.assertEqual(server.pool.activeRuns, 0)
         self.assertEqual((await store.stats("responses")).entries, 0)
+
+
+class ParserPropertyTests(TestCase):
+    """
+    L{parseResponsesRequest} on generated, nearly right bodies.
+    """
+
+    def test_nearlyRightRequests(self) -> None:
+        """
+        Requests with the known fields, any of them of the wrong type or
+        holding odd text (lone surrogates included), parse into items the
+        conversation is made of, or are a 400 in OpenAI's envelope;
+        nothing else is raised.
+        """
+        from hypothesis import HealthCheck, given, settings
+        from hypothesis import strategies as st
+
+        from ai_agent.errors import OPENAI_ERRORS, AgentError
+        from ai_agent.headends.responses import conversation, parseResponsesRequest
+        from tests.test_hostile_input import _encodings, _json, _text
+
+        part = st.fixed_dictionaries(
+            {"type": st.sampled_from(["input_text", "output_text", "input_image"]) | _json},
+            optional={"text": _text | _json},
+        )
+        item = st.fixed_dictionaries(
+            {},
+            optional={
+                "type": st.sampled_from(
+                    ["message", "function_call", "function_call_output", "reasoning", "x"]
+                )
+                | _json,
+                "role": st.sampled_from(["user", "assistant", "developer", "tool"]) | _json,
+                "content": _text | st.lists(part, max_size=2) | _json,
+                "call_id": _text | _json,
+                "name": _text | _json,
+                "arguments": _text | _json,
+                "output": _text | st.lists(part, max_size=2) | _json,
+                "id": _text | _json,
+            },
+        )
+        request = st.fixed_dictionaries(
+            {"model": st.just("agent") | _json, "input": _text | st.lists(item, max_size=3)},
+            optional={
+                "instructions": _text | _json,
+                "tools": st.lists(
+                    st.fixed_dictionaries(
+                        {"type": st.just("function") | _json, "name": _text | _json},
+                        optional={"parameters": _json},
+                    ),
+                    max_size=2,
+                )
+                | _json,
+                "tool_choice": _json,
+                "text": st.fixed_dictionaries({"format": _json}) | _json,
+                "metadata": _json,
+                "max_output_tokens": _json,
+                "store": _json,
+                "background": _json,
+            },
+        )
+
+        @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(request)
+        def check(value: dict[str, Any]) -> None:
+            for body in _encodings(value):
+                try:
+                    parsed = parseResponsesRequest(body)
+                except AgentError as error:
+                    self.assertEqual(error.status, 400, error.message)
+                    self.assertIn("error", json.loads(OPENAI_ERRORS.body(error)))
+                    continue
+                for message in conversation(parsed.items):
+                    message.content.encode("utf-8")
+
+        check()
