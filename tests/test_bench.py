@@ -1,6 +1,8 @@
 """
-The benchmark's parsing and statistics (bench/_stats.py); the benchmark
-itself is a tool, run with C{bench/run}, never by the suite.
+The benchmark's parsing and statistics (bench/_stats.py), its fake
+upstream's answers (bench/_upstream.py), the client-tool round trip and its
+place in the report; the benchmark itself is a tool, run with C{bench/run},
+never by the suite (one test starts the bench upstream, a small process).
 """
 
 from __future__ import annotations
