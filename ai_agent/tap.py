@@ -352,7 +352,7 @@ def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
         store=runtime.store,
         observer=runtime.runner.observer,
     )
-    return [Mount(b"/v1/responses", responses.app, OPENAI_ERRORS)]
+    return [Mount(b"/v1/responses", responses.app, OPENAI_ERRORS, headend=responses)]
 
 
 def makeObserver(options: ServerOptions, environ: Mapping[str, str], reactor: Any) -> Observer:
@@ -472,7 +472,9 @@ class ServerService(MultiService):
         if self.reloader is not None:
             onHangup(self.reactor, self.reloader.reload)
         if self.onReady is not None:
-            self._announce(self.onReady)
+            # Once the reactor runs: only then are its signal handlers in
+            # place, so a process that says it is ready also stops cleanly.
+            self.reactor.callWhenRunning(self._announce, self.onReady)
 
     def _announce(self, onReady: Callable[[list[str]], None]) -> None:
         ports: list[Any] = []
@@ -620,10 +622,8 @@ def makeService(
         # Every API's headend gets the new agents on SIGHUP.
         top.reloader.headends.append(headend)
         for mount in mounts:
-            # A mounted API's Klein app is bound to its headend.
-            owner = getattr(mount.app, "_instance", None)
-            if owner is not None and hasattr(owner, "registry") and hasattr(owner, "runner"):
-                top.reloader.headends.append(owner)
+            if mount.headend is not None:
+                top.reloader.headends.append(mount.headend)
         site = makeSite(headend, policy, options["access-log"], mounts, metrics=metricsResource)
         connections = TrackingFactory(site)
         listener: Any

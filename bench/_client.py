@@ -55,6 +55,14 @@ class Target:
         body: dict[str, Any] = {"model": self.model, "input": text, "stream": stream}
         return self.post(f"{self.prefix}/responses", json.dumps(body).encode())
 
+    def toolChat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> bytes:
+        """
+        The raw bytes of a non-streamed chat-completion request carrying
+        the client's C{tools}.
+        """
+        body = {"model": self.model, "messages": messages, "tools": tools, "stream": False}
+        return self.post(f"{self.prefix}/chat/completions", json.dumps(body).encode())
+
     def post(self, path: str, body: bytes) -> bytes:
         """
         A POST of a JSON body.

@@ -972,3 +972,27 @@ class ParserPropertyTests(TestCase):
                     message.content.encode("utf-8")
 
         check()
+
+
+class MountTests(TestCase):
+    """
+    How the server serves the Responses API.
+    """
+
+    async def test_mountedForReload(self) -> None:
+        """
+        C{apiMounts} mounts the Responses API at C{/v1/responses} with
+        OpenAI's error envelope, naming its headend (over the runtime's
+        registry, runner and store) so that a reload gives it new agents.
+        """
+        from ai_agent.errors import OPENAI_ERRORS
+        from ai_agent.headends.responses import ResponsesHeadend
+        from ai_agent.tap import apiMounts
+
+        server = await _server(self)
+        [mount] = apiMounts(server.runtime, server.pool, reactor)
+        self.assertEqual((mount.prefix, mount.errors), (b"/v1/responses", OPENAI_ERRORS))
+        self.assertIsInstance(mount.headend, ResponsesHeadend)
+        self.assertIs(mount.headend.registry, server.runtime.registry)
+        self.assertIs(mount.headend.runner, server.runtime.runner)
+        self.assertIs(mount.headend.store, server.runtime.store)

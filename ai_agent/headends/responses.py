@@ -245,7 +245,7 @@ def _parseItem(item: Any, where: str) -> dict[str, Any]:
             f"'{where}' must be an object, not {typeName(item)}", where, "invalid_type"
         )
     kind = item.get("type", "message")
-    if kind not in _INPUT_TYPES:
+    if not isinstance(kind, str) or kind not in _INPUT_TYPES:
         raise invalidRequest(
             f"'{where}.type' is {show(kind)}; input items here are messages, function_call,"
             " function_call_output, item_reference and reasoning",
@@ -255,7 +255,7 @@ def _parseItem(item: Any, where: str) -> dict[str, Any]:
     itemId = optional(item, "id", str, None, f"{where}.id")
     if kind == "message":
         role = item.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise invalidRequest(
                 f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}, got {show(role)}",
                 f"{where}.role",
@@ -315,7 +315,7 @@ def _parseParts(value: Any, where: str, partType: str) -> list[dict[str, Any]]:
                 f"'{partWhere}' must be an object, not {typeName(part)}", partWhere, "invalid_type"
             )
         kind = part.get("type")
-        if kind not in _TEXT_PARTS:
+        if not isinstance(kind, str) or kind not in _TEXT_PARTS:
             raise invalidRequest(
                 f"'{partWhere}' is a {show(kind)} part; agents here take text parts only",
                 partWhere,
