@@ -821,6 +821,40 @@ class CodexTests(TestCase):
     # Codex starts in a second or so; a hung one fails the test instead of the run.
     test_exec.timeout = 120  # type: ignore[attr-defined]
 
+    async def test_toolCall(self) -> None:
+        """
+        A call of one of Codex's own tools (C{exec_command}) is handed
+        back to Codex, which runs the command and sends its output as a
+        C{function_call_output}: the model's next call sees it as the
+        result of that call id, and Codex prints the answer that follows.
+        """
+        from tests._process import run
+
+        server = await _server(self)
+        server.upstream.script(
+            Reply(toolCalls=[("exec_command", {"cmd": "echo probe-ok"})]),
+            Reply(content="Done."),
+        )
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        with open(os.path.join(home, "config.toml"), "w", encoding="utf-8") as f:
+            f.write(CODEX_CONFIG.format(model=MODEL, baseUrl=server.baseUrl))
+        env = {"PATH": os.environ["PATH"], "HOME": home, "CODEX_HOME": home, "AI_AGENT_KEY": "k"}
+        out, err, code = await run(
+            [CODEX, "exec", "--skip-git-repo-check", "Run echo"], cwd=home, env=env
+        )
+        output = (out + err).decode("utf-8", "replace")
+        self.assertEqual(code, 0, output)
+        self.assertIn("Done.", out.decode())
+        first, second = server.upstream.requests
+        [call] = [m for m in second.body["messages"] if m.get("tool_calls")][0]["tool_calls"]
+        self.assertEqual(call["function"]["name"], "exec_command")
+        [result] = [m for m in second.body["messages"] if m["role"] == "tool"]
+        self.assertEqual(result["tool_call_id"], call["id"])
+        self.assertIn("probe-ok", result["content"])
+
+    test_toolCall.timeout = 120  # type: ignore[attr-defined]
+
 
 class EncoderTests(TestCase):
     """
