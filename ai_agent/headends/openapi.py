@@ -774,6 +774,15 @@ def _responsesSchemas() -> dict[str, Any]:
         },
     }
     return {
+        "ResponseStreamEvent": {
+            "type": "object",
+            "description": "One Server-Sent Event of a streamed response: its event name is "
+            "the type of its data, a JSON object with that type and a sequence_number "
+            "(response.created, ..., response.completed, response.incomplete or "
+            "response.failed).",
+            "required": ["event", "data"],
+            "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        },
         "ResponseRequest": request,
         "Response": response,
         "ResponseItem": item,
@@ -831,7 +840,7 @@ def _responsesPaths() -> dict[str, Any]:
                         "headers": {"x-request-id": _ref("headers", "RequestId")},
                         "content": {
                             "application/json": {"schema": _ref("schemas", "Response")},
-                            "text/event-stream": {"schema": {"type": "string"}},
+                            "text/event-stream": {"schema": _ref("schemas", "ResponseStreamEvent")},
                         },
                     },
                     **_errors(
