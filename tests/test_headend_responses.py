@@ -1030,3 +1030,39 @@ class MountTests(TestCase):
         self.assertIs(mount.headend.registry, server.runtime.registry)
         self.assertIs(mount.headend.runner, server.runtime.runner)
         self.assertIs(mount.headend.store, server.runtime.store)
+
+
+class MetricsTests(TestCase):
+    """
+    Responses API requests in the server's metrics.
+    """
+
+    async def test_counted(self) -> None:
+        """
+        A Responses request, whole or streamed, is counted under
+        C{headend="responses"} with its agent and status; a refused one
+        with its 4xx status; chat completions' count is untouched.
+        """
+        from ai_agent.observe import Metrics, Observability
+        from tests.test_observe import metricValue, scrape
+
+        observer = Observability(Metrics(), None, clock=reactor.seconds)
+        server = await _server(self, observer=observer)
+        server.upstream.script(Reply(content="one"), Reply(content="two"))
+        client = server.client()
+        await inThread(client.responses.create, model=MODEL, input="hi")
+
+        def streamed() -> list[Any]:
+            return list(client.responses.create(model=MODEL, input="hi", stream=True))
+
+        await inThread(streamed)
+        with self.assertRaises(openai.BadRequestError):
+            await inThread(client.responses.create, model=MODEL, input="hi", background=True)
+        status, text = await scrape(self, server.baseUrl[: -len("/v1")] + "/metrics")
+        self.assertEqual(status, 200)
+        requests = "ai_agent_requests_total"
+        self.assertEqual(
+            metricValue(text, requests, agent=MODEL, headend="responses", status="200"), 2
+        )
+        self.assertEqual(metricValue(text, requests, headend="responses", status="400"), 1)
+        self.assertEqual(metricValue(text, requests, headend="openai"), 0)
