@@ -227,6 +227,33 @@ class CreateTests(TestCase):
         self.assertEqual(sent["json_schema"]["schema"], schema)
 
 
+class ParseTests(TestCase):
+    """
+    The SDK's structured output helper.
+    """
+
+    async def test_parse(self) -> None:
+        """
+        C{responses.parse} with a pydantic model: its JSON schema reaches
+        the model as a strict C{json_schema} response format, and the SDK
+        parses the answer into the model.
+        """
+        import pydantic
+
+        class Sum(pydantic.BaseModel):
+            n: int
+
+        server = await _server(self)
+        server.upstream.script(Reply(content='{"n": 4}'))
+        parsed = await inThread(
+            server.client().responses.parse, model=MODEL, input="2+2", text_format=Sum
+        )
+        self.assertEqual(parsed.output_parsed, Sum(n=4))
+        sent = server.upstream.requests[0].body["response_format"]["json_schema"]
+        self.assertEqual((sent["name"], sent["strict"]), ("Sum", True))
+        self.assertEqual(sent["schema"]["properties"], {"n": {"title": "N", "type": "integer"}})
+
+
 class StoreTests(TestCase):
     """
     Stored responses: chains, retrieval, input items, deletion.
