@@ -560,6 +560,9 @@ class ResponsesEncoder:
     _reasoningText: ReasoningText = attrs.field(factory=ReasoningText, init=False)
     _final: dict[str, Any] | None = attrs.field(default=None, init=False)
     _opened: bool = attrs.field(default=False, init=False)
+    # The events closing the last item, made with the final object and sent
+    # before the terminal event.
+    _closing: bytes = attrs.field(default=b"", init=False)
 
     def snapshot(self, status: str, **fields: Any) -> dict[str, Any]:
         """
@@ -727,8 +730,6 @@ class ResponsesEncoder:
                 usage=usageObject(finished.usage),
             )
         return self._final
-
-    _closing: bytes = attrs.field(default=b"", init=False)
 
     def finish(self, finished: Finished) -> bytes:
         response = self.final(finished)
