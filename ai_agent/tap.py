@@ -343,7 +343,20 @@ def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
     The APIs served beside the OpenAI routes on every port, each with its
     own headend over the same runtime and pool.
     """
-    return []
+    from ai_agent.headends.anthropic import (
+        ANTHROPIC_ERRORS,
+        AnthropicHeadend,
+        isAnthropicClient,
+    )
+
+    anthropic = AnthropicHeadend(
+        runtime.registry,
+        runtime.runner,
+        pool,
+        reactor,
+        observer=runtime.runner.observer,
+    )
+    return [Mount(b"/v1/messages", anthropic.app, ANTHROPIC_ERRORS, isAnthropicClient)]
 
 
 def makeObserver(options: ServerOptions, environ: Mapping[str, str], reactor: Any) -> Observer:

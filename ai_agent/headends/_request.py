@@ -739,9 +739,25 @@ def _parseToolCalls(value: Any, where: str) -> tuple[ToolCall, ...]:
     return tuple(calls)
 
 
+#: The body checks every API's parser shares (see L{_loads}, L{_optional},
+#: L{_number}, L{_typeName}, L{_show}).
+loadBody = _loads
+optionalField = _optional
+numberField = _number
+typeName = _typeName
+showValue = _show
+
+
 __all__ = [
     "AgentError",
     "ChatRequest",
+    "TOOL_NAME",
+    "functionSpec",
+    "loadBody",
+    "numberField",
+    "optionalField",
+    "showValue",
+    "typeName",
     "MAX_CONTAINERS",
     "MAX_DEPTH",
     "MAX_MESSAGES",
