@@ -231,8 +231,9 @@ class MessagesTests(TestCase):
         server = await startServer(self)
         server.upstream.script(Reply(content="ok"))
         await inThread(
-            _client(server, default_headers={"anthropic-beta": "made-up-2099-01-01"})
-            .messages.create,
+            _client(
+                server, default_headers={"anthropic-beta": "made-up-2099-01-01"}
+            ).messages.create,
             model="agent",
             max_tokens=77,
             system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
@@ -349,9 +350,7 @@ class ToolTests(TestCase):
         self.assertEqual((call.name, call.input), ("get_weather", {"city": "Paris"}))
         offered = {t["function"]["name"]: t for t in server.upstream.requests[0].body["tools"]}
         self.assertIn("calc__add", offered)
-        self.assertEqual(
-            offered["get_weather"]["function"]["parameters"], WEATHER["input_schema"]
-        )
+        self.assertEqual(offered["get_weather"]["function"]["parameters"], WEATHER["input_schema"])
         history = [
             *QUESTION,
             {"role": "assistant", "content": [b.model_dump() for b in first.content]},
@@ -481,9 +480,7 @@ class ToolTests(TestCase):
         """
         server = await self._server()
         client = _client(server)
-        short = await inThread(
-            client.messages.count_tokens, model="hybrid", messages=[QUESTION[0]]
-        )
+        short = await inThread(client.messages.count_tokens, model="hybrid", messages=[QUESTION[0]])
         withTools = await inThread(
             client.beta.messages.count_tokens, model="hybrid", messages=QUESTION, tools=[WEATHER]
         )
@@ -508,7 +505,9 @@ class ModelsTests(TestCase):
         C{models.list} and C{models.retrieve} through the SDK: Anthropic's
         shape; an OpenAI client on the same routes still gets OpenAI's.
         """
-        server = await startServer(self, agents={"alpha.ai": DEFAULT_AGENT, "beta.ai": DEFAULT_AGENT})
+        server = await startServer(
+            self, agents={"alpha.ai": DEFAULT_AGENT, "beta.ai": DEFAULT_AGENT}
+        )
         client = _client(server)
         page = await inThread(client.models.list)
         self.assertEqual([m.id for m in page.data], ["alpha", "beta"])
@@ -569,7 +568,9 @@ class ErrorTests(TestCase):
         ]
         for body, named in cases:
             with self.assertRaises(anthropic.BadRequestError) as caught:
-                await inThread(client.post, "/v1/messages", body={"model": "agent", **body}, cast_to=object)
+                await inThread(
+                    client.post, "/v1/messages", body={"model": "agent", **body}, cast_to=object
+                )
             error: Any = caught.exception.body
             self.assertEqual(error["type"], "error")
             self.assertEqual(error["error"]["type"], "invalid_request_error")
@@ -654,7 +655,9 @@ class ErrorTests(TestCase):
 
         with self.assertRaises(anthropic.APIStatusError) as caught:
             await inThread(run)
-        self.assertIn(cast_body(caught.exception)["error"]["type"], {"api_error", "overloaded_error"})
+        self.assertIn(
+            cast_body(caught.exception)["error"]["type"], {"api_error", "overloaded_error"}
+        )
 
 
 class PingTests(TestCase):
