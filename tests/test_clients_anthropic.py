@@ -276,6 +276,28 @@ class MessagesTests(TestCase):
         self.assertEqual(body["stop"], ["STOP"])
         self.assertEqual((body["temperature"], body["top_p"]), (0.5, 0.9))
 
+    async def test_largeBody(self) -> None:
+        """
+        A body past the off-reactor threshold is parsed in a thread and
+        runs like any other; a malformed one is still a 400 in
+        Anthropic's envelope.
+        """
+        server = await startServer(self)
+        server.upstream.script(Reply(content="read it"))
+        big = "word " * 60_000
+        message = await _create(server, messages=[{"role": "user", "content": big}])
+        self.assertEqual(message.content[0].text, "read it")
+        self.assertEqual(server.upstream.requests[0].body["messages"][-1]["content"], big)
+        with self.assertRaises(anthropic.BadRequestError) as caught:
+            await _create(
+                server,
+                messages=[
+                    {"role": "user", "content": [{"type": "image"}]},
+                    {"role": "user", "content": big},
+                ],
+            )
+        self.assertEqual(cast_body(caught.exception)["error"]["type"], "invalid_request_error")
+
     async def test_headRoot(self) -> None:
         """
         C{HEAD /} (Claude Code's probe) is answered 200.

@@ -315,9 +315,10 @@ class ReloadTests(_Project, TestCase):
 
     async def test_reload(self) -> None:
         """
-        After SIGHUP a new agent file in the C{--agent} directory is served;
-        a stream running across the reload finishes; a broken file keeps
-        the previous set and says why; the server survives every SIGHUP.
+        After SIGHUP a new agent file in the C{--agent} directory is served
+        (by the OpenAI and the Anthropic routes); a stream running across
+        the reload finishes; a broken file keeps the previous set and says
+        why; the server survives every SIGHUP.
         """
         folder = await self.makeProject(self)
         port = freePort()
@@ -349,6 +350,17 @@ class ReloadTests(_Project, TestCase):
         response = await running.addTimeout(WAIT, reactor)
         body = await response.json()
         self.assertEqual(body["choices"][0]["message"]["content"], "before reload")
+        # The Anthropic headend serves the new set too.
+        message = await http.post(
+            base + "/v1/messages",
+            json={
+                "model": "other",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "x"}],
+            },
+            headers={"anthropic-version": "2023-06-01"},
+        )
+        self.assertEqual((await message.json())["model"], "other")
 
         writeAgent(os.path.join(folder, "agents"), "broken.ai", "---\nmodles: x\n---\n")
         child.send("HUP")
