@@ -431,7 +431,7 @@ class SessionRunner:
             if not response.toolCalls or lastTurn:
                 return Finished(_runReason(response.finishReason), meter.total)
             calledTools = True
-            calls = _uniqueIds(response.toolCalls, messages)
+            calls = _uniqueIds(response.toolCalls, messages, clientNames)
             assistant = ChatMessage("assistant", response.content, toolCalls=calls)
             own = tuple(call for call in calls if call.name not in clientNames)
             handedBack = [call for call in calls if call.name in clientNames]
@@ -790,16 +790,20 @@ def _turnChoice(
     return None
 
 
-def _uniqueIds(calls: Sequence[ToolCall], messages: Sequence[ChatMessage]) -> tuple[ToolCall, ...]:
+def _uniqueIds(
+    calls: Sequence[ToolCall], messages: Sequence[ChatMessage], clientNames: frozenset[str]
+) -> tuple[ToolCall, ...]:
     """
-    The calls with ids unique in the run (the model's own where it gave
-    them): an empty or repeated id is replaced with a generated one, since
-    results, and hidden turns, are found by id.
+    The calls with ids unique in the run: the model's own for the agent's
+    tools, unless empty or repeated; always a generated one (C{call_} and
+    96 random bits) for a call handed back to the client, since its hidden
+    turn is found by that id in a store shared by every conversation, and a
+    model's ids (C{call_0}) can repeat across conversations.
     """
     seen = {call.id for message in messages for call in message.toolCalls}
     unique: list[ToolCall] = []
     for call in calls:
-        if not call.id or call.id in seen:
+        if not call.id or call.id in seen or call.name in clientNames:
             call = attrs.evolve(call, id="call_" + secrets.token_hex(12))
         seen.add(call.id)
         unique.append(call)

@@ -624,10 +624,8 @@ def makeService(
         # Every API's headend gets the new agents on SIGHUP.
         top.reloader.headends.append(headend)
         for mount in mounts:
-            # A mounted API's Klein app is bound to its headend.
-            owner = getattr(mount.app, "_instance", None)
-            if owner is not None and hasattr(owner, "registry") and hasattr(owner, "runner"):
-                top.reloader.headends.append(owner)
+            if mount.headend is not None:
+                top.reloader.headends.append(mount.headend)
         site = makeSite(headend, policy, options["access-log"], mounts, metrics=metricsResource)
         connections = TrackingFactory(site)
         listener: Any

@@ -82,8 +82,9 @@ class HandBackTests(SynchronousTestCase):
     def test_clientOnly(self) -> None:
         """
         The model sees the agent's tools and the client's; a client call
-        ends the run with C{tool_calls} and the call (its id, name and
-        arguments as the model wrote them); nothing ran on the agent's side.
+        ends the run with C{tool_calls} and the call (its name and
+        arguments as the model wrote them, a generated id: the model's own
+        can repeat across conversations); nothing ran on the agent's side.
         """
         runner, provider = self.runner(_calls(("c1", "get_weather", {"city": "Paris"})))
         request = RunRequest((ChatMessage("user", "weather?"),), clientTools=(WEATHER,))
@@ -93,9 +94,9 @@ class HandBackTests(SynchronousTestCase):
         self.assertEqual(
             [spec.name for spec in provider.requests[0].tools], ["calc__add", "get_weather"]
         )
-        self.assertEqual(
-            self.handedBack(), [ClientToolCall(0, "c1", "get_weather", '{"city": "Paris"}')]
-        )
+        [call] = self.handedBack()
+        self.assertEqual(call, ClientToolCall(0, call.id, "get_weather", '{"city": "Paris"}'))
+        self.assertRegex(call.id, "^call_[0-9a-f]{24}$")
         self.assertEqual(self.tools.calls, [])
 
     def test_hybridSameTurn(self) -> None:
@@ -112,10 +113,11 @@ class HandBackTests(SynchronousTestCase):
         self.assertEqual(self.tools.calls, [("calc__add", {"a": 2, "b": 3})])
         kinds = [type(e) for e in self.events if not isinstance(e, (Usage, ModelAnswering))]
         self.assertEqual(kinds, [ToolStarted, ToolFinished, ClientToolCall])
-        self.assertEqual([c.id for c in self.handedBack()], ["c1"])
-        turn = self.successResultOf(self.store.findTurn(["c1"]))
+        [handed] = self.handedBack()
+        self.assertIsNone(self.successResultOf(self.store.findTurn(["c1"])))
+        turn = self.successResultOf(self.store.findTurn([handed.id]))
         assert turn is not None
-        self.assertEqual([c.id for c in turn.assistant.toolCalls], ["o1", "c1"])
+        self.assertEqual([c.id for c in turn.assistant.toolCalls], ["o1", handed.id])
         self.assertEqual(
             [(m.role, m.content, m.toolCallId) for m in turn.after], [("tool", "5", "o1")]
         )
@@ -153,8 +155,8 @@ class HandBackTests(SynchronousTestCase):
                 ("user", [], None, "sum, then weather"),
                 ("assistant", ["o1"], None, ""),
                 ("tool", [], "o1", "5"),
-                ("assistant", ["c1"], None, ""),
-                ("tool", [], "c1", "sunny"),
+                ("assistant", [call.id], None, ""),
+                ("tool", [], call.id, "sunny"),
             ],
         )
 
@@ -271,6 +273,25 @@ class HandBackTests(SynchronousTestCase):
         request = RunRequest((ChatMessage("user", "q"),), clientTools=(WEATHER,))
         self.run_(runner, request, clientTools=False)
         self.assertEqual([s.name for s in provider.requests[0].tools], ["calc__add"])
+
+    def test_sameModelIdsOtherConversation(self) -> None:
+        """
+        Two conversations whose model used the same call id never see each
+        other's hidden turns: the ids handed back differ, and a client
+        presenting the model's id finds nothing.
+        """
+        runner, _ = self.runner(
+            _calls(("o1", "calc__add", {"a": 1, "b": 1}), ("call_0", "get_weather", {})),
+            _calls(("o1", "calc__add", {"a": 9, "b": 9}), ("call_0", "get_weather", {})),
+        )
+        for question in ("alice's question", "bob's question"):
+            self.run_(runner, RunRequest((ChatMessage("user", question),), clientTools=(WEATHER,)))
+        first, second = self.handedBack()
+        self.assertNotEqual(first.id, second.id)
+        self.assertIsNone(self.successResultOf(self.store.findTurn(["call_0"])))
+        turn = self.successResultOf(self.store.findTurn([second.id]))
+        assert turn is not None
+        self.assertEqual(turn.after[0].content, "18")
 
     def test_repeatedIdsReplaced(self) -> None:
         """

@@ -363,3 +363,84 @@ class LangChainToolTests(TestCase):
         answer = await inThread(chat.invoke, [question, reply, result])
         self.assertEqual(answer.content, "Warm in Rome.")
         self.assertEqual(_upstreamMessages(server, 1)[-1][2:], (reply.tool_calls[0]["id"], "28 C"))
+
+
+ANTHROPIC_AGENT = """\
+---
+description: An agent whose model speaks Anthropic's Messages API
+models: claude/test-model
+---
+You are the Claude-backed agent.
+"""
+
+
+class AnthropicWireTests(TestCase):
+    """
+    Client tools through an agent whose provider speaks Anthropic's wire:
+    the tools go up as Anthropic tools, the call comes back from a
+    C{tool_use} block, and the client's result goes up as a
+    C{tool_result} block.
+    """
+
+    async def test_roundTrip(self) -> None:
+        """
+        The openai SDK's tool round trip, with the model behind Anthropic's
+        Messages API: C{input_schema}, C{tool_choice} C{any} for
+        C{required}, the call handed back, the result as C{tool_result}.
+        """
+        server = await startServer(
+            self, agents={"claude-agent.ai": ANTHROPIC_AGENT}, fakeProviders={"claude": "anthropic"}
+        )
+        server.upstream.script(
+            Reply(toolCalls=[("get_weather", {"city": "Bern"})]), Reply(content="Cool in Bern.")
+        )
+        create = server.client().chat.completions.create
+        first = await inThread(
+            create,
+            model="claude-agent",
+            messages=QUESTION,
+            tools=[WEATHER_TOOL],
+            tool_choice="required",
+        )
+        message = first.choices[0].message
+        [call] = message.tool_calls
+        self.assertEqual(json.loads(call.function.arguments), {"city": "Bern"})
+        sent = server.upstream.requests[0].body
+        self.assertEqual(
+            sent["tools"][0],
+            {
+                "name": "get_weather",
+                "description": "The weather in a city",
+                "input_schema": WEATHER_TOOL["function"]["parameters"],
+            },
+        )
+        self.assertEqual(sent["tool_choice"], {"type": "any"})
+        history = [
+            *QUESTION,
+            message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "12 C"},
+        ]
+        answer = await inThread(
+            create, model="claude-agent", messages=history, tools=[WEATHER_TOOL]
+        )
+        self.assertEqual(answer.choices[0].message.content, "Cool in Bern.")
+        messages = server.upstream.requests[1].body["messages"]
+        uses = [
+            b
+            for m in messages
+            if m["role"] == "assistant"
+            for b in m["content"]
+            if b["type"] == "tool_use"
+        ]
+        results = [
+            b
+            for m in messages
+            if m["role"] == "user"
+            for b in m["content"]
+            if isinstance(b, dict) and b["type"] == "tool_result"
+        ]
+        self.assertEqual(
+            [(u["id"], u["name"], u["input"]) for u in uses],
+            [(call.id, "get_weather", {"city": "Bern"})],
+        )
+        self.assertEqual([(r["tool_use_id"], r["content"]) for r in results], [(call.id, "12 C")])

@@ -1096,15 +1096,21 @@ class StoreTurnStoreTests(TestCase):
                 {"first": provider}.__getitem__, self.clock, lambda agent: tools, turns=turns
             )
 
+        from ai_agent.events import ClientToolCall
+
         question = ChatMessage("user", "sum, then weather")
         before = await self.openTurns()
+        handed: list[ClientToolCall] = []
         await runner(before).run(
-            _agent(), RunRequest((question,), clientTools=(WEATHER,)), lambda event: None
+            _agent(),
+            RunRequest((question,), clientTools=(WEATHER,)),
+            lambda event: handed.append(event) if isinstance(event, ClientToolCall) else None,
         )
         await before.store.close()
         after = await self.openTurns()
-        clientSaw = ChatMessage("assistant", "", toolCalls=(ToolCall("c1", "get_weather", "{}"),))
-        result = ChatMessage("tool", "sunny", toolCallId="c1")
+        callId = handed[0].id
+        clientSaw = ChatMessage("assistant", "", toolCalls=(ToolCall(callId, "get_weather", "{}"),))
+        result = ChatMessage("tool", "sunny", toolCallId=callId)
         await runner(after).run(
             _agent(),
             RunRequest((question, clientSaw, result), clientTools=(WEATHER,)),
@@ -1117,7 +1123,7 @@ class StoreTurnStoreTests(TestCase):
                 ("user", [], None),
                 ("assistant", ["o1"], None),
                 ("tool", [], "o1"),
-                ("assistant", ["c1"], None),
-                ("tool", [], "c1"),
+                ("assistant", [callId], None),
+                ("tool", [], callId),
             ],
         )

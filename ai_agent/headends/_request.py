@@ -204,20 +204,8 @@ def _parseResponseFormat(value: Any) -> OutputFormat | None:
             f"{param}.json_schema.schema",
             "invalid_type",
         )
-    description = spec.get("description")
-    if description is not None and not isinstance(description, str):
-        raise invalidRequest(
-            f"'{param}.json_schema.description' must be a string",
-            f"{param}.json_schema.description",
-            "invalid_type",
-        )
-    strict = spec.get("strict")
-    if strict is not None and not isinstance(strict, bool):
-        raise invalidRequest(
-            f"'{param}.json_schema.strict' must be a boolean",
-            f"{param}.json_schema.strict",
-            "invalid_type",
-        )
+    description = _optional(spec, "description", str, None, f"{param}.json_schema.description")
+    strict = _optional(spec, "strict", bool, None, f"{param}.json_schema.strict")
     return OutputFormat(schema, name, description, strict)
 
 
@@ -498,16 +486,9 @@ def functionSpec(function: dict[str, Any], where: str) -> ToolSpec:
             f"{where}.name",
             "invalid_value",
         )
-    description = function.get("description")
-    if description is not None and not isinstance(description, str):
-        raise invalidRequest(
-            f"'{where}.description' must be a string", f"{where}.description", "invalid_type"
-        )
-    strict = function.get("strict")
-    if strict is not None and not isinstance(strict, bool):
-        raise invalidRequest(
-            f"'{where}.strict' must be a boolean", f"{where}.strict", "invalid_type"
-        )
+    description = _optional(function, "description", str, None, f"{where}.description")
+    # Accepted and not used: the agent's providers get the schema as given.
+    _optional(function, "strict", bool, None, f"{where}.strict")
     parameters = function.get("parameters")
     if parameters is None:
         parameters = {"type": "object", "properties": {}}

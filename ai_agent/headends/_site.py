@@ -33,12 +33,15 @@ class Mount:
     @ivar errors: its error format, for the paths it owns.
     @ivar claimsErrors: also use C{errors} for other paths when this says
         so (for example, for requests carrying the API's version header).
+    @ivar headend: the object C{app} is bound to, when it serves agents (it
+        has C{registry} and C{runner}): a reload gives it the new ones.
     """
 
     prefix: bytes
     app: Klein
     errors: ErrorFormat
     claimsErrors: Callable[[bytes, Headers], bool] | None = None
+    headend: Any = attrs.field(default=None, kw_only=True)
     resource: IResource = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:

@@ -697,6 +697,18 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _everyOperation(paths: dict[str, Any]) -> dict[str, Any]:
+    """
+    C{paths} with what the HTTP guard may answer on any route: a 400
+    (C{invalid_path} for a target with no single meaning, C{invalid_http}
+    for malformed HTTP) wherever an operation does not list it already.
+    """
+    for operations in paths.values():
+        for operation in operations.values():
+            operation["responses"].setdefault("400", _ref("responses", "BadRequest"))
+    return paths
+
+
 def _build() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -707,7 +719,7 @@ def _build() -> dict[str, Any]:
             "models. Errors use OpenAI's envelope. The /v1 routes need an API key only when "
             "the server was started with --api-key, --api-key-file or AI_AGENT_API_KEYS.",
         },
-        "paths": _paths(),
+        "paths": _everyOperation(_paths()),
         "components": {
             "schemas": _schemas(),
             "responses": _responses(),
