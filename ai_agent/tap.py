@@ -356,7 +356,11 @@ def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
         reactor,
         observer=runtime.runner.observer,
     )
-    return [Mount(b"/v1/messages", anthropic.app, ANTHROPIC_ERRORS, isAnthropicClient)]
+    return [
+        Mount(
+            b"/v1/messages", anthropic.app, ANTHROPIC_ERRORS, isAnthropicClient, headend=anthropic
+        )
+    ]
 
 
 def makeObserver(options: ServerOptions, environ: Mapping[str, str], reactor: Any) -> Observer:
