@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_openapi -*-
 """
-The OpenAPI 3.1 description of the OpenAI-compatible headend's own
-endpoints, served at C{GET /openapi.json}.
+The OpenAPI 3.1 description of the server's endpoints (the OpenAI-compatible
+headend's and the Anthropic Messages API's), served at C{GET /openapi.json}.
 
 The request schema follows what L{ai_agent.headends._request} accepts: the
 fields it reads are typed and bounded as it checks them, every other field
@@ -715,8 +715,10 @@ def _build() -> dict[str, Any]:
         "info": {
             "title": "ai-agent",
             "version": __version__,
-            "description": "LLM agents defined in .ai files, served as OpenAI-compatible "
-            "models. Errors use OpenAI's envelope. The /v1 routes need an API key only when "
+            "description": "LLM agents defined in .ai files, served as models over OpenAI's "
+            "Chat Completions API and Anthropic's Messages API. Errors use OpenAI's envelope, "
+            "except on /v1/messages and to requests carrying an anthropic-version header, "
+            "which get Anthropic's. The /v1 routes need an API key only when "
             "the server was started with --api-key, --api-key-file or AI_AGENT_API_KEYS.",
         },
         "paths": _everyOperation(_paths()),
