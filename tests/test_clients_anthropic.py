@@ -603,7 +603,7 @@ class ErrorTests(TestCase):
         """
         An unknown model is a C{NotFoundError}; without a valid key (sent
         as C{x-api-key}) an C{AuthenticationError} in Anthropic's
-        envelope, and with one the request runs.
+        envelope (on C{/v1/models} too), and with one the request runs.
         """
         server = await startServer(self, policy=HTTPPolicy(apiKeys=APIKeys.fromKeys(["k-1"])))
         server.upstream.script(Reply(content="in"))
@@ -620,6 +620,10 @@ class ErrorTests(TestCase):
                 messages=[{"role": "user", "content": "x"}],
             )
         self.assertEqual(cast_body(missing.exception)["error"]["type"], "not_found_error")
+        with self.assertRaises(anthropic.AuthenticationError) as unlisted:
+            await inThread(_client(server).models.list)
+        # Off the /v1/messages paths, the anthropic-version header picks the envelope.
+        self.assertEqual(cast_body(unlisted.exception)["error"]["type"], "authentication_error")
         message = await inThread(
             good.messages.create,
             model="agent",
