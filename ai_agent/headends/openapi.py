@@ -750,8 +750,9 @@ def openapiDocument(serverUrl: str | None = None, models: Sequence[str] = ()) ->
     if serverUrl is not None:
         document["servers"] = [{"url": serverUrl}]
     if models:
-        request = document["components"]["schemas"]["ChatCompletionRequest"]
-        request["properties"]["model"]["examples"] = list(models)
+        schemas = document["components"]["schemas"]
+        for name in ("ChatCompletionRequest", "MessagesRequest", "CountTokensRequest"):
+            schemas[name]["properties"]["model"]["examples"] = list(models)
     return document
 
 
@@ -947,11 +948,29 @@ def _anthropicSchemas() -> dict[str, Any]:
         },
         "AnthropicMessage": answer,
         "AnthropicStreamEvent": {
-            "type": "string",
-            "description": 'event: X / data: {"type": "X", ...} pairs: message_start, '
-            "content_block_start, content_block_delta (text_delta, thinking_delta, "
-            "signature_delta, input_json_delta), content_block_stop, message_delta, "
-            "message_stop, ping; a failure after the start as event: error.",
+            "type": "object",
+            "description": "One Server-Sent Event (this schema describes each event of the "
+            'stream): event: X with data: {"type": "X", ...} as JSON. In order: '
+            "message_start, then content blocks (content_block_start, content_block_delta with "
+            "text_delta, thinking_delta, signature_delta or input_json_delta, "
+            "content_block_stop), message_delta, message_stop; ping anywhere; a failure after "
+            "the start as event: error with Anthropic's error envelope.",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {
+                    "enum": [
+                        "message_start",
+                        "content_block_start",
+                        "content_block_delta",
+                        "content_block_stop",
+                        "message_delta",
+                        "message_stop",
+                        "ping",
+                        "error",
+                    ]
+                },
+                "data": {"type": "string", "contentMediaType": "application/json"},
+            },
         },
         "InputTokens": {
             "type": "object",
