@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from ai_agent.errors import AgentError, ErrorKind, overloaded
@@ -341,3 +343,84 @@ class EstimateTests(SynchronousTestCase):
         self.assertEqual(estimateTokens("p" * 8, request), (8 + 8 + 4) // 4 + 2 * 4)
         tool = ToolSpec("t", "", {})
         self.assertEqual(estimateTokens("p" * 8, request, [tool]), -(-(20 + 1 + 2) // 4) + 2 * 4)
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+_json = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+_blockTypes = st.sampled_from(["text", "tool_use", "tool_result", "thinking", "image", None, 3])
+_block = st.fixed_dictionaries(
+    {"type": _blockTypes},
+    optional={
+        "text": _json,
+        "id": _json,
+        "name": _json,
+        "input": _json,
+        "tool_use_id": _json,
+        "content": _json,
+        "is_error": _json,
+    },
+)
+_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system", "tool", 1])},
+    optional={"content": st.text(max_size=5) | st.lists(_block, max_size=3) | _json},
+)
+_body = st.fixed_dictionaries(
+    {"model": st.just("a") | _json, "messages": st.lists(_message, max_size=3) | _json},
+    optional={
+        "max_tokens": st.integers(-2, 5) | _json,
+        "system": _json | st.lists(_block, max_size=2),
+        "tools": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["f", "g", "a b"]) | _json},
+                optional={"type": _json, "input_schema": _json, "description": _json},
+            ),
+            max_size=3,
+        )
+        | _json,
+        "tool_choice": st.fixed_dictionaries(
+            {"type": st.sampled_from(["auto", "any", "tool", "none", "x"]) | _json},
+            optional={"name": _json, "disable_parallel_tool_use": _json},
+        )
+        | _json,
+        "temperature": _json,
+        "top_p": _json,
+        "top_k": _json,
+        "stop_sequences": _json,
+        "stream": _json,
+        "metadata": _json,
+        "thinking": _json,
+    },
+)
+
+
+class ParserPropertyTests(SynchronousTestCase):
+    """
+    The parser on generated bodies.
+    """
+
+    @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_body)
+    def test_nearlyRightRequests(self, body: dict[str, Any]) -> None:
+        """
+        Bodies with the right fields holding anything parse or are a 400
+        naming a field; nothing else is raised.
+        """
+        data = json.dumps(body).encode()
+        for parse in (parseMessagesRequest, parseCountTokensRequest):
+            try:
+                parse(data)
+            except AgentError as error:
+                self.assertEqual((error.status, error.kind), (400, ErrorKind.INVALID_REQUEST))
+                self.assertIsNotNone(error.param, error.message)
