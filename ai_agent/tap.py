@@ -480,7 +480,9 @@ class ServerService(MultiService):
         if self.reloader is not None:
             onHangup(self.reactor, self.reloader.reload)
         if self.onReady is not None:
-            self._announce(self.onReady)
+            # Once the reactor runs: only then are its signal handlers in
+            # place, so a process that says it is ready also stops cleanly.
+            self.reactor.callWhenRunning(self._announce, self.onReady)
 
     def _announce(self, onReady: Callable[[list[str]], None]) -> None:
         ports: list[Any] = []

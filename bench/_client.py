@@ -47,6 +47,14 @@ class Target:
         }
         return self.post(f"{self.prefix}/chat/completions", json.dumps(body).encode())
 
+    def toolChat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> bytes:
+        """
+        The raw bytes of a non-streamed chat-completion request carrying
+        the client's C{tools}.
+        """
+        body = {"model": self.model, "messages": messages, "tools": tools, "stream": False}
+        return self.post(f"{self.prefix}/chat/completions", json.dumps(body).encode())
+
     def post(self, path: str, body: bytes) -> bytes:
         """
         A POST of a JSON body.

@@ -17,6 +17,19 @@ from bench._stats import addedPerRound, median, percentile, ratio, summarize
 DIRECT, OURS, LITE = "direct", "ai-agent", "litellm"
 NOTES_BEGIN, NOTES_END = "<!-- notes:begin -->", "<!-- notes:end -->"
 
+#: The latency figures (per-request samples in milliseconds, per round and
+#: arm), with their labels in the tables and the titles of their plots.
+LATENCY_FIGURES = (
+    ("latency_c1", "latency, non-streamed, c=1", "Non-streamed latency, concurrency 1"),
+    ("latency_c16", "latency, non-streamed, c=16", "Non-streamed latency, concurrency 16"),
+    ("ttft_c1", "time to first token, c=1", "Time to first content token, concurrency 1"),
+    (
+        "tools_c1",
+        "client-tool round trip (2 requests), c=1",
+        "Client-tool round trip (tool call, then the result; two requests), concurrency 1",
+    ),
+)
+
 
 def _rounds(
     samples: dict[str, Any], figure: str, arm: str, key: str = "ms"
@@ -36,7 +49,9 @@ def figures(samples: dict[str, Any]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     arms = [arm for arm in (OURS, LITE) if arm in samples.get("latency_c1", {})]
-    for figure in ("latency_c1", "latency_c16", "ttft_c1"):
+    for figure, _, _ in LATENCY_FIGURES:
+        if figure not in samples:
+            continue
         direct = _rounds(samples, figure, DIRECT)
         for arm in arms:
             values = _rounds(samples, figure, arm)
@@ -53,6 +68,17 @@ def figures(samples: dict[str, Any]) -> dict[str, Any]:
                 value.get("bad", 0) for value in samples.get(figure, {}).get(arm, {}).values()
             )
             out[f"{figure}.bad.{arm}"] = bad
+    for arm in [DIRECT, *arms]:
+        legs = [
+            value["legsMs"]
+            for value in samples.get("tools_c1", {}).get(arm, {}).values()
+            if value.get("legsMs")
+        ]
+        if legs:
+            out[f"tools_c1.legs_p50.{arm}"] = [
+                median([percentile([trip[leg] for trip in trips], 50) for trips in legs])
+                for leg in (0, 1)
+            ]
     for arm in [DIRECT, *arms]:
         rps = _scalar(samples, "rps", arm, "rps")
         if rps:
@@ -301,6 +327,24 @@ def _cdf(ax: Any, values: list[float], label: str) -> None:
     ax.plot(ordered, [(i + 1) / n for i in range(n)], label=label)
 
 
+def latencyCurves(samples: dict[str, Any]) -> list[tuple[str, str, dict[str, list[float]]]]:
+    """
+    The latency CDFs to draw: (figure, title, every sample of every round
+    by arm) for each latency figure measured.
+    """
+    arms = [arm for arm in (DIRECT, OURS, LITE) if arm in samples.get("latency_c1", {})]
+    curves = []
+    for figure, _, title in LATENCY_FIGURES:
+        perArm = {
+            arm: values
+            for arm in arms
+            if (values := [v for vs in _rounds(samples, figure, arm).values() for v in vs])
+        }
+        if perArm:
+            curves.append((figure, title, perArm))
+    return curves
+
+
 def plots(samples: dict[str, Any], f: dict[str, Any], imgDir: str) -> list[tuple[str, str]]:
     """
     Draw the PNGs; return (file name, caption) pairs.
@@ -313,19 +357,13 @@ def plots(samples: dict[str, Any], f: dict[str, Any], imgDir: str) -> list[tuple
     os.makedirs(imgDir, exist_ok=True)
     made: list[tuple[str, str]] = []
     arms = [arm for arm in (DIRECT, OURS, LITE) if arm in samples.get("latency_c1", {})]
-    for figure, title in (
-        ("latency_c1", "Non-streamed latency, concurrency 1"),
-        ("latency_c16", "Non-streamed latency, concurrency 16"),
-        ("ttft_c1", "Time to first content token, concurrency 1"),
-    ):
+    for figure, title, perArm in latencyCurves(samples):
         fig, ax = plt.subplots(figsize=(7, 4))
-        for arm in arms:
-            values = [v for vs in _rounds(samples, figure, arm).values() for v in vs]
-            if values:
-                _cdf(ax, values, arm)
+        for arm, values in perArm.items():
+            _cdf(ax, values, arm)
         ax.set_xscale("log")
         ax.set_xlabel("milliseconds (log scale)")
-        ax.set_ylabel("fraction of requests")
+        ax.set_ylabel("fraction of round trips" if figure == "tools_c1" else "fraction of requests")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
@@ -358,6 +396,57 @@ def plots(samples: dict[str, Any], f: dict[str, Any], imgDir: str) -> list[tuple
     plt.close(fig)
     made.append(("perf-throughput.png", "Throughput (median of rounds)"))
     return made
+
+
+def allFiguresTable(f: dict[str, Any]) -> list[str]:
+    """
+    The "All figures" table: one column per arm measured, one row per
+    figure (a latency figure's rows only when it was measured).
+    """
+    armsPresent = [a for a in (DIRECT, OURS, LITE) if f"latency_c1.p50.{a}" in f]
+    lines = ["| figure | " + " | ".join(armsPresent) + " |"]
+    lines += ["| --- |" + " --- |" * len(armsPresent)]
+
+    def line(label: str, key: str, digits: int = 3) -> None:
+        cells = [_fmt(f.get(key.format(arm=a)), digits) for a in armsPresent]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    for figure, label, _ in LATENCY_FIGURES:
+        if f"{figure}.p50.{DIRECT}" not in f:
+            continue
+        line(f"{label}: p50", figure + ".p50.{arm}")
+        line(f"{label}: p99", figure + ".p99.{arm}")
+        line(f"{label}: added p50", figure + ".added_p50.{arm}")
+        line(f"{label}: added p99", figure + ".added_p99.{arm}")
+        line(f"{label}: failed or wrong answers", figure + ".bad.{arm}")
+    if f"tools_c1.legs_p50.{DIRECT}" in f:
+        lines.append(
+            "| client-tool round trip: p50 of request 1 (tool call) / request 2 (answer) | "
+            + " | ".join(
+                f"{legs[0]:.3f} / {legs[1]:.3f}"
+                if (legs := f.get(f"tools_c1.legs_p50.{a}"))
+                else "n/a"
+                for a in armsPresent
+            )
+            + " |"
+        )
+    line("requests/s (c=32, closed loop)", "rps.{arm}", 0)
+    line("server CPU per request, µs", "rps.cpuPerRequestUs.{arm}", 0)
+    line("relayed tokens/s (8 streams of 401 tokens)", "tokens.{arm}", 0)
+    line("streams intact / streams", "tokens.fidelity.{arm}")
+    lines.append(
+        "| cancellation: upstream closed after client, p50 / p99 (never) | "
+        + " | ".join(
+            (
+                f"{c['p50']:.2f} / {c['p99']:.2f} ({c['never']})"
+                if (c := f.get(f"cancel.{a}")) and c["p50"] is not None
+                else ("never closed" if (c := f.get(f"cancel.{a}")) else "n/a")
+            )
+            for a in armsPresent
+        )
+        + " |"
+    )
+    return lines
 
 
 # The document.
@@ -422,44 +511,8 @@ def write(samples: dict[str, Any], outDir: str) -> None:
         "round values.",
         "",
     ]
-    lines += [
-        "| figure | "
-        + " | ".join(a for a in (DIRECT, OURS, LITE) if f"latency_c1.p50.{a}" in f)
-        + " |"
-    ]
     armsPresent = [a for a in (DIRECT, OURS, LITE) if f"latency_c1.p50.{a}" in f]
-    lines += ["| --- |" + " --- |" * len(armsPresent)]
-
-    def line(label: str, key: str, digits: int = 3) -> None:
-        cells = [_fmt(f.get(key.format(arm=a)), digits) for a in armsPresent]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-
-    for figure, label in (
-        ("latency_c1", "latency, non-streamed, c=1"),
-        ("latency_c16", "latency, non-streamed, c=16"),
-        ("ttft_c1", "time to first token, c=1"),
-    ):
-        line(f"{label}: p50", figure + ".p50.{arm}")
-        line(f"{label}: p99", figure + ".p99.{arm}")
-        line(f"{label}: added p50", figure + ".added_p50.{arm}")
-        line(f"{label}: added p99", figure + ".added_p99.{arm}")
-        line(f"{label}: failed or wrong answers", figure + ".bad.{arm}")
-    line("requests/s (c=32, closed loop)", "rps.{arm}", 0)
-    line("server CPU per request, µs", "rps.cpuPerRequestUs.{arm}", 0)
-    line("relayed tokens/s (8 streams of 401 tokens)", "tokens.{arm}", 0)
-    line("streams intact / streams", "tokens.fidelity.{arm}")
-    lines.append(
-        "| cancellation: upstream closed after client, p50 / p99 (never) | "
-        + " | ".join(
-            (
-                f"{c['p50']:.2f} / {c['p99']:.2f} ({c['never']})"
-                if (c := f.get(f"cancel.{a}")) and c["p50"] is not None
-                else ("never closed" if (c := f.get(f"cancel.{a}")) else "n/a")
-            )
-            for a in armsPresent
-        )
-        + " |"
-    )
+    lines += allFiguresTable(f)
     lines.append("")
     lines += ["CPU use during the throughput windows (fraction of one core, per round):", ""]
     for key in ("rps", "tokens"):
@@ -548,6 +601,16 @@ def write(samples: dict[str, Any], outDir: str) -> None:
         "  arm order per round (the order is in the samples file). Added latency = the arm's",
         "  percentile minus the direct arm's percentile in the same round; reported as the median",
         "  over rounds with the interquartile range.",
+        "- Client-tool round trip: request 1 carries one function tool (`get_weather`) and a user",
+        "  message, and the upstream answers with a call of that tool (`finish_reason:",
+        '  "tool_calls"`; through ai-agent, the agent has no tools of its own and hands the call',
+        "  back under an id of its own); request 2 carries the question, the call as it came back",
+        '  and a `role: "tool"` result, and the upstream answers "result: " and the result. One',
+        "  after the other on one keep-alive connection, non-streamed; a trip's latency is the sum",
+        "  of its two requests' (the client's own work between them left out), and it counts only",
+        "  when the call (name, arguments) and the final answer are exactly right. ai-agent keeps",
+        "  the handed-back turn in its default run store (SQLite, in the benchmark's temporary",
+        "  `XDG_STATE_HOME`).",
         "- Requests/s: 32 closed-loop keep-alive connections, non-streamed, for the window; only",
         "  correct answers count. Tokens/s: 8 streams at a time, each the 401 word-tokens of the",
         "  echo; a stream counts only when every content frame arrived once, in order, unmerged,",

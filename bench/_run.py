@@ -27,8 +27,15 @@ from typing import Any
 import attrs
 
 from bench import _report
-from bench._client import Connection, Result, Sampler, Target, request
-from bench._stats import checkStream, completionText, cpuSeconds, percentile, rssKiB
+from bench._client import Connection, ConnectionLostError, Result, Sampler, Target, request
+from bench._stats import (
+    checkStream,
+    completionText,
+    cpuSeconds,
+    handedBackCall,
+    percentile,
+    rssKiB,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -43,6 +50,24 @@ DIRECT, OURS, LITE = "direct", "ai-agent", "litellm"
 # Messages: the upstream echoes them word by word.
 PING = "ping"
 SHORT = "ping pong"
+
+# The client-tool round trip: the client's one tool, its question and the
+# result it sends back; the upstream calls the tool, then answers
+# "result: " and the result.
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"text": {"type": "string"}},
+            "required": ["text"],
+        },
+    },
+}
+WEATHER_ASK = "weather in Paris"
+WEATHER_RESULT = "sunny 21 C"
 
 
 @attrs.frozen
@@ -61,6 +86,7 @@ class Plan:
     rejects: int
     idleLevels: tuple[int, ...]
     coldStarts: int
+    toolTrips: int
     warmup: int = 50
 
 
@@ -75,6 +101,7 @@ QUICK = Plan(
     rejects=50,
     idleLevels=(1000, 9950),
     coldStarts=3,
+    toolTrips=40,
 )
 FULL = Plan(
     rounds=7,
@@ -87,6 +114,7 @@ FULL = Plan(
     rejects=300,
     idleLevels=(1000, 9950),
     coldStarts=7,
+    toolTrips=150,
 )
 
 
@@ -277,7 +305,10 @@ class Setup:
             for key, value in os.environ.items()
             if key in ("PATH", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
         }
+        # Every server's state (the run store's default SQLite file among
+        # it) stays in this directory, never in the user's home.
         env["HOME"] = directory
+        env["XDG_STATE_HOME"] = os.path.join(directory, "state")
         env["PYTHONPATH"] = ROOT
         return cls(directory, upstreamPort, env)
 
@@ -397,6 +428,71 @@ async def measureTTFT(target: Target, count: int) -> dict[str, Any]:
         1 for r in sampler.results if r.status != 200 or not checkStream(r.body).intact(expected)
     )
     return {"ms": values, "bad": bad}
+
+
+async def measureToolTrip(target: Target, count: int) -> dict[str, Any]:
+    """
+    C{count} client-tool round trips, one after the other on one keep-alive
+    connection: request 1 carries the tool and the question and must come
+    back as that tool's call (C{finish_reason: "tool_calls"}); request 2
+    carries the history, the call as it came back and the tool's result,
+    and must come back as the upstream's answer to that result.
+
+    A round trip's latency is the sum of its two requests' (the client's
+    own work between them is left out); a trip with a wrong or failed
+    answer counts as bad and is not timed.
+    """
+    ask = {"role": "user", "content": WEATHER_ASK}
+    first = target.toolChat([ask], [WEATHER_TOOL])
+    arguments = {"text": WEATHER_ASK}
+    expected = "result: " + WEATHER_RESULT
+    totals: list[float] = []
+    legs: list[list[float]] = []
+    bad = 0
+    connection: Connection | None = None
+    try:
+        for _ in range(count):
+            if connection is None or not connection.usable:
+                connection = await Connection.open(target.port)
+            try:
+                one = await asyncio.wait_for(connection.send(first), 30.0)
+                call = handedBackCall(one.body) if one.status == 200 else None
+                if (
+                    call is None
+                    or call["function"]["name"] != "get_weather"
+                    or _jsonOrNone(call["function"]["arguments"]) != arguments
+                ):
+                    bad += 1
+                    continue
+                history = [
+                    ask,
+                    {"role": "assistant", "content": None, "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": call["id"], "content": WEATHER_RESULT},
+                ]
+                two = await asyncio.wait_for(
+                    connection.send(target.toolChat(history, [WEATHER_TOOL])), 30.0
+                )
+            except (ConnectionLostError, TimeoutError, OSError):
+                bad += 1
+                connection.close()
+                connection = None
+                continue
+            if two.status != 200 or completionText(two.body) != expected:
+                bad += 1
+                continue
+            totals.append(_ms(one.latency + two.latency))
+            legs.append([_ms(one.latency), _ms(two.latency)])
+    finally:
+        if connection is not None:
+            connection.close()
+    return {"ms": totals, "legsMs": legs, "bad": bad}
+
+
+def _jsonOrNone(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 @attrs.define
@@ -757,6 +853,7 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
         for arm in arms:
             await Sampler(fast[arm].port).run(fast[arm].chat(PING, False), 4, count=plan.warmup)
             await Sampler(fast[arm].port).run(fast[arm].chat(SHORT, True), 4, count=plan.warmup)
+            await measureToolTrip(fast[arm], max(5, plan.warmup // 5))
 
         order: list[list[str]] = []
         for r in range(plan.rounds):
@@ -765,6 +862,7 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
                 ("latency_c1", lambda t: measureLatency(t, 1, plan.latency1)),
                 ("latency_c16", lambda t: measureLatency(t, 16, plan.latency16)),
                 ("ttft_c1", lambda t: measureTTFT(t, plan.ttft)),
+                ("tools_c1", lambda t: measureToolTrip(t, plan.toolTrips)),
                 ("rps", lambda t: measureRPS(t, plan.seconds, watched)),
                 ("tokens", lambda t: measureTokens(t, plan.seconds, plan.tokensWords, watched)),
             ):

@@ -297,6 +297,36 @@ def completionText(body: bytes) -> str | None:
     return content if isinstance(content, str) else None
 
 
+def handedBackCall(body: bytes) -> dict[str, Any] | None:
+    """
+    The one tool call of a non-streamed chat completion that ended with
+    C{finish_reason: "tool_calls"} (its C{id}, C{type} and C{function}),
+    or L{None} for anything else: no call, several, or the wrong shape.
+    """
+    try:
+        value: Any = json.loads(body)
+        choice = value["choices"][0]
+        calls = choice["message"]["tool_calls"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    if choice.get("finish_reason") != "tool_calls" or not isinstance(calls, list):
+        return None
+    if len(calls) != 1 or not isinstance(calls[0], dict):
+        return None
+    call = calls[0]
+    function = call.get("function")
+    if (
+        not isinstance(call.get("id"), str)
+        or not call["id"]
+        or call.get("type") != "function"
+        or not isinstance(function, dict)
+        or not isinstance(function.get("name"), str)
+        or not isinstance(function.get("arguments"), str)
+    ):
+        return None
+    return {"id": call["id"], "type": "function", "function": function}
+
+
 def cpuSeconds(stat: str) -> float:
     """
     User plus system CPU seconds from the text of C{/proc/PID/stat}.

@@ -12,6 +12,14 @@ LiteLLM) reaches each one by its base URL alone:
     stream open until the client leaves;
   - C{/slow/v1}: stream one word every C{--interval} seconds.
 
+Client tools: when the request has C{tools} and its last message is a user
+message, the answer is a call of the first function tool, with the
+arguments C{{"text": <the last user message>}} and the id
+C{call_bench_<n>} (finish reason C{tool_calls}); when its last message is a
+tool result, the answer is C{"result: "} and that result, word by word.
+Streamed, the call goes out as OpenAI streams one: a delta with its index,
+id, type, name and empty arguments, then the arguments in two deltas.
+
 A word C{tag-...} in the last user message names the exchange; the time
 (C{time.monotonic}, shared by every process of the machine) at which its
 client went away is kept and served at C{GET /bench/closed?tag=...}, which
@@ -61,6 +69,53 @@ def lastUserText(body: Any) -> str:
     return ""
 
 
+def _lastMessage(body: Any) -> dict[str, Any] | None:
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        return messages[-1]
+    return None
+
+
+def toolCallOf(body: Any) -> tuple[str, str] | None:
+    """
+    The C{(name, arguments)} of the call the upstream answers with: the
+    first function tool of C{tools}, called with the last user message as
+    C{text}, when the request has tools and its last message is a user
+    message; otherwise L{None}.
+    """
+    tools = body.get("tools") if isinstance(body, dict) else None
+    last = _lastMessage(body)
+    if not isinstance(tools, list) or last is None or last.get("role") != "user":
+        return None
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if (
+            isinstance(tool, dict)
+            and tool.get("type") == "function"
+            and isinstance(function, dict)
+            and isinstance(function.get("name"), str)
+        ):
+            return function["name"], _dumps({"text": lastUserText(body)}).decode("utf-8")
+    return None
+
+
+def toolResultOf(body: Any) -> str | None:
+    """
+    The content of the last message when it is a tool result, else L{None}.
+    """
+    last = _lastMessage(body)
+    if last is None or last.get("role") != "tool":
+        return None
+    content = last.get("content")
+    if isinstance(content, list):
+        return " ".join(
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return content if isinstance(content, str) else ""
+
+
 def tagOf(text: str) -> str | None:
     """
     The first C{tag-...} word of C{text}, if any.
@@ -95,8 +150,31 @@ class _Frames:
     def content(self, text: str) -> bytes:
         return self.delta(b'{"content":' + _dumps(text) + b"}")
 
-    def finish(self) -> bytes:
-        return self.prefix + b'{},"finish_reason":"stop"}]}\n\n'
+    def toolCall(self, callId: str, name: str, arguments: str) -> list[bytes]:
+        """
+        One tool call as OpenAI streams it: index, id, type, name and empty
+        arguments first, then the arguments in two pieces.
+        """
+        middle = max(1, len(arguments) // 2)
+        start = {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": callId,
+                    "type": "function",
+                    "function": {"name": name, "arguments": ""},
+                }
+            ]
+        }
+        return [self.delta(_dumps(start))] + [
+            self.delta(
+                b'{"tool_calls":[{"index":0,"function":{"arguments":' + _dumps(piece) + b"}}]}"
+            )
+            for piece in (arguments[:middle], arguments[middle:])
+        ]
+
+    def finish(self, reason: bytes = b"stop") -> bytes:
+        return self.prefix + b'{},"finish_reason":"' + reason + b'"}]}\n\n'
 
     def usage(self, prompt: int, completion: int) -> bytes:
         usage = {
@@ -167,38 +245,67 @@ class BenchUpstream(Resource):
         tag = tagOf(text)
         self.open += 1
         request.notifyFinish().addBoth(self._ended, tag)
-        pieces = wordPieces("echo: " + text)
+        call = toolCallOf(body)
+        callId = f"call_bench_{self.requests}"
+        result = None if call is not None else toolResultOf(body)
+        pieces = (
+            [] if call else wordPieces("echo: " + text if result is None else "result: " + result)
+        )
         model = str(body.get("model", ""))
         if not body.get("stream"):
             if mode == "hold":
                 return NOT_DONE_YET
-            return self._complete(request, model, text, pieces)
+            handed = None if call is None else (callId, *call)
+            return self._complete(request, model, text, pieces, handed)
         frames = _Frames(self.requests, model)
         request.setHeader(b"content-type", b"text/event-stream")
         request.setHeader(b"cache-control", b"no-cache")
         first = frames.delta(b'{"role":"assistant","content":""}')
+        if call is None:
+            answer = [frames.content(piece) for piece in pieces]
+            tail = [frames.finish()]
+        else:
+            answer = frames.toolCall(callId, *call)
+            tail = [frames.finish(b"tool_calls")]
         options = body.get("stream_options")
-        usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        tail = [frames.finish()]
-        if usage:
-            tail.append(frames.usage(len(text.split()), len(pieces)))
+        if isinstance(options, dict) and bool(options.get("include_usage")):
+            tail.append(frames.usage(len(text.split()), max(1, len(pieces))))
         tail.append(b"data: [DONE]\n\n")
         if mode == "fast":
-            request.write(
-                first + b"".join(frames.content(piece) for piece in pieces) + b"".join(tail)
-            )
+            request.write(first + b"".join(answer) + b"".join(tail))
             request.finish()
         elif mode == "hold":
-            request.write(first + frames.content(pieces[0]))
+            request.write(first + answer[0])
         else:
             request.write(first)
-            self._drip(request, frames, pieces, 0, b"".join(tail))
+            self._drip(request, answer, 0, b"".join(tail))
         return NOT_DONE_YET
 
     # Answers.
 
-    def _complete(self, request: Request, model: str, text: str, pieces: list[str]) -> bytes:
-        prompt, completion = len(text.split()), len(pieces)
+    def _complete(
+        self,
+        request: Request,
+        model: str,
+        text: str,
+        pieces: list[str],
+        call: tuple[str, str, str] | None = None,
+    ) -> bytes:
+        prompt, completion = len(text.split()), max(1, len(pieces))
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces)}
+        if call is not None:
+            callId, name, arguments = call
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": callId,
+                        "type": "function",
+                        "function": {"name": name, "arguments": arguments},
+                    }
+                ],
+            }
         data = _dumps(
             {
                 "id": f"chatcmpl-bench-{self.requests}",
@@ -208,8 +315,8 @@ class BenchUpstream(Resource):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": "".join(pieces)},
-                        "finish_reason": "stop",
+                        "message": message,
+                        "finish_reason": "stop" if call is None else "tool_calls",
                     }
                 ],
                 "usage": {
@@ -222,19 +329,15 @@ class BenchUpstream(Resource):
         request.setHeader(b"content-type", b"application/json")
         return data
 
-    def _drip(
-        self, request: Request, frames: _Frames, pieces: list[str], position: int, tail: bytes
-    ) -> None:
+    def _drip(self, request: Request, answer: list[bytes], position: int, tail: bytes) -> None:
         if request.finished or request._disconnected:
             return
-        if position == len(pieces):
+        if position == len(answer):
             request.write(tail)
             request.finish()
             return
-        request.write(frames.content(pieces[position]))
-        self.reactor.callLater(
-            self.interval, self._drip, request, frames, pieces, position + 1, tail
-        )
+        request.write(answer[position])
+        self.reactor.callLater(self.interval, self._drip, request, answer, position + 1, tail)
 
     # Bookkeeping.
 

@@ -1,27 +1,52 @@
 """
-The benchmark's parsing and statistics (bench/_stats.py); the benchmark
-itself is a tool, run with C{bench/run}, never by the suite.
+The benchmark's parsing and statistics (bench/_stats.py), its fake
+upstream's answers (bench/_upstream.py), the client-tool round trip and its
+place in the report; the benchmark itself is a tool, run with C{bench/run},
+never by the suite (one test starts the bench upstream, a small process).
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+from unittest import mock
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
 
-from bench._report import observeFigures, observeLines
+from ai_agent.store import defaultStorePath
+from ai_agent.testing import wordPieces
+from bench import _run
+from bench._client import Target
+from bench._report import (
+    allFiguresTable,
+    figures,
+    latencyCurves,
+    observeFigures,
+    observeLines,
+)
 from bench._stats import (
     ResponseParser,
     addedPerRound,
     checkStream,
     completionText,
     cpuSeconds,
+    handedBackCall,
     median,
     percentile,
     ratio,
     rssKiB,
     summarize,
 )
+from bench._upstream import BenchUpstream
 
 
 def _frame(content: str) -> bytes:
@@ -211,3 +236,373 @@ class ObserveReportTests(SynchronousTestCase):
             [row.split(" | ")[0] for row in rows[1:]], ["| off", "| metrics", "| tracing"]
         )
         self.assertEqual(observeLines({}), [])
+
+
+# The client-tool round trip.
+
+WEATHER = _run.WEATHER_TOOL
+ASK = {"role": "user", "content": "weather in Paris"}
+
+
+def _post(
+    upstream: BenchUpstream, body: dict[str, Any], path: bytes = b"/v1/chat/completions"
+) -> tuple[DummyRequest, bytes]:
+    """
+    POST C{body} to the bench upstream; the request and what it wrote.
+    """
+    request = DummyRequest([])
+    request.method = b"POST"
+    request.path = path
+    request.content = io.BytesIO(json.dumps(body).encode())
+    request._disconnected = False
+    result = upstream.render_POST(request)
+    if result is NOT_DONE_YET:
+        return request, b"".join(request.written)
+    assert isinstance(result, bytes)
+    return request, result
+
+
+def _events(body: bytes) -> list[Any]:
+    """
+    The data of every SSE event of C{body}, C{[DONE]} as the string.
+    """
+    events: list[Any] = []
+    for block in body.split(b"\n\n"):
+        if block:
+            assert block.startswith(b"data: "), block
+            data = block[len(b"data: ") :]
+            events.append("[DONE]" if data == b"[DONE]" else json.loads(data))
+    return events
+
+
+def _continuation(callId: str, result: str = "sunny 21 C") -> list[dict[str, Any]]:
+    call = {
+        "id": callId,
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"text":"weather in Paris"}'},
+    }
+    return [
+        ASK,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": callId, "content": result},
+    ]
+
+
+class UpstreamToolTests(SynchronousTestCase):
+    """
+    The bench upstream calls the client's tool, then answers its result.
+    """
+
+    def test_toolCallNotStreamed(self) -> None:
+        """
+        A request with tools whose last message is a user message is
+        answered with one call of the first function tool (tools of
+        another type are passed over), its arguments the user message as
+        C{text}, C{content} null and finish reason C{tool_calls}.
+        """
+        upstream = BenchUpstream(Clock())
+        tools = [{"type": "web_search"}, WEATHER, {**WEATHER, "function": {"name": "other"}}]
+        _, raw = _post(upstream, {"model": "m", "messages": [ASK], "tools": tools})
+        body = json.loads(raw)
+        choice = body["choices"][0]
+        self.assertEqual(choice["finish_reason"], "tool_calls")
+        self.assertEqual(
+            choice["message"],
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_bench_1",
+                        "type": "function",
+                        "function": {
+                            "name": "get_weather",
+                            "arguments": '{"text":"weather in Paris"}',
+                        },
+                    }
+                ],
+            },
+        )
+        self.assertEqual(handedBackCall(raw), choice["message"]["tool_calls"][0])
+
+    def test_toolCallStreamed(self) -> None:
+        """
+        Streamed, the call goes out as OpenAI streams one: after the role
+        chunk, a delta with index 0, the id, the type, the name and empty
+        arguments, then deltas with only the index and pieces of the
+        arguments, which join to the whole; no content on the way; one
+        finish chunk (C{tool_calls}), the usage chunk when asked, C{[DONE]}.
+        """
+        upstream = BenchUpstream(Clock())
+        body = {
+            "model": "m",
+            "messages": [ASK],
+            "tools": [WEATHER],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        request, raw = _post(upstream, body)
+        self.assertEqual(request.finished, 1)
+        events = _events(raw)
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertEqual(events[-2]["choices"], [])
+        self.assertIn("usage", events[-2])
+        chunks = [event["choices"][0] for event in events[:-2]]
+        self.assertEqual(chunks[0]["delta"], {"role": "assistant", "content": ""})
+        self.assertEqual(
+            [c["finish_reason"] for c in chunks], [None] * (len(chunks) - 1) + ["tool_calls"]
+        )
+        self.assertEqual(chunks[-1]["delta"], {})
+        deltas = [c["delta"]["tool_calls"] for c in chunks[1:-1]]
+        self.assertTrue(all("content" not in c["delta"] for c in chunks[1:-1]))
+        self.assertEqual(
+            deltas[0],
+            [
+                {
+                    "index": 0,
+                    "id": "call_bench_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""},
+                }
+            ],
+        )
+        self.assertGreaterEqual(len(deltas), 3)
+        for delta in deltas[1:]:
+            self.assertEqual(len(delta), 1)
+            self.assertEqual(set(delta[0]), {"index", "function"})
+            self.assertEqual(delta[0]["index"], 0)
+            self.assertEqual(set(delta[0]["function"]), {"arguments"})
+        arguments = "".join(d[0]["function"]["arguments"] for d in deltas)
+        self.assertEqual(json.loads(arguments), {"text": "weather in Paris"})
+
+    def test_slowStreamSameFrames(self) -> None:
+        """
+        The slow mode drips the same frames, tool call or text, one per
+        interval, and ends the stream after the last.
+        """
+        for messages in ([ASK], _continuation("call_x")):
+            body = {"model": "m", "messages": messages, "tools": [WEATHER], "stream": True}
+            fast, raw = _post(BenchUpstream(Clock()), body)
+            clock = Clock()
+            slow, _ = _post(BenchUpstream(clock), body, b"/slow/v1/chat/completions")
+            # The role chunk and the first frame at once, then one per interval.
+            self.assertEqual(len(slow.written), 2)
+            clock.advance(0.02)
+            self.assertEqual(len(slow.written), 3)
+            self.assertFalse(slow.finished)
+            clock.pump([0.02] * 20)
+            self.assertEqual(slow.finished, 1)
+            self.assertEqual(b"".join(slow.written), raw)
+
+    def test_toolResultAnswersText(self) -> None:
+        """
+        A request whose last message is a tool result is answered with
+        C{"result: "} and that result (not the user message), finish reason
+        C{stop}; streamed, word by word, every frame intact.
+        """
+        body = {"model": "m", "messages": _continuation("call_1"), "tools": [WEATHER]}
+        _, raw = _post(BenchUpstream(Clock()), body)
+        self.assertEqual(completionText(raw), "result: sunny 21 C")
+        self.assertEqual(json.loads(raw)["choices"][0]["finish_reason"], "stop")
+        self.assertIsNone(handedBackCall(raw))
+        _, streamed = _post(BenchUpstream(Clock()), {**body, "stream": True})
+        self.assertTrue(checkStream(streamed).intact(wordPieces("result: sunny 21 C")))
+        self.assertEqual(_events(streamed)[-2]["choices"][0]["finish_reason"], "stop")
+
+    def test_withoutToolsEchoAsBefore(self) -> None:
+        """
+        Without tools, or with tools none of which is a function, a user
+        message is echoed as before.
+        """
+        for tools in (None, [], [{"type": "web_search"}]):
+            body: dict[str, Any] = {"model": "m", "messages": [ASK]}
+            if tools is not None:
+                body["tools"] = tools
+            _, raw = _post(BenchUpstream(Clock()), body)
+            self.assertEqual(completionText(raw), "echo: weather in Paris", tools)
+            _, streamed = _post(BenchUpstream(Clock()), {**body, "stream": True})
+            self.assertTrue(checkStream(streamed).intact(wordPieces("echo: weather in Paris")))
+
+    def test_handedBackCall(self) -> None:
+        """
+        A completion counts as a handed-back call only with finish reason
+        C{tool_calls} and exactly one well-formed call.
+        """
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+        def body(calls: Any, reason: str = "tool_calls") -> bytes:
+            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            return json.dumps({"choices": [{"message": message, "finish_reason": reason}]}).encode()
+
+        self.assertEqual(handedBackCall(body([call])), call)
+        self.assertIsNone(handedBackCall(body([call], "stop")))
+        self.assertIsNone(handedBackCall(body([call, {**call, "id": "c2"}])))
+        self.assertIsNone(handedBackCall(body([])))
+        self.assertIsNone(handedBackCall(body([{**call, "id": ""}])))
+        self.assertIsNone(handedBackCall(body([{**call, "function": {"name": "f"}}])))
+        self.assertIsNone(
+            handedBackCall(body([{**call, "function": {"name": "f", "arguments": {}}}]))
+        )
+        self.assertIsNone(handedBackCall(b"nope"))
+
+
+class ToolTripMeasureTests(SynchronousTestCase):
+    """
+    C{measureToolTrip} against a real bench upstream process, and against
+    one that never calls the tool.
+    """
+
+    def test_directArm(self) -> None:
+        """
+        Against the bench upstream every trip is right: each is timed as the
+        sum of its two requests, none is bad.
+        """
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench._upstream", "--port", "0"],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": _run.ROOT},
+        )
+        self.addCleanup(process.wait, 10)
+        self.addCleanup(process.kill)
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        result = asyncio.run(_run.measureToolTrip(Target(port, "/v1", "m"), 5))
+        self.assertEqual(result["bad"], 0)
+        self.assertEqual(len(result["ms"]), 5)
+        self.assertEqual(len(result["legsMs"]), 5)
+        for total, (one, two) in zip(result["ms"], result["legsMs"], strict=True):
+            self.assertGreater(one, 0)
+            self.assertGreater(two, 0)
+            self.assertAlmostEqual(total, one + two, places=3)
+
+    def test_wrongAnswersAreBad(self) -> None:
+        """
+        A server that answers text instead of calling the tool makes every
+        trip bad, and none is timed.
+        """
+        text = json.dumps(
+            {"choices": [{"message": {"role": "assistant", "content": "hi"}, "index": 0}]}
+        ).encode()
+        answer = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(text)).encode() + b"\r\n\r\n" + text
+        )
+
+        async def main() -> dict[str, Any]:
+            async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = next(
+                        int(h.split(b":")[1])
+                        for h in head.split(b"\r\n")
+                        if h.lower().startswith(b"content-length:")
+                    )
+                    await reader.readexactly(length)
+                    writer.write(answer)
+
+            server = await asyncio.start_server(serve, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            try:
+                return await _run.measureToolTrip(Target(port, "/v1", "m"), 4)
+            finally:
+                server.close()
+
+        result = asyncio.run(main())
+        self.assertEqual((result["bad"], result["ms"]), (4, []))
+
+
+class ToolTripReportTests(SynchronousTestCase):
+    """
+    The client-tool round trip in the report.
+    """
+
+    def samples(self) -> dict[str, Any]:
+        def arm(scale: float) -> dict[str, Any]:
+            return {
+                "0": {"ms": [1.0 * scale] * 3, "bad": 0},
+                "1": {"ms": [2.0 * scale] * 3, "bad": 0},
+            }
+
+        trips = {
+            "direct": {
+                "0": {"ms": [0.5, 0.5], "legsMs": [[0.2, 0.3], [0.2, 0.3]], "bad": 0},
+                "1": {"ms": [0.7], "legsMs": [[0.3, 0.4]], "bad": 1},
+            },
+            "ai-agent": {
+                "0": {"ms": [4.5, 4.5], "legsMs": [[2.0, 2.5], [2.0, 2.5]], "bad": 0},
+                "1": {"ms": [3.7], "legsMs": [[1.5, 2.2]], "bad": 0},
+            },
+        }
+        return {
+            "latency_c1": {"direct": arm(0.1), "ai-agent": arm(1)},
+            "tools_c1": trips,
+        }
+
+    def test_addedOverDirect(self) -> None:
+        """
+        The round trip's added latency is ours minus direct in the same
+        round (4.0 and 3.0 here: median 3.5); failures are summed over
+        rounds; each request's p50 is a median over rounds.
+        """
+        f = figures(self.samples())
+        self.assertEqual(f["tools_c1.added_p50.ai-agent"]["value"], 3.5)
+        self.assertEqual(f["tools_c1.added_p99.ai-agent"]["value"], 3.5)
+        self.assertEqual(f["tools_c1.p50.direct"], 0.6)
+        self.assertEqual(f["tools_c1.p50.ai-agent"], 4.1)
+        self.assertEqual((f["tools_c1.bad.direct"], f["tools_c1.bad.ai-agent"]), (1, 0))
+        self.assertEqual(f["tools_c1.legs_p50.ai-agent"], [1.75, 2.35])
+        self.assertNotIn("tools_c1.added_p50.direct", f)
+
+    def test_tableRows(self) -> None:
+        """
+        The All figures table has the round trip's rows, with the added
+        latency in the ai-agent column and n/a for direct.
+        """
+        rows = {
+            line.split(" | ")[0][2:]: line.split(" | ")[1:]
+            for line in allFiguresTable(figures(self.samples()))
+        }
+        label = "client-tool round trip (2 requests), c=1"
+        self.assertEqual(rows[f"{label}: p50"], ["0.600", "4.100 |"])
+        self.assertEqual(rows[f"{label}: added p50"], ["n/a", "3.500 (IQR 3.250–3.750) |"])
+        self.assertEqual(rows[f"{label}: failed or wrong answers"], ["1", "0 |"])
+        self.assertEqual(
+            rows["client-tool round trip: p50 of request 1 (tool call) / request 2 (answer)"],
+            ["0.250 / 0.350", "1.750 / 2.350 |"],
+        )
+
+    def test_oldSamplesWithout(self) -> None:
+        """
+        Samples of a run from before the round trip was measured give no
+        such rows and no such plot, rather than rows of n/a.
+        """
+        samples = self.samples()
+        del samples["tools_c1"]
+        table = "\n".join(allFiguresTable(figures(samples)))
+        self.assertNotIn("client-tool", table)
+        self.assertIn("latency, non-streamed, c=1: p50", table)
+        self.assertEqual([c[0] for c in latencyCurves(samples)], ["latency_c1"])
+        self.assertEqual([c[0] for c in latencyCurves(self.samples())], ["latency_c1", "tools_c1"])
+
+
+class SetupTests(SynchronousTestCase):
+    """
+    Where the servers under test keep their state.
+    """
+
+    def test_stateInsideTheBenchDirectory(self) -> None:
+        """
+        The servers get the bench's temporary directory as C{HOME} and
+        C{XDG_STATE_HOME} under it, whatever the caller's environment says,
+        so the run store's default SQLite file is never in the user's home.
+        """
+        with mock.patch.dict(os.environ, {"XDG_STATE_HOME": "/nowhere/state", "HOME": "/home/u"}):
+            setup = _run.Setup.create(1)
+        self.addCleanup(shutil.rmtree, setup.directory, True)
+        self.assertEqual(setup.env["HOME"], setup.directory)
+        self.assertTrue(defaultStorePath(setup.env).startswith(setup.directory + os.sep))
+        self.assertEqual(
+            defaultStorePath(setup.env),
+            os.path.join(setup.directory, "state", "ai-agent", "store.sqlite3"),
+        )
