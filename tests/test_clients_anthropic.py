@@ -21,7 +21,9 @@ from ai_agent.headends._site import Mount
 from ai_agent.headends.anthropic import (
     ANTHROPIC_ERRORS,
     AnthropicHeadend,
+    estimateTokens,
     isAnthropicClient,
+    parseCountTokensRequest,
     signature,
 )
 from ai_agent.testing import Reply
@@ -515,6 +517,57 @@ class ToolTests(TestCase):
         self.assertGreater(withTools.input_tokens, short.input_tokens)
         self.assertGreater(longer.input_tokens, short.input_tokens + 400)
         self.assertEqual(server.upstream.requests, [])
+
+
+class ProviderCountTests(TestCase):
+    """
+    C{count_tokens} for an agent whose first model is on an Anthropic-wire
+    provider: that provider counts.
+    """
+
+    async def test_providerCounts(self) -> None:
+        """
+        The provider's C{count_tokens} gets the first call as the session
+        would make it (the agent's prompt and the client's system text as
+        C{system}, the messages, the client's tools), and its count is the
+        answer.
+        """
+        server = await startServer(
+            self, agents={"claude.ai": CLAUDE}, fakeProviders={"claude": "anthropic"}
+        )
+        counted = await inThread(
+            _client(server).messages.count_tokens,
+            model="claude",
+            system="Be brief.",
+            messages=[{"role": "user", "content": "one two three"}],
+            tools=[WEATHER],
+        )
+        [upstream] = server.upstream.requests
+        self.assertEqual(upstream.path, "/v1/messages/count_tokens")
+        self.assertEqual(upstream.body["model"], "claude-test")
+        self.assertNotIn("max_tokens", upstream.body)
+        system = json.dumps(upstream.body["system"])
+        self.assertIn("You are the claude agent.", system)
+        self.assertIn("Be brief.", system)
+        self.assertEqual([t["name"] for t in upstream.body["tools"]], ["get_weather"])
+        # The fake counts the words of the system text and messages, 10 per tool.
+        words = len("You are the claude agent.".split()) + 2 + 3
+        self.assertEqual(counted.input_tokens, words + 10)
+
+    async def test_failedCountIsEstimated(self) -> None:
+        """
+        When the provider cannot count (here: nothing listens), the answer
+        is the estimate.
+        """
+        dead = {"type": "anthropic", "baseUrl": "http://127.0.0.1:1", "apiKey": "sk-dead-key"}
+        server = await startServer(
+            self, agents={"claude.ai": CLAUDE}, extraProviders={"claude": dead}
+        )
+        body = {"model": "claude", "messages": [{"role": "user", "content": "one two three"}]}
+        counted = await inThread(_client(server).messages.count_tokens, **body)
+        prompt = server.runtime.registry.resolve("claude").spec.prompt
+        expected = estimateTokens(prompt, parseCountTokensRequest(json.dumps(body).encode()))
+        self.assertEqual(counted.input_tokens, expected)
 
 
 class ModelsTests(TestCase):

@@ -27,7 +27,7 @@ from typing import Any, Callable, ClassVar, Iterable, cast
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,6 +36,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
+from ai_agent.agentfile import AgentSpec
 from ai_agent.errors import AgentError, ErrorKind, invalidRequest, notFound
 from ai_agent.events import (
     ClientToolCall,
@@ -63,11 +64,12 @@ from ai_agent.headends._stream import RunResponse
 from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
-from ai_agent.providers import ChatMessage, ToolCall, ToolSpec
+from ai_agent.providers import ChatMessage, LLMRequest, ToolCall, ToolSpec
+from ai_agent.providers.anthropic import AnthropicProvider, messagesURL
 from ai_agent.redaction import Redactor, safeError, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.request import ClientTool, RunRequest, Sampling, ToolChoice
-from ai_agent.session import SessionRunner
+from ai_agent.session import SessionRunner, buildMessages
 from ai_agent.tasks import forwardedHeaders, loggable
 
 #: The header every Anthropic client sends; requests carrying it get
@@ -81,6 +83,10 @@ STREAM_HEAD_GRACE = 10.0
 #: Seconds a started stream may stay silent (tools running, a slow model)
 #: before a C{ping} event is sent.
 PING_INTERVAL = 5.0
+
+#: Seconds an Anthropic-wire provider's own token count may take before
+#: C{count_tokens} answers the estimate instead.
+PROVIDER_COUNT_TIMEOUT = 10.0
 
 #: Characters per token of the C{count_tokens} estimate.
 CHARS_PER_TOKEN = 4
@@ -917,20 +923,96 @@ class AnthropicHeadend:
     @observedRoute("anthropic", "/v1/messages/count_tokens")
     async def countTokens(self, request: IRequest) -> bytes:
         """
-        The input tokens a request would start with: an estimate (see
-        L{estimateTokens}) over the agent's prompt and tools and the
-        request.
+        The input tokens a request would start with: the count of the
+        agent's first model when its provider speaks Anthropic's wire (see
+        L{_providerCount}), else an estimate (see L{estimateTokens}); both
+        over the agent's prompt and tools and the request.
         """
         parsed = await self._parse(request, parseCountTokensRequest)
         agent = self._agent(parsed)
         requestScope(request).setAgent(agent.id)
         specs: list[ToolSpec] = []
+        instructions: list[str] = []
         if self.runner.tools is not None and (agent.spec.tools or agent.spec.agents):
-            specs = await self.runner.tools(agent.spec).specs()
-        if not agent.spec.clientTools:
+            toolbox = self.runner.tools(agent.spec)
+            specs = list(await toolbox.specs())
+            instructions = list(getattr(toolbox, "instructions", ()))
+        if not agent.spec.clientTools or parsed.toolChoice.mode == ToolChoice.NONE:
             parsed = attrs.evolve(parsed, tools=())
+        counted = await self._providerCount(agent.spec, parsed, specs, instructions)
+        if counted is None:
+            counted = estimateTokens(agent.spec.prompt, parsed, specs)
         request.setHeader(b"content-type", _JSON)
-        return _dumps({"input_tokens": estimateTokens(agent.spec.prompt, parsed, specs)})
+        return _dumps({"input_tokens": counted})
+
+    async def _providerCount(
+        self,
+        agent: AgentSpec,
+        parsed: MessagesRequest,
+        specs: list[ToolSpec],
+        instructions: list[str],
+    ) -> int | None:
+        """
+        The input tokens of the run's first LLM call as the agent's first
+        model counts them, when its provider speaks Anthropic's wire: the
+        call's system text, messages and tools, as the session would send
+        them, posted to the provider's C{count_tokens} endpoint.
+
+        @return: the count, or L{None} for another wire type, or when the
+            count failed or took more than L{PROVIDER_COUNT_TIMEOUT}
+            seconds (logged; the estimate is used instead).
+        """
+        name, _, model = agent.models[0].partition("/")
+        try:
+            provider = self.runner.providers(name)
+        except AgentError:
+            return None
+        if not isinstance(provider, AnthropicProvider) or provider.missingVariables:
+            return None
+        call = LLMRequest(
+            model,
+            tuple(buildMessages(agent, parsed.messages, instructions, parsed.system)),
+            (*specs, *(tool.spec for tool in parsed.tools)),
+            stream=False,
+        )
+        payload = {
+            key: value
+            for key, value in provider.payload(call).items()
+            if key in ("model", "system", "messages", "tools")
+        }
+        headers = Headers({key: [value] for key, value in provider.requestHeaders(call).items()})
+        url = messagesURL(provider.baseUrl) + "/count_tokens"
+
+        async def fetch() -> tuple[int, Any]:
+            response = await provider.http.post(url, json=payload, headers=headers)
+            return response.code, await response.json()
+
+        try:
+            code, body = await Deferred.fromCoroutine(fetch()).addTimeout(
+                PROVIDER_COUNT_TIMEOUT, self.reactor
+            )
+        except CancelledError:
+            raise
+        except Exception as error:
+            self.log.warn(
+                "count_tokens for agent {agent}: provider {provider} did not count"
+                " ({error}); answering the estimate",
+                agent=agent.name,
+                provider=name,
+                error=provider.scrub(shorten(str(error) or type(error).__name__)),
+            )
+            return None
+        counted = body.get("input_tokens") if isinstance(body, dict) else None
+        if code != 200 or not isinstance(counted, int) or isinstance(counted, bool):
+            self.log.warn(
+                "count_tokens for agent {agent}: provider {provider} answered {code}"
+                " without a count; answering the estimate",
+                agent=agent.name,
+                provider=name,
+                code=code,
+            )
+            return None
+        return max(0, counted)
 
 
 __all__ = [
@@ -940,6 +1022,7 @@ __all__ = [
     "MessagesEncoder",
     "MessagesRequest",
     "PING_INTERVAL",
+    "PROVIDER_COUNT_TIMEOUT",
     "VERSION_HEADER",
     "estimateTokens",
     "isAnthropicClient",

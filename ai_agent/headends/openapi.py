@@ -1052,9 +1052,10 @@ def _anthropicPaths() -> dict[str, Any]:
         "/v1/messages/count_tokens": {
             "post": {
                 "operationId": "countMessageTokens",
-                "summary": "An estimate of the input tokens a request would start with: one "
-                "token per 4 characters of the agent's prompt, the system text, the messages "
-                "and the tools (the agent's own and the client's), plus 4 per message.",
+                "summary": "The input tokens a request would start with: counted by the agent's "
+                "first provider when it speaks Anthropic's wire, else estimated as one token "
+                "per 4 characters of the agent's prompt, the system text, the messages and the "
+                "tools (the agent's own and the client's), plus 4 per message.",
                 "security": _KEYED,
                 "requestBody": body("CountTokensRequest"),
                 "responses": {
