@@ -471,6 +471,7 @@ class AnthropicModeTests(TestCase):
         self.assertEqual(await response.json(), {"input_tokens": 2 + 3 + 10})
         refused = await self.http.post(url, json=body)
         self.assertEqual(refused.code, 400)
+        self.assertEqual((await refused.json())["error"]["type"], "invalid_request_error")
         self.assertEqual(self.upstream.scripted, 1)
         self.assertEqual(self.upstream.requests[0].path, "/v1/messages/count_tokens")
 
