@@ -183,6 +183,7 @@ class StartStopTests(_Project, TestCase):
         await child.waitFor(b"  providers: fake (no key needed at 127.0.0.1:")
         base = f"http://127.0.0.1:{port}"
         self.assertIn(f"API: {base}/v1".encode(), child.output)
+        self.assertIn(f"Anthropic Messages API: {base} ".encode(), child.output)
         self.assertIn(b"models: chat", child.output)
         response = await client().post(
             base + "/v1/chat/completions",
