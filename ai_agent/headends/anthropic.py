@@ -578,7 +578,7 @@ class MessagesEncoder:
     _blocks: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     _usage: Usage = attrs.field(factory=Usage, init=False)
 
-    def _usageObject(self, outputTokens: int | None = None) -> dict[str, int]:
+    def _usageObject(self) -> dict[str, int]:
         usage = self._usage
         prompt = usage.promptTokens or self.inputEstimate
         cached = usage.cacheReadTokens + usage.cacheWriteTokens
@@ -586,7 +586,7 @@ class MessagesEncoder:
             "input_tokens": max(0, prompt - cached),
             "cache_creation_input_tokens": usage.cacheWriteTokens,
             "cache_read_input_tokens": usage.cacheReadTokens,
-            "output_tokens": usage.completionTokens if outputTokens is None else outputTokens,
+            "output_tokens": usage.completionTokens,
         }
 
     def _message(self, content: list[dict[str, Any]], stop: str | None) -> dict[str, Any]:
@@ -619,7 +619,7 @@ class MessagesEncoder:
         index = len(self._blocks) - 1
         frames = b""
         if block["type"] == "thinking":
-            block["signature"] = signature(block["thinking"])
+            block["signature"] = signature("".join(block["_parts"]))
             frames += _event(
                 "content_block_delta",
                 {
@@ -647,8 +647,10 @@ class MessagesEncoder:
             return None
         frames = b""
         if self._open != "text":
-            frames = self._begin({"type": "text", "text": ""}, {"type": "text", "text": ""})
-        self._blocks[-1]["text"] += text
+            frames = self._begin({"type": "text", "_parts": []}, {"type": "text", "text": ""})
+        # Pieces are joined once, at the end: a long answer is not copied
+        # again with each piece.
+        self._blocks[-1]["_parts"].append(text)
         return frames + self._delta({"type": "text_delta", "text": text})
 
     def _thinking(self, text: str) -> bytes | None:
@@ -657,10 +659,10 @@ class MessagesEncoder:
         frames = b""
         if self._open != "thinking":
             frames = self._begin(
-                {"type": "thinking", "thinking": ""},
+                {"type": "thinking", "_parts": []},
                 {"type": "thinking", "thinking": "", "signature": ""},
             )
-        self._blocks[-1]["thinking"] += text
+        self._blocks[-1]["_parts"].append(text)
         return frames + self._delta({"type": "thinking_delta", "thinking": text})
 
     def reasoning(self, text: str) -> bytes | None:
@@ -727,7 +729,10 @@ def _finalBlock(block: dict[str, Any]) -> dict[str, Any]:
             "name": block["name"],
             "input": arguments if isinstance(arguments, dict) else {},
         }
-    return {key: value for key, value in block.items() if not key.startswith("_")}
+    text = "".join(block["_parts"])
+    if block["type"] == "thinking":
+        return {"type": "thinking", "thinking": text, "signature": block["signature"]}
+    return {"type": "text", "text": text}
 
 
 # -- models -------------------------------------------------------------
