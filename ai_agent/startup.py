@@ -133,6 +133,7 @@ def bannerLines(
     for base in addresses:
         if base.startswith("http"):
             lines.append(f"  API: {base}/v1 (OpenAI-compatible; page: {base}/, docs: {base}/docs)")
+            lines.append(f"  Anthropic Messages API: {base} (ANTHROPIC_BASE_URL for Claude Code)")
         else:
             lines.append(f"  API: {base}")
     lines.append(f"  models: {', '.join(registry.ids()) or 'none'}")

@@ -344,6 +344,12 @@ def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
     The APIs served beside the OpenAI routes on every port, each with its
     own headend over the same runtime and pool.
     """
+    from ai_agent.headends.anthropic import (
+        ANTHROPIC_ERRORS,
+        AnthropicHeadend,
+        isAnthropicClient,
+    )
+
     responses = ResponsesHeadend(
         runtime.registry,
         runtime.runner,
@@ -352,7 +358,19 @@ def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
         store=runtime.store,
         observer=runtime.runner.observer,
     )
-    return [Mount(b"/v1/responses", responses.app, OPENAI_ERRORS, headend=responses)]
+    anthropic = AnthropicHeadend(
+        runtime.registry,
+        runtime.runner,
+        pool,
+        reactor,
+        observer=runtime.runner.observer,
+    )
+    return [
+        Mount(b"/v1/responses", responses.app, OPENAI_ERRORS, headend=responses),
+        Mount(
+            b"/v1/messages", anthropic.app, ANTHROPIC_ERRORS, isAnthropicClient, headend=anthropic
+        ),
+    ]
 
 
 def makeObserver(options: ServerOptions, environ: Mapping[str, str], reactor: Any) -> Observer:

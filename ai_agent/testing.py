@@ -203,8 +203,8 @@ class FakeUpstream:
     """
     An OpenAI-compatible and Anthropic-compatible upstream: C{GET
     /v1/models}, C{POST /v1/chat/completions} and C{POST /v1/messages},
-    streamed or not.  Both kinds of call take their replies from the same
-    script.
+    streamed or not, and C{POST /v1/messages/count_tokens}.  Both kinds of
+    call take their replies from the same script.
 
     Replies queued with L{script} are used in order; with none left the
     answer is C{"echo: "} and the text of the last user message, streamed
@@ -373,6 +373,34 @@ class FakeUpstream:
             return json.dumps(_anthropicEnvelope(problem, 400)).encode()
         await self._answer(request, body, _ANTHROPIC)
         return None
+
+    @app.route("/v1/messages/count_tokens", methods=["POST"])
+    def countTokens(self, request: Request) -> bytes:
+        """
+        Answer an Anthropic token count: the words of the C{system} text
+        and the messages, plus 10 for each tool (after the checks the real
+        API makes, but for C{max_tokens}, which a count has not).
+        """
+        raw = request.content.read() if request.content is not None else b""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self._record(request, body)
+        request.setHeader(b"content-type", b"application/json")
+        problem = _anthropicProblem(
+            request, {"max_tokens": 1, **body} if isinstance(body, dict) else body
+        )
+        if problem is not None:
+            request.setResponseCode(400)
+            return json.dumps(_anthropicEnvelope(problem, 400)).encode()
+        assert isinstance(body, dict)
+        system = body.get("system")
+        words = len(system.split()) if isinstance(system, str) else 0
+        words += sum(len(_messageText(message).split()) for message in body["messages"])
+        tools = body.get("tools")
+        words += 10 * len(tools) if isinstance(tools, list) else 0
+        return json.dumps({"input_tokens": words}).encode()
 
     async def _answer(self, request: Request, body: dict[str, Any], wire: str) -> None:
         reply = self._script.popleft() if self._script else self._echo(body)

@@ -8,8 +8,8 @@ when node exits 0, and shows node's output when it does not.  The clients:
 the C{openai} npm SDK, the Vercel AI SDK (C{ai} with
 C{@ai-sdk/openai-compatible}, which validates every chunk), LangChain.js
 (C{@langchain/openai}), Continue's own configuration parser and OpenAI
-adapter, and LibreChat's configuration schema with the requests LibreChat
-makes.
+adapter, LibreChat's configuration schema with the requests LibreChat
+makes, and the C{@anthropic-ai/sdk} npm SDK on the Anthropic Messages API.
 
 The tests are skipped, with the reason, when C{node} (20 or newer) is
 missing or C{npm ci --prefix tests/js} was not run; C{.ci/run} runs it.
@@ -272,6 +272,19 @@ class JavaScriptClientTests(TestCase):
         self.assertIn("warm", results[6][1])
         self.assertIn("mild", results[8][0])
         self.assertEqual(results[10], ["-3 C"])
+
+    async def test_anthropicSdk(self) -> None:
+        """
+        The C{@anthropic-ai/sdk} npm SDK, on the Anthropic Messages API:
+        a client tool round trip, the model list, a plain message, a stream
+        assembled by its helper, C{countTokens}, and C{NotFoundError} and
+        C{BadRequestError} with Anthropic's error types.
+        """
+        server = await self._server()
+        server.upstream.script(
+            Reply(toolCalls=[("get_weather", {"city": "Paris"})]), Reply(content="Sunny.")
+        )
+        await self._node("anthropic.test.mjs", server)
 
     async def test_langchainJs(self) -> None:
         """

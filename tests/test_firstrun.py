@@ -183,6 +183,7 @@ class StartStopTests(_Project, TestCase):
         await child.waitFor(b"  providers: fake (no key needed at 127.0.0.1:")
         base = f"http://127.0.0.1:{port}"
         self.assertIn(f"API: {base}/v1".encode(), child.output)
+        self.assertIn(f"Anthropic Messages API: {base} ".encode(), child.output)
         self.assertIn(b"models: chat", child.output)
         response = await client().post(
             base + "/v1/chat/completions",
@@ -315,9 +316,10 @@ class ReloadTests(_Project, TestCase):
 
     async def test_reload(self) -> None:
         """
-        After SIGHUP a new agent file in the C{--agent} directory is served;
-        a stream running across the reload finishes; a broken file keeps
-        the previous set and says why; the server survives every SIGHUP.
+        After SIGHUP a new agent file in the C{--agent} directory is served
+        (by the OpenAI and the Anthropic routes); a stream running across
+        the reload finishes; a broken file keeps the previous set and says
+        why; the server survives every SIGHUP.
         """
         folder = await self.makeProject(self)
         port = freePort()
@@ -349,6 +351,17 @@ class ReloadTests(_Project, TestCase):
         response = await running.addTimeout(WAIT, reactor)
         body = await response.json()
         self.assertEqual(body["choices"][0]["message"]["content"], "before reload")
+        # The Anthropic headend serves the new set too.
+        message = await http.post(
+            base + "/v1/messages",
+            json={
+                "model": "other",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "x"}],
+            },
+            headers={"anthropic-version": "2023-06-01"},
+        )
+        self.assertEqual((await message.json())["model"], "other")
 
         writeAgent(os.path.join(folder, "agents"), "broken.ai", "---\nmodles: x\n---\n")
         child.send("HUP")

@@ -17,6 +17,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from ai_agent.headends._request import AgentError, parseChatRequest
+from ai_agent.headends.anthropic import (
+    AnthropicHeadend,
+    parseCountTokensRequest,
+    parseMessagesRequest,
+)
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.headends.openapi import OPENAPI, openapiDocument
 from ai_agent.headends.responses import ResponsesHeadend
@@ -67,16 +72,17 @@ class DocumentTests(SynchronousTestCase):
     def test_operations(self) -> None:
         """
         The document describes exactly the routes of the headends' Klein
-        apps (OpenAI's and the Responses API's), read from their routers (a
-        route added without documentation, or a documented route that is
-        gone, fails here), with a declared
-        path parameter for each variable part; the C{/v1} ones take the
-        bearer or C{x-api-key} security schemes, the others none.
+        apps (the OpenAI one and every mounted API's), read from their
+        routers (a route added without documentation, or a documented
+        route that is gone, fails here), with a declared path parameter
+        for each variable part; the C{/v1} ones take the bearer or
+        C{x-api-key} security schemes, the others none.
         """
         routes = set()
         rules = [
             *OpenAIHeadend.app.url_map.iter_rules(),
             *ResponsesHeadend.app.url_map.iter_rules(),
+            *AnthropicHeadend.app.url_map.iter_rules(),
         ]
         for rule in rules:
             methods = set(rule.methods or ())
@@ -261,3 +267,127 @@ class ServedTests(TestCase):
         self.assertEqual(document["paths"], OPENAPI["paths"])
         model = document["components"]["schemas"]["ChatCompletionRequest"]["properties"]["model"]
         self.assertEqual(model["examples"], ["agent"])
+
+
+class AnthropicServedTests(TestCase):
+    """
+    What the Anthropic routes answer matches the document.
+    """
+
+    async def test_responsesMatch(self) -> None:
+        """
+        A message, a token count, Anthropic's model list and errors (in
+        Anthropic's envelope), as served, validate against the schemas
+        documented for their status.
+        """
+        server = await startServer(self)
+        base = f"http://127.0.0.1:{server.port.getHost().port}"
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        client = HTTPClient(Agent(reactor, pool=pool))
+
+        async def check(method: str, path: str, status: int, body: Any = None) -> Any:
+            data = None if body is None else json.dumps(body).encode()
+            headers = {"anthropic-version": ["2023-06-01"]}
+            if data is not None:
+                headers["Content-Type"] = ["application/json"]
+            response = await client.request(method, base + path, data=data, headers=headers)
+            answer = json.loads(await treq.content(response))
+            self.assertEqual(response.code, status, answer)
+            route = re.sub(r"/v1/models/.+", "/v1/models/{model}", path.split("?")[0])
+            _responseValidator(route, method.lower(), status, "application/json").validate(answer)
+            return answer
+
+        user = [{"role": "user", "content": "hi"}]
+        ask = {"model": "agent", "max_tokens": 5, "messages": user}
+        await check("POST", "/v1/messages", 200, ask)
+        await check("POST", "/v1/messages?beta=true", 400, {"model": "agent", "messages": user})
+        await check("POST", "/v1/messages", 404, {**ask, "model": "nope"})
+        await check("POST", "/v1/messages/count_tokens?beta=true", 200, ask)
+        await check("POST", "/v1/messages/count_tokens", 400, {"model": "agent"})
+        listed = await check("GET", "/v1/models", 200)
+        self.assertEqual(listed["first_id"], "agent")
+        await check("GET", "/v1/models/agent", 200)
+        missing = await check("GET", "/v1/models/nope", 404)
+        self.assertEqual(missing["error"]["type"], "not_found_error")
+
+
+class AnthropicSchemaTests(SynchronousTestCase):
+    """
+    The Anthropic request schemas and the parser agree on clear cases.
+    """
+
+    def _both(self, ref: str, parse: Any, body: dict[str, Any]) -> tuple[bool, bool]:
+        schemaOk = _validator(ref).is_valid(body)
+        try:
+            parse(json.dumps(body).encode())
+        except AgentError:
+            return schemaOk, False
+        return schemaOk, True
+
+    def test_agree(self) -> None:
+        """
+        Bodies both the C{MessagesRequest} schema and the parser accept,
+        and bodies both refuse; C{count_tokens} needs no C{max_tokens}.
+        """
+        user = {"role": "user", "content": "hi"}
+        ref = "#/components/schemas/MessagesRequest"
+        good: list[dict[str, Any]] = [
+            {"model": "a", "max_tokens": 1, "messages": [user]},
+            {
+                "model": "a",
+                "max_tokens": 9,
+                "system": [{"type": "text", "text": "s"}],
+                "messages": [
+                    user,
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {"type": "thinking", "thinking": "t", "signature": "x"},
+                            {"type": "tool_use", "id": "t1", "name": "f", "input": {}},
+                        ],
+                    },
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}],
+                    },
+                    {"role": "system", "content": "note"},
+                ],
+                "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+                "tool_choice": {"type": "tool", "name": "f"},
+                "stop_sequences": ["x"],
+                "temperature": 1,
+                "top_k": 3,
+                "anything": {"else": 1},
+            },
+        ]
+        bad: list[dict[str, Any]] = [
+            {"model": "a", "messages": [user]},
+            {"model": "a", "max_tokens": 0, "messages": [user]},
+            {"model": "a", "max_tokens": 1, "messages": []},
+            {"model": "a", "max_tokens": 1, "messages": [{"role": "robot", "content": "x"}]},
+            {"model": "a", "max_tokens": 1, "messages": [{"role": "user"}]},
+            {
+                "model": "a",
+                "max_tokens": 1,
+                "messages": [{"role": "user", "content": [{"type": "image"}]}],
+            },
+            {"model": "a", "max_tokens": 1, "messages": [user], "temperature": 1.5},
+            {"model": "a", "max_tokens": 1, "messages": [user], "tools": [{"name": "a b"}]},
+            {
+                "model": "a",
+                "max_tokens": 1,
+                "messages": [user],
+                "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+            },
+            {"model": "a", "max_tokens": 1, "messages": [user], "tool_choice": {"type": "x"}},
+        ]
+        for body in good:
+            self.assertEqual(self._both(ref, parseMessagesRequest, body), (True, True), body)
+        for body in bad:
+            self.assertEqual(self._both(ref, parseMessagesRequest, body), (False, False), body)
+        counted = {"model": "a", "messages": [user]}
+        self.assertEqual(
+            self._both("#/components/schemas/CountTokensRequest", parseCountTokensRequest, counted),
+            (True, True),
+        )

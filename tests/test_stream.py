@@ -289,3 +289,59 @@ class RunResponseTests(SynchronousTestCase):
         self.slot.abort(AgentError("shutting down", 503, ErrorKind.OVERLOADED))
         self.assertTrue(self.run.cancelled)
         self.assertEqual(self.failureResultOf(done, AgentError).value.status, 503)
+
+
+@attrs.define
+class _KeepAliveEncoder(_Encoder):
+    """
+    An encoder with a keep-alive frame.
+    """
+
+    def keepAlive(self) -> bytes:
+        return b"ping;"
+
+
+class KeepAliveTests(RunResponseTests):
+    """
+    C{RunResponse(keepAlive=…)}: every lifecycle test above holds with it
+    on, and the encoder's keep-alive frame follows each silence of a
+    started stream, never before it starts nor after it ends.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.response = attrs.evolve(self.response, encoder=_KeepAliveEncoder(), keepAlive=5.0)
+
+    def test_pingsAfterSilence(self) -> None:
+        """
+        No ping before the first frame; after it, one per silence of
+        C{keepAlive} seconds, each frame restarting the count; no timer
+        is left once the run finished.
+        """
+        done = self.stream()
+        self.clock.advance(4.0)
+        self.assertEqual(self.transport.value(), b"")
+        self.run.emit(ContentDelta("a"))
+        self.clock.advance(4.9)
+        self.assertNotIn(b"ping;", self.body())
+        self.run.emit(ContentDelta("b"))
+        self.clock.advance(4.9)
+        self.assertNotIn(b"ping;", self.body())
+        self.clock.advance(0.2)
+        self.assertEqual(self.body().count(b"ping;"), 1)
+        self.clock.advance(5.0)
+        self.assertEqual(self.body().count(b"ping;"), 2)
+        self.run.result.callback(FINISHED)
+        self.successResultOf(done)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertTrue(self.body().replace(b"\r\n", b"").endswith(b"finish:end;"))
+
+    def test_noTimerAfterFailure(self) -> None:
+        """
+        A run failing mid-stream leaves no keep-alive timer behind.
+        """
+        done = self.stream()
+        self.run.emit(ContentDelta("a"))
+        self.run.result.errback(AgentError("cut", 502, ErrorKind.SERVER))
+        self.successResultOf(done)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

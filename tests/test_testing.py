@@ -453,6 +453,28 @@ class AnthropicModeTests(TestCase):
             self.assertEqual((await response.json())["error"]["type"], "invalid_request_error")
         self.assertEqual(self.upstream.scripted, 1)
 
+    async def test_countTokens(self) -> None:
+        """
+        C{count_tokens} answers the words of the system text and messages
+        plus 10 per tool, without C{max_tokens} and without a scripted
+        reply; without C{anthropic-version} it is a 400.
+        """
+        self.upstream.script(Reply(content="kept"))
+        url = self.running.baseUrl + "/messages/count_tokens"
+        body = {
+            "model": "m",
+            "system": "be brief",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a b c"}]}],
+            "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        }
+        response = await self.http.post(url, json=body, headers={"anthropic-version": "2023-06-01"})
+        self.assertEqual(await response.json(), {"input_tokens": 2 + 3 + 10})
+        refused = await self.http.post(url, json=body)
+        self.assertEqual(refused.code, 400)
+        self.assertEqual((await refused.json())["error"]["type"], "invalid_request_error")
+        self.assertEqual(self.upstream.scripted, 1)
+        self.assertEqual(self.upstream.requests[0].path, "/v1/messages/count_tokens")
+
     async def test_stallAfter(self) -> None:
         """
         C{stallAfter} sends that many events, then nothing (the connection

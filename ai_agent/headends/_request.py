@@ -720,30 +720,31 @@ def _parseToolCalls(value: Any, where: str) -> tuple[ToolCall, ...]:
     return tuple(calls)
 
 
-# The checks other APIs' parsers share, under public names.
-loadJSON = _loads
-optional = _optional
-number = _number
+#: The body checks every API's parser shares (see L{_loads}, L{_optional},
+#: L{_number}, L{_typeName}, L{_show}).
+loadBody = _loads
+optionalField = _optional
+numberField = _number
 typeName = _typeName
-show = _show
+showValue = _show
 
 
 __all__ = [
     "AgentError",
     "ChatRequest",
+    "TOOL_NAME",
+    "functionSpec",
+    "loadBody",
+    "numberField",
+    "optionalField",
+    "showValue",
+    "typeName",
     "MAX_CONTAINERS",
     "MAX_DEPTH",
     "MAX_MESSAGES",
     "MAX_TOOLS",
     "OFF_REACTOR_THRESHOLD",
-    "TOOL_NAME",
-    "functionSpec",
-    "loadJSON",
-    "number",
-    "optional",
     "parseChatRequest",
     "parseChatRequestOffReactor",
     "parseOffReactor",
-    "show",
-    "typeName",
 ]

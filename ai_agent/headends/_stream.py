@@ -16,7 +16,7 @@ For a whole answer: the encoder's body once the run finished.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Protocol, cast
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -117,6 +117,20 @@ class RunEncoder(Protocol):
         ...
 
 
+class KeepAliveEncoder(RunEncoder, Protocol):
+    """
+    An encoder whose API has a frame that says nothing but "still here"
+    (Anthropic's C{ping}), sent when a started stream has been silent for
+    L{RunResponse.keepAlive} seconds (while tools run, say).
+    """
+
+    def keepAlive(self) -> bytes:
+        """
+        The frame to send after a silence.
+        """
+        ...
+
+
 def internalError() -> AgentError:
     """
     What a client is told of a bug: the same as the web layer's 500.
@@ -142,6 +156,9 @@ class RunResponse:
         the encoder and before the last frames or the body are made (the
         Responses API stores the response here); a failure it raises is
         the run's failure.
+    @ivar keepAlive: seconds a started stream may stay silent before the
+        encoder's C{keepAlive} frame is sent (L{None}: never; the encoder
+        must then be a L{KeepAliveEncoder}).
     """
 
     request: IRequest
@@ -157,6 +174,7 @@ class RunResponse:
     beforeFinish: Callable[[Finished], Deferred[None]] | None = attrs.field(
         default=None, kw_only=True
     )
+    keepAlive: float | None = attrs.field(default=None, kw_only=True)
     _scope: RequestScope = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -220,6 +238,27 @@ class RunResponse:
         stream = SSEStream(_asRequest(self.request), onPause=flow.pause, onResume=flow.resume)
         encoder = self.encoder
         timer: list[IDelayedCall] = []
+        quiet: list[IDelayedCall] = []
+
+        def stayAlive() -> None:
+            # Called after a silence: say so, and wait for the next one.
+            quiet.clear()
+            if self.keepAlive is not None and stream.started:
+                stream.send(cast(KeepAliveEncoder, encoder).keepAlive())
+                quiet.append(self.reactor.callLater(self.keepAlive, stayAlive))
+
+        def sent() -> None:
+            if self.keepAlive is None:
+                return
+            if quiet and quiet[0].active():
+                quiet[0].reset(self.keepAlive)
+            else:
+                quiet[:] = [self.reactor.callLater(self.keepAlive, stayAlive)]
+
+        def silence() -> None:
+            if quiet and quiet[0].active():
+                quiet[0].cancel()
+            quiet.clear()
 
         def begin() -> None:
             if not stream.started:
@@ -227,12 +266,14 @@ class RunResponse:
                     timer[0].cancel()
                 stream.start(self.headers)
                 stream.send(encoder.open())
+                sent()
 
         def onEvent(event: Event) -> None:
             frame = self._frame(event)
             if frame:
                 begin()
                 stream.send(frame)
+                sent()
 
         timer.append(self.reactor.callLater(self.headGrace, begin))
         redacting = RedactingSink(self.redactor, onEvent)
@@ -279,6 +320,7 @@ class RunResponse:
             flow.close()
             if timer[0].active():
                 timer[0].cancel()
+            silence()
         redacting.flush()
         if self.beforeFinish is not None:
             try:
@@ -292,6 +334,7 @@ class RunResponse:
                 self._endInBand(stream, error)
                 return
         begin()
+        silence()
         stream.send(encoder.finish(finished))
         stream.end()
 
@@ -347,4 +390,4 @@ def _stopOnAbort(slot: Slot, run: Deferred[Finished]) -> list[AgentError]:
     return stopped
 
 
-__all__ = ["RunEncoder", "RunResponse", "StartRun", "internalError"]
+__all__ = ["KeepAliveEncoder", "RunEncoder", "RunResponse", "StartRun", "internalError"]

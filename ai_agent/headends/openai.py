@@ -22,7 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.advice import endpointHint
-from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorKind, notFound
+from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, ErrorKind, notFound
 from ai_agent.events import (
     ClientToolCall,
     EventSink,
@@ -33,7 +33,7 @@ from ai_agent.events import (
     Usage,
 )
 from ai_agent.flow import CLIENT_STALL_TIMEOUT
-from ai_agent.headends import pages
+from ai_agent.headends import anthropic, pages
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._request import (
     OFF_REACTOR_THRESHOLD,
@@ -386,14 +386,17 @@ class OpenAIHeadend:
 
     def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
         error = safeError(error, self._redactor())
-        request.setResponseCode(OPENAI_ERRORS.status(error))
+        # Anthropic clients get their own envelope everywhere (as from the guard).
+        fromAnthropic = request.getHeader(anthropic.VERSION_HEADER) is not None
+        errors: ErrorFormat = anthropic.ANTHROPIC_ERRORS if fromAnthropic else OPENAI_ERRORS
+        request.setResponseCode(errors.status(error))
         request.setHeader(b"content-type", _JSON)
         if error.retryAfter is not None:
             request.setHeader(b"retry-after", str(max(1, round(error.retryAfter))).encode())
         if error.sideEffects:
             # A tool already ran: running the agent again could repeat it.
             request.setHeader(b"x-should-retry", b"false")
-        return OPENAI_ERRORS.body(error)
+        return errors.body(error)
 
     # -- routes ---------------------------------------------------------
 
@@ -452,9 +455,12 @@ class OpenAIHeadend:
     @app.route("/v1/models", methods=["GET"])
     def models(self, request: IRequest) -> bytes:
         """
-        Every served agent as an OpenAI model.
+        Every served agent as an OpenAI model (as an Anthropic model list
+        to Anthropic clients).
         """
         request.setHeader(b"content-type", _JSON)
+        if request.getHeader(anthropic.VERSION_HEADER) is not None:
+            return _dumps(anthropic.modelList(self.registry.served))
         return _dumps(
             {"object": "list", "data": [_modelEntry(agent) for agent in self.registry.served]}
         )
@@ -465,9 +471,14 @@ class OpenAIHeadend:
         One served agent, or 404.
         """
         agent = self.registry.resolve(modelId)
+        fromAnthropic = request.getHeader(anthropic.VERSION_HEADER) is not None
         if agent is None:
+            if fromAnthropic:
+                raise anthropic.unknownModel(modelId, self.registry.ids())
             raise _unknownModel(modelId, self.registry.ids())
         request.setHeader(b"content-type", _JSON)
+        if fromAnthropic:
+            return _dumps(anthropic.modelObject(agent))
         return _dumps(_modelEntry(agent))
 
     @app.route("/v1/chat/completions", methods=["POST"])

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_openapi -*-
 """
-The OpenAPI 3.1 description of the OpenAI-compatible headend's own
-endpoints, served at C{GET /openapi.json}.
+The OpenAPI 3.1 description of the server's endpoints (the OpenAI-compatible
+headend's and the Anthropic Messages API's), served at C{GET /openapi.json}.
 
 The request schema follows what L{ai_agent.headends._request} accepts: the
 fields it reads are typed and bounded as it checks them, every other field
@@ -604,10 +604,19 @@ def _paths() -> dict[str, Any]:
         "/v1/models": {
             "get": {
                 "operationId": "listModels",
-                "summary": "Every served agent, as an OpenAI model.",
+                "summary": "Every served agent, as an OpenAI model (Anthropic's model list "
+                "to requests carrying anthropic-version).",
                 "security": _KEYED,
                 "responses": {
-                    "200": _jsonResponse("The models.", _ref("schemas", "ModelList")),
+                    "200": _jsonResponse(
+                        "The models.",
+                        {
+                            "anyOf": [
+                                _ref("schemas", "ModelList"),
+                                _ref("schemas", "AnthropicModelList"),
+                            ]
+                        },
+                    ),
                     **_errors("Unauthorized", "RequestTimeout"),
                 },
             }
@@ -627,9 +636,17 @@ def _paths() -> dict[str, Any]:
                     }
                 ],
                 "responses": {
-                    "200": _jsonResponse("The model.", _ref("schemas", "Model")),
+                    "200": _jsonResponse(
+                        "The model.",
+                        {"anyOf": [_ref("schemas", "Model"), _ref("schemas", "AnthropicModel")]},
+                    ),
                     # 400 invalid_path: an id with control characters, ...
                     **_errors("BadRequest", "Unauthorized", "NotFound", "RequestTimeout"),
+                    "404": _jsonResponse(
+                        "No agent is served under that model name (in Anthropic's envelope "
+                        "to requests carrying anthropic-version).",
+                        {"anyOf": [_ref("schemas", "Error"), _ref("schemas", "AnthropicError")]},
+                    ),
                 },
             }
         },
@@ -935,8 +952,10 @@ def _build() -> dict[str, Any]:
         "info": {
             "title": "ai-agent",
             "version": __version__,
-            "description": "LLM agents defined in .ai files, served as OpenAI-compatible "
-            "models. Errors use OpenAI's envelope. The /v1 routes need an API key only when "
+            "description": "LLM agents defined in .ai files, served as models over OpenAI's "
+            "Chat Completions API and Anthropic's Messages API. Errors use OpenAI's envelope, "
+            "except on /v1/messages and to requests carrying an anthropic-version header, "
+            "which get Anthropic's. The /v1 routes need an API key only when "
             "the server was started with --api-key, --api-key-file or AI_AGENT_API_KEYS.",
         },
         "paths": _everyOperation({**_paths(), **_responsesPaths()}),
@@ -968,9 +987,322 @@ def openapiDocument(serverUrl: str | None = None, models: Sequence[str] = ()) ->
     if serverUrl is not None:
         document["servers"] = [{"url": serverUrl}]
     if models:
-        request = document["components"]["schemas"]["ChatCompletionRequest"]
-        request["properties"]["model"]["examples"] = list(models)
+        schemas = document["components"]["schemas"]
+        for name in ("ChatCompletionRequest", "MessagesRequest", "CountTokensRequest"):
+            schemas[name]["properties"]["model"]["examples"] = list(models)
     return document
 
 
 __all__ = ["OPENAPI", "openapiDocument"]
+
+
+# -- the Anthropic Messages API (ai_agent.headends.anthropic) -----------
+
+
+def _anthropicSchemas() -> dict[str, Any]:
+    text = {"type": "string"}
+    textBlock = {
+        "type": "object",
+        "required": ["type", "text"],
+        "properties": {"type": {"const": "text"}, "text": text},
+    }
+    textContent = {"anyOf": [text, {"type": "array", "items": textBlock}]}
+    block = {
+        "description": "A content block: text, tool_use (assistant turns), tool_result (user "
+        "turns), or thinking and redacted_thinking blocks echoed back (accepted, not sent to "
+        "the model). Image, document and other blocks are refused with a 400 naming them.",
+        "oneOf": [
+            textBlock,
+            {
+                "type": "object",
+                "required": ["type", "id", "name"],
+                "properties": {
+                    "type": {"const": "tool_use"},
+                    "id": {"type": "string", "minLength": 1},
+                    "name": text,
+                    "input": {"type": "object"},
+                },
+            },
+            {
+                "type": "object",
+                "required": ["type", "tool_use_id"],
+                "properties": {
+                    "type": {"const": "tool_result"},
+                    "tool_use_id": {"type": "string", "minLength": 1},
+                    "content": _nullable(textContent),
+                    "is_error": _nullable({"type": "boolean"}),
+                },
+            },
+            {
+                "type": "object",
+                "required": ["type"],
+                "properties": {"type": {"enum": ["thinking", "redacted_thinking"]}},
+            },
+        ],
+    }
+    message = {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {
+            "role": {
+                "enum": ["user", "assistant", "system"],
+                "description": "system messages (as Claude Code sends them) join the system "
+                "text after the agent's prompt.",
+            },
+            "content": {"anyOf": [text, {"type": "array", "items": block}]},
+        },
+    }
+    tool = {
+        "type": "object",
+        "description": "A custom tool, run by the client when the model calls it. "
+        "Anthropic's server tools (a type such as web_search_20250305) are refused.",
+        "required": ["name"],
+        "properties": {
+            "type": _nullable({"const": "custom"}),
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "description": _nullable(text),
+            "input_schema": {"type": "object"},
+        },
+    }
+    toolChoice = {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {"enum": ["auto", "any", "tool", "none"]},
+            "name": {"type": "string", "description": "With type tool: one of the tools."},
+            "disable_parallel_tool_use": _nullable({"type": "boolean"}),
+        },
+    }
+    counted = {
+        "model": {"type": "string", "minLength": 1, "description": "The agent."},
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_MESSAGES,
+            "items": message,
+        },
+        "system": _nullable(textContent),
+        "tools": _nullable({"type": "array", "maxItems": MAX_TOOLS, "items": tool}),
+        "tool_choice": _nullable(toolChoice),
+        "thinking": _nullable({"type": "object", "description": "Accepted; not used."}),
+    }
+    request = {
+        "type": "object",
+        "description": "Anthropic's Messages request. Fields not listed are accepted and "
+        "ignored; so are any anthropic-version and anthropic-beta headers.",
+        "required": ["model", "messages", "max_tokens"],
+        "properties": {
+            **counted,
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "stream": _nullable({"type": "boolean"}),
+            "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+            "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+            "top_k": _nullable({"type": "integer", "description": "Accepted; not used."}),
+            "stop_sequences": _nullable({"type": "array", "items": text}),
+            "metadata": {"description": "metadata.user_id is logged with the run."},
+        },
+    }
+    usage = {
+        "type": "object",
+        "required": ["input_tokens", "output_tokens"],
+        "properties": {
+            "input_tokens": {"type": "integer", "minimum": 0},
+            "output_tokens": {"type": "integer", "minimum": 0},
+            "cache_creation_input_tokens": {"type": "integer", "minimum": 0},
+            "cache_read_input_tokens": {"type": "integer", "minimum": 0},
+        },
+    }
+    answer = {
+        "type": "object",
+        "required": ["id", "type", "role", "model", "content", "stop_reason", "usage"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^msg_"},
+            "type": {"const": "message"},
+            "role": {"const": "assistant"},
+            "model": text,
+            "content": {
+                "type": "array",
+                "description": "thinking (the model's reasoning and the agent's progress, "
+                "signed by this server), text, and tool_use blocks (the client's tools).",
+                "items": {
+                    "type": "object",
+                    "required": ["type"],
+                    "properties": {"type": {"enum": ["thinking", "text", "tool_use"]}},
+                },
+            },
+            "stop_reason": {
+                "enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]
+            },
+            "stop_sequence": {"type": "null"},
+            "usage": usage,
+        },
+    }
+    model = {
+        "type": "object",
+        "required": ["type", "id", "display_name", "created_at"],
+        "properties": {
+            "type": {"const": "model"},
+            "id": text,
+            "display_name": text,
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    }
+    return {
+        "AnthropicError": {
+            "type": "object",
+            "description": "Anthropic's error envelope, answered on /v1/messages and to every "
+            "request carrying an anthropic-version header.",
+            "required": ["type", "error"],
+            "properties": {
+                "type": {"const": "error"},
+                "error": {
+                    "type": "object",
+                    "required": ["type", "message"],
+                    "properties": {
+                        "type": {
+                            "enum": [
+                                "invalid_request_error",
+                                "authentication_error",
+                                "permission_error",
+                                "not_found_error",
+                                "request_too_large",
+                                "rate_limit_error",
+                                "timeout_error",
+                                "overloaded_error",
+                                "api_error",
+                            ]
+                        },
+                        "message": text,
+                    },
+                },
+            },
+        },
+        "MessagesRequest": request,
+        "CountTokensRequest": {
+            "type": "object",
+            "required": ["model", "messages"],
+            "properties": counted,
+        },
+        "AnthropicMessage": answer,
+        "AnthropicStreamEvent": {
+            "type": "object",
+            "description": "One Server-Sent Event (this schema describes each event of the "
+            'stream): event: X with data: {"type": "X", ...} as JSON. In order: '
+            "message_start, then content blocks (content_block_start, content_block_delta with "
+            "text_delta, thinking_delta, signature_delta or input_json_delta, "
+            "content_block_stop), message_delta, message_stop; ping anywhere; a failure after "
+            "the start as event: error with Anthropic's error envelope.",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {
+                    "enum": [
+                        "message_start",
+                        "content_block_start",
+                        "content_block_delta",
+                        "content_block_stop",
+                        "message_delta",
+                        "message_stop",
+                        "ping",
+                        "error",
+                    ]
+                },
+                "data": {"type": "string", "contentMediaType": "application/json"},
+            },
+        },
+        "InputTokens": {
+            "type": "object",
+            "required": ["input_tokens"],
+            "properties": {"input_tokens": {"type": "integer", "minimum": 0}},
+        },
+        "AnthropicModel": model,
+        "AnthropicModelList": {
+            "type": "object",
+            "required": ["data", "has_more", "first_id", "last_id"],
+            "properties": {
+                "data": {"type": "array", "items": model},
+                "has_more": {"type": "boolean"},
+                "first_id": {"type": ["string", "null"]},
+                "last_id": {"type": ["string", "null"]},
+            },
+        },
+    }
+
+
+def _anthropicErrors(*statuses: str) -> dict[str, Any]:
+    described = {
+        "400": "The request is malformed (the message names the field).",
+        "401": "API keys are configured and the request carried none that matches "
+        "(x-api-key: KEY, or Authorization: Bearer KEY).",
+        "404": "No agent is served under that model name.",
+        "408": "The request's head and body did not arrive in time.",
+        "413": "The body is larger than --max-body-size.",
+        "415": "The body was sent with a Content-Type that is not JSON.",
+        "429": "The model provider is rate limiting this server.",
+        "500": "The agent could not run, or an unexpected error.",
+        "502": "The model provider failed or sent an answer of the wrong shape.",
+        "503": "The server cannot run the agent now.",
+        "504": "The model provider did not answer in time.",
+        "529": "Every run slot is busy and the queue is full, or the server is shutting down "
+        "(overloaded_error, with retry-after).",
+    }
+    error = _ref("schemas", "AnthropicError")
+    return {status: _jsonResponse(described[status], error) for status in statuses}
+
+
+_ANTHROPIC_STATUSES = ("400", "401", "404", "408", "413", "415", "429", "500", "502", "503")
+
+
+def _anthropicPaths() -> dict[str, Any]:
+    def body(schema: str) -> dict[str, Any]:
+        return {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("schemas", schema)}},
+        }
+
+    return {
+        "/v1/messages": {
+            "post": {
+                "operationId": "createMessage",
+                "summary": "Run an agent on a conversation (Anthropic's Messages API; also "
+                "at /v1/messages?beta=true).",
+                "security": _KEYED,
+                "requestBody": body("MessagesRequest"),
+                "responses": {
+                    "200": {
+                        "description": "The message: one JSON body, or with stream=true "
+                        "Anthropic's Server-Sent Events.",
+                        "headers": {
+                            "request-id": _ref("headers", "RequestId"),
+                            "x-ai-agent-model": _ref("headers", "AnsweringModel"),
+                        },
+                        "content": {
+                            "application/json": {"schema": _ref("schemas", "AnthropicMessage")},
+                            "text/event-stream": {
+                                "schema": _ref("schemas", "AnthropicStreamEvent")
+                            },
+                        },
+                    },
+                    **_anthropicErrors(*_ANTHROPIC_STATUSES, "504", "529"),
+                },
+            }
+        },
+        "/v1/messages/count_tokens": {
+            "post": {
+                "operationId": "countMessageTokens",
+                "summary": "The input tokens a request would start with: counted by the agent's "
+                "first provider when it speaks Anthropic's wire, else estimated as one token "
+                "per 4 characters of the agent's prompt, the system text, the messages and the "
+                "tools (the agent's own and the client's), plus 4 per message.",
+                "security": _KEYED,
+                "requestBody": body("CountTokensRequest"),
+                "responses": {
+                    "200": _jsonResponse("The estimate.", _ref("schemas", "InputTokens")),
+                    **_anthropicErrors(*_ANTHROPIC_STATUSES, "529"),
+                },
+            }
+        },
+    }
+
+
+OPENAPI["paths"].update(_anthropicPaths())
+OPENAPI["components"]["schemas"].update(_anthropicSchemas())

@@ -48,10 +48,10 @@ from ai_agent.headends._request import (
     MAX_TOOLS,
     OFF_REACTOR_THRESHOLD,
     functionSpec,
-    loadJSON,
-    number,
-    optional,
-    show,
+    loadBody,
+    numberField,
+    optionalField,
+    showValue,
     typeName,
 )
 from ai_agent.headends._stream import RunResponse
@@ -125,7 +125,7 @@ def parseResponsesRequest(body: bytes) -> ResponsesRequest:
 
     @raise AgentError: a 400 naming the offending C{param}.
     """
-    data = loadJSON(body)
+    data = loadBody(body)
     if not isinstance(data, dict):
         raise invalidRequest(
             f"the request body must be a JSON object, not {typeName(data)}", code="invalid_json"
@@ -137,7 +137,7 @@ def parseResponsesRequest(body: bytes) -> ResponsesRequest:
         )
     if not isinstance(model, str) or not model:
         raise invalidRequest("'model' must be a non-empty string", "model", "invalid_type")
-    if optional(data, "background", bool, False):
+    if optionalField(data, "background", bool, False):
         raise invalidRequest(
             "background responses are not supported here: leave 'background' false and"
             " stream the response instead",
@@ -152,23 +152,23 @@ def parseResponsesRequest(body: bytes) -> ResponsesRequest:
             "unsupported_parameter",
         )
     items = _parseInput(data.get("input"))
-    instructions = optional(data, "instructions", str, None)
-    previous = optional(data, "previous_response_id", str, None)
-    store = optional(data, "store", bool, True)
-    stream = optional(data, "stream", bool, False)
-    temperature = number(data, "temperature", 0.0, 2.0)
-    topP = number(data, "top_p", 0.0, 1.0)
-    maxTokens = optional(data, "max_output_tokens", int, None)
+    instructions = optionalField(data, "instructions", str, None)
+    previous = optionalField(data, "previous_response_id", str, None)
+    store = optionalField(data, "store", bool, True)
+    stream = optionalField(data, "stream", bool, False)
+    temperature = numberField(data, "temperature", 0.0, 2.0)
+    topP = numberField(data, "top_p", 0.0, 1.0)
+    maxTokens = optionalField(data, "max_output_tokens", int, None)
     if maxTokens is not None and maxTokens < 1:
         raise invalidRequest(
             "'max_output_tokens' must be at least 1", "max_output_tokens", "invalid_value"
         )
     tools = _parseTools(data.get("tools"))
     toolChoice = _parseToolChoice(data.get("tool_choice"), tools)
-    parallel = optional(data, "parallel_tool_calls", bool, None)
+    parallel = optionalField(data, "parallel_tool_calls", bool, None)
     outputFormat = _parseText(data.get("text"))
     metadata = _parseMetadata(data.get("metadata"))
-    user = optional(data, "user", str, None)
+    user = optionalField(data, "user", str, None)
     echo = {
         "tools": data.get("tools") or [],
         "tool_choice": data.get("tool_choice") or "auto",
@@ -247,17 +247,17 @@ def _parseItem(item: Any, where: str) -> dict[str, Any]:
     kind = item.get("type", "message")
     if not isinstance(kind, str) or kind not in _INPUT_TYPES:
         raise invalidRequest(
-            f"'{where}.type' is {show(kind)}; input items here are messages, function_call,"
+            f"'{where}.type' is {showValue(kind)}; input items here are messages, function_call,"
             " function_call_output, item_reference and reasoning",
             f"{where}.type",
             "unsupported_value",
         )
-    itemId = optional(item, "id", str, None, f"{where}.id")
+    itemId = optionalField(item, "id", str, None, f"{where}.id")
     if kind == "message":
         role = item.get("role")
         if not isinstance(role, str) or role not in _ROLES:
             raise invalidRequest(
-                f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}, got {show(role)}",
+                f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}, got {showValue(role)}",
                 f"{where}.role",
                 "invalid_value",
             )
@@ -317,7 +317,7 @@ def _parseParts(value: Any, where: str, partType: str) -> list[dict[str, Any]]:
         kind = part.get("type")
         if not isinstance(kind, str) or kind not in _TEXT_PARTS:
             raise invalidRequest(
-                f"'{partWhere}' is a {show(kind)} part; agents here take text parts only",
+                f"'{partWhere}' is a {showValue(kind)} part; agents here take text parts only",
                 partWhere,
                 "unsupported_content_type",
             )
@@ -365,7 +365,7 @@ def _parseTools(value: Any) -> tuple[ClientTool, ...]:
         kind = tool.get("type")
         if kind != "function":
             raise invalidRequest(
-                f"'{where}.type' is {show(kind)}: hosted tools are not available here;"
+                f"'{where}.type' is {showValue(kind)}: hosted tools are not available here;"
                 " only function tools are supported",
                 f"{where}.type",
                 "unsupported_tool_type",
@@ -389,7 +389,7 @@ def _parseToolChoice(value: Any, tools: tuple[ClientTool, ...]) -> ToolChoice:
         if value in (ToolChoice.NONE, ToolChoice.AUTO, ToolChoice.REQUIRED):
             return ToolChoice(value)
         raise invalidRequest(
-            f"'tool_choice' must be none, auto, required or a function, got {show(value)}",
+            f"'tool_choice' must be none, auto, required or a function, got {showValue(value)}",
             "tool_choice",
             "invalid_value",
         )
@@ -408,7 +408,7 @@ def _parseToolChoice(value: Any, tools: tuple[ClientTool, ...]) -> ToolChoice:
         )
     if name not in {tool.spec.name for tool in tools}:
         raise invalidRequest(
-            f"'tool_choice.name' names {show(name)}, which is not in 'tools'",
+            f"'tool_choice.name' names {showValue(name)}, which is not in 'tools'",
             "tool_choice.name",
             "invalid_value",
         )
@@ -451,8 +451,8 @@ def _parseText(value: Any) -> OutputFormat | None:
         raise invalidRequest(
             f"'{param}.schema' must be an object", f"{param}.schema", "invalid_type"
         )
-    description = optional(spec, "description", str, None, f"{param}.description")
-    strict = optional(spec, "strict", bool, None, f"{param}.strict")
+    description = optionalField(spec, "description", str, None, f"{param}.description")
+    strict = optionalField(spec, "strict", bool, None, f"{param}.strict")
     return OutputFormat(schema, name, description, strict)
 
 

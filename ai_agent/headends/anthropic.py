@@ -1,0 +1,1040 @@
+# -*- test-case-name: tests.test_headend_anthropic,tests.test_clients_anthropic -*-
+"""
+The Anthropic Messages API headend: agents served as models over
+C{POST /v1/messages} and C{POST /v1/messages/count_tokens}, for the
+Anthropic SDKs and Claude Code.
+
+A request is translated into the neutral L{RunRequest} (never passed
+through: the agent's providers may speak either wire), and the run's events
+are encoded as Anthropic's stream (L{MessagesEncoder}): C{message_start},
+content blocks with contiguous indices, each started, delta'd and stopped
+before the next (the model's reasoning and the agent's progress as a
+C{thinking} block, then text, then the client's C{tool_use} blocks),
+C{message_delta} with the stop reason and usage, C{message_stop}; C{ping}
+while the stream is otherwise silent.  Errors use Anthropic's envelope
+(L{ANTHROPIC_ERRORS}).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import secrets
+import time
+from typing import Any, Callable, ClassVar, Iterable, cast
+
+import attrs
+from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from ai_agent.accounting import RunLabels
+from ai_agent.agentfile import AgentSpec
+from ai_agent.errors import AgentError, ErrorKind, invalidRequest, notFound
+from ai_agent.events import (
+    ClientToolCall,
+    EventSink,
+    Finished,
+    FinishReason,
+    Progress,
+    ReasoningText,
+    Usage,
+)
+from ai_agent.flow import CLIENT_STALL_TIMEOUT
+from ai_agent.headends._bodies import BodyGate
+from ai_agent.headends._request import (
+    MAX_MESSAGES,
+    MAX_TOOLS,
+    OFF_REACTOR_THRESHOLD,
+    TOOL_NAME,
+    loadBody,
+    numberField,
+    optionalField,
+    showValue,
+    typeName,
+)
+from ai_agent.headends._stream import RunResponse
+from ai_agent.limits import MAX_RUN_ANSWER
+from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
+from ai_agent.pool import RunPool
+from ai_agent.providers import ChatMessage, LLMRequest, ToolCall, ToolSpec
+from ai_agent.providers.anthropic import AnthropicProvider, messagesURL
+from ai_agent.redaction import Redactor, safeError, shorten
+from ai_agent.registry import AgentRegistry, ServedAgent
+from ai_agent.request import ClientTool, RunRequest, Sampling, ToolChoice
+from ai_agent.session import SessionRunner, buildMessages
+from ai_agent.tasks import forwardedHeaders, loggable
+
+#: The header every Anthropic client sends; requests carrying it get
+#: Anthropic's error envelope and model list wherever they go.
+VERSION_HEADER = b"anthropic-version"
+
+#: Seconds a streaming request may go without any event before
+#: C{message_start} is sent anyway.
+STREAM_HEAD_GRACE = 10.0
+
+#: Seconds a started stream may stay silent (tools running, a slow model)
+#: before a C{ping} event is sent.
+PING_INTERVAL = 5.0
+
+#: Seconds an Anthropic-wire provider's own token count may take before
+#: C{count_tokens} answers the estimate instead.
+PROVIDER_COUNT_TIMEOUT = 10.0
+
+#: Characters per token of the C{count_tokens} estimate.
+CHARS_PER_TOKEN = 4
+#: Tokens the estimate adds for each message (its role and framing).
+TOKENS_PER_MESSAGE = 4
+
+_JSON = b"application/json"
+
+
+def _dumps(value: Any) -> bytes:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # Lone surrogates (from a model's answer) have no UTF-8 form.
+    return text.encode("utf-8", "replace")
+
+
+# -- errors -------------------------------------------------------------
+
+
+#: Neutral error kinds as Anthropic's error types.
+_ERROR_TYPES = {
+    ErrorKind.INVALID_REQUEST: "invalid_request_error",
+    ErrorKind.AUTHENTICATION: "authentication_error",
+    ErrorKind.PERMISSION: "permission_error",
+    ErrorKind.NOT_FOUND: "not_found_error",
+    ErrorKind.REQUEST_TOO_LARGE: "request_too_large",
+    ErrorKind.RATE_LIMIT: "rate_limit_error",
+    ErrorKind.TIMEOUT: "timeout_error",
+    ErrorKind.OVERLOADED: "overloaded_error",
+    ErrorKind.SERVER: "api_error",
+}
+
+#: Anthropic's status for an overloaded server.
+OVERLOADED_STATUS = 529
+
+
+@attrs.frozen
+class AnthropicErrors:
+    """
+    Anthropic's envelope: C{{"type": "error", "error": {"type", "message"}}}
+    (an L{ai_agent.errors.ErrorFormat}).  A full queue or a shutdown (the
+    neutral C{overloaded} kind) is a 529 C{overloaded_error}.
+    """
+
+    def type(self, error: AgentError) -> str:
+        """
+        Anthropic's error C{type} for C{error}'s kind.
+        """
+        return _ERROR_TYPES.get(error.kind, "api_error")
+
+    def envelope(self, error: AgentError) -> dict[str, Any]:
+        """
+        The envelope as a JSON-ready value.
+        """
+        return {"type": "error", "error": {"type": self.type(error), "message": error.message}}
+
+    def status(self, error: AgentError) -> int:
+        if error.kind == ErrorKind.OVERLOADED:
+            return OVERLOADED_STATUS
+        return error.status
+
+    def body(self, error: AgentError) -> bytes:
+        return _dumps(self.envelope(error))
+
+
+#: The error format of the Anthropic routes.
+ANTHROPIC_ERRORS = AnthropicErrors()
+
+
+def isAnthropicClient(path: bytes, headers: Headers) -> bool:
+    """
+    Whether a request comes from an Anthropic client (it carries
+    C{anthropic-version}): its errors use L{ANTHROPIC_ERRORS} whatever the
+    path (a L{ai_agent.headends._site.Mount}'s C{claimsErrors}).
+    """
+    return headers.hasHeader(VERSION_HEADER)
+
+
+# -- the request --------------------------------------------------------
+
+
+@attrs.frozen
+class MessagesRequest:
+    """
+    A validated C{POST /v1/messages} (or C{count_tokens}) body.
+
+    @ivar system: the C{system} field's texts, which follow the agent's
+        own prompt.
+    """
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    system: tuple[str, ...] = ()
+    stream: bool = False
+    sampling: Sampling = Sampling()
+    tools: tuple[ClientTool, ...] = ()
+    toolChoice: ToolChoice = ToolChoice()
+    parallelToolCalls: bool | None = None
+    user: str | None = None
+
+    def runRequest(self, labels: RunLabels) -> RunRequest:
+        """
+        The neutral run request (whose LLM calls always stream).
+        """
+        return RunRequest(
+            self.messages,
+            self.system,
+            self.sampling,
+            True,
+            labels,
+            self.tools,
+            self.toolChoice,
+            self.parallelToolCalls,
+        )
+
+
+def parseMessagesRequest(body: bytes) -> MessagesRequest:
+    """
+    Parse and validate a C{POST /v1/messages} body (C{max_tokens}
+    required, as Anthropic's).
+
+    @raise AgentError: a 400 naming the offending field.
+    """
+    return _parse(body, requireMaxTokens=True)
+
+
+def parseCountTokensRequest(body: bytes) -> MessagesRequest:
+    """
+    Parse and validate a C{POST /v1/messages/count_tokens} body (no
+    C{max_tokens}).
+    """
+    return _parse(body, requireMaxTokens=False)
+
+
+def _parse(body: bytes, requireMaxTokens: bool) -> MessagesRequest:
+    data = loadBody(body)
+    if not isinstance(data, dict):
+        raise invalidRequest(f"the request body must be a JSON object, not {typeName(data)}")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalidRequest("model: a non-empty string is required", "model")
+    maxTokens = optionalField(data, "max_tokens", int, None)
+    if maxTokens is None and requireMaxTokens:
+        raise invalidRequest("max_tokens: Field required", "max_tokens")
+    if maxTokens is not None and maxTokens < 1:
+        raise invalidRequest("max_tokens: must be at least 1", "max_tokens")
+    temperature = numberField(data, "temperature", 0.0, 1.0)
+    topP = numberField(data, "top_p", 0.0, 1.0)
+    # Accepted for the SDKs' sake; no provider here is asked for it.
+    optionalField(data, "top_k", int, None)
+    stop = _strings(data.get("stop_sequences"), "stop_sequences")
+    tools = _parseTools(data.get("tools"))
+    choice, parallel = _parseToolChoice(data.get("tool_choice"), tools)
+    metadata = data.get("metadata")
+    user = None
+    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
+        user = loggable(metadata["user_id"])
+    thinking = data.get("thinking")
+    if thinking is not None and not isinstance(thinking, dict):
+        raise invalidRequest(f"thinking: must be an object, not {typeName(thinking)}", "thinking")
+    return MessagesRequest(
+        model=model,
+        messages=_parseMessages(data.get("messages")),
+        system=_parseSystem(data.get("system")),
+        stream=optionalField(data, "stream", bool, False),
+        sampling=Sampling(temperature, topP, maxTokens, stop),
+        tools=tools,
+        toolChoice=choice,
+        parallelToolCalls=parallel,
+        user=user,
+    )
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise invalidRequest(f"{where}: must be an array of strings", where)
+    return tuple(value)
+
+
+def _parseSystem(value: Any) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    text = _text(value, "system")
+    return (text,) if text else ()
+
+
+def _blocks(value: Any, where: str) -> list[tuple[str, dict[str, Any], str]]:
+    """
+    A C{content} value as C{(type, block, path)} triples; a string is one
+    text block.
+    """
+    if isinstance(value, str):
+        return [("text", {"type": "text", "text": value}, where)]
+    if not isinstance(value, list):
+        raise invalidRequest(
+            f"{where}: must be a string or an array of content blocks, not {typeName(value)}",
+            where,
+        )
+    blocks = []
+    for index, block in enumerate(value):
+        path = f"{where}[{index}]"
+        if not isinstance(block, dict):
+            raise invalidRequest(f"{path}: must be an object, not {typeName(block)}", path)
+        kind = block.get("type")
+        if not isinstance(kind, str):
+            raise invalidRequest(f"{path}.type: a string is required", f"{path}.type")
+        blocks.append((kind, block, path))
+    return blocks
+
+
+def _unsupportedBlock(kind: str, path: str) -> AgentError:
+    return invalidRequest(
+        f"{path}: {showValue(kind)} blocks are not supported; agents here take text"
+        " (text, tool_use, tool_result and echoed thinking blocks)",
+        path,
+        "unsupported_content_type",
+    )
+
+
+def _blockText(block: dict[str, Any], path: str) -> str:
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise invalidRequest(f"{path}.text: a string is required", f"{path}.text")
+    return text
+
+
+def _text(value: Any, where: str) -> str:
+    """
+    The text of a content value holding only text blocks.
+    """
+    texts = []
+    for kind, block, path in _blocks(value, where):
+        if kind != "text":
+            raise _unsupportedBlock(kind, path)
+        texts.append(_blockText(block, path))
+    return "\n".join(texts)
+
+
+def _parseMessages(value: Any) -> tuple[ChatMessage, ...]:
+    if value is None:
+        raise invalidRequest("messages: Field required", "messages")
+    if not isinstance(value, list):
+        raise invalidRequest(f"messages: must be an array, not {typeName(value)}", "messages")
+    if not value:
+        raise invalidRequest("messages: at least one message is required", "messages")
+    if len(value) > MAX_MESSAGES:
+        raise invalidRequest(
+            f"messages: {len(value)} messages; at most {MAX_MESSAGES} are allowed", "messages"
+        )
+    conversation: list[ChatMessage] = []
+    for index, item in enumerate(value):
+        where = f"messages[{index}]"
+        if not isinstance(item, dict):
+            raise invalidRequest(f"{where}: must be an object, not {typeName(item)}", where)
+        role = item.get("role")
+        content = item.get("content")
+        if content is None:
+            raise invalidRequest(f"{where}.content: Field required", f"{where}.content")
+        if role == "assistant":
+            conversation.append(_assistantMessage(content, f"{where}.content"))
+        elif role == "user":
+            conversation.extend(_userMessages(content, f"{where}.content"))
+        elif role == "system":
+            # Claude Code sends system messages inside the conversation.
+            conversation.append(ChatMessage("system", _text(content, f"{where}.content")))
+        else:
+            raise invalidRequest(
+                f"{where}.role: must be user or assistant, got {showValue(role)}",
+                f"{where}.role",
+            )
+    return tuple(conversation)
+
+
+def _assistantMessage(content: Any, where: str) -> ChatMessage:
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for kind, block, path in _blocks(content, where):
+        if kind == "text":
+            texts.append(_blockText(block, path))
+        elif kind == "tool_use":
+            callId, name, arguments = block.get("id"), block.get("name"), block.get("input", {})
+            if not isinstance(callId, str) or not callId or not isinstance(name, str):
+                raise invalidRequest(f"{path}: a tool_use block needs a string id and name", path)
+            if not isinstance(arguments, dict):
+                raise invalidRequest(f"{path}.input: must be an object", f"{path}.input")
+            calls.append(ToolCall(callId, name, json.dumps(arguments, ensure_ascii=False)))
+        elif kind in ("thinking", "redacted_thinking"):
+            # Echoed back by clients; the agent's reasoning is not replayed.
+            continue
+        else:
+            raise _unsupportedBlock(kind, path)
+    return ChatMessage("assistant", "".join(texts), toolCalls=tuple(calls))
+
+
+def _userMessages(content: Any, where: str) -> list[ChatMessage]:
+    """
+    A user turn: each C{tool_result} block as a tool message (first, so
+    they follow the assistant's calls), then the text as a user message.
+    """
+    results: list[ChatMessage] = []
+    texts: list[str] = []
+    for kind, block, path in _blocks(content, where):
+        if kind == "text":
+            texts.append(_blockText(block, path))
+        elif kind == "tool_result":
+            callId = block.get("tool_use_id")
+            if not isinstance(callId, str) or not callId:
+                raise invalidRequest(
+                    f"{path}.tool_use_id: a non-empty string is required", f"{path}.tool_use_id"
+                )
+            result = block.get("content", "")
+            text = _text(result, f"{path}.content") if result else ""
+            isError = optionalField(block, "is_error", bool, False, f"{path}.is_error")
+            if isError:
+                text = "Error: " + text
+            results.append(ChatMessage("tool", text, toolCallId=callId))
+        elif kind in ("thinking", "redacted_thinking"):
+            continue
+        else:
+            raise _unsupportedBlock(kind, path)
+    if texts or not results:
+        results.append(ChatMessage("user", "\n".join(texts)))
+    return results
+
+
+def _parseTools(value: Any) -> tuple[ClientTool, ...]:
+    """
+    C{tools}: custom tools (a name, a description, an C{input_schema});
+    Anthropic's server tools (C{web_search_…}, C{bash_…}, …) are refused
+    by name, since only the client could run them and the model here
+    would not know them.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise invalidRequest(f"tools: must be an array, not {typeName(value)}", "tools")
+    if len(value) > MAX_TOOLS:
+        raise invalidRequest(f"tools: {len(value)} tools; at most {MAX_TOOLS} are allowed", "tools")
+    tools: list[ClientTool] = []
+    names: set[str] = set()
+    for index, tool in enumerate(value):
+        where = f"tools[{index}]"
+        if not isinstance(tool, dict):
+            raise invalidRequest(f"{where}: must be an object, not {typeName(tool)}", where)
+        kind = tool.get("type")
+        if kind not in (None, "custom"):
+            raise invalidRequest(
+                f"{where}: {showValue(kind)} is one of Anthropic's server tools, which this"
+                " server does not run; send custom tools (a name and an input_schema)",
+                f"{where}.type",
+                "unsupported_tool_type",
+            )
+        name = tool.get("name")
+        if not isinstance(name, str) or TOOL_NAME.fullmatch(name) is None:
+            raise invalidRequest(
+                f"{where}.name: must be 1 to 64 letters, digits, '_' or '-', got {showValue(name)}",
+                f"{where}.name",
+            )
+        if name in names:
+            raise invalidRequest(f"{where}.name: the tool name {name!r} repeats", f"{where}.name")
+        names.add(name)
+        description = optionalField(tool, "description", str, "", f"{where}.description")
+        schema = tool.get("input_schema", {"type": "object", "properties": {}})
+        if not isinstance(schema, dict):
+            raise invalidRequest(
+                f"{where}.input_schema: must be a JSON Schema object", f"{where}.input_schema"
+            )
+        tools.append(ClientTool(ToolSpec(name, description, schema), f"{where}.name"))
+    return tuple(tools)
+
+
+def _parseToolChoice(value: Any, tools: tuple[ClientTool, ...]) -> tuple[ToolChoice, bool | None]:
+    """
+    C{tool_choice} (C{auto}, C{any}, C{tool} with a C{name}, C{none}) and
+    its C{disable_parallel_tool_use}.
+    """
+    if value is None:
+        return ToolChoice(), None
+    if not isinstance(value, dict):
+        raise invalidRequest(
+            f"tool_choice: must be an object, not {typeName(value)}", "tool_choice"
+        )
+    disable = optionalField(
+        value, "disable_parallel_tool_use", bool, None, "tool_choice.disable_parallel_tool_use"
+    )
+    parallel = None if disable is None else not disable
+    kind = value.get("type")
+    if kind == "auto":
+        return ToolChoice(), parallel
+    if kind == "any":
+        return ToolChoice(ToolChoice.REQUIRED), parallel
+    if kind == "none":
+        return ToolChoice(ToolChoice.NONE), parallel
+    if kind == "tool":
+        name = value.get("name")
+        if name not in {tool.spec.name for tool in tools}:
+            raise invalidRequest(
+                f"tool_choice.name: {showValue(name)} is not one of the tools",
+                "tool_choice.name",
+            )
+        return ToolChoice(ToolChoice.TOOL, name), parallel
+    raise invalidRequest(
+        f"tool_choice.type: must be auto, any, tool or none, got {showValue(kind)}",
+        "tool_choice.type",
+    )
+
+
+# -- token estimate -----------------------------------------------------
+
+
+def estimateTokens(
+    prompt: str, request: MessagesRequest, agentTools: Iterable[ToolSpec] = ()
+) -> int:
+    """
+    An estimate of a run's first input: one token per L{CHARS_PER_TOKEN}
+    characters (rounded up) of the agent's prompt, the C{system} texts, the
+    messages (text, tool calls and results) and the JSON of every tool
+    offered (the agent's own and the client's), plus L{TOKENS_PER_MESSAGE}
+    for each message.
+    """
+    chars = len(prompt) + sum(len(text) for text in request.system)
+    for message in request.messages:
+        chars += len(message.content)
+        for call in message.toolCalls:
+            chars += len(call.name) + len(call.arguments)
+    specs = [*agentTools, *(tool.spec for tool in request.tools)]
+    for spec in specs:
+        chars += len(spec.name) + len(spec.description) + len(_dumps(spec.parameters))
+    messages = len(request.messages) + 1
+    return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * messages
+
+
+# -- the response -------------------------------------------------------
+
+
+#: Neutral finish reasons as Anthropic's C{stop_reason}.
+STOP_REASONS: dict[str, str] = {
+    FinishReason.END: "end_turn",
+    FinishReason.STOP_SEQUENCE: "stop_sequence",
+    FinishReason.MAX_TOKENS: "max_tokens",
+    FinishReason.TOOL_CALLS: "tool_use",
+    FinishReason.CONTENT_FILTER: "refusal",
+}
+
+
+def stopReason(reason: str) -> str:
+    """
+    Anthropic's C{stop_reason} for a neutral finish reason.
+    """
+    return STOP_REASONS.get(reason, "end_turn")
+
+
+def signature(thinking: str) -> str:
+    """
+    The C{signature} of a thinking block this server wrote: a digest of its
+    text, so a client can send the block back.  It is not Anthropic's
+    signature and Anthropic would not accept it.
+    """
+    digest = hashlib.sha256(thinking.encode("utf-8", "replace")).digest()
+    return "ai-agent." + base64.b64encode(digest).decode("ascii")
+
+
+def _event(kind: str, payload: dict[str, Any]) -> bytes:
+    data = _dumps({"type": kind, **payload})
+    return b"event: " + kind.encode("ascii") + b"\ndata: " + data + b"\n\n"
+
+
+@attrs.define
+class MessagesEncoder:
+    """
+    A run as Anthropic's Messages API (a L{ai_agent.headends._stream.RunEncoder}
+    with C{ping}s): events when streamed, one C{message} object when not.
+
+    Blocks get contiguous indices and one type each; a block is stopped
+    before the next starts.  The model's reasoning and the agent's progress
+    share C{thinking} blocks (ended with a L{signature}), answer text goes
+    in C{text} blocks, the client's tool calls in C{tool_use} blocks whose
+    arguments stream as one C{input_json_delta}.
+
+    @ivar inputEstimate: the input tokens to report before the run has
+        reported any (see L{estimateTokens}).
+    """
+
+    messageId: str
+    model: str
+    inputEstimate: int = 0
+    _text: ReasoningText = attrs.field(factory=ReasoningText, init=False)
+    _blocks: list[dict[str, Any]] = attrs.field(factory=list, init=False)
+    _usage: Usage = attrs.field(factory=Usage, init=False)
+
+    def _usageObject(self) -> dict[str, int]:
+        usage = self._usage
+        prompt = usage.promptTokens or self.inputEstimate
+        cached = usage.cacheReadTokens + usage.cacheWriteTokens
+        return {
+            "input_tokens": max(0, prompt - cached),
+            "cache_creation_input_tokens": usage.cacheWriteTokens,
+            "cache_read_input_tokens": usage.cacheReadTokens,
+            "output_tokens": usage.completionTokens,
+        }
+
+    def _message(self, content: list[dict[str, Any]], stop: str | None) -> dict[str, Any]:
+        return {
+            "id": self.messageId,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": self._usageObject(),
+        }
+
+    @property
+    def _open(self) -> str | None:
+        if self._blocks and not self._blocks[-1].get("_stopped"):
+            return cast(str, self._blocks[-1]["type"])
+        return None
+
+    def _stop(self) -> bytes:
+        """
+        Stop the open block, if any (a thinking block gets its signature
+        first).
+        """
+        if self._open is None:
+            return b""
+        block = self._blocks[-1]
+        block["_stopped"] = True
+        index = len(self._blocks) - 1
+        frames = b""
+        if block["type"] == "thinking":
+            block["signature"] = signature("".join(block["_parts"]))
+            frames += _event(
+                "content_block_delta",
+                {
+                    "index": index,
+                    "delta": {"type": "signature_delta", "signature": block["signature"]},
+                },
+            )
+        return frames + _event("content_block_stop", {"index": index})
+
+    def _begin(self, block: dict[str, Any], start: dict[str, Any]) -> bytes:
+        frames = self._stop()
+        self._blocks.append(block)
+        return frames + _event(
+            "content_block_start", {"index": len(self._blocks) - 1, "content_block": start}
+        )
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return _event("content_block_delta", {"index": len(self._blocks) - 1, "delta": delta})
+
+    def open(self) -> bytes:
+        return _event("message_start", {"message": self._message([], None)})
+
+    def content(self, text: str) -> bytes | None:
+        if not text:
+            return None
+        frames = b""
+        if self._open != "text":
+            frames = self._begin({"type": "text", "_parts": []}, {"type": "text", "text": ""})
+        # Pieces are joined once, at the end: a long answer is not copied
+        # again with each piece.
+        self._blocks[-1]["_parts"].append(text)
+        return frames + self._delta({"type": "text_delta", "text": text})
+
+    def _thinking(self, text: str) -> bytes | None:
+        if not text:
+            return None
+        frames = b""
+        if self._open != "thinking":
+            frames = self._begin(
+                {"type": "thinking", "_parts": []},
+                {"type": "thinking", "thinking": "", "signature": ""},
+            )
+        self._blocks[-1]["_parts"].append(text)
+        return frames + self._delta({"type": "thinking_delta", "thinking": text})
+
+    def reasoning(self, text: str) -> bytes | None:
+        return self._thinking(self._text.reasoning(text))
+
+    def progress(self, event: Progress) -> bytes | None:
+        return self._thinking(self._text.progress(event))
+
+    def toolCall(self, call: ClientToolCall) -> bytes:
+        frames = self._begin(
+            {"type": "tool_use", "id": call.id, "name": call.name, "arguments": call.arguments},
+            {"type": "tool_use", "id": call.id, "name": call.name, "input": {}},
+        )
+        if call.arguments:
+            frames += self._delta({"type": "input_json_delta", "partial_json": call.arguments})
+        return frames + self._stop()
+
+    def usage(self, usage: Usage) -> None:
+        self._usage = self._usage + usage
+        return None
+
+    def keepAlive(self) -> bytes:
+        return _event("ping", {})
+
+    def finish(self, finished: Finished) -> bytes:
+        self._usage = finished.usage
+        return (
+            self._stop()
+            + _event(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": stopReason(finished.reason), "stop_sequence": None},
+                    "usage": self._usageObject(),
+                },
+            )
+            + _event("message_stop", {})
+        )
+
+    def error(self, error: AgentError) -> bytes:
+        return b"event: error\ndata: " + ANTHROPIC_ERRORS.body(error) + b"\n\n"
+
+    def body(self, finished: Finished) -> bytes:
+        self._usage = finished.usage
+        self._stop()
+        return _dumps(
+            self._message(
+                [_finalBlock(block) for block in self._blocks], stopReason(finished.reason)
+            )
+        )
+
+
+def _finalBlock(block: dict[str, Any]) -> dict[str, Any]:
+    """
+    A kept block as the whole answer shows it.
+    """
+    if block["type"] == "tool_use":
+        try:
+            arguments = json.loads(block["arguments"] or "{}")
+        except ValueError:
+            arguments = None
+        return {
+            "type": "tool_use",
+            "id": block["id"],
+            "name": block["name"],
+            "input": arguments if isinstance(arguments, dict) else {},
+        }
+    text = "".join(block["_parts"])
+    if block["type"] == "thinking":
+        return {"type": "thinking", "thinking": text, "signature": block["signature"]}
+    return {"type": "text", "text": text}
+
+
+# -- models -------------------------------------------------------------
+
+
+def modelObject(agent: ServedAgent) -> dict[str, Any]:
+    """
+    A served agent as Anthropic's model object.
+    """
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(agent.created))
+    return {"type": "model", "id": agent.id, "display_name": agent.id, "created_at": created}
+
+
+def modelList(agents: Iterable[ServedAgent]) -> dict[str, Any]:
+    """
+    The served agents as Anthropic's model list (one page holds them all).
+    """
+    data = [modelObject(agent) for agent in agents]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
+
+
+def unknownModel(model: str, served: list[str]) -> AgentError:
+    """
+    The 404 for a model no agent is served under.
+    """
+    return notFound(
+        f"model: {shorten(repr(model))} is not served here"
+        f" (served: {shorten(', '.join(served) or 'none', 300)})",
+        "model_not_found",
+        "model",
+    )
+
+
+def _messageId() -> str:
+    return "msg_" + secrets.token_hex(12)
+
+
+# -- the routes ---------------------------------------------------------
+
+
+@attrs.define(slots=False)
+class AnthropicHeadend:
+    """
+    Klein routes for the Anthropic Messages API on one port (mounted at
+    C{/v1/messages}); reloadable like the OpenAI headend (C{registry} and
+    C{runner} are swapped on SIGHUP).
+    """
+
+    log: ClassVar[Logger] = Logger()
+    app: ClassVar[Klein] = Klein()
+
+    registry: AgentRegistry
+    runner: SessionRunner
+    pool: RunPool
+    reactor: IReactorTime
+    streamHeadGrace: float = STREAM_HEAD_GRACE
+    pingInterval: float = PING_INTERVAL
+    observer: Observer = NULL_OBSERVER
+    threadPool: Any = None
+    bodyGate: BodyGate | None = None
+    redactor: Redactor | None = None
+    clientStallTimeout: float = CLIENT_STALL_TIMEOUT
+    maxAnswer: int = MAX_RUN_ANSWER
+
+    def _redactor(self) -> Redactor:
+        if self.redactor is None:
+            providers = getattr(self.runner, "providers", None)
+            self.redactor = Redactor.fromConfig(getattr(providers, "config", None))
+        return self.redactor
+
+    def _bodyGate(self) -> BodyGate:
+        if self.bodyGate is None:
+            if self.threadPool is None:
+                self.threadPool = cast(Any, self.reactor).getThreadPool()
+            self.bodyGate = BodyGate(self.reactor, self.threadPool)
+        return self.bodyGate
+
+    # -- errors ---------------------------------------------------------
+
+    @app.handle_errors(AgentError)
+    def _agentError(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, AgentError)
+        return self._errorBody(request, error)
+
+    @app.handle_errors(NotFound)
+    def _notFound(self, request: IRequest, failure: Failure) -> bytes:
+        path = request.path.decode("utf-8", "replace")
+        return self._errorBody(request, notFound(f"no such endpoint: {shorten(path)}"))
+
+    @app.handle_errors(MethodNotAllowed)
+    def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, MethodNotAllowed)
+        method = request.method.decode("ascii", "replace")
+        allowed = ", ".join(error.valid_methods or ())
+        request.setHeader(b"allow", allowed.encode("ascii"))
+        return self._errorBody(
+            request,
+            AgentError(
+                f"{shorten(method)} is not allowed here; use {allowed}",
+                405,
+                ErrorKind.INVALID_REQUEST,
+                "method_not_allowed",
+            ),
+        )
+
+    def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
+        error = safeError(error, self._redactor())
+        request.setResponseCode(ANTHROPIC_ERRORS.status(error))
+        request.setHeader(b"content-type", _JSON)
+        if request.responseHeaders.getRawHeaders(b"request-id") is None:
+            request.setHeader(b"request-id", _messageId().replace("msg_", "req_").encode())
+        if error.retryAfter is not None:
+            request.setHeader(b"retry-after", str(max(1, round(error.retryAfter))).encode())
+        if error.sideEffects:
+            # A tool already ran: running the agent again could repeat it.
+            request.setHeader(b"x-should-retry", b"false")
+        return ANTHROPIC_ERRORS.body(error)
+
+    # -- routes ---------------------------------------------------------
+
+    async def _parse(
+        self, request: IRequest, parser: Callable[[bytes], MessagesRequest]
+    ) -> MessagesRequest:
+        content = request.content
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        if size < OFF_REACTOR_THRESHOLD:
+            return parser(content.read())
+        # A large body is read and parsed in a thread, one at a time.
+        return await self._bodyGate().parse(content, parser)
+
+    def _agent(self, parsed: MessagesRequest) -> ServedAgent:
+        agent = self.registry.resolve(parsed.model)
+        if agent is None:
+            raise unknownModel(parsed.model, self.registry.ids())
+        return agent
+
+    @app.route("/v1/messages", methods=["POST"])
+    @observedRoute("anthropic", "/v1/messages")
+    async def messages(self, request: IRequest) -> bytes | None:
+        """
+        Run an agent on a conversation; answer with a message or stream it.
+        """
+        parsed = await self._parse(request, parseMessagesRequest)
+        agent = self._agent(parsed)
+        requestScope(request).setAgent(agent.id)
+        labels = RunLabels(
+            requestId=_messageId(),
+            stream=parsed.stream,
+            user=parsed.user,
+            forwarded=forwardedHeaders(request.getHeader),
+        )
+        run = parsed.runRequest(labels)
+        encoder = MessagesEncoder(
+            labels.requestId, agent.id, estimateTokens(agent.spec.prompt, parsed)
+        )
+        requestId = labels.requestId.encode("ascii")
+        slot = await self.pool.acquire()
+        try:
+            response = RunResponse(
+                request,
+                self.reactor,
+                encoder,
+                slot,
+                self.streamHeadGrace,
+                {b"request-id": requestId, b"x-request-id": requestId},
+                f"{labels.requestId}: agent {agent.id}",
+                redactor=self._redactor(),
+                maxAnswer=self.maxAnswer,
+                stallTimeout=self.clientStallTimeout,
+                keepAlive=self.pingInterval,
+            )
+
+            def begin(events: EventSink) -> Deferred[Finished]:
+                return self.runner.run(agent.spec, run, events)
+
+            if parsed.stream:
+                await response.stream(begin)
+                return None
+            return await response.complete(begin)
+        finally:
+            slot.release()
+
+    @app.route("/v1/messages/count_tokens", methods=["POST"])
+    @observedRoute("anthropic", "/v1/messages/count_tokens")
+    async def countTokens(self, request: IRequest) -> bytes:
+        """
+        The input tokens a request would start with: the count of the
+        agent's first model when its provider speaks Anthropic's wire (see
+        L{_providerCount}), else an estimate (see L{estimateTokens}); both
+        over the agent's prompt and tools and the request.
+        """
+        parsed = await self._parse(request, parseCountTokensRequest)
+        agent = self._agent(parsed)
+        requestScope(request).setAgent(agent.id)
+        specs: list[ToolSpec] = []
+        instructions: list[str] = []
+        if self.runner.tools is not None and (agent.spec.tools or agent.spec.agents):
+            toolbox = self.runner.tools(agent.spec)
+            specs = list(await toolbox.specs())
+            instructions = list(getattr(toolbox, "instructions", ()))
+        if not agent.spec.clientTools or parsed.toolChoice.mode == ToolChoice.NONE:
+            parsed = attrs.evolve(parsed, tools=())
+        counted = await self._providerCount(agent.spec, parsed, specs, instructions)
+        if counted is None:
+            counted = estimateTokens(agent.spec.prompt, parsed, specs)
+        request.setHeader(b"content-type", _JSON)
+        return _dumps({"input_tokens": counted})
+
+    async def _providerCount(
+        self,
+        agent: AgentSpec,
+        parsed: MessagesRequest,
+        specs: list[ToolSpec],
+        instructions: list[str],
+    ) -> int | None:
+        """
+        The input tokens of the run's first LLM call as the agent's first
+        model counts them, when its provider speaks Anthropic's wire: the
+        call's system text, messages and tools, as the session would send
+        them, posted to the provider's C{count_tokens} endpoint.
+
+        @return: the count, or L{None} for another wire type, or when the
+            count failed or took more than L{PROVIDER_COUNT_TIMEOUT}
+            seconds (logged; the estimate is used instead).
+        """
+        name, _, model = agent.models[0].partition("/")
+        try:
+            provider = self.runner.providers(name)
+        except AgentError:
+            return None
+        if not isinstance(provider, AnthropicProvider) or provider.missingVariables:
+            return None
+        call = LLMRequest(
+            model,
+            tuple(buildMessages(agent, parsed.messages, instructions, parsed.system)),
+            (*specs, *(tool.spec for tool in parsed.tools)),
+            stream=False,
+        )
+        payload = {
+            key: value
+            for key, value in provider.payload(call).items()
+            if key in ("model", "system", "messages", "tools")
+        }
+        headers = Headers({key: [value] for key, value in provider.requestHeaders(call).items()})
+        url = messagesURL(provider.baseUrl) + "/count_tokens"
+
+        async def fetch() -> tuple[int, Any]:
+            response = await provider.http.post(url, json=payload, headers=headers)
+            return response.code, await response.json()
+
+        try:
+            code, body = await Deferred.fromCoroutine(fetch()).addTimeout(
+                PROVIDER_COUNT_TIMEOUT, self.reactor
+            )
+        except CancelledError:
+            raise
+        except Exception as error:
+            self.log.warn(
+                "count_tokens for agent {agent}: provider {provider} did not count"
+                " ({error}); answering the estimate",
+                agent=agent.name,
+                provider=name,
+                error=provider.scrub(shorten(str(error) or type(error).__name__)),
+            )
+            return None
+        counted = body.get("input_tokens") if isinstance(body, dict) else None
+        if code != 200 or not isinstance(counted, int) or isinstance(counted, bool):
+            self.log.warn(
+                "count_tokens for agent {agent}: provider {provider} answered {code}"
+                " without a count; answering the estimate",
+                agent=agent.name,
+                provider=name,
+                code=code,
+            )
+            return None
+        return max(0, counted)
+
+
+__all__ = [
+    "ANTHROPIC_ERRORS",
+    "AnthropicErrors",
+    "AnthropicHeadend",
+    "MessagesEncoder",
+    "MessagesRequest",
+    "PING_INTERVAL",
+    "PROVIDER_COUNT_TIMEOUT",
+    "VERSION_HEADER",
+    "estimateTokens",
+    "isAnthropicClient",
+    "modelList",
+    "modelObject",
+    "parseCountTokensRequest",
+    "parseMessagesRequest",
+    "signature",
+    "stopReason",
+]

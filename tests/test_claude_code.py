@@ -1,0 +1,148 @@
+"""
+Claude Code (npm C{@anthropic-ai/claude-code}, installed into C{tests/js}),
+unmodified, as C{claude -p} against a live server's Anthropic Messages API:
+C{ANTHROPIC_BASE_URL} is the server, C{ANTHROPIC_MODEL} the agent, the key
+anything, C{HOME} a temporary folder, no network beyond 127.0.0.1.
+
+Skipped, with the reason, without Node.js 20 or the installed package
+(C{npm ci --prefix tests/js}).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from ai_agent.testing import Reply
+from tests._harness import LiveServer, startServer
+from tests._process import run
+from tests.mcp_servers import calcEntry
+from tests.test_clients_js import JS, _skipReason
+
+CLAUDE = os.path.join(JS, "node_modules", ".bin", "claude")
+
+#: Seconds one C{claude -p} may take before it is killed.
+CLAUDE_TIMEOUT = 120
+
+CODER = """\
+---
+description: The agent behind Claude Code
+models: fake/test-model
+tools: [calc]
+---
+You are the coder agent.
+"""
+
+CODER_ON_ANTHROPIC = """\
+---
+description: The agent behind Claude Code, on an Anthropic-wire provider
+models: claude/claude-test
+---
+You are the coder agent.
+"""
+
+
+def _skip() -> str | None:
+    reason = _skipReason()
+    if reason is None and not os.path.exists(CLAUDE):
+        return "Claude Code is not installed: run `npm ci --prefix tests/js` first"
+    return reason
+
+
+class ClaudeCodeTests(TestCase):
+    """
+    C{claude -p} through the Anthropic headend.
+    """
+
+    skip = _skip()
+
+    async def _claude(self, server: LiveServer, model: str, *args: str) -> dict[str, Any]:
+        """
+        Run C{claude -p} with its JSON output against C{server}, and return
+        that output; fail with what it printed unless it exits 0.
+        """
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": home,
+            "ANTHROPIC_BASE_URL": server.baseUrl.removesuffix("/v1"),
+            "ANTHROPIC_API_KEY": "any-key",
+            "ANTHROPIC_MODEL": model,
+            "ANTHROPIC_DEFAULT_HAIKU_MODEL": model,
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        }
+        out, err, code = await run(
+            ["timeout", str(CLAUDE_TIMEOUT), CLAUDE, "-p", *args, "--output-format", "json"],
+            home,
+            env,
+        )
+        if code != 0:
+            self.fail(f"claude exited with {code}:\n{out.decode()}\n{err.decode()}")
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+    async def test_plainAnswer(self) -> None:
+        """
+        A plain answer reaches Claude Code as its result; the model got
+        the agent's prompt first, Claude Code's system prompt after it,
+        and its tools as the client's tools.
+        """
+        server = await startServer(
+            self, agents={"coder.ai": CODER}, mcpServers={"calc": calcEntry()}
+        )
+        server.upstream.script(Reply(content="Hello from the coder agent."))
+        result = await self._claude(server, "coder", "Say hello")
+        self.assertEqual(result["result"], "Hello from the coder agent.")
+        self.assertFalse(result["is_error"])
+        body = server.upstream.requests[0].body
+        self.assertTrue(body["messages"][0]["content"].startswith("You are the coder agent."))
+        offered = [tool["function"]["name"] for tool in body["tools"]]
+        self.assertIn("calc__add", offered)
+        self.assertIn("Bash", offered)
+
+    async def test_bashTool(self) -> None:
+        """
+        The agent's model calls Claude Code's own C{Bash} tool: Claude
+        Code runs it and sends the output back, which the model gets as
+        the tool's result (a value only the shell computed), and the
+        model's answer is Claude Code's result.
+        """
+        server = await startServer(
+            self, agents={"coder.ai": CODER}, mcpServers={"calc": calcEntry()}
+        )
+        command = {"command": "echo $((6*7))-marker", "description": "Print a marker"}
+        server.upstream.script(
+            Reply(toolCalls=[("Bash", command)]), Reply(content="The marker is printed.")
+        )
+        result = await self._claude(server, "coder", "Print the marker", "--allowedTools", "Bash")
+        self.assertEqual(result["result"], "The marker is printed.")
+        last = server.upstream.requests[-1].body["messages"]
+        [toolResult] = [m for m in last if m["role"] == "tool"]
+        self.assertEqual(toolResult["content"].strip(), "42-marker")
+
+    async def test_anthropicWireProvider(self) -> None:
+        """
+        Behind an Anthropic-wire provider, Claude Code's Bash tool works
+        the same: the provider got an Anthropic request built from the
+        run, with the shell's output as a C{tool_result}.
+        """
+        server = await startServer(
+            self,
+            agents={"coder.ai": CODER_ON_ANTHROPIC},
+            fakeProviders={"claude": "anthropic"},
+        )
+        command = {"command": "echo $((6*7))-marker", "description": "Print a marker"}
+        server.upstream.script(
+            Reply(toolCalls=[("Bash", command)]), Reply(content="Done with the marker.")
+        )
+        result = await self._claude(server, "coder", "Print the marker", "--allowedTools", "Bash")
+        self.assertEqual(result["result"], "Done with the marker.")
+        last = server.upstream.requests[-1]
+        self.assertEqual(last.path, "/v1/messages")
+        self.assertIn("42-marker", json.dumps(last.body["messages"][-1]))
