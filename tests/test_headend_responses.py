@@ -1051,8 +1051,10 @@ class MountTests(TestCase):
         from ai_agent.tap import apiMounts
 
         server = await _server(self)
-        [mount] = apiMounts(server.runtime, server.pool, reactor)
-        self.assertEqual((mount.prefix, mount.errors), (b"/v1/responses", OPENAI_ERRORS))
+        [mount] = [
+            m for m in apiMounts(server.runtime, server.pool, reactor) if m.prefix == b"/v1/responses"
+        ]
+        self.assertIs(mount.errors, OPENAI_ERRORS)
         self.assertIsInstance(mount.headend, ResponsesHeadend)
         self.assertIs(mount.headend.registry, server.runtime.registry)
         self.assertIs(mount.headend.runner, server.runtime.runner)
