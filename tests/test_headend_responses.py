@@ -1051,9 +1051,8 @@ class MountTests(TestCase):
         from ai_agent.tap import apiMounts
 
         server = await _server(self)
-        [mount] = [
-            m for m in apiMounts(server.runtime, server.pool, reactor) if m.prefix == b"/v1/responses"
-        ]
+        mounts = apiMounts(server.runtime, server.pool, reactor)
+        [mount] = [m for m in mounts if m.prefix == b"/v1/responses"]
         self.assertIs(mount.errors, OPENAI_ERRORS)
         self.assertIsInstance(mount.headend, ResponsesHeadend)
         self.assertIs(mount.headend.registry, server.runtime.registry)
