@@ -48,6 +48,12 @@ from ai_agent.events import (
     Usage,
 )
 from ai_agent.flow import CLIENT_STALL_TIMEOUT
+from ai_agent.headends._answers import (
+    configuredRedactor,
+    unknownEndpoint,
+    writeError,
+    wrongMethod,
+)
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._request import (
     MAX_MESSAGES,
@@ -66,7 +72,7 @@ from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScop
 from ai_agent.pool import RunPool
 from ai_agent.providers import ChatMessage, LLMRequest, ToolCall, ToolSpec
 from ai_agent.providers.anthropic import AnthropicProvider, messagesURL
-from ai_agent.redaction import Redactor, safeError, shorten
+from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.request import ClientTool, RunRequest, Sampling, ToolChoice
 from ai_agent.session import SessionRunner, buildMessages
@@ -804,8 +810,7 @@ class AnthropicHeadend:
 
     def _redactor(self) -> Redactor:
         if self.redactor is None:
-            providers = getattr(self.runner, "providers", None)
-            self.redactor = Redactor.fromConfig(getattr(providers, "config", None))
+            self.redactor = configuredRedactor(self.runner)
         return self.redactor
 
     def _bodyGate(self) -> BodyGate:
@@ -825,38 +830,16 @@ class AnthropicHeadend:
 
     @app.handle_errors(NotFound)
     def _notFound(self, request: IRequest, failure: Failure) -> bytes:
-        path = request.path.decode("utf-8", "replace")
-        return self._errorBody(request, notFound(f"no such endpoint: {shorten(path)}"))
+        return self._errorBody(request, unknownEndpoint(request))
 
     @app.handle_errors(MethodNotAllowed)
     def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, MethodNotAllowed)
-        method = request.method.decode("ascii", "replace")
-        allowed = ", ".join(error.valid_methods or ())
-        request.setHeader(b"allow", allowed.encode("ascii"))
-        return self._errorBody(
-            request,
-            AgentError(
-                f"{shorten(method)} is not allowed here; use {allowed}",
-                405,
-                ErrorKind.INVALID_REQUEST,
-                "method_not_allowed",
-            ),
-        )
+        return self._errorBody(request, wrongMethod(request, failure))
 
     def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
-        error = safeError(error, self._redactor())
-        request.setResponseCode(ANTHROPIC_ERRORS.status(error))
-        request.setHeader(b"content-type", _JSON)
         if request.responseHeaders.getRawHeaders(b"request-id") is None:
             request.setHeader(b"request-id", _messageId().replace("msg_", "req_").encode())
-        if error.retryAfter is not None:
-            request.setHeader(b"retry-after", str(max(1, round(error.retryAfter))).encode())
-        if error.sideEffects:
-            # A tool already ran: running the agent again could repeat it.
-            request.setHeader(b"x-should-retry", b"false")
-        return ANTHROPIC_ERRORS.body(error)
+        return writeError(request, error, ANTHROPIC_ERRORS, self._redactor())
 
     # -- routes ---------------------------------------------------------
 

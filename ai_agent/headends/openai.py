@@ -22,7 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.advice import endpointHint
-from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, ErrorKind, notFound
+from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, notFound
 from ai_agent.events import (
     ClientToolCall,
     EventSink,
@@ -34,6 +34,12 @@ from ai_agent.events import (
 )
 from ai_agent.flow import CLIENT_STALL_TIMEOUT
 from ai_agent.headends import anthropic, pages
+from ai_agent.headends._answers import (
+    configuredRedactor,
+    unknownEndpoint,
+    writeError,
+    wrongMethod,
+)
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._request import (
     OFF_REACTOR_THRESHOLD,
@@ -44,7 +50,7 @@ from ai_agent.headends._stream import RunResponse
 from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
-from ai_agent.redaction import Redactor, safeError, shorten
+from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.session import SessionRunner
 from ai_agent.tasks import detectTask, forwardedHeaders, loggable
@@ -333,8 +339,7 @@ class OpenAIHeadend:
         those of the runner's configuration).
         """
         if self.redactor is None:
-            providers = getattr(self.runner, "providers", None)
-            self.redactor = Redactor.fromConfig(getattr(providers, "config", None))
+            self.redactor = configuredRedactor(self.runner)
         return self.redactor
 
     def _bodyGate(self) -> BodyGate:
@@ -363,40 +368,18 @@ class OpenAIHeadend:
 
     @app.handle_errors(NotFound)
     def _notFound(self, request: IRequest, failure: Failure) -> bytes:
-        path = request.path.decode("utf-8", "replace")
-        message = f"no such endpoint: {shorten(path)}" + endpointHint(path)
-        return self._errorBody(request, notFound(message, "not_found"))
+        hint = endpointHint(request.path.decode("utf-8", "replace"))
+        return self._errorBody(request, unknownEndpoint(request, hint))
 
     @app.handle_errors(MethodNotAllowed)
     def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, MethodNotAllowed)
-        method = request.method.decode("ascii", "replace")
-        allowed = ", ".join(error.valid_methods or ())
-        request.setHeader(b"allow", allowed.encode("ascii"))
-        return self._errorBody(
-            request,
-            AgentError(
-                f"{shorten(method)} is not allowed here; use {allowed}",
-                405,
-                ErrorKind.INVALID_REQUEST,
-                "method_not_allowed",
-            ),
-        )
+        return self._errorBody(request, wrongMethod(request, failure))
 
     def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
-        error = safeError(error, self._redactor())
         # Anthropic clients get their own envelope everywhere (as from the guard).
         fromAnthropic = request.getHeader(anthropic.VERSION_HEADER) is not None
         errors: ErrorFormat = anthropic.ANTHROPIC_ERRORS if fromAnthropic else OPENAI_ERRORS
-        request.setResponseCode(errors.status(error))
-        request.setHeader(b"content-type", _JSON)
-        if error.retryAfter is not None:
-            request.setHeader(b"retry-after", str(max(1, round(error.retryAfter))).encode())
-        if error.sideEffects:
-            # A tool already ran: running the agent again could repeat it.
-            request.setHeader(b"x-should-retry", b"false")
-        return errors.body(error)
+        return writeError(request, error, errors, self._redactor())
 
     # -- routes ---------------------------------------------------------
 

@@ -42,6 +42,12 @@ from ai_agent.events import (
     Usage,
 )
 from ai_agent.flow import CLIENT_STALL_TIMEOUT
+from ai_agent.headends._answers import (
+    configuredRedactor,
+    unknownEndpoint,
+    writeError,
+    wrongMethod,
+)
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._request import (
     MAX_MESSAGES,
@@ -59,7 +65,7 @@ from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
 from ai_agent.providers import ChatMessage, ToolCall
-from ai_agent.redaction import Redactor, safeError, shorten
+from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry
 from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
 from ai_agent.session import SessionRunner
@@ -779,8 +785,7 @@ class ResponsesHeadend:
 
     def _redactor(self) -> Redactor:
         if self.redactor is None:
-            providers = getattr(self.runner, "providers", None)
-            self.redactor = Redactor.fromConfig(getattr(providers, "config", None))
+            self.redactor = configuredRedactor(self.runner)
         return self.redactor
 
     def _bodyGate(self) -> BodyGate:
@@ -798,35 +803,14 @@ class ResponsesHeadend:
 
     @app.handle_errors(NotFound)
     def _notFound(self, request: IRequest, failure: Failure) -> bytes:
-        path = request.path.decode("utf-8", "replace")
-        return self._errorBody(request, notFound(f"no such endpoint: {shorten(path)}"))
+        return self._errorBody(request, unknownEndpoint(request))
 
     @app.handle_errors(MethodNotAllowed)
     def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, MethodNotAllowed)
-        method = request.method.decode("ascii", "replace")
-        allowed = ", ".join(error.valid_methods or ())
-        request.setHeader(b"allow", allowed.encode("ascii"))
-        return self._errorBody(
-            request,
-            AgentError(
-                f"{shorten(method)} is not allowed here; use {allowed}",
-                405,
-                ErrorKind.INVALID_REQUEST,
-                "method_not_allowed",
-            ),
-        )
+        return self._errorBody(request, wrongMethod(request, failure))
 
     def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
-        error = safeError(error, self._redactor())
-        request.setResponseCode(OPENAI_ERRORS.status(error))
-        request.setHeader(b"content-type", _JSON)
-        if error.retryAfter is not None:
-            request.setHeader(b"retry-after", str(max(1, round(error.retryAfter))).encode())
-        if error.sideEffects:
-            request.setHeader(b"x-should-retry", b"false")
-        return OPENAI_ERRORS.body(error)
+        return writeError(request, error, OPENAI_ERRORS, self._redactor())
 
     # -- the store ------------------------------------------------------
 
