@@ -67,11 +67,13 @@ class ToolFinished:
 class Retrying:
     """
     An LLM call failed and the turn is tried again (the same or the next
-    model).
+    model), or a model was passed over without a call (C{skipped}: its
+    provider is not configured).
     """
 
     model: str
     reason: str
+    skipped: bool = False
 
 
 @attrs.frozen
@@ -198,6 +200,8 @@ def progressText(event: Progress) -> str:
     if isinstance(event, ToolFinished):
         return f"{event.name} → {_summary(event.result)}\n"
     if isinstance(event, Retrying):
+        if event.skipped:
+            return f"skipping {event.model}: {event.reason}\n"
         return f"{event.model} failed ({event.reason}); retrying\n"
     inner = event.event
     text = inner.text if isinstance(inner, ReasoningDelta) else progressText(inner)

@@ -557,7 +557,7 @@ class SessionRunner:
                     model=model,
                     error=error.message,
                 )
-                sink.note(Retrying(model, error.message))
+                sink.note(Retrying(model, error.message, skipped=True))
                 return
             if retrying:
                 scope.retrying(*splitModel(model))

@@ -27,7 +27,8 @@ class ProgressTextTests(SynchronousTestCase):
     def test_lines(self) -> None:
         """
         Tool calls show their compacted arguments, results a one-line
-        summary, retries the model and reason; sub-agents' progress is
+        summary, retries the model and reason (a model passed over without a
+        call says it is skipped); sub-agents' progress is
         prefixed with their name, nested ones once per level.
         """
         self.assertEqual(
@@ -39,6 +40,9 @@ class ProgressTextTests(SynchronousTestCase):
             "calc__add → two lines\n",
         )
         self.assertEqual(progressText(Retrying("p/m", "boom")), "p/m failed (boom); retrying\n")
+        self.assertEqual(
+            progressText(Retrying("p/m", "no key", skipped=True)), "skipping p/m: no key\n"
+        )
         nested = SubAgentProgress(
             "agent__outer", SubAgentProgress("agent__inner", ToolStarted("t__x", "{}"))
         )
