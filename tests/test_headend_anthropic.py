@@ -147,6 +147,7 @@ class ParserTests(SynchronousTestCase):
             ({"tools": [{"type": "bash_20250124", "name": "bash"}]}, "tools[0].type"),
             ({"tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
             ({"tool_choice": {"type": "tool", "name": "x"}}, "tool_choice.name"),
+            ({"tool_choice": {"type": "tool", "name": ["x"]}}, "tool_choice.name"),
             ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ]
         for body, param in cases:

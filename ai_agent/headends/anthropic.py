@@ -489,7 +489,7 @@ def _parseToolChoice(value: Any, tools: tuple[ClientTool, ...]) -> tuple[ToolCho
         return ToolChoice(ToolChoice.NONE), parallel
     if kind == "tool":
         name = value.get("name")
-        if name not in {tool.spec.name for tool in tools}:
+        if not isinstance(name, str) or name not in {tool.spec.name for tool in tools}:
             raise invalidRequest(
                 f"tool_choice.name: {showValue(name)} is not one of the tools",
                 "tool_choice.name",
