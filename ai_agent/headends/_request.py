@@ -146,8 +146,8 @@ def parseChatRequest(body: bytes) -> ChatRequest:
     seed = _optional(data, "seed", int, None)
     stop = _parseStop(data.get("stop"))
     user = _optional(data, "user", str, None)
-    tools = _parseTools(data.get("tools"))
-    toolChoice = _parseToolChoice(data.get("tool_choice"), tools)
+    tools = parseFunctionTools(data.get("tools"))
+    toolChoice = parseToolChoice(data.get("tool_choice"), tools)
     parallel = _optional(data, "parallel_tool_calls", bool, None)
     responseFormat = _parseResponseFormat(data.get("response_format"))
     return ChatRequest(
@@ -424,11 +424,16 @@ def _show(value: Any) -> str:
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def _parseTools(value: Any) -> tuple[ClientTool, ...]:
+def parseFunctionTools(value: Any, nested: bool = True) -> tuple[ClientTool, ...]:
     """
     C{tools}: at most L{MAX_TOOLS} function tools, each with a name of
     letters, digits, C{_} and C{-} (at most 64), names unique, an optional
-    description and JSON-schema C{parameters} object.
+    description and JSON-schema C{parameters} object; any other tool type
+    is refused, naming it.
+
+    @param nested: the function is under C{function} (Chat Completions,
+        where C{type} may be left out), or flat in the tool (the Responses
+        API, where C{type} is required).
     """
     if value is None:
         return ()
@@ -450,27 +455,31 @@ def _parseTools(value: Any) -> tuple[ClientTool, ...]:
             raise invalidRequest(
                 f"'{where}' must be an object, not {_typeName(tool)}", where, "invalid_type"
             )
-        kind = tool.get("type", "function")
+        kind = tool.get("type", "function" if nested else None)
         if kind != "function":
             raise invalidRequest(
-                f"'{where}.type' is {_show(kind)}; only function tools are supported",
+                f"'{where}.type' is {_show(kind)}; only function tools are supported"
+                " (hosted tools are not available here)",
                 f"{where}.type",
                 "unsupported_tool_type",
             )
-        function = tool.get("function")
-        if not isinstance(function, dict):
-            raise invalidRequest(
-                f"'{where}.function' must be an object", f"{where}.function", "invalid_type"
-            )
-        spec = functionSpec(function, f"{where}.function")
+        function: Any = tool
+        functionWhere = where
+        if nested:
+            function, functionWhere = tool.get("function"), f"{where}.function"
+            if not isinstance(function, dict):
+                raise invalidRequest(
+                    f"'{functionWhere}' must be an object", functionWhere, "invalid_type"
+                )
+        spec = functionSpec(function, functionWhere)
         if spec.name in names:
             raise invalidRequest(
-                f"'{where}.function.name' repeats the tool name {spec.name!r}",
-                f"{where}.function.name",
+                f"'{functionWhere}.name' repeats the tool name {spec.name!r}",
+                f"{functionWhere}.name",
                 "duplicate_tool_name",
             )
         names.add(spec.name)
-        tools.append(ClientTool(spec, f"{where}.function.name"))
+        tools.append(ClientTool(spec, f"{functionWhere}.name"))
     return tuple(tools)
 
 
@@ -501,10 +510,12 @@ def functionSpec(function: dict[str, Any], where: str) -> ToolSpec:
     return ToolSpec(name, description or "", parameters)
 
 
-def _parseToolChoice(value: Any, tools: tuple[ClientTool, ...]) -> ToolChoice:
+def parseToolChoice(value: Any, tools: tuple[ClientTool, ...], nested: bool = True) -> ToolChoice:
     """
-    C{tool_choice}: C{none}, C{auto}, C{required}, or a function (by a name
-    among C{tools}).
+    C{tool_choice}: C{none}, C{auto}, C{required}, or a function by a name
+    among C{tools}: C{{"type": "function", "function": {"name": …}}} when
+    C{nested} (Chat Completions), C{{"type": "function", "name": …}} when
+    not (the Responses API).
     """
     if value is None:
         return ToolChoice()
@@ -522,19 +533,23 @@ def _parseToolChoice(value: Any, tools: tuple[ClientTool, ...]) -> ToolChoice:
             "tool_choice",
             "invalid_type",
         )
-    function = value.get("function")
-    name = function.get("name") if isinstance(function, dict) else None
+    holder = value.get("function") if nested else value
+    name = holder.get("name") if isinstance(holder, dict) else None
+    example = (
+        '{"type": "function", "function": {"name": ...}}'
+        if nested
+        else '{"type": "function", "name": ...}'
+    )
     if value.get("type") != "function" or not isinstance(name, str):
         raise invalidRequest(
-            '\'tool_choice\' must be {"type": "function", "function": {"name": ...}}',
+            f"'tool_choice' must be none, auto, required or {example}",
             "tool_choice",
             "invalid_value",
         )
+    param = "tool_choice.function.name" if nested else "tool_choice.name"
     if name not in {tool.spec.name for tool in tools}:
         raise invalidRequest(
-            f"'tool_choice.function.name' names {_show(name)}, which is not in 'tools'",
-            "tool_choice.function.name",
-            "invalid_value",
+            f"'{param}' names {_show(name)}, which is not in 'tools'", param, "invalid_value"
         )
     return ToolChoice(ToolChoice.TOOL, name)
 
@@ -734,6 +749,8 @@ __all__ = [
     "ChatRequest",
     "TOOL_NAME",
     "functionSpec",
+    "parseFunctionTools",
+    "parseToolChoice",
     "loadBody",
     "numberField",
     "optionalField",

@@ -51,12 +51,12 @@ from ai_agent.headends._answers import (
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._request import (
     MAX_MESSAGES,
-    MAX_TOOLS,
     OFF_REACTOR_THRESHOLD,
-    functionSpec,
     loadBody,
     numberField,
     optionalField,
+    parseFunctionTools,
+    parseToolChoice,
     showValue,
     typeName,
 )
@@ -169,8 +169,8 @@ def parseResponsesRequest(body: bytes) -> ResponsesRequest:
         raise invalidRequest(
             "'max_output_tokens' must be at least 1", "max_output_tokens", "invalid_value"
         )
-    tools = _parseTools(data.get("tools"))
-    toolChoice = _parseToolChoice(data.get("tool_choice"), tools)
+    tools = parseFunctionTools(data.get("tools"), nested=False)
+    toolChoice = parseToolChoice(data.get("tool_choice"), tools, nested=False)
     parallel = optionalField(data, "parallel_tool_calls", bool, None)
     outputFormat = _parseText(data.get("text"))
     metadata = _parseMetadata(data.get("metadata"))
@@ -340,85 +340,6 @@ def _textPart(partType: str, text: str) -> dict[str, Any]:
     if partType == "output_text":
         return {"type": "output_text", "text": text, "annotations": []}
     return {"type": "input_text", "text": text}
-
-
-def _parseTools(value: Any) -> tuple[ClientTool, ...]:
-    """
-    C{tools}: function tools, flat as the Responses API writes them
-    (C{{"type": "function", "name", "description", "parameters"}}); any
-    hosted tool type is refused, naming it.
-    """
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise invalidRequest(
-            f"'tools' must be an array, not {typeName(value)}", "tools", "invalid_type"
-        )
-    if len(value) > MAX_TOOLS:
-        raise invalidRequest(
-            f"'tools' holds {len(value)} items; at most {MAX_TOOLS} are allowed",
-            "tools",
-            "array_above_max_length",
-        )
-    tools: list[ClientTool] = []
-    names: set[str] = set()
-    for index, tool in enumerate(value):
-        where = f"tools[{index}]"
-        if not isinstance(tool, dict):
-            raise invalidRequest(
-                f"'{where}' must be an object, not {typeName(tool)}", where, "invalid_type"
-            )
-        kind = tool.get("type")
-        if kind != "function":
-            raise invalidRequest(
-                f"'{where}.type' is {showValue(kind)}: hosted tools are not available here;"
-                " only function tools are supported",
-                f"{where}.type",
-                "unsupported_tool_type",
-            )
-        spec = functionSpec(tool, where)
-        if spec.name in names:
-            raise invalidRequest(
-                f"'{where}.name' repeats the tool name {spec.name!r}",
-                f"{where}.name",
-                "duplicate_tool_name",
-            )
-        names.add(spec.name)
-        tools.append(ClientTool(spec, f"{where}.name"))
-    return tuple(tools)
-
-
-def _parseToolChoice(value: Any, tools: tuple[ClientTool, ...]) -> ToolChoice:
-    if value is None:
-        return ToolChoice()
-    if isinstance(value, str):
-        if value in (ToolChoice.NONE, ToolChoice.AUTO, ToolChoice.REQUIRED):
-            return ToolChoice(value)
-        raise invalidRequest(
-            f"'tool_choice' must be none, auto, required or a function, got {showValue(value)}",
-            "tool_choice",
-            "invalid_value",
-        )
-    if not isinstance(value, dict):
-        raise invalidRequest(
-            f"'tool_choice' must be a string or an object, not {typeName(value)}",
-            "tool_choice",
-            "invalid_type",
-        )
-    name = value.get("name")
-    if value.get("type") != "function" or not isinstance(name, str):
-        raise invalidRequest(
-            '\'tool_choice\' must be none, auto, required or {"type": "function", "name": ...}',
-            "tool_choice",
-            "invalid_value",
-        )
-    if name not in {tool.spec.name for tool in tools}:
-        raise invalidRequest(
-            f"'tool_choice.name' names {showValue(name)}, which is not in 'tools'",
-            "tool_choice.name",
-            "invalid_value",
-        )
-    return ToolChoice(ToolChoice.TOOL, name)
 
 
 def _parseText(value: Any) -> OutputFormat | None:
