@@ -334,7 +334,7 @@ def makeSite(
     to C{accessLog} if given, with C{/metrics} beside them when C{metrics}
     is given.
     """
-    router = APIRouter(headend.app.resource(), mounts)
+    router = APIRouter(headend.app, mounts)
     resource: Any = router if metrics is None else WithMetrics(router, metrics)
     return GuardedSite(resource, policy, errorFormats=router.errorFormat, logPath=accessLog)
 

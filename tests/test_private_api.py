@@ -137,3 +137,27 @@ class TwistedPrivateAPITests(SynchronousTestCase):
         headers = Headers({"x-a": ["1"]})
         headers.addRawHeader(b"x-a", b"2")
         self.assertEqual(headers.getRawHeaders(b"X-A"), [b"1", b"2"])
+
+    def test_kleinErrorHandlers(self) -> None:
+        """
+        A Klein app keeps its error handlers, in the order they were
+        declared, in C{_error_handlers} as pairs of exception types and
+        handler: the site's direct look-up of fixed routes runs them as
+        Klein's resource does.
+        """
+        from klein import Klein
+
+        app = Klein()
+
+        @app.handle_errors(KeyError, ValueError)
+        def first(request: object, failure: object) -> bytes:
+            return b""
+
+        @app.handle_errors(ZeroDivisionError)
+        def second(request: object, failure: object) -> bytes:
+            return b""
+
+        self.assertEqual(
+            [tuple(kinds) for kinds, _ in app._error_handlers],
+            [(KeyError, ValueError), (ZeroDivisionError,)],
+        )
