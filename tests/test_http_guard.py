@@ -10,6 +10,8 @@ import re
 import time
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -17,7 +19,13 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from ai_agent.headends._http import APIKeys, HTTPPolicy, UnusablePathError, canonicalPath
+from ai_agent.headends._http import (
+    APIKeys,
+    HTTPPolicy,
+    UnusablePathError,
+    _canonicalPath,
+    canonicalPath,
+)
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, startServer
 
@@ -521,6 +529,23 @@ class CanonicalPathTests(SynchronousTestCase):
             b"/a#b",
         ):
             self.assertRaises(UnusablePathError, canonicalPath, target)
+
+    @given(st.text(alphabet="/.a%2Fe:@!$&'()*+,;=~_-? #\x01\u00e9", max_size=16))
+    def test_shortcutAgrees(self, text: str) -> None:
+        """
+        The shortcut for paths that are already canonical gives what the
+        full decoding and escaping does, or refuses the same targets.
+        """
+        target = ("/" + text).encode("utf-8")
+        try:
+            expected: Any = _canonicalPath(target)
+        except UnusablePathError:
+            expected = UnusablePathError
+        try:
+            actual: Any = canonicalPath(target)
+        except UnusablePathError:
+            actual = UnusablePathError
+        self.assertEqual(actual, expected)
 
 
 class CORSTests(TestCase):

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import io
 import re
+import time
 from typing import Any, Callable, Iterable, cast
 from urllib.parse import quote, unquote_to_bytes
 
@@ -22,7 +23,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
+from twisted.web import http, server
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
@@ -65,6 +66,11 @@ _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 #: An absolute-form request target's scheme and authority.
 _ABSOLUTE_FORM = re.compile(rb"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
+#: A path that is its own canonical spelling: non-empty segments of
+#: characters written back unescaped, no escape (segments that are C{.} or
+#: C{..} are ruled out apart).
+_CANONICAL_ALREADY = re.compile(rb"(?:/[A-Za-z0-9!$&'()*+,;=:@._~-]+)+/?|/")
+
 
 class UnusablePathError(ValueError):
     """
@@ -86,6 +92,18 @@ def canonicalPath(target: bytes) -> tuple[bytes, bytes]:
         malformed or double escape, bytes that are not UTF-8, control
         characters, C{.} or C{..} segments, a fragment, or a target that is
         not a path.
+    """
+    path, question, query = target.partition(b"?")
+    if _CANONICAL_ALREADY.fullmatch(path) and b"/." not in path:
+        # The common case: what _canonicalPath would give, without decoding
+        # and escaping each segment again.
+        return path, question + query
+    return _canonicalPath(target)
+
+
+def _canonicalPath(target: bytes) -> tuple[bytes, bytes]:
+    """
+    L{canonicalPath} for any target.
     """
     target = _ABSOLUTE_FORM.sub(b"", target, count=1) or b"/"
     path, question, query = target.partition(b"?")
@@ -186,6 +204,22 @@ class HTTPPolicy:
         return origin if origin.decode("latin-1") in self.corsOrigins else None
 
 
+_DEFAULT_POLICY = HTTPPolicy()
+
+
+def _httpDate(now: float) -> bytes:
+    """
+    The C{Date} header's value for C{now}: made once per second.
+    """
+    second = int(now)
+    if second != _lastDate[0]:
+        _lastDate[:] = [second, http.datetimeToString(second)]
+    return cast(bytes, _lastDate[1])
+
+
+_lastDate: list[Any] = [None, b""]
+
+
 class GuardedRequest(Request):
     """
     A request checked as its head arrives: key, content type and declared
@@ -201,7 +235,7 @@ class GuardedRequest(Request):
     @property
     def policy(self) -> HTTPPolicy:
         site = cast(Any, self.channel).site
-        return getattr(site, "policy", HTTPPolicy())
+        return getattr(site, "policy", _DEFAULT_POLICY)
 
     def gotLength(self, length: int | None) -> None:
         refusal = self._screen(length)
@@ -361,7 +395,27 @@ class GuardedRequest(Request):
         if self._refusal is not None:
             self._respond(self._refusal)
             return
-        super().process()
+        self._render()
+
+    def _render(self) -> None:
+        """
+        What L{Request.process} does, with the C{Date} header made once a
+        second.  The path is canonical here (it never is C{*}).
+        """
+        self.setHeader(b"Server", server.version)
+        self.setHeader(b"Date", _httpDate(time.time()))
+        self.prepath = []
+        self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
+        try:
+            resource = cast(Site, self.site).getResourceFor(self)
+            getEncoder = getattr(resource, "getEncoder", None)
+            if getEncoder is not None:
+                encoder = getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(resource)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def _preflight(self, origin: bytes | None) -> None:
         if origin is None:
@@ -438,7 +492,7 @@ class GuardedChannel(http.HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:
-            limit = getattr(getattr(self, "site", None), "policy", HTTPPolicy()).requestDeadline
+            limit = getattr(getattr(self, "site", None), "policy", _DEFAULT_POLICY).requestDeadline
             self._deadline = self.callLater(limit, self._deadlinePassed)
         super().dataReceived(data)
 
