@@ -735,6 +735,16 @@ def _parseToolCalls(value: Any, where: str) -> tuple[ToolCall, ...]:
     return tuple(calls)
 
 
+def headerLookup(request: Any) -> Callable[[bytes], bytes | None]:
+    """
+    What C{request.getHeader} answers (a header's last value, or L{None}),
+    for a lowercase name, from one pass over the request's headers: for
+    asking about many headers a request mostly does not carry.
+    """
+    last = {name.lower(): values[-1] for name, values in request.requestHeaders.getAllRawHeaders()}
+    return last.get
+
+
 #: The body checks every API's parser shares (see L{_loads}, L{_optional},
 #: L{_number}, L{_typeName}, L{_show}).
 loadBody = _loads
@@ -749,6 +759,7 @@ __all__ = [
     "ChatRequest",
     "TOOL_NAME",
     "functionSpec",
+    "headerLookup",
     "parseFunctionTools",
     "parseToolChoice",
     "loadBody",

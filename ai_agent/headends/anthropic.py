@@ -60,6 +60,7 @@ from ai_agent.headends._request import (
     MAX_TOOLS,
     OFF_REACTOR_THRESHOLD,
     TOOL_NAME,
+    headerLookup,
     loadBody,
     numberField,
     optionalField,
@@ -874,7 +875,7 @@ class AnthropicHeadend:
             requestId=_messageId(),
             stream=parsed.stream,
             user=parsed.user,
-            forwarded=forwardedHeaders(request.getHeader),
+            forwarded=forwardedHeaders(headerLookup(request)),
         )
         run = parsed.runRequest(labels)
         encoder = MessagesEncoder(

@@ -52,6 +52,7 @@ from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._request import (
     MAX_MESSAGES,
     OFF_REACTOR_THRESHOLD,
+    headerLookup,
     loadBody,
     numberField,
     optionalField,
@@ -853,7 +854,7 @@ class ResponsesHeadend:
             requestId=responseId,
             stream=parsed.stream,
             user=None if parsed.user is None else loggable(parsed.user),
-            forwarded=forwardedHeaders(request.getHeader),
+            forwarded=forwardedHeaders(headerLookup(request)),
         )
         run = RunRequest(
             conversation([*history, *items]),
