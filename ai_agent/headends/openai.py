@@ -127,7 +127,7 @@ class ChunkEncoder:
 
     def _makeEnvelope(self) -> tuple[bytes, bytes]:
         # Made with the first chunk: a whole answer never needs it.
-        head = _dumps(
+        head = _dumpsPlain(
             {
                 "id": self.completionId,
                 "object": "chat.completion.chunk",
