@@ -13,14 +13,18 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
 
 from ai_agent.headends._http import (
     APIKeys,
+    GuardedSite,
     HTTPPolicy,
     UnusablePathError,
     _canonicalPath,
@@ -705,3 +709,57 @@ class AccessLogTests(TestCase):
         site = GuardedSite(None)
         self.assertIsNone(site.logPath)
         site.log(None)  # must not touch the request at all
+
+
+class _CountingTransport(StringTransport):
+    """
+    A transport counting how often it is asked for its addresses.
+    """
+
+    asked = 0
+
+    def getHost(self) -> Any:
+        self.asked += 1
+        return super().getHost()
+
+    def getPeer(self) -> Any:
+        self.asked += 1
+        return super().getPeer()
+
+
+class ChannelAddressTests(SynchronousTestCase):
+    """
+    L{GuardedChannel} asks its transport for its addresses once.
+    """
+
+    def test_addressesOncePerConnection(self) -> None:
+        """
+        Requests on one connection see the connection's addresses, asked of
+        the transport once (the local one is a system call on TCP), not
+        once per request.
+        """
+        seen: list[tuple[Any, Any]] = []
+
+        class _Addresses(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                seen.append((request.getHost(), request.getClientAddress()))
+                return b"ok"
+
+        site = GuardedSite(_Addresses(), reactor=Clock())
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = _CountingTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 80),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 5555),
+        )
+        protocol.makeConnection(transport)
+        asked = transport.asked
+        for _ in range(3):
+            protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 3)
+        self.assertEqual(
+            seen,
+            [(IPv4Address("TCP", "127.0.0.1", 80), IPv4Address("TCP", "127.0.0.1", 5555))] * 3,
+        )
+        self.assertLessEqual(transport.asked - asked, 2)

@@ -489,6 +489,21 @@ class GuardedChannel(http.HTTPChannel):
 
     _deadline: IDelayedCall | None = None
     _lingerCall: IDelayedCall | None = None
+    _host: Any = None
+    _peer: Any = None
+
+    def getHost(self) -> Any:
+        # Each request asks (twisted.web's Request keeps both addresses);
+        # a connection's addresses never change, and the local one costs a
+        # getsockname system call.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:
