@@ -12,11 +12,12 @@ import os
 from typing import Any, Sequence, TextIO
 
 from twisted.internet.error import CannotListenError
-from twisted.logger import FileLogObserver, LogLevel, eventAsText, formatTime
+from twisted.logger import FileLogObserver, LogLevel, formatTime
 from twisted.web.client import _HTTP11ClientFactory
 
 from ai_agent import __version__
 from ai_agent.config import Config, describeMissing
+from ai_agent.observe._logs import eventText
 from ai_agent.registry import AgentRegistry
 from ai_agent.session import splitModel
 
@@ -216,7 +217,7 @@ def textObserver(stream: TextIO, worker: str | None = None) -> Any:
     def format(event: dict[str, Any]) -> str | None:
         if _isNoise(event):
             return None
-        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        text = eventText(event)
         level = _LEVELS.get(event.get("log_level"), "")
         return f"{stamp(event.get('log_time'))} {prefix}{level}{text}\n"
 
