@@ -195,6 +195,22 @@ def _isNoise(event: dict[str, Any]) -> bool:
     return False
 
 
+def _quickText(event: dict[str, Any]) -> str | None:
+    """
+    The text of a plain event (a format string of named fields, no failure)
+    through C{str.format_map}, about ten times cheaper than Twisted's
+    formatter, which also calls C{{name()}} fields; L{None} for anything
+    else (the caller falls back to Twisted's formatting).
+    """
+    text = event.get("log_format")
+    if type(text) is not str or "log_failure" in event or "()" in text:
+        return None
+    try:
+        return text.format_map(event)
+    except Exception:
+        return None
+
+
 def textObserver(stream: TextIO, worker: str | None = None) -> Any:
     """
     A log observer writing C{time [worker N] level: text} lines, without
@@ -216,7 +232,9 @@ def textObserver(stream: TextIO, worker: str | None = None) -> Any:
     def format(event: dict[str, Any]) -> str | None:
         if _isNoise(event):
             return None
-        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        text = _quickText(event)
+        if text is None:
+            text = eventAsText(event, includeTimestamp=False, includeSystem=False)
         level = _LEVELS.get(event.get("log_level"), "")
         return f"{stamp(event.get('log_time'))} {prefix}{level}{text}\n"
 
