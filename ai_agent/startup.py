@@ -13,7 +13,6 @@ from typing import Any, Sequence, TextIO
 
 from twisted.internet.error import CannotListenError
 from twisted.logger import FileLogObserver, LogLevel, eventAsText, formatTime
-from twisted.web.client import _HTTP11ClientFactory
 
 from ai_agent import __version__
 from ai_agent.config import Config, describeMissing
@@ -30,15 +29,6 @@ class StartupError(Exception):
     The server cannot start; the message is one line saying why and what to
     do.
     """
-
-
-class QuietClientFactory(_HTTP11ClientFactory):
-    """
-    The upstream connection pool's protocol factory, without a "Starting
-    factory" and a "Stopping factory" log line for every connection.
-    """
-
-    noisy = False
 
 
 def listenError(error: CannotListenError) -> StartupError:
@@ -242,7 +232,6 @@ def textObserver(stream: TextIO, worker: str | None = None) -> Any:
 
 
 __all__ = [
-    "QuietClientFactory",
     "StartupError",
     "WORKER_VARIABLE",
     "address",

@@ -111,20 +111,6 @@ class TwistedPrivateAPITests(SynchronousTestCase):
         service.startService()
         self.assertTrue(service._waitingForPort.called)
 
-    def test_quietClientFactory(self) -> None:
-        """
-        The upstream connection pool builds its protocols from its
-        C{_factory}, which the runtime replaces by a subclass of
-        C{_HTTP11ClientFactory} that logs no start and stop lines.
-        """
-        from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
-
-        from ai_agent.startup import QuietClientFactory
-
-        self.assertIs(HTTPConnectionPool._factory, _HTTP11ClientFactory)
-        self.assertTrue(issubclass(QuietClientFactory, _HTTP11ClientFactory))
-        self.assertFalse(QuietClientFactory.noisy)
-
     def test_headerNameCache(self) -> None:
         """
         Twisted's header-name encoder caches in C{_canonicalHeaderCache}
