@@ -123,3 +123,21 @@ class TwistedPrivateAPITests(SynchronousTestCase):
         headers = Headers({"x-a": ["1"]})
         headers.addRawHeader(b"x-a", b"2")
         self.assertEqual(headers.getRawHeaders(b"X-A"), [b"1", b"2"])
+
+    def test_writeBuffers(self) -> None:
+        """
+        L{ai_agent._eager.sendNow} reads a TCP transport's queue through
+        C{dataBuffer}, C{_tempDataLen} and C{_writeDisconnected}, sends on
+        its C{socket}, and sees through C{ProtocolWrapper}, whose C{write}
+        passes straight to its transport.
+        """
+        import inspect
+
+        from twisted.internet import abstract, tcp
+        from twisted.protocols.policies import ProtocolWrapper
+
+        source = inspect.getsource(abstract.FileDescriptor)
+        for name in ("self.dataBuffer", "self._tempDataLen", "self._writeDisconnected"):
+            self.assertIn(name, source)
+        self.assertIn("self.socket.send", inspect.getsource(tcp.Connection.writeSomeData))
+        self.assertIn("self.transport.write(data)", inspect.getsource(ProtocolWrapper.write))

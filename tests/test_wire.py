@@ -31,6 +31,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from ai_agent._eager import sendNow
 from ai_agent.providers._wire import (
     MAX_HEAD,
     BytesProducer,
@@ -557,3 +558,62 @@ class PoolTests(TestCase):
         response = await treq.post(url, json={"k": "v"})
         answer = await response.json()
         self.assertEqual(json.loads(answer["got"]), {"k": "v"})
+
+
+class SendNowTests(TestCase):
+    """
+    L{sendNow} on real TCP connections on 127.0.0.1.
+    """
+
+    async def pair(self) -> tuple[Any, BodyCollector]:
+        """
+        A connected (client transport, server-side collector) pair.
+        """
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        received = BodyCollector()
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(lambda: received)
+        )
+        self.addCleanup(port.stopListening)
+        client = await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Protocol()
+        )
+        self.addCleanup(client.transport.abortConnection)
+        return client.transport, received
+
+    async def test_sentAtOnce(self) -> None:
+        """
+        With nothing queued, the bytes leave in the call: the transport
+        keeps nothing and does not wait to be writable; through a plain
+        C{ProtocolWrapper} as well.
+        """
+        from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+        transport, received = await self.pair()
+        sendNow(transport, b"now")
+        self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
+        self.assertNotIn(transport, reactor.getWriters())
+        wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+        wrapper.makeConnection(transport)
+        sendNow(wrapper, b" and again")
+        self.assertNotIn(transport, reactor.getWriters())
+        await waitFor(lambda: received.body == b"now and again")
+
+    async def test_orderKept(self) -> None:
+        """
+        Behind bytes already queued, the bytes are queued too, in order.
+        """
+        transport, received = await self.pair()
+        transport.write(b"first ")
+        sendNow(transport, b"second")
+        self.assertIn(transport, reactor.getWriters())
+        await waitFor(lambda: received.body == b"first second")
+
+    def test_otherTransports(self) -> None:
+        """
+        A transport that is not plain TCP gets an ordinary write.
+        """
+        transport = StringTransport()
+        sendNow(transport, b"data")
+        self.assertEqual(transport.value(), b"data")

@@ -58,6 +58,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
+from ai_agent._eager import sendNow
+
 MAX_HEAD = 64 * 1024
 """
 The most bytes of a response's status line and headers (with any interim
@@ -285,7 +287,7 @@ class _WireProtocol(Protocol):
         transport = self.transport
         assert transport is not None
         if body is not None:
-            transport.writeSequence([head, body])
+            sendNow(transport, head + body if body else head)
         else:
             transport.write(head)
             if producer is not None:
