@@ -141,3 +141,18 @@ class TwistedPrivateAPITests(SynchronousTestCase):
             self.assertIn(name, source)
         self.assertIn("self.socket.send", inspect.getsource(tcp.Connection.writeSomeData))
         self.assertIn("self.transport.write(data)", inspect.getsource(ProtocolWrapper.write))
+
+    def test_headersStorage(self) -> None:
+        """
+        The lean upstream client fills a response's C{Headers} through
+        C{_rawHeaders} (canonical name to values) with names from
+        C{_nameEncoder.encode}, which raises C{InvalidHeaderName} for a
+        name that is not a token.
+        """
+        from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
+
+        headers = Headers()
+        headers._rawHeaders[_nameEncoder.encode(b"content-type")] = [b"text/plain"]
+        self.assertEqual(headers.getRawHeaders(b"Content-Type"), [b"text/plain"])
+        self.assertEqual(headers.getRawHeaders("content-type"), ["text/plain"])
+        self.assertRaises(InvalidHeaderName, _nameEncoder.encode, b"bad name")

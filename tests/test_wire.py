@@ -223,6 +223,7 @@ class ParsingTests(SynchronousTestCase):
             b"HTTP/1.1 2000 OK\r\n\r\n": "status code",
             b"HTTP/1.1 200 OK\r\n bad: fold\r\n\r\n": "whitespace",
             b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n": "header line",
+            b"HTTP/1.1 200 OK\r\nbad\x00name: x\r\n\r\n": "header name",
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n": "conflicting",
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n": "Content-Length",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n": "chunked",

@@ -418,12 +418,6 @@ class HTTPCall:
         @return: L{result}.
         """
         provider, request = self.provider, self.request
-        log.debug(
-            "provider {provider} calling model {model} (stream={stream})",
-            provider=provider.name,
-            model=request.model,
-            stream=request.stream,
-        )
         self._flow = currentFlow.get()
         if self._flow is not None:
             self._flow.register(self)

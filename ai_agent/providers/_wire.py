@@ -54,7 +54,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import URI, ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
+from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
@@ -387,7 +387,11 @@ class _WireProtocol(Protocol):
             return False
         minor = status[0][7:]
         version = (b"HTTP", 1, 1 if minor == b"1" else 0)
-        raw: dict[bytes, list[bytes]] = {}
+        headers = Headers()
+        # Filled directly: the names canonicalised by Twisted's (cached)
+        # encoder, the values as they came (a header line holds no line
+        # break), without setRawHeaders' per-value checks.
+        raw: dict[bytes, list[bytes]] = headers._rawHeaders
         previous: list[bytes] | None = None
         for line in lines[1:]:
             if line[:1] in (b" ", b"\t"):
@@ -398,23 +402,29 @@ class _WireProtocol(Protocol):
             name, colon, value = line.partition(b":")
             if not colon or not name or name != name.strip():
                 raise WireProtocolError(f"not a header line: {line[:80]!r}")
-            previous = raw.setdefault(name.lower(), [])
+            try:
+                canonical = _nameEncoder.encode(name)
+            except InvalidHeaderName:
+                raise WireProtocolError(f"not a header name: {name[:80]!r}") from None
+            previous = raw.get(canonical)
+            if previous is None:
+                previous = raw[canonical] = []
             previous.append(value.strip())
-        connection = b",".join(raw.get(b"connection", ())).lower()
+        connection = b",".join(raw.get(b"Connection", ())).lower()
         if version[2] == 1:
             self._keepAlive = b"close" not in connection
         else:
             self._keepAlive = b"keep-alive" in connection
         length: int | object = UNKNOWN_LENGTH
-        codings = raw.get(b"transfer-encoding")
+        codings = raw.get(b"Transfer-Encoding")
         if self._method == b"HEAD" or code in _NO_BODY_CODES:
             self._framing, length = _NONE, 0
         elif codings:
             if b",".join(codings).lower().rsplit(b",", 1)[-1].strip() != b"chunked":
                 raise WireProtocolError("a transfer coding other than chunked comes last")
             self._framing, self._chunkState = _CHUNKED, _SIZE
-        elif b"content-length" in raw:
-            values = {v.strip() for value in raw[b"content-length"] for v in value.split(b",")}
+        elif b"Content-Length" in raw:
+            values = {v.strip() for value in raw[b"Content-Length"] for v in value.split(b",")}
             if len(values) != 1:
                 raise WireProtocolError("conflicting Content-Length values")
             value = values.pop()
@@ -427,7 +437,7 @@ class _WireProtocol(Protocol):
             self._keepAlive = False
         self.state = _BODY
         response = WireResponse(
-            self, version, code, status[2] if len(status) > 2 else b"", Headers(raw), length
+            self, version, code, status[2] if len(status) > 2 else b"", headers, length
         )
         self._response = response
         result, self._result = self._result, None
