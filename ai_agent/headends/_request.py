@@ -60,8 +60,12 @@ _STRING = re.compile(rb'"[^"]*"')
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 _STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 # A \\u escape that may start half of a surrogate pair, and the lone half itself.
-#: Digits enough for an integer orjson would not keep exact.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+#: Bodies up to this size are parsed with orjson first (see L{_loads}).
+_ORJSON_LIMIT = 4096
+#: Every digit as C{0}, everything else as C{.}: a run of digits enough
+#: for an integer orjson would not keep exact is then L{_LONG_DIGITS}.
+_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2E for b in range(256))
+_LONG_DIGITS = b"0" * 19
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -286,12 +290,13 @@ def _loads(body: bytes) -> Any:
             f" at most {MAX_CONTAINERS} are allowed",
             code="request_too_complex",
         )
-    if _LONG_DIGITS.search(body) is None:
+    if len(body) <= _ORJSON_LIMIT and _LONG_DIGITS not in body.translate(_DIGITS):
         # orjson parses what json does to the same values, and refuses
         # everything refused below (bytes that are not UTF-8, NaN, numbers
         # too large for a float, lone surrogates) but integers past 64 bits,
         # which it turns into floats: a body with a run of 19 digits is left
         # to json.  A refused body goes on, to be refused in json's words.
+        # Past a few KiB, looking for such a run costs what orjson saves.
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
