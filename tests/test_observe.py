@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import eventAsText, globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
@@ -32,7 +32,6 @@ from ai_agent.observe import (
     Observability,
     Tracing,
     eventAsJSON,
-    eventText,
     tracingWanted,
 )
 from ai_agent.tap import ServerOptions, makeObserver
@@ -423,17 +422,17 @@ class JSONLogTests(SynchronousTestCase):
         self.assertFalse([key for key in record if key.startswith(("_", "log_"))])
 
 
-class TextLogTests(SynchronousTestCase):
+class JSONLogMessageTests(SynchronousTestCase):
     """
-    The text log's fast formatting.
+    The JSON log's fast formatting of messages.
     """
 
     def test_sameTextAsTwisted(self) -> None:
         """
-        L{eventText} gives what Twisted's C{eventAsText} (no time, no
-        system) gives: a run's line, fields formatted, indexed, converted
-        and called, missing fields, positional fields, bytes and absent
-        formats, a failure's traceback.
+        A JSON log line's C{message} is what Twisted's C{formatEvent} gives:
+        for a run's line, fields formatted, indexed, converted and called,
+        missing fields, positional fields, bytes and absent formats, with a
+        failure.
         """
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
@@ -456,9 +455,7 @@ class TextLogTests(SynchronousTestCase):
         ]
         self.assertEqual(len(cases), 10)
         for event in cases:
-            self.assertEqual(
-                eventText(event), eventAsText(event, includeTimestamp=False, includeSystem=False)
-            )
+            self.assertEqual(json.loads(eventAsJSON(event))["message"], formatEvent(event))
 
 
 class _Receiver(Resource):

@@ -21,7 +21,7 @@ from ai_agent.observe._hooks import (
     ToolScope,
     requestScope,
 )
-from ai_agent.observe._logs import eventAsJSON, eventText, jsonFileLogObserver
+from ai_agent.observe._logs import eventAsJSON, jsonFileLogObserver
 from ai_agent.observe._metrics import (
     MULTIPROC_DIR,
     TOKEN_TYPES,
@@ -62,7 +62,6 @@ __all__ = [
     "Tracing",
     "WithMetrics",
     "eventAsJSON",
-    "eventText",
     "extractTraceContext",
     "injectTraceContext",
     "jsonFileLogObserver",

@@ -18,7 +18,7 @@ import json
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from twisted.logger import FileLogObserver, eventAsText, formatEvent
+from twisted.logger import FileLogObserver, formatEvent
 
 _PRIMITIVE = (str, int, float, bool, type(None))
 
@@ -39,18 +39,6 @@ def _formatted(event: dict[str, Any]) -> str | None:
         return format.format_map(event)
     except Exception:
         return None
-
-
-def eventText(event: dict[str, Any]) -> str:
-    """
-    C{eventAsText(event, includeTimestamp=False, includeSystem=False)}: the
-    message, and the traceback of a failure.
-    """
-    if "log_failure" not in event:
-        text = _formatted(event)
-        if text is not None:
-            return text
-    return eventAsText(event, includeTimestamp=False, includeSystem=False)
 
 
 def _jsonable(value: Any) -> Any:
@@ -94,4 +82,4 @@ def jsonFileLogObserver(stream: IO[str]) -> FileLogObserver:
     return FileLogObserver(stream, eventAsJSON)
 
 
-__all__ = ["eventAsJSON", "eventText", "jsonFileLogObserver"]
+__all__ = ["eventAsJSON", "jsonFileLogObserver"]
