@@ -121,7 +121,9 @@ def _renderRoute(route: _Route, request: Any) -> Any:
     bytes (or text) are written, then the request finished; a failure goes
     through the app's error handlers in order (else werkzeug's answer for an
     HTTP exception, else the request's C{processingFailed}); the handler's
-    Deferred is cancelled when the client goes away first.
+    Deferred is cancelled when the client goes away first.  Every route
+    and error handler of these apps returns bytes, text or L{None}: what
+    Klein also does with a returned resource or renderable is not repeated.
     """
     request.prepath.extend(request.postpath[: route.segments])
     request.postpath = request.postpath[route.segments :]
