@@ -428,7 +428,7 @@ def toolLines(samples: dict[str, Any]) -> list[str]:
         "An MCP server built with the official MCP Python SDK (`bench/_mcpserver.py`, one tool,",
         "`echo`), over stdio and over Streamable HTTP, called by the SDK's own client and by an",
         "agent of this server; and a sub-agent call. Milliseconds, medians over rounds (see How",
-        f"it was measured). A plain run of this server adds {_fmt(f.get('plain.added'), 3)}"
+        f"it was measured). A plain run of this server adds {_fmt(f.get('plain.added'), 3)} ms"
         " over its one upstream call here.",
         "",
         "| MCP transport | SDK client, per call p50 / p99 | inside a run, per call p50 / p99"
@@ -727,7 +727,56 @@ def plots(samples: dict[str, Any], f: dict[str, Any], imgDir: str) -> list[tuple
     fig.savefig(os.path.join(imgDir, "perf-throughput.png"), dpi=100)
     plt.close(fig)
     made.append(("perf-throughput.png", "Throughput (median of rounds)"))
+    made += headendToolPlot(samples, f, imgDir)
     return made
+
+
+def headendToolPlot(
+    samples: dict[str, Any], f: dict[str, Any], imgDir: str
+) -> list[tuple[str, str]]:
+    """
+    One PNG for the headends and the tool calls: each API's added p50
+    (non-streamed and TTFT), and each MCP transport's time per call, the
+    SDK's client against a call inside a run (nothing when not measured).
+    """
+    tools = toolFigures(samples)
+    if f"latency_responses_c1.added_p50.{OURS}" not in f and not any(
+        f"mcp.span.p50.{t}" in tools for t, _ in MCP_TRANSPORTS
+    ):
+        return []
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    apis = (
+        ("Chat\nCompletions", "latency_c1", "ttft_c1"),
+        ("Responses", "latency_responses_c1", "ttft_responses_c1"),
+        ("Anthropic\nMessages", "latency_messages_c1", "ttft_messages_c1"),
+    )
+    positions = range(len(apis))
+    for offset, (label, index) in ((-0.2, ("non-streamed", 1)), (0.2, ("TTFT", 2))):
+        values = [_value(f, f"{api[index]}.added_p50.{OURS}") or 0 for api in apis]
+        bars = axes[0].bar([p + offset for p in positions], values, width=0.4, label=label)
+        axes[0].bar_label(bars, fmt="%.2f")
+    axes[0].set_xticks(list(positions), [api[0] for api in apis])
+    axes[0].set_ylabel("ms added (p50, c=1)")
+    axes[0].set_title("ai-agent's added latency by API")
+    axes[0].legend()
+    names = [name for t, name in MCP_TRANSPORTS]
+    for offset, (label, key) in (
+        (-0.2, ("MCP SDK client", "sdk")),
+        (0.2, ("inside a run", "span")),
+    ):
+        values = [tools.get(f"mcp.{key}.p50.{t}") or 0 for t, _ in MCP_TRANSPORTS]
+        bars = axes[1].bar([p + offset for p in range(len(names))], values, width=0.4, label=label)
+        axes[1].bar_label(bars, fmt="%.2f")
+    axes[1].set_xticks(list(range(len(names))), names)
+    axes[1].set_ylabel("ms per call (p50)")
+    axes[1].set_title("One MCP tool call")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(imgDir, "perf-headends-tools.png"), dpi=100)
+    plt.close(fig)
+    return [("perf-headends-tools.png", "Headends and MCP tool calls (median of rounds)")]
 
 
 def allFiguresTable(f: dict[str, Any]) -> list[str]:
@@ -982,7 +1031,11 @@ def write(samples: dict[str, Any], outDir: str) -> None:
         "  result, one after the other), minus a plain run's added p50 (a run without tools on",
         "  the same server, minus the same request made directly), per round; this is the MCP",
         "  call plus this server's cost of a second upstream call and a second turn. A run",
-        "  counts only when its answer is exact and both progress frames came once.",
+        "  counts only when its answer is exact and both progress frames came once; a call",
+        "  whose two frames came in one read cannot be timed and is counted as *not timed*.",
+        "  The MCP server is kept off CPU 0: there, woken by the call, it would run before this",
+        "  server flushed the progress frame written just before the call, and the frames",
+        "  would no longer mark the call's start (tried: several calls a round went untimed).",
         "- Sub-agent: a parent agent whose `agents:` lists `child.ai` (like `bench`: no tools,",
         '  one upstream call); the upstream calls `agent__child` with `{"prompt": <the user\'s',
         "  message>}` (the bench upstream fills the first required string parameter of the",

@@ -140,7 +140,7 @@ FULL = Plan(
     idleLevels=(1000, 9950),
     coldStarts=7,
     toolTrips=150,
-    toolRuns=200,
+    toolRuns=300,
 )
 
 

@@ -19,13 +19,13 @@ from unittest import mock
 
 import attrs
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from ai_agent.store import defaultStorePath
 from ai_agent.testing import wordPieces
-from bench import _client, _run
+from bench import _client, _report, _run
 from bench._client import Target
 from bench._report import (
     allFiguresTable,
@@ -1096,3 +1096,35 @@ class ToolMeasureTests(SynchronousTestCase):
             # process is not pinned here, and may read late).
             self.assertEqual(len(value["spanMs"]) + value["unresolved"], 3)
             self.assertTrue(all(0 < span < max(value["ms"]) for span in value["spanMs"]))
+
+
+class WholeReportTests(SynchronousTestCase):
+    """
+    The report written from samples with the new arms.
+    """
+
+    def test_sectionsAndPlot(self) -> None:
+        """
+        The document gets the headends section, the tools section, their
+        target rows and their plot, and the measurement notes describe them.
+        """
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SkipTest("matplotlib (bench/run installs it in bench/.venv) is missing") from None
+        samples = {
+            **HeadendReportTests().samples(1.05, 1.08),
+            **ToolReportTests().samples(1.0),
+        }
+        out = self.mktemp()
+        _report.write(samples, out)
+        with open(os.path.join(out, "performance.md"), encoding="utf-8") as f:
+            text = f.read()
+        for heading in ("## Headends", "## Tools inside a run"):
+            self.assertEqual(text.count("\n" + heading + "\n"), 1, heading)
+        self.assertIn("| Responses / Anthropic / client-tool round trip within 10 %", text)
+        self.assertIn("| MCP tool call inside a run no slower than the MCP SDK client", text)
+        self.assertIn("| cost of a sub-agent call (p50) |", text)
+        self.assertIn("![Headends and MCP tool calls", text)
+        self.assertIn("- Tools inside a run", text)
+        self.assertTrue(os.path.exists(os.path.join(out, "img", "perf-headends-tools.png")))
