@@ -518,15 +518,15 @@ def targetsTable(samples: dict[str, Any], f: dict[str, Any]) -> list[tuple[str, 
     p99 = _value(f, f"latency_c1.added_p99.{OURS}")
     row(
         "added latency p50, c=1",
-        "≤ 1.0 ms",
+        "≤ 0.75 ms",
         _fmt(p50, 3) + " ms",
-        None if p50 is None else p50 <= 1.0,
+        None if p50 is None else p50 <= 0.75,
     )
     row(
         "added latency p99, c=1",
-        "≤ 3 ms",
+        "≤ 1.5 ms",
         _fmt(p99, 3) + " ms",
-        None if p99 is None else p99 <= 3.0,
+        None if p99 is None else p99 <= 1.5,
     )
     lite50 = _value(f, f"latency_c1.added_p50.{LITE}")
     r = ratio(p50, lite50) if p50 is not None and lite50 is not None else None
@@ -539,9 +539,9 @@ def targetsTable(samples: dict[str, Any], f: dict[str, Any]) -> list[tuple[str, 
     t50 = _value(f, f"ttft_c1.added_p50.{OURS}")
     row(
         "time to first token added, p50",
-        "≤ 2 ms",
+        "≤ 0.7 ms",
         _fmt(t50, 3) + " ms",
-        None if t50 is None else t50 <= 2.0,
+        None if t50 is None else t50 <= 0.7,
     )
     tokens = _value(f, f"tokens.{OURS}")
     fidelity = f.get(f"tokens.fidelity.{OURS}")
@@ -553,14 +553,14 @@ def targetsTable(samples: dict[str, Any], f: dict[str, Any]) -> list[tuple[str, 
         None if tokens is None else tokens >= 20000 and intact,
     )
     rps = _value(f, f"rps.{OURS}")
-    row("requests/s, one core", "≥ 1,500", _fmt(rps, 0), None if rps is None else rps >= 1500)
+    row("requests/s, one core", "≥ 2,000", _fmt(rps, 0), None if rps is None else rps >= 2000)
     perCore = f.get(f"rps.perCore.{OURS}")
     if perCore is not None:
         row(
             "requests/s per fully used core (1 / server CPU per request)",
-            "≥ 1,500",
+            "≥ 2,000",
             f"{perCore:.0f} ({f[f'rps.cpuPerRequestUs.{OURS}']:.0f} µs of CPU per request)",
-            perCore >= 1500,
+            perCore >= 2000,
         )
     literps = _value(f, f"rps.{LITE}")
     r = ratio(rps, literps) if rps is not None and literps is not None else None
@@ -575,9 +575,9 @@ def targetsTable(samples: dict[str, Any], f: dict[str, Any]) -> list[tuple[str, 
         per = level["perStreamKiB"]
         row(
             f"memory per idle stream at {level['streams']:,} streams",
-            "≤ 15 KB",
+            "≤ 20 KiB",
             f"{per:.1f} KiB",
-            per <= 15 * 1000 / 1024,
+            per <= 20,
         )
     rss = samples.get("idleRss", {}).get(OURS)
     row(
