@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ai_agent.headends._http import APIKeys, HTTPPolicy, UnusablePathError, canonicalPath
@@ -680,3 +681,54 @@ class AccessLogTests(TestCase):
         site = GuardedSite(None)
         self.assertIsNone(site.logPath)
         site.log(None)  # must not touch the request at all
+
+
+class OneSendTests(SynchronousTestCase):
+    """
+    A response with a length leaves with its head in one write; the head
+    is never held back.
+    """
+
+    def respond(self, code: int, body: bytes, method: bytes = b"GET") -> StringTransport:
+        from twisted.internet.task import Clock
+        from twisted.web.resource import Resource
+
+        from ai_agent.headends._http import GuardedChannel, GuardedSite
+
+        class Answer(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                request.setResponseCode(code)
+                request.setHeader(b"content-length", b"%d" % len(body))
+                return body
+
+        protocol = GuardedSite(Answer()).buildProtocol(None)
+        channel = protocol._channel
+        self.assertIsInstance(channel, GuardedChannel)
+        channel.callLater = Clock().callLater
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(method + b" /health HTTP/1.1\r\nHost: h\r\n\r\n")
+        return transport
+
+    def test_headAndBody(self) -> None:
+        """
+        The status line, headers and body arrive complete and in order.
+        """
+        data = self.respond(200, b'{"ok":true}').value()
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"), data)
+        self.assertIn(
+            b"\r\nContent-Length: 11\r\n", data.replace(b"content-length", b"Content-Length")
+        )
+        self.assertTrue(data.endswith(b'\r\n\r\n{"ok":true}'), data)
+
+    def test_noBody(self) -> None:
+        """
+        A response without body bytes (a 204, a HEAD) still gets its head
+        written when the request is done.
+        """
+        for code, body, method in ((204, b"", b"GET"), (200, b"abc", b"HEAD")):
+            data = self.respond(code, body, method).value()
+            self.assertTrue(data.startswith(b"HTTP/1.1 %d " % code), data)
+            self.assertTrue(data.endswith(b"\r\n\r\n"), data)

@@ -26,6 +26,7 @@ from twisted.web import http
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
+from ai_agent._eager import sendNow
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, ErrorKind
 from ai_agent.redaction import shorten
 
@@ -435,6 +436,51 @@ class GuardedChannel(http.HTTPChannel):
 
     _deadline: IDelayedCall | None = None
     _lingerCall: IDelayedCall | None = None
+    _head: bytes | None = None
+
+    # A response with a length (an answer or an error, not a stream) goes
+    # out in one send, now: its head waits for the first bytes of its body
+    # and both leave through sendNow, instead of being queued for the
+    # reactor's next turn (see ai_agent._eager).  Streams are written as
+    # Twisted writes them (frames of one turn coalesce in one send).
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        if (
+            self._head is None
+            and headers.hasHeader(b"content-length")
+            and not headers.hasHeader(b"transfer-encoding")
+        ):
+            parts = [version, b" ", code, b" ", reason, b"\r\n"]
+            for name, values in headers.getAllRawHeaders():
+                for value in values:
+                    parts += (name, b": ", value, b"\r\n")
+            parts.append(b"\r\n")
+            self._head = b"".join(parts)
+            return
+        self._flushHead()
+        super().writeHeaders(version, code, reason, headers)
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is None:
+            super().write(data)
+            return
+        self._head = None
+        if self.transport is not None:
+            sendNow(self.transport, head + data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        self._flushHead()
+        super().writeSequence(iovec)
+
+    def requestDone(self, request: http.Request) -> None:
+        self._flushHead()
+        super().requestDone(request)
+
+    def _flushHead(self) -> None:
+        head, self._head = self._head, None
+        if head is not None and self.transport is not None:
+            self.transport.write(head)
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:

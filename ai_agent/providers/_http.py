@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import attrs
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectError, ConnectionClosed, DNSLookupError
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -45,13 +45,12 @@ from twisted.web.client import ResponseDone
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
 from ai_agent.errors import ProviderError
 from ai_agent.flow import Flow, currentFlow
 from ai_agent.observe import injectTraceContext
 from ai_agent.providers._base import DeltaSink, LLMRequest, LLMResponse
+from ai_agent.providers._wire import BytesProducer, WireAgent
 from ai_agent.sse import DEFAULT_MAX_BUFFER, SSEError, SSEEvent, SSEParser
 
 CONNECT_TIMEOUT = 10.0
@@ -83,48 +82,40 @@ MAX_ERROR_MESSAGE = 300
 log = Logger()
 
 
-@implementer(IBodyProducer)
-class _BytesProducer:
-    """
-    A request body already in memory, written at once (C{FileBodyProducer}
-    waits for a cooperator turn, a reactor iteration later).
-    """
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
+_PLAIN_URL = re.compile(r"[\x21-\x7e]+")
 
 
-def _post(http: HTTPClient, url: str, payload: Any, headers: Headers) -> Deferred[Any]:
+def _post(http: HTTPClient, url: str, payload: Any, headers: Mapping[str, str]) -> Deferred[Any]:
     """
     POST C{payload} as JSON, the response unbuffered.
 
-    A plain ASCII URL goes straight to the client's C{Agent}: treq's
+    A plain ASCII URL goes straight to the client's agent: treq's
     per-request layers (URL normalisation, cookie jar, redirects, gzip) cost
     about a fifth of a proxied request's CPU and an API call needs none of
-    them.  Anything else (and clients that do not show their C{Agent}, as
-    L{ai_agent.runtime.UpstreamHTTPClient} does) goes through treq.
+    them; with L{WireAgent} (the runtime's), the headers go to it as bytes,
+    without a C{Headers} object.  Anything else (and clients that do not
+    show their agent, as L{ai_agent.runtime.UpstreamHTTPClient} does) goes
+    through treq.
     """
     agent = getattr(http, "agent", None)
-    if agent is None or not url.isascii() or any(c.isspace() for c in url):
-        return http.post(url, json=payload, headers=headers, unbuffered=True)
+    if agent is None or _PLAIN_URL.fullmatch(url) is None:
+        return http.post(
+            url,
+            json=payload,
+            headers=Headers({key: [value] for key, value in headers.items()}),
+            unbuffered=True,
+        )
     body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
-    headers.setRawHeaders(b"content-type", [b"application/json; charset=UTF-8"])
+    if isinstance(agent, WireAgent):
+        pairs = [(b"Content-Type", b"application/json; charset=UTF-8")]
+        for key, value in headers.items():
+            if key.lower() != "content-type":
+                pairs.append((key.encode("iso-8859-1"), value.encode("utf-8")))
+        return agent.post(url.encode("ascii"), pairs, body)
+    raw = Headers({key: [value] for key, value in headers.items()})
+    raw.setRawHeaders(b"content-type", [b"application/json; charset=UTF-8"])
     return cast(
-        Deferred[Any], agent.request(b"POST", url.encode("ascii"), headers, _BytesProducer(body))
+        Deferred[Any], agent.request(b"POST", url.encode("ascii"), raw, BytesProducer(body))
     )
 
 
@@ -427,12 +418,6 @@ class HTTPCall:
         @return: L{result}.
         """
         provider, request = self.provider, self.request
-        log.debug(
-            "provider {provider} calling model {model} (stream={stream})",
-            provider=provider.name,
-            model=request.model,
-            stream=request.stream,
-        )
         self._flow = currentFlow.get()
         if self._flow is not None:
             self._flow.register(self)
@@ -446,7 +431,7 @@ class HTTPCall:
                 provider.http,
                 provider.url,
                 provider.payload(request),
-                Headers({key: [value] for key, value in headers.items()}),
+                headers,
             )
         except Exception as e:
             self._fail(self.error("could not send a request", describe(e), retryable=False))
