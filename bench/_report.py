@@ -614,16 +614,20 @@ def targetsTable(samples: dict[str, Any], f: dict[str, Any]) -> list[tuple[str, 
             ("client-tool round trip, per request", f"tools_c1.vsChat.{OURS}"),
         )
     }
-    measured = {name: value for name, value in ratios.items() if value is not None}
+    measured = [value for value in ratios.values() if value is not None]
     if measured:
+        # Not met as soon as one is over; not measured while one is missing.
+        over = any(value > HEADEND_TOLERANCE for value in measured)
         row(
             "Responses / Anthropic / client-tool round trip within 10 % of Chat Completions'"
             " added latency (p50, c=1)",
             f"≤ {HEADEND_TOLERANCE:.2f}×",
-            ", ".join(f"{name} {value:.2f}×" for name, value in measured.items())
+            ", ".join(
+                f"{name} {'n/a' if value is None else f'{value:.2f}×'}"
+                for name, value in ratios.items()
+            )
             + f" (Chat Completions: {_fmt(p50, 3)} ms)",
-            len(measured) == len(ratios)
-            and all(value <= HEADEND_TOLERANCE for value in measured.values()),
+            False if over else (True if len(measured) == len(ratios) else None),
         )
     tools = toolFigures(samples)
     mcp = [

@@ -794,8 +794,8 @@ class HeadendReportTests(SynchronousTestCase):
 
     def test_targetRow(self) -> None:
         """
-        The target is met when every ratio is within 10 %, and not met when
-        one is above.
+        The target is met when every ratio is within 10 %, not met when one
+        is above, and not measured while one is missing and none is above.
         """
         name = "Responses / Anthropic / client-tool round trip within 10 %"
 
@@ -808,6 +808,13 @@ class HeadendReportTests(SynchronousTestCase):
         self.assertEqual(ok, "met")
         self.assertIn("Responses 1.05×, Anthropic 1.08×", measured)
         self.assertEqual(verdict(self.samples(1.05, 1.2))[1], "**not met**")
+        partial = self.samples(1.0, 1.0)
+        del partial["latency_messages_c1"]
+        measured, ok = verdict(partial)
+        self.assertEqual(ok, "not measured")
+        self.assertIn("Anthropic n/a", measured)
+        partial["latency_responses_c1"] = {"ai-agent": {"0": {"ms": [9.0], "bad": 0}}}
+        self.assertEqual(verdict(partial)[1], "**not met**")
         old = self.samples(1.0, 1.0)
         for figure in ("latency_responses_c1", "latency_messages_c1", "tools_c1"):
             del old[figure]
