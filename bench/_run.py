@@ -85,7 +85,7 @@ WEATHER_RESULT = "sunny 21 C"
 # answers "result: " and the tool's result.
 MCP_SERVER = os.path.join(HERE, "_mcpserver.py")
 MCP_CLIENT = os.path.join(HERE, "_mcpclient.py")
-#: The message of every tool-arm run (and the text the SDK client sends).
+#: The message of every tool-arm run (bench/_mcpclient.py sends the same text).
 TOOL_TEXT = "hello mcp"
 #: The MCP server's name in the configuration, by transport.
 MCP_NAMES = {"stdio": "echostdio", "http": "echohttp"}
