@@ -31,7 +31,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from ai_agent._eager import sendNow
+from ai_agent._eager import flushPending, markPending, sendNow
 from ai_agent.providers._wire import (
     MAX_HEAD,
     BytesProducer,
@@ -610,6 +610,33 @@ class SendNowTests(TestCase):
         sendNow(transport, b"second")
         self.assertIn(transport, reactor.getWriters())
         await waitFor(lambda: received.body == b"first second")
+
+    async def test_flushPending(self) -> None:
+        """
+        What was queued on a transport noted as written to in this turn
+        leaves at L{flushPending}, not on the reactor's next turn (through
+        a plain C{ProtocolWrapper} as well); a transport that is closing is
+        left to the reactor.
+        """
+        from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+        transport, received = await self.pair()
+        wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+        wrapper.makeConnection(transport)
+        wrapper.write(b"queued")
+        self.assertIn(transport, reactor.getWriters())
+        markPending(wrapper)
+        markPending(wrapper)
+        flushPending()
+        self.assertNotIn(transport, reactor.getWriters())
+        self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
+        await waitFor(lambda: received.body == b"queued")
+        closing, _ = await self.pair()
+        closing.write(b"last words")
+        closing.loseConnection()
+        markPending(closing)
+        flushPending()
+        self.assertIn(closing, reactor.getWriters())
 
     def test_otherTransports(self) -> None:
         """
