@@ -417,6 +417,8 @@ class PoolTests(TestCase):
         for _ in range(3):
             self.assertEqual(await self.post(agent, url, b'{"a":1}'), (200, b"{}"))
         self.assertEqual(server.connections, 1)
+        (idle,) = [c for pool in agent._idle.values() for c in pool]
+        self.assertTrue(idle.transport.getTcpNoDelay(), "Nagle is on for the upstream")
         first = server.requests[0]
         self.assertTrue(first.startswith(b"POST /v1/chat HTTP/1.1\r\nHost: 127.0.0.1:"))
         self.assertIn(b"\r\nx-one: 1\r\n", first.replace(b"X-One", b"x-one"))
@@ -726,6 +728,8 @@ class TLSTests(TestCase):
             (await collector.ended)[0].trap(ResponseDone)
             self.assertEqual((response.code, collector.body), (200, b"tls:" + text))
         self.assertEqual(len(set(connections)), 1)
+        (idle,) = [c for pool in agent._idle.values() for c in pool]
+        self.assertTrue(idle.transport.transport.getTcpNoDelay(), "Nagle is on under TLS")
         untrusting = WireAgent(reactor, CachingEndpointFactory(reactor, 5.0))
         self.addCleanup(untrusting.closeCachedConnections)
         with self.assertRaises(ResponseNeverReceived):

@@ -58,7 +58,7 @@ from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
-from ai_agent._eager import flushPending, sendNow
+from ai_agent._eager import flushPending, noDelay, sendNow
 
 MAX_HEAD = 64 * 1024
 """
@@ -260,6 +260,11 @@ class _WireProtocol(Protocol):
         self._retry: Callable[[], Deferred[WireResponse]] | None = None
         self._attempt: Deferred[WireResponse] | None = None
         self.lost: list[Deferred[None]] = []
+
+    def connectionMade(self) -> None:
+        # Requests go out whole (one write each), so Nagle's algorithm can
+        # only delay them, behind the server's delayed acknowledgement.
+        noDelay(self.transport)
 
     # Sending.
 
