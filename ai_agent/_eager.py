@@ -57,4 +57,63 @@ def sendNow(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-__all__ = ["sendNow"]
+def noDelay(transport: Any) -> None:
+    """
+    Turn Nagle's algorithm off on C{transport}'s TCP socket (through TLS
+    and plain wrappers): what is written here is already whole, so holding
+    a small segment back until the peer acknowledges the previous one (up
+    to its delayed-ACK timer, 40 ms on Linux) only adds latency.
+    """
+    for _ in range(4):
+        setter = getattr(type(transport), "setTcpNoDelay", None)
+        if setter is not None:
+            try:
+                transport.setTcpNoDelay(True)
+            except OSError:
+                pass
+            return
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return
+
+
+_pending: list[Any] = []
+
+
+def markPending(transport: Any) -> None:
+    """
+    Note that C{transport} was written to (queued) in this turn of the
+    reactor, so that L{flushPending} can send it before the turn ends.
+    """
+    if not _pending or _pending[-1] is not transport:
+        _pending.append(transport)
+
+
+def flushPending() -> None:
+    """
+    Send what the transports noted by L{markPending} have queued, now, as
+    the reactor would on its next turn: frames of a stream written while
+    one upstream read was handled leave together, one turn earlier.  A
+    transport that is closing, or whose send fails, is left to the reactor.
+    """
+    if not _pending:
+        return
+    pending = _pending[:]
+    del _pending[:]
+    for transport in pending:
+        while type(transport) is ProtocolWrapper:
+            transport = transport.transport
+        if (
+            type(transport) in _PLAIN
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+            and (transport.dataBuffer or transport._tempDataLen)
+        ):
+            # An error (the peer is gone) is returned, not raised, and the
+            # transport stays registered for writing: the reactor meets the
+            # same error on its own doWrite and closes the connection.
+            transport.doWrite()
+
+
+__all__ = ["flushPending", "markPending", "noDelay", "sendNow"]

@@ -6,6 +6,7 @@ used by C{twistd ai-agent} and by the C{ai-agent} command's headend mode.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -661,6 +662,7 @@ def makeService(
         )
 
     def banner(addresses: list[str]) -> None:
+        freezeHeap()
         if inherited is not None:
             # The first process's banner speaks for its workers.
             log.info("ready, serving {models}", models=", ".join(runtime.registry.ids()))
@@ -672,6 +674,18 @@ def makeService(
 
     top.onReady = banner
     return top
+
+
+def freezeHeap() -> None:
+    """
+    Once the server is up: collect what starting left behind, then move
+    every object that is left (modules, agents, configuration) out of the
+    garbage collector's view.  A full collection otherwise walks that whole
+    startup heap every few thousand requests; measured at c=32, the
+    collector's share of a proxied request's CPU fell from about 125 to 49 µs.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _underTwistd(options: Options, reactor: Any) -> IService:

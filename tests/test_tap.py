@@ -231,3 +231,38 @@ class ServerProcessTests(TestCase):
             [*command("ai-agent"), "--agent", "chat.ai", "--openai-completions", "PORT"],
             expectedStatus=0,
         )
+
+
+class FreezeHeapTests(SynchronousTestCase):
+    """
+    L{ai_agent.tap.freezeHeap}, which the server calls once it is ready.
+    """
+
+    def test_startupHeapFrozen(self) -> None:
+        """
+        Every object alive when the server is ready leaves the collector's
+        generations (it is counted as frozen), and garbage from starting is
+        collected first, not frozen.
+        """
+        import gc
+
+        from ai_agent.tap import freezeHeap
+
+        class Cycle:
+            other: object = None
+
+        first, second = Cycle(), Cycle()
+        first.other, second.other = second, first
+        import weakref
+
+        alive = weakref.ref(first)
+        del first, second
+        kept = object.__new__(Cycle)
+        before = gc.get_freeze_count()
+        try:
+            freezeHeap()
+            self.assertIsNone(alive(), "startup garbage was frozen instead of collected")
+            self.assertGreater(gc.get_freeze_count(), before)
+            self.assertNotIn(kept, gc.get_objects())
+        finally:
+            gc.unfreeze()

@@ -31,7 +31,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from ai_agent._eager import sendNow
+from ai_agent._eager import flushPending, markPending, sendNow
 from ai_agent.providers._wire import (
     MAX_HEAD,
     BytesProducer,
@@ -417,6 +417,8 @@ class PoolTests(TestCase):
         for _ in range(3):
             self.assertEqual(await self.post(agent, url, b'{"a":1}'), (200, b"{}"))
         self.assertEqual(server.connections, 1)
+        (idle,) = [c for pool in agent._idle.values() for c in pool]
+        self.assertTrue(idle.transport.getTcpNoDelay(), "Nagle is on for the upstream")
         first = server.requests[0]
         self.assertTrue(first.startswith(b"POST /v1/chat HTTP/1.1\r\nHost: 127.0.0.1:"))
         self.assertIn(b"\r\nx-one: 1\r\n", first.replace(b"X-One", b"x-one"))
@@ -611,6 +613,33 @@ class SendNowTests(TestCase):
         self.assertIn(transport, reactor.getWriters())
         await waitFor(lambda: received.body == b"first second")
 
+    async def test_flushPending(self) -> None:
+        """
+        What was queued on a transport noted as written to in this turn
+        leaves at L{flushPending}, not on the reactor's next turn (through
+        a plain C{ProtocolWrapper} as well); a transport that is closing is
+        left to the reactor.
+        """
+        from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+        transport, received = await self.pair()
+        wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+        wrapper.makeConnection(transport)
+        wrapper.write(b"queued")
+        self.assertIn(transport, reactor.getWriters())
+        markPending(wrapper)
+        markPending(wrapper)
+        flushPending()
+        self.assertNotIn(transport, reactor.getWriters())
+        self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
+        await waitFor(lambda: received.body == b"queued")
+        closing, _ = await self.pair()
+        closing.write(b"last words")
+        closing.loseConnection()
+        markPending(closing)
+        flushPending()
+        self.assertIn(closing, reactor.getWriters())
+
     def test_otherTransports(self) -> None:
         """
         A transport that is not plain TCP gets an ordinary write.
@@ -618,3 +647,90 @@ class SendNowTests(TestCase):
         transport = StringTransport()
         sendNow(transport, b"data")
         self.assertEqual(transport.value(), b"data")
+
+
+def _selfSignedLocalhost() -> tuple[bytes, bytes]:
+    """
+    A self-signed certificate for C{localhost} (subjectAltName) and its
+    key, in PEM.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    keyPEM = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), keyPEM
+
+
+class TLSTests(TestCase):
+    """
+    The agent over TLS (an https upstream), the certificate checked.
+    """
+
+    async def test_httpsReuse(self) -> None:
+        """
+        Two requests to an https server verified against its certificate
+        (as a trust root) get their answers on one TLS connection; a server
+        whose certificate is not trusted is refused.
+        """
+        from twisted.internet import ssl
+        from twisted.internet.endpoints import SSL4ServerEndpoint
+        from twisted.web.client import BrowserLikePolicyForHTTPS
+
+        certPEM, keyPEM = _selfSignedLocalhost()
+        server = ssl.PrivateCertificate.loadPEM(certPEM + keyPEM)
+        connections: list[int] = []
+
+        class Answer(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Request) -> bytes:
+                assert request.content is not None
+                connections.append(id(request.channel))
+                return b"tls:" + request.content.read()
+
+        port = await SSL4ServerEndpoint(reactor, 0, server.options(), interface="127.0.0.1").listen(
+            Site(Answer())
+        )
+        self.addCleanup(port.stopListening)
+        url = f"https://localhost:{port.getHost().port}/v1".encode()
+        trusted = CachingEndpointFactory(
+            reactor, 5.0, BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(certPEM))
+        )
+        agent = WireAgent(reactor, trusted)
+        self.addCleanup(agent.closeCachedConnections)
+        for text in (b"one", b"two"):
+            response = await agent.request(b"POST", url, None, BytesProducer(text))
+            collector = BodyCollector()
+            response.deliverBody(collector)
+            (await collector.ended)[0].trap(ResponseDone)
+            self.assertEqual((response.code, collector.body), (200, b"tls:" + text))
+        self.assertEqual(len(set(connections)), 1)
+        (idle,) = [c for pool in agent._idle.values() for c in pool]
+        self.assertTrue(idle.transport.transport.getTcpNoDelay(), "Nagle is on under TLS")
+        untrusting = WireAgent(reactor, CachingEndpointFactory(reactor, 5.0))
+        self.addCleanup(untrusting.closeCachedConnections)
+        with self.assertRaises(ResponseNeverReceived):
+            await untrusting.request(b"POST", url, None, BytesProducer(b"x"))

@@ -27,7 +27,7 @@ from twisted.web import http, server
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
-from ai_agent._eager import sendNow
+from ai_agent._eager import markPending, sendNow
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, ErrorKind
 from ai_agent.redaction import shorten
 
@@ -534,6 +534,7 @@ class GuardedChannel(http.HTTPChannel):
         head = self._head
         if head is None:
             super().write(data)
+            markPending(self.transport)
             return
         self._head = None
         if self.transport is not None:
@@ -542,6 +543,7 @@ class GuardedChannel(http.HTTPChannel):
     def writeSequence(self, iovec: list[bytes]) -> None:
         self._flushHead()
         super().writeSequence(iovec)
+        markPending(self.transport)
 
     def requestDone(self, request: http.Request) -> None:
         self._flushHead()

@@ -840,12 +840,13 @@ class ResponsesHeadend:
             document = {"input": items, "previous_response_id": previous, "response": response}
             outputs = {item["id"]: item for item in response["output"]}
 
-            async def both() -> None:
-                await store.put(RESPONSES, response["id"], document)
-                if outputs:
-                    await store.putMany(ITEMS, outputs)
-
-            return Deferred.fromCoroutine(both())
+            # One transaction (one trip to the store's thread) for both.
+            return store.putEntries(
+                [
+                    (RESPONSES, response["id"], document),
+                    *((ITEMS, key, item) for key, item in outputs.items()),
+                ]
+            )
 
         return keep
 

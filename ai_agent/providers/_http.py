@@ -33,6 +33,7 @@ from typing import Protocol as TypingProtocol
 from urllib.parse import urlsplit
 
 import attrs
+import orjson
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectError, ConnectionClosed, DNSLookupError
@@ -105,7 +106,7 @@ def _post(http: HTTPClient, url: str, payload: Any, headers: Mapping[str, str]) 
             headers=Headers({key: [value] for key, value in headers.items()}),
             unbuffered=True,
         )
-    body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+    body = dumpsBody(payload)
     if isinstance(agent, WireAgent):
         pairs = [(b"Content-Type", b"application/json; charset=UTF-8")]
         for key, value in headers.items():
@@ -652,7 +653,7 @@ class HTTPCall:
     def _parseJSON(self) -> LLMResponse:
         text = b"".join(self._body)
         try:
-            body = json.loads(text)
+            body = loadsJSON(text)
         except ValueError:
             raise self.invalid(
                 f"the response is not JSON: {truncate(text.decode('utf-8', 'replace'))}"
@@ -960,6 +961,29 @@ def truncate(text: str, limit: int = MAX_ERROR_MESSAGE) -> str:
     if len(text) <= limit:
         return text
     return text[: limit - 1] + "…"
+
+
+def dumpsBody(payload: Any) -> bytes:
+    """
+    A request body as compact JSON, UTF-8 (orjson; the json module for the
+    values orjson refuses, such as integers past 64 bits).
+    """
+    try:
+        return orjson.dumps(payload)
+    except TypeError:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def loadsJSON(text: str | bytes) -> Any:
+    """
+    Parse an upstream's JSON with orjson; what it refuses (NaN, integers
+    past 64 bits, invalid UTF-8) goes to the json module, which decides
+    (and words the error).
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def _jsonOrNone(body: bytes) -> Any:

@@ -58,7 +58,7 @@ from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
-from ai_agent._eager import sendNow
+from ai_agent._eager import flushPending, noDelay, sendNow
 
 MAX_HEAD = 64 * 1024
 """
@@ -261,6 +261,11 @@ class _WireProtocol(Protocol):
         self._attempt: Deferred[WireResponse] | None = None
         self.lost: list[Deferred[None]] = []
 
+    def connectionMade(self) -> None:
+        # Requests go out whole (one write each), so Nagle's algorithm can
+        # only delay them, behind the server's delayed acknowledgement.
+        noDelay(self.transport)
+
     # Sending.
 
     def send(
@@ -347,6 +352,9 @@ class _WireProtocol(Protocol):
                 raise WireProtocolError("the upstream sent bytes while no request was waiting")
         except WireProtocolError as e:
             self._protocolError(e)
+        # What this read made the server write to its clients (stream
+        # frames) leaves now rather than on the reactor's next turn.
+        flushPending()
 
     def _headData(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
