@@ -13,13 +13,15 @@ import os
 from typing import Any
 
 import openai
+from hypothesis import given
+from hypothesis import strategies as st
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from ai_agent.events import ClientToolCall, Finished, FinishReason, Usage
-from ai_agent.headends.responses import ResponsesEncoder
+from ai_agent.headends.responses import ResponsesEncoder, _dumps, _dumpsAny
 from ai_agent.store import makeStore
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, inThread, startServer
@@ -1098,10 +1100,35 @@ class MetricsTests(TestCase):
         self.assertEqual(metricValue(text, requests, headend="openai"), 0)
 
 
+#: Any JSON-ish value: floats (tiny, huge, not finite), integers past 64
+#: bits, lone surrogates, tuples.
+_ANY_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(st.characters() | st.sampled_from("\ud800\x00\u2028")),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
 class EncoderFastPathTests(SynchronousTestCase):
     """
     L{ResponsesEncoder}'s fast paths write what its plain ones do.
     """
+
+    @given(_ANY_JSON)
+    def test_anyValueSameBytes(self, value: Any) -> None:
+        """
+        Events and bodies (orjson unless the value holds a float) are
+        written with the bytes C{json} gives them, for any value.
+        """
+        self.assertEqual(_dumpsAny(value), _dumps(value))
 
     def test_deltaSameBytes(self) -> None:
         """

@@ -110,6 +110,39 @@ def _dumpsPlain(value: Any) -> bytes:
         return _dumps(value)
 
 
+def _holdsFloat(value: Any) -> bool:
+    """
+    Whether a float is anywhere in C{value} (lists and objects walked
+    without recursion).
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is float:
+            return True
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+        elif kind not in _PLAIN_TYPES:
+            # Something else (a subclass, say): json says how it is written.
+            return True
+    return False
+
+
+_PLAIN_TYPES = frozenset({str, int, bool, type(None)})
+
+
+def _dumpsAny(value: Any) -> bytes:
+    """
+    L{_dumps}: with orjson when C{value} holds no float (the response
+    object echoes the request's C{temperature}, C{top_p} and tools' schemas,
+    which may; orjson writes some floats differently).
+    """
+    return _dumps(value) if _holdsFloat(value) else _dumpsPlain(value)
+
+
 # -- the request --------------------------------------------------------
 
 
@@ -526,7 +559,7 @@ class ResponsesEncoder:
             return b""
         data = {"type": kind, "sequence_number": self._sequence, **fields}
         self._sequence += 1
-        return b"event: " + kind.encode("ascii") + b"\ndata: " + _dumps(data) + b"\n\n"
+        return b"event: " + kind.encode("ascii") + b"\ndata: " + _dumpsAny(data) + b"\n\n"
 
     def _delta(self, kind: str, **fields: Any) -> bytes:
         """
@@ -704,7 +737,7 @@ class ResponsesEncoder:
         return frames + self._event("response.failed", response=failed)
 
     def body(self, finished: Finished) -> bytes:
-        return _dumps(self.final(finished))
+        return _dumpsAny(self.final(finished))
 
 
 # -- the headend --------------------------------------------------------
