@@ -19,6 +19,7 @@ from ai_agent.headends.anthropic import (
     ANTHROPIC_ERRORS,
     MessagesEncoder,
     _dumps,
+    _dumpsAny,
     estimateTokens,
     parseCountTokensRequest,
     parseMessagesRequest,
@@ -445,6 +446,27 @@ class EncoderFastPathTests(SynchronousTestCase):
                 {"type": "content_block_delta", "index": -1, "delta": delta}
             )
             self.assertEqual(fast, plain + b"\n\n")
+
+    @given(
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(min_value=-(2**70), max_value=2**70)
+            | st.floats()
+            | st.text(st.characters() | st.just("\ud800")),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+            ),
+            max_leaves=12,
+        )
+    )
+    def test_anyValueSameBytes(self, value: Any) -> None:
+        """
+        Events and bodies (orjson unless the value holds a float) are
+        written with the bytes C{json} gives them, for any value.
+        """
+        self.assertEqual(_dumpsAny(value), _dumps(value))
 
     def test_wholeAnswerMakesNoEvents(self) -> None:
         """

@@ -56,6 +56,7 @@ from ai_agent.headends._answers import (
     wrongMethod,
 )
 from ai_agent.headends._bodies import BodyGate
+from ai_agent.headends._json import holdsFloat
 from ai_agent.headends._request import (
     MAX_MESSAGES,
     MAX_TOOLS,
@@ -119,6 +120,14 @@ def _dumpsPlain(value: Any) -> bytes:
         return orjson.dumps(value)
     except orjson.JSONEncodeError:
         return _dumps(value)
+
+
+def _dumpsAny(value: Any) -> bytes:
+    """
+    L{_dumps}, with orjson when C{value} holds no float (a tool call's input,
+    the model's JSON, may).
+    """
+    return _dumps(value) if holdsFloat(value) else _dumpsPlain(value)
 
 
 # -- errors -------------------------------------------------------------
@@ -569,7 +578,7 @@ def signature(thinking: str) -> str:
     return "ai-agent." + base64.b64encode(digest).decode("ascii")
 
 
-def _event(kind: str, payload: dict[str, Any], dumps: Callable[[Any], bytes] = _dumps) -> bytes:
+def _event(kind: str, payload: dict[str, Any], dumps: Callable[[Any], bytes] = _dumpsAny) -> bytes:
     data = dumps({"type": kind, **payload})
     return b"event: " + kind.encode("ascii") + b"\ndata: " + data + b"\n\n"
 
@@ -659,7 +668,7 @@ class MessagesEncoder:
         )
 
     def _emit(
-        self, kind: str, payload: dict[str, Any], dumps: Callable[[Any], bytes] = _dumps
+        self, kind: str, payload: dict[str, Any], dumps: Callable[[Any], bytes] = _dumpsAny
     ) -> bytes:
         return _event(kind, payload, dumps) if self.frames else b""
 
@@ -737,11 +746,7 @@ class MessagesEncoder:
     def body(self, finished: Finished) -> bytes:
         self._usage = finished.usage
         self._stop()
-        # Only a tool call's input (the model's JSON) may hold a float.
-        plain = all(block["type"] != "tool_use" for block in self._blocks) and all(
-            type(n) is int for n in self._usageObject().values()
-        )
-        return (_dumpsPlain if plain else _dumps)(
+        return _dumpsAny(
             self._message(
                 [_finalBlock(block) for block in self._blocks], stopReason(finished.reason)
             )

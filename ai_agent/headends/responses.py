@@ -50,6 +50,7 @@ from ai_agent.headends._answers import (
     wrongMethod,
 )
 from ai_agent.headends._bodies import BodyGate
+from ai_agent.headends._json import holdsFloat
 from ai_agent.headends._request import (
     MAX_MESSAGES,
     OFF_REACTOR_THRESHOLD,
@@ -110,37 +111,13 @@ def _dumpsPlain(value: Any) -> bytes:
         return _dumps(value)
 
 
-def _holdsFloat(value: Any) -> bool:
-    """
-    Whether a float is anywhere in C{value} (lists and objects walked
-    without recursion).
-    """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind is float:
-            return True
-        if kind is dict:
-            stack.extend(item.values())
-        elif kind is list or kind is tuple:
-            stack.extend(item)
-        elif kind not in _PLAIN_TYPES:
-            # Something else (a subclass, say): json says how it is written.
-            return True
-    return False
-
-
-_PLAIN_TYPES = frozenset({str, int, bool, type(None)})
-
-
 def _dumpsAny(value: Any) -> bytes:
     """
     L{_dumps}: with orjson when C{value} holds no float (the response
     object echoes the request's C{temperature}, C{top_p} and tools' schemas,
     which may; orjson writes some floats differently).
     """
-    return _dumps(value) if _holdsFloat(value) else _dumpsPlain(value)
+    return _dumps(value) if holdsFloat(value) else _dumpsPlain(value)
 
 
 # -- the request --------------------------------------------------------
