@@ -734,3 +734,51 @@ class TLSTests(TestCase):
         self.addCleanup(untrusting.closeCachedConnections)
         with self.assertRaises(ResponseNeverReceived):
             await untrusting.request(b"POST", url, None, BytesProducer(b"x"))
+
+
+class CycleTests(TestCase):
+    """
+    An upstream call leaves no reference cycle behind.
+    """
+
+    async def test_callFreedByReferenceCounting(self) -> None:
+        """
+        Once a provider call's answer is in, the call, its response and
+        the response's body objects are freed by reference counting: none
+        of them is left for the cyclic garbage collector.
+        """
+        import gc
+        import weakref
+
+        from ai_agent.providers import ChatMessage, LLMRequest, OpenAIProvider
+        from ai_agent.testing import startFakeUpstream
+
+        upstream = await startFakeUpstream(reactor)
+        self.addCleanup(upstream.stop)
+        agent = WireAgent(reactor, CachingEndpointFactory(reactor, 5.0))
+        self.addCleanup(agent.closeCachedConnections)
+        from ai_agent.runtime import UpstreamHTTPClient
+
+        provider = OpenAIProvider("up", upstream.baseUrl, UpstreamHTTPClient(agent), reactor)
+
+        class Sink:
+            def content(self, text: str) -> None:
+                pass
+
+            def reasoning(self, text: str) -> None:
+                pass
+
+        for stream in (True, False):
+            request = LLMRequest(model="m", messages=(ChatMessage("user", "hello"),), stream=stream)
+            call = provider.newCall(request, Sink())
+            answer = await call.start()
+            self.assertEqual(answer.content, "echo: hello")
+            watched = [weakref.ref(call), weakref.ref(call.result)]
+            # Resumed from inside the call's own stack: let it unwind.
+            await deferLater(reactor, 0)
+            gc.disable()
+            try:
+                del call
+                self.assertEqual([ref() for ref in watched], [None, None])
+            finally:
+                gc.enable()

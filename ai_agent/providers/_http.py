@@ -279,6 +279,23 @@ class HTTPProvider:
 _TOKEN = re.compile(r"[A-Za-z0-9_\-\.\*]+")
 
 
+class _Canceller:
+    """
+    An L{HTTPCall}'s result's canceller, holding the call only until it
+    ends (a bound method would keep the call and its Deferred in a cycle).
+    """
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: HTTPCall) -> None:
+        self.call: HTTPCall | None = call
+
+    def __call__(self, result: Deferred[LLMResponse]) -> None:
+        call = self.call
+        if call is not None:
+            call._cancel(result)
+
+
 class _BodyReader(Protocol):
     """
     Hands an upstream response body to its L{HTTPCall}.
@@ -361,12 +378,14 @@ class HTTPCall:
     _flow: Flow | None = attrs.field(default=None, init=False)
     _paused: bool = attrs.field(default=False, init=False)
     _answerBytes: int = attrs.field(default=0, init=False)
+    _canceller: _Canceller = attrs.field(init=False)
 
     endMarker: ClassVar[str] = "its end"
 
     def __attrs_post_init__(self) -> None:
         self._clock = cast(Clock, self.provider.reactor)
-        self.result = Deferred(canceller=self._cancel)
+        self._canceller = _Canceller(self)
+        self.result = Deferred(canceller=self._canceller)
         self._parser = SSEParser(maxBuffer=self.provider.maxBuffer)
 
     # The wire type's part.
@@ -870,6 +889,7 @@ class HTTPCall:
         self._done = True
         if self._flow is not None:
             self._flow.unregister(self)
+        self._letGo()
         # The Deferred now fails with CancelledError on its own.
 
     def _finishStopping(self) -> None:
@@ -901,10 +921,22 @@ class HTTPCall:
         self._cancelTimers()
         if self._flow is not None:
             self._flow.unregister(self)
+        self._letGo()
         if isinstance(result, Failure):
             self.result.errback(result)
         else:
             self.result.callback(result)
+
+    def _letGo(self) -> None:
+        """
+        Drop the references that make this call a reference cycle (its
+        result's canceller, the response whose body protocol points back
+        here), so that it is freed by reference counting when its caller
+        lets go, not by the cyclic garbage collector.
+        """
+        self._canceller.call = None
+        self._response = None
+        self._transport = None
 
 
 def _hostAndPort(url: str) -> str:

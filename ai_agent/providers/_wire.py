@@ -120,31 +120,34 @@ class _BodyTransport:
     __slots__ = ("_response",)
 
     def __init__(self, response: WireResponse) -> None:
-        self._response = response
+        self._response: WireResponse | None = response
 
     def pauseProducing(self) -> None:
-        self._response._pause()
+        if self._response is not None:
+            self._response._pause()
 
     def resumeProducing(self) -> None:
-        self._response._resume()
+        if self._response is not None:
+            self._response._resume()
 
     def stopProducing(self) -> None:
-        self._response._stop()
+        if self._response is not None:
+            self._response._stop()
 
     # What some body protocols look for on a transport.
 
     def loseConnection(self) -> None:
-        self._response._stop()
+        self.stopProducing()
 
     def abortConnection(self) -> None:
-        self._response._stop()
+        self.stopProducing()
 
     def getPeer(self) -> Any:
-        connection = self._response._connection
+        connection = None if self._response is None else self._response._connection
         return None if connection is None else connection.transport.getPeer()
 
     def getHost(self) -> Any:
-        connection = self._response._connection
+        connection = None if self._response is None else self._response._connection
         return None if connection is None else connection.transport.getHost()
 
 
@@ -173,6 +176,7 @@ class WireResponse:
         self.previousResponse: Any = None
         self._transport = _BodyTransport(self)
         self._protocol: Protocol | None = None
+        self._delivered = False
         self._pending: list[bytes] = []
         self._ended: Failure | None = None
         self._paused = False
@@ -183,8 +187,9 @@ class WireResponse:
         C{dataReceived} as it comes, then C{connectionLost} with the way
         it ended.
         """
-        if self._protocol is not None:
+        if self._delivered:
             raise RuntimeError("the body of this response was already delivered")
+        self._delivered = True
         self._protocol = protocol
         protocol.makeConnection(self._transport)
         pending, self._pending = self._pending, []
@@ -192,6 +197,8 @@ class WireResponse:
             protocol.dataReceived(data)
         if self._ended is not None:
             ended, self._ended = self._ended, None
+            self._transport._response = None
+            self._protocol = None
             protocol.connectionLost(ended)
 
     def setPreviousResponse(self, response: Any) -> None:
@@ -212,6 +219,10 @@ class WireResponse:
         if protocol is None:
             self._ended = reason
         else:
+            # The body is over: no cycle (response, its transport, the
+            # body's protocol) is left for the garbage collector.
+            self._transport._response = None
+            self._protocol = None
             protocol.connectionLost(reason)
 
     # From the body's protocol.
