@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -127,26 +127,52 @@ def _renderRoute(route: _Route, request: Any) -> Any:
     """
     request.prepath.extend(request.postpath[: route.segments])
     request.postpath = request.postpath[route.segments :]
-    gone = False
-    d = maybeDeferred(route.app.execute_endpoint, route.endpoint, request)
+    _RouteCall(route, request).start()
+    return NOT_DONE_YET
 
-    def finished(result: object) -> None:
-        nonlocal gone
-        gone = True
-        if isinstance(result, Failure):
+
+class _RouteCall:
+    """
+    One call of a route's handler (see L{_renderRoute}).  Methods rather
+    than closures: a closure that names itself (the error handlers' loop)
+    is a reference cycle, which would keep the request for the cyclic
+    garbage collector.
+    """
+
+    __slots__ = ("route", "request", "d", "gone")
+
+    def __init__(self, route: _Route, request: Any) -> None:
+        self.route = route
+        self.request = request
+        self.gone = False
+        self.d: Deferred[Any] | None = None
+
+    def start(self) -> None:
+        route = self.route
+        d = self.d = maybeDeferred(route.app.execute_endpoint, route.endpoint, self.request)
+        self.request.notifyFinish().addBoth(self.finished)
+        d.addErrback(self.failed, route.app._error_handlers)
+        d.addCallback(self.write)
+        d.addErrback(self.unhandled)
+
+    def finished(self, result: object) -> None:
+        self.gone = True
+        d = self.d
+        if isinstance(result, Failure) and d is not None:
             d.cancel()
 
-    request.notifyFinish().addBoth(finished)
-
-    def failed(failure: Failure, handlers: Sequence[Any]) -> Any:
-        if gone:
+    def failed(self, failure: Failure, handlers: Sequence[Any]) -> Any:
+        request = self.request
+        if self.gone:
             if not failure.check(CancelledError):
                 log.failure("Unhandled Error Processing Request.", failure)
             return None
         for index, (kinds, handler) in enumerate(handlers):
             if failure.check(*kinds):
-                handled = maybeDeferred(route.app.execute_error_handler, handler, request, failure)
-                return handled.addErrback(failed, handlers[index + 1 :])
+                handled = maybeDeferred(
+                    self.route.app.execute_error_handler, handler, request, failure
+                )
+                return handled.addErrback(self.failed, handlers[index + 1 :])
         if failure.check(HTTPException):
             he = failure.value
             request.setResponseCode(he.code)
@@ -157,18 +183,17 @@ def _renderRoute(route: _Route, request: Any) -> Any:
         request.processingFailed(failure)
         return None
 
-    def write(result: object) -> None:
+    def write(self, result: object) -> None:
+        request = self.request
         if isinstance(result, str):
             result = result.encode("utf-8")
         if isinstance(result, bytes):
             request.write(result)
-        if not gone:
+        if not self.gone:
             request.finish()
 
-    d.addErrback(failed, route.app._error_handlers)
-    d.addCallback(write)
-    d.addErrback(lambda failure: log.failure("Unhandled Error writing response", failure))
-    return NOT_DONE_YET
+    def unhandled(self, failure: Failure) -> None:
+        log.failure("Unhandled Error writing response", failure)
 
 
 def _utf8(value: str | bytes) -> bytes:
