@@ -216,6 +216,27 @@ class ContentTypeTests(TestCase):
         raw.transport.loseConnection()
 
 
+class NoDelayTests(TestCase):
+    """
+    Nagle's algorithm is off on the server's connections.
+    """
+
+    async def test_noDelay(self) -> None:
+        """
+        A client's connection to the server has TCP_NODELAY set on the
+        server's side, so a stream's frames are never held back waiting
+        for the client's delayed acknowledgement.
+        """
+        server = await startServer(self)
+        raw = await _connect(server)
+        raw.transport.write(b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n")  # type: ignore[union-attr]
+        await raw.waitFor(b"\r\n\r\n")
+        wrappers = list(server.port.factory.protocols)  # type: ignore[attr-defined]
+        self.assertEqual(len(wrappers), 1)
+        self.assertTrue(wrappers[0].transport.getTcpNoDelay())
+        raw.transport.loseConnection()  # type: ignore[union-attr]
+
+
 class DeadlineTests(TestCase):
     """
     Slow and idle clients are cut; streams are not.

@@ -27,7 +27,7 @@ from twisted.web import http, server
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
-from ai_agent._eager import markPending, sendNow
+from ai_agent._eager import markPending, noDelay, sendNow
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, ErrorKind
 from ai_agent.redaction import shorten
 
@@ -553,6 +553,13 @@ class GuardedChannel(http.HTTPChannel):
         head, self._head = self._head, None
         if head is not None and self.transport is not None:
             self.transport.write(head)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Answers and stream frames are written whole (one send each), so
+        # Nagle's algorithm could only hold a frame back until the client
+        # acknowledges the previous one (its delayed ACK: up to 40 ms).
+        noDelay(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:
