@@ -140,6 +140,8 @@ class SSEParser:
             self._skipLineFeed = False
             if text.startswith("\n"):
                 text = text[1:]
+        if "\r" not in text:
+            return self._feedLines(text)
         events: list[SSEEvent] = []
         start = 0
         for match in _LINE_END.finditer(text):
@@ -163,6 +165,39 @@ class SSEParser:
         elif text.endswith("\r"):
             # The "\n" of a "\r\n" may come with the next bytes.
             self._skipLineFeed = True
+        return events
+
+    def _feedLines(self, text: str) -> list[SSEEvent]:
+        """
+        L{_feedText} for text whose lines all end in C{"\\n"} (what every
+        LLM API sends): split in one call, C{data:} lines taken at once.
+        """
+        lines = text.split("\n")
+        rest = lines.pop()
+        events: list[SSEEvent] = []
+        if lines and self._partialLine:
+            self._partialLine.append(lines[0])
+            lines[0] = "".join(self._partialLine)
+            self._partialLine = []
+            self._partialLength = 0
+        dataLines = self._dataLines
+        for line in lines:
+            if not line:
+                event = self._dispatch()
+                if event is not None:
+                    events.append(event)
+                dataLines = self._dataLines
+            elif line.startswith("data: "):
+                dataLines.append(line[6:])
+                self._dataLength += len(line) - 5
+                if self._dataLength > self.maxBuffer:
+                    self._checkBuffer()
+            else:
+                self._processLine(line)
+        if rest:
+            self._partialLine.append(rest)
+            self._partialLength += len(rest)
+            self._checkBuffer()
         return events
 
     def _checkBuffer(self) -> None:
