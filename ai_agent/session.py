@@ -180,7 +180,7 @@ class _TrackingSink:
     events: EventSink
     contentSent: bool = False
     sentAnything: bool = False
-    _notes: list[Retrying] = attrs.field(factory=list)
+    _notes: tuple[Retrying, ...] = ()
     _model: str | None = None
 
     def calling(self, model: str) -> None:
@@ -215,13 +215,13 @@ class _TrackingSink:
         """
         A retry to report before whatever comes next.
         """
-        self._notes.append(event)
+        self._notes += (event,)
 
     def flushNotes(self) -> None:
         """
         Send the waiting notes.
         """
-        notes, self._notes = self._notes, []
+        notes, self._notes = self._notes, ()
         for event in notes:
             self.events(event)
 
@@ -385,7 +385,10 @@ class SessionRunner:
         clientTools = request.clientTools if agent.clientTools else ()
         choice = request.toolChoice if agent.clientTools else ToolChoice()
         _refuseClashes(clientTools, ownSpecs)
-        clientNames = frozenset(tool.spec.name for tool in clientTools)
+        # (The empty frozenset is shared; a built one is not.)
+        clientNames = (
+            frozenset(tool.spec.name for tool in clientTools) if clientTools else frozenset()
+        )
         specs = ownSpecs
         if choice.mode != ToolChoice.NONE:
             specs += tuple(tool.spec for tool in clientTools)
@@ -510,82 +513,12 @@ class SessionRunner:
             request = attrs.evolve(
                 request, toolChoice=toolChoice, parallelToolCalls=parallelToolCalls
             )
-        attempts = max(agent.maxRetries, 1)
-
-        reasons: dict[str, ProviderError] = {}
-
-        async def attempt(model: str) -> LLMResponse:
-            providerName, upstreamModel = splitModel(model)
-            provider = self.providers(providerName)
-            started = self.reactor.seconds()
-            sink.calling(model)
-            call = scope.llmCall(providerName, upstreamModel, request, provider)
-            try:
-                # The call's span is current while the request goes out, so
-                # its traceparent goes with it.
-                with call.activate():
-                    calling = provider.complete(
-                        attrs.evolve(request, model=upstreamModel), call.sink(sink)
-                    )
-                response = await calling
-            except ProviderError as error:
-                reasons[model] = error
-                if error.code == NOT_CONFIGURED:
-                    # A model that cannot be used at all was never called.
-                    call.failed(error.code)
-                    raise
-                record = account.record(
-                    model, Usage(), self.reactor.seconds() - started, error.code
-                )
-                call.failed(error.code or error.kind, record.cost)
-                raise
-            except CancelledError:
-                # The call ran and may have spent tokens nobody reported.
-                account.record(model, Usage(), self.reactor.seconds() - started, CANCELLED)
-                call.failed("cancelled")
-                raise
-            record = account.record(model, response.usage, self.reactor.seconds() - started)
-            call.answered(response, record.cost)
-            sink.answered()
-            return response
-
-        def failed(model: str, number: int, error: ProviderError, retrying: bool) -> None:
-            if error.code == NOT_CONFIGURED:
-                log.info(
-                    "agent {agent}: skipping {model}: {error}",
-                    agent=agent.name,
-                    model=model,
-                    error=error.message,
-                )
-                sink.note(Retrying(model, error.message, skipped=True))
-                return
-            if retrying:
-                scope.retrying(*splitModel(model))
-            log.warn(
-                "agent {agent}: {model} failed (attempt {attempt} of {attempts}): {error}",
-                agent=agent.name,
-                model=model,
-                attempt=number,
-                attempts=attempts,
-                error=error.message,
-            )
-            if retrying:
-                sink.note(Retrying(model, error.message))
-
-        def waiting(model: str, seconds: float) -> None:
-            log.info(
-                "agent {agent}: waiting {seconds:.1f}s before calling {model}",
-                agent=agent.name,
-                seconds=seconds,
-                model=model,
-            )
-
-        loop = RetryLoop(self.reactor, self.retryPolicy, self.random, failed, waiting)
+        turn = _Turn(self, agent, request, sink, account, scope, max(agent.maxRetries, 1))
+        loop = RetryLoop(self.reactor, self.retryPolicy, self.random, turn.failed, turn.waiting)
         try:
-            response = await loop.run(
-                agent.models, attempts, attempt, lambda: not sink.sentAnything
-            )
+            response = await loop.run(agent.models, turn.attempts, turn.attempt, turn.mayRetry)
         except ProviderError as error:
+            reasons = turn.reasons
             if len(reasons) > 1 and not sink.sentAnything:
                 raise noModelAnswered(agent.name, agent.models, reasons, error) from None
             raise
@@ -689,6 +622,96 @@ class SessionRunner:
             )
         events(ToolFinished(call.name, text, call.id))
         return text
+
+
+@attrs.define(eq=False)
+class _Turn:
+    """
+    The attempts of one turn's LLM call (see L{SessionRunner._callWithFallback}):
+    what L{RetryLoop} calls back, on one object rather than in closures kept
+    alive for as long as the call runs.
+
+    @ivar reasons: each failed model's last error.
+    """
+
+    runner: SessionRunner
+    agent: AgentSpec
+    request: LLMRequest
+    sink: _TrackingSink
+    account: RunAccount
+    scope: RunScope
+    attempts: int
+    reasons: dict[str, ProviderError] = attrs.field(factory=dict)
+
+    def mayRetry(self) -> bool:
+        # Only while nothing of this turn reached the client.
+        return not self.sink.sentAnything
+
+    async def attempt(self, model: str) -> LLMResponse:
+        runner, sink, account = self.runner, self.sink, self.account
+        providerName, upstreamModel = splitModel(model)
+        provider = runner.providers(providerName)
+        started = runner.reactor.seconds()
+        sink.calling(model)
+        call = self.scope.llmCall(providerName, upstreamModel, self.request, provider)
+        try:
+            # The call's span is current while the request goes out, so
+            # its traceparent goes with it.
+            with call.activate():
+                calling = provider.complete(
+                    attrs.evolve(self.request, model=upstreamModel), call.sink(sink)
+                )
+            response = await calling
+        except ProviderError as error:
+            self.reasons[model] = error
+            if error.code == NOT_CONFIGURED:
+                # A model that cannot be used at all was never called.
+                call.failed(error.code)
+                raise
+            record = account.record(model, Usage(), runner.reactor.seconds() - started, error.code)
+            call.failed(error.code or error.kind, record.cost)
+            raise
+        except CancelledError:
+            # The call ran and may have spent tokens nobody reported.
+            account.record(model, Usage(), runner.reactor.seconds() - started, CANCELLED)
+            call.failed("cancelled")
+            raise
+        record = account.record(model, response.usage, runner.reactor.seconds() - started)
+        call.answered(response, record.cost)
+        sink.answered()
+        return response
+
+    def failed(self, model: str, number: int, error: ProviderError, retrying: bool) -> None:
+        agent = self.agent
+        if error.code == NOT_CONFIGURED:
+            log.info(
+                "agent {agent}: skipping {model}: {error}",
+                agent=agent.name,
+                model=model,
+                error=error.message,
+            )
+            self.sink.note(Retrying(model, error.message, skipped=True))
+            return
+        if retrying:
+            self.scope.retrying(*splitModel(model))
+        log.warn(
+            "agent {agent}: {model} failed (attempt {attempt} of {attempts}): {error}",
+            agent=agent.name,
+            model=model,
+            attempt=number,
+            attempts=self.attempts,
+            error=error.message,
+        )
+        if retrying:
+            self.sink.note(Retrying(model, error.message))
+
+    def waiting(self, model: str, seconds: float) -> None:
+        log.info(
+            "agent {agent}: waiting {seconds:.1f}s before calling {model}",
+            agent=self.agent.name,
+            seconds=seconds,
+            model=model,
+        )
 
 
 @attrs.define
