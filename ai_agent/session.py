@@ -73,6 +73,9 @@ from ai_agent.retry import NOT_CONFIGURED, RetryLoop, RetryPolicy, totalTimeout
 
 log = Logger()
 
+#: No client tools' names.
+_NO_NAMES: frozenset[str] = frozenset()
+
 #: Tool names of sub-agent calls start with this.
 SUBAGENT_PREFIX = "agent__"
 
@@ -261,7 +264,49 @@ class SessionRunner:
             or failing with L{AgentError}.  Content, reasoning and progress
             go to C{events} as they arrive.
         """
-        return ensureDeferred(self._run(agent, request, events))
+        account = RunAccount(
+            agent.name, self.reactor.seconds(), self.pricing, labels=request.labels
+        )
+        # Its parent span is the one current now: the request's, or the tool
+        # call running this agent as a sub-agent.
+        scope = self.observer.run(agent.name, agent.description or "")
+        account.traceId = scope.traceId
+        toolsRan: list[bool] = []
+        # The run's end is told by callbacks rather than by a coroutine
+        # around the turns: one coroutine frame less kept for the whole run.
+        return ensureDeferred(
+            self._turns(agent, request, events, toolsRan, account, scope)
+        ).addCallbacks(
+            self._ended,
+            self._failed,
+            callbackArgs=(account, scope),
+            errbackArgs=(account, scope, toolsRan),
+        )
+
+    def _ended(self, finished: Finished, account: RunAccount, scope: RunScope) -> Finished:
+        account.finish(finished.reason, self.reactor.seconds(), finished.usage)
+        scope.end(finished.reason, finished.usage)
+        return finished
+
+    def _failed(
+        self, failure: Failure, account: RunAccount, scope: RunScope, toolsRan: list[bool]
+    ) -> Failure:
+        error = failure.value
+        if isinstance(error, CancelledError):
+            account.finish("cancelled", self.reactor.seconds())
+            scope.end("cancelled", errorType="cancelled")
+        elif isinstance(error, AgentError):
+            account.finish(
+                f"failed: {error.status} {error.code or error.kind}", self.reactor.seconds()
+            )
+            scope.end("failed", errorType=error.code or error.kind)
+            # Repeating a run whose tools already acted could repeat their
+            # effects; the headend tells clients not to retry it.
+            error.sideEffects = error.sideEffects or bool(toolsRan)
+        else:
+            account.finish(f"crashed: {type(error).__name__}", self.reactor.seconds())
+            scope.end("failed", errorType=type(error).__name__)
+        return failure
 
     def runDirect(
         self, agent: AgentSpec, request: RunRequest, events: EventSink
@@ -339,38 +384,6 @@ class SessionRunner:
         scope.end(reason, response.usage)
         return Finished(reason, response.usage)
 
-    async def _run(self, agent: AgentSpec, request: RunRequest, events: EventSink) -> Finished:
-        toolsRan: list[bool] = []
-        account = RunAccount(
-            agent.name, self.reactor.seconds(), self.pricing, labels=request.labels
-        )
-        # Its parent span is the one current now: the request's, or the tool
-        # call running this agent as a sub-agent.
-        scope = self.observer.run(agent.name, agent.description or "")
-        account.traceId = scope.traceId
-        try:
-            finished = await self._turns(agent, request, events, toolsRan, account, scope)
-        except CancelledError:
-            account.finish("cancelled", self.reactor.seconds())
-            scope.end("cancelled", errorType="cancelled")
-            raise
-        except AgentError as error:
-            account.finish(
-                f"failed: {error.status} {error.code or error.kind}", self.reactor.seconds()
-            )
-            scope.end("failed", errorType=error.code or error.kind)
-            # Repeating a run whose tools already acted could repeat their
-            # effects; the headend tells clients not to retry it.
-            error.sideEffects = error.sideEffects or bool(toolsRan)
-            raise
-        except BaseException as error:
-            account.finish(f"crashed: {type(error).__name__}", self.reactor.seconds())
-            scope.end("failed", errorType=type(error).__name__)
-            raise
-        account.finish(finished.reason, self.reactor.seconds(), finished.usage)
-        scope.end(finished.reason, finished.usage)
-        return finished
-
     async def _turns(
         self,
         agent: AgentSpec,
@@ -385,9 +398,9 @@ class SessionRunner:
         clientTools = request.clientTools if agent.clientTools else ()
         choice = request.toolChoice if agent.clientTools else ToolChoice()
         _refuseClashes(clientTools, ownSpecs)
-        # (The empty frozenset is shared; a built one is not.)
+        # (An empty one is shared: each costs 216 bytes for the whole run.)
         clientNames = (
-            frozenset(tool.spec.name for tool in clientTools) if clientTools else frozenset()
+            frozenset(tool.spec.name for tool in clientTools) if clientTools else _NO_NAMES
         )
         specs = ownSpecs
         if choice.mode != ToolChoice.NONE:
