@@ -21,7 +21,7 @@ import json
 import random
 import secrets
 from contextvars import copy_context
-from typing import Any, Callable, Mapping, Protocol, Sequence, cast
+from typing import Any, Callable, Coroutine, Mapping, Protocol, Sequence, cast
 
 import attrs
 from twisted.internet import defer
@@ -496,7 +496,7 @@ class SessionRunner:
                 error=str(error),
             )
 
-    async def _callWithFallback(
+    def _callWithFallback(
         self,
         agent: AgentSpec,
         messages: list[ChatMessage],
@@ -508,7 +508,7 @@ class SessionRunner:
         toolChoice: ToolChoice | None = None,
         parallelToolCalls: bool | None = None,
         scope: RunScope = RunScope(),
-    ) -> tuple[LLMResponse, Usage]:
+    ) -> Coroutine[Any, Any, tuple[LLMResponse, Usage]]:
         """
         One turn's LLM call: the agent's models in order, up to
         C{maxRetries} attempts, with the waits of L{retryPolicy}, retrying
@@ -526,17 +526,9 @@ class SessionRunner:
             request = attrs.evolve(
                 request, toolChoice=toolChoice, parallelToolCalls=parallelToolCalls
             )
-        turn = _Turn(self, agent, request, sink, account, scope, max(agent.maxRetries, 1))
-        loop = RetryLoop(self.reactor, self.retryPolicy, self.random, turn.failed, turn.waiting)
-        try:
-            response = await loop.run(agent.models, turn.attempts, turn.attempt, turn.mayRetry)
-        except ProviderError as error:
-            reasons = turn.reasons
-            if len(reasons) > 1 and not sink.sentAnything:
-                raise noModelAnswered(agent.name, agent.models, reasons, error) from None
-            raise
-        sink.flushNotes()
-        return response, response.usage
+        # The turn's coroutine is the turn object's own: no frame of this
+        # method's arguments is kept while the call runs.
+        return _Turn(self, agent, request, sink, account, scope, max(agent.maxRetries, 1)).run()
 
     async def _runTools(
         self,
@@ -655,6 +647,21 @@ class _Turn:
     scope: RunScope
     attempts: int
     reasons: dict[str, ProviderError] = attrs.field(factory=dict)
+
+    async def run(self) -> tuple[LLMResponse, Usage]:
+        runner, agent, sink = self.runner, self.agent, self.sink
+        loop = RetryLoop(
+            runner.reactor, runner.retryPolicy, runner.random, self.failed, self.waiting
+        )
+        try:
+            response = await loop.run(agent.models, self.attempts, self.attempt, self.mayRetry)
+        except ProviderError as error:
+            reasons = self.reasons
+            if len(reasons) > 1 and not sink.sentAnything:
+                raise noModelAnswered(agent.name, agent.models, reasons, error) from None
+            raise
+        sink.flushNotes()
+        return response, response.usage
 
     def mayRetry(self) -> bool:
         # Only while nothing of this turn reached the client.
