@@ -28,6 +28,7 @@ setup(
         "treq>=24.9",
         "pyyaml>=6.0",
         "prometheus_client>=0.20",
+        "orjson>=3.9",
     ],
     extras_require={
         # Traces (OpenTelemetry, exported over OTLP/HTTP); off unless OTEL_*

@@ -384,9 +384,11 @@ def runListTools(
     """
     from treq.client import HTTPClient
     from twisted.internet.defer import DeferredList, ensureDeferred
-    from twisted.web.client import Agent, HTTPConnectionPool
 
     from ai_agent.config import loadConfig
+    from ai_agent.providers import CONNECT_TIMEOUT
+    from ai_agent.providers._wire import WireAgent
+    from ai_agent.runtime import CachingEndpointFactory
     from ai_agent.tools import McpManager, toolName
 
     async def main() -> int:
@@ -410,8 +412,8 @@ def runListTools(
         if not names:
             stderr.write("ai-agent: no MCP servers are configured\n")
             return EXIT_OK
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        manager = McpManager(config.mcpServers, reactor, HTTPClient(Agent(reactor, pool=pool)), env)
+        pool = WireAgent(reactor, CachingEndpointFactory(reactor, CONNECT_TIMEOUT))
+        manager = McpManager(config.mcpServers, reactor, HTTPClient(pool), env)
         try:
             listings = await DeferredList(
                 [manager.server(name).listTools() for name in names], consumeErrors=True

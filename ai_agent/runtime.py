@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
-from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import URI, BrowserLikePolicyForHTTPS
 from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgent, IAgentEndpointFactory
 from zope.interface import implementer
@@ -27,9 +27,9 @@ from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.limits import SubAgentLimiter
 from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
+from ai_agent.providers._wire import WireAgent
 from ai_agent.registry import AgentRegistry, agentFiles, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
-from ai_agent.startup import QuietClientFactory
 from ai_agent.store import RunStore, StoreTurnStore
 from ai_agent.tools import McpManager, ToolBoxFactory
 
@@ -91,7 +91,9 @@ class Runtime:
 
     config: Config
     registry: AgentRegistry
-    pool: HTTPConnectionPool
+    #: The upstream client and its connection pool (shared by the providers
+    #: and MCP servers over HTTP).
+    pool: WireAgent
     http: HTTPClient
     providers: ProviderSet
     runner: SessionRunner
@@ -148,12 +150,9 @@ def buildRuntime(
     registry = loadRegistry(agentPaths, config)
     checkToolServers(registry, config)
     warnMissingKeys(registry, config)
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = max(connections, 2)
-    pool.cachedConnectionTimeout = 120
-    pool._factory = QuietClientFactory
     endpoints = CachingEndpointFactory(reactor, CONNECT_TIMEOUT)
-    http = UpstreamHTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
+    pool = WireAgent(reactor, endpoints, maxIdlePerHost=max(connections, 2), idleTimeout=120)
+    http = UpstreamHTTPClient(pool)
     providers = ProviderSet(config, http, reactor)
     mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
     tools = ToolBoxFactory(registry.byPath, mcp, subAgentLimiter=SubAgentLimiter(reactor))

@@ -13,7 +13,6 @@ from typing import Any, Sequence, TextIO
 
 from twisted.internet.error import CannotListenError
 from twisted.logger import FileLogObserver, LogLevel, eventAsText, formatTime
-from twisted.web.client import _HTTP11ClientFactory
 
 from ai_agent import __version__
 from ai_agent.config import Config, describeMissing
@@ -30,15 +29,6 @@ class StartupError(Exception):
     The server cannot start; the message is one line saying why and what to
     do.
     """
-
-
-class QuietClientFactory(_HTTP11ClientFactory):
-    """
-    The upstream connection pool's protocol factory, without a "Starting
-    factory" and a "Stopping factory" log line for every connection.
-    """
-
-    noisy = False
 
 
 def listenError(error: CannotListenError) -> StartupError:
@@ -195,6 +185,22 @@ def _isNoise(event: dict[str, Any]) -> bool:
     return False
 
 
+def _quickText(event: dict[str, Any]) -> str | None:
+    """
+    The text of a plain event (a format string of named fields, no failure)
+    through C{str.format_map}, about ten times cheaper than Twisted's
+    formatter, which also calls C{{name()}} fields; L{None} for anything
+    else (the caller falls back to Twisted's formatting).
+    """
+    text = event.get("log_format")
+    if type(text) is not str or "log_failure" in event or "()" in text:
+        return None
+    try:
+        return text.format_map(event)
+    except Exception:
+        return None
+
+
 def textObserver(stream: TextIO, worker: str | None = None) -> Any:
     """
     A log observer writing C{time [worker N] level: text} lines, without
@@ -216,7 +222,9 @@ def textObserver(stream: TextIO, worker: str | None = None) -> Any:
     def format(event: dict[str, Any]) -> str | None:
         if _isNoise(event):
             return None
-        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        text = _quickText(event)
+        if text is None:
+            text = eventAsText(event, includeTimestamp=False, includeSystem=False)
         level = _LEVELS.get(event.get("log_level"), "")
         return f"{stamp(event.get('log_time'))} {prefix}{level}{text}\n"
 
@@ -224,7 +232,6 @@ def textObserver(stream: TextIO, worker: str | None = None) -> Any:
 
 
 __all__ = [
-    "QuietClientFactory",
     "StartupError",
     "WORKER_VARIABLE",
     "address",

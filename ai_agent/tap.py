@@ -6,6 +6,7 @@ used by C{twistd ai-agent} and by the C{ai-agent} command's headend mode.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -334,7 +335,7 @@ def makeSite(
     to C{accessLog} if given, with C{/metrics} beside them when C{metrics}
     is given.
     """
-    router = APIRouter(headend.app.resource(), mounts)
+    router = APIRouter(headend.app, mounts)
     resource: Any = router if metrics is None else WithMetrics(router, metrics)
     return GuardedSite(resource, policy, errorFormats=router.errorFormat, logPath=accessLog)
 
@@ -661,6 +662,7 @@ def makeService(
         )
 
     def banner(addresses: list[str]) -> None:
+        freezeHeap()
         if inherited is not None:
             # The first process's banner speaks for its workers.
             log.info("ready, serving {models}", models=", ".join(runtime.registry.ids()))
@@ -672,6 +674,19 @@ def makeService(
 
     top.onReady = banner
     return top
+
+
+def freezeHeap() -> None:
+    """
+    Once the server is up: move every object alive (modules, agents,
+    configuration) out of the garbage collector's view.  A full collection
+    otherwise walks that whole startup heap every few thousand requests;
+    measured at c=32, the collector's share of a proxied request's CPU fell
+    from about 125 to 49 µs.  No collection first: it would cost the first
+    request some 20-40 ms, and the garbage it would find after starting is
+    a few hundred objects (frozen with the rest, never freed).
+    """
+    gc.freeze()
 
 
 def _underTwistd(options: Options, reactor: Any) -> IService:

@@ -17,8 +17,12 @@ import attrs
 
 from bench._stats import ResponseParser
 
-# The first text: a chat chunk's delta.content, or a Responses output_text delta.
-_CONTENT = re.compile(rb'"(?:content|delta)":\s*"(?!")')
+# The first text: a chat chunk's delta.content, a Responses output_text
+# delta, or an Anthropic text_delta (never sent empty).
+_CONTENT = re.compile(rb'"(?:content|delta)":\s*"(?!")|"text_delta"')
+
+#: The Anthropic API version the Messages requests name.
+ANTHROPIC_VERSION = "2023-06-01"
 
 
 @attrs.define
@@ -55,21 +59,43 @@ class Target:
         body: dict[str, Any] = {"model": self.model, "input": text, "stream": stream}
         return self.post(f"{self.prefix}/responses", json.dumps(body).encode())
 
-    def toolChat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> bytes:
+    def messages(self, text: str, stream: bool) -> bytes:
         """
-        The raw bytes of a non-streamed chat-completion request carrying
-        the client's C{tools}.
+        The raw bytes of one Anthropic Messages API request, sent as
+        Anthropic's clients send it (C{x-api-key}, C{anthropic-version}).
         """
-        body = {"model": self.model, "messages": messages, "tools": tools, "stream": False}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": 1024,
+            "messages": [{"role": "user", "content": text}],
+            "stream": stream,
+        }
+        headers = {"x-api-key": self.key, "anthropic-version": ANTHROPIC_VERSION}
+        return self.post(f"{self.prefix}/messages", json.dumps(body).encode(), headers)
+
+    def toolChat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], stream: bool = False
+    ) -> bytes:
+        """
+        The raw bytes of a chat-completion request carrying the client's
+        C{tools} (none when empty).
+        """
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": stream}
+        if tools:
+            body["tools"] = tools
         return self.post(f"{self.prefix}/chat/completions", json.dumps(body).encode())
 
-    def post(self, path: str, body: bytes) -> bytes:
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
         """
-        A POST of a JSON body.
+        A POST of a JSON body, with the bearer token unless C{headers}
+        are given (they then carry the credentials).
         """
+        if headers is None:
+            headers = {"Authorization": f"Bearer {self.key}"}
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         head = (
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-            f"Content-Type: application/json\r\nAuthorization: Bearer {self.key}\r\n"
+            f"Content-Type: application/json\r\n{extra}"
             f"Content-Length: {len(body)}\r\n\r\n"
         )
         return head.encode() + body
@@ -93,6 +119,8 @@ class Result:
     @ivar latency: seconds to the last byte.
     @ivar ttft: seconds to the first non-empty content token, if any.
     @ivar firstByte: seconds to the first response byte.
+    @ivar marks: when asked for, C{(body bytes so far, seconds)} at each
+        read that added to the body: when each part of a stream arrived.
     """
 
     status: int
@@ -102,6 +130,7 @@ class Result:
     firstByte: float | None
     headers: dict[str, str]
     body: bytes
+    marks: list[tuple[int, float]] | None = None
 
 
 class ConnectionLostError(Exception):
@@ -125,6 +154,7 @@ class Connection(asyncio.Protocol):
         self._watch = False
         self._searched = 0
         self._gotToken: asyncio.Future[float] | None = None
+        self._marks: list[tuple[int, float]] | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
@@ -147,6 +177,8 @@ class Connection(asyncio.Protocol):
         if self._firstByte is None:
             self._firstByte = now - self._started
         added = parser.feed(data)
+        if self._marks is not None and added:
+            self._marks.append((len(parser.body), now - self._started))
         if self._watch and added and self._ttft is None:
             match = _CONTENT.search(parser.body, max(0, self._searched - 16))
             self._searched = len(parser.body)
@@ -172,6 +204,7 @@ class Connection(asyncio.Protocol):
                     self._firstByte,
                     parser.headers,
                     bytes(parser.body),
+                    self._marks,
                 )
             )
         if parser.headers.get("connection", "").lower() == "close" and self.transport:
@@ -193,12 +226,14 @@ class Connection(asyncio.Protocol):
         raw: bytes,
         watchContent: bool = False,
         firstToken: asyncio.Future[float] | None = None,
+        marks: bool = False,
     ) -> asyncio.Future[Result]:
         """
         Write one request; the Future fires with its L{Result}.
 
         @param watchContent: time the first content token.
         @param firstToken: set (to the C{perf_counter} time) when it arrives.
+        @param marks: keep the L{Result.marks} of the body.
         """
         assert self.transport is not None and self._parser is None
         self._parser = ResponseParser()
@@ -208,6 +243,7 @@ class Connection(asyncio.Protocol):
         self._searched = 0
         self._watch = watchContent
         self._gotToken = firstToken
+        self._marks = [] if marks else None
         self._started = time.perf_counter()
         self.transport.write(raw)
         return self._waiter

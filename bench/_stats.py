@@ -319,6 +319,168 @@ def checkResponsesStream(body: bytes) -> StreamCheck:
     return StreamCheck(tuple(pieces), done, errors, bad)
 
 
+def checkMessagesStream(body: bytes) -> StreamCheck:
+    """
+    Read an SSE Anthropic Messages body: the pieces are its C{text_delta}
+    texts, C{done} whether C{message_stop} ended it, errors its C{error}
+    events.
+    """
+    pieces: list[str] = []
+    done = False
+    errors = 0
+    bad = 0
+    for _, data in sseEvents(body):
+        try:
+            value = json.loads(data)
+        except ValueError:
+            bad += 1
+            continue
+        kind = value.get("type") if isinstance(value, dict) else None
+        if kind is None:
+            bad += 1
+        elif kind == "content_block_delta":
+            delta = value.get("delta")
+            if isinstance(delta, dict) and delta.get("type") == "text_delta" and delta.get("text"):
+                pieces.append(delta["text"])
+        elif kind == "message_stop":
+            done = True
+        elif kind == "error":
+            errors += 1
+    return StreamCheck(tuple(pieces), done, errors, bad)
+
+
+def sseEvents(body: bytes) -> list[tuple[int, bytes]]:
+    """
+    The data of each SSE event of C{body} (events without data left out),
+    with the offset just past the event's end.
+    """
+    found: list[tuple[int, bytes]] = []
+    body = body.replace(b"\r\n", b"\n")
+    position = 0
+    while True:
+        end = body.find(b"\n\n", position)
+        if end < 0:
+            return found
+        data = b"\n".join(
+            line[5:].lstrip(b" ")
+            for line in body[position:end].split(b"\n")
+            if line.startswith(b"data:")
+        )
+        if data:
+            found.append((end + 2, data))
+        position = end + 2
+
+
+@attrs.frozen
+class AgentStream:
+    """
+    What a streamed chat completion of an agent run carried.
+
+    @ivar content: the answer, its C{delta.content} pieces joined.
+    @ivar progress: each C{delta.reasoning_content} (progress lines: the
+        agent's tool calls starting and finishing) with the offset just
+        past its frame.
+    @ivar done: whether C{data: [DONE]} ended it.
+    @ivar errors: in-band error frames and frames that were not JSON.
+    """
+
+    content: str
+    progress: tuple[tuple[str, int], ...]
+    done: bool
+    errors: int
+
+    def span(self, marks: Sequence[tuple[int, float]], tool: str) -> float | None:
+        """
+        Seconds from the arrival of the frame saying C{calling <tool>} to
+        that of the frame saying C{<tool> → ...}, given the L{Result.marks}
+        of the body; L{None} unless the stream has exactly one of each, in
+        that order.
+        """
+        starts = [end for text, end in self.progress if text.startswith(f"calling {tool} ")]
+        ends = [end for text, end in self.progress if text.startswith(f"{tool} → ")]
+        if len(starts) != 1 or len(ends) != 1 or ends[0] <= starts[0]:
+            return None
+        began, finished = arrivedAt(marks, starts[0]), arrivedAt(marks, ends[0])
+        if began is None or finished is None:
+            return None
+        return finished - began
+
+
+def readAgentStream(body: bytes) -> AgentStream:
+    """
+    Read an SSE chat-completion body with its progress frames.
+    """
+    content: list[str] = []
+    progress: list[tuple[str, int]] = []
+    done = False
+    errors = 0
+    for end, data in sseEvents(body):
+        if data == b"[DONE]":
+            done = True
+            continue
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            errors += 1
+            continue
+        if not isinstance(chunk, dict) or chunk.get("error"):
+            errors += 1
+            continue
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                content.append(delta["content"])
+            if isinstance(delta.get("reasoning_content"), str) and delta["reasoning_content"]:
+                progress.append((delta["reasoning_content"], end))
+    return AgentStream("".join(content), tuple(progress), done, errors)
+
+
+def arrivedAt(marks: Sequence[tuple[int, float]], offset: int) -> float | None:
+    """
+    The time of the first mark whose body had reached C{offset} bytes.
+    """
+    for length, seconds in marks:
+        if length >= offset:
+            return seconds
+    return None
+
+
+def responsesText(body: bytes) -> str | None:
+    """
+    The text of a non-streamed Responses API response (its C{output_text}
+    parts joined), or L{None} unless it is C{completed}.
+    """
+    try:
+        value: Any = json.loads(body)
+        if value["status"] != "completed":
+            return None
+        parts = [
+            part["text"]
+            for item in value["output"]
+            if item.get("type") == "message"
+            for part in item["content"]
+            if part.get("type") == "output_text"
+        ]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return "".join(parts) if parts and all(isinstance(p, str) for p in parts) else None
+
+
+def messagesText(body: bytes) -> str | None:
+    """
+    The text of a non-streamed Anthropic message (its C{text} blocks
+    joined), or L{None} unless it is a message that ended its turn.
+    """
+    try:
+        value: Any = json.loads(body)
+        if value["type"] != "message" or value["stop_reason"] != "end_turn":
+            return None
+        parts = [block["text"] for block in value["content"] if block.get("type") == "text"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return "".join(parts) if parts and all(isinstance(p, str) for p in parts) else None
+
+
 def completionText(body: bytes) -> str | None:
     """
     The C{message.content} of a non-streamed chat completion, or L{None}.

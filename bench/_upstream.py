@@ -14,7 +14,9 @@ LiteLLM) reaches each one by its base URL alone:
 
 Client tools: when the request has C{tools} and its last message is a user
 message, the answer is a call of the first function tool, with the
-arguments C{{"text": <the last user message>}} and the id
+arguments C{{<name>: <the last user message>}} (the name: the tool's first
+required string parameter, e.g. C{prompt} for a sub-agent, else C{text})
+and the id
 C{call_bench_<n>} (finish reason C{tool_calls}); when its last message is a
 tool result, the answer is C{"result: "} and that result, word by word.
 Streamed, the call goes out as OpenAI streams one: a delta with its index,
@@ -80,8 +82,8 @@ def toolCallOf(body: Any) -> tuple[str, str] | None:
     """
     The C{(name, arguments)} of the call the upstream answers with: the
     first function tool of C{tools}, called with the last user message as
-    C{text}, when the request has tools and its last message is a user
-    message; otherwise L{None}.
+    its L{argumentName}, when the request has tools and its last message is
+    a user message; otherwise L{None}.
     """
     tools = body.get("tools") if isinstance(body, dict) else None
     last = _lastMessage(body)
@@ -95,8 +97,26 @@ def toolCallOf(body: Any) -> tuple[str, str] | None:
             and isinstance(function, dict)
             and isinstance(function.get("name"), str)
         ):
-            return function["name"], _dumps({"text": lastUserText(body)}).decode("utf-8")
+            arguments = {argumentName(function.get("parameters")): lastUserText(body)}
+            return function["name"], _dumps(arguments).decode("utf-8")
     return None
+
+
+def argumentName(schema: Any) -> str:
+    """
+    The parameter a call of a tool with the parameters C{schema} puts the
+    user's message in: the first required property of type string (a
+    sub-agent's C{prompt}, an MCP tool's C{text}), else C{text}.
+    """
+    if isinstance(schema, dict):
+        required = schema.get("required")
+        properties = schema.get("properties")
+        if isinstance(required, list) and isinstance(properties, dict):
+            for name in required:
+                spec = properties.get(name) if isinstance(name, str) else None
+                if isinstance(spec, dict) and spec.get("type") == "string":
+                    return str(name)
+    return "text"
 
 
 def toolResultOf(body: Any) -> str | None:

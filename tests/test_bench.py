@@ -17,37 +17,46 @@ import sys
 from typing import Any
 from unittest import mock
 
+import attrs
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from ai_agent.store import defaultStorePath
 from ai_agent.testing import wordPieces
-from bench import _run
+from bench import _client, _report, _run
 from bench._client import Target
 from bench._report import (
     allFiguresTable,
     figures,
+    headendLines,
     latencyCurves,
     observeFigures,
     observeLines,
+    targetsTable,
+    toolFigures,
+    toolLines,
 )
 from bench._stats import (
     ResponseParser,
     addedPerRound,
+    checkMessagesStream,
     checkResponsesStream,
     checkStream,
     completionText,
     cpuSeconds,
     handedBackCall,
     median,
+    messagesText,
     percentile,
     ratio,
+    readAgentStream,
+    responsesText,
     rssKiB,
     summarize,
 )
-from bench._upstream import BenchUpstream
+from bench._upstream import BenchUpstream, argumentName
 
 
 def _frame(content: str) -> bytes:
@@ -642,3 +651,487 @@ class SetupTests(SynchronousTestCase):
             defaultStorePath(setup.env),
             os.path.join(setup.directory, "state", "ai-agent", "store.sqlite3"),
         )
+
+
+# The other headends.
+
+
+def _sse(kind: str, **fields: Any) -> bytes:
+    data = json.dumps({"type": kind, **fields}).encode()
+    return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+
+class HeadendParsingTests(SynchronousTestCase):
+    """
+    Reading the Responses API's and Anthropic's answers.
+    """
+
+    def test_messagesStream(self) -> None:
+        """
+        An Anthropic stream's pieces are its C{text_delta} texts (not its
+        C{thinking_delta}s); it is intact when C{message_stop} ended it and
+        no C{error} event came.
+        """
+        text = [
+            _sse("content_block_delta", index=1, delta={"type": "text_delta", "text": t})
+            for t in ("a", "b")
+        ]
+        thinking = _sse(
+            "content_block_delta", index=0, delta={"type": "thinking_delta", "thinking": "x"}
+        )
+        body = _sse("message_start", message={}) + thinking + b"".join(text)
+        check = checkMessagesStream(body + _sse("message_stop"))
+        self.assertEqual(check.pieces, ("a", "b"))
+        self.assertTrue(check.intact(["a", "b"]))
+        self.assertFalse(checkMessagesStream(body).intact(["a", "b"]))
+        broken = body + _sse("error", error={"type": "overloaded_error"}) + _sse("message_stop")
+        self.assertFalse(checkMessagesStream(broken).intact(["a", "b"]))
+
+    def test_firstTokenPattern(self) -> None:
+        """
+        The client's first-token pattern finds an Anthropic C{text_delta},
+        and none of the frames before it (the message, the empty text
+        block).
+        """
+        before = _sse("message_start", message={"content": []}) + _sse(
+            "content_block_start", index=0, content_block={"type": "text", "text": ""}
+        )
+        delta = _sse("content_block_delta", index=0, delta={"type": "text_delta", "text": "e"})
+        self.assertIsNone(_client._CONTENT.search(before))
+        self.assertIsNotNone(_client._CONTENT.search(before + delta))
+
+    def test_wholeAnswers(self) -> None:
+        """
+        A non-streamed answer's text: the Responses API's C{output_text}
+        parts of a completed response, Anthropic's C{text} blocks of a
+        message that ended its turn; anything else is None.
+        """
+        response = {
+            "status": "completed",
+            "output": [
+                {"type": "reasoning", "summary": []},
+                {"type": "message", "content": [{"type": "output_text", "text": "echo: ping"}]},
+            ],
+        }
+        self.assertEqual(responsesText(json.dumps(response).encode()), "echo: ping")
+        failed = {**response, "status": "failed"}
+        self.assertIsNone(responsesText(json.dumps(failed).encode()))
+        message = {
+            "type": "message",
+            "stop_reason": "end_turn",
+            "content": [{"type": "thinking", "thinking": "x"}, {"type": "text", "text": "hi"}],
+        }
+        self.assertEqual(messagesText(json.dumps(message).encode()), "hi")
+        cut = {**message, "stop_reason": "max_tokens"}
+        self.assertIsNone(messagesText(json.dumps(cut).encode()))
+        self.assertIsNone(messagesText(b'{"type": "error"}'))
+
+    def test_messagesRequest(self) -> None:
+        """
+        A Messages request carries C{max_tokens} and Anthropic's headers
+        (C{x-api-key}, C{anthropic-version}), not a bearer token.
+        """
+        raw = Target(8000, "/v1", "bench", "sk-x").messages("hi", True)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"POST /v1/messages HTTP/1.1\r\n"))
+        self.assertIn(b"\r\nx-api-key: sk-x", head)
+        self.assertIn(b"\r\nanthropic-version: 2023-06-01", head)
+        self.assertNotIn(b"Authorization", head)
+        self.assertEqual(
+            json.loads(body),
+            {
+                "model": "bench",
+                "max_tokens": 1024,
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+            },
+        )
+
+
+class HeadendReportTests(SynchronousTestCase):
+    """
+    The other headends in the report: added over the upstream's Chat
+    Completions figure, as a ratio to Chat Completions' added figure, and
+    the target row.
+    """
+
+    def samples(self, responses: float, messages: float) -> dict[str, Any]:
+        def rounds(*values: float) -> dict[str, Any]:
+            return {str(r): {"ms": [v, v], "bad": 0} for r, v in enumerate(values)}
+
+        trips = {
+            "direct": {"0": {"ms": [0.5], "legsMs": [[0.2, 0.3]], "bad": 0}},
+            "ai-agent": {"0": {"ms": [2.5], "legsMs": [[1.2, 1.3]], "bad": 0}},
+        }
+        return {
+            "latency_c1": {"direct": rounds(0.2, 0.3), "ai-agent": rounds(1.2, 1.3)},
+            "latency_responses_c1": {"ai-agent": rounds(0.2 + responses, 0.3 + responses)},
+            "latency_messages_c1": {"ai-agent": rounds(0.2 + messages, 0.3 + messages)},
+            "ttft_c1": {"direct": rounds(0.1), "ai-agent": rounds(1.1)},
+            "ttft_messages_c1": {"ai-agent": rounds(1.6)},
+            "tools_c1": trips,
+        }
+
+    def test_ratios(self) -> None:
+        """
+        Each headend's added p50 is taken against the upstream's chat
+        latency of the same round, and divided by Chat Completions' added
+        p50; the client-tool round trip's per-request figure is the mean of
+        its two requests' added p50.
+        """
+        f = figures(self.samples(1.05, 1.2))
+        self.assertAlmostEqual(f["latency_responses_c1.added_p50.ai-agent"]["value"], 1.05)
+        self.assertAlmostEqual(f["latency_responses_c1.vsChat.ai-agent"], 1.05)
+        self.assertAlmostEqual(f["latency_messages_c1.vsChat.ai-agent"], 1.2)
+        self.assertAlmostEqual(f["ttft_messages_c1.added_p50.ai-agent"]["value"], 1.5)
+        self.assertAlmostEqual(f["ttft_messages_c1.vsChat.ai-agent"], 1.5)
+        self.assertAlmostEqual(f["tools_c1.perRequestAdded.ai-agent"]["value"], 1.0)
+        self.assertAlmostEqual(f["tools_c1.vsChat.ai-agent"], 1.0)
+        lines = headendLines(f)
+        anthropic = next(line for line in lines if line.startswith("| Anthropic"))
+        self.assertIn("| 1.20× |", anthropic)
+        self.assertIn("| 1.50× |", anthropic)
+
+    def test_targetRow(self) -> None:
+        """
+        The target is met when every ratio is within 10 %, not met when one
+        is above, and not measured while one is missing and none is above.
+        """
+        name = "Responses / Anthropic / client-tool round trip within 10 %"
+
+        def verdict(samples: dict[str, Any]) -> tuple[str, str]:
+            rows = targetsTable(samples, figures(samples))
+            row = next(r for r in rows if r[0].startswith(name))
+            return row[2], row[3]
+
+        measured, ok = verdict(self.samples(1.05, 1.08))
+        self.assertEqual(ok, "met")
+        self.assertIn("Responses 1.05×, Anthropic 1.08×", measured)
+        self.assertEqual(verdict(self.samples(1.05, 1.2))[1], "**not met**")
+        partial = self.samples(1.0, 1.0)
+        del partial["latency_messages_c1"]
+        measured, ok = verdict(partial)
+        self.assertEqual(ok, "not measured")
+        self.assertIn("Anthropic n/a", measured)
+        partial["latency_responses_c1"] = {"ai-agent": {"0": {"ms": [9.0], "bad": 0}}}
+        self.assertEqual(verdict(partial)[1], "**not met**")
+        old = self.samples(1.0, 1.0)
+        for figure in ("latency_responses_c1", "latency_messages_c1", "tools_c1"):
+            del old[figure]
+        rows = targetsTable(old, figures(old))
+        self.assertFalse([r for r in rows if r[0].startswith(name)])
+        self.assertEqual(headendLines(figures(old)), [])
+
+
+# Tools inside a run: the MCP server and a sub-agent.
+
+SUBAGENT_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "agent__child",
+        "description": "benchmark agent (child)",
+        "parameters": {
+            "type": "object",
+            "properties": {"prompt": {"type": "string"}},
+            "required": ["prompt"],
+        },
+    },
+}
+
+
+class UpstreamArgumentsTests(SynchronousTestCase):
+    """
+    The bench upstream fills the tool's first required string parameter.
+    """
+
+    def test_subAgentPrompt(self) -> None:
+        """
+        A sub-agent tool (C{{"prompt": string}}, required) is called with
+        the user's message as C{prompt}.
+        """
+        body = {"model": "m", "messages": [ASK], "tools": [SUBAGENT_TOOL]}
+        _, raw = _post(BenchUpstream(Clock()), body)
+        call = handedBackCall(raw)
+        assert call is not None
+        self.assertEqual(call["function"]["name"], "agent__child")
+        self.assertEqual(json.loads(call["function"]["arguments"]), {"prompt": "weather in Paris"})
+
+    def test_argumentName(self) -> None:
+        """
+        The first required property of type string names the argument; a
+        schema without one (none required, only other types, not a schema)
+        gets C{text}.
+        """
+        schema = {
+            "type": "object",
+            "properties": {"n": {"type": "integer"}, "q": {"type": "string"}},
+            "required": ["n", "q"],
+        }
+        self.assertEqual(argumentName(schema), "q")
+        self.assertEqual(argumentName(WEATHER["function"]["parameters"]), "text")
+        self.assertEqual(argumentName({**schema, "required": ["n"]}), "text")
+        self.assertEqual(argumentName({"type": "object"}), "text")
+        self.assertEqual(argumentName(None), "text")
+
+
+def _chunk(delta: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps({"choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n"
+
+
+class AgentStreamTests(SynchronousTestCase):
+    """
+    Timing a tool call inside a run from the frames the client reads.
+    """
+
+    def body(self) -> tuple[bytes, bytes, bytes]:
+        start = _chunk({"reasoning_content": 'calling s__echo {"text": "hi"}\n'})
+        end = _chunk({"reasoning_content": "s__echo → hi\n"})
+        answer = _chunk({"content": "result: "}) + _chunk({"content": "hi"})
+        return start, end, answer + b"data: [DONE]\n\n"
+
+    def test_span(self) -> None:
+        """
+        The call's time is from the read that completed the frame saying
+        C{calling <tool>} to the one that completed C{<tool> → ...}.
+        """
+        start, end, rest = self.body()
+        body = _chunk({"role": "assistant", "content": ""}) + start + end + rest
+        stream = readAgentStream(body)
+        self.assertEqual(stream.content, "result: hi")
+        self.assertTrue(stream.done)
+        self.assertEqual(len(stream.progress), 2)
+        first = len(_chunk({"role": "assistant", "content": ""}))
+        # Reads: the role chunk with half the first frame, the rest of it,
+        # then the second frame, then the answer.
+        marks = [
+            (first + 5, 0.001),
+            (first + len(start), 0.002),
+            (first + len(start) + len(end), 0.0075),
+            (len(body), 0.009),
+        ]
+        span = stream.span(marks, "s__echo")
+        assert span is not None
+        self.assertAlmostEqual(span, 0.0055)
+        self.assertIsNone(stream.span(marks, "other__echo"))
+
+    def test_spanNeedsBothOnce(self) -> None:
+        """
+        Without the result's frame, or with the call announced twice, there
+        is no span.
+        """
+        start, end, rest = self.body()
+        marks = [(10**6, 0.001)]
+        self.assertIsNone(readAgentStream(start + rest).span(marks, "s__echo"))
+        self.assertIsNone(readAgentStream(start + start + end + rest).span(marks, "s__echo"))
+        self.assertIsNotNone(readAgentStream(start + end + rest).span(marks, "s__echo"))
+
+
+class ToolReportTests(SynchronousTestCase):
+    """
+    The tool arms in the report: the decomposition and the target rows.
+    """
+
+    def samples(self, sdk: float) -> dict[str, Any]:
+        def rounds(key: str = "ms", **values: float) -> dict[str, Any]:
+            return {
+                r: {key: [v, v], "bad": 0, "spanMs": [values.get("span", 0.0)] * 2}
+                for r, v in (("0", values["ms"]),)
+            }
+
+        return {
+            "agent_plain": {"direct": rounds(ms=0.2), "ai-agent": rounds(ms=1.2)},
+            "mcp_direct": {"direct": rounds(ms=0.5)},
+            "mcp_sdk": {"stdio": rounds(ms=sdk), "http": rounds(ms=sdk * 2)},
+            "mcp_run": {"stdio": rounds(ms=4.0, span=0.8), "http": rounds(ms=5.0, span=1.5)},
+            "subagent_direct": {
+                "direct": {"0": {"ms": [0.7], "legsMs": [[0.2, 0.25, 0.25]], "bad": 0}}
+            },
+            "subagent_run": {"ai-agent": rounds(ms=6.0, span=2.25)},
+        }
+
+    def test_decomposition(self) -> None:
+        """
+        A run's added latency is over its upstream calls made directly; the
+        MCP call end to end is that minus a plain run's added latency; the
+        sub-agent call between its frames is also given minus the child's
+        own upstream call.
+        """
+        f = toolFigures(self.samples(1.0))
+        self.assertAlmostEqual(f["plain.added"]["value"], 1.0)
+        self.assertAlmostEqual(f["mcp.runAdded.stdio"]["value"], 3.5)
+        self.assertAlmostEqual(f["mcp.cost.stdio"]["value"], 2.5)
+        self.assertAlmostEqual(f["mcp.cost.http"]["value"], 3.5)
+        self.assertAlmostEqual(f["mcp.vsSdk.stdio"], 0.8)
+        self.assertAlmostEqual(f["mcp.vsSdk.http"], 0.75)
+        self.assertAlmostEqual(f["subagent.runAdded"]["value"], 5.3)
+        self.assertAlmostEqual(f["subagent.spanAdded"]["value"], 2.0)
+        self.assertAlmostEqual(f["subagent.cost"]["value"], 4.3)
+        rows = [line for line in toolLines(self.samples(1.0)) if line.startswith("| stdio")]
+        self.assertEqual(len(rows), 1)
+        self.assertIn("| 0.80× |", rows[0])
+        self.assertEqual(toolLines({}), [])
+
+    def test_targetRows(self) -> None:
+        """
+        The MCP target is met when the call inside a run is no slower than
+        the SDK's on both transports; the sub-agent's cost is reported.
+        """
+
+        def rows(samples: dict[str, Any]) -> dict[str, tuple[str, str]]:
+            return {r[0]: (r[2], r[3]) for r in targetsTable(samples, figures(samples))}
+
+        mcp = "MCP tool call inside a run no slower than the MCP SDK client calling directly"
+        met = rows(self.samples(1.0))
+        row = next(value for name, value in met.items() if name.startswith(mcp))
+        self.assertEqual(row, ("stdio 0.800 vs 1.000 ms; Streamable HTTP 1.500 vs 2.000 ms", "met"))
+        slow = rows(self.samples(0.7))
+        self.assertEqual(
+            next(value for name, value in slow.items() if name.startswith(mcp))[1], "**not met**"
+        )
+        self.assertEqual(
+            met["cost of a sub-agent call (p50)"],
+            ("2.000 ms over the child's upstream call; 4.300 ms end to end", "met"),
+        )
+
+
+def _benchUpstream(testCase: SynchronousTestCase) -> int:
+    """
+    Start a bench upstream process; its port.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench._upstream", "--port", "0"],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": _run.ROOT},
+    )
+    testCase.addCleanup(process.wait, 10)
+    testCase.addCleanup(process.kill)
+    assert process.stdout is not None
+    line = process.stdout.readline().decode()
+    return int(line.rsplit(":", 1)[1].split("/")[0])
+
+
+class ToolMeasureTests(SynchronousTestCase):
+    """
+    The tool arms' measures against real processes.
+    """
+
+    def test_sdkClientOverStdio(self) -> None:
+        """
+        The MCP SDK's client (bench/_mcpclient.py) starts the bench's MCP
+        server over stdio, and answers each command with that many timed
+        calls, all right.
+        """
+        done = subprocess.run(
+            [sys.executable, _run.MCP_CLIENT, "stdio", sys.executable, _run.MCP_SERVER],
+            input=b"3\n2\n\n",
+            capture_output=True,
+            timeout=60,
+        )
+        lines = done.stdout.decode().splitlines()
+        self.assertEqual(lines[0], "READY", done.stderr[-2000:])
+        answers = [json.loads(line) for line in lines[1:]]
+        self.assertEqual([(len(a["ms"]), a["bad"]) for a in answers], [(3, 0), (2, 0)])
+        self.assertTrue(all(ms > 0 for a in answers for ms in a["ms"]))
+
+    def test_directArms(self) -> None:
+        """
+        Against the bench upstream, the direct sequences of an MCP run (2
+        requests) and of a sub-agent run (3) are all right, each timed as
+        the sum of its requests, and a plain streamed run is the echo.
+        """
+        direct = Target(_benchUpstream(self), "/v1", "m")
+
+        async def main() -> list[dict[str, Any]]:
+            return [
+                await _run.measureDirectCalls(direct, _run.directSteps(direct, "mcp"), 3),
+                await _run.measureDirectCalls(direct, _run.directSteps(direct, "subagent"), 3),
+                await _run.measureAgentRun(direct, 3, "echo: " + _run.TOOL_TEXT, None),
+                await _run.measureAgentRun(direct, 2, "something else", None),
+            ]
+
+        mcp, subagent, plain, wrong = asyncio.run(main())
+        for result, steps in ((mcp, 2), (subagent, 3)):
+            self.assertEqual(result["bad"], 0)
+            self.assertEqual([len(legs) for legs in result["legsMs"]], [steps] * 3)
+            for total, legs in zip(result["ms"], result["legsMs"], strict=True):
+                self.assertAlmostEqual(total, sum(legs), places=3)
+        self.assertEqual((plain["bad"], len(plain["ms"])), (0, 3))
+        self.assertEqual((wrong["bad"], wrong["ms"]), (2, []))
+
+    def test_toolArmsThroughTheServer(self) -> None:
+        """
+        One short round of every tool arm, this server included (an agent
+        calling the MCP server over stdio, one calling it over Streamable
+        HTTP, a parent calling its sub-agent): every arm is recorded, no
+        answer is wrong, and each run's tool call is timed from its frames.
+        """
+        setup = _run.Setup.create(_benchUpstream(self))
+        self.addCleanup(shutil.rmtree, setup.directory, True)
+        plan = attrs.evolve(_run.QUICK, toolRuns=3)
+        rec = _run.Recorder()
+        asyncio.run(_run.measureToolArms(setup, plan, rec, 1))
+        recorded = {
+            (figure, arm)
+            for figure, arms in rec.samples.items()
+            if figure not in ("toolOrder", "toolClientNice")
+            for arm in arms
+        }
+        self.assertEqual(
+            recorded,
+            {
+                ("mcp_sdk", "stdio"),
+                ("mcp_sdk", "http"),
+                ("mcp_run", "stdio"),
+                ("mcp_run", "http"),
+                ("subagent_run", "ai-agent"),
+                ("agent_plain", "ai-agent"),
+                ("agent_plain", "direct"),
+                ("mcp_direct", "direct"),
+                ("subagent_direct", "direct"),
+            },
+        )
+        for figure, arm in recorded:
+            value = rec.samples[figure][arm]["0"]
+            self.assertEqual((value["bad"], len(value["ms"])), (0, 3), (figure, arm))
+        for figure, arm in (
+            ("mcp_run", "stdio"),
+            ("mcp_run", "http"),
+            ("subagent_run", "ai-agent"),
+        ):
+            value = rec.samples[figure][arm]["0"]
+            # A call whose two frames came in one read is not timed (this
+            # process is not pinned here, and may read late).
+            self.assertEqual(len(value["spanMs"]) + value["unresolved"], 3)
+            self.assertTrue(all(0 < span < max(value["ms"]) for span in value["spanMs"]))
+
+
+class WholeReportTests(SynchronousTestCase):
+    """
+    The report written from samples with the new arms.
+    """
+
+    def test_sectionsAndPlot(self) -> None:
+        """
+        The document gets the headends section, the tools section, their
+        target rows and their plot, and the measurement notes describe them.
+        """
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SkipTest("matplotlib (bench/run installs it in bench/.venv) is missing") from None
+        samples = {
+            **HeadendReportTests().samples(1.05, 1.08),
+            **ToolReportTests().samples(1.0),
+        }
+        out = self.mktemp()
+        _report.write(samples, out)
+        with open(os.path.join(out, "performance.md"), encoding="utf-8") as f:
+            text = f.read()
+        for heading in ("## Headends", "## Tools inside a run"):
+            self.assertEqual(text.count("\n" + heading + "\n"), 1, heading)
+        self.assertIn("| Responses / Anthropic / client-tool round trip within 10 %", text)
+        self.assertIn("| MCP tool call inside a run no slower than the MCP SDK client", text)
+        self.assertIn("| cost of a sub-agent call (p50) |", text)
+        self.assertIn("![Headends and MCP tool calls", text)
+        self.assertIn("- Tools inside a run", text)
+        self.assertTrue(os.path.exists(os.path.join(out, "img", "perf-headends-tools.png")))

@@ -31,7 +31,7 @@ from ai_agent.config import loadConfig
 from ai_agent.errors import ConfigurationError, ProviderError
 from ai_agent.reload import Reloader
 from ai_agent.runtime import buildRuntime
-from ai_agent.startup import _isNoise, embeddedModels, listenError
+from ai_agent.startup import _isNoise, embeddedModels, listenError, textObserver
 from ai_agent.testing import FakeUpstream, Reply, startFakeUpstream, unusedBaseUrl
 from tests._harness import startServer, writeAgent
 from tests._process import childEnvironment, command, freePort
@@ -762,3 +762,51 @@ class UnitTests(SynchronousTestCase):
         self.assertEqual(error.status, 502)
         self.assertTrue(error.message.startswith("no model of agent 'a' could answer: x/y: "))
         self.assertIn("install the embedded model (pip install xllamacpp", error.message)
+
+
+class LogTextTests(SynchronousTestCase):
+    """
+    The text log observer's lines.
+    """
+
+    def test_sameTextAsTwisted(self) -> None:
+        """
+        Plain events (named fields, conversions, format specs, attributes,
+        indexing) read the same through the quick formatter as through
+        Twisted's; events it cannot format (a call field, a failure, a
+        missing field, a non-string format) fall back to Twisted's text.
+        """
+        from io import StringIO
+
+        from twisted.logger import eventAsText
+
+        try:
+            raise ZeroDivisionError("boom")
+        except ZeroDivisionError:
+            failure = Failure()
+        events: list[dict[str, Any]] = [
+            {
+                "log_format": "agent {agent} finished in {elapsed:.3f}s",
+                "agent": "a",
+                "elapsed": 1.5,
+            },
+            {
+                "log_format": "{what!r} at {where.real} [{items[1]}]",
+                "what": "x",
+                "where": 3,
+                "items": [1, 2],
+            },
+            {"log_format": "called {f()}", "f": lambda: "yes"},
+            {"log_format": "boom {x}", "x": 1, "log_failure": failure},
+            {"log_format": "missing {nothere}"},
+            {"log_format": None, "log_text": "legacy"},
+        ]
+        for event in events:
+            event.setdefault("log_level", LogLevel.info)
+            event.setdefault("log_time", 0.0)
+            out = StringIO()
+            textObserver(out)(event)
+            expected = eventAsText(event, includeTimestamp=False, includeSystem=False)
+            line = out.getvalue()
+            self.assertTrue(line.endswith(expected + "\n"), (line, expected))
+        self.assertIn("called yes", eventAsText(events[2]))

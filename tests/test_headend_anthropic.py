@@ -18,6 +18,8 @@ from ai_agent.events import ClientToolCall, Finished, FinishReason, ToolFinished
 from ai_agent.headends.anthropic import (
     ANTHROPIC_ERRORS,
     MessagesEncoder,
+    _dumps,
+    _dumpsAny,
     estimateTokens,
     parseCountTokensRequest,
     parseMessagesRequest,
@@ -425,3 +427,62 @@ class ParserPropertyTests(SynchronousTestCase):
             except AgentError as error:
                 self.assertEqual((error.status, error.kind), (400, ErrorKind.INVALID_REQUEST))
                 self.assertIsNotNone(error.param, error.message)
+
+
+class EncoderFastPathTests(SynchronousTestCase):
+    """
+    L{MessagesEncoder}'s fast paths write what its plain ones do.
+    """
+
+    def test_deltaSameBytes(self) -> None:
+        """
+        A delta event written with orjson has the bytes of the same event
+        written with C{json}, for any text (a lone surrogate included).
+        """
+        for text in ("pong", 'é "q" \\ \n\t\x00\x7f\u2028😀', "\ud800"):
+            delta = {"type": "text_delta", "text": text}
+            fast = MessagesEncoder("msg_1", "agent")._delta(delta)
+            plain = b"event: content_block_delta\ndata: " + _dumps(
+                {"type": "content_block_delta", "index": -1, "delta": delta}
+            )
+            self.assertEqual(fast, plain + b"\n\n")
+
+    @given(
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(min_value=-(2**70), max_value=2**70)
+            | st.floats()
+            | st.text(st.characters() | st.just("\ud800")),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+            ),
+            max_leaves=12,
+        )
+    )
+    def test_anyValueSameBytes(self, value: Any) -> None:
+        """
+        Events and bodies (orjson unless the value holds a float) are
+        written with the bytes C{json} gives them, for any value.
+        """
+        self.assertEqual(_dumpsAny(value), _dumps(value))
+
+    def test_wholeAnswerMakesNoEvents(self) -> None:
+        """
+        An encoder for a whole answer makes no event, and writes the body of
+        one that does, with and without a tool call (whose input may hold
+        floats, and is written with C{json}).
+        """
+        for call in (None, ClientToolCall(0, "toolu_1", "f", '{"a":1e-7}')):
+            bodies = []
+            for frames in (True, False):
+                encoder = MessagesEncoder("msg_1", "agent", frames=frames)
+                made = [encoder.reasoning("thinking"), encoder.content("pong\ud800")]
+                if call is not None:
+                    made.append(encoder.toolCall(call))
+                self.assertEqual([bool(m) for m in made], [frames] * len(made))
+                bodies.append(encoder.body(Finished(FinishReason.END, Usage(3, 2))))
+            self.assertEqual(bodies[0], bodies[1])
+            if call is not None:
+                self.assertIn(b'"input":{"a":1e-07}', bodies[0])

@@ -10,14 +10,19 @@ import os
 from typing import Any
 
 import openai
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http import Request
+from twisted.web.test.requesthelper import DummyChannel
 
-from ai_agent.events import Finished, FinishReason, ToolStarted, Usage
-from ai_agent.headends.openai import ChatEncoder, ChunkEncoder
+from ai_agent.events import ClientToolCall, Finished, FinishReason, ToolStarted, Usage
+from ai_agent.headends._request import headerLookup
+from ai_agent.headends.openai import ChatEncoder, ChunkEncoder, _dumps, _dumpsPlain
 from ai_agent.testing import Reply
 from tests._harness import SENTINEL_KEY, inThread, startServer
 
@@ -668,3 +673,62 @@ class ChatEncoderTests(SynchronousTestCase):
         self.assertIsNone(encoder.progress(ToolStarted("t", "{}")))
         body = json.loads(encoder.body(Finished(FinishReason.END, Usage())))
         self.assertEqual(body["choices"][0]["message"], {"role": "assistant", "content": ""})
+
+
+#: JSON values without floats: what the Chat Completions encoder writes.
+_PLAIN_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.text(st.characters() | st.sampled_from('\ud800\udfff\x00\x1f\x7f\u2028"\\/')),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+class EncodingTests(SynchronousTestCase):
+    """
+    The encoder's fast paths write what the plain ones do.
+    """
+
+    @given(_PLAIN_JSON)
+    def test_orjsonSameBytes(self, value: Any) -> None:
+        """
+        A value without floats (any text, lone surrogates and control
+        characters included; integers past 64 bits) is written with the
+        same bytes by the orjson path as by C{json.dumps}.
+        """
+        self.assertEqual(_dumpsPlain(value), _dumps(value))
+
+    def test_wholeAnswerMakesNoChunks(self) -> None:
+        """
+        An encoder for a whole answer makes no chunk for any event, and
+        writes the same body as one that does.
+        """
+        bodies = []
+        for frames in (True, False):
+            encoder = ChatEncoder(ChunkEncoder("chatcmpl-1", 7, "agent", False), frames=frames)
+            made = [
+                encoder.reasoning("thinking"),
+                encoder.progress(ToolStarted("t", "{}")),
+                encoder.content("é\ud800"),
+                encoder.toolCall(ClientToolCall(0, "call_1", "f", '{"a":1}')),
+            ]
+            self.assertEqual([m is None for m in made], [not frames] * 4)
+            bodies.append(encoder.body(Finished(FinishReason.TOOL_CALLS, Usage(1, 2))))
+        self.assertEqual(bodies[0], bodies[1])
+        self.assertIn("\ufffd".encode(), bodies[0])
+
+    def test_headerLookup(self) -> None:
+        """
+        L{headerLookup} answers as the request's C{getHeader}: the last
+        value of a header, whatever the case it was sent in, or L{None}.
+        """
+        request = Request(DummyChannel())
+        request.requestHeaders.addRawHeader(b"X-OpenWebUI-Chat-Id", b"1")
+        request.requestHeaders.addRawHeader(b"x-openwebui-chat-id", b"2")
+        request.requestHeaders.addRawHeader(b"user-agent", b"ua")
+        lookup = headerLookup(request)
+        for name in (b"x-openwebui-chat-id", b"user-agent", b"x-missing"):
+            self.assertEqual(lookup(name), request.getHeader(name))
+        self.assertEqual(lookup(b"x-openwebui-chat-id"), b"2")

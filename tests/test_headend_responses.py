@@ -13,11 +13,15 @@ import os
 from typing import Any
 
 import openai
+from hypothesis import given
+from hypothesis import strategies as st
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from ai_agent.events import ClientToolCall, Finished, FinishReason, Usage
+from ai_agent.headends.responses import ResponsesEncoder, _dumps, _dumpsAny
 from ai_agent.store import makeStore
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, inThread, startServer
@@ -1094,3 +1098,65 @@ class MetricsTests(TestCase):
         )
         self.assertEqual(metricValue(text, requests, headend="responses", status="400"), 1)
         self.assertEqual(metricValue(text, requests, headend="openai"), 0)
+
+
+#: Any JSON-ish value: floats (tiny, huge, not finite), integers past 64
+#: bits, lone surrogates, tuples.
+_ANY_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(st.characters() | st.sampled_from("\ud800\x00\u2028")),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+class EncoderFastPathTests(SynchronousTestCase):
+    """
+    L{ResponsesEncoder}'s fast paths write what its plain ones do.
+    """
+
+    @given(_ANY_JSON)
+    def test_anyValueSameBytes(self, value: Any) -> None:
+        """
+        Events and bodies (orjson unless the value holds a float) are
+        written with the bytes C{json} gives them, for any value.
+        """
+        self.assertEqual(_dumpsAny(value), _dumps(value))
+
+    def test_deltaSameBytes(self) -> None:
+        """
+        A delta event written with orjson has the bytes of the same event
+        written with C{json}, for any text (a lone surrogate included).
+        """
+        for text in ("", "pong", 'é "q" \\ \n\t\x00\x7f\u2028😀', "\ud800"):
+            fast = ResponsesEncoder({})._delta("d", item_id="i", delta=text, logprobs=[])
+            plain = ResponsesEncoder({})._event("d", item_id="i", delta=text, logprobs=[])
+            self.assertEqual(fast, plain)
+
+    def test_wholeAnswerMakesNoEvents(self) -> None:
+        """
+        An encoder for a whole answer makes no event, and its response
+        object is that of one that does (but for the items' random ids).
+        """
+        finals = []
+        for frames in (True, False):
+            encoder = ResponsesEncoder({"id": "resp_1"}, frames=frames)
+            made = [
+                encoder.open(),
+                encoder.reasoning("thinking"),
+                encoder.content("pong"),
+                encoder.toolCall(ClientToolCall(0, "call_1", "f", '{"a":1}')),
+            ]
+            self.assertEqual([bool(m) for m in made], [frames] * 4)
+            final = json.loads(encoder.body(Finished(FinishReason.TOOL_CALLS, Usage(1, 2))))
+            for item in final["output"]:
+                item["id"] = "-"
+            finals.append(final)
+        self.assertEqual(finals[0], finals[1])

@@ -30,6 +30,8 @@ from ai_agent.headends._request import (
     MAX_TOOLS,
     AgentError,
     ChatRequest,
+    _parseWithJSON,
+    loadBody,
     parseChatRequest,
     parseChatRequestOffReactor,
 )
@@ -227,6 +229,53 @@ class ParserPropertyTests(SynchronousTestCase):
                 del body[position:]
                 break
         _checkParse(self, bytes(body))
+
+
+def _outcome(parse: Callable[[bytes], Any], body: bytes) -> Any:
+    """
+    What C{parse} makes of C{body}: its value spelled out (so that C{1} and
+    C{1.0}, C{0.0} and C{-0.0} differ), or the 400 it raises.
+    """
+    try:
+        return repr(parse(body))
+    except AgentError as error:
+        return (error.message, error.code, error.param)
+
+
+#: Bytes JSON is made of, and some it must not hold.
+_JSONISH = st.binary(max_size=40) | st.lists(
+    st.sampled_from(
+        [b"{", b"}", b"[", b"]", b'"', b",", b":", b"0", b"7", b".", b"e", b"E", b"-", b"+"]
+        + [b" ", b"\t", b"\n", b"true", b"null", b"NaN", b"Infinity", b"\\u", b"d83d"]
+        + [b"ude00", b"\\", b"\x01", b"\xc3\xa9", b"\xff", b"1e400", b"9" * 19, b"a"]
+    ),
+    max_size=16,
+).map(b"".join)
+
+
+class JSONParserAgreementTests(SynchronousTestCase):
+    """
+    The body parser's orjson path agrees with its json path.
+    """
+
+    @settings(max_examples=600, deadline=None)
+    @given(_JSONISH)
+    def test_sameOutcome(self, body: bytes) -> None:
+        """
+        Any body gives the same value, or the same 400 (message, code and
+        param), with orjson tried first as with json alone.
+        """
+        self.assertEqual(_outcome(loadBody, body), _outcome(_parseWithJSON, body))
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_json)
+    def test_sameValues(self, value: Any) -> None:
+        """
+        Any JSON value, escaped or raw UTF-8, parses to the same value both
+        ways (or is refused the same way).
+        """
+        for body in _encodings(value):
+            self.assertEqual(_outcome(loadBody, body), _outcome(_parseWithJSON, body))
 
 
 class UnicodeTests(SynchronousTestCase):

@@ -10,14 +10,26 @@ import re
 import time
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
 
-from ai_agent.headends._http import APIKeys, HTTPPolicy, UnusablePathError, canonicalPath
+from ai_agent.headends._http import (
+    APIKeys,
+    GuardedSite,
+    HTTPPolicy,
+    UnusablePathError,
+    _canonicalPath,
+    canonicalPath,
+)
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, startServer
 
@@ -202,6 +214,27 @@ class ContentTypeTests(TestCase):
         await raw.waitFor(b"chat.completion")
         self.assertEqual(_status(raw.received), 200)
         raw.transport.loseConnection()
+
+
+class NoDelayTests(TestCase):
+    """
+    Nagle's algorithm is off on the server's connections.
+    """
+
+    async def test_noDelay(self) -> None:
+        """
+        A client's connection to the server has TCP_NODELAY set on the
+        server's side, so a stream's frames are never held back waiting
+        for the client's delayed acknowledgement.
+        """
+        server = await startServer(self)
+        raw = await _connect(server)
+        raw.transport.write(b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n")  # type: ignore[union-attr]
+        await raw.waitFor(b"\r\n\r\n")
+        wrappers = list(server.port.factory.protocols)  # type: ignore[attr-defined]
+        self.assertEqual(len(wrappers), 1)
+        self.assertTrue(wrappers[0].transport.getTcpNoDelay())
+        raw.transport.loseConnection()  # type: ignore[union-attr]
 
 
 class DeadlineTests(TestCase):
@@ -522,6 +555,23 @@ class CanonicalPathTests(SynchronousTestCase):
         ):
             self.assertRaises(UnusablePathError, canonicalPath, target)
 
+    @given(st.text(alphabet="/.a%2Fe:@!$&'()*+,;=~_-? #\x01\u00e9", max_size=16))
+    def test_shortcutAgrees(self, text: str) -> None:
+        """
+        The shortcut for paths that are already canonical gives what the
+        full decoding and escaping does, or refuses the same targets.
+        """
+        target = ("/" + text).encode("utf-8")
+        try:
+            expected: Any = _canonicalPath(target)
+        except UnusablePathError:
+            expected = UnusablePathError
+        try:
+            actual: Any = canonicalPath(target)
+        except UnusablePathError:
+            actual = UnusablePathError
+        self.assertEqual(actual, expected)
+
 
 class CORSTests(TestCase):
     """
@@ -680,3 +730,108 @@ class AccessLogTests(TestCase):
         site = GuardedSite(None)
         self.assertIsNone(site.logPath)
         site.log(None)  # must not touch the request at all
+
+
+class _CountingTransport(StringTransport):
+    """
+    A transport counting how often it is asked for its addresses.
+    """
+
+    asked = 0
+
+    def getHost(self) -> Any:
+        self.asked += 1
+        return super().getHost()
+
+    def getPeer(self) -> Any:
+        self.asked += 1
+        return super().getPeer()
+
+
+class ChannelAddressTests(SynchronousTestCase):
+    """
+    L{GuardedChannel} asks its transport for its addresses once.
+    """
+
+    def test_addressesOncePerConnection(self) -> None:
+        """
+        Requests on one connection see the connection's addresses, asked of
+        the transport once (the local one is a system call on TCP), not
+        once per request.
+        """
+        seen: list[tuple[Any, Any]] = []
+
+        class _Addresses(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                seen.append((request.getHost(), request.getClientAddress()))
+                return b"ok"
+
+        site = GuardedSite(_Addresses(), reactor=Clock())
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = _CountingTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 80),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 5555),
+        )
+        protocol.makeConnection(transport)
+        asked = transport.asked
+        for _ in range(3):
+            protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 3)
+        self.assertEqual(
+            seen,
+            [(IPv4Address("TCP", "127.0.0.1", 80), IPv4Address("TCP", "127.0.0.1", 5555))] * 3,
+        )
+        self.assertLessEqual(transport.asked - asked, 2)
+
+
+class OneSendTests(SynchronousTestCase):
+    """
+    A response with a length leaves with its head in one write; the head
+    is never held back.
+    """
+
+    def respond(self, code: int, body: bytes, method: bytes = b"GET") -> StringTransport:
+        from twisted.internet.task import Clock
+        from twisted.web.resource import Resource
+
+        from ai_agent.headends._http import GuardedChannel, GuardedSite
+
+        class Answer(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                request.setResponseCode(code)
+                request.setHeader(b"content-length", b"%d" % len(body))
+                return body
+
+        protocol = GuardedSite(Answer()).buildProtocol(None)
+        channel = protocol._channel
+        self.assertIsInstance(channel, GuardedChannel)
+        channel.callLater = Clock().callLater
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(method + b" /health HTTP/1.1\r\nHost: h\r\n\r\n")
+        return transport
+
+    def test_headAndBody(self) -> None:
+        """
+        The status line, headers and body arrive complete and in order.
+        """
+        data = self.respond(200, b'{"ok":true}').value()
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"), data)
+        self.assertIn(
+            b"\r\nContent-Length: 11\r\n", data.replace(b"content-length", b"Content-Length")
+        )
+        self.assertTrue(data.endswith(b'\r\n\r\n{"ok":true}'), data)
+
+    def test_noBody(self) -> None:
+        """
+        A response without body bytes (a 204, a HEAD) still gets its head
+        written when the request is done.
+        """
+        for code, body, method in ((204, b"", b"GET"), (200, b"abc", b"HEAD")):
+            data = self.respond(code, body, method).value()
+            self.assertTrue(data.startswith(b"HTTP/1.1 %d " % code), data)
+            self.assertTrue(data.endswith(b"\r\n\r\n"), data)

@@ -16,7 +16,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -419,6 +420,42 @@ class JSONLogTests(SynchronousTestCase):
         self.assertIn("chatcmpl-1 for agent agent stop", record["message"])
         self.assertIn("trace " + "ab" * 16, record["message"])
         self.assertFalse([key for key in record if key.startswith(("_", "log_"))])
+
+
+class JSONLogMessageTests(SynchronousTestCase):
+    """
+    The JSON log's fast formatting of messages.
+    """
+
+    def test_sameTextAsTwisted(self) -> None:
+        """
+        A JSON log line's C{message} is what Twisted's C{formatEvent} gives:
+        for a run's line, fields formatted, indexed, converted and called,
+        missing fields, positional fields, bytes and absent formats, with a
+        failure.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        account = RunAccount("agent", 10.0, labels=RunLabels("chatcmpl-1", stream=False))
+        account.record("fake/test-model", Usage(3, 4), 0.5)
+        account.finish("stop", 11.25)
+        failure = Failure(ZeroDivisionError("boom"))
+        cases: list[dict[str, Any]] = [
+            *[e for e in events if e.get("log_namespace") == "ai_agent.accounting"],
+            {"log_format": "{f()} {x!r:>10} {y[0]} {z.real} {{x}}", "f": lambda: "called"}
+            | {"x": "s", "y": [1], "z": 3},
+            {"log_format": "{missing}"},
+            {"log_format": "{} {0}"},
+            {"log_format": b"bytes {x}", "x": 1},
+            {"log_format": None},
+            {},
+            {"log_format": "{x:.2f}", "x": "not a number"},
+            {"log_format": "failed: {x}", "x": 1, "log_failure": failure},
+        ]
+        self.assertEqual(len(cases), 10)
+        for event in cases:
+            self.assertEqual(json.loads(eventAsJSON(event))["message"], formatEvent(event))
 
 
 class _Receiver(Resource):

@@ -111,20 +111,6 @@ class TwistedPrivateAPITests(SynchronousTestCase):
         service.startService()
         self.assertTrue(service._waitingForPort.called)
 
-    def test_quietClientFactory(self) -> None:
-        """
-        The upstream connection pool builds its protocols from its
-        C{_factory}, which the runtime replaces by a subclass of
-        C{_HTTP11ClientFactory} that logs no start and stop lines.
-        """
-        from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
-
-        from ai_agent.startup import QuietClientFactory
-
-        self.assertIs(HTTPConnectionPool._factory, _HTTP11ClientFactory)
-        self.assertTrue(issubclass(QuietClientFactory, _HTTP11ClientFactory))
-        self.assertFalse(QuietClientFactory.noisy)
-
     def test_headerNameCache(self) -> None:
         """
         Twisted's header-name encoder caches in C{_canonicalHeaderCache}
@@ -137,3 +123,60 @@ class TwistedPrivateAPITests(SynchronousTestCase):
         headers = Headers({"x-a": ["1"]})
         headers.addRawHeader(b"x-a", b"2")
         self.assertEqual(headers.getRawHeaders(b"X-A"), [b"1", b"2"])
+
+    def test_kleinErrorHandlers(self) -> None:
+        """
+        A Klein app keeps its error handlers, in the order they were
+        declared, in C{_error_handlers} as pairs of exception types and
+        handler: the site's direct look-up of fixed routes runs them as
+        Klein's resource does.
+        """
+        from klein import Klein
+
+        app = Klein()
+
+        @app.handle_errors(KeyError, ValueError)
+        def first(request: object, failure: object) -> bytes:
+            return b""
+
+        @app.handle_errors(ZeroDivisionError)
+        def second(request: object, failure: object) -> bytes:
+            return b""
+
+        self.assertEqual(
+            [tuple(kinds) for kinds, _ in app._error_handlers],
+            [(KeyError, ValueError), (ZeroDivisionError,)],
+        )
+
+    def test_writeBuffers(self) -> None:
+        """
+        L{ai_agent._eager.sendNow} reads a TCP transport's queue through
+        C{dataBuffer}, C{_tempDataLen} and C{_writeDisconnected}, sends on
+        its C{socket}, and sees through C{ProtocolWrapper}, whose C{write}
+        passes straight to its transport.
+        """
+        import inspect
+
+        from twisted.internet import abstract, tcp
+        from twisted.protocols.policies import ProtocolWrapper
+
+        source = inspect.getsource(abstract.FileDescriptor)
+        for name in ("self.dataBuffer", "self._tempDataLen", "self._writeDisconnected"):
+            self.assertIn(name, source)
+        self.assertIn("self.socket.send", inspect.getsource(tcp.Connection.writeSomeData))
+        self.assertIn("self.transport.write(data)", inspect.getsource(ProtocolWrapper.write))
+
+    def test_headersStorage(self) -> None:
+        """
+        The lean upstream client fills a response's C{Headers} through
+        C{_rawHeaders} (canonical name to values) with names from
+        C{_nameEncoder.encode}, which raises C{InvalidHeaderName} for a
+        name that is not a token.
+        """
+        from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
+
+        headers = Headers()
+        headers._rawHeaders[_nameEncoder.encode(b"content-type")] = [b"text/plain"]
+        self.assertEqual(headers.getRawHeaders(b"Content-Type"), [b"text/plain"])
+        self.assertEqual(headers.getRawHeaders("content-type"), ["text/plain"])
+        self.assertRaises(InvalidHeaderName, _nameEncoder.encode, b"bad name")

@@ -913,3 +913,36 @@ class UpstreamTests(TestCase):
         with self.assertRaises(CancelledError):
             await d
         await self.upstream.waitForDisconnects(1)
+
+
+class JSONCodecTests(SynchronousTestCase):
+    """
+    The providers' JSON: orjson, with the json module for what it refuses.
+    """
+
+    def test_bodySameValues(self) -> None:
+        """
+        A request body reads back as the same value json writes, compact,
+        non-ASCII text as UTF-8; an integer past 64 bits still goes out.
+        """
+        from ai_agent.providers._http import dumpsBody
+
+        payload = {"model": "m", "messages": [{"role": "user", "content": "héllo ☃ \u2028"}]}
+        payload["temperature"] = 0.7
+        compact = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        self.assertEqual(dumpsBody(payload), compact)
+        payload["seed"] = 2**70
+        self.assertEqual(json.loads(dumpsBody(payload)), payload)
+
+    def test_loadsFallsBack(self) -> None:
+        """
+        Upstream JSON that orjson refuses (NaN, a 70-bit integer) is read
+        by the json module; invalid JSON is still a ValueError.
+        """
+        from ai_agent.providers._http import loadsJSON
+
+        self.assertEqual(loadsJSON('{"a": [1, "x", null]}'), {"a": [1, "x", None]})
+        self.assertEqual(loadsJSON(b'{"n": %d}' % 2**70), {"n": 2**70})
+        value = loadsJSON('{"x": NaN}')["x"]
+        self.assertNotEqual(value, value)
+        self.assertRaises(ValueError, loadsJSON, "{not json")

@@ -203,6 +203,23 @@ class StoreBehaviourMixin:
             await store.putMany(TURNS, {"a": "small", "b": "x" * 200})
         self.assertEqual(await store.getMany(TURNS, ["a", "b"]), {})  # type: ignore[attr-defined]
 
+    async def test_putEntriesAcrossNamespaces(self) -> None:
+        """
+        C{putEntries} stores documents of several namespaces at once; when
+        one is too large or one key is unusable, none is stored.
+        """
+        store = await self.openStore(maxDocumentSize=100)
+        await store.putEntries([(RESPONSES, "r", {"v": 1}), (TURNS, "t1", 1), (TURNS, "t2", 2)])
+        self.assertEqual((await store.get(RESPONSES, "r")).document, {"v": 1})  # type: ignore[attr-defined]
+        found = await store.getMany(TURNS, ["t1", "t2"])
+        self.assertEqual({key: doc.document for key, doc in found.items()}, {"t1": 1, "t2": 2})  # type: ignore[attr-defined]
+        with self.assertRaises(DocumentTooLargeError):  # type: ignore[attr-defined]
+            await store.putEntries([(RESPONSES, "r2", "small"), (TURNS, "t3", "x" * 200)])
+        with self.assertRaises(StoreError):  # type: ignore[attr-defined]
+            await store.putEntries([(RESPONSES, "r3", "small"), (TURNS, "", "empty key")])
+        self.assertIsNone(await store.get(RESPONSES, "r2"))  # type: ignore[attr-defined]
+        self.assertIsNone(await store.get(RESPONSES, "r3"))  # type: ignore[attr-defined]
+
     async def test_sizeLimit(self) -> None:
         """
         A document over C{maxDocumentSize} (counted in UTF-8 bytes of its

@@ -231,3 +231,31 @@ class ServerProcessTests(TestCase):
             [*command("ai-agent"), "--agent", "chat.ai", "--openai-completions", "PORT"],
             expectedStatus=0,
         )
+
+
+class FreezeHeapTests(SynchronousTestCase):
+    """
+    L{ai_agent.tap.freezeHeap}, which the server calls once it is ready.
+    """
+
+    def test_startupHeapFrozen(self) -> None:
+        """
+        Every object alive when the server is ready leaves the collector's
+        generations (it is counted as frozen).
+        """
+        import gc
+
+        from ai_agent.tap import freezeHeap
+
+        class Kept:
+            pass
+
+        kept = Kept()
+        self.assertIn(kept, gc.get_objects())
+        before = gc.get_freeze_count()
+        try:
+            freezeHeap()
+            self.assertGreater(gc.get_freeze_count(), before)
+            self.assertNotIn(kept, gc.get_objects())
+        finally:
+            gc.unfreeze()

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import io
 import re
+import time
 from typing import Any, Callable, Iterable, cast
 from urllib.parse import quote, unquote_to_bytes
 
@@ -22,10 +23,11 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
+from twisted.web import http, server
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
+from ai_agent._eager import markPending, noDelay, sendNow
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, ErrorKind
 from ai_agent.redaction import shorten
 
@@ -65,6 +67,11 @@ _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 #: An absolute-form request target's scheme and authority.
 _ABSOLUTE_FORM = re.compile(rb"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
+#: A path that is its own canonical spelling: non-empty segments of
+#: characters written back unescaped, no escape (segments that are C{.} or
+#: C{..} are ruled out apart).
+_CANONICAL_ALREADY = re.compile(rb"(?:/[A-Za-z0-9!$&'()*+,;=:@._~-]+)+/?|/")
+
 
 class UnusablePathError(ValueError):
     """
@@ -86,6 +93,18 @@ def canonicalPath(target: bytes) -> tuple[bytes, bytes]:
         malformed or double escape, bytes that are not UTF-8, control
         characters, C{.} or C{..} segments, a fragment, or a target that is
         not a path.
+    """
+    path, question, query = target.partition(b"?")
+    if _CANONICAL_ALREADY.fullmatch(path) and b"/." not in path:
+        # The common case: what _canonicalPath would give, without decoding
+        # and escaping each segment again.
+        return path, question + query
+    return _canonicalPath(target)
+
+
+def _canonicalPath(target: bytes) -> tuple[bytes, bytes]:
+    """
+    L{canonicalPath} for any target.
     """
     target = _ABSOLUTE_FORM.sub(b"", target, count=1) or b"/"
     path, question, query = target.partition(b"?")
@@ -186,6 +205,22 @@ class HTTPPolicy:
         return origin if origin.decode("latin-1") in self.corsOrigins else None
 
 
+_DEFAULT_POLICY = HTTPPolicy()
+
+
+def _httpDate(now: float) -> bytes:
+    """
+    The C{Date} header's value for C{now}: made once per second.
+    """
+    second = int(now)
+    if second != _lastDate[0]:
+        _lastDate[:] = [second, http.datetimeToString(second)]
+    return cast(bytes, _lastDate[1])
+
+
+_lastDate: list[Any] = [None, b""]
+
+
 class GuardedRequest(Request):
     """
     A request checked as its head arrives: key, content type and declared
@@ -201,7 +236,7 @@ class GuardedRequest(Request):
     @property
     def policy(self) -> HTTPPolicy:
         site = cast(Any, self.channel).site
-        return getattr(site, "policy", HTTPPolicy())
+        return getattr(site, "policy", _DEFAULT_POLICY)
 
     def gotLength(self, length: int | None) -> None:
         refusal = self._screen(length)
@@ -361,7 +396,27 @@ class GuardedRequest(Request):
         if self._refusal is not None:
             self._respond(self._refusal)
             return
-        super().process()
+        self._render()
+
+    def _render(self) -> None:
+        """
+        What L{Request.process} does, with the C{Date} header made once a
+        second.  The path is canonical here (it never is C{*}).
+        """
+        self.setHeader(b"Server", server.version)
+        self.setHeader(b"Date", _httpDate(time.time()))
+        self.prepath = []
+        self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
+        try:
+            resource = cast(Site, self.site).getResourceFor(self)
+            getEncoder = getattr(resource, "getEncoder", None)
+            if getEncoder is not None:
+                encoder = getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(resource)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def _preflight(self, origin: bytes | None) -> None:
         if origin is None:
@@ -435,10 +490,80 @@ class GuardedChannel(http.HTTPChannel):
 
     _deadline: IDelayedCall | None = None
     _lingerCall: IDelayedCall | None = None
+    _host: Any = None
+    _peer: Any = None
+
+    def getHost(self) -> Any:
+        # Each request asks (twisted.web's Request keeps both addresses);
+        # a connection's addresses never change, and the local one costs a
+        # getsockname system call.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
+
+    _head: bytes | None = None
+
+    # A response with a length (an answer or an error, not a stream) goes
+    # out in one send, now: its head waits for the first bytes of its body
+    # and both leave through sendNow, instead of being queued for the
+    # reactor's next turn (see ai_agent._eager).  Streams are written as
+    # Twisted writes them (frames of one turn coalesce in one send).
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        if (
+            self._head is None
+            and headers.hasHeader(b"content-length")
+            and not headers.hasHeader(b"transfer-encoding")
+        ):
+            parts = [version, b" ", code, b" ", reason, b"\r\n"]
+            for name, values in headers.getAllRawHeaders():
+                for value in values:
+                    parts += (name, b": ", value, b"\r\n")
+            parts.append(b"\r\n")
+            self._head = b"".join(parts)
+            return
+        self._flushHead()
+        super().writeHeaders(version, code, reason, headers)
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is None:
+            super().write(data)
+            markPending(self.transport)
+            return
+        self._head = None
+        if self.transport is not None:
+            sendNow(self.transport, head + data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        self._flushHead()
+        super().writeSequence(iovec)
+        markPending(self.transport)
+
+    def requestDone(self, request: http.Request) -> None:
+        self._flushHead()
+        super().requestDone(request)
+
+    def _flushHead(self) -> None:
+        head, self._head = self._head, None
+        if head is not None and self.transport is not None:
+            self.transport.write(head)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Answers and stream frames are written whole (one send each), so
+        # Nagle's algorithm could only hold a frame back until the client
+        # acknowledges the previous one (its delayed ACK: up to 40 ms).
+        noDelay(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:
-            limit = getattr(getattr(self, "site", None), "policy", HTTPPolicy()).requestDeadline
+            limit = getattr(getattr(self, "site", None), "policy", _DEFAULT_POLICY).requestDeadline
             self._deadline = self.callLater(limit, self._deadlinePassed)
         super().dataReceived(data)
 

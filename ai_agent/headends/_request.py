@@ -25,6 +25,7 @@ from itertools import accumulate
 from typing import Any, Callable, TypeVar
 
 import attrs
+import orjson
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
@@ -59,6 +60,12 @@ _STRING = re.compile(rb'"[^"]*"')
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 _STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 # A \\u escape that may start half of a surrogate pair, and the lone half itself.
+#: Bodies up to this size are parsed with orjson first (see L{_loads}).
+_ORJSON_LIMIT = 4096
+#: Every digit as C{0}, everything else as C{.}: a run of digits enough
+#: for an integer orjson would not keep exact is then L{_LONG_DIGITS}.
+_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2E for b in range(256))
+_LONG_DIGITS = b"0" * 19
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -283,6 +290,25 @@ def _loads(body: bytes) -> Any:
             f" at most {MAX_CONTAINERS} are allowed",
             code="request_too_complex",
         )
+    if len(body) <= _ORJSON_LIMIT and _LONG_DIGITS not in body.translate(_DIGITS):
+        # orjson parses what json does to the same values, and refuses
+        # everything refused below (bytes that are not UTF-8, NaN, numbers
+        # too large for a float, lone surrogates) but integers past 64 bits,
+        # which it turns into floats: a body with a run of 19 digits is left
+        # to json.  A refused body goes on, to be refused in json's words.
+        # Past a few KiB, looking for such a run costs what orjson saves.
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return _parseWithJSON(body)
+
+
+def _parseWithJSON(body: bytes) -> Any:
+    """
+    L{_loads} after its checks of size and shape, with C{json}: the values
+    and the words of every refusal.
+    """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -735,6 +761,16 @@ def _parseToolCalls(value: Any, where: str) -> tuple[ToolCall, ...]:
     return tuple(calls)
 
 
+def headerLookup(request: Any) -> Callable[[bytes], bytes | None]:
+    """
+    What C{request.getHeader} answers (a header's last value, or L{None}),
+    for a lowercase name, from one pass over the request's headers: for
+    asking about many headers a request mostly does not carry.
+    """
+    last = {name.lower(): values[-1] for name, values in request.requestHeaders.getAllRawHeaders()}
+    return last.get
+
+
 #: The body checks every API's parser shares (see L{_loads}, L{_optional},
 #: L{_number}, L{_typeName}, L{_show}).
 loadBody = _loads
@@ -749,6 +785,7 @@ __all__ = [
     "ChatRequest",
     "TOOL_NAME",
     "functionSpec",
+    "headerLookup",
     "parseFunctionTools",
     "parseToolChoice",
     "loadBody",

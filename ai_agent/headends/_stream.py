@@ -260,7 +260,11 @@ class RunResponse:
         self.request.setHeader(b"content-type", b"application/json")
         for name, value in self.headers.items():
             self.request.setHeader(name, value)
-        return self.encoder.body(finished)
+        body = self.encoder.body(finished)
+        # With its length the answer is not chunked, and leaves with its
+        # head in one send (GuardedChannel).
+        self.request.setHeader(b"content-length", b"%d" % len(body))
+        return body
 
     async def stream(self, start: StartRun) -> None:
         """

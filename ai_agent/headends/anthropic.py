@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, ClassVar, Iterable, cast
 
 import attrs
+import orjson
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -55,11 +56,13 @@ from ai_agent.headends._answers import (
     wrongMethod,
 )
 from ai_agent.headends._bodies import BodyGate
+from ai_agent.headends._json import holdsFloat
 from ai_agent.headends._request import (
     MAX_MESSAGES,
     MAX_TOOLS,
     OFF_REACTOR_THRESHOLD,
     TOOL_NAME,
+    headerLookup,
     loadBody,
     numberField,
     optionalField,
@@ -106,6 +109,25 @@ def _dumps(value: Any) -> bytes:
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     # Lone surrogates (from a model's answer) have no UTF-8 form.
     return text.encode("utf-8", "replace")
+
+
+def _dumpsPlain(value: Any) -> bytes:
+    """
+    L{_dumps} for a value holding no float, with orjson (the same bytes; a
+    lone surrogate makes orjson refuse, and L{_dumps} write it).
+    """
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return _dumps(value)
+
+
+def _dumpsAny(value: Any) -> bytes:
+    """
+    L{_dumps}, with orjson when C{value} holds no float (a tool call's input,
+    the model's JSON, may).
+    """
+    return _dumps(value) if holdsFloat(value) else _dumpsPlain(value)
 
 
 # -- errors -------------------------------------------------------------
@@ -556,8 +578,8 @@ def signature(thinking: str) -> str:
     return "ai-agent." + base64.b64encode(digest).decode("ascii")
 
 
-def _event(kind: str, payload: dict[str, Any]) -> bytes:
-    data = _dumps({"type": kind, **payload})
+def _event(kind: str, payload: dict[str, Any], dumps: Callable[[Any], bytes] = _dumpsAny) -> bytes:
+    data = dumps({"type": kind, **payload})
     return b"event: " + kind.encode("ascii") + b"\ndata: " + data + b"\n\n"
 
 
@@ -575,11 +597,14 @@ class MessagesEncoder:
 
     @ivar inputEstimate: the input tokens to report before the run has
         reported any (see L{estimateTokens}).
+    @ivar frames: whether events are written; off for a whole answer, whose
+        message object is all that is written.
     """
 
     messageId: str
     model: str
     inputEstimate: int = 0
+    frames: bool = attrs.field(default=True, kw_only=True)
     _text: ReasoningText = attrs.field(factory=ReasoningText, init=False)
     _blocks: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     _usage: Usage = attrs.field(factory=Usage, init=False)
@@ -626,27 +651,35 @@ class MessagesEncoder:
         frames = b""
         if block["type"] == "thinking":
             block["signature"] = signature("".join(block["_parts"]))
-            frames += _event(
+            frames += self._emit(
                 "content_block_delta",
                 {
                     "index": index,
                     "delta": {"type": "signature_delta", "signature": block["signature"]},
                 },
             )
-        return frames + _event("content_block_stop", {"index": index})
+        return frames + self._emit("content_block_stop", {"index": index})
 
     def _begin(self, block: dict[str, Any], start: dict[str, Any]) -> bytes:
         frames = self._stop()
         self._blocks.append(block)
-        return frames + _event(
+        return frames + self._emit(
             "content_block_start", {"index": len(self._blocks) - 1, "content_block": start}
         )
 
+    def _emit(
+        self, kind: str, payload: dict[str, Any], dumps: Callable[[Any], bytes] = _dumpsAny
+    ) -> bytes:
+        return _event(kind, payload, dumps) if self.frames else b""
+
     def _delta(self, delta: dict[str, Any]) -> bytes:
-        return _event("content_block_delta", {"index": len(self._blocks) - 1, "delta": delta})
+        # Deltas hold text and an index, no float.
+        return self._emit(
+            "content_block_delta", {"index": len(self._blocks) - 1, "delta": delta}, _dumpsPlain
+        )
 
     def open(self) -> bytes:
-        return _event("message_start", {"message": self._message([], None)})
+        return self._emit("message_start", {"message": self._message([], None)})
 
     def content(self, text: str) -> bytes | None:
         if not text:
@@ -691,20 +724,20 @@ class MessagesEncoder:
         return None
 
     def keepAlive(self) -> bytes:
-        return _event("ping", {})
+        return self._emit("ping", {})
 
     def finish(self, finished: Finished) -> bytes:
         self._usage = finished.usage
         return (
             self._stop()
-            + _event(
+            + self._emit(
                 "message_delta",
                 {
                     "delta": {"stop_reason": stopReason(finished.reason), "stop_sequence": None},
                     "usage": self._usageObject(),
                 },
             )
-            + _event("message_stop", {})
+            + self._emit("message_stop", {})
         )
 
     def error(self, error: AgentError) -> bytes:
@@ -713,7 +746,7 @@ class MessagesEncoder:
     def body(self, finished: Finished) -> bytes:
         self._usage = finished.usage
         self._stop()
-        return _dumps(
+        return _dumpsAny(
             self._message(
                 [_finalBlock(block) for block in self._blocks], stopReason(finished.reason)
             )
@@ -874,11 +907,14 @@ class AnthropicHeadend:
             requestId=_messageId(),
             stream=parsed.stream,
             user=parsed.user,
-            forwarded=forwardedHeaders(request.getHeader),
+            forwarded=forwardedHeaders(headerLookup(request)),
         )
         run = parsed.runRequest(labels)
         encoder = MessagesEncoder(
-            labels.requestId, agent.id, estimateTokens(agent.spec.prompt, parsed)
+            labels.requestId,
+            agent.id,
+            estimateTokens(agent.spec.prompt, parsed),
+            frames=parsed.stream,
         )
         requestId = labels.requestId.encode("ascii")
         slot = await self.pool.acquire()

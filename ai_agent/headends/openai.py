@@ -12,6 +12,7 @@ import secrets
 from typing import Any, ClassVar, cast
 
 import attrs
+import orjson
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -44,6 +45,7 @@ from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._request import (
     OFF_REACTOR_THRESHOLD,
     ChatRequest,
+    headerLookup,
     parseChatRequest,
 )
 from ai_agent.headends._stream import RunResponse
@@ -81,6 +83,20 @@ def _dumps(value: Any) -> bytes:
         return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
+def _dumpsPlain(value: Any) -> bytes:
+    """
+    L{_dumps} for a value holding no float (strings, integers, booleans,
+    L{None}, lists and objects with string keys), with orjson: for these it
+    writes the same bytes (floats it writes differently: C{1e-7}, not
+    C{1e-07}).  A lone surrogate or an integer past 64 bits makes orjson
+    refuse, and L{_dumps} write it.
+    """
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return _dumps(value)
+
+
 @attrs.define
 class ChunkEncoder:
     """
@@ -98,12 +114,20 @@ class ChunkEncoder:
     model: str
     includeUsage: bool
     reasoningField: str | None = "reasoning_content"
-    _prefix: bytes = attrs.field(init=False)
-    _suffix: bytes = attrs.field(init=False)
+    _envelope: tuple[bytes, bytes] | None = attrs.field(default=None, init=False)
     _thinking: bool = attrs.field(default=False, init=False)
 
-    def __attrs_post_init__(self) -> None:
-        head = _dumps(
+    @property
+    def _prefix(self) -> bytes:
+        return (self._envelope or self._makeEnvelope())[0]
+
+    @property
+    def _suffix(self) -> bytes:
+        return (self._envelope or self._makeEnvelope())[1]
+
+    def _makeEnvelope(self) -> tuple[bytes, bytes]:
+        # Made with the first chunk: a whole answer never needs it.
+        head = _dumpsPlain(
             {
                 "id": self.completionId,
                 "object": "chat.completion.chunk",
@@ -111,9 +135,12 @@ class ChunkEncoder:
                 "model": self.model,
             }
         )[:-1]
-        self._prefix = b"data: " + head + b',"choices":[{"index":0,"delta":'
         usage = b',"usage":null' if self.includeUsage else b""
-        self._suffix = b',"logprobs":null,"finish_reason":null}]' + usage + b"}\n\n"
+        self._envelope = (
+            b"data: " + head + b',"choices":[{"index":0,"delta":',
+            b',"logprobs":null,"finish_reason":null}]' + usage + b"}\n\n",
+        )
+        return self._envelope
 
     def role(self) -> bytes:
         """
@@ -128,7 +155,7 @@ class ChunkEncoder:
         if self._thinking:
             self._thinking = False
             text = THINK_CLOSE + text
-        return self._prefix + _dumps({"content": text}) + self._suffix
+        return self._prefix + _dumpsPlain({"content": text}) + self._suffix
 
     def reasoning(self, text: str) -> bytes | None:
         """
@@ -140,8 +167,8 @@ class ChunkEncoder:
             if not self._thinking:
                 self._thinking = True
                 text = THINK_OPEN + text
-            return self._prefix + _dumps({"content": text}) + self._suffix
-        return self._prefix + _dumps({self.reasoningField: text}) + self._suffix
+            return self._prefix + _dumpsPlain({"content": text}) + self._suffix
+        return self._prefix + _dumpsPlain({self.reasoningField: text}) + self._suffix
 
     def finish(self, reason: str) -> bytes:
         """
@@ -154,7 +181,7 @@ class ChunkEncoder:
             closing
             + self._prefix
             + b'{},"logprobs":null,"finish_reason":'
-            + _dumps(reason)
+            + _dumpsPlain(reason)
             + b"}]"
             + usage
             + b"}\n\n"
@@ -172,10 +199,10 @@ class ChunkEncoder:
             "type": "function",
             "function": {"name": call.name, "arguments": ""},
         }
-        frames = self._prefix + _dumps({"tool_calls": [head]}) + self._suffix
+        frames = self._prefix + _dumpsPlain({"tool_calls": [head]}) + self._suffix
         if call.arguments:
             rest = {"index": call.index, "function": {"arguments": call.arguments}}
-            frames += self._prefix + _dumps({"tool_calls": [rest]}) + self._suffix
+            frames += self._prefix + _dumpsPlain({"tool_calls": [rest]}) + self._suffix
         return frames
 
     def usage(self, usage: dict[str, int]) -> bytes:
@@ -230,9 +257,13 @@ class ChatEncoder:
     chunks when streamed, one C{chat.completion} object when not.  The
     model's reasoning and the agent's progress share the reasoning field,
     progress always on lines of its own.
+
+    @ivar frames: whether events make chunks; off for a whole answer, whose
+        body is all that is written.
     """
 
     chunks: ChunkEncoder
+    frames: bool = True
     _text: ReasoningText = attrs.field(factory=ReasoningText, init=False)
     _content: list[str] = attrs.field(factory=list, init=False)
     _reasoning: list[str] = attrs.field(factory=list, init=False)
@@ -241,23 +272,23 @@ class ChatEncoder:
     def open(self) -> bytes:
         return self.chunks.role()
 
-    def toolCall(self, call: ClientToolCall) -> bytes:
+    def toolCall(self, call: ClientToolCall) -> bytes | None:
         self._toolCalls.append(call)
-        return self.chunks.toolCall(call)
+        return self.chunks.toolCall(call) if self.frames else None
 
-    def content(self, text: str) -> bytes:
+    def content(self, text: str) -> bytes | None:
         self._content.append(text)
-        return self.chunks.content(text)
+        return self.chunks.content(text) if self.frames else None
 
     def reasoning(self, text: str) -> bytes | None:
         text = self._text.reasoning(text)
         self._reasoning.append(text)
-        return self.chunks.reasoning(text)
+        return self.chunks.reasoning(text) if self.frames else None
 
     def progress(self, event: Progress) -> bytes | None:
         text = self._text.progress(event)
         self._reasoning.append(text)
-        return self.chunks.reasoning(text)
+        return self.chunks.reasoning(text) if self.frames else None
 
     def usage(self, usage: Usage) -> None:
         return None
@@ -290,7 +321,10 @@ class ChatEncoder:
                 }
                 for call in self._toolCalls
             ]
-        return _dumps(
+        usage = usageObject(finished.usage)
+        # Token counts are integers; anything else goes through json.
+        dumps = _dumpsPlain if all(type(n) is int for n in usage.values()) else _dumps
+        return dumps(
             {
                 "id": self.chunks.completionId,
                 "object": "chat.completion",
@@ -304,7 +338,7 @@ class ChatEncoder:
                         "finish_reason": finishReason(finished.reason),
                     }
                 ],
-                "usage": usageObject(finished.usage),
+                "usage": usage,
             }
         )
 
@@ -493,7 +527,8 @@ class OpenAIHeadend:
                 agent.id,
                 chat.includeUsage,
                 self.reasoningField,
-            )
+            ),
+            frames=chat.stream,
         )
         slot = await self.pool.acquire()
         try:
@@ -546,7 +581,7 @@ class OpenAIHeadend:
             stream=chat.stream,
             task=self._taskOf(request, chat),
             user=None if chat.user is None else loggable(chat.user),
-            forwarded=forwardedHeaders(request.getHeader),
+            forwarded=forwardedHeaders(headerLookup(request)),
         )
 
 

@@ -22,6 +22,7 @@ import secrets
 from typing import Any, ClassVar, Iterable, cast
 
 import attrs
+import orjson
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -49,9 +50,11 @@ from ai_agent.headends._answers import (
     wrongMethod,
 )
 from ai_agent.headends._bodies import BodyGate
+from ai_agent.headends._json import holdsFloat
 from ai_agent.headends._request import (
     MAX_MESSAGES,
     OFF_REACTOR_THRESHOLD,
+    headerLookup,
     loadBody,
     numberField,
     optionalField,
@@ -95,6 +98,26 @@ def _newId(prefix: str) -> str:
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+
+
+def _dumpsPlain(value: Any) -> bytes:
+    """
+    L{_dumps} for a value holding no float, with orjson (the same bytes; a
+    lone surrogate makes orjson refuse, and L{_dumps} write it).
+    """
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return _dumps(value)
+
+
+def _dumpsAny(value: Any) -> bytes:
+    """
+    L{_dumps}: with orjson when C{value} holds no float (the response
+    object echoes the request's C{temperature}, C{top_p} and tools' schemas,
+    which may; orjson writes some floats differently).
+    """
+    return _dumps(value) if holdsFloat(value) else _dumpsPlain(value)
 
 
 # -- the request --------------------------------------------------------
@@ -477,9 +500,12 @@ class ResponsesEncoder:
 
     @ivar base: the response object's fields but C{status}, C{output},
         C{usage}, C{error} and C{incomplete_details}.
+    @ivar frames: whether events are written; off for a whole answer, whose
+        response object is all that is written.
     """
 
     base: dict[str, Any]
+    frames: bool = True
     output: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     _sequence: int = attrs.field(default=0, init=False)
     _open: dict[str, Any] | None = attrs.field(default=None, init=False)
@@ -506,9 +532,22 @@ class ResponsesEncoder:
         }
 
     def _event(self, kind: str, **fields: Any) -> bytes:
+        if not self.frames:
+            return b""
         data = {"type": kind, "sequence_number": self._sequence, **fields}
         self._sequence += 1
-        return b"event: " + kind.encode("ascii") + b"\ndata: " + _dumps(data) + b"\n\n"
+        return b"event: " + kind.encode("ascii") + b"\ndata: " + _dumpsAny(data) + b"\n\n"
+
+    def _delta(self, kind: str, **fields: Any) -> bytes:
+        """
+        L{_event} for a delta, whose fields hold no float (text, integers,
+        an empty list): written with orjson, the same bytes as L{_dumps}.
+        """
+        if not self.frames:
+            return b""
+        data = {"type": kind, "sequence_number": self._sequence, **fields}
+        self._sequence += 1
+        return b"event: " + kind.encode("ascii") + b"\ndata: " + _dumpsPlain(data) + b"\n\n"
 
     def open(self) -> bytes:
         return self._opening()
@@ -523,6 +562,8 @@ class ResponsesEncoder:
         if self._opened:
             return b""
         self._opened = True
+        if not self.frames:
+            return b""
         begun = self.snapshot("in_progress")
         return self._event("response.created", response=begun) + self._event(
             "response.in_progress", response=begun
@@ -586,7 +627,7 @@ class ResponsesEncoder:
                 part={"type": "output_text", "text": "", "annotations": []},
             )
         self._text.append(text)
-        return frames + self._event(
+        return frames + self._delta(
             "response.output_text.delta", **self._where(), content_index=0, delta=text, logprobs=[]
         )
 
@@ -601,7 +642,7 @@ class ResponsesEncoder:
                 part={"type": "summary_text", "text": ""},
             )
         self._text.append(text)
-        return frames + self._event(
+        return frames + self._delta(
             "response.reasoning_summary_text.delta", **self._where(), summary_index=0, delta=text
         )
 
@@ -625,7 +666,7 @@ class ResponsesEncoder:
         index = len(self.output) - 1
         where = {"item_id": item["id"], "output_index": index}
         if call.arguments:
-            frames += self._event(
+            frames += self._delta(
                 "response.function_call_arguments.delta", **where, delta=call.arguments
             )
         item["arguments"] = call.arguments
@@ -673,7 +714,7 @@ class ResponsesEncoder:
         return frames + self._event("response.failed", response=failed)
 
     def body(self, finished: Finished) -> bytes:
-        return _dumps(self.final(finished))
+        return _dumpsAny(self.final(finished))
 
 
 # -- the headend --------------------------------------------------------
@@ -809,12 +850,13 @@ class ResponsesHeadend:
             document = {"input": items, "previous_response_id": previous, "response": response}
             outputs = {item["id"]: item for item in response["output"]}
 
-            async def both() -> None:
-                await store.put(RESPONSES, response["id"], document)
-                if outputs:
-                    await store.putMany(ITEMS, outputs)
-
-            return Deferred.fromCoroutine(both())
+            # One transaction (one trip to the store's thread) for both.
+            return store.putEntries(
+                [
+                    (RESPONSES, response["id"], document),
+                    *((ITEMS, key, item) for key, item in outputs.items()),
+                ]
+            )
 
         return keep
 
@@ -853,7 +895,7 @@ class ResponsesHeadend:
             requestId=responseId,
             stream=parsed.stream,
             user=None if parsed.user is None else loggable(parsed.user),
-            forwarded=forwardedHeaders(request.getHeader),
+            forwarded=forwardedHeaders(headerLookup(request)),
         )
         run = RunRequest(
             conversation([*history, *items]),
@@ -879,7 +921,8 @@ class ResponsesHeadend:
                 "background": False,
                 "user": parsed.user,
                 **parsed.echo,
-            }
+            },
+            frames=parsed.stream,
         )
         slot = await self.pool.acquire()
         try:

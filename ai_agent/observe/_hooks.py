@@ -378,12 +378,12 @@ class _Request(RequestScope):
         metrics = self.observer.metrics
         agent = self.agent or "-"
         if metrics is not None:
-            metrics.requests.labels(agent, self.headend, str(status)).inc()
-            metrics.requestDuration.labels(agent, self.headend).observe(
+            metrics.child(metrics.requests, agent, self.headend, str(status)).inc()
+            metrics.child(metrics.requestDuration, agent, self.headend).observe(
                 self.observer.clock() - self.started
             )
             if self.firstAt is not None:
-                metrics.timeToFirstToken.labels(agent, self.headend).observe(
+                metrics.child(metrics.timeToFirstToken, agent, self.headend).observe(
                     self.firstAt - self.started
                 )
         span = self.span
@@ -405,7 +405,7 @@ class _Run(RunScope):
         self.span: Any = None
         metrics = observer.metrics
         if metrics is not None:
-            metrics.runsInProgress.labels(agent).inc()
+            metrics.child(metrics.runsInProgress, agent).inc()
         tracer = observer.tracer
         if tracer is not None:
             attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent}
@@ -425,7 +425,7 @@ class _Run(RunScope):
     def retrying(self, provider: str, model: str) -> None:
         metrics = self.observer.metrics
         if metrics is not None:
-            metrics.llmRetries.labels(provider, model).inc()
+            metrics.child(metrics.llmRetries, provider, model).inc()
 
     def tool(self, name: str, callId: str, arguments: str, kind: str = "extension") -> ToolScope:
         return _Tool(self, name, callId, arguments, kind)
@@ -433,7 +433,7 @@ class _Run(RunScope):
     def end(self, outcome: str, usage: Usage | None = None, errorType: str | None = None) -> None:
         metrics = self.observer.metrics
         if metrics is not None:
-            metrics.runsInProgress.labels(self.agent).dec()
+            metrics.child(metrics.runsInProgress, self.agent).dec()
         span = self.span
         if span is not None:
             if usage is not None:
@@ -556,8 +556,8 @@ class _Call(CallScope):
         if metrics is None:
             return
         provider, model = self.provider, self.model
-        metrics.llmCalls.labels(provider, model, outcome).inc()
-        metrics.llmCallDuration.labels(provider, model).observe(
+        metrics.child(metrics.llmCalls, provider, model, outcome).inc()
+        metrics.child(metrics.llmCallDuration, provider, model).observe(
             self.observer.clock() - self.started
         )
         if response is not None:
@@ -571,9 +571,9 @@ class _Call(CallScope):
                 ("reasoning", usage.reasoningTokens),
             ):
                 if count:
-                    tokens.labels(provider, model, kind).inc(count)
+                    metrics.child(tokens, provider, model, kind).inc(count)
         if cost:
-            metrics.cost.labels(self.run.agent, provider, model).inc(cost)
+            metrics.child(metrics.cost, self.run.agent, provider, model).inc(cost)
 
 
 class _Tool(ToolScope):
@@ -608,8 +608,10 @@ class _Tool(ToolScope):
     def end(self, outcome: str, result: str | None = None) -> None:
         metrics = self.observer.metrics
         if metrics is not None:
-            metrics.toolCalls.labels(self.label, outcome).inc()
-            metrics.toolDuration.labels(self.label).observe(self.observer.clock() - self.started)
+            metrics.child(metrics.toolCalls, self.label, outcome).inc()
+            metrics.child(metrics.toolDuration, self.label).observe(
+                self.observer.clock() - self.started
+            )
         span = self.span
         if span is not None:
             if self.observer.captureContent and result is not None:

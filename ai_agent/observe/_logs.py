@@ -23,6 +23,24 @@ from twisted.logger import FileLogObserver, formatEvent
 _PRIMITIVE = (str, int, float, bool, type(None))
 
 
+def _formatted(event: dict[str, Any]) -> str | None:
+    """
+    The message of an event whose format is text naming the event's own
+    fields, with C{str.format_map}: what Twisted's formatter (a
+    L{string.Formatter} in Python, ~6x slower) gives it.  L{None} for any
+    other event, and for one C{str.format_map} cannot format (a field
+    that is called, C{{name()}}, or missing): Twisted's formatter says
+    what it says of those.
+    """
+    format = event.get("log_format")
+    if type(format) is not str or "log_flattened" in event:
+        return None
+    try:
+        return format.format_map(event)
+    except Exception:
+        return None
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, _PRIMITIVE):
         return value
@@ -44,7 +62,7 @@ def eventAsJSON(event: dict[str, Any]) -> str:
         else datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds"),
         "level": getattr(event.get("log_level"), "name", None),
         "namespace": event.get("log_namespace"),
-        "message": formatEvent(event),
+        "message": _formatted(event) or formatEvent(event),
     }
     for key, value in event.items():
         if key.startswith(("log_", "_")) or key in record or key == "format":

@@ -64,6 +64,7 @@ class Metrics:
         registry: Any = None if self.multiprocess else CollectorRegistry()
         self._registry = registry
         self._scrape: Any = None
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Any:
             return Counter(name, doc, labels, registry=registry)
@@ -147,6 +148,17 @@ class Metrics:
         )
         if registry is not None:
             _addProcessCollectors(registry)
+
+    def child(self, family: Any, *labels: str) -> Any:
+        """
+        C{family.labels(*labels)}, kept: label values are bounded (see the
+        module's docstring), and C{labels} checks and locks on every call.
+        """
+        key = (family, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
 
     def render(self) -> tuple[bytes, str]:
         """

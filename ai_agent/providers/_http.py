@@ -33,8 +33,9 @@ from typing import Protocol as TypingProtocol
 from urllib.parse import urlsplit
 
 import attrs
+import orjson
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectError, ConnectionClosed, DNSLookupError
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -45,13 +46,12 @@ from twisted.web.client import ResponseDone
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
 from ai_agent.errors import ProviderError
 from ai_agent.flow import Flow, currentFlow
 from ai_agent.observe import injectTraceContext
 from ai_agent.providers._base import DeltaSink, LLMRequest, LLMResponse
+from ai_agent.providers._wire import BytesProducer, WireAgent
 from ai_agent.sse import DEFAULT_MAX_BUFFER, SSEError, SSEEvent, SSEParser
 
 CONNECT_TIMEOUT = 10.0
@@ -83,48 +83,40 @@ MAX_ERROR_MESSAGE = 300
 log = Logger()
 
 
-@implementer(IBodyProducer)
-class _BytesProducer:
-    """
-    A request body already in memory, written at once (C{FileBodyProducer}
-    waits for a cooperator turn, a reactor iteration later).
-    """
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
+_PLAIN_URL = re.compile(r"[\x21-\x7e]+")
 
 
-def _post(http: HTTPClient, url: str, payload: Any, headers: Headers) -> Deferred[Any]:
+def _post(http: HTTPClient, url: str, payload: Any, headers: Mapping[str, str]) -> Deferred[Any]:
     """
     POST C{payload} as JSON, the response unbuffered.
 
-    A plain ASCII URL goes straight to the client's C{Agent}: treq's
+    A plain ASCII URL goes straight to the client's agent: treq's
     per-request layers (URL normalisation, cookie jar, redirects, gzip) cost
     about a fifth of a proxied request's CPU and an API call needs none of
-    them.  Anything else (and clients that do not show their C{Agent}, as
-    L{ai_agent.runtime.UpstreamHTTPClient} does) goes through treq.
+    them; with L{WireAgent} (the runtime's), the headers go to it as bytes,
+    without a C{Headers} object.  Anything else (and clients that do not
+    show their agent, as L{ai_agent.runtime.UpstreamHTTPClient} does) goes
+    through treq.
     """
     agent = getattr(http, "agent", None)
-    if agent is None or not url.isascii() or any(c.isspace() for c in url):
-        return http.post(url, json=payload, headers=headers, unbuffered=True)
-    body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
-    headers.setRawHeaders(b"content-type", [b"application/json; charset=UTF-8"])
+    if agent is None or _PLAIN_URL.fullmatch(url) is None:
+        return http.post(
+            url,
+            json=payload,
+            headers=Headers({key: [value] for key, value in headers.items()}),
+            unbuffered=True,
+        )
+    body = dumpsBody(payload)
+    if isinstance(agent, WireAgent):
+        pairs = [(b"Content-Type", b"application/json; charset=UTF-8")]
+        for key, value in headers.items():
+            if key.lower() != "content-type":
+                pairs.append((key.encode("iso-8859-1"), value.encode("utf-8")))
+        return agent.post(url.encode("ascii"), pairs, body)
+    raw = Headers({key: [value] for key, value in headers.items()})
+    raw.setRawHeaders(b"content-type", [b"application/json; charset=UTF-8"])
     return cast(
-        Deferred[Any], agent.request(b"POST", url.encode("ascii"), headers, _BytesProducer(body))
+        Deferred[Any], agent.request(b"POST", url.encode("ascii"), raw, BytesProducer(body))
     )
 
 
@@ -287,6 +279,23 @@ class HTTPProvider:
 _TOKEN = re.compile(r"[A-Za-z0-9_\-\.\*]+")
 
 
+class _Canceller:
+    """
+    An L{HTTPCall}'s result's canceller, holding the call only until it
+    ends (a bound method would keep the call and its Deferred in a cycle).
+    """
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: HTTPCall) -> None:
+        self.call: HTTPCall | None = call
+
+    def __call__(self, result: Deferred[LLMResponse]) -> None:
+        call = self.call
+        if call is not None:
+            call._cancel(result)
+
+
 class _BodyReader(Protocol):
     """
     Hands an upstream response body to its L{HTTPCall}.
@@ -369,12 +378,14 @@ class HTTPCall:
     _flow: Flow | None = attrs.field(default=None, init=False)
     _paused: bool = attrs.field(default=False, init=False)
     _answerBytes: int = attrs.field(default=0, init=False)
+    _canceller: _Canceller = attrs.field(init=False)
 
     endMarker: ClassVar[str] = "its end"
 
     def __attrs_post_init__(self) -> None:
         self._clock = cast(Clock, self.provider.reactor)
-        self.result = Deferred(canceller=self._cancel)
+        self._canceller = _Canceller(self)
+        self.result = Deferred(canceller=self._canceller)
         self._parser = SSEParser(maxBuffer=self.provider.maxBuffer)
 
     # The wire type's part.
@@ -427,12 +438,6 @@ class HTTPCall:
         @return: L{result}.
         """
         provider, request = self.provider, self.request
-        log.debug(
-            "provider {provider} calling model {model} (stream={stream})",
-            provider=provider.name,
-            model=request.model,
-            stream=request.stream,
-        )
         self._flow = currentFlow.get()
         if self._flow is not None:
             self._flow.register(self)
@@ -446,7 +451,7 @@ class HTTPCall:
                 provider.http,
                 provider.url,
                 provider.payload(request),
-                Headers({key: [value] for key, value in headers.items()}),
+                headers,
             )
         except Exception as e:
             self._fail(self.error("could not send a request", describe(e), retryable=False))
@@ -667,7 +672,7 @@ class HTTPCall:
     def _parseJSON(self) -> LLMResponse:
         text = b"".join(self._body)
         try:
-            body = json.loads(text)
+            body = loadsJSON(text)
         except ValueError:
             raise self.invalid(
                 f"the response is not JSON: {truncate(text.decode('utf-8', 'replace'))}"
@@ -884,6 +889,7 @@ class HTTPCall:
         self._done = True
         if self._flow is not None:
             self._flow.unregister(self)
+        self._letGo()
         # The Deferred now fails with CancelledError on its own.
 
     def _finishStopping(self) -> None:
@@ -915,10 +921,22 @@ class HTTPCall:
         self._cancelTimers()
         if self._flow is not None:
             self._flow.unregister(self)
+        self._letGo()
         if isinstance(result, Failure):
             self.result.errback(result)
         else:
             self.result.callback(result)
+
+    def _letGo(self) -> None:
+        """
+        Drop the references that make this call a reference cycle (its
+        result's canceller, the response whose body protocol points back
+        here), so that it is freed by reference counting when its caller
+        lets go, not by the cyclic garbage collector.
+        """
+        self._canceller.call = None
+        self._response = None
+        self._transport = None
 
 
 def _hostAndPort(url: str) -> str:
@@ -975,6 +993,29 @@ def truncate(text: str, limit: int = MAX_ERROR_MESSAGE) -> str:
     if len(text) <= limit:
         return text
     return text[: limit - 1] + "…"
+
+
+def dumpsBody(payload: Any) -> bytes:
+    """
+    A request body as compact JSON, UTF-8 (orjson; the json module for the
+    values orjson refuses, such as integers past 64 bits).
+    """
+    try:
+        return orjson.dumps(payload)
+    except TypeError:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def loadsJSON(text: str | bytes) -> Any:
+    """
+    Parse an upstream's JSON with orjson; what it refuses (NaN, integers
+    past 64 bits, invalid UTF-8) goes to the json module, which decides
+    (and words the error).
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def _jsonOrNone(body: bytes) -> Any:

@@ -33,7 +33,7 @@ import attrs
 from ai_agent import __version__
 from ai_agent.events import FinishReason, Usage
 from ai_agent.providers._base import ChatMessage, DeltaSink, LLMRequest, LLMResponse, ToolCall
-from ai_agent.providers._http import HTTPCall, HTTPProvider, truncate
+from ai_agent.providers._http import HTTPCall, HTTPProvider, loadsJSON, truncate
 from ai_agent.request import OutputFormat, ToolChoice
 from ai_agent.sse import SSEEvent
 
@@ -365,7 +365,7 @@ class _MessageCall(HTTPCall):
         if not data:
             return
         try:
-            payload = json.loads(data)
+            payload = loadsJSON(data)
         except ValueError:
             raise self.invalid(f"a stream event is not JSON: {truncate(data)}") from None
         if not isinstance(payload, dict):

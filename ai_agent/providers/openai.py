@@ -18,7 +18,7 @@ import attrs
 from ai_agent import __version__
 from ai_agent.events import FinishReason, Usage
 from ai_agent.providers._base import DeltaSink, LLMRequest, LLMResponse, ToolCall
-from ai_agent.providers._http import HTTPCall, HTTPProvider, truncate
+from ai_agent.providers._http import HTTPCall, HTTPProvider, loadsJSON, truncate
 from ai_agent.request import OutputFormat, ToolChoice
 from ai_agent.sse import SSEEvent
 
@@ -125,7 +125,7 @@ class _Completion(HTTPCall):
         if not data:
             return
         try:
-            chunk = json.loads(data)
+            chunk = loadsJSON(data)
         except ValueError:
             raise self.invalid(f"a stream chunk is not JSON: {truncate(data)}") from None
         if not isinstance(chunk, dict):

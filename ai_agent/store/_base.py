@@ -170,6 +170,14 @@ class RunStore(Protocol):
         Store several documents of one namespace at once, all or none.
         """
 
+    def putEntries(
+        self, entries: Iterable[tuple[str, str, Any]], ttl: float | None = None
+    ) -> Deferred[None]:
+        """
+        Store C{(namespace, key, document)} entries of any namespaces at
+        once, all or none (one transaction: one trip to the database).
+        """
+
     def get(self, namespace: str, key: str) -> Deferred[StoredDocument | None]:
         """
         The document under C{(namespace, key)}, or L{None} when there is

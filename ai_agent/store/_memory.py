@@ -79,22 +79,29 @@ class MemoryStore:
     def putMany(
         self, namespace: str, documents: Mapping[str, Any], ttl: float | None = None
     ) -> Deferred[None]:
-        checkNamespace(namespace)
+        return self.putEntries(
+            [(namespace, key, document) for key, document in documents.items()], ttl
+        )
+
+    def putEntries(
+        self, entries: Iterable[tuple[str, str, Any]], ttl: float | None = None
+    ) -> Deferred[None]:
         if self._closed:
             return fail(StoreError("the run store is closed"))
         now = self.clock.seconds()
         expires = now + (self.ttl if ttl is None else ttl)
         encoded = []
         try:
-            for key, document in documents.items():
+            for namespace, key, document in entries:
+                checkNamespace(namespace)
                 checkKey(key)
                 text, size = _encode(document)
                 if size > self.maxDocumentSize:
                     raise DocumentTooLargeError(size, self.maxDocumentSize)
-                encoded.append((key, text, size))
+                encoded.append((namespace, key, text, size))
         except StoreError as error:
             return fail(error)
-        for key, text, size in encoded:
+        for namespace, key, text, size in encoded:
             self._remove((namespace, key))
             self._counter += 1
             self._entries[(namespace, key)] = _Entry(text, size, now, expires, self._counter)

@@ -326,13 +326,20 @@ class SQLStore:
     def putMany(
         self, namespace: str, documents: Mapping[str, Any], ttl: float | None = None
     ) -> Deferred[None]:
-        checkNamespace(namespace)
+        return self.putEntries(
+            [(namespace, key, document) for key, document in documents.items()], ttl
+        )
+
+    def putEntries(
+        self, entries: Iterable[tuple[str, str, Any]], ttl: float | None = None
+    ) -> Deferred[None]:
+        items = list(entries)
         try:
-            for key in documents:
+            for namespace, key, _ in items:
+                checkNamespace(namespace)
                 checkKey(key)
         except StoreError as error:
             return _failed(error)
-        items = list(documents.items())
         now = self.clock.seconds()
         expires = now + (self.ttl if ttl is None else ttl)
         evict = self._overBounds(len(items))
@@ -343,7 +350,7 @@ class SQLStore:
 
         def work(cursor: Any) -> tuple[int, StoreStats | None]:
             rows = []
-            for key, document in items:
+            for namespace, key, document in items:
                 text, size = _encode(document)
                 if size > limit:
                     raise DocumentTooLargeError(size, limit)

@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any, Callable, Mapping, cast
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -64,6 +64,11 @@ class AgentToolBox:
         The tools, once every MCP server the agent uses has listed its
         tools; a server that cannot start is left out (and logged).
         """
+        if not self.agent.tools and not self.subAgents:
+            # Nothing to list (the common agent of a plain chat): no
+            # coroutine, no DeferredList.
+            self._routes = {}
+            return succeed([])
         return Deferred.fromCoroutine(self._specs())
 
     async def _specs(self) -> list[ToolSpec]:

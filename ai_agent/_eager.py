@@ -1,0 +1,119 @@
+# -*- test-case-name: tests.test_wire -*-
+"""
+Send small writes at once instead of on the reactor's next turn.
+
+A Twisted TCP transport queues every C{write} and sends it when the reactor
+next finds the socket writable: one more C{epoll_wait}, two C{epoll_ctl}
+calls (start and stop watching for writability) and a reactor iteration
+between the decision to answer and the bytes leaving.  On a proxied request
+that happens twice (the request to the upstream, the answer to the client),
+which shows at concurrency 1 as added latency.  L{sendNow} sends straight on
+the socket when nothing is queued before it, and queues only what the
+kernel did not take, so the order of bytes is kept and back-pressure still
+works through the transport's buffer.
+
+It relies on the private buffer attributes of
+C{twisted.internet.abstract.FileDescriptor} (pinned in
+C{tests/test_private_api.py}) and only acts on the plain TCP transports
+, seen through plain C{ProtocolWrapper}s (TLS, UNIX sockets and test
+transports get an ordinary C{write}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.protocols.policies import ProtocolWrapper
+
+_PLAIN = (tcp.Client, tcp.Server)
+
+
+def sendNow(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} on C{transport}, sent now when nothing is queued.
+    """
+    while type(transport) is ProtocolWrapper:
+        # A plain wrapper (connection tracking) writes straight through.
+        transport = transport.transport
+    if (
+        type(transport) in _PLAIN
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport.dataBuffer
+        and not transport._tempDataLen
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # Let the transport meet the error on its own write.
+            sent = 0
+        if sent >= len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+def noDelay(transport: Any) -> None:
+    """
+    Turn Nagle's algorithm off on C{transport}'s TCP socket (through TLS
+    and plain wrappers): what is written here is already whole, so holding
+    a small segment back until the peer acknowledges the previous one (up
+    to its delayed-ACK timer, 40 ms on Linux) only adds latency.
+    """
+    for _ in range(4):
+        setter = getattr(type(transport), "setTcpNoDelay", None)
+        if setter is not None:
+            try:
+                transport.setTcpNoDelay(True)
+            except OSError:
+                pass
+            return
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return
+
+
+_pending: list[Any] = []
+
+
+def markPending(transport: Any) -> None:
+    """
+    Note that C{transport} was written to (queued) in this turn of the
+    reactor, so that L{flushPending} can send it before the turn ends.
+    """
+    if not _pending or _pending[-1] is not transport:
+        _pending.append(transport)
+
+
+def flushPending() -> None:
+    """
+    Send what the transports noted by L{markPending} have queued, now, as
+    the reactor would on its next turn: frames of a stream written while
+    one upstream read was handled leave together, one turn earlier.  A
+    transport that is closing, or whose send fails, is left to the reactor.
+    """
+    if not _pending:
+        return
+    pending = _pending[:]
+    del _pending[:]
+    for transport in pending:
+        while type(transport) is ProtocolWrapper:
+            transport = transport.transport
+        if (
+            type(transport) in _PLAIN
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+            and (transport.dataBuffer or transport._tempDataLen)
+        ):
+            # An error (the peer is gone) is returned, not raised, and the
+            # transport stays registered for writing: the reactor meets the
+            # same error on its own doWrite and closes the connection.
+            transport.doWrite()
+
+
+__all__ = ["flushPending", "markPending", "noDelay", "sendNow"]
