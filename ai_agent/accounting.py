@@ -184,33 +184,52 @@ class RunAccount:
         if total is not None and total != usage:
             withSubAgents = f" ({total.promptTokens}+{total.completionTokens} with sub-agents)"
         labels = self.labels
-        head = "agent {agent} run" if labels is None else "{requestId} for agent {agent}"
+        duration = now - self.started
+        models = self.models
+        modelList = ", ".join(models) or "none"
+        calls = len(self.calls)
+        costText = "unknown" if cost is None else f"${cost:.6f}"
+        detailText = "" if labels is None else labels.details()
         traceText = "" if self.traceId is None else f"; trace {self.traceId}"
+        head = (
+            f"agent {self.agent} run"
+            if labels is None
+            else f"{labels.requestId} for agent {self.agent}"
+        )
+        # The line is made here, once: Twisted's formatter takes about
+        # 40 µs on a format string of this many fields, an f-string 1 µs.
+        # The fields stay in the event for the JSON log (and those starting
+        # with "_" for the tests that read them).
+        line = (
+            f"{head} {outcome} in {duration:.3f}s: models {modelList},"
+            f" {calls} calls ({failures} failed), tokens"
+            f" {usage.promptTokens}+{usage.completionTokens}{withSubAgents},"
+            f" cost {costText}{detailText}{traceText}"
+        )
         log.info(
-            head + " {outcome} in {duration:.3f}s: models {_modelList},"
-            " {calls} calls ({failures} failed), tokens {promptTokens}+{completionTokens}"
-            "{_withSubAgents}, cost {_costText}{_detailText}{_traceText}",
+            "{_line}",
+            _line=line,
             requestId=None if labels is None else labels.requestId,
             stream=None if labels is None else labels.stream,
             task=None if labels is None else labels.task,
             user=None if labels is None else labels.user,
             forwarded={} if labels is None else dict(labels.forwarded),
-            _detailText="" if labels is None else labels.details(),
+            _detailText=detailText,
             _traceText=traceText,
             traceId=self.traceId,
             agent=self.agent,
             outcome=outcome,
-            duration=now - self.started,
-            models=self.models,
-            _modelList=", ".join(self.models) or "none",
-            calls=len(self.calls),
+            duration=duration,
+            models=models,
+            _modelList=modelList,
+            calls=calls,
             failures=failures,
             promptTokens=usage.promptTokens,
             completionTokens=usage.completionTokens,
             _withSubAgents=withSubAgents,
             totalTokens=(total or usage).totalTokens,
             cost=cost,
-            _costText="unknown" if cost is None else f"${cost:.6f}",
+            _costText=costText,
         )
 
 

@@ -169,16 +169,17 @@ class RetryLoop:
         """
         clock = cast(_Clock, self.reactor)
         attempts = max(attempts, 1)
-        notBefore: dict[str, float] = {}
-        errors: list[ProviderError] = []
-        usable = list(targets)
+        # Made only once an attempt failed: most turns succeed at once.
+        notBefore: dict[str, float] | None = None
+        errors: list[ProviderError] | None = None
+        usable: Sequence[str] | list[str] = targets
         index = 0
         while index < attempts:
             target = usable[index % len(usable)]
             wait = 0.0
             if index and index % len(usable) == 0:
                 wait = self.policy.backoff(index // len(usable), self.random)
-            if target in notBefore:
+            if notBefore is not None and target in notBefore:
                 wait = max(wait, notBefore[target] - clock.seconds())
             wait = min(wait, self.policy.maxWait)
             if wait > 0:
@@ -192,9 +193,12 @@ class RetryLoop:
                 if error.code == NOT_CONFIGURED and len(usable) > 1:
                     # A model whose provider has no key is skipped, not
                     # retried: the next model is the fallback.
+                    usable = list(usable)
                     usable.remove(target)
                     self.onFailure(target, index + 1, error, True)
                     continue
+                if errors is None:
+                    errors = []
                 errors.append(error)
                 index += 1
                 final = index == attempts or not error.retryable or not mayRetry()
@@ -202,15 +206,19 @@ class RetryLoop:
                 if not error.retryable or not mayRetry():
                     raise
                 if error.retryAfter is not None:
+                    if notBefore is None:
+                        notBefore = {}
                     notBefore[target] = clock.seconds() + error.retryAfter
                     if error.retryAfter > self.policy.maxWait:
                         # Longer than this turn may wait: never call it again
                         # in this turn, and give up at once if it was the last.
+                        usable = list(usable)
                         usable.remove(target)
                         if not usable:
                             break
+        assert errors is not None
         now = clock.seconds()
-        remaining = [when - now for when in notBefore.values()]
+        remaining = [when - now for when in (notBefore or {}).values()]
         raise exhausted(errors, min(remaining) if remaining else None)
 
 

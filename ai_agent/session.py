@@ -21,7 +21,7 @@ import json
 import random
 import secrets
 from contextvars import copy_context
-from typing import Any, Callable, Mapping, Protocol, Sequence, cast
+from typing import Any, Callable, Coroutine, Mapping, Protocol, Sequence, cast
 
 import attrs
 from twisted.internet import defer
@@ -72,6 +72,9 @@ from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, Too
 from ai_agent.retry import NOT_CONFIGURED, RetryLoop, RetryPolicy, totalTimeout
 
 log = Logger()
+
+#: No client tools' names.
+_NO_NAMES: frozenset[str] = frozenset()
 
 #: Tool names of sub-agent calls start with this.
 SUBAGENT_PREFIX = "agent__"
@@ -180,7 +183,7 @@ class _TrackingSink:
     events: EventSink
     contentSent: bool = False
     sentAnything: bool = False
-    _notes: list[Retrying] = attrs.field(factory=list)
+    _notes: tuple[Retrying, ...] = ()
     _model: str | None = None
 
     def calling(self, model: str) -> None:
@@ -215,13 +218,13 @@ class _TrackingSink:
         """
         A retry to report before whatever comes next.
         """
-        self._notes.append(event)
+        self._notes += (event,)
 
     def flushNotes(self) -> None:
         """
         Send the waiting notes.
         """
-        notes, self._notes = self._notes, []
+        notes, self._notes = self._notes, ()
         for event in notes:
             self.events(event)
 
@@ -261,7 +264,49 @@ class SessionRunner:
             or failing with L{AgentError}.  Content, reasoning and progress
             go to C{events} as they arrive.
         """
-        return ensureDeferred(self._run(agent, request, events))
+        account = RunAccount(
+            agent.name, self.reactor.seconds(), self.pricing, labels=request.labels
+        )
+        # Its parent span is the one current now: the request's, or the tool
+        # call running this agent as a sub-agent.
+        scope = self.observer.run(agent.name, agent.description or "")
+        account.traceId = scope.traceId
+        toolsRan: list[bool] = []
+        # The run's end is told by callbacks rather than by a coroutine
+        # around the turns: one coroutine frame less kept for the whole run.
+        return ensureDeferred(
+            self._turns(agent, request, events, toolsRan, account, scope)
+        ).addCallbacks(
+            self._ended,
+            self._failed,
+            callbackArgs=(account, scope),
+            errbackArgs=(account, scope, toolsRan),
+        )
+
+    def _ended(self, finished: Finished, account: RunAccount, scope: RunScope) -> Finished:
+        account.finish(finished.reason, self.reactor.seconds(), finished.usage)
+        scope.end(finished.reason, finished.usage)
+        return finished
+
+    def _failed(
+        self, failure: Failure, account: RunAccount, scope: RunScope, toolsRan: list[bool]
+    ) -> Failure:
+        error = failure.value
+        if isinstance(error, CancelledError):
+            account.finish("cancelled", self.reactor.seconds())
+            scope.end("cancelled", errorType="cancelled")
+        elif isinstance(error, AgentError):
+            account.finish(
+                f"failed: {error.status} {error.code or error.kind}", self.reactor.seconds()
+            )
+            scope.end("failed", errorType=error.code or error.kind)
+            # Repeating a run whose tools already acted could repeat their
+            # effects; the headend tells clients not to retry it.
+            error.sideEffects = error.sideEffects or bool(toolsRan)
+        else:
+            account.finish(f"crashed: {type(error).__name__}", self.reactor.seconds())
+            scope.end("failed", errorType=type(error).__name__)
+        return failure
 
     def runDirect(
         self, agent: AgentSpec, request: RunRequest, events: EventSink
@@ -339,38 +384,6 @@ class SessionRunner:
         scope.end(reason, response.usage)
         return Finished(reason, response.usage)
 
-    async def _run(self, agent: AgentSpec, request: RunRequest, events: EventSink) -> Finished:
-        toolsRan: list[bool] = []
-        account = RunAccount(
-            agent.name, self.reactor.seconds(), self.pricing, labels=request.labels
-        )
-        # Its parent span is the one current now: the request's, or the tool
-        # call running this agent as a sub-agent.
-        scope = self.observer.run(agent.name, agent.description or "")
-        account.traceId = scope.traceId
-        try:
-            finished = await self._turns(agent, request, events, toolsRan, account, scope)
-        except CancelledError:
-            account.finish("cancelled", self.reactor.seconds())
-            scope.end("cancelled", errorType="cancelled")
-            raise
-        except AgentError as error:
-            account.finish(
-                f"failed: {error.status} {error.code or error.kind}", self.reactor.seconds()
-            )
-            scope.end("failed", errorType=error.code or error.kind)
-            # Repeating a run whose tools already acted could repeat their
-            # effects; the headend tells clients not to retry it.
-            error.sideEffects = error.sideEffects or bool(toolsRan)
-            raise
-        except BaseException as error:
-            account.finish(f"crashed: {type(error).__name__}", self.reactor.seconds())
-            scope.end("failed", errorType=type(error).__name__)
-            raise
-        account.finish(finished.reason, self.reactor.seconds(), finished.usage)
-        scope.end(finished.reason, finished.usage)
-        return finished
-
     async def _turns(
         self,
         agent: AgentSpec,
@@ -385,7 +398,10 @@ class SessionRunner:
         clientTools = request.clientTools if agent.clientTools else ()
         choice = request.toolChoice if agent.clientTools else ToolChoice()
         _refuseClashes(clientTools, ownSpecs)
-        clientNames = frozenset(tool.spec.name for tool in clientTools)
+        # (An empty one is shared: each costs 216 bytes for the whole run.)
+        clientNames = (
+            frozenset(tool.spec.name for tool in clientTools) if clientTools else _NO_NAMES
+        )
         specs = ownSpecs
         if choice.mode != ToolChoice.NONE:
             specs += tuple(tool.spec for tool in clientTools)
@@ -480,7 +496,7 @@ class SessionRunner:
                 error=str(error),
             )
 
-    async def _callWithFallback(
+    def _callWithFallback(
         self,
         agent: AgentSpec,
         messages: list[ChatMessage],
@@ -492,7 +508,7 @@ class SessionRunner:
         toolChoice: ToolChoice | None = None,
         parallelToolCalls: bool | None = None,
         scope: RunScope = RunScope(),
-    ) -> tuple[LLMResponse, Usage]:
+    ) -> Coroutine[Any, Any, tuple[LLMResponse, Usage]]:
         """
         One turn's LLM call: the agent's models in order, up to
         C{maxRetries} attempts, with the waits of L{retryPolicy}, retrying
@@ -510,87 +526,9 @@ class SessionRunner:
             request = attrs.evolve(
                 request, toolChoice=toolChoice, parallelToolCalls=parallelToolCalls
             )
-        attempts = max(agent.maxRetries, 1)
-
-        reasons: dict[str, ProviderError] = {}
-
-        async def attempt(model: str) -> LLMResponse:
-            providerName, upstreamModel = splitModel(model)
-            provider = self.providers(providerName)
-            started = self.reactor.seconds()
-            sink.calling(model)
-            call = scope.llmCall(providerName, upstreamModel, request, provider)
-            try:
-                # The call's span is current while the request goes out, so
-                # its traceparent goes with it.
-                with call.activate():
-                    calling = provider.complete(
-                        attrs.evolve(request, model=upstreamModel), call.sink(sink)
-                    )
-                response = await calling
-            except ProviderError as error:
-                reasons[model] = error
-                if error.code == NOT_CONFIGURED:
-                    # A model that cannot be used at all was never called.
-                    call.failed(error.code)
-                    raise
-                record = account.record(
-                    model, Usage(), self.reactor.seconds() - started, error.code
-                )
-                call.failed(error.code or error.kind, record.cost)
-                raise
-            except CancelledError:
-                # The call ran and may have spent tokens nobody reported.
-                account.record(model, Usage(), self.reactor.seconds() - started, CANCELLED)
-                call.failed("cancelled")
-                raise
-            record = account.record(model, response.usage, self.reactor.seconds() - started)
-            call.answered(response, record.cost)
-            sink.answered()
-            return response
-
-        def failed(model: str, number: int, error: ProviderError, retrying: bool) -> None:
-            if error.code == NOT_CONFIGURED:
-                log.info(
-                    "agent {agent}: skipping {model}: {error}",
-                    agent=agent.name,
-                    model=model,
-                    error=error.message,
-                )
-                sink.note(Retrying(model, error.message, skipped=True))
-                return
-            if retrying:
-                scope.retrying(*splitModel(model))
-            log.warn(
-                "agent {agent}: {model} failed (attempt {attempt} of {attempts}): {error}",
-                agent=agent.name,
-                model=model,
-                attempt=number,
-                attempts=attempts,
-                error=error.message,
-            )
-            if retrying:
-                sink.note(Retrying(model, error.message))
-
-        def waiting(model: str, seconds: float) -> None:
-            log.info(
-                "agent {agent}: waiting {seconds:.1f}s before calling {model}",
-                agent=agent.name,
-                seconds=seconds,
-                model=model,
-            )
-
-        loop = RetryLoop(self.reactor, self.retryPolicy, self.random, failed, waiting)
-        try:
-            response = await loop.run(
-                agent.models, attempts, attempt, lambda: not sink.sentAnything
-            )
-        except ProviderError as error:
-            if len(reasons) > 1 and not sink.sentAnything:
-                raise noModelAnswered(agent.name, agent.models, reasons, error) from None
-            raise
-        sink.flushNotes()
-        return response, response.usage
+        # The turn's coroutine is the turn object's own: no frame of this
+        # method's arguments is kept while the call runs.
+        return _Turn(self, agent, request, sink, account, scope, max(agent.maxRetries, 1)).run()
 
     async def _runTools(
         self,
@@ -689,6 +627,111 @@ class SessionRunner:
             )
         events(ToolFinished(call.name, text, call.id))
         return text
+
+
+@attrs.define(eq=False)
+class _Turn:
+    """
+    The attempts of one turn's LLM call (see L{SessionRunner._callWithFallback}):
+    what L{RetryLoop} calls back, on one object rather than in closures kept
+    alive for as long as the call runs.
+
+    @ivar reasons: each failed model's last error.
+    """
+
+    runner: SessionRunner
+    agent: AgentSpec
+    request: LLMRequest
+    sink: _TrackingSink
+    account: RunAccount
+    scope: RunScope
+    attempts: int
+    reasons: dict[str, ProviderError] = attrs.field(factory=dict)
+
+    async def run(self) -> tuple[LLMResponse, Usage]:
+        runner, agent, sink = self.runner, self.agent, self.sink
+        loop = RetryLoop(
+            runner.reactor, runner.retryPolicy, runner.random, self.failed, self.waiting
+        )
+        try:
+            response = await loop.run(agent.models, self.attempts, self.attempt, self.mayRetry)
+        except ProviderError as error:
+            reasons = self.reasons
+            if len(reasons) > 1 and not sink.sentAnything:
+                raise noModelAnswered(agent.name, agent.models, reasons, error) from None
+            raise
+        sink.flushNotes()
+        return response, response.usage
+
+    def mayRetry(self) -> bool:
+        # Only while nothing of this turn reached the client.
+        return not self.sink.sentAnything
+
+    async def attempt(self, model: str) -> LLMResponse:
+        runner, sink, account = self.runner, self.sink, self.account
+        providerName, upstreamModel = splitModel(model)
+        provider = runner.providers(providerName)
+        started = runner.reactor.seconds()
+        sink.calling(model)
+        call = self.scope.llmCall(providerName, upstreamModel, self.request, provider)
+        try:
+            # The call's span is current while the request goes out, so
+            # its traceparent goes with it.
+            with call.activate():
+                calling = provider.complete(
+                    attrs.evolve(self.request, model=upstreamModel), call.sink(sink)
+                )
+            response = await calling
+        except ProviderError as error:
+            self.reasons[model] = error
+            if error.code == NOT_CONFIGURED:
+                # A model that cannot be used at all was never called.
+                call.failed(error.code)
+                raise
+            record = account.record(model, Usage(), runner.reactor.seconds() - started, error.code)
+            call.failed(error.code or error.kind, record.cost)
+            raise
+        except CancelledError:
+            # The call ran and may have spent tokens nobody reported.
+            account.record(model, Usage(), runner.reactor.seconds() - started, CANCELLED)
+            call.failed("cancelled")
+            raise
+        record = account.record(model, response.usage, runner.reactor.seconds() - started)
+        call.answered(response, record.cost)
+        sink.answered()
+        return response
+
+    def failed(self, model: str, number: int, error: ProviderError, retrying: bool) -> None:
+        agent = self.agent
+        if error.code == NOT_CONFIGURED:
+            log.info(
+                "agent {agent}: skipping {model}: {error}",
+                agent=agent.name,
+                model=model,
+                error=error.message,
+            )
+            self.sink.note(Retrying(model, error.message, skipped=True))
+            return
+        if retrying:
+            self.scope.retrying(*splitModel(model))
+        log.warn(
+            "agent {agent}: {model} failed (attempt {attempt} of {attempts}): {error}",
+            agent=agent.name,
+            model=model,
+            attempt=number,
+            attempts=self.attempts,
+            error=error.message,
+        )
+        if retrying:
+            self.sink.note(Retrying(model, error.message))
+
+    def waiting(self, model: str, seconds: float) -> None:
+        log.info(
+            "agent {agent}: waiting {seconds:.1f}s before calling {model}",
+            agent=self.agent.name,
+            seconds=seconds,
+            model=model,
+        )
 
 
 @attrs.define

@@ -176,6 +176,16 @@ class RunResponse:
     )
     keepAlive: float | None = attrs.field(default=None, kw_only=True)
     _scope: RequestScope = attrs.field(init=False)
+    # The run's state while it goes, on this object rather than in closures
+    # (an idle stream keeps every one of them alive for as long as it is
+    # held): the run, the error it was stopped with, the SSE stream, the
+    # head-grace timer and the keep-alive timer.
+    _run: Deferred[Finished] | None = attrs.field(init=False, default=None)
+    _stopped: AgentError | None = attrs.field(init=False, default=None)
+    _cap: AnswerCap | None = attrs.field(init=False, default=None)
+    _stream: SSEStream | None = attrs.field(init=False, default=None)
+    _grace: IDelayedCall | None = attrs.field(init=False, default=None)
+    _quiet: IDelayedCall | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         # Told of the first piece of the answer and of an in-band failure.
@@ -204,23 +214,47 @@ class RunResponse:
         # Whole answers: the encoder keeps what it needs; no frame is sent.
         self._frame(event)
 
+    def _start(self, start: StartRun, sink: EventSink) -> Deferred[Finished]:
+        """
+        Start the run, stoppable by the pool at shutdown and by the answer
+        cap.
+        """
+        cap = self._cap = AnswerCap(RedactingSink(self.redactor, sink), self.maxAnswer)
+        run = self._run = start(cap)
+        self.slot.onAbort = self._abort
+        cap.onOver = self._over
+        return run
+
+    def _abort(self, error: AgentError) -> None:
+        # The pool stops the run at shutdown.
+        if self._stopped is None:
+            self._stopped = error
+        assert self._run is not None
+        self._run.cancel()
+
+    def _over(self) -> None:
+        # The answer grew too large: stop the run on the next turn of the
+        # reactor (this is called from inside an upstream call's data
+        # handling).
+        if self._stopped is None:
+            assert self._cap is not None and self._run is not None
+            self._stopped = self._cap.error()
+            self.reactor.callLater(0, self._run.cancel)
+
     async def complete(self, start: StartRun) -> bytes:
         """
         Run to the end and return the whole answer's body; a failure is
         raised for the route's error handler to answer with its status.
         """
-        redacting = RedactingSink(self.redactor, self._keep)
-        cap = AnswerCap(redacting, self.maxAnswer)
-        run = start(cap)
-        stopped = _stopOnAbort(self.slot, run)
-        cap.onOver = _stopper(self.reactor, run, stopped, cap.error())
+        run = self._start(start, self._keep)
         try:
             finished = await run
         except CancelledError:
-            if stopped:
-                raise stopped[0] from None
+            if self._stopped is not None:
+                raise self._stopped from None
             raise
-        redacting.flush()
+        assert self._cap is not None
+        cast(RedactingSink, self._cap.sink).flush()
         if self.beforeFinish is not None:
             await self.beforeFinish(finished)
         self.request.setHeader(b"content-type", b"application/json")
@@ -238,66 +272,25 @@ class RunResponse:
         failure before anything was sent is raised (a real status); after,
         it ends the stream in-band.
         """
-        flow = Flow(self.reactor, self.stallTimeout, lambda: _drop(self.request))
-        stream = SSEStream(_asRequest(self.request), onPause=flow.pause, onResume=flow.resume)
-        encoder = self.encoder
-        timer: list[IDelayedCall] = []
-        quiet: list[IDelayedCall] = []
-
-        def stayAlive() -> None:
-            # Called after a silence: say so, and wait for the next one.
-            quiet.clear()
-            if self.keepAlive is not None and stream.started:
-                stream.send(cast(KeepAliveEncoder, encoder).keepAlive())
-                quiet.append(self.reactor.callLater(self.keepAlive, stayAlive))
-
-        def sent() -> None:
-            if self.keepAlive is None:
-                return
-            if quiet and quiet[0].active():
-                quiet[0].reset(self.keepAlive)
-            else:
-                quiet[:] = [self.reactor.callLater(self.keepAlive, stayAlive)]
-
-        def silence() -> None:
-            if quiet and quiet[0].active():
-                quiet[0].cancel()
-            quiet.clear()
-
-        def begin() -> None:
-            if not stream.started:
-                if timer and timer[0].active():
-                    timer[0].cancel()
-                stream.start(self.headers)
-                stream.send(encoder.open())
-                sent()
-
-        def onEvent(event: Event) -> None:
-            frame = self._frame(event)
-            if frame:
-                begin()
-                stream.send(frame)
-                sent()
-
-        timer.append(self.reactor.callLater(self.headGrace, begin))
-        redacting = RedactingSink(self.redactor, onEvent)
-        cap = AnswerCap(redacting, self.maxAnswer)
+        flow = Flow(self.reactor, self.stallTimeout, self._drop)
+        stream = self._stream = SSEStream(
+            _asRequest(self.request), onPause=flow.pause, onResume=flow.resume
+        )
+        self._grace = self.reactor.callLater(self.headGrace, self._begin)
         # The run's upstream calls find the flow as they start.
         token = currentFlow.set(flow)
         try:
-            run = start(cap)
+            run = self._start(start, self._onEvent)
         finally:
             currentFlow.reset(token)
-        stopped = _stopOnAbort(self.slot, run)
-        cap.onOver = _stopper(self.reactor, run, stopped, cap.error())
         try:
             finished = await run
         except CancelledError:
-            if not stopped:
+            error = self._stopped
+            if error is None:
                 # The client went away (or the route was cancelled).
                 stream.end()
                 raise
-            error = stopped[0]
             if not stream.started:
                 raise error from None
             self._endInBand(stream, error)
@@ -322,10 +315,12 @@ class RunResponse:
             return
         finally:
             flow.close()
-            if timer[0].active():
-                timer[0].cancel()
-            silence()
-        redacting.flush()
+            grace, self._grace = self._grace, None
+            if grace is not None and grace.active():
+                grace.cancel()
+            self._silence()
+        assert self._cap is not None
+        cast(RedactingSink, self._cap.sink).flush()
         if self.beforeFinish is not None:
             try:
                 await self.beforeFinish(finished)
@@ -337,10 +332,63 @@ class RunResponse:
                     raise
                 self._endInBand(stream, error)
                 return
-        begin()
-        silence()
-        stream.send(encoder.finish(finished))
+        self._begin()
+        self._silence()
+        stream.send(self.encoder.finish(finished))
         stream.end()
+
+    def _drop(self) -> None:
+        """
+        Close the connection of a client that stopped reading; Klein then
+        cancels the route, and with it the run.
+        """
+        transport = getattr(getattr(self.request, "channel", None), "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+    def _onEvent(self, event: Event) -> None:
+        frame = self._frame(event)
+        if frame:
+            self._begin()
+            assert self._stream is not None
+            self._stream.send(frame)
+            self._sent()
+
+    def _begin(self) -> None:
+        # The stream's head and first frames: with the first frame the
+        # encoder makes, when the head grace runs out, or at the end.
+        stream = self._stream
+        assert stream is not None
+        if not stream.started:
+            grace, self._grace = self._grace, None
+            if grace is not None and grace.active():
+                grace.cancel()
+            stream.start(self.headers)
+            stream.send(self.encoder.open())
+            self._sent()
+
+    def _sent(self) -> None:
+        # Something went out: the keep-alive silence starts again.
+        if self.keepAlive is None:
+            return
+        quiet = self._quiet
+        if quiet is not None and quiet.active():
+            quiet.reset(self.keepAlive)
+        else:
+            self._quiet = self.reactor.callLater(self.keepAlive, self._stayAlive)
+
+    def _stayAlive(self) -> None:
+        # Called after a silence: say so, and wait for the next one.
+        self._quiet = None
+        stream = self._stream
+        if self.keepAlive is not None and stream is not None and stream.started:
+            stream.send(cast(KeepAliveEncoder, self.encoder).keepAlive())
+            self._quiet = self.reactor.callLater(self.keepAlive, self._stayAlive)
+
+    def _silence(self) -> None:
+        quiet, self._quiet = self._quiet, None
+        if quiet is not None and quiet.active():
+            quiet.cancel()
 
     def _endInBand(self, stream: SSEStream, error: AgentError) -> None:
         self._scope.failedInBand(error.status)
@@ -351,47 +399,6 @@ class RunResponse:
 def _asRequest(request: IRequest) -> Request:
     assert isinstance(request, Request)
     return request
-
-
-def _stopper(
-    reactor: IReactorTime, run: Deferred[Finished], stopped: list[AgentError], error: AgentError
-) -> Callable[[], None]:
-    """
-    A function stopping C{run} with C{error} (on the next turn of the
-    reactor: it is called from inside an upstream call's data handling).
-    """
-
-    def stop() -> None:
-        if not stopped:
-            stopped.append(error)
-            reactor.callLater(0, run.cancel)
-
-    return stop
-
-
-def _drop(request: IRequest) -> None:
-    """
-    Close the connection of a client that stopped reading; Klein then
-    cancels the route, and with it the run.
-    """
-    transport = getattr(getattr(request, "channel", None), "transport", None)
-    if transport is not None:
-        transport.abortConnection()
-
-
-def _stopOnAbort(slot: Slot, run: Deferred[Finished]) -> list[AgentError]:
-    """
-    Let the pool stop C{run} at shutdown; the returned list receives the
-    error it was stopped with.
-    """
-    stopped: list[AgentError] = []
-
-    def abort(error: AgentError) -> None:
-        stopped.append(error)
-        run.cancel()
-
-    slot.onAbort = abort
-    return stopped
 
 
 __all__ = ["KeepAliveEncoder", "RunEncoder", "RunResponse", "StartRun", "internalError"]
