@@ -782,3 +782,47 @@ class CycleTests(TestCase):
                 self.assertEqual([ref() for ref in watched], [None, None])
             finally:
                 gc.enable()
+
+    async def test_requestsLeaveNoCycles(self) -> None:
+        """
+        A request through the server (non-streamed and streamed, on Chat
+        Completions) leaves none of its objects in reference cycles: they
+        are freed as the request ends, and the cyclic garbage collector
+        finds nothing of this package to collect.
+        """
+        import gc
+
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        from tests._harness import startServer
+
+        server = await startServer(self)
+        treq = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        body = {"model": "agent", "messages": [{"role": "user", "content": "hello"}]}
+        url = server.baseUrl + "/chat/completions"
+        for stream in (False, True, False, True):
+            response = await treq.post(url, json={**body, "stream": stream})
+            self.assertEqual(response.code, 200)
+            self.assertIn(b"hello", await response.content())
+        await deferLater(reactor, 0.05)
+        gc.collect()
+        gc.disable()
+        try:
+            for stream in (False, True):
+                response = await treq.post(url, json={**body, "stream": stream})
+                self.assertIn(b"hello", await response.content())
+            await deferLater(reactor, 0.05)
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            ours = sorted(
+                {
+                    type(o).__qualname__
+                    for o in gc.garbage
+                    if type(o).__module__.startswith("ai_agent")
+                }
+            )
+            self.assertEqual(ours, [])
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()

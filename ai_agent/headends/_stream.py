@@ -138,6 +138,10 @@ def internalError() -> AgentError:
     return AgentError("internal server error", 500, ErrorKind.SERVER, "internal_error")
 
 
+def _nothing() -> None:
+    pass
+
+
 @attrs.define(eq=False)
 class RunResponse:
     """
@@ -246,6 +250,26 @@ class RunResponse:
         Run to the end and return the whole answer's body; a failure is
         raised for the route's error handler to answer with its status.
         """
+        try:
+            return await self._complete(start)
+        finally:
+            self._letGo()
+
+    def _letGo(self) -> None:
+        """
+        The run is over: drop the callbacks that point back at this
+        response (from the pool's slot, the answer cap, the stream's flow
+        control), so that it is freed by reference counting, not left in
+        reference cycles for the garbage collector.
+        """
+        self.slot.onAbort = None
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.onOver = _nothing
+        if self._stream is not None:
+            self._stream.onPause = self._stream.onResume = None
+
+    async def _complete(self, start: StartRun) -> bytes:
         run = self._start(start, self._keep)
         try:
             finished = await run
@@ -272,6 +296,12 @@ class RunResponse:
         failure before anything was sent is raised (a real status); after,
         it ends the stream in-band.
         """
+        try:
+            await self._streamRun(start)
+        finally:
+            self._letGo()
+
+    async def _streamRun(self, start: StartRun) -> None:
         flow = Flow(self.reactor, self.stallTimeout, self._drop)
         stream = self._stream = SSEStream(
             _asRequest(self.request), onPause=flow.pause, onResume=flow.resume
