@@ -29,21 +29,31 @@ from twisted.protocols.policies import ProtocolWrapper
 _PLAIN = (tcp.Client, tcp.Server)
 
 
-def sendNow(transport: Any, data: bytes) -> None:
+def _openTCP(transport: Any) -> Any:
     """
-    Write C{data} on C{transport}, sent now when nothing is queued.
+    The plain TCP transport under C{transport} (seen through plain
+    C{ProtocolWrapper}s, which write straight through), if it is open for
+    writing; else L{None}.
     """
     while type(transport) is ProtocolWrapper:
-        # A plain wrapper (connection tracking) writes straight through.
         transport = transport.transport
     if (
         type(transport) in _PLAIN
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
-        and not transport.dataBuffer
-        and not transport._tempDataLen
     ):
+        return transport
+    return None
+
+
+def sendNow(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} on C{transport}, sent now when nothing is queued.
+    """
+    tcp = _openTCP(transport)
+    if tcp is not None and not tcp.dataBuffer and not tcp._tempDataLen:
+        transport = tcp
         try:
             sent = transport.socket.send(data)
         except BlockingIOError:
@@ -101,19 +111,12 @@ def flushPending() -> None:
     pending = _pending[:]
     del _pending[:]
     for transport in pending:
-        while type(transport) is ProtocolWrapper:
-            transport = transport.transport
-        if (
-            type(transport) in _PLAIN
-            and transport.connected
-            and not transport.disconnecting
-            and not transport._writeDisconnected
-            and (transport.dataBuffer or transport._tempDataLen)
-        ):
+        tcp = _openTCP(transport)
+        if tcp is not None and (tcp.dataBuffer or tcp._tempDataLen):
             # An error (the peer is gone) is returned, not raised, and the
             # transport stays registered for writing: the reactor meets the
             # same error on its own doWrite and closes the connection.
-            transport.doWrite()
+            tcp.doWrite()
 
 
 __all__ = ["flushPending", "markPending", "noDelay", "sendNow"]

@@ -796,17 +796,10 @@ def allFiguresTable(f: dict[str, Any]) -> list[str]:
         cells = [_fmt(f.get(key.format(arm=a)), digits) for a in armsPresent]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
-    for figure, label, _ in LATENCY_FIGURES:
-        if f"{figure}.p50.{DIRECT}" not in f:
-            continue
-        line(f"{label}: p50", figure + ".p50.{arm}")
-        line(f"{label}: p99", figure + ".p99.{arm}")
-        line(f"{label}: added p50", figure + ".added_p50.{arm}")
-        line(f"{label}: added p99", figure + ".added_p99.{arm}")
-        line(f"{label}: failed or wrong answers", figure + ".bad.{arm}")
-    for figure, _, label in HEADEND_FIGURES:
-        if f"{figure}.p50.{OURS}" not in f:
-            continue
+    measured = [
+        (figure, label) for figure, label, _ in LATENCY_FIGURES if f"{figure}.p50.{DIRECT}" in f
+    ] + [(figure, label) for figure, _, label in HEADEND_FIGURES if f"{figure}.p50.{OURS}" in f]
+    for figure, label in measured:
         line(f"{label}: p50", figure + ".p50.{arm}")
         line(f"{label}: p99", figure + ".p99.{arm}")
         line(f"{label}: added p50", figure + ".added_p50.{arm}")

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import attrs
 
@@ -476,15 +476,29 @@ async def measureLatency(target: Target, concurrency: int, count: int) -> dict[s
     return {"ms": [_ms(r.latency) for r in sampler.results], "bad": bad}
 
 
-async def measureTTFT(target: Target, count: int) -> dict[str, Any]:
-    sampler = Sampler(target.port)
-    await sampler.run(target.chat(SHORT, True), 1, count=count, watch=True)
+async def _measureStreamTTFT(
+    port: int, raw: bytes, check: Callable[[bytes], Any], count: int
+) -> dict[str, Any]:
+    """
+    Time to the first text of C{count} streamed requests C{raw} at
+    concurrency 1; a stream counts as bad unless C{check} finds its text
+    whole and in order.
+    """
+    sampler = Sampler(port)
+    await sampler.run(raw, 1, count=count, watch=True)
     expected = ["echo: ", "ping ", "pong"]
     values = [_ms(r.ttft) for r in sampler.results if r.ttft is not None]
     bad = sampler.errors + sum(
-        1 for r in sampler.results if r.status != 200 or not checkStream(r.body).intact(expected)
+        1 for r in sampler.results if r.status != 200 or not check(r.body).intact(expected)
     )
     return {"ms": values, "bad": bad}
+
+
+async def measureTTFT(target: Target, count: int) -> dict[str, Any]:
+    """
+    Time to the first content delta of a streamed chat completion.
+    """
+    return await _measureStreamTTFT(target.port, target.chat(SHORT, True), checkStream, count)
 
 
 async def measureTTFTResponses(target: Target, count: int) -> dict[str, Any]:
@@ -492,16 +506,8 @@ async def measureTTFTResponses(target: Target, count: int) -> dict[str, Any]:
     Time to the first text delta of a streamed Responses API request (the
     response stored, as by default).
     """
-    sampler = Sampler(target.port)
-    await sampler.run(target.responses(SHORT, True), 1, count=count, watch=True)
-    expected = ["echo: ", "ping ", "pong"]
-    values = [_ms(r.ttft) for r in sampler.results if r.ttft is not None]
-    bad = sampler.errors + sum(
-        1
-        for r in sampler.results
-        if r.status != 200 or not checkResponsesStream(r.body).intact(expected)
-    )
-    return {"ms": values, "bad": bad}
+    raw = target.responses(SHORT, True)
+    return await _measureStreamTTFT(target.port, raw, checkResponsesStream, count)
 
 
 async def measureLatencyHeadend(target: Target, api: str, count: int) -> dict[str, Any]:
@@ -528,16 +534,8 @@ async def measureTTFTMessages(target: Target, count: int) -> dict[str, Any]:
     Time to the first C{text_delta} of a streamed Anthropic Messages API
     request.
     """
-    sampler = Sampler(target.port)
-    await sampler.run(target.messages(SHORT, True), 1, count=count, watch=True)
-    expected = ["echo: ", "ping ", "pong"]
-    values = [_ms(r.ttft) for r in sampler.results if r.ttft is not None]
-    bad = sampler.errors + sum(
-        1
-        for r in sampler.results
-        if r.status != 200 or not checkMessagesStream(r.body).intact(expected)
-    )
-    return {"ms": values, "bad": bad}
+    raw = target.messages(SHORT, True)
+    return await _measureStreamTTFT(target.port, raw, checkMessagesStream, count)
 
 
 async def measureToolTrip(target: Target, count: int) -> dict[str, Any]:
@@ -1422,9 +1420,15 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
     print(f"bench: done in {rec.samples['elapsedSeconds']:.0f} s; see {outDir}/performance.md")
 
 
-async def runObserveOnly(plan: Plan) -> None:
+async def runOnly(
+    plan: Plan,
+    measure: Callable[[Setup, Proc, Recorder], Awaitable[None]],
+    lines: Callable[[dict[str, Any]], list[str]],
+) -> None:
     """
-    Only the observability arms; print their figures (no report written).
+    One group of arms alone (the observability arms, or the tool arms):
+    start the upstream, measure, print the group's figures (no report
+    written).
     """
     os.sched_setaffinity(0, {LOAD_CPU})
     rec = Recorder()
@@ -1441,37 +1445,33 @@ async def runObserveOnly(plan: Plan) -> None:
     setup = Setup.create(upstreamPort)
     try:
         await waitReady(upstream, "/v1/models", 30)
-        await measureObserve(setup, plan, upstream, rec, plan.rounds)
+        await measure(setup, upstream, rec)
     finally:
         upstream.stop()
         shutil.rmtree(setup.directory, ignore_errors=True)
-    print("\n".join(_report.observeLines(rec.samples)))
+    print("\n".join(lines(rec.samples)))
+
+
+async def runObserveOnly(plan: Plan) -> None:
+    """
+    Only the observability arms; print their figures.
+    """
+
+    async def measure(setup: Setup, upstream: Proc, rec: Recorder) -> None:
+        await measureObserve(setup, plan, upstream, rec, plan.rounds)
+
+    await runOnly(plan, measure, _report.observeLines)
 
 
 async def runToolsOnly(plan: Plan) -> None:
     """
-    Only the tool arms; print their figures (no report written).
+    Only the tool arms; print their figures.
     """
-    os.sched_setaffinity(0, {LOAD_CPU})
-    rec = Recorder()
-    upstreamPort = freePort()
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    upstream = spawn(
-        "upstream",
-        [sys.executable, "-m", "bench._upstream", "--port", str(upstreamPort)],
-        str(LOAD_CPU),
-        tempfile.gettempdir(),
-        env,
-        upstreamPort,
-    )
-    setup = Setup.create(upstreamPort)
-    try:
-        await waitReady(upstream, "/v1/models", 30)
+
+    async def measure(setup: Setup, upstream: Proc, rec: Recorder) -> None:
         await measureToolArms(setup, plan, rec, plan.rounds)
-    finally:
-        upstream.stop()
-        shutil.rmtree(setup.directory, ignore_errors=True)
-    print("\n".join(_report.toolLines(rec.samples)))
+
+    await runOnly(plan, measure, _report.toolLines)
 
 
 def main(argv: list[str] | None = None) -> None:

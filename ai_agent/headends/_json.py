@@ -8,7 +8,10 @@ every float (C{1e-7}, not C{1e-07}; C{null} for C{NaN}).
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import orjson
 
 
 def holdsFloat(value: Any) -> bool:
@@ -36,4 +39,31 @@ def holdsFloat(value: Any) -> bool:
 _PLAIN_TYPES = frozenset({str, int, bool, type(None)})
 
 
-__all__ = ["holdsFloat"]
+def dumps(value: Any) -> bytes:
+    """
+    C{value} as compact JSON in UTF-8, with json (a lone surrogate, which
+    has no UTF-8 form, written as C{?}).
+    """
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+
+
+def dumpsPlain(value: Any) -> bytes:
+    """
+    L{dumps} for a value holding no float, with orjson (the same bytes; a
+    lone surrogate makes orjson refuse, and L{dumps} write it).
+    """
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return dumps(value)
+
+
+def dumpsAny(value: Any) -> bytes:
+    """
+    L{dumps}, with orjson when C{value} holds no float (orjson writes some
+    floats differently).
+    """
+    return dumps(value) if holdsFloat(value) else dumpsPlain(value)
+
+
+__all__ = ["dumps", "dumpsAny", "dumpsPlain", "holdsFloat"]

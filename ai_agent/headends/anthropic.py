@@ -26,7 +26,6 @@ import time
 from typing import Any, Callable, ClassVar, Iterable, cast
 
 import attrs
-import orjson
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -56,7 +55,9 @@ from ai_agent.headends._answers import (
     wrongMethod,
 )
 from ai_agent.headends._bodies import BodyGate
-from ai_agent.headends._json import holdsFloat
+from ai_agent.headends._json import dumps as _dumps
+from ai_agent.headends._json import dumpsAny as _dumpsAny
+from ai_agent.headends._json import dumpsPlain as _dumpsPlain
 from ai_agent.headends._request import (
     MAX_MESSAGES,
     MAX_TOOLS,
@@ -103,31 +104,6 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 
 _JSON = b"application/json"
-
-
-def _dumps(value: Any) -> bytes:
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    # Lone surrogates (from a model's answer) have no UTF-8 form.
-    return text.encode("utf-8", "replace")
-
-
-def _dumpsPlain(value: Any) -> bytes:
-    """
-    L{_dumps} for a value holding no float, with orjson (the same bytes; a
-    lone surrogate makes orjson refuse, and L{_dumps} write it).
-    """
-    try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return _dumps(value)
-
-
-def _dumpsAny(value: Any) -> bytes:
-    """
-    L{_dumps}, with orjson when C{value} holds no float (a tool call's input,
-    the model's JSON, may).
-    """
-    return _dumps(value) if holdsFloat(value) else _dumpsPlain(value)
 
 
 # -- errors -------------------------------------------------------------

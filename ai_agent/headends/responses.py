@@ -16,13 +16,11 @@ docs/responses.md.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from typing import Any, ClassVar, Iterable, cast
 
 import attrs
-import orjson
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -50,7 +48,9 @@ from ai_agent.headends._answers import (
     wrongMethod,
 )
 from ai_agent.headends._bodies import BodyGate
-from ai_agent.headends._json import holdsFloat
+from ai_agent.headends._json import dumps as _dumps
+from ai_agent.headends._json import dumpsAny as _dumpsAny
+from ai_agent.headends._json import dumpsPlain as _dumpsPlain
 from ai_agent.headends._request import (
     MAX_MESSAGES,
     OFF_REACTOR_THRESHOLD,
@@ -94,30 +94,6 @@ _INPUT_TYPES = frozenset(
 
 def _newId(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(16)}"
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
-
-
-def _dumpsPlain(value: Any) -> bytes:
-    """
-    L{_dumps} for a value holding no float, with orjson (the same bytes; a
-    lone surrogate makes orjson refuse, and L{_dumps} write it).
-    """
-    try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return _dumps(value)
-
-
-def _dumpsAny(value: Any) -> bytes:
-    """
-    L{_dumps}: with orjson when C{value} holds no float (the response
-    object echoes the request's C{temperature}, C{top_p} and tools' schemas,
-    which may; orjson writes some floats differently).
-    """
-    return _dumps(value) if holdsFloat(value) else _dumpsPlain(value)
 
 
 # -- the request --------------------------------------------------------
