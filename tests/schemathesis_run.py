@@ -159,8 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             str(options.max_examples),
             "--request-timeout",
             "20",
+            # One worker: with two, schemathesis's threads parse Python
+            # source at once (hypothesis describing its filters), which
+            # CPython 3.11's ast module cannot do safely ("AST constructor
+            # recursion depth mismatch", CPython gh-106905).
             "--workers",
-            "2",
+            "1",
             "--suppress-health-check",
             "all",
             *([f"--seed={options.seed}"] if options.seed is not None else []),
