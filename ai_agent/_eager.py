@@ -99,6 +99,20 @@ def markPending(transport: Any) -> None:
         _pending.append(transport)
 
 
+def flushNow(transport: Any) -> None:
+    """
+    Send what C{transport} has queued now, as the reactor would on its next
+    turn (left to the reactor when it is closing or not plain TCP).
+    """
+    if transport is None:
+        return
+    tcp = _openTCP(transport)
+    if tcp is not None and (tcp.dataBuffer or tcp._tempDataLen):
+        # An error is returned, not raised, and the transport stays
+        # registered for writing: the reactor meets it on its own doWrite.
+        tcp.doWrite()
+
+
 def flushPending() -> None:
     """
     Send what the transports noted by L{markPending} have queued, now, as
@@ -111,12 +125,7 @@ def flushPending() -> None:
     pending = _pending[:]
     del _pending[:]
     for transport in pending:
-        tcp = _openTCP(transport)
-        if tcp is not None and (tcp.dataBuffer or tcp._tempDataLen):
-            # An error (the peer is gone) is returned, not raised, and the
-            # transport stays registered for writing: the reactor meets the
-            # same error on its own doWrite and closes the connection.
-            tcp.doWrite()
+        flushNow(transport)
 
 
-__all__ = ["flushPending", "markPending", "noDelay", "sendNow"]
+__all__ = ["flushNow", "flushPending", "markPending", "noDelay", "sendNow"]

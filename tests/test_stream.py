@@ -156,6 +156,27 @@ class RunResponseTests(SynchronousTestCase):
         self.successResultOf(done)
         self.assertIn(b"finish:end;", self.body())
 
+    def test_firstTokenFlushed(self) -> None:
+        """
+        The first content frame is pushed to the socket at once (not left
+        for the end of the upstream read it came in); later frames are
+        not, and neither are frames before the first token.
+        """
+        from ai_agent.headends import _stream
+
+        flushed: list[tuple[Any, bytes]] = []
+        self.patch(_stream, "flushNow", lambda transport: flushed.append((transport, self.body())))
+        done = self.stream()
+        self.run.emit(ReasoningDelta("thinking"), ContentDelta("one"))
+        self.assertEqual(len(flushed), 1)
+        transport, sentByThen = flushed[0]
+        self.assertIs(transport, self.transport)
+        self.assertTrue(sentByThen.replace(b"\r\n", b"").endswith(b"content:one;"))
+        self.run.emit(ContentDelta("two"), ContentDelta("three"))
+        self.run.result.callback(FINISHED)
+        self.successResultOf(done)
+        self.assertEqual(len(flushed), 1)
+
     def test_headGrace(self) -> None:
         """
         A run silent for the head grace gets its head and opening anyway,

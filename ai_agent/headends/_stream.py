@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
+from ai_agent._eager import flushNow
 from ai_agent.errors import AgentError, ErrorKind
 from ai_agent.events import (
     PROGRESS_TYPES,
@@ -190,6 +191,7 @@ class RunResponse:
     _stream: SSEStream | None = attrs.field(init=False, default=None)
     _grace: IDelayedCall | None = attrs.field(init=False, default=None)
     _quiet: IDelayedCall | None = attrs.field(init=False, default=None)
+    _firstTokenOut: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
         # Told of the first piece of the answer and of an in-band failure.
@@ -383,6 +385,11 @@ class RunResponse:
             assert self._stream is not None
             self._stream.send(frame)
             self._sent()
+            if not self._firstTokenOut and type(event) is ContentDelta:
+                # The first token leaves now, not when the rest of the
+                # upstream read it came in has been handled.
+                self._firstTokenOut = True
+                flushNow(getattr(getattr(self.request, "channel", None), "transport", None))
 
     def _begin(self) -> None:
         # The stream's head and first frames: with the first frame the
