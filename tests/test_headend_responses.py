@@ -827,18 +827,10 @@ class CodexTests(TestCase):
         instructions and the prompt reach the model, its own tools are
         offered as client tools) and prints the agent's answer.
         """
-        from tests._process import run
 
         server = await _server(self)
         server.upstream.script(Reply(content="Hello from the agent."))
-        home = os.path.abspath(self.mktemp())
-        os.makedirs(home)
-        with open(os.path.join(home, "config.toml"), "w", encoding="utf-8") as f:
-            f.write(CODEX_CONFIG.format(model=MODEL, baseUrl=server.baseUrl))
-        env = {"PATH": os.environ["PATH"], "HOME": home, "CODEX_HOME": home, "AI_AGENT_KEY": "k"}
-        out, err, code = await run(
-            [CODEX, "exec", "--skip-git-repo-check", "Say hi"], cwd=home, env=env
-        )
+        out, err, code = await self.codexExec(server.baseUrl, "Say hi")
         output = (out + err).decode("utf-8", "replace")
         self.assertEqual(code, 0, output)
         self.assertIn("Hello from the agent.", out.decode())
@@ -852,6 +844,20 @@ class CodexTests(TestCase):
     # Codex starts in a second or so; a hung one fails the test instead of the run.
     test_exec.timeout = 120  # type: ignore[attr-defined]
 
+    async def codexExec(self, baseUrl: str, prompt: str) -> tuple[bytes, bytes, int]:
+        """
+        Run C{codex exec PROMPT} against C{baseUrl} with a configuration of
+        its own (in a fresh home); its stdout, stderr and exit code.
+        """
+        from tests._process import run
+
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        with open(os.path.join(home, "config.toml"), "w", encoding="utf-8") as f:
+            f.write(CODEX_CONFIG.format(model=MODEL, baseUrl=baseUrl))
+        env = {"PATH": os.environ["PATH"], "HOME": home, "CODEX_HOME": home, "AI_AGENT_KEY": "k"}
+        return await run([CODEX, "exec", "--skip-git-repo-check", prompt], cwd=home, env=env)
+
     async def test_toolCall(self) -> None:
         """
         A call of one of Codex's own tools (C{exec_command}) is handed
@@ -859,21 +865,13 @@ class CodexTests(TestCase):
         C{function_call_output}: the model's next call sees it as the
         result of that call id, and Codex prints the answer that follows.
         """
-        from tests._process import run
 
         server = await _server(self)
         server.upstream.script(
             Reply(toolCalls=[("exec_command", {"cmd": "echo probe-ok"})]),
             Reply(content="Done."),
         )
-        home = os.path.abspath(self.mktemp())
-        os.makedirs(home)
-        with open(os.path.join(home, "config.toml"), "w", encoding="utf-8") as f:
-            f.write(CODEX_CONFIG.format(model=MODEL, baseUrl=server.baseUrl))
-        env = {"PATH": os.environ["PATH"], "HOME": home, "CODEX_HOME": home, "AI_AGENT_KEY": "k"}
-        out, err, code = await run(
-            [CODEX, "exec", "--skip-git-repo-check", "Run echo"], cwd=home, env=env
-        )
+        out, err, code = await self.codexExec(server.baseUrl, "Run echo")
         output = (out + err).decode("utf-8", "replace")
         self.assertEqual(code, 0, output)
         self.assertIn("Done.", out.decode())
