@@ -1064,17 +1064,34 @@ class StoreTurnStoreTests(TestCase):
 
     async def test_unavailable(self) -> None:
         """
-        A store that cannot be read finds nothing, with a warning, so the
-        run goes on from what the client sent.
+        A store that cannot be read fails the look-up with its 503
+        L{StoreUnavailableError}, rather than find nothing: the run must not
+        go on without the agent's earlier work.
         """
         blocker = self.mktemp()
         with open(blocker, "w") as f:
             f.write("not a directory")
         store = SQLStore(sqliteDialect(os.path.join(blocker, "s.sqlite3")), reactor, self.clock)
         self.addCleanup(store.close)
-        logs = LogCapture(self)
-        self.assertIsNone(await withTimeout(StoreTurnStore(store).findTurn(["c1"])))
-        self.assertIn("hidden turns of c1 not looked up", logs.everything())
+        error = await withTimeout(
+            self.assertFailure(StoreTurnStore(store).findTurn(["c1"]), StoreUnavailableError)
+        )
+        self.assertEqual((error.status, error.code), (503, "store_unavailable"))
+
+    async def test_saveUnavailable(self) -> None:
+        """
+        A store that cannot be written fails the save with its 503
+        L{StoreUnavailableError}.
+        """
+        blocker = self.mktemp()
+        with open(blocker, "w") as f:
+            f.write("not a directory")
+        store = SQLStore(sqliteDialect(os.path.join(blocker, "s.sqlite3")), reactor, self.clock)
+        self.addCleanup(store.close)
+        error = await withTimeout(
+            self.assertFailure(StoreTurnStore(store).saveTurn(self.turn("c1")), StoreUnavailableError)
+        )
+        self.assertEqual(error.status, 503)
 
     async def test_unreadable(self) -> None:
         """
