@@ -283,6 +283,10 @@ def postgresDialect(
     )
 
 
+#: The log events made of psycopg's own records.
+_psycopgLog = Logger(namespace="psycopg")
+
+
 class _PsycopgToTwisted(logging.Handler):
     """
     psycopg's own log records (it logs through the standard library's
@@ -290,22 +294,20 @@ class _PsycopgToTwisted(logging.Handler):
     of the server's log, instead of bare lines on standard error.
     """
 
-    log = Logger(namespace="psycopg")
-
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = " ".join(record.getMessage().split())
         except Exception:  # noqa: BLE001 - a record that cannot be formatted
             message = str(record.msg)
         if record.levelno >= logging.ERROR:
-            emit = self.log.error
+            emit = _psycopgLog.error
         elif record.levelno >= logging.WARNING:
-            emit = self.log.warn
+            emit = _psycopgLog.warn
         elif record.levelno >= logging.INFO:
-            emit = self.log.info
+            emit = _psycopgLog.info
         else:
-            emit = self.log.debug
-        emit("psycopg: {message}", message=message)
+            emit = _psycopgLog.debug
+        emit("psycopg: {record}", record=message)
 
 
 def routePsycopgLogging() -> None:
