@@ -542,6 +542,40 @@ class HiddenTurnFailureTests(TestCase):
         # The run got as far as the hand-back: both upstream calls were made.
         self.assertEqual(len(server.upstream.requests), 2)
 
+    async def test_writeFailsStreamed(self) -> None:
+        """
+        Streamed, the same failure ends the stream with the store's error
+        (Chat Completions' error frame, code C{store_unavailable}) and the
+        client's call is never sent: nothing to continue from.
+        """
+        store, database = _faultyStore(self)
+        server = await _hybridServer(self, store)
+        server.upstream.script(*HYBRID_SCRIPT[:2])
+        database.stop()
+        response = await _http(self).post(
+            _origin(server) + "/v1/chat/completions",
+            json.dumps(
+                {"model": MODEL, "messages": QUESTION, "tools": [WEATHER_CHAT], "stream": True}
+            ).encode("utf-8"),
+            headers={b"content-type": [b"application/json"]},
+        )
+        text = await response.text("utf-8")
+        frames = [
+            json.loads(line.removeprefix("data: "))
+            for line in text.splitlines()
+            if line.startswith("data: {")
+        ]
+        errors = [frame["error"] for frame in frames if "error" in frame]
+        self.assertEqual([error["code"] for error in errors], ["store_unavailable"])
+        handedBack = [
+            call["function"].get("name")
+            for frame in frames
+            for choice in frame.get("choices", ())
+            for call in choice.get("delta", {}).get("tool_calls") or ()
+        ]
+        self.assertNotIn("get_weather", handedBack)
+        self.assertEqual(len(server.upstream.requests), 2)
+
     async def test_storedRequestChecksFirst(self) -> None:
         """
         A stored Responses request while the database is down (and has not
