@@ -788,7 +788,8 @@ class SQLStore:
         times), so running it twice leaves what running it once does, even
         when the first attempt's commit reached the database before the
         connection broke; a delete or a purge of what is already gone
-        removes nothing more; eviction only brings the store down to its
+        removes nothing more (a delete whose first commit landed then
+        reports that there was nothing to delete); eviction only brings the store down to its
         bounds; the migration checks the schema version first.  A second
         failure is the caller's (a 503): never a third attempt.
         """
