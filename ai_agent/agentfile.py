@@ -223,8 +223,21 @@ def _tools(ctx: _Context, key: str, value: object) -> tuple[str, ...]:
 
 def _agents(ctx: _Context, key: str, value: object) -> tuple[str, ...]:
     return tuple(
-        os.path.normpath(os.path.join(ctx.directory, agent)) for agent in _names(ctx, key, value)
+        _agentFile(os.path.normpath(os.path.join(ctx.directory, agent)))
+        for agent in _names(ctx, key, value)
     )
+
+
+def _agentFile(path: str) -> str:
+    """
+    The sub-agent file C{path} names: C{path} itself when it is a file,
+    else C{path.ai} when that is (the suffix is optional in C{agents:}),
+    else C{path} as written (its loading then says it cannot be read).
+    """
+    if os.path.isfile(path) or _AI_SUFFIX.search(path):
+        return path
+    withSuffix = path + ".ai"
+    return withSuffix if os.path.isfile(withSuffix) else path
 
 
 def _positiveInt(ctx: _Context, key: str, value: object) -> int:

@@ -479,22 +479,13 @@ class SessionRunner:
     async def _saveHidden(self, agent: AgentSpec, turn: HiddenTurn) -> None:
         """
         Keep the agent's own work of this run for the client's next
-        request; a store that fails costs the continuation its hidden
-        turns, not this answer.
+        request.  A store that fails fails the run (with its error, a 503
+        when the database is down) rather than hand back calls whose
+        continuation would go on without that work.
         """
         if self.turns is None:
             return
-        try:
-            await self.turns.saveTurn(turn)
-        except CancelledError:
-            raise
-        except Exception as error:  # noqa: BLE001 - the answer still goes out
-            log.warn(
-                "agent {agent}: could not keep the hidden turn of calls {calls}: {error}",
-                agent=agent.name,
-                calls=", ".join(turn.clientCallIds),
-                error=str(error),
-            )
+        await self.turns.saveTurn(turn)
 
     def _callWithFallback(
         self,

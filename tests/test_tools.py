@@ -340,6 +340,34 @@ class LoadingTests(TestCase):
         self.assertIn(helper, registry.byPath)
         self.assertEqual(registry.ids(), ["main"])
 
+    def test_suffixOptional(self) -> None:
+        """
+        C{agents: [helper]} loads C{helper.ai} (the suffix is optional, as
+        docs/agent-files.md says), and so does C{sub/helper}; a file named
+        exactly as written is preferred to one with the suffix added.
+        """
+        main = self.write("main.ai", agents="[helper, sub/helper, exact]")
+        helper = self.write("helper.ai")
+        subHelper = self.write("sub/helper.ai", description="Another helper.")
+        exact = self.write("exact", description="Named without a suffix.")
+        self.write("exact.ai", description="Not this one.")
+        registry = loadRegistry([main], self.config)
+        self.assertEqual(registry.byPath[main].agents, (helper, subHelper, exact))
+        self.assertEqual(registry.byPath[exact].description, "Named without a suffix.")
+        self.assertEqual(registry.byPath[helper].name, "helper")
+
+    def test_subAgentMissing(self) -> None:
+        """
+        A sub-agent that exists neither as written nor with C{.ai} is an
+        error naming the path as written.
+        """
+        main = self.write("main.ai", agents="[nobody]")
+        with self.assertRaises(ConfigurationError) as caught:
+            loadRegistry([main], self.config)
+        self.assertIn(
+            f"{os.path.join(self.folder, 'nobody')}: cannot read agent file", str(caught.exception)
+        )
+
     def test_subAgentNeedsDescription(self) -> None:
         """
         A sub-agent without a description is refused at load.

@@ -884,6 +884,10 @@ class ResponsesHeadend:
             parsed.parallelToolCalls,
         )
         stores = parsed.store and self.store is not None
+        if parsed.store and self.store is not None:
+            # A store that is down fails the request now (503), before the
+            # run spends an upstream call on an answer it could not keep.
+            await self.store.checkAvailable()
         encoder = ResponsesEncoder(
             {
                 "id": responseId,

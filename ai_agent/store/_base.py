@@ -209,6 +209,13 @@ class RunStore(Protocol):
         holds.
         """
 
+    def checkAvailable(self) -> Deferred[None]:
+        """
+        Fail with L{StoreUnavailableError} when the store cannot be used now
+        (cheaply: a store that just answered is not asked again), so that a
+        request that will need it fails before it spends anything.
+        """
+
     def start(self) -> Deferred[None]:
         """
         Open the store: create or migrate its schema, start the periodic
@@ -298,6 +305,38 @@ def isPostgresURL(location: str) -> bool:
     return location.startswith(("postgresql://", "postgres://"))
 
 
+#: The query parameters of a PostgreSQL C{--store} URL that are the store's
+#: own settings (durations), taken out before the URL reaches libpq.
+STORE_URL_OPTIONS = ("idle_timeout",)
+
+
+def splitStoreOptions(url: str) -> tuple[str, dict[str, float]]:
+    """
+    C{url} without the store's own query parameters (L{STORE_URL_OPTIONS},
+    which libpq would refuse), and their values in seconds; every other
+    parameter is kept as written.
+
+    @raise ValueError: for a value that is not a duration (L{parseDuration}).
+    """
+    base, mark, rest = url.partition("?")
+    if not mark:
+        return url, {}
+    query, sharp, fragment = rest.partition("#")
+    kept: list[str] = []
+    options: dict[str, float] = {}
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if unquote(name) in STORE_URL_OPTIONS:
+            try:
+                options[unquote(name)] = parseDuration(unquote(value))
+            except ValueError as error:
+                raise ValueError(f"{unquote(name)}: {error}") from None
+        else:
+            kept.append(pair)
+    cleaned = base + ("?" + "&".join(kept) if kept else "") + sharp + fragment
+    return cleaned, options
+
+
 def urlSecrets(url: str) -> list[str]:
     """
     The passwords in a PostgreSQL URL (its user information and a
@@ -368,9 +407,11 @@ __all__ = [
     "StoreUnavailableError",
     "StoredDocument",
     "defaultStorePath",
+    "STORE_URL_OPTIONS",
     "isPostgresURL",
     "parseDuration",
     "redact",
     "redactURL",
+    "splitStoreOptions",
     "urlSecrets",
 ]

@@ -160,6 +160,12 @@ class MemoryStore:
         ]
         return succeed(StoreStats(len(live), sum(entry.size for entry in live)))
 
+    def checkAvailable(self) -> Deferred[None]:
+        # Memory is always there; only a closed store refuses.
+        if self._closed:
+            return fail(StoreError("the run store is closed"))
+        return succeed(None)
+
     def start(self) -> Deferred[None]:
         if self._closed:
             return fail(StoreError("the run store is closed"))

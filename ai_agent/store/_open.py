@@ -22,6 +22,7 @@ from ai_agent.store._base import (
     defaultStorePath,
     isPostgresURL,
     redactURL,
+    splitStoreOptions,
 )
 from ai_agent.store._memory import MemoryStore
 from ai_agent.store._sql import SQLStore, postgresDialect, sqliteDialect
@@ -46,7 +47,8 @@ def checkLocation(location: str | None) -> None:
     Check a C{--store} value without touching the database.
 
     @raise ValueError: for an empty value or a PostgreSQL URL that cannot be
-        parsed (a bad port, say); the message has no password.
+        parsed (a bad port, or an C{idle_timeout} that is not a duration);
+        the message has no password.
     """
     if location is None or location in ("none", "memory"):
         return
@@ -60,6 +62,10 @@ def checkLocation(location: str | None) -> None:
                 f"{describeLocation(location)} is not a PostgreSQL URL"
                 " (postgresql://user@host:5432/database)"
             ) from None
+        try:
+            splitStoreOptions(location)
+        except ValueError as error:
+            raise ValueError(f"{describeLocation(location)}: {error}") from None
 
 
 def makeStore(

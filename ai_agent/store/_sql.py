@@ -4,14 +4,17 @@ The run store on a SQL database: one set of queries, run on SQLite or on
 PostgreSQL (psycopg 3), always in a dedicated thread pool so the reactor
 never waits for the database.
 
-Each pool thread holds its own connection, opened on first use and dropped
-when the database reports it broken, so a restarted PostgreSQL server is
-reconnected to by the next operation.
+Each pool thread holds its own connection, opened on first use, replaced
+before use when it has been idle longer than the dialect's C{idleTimeout},
+and dropped when the database reports it broken.  An operation that fails
+because its connection broke (a restarted PostgreSQL server ends every
+connection it had) is run again, once, on a new connection.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -42,6 +45,7 @@ from ai_agent.store._base import (
     checkNamespace,
     redact,
     redactURL,
+    splitStoreOptions,
     urlSecrets,
     usableKeys,
 )
@@ -82,6 +86,17 @@ _KEYS_PER_QUERY = 200
 #: so that the next puts do not each evict again.
 _EVICT_TO = 0.9
 
+#: Seconds a PostgreSQL connection may stay idle before it is replaced at
+#: its next use (firewalls and load balancers drop idle connections
+#: silently; a server restart leaves them dead).
+DEFAULT_IDLE_TIMEOUT = 300.0
+
+#: Seconds after a successful operation during which L{SQLStore.checkAvailable}
+#: trusts the store to be up without asking the database.
+DEFAULT_LIVENESS_WINDOW = 2.0
+
+_PING = "SELECT 1"
+
 _CREATE_VERSIONS = "CREATE TABLE IF NOT EXISTS ai_agent_store_schema (version INTEGER NOT NULL)"
 _READ_VERSION = "SELECT MAX(version) FROM ai_agent_store_schema"
 _WRITE_VERSION = "INSERT INTO ai_agent_store_schema (version) VALUES (?)"
@@ -118,9 +133,15 @@ class Dialect:
     """
     What differs between the databases: how to connect, the parameter
     marker, how to take the migration lock, what a broken connection looks
-    like, and how to describe an error without a secret.
+    like, how long a connection may stay idle, and how to describe an error
+    without a secret.
 
     @ivar description: where the database is, fit for a log line.
+    @ivar isBroken: whether a connection is unusable (closed, or lost by
+        the server); an operation that failed on such a connection is run
+        again once on a new one.
+    @ivar idleTimeout: seconds after which an idle connection is replaced
+        before its next use; L{None}: never.
     """
 
     name: str
@@ -133,6 +154,7 @@ class Dialect:
     secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
     prepare: Callable[[], None] | None = None
     isBroken: Callable[[Any], bool] = lambda connection: False
+    idleTimeout: float | None = None
 
     def sql(self, query: str) -> str:
         """
@@ -142,9 +164,10 @@ class Dialect:
 
     def explain(self, error: BaseException) -> str:
         """
-        The database's message for C{error}, with secrets removed.
+        The database's message for C{error} on one line (libpq's run over
+        several, which would break a log line in two), with secrets removed.
         """
-        text = str(error).strip() or type(error).__name__
+        text = " ".join(str(error).split()) or type(error).__name__
         return redact(text, self.secrets)
 
 
@@ -204,14 +227,20 @@ def _retryLocked(action: Callable[[], T], timeout: float) -> T:
 
 
 def postgresDialect(
-    url: str, connectTimeout: float = 10.0, statementTimeout: float = 30.0
+    url: str,
+    connectTimeout: float = 10.0,
+    statementTimeout: float = 30.0,
+    idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
 ) -> Dialect:
     """
     PostgreSQL at C{url} (C{postgresql://…}), through psycopg 3.  A
     connection attempt gives up after C{connectTimeout} seconds, a
-    statement after C{statementTimeout}.
+    statement after C{statementTimeout}; a connection idle for longer than
+    C{idleTimeout} seconds (or the URL's own C{idle_timeout} parameter,
+    which is not passed on to libpq) is replaced before its next use.
 
     @raise StoreError: when psycopg is not installed.
+    @raise ValueError: for an C{idle_timeout} that is not a duration.
     """
     try:
         import psycopg
@@ -220,10 +249,13 @@ def postgresDialect(
             "a PostgreSQL store needs psycopg: pip install 'ai-agent[postgresql]'"
             " (or 'psycopg[binary]')"
         ) from None
+    routePsycopgLogging()
+    libpqURL, options = splitStoreOptions(url)
+    idleTimeout = options.get("idle_timeout", idleTimeout)
 
     def connect() -> Any:
         connection = psycopg.connect(
-            url, connect_timeout=max(int(connectTimeout), 1), application_name="ai-agent"
+            libpqURL, connect_timeout=max(int(connectTimeout), 1), application_name="ai-agent"
         )
         try:
             # No statement (nor wait for a lock) holds a store thread for ever.
@@ -247,7 +279,46 @@ def postgresDialect(
         errors=(psycopg.Error,),
         secrets=tuple(urlSecrets(url)),
         isBroken=isBroken,
+        idleTimeout=idleTimeout,
     )
+
+
+#: The log events made of psycopg's own records.
+_psycopgLog = Logger(namespace="psycopg")
+
+
+class _PsycopgToTwisted(logging.Handler):
+    """
+    psycopg's own log records (it logs through the standard library's
+    C{logging}, e.g. C{error ignored in rollback on …}) as one-line events
+    of the server's log, instead of bare lines on standard error.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = " ".join(record.getMessage().split())
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted
+            message = str(record.msg)
+        if record.levelno >= logging.ERROR:
+            emit = _psycopgLog.error
+        elif record.levelno >= logging.WARNING:
+            emit = _psycopgLog.warn
+        elif record.levelno >= logging.INFO:
+            emit = _psycopgLog.info
+        else:
+            emit = _psycopgLog.debug
+        emit("psycopg: {record}", record=message)
+
+
+def routePsycopgLogging() -> None:
+    """
+    Send the C{psycopg} logger's records to the server's log (once; the
+    standard library's loggers are global).
+    """
+    logger = logging.getLogger("psycopg")
+    if not any(isinstance(handler, _PsycopgToTwisted) for handler in logger.handlers):
+        logger.addHandler(_PsycopgToTwisted())
+        logger.propagate = False
 
 
 class _StoreThreads(ThreadPool):
@@ -265,8 +336,16 @@ class _StoreThreads(ThreadPool):
 class _Operation:
     """
     One piece of database work: skipped if cancelled before it starts.
+
+    @ivar name: what it is, for log lines.
+    @ivar started: the store's clock when it was asked for.
+    @ivar retry: whether it may run again on a new connection when its
+        connection broke under it (see L{SQLStore._transaction}).
     """
 
+    name: str
+    started: float
+    retry: bool = True
     cancelled: bool = False
 
 
@@ -283,6 +362,8 @@ class SQLStore:
         SQLite, whose writes are serialised anyway.
     @ivar maxBytes: the bound on the documents' total size.
     @ivar maxEntries: the bound on the number of documents.
+    @ivar livenessWindow: seconds after an operation succeeded during which
+        L{checkAvailable} answers at once, without asking the database.
     """
 
     log = Logger()
@@ -297,6 +378,7 @@ class SQLStore:
     purgeInterval: float = DEFAULT_PURGE_INTERVAL
     connections: int = 1
     closeTimeout: float = 10.0
+    livenessWindow: float = DEFAULT_LIVENESS_WINDOW
     _threads: ThreadPool | None = attrs.field(default=None, init=False)
     _local: threading.local = attrs.field(factory=threading.local, init=False)
     _liveConnections: list[Any] = attrs.field(factory=list, init=False)
@@ -308,6 +390,7 @@ class SQLStore:
     _closed: bool = attrs.field(default=False, init=False)
     _purger: LoopingCall | None = attrs.field(default=None, init=False)
     _estimate: StoreStats = attrs.field(default=StoreStats(0, 0), init=False)
+    _aliveUntil: float = attrs.field(default=float("-inf"), init=False)
 
     @property
     def description(self) -> str:
@@ -436,6 +519,19 @@ class SQLStore:
             checkNamespace(namespace)
         now = self.clock.seconds()
         return self._call("stats", lambda cursor: self._count(cursor, now, namespace))
+
+    def checkAvailable(self) -> Deferred[None]:
+        """
+        Fail with L{StoreUnavailableError} when the database cannot be used
+        now, before a request spends work that it could not keep.  While
+        operations succeed this costs nothing (an operation succeeded in the
+        last C{livenessWindow} seconds: no question is asked); otherwise, and
+        after any failure, it is a C{SELECT 1} on a store thread (which also
+        replaces connections the database dropped).
+        """
+        if self._ready and not self._closed and self.clock.seconds() < self._aliveUntil:
+            return _succeeded(None)
+        return self._call("check", _ping)
 
     def start(self) -> Deferred[None]:
         """
@@ -612,18 +708,23 @@ class SQLStore:
             )
         return removed
 
-    def _call(self, name: str, work: Callable[[Any], T]) -> Deferred[T]:
+    def _call(self, name: str, work: Callable[[Any], T], retry: bool = True) -> Deferred[T]:
         """
         Run C{work} with a cursor once the store is open.
+
+        @param retry: whether C{work} may run a second time on a new
+            connection when its connection broke under it: only for work
+            whose second run leaves the database as one run would (see
+            L{_transaction}).
         """
 
         async def call() -> T:
             await self._whenReady()
-            return await self._inThread(name, work)
+            return await self._inThread(name, work, retry)
 
         return Deferred.fromCoroutine(call())
 
-    def _inThread(self, name: str, work: Callable[[Any], T]) -> Deferred[T]:
+    def _inThread(self, name: str, work: Callable[[Any], T], retry: bool = True) -> Deferred[T]:
         """
         Run C{work(cursor)} in one transaction on a pool thread.  The
         returned Deferred is the caller's own: cancelling it skips the work
@@ -634,7 +735,7 @@ class SQLStore:
         threads = self._threads
         if threads is None:
             return _failed(StoreError("the run store is not open"))
-        operation = _Operation()
+        operation = _Operation(name, self.clock.seconds(), retry)
         inner = deferToThreadPool(self.reactor, threads, self._transaction, operation, work)
         self._pending.add(inner)
 
@@ -648,8 +749,13 @@ class SQLStore:
             if outer.called:
                 return  # cancelled: nobody is waiting
             if isinstance(result, Failure):
-                outer.errback(self._translate(name, result))
+                translated = self._translate(name, result)
+                if isinstance(translated.value, StoreUnavailableError):
+                    # The next checkAvailable asks the database again.
+                    self._aliveUntil = float("-inf")
+                outer.errback(translated)
             else:
+                self._aliveUntil = self.clock.seconds() + self.livenessWindow
                 outer.callback(result)
 
         inner.addBoth(done)
@@ -673,18 +779,70 @@ class SQLStore:
     def _transaction(self, operation: _Operation, work: Callable[[Any], T]) -> T:
         """
         In a pool thread: C{work} in one transaction on this thread's
-        connection.
+        connection; when it fails because that connection broke (the
+        database restarted, or dropped it), once more on a new connection.
+
+        Running C{work} again is safe for every operation of this store:
+        reads change nothing; a put is an upsert by key of values fixed
+        before the first attempt (the same documents, creation and expiry
+        times), so running it twice leaves what running it once does, even
+        when the first attempt's commit reached the database before the
+        connection broke; a delete or a purge of what is already gone
+        removes nothing more (a delete whose first commit landed then
+        reports that there was nothing to delete); eviction only brings the store down to its
+        bounds; the migration checks the schema version first.  A second
+        failure is the caller's (a 503): never a third attempt.
         """
         if operation.cancelled:
             raise CancelledError()
-        connection = getattr(self._local, "connection", None)
+        connection = self._connection(operation.started)
+        try:
+            return self._attempt(connection, work)
+        except self.dialect.errors as error:
+            if not (operation.retry and self.dialect.isBroken(connection)):
+                raise
+            if operation.cancelled:
+                raise CancelledError() from None
+            self.log.warn(
+                "run store ({store}): the database dropped a connection ({problem});"
+                " {operation} tried again on a new one",
+                store=self.description,
+                problem=self.dialect.explain(error),
+                operation=operation.name,
+            )
+        return self._attempt(self._connection(operation.started), work)
+
+    def _connection(self, now: float) -> Any:
+        """
+        In a pool thread: this thread's connection, opened when it has none,
+        replaced when it is broken or has been idle longer than the
+        dialect's C{idleTimeout}.
+        """
+        local = self._local
+        connection = getattr(local, "connection", None)
+        if connection is not None:
+            idleTimeout = self.dialect.idleTimeout
+            if self.dialect.isBroken(connection) or (
+                idleTimeout is not None and now - local.lastUsed > idleTimeout
+            ):
+                self._dropConnection(connection)
+                connection = None
         if connection is None:
             if self.dialect.prepare is not None:
                 self.dialect.prepare()
             connection = self.dialect.connect()
-            self._local.connection = connection
+            local.connection = connection
+            local.lastUsed = now
             with self._connectionsLock:
                 self._liveConnections.append(connection)
+        local.lastUsed = max(local.lastUsed, now)
+        return connection
+
+    def _attempt(self, connection: Any, work: Callable[[Any], T]) -> T:
+        """
+        In a pool thread: C{work} in one transaction on C{connection},
+        which is dropped if it turns out to be broken.
+        """
         try:
             cursor = connection.cursor()
             try:
@@ -720,6 +878,14 @@ class SQLStore:
                 connection.close()
             except BaseException:
                 pass  # closing anyway
+
+
+def _ping(cursor: Any) -> None:
+    """
+    The cheapest question a database answers.
+    """
+    cursor.execute(_PING)
+    cursor.fetchone()
 
 
 def _encode(document: Any) -> tuple[str, int]:
@@ -764,6 +930,8 @@ def _failed(error: BaseException) -> Deferred[Any]:
 
 
 __all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_LIVENESS_WINDOW",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "Dialect",

@@ -11,10 +11,9 @@ from typing import Sequence
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from ai_agent.clienttools import DEFAULT_TURN_TTL, HiddenTurn
-from ai_agent.store._base import TURNS, RunStore, StoredDocument, StoreError
+from ai_agent.store._base import TURNS, RunStore, StoredDocument
 
 
 @attrs.define
@@ -25,8 +24,13 @@ class StoreTurnStore:
     handed-back call ids, kept for the store's TTL but at most
     L{DEFAULT_TURN_TTL<ai_agent.clienttools.DEFAULT_TURN_TTL>}.
 
-    A store that cannot be read counts as finding nothing (the run goes on
-    from what the client sent), with a warning.
+    A store that fails fails the run with its
+    L{StoreError<ai_agent.store.StoreError>} (a 503 when
+    the database is unavailable), whether saving a turn or looking one up:
+    a continuation without the agent's earlier work would have the model
+    redo it (repeat its tool calls), and a run whose turn was not kept
+    would hand back calls whose continuation cannot find it.  A turn that
+    is simply not found (expired, or never kept) is L{None}.
     """
 
     log = Logger()
@@ -62,16 +66,7 @@ class StoreTurnStore:
                     )
             return None
 
-        def unavailable(failure: Failure) -> None:
-            failure.trap(StoreError)
-            self.log.warn(
-                "run store unavailable, hidden turns of {calls} not looked up: {problem}",
-                calls=", ".join(callIds[:8]),
-                problem=failure.getErrorMessage(),
-            )
-            return None
-
-        return self.store.getMany(TURNS, callIds).addCallbacks(found, unavailable)
+        return self.store.getMany(TURNS, callIds).addCallback(found)
 
 
 __all__ = ["StoreTurnStore"]
