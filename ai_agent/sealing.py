@@ -192,11 +192,11 @@ def openedTurns(
     The turns sealed in C{items}' C{encrypted_content}, by handed-back
     call id.
 
-    @raise SealError: (with the item's C{where} as its second argument)
-        for a sealed item no key opens for C{owner}.
+    @raise SealError: (with the item's place, C{input[i]}, as its second
+        argument) for a sealed item no key opens for C{owner}.
     """
     found: dict[str, HiddenTurn] = {}
-    for item in items:
+    for index, item in enumerate(items):
         text = item.get("encrypted_content")
         if not isSealed(text):
             continue
@@ -204,7 +204,7 @@ def openedTurns(
         try:
             turn = sealer.open(text, owner)
         except SealError as error:
-            raise SealError(str(error), item.get("where")) from None
+            raise SealError(str(error), f"input[{index}]") from None
         for callId in turn.clientCallIds:
             found[callId] = turn
     return found
