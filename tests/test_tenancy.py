@@ -740,3 +740,59 @@ class ProcessTests(TestCase):
         for child in (one, two, three):
             child.send("TERM")
             await ended(child)
+
+
+class CodexSealedTurnTests(TestCase):
+    """
+    The Codex CLI, which sends C{store: false} with C{include:
+    ["reasoning.encrypted_content"]}, against an agent with tools of its
+    own: the sealed turn makes the round trip through Codex unmodified.
+    """
+
+    def setUp(self) -> None:
+        import shutil
+
+        from tests.test_headend_responses import CODEX
+
+        if shutil.which("node") is None:
+            raise self.skipTest("node is not installed: the Codex CLI needs Node.js")
+        if not os.path.exists(CODEX):
+            raise self.skipTest("the Codex CLI is missing: run `npm ci --prefix tests/js` first")
+
+    async def test_hybridToolCall(self) -> None:
+        """
+        The agent adds with its calculator, then calls Codex's
+        C{exec_command}, which Codex runs; Codex's next request carries
+        the sealed turn back, so the model sees the calculator's call and
+        result before the command's output; the store holds no row.
+        """
+        from tests._process import run
+        from tests.test_headend_responses import CODEX, CODEX_CONFIG
+
+        server, path = await _tenants(
+            self, keys=APIKeys(), extraConfig={"sealingKeys": [SEALING_KEY]}
+        )
+        server.upstream.script(
+            Reply(toolCalls=[("calc__add", {"a": 2, "b": 3})]),
+            Reply(toolCalls=[("exec_command", {"cmd": "echo probe-ok"})]),
+            Reply(content="Done."),
+        )
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        with open(os.path.join(home, "config.toml"), "w", encoding="utf-8") as f:
+            f.write(CODEX_CONFIG.format(model="hybrid", baseUrl=server.baseUrl))
+        env = {"PATH": os.environ["PATH"], "HOME": home, "CODEX_HOME": home, "AI_AGENT_KEY": "k"}
+        out, err, code = await run(
+            [CODEX, "exec", "--skip-git-repo-check", "Add, then run echo"], cwd=home, env=env
+        )
+        self.assertEqual(code, 0, (out + err).decode("utf-8", "replace"))
+        self.assertIn("Done.", out.decode())
+        third = server.upstream.requests[2].body["messages"]
+        names = [c["function"]["name"] for m in third for c in m.get("tool_calls") or ()]
+        self.assertEqual(names, ["calc__add", "exec_command"])
+        results = [m["content"] for m in third if m["role"] == "tool"]
+        self.assertEqual(results[0], "5")
+        self.assertIn("probe-ok", results[1])
+        self.assertEqual(_sqliteRows(path), [])
+
+    test_hybridToolCall.timeout = 120  # type: ignore[attr-defined]
