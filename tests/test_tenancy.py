@@ -417,6 +417,43 @@ class CrossKeyTests(TestCase):
             ],
         )
 
+    async def test_chatCompletionsHiddenTurn(self) -> None:
+        """
+        On Chat Completions too (no C{store} flag: hidden turns are kept in
+        the store, owned by the key), B replaying A's call id does not get
+        A's calculator turn; A does.
+        """
+        server, _ = await _tenants(self)
+        _hybridScript(server.upstream)
+        tool = {
+            "type": "function",
+            "function": {k: v for k, v in WEATHER.items() if k != "type"},
+        }
+        question = {"role": "user", "content": "2+3 and Paris?"}
+        first = await inThread(
+            _sdk(server, KA).chat.completions.create,
+            model="hybrid",
+            messages=[question],
+            tools=[tool],
+        )
+        message = first.choices[0].message
+        [call] = message.tool_calls
+        replay = [
+            question,
+            message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+        ]
+        server.upstream.script(Reply(content="B."), Reply(content="A."))
+        for key in (KB, KA):
+            await inThread(
+                _sdk(server, key).chat.completions.create,
+                model="hybrid",
+                messages=replay,
+                tools=[tool],
+            )
+        self.assertEqual([role for role, _ in _roles(server, 2)], ["user", "assistant", "tool"])
+        self.assertEqual(_roles(server, 3)[1:3], [("assistant", ["calc__add"]), ("tool", "5")])
+
     async def test_deleteRemovesEverything(self) -> None:
         """
         DELETE of a stored hybrid response leaves no row of it in the
