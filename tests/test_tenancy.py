@@ -454,6 +454,54 @@ class CrossKeyTests(TestCase):
         self.assertEqual([role for role, _ in _roles(server, 2)], ["user", "assistant", "tool"])
         self.assertEqual(_roles(server, 3)[1:3], [("assistant", ["calc__add"]), ("tool", "5")])
 
+    async def test_messagesHiddenTurn(self) -> None:
+        """
+        On the Messages API (the C{anthropic} SDK), B replaying A's
+        C{tool_use} id does not get A's calculator turn; A does.
+        """
+        import anthropic
+
+        server, _ = await _tenants(self)
+        _hybridScript(server.upstream)
+        tool = {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "input_schema": WEATHER["parameters"],
+        }
+        question = {"role": "user", "content": "2+3 and Paris?"}
+
+        def client(key: str) -> anthropic.Anthropic:
+            base = server.baseUrl.removesuffix("/v1")
+            return anthropic.Anthropic(base_url=base, api_key=key, max_retries=0, timeout=20)
+
+        first = await inThread(
+            client(KA).messages.create,
+            model="hybrid",
+            max_tokens=100,
+            messages=[question],
+            tools=[tool],
+        )
+        [use] = [block for block in first.content if block.type == "tool_use"]
+        replay = [
+            question,
+            {"role": "assistant", "content": [use.model_dump(exclude_none=True)]},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}],
+            },
+        ]
+        server.upstream.script(Reply(content="B."), Reply(content="A."))
+        for key in (KB, KA):
+            await inThread(
+                client(key).messages.create,
+                model="hybrid",
+                max_tokens=100,
+                messages=replay,
+                tools=[tool],
+            )
+        self.assertNotIn(("assistant", ["calc__add"]), _roles(server, 2))
+        self.assertEqual(_roles(server, 3)[1:3], [("assistant", ["calc__add"]), ("tool", "5")])
+
     async def test_deleteRemovesEverything(self) -> None:
         """
         DELETE of a stored hybrid response leaves no row of it in the
