@@ -29,6 +29,8 @@ setup(
         "pyyaml>=6.0",
         "prometheus_client>=0.20",
         "orjson>=3.9",
+        # AES-GCM for the hidden turns of store:false runs (ai_agent/sealing.py).
+        "cryptography>=42",
     ],
     extras_require={
         # Traces (OpenTelemetry, exported over OTLP/HTTP); off unless OTEL_*

@@ -55,6 +55,7 @@ from ai_agent.headends._answers import (
     wrongMethod,
 )
 from ai_agent.headends._bodies import BodyGate
+from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumps as _dumps
 from ai_agent.headends._json import dumpsAny as _dumpsAny
 from ai_agent.headends._json import dumpsPlain as _dumpsPlain
@@ -74,6 +75,7 @@ from ai_agent.headends._stream import RunResponse
 from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
+from ai_agent.principals import resolveFor, visibleIds
 from ai_agent.providers import ChatMessage, LLMRequest, ToolCall, ToolSpec
 from ai_agent.providers.anthropic import AnthropicProvider, messagesURL
 from ai_agent.redaction import Redactor, shorten
@@ -864,10 +866,11 @@ class AnthropicHeadend:
         # A large body is read and parsed in a thread, one at a time.
         return await self._bodyGate().parse(content, parser)
 
-    def _agent(self, parsed: MessagesRequest) -> ServedAgent:
-        agent = self.registry.resolve(parsed.model)
+    def _agent(self, request: IRequest, parsed: MessagesRequest) -> ServedAgent:
+        principal = principalOf(request)
+        agent = resolveFor(self.registry, principal, parsed.model)
         if agent is None:
-            raise unknownModel(parsed.model, self.registry.ids())
+            raise unknownModel(parsed.model, visibleIds(self.registry, principal))
         return agent
 
     @app.route("/v1/messages", methods=["POST"])
@@ -877,7 +880,7 @@ class AnthropicHeadend:
         Run an agent on a conversation; answer with a message or stream it.
         """
         parsed = await self._parse(request, parseMessagesRequest)
-        agent = self._agent(parsed)
+        agent = self._agent(request, parsed)
         requestScope(request).setAgent(agent.id)
         labels = RunLabels(
             requestId=_messageId(),
@@ -885,7 +888,7 @@ class AnthropicHeadend:
             user=parsed.user,
             forwarded=forwardedHeaders(headerLookup(request)),
         )
-        run = parsed.runRequest(labels)
+        run = attrs.evolve(parsed.runRequest(labels), owner=principalOf(request).name)
         encoder = MessagesEncoder(
             labels.requestId,
             agent.id,
@@ -929,7 +932,7 @@ class AnthropicHeadend:
         over the agent's prompt and tools and the request.
         """
         parsed = await self._parse(request, parseCountTokensRequest)
-        agent = self._agent(parsed)
+        agent = self._agent(request, parsed)
         requestScope(request).setAgent(agent.id)
         specs: list[ToolSpec] = []
         instructions: list[str] = []
