@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import secrets
+from typing import Any, Mapping
 
 from twisted.trial.unittest import TestCase
 
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, startServer
 from tests._process import run
+from tests._terminal import Terminal
 from tests.mcp_servers import calcEntry
 from tests.test_clients_js import JS, _skipReason
 
@@ -146,3 +148,100 @@ class ClaudeCodeTests(TestCase):
         last = server.upstream.requests[-1]
         self.assertEqual(last.path, "/v1/messages")
         self.assertIn("42-marker", json.dumps(last.body["messages"][-1]))
+
+
+#: Seconds each step of an interactive session may take on the screen.
+SCREEN_WAIT = 60.0
+
+
+def _titleCall(body: Mapping[str, Any]) -> bool:
+    """
+    Whether an upstream call is Claude Code's session-title request (the
+    only one of its calls with an output format).
+    """
+    return "response_format" in body
+
+
+class InteractiveTests(TestCase):
+    """
+    C{claude} as a person starts it for the first time, in a terminal,
+    set up only as docs/integrations.md says: a fresh home with
+    C{~/.claude.json} holding C{"hasCompletedOnboarding": true},
+    C{ANTHROPIC_BASE_URL}, C{ANTHROPIC_AUTH_TOKEN}, C{ANTHROPIC_MODEL} and
+    C{ANTHROPIC_DEFAULT_HAIKU_MODEL}, the folder-trust question answered
+    with Enter.
+    """
+
+    skip = _skip()
+
+    async def test_firstRunWithBashApproval(self) -> None:
+        """
+        A first interactive run: after the folder-trust question, one turn
+        in which the agent's model calls Claude Code's C{Bash} tool to
+        write a file; Claude Code asks for approval, Enter approves, the
+        file is written and the command's output (a value only the shell
+        computed, with a token made for this test) reaches the model as
+        the tool's result, and the model's
+        answer shows on the screen.  Claude Code's title call, sent at the
+        same time, reaches the upstream with its JSON schema as the
+        response format, and the title it was answered shows as the
+        terminal's title.
+        """
+        server = await startServer(
+            self, agents={"coder.ai": CODER}, mcpServers={"calc": calcEntry()}
+        )
+        token = secrets.token_hex(4)
+        # Writing a file needs approval (an echo alone Claude Code runs unasked).
+        command = {
+            "command": f"echo tok-$((6*7))-{token} > token.txt && cat token.txt",
+            "description": "Write and print the token",
+        }
+        answer = f"The shell printed the token {token}."
+        server.upstream.scriptFor(_titleCall, Reply(content='{"title": "Print the test token"}'))
+        server.upstream.script(Reply(toolCalls=[("Bash", command)]), Reply(content=answer))
+
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        with open(os.path.join(home, ".claude.json"), "w", encoding="utf-8") as f:
+            json.dump({"hasCompletedOnboarding": True}, f)
+        project = os.path.abspath(self.mktemp())
+        os.makedirs(project)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": home,
+            "TERM": "xterm-256color",
+            "ANTHROPIC_BASE_URL": server.baseUrl.removesuffix("/v1"),
+            "ANTHROPIC_AUTH_TOKEN": "any-token",
+            "ANTHROPIC_MODEL": "coder",
+            "ANTHROPIC_DEFAULT_HAIKU_MODEL": "coder",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        }
+        terminal = Terminal([CLAUDE], env, project)
+        self.addCleanup(terminal.stop)
+
+        await terminal.waitFor("Yes, I trust this folder", timeout=SCREEN_WAIT)
+        terminal.send(b"\r")
+        await terminal.waitFor("? for shortcuts", timeout=SCREEN_WAIT)
+        terminal.send(b"Print the test token with the shell")
+        await terminal.waitFor("Print the test token with the shell", timeout=SCREEN_WAIT)
+        terminal.send(b"\r")
+        await terminal.waitFor("Do you want to proceed?", timeout=SCREEN_WAIT)
+        terminal.send(b"\r")
+        await terminal.waitFor(answer, timeout=SCREEN_WAIT)
+
+        calls = [request.body for request in server.upstream.requests]
+        results = [
+            message for body in calls for message in body["messages"] if message["role"] == "tool"
+        ]
+        self.assertEqual([r["content"].strip() for r in results], [f"tok-42-{token}"])
+        with open(os.path.join(project, "token.txt"), encoding="utf-8") as f:
+            self.assertEqual(f.read().strip(), f"tok-42-{token}")
+        [title] = [body for body in calls if _titleCall(body)]
+        schema = title["response_format"]["json_schema"]["schema"]
+        self.assertEqual(schema["required"], ["title"])
+        self.assertEqual(schema["properties"], {"title": {"type": "string"}})
+        await terminal.waitUntil(
+            lambda _: "Print the test token" in terminal.title, timeout=SCREEN_WAIT
+        )
