@@ -54,6 +54,25 @@ def _skip() -> str | None:
     return reason
 
 
+def _environment(server: LiveServer, model: str, home: str, **keys: str) -> dict[str, str]:
+    """
+    Claude Code's environment: the server, the agent as its models, the
+    key C{keys} give (C{ANTHROPIC_API_KEY} or C{ANTHROPIC_AUTH_TOKEN}),
+    C{HOME}, and no traffic beyond 127.0.0.1.
+    """
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": home,
+        "ANTHROPIC_BASE_URL": server.baseUrl.removesuffix("/v1"),
+        **keys,
+        "ANTHROPIC_MODEL": model,
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": model,
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
+
+
 class ClaudeCodeTests(TestCase):
     """
     C{claude -p} through the Anthropic headend.
@@ -61,32 +80,27 @@ class ClaudeCodeTests(TestCase):
 
     skip = _skip()
 
-    async def _claude(self, server: LiveServer, model: str, *args: str) -> dict[str, Any]:
+    async def _print(self, server: LiveServer, model: str, *args: str) -> bytes:
         """
-        Run C{claude -p} with its JSON output against C{server}, and return
-        that output; fail with what it printed unless it exits 0.
+        Run C{claude -p ARGS} against C{server} from a fresh home, and
+        return what it printed; fail with it unless it exits 0.
         """
         home = os.path.abspath(self.mktemp())
         os.makedirs(home)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": home,
-            "ANTHROPIC_BASE_URL": server.baseUrl.removesuffix("/v1"),
-            "ANTHROPIC_API_KEY": "any-key",
-            "ANTHROPIC_MODEL": model,
-            "ANTHROPIC_DEFAULT_HAIKU_MODEL": model,
-            "DISABLE_TELEMETRY": "1",
-            "DISABLE_AUTOUPDATER": "1",
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        }
-        out, err, code = await run(
-            ["timeout", str(CLAUDE_TIMEOUT), CLAUDE, "-p", *args, "--output-format", "json"],
-            home,
-            env,
-        )
+        env = _environment(server, model, home, ANTHROPIC_API_KEY="any-key")
+        out, err, code = await run(["timeout", str(CLAUDE_TIMEOUT), CLAUDE, "-p", *args], home, env)
         if code != 0:
             self.fail(f"claude exited with {code}:\n{out.decode()}\n{err.decode()}")
-        result: dict[str, Any] = json.loads(out)
+        return out
+
+    async def _claude(self, server: LiveServer, model: str, *args: str) -> dict[str, Any]:
+        """
+        Run C{claude -p} with its JSON output against C{server}, and return
+        that output.
+        """
+        result: dict[str, Any] = json.loads(
+            await self._print(server, model, *args, "--output-format", "json")
+        )
         return result
 
     async def test_plainAnswer(self) -> None:
@@ -107,6 +121,33 @@ class ClaudeCodeTests(TestCase):
         offered = [tool["function"]["name"] for tool in body["tools"]]
         self.assertIn("calc__add", offered)
         self.assertIn("Bash", offered)
+
+    async def test_progressAsThinking(self) -> None:
+        """
+        Claude Code's turns enable thinking, so the agent's own MCP tool
+        call reaches it as a thinking block (its C{stream-json} output
+        has the progress lines) before the answer, which is its result.
+        """
+        server = await startServer(
+            self, agents={"coder.ai": CODER}, mcpServers={"calc": calcEntry()}
+        )
+        server.upstream.script(
+            Reply(toolCalls=[("calc__add", {"a": 20, "b": 22})]), Reply(content="It is 42.")
+        )
+        out = await self._print(
+            server, "coder", "Add 20 and 22", "--output-format", "stream-json", "--verbose"
+        )
+        lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+        blocks = [
+            block
+            for line in lines
+            if line.get("type") == "assistant"
+            for block in line["message"]["content"]
+        ]
+        thinking = "".join(b.get("thinking", "") for b in blocks if b["type"] == "thinking")
+        self.assertIn("calling calc__add", thinking)
+        self.assertIn("calc__add → 42", thinking)
+        self.assertEqual(lines[-1]["result"], "It is 42.")
 
     async def test_bashTool(self) -> None:
         """
@@ -206,18 +247,8 @@ class InteractiveTests(TestCase):
             json.dump({"hasCompletedOnboarding": True}, f)
         project = os.path.abspath(self.mktemp())
         os.makedirs(project)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": home,
-            "TERM": "xterm-256color",
-            "ANTHROPIC_BASE_URL": server.baseUrl.removesuffix("/v1"),
-            "ANTHROPIC_AUTH_TOKEN": "any-token",
-            "ANTHROPIC_MODEL": "coder",
-            "ANTHROPIC_DEFAULT_HAIKU_MODEL": "coder",
-            "DISABLE_TELEMETRY": "1",
-            "DISABLE_AUTOUPDATER": "1",
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        }
+        env = _environment(server, "coder", home, ANTHROPIC_AUTH_TOKEN="any-token")
+        env["TERM"] = "xterm-256color"
         terminal = Terminal([CLAUDE], env, project)
         self.addCleanup(terminal.stop)
 
