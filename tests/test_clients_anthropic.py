@@ -81,7 +81,7 @@ def _create(server: LiveServer, model: str = "agent", **kwargs: Any) -> Any:
     return inThread(_client(server).messages.create, model=model, **kwargs)
 
 
-def _events(server: LiveServer, body: dict[str, Any]) -> Any:
+def _events(server: LiveServer, body: dict[str, Any], **extraHeaders: str) -> Any:
     """
     The raw SSE events (name, data) of a streamed request, as the wire has
     them.
@@ -89,7 +89,7 @@ def _events(server: LiveServer, body: dict[str, Any]) -> Any:
 
     def run() -> list[tuple[str, dict[str, Any]]]:
         url = server.baseUrl + "/messages?beta=true"
-        headers = {"anthropic-version": "2023-06-01", "x-api-key": "k"}
+        headers = {"anthropic-version": "2023-06-01", "x-api-key": "k", **extraHeaders}
         with httpx.stream("POST", url, json=body, headers=headers, timeout=20) as response:
             text = response.read().decode("utf-8")
         events = []
@@ -291,6 +291,72 @@ class MessagesTests(TestCase):
             format = recorded.body["response_format"]
             self.assertEqual(format["type"], "json_schema")
             self.assertEqual(format["json_schema"]["schema"], schema)
+
+    async def test_claudeCodeTitleCall(self) -> None:
+        """
+        Claude Code's session-title call, as Claude Code 2.1.197 sent it
+        (captured; its long system text shortened): streamed, no tools, no
+        thinking, C{output_config} with C{effort} and a C{json_schema}
+        format, the structured-outputs beta header.  The upstream gets the
+        schema as C{response_format}; the stream has one block, the JSON
+        as text, and no thinking events.
+        """
+        server = await startServer(self, streamHeadGrace=0.0)
+        schema = {
+            "type": "object",
+            "properties": {"title": {"type": "string"}},
+            "required": ["title"],
+            "additionalProperties": False,
+        }
+        body = {
+            "model": "agent",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "text",
+                            "text": "<session>\nSay hello please\n</session>\n\nWrite the"
+                            " title in the language the user wrote in, regardless of the"
+                            " language of the examples above.",
+                        }
+                    ],
+                }
+            ],
+            "system": [
+                {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197;"},
+                {
+                    "type": "text",
+                    "text": "You are Claude Code, Anthropic's official CLI for Claude.",
+                },
+                {
+                    "type": "text",
+                    "text": "Generate a concise, sentence-case title (3-7 words) that captures"
+                    " the main topic or goal of this coding session. Return JSON with a single"
+                    ' "title" field.',
+                },
+            ],
+            "tools": [],
+            "metadata": {"user_id": '{"device_id":"d","account_uuid":"","session_id":"s"}'},
+            "max_tokens": 32000,
+            "output_config": {
+                "effort": "high",
+                "format": {"type": "json_schema", "schema": schema},
+            },
+            "stream": True,
+        }
+        server.upstream.script(Reply(content='{"title": "Say hello"}', reasoning="Short."))
+        events = await _events(
+            server, body, **{"anthropic-beta": "claude-code-20250219,structured-outputs-2025-12-15"}
+        )
+        _assertWellFormed(self, events)
+        starts = [d["content_block"]["type"] for n, d in events if n == "content_block_start"]
+        self.assertEqual(starts, ["text"])
+        text = "".join(d["delta"].get("text", "") for n, d in events if n == "content_block_delta")
+        self.assertEqual(json.loads(text), {"title": "Say hello"})
+        sent = server.upstream.requests[0].body
+        self.assertEqual(sent["response_format"]["json_schema"]["schema"], schema)
+        self.assertEqual(sent["max_tokens"], 32000)
 
     async def test_structuredOutputParse(self) -> None:
         """
