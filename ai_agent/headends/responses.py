@@ -335,8 +335,7 @@ def _namespaceMembers(tool: dict[str, Any], where: str) -> list[ClientTool]:
     members = tool.get("tools")
     if not isinstance(members, list) or not members:
         raise invalidRequest(
-            f"'{where}.tools' must be a non-empty array of function tools, not"
-            f" {typeName(members)}",
+            f"'{where}.tools' must be a non-empty array of function tools, not {typeName(members)}",
             f"{where}.tools",
             "invalid_type" if members is not None else "missing_required_parameter",
         )
