@@ -1176,16 +1176,12 @@ CODEX = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "js", "node_modules", ".bin", "codex"
 )
 
-#: A Codex home pointing Codex at the server on the Responses API; its
-#: multi-agent tools (a C{namespace} tool) and web search (a hosted tool)
-#: are off, since the server has neither.
+#: A Codex home pointing Codex at the server on the Responses API: the
+#: provider and nothing else, so Codex sends its default tools (its
+#: multi-agent tools as a C{namespace} tool, the hosted C{web_search}).
 CODEX_CONFIG = """\
 model = "{model}"
 model_provider = "aiagent"
-web_search = "disabled"
-
-[features]
-multi_agent = false
 
 [model_providers.aiagent]
 name = "ai-agent"
@@ -1211,9 +1207,11 @@ class CodexTests(TestCase):
 
     async def test_exec(self) -> None:
         """
-        C{codex exec} sends its prompt through C{/v1/responses} (its
-        instructions and the prompt reach the model, its own tools are
-        offered as client tools) and prints the agent's answer.
+        C{codex exec} with its defaults (only the provider configured)
+        sends its prompt through C{/v1/responses} (its instructions and
+        the prompt reach the model, its own tools are offered as client
+        tools, the members of its multi-agent namespace among them, its
+        hosted web search left out) and prints the agent's answer.
         """
 
         server = await _server(self)
@@ -1228,6 +1226,10 @@ class CodexTests(TestCase):
         self.assertIn("Codex", json.dumps(messages))
         offered = {tool["function"]["name"] for tool in request.body.get("tools", ())}
         self.assertIn("exec_command", offered)
+        # Its multi-agent namespace's members, by their joined names; not
+        # its hosted web search.
+        self.assertIn("multi_agent_v1__spawn_agent", offered)
+        self.assertNotIn("web_search", json.dumps(request.body.get("tools")))
 
     # Codex starts in a second or so; a hung one fails the test instead of the run.
     test_exec.timeout = 120  # type: ignore[attr-defined]
@@ -1271,6 +1273,32 @@ class CodexTests(TestCase):
         self.assertIn("probe-ok", result["content"])
 
     test_toolCall.timeout = 120  # type: ignore[attr-defined]
+
+    async def test_namespacedCall(self) -> None:
+        """
+        A call of a member of Codex's C{multi_agent_v1} namespace is handed
+        back so that Codex runs that tool (its output is the tool's own
+        answer about the unknown agent, not Codex's C{unsupported call}),
+        and the output reaches the model as that call's result.
+        """
+        server = await _server(self)
+        server.upstream.script(
+            Reply(toolCalls=[("multi_agent_v1__close_agent", {"target": "no-such-agent"})]),
+            Reply(content="Closed."),
+        )
+        out, err, code = await self.codexExec(server.baseUrl, "Close it")
+        output = (out + err).decode("utf-8", "replace")
+        self.assertEqual(code, 0, output)
+        self.assertIn("Closed.", out.decode())
+        first, second = server.upstream.requests
+        [call] = [m for m in second.body["messages"] if m.get("tool_calls")][0]["tool_calls"]
+        self.assertEqual(call["function"]["name"], "multi_agent_v1__close_agent")
+        [result] = [m for m in second.body["messages"] if m["role"] == "tool"]
+        self.assertEqual(result["tool_call_id"], call["id"])
+        self.assertNotIn("unsupported call", result["content"])
+        self.assertIn("no-such-agent", result["content"])
+
+    test_namespacedCall.timeout = 120  # type: ignore[attr-defined]
 
 
 class EncoderTests(TestCase):
