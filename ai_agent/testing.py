@@ -206,7 +206,8 @@ class FakeUpstream:
     streamed or not, and C{POST /v1/messages/count_tokens}.  Both kinds of
     call take their replies from the same script.
 
-    Replies queued with L{script} are used in order; with none left the
+    Replies queued with L{script} are used in order (those queued with
+    L{scriptFor} first, for the calls they match); with none left the
     answer is C{"echo: "} and the text of the last user message, streamed
     word by word.
 
@@ -230,6 +231,9 @@ class FakeUpstream:
     disconnectTimes: list[float] = attrs.field(factory=list, init=False)
     lastDisconnectAt: float | None = attrs.field(default=None, init=False)
     _script: deque[Reply] = attrs.field(factory=deque, init=False)
+    _routes: list[tuple[Callable[[Any], bool], deque[Reply]]] = attrs.field(
+        factory=list, init=False
+    )
     _held: list[Deferred[None]] = attrs.field(factory=list, init=False)
     _requestWaiters: list[tuple[int, Deferred[Any]]] = attrs.field(factory=list, init=False)
     _disconnectWaiters: list[tuple[int, Deferred[Any]]] = attrs.field(factory=list, init=False)
@@ -244,6 +248,15 @@ class FakeUpstream:
         Queue replies for the next chat completions, in order.
         """
         self._script.extend(replies)
+
+    def scriptFor(self, matches: Callable[[Any], bool], *replies: Reply) -> None:
+        """
+        Queue replies, in order, for the calls whose parsed body C{matches}
+        (before the replies of L{script}): a test whose client makes side
+        calls at times of its own (a title, a summary) keeps its turn's
+        replies for the turn.
+        """
+        self._routes.append((matches, deque(replies)))
 
     @property
     def scripted(self) -> int:
@@ -403,7 +416,9 @@ class FakeUpstream:
         return json.dumps({"input_tokens": words}).encode()
 
     async def _answer(self, request: Request, body: dict[str, Any], wire: str) -> None:
-        reply = self._script.popleft() if self._script else self._echo(body)
+        reply = self._routed(body)
+        if reply is None:
+            reply = self._script.popleft() if self._script else self._echo(body)
         self._counter += 1
         exchange = _Exchange(self, request, body, reply, self._counter, wire)
         self.inFlight += 1
@@ -430,6 +445,12 @@ class FakeUpstream:
             )
         )
         self._notify(self._requestWaiters, len(self.requests), self.requests)
+
+    def _routed(self, body: Any) -> Reply | None:
+        for matches, replies in self._routes:
+            if replies and matches(body):
+                return replies.popleft()
+        return None
 
     def _echo(self, body: Mapping[str, Any]) -> Reply:
         messages = body.get("messages")

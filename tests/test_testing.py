@@ -187,6 +187,27 @@ class FakeUpstreamTests(TestCase):
         self.assertEqual("".join(third.deltas("content")), "echo: x")
         self.assertEqual(self.upstream.scripted, 0)
 
+    async def test_scriptFor(self) -> None:
+        """
+        Replies queued with C{scriptFor} go, in order, to the calls whose
+        body matches, whenever they come; other calls take the general
+        script, then the echo.
+        """
+        self.upstream.script(Reply(content=["general"]))
+        self.upstream.scriptFor(
+            lambda body: body["messages"][-1]["content"] == "turn",
+            Reply(content=["first"]),
+            Reply(content=["second"]),
+        )
+        side = await self.stream(chatBody(text="title"))
+        first = await self.stream(chatBody(text="turn"))
+        second = await self.stream(chatBody(text="turn"))
+        third = await self.stream(chatBody(text="turn"))
+        self.assertEqual(side.deltas("content")[1:], ["general"])
+        self.assertEqual(first.deltas("content")[1:], ["first"])
+        self.assertEqual(second.deltas("content")[1:], ["second"])
+        self.assertEqual("".join(third.deltas("content")), "echo: turn")
+
     async def test_reasoningAndToolCalls(self) -> None:
         """
         Reasoning streams as C{reasoning_content}; tool calls stream with
