@@ -20,6 +20,7 @@ from typing import Callable
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -192,10 +193,11 @@ class CodexTUITests(TestCase):
         """
         from tests._process import run
 
-        if _processesOf(home):
-            env = {"PATH": os.environ["PATH"], "HOME": home, "CODEX_HOME": home}
-            await run([CODEX, "app-server", "daemon", "stop"], cwd=home, env=env)
-        for pid in _processesOf(home):
+        if not _processesOf(home):
+            return
+        env = {"PATH": os.environ["PATH"], "HOME": home, "CODEX_HOME": home}
+        await run([CODEX, "app-server", "daemon", "stop"], cwd=home, env=env)
+        for pid in await _exited(home, STEP_TIMEOUT):
             _kill(pid)
 
     async def test_turnWithApprovedCommand(self) -> None:
@@ -272,7 +274,7 @@ class CodexTUITests(TestCase):
         # The TUI's app-server daemon outlives it.
         self.assertNotEqual(_processesOf(home), [])
         await self.stopDaemon(home)
-        self.assertEqual(_processesOf(home), [])
+        self.assertEqual(await _exited(home, STEP_TIMEOUT), [])
 
     test_turnWithApprovedCommand.timeout = 120  # type: ignore[attr-defined]
 
@@ -296,6 +298,18 @@ def _processesOf(home: str) -> list[int]:
         if state != b"Z" and home.encode() in cmdline:
             found.append(int(entry))
     return found
+
+
+async def _exited(home: str, timeout: float) -> list[int]:
+    """
+    Wait until no process of C{home} is left (C{daemon stop} returns
+    before its processes have exited), checking every tenth of a second
+    up to C{timeout} seconds; those still there then.
+    """
+    deadline = reactor.seconds() + timeout
+    while (left := _processesOf(home)) and reactor.seconds() < deadline:
+        await deferLater(reactor, 0.1, lambda: None)
+    return left
 
 
 def _kill(pid: int) -> None:
