@@ -700,6 +700,53 @@ class NamespaceToolTests(TestCase):
             [("user", "2+2?"), ("assistant", ["mcp__calc__add"]), ("tool", "4")],
         )
 
+    async def test_hybrid(self) -> None:
+        """
+        In one turn the agent's own MCP tool runs on the server and a
+        namespace's function is handed back; the continuation's model sees
+        the agent's hidden call and result, then the client's call under
+        its joined name with the client's output.
+        """
+        server = await startServer(
+            self,
+            agents={f"{MODEL}.ai": HYBRID},
+            mcpServers={"calc": calcEntry()},
+            streamHeadGrace=0.0,
+            store=_memoryStore(),
+        )
+        server.upstream.script(
+            Reply(
+                toolCalls=[
+                    ("calc__add", {"a": 2, "b": 3}),
+                    ("mcp__calc__get_weather", {"city": "Paris"}),
+                ]
+            ),
+            Reply(content="5, and sunny."),
+        )
+        client = server.client()
+        first = await inThread(
+            client.responses.create, model=MODEL, input="2+3, weather?", tools=[CALC_NAMESPACE]
+        )
+        [call] = [item for item in first.output if item.type == "function_call"]
+        self.assertEqual((call.name, call.namespace), ("get_weather", "mcp__calc"))
+        answer = await inThread(
+            client.responses.create,
+            model=MODEL,
+            previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+            tools=[CALC_NAMESPACE],
+        )
+        self.assertEqual(answer.output_text, "5, and sunny.")
+        self.assertEqual(
+            _seen(server, 1)[1:],
+            [
+                ("user", "2+3, weather?"),
+                ("assistant", ["calc__add", "mcp__calc__get_weather"]),
+                ("tool", "5"),
+                ("tool", "sunny"),
+            ],
+        )
+
     async def test_toolChoice(self) -> None:
         """
         A C{tool_choice} naming a namespace's function forces that
