@@ -51,7 +51,6 @@ class Terminal(ProcessProtocol):
         self.stream = pyte.ByteStream(self.screen)
         self.ended: Deferred[int] = Deferred()
         self._waiting: list[tuple[Callable[[str], bool], Deferred[str]]] = []
-        self.raw = bytearray()
 
     def text(self) -> str:
         """
@@ -60,7 +59,6 @@ class Terminal(ProcessProtocol):
         return "\n".join(line.rstrip() for line in self.screen.display)
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.raw.extend(data)
         self.stream.feed(data)
         self._check()
 
@@ -85,9 +83,13 @@ class Terminal(ProcessProtocol):
     ) -> Deferred[str]:
         """
         Fires with the screen once C{predicate} holds of it (at once if it
-        does now); fails, showing the screen, after C{timeout} seconds.
+        does now); fails, showing the screen, after C{timeout} seconds or
+        when Codex has ended.
         """
         waiter: Deferred[str] = Deferred()
+        if self.ended.called and not predicate(self.text()):
+            waiter.errback(AssertionError(f"Codex ended; its screen:\n{self.text()}"))
+            return waiter
         entry = (predicate, waiter)
         self._waiting.append(entry)
 
