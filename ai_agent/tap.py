@@ -27,7 +27,7 @@ from ai_agent.errors import OPENAI_ERRORS, ConfigurationError
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
 from ai_agent.headends._site import APIRouter, Mount
 from ai_agent.headends.openai import OpenAIHeadend
-from ai_agent.headends.responses import ResponsesHeadend
+from ai_agent.headends.responses import HOSTED_IGNORE, HOSTED_POLICIES, ResponsesHeadend
 from ai_agent.observe import (
     NULL_OBSERVER,
     Metrics,
@@ -64,6 +64,20 @@ def reasoningField(value: str) -> str:
 
 
 reasoningField.coerceDoc = "One of " + ", ".join(REASONING_FIELDS) + "."  # type: ignore[attr-defined]
+
+
+def hostedToolsPolicy(value: str) -> str:
+    """
+    Check a C{--hosted-tools} value.
+
+    @raise ValueError: for anything but L{HOSTED_POLICIES}.
+    """
+    if value not in HOSTED_POLICIES:
+        raise ValueError(f"must be one of {', '.join(HOSTED_POLICIES)}, not {value!r}")
+    return value
+
+
+hostedToolsPolicy.coerceDoc = "One of " + ", ".join(HOSTED_POLICIES) + "."  # type: ignore[attr-defined]
 
 
 class ServerOptions(usage.Options):
@@ -149,6 +163,15 @@ class ServerOptions(usage.Options):
             "Where reasoning and progress go: the reasoning_content or reasoning"
             " field, think (inside content, between <think> and </think>), or none.",
             reasoningField,
+        ],
+        [
+            "hosted-tools",
+            None,
+            HOSTED_IGNORE,
+            "Hosted tools in a Responses request (web_search, file_search, ...), which the"
+            " server cannot run: ignore (left out of the model's tools, named in the"
+            " x-ai-agent-ignored-tools header and the log) or refuse (400).",
+            hostedToolsPolicy,
         ],
         [
             "store",
@@ -342,10 +365,15 @@ def makeSite(
     return GuardedSite(resource, policy, errorFormats=router.errorFormat, logPath=accessLog)
 
 
-def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
+def apiMounts(
+    runtime: Runtime, pool: RunPool, reactor: Any, hostedTools: str = HOSTED_IGNORE
+) -> list[Mount]:
     """
     The APIs served beside the OpenAI routes on every port, each with its
     own headend over the same runtime and pool.
+
+    @param hostedTools: what the Responses API does with hosted tools
+        (C{--hosted-tools}).
     """
     from ai_agent.headends.anthropic import (
         ANTHROPIC_ERRORS,
@@ -361,6 +389,7 @@ def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
         store=runtime.store,
         observer=runtime.runner.observer,
         sealer=runtime.sealer,
+        hostedTools=hostedTools,
     )
     anthropic = AnthropicHeadend(
         runtime.registry,
@@ -674,7 +703,7 @@ def makeService(
             clientStallTimeout=options["client-stall-timeout"],
             observer=observer,
         )
-        mounts = apiMounts(runtime, pool, reactor)
+        mounts = apiMounts(runtime, pool, reactor, options["hosted-tools"])
         # Every API's headend gets the new agents on SIGHUP.
         top.reloader.headends.append(headend)
         for mount in mounts:

@@ -206,7 +206,8 @@ class FakeUpstream:
     streamed or not, and C{POST /v1/messages/count_tokens}.  Both kinds of
     call take their replies from the same script.
 
-    Replies queued with L{script} are used in order; with none left the
+    Replies queued with L{script} are used in order (those queued with
+    L{scriptFor} first, for the calls they match); with none left the
     answer is C{"echo: "} and the text of the last user message, streamed
     word by word.
 

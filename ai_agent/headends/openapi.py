@@ -720,7 +720,40 @@ def _responsesSchemas() -> dict[str, Any]:
             "call_id": {"type": "string"},
             "name": {"type": "string"},
             "arguments": {"type": "string"},
+            "namespace": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
             "output": {"type": ["string", "array"]},
+        },
+    }
+    function = {
+        "type": "object",
+        "required": ["type", "name"],
+        "properties": {
+            "type": {"const": "function"},
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "description": {"type": "string"},
+            "parameters": {"type": "object"},
+            "strict": {"type": ["boolean", "null"]},
+        },
+    }
+    namespace = {
+        "type": "object",
+        "required": ["type", "name", "tools"],
+        "properties": {
+            "type": {"const": "namespace"},
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "description": {"type": "string"},
+            "tools": {"type": "array", "minItems": 1, "items": function},
+        },
+    }
+    hosted = {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {
+                "type": "string",
+                "pattern": "^(web_search[a-z0-9_]*|file_search|code_interpreter"
+                "|image_generation|mcp)$",
+            }
         },
     }
     request = {
@@ -742,18 +775,11 @@ def _responsesSchemas() -> dict[str, Any]:
             },
             "tools": {
                 "type": ["array", "null"],
-                "description": "Function tools only (the client's own tools).",
-                "items": {
-                    "type": "object",
-                    "required": ["type", "name"],
-                    "properties": {
-                        "type": {"const": "function"},
-                        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-                        "description": {"type": "string"},
-                        "parameters": {"type": "object"},
-                        "strict": {"type": ["boolean", "null"]},
-                    },
-                },
+                "description": "The client's own tools: functions, and namespaces of "
+                "functions (a call of one is handed back with its namespace); hosted tools "
+                "(web_search, file_search, ...) are left out of the model's tools and named "
+                "in the x-ai-agent-ignored-tools header, or refused (--hosted-tools refuse).",
+                "items": {"oneOf": [function, namespace, hosted]},
             },
             "tool_choice": {"type": ["string", "object", "null"]},
             "parallel_tool_calls": {"type": ["boolean", "null"]},
