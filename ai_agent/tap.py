@@ -328,16 +328,20 @@ def makeSite(
     accessLog: str | None = None,
     mounts: Sequence[Mount] = (),
     metrics: MetricsResource | None = None,
+    reactor: Any = None,
 ) -> Site:
     """
     A web site for the OpenAI headend and the other APIs (C{mounts}) under
     the HTTP layer's C{policy}, writing an access log in the combined format
     to C{accessLog} if given, with C{/metrics} beside them when C{metrics}
-    is given.
+    is given.  C{reactor} (the global one if L{None}) times the site's
+    connections and the rate of its refusal log lines.
     """
     router = APIRouter(headend.app, mounts)
     resource: Any = router if metrics is None else WithMetrics(router, metrics)
-    return GuardedSite(resource, policy, errorFormats=router.errorFormat, logPath=accessLog)
+    return GuardedSite(
+        resource, policy, errorFormats=router.errorFormat, logPath=accessLog, reactor=reactor
+    )
 
 
 def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
@@ -643,7 +647,14 @@ def makeService(
         for mount in mounts:
             if mount.headend is not None:
                 top.reloader.headends.append(mount.headend)
-        site = makeSite(headend, policy, options["access-log"], mounts, metrics=metricsResource)
+        site = makeSite(
+            headend,
+            policy,
+            options["access-log"],
+            mounts,
+            metrics=metricsResource,
+            reactor=reactor,
+        )
         connections = TrackingFactory(site)
         listener: Any
         if inherited is not None:

@@ -141,8 +141,7 @@ OPEN_WEBUI_TOOL_CHOICE = (
 #: recent messages first (C{History:}) later in a chat.
 OPEN_WEBUI_TOOL_QUERY = "Query: What time is it?"
 OPEN_WEBUI_TOOL_QUERY_WITH_HISTORY = (
-    'History:\nUSER: """Hello"""\nASSISTANT: """Hi! How can I help?"""\n'
-    "Query: What time is it?"
+    'History:\nUSER: """Hello"""\nASSISTANT: """Hi! How can I help?"""\nQuery: What time is it?'
 )
 
 
