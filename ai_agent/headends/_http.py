@@ -192,7 +192,15 @@ class HTTPPolicy:
     apiKeys: APIKeys = APIKeys()
     corsOrigins: frozenset[str] = frozenset()
     openPaths: frozenset[bytes] = frozenset(
-        {b"/health", b"/openapi.json", b"/", b"/docs", b"/assets/docs.js", b"/assets/page.css"}
+        {
+            b"/health",
+            b"/openapi.json",
+            b"/",
+            b"/docs",
+            b"/assets/docs.js",
+            b"/assets/page.css",
+            b"/favicon.ico",
+        }
     )
 
     def allowsOrigin(self, origin: bytes | None) -> bytes | None:
