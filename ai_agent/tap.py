@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import attrs
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from ai_agent.advice import didYouMean
 from ai_agent.connections import TrackingFactory
 from ai_agent.errors import OPENAI_ERRORS, ConfigurationError
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
@@ -215,6 +217,16 @@ class ServerOptions(usage.Options):
         """
         self["cors-origins"].append(origin.rstrip("/"))
 
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse; an unknown or ambiguous option is a usage error that names
+        the options meant (see L{explainOption}).
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            raise usage.UsageError(explainOption(str(error), self.longOpt)) from None
+
     def postOptions(self) -> None:
         for name in ("max-body-size",):
             if self[name] < 1:
@@ -255,6 +267,36 @@ class ServerOptions(usage.Options):
             checkLocation(self["store"])
         except ValueError as error:
             raise usage.UsageError(f"--store-ttl or --store: {error}") from None
+
+
+_OPTION_ERROR = re.compile(r"^option --(?P<name>\S+) (?P<what>not a unique prefix|not recognized)$")
+
+#: The most candidates an ambiguous option's error names.
+_MAX_CANDIDATES = 8
+
+
+def explainOption(message: str, longOptions: Sequence[str]) -> str:
+    """
+    getopt's error C{message}, made to say what was meant: for a prefix of
+    several options (C{--openai-completion}), the options it could be; for
+    an unknown one, the closest option, if any is close.  Other messages
+    are returned unchanged.
+
+    @param longOptions: the parser's long options (C{name=} when it takes
+        a value).
+    """
+    match = _OPTION_ERROR.match(message)
+    if match is None:
+        return message
+    name = match.group("name").split("=", 1)[0]
+    known = sorted({option.rstrip("=") for option in longOptions})
+    if match.group("what") == "not recognized":
+        return f"unknown option --{name}" + didYouMean(f"--{name}", [f"--{o}" for o in known])
+    candidates = [option for option in known if option.startswith(name)]
+    shown = ", ".join(f"--{option}" for option in candidates[:_MAX_CANDIDATES])
+    if len(candidates) > _MAX_CANDIDATES:
+        shown += f", … ({len(candidates)} in all)"
+    return f"--{name} is ambiguous: it could be {shown}; give the whole name"
 
 
 class Options(ServerOptions):
@@ -478,7 +520,7 @@ class ServerService(MultiService):
         call L{onReady} with their addresses (the banner).
 
         @raise StartupError: a port cannot be bound (with
-            C{exitOnStartupError}, as twistd runs it: C{SystemExit} with the
+            C{exitOnStartupError}, as twistd runs it: L{StartupExitError} with the
             same one line).
         """
         try:
@@ -490,7 +532,7 @@ class ServerService(MultiService):
         except CannotListenError as error:
             failure = listenError(error)
             if self.exitOnStartupError:
-                raise SystemExit(f"twistd ai-agent: {failure}") from None
+                raise StartupExitError(f"twistd ai-agent: {failure}") from None
             raise failure from None
         if self.reloader is not None:
             onHangup(self.reactor, self.reloader.reload)
@@ -539,6 +581,18 @@ class ServerService(MultiService):
             endpoint.pool.stopService()
         await MultiService.stopService(self)
         log.info("stopped")
+
+
+class StartupExitError(SystemExit, Exception):
+    """
+    Ends twistd with one line when the server cannot start.  It is an
+    C{Exception} as well as a C{SystemExit}: twistd removes its pid file
+    (and, daemonized, reports the line to the parent process) only for an
+    C{Exception} raised while the application starts, and a plain
+    C{SystemExit} left a stale C{twistd.pid} behind; and it is a
+    C{SystemExit}, so the process still ends with the line and status 1
+    rather than a traceback.
+    """
 
 
 def _exitOnNextSignal() -> None:

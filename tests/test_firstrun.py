@@ -267,14 +267,29 @@ class StartStopTests(_Project, TestCase):
 
     async def test_badOptionUnderTwistd(self) -> None:
         """
-        An unknown option of C{twistd ai-agent} is one line, not twistd's
-        whole help text, and a non-zero exit.
+        An unknown option of C{twistd ai-agent}, or a prefix of several, is
+        one line (naming the options it could be), not twistd's whole help
+        text, and a non-zero exit.
         """
         folder = await self.makeProject(self)
         await self.assertOneLine(
             [*command("twistd"), "-n", "--pidfile=", "ai-agent", "--agent", "agents", "--bogus"],
             folder,
-            "twistd ai-agent: option --bogus not recognized",
+            "twistd ai-agent: unknown option --bogus",
+        )
+        await self.assertOneLine(
+            [
+                *command("twistd"),
+                "-n",
+                "--pidfile=",
+                "ai-agent",
+                "--agent",
+                "agents",
+                "--openai-completion",
+                "0",
+            ],
+            folder,
+            "twistd ai-agent: --openai-completion is ambiguous: it could be --openai-completions,",
         )
         child = spawn(
             self,
