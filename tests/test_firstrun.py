@@ -19,13 +19,22 @@ import attrs
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    capturedLogs,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from zope.interface import provider
 
 from ai_agent.advice import noModelAnswered
 from ai_agent.agentfile import parseAgent
@@ -38,6 +47,7 @@ from ai_agent.startup import _isNoise, embeddedModels, listenError, textObserver
 from ai_agent.testing import FakeUpstream, Reply, startFakeUpstream, unusedBaseUrl
 from tests._harness import startServer, writeAgent
 from tests._process import childEnvironment, command, freePort
+from tests.test_http_guard import _Raw, _request
 
 #: The longest any waiter here waits, in seconds.
 WAIT = 30.0
@@ -619,6 +629,52 @@ class CancelledAccountingTests(TestCase):
         lines = [formatEvent(e) for e in events if "for agent agent" in formatEvent(e)]
         self.assertEqual(len(lines), 1, lines)
         self.assertRegex(lines[0], r"cost \$0\.0000\d\d")
+
+    async def test_cancelledMidAnswer(self) -> None:
+        """
+        A run cancelled after its model had streamed nine words names the
+        model that answered and counts the call's tokens, estimated from
+        what was sent and streamed (the upstream's counts come only at the
+        end) and said to be estimated, with an estimated cost: not
+        C{models none, tokens 0+0}.
+        """
+        server = await startServer(
+            self, extraConfig={"pricing": {"fake/test-model": {"prompt": 1, "completion": 1}}}
+        )
+        words = "one two three four five six seven eight nine"
+        # The role chunk and nine words, then silence until released.
+        server.upstream.script(Reply(content=words, stallAfter=10))
+        raw = _Raw()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", server.port.getHost().port)
+        await connectProtocol(endpoint, raw)
+        body = json.dumps(
+            {"model": "agent", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        ).encode()
+        runLine: Deferred[LogEvent] = Deferred()
+
+        @provider(ILogObserver)
+        def observe(event: LogEvent) -> None:
+            if event.get("agent") == "agent" and "calls" in event and not runLine.called:
+                runLine.callback(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        raw.transport.write(_request(body))
+        await raw.waitFor(b"nine")
+        raw.transport.loseConnection()
+        event = await runLine.addTimeout(WAIT, reactor)
+        server.upstream.release()
+        line = formatEvent(event)
+        self.assertIn(" cancelled in ", line)
+        self.assertIn("models fake/test-model, 1 calls (1 failed)", line)
+        self.assertEqual(event["models"], ("fake/test-model",))
+        self.assertTrue(event["estimated"])
+        # Nine words streamed as "one", " two", ...: 44 characters, 11 tokens.
+        self.assertEqual(event["completionTokens"], 11)
+        self.assertGreater(event["promptTokens"], 0)
+        self.assertIn(f"tokens {event['promptTokens']}+11 (estimated: cancelled mid-answer)", line)
+        cost = (event["promptTokens"] + 11) / 1_000_000
+        self.assertIn(f"cost ~${cost:.6f}", line)
 
 
 class PageTests(TestCase):
