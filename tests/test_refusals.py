@@ -175,6 +175,22 @@ class LiveRefusalTests(TestCase):
         self.assertTrue(lines[1].startswith("refused GET /health: 400 invalid_http: "), lines[1])
         self.assertNotIn("sk-wrong-key-42", "".join(lines) + repr(self.events))
 
+    async def test_routing(self) -> None:
+        """
+        An unknown path and a wrong method are refusals too, logged with
+        their path.
+        """
+        server = await startServer(self)
+        await self._raw(server, _request(b"", b"/v1/nope", method=b"GET"))
+        await self._raw(server, _request(b"", b"/v1/chat/completions", method=b"GET"))
+        lines = self._lines()
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(lines[0].startswith("refused GET /v1/nope: 404 not_found: "), lines[0])
+        self.assertTrue(
+            lines[1].startswith("refused GET /v1/chat/completions: 405 method_not_allowed: "),
+            lines[1],
+        )
+
     async def test_everyAPI(self) -> None:
         """
         A client mistake on Chat Completions, the Responses API and the
