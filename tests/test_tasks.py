@@ -116,9 +116,8 @@ LIBRECHAT_STRUCTURED_TITLE = (
 )
 
 #: Open WebUI's tool-choice template (C{DEFAULT_TOOLS_FUNCTION_CALLING_PROMPT_TEMPLATE} in
-#: its C{config.py}), with C{{{TOOLS}}} rendered as Open WebUI does (its tools' specs as
-#: JSON): the first line, the bullet structure and the answer format are as it sends
-#: them, the guideline sentences paraphrased.
+#: its C{config.py}, 0.12) as it sends it, with C{{{TOOLS}}} rendered as Open WebUI does
+#: (its tools' specs as JSON).
 OPEN_WEBUI_TOOL_CHOICE = (
     'Available Tools: [{"name": "get_current_time", "description": "Get the current time.", '
     '"parameters": {"type": "object", "properties": {}}}]\n\n'
