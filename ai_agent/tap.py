@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from ai_agent.advice import didYouMean
 from ai_agent.config import ClientKey
 from ai_agent.connections import TrackingFactory
 from ai_agent.errors import OPENAI_ERRORS, ConfigurationError
@@ -240,6 +242,16 @@ class ServerOptions(usage.Options):
         """
         self["cors-origins"].append(origin.rstrip("/"))
 
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse; an unknown or ambiguous option is a usage error that names
+        the options meant (see L{explainOption}).
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            raise usage.UsageError(explainOption(str(error), self.longOpt)) from None
+
     def postOptions(self) -> None:
         for name in ("max-body-size",):
             if self[name] < 1:
@@ -280,6 +292,36 @@ class ServerOptions(usage.Options):
             checkLocation(self["store"])
         except ValueError as error:
             raise usage.UsageError(f"--store-ttl or --store: {error}") from None
+
+
+_OPTION_ERROR = re.compile(r"^option --(?P<name>\S+) (?P<what>not a unique prefix|not recognized)$")
+
+#: The most candidates an ambiguous option's error names.
+_MAX_CANDIDATES = 8
+
+
+def explainOption(message: str, longOptions: Sequence[str]) -> str:
+    """
+    getopt's error C{message}, made to say what was meant: for a prefix of
+    several options (C{--openai-completion}), the options it could be; for
+    an unknown one, the closest option, if any is close.  Other messages
+    are returned unchanged.
+
+    @param longOptions: the parser's long options (C{name=} when it takes
+        a value).
+    """
+    match = _OPTION_ERROR.match(message)
+    if match is None:
+        return message
+    name = match.group("name").split("=", 1)[0]
+    known = sorted({option.rstrip("=") for option in longOptions})
+    if match.group("what") == "not recognized":
+        return f"unknown option --{name}" + didYouMean(f"--{name}", [f"--{o}" for o in known])
+    candidates = [option for option in known if option.startswith(name)]
+    shown = ", ".join(f"--{option}" for option in candidates[:_MAX_CANDIDATES])
+    if len(candidates) > _MAX_CANDIDATES:
+        shown += f", … ({len(candidates)} in all)"
+    return f"--{name} is ambiguous: it could be {shown}; give the whole name"
 
 
 class Options(ServerOptions):
@@ -353,16 +395,20 @@ def makeSite(
     accessLog: str | None = None,
     mounts: Sequence[Mount] = (),
     metrics: MetricsResource | None = None,
+    reactor: Any = None,
 ) -> Site:
     """
     A web site for the OpenAI headend and the other APIs (C{mounts}) under
     the HTTP layer's C{policy}, writing an access log in the combined format
     to C{accessLog} if given, with C{/metrics} beside them when C{metrics}
-    is given.
+    is given.  C{reactor} (the global one if L{None}) times the site's
+    connections and the rate of its refusal log lines.
     """
     router = APIRouter(headend.app, mounts)
     resource: Any = router if metrics is None else WithMetrics(router, metrics)
-    return GuardedSite(resource, policy, errorFormats=router.errorFormat, logPath=accessLog)
+    return GuardedSite(
+        resource, policy, errorFormats=router.errorFormat, logPath=accessLog, reactor=reactor
+    )
 
 
 def apiMounts(
@@ -535,7 +581,7 @@ class ServerService(MultiService):
         call L{onReady} with their addresses (the banner).
 
         @raise StartupError: a port cannot be bound (with
-            C{exitOnStartupError}, as twistd runs it: C{SystemExit} with the
+            C{exitOnStartupError}, as twistd runs it: L{StartupExitError} with the
             same one line).
         """
         try:
@@ -547,7 +593,7 @@ class ServerService(MultiService):
         except CannotListenError as error:
             failure = listenError(error)
             if self.exitOnStartupError:
-                raise SystemExit(f"twistd ai-agent: {failure}") from None
+                raise StartupExitError(f"twistd ai-agent: {failure}") from None
             raise failure from None
         if self.reloader is not None:
             onHangup(self.reactor, self.reloader.reload)
@@ -596,6 +642,18 @@ class ServerService(MultiService):
             endpoint.pool.stopService()
         await MultiService.stopService(self)
         log.info("stopped")
+
+
+class StartupExitError(SystemExit, Exception):
+    """
+    Ends twistd with one line when the server cannot start.  It is an
+    C{Exception} as well as a C{SystemExit}: twistd removes its pid file
+    (and, daemonized, reports the line to the parent process) only for an
+    C{Exception} raised while the application starts, and a plain
+    C{SystemExit} left a stale C{twistd.pid} behind; and it is a
+    C{SystemExit}, so the process still ends with the line and status 1
+    rather than a traceback.
+    """
 
 
 def _exitOnNextSignal() -> None:
@@ -709,7 +767,14 @@ def makeService(
         for mount in mounts:
             if mount.headend is not None:
                 top.reloader.headends.append(mount.headend)
-        site = makeSite(headend, policy, options["access-log"], mounts, metrics=metricsResource)
+        site = makeSite(
+            headend,
+            policy,
+            options["access-log"],
+            mounts,
+            metrics=metricsResource,
+            reactor=reactor,
+        )
         connections = TrackingFactory(site)
         listener: Any
         if inherited is not None:

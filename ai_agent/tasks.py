@@ -9,7 +9,8 @@ prompt template.  Sent through an agent, each would run the whole agent
 loop, tools included.  L{detectTask} tells such a request apart so the
 headend can answer it with one direct call to the agent's first model.
 
-What is matched, all case-insensitively and on the last message only:
+What is matched, all case-insensitively and on the last message only
+(except for the tool-choice prompt, which is a system message before it):
 
   - Open WebUI's templates render the conversation between
     C{<chat_history>} and C{</chat_history>}; the instructions before it
@@ -20,6 +21,12 @@ What is matched, all case-insensitively and on the last message only:
   - LibreChat's title prompts: "5-word-or-less title for the conversation"
     (its completion and older prompts) and "concise title in the detected
     language" (its structured prompt).
+  - Open WebUI's tool-choice prompt, sent in its I{Legacy} function
+    calling mode: a system message with its template (the tools after
+    C{Available Tools:}, an answer asked for as a C{"tool_calls"} JSON
+    array), followed by the user message it renders (C{Query: ...}, or
+    C{History: ...} then C{Query: ...}) as the last message.  This is
+    C{function_calling}.
   - An C{X-OpenWebUI-Task} header, which recent Open WebUI versions can
     send from a connection's custom headers (value C{{{TASK}}}).
 
@@ -78,6 +85,14 @@ _LIBRECHAT_TITLE = re.compile(
     re.IGNORECASE,
 )
 
+#: Open WebUI's tool-choice template (C{DEFAULT_TOOLS_FUNCTION_CALLING_PROMPT_TEMPLATE}):
+#: the tools after "Available Tools:", the answer a C{"tool_calls"} array.
+_TOOL_CHOICE_TOOLS = re.compile(r"^\s*Available Tools:", re.IGNORECASE)
+_TOOL_CHOICE_ANSWER = re.compile(r'\{\s*"tool_calls"\s*:\s*\[', re.IGNORECASE)
+#: The user message it goes with: C{Query: ...}, or the recent history
+#: first (C{History: ...}) and a C{Query:} line.
+_QUERY = re.compile(r"Query:|History:.*^Query:", re.IGNORECASE | re.DOTALL | re.MULTILINE)
+
 _TASK_NAME = re.compile(r"[^a-z0-9_]+")
 
 #: Headers that say who asked, as chat UIs forward them: Open WebUI's with
@@ -114,8 +129,8 @@ def detectTask(messages: Sequence[ChatMessage], taskHeader: str | None = None) -
     @param messages: the request's conversation.
     @param taskHeader: the request's C{X-OpenWebUI-Task} header, if any.
     @return: C{title}, C{tags}, C{follow_ups}, C{queries},
-        C{autocomplete}, C{image_prompt}, or (from the header) another
-        task name.
+        C{autocomplete}, C{image_prompt}, C{function_calling}, or (from the
+        header) another task name.
     """
     if taskHeader is not None:
         value = taskHeader.strip().lower()
@@ -127,7 +142,11 @@ def detectTask(messages: Sequence[ChatMessage], taskHeader: str | None = None) -
     last = messages[-1]
     if last.role not in ("user", "system"):
         return None
-    return _openWebUITask(last.content) or _libreChatTask(last.content)
+    return (
+        _openWebUITask(last.content)
+        or _libreChatTask(last.content)
+        or _openWebUIToolChoice(messages)
+    )
 
 
 def _openWebUITask(text: str) -> str | None:
@@ -141,6 +160,25 @@ def _openWebUITask(text: str) -> str | None:
     for phrase, task in _OPEN_WEBUI_PHRASES:
         if phrase.search(instructions):
             return task
+    return None
+
+
+def _openWebUIToolChoice(messages: Sequence[ChatMessage]) -> str | None:
+    """
+    C{function_calling} when C{messages} are Open WebUI's Legacy
+    tool-choice request: its template as the system message right before
+    the last message, a user message rendered as C{Query: ...} (or
+    C{History: ...} with a C{Query:} line).
+    """
+    if len(messages) < 2:
+        return None
+    system, query = messages[-2], messages[-1]
+    if system.role != "system" or query.role != "user":
+        return None
+    if not _QUERY.match(query.content):
+        return None
+    if _TOOL_CHOICE_TOOLS.search(system.content) and _TOOL_CHOICE_ANSWER.search(system.content):
+        return "function_calling"
     return None
 
 

@@ -5,6 +5,7 @@ Tests for L{ai_agent.agentfile}.
 from __future__ import annotations
 
 import os
+import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -494,3 +495,41 @@ class CachingTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError) as caught:
             agent("models: a/b\ncaching: sometimes")
         self.assertIn("'caching'", str(caught.exception))
+
+
+class DocumentedKeysTests(SynchronousTestCase):
+    """
+    docs/agent-files.md agrees with the parser: every key its table lists
+    is accepted, and every key it lists as not supported is rejected.
+    """
+
+    def _docs(self) -> str:
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "..", "docs", "agent-files.md"), encoding="utf-8") as f:
+            return f.read()
+
+    def test_documentedKeysAccepted(self) -> None:
+        """
+        The frontmatter table's keys are exactly the keys the parser knows.
+        """
+        from ai_agent.agentfile import _KEYS
+
+        table = re.findall(r"^\| `(\w+)` \|", self._docs(), re.MULTILINE)
+        self.assertEqual(sorted(table), sorted(_KEYS))
+
+    def test_unsupportedKeysRejected(self) -> None:
+        """
+        Each key named under "Not supported" is refused as an unknown key,
+        and none of them is also in the table (the page once listed
+        C{maxToolCallsPerTurn} in both).
+        """
+        docs = self._docs()
+        section = docs.split("## Not supported", 1)[1].split("\n## ", 1)[0]
+        names = [n for n in re.findall(r"`(\w+)`", section) if n != "output"]
+        self.assertIn("repeatPenalty", names)
+        for name in names:
+            with self.assertRaises(ConfigurationError, msg=name) as caught:
+                agent(f"models: openai/gpt-4o\n{name}: 1")
+            self.assertIn(name, str(caught.exception))
+        table = set(re.findall(r"^\| `(\w+)` \|", docs, re.MULTILINE))
+        self.assertEqual(table & set(names), set())

@@ -24,6 +24,9 @@ from ai_agent.providers import ChatMessage, LLMRequest, LLMResponse
 from ai_agent.providers._base import CallbackSink
 from ai_agent.providers.local import (
     BUNDLED_MODEL,
+    DEFAULT_MAX_TOKENS,
+    REPEAT_LAST_N,
+    REPEAT_PENALTY,
     LocalProvider,
     LocalSettings,
     bundledModelPath,
@@ -127,6 +130,28 @@ class LocalProviderTests(TestCase):
         for recorded in upstream.requests:
             self.assertEqual(recorded.path, "/v1/chat/completions")
             self.assertEqual(recorded.headers["authorization"], f"Bearer {key}")
+
+    async def test_firstRunSampling(self) -> None:
+        """
+        A call with no output limit reaches the embedded server with the
+        default one and llama.cpp's repetition penalty; a limit the agent
+        or client set is kept, and the penalty is sent with it too.
+        """
+        upstream = await self.setUpProvider()
+        await timeout(self.call())
+        limited = LLMRequest(
+            model="tiny", messages=(ChatMessage("user", "hi"),), maxTokens=40, timeout=TIMEOUT
+        )
+        await timeout(self.provider.complete(limited, CallbackSink()))
+        sent = [recorded.body for recorded in upstream.requests]
+        self.assertEqual(
+            [(b["max_tokens"], b["repeat_penalty"], b["repeat_last_n"]) for b in sent],
+            [
+                (DEFAULT_MAX_TOKENS, REPEAT_PENALTY, REPEAT_LAST_N),
+                (40, REPEAT_PENALTY, REPEAT_LAST_N),
+            ],
+        )
+        self.assertEqual((DEFAULT_MAX_TOKENS, REPEAT_PENALTY, REPEAT_LAST_N), (512, 1.1, 64))
 
     async def test_boundedConcurrency(self) -> None:
         """

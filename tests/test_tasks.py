@@ -115,6 +115,38 @@ LIBRECHAT_STRUCTURED_TITLE = (
     "quotation)\n\nUser: hi\nAI: hello"
 )
 
+#: Open WebUI's tool-choice template (C{DEFAULT_TOOLS_FUNCTION_CALLING_PROMPT_TEMPLATE} in
+#: its C{config.py}, 0.12) as it sends it, with C{{{TOOLS}}} rendered as Open WebUI does
+#: (its tools' specs as JSON).
+OPEN_WEBUI_TOOL_CHOICE = (
+    'Available Tools: [{"name": "get_current_time", "description": "Get the current time.", '
+    '"parameters": {"type": "object", "properties": {}}}]\n\n'
+    "Your task is to choose and return the correct tool(s) from the list of available tools "
+    "based on the query. Follow these guidelines:\n\n"
+    "- Return only the JSON object, without any additional text or explanation.\n\n"
+    '- If no tools match the query, return an empty array: \n   {\n     "tool_calls": []\n   }'
+    "\n\n"
+    '- If one or more tools match the query, construct a JSON response containing a "tool_calls"'
+    " array with objects that include:\n"
+    '   - "name": The tool\'s name.\n'
+    '   - "parameters": A dictionary of required parameters and their corresponding values.\n\n'
+    "The format for the JSON response is strictly:\n"
+    '{\n  "tool_calls": [\n'
+    '    {"name": "toolName1", "parameters": {"key1": "value1"}},\n'
+    '    {"name": "toolName2", "parameters": {"key2": "value2"}}\n'
+    "  ]\n}"
+)
+#: The user message Open WebUI 0.12 sends with it: the query alone on a new chat, the
+#: recent messages first (C{History:}) later in a chat.
+OPEN_WEBUI_TOOL_QUERY = "Query: What time is it?"
+OPEN_WEBUI_TOOL_QUERY_WITH_HISTORY = (
+    'History:\nUSER: """Hello"""\nASSISTANT: """Hi! How can I help?"""\nQuery: What time is it?'
+)
+
+
+def _toolChoice(query: str) -> list[ChatMessage]:
+    return [ChatMessage("system", OPEN_WEBUI_TOOL_CHOICE), ChatMessage("user", query)]
+
 
 def _user(text: str) -> list[ChatMessage]:
     return [ChatMessage("user", text)]
@@ -203,6 +235,49 @@ class DetectTaskTests(SynchronousTestCase):
             "Give me a concise title for the conversation we had yesterday.",
         ):
             self.assertIsNone(detectTask(_user(text)), text)
+
+    def test_openWebUILegacyToolChoice(self) -> None:
+        """
+        Open WebUI's Legacy function calling request (its tool-choice
+        template as the system message, then C{Query: ...}, with or without
+        the chat's history before it) is the C{function_calling} task.
+        """
+        self.assertEqual(detectTask(_toolChoice(OPEN_WEBUI_TOOL_QUERY)), "function_calling")
+        self.assertEqual(
+            detectTask(_toolChoice(OPEN_WEBUI_TOOL_QUERY_WITH_HISTORY)), "function_calling"
+        )
+        # Older versions put "Query: " before the history too.
+        self.assertEqual(
+            detectTask(_toolChoice("Query: " + OPEN_WEBUI_TOOL_QUERY_WITH_HISTORY)),
+            "function_calling",
+        )
+
+    def test_toolChoiceNeedsBothMessages(self) -> None:
+        """
+        Neither half of the tool-choice request is a task alone: the
+        template needs the C{Query:} message right after it, and a
+        C{Query:} message needs the template as the system message before
+        it; a chat continuing after the template is a chat.
+        """
+        self.assertIsNone(detectTask(_user(OPEN_WEBUI_TOOL_QUERY)))
+        self.assertIsNone(detectTask([ChatMessage("system", OPEN_WEBUI_TOOL_CHOICE)]))
+        self.assertIsNone(
+            detectTask(_toolChoice("What time is it? Answer with a Query: line at the end."))
+        )
+        self.assertIsNone(
+            detectTask(
+                [ChatMessage("system", "You are helpful."), ChatMessage("user", "Query: hi")]
+            )
+        )
+        self.assertIsNone(
+            detectTask(
+                [
+                    *_toolChoice(OPEN_WEBUI_TOOL_QUERY),
+                    ChatMessage("assistant", '{"tool_calls": []}'),
+                    ChatMessage("user", "Query: and the date?"),
+                ]
+            )
+        )
 
     def test_taskHeader(self) -> None:
         """
@@ -410,6 +485,33 @@ class ShortcutTests(TestCase):
         self.assertEqual(caught.exception.status_code, 502)
         self.assertEqual([r.body["model"] for r in server.upstream.requests], ["first-model"])
         self.assertTrue(logs[0]["outcome"].startswith("failed: 502"))
+
+    async def test_openWebUILegacyToolChoice(self) -> None:
+        """
+        Open WebUI's Legacy tool-choice request is answered by one direct
+        call with its two messages as sent (no agent prompt, no agent
+        tools), and its log line names the C{function_calling} task.
+        """
+        server = await startServer(self, TOOL_AGENTS)
+        logs = captureRunLogs(self)
+        answer = '{"tool_calls": [{"name": "get_current_time", "parameters": {}}]}'
+        server.upstream.script(Reply(content=answer))
+        messages = [
+            {"role": "system", "content": OPEN_WEBUI_TOOL_CHOICE},
+            {"role": "user", "content": OPEN_WEBUI_TOOL_QUERY_WITH_HISTORY},
+        ]
+        result = await inThread(
+            server.client().chat.completions.create,
+            model="chat",
+            messages=messages,
+            stream=False,
+        )
+        self.assertEqual(result.choices[0].message.content, answer)
+        [sent] = server.upstream.requests
+        self.assertEqual(sent.body["messages"], messages)
+        self.assertEqual(sent.body["model"], "first-model")
+        self.assertNotIn("tools", sent.body)
+        self.assertEqual(logs[0]["task"], "function_calling")
 
     async def test_taskHeader(self) -> None:
         """

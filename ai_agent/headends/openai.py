@@ -14,6 +14,7 @@ from typing import Any, ClassVar, cast
 import attrs
 import orjson
 from klein import Klein
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -441,7 +442,22 @@ class OpenAIHeadend:
         """
         A short page naming the server, its models and links.
         """
-        return _page(request, pages.HTML, pages.homePage(self.registry.ids()))
+        address = request.getHost()
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            host = f"[{address.host}]" if ":" in address.host else address.host
+            fallback = f"{host}:{address.port}"
+        else:
+            fallback = "HOST:PORT"
+        base = pages.origin(request.getHeader(b"host"), request.isSecure(), fallback)
+        return _page(request, pages.HTML, pages.homePage(self.registry.ids(), base))
+
+    @app.route("/favicon.ico", methods=["GET"])
+    def favicon(self, request: IRequest) -> bytes:
+        """
+        The icon browsers ask for, so their consoles show no 404.
+        """
+        request.setHeader(b"cache-control", b"public, max-age=86400")
+        return _page(request, pages.ICON, pages.asset(pages.FAVICON))
 
     @app.route("/docs", methods=["GET"])
     def docs(self, request: IRequest) -> bytes:

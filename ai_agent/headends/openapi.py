@@ -565,6 +565,22 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/favicon.ico": {
+            "get": {
+                "operationId": "favicon",
+                "summary": "The pages' icon.",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The icon.",
+                        "content": {
+                            "image/x-icon": {"schema": {"type": "string", "format": "binary"}}
+                        },
+                    },
+                    **_errors("RequestTimeout"),
+                },
+            }
+        },
         "/assets/{name}": {
             "get": {
                 "operationId": "asset",
