@@ -103,6 +103,10 @@ class Reply:
         else C{stop}.
     @ivar usage: C{(prompt, completion)} tokens; L{None} for the number of
         words across the request's messages and the number of content pieces.
+    @ivar usageFields: fields of the usage object as sent, replacing the
+        counts of the same name or added beside them (e.g.
+        C{{"prompt_tokens": -5}}, or C{{"cache_read_input_tokens": 1.5}} in
+        Anthropic mode): an upstream reporting impossible usage.
     @ivar status: the HTTP status; anything but 200 answers with C{errorBody}.
     @ivar errorBody: bytes, text, or a JSON value; L{None} for an OpenAI error
         envelope.
@@ -132,6 +136,7 @@ class Reply:
     toolCalls: Sequence[tuple[str, Mapping[str, Any] | str]] = ()
     finishReason: str | None = None
     usage: tuple[int, int] | None = None
+    usageFields: Mapping[str, Any] = attrs.field(factory=dict)
     status: int = 200
     errorBody: Any = None
     headers: Mapping[str, str] = attrs.field(factory=dict)
@@ -785,7 +790,7 @@ class _Exchange:
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": self._anthropicStop(), "stop_sequence": None},
-                    "usage": {"output_tokens": completion},
+                    "usage": {"output_tokens": completion, **reply.usageFields},
                 }
             )
         )
@@ -816,7 +821,7 @@ class _Exchange:
             "content": content,
             "stop_reason": self._anthropicStop(),
             "stop_sequence": None,
-            "usage": {"input_tokens": prompt, "output_tokens": completion},
+            "usage": {"input_tokens": prompt, "output_tokens": completion, **reply.usageFields},
         }
 
     def _anthropicStop(self) -> str:
@@ -871,12 +876,13 @@ class _Exchange:
             prompt += len(system.split())
         return prompt, len(self.reply.contentPieces())
 
-    def _usage(self) -> dict[str, int]:
+    def _usage(self) -> dict[str, Any]:
         prompt, completion = self._tokens()
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
+            **self.reply.usageFields,
         }
 
     # Writing.

@@ -570,7 +570,9 @@ class _Call(CallScope):
                 ("cache_write", usage.cacheWriteTokens),
                 ("reasoning", usage.reasoningTokens),
             ):
-                if count:
+                # A counter only goes up: a count below zero (which the
+                # providers refuse anyway) would raise here.
+                if count > 0:
                     metrics.child(tokens, provider, model, kind).inc(count)
         if cost:
             metrics.child(metrics.cost, self.run.agent, provider, model).inc(cost)

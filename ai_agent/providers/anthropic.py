@@ -469,9 +469,8 @@ class _MessageCall(HTTPCall):
             "cache_read_input_tokens",
             "output_tokens",
         ):
-            value = usage.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
-                self._usage[key] = value
+            if usage.get(key) is not None:
+                self._usage[key] = self.tokenCount(usage, key, "usage")
 
     def assembled(self) -> LLMResponse:
         return self._answer([block for _, block in sorted(self._contentBlocks.items())])
