@@ -207,6 +207,8 @@ class RedactingSink:
 
     def __call__(self, event: Event) -> None:
         if not self.redactor.secrets:
+            if isinstance(event, (Retrying, SubAgentProgress)):
+                event = _withoutDetail(event)
             self.sink(event)
         elif isinstance(event, ContentDelta):
             # A change of channel lets out what the other one held, so the
@@ -249,7 +251,10 @@ class RedactingSink:
                 callId=scrub(event.callId),
             )
         if isinstance(event, Retrying):
-            return attrs.evolve(event, model=scrub(event.model), reason=scrub(event.reason))
+            # The operator's detail never leaves the server.
+            return attrs.evolve(
+                event, model=scrub(event.model), reason=scrub(event.reason), detail=""
+            )
         inner = event.event
         if isinstance(inner, ReasoningDelta):
             return attrs.evolve(event, event=ReasoningDelta(scrub(inner.text)))
@@ -271,6 +276,19 @@ class RedactingSink:
         content = self._content.flush()
         if content:
             self.sink(ContentDelta(content))
+
+
+def _withoutDetail(event: Progress) -> Progress:
+    """
+    C{event} without a L{Retrying}'s operator detail (in a sub-agent's
+    progress too), which never leaves the server.
+    """
+    if isinstance(event, Retrying):
+        return attrs.evolve(event, detail="") if event.detail else event
+    if isinstance(event, SubAgentProgress) and not isinstance(event.event, ReasoningDelta):
+        inner = _withoutDetail(event.event)
+        return event if inner is event.event else attrs.evolve(event, event=inner)
+    return event
 
 
 __all__ = [
