@@ -220,10 +220,19 @@ class FakeUpstream:
     @ivar requests: every request received, in order.
     @ivar inFlight: chat completions being answered now.
     @ivar maxInFlight: the most chat completions answered at once.
-    @ivar disconnects: chat completions whose client went away before the
-        response finished.
+    @ivar disconnects: chat completions (and padded token counts) whose
+        client went away before the response finished.
     @ivar disconnectTimes: when each of those happened (C{reactor.seconds()}).
     @ivar lastDisconnectAt: the last of C{disconnectTimes}, or L{None}.
+    @ivar holdCounts: hold each token count after its request arrived
+        until L{release} (counted by L{held}).
+    @ivar countPadding: make each token count's answer this many bytes
+        longer (a JSON string field, written 64 KiB per turn of the reactor
+        until it is whole or the client went away): an upstream answering
+        too much.
+    @ivar countsInFlight: token counts being answered now.
+    @ivar maxCountsInFlight: the most token counts answered at once.
+    @ivar countBytesSent: the bytes of count answers written so far.
     """
 
     reactor: IReactorTime
@@ -234,6 +243,11 @@ class FakeUpstream:
     disconnects: int = attrs.field(default=0, init=False)
     disconnectTimes: list[float] = attrs.field(factory=list, init=False)
     lastDisconnectAt: float | None = attrs.field(default=None, init=False)
+    holdCounts: bool = attrs.field(default=False, init=False)
+    countPadding: int = attrs.field(default=0, init=False)
+    countsInFlight: int = attrs.field(default=0, init=False)
+    maxCountsInFlight: int = attrs.field(default=0, init=False)
+    countBytesSent: int = attrs.field(default=0, init=False)
     _script: deque[Reply] = attrs.field(factory=deque, init=False)
     _held: list[Deferred[None]] = attrs.field(factory=list, init=False)
     _requestWaiters: list[tuple[int, Deferred[Any]]] = attrs.field(factory=list, init=False)
@@ -380,18 +394,59 @@ class FakeUpstream:
         return None
 
     @app.route("/v1/messages/count_tokens", methods=["POST"])
-    def countTokens(self, request: Request) -> bytes:
+    async def countTokens(self, request: Request) -> bytes | None:
         """
         Answer an Anthropic token count: the words of the C{system} text
         and the messages, plus 10 for each tool (after the checks the real
-        API makes, but for C{max_tokens}, which a count has not).
+        API makes, but for C{max_tokens}, which a count has not); held
+        while L{holdCounts}, padded by L{countPadding}.
         """
         raw = request.content.read() if request.content is not None else b""
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
+        # Held before it is recorded: a test that waits for the request can
+        # release it at once.
+        hold = self._hold() if self.holdCounts else None
+        self.countsInFlight += 1
+        self.maxCountsInFlight = max(self.maxCountsInFlight, self.countsInFlight)
         self._record(request, body)
+        try:
+            if hold is not None:
+                await hold
+            answer = self._count(request, body)
+            if self.countPadding and answer.startswith(b'{"input_tokens"'):
+                await self._padded(request, answer)
+                return None
+            self.countBytesSent += len(answer)
+            return answer
+        finally:
+            self.countsInFlight -= 1
+
+    async def _padded(self, request: Request, answer: bytes) -> None:
+        gone: list[Failure] = []
+
+        def lost(reason: Failure) -> None:
+            gone.append(reason)
+            self._clientGone(self.now())
+
+        request.notifyFinish().addErrback(lost)
+        opening = answer[:-1] + b', "padding": "'
+        request.write(opening)
+        self.countBytesSent += len(opening)
+        left = self.countPadding
+        while left > 0 and not gone:
+            piece = b"x" * min(left, 65536)
+            request.write(piece)
+            self.countBytesSent += len(piece)
+            left -= len(piece)
+            await self._sleep(0)
+        if not gone:
+            request.write(b'"}')
+            self.countBytesSent += 2
+
+    def _count(self, request: Request, body: Any) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         problem = _anthropicProblem(
             request, {"max_tokens": 1, **body} if isinstance(body, dict) else body

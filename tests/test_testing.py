@@ -513,6 +513,33 @@ class AnthropicModeTests(TestCase):
         self.assertEqual(self.upstream.scripted, 1)
         self.assertEqual(self.upstream.requests[0].path, "/v1/messages/count_tokens")
 
+    async def test_countHoldAndPadding(self) -> None:
+        """
+        With C{holdCounts} a count waits for L{FakeUpstream.release} (seen
+        in C{countsInFlight} meanwhile); with C{countPadding} its answer is
+        still JSON with the count, that many bytes longer, all counted in
+        C{countBytesSent}.
+        """
+        url = self.running.baseUrl + "/messages/count_tokens"
+        body = {"model": "m", "messages": [{"role": "user", "content": "a b"}]}
+        headers = {"anthropic-version": "2023-06-01"}
+        self.upstream.holdCounts = True
+        answer = self.http.post(url, json=body, headers=headers)
+        await self.upstream.waitForRequests(1)
+        self.assertEqual((self.upstream.held, self.upstream.countsInFlight), (1, 1))
+        self.upstream.release()
+        self.assertEqual(await (await answer).json(), {"input_tokens": 2})
+        self.assertEqual(self.upstream.countsInFlight, 0)
+        self.upstream.holdCounts = False
+        self.upstream.countPadding = 200_000
+        sent = self.upstream.countBytesSent
+        response = await self.http.post(url, json=body, headers=headers)
+        raw = await response.content()
+        self.assertEqual(json.loads(raw)["input_tokens"], 2)
+        self.assertEqual(len(raw), 200_000 + len(b'{"input_tokens": 2, "padding": ""}'))
+        self.assertEqual(self.upstream.countBytesSent - sent, len(raw))
+        self.assertEqual(self.upstream.maxCountsInFlight, 1)
+
     async def test_stallAfter(self) -> None:
         """
         C{stallAfter} sends that many events, then nothing (the connection

@@ -37,7 +37,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.agentfile import AgentSpec
-from ai_agent.errors import AgentError, ErrorKind, invalidRequest, notFound
+from ai_agent.errors import AgentError, ErrorKind, ProviderError, invalidRequest, notFound
 from ai_agent.events import (
     ClientToolCall,
     EventSink,
@@ -74,8 +74,7 @@ from ai_agent.headends._stream import RunResponse
 from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
-from ai_agent.providers import ChatMessage, LLMRequest, ToolCall, ToolSpec
-from ai_agent.providers.anthropic import AnthropicProvider, messagesURL
+from ai_agent.providers import ChatMessage, LLMRequest, TokenCounter, ToolCall, ToolSpec
 from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.request import ClientTool, RunRequest, Sampling, ToolChoice
@@ -924,22 +923,27 @@ class AnthropicHeadend:
     async def countTokens(self, request: IRequest) -> bytes:
         """
         The input tokens a request would start with: the count of the
-        agent's first model when its provider speaks Anthropic's wire (see
+        agent's first model when its provider counts tokens itself (see
         L{_providerCount}), else an estimate (see L{estimateTokens}); both
-        over the agent's prompt and tools and the request.
+        over the agent's prompt and tools and the request.  A count takes a
+        slot of the same pool as runs (a full queue is the same 529).
         """
         parsed = await self._parse(request, parseCountTokensRequest)
         agent = self._agent(parsed)
         requestScope(request).setAgent(agent.id)
-        specs: list[ToolSpec] = []
-        instructions: list[str] = []
-        if self.runner.tools is not None and (agent.spec.tools or agent.spec.agents):
-            toolbox = self.runner.tools(agent.spec)
-            specs = list(await toolbox.specs())
-            instructions = list(getattr(toolbox, "instructions", ()))
-        if not agent.spec.clientTools or parsed.toolChoice.mode == ToolChoice.NONE:
-            parsed = attrs.evolve(parsed, tools=())
-        counted = await self._providerCount(agent.spec, parsed, specs, instructions)
+        slot = await self.pool.acquire()
+        try:
+            specs: list[ToolSpec] = []
+            instructions: list[str] = []
+            if self.runner.tools is not None and (agent.spec.tools or agent.spec.agents):
+                toolbox = self.runner.tools(agent.spec)
+                specs = list(await toolbox.specs())
+                instructions = list(getattr(toolbox, "instructions", ()))
+            if not agent.spec.clientTools or parsed.toolChoice.mode == ToolChoice.NONE:
+                parsed = attrs.evolve(parsed, tools=())
+            counted = await self._providerCount(agent.spec, parsed, specs, instructions)
+        finally:
+            slot.release()
         if counted is None:
             counted = estimateTokens(agent.spec.prompt, parsed, specs)
         request.setHeader(b"content-type", _JSON)
@@ -954,65 +958,47 @@ class AnthropicHeadend:
     ) -> int | None:
         """
         The input tokens of the run's first LLM call as the agent's first
-        model counts them, when its provider speaks Anthropic's wire: the
-        call's system text, messages and tools, as the session would send
-        them, posted to the provider's C{count_tokens} endpoint.
+        model counts them, when its provider can (a L{TokenCounter}: the
+        Anthropic wire): the call's system text, messages and tools, as the
+        session would send them.
 
-        @return: the count, or L{None} for another wire type, or when the
-            count failed or took more than L{PROVIDER_COUNT_TIMEOUT}
-            seconds (logged; the estimate is used instead).
+        @return: the count, or L{None} for a provider that cannot count, or
+            when the count failed or took more than
+            L{PROVIDER_COUNT_TIMEOUT} seconds (logged; the estimate is used
+            instead).
+        @raise AgentError: the provider's answer was larger than a count
+            can be (a 502 naming the bound).
         """
         name, _, model = agent.models[0].partition("/")
         try:
             provider = self.runner.providers(name)
         except AgentError:
             return None
-        if not isinstance(provider, AnthropicProvider) or provider.missingVariables:
+        if not isinstance(provider, TokenCounter):
             return None
         call = LLMRequest(
             model,
             tuple(buildMessages(agent, parsed.messages, instructions, parsed.system)),
             (*specs, *(tool.spec for tool in parsed.tools)),
             stream=False,
+            timeout=PROVIDER_COUNT_TIMEOUT,
+            totalTimeout=PROVIDER_COUNT_TIMEOUT,
         )
-        payload = {
-            key: value
-            for key, value in provider.payload(call).items()
-            if key in ("model", "system", "messages", "tools")
-        }
-        headers = Headers({key: [value] for key, value in provider.requestHeaders(call).items()})
-        url = messagesURL(provider.baseUrl) + "/count_tokens"
-
-        async def fetch() -> tuple[int, Any]:
-            response = await provider.http.post(url, json=payload, headers=headers)
-            return response.code, await response.json()
-
         try:
-            code, body = await Deferred.fromCoroutine(fetch()).addTimeout(
-                PROVIDER_COUNT_TIMEOUT, self.reactor
-            )
+            return await provider.countTokens(call)
         except CancelledError:
             raise
-        except Exception as error:
+        except ProviderError as error:
+            if error.code == "upstream_answer_too_large":
+                raise
             self.log.warn(
                 "count_tokens for agent {agent}: provider {provider} did not count"
                 " ({error}); answering the estimate",
                 agent=agent.name,
                 provider=name,
-                error=provider.scrub(shorten(str(error) or type(error).__name__)),
+                error=shorten(error.message, 300),
             )
             return None
-        counted = body.get("input_tokens") if isinstance(body, dict) else None
-        if code != 200 or not isinstance(counted, int) or isinstance(counted, bool):
-            self.log.warn(
-                "count_tokens for agent {agent}: provider {provider} answered {code}"
-                " without a count; answering the estimate",
-                agent=agent.name,
-                provider=name,
-                code=code,
-            )
-            return None
-        return max(0, counted)
 
 
 __all__ = [

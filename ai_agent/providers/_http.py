@@ -430,6 +430,26 @@ class HTTPCall:
         """
         raise NotImplementedError
 
+    def callURL(self) -> str:
+        """
+        The URL this call is posted to: the provider's, unless the call is
+        of another kind (a token count).
+        """
+        return self.provider.url
+
+    def callPayload(self) -> dict[str, Any]:
+        """
+        The JSON body of this call.
+        """
+        return self.provider.payload(self.request)
+
+    def answerLimit(self) -> int:
+        """
+        The most bytes of this call's answer body read before it fails
+        with C{upstream_answer_too_large} (and its connection is closed).
+        """
+        return self.provider.maxAnswerBytes
+
     def markEnd(self) -> None:
         """
         The stream's end marker arrived: the answer is complete.
@@ -454,12 +474,7 @@ class HTTPCall:
         try:
             headers = provider.requestHeaders(request)
             injectTraceContext(headers)
-            requestDeferred = _post(
-                provider.http,
-                provider.url,
-                provider.payload(request),
-                headers,
-            )
+            requestDeferred = _post(provider.http, self.callURL(), self.callPayload(), headers)
         except Exception as e:
             self._fail(self.error("could not send a request", describe(e), retryable=False))
             return self.result
@@ -579,10 +594,11 @@ class HTTPCall:
         self._armTimer()
         try:
             self._answerBytes += len(data)
-            if self._answerBytes > self.provider.maxAnswerBytes and self._mode != ERROR:
+            limit = self.answerLimit()
+            if self._answerBytes > limit and self._mode != ERROR:
                 raise self.error(
                     "sent too long an answer",
-                    f"more than {self.provider.maxAnswerBytes} bytes",
+                    f"more than {limit} bytes",
                     code="upstream_answer_too_large",
                     retryable=False,
                 )
