@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from ai_agent.config import loadConfig
 from ai_agent.errors import ConfigurationError
+from ai_agent.redaction import Redactor
 from ai_agent.registry import agentFiles, loadRegistry
 from ai_agent.runtime import (
     ProviderSet,
@@ -119,6 +120,7 @@ class Reloader:
         )
         tools.runner = runner
         runtime.config, runtime.registry, runtime.providers = config, registry, providers
+        runner.observer.redactWith(Redactor.fromConfig(config).scrub)
         runtime.runner, runtime.mcp, runtime.tools = runner, mcp, tools
         for headend in self.headends:
             headend.registry = registry

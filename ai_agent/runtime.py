@@ -28,6 +28,7 @@ from ai_agent.limits import SubAgentLimiter
 from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
 from ai_agent.providers._wire import WireAgent
+from ai_agent.redaction import Redactor
 from ai_agent.registry import AgentRegistry, agentFiles, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
 from ai_agent.store import RunStore, StoreTurnStore
@@ -163,6 +164,8 @@ def buildRuntime(
         providers, reactor, tools, pricing=config.pricing, turns=turns, observer=observer
     )
     tools.runner = runner
+    # Spans carrying messages and tool text scrub the secrets responses do.
+    observer.redactWith(Redactor.fromConfig(config).scrub)
     return Runtime(config, registry, pool, http, providers, runner, mcp, tools, store)
 
 
