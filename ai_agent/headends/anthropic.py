@@ -60,6 +60,9 @@ from ai_agent.headends._json import dumpsAny as _dumpsAny
 from ai_agent.headends._json import dumpsPlain as _dumpsPlain
 from ai_agent.headends._request import (
     MAX_MESSAGES,
+    MAX_OUTPUT_TOKENS,
+    MAX_STOP_LENGTH,
+    MAX_STOP_SEQUENCES,
     MAX_TOOLS,
     OFF_REACTOR_THRESHOLD,
     TOOL_NAME,
@@ -233,13 +236,16 @@ def _parse(body: bytes, requireMaxTokens: bool) -> MessagesRequest:
     maxTokens = optionalField(data, "max_tokens", int, None)
     if maxTokens is None and requireMaxTokens:
         raise invalidRequest("max_tokens: Field required", "max_tokens")
-    if maxTokens is not None and maxTokens < 1:
-        raise invalidRequest("max_tokens: must be at least 1", "max_tokens")
+    if maxTokens is not None and not 1 <= maxTokens <= MAX_OUTPUT_TOKENS:
+        raise invalidRequest(
+            f"max_tokens: must be between 1 and {MAX_OUTPUT_TOKENS}, got {showValue(maxTokens)}",
+            "max_tokens",
+        )
     temperature = numberField(data, "temperature", 0.0, 1.0)
     topP = numberField(data, "top_p", 0.0, 1.0)
     # Accepted for the SDKs' sake; no provider here is asked for it.
     optionalField(data, "top_k", int, None)
-    stop = _strings(data.get("stop_sequences"), "stop_sequences")
+    stop = _stopSequences(data.get("stop_sequences"))
     tools = _parseTools(data.get("tools"))
     choice, parallel = _parseToolChoice(data.get("tool_choice"), tools)
     metadata = data.get("metadata")
@@ -268,6 +274,27 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise invalidRequest(f"{where}: must be an array of strings", where)
     return tuple(value)
+
+
+def _stopSequences(value: Any) -> tuple[str, ...]:
+    """
+    C{stop_sequences}: at most L{MAX_STOP_SEQUENCES} strings of at most
+    L{MAX_STOP_LENGTH} characters.
+    """
+    stop = _strings(value, "stop_sequences")
+    if len(stop) > MAX_STOP_SEQUENCES:
+        raise invalidRequest(
+            f"stop_sequences: {len(stop)} sequences; at most {MAX_STOP_SEQUENCES} are allowed",
+            "stop_sequences",
+        )
+    for index, sequence in enumerate(stop):
+        if len(sequence) > MAX_STOP_LENGTH:
+            where = f"stop_sequences[{index}]"
+            raise invalidRequest(
+                f"{where}: {len(sequence)} characters; at most {MAX_STOP_LENGTH} are allowed",
+                where,
+            )
+    return stop
 
 
 def _parseSystem(value: Any) -> tuple[str, ...]:
@@ -341,6 +368,9 @@ def _parseMessages(value: Any) -> tuple[ChatMessage, ...]:
             f"messages: {len(value)} messages; at most {MAX_MESSAGES} are allowed", "messages"
         )
     conversation: list[ChatMessage] = []
+    # The tool_use ids of the last assistant message: the tool_result
+    # blocks that may follow.
+    calls: frozenset[str] = frozenset()
     for index, item in enumerate(value):
         where = f"messages[{index}]"
         if not isinstance(item, dict):
@@ -350,9 +380,11 @@ def _parseMessages(value: Any) -> tuple[ChatMessage, ...]:
         if content is None:
             raise invalidRequest(f"{where}.content: Field required", f"{where}.content")
         if role == "assistant":
-            conversation.append(_assistantMessage(content, f"{where}.content"))
+            message = _assistantMessage(content, f"{where}.content")
+            calls = frozenset(call.id for call in message.toolCalls)
+            conversation.append(message)
         elif role == "user":
-            conversation.extend(_userMessages(content, f"{where}.content"))
+            conversation.extend(_userMessages(content, f"{where}.content", calls))
         elif role == "system":
             # Claude Code sends system messages inside the conversation.
             conversation.append(ChatMessage("system", _text(content, f"{where}.content")))
@@ -385,10 +417,14 @@ def _assistantMessage(content: Any, where: str) -> ChatMessage:
     return ChatMessage("assistant", "".join(texts), toolCalls=tuple(calls))
 
 
-def _userMessages(content: Any, where: str) -> list[ChatMessage]:
+def _userMessages(content: Any, where: str, calls: frozenset[str]) -> list[ChatMessage]:
     """
     A user turn: each C{tool_result} block as a tool message (first, so
     they follow the assistant's calls), then the text as a user message.
+
+    @param calls: the C{tool_use} ids of the assistant message before; a
+        C{tool_result} answering another id is refused, in the words of
+        Anthropic's API.
     """
     results: list[ChatMessage] = []
     texts: list[str] = []
@@ -400,6 +436,13 @@ def _userMessages(content: Any, where: str) -> list[ChatMessage]:
             if not isinstance(callId, str) or not callId:
                 raise invalidRequest(
                     f"{path}.tool_use_id: a non-empty string is required", f"{path}.tool_use_id"
+                )
+            if callId not in calls:
+                raise invalidRequest(
+                    f"{path}: unexpected `tool_use_id` found in `tool_result` blocks:"
+                    f" {shorten(callId)}. Each `tool_result` block must have a corresponding"
+                    " `tool_use` block in the previous message.",
+                    f"{path}.tool_use_id",
                 )
             result = block.get("content", "")
             text = _text(result, f"{path}.content") if result else ""
