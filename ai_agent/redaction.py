@@ -127,6 +127,22 @@ class Redactor:
 
 
 @attrs.define
+class SecretScrub:
+    """
+    The configured secrets' L{Redactor}, swapped in place when the
+    configuration is reloaded, for the text that is logged or traced
+    rather than answered: spans' messages and tool text
+    (L{ai_agent.observe.Observer.redactWith}), MCP servers' log lines.
+    Called with a text, it returns it scrubbed.
+    """
+
+    redactor: Redactor = attrs.field(factory=Redactor)
+
+    def __call__(self, text: str) -> str:
+        return self.redactor.scrub(text)
+
+
+@attrs.define
 class StreamRedactor:
     """
     Redacts one stream of text that arrives in pieces.
@@ -301,5 +317,6 @@ __all__ = [
     "REDACTED",
     "RedactingSink",
     "Redactor",
+    "SecretScrub",
     "StreamRedactor",
 ]

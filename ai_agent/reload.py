@@ -108,6 +108,7 @@ class Reloader:
                 runtime.http,
                 environ,
                 used=usedToolServers(registry),
+                scrub=runtime.scrub,
             )
             if self.parent is not None:
                 mcp.setServiceParent(self.parent)
@@ -120,7 +121,8 @@ class Reloader:
         )
         tools.runner = runner
         runtime.config, runtime.registry, runtime.providers = config, registry, providers
-        runner.observer.redactWith(Redactor.fromConfig(config).scrub)
+        # Spans and MCP log lines (old servers and new) scrub the new secrets.
+        runtime.scrub.redactor = Redactor.fromConfig(config)
         runtime.runner, runtime.mcp, runtime.tools = runner, mcp, tools
         for headend in self.headends:
             headend.registry = registry

@@ -28,7 +28,7 @@ from ai_agent.limits import SubAgentLimiter
 from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
 from ai_agent.providers._wire import WireAgent
-from ai_agent.redaction import Redactor
+from ai_agent.redaction import Redactor, SecretScrub
 from ai_agent.registry import AgentRegistry, agentFiles, loadRegistry
 from ai_agent.session import SessionRunner, splitModel
 from ai_agent.store import RunStore, StoreTurnStore
@@ -104,6 +104,9 @@ class Runtime:
     #: L{None} with C{--store none} and in direct mode.  The server opens it
     #: when it starts and closes it when it stops (L{ai_agent.store.StoreService}).
     store: RunStore | None = None
+    #: Scrubs the configured secrets from what is traced and logged (not
+    #: answered); its redactor is replaced on reload.
+    scrub: SecretScrub = attrs.field(factory=SecretScrub)
 
     def close(self) -> Deferred[None]:
         """
@@ -155,7 +158,10 @@ def buildRuntime(
     pool = WireAgent(reactor, endpoints, maxIdlePerHost=max(connections, 2), idleTimeout=120)
     http = UpstreamHTTPClient(pool)
     providers = ProviderSet(config, http, reactor)
-    mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
+    scrub = SecretScrub(Redactor.fromConfig(config))
+    mcp = McpManager(
+        config.mcpServers, reactor, http, environ, used=usedToolServers(registry), scrub=scrub
+    )
     tools = ToolBoxFactory(registry.byPath, mcp, subAgentLimiter=SubAgentLimiter(reactor))
     # Hidden turns of hybrid runs go to the run store when there is one (so
     # they outlive a restart and are shared by instances), else to memory.
@@ -165,8 +171,8 @@ def buildRuntime(
     )
     tools.runner = runner
     # Spans carrying messages and tool text scrub the secrets responses do.
-    observer.redactWith(Redactor.fromConfig(config).scrub)
-    return Runtime(config, registry, pool, http, providers, runner, mcp, tools, store)
+    observer.redactWith(scrub)
+    return Runtime(config, registry, pool, http, providers, runner, mcp, tools, store, scrub)
 
 
 def usedToolServers(registry: AgentRegistry) -> list[str]:

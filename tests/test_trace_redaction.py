@@ -149,3 +149,66 @@ class HookRedactionTests(SynchronousTestCase):
         )
         self.assertEqual(after["gen_ai.tool.call.result"], "result [redacted]")
         self.assertEqual(json.loads(after["gen_ai.tool.call.arguments"]), {"k": "[redacted]"})
+
+
+class McpLogTests(TestCase):
+    """
+    What a stdio MCP server writes outside its answers (standard error, a
+    stray line on standard output) is logged with the configured secrets
+    scrubbed, through the server's assembly (L{ai_agent.runtime}).
+    """
+
+    timeout = 60
+
+    async def test_stderrScrubbed(self) -> None:
+        """
+        A tool server that prints the provider's key on its standard error
+        and its standard output: the log lines show C{[redacted]} in its
+        place, and never the key.
+        """
+        import os
+        import sys
+
+        from twisted.internet.defer import Deferred
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from tests.test_mcp import CALC
+
+        script = os.path.abspath(self.mktemp())
+        with open(script, "w") as f:
+            f.write(
+                "import os, sys\n"
+                f"sys.stderr.write('token {SENTINEL_KEY} on stderr\\n')\n"
+                "sys.stderr.flush()\n"
+                f"sys.stdout.write('token {SENTINEL_KEY} on stdout\\n')\n"
+                "sys.stdout.flush()\n"
+                f"os.execv(sys.executable, [sys.executable, {CALC!r}])\n"
+            )
+        lines: list[str] = []
+        both: Deferred[None] = Deferred()
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("server") == "noisy" and "line" in event:
+                lines.append(formatEvent(event))
+                if len(lines) == 2 and not both.called:
+                    both.callback(None)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        server = await startServer(
+            self,
+            agents={"agent.ai": "---\nmodels: fake/m\ntools: [noisy]\n---\nYou add.\n"},
+            mcpServers={"noisy": {"type": "stdio", "command": sys.executable, "args": [script]}},
+        )
+        await inThread(
+            server.client().chat.completions.create,
+            model="agent",
+            messages=[{"role": "user", "content": "hi"}],
+        )
+        from twisted.internet import reactor
+
+        await both.addTimeout(30, reactor)
+        self.assertEqual(len(lines), 2)
+        for line in lines:
+            self.assertNotIn(SENTINEL_KEY, line)
+            self.assertIn("token [redacted] on std", line)
