@@ -1316,7 +1316,9 @@ def _anthropicPaths() -> dict[str, Any]:
                 "summary": "The input tokens a request would start with: counted by the agent's "
                 "first provider when it speaks Anthropic's wire, else estimated as one token "
                 "per 4 characters of the agent's prompt, the system text, the messages and the "
-                "tools (the agent's own and the client's), plus 4 per message.",
+                "tools (the agent's own and the client's), plus 4 per message. A count takes "
+                "a run slot (529 when every slot is busy and the queue is full); a provider's "
+                "answer past 1 MiB is a 502.",
                 "security": _KEYED,
                 "requestBody": body("CountTokensRequest"),
                 "responses": {
