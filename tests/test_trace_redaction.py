@@ -212,3 +212,55 @@ class McpLogTests(TestCase):
         for line in lines:
             self.assertNotIn(SENTINEL_KEY, line)
             self.assertIn("token [redacted] on std", line)
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    SIGHUP's reload gives spans and MCP log lines the new secrets.
+    """
+
+    def test_newKeyScrubbed(self) -> None:
+        """
+        A key added to the configuration and reloaded is scrubbed by the
+        runtime's L{SecretScrub}, which the observer and the MCP servers
+        hold (the same object, before and after).
+        """
+        import os
+
+        from twisted.internet import reactor
+
+        from ai_agent.reload import Reloader
+        from ai_agent.runtime import buildRuntime
+        from tests._harness import writeAgent
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        config = os.path.join(folder, ".ai-agent.json")
+        newKey = "sk-added-on-reload-0123456789"
+
+        def configure(key: str | None) -> None:
+            with open(config, "w") as f:
+                json.dump(
+                    {
+                        "providers": {
+                            "fake": {"type": "openai", "baseUrl": "http://h/v1", "apiKey": key}
+                        }
+                    },
+                    f,
+                )
+
+        configure(None)
+        writeAgent(folder, "chat.ai", "---\nmodels: fake/m\n---\nhi\n")
+        environ = {"HOME": folder}
+        observer = Observability(None, None)
+        runtime = buildRuntime(reactor, [folder], cwd=folder, environ=environ, observer=observer)
+        self.addCleanup(runtime.close)
+        scrub = runtime.scrub
+        self.assertIs(observer.scrub, scrub)
+        self.assertIs(runtime.mcp.serverOptions["scrub"], scrub)
+        self.assertEqual(scrub(f"x {newKey}"), f"x {newKey}")
+        configure(newKey)
+        reloader = Reloader(reactor, runtime, [folder], None, cwd=folder, environ=environ)
+        self.assertTrue(reloader.reload())
+        self.assertIs(runtime.scrub, scrub)
+        self.assertEqual(observer.scrub(f"x {newKey}"), "x [redacted]")
