@@ -278,7 +278,9 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
         )
         spec = runtime.registry.served[0].spec
         ended: list[str] = [""]
-        reasoning = ReasoningText()
+        # The user of direct mode is the operator: the details that tell
+        # what to fix (a variable to set, a server to start) are for them.
+        reasoning = ReasoningText(detailed=True)
 
         answered: list[str] = []
 

@@ -127,6 +127,22 @@ class Redactor:
 
 
 @attrs.define
+class SecretScrub:
+    """
+    The configured secrets' L{Redactor}, swapped in place when the
+    configuration is reloaded, for the text that is logged or traced
+    rather than answered: spans' messages and tool text
+    (L{ai_agent.observe.Observer.redactWith}), MCP servers' log lines.
+    Called with a text, it returns it scrubbed.
+    """
+
+    redactor: Redactor = attrs.field(factory=Redactor)
+
+    def __call__(self, text: str) -> str:
+        return self.redactor.scrub(text)
+
+
+@attrs.define
 class StreamRedactor:
     """
     Redacts one stream of text that arrives in pieces.
@@ -207,6 +223,8 @@ class RedactingSink:
 
     def __call__(self, event: Event) -> None:
         if not self.redactor.secrets:
+            if isinstance(event, (Retrying, SubAgentProgress)):
+                event = _withoutDetail(event)
             self.sink(event)
         elif isinstance(event, ContentDelta):
             # A change of channel lets out what the other one held, so the
@@ -249,7 +267,10 @@ class RedactingSink:
                 callId=scrub(event.callId),
             )
         if isinstance(event, Retrying):
-            return attrs.evolve(event, model=scrub(event.model), reason=scrub(event.reason))
+            # The operator's detail never leaves the server.
+            return attrs.evolve(
+                event, model=scrub(event.model), reason=scrub(event.reason), detail=""
+            )
         inner = event.event
         if isinstance(inner, ReasoningDelta):
             return attrs.evolve(event, event=ReasoningDelta(scrub(inner.text)))
@@ -273,6 +294,19 @@ class RedactingSink:
             self.sink(ContentDelta(content))
 
 
+def _withoutDetail(event: Progress) -> Progress:
+    """
+    C{event} without a L{Retrying}'s operator detail (in a sub-agent's
+    progress too), which never leaves the server.
+    """
+    if isinstance(event, Retrying):
+        return attrs.evolve(event, detail="") if event.detail else event
+    if isinstance(event, SubAgentProgress) and not isinstance(event.event, ReasoningDelta):
+        inner = _withoutDetail(event.event)
+        return event if inner is event.event else attrs.evolve(event, event=inner)
+    return event
+
+
 __all__ = [
     "MAX_ECHO",
     "MAX_ERROR_MESSAGE",
@@ -283,5 +317,6 @@ __all__ = [
     "REDACTED",
     "RedactingSink",
     "Redactor",
+    "SecretScrub",
     "StreamRedactor",
 ]

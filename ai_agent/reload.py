@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from ai_agent.config import loadConfig
 from ai_agent.errors import ConfigurationError
+from ai_agent.redaction import Redactor
 from ai_agent.registry import agentFiles, loadRegistry
 from ai_agent.runtime import (
     ProviderSet,
@@ -107,6 +108,7 @@ class Reloader:
                 runtime.http,
                 environ,
                 used=usedToolServers(registry),
+                scrub=runtime.scrub,
             )
             if self.parent is not None:
                 mcp.setServiceParent(self.parent)
@@ -120,6 +122,8 @@ class Reloader:
         tools.runner = runner
         runtime.config, runtime.registry, runtime.providers = config, registry, providers
         runtime.sealer.reconfigure(config.sealingKeys)
+        # Spans and MCP log lines (old servers and new) scrub the new secrets.
+        runtime.scrub.redactor = Redactor.fromConfig(config)
         runtime.runner, runtime.mcp, runtime.tools = runner, mcp, tools
         for headend in self.headends:
             headend.registry = registry

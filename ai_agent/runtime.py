@@ -28,6 +28,7 @@ from ai_agent.limits import SubAgentLimiter
 from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
 from ai_agent.providers._wire import WireAgent
+from ai_agent.redaction import Redactor, SecretScrub
 from ai_agent.registry import AgentRegistry, agentFiles, loadRegistry
 from ai_agent.sealing import Sealer
 from ai_agent.session import SessionRunner, splitModel
@@ -108,6 +109,9 @@ class Runtime:
     #: configuration's C{sealingKeys} (L{ai_agent.sealing}); a reload
     #: changes its keys in place.
     sealer: Sealer = attrs.field(factory=lambda: Sealer.fromSecrets(()))
+    #: Scrubs the configured secrets from what is traced and logged (not
+    #: answered); its redactor is replaced on reload.
+    scrub: SecretScrub = attrs.field(factory=SecretScrub)
 
     def close(self) -> Deferred[None]:
         """
@@ -159,7 +163,10 @@ def buildRuntime(
     pool = WireAgent(reactor, endpoints, maxIdlePerHost=max(connections, 2), idleTimeout=120)
     http = UpstreamHTTPClient(pool)
     providers = ProviderSet(config, http, reactor)
-    mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
+    scrub = SecretScrub(Redactor.fromConfig(config))
+    mcp = McpManager(
+        config.mcpServers, reactor, http, environ, used=usedToolServers(registry), scrub=scrub
+    )
     tools = ToolBoxFactory(registry.byPath, mcp, subAgentLimiter=SubAgentLimiter(reactor))
     # Hidden turns of hybrid runs go to the run store when there is one (so
     # they outlive a restart and are shared by instances), else to memory.
@@ -168,6 +175,8 @@ def buildRuntime(
         providers, reactor, tools, pricing=config.pricing, turns=turns, observer=observer
     )
     tools.runner = runner
+    # Spans carrying messages and tool text scrub the secrets responses do.
+    observer.redactWith(scrub)
     return Runtime(
         config,
         registry,
@@ -179,6 +188,7 @@ def buildRuntime(
         tools,
         store,
         Sealer.fromSecrets(config.sealingKeys),
+        scrub,
     )
 
 

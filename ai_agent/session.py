@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ai_agent.accounting import CANCELLED, RunAccount, StreamMeter, estimateUsage
-from ai_agent.advice import noModelAnswered
+from ai_agent.advice import clientReason, noModelAnswered
 from ai_agent.agentfile import AgentSpec
 from ai_agent.clienttools import HiddenTurn, TurnStore, restoreConversation
 from ai_agent.config import Pricing
@@ -710,7 +710,7 @@ class _Turn:
                 model=model,
                 error=error.message,
             )
-            self.sink.note(Retrying(model, error.message, skipped=True))
+            self.sink.note(Retrying(model, clientReason(error), skipped=True, detail=error.message))
             return
         if retrying:
             self.scope.retrying(*splitModel(model))
@@ -723,7 +723,7 @@ class _Turn:
             error=error.message,
         )
         if retrying:
-            self.sink.note(Retrying(model, error.message))
+            self.sink.note(Retrying(model, clientReason(error), detail=error.message))
 
     def waiting(self, model: str, seconds: float) -> None:
         log.info(

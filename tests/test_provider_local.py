@@ -382,9 +382,7 @@ class EmbeddedModelTests(TestCase):
             answers.append(completion.choices[0].message.content)
         self.assertTrue(answers[0].strip())
         self.assertEqual(answers[0], answers[1])
-        self.assertIn(
-            "skipping openai/gpt-4o-mini: provider 'openai' needs", raw.http_response.text
-        )
+        self.assertIn("skipping openai/gpt-4o-mini: not configured", raw.http_response.text)
 
     async def test_streamNamesModel(self) -> None:
         """

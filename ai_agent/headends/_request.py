@@ -49,6 +49,15 @@ MAX_DEPTH = 64
 #: The most arrays and objects a body may hold (a chat request with every
 #: other limit reached holds a few tens of thousands).
 MAX_CONTAINERS = 100_000
+#: The most output tokens a request may ask for (C{max_tokens},
+#: C{max_completion_tokens}, C{max_output_tokens}): above any model's
+#: output limit, so a request past it is a mistake, not a model's limit.
+MAX_OUTPUT_TOKENS = 1_000_000
+#: The most stop sequences a Messages request may carry (Chat Completions
+#: allows 4, as OpenAI's).
+MAX_STOP_SEQUENCES = 16
+#: The most characters of one stop sequence.
+MAX_STOP_LENGTH = 1000
 #: Bodies at least this long are parsed off the reactor thread.
 OFF_REACTOR_THRESHOLD = 256 * 1024
 
@@ -148,8 +157,12 @@ def parseChatRequest(body: bytes) -> ChatRequest:
         maxParam = "max_tokens"
     else:
         maxParam = "max_completion_tokens"
-    if maxTokens is not None and maxTokens < 1:
-        raise invalidRequest(f"'{maxParam}' must be at least 1", maxParam, "invalid_value")
+    if maxTokens is not None and not 1 <= maxTokens <= MAX_OUTPUT_TOKENS:
+        raise invalidRequest(
+            f"'{maxParam}' must be between 1 and {MAX_OUTPUT_TOKENS}, got {_show(maxTokens)}",
+            maxParam,
+            "invalid_value",
+        )
     seed = _optional(data, "seed", int, None)
     stop = _parseStop(data.get("stop"))
     user = _optional(data, "user", str, None)
@@ -633,12 +646,22 @@ def _parseStop(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        if len(value) > 4:
-            raise invalidRequest("'stop' may hold at most 4 sequences", "stop", "invalid_value")
-        return tuple(value)
-    raise invalidRequest("'stop' must be a string or an array of strings", "stop", "invalid_type")
+        value = [value]
+    elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalidRequest(
+            "'stop' must be a string or an array of strings", "stop", "invalid_type"
+        )
+    elif len(value) > 4:
+        raise invalidRequest("'stop' may hold at most 4 sequences", "stop", "invalid_value")
+    for sequence in value:
+        if len(sequence) > MAX_STOP_LENGTH:
+            raise invalidRequest(
+                f"'stop' sequences may be at most {MAX_STOP_LENGTH} characters long,"
+                f" got {len(sequence)}",
+                "stop",
+                "invalid_value",
+            )
+    return tuple(value)
 
 
 def _parseMessages(value: Any) -> tuple[ChatMessage, ...]:
@@ -658,7 +681,36 @@ def _parseMessages(value: Any) -> tuple[ChatMessage, ...]:
             "messages",
             "array_above_max_length",
         )
-    return tuple(_parseMessage(item, f"messages[{index}]") for index, item in enumerate(value))
+    messages = tuple(_parseMessage(item, f"messages[{index}]") for index, item in enumerate(value))
+    _checkToolResults(messages)
+    return messages
+
+
+def _checkToolResults(messages: tuple[ChatMessage, ...]) -> None:
+    """
+    Refuse a C{tool} message that answers no tool call of the assistant
+    message before it (as OpenAI does): the provider would refuse the
+    conversation, and its 400 would reach the client as a 502.
+    """
+    calls: set[str] = set()
+    for index, message in enumerate(messages):
+        if message.role == "assistant":
+            calls = {call.id for call in message.toolCalls}
+        elif message.role == "tool" and message.toolCallId not in calls:
+            where = f"messages[{index}]"
+            if not calls:
+                raise invalidRequest(
+                    f"'{where}': messages with role 'tool' must be a response to a preceding"
+                    " message with 'tool_calls'",
+                    f"{where}.role",
+                    "invalid_value",
+                )
+            raise invalidRequest(
+                f"'{where}.tool_call_id' {_show(message.toolCallId)} is not one of the"
+                " 'tool_calls' of the assistant message before it",
+                f"{where}.tool_call_id",
+                "invalid_value",
+            )
 
 
 def _parseMessage(item: Any, where: str) -> ChatMessage:
@@ -796,6 +848,9 @@ __all__ = [
     "MAX_CONTAINERS",
     "MAX_DEPTH",
     "MAX_MESSAGES",
+    "MAX_OUTPUT_TOKENS",
+    "MAX_STOP_LENGTH",
+    "MAX_STOP_SEQUENCES",
     "MAX_TOOLS",
     "OFF_REACTOR_THRESHOLD",
     "parseChatRequest",

@@ -56,6 +56,7 @@ from ai_agent.headends._json import dumpsAny as _dumpsAny
 from ai_agent.headends._json import dumpsPlain as _dumpsPlain
 from ai_agent.headends._request import (
     MAX_MESSAGES,
+    MAX_OUTPUT_TOKENS,
     MAX_TOOLS,
     OFF_REACTOR_THRESHOLD,
     TOOL_NAME,
@@ -226,9 +227,12 @@ def parseResponsesRequest(body: bytes) -> ResponsesRequest:
     temperature = numberField(data, "temperature", 0.0, 2.0)
     topP = numberField(data, "top_p", 0.0, 1.0)
     maxTokens = optionalField(data, "max_output_tokens", int, None)
-    if maxTokens is not None and maxTokens < 1:
+    if maxTokens is not None and not 1 <= maxTokens <= MAX_OUTPUT_TOKENS:
         raise invalidRequest(
-            "'max_output_tokens' must be at least 1", "max_output_tokens", "invalid_value"
+            f"'max_output_tokens' must be between 1 and {MAX_OUTPUT_TOKENS},"
+            f" got {showValue(maxTokens)}",
+            "max_output_tokens",
+            "invalid_value",
         )
     tools, hosted = parseTools(data.get("tools"))
     toolChoice = parseToolChoice(_namespacedChoice(data.get("tool_choice")), tools, nested=False)
@@ -625,6 +629,28 @@ def _parseMetadata(value: Any) -> dict[str, str]:
                 "invalid_value",
             )
     return dict(value)
+
+
+def checkCallOutputs(history: Iterable[dict[str, Any]], items: list[dict[str, Any]]) -> None:
+    """
+    Refuse a C{function_call_output} in C{items} (the request's input,
+    resolved) whose C{call_id} no C{function_call} before it made, in the
+    input or in the chain of previous responses (C{history}): the provider
+    would refuse the conversation, and its 400 would reach the client as a
+    502.
+    """
+    calls = {item["call_id"] for item in history if item.get("type") == "function_call"}
+    for index, item in enumerate(items):
+        kind = item.get("type")
+        if kind == "function_call":
+            calls.add(item["call_id"])
+        elif kind == "function_call_output" and item["call_id"] not in calls:
+            raise invalidRequest(
+                f"No tool call found for function call output with call_id"
+                f" {shorten(item['call_id'])}.",
+                f"input[{index}].call_id",
+                "invalid_value",
+            )
 
 
 def conversation(items: Iterable[dict[str, Any]]) -> tuple[ChatMessage, ...]:
@@ -1195,6 +1221,7 @@ class ResponsesHeadend:
         if parsed.previousResponseId is not None:
             history = await self._history(principal, parsed.previousResponseId)
         items = await self._resolve(principal, parsed.items)
+        checkCallOutputs(history, items)
         labels = RunLabels(
             requestId=responseId,
             stream=parsed.stream,

@@ -9,7 +9,7 @@ its edge.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -204,6 +204,26 @@ class Provider(Protocol):
         ...
 
 
+@runtime_checkable
+class TokenCounter(Protocol):
+    """
+    A provider whose API counts a request's input tokens itself (Anthropic's
+    C{count_tokens}), for the Messages API's C{count_tokens} route.
+    """
+
+    def countTokens(self, request: LLMRequest) -> Deferred[int]:
+        """
+        The input tokens of C{request}'s system text, messages and tools.
+
+        @return: fires with the count, or fails with
+            L{ai_agent.errors.ProviderError} (under C{request}'s timeouts;
+            an answer past the provider's bound for a count is an
+            C{upstream_answer_too_large}); cancelling it closes the
+            upstream connection.
+        """
+        ...
+
+
 __all__ = [
     "CallbackSink",
     "ChatMessage",
@@ -212,5 +232,6 @@ __all__ = [
     "LLMResponse",
     "Provider",
     "ToolCall",
+    "TokenCounter",
     "ToolSpec",
 ]
