@@ -107,8 +107,8 @@ class StreamedNotesTests(TestCase):
 
     async def test_messagesThinking(self) -> None:
         """
-        On the Messages API the notes (a thinking block) are as neutral,
-        streamed and whole.
+        On the Messages API the notes (a thinking block, when the request
+        enables thinking) are as neutral, streamed and whole.
         """
         server, hostPort, _ = await self._server()
         for stream in (True, False):
@@ -116,7 +116,8 @@ class StreamedNotesTests(TestCase):
                 server.baseUrl + "/messages",
                 json={
                     "model": "agent",
-                    "max_tokens": 100,
+                    "max_tokens": 2000,
+                    "thinking": {"type": "enabled", "budget_tokens": 1024},
                     "messages": [{"role": "user", "content": "hi"}],
                     "stream": stream,
                 },
