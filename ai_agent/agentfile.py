@@ -47,6 +47,14 @@ class AgentSpec:
     @ivar agents: absolute paths of sub-agent files.
     @ivar reasoning: C{none}, C{minimal}, C{low}, C{medium} or C{high};
         L{None} leaves the provider's default.
+    @ivar topK: sample from the C{topK} most likely tokens (providers that
+        take C{top_k}); L{None} sends nothing.
+    @ivar repeatPenalty: llama.cpp's and vLLM's C{repeat_penalty}; L{None}
+        sends nothing.
+    @ivar reasoningTokens: the thinking budget in tokens where a provider
+        takes one (Anthropic's C{budget_tokens}); C{0} turns reasoning off
+        (and L{reasoning} is then C{none}); L{None} leaves the budget to
+        L{reasoning}.
     @ivar llmTimeout: longest upstream silence allowed, in seconds.
     @ivar toolTimeout: longest tool call allowed, in seconds.
     @ivar maxToolCallsPerTurn: the most tool calls of one model turn that
@@ -72,8 +80,11 @@ class AgentSpec:
     maxRetries: int = 3
     temperature: float | None = None
     topP: float | None = None
+    topK: int | None = None
+    repeatPenalty: float | None = None
     maxOutputTokens: int | None = None
     reasoning: str | None = None
+    reasoningTokens: int | None = None
     llmTimeout: float = 120.0
     toolTimeout: float = 60.0
     toolResponseMaxBytes: int = 12288
@@ -244,6 +255,49 @@ def _rangeNumber(low: float, high: float) -> Callable[[_Context, str, object], f
     return parse
 
 
+#: Values of a sampling key that mean "send nothing", as the TypeScript
+#: ai-agent reads them.
+_UNSET = ("none", "off", "unset", "default", "null")
+
+
+def _unsetOr(
+    parse: Callable[[_Context, str, object], Any],
+) -> Callable[[_Context, str, object], Any]:
+    """
+    C{parse}, except that YAML C{null} and the words of L{_UNSET} give
+    L{None} (the key is then not sent).
+    """
+
+    def parseOrUnset(ctx: _Context, key: str, value: object) -> Any:
+        # YAML reads an unquoted off (or no) as false.
+        if value is None or value is False:
+            return None
+        if isinstance(value, str) and value.strip().lower() in _UNSET:
+            return None
+        return parse(ctx, key, value)
+
+    return parseOrUnset
+
+
+def _reasoningTokens(ctx: _Context, key: str, value: object) -> int:
+    """
+    A thinking budget: a whole number of tokens (a number or a string of
+    digits), or C{0}, C{disabled}, C{off} or C{none} for no reasoning.
+    """
+    if value is False:
+        # YAML reads an unquoted off (or no) as false.
+        return 0
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("disabled", "off", "none"):
+            return 0
+        if word.isdigit():
+            return int(word)
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ctx.fail(key, "must be a whole number of tokens, or 0, disabled, off or none", value)
+
+
 def _boolean(ctx: _Context, key: str, value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -351,8 +405,11 @@ _KEYS: Mapping[str, Callable[[_Context, str, Any], object]] = {
     "maxRetries": _positiveInt,
     "temperature": _rangeNumber(0, 2),
     "topP": _rangeNumber(0, 1),
+    "topK": _unsetOr(_positiveInt),
+    "repeatPenalty": _unsetOr(_rangeNumber(0, 2)),
     "maxOutputTokens": _positiveInt,
     "reasoning": _reasoning,
+    "reasoningTokens": _reasoningTokens,
     "llmTimeout": _duration,
     "toolTimeout": _duration,
     "toolResponseMaxBytes": _positiveInt,
@@ -441,6 +498,19 @@ def _plainYAML(problem: str) -> str:
     return problem
 
 
+def _reasoningProblems(values: dict[str, Any]) -> list[str]:
+    """
+    Reconcile C{reasoning} and C{reasoningTokens}: a budget of C{0} turns
+    reasoning off; a budget with C{reasoning: none} contradicts itself.
+    """
+    budget = values.get("reasoningTokens")
+    if budget == 0:
+        values["reasoning"] = "none"
+    elif budget is not None and values.get("reasoning") == "none":
+        return [f"'reasoningTokens' {budget} contradicts 'reasoning' none (remove one of them)"]
+    return []
+
+
 def parseAgent(text: str, path: str) -> AgentSpec:
     """
     Parse the text of an agent file.
@@ -484,6 +554,7 @@ def parseAgent(text: str, path: str) -> AgentSpec:
             problems.append(str(error).removeprefix(f"{path}: "))
     if "models" not in values and "models" not in invalid:
         problems.append("'models' is required (one 'provider/model' or a list of them)")
+    problems.extend(_reasoningProblems(values))
     if problems:
         raise ConfigurationError(f"{path}: " + "; ".join(problems))
     name = values.get("toolName") or _AI_SUFFIX.sub("", os.path.basename(path)) or "agent"

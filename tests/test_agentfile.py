@@ -4,12 +4,16 @@ Tests for L{ai_agent.agentfile}.
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from ai_agent.agentfile import AgentSpec, OutputSpec, loadAgent, parseAgent, parseDuration
+from ai_agent.config import loadConfig
 from ai_agent.errors import ConfigurationError
+from ai_agent.registry import loadRegistry
 
 PATH = "agents/chat.ai"
 
@@ -494,3 +498,132 @@ class CachingTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError) as caught:
             agent("models: a/b\ncaching: sometimes")
         self.assertIn("'caching'", str(caught.exception))
+
+
+class SamplingKeyTests(SynchronousTestCase):
+    """
+    C{topK}, C{repeatPenalty} and C{reasoningTokens}: parsed as the
+    TypeScript ai-agent reads them.
+    """
+
+    def test_values(self) -> None:
+        """
+        Numbers are kept; a budget may be a string of digits.
+        """
+        spec = agent("models: a/b\ntopK: 40\nrepeatPenalty: 1.1\nreasoningTokens: '16000'")
+        self.assertEqual((spec.topK, spec.repeatPenalty, spec.reasoningTokens), (40, 1.1, 16000))
+        self.assertEqual(spec.reasoning, None)
+        plain = agent("models: a/b")
+        self.assertEqual((plain.topK, plain.repeatPenalty, plain.reasoningTokens), (None,) * 3)
+
+    def test_unsetWords(self) -> None:
+        """
+        C{null}, C{none}, C{off}, C{unset} and C{default} leave C{topK} and
+        C{repeatPenalty} unsent.
+        """
+        for word in ("null", "none", "off", "unset", "default", "~"):
+            spec = agent(f"models: a/b\ntopK: {word}\nrepeatPenalty: {word}")
+            self.assertEqual((spec.topK, spec.repeatPenalty), (None, None), word)
+
+    def test_budgetOffTurnsReasoningOff(self) -> None:
+        """
+        A budget of C{0} (or C{disabled}, C{off}, C{none}) turns reasoning
+        off, whatever C{reasoning} says.
+        """
+        for word in ("0", "disabled", "off", "none"):
+            spec = agent(f"models: a/b\nreasoning: high\nreasoningTokens: {word}")
+            self.assertEqual((spec.reasoningTokens, spec.reasoning), (0, "none"), word)
+
+    def test_errors(self) -> None:
+        """
+        Values of the wrong kind are refused, each naming the key; a budget
+        with C{reasoning: none} contradicts itself.
+        """
+        cases = {
+            "topK: 0": "'topK' must be an integer >= 1, got 0",
+            "topK: 2.5": "'topK' must be an integer >= 1, got 2.5",
+            "repeatPenalty: 3": "'repeatPenalty' must be a number from 0 to 2, got 3",
+            "repeatPenalty: lots": "'repeatPenalty' must be a number from 0 to 2, got 'lots'",
+            "reasoningTokens: -5": "'reasoningTokens' must be a whole number of tokens,"
+            " or 0, disabled, off or none, got -5",
+            "reasoningTokens: many": "'reasoningTokens' must be a whole number of tokens,"
+            " or 0, disabled, off or none, got 'many'",
+            "reasoning: none\nreasoningTokens: 2048": "'reasoningTokens' 2048 contradicts"
+            " 'reasoning' none (remove one of them)",
+        }
+        for lines, message in cases.items():
+            with self.assertRaises(ConfigurationError) as caught:
+                agent(f"models: a/b\n{lines}")
+            self.assertEqual(str(caught.exception), f"{PATH}: {message}", lines)
+
+
+class SamplingSupportTests(SynchronousTestCase):
+    """
+    An agent whose models include a provider that cannot send one of its
+    sampling keys is refused at load, naming the key, the file and the
+    provider.
+    """
+
+    def load(self, frontmatter: str, providers: dict[str, Any]) -> Any:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            json.dump({"providers": providers}, f)
+        path = os.path.join(directory, "a.ai")
+        with open(path, "w") as f:
+            f.write(f"---\n{frontmatter}\n---\nHi.\n")
+        config = loadConfig(
+            configFile="config.json", cwd=directory, agentDirs=[], home=None, environ={}
+        )
+        return loadRegistry([path], config), path
+
+    PROVIDERS = {
+        "vllm": {"type": "openai", "baseUrl": "http://127.0.0.1:9/v1"},
+        "claude": {"type": "anthropic", "baseUrl": "http://127.0.0.1:9"},
+        "oai": {"type": "openai", "baseUrl": "https://api.openai.com/v1"},
+        "llama": {"type": "local"},
+    }
+
+    def test_accepted(self) -> None:
+        """
+        Keys every model's provider can send load: C{topK} on Anthropic,
+        OpenAI-compatible servers and the local engine; C{repeatPenalty}
+        on OpenAI-compatible servers and the local engine; a budget on
+        Anthropic; a budget of 0 anywhere.
+        """
+        for frontmatter in (
+            "models: [claude/c, vllm/m, llama/smollm2]\ntopK: 20",
+            "models: [vllm/m, llama/smollm2]\nrepeatPenalty: 1.2",
+            "models: claude/c\nreasoningTokens: 4096",
+            "models: [oai/gpt, ollama/x]\nreasoningTokens: 0",
+        ):
+            registry, path = self.load(frontmatter, self.PROVIDERS)
+            self.assertIn(os.path.abspath(path), registry.byPath, frontmatter)
+
+    def test_refused(self) -> None:
+        """
+        One model whose provider lacks the key refuses the file, fallbacks
+        included.
+        """
+        cases = {
+            "models: [vllm/m, oai/gpt-4o]\ntopK: 20": "'topK' cannot be sent to model"
+            " 'oai/gpt-4o': provider 'oai' (OpenAI's own API) has no top_k;"
+            " remove the key or that model",
+            "models: [claude/c]\nrepeatPenalty: 1.1": "'repeatPenalty' cannot be sent to model"
+            " 'claude/c': provider 'claude' (the anthropic provider type) has no"
+            " repeat_penalty; remove the key or that model",
+            "models: ollama/llama3\ntopK: 20": "'topK' cannot be sent to model 'ollama/llama3':"
+            " provider 'ollama' (the ollama provider type) has no top_k;"
+            " remove the key or that model",
+            "models: [claude/c, vllm/m]\nreasoningTokens: 2048": "'reasoningTokens' cannot be"
+            " sent to model 'vllm/m': provider 'vllm' (an OpenAI-compatible server) has no"
+            " thinking budget; remove the key or that model",
+            "models: claude/c\nreasoningTokens: 500": "'reasoningTokens' must be at least 1024"
+            " for model 'claude/c' of provider 'claude' (Anthropic's smallest thinking"
+            " budget), got 500",
+        }
+        for frontmatter, message in cases.items():
+            with self.assertRaises(ConfigurationError) as caught:
+                self.load(frontmatter, self.PROVIDERS)
+            text = str(caught.exception)
+            self.assertTrue(text.endswith(f"a.ai: {message}"), text)
