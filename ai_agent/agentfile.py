@@ -19,6 +19,8 @@ from typing import Any
 
 import attrs
 import yaml
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import Draft202012Validator, validator_for
 
 from ai_agent.advice import didYouMean
 from ai_agent.errors import ConfigurationError
@@ -33,6 +35,108 @@ class OutputSpec:
 
     format: str = "markdown"
     schema: Mapping[str, Any] | None = None
+
+
+PROMPT_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {
+        "prompt": {
+            "type": "string",
+            "description": "The complete request for the sub-agent: it sees nothing else.",
+        }
+    },
+    "required": ["prompt"],
+    "additionalProperties": False,
+}
+"""
+What callers send an agent that declares no structured C{input}: one
+C{prompt} string.
+"""
+
+INPUT_FORMATS = ("text", "json")
+
+#: The most validation problems named in one error.
+_MAX_INPUT_PROBLEMS = 5
+
+
+class InvalidInput(ValueError):
+    """
+    Arguments that do not satisfy an agent's C{input}; the message names
+    each field at fault.
+    """
+
+
+@attrs.frozen
+class InputSpec:
+    """
+    The agent's declared input, as a caller (a parent agent, an MCP or A2A
+    client) must send it: C{format} C{text} (one C{prompt} string) or
+    C{json} with a JSON Schema of an object, whose arguments, validated,
+    become the run's user message as compact JSON.
+
+    @ivar schema: the JSON Schema (C{json} only; L{None} means the
+        C{prompt} schema).
+    """
+
+    format: str = "text"
+    schema: Mapping[str, Any] | None = None
+    _validator: Any = attrs.field(init=False, default=None, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.schema is not None:
+            cls = validator_for(self.schema, default=Draft202012Validator)
+            object.__setattr__(self, "_validator", cls(self.schema))
+
+    @property
+    def structured(self) -> bool:
+        """
+        Whether callers send the schema's fields rather than a C{prompt}.
+        """
+        return self.format == "json" and self.schema is not None
+
+    def callerSchema(self) -> Mapping[str, Any]:
+        """
+        The JSON Schema of what callers send.
+        """
+        if self.structured:
+            assert self.schema is not None
+            return self.schema
+        return PROMPT_SCHEMA
+
+    def userMessage(self, arguments: Mapping[str, Any]) -> str:
+        """
+        The run's user message for a caller's C{arguments}: the C{prompt}
+        string, or for structured input the arguments as compact JSON
+        (as the TypeScript ai-agent sends them).
+
+        @raise InvalidInput: naming the fields at fault.
+        """
+        if not self.structured:
+            prompt = arguments.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InvalidInput("needs a 'prompt' string that is not empty")
+            return prompt
+        problems = sorted(
+            self._validator.iter_errors(dict(arguments)), key=lambda e: list(e.absolute_path)
+        )
+        if problems:
+            named = [_inputProblem(problem) for problem in problems[:_MAX_INPUT_PROBLEMS]]
+            if len(problems) > _MAX_INPUT_PROBLEMS:
+                named.append(f"and {len(problems) - _MAX_INPUT_PROBLEMS} more")
+            raise InvalidInput("was called with invalid arguments: " + "; ".join(named))
+        return json.dumps(dict(arguments), ensure_ascii=False, separators=(",", ":"))
+
+
+def _inputProblem(error: Any) -> str:
+    """
+    One validation error: the field's path, then jsonschema's words (cut,
+    since they quote the value the caller sent).
+    """
+    message = str(error.message)
+    if len(message) > 200:
+        message = message[:197] + "..."
+    path = ".".join(str(part) for part in error.absolute_path)
+    return f"{path}: {message}" if path else message
 
 
 @attrs.frozen
@@ -62,6 +166,7 @@ class AgentSpec:
     @ivar maxConcurrentTools: the most tool and sub-agent calls of one run
         in flight at once.
     @ivar prompt: the system prompt (the body).
+    @ivar input: what callers send when running the agent as a tool.
     @ivar clientTools: whether the tools a client sends with its request are
         shown to the model and handed back when called (L{False}: ignored,
         for agents behind chat UIs that always send tools).
@@ -93,6 +198,15 @@ class AgentSpec:
     caching: bool = True
     output: OutputSpec = OutputSpec()
     clientTools: bool = True
+    input: InputSpec = InputSpec()
+
+    def inputSchema(self) -> Mapping[str, Any]:
+        """
+        The JSON Schema of what a caller sends to run this agent as a tool
+        (a sub-agent, the MCP and A2A faces): its C{input} schema, or
+        C{{"prompt": string}}.
+        """
+        return self.input.callerSchema()
 
 
 RESERVED_TOOL_NAMES = frozenset({"final_report", "task_status", "batch", "tool_output"})
@@ -394,6 +508,81 @@ def _output(ctx: _Context, key: str, value: object) -> OutputSpec:
     return OutputSpec(format=outputFormat, schema=schema)
 
 
+def _schemaFile(ctx: _Context, key: str, value: object) -> object:
+    """
+    The contents of a schema file (JSON or YAML) named relative to the
+    agent file.
+    """
+    reference = _string(ctx, key, value)
+    path = os.path.normpath(os.path.join(ctx.directory, reference))
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or "not readable UTF-8 text"
+        raise ConfigurationError(f"{ctx.path}: {key!r} names {path}: {why}") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError:
+        raise ConfigurationError(
+            f"{ctx.path}: {key!r} names {path}, which is not JSON or YAML"
+        ) from None
+
+
+def _input(ctx: _Context, key: str, value: object) -> InputSpec:
+    """
+    C{input}: C{format} (C{text} or C{json}) and, for C{json}, C{schema}
+    (a mapping, or a string of JSON or YAML) or C{schemaRef} (a file).  The
+    schema must be a valid JSON Schema describing an object.
+    """
+    if not isinstance(value, dict):
+        raise ctx.fail(key, "must be a mapping with 'format' and 'schema' or 'schemaRef'", value)
+    for inner in value:
+        if inner not in ("format", "schema", "schemaRef"):
+            raise ConfigurationError(
+                f"{ctx.path}: unknown key {inner!r} in 'input' (allowed: format, schema,"
+                " schemaRef)" + didYouMean(str(inner), ("format", "schema", "schemaRef"))
+            )
+    if "schema" in value and "schemaRef" in value:
+        raise ConfigurationError(f"{ctx.path}: 'input' takes 'schema' or 'schemaRef', not both")
+    schema: Mapping[str, Any] | None = None
+    if "schema" in value:
+        schema = _schema(ctx, "input.schema", value["schema"])
+    elif "schemaRef" in value:
+        loaded = _schemaFile(ctx, "input.schemaRef", value["schemaRef"])
+        if not isinstance(loaded, dict):
+            raise ctx.fail("input.schemaRef", "must name a JSON Schema object", loaded)
+        schema = loaded
+    inputFormat = value.get("format", "json" if schema is not None else "text")
+    if not isinstance(inputFormat, str) or inputFormat.lower() not in INPUT_FORMATS:
+        raise ctx.fail("input.format", f"must be one of {', '.join(INPUT_FORMATS)}", inputFormat)
+    inputFormat = inputFormat.lower()
+    if inputFormat == "text":
+        if schema is not None:
+            raise ConfigurationError(
+                f"{ctx.path}: 'input.schema' needs 'input.format' json"
+                " (a text input is one 'prompt' string)"
+            )
+        return InputSpec()
+    if schema is None:
+        return InputSpec(format="json")
+    try:
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+    except SchemaError as error:
+        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+        raise ConfigurationError(
+            f"{ctx.path}: 'input.schema' is not a valid JSON Schema (at {where}:"
+            f" {error.message})"
+        ) from None
+    schemaType = schema.get("type", "object" if "properties" in schema else None)
+    if schemaType != "object":
+        raise ConfigurationError(
+            f"{ctx.path}: 'input.schema' must describe an object (type: object): callers send"
+            " a tool call's arguments, which are a JSON object"
+        )
+    return InputSpec(format="json", schema=schema)
+
+
 _KEYS: Mapping[str, Callable[[_Context, str, Any], object]] = {
     "description": _string,
     "usage": _string,
@@ -416,6 +605,7 @@ _KEYS: Mapping[str, Callable[[_Context, str, Any], object]] = {
     "maxToolCallsPerTurn": _positiveInt,
     "maxConcurrentTools": _positiveInt,
     "output": _output,
+    "input": _input,
     "caching": _caching,
     "clientTools": _boolean,
 }
@@ -581,7 +771,10 @@ def loadAgent(path: str) -> AgentSpec:
 
 
 __all__ = [
+    "PROMPT_SCHEMA",
     "AgentSpec",
+    "InputSpec",
+    "InvalidInput",
     "OutputSpec",
     "loadAgent",
     "parseAgent",

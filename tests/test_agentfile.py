@@ -10,7 +10,16 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ai_agent.agentfile import AgentSpec, OutputSpec, loadAgent, parseAgent, parseDuration
+from ai_agent.agentfile import (
+    PROMPT_SCHEMA,
+    AgentSpec,
+    InputSpec,
+    InvalidInput,
+    OutputSpec,
+    loadAgent,
+    parseAgent,
+    parseDuration,
+)
 from ai_agent.config import loadConfig
 from ai_agent.errors import ConfigurationError
 from ai_agent.registry import loadRegistry
@@ -627,3 +636,99 @@ class SamplingSupportTests(SynchronousTestCase):
                 self.load(frontmatter, self.PROVIDERS)
             text = str(caught.exception)
             self.assertTrue(text.endswith(f"a.ai: {message}"), text)
+
+
+class InputTests(SynchronousTestCase):
+    """
+    C{input}: what callers send when they run the agent as a tool.
+    """
+
+    SCHEMA = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+
+    def test_default(self) -> None:
+        """
+        Without C{input}, or with C{format: text}, or C{json} without a
+        schema, callers send C{{"prompt": string}}.
+        """
+        for lines in ("", "input: {format: text}", "input: {format: json}"):
+            spec = agent(f"models: a/b\n{lines}")
+            self.assertEqual(spec.inputSchema(), PROMPT_SCHEMA, lines)
+            self.assertEqual(spec.input.userMessage({"prompt": "hi"}), "hi")
+
+    def test_inlineSchema(self) -> None:
+        """
+        An inline schema (a mapping, or JSON or YAML text) is what callers
+        send; C{format} defaults to json when a schema is given.
+        """
+        for lines in (
+            "input:\n  format: json\n  schema:\n    type: object\n    properties:\n"
+            "      q: {type: string}\n    required: [q]",
+            "input:\n  schema: '" + json.dumps(self.SCHEMA) + "'",
+            "input:\n  format: JSON\n  schema: |\n    type: object\n    properties:\n"
+            "      q: {type: string}\n    required: [q]",
+        ):
+            spec = agent(f"models: a/b\n{lines}")
+            self.assertEqual(spec.input, InputSpec("json", self.SCHEMA), lines)
+            self.assertEqual(spec.inputSchema(), self.SCHEMA)
+
+    def test_schemaRef(self) -> None:
+        """
+        C{schemaRef} names a JSON or YAML file relative to the agent file.
+        """
+        directory = self.mktemp()
+        os.makedirs(os.path.join(directory, "schemas"))
+        with open(os.path.join(directory, "schemas", "in.yaml"), "w") as f:
+            f.write("type: object\nproperties:\n  q: {type: string}\nrequired: [q]\n")
+        path = os.path.join(directory, "a.ai")
+        spec = agent("models: a/b\ninput:\n  format: json\n  schemaRef: schemas/in.yaml", path=path)
+        self.assertEqual(spec.inputSchema(), self.SCHEMA)
+
+    def test_userMessage(self) -> None:
+        """
+        Valid structured arguments become compact JSON, non-ASCII kept;
+        invalid ones raise L{InvalidInput} naming each field.
+        """
+        spec = InputSpec(
+            "json",
+            {
+                "type": "object",
+                "properties": {"q": {"type": "string"}, "n": {"type": "integer", "minimum": 1}},
+                "required": ["q"],
+            },
+        )
+        self.assertEqual(spec.userMessage({"q": "naïve", "n": 2}), '{"q":"naïve","n":2}')
+        with self.assertRaises(InvalidInput) as caught:
+            spec.userMessage({"n": 0})
+        self.assertEqual(
+            str(caught.exception),
+            "was called with invalid arguments: 'q' is a required property;"
+            " n: 0 is less than the minimum of 1",
+        )
+
+    def test_errors(self) -> None:
+        """
+        A schema that is not valid JSON Schema, that does not describe an
+        object, a schema with a text format, an unknown inner key, and a
+        missing schema file are refused at load, naming the file.
+        """
+        cases = {
+            "input: {schema: {type: object, required: 5}}": "'input.schema' is not a valid JSON"
+            " Schema (at required: 5 is not of type 'array')",
+            "input: {schema: {type: string}}": "'input.schema' must describe an object (type:"
+            " object): callers send a tool call's arguments, which are a JSON object",
+            "input: {format: text, schema: {type: object}}": "'input.schema' needs 'input.format'"
+            " json (a text input is one 'prompt' string)",
+            "input: {format: xml}": "'input.format' must be one of text, json, got 'xml'",
+            "input: {shema: {}}": "unknown key 'shema' in 'input' (allowed: format, schema,"
+            " schemaRef); did you mean 'schema'?",
+            "input: [a]": "'input' must be a mapping with 'format' and 'schema' or 'schemaRef',"
+            " got a list",
+        }
+        for lines, message in cases.items():
+            with self.assertRaises(ConfigurationError) as caught:
+                agent(f"models: a/b\n{lines}")
+            self.assertEqual(str(caught.exception), f"{PATH}: {message}", lines)
+        with self.assertRaises(ConfigurationError) as caught:
+            agent("models: a/b\ninput: {schemaRef: nowhere.json}")
+        self.assertIn("'input.schemaRef' names", str(caught.exception))
+        self.assertIn("nowhere.json: No such file or directory", str(caught.exception))
