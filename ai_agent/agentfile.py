@@ -59,7 +59,7 @@ INPUT_FORMATS = ("text", "json")
 _MAX_INPUT_PROBLEMS = 5
 
 
-class InvalidInput(ValueError):
+class InvalidInputError(ValueError):
     """
     Arguments that do not satisfy an agent's C{input}; the message names
     each field at fault.
@@ -109,12 +109,12 @@ class InputSpec:
         string, or for structured input the arguments as compact JSON
         (as the TypeScript ai-agent sends them).
 
-        @raise InvalidInput: naming the fields at fault.
+        @raise InvalidInputError: naming the fields at fault.
         """
         if not self.structured:
             prompt = arguments.get("prompt")
             if not isinstance(prompt, str) or not prompt.strip():
-                raise InvalidInput("needs a 'prompt' string that is not empty")
+                raise InvalidInputError("needs a 'prompt' string that is not empty")
             return prompt
         problems = sorted(
             self._validator.iter_errors(dict(arguments)), key=lambda e: list(e.absolute_path)
@@ -123,7 +123,7 @@ class InputSpec:
             named = [_inputProblem(problem) for problem in problems[:_MAX_INPUT_PROBLEMS]]
             if len(problems) > _MAX_INPUT_PROBLEMS:
                 named.append(f"and {len(problems) - _MAX_INPUT_PROBLEMS} more")
-            raise InvalidInput("was called with invalid arguments: " + "; ".join(named))
+            raise InvalidInputError("was called with invalid arguments: " + "; ".join(named))
         return json.dumps(dict(arguments), ensure_ascii=False, separators=(",", ":"))
 
 
@@ -571,8 +571,7 @@ def _input(ctx: _Context, key: str, value: object) -> InputSpec:
     except SchemaError as error:
         where = "/".join(str(part) for part in error.absolute_path) or "the top level"
         raise ConfigurationError(
-            f"{ctx.path}: 'input.schema' is not a valid JSON Schema (at {where}:"
-            f" {error.message})"
+            f"{ctx.path}: 'input.schema' is not a valid JSON Schema (at {where}: {error.message})"
         ) from None
     schemaType = schema.get("type", "object" if "properties" in schema else None)
     if schemaType != "object":
@@ -774,7 +773,7 @@ __all__ = [
     "PROMPT_SCHEMA",
     "AgentSpec",
     "InputSpec",
-    "InvalidInput",
+    "InvalidInputError",
     "OutputSpec",
     "loadAgent",
     "parseAgent",

@@ -14,7 +14,7 @@ from ai_agent.agentfile import (
     PROMPT_SCHEMA,
     AgentSpec,
     InputSpec,
-    InvalidInput,
+    InvalidInputError,
     OutputSpec,
     loadAgent,
     parseAgent,
@@ -686,7 +686,7 @@ class InputTests(SynchronousTestCase):
     def test_userMessage(self) -> None:
         """
         Valid structured arguments become compact JSON, non-ASCII kept;
-        invalid ones raise L{InvalidInput} naming each field.
+        invalid ones raise L{InvalidInputError} naming each field.
         """
         spec = InputSpec(
             "json",
@@ -697,7 +697,7 @@ class InputTests(SynchronousTestCase):
             },
         )
         self.assertEqual(spec.userMessage({"q": "naïve", "n": 2}), '{"q":"naïve","n":2}')
-        with self.assertRaises(InvalidInput) as caught:
+        with self.assertRaises(InvalidInputError) as caught:
             spec.userMessage({"n": 0})
         self.assertEqual(
             str(caught.exception),

@@ -21,7 +21,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
-from ai_agent.agentfile import PROMPT_SCHEMA, AgentSpec, InvalidInput
+from ai_agent.agentfile import PROMPT_SCHEMA, AgentSpec, InvalidInputError
 from ai_agent.errors import AgentError
 from ai_agent.events import (
     PROGRESS_TYPES,
@@ -145,7 +145,7 @@ class SubAgentTool:
         """
         try:
             prompt = self.spec.input.userMessage(arguments)
-        except InvalidInput as error:
+        except InvalidInputError as error:
             return fail(AgentError(f"{self.name} {error}"))
         nested = NestedSink(self.name, sink)
         request = RunRequest((ChatMessage("user", prompt),))
