@@ -147,7 +147,9 @@ class AgentSpec:
     @ivar path: the absolute path of the file.
     @ivar name: C{toolName} if set, else the file name without C{.ai}.
     @ivar models: C{provider/model} strings in fallback order.
-    @ivar tools: MCP server names from the config's C{mcpServers}.
+    @ivar tools: names from the config's C{mcpServers} and C{restTools},
+        and C{openapi:<name>} for every operation of an C{openapiSpecs}
+        document.
     @ivar agents: absolute paths of sub-agent files.
     @ivar reasoning: C{none}, C{minimal}, C{low}, C{medium} or C{high};
         L{None} leaves the provider's default.
@@ -339,9 +341,12 @@ def _models(ctx: _Context, key: str, value: object) -> tuple[str, ...]:
 def _tools(ctx: _Context, key: str, value: object) -> tuple[str, ...]:
     tools = _names(ctx, key, value)
     for tool in tools:
-        if not _NAME.fullmatch(tool):
+        if not _NAME.fullmatch(tool.removeprefix("openapi:")):
             raise ctx.fail(
-                key, "entries must be MCP server names (letters, digits, '_', '-')", tool
+                key,
+                "entries must be MCP server or REST tool names (letters, digits, '_', '-'),"
+                " or openapi:<document>",
+                tool,
             )
     return tools
 

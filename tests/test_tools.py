@@ -453,8 +453,8 @@ class LoadingTests(TestCase):
             buildRuntime(reactor, [path], configFile=config, cwd=self.folder, environ={})
         self.assertEqual(
             str(caught.exception),
-            f"{path}: 'tools' names MCP server 'nope', which is not configured in mcpServers"
-            " (configured: calc)",
+            f"{path}: 'tools' names 'nope', which is neither an MCP server (configured: calc)"
+            " nor a REST tool (configured: none)",
         )
 
     def test_sameSubAgentNames(self) -> None:
