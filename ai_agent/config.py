@@ -73,6 +73,13 @@ class McpServerConfig:
     missingVariables: tuple[str, ...] = ()
 
 
+#: The most bytes of a REST answer read, unless a tool sets its own.
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+#: The HTTP methods an OpenAPI document's operations are imported for.
+OPENAPI_METHODS = ("get", "post", "put", "patch", "delete")
+
+
 @attrs.frozen
 class RestStreaming:
     """
@@ -125,7 +132,7 @@ class RestToolConfig:
     complexQuery: bool = False
     streaming: RestStreaming | None = None
     timeout: float | None = None
-    maxResponseBytes: int = 8 * 1024 * 1024
+    maxResponseBytes: int = DEFAULT_MAX_RESPONSE_BYTES
     missingVariables: tuple[str, ...] = ()
     source: str = ""
 
@@ -148,10 +155,10 @@ class OpenApiSpecConfig:
     spec: str
     baseUrl: str | None = None
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
-    includeMethods: tuple[str, ...] = ("get", "post", "put", "patch", "delete")
+    includeMethods: tuple[str, ...] = OPENAPI_METHODS
     tagFilter: tuple[str, ...] = ()
     timeout: float | None = None
-    maxResponseBytes: int = 8 * 1024 * 1024
+    maxResponseBytes: int = DEFAULT_MAX_RESPONSE_BYTES
     missingVariables: tuple[str, ...] = ()
     source: str = ""
 
@@ -1095,7 +1102,7 @@ def _restTool(name: str, entry: Mapping[str, Any], source: str) -> RestToolConfi
         complexQuery=complexQuery,
         streaming=streaming,
         timeout=timeout,
-        maxResponseBytes=entry.get("maxResponseBytes") or RestToolConfig.maxResponseBytes,
+        maxResponseBytes=entry.get("maxResponseBytes") or DEFAULT_MAX_RESPONSE_BYTES,
         missingVariables=missing,
         source=source,
     )
@@ -1130,10 +1137,10 @@ def _openApiSpec(name: str, entry: Mapping[str, Any], source: str) -> OpenApiSpe
         spec=os.path.normpath(os.path.join(base, spec)),
         baseUrl=baseUrl.rstrip("/") if baseUrl else None,
         headers=_stringMap(entry.get("headers")),
-        includeMethods=methods or OpenApiSpecConfig.includeMethods,
+        includeMethods=methods or OPENAPI_METHODS,
         tagFilter=tuple(entry.get("tagFilter") or ()),
         timeout=_seconds(entry),
-        maxResponseBytes=entry.get("maxResponseBytes") or OpenApiSpecConfig.maxResponseBytes,
+        maxResponseBytes=entry.get("maxResponseBytes") or DEFAULT_MAX_RESPONSE_BYTES,
         missingVariables=_missingIn(entry),
         source=source,
     )
