@@ -662,3 +662,76 @@ class EndToEndTests(TestCase):
         self.assertEqual(tools[0], "error: rest__hang did not answer within 0.3 s")
         self.assertTrue(tools[1].endswith("only the first 100 are shown]"), tools[1])
         self.assertEqual(len(tools[1].split("\n")[0].encode()), 100)
+
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "parity")
+
+
+class ParityExamplesTests(TestCase):
+    """
+    The agent files of C{tests/fixtures/parity}, written as for the
+    TypeScript ai-agent (a sub-agent with an C{input} schema file, REST and
+    OpenAPI tools, sampling keys), load and run here.
+    """
+
+    async def test_planner(self) -> None:
+        """
+        The planner calls its REST tool, an imported OpenAPI operation and
+        its structured sub-agent in one turn; each reaches its target with
+        the configured secrets, the sub-agent's model gets the arguments as
+        JSON and its own C{topK} and C{repeatPenalty}, and no secret is in
+        the run's events.
+        """
+        from ai_agent.events import ContentDelta
+        from ai_agent.providers import ChatMessage
+        from ai_agent.request import RunRequest
+        from ai_agent.runtime import buildRuntime
+        from ai_agent.testing import startFakeUpstream
+
+        api, base = await startApi(self)
+        upstream = await startFakeUpstream(reactor)
+        self.addCleanup(upstream.stop)
+        home = os.path.abspath(self.mktemp())
+        environ = {
+            "HOME": home,
+            "FAKE_URL": upstream.baseUrl,
+            "FAKE_KEY": "sk-fake-0123456789",
+            "API_URL": base,
+            "GEO_TOKEN": SECRET,
+            "PETS_KEY": "pets-key-0123456789",
+        }
+        planner = os.path.join(FIXTURES, "planner.ai")
+        runtime = buildRuntime(reactor, [planner], cwd=FIXTURES, environ=environ)
+        self.addCleanup(runtime.close)
+        upstream.upstream.script(
+            Reply(
+                toolCalls=[
+                    ("rest__geocode", {"place": "Oslo"}),
+                    ("rest__pets_getPet", {"petId": "7"}),
+                    ("agent__weather", {"city": "Oslo", "days": 2}),
+                ]
+            ),
+            Reply(content="Sunny"),
+            Reply(content="Go."),
+        )
+        events: list[Any] = []
+        spec = runtime.registry.byPath[planner]
+        await runtime.runner.run(spec, RunRequest((ChatMessage("user", "Oslo?"),)), events.append)
+        self.assertEqual("".join(e.text for e in events if isinstance(e, ContentDelta)), "Go.")
+        first, child, last = (r.body for r in upstream.upstream.requests)
+        offered = {t["function"]["name"]: t["function"] for t in first["tools"]}
+        self.assertEqual(sorted(offered), ["agent__weather", "rest__geocode", "rest__pets_getPet"])
+        self.assertEqual(offered["agent__weather"]["parameters"]["required"], ["city"])
+        self.assertEqual((first["top_k"], first.get("repeat_penalty")), (20, None))
+        self.assertEqual(
+            child["messages"][-1], {"role": "user", "content": '{"city":"Oslo","days":2}'}
+        )
+        self.assertEqual((child["top_k"], child["repeat_penalty"]), (40, 1.1))
+        requests = {r.uri: r for r in api.requests}
+        self.assertEqual(requests["/geocode?q=Oslo"].headers["authorization"], f"Bearer {SECRET}")
+        self.assertEqual(requests["/pets/7"].headers["x-api-key"], "pets-key-0123456789")
+        tools = [m["content"] for m in last["messages"] if m["role"] == "tool"]
+        self.assertEqual(json.loads(tools[0])["authorization"], "[redacted]")
+        self.assertEqual(tools[2], "Sunny")
+        self.assertNotIn(SECRET, repr(events))
+        self.assertNotIn("pets-key-0123456789", repr(events))
