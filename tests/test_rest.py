@@ -54,6 +54,7 @@ class FakeApi(Resource):
       - C{/hang}: never answers; L{hanging} fires when it arrives, L{lost}
         when the client goes;
       - C{/fail}: HTTP 500, echoing the C{Authorization} header;
+      - C{/moved}: a redirect to another host;
       - C{/stream}: JSON lines, a C{done} line, then more lines;
       - anything else: HTTP 200 with a JSON echo of the request.
     """
@@ -82,6 +83,9 @@ class FakeApi(Resource):
             request.notifyFinish().addErrback(lambda _: self.lost.callback(None))
             self.hanging.callback(None)
             return NOT_DONE_YET
+        if path == "/moved":
+            request.redirect(b"http://other.example/secret-sink")
+            return b""
         if path == "/fail":
             request.setResponseCode(500)
             return f"denied for {headers.get('authorization')}".encode()
@@ -250,6 +254,21 @@ class RestToolTests(TestCase):
             await rest.call({}, print)
         self.assertEqual(caught.exception.message, "rest__t got HTTP 500: denied for [redacted]")
         self.assertNotIn("127.0.0.1", caught.exception.message)
+
+    async def test_redirectNotFollowed(self) -> None:
+        """
+        A redirect is not followed (the other host would get the secret
+        headers): it is a tool error, and only one request was made.
+        """
+        rest = tool(self.base, self.http, url="/moved", headers={"X-Key": SECRET})
+        with self.assertRaises(AgentError) as caught:
+            await rest.call({}, print)
+        self.assertEqual(
+            caught.exception.message,
+            "rest__t got HTTP 302: a redirect, which REST tools do not follow (point the"
+            " tool's URL at the final address)",
+        )
+        self.assertEqual(len(self.api.requests), 1)
 
     async def test_sizeCap(self) -> None:
         """

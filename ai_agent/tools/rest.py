@@ -273,8 +273,11 @@ class RestTool:
         config = self.config
         started = self.clock.seconds()
         try:
+            # Redirects are not followed: the next host would get the
+            # configured headers, and could be one the tool was not meant
+            # to reach.
             response = await self.http.request(
-                method, url, headers=headers, data=body, unbuffered=True
+                method, url, headers=headers, data=body, unbuffered=True, allow_redirects=False
             )
         except CancelledError:
             raise
@@ -301,6 +304,11 @@ class RestTool:
             elapsed=self.clock.seconds() - started,
         )
         text = self.redactor.scrub(collector.text())
+        if 300 <= response.code < 400:
+            raise AgentError(
+                f"{self.name} got HTTP {response.code}: a redirect, which REST tools do not"
+                " follow (point the tool's URL at the final address)"
+            )
         if response.code >= 400:
             if len(text) > MAX_ERROR_BODY:
                 text = text[: MAX_ERROR_BODY - 3] + "..."
