@@ -126,6 +126,12 @@ def upstreamClient(testCase: TestCase) -> HTTPClient:
     return UpstreamHTTPClient(pool)
 
 
+def _ignore(event: Any) -> None:
+    """
+    The event sink of a tool call made outside a run.
+    """
+
+
 def tool(base: str, http: HTTPClient, clock: Any = reactor, **values: Any) -> RestTool:
     values.setdefault("name", "t")
     values.setdefault("description", "A tool.")
@@ -161,8 +167,8 @@ class RestToolTests(TestCase):
             queryParams=("filter",),
             complexQuery=True,
         )
-        text = await rest.call({"id": "a/b?c#d", "q": "x y&z=1", "filter": [{"k": "v@w"}]}, print)
-        await rest.call({"id": "..", "q": "é"}, print)
+        text = await rest.call({"id": "a/b?c#d", "q": "x y&z=1", "filter": [{"k": "v@w"}]}, _ignore)
+        await rest.call({"id": "..", "q": "é"}, _ignore)
         first, second = self.api.requests
         self.assertEqual(
             first.uri, "/users/a%2Fb%3Fc%23d/items?q=x%20y%26z%3D1&filter%5B0%5D%5Bk%5D=v%40w"
@@ -187,7 +193,7 @@ class RestToolTests(TestCase):
             },
         )
         with self.assertRaises(AgentError) as caught:
-            await rest.call({"n": "many"}, print)
+            await rest.call({"n": "many"}, _ignore)
         self.assertEqual(
             caught.exception.message,
             "rest__t was called with invalid arguments: 'id' is a required property;"
@@ -217,7 +223,7 @@ class RestToolTests(TestCase):
                 "fixed": [1, True],
             },
         )
-        text = await rest.call({"subject": "disk", "count": 3}, print)
+        text = await rest.call({"subject": "disk", "count": 3}, _ignore)
         [sent] = self.api.requests
         self.assertEqual(sent.method, "POST")
         self.assertEqual(
@@ -238,7 +244,7 @@ class RestToolTests(TestCase):
         """
         rest = tool(self.base, self.http, headers={"X-Id": "${parameters.id}"})
         with self.assertRaises(AgentError) as caught:
-            await rest.call({"id": "a\r\nX-Evil: 1"}, print)
+            await rest.call({"id": "a\r\nX-Evil: 1"}, _ignore)
         self.assertEqual(
             caught.exception.message, "rest__t: the header 'X-Id' would hold a line break"
         )
@@ -251,7 +257,7 @@ class RestToolTests(TestCase):
         """
         rest = tool(self.base, self.http, url="/fail", headers={"Authorization": SECRET})
         with self.assertRaises(AgentError) as caught:
-            await rest.call({}, print)
+            await rest.call({}, _ignore)
         self.assertEqual(caught.exception.message, "rest__t got HTTP 500: denied for [redacted]")
         self.assertNotIn("127.0.0.1", caught.exception.message)
 
@@ -262,7 +268,7 @@ class RestToolTests(TestCase):
         """
         rest = tool(self.base, self.http, url="/moved", headers={"X-Key": SECRET})
         with self.assertRaises(AgentError) as caught:
-            await rest.call({}, print)
+            await rest.call({}, _ignore)
         self.assertEqual(
             caught.exception.message,
             "rest__t got HTTP 302: a redirect, which REST tools do not follow (point the"
@@ -276,7 +282,7 @@ class RestToolTests(TestCase):
         the result says so.
         """
         rest = tool(self.base, self.http, url="/big", maxResponseBytes=1000)
-        text = await rest.call({}, print)
+        text = await rest.call({}, _ignore)
         self.assertEqual(
             text, "x" * 1000 + "\n[the answer was cut: only its first 1000 bytes were read]"
         )
@@ -289,7 +295,7 @@ class RestToolTests(TestCase):
         """
         clock = Clock()
         rest = tool(self.base, self.http, clock, url="/hang", timeout=5.0)
-        call = rest.call({}, print)
+        call = rest.call({}, _ignore)
         await self.api.hanging
         clock.advance(4.9)
         self.assertFalse(call.called)
@@ -307,7 +313,7 @@ class RestToolTests(TestCase):
         rest = tool(
             self.base, self.http, url="/stream", streaming=RestStreaming(linePrefix="data: ")
         )
-        self.assertEqual(await rest.call({}, print), "Hello")
+        self.assertEqual(await rest.call({}, _ignore), "Hello")
 
     async def test_missingVariable(self) -> None:
         """
@@ -316,7 +322,7 @@ class RestToolTests(TestCase):
         """
         rest = tool(self.base, self.http, missingVariables=("API_TOKEN",))
         with self.assertRaises(AgentError) as caught:
-            await rest.call({}, print)
+            await rest.call({}, _ignore)
         self.assertEqual(
             caught.exception.message,
             "rest__t is unavailable: REST tool 't' needs the environment variable API_TOKEN,"
@@ -364,6 +370,8 @@ class ConfigTests(SynchronousTestCase):
                         "streaming": {"mode": "json-stream", "linePrefix": "data: "},
                         "timeoutMs": 2500,
                         "queue": "slow",
+                        "hasComplexQueryParams": True,
+                        "queryParamNames": ["filters"],
                     }
                 }
             },
@@ -377,6 +385,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(weather.headers["X-Auth"], SECRET)
         self.assertEqual(weather.streaming, RestStreaming(linePrefix="data: "))
         self.assertEqual(weather.timeout, 2.5)
+        self.assertEqual((weather.queryParams, weather.complexQuery), (("filters",), True))
         self.assertEqual(set(config.restSecrets), {"key-0123456789", SECRET})
         redactor = Redactor.fromConfig(config)
         self.assertEqual(
