@@ -1015,12 +1015,14 @@ def _restVariables(data: Any, lookups: Sequence[Mapping[str, str]]) -> list[str]
 def headerSecrets(headers: Mapping[str, str]) -> list[str]:
     """
     The secrets of configured REST headers: each value (but those of
-    L{_PLAIN_HEADERS}) and, for a value such as C{Bearer <token>}, the
-    credential after the scheme.
+    L{_PLAIN_HEADERS} and templates of the model's arguments) and, for a
+    value such as C{Bearer <token>}, the credential after the scheme.
     """
     secrets: list[str] = []
     for name, value in headers.items():
-        if name.lower() in _PLAIN_HEADERS or not value:
+        if name.lower() in _PLAIN_HEADERS or not value or REST_PARAMETER.search(value):
+            # A templated value is filled from the model's arguments at
+            # call time; the variables in it are secrets already.
             continue
         secrets.append(value)
         scheme, _, credential = value.strip().partition(" ")
