@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import attrs
 
+from ai_agent.config import headerSecrets
 from ai_agent.errors import AgentError
 from ai_agent.events import (
     ContentDelta,
@@ -97,8 +98,9 @@ class Redactor:
     @classmethod
     def fromConfig(cls, config: Any) -> Redactor:
         """
-        The provider keys and header values, and the MCP servers' header
-        values, of a L{ai_agent.config.Config} (or nothing for L{None}).
+        The provider keys and header values, the MCP servers' header
+        values, and the REST tools' secrets (see L{ai_agent.config.Config.restSecrets})
+        of a L{ai_agent.config.Config} (or nothing for L{None}).
         """
         if config is None:
             return cls()
@@ -108,6 +110,14 @@ class Redactor:
             values.extend(provider.headers.values())
         for server in getattr(config, "mcpServers", {}).values():
             values.extend(getattr(server, "headers", {}).values())
+        # REST tools: their header values (a bearer token alone too) and
+        # the variables their sections use (a key may sit in a URL).
+        values.extend(getattr(config, "restSecrets", ()))
+        for entry in (
+            *getattr(config, "restTools", {}).values(),
+            *getattr(config, "openapiSpecs", {}).values(),
+        ):
+            values.extend(headerSecrets(entry.headers))
         return cls.of(values)
 
     def scrub(self, text: str) -> str:

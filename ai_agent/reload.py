@@ -30,10 +30,12 @@ from ai_agent.runtime import (
     ProviderSet,
     Runtime,
     checkToolServers,
+    usedOpenApiDocuments,
     usedToolServers,
     warnMissingKeys,
 )
 from ai_agent.tools import McpManager
+from ai_agent.tools.rest import RestCatalog
 
 log = Logger()
 
@@ -85,6 +87,9 @@ class Reloader:
             )
             registry = loadRegistry(paths, config)
             checkToolServers(registry, config)
+            rest = RestCatalog.build(
+                config, runtime.http, self.reactor, usedOpenApiDocuments(registry)
+            )
         except ConfigurationError as error:
             log.error(
                 "reload failed, still serving {models}: {error}",
@@ -107,7 +112,7 @@ class Reloader:
                 self.reactor,
                 runtime.http,
                 environ,
-                used=usedToolServers(registry),
+                used=usedToolServers(registry, config),
                 scrub=runtime.scrub,
             )
             if self.parent is not None:
@@ -115,7 +120,7 @@ class Reloader:
             retired.append(runtime.mcp)
         # Everything else (the sub-agent limiter, the turn store, the retry
         # policy) carries over unchanged.
-        tools = attrs.evolve(runtime.tools, agents=registry.byPath, mcp=mcp, runner=None)
+        tools = attrs.evolve(runtime.tools, agents=registry.byPath, mcp=mcp, runner=None, rest=rest)
         runner = attrs.evolve(
             runtime.runner, providers=providers, tools=tools, pricing=config.pricing
         )

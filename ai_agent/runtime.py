@@ -34,6 +34,7 @@ from ai_agent.sealing import Sealer
 from ai_agent.session import SessionRunner, splitModel
 from ai_agent.store import RunStore, StoreTurnStore
 from ai_agent.tools import McpManager, ToolBoxFactory
+from ai_agent.tools.rest import OPENAPI_PREFIX, RestCatalog
 
 log = Logger()
 
@@ -165,9 +166,17 @@ def buildRuntime(
     providers = ProviderSet(config, http, reactor)
     scrub = SecretScrub(Redactor.fromConfig(config))
     mcp = McpManager(
-        config.mcpServers, reactor, http, environ, used=usedToolServers(registry), scrub=scrub
+        config.mcpServers,
+        reactor,
+        http,
+        environ,
+        used=usedToolServers(registry, config),
+        scrub=scrub,
     )
-    tools = ToolBoxFactory(registry.byPath, mcp, subAgentLimiter=SubAgentLimiter(reactor))
+    rest = RestCatalog.build(config, http, reactor, usedOpenApiDocuments(registry))
+    tools = ToolBoxFactory(
+        registry.byPath, mcp, subAgentLimiter=SubAgentLimiter(reactor), rest=rest
+    )
     # Hidden turns of hybrid runs go to the run store when there is one (so
     # they outlive a restart and are shared by instances), else to memory.
     turns: TurnStore = MemoryTurnStore(reactor) if store is None else StoreTurnStore(store)
@@ -192,11 +201,34 @@ def buildRuntime(
     )
 
 
-def usedToolServers(registry: AgentRegistry) -> list[str]:
+def usedToolServers(registry: AgentRegistry, config: Config | None = None) -> list[str]:
     """
-    The MCP servers the loaded agents use, sorted.
+    The MCP servers the loaded agents use, sorted (without their REST tool
+    entries, when C{config} is given).
     """
-    return sorted({name for spec in registry.byPath.values() for name in spec.tools})
+    return sorted(
+        {
+            name
+            for spec in registry.byPath.values()
+            for name in spec.tools
+            if config is None or name in config.mcpServers
+        }
+    )
+
+
+def usedOpenApiDocuments(registry: AgentRegistry) -> list[str]:
+    """
+    The C{openapiSpecs} documents the loaded agents choose
+    (C{openapi:<name>} entries), sorted.
+    """
+    return sorted(
+        {
+            name.removeprefix(OPENAPI_PREFIX)
+            for spec in registry.byPath.values()
+            for name in spec.tools
+            if name.startswith(OPENAPI_PREFIX)
+        }
+    )
 
 
 def checkToolServers(registry: AgentRegistry, config: Config) -> None:
@@ -210,10 +242,19 @@ def checkToolServers(registry: AgentRegistry, config: Config) -> None:
     known = ", ".join(sorted(config.mcpServers)) or "none"
     for spec in registry.byPath.values():
         for server in spec.tools:
-            if server not in config.mcpServers:
+            if server.startswith(OPENAPI_PREFIX):
+                document = server.removeprefix(OPENAPI_PREFIX)
+                if document not in config.openapiSpecs:
+                    documents = ", ".join(sorted(config.openapiSpecs)) or "none"
+                    raise ConfigurationError(
+                        f"{spec.path}: 'tools' names OpenAPI document {document!r}, which is"
+                        f" not configured in openapiSpecs (configured: {documents})"
+                    )
+            elif server not in config.mcpServers and server not in config.restTools:
+                rest = ", ".join(sorted(config.restTools)) or "none"
                 raise ConfigurationError(
-                    f"{spec.path}: 'tools' names MCP server {server!r}, which is not"
-                    f" configured in mcpServers (configured: {known})"
+                    f"{spec.path}: 'tools' names {server!r}, which is neither an MCP server"
+                    f" (configured: {known}) nor a REST tool (configured: {rest})"
                 )
         names: dict[str, str] = {}
         for path in spec.agents:
@@ -284,6 +325,7 @@ __all__ = [
     "Runtime",
     "buildRuntime",
     "checkToolServers",
+    "usedOpenApiDocuments",
     "usedToolServers",
     "warnMissingKeys",
 ]

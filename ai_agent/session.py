@@ -338,6 +338,7 @@ class SessionRunner:
         request = _llmRequest(
             agent, upstreamModel, messages, (), sampling, run.stream, None, sampling.outputFormat
         )
+        request = attrs.evolve(request, reasoningTokens=None)
 
         def content(text: str) -> None:
             if text:
@@ -793,6 +794,9 @@ def _llmRequest(
         tools=specs,
         temperature=_first(sampling.temperature, agent.temperature),
         topP=_first(sampling.topP, agent.topP),
+        topK=agent.topK,
+        repeatPenalty=agent.repeatPenalty,
+        reasoningTokens=agent.reasoningTokens,
         maxTokens=_first(sampling.maxTokens, agent.maxOutputTokens),
         stop=sampling.stop,
         seed=sampling.seed,

@@ -153,6 +153,23 @@ class LocalProviderTests(TestCase):
         )
         self.assertEqual((DEFAULT_MAX_TOKENS, REPEAT_PENALTY, REPEAT_LAST_N), (512, 1.1, 64))
 
+    async def test_samplingReachesServer(self) -> None:
+        """
+        The agent's C{topK} and C{repeatPenalty} reach the llama.cpp server
+        as C{top_k} and C{repeat_penalty}, as given (over any default).
+        """
+        upstream = await self.setUpProvider()
+        request = LLMRequest(
+            model="tiny",
+            messages=(ChatMessage("user", "hi"),),
+            timeout=TIMEOUT,
+            topK=40,
+            repeatPenalty=1.25,
+        )
+        await timeout(self.provider.complete(request, CallbackSink()))
+        body = upstream.requests[0].body
+        self.assertEqual((body["top_k"], body["repeat_penalty"]), (40, 1.25))
+
     async def test_boundedConcurrency(self) -> None:
         """
         With C{parallel} 1, a second call waits until the first ended.

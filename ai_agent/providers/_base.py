@@ -104,6 +104,10 @@ class LLMRequest:
     @ivar model: the upstream model name (the part after C{provider/}).
     @ivar reasoning: a reasoning effort (C{low}, C{medium}, C{high}, ...) or
         L{None} to leave the provider's default.
+    @ivar topK: C{top_k}, for providers that take it, or L{None}.
+    @ivar repeatPenalty: C{repeat_penalty} (llama.cpp, vLLM), or L{None}.
+    @ivar reasoningTokens: the thinking budget for providers that take one
+        (Anthropic), or L{None} for the budget of C{reasoning}.
     @ivar timeout: the longest silence allowed from the upstream, in seconds
         (before the response headers and between body chunks).
     @ivar totalTimeout: the longest the whole call may take, in seconds.
@@ -134,6 +138,9 @@ class LLMRequest:
     totalTimeout: float | None = None
     toolChoice: ToolChoice | None = None
     parallelToolCalls: bool | None = None
+    topK: int | None = None
+    repeatPenalty: float | None = None
+    reasoningTokens: int | None = None
 
 
 @attrs.frozen

@@ -269,6 +269,9 @@ class AnthropicProvider(HTTPProvider):
         The JSON body for C{request}.
         """
         budget = THINKING_BUDGETS.get(request.reasoning or "none")
+        if request.reasoningTokens and request.reasoning != "none":
+            # The agent's own budget (reasoningTokens) over the effort's.
+            budget = request.reasoningTokens
         if budget is not None and not self._canThink(request.messages):
             budget = None
         choice = request.toolChoice
@@ -308,12 +311,15 @@ class AnthropicProvider(HTTPProvider):
             if maxTokens <= budget:
                 # max_tokens counts the thinking too: leave room for the answer.
                 body["max_tokens"] = budget + maxTokens
-            # Anthropic refuses temperature and top_p changes while thinking.
+            # Anthropic refuses temperature, top_p and top_k changes while
+            # thinking.
         else:
             if request.temperature is not None:
                 body["temperature"] = request.temperature
             if request.topP is not None:
                 body["top_p"] = request.topP
+            if request.topK is not None:
+                body["top_k"] = request.topK
         if request.stop:
             body["stop_sequences"] = list(request.stop)
         body["stream"] = request.stream

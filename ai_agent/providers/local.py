@@ -183,15 +183,15 @@ class LlamaServerProvider(OpenAIProvider):
     """
     The OpenAI wire to an embedded llama.cpp server, with sampling defaults
     fit for a small model on a first run: an output limit when the request
-    has none (L{DEFAULT_MAX_TOKENS}) and a repetition penalty
-    (L{REPEAT_PENALTY} over the last L{REPEAT_LAST_N} tokens, in
-    llama.cpp's own fields).
+    has none (L{DEFAULT_MAX_TOKENS}) and, when the agent sets no
+    C{repeatPenalty}, a repetition penalty (L{REPEAT_PENALTY}); over the
+    last L{REPEAT_LAST_N} tokens, in llama.cpp's own fields.
     """
 
     def payload(self, request: LLMRequest) -> dict[str, Any]:
         body = super().payload(request)
         body.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
-        body["repeat_penalty"] = REPEAT_PENALTY
+        body.setdefault("repeat_penalty", REPEAT_PENALTY)
         body["repeat_last_n"] = REPEAT_LAST_N
         return body
 

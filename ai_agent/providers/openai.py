@@ -64,6 +64,10 @@ class OpenAIProvider(HTTPProvider):
         optional: dict[str, Any] = {
             "temperature": request.temperature,
             "top_p": request.topP,
+            # Extensions of llama.cpp's and vLLM's servers (refused at load
+            # for endpoints without them, see ai_agent.providers.sampling).
+            "top_k": request.topK,
+            "repeat_penalty": request.repeatPenalty,
             "max_tokens": request.maxTokens,
             "seed": request.seed,
         }
