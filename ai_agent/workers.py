@@ -11,7 +11,10 @@ are stateless); the concurrency options apply per process.
 
 The parent supervises: it restarts a worker that died, and on shutdown
 sends its workers SIGTERM (each drains like a single server) and waits for
-them.  A worker's standard input is a pipe from the parent; when it closes
+them; the parent's exit status is 1 when a worker did not stop cleanly
+(exit status 0).  A worker often gets the stop signal twice, from the
+terminal or systemd and from the parent: L{ai_agent.stopsignals} takes the
+second as a copy of the first.  A worker's standard input is a pipe from the parent; when it closes
 (the parent is gone, however it died) the worker shuts down too.
 """
 
@@ -174,6 +177,7 @@ class WorkerSupervisor:
     count: int
     stopTimeout: float = 30.0 + EXIT_GRACE
     workers: dict[int, _Worker] = attrs.field(factory=dict, init=False)
+    uncleanStops: list[int] = attrs.field(factory=list, init=False)
     _stopping: bool = attrs.field(default=False, init=False)
 
     def start(self) -> None:
@@ -208,6 +212,17 @@ class WorkerSupervisor:
             # Its gauges (runs in progress, queue depth) no longer count.
             markProcessDead(worker.startedPid)
         if self._stopping:
+            status = _exitCode(reason)
+            if status == 0:
+                log.info("worker {number} stopped (exit status 0)", number=worker.number)
+            else:
+                # Killed by a signal, or exited at once: its runs were cut.
+                self.uncleanStops.append(worker.number)
+                log.warn(
+                    "worker {number} did not stop cleanly ({reason})",
+                    number=worker.number,
+                    reason=reason.getErrorMessage(),
+                )
             return
         log.warn(
             "worker {number} exited ({reason}); starting it again",
@@ -241,6 +256,7 @@ class WorkerSupervisor:
             return succeed(None)
         for worker in running:
             _signal(worker, "TERM")
+        log.info("stopping: sent SIGTERM to {count} worker(s)", count=len(running))
 
         def kill() -> None:
             for worker in running:
@@ -262,6 +278,18 @@ class WorkerSupervisor:
         for worker in running:
             worker.ended.addCallback(one)
         return done
+
+
+def _exitCode(reason: Failure) -> int | None:
+    """
+    A worker's exit status from how it ended: its exit code, or L{None}
+    when a signal killed it.
+    """
+    value: Any = reason.value
+    if getattr(value, "signal", None) is not None:
+        return None
+    code = getattr(value, "exitCode", None)
+    return code if isinstance(code, int) else None
 
 
 def _signal(worker: _Worker, name: str) -> None:
