@@ -33,6 +33,7 @@ GRACE = 2.0
 #: The signals that stop a server.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+
 def _exitNow() -> None:
     os.write(2, b"ai-agent: second stop signal while draining, exiting at once\n")
     os._exit(1)
