@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -217,10 +218,9 @@ class StopSignalsTests(SynchronousTestCase):
         self.signals.install()
 
     def send(self, signum: int) -> None:
-        os.kill(os.getpid(), signum)
-        # The handler runs in this thread before the next bytecodes.
-        for _ in range(1000):
-            pass
+        # To this (the main) thread, which runs the handler before
+        # pthread_kill returns.
+        signal.pthread_kill(threading.main_thread().ident or 0, signum)
 
     def test_firstGoesToTheReactor(self) -> None:
         """
