@@ -72,8 +72,7 @@ _ORJSON_LIMIT = 4096
 #: The pre-scan of a large body works through it in pieces of about this
 #: many bytes, each a few C calls short enough (a few ms) that another
 #: thread, the reactor's, gets the interpreter between two of them.
-_PIECE = 128 * 1024
-_BACKSLASH = ord("\\")
+_PIECE = 64 * 1024
 #: Every digit as C{0}, everything else as C{.}: a run of digits enough
 #: for an integer orjson would not keep exact is then L{_LONG_DIGITS}.
 _DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2E for b in range(256))
@@ -426,15 +425,20 @@ def _shape(body: bytes) -> tuple[int, int, int]:
 def _outsideStrings(body: bytes, pieceSize: int = _PIECE) -> Iterator[bytes]:
     """
     The bytes of C{body} outside its strings (escapes dropped first), in
-    pieces of about C{pieceSize} bytes.  A piece never ends inside a run of
-    backslashes or right after one, so every escape lies within one piece;
-    a string left open at the end of a piece is carried over to the next.
+    pieces of about C{pieceSize} bytes.  A piece never ends between a
+    backslash and the byte it escapes, so every escape lies within one
+    piece; a string left open at the end of a piece is carried over to the
+    next.
     """
     start, size, inString = 0, len(body), False
     while start < size:
         end = min(start + pieceSize, size)
-        while end < size and body[end - 1] == _BACKSLASH:
-            end += 1
+        if end < size:
+            # A piece starts outside any escape; it ends outside one too if
+            # the backslashes it ends with pair up.
+            chunk = body[start:end]
+            if (len(chunk) - len(chunk.rstrip(b"\\"))) % 2:
+                end = end - 1 if end - 1 > start else end + 1
         piece = _ESCAPE.sub(b"", body[start:end])
         start = end
         if inString:
