@@ -14,8 +14,9 @@ sends its workers SIGTERM (each drains like a single server) and waits for
 them; the parent's exit status is 1 when a worker did not stop cleanly
 (exit status 0).  A worker often gets the stop signal twice, from the
 terminal or systemd and from the parent: L{ai_agent.stopsignals} takes the
-second as a copy of the first.  A worker's standard input is a pipe from the parent; when it closes
-(the parent is gone, however it died) the worker shuts down too.
+second as a copy of the first.  A worker's standard input is a pipe from
+the parent; when it closes (the parent is gone, however it died) the
+worker shuts down too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, Sequence, cast
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger
@@ -212,8 +214,7 @@ class WorkerSupervisor:
             # Its gauges (runs in progress, queue depth) no longer count.
             markProcessDead(worker.startedPid)
         if self._stopping:
-            status = _exitCode(reason)
-            if status == 0:
+            if reason.check(ProcessDone):
                 log.info("worker {number} stopped (exit status 0)", number=worker.number)
             else:
                 # Killed by a signal, or exited at once: its runs were cut.
@@ -278,18 +279,6 @@ class WorkerSupervisor:
         for worker in running:
             worker.ended.addCallback(one)
         return done
-
-
-def _exitCode(reason: Failure) -> int | None:
-    """
-    A worker's exit status from how it ended: its exit code, or L{None}
-    when a signal killed it.
-    """
-    value: Any = reason.value
-    if getattr(value, "signal", None) is not None:
-        return None
-    code = getattr(value, "exitCode", None)
-    return code if isinstance(code, int) else None
 
 
 def _signal(worker: _Worker, name: str) -> None:

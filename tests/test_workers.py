@@ -14,14 +14,21 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.task import deferLater
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock, deferLater
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ai_agent.cli import Options
 from ai_agent.testing import Reply, startFakeUpstream
-from ai_agent.workers import encodeInherited, parseInherited, workerCommand
+from ai_agent.workers import (
+    WorkerSupervisor,
+    _Worker,
+    encodeInherited,
+    parseInherited,
+    workerCommand,
+)
 from tests._harness import writeAgent
 from tests._process import (
     ServerProcess,
@@ -380,6 +387,31 @@ class _HeldStream:
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
+
+
+class SupervisorTests(SynchronousTestCase):
+    """
+    L{WorkerSupervisor} while it stops its workers.
+    """
+
+    def test_uncleanStops(self) -> None:
+        """
+        A worker that ends with a non-zero status or by a signal while the
+        workers are stopping is counted as an unclean stop (the first
+        process then exits 1); one that exits 0 is not, and the stop fires
+        once all have ended.
+        """
+        supervisor = WorkerSupervisor(Clock(), ["ai-agent"], [], 3)
+        workers = {number: _Worker(supervisor, number) for number in (1, 2, 3)}
+        supervisor.workers.update(workers)
+        stopped = supervisor.stop()
+        workers[1].processEnded(Failure(ProcessDone(0)))
+        workers[2].processEnded(Failure(ProcessTerminated(1)))
+        self.assertNoResult(stopped)
+        workers[3].processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
+        self.successResultOf(stopped)
+        self.assertEqual(supervisor.uncleanStops, [2, 3])
+        self.assertEqual(supervisor.workers, {})
 
 
 class WorkerOptionsTests(SynchronousTestCase):
