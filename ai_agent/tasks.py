@@ -126,12 +126,22 @@ def detectTask(messages: Sequence[ChatMessage], taskHeader: str | None = None) -
         C{autocomplete}, C{image_prompt}, or (from the header) another
         task name.
     """
+    decided, task = headerTask(taskHeader)
+    return task if decided else messageTask(messages)
+
+
+def headerTask(taskHeader: str | None) -> tuple[bool, str | None]:
+    """
+    What an C{X-OpenWebUI-Task} header says: whether it decides (it names
+    a task), and the task.  An absent header, or one meaning "an ordinary
+    chat", leaves it to the messages (L{messageTask}).
+    """
     if taskHeader is not None:
         value = taskHeader.strip().lower()
         if value not in _NOT_A_TASK:
             known = _OPEN_WEBUI_TASKS.get(value)
-            return known or (_TASK_NAME.sub("_", value).strip("_")[:64] or None)
-    return messageTask(messages)
+            return True, known or (_TASK_NAME.sub("_", value).strip("_")[:64] or None)
+    return False, None
 
 
 def messageTask(messages: Sequence[ChatMessage]) -> str | None:
@@ -227,4 +237,11 @@ def loggable(value: str, limit: int = MAX_FORWARDED_LENGTH) -> str:
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 
-__all__ = ["FORWARDED_HEADERS", "detectTask", "forwardedHeaders", "loggable", "messageTask"]
+__all__ = [
+    "FORWARDED_HEADERS",
+    "detectTask",
+    "forwardedHeaders",
+    "headerTask",
+    "loggable",
+    "messageTask",
+]

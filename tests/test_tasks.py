@@ -493,7 +493,7 @@ class ShortcutTests(TestCase):
         for, in a thread, not the reactor's) is still answered by the
         direct call; the
         C{X-OpenWebUI-Task} header still decides over what its messages
-        show.
+        show, and one meaning "an ordinary chat" leaves it to them.
         """
         import threading
 
@@ -521,10 +521,16 @@ class ShortcutTests(TestCase):
             messages=[{"role": "user", "content": prompt}],
             extra_headers={"X-OpenWebUI-Task": "tags_generation"},
         )
+        await inThread(
+            server.client().chat.completions.create,
+            model="chat",
+            messages=[{"role": "user", "content": prompt}],
+            extra_headers={"X-OpenWebUI-Task": "default"},
+        )
         self.assertGreater(len(prompt.encode()), 256 * 1024)
-        self.assertEqual([event["task"] for event in logs], ["title", "tags"])
+        self.assertEqual([event["task"] for event in logs], ["title", "tags", "title"])
         # Looked for in the thread that parsed the body, not the reactor's.
-        self.assertEqual(len(threads), 2)
+        self.assertEqual(len(threads), 3)
         self.assertNotIn(threading.main_thread().name, threads)
         for sent in server.upstream.requests:
             self.assertEqual(sent.body["model"], "first-model")

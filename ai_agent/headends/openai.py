@@ -55,7 +55,7 @@ from ai_agent.pool import RunPool
 from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.session import SessionRunner
-from ai_agent.tasks import detectTask, forwardedHeaders, loggable, messageTask
+from ai_agent.tasks import forwardedHeaders, headerTask, loggable, messageTask
 
 #: Seconds a streaming request may go without any event before the SSE
 #: headers are sent anyway; until then, a failure can still be a real status.
@@ -583,10 +583,11 @@ class OpenAIHeadend:
         if not self.taskShortcut:
             return None
         header = request.getHeader(b"x-openwebui-task")
-        if header is not None or isinstance(fromMessages, _NotYet):
-            return detectTask(
-                chat.messages, None if header is None else header.decode("utf-8", "replace")
-            )
+        decided, task = headerTask(None if header is None else header.decode("utf-8", "replace"))
+        if decided:
+            return task
+        if isinstance(fromMessages, _NotYet):
+            return messageTask(chat.messages)
         return fromMessages
 
     def _labels(
