@@ -45,6 +45,7 @@ from ai_agent.principals import unknownAgents
 from ai_agent.reload import Reloader, onHangup
 from ai_agent.runtime import Runtime, buildRuntime
 from ai_agent.startup import address, bannerLines, listenError
+from ai_agent.stopsignals import StopSignals
 from ai_agent.store import StoreService, checkLocation, makeStore, parseDuration
 from ai_agent.workers import AdoptedPortService
 
@@ -556,7 +557,9 @@ class ServerService(MultiService):
     close the remaining connections, then stop the shared services.
 
     @ivar exitOnSecondSignal: once stopping, a second SIGINT or SIGTERM
-        exits the process at once (set by the command-line entry points).
+        exits the process at once, if it comes more than
+        L{ai_agent.stopsignals.GRACE} seconds after the first (set by the
+        command-line entry points; see L{StopSignals}).
     """
 
     def __init__(self, reactor: Any, shutdownTimeout: float = 30.0) -> None:
@@ -564,6 +567,7 @@ class ServerService(MultiService):
         self.reactor = reactor
         self.shutdownTimeout = shutdownTimeout
         self.exitOnSecondSignal = False
+        self.stopSignals = StopSignals(reactor)
         self.exitOnStartupError = False
         self.endpoints: list[_Endpoint] = []
         self.onReady: Callable[[list[str]], None] | None = None
@@ -597,6 +601,10 @@ class ServerService(MultiService):
             raise failure from None
         if self.reloader is not None:
             onHangup(self.reactor, self.reloader.reload)
+        if self.exitOnSecondSignal:
+            # Once the reactor runs, its own handlers are in place to take
+            # the first signal.
+            self.reactor.callWhenRunning(self.stopSignals.install)
         if self.onReady is not None:
             # Once the reactor runs: only then are its signal handlers in
             # place, so a process that says it is ready also stops cleanly.
@@ -622,8 +630,7 @@ class ServerService(MultiService):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        if self.exitOnSecondSignal:
-            _exitOnNextSignal()
+        self.stopSignals.stopping()
         log.info("stopping: no new connections; draining running agents")
         for endpoint in self.endpoints:
             # Refuse at once, so /health turns 503 while we drain.
@@ -654,20 +661,6 @@ class StartupExitError(SystemExit, Exception):
     C{SystemExit}, so the process still ends with the line and status 1
     rather than a traceback.
     """
-
-
-def _exitOnNextSignal() -> None:
-    import signal
-
-    def exitNow(signum: int, frame: Any) -> None:
-        os.write(2, b"ai-agent: second signal, exiting at once\n")
-        os._exit(1)
-
-    try:
-        signal.signal(signal.SIGINT, exitNow)
-        signal.signal(signal.SIGTERM, exitNow)
-    except ValueError:
-        pass  # not the main thread: leave signals alone
 
 
 def makeService(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import openai
@@ -19,6 +20,7 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import provider
 
+from ai_agent import tasks
 from ai_agent.providers import ChatMessage
 from ai_agent.tasks import FORWARDED_HEADERS, detectTask, forwardedHeaders, loggable
 from ai_agent.testing import Reply
@@ -294,6 +296,61 @@ class DetectTaskTests(SynchronousTestCase):
         self.assertIsNone(detectTask(hello, "!!!"))
 
 
+class LongMessageTests(SynchronousTestCase):
+    """
+    Detection on long messages: no search whose time grows faster than the
+    text, and the pieces a long text is searched in change no answer.
+    """
+
+    def test_historyTagsAgreeWithTheRegularExpression(self) -> None:
+        """
+        Where the conversation starts is what the regular expression
+        C{<chat_history>.*</chat_history>} found (the first opening tag a
+        closing tag follows), for texts made of tags, JSON keys and words
+        in every order; that expression took time growing with the square
+        of the number of tags (5 s for 224 KB of opening tags, on the
+        reactor's thread).
+        """
+        oracle = re.compile(r"<chat_history>.*</chat_history>", re.IGNORECASE | re.DOTALL)
+        parts = ["<chat_history>", "</chat_history>", "<CHAT_HISTORY>", '{"title":', " x "]
+        for a in parts:
+            for b in parts:
+                for c in parts:
+                    for d in parts:
+                        text = a + b + c + d
+                        match = oracle.search(text)
+                        expected = None
+                        if match is not None and '{"title":' in text[: match.start()]:
+                            expected = "title"
+                        self.assertEqual(tasks._openWebUITask(text.lower()), expected, text)
+
+    def test_searchedInPieces(self) -> None:
+        """
+        With pieces of a few characters, a phrase or a JSON key straddling
+        two pieces is found, and one cut short by a piece's end is not
+        taken for a whole word.
+        """
+        self.patch(tasks, "_PIECE", 7)
+        self.patch(tasks, "_OVERLAP", 40)
+        title = "Summarize the chat as a 3-5 word title.\n<chat_history>\nUSER: hi\n</chat_history>"
+        self.assertEqual(detectTask(_user(title)), "title")
+        tags = 'Answer {  "tags": [...] }.<chat_history></chat_history>'
+        self.assertEqual(detectTask(_user(tags)), "tags")
+        cut = "xxx broad tagsy <chat_history></chat_history>"
+        self.assertIsNone(detectTask(_user(cut)))
+        self.assertEqual(detectTask(_user("A 5-word-or-less title for the conversation")), "title")
+
+    def test_longTitlePrompt(self) -> None:
+        """
+        A title prompt whose history is megabytes long is still a title,
+        and megabytes of opening tags are not a task.
+        """
+        history = "USER: " + "words " * 500_000
+        prompt = OPEN_WEBUI_TITLE.replace("<chat_history>", "<chat_history>" + history)
+        self.assertEqual(detectTask(_user(prompt)), "title")
+        self.assertIsNone(detectTask(_user("<chat_history>" * 600_000)))
+
+
 class ForwardedHeadersTests(SynchronousTestCase):
     """
     L{forwardedHeaders} keeps the user and chat headers chat UIs forward,
@@ -531,6 +588,55 @@ class ShortcutTests(TestCase):
             [{"role": "user", "content": "my own title prompt"}],
         )
         self.assertEqual(logs[0]["task"], "title")
+
+    async def test_largeBodyTask(self) -> None:
+        """
+        A title request of more than 256 KiB (parsed, and its task looked
+        for, in a thread, not the reactor's) is still answered by the
+        direct call; the
+        C{X-OpenWebUI-Task} header still decides over what its messages
+        show, and one meaning "an ordinary chat" leaves it to them.
+        """
+        import threading
+
+        from ai_agent.headends import openai as headend
+
+        threads: list[str] = []
+
+        def recording(messages: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return tasks.messageTask(messages)
+
+        self.patch(headend, "messageTask", recording)
+        server = await startServer(self, TOOL_AGENTS)
+        logs = captureRunLogs(self)
+        history = "USER: " + "words " * 60_000
+        prompt = OPEN_WEBUI_TITLE.replace("<chat_history>", "<chat_history>" + history)
+        await inThread(
+            server.client().chat.completions.create,
+            model="chat",
+            messages=[{"role": "user", "content": prompt}],
+        )
+        await inThread(
+            server.client().chat.completions.create,
+            model="chat",
+            messages=[{"role": "user", "content": prompt}],
+            extra_headers={"X-OpenWebUI-Task": "tags_generation"},
+        )
+        await inThread(
+            server.client().chat.completions.create,
+            model="chat",
+            messages=[{"role": "user", "content": prompt}],
+            extra_headers={"X-OpenWebUI-Task": "default"},
+        )
+        self.assertGreater(len(prompt.encode()), 256 * 1024)
+        self.assertEqual([event["task"] for event in logs], ["title", "tags", "title"])
+        # Looked for in the thread that parsed the body, not the reactor's.
+        self.assertEqual(len(threads), 3)
+        self.assertNotIn(threading.main_thread().name, threads)
+        for sent in server.upstream.requests:
+            self.assertEqual(sent.body["model"], "first-model")
+            self.assertNotIn("tools", sent.body)
 
     async def test_shortcutOff(self) -> None:
         """

@@ -335,7 +335,8 @@ class GuardedRequest(Request):
         except UnusablePathError as e:
             return AgentError(str(e), 400, ErrorKind.INVALID_REQUEST, "invalid_path")
         path = self._canonical[0]
-        if method == b"OPTIONS":
+        if method == b"OPTIONS" and self._isAllowedPreflight():
+            # Browsers send preflights without credentials.
             return None
         if not policy.apiKeys.enabled:
             self.principal = IMPLICIT
@@ -364,6 +365,19 @@ class GuardedRequest(Request):
                         "unsupported_media_type",
                     )
         return None
+
+    def _isAllowedPreflight(self) -> bool:
+        """
+        Whether this is a CORS preflight (C{Access-Control-Request-Method})
+        from an allowed origin: answered without an API key.  Any other
+        C{OPTIONS} needs a key like every other method, so that it tells a
+        caller without one nothing about which routes exist.
+        """
+        headers = self.requestHeaders
+        if not headers.hasHeader(b"access-control-request-method"):
+            return False
+        origin = headers.getRawHeaders(b"origin", [None])[0]
+        return self.policy.allowsOrigin(origin) is not None
 
     def _presentedKey(self) -> bytes | None:
         authorization = self.requestHeaders.getRawHeaders(b"authorization", [None])[0]
@@ -433,14 +447,14 @@ class GuardedRequest(Request):
             self.setHeader(
                 b"access-control-expose-headers", b"Retry-After, X-Request-Id, X-Should-Retry"
             )
-        if self.method == b"OPTIONS" and self.getHeader(b"access-control-request-method"):
-            self._preflight(origin)
-            return
         if self._answered:
             # Already answered on the wire; the connection is closing.
             return
         if self._refusal is not None:
             self._respond(self._refusal)
+            return
+        if self.method == b"OPTIONS" and self.getHeader(b"access-control-request-method"):
+            self._preflight(origin)
             return
         self._render()
 
