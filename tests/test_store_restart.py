@@ -253,13 +253,19 @@ class RetryTests(TestCase):
         store, database = await self.openStore()
         await withTimeout(store.put(TURNS, "a", 1))
         self.assertEqual(database.attempts, 1)
+        logs = LogCapture(self)
         database.stop()
         error = await withTimeout(self.assertFailure(store.get(TURNS, "a"), StoreUnavailableError))
         self.assertEqual(error.status, 503)
         self.assertEqual(database.attempts, 2)
-        # The message is one line: libpq's run over two.
-        self.assertNotIn("\n", error.message)
-        self.assertIn("Connection refused Is the server running", error.message)
+        # The client gets a neutral reason; the log line has the database's
+        # own words on one line (libpq's run over two).
+        self.assertEqual(error.message, "the run store is unavailable: a database error")
+        lines = [formatEvent(event) or "" for event in logs.events]
+        failed = [line for line in lines if "Connection refused Is the server running" in line]
+        self.assertTrue(failed, lines)
+        for line in failed:
+            self.assertNotIn("\n", line)
         database.resume()
         found = await withTimeout(store.get(TURNS, "a"))
         assert found is not None
@@ -458,7 +464,7 @@ class HiddenTurnFailureTests(TestCase):
             (chat[1]["error"]["type"], chat[1]["error"]["code"]),
             ("server_error", "store_unavailable"),
         )
-        self.assertIn("the run store failed", chat[1]["error"]["message"])
+        self.assertIn("the run store is unavailable", chat[1]["error"]["message"])
         messages = await _post(
             self,
             origin + "/v1/messages",
@@ -497,7 +503,7 @@ class HiddenTurnFailureTests(TestCase):
         self.assertEqual(messages[0], 503)
         self.assertEqual(messages[1]["type"], "error")
         self.assertEqual(messages[1]["error"]["type"], "api_error")
-        self.assertIn("the run store failed", messages[1]["error"]["message"])
+        self.assertIn("the run store is unavailable", messages[1]["error"]["message"])
         responses = await _post(
             self,
             origin + "/v1/responses",
@@ -703,10 +709,19 @@ class PostgresRestartTests(TestCase):
             error = await withTimeout(
                 self.assertFailure(store.get(TURNS, "a"), StoreUnavailableError)
             )
-            # libpq's message runs over two lines; the store's is one.
-            self.assertIn("Connection refused Is the server running", error.message)
+            # The client is told why in neutral words, no host or port.
+            self.assertEqual(
+                error.message, "the run store is unavailable: the database cannot be reached"
+            )
         lines = [formatEvent(event) or "" for event in logs.events]
-        self.assertTrue(any("run store get failed" in line for line in lines))
+        # libpq's message runs over two lines; the log line is one.
+        self.assertTrue(
+            any(
+                "run store get failed" in line
+                and "Connection refused Is the server running" in line
+                for line in lines
+            )
+        )
         for line in lines:
             self.assertNotIn("\n", line)
         self.assertEqual(stderr.getvalue(), "")
