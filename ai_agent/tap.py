@@ -24,8 +24,8 @@ from twisted.web.server import Site
 from ai_agent.config import ClientKey
 from ai_agent.connections import TrackingFactory
 from ai_agent.errors import OPENAI_ERRORS, ConfigurationError
-from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
-from ai_agent.headends._site import APIRouter, Mount
+from ai_agent.headends._http import APIKeys, HTTPPolicy
+from ai_agent.headends._site import Mount
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.headends.responses import ResponsesHeadend
 from ai_agent.observe import (
@@ -42,6 +42,7 @@ from ai_agent.pool import RunPool
 from ai_agent.principals import unknownAgents
 from ai_agent.reload import Reloader, onHangup
 from ai_agent.runtime import Runtime, buildRuntime
+from ai_agent.speed import SpeedLayer, StockTwisted, speedLayer, stockRequested
 from ai_agent.startup import address, bannerLines, listenError
 from ai_agent.store import StoreService, checkLocation, makeStore, parseDuration
 from ai_agent.workers import AdoptedPortService
@@ -174,6 +175,15 @@ class ServerOptions(usage.Options):
         self["cors-origins"] = []
         self["task-shortcut"] = True
         self["metrics"] = True
+        self["stock-twisted"] = False
+
+    def opt_stock_twisted(self) -> None:
+        """
+        Run on Twisted as it ships, without the speed layer (as
+        AI_AGENT_STOCK_TWISTED=1 does): slower, for comparison and
+        diagnosis.
+        """
+        self["stock-twisted"] = True
 
     def opt_no_metrics(self) -> None:
         """
@@ -330,16 +340,27 @@ def makeSite(
     accessLog: str | None = None,
     mounts: Sequence[Mount] = (),
     metrics: MetricsResource | None = None,
+    speed: SpeedLayer | None = None,
 ) -> Site:
     """
     A web site for the OpenAI headend and the other APIs (C{mounts}) under
     the HTTP layer's C{policy}, writing an access log in the combined format
     to C{accessLog} if given, with C{/metrics} beside them when C{metrics}
-    is given.
+    is given, built on C{speed} (the runtime's; the speed layer by default).
     """
-    router = APIRouter(headend.app, mounts)
+    if speed is None:
+        speed = speedLayer(stock=False)
+    router = speed.router(headend.app, mounts)
     resource: Any = router if metrics is None else WithMetrics(router, metrics)
-    return GuardedSite(resource, policy, errorFormats=router.errorFormat, logPath=accessLog)
+    return speed.site(resource, policy, router.errorFormat, logPath=accessLog)
+
+
+def speedLayerFor(options: ServerOptions, environ: Mapping[str, str]) -> SpeedLayer:
+    """
+    The speed layer, or stock Twisted with C{--stock-twisted} or
+    C{AI_AGENT_STOCK_TWISTED=1}.
+    """
+    return speedLayer(bool(options["stock-twisted"]) or stockRequested(environ))
 
 
 def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
@@ -605,6 +626,7 @@ def makeService(
     endpoints = options["endpoints"]
     observer = makeObserver(options, os.environ, reactor)
     store = makeStore(options["store"], reactor, ttl=options["store-ttl"])
+    speed = speedLayerFor(options, os.environ)
     runtime = buildRuntime(
         reactor,
         options["agents"],
@@ -612,7 +634,10 @@ def makeService(
         connections=max(concurrency * max(len(endpoints), 1) * 2, 8),
         observer=observer,
         store=store,
+        speed=speed,
     )
+    if isinstance(speed, StockTwisted):
+        log.info("running on stock Twisted, without the speed layer")
     policy = policyFrom(options, os.environ, runtime.config.keys.values())
     if policy.apiKeys.enabled:
         log.info(
@@ -680,7 +705,9 @@ def makeService(
         for mount in mounts:
             if mount.headend is not None:
                 top.reloader.headends.append(mount.headend)
-        site = makeSite(headend, policy, options["access-log"], mounts, metrics=metricsResource)
+        site = makeSite(
+            headend, policy, options["access-log"], mounts, metrics=metricsResource, speed=speed
+        )
         connections = TrackingFactory(site)
         listener: Any
         if inherited is not None:

@@ -20,6 +20,7 @@ from ai_agent.headends._http import HTTPPolicy
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
+from ai_agent.speed import speedLayer, stockRequested
 from ai_agent.tap import apiMounts, makeSite
 from ai_agent.testing import FakeUpstream, startFakeUpstream
 
@@ -144,6 +145,9 @@ async def startServer(
         cwd=directory,
         environ={"HOME": directory},
         store=store,
+        # The speed layer, or stock Twisted when this test run asks for it
+        # (AI_AGENT_STOCK_TWISTED=1: tox -e stock).
+        speed=speedLayer(stockRequested(os.environ)),
         **observed,
     )
     testCase.addCleanup(runtime.close)
@@ -165,7 +169,11 @@ async def startServer(
         metrics = MetricsResource(observer.metrics, reactor)
     extra = (apiMounts if mounts is None else mounts)(runtime, pool, reactor)
     site = makeSite(
-        headend, HTTPPolicy() if policy is None else policy, mounts=extra, metrics=metrics
+        headend,
+        HTTPPolicy() if policy is None else policy,
+        mounts=extra,
+        metrics=metrics,
+        speed=runtime.speed,
     )
     factory = TrackingFactory(site)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")

@@ -95,7 +95,7 @@ def _post(http: HTTPClient, url: str, payload: Any, headers: Mapping[str, str]) 
     about a fifth of a proxied request's CPU and an API call needs none of
     them; with L{WireAgent} (the runtime's), the headers go to it as bytes,
     without a C{Headers} object.  Anything else (and clients that do not
-    show their agent, as L{ai_agent.runtime.UpstreamHTTPClient} does) goes
+    show their agent, as L{ai_agent.speed.UpstreamHTTPClient} does) goes
     through treq.
     """
     agent = getattr(http, "agent", None)
