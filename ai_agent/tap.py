@@ -557,7 +557,13 @@ class ServerService(MultiService):
 
         for endpoint in self.endpoints:
             listener: Any = endpoint.listener
-            waiting = getattr(listener, "_waitingForPort", None)
+            # A listening service keeps its port's Deferred in the private
+            # _waitingForPort (pinned in tests/test_private_api.py).
+            waiting = (
+                listener._waitingForPort
+                if isinstance(listener, StreamServerEndpointService)
+                else None
+            )
             if waiting is not None and waiting.called:
                 waiting.addCallback(keep)
             elif getattr(listener, "port", None) is not None:
