@@ -112,9 +112,11 @@ class SpeedLayer(Protocol):
         policy: HTTPPolicy,
         errorFormats: ErrorFormatChooser,
         logPath: str | None = None,
+        reactor: Any = None,
     ) -> GuardedSite:
         """
-        The site serving C{resource} under C{policy}.
+        The site serving C{resource} under C{policy}, its channels' timers
+        on C{reactor} (the global one by default).
         """
 
     def router(self, default: Any, mounts: Sequence[Mount] = ()) -> APIRouter:
@@ -151,12 +153,14 @@ class StockTwisted:
         policy: HTTPPolicy,
         errorFormats: ErrorFormatChooser,
         logPath: str | None = None,
+        reactor: Any = None,
     ) -> GuardedSite:
         return GuardedSite(
             resource,
             policy,
             errorFormats=errorFormats,
             logPath=logPath,
+            reactor=reactor,
             requestFactory=GuardedRequest,
             newChannel=GuardedChannel,
         )
@@ -198,12 +202,14 @@ class EagerTwisted:
         policy: HTTPPolicy,
         errorFormats: ErrorFormatChooser,
         logPath: str | None = None,
+        reactor: Any = None,
     ) -> GuardedSite:
         return GuardedSite(
             resource,
             policy,
             errorFormats=errorFormats,
             logPath=logPath,
+            reactor=reactor,
             requestFactory=EagerRequest,
             newChannel=self._channel,
         )

@@ -91,6 +91,7 @@ async def startServer(
     observer: Any = None,
     mounts: Any = None,
     store: Any = None,
+    speed: Any = None,
 ) -> LiveServer:
     """
     Start a fake upstream and a headend serving C{agents} (file name →
@@ -112,6 +113,9 @@ async def startServer(
         server does: L{ai_agent.tap.apiMounts}).
     @param store: the run store (L{None}: as with C{--store none}); it is
         started here and closed when the test ends.
+    @param speed: the L{ai_agent.speed.SpeedLayer} the server is built on;
+        by default the speed layer, or stock Twisted when this test run
+        sets C{AI_AGENT_STOCK_TWISTED} (C{tox -e stock}).
     """
     running = await startFakeUpstream(reactor)
     testCase.addCleanup(running.stop)
@@ -145,9 +149,7 @@ async def startServer(
         cwd=directory,
         environ={"HOME": directory},
         store=store,
-        # The speed layer, or stock Twisted when this test run asks for it
-        # (AI_AGENT_STOCK_TWISTED=1: tox -e stock).
-        speed=speedLayer(stockRequested(os.environ)),
+        speed=speedLayer(stockRequested(os.environ)) if speed is None else speed,
         **observed,
     )
     testCase.addCleanup(runtime.close)
