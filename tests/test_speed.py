@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -75,6 +76,54 @@ class SwitchTests(SynchronousTestCase):
             self.assertIsInstance(speedLayerFor(stock, {STOCK_VARIABLE: value}), StockTwisted)
         self.assertTrue(stockRequested({STOCK_VARIABLE: "1"}))
         self.assertFalse(stockRequested({}))
+
+    def test_makeService(self) -> None:
+        """
+        The server's assembly builds its runtime's upstream client and
+        every endpoint's site and router from the one layer the option (or
+        the variable) chose.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from ai_agent import tap
+
+        environ = {key: value for key, value in os.environ.items() if key != STOCK_VARIABLE}
+        self.patch(os, "environ", environ)
+        directory = self.mktemp()
+        os.makedirs(directory)
+        agent = writeAgent(
+            directory, "a.ai", DEFAULT_AGENT.replace("fake/test-model", "openai/gpt-4o-mini")
+        )
+
+        def build(*argv: str) -> tuple[Any, list[Any]]:
+            options = tap.Options()
+            options.parseOptions(
+                ["--agent", agent, "--openai-completions", "0", "--store", "none", "--no-metrics"]
+                + list(argv)
+            )
+            top = tap.makeService(options, MemoryReactorClock())
+            runtime = [child.runtime for child in top if hasattr(child, "runtime")][0]
+            sites = [endpoint.connections.wrappedFactory for endpoint in top.endpoints]
+            return runtime, sites
+
+        for argv, variable, stock in [
+            ((), None, False),
+            (("--stock-twisted",), None, True),
+            ((), "1", True),
+        ]:
+            if variable is None:
+                environ.pop(STOCK_VARIABLE, None)
+            else:
+                environ[STOCK_VARIABLE] = variable
+            runtime, sites = build(*argv)
+            self.assertIsInstance(runtime.speed, StockTwisted if stock else EagerTwisted)
+            self.assertIsInstance(runtime.pool, HTTPConnectionPool if stock else WireAgent)
+            self.assertEqual(len(sites), 1)
+            self.assertIs(sites[0].requestFactory, GuardedRequest if stock else EagerRequest)
+            self.assertIs(type(sites[0].resource), APIRouter if stock else DirectRouter)
+            if not stock:
+                channel = sites[0].buildProtocol(None)._channel
+                self.assertIs(channel.writes, runtime.pool.writes)
 
     def test_stockIsTwisted(self) -> None:
         """
