@@ -38,7 +38,7 @@ from ai_agent.observe import MULTIPROC_DIR, jsonFileLogObserver
 from ai_agent.providers import ChatMessage
 from ai_agent.request import RunRequest
 from ai_agent.startup import WORKER_VARIABLE, StartupError, embeddedModels, textObserver
-from ai_agent.tap import ServerOptions, makeService
+from ai_agent.tap import ServerOptions, makeService, speedLayerFor
 from ai_agent.workers import ADOPTABLE, parseInherited, startWorkers, watchParent
 
 #: The values of C{--log-format}.
@@ -274,7 +274,11 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
         tracing = Tracing.fromEnvironment(os.environ)
         observer = NULL_OBSERVER if tracing is None else Observability(None, tracing)
         runtime = buildRuntime(
-            reactor, options["agents"], configFile=options["config"], observer=observer
+            reactor,
+            options["agents"],
+            configFile=options["config"],
+            observer=observer,
+            speed=speedLayerFor(options, os.environ),
         )
         spec = runtime.registry.served[0].spec
         ended: list[str] = [""]
@@ -337,7 +341,12 @@ async def _chat(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) 
     from ai_agent.chat import ChatProtocol, ChatSession
     from ai_agent.runtime import buildRuntime
 
-    runtime = buildRuntime(reactor, options["agents"], configFile=options["config"])
+    runtime = buildRuntime(
+        reactor,
+        options["agents"],
+        configFile=options["config"],
+        speed=speedLayerFor(options, os.environ),
+    )
     served = runtime.registry.served[0]
     session = ChatSession(
         lambda history, onEvent: runtime.runner.run(
@@ -384,12 +393,10 @@ def runListTools(
     the exit code: 0, 1 when a server failed to start, 2 for an unknown
     server.
     """
-    from treq.client import HTTPClient
     from twisted.internet.defer import DeferredList, ensureDeferred
 
     from ai_agent.config import loadConfig
     from ai_agent.providers import CONNECT_TIMEOUT
-    from ai_agent.providers._wire import WireAgent
     from ai_agent.runtime import CachingEndpointFactory
     from ai_agent.tools import McpManager, toolName
 
@@ -414,8 +421,14 @@ def runListTools(
         if not names:
             stderr.write("ai-agent: no MCP servers are configured\n")
             return EXIT_OK
-        pool = WireAgent(reactor, CachingEndpointFactory(reactor, CONNECT_TIMEOUT))
-        manager = McpManager(config.mcpServers, reactor, HTTPClient(pool), env)
+        upstream = speedLayerFor(options, env).upstream(
+            reactor,
+            CachingEndpointFactory(reactor, CONNECT_TIMEOUT),
+            maxIdlePerHost=16,
+            idleTimeout=120.0,
+        )
+        pool = upstream.pool
+        manager = McpManager(config.mcpServers, reactor, upstream.http, env)
         try:
             listings = await DeferredList(
                 [manager.server(name).listTools() for name in names], consumeErrors=True

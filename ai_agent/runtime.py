@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.client import URI, BrowserLikePolicyForHTTPS
 from twisted.web.error import SchemeNotSupported
-from twisted.web.iweb import IAgent, IAgentEndpointFactory
+from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from ai_agent.clienttools import MemoryTurnStore, TurnStore
@@ -27,27 +27,21 @@ from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.limits import SubAgentLimiter
 from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
-from ai_agent.providers._wire import WireAgent
 from ai_agent.redaction import Redactor, SecretScrub
 from ai_agent.registry import AgentRegistry, agentFiles, loadRegistry
 from ai_agent.sealing import Sealer
 from ai_agent.session import SessionRunner, splitModel
+from ai_agent.speed import (
+    SpeedLayer,
+    UpstreamPool,
+    speedLayer,
+    stockRequested,
+)
 from ai_agent.store import RunStore, StoreTurnStore
 from ai_agent.tools import McpManager, ToolBoxFactory
 from ai_agent.tools.rest import OPENAPI_PREFIX, RestCatalog
 
 log = Logger()
-
-
-class UpstreamHTTPClient(HTTPClient):
-    """
-    treq's client, keeping its C{Agent} in view: the provider's hot path
-    posts through the agent directly (see L{ai_agent.providers._http}).
-    """
-
-    def __init__(self, agent: IAgent, **kwargs: Any) -> None:
-        super().__init__(agent, **kwargs)
-        self.agent = agent
 
 
 @attrs.define
@@ -96,7 +90,7 @@ class Runtime:
     registry: AgentRegistry
     #: The upstream client and its connection pool (shared by the providers
     #: and MCP servers over HTTP).
-    pool: WireAgent
+    pool: UpstreamPool
     http: HTTPClient
     providers: ProviderSet
     runner: SessionRunner
@@ -113,6 +107,9 @@ class Runtime:
     #: Scrubs the configured secrets from what is traced and logged (not
     #: answered); its redactor is replaced on reload.
     scrub: SecretScrub = attrs.field(factory=SecretScrub)
+    #: What the server is built on: the speed layer or stock Twisted
+    #: (L{ai_agent.speed}); its site is made by the same layer.
+    speed: SpeedLayer = attrs.field(factory=lambda: speedLayer(stock=False))
 
     def close(self) -> Deferred[None]:
         """
@@ -136,9 +133,13 @@ def buildRuntime(
     environ: dict[str, str] | None = None,
     observer: Observer = NULL_OBSERVER,
     store: RunStore | None = None,
+    speed: SpeedLayer | None = None,
 ) -> Runtime:
     """
     Load configuration and agents and build the runner.
+
+    @param speed: the speed layer or stock Twisted (L{ai_agent.speed}); by
+        default, stock Twisted when C{environ} sets C{AI_AGENT_STOCK_TWISTED}.
 
     MCP servers are not started here: L{Runtime.mcp} is a service that
     starts the servers agents use, and a server also starts on first use.
@@ -160,9 +161,13 @@ def buildRuntime(
     registry = loadRegistry(agentPaths, config)
     checkToolServers(registry, config)
     warnMissingKeys(registry, config)
+    if speed is None:
+        speed = speedLayer(stockRequested(environ))
     endpoints = CachingEndpointFactory(reactor, CONNECT_TIMEOUT)
-    pool = WireAgent(reactor, endpoints, maxIdlePerHost=max(connections, 2), idleTimeout=120)
-    http = UpstreamHTTPClient(pool)
+    upstream = speed.upstream(
+        reactor, endpoints, maxIdlePerHost=max(connections, 2), idleTimeout=120
+    )
+    pool, http = upstream.pool, upstream.http
     providers = ProviderSet(config, http, reactor)
     scrub = SecretScrub(Redactor.fromConfig(config))
     mcp = McpManager(
@@ -198,6 +203,7 @@ def buildRuntime(
         store,
         Sealer.fromSecrets(config.sealingKeys),
         scrub,
+        speed,
     )
 
 

@@ -26,8 +26,8 @@ from ai_agent.advice import didYouMean
 from ai_agent.config import ClientKey
 from ai_agent.connections import TrackingFactory
 from ai_agent.errors import OPENAI_ERRORS, ConfigurationError
-from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
-from ai_agent.headends._site import APIRouter, Mount
+from ai_agent.headends._http import APIKeys, HTTPPolicy
+from ai_agent.headends._site import Mount
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.headends.responses import HOSTED_IGNORE, HOSTED_POLICIES, ResponsesHeadend
 from ai_agent.observe import (
@@ -44,6 +44,7 @@ from ai_agent.pool import RunPool
 from ai_agent.principals import unknownAgents
 from ai_agent.reload import Reloader, onHangup
 from ai_agent.runtime import Runtime, buildRuntime
+from ai_agent.speed import SpeedLayer, StockTwisted, speedLayer, stockRequested
 from ai_agent.startup import address, bannerLines, listenError
 from ai_agent.stopsignals import StopSignals
 from ai_agent.store import StoreService, checkLocation, makeStore, parseDuration
@@ -200,6 +201,15 @@ class ServerOptions(usage.Options):
         self["cors-origins"] = []
         self["task-shortcut"] = True
         self["metrics"] = True
+        self["stock-twisted"] = False
+
+    def opt_stock_twisted(self) -> None:
+        """
+        Run on Twisted as it ships, without the speed layer (as
+        AI_AGENT_STOCK_TWISTED=1 does): slower, for comparison and
+        diagnosis.
+        """
+        self["stock-twisted"] = True
 
     def opt_no_metrics(self) -> None:
         """
@@ -397,19 +407,29 @@ def makeSite(
     mounts: Sequence[Mount] = (),
     metrics: MetricsResource | None = None,
     reactor: Any = None,
+    speed: SpeedLayer | None = None,
 ) -> Site:
     """
     A web site for the OpenAI headend and the other APIs (C{mounts}) under
     the HTTP layer's C{policy}, writing an access log in the combined format
     to C{accessLog} if given, with C{/metrics} beside them when C{metrics}
-    is given.  C{reactor} (the global one if L{None}) times the site's
-    connections and the rate of its refusal log lines.
+    is given, built on C{speed} (the runtime's; the speed layer by default).
+    C{reactor} (the global one if L{None}) times the site's connections and
+    the rate of its refusal log lines.
     """
-    router = APIRouter(headend.app, mounts)
+    if speed is None:
+        speed = speedLayer(stock=False)
+    router = speed.router(headend.app, mounts)
     resource: Any = router if metrics is None else WithMetrics(router, metrics)
-    return GuardedSite(
-        resource, policy, errorFormats=router.errorFormat, logPath=accessLog, reactor=reactor
-    )
+    return speed.site(resource, policy, router.errorFormat, logPath=accessLog, reactor=reactor)
+
+
+def speedLayerFor(options: ServerOptions, environ: Mapping[str, str]) -> SpeedLayer:
+    """
+    The speed layer, or stock Twisted with C{--stock-twisted} or
+    C{AI_AGENT_STOCK_TWISTED=1}.
+    """
+    return speedLayer(bool(options["stock-twisted"]) or stockRequested(environ))
 
 
 def apiMounts(
@@ -619,7 +639,13 @@ class ServerService(MultiService):
 
         for endpoint in self.endpoints:
             listener: Any = endpoint.listener
-            waiting = getattr(listener, "_waitingForPort", None)
+            # A listening service keeps its port's Deferred in the private
+            # _waitingForPort (pinned in tests/test_private_api.py).
+            waiting = (
+                listener._waitingForPort
+                if isinstance(listener, StreamServerEndpointService)
+                else None
+            )
             if waiting is not None and waiting.called:
                 waiting.addCallback(keep)
             elif getattr(listener, "port", None) is not None:
@@ -685,6 +711,7 @@ def makeService(
     endpoints = options["endpoints"]
     observer = makeObserver(options, os.environ, reactor)
     store = makeStore(options["store"], reactor, ttl=options["store-ttl"])
+    speed = speedLayerFor(options, os.environ)
     runtime = buildRuntime(
         reactor,
         options["agents"],
@@ -692,7 +719,10 @@ def makeService(
         connections=max(concurrency * max(len(endpoints), 1) * 2, 8),
         observer=observer,
         store=store,
+        speed=speed,
     )
+    if isinstance(speed, StockTwisted):
+        log.info("running on stock Twisted, without the speed layer")
     policy = policyFrom(options, os.environ, runtime.config.keys.values())
     if policy.apiKeys.enabled:
         log.info(
@@ -767,6 +797,7 @@ def makeService(
             mounts,
             metrics=metricsResource,
             reactor=reactor,
+            speed=speed,
         )
         connections = TrackingFactory(site)
         listener: Any

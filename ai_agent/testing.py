@@ -37,7 +37,7 @@ from klein import Klein
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTCP, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
@@ -1162,6 +1162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twisted.internet import reactor as _reactor
 
     reactor = cast(IReactorTCP, _reactor)
+    core = cast(IReactorCore, _reactor)
 
     def listening(running: RunningFakeUpstream) -> None:
         sys.stdout.write(f"fake upstream listening on {running.baseUrl}\n")
@@ -1170,10 +1171,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     def failed(reason: Failure) -> None:
         sys.stderr.write(f"fake upstream could not listen: {reason.getErrorMessage()}\n")
         sys.stderr.flush()
-        cast(Any, _reactor).stop()
+        core.stop()
 
     startFakeUpstream(reactor, options.port, options.interface).addCallbacks(listening, failed)
-    cast(Any, _reactor).run()
+    core.run()
 
 
 __all__ = [

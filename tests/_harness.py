@@ -20,6 +20,7 @@ from ai_agent.headends._http import HTTPPolicy
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.pool import RunPool
 from ai_agent.runtime import Runtime, buildRuntime
+from ai_agent.speed import speedLayer, stockRequested
 from ai_agent.tap import apiMounts, makeSite
 from ai_agent.testing import FakeUpstream, startFakeUpstream
 
@@ -90,6 +91,7 @@ async def startServer(
     observer: Any = None,
     mounts: Any = None,
     store: Any = None,
+    speed: Any = None,
 ) -> LiveServer:
     """
     Start a fake upstream and a headend serving C{agents} (file name →
@@ -111,6 +113,9 @@ async def startServer(
         server does: L{ai_agent.tap.apiMounts}).
     @param store: the run store (L{None}: as with C{--store none}); it is
         started here and closed when the test ends.
+    @param speed: the L{ai_agent.speed.SpeedLayer} the server is built on;
+        by default the speed layer, or stock Twisted when this test run
+        sets C{AI_AGENT_STOCK_TWISTED} (C{tox -e stock}).
     """
     running = await startFakeUpstream(reactor)
     testCase.addCleanup(running.stop)
@@ -144,6 +149,7 @@ async def startServer(
         cwd=directory,
         environ={"HOME": directory},
         store=store,
+        speed=speedLayer(stockRequested(os.environ)) if speed is None else speed,
         **observed,
     )
     testCase.addCleanup(runtime.close)
@@ -165,7 +171,11 @@ async def startServer(
         metrics = MetricsResource(observer.metrics, reactor)
     extra = (apiMounts if mounts is None else mounts)(runtime, pool, reactor)
     site = makeSite(
-        headend, HTTPPolicy() if policy is None else policy, mounts=extra, metrics=metrics
+        headend,
+        HTTPPolicy() if policy is None else policy,
+        mounts=extra,
+        metrics=metrics,
+        speed=runtime.speed,
     )
     factory = TrackingFactory(site)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")

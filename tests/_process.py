@@ -17,6 +17,8 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
+from ai_agent.speed import STOCK_VARIABLE
+
 
 def command(name: str) -> list[str]:
     """
@@ -46,6 +48,8 @@ def childEnvironment(checkout: bool = True, **extra: str) -> dict[str, str]:
         key: value
         for key, value in os.environ.items()
         if key in ("PATH", "LANG", "LC_ALL", "SYSTEMROOT", "TMPDIR", "VIRTUAL_ENV")
+        # A test run on stock Twisted (tox -e stock) runs its servers so.
+        or key == STOCK_VARIABLE
     }
     if checkout:
         env["PYTHONPATH"] = CHECKOUT

@@ -22,8 +22,11 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
+from ai_agent._eager import EagerWrites
 from ai_agent.headends._http import (
     APIKeys,
+    EagerChannel,
+    EagerRequest,
     GuardedSite,
     HTTPPolicy,
     UnusablePathError,
@@ -824,7 +827,8 @@ class _CountingTransport(StringTransport):
 
 class ChannelAddressTests(SynchronousTestCase):
     """
-    L{GuardedChannel} asks its transport for its addresses once.
+    The speed layer's L{EagerChannel} asks its transport for its addresses
+    once.
     """
 
     def test_addressesOncePerConnection(self) -> None:
@@ -842,7 +846,12 @@ class ChannelAddressTests(SynchronousTestCase):
                 seen.append((request.getHost(), request.getClientAddress()))
                 return b"ok"
 
-        site = GuardedSite(_Addresses(), reactor=Clock())
+        site = GuardedSite(
+            _Addresses(),
+            reactor=Clock(),
+            requestFactory=EagerRequest,
+            newChannel=lambda: EagerChannel(EagerWrites()),
+        )
         protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         transport = _CountingTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 80),
@@ -862,15 +871,15 @@ class ChannelAddressTests(SynchronousTestCase):
 
 class OneSendTests(SynchronousTestCase):
     """
-    A response with a length leaves with its head in one write; the head
-    is never held back.
+    With the speed layer, a response with a length leaves with its head in
+    one write; the head is never held back.
     """
 
     def respond(self, code: int, body: bytes, method: bytes = b"GET") -> StringTransport:
         from twisted.internet.task import Clock
         from twisted.web.resource import Resource
 
-        from ai_agent.headends._http import GuardedChannel, GuardedSite
+        from ai_agent.headends._http import EagerChannel, EagerRequest, GuardedSite
 
         class Answer(Resource):
             isLeaf = True
@@ -880,9 +889,13 @@ class OneSendTests(SynchronousTestCase):
                 request.setHeader(b"content-length", b"%d" % len(body))
                 return body
 
-        protocol = GuardedSite(Answer()).buildProtocol(None)
+        protocol = GuardedSite(
+            Answer(),
+            requestFactory=EagerRequest,
+            newChannel=lambda: EagerChannel(EagerWrites()),
+        ).buildProtocol(None)
         channel = protocol._channel
-        self.assertIsInstance(channel, GuardedChannel)
+        self.assertIsInstance(channel, EagerChannel)
         channel.callLater = Clock().callLater
         transport = StringTransport()
         protocol.makeConnection(transport)

@@ -13,6 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 from twisted.web._newclient import Response
+from twisted.web.resource import Resource
 
 from ai_agent.headends._http import GuardedChannel, GuardedSite
 
@@ -41,10 +42,16 @@ class TwistedPrivateAPITests(SynchronousTestCase):
         channel = _Recording()
         channel.callLater = Clock().callLater  # type: ignore[method-assign]
         channel.seen = []
-        channel.site = GuardedSite(None)  # type: ignore[attr-defined]
+        channel.site = GuardedSite(Resource())  # type: ignore[attr-defined]
         channel.makeConnection(StringTransport())
         channel.dataReceived(b"POST //v1/x?y=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n")
         self.assertEqual(channel.seen, [(b"//v1/x?y=1", b"POST", False)])
+        # Deleted once the request is in: GuardedChannel's class default
+        # (None) shows between requests, for a refusal outside any request.
+        channel.dataReceived(b"12345")
+        self.assertNotIn("_path", vars(channel))
+        self.assertNotIn("_command", vars(channel))
+        self.assertIsNone(channel._path)
 
     def test_channelWrapper(self) -> None:
         """
@@ -150,10 +157,11 @@ class TwistedPrivateAPITests(SynchronousTestCase):
 
     def test_writeBuffers(self) -> None:
         """
-        L{ai_agent._eager.sendNow} reads a TCP transport's queue through
-        C{dataBuffer}, C{_tempDataLen} and C{_writeDisconnected}, sends on
-        its C{socket}, and sees through C{ProtocolWrapper}, whose C{write}
-        passes straight to its transport.
+        L{ai_agent._eager.EagerWrites} reads a TCP transport's queue
+        through C{dataBuffer}, C{_tempDataLen} and C{_writeDisconnected},
+        sends on its C{socket}, flushes the queue with C{doWrite}, and sees
+        through C{ProtocolWrapper}, whose C{write} passes straight to its
+        transport.
         """
         import inspect
 
@@ -164,6 +172,11 @@ class TwistedPrivateAPITests(SynchronousTestCase):
         for name in ("self.dataBuffer", "self._tempDataLen", "self._writeDisconnected"):
             self.assertIn(name, source)
         self.assertIn("self.socket.send", inspect.getsource(tcp.Connection.writeSomeData))
+        self.assertRegex(inspect.getsource(tcp.Connection.__init__), r"self\.socket\b.*= skt")
+        # EagerWrites.flushNow sends a transport's queue as the reactor's
+        # writability callback does.
+        self.assertIs(tcp.Server.doWrite, abstract.FileDescriptor.doWrite)
+        self.assertIn("self.writeSomeData(", inspect.getsource(abstract.FileDescriptor.doWrite))
         self.assertIn("self.transport.write(data)", inspect.getsource(ProtocolWrapper.write))
 
     def test_headersStorage(self) -> None:
@@ -180,3 +193,45 @@ class TwistedPrivateAPITests(SynchronousTestCase):
         self.assertEqual(headers.getRawHeaders(b"Content-Type"), [b"text/plain"])
         self.assertEqual(headers.getRawHeaders("content-type"), ["text/plain"])
         self.assertRaises(InvalidHeaderName, _nameEncoder.encode, b"bad name")
+
+    def test_requestDisconnected(self) -> None:
+        """
+        A request says its connection was lost in C{_disconnected} (the
+        guard's C{processingFailed} and C{/metrics} read it): false while
+        connected, true once lost.
+        """
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+        from twisted.web.test.requesthelper import DummyChannel
+
+        request = http.Request(DummyChannel(), False)
+        self.assertIs(request._disconnected, False)
+        request.connectionLost(Failure(ConnectionDone()))
+        self.assertIs(request._disconnected, True)
+
+    def test_requestEncoder(self) -> None:
+        """
+        The speed layer's L{ai_agent.headends._http.EagerRequest} sets a
+        resource's encoder on the request as C{_encoder}, which
+        C{Request.write} and C{finish} pass the body through.
+        """
+        from twisted.web.server import Request
+        from twisted.web.test.requesthelper import DummyChannel
+
+        class Upper:
+            def encode(self, data: bytes) -> bytes:
+                return data.upper()
+
+            def finish(self) -> bytes:
+                return b"!"
+
+        channel = DummyChannel()
+        request = Request(channel, False)
+        request.method, request.uri, request.path = b"GET", b"/", b"/"
+        request.clientproto = b"HTTP/1.1"
+        request.setHeader(b"content-length", b"3")
+        self.assertIsNone(request._encoder)
+        request._encoder = Upper()
+        request.write(b"abc")
+        request.finish()
+        self.assertTrue(channel.transport.written.getvalue().endswith(b"ABC!"))

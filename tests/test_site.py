@@ -29,7 +29,7 @@ from werkzeug.exceptions import Conflict
 
 from ai_agent.errors import AgentError, ErrorKind
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
-from ai_agent.headends._site import APIRouter, Mount
+from ai_agent.headends._site import DirectRouter, Mount
 from tests._harness import LiveServer, startServer
 
 
@@ -210,7 +210,7 @@ class FixedRouteTests(SynchronousTestCase):
             b"GET /v1/thing/x HTTP/1.1\r\n\r\n",
         ]
         for raw in requests:
-            direct, _ = _exchange(APIRouter(_Probe().app), raw)
+            direct, _ = _exchange(DirectRouter(_Probe().app), raw)
             routed, _ = _exchange(_Probe().app.resource(), raw)
             self.assertEqual(direct, routed, raw)
             self.assertTrue(direct.startswith(b"HTTP/1.1 "), direct)
@@ -224,7 +224,7 @@ class FixedRouteTests(SynchronousTestCase):
         """
         probe = _Probe()
         other = _Other()
-        router = APIRouter(
+        router = DirectRouter(
             probe.app,
             [
                 Mount(b"/v1/other", other.app, _FlatErrors()),
@@ -252,7 +252,7 @@ class FixedRouteTests(SynchronousTestCase):
         """
         probe = _Probe()
         raw = b"POST /forever HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
-        _, protocol = _exchange(APIRouter(probe.app), raw)
+        _, protocol = _exchange(DirectRouter(probe.app), raw)
         self.assertEqual(probe.cancelled, [])
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(probe.cancelled, ["forever"])

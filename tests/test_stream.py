@@ -162,16 +162,27 @@ class RunResponseTests(SynchronousTestCase):
         for the end of the upstream read it came in); later frames are
         not, and neither are frames before the first token.
         """
-        from ai_agent.headends import _stream
+        from ai_agent.headends._http import GuardedChannel
 
-        flushed: list[tuple[Any, bytes]] = []
-        self.patch(_stream, "flushNow", lambda transport: flushed.append((transport, self.body())))
+        flushed: list[bytes] = []
+        body = self.body
+
+        class _Recording(GuardedChannel):
+            def sendQueuedNow(self) -> None:
+                flushed.append(body())
+
+        channel = _Recording()
+        channel.site = self.channel.site  # type: ignore[attr-defined]
+        self.transport = StringTransport()
+        channel.makeConnection(self.transport)
+        request = Request(channel, False)
+        request.method, request.uri, request.path = b"POST", b"/x", b"/x"
+        request.clientproto = b"HTTP/1.1"
+        self.response = attrs.evolve(self.response, request=request)
         done = self.stream()
         self.run.emit(ReasoningDelta("thinking"), ContentDelta("one"))
         self.assertEqual(len(flushed), 1)
-        transport, sentByThen = flushed[0]
-        self.assertIs(transport, self.transport)
-        self.assertTrue(sentByThen.replace(b"\r\n", b"").endswith(b"content:one;"))
+        self.assertTrue(flushed[0].replace(b"\r\n", b"").endswith(b"content:one;"))
         self.run.emit(ContentDelta("two"), ContentDelta("three"))
         self.run.result.callback(FINISHED)
         self.successResultOf(done)

@@ -31,7 +31,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from ai_agent._eager import flushPending, markPending, sendNow
+from ai_agent._eager import EagerWrites
 from ai_agent.providers._wire import (
     MAX_HEAD,
     BytesProducer,
@@ -565,7 +565,7 @@ class PoolTests(TestCase):
 
 class SendNowTests(TestCase):
     """
-    L{sendNow} on real TCP connections on 127.0.0.1.
+    L{EagerWrites} on real TCP connections on 127.0.0.1.
     """
 
     async def pair(self) -> tuple[Any, BodyCollector]:
@@ -594,6 +594,7 @@ class SendNowTests(TestCase):
         from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
         transport, received = await self.pair()
+        sendNow = EagerWrites().sendNow
         sendNow(transport, b"now")
         self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
         self.assertNotIn(transport, reactor.getWriters())
@@ -609,16 +610,17 @@ class SendNowTests(TestCase):
         """
         transport, received = await self.pair()
         transport.write(b"first ")
-        sendNow(transport, b"second")
+        EagerWrites().sendNow(transport, b"second")
         self.assertIn(transport, reactor.getWriters())
         await waitFor(lambda: received.body == b"first second")
 
     async def test_flushPending(self) -> None:
         """
         What was queued on a transport noted as written to in this turn
-        leaves at L{flushPending}, not on the reactor's next turn (through
-        a plain C{ProtocolWrapper} as well); a transport that is closing is
-        left to the reactor.
+        leaves at L{EagerWrites.flushPending} of the same L{EagerWrites} (not
+        another's), not on the reactor's next turn (through a plain
+        C{ProtocolWrapper} as well); a transport that is closing is left to
+        the reactor.
         """
         from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
@@ -627,17 +629,21 @@ class SendNowTests(TestCase):
         wrapper.makeConnection(transport)
         wrapper.write(b"queued")
         self.assertIn(transport, reactor.getWriters())
-        markPending(wrapper)
-        markPending(wrapper)
-        flushPending()
+        writes = EagerWrites()
+        writes.markPending(wrapper)
+        writes.markPending(wrapper)
+        EagerWrites().flushPending()
+        # Another server's writes are its own: nothing of these was sent.
+        self.assertIn(transport, reactor.getWriters())
+        writes.flushPending()
         self.assertNotIn(transport, reactor.getWriters())
         self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
         await waitFor(lambda: received.body == b"queued")
         closing, _ = await self.pair()
         closing.write(b"last words")
         closing.loseConnection()
-        markPending(closing)
-        flushPending()
+        writes.markPending(closing)
+        writes.flushPending()
         self.assertIn(closing, reactor.getWriters())
 
     def test_otherTransports(self) -> None:
@@ -645,7 +651,7 @@ class SendNowTests(TestCase):
         A transport that is not plain TCP gets an ordinary write.
         """
         transport = StringTransport()
-        sendNow(transport, b"data")
+        EagerWrites().sendNow(transport, b"data")
         self.assertEqual(transport.value(), b"data")
 
 
@@ -757,7 +763,7 @@ class CycleTests(TestCase):
         self.addCleanup(upstream.stop)
         agent = WireAgent(reactor, CachingEndpointFactory(reactor, 5.0))
         self.addCleanup(agent.closeCachedConnections)
-        from ai_agent.runtime import UpstreamHTTPClient
+        from ai_agent.speed import UpstreamHTTPClient
 
         provider = OpenAIProvider("up", upstream.baseUrl, UpstreamHTTPClient(agent), reactor)
 

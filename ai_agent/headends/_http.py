@@ -27,7 +27,7 @@ from twisted.web import http, server
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
-from ai_agent._eager import markPending, noDelay, sendNow
+from ai_agent._eager import EagerWrites, noDelay
 from ai_agent.config import ClientKey
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, ErrorKind
 from ai_agent.headends._refusals import RefusalLog
@@ -327,9 +327,10 @@ class GuardedRequest(Request):
     def _screen(self, length: int | None) -> AgentError | None:
         policy = self.policy
         # The request line as received; twisted.web gives no public access
-        # to it before the body is read (tests.test_http_guard pins this).
-        target = getattr(self.channel, "_path", b"")
-        method = getattr(self.channel, "_command", b"")
+        # to it before the body is read (tests.test_private_api pins this).
+        channel = cast(GuardedChannel, self.channel)
+        target = channel._path or b""
+        method = channel._command or b""
         try:
             self._canonical = canonicalPath(target)
         except UnusablePathError as e:
@@ -408,7 +409,7 @@ class GuardedRequest(Request):
         self.noteRefusal(error)
         transport.write(b"\r\n".join(lines) + body)
         # Drop whatever else arrives; close when the client is done.
-        channel.dataReceived = lambda data: None
+        channel.dropInput()
         channel.setTimeout(None)
         try:
             transport.loseWriteConnection()
@@ -460,23 +461,11 @@ class GuardedRequest(Request):
 
     def _render(self) -> None:
         """
-        What L{Request.process} does, with the C{Date} header made once a
-        second.  The path is canonical here (it never is C{*}).
+        Find the request's resource and render it, as Twisted's own
+        L{Request.process} does (the speed layer's L{EagerRequest} does the
+        same with less work).
         """
-        self.setHeader(b"Server", server.version)
-        self.setHeader(b"Date", _httpDate(time.time()))
-        self.prepath = []
-        self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
-        try:
-            resource = cast(Site, self.site).getResourceFor(self)
-            getEncoder = getattr(resource, "getEncoder", None)
-            if getEncoder is not None:
-                encoder = getEncoder(self)
-                if encoder is not None:
-                    self._encoder = encoder
-            self.render(resource)
-        except BaseException:
-            self.processingFailed(Failure())
+        Request.process(self)
 
     def _preflight(self, origin: bytes | None) -> None:
         if origin is None:
@@ -542,6 +531,32 @@ class GuardedRequest(Request):
         self._respond(AgentError("internal server error", 500, ErrorKind.SERVER, "internal_error"))
 
 
+class EagerRequest(GuardedRequest):
+    """
+    The speed layer's request (see L{ai_agent.speed}): what
+    L{Request.process} does, with the C{Date} header made once a second
+    and without its per-request interface look-up.  It sets
+    L{Request._encoder} itself (pinned in C{tests/test_private_api.py}).
+    """
+
+    def _render(self) -> None:
+        # The path is canonical here (it never is C{*}).
+        self.setHeader(b"Server", server.version)
+        self.setHeader(b"Date", _httpDate(time.time()))
+        self.prepath = []
+        self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
+        try:
+            resource = cast(Site, self.site).getResourceFor(self)
+            getEncoder = getattr(resource, "getEncoder", None)
+            if getEncoder is not None:
+                encoder = getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(resource)
+        except BaseException:
+            self.processingFailed(Failure())
+
+
 def principalOf(request: Any) -> Principal:
     """
     The principal a request was made by: its key's (see
@@ -577,69 +592,28 @@ class GuardedChannel(http.HTTPChannel):
 
     _deadline: IDelayedCall | None = None
     _lingerCall: IDelayedCall | None = None
-    _host: Any = None
-    _peer: Any = None
+    #: Whether what the client sends is dropped unread (after a refusal
+    #: answered before the request was read; the connection is closing).
+    _droppingInput: bool = False
+    #: The request line's target and method, which Twisted's L{HTTPChannel}
+    #: sets once that line is in and deletes after the head (L{None} in
+    #: between: this class's default).
+    _path: bytes | None = None
+    _command: bytes | None = None
 
-    def getHost(self) -> Any:
-        # Each request asks (twisted.web's Request keeps both addresses);
-        # a connection's addresses never change, and the local one costs a
-        # getsockname system call.
-        if self._host is None:
-            self._host = super().getHost()
-        return self._host
+    def dropInput(self) -> None:
+        """
+        Drop whatever else the client sends: it was answered and the
+        connection is closing.
+        """
+        self._droppingInput = True
 
-    def getPeer(self) -> Any:
-        if self._peer is None:
-            self._peer = super().getPeer()
-        return self._peer
-
-    _head: bytes | None = None
-
-    # A response with a length (an answer or an error, not a stream) goes
-    # out in one send, now: its head waits for the first bytes of its body
-    # and both leave through sendNow, instead of being queued for the
-    # reactor's next turn (see ai_agent._eager).  Streams are written as
-    # Twisted writes them (frames of one turn coalesce in one send).
-
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
-        if (
-            self._head is None
-            and headers.hasHeader(b"content-length")
-            and not headers.hasHeader(b"transfer-encoding")
-        ):
-            parts = [version, b" ", code, b" ", reason, b"\r\n"]
-            for name, values in headers.getAllRawHeaders():
-                for value in values:
-                    parts += (name, b": ", value, b"\r\n")
-            parts.append(b"\r\n")
-            self._head = b"".join(parts)
-            return
-        self._flushHead()
-        super().writeHeaders(version, code, reason, headers)
-
-    def write(self, data: bytes) -> None:
-        head = self._head
-        if head is None:
-            super().write(data)
-            markPending(self.transport)
-            return
-        self._head = None
-        if self.transport is not None:
-            sendNow(self.transport, head + data)
-
-    def writeSequence(self, iovec: list[bytes]) -> None:
-        self._flushHead()
-        super().writeSequence(iovec)
-        markPending(self.transport)
-
-    def requestDone(self, request: http.Request) -> None:
-        self._flushHead()
-        super().requestDone(request)
-
-    def _flushHead(self) -> None:
-        head, self._head = self._head, None
-        if head is not None and self.transport is not None:
-            self.transport.write(head)
+    def sendQueuedNow(self) -> None:
+        """
+        Send what is queued for the client now rather than on the reactor's
+        next turn; Twisted's own channel leaves that to the reactor (see
+        L{EagerChannel}).
+        """
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -649,6 +623,8 @@ class GuardedChannel(http.HTTPChannel):
         noDelay(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._droppingInput:
+            return
         if self._deadline is None and not self._handlingRequest:
             limit = getattr(getattr(self, "site", None), "policy", _DEFAULT_POLICY).requestDeadline
             self._deadline = self.callLater(limit, self._deadlinePassed)
@@ -690,7 +666,7 @@ class GuardedChannel(http.HTTPChannel):
         if self.transport is None:
             return
         try:
-            path = canonicalPath(getattr(self, "_path", b"/") or b"/")[0]
+            path = canonicalPath(self._path or b"/")[0]
         except UnusablePathError:
             path = b"/"
         site = getattr(self, "site", None)
@@ -707,7 +683,7 @@ class GuardedChannel(http.HTTPChannel):
             % (error.status, reason, len(body))
             + body
         )
-        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        self.dropInput()
         self.loseConnection()
 
     def _send100Continue(self) -> None:
@@ -721,8 +697,8 @@ class GuardedChannel(http.HTTPChannel):
         # twisted.web writes a bare "400 Bad Request" here; every refusal of
         # ours is a JSON envelope.
         if (
-            getattr(self, "_receivedHeaderCount", 0) > self.maxHeaders
-            or getattr(self, "_receivedHeaderSize", 0) > self.totalHeadersSize
+            self._receivedHeaderCount > self.maxHeaders
+            or self._receivedHeaderSize > self.totalHeadersSize
         ):
             error = _headersTooLarge(
                 f"the request has more than {self.maxHeaders} headers or"
@@ -741,7 +717,7 @@ class GuardedChannel(http.HTTPChannel):
     def lineLengthExceeded(self, line: bytes) -> None:
         # A request line or header line past MAX_LENGTH: LineReceiver would
         # just close the connection.
-        if getattr(self, "_HTTPChannel__first_line", 0):
+        if self._HTTPChannel__first_line:  # type: ignore[attr-defined]
             error = AgentError(
                 f"the request line is longer than {self.MAX_LENGTH} bytes",
                 414,
@@ -753,8 +729,89 @@ class GuardedChannel(http.HTTPChannel):
         self._refuseAndClose(error)
 
 
-def _guardedChannelFactory(self: Site) -> Any:
-    return http._GenericHTTPChannelProtocol(GuardedChannel())
+class EagerChannel(GuardedChannel):
+    """
+    The speed layer's channel (see L{ai_agent.speed}): a response with a
+    length goes out in one send, now, and the stream frames written while
+    one upstream read is handled leave before the reactor's next turn,
+    through the L{EagerWrites} it shares with the upstream client.
+    """
+
+    def __init__(self, writes: EagerWrites) -> None:
+        super().__init__()
+        self.writes = writes
+
+    def sendQueuedNow(self) -> None:
+        self.writes.flushNow(self.transport)
+
+    _host: Any = None
+    _peer: Any = None
+
+    def getHost(self) -> Any:
+        # Each request asks (twisted.web's Request keeps both addresses);
+        # a connection's addresses never change, and the local one costs a
+        # getsockname system call.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
+
+    _head: bytes | None = None
+
+    # A response with a length (an answer or an error, not a stream) goes
+    # out in one send, now: its head waits for the first bytes of its body
+    # and both leave through EagerWrites.sendNow, instead of being queued
+    # for the reactor's next turn (see ai_agent._eager).  Streams are
+    # written as Twisted writes them (frames of one turn coalesce in one
+    # send).
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        if (
+            self._head is None
+            and headers.hasHeader(b"content-length")
+            and not headers.hasHeader(b"transfer-encoding")
+        ):
+            parts = [version, b" ", code, b" ", reason, b"\r\n"]
+            for name, values in headers.getAllRawHeaders():
+                for value in values:
+                    parts += (name, b": ", value, b"\r\n")
+            parts.append(b"\r\n")
+            self._head = b"".join(parts)
+            return
+        self._flushHead()
+        super().writeHeaders(version, code, reason, headers)
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is None:
+            super().write(data)
+            self.writes.markPending(self.transport)
+            return
+        self._head = None
+        if self.transport is not None:
+            self.writes.sendNow(self.transport, head + data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        self._flushHead()
+        super().writeSequence(iovec)
+        self.writes.markPending(self.transport)
+
+    def requestDone(self, request: http.Request) -> None:
+        self._flushHead()
+        super().requestDone(request)
+
+    def _flushHead(self) -> None:
+        head, self._head = self._head, None
+        if head is not None and self.transport is not None:
+            self.transport.write(head)
+
+
+def _guardedChannelFactory(self: GuardedSite) -> Any:
+    return http._GenericHTTPChannelProtocol(self.newChannel())
 
 
 class GuardedSite(Site):
@@ -763,6 +820,10 @@ class GuardedSite(Site):
     L{HTTPPolicy}; form parsing is off (the API takes JSON only), and
     tracebacks are never shown.  Refusals are written in the error format
     C{errorFormats} picks for the request's path and headers.
+
+    Its request and channel classes are Twisted's own behaviour
+    (L{GuardedRequest}, L{GuardedChannel}) unless the speed layer gives
+    its own (L{ai_agent.speed}: C{requestFactory} and C{newChannel}).
     """
 
     requestFactory = GuardedRequest
@@ -775,10 +836,14 @@ class GuardedSite(Site):
         resource: Any,
         policy: HTTPPolicy = HTTPPolicy(),
         errorFormats: ErrorFormatChooser = openaiErrors,
+        *,
+        requestFactory: type[GuardedRequest] = GuardedRequest,
+        newChannel: Callable[[], GuardedChannel] = GuardedChannel,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("parsePOSTFormSubmission", False)
-        super().__init__(resource, **kwargs)
+        super().__init__(resource, requestFactory=requestFactory, **kwargs)
+        self.newChannel = newChannel
         self.policy = policy
         self.errorFormats = errorFormats
         self.timeOut = policy.idleTimeout
@@ -794,6 +859,8 @@ class GuardedSite(Site):
 
 __all__ = [
     "APIKeys",
+    "EagerChannel",
+    "EagerRequest",
     "ErrorFormatChooser",
     "GuardedChannel",
     "GuardedRequest",

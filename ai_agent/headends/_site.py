@@ -8,12 +8,15 @@ is a L{Mount}: the canonical path prefix it owns (C{/v1/responses}), its Klein
 app (bound to its headend; routes are absolute paths), and its
 L{ErrorFormat}.
 
-Routes whose path is fixed (C{POST /v1/chat/completions}, C{GET /health},
-...) are found by one dictionary look-up of the request's method and
-canonical path, and their handler is called as Klein would call it
-(L{_renderRoute}); every other request goes through Klein's router.  Binding
-werkzeug's map and matching against it cost more than the rest of the
-routing for the API's hot paths.
+L{APIRouter} renders every request with Klein's own resource.  The speed
+layer's L{DirectRouter} (see L{ai_agent.speed}) finds the routes whose path
+is fixed (C{POST /v1/chat/completions}, C{GET /health}, ...) by one
+dictionary look-up of the request's method and canonical path, and calls
+their handler as Klein would call it (L{_renderRoute}, through Klein's
+private C{_error_handlers}, pinned in C{tests/test_private_api.py}); every
+other request goes through Klein's router.  Binding werkzeug's map and
+matching against it cost more than the rest of the routing for the API's
+hot paths.
 """
 
 from __future__ import annotations
@@ -214,19 +217,9 @@ class APIRouter(Resource):
     def __init__(self, default: IResource | Klein, mounts: Sequence[Mount] = ()) -> None:
         super().__init__()
         self.mounts = tuple(mounts)
-        routes: dict[tuple[bytes, bytes], _Route] = {}
-        for mount in self.mounts:
-            routes.update(_fixedRoutes(mount.app, mount.owns))
-        if isinstance(default, Klein):
-            routes.update(_fixedRoutes(default, lambda path: self._mountOf(path) is None))
-            default = default.resource()
-        self.default: IResource = default
-        self._routes = routes
+        self.default: IResource = default.resource() if isinstance(default, Klein) else default
 
     def render(self, request: IRequest) -> Any:
-        route = self._routes.get((request.method, request.path))
-        if route is not None:
-            return _renderRoute(route, request)
         return self._resourceFor(request.path).render(request)
 
     def _mountOf(self, path: bytes) -> Mount | None:
@@ -252,4 +245,27 @@ class APIRouter(Resource):
         return OPENAI_ERRORS
 
 
-__all__ = ["APIRouter", "Mount"]
+class DirectRouter(APIRouter):
+    """
+    The speed layer's router (see L{ai_agent.speed}): an L{APIRouter} that
+    calls the routes with a fixed path directly (L{_renderRoute}), found by
+    one dictionary look-up, and leaves the others to Klein.
+    """
+
+    def __init__(self, default: IResource | Klein, mounts: Sequence[Mount] = ()) -> None:
+        super().__init__(default, mounts)
+        routes: dict[tuple[bytes, bytes], _Route] = {}
+        for mount in self.mounts:
+            routes.update(_fixedRoutes(mount.app, mount.owns))
+        if isinstance(default, Klein):
+            routes.update(_fixedRoutes(default, lambda path: self._mountOf(path) is None))
+        self._routes = routes
+
+    def render(self, request: IRequest) -> Any:
+        route = self._routes.get((request.method, request.path))
+        if route is not None:
+            return _renderRoute(route, request)
+        return self._resourceFor(request.path).render(request)
+
+
+__all__ = ["APIRouter", "DirectRouter", "Mount"]

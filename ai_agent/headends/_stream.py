@@ -25,7 +25,6 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
-from ai_agent._eager import flushNow
 from ai_agent.errors import AgentError, ErrorKind
 from ai_agent.events import (
     PROGRESS_TYPES,
@@ -40,6 +39,7 @@ from ai_agent.events import (
     Usage,
 )
 from ai_agent.flow import CLIENT_STALL_TIMEOUT, Flow, currentFlow
+from ai_agent.headends._http import GuardedChannel
 from ai_agent.headends._sse import SSEStream
 from ai_agent.limits import MAX_RUN_ANSWER, AnswerCap
 from ai_agent.observe import RequestScope, requestScope
@@ -389,7 +389,9 @@ class RunResponse:
                 # The first token leaves now, not when the rest of the
                 # upstream read it came in has been handled.
                 self._firstTokenOut = True
-                flushNow(getattr(getattr(self.request, "channel", None), "transport", None))
+                channel = getattr(self.request, "channel", None)
+                if isinstance(channel, GuardedChannel):
+                    channel.sendQueuedNow()
 
     def _begin(self) -> None:
         # The stream's head and first frames: with the first frame the

@@ -29,7 +29,6 @@ from typing import Any, Callable, ClassVar, Iterable, cast
 import attrs
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -81,6 +80,7 @@ from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScop
 from ai_agent.pool import RunPool
 from ai_agent.principals import resolveFor, visibleIds
 from ai_agent.providers import ChatMessage, LLMRequest, TokenCounter, ToolCall, ToolSpec
+from ai_agent.reactors import IReactorTimeAndThreads
 from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
@@ -951,7 +951,7 @@ class AnthropicHeadend:
     registry: AgentRegistry
     runner: SessionRunner
     pool: RunPool
-    reactor: IReactorTime
+    reactor: IReactorTimeAndThreads
     streamHeadGrace: float = STREAM_HEAD_GRACE
     pingInterval: float = PING_INTERVAL
     observer: Observer = NULL_OBSERVER
@@ -969,7 +969,7 @@ class AnthropicHeadend:
     def _bodyGate(self) -> BodyGate:
         if self.bodyGate is None:
             if self.threadPool is None:
-                self.threadPool = cast(Any, self.reactor).getThreadPool()
+                self.threadPool = self.reactor.getThreadPool()
             self.bodyGate = BodyGate(self.reactor, self.threadPool)
         return self.bodyGate
 

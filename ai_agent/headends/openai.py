@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import attrs
 import orjson
 from klein import Klein
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -55,6 +54,7 @@ from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
 from ai_agent.principals import resolveFor, visibleAgents, visibleIds
+from ai_agent.reactors import IReactorTimeAndThreads
 from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.session import SessionRunner
@@ -368,7 +368,7 @@ class OpenAIHeadend:
     registry: AgentRegistry
     runner: SessionRunner
     pool: RunPool
-    reactor: IReactorTime
+    reactor: IReactorTimeAndThreads
     reasoningField: str | None = "reasoning_content"
     streamHeadGrace: float = STREAM_HEAD_GRACE
     taskShortcut: bool = True
@@ -402,7 +402,7 @@ class OpenAIHeadend:
         The pool that parses large bodies off the reactor thread.
         """
         if self.threadPool is None:
-            self.threadPool = cast(Any, self.reactor).getThreadPool()
+            self.threadPool = self.reactor.getThreadPool()
         return self.threadPool
 
     # -- errors ---------------------------------------------------------

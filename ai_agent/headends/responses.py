@@ -19,12 +19,11 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from typing import Any, ClassVar, Iterable, Mapping, cast
+from typing import Any, ClassVar, Iterable, Mapping
 
 import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -75,6 +74,7 @@ from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScop
 from ai_agent.pool import RunPool
 from ai_agent.principals import Principal, resolveFor, visibleIds
 from ai_agent.providers import ChatMessage, ToolCall
+from ai_agent.reactors import IReactorTimeAndThreads
 from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry
 from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
@@ -1019,7 +1019,7 @@ class ResponsesHeadend:
     registry: AgentRegistry
     runner: SessionRunner
     pool: RunPool
-    reactor: IReactorTime
+    reactor: IReactorTimeAndThreads
     store: RunStore | None = None
     observer: Observer = NULL_OBSERVER
     streamHeadGrace: float = STREAM_HEAD_GRACE
@@ -1039,7 +1039,7 @@ class ResponsesHeadend:
 
     def _bodyGate(self) -> BodyGate:
         if self.bodyGate is None:
-            self.bodyGate = BodyGate(self.reactor, cast(Any, self.reactor).getThreadPool())
+            self.bodyGate = BodyGate(self.reactor, self.reactor.getThreadPool())
         return self.bodyGate
 
     # -- errors ---------------------------------------------------------

@@ -5,7 +5,6 @@ LLM providers: one module per wire protocol behind the L{Provider} interface.
 from __future__ import annotations
 
 from treq.client import HTTPClient
-from twisted.internet.interfaces import IReactorTime
 
 from ai_agent.config import ProviderConfig
 from ai_agent.errors import ConfigurationError
@@ -24,14 +23,18 @@ from ai_agent.providers._http import CONNECT_TIMEOUT
 from ai_agent.providers.anthropic import AnthropicProvider
 from ai_agent.providers.local import LocalProvider, LocalSettings
 from ai_agent.providers.openai import OpenAIProvider
+from ai_agent.reactors import IReactorTimeAndThreads
 
 
-def makeProvider(config: ProviderConfig, http: HTTPClient, reactor: IReactorTime) -> Provider:
+def makeProvider(
+    config: ProviderConfig, http: HTTPClient, reactor: IReactorTimeAndThreads
+) -> Provider:
     """
     The L{Provider} for one configured endpoint.
 
     @param http: the client (with its own connection pool) for every call.
-    @param reactor: schedules timeouts.
+    @param reactor: schedules timeouts (and runs an embedded model's
+        loading in its thread pool).
     @raise ConfigurationError: the wire type is unknown.
     """
     if config.type == "local":

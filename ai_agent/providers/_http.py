@@ -42,7 +42,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+from twisted.web.client import Response, ResponseDone
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -51,7 +51,7 @@ from ai_agent.errors import ProviderError
 from ai_agent.flow import Flow, currentFlow
 from ai_agent.observe import injectTraceContext
 from ai_agent.providers._base import DeltaSink, LLMRequest, LLMResponse
-from ai_agent.providers._wire import BytesProducer, WireAgent
+from ai_agent.providers._wire import BytesProducer, WireAgent, WireResponse
 from ai_agent.sse import DEFAULT_MAX_BUFFER, SSEError, SSEEvent, SSEParser
 
 CONNECT_TIMEOUT = 10.0
@@ -102,7 +102,7 @@ def _post(http: HTTPClient, url: str, payload: Any, headers: Mapping[str, str]) 
     about a fifth of a proxied request's CPU and an API call needs none of
     them; with L{WireAgent} (the runtime's), the headers go to it as bytes,
     without a C{Headers} object.  Anything else (and clients that do not
-    show their agent, as L{ai_agent.runtime.UpstreamHTTPClient} does) goes
+    show their agent, as L{ai_agent.speed.UpstreamHTTPClient} does) goes
     through treq.
     """
     agent = getattr(http, "agent", None)
@@ -325,13 +325,15 @@ def _responseTransport(response: UpstreamResponse) -> Any:
     """
     Find the connection under a (possibly wrapped) response, for bodies
     whose protocol never receives a transport (C{ContentDecoderAgent}'s gzip
-    wrapper does not pass one on).
+    wrapper does not pass one on): a Twisted L{Response} (the private
+    C{_transport}, pinned in C{tests/test_private_api.py}) or a
+    L{WireResponse}, seen through the wrappers (treq's, the decoders')
+    that keep what they wrap in C{original}.
     """
     current: Any = response
     for _ in range(8):
-        transport = getattr(current, "_transport", None)
-        if transport is not None:
-            return transport
+        if isinstance(current, (Response, WireResponse)):
+            return current._transport
         current = getattr(current, "original", None)
         if current is None:
             return None

@@ -58,7 +58,7 @@ from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
-from ai_agent._eager import flushPending, noDelay, sendNow
+from ai_agent._eager import EagerWrites, noDelay
 
 MAX_HEAD = 64 * 1024
 """
@@ -303,7 +303,7 @@ class _WireProtocol(Protocol):
         transport = self.transport
         assert transport is not None
         if body is not None:
-            sendNow(transport, head + body if body else head)
+            self._agent.writes.sendNow(transport, head + body if body else head)
         else:
             transport.write(head)
             if producer is not None:
@@ -365,7 +365,7 @@ class _WireProtocol(Protocol):
             self._protocolError(e)
         # What this read made the server write to its clients (stream
         # frames) leaves now rather than on the reactor's next turn.
-        flushPending()
+        self._agent.writes.flushPending()
 
     def _headData(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
@@ -674,6 +674,10 @@ class WireAgent:
     @ivar maxIdlePerHost: the most idle connections kept per scheme, host
         and port.
     @ivar idleTimeout: seconds an idle connection is kept.
+    @ivar writes: the eager sends it shares with the server's site (see
+        L{ai_agent.speed}): requests are sent at once, and what the server
+        wrote to its clients while handling an upstream read is flushed
+        after it.
     """
 
     def __init__(
@@ -682,8 +686,10 @@ class WireAgent:
         endpoints: IAgentEndpointFactory,
         maxIdlePerHost: int = 16,
         idleTimeout: float = 120.0,
+        writes: EagerWrites | None = None,
     ) -> None:
         self._reactor = reactor
+        self.writes = EagerWrites() if writes is None else writes
         self._endpoints = endpoints
         self.maxIdlePerHost = maxIdlePerHost
         self.idleTimeout = idleTimeout

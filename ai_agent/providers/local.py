@@ -24,12 +24,11 @@ import importlib.metadata
 import importlib.util
 import os
 import secrets
-from typing import Any, Callable, Mapping, cast
+from typing import Any, Callable, Mapping
 
 import attrs
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, DeferredSemaphore, fail, succeed
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,6 +36,7 @@ from twisted.python.failure import Failure
 from ai_agent.errors import ProviderError
 from ai_agent.providers._base import DeltaSink, LLMRequest, LLMResponse
 from ai_agent.providers.openai import OpenAIProvider
+from ai_agent.reactors import IReactorTimeAndThreads
 
 log = Logger()
 
@@ -269,7 +269,7 @@ class _Engine:
         )
         started = provider.reactor.seconds()
         loading: Deferred[tuple[Any, str]] = deferToThreadPool(
-            cast(Any, provider.reactor),
+            provider.reactor,
             provider.threadPool(),
             provider.loader,
             self.path,
@@ -320,7 +320,7 @@ class _Engine:
             self._server = self._inner = None
             if holder:
                 await deferToThreadPool(
-                    cast(Any, self.provider.reactor),
+                    self.provider.reactor,
                     self.provider.threadPool(),
                     _stopServer,
                     holder,
@@ -365,7 +365,7 @@ class LocalProvider:
     name: str
     settings: LocalSettings
     http: HTTPClient = attrs.field(repr=False)
-    reactor: IReactorTime = attrs.field(repr=False)
+    reactor: IReactorTimeAndThreads = attrs.field(repr=False)
     loader: Loader = attrs.field(default=loadServer, repr=False)
     threadPoolFactory: Callable[[], Any] | None = attrs.field(default=None, repr=False)
     hasEngine: Callable[[], bool] = attrs.field(default=engineInstalled, repr=False)
@@ -377,7 +377,7 @@ class LocalProvider:
         """
         if self.threadPoolFactory is not None:
             return self.threadPoolFactory()
-        return self.reactor.getThreadPool()  # type: ignore[attr-defined]
+        return self.reactor.getThreadPool()
 
     def complete(self, request: LLMRequest, sink: DeltaSink) -> Deferred[LLMResponse]:
         """
