@@ -24,7 +24,8 @@ from ai_agent.config import Config, OpenApiSpecConfig, RestStreaming, RestToolCo
 from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.providers._wire import WireAgent
 from ai_agent.redaction import Redactor
-from ai_agent.runtime import CachingEndpointFactory, UpstreamHTTPClient
+from ai_agent.runtime import CachingEndpointFactory
+from ai_agent.speed import UpstreamHTTPClient
 from ai_agent.testing import Reply
 from ai_agent.tools.openapi import importOpenApi
 from ai_agent.tools.rest import RestTool, encodeComponent, restRedactor
