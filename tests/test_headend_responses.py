@@ -56,6 +56,27 @@ def _memoryStore() -> Any:
     return makeStore("memory", reactor)
 
 
+class _CountingStore:
+    """
+    A run store that records the name of each operation called on it.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.store, name)
+        if not callable(value):
+            return value
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return value(*args, **kwargs)
+
+        return counted
+
+
 async def _server(testCase: TestCase, store: Any = "memory", **kwargs: Any) -> LiveServer:
     return await startServer(
         testCase,
@@ -295,6 +316,55 @@ class StoreTests(TestCase):
                 ("user", "third"),
             ],
         )
+
+    async def test_longChainInOneStoreCall(self) -> None:
+        """
+        A chain of 1,000 stored responses is read in one store call (no
+        C{get} per link) and reaches the model whole, oldest first; one
+        more response makes it a 400 C{chain_too_long}; a link to a response
+        that is gone is a 404 naming that response, not the one asked for.
+        """
+        store = _CountingStore(_memoryStore())
+        server = await _server(self, store=store)
+        server.upstream.script(*[Reply(content="Fine.") for _ in range(3)])
+        client = server.client()
+        first = await inThread(client.responses.create, model=MODEL, input="turn 0")
+        stored = (await store.get("responses", first.id)).document
+        documents = {first.id: stored}
+        for n in range(1, 1001):
+            document = json.loads(json.dumps(stored))
+            document["input"][0]["content"][0]["text"] = f"turn {n}"
+            document["previous_response_id"] = f"resp_chain{n - 1}" if n > 1 else first.id
+            documents[f"resp_chain{n}"] = document
+        await store.putMany("responses", documents)
+        store.calls.clear()
+        await inThread(
+            client.responses.create, model=MODEL, input="next", previous_response_id="resp_chain999"
+        )
+        self.assertEqual(store.calls.count("getChain"), 1)
+        self.assertNotIn("get", store.calls)
+        users = [content for role, content in _seen(server, 1) if role == "user"]
+        self.assertEqual(users, [f"turn {n}" for n in range(1000)] + ["next"])
+        with self.assertRaises(openai.BadRequestError) as tooLong:
+            await inThread(
+                client.responses.create,
+                model=MODEL,
+                input="more",
+                previous_response_id="resp_chain1000",
+            )
+        self.assertEqual(tooLong.exception.code, "chain_too_long")
+        self.assertEqual(tooLong.exception.body["param"], "previous_response_id")
+        await store.delete("responses", "resp_chain500")
+        with self.assertRaises(openai.NotFoundError) as broken:
+            await inThread(
+                client.responses.create,
+                model=MODEL,
+                input="more",
+                previous_response_id="resp_chain999",
+            )
+        self.assertIn("resp_chain500", broken.exception.message)
+        self.assertNotIn("resp_chain999", broken.exception.message)
+        self.assertEqual(broken.exception.body["param"], "previous_response_id")
 
     async def test_retrieveInputItemsDelete(self) -> None:
         """

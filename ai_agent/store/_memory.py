@@ -28,6 +28,7 @@ from ai_agent.store._base import (
     StoredDocument,
     StoreError,
     StoreStats,
+    checkField,
     checkKey,
     checkNamespace,
     usableKeys,
@@ -126,6 +127,28 @@ class MemoryStore:
                     namespace, key, json.loads(entry.text), entry.createdAt, entry.expiresAt
                 )
         return succeed(found)
+
+    def getChain(
+        self, namespace: str, key: str, link: str, limit: int, scope: str = ""
+    ) -> Deferred[list[StoredDocument]]:
+        checkNamespace(namespace)
+        checkField(link)
+        if self._closed:
+            return fail(StoreError("the run store is closed"))
+        now = self.clock.seconds()
+        chain: list[StoredDocument] = []
+        nextKey: str | None = key
+        while nextKey is not None and len(chain) < limit:
+            entry = self._entries.get((namespace, nextKey))
+            if entry is None or entry.expiresAt <= now:
+                break
+            document = json.loads(entry.text)
+            chain.append(
+                StoredDocument(namespace, nextKey, document, entry.createdAt, entry.expiresAt)
+            )
+            value = document.get(link) if isinstance(document, dict) else None
+            nextKey = scope + value if isinstance(value, str) else None
+        return succeed(chain)
 
     def delete(self, namespace: str, key: str) -> Deferred[bool]:
         checkNamespace(namespace)
