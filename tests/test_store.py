@@ -640,6 +640,22 @@ class MemoryStoreTests(StoreBehaviourMixin, TestCase):
     def makeStore(self, **limits: Any) -> MemoryStore:
         return MemoryStore(self.clock, **limits)
 
+    def test_purgedWithoutStart(self) -> None:
+        """
+        A memory store nobody started (hidden turns without a run store)
+        still lets go of expired documents: a put once C{purgeInterval}
+        has passed purges them, so a later purge finds nothing left.
+        """
+        store = self.makeStore(purgeInterval=60)
+        self.successResultOf(store.putMany(TURNS, {"a": 1, "b": 2}, ttl=30))
+        self.clock.advance(59)
+        self.successResultOf(store.put(TURNS, "c", 3, ttl=30))
+        self.clock.advance(1)
+        self.successResultOf(store.put(TURNS, "d", 4))
+        self.assertEqual(self.successResultOf(store.purge()), 0)
+        self.assertEqual(sorted(self.successResultOf(store.getMany(TURNS, "abcd"))), ["c", "d"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_synchronous(self) -> None:
         """
         Every operation's Deferred has fired when it is returned, so unit
@@ -1113,6 +1129,44 @@ class ServerWiringTests(TestCase):
         top = self.build("--store", "none")
         self.assertIsNone([c.runtime for c in top if hasattr(c, "runtime")][0].store)
         self.assertEqual([c for c in top if isinstance(c, StoreService)], [])
+
+    def test_noStoreTurnsInMemory(self) -> None:
+        """
+        With C{--store none}, hidden turns go to an in-memory run store of
+        the runtime's own, on the server's reactor as its clock: a turn is
+        found until a day of that clock has passed, then not.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from ai_agent import tap
+
+        clock = MemoryReactorClock()
+        options = ServerOptions()
+        options.parseOptions(
+            [
+                "--agent",
+                os.path.join(self.folder, "chat.ai"),
+                "--config",
+                os.path.join(self.folder, ".ai-agent.json"),
+                "--openai-completions",
+                "0",
+                "--store",
+                "none",
+            ]
+        )
+        top = tap.makeService(options, clock)
+        [runtime] = [c.runtime for c in top if hasattr(c, "runtime")]
+        turns = runtime.runner.turns
+        self.assertIsInstance(turns, StoreTurnStore)
+        self.assertIsInstance(turns.store, MemoryStore)
+        self.assertIs(turns.store.clock, clock)
+        turn = HiddenTurn((), ChatMessage("assistant", ""), (), ("call_1",))
+        self.successResultOf(turns.saveTurn(turn, "team-a"))
+        clock.advance(24 * 3600 - 1)
+        self.assertEqual(self.successResultOf(turns.findTurn(["call_1"], "team-a")), turn)
+        self.assertIsNone(self.successResultOf(turns.findTurn(["call_1"], "team-b")))
+        clock.advance(1)
+        self.assertIsNone(self.successResultOf(turns.findTurn(["call_1"], "team-a")))
 
     async def serve(self, *argv: str) -> str:
         """
