@@ -22,7 +22,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from ai_agent.events import ClientToolCall, Finished, FinishReason, Usage
 from ai_agent.headends.responses import ResponsesEncoder, _dumps, _dumpsAny
-from ai_agent.store import makeStore
+from ai_agent.store import StoreStats, makeStore
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, inThread, startServer
 from tests.mcp_servers import calcEntry
@@ -370,9 +370,11 @@ class StoreTests(TestCase):
         """
         A stored response is retrieved as it was answered; its input items
         are listed newest first by default and paged; once deleted, it is
-        a 404 and cannot be continued.
+        a 404 and cannot be continued, and the store holds nothing of it
+        (nor of its output items).
         """
-        server = await _server(self)
+        store = _memoryStore()
+        server = await _server(self, store=store)
         server.upstream.script(Reply(content="Noted."))
         client = server.client()
         created = await inThread(
@@ -393,10 +395,18 @@ class StoreTests(TestCase):
             lambda: list(client.responses.input_items.list(created.id, order="asc", limit=1))
         )
         self.assertEqual([i.role for i in everything], ["developer", "user", "user"])
-        deleted = await inThread(client.responses.delete, created.id)
-        self.assertIsNone(deleted)
+        self.assertEqual((await store.stats("response_items")).entries, 1)
+        deleted = await inThread(client.responses.with_raw_response.delete, created.id)
+        self.assertEqual(deleted.status_code, 200)
+        self.assertEqual(
+            json.loads(deleted.text), {"id": created.id, "object": "response", "deleted": True}
+        )
+        # Gone from the store, output items too, not only hidden from GET.
+        self.assertEqual(await store.stats(), StoreStats(0, 0))
         with self.assertRaises(openai.NotFoundError):
             await inThread(client.responses.retrieve, created.id)
+        with self.assertRaises(openai.NotFoundError):
+            await inThread(client.responses.delete, created.id)
         with self.assertRaises(openai.NotFoundError) as caught:
             await inThread(
                 client.responses.create, model=MODEL, input="x", previous_response_id=created.id
@@ -1144,7 +1154,7 @@ class MetricsTests(TestCase):
         with its 4xx status; chat completions' count is untouched.
         """
         from ai_agent.observe import Metrics, Observability
-        from tests.test_observe import metricValue, scrape
+        from tests.test_observe import metricSeries, metricValue, scrape
 
         observer = Observability(Metrics(), None, clock=reactor.seconds)
         server = await _server(self, observer=observer)
@@ -1165,7 +1175,7 @@ class MetricsTests(TestCase):
             metricValue(text, requests, agent=MODEL, headend="responses", status="200"), 2
         )
         self.assertEqual(metricValue(text, requests, headend="responses", status="400"), 1)
-        self.assertEqual(metricValue(text, requests, headend="openai"), 0)
+        self.assertEqual(metricSeries(text, requests, headend="openai"), [])
 
 
 #: Any JSON-ish value: floats (tiny, huge, not finite), integers past 64
