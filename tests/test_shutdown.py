@@ -24,7 +24,6 @@ from tests._process import (
     ServerProcess,
     childEnvironment,
     command,
-    freePort,
     waitUntilListening,
 )
 from tests.test_http_guard import _Raw, _request
@@ -53,14 +52,13 @@ class ShutdownTests(TestCase):
         with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
             json.dump({"providers": {"fake": {"type": "openai", "baseUrl": running.baseUrl}}}, f)
         writeAgent(folder, "chat.ai")
-        port = freePort()
         server = ServerProcess()
         argv = [
             *command("ai-agent"),
             "--agent",
             "chat.ai",
             "--openai-completions",
-            str(port),
+            "0",
             *extra,
         ]
         reactor.spawnProcess(server, argv[0], argv, env=childEnvironment(HOME=folder), path=folder)
@@ -72,6 +70,7 @@ class ShutdownTests(TestCase):
             return None
 
         self.addCleanup(kill)
+        port = await server.waitForPort()
         await waitUntilListening(server, port)
         return server, port
 

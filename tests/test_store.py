@@ -1172,7 +1172,7 @@ class ServerWiringTests(TestCase):
         """
         import signal
 
-        from tests._process import ServerProcess, childEnvironment, command, freePort
+        from tests._process import ServerProcess, childEnvironment, command
 
         protocol = ServerProcess()
         full = [
@@ -1180,7 +1180,7 @@ class ServerWiringTests(TestCase):
             "--agent",
             "chat.ai",
             "--openai-completions",
-            str(freePort()),
+            "0",
             *argv,
         ]
         reactor.spawnProcess(

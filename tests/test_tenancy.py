@@ -36,7 +36,7 @@ from ai_agent.sealing import SEALED_PREFIX, Sealer, SealError
 from ai_agent.store import RESPONSES, TURNS, MemoryStore, OwnedStore, StoreTurnStore, makeStore
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, inThread, startServer
-from tests._process import command, freePort
+from tests._process import announcedPort, command
 from tests.mcp_servers import calcEntry
 from tests.test_firstrun import Child, ended, spawn
 
@@ -724,14 +724,13 @@ class ProcessTests(TestCase):
             json.dump(config, f)
 
     async def _serve(self, folder: str, *extra: str) -> tuple[Child, str]:
-        port = freePort()
         child = spawn(
             self,
-            [*command("ai-agent"), "--agent", "agents", "--openai-completions", str(port), *extra],
+            [*command("ai-agent"), "--agent", "agents", "--openai-completions", "0", *extra],
             folder,
         )
         await child.waitFor(b"  models: ")
-        return child, f"http://127.0.0.1:{port}"
+        return child, f"http://127.0.0.1:{announcedPort(child.output)}"
 
     async def test_keysReloaded(self) -> None:
         """
