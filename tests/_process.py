@@ -156,14 +156,40 @@ class ServerProcess(ProcessProtocol):
         self.ended: Deferred[int] = Deferred()
         self._endWaiters: list[Deferred[int]] = []
         self._portWaiters: list[Deferred[int]] = []
+        self._textWaiters: list[tuple[bytes, Deferred[None]]] = []
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
+        for waiter in list(self._textWaiters):
+            if waiter[0] in self.output:
+                self._textWaiters.remove(waiter)
+                waiter[1].callback(None)
         port = announcedPort(self.output)
         if port is not None:
             waiters, self._portWaiters = self._portWaiters, []
             for waiter in waiters:
                 waiter.callback(port)
+
+    def waitForOutput(self, text: bytes, timeout: float = 30.0) -> Deferred[None]:
+        """
+        Fire once the child wrote C{text} (on either stream); fail with its
+        output after C{timeout} seconds.
+        """
+        if text in self.output:
+            return succeed(None)
+
+        def forget(d: Deferred[None]) -> None:
+            self._textWaiters = [w for w in self._textWaiters if w[1] is not d]
+
+        def timedOut(result: object, seconds: float) -> None:
+            raise AssertionError(
+                f"the server did not say {text!r} within {seconds:g} s; it said:\n"
+                + self.output.decode("utf-8", "replace")
+            )
+
+        waiter: Deferred[None] = Deferred(canceller=forget)
+        self._textWaiters.append((text, waiter))
+        return waiter.addTimeout(timeout, reactor, onTimeoutCancel=timedOut)
 
     def waitForPort(self, timeout: float = 30.0) -> Deferred[int]:
         """
