@@ -14,7 +14,6 @@ import http.client
 import io
 import json
 import sys
-import time
 from typing import Any, Callable
 
 from hypothesis import HealthCheck, given, settings
@@ -410,15 +409,16 @@ class DepthTests(SynchronousTestCase):
     def test_veryDeep(self) -> None:
         """
         A million levels of brackets (far past the interpreter's recursion
-        limit) are a 400, found quickly.
+        limit) are a 400 from the scan of the raw bytes, naming the limit
+        (how fast is measured by bench/, not here).
         """
         for opener, closer in ((b"[", b"]"), (b'{"a":', b"}")):
             body = opener * 1_000_000 + closer * 1_000_000
-            started = time.perf_counter()
             with self.assertRaises(AgentError) as caught:
                 parseChatRequest(body)
-            self.assertLess(time.perf_counter() - started, 5)
+            self.assertEqual(caught.exception.status, 400)
             self.assertIn("levels deep", caught.exception.message)
+            self.assertIn(f"at most {MAX_DEPTH} are allowed", caught.exception.message)
         with self.assertRaises(AgentError):
             parseChatRequest(b"[" * 1_000_000)
 
