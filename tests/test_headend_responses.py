@@ -1022,7 +1022,8 @@ class DisconnectTests(TestCase):
         A streaming client that goes away mid-run gets its upstream call
         closed and its pool slot freed; nothing is stored for the run.
         """
-        from tests.test_headend_openai import _post, _raw, _sleep
+        from tests._hostile import waitUntil
+        from tests.test_headend_openai import _post, _raw
 
         store = _memoryStore()
         server = await _server(self, store=store, concurrency=1)
@@ -1032,12 +1033,11 @@ class DisconnectTests(TestCase):
             _post({"model": MODEL, "input": "hello", "stream": True}, "/v1/responses"),
         )
         await server.upstream.waitForRequests(1)
-        await _sleep(0.05)
+        await waitUntil(lambda: b"text/event-stream" in client.received)
         self.assertEqual(server.pool.activeRuns, 1)
         client.transport.loseConnection()
         await server.upstream.waitForDisconnects(1)
-        await _sleep(0.01)
-        self.assertEqual(server.pool.activeRuns, 0)
+        await waitUntil(lambda: server.pool.activeRuns == 0)
         self.assertEqual((await store.stats("responses")).entries, 0)
 
 

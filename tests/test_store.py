@@ -1187,10 +1187,7 @@ class ServerWiringTests(TestCase):
             protocol, full[0], full, env=childEnvironment(HOME=self.folder), path=self.folder
         )
         try:
-            for _ in range(int(TIMEOUT / 0.1)):
-                if b"run store open" in protocol.output or protocol.ended.called:
-                    break
-                await deferLater(reactor, 0.1, lambda: None)
+            await protocol.waitForOutput(b"run store open", TIMEOUT)
         finally:
             if not protocol.ended.called:
                 os.kill(protocol.transport.pid, signal.SIGTERM)
