@@ -16,12 +16,10 @@ order and pairing, not a gap.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Mapping, Protocol, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ai_agent.providers._base import ChatMessage, ToolCall
@@ -103,7 +101,10 @@ def _message(value: Mapping[str, Any]) -> ChatMessage:
 
 class TurnStore(Protocol):
     """
-    Where hidden turns wait for the client to come back.
+    Where hidden turns wait for the client to come back: the run store
+    (L{StoreTurnStore<ai_agent.store.StoreTurnStore>}), or without one (C{--store none},
+    direct mode) the same on a L{MemoryStore<ai_agent.store.MemoryStore>}
+    of the process's own.
     """
 
     def saveTurn(self, turn: HiddenTurn, owner: str = "") -> Deferred[None]:
@@ -119,44 +120,6 @@ class TurnStore(Protocol):
         (also when another principal saved one there).
         """
         ...
-
-
-@attrs.define
-class MemoryTurnStore:
-    """
-    Hidden turns in this process's memory: bounded in count, each kept for
-    C{ttl} seconds.  For direct mode and tests; a server keeps them in its
-    run store so that they outlive a restart and are shared by instances.
-    """
-
-    clock: IReactorTime
-    ttl: float = DEFAULT_TURN_TTL
-    maxTurns: int = 10_000
-    _turns: OrderedDict[tuple[str, str], tuple[float, HiddenTurn]] = attrs.field(
-        factory=OrderedDict, init=False
-    )
-
-    def saveTurn(self, turn: HiddenTurn, owner: str = "") -> Deferred[None]:
-        expires = self.clock.seconds() + self.ttl
-        for callId in turn.clientCallIds:
-            self._turns[owner, callId] = (expires, turn)
-            self._turns.move_to_end((owner, callId))
-        while len(self._turns) > self.maxTurns:
-            self._turns.popitem(last=False)
-        return succeed(None)
-
-    def findTurn(self, callIds: Sequence[str], owner: str = "") -> Deferred[HiddenTurn | None]:
-        now = self.clock.seconds()
-        for callId in callIds:
-            found = self._turns.get((owner, callId))
-            if found is None:
-                continue
-            expires, turn = found
-            if expires <= now:
-                del self._turns[owner, callId]
-                continue
-            return succeed(turn)
-        return succeed(None)
 
 
 async def restoreConversation(
@@ -192,7 +155,6 @@ async def restoreConversation(
 __all__ = [
     "DEFAULT_TURN_TTL",
     "HiddenTurn",
-    "MemoryTurnStore",
     "TurnStore",
     "restoreConversation",
 ]

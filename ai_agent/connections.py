@@ -23,13 +23,6 @@ class TrackingFactory(WrappingFactory):
         super().__init__(wrappedFactory)
         self._allGone: list[Deferred[None]] = []
 
-    @property
-    def openConnections(self) -> int:
-        """
-        Connections open now.
-        """
-        return len(self.protocols)
-
     def unregisterProtocol(self, p: Protocol) -> None:
         super().unregisterProtocol(p)
         if not self.protocols:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_round2 -*-
+# -*- test-case-name: tests.test_answer_limits,tests.test_backpressure -*-
 """
 Back-pressure from a streaming client to the upstream calls of its run.
 

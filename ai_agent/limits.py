@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_round2 -*-
+# -*- test-case-name: tests.test_answer_limits,tests.test_tool_limits -*-
 """
 Bounds on what one model turn can make the server do: how many of its tool
 calls run, and how many sub-agent runs the whole server has in flight.

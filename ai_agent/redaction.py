@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_round2 -*-
+# -*- test-case-name: tests.test_redaction -*-
 """
 Configured secrets kept out of everything a headend writes.
 

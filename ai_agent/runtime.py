@@ -21,7 +21,7 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from ai_agent.clienttools import MemoryTurnStore, TurnStore
+from ai_agent.clienttools import TurnStore
 from ai_agent.config import Config, describeMissing, loadConfig
 from ai_agent.errors import AgentError, ConfigurationError
 from ai_agent.limits import SubAgentLimiter
@@ -37,7 +37,7 @@ from ai_agent.speed import (
     speedLayer,
     stockRequested,
 )
-from ai_agent.store import RunStore, StoreTurnStore
+from ai_agent.store import MemoryStore, RunStore, StoreTurnStore
 from ai_agent.tools import McpManager, ToolBoxFactory
 from ai_agent.tools.rest import OPENAPI_PREFIX, RestCatalog
 
@@ -183,8 +183,10 @@ def buildRuntime(
         registry.byPath, mcp, subAgentLimiter=SubAgentLimiter(reactor), rest=rest
     )
     # Hidden turns of hybrid runs go to the run store when there is one (so
-    # they outlive a restart and are shared by instances), else to memory.
-    turns: TurnStore = MemoryTurnStore(reactor) if store is None else StoreTurnStore(store)
+    # they outlive a restart and are shared by instances), else to an
+    # in-memory store of this process's own: the same expiry (on the
+    # reactor's clock) and bounds.
+    turns: TurnStore = StoreTurnStore(MemoryStore(reactor) if store is None else store)
     runner = SessionRunner(
         providers, reactor, tools, pricing=config.pricing, turns=turns, observer=observer
     )

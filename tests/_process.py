@@ -5,6 +5,7 @@ Running the installed commands as subprocesses in tests.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from typing import Sequence
@@ -116,11 +117,28 @@ def run(
 
 def freePort() -> int:
     """
-    A TCP port on 127.0.0.1 that was free a moment ago.
+    A TCP port on 127.0.0.1 that was free a moment ago (another process may
+    take it before it is used).  Only for what must be given a port number
+    before it starts and cannot say which port it bound: a child that
+    binds a port C{--openai-completions 0} would not reuse (C{--metrics-port},
+    a script that binds a given port); an C{ai-agent} server is started on
+    port 0 instead and its port read from its banner (L{ServerProcess.waitForPort}).
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_ANNOUNCED = re.compile(rb"  API: http://127\.0\.0\.1:([0-9]+)/v1 ")
+
+
+def announcedPort(output: bytes) -> int | None:
+    """
+    The port an C{ai-agent} server's banner says its API listens on (its
+    first C{API:} line), or L{None} before it said so.
+    """
+    match = _ANNOUNCED.search(output)
+    return None if match is None else int(match.group(1))
 
 
 class ServerProcess(ProcessProtocol):
@@ -141,9 +159,66 @@ class ServerProcess(ProcessProtocol):
         self.status: int | None = None
         self.ended: Deferred[int] = Deferred()
         self._endWaiters: list[Deferred[int]] = []
+        self._portWaiters: list[Deferred[int]] = []
+        self._textWaiters: list[tuple[bytes, Deferred[None]]] = []
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
+        for waiter in list(self._textWaiters):
+            if waiter[0] in self.output:
+                self._textWaiters.remove(waiter)
+                waiter[1].callback(None)
+        port = announcedPort(self.output)
+        if port is not None:
+            waiters, self._portWaiters = self._portWaiters, []
+            for waiter in waiters:
+                waiter.callback(port)
+
+    def waitForOutput(self, text: bytes, timeout: float = 30.0) -> Deferred[None]:
+        """
+        Fire once the child wrote C{text} (on either stream); fail with its
+        output after C{timeout} seconds.
+        """
+        if text in self.output:
+            return succeed(None)
+
+        def forget(d: Deferred[None]) -> None:
+            self._textWaiters = [w for w in self._textWaiters if w[1] is not d]
+
+        def timedOut(result: object, seconds: float) -> None:
+            raise AssertionError(
+                f"the server did not say {text!r} within {seconds:g} s; it said:\n"
+                + self.output.decode("utf-8", "replace")
+            )
+
+        waiter: Deferred[None] = Deferred(canceller=forget)
+        self._textWaiters.append((text, waiter))
+        return waiter.addTimeout(timeout, reactor, onTimeoutCancel=timedOut)
+
+    def waitForPort(self, timeout: float = 30.0) -> Deferred[int]:
+        """
+        Fire with the port an C{ai-agent} child announced it listens on
+        (started with port 0, it binds one the system picks: no race with
+        another process); fail with its output after C{timeout} seconds or
+        when it ends first.
+        """
+        port = announcedPort(self.output)
+        if port is not None:
+            return succeed(port)
+
+        def forget(d: Deferred[int]) -> None:
+            if d in self._portWaiters:
+                self._portWaiters.remove(d)
+
+        def timedOut(result: object, seconds: float) -> int:
+            raise AssertionError(
+                f"the server announced no port within {seconds:g} s; it said:\n"
+                + self.output.decode("utf-8", "replace")
+            )
+
+        waiter: Deferred[int] = Deferred(canceller=forget)
+        self._portWaiters.append(waiter)
+        return waiter.addTimeout(timeout, reactor, onTimeoutCancel=timedOut)
 
     errReceived = outReceived
 
@@ -153,6 +228,14 @@ class ServerProcess(ProcessProtocol):
         self.ended.callback(self.status)
         for waiter in waiters:
             waiter.callback(self.status)
+        portWaiters, self._portWaiters = self._portWaiters, []
+        for portWaiter in portWaiters:
+            portWaiter.errback(
+                AssertionError(
+                    f"the server ended ({self.status}) before announcing a port:\n"
+                    + self.output.decode("utf-8", "replace")
+                )
+            )
 
     def waitForEnd(self, timeout: float = 30.0) -> Deferred[int]:
         """

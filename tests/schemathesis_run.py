@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,13 +46,25 @@ You answer briefly.
 """
 
 
-def freePort() -> int:
+def announcedPort(
+    logPath: str, pattern: bytes, process: subprocess.Popen[bytes], timeout: float = 30.0
+) -> int:
     """
-    A loopback port free right now.
+    The port a child started on port 0 says (in its log at C{logPath}) it
+    listens on: the first group of C{pattern}; fail when C{process} exits
+    or the time runs out.  No port is picked here and released for the
+    child, which another process could take in between.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(logPath, "rb") as log:
+            match = re.search(pattern, log.read())
+        if match is not None:
+            return int(match.group(1))
+        if process.poll() is not None:
+            raise SystemExit(f"{process.args[0]} exited with {process.returncode} before listening")
+        time.sleep(0.1)
+    raise SystemExit(f"{process.args[0]} announced no port within {timeout:g}s")
 
 
 def waitFor(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -99,16 +111,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(os.environ, PYTHONPATH=CHECKOUT, HOME=directory)
     env.pop("AI_AGENT_API_KEYS", None)
     try:
-        upstreamPort = freePort()
-        upstreamLog = open(os.path.join(directory, "upstream.log"), "wb")
+        upstreamLogPath = os.path.join(directory, "upstream.log")
+        upstreamLog = open(upstreamLogPath, "wb")
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "ai_agent.testing", "--port", str(upstreamPort)],
+                [sys.executable, "-m", "ai_agent.testing", "--port", "0"],
                 cwd=directory,
                 env=env,
                 stdout=upstreamLog,
                 stderr=subprocess.STDOUT,
             )
+        )
+        upstreamPort = announcedPort(
+            upstreamLogPath,
+            rb"fake upstream listening on http://127\.0\.0\.1:([0-9]+)/v1",
+            processes[0],
         )
         with open(os.path.join(directory, ".ai-agent.json"), "w", encoding="utf-8") as f:
             json.dump(
@@ -127,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f.write(AGENT)
         waitFor(f"http://127.0.0.1:{upstreamPort}/v1/models", processes[0])
 
-        serverPort = freePort()
-        serverLog = open(os.path.join(directory, "server.log"), "wb")
+        serverLogPath = os.path.join(directory, "server.log")
+        serverLog = open(serverLogPath, "wb")
         processes.append(
             subprocess.Popen(
                 [
@@ -136,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--agent",
                     "agent.ai",
                     "--openai-completions",
-                    str(serverPort),
+                    "0",
                     "--shutdown-timeout",
                     "1",
                 ],
@@ -145,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stdout=serverLog,
                 stderr=subprocess.STDOUT,
             )
+        )
+        serverPort = announcedPort(
+            serverLogPath, rb"  API: http://127\.0\.0\.1:([0-9]+)/v1 ", processes[1]
         )
         base = f"http://127.0.0.1:{serverPort}"
         waitFor(f"{base}/health", processes[1])

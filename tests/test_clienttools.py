@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from ai_agent.clienttools import HiddenTurn, MemoryTurnStore, restoreConversation
+from ai_agent.clienttools import HiddenTurn, restoreConversation
 from ai_agent.errors import AgentError
 from ai_agent.events import (
     ClientToolCall,
@@ -30,6 +30,7 @@ from ai_agent.events import (
 from ai_agent.providers import ChatMessage, LLMResponse, ToolCall, ToolSpec
 from ai_agent.request import ClientTool, RunRequest, ToolChoice
 from ai_agent.session import SessionRunner
+from ai_agent.store import MemoryStore, StoreTurnStore
 from ai_agent.testing import ScriptedProvider
 from tests.test_session import _agent, _Tools
 
@@ -62,7 +63,7 @@ class HandBackTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.events: list[Event] = []
-        self.store = MemoryTurnStore(self.clock)
+        self.store = StoreTurnStore(MemoryStore(self.clock))
         self.tools = _Tools({"calc__add": lambda args: succeed(str(args["a"] + args["b"]))})
 
     def runner(self, *replies: Any, tools: Any = None) -> tuple[SessionRunner, ScriptedProvider]:
@@ -351,7 +352,7 @@ class HiddenTurnTests(SynchronousTestCase):
         Each client assistant message with tool calls is replaced by its
         hidden turn; other messages stay in place.
         """
-        store = MemoryTurnStore(Clock())
+        store = StoreTurnStore(MemoryStore(Clock()))
         full = ChatMessage(
             "assistant", "", toolCalls=(ToolCall("o1", "t", "{}"), ToolCall("c1", "w", "{}"))
         )
@@ -368,10 +369,10 @@ class HiddenTurnTests(SynchronousTestCase):
 
     def test_bounded(self) -> None:
         """
-        The memory store keeps at most C{maxTurns} call ids, the oldest
-        dropped first.
+        Hidden turns kept in memory are bounded as the run store is: past
+        C{maxEntries} call ids, the oldest are dropped first.
         """
-        store = MemoryTurnStore(Clock(), maxTurns=2)
+        store = StoreTurnStore(MemoryStore(Clock(), maxEntries=2))
         for n in range(3):
             store.saveTurn(HiddenTurn((), ChatMessage("assistant", ""), (), (f"c{n}",)))
         self.assertIsNone(self.successResultOf(store.findTurn(["c0"])))

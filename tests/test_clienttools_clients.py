@@ -15,7 +15,7 @@ import openai
 import pydantic
 from twisted.trial.unittest import TestCase
 
-from ai_agent.clienttools import MemoryTurnStore
+from ai_agent.store import MemoryStore, StoreTurnStore
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, inThread, startServer
 from tests.mcp_servers import calcEntry
@@ -310,7 +310,7 @@ class OpenAISDKTests(TestCase):
         """
         server = await _server(self)
         runner = server.runtime.runner
-        runner.turns = MemoryTurnStore(runner.reactor, ttl=0.0)
+        runner.turns = StoreTurnStore(MemoryStore(runner.reactor, ttl=0.0))
         server.upstream.script(
             Reply(toolCalls=[("calc__add", {"a": 1, "b": 1}), ("get_weather", {"city": "X"})]),
             Reply(content="ok"),

@@ -46,7 +46,7 @@ from ai_agent.runtime import buildRuntime
 from ai_agent.startup import _isNoise, embeddedModels, listenError, textObserver
 from ai_agent.testing import FakeUpstream, Reply, startFakeUpstream, unusedBaseUrl
 from tests._harness import startServer, writeAgent
-from tests._process import childEnvironment, command, freePort
+from tests._process import announcedPort, childEnvironment, command
 from tests.test_http_guard import _Raw, _request
 
 #: The longest any waiter here waits, in seconds.
@@ -186,14 +186,15 @@ class StartStopTests(_Project, TestCase):
         logs no Twisted factory lines and no internal class names.
         """
         folder = await self.makeProject(self)
-        port = freePort()
         child = spawn(
             self,
-            [*command("ai-agent"), "--agent", "agents", "--openai-completions", str(port)],
+            [*command("ai-agent"), "--agent", "agents", "--openai-completions", "0"],
             folder,
         )
         # The banner's last line (for this project: no embedded model).
         await child.waitFor(b"  providers: fake (no key needed at 127.0.0.1:")
+        port = announcedPort(child.output)
+        self.assertIsNotNone(port)
         base = f"http://127.0.0.1:{port}"
         self.assertIn(f"API: {base}/v1".encode(), child.output)
         self.assertIn(f"Anthropic Messages API: {base} ".encode(), child.output)
@@ -269,7 +270,7 @@ class StartStopTests(_Project, TestCase):
                 "--agent",
                 "agents/chat.ai",
                 "--openai-completions",
-                str(freePort()),
+                "0",
             ],
             folder,
             "unknown frontmatter key 'modles'",
@@ -314,7 +315,6 @@ class StartStopTests(_Project, TestCase):
         With C{--workers 2}, every log line of a worker names it.
         """
         folder = await self.makeProject(self)
-        port = freePort()
         child = spawn(
             self,
             [
@@ -322,7 +322,7 @@ class StartStopTests(_Project, TestCase):
                 "--agent",
                 "agents",
                 "--openai-completions",
-                str(port),
+                "0",
                 "--workers",
                 "2",
             ],
@@ -350,14 +350,13 @@ class ReloadTests(_Project, TestCase):
         why; the server survives every SIGHUP.
         """
         folder = await self.makeProject(self)
-        port = freePort()
         child = spawn(
             self,
-            [*command("ai-agent"), "--agent", "agents", "--openai-completions", str(port)],
+            [*command("ai-agent"), "--agent", "agents", "--openai-completions", "0"],
             folder,
         )
         await child.waitFor(b"  models: ")
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{announcedPort(child.output)}"
         http = client()
 
         async def models() -> list[str]:

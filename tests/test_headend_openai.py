@@ -25,6 +25,7 @@ from ai_agent.headends._request import headerLookup
 from ai_agent.headends.openai import ChatEncoder, ChunkEncoder, _dumps, _dumpsPlain
 from ai_agent.testing import Reply
 from tests._harness import SENTINEL_KEY, inThread, startServer
+from tests._hostile import waitUntil
 
 CHAT = "chat.completions"
 
@@ -473,12 +474,15 @@ class PoolTests(TestCase):
             for _ in range(5)
         ]
         await server.upstream.waitForRequests(2)
-        await _sleep(0.2)
-        self.assertEqual(server.upstream.inFlight, 2)
-        self.assertEqual(server.pool.queuedRuns, 3)
-        while len(server.upstream.requests) < 5 or server.upstream.inFlight:
+        await waitUntil(lambda: server.pool.queuedRuns == 3 and server.upstream.inFlight == 2)
+
+        def drained() -> bool:
+            # A reply is held only once its first event is out: release
+            # whatever is held now, until every request was answered.
             server.upstream.release()
-            await _sleep(0.02)
+            return len(server.upstream.requests) == 5 and not server.upstream.inFlight
+
+        await waitUntil(drained)
         results = await gatherResults(calls)
         self.assertEqual([r.choices[0].message.content for r in results], ["ok"] * 5)
         self.assertEqual(server.upstream.maxInFlight, 2)
@@ -513,12 +517,11 @@ class PoolTests(TestCase):
             _post({"model": "agent", "messages": _user(), "stream": True}),
         )
         await server.upstream.waitForRequests(1)
-        await _sleep(0.05)
-        self.assertIn(b"text/event-stream", client.received)
+        await waitUntil(lambda: b"text/event-stream" in client.received)
+        self.assertEqual(server.pool.activeRuns, 1)
         client.transport.loseConnection()
         await server.upstream.waitForDisconnects(1)
-        await _sleep(0.01)
-        self.assertEqual(server.pool.activeRuns, 0)
+        await waitUntil(lambda: server.pool.activeRuns == 0)
 
     async def test_nonStreamDisconnectClosesUpstream(self) -> None:
         """
@@ -531,10 +534,10 @@ class PoolTests(TestCase):
             server.port.getHost().port, _post({"model": "agent", "messages": _user()})
         )
         await server.upstream.waitForRequests(1)
+        self.assertEqual(server.pool.activeRuns, 1)
         client.transport.loseConnection()
         await server.upstream.waitForDisconnects(1)
-        await _sleep(0.01)
-        self.assertEqual(server.pool.activeRuns, 0)
+        await waitUntil(lambda: server.pool.activeRuns == 0)
 
     async def test_queuedDisconnectLeavesQueue(self) -> None:
         """
@@ -550,20 +553,12 @@ class PoolTests(TestCase):
         queued = await _raw(
             server.port.getHost().port, _post({"model": "agent", "messages": _user()})
         )
-        await _sleep(0.05)
-        self.assertEqual(server.pool.queuedRuns, 1)
+        await waitUntil(lambda: server.pool.queuedRuns == 1)
         queued.transport.loseConnection()
-        await _sleep(0.05)
-        self.assertEqual(server.pool.queuedRuns, 0)
+        await waitUntil(lambda: server.pool.queuedRuns == 0)
         server.upstream.release()
         await first.lost.addTimeout(15, reactor)
         self.assertEqual(len(server.upstream.requests), 1)
-
-
-def _sleep(seconds: float) -> Deferred[None]:
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, seconds, lambda: None)
 
 
 def _dechunk(body: bytes) -> bytes:

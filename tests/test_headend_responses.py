@@ -22,7 +22,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from ai_agent.events import ClientToolCall, Finished, FinishReason, Usage
 from ai_agent.headends.responses import ResponsesEncoder, _dumps, _dumpsAny
-from ai_agent.store import makeStore
+from ai_agent.store import StoreStats, makeStore
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, inThread, startServer
 from tests.mcp_servers import calcEntry
@@ -54,6 +54,27 @@ POSTGRES_URL = os.environ.get("AI_AGENT_TEST_POSTGRES_URL", "")
 
 def _memoryStore() -> Any:
     return makeStore("memory", reactor)
+
+
+class _CountingStore:
+    """
+    A run store that records the name of each operation called on it.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.store, name)
+        if not callable(value):
+            return value
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return value(*args, **kwargs)
+
+        return counted
 
 
 async def _server(testCase: TestCase, store: Any = "memory", **kwargs: Any) -> LiveServer:
@@ -296,13 +317,64 @@ class StoreTests(TestCase):
             ],
         )
 
+    async def test_longChainInOneStoreCall(self) -> None:
+        """
+        A chain of 1,000 stored responses is read in one store call (no
+        C{get} per link) and reaches the model whole, oldest first; one
+        more response makes it a 400 C{chain_too_long}; a link to a response
+        that is gone is a 404 naming that response, not the one asked for.
+        """
+        store = _CountingStore(_memoryStore())
+        server = await _server(self, store=store)
+        server.upstream.script(*[Reply(content="Fine.") for _ in range(3)])
+        client = server.client()
+        first = await inThread(client.responses.create, model=MODEL, input="turn 0")
+        stored = (await store.get("responses", first.id)).document
+        documents = {first.id: stored}
+        for n in range(1, 1001):
+            document = json.loads(json.dumps(stored))
+            document["input"][0]["content"][0]["text"] = f"turn {n}"
+            document["previous_response_id"] = f"resp_chain{n - 1}" if n > 1 else first.id
+            documents[f"resp_chain{n}"] = document
+        await store.putMany("responses", documents)
+        store.calls.clear()
+        await inThread(
+            client.responses.create, model=MODEL, input="next", previous_response_id="resp_chain999"
+        )
+        self.assertEqual(store.calls.count("getChain"), 1)
+        self.assertNotIn("get", store.calls)
+        users = [content for role, content in _seen(server, 1) if role == "user"]
+        self.assertEqual(users, [f"turn {n}" for n in range(1000)] + ["next"])
+        with self.assertRaises(openai.BadRequestError) as tooLong:
+            await inThread(
+                client.responses.create,
+                model=MODEL,
+                input="more",
+                previous_response_id="resp_chain1000",
+            )
+        self.assertEqual(tooLong.exception.code, "chain_too_long")
+        self.assertEqual(tooLong.exception.body["param"], "previous_response_id")
+        await store.delete("responses", "resp_chain500")
+        with self.assertRaises(openai.NotFoundError) as broken:
+            await inThread(
+                client.responses.create,
+                model=MODEL,
+                input="more",
+                previous_response_id="resp_chain999",
+            )
+        self.assertIn("resp_chain500", broken.exception.message)
+        self.assertNotIn("resp_chain999", broken.exception.message)
+        self.assertEqual(broken.exception.body["param"], "previous_response_id")
+
     async def test_retrieveInputItemsDelete(self) -> None:
         """
         A stored response is retrieved as it was answered; its input items
         are listed newest first by default and paged; once deleted, it is
-        a 404 and cannot be continued.
+        a 404 and cannot be continued, and the store holds nothing of it
+        (nor of its output items).
         """
-        server = await _server(self)
+        store = _memoryStore()
+        server = await _server(self, store=store)
         server.upstream.script(Reply(content="Noted."))
         client = server.client()
         created = await inThread(
@@ -323,10 +395,18 @@ class StoreTests(TestCase):
             lambda: list(client.responses.input_items.list(created.id, order="asc", limit=1))
         )
         self.assertEqual([i.role for i in everything], ["developer", "user", "user"])
-        deleted = await inThread(client.responses.delete, created.id)
-        self.assertIsNone(deleted)
+        self.assertEqual((await store.stats("response_items")).entries, 1)
+        deleted = await inThread(client.responses.with_raw_response.delete, created.id)
+        self.assertEqual(deleted.status_code, 200)
+        self.assertEqual(
+            json.loads(deleted.text), {"id": created.id, "object": "response", "deleted": True}
+        )
+        # Gone from the store, output items too, not only hidden from GET.
+        self.assertEqual(await store.stats(), StoreStats(0, 0))
         with self.assertRaises(openai.NotFoundError):
             await inThread(client.responses.retrieve, created.id)
+        with self.assertRaises(openai.NotFoundError):
+            await inThread(client.responses.delete, created.id)
         with self.assertRaises(openai.NotFoundError) as caught:
             await inThread(
                 client.responses.create, model=MODEL, input="x", previous_response_id=created.id
@@ -1405,7 +1485,8 @@ class DisconnectTests(TestCase):
         A streaming client that goes away mid-run gets its upstream call
         closed and its pool slot freed; nothing is stored for the run.
         """
-        from tests.test_headend_openai import _post, _raw, _sleep
+        from tests._hostile import waitUntil
+        from tests.test_headend_openai import _post, _raw
 
         store = _memoryStore()
         server = await _server(self, store=store, concurrency=1)
@@ -1415,12 +1496,11 @@ class DisconnectTests(TestCase):
             _post({"model": MODEL, "input": "hello", "stream": True}, "/v1/responses"),
         )
         await server.upstream.waitForRequests(1)
-        await _sleep(0.05)
+        await waitUntil(lambda: b"text/event-stream" in client.received)
         self.assertEqual(server.pool.activeRuns, 1)
         client.transport.loseConnection()
         await server.upstream.waitForDisconnects(1)
-        await _sleep(0.01)
-        self.assertEqual(server.pool.activeRuns, 0)
+        await waitUntil(lambda: server.pool.activeRuns == 0)
         self.assertEqual((await store.stats("responses")).entries, 0)
 
 
@@ -1543,7 +1623,7 @@ class MetricsTests(TestCase):
         with its 4xx status; chat completions' count is untouched.
         """
         from ai_agent.observe import Metrics, Observability
-        from tests.test_observe import metricValue, scrape
+        from tests.test_observe import metricSeries, metricValue, scrape
 
         observer = Observability(Metrics(), None, clock=reactor.seconds)
         server = await _server(self, observer=observer)
@@ -1564,7 +1644,7 @@ class MetricsTests(TestCase):
             metricValue(text, requests, agent=MODEL, headend="responses", status="200"), 2
         )
         self.assertEqual(metricValue(text, requests, headend="responses", status="400"), 1)
-        self.assertEqual(metricValue(text, requests, headend="openai"), 0)
+        self.assertEqual(metricSeries(text, requests, headend="openai"), [])
 
 
 #: Any JSON-ish value: floats (tiny, huge, not finite), integers past 64

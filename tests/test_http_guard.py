@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -49,10 +49,15 @@ class _Raw(Protocol):
         self.lost: Deferred[None] = Deferred()
         self.closed = False
         self._waiters: list[tuple[bytes, int, Deferred[None]]] = []
+        self._complete: list[tuple[Callable[[], bool], Deferred[None]]] = []
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
         self._check()
+        for waiter in list(self._complete):
+            if waiter[0]():
+                self._complete.remove(waiter)
+                waiter[1].callback(None)
 
     def connectionLost(self, reason: Any) -> None:
         self.closed = True
@@ -60,6 +65,9 @@ class _Raw(Protocol):
         for _, _, d in self._waiters:
             d.callback(None)
         self._waiters = []
+        complete, self._complete = self._complete, []
+        for _, waiting in complete:
+            waiting.callback(None)
 
     def waitFor(self, marker: bytes, count: int = 1, timeout: float = 15.0) -> Deferred[None]:
         """
@@ -87,6 +95,44 @@ class _Raw(Protocol):
             if self.received.count(marker) >= count:
                 self._waiters.remove(waiter)
                 d.callback(None)
+
+    def waitForResponse(self, timeout: float = 15.0) -> Deferred[None]:
+        """
+        Fire once one whole response was received: its head and then its
+        C{Content-Length} bytes of body, or the last chunk of a chunked
+        body, or no body without either (or the connection closed); fail
+        after C{timeout} seconds.
+        """
+
+        def complete() -> bool:
+            head, sep, body = self.received.partition(b"\r\n\r\n")
+            if not sep:
+                return False
+            length = re.search(rb"(?im)^content-length:[ \t]*([0-9]+)[ \t]*\r?$", head)
+            if length is not None:
+                return len(body) >= int(length.group(1))
+            if re.search(rb"(?im)^transfer-encoding:[ \t]*chunked", head):
+                return b"0\r\n\r\n" in body
+            return True
+
+        if self.closed or complete():
+            return Deferred.fromCoroutine(_nothing())
+
+        def forget(d: Deferred[None]) -> None:
+            self._complete = [waiter for waiter in self._complete if waiter[1] is not d]
+
+        def timedOut(result: object, seconds: float) -> None:
+            raise AssertionError(
+                f"no whole response in {seconds:g} s; received: {self.received[-1000:]!r}"
+            )
+
+        d: Deferred[None] = Deferred(canceller=forget)
+        self._complete.append((complete, d))
+        return d.addTimeout(timeout, reactor, onTimeoutCancel=timedOut)
+
+
+async def _nothing() -> None:
+    pass
 
 
 async def _connect(server: LiveServer) -> _Raw:
@@ -337,8 +383,7 @@ class APIKeyTests(TestCase):
     async def _answer(self, request: bytes) -> bytes:
         raw = await _connect(self.server)
         raw.transport.write(request)
-        await raw.waitFor(b"}")
-        await _sleep(0.02)
+        await raw.waitForResponse()
         raw.transport.loseConnection()
         return raw.received
 
@@ -612,8 +657,7 @@ class CORSTests(TestCase):
     async def _answer(self, server: LiveServer, request: bytes) -> bytes:
         raw = await _connect(server)
         raw.transport.write(request)
-        await raw.waitFor(b"\r\n\r\n")
-        await _sleep(0.05)
+        await raw.waitForResponse()
         raw.transport.loseConnection()
         return raw.received
 

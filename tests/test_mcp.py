@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Any, Mapping
 
 import attrs
@@ -36,7 +35,6 @@ from tests.mcp_servers import (
     captureLogs,
     everythingCommand,
     httpClient,
-    sleep,
     startHttpCalc,
     waitFor,
 )
@@ -48,11 +46,56 @@ def _stdio(name: str = "calc", *args: str, env: Mapping[str, str] | None = None)
     )
 
 
-def _server(testCase: TestCase, config: McpServerConfig, **options: Any) -> McpServer:
+def _server(
+    testCase: TestCase, config: McpServerConfig, reactor: Any = reactor, **options: Any
+) -> McpServer:
     options.setdefault("environ", dict(os.environ))
     server = McpServer(config, reactor, **options)
-    testCase.addCleanup(server.stop)
+    testCase.addCleanup(_stop, server)
     return server
+
+
+def _stop(server: McpServer) -> Deferred[None]:
+    """
+    Stop C{server}; on a L{_ClockedReactor}, its clock is moved past the
+    stop's grace periods so that a process that does not exit is killed.
+    """
+    stopping = server.stop()
+    if isinstance(server.reactor, _ClockedReactor):
+        server.reactor.clock.advance(server.stopGrace * 2)
+    return stopping
+
+
+class _ClockedReactor:
+    """
+    The real reactor for processes and I/O, a L{Clock} for time: an MCP
+    server's backoff, restarts and timeouts run on the test's clock while
+    its process really runs.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.clock.callLater(delay, f, *args, **kwargs)
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def getDelayedCalls(self) -> Any:
+        return self.clock.getDelayedCalls()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(reactor, name)
+
+
+def _real(d: Deferred[Any], seconds: float = 20.0) -> Deferred[Any]:
+    """
+    C{d}, failing after C{seconds} of the real reactor: a bounded wait for
+    what a real process does, when the server's own timeouts are on a
+    clock nobody moves.
+    """
+    return d.addTimeout(seconds, reactor)
 
 
 # --- the JSON-RPC layer, reactor-free ------------------------------------------
@@ -397,7 +440,7 @@ class StdioTests(TestCase):
         server = _server(self, _stdio("calc", "--marker", marker))
         await server.listTools()
         call = server.callTool("sleep", {"seconds": 30}, 60)
-        await sleep(0.2)
+        await waitFor(lambda: os.path.exists(os.path.join(marker, "sleeping")))
         call.cancel()
         self.failureResultOf(call, CancelledError)
         await waitFor(lambda: os.path.exists(os.path.join(marker, "cancelled")))
@@ -433,56 +476,77 @@ class StdioTests(TestCase):
     async def test_downTooLong(self) -> None:
         """
         A call made while the server is down fails, when it does not come
-        back within the call's timeout, with an error saying why.
+        back within the call's timeout (of the server's clock), with an
+        error saying why; not a moment before.
         """
-        server = _server(self, _stdio(), backoff=(30,))
-        await server.listTools()
+        clock = Clock()
+        server = _server(self, _stdio(), reactor=_ClockedReactor(clock), backoff=(30,))
+        await _real(server.listTools())
         with self.assertRaises(McpError):
-            await server.callTool("crash", {}, 10)
-        began = time.monotonic()
-        with self.assertRaises(McpError) as caught:
-            await server.callTool("add", {"a": 1, "b": 1}, 0.3)
-        self.assertLess(time.monotonic() - began, 2)
+            await _real(server.callTool("crash", {}, 10))
+        call = server.callTool("add", {"a": 1, "b": 1}, 0.3)
+        clock.advance(0.29)
+        self.assertNoResult(call)
+        clock.advance(0.01)
         self.assertEqual(
-            caught.exception.message,
+            self.failureResultOf(call, McpError).value.message,
             "MCP server 'calc' is not available: exited with code 3 (waited 0.3 s for it to start)",
         )
+        self.assertEqual((server.state, server.starts), ("backoff", 1))
 
     async def test_crashRestartsWithBackoff(self) -> None:
         """
         A crashed server fails the call in flight with a clear error and is
-        started again after the backoff; a call made meanwhile waits for it.
-        The backoff grows with each crash, and starts over once the server
-        has stayed up for C{stableAfter} seconds.
+        started again after the backoff (of the server's clock); a call
+        made meanwhile waits for it.  The backoff grows with each crash,
+        and starts over once the server has stayed up for C{stableAfter}
+        seconds.
         """
-        server = _server(self, _stdio(), backoff=(0.1, 30), stableAfter=0.3)
-        await server.listTools()
+        clock = Clock()
+        server = _server(
+            self, _stdio(), reactor=_ClockedReactor(clock), backoff=(5, 30), stableAfter=60
+        )
+        await _real(server.listTools())
         with self.assertRaises(McpError) as caught:
-            await server.callTool("crash", {}, 10)
+            await _real(server.callTool("crash", {}, 10))
         self.assertEqual(
             caught.exception.message, "MCP server 'calc' exited with code 3 before answering"
         )
         self.assertEqual(server.state, "backoff")
-        self.assertEqual(await server.callTool("add", {"a": 2, "b": 2}, 10), "4")
+        waiting = server.callTool("add", {"a": 2, "b": 2}, 10)
+        clock.advance(4.9)
+        self.assertEqual((server.state, server.starts), ("backoff", 1))
+        self.assertNoResult(waiting)
+        clock.advance(0.1)
+        self.assertEqual(await _real(waiting), "4")
         self.assertEqual(server.starts, 2)
-        await sleep(0.4)
+        # A second crash before it was stable: the next backoff is 30 s.
         with self.assertRaises(McpError):
-            await server.callTool("crash", {}, 10)
-        began = time.monotonic()
-        # Without the reset, the next start would be 30 s away.
-        await server.whenReady(10)
-        self.assertLess(time.monotonic() - began, 5)
+            await _real(server.callTool("crash", {}, 10))
+        clock.advance(29.9)
+        self.assertEqual((server.state, server.starts), ("backoff", 2))
+        clock.advance(0.1)
+        await _real(server.whenReady(10))
         self.assertEqual(server.starts, 3)
+        # Up for stableAfter: the backoff starts over at 5 s.
+        clock.advance(60)
+        with self.assertRaises(McpError):
+            await _real(server.callTool("crash", {}, 10))
+        clock.advance(5)
+        await _real(server.whenReady(10))
+        self.assertEqual(server.starts, 4)
 
     async def test_stop(self) -> None:
         """
         Stopping fails the pending calls and ends the process; later calls
         fail at once.
         """
-        server = _server(self, _stdio())
+        marker = os.path.abspath(self.mktemp())
+        os.makedirs(marker)
+        server = _server(self, _stdio("calc", "--marker", marker))
         await server.listTools()
         call = server.callTool("sleep", {"seconds": 30}, 60)
-        await sleep(0.1)
+        await waitFor(lambda: os.path.exists(os.path.join(marker, "sleeping")))
         await server.stop()
         self.assertEqual(
             self.failureResultOf(call, McpError).value.message, "MCP server 'calc' is stopping"

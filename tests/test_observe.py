@@ -93,6 +93,22 @@ def metricValue(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def metricSeries(text: str, name: str, **labels: str) -> list[float]:
+    """
+    The values of the samples called C{name} whose labels include
+    C{labels}: empty when there is no such series (which a C{== 0} on
+    L{metricValue} could not tell from a series at zero).
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    ]
+
+
 def metricNames(text: str) -> set[str]:
     """
     The family names in a scrape.
@@ -214,9 +230,10 @@ class MetricsTests(TestCase):
         self.assertEqual(value("ai_agent_tool_duration_seconds_count", tool="agent__helper"), 1)
         self.assertEqual(value("ai_agent_queue_rejections_total"), 1)
         self.assertEqual(value("ai_agent_queue_wait_seconds_count"), 5)
-        self.assertEqual(value("ai_agent_queue_depth"), 0)
+        # Gauges back at zero: the series must be there, not merely absent.
+        self.assertEqual(metricSeries(text, "ai_agent_queue_depth"), [0])
         for agent in ("agent", "boss", "helper"):
-            self.assertEqual(value("ai_agent_runs_in_progress", agent=agent), 0)
+            self.assertEqual(metricSeries(text, "ai_agent_runs_in_progress", agent=agent), [0])
         cost = "ai_agent_cost_usd_total"
         self.assertEqual(value(cost, agent="agent", **model), (5 + 6 + 1) + 2 * (2 + 3 + 1))
         self.assertEqual(value(cost, agent="boss", **model), (10 + 30) + 2 * (1 + 3))
@@ -943,8 +960,11 @@ class WorkersTests(TestCase):
         self.assertEqual(
             value("ai_agent_llm_tokens_total", type="input", **model), 2 * sent + 2 + 60
         )
-        self.assertEqual(value("ai_agent_runs_in_progress"), 0)
-        self.assertEqual(value("ai_agent_queue_depth"), 0)
+        # Gauges back at zero in every process: the series must be there.
+        for gauge in ("ai_agent_runs_in_progress", "ai_agent_queue_depth"):
+            values = metricSeries(text, gauge)
+            self.assertTrue(values, gauge)
+            self.assertEqual(set(values), {0}, gauge)
         self.assertEqual(sum(_perProcess(metricsDir).values()), expected)
         status, apiText = await scrape(self, f"http://127.0.0.1:{port}/metrics")
         self.assertEqual(status, 200)

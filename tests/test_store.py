@@ -17,7 +17,6 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from typing import Any, Callable
 
 from twisted.internet import reactor
@@ -31,6 +30,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from ai_agent.clienttools import HiddenTurn
 from ai_agent.errors import OPENAI_ERRORS
+from ai_agent.principals import IMPLICIT, Principal
 from ai_agent.providers import ChatMessage, ToolCall
 from ai_agent.store import (
     RESPONSES,
@@ -38,6 +38,7 @@ from ai_agent.store import (
     TURNS,
     DocumentTooLargeError,
     MemoryStore,
+    OwnedStore,
     SQLStore,
     StoreError,
     StoreService,
@@ -393,6 +394,124 @@ class StoreBehaviourMixin:
         found = await store.get(TURNS, "odd ? %s key")
         self.assertEqual(found.document, document)  # type: ignore[attr-defined]
 
+    async def putChain(self, store: Any, length: int, prefix: str = "") -> None:
+        """
+        Put responses C{resp_0} (first, no link) to C{resp_<length - 1>},
+        each naming the one before in C{previous}, under C{prefix}.
+        """
+        await store.putMany(
+            RESPONSES,
+            {
+                f"{prefix}resp_{n}": {"n": n, "previous": f"resp_{n - 1}" if n else None}
+                for n in range(length)
+            },
+        )
+
+    async def test_chain(self) -> None:
+        """
+        C{getChain} follows the C{link} field from the first key, newest
+        first, with each document's key, times and JSON (awkward text
+        included); it stops at a document without a link, and after
+        C{limit} documents.
+        """
+        store = await self.openStore()
+        self.clock.advance(100)
+        await self.putChain(store, 5)
+        odd = {"n": 2, "previous": "resp_1", "odd": "a\x00b\ud800 \\u0000 \\\x00 ? %s 😀"}
+        await store.put(RESPONSES, "resp_2", odd)
+        chain = await store.getChain(RESPONSES, "resp_3", "previous", 10)
+        self.assertEqual([d.key for d in chain], ["resp_3", "resp_2", "resp_1", "resp_0"])  # type: ignore[attr-defined]
+        self.assertEqual([d.document["n"] for d in chain], [3, 2, 1, 0])  # type: ignore[attr-defined]
+        self.assertEqual(chain[1].document, odd)  # type: ignore[attr-defined]
+        self.assertEqual(  # type: ignore[attr-defined]
+            (chain[0].namespace, chain[0].createdAt, chain[0].expiresAt),
+            (RESPONSES, 100, 100 + store.ttl),
+        )
+        limited = await store.getChain(RESPONSES, "resp_4", "previous", 2)
+        self.assertEqual([d.key for d in limited], ["resp_4", "resp_3"])  # type: ignore[attr-defined]
+        self.assertEqual(await store.getChain(RESPONSES, "resp_4", "previous", 0), [])  # type: ignore[attr-defined]
+        self.assertEqual(await store.getChain(RESPONSES, "nothing", "previous", 10), [])  # type: ignore[attr-defined]
+        self.assertEqual(await store.getChain(TURNS, "resp_4", "previous", 10), [])  # type: ignore[attr-defined]
+        with self.assertRaises(ValueError):  # type: ignore[attr-defined]
+            store.getChain(RESPONSES, "resp_4", "previous') OR 1=1 --", 10)
+
+    async def test_chainOfAThousand(self) -> None:
+        """
+        A chain of 1,000 documents is read whole in one call, and a limit
+        of 1,000 on a longer chain stops at the 1,000th (whose link tells
+        the caller the chain goes on).
+        """
+        store = await self.openStore()
+        await self.putChain(store, 1001)
+        whole = await store.getChain(RESPONSES, "resp_999", "previous", 1000)
+        self.assertEqual([d.document["n"] for d in whole], list(range(999, -1, -1)))  # type: ignore[attr-defined]
+        cut = await store.getChain(RESPONSES, "resp_1000", "previous", 1000)
+        self.assertEqual(len(cut), 1000)  # type: ignore[attr-defined]
+        self.assertEqual(cut[-1].document["previous"], "resp_0")  # type: ignore[attr-defined]
+
+    async def test_chainBrokenLink(self) -> None:
+        """
+        The chain ends before a link to a key with no document, or to an
+        expired one, and at a link that is not a string; the last document
+        read still names the missing key.
+        """
+        store = await self.openStore()
+        await self.putChain(store, 4)
+        await store.delete(RESPONSES, "resp_1")
+        chain = await store.getChain(RESPONSES, "resp_3", "previous", 10)
+        self.assertEqual([d.key for d in chain], ["resp_3", "resp_2"])  # type: ignore[attr-defined]
+        self.assertEqual(chain[-1].document["previous"], "resp_1")  # type: ignore[attr-defined]
+        await store.put(RESPONSES, "short", {"previous": None}, ttl=10)
+        await store.put(RESPONSES, "long", {"previous": "short"})
+        await store.put(RESPONSES, "number", {"previous": 7})
+        await store.put(RESPONSES, "7", {"previous": None})
+        await store.put(RESPONSES, "list", ["previous", "short"])
+        self.assertEqual(len(await store.getChain(RESPONSES, "long", "previous", 10)), 2)  # type: ignore[attr-defined]
+        self.clock.advance(10)
+        chain = await store.getChain(RESPONSES, "long", "previous", 10)
+        self.assertEqual([d.key for d in chain], ["long"])  # type: ignore[attr-defined]
+        self.assertEqual(await store.getChain(RESPONSES, "short", "previous", 10), [])  # type: ignore[attr-defined]
+        for key in ("number", "list"):
+            chain = await store.getChain(RESPONSES, key, "previous", 10)
+            self.assertEqual([d.key for d in chain], [key])  # type: ignore[attr-defined]
+
+    async def test_chainScope(self) -> None:
+        """
+        Every key after the first is the scope followed by the link: a
+        chain under one prefix never reads a document under another, or
+        one without a prefix, even where the unprefixed id exists.
+        """
+        store = await self.openStore()
+        await self.putChain(store, 3, "alice/")
+        await self.putChain(store, 5, "bob/")
+        await self.putChain(store, 5)
+        await store.delete(RESPONSES, "alice/resp_0")
+        chain = await store.getChain(RESPONSES, "alice/resp_2", "previous", 10, "alice/")
+        self.assertEqual([d.key for d in chain], ["alice/resp_2", "alice/resp_1"])  # type: ignore[attr-defined]
+        chain = await store.getChain(RESPONSES, "bob/resp_4", "previous", 10, "bob/")
+        self.assertEqual(len(chain), 5)  # type: ignore[attr-defined]
+        self.assertTrue(all(d.key.startswith("bob/") for d in chain))  # type: ignore[attr-defined]
+
+    async def test_chainOwned(self) -> None:
+        """
+        Through L{OwnedStore}, a principal's chain follows links in its own
+        part of the store only, and comes back under the ids it used: with
+        two principals holding the same ids, one's broken chain stops where
+        its own document is missing instead of going on in the other's.
+        """
+        store = await self.openStore()
+        alice = OwnedStore(store, Principal("alice"))
+        bob = OwnedStore(store, Principal("bob"))
+        await self.putChain(alice, 3)
+        await self.putChain(bob, 3)
+        await store.delete(RESPONSES, "alice/resp_1")
+        chain = await alice.getChain(RESPONSES, "resp_2", "previous", 10)
+        self.assertEqual([(d.key, d.document["n"]) for d in chain], [("resp_2", 2)])  # type: ignore[attr-defined]
+        chain = await bob.getChain(RESPONSES, "resp_2", "previous", 10)
+        self.assertEqual([d.key for d in chain], ["resp_2", "resp_1", "resp_0"])  # type: ignore[attr-defined]
+        implicit = OwnedStore(store, IMPLICIT)
+        self.assertEqual(await implicit.getChain(RESPONSES, "resp_2", "previous", 10), [])  # type: ignore[attr-defined]
+
     async def test_closed(self) -> None:
         """
         After C{close}, operations fail with a L{StoreError}.
@@ -482,9 +601,7 @@ class SQLStoreBehaviourMixin(StoreBehaviourMixin):
         Hundreds of puts issued at once all complete and are all readable.
         """
         store = await self.openStore()
-        started = time.monotonic()
         await withTimeout(gatherResults([store.put(TURNS, f"c{n}", {"n": n}) for n in range(300)]))
-        self.elapsed = time.monotonic() - started
         found = await store.getMany(TURNS, [f"c{n}" for n in range(300)])
         self.assertEqual(len(found), 300)
         self.assertEqual(found["c299"].document, {"n": 299})
@@ -533,6 +650,22 @@ class MemoryStoreTests(StoreBehaviourMixin, TestCase):
 
     def makeStore(self, **limits: Any) -> MemoryStore:
         return MemoryStore(self.clock, **limits)
+
+    def test_purgedWithoutStart(self) -> None:
+        """
+        A memory store nobody started (hidden turns without a run store)
+        still lets go of expired documents: a put once C{purgeInterval}
+        has passed purges them, so a later purge finds nothing left.
+        """
+        store = self.makeStore(purgeInterval=60)
+        self.successResultOf(store.putMany(TURNS, {"a": 1, "b": 2}, ttl=30))
+        self.clock.advance(59)
+        self.successResultOf(store.put(TURNS, "c", 3, ttl=30))
+        self.clock.advance(1)
+        self.successResultOf(store.put(TURNS, "d", 4))
+        self.assertEqual(self.successResultOf(store.purge()), 0)
+        self.assertEqual(sorted(self.successResultOf(store.getMany(TURNS, "abcd"))), ["c", "d"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_synchronous(self) -> None:
         """
@@ -1131,6 +1264,44 @@ class ServerWiringTests(TestCase):
         self.assertIsNone([c.runtime for c in top if hasattr(c, "runtime")][0].store)
         self.assertEqual([c for c in top if isinstance(c, StoreService)], [])
 
+    def test_noStoreTurnsInMemory(self) -> None:
+        """
+        With C{--store none}, hidden turns go to an in-memory run store of
+        the runtime's own, on the server's reactor as its clock: a turn is
+        found until a day of that clock has passed, then not.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from ai_agent import tap
+
+        clock = MemoryReactorClock()
+        options = ServerOptions()
+        options.parseOptions(
+            [
+                "--agent",
+                os.path.join(self.folder, "chat.ai"),
+                "--config",
+                os.path.join(self.folder, ".ai-agent.json"),
+                "--openai-completions",
+                "0",
+                "--store",
+                "none",
+            ]
+        )
+        top = tap.makeService(options, clock)
+        [runtime] = [c.runtime for c in top if hasattr(c, "runtime")]
+        turns = runtime.runner.turns
+        self.assertIsInstance(turns, StoreTurnStore)
+        self.assertIsInstance(turns.store, MemoryStore)
+        self.assertIs(turns.store.clock, clock)
+        turn = HiddenTurn((), ChatMessage("assistant", ""), (), ("call_1",))
+        self.successResultOf(turns.saveTurn(turn, "team-a"))
+        clock.advance(24 * 3600 - 1)
+        self.assertEqual(self.successResultOf(turns.findTurn(["call_1"], "team-a")), turn)
+        self.assertIsNone(self.successResultOf(turns.findTurn(["call_1"], "team-b")))
+        clock.advance(1)
+        self.assertIsNone(self.successResultOf(turns.findTurn(["call_1"], "team-a")))
+
     async def serve(self, *argv: str) -> str:
         """
         Run C{ai-agent} on this folder until its store is open, stop it with
@@ -1138,7 +1309,7 @@ class ServerWiringTests(TestCase):
         """
         import signal
 
-        from tests._process import ServerProcess, childEnvironment, command, freePort
+        from tests._process import ServerProcess, childEnvironment, command
 
         protocol = ServerProcess()
         full = [
@@ -1146,17 +1317,14 @@ class ServerWiringTests(TestCase):
             "--agent",
             "chat.ai",
             "--openai-completions",
-            str(freePort()),
+            "0",
             *argv,
         ]
         reactor.spawnProcess(
             protocol, full[0], full, env=childEnvironment(HOME=self.folder), path=self.folder
         )
         try:
-            for _ in range(int(TIMEOUT / 0.1)):
-                if b"run store open" in protocol.output or protocol.ended.called:
-                    break
-                await deferLater(reactor, 0.1, lambda: None)
+            await protocol.waitForOutput(b"run store open", TIMEOUT)
         finally:
             if not protocol.ended.called:
                 os.kill(protocol.transport.pid, signal.SIGTERM)

@@ -24,7 +24,6 @@ from tests._process import (
     ServerProcess,
     childEnvironment,
     command,
-    freePort,
     run,
     waitUntilListening,
 )
@@ -163,7 +162,8 @@ class ServerProcessTests(TestCase):
 
     async def _serve(self, argv: list[str], expectedStatus: int) -> None:
         """
-        Run the server command C{argv} (C{PORT} replaced by a free port),
+        Run the server command C{argv} (C{PORT} replaced by 0: it binds a
+        port the system picks, read back from its banner),
         ask it for a chat completion, stop it with SIGTERM, and check it
         ended with C{expectedStatus} after stopping its service.
         """
@@ -174,16 +174,16 @@ class ServerProcessTests(TestCase):
         with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
             json.dump({"providers": {"fake": {"type": "openai", "baseUrl": running.baseUrl}}}, f)
         writeAgent(folder, "chat.ai")
-        port = freePort()
         protocol = ServerProcess()
-        full = [a.replace("PORT", str(port)) for a in argv]
+        full = [a.replace("PORT", "0") for a in argv]
         reactor.spawnProcess(
             protocol, full[0], full, env=childEnvironment(HOME=folder), path=folder
         )
         pool = HTTPConnectionPool(reactor, persistent=False)
         client = treq.client.HTTPClient(Agent(reactor, pool=pool))
-        base = f"http://127.0.0.1:{port}"
         try:
+            port = await protocol.waitForPort()
+            base = f"http://127.0.0.1:{port}"
             await waitUntilListening(protocol, port)
             response = await client.post(
                 base + "/v1/chat/completions",

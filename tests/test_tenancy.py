@@ -26,17 +26,17 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from ai_agent.clienttools import HiddenTurn, MemoryTurnStore
+from ai_agent.clienttools import HiddenTurn
 from ai_agent.config import loadConfig
 from ai_agent.errors import ConfigurationError
 from ai_agent.headends._http import APIKeys, HTTPPolicy
 from ai_agent.principals import IMPLICIT, Principal, anonymousPrincipal
 from ai_agent.providers import ChatMessage, ToolCall
 from ai_agent.sealing import SEALED_PREFIX, Sealer, SealError
-from ai_agent.store import RESPONSES, TURNS, MemoryStore, OwnedStore, makeStore
+from ai_agent.store import RESPONSES, TURNS, MemoryStore, OwnedStore, StoreTurnStore, makeStore
 from ai_agent.testing import Reply
 from tests._harness import LiveServer, inThread, startServer
-from tests._process import command, freePort
+from tests._process import announcedPort, command
 from tests.mcp_servers import calcEntry
 from tests.test_firstrun import Child, ended, spawn
 
@@ -267,7 +267,7 @@ class OwnedStoreTests(SynchronousTestCase):
         Hidden turns kept in memory (C{--store none}) are found only by the
         principal whose run kept them.
         """
-        turns = MemoryTurnStore(Clock())
+        turns = StoreTurnStore(MemoryStore(Clock()))
         turn = HiddenTurn((), ChatMessage("assistant", ""), (), ("c1",))
         self.successResultOf(turns.saveTurn(turn, "team-a"))
         self.assertIsNone(self.successResultOf(turns.findTurn(["c1"], "team-b")))
@@ -724,14 +724,13 @@ class ProcessTests(TestCase):
             json.dump(config, f)
 
     async def _serve(self, folder: str, *extra: str) -> tuple[Child, str]:
-        port = freePort()
         child = spawn(
             self,
-            [*command("ai-agent"), "--agent", "agents", "--openai-completions", str(port), *extra],
+            [*command("ai-agent"), "--agent", "agents", "--openai-completions", "0", *extra],
             folder,
         )
         await child.waitFor(b"  models: ")
-        return child, f"http://127.0.0.1:{port}"
+        return child, f"http://127.0.0.1:{announcedPort(child.output)}"
 
     async def test_keysReloaded(self) -> None:
         """

@@ -44,7 +44,7 @@ from ai_agent.tools import NestedSink, ToolBoxFactory
 from ai_agent.tools.subagent import PROMPT_SCHEMA
 from tests import _process
 from tests._harness import LiveServer, inThread, startServer, writeAgent
-from tests.mcp_servers import ROOT, calcEntry, sleep, waitFor
+from tests.mcp_servers import ROOT, calcEntry, waitFor
 
 
 def _spec(name: str, **values: Any) -> AgentSpec:
@@ -782,7 +782,7 @@ class EndToEndTests(TestCase):
         )
         client = await _rawPost(server, stream=True)
         await server.upstream.waitForRequests(2)
-        await sleep(0.05)
+        await waitFor(lambda: b"text/event-stream" in client.received)
         client.transport.loseConnection()
         gone = await server.upstream.waitForDisconnects(1)
         await waitFor(lambda: server.pool.activeRuns == 0)
@@ -821,8 +821,13 @@ async def _rawPost(server: LiveServer, stream: bool) -> Any:
     ).encode() + body
 
     class Client(Protocol):
+        received = b""
+
         def connectionMade(self) -> None:
             self.transport.write(request)
+
+        def dataReceived(self, data: bytes) -> None:
+            self.received += data
 
     client = Client()
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", server.port.getHost().port)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_round2 -*-
+# -*- test-case-name: tests.test_body_parsing,tests.test_hostile_input -*-
 """
 Large request bodies, parsed one at a time off the reactor thread.
 

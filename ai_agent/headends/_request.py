@@ -11,8 +11,8 @@ L{MAX_DEPTH} is found by a scan of the raw bytes before the JSON parser
 recurses; the body must be UTF-8 (a leading byte order mark is tolerated);
 a string holding a lone UTF-16 surrogate (C{"\\ud800"}), which could not be
 encoded again on the way out, is refused naming where it was.  Bodies of
-L{OFF_REACTOR_THRESHOLD} bytes or more are parsed in a thread pool by
-L{parseChatRequestOffReactor}.
+L{OFF_REACTOR_THRESHOLD} bytes or more are parsed in a thread pool, one at
+a time, by the headends' L{BodyGate<ai_agent.headends._bodies.BodyGate>}.
 """
 
 from __future__ import annotations
@@ -22,23 +22,16 @@ import math
 import re
 from array import array
 from itertools import accumulate
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
 import attrs
 import orjson
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from ai_agent.accounting import RunLabels
 from ai_agent.errors import AgentError, invalidRequest
 from ai_agent.providers import ChatMessage, ToolCall, ToolSpec
 from ai_agent.redaction import shorten
 from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
-
-_T = TypeVar("_T")
 
 #: The most messages one request may carry.
 MAX_MESSAGES = 2048
@@ -238,59 +231,6 @@ def _parseResponseFormat(value: Any) -> OutputFormat | None:
     description = _optional(spec, "description", str, None, f"{param}.json_schema.description")
     strict = _optional(spec, "strict", bool, None, f"{param}.json_schema.strict")
     return OutputFormat(schema, name, description, strict)
-
-
-def parseOffReactor(
-    parse: Callable[[bytes], _T],
-    body: bytes,
-    reactor: IReactorFromThreads,
-    threadpool: ThreadPool,
-    threshold: int = OFF_REACTOR_THRESHOLD,
-) -> Deferred[_T]:
-    """
-    C{parse(body)}, run in C{threadpool} when C{body} is at least
-    C{threshold} bytes long so that a large body does not hold up the
-    reactor; a smaller one is parsed at once.  Every API's parser goes
-    through here.
-
-    Cancelling the result stops waiting for the thread (which finishes its
-    parse and is ignored).
-
-    @return: fires with what C{parse} returns, or fails with the 400
-        L{AgentError} it raises.
-    """
-    if len(body) < threshold:
-        try:
-            return succeed(parse(body))
-        except AgentError:
-            return fail()
-    result: Deferred[_T] = Deferred(canceller=_abandon)
-
-    def done(outcome: _T | Failure) -> None:
-        if not result.called:
-            result.callback(outcome)
-
-    deferToThreadPool(reactor, threadpool, parse, body).addBoth(done)
-    return result
-
-
-def parseChatRequestOffReactor(
-    body: bytes,
-    reactor: IReactorFromThreads,
-    threadpool: ThreadPool,
-    threshold: int = OFF_REACTOR_THRESHOLD,
-) -> Deferred[ChatRequest]:
-    """
-    L{parseChatRequest} through L{parseOffReactor}.
-    """
-    return parseOffReactor(parseChatRequest, body, reactor, threadpool, threshold)
-
-
-def _abandon(result: Deferred[Any]) -> None:
-    """
-    A thread cannot be stopped: a cancelled parse is left to finish, and
-    L{Deferred.cancel} fails C{result} with L{CancelledError} at once.
-    """
 
 
 def _loads(body: bytes) -> Any:
@@ -950,6 +890,4 @@ __all__ = [
     "MAX_TOOLS",
     "OFF_REACTOR_THRESHOLD",
     "parseChatRequest",
-    "parseChatRequestOffReactor",
-    "parseOffReactor",
 ]

@@ -1083,27 +1083,26 @@ class ResponsesHeadend:
     async def _history(self, principal: Principal, responseId: str) -> list[dict[str, Any]]:
         """
         The items of a chain of stored responses, oldest first: each
-        response's input, then its output.
+        response's input, then its output.  The chain is read in one store
+        call (one query on a database), in this principal's part of the
+        store only.
         """
         store = self._needStore(principal, "'previous_response_id'", "previous_response_id")
-        chain: list[dict[str, Any]] = []
-        nextId: str | None = responseId
-        while nextId is not None:
+        found = await store.getChain(RESPONSES, responseId, "previous_response_id", MAX_CHAIN)
+        chain = [stored.document for stored in found]
+        missing = chain[-1].get("previous_response_id") if chain else responseId
+        if missing is not None:
             if len(chain) >= MAX_CHAIN:
                 raise invalidRequest(
                     f"the chain of previous responses is longer than {MAX_CHAIN}",
                     "previous_response_id",
                     "chain_too_long",
                 )
-            found = await store.get(RESPONSES, nextId)
-            if found is None:
-                raise notFound(
-                    f"Response with id {shorten(repr(nextId))} not found.",
-                    "response_not_found",
-                    "previous_response_id",
-                )
-            chain.append(found.document)
-            nextId = found.document.get("previous_response_id")
+            raise notFound(
+                f"Response with id {shorten(repr(missing))} not found.",
+                "response_not_found",
+                "previous_response_id",
+            )
         items: list[dict[str, Any]] = []
         for document in reversed(chain):
             items.extend(document["input"])

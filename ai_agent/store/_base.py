@@ -43,6 +43,8 @@ MAX_KEY_LENGTH = 512
 
 _NAMESPACE = re.compile(r"[a-z][a-z0-9_.-]{0,63}\Z")
 
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+
 
 class StoreError(AgentError):
     """
@@ -192,6 +194,26 @@ class RunStore(Protocol):
         document (or an expired one) are absent.
         """
 
+    def getChain(
+        self, namespace: str, key: str, link: str, limit: int, scope: str = ""
+    ) -> Deferred[list[StoredDocument]]:
+        """
+        A chain of documents read in one call (one query on a database): the
+        document under C{(namespace, key)}, then the one under C{scope}
+        followed by its C{link} field's value, and so on, newest first.
+
+        The chain ends after C{limit} documents, at a document whose
+        C{link} is missing or not a string, and before a key with no
+        document (or an expired one): the caller tells a broken or overlong
+        chain from the last document's C{link}.  Every key after the first
+        starts with C{scope}, so a chain stays in one principal's part of
+        the store (see L{OwnedStore<ai_agent.store.OwnedStore>}).
+
+        @param link: the name of a top-level field of the documents (an
+            identifier; anything else is a programming error,
+            L{ValueError}).
+        """
+
     def delete(self, namespace: str, key: str) -> Deferred[bool]:
         """
         Remove the document under C{(namespace, key)}; whether there was one
@@ -246,6 +268,15 @@ def checkNamespace(namespace: str) -> None:
     """
     if not _NAMESPACE.match(namespace):
         raise ValueError(f"not a store namespace: {namespace!r}")
+
+
+def checkField(name: str) -> None:
+    """
+    @raise ValueError: unless C{name} is an identifier, fit to name a
+        document's field in a query (a programming error, not a client's).
+    """
+    if not isinstance(name, str) or not _FIELD.match(name):
+        raise ValueError(f"not a document field name: {name!r}")
 
 
 def checkKey(key: str) -> None:

@@ -1,10 +1,13 @@
 # -*- test-case-name: tests.test_store -*-
 """
-A run store in this process's memory: for tests, and for C{--store memory}
+A run store in this process's memory: for tests, for C{--store memory}
 (one process, nothing kept across a restart, nothing shared between
-workers).  Same behaviour as the SQL store: JSON copies, expiry, the size
-limit and eviction of the oldest documents past its bounds; every
-operation's Deferred has already fired when it is returned.
+workers), and for hidden turns of hybrid runs when there is no run store
+(C{--store none}, direct mode).  Same behaviour as the SQL store: JSON
+copies, expiry, the size limit and eviction of the oldest documents past
+its bounds; every operation's Deferred has already fired when it is
+returned.  Expired documents are purged every C{purgeInterval} seconds
+once started, and by a put at most that often even when never started.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ai_agent.store._base import (
     StoredDocument,
     StoreError,
     StoreStats,
+    checkField,
     checkKey,
     checkNamespace,
     usableKeys,
@@ -63,6 +67,7 @@ class MemoryStore:
     _counter: int = attrs.field(default=0, init=False)
     _closed: bool = attrs.field(default=False, init=False)
     _purger: LoopingCall | None = attrs.field(default=None, init=False)
+    _purgeDue: float | None = attrs.field(default=None, init=False)
 
     @property
     def description(self) -> str:
@@ -106,6 +111,12 @@ class MemoryStore:
             self._counter += 1
             self._entries[(namespace, key)] = _Entry(text, size, now, expires, self._counter)
             self._bytes += size
+        if self._purgeDue is None:
+            self._purgeDue = now + self.purgeInterval
+        elif now >= self._purgeDue:
+            # A store nobody started (no timer) still lets go of what expired.
+            self._purgeDue = now + self.purgeInterval
+            self._purgeNow()
         if len(self._entries) > self.maxEntries or self._bytes > self.maxBytes:
             self._evict()
         return succeed(None)
@@ -126,6 +137,28 @@ class MemoryStore:
                     namespace, key, json.loads(entry.text), entry.createdAt, entry.expiresAt
                 )
         return succeed(found)
+
+    def getChain(
+        self, namespace: str, key: str, link: str, limit: int, scope: str = ""
+    ) -> Deferred[list[StoredDocument]]:
+        checkNamespace(namespace)
+        checkField(link)
+        if self._closed:
+            return fail(StoreError("the run store is closed"))
+        now = self.clock.seconds()
+        chain: list[StoredDocument] = []
+        nextKey: str | None = key
+        while nextKey is not None and len(chain) < limit:
+            entry = self._entries.get((namespace, nextKey))
+            if entry is None or entry.expiresAt <= now:
+                break
+            document = json.loads(entry.text)
+            chain.append(
+                StoredDocument(namespace, nextKey, document, entry.createdAt, entry.expiresAt)
+            )
+            value = document.get(link) if isinstance(document, dict) else None
+            nextKey = scope + value if isinstance(value, str) else None
+        return succeed(chain)
 
     def delete(self, namespace: str, key: str) -> Deferred[bool]:
         checkNamespace(namespace)

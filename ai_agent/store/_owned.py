@@ -64,6 +64,30 @@ class OwnedStore:
 
         return self.store.getMany(namespace, list(byScoped)).addCallback(unscoped)
 
+    def getChain(
+        self, namespace: str, key: str, link: str, limit: int
+    ) -> Deferred[list[StoredDocument]]:
+        """
+        This principal's chain of documents from C{key}, each naming the
+        next in its C{link} field, newest first, at most C{limit} (see
+        L{RunStore.getChain}): every link is looked up in this principal's
+        part of the store only, so a chain never reaches another's
+        document.
+        """
+        scope = self._key("")
+
+        def unscoped(chain: list[StoredDocument]) -> list[StoredDocument]:
+            mine = []
+            for document in chain:
+                if not document.key.startswith(scope):
+                    break  # not this principal's: never handed out
+                mine.append(attrs.evolve(document, key=document.key[len(scope) :]))
+            return mine
+
+        return self.store.getChain(namespace, self._key(key), link, limit, scope).addCallback(
+            unscoped
+        )
+
     def putEntries(
         self, entries: Iterable[tuple[str, str, Any]], ttl: float | None = None
     ) -> Deferred[None]:

@@ -41,6 +41,7 @@ from ai_agent.store._base import (
     StoreError,
     StoreStats,
     StoreUnavailableError,
+    checkField,
     checkKey,
     checkNamespace,
     redact,
@@ -112,6 +113,20 @@ _SELECT = (
     "SELECT doc_key, body, created_at, expires_at FROM ai_agent_store"
     " WHERE ns = ? AND expires_at > ? AND doc_key IN ({marks})"
 )
+# A chain of documents, each naming the next in a field of its JSON (the
+# dialect's textField), read in one query: newest first, at most a given
+# number, every key after the first being the scope followed by the link.
+_CHAIN = (
+    "WITH RECURSIVE chain (depth, doc_key, body, created_at, expires_at) AS ("
+    " SELECT 1, doc_key, body, created_at, expires_at FROM ai_agent_store"
+    "  WHERE ns = ? AND doc_key = ? AND expires_at > ?"
+    " UNION ALL"
+    " SELECT chain.depth + 1, s.doc_key, s.body, s.created_at, s.expires_at"
+    "  FROM chain JOIN ai_agent_store s"
+    "   ON s.ns = ? AND s.expires_at > ? AND s.doc_key = CAST(? AS TEXT) || ({link})"
+    "  WHERE chain.depth < ?)"
+    " SELECT doc_key, body, created_at, expires_at FROM chain ORDER BY depth"
+)
 _FIND = "SELECT expires_at FROM ai_agent_store WHERE ns = ? AND doc_key = ?"
 _DELETE = "DELETE FROM ai_agent_store WHERE ns = ? AND doc_key = ?"
 _PURGE = "DELETE FROM ai_agent_store WHERE expires_at <= ?"
@@ -157,6 +172,12 @@ class Dialect:
     isBroken: Callable[[Any], bool] = lambda connection: False
     idleTimeout: float | None = None
     afterDelete: str | None = None
+    #: The value of the top-level field C{{field}} of the JSON text in
+    #: C{{column}} when it is a string, else NULL.
+    textField: str = (
+        "CASE WHEN json_type({column}, '$.{field}') = 'text'"
+        " THEN json_extract({column}, '$.{field}') END"
+    )
 
     def sql(self, query: str) -> str:
         """
@@ -283,6 +304,17 @@ def postgresDialect(
         connect,
         marker="%s",
         tableExists="SELECT to_regclass(%s) IS NOT NULL",
+        # PostgreSQL refuses to turn \u0000 and lone surrogates (which the
+        # store keeps escaped) into text even in fields not asked for: they
+        # become U+FFFD first (escaped backslashes kept apart), which
+        # leaves every other field as it was.
+        textField=(
+            "(SELECT CASE WHEN json_typeof(parsed.j -> '{field}') = 'string'"
+            " THEN parsed.j ->> '{field}' END FROM (SELECT CAST(regexp_replace("
+            "replace({column}, '\\\\', '\\u005c'),"
+            " '\\\\u(0000|[dD][89a-fA-F][0-9a-fA-F]{{2}})', '\\ufffd', 'g') AS json) AS j)"
+            " AS parsed)"
+        ),
         lockStatements=(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})",),
         errors=(psycopg.Error,),
         secrets=tuple(urlSecrets(url)),
@@ -486,6 +518,27 @@ class SQLStore:
 
         if not wanted:
             return _succeeded({})
+        return self._call("get", work)
+
+    def getChain(
+        self, namespace: str, key: str, link: str, limit: int, scope: str = ""
+    ) -> Deferred[list[StoredDocument]]:
+        checkNamespace(namespace)
+        checkField(link)
+        if limit <= 0 or not usableKeys([key]):
+            return _succeeded([])
+        now = self.clock.seconds()
+        query = self.dialect.sql(
+            _CHAIN.format(link=self.dialect.textField.format(column="chain.body", field=link))
+        )
+
+        def work(cursor: Any) -> list[StoredDocument]:
+            cursor.execute(query, (namespace, key, now, namespace, now, scope, limit))
+            return [
+                StoredDocument(namespace, found, json.loads(body), float(created), float(expires))
+                for found, body, created, expires in cursor.fetchall()
+            ]
+
         return self._call("get", work)
 
     def delete(self, namespace: str, key: str) -> Deferred[bool]:

@@ -11,6 +11,7 @@ standard output once it listens; its answers are event streams, or JSON
 bodies with C{--json}.
 
 Tools: C{add}, C{fail} (always an error result), C{sleep} (writes
+C{sleeping} into the marker directory when it starts, and
 C{cancelled} into the marker directory when its call is cancelled),
 C{crash} (the process exits), C{env} (reads an environment variable),
 C{header} (a header of the call's HTTP request),
@@ -77,6 +78,9 @@ def build(marker: str | None, many: int) -> PagedServer:
     @server.tool()
     async def sleep(seconds: float) -> str:
         """Sleep, then say so."""
+        if marker is not None:
+            with open(os.path.join(marker, "sleeping"), "w") as f:
+                f.write("sleeping")
         try:
             await anyio.sleep(seconds)
         except anyio.get_cancelled_exc_class():
