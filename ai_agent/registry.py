@@ -167,7 +167,7 @@ def _uniqueId(name: str, taken: set[str]) -> str:
 
 
 def _checkProviders(spec: AgentSpec, providers: Mapping[str, object]) -> None:
-    for model in spec.models:
+    for model in (*spec.models, *spec.toolOutput.models):
         name, _ = splitModel(model)
         if name not in providers:
             known = ", ".join(sorted(providers)) or "none"

@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 
 from ai_agent.accounting import CANCELLED, RunAccount
 from ai_agent.advice import noModelAnswered
-from ai_agent.agentfile import AgentSpec
+from ai_agent.agentfile import AgentSpec, OutputSpec, ToolOutputSpec
 from ai_agent.clienttools import HiddenTurn, TurnStore, restoreConversation
 from ai_agent.config import Pricing
 from ai_agent.errors import AgentError, ProviderError, invalidRequest
@@ -70,6 +70,13 @@ from ai_agent.providers import (
 )
 from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
 from ai_agent.retry import NOT_CONFIGURED, RetryLoop, RetryPolicy, totalTimeout
+from ai_agent.tools.output import (
+    EXTRACTION_MAX_TOKENS,
+    TOOL_OUTPUT,
+    TOOL_OUTPUT_SPEC,
+    RunOutputs,
+    ToolOutputError,
+)
 
 log = Logger()
 
@@ -424,13 +431,23 @@ class SessionRunner:
         )
         start = len(messages)
         meter = _UsageMeter(events)
+        kept = _KeptOutputs(
+            self,
+            agent,
+            RunOutputs(agent.toolOutput, agent.toolResponseMaxBytes),
+            meter,
+            account,
+            scope,
+        )
         calledTools = False
         for turn in range(1, agent.maxTurns + 1):
             lastTurn = turn == agent.maxTurns
+            # tool_output is offered once a result was kept behind a handle.
+            turnSpecs = specs + (TOOL_OUTPUT_SPEC,) if kept.outputs else specs
             response, callUsage = await self._callWithFallback(
                 agent,
                 messages,
-                () if lastTurn else specs,
+                () if lastTurn else turnSpecs,
                 events,
                 request.sampling,
                 request.stream,
@@ -440,7 +457,7 @@ class SessionRunner:
                 scope=scope,
             )
             meter(callUsage)
-            if response.toolCalls and not specs and not lastTurn:
+            if response.toolCalls and not turnSpecs and not lastTurn:
                 # Calls to tools the model was not offered: it is told so.
                 messages.extend(noToolsExchange(response, toolbox, events))
                 continue
@@ -454,7 +471,7 @@ class SessionRunner:
             results: list[ChatMessage] = []
             if own:
                 toolsRan.append(True)
-                results = await self._runTools(agent, toolbox, own, meter.toolSink, scope)
+                results = await self._runTools(agent, toolbox, own, meter.toolSink, scope, kept)
             if handedBack:
                 await self._saveHidden(
                     agent,
@@ -528,6 +545,7 @@ class SessionRunner:
         calls: tuple[ToolCall, ...],
         events: EventSink,
         scope: RunScope = RunScope(),
+        kept: _KeptOutputs | None = None,
     ) -> list[ChatMessage]:
         """
         Run a turn's tool calls concurrently; every outcome, failures and
@@ -538,7 +556,7 @@ class SessionRunner:
         # A call that waits for a place starts from whatever freed it: each
         # runs in a copy of this run's context (see ai_agent.flow).
         pending = [
-            limit.run(copy_context().run, self._runTool, agent, toolbox, call, events, scope)
+            limit.run(copy_context().run, self._runTool, agent, toolbox, call, events, scope, kept)
             for call in running
         ]
         # Cancelling a DeferredList cancels every call in it.
@@ -557,9 +575,10 @@ class SessionRunner:
         call: ToolCall,
         events: EventSink,
         scope: RunScope = RunScope(),
+        kept: _KeptOutputs | None = None,
     ) -> Deferred[str]:
         tool = scope.tool(call.name, call.id, call.arguments)
-        outcome = ensureDeferred(self._toolText(agent, toolbox, call, events, tool))
+        outcome = ensureDeferred(self._toolText(agent, toolbox, call, events, tool, kept))
 
         def cancelled(failure: Failure) -> Failure:
             if failure.check(CancelledError):
@@ -575,6 +594,7 @@ class SessionRunner:
         call: ToolCall,
         events: EventSink,
         tool: ToolScope = ToolScope(),
+        kept: _KeptOutputs | None = None,
     ) -> str:
         events(ToolStarted(call.name, call.arguments, call.id))
         try:
@@ -589,8 +609,11 @@ class SessionRunner:
         # The tool call's span is current while the call starts: a
         # sub-agent's run and an MCP server's HTTP request find it there.
         with tool.activate():
-            attempt = maybeDeferred(toolbox.call, call.name, arguments, events)
-        if not call.name.startswith(SUBAGENT_PREFIX):
+            if call.name == TOOL_OUTPUT and kept is not None and kept.outputs:
+                attempt = kept.call(arguments, events)
+            else:
+                attempt = maybeDeferred(toolbox.call, call.name, arguments, events)
+        if not call.name.startswith(SUBAGENT_PREFIX) and call.name != TOOL_OUTPUT:
             # A sub-agent is bounded by its own limits (its turns, its LLM
             # and tool timeouts), not by the parent's toolTimeout.
             attempt.addTimeout(agent.toolTimeout, self.reactor)
@@ -605,19 +628,73 @@ class SessionRunner:
             outcome = "timeout"
         except AgentError as error:
             text = f"error: {error.message}"
+        except ToolOutputError as error:
+            text = f"error: {error}"
         except Exception as error:  # noqa: BLE001 - the model reads any tool failure
             text = f"error: {type(error).__name__}: {error}"
         tool.end(outcome, text)
-        limit = agent.toolResponseMaxBytes
-        encoded = text.encode("utf-8")
-        if len(encoded) > limit:
-            kept = encoded[:limit].decode("utf-8", "ignore")
-            text = (
-                f"{kept}\n[truncated: the result was {len(encoded)} bytes;"
-                f" only the first {limit} are shown]"
-            )
+        if kept is not None and call.name != TOOL_OUTPUT:
+            # Over toolResponseMaxBytes: kept behind a handle, or cut.
+            text = kept.outputs.result(call.name, text)
+        else:
+            text = RunOutputs(_NO_HANDLES, agent.toolResponseMaxBytes).result(call.name, text)
         events(ToolFinished(call.name, text, call.id))
         return text
+
+
+_NO_HANDLES = ToolOutputSpec(enabled=False)
+
+
+@attrs.define(eq=False)
+class _KeptOutputs:
+    """
+    A run's tool results kept behind handles, and the C{tool_output} calls
+    reading them: its extraction pass calls the agent's models (or its
+    C{toolOutput.models}) through the run's own turn machinery (fallback,
+    retries, accounting, usage), without tools, streaming nothing but
+    progress and usage.
+    """
+
+    runner: SessionRunner
+    agent: AgentSpec
+    outputs: RunOutputs
+    meter: _UsageMeter
+    account: RunAccount
+    scope: RunScope
+
+    def call(self, arguments: Mapping[str, Any], events: EventSink) -> Deferred[str]:
+        return ensureDeferred(self.outputs.call(arguments, self._extract, events))
+
+    async def _extract(self, messages: list[ChatMessage]) -> str:
+        agent = self.agent
+        reader = attrs.evolve(
+            agent, models=agent.toolOutput.models or agent.models, output=OutputSpec()
+        )
+        response, usage = await self.runner._callWithFallback(
+            reader,
+            messages,
+            (),
+            _progressOnly(self.meter.events),
+            Sampling(maxTokens=EXTRACTION_MAX_TOKENS),
+            False,
+            self.account,
+            scope=self.scope,
+        )
+        self.meter(usage)
+        return response.content
+
+
+def _progressOnly(events: EventSink) -> EventSink:
+    """
+    A sink passing on only progress (retries): an extraction call's text
+    is the tool's result, not part of the answer.
+    """
+
+    def sink(event: Event) -> None:
+        if not isinstance(event, (ContentDelta, ReasoningDelta, ModelAnswering)):
+            events(event)
+
+    return sink
 
 
 @attrs.define(eq=False)
@@ -795,7 +872,7 @@ def _refuseClashes(clientTools: Sequence[ClientTool], own: Sequence[ToolSpec]) -
 
     @raise AgentError: a 400 naming the tool.
     """
-    ownNames = {spec.name for spec in own}
+    ownNames = {spec.name for spec in own} | {TOOL_OUTPUT}
     for tool in clientTools:
         name = tool.spec.name
         if name in ownNames or name.startswith(SUBAGENT_PREFIX):
