@@ -147,7 +147,9 @@ class KeyTests(SynchronousTestCase):
         An unknown key is named, and the allowed keys are listed.
         """
         error = self.assertRaises(ConfigurationError, agent, "modle: a/b")
-        self.assertIn(f"{PATH}: unknown frontmatter key 'modle' (allowed: advisors, agents,", str(error))
+        self.assertIn(
+            f"{PATH}: unknown frontmatter key 'modle' (allowed: advisors, agents,", str(error)
+        )
         self.assertIn("models", str(error))
 
     def test_runtimeOnlyKeys(self) -> None:

@@ -207,7 +207,7 @@ class RunOutputs:
                 f"; this run already keeps {self._bytes} bytes of tool results"
                 f" (at most {MAX_KEPT_RUN})",
             )
-        handle = str(uuid.uuid4())
+        handle = newHandle()
         self._kept[handle] = _Kept(tool, text, size)
         self._bytes += size
         lines = text.count("\n") + 1
@@ -360,6 +360,13 @@ class RunOutputs:
                 f" offset {covered} for the rest]"
             )
         return "\n\n".join(answers)
+
+
+def newHandle() -> str:
+    """
+    A new handle: a random UUID (122 random bits).
+    """
+    return str(uuid.uuid4())
 
 
 def checkPattern(pattern: object) -> re.Pattern[str]:

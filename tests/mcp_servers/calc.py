@@ -14,7 +14,7 @@ Tools: C{add}, C{fail} (always an error result), C{sleep} (writes
 C{cancelled} into the marker directory when its call is cancelled),
 C{crash} (the process exits), C{env} (reads an environment variable),
 C{header} (a header of the call's HTTP request),
-C{big} (a long text), C{picture} (an image and a text), C{weather}
+C{big} (a long text), C{lines} (a log of numbered lines), C{picture} (an image and a text), C{weather}
 (structured content only), C{log} (writes to stderr), and with
 C{--many N} that many C{noop_<i>} tools.  With C{--page-size N}, C{tools/list}
 answers in pages of N tools.
@@ -102,6 +102,14 @@ def build(marker: str | None, many: int) -> PagedServer:
     def big(size: int) -> str:
         """A text of `size` characters."""
         return "x" * size
+
+    @server.tool()
+    def lines(count: int) -> str:
+        """A log of `count` numbered lines; every 1000th is an ERROR line."""
+        return "\n".join(
+            f"{i:07d} level={'ERROR' if i % 1000 == 0 else 'info'} request {i} served"
+            for i in range(1, count + 1)
+        )
 
     @server.tool(structured_output=False)
     def picture() -> list[Any]:
