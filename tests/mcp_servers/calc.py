@@ -14,8 +14,8 @@ Tools: C{add}, C{fail} (always an error result), C{sleep} (writes
 C{cancelled} into the marker directory when its call is cancelled),
 C{crash} (the process exits), C{env} (reads an environment variable),
 C{header} (a header of the call's HTTP request),
-C{big} (a long text), C{lines} (a log of numbered lines), C{picture} (an image and a text), C{weather}
-(structured content only), C{log} (writes to stderr), and with
+C{big} (a long text), C{lines} (a log of numbered lines), C{picture} (an
+image and a text), C{weather} (structured content only), C{log} (writes to stderr), and with
 C{--many N} that many C{noop_<i>} tools.  With C{--page-size N}, C{tools/list}
 answers in pages of N tools.
 """
