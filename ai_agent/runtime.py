@@ -160,7 +160,14 @@ def buildRuntime(
     # they outlive a restart and are shared by instances), else to memory.
     turns: TurnStore = MemoryTurnStore(reactor) if store is None else StoreTurnStore(store)
     runner = SessionRunner(
-        providers, reactor, tools, pricing=config.pricing, turns=turns, observer=observer
+        providers,
+        reactor,
+        tools,
+        pricing=config.pricing,
+        turns=turns,
+        observer=observer,
+        agents=registry.byPath,
+        limiter=tools.subAgentLimiter,
     )
     tools.runner = runner
     return Runtime(config, registry, pool, http, providers, runner, mcp, tools, store)

@@ -57,7 +57,7 @@ from ai_agent.events import (
     ToolStarted,
     Usage,
 )
-from ai_agent.limits import boundedCalls, noToolsExchange
+from ai_agent.limits import SubAgentLimiter, boundedCalls, noToolsExchange
 from ai_agent.observe import NULL_OBSERVER, Observer, RunScope, ToolScope
 from ai_agent.providers import (
     CallbackSink,
@@ -70,6 +70,14 @@ from ai_agent.providers import (
 )
 from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
 from ai_agent.retry import NOT_CONFIGURED, RetryLoop, RetryPolicy, totalTimeout
+from ai_agent.routing import (
+    ROUTER_TOOL,
+    Orchestration,
+    RouteChoice,
+    orchestrated,
+    routerInstructions,
+    routerToolSpec,
+)
 from ai_agent.tools.output import (
     EXTRACTION_MAX_TOKENS,
     TOOL_OUTPUT,
@@ -262,14 +270,34 @@ class SessionRunner:
     pricing: Mapping[str, Pricing] = attrs.field(factory=dict, repr=False)
     turns: TurnStore | None = None
     observer: Observer = attrs.field(default=NULL_OBSERVER, repr=False)
+    agents: Mapping[str, AgentSpec] = attrs.field(factory=dict, repr=False)
+    limiter: SubAgentLimiter | None = None
 
     def run(self, agent: AgentSpec, request: RunRequest, events: EventSink) -> Deferred[Finished]:
         """
-        Run C{agent} on C{request}.
+        Run C{agent} on C{request}: with its advisors, router and handoff
+        when it has them (see L{ai_agent.routing}).
 
         @return: a Deferred firing with L{Finished} when the agent answered,
             or failing with L{AgentError}.  Content, reasoning and progress
             go to C{events} as they arrive.
+        """
+        if orchestrated(agent):
+            return Orchestration(self, agent, request, events).run()
+        return self.runStage(agent, request, events)
+
+    def runStage(
+        self,
+        agent: AgentSpec,
+        request: RunRequest,
+        events: EventSink,
+        route: RouteChoice | None = None,
+    ) -> Deferred[Finished]:
+        """
+        Run C{agent}'s own loop on C{request} (no advisors or handoff).
+
+        @param route: for a router agent, where its model's choice goes:
+            the run ends once the model called C{router__handoff-to}.
         """
         account = RunAccount(
             agent.name, self.reactor.seconds(), self.pricing, labels=request.labels
@@ -282,7 +310,7 @@ class SessionRunner:
         # The run's end is told by callbacks rather than by a coroutine
         # around the turns: one coroutine frame less kept for the whole run.
         return ensureDeferred(
-            self._turns(agent, request, events, toolsRan, account, scope)
+            self._turns(agent, request, events, toolsRan, account, scope, route)
         ).addCallbacks(
             self._ended,
             self._failed,
@@ -399,9 +427,14 @@ class SessionRunner:
         toolsRan: list[bool],
         account: RunAccount,
         scope: RunScope = RunScope(),
+        route: RouteChoice | None = None,
     ) -> Finished:
         toolbox = self.tools(agent) if self.tools is not None else _NoTools()
         ownSpecs = tuple(await maybeDeferred(toolbox.specs))
+        instructions = list(getattr(toolbox, "instructions", ()))
+        if route is not None:
+            ownSpecs += (routerToolSpec(agent, self.agents),)
+            instructions.append(routerInstructions(agent))
         clientTools = request.clientTools if agent.clientTools else ()
         choice = request.toolChoice if agent.clientTools else ToolChoice()
         _refuseClashes(clientTools, ownSpecs)
@@ -423,12 +456,7 @@ class SessionRunner:
                     agent=agent.name,
                     missing=", ".join(missing[:8]),
                 )
-        messages = buildMessages(
-            agent,
-            conversation,
-            getattr(toolbox, "instructions", ()),
-            request.instructions,
-        )
+        messages = buildMessages(agent, conversation, instructions, request.instructions)
         start = len(messages)
         meter = _UsageMeter(events)
         kept = _KeptOutputs(
@@ -469,9 +497,15 @@ class SessionRunner:
             own = tuple(call for call in calls if call.name not in clientNames)
             handedBack = [call for call in calls if call.name in clientNames]
             results: list[ChatMessage] = []
+            if route is not None and any(call.name == ROUTER_TOOL for call in own):
+                results.extend(_routeCalls(route, own, meter.toolSink))
+                own = tuple(call for call in own if call.name != ROUTER_TOOL)
             if own:
                 toolsRan.append(True)
-                results = await self._runTools(agent, toolbox, own, meter.toolSink, scope, kept)
+                results += await self._runTools(agent, toolbox, own, meter.toolSink, scope, kept)
+            if route is not None and route.target is not None:
+                # The destination takes the conversation from here.
+                return Finished(FinishReason.END, meter.total)
             if handedBack:
                 await self._saveHidden(
                     agent,
@@ -643,6 +677,32 @@ class SessionRunner:
 
 
 _NO_HANDLES = ToolOutputSpec(enabled=False)
+
+
+def _routeCalls(
+    route: RouteChoice, calls: Sequence[ToolCall], events: EventSink
+) -> list[ChatMessage]:
+    """
+    The router's C{router__handoff-to} calls: the first valid one chooses.
+    """
+    results = []
+    for call in calls:
+        if call.name != ROUTER_TOOL:
+            continue
+        events(ToolStarted(call.name, call.arguments, call.id))
+        try:
+            arguments = json.loads(call.arguments) if call.arguments.strip() else {}
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            text = f"error: the arguments of {call.name} are not a JSON object"
+        elif route.target is not None:
+            text = f"error: already routed to {route.target.label}"
+        else:
+            text = route.choose(call, arguments)
+        events(ToolFinished(call.name, text, call.id))
+        results.append(ChatMessage("tool", text, toolCallId=call.id))
+    return results
 
 
 @attrs.define(eq=False)
