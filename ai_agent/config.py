@@ -16,6 +16,7 @@ that may be a secret: errors name files, key paths and expected types only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -101,6 +102,25 @@ class Config:
     pricing: Mapping[str, Pricing] = attrs.field(factory=dict)
     sources: tuple[str, ...] = ()
     extra: Mapping[str, Any] = attrs.field(factory=dict)
+    keys: Mapping[str, ClientKey] = attrs.field(factory=dict)
+    sealingKeys: tuple[str, ...] = attrs.field(default=(), repr=False)
+
+
+@attrs.frozen
+class ClientKey:
+    """
+    A named client API key (C{"keys"}): one tenant of the server.
+
+    @ivar name: the entry's name, which logs and the run store know the
+        tenant by.
+    @ivar digest: the SHA-256 of the key (from C{key}, or C{keyHash}
+        written as C{sha256:<hex>}); the key itself is not kept.
+    @ivar agents: the model ids the key may use, or L{None} for all.
+    """
+
+    name: str
+    digest: bytes = attrs.field(repr=False)
+    agents: tuple[str, ...] | None = None
 
 
 PROVIDER_TYPES = ("anthropic", "local", "ollama", "openai")
@@ -142,7 +162,15 @@ _PROVIDER_KEYS = (
 _LOCAL_KEYS = ("contextSize", "models", "parallel", "threads")
 _MCP_KEYS = ("args", "command", "env", "headers", "type", "url")
 _PRICING_KEYS = ("completion", "prompt")
-_SECTIONS = ("providers", "mcpServers", "pricing")
+#: What a named client key's entry takes (a later issue adds its limits).
+_CLIENT_KEY_KEYS = ("agents", "key", "keyHash")
+_SECTIONS = ("providers", "mcpServers", "pricing", "keys", "sealingKeys")
+
+#: A named key's name: what the run store and logs know the tenant by.
+_CLIENT_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_KEY_HASH = re.compile(r"sha256:([0-9a-fA-F]{64})")
+#: The shortest sealing key accepted, in characters.
+MIN_SEALING_KEY = 32
 
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _MCP_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -444,6 +472,30 @@ def _checkPricing(path: str, section: object) -> None:
                 )
 
 
+def _checkClientKeys(path: str, section: object) -> None:
+    for name, entry in _checkObject(path, "keys", section).items():
+        keyPath = _keyPath("keys", name)
+        if not _CLIENT_KEY_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"{path}: key name {name!r} must be 1 to 64 letters, digits, '.', '_' or '-'"
+                " (starting with a letter or digit)"
+            )
+        entry = _checkObject(path, keyPath, entry)
+        _checkKeys(path, keyPath, entry, _CLIENT_KEY_KEYS)
+        for key in ("key", "keyHash"):
+            _checkOptionalString(path, _keyPath(keyPath, key), entry.get(key))
+        agents = entry.get("agents")
+        if agents is not None and (
+            not isinstance(agents, list) or not all(isinstance(a, str) for a in agents)
+        ):
+            raise _wrongType(path, _keyPath(keyPath, "agents"), "an array of model ids", agents)
+
+
+def _checkSealingKeys(path: str, section: object) -> None:
+    if not isinstance(section, list) or not all(isinstance(k, str) for k in section):
+        raise _wrongType(path, "sealingKeys", "an array of strings", section)
+
+
 def _checkLayer(path: str, data: object) -> dict[str, Any]:
     """
     Check the shape and types of one configuration file.
@@ -456,6 +508,8 @@ def _checkLayer(path: str, data: object) -> dict[str, Any]:
         "providers": _checkProviders,
         "mcpServers": _checkMcpServers,
         "pricing": _checkPricing,
+        "keys": _checkClientKeys,
+        "sealingKeys": _checkSealingKeys,
     }
     for section, check in checks.items():
         if section in data:
@@ -698,6 +752,74 @@ def _pricing(model: str, entry: Mapping[str, Any], source: str) -> Pricing:
     return Pricing(prompt=float(entry["prompt"]), completion=float(entry["completion"]))
 
 
+def _clientKey(name: str, entry: Mapping[str, Any], source: str) -> ClientKey:
+    keyPath = _keyPath("keys", name)
+    key, keyHash = entry.get("key"), entry.get("keyHash")
+    if (key is None) == (keyHash is None):
+        raise ConfigurationError(
+            f"{source}: {keyPath} needs exactly one of 'key' (the key, e.g. \"${{TEAM_KEY}}\")"
+            " and 'keyHash' (\"sha256:<hex>\")"
+        )
+    for field, value in (("key", key), ("keyHash", keyHash)):
+        if isinstance(value, _Unresolved):
+            raise ConfigurationError(
+                f"{source}: {_keyPath(keyPath, field)} uses the environment variable"
+                f" {', '.join(value.missing)}, which is not set"
+            )
+    if key is not None:
+        text = str(key).strip()
+        if not text:
+            raise ConfigurationError(f"{source}: {_keyPath(keyPath, 'key')} is empty")
+        digest = hashlib.sha256(text.encode("utf-8")).digest()
+    else:
+        match = _KEY_HASH.fullmatch(str(keyHash).strip())
+        if match is None:
+            raise ConfigurationError(
+                f"{source}: {_keyPath(keyPath, 'keyHash')} must be 'sha256:' and 64 hex"
+                ' digits (printf %s "$KEY" | sha256sum)'
+            )
+        digest = bytes.fromhex(match.group(1))
+    agents = entry.get("agents")
+    return ClientKey(
+        name, digest, None if agents is None else tuple(_text(a) or "" for a in agents)
+    )
+
+
+def _clientKeys(layers: Sequence[_Layer], section: object) -> dict[str, ClientKey]:
+    if not isinstance(section, dict):
+        return {}
+    keys = {
+        name: _clientKey(name, entry, _nearestSource(layers, "keys", name))
+        for name, entry in section.items()
+    }
+    seen: dict[bytes, str] = {}
+    for name, key in keys.items():
+        other = seen.setdefault(key.digest, name)
+        if other != name:
+            raise ConfigurationError(f"keys: {other!r} and {name!r} have the same key")
+    return keys
+
+
+def _sealingKeys(section: object) -> tuple[str, ...]:
+    if not isinstance(section, list):
+        return ()
+    found: list[str] = []
+    for index, value in enumerate(section):
+        if isinstance(value, _Unresolved):
+            raise ConfigurationError(
+                f"sealingKeys[{index}] uses the environment variable"
+                f" {', '.join(value.missing)}, which is not set"
+            )
+        text = str(value).strip()
+        if len(text) < MIN_SEALING_KEY:
+            raise ConfigurationError(
+                f"sealingKeys[{index}] is {len(text)} characters; a sealing key has at least"
+                f" {MIN_SEALING_KEY} (e.g. openssl rand -base64 32)"
+            )
+        found.append(text)
+    return tuple(found)
+
+
 def loadConfig(
     *,
     configFile: str | None,
@@ -761,6 +883,8 @@ def loadConfig(
         pricing=pricing,
         sources=tuple(layer.path for layer in layers),
         extra=extra,
+        keys=_clientKeys(layers, merged.get("keys")),
+        sealingKeys=_sealingKeys(merged.get("sealingKeys")),
     )
 
 
@@ -784,6 +908,7 @@ def describeMissing(entry: ProviderConfig | McpServerConfig) -> str | None:
 
 __all__ = [
     "BUILTIN_PROVIDERS",
+    "ClientKey",
     "Config",
     "McpServerConfig",
     "Pricing",

@@ -123,6 +123,7 @@ class Reloader:
         )
         tools.runner = runner
         runtime.config, runtime.registry, runtime.providers = config, registry, providers
+        runtime.sealer.reconfigure(config.sealingKeys)
         runtime.runner, runtime.mcp, runtime.tools = runner, mcp, tools
         for headend in self.headends:
             headend.registry = registry

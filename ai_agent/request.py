@@ -18,6 +18,7 @@ import attrs
 
 if TYPE_CHECKING:
     from ai_agent.accounting import RunLabels
+    from ai_agent.clienttools import TurnStore
     from ai_agent.providers._base import ChatMessage, ToolSpec
 
 
@@ -114,6 +115,12 @@ class RunRequest:
     @ivar toolChoice: the client's constraint on tool calls.
     @ivar parallelToolCalls: whether the model may call several tools in
         one turn (L{None}: the provider's default).
+    @ivar owner: the name of the principal (API key) the run is for: the
+        hidden turns of a hybrid run are kept for it, and only its runs
+        find them (see L{ai_agent.principals}).
+    @ivar turns: where this run keeps and finds its hidden turns instead
+        of the runner's store (the Responses API's sealed turns of a
+        C{store: false} request), or L{None}.
     """
 
     conversation: tuple[ChatMessage, ...]
@@ -124,6 +131,8 @@ class RunRequest:
     clientTools: tuple[ClientTool, ...] = ()
     toolChoice: ToolChoice = ToolChoice()
     parallelToolCalls: bool | None = None
+    owner: str = ""
+    turns: TurnStore | None = None
 
 
 __all__ = ["ClientTool", "OutputFormat", "RunRequest", "Sampling", "ToolChoice"]

@@ -29,6 +29,7 @@ from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
 from ai_agent.providers._wire import WireAgent
 from ai_agent.registry import AgentRegistry, agentFiles, loadRegistry
+from ai_agent.sealing import Sealer
 from ai_agent.session import SessionRunner, splitModel
 from ai_agent.store import RunStore, StoreTurnStore
 from ai_agent.tools import McpManager, ToolBoxFactory
@@ -103,6 +104,10 @@ class Runtime:
     #: L{None} with C{--store none} and in direct mode.  The server opens it
     #: when it starts and closes it when it stops (L{ai_agent.store.StoreService}).
     store: RunStore | None = None
+    #: Seals the hidden turns of C{store: false} Responses runs, under the
+    #: configuration's C{sealingKeys} (L{ai_agent.sealing}); a reload
+    #: changes its keys in place.
+    sealer: Sealer = attrs.field(factory=lambda: Sealer.fromSecrets(()))
 
     def close(self) -> Deferred[None]:
         """
@@ -170,7 +175,18 @@ def buildRuntime(
         limiter=tools.subAgentLimiter,
     )
     tools.runner = runner
-    return Runtime(config, registry, pool, http, providers, runner, mcp, tools, store)
+    return Runtime(
+        config,
+        registry,
+        pool,
+        http,
+        providers,
+        runner,
+        mcp,
+        tools,
+        store,
+        Sealer.fromSecrets(config.sealingKeys),
+    )
 
 
 def usedToolServers(registry: AgentRegistry) -> list[str]:

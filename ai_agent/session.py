@@ -446,8 +446,9 @@ class SessionRunner:
         if choice.mode != ToolChoice.NONE:
             specs += tuple(tool.spec for tool in clientTools)
         conversation: Sequence[ChatMessage] = request.conversation
-        if self.turns is not None and any(m.toolCalls for m in conversation):
-            conversation, missing = await restoreConversation(conversation, self.turns)
+        turns = self.turns if request.turns is None else request.turns
+        if turns is not None and any(m.toolCalls for m in conversation):
+            conversation, missing = await restoreConversation(conversation, turns, request.owner)
             if missing:
                 log.warn(
                     "agent {agent}: no hidden turn found for tool calls {missing}"
@@ -509,6 +510,8 @@ class SessionRunner:
             if handedBack:
                 await self._saveHidden(
                     agent,
+                    turns,
+                    request.owner,
                     HiddenTurn(
                         tuple(messages[start:]),
                         assistant,
@@ -527,16 +530,18 @@ class SessionRunner:
             messages.extend(results)
         raise AssertionError("unreachable: the last turn always returns")
 
-    async def _saveHidden(self, agent: AgentSpec, turn: HiddenTurn) -> None:
+    async def _saveHidden(
+        self, agent: AgentSpec, turns: TurnStore | None, owner: str, turn: HiddenTurn
+    ) -> None:
         """
         Keep the agent's own work of this run for the client's next
         request.  A store that fails fails the run (with its error, a 503
         when the database is down) rather than hand back calls whose
         continuation would go on without that work.
         """
-        if self.turns is None:
+        if turns is None:
             return
-        await self.turns.saveTurn(turn)
+        await turns.saveTurn(turn, owner)
 
     def _callWithFallback(
         self,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
 from twisted.application import strports
@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from ai_agent.config import ClientKey
 from ai_agent.connections import TrackingFactory
 from ai_agent.errors import OPENAI_ERRORS, ConfigurationError
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
@@ -38,6 +39,7 @@ from ai_agent.observe import (
     metricsSite,
 )
 from ai_agent.pool import RunPool
+from ai_agent.principals import unknownAgents
 from ai_agent.reload import Reloader, onHangup
 from ai_agent.runtime import Runtime, buildRuntime
 from ai_agent.startup import address, bannerLines, listenError
@@ -358,6 +360,7 @@ def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
         reactor,
         store=runtime.store,
         observer=runtime.runner.observer,
+        sealer=runtime.sealer,
     )
     anthropic = AnthropicHeadend(
         runtime.registry,
@@ -402,10 +405,14 @@ class _TracingService(Service):
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.tracing.shutdown)
 
 
-def policyFrom(options: ServerOptions, environ: Mapping[str, str]) -> HTTPPolicy:
+def policyFrom(
+    options: ServerOptions, environ: Mapping[str, str], named: Iterable[ClientKey] = ()
+) -> HTTPPolicy:
     """
     The HTTP policy the options ask for.  Client keys come from C{--api-key},
-    C{--api-key-file} and the C{AI_AGENT_API_KEYS} variable.
+    C{--api-key-file} and the C{AI_AGENT_API_KEYS} variable (each an
+    anonymous principal), and from the configuration's named C{keys}
+    (C{named}).
 
     @raise usage.UsageError: when the key file cannot be read.
     """
@@ -426,9 +433,34 @@ def policyFrom(options: ServerOptions, environ: Mapping[str, str]) -> HTTPPolicy
         maxBodySize=options["max-body-size"],
         requestDeadline=options["request-timeout"],
         idleTimeout=options["idle-timeout"],
-        apiKeys=APIKeys.fromKeys(keys),
+        apiKeys=APIKeys.fromKeys(keys, named),
         corsOrigins=frozenset(options["cors-origins"]),
     )
+
+
+def _reloadKeys(options: ServerOptions, runtime: Runtime, keys: APIKeys) -> None:
+    """
+    After a reload: serve the keys the new configuration names, with the
+    bare keys read again (the key file too).  An unreadable key file keeps
+    the keys served so far.
+    """
+    try:
+        fresh = policyFrom(options, os.environ, runtime.config.keys.values()).apiKeys
+    except usage.UsageError as error:
+        log.error("reload: API keys unchanged: {error}", error=str(error))
+        return
+    keys.replace(fresh)
+    log.info("reload: {count} client API keys", count=len(fresh.principals))
+    _warnUnknownAgents(fresh, runtime.registry)
+
+
+def _warnUnknownAgents(keys: APIKeys, registry: Any) -> None:
+    missing = unknownAgents(keys.principals, registry)
+    if missing:
+        log.warn(
+            "client keys name agents that are not served (model ids): {missing}",
+            missing="; ".join(missing),
+        )
 
 
 @attrs.define(eq=False)
@@ -581,9 +613,13 @@ def makeService(
         observer=observer,
         store=store,
     )
-    policy = policyFrom(options, os.environ)
+    policy = policyFrom(options, os.environ, runtime.config.keys.values())
     if policy.apiKeys.enabled:
-        log.info("client API keys required on every path but /health and /openapi.json")
+        log.info(
+            "client API keys required on every path but /health and /openapi.json ({count} keys)",
+            count=len(policy.apiKeys.principals),
+        )
+        _warnUnknownAgents(policy.apiKeys, runtime.registry)
     top = ServerService(reactor, options["shutdown-timeout"])
     top.exitOnSecondSignal = True
     _RuntimeService(runtime).setServiceParent(top)
@@ -603,6 +639,7 @@ def makeService(
         parent=top,
         grace=options["shutdown-timeout"],
     )
+    top.reloader.onReload.append(lambda: _reloadKeys(options, runtime, policy.apiKeys))
     tracing = getattr(observer, "tracing", None)
     if tracing is not None:
         _TracingService(reactor, tracing).setServiceParent(top)

@@ -230,6 +230,9 @@ class FakeUpstream:
     disconnectTimes: list[float] = attrs.field(factory=list, init=False)
     lastDisconnectAt: float | None = attrs.field(default=None, init=False)
     _script: deque[Reply] = attrs.field(factory=deque, init=False)
+    _matched: list[tuple[Callable[[Mapping[str, Any]], bool], deque[Reply]]] = attrs.field(
+        factory=list, init=False
+    )
     _held: list[Deferred[None]] = attrs.field(factory=list, init=False)
     _requestWaiters: list[tuple[int, Deferred[Any]]] = attrs.field(factory=list, init=False)
     _disconnectWaiters: list[tuple[int, Deferred[Any]]] = attrs.field(factory=list, init=False)
@@ -245,12 +248,21 @@ class FakeUpstream:
         """
         self._script.extend(replies)
 
+    def scriptFor(self, match: Callable[[Mapping[str, Any]], bool], *replies: Reply) -> None:
+        """
+        Queue replies for the next calls whose JSON body C{match} accepts,
+        in order, ahead of the general script (whose order is then kept
+        for the other calls): for a client that sends background calls
+        (titles) at the same time as its turn.
+        """
+        self._matched.append((match, deque(replies)))
+
     @property
     def scripted(self) -> int:
         """
-        How many queued replies are left.
+        How many queued replies are left (L{scriptFor}'s included).
         """
-        return len(self._script)
+        return len(self._script) + sum(len(replies) for _, replies in self._matched)
 
     @property
     def held(self) -> int:
@@ -403,7 +415,7 @@ class FakeUpstream:
         return json.dumps({"input_tokens": words}).encode()
 
     async def _answer(self, request: Request, body: dict[str, Any], wire: str) -> None:
-        reply = self._script.popleft() if self._script else self._echo(body)
+        reply = self._nextReply(body)
         self._counter += 1
         exchange = _Exchange(self, request, body, reply, self._counter, wire)
         self.inFlight += 1
@@ -415,6 +427,12 @@ class FakeUpstream:
             exchange.ended()
 
     # Helpers.
+
+    def _nextReply(self, body: dict[str, Any]) -> Reply:
+        for match, replies in self._matched:
+            if replies and match(body):
+                return replies.popleft()
+        return self._script.popleft() if self._script else self._echo(body)
 
     def _record(self, request: Request, body: Any) -> None:
         headers = {

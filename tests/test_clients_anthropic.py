@@ -57,6 +57,14 @@ WEATHER = {
     },
 }
 
+FALLBACK = """\
+---
+description: An agent whose first model has no key
+models: [nokey/model, fake/test-model]
+---
+You are the fallback agent.
+"""
+
 QUESTION = [{"role": "user", "content": "What is 2+3, and the weather in Paris?"}]
 
 
@@ -73,7 +81,7 @@ def _create(server: LiveServer, model: str = "agent", **kwargs: Any) -> Any:
     return inThread(_client(server).messages.create, model=model, **kwargs)
 
 
-def _events(server: LiveServer, body: dict[str, Any]) -> Any:
+def _events(server: LiveServer, body: dict[str, Any], **extraHeaders: str) -> Any:
     """
     The raw SSE events (name, data) of a streamed request, as the wire has
     them.
@@ -81,7 +89,7 @@ def _events(server: LiveServer, body: dict[str, Any]) -> Any:
 
     def run() -> list[tuple[str, dict[str, Any]]]:
         url = server.baseUrl + "/messages?beta=true"
-        headers = {"anthropic-version": "2023-06-01", "x-api-key": "k"}
+        headers = {"anthropic-version": "2023-06-01", "x-api-key": "k", **extraHeaders}
         with httpx.stream("POST", url, json=body, headers=headers, timeout=20) as response:
             text = response.read().decode("utf-8")
         events = []
@@ -162,9 +170,10 @@ class MessagesTests(TestCase):
 
     async def test_stream(self) -> None:
         """
-        C{.stream()}: C{text_stream} yields the answer's pieces and
-        C{get_final_message} assembles the same message, with the model's
-        reasoning as a signed C{thinking} block before the text.
+        C{.stream()} with thinking enabled: C{text_stream} yields the
+        answer's pieces and C{get_final_message} assembles the same
+        message, with the model's reasoning as a signed C{thinking} block
+        before the text.
         """
         server = await startServer(self, streamHeadGrace=0.0)
         server.upstream.script(
@@ -173,7 +182,10 @@ class MessagesTests(TestCase):
 
         def run() -> tuple[list[str], Any]:
             with _client(server).messages.stream(
-                model="agent", max_tokens=100, messages=[{"role": "user", "content": "Weather?"}]
+                model="agent",
+                max_tokens=2000,
+                thinking={"type": "enabled", "budget_tokens": 1024},
+                messages=[{"role": "user", "content": "Weather?"}],
             ) as stream:
                 pieces = list(stream.text_stream)
                 return pieces, stream.get_final_message()
@@ -186,6 +198,222 @@ class MessagesTests(TestCase):
         self.assertEqual(message.content[1].text, "Sunny and warm.")
         self.assertEqual(message.stop_reason, "end_turn")
         self.assertEqual((message.usage.input_tokens, message.usage.output_tokens), (30, 7))
+
+    async def test_answerFirstWithoutThinking(self) -> None:
+        """
+        Without C{thinking} in the request, Anthropic's own idiom
+        C{message.content[0].text} is the answer, whole and streamed
+        (C{get_final_message}), even when the run skipped a model with no
+        key and the model reasoned: neither the fallback note nor the
+        reasoning is a block (the note the server logs).
+        """
+        server = await startServer(
+            self,
+            agents={"fallback.ai": FALLBACK},
+            extraProviders={
+                "nokey": {"type": "openai", "baseUrl": "http://127.0.0.1:9", "apiKey": "${NO_KEY}"}
+            },
+        )
+        server.upstream.script(
+            Reply(content="Answer one.", reasoning="Hmm."),
+            Reply(content=["Answer ", "two."], reasoning="Hmm."),
+        )
+        whole = await _create(server, "fallback")
+        self.assertEqual([block.type for block in whole.content], ["text"])
+        self.assertEqual(whole.content[0].text, "Answer one.")
+
+        def run() -> Any:
+            with _client(server).messages.stream(
+                model="fallback", max_tokens=100, messages=[{"role": "user", "content": "Hi"}]
+            ) as stream:
+                return stream.get_final_message()
+
+        streamed = await inThread(run)
+        self.assertEqual([block.type for block in streamed.content], ["text"])
+        self.assertEqual(streamed.content[0].text, "Answer two.")
+        # Both runs went past the model with no key to the fake upstream.
+        self.assertEqual(len(server.upstream.requests), 2)
+
+    async def test_fallbackNotesWhenThinking(self) -> None:
+        """
+        With thinking enabled (C{adaptive}, as Claude Code sends it), the
+        same run's note about the skipped model and the model's reasoning
+        come first, as a signed C{thinking} block, and the answer after.
+        """
+        server = await startServer(
+            self,
+            agents={"fallback.ai": FALLBACK},
+            extraProviders={
+                "nokey": {"type": "openai", "baseUrl": "http://127.0.0.1:9", "apiKey": "${NO_KEY}"}
+            },
+        )
+        server.upstream.script(Reply(content="Answer.", reasoning="Hmm."))
+        message = await _create(server, "fallback", thinking={"type": "adaptive"})
+        self.assertEqual([block.type for block in message.content], ["thinking", "text"])
+        self.assertIn("skipping nokey/model", message.content[0].thinking)
+        self.assertIn("Hmm.", message.content[0].thinking)
+        self.assertEqual(message.content[0].signature, signature(message.content[0].thinking))
+        self.assertEqual(message.content[1].text, "Answer.")
+
+    async def test_structuredOutput(self) -> None:
+        """
+        C{output_config.format} (the SDK's current parameter) and the
+        older C{output_format} (sent as the structured-outputs beta did)
+        reach the OpenAI-wire upstream as C{response_format} with the
+        client's schema; the JSON answer is C{content[0].text}, one block,
+        which the SDK's C{messages.parse} reads into the schema's type.
+        """
+        server = await startServer(self)
+        schema = {
+            "type": "object",
+            "properties": {"title": {"type": "string"}, "branch": {"type": "string"}},
+            "required": ["title", "branch"],
+            "additionalProperties": False,
+        }
+        answer = '{"title": "Fix login", "branch": "claude/fix-login"}'
+        server.upstream.script(Reply(content=answer), Reply(content=answer))
+        current = await _create(
+            server, output_config={"format": {"type": "json_schema", "schema": schema}}
+        )
+        self.assertEqual([block.type for block in current.content], ["text"])
+        self.assertEqual(json.loads(current.content[0].text)["branch"], "claude/fix-login")
+        older = await inThread(
+            _client(
+                server, default_headers={"anthropic-beta": "structured-outputs-2025-11-13"}
+            ).messages.create,
+            model="agent",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "Title this"}],
+            extra_body={"output_format": {"type": "json_schema", "schema": schema}},
+        )
+        self.assertEqual(older.content[0].text, answer)
+        for recorded in server.upstream.requests:
+            format = recorded.body["response_format"]
+            self.assertEqual(format["type"], "json_schema")
+            self.assertEqual(format["json_schema"]["schema"], schema)
+
+    async def test_claudeCodeTitleCall(self) -> None:
+        """
+        Claude Code's session-title call, as Claude Code 2.1.197 sent it
+        (captured; its long system text shortened): streamed, no tools, no
+        thinking, C{output_config} with C{effort} and a C{json_schema}
+        format, the structured-outputs beta header.  The upstream gets the
+        schema as C{response_format}; the stream has one block, the JSON
+        as text, and no thinking events.
+        """
+        server = await startServer(self, streamHeadGrace=0.0)
+        schema = {
+            "type": "object",
+            "properties": {"title": {"type": "string"}},
+            "required": ["title"],
+            "additionalProperties": False,
+        }
+        body = {
+            "model": "agent",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "text",
+                            "text": "<session>\nSay hello please\n</session>\n\nWrite the"
+                            " title in the language the user wrote in, regardless of the"
+                            " language of the examples above.",
+                        }
+                    ],
+                }
+            ],
+            "system": [
+                {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197;"},
+                {
+                    "type": "text",
+                    "text": "You are Claude Code, Anthropic's official CLI for Claude.",
+                },
+                {
+                    "type": "text",
+                    "text": "Generate a concise, sentence-case title (3-7 words) that captures"
+                    " the main topic or goal of this coding session. Return JSON with a single"
+                    ' "title" field.',
+                },
+            ],
+            "tools": [],
+            "metadata": {"user_id": '{"device_id":"d","account_uuid":"","session_id":"s"}'},
+            "max_tokens": 32000,
+            "output_config": {
+                "effort": "high",
+                "format": {"type": "json_schema", "schema": schema},
+            },
+            "stream": True,
+        }
+        server.upstream.script(Reply(content='{"title": "Say hello"}', reasoning="Short."))
+        events = await _events(
+            server, body, **{"anthropic-beta": "claude-code-20250219,structured-outputs-2025-12-15"}
+        )
+        _assertWellFormed(self, events)
+        starts = [d["content_block"]["type"] for n, d in events if n == "content_block_start"]
+        self.assertEqual(starts, ["text"])
+        text = "".join(d["delta"].get("text", "") for n, d in events if n == "content_block_delta")
+        self.assertEqual(json.loads(text), {"title": "Say hello"})
+        sent = server.upstream.requests[0].body
+        self.assertEqual(sent["response_format"]["json_schema"]["schema"], schema)
+        self.assertEqual(sent["max_tokens"], 32000)
+
+    async def test_structuredOutputParse(self) -> None:
+        """
+        The SDK's C{messages.parse(output_format=Model)} sends its
+        schema as C{output_config.format}; the upstream gets it as
+        C{response_format} and the SDK parses the answer into the model.
+        """
+        import pydantic
+
+        class Title(pydantic.BaseModel):
+            title: str
+            branch: str
+
+        server = await startServer(self)
+        server.upstream.script(Reply(content='{"title": "Fix login", "branch": "fix-login"}'))
+        parsed = await inThread(
+            _client(server).messages.parse,
+            model="agent",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "Title this"}],
+            output_format=Title,
+        )
+        self.assertEqual(parsed.parsed_output, Title(title="Fix login", branch="fix-login"))
+        sent = server.upstream.requests[0].body["response_format"]["json_schema"]["schema"]
+        self.assertEqual(set(sent["properties"]), {"title", "branch"})
+
+    async def test_structuredOutputAnthropicWire(self) -> None:
+        """
+        Behind an Anthropic-wire provider, the client's schema reaches the
+        provider's request (asked for in its system text, as for the
+        other APIs' formats).
+        """
+        server = await startServer(
+            self, agents={"claude.ai": CLAUDE}, fakeProviders={"claude": "anthropic"}
+        )
+        schema = {"type": "object", "properties": {"title": {"type": "string"}}}
+        server.upstream.script(Reply(content='{"title": "x"}'))
+        message = await _create(
+            server, "claude", output_config={"format": {"type": "json_schema", "schema": schema}}
+        )
+        self.assertEqual(message.content[0].text, '{"title": "x"}')
+        system = server.upstream.requests[0].body["system"]
+        self.assertIn(json.dumps(schema), system if isinstance(system, str) else json.dumps(system))
+
+    async def test_structuredOutputRefused(self) -> None:
+        """
+        A malformed C{output_config.format} is the SDK's
+        C{BadRequestError}: a 400 C{invalid_request_error} naming the
+        field; the upstream is never called.
+        """
+        server = await startServer(self)
+        with self.assertRaises(anthropic.BadRequestError) as caught:
+            await _create(server, output_config={"format": {"type": "json_schema"}})
+        error = cast_body(caught.exception)["error"]
+        self.assertEqual(error["type"], "invalid_request_error")
+        self.assertTrue(error["message"].startswith("output_config.format.schema:"))
+        self.assertEqual(server.upstream.requests, [])
 
     async def test_wireEvents(self) -> None:
         """
@@ -317,8 +545,9 @@ class AnthropicWireTests(TestCase):
 
     async def test_streamedThroughAnthropicProvider(self) -> None:
         """
-        The model's signed thinking comes back as this server's thinking
-        block (with this server's signature), the text after it; the
+        With thinking enabled, the model's signed thinking comes back as
+        this server's thinking block (with this server's signature), the
+        text after it; the
         provider got an Anthropic request built from the run.
         """
         server = await startServer(
@@ -328,7 +557,10 @@ class AnthropicWireTests(TestCase):
 
         def run() -> Any:
             with _client(server).messages.stream(
-                model="claude", max_tokens=64, messages=[{"role": "user", "content": "Hi"}]
+                model="claude",
+                max_tokens=2048,
+                thinking={"type": "enabled", "budget_tokens": 1024},
+                messages=[{"role": "user", "content": "Hi"}],
             ) as stream:
                 return stream.get_final_message()
 
@@ -395,8 +627,9 @@ class ToolTests(TestCase):
 
     async def test_hybridStreamed(self) -> None:
         """
-        An MCP tool, then a client tool, streamed: the agent's own call is
-        progress in a signed thinking block, the client's call a
+        An MCP tool, then a client tool, streamed with thinking enabled:
+        the agent's own call is progress in a signed thinking block, the
+        client's call a
         C{tool_use} block whose input streams as C{input_json_delta}; the
         continuation's model sees both results in order.
         """
@@ -410,6 +643,7 @@ class ToolTests(TestCase):
             "model": "hybrid",
             "max_tokens": 100,
             "stream": True,
+            "thinking": {"type": "adaptive"},
             "messages": QUESTION,
             "tools": [WEATHER],
         }

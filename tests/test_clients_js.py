@@ -277,14 +277,24 @@ class JavaScriptClientTests(TestCase):
         """
         The C{@anthropic-ai/sdk} npm SDK, on the Anthropic Messages API:
         a client tool round trip, the model list, a plain message, a stream
-        assembled by its helper, C{countTokens}, and C{NotFoundError} and
+        assembled by its helper (the answer as C{content[0]}),
+        C{messages.parse} with a JSON schema (which reaches the upstream as
+        C{response_format}), C{countTokens}, and C{NotFoundError} and
         C{BadRequestError} with Anthropic's error types.
         """
         server = await self._server()
         server.upstream.script(
             Reply(toolCalls=[("get_weather", {"city": "Paris"})]), Reply(content="Sunny.")
         )
+        server.upstream.scriptFor(
+            lambda body: "response_format" in body, Reply(content='{"title": "A parsed title"}')
+        )
         await self._node("anthropic.test.mjs", server)
+        [formatted] = [
+            r.body for r in server.upstream.requests if "response_format" in (r.body or {})
+        ]
+        schema = formatted["response_format"]["json_schema"]["schema"]
+        self.assertEqual(schema["properties"], {"title": {"type": "string"}})
 
     async def test_langchainJs(self) -> None:
         """

@@ -26,7 +26,7 @@ from ai_agent.headends.anthropic import (
     signature,
 )
 from ai_agent.providers import ChatMessage, ToolCall, ToolSpec
-from ai_agent.request import ToolChoice
+from ai_agent.request import OutputFormat, ToolChoice
 
 
 def _parse(**body: Any) -> Any:
@@ -159,6 +159,93 @@ class ParserTests(SynchronousTestCase):
             )
             self.assertIn(param.split("[")[0], error.message)
 
+    def test_outputFormat(self) -> None:
+        """
+        C{output_config.format} and the older top-level C{output_format}
+        (C{json_schema} with a C{schema}) both become the run's neutral
+        output format with that schema, as the other APIs' formats do;
+        C{output_config.effort} alone sets none, and neither field means a
+        text answer.
+        """
+        schema = {
+            "type": "object",
+            "properties": {"title": {"type": "string"}},
+            "required": ["title"],
+            "additionalProperties": False,
+        }
+        spec = {"type": "json_schema", "schema": schema}
+        current = _parse(output_config={"format": spec, "effort": "low"})
+        self.assertEqual(current.sampling.outputFormat, OutputFormat(schema))
+        older = _parse(output_format=spec)
+        self.assertEqual(older.sampling.outputFormat, OutputFormat(schema))
+        self.assertIsNone(_parse(output_config={"effort": "high"}).sampling.outputFormat)
+        self.assertIsNone(_parse().sampling.outputFormat)
+        counted = parseCountTokensRequest(
+            json.dumps(
+                {"model": "a", "messages": [{"role": "user", "content": "x"}]}
+                | {"output_format": spec}
+            ).encode()
+        )
+        self.assertEqual(counted.sampling.outputFormat, OutputFormat(schema))
+
+    def test_outputFormatRefusals(self) -> None:
+        """
+        A malformed output format is a 400 C{invalid_request_error} naming
+        the field at fault: not an object, a type other than
+        C{json_schema}, no schema or a schema that is not an object, a
+        non-string C{effort}, and both the current and the older field.
+        """
+        spec = {"type": "json_schema", "schema": {"type": "object"}}
+        cases = [
+            ({"output_config": "json"}, "output_config"),
+            ({"output_config": {"format": ["json_schema"]}}, "output_config.format"),
+            ({"output_config": {"format": {"type": "json_object"}}}, "output_config.format.type"),
+            ({"output_config": {"format": {"type": "json_schema"}}}, "output_config.format.schema"),
+            (
+                {"output_config": {"format": {"type": "json_schema", "schema": "{}"}}},
+                "output_config.format.schema",
+            ),
+            ({"output_config": {"effort": 3}}, "output_config.effort"),
+            ({"output_format": {"type": "text"}}, "output_format.type"),
+            ({"output_format": {"type": "json_schema", "schema": [1]}}, "output_format.schema"),
+            ({"output_config": {"format": spec}, "output_format": spec}, "output_format"),
+        ]
+        for body, param in cases:
+            error = _refused(**body)
+            self.assertEqual(
+                (error.status, error.kind, error.param),
+                (400, ErrorKind.INVALID_REQUEST, param),
+                body,
+            )
+            self.assertTrue(error.message.startswith(param + ":"), error.message)
+
+    def test_thinking(self) -> None:
+        """
+        C{thinking} C{enabled} (with a budget of at least 1024 tokens, as
+        Anthropic requires) and C{adaptive} ask for thinking blocks;
+        C{disabled} and no C{thinking} do not; anything else is a 400
+        naming the field.
+        """
+        self.assertFalse(_parse().thinking)
+        self.assertFalse(_parse(thinking={"type": "disabled"}).thinking)
+        self.assertTrue(_parse(thinking={"type": "adaptive"}).thinking)
+        self.assertTrue(_parse(thinking={"type": "enabled", "budget_tokens": 1024}).thinking)
+        cases = [
+            ({"thinking": True}, "thinking"),
+            ({"thinking": {"type": "on"}}, "thinking.type"),
+            ({"thinking": {}}, "thinking.type"),
+            ({"thinking": {"type": "enabled"}}, "thinking.budget_tokens"),
+            ({"thinking": {"type": "enabled", "budget_tokens": 1023}}, "thinking.budget_tokens"),
+            ({"thinking": {"type": "enabled", "budget_tokens": "2000"}}, "thinking.budget_tokens"),
+        ]
+        for body, param in cases:
+            error = _refused(**body)
+            self.assertEqual(
+                (error.status, error.kind, error.param),
+                (400, ErrorKind.INVALID_REQUEST, param),
+                body,
+            )
+
     def test_countTokensNeedsNoMaxTokens(self) -> None:
         """
         C{count_tokens} bodies have no C{max_tokens}.
@@ -277,6 +364,32 @@ class EncoderTests(SynchronousTestCase):
             (body["id"], body["type"], body["stop_reason"]), ("msg_2", "message", "max_tokens")
         )
         self.assertEqual((body["usage"]["input_tokens"], body["usage"]["output_tokens"]), (3, 4))
+
+    def test_withoutThinking(self) -> None:
+        """
+        When the request did not enable thinking, reasoning and progress
+        make no events and no blocks: the answer is block 0, streamed and
+        whole, so C{content[0].text} is the answer; text on both sides of
+        the agent's progress stays one block.
+        """
+        streamed = MessagesEncoder("msg_4", "agent", thinking=False)
+        frames = streamed.open()
+        self.assertIsNone(streamed.reasoning("Thinking"))
+        self.assertIsNone(streamed.progress(ToolStarted("calc__add", "{}")))
+        frames += streamed.content("Fo") or b""
+        self.assertIsNone(streamed.progress(ToolFinished("calc__add", "2")))
+        frames += streamed.content("ur.") or b""
+        frames += streamed.finish(Finished(FinishReason.END, Usage(3, 4)))
+        events = _events(frames)
+        starts = [d["content_block"] for n, d in events if n == "content_block_start"]
+        self.assertEqual(starts, [{"type": "text", "text": ""}])
+        self.assertEqual({d["index"] for n, d in events if n.startswith("content_block")}, {0})
+        whole = MessagesEncoder("msg_5", "agent", frames=False, thinking=False)
+        whole.reasoning("hm")
+        whole.progress(ToolStarted("calc__add", "{}"))
+        whole.content("Hello")
+        body = json.loads(whole.body(Finished(FinishReason.END, Usage(3, 4))))
+        self.assertEqual(body["content"], [{"type": "text", "text": "Hello"}])
 
     def test_errorAndPing(self) -> None:
         """
@@ -403,7 +516,27 @@ _body = st.fixed_dictionaries(
         "stop_sequences": _json,
         "stream": _json,
         "metadata": _json,
-        "thinking": _json,
+        "thinking": st.fixed_dictionaries(
+            {"type": st.sampled_from(["enabled", "adaptive", "disabled", "x"]) | _json},
+            optional={"budget_tokens": st.integers(1000, 1100) | _json},
+        )
+        | _json,
+        "output_config": st.fixed_dictionaries(
+            {},
+            optional={
+                "format": st.fixed_dictionaries(
+                    {"type": st.sampled_from(["json_schema", "text"]) | _json},
+                    optional={"schema": _json},
+                )
+                | _json,
+                "effort": _json,
+            },
+        )
+        | _json,
+        "output_format": st.fixed_dictionaries(
+            {"type": st.just("json_schema") | _json}, optional={"schema": _json}
+        )
+        | _json,
     },
 )
 

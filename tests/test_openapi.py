@@ -360,6 +360,23 @@ class AnthropicSchemaTests(SynchronousTestCase):
                 "top_k": 3,
                 "anything": {"else": 1},
             },
+            {
+                "model": "a",
+                "max_tokens": 9,
+                "messages": [user],
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+                "output_config": {
+                    "effort": "high",
+                    "format": {"type": "json_schema", "schema": {"type": "object"}},
+                },
+            },
+            {
+                "model": "a",
+                "max_tokens": 9,
+                "messages": [user],
+                "thinking": {"type": "adaptive"},
+                "output_format": {"type": "json_schema", "schema": {"type": "object"}},
+            },
         ]
         bad: list[dict[str, Any]] = [
             {"model": "a", "messages": [user]},
@@ -381,6 +398,25 @@ class AnthropicSchemaTests(SynchronousTestCase):
                 "tools": [{"type": "web_search_20250305", "name": "web_search"}],
             },
             {"model": "a", "max_tokens": 1, "messages": [user], "tool_choice": {"type": "x"}},
+            {"model": "a", "max_tokens": 1, "messages": [user], "thinking": {"type": "on"}},
+            {
+                "model": "a",
+                "max_tokens": 1,
+                "messages": [user],
+                "thinking": {"type": "enabled", "budget_tokens": 10},
+            },
+            {
+                "model": "a",
+                "max_tokens": 1,
+                "messages": [user],
+                "output_config": {"format": {"type": "json_schema"}},
+            },
+            {
+                "model": "a",
+                "max_tokens": 1,
+                "messages": [user],
+                "output_format": {"type": "text", "schema": {}},
+            },
         ]
         for body in good:
             self.assertEqual(self._both(ref, parseMessagesRequest, body), (True, True), body)

@@ -263,6 +263,24 @@ class StoreBehaviourMixin:
         self.clock.advance(5)
         self.assertIs(await store.delete(RESPONSES, "resp_2"), False)  # type: ignore[attr-defined]
 
+    async def test_deleteEntries(self) -> None:
+        """
+        C{deleteEntries} removes documents of several namespaces at once and
+        counts those it found; documents it was not asked about stay, and
+        an entry of an unknown or unusable key is no error.
+        """
+        store = await self.openStore()
+        await store.putEntries(
+            [(RESPONSES, "resp_1", 1), (TURNS, "call_1", 2), (TURNS, "call_2", 3)]
+        )
+        removed = await store.deleteEntries(  # type: ignore[attr-defined]
+            [(RESPONSES, "resp_1"), (TURNS, "call_1"), (TURNS, "nothing"), (TURNS, "x" * 600)]
+        )
+        self.assertEqual(removed, 2)
+        self.assertIsNone(await store.get(RESPONSES, "resp_1"))  # type: ignore[attr-defined]
+        self.assertEqual(list(await store.getMany(TURNS, ["call_1", "call_2"])), ["call_2"])  # type: ignore[attr-defined]
+        self.assertEqual(await store.deleteEntries([]), 0)  # type: ignore[attr-defined]
+
     async def test_expiry(self) -> None:
         """
         A document is invisible from its expiry on, before any purge; the
@@ -540,6 +558,27 @@ class SQLiteStoreTests(SQLStoreBehaviourMixin, TestCase):
         self.assertEqual(connection.execute("PRAGMA journal_mode").fetchone()[0], "wal")
         rows = connection.execute("SELECT version FROM ai_agent_store_schema").fetchall()
         self.assertEqual(rows, [(SCHEMA_VERSION,)])
+
+    async def test_secureDelete(self) -> None:
+        """
+        The store's connections overwrite what is deleted (C{secure_delete}
+        read back on a connection as the store opens them), and a deleted
+        document's text is in neither the database file nor its
+        write-ahead log afterwards.
+        """
+        store = await self.openStore()
+        connection = sqliteDialect(self.path).connect()
+        self.addCleanup(connection.close)
+        self.assertEqual(connection.execute("PRAGMA secure_delete").fetchone()[0], 1)
+        marker = "very-private-text-" + "q" * 64
+        await store.putEntries(
+            [(RESPONSES, "resp_1", {"text": marker}), (TURNS, "call_1", {"args": marker})]
+        )
+        self.assertEqual(await store.deleteEntries([(RESPONSES, "resp_1"), (TURNS, "call_1")]), 2)
+        for suffix in ("", "-wal"):
+            if os.path.exists(self.path + suffix):
+                with open(self.path + suffix, "rb") as f:
+                    self.assertNotIn(marker.encode(), f.read(), suffix)
 
     async def test_twoProcessesShareTheFile(self) -> None:
         """

@@ -419,8 +419,10 @@ class HiddenTurnFailureTests(TestCase):
     async def test_readFailsEachAPI(self) -> None:
         """
         With the database down, a client-tool continuation on Chat
-        Completions, on Messages and on Responses (C{store: false}, so that
-        the turn's look-up is what fails) answers 503 in its own envelope,
+        Completions, on Messages and on Responses (stored: the store's
+        check before the run fails first; a C{store: false} run keeps its
+        turn sealed in the client's input, not in the store) answers 503 in
+        its own envelope,
         code C{store_unavailable} where the API has codes, and the model is
         never called (it would repeat its tool call).
         """
@@ -501,7 +503,6 @@ class HiddenTurnFailureTests(TestCase):
             origin + "/v1/responses",
             {
                 "model": MODEL,
-                "store": False,
                 "tools": [{"type": "function", **WEATHER_CHAT["function"]}],
                 "input": [
                     {"role": "user", "content": QUESTION[0]["content"]},

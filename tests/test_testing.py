@@ -187,6 +187,26 @@ class FakeUpstreamTests(TestCase):
         self.assertEqual("".join(third.deltas("content")), "echo: x")
         self.assertEqual(self.upstream.scripted, 0)
 
+    async def test_scriptFor(self) -> None:
+        """
+        Replies queued with C{scriptFor} answer only the calls their
+        predicate accepts, whenever those arrive; the general script keeps
+        its order for the others, and the echo comes back when both are
+        used up.
+        """
+        self.upstream.script(Reply(content=["main"]))
+        self.upstream.scriptFor(
+            lambda body: body["messages"][-1]["content"] == "title?", Reply(content=["T"])
+        )
+        self.assertEqual(self.upstream.scripted, 2)
+        title = await self.stream(chatBody(text="title?"))
+        main = await self.stream(chatBody(text="work"))
+        again = await self.stream(chatBody(text="title?"))
+        self.assertEqual(title.deltas("content")[1:], ["T"])
+        self.assertEqual(main.deltas("content")[1:], ["main"])
+        self.assertEqual("".join(again.deltas("content")), "echo: title?")
+        self.assertEqual(self.upstream.scripted, 0)
+
     async def test_reasoningAndToolCalls(self) -> None:
         """
         Reasoning streams as C{reasoning_content}; tool calls stream with

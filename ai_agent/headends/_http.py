@@ -28,7 +28,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
 from ai_agent._eager import markPending, noDelay, sendNow
+from ai_agent.config import ClientKey
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, ErrorKind
+from ai_agent.principals import IMPLICIT, NOBODY, Principal, anonymousPrincipal
 from ai_agent.redaction import shorten
 
 #: Picks the error format of the API a request is for, from its canonical
@@ -129,45 +131,76 @@ def _canonicalPath(target: bytes) -> tuple[bytes, bytes]:
     return canonical.encode("ascii"), question + query
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class APIKeys:
     """
-    Client API keys, kept only as SHA-256 digests.
+    Client API keys, kept only as SHA-256 digests, each with the
+    L{Principal} it stands for.  Reloading the configuration swaps the table
+    in place (L{replace}), so the site's policy follows SIGHUP.
     """
 
-    _digests: tuple[bytes, ...] = ()
+    _entries: tuple[tuple[bytes, Principal], ...] = ()
 
     @classmethod
-    def fromKeys(cls, keys: Iterable[str]) -> APIKeys:
+    def fromKeys(cls, keys: Iterable[str], named: Iterable[ClientKey] = ()) -> APIKeys:
         """
-        Digest C{keys}; blank ones are ignored.
+        The table of C{keys} given bare (each an anonymous principal of its
+        own; blank ones are ignored) and of the C{named} keys of the
+        configuration.  A key both named and given bare is the named
+        principal.
         """
-        digests = {hashlib.sha256(key.strip().encode("utf-8")).digest() for key in keys}
-        digests.discard(hashlib.sha256(b"").digest())
-        return cls(tuple(sorted(digests)))
+        table: dict[bytes, Principal] = {}
+        for key in keys:
+            text = key.strip()
+            if text:
+                table[hashlib.sha256(text.encode("utf-8")).digest()] = anonymousPrincipal(text)
+        for entry in named:
+            agents = None if entry.agents is None else frozenset(entry.agents)
+            table[entry.digest] = Principal(entry.name, agents)
+        return cls(tuple(sorted(table.items(), key=lambda item: item[0])))
 
     @property
     def enabled(self) -> bool:
         """
         Whether any key is configured.
         """
-        return bool(self._digests)
+        return bool(self._entries)
+
+    @property
+    def principals(self) -> list[Principal]:
+        """
+        The principals of the configured keys.
+        """
+        return [principal for _, principal in self._entries]
+
+    def resolve(self, presented: bytes | None) -> Principal | None:
+        """
+        The principal whose key is C{presented}, or L{None}: compared in
+        constant time against every key (no early exit).
+        """
+        if presented is None:
+            return None
+        digest = hashlib.sha256(presented).digest()
+        found: Principal | None = None
+        for known, principal in self._entries:
+            if hmac.compare_digest(digest, known):
+                found = principal
+        return found
 
     def accepts(self, presented: bytes | None) -> bool:
         """
-        Whether C{presented} is one of the keys, compared in constant time
-        against every key (no early exit).
+        Whether C{presented} is one of the keys.
         """
-        if presented is None:
-            return False
-        digest = hashlib.sha256(presented).digest()
-        matched = False
-        for known in self._digests:
-            matched |= hmac.compare_digest(digest, known)
-        return matched
+        return self.resolve(presented) is not None
+
+    def replace(self, other: APIKeys) -> None:
+        """
+        Serve C{other}'s keys from now on (a reload).
+        """
+        self._entries = other._entries
 
     def __repr__(self) -> str:
-        return f"<APIKeys: {len(self._digests)} key(s)>"
+        return f"<APIKeys: {len(self._entries)} key(s)>"
 
 
 @attrs.frozen
@@ -228,6 +261,10 @@ class GuardedRequest(Request):
     cap while streaming in is refused when it crosses it.
     """
 
+    #: Whose key this request carries (L{IMPLICIT} on a server without
+    #: keys), set as its head arrives; L{None} without a valid key on a path
+    #: that needs none.  Read it with L{principalOf}.
+    principal: Principal | None = None
     _refusal: AgentError | None = None
     _received: int = 0
     _answered: bool = False
@@ -291,8 +328,12 @@ class GuardedRequest(Request):
         path = self._canonical[0]
         if method == b"OPTIONS":
             return None
-        if policy.apiKeys.enabled and path not in policy.openPaths:
-            if not policy.apiKeys.accepts(self._presentedKey()):
+        if not policy.apiKeys.enabled:
+            self.principal = IMPLICIT
+        else:
+            principal = policy.apiKeys.resolve(self._presentedKey())
+            self.principal = principal
+            if principal is None and path not in policy.openPaths:
                 return AgentError(
                     "a valid API key is required: send it as 'Authorization: Bearer KEY'",
                     401,
@@ -465,6 +506,18 @@ class GuardedRequest(Request):
                 self.finish()
             return
         self._respond(AgentError("internal server error", 500, ErrorKind.SERVER, "internal_error"))
+
+
+def principalOf(request: Any) -> Principal:
+    """
+    The principal a request was made by: its key's (see
+    L{GuardedRequest.principal}), L{NOBODY} when it carries no valid key
+    (an open path), L{IMPLICIT} for a request that did not come through the
+    guard (a test calling a headend directly, on a server without keys).
+    """
+    if isinstance(request, GuardedRequest):
+        return request.principal or NOBODY
+    return IMPLICIT
 
 
 def _headersTooLarge(message: str) -> AgentError:
@@ -712,4 +765,5 @@ __all__ = [
     "UnusablePathError",
     "canonicalPath",
     "openaiErrors",
+    "principalOf",
 ]

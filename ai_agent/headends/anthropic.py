@@ -9,7 +9,8 @@ through: the agent's providers may speak either wire), and the run's events
 are encoded as Anthropic's stream (L{MessagesEncoder}): C{message_start},
 content blocks with contiguous indices, each started, delta'd and stopped
 before the next (the model's reasoning and the agent's progress as a
-C{thinking} block, then text, then the client's C{tool_use} blocks),
+C{thinking} block when the request enables thinking, then text, then the
+client's C{tool_use} blocks),
 C{message_delta} with the stop reason and usage, C{message_stop}; C{ping}
 while the stream is otherwise silent.  Errors use Anthropic's envelope
 (L{ANTHROPIC_ERRORS}).
@@ -55,6 +56,7 @@ from ai_agent.headends._answers import (
     wrongMethod,
 )
 from ai_agent.headends._bodies import BodyGate
+from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumps as _dumps
 from ai_agent.headends._json import dumpsAny as _dumpsAny
 from ai_agent.headends._json import dumpsPlain as _dumpsPlain
@@ -74,11 +76,12 @@ from ai_agent.headends._stream import RunResponse
 from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
+from ai_agent.principals import resolveFor, visibleIds
 from ai_agent.providers import ChatMessage, LLMRequest, ToolCall, ToolSpec
 from ai_agent.providers.anthropic import AnthropicProvider, messagesURL
 from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
-from ai_agent.request import ClientTool, RunRequest, Sampling, ToolChoice
+from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
 from ai_agent.session import SessionRunner, buildMessages
 from ai_agent.tasks import forwardedHeaders, loggable
 
@@ -178,6 +181,8 @@ class MessagesRequest:
 
     @ivar system: the C{system} field's texts, which follow the agent's
         own prompt.
+    @ivar thinking: whether the client enabled thinking, and so gets the
+        model's reasoning and the agent's progress as C{thinking} blocks.
     """
 
     model: str
@@ -189,6 +194,7 @@ class MessagesRequest:
     toolChoice: ToolChoice = ToolChoice()
     parallelToolCalls: bool | None = None
     user: str | None = None
+    thinking: bool = False
 
     def runRequest(self, labels: RunLabels) -> RunRequest:
         """
@@ -247,20 +253,107 @@ def _parse(body: bytes, requireMaxTokens: bool) -> MessagesRequest:
     user = None
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         user = loggable(metadata["user_id"])
-    thinking = data.get("thinking")
-    if thinking is not None and not isinstance(thinking, dict):
-        raise invalidRequest(f"thinking: must be an object, not {typeName(thinking)}", "thinking")
     return MessagesRequest(
         model=model,
         messages=_parseMessages(data.get("messages")),
         system=_parseSystem(data.get("system")),
         stream=optionalField(data, "stream", bool, False),
-        sampling=Sampling(temperature, topP, maxTokens, stop),
+        sampling=Sampling(temperature, topP, maxTokens, stop, None, _parseOutputFormat(data)),
         tools=tools,
         toolChoice=choice,
         parallelToolCalls=parallel,
         user=user,
+        thinking=_parseThinking(data.get("thinking")),
     )
+
+
+#: The C{thinking.type}s that ask for thinking blocks.
+_THINKING_ON = ("enabled", "adaptive")
+
+#: Anthropic's smallest C{thinking.budget_tokens}.
+MIN_THINKING_BUDGET = 1024
+
+
+def _parseThinking(value: Any) -> bool:
+    """
+    C{thinking}: whether the client asked for thinking blocks
+    (C{{"type": "enabled", "budget_tokens": n}} or C{{"type": "adaptive"}};
+    C{{"type": "disabled"}} or no C{thinking} does not).  The budget is
+    checked as Anthropic checks it and not used: the agent's file decides
+    its models' reasoning.
+    """
+    if value is None:
+        return False
+    if not isinstance(value, dict):
+        raise invalidRequest(f"thinking: must be an object, not {typeName(value)}", "thinking")
+    kind = value.get("type")
+    if kind not in (*_THINKING_ON, "disabled"):
+        raise invalidRequest(
+            f"thinking.type: must be enabled, adaptive or disabled, got {showValue(kind)}",
+            "thinking.type",
+        )
+    if kind == "enabled":
+        budget = value.get("budget_tokens")
+        if not isinstance(budget, int) or isinstance(budget, bool):
+            raise invalidRequest(
+                "thinking.budget_tokens: an integer is required when thinking is enabled",
+                "thinking.budget_tokens",
+            )
+        if budget < MIN_THINKING_BUDGET:
+            raise invalidRequest(
+                f"thinking.budget_tokens: must be at least {MIN_THINKING_BUDGET}",
+                "thinking.budget_tokens",
+            )
+    return kind in _THINKING_ON
+
+
+def _parseOutputFormat(data: dict[str, Any]) -> OutputFormat | None:
+    """
+    The answer's format: C{output_config.format}, or the older top-level
+    C{output_format} (Anthropic's structured-outputs beta), each
+    C{{"type": "json_schema", "schema": {...}}}; not both.
+    C{output_config.effort} is checked and not used (the agent's file
+    decides its models' reasoning).
+    """
+    config = data.get("output_config")
+    spec, param = None, "output_config.format"
+    if config is not None:
+        if not isinstance(config, dict):
+            raise invalidRequest(
+                f"output_config: must be an object, not {typeName(config)}", "output_config"
+            )
+        effort = config.get("effort")
+        if effort is not None and not isinstance(effort, str):
+            raise invalidRequest(
+                f"output_config.effort: must be a string, not {typeName(effort)}",
+                "output_config.effort",
+            )
+        spec = config.get("format")
+    legacy = data.get("output_format")
+    if legacy is not None:
+        if spec is not None:
+            raise invalidRequest(
+                "output_format: both output_format and output_config.format were given;"
+                " send only output_config.format (output_format is its older name)",
+                "output_format",
+            )
+        spec, param = legacy, "output_format"
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise invalidRequest(f"{param}: must be an object, not {typeName(spec)}", param)
+    kind = spec.get("type")
+    if kind != "json_schema":
+        raise invalidRequest(
+            f"{param}.type: must be json_schema, got {showValue(kind)}", f"{param}.type"
+        )
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        raise invalidRequest(
+            f"{param}.schema: a JSON Schema object is required, not {typeName(schema)}",
+            f"{param}.schema",
+        )
+    return OutputFormat(schema)
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:
@@ -567,20 +660,25 @@ class MessagesEncoder:
 
     Blocks get contiguous indices and one type each; a block is stopped
     before the next starts.  The model's reasoning and the agent's progress
-    share C{thinking} blocks (ended with a L{signature}), answer text goes
-    in C{text} blocks, the client's tool calls in C{tool_use} blocks whose
+    share C{thinking} blocks (ended with a L{signature}) when the client
+    enabled thinking, and are left out otherwise; answer text goes in
+    C{text} blocks, the client's tool calls in C{tool_use} blocks whose
     arguments stream as one C{input_json_delta}.
 
     @ivar inputEstimate: the input tokens to report before the run has
         reported any (see L{estimateTokens}).
     @ivar frames: whether events are written; off for a whole answer, whose
         message object is all that is written.
+    @ivar thinking: whether reasoning and progress are written as
+        C{thinking} blocks (the request enabled thinking); without it a
+        client that reads C{content[0].text} gets the answer.
     """
 
     messageId: str
     model: str
     inputEstimate: int = 0
     frames: bool = attrs.field(default=True, kw_only=True)
+    thinking: bool = attrs.field(default=True, kw_only=True)
     _text: ReasoningText = attrs.field(factory=ReasoningText, init=False)
     _blocks: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     _usage: Usage = attrs.field(factory=Usage, init=False)
@@ -681,9 +779,13 @@ class MessagesEncoder:
         return frames + self._delta({"type": "thinking_delta", "thinking": text})
 
     def reasoning(self, text: str) -> bytes | None:
+        if not self.thinking:
+            return None
         return self._thinking(self._text.reasoning(text))
 
     def progress(self, event: Progress) -> bytes | None:
+        if not self.thinking:
+            return None
         return self._thinking(self._text.progress(event))
 
     def toolCall(self, call: ClientToolCall) -> bytes:
@@ -864,10 +966,11 @@ class AnthropicHeadend:
         # A large body is read and parsed in a thread, one at a time.
         return await self._bodyGate().parse(content, parser)
 
-    def _agent(self, parsed: MessagesRequest) -> ServedAgent:
-        agent = self.registry.resolve(parsed.model)
+    def _agent(self, request: IRequest, parsed: MessagesRequest) -> ServedAgent:
+        principal = principalOf(request)
+        agent = resolveFor(self.registry, principal, parsed.model)
         if agent is None:
-            raise unknownModel(parsed.model, self.registry.ids())
+            raise unknownModel(parsed.model, visibleIds(self.registry, principal))
         return agent
 
     @app.route("/v1/messages", methods=["POST"])
@@ -877,7 +980,7 @@ class AnthropicHeadend:
         Run an agent on a conversation; answer with a message or stream it.
         """
         parsed = await self._parse(request, parseMessagesRequest)
-        agent = self._agent(parsed)
+        agent = self._agent(request, parsed)
         requestScope(request).setAgent(agent.id)
         labels = RunLabels(
             requestId=_messageId(),
@@ -885,12 +988,13 @@ class AnthropicHeadend:
             user=parsed.user,
             forwarded=forwardedHeaders(headerLookup(request)),
         )
-        run = parsed.runRequest(labels)
+        run = attrs.evolve(parsed.runRequest(labels), owner=principalOf(request).name)
         encoder = MessagesEncoder(
             labels.requestId,
             agent.id,
             estimateTokens(agent.spec.prompt, parsed),
             frames=parsed.stream,
+            thinking=parsed.thinking,
         )
         requestId = labels.requestId.encode("ascii")
         slot = await self.pool.acquire()
@@ -929,7 +1033,7 @@ class AnthropicHeadend:
         over the agent's prompt and tools and the request.
         """
         parsed = await self._parse(request, parseCountTokensRequest)
-        agent = self._agent(parsed)
+        agent = self._agent(request, parsed)
         requestScope(request).setAgent(agent.id)
         specs: list[ToolSpec] = []
         instructions: list[str] = []

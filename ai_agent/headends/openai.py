@@ -42,6 +42,7 @@ from ai_agent.headends._answers import (
     wrongMethod,
 )
 from ai_agent.headends._bodies import BodyGate
+from ai_agent.headends._http import principalOf
 from ai_agent.headends._request import (
     OFF_REACTOR_THRESHOLD,
     ChatRequest,
@@ -52,6 +53,7 @@ from ai_agent.headends._stream import RunResponse
 from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
+from ai_agent.principals import resolveFor, visibleAgents, visibleIds
 from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.session import SessionRunner
@@ -476,23 +478,24 @@ class OpenAIHeadend:
         to Anthropic clients).
         """
         request.setHeader(b"content-type", _JSON)
+        served = visibleAgents(self.registry, principalOf(request))
         if request.getHeader(anthropic.VERSION_HEADER) is not None:
-            return _dumps(anthropic.modelList(self.registry.served))
-        return _dumps(
-            {"object": "list", "data": [_modelEntry(agent) for agent in self.registry.served]}
-        )
+            return _dumps(anthropic.modelList(served))
+        return _dumps({"object": "list", "data": [_modelEntry(agent) for agent in served]})
 
     @app.route("/v1/models/<path:modelId>", methods=["GET"])
     def model(self, request: IRequest, modelId: str) -> bytes:
         """
         One served agent, or 404.
         """
-        agent = self.registry.resolve(modelId)
+        principal = principalOf(request)
+        agent = resolveFor(self.registry, principal, modelId)
         fromAnthropic = request.getHeader(anthropic.VERSION_HEADER) is not None
         if agent is None:
+            served = visibleIds(self.registry, principal)
             if fromAnthropic:
-                raise anthropic.unknownModel(modelId, self.registry.ids())
-            raise _unknownModel(modelId, self.registry.ids())
+                raise anthropic.unknownModel(modelId, served)
+            raise _unknownModel(modelId, served)
         request.setHeader(b"content-type", _JSON)
         if fromAnthropic:
             return _dumps(anthropic.modelObject(agent))
@@ -514,12 +517,13 @@ class OpenAIHeadend:
             # A large body would hold up every other stream while parsed:
             # it is read and parsed in a thread, one at a time.
             chat = await self._bodyGate().parse(content)
-        agent = self.registry.resolve(chat.model)
+        principal = principalOf(request)
+        agent = resolveFor(self.registry, principal, chat.model)
         if agent is None:
-            raise _unknownModel(chat.model, self.registry.ids())
+            raise _unknownModel(chat.model, visibleIds(self.registry, principal))
         requestScope(request).setAgent(agent.id)
         labels = self._labels(request, chat)
-        run = chat.runRequest(labels)
+        run = attrs.evolve(chat.runRequest(labels), owner=principal.name)
         encoder = ChatEncoder(
             ChunkEncoder(
                 labels.requestId,

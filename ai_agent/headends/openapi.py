@@ -999,6 +999,16 @@ __all__ = ["OPENAPI", "openapiDocument"]
 # -- the Anthropic Messages API (ai_agent.headends.anthropic) -----------
 
 
+#: Anthropic's structured-output format (C{output_config.format}).
+_OUTPUT_FORMAT: dict[str, Any] = {
+    "type": "object",
+    "description": "The answer's format: JSON conforming to the schema, as one text block; "
+    "overrides the agent's `output`.",
+    "required": ["type", "schema"],
+    "properties": {"type": {"const": "json_schema"}, "schema": {"type": "object"}},
+}
+
+
 def _anthropicSchemas() -> dict[str, Any]:
     text = {"type": "string"}
     textBlock = {
@@ -1084,7 +1094,44 @@ def _anthropicSchemas() -> dict[str, Any]:
         "system": _nullable(textContent),
         "tools": _nullable({"type": "array", "maxItems": MAX_TOOLS, "items": tool}),
         "tool_choice": _nullable(toolChoice),
-        "thinking": _nullable({"type": "object", "description": "Accepted; not used."}),
+        "thinking": _nullable(
+            {
+                "description": "enabled (with a budget of at least 1024 tokens) or adaptive "
+                "asks for thinking blocks in the answer; disabled or no thinking leaves them "
+                "out. The budget is not passed on.",
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["type", "budget_tokens"],
+                        "properties": {
+                            "type": {"const": "enabled"},
+                            "budget_tokens": {"type": "integer", "minimum": 1024},
+                        },
+                    },
+                    {
+                        "type": "object",
+                        "required": ["type"],
+                        "properties": {"type": {"enum": ["adaptive", "disabled"]}},
+                    },
+                ],
+            }
+        ),
+        "output_config": _nullable(
+            {
+                "type": "object",
+                "properties": {
+                    "format": _nullable(_OUTPUT_FORMAT),
+                    "effort": _nullable({"type": "string", "description": "Accepted; not used."}),
+                },
+            }
+        ),
+        "output_format": _nullable(
+            {
+                **_OUTPUT_FORMAT,
+                "description": "The structured-outputs beta's name for output_config.format; "
+                "not with it.",
+            }
+        ),
     }
     request = {
         "type": "object",
@@ -1123,7 +1170,8 @@ def _anthropicSchemas() -> dict[str, Any]:
             "content": {
                 "type": "array",
                 "description": "thinking (the model's reasoning and the agent's progress, "
-                "signed by this server), text, and tool_use blocks (the client's tools).",
+                "signed by this server; only when the request enables thinking), text, and "
+                "tool_use blocks (the client's tools).",
                 "items": {
                     "type": "object",
                     "required": ["type"],

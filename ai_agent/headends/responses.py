@@ -30,6 +30,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
+from ai_agent.agentfile import AgentSpec
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorKind, invalidRequest, notFound
 from ai_agent.events import (
     ClientToolCall,
@@ -48,6 +49,7 @@ from ai_agent.headends._answers import (
     wrongMethod,
 )
 from ai_agent.headends._bodies import BodyGate
+from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumps as _dumps
 from ai_agent.headends._json import dumpsAny as _dumpsAny
 from ai_agent.headends._json import dumpsPlain as _dumpsPlain
@@ -67,12 +69,14 @@ from ai_agent.headends._stream import RunResponse
 from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
+from ai_agent.principals import Principal, resolveFor, visibleIds
 from ai_agent.providers import ChatMessage, ToolCall
 from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry
 from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
+from ai_agent.sealing import SealedTurns, Sealer, SealError, openedTurns
 from ai_agent.session import SessionRunner
-from ai_agent.store import RESPONSES, RunStore
+from ai_agent.store import RESPONSES, TURNS, OwnedStore, RunStore
 from ai_agent.tasks import forwardedHeaders, loggable
 
 #: Output items of stored responses, by item id, for C{item_reference}.
@@ -122,6 +126,7 @@ class ResponsesRequest:
     parallelToolCalls: bool | None = None
     user: str | None = None
     echo: dict[str, Any] = attrs.field(factory=dict)
+    include: frozenset[str] = frozenset()
 
 
 def parseResponsesRequest(body: bytes) -> ResponsesRequest:
@@ -174,6 +179,7 @@ def parseResponsesRequest(body: bytes) -> ResponsesRequest:
     outputFormat = _parseText(data.get("text"))
     metadata = _parseMetadata(data.get("metadata"))
     user = optionalField(data, "user", str, None)
+    include = _parseInclude(data.get("include"))
     echo = {
         "tools": data.get("tools") or [],
         "tool_choice": data.get("tool_choice") or "auto",
@@ -198,7 +204,24 @@ def parseResponsesRequest(body: bytes) -> ResponsesRequest:
         parallelToolCalls=parallel,
         user=user,
         echo=echo,
+        include=include,
     )
+
+
+#: The C{include} value asking for reasoning items' C{encrypted_content}.
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
+
+
+def _parseInclude(value: Any) -> frozenset[str]:
+    """
+    C{include}: the extra output a client asks for; only
+    L{ENCRYPTED_REASONING} changes anything here.
+    """
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
+        raise invalidRequest("'include' must be an array of strings", "include", "invalid_type")
+    return frozenset(value)
 
 
 def _parseInput(value: Any) -> tuple[dict[str, Any], ...]:
@@ -299,8 +322,19 @@ def _parseItem(item: Any, where: str) -> dict[str, Any]:
         }
     if kind == "item_reference":
         return {"type": "item_reference", "id": _string(item, "id", where), "where": where}
-    # A reasoning item is kept in the history but never shown to the model.
-    return {"type": "reasoning", "id": itemId or _newId("rs"), "summary": []}
+    # A reasoning item is kept in the history but never shown to the model;
+    # one this server sealed carries a hidden turn back (ai_agent.sealing).
+    reasoning: dict[str, Any] = {"type": "reasoning", "id": itemId or _newId("rs"), "summary": []}
+    encrypted = item.get("encrypted_content")
+    if encrypted is not None:
+        if not isinstance(encrypted, str):
+            raise invalidRequest(
+                f"'{where}.encrypted_content' must be a string, not {typeName(encrypted)}",
+                f"{where}.encrypted_content",
+                "invalid_type",
+            )
+        reasoning["encrypted_content"] = encrypted
+    return reasoning
 
 
 def _parseParts(value: Any, where: str, partType: str) -> list[dict[str, Any]]:
@@ -478,10 +512,16 @@ class ResponsesEncoder:
         C{usage}, C{error} and C{incomplete_details}.
     @ivar frames: whether events are written; off for a whole answer, whose
         response object is all that is written.
+    @ivar sealed: hidden turns sealed for the client (a C{store: false}
+        run's L{SealedTurns.sealed<ai_agent.sealing.SealedTurns.sealed>}),
+        each written as a C{reasoning} item with C{encrypted_content}
+        before the client's calls.
     """
 
     base: dict[str, Any]
     frames: bool = True
+    sealed: list[str] = attrs.field(factory=list)
+    _sealedSent: int = attrs.field(default=0, init=False)
     output: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     _sequence: int = attrs.field(default=0, init=False)
     _open: dict[str, Any] | None = attrs.field(default=None, init=False)
@@ -628,7 +668,30 @@ class ResponsesEncoder:
     def progress(self, event: Progress) -> bytes:
         return self._summary(self._reasoningText.progress(event))
 
+    def _sealedItems(self) -> bytes:
+        """
+        The sealed turns not written yet, each a whole C{reasoning} item.
+        """
+        frames = b""
+        while self._sealedSent < len(self.sealed):
+            blob = self.sealed[self._sealedSent]
+            self._sealedSent += 1
+            frames += self._opening() + self._close()
+            item = {
+                "type": "reasoning",
+                "id": _newId("rs"),
+                "summary": [],
+                "encrypted_content": blob,
+            }
+            self.output.append(item)
+            index = len(self.output) - 1
+            frames += self._event(
+                "response.output_item.added", output_index=index, item=dict(item)
+            ) + self._event("response.output_item.done", output_index=index, item=dict(item))
+        return frames
+
     def toolCall(self, call: ClientToolCall) -> bytes:
+        sealedFrames = self._sealedItems()
         item = {
             "type": "function_call",
             "id": _newId("fc"),
@@ -637,7 +700,7 @@ class ResponsesEncoder:
             "arguments": "",
             "status": "in_progress",
         }
-        frames = self._start(item)
+        frames = sealedFrames + self._start(item)
         self._open = None
         index = len(self.output) - 1
         where = {"item_id": item["id"], "output_index": index}
@@ -703,7 +766,10 @@ class ResponsesHeadend:
     same port and pool.
 
     @ivar store: the run store, or L{None} (C{--store none}): nothing is
-        stored and C{previous_response_id} is refused.
+        stored and C{previous_response_id} is refused.  Routes reach it only
+        through L{_owned}: each principal (API key) sees its own objects.
+    @ivar sealer: seals the hidden turns of C{store: false} runs into the
+        response (L{ai_agent.sealing}).
     """
 
     log: ClassVar[Logger] = Logger()
@@ -720,6 +786,7 @@ class ResponsesHeadend:
     maxAnswer: int = MAX_RUN_ANSWER
     redactor: Redactor | None = None
     bodyGate: BodyGate | None = None
+    sealer: Sealer = attrs.field(factory=lambda: Sealer.fromSecrets(()))
 
     def _redactor(self) -> Redactor:
         if self.redactor is None:
@@ -752,21 +819,29 @@ class ResponsesHeadend:
 
     # -- the store ------------------------------------------------------
 
-    def _needStore(self, what: str, param: str | None) -> RunStore:
-        if self.store is None:
+    def _owned(self, principal: Principal) -> OwnedStore | None:
+        """
+        The run store as C{principal} sees it (only what its key stored),
+        or L{None} without a store.
+        """
+        return None if self.store is None else OwnedStore(self.store, principal)
+
+    def _needStore(self, principal: Principal, what: str, param: str | None) -> OwnedStore:
+        store = self._owned(principal)
+        if store is None:
             raise invalidRequest(
                 f"{what} needs the response store, which is off on this server (--store none)",
                 param,
                 "store_disabled",
             )
-        return self.store
+        return store
 
-    async def _history(self, responseId: str) -> list[dict[str, Any]]:
+    async def _history(self, principal: Principal, responseId: str) -> list[dict[str, Any]]:
         """
         The items of a chain of stored responses, oldest first: each
         response's input, then its output.
         """
-        store = self._needStore("'previous_response_id'", "previous_response_id")
+        store = self._needStore(principal, "'previous_response_id'", "previous_response_id")
         chain: list[dict[str, Any]] = []
         nextId: str | None = responseId
         while nextId is not None:
@@ -791,14 +866,16 @@ class ResponsesHeadend:
             items.extend(document["response"]["output"])
         return items
 
-    async def _resolve(self, items: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    async def _resolve(
+        self, principal: Principal, items: tuple[dict[str, Any], ...]
+    ) -> list[dict[str, Any]]:
         """
         The input with every C{item_reference} replaced by the stored item.
         """
         references = [item for item in items if item["type"] == "item_reference"]
         if not references:
             return list(items)
-        store = self._needStore("'item_reference'", references[0]["where"])
+        store = self._needStore(principal, "'item_reference'", references[0]["where"])
         found = await store.getMany(ITEMS, [item["id"] for item in references])
         resolved = []
         for item in items:
@@ -816,12 +893,13 @@ class ResponsesHeadend:
         return resolved
 
     def _keeper(
-        self, encoder: ResponsesEncoder, previous: str | None, items: list[dict[str, Any]]
+        self,
+        store: OwnedStore,
+        encoder: ResponsesEncoder,
+        previous: str | None,
+        items: list[dict[str, Any]],
     ) -> Any:
-        store = self.store
-
         def keep(finished: Finished) -> Deferred[None]:
-            assert store is not None
             response = encoder.final(finished)
             document = {"input": items, "previous_response_id": previous, "response": response}
             outputs = {item["id"]: item for item in response["output"]}
@@ -853,19 +931,22 @@ class ResponsesHeadend:
             parsed = parseResponsesRequest(content.read())
         else:
             parsed = await self._bodyGate().parse(content, parseResponsesRequest)
-        agent = self.registry.resolve(parsed.model)
+        principal = principalOf(request)
+        agent = resolveFor(self.registry, principal, parsed.model)
         if agent is None:
+            served = visibleIds(self.registry, principal)
             raise notFound(
                 f"The model {shorten(repr(parsed.model))} does not exist: no agent is served"
-                f" under that name (served: {shorten(', '.join(self.registry.ids()) or 'none')})",
+                f" under that name (served: {shorten(', '.join(served) or 'none')})",
                 "model_not_found",
                 "model",
             )
         requestScope(request).setAgent(agent.id)
+        turns = self._sealedTurns(parsed, agent.spec, principal)
         history: list[dict[str, Any]] = []
         if parsed.previousResponseId is not None:
-            history = await self._history(parsed.previousResponseId)
-        items = await self._resolve(parsed.items)
+            history = await self._history(principal, parsed.previousResponseId)
+        items = await self._resolve(principal, parsed.items)
         responseId = _newId("resp")
         labels = RunLabels(
             requestId=responseId,
@@ -882,12 +963,14 @@ class ResponsesHeadend:
             parsed.tools,
             parsed.toolChoice,
             parsed.parallelToolCalls,
+            owner=principal.name,
+            turns=turns,
         )
-        stores = parsed.store and self.store is not None
-        if parsed.store and self.store is not None:
+        owned = self._owned(principal) if parsed.store else None
+        if owned is not None:
             # A store that is down fails the request now (503), before the
             # run spends an upstream call on an answer it could not keep.
-            await self.store.checkAvailable()
+            await owned.store.checkAvailable()
         encoder = ResponsesEncoder(
             {
                 "id": responseId,
@@ -897,12 +980,13 @@ class ResponsesHeadend:
                 "instructions": parsed.instructions,
                 "previous_response_id": parsed.previousResponseId,
                 "parallel_tool_calls": parsed.parallelToolCalls is not False,
-                "store": stores,
+                "store": owned is not None,
                 "background": False,
                 "user": parsed.user,
                 **parsed.echo,
             },
             frames=parsed.stream,
+            sealed=[] if turns is None else turns.sealed,
         )
         slot = await self.pool.acquire()
         try:
@@ -917,9 +1001,9 @@ class ResponsesHeadend:
                 redactor=self._redactor(),
                 maxAnswer=self.maxAnswer,
                 stallTimeout=self.clientStallTimeout,
-                beforeFinish=self._keeper(encoder, parsed.previousResponseId, items)
-                if stores
-                else None,
+                beforeFinish=None
+                if owned is None
+                else self._keeper(owned, encoder, parsed.previousResponseId, items),
             )
 
             def begin(events: EventSink) -> Deferred[Finished]:
@@ -932,14 +1016,59 @@ class ResponsesHeadend:
         finally:
             slot.release()
 
-    async def _stored(self, responseId: str) -> dict[str, Any]:
-        if self.store is None:
+    def _sealedTurns(
+        self, parsed: ResponsesRequest, spec: AgentSpec, principal: Principal
+    ) -> SealedTurns | None:
+        """
+        For a C{store: false} request, the turn store that keeps nothing:
+        hidden turns sealed into the response, and found in the sealed
+        items the client sent back.  L{None} for a stored request (hidden
+        turns go to the run store, owned by the principal).
+
+        @raise AgentError: a 400 for a sealed item no key opens for this
+            principal, and for a run that may need to keep a hidden turn
+            without C{include: ["reasoning.encrypted_content"]}.
+        """
+        if parsed.store:
+            return None
+        try:
+            opened = openedTurns(self.sealer, parsed.items, principal.name)
+        except SealError as error:
+            where = error.args[1] if len(error.args) > 1 else None
+            raise invalidRequest(
+                f"the reasoning item at {where or 'input'} carries a hidden turn that cannot be"
+                f" opened ({error.args[0]}): it was altered, made for another API key, or sealed"
+                " with a key this server does not have (see sealingKeys in docs/responses.md)",
+                f"{where}.encrypted_content" if where else "input",
+                "invalid_encrypted_content",
+            ) from None
+        emit = ENCRYPTED_REASONING in parsed.include
+        hybrid = (
+            spec.clientTools
+            and bool(parsed.tools)
+            and parsed.toolChoice.mode != ToolChoice.NONE
+            and bool(spec.tools or spec.agents)
+        )
+        if hybrid and not emit:
+            raise invalidRequest(
+                f"agent {spec.name!r} runs tools of its own beside yours, so handing your tool"
+                " calls back keeps its own turn for your next request; with 'store': false"
+                " nothing is kept here. Send 'include': [\"reasoning.encrypted_content\"] to"
+                " carry that turn in the response (sealed), or set 'store': true",
+                "include",
+                "encrypted_content_required",
+            )
+        return SealedTurns(self.sealer, opened, self.runner.turns, emit)
+
+    async def _stored(self, principal: Principal, responseId: str) -> dict[str, Any]:
+        store = self._owned(principal)
+        if store is None:
             raise notFound(
                 f"Response with id {shorten(repr(responseId))} not found: the response store"
                 " is off on this server (--store none)",
                 "response_not_found",
             )
-        found = await self.store.get(RESPONSES, responseId)
+        found = await store.get(RESPONSES, responseId)
         if found is None:
             raise notFound(
                 f"Response with id {shorten(repr(responseId))} not found.", "response_not_found"
@@ -953,7 +1082,7 @@ class ResponsesHeadend:
         """
         A stored response object.
         """
-        document = await self._stored(responseId)
+        document = await self._stored(principalOf(request), responseId)
         request.setHeader(b"content-type", _JSON)
         return _dumps(document["response"])
 
@@ -961,13 +1090,26 @@ class ResponsesHeadend:
     @observedRoute("responses", "/v1/responses/{id}")
     async def delete(self, request: IRequest, responseId: str) -> bytes:
         """
-        Forget a stored response and its output items.
+        Forget a stored response and everything that belongs to it: its
+        output items and the hidden turns of the calls it handed back, in
+        one transaction.
         """
-        document = await self._stored(responseId)
-        assert self.store is not None
-        await self.store.delete(RESPONSES, responseId)
-        for item in document["response"]["output"]:
-            await self.store.delete(ITEMS, item["id"])
+        principal = principalOf(request)
+        document = await self._stored(principal, responseId)
+        store = self._owned(principal)
+        assert store is not None
+        output = document["response"]["output"]
+        await store.deleteEntries(
+            [
+                (RESPONSES, responseId),
+                *((ITEMS, item["id"]) for item in output),
+                *(
+                    (TURNS, item["call_id"])
+                    for item in output
+                    if item.get("type") == "function_call"
+                ),
+            ]
+        )
         request.setHeader(b"content-type", _JSON)
         return _dumps({"id": responseId, "object": "response", "deleted": True})
 
@@ -986,7 +1128,7 @@ class ResponsesHeadend:
         if order not in ("asc", "desc"):
             raise invalidRequest("'order' must be asc or desc", "order", "invalid_value")
         after = (args.get(b"after") or [None])[0]
-        document = await self._stored(responseId)
+        document = await self._stored(principalOf(request), responseId)
         items: list[dict[str, Any]] = list(document["input"])
         if order == "desc":
             items.reverse()

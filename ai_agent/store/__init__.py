@@ -27,6 +27,7 @@ from ai_agent.store._base import (
 )
 from ai_agent.store._memory import MemoryStore
 from ai_agent.store._open import StoreService, checkLocation, describeLocation, makeStore
+from ai_agent.store._owned import OwnedStore
 from ai_agent.store._sql import SCHEMA_VERSION, SQLStore, postgresDialect, sqliteDialect
 from ai_agent.store._turns import StoreTurnStore
 
@@ -42,6 +43,7 @@ __all__ = [
     "TURNS",
     "DocumentTooLargeError",
     "MemoryStore",
+    "OwnedStore",
     "RunStore",
     "SQLStore",
     "StoreError",

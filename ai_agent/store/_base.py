@@ -196,6 +196,13 @@ class RunStore(Protocol):
         that had not expired.
         """
 
+    def deleteEntries(self, entries: Iterable[tuple[str, str]]) -> Deferred[int]:
+        """
+        Remove the documents under C{(namespace, key)} entries of any
+        namespaces, all in one transaction; how many there were (expired
+        ones included).
+        """
+
     def purge(self) -> Deferred[int]:
         """
         Remove expired documents now (the store also does this periodically),

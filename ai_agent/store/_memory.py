@@ -134,6 +134,14 @@ class MemoryStore:
         entry = self._remove((namespace, key))
         return succeed(entry is not None and entry.expiresAt > self.clock.seconds())
 
+    def deleteEntries(self, entries: Iterable[tuple[str, str]]) -> Deferred[int]:
+        names = list(entries)
+        for namespace, _ in names:
+            checkNamespace(namespace)
+        if self._closed:
+            return fail(StoreError("the run store is closed"))
+        return succeed(sum(self._remove(name) is not None for name in names))
+
     def purge(self) -> Deferred[int]:
         if self._closed:
             return fail(StoreError("the run store is closed"))

@@ -155,6 +155,7 @@ class Dialect:
     prepare: Callable[[], None] | None = None
     isBroken: Callable[[Any], bool] = lambda connection: False
     idleTimeout: float | None = None
+    afterDelete: str | None = None
 
     def sql(self, query: str) -> str:
         """
@@ -176,6 +177,9 @@ def sqliteDialect(path: str, busyTimeout: float = 10.0) -> Dialect:
     SQLite in the file C{path}, in WAL mode so readers never wait for the
     writer (and several processes on one machine can share the file); the
     file (mode 0600) and its directory (mode 0700) are created when missing.
+    Deleted documents are overwritten (C{secure_delete}), and the log is
+    checkpointed and truncated after a delete, so their text does not stay
+    in the file.
     """
 
     def prepare() -> None:
@@ -194,6 +198,8 @@ def sqliteDialect(path: str, busyTimeout: float = 10.0) -> Dialect:
             if mode.lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot use WAL mode (journal mode is {mode})")
             connection.execute("PRAGMA synchronous=NORMAL")
+            # Deleted documents are overwritten, not left in free pages.
+            connection.execute("PRAGMA secure_delete=ON")
             connection.execute(f"PRAGMA busy_timeout={int(busyTimeout * 1000)}")
         except BaseException:
             connection.close()
@@ -206,6 +212,7 @@ def sqliteDialect(path: str, busyTimeout: float = 10.0) -> Dialect:
         connect,
         errors=(sqlite3.Error, OSError),
         prepare=prepare,
+        afterDelete="PRAGMA wal_checkpoint(TRUNCATE)",
     )
 
 
@@ -495,6 +502,34 @@ class SQLStore:
             return bool(float(row[0]) > now)
 
         return self._call("delete", work)
+
+    def deleteEntries(self, entries: Iterable[tuple[str, str]]) -> Deferred[int]:
+        names = [(namespace, key) for namespace, key in entries if usableKeys([key])]
+        for namespace, _ in names:
+            checkNamespace(namespace)
+        if not names:
+            return _succeeded(0)
+
+        def work(cursor: Any) -> int:
+            removed = 0
+            for namespace, key in names:
+                cursor.execute(self.dialect.sql(_DELETE), (namespace, key))
+                removed += max(cursor.rowcount, 0)
+            return removed
+
+        def deleted(removed: int) -> Deferred[int]:
+            if self.dialect.afterDelete is None or not removed:
+                return _succeeded(removed)
+            # Best effort: the old pages left in SQLite's write-ahead log go
+            # too (readers in other processes can keep some until later).
+            statement = self.dialect.afterDelete
+            return (
+                self._call("checkpoint", lambda cursor: cursor.execute(statement))
+                .addErrback(lambda failure: None)
+                .addCallback(lambda _: removed)
+            )
+
+        return self._call("delete", work).addCallback(deleted)
 
     def purge(self) -> Deferred[int]:
         now = self.clock.seconds()

@@ -13,7 +13,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ai_agent.clienttools import DEFAULT_TURN_TTL, HiddenTurn
+from ai_agent.principals import Principal
 from ai_agent.store._base import TURNS, RunStore, StoredDocument
+from ai_agent.store._owned import OwnedStore
 
 
 @attrs.define
@@ -21,7 +23,8 @@ class StoreTurnStore:
     """
     A L{TurnStore<ai_agent.clienttools.TurnStore>} on a run store: each
     hidden turn is one document in the C{turns} namespace under each of its
-    handed-back call ids, kept for the store's TTL but at most
+    handed-back call ids, in its owner's part of the store (L{OwnedStore}),
+    kept for the store's TTL but at most
     L{DEFAULT_TURN_TTL<ai_agent.clienttools.DEFAULT_TURN_TTL>}.
 
     A store that fails fails the run with its
@@ -44,13 +47,16 @@ class StoreTurnStore:
         """
         return min(self.store.ttl, DEFAULT_TURN_TTL)
 
-    def saveTurn(self, turn: HiddenTurn) -> Deferred[None]:
+    def _owned(self, owner: str) -> OwnedStore:
+        return OwnedStore(self.store, Principal(owner))
+
+    def saveTurn(self, turn: HiddenTurn, owner: str = "") -> Deferred[None]:
         document = turn.asJSON()
-        return self.store.putMany(
+        return self._owned(owner).putMany(
             TURNS, {callId: document for callId in turn.clientCallIds}, self.ttl
         )
 
-    def findTurn(self, callIds: Sequence[str]) -> Deferred[HiddenTurn | None]:
+    def findTurn(self, callIds: Sequence[str], owner: str = "") -> Deferred[HiddenTurn | None]:
         def found(documents: dict[str, StoredDocument]) -> HiddenTurn | None:
             for callId in callIds:
                 stored = documents.get(callId)
@@ -66,7 +72,7 @@ class StoreTurnStore:
                     )
             return None
 
-        return self.store.getMany(TURNS, callIds).addCallback(found)
+        return self._owned(owner).getMany(TURNS, callIds).addCallback(found)
 
 
 __all__ = ["StoreTurnStore"]

@@ -5,6 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import Anthropic from "@anthropic-ai/sdk";
+import { jsonSchemaOutputFormat } from "@anthropic-ai/sdk/helpers/json-schema";
 import { baseURL, echoOf, missingModel, model } from "./_env.mjs";
 
 const client = new Anthropic({
@@ -92,8 +93,33 @@ test("messages.stream emits text and assembles the final message", async () => {
   const message = await stream.finalMessage();
   assert.ok(pieces.length > 1, `pieces: ${JSON.stringify(pieces)}`);
   assert.equal(pieces.join(""), echoOf("stream me please"));
-  assert.equal(message.content.at(-1).text, echoOf("stream me please"));
+  // No thinking asked for: the answer is the first and only block.
+  assert.deepEqual(
+    message.content.map((block) => block.type),
+    ["text"],
+  );
+  assert.equal(message.content[0].text, echoOf("stream me please"));
   assert.equal(message.stop_reason, "end_turn");
+});
+
+test("messages.parse sends its JSON schema and parses the answer", async () => {
+  // tests/test_clients_js.py answers the calls with an output format with
+  // this JSON, and checks that the upstream got the schema.
+  const message = await client.messages.parse({
+    model,
+    max_tokens: 64,
+    messages: [{ role: "user", content: "Title this session" }],
+    output_config: {
+      format: jsonSchemaOutputFormat({
+        type: "object",
+        properties: { title: { type: "string" } },
+        required: ["title"],
+        additionalProperties: false,
+      }),
+    },
+  });
+  assert.equal(message.content[0].type, "text");
+  assert.deepEqual(message.parsed_output, { title: "A parsed title" });
 });
 
 test("countTokens answers an estimate", async () => {
