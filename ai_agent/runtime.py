@@ -21,6 +21,7 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgent, IAgentEndpointFactory
 from zope.interface import implementer
 
+from ai_agent.cache import ResponseCache
 from ai_agent.clienttools import MemoryTurnStore, TurnStore
 from ai_agent.config import Config, describeMissing, loadConfig
 from ai_agent.errors import AgentError, ConfigurationError
@@ -31,7 +32,7 @@ from ai_agent.providers._wire import WireAgent
 from ai_agent.registry import AgentRegistry, agentFiles, loadRegistry
 from ai_agent.sealing import Sealer
 from ai_agent.session import SessionRunner, splitModel
-from ai_agent.store import RunStore, StoreTurnStore
+from ai_agent.store import MemoryStore, RunStore, StoreTurnStore
 from ai_agent.tools import McpManager, ToolBoxFactory
 
 log = Logger()
@@ -173,6 +174,9 @@ def buildRuntime(
         observer=observer,
         agents=registry.byPath,
         limiter=tools.subAgentLimiter,
+        # Agents' and tools' cache: the run store (shared by instances), or
+        # this process's memory with --store none.
+        cache=ResponseCache(MemoryStore(reactor) if store is None else store),
     )
     tools.runner = runner
     return Runtime(

@@ -21,7 +21,8 @@ import json
 import random
 import secrets
 from contextvars import copy_context
-from typing import Any, Callable, Coroutine, Mapping, Protocol, Sequence, cast
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Mapping, Protocol, Sequence, cast
 
 import attrs
 from twisted.internet import defer
@@ -85,6 +86,9 @@ from ai_agent.tools.output import (
     RunOutputs,
     ToolOutputError,
 )
+
+if TYPE_CHECKING:
+    from ai_agent.cache import ResponseCache
 
 log = Logger()
 
@@ -272,6 +276,7 @@ class SessionRunner:
     observer: Observer = attrs.field(default=NULL_OBSERVER, repr=False)
     agents: Mapping[str, AgentSpec] = attrs.field(factory=dict, repr=False)
     limiter: SubAgentLimiter | None = None
+    cache: ResponseCache | None = None
 
     def run(self, agent: AgentSpec, request: RunRequest, events: EventSink) -> Deferred[Finished]:
         """
@@ -282,6 +287,15 @@ class SessionRunner:
             or failing with L{AgentError}.  Content, reasoning and progress
             go to C{events} as they arrive.
         """
+        if agent.cache is not None and self.cache is not None:
+            return self.cache.run(
+                agent, request, events, lambda sink: self._uncached(agent, request, sink)
+            )
+        return self._uncached(agent, request, events)
+
+    def _uncached(
+        self, agent: AgentSpec, request: RunRequest, events: EventSink
+    ) -> Deferred[Finished]:
         if orchestrated(agent):
             return Orchestration(self, agent, request, events).run()
         return self.runStage(agent, request, events)
@@ -460,13 +474,14 @@ class SessionRunner:
         messages = buildMessages(agent, conversation, instructions, request.instructions)
         start = len(messages)
         meter = _UsageMeter(events)
-        kept = _KeptOutputs(
+        kept = _RunTools(
             self,
             agent,
             RunOutputs(agent.toolOutput, agent.toolResponseMaxBytes),
             meter,
             account,
             scope,
+            request.owner,
         )
         calledTools = False
         for turn in range(1, agent.maxTurns + 1):
@@ -584,7 +599,7 @@ class SessionRunner:
         calls: tuple[ToolCall, ...],
         events: EventSink,
         scope: RunScope = RunScope(),
-        kept: _KeptOutputs | None = None,
+        kept: _RunTools | None = None,
     ) -> list[ChatMessage]:
         """
         Run a turn's tool calls concurrently; every outcome, failures and
@@ -614,7 +629,7 @@ class SessionRunner:
         call: ToolCall,
         events: EventSink,
         scope: RunScope = RunScope(),
-        kept: _KeptOutputs | None = None,
+        kept: _RunTools | None = None,
     ) -> Deferred[str]:
         tool = scope.tool(call.name, call.id, call.arguments)
         outcome = ensureDeferred(self._toolText(agent, toolbox, call, events, tool, kept))
@@ -633,7 +648,7 @@ class SessionRunner:
         call: ToolCall,
         events: EventSink,
         tool: ToolScope = ToolScope(),
-        kept: _KeptOutputs | None = None,
+        kept: _RunTools | None = None,
     ) -> str:
         events(ToolStarted(call.name, call.arguments, call.id))
         try:
@@ -648,8 +663,17 @@ class SessionRunner:
         # The tool call's span is current while the call starts: a
         # sub-agent's run and an MCP server's HTTP request find it there.
         with tool.activate():
+            ttl = _cacheTTL(toolbox, call.name)
             if call.name == TOOL_OUTPUT and kept is not None and kept.outputs:
                 attempt = kept.call(arguments, events)
+            elif ttl is not None and self.cache is not None:
+                attempt = self.cache.tool(
+                    kept.owner if kept is not None else "",
+                    call.name,
+                    arguments,
+                    ttl,
+                    partial(maybeDeferred, toolbox.call, call.name, arguments, events),
+                )
             else:
                 attempt = maybeDeferred(toolbox.call, call.name, arguments, events)
         if not call.name.startswith(SUBAGENT_PREFIX) and call.name != TOOL_OUTPUT:
@@ -684,6 +708,15 @@ class SessionRunner:
 _NO_HANDLES = ToolOutputSpec(enabled=False)
 
 
+def _cacheTTL(toolbox: ToolBox, name: str) -> float | None:
+    """
+    How long the result of the tool C{name} is cached (its MCP server's
+    C{cache} or C{toolsCache}), or L{None}: not cached.
+    """
+    cacheTTL = getattr(toolbox, "cacheTTL", None)
+    return None if cacheTTL is None else cacheTTL(name)
+
+
 def _routeCalls(
     route: RouteChoice, calls: Sequence[ToolCall], events: EventSink
 ) -> list[ChatMessage]:
@@ -711,13 +744,14 @@ def _routeCalls(
 
 
 @attrs.define(eq=False)
-class _KeptOutputs:
+class _RunTools:
     """
-    A run's tool results kept behind handles, and the C{tool_output} calls
-    reading them: its extraction pass calls the agent's models (or its
-    C{toolOutput.models}) through the run's own turn machinery (fallback,
-    retries, accounting, usage), without tools, streaming nothing but
-    progress and usage.
+    What a run's tool calls share: the tool results kept behind handles,
+    and the C{tool_output} calls reading them (whose extraction pass calls
+    the agent's models, or its C{toolOutput.models}, through the run's own
+    turn machinery: fallback, retries, accounting, usage; without tools,
+    streaming nothing but progress and usage); the principal (C{owner})
+    cached tool results belong to.
     """
 
     runner: SessionRunner
@@ -726,6 +760,7 @@ class _KeptOutputs:
     meter: _UsageMeter
     account: RunAccount
     scope: RunScope
+    owner: str = ""
 
     def call(self, arguments: Mapping[str, Any], events: EventSink) -> Deferred[str]:
         return ensureDeferred(self.outputs.call(arguments, self._extract, events))

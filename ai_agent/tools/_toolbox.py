@@ -58,6 +58,7 @@ class AgentToolBox:
     instructions: list[str] = attrs.field(factory=list, init=False)
     unavailable: dict[str, str] = attrs.field(factory=dict, init=False)
     _routes: dict[str, _Route] = attrs.field(factory=dict, init=False)
+    _cached: dict[str, float | None] = attrs.field(factory=dict, init=False)
 
     def specs(self) -> Deferred[list[ToolSpec]]:
         """
@@ -111,6 +112,9 @@ class AgentToolBox:
                     )
                     continue
                 routes[exposed] = partial(self._callMcp, server, tool.name)
+                ttl = server.config.cacheTTL(tool.name)
+                if ttl is not None:
+                    self._cached[exposed] = ttl
                 specs.append(
                     ToolSpec(exposed, tool.description, functionParameters(tool.inputSchema))
                 )
@@ -126,6 +130,13 @@ class AgentToolBox:
             specs.append(sub.toolSpec())
         self._routes = routes
         return specs
+
+    def cacheTTL(self, name: str) -> float | None:
+        """
+        How long results of the tool the model calls C{name} are cached
+        (its MCP server's C{cache} or C{toolsCache}), or L{None}.
+        """
+        return self._cached.get(name)
 
     def _leftOut(self, server: str, reason: str) -> None:
         self.unavailable[server] = reason
