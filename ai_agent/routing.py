@@ -262,6 +262,7 @@ class Orchestration:
                 (ChatMessage("user", prompt),),
                 stream=request.stream,
                 labels=request.labels,
+                owner=request.owner,
             )
             finished = await self._child(handoff, handoffRequest, totals)
         return Finished(finished.reason, totals.usage)
@@ -272,6 +273,7 @@ class Orchestration:
             tuple(m for m in self.request.conversation if m.role not in ("system", "developer")),
             stream=self.request.stream,
             labels=self.request.labels,
+            owner=self.request.owner,
         )
         sinks = [NestedSink(spec.name, totals) for spec in advisors]
         for spec in advisors:

@@ -294,3 +294,38 @@ class SharedStoreTests(TestCase):
         self.assertEqual(answers[1], ("forty-two", 0))
         self.assertGreater(answers[0][1], 0)
         self.assertEqual(len(running.upstream.requests), 1)
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    C{cache} and C{toolsCache} in C{mcpServers} entries.
+    """
+
+    def load(self, entry: dict[str, Any]) -> Any:
+        from ai_agent.config import loadConfig
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "config.json")
+        with open(path, "w") as f:
+            json.dump({"mcpServers": {"s": {"command": "x", **entry}}}, f)
+        return loadConfig(configFile=path, cwd=folder, agentDirs=[], home=folder, environ={})
+
+    def test_parsed(self) -> None:
+        """
+        The original's shapes are read into seconds per server and per tool.
+        """
+        server = self.load({"cache": "5m", "toolsCache": {"live": "off", "slow": 2000}})
+        config = server.mcpServers["s"]
+        self.assertEqual(
+            (config.cache, dict(config.toolsCache)), (300.0, {"live": None, "slow": 2.0})
+        )
+
+    def test_refused(self) -> None:
+        """
+        A value that is no duration is refused, naming where it is.
+        """
+        from ai_agent.errors import ConfigurationError
+
+        error = self.assertRaises(ConfigurationError, self.load, {"toolsCache": {"t": "later"}})
+        self.assertIn("mcpServers.s.toolsCache.t", str(error))
