@@ -189,6 +189,66 @@ class LiveRoutingTests(TestCase):
             self.assertIn(line, reasoning)
 
 
+class OtherAPIsTests(TestCase):
+    """
+    Routing progress reaches the Responses and Messages APIs as their other
+    progress does.
+    """
+
+    async def test_responsesAndMessages(self) -> None:
+        """
+        The handoff line is a reasoning summary delta on the Responses API
+        and a thinking delta on the Messages API (thinking enabled); the
+        answer is the handoff agent's on both.
+        """
+        import anthropic
+
+        server = await startServer(self, agents=AGENTS, streamHeadGrace=0.0)
+        server.upstream.script(
+            Reply(content="raw"),
+            Reply(content="Formatted."),
+            Reply(content="raw"),
+            Reply(content="Formatted."),
+        )
+
+        def responses() -> list[Any]:
+            return list(server.client().responses.create(model="main", input="go", stream=True))
+
+        events = await inThread(responses)
+        summary = "".join(
+            e.delta for e in events if e.type == "response.reasoning_summary_text.delta"
+        )
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        self.assertIn("main handed its answer to fmt\n", summary)
+        self.assertEqual(text, "Formatted.")
+        client = anthropic.Anthropic(
+            base_url=server.baseUrl[: -len("/v1")], api_key="k", max_retries=0
+        )
+
+        def messages() -> list[Any]:
+            with client.messages.stream(
+                model="main",
+                max_tokens=2000,
+                thinking={"type": "enabled", "budget_tokens": 1024},
+                messages=[{"role": "user", "content": "go"}],
+            ) as stream:
+                return list(stream)
+
+        frames = await inThread(messages)
+        thinking = "".join(
+            f.delta.thinking
+            for f in frames
+            if f.type == "content_block_delta" and f.delta.type == "thinking_delta"
+        )
+        answer = "".join(
+            f.delta.text
+            for f in frames
+            if f.type == "content_block_delta" and f.delta.type == "text_delta"
+        )
+        self.assertIn("main handed its answer to fmt\n", thinking)
+        self.assertEqual(answer, "Formatted.")
+
+
 class RunnerTests(SynchronousTestCase):
     """
     Orchestration through L{SessionRunner} with scripted providers.
