@@ -314,7 +314,7 @@ class EndToEndTests(TestCase):
         self.patch(output, "newHandle", lambda: "big-1")
         agent = "---\ndescription: Logs\nmodels: fake/test-model\ntools: [calc]\n---\nRead logs.\n"
         server = await startServer(
-            self, agents={"agent.ai": agent}, mcpServers={"calc": calcEntry()}
+            self, agents={"agent.ai": agent}, mcpServers={"calc": calcEntry("--logs")}
         )
         server.upstream.script(
             Reply(toolCalls=[("calc__lines", {"count": 55000})]),

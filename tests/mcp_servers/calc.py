@@ -3,7 +3,7 @@ A small MCP server for the tests, written with the official MCP Python SDK
 (C{mcp.server.mcpserver.MCPServer}).
 
     python tests/mcp_servers/calc.py [--http [--json]] [--marker DIR]
-                                     [--page-size N] [--many N]
+                                     [--page-size N] [--many N] [--logs]
 
 Over stdio by default.  With C{--http} it serves Streamable HTTP at C{/mcp}
 on 127.0.0.1, on a port the system picks, and prints C{PORT <n>} on its
@@ -14,9 +14,10 @@ Tools: C{add}, C{fail} (always an error result), C{sleep} (writes
 C{cancelled} into the marker directory when its call is cancelled),
 C{crash} (the process exits), C{env} (reads an environment variable),
 C{header} (a header of the call's HTTP request),
-C{big} (a long text), C{lines} (a log of numbered lines), C{picture} (an
-image and a text), C{weather} (structured content only), C{log} (writes to stderr), and with
-C{--many N} that many C{noop_<i>} tools.  With C{--page-size N}, C{tools/list}
+C{big} (a long text), C{picture} (an image and a text), C{weather}
+(structured content only), C{log} (writes to stderr), and with
+C{--many N} that many C{noop_<i>} tools, with C{--logs} C{lines} (a log of
+numbered lines).  With C{--page-size N}, C{tools/list}
 answers in pages of N tools.
 """
 
@@ -58,7 +59,7 @@ class PagedServer(MCPServer):
         return types.ListToolsResult(tools=tools[start:end], next_cursor=nextCursor)
 
 
-def build(marker: str | None, many: int) -> PagedServer:
+def build(marker: str | None, many: int, logs: bool = False) -> PagedServer:
     """
     The server and its tools.
     """
@@ -103,14 +104,6 @@ def build(marker: str | None, many: int) -> PagedServer:
         """A text of `size` characters."""
         return "x" * size
 
-    @server.tool()
-    def lines(count: int) -> str:
-        """A log of `count` numbered lines; every 1000th is an ERROR line."""
-        return "\n".join(
-            f"{i:07d} level={'ERROR' if i % 1000 == 0 else 'info'} request {i} served"
-            for i in range(1, count + 1)
-        )
-
     @server.tool(structured_output=False)
     def picture() -> list[Any]:
         """A tiny image with a caption."""
@@ -134,6 +127,16 @@ def build(marker: str | None, many: int) -> PagedServer:
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
         return "logged"
+
+    if logs:
+
+        @server.tool()
+        def lines(count: int) -> str:
+            """A log of `count` numbered lines; every 1000th is an ERROR line."""
+            return "\n".join(
+                f"{i:07d} level={'ERROR' if i % 1000 == 0 else 'info'} request {i} served"
+                for i in range(1, count + 1)
+            )
 
     for index in range(many):
 
@@ -171,8 +174,9 @@ def main() -> None:
     parser.add_argument("--marker")
     parser.add_argument("--page-size", type=int)
     parser.add_argument("--many", type=int, default=0)
+    parser.add_argument("--logs", action="store_true", help="offer the 'lines' tool")
     options = parser.parse_args()
-    server = build(options.marker, options.many)
+    server = build(options.marker, options.many, options.logs)
     server.pageSize = options.page_size
     if options.http:
         anyio.run(serveHttp, server, options.json)
