@@ -166,6 +166,28 @@ class RunOutputsTests(SynchronousTestCase):
         )
         self.assertEqual(checkPattern("level=(ERROR|WARN)").pattern, "level=(ERROR|WARN)")
 
+    def test_badArguments(self) -> None:
+        """
+        Arguments the model got wrong are refused with a message saying
+        what to send, never a crash: no handle, an unknown mode, a negative
+        offset, an extraction without C{extract}.
+        """
+        outputs = RunOutputs(ToolOutputSpec(), 100)
+        handle = _handle(outputs.result("t", LOG))
+        for arguments, message in (
+            ({}, "tool_output needs the 'handle' given with the result"),
+            ({"handle": handle, "mode": "all"}, "'mode' must be one of auto, full-chunked"),
+            ({"handle": handle, "offset": -1}, "'offset' must be an integer >= 0"),
+            ({"handle": handle, "startLine": "3"}, "'startLine' must be an integer >= 1"),
+            ({"handle": handle, "mode": "auto"}, "modes auto and full-chunked need 'extract'"),
+            ({"handle": handle, "pattern": ""}, "mode grep needs a 'pattern'"),
+        ):
+            failure = self.failureResultOf(
+                _deferred(outputs.call(arguments, _noExtraction, lambda event: None)),
+                ToolOutputError,
+            )
+            self.assertIn(message, str(failure.value))
+
     def test_disabled(self) -> None:
         """
         With C{toolOutput: false}, a result over the limit is cut as before.
