@@ -79,6 +79,7 @@ from ai_agent.routing import (
     routerInstructions,
     routerToolSpec,
 )
+from ai_agent.tools._toolbox import AgentToolBox
 from ai_agent.tools.output import (
     EXTRACTION_MAX_TOKENS,
     TOOL_OUTPUT,
@@ -444,6 +445,9 @@ class SessionRunner:
         route: RouteChoice | None = None,
     ) -> Finished:
         toolbox = self.tools(agent) if self.tools is not None else _NoTools()
+        if isinstance(toolbox, AgentToolBox):
+            # Its sub-agents run for the same principal.
+            toolbox.owner = request.owner
         ownSpecs = tuple(await maybeDeferred(toolbox.specs))
         instructions = list(getattr(toolbox, "instructions", ()))
         if route is not None:

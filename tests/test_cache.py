@@ -179,6 +179,45 @@ class RunCacheTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.store.stats(RUN_CACHE)).entries, 0)
 
 
+class SubAgentCacheTests(SynchronousTestCase):
+    """
+    A cached sub-agent's answers belong to the principal of the parent run.
+    """
+
+    def test_perPrincipal(self) -> None:
+        """
+        The same sub-agent call is answered from the cache for the same
+        principal, and runs again for another one.
+        """
+        from ai_agent.tools import ToolBoxFactory
+
+        child = _agent(path="/agents/child.ai", name="child", models=("c/m",), description="C")
+        parent = _agent(
+            path="/agents/parent.ai",
+            name="parent",
+            models=("p/m",),
+            cache=None,
+            agents=(child.path,),
+        )
+        call = LLMResponse(
+            content="", toolCalls=(ToolCall("a", "agent__child", '{"prompt": "x"}'),)
+        )
+        parentProvider = ScriptedProvider("p", [call, LLMResponse(content="done")] * 3)
+        childProvider = ScriptedProvider("c", [LLMResponse(content="child says")] * 3)
+        providers = {"p": parentProvider, "c": childProvider}
+        clock = Clock()
+        factory = ToolBoxFactory({child.path: child, parent.path: parent})
+        runner = SessionRunner(
+            providers.__getitem__, clock, factory, cache=ResponseCache(MemoryStore(clock))
+        )
+        factory.runner = runner
+        for owner in ("team-a", "team-a", "team-b"):
+            self.successResultOf(runner.run(parent, _request(owner=owner), lambda e: None))
+        self.assertEqual(len(childProvider.requests), 2)
+        results = [m.content for m in parentProvider.requests[3].messages if m.role == "tool"]
+        self.assertEqual(results, ["child says"])
+
+
 class ToolCacheTests(SynchronousTestCase):
     """
     Tool results kept for their server's C{cache}.

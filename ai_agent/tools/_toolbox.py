@@ -58,6 +58,8 @@ class AgentToolBox:
     instructions: list[str] = attrs.field(factory=list, init=False)
     unavailable: dict[str, str] = attrs.field(factory=dict, init=False)
     _routes: dict[str, _Route] = attrs.field(factory=dict, init=False)
+    #: The principal the run is for; its sub-agents run for it too.
+    owner: str = attrs.field(default="", init=False)
     _cached: dict[str, float | None] = attrs.field(factory=dict, init=False)
 
     def specs(self) -> Deferred[list[ToolSpec]]:
@@ -126,7 +128,7 @@ class AgentToolBox:
                     tool=sub.name,
                 )
                 continue
-            routes[sub.name] = sub.call
+            routes[sub.name] = partial(self._callSubAgent, sub)
             specs.append(sub.toolSpec())
         self._routes = routes
         return specs
@@ -163,6 +165,11 @@ class AgentToolBox:
                 )
             return fail(AgentError(f"there is no tool named {name!r}"))
         return route(arguments, sink)
+
+    def _callSubAgent(
+        self, sub: SubAgentTool, arguments: Mapping[str, Any], sink: EventSink
+    ) -> Deferred[str]:
+        return sub.call(arguments, sink, self.owner)
 
     def _callMcp(
         self, server: McpServer, tool: str, arguments: Mapping[str, Any], sink: EventSink

@@ -147,9 +147,11 @@ class SubAgentTool:
             description = f"{description}\n\nUsage: {self.spec.usage}"
         return ToolSpec(self.name, description, PROMPT_SCHEMA)
 
-    def call(self, arguments: Mapping[str, Any], sink: EventSink) -> Deferred[str]:
+    def call(self, arguments: Mapping[str, Any], sink: EventSink, owner: str = "") -> Deferred[str]:
         """
-        Run the sub-agent on C{arguments["prompt"]}.
+        Run the sub-agent on C{arguments["prompt"]}, for the principal
+        named C{owner} (the parent run's: what the child keeps, its cached
+        answers included, is that principal's).
 
         @return: a Deferred firing with the child's answer, or failing with
             L{AgentError} when the child run fails.  Cancelling it cancels
@@ -159,7 +161,7 @@ class SubAgentTool:
         if not isinstance(prompt, str) or not prompt.strip():
             return fail(AgentError(f"{self.name} needs a 'prompt' string that is not empty"))
         nested = NestedSink(self.name, sink)
-        request = RunRequest((ChatMessage("user", prompt),))
+        request = RunRequest((ChatMessage("user", prompt),), owner=owner)
         if self.limiter is None:
             run = self.runner.run(self.spec, request, nested)
         else:
