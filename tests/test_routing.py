@@ -9,6 +9,8 @@ import os
 import re
 from typing import Any
 
+import attrs
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -334,6 +336,91 @@ class RunnerTests(SynchronousTestCase):
         tool = [m for m in provider.requests[1].messages if m.role == "tool"][0]
         self.assertEqual(tool.content, "error: unknown destination 'y'; choose one of: ./x.ai")
         self.assertFalse([e for e in events if isinstance(e, HandoffProgress)])
+
+
+class ExampleTests(SynchronousTestCase):
+    """
+    The example set in C{agents/support/} (written like the TypeScript
+    ai-agent's orchestration examples) loads and runs.
+    """
+
+    def test_supportPipeline(self) -> None:
+        """
+        The front desk is advised, routes to a handler, and its handoff
+        agent's rewrite is the answer; asked again, the answer comes from
+        its cache without a model call.
+        """
+        from ai_agent.cache import ResponseCache
+        from ai_agent.store import MemoryStore
+        from ai_agent.tools import ToolBoxFactory
+
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        config = Config(providers={"openai": {}, "anthropic": {}})  # type: ignore[arg-type]
+        registry = loadRegistry([os.path.join(here, "agents", "support", "support.ai")], config)
+        self.assertEqual(
+            sorted(spec.name for spec in registry.byPath.values()),
+            ["billing", "compliance", "polish", "support", "technical"],
+        )
+        calls: list[tuple[str, Any]] = []
+
+        def reply(request: Any) -> LLMResponse:
+            system = request.messages[0].content
+            calls.append((system[:30].strip(), request))
+            if system.startswith("Review the user's request"):
+                return LLMResponse(content="No compliance issues identified.")
+            if system.startswith("You are the front desk"):
+                arguments = '{"agent": "./handlers/technical.ai"}'
+                return LLMResponse(content="", toolCalls=(ToolCall("r", ROUTER_TOOL, arguments),))
+            if system.startswith("You solve technical problems"):
+                return LLMResponse(content="Restart the router.")
+            return LLMResponse(content="Hi! Please restart the router. Anything else?")
+
+        @attrs.define
+        class ByPrompt:
+            """
+            Answers each call as the agent whose prompt it carries would.
+            """
+
+            name: str = "openai"
+
+            def complete(self, request: Any, sink: Any) -> Any:
+                response = reply(request)
+                sink.content(response.content)
+                return succeed(response)
+
+        provider = ByPrompt()
+        clock = Clock()
+        factory = ToolBoxFactory(registry.byPath)
+        runner = SessionRunner(
+            lambda name: provider,
+            clock,
+            factory,
+            agents=registry.byPath,
+            cache=ResponseCache(MemoryStore(clock)),
+        )
+        factory.runner = runner
+        support = registry.resolve("support").spec
+        answers = []
+        for _ in range(2):
+            events: list[Event] = []
+            self.successResultOf(
+                runner.run(
+                    support, RunRequest((ChatMessage("user", "wifi is down"),)), events.append
+                )
+            )
+            answers.append("".join(e.text for e in events if isinstance(e, ContentDelta)))
+        self.assertEqual(answers, ["Hi! Please restart the router. Anything else?"] * 2)
+        self.assertEqual(
+            [first for first, _ in calls],
+            [
+                "Review the user's request for",
+                "You are the front desk of cust",
+                "You solve technical problems.",
+                "You receive the customer's ori",
+            ],
+        )
+        handoffPrompt = calls[3][1].messages[-1].content
+        self.assertIn('agent="technical">\nRestart the router.\n', handoffPrompt)
 
 
 class RegistryTests(SynchronousTestCase):
