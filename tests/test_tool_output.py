@@ -392,3 +392,59 @@ class EndToEndTests(TestCase):
             [f"{n}: {n:07d} level=ERROR request {n} served" for n in range(49000, 55001, 1000)]
             + ["[7 matching lines in lines 49000-55000 of 55000]"],
         )
+
+    async def test_extractionOverHTTP(self) -> None:
+        """
+        The extraction pass is an upstream call of the agent's model without
+        tools, with the extraction prompt, the request and the first chunk;
+        its answer is the tool result (with where to continue), and the
+        stream shows its progress.
+        """
+        self.patch(output, "newHandle", lambda: "big-2")
+        agent = (
+            "---\ndescription: Logs\nmodels: fake/test-model\ntools: [calc]\n"
+            "toolOutput:\n  maxChunks: 1\n---\nRead logs.\n"
+        )
+        server = await startServer(
+            self, agents={"agent.ai": agent}, mcpServers={"calc": calcEntry("--logs")}
+        )
+        server.upstream.script(
+            Reply(toolCalls=[("calc__lines", {"count": 55000})]),
+            Reply(toolCalls=[(TOOL_OUTPUT, {"handle": "big-2", "extract": "the ERROR lines"})]),
+            Reply(content="0001000 and 0002000"),
+            Reply(content="Errors at 1000 and 2000."),
+        )
+
+        def consume() -> tuple[str, str]:
+            chunks = list(
+                server.client().chat.completions.create(
+                    model="agent", messages=[{"role": "user", "content": "errors?"}], stream=True
+                )
+            )
+            content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            reasoning = "".join(
+                (c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+                for c in chunks
+                if c.choices
+            )
+            return content, reasoning
+
+        content, reasoning = await inThread(consume)
+        self.assertEqual(content, "Errors at 1000 and 2000.")
+        self.assertIn("extracting from the output of calc__lines (chunk 1 of 1)\n", reasoning)
+        extraction = server.upstream.requests[2].body
+        self.assertNotIn("tools", extraction)
+        self.assertEqual(
+            extraction["messages"][0], {"role": "system", "content": EXTRACTION_PROMPT}
+        )
+        prompt = extraction["messages"][1]["content"]
+        self.assertTrue(prompt.startswith("What to extract:\nthe ERROR lines\n"), prompt[:200])
+        self.assertIn("0001000 level=ERROR request 1000 served", prompt)
+        result = server.upstream.requests[3].body["messages"][-1]["content"]
+        self.assertTrue(
+            result.startswith(
+                "tool_output of calc__lines (handle big-2, mode auto):\n0001000 and 0002000\n\n"
+                "[read characters 0-49152 of "
+            ),
+            result,
+        )
