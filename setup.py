@@ -34,6 +34,9 @@ setup(
         "regex>=2023.0",
         # AES-GCM for the hidden turns of store:false runs (ai_agent/sealing.py).
         "cryptography>=42",
+        # Agents' input schemas (and REST tools' parameters) are checked
+        # and validated at run time.
+        "jsonschema>=4.18",
     ],
     extras_require={
         # Traces (OpenTelemetry, exported over OTLP/HTTP); off unless OTEL_*
@@ -56,7 +59,6 @@ setup(
             "openai-agents>=0.24",
             "mcp>=2.3,<3",
             "hypothesis>=6.100",
-            "jsonschema>=4.18",
             # The screen of the terminal programs (Claude Code, Codex) that
             # tests drive in a pseudo-terminal (tests/_terminal.py).
             "pyte>=0.8",

@@ -6,17 +6,24 @@ C{pricing} table, and one log line when the run ends.
 A sub-agent runs through the same runner as its parent, so it has its own
 L{RunAccount} and its own log line; the parent's line shows its own calls
 and, separately, the total that includes its sub-agents.
+
+A call cancelled while its model was streaming (the client left) never gets
+the upstream's token counts, which come at the end; its tokens are estimated
+from the characters it was sent and had streamed (L{StreamMeter},
+L{estimateUsage}), and the log line says they are.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import json
+from typing import Mapping, Sequence
 
 import attrs
 from twisted.logger import Logger
 
 from ai_agent.config import Pricing
 from ai_agent.events import Usage
+from ai_agent.providers._base import ChatMessage, DeltaSink, ToolSpec
 
 log = Logger()
 
@@ -24,6 +31,47 @@ _MILLION = 1_000_000
 
 #: The error of a call stopped by cancellation (the client left, shutdown).
 CANCELLED = "cancelled"
+
+#: Characters per token, for estimating what a cancelled call spent (the
+#: usual rule of thumb for English text with OpenAI's and similar
+#: tokenizers).
+CHARS_PER_TOKEN = 4
+
+
+@attrs.define
+class StreamMeter:
+    """
+    A L{DeltaSink} in front of C{sink} that counts the characters of answer
+    text and reasoning a call streamed.
+    """
+
+    sink: DeltaSink
+    characters: int = 0
+
+    def content(self, text: str) -> None:
+        self.characters += len(text)
+        self.sink.content(text)
+
+    def reasoning(self, text: str) -> None:
+        self.characters += len(text)
+        self.sink.reasoning(text)
+
+
+def _tokens(characters: int) -> int:
+    return -(-characters // CHARS_PER_TOKEN)
+
+
+def estimateUsage(
+    messages: Sequence[ChatMessage], tools: Sequence[ToolSpec], streamed: int
+) -> Usage:
+    """
+    An estimate of the tokens of a call that was sent C{messages} and
+    C{tools} and streamed C{streamed} characters before it was cancelled:
+    L{CHARS_PER_TOKEN} characters a token.
+    """
+    sent = sum(len(m.content) + sum(len(c.arguments) for c in m.toolCalls) for m in messages)
+    sent += sum(len(json.dumps(tool.asOpenAI())) for tool in tools)
+    return Usage(promptTokens=_tokens(sent), completionTokens=_tokens(streamed))
 
 
 def callCost(model: str, usage: Usage, pricing: Mapping[str, Pricing]) -> float | None:
@@ -49,6 +97,8 @@ class CallRecord:
     @ivar seconds: how long it took.
     @ivar error: the error code of a failed call, or L{None}.
     @ivar cost: its cost in USD, or L{None} when the model has no price.
+    @ivar estimated: whether C{usage} (and so C{cost}) is an estimate: a
+        call cancelled after its model had streamed part of an answer.
     """
 
     model: str
@@ -56,6 +106,7 @@ class CallRecord:
     seconds: float
     error: str | None = None
     cost: float | None = None
+    estimated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -63,6 +114,13 @@ class CallRecord:
         Whether the call answered.
         """
         return self.error is None
+
+    @property
+    def answering(self) -> bool:
+        """
+        Whether the model answered, wholly or (cancelled mid-answer) in part.
+        """
+        return self.ok or self.estimated
 
 
 @attrs.frozen
@@ -112,10 +170,16 @@ class RunAccount:
     traceId: str | None = None
 
     def record(
-        self, model: str, usage: Usage, seconds: float, error: str | None = None
+        self,
+        model: str,
+        usage: Usage,
+        seconds: float,
+        error: str | None = None,
+        estimated: bool = False,
     ) -> CallRecord:
         """
-        Add one call.
+        Add one call (C{estimated} when C{usage} is an estimate, see
+        L{estimateUsage}).
         """
         if usage.totalTokens:
             cost = callCost(model, usage, self.pricing)
@@ -124,7 +188,7 @@ class RunAccount:
             cost = None
         else:
             cost = 0.0
-        call = CallRecord(model, usage, seconds, error, cost)
+        call = CallRecord(model, usage, seconds, error, cost, estimated)
         self.calls.append(call)
         log.debug(
             "agent {agent}: {model} call {outcome} in {seconds:.3f}s,"
@@ -152,9 +216,17 @@ class RunAccount:
     @property
     def models(self) -> tuple[str, ...]:
         """
-        The models that answered, in the order they first did.
+        The models that answered (a cancelled call that had streamed part of
+        an answer included), in the order they first did.
         """
-        return tuple(dict.fromkeys(call.model for call in self.calls if call.ok))
+        return tuple(dict.fromkeys(call.model for call in self.calls if call.answering))
+
+    @property
+    def estimated(self) -> bool:
+        """
+        Whether some of the tokens (and the cost) are estimates.
+        """
+        return any(call.estimated for call in self.calls)
 
     @property
     def cost(self) -> float | None:
@@ -188,7 +260,9 @@ class RunAccount:
         models = self.models
         modelList = ", ".join(models) or "none"
         calls = len(self.calls)
-        costText = "unknown" if cost is None else f"${cost:.6f}"
+        estimated = self.estimated
+        costText = "unknown" if cost is None else f"{'~' if estimated else ''}${cost:.6f}"
+        estimateText = " (estimated: cancelled mid-answer)" if estimated else ""
         detailText = "" if labels is None else labels.details()
         traceText = "" if self.traceId is None else f"; trace {self.traceId}"
         head = (
@@ -203,7 +277,7 @@ class RunAccount:
         line = (
             f"{head} {outcome} in {duration:.3f}s: models {modelList},"
             f" {calls} calls ({failures} failed), tokens"
-            f" {usage.promptTokens}+{usage.completionTokens}{withSubAgents},"
+            f" {usage.promptTokens}+{usage.completionTokens}{withSubAgents}{estimateText},"
             f" cost {costText}{detailText}{traceText}"
         )
         log.info(
@@ -228,9 +302,20 @@ class RunAccount:
             completionTokens=usage.completionTokens,
             _withSubAgents=withSubAgents,
             totalTokens=(total or usage).totalTokens,
+            estimated=estimated,
+            _estimateText=estimateText,
             cost=cost,
             _costText=costText,
         )
 
 
-__all__ = ["CANCELLED", "CallRecord", "RunAccount", "RunLabels", "callCost"]
+__all__ = [
+    "CANCELLED",
+    "CHARS_PER_TOKEN",
+    "CallRecord",
+    "RunAccount",
+    "RunLabels",
+    "StreamMeter",
+    "callCost",
+    "estimateUsage",
+]

@@ -83,6 +83,37 @@ def noModelAnswered(
     )
 
 
+#: Error codes as the short reason a client is shown for a skipped or
+#: failed model (see L{clientReason}).
+_CLIENT_REASONS = {
+    "provider_not_configured": "not configured",
+    "upstream_unreachable": "unreachable",
+    "upstream_timeout": "timed out",
+    "upstream_invalid_response": "invalid answer",
+    "upstream_stream_cut": "answer cut short",
+    "upstream_answer_too_large": "answer too large",
+}
+
+
+def clientReason(error: ProviderError) -> str:
+    """
+    Why a model was skipped or failed, in words a client may read:
+    C{not configured}, C{unreachable}, C{refused: 401}, C{HTTP 503}, …
+    Never an environment variable, a host, a port, a path or an address:
+    those are the operator's, in the server's log (and, in direct mode, on
+    the operator's terminal).
+    """
+    code = error.code or ""
+    status = error.upstreamStatus
+    if code == "upstream_rejected":
+        return f"refused: {status}" if status else "refused"
+    if code == "upstream_rate_limited":
+        return f"rate-limited: {status}" if status else "rate-limited"
+    if code in _CLIENT_REASONS:
+        return _CLIENT_REASONS[code]
+    return f"HTTP {status}" if status else "upstream error"
+
+
 #: The API's routes under C{/v1}, as clients that forgot it ask for them.
 _V1_ROUTES = ("/chat/completions", "/models", "/completions", "/responses", "/messages")
 
@@ -111,4 +142,4 @@ def didYouMean(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-__all__ = ["INSTALL_LOCAL", "didYouMean", "endpointHint", "noModelAnswered"]
+__all__ = ["INSTALL_LOCAL", "clientReason", "didYouMean", "endpointHint", "noModelAnswered"]

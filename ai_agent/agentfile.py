@@ -20,6 +20,8 @@ from typing import Any
 
 import attrs
 import yaml
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import Draft202012Validator, validator_for
 
 from ai_agent.advice import didYouMean
 from ai_agent.errors import ConfigurationError
@@ -34,6 +36,108 @@ class OutputSpec:
 
     format: str = "markdown"
     schema: Mapping[str, Any] | None = None
+
+
+PROMPT_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {
+        "prompt": {
+            "type": "string",
+            "description": "The complete request for the sub-agent: it sees nothing else.",
+        }
+    },
+    "required": ["prompt"],
+    "additionalProperties": False,
+}
+"""
+What callers send an agent that declares no structured C{input}: one
+C{prompt} string.
+"""
+
+INPUT_FORMATS = ("text", "json")
+
+#: The most validation problems named in one error.
+_MAX_INPUT_PROBLEMS = 5
+
+
+class InvalidInputError(ValueError):
+    """
+    Arguments that do not satisfy an agent's C{input}; the message names
+    each field at fault.
+    """
+
+
+@attrs.frozen
+class InputSpec:
+    """
+    The agent's declared input, as a caller (a parent agent, an MCP or A2A
+    client) must send it: C{format} C{text} (one C{prompt} string) or
+    C{json} with a JSON Schema of an object, whose arguments, validated,
+    become the run's user message as compact JSON.
+
+    @ivar schema: the JSON Schema (C{json} only; L{None} means the
+        C{prompt} schema).
+    """
+
+    format: str = "text"
+    schema: Mapping[str, Any] | None = None
+    _validator: Any = attrs.field(init=False, default=None, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.schema is not None:
+            cls = validator_for(self.schema, default=Draft202012Validator)
+            object.__setattr__(self, "_validator", cls(self.schema))
+
+    @property
+    def structured(self) -> bool:
+        """
+        Whether callers send the schema's fields rather than a C{prompt}.
+        """
+        return self.format == "json" and self.schema is not None
+
+    def callerSchema(self) -> Mapping[str, Any]:
+        """
+        The JSON Schema of what callers send.
+        """
+        if self.structured:
+            assert self.schema is not None
+            return self.schema
+        return PROMPT_SCHEMA
+
+    def userMessage(self, arguments: Mapping[str, Any]) -> str:
+        """
+        The run's user message for a caller's C{arguments}: the C{prompt}
+        string, or for structured input the arguments as compact JSON
+        (as the TypeScript ai-agent sends them).
+
+        @raise InvalidInputError: naming the fields at fault.
+        """
+        if not self.structured:
+            prompt = arguments.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InvalidInputError("needs a 'prompt' string that is not empty")
+            return prompt
+        problems = sorted(
+            self._validator.iter_errors(dict(arguments)), key=lambda e: list(e.absolute_path)
+        )
+        if problems:
+            named = [_inputProblem(problem) for problem in problems[:_MAX_INPUT_PROBLEMS]]
+            if len(problems) > _MAX_INPUT_PROBLEMS:
+                named.append(f"and {len(problems) - _MAX_INPUT_PROBLEMS} more")
+            raise InvalidInputError("was called with invalid arguments: " + "; ".join(named))
+        return json.dumps(dict(arguments), ensure_ascii=False, separators=(",", ":"))
+
+
+def _inputProblem(error: Any) -> str:
+    """
+    One validation error: the field's path, then jsonschema's words (cut,
+    since they quote the value the caller sent).
+    """
+    message = str(error.message)
+    if len(message) > 200:
+        message = message[:197] + "..."
+    path = ".".join(str(part) for part in error.absolute_path)
+    return f"{path}: {message}" if path else message
 
 
 @attrs.frozen
@@ -82,10 +186,20 @@ class AgentSpec:
     @ivar path: the absolute path of the file.
     @ivar name: C{toolName} if set, else the file name without C{.ai}.
     @ivar models: C{provider/model} strings in fallback order.
-    @ivar tools: MCP server names from the config's C{mcpServers}.
+    @ivar tools: names from the config's C{mcpServers} and C{restTools},
+        and C{openapi:<name>} for every operation of an C{openapiSpecs}
+        document.
     @ivar agents: absolute paths of sub-agent files.
     @ivar reasoning: C{none}, C{minimal}, C{low}, C{medium} or C{high};
         L{None} leaves the provider's default.
+    @ivar topK: sample from the C{topK} most likely tokens (providers that
+        take C{top_k}); L{None} sends nothing.
+    @ivar repeatPenalty: llama.cpp's and vLLM's C{repeat_penalty}; L{None}
+        sends nothing.
+    @ivar reasoningTokens: the thinking budget in tokens where a provider
+        takes one (Anthropic's C{budget_tokens}); C{0} turns reasoning off
+        (and L{reasoning} is then C{none}); L{None} leaves the budget to
+        L{reasoning}.
     @ivar llmTimeout: longest upstream silence allowed, in seconds.
     @ivar toolTimeout: longest tool call allowed, in seconds.
     @ivar maxToolCallsPerTurn: the most tool calls of one model turn that
@@ -93,6 +207,7 @@ class AgentSpec:
     @ivar maxConcurrentTools: the most tool and sub-agent calls of one run
         in flight at once.
     @ivar prompt: the system prompt (the body).
+    @ivar input: what callers send when running the agent as a tool.
     @ivar clientTools: whether the tools a client sends with its request are
         shown to the model and handed back when called (L{False}: ignored,
         for agents behind chat UIs that always send tools).
@@ -121,8 +236,11 @@ class AgentSpec:
     maxRetries: int = 3
     temperature: float | None = None
     topP: float | None = None
+    topK: int | None = None
+    repeatPenalty: float | None = None
     maxOutputTokens: int | None = None
     reasoning: str | None = None
+    reasoningTokens: int | None = None
     llmTimeout: float = 120.0
     toolTimeout: float = 60.0
     toolResponseMaxBytes: int = 12288
@@ -137,6 +255,15 @@ class AgentSpec:
     handoff: RouteTarget | None = None
     cache: float | None = None
     digest: str = ""
+    input: InputSpec = InputSpec()
+
+    def inputSchema(self) -> Mapping[str, Any]:
+        """
+        The JSON Schema of what a caller sends to run this agent as a tool
+        (a sub-agent, the MCP and A2A faces): its C{input} schema, or
+        C{{"prompt": string}}.
+        """
+        return self.input.callerSchema()
 
 
 RESERVED_TOOL_NAMES = frozenset({"final_report", "task_status", "batch", "tool_output"})
@@ -269,9 +396,12 @@ def _models(ctx: _Context, key: str, value: object) -> tuple[str, ...]:
 def _tools(ctx: _Context, key: str, value: object) -> tuple[str, ...]:
     tools = _names(ctx, key, value)
     for tool in tools:
-        if not _NAME.fullmatch(tool):
+        if not _NAME.fullmatch(tool.removeprefix("openapi:")):
             raise ctx.fail(
-                key, "entries must be MCP server names (letters, digits, '_', '-')", tool
+                key,
+                "entries must be MCP server or REST tool names (letters, digits, '_', '-'),"
+                " or openapi:<document>",
+                tool,
             )
     return tools
 
@@ -310,6 +440,49 @@ def _rangeNumber(low: float, high: float) -> Callable[[_Context, str, object], f
         return float(value)
 
     return parse
+
+
+#: Values of a sampling key that mean "send nothing", as the TypeScript
+#: ai-agent reads them.
+_UNSET = ("none", "off", "unset", "default", "null")
+
+
+def _unsetOr(
+    parse: Callable[[_Context, str, object], Any],
+) -> Callable[[_Context, str, object], Any]:
+    """
+    C{parse}, except that YAML C{null} and the words of L{_UNSET} give
+    L{None} (the key is then not sent).
+    """
+
+    def parseOrUnset(ctx: _Context, key: str, value: object) -> Any:
+        # YAML reads an unquoted off (or no) as false.
+        if value is None or value is False:
+            return None
+        if isinstance(value, str) and value.strip().lower() in _UNSET:
+            return None
+        return parse(ctx, key, value)
+
+    return parseOrUnset
+
+
+def _reasoningTokens(ctx: _Context, key: str, value: object) -> int:
+    """
+    A thinking budget: a whole number of tokens (a number or a string of
+    digits), or C{0}, C{disabled}, C{off} or C{none} for no reasoning.
+    """
+    if value is False:
+        # YAML reads an unquoted off (or no) as false.
+        return 0
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("disabled", "off", "none"):
+            return 0
+        if word.isdigit():
+            return int(word)
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ctx.fail(key, "must be a whole number of tokens, or 0, disabled, off or none", value)
 
 
 def _boolean(ctx: _Context, key: str, value: object) -> bool:
@@ -534,6 +707,80 @@ def _cache(ctx: _Context, key: str, value: object) -> float | None:
         ) from None
 
 
+def _schemaFile(ctx: _Context, key: str, value: object) -> object:
+    """
+    The contents of a schema file (JSON or YAML) named relative to the
+    agent file.
+    """
+    reference = _string(ctx, key, value)
+    path = os.path.normpath(os.path.join(ctx.directory, reference))
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or "not readable UTF-8 text"
+        raise ConfigurationError(f"{ctx.path}: {key!r} names {path}: {why}") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError:
+        raise ConfigurationError(
+            f"{ctx.path}: {key!r} names {path}, which is not JSON or YAML"
+        ) from None
+
+
+def _input(ctx: _Context, key: str, value: object) -> InputSpec:
+    """
+    C{input}: C{format} (C{text} or C{json}) and, for C{json}, C{schema}
+    (a mapping, or a string of JSON or YAML) or C{schemaRef} (a file).  The
+    schema must be a valid JSON Schema describing an object.
+    """
+    if not isinstance(value, dict):
+        raise ctx.fail(key, "must be a mapping with 'format' and 'schema' or 'schemaRef'", value)
+    for inner in value:
+        if inner not in ("format", "schema", "schemaRef"):
+            raise ConfigurationError(
+                f"{ctx.path}: unknown key {inner!r} in 'input' (allowed: format, schema,"
+                " schemaRef)" + didYouMean(str(inner), ("format", "schema", "schemaRef"))
+            )
+    if "schema" in value and "schemaRef" in value:
+        raise ConfigurationError(f"{ctx.path}: 'input' takes 'schema' or 'schemaRef', not both")
+    schema: Mapping[str, Any] | None = None
+    if "schema" in value:
+        schema = _schema(ctx, "input.schema", value["schema"])
+    elif "schemaRef" in value:
+        loaded = _schemaFile(ctx, "input.schemaRef", value["schemaRef"])
+        if not isinstance(loaded, dict):
+            raise ctx.fail("input.schemaRef", "must name a JSON Schema object", loaded)
+        schema = loaded
+    inputFormat = value.get("format", "json" if schema is not None else "text")
+    if not isinstance(inputFormat, str) or inputFormat.lower() not in INPUT_FORMATS:
+        raise ctx.fail("input.format", f"must be one of {', '.join(INPUT_FORMATS)}", inputFormat)
+    inputFormat = inputFormat.lower()
+    if inputFormat == "text":
+        if schema is not None:
+            raise ConfigurationError(
+                f"{ctx.path}: 'input.schema' needs 'input.format' json"
+                " (a text input is one 'prompt' string)"
+            )
+        return InputSpec()
+    if schema is None:
+        return InputSpec(format="json")
+    try:
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+    except SchemaError as error:
+        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+        raise ConfigurationError(
+            f"{ctx.path}: 'input.schema' is not a valid JSON Schema (at {where}: {error.message})"
+        ) from None
+    schemaType = schema.get("type", "object" if "properties" in schema else None)
+    if schemaType != "object":
+        raise ConfigurationError(
+            f"{ctx.path}: 'input.schema' must describe an object (type: object): callers send"
+            " a tool call's arguments, which are a JSON object"
+        )
+    return InputSpec(format="json", schema=schema)
+
+
 _KEYS: Mapping[str, Callable[[_Context, str, Any], object]] = {
     "description": _string,
     "usage": _string,
@@ -545,14 +792,18 @@ _KEYS: Mapping[str, Callable[[_Context, str, Any], object]] = {
     "maxRetries": _positiveInt,
     "temperature": _rangeNumber(0, 2),
     "topP": _rangeNumber(0, 1),
+    "topK": _unsetOr(_positiveInt),
+    "repeatPenalty": _unsetOr(_rangeNumber(0, 2)),
     "maxOutputTokens": _positiveInt,
     "reasoning": _reasoning,
+    "reasoningTokens": _reasoningTokens,
     "llmTimeout": _duration,
     "toolTimeout": _duration,
     "toolResponseMaxBytes": _positiveInt,
     "maxToolCallsPerTurn": _positiveInt,
     "maxConcurrentTools": _positiveInt,
     "output": _output,
+    "input": _input,
     "caching": _caching,
     "clientTools": _boolean,
     "toolOutput": _toolOutput,
@@ -640,6 +891,19 @@ def _plainYAML(problem: str) -> str:
     return problem
 
 
+def _reasoningProblems(values: dict[str, Any]) -> list[str]:
+    """
+    Reconcile C{reasoning} and C{reasoningTokens}: a budget of C{0} turns
+    reasoning off; a budget with C{reasoning: none} contradicts itself.
+    """
+    budget = values.get("reasoningTokens")
+    if budget == 0:
+        values["reasoning"] = "none"
+    elif budget is not None and values.get("reasoning") == "none":
+        return [f"'reasoningTokens' {budget} contradicts 'reasoning' none (remove one of them)"]
+    return []
+
+
 def parseAgent(text: str, path: str) -> AgentSpec:
     """
     Parse the text of an agent file.
@@ -683,6 +947,7 @@ def parseAgent(text: str, path: str) -> AgentSpec:
             problems.append(str(error).removeprefix(f"{path}: "))
     if "models" not in values and "models" not in invalid:
         problems.append("'models' is required (one 'provider/model' or a list of them)")
+    problems.extend(_reasoningProblems(values))
     if problems:
         raise ConfigurationError(f"{path}: " + "; ".join(problems))
     name = values.get("toolName") or _AI_SUFFIX.sub("", os.path.basename(path)) or "agent"
@@ -710,7 +975,10 @@ def loadAgent(path: str) -> AgentSpec:
 
 
 __all__ = [
+    "PROMPT_SCHEMA",
     "AgentSpec",
+    "InputSpec",
+    "InvalidInputError",
     "OutputSpec",
     "RouteTarget",
     "ToolOutputSpec",

@@ -278,7 +278,9 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
         )
         spec = runtime.registry.served[0].spec
         ended: list[str] = [""]
-        reasoning = ReasoningText()
+        # The user of direct mode is the operator: the details that tell
+        # what to fix (a variable to set, a server to start) are for them.
+        reasoning = ReasoningText(detailed=True)
 
         answered: list[str] = []
 
@@ -498,6 +500,7 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
             _removeMetricsDir(metricsDir)
             return EXIT_FAILED
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+        supervisor = None
         if inherited is not None:
             watchParent(reactor)
         elif options["workers"] > 1:
@@ -511,6 +514,9 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
                 reloader.onReload.append(supervisor.hangup)
         reactor.run()
         _removeMetricsDir(metricsDir)
+        if supervisor is not None and supervisor.uncleanStops:
+            # A worker's runs were cut: not a clean stop.
+            return EXIT_FAILED
         return code[0]
 
     running: list[Any] = []

@@ -56,17 +56,6 @@ class ProviderConfig:
     apiKey: str | None = attrs.field(default=None, repr=False)
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     missingVariables: tuple[str, ...] = ()
-    #: How long its tools' results are cached (seconds; L{None}: not).
-    cache: float | None = None
-    #: Per tool (its name on the server): how long its results are cached.
-    toolsCache: Mapping[str, float | None] = attrs.field(factory=dict)
-
-    def cacheTTL(self, tool: str) -> float | None:
-        """
-        How long the results of C{tool} (its name on the server) are cached.
-        """
-        return self.toolsCache[tool] if tool in self.toolsCache else self.cache
-
     local: Mapping[str, Any] = attrs.field(factory=dict)
 
 
@@ -96,6 +85,98 @@ class McpServerConfig:
         return self.toolsCache[tool] if tool in self.toolsCache else self.cache
 
 
+#: The most bytes of a REST answer read, unless a tool sets its own.
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+#: The HTTP methods an OpenAPI document's operations are imported for.
+OPENAPI_METHODS = ("get", "post", "put", "patch", "delete")
+
+
+@attrs.frozen
+class RestStreaming:
+    """
+    How a REST tool reads a JSON-lines answer (C{streaming.mode}
+    C{json-stream}): each line, after C{linePrefix}, is a JSON object whose
+    C{discriminatorField} says what it is: C{tokenValue} lines add their
+    C{tokenField} to the answer, the C{doneValue} line ends it (its
+    C{answerField}, when a string, is the whole answer).
+    """
+
+    linePrefix: str = ""
+    discriminatorField: str = "type"
+    doneValue: str = "done"
+    answerField: str = "answer"
+    tokenValue: str = "token"
+    tokenField: str = "content"
+
+
+@attrs.frozen
+class RestToolConfig:
+    """
+    One REST tool (C{restTools.<name>}, or an operation of an OpenAPI
+    document): an HTTP request templated from the model's arguments.
+
+    @ivar url: the URL template; C{${parameters.<name>}} placeholders are
+        percent-encoded as one URL component.
+    @ivar headers: header templates (their values may be secrets).
+    @ivar parametersSchema: the JSON Schema the arguments are validated
+        against before any request.
+    @ivar bodyTemplate: the JSON body template, when C{hasBody}.
+    @ivar queryParams: arguments sent as query parameters when given.
+    @ivar complexQuery: whether object and array query parameters are
+        written with brackets (C{f[0][k]=v}) rather than repeated (C{f=v}).
+    @ivar timeout: seconds a call may take (the agent's C{toolTimeout}
+        bounds it too), or L{None}.
+    @ivar maxResponseBytes: the most bytes of an answer read; the rest is
+        left unread and the result says it was cut.
+    @ivar source: where it was configured (a file, or C{openapiSpecs.<name>}).
+    """
+
+    name: str
+    description: str
+    method: str
+    url: str = attrs.field(repr=False)
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    parametersSchema: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    hasBody: bool = False
+    bodyTemplate: Any = attrs.field(default=None, repr=False)
+    queryParams: tuple[str, ...] = ()
+    complexQuery: bool = False
+    streaming: RestStreaming | None = None
+    timeout: float | None = None
+    maxResponseBytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    missingVariables: tuple[str, ...] = ()
+    source: str = ""
+    #: How long its results are cached (seconds; L{None}: not).
+    cache: float | None = None
+
+
+@attrs.frozen
+class OpenApiSpecConfig:
+    """
+    An OpenAPI document (C{openapiSpecs.<name>}) whose operations become
+    REST tools named C{<name>_<operationId>}, chosen in an agent file as
+    C{openapi:<name>}.
+
+    @ivar spec: the document's absolute path (JSON or YAML).
+    @ivar baseUrl: overrides the document's first C{servers} URL.
+    @ivar headers: sent with every call (their values may be secrets).
+    @ivar includeMethods: the HTTP methods imported (lower case).
+    @ivar tagFilter: when not empty, only operations with one of these tags.
+    """
+
+    name: str
+    spec: str
+    baseUrl: str | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    includeMethods: tuple[str, ...] = OPENAPI_METHODS
+    tagFilter: tuple[str, ...] = ()
+    timeout: float | None = None
+    maxResponseBytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    missingVariables: tuple[str, ...] = ()
+    source: str = ""
+
+
 @attrs.frozen
 class Pricing:
     """
@@ -117,6 +198,12 @@ class Config:
     @ivar sources: the configuration files that were read, nearest first.
     @ivar extra: top-level sections this module does not interpret, merged
         and expanded like the rest.
+    @ivar restTools: REST tools by name (C{restTools}).
+    @ivar openapiSpecs: OpenAPI documents whose operations become REST
+        tools (C{openapiSpecs}), by name.
+    @ivar restSecrets: the values of the C{${VAR}} variables the REST
+        sections use (they may sit in a URL's query), kept out of results,
+        errors and answers.
     """
 
     providers: Mapping[str, ProviderConfig]
@@ -126,6 +213,9 @@ class Config:
     extra: Mapping[str, Any] = attrs.field(factory=dict)
     keys: Mapping[str, ClientKey] = attrs.field(factory=dict)
     sealingKeys: tuple[str, ...] = attrs.field(default=(), repr=False)
+    restTools: Mapping[str, RestToolConfig] = attrs.field(factory=dict)
+    openapiSpecs: Mapping[str, OpenApiSpecConfig] = attrs.field(factory=dict)
+    restSecrets: tuple[str, ...] = attrs.field(default=(), repr=False)
 
 
 @attrs.frozen
@@ -186,7 +276,15 @@ _MCP_KEYS = ("args", "cache", "command", "env", "headers", "toolsCache", "type",
 _PRICING_KEYS = ("completion", "prompt")
 #: What a named client key's entry takes (a later issue adds its limits).
 _CLIENT_KEY_KEYS = ("agents", "key", "keyHash")
-_SECTIONS = ("providers", "mcpServers", "pricing", "keys", "sealingKeys")
+_SECTIONS = (
+    "providers",
+    "mcpServers",
+    "pricing",
+    "keys",
+    "sealingKeys",
+    "restTools",
+    "openapiSpecs",
+)
 
 #: A named key's name: what the run store and logs know the tenant by.
 _CLIENT_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -548,6 +646,8 @@ def _checkLayer(path: str, data: object) -> dict[str, Any]:
         "pricing": _checkPricing,
         "keys": _checkClientKeys,
         "sealingKeys": _checkSealingKeys,
+        "restTools": _checkRestTools,
+        "openapiSpecs": _checkOpenApiSpecs,
     }
     for section, check in checks.items():
         if section in data:
@@ -888,6 +988,7 @@ def loadConfig(
     """
     layers: list[_Layer] = []
     envs: list[dict[str, str]] = []
+    restSecrets: dict[str, None] = {}
     for path, envPath, required in _candidates(configFile, cwd, agentDirs, home):
         envText = _read(envPath)
         env = parseEnvFile(envText, envPath) if envText is not None else {}
@@ -899,6 +1000,7 @@ def loadConfig(
             continue
         data = _checkLayer(path, _parseJson(text, path))
         layers.append(_Layer(path, _expandTree(data, (env, environ))))
+        restSecrets.update(dict.fromkeys(_restVariables(data, (env, environ))))
 
     merged: dict[str, Any] = {
         "providers": _expandTree(dict(BUILTIN_PROVIDERS), (*envs, environ)),
@@ -919,6 +1021,7 @@ def loadConfig(
         for model, entry in merged.get("pricing", {}).items()
     }
     extra = {key: _asWritten(value) for key, value in merged.items() if key not in _SECTIONS}
+    restTools, openapiSpecs = _restSections(merged, layers, mcpServers)
     return Config(
         providers=providers,
         mcpServers=mcpServers,
@@ -927,10 +1030,322 @@ def loadConfig(
         extra=extra,
         keys=_clientKeys(layers, merged.get("keys")),
         sealingKeys=_sealingKeys(merged.get("sealingKeys")),
+        restTools=restTools,
+        openapiSpecs=openapiSpecs,
+        restSecrets=tuple(restSecrets),
     )
 
 
-def describeMissing(entry: ProviderConfig | McpServerConfig) -> str | None:
+# --- REST tools and OpenAPI documents -------------------------------------------
+
+REST_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+_REST_KEYS = (
+    "bodyTemplate",
+    "cache",
+    "description",
+    "hasComplexQueryParams",
+    "headers",
+    "maxResponseBytes",
+    "method",
+    "parametersSchema",
+    "queryParamNames",
+    "queue",
+    "streaming",
+    "timeoutMs",
+    "url",
+)
+_STREAMING_KEYS = (
+    "answerField",
+    "discriminatorField",
+    "doneValue",
+    "linePrefix",
+    "mode",
+    "timeoutMs",
+    "tokenField",
+    "tokenValue",
+)
+_OPENAPI_KEYS = (
+    "baseUrl",
+    "headers",
+    "includeMethods",
+    "maxResponseBytes",
+    "queue",
+    "spec",
+    "tagFilter",
+    "timeoutMs",
+)
+#: Keys of the TypeScript ai-agent's REST tools that are accepted and
+#: ignored here, with why.
+_IGNORED_REST_KEYS = {
+    "queue": "calls are bounded by the agent's maxConcurrentTools",
+}
+#: The placeholder of a model's argument in a REST template.
+REST_PARAMETER = re.compile(r"\$\{parameters\.([^}]+)\}")
+#: Header names whose values are not secrets (every other configured REST
+#: header value is kept out of results, errors and answers).
+_PLAIN_HEADERS = frozenset({"accept", "accept-language", "content-type", "user-agent"})
+
+
+def _checkRestTools(path: str, section: object) -> None:
+    for name, entry in _checkObject(path, "restTools", section).items():
+        keyPath = _keyPath("restTools", name)
+        if not _MCP_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"{path}: REST tool name {name!r} must be letters, digits, '_' or '-'"
+            )
+        entry = _checkObject(path, keyPath, entry)
+        _checkKeys(path, keyPath, entry, _REST_KEYS)
+        for key in ("description", "method", "url"):
+            _checkOptionalString(path, _keyPath(keyPath, key), entry.get(key))
+        _checkStringMap(path, _keyPath(keyPath, "headers"), entry.get("headers"))
+        if "parametersSchema" in entry:
+            _checkObject(path, _keyPath(keyPath, "parametersSchema"), entry["parametersSchema"])
+        names = entry.get("queryParamNames")
+        if names is not None and (
+            not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+        ):
+            raise _wrongType(
+                path, _keyPath(keyPath, "queryParamNames"), "an array of strings", names
+            )
+        flag = entry.get("hasComplexQueryParams")
+        if flag is not None and not isinstance(flag, bool):
+            raise _wrongType(path, _keyPath(keyPath, "hasComplexQueryParams"), "a boolean", flag)
+        streaming = entry.get("streaming")
+        if streaming is not None:
+            streaming = _checkObject(path, _keyPath(keyPath, "streaming"), streaming)
+            _checkKeys(path, _keyPath(keyPath, "streaming"), streaming, _STREAMING_KEYS)
+        _checkLimits(path, keyPath, entry)
+
+
+def _checkOpenApiSpecs(path: str, section: object) -> None:
+    for name, entry in _checkObject(path, "openapiSpecs", section).items():
+        keyPath = _keyPath("openapiSpecs", name)
+        if not _MCP_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"{path}: OpenAPI document name {name!r} must be letters, digits, '_' or '-'"
+            )
+        entry = _checkObject(path, keyPath, entry)
+        _checkKeys(path, keyPath, entry, _OPENAPI_KEYS)
+        for key in ("spec", "baseUrl"):
+            _checkOptionalString(path, _keyPath(keyPath, key), entry.get(key))
+        _checkStringMap(path, _keyPath(keyPath, "headers"), entry.get("headers"))
+        for key in ("includeMethods", "tagFilter"):
+            value = entry.get(key)
+            if value is not None and (
+                not isinstance(value, list) or not all(isinstance(v, str) for v in value)
+            ):
+                raise _wrongType(path, _keyPath(keyPath, key), "an array of strings", value)
+        _checkLimits(path, keyPath, entry)
+
+
+def _checkLimits(path: str, keyPath: str, entry: Mapping[str, Any]) -> None:
+    for key in ("timeoutMs", "maxResponseBytes"):
+        value = entry.get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise _wrongType(path, _keyPath(keyPath, key), "a positive integer", value)
+
+
+def _restVariables(data: Any, lookups: Sequence[Mapping[str, str]]) -> list[str]:
+    """
+    The values of the C{${VAR}} variables used in one file's C{restTools}
+    and C{openapiSpecs} (secrets wherever they end up, a URL's query
+    included).
+    """
+    found: list[str] = []
+
+    def visit(node: object) -> None:
+        if isinstance(node, str):
+            for match in _PLACEHOLDER.finditer(node):
+                for lookup in lookups:
+                    value = lookup.get(match.group(1))
+                    if value:
+                        found.append(value)
+                        break
+        elif isinstance(node, dict):
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    if isinstance(data, dict):
+        visit(data.get("restTools"))
+        visit(data.get("openapiSpecs"))
+    return found
+
+
+def headerSecrets(headers: Mapping[str, str]) -> list[str]:
+    """
+    The secrets of configured REST headers: each value (but those of
+    L{_PLAIN_HEADERS} and templates of the model's arguments) and, for a
+    value such as C{Bearer <token>}, the credential after the scheme.
+    """
+    secrets: list[str] = []
+    for name, value in headers.items():
+        if name.lower() in _PLAIN_HEADERS or not value or REST_PARAMETER.search(value):
+            # A templated value is filled from the model's arguments at
+            # call time; the variables in it are secrets already.
+            continue
+        secrets.append(value)
+        scheme, _, credential = value.strip().partition(" ")
+        if credential.strip():
+            secrets.append(credential.strip())
+    return secrets
+
+
+def checkRestUrl(url: str, where: str) -> None:
+    """
+    Refuse a REST URL template that is not C{http://} or C{https://}, that
+    holds userinfo, or that lets an argument choose the scheme or the host.
+
+    @param where: names the configuration entry in the message.
+    """
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"{where}.url must be an http:// or https:// URL")
+    rest = url.partition("://")[2]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if REST_PARAMETER.search(authority) or "${" in authority:
+        raise ConfigurationError(
+            f"{where}.url takes ${{parameters.*}} in its path and query only, never in its host"
+        )
+    if "@" in authority:
+        raise ConfigurationError(
+            f"{where}.url holds a user name or password before '@';"
+            " put the credentials in headers instead"
+        )
+
+
+def _seconds(entry: Mapping[str, Any]) -> float | None:
+    value = entry.get("timeoutMs")
+    return value / 1000 if isinstance(value, int) else None
+
+
+def _restTool(name: str, entry: Mapping[str, Any], source: str) -> RestToolConfig:
+    keyPath = _keyPath("restTools", name)
+    where = f"{source}: {keyPath}"
+    for key in ("description", "method", "url"):
+        if entry.get(key) is None:
+            raise ConfigurationError(f"{where}.{key} is required")
+    method = (_text(entry["method"]) or "").upper()
+    if method not in REST_METHODS:
+        raise ConfigurationError(f"{where}.method must be one of {', '.join(REST_METHODS)}")
+    missing = _missingIn(entry)
+    url = _text(entry["url"]) or ""
+    if not isinstance(entry["url"], _Unresolved):
+        checkRestUrl(url, where)
+    for key, why in _IGNORED_REST_KEYS.items():
+        if key in entry:
+            log.info("{where}.{key} is ignored here: {why}", where=where, key=key, why=why)
+    try:
+        cache = parseCacheTTL(entry.get("cache"))
+    except ValueError:
+        raise ConfigurationError(
+            f"{where}.cache must be off, milliseconds, or a duration like '30s', '1h', '7d'"
+        ) from None
+    streamingEntry = entry.get("streaming")
+    streaming = None
+    if isinstance(streamingEntry, dict):
+        if _text(streamingEntry.get("mode")) != "json-stream":
+            raise ConfigurationError(f"{where}.streaming.mode must be json-stream")
+        fields = {
+            key: _text(streamingEntry[key]) or ""
+            for key in attrs.fields_dict(RestStreaming)
+            if key in streamingEntry
+        }
+        streaming = RestStreaming(**fields)
+    schema = _asWritten(entry.get("parametersSchema", {"type": "object", "properties": {}}))
+    complexQuery = entry.get("hasComplexQueryParams") is True
+    queryParams = tuple(entry.get("queryParamNames") or ()) if complexQuery else ()
+    timeout = _seconds(entry)
+    if isinstance(streamingEntry, dict) and isinstance(streamingEntry.get("timeoutMs"), int):
+        timeout = streamingEntry["timeoutMs"] / 1000
+    return RestToolConfig(
+        name=name,
+        description=_text(entry["description"]) or "",
+        method=method,
+        url=url,
+        headers=_stringMap(entry.get("headers")),
+        parametersSchema=schema,
+        hasBody="bodyTemplate" in entry,
+        bodyTemplate=_asWritten(entry.get("bodyTemplate")),
+        queryParams=queryParams,
+        complexQuery=complexQuery,
+        streaming=streaming,
+        timeout=timeout,
+        maxResponseBytes=entry.get("maxResponseBytes") or DEFAULT_MAX_RESPONSE_BYTES,
+        missingVariables=missing,
+        source=source,
+        cache=cache,
+    )
+
+
+def _openApiSpec(name: str, entry: Mapping[str, Any], source: str) -> OpenApiSpecConfig:
+    where = f"{source}: {_keyPath('openapiSpecs', name)}"
+    spec = _text(entry.get("spec"))
+    if not spec:
+        raise ConfigurationError(f"{where}.spec is required (the document's file)")
+    if spec.startswith(("http://", "https://")):
+        raise ConfigurationError(
+            f"{where}.spec must be a local file: documents are not fetched from the network"
+            " (save it next to the configuration)"
+        )
+    base = os.path.dirname(source) if os.path.isabs(source) else os.getcwd()
+    baseUrl = _text(entry.get("baseUrl"))
+    if baseUrl is not None and not isinstance(entry.get("baseUrl"), _Unresolved):
+        checkRestUrl(baseUrl, where)
+    methods = tuple(m.lower() for m in entry.get("includeMethods") or ())
+    for method in methods:
+        if method.upper() not in REST_METHODS:
+            raise ConfigurationError(
+                f"{where}.includeMethods entries must be among"
+                f" {', '.join(m.lower() for m in REST_METHODS)}"
+            )
+    for key, why in _IGNORED_REST_KEYS.items():
+        if key in entry:
+            log.info("{where}.{key} is ignored here: {why}", where=where, key=key, why=why)
+    return OpenApiSpecConfig(
+        name=name,
+        spec=os.path.normpath(os.path.join(base, spec)),
+        baseUrl=baseUrl.rstrip("/") if baseUrl else None,
+        headers=_stringMap(entry.get("headers")),
+        includeMethods=methods or OPENAPI_METHODS,
+        tagFilter=tuple(entry.get("tagFilter") or ()),
+        timeout=_seconds(entry),
+        maxResponseBytes=entry.get("maxResponseBytes") or DEFAULT_MAX_RESPONSE_BYTES,
+        missingVariables=_missingIn(entry),
+        source=source,
+    )
+
+
+def _restSections(
+    merged: Mapping[str, Any], layers: Sequence[_Layer], mcpServers: Mapping[str, Any]
+) -> tuple[dict[str, RestToolConfig], dict[str, OpenApiSpecConfig]]:
+    """
+    The merged C{restTools} and C{openapiSpecs}; a REST tool may not share
+    its name with an MCP server (an agent's C{tools} entry names either).
+    """
+    restTools = {
+        name: _restTool(name, entry, _nearestSource(layers, "restTools", name))
+        for name, entry in merged.get("restTools", {}).items()
+    }
+    for name, tool in restTools.items():
+        if name in mcpServers:
+            raise ConfigurationError(
+                f"{tool.source}: restTools.{name} has the name of an MCP server;"
+                " an agent's 'tools' entry could mean either, rename one"
+            )
+    openapiSpecs = {
+        name: _openApiSpec(name, entry, _nearestSource(layers, "openapiSpecs", name))
+        for name, entry in merged.get("openapiSpecs", {}).items()
+    }
+    return restTools, openapiSpecs
+
+
+def describeMissing(
+    entry: ProviderConfig | McpServerConfig | RestToolConfig | OpenApiSpecConfig,
+) -> str | None:
     """
     Explain why a provider or MCP server cannot be used because variables it
     needs are not set, or L{None} if it has none missing.  The text names
@@ -939,7 +1354,13 @@ def describeMissing(entry: ProviderConfig | McpServerConfig) -> str | None:
     names = entry.missingVariables
     if not names:
         return None
-    kind = "provider" if isinstance(entry, ProviderConfig) else "MCP server"
+    kinds = {
+        ProviderConfig: "provider",
+        McpServerConfig: "MCP server",
+        RestToolConfig: "REST tool",
+        OpenApiSpecConfig: "OpenAPI document",
+    }
+    kind = kinds[type(entry)]
     if len(names) == 1:
         needs = f"the environment variable {names[0]}, which is not set"
     else:
@@ -951,10 +1372,17 @@ def describeMissing(entry: ProviderConfig | McpServerConfig) -> str | None:
 __all__ = [
     "BUILTIN_PROVIDERS",
     "ClientKey",
+    "REST_METHODS",
+    "REST_PARAMETER",
     "Config",
     "McpServerConfig",
+    "OpenApiSpecConfig",
     "Pricing",
     "ProviderConfig",
+    "RestStreaming",
+    "RestToolConfig",
+    "checkRestUrl",
+    "headerSecrets",
     "describeMissing",
     "loadConfig",
     "parseEnvFile",

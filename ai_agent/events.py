@@ -71,11 +71,20 @@ class Retrying:
     An LLM call failed and the turn is tried again (the same or the next
     model), or a model was passed over without a call (C{skipped}: its
     provider is not configured).
+
+    @ivar reason: why, in words a client may read (C{not configured},
+        C{unreachable}, C{refused: 401}; see
+        L{ai_agent.advice.clientReason}): no environment variable, host,
+        port, path or address.
+    @ivar detail: the whole error for the operator (naming the variable to
+        set or the address that refused), shown by direct mode on its
+        terminal; the server's log has it too, and no headend sends it.
     """
 
     model: str
     reason: str
     skipped: bool = False
+    detail: str = ""
 
 
 @attrs.frozen
@@ -252,18 +261,23 @@ Event = ContentDelta | ReasoningDelta | Progress | ClientToolCall | Usage | Mode
 EventSink = Callable[[Event], None]
 
 
-def progressText(event: Progress) -> str:
+def progressText(event: Progress, detailed: bool = False) -> str:
     """
     One line (with its newline) telling a person what C{event} was.
+
+    @param detailed: tell the operator (direct mode's terminal): a
+        L{Retrying} shows its C{detail} rather than its client-safe
+        C{reason}.
     """
     if isinstance(event, ToolStarted):
         return f"calling {event.name} {_compact(event.arguments)}\n"
     if isinstance(event, ToolFinished):
         return f"{event.name} → {_summary(event.result)}\n"
     if isinstance(event, Retrying):
+        reason = event.detail if detailed and event.detail else event.reason
         if event.skipped:
-            return f"skipping {event.model}: {event.reason}\n"
-        return f"{event.model} failed ({event.reason}); retrying\n"
+            return f"skipping {event.model}: {reason}\n"
+        return f"{event.model} failed ({reason}); retrying\n"
     if isinstance(event, AdvisorProgress):
         if event.error is not None:
             return f"advisor {event.agent} failed: {_summary(event.error)}\n"
@@ -280,7 +294,7 @@ def progressText(event: Progress) -> str:
             f"extracting from the output of {event.tool} (chunk {event.chunk} of {event.chunks})\n"
         )
     inner = event.event
-    text = inner.text if isinstance(inner, ReasoningDelta) else progressText(inner)
+    text = inner.text if isinstance(inner, ReasoningDelta) else progressText(inner, detailed)
     return f"[{event.agent}] {text}"
 
 
@@ -289,8 +303,11 @@ class ReasoningText:
     """
     Reasoning and progress as one text: progress lines always start on a
     line of their own, even after reasoning that did not end with one.
+
+    @ivar detailed: for the operator (direct mode), as L{progressText}'s.
     """
 
+    detailed: bool = False
     _atLineStart: bool = True
 
     def reasoning(self, text: str) -> str:
@@ -305,7 +322,7 @@ class ReasoningText:
         """
         The text to send for C{event}.
         """
-        line = progressText(event)
+        line = progressText(event, self.detailed)
         if not self._atLineStart:
             line = "\n" + line
         self._atLineStart = True

@@ -62,6 +62,7 @@ class Flow:
     stallTimeout: float = CLIENT_STALL_TIMEOUT
     onStall: Callable[[], None] = lambda: None
     paused: bool = attrs.field(default=False, init=False)
+    closed: bool = attrs.field(default=False, init=False)
     # A list: a run has one upstream call at a time (a few with sub-agents),
     # and an empty set is four times the size of an empty list.
     _calls: list[Pausable] = attrs.field(factory=list, init=False)
@@ -88,7 +89,9 @@ class Flow:
         """
         The client stopped reading.
         """
-        if self.paused:
+        if self.paused or self.closed:
+            # Closed: the run ended, and the stream's last frames filling
+            # the socket's buffer must not arm a stall timer nobody stops.
             return
         self.paused = True
         for call in list(self._calls):
@@ -108,8 +111,10 @@ class Flow:
 
     def close(self) -> None:
         """
-        The run ended: forget the calls, stop the timer.
+        The run ended: forget the calls, stop the timer; a later pause is
+        not timed.
         """
+        self.closed = True
         self._cancelTimer()
         self._calls.clear()
 

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import attrs
 
+from ai_agent.config import headerSecrets
 from ai_agent.errors import AgentError
 from ai_agent.events import (
     PROGRESS_TYPES,
@@ -29,6 +30,7 @@ from ai_agent.events import (
     Progress,
     ReasoningDelta,
     Retrying,
+    SubAgentProgress,
     ToolFinished,
     ToolStarted,
 )
@@ -100,8 +102,9 @@ class Redactor:
     @classmethod
     def fromConfig(cls, config: Any) -> Redactor:
         """
-        The provider keys and header values, and the MCP servers' header
-        values, of a L{ai_agent.config.Config} (or nothing for L{None}).
+        The provider keys and header values, the MCP servers' header
+        values, and the REST tools' secrets (see L{ai_agent.config.Config.restSecrets})
+        of a L{ai_agent.config.Config} (or nothing for L{None}).
         """
         if config is None:
             return cls()
@@ -111,6 +114,14 @@ class Redactor:
             values.extend(provider.headers.values())
         for server in getattr(config, "mcpServers", {}).values():
             values.extend(getattr(server, "headers", {}).values())
+        # REST tools: their header values (a bearer token alone too) and
+        # the variables their sections use (a key may sit in a URL).
+        values.extend(getattr(config, "restSecrets", ()))
+        for entry in (
+            *getattr(config, "restTools", {}).values(),
+            *getattr(config, "openapiSpecs", {}).values(),
+        ):
+            values.extend(headerSecrets(entry.headers))
         return cls.of(values)
 
     def scrub(self, text: str) -> str:
@@ -127,6 +138,22 @@ class Redactor:
         A redactor for one stream of text pieces.
         """
         return StreamRedactor(self)
+
+
+@attrs.define
+class SecretScrub:
+    """
+    The configured secrets' L{Redactor}, swapped in place when the
+    configuration is reloaded, for the text that is logged or traced
+    rather than answered: spans' messages and tool text
+    (L{ai_agent.observe.Observer.redactWith}), MCP servers' log lines.
+    Called with a text, it returns it scrubbed.
+    """
+
+    redactor: Redactor = attrs.field(factory=Redactor)
+
+    def __call__(self, text: str) -> str:
+        return self.redactor.scrub(text)
 
 
 @attrs.define
@@ -210,6 +237,8 @@ class RedactingSink:
 
     def __call__(self, event: Event) -> None:
         if not self.redactor.secrets:
+            if isinstance(event, (Retrying, SubAgentProgress)):
+                event = _withoutDetail(event)
             self.sink(event)
         elif isinstance(event, ContentDelta):
             # A change of channel lets out what the other one held, so the
@@ -252,7 +281,10 @@ class RedactingSink:
                 callId=scrub(event.callId),
             )
         if isinstance(event, Retrying):
-            return attrs.evolve(event, model=scrub(event.model), reason=scrub(event.reason))
+            # The operator's detail never leaves the server.
+            return attrs.evolve(
+                event, model=scrub(event.model), reason=scrub(event.reason), detail=""
+            )
         if isinstance(event, AdvisorProgress):
             error = None if event.error is None else scrub(event.error)
             return attrs.evolve(event, agent=scrub(event.agent), error=error)
@@ -288,6 +320,19 @@ class RedactingSink:
             self.sink(ContentDelta(content))
 
 
+def _withoutDetail(event: Progress) -> Progress:
+    """
+    C{event} without a L{Retrying}'s operator detail (in a sub-agent's
+    progress too), which never leaves the server.
+    """
+    if isinstance(event, Retrying):
+        return attrs.evolve(event, detail="") if event.detail else event
+    if isinstance(event, SubAgentProgress) and not isinstance(event.event, ReasoningDelta):
+        inner = _withoutDetail(event.event)
+        return event if inner is event.event else attrs.evolve(event, event=inner)
+    return event
+
+
 __all__ = [
     "MAX_ECHO",
     "MAX_ERROR_MESSAGE",
@@ -298,5 +343,6 @@ __all__ = [
     "REDACTED",
     "RedactingSink",
     "Redactor",
+    "SecretScrub",
     "StreamRedactor",
 ]

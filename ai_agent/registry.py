@@ -14,6 +14,7 @@ import attrs
 from ai_agent.agentfile import AgentSpec, RouteTarget, loadAgent
 from ai_agent.config import Config
 from ai_agent.errors import ConfigurationError
+from ai_agent.providers.sampling import SAMPLING_KEYS, samplingProblem
 from ai_agent.session import splitModel
 
 
@@ -114,6 +115,7 @@ def loadRegistry(
         if known is None:
             known = load(path)
             _checkProviders(known, config.providers)
+            _checkSampling(known, config)
             registry.byPath[path] = known
         for child in known.agents:
             spec = visit(child, (*stack, path))
@@ -175,6 +177,22 @@ def _checkProviders(spec: AgentSpec, providers: Mapping[str, object]) -> None:
                 f"{spec.path}: model {model!r} names provider {name!r},"
                 f" which is not configured (known providers: {known})"
             )
+
+
+def _checkSampling(spec: AgentSpec, config: Config) -> None:
+    """
+    Refuse a sampling key (C{topK}, C{repeatPenalty}, C{reasoningTokens})
+    that a provider of the agent's models cannot send.
+    """
+    for key in SAMPLING_KEYS:
+        value = getattr(spec, key)
+        if value is None:
+            continue
+        for model in spec.models:
+            provider = config.providers[splitModel(model)[0]]
+            problem = samplingProblem(key, value, model, provider)
+            if problem is not None:
+                raise ConfigurationError(f"{spec.path}: {problem}")
 
 
 __all__ = ["AgentRegistry", "ServedAgent", "agentFiles", "loadRegistry", "routeTargets"]

@@ -24,15 +24,18 @@ from twisted.logger import Logger
 
 from ai_agent.config import loadConfig
 from ai_agent.errors import ConfigurationError
+from ai_agent.redaction import Redactor
 from ai_agent.registry import agentFiles, loadRegistry
 from ai_agent.runtime import (
     ProviderSet,
     Runtime,
     checkToolServers,
+    usedOpenApiDocuments,
     usedToolServers,
     warnMissingKeys,
 )
 from ai_agent.tools import McpManager
+from ai_agent.tools.rest import RestCatalog
 
 log = Logger()
 
@@ -84,6 +87,9 @@ class Reloader:
             )
             registry = loadRegistry(paths, config)
             checkToolServers(registry, config)
+            rest = RestCatalog.build(
+                config, runtime.http, self.reactor, usedOpenApiDocuments(registry)
+            )
         except ConfigurationError as error:
             log.error(
                 "reload failed, still serving {models}: {error}",
@@ -106,14 +112,15 @@ class Reloader:
                 self.reactor,
                 runtime.http,
                 environ,
-                used=usedToolServers(registry),
+                used=usedToolServers(registry, config),
+                scrub=runtime.scrub,
             )
             if self.parent is not None:
                 mcp.setServiceParent(self.parent)
             retired.append(runtime.mcp)
         # Everything else (the sub-agent limiter, the turn store, the retry
         # policy) carries over unchanged.
-        tools = attrs.evolve(runtime.tools, agents=registry.byPath, mcp=mcp, runner=None)
+        tools = attrs.evolve(runtime.tools, agents=registry.byPath, mcp=mcp, runner=None, rest=rest)
         runner = attrs.evolve(
             runtime.runner,
             providers=providers,
@@ -124,6 +131,8 @@ class Reloader:
         tools.runner = runner
         runtime.config, runtime.registry, runtime.providers = config, registry, providers
         runtime.sealer.reconfigure(config.sealingKeys)
+        # Spans and MCP log lines (old servers and new) scrub the new secrets.
+        runtime.scrub.redactor = Redactor.fromConfig(config)
         runtime.runner, runtime.mcp, runtime.tools = runner, mcp, tools
         for headend in self.headends:
             headend.registry = registry

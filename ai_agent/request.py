@@ -89,12 +89,20 @@ class ClientTool:
     A function tool the client brought: shown to the model beside the
     agent's own, and handed back to the client when called.
 
+    @ivar spec: the tool as the model sees it.
     @ivar param: where its name is in the client's request
         (C{tools[2].function.name}), for errors about it.
+    @ivar namespace: the client's group of tools it belongs to (a Responses
+        API C{namespace} tool), or L{None}.  A member of a namespace is
+        shown to the model under a name joining both (C{spec.name}) and
+        handed back under C{clientName} with its C{namespace}.
+    @ivar clientName: the tool's own name in its namespace.
     """
 
     spec: ToolSpec
     param: str
+    namespace: str | None = None
+    clientName: str | None = None
 
 
 @attrs.frozen

@@ -29,11 +29,13 @@ from ai_agent.limits import SubAgentLimiter
 from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.providers import CONNECT_TIMEOUT, Provider, makeProvider
 from ai_agent.providers._wire import WireAgent
+from ai_agent.redaction import Redactor, SecretScrub
 from ai_agent.registry import AgentRegistry, agentFiles, loadRegistry
 from ai_agent.sealing import Sealer
 from ai_agent.session import SessionRunner, splitModel
 from ai_agent.store import MemoryStore, RunStore, StoreTurnStore
 from ai_agent.tools import McpManager, ToolBoxFactory
+from ai_agent.tools.rest import OPENAPI_PREFIX, RestCatalog
 
 log = Logger()
 
@@ -109,6 +111,9 @@ class Runtime:
     #: configuration's C{sealingKeys} (L{ai_agent.sealing}); a reload
     #: changes its keys in place.
     sealer: Sealer = attrs.field(factory=lambda: Sealer.fromSecrets(()))
+    #: Scrubs the configured secrets from what is traced and logged (not
+    #: answered); its redactor is replaced on reload.
+    scrub: SecretScrub = attrs.field(factory=SecretScrub)
 
     def close(self) -> Deferred[None]:
         """
@@ -160,8 +165,19 @@ def buildRuntime(
     pool = WireAgent(reactor, endpoints, maxIdlePerHost=max(connections, 2), idleTimeout=120)
     http = UpstreamHTTPClient(pool)
     providers = ProviderSet(config, http, reactor)
-    mcp = McpManager(config.mcpServers, reactor, http, environ, used=usedToolServers(registry))
-    tools = ToolBoxFactory(registry.byPath, mcp, subAgentLimiter=SubAgentLimiter(reactor))
+    scrub = SecretScrub(Redactor.fromConfig(config))
+    mcp = McpManager(
+        config.mcpServers,
+        reactor,
+        http,
+        environ,
+        used=usedToolServers(registry, config),
+        scrub=scrub,
+    )
+    rest = RestCatalog.build(config, http, reactor, usedOpenApiDocuments(registry))
+    tools = ToolBoxFactory(
+        registry.byPath, mcp, subAgentLimiter=SubAgentLimiter(reactor), rest=rest
+    )
     # Hidden turns of hybrid runs go to the run store when there is one (so
     # they outlive a restart and are shared by instances), else to memory.
     turns: TurnStore = MemoryTurnStore(reactor) if store is None else StoreTurnStore(store)
@@ -179,6 +195,8 @@ def buildRuntime(
         cache=ResponseCache(MemoryStore(reactor) if store is None else store),
     )
     tools.runner = runner
+    # Spans carrying messages and tool text scrub the secrets responses do.
+    observer.redactWith(scrub)
     return Runtime(
         config,
         registry,
@@ -190,14 +208,38 @@ def buildRuntime(
         tools,
         store,
         Sealer.fromSecrets(config.sealingKeys),
+        scrub,
     )
 
 
-def usedToolServers(registry: AgentRegistry) -> list[str]:
+def usedToolServers(registry: AgentRegistry, config: Config | None = None) -> list[str]:
     """
-    The MCP servers the loaded agents use, sorted.
+    The MCP servers the loaded agents use, sorted (without their REST tool
+    entries, when C{config} is given).
     """
-    return sorted({name for spec in registry.byPath.values() for name in spec.tools})
+    return sorted(
+        {
+            name
+            for spec in registry.byPath.values()
+            for name in spec.tools
+            if config is None or name in config.mcpServers
+        }
+    )
+
+
+def usedOpenApiDocuments(registry: AgentRegistry) -> list[str]:
+    """
+    The C{openapiSpecs} documents the loaded agents choose
+    (C{openapi:<name>} entries), sorted.
+    """
+    return sorted(
+        {
+            name.removeprefix(OPENAPI_PREFIX)
+            for spec in registry.byPath.values()
+            for name in spec.tools
+            if name.startswith(OPENAPI_PREFIX)
+        }
+    )
 
 
 def checkToolServers(registry: AgentRegistry, config: Config) -> None:
@@ -211,10 +253,19 @@ def checkToolServers(registry: AgentRegistry, config: Config) -> None:
     known = ", ".join(sorted(config.mcpServers)) or "none"
     for spec in registry.byPath.values():
         for server in spec.tools:
-            if server not in config.mcpServers:
+            if server.startswith(OPENAPI_PREFIX):
+                document = server.removeprefix(OPENAPI_PREFIX)
+                if document not in config.openapiSpecs:
+                    documents = ", ".join(sorted(config.openapiSpecs)) or "none"
+                    raise ConfigurationError(
+                        f"{spec.path}: 'tools' names OpenAPI document {document!r}, which is"
+                        f" not configured in openapiSpecs (configured: {documents})"
+                    )
+            elif server not in config.mcpServers and server not in config.restTools:
+                rest = ", ".join(sorted(config.restTools)) or "none"
                 raise ConfigurationError(
-                    f"{spec.path}: 'tools' names MCP server {server!r}, which is not"
-                    f" configured in mcpServers (configured: {known})"
+                    f"{spec.path}: 'tools' names {server!r}, which is neither an MCP server"
+                    f" (configured: {known}) nor a REST tool (configured: {rest})"
                 )
         names: dict[str, str] = {}
         for path in spec.agents:
@@ -285,6 +336,7 @@ __all__ = [
     "Runtime",
     "buildRuntime",
     "checkToolServers",
+    "usedOpenApiDocuments",
     "usedToolServers",
     "warnMissingKeys",
 ]

@@ -38,8 +38,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ai_agent.accounting import CANCELLED, RunAccount
-from ai_agent.advice import noModelAnswered
+from ai_agent.accounting import CANCELLED, RunAccount, StreamMeter, estimateUsage
+from ai_agent.advice import clientReason, noModelAnswered
 from ai_agent.agentfile import AgentSpec, OutputSpec, ToolOutputSpec
 from ai_agent.clienttools import HiddenTurn, TurnStore, restoreConversation
 from ai_agent.config import Pricing
@@ -388,6 +388,7 @@ class SessionRunner:
         request = _llmRequest(
             agent, upstreamModel, messages, (), sampling, run.stream, None, sampling.outputFormat
         )
+        request = attrs.evolve(request, reasoningTokens=None)
 
         def content(text: str) -> None:
             if text:
@@ -399,14 +400,15 @@ class SessionRunner:
         scope = self.observer.run(agent.name, agent.description or "")
         account.traceId = scope.traceId
         call = None
+        meter = StreamMeter(CallbackSink(onContent=content))
         try:
             provider = self.providers(providerName)
             call = scope.llmCall(providerName, upstreamModel, request, provider)
             with call.activate():
-                calling = provider.complete(request, call.sink(CallbackSink(onContent=content)))
+                calling = provider.complete(request, call.sink(meter))
             response = await calling
         except CancelledError:
-            account.record(model, Usage(), self.reactor.seconds() - started, CANCELLED)
+            _recordCancelled(account, model, request, meter, self.reactor.seconds() - started)
             if call is not None:
                 call.failed("cancelled")
             account.finish("cancelled", self.reactor.seconds())
@@ -846,12 +848,13 @@ class _Turn:
         started = runner.reactor.seconds()
         sink.calling(model)
         call = self.scope.llmCall(providerName, upstreamModel, self.request, provider)
+        meter = StreamMeter(sink)
         try:
             # The call's span is current while the request goes out, so
             # its traceparent goes with it.
             with call.activate():
                 calling = provider.complete(
-                    attrs.evolve(self.request, model=upstreamModel), call.sink(sink)
+                    attrs.evolve(self.request, model=upstreamModel), call.sink(meter)
                 )
             response = await calling
         except ProviderError as error:
@@ -865,7 +868,9 @@ class _Turn:
             raise
         except CancelledError:
             # The call ran and may have spent tokens nobody reported.
-            account.record(model, Usage(), runner.reactor.seconds() - started, CANCELLED)
+            _recordCancelled(
+                account, model, self.request, meter, runner.reactor.seconds() - started
+            )
             call.failed("cancelled")
             raise
         record = account.record(model, response.usage, runner.reactor.seconds() - started)
@@ -882,7 +887,7 @@ class _Turn:
                 model=model,
                 error=error.message,
             )
-            self.sink.note(Retrying(model, error.message, skipped=True))
+            self.sink.note(Retrying(model, clientReason(error), skipped=True, detail=error.message))
             return
         if retrying:
             self.scope.retrying(*splitModel(model))
@@ -895,7 +900,7 @@ class _Turn:
             error=error.message,
         )
         if retrying:
-            self.sink.note(Retrying(model, error.message))
+            self.sink.note(Retrying(model, clientReason(error), detail=error.message))
 
     def waiting(self, model: str, seconds: float) -> None:
         log.info(
@@ -904,6 +909,21 @@ class _Turn:
             seconds=seconds,
             model=model,
         )
+
+
+def _recordCancelled(
+    account: RunAccount, model: str, request: LLMRequest, meter: StreamMeter, seconds: float
+) -> None:
+    """
+    Record a call cancelled before it answered: when its model had
+    streamed something, with an estimate of its tokens (the upstream's
+    counts come only at the end); else as a call of unknown cost.
+    """
+    if meter.characters:
+        usage = estimateUsage(request.messages, request.tools, meter.characters)
+        account.record(model, usage, seconds, CANCELLED, estimated=True)
+    else:
+        account.record(model, Usage(), seconds, CANCELLED)
 
 
 @attrs.define
@@ -950,6 +970,9 @@ def _llmRequest(
         tools=specs,
         temperature=_first(sampling.temperature, agent.temperature),
         topP=_first(sampling.topP, agent.topP),
+        topK=agent.topK,
+        repeatPenalty=agent.repeatPenalty,
+        reasoningTokens=agent.reasoningTokens,
         maxTokens=_first(sampling.maxTokens, agent.maxOutputTokens),
         stop=sampling.stop,
         seed=sampling.seed,

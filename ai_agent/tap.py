@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
@@ -21,13 +22,14 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from ai_agent.advice import didYouMean
 from ai_agent.config import ClientKey
 from ai_agent.connections import TrackingFactory
 from ai_agent.errors import OPENAI_ERRORS, ConfigurationError
 from ai_agent.headends._http import APIKeys, GuardedSite, HTTPPolicy
 from ai_agent.headends._site import APIRouter, Mount
 from ai_agent.headends.openai import OpenAIHeadend
-from ai_agent.headends.responses import ResponsesHeadend
+from ai_agent.headends.responses import HOSTED_IGNORE, HOSTED_POLICIES, ResponsesHeadend
 from ai_agent.observe import (
     NULL_OBSERVER,
     Metrics,
@@ -43,6 +45,7 @@ from ai_agent.principals import unknownAgents
 from ai_agent.reload import Reloader, onHangup
 from ai_agent.runtime import Runtime, buildRuntime
 from ai_agent.startup import address, bannerLines, listenError
+from ai_agent.stopsignals import StopSignals
 from ai_agent.store import StoreService, checkLocation, makeStore, parseDuration
 from ai_agent.workers import AdoptedPortService
 
@@ -64,6 +67,20 @@ def reasoningField(value: str) -> str:
 
 
 reasoningField.coerceDoc = "One of " + ", ".join(REASONING_FIELDS) + "."  # type: ignore[attr-defined]
+
+
+def hostedToolsPolicy(value: str) -> str:
+    """
+    Check a C{--hosted-tools} value.
+
+    @raise ValueError: for anything but L{HOSTED_POLICIES}.
+    """
+    if value not in HOSTED_POLICIES:
+        raise ValueError(f"must be one of {', '.join(HOSTED_POLICIES)}, not {value!r}")
+    return value
+
+
+hostedToolsPolicy.coerceDoc = "One of " + ", ".join(HOSTED_POLICIES) + "."  # type: ignore[attr-defined]
 
 
 class ServerOptions(usage.Options):
@@ -151,6 +168,15 @@ class ServerOptions(usage.Options):
             reasoningField,
         ],
         [
+            "hosted-tools",
+            None,
+            HOSTED_IGNORE,
+            "Hosted tools in a Responses request (web_search, file_search, ...), which the"
+            " server cannot run: ignore (left out of the model's tools, named in the"
+            " x-ai-agent-ignored-tools header and the log) or refuse (400).",
+            hostedToolsPolicy,
+        ],
+        [
             "store",
             None,
             None,
@@ -217,6 +243,16 @@ class ServerOptions(usage.Options):
         """
         self["cors-origins"].append(origin.rstrip("/"))
 
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse; an unknown or ambiguous option is a usage error that names
+        the options meant (see L{explainOption}).
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            raise usage.UsageError(explainOption(str(error), self.longOpt)) from None
+
     def postOptions(self) -> None:
         for name in ("max-body-size",):
             if self[name] < 1:
@@ -257,6 +293,36 @@ class ServerOptions(usage.Options):
             checkLocation(self["store"])
         except ValueError as error:
             raise usage.UsageError(f"--store-ttl or --store: {error}") from None
+
+
+_OPTION_ERROR = re.compile(r"^option --(?P<name>\S+) (?P<what>not a unique prefix|not recognized)$")
+
+#: The most candidates an ambiguous option's error names.
+_MAX_CANDIDATES = 8
+
+
+def explainOption(message: str, longOptions: Sequence[str]) -> str:
+    """
+    getopt's error C{message}, made to say what was meant: for a prefix of
+    several options (C{--openai-completion}), the options it could be; for
+    an unknown one, the closest option, if any is close.  Other messages
+    are returned unchanged.
+
+    @param longOptions: the parser's long options (C{name=} when it takes
+        a value).
+    """
+    match = _OPTION_ERROR.match(message)
+    if match is None:
+        return message
+    name = match.group("name").split("=", 1)[0]
+    known = sorted({option.rstrip("=") for option in longOptions})
+    if match.group("what") == "not recognized":
+        return f"unknown option --{name}" + didYouMean(f"--{name}", [f"--{o}" for o in known])
+    candidates = [option for option in known if option.startswith(name)]
+    shown = ", ".join(f"--{option}" for option in candidates[:_MAX_CANDIDATES])
+    if len(candidates) > _MAX_CANDIDATES:
+        shown += f", … ({len(candidates)} in all)"
+    return f"--{name} is ambiguous: it could be {shown}; give the whole name"
 
 
 class Options(ServerOptions):
@@ -330,22 +396,31 @@ def makeSite(
     accessLog: str | None = None,
     mounts: Sequence[Mount] = (),
     metrics: MetricsResource | None = None,
+    reactor: Any = None,
 ) -> Site:
     """
     A web site for the OpenAI headend and the other APIs (C{mounts}) under
     the HTTP layer's C{policy}, writing an access log in the combined format
     to C{accessLog} if given, with C{/metrics} beside them when C{metrics}
-    is given.
+    is given.  C{reactor} (the global one if L{None}) times the site's
+    connections and the rate of its refusal log lines.
     """
     router = APIRouter(headend.app, mounts)
     resource: Any = router if metrics is None else WithMetrics(router, metrics)
-    return GuardedSite(resource, policy, errorFormats=router.errorFormat, logPath=accessLog)
+    return GuardedSite(
+        resource, policy, errorFormats=router.errorFormat, logPath=accessLog, reactor=reactor
+    )
 
 
-def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
+def apiMounts(
+    runtime: Runtime, pool: RunPool, reactor: Any, hostedTools: str = HOSTED_IGNORE
+) -> list[Mount]:
     """
     The APIs served beside the OpenAI routes on every port, each with its
     own headend over the same runtime and pool.
+
+    @param hostedTools: what the Responses API does with hosted tools
+        (C{--hosted-tools}).
     """
     from ai_agent.headends.anthropic import (
         ANTHROPIC_ERRORS,
@@ -361,6 +436,7 @@ def apiMounts(runtime: Runtime, pool: RunPool, reactor: Any) -> list[Mount]:
         store=runtime.store,
         observer=runtime.runner.observer,
         sealer=runtime.sealer,
+        hostedTools=hostedTools,
     )
     anthropic = AnthropicHeadend(
         runtime.registry,
@@ -481,7 +557,9 @@ class ServerService(MultiService):
     close the remaining connections, then stop the shared services.
 
     @ivar exitOnSecondSignal: once stopping, a second SIGINT or SIGTERM
-        exits the process at once (set by the command-line entry points).
+        exits the process at once, if it comes more than
+        L{ai_agent.stopsignals.GRACE} seconds after the first (set by the
+        command-line entry points; see L{StopSignals}).
     """
 
     def __init__(self, reactor: Any, shutdownTimeout: float = 30.0) -> None:
@@ -489,6 +567,7 @@ class ServerService(MultiService):
         self.reactor = reactor
         self.shutdownTimeout = shutdownTimeout
         self.exitOnSecondSignal = False
+        self.stopSignals = StopSignals(reactor)
         self.exitOnStartupError = False
         self.endpoints: list[_Endpoint] = []
         self.onReady: Callable[[list[str]], None] | None = None
@@ -506,7 +585,7 @@ class ServerService(MultiService):
         call L{onReady} with their addresses (the banner).
 
         @raise StartupError: a port cannot be bound (with
-            C{exitOnStartupError}, as twistd runs it: C{SystemExit} with the
+            C{exitOnStartupError}, as twistd runs it: L{StartupExitError} with the
             same one line).
         """
         try:
@@ -518,10 +597,14 @@ class ServerService(MultiService):
         except CannotListenError as error:
             failure = listenError(error)
             if self.exitOnStartupError:
-                raise SystemExit(f"twistd ai-agent: {failure}") from None
+                raise StartupExitError(f"twistd ai-agent: {failure}") from None
             raise failure from None
         if self.reloader is not None:
             onHangup(self.reactor, self.reloader.reload)
+        if self.exitOnSecondSignal:
+            # Once the reactor runs, its own handlers are in place to take
+            # the first signal.
+            self.reactor.callWhenRunning(self.stopSignals.install)
         if self.onReady is not None:
             # Once the reactor runs: only then are its signal handlers in
             # place, so a process that says it is ready also stops cleanly.
@@ -547,8 +630,7 @@ class ServerService(MultiService):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        if self.exitOnSecondSignal:
-            _exitOnNextSignal()
+        self.stopSignals.stopping()
         log.info("stopping: no new connections; draining running agents")
         for endpoint in self.endpoints:
             # Refuse at once, so /health turns 503 while we drain.
@@ -569,18 +651,16 @@ class ServerService(MultiService):
         log.info("stopped")
 
 
-def _exitOnNextSignal() -> None:
-    import signal
-
-    def exitNow(signum: int, frame: Any) -> None:
-        os.write(2, b"ai-agent: second signal, exiting at once\n")
-        os._exit(1)
-
-    try:
-        signal.signal(signal.SIGINT, exitNow)
-        signal.signal(signal.SIGTERM, exitNow)
-    except ValueError:
-        pass  # not the main thread: leave signals alone
+class StartupExitError(SystemExit, Exception):
+    """
+    Ends twistd with one line when the server cannot start.  It is an
+    C{Exception} as well as a C{SystemExit}: twistd removes its pid file
+    (and, daemonized, reports the line to the parent process) only for an
+    C{Exception} raised while the application starts, and a plain
+    C{SystemExit} left a stale C{twistd.pid} behind; and it is a
+    C{SystemExit}, so the process still ends with the line and status 1
+    rather than a traceback.
+    """
 
 
 def makeService(
@@ -674,13 +754,20 @@ def makeService(
             clientStallTimeout=options["client-stall-timeout"],
             observer=observer,
         )
-        mounts = apiMounts(runtime, pool, reactor)
+        mounts = apiMounts(runtime, pool, reactor, options["hosted-tools"])
         # Every API's headend gets the new agents on SIGHUP.
         top.reloader.headends.append(headend)
         for mount in mounts:
             if mount.headend is not None:
                 top.reloader.headends.append(mount.headend)
-        site = makeSite(headend, policy, options["access-log"], mounts, metrics=metricsResource)
+        site = makeSite(
+            headend,
+            policy,
+            options["access-log"],
+            mounts,
+            metrics=metricsResource,
+            reactor=reactor,
+        )
         connections = TrackingFactory(site)
         listener: Any
         if inherited is not None:

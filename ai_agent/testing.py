@@ -103,6 +103,10 @@ class Reply:
         else C{stop}.
     @ivar usage: C{(prompt, completion)} tokens; L{None} for the number of
         words across the request's messages and the number of content pieces.
+    @ivar usageFields: fields of the usage object as sent, replacing the
+        counts of the same name or added beside them (e.g.
+        C{{"prompt_tokens": -5}}, or C{{"cache_read_input_tokens": 1.5}} in
+        Anthropic mode): an upstream reporting impossible usage.
     @ivar status: the HTTP status; anything but 200 answers with C{errorBody}.
     @ivar errorBody: bytes, text, or a JSON value; L{None} for an OpenAI error
         envelope.
@@ -132,6 +136,7 @@ class Reply:
     toolCalls: Sequence[tuple[str, Mapping[str, Any] | str]] = ()
     finishReason: str | None = None
     usage: tuple[int, int] | None = None
+    usageFields: Mapping[str, Any] = attrs.field(factory=dict)
     status: int = 200
     errorBody: Any = None
     headers: Mapping[str, str] = attrs.field(factory=dict)
@@ -206,7 +211,8 @@ class FakeUpstream:
     streamed or not, and C{POST /v1/messages/count_tokens}.  Both kinds of
     call take their replies from the same script.
 
-    Replies queued with L{script} are used in order; with none left the
+    Replies queued with L{script} are used in order (those queued with
+    L{scriptFor} first, for the calls they match); with none left the
     answer is C{"echo: "} and the text of the last user message, streamed
     word by word.
 
@@ -215,10 +221,19 @@ class FakeUpstream:
     @ivar requests: every request received, in order.
     @ivar inFlight: chat completions being answered now.
     @ivar maxInFlight: the most chat completions answered at once.
-    @ivar disconnects: chat completions whose client went away before the
-        response finished.
+    @ivar disconnects: chat completions (and padded token counts) whose
+        client went away before the response finished.
     @ivar disconnectTimes: when each of those happened (C{reactor.seconds()}).
     @ivar lastDisconnectAt: the last of C{disconnectTimes}, or L{None}.
+    @ivar holdCounts: hold each token count after its request arrived
+        until L{release} (counted by L{held}).
+    @ivar countPadding: make each token count's answer this many bytes
+        longer (a JSON string field, written 64 KiB per turn of the reactor
+        until it is whole or the client went away): an upstream answering
+        too much.
+    @ivar countsInFlight: token counts being answered now.
+    @ivar maxCountsInFlight: the most token counts answered at once.
+    @ivar countBytesSent: the bytes of count answers written so far.
     """
 
     reactor: IReactorTime
@@ -229,6 +244,11 @@ class FakeUpstream:
     disconnects: int = attrs.field(default=0, init=False)
     disconnectTimes: list[float] = attrs.field(factory=list, init=False)
     lastDisconnectAt: float | None = attrs.field(default=None, init=False)
+    holdCounts: bool = attrs.field(default=False, init=False)
+    countPadding: int = attrs.field(default=0, init=False)
+    countsInFlight: int = attrs.field(default=0, init=False)
+    maxCountsInFlight: int = attrs.field(default=0, init=False)
+    countBytesSent: int = attrs.field(default=0, init=False)
     _script: deque[Reply] = attrs.field(factory=deque, init=False)
     _matched: list[tuple[Callable[[Mapping[str, Any]], bool], deque[Reply]]] = attrs.field(
         factory=list, init=False
@@ -387,18 +407,59 @@ class FakeUpstream:
         return None
 
     @app.route("/v1/messages/count_tokens", methods=["POST"])
-    def countTokens(self, request: Request) -> bytes:
+    async def countTokens(self, request: Request) -> bytes | None:
         """
         Answer an Anthropic token count: the words of the C{system} text
         and the messages, plus 10 for each tool (after the checks the real
-        API makes, but for C{max_tokens}, which a count has not).
+        API makes, but for C{max_tokens}, which a count has not); held
+        while L{holdCounts}, padded by L{countPadding}.
         """
         raw = request.content.read() if request.content is not None else b""
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
+        # Held before it is recorded: a test that waits for the request can
+        # release it at once.
+        hold = self._hold() if self.holdCounts else None
+        self.countsInFlight += 1
+        self.maxCountsInFlight = max(self.maxCountsInFlight, self.countsInFlight)
         self._record(request, body)
+        try:
+            if hold is not None:
+                await hold
+            answer = self._count(request, body)
+            if self.countPadding and answer.startswith(b'{"input_tokens"'):
+                await self._padded(request, answer)
+                return None
+            self.countBytesSent += len(answer)
+            return answer
+        finally:
+            self.countsInFlight -= 1
+
+    async def _padded(self, request: Request, answer: bytes) -> None:
+        gone: list[Failure] = []
+
+        def lost(reason: Failure) -> None:
+            gone.append(reason)
+            self._clientGone(self.now())
+
+        request.notifyFinish().addErrback(lost)
+        opening = answer[:-1] + b', "padding": "'
+        request.write(opening)
+        self.countBytesSent += len(opening)
+        left = self.countPadding
+        while left > 0 and not gone:
+            piece = b"x" * min(left, 65536)
+            request.write(piece)
+            self.countBytesSent += len(piece)
+            left -= len(piece)
+            await self._sleep(0)
+        if not gone:
+            request.write(b'"}')
+            self.countBytesSent += 2
+
+    def _count(self, request: Request, body: Any) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         problem = _anthropicProblem(
             request, {"max_tokens": 1, **body} if isinstance(body, dict) else body
@@ -803,7 +864,7 @@ class _Exchange:
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": self._anthropicStop(), "stop_sequence": None},
-                    "usage": {"output_tokens": completion},
+                    "usage": {"output_tokens": completion, **reply.usageFields},
                 }
             )
         )
@@ -834,7 +895,7 @@ class _Exchange:
             "content": content,
             "stop_reason": self._anthropicStop(),
             "stop_sequence": None,
-            "usage": {"input_tokens": prompt, "output_tokens": completion},
+            "usage": {"input_tokens": prompt, "output_tokens": completion, **reply.usageFields},
         }
 
     def _anthropicStop(self) -> str:
@@ -889,12 +950,13 @@ class _Exchange:
             prompt += len(system.split())
         return prompt, len(self.reply.contentPieces())
 
-    def _usage(self) -> dict[str, int]:
+    def _usage(self) -> dict[str, Any]:
         prompt, completion = self._tokens()
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
+            **self.reply.usageFields,
         }
 
     # Writing.

@@ -11,8 +11,12 @@ are stateless); the concurrency options apply per process.
 
 The parent supervises: it restarts a worker that died, and on shutdown
 sends its workers SIGTERM (each drains like a single server) and waits for
-them.  A worker's standard input is a pipe from the parent; when it closes
-(the parent is gone, however it died) the worker shuts down too.
+them; the parent's exit status is 1 when a worker did not stop cleanly
+(exit status 0).  A worker often gets the stop signal twice, from the
+terminal or systemd and from the parent: L{ai_agent.stopsignals} takes the
+second as a copy of the first.  A worker's standard input is a pipe from
+the parent; when it closes (the parent is gone, however it died) the
+worker shuts down too.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, Sequence, cast
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger
@@ -174,6 +179,7 @@ class WorkerSupervisor:
     count: int
     stopTimeout: float = 30.0 + EXIT_GRACE
     workers: dict[int, _Worker] = attrs.field(factory=dict, init=False)
+    uncleanStops: list[int] = attrs.field(factory=list, init=False)
     _stopping: bool = attrs.field(default=False, init=False)
 
     def start(self) -> None:
@@ -208,6 +214,16 @@ class WorkerSupervisor:
             # Its gauges (runs in progress, queue depth) no longer count.
             markProcessDead(worker.startedPid)
         if self._stopping:
+            if reason.check(ProcessDone):
+                log.info("worker {number} stopped (exit status 0)", number=worker.number)
+            else:
+                # Killed by a signal, or exited at once: its runs were cut.
+                self.uncleanStops.append(worker.number)
+                log.warn(
+                    "worker {number} did not stop cleanly ({reason})",
+                    number=worker.number,
+                    reason=reason.getErrorMessage(),
+                )
             return
         log.warn(
             "worker {number} exited ({reason}); starting it again",
@@ -241,6 +257,7 @@ class WorkerSupervisor:
             return succeed(None)
         for worker in running:
             _signal(worker, "TERM")
+        log.info("stopping: sent SIGTERM to {count} worker(s)", count=len(running))
 
         def kill() -> None:
             for worker in running:

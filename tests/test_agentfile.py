@@ -4,12 +4,18 @@ Tests for L{ai_agent.agentfile}.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from ai_agent.agentfile import (
+    PROMPT_SCHEMA,
     AgentSpec,
+    InputSpec,
+    InvalidInputError,
     OutputSpec,
     RouteTarget,
     ToolOutputSpec,
@@ -18,7 +24,9 @@ from ai_agent.agentfile import (
     parseCacheTTL,
     parseDuration,
 )
+from ai_agent.config import loadConfig
 from ai_agent.errors import ConfigurationError
+from ai_agent.registry import loadRegistry
 
 PATH = "agents/chat.ai"
 
@@ -602,3 +610,267 @@ class ParityKeyTests(SynchronousTestCase):
         """
         self.assertNotEqual(agent("models: a/b").digest, agent("models: a/b", body="Hi.").digest)
         self.assertEqual(agent("models: a/b").digest, agent("models: a/b").digest)
+
+
+class DocumentedKeysTests(SynchronousTestCase):
+    """
+    docs/agent-files.md agrees with the parser: every key its table lists
+    is accepted, and every key it lists as not supported is rejected.
+    """
+
+    def _docs(self) -> str:
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "..", "docs", "agent-files.md"), encoding="utf-8") as f:
+            return f.read()
+
+    def test_documentedKeysAccepted(self) -> None:
+        """
+        The frontmatter table's keys are exactly the keys the parser knows.
+        """
+        from ai_agent.agentfile import _KEYS
+
+        keys = self._docs().split("## Keys", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+        table = re.findall(r"^\| `(\w+)` \|", keys, re.MULTILINE)
+        self.assertEqual(sorted(table), sorted(_KEYS))
+
+    def test_unsupportedKeysRejected(self) -> None:
+        """
+        Each key named under "Not supported" is refused as an unknown key,
+        and none of them is also in the table (the page once listed
+        C{maxToolCallsPerTurn} in both).
+        """
+        docs = self._docs()
+        section = docs.split("## Not supported", 1)[1].split("\n## ", 1)[0]
+        names = [n for n in re.findall(r"`(\w+)`", section) if n != "output"]
+        self.assertIn("plugins", names)
+        for name in names:
+            with self.assertRaises(ConfigurationError, msg=name) as caught:
+                agent(f"models: openai/gpt-4o\n{name}: 1")
+            self.assertIn(name, str(caught.exception))
+        table = set(re.findall(r"^\| `(\w+)` \|", docs, re.MULTILINE))
+        self.assertEqual(table & set(names), set())
+
+
+class SamplingKeyTests(SynchronousTestCase):
+    """
+    C{topK}, C{repeatPenalty} and C{reasoningTokens}: parsed as the
+    TypeScript ai-agent reads them.
+    """
+
+    def test_values(self) -> None:
+        """
+        Numbers are kept; a budget may be a string of digits.
+        """
+        spec = agent("models: a/b\ntopK: 40\nrepeatPenalty: 1.1\nreasoningTokens: '16000'")
+        self.assertEqual((spec.topK, spec.repeatPenalty, spec.reasoningTokens), (40, 1.1, 16000))
+        self.assertEqual(spec.reasoning, None)
+        plain = agent("models: a/b")
+        self.assertEqual((plain.topK, plain.repeatPenalty, plain.reasoningTokens), (None,) * 3)
+
+    def test_unsetWords(self) -> None:
+        """
+        C{null}, C{none}, C{off}, C{unset} and C{default} leave C{topK} and
+        C{repeatPenalty} unsent.
+        """
+        for word in ("null", "none", "off", "unset", "default", "~"):
+            spec = agent(f"models: a/b\ntopK: {word}\nrepeatPenalty: {word}")
+            self.assertEqual((spec.topK, spec.repeatPenalty), (None, None), word)
+
+    def test_budgetOffTurnsReasoningOff(self) -> None:
+        """
+        A budget of C{0} (or C{disabled}, C{off}, C{none}) turns reasoning
+        off, whatever C{reasoning} says.
+        """
+        for word in ("0", "disabled", "off", "none"):
+            spec = agent(f"models: a/b\nreasoning: high\nreasoningTokens: {word}")
+            self.assertEqual((spec.reasoningTokens, spec.reasoning), (0, "none"), word)
+
+    def test_errors(self) -> None:
+        """
+        Values of the wrong kind are refused, each naming the key; a budget
+        with C{reasoning: none} contradicts itself.
+        """
+        cases = {
+            "topK: 0": "'topK' must be an integer >= 1, got 0",
+            "topK: 2.5": "'topK' must be an integer >= 1, got 2.5",
+            "repeatPenalty: 3": "'repeatPenalty' must be a number from 0 to 2, got 3",
+            "repeatPenalty: lots": "'repeatPenalty' must be a number from 0 to 2, got 'lots'",
+            "reasoningTokens: -5": "'reasoningTokens' must be a whole number of tokens,"
+            " or 0, disabled, off or none, got -5",
+            "reasoningTokens: many": "'reasoningTokens' must be a whole number of tokens,"
+            " or 0, disabled, off or none, got 'many'",
+            "reasoning: none\nreasoningTokens: 2048": "'reasoningTokens' 2048 contradicts"
+            " 'reasoning' none (remove one of them)",
+        }
+        for lines, message in cases.items():
+            with self.assertRaises(ConfigurationError) as caught:
+                agent(f"models: a/b\n{lines}")
+            self.assertEqual(str(caught.exception), f"{PATH}: {message}", lines)
+
+
+class SamplingSupportTests(SynchronousTestCase):
+    """
+    An agent whose models include a provider that cannot send one of its
+    sampling keys is refused at load, naming the key, the file and the
+    provider.
+    """
+
+    def load(self, frontmatter: str, providers: dict[str, Any]) -> Any:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            json.dump({"providers": providers}, f)
+        path = os.path.join(directory, "a.ai")
+        with open(path, "w") as f:
+            f.write(f"---\n{frontmatter}\n---\nHi.\n")
+        config = loadConfig(
+            configFile="config.json", cwd=directory, agentDirs=[], home=None, environ={}
+        )
+        return loadRegistry([path], config), path
+
+    PROVIDERS = {
+        "vllm": {"type": "openai", "baseUrl": "http://127.0.0.1:9/v1"},
+        "claude": {"type": "anthropic", "baseUrl": "http://127.0.0.1:9"},
+        "oai": {"type": "openai", "baseUrl": "https://api.openai.com/v1"},
+        "llama": {"type": "local"},
+    }
+
+    def test_accepted(self) -> None:
+        """
+        Keys every model's provider can send load: C{topK} on Anthropic,
+        OpenAI-compatible servers and the local engine; C{repeatPenalty}
+        on OpenAI-compatible servers and the local engine; a budget on
+        Anthropic; a budget of 0 anywhere.
+        """
+        for frontmatter in (
+            "models: [claude/c, vllm/m, llama/smollm2]\ntopK: 20",
+            "models: [vllm/m, llama/smollm2]\nrepeatPenalty: 1.2",
+            "models: claude/c\nreasoningTokens: 4096",
+            "models: [oai/gpt, ollama/x]\nreasoningTokens: 0",
+        ):
+            registry, path = self.load(frontmatter, self.PROVIDERS)
+            self.assertIn(os.path.abspath(path), registry.byPath, frontmatter)
+
+    def test_refused(self) -> None:
+        """
+        One model whose provider lacks the key refuses the file, fallbacks
+        included.
+        """
+        cases = {
+            "models: [vllm/m, oai/gpt-4o]\ntopK: 20": "'topK' cannot be sent to model"
+            " 'oai/gpt-4o': provider 'oai' (OpenAI's own API) has no top_k;"
+            " remove the key or that model",
+            "models: [claude/c]\nrepeatPenalty: 1.1": "'repeatPenalty' cannot be sent to model"
+            " 'claude/c': provider 'claude' (the anthropic provider type) has no"
+            " repeat_penalty; remove the key or that model",
+            "models: ollama/llama3\ntopK: 20": "'topK' cannot be sent to model 'ollama/llama3':"
+            " provider 'ollama' (the ollama provider type) has no top_k;"
+            " remove the key or that model",
+            "models: [claude/c, vllm/m]\nreasoningTokens: 2048": "'reasoningTokens' cannot be"
+            " sent to model 'vllm/m': provider 'vllm' (an OpenAI-compatible server) has no"
+            " thinking budget; remove the key or that model",
+            "models: claude/c\nreasoningTokens: 500": "'reasoningTokens' must be at least 1024"
+            " for model 'claude/c' of provider 'claude' (Anthropic's smallest thinking"
+            " budget), got 500",
+        }
+        for frontmatter, message in cases.items():
+            with self.assertRaises(ConfigurationError) as caught:
+                self.load(frontmatter, self.PROVIDERS)
+            text = str(caught.exception)
+            self.assertTrue(text.endswith(f"a.ai: {message}"), text)
+
+
+class InputTests(SynchronousTestCase):
+    """
+    C{input}: what callers send when they run the agent as a tool.
+    """
+
+    SCHEMA = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+
+    def test_default(self) -> None:
+        """
+        Without C{input}, or with C{format: text}, or C{json} without a
+        schema, callers send C{{"prompt": string}}.
+        """
+        for lines in ("", "input: {format: text}", "input: {format: json}"):
+            spec = agent(f"models: a/b\n{lines}")
+            self.assertEqual(spec.inputSchema(), PROMPT_SCHEMA, lines)
+            self.assertEqual(spec.input.userMessage({"prompt": "hi"}), "hi")
+
+    def test_inlineSchema(self) -> None:
+        """
+        An inline schema (a mapping, or JSON or YAML text) is what callers
+        send; C{format} defaults to json when a schema is given.
+        """
+        for lines in (
+            "input:\n  format: json\n  schema:\n    type: object\n    properties:\n"
+            "      q: {type: string}\n    required: [q]",
+            "input:\n  schema: '" + json.dumps(self.SCHEMA) + "'",
+            "input:\n  format: JSON\n  schema: |\n    type: object\n    properties:\n"
+            "      q: {type: string}\n    required: [q]",
+        ):
+            spec = agent(f"models: a/b\n{lines}")
+            self.assertEqual(spec.input, InputSpec("json", self.SCHEMA), lines)
+            self.assertEqual(spec.inputSchema(), self.SCHEMA)
+
+    def test_schemaRef(self) -> None:
+        """
+        C{schemaRef} names a JSON or YAML file relative to the agent file.
+        """
+        directory = self.mktemp()
+        os.makedirs(os.path.join(directory, "schemas"))
+        with open(os.path.join(directory, "schemas", "in.yaml"), "w") as f:
+            f.write("type: object\nproperties:\n  q: {type: string}\nrequired: [q]\n")
+        path = os.path.join(directory, "a.ai")
+        spec = agent("models: a/b\ninput:\n  format: json\n  schemaRef: schemas/in.yaml", path=path)
+        self.assertEqual(spec.inputSchema(), self.SCHEMA)
+
+    def test_userMessage(self) -> None:
+        """
+        Valid structured arguments become compact JSON, non-ASCII kept;
+        invalid ones raise L{InvalidInputError} naming each field.
+        """
+        spec = InputSpec(
+            "json",
+            {
+                "type": "object",
+                "properties": {"q": {"type": "string"}, "n": {"type": "integer", "minimum": 1}},
+                "required": ["q"],
+            },
+        )
+        self.assertEqual(spec.userMessage({"q": "naïve", "n": 2}), '{"q":"naïve","n":2}')
+        with self.assertRaises(InvalidInputError) as caught:
+            spec.userMessage({"n": 0})
+        self.assertEqual(
+            str(caught.exception),
+            "was called with invalid arguments: 'q' is a required property;"
+            " n: 0 is less than the minimum of 1",
+        )
+
+    def test_errors(self) -> None:
+        """
+        A schema that is not valid JSON Schema, that does not describe an
+        object, a schema with a text format, an unknown inner key, and a
+        missing schema file are refused at load, naming the file.
+        """
+        cases = {
+            "input: {schema: {type: object, required: 5}}": "'input.schema' is not a valid JSON"
+            " Schema (at required: 5 is not of type 'array')",
+            "input: {schema: {type: string}}": "'input.schema' must describe an object (type:"
+            " object): callers send a tool call's arguments, which are a JSON object",
+            "input: {format: text, schema: {type: object}}": "'input.schema' needs 'input.format'"
+            " json (a text input is one 'prompt' string)",
+            "input: {format: xml}": "'input.format' must be one of text, json, got 'xml'",
+            "input: {shema: {}}": "unknown key 'shema' in 'input' (allowed: format, schema,"
+            " schemaRef); did you mean 'schema'?",
+            "input: [a]": "'input' must be a mapping with 'format' and 'schema' or 'schemaRef',"
+            " got a list",
+        }
+        for lines, message in cases.items():
+            with self.assertRaises(ConfigurationError) as caught:
+                agent(f"models: a/b\n{lines}")
+            self.assertEqual(str(caught.exception), f"{PATH}: {message}", lines)
+        with self.assertRaises(ConfigurationError) as caught:
+            agent("models: a/b\ninput: {schemaRef: nowhere.json}")
+        self.assertIn("'input.schemaRef' names", str(caught.exception))
+        self.assertIn("nowhere.json: No such file or directory", str(caught.exception))

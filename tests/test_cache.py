@@ -368,3 +368,67 @@ class ConfigTests(SynchronousTestCase):
 
         error = self.assertRaises(ConfigurationError, self.load, {"toolsCache": {"t": "later"}})
         self.assertIn("mcpServers.s.toolsCache.t", str(error))
+
+
+class RestCacheTests(TestCase):
+    """
+    A REST tool's C{cache} over HTTP: a real API, the headend, the fake
+    upstream.
+    """
+
+    async def test_restResultCached(self) -> None:
+        """
+        The same REST call with the same arguments within the tool's
+        C{cache} reaches the API once (the second result is the first
+        one); other arguments reach it again; without C{cache} every call
+        does.
+        """
+        from tests._harness import startServer
+        from tests.test_rest import startApi
+
+        api, base = await startApi(self)
+
+        def tool(cache: str | None) -> dict[str, Any]:
+            entry: dict[str, Any] = {
+                "description": "Look a user up.",
+                "method": "GET",
+                "url": base + "/users/${parameters.id}",
+            }
+            if cache is not None:
+                entry["cache"] = cache
+            return entry
+
+        server = await startServer(
+            self,
+            agents={"agent.ai": "---\nmodels: fake/test-model\ntools: [cached, plain]\n---\nHi.\n"},
+            extraConfig={"restTools": {"cached": tool("5m"), "plain": tool(None)}},
+        )
+        server.upstream.script(
+            Reply(
+                toolCalls=[
+                    ("rest__cached", {"id": "1"}),
+                    ("rest__plain", {"id": "1"}),
+                ]
+            ),
+            Reply(
+                toolCalls=[
+                    ("rest__cached", {"id": "1"}),
+                    ("rest__cached", {"id": "2"}),
+                    ("rest__plain", {"id": "1"}),
+                ]
+            ),
+            Reply(content="Done."),
+        )
+        answer = await inThread(
+            server.client().chat.completions.create,
+            model="agent",
+            messages=[{"role": "user", "content": "go"}],
+        )
+        self.assertEqual(answer.choices[0].message.content, "Done.")
+        self.assertEqual(
+            sorted(request.uri for request in api.requests),
+            ["/users/1", "/users/1", "/users/1", "/users/2"],
+        )
+        first = [m for m in server.upstream.requests[1].body["messages"] if m["role"] == "tool"]
+        second = [m for m in server.upstream.requests[2].body["messages"] if m["role"] == "tool"]
+        self.assertEqual(second[0]["content"], first[0]["content"])

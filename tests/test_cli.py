@@ -204,3 +204,57 @@ class VersionTests(SynchronousTestCase):
             out, err = io.StringIO(), io.StringIO()
             self.assertEqual(cli.run([flag], out, err), 0)
             self.assertEqual(out.getvalue(), f"ai-agent {__version__}\n")
+
+
+class OptionNameTests(SynchronousTestCase):
+    """
+    A mistyped option's error names the options that were meant.
+    """
+
+    def _error(self, *argv: str) -> str:
+        import io
+
+        from ai_agent import cli
+
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(cli.run(list(argv), out, err), cli.EXIT_USAGE)
+        self.assertEqual(out.getvalue(), "")
+        return err.getvalue()
+
+    def test_ambiguousPrefix(self) -> None:
+        """
+        A prefix of several options (C{--openai-completion}) is one line
+        naming each of them, not getopt's bare "not a unique prefix".
+        """
+        first = self._error("--agent", "a.ai", "--openai-completion", "8082").splitlines()[0]
+        self.assertEqual(
+            first,
+            "ai-agent: --openai-completion is ambiguous: it could be --openai-completions,"
+            " --openai-completions-concurrency, --openai-completions-queue,"
+            " --openai-completions-queue-timeout; give the whole name",
+        )
+
+    def test_unknownOption(self) -> None:
+        """
+        An unknown option names the closest one, when one is close.
+        """
+        first = self._error("--agnt", "a.ai").splitlines()[0]
+        self.assertEqual(first, "ai-agent: unknown option --agnt; did you mean '--agent'?")
+        self.assertEqual(
+            self._error("--zzzzzz").splitlines()[0], "ai-agent: unknown option --zzzzzz"
+        )
+
+    def test_explainOption(self) -> None:
+        """
+        L{explainOption} rewrites only getopt's two option errors, and cuts
+        a long list of candidates.
+        """
+        from ai_agent.tap import explainOption
+
+        many = [f"opt-{i}=" for i in range(12)]
+        self.assertEqual(
+            explainOption("option --opt not a unique prefix", many),
+            "--opt is ambiguous: it could be --opt-0, --opt-1, --opt-10, --opt-11, --opt-2,"
+            " --opt-3, --opt-4, --opt-5, … (12 in all); give the whole name",
+        )
+        self.assertEqual(explainOption("--port must be positive", many), "--port must be positive")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from typing import Any
 
@@ -18,23 +19,35 @@ import attrs
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
-from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    capturedLogs,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from zope.interface import provider
 
 from ai_agent.advice import noModelAnswered
 from ai_agent.agentfile import parseAgent
 from ai_agent.config import loadConfig
 from ai_agent.errors import ConfigurationError, ProviderError
+from ai_agent.headends._http import APIKeys, HTTPPolicy
 from ai_agent.reload import Reloader
 from ai_agent.runtime import buildRuntime
 from ai_agent.startup import _isNoise, embeddedModels, listenError, textObserver
 from ai_agent.testing import FakeUpstream, Reply, startFakeUpstream, unusedBaseUrl
 from tests._harness import startServer, writeAgent
 from tests._process import childEnvironment, command, freePort
+from tests.test_http_guard import _Raw, _request
 
 #: The longest any waiter here waits, in seconds.
 WAIT = 30.0
@@ -264,14 +277,29 @@ class StartStopTests(_Project, TestCase):
 
     async def test_badOptionUnderTwistd(self) -> None:
         """
-        An unknown option of C{twistd ai-agent} is one line, not twistd's
-        whole help text, and a non-zero exit.
+        An unknown option of C{twistd ai-agent}, or a prefix of several, is
+        one line (naming the options it could be), not twistd's whole help
+        text, and a non-zero exit.
         """
         folder = await self.makeProject(self)
         await self.assertOneLine(
             [*command("twistd"), "-n", "--pidfile=", "ai-agent", "--agent", "agents", "--bogus"],
             folder,
-            "twistd ai-agent: option --bogus not recognized",
+            "twistd ai-agent: unknown option --bogus",
+        )
+        await self.assertOneLine(
+            [
+                *command("twistd"),
+                "-n",
+                "--pidfile=",
+                "ai-agent",
+                "--agent",
+                "agents",
+                "--openai-completion",
+                "0",
+            ],
+            folder,
+            "twistd ai-agent: --openai-completion is ambiguous: it could be --openai-completions,",
         )
         child = spawn(
             self,
@@ -602,6 +630,52 @@ class CancelledAccountingTests(TestCase):
         self.assertEqual(len(lines), 1, lines)
         self.assertRegex(lines[0], r"cost \$0\.0000\d\d")
 
+    async def test_cancelledMidAnswer(self) -> None:
+        """
+        A run cancelled after its model had streamed nine words names the
+        model that answered and counts the call's tokens, estimated from
+        what was sent and streamed (the upstream's counts come only at the
+        end) and said to be estimated, with an estimated cost: not
+        C{models none, tokens 0+0}.
+        """
+        server = await startServer(
+            self, extraConfig={"pricing": {"fake/test-model": {"prompt": 1, "completion": 1}}}
+        )
+        words = "one two three four five six seven eight nine"
+        # The role chunk and nine words, then silence until released.
+        server.upstream.script(Reply(content=words, stallAfter=10))
+        raw = _Raw()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", server.port.getHost().port)
+        await connectProtocol(endpoint, raw)
+        body = json.dumps(
+            {"model": "agent", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        ).encode()
+        runLine: Deferred[LogEvent] = Deferred()
+
+        @provider(ILogObserver)
+        def observe(event: LogEvent) -> None:
+            if event.get("agent") == "agent" and "calls" in event and not runLine.called:
+                runLine.callback(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        raw.transport.write(_request(body))
+        await raw.waitFor(b"nine")
+        raw.transport.loseConnection()
+        event = await runLine.addTimeout(WAIT, reactor)
+        server.upstream.release()
+        line = formatEvent(event)
+        self.assertIn(" cancelled in ", line)
+        self.assertIn("models fake/test-model, 1 calls (1 failed)", line)
+        self.assertEqual(event["models"], ("fake/test-model",))
+        self.assertTrue(event["estimated"])
+        # Nine words streamed as "one", " two", ...: 44 characters, 11 tokens.
+        self.assertEqual(event["completionTokens"], 11)
+        self.assertGreater(event["promptTokens"], 0)
+        self.assertIn(f"tokens {event['promptTokens']}+11 (estimated: cancelled mid-answer)", line)
+        cost = (event["promptTokens"] + 11) / 1_000_000
+        self.assertIn(f"cost ~${cost:.6f}", line)
+
 
 class PageTests(TestCase):
     """
@@ -631,6 +705,47 @@ class PageTests(TestCase):
         policy = response.headers.getRawHeaders("content-security-policy")[0]
         self.assertIn("default-src 'none'", policy)
 
+    async def test_homeShowsItsAddress(self) -> None:
+        """
+        C{/} shows the address the browser used (its C{Host} header) in
+        the base URL and the curl example, not a placeholder; a C{Host}
+        that is no host and port is never shown, and the address the
+        connection came in on is used instead.
+        """
+        server = await startServer(self)
+        port = server.port.getHost().port
+        root = f"http://127.0.0.1:{port}"
+        body = (await (await client().get(root + "/")).content()).decode()
+        self.assertIn(f"<code>{root}/v1</code>", body)
+        self.assertIn(f"curl {root}/v1/chat/completions", body)
+        self.assertNotIn("HOST:PORT", body)
+        named = await client().get(root + "/", headers={"Host": "agents.example:8443"})
+        self.assertIn("curl http://agents.example:8443/v1/chat/completions", await named.text())
+        hostile = await client().get(root + "/", headers={"Host": 'x"><script>alert(1)</script>'})
+        text = await hostile.text()
+        self.assertNotIn("<script>", text)
+        self.assertNotIn("alert(1)", text)
+        self.assertIn(f"curl {root}/v1/chat/completions", text)
+
+    async def test_favicon(self) -> None:
+        """
+        C{/favicon.ico} is an icon, served without a key when the server
+        has keys (like the pages), so a browser's console shows no error.
+        """
+        server = await startServer(self, policy=HTTPPolicy(apiKeys=APIKeys.fromKeys(["k-1"])))
+        root = server.baseUrl.removesuffix("/v1")
+        response = await client().get(root + "/favicon.ico")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["image/x-icon"])
+        icon = await response.content()
+        # An ICO header with one image, a PNG inside.
+        self.assertEqual(icon[:6], b"\x00\x00\x01\x00\x01\x00")
+        self.assertIn(b"\x89PNG", icon)
+        page = await (await client().get(root + "/")).text()
+        self.assertIn('<link rel="icon" href="/favicon.ico">', page)
+        refused = await client().get(root + "/v1/models")
+        self.assertEqual(refused.code, 401)
+
     async def test_docs(self) -> None:
         """
         C{/docs} loads its script from this server, which reads
@@ -652,10 +767,130 @@ class PageTests(TestCase):
         self.assertEqual((await missing.json())["error"]["code"], "not_found")
 
 
+#: Runs the served C{docs.js} (on standard input) in node without a page,
+#: with a minimal DOM and C{fetch} of its own: lists the operations of the
+#: server's OpenAPI document (argv[1]), builds the view of C{DELETE
+#: /v1/responses/{response_id}}, clicks its Send button against a JSON
+#: answer, and prints what the page would show.
+DOCS_SCRIPT_RUNNER = r"""
+const vm = require("vm");
+const fs = require("fs");
+const source = fs.readFileSync(0, "utf8");
+const spec = JSON.parse(process.argv[1]);
+const context = vm.createContext({ console, JSON, Object, Promise, String });
+vm.runInContext(source, context);
+function text(node) {
+  if (typeof node === "string") return node;
+  return (node.textContent || "") + (node.children || []).map(text).join("");
+}
+function find(node, tag, found = []) {
+  if (typeof node !== "string") {
+    if (node.tag === tag) found.push(node);
+    (node.children || []).forEach((child) => find(child, tag, found));
+  }
+  return found;
+}
+context.document = {
+  createElement(tag) {
+    const node = { tag, children: [], listeners: {} };
+    node.append = (...children) => node.children.push(...children);
+    node.addEventListener = (kind, listener) => { node.listeners[kind] = listener; };
+    return node;
+  },
+  getElementById() { return { value: "" }; },
+};
+const sent = [];
+context.fetch = async (url, init) => {
+  sent.push({ url, method: init.method, body: init.body === undefined ? null : init.body });
+  return {
+    status: 404,
+    statusText: "Not Found",
+    headers: { get: () => "application/json" },
+    text: async () => '{"error":{"message":"no such response","code":"not_found"}}',
+  };
+};
+(async () => {
+  const listed = context.operations(spec).map(([path, method]) => method + " " + path);
+  const [, , operation] = context
+    .operations(spec)
+    .find(([path, method]) => path === "/v1/responses/{response_id}" && method === "delete");
+  const view = context.operationView(spec, "/v1/responses/{response_id}", "delete", operation, []);
+  const summary = text(find(view, "summary")[0]);
+  const pathField = find(view, "input")[0].value;
+  await find(view, "button")[0].listeners.click();
+  const shown = find(view, "pre")[0].textContent;
+  const sse = context.answerText(200, "OK", "text/event-stream", "data: {\"a\":1}\n\n");
+  console.log(JSON.stringify({ listed, summary, pathField, sent, shown, sse }));
+})();
+"""
+
+
+class DocsScriptTests(TestCase):
+    """
+    The logic of the served C{/docs} script, run by node against this
+    server's own OpenAPI document (there is no browser in the test suite).
+    """
+
+    async def test_methodPathAndAnswer(self) -> None:
+        """
+        An operation's summary shows its method and path apart, its path
+        field holds the path alone (never the method), Send uses the method
+        on that path, and a JSON answer is shown indented on several lines;
+        a stream's text is shown as it came.  Path items' other keys are no
+        operations.
+        """
+        node = shutil.which("node")
+        if node is None:
+            raise self.skipTest("node is not installed")
+        server = await startServer(self)
+        root = server.baseUrl.removesuffix("/v1")
+        script = await (await client().get(root + "/assets/docs.js")).content()
+        spec = await (await client().get(root + "/openapi.json")).json()
+        spec["paths"]["/v1/models"]["parameters"] = []
+        out, err, code = await getProcessOutputAndValue(
+            node,
+            ["-e", DOCS_SCRIPT_RUNNER, json.dumps(spec)],
+            env=dict(os.environ),
+            stdinBytes=script,
+        )
+        self.assertEqual(code, 0, err.decode())
+        seen = json.loads(out)
+        self.assertIn("delete /v1/responses/{response_id}", seen["listed"])
+        self.assertNotIn("parameters /v1/models", seen["listed"])
+        self.assertEqual(
+            seen["summary"], "DELETE /v1/responses/{response_id} — Forget a stored response."
+        )
+        self.assertEqual(seen["pathField"], "/v1/responses/{response_id}")
+        self.assertEqual(
+            seen["sent"], [{"url": "/v1/responses/{response_id}", "method": "DELETE", "body": None}]
+        )
+        self.assertEqual(
+            seen["shown"],
+            "404 Not Found\n\n"
+            + json.dumps({"error": {"message": "no such response", "code": "not_found"}}, indent=2),
+        )
+        self.assertEqual(seen["sse"], '200 OK\n\ndata: {"a":1}\n\n')
+
+
 class UnitTests(SynchronousTestCase):
     """
     The pieces behind the messages.
     """
+
+    def test_origin(self) -> None:
+        """
+        The home page's address is the C{Host} header when it is a host
+        (name, IPv4, bracketed IPv6) with an optional port, else the
+        connection's address; C{https} on a TLS connection.
+        """
+        from ai_agent.headends.pages import origin
+
+        fallback = "10.0.0.1:8082"
+        self.assertEqual(origin(b"h.example:80", False, fallback), "http://h.example:80")
+        self.assertEqual(origin(b"[::1]:8082", True, fallback), "https://[::1]:8082")
+        self.assertEqual(origin(b"localhost", False, fallback), "http://localhost")
+        for bad in (None, b"", b"a b", b"h:80/x", b"h'; rm -rf /", b"<b>", b"h:123456", b"-h"):
+            self.assertEqual(origin(bad, False, fallback), "http://10.0.0.1:8082", bad)
 
     def test_agentFileAllErrorsAtOnce(self) -> None:
         """

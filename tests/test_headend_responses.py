@@ -539,6 +539,362 @@ class ToolTests(TestCase):
         )
 
 
+#: A group of function tools as Codex sends its MCP servers' tools: the
+#: members' own names, the group's name beside them.
+CALC_NAMESPACE = {
+    "type": "namespace",
+    "name": "mcp__calc",
+    "description": "Tools of the calc MCP server.",
+    "tools": [
+        {
+            "type": "function",
+            "name": "add",
+            "description": "Add two numbers",
+            "strict": False,
+            "parameters": {
+                "type": "object",
+                "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+            },
+        },
+        {"type": "function", "name": "get_weather", "parameters": WEATHER["parameters"]},
+    ],
+}
+
+
+class NamespaceToolTests(TestCase):
+    """
+    C{namespace} tools (Codex's groups of tools: its MCP servers', its
+    sub-agents'): each member is a client tool, handed back by its own name
+    with its namespace beside it.
+    """
+
+    async def test_handedBackWithNamespace(self) -> None:
+        """
+        The model is offered each member under its namespace's name joined
+        to its own (C{mcp__calc__add}), beside a plain function of the
+        same bare name; its call comes back as a C{function_call} whose
+        C{name} is the member's own and whose C{namespace} is the group's,
+        as Codex routes it.  Codex's continuation (the whole history in
+        C{input}, with C{store} off: the call item with its C{namespace},
+        then its output) reaches the model as that call and its result
+        under the joined name.
+        """
+        server = await _server(self)
+        server.upstream.script(
+            Reply(toolCalls=[("mcp__calc__add", {"a": 2, "b": 3})]),
+            Reply(content="It is 5."),
+        )
+        client = server.client()
+        first = await inThread(
+            client.responses.create,
+            model=MODEL,
+            input="2+3?",
+            tools=[WEATHER, CALC_NAMESPACE],
+            store=False,
+        )
+        [call] = first.output
+        self.assertEqual(
+            (call.type, call.name, call.namespace, json.loads(call.arguments)),
+            ("function_call", "add", "mcp__calc", {"a": 2, "b": 3}),
+        )
+        offered = [t["function"]["name"] for t in server.upstream.requests[0].body["tools"]]
+        self.assertEqual(offered, ["get_weather", "mcp__calc__add", "mcp__calc__get_weather"])
+        second = await inThread(
+            client.responses.create,
+            model=MODEL,
+            input=[
+                {"role": "user", "content": "2+3?"},
+                {
+                    "type": "function_call",
+                    "call_id": call.call_id,
+                    "name": "add",
+                    "namespace": "mcp__calc",
+                    "arguments": call.arguments,
+                },
+                {"type": "function_call_output", "call_id": call.call_id, "output": "5"},
+            ],
+            tools=[WEATHER, CALC_NAMESPACE],
+            store=False,
+        )
+        self.assertEqual(second.output_text, "It is 5.")
+        self.assertEqual(
+            _seen(server, 1)[1:],
+            [("user", "2+3?"), ("assistant", ["mcp__calc__add"]), ("tool", "5")],
+        )
+        [assistant] = [
+            m for m in server.upstream.requests[1].body["messages"] if m.get("tool_calls")
+        ]
+        self.assertEqual(assistant["tool_calls"][0]["id"], call.call_id)
+
+    async def test_streamedItemDone(self) -> None:
+        """
+        Streamed, the call's C{response.output_item.added} and
+        C{response.output_item.done} items (Codex reads the latter), the
+        arguments' done event and C{response.completed}'s output all carry
+        the member's own name and its C{namespace}; a plain function's
+        call carries no C{namespace}.
+        """
+        server = await _server(self)
+        server.upstream.script(
+            Reply(
+                toolCalls=[
+                    ("mcp__calc__add", {"a": 1, "b": 1}),
+                    ("get_weather", {"city": "Oslo"}),
+                ]
+            )
+        )
+        response = await _http(self).post(
+            server.baseUrl + "/responses",
+            json={
+                "model": MODEL,
+                "input": "go",
+                "stream": True,
+                "tools": [WEATHER, CALC_NAMESPACE],
+            },
+        )
+        text = (await response.content()).decode()
+        events = [
+            json.loads(line.removeprefix("data: "))
+            for line in text.split("\n")
+            if line.startswith("data: ")
+        ]
+
+        def shape(item: dict[str, Any]) -> tuple[Any, ...]:
+            return (item["type"], item["name"], item.get("namespace", "-"))
+
+        expected = [("function_call", "add", "mcp__calc"), ("function_call", "get_weather", "-")]
+        for kind in ("response.output_item.added", "response.output_item.done"):
+            items = [e["item"] for e in events if e["type"] == kind]
+            self.assertEqual([shape(item) for item in items], expected, kind)
+        done = [e["name"] for e in events if e["type"] == "response.function_call_arguments.done"]
+        self.assertEqual(done, ["add", "get_weather"])
+        [completed] = [e for e in events if e["type"] == "response.completed"]
+        self.assertEqual([shape(i) for i in completed["response"]["output"]], expected)
+
+    async def test_chainedByPreviousResponse(self) -> None:
+        """
+        A namespaced call continued with C{previous_response_id} (the
+        stored output item keeps its C{namespace}) reaches the model under
+        the joined name, paired with its result.
+        """
+        server = await _server(self)
+        server.upstream.script(
+            Reply(toolCalls=[("mcp__calc__add", {"a": 2, "b": 2})]), Reply(content="4.")
+        )
+        client = server.client()
+        first = await inThread(
+            client.responses.create, model=MODEL, input="2+2?", tools=[CALC_NAMESPACE]
+        )
+        second = await inThread(
+            client.responses.create,
+            model=MODEL,
+            previous_response_id=first.id,
+            input=[
+                {"type": "function_call_output", "call_id": first.output[0].call_id, "output": "4"}
+            ],
+            tools=[CALC_NAMESPACE],
+        )
+        self.assertEqual(second.output_text, "4.")
+        self.assertEqual(
+            _seen(server, 1)[1:],
+            [("user", "2+2?"), ("assistant", ["mcp__calc__add"]), ("tool", "4")],
+        )
+
+    async def test_hybrid(self) -> None:
+        """
+        In one turn the agent's own MCP tool runs on the server and a
+        namespace's function is handed back; the continuation's model sees
+        the agent's hidden call and result, then the client's call under
+        its joined name with the client's output.
+        """
+        server = await startServer(
+            self,
+            agents={f"{MODEL}.ai": HYBRID},
+            mcpServers={"calc": calcEntry()},
+            streamHeadGrace=0.0,
+            store=_memoryStore(),
+        )
+        server.upstream.script(
+            Reply(
+                toolCalls=[
+                    ("calc__add", {"a": 2, "b": 3}),
+                    ("mcp__calc__get_weather", {"city": "Paris"}),
+                ]
+            ),
+            Reply(content="5, and sunny."),
+        )
+        client = server.client()
+        first = await inThread(
+            client.responses.create, model=MODEL, input="2+3, weather?", tools=[CALC_NAMESPACE]
+        )
+        [call] = [item for item in first.output if item.type == "function_call"]
+        self.assertEqual((call.name, call.namespace), ("get_weather", "mcp__calc"))
+        answer = await inThread(
+            client.responses.create,
+            model=MODEL,
+            previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+            tools=[CALC_NAMESPACE],
+        )
+        self.assertEqual(answer.output_text, "5, and sunny.")
+        self.assertEqual(
+            _seen(server, 1)[1:],
+            [
+                ("user", "2+3, weather?"),
+                ("assistant", ["calc__add", "mcp__calc__get_weather"]),
+                ("tool", "5"),
+                ("tool", "sunny"),
+            ],
+        )
+
+    async def test_toolChoice(self) -> None:
+        """
+        A C{tool_choice} naming a namespace's function forces that
+        function, under the name the model was shown.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content="ok"))
+        await inThread(
+            server.client().responses.create,
+            model=MODEL,
+            input="x",
+            tools=[CALC_NAMESPACE],
+            tool_choice={"type": "function", "namespace": "mcp__calc", "name": "add"},
+        )
+        self.assertEqual(
+            server.upstream.requests[0].body["tool_choice"],
+            {"type": "function", "function": {"name": "mcp__calc__add"}},
+        )
+
+    async def test_clashWithAgentTool(self) -> None:
+        """
+        A namespace member whose joined name is one of the agent's own
+        tools (its calc MCP server's C{calc__add}) is refused as a plain
+        client tool of that name is: a 400 C{tool_name_conflict} naming
+        the member.
+        """
+        server = await startServer(
+            self,
+            agents={f"{MODEL}.ai": HYBRID},
+            mcpServers={"calc": calcEntry()},
+            streamHeadGrace=0.0,
+            store=_memoryStore(),
+        )
+        response = await _http(self).post(
+            server.baseUrl + "/responses",
+            json={"model": MODEL, "input": "x", "tools": [{**CALC_NAMESPACE, "name": "calc"}]},
+        )
+        envelope = json.loads(await response.content())
+        self.assertEqual(
+            (response.code, envelope["error"]["code"], envelope["error"]["param"]),
+            (400, "tool_name_conflict", "tools[0].tools[0].name"),
+        )
+        self.assertEqual(server.upstream.requests, [])
+
+
+class HostedToolTests(TestCase):
+    """
+    Hosted tools (OpenAI runs them; this server cannot): left out by
+    default, refused with C{--hosted-tools refuse}.
+    """
+
+    async def test_ignoredByDefault(self) -> None:
+        """
+        A request with Codex's C{web_search} beside a function tool runs:
+        the model is offered the function only, the response names the
+        hosted tools left out in C{x-ai-agent-ignored-tools}, and the log
+        says so in one line naming the request.
+        """
+        from tests.test_retry import LogCapture
+
+        logs = LogCapture(self, "ai_agent.headends.responses.ResponsesHeadend")
+        server = await _server(self)
+        server.upstream.script(Reply(content="No search here."))
+        response = await _http(self).post(
+            server.baseUrl + "/responses",
+            json={
+                "model": MODEL,
+                "input": "x",
+                "tools": [
+                    {"type": "web_search", "external_web_access": False},
+                    WEATHER,
+                    {"type": "file_search", "vector_store_ids": ["vs_1"]},
+                ],
+            },
+        )
+        body = json.loads(await response.content())
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"x-ai-agent-ignored-tools"),
+            [b"web_search, file_search"],
+        )
+        [upstream] = server.upstream.requests
+        self.assertEqual([t["function"]["name"] for t in upstream.body["tools"]], ["get_weather"])
+        lines = [e for e in logs.events if "hosted tools" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(
+            (lines[0]["requestId"], lines[0]["tools"]), (body["id"], "web_search, file_search")
+        )
+        self.assertEqual(lines[0]["log_level"].name, "info")
+
+    async def test_noHeaderWithout(self) -> None:
+        """
+        A request without hosted tools has no C{x-ai-agent-ignored-tools}.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content="ok"))
+        response = await _http(self).post(
+            server.baseUrl + "/responses",
+            json={"model": MODEL, "input": "x", "tools": [WEATHER]},
+        )
+        await response.content()
+        self.assertEqual(response.code, 200)
+        self.assertFalse(response.headers.hasHeader(b"x-ai-agent-ignored-tools"))
+
+    async def test_refused(self) -> None:
+        """
+        With C{--hosted-tools refuse}, a hosted tool is a 400 naming its
+        place and its type, before any upstream call.
+        """
+        from ai_agent.tap import apiMounts
+
+        server = await _server(
+            self, mounts=lambda runtime, pool, r: apiMounts(runtime, pool, r, "refuse")
+        )
+        with self.assertRaises(openai.BadRequestError) as caught:
+            await inThread(
+                server.client().responses.create,
+                model=MODEL,
+                input="x",
+                tools=[WEATHER, {"type": "web_search_preview"}],
+            )
+        error = caught.exception
+        self.assertEqual((error.param, error.code), ("tools[1].type", "unsupported_tool_type"))
+        self.assertIn("web_search_preview", error.message)
+        self.assertEqual(server.upstream.requests, [])
+
+    def test_option(self) -> None:
+        """
+        C{--hosted-tools} takes C{ignore} (the default) or C{refuse};
+        anything else is a usage error naming both.
+        """
+        from twisted.python import usage
+
+        from ai_agent.tap import Options
+
+        def parse(*extra: str) -> Any:
+            options = Options()
+            agent = os.path.join(os.path.dirname(__file__), "..", "agents")
+            options.parseOptions(["--agent", agent, "--openai-completions", "0", *extra])
+            return options["hosted-tools"]
+
+        self.assertEqual(parse(), "ignore")
+        self.assertEqual(parse("--hosted-tools", "refuse"), "refuse")
+        with self.assertRaises(usage.UsageError) as caught:
+            parse("--hosted-tools", "drop")
+        self.assertIn("ignore, refuse", str(caught.exception))
+
+
 class ErrorTests(TestCase):
     """
     Bad requests get OpenAI's envelope and the right status.
@@ -550,14 +906,19 @@ class ErrorTests(TestCase):
 
     async def test_badRequests(self) -> None:
         """
-        Hosted tools, background runs, a missing input, a wrong type and
+        A tool the client runs in another shape than a function call
+        (C{custom}), background runs, a missing input, a wrong type and
         an unknown model are refused with a 4xx naming the field; an
         unknown previous response is a 404 naming it.
         """
         server = await _server(self)
         cases = [
             (
-                {"model": MODEL, "input": "x", "tools": [{"type": "web_search"}]},
+                {
+                    "model": MODEL,
+                    "input": "x",
+                    "tools": [{"type": "custom", "name": "apply_patch"}],
+                },
                 400,
                 "tools[0].type",
             ),
@@ -578,7 +939,7 @@ class ErrorTests(TestCase):
             self.assertEqual((code, envelope["error"]["param"]), (status, param), body)
             self.assertIn(envelope["error"]["type"], ("invalid_request_error",), body)
         _, envelope = await self._post(server, cases[0][0])
-        self.assertIn("web_search", envelope["error"]["message"])
+        self.assertIn('"custom"', envelope["error"]["message"])
         _, envelope = await self._post(server, cases[-1][0])
         self.assertIn("resp_missing", envelope["error"]["message"])
 
@@ -782,22 +1143,92 @@ class ParserTests(TestCase):
                 parseResponsesRequest(json.dumps({"model": "m", **body}).encode())
             self.assertEqual((caught.exception.status, caught.exception.param), (400, param))
 
+    def test_namespaceRefusals(self) -> None:
+        """
+        A malformed C{namespace} tool (no name, no member, a member not a
+        function or badly named, a joined name taken by a plain function),
+        a tool the client runs in another shape (C{local_shell}), a
+        malformed C{namespace} on an input call and a C{tool_choice} naming
+        a namespace's function wrongly are each a 400 naming the field.
+        """
+        from ai_agent.errors import AgentError
+        from ai_agent.headends.responses import parseResponsesRequest
+
+        cases = {
+            "tools[0].name": {"input": "x", "tools": [{"type": "namespace", "tools": []}]},
+            "tools[0].tools": {"input": "x", "tools": [{"type": "namespace", "name": "ns"}]},
+            "tools[1].tools[0].type": {
+                "input": "x",
+                "tools": [WEATHER, {"type": "namespace", "name": "ns", "tools": [{"type": "x"}]}],
+            },
+            "tools[0].tools[1].name": {
+                "input": "x",
+                "tools": [{**CALC_NAMESPACE, "tools": [WEATHER, {**WEATHER, "name": "a b"}]}],
+            },
+            "tools[0].description": {"input": "x", "tools": [{**CALC_NAMESPACE, "description": 1}]},
+            "tools[1].tools[0].name": {
+                "input": "x",
+                "tools": [
+                    {**WEATHER, "name": "ns__get_weather"},
+                    {"type": "namespace", "name": "ns", "tools": [WEATHER]},
+                ],
+            },
+            "tools[0].type": {"input": "x", "tools": [{"type": "local_shell"}]},
+            "input[0].namespace": {
+                "input": [
+                    {
+                        "type": "function_call",
+                        "call_id": "c",
+                        "name": "f",
+                        "arguments": "{}",
+                        "namespace": "a.b",
+                    }
+                ]
+            },
+            "tool_choice.namespace": {
+                "input": "x",
+                "tools": [CALC_NAMESPACE],
+                "tool_choice": {"type": "function", "namespace": 3, "name": "add"},
+            },
+            "tool_choice.name": {
+                "input": "x",
+                "tools": [CALC_NAMESPACE],
+                "tool_choice": {"type": "function", "namespace": "mcp__calc", "name": "sub"},
+            },
+        }
+        for param, body in cases.items():
+            with self.assertRaises(AgentError) as caught:
+                parseResponsesRequest(json.dumps({"model": "m", **body}).encode())
+            self.assertEqual((caught.exception.status, caught.exception.param), (400, param))
+
+    def test_longNamespacedNames(self) -> None:
+        """
+        A namespace and member name too long to join within 64 characters
+        are shown to the model under a 64-character name that still tells
+        two such members apart, and the same pair always maps to the same
+        name (a continuation finds its call).
+        """
+        from ai_agent.headends.responses import namespacedName
+
+        first = namespacedName("n" * 40, "a" * 40)
+        second = namespacedName("n" * 40, "a" * 39 + "b")
+        self.assertEqual((len(first), len(second)), (64, 64))
+        self.assertNotEqual(first, second)
+        self.assertEqual(first, namespacedName("n" * 40, "a" * 40))
+        self.assertEqual(namespacedName("mcp__calc", "add"), "mcp__calc__add")
+
 
 #: The Codex CLI installed by C{npm ci --prefix tests/js}.
 CODEX = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "js", "node_modules", ".bin", "codex"
 )
 
-#: A Codex home pointing Codex at the server on the Responses API; its
-#: multi-agent tools (a C{namespace} tool) and web search (a hosted tool)
-#: are off, since the server has neither.
+#: A Codex home pointing Codex at the server on the Responses API: the
+#: provider and nothing else, so Codex sends its default tools (its
+#: multi-agent tools as a C{namespace} tool, the hosted C{web_search}).
 CODEX_CONFIG = """\
 model = "{model}"
 model_provider = "aiagent"
-web_search = "disabled"
-
-[features]
-multi_agent = false
 
 [model_providers.aiagent]
 name = "ai-agent"
@@ -823,9 +1254,11 @@ class CodexTests(TestCase):
 
     async def test_exec(self) -> None:
         """
-        C{codex exec} sends its prompt through C{/v1/responses} (its
-        instructions and the prompt reach the model, its own tools are
-        offered as client tools) and prints the agent's answer.
+        C{codex exec} with its defaults (only the provider configured)
+        sends its prompt through C{/v1/responses} (its instructions and
+        the prompt reach the model, its own tools are offered as client
+        tools, the members of its multi-agent namespace among them, its
+        hosted web search left out) and prints the agent's answer.
         """
 
         server = await _server(self)
@@ -840,6 +1273,10 @@ class CodexTests(TestCase):
         self.assertIn("Codex", json.dumps(messages))
         offered = {tool["function"]["name"] for tool in request.body.get("tools", ())}
         self.assertIn("exec_command", offered)
+        # Its multi-agent namespace's members, by their joined names; not
+        # its hosted web search.
+        self.assertIn("multi_agent_v1__spawn_agent", offered)
+        self.assertNotIn("web_search", json.dumps(request.body.get("tools")))
 
     # Codex starts in a second or so; a hung one fails the test instead of the run.
     test_exec.timeout = 120  # type: ignore[attr-defined]
@@ -883,6 +1320,32 @@ class CodexTests(TestCase):
         self.assertIn("probe-ok", result["content"])
 
     test_toolCall.timeout = 120  # type: ignore[attr-defined]
+
+    async def test_namespacedCall(self) -> None:
+        """
+        A call of a member of Codex's C{multi_agent_v1} namespace is handed
+        back so that Codex runs that tool (its output is the tool's own
+        answer about the unknown agent, not Codex's C{unsupported call}),
+        and the output reaches the model as that call's result.
+        """
+        server = await _server(self)
+        server.upstream.script(
+            Reply(toolCalls=[("multi_agent_v1__close_agent", {"target": "no-such-agent"})]),
+            Reply(content="Closed."),
+        )
+        out, err, code = await self.codexExec(server.baseUrl, "Close it")
+        output = (out + err).decode("utf-8", "replace")
+        self.assertEqual(code, 0, output)
+        self.assertIn("Closed.", out.decode())
+        first, second = server.upstream.requests
+        [call] = [m for m in second.body["messages"] if m.get("tool_calls")][0]["tool_calls"]
+        self.assertEqual(call["function"]["name"], "multi_agent_v1__close_agent")
+        [result] = [m for m in second.body["messages"] if m["role"] == "tool"]
+        self.assertEqual(result["tool_call_id"], call["id"])
+        self.assertNotIn("unsupported call", result["content"])
+        self.assertIn("no-such-agent", result["content"])
+
+    test_namespacedCall.timeout = 120  # type: ignore[attr-defined]
 
 
 class EncoderTests(TestCase):
@@ -968,7 +1431,8 @@ class ParserPropertyTests(TestCase):
 
     def test_nearlyRightRequests(self) -> None:
         """
-        Requests with the known fields, any of them of the wrong type or
+        Requests with the known fields (namespace tools and namespaced
+        calls included), any of them of the wrong type or
         holding odd text (lone surrogates included), parse into items the
         conversation is made of, or are a 400 in OpenAI's envelope;
         nothing else is raised.
@@ -998,6 +1462,7 @@ class ParserPropertyTests(TestCase):
                 "arguments": _text | _json,
                 "output": _text | st.lists(part, max_size=2) | _json,
                 "id": _text | _json,
+                "namespace": _text | st.just("mcp__calc") | _json,
             },
         )
         request = st.fixed_dictionaries(
@@ -1006,8 +1471,12 @@ class ParserPropertyTests(TestCase):
                 "instructions": _text | _json,
                 "tools": st.lists(
                     st.fixed_dictionaries(
-                        {"type": st.just("function") | _json, "name": _text | _json},
-                        optional={"parameters": _json},
+                        {
+                            "type": st.sampled_from(["function", "namespace", "web_search"])
+                            | _json,
+                            "name": _text | _json,
+                        },
+                        optional={"parameters": _json, "tools": st.just([WEATHER]) | _json},
                     ),
                     max_size=2,
                 )

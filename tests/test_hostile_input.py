@@ -24,10 +24,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ai_agent.errors import OPENAI_ERRORS, ErrorKind
+from ai_agent.headends import _request as parsing
 from ai_agent.headends._request import (
     MAX_DEPTH,
     MAX_MESSAGES,
     MAX_TOOLS,
+    MAX_VALUES,
     AgentError,
     ChatRequest,
     _parseWithJSON,
@@ -451,6 +453,110 @@ class DepthTests(SynchronousTestCase):
         self.assertIsInstance(outcome[0], (ChatRequest, AgentError))
 
 
+class ValueCountTests(SynchronousTestCase):
+    """
+    The bound on JSON values in a body (L{MAX_VALUES}), found before the
+    parser runs: the parser is one call of C code that keeps every other
+    thread waiting, however it is run.
+    """
+
+    def test_zerosRefused(self) -> None:
+        """
+        The 8 MiB body of 4 million small numbers is a 400
+        C{request_too_complex} naming the count and the limit, and the JSON
+        parser is never called for it.
+        """
+        calls: list[bytes] = []
+        self.patch(parsing, "_parseWithJSON", lambda body: calls.append(body))
+        body = b"[" + b"0," * (4 * 1024 * 1024 - 2) + b"0]"
+        with self.assertRaises(AgentError) as caught:
+            loadBody(body)
+        self.assertEqual(caught.exception.status, 400)
+        self.assertEqual(caught.exception.code, "request_too_complex")
+        self.assertIn(f"{4 * 1024 * 1024 - 1} JSON values", caught.exception.message)
+        self.assertIn(f"at most {MAX_VALUES}", caught.exception.message)
+        self.assertEqual(calls, [])
+
+    def test_atTheLimit(self) -> None:
+        """
+        Elements, object keys and their values count: a body at the limit
+        parses, one value more is refused.
+        """
+        members = (MAX_VALUES - 3) // 2
+        body = b"{" + b",".join(b'"k%d":0' % i for i in range(members)) + b"}"
+        # Counted: the object, and a comma and a colon per member (less one
+        # comma): 1 + members + members - 1.
+        self.assertEqual(parsing._shape(body)[2], 2 * members)
+        self.assertEqual(len(loadBody(body)), members)
+        over = b"[" + b"0," * MAX_VALUES + b"0]"
+        with self.assertRaises(AgentError):
+            loadBody(over)
+        under = b"[" + b"0," * (MAX_VALUES - 2) + b"0]"
+        self.assertEqual(len(loadBody(under)), MAX_VALUES - 1)
+
+    def test_textDoesNotCount(self) -> None:
+        """
+        Commas, colons and brackets inside strings (escaped quotes among
+        them) are text, not values: a long message full of them is parsed.
+        """
+        text = 'a, b: [c], {"d": e}, \\"f", ' * 40_000
+        body = json.dumps({"model": "agent", "messages": [{"role": "user", "content": text}]})
+        chat = parseChatRequest(body.encode())
+        self.assertEqual(chat.messages[0].content, text)
+
+    @given(
+        st.lists(
+            st.sampled_from([b'"', b"\\", b"a", b",", b":", b"[", b"]", b"{", b"}", b"0"]),
+            max_size=60,
+        ),
+        st.integers(min_value=1, max_value=9),
+    )
+    def test_piecesAgreeWithTheWhole(self, parts: list[bytes], pieceSize: int) -> None:
+        """
+        The bytes outside strings, found piece by piece (pieces as small as
+        one byte, so an escape or a string spans several), are those a scan
+        of the whole body finds; a string still open at the end is dropped.
+        """
+        body = b"".join(parts)
+        whole = parsing._STRING.sub(b"", parsing._ESCAPE.sub(b"", body))
+        if b'"' in whole:
+            whole = whole[: whole.index(b'"')]
+        pieces = b"".join(parsing._outsideStrings(body, pieceSize))
+        self.assertEqual(pieces, whole)
+
+    def test_longNumbersFound(self) -> None:
+        """
+        A run of digits long enough for the slow conversion is found where
+        it straddles two pieces; the integers of such a body are parsed
+        exactly (through a Python function between which other threads get
+        the interpreter).
+        """
+        piece = parsing._PIECE
+        padding = b" " * (piece - 10)
+        self.assertTrue(parsing._hasLongNumbers(padding + b"1" * 20))
+        self.assertFalse(parsing._hasLongNumbers(padding + b"1" * 18 + b" " + b"1" * 18))
+        number = int("7" * 4000)
+        converted: list[str] = []
+        original = parsing._parseInt
+        self.patch(parsing, "_parseInt", lambda text: converted.append(text) or original(text))
+        body = b"[" + b",".join([b"7" * 4000] * 100) + b"]" + b" " * piece
+        self.assertEqual(loadBody(body), [number] * 100)
+        self.assertEqual(len(converted), 100)
+
+    def test_surrogateEscapeAcrossPieces(self) -> None:
+        """
+        An escaped lone surrogate straddling two pieces of the search is
+        still found and refused.
+        """
+        piece = parsing._PIECE
+        prefix = '{"model": "agent", "messages": [{"role": "user", "content": "'
+        body = prefix + "x" * (piece - 3 - len(prefix)) + '\\ud800"}]}'
+        self.assertEqual(body.index("\\ud800"), piece - 3)
+        with self.assertRaises(AgentError) as caught:
+            parseChatRequest(body.encode())
+        self.assertEqual(caught.exception.code, "invalid_unicode")
+
+
 def _stackDepth() -> list[None]:
     frame = sys._getframe()
     frames = []
@@ -691,11 +797,18 @@ def _post(port: int, body: bytes) -> tuple[int, dict[str, str], bytes]:
     """
     POST C{body} to the chat completions route with a blocking client.
     """
+    return _postTo(port, b"/v1/chat/completions", body)
+
+
+def _postTo(port: int, path: bytes, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """
+    POST C{body} to C{path} with a blocking client.
+    """
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         connection.request(
             "POST",
-            "/v1/chat/completions",
+            path.decode("ascii"),
             body=body,
             headers={"Content-Type": "application/json", "Connection": "close"},
         )
@@ -856,6 +969,38 @@ class ServerEdgeCaseTests(TestCase):
         envelope = _checkAnswer(self, status, headers, data)
         self.assertEqual(status, 400)
         self.assertIn("levels deep", envelope["error"]["message"])
+
+    async def test_manySmallNumbers(self) -> None:
+        """
+        The 8 MiB body of 4 million small numbers is a 400
+        C{request_too_complex} in each API's envelope (Chat Completions,
+        Responses, Messages), and the upstream is never called.
+        """
+        server = await startServer(self)
+        port = server.port.getHost().port
+        numbers = b"[" + b"0," * (4 * 1024 * 1024 - 200) + b"0]"
+        for path, body, envelope in (
+            (
+                b"/v1/chat/completions",
+                b'{"model": "agent", "messages": ' + numbers + b"}",
+                "openai",
+            ),
+            (b"/v1/responses", b'{"model": "agent", "input": ' + numbers + b"}", "oa"),
+            (
+                b"/v1/messages",
+                b'{"model": "agent", "max_tokens": 10, "messages": ' + numbers + b"}",
+                "anthropic",
+            ),
+        ):
+            status, headers, data = await inThread(_postTo, port, path, body)
+            self.assertEqual(status, 400, data[:300])
+            answer = json.loads(data)
+            if envelope == "anthropic":
+                self.assertEqual(answer["type"], "error")
+                self.assertIn("JSON values", answer["error"]["message"])
+            else:
+                self.assertEqual(answer["error"]["code"], "request_too_complex")
+        self.assertEqual(server.upstream.requests, [])
 
     async def test_unicodeEdges(self) -> None:
         """

@@ -429,7 +429,8 @@ class PathSpellingTests(TestCase):
         """
         Every route of every API served (taken from their routers, not a
         list kept here), in every spelling, is a 401 without a key, except
-        the open ones; the upstream is never called.
+        the open ones; C{OPTIONS} included, on every route (a 405 there
+        would list the routes); the upstream is never called.
         """
         apps = [self.server.headend.app, *(mount.app for mount in self.server.mounts)]
         rules = [rule for app in apps for rule in app.url_map.iter_rules()]
@@ -438,7 +439,7 @@ class PathSpellingTests(TestCase):
         for rule in rules:
             rule_ = rule.rule.replace("<path:modelId>", "agent").replace("<name>", "docs.js")
             path = re.sub(r"<[^>]+>", "x", rule_).encode()
-            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            for method in sorted((rule.methods | {"OPTIONS"}) - {"HEAD"}):
                 for spelling in _spellings(path):
                     body = BODY if method == "POST" else b""
                     # (The status line is enough; the pages are not JSON.)
@@ -466,6 +467,33 @@ class PathSpellingTests(TestCase):
         )
         self.assertEqual(_status(answer), 404)
         self.assertEqual(_envelope(answer)["error"]["type"], "invalid_request_error")
+
+    async def test_optionsNeedsKey(self) -> None:
+        """
+        C{OPTIONS} without a key is the same 401 envelope on a served path
+        and on an unknown one, preflight headers or not (no origin is
+        allowed here); with the key it reaches the router (405 on a served
+        path, 404 elsewhere).
+        """
+        preflight = {b"Origin": b"https://a.example", b"Access-Control-Request-Method": b"POST"}
+        answers = []
+        for path in (b"/v1/chat/completions", b"/v2/secret"):
+            for headers in ({}, preflight):
+                answer = await self._answer(
+                    _request(b"", path=path, method=b"OPTIONS", headers=headers)
+                )
+                self.assertEqual(_status(answer), 401, answer)
+                answers.append(_envelope(answer))
+        self.assertEqual(answers[0]["error"]["code"], "invalid_api_key")
+        self.assertEqual(len({json.dumps(a) for a in answers}), 1, answers)
+        key = {b"X-Api-Key": b"k"}
+        served = await self._answer(
+            _request(b"", path=b"/v1/chat/completions", method=b"OPTIONS", headers=key)
+        )
+        unknown = await self._answer(
+            _request(b"", path=b"/v2/secret", method=b"OPTIONS", headers=key)
+        )
+        self.assertEqual((_status(served), _status(unknown)), (405, 404))
 
     async def test_spellingsRouteLikeCanonical(self) -> None:
         """
@@ -650,6 +678,52 @@ class CORSTests(TestCase):
         )
         self.assertEqual(_status(answer), 200)
         self.assertNotIn(b"access-control-allow-", answer.lower())
+
+    async def test_preflightWithoutKey(self) -> None:
+        """
+        With API keys set, a preflight from an allowed origin still gets its
+        204 without a key (browsers send none), on a served path and an
+        unknown one alike; from another origin it is the key check's 401,
+        the same on both paths.
+        """
+        server = await startServer(
+            self,
+            policy=HTTPPolicy(
+                apiKeys=APIKeys.fromKeys(["k"]), corsOrigins=frozenset({"https://a.example"})
+            ),
+        )
+        for path in (b"/v1/chat/completions", b"/v2/secret"):
+            allowed = self._preflight(b"https://a.example").replace(
+                b"/v1/chat/completions", path, 1
+            )
+            answer = (await self._answer(server, allowed)).lower()
+            self.assertEqual(_status(answer), 204, answer)
+            self.assertIn(b"access-control-allow-origin: https://a.example", answer)
+        refused = []
+        for path in (b"/v1/chat/completions", b"/v2/secret"):
+            other = self._preflight(b"https://b.example").replace(b"/v1/chat/completions", path, 1)
+            answer = await self._answer(server, other)
+            self.assertEqual(_status(answer), 401, answer)
+            self.assertNotIn(b"access-control-allow-origin", answer.lower())
+            refused.append(answer.split(b"\r\n\r\n", 1)[1])
+        self.assertEqual(refused[0], refused[1])
+        self.assertEqual(server.upstream.requests, [])
+
+    async def test_otherOriginSameOnEveryPath(self) -> None:
+        """
+        Without API keys, a preflight from an origin that is not allowed is
+        the same 403 on a served path and on an unknown one.
+        """
+        server = await startServer(
+            self, policy=HTTPPolicy(corsOrigins=frozenset({"https://a.example"}))
+        )
+        answers = []
+        for path in (b"/v1/chat/completions", b"/v2/secret"):
+            other = self._preflight(b"https://b.example").replace(b"/v1/chat/completions", path, 1)
+            answer = await self._answer(server, other)
+            self.assertEqual(_status(answer), 403, answer)
+            answers.append(answer.split(b"\r\n\r\n", 1)[1])
+        self.assertEqual(answers[0], answers[1])
 
     async def test_allowedOriginOnResponses(self) -> None:
         """

@@ -621,6 +621,25 @@ class UpstreamTests(TestCase):
         self.assertEqual(recorded.headers["x-api-key"], SENTINEL_KEY)
         self.assertEqual(recorded.headers["anthropic-version"], "2023-06-01")
 
+    async def test_topKAndThinkingBudget(self) -> None:
+        """
+        C{topK} reaches Anthropic as C{top_k}; C{reasoningTokens} becomes
+        the thinking C{budget_tokens} (over the effort's own budget), with
+        C{max_tokens} raised above it, and C{top_k} is then left out
+        (Anthropic refuses it while thinking).
+        """
+        await self.call(topK=12)
+        await self.call(topK=12, reasoning="low", reasoningTokens=3000, maxTokens=1000)
+        await self.call(topK=12, reasoning="none", reasoningTokens=3000)
+        plain, thinking, off = (recorded.body for recorded in self.upstream.requests)
+        self.assertEqual(plain["top_k"], 12)
+        self.assertNotIn("thinking", plain)
+        self.assertEqual(thinking["thinking"], {"type": "enabled", "budget_tokens": 3000})
+        self.assertEqual(thinking["max_tokens"], 4000)
+        self.assertNotIn("top_k", thinking)
+        self.assertNotIn("thinking", off)
+        self.assertEqual(off["top_k"], 12)
+
     async def test_echo(self) -> None:
         """
         The unscripted echo reply arrives word by word, with usage counting

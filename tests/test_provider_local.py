@@ -24,6 +24,9 @@ from ai_agent.providers import ChatMessage, LLMRequest, LLMResponse
 from ai_agent.providers._base import CallbackSink
 from ai_agent.providers.local import (
     BUNDLED_MODEL,
+    DEFAULT_MAX_TOKENS,
+    REPEAT_LAST_N,
+    REPEAT_PENALTY,
     LocalProvider,
     LocalSettings,
     bundledModelPath,
@@ -127,6 +130,45 @@ class LocalProviderTests(TestCase):
         for recorded in upstream.requests:
             self.assertEqual(recorded.path, "/v1/chat/completions")
             self.assertEqual(recorded.headers["authorization"], f"Bearer {key}")
+
+    async def test_firstRunSampling(self) -> None:
+        """
+        A call with no output limit reaches the embedded server with the
+        default one and llama.cpp's repetition penalty; a limit the agent
+        or client set is kept, and the penalty is sent with it too.
+        """
+        upstream = await self.setUpProvider()
+        await timeout(self.call())
+        limited = LLMRequest(
+            model="tiny", messages=(ChatMessage("user", "hi"),), maxTokens=40, timeout=TIMEOUT
+        )
+        await timeout(self.provider.complete(limited, CallbackSink()))
+        sent = [recorded.body for recorded in upstream.requests]
+        self.assertEqual(
+            [(b["max_tokens"], b["repeat_penalty"], b["repeat_last_n"]) for b in sent],
+            [
+                (DEFAULT_MAX_TOKENS, REPEAT_PENALTY, REPEAT_LAST_N),
+                (40, REPEAT_PENALTY, REPEAT_LAST_N),
+            ],
+        )
+        self.assertEqual((DEFAULT_MAX_TOKENS, REPEAT_PENALTY, REPEAT_LAST_N), (512, 1.1, 64))
+
+    async def test_samplingReachesServer(self) -> None:
+        """
+        The agent's C{topK} and C{repeatPenalty} reach the llama.cpp server
+        as C{top_k} and C{repeat_penalty}, as given (over any default).
+        """
+        upstream = await self.setUpProvider()
+        request = LLMRequest(
+            model="tiny",
+            messages=(ChatMessage("user", "hi"),),
+            timeout=TIMEOUT,
+            topK=40,
+            repeatPenalty=1.25,
+        )
+        await timeout(self.provider.complete(request, CallbackSink()))
+        body = upstream.requests[0].body
+        self.assertEqual((body["top_k"], body["repeat_penalty"]), (40, 1.25))
 
     async def test_boundedConcurrency(self) -> None:
         """
@@ -357,9 +399,7 @@ class EmbeddedModelTests(TestCase):
             answers.append(completion.choices[0].message.content)
         self.assertTrue(answers[0].strip())
         self.assertEqual(answers[0], answers[1])
-        self.assertIn(
-            "skipping openai/gpt-4o-mini: provider 'openai' needs", raw.http_response.text
-        )
+        self.assertIn("skipping openai/gpt-4o-mini: not configured", raw.http_response.text)
 
     async def test_streamNamesModel(self) -> None:
         """

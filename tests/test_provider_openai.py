@@ -704,6 +704,19 @@ class UpstreamTests(TestCase):
         self.assertEqual(recorded.headers["authorization"], f"Bearer {SENTINEL_KEY}")
         self.assertEqual(recorded.body["stream_options"], {"include_usage": True})
 
+    async def test_samplingExtensions(self) -> None:
+        """
+        C{topK} and C{repeatPenalty} reach the upstream as C{top_k} and
+        C{repeat_penalty} (llama.cpp's and vLLM's fields); unset, they are
+        not sent at all.
+        """
+        await self.call(topK=40, repeatPenalty=1.15)
+        await self.call()
+        sent, plain = (recorded.body for recorded in self.upstream.requests)
+        self.assertEqual((sent["top_k"], sent["repeat_penalty"]), (40, 1.15))
+        self.assertNotIn("top_k", plain)
+        self.assertNotIn("repeat_penalty", plain)
+
     async def test_defaultEcho(self) -> None:
         """
         The unscripted echo reply arrives word by word with computed usage.

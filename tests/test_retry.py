@@ -384,8 +384,13 @@ class SessionRetryTests(SynchronousTestCase):
         # The model that answers is announced first, then the note, then
         # the answer.
         self.assertEqual(self.events[0], ModelAnswering("first/m1"))
-        self.assertEqual(self.events[1], Retrying("first/m1", "boom"))
-        self.assertEqual(progressText(self.events[1]), "first/m1 failed (boom); retrying\n")
+        self.assertEqual(self.events[1], Retrying("first/m1", "upstream error", detail="boom"))
+        self.assertEqual(
+            progressText(self.events[1]), "first/m1 failed (upstream error); retrying\n"
+        )
+        self.assertEqual(
+            progressText(self.events[1], detailed=True), "first/m1 failed (boom); retrying\n"
+        )
         self.assertEqual(self.events[2], ContentDelta("ok"))
 
     def test_rateLimitWaitsOnClock(self) -> None:

@@ -11,10 +11,19 @@ import json
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from ai_agent.accounting import RunAccount, RunLabels
+from ai_agent.accounting import (
+    CANCELLED,
+    CHARS_PER_TOKEN,
+    RunAccount,
+    RunLabels,
+    StreamMeter,
+    estimateUsage,
+)
 from ai_agent.config import Pricing
 from ai_agent.events import Usage
 from ai_agent.observe._logs import eventAsJSON
+from ai_agent.providers import ChatMessage, ToolCall, ToolSpec
+from ai_agent.providers._base import CallbackSink
 
 #: The format string the run line was logged with before it was made as
 #: text: the line must read the same.
@@ -96,3 +105,71 @@ class RunLineTests(SynchronousTestCase):
             "agent sub run failed: 502 upstream_error in 0.500s: models p/m,"
             " 1 calls (0 failed), tokens 3+4, cost unknown",
         )
+
+    def test_estimatedLine(self) -> None:
+        """
+        A call cancelled mid-answer, recorded with estimated tokens, names
+        its model, counts its tokens and prices them, all said to be
+        estimates (C{~} before the cost); the JSON log has C{estimated}.
+        """
+        account = RunAccount("a", 0.0, {"p/m": Pricing(1.0, 2.0)})
+        account.record("p/m", Usage(12, 9), 2.0, CANCELLED, estimated=True)
+        line = self.finish(account, "cancelled", 2.5)
+        text = formatEvent(line)
+        self.assertEqual(
+            text,
+            "agent a run cancelled in 2.500s: models p/m, 1 calls (1 failed),"
+            " tokens 12+9 (estimated: cancelled mid-answer), cost ~$0.000030",
+        )
+        self.assertTrue(json.loads(eventAsJSON(line))["estimated"])
+
+    def test_cancelledBeforeAnything(self) -> None:
+        """
+        A call cancelled before its model streamed anything names no model
+        and has an unknown cost, and nothing is said to be estimated.
+        """
+        account = RunAccount("a", 0.0, {"p/m": Pricing(1.0, 2.0)})
+        account.record("p/m", Usage(), 2.0, CANCELLED)
+        line = self.finish(account, "cancelled", 2.5)
+        self.assertEqual(
+            formatEvent(line),
+            "agent a run cancelled in 2.500s: models none, 1 calls (1 failed),"
+            " tokens 0+0, cost unknown",
+        )
+        self.assertFalse(line["estimated"])
+
+
+class EstimateTests(SynchronousTestCase):
+    """
+    L{estimateUsage} and L{StreamMeter}: the tokens of a cancelled call.
+    """
+
+    def test_estimate(self) -> None:
+        """
+        Four characters a token, rounded up: the messages' text and tool
+        call arguments and the tools' specs sent, the characters streamed.
+        """
+        messages = [
+            ChatMessage("system", "a" * 10),
+            ChatMessage("assistant", "", toolCalls=(ToolCall("c1", "f", "{}"),)),
+        ]
+        tool = ToolSpec("f", "does f", {"type": "object"})
+        sent = 10 + 2 + len(json.dumps(tool.asOpenAI()))
+        self.assertEqual(estimateUsage(messages, [tool], 9), Usage(-(-sent // CHARS_PER_TOKEN), 3))
+        self.assertEqual(estimateUsage([], [], 0), Usage())
+
+    def test_meter(self) -> None:
+        """
+        The meter passes content and reasoning on and counts both.
+        """
+        seen: list[tuple[str, str]] = []
+        meter = StreamMeter(
+            CallbackSink(
+                onContent=lambda t: seen.append(("c", t)),
+                onReasoning=lambda t: seen.append(("r", t)),
+            )
+        )
+        meter.reasoning("hmm")
+        meter.content("hello")
+        self.assertEqual(seen, [("r", "hmm"), ("c", "hello")])
+        self.assertEqual(meter.characters, 8)

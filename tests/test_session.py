@@ -457,3 +457,38 @@ class CachingFlagTests(SynchronousTestCase):
                 )
             )
             self.assertEqual(provider.requests[0].cache, caching)
+
+
+class SamplingKeyTests(SynchronousTestCase):
+    """
+    The agent's C{topK}, C{repeatPenalty} and C{reasoningTokens} reach
+    every LLM request of its turns; a short direct answer (no reasoning)
+    carries no thinking budget.
+    """
+
+    def test_keysReachRequest(self) -> None:
+        """
+        The values of the agent file are the request's.
+        """
+        provider = ScriptedProvider(name="first", replies=[LLMResponse(content="ok")])
+        runner = SessionRunner({"first": provider}.__getitem__, Clock())
+        agent = _agent(topK=30, repeatPenalty=1.3, reasoningTokens=2048)
+        self.successResultOf(
+            runner.run(agent, RunRequest((ChatMessage("user", "x"),)), lambda e: None)
+        )
+        sent = provider.requests[0]
+        self.assertEqual((sent.topK, sent.repeatPenalty, sent.reasoningTokens), (30, 1.3, 2048))
+
+    def test_directWithoutBudget(self) -> None:
+        """
+        L{SessionRunner.runDirect} keeps C{topK} but sends no thinking
+        budget, as it sends no reasoning effort.
+        """
+        provider = ScriptedProvider(name="first", replies=[LLMResponse(content="ok")])
+        runner = SessionRunner({"first": provider}.__getitem__, Clock())
+        agent = _agent(topK=30, reasoningTokens=2048)
+        self.successResultOf(
+            runner.runDirect(agent, RunRequest((ChatMessage("user", "x"),)), lambda e: None)
+        )
+        sent = provider.requests[0]
+        self.assertEqual((sent.topK, sent.reasoningTokens, sent.reasoning), (30, None, None))

@@ -12,6 +12,7 @@ once.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
@@ -51,6 +53,7 @@ from ai_agent.store import (
     sqliteDialect,
 )
 from ai_agent.store._base import urlSecrets
+from ai_agent.store._reasons import neutralReason
 from ai_agent.tap import ServerOptions
 from tests._harness import writeAgent
 
@@ -71,6 +74,17 @@ def withTimeout(d: Deferred[Any], seconds: float = TIMEOUT) -> Deferred[Any]:
     C{d}, failing with a timeout after C{seconds}.
     """
     return d.addTimeout(seconds, reactor)
+
+
+def assertNoPathIn(testCase: Any, path: str, text: str) -> None:
+    """
+    Fail C{testCase} when C{text} holds any segment of C{path} (bar the
+    names anyone could guess: C{tmp}, C{store.sqlite3}, ...).
+    """
+    common = {"tmp", "sub", "state", "store.sqlite3", "s.sqlite3", "_trial_temp"}
+    for segment in path.split(os.sep):
+        if segment and segment not in common:
+            testCase.assertNotIn(segment, text)
 
 
 class LogCapture:
@@ -634,6 +648,35 @@ class SQLiteStoreTests(SQLStoreBehaviourMixin, TestCase):
             await withTimeout(store.get(TURNS, "a"))
         opened = [e for e in logs.events if "cannot open the run store" in formatEvent(e)]
         self.assertEqual(len(opened), 2)
+        # The client is told why without the path; the operator's log has it.
+        self.assertEqual(
+            caught.exception.message,
+            "the run store is unavailable: a file system error (not a directory)",
+        )
+        assertNoPathIn(self, self.path, repr(OPENAI_ERRORS.envelope(caught.exception)))
+        self.assertIn(blocker, logs.everything())
+
+    async def test_lockedDatabase(self) -> None:
+        """
+        A database another process holds locked past the busy timeout fails
+        an operation with a 503 that says so, without the file's path.
+        """
+        store = SQLStore(sqliteDialect(self.path, busyTimeout=0.05), reactor, self.clock)
+        self.addCleanup(store.close)
+        await withTimeout(store.start())
+        holder = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(holder.close)
+        holder.execute("BEGIN EXCLUSIVE")
+        self.addCleanup(holder.execute, "ROLLBACK")
+        logs = LogCapture(self)
+        with self.assertRaises(StoreUnavailableError) as caught:
+            await withTimeout(store.put(TURNS, "a", 1))
+        self.assertEqual(
+            caught.exception.message,
+            "the run store is unavailable: the database is locked by another writer",
+        )
+        assertNoPathIn(self, self.path, caught.exception.message)
+        self.assertIn("database is locked", logs.everything())
 
 
 class PostgresTestMixin:
@@ -791,7 +834,8 @@ class PostgresSecretTests(PostgresTestMixin, TestCase):
         with self.assertRaises(StoreUnavailableError) as caught:
             await withTimeout(store.start())
         message = caught.exception.message
-        self.assertIn("password authentication failed", message)
+        self.assertEqual(message, "the run store is unavailable: the database refused the login")
+        self.assertIn("password authentication failed", logs.everything())
         for secret in (wrong, self.password):
             self.assertNotIn(secret, message)
             self.assertNotIn(secret, repr(OPENAI_ERRORS.envelope(caught.exception)))
@@ -824,6 +868,99 @@ class PostgresSecretTests(PostgresTestMixin, TestCase):
         with self.assertRaises(StoreUnavailableError) as caught:
             await withTimeout(store.start())
         self.assertNotIn(self.password, caught.exception.message)
+        self.assertEqual(
+            caught.exception.message,
+            "the run store is unavailable: the database cannot be reached",
+        )
+
+
+class NeutralReasonTests(SynchronousTestCase):
+    """
+    L{neutralReason}: what a client is told when the database fails, from
+    real errors of SQLite, the system and psycopg.
+    """
+
+    def setUp(self) -> None:
+        self.folder = os.path.abspath(self.mktemp())
+        os.makedirs(self.folder)
+
+    def sqliteError(self, action: Callable[[], Any]) -> sqlite3.Error:
+        with self.assertRaises(sqlite3.Error) as caught:
+            action()
+        return caught.exception
+
+    def test_sqlite(self) -> None:
+        """
+        SQLite's errors are told by their result code: a file that cannot
+        be opened, a read-only database, a lock.
+        """
+        missing = os.path.join(self.folder, "gone", "x.sqlite3")
+        cannotOpen = self.sqliteError(lambda: sqlite3.connect(missing))
+        self.assertEqual(neutralReason(cannotOpen), "the database file cannot be opened")
+        path = os.path.join(self.folder, "ro.sqlite3")
+        sqlite3.connect(path).close()
+        readOnly = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        self.addCleanup(readOnly.close)
+        error = self.sqliteError(lambda: readOnly.execute("CREATE TABLE t (x)"))
+        self.assertEqual(neutralReason(error), "the database is read-only")
+        holder = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(holder.close)
+        holder.execute("BEGIN EXCLUSIVE")
+        self.addCleanup(holder.execute, "ROLLBACK")
+        other = sqlite3.connect(path, timeout=0)
+        self.addCleanup(other.close)
+        locked = self.sqliteError(lambda: other.execute("CREATE TABLE u (x)"))
+        self.assertEqual(neutralReason(locked), "the database is locked by another writer")
+
+    def test_system(self) -> None:
+        """
+        An error from the system is told by its number, without the file
+        name it carries.
+        """
+        blocker = os.path.join(self.folder, "file")
+        with open(blocker, "w") as f:
+            f.write("x")
+        with self.assertRaises(OSError) as caught:
+            os.makedirs(os.path.join(blocker, "sub"))
+        self.assertIn(blocker, str(caught.exception))
+        self.assertEqual(neutralReason(caught.exception), "a file system error (not a directory)")
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/srv/secret/store.sqlite3")
+        self.assertEqual(neutralReason(full), "the disk is full")
+
+    def test_postgres(self) -> None:
+        """
+        psycopg's errors are told by their SQLSTATE (class or code); the
+        connection failures, which have none, by libpq's phrase for a
+        refused login, or else as unreachable.
+        """
+        import psycopg
+        from psycopg import errors
+
+        self.assertEqual(
+            neutralReason(errors.InsufficientPrivilege("permission denied for table t")),
+            "permission denied",
+        )
+        self.assertEqual(
+            neutralReason(errors.DiskFull("could not extend file base/1/2")),
+            "the database is out of resources (disk, memory or connections)",
+        )
+        self.assertEqual(
+            neutralReason(errors.AdminShutdown("terminating connection")),
+            "the database is shutting down or restarting",
+        )
+        self.assertEqual(
+            neutralReason(errors.UndefinedTable('relation "secret_table" does not exist')),
+            "a database error (SQLSTATE 42P01)",
+        )
+        refused = psycopg.OperationalError(
+            'connection failed: connection to server at "db.internal" (10.0.0.5), port 5432'
+            ' failed: FATAL:  password authentication failed for user "bob"'
+        )
+        self.assertEqual(neutralReason(refused), "the database refused the login")
+        unreachable = psycopg.OperationalError(
+            'connection failed: connection to server at "db.internal", port 5432 failed'
+        )
+        self.assertEqual(neutralReason(unreachable), "the database cannot be reached")
 
 
 class SettingsTests(SynchronousTestCase):
@@ -1039,6 +1176,66 @@ class ServerWiringTests(TestCase):
         self.assertIn(f"run store open (SQLite {path}, schema {SCHEMA_VERSION})", output)
         self.assertIn(f"run store closed (SQLite {path})", output)
         self.assertTrue(os.path.isfile(path))
+
+    async def test_unusableStoreNotShown(self) -> None:
+        """
+        A server whose store file cannot be made (a file stands where its
+        directory should be) answers a stored Responses request with a 503
+        C{store_unavailable} whose body names no segment of the store's
+        path; the server's log names the path.
+        """
+        from ai_agent.testing import startFakeUpstream
+        from tests._process import (
+            ServerProcess,
+            childEnvironment,
+            command,
+            freePort,
+            waitUntilListening,
+        )
+        from tests.test_http_guard import _envelope, _Raw, _request, _status
+
+        running = await startFakeUpstream(reactor)
+        self.addCleanup(running.stop)
+        with open(os.path.join(self.folder, ".ai-agent.json"), "w") as f:
+            json.dump({"providers": {"fake": {"type": "openai", "baseUrl": running.baseUrl}}}, f)
+        blocker = os.path.join(self.folder, "private-state-dir")
+        with open(blocker, "w") as f:
+            f.write("a file, not a directory")
+        location = os.path.join(blocker, "store.sqlite3")
+        port = freePort()
+        server = ServerProcess()
+        argv = [
+            *command("ai-agent"),
+            "--agent",
+            "chat.ai",
+            "--openai-completions",
+            str(port),
+            "--store",
+            location,
+        ]
+        reactor.spawnProcess(
+            server, argv[0], argv, env=childEnvironment(HOME=self.folder), path=self.folder
+        )
+
+        def stop() -> Deferred[int]:
+            if server.status is None:
+                server.transport.signalProcess("KILL")
+            return server.ended
+
+        self.addCleanup(stop)
+        await waitUntilListening(server, port)
+        raw = _Raw()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), raw)
+        self.addCleanup(raw.transport.loseConnection)
+        body = json.dumps({"model": "chat", "input": "hi", "store": True}).encode()
+        raw.transport.write(_request(body, path=b"/v1/responses"))
+        await withTimeout(raw.waitFor(b"}}"))
+        self.assertEqual(_status(raw.received), 503, raw.received)
+        error = _envelope(raw.received)["error"]
+        self.assertEqual(error["code"], "store_unavailable")
+        self.assertIn("the run store is unavailable", error["message"])
+        assertNoPathIn(self, location, raw.received.decode("utf-8"))
+        self.assertIn(blocker, server.output.decode())
 
     async def test_postgresPasswordNotLogged(self) -> None:
         """

@@ -366,3 +366,35 @@ class KeepAliveTests(RunResponseTests):
         self.run.result.errback(AgentError("cut", 502, ErrorKind.SERVER))
         self.successResultOf(done)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class FlowTests(SynchronousTestCase):
+    """
+    L{ai_agent.flow.Flow}, the back-pressure of a streamed run, on a clock.
+    """
+
+    def test_pauseAfterCloseArmsNoTimer(self) -> None:
+        """
+        A pause that comes after the run ended (the stream's last frames
+        filling the socket's buffer) schedules no stall timer, which
+        nothing would cancel and which would drop the connection a minute
+        later; before the end, a pause is timed and reports the stall.
+        """
+        from ai_agent.flow import Flow
+
+        clock = MemoryReactorClock()
+        stalls: list[None] = []
+        flow = Flow(clock, 5.0, lambda: stalls.append(None))
+        flow.pause()
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        flow.resume()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        flow.close()
+        flow.pause()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(10)
+        self.assertEqual(stalls, [])
+        opened = Flow(clock, 5.0, lambda: stalls.append(None))
+        opened.pause()
+        clock.advance(5)
+        self.assertEqual(stalls, [None])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 
 import treq
@@ -231,6 +232,62 @@ class ServerProcessTests(TestCase):
             [*command("ai-agent"), "--agent", "chat.ai", "--openai-completions", "PORT"],
             expectedStatus=0,
         )
+
+
+class FailedStartTests(TestCase):
+    """
+    C{twistd -n ai-agent} that cannot start ends with one line and a
+    non-zero status, and leaves no C{twistd.pid} behind (the next start
+    would otherwise have to tell a stale pid file from a running server).
+    """
+
+    async def _twistd(self, folder: str, *args: str) -> tuple[str, int]:
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        out, err, status = await run(
+            [*command("twistd"), "-n", "ai-agent", *args], folder, childEnvironment(HOME=home)
+        )
+        return (out + err).decode(), status
+
+    def _folder(self, agent: str = "---\nmodels: openai/gpt-x\n---\nHi.\n") -> str:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, "chat.ai"), "w") as f:
+            f.write(agent)
+        return folder
+
+    async def test_busyPortLeavesNoPidFile(self) -> None:
+        """
+        A port in use is found once twistd has written its pid file: the
+        file is removed again, and the one line says why.
+        """
+        folder = self._folder()
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            output, status = await self._twistd(
+                folder, "--agent", "chat.ai", "--openai-completions", str(port)
+            )
+        self.assertNotEqual(status, 0, output)
+        self.assertIn(f"cannot listen on 127.0.0.1:{port}", output)
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(os.listdir(folder), ["chat.ai"], output)
+
+    async def test_badAgentLeavesNoPidFile(self) -> None:
+        """
+        An invalid agent file and an unknown option end twistd before it
+        writes a pid file.
+        """
+        folder = self._folder("---\nmodles: openai/gpt-x\n---\nHi.\n")
+        for args in (
+            ["--agent", "chat.ai", "--openai-completions", "0"],
+            ["--agent", "chat.ai", "--no-such-option"],
+        ):
+            output, status = await self._twistd(folder, *args)
+            self.assertNotEqual(status, 0, output)
+            self.assertNotIn("Traceback", output)
+            self.assertEqual(os.listdir(folder), ["chat.ai"], output)
 
 
 class FreezeHeapTests(SynchronousTestCase):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import openai
@@ -19,6 +20,7 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import provider
 
+from ai_agent import tasks
 from ai_agent.providers import ChatMessage
 from ai_agent.tasks import FORWARDED_HEADERS, detectTask, forwardedHeaders, loggable
 from ai_agent.testing import Reply
@@ -115,6 +117,38 @@ LIBRECHAT_STRUCTURED_TITLE = (
     "quotation)\n\nUser: hi\nAI: hello"
 )
 
+#: Open WebUI's tool-choice template (C{DEFAULT_TOOLS_FUNCTION_CALLING_PROMPT_TEMPLATE} in
+#: its C{config.py}, 0.12) as it sends it, with C{{{TOOLS}}} rendered as Open WebUI does
+#: (its tools' specs as JSON).
+OPEN_WEBUI_TOOL_CHOICE = (
+    'Available Tools: [{"name": "get_current_time", "description": "Get the current time.", '
+    '"parameters": {"type": "object", "properties": {}}}]\n\n'
+    "Your task is to choose and return the correct tool(s) from the list of available tools "
+    "based on the query. Follow these guidelines:\n\n"
+    "- Return only the JSON object, without any additional text or explanation.\n\n"
+    '- If no tools match the query, return an empty array: \n   {\n     "tool_calls": []\n   }'
+    "\n\n"
+    '- If one or more tools match the query, construct a JSON response containing a "tool_calls"'
+    " array with objects that include:\n"
+    '   - "name": The tool\'s name.\n'
+    '   - "parameters": A dictionary of required parameters and their corresponding values.\n\n'
+    "The format for the JSON response is strictly:\n"
+    '{\n  "tool_calls": [\n'
+    '    {"name": "toolName1", "parameters": {"key1": "value1"}},\n'
+    '    {"name": "toolName2", "parameters": {"key2": "value2"}}\n'
+    "  ]\n}"
+)
+#: The user message Open WebUI 0.12 sends with it: the query alone on a new chat, the
+#: recent messages first (C{History:}) later in a chat.
+OPEN_WEBUI_TOOL_QUERY = "Query: What time is it?"
+OPEN_WEBUI_TOOL_QUERY_WITH_HISTORY = (
+    'History:\nUSER: """Hello"""\nASSISTANT: """Hi! How can I help?"""\nQuery: What time is it?'
+)
+
+
+def _toolChoice(query: str) -> list[ChatMessage]:
+    return [ChatMessage("system", OPEN_WEBUI_TOOL_CHOICE), ChatMessage("user", query)]
+
 
 def _user(text: str) -> list[ChatMessage]:
     return [ChatMessage("user", text)]
@@ -204,6 +238,49 @@ class DetectTaskTests(SynchronousTestCase):
         ):
             self.assertIsNone(detectTask(_user(text)), text)
 
+    def test_openWebUILegacyToolChoice(self) -> None:
+        """
+        Open WebUI's Legacy function calling request (its tool-choice
+        template as the system message, then C{Query: ...}, with or without
+        the chat's history before it) is the C{function_calling} task.
+        """
+        self.assertEqual(detectTask(_toolChoice(OPEN_WEBUI_TOOL_QUERY)), "function_calling")
+        self.assertEqual(
+            detectTask(_toolChoice(OPEN_WEBUI_TOOL_QUERY_WITH_HISTORY)), "function_calling"
+        )
+        # Older versions put "Query: " before the history too.
+        self.assertEqual(
+            detectTask(_toolChoice("Query: " + OPEN_WEBUI_TOOL_QUERY_WITH_HISTORY)),
+            "function_calling",
+        )
+
+    def test_toolChoiceNeedsBothMessages(self) -> None:
+        """
+        Neither half of the tool-choice request is a task alone: the
+        template needs the C{Query:} message right after it, and a
+        C{Query:} message needs the template as the system message before
+        it; a chat continuing after the template is a chat.
+        """
+        self.assertIsNone(detectTask(_user(OPEN_WEBUI_TOOL_QUERY)))
+        self.assertIsNone(detectTask([ChatMessage("system", OPEN_WEBUI_TOOL_CHOICE)]))
+        self.assertIsNone(
+            detectTask(_toolChoice("What time is it? Answer with a Query: line at the end."))
+        )
+        self.assertIsNone(
+            detectTask(
+                [ChatMessage("system", "You are helpful."), ChatMessage("user", "Query: hi")]
+            )
+        )
+        self.assertIsNone(
+            detectTask(
+                [
+                    *_toolChoice(OPEN_WEBUI_TOOL_QUERY),
+                    ChatMessage("assistant", '{"tool_calls": []}'),
+                    ChatMessage("user", "Query: and the date?"),
+                ]
+            )
+        )
+
     def test_taskHeader(self) -> None:
         """
         An C{X-OpenWebUI-Task} header names the task whatever the
@@ -217,6 +294,61 @@ class DetectTaskTests(SynchronousTestCase):
         self.assertIsNone(detectTask(hello, ""))
         self.assertIsNone(detectTask(hello, "default"))
         self.assertIsNone(detectTask(hello, "!!!"))
+
+
+class LongMessageTests(SynchronousTestCase):
+    """
+    Detection on long messages: no search whose time grows faster than the
+    text, and the pieces a long text is searched in change no answer.
+    """
+
+    def test_historyTagsAgreeWithTheRegularExpression(self) -> None:
+        """
+        Where the conversation starts is what the regular expression
+        C{<chat_history>.*</chat_history>} found (the first opening tag a
+        closing tag follows), for texts made of tags, JSON keys and words
+        in every order; that expression took time growing with the square
+        of the number of tags (5 s for 224 KB of opening tags, on the
+        reactor's thread).
+        """
+        oracle = re.compile(r"<chat_history>.*</chat_history>", re.IGNORECASE | re.DOTALL)
+        parts = ["<chat_history>", "</chat_history>", "<CHAT_HISTORY>", '{"title":', " x "]
+        for a in parts:
+            for b in parts:
+                for c in parts:
+                    for d in parts:
+                        text = a + b + c + d
+                        match = oracle.search(text)
+                        expected = None
+                        if match is not None and '{"title":' in text[: match.start()]:
+                            expected = "title"
+                        self.assertEqual(tasks._openWebUITask(text.lower()), expected, text)
+
+    def test_searchedInPieces(self) -> None:
+        """
+        With pieces of a few characters, a phrase or a JSON key straddling
+        two pieces is found, and one cut short by a piece's end is not
+        taken for a whole word.
+        """
+        self.patch(tasks, "_PIECE", 7)
+        self.patch(tasks, "_OVERLAP", 40)
+        title = "Summarize the chat as a 3-5 word title.\n<chat_history>\nUSER: hi\n</chat_history>"
+        self.assertEqual(detectTask(_user(title)), "title")
+        tags = 'Answer {  "tags": [...] }.<chat_history></chat_history>'
+        self.assertEqual(detectTask(_user(tags)), "tags")
+        cut = "xxx broad tagsy <chat_history></chat_history>"
+        self.assertIsNone(detectTask(_user(cut)))
+        self.assertEqual(detectTask(_user("A 5-word-or-less title for the conversation")), "title")
+
+    def test_longTitlePrompt(self) -> None:
+        """
+        A title prompt whose history is megabytes long is still a title,
+        and megabytes of opening tags are not a task.
+        """
+        history = "USER: " + "words " * 500_000
+        prompt = OPEN_WEBUI_TITLE.replace("<chat_history>", "<chat_history>" + history)
+        self.assertEqual(detectTask(_user(prompt)), "title")
+        self.assertIsNone(detectTask(_user("<chat_history>" * 600_000)))
 
 
 class ForwardedHeadersTests(SynchronousTestCase):
@@ -411,6 +543,33 @@ class ShortcutTests(TestCase):
         self.assertEqual([r.body["model"] for r in server.upstream.requests], ["first-model"])
         self.assertTrue(logs[0]["outcome"].startswith("failed: 502"))
 
+    async def test_openWebUILegacyToolChoice(self) -> None:
+        """
+        Open WebUI's Legacy tool-choice request is answered by one direct
+        call with its two messages as sent (no agent prompt, no agent
+        tools), and its log line names the C{function_calling} task.
+        """
+        server = await startServer(self, TOOL_AGENTS)
+        logs = captureRunLogs(self)
+        answer = '{"tool_calls": [{"name": "get_current_time", "parameters": {}}]}'
+        server.upstream.script(Reply(content=answer))
+        messages = [
+            {"role": "system", "content": OPEN_WEBUI_TOOL_CHOICE},
+            {"role": "user", "content": OPEN_WEBUI_TOOL_QUERY_WITH_HISTORY},
+        ]
+        result = await inThread(
+            server.client().chat.completions.create,
+            model="chat",
+            messages=messages,
+            stream=False,
+        )
+        self.assertEqual(result.choices[0].message.content, answer)
+        [sent] = server.upstream.requests
+        self.assertEqual(sent.body["messages"], messages)
+        self.assertEqual(sent.body["model"], "first-model")
+        self.assertNotIn("tools", sent.body)
+        self.assertEqual(logs[0]["task"], "function_calling")
+
     async def test_taskHeader(self) -> None:
         """
         With C{X-OpenWebUI-Task} set (Open WebUI's custom header
@@ -429,6 +588,55 @@ class ShortcutTests(TestCase):
             [{"role": "user", "content": "my own title prompt"}],
         )
         self.assertEqual(logs[0]["task"], "title")
+
+    async def test_largeBodyTask(self) -> None:
+        """
+        A title request of more than 256 KiB (parsed, and its task looked
+        for, in a thread, not the reactor's) is still answered by the
+        direct call; the
+        C{X-OpenWebUI-Task} header still decides over what its messages
+        show, and one meaning "an ordinary chat" leaves it to them.
+        """
+        import threading
+
+        from ai_agent.headends import openai as headend
+
+        threads: list[str] = []
+
+        def recording(messages: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return tasks.messageTask(messages)
+
+        self.patch(headend, "messageTask", recording)
+        server = await startServer(self, TOOL_AGENTS)
+        logs = captureRunLogs(self)
+        history = "USER: " + "words " * 60_000
+        prompt = OPEN_WEBUI_TITLE.replace("<chat_history>", "<chat_history>" + history)
+        await inThread(
+            server.client().chat.completions.create,
+            model="chat",
+            messages=[{"role": "user", "content": prompt}],
+        )
+        await inThread(
+            server.client().chat.completions.create,
+            model="chat",
+            messages=[{"role": "user", "content": prompt}],
+            extra_headers={"X-OpenWebUI-Task": "tags_generation"},
+        )
+        await inThread(
+            server.client().chat.completions.create,
+            model="chat",
+            messages=[{"role": "user", "content": prompt}],
+            extra_headers={"X-OpenWebUI-Task": "default"},
+        )
+        self.assertGreater(len(prompt.encode()), 256 * 1024)
+        self.assertEqual([event["task"] for event in logs], ["title", "tags", "title"])
+        # Looked for in the thread that parsed the body, not the reactor's.
+        self.assertEqual(len(threads), 3)
+        self.assertNotIn(threading.main_thread().name, threads)
+        for sent in server.upstream.requests:
+            self.assertEqual(sent.body["model"], "first-model")
+            self.assertNotIn("tools", sent.body)
 
     async def test_shortcutOff(self) -> None:
         """

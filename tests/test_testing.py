@@ -239,6 +239,28 @@ class FakeUpstreamTests(TestCase):
         self.assertEqual(body["choices"][0]["finish_reason"], "tool_calls")
         self.assertEqual(body["usage"]["completion_tokens"], 2)
 
+    async def test_usageFields(self) -> None:
+        """
+        C{usageFields} replaces (or adds) fields of the usage object as
+        sent, whole and streamed, so that a test can send usage no model
+        could have spent.
+        """
+        fields = {"prompt_tokens": -5, "prompt_tokens_details": {"cached_tokens": 1.5}}
+        self.upstream.script(Reply(content="x", usage=(3, 1), usageFields=fields))
+        body = await (await self.post(chatBody(stream=False))).json()
+        self.assertEqual(
+            body["usage"],
+            {
+                "prompt_tokens": -5,
+                "completion_tokens": 1,
+                "total_tokens": 4,
+                "prompt_tokens_details": {"cached_tokens": 1.5},
+            },
+        )
+        self.upstream.script(Reply(content="x", usageFields={"completion_tokens": True}))
+        collected = await self.stream(chatBody(includeUsage=True))
+        self.assertIs(collected.chunks()[-1]["usage"]["completion_tokens"], True)
+
     async def test_errorReply(self) -> None:
         """
         An error reply has its status, extra headers and an OpenAI error
@@ -429,6 +451,22 @@ class AnthropicModeTests(TestCase):
         self.assertEqual(body["stop_reason"], "max_tokens")
         self.assertEqual(body["usage"], {"input_tokens": 4, "output_tokens": 1})
 
+    async def test_usageFields(self) -> None:
+        """
+        In Anthropic mode C{usageFields} goes into the whole message's usage
+        and the streamed C{message_delta}'s.
+        """
+        fields = {"cache_read_input_tokens": -1}
+        self.upstream.script(Reply(content="x", usage=(4, 1), usageFields=fields))
+        body = await (await self.postMessages(messagesBody(stream=False))).json()
+        self.assertEqual(
+            body["usage"], {"input_tokens": 4, "output_tokens": 1, "cache_read_input_tokens": -1}
+        )
+        self.upstream.script(Reply(content="x", usage=(4, 1), usageFields={"output_tokens": -2}))
+        events = await self.events(messagesBody())
+        delta = [p for name, p in events if name == "message_delta"][0]
+        self.assertEqual(delta["usage"], {"output_tokens": -2})
+
     async def test_echo(self) -> None:
         """
         Unscripted, the answer echoes the last user text.
@@ -494,6 +532,33 @@ class AnthropicModeTests(TestCase):
         self.assertEqual((await refused.json())["error"]["type"], "invalid_request_error")
         self.assertEqual(self.upstream.scripted, 1)
         self.assertEqual(self.upstream.requests[0].path, "/v1/messages/count_tokens")
+
+    async def test_countHoldAndPadding(self) -> None:
+        """
+        With C{holdCounts} a count waits for L{FakeUpstream.release} (seen
+        in C{countsInFlight} meanwhile); with C{countPadding} its answer is
+        still JSON with the count, that many bytes longer, all counted in
+        C{countBytesSent}.
+        """
+        url = self.running.baseUrl + "/messages/count_tokens"
+        body = {"model": "m", "messages": [{"role": "user", "content": "a b"}]}
+        headers = {"anthropic-version": "2023-06-01"}
+        self.upstream.holdCounts = True
+        answer = self.http.post(url, json=body, headers=headers)
+        await self.upstream.waitForRequests(1)
+        self.assertEqual((self.upstream.held, self.upstream.countsInFlight), (1, 1))
+        self.upstream.release()
+        self.assertEqual(await (await answer).json(), {"input_tokens": 2})
+        self.assertEqual(self.upstream.countsInFlight, 0)
+        self.upstream.holdCounts = False
+        self.upstream.countPadding = 200_000
+        sent = self.upstream.countBytesSent
+        response = await self.http.post(url, json=body, headers=headers)
+        raw = await response.content()
+        self.assertEqual(json.loads(raw)["input_tokens"], 2)
+        self.assertEqual(len(raw), 200_000 + len(b'{"input_tokens": 2, "padding": ""}'))
+        self.assertEqual(self.upstream.countBytesSent - sent, len(raw))
+        self.assertEqual(self.upstream.maxCountsInFlight, 1)
 
     async def test_stallAfter(self) -> None:
         """

@@ -19,7 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from ai_agent.agentfile import AgentSpec
+from ai_agent.agentfile import AgentSpec, InputSpec
 from ai_agent.cli import Options, runListTools
 from ai_agent.config import Config, ProviderConfig
 from ai_agent.errors import ConfigurationError, ProviderError
@@ -227,6 +227,73 @@ class SubAgentTests(SynchronousTestCase):
             requests[2].messages[-1].content, "error: there is no tool named 'nope__x'"
         )
 
+    def test_structuredInput(self) -> None:
+        """
+        A sub-agent declaring a structured C{input} is offered with its
+        schema as the tool's parameters; valid arguments become the child's
+        user message as compact JSON, in the order the model wrote them.
+        """
+        schema = {
+            "type": "object",
+            "properties": {"query": {"type": "string"}, "limit": {"type": "integer"}},
+            "required": ["query"],
+        }
+        searcher = _spec("searcher", description="Searches.", input=InputSpec("json", schema))
+        main = _spec("main", agents=(searcher.path,))
+        factory = ToolBoxFactory({spec.path: spec for spec in (main, searcher)})
+        providers = {name: ScriptedProvider(name=name) for name in ("main", "searcher")}
+        runner = SessionRunner(providers.__getitem__, self.clock, factory)
+        factory.runner = runner
+        specs = self.successResultOf(factory(main).specs())
+        self.assertEqual(specs, [ToolSpec("agent__searcher", "Searches.", schema)])
+        providers["main"].replies = [
+            _call("agent__searcher", {"limit": 3, "query": "café"}),
+            LLMResponse(content="found"),
+        ]
+        providers["searcher"].replies = [LLMResponse(content="two hits")]
+        self.successResultOf(
+            runner.run(main, RunRequest((ChatMessage("user", "find"),)), self.events.append)
+        )
+        child = providers["searcher"].requests[0].messages[-1]
+        self.assertEqual((child.role, child.content), ("user", '{"limit":3,"query":"café"}'))
+        self.assertEqual(providers["main"].requests[1].messages[-1].content, "two hits")
+
+    def test_structuredInputRefused(self) -> None:
+        """
+        Arguments that do not fit the sub-agent's C{input} schema are a tool
+        error naming each field at fault, and the child never runs.
+        """
+        schema = {
+            "type": "object",
+            "properties": {
+                "query": {"type": "string"},
+                "limit": {"type": "integer", "maximum": 10},
+            },
+            "required": ["query"],
+            "additionalProperties": False,
+        }
+        searcher = _spec("searcher", description="Searches.", input=InputSpec("json", schema))
+        main = _spec("main", agents=(searcher.path,))
+        factory = ToolBoxFactory({spec.path: spec for spec in (main, searcher)})
+        providers = {name: ScriptedProvider(name=name) for name in ("main", "searcher")}
+        runner = SessionRunner(providers.__getitem__, self.clock, factory)
+        factory.runner = runner
+        providers["main"].replies = [
+            _call("agent__searcher", {"limit": 50, "prompt": "x"}),
+            LLMResponse(content="sorry"),
+        ]
+        self.successResultOf(
+            runner.run(main, RunRequest((ChatMessage("user", "find"),)), self.events.append)
+        )
+        self.assertEqual(providers["searcher"].requests, [])
+        self.assertEqual(
+            providers["main"].requests[1].messages[-1].content,
+            "error: agent__searcher was called with invalid arguments:"
+            " 'query' is a required property;"
+            " Additional properties are not allowed ('prompt' was unexpected);"
+            " limit: 50 is greater than the maximum of 10",
+        )
+
     def test_nestedSink(self) -> None:
         """
         L{NestedSink} passes the child's reasoning on in whole lines and its
@@ -414,8 +481,8 @@ class LoadingTests(TestCase):
             buildRuntime(reactor, [path], configFile=config, cwd=self.folder, environ={})
         self.assertEqual(
             str(caught.exception),
-            f"{path}: 'tools' names MCP server 'nope', which is not configured in mcpServers"
-            " (configured: calc)",
+            f"{path}: 'tools' names 'nope', which is neither an MCP server (configured: calc)"
+            " nor a REST tool (configured: none)",
         )
 
     def test_sameSubAgentNames(self) -> None:
@@ -624,6 +691,41 @@ class EndToEndTests(TestCase):
             "[agent__helper] calc__add → 5\n"
             "agent__helper → five\n",
         )
+
+    async def test_subAgentStructuredInput(self) -> None:
+        """
+        A sub-agent declaring C{input} is offered to the upstream model with
+        its schema; valid arguments reach the child's model as its user
+        message (compact JSON), invalid ones come back as a tool error
+        naming the field, without a child call.
+        """
+        server = await self.start(
+            agent="---\nmodels: fake/test-model\nagents: [weather.ai]\n---\nBoss.\n",
+            weather="---\ndescription: Weather by city\nmodels: fake/test-model\ninput:\n"
+            "  format: json\n  schema:\n    type: object\n    properties:\n"
+            "      city: {type: string}\n    required: [city]\n---\nWeather.\n",
+        )
+        server.upstream.script(
+            Reply(toolCalls=[("agent__weather", {"town": "Oslo"})]),
+            Reply(toolCalls=[("agent__weather", {"city": "Oslo"})]),
+            Reply(content="sunny"),
+            Reply(content="Oslo is sunny."),
+        )
+        result = await self.complete(server)
+        self.assertEqual(result.choices[0].message.content, "Oslo is sunny.")
+        requests = server.upstream.requests
+        self.assertEqual(len(requests), 4)
+        offered = requests[0].body["tools"][0]["function"]
+        self.assertEqual(offered["name"], "agent__weather")
+        self.assertEqual(offered["parameters"]["required"], ["city"])
+        self.assertEqual(
+            _toolMessages(server, 1)[0]["content"],
+            "error: agent__weather was called with invalid arguments:"
+            " 'city' is a required property",
+        )
+        child = requests[2].body["messages"]
+        self.assertEqual(child[-1], {"role": "user", "content": '{"city":"Oslo"}'})
+        self.assertEqual(_toolMessages(server, 3)[-1]["content"], "sunny")
 
     async def test_crashedServerRestarted(self) -> None:
         """

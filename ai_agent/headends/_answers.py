@@ -16,6 +16,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed
 
 from ai_agent.errors import AgentError, ErrorFormat, ErrorKind, notFound
+from ai_agent.headends._http import GuardedRequest
 from ai_agent.redaction import Redactor, safeError, shorten
 
 _JSON = b"application/json"
@@ -62,9 +63,12 @@ def writeError(
     Set the status and headers for C{error} and return its body in
     C{errors}' envelope, with configured secrets redacted.  C{Retry-After}
     when the error has a wait; C{x-should-retry: false} when a tool already
-    ran (running the agent again could repeat its effects).
+    ran (running the agent again could repeat its effects).  A 4xx is
+    logged once, rate-limited (L{GuardedRequest.noteRefusal}).
     """
     error = safeError(error, redactor)
+    if isinstance(request, GuardedRequest):
+        request.noteRefusal(error)
     request.setResponseCode(errors.status(error))
     request.setHeader(b"content-type", _JSON)
     if error.retryAfter is not None:

@@ -30,6 +30,7 @@ from twisted.web.server import Request, Site
 from ai_agent._eager import markPending, noDelay, sendNow
 from ai_agent.config import ClientKey
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, ErrorKind
+from ai_agent.headends._refusals import RefusalLog
 from ai_agent.principals import IMPLICIT, NOBODY, Principal, anonymousPrincipal
 from ai_agent.redaction import shorten
 
@@ -224,7 +225,15 @@ class HTTPPolicy:
     apiKeys: APIKeys = APIKeys()
     corsOrigins: frozenset[str] = frozenset()
     openPaths: frozenset[bytes] = frozenset(
-        {b"/health", b"/openapi.json", b"/", b"/docs", b"/assets/docs.js", b"/assets/page.css"}
+        {
+            b"/health",
+            b"/openapi.json",
+            b"/",
+            b"/docs",
+            b"/assets/docs.js",
+            b"/assets/page.css",
+            b"/favicon.ico",
+        }
     )
 
     def allowsOrigin(self, origin: bytes | None) -> bytes | None:
@@ -326,7 +335,8 @@ class GuardedRequest(Request):
         except UnusablePathError as e:
             return AgentError(str(e), 400, ErrorKind.INVALID_REQUEST, "invalid_path")
         path = self._canonical[0]
-        if method == b"OPTIONS":
+        if method == b"OPTIONS" and self._isAllowedPreflight():
+            # Browsers send preflights without credentials.
             return None
         if not policy.apiKeys.enabled:
             self.principal = IMPLICIT
@@ -356,6 +366,19 @@ class GuardedRequest(Request):
                     )
         return None
 
+    def _isAllowedPreflight(self) -> bool:
+        """
+        Whether this is a CORS preflight (C{Access-Control-Request-Method})
+        from an allowed origin: answered without an API key.  Any other
+        C{OPTIONS} needs a key like every other method, so that it tells a
+        caller without one nothing about which routes exist.
+        """
+        headers = self.requestHeaders
+        if not headers.hasHeader(b"access-control-request-method"):
+            return False
+        origin = headers.getRawHeaders(b"origin", [None])[0]
+        return self.policy.allowsOrigin(origin) is not None
+
     def _presentedKey(self) -> bytes | None:
         authorization = self.requestHeaders.getRawHeaders(b"authorization", [None])[0]
         if authorization is not None:
@@ -382,11 +405,7 @@ class GuardedRequest(Request):
         lines = [b"HTTP/1.1 %d %s" % (status, reason)]
         lines += [name + b": " + value for name, value in headers]
         lines += [b"Content-Length: %d" % len(body), b"Connection: close", b"", b""]
-        log.info(
-            "refused a request before its body: {status} {code}",
-            status=error.status,
-            code=error.code,
-        )
+        self.noteRefusal(error)
         transport.write(b"\r\n".join(lines) + body)
         # Drop whatever else arrives; close when the client is done.
         channel.dataReceived = lambda data: None
@@ -428,14 +447,14 @@ class GuardedRequest(Request):
             self.setHeader(
                 b"access-control-expose-headers", b"Retry-After, X-Request-Id, X-Should-Retry"
             )
-        if self.method == b"OPTIONS" and self.getHeader(b"access-control-request-method"):
-            self._preflight(origin)
-            return
         if self._answered:
             # Already answered on the wire; the connection is closing.
             return
         if self._refusal is not None:
             self._respond(self._refusal)
+            return
+        if self.method == b"OPTIONS" and self.getHeader(b"access-control-request-method"):
+            self._preflight(origin)
             return
         self._render()
 
@@ -488,7 +507,22 @@ class GuardedRequest(Request):
         chooser = getattr(cast(Any, self.channel).site, "errorFormats", openaiErrors)
         return cast(ErrorFormat, chooser(path, self.requestHeaders))
 
+    def noteRefusal(self, error: AgentError) -> None:
+        """
+        Log that this request is answered with C{error} (a 4xx; see
+        L{RefusalLog}): its method, its path without the query, and the
+        reason, with the key the request presented (if any) taken out.
+        """
+        site = cast(Any, self.channel).site
+        if not isinstance(site, GuardedSite):
+            return
+        path = b"?" if self._canonical is None else self._canonical[0]
+        key = self._presentedKey()
+        method = getattr(self.channel, "_command", b"") or self.method or b"?"
+        site.refusals.refused(method, path, error, () if not key else (key.decode("latin-1"),))
+
     def _respond(self, error: AgentError) -> None:
+        self.noteRefusal(error)
         errors = self.errorFormat()
         self.setResponseCode(errors.status(error))
         for name, value in self._errorHeaders(error):
@@ -646,7 +680,6 @@ class GuardedChannel(http.HTTPChannel):
             ErrorKind.INVALID_REQUEST,
             "request_timeout",
         )
-        log.info("closed a connection that did not send its request in time")
         self._refuseAndClose(error)
 
     def _refuseAndClose(self, error: AgentError) -> None:
@@ -660,7 +693,11 @@ class GuardedChannel(http.HTTPChannel):
             path = canonicalPath(getattr(self, "_path", b"/") or b"/")[0]
         except UnusablePathError:
             path = b"/"
-        chooser = getattr(getattr(self, "site", None), "errorFormats", openaiErrors)
+        site = getattr(self, "site", None)
+        if isinstance(site, GuardedSite):
+            route = path if getattr(self, "_path", None) else b"-"
+            site.refusals.refused(getattr(self, "_command", b"") or b"-", route, error)
+        chooser = getattr(site, "errorFormats", openaiErrors)
         body = chooser(path, Headers()).body(error)
         reason = http.RESPONSES.get(error.status, b"Error")
         transport: Any = self.transport
@@ -699,7 +736,6 @@ class GuardedChannel(http.HTTPChannel):
                 ErrorKind.INVALID_REQUEST,
                 "invalid_http",
             )
-        log.info("refused malformed HTTP: {status} {code}", status=error.status, code=error.code)
         self._refuseAndClose(error)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -714,7 +750,6 @@ class GuardedChannel(http.HTTPChannel):
             )
         else:
             error = _headersTooLarge(f"a request header is longer than {self.MAX_LENGTH} bytes")
-        log.info("refused malformed HTTP: {status} {code}", status=error.status, code=error.code)
         self._refuseAndClose(error)
 
 
@@ -747,6 +782,8 @@ class GuardedSite(Site):
         self.policy = policy
         self.errorFormats = errorFormats
         self.timeOut = policy.idleTimeout
+        #: Every 4xx answered on this site is logged through it.
+        self.refusals = RefusalLog(self.reactor)
 
     def log(self, request: Any) -> None:
         # Each run logs its own line; a per-request access log (combined

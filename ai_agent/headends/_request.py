@@ -22,7 +22,7 @@ import math
 import re
 from array import array
 from itertools import accumulate
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import attrs
 import orjson
@@ -49,6 +49,22 @@ MAX_DEPTH = 64
 #: The most arrays and objects a body may hold (a chat request with every
 #: other limit reached holds a few tens of thousands).
 MAX_CONTAINERS = 100_000
+#: The most output tokens a request may ask for (C{max_tokens},
+#: C{max_completion_tokens}, C{max_output_tokens}): above any model's
+#: output limit, so a request past it is a mistake, not a model's limit.
+MAX_OUTPUT_TOKENS = 1_000_000
+#: The most stop sequences a Messages request may carry (Chat Completions
+#: allows 4, as OpenAI's).
+MAX_STOP_SEQUENCES = 16
+#: The most characters of one stop sequence.
+MAX_STOP_LENGTH = 1000
+#: The most JSON values a body may hold, object keys included: counted
+#: before parsing as the commas, colons and opening brackets outside
+#: strings.  The JSON parser is one call of C code that keeps every other
+#: thread (the reactor's) waiting however it is run, and its time grows
+#: with the values: an object of 50,000 members, at this bound, parses in
+#: about 10 ms, where 4 million numbers in an 8 MiB body took 200.
+MAX_VALUES = 100_000
 #: Bodies at least this long are parsed off the reactor thread.
 OFF_REACTOR_THRESHOLD = 256 * 1024
 
@@ -62,6 +78,10 @@ _STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 # A \\u escape that may start half of a surrogate pair, and the lone half itself.
 #: Bodies up to this size are parsed with orjson first (see L{_loads}).
 _ORJSON_LIMIT = 4096
+#: The pre-scan of a large body works through it in pieces of about this
+#: many bytes, each a few C calls short enough (a few ms) that another
+#: thread, the reactor's, gets the interpreter between two of them.
+_PIECE = 64 * 1024
 #: Every digit as C{0}, everything else as C{.}: a run of digits enough
 #: for an integer orjson would not keep exact is then L{_LONG_DIGITS}.
 _DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2E for b in range(256))
@@ -148,8 +168,12 @@ def parseChatRequest(body: bytes) -> ChatRequest:
         maxParam = "max_tokens"
     else:
         maxParam = "max_completion_tokens"
-    if maxTokens is not None and maxTokens < 1:
-        raise invalidRequest(f"'{maxParam}' must be at least 1", maxParam, "invalid_value")
+    if maxTokens is not None and not 1 <= maxTokens <= MAX_OUTPUT_TOKENS:
+        raise invalidRequest(
+            f"'{maxParam}' must be between 1 and {MAX_OUTPUT_TOKENS}, got {_show(maxTokens)}",
+            maxParam,
+            "invalid_value",
+        )
     seed = _optional(data, "seed", int, None)
     stop = _parseStop(data.get("stop"))
     user = _optional(data, "user", str, None)
@@ -276,7 +300,7 @@ def _loads(body: bytes) -> Any:
     """
     if body.startswith(_BOM):
         body = body[len(_BOM) :]
-    depth, containers = _shape(body)
+    depth, containers, values = _shape(body)
     if depth > MAX_DEPTH:
         atLeast = "at least " if containers > MAX_CONTAINERS else ""
         raise invalidRequest(
@@ -288,6 +312,12 @@ def _loads(body: bytes) -> Any:
         raise invalidRequest(
             f"the request body holds {containers} arrays and objects;"
             f" at most {MAX_CONTAINERS} are allowed",
+            code="request_too_complex",
+        )
+    if values > MAX_VALUES:
+        raise invalidRequest(
+            f"the request body holds {values} JSON values (array elements, object keys and"
+            f" their values); at most {MAX_VALUES} are allowed",
             code="request_too_complex",
         )
     if len(body) <= _ORJSON_LIMIT and _LONG_DIGITS not in body.translate(_DIGITS):
@@ -323,8 +353,14 @@ def _parseWithJSON(body: bytes) -> Any:
             infinite.append(True)
         return value
 
+    # Converting a long integer is slow (thousands of digits: about 80 µs
+    # each) and, in C, keeps the interpreter: past a few, each is converted
+    # by a Python function, between which other threads get their turn.
+    parseInt = _parseInt if len(body) > _PIECE and _hasLongNumbers(body) else None
     try:
-        data = json.loads(text, parse_constant=_rejectConstant, parse_float=parseFloat)
+        data = json.loads(
+            text, parse_constant=_rejectConstant, parse_float=parseFloat, parse_int=parseInt
+        )
     except RecursionError:
         # Not reached after the depth scan; kept so that it can never be a 500.
         raise invalidRequest("the request body is nested too deeply", code="invalid_json") from None
@@ -342,7 +378,7 @@ def _parseWithJSON(body: bytes) -> Any:
                 where or None,
                 "invalid_number",
             )
-    if _SURROGATE_ESCAPE.search(text) is not None:
+    if _hasSurrogateEscape(text):
         found = _findSurrogate(data)
         if found is not None:
             where, inKey = found
@@ -358,32 +394,105 @@ def _parseWithJSON(body: bytes) -> Any:
     return data
 
 
-def _shape(body: bytes) -> tuple[int, int]:
+def _shape(body: bytes) -> tuple[int, int, int]:
     """
     How deeply arrays and objects nest in C{body} (the top level counts as
-    one) and how many there are, ignoring brackets inside strings.  Found
-    without recursion, in a few passes of C code over the bytes (each short
-    enough that other threads, the reactor's included, get the interpreter
-    between them): escapes and strings are dropped, then everything but
-    brackets; the depth is the running sum of +1 (open) and -1 (close),
-    computed over at most the first L{MAX_CONTAINERS} pairs.  For malformed
-    JSON the answer is approximate, and the parser rejects the body anyway.
+    one), how many there are, and how many values it holds (see
+    L{MAX_VALUES}), ignoring what is inside strings.  Found without
+    recursion: for a body with few brackets and separators, from counts of
+    its bytes; otherwise in L{_PIECE}-sized pieces (see L{_outsideStrings}),
+    each a few passes of C code, so that a large body keeps no other thread
+    waiting for long.  The depth is the running sum of +1 (open) and -1
+    (close), computed over at most the first L{MAX_CONTAINERS} pairs.  For
+    malformed JSON the answer is approximate, and the parser rejects the
+    body anyway.
 
-    @return: C{(depth, containers)}; the depth is C{0} when there are too
-        few brackets to pass L{MAX_DEPTH}, and that of the first
+    @return: C{(depth, containers, values)}; the depth is C{0} when there
+        are too few brackets to pass L{MAX_DEPTH}, and that of the first
         L{MAX_CONTAINERS} or so when there are more.
     """
     opening = body.count(b"[") + body.count(b"{")
-    if opening <= MAX_DEPTH:
-        return 0, opening
-    brackets = _STRING.sub(b"", _ESCAPE.sub(b"", body)).translate(None, _NOT_BRACKETS)
-    containers = brackets.count(b"[") + brackets.count(b"{")
-    if containers <= MAX_DEPTH:
-        return 0, containers
+    values = opening + body.count(b",") + body.count(b":")
+    if opening <= MAX_DEPTH and values <= MAX_VALUES:
+        return 0, opening, values
+    containers = values = depth = deepest = 0
     # Past the cap on containers, the depth of a bounded prefix is enough
     # to tell a deep body from a wide one.
-    brackets = brackets[: 2 * MAX_CONTAINERS + 2]
-    return max(accumulate(array("b", brackets.translate(_STEPS)))), containers
+    budget = 2 * MAX_CONTAINERS + 2
+    for piece in _outsideStrings(body):
+        brackets = piece.translate(None, _NOT_BRACKETS)
+        opened = brackets.count(b"[") + brackets.count(b"{")
+        containers += opened
+        values += opened + piece.count(b",") + piece.count(b":")
+        if budget > 0 and brackets:
+            brackets = brackets[:budget]
+            budget -= len(brackets)
+            levels = list(accumulate(array("b", brackets.translate(_STEPS)), initial=depth))
+            deepest = max(deepest, max(levels))
+            depth = levels[-1]
+    if containers <= MAX_DEPTH:
+        deepest = 0
+    return deepest, containers, values
+
+
+def _outsideStrings(body: bytes, pieceSize: int = _PIECE) -> Iterator[bytes]:
+    """
+    The bytes of C{body} outside its strings (escapes dropped first), in
+    pieces of about C{pieceSize} bytes.  A piece never ends between a
+    backslash and the byte it escapes, so every escape lies within one
+    piece; a string left open at the end of a piece is carried over to the
+    next.
+    """
+    start, size, inString = 0, len(body), False
+    while start < size:
+        end = min(start + pieceSize, size)
+        if end < size:
+            # A piece starts outside any escape; it ends outside one too if
+            # the backslashes it ends with pair up.
+            chunk = body[start:end]
+            if (len(chunk) - len(chunk.rstrip(b"\\"))) % 2:
+                end = end - 1 if end - 1 > start else end + 1
+        piece = _ESCAPE.sub(b"", body[start:end])
+        start = end
+        if inString:
+            closing = piece.find(b'"')
+            if closing < 0:
+                continue
+            piece, inString = piece[closing + 1 :], False
+        piece = _STRING.sub(b"", piece)
+        opening = piece.find(b'"')
+        if opening >= 0:
+            piece, inString = piece[:opening], True
+        yield piece
+
+
+def _hasLongNumbers(body: bytes) -> bool:
+    """
+    Whether C{body} has a run of L{_LONG_DIGITS} digits or more (in a
+    string or not), looked for piece by piece.
+    """
+    overlap = len(_LONG_DIGITS) - 1
+    for start in range(0, len(body), _PIECE):
+        piece = body[max(start - overlap, 0) : start + _PIECE]
+        if _LONG_DIGITS in piece.translate(_DIGITS):
+            return True
+    return False
+
+
+def _hasSurrogateEscape(text: str) -> bool:
+    """
+    Whether C{text} may hold an escaped lone surrogate, searched piece by
+    piece.
+    """
+    for start in range(0, max(len(text), 1), _PIECE):
+        # Pieces overlap by the length of a match, less one.
+        if _SURROGATE_ESCAPE.search(text, start, start + _PIECE + 3) is not None:
+            return True
+    return False
+
+
+def _parseInt(literal: str) -> int:
+    return int(literal)
 
 
 def _findSurrogate(value: Any) -> tuple[str, bool] | None:
@@ -633,12 +742,22 @@ def _parseStop(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        if len(value) > 4:
-            raise invalidRequest("'stop' may hold at most 4 sequences", "stop", "invalid_value")
-        return tuple(value)
-    raise invalidRequest("'stop' must be a string or an array of strings", "stop", "invalid_type")
+        value = [value]
+    elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalidRequest(
+            "'stop' must be a string or an array of strings", "stop", "invalid_type"
+        )
+    elif len(value) > 4:
+        raise invalidRequest("'stop' may hold at most 4 sequences", "stop", "invalid_value")
+    for sequence in value:
+        if len(sequence) > MAX_STOP_LENGTH:
+            raise invalidRequest(
+                f"'stop' sequences may be at most {MAX_STOP_LENGTH} characters long,"
+                f" got {len(sequence)}",
+                "stop",
+                "invalid_value",
+            )
+    return tuple(value)
 
 
 def _parseMessages(value: Any) -> tuple[ChatMessage, ...]:
@@ -658,7 +777,36 @@ def _parseMessages(value: Any) -> tuple[ChatMessage, ...]:
             "messages",
             "array_above_max_length",
         )
-    return tuple(_parseMessage(item, f"messages[{index}]") for index, item in enumerate(value))
+    messages = tuple(_parseMessage(item, f"messages[{index}]") for index, item in enumerate(value))
+    _checkToolResults(messages)
+    return messages
+
+
+def _checkToolResults(messages: tuple[ChatMessage, ...]) -> None:
+    """
+    Refuse a C{tool} message that answers no tool call of the assistant
+    message before it (as OpenAI does): the provider would refuse the
+    conversation, and its 400 would reach the client as a 502.
+    """
+    calls: set[str] = set()
+    for index, message in enumerate(messages):
+        if message.role == "assistant":
+            calls = {call.id for call in message.toolCalls}
+        elif message.role == "tool" and message.toolCallId not in calls:
+            where = f"messages[{index}]"
+            if not calls:
+                raise invalidRequest(
+                    f"'{where}': messages with role 'tool' must be a response to a preceding"
+                    " message with 'tool_calls'",
+                    f"{where}.role",
+                    "invalid_value",
+                )
+            raise invalidRequest(
+                f"'{where}.tool_call_id' {_show(message.toolCallId)} is not one of the"
+                " 'tool_calls' of the assistant message before it",
+                f"{where}.tool_call_id",
+                "invalid_value",
+            )
 
 
 def _parseMessage(item: Any, where: str) -> ChatMessage:
@@ -796,6 +944,9 @@ __all__ = [
     "MAX_CONTAINERS",
     "MAX_DEPTH",
     "MAX_MESSAGES",
+    "MAX_OUTPUT_TOKENS",
+    "MAX_STOP_LENGTH",
+    "MAX_STOP_SEQUENCES",
     "MAX_TOOLS",
     "OFF_REACTOR_THRESHOLD",
     "parseChatRequest",

@@ -38,7 +38,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.agentfile import AgentSpec
-from ai_agent.errors import AgentError, ErrorKind, invalidRequest, notFound
+from ai_agent.errors import AgentError, ErrorKind, ProviderError, invalidRequest, notFound
 from ai_agent.events import (
     ClientToolCall,
     EventSink,
@@ -62,6 +62,9 @@ from ai_agent.headends._json import dumpsAny as _dumpsAny
 from ai_agent.headends._json import dumpsPlain as _dumpsPlain
 from ai_agent.headends._request import (
     MAX_MESSAGES,
+    MAX_OUTPUT_TOKENS,
+    MAX_STOP_LENGTH,
+    MAX_STOP_SEQUENCES,
     MAX_TOOLS,
     OFF_REACTOR_THRESHOLD,
     TOOL_NAME,
@@ -77,8 +80,7 @@ from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
 from ai_agent.principals import resolveFor, visibleIds
-from ai_agent.providers import ChatMessage, LLMRequest, ToolCall, ToolSpec
-from ai_agent.providers.anthropic import AnthropicProvider, messagesURL
+from ai_agent.providers import ChatMessage, LLMRequest, TokenCounter, ToolCall, ToolSpec
 from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
@@ -240,13 +242,16 @@ def _parse(body: bytes, requireMaxTokens: bool) -> MessagesRequest:
     maxTokens = optionalField(data, "max_tokens", int, None)
     if maxTokens is None and requireMaxTokens:
         raise invalidRequest("max_tokens: Field required", "max_tokens")
-    if maxTokens is not None and maxTokens < 1:
-        raise invalidRequest("max_tokens: must be at least 1", "max_tokens")
+    if maxTokens is not None and not 1 <= maxTokens <= MAX_OUTPUT_TOKENS:
+        raise invalidRequest(
+            f"max_tokens: must be between 1 and {MAX_OUTPUT_TOKENS}, got {showValue(maxTokens)}",
+            "max_tokens",
+        )
     temperature = numberField(data, "temperature", 0.0, 1.0)
     topP = numberField(data, "top_p", 0.0, 1.0)
     # Accepted for the SDKs' sake; no provider here is asked for it.
     optionalField(data, "top_k", int, None)
-    stop = _strings(data.get("stop_sequences"), "stop_sequences")
+    stop = _stopSequences(data.get("stop_sequences"))
     tools = _parseTools(data.get("tools"))
     choice, parallel = _parseToolChoice(data.get("tool_choice"), tools)
     metadata = data.get("metadata")
@@ -364,6 +369,27 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _stopSequences(value: Any) -> tuple[str, ...]:
+    """
+    C{stop_sequences}: at most L{MAX_STOP_SEQUENCES} strings of at most
+    L{MAX_STOP_LENGTH} characters.
+    """
+    stop = _strings(value, "stop_sequences")
+    if len(stop) > MAX_STOP_SEQUENCES:
+        raise invalidRequest(
+            f"stop_sequences: {len(stop)} sequences; at most {MAX_STOP_SEQUENCES} are allowed",
+            "stop_sequences",
+        )
+    for index, sequence in enumerate(stop):
+        if len(sequence) > MAX_STOP_LENGTH:
+            where = f"stop_sequences[{index}]"
+            raise invalidRequest(
+                f"{where}: {len(sequence)} characters; at most {MAX_STOP_LENGTH} are allowed",
+                where,
+            )
+    return stop
+
+
 def _parseSystem(value: Any) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
@@ -435,6 +461,9 @@ def _parseMessages(value: Any) -> tuple[ChatMessage, ...]:
             f"messages: {len(value)} messages; at most {MAX_MESSAGES} are allowed", "messages"
         )
     conversation: list[ChatMessage] = []
+    # The tool_use ids of the last assistant message: the tool_result
+    # blocks that may follow.
+    calls: frozenset[str] = frozenset()
     for index, item in enumerate(value):
         where = f"messages[{index}]"
         if not isinstance(item, dict):
@@ -444,9 +473,11 @@ def _parseMessages(value: Any) -> tuple[ChatMessage, ...]:
         if content is None:
             raise invalidRequest(f"{where}.content: Field required", f"{where}.content")
         if role == "assistant":
-            conversation.append(_assistantMessage(content, f"{where}.content"))
+            message = _assistantMessage(content, f"{where}.content")
+            calls = frozenset(call.id for call in message.toolCalls)
+            conversation.append(message)
         elif role == "user":
-            conversation.extend(_userMessages(content, f"{where}.content"))
+            conversation.extend(_userMessages(content, f"{where}.content", calls))
         elif role == "system":
             # Claude Code sends system messages inside the conversation.
             conversation.append(ChatMessage("system", _text(content, f"{where}.content")))
@@ -479,10 +510,14 @@ def _assistantMessage(content: Any, where: str) -> ChatMessage:
     return ChatMessage("assistant", "".join(texts), toolCalls=tuple(calls))
 
 
-def _userMessages(content: Any, where: str) -> list[ChatMessage]:
+def _userMessages(content: Any, where: str, calls: frozenset[str]) -> list[ChatMessage]:
     """
     A user turn: each C{tool_result} block as a tool message (first, so
     they follow the assistant's calls), then the text as a user message.
+
+    @param calls: the C{tool_use} ids of the assistant message before; a
+        C{tool_result} answering another id is refused, in the words of
+        Anthropic's API.
     """
     results: list[ChatMessage] = []
     texts: list[str] = []
@@ -494,6 +529,13 @@ def _userMessages(content: Any, where: str) -> list[ChatMessage]:
             if not isinstance(callId, str) or not callId:
                 raise invalidRequest(
                     f"{path}.tool_use_id: a non-empty string is required", f"{path}.tool_use_id"
+                )
+            if callId not in calls:
+                raise invalidRequest(
+                    f"{path}: unexpected `tool_use_id` found in `tool_result` blocks:"
+                    f" {shorten(callId)}. Each `tool_result` block must have a corresponding"
+                    " `tool_use` block in the previous message.",
+                    f"{path}.tool_use_id",
                 )
             result = block.get("content", "")
             text = _text(result, f"{path}.content") if result else ""
@@ -1028,22 +1070,27 @@ class AnthropicHeadend:
     async def countTokens(self, request: IRequest) -> bytes:
         """
         The input tokens a request would start with: the count of the
-        agent's first model when its provider speaks Anthropic's wire (see
+        agent's first model when its provider counts tokens itself (see
         L{_providerCount}), else an estimate (see L{estimateTokens}); both
-        over the agent's prompt and tools and the request.
+        over the agent's prompt and tools and the request.  A count takes a
+        slot of the same pool as runs (a full queue is the same 529).
         """
         parsed = await self._parse(request, parseCountTokensRequest)
         agent = self._agent(request, parsed)
         requestScope(request).setAgent(agent.id)
-        specs: list[ToolSpec] = []
-        instructions: list[str] = []
-        if self.runner.tools is not None and (agent.spec.tools or agent.spec.agents):
-            toolbox = self.runner.tools(agent.spec)
-            specs = list(await toolbox.specs())
-            instructions = list(getattr(toolbox, "instructions", ()))
-        if not agent.spec.clientTools or parsed.toolChoice.mode == ToolChoice.NONE:
-            parsed = attrs.evolve(parsed, tools=())
-        counted = await self._providerCount(agent.spec, parsed, specs, instructions)
+        slot = await self.pool.acquire()
+        try:
+            specs: list[ToolSpec] = []
+            instructions: list[str] = []
+            if self.runner.tools is not None and (agent.spec.tools or agent.spec.agents):
+                toolbox = self.runner.tools(agent.spec)
+                specs = list(await toolbox.specs())
+                instructions = list(getattr(toolbox, "instructions", ()))
+            if not agent.spec.clientTools or parsed.toolChoice.mode == ToolChoice.NONE:
+                parsed = attrs.evolve(parsed, tools=())
+            counted = await self._providerCount(agent.spec, parsed, specs, instructions)
+        finally:
+            slot.release()
         if counted is None:
             counted = estimateTokens(agent.spec.prompt, parsed, specs)
         request.setHeader(b"content-type", _JSON)
@@ -1058,65 +1105,47 @@ class AnthropicHeadend:
     ) -> int | None:
         """
         The input tokens of the run's first LLM call as the agent's first
-        model counts them, when its provider speaks Anthropic's wire: the
-        call's system text, messages and tools, as the session would send
-        them, posted to the provider's C{count_tokens} endpoint.
+        model counts them, when its provider can (a L{TokenCounter}: the
+        Anthropic wire): the call's system text, messages and tools, as the
+        session would send them.
 
-        @return: the count, or L{None} for another wire type, or when the
-            count failed or took more than L{PROVIDER_COUNT_TIMEOUT}
-            seconds (logged; the estimate is used instead).
+        @return: the count, or L{None} for a provider that cannot count, or
+            when the count failed or took more than
+            L{PROVIDER_COUNT_TIMEOUT} seconds (logged; the estimate is used
+            instead).
+        @raise AgentError: the provider's answer was larger than a count
+            can be (a 502 naming the bound).
         """
         name, _, model = agent.models[0].partition("/")
         try:
             provider = self.runner.providers(name)
         except AgentError:
             return None
-        if not isinstance(provider, AnthropicProvider) or provider.missingVariables:
+        if not isinstance(provider, TokenCounter):
             return None
         call = LLMRequest(
             model,
             tuple(buildMessages(agent, parsed.messages, instructions, parsed.system)),
             (*specs, *(tool.spec for tool in parsed.tools)),
             stream=False,
+            timeout=PROVIDER_COUNT_TIMEOUT,
+            totalTimeout=PROVIDER_COUNT_TIMEOUT,
         )
-        payload = {
-            key: value
-            for key, value in provider.payload(call).items()
-            if key in ("model", "system", "messages", "tools")
-        }
-        headers = Headers({key: [value] for key, value in provider.requestHeaders(call).items()})
-        url = messagesURL(provider.baseUrl) + "/count_tokens"
-
-        async def fetch() -> tuple[int, Any]:
-            response = await provider.http.post(url, json=payload, headers=headers)
-            return response.code, await response.json()
-
         try:
-            code, body = await Deferred.fromCoroutine(fetch()).addTimeout(
-                PROVIDER_COUNT_TIMEOUT, self.reactor
-            )
+            return await provider.countTokens(call)
         except CancelledError:
             raise
-        except Exception as error:
+        except ProviderError as error:
+            if error.code == "upstream_answer_too_large":
+                raise
             self.log.warn(
                 "count_tokens for agent {agent}: provider {provider} did not count"
                 " ({error}); answering the estimate",
                 agent=agent.name,
                 provider=name,
-                error=provider.scrub(shorten(str(error) or type(error).__name__)),
+                error=shorten(error.message, 300),
             )
             return None
-        counted = body.get("input_tokens") if isinstance(body, dict) else None
-        if code != 200 or not isinstance(counted, int) or isinstance(counted, bool):
-            self.log.warn(
-                "count_tokens for agent {agent}: provider {provider} answered {code}"
-                " without a count; answering the estimate",
-                agent=agent.name,
-                provider=name,
-                code=code,
-            )
-            return None
-        return max(0, counted)
 
 
 __all__ = [

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, cast
 import attrs
 import orjson
 from klein import Klein
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -57,7 +58,7 @@ from ai_agent.principals import resolveFor, visibleAgents, visibleIds
 from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.session import SessionRunner
-from ai_agent.tasks import detectTask, forwardedHeaders, loggable
+from ai_agent.tasks import forwardedHeaders, headerTask, loggable, messageTask
 
 #: Seconds a streaming request may go without any event before the SSE
 #: headers are sent anyway; until then, a failure can still be a real status.
@@ -73,6 +74,16 @@ THINK_CLOSE = "\n</think>\n\n"
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _NotYet:
+    """
+    The type of L{_NOT_YET}: a request's task not yet looked for in its
+    messages.
+    """
+
+
+_NOT_YET = _NotYet()
 
 
 def _dumps(value: Any) -> bytes:
@@ -441,7 +452,22 @@ class OpenAIHeadend:
         """
         A short page naming the server, its models and links.
         """
-        return _page(request, pages.HTML, pages.homePage(self.registry.ids()))
+        address = request.getHost()
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            host = f"[{address.host}]" if ":" in address.host else address.host
+            fallback = f"{host}:{address.port}"
+        else:
+            fallback = "HOST:PORT"
+        base = pages.origin(request.getHeader(b"host"), request.isSecure(), fallback)
+        return _page(request, pages.HTML, pages.homePage(self.registry.ids(), base))
+
+    @app.route("/favicon.ico", methods=["GET"])
+    def favicon(self, request: IRequest) -> bytes:
+        """
+        The icon browsers ask for, so their consoles show no 404.
+        """
+        request.setHeader(b"cache-control", b"public, max-age=86400")
+        return _page(request, pages.ICON, pages.asset(pages.FAVICON))
 
     @app.route("/docs", methods=["GET"])
     def docs(self, request: IRequest) -> bytes:
@@ -511,18 +537,21 @@ class OpenAIHeadend:
         content.seek(0, 2)
         size = content.tell()
         content.seek(0)
+        fromMessages: str | None | _NotYet = _NOT_YET
         if size < OFF_REACTOR_THRESHOLD:
             chat = parseChatRequest(content.read())
         else:
             # A large body would hold up every other stream while parsed:
-            # it is read and parsed in a thread, one at a time.
-            chat = await self._bodyGate().parse(content)
+            # it is read and parsed in a thread, one at a time, and the
+            # task its messages show looked for there too.
+            parser = _parseWithTask if self.taskShortcut else _parseWithoutTask
+            chat, fromMessages = await self._bodyGate().parse(content, parser)
         principal = principalOf(request)
         agent = resolveFor(self.registry, principal, chat.model)
         if agent is None:
             raise _unknownModel(chat.model, visibleIds(self.registry, principal))
         requestScope(request).setAgent(agent.id)
-        labels = self._labels(request, chat)
+        labels = self._labels(request, chat, fromMessages)
         run = attrs.evolve(chat.runRequest(labels), owner=principal.name)
         encoder = ChatEncoder(
             ChunkEncoder(
@@ -561,19 +590,29 @@ class OpenAIHeadend:
         finally:
             slot.release()
 
-    def _taskOf(self, request: IRequest, chat: ChatRequest) -> str | None:
+    def _taskOf(
+        self, request: IRequest, chat: ChatRequest, fromMessages: str | None | _NotYet = _NOT_YET
+    ) -> str | None:
         """
         The chat UI background task this request is (see
         L{ai_agent.tasks}), or L{None}; always L{None} with the shortcut off.
+
+        @param fromMessages: what L{messageTask} found in C{chat}, when it
+            was looked for already (in the thread that parsed the body).
         """
         if not self.taskShortcut:
             return None
         header = request.getHeader(b"x-openwebui-task")
-        return detectTask(
-            chat.messages, None if header is None else header.decode("utf-8", "replace")
-        )
+        decided, task = headerTask(None if header is None else header.decode("utf-8", "replace"))
+        if decided:
+            return task
+        if isinstance(fromMessages, _NotYet):
+            return messageTask(chat.messages)
+        return fromMessages
 
-    def _labels(self, request: IRequest, chat: ChatRequest) -> RunLabels:
+    def _labels(
+        self, request: IRequest, chat: ChatRequest, fromMessages: str | None | _NotYet = _NOT_YET
+    ) -> RunLabels:
         """
         What the run's log line says about the request: its id, the task
         (if a chat UI's background task), the C{user} field and the user
@@ -583,10 +622,25 @@ class OpenAIHeadend:
         return RunLabels(
             requestId=_completionId(),
             stream=chat.stream,
-            task=self._taskOf(request, chat),
+            task=self._taskOf(request, chat, fromMessages),
             user=None if chat.user is None else loggable(chat.user),
             forwarded=forwardedHeaders(headerLookup(request)),
         )
+
+
+def _parseWithTask(body: bytes) -> tuple[ChatRequest, str | None | _NotYet]:
+    """
+    In a thread: the request, and the task its messages show.
+    """
+    chat = parseChatRequest(body)
+    return chat, messageTask(chat.messages)
+
+
+def _parseWithoutTask(body: bytes) -> tuple[ChatRequest, str | None | _NotYet]:
+    """
+    In a thread: the request alone (the task shortcut is off).
+    """
+    return parseChatRequest(body), None
 
 
 def _modelEntry(agent: ServedAgent) -> dict[str, Any]:

@@ -16,7 +16,14 @@ import copy
 from typing import Any, Sequence
 
 from ai_agent import __version__
-from ai_agent.headends._request import MAX_DEPTH, MAX_MESSAGES, MAX_TOOLS
+from ai_agent.headends._request import (
+    MAX_DEPTH,
+    MAX_MESSAGES,
+    MAX_OUTPUT_TOKENS,
+    MAX_STOP_LENGTH,
+    MAX_STOP_SEQUENCES,
+    MAX_TOOLS,
+)
 
 _REF = "#/components/"
 
@@ -227,19 +234,26 @@ def _schemas() -> dict[str, Any]:
             ),
             "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 2}),
             "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
-            "max_completion_tokens": _nullable({"type": "integer", "minimum": 1}),
+            "max_completion_tokens": _nullable(
+                {"type": "integer", "minimum": 1, "maximum": MAX_OUTPUT_TOKENS}
+            ),
             "max_tokens": _nullable(
                 {
                     "type": "integer",
                     "minimum": 1,
+                    "maximum": MAX_OUTPUT_TOKENS,
                     "description": "Used when max_completion_tokens is not given.",
                 }
             ),
             "stop": _nullable(
                 {
                     "anyOf": [
-                        {"type": "string"},
-                        {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+                        {"type": "string", "maxLength": MAX_STOP_LENGTH},
+                        {
+                            "type": "array",
+                            "items": {"type": "string", "maxLength": MAX_STOP_LENGTH},
+                            "maxItems": 4,
+                        },
                     ]
                 }
             ),
@@ -565,6 +579,22 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/favicon.ico": {
+            "get": {
+                "operationId": "favicon",
+                "summary": "The pages' icon.",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The icon.",
+                        "content": {
+                            "image/x-icon": {"schema": {"type": "string", "format": "binary"}}
+                        },
+                    },
+                    **_errors("RequestTimeout"),
+                },
+            }
+        },
         "/assets/{name}": {
             "get": {
                 "operationId": "asset",
@@ -720,7 +750,40 @@ def _responsesSchemas() -> dict[str, Any]:
             "call_id": {"type": "string"},
             "name": {"type": "string"},
             "arguments": {"type": "string"},
+            "namespace": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
             "output": {"type": ["string", "array"]},
+        },
+    }
+    function = {
+        "type": "object",
+        "required": ["type", "name"],
+        "properties": {
+            "type": {"const": "function"},
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "description": {"type": "string"},
+            "parameters": {"type": "object"},
+            "strict": {"type": ["boolean", "null"]},
+        },
+    }
+    namespace = {
+        "type": "object",
+        "required": ["type", "name", "tools"],
+        "properties": {
+            "type": {"const": "namespace"},
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "description": {"type": "string"},
+            "tools": {"type": "array", "minItems": 1, "items": function},
+        },
+    }
+    hosted = {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {
+                "type": "string",
+                "pattern": "^(web_search[a-z0-9_]*|file_search|code_interpreter"
+                "|image_generation|mcp)$",
+            }
         },
     }
     request = {
@@ -742,24 +805,21 @@ def _responsesSchemas() -> dict[str, Any]:
             },
             "tools": {
                 "type": ["array", "null"],
-                "description": "Function tools only (the client's own tools).",
-                "items": {
-                    "type": "object",
-                    "required": ["type", "name"],
-                    "properties": {
-                        "type": {"const": "function"},
-                        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-                        "description": {"type": "string"},
-                        "parameters": {"type": "object"},
-                        "strict": {"type": ["boolean", "null"]},
-                    },
-                },
+                "description": "The client's own tools: functions, and namespaces of "
+                "functions (a call of one is handed back with its namespace); hosted tools "
+                "(web_search, file_search, ...) are left out of the model's tools and named "
+                "in the x-ai-agent-ignored-tools header, or refused (--hosted-tools refuse).",
+                "items": {"oneOf": [function, namespace, hosted]},
             },
             "tool_choice": {"type": ["string", "object", "null"]},
             "parallel_tool_calls": {"type": ["boolean", "null"]},
             "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
             "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-            "max_output_tokens": {"type": ["integer", "null"], "minimum": 1},
+            "max_output_tokens": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": MAX_OUTPUT_TOKENS,
+            },
             "text": {"type": ["object", "null"]},
             "metadata": {
                 "type": ["object", "null"],
@@ -1140,12 +1200,18 @@ def _anthropicSchemas() -> dict[str, Any]:
         "required": ["model", "messages", "max_tokens"],
         "properties": {
             **counted,
-            "max_tokens": {"type": "integer", "minimum": 1},
+            "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_OUTPUT_TOKENS},
             "stream": _nullable({"type": "boolean"}),
             "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
             "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
             "top_k": _nullable({"type": "integer", "description": "Accepted; not used."}),
-            "stop_sequences": _nullable({"type": "array", "items": text}),
+            "stop_sequences": _nullable(
+                {
+                    "type": "array",
+                    "items": {"type": "string", "maxLength": MAX_STOP_LENGTH},
+                    "maxItems": MAX_STOP_SEQUENCES,
+                }
+            ),
             "metadata": {"description": "metadata.user_id is logged with the run."},
         },
     }
@@ -1340,7 +1406,9 @@ def _anthropicPaths() -> dict[str, Any]:
                 "summary": "The input tokens a request would start with: counted by the agent's "
                 "first provider when it speaks Anthropic's wire, else estimated as one token "
                 "per 4 characters of the agent's prompt, the system text, the messages and the "
-                "tools (the agent's own and the client's), plus 4 per message.",
+                "tools (the agent's own and the client's), plus 4 per message. A count takes "
+                "a run slot (529 when every slot is busy and the queue is full); a provider's "
+                "answer past 1 MiB is a 502.",
                 "security": _KEYED,
                 "requestBody": body("CountTokensRequest"),
                 "responses": {

@@ -9,6 +9,7 @@ package (C{assets/}); nothing is loaded from elsewhere.
 from __future__ import annotations
 
 import html
+import re
 from importlib.resources import files
 from typing import Sequence
 
@@ -21,6 +22,14 @@ ASSETS = {
 }
 
 HTML = b"text/html; charset=utf-8"
+
+#: The icon browsers ask for at C{/favicon.ico} (a 16x16 PNG in an ICO).
+FAVICON = "favicon.ico"
+ICON = b"image/x-icon"
+
+#: A C{Host} header value the home page shows as this server's address: a
+#: name, an IPv4 address or a bracketed IPv6 address, and a port.
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
 
 #: Pages load only this server's own scripts and styles.
 CONTENT_SECURITY_POLICY = (
@@ -35,10 +44,26 @@ def asset(name: str) -> bytes:
     return files("ai_agent.headends").joinpath("assets", name).read_bytes()
 
 
-def homePage(models: Sequence[str]) -> bytes:
+def origin(host: bytes | None, secure: bool, fallback: str) -> str:
     """
-    The page at C{/}: what this is, the served models, and links.
+    The address a browser reached this server at, for the home page:
+    C{http://} (or C{https://}) and the request's C{Host} header when it
+    is a well-formed host and port, else C{fallback} (the address the
+    connection came in on).  The header is the client's word: anything
+    else in it is never shown.
     """
+    text = "" if host is None else host.decode("ascii", "replace").strip()
+    if not _HOST.fullmatch(text):
+        text = fallback
+    return ("https://" if secure else "http://") + text
+
+
+def homePage(models: Sequence[str], base: str = "http://HOST:PORT") -> bytes:
+    """
+    The page at C{/}: what this is, the served models, and links, with
+    C{base} (see L{origin}) as the server's address in the examples.
+    """
+    address = html.escape(base)
     items = "".join(f"<li><code>{html.escape(model)}</code></li>" for model in models)
     return f"""<!doctype html>
 <html lang="en">
@@ -47,11 +72,12 @@ def homePage(models: Sequence[str]) -> bytes:
 <title>ai-agent</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="stylesheet" href="/assets/page.css">
+<link rel="icon" href="/favicon.ico">
 </head>
 <body>
 <h1>ai-agent {html.escape(__version__)}</h1>
 <p>LLM agents served as OpenAI-compatible models. Point a client (the OpenAI SDKs,
-Open WebUI, LangChain, curl) at the base URL <code>/v1</code> of this server,
+Open WebUI, LangChain, curl) at the base URL <code>{address}/v1</code>,
 with any model below.</p>
 <h2>Models</h2>
 <ul>{items or "<li>none</li>"}</ul>
@@ -63,7 +89,7 @@ with any model below.</p>
 <li><a href="/health">/health</a>: liveness and load</li>
 </ul>
 <h2>Try it</h2>
-<pre>curl http://HOST:PORT/v1/chat/completions -H 'Content-Type: application/json' \\
+<pre>curl {address}/v1/chat/completions -H 'Content-Type: application/json' \\
   -d '{{"model": "{html.escape(models[0] if models else "MODEL")}",
        "messages": [{{"role": "user", "content": "Hello!"}}]}}'</pre>
 </body>
@@ -71,4 +97,13 @@ with any model below.</p>
 """.encode()
 
 
-__all__ = ["ASSETS", "CONTENT_SECURITY_POLICY", "HTML", "asset", "homePage"]
+__all__ = [
+    "ASSETS",
+    "CONTENT_SECURITY_POLICY",
+    "FAVICON",
+    "HTML",
+    "ICON",
+    "asset",
+    "homePage",
+    "origin",
+]

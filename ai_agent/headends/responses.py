@@ -16,9 +16,10 @@ docs/responses.md.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
-from typing import Any, ClassVar, Iterable, cast
+from typing import Any, ClassVar, Iterable, Mapping, cast
 
 import attrs
 from klein import Klein
@@ -55,12 +56,15 @@ from ai_agent.headends._json import dumpsAny as _dumpsAny
 from ai_agent.headends._json import dumpsPlain as _dumpsPlain
 from ai_agent.headends._request import (
     MAX_MESSAGES,
+    MAX_OUTPUT_TOKENS,
+    MAX_TOOLS,
     OFF_REACTOR_THRESHOLD,
+    TOOL_NAME,
+    functionSpec,
     headerLookup,
     loadBody,
     numberField,
     optionalField,
-    parseFunctionTools,
     parseToolChoice,
     showValue,
     typeName,
@@ -96,8 +100,57 @@ _INPUT_TYPES = frozenset(
 )
 
 
+#: Tools OpenAI runs on its own servers, which no client executes: this
+#: server cannot run them either (C{web_search} and its dated variants are
+#: matched by prefix).
+HOSTED_TOOL_TYPES = frozenset(
+    {"file_search", "code_interpreter", "image_generation", "mcp", "web_search_preview"}
+)
+
+#: What C{--hosted-tools} may say about them: leave them out of the
+#: model's tools (naming them in L{IGNORED_TOOLS_HEADER} and the log), or
+#: refuse the request.
+HOSTED_IGNORE = "ignore"
+HOSTED_REFUSE = "refuse"
+HOSTED_POLICIES = (HOSTED_IGNORE, HOSTED_REFUSE)
+
+#: The response header naming the hosted tools left out of a run.
+IGNORED_TOOLS_HEADER = b"x-ai-agent-ignored-tools"
+
+#: What a hosted tool's type looks like (it goes into a header).
+_TOOL_TYPE = re.compile(r"[a-z0-9_]{1,64}")
+
+#: The longest tool name a model is shown (OpenAI's limit).
+_MAX_TOOL_NAME = 64
+
+
 def _newId(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def isHostedTool(kind: str) -> bool:
+    """
+    Whether a tool C{type} is one OpenAI runs itself (web search, file
+    search, code interpreter, image generation, remote MCP).
+    """
+    if _TOOL_TYPE.fullmatch(kind) is None:
+        return False
+    return kind in HOSTED_TOOL_TYPES or kind.startswith("web_search")
+
+
+def namespacedName(namespace: str, name: str) -> str:
+    """
+    The name the model sees for the tool C{name} of the client's
+    C{namespace}: both joined by C{__} (as C{mcp__calc__add}), shortened
+    with a digest of the whole when longer than a model allows.  It
+    depends on the two names alone, so a continuation's calls map to the
+    same name as the run that made them.
+    """
+    joined = f"{namespace}__{name}"
+    if len(joined) <= _MAX_TOOL_NAME:
+        return joined
+    digest = hashlib.sha256(joined.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{joined[: _MAX_TOOL_NAME - 9]}_{digest}"
 
 
 # -- the request --------------------------------------------------------
@@ -112,6 +165,10 @@ class ResponsesRequest:
         each with an C{id}; C{item_reference}s are resolved by the route.
     @ivar echo: the request's fields the response object repeats (tools,
         tool_choice, text, metadata, ...), as the client sent them.
+    @ivar hostedTools: the hosted tools in C{tools} (see
+        L{isHostedTool}), each as its C{type} and its place
+        (C{tools[8]}): not in C{tools}; the route leaves them out or
+        refuses the request, as the server is configured.
     """
 
     model: str
@@ -127,6 +184,7 @@ class ResponsesRequest:
     user: str | None = None
     echo: dict[str, Any] = attrs.field(factory=dict)
     include: frozenset[str] = frozenset()
+    hostedTools: tuple[tuple[str, str], ...] = ()
 
 
 def parseResponsesRequest(body: bytes) -> ResponsesRequest:
@@ -169,12 +227,15 @@ def parseResponsesRequest(body: bytes) -> ResponsesRequest:
     temperature = numberField(data, "temperature", 0.0, 2.0)
     topP = numberField(data, "top_p", 0.0, 1.0)
     maxTokens = optionalField(data, "max_output_tokens", int, None)
-    if maxTokens is not None and maxTokens < 1:
+    if maxTokens is not None and not 1 <= maxTokens <= MAX_OUTPUT_TOKENS:
         raise invalidRequest(
-            "'max_output_tokens' must be at least 1", "max_output_tokens", "invalid_value"
+            f"'max_output_tokens' must be between 1 and {MAX_OUTPUT_TOKENS},"
+            f" got {showValue(maxTokens)}",
+            "max_output_tokens",
+            "invalid_value",
         )
-    tools = parseFunctionTools(data.get("tools"), nested=False)
-    toolChoice = parseToolChoice(data.get("tool_choice"), tools, nested=False)
+    tools, hosted = parseTools(data.get("tools"))
+    toolChoice = parseToolChoice(_namespacedChoice(data.get("tool_choice")), tools, nested=False)
     parallel = optionalField(data, "parallel_tool_calls", bool, None)
     outputFormat = _parseText(data.get("text"))
     metadata = _parseMetadata(data.get("metadata"))
@@ -205,6 +266,7 @@ def parseResponsesRequest(body: bytes) -> ResponsesRequest:
         user=user,
         echo=echo,
         include=include,
+        hostedTools=hosted,
     )
 
 
@@ -222,6 +284,138 @@ def _parseInclude(value: Any) -> frozenset[str]:
     if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
         raise invalidRequest("'include' must be an array of strings", "include", "invalid_type")
     return frozenset(value)
+
+
+def parseTools(value: Any) -> tuple[tuple[ClientTool, ...], tuple[tuple[str, str], ...]]:
+    """
+    C{tools}: function tools, C{namespace} tools (each a named group of
+    function tools: every member becomes a client tool the model sees as
+    L{namespacedName}) and hosted tools (set apart, see L{isHostedTool}).
+    Names are unique as the model sees them; at most L{MAX_TOOLS}
+    functions in all.  Tools the client would run itself in another shape
+    (C{custom}, C{local_shell}, C{computer_use_preview}, ...) are refused,
+    naming the kind.
+
+    @return: the client tools, and the hosted tools as C{(type, param)}.
+    @raise AgentError: a 400 naming the offending C{param}.
+    """
+    if value is None:
+        return (), ()
+    if not isinstance(value, list):
+        raise invalidRequest(
+            f"'tools' must be an array, not {typeName(value)}", "tools", "invalid_type"
+        )
+    tools: list[ClientTool] = []
+    hosted: list[tuple[str, str]] = []
+    names: set[str] = set()
+
+    def add(tool: ClientTool) -> None:
+        if tool.spec.name in names:
+            raise invalidRequest(
+                f"'{tool.param}' repeats the tool name {tool.spec.name!r}",
+                tool.param,
+                "duplicate_tool_name",
+            )
+        names.add(tool.spec.name)
+        tools.append(tool)
+
+    for index, tool in enumerate(value):
+        where = f"tools[{index}]"
+        if not isinstance(tool, dict):
+            raise invalidRequest(
+                f"'{where}' must be an object, not {typeName(tool)}", where, "invalid_type"
+            )
+        kind = tool.get("type")
+        if kind == "function":
+            add(ClientTool(functionSpec(tool, where), f"{where}.name"))
+        elif kind == "namespace":
+            for member in _namespaceMembers(tool, where):
+                add(member)
+        elif isinstance(kind, str) and isHostedTool(kind):
+            hosted.append((kind, where))
+        else:
+            raise invalidRequest(
+                f"'{where}.type' is {showValue(kind)}; the tools supported here are function"
+                " and namespace tools (hosted tools such as web_search are left out or"
+                " refused, as the server is configured)",
+                f"{where}.type",
+                "unsupported_tool_type",
+            )
+    if len(tools) > MAX_TOOLS:
+        raise invalidRequest(
+            f"'tools' holds {len(tools)} functions (namespaces' members included);"
+            f" at most {MAX_TOOLS} are allowed",
+            "tools",
+            "array_above_max_length",
+        )
+    return tuple(tools), tuple(hosted)
+
+
+def _namespaceMembers(tool: dict[str, Any], where: str) -> list[ClientTool]:
+    """
+    The function tools of a C{namespace} tool, each shown to the model as
+    L{namespacedName}.
+    """
+    namespace = _toolName(tool.get("name"), f"{where}.name")
+    # The description is checked, not shown: the joined names say the group.
+    optionalField(tool, "description", str, None, f"{where}.description")
+    members = tool.get("tools")
+    if not isinstance(members, list) or not members:
+        raise invalidRequest(
+            f"'{where}.tools' must be a non-empty array of function tools, not {typeName(members)}",
+            f"{where}.tools",
+            "invalid_type" if members is not None else "missing_required_parameter",
+        )
+    found: list[ClientTool] = []
+    for index, member in enumerate(members):
+        memberWhere = f"{where}.tools[{index}]"
+        if not isinstance(member, dict):
+            raise invalidRequest(
+                f"'{memberWhere}' must be an object, not {typeName(member)}",
+                memberWhere,
+                "invalid_type",
+            )
+        kind = member.get("type")
+        if kind != "function":
+            raise invalidRequest(
+                f"'{memberWhere}.type' is {showValue(kind)}; a namespace's tools here are"
+                " function tools",
+                f"{memberWhere}.type",
+                "unsupported_tool_type",
+            )
+        optionalField(member, "defer_loading", bool, None, f"{memberWhere}.defer_loading")
+        spec = functionSpec(member, memberWhere)
+        shown = namespacedName(namespace, spec.name)
+        found.append(
+            ClientTool(attrs.evolve(spec, name=shown), f"{memberWhere}.name", namespace, spec.name)
+        )
+    return found
+
+
+def _toolName(value: Any, param: str) -> str:
+    """
+    A tool's or a namespace's name: 1 to 64 letters, digits, C{_} or C{-}.
+    """
+    if not isinstance(value, str) or TOOL_NAME.fullmatch(value) is None:
+        raise invalidRequest(
+            f"'{param}' must be 1 to 64 letters, digits, '_' or '-', got {showValue(value)}",
+            param,
+            "invalid_value" if value is not None else "missing_required_parameter",
+        )
+    return value
+
+
+def _namespacedChoice(value: Any) -> Any:
+    """
+    A C{tool_choice} naming a function of a namespace
+    (C{{"type": "function", "namespace": …, "name": …}}) as the name the
+    model sees; any other value as it is.
+    """
+    if not isinstance(value, dict) or value.get("namespace") is None:
+        return value
+    namespace = _toolName(value["namespace"], "tool_choice.namespace")
+    name = _toolName(value.get("name"), "tool_choice.name")
+    return {**value, "name": namespacedName(namespace, name)}
 
 
 def _parseInput(value: Any) -> tuple[dict[str, Any], ...]:
@@ -293,7 +487,7 @@ def _parseItem(item: Any, where: str) -> dict[str, Any]:
         parts = _parseParts(item.get("content"), f"{where}.content", partType)
         return _message(role, parts, itemId)
     if kind == "function_call":
-        return {
+        call = {
             "type": "function_call",
             "id": itemId or _newId("fc"),
             "call_id": _string(item, "call_id", where),
@@ -301,6 +495,10 @@ def _parseItem(item: Any, where: str) -> dict[str, Any]:
             "arguments": _string(item, "arguments", where),
             "status": "completed",
         }
+        namespace = item.get("namespace")
+        if namespace is not None:
+            call["namespace"] = _toolName(namespace, f"{where}.namespace")
+        return call
     if kind == "function_call_output":
         output = item.get("output")
         if isinstance(output, list):
@@ -433,13 +631,36 @@ def _parseMetadata(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def checkCallOutputs(history: Iterable[dict[str, Any]], items: list[dict[str, Any]]) -> None:
+    """
+    Refuse a C{function_call_output} in C{items} (the request's input,
+    resolved) whose C{call_id} no C{function_call} before it made, in the
+    input or in the chain of previous responses (C{history}): the provider
+    would refuse the conversation, and its 400 would reach the client as a
+    502.
+    """
+    calls = {item["call_id"] for item in history if item.get("type") == "function_call"}
+    for index, item in enumerate(items):
+        kind = item.get("type")
+        if kind == "function_call":
+            calls.add(item["call_id"])
+        elif kind == "function_call_output" and item["call_id"] not in calls:
+            raise invalidRequest(
+                f"No tool call found for function call output with call_id"
+                f" {shorten(item['call_id'])}.",
+                f"input[{index}].call_id",
+                "invalid_value",
+            )
+
+
 def conversation(items: Iterable[dict[str, Any]]) -> tuple[ChatMessage, ...]:
     """
     Items (resolved: no C{item_reference}) as the conversation the agent
     sees: messages as they are, consecutive C{function_call}s as one
     assistant message's tool calls (joined to the assistant message just
-    before them), C{function_call_output}s as tool messages; reasoning
-    items are left out.
+    before them, a namespace's function under the name the model was
+    shown, L{namespacedName}), C{function_call_output}s as tool messages;
+    reasoning items are left out.
     """
     messages: list[ChatMessage] = []
     for item in items:
@@ -448,7 +669,10 @@ def conversation(items: Iterable[dict[str, Any]]) -> tuple[ChatMessage, ...]:
             text = "\n".join(part.get("text", "") for part in item.get("content", ()))
             messages.append(ChatMessage(item["role"], text))
         elif kind == "function_call":
-            call = ToolCall(item["call_id"], item["name"], item["arguments"])
+            name = item["name"]
+            if item.get("namespace") is not None:
+                name = namespacedName(item["namespace"], name)
+            call = ToolCall(item["call_id"], name, item["arguments"])
             last = messages[-1] if messages else None
             if last is not None and last.role == "assistant":
                 messages[-1] = attrs.evolve(last, toolCalls=(*last.toolCalls, call))
@@ -516,12 +740,16 @@ class ResponsesEncoder:
         run's L{SealedTurns.sealed<ai_agent.sealing.SealedTurns.sealed>}),
         each written as a C{reasoning} item with C{encrypted_content}
         before the client's calls.
+    @ivar namespaced: the client's namespaced tools, by the name the model
+        was shown: a call of one is handed back under the tool's own name
+        with its C{namespace}, as the client knows it.
     """
 
     base: dict[str, Any]
     frames: bool = True
     sealed: list[str] = attrs.field(factory=list)
     _sealedSent: int = attrs.field(default=0, init=False)
+    namespaced: Mapping[str, ClientTool] = attrs.field(factory=dict)
     output: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     _sequence: int = attrs.field(default=0, init=False)
     _open: dict[str, Any] | None = attrs.field(default=None, init=False)
@@ -692,7 +920,7 @@ class ResponsesEncoder:
 
     def toolCall(self, call: ClientToolCall) -> bytes:
         sealedFrames = self._sealedItems()
-        item = {
+        item: dict[str, Any] = {
             "type": "function_call",
             "id": _newId("fc"),
             "call_id": call.id,
@@ -700,6 +928,13 @@ class ResponsesEncoder:
             "arguments": "",
             "status": "in_progress",
         }
+        tool = self.namespaced.get(call.name)
+        if tool is not None and tool.clientName is not None:
+            # Codex routes a call by this separate field (it reads the
+            # item of response.output_item.done): a joined name is not a
+            # tool it knows.
+            item["name"] = tool.clientName
+            item["namespace"] = tool.namespace
         frames = sealedFrames + self._start(item)
         self._open = None
         index = len(self.output) - 1
@@ -715,7 +950,7 @@ class ResponsesEncoder:
             + self._event(
                 "response.function_call_arguments.done",
                 **where,
-                name=call.name,
+                name=item["name"],
                 arguments=call.arguments,
             )
             + self._event("response.output_item.done", output_index=index, item=dict(item))
@@ -770,6 +1005,12 @@ class ResponsesHeadend:
         through L{_owned}: each principal (API key) sees its own objects.
     @ivar sealer: seals the hidden turns of C{store: false} runs into the
         response (L{ai_agent.sealing}).
+        stored and C{previous_response_id} is refused.
+    @ivar hostedTools: what a request's hosted tools get (C{--hosted-tools},
+        one of L{HOSTED_POLICIES}): left out of the model's tools, named in
+        the L{IGNORED_TOOLS_HEADER} header and one log line
+        (L{HOSTED_IGNORE}, so that a client's defaults, such as Codex's
+        C{web_search}, work), or a 400 (L{HOSTED_REFUSE}).
     """
 
     log: ClassVar[Logger] = Logger()
@@ -787,6 +1028,9 @@ class ResponsesHeadend:
     redactor: Redactor | None = None
     bodyGate: BodyGate | None = None
     sealer: Sealer = attrs.field(factory=lambda: Sealer.fromSecrets(()))
+    hostedTools: str = attrs.field(
+        default=HOSTED_IGNORE, validator=attrs.validators.in_(HOSTED_POLICIES)
+    )
 
     def _redactor(self) -> Redactor:
         if self.redactor is None:
@@ -914,6 +1158,32 @@ class ResponsesHeadend:
 
         return keep
 
+    def _hosted(self, hosted: tuple[tuple[str, str], ...], responseId: str, agent: str) -> bytes:
+        """
+        Apply the hosted-tools policy to a request's hosted tools: refuse
+        the request, or log them once and give the header's value.
+
+        @raise AgentError: a 400 naming the first, when they are refused.
+        """
+        kind, where = hosted[0]
+        if self.hostedTools == HOSTED_REFUSE:
+            raise invalidRequest(
+                f"'{where}.type' is {showValue(kind)}, a hosted tool this server cannot run"
+                " (it refuses them: --hosted-tools refuse); only function and namespace tools"
+                " are supported",
+                f"{where}.type",
+                "unsupported_tool_type",
+            )
+        kinds = ", ".join(dict.fromkeys(kind for kind, _ in hosted))
+        self.log.info(
+            "{requestId}: agent {agent}: hosted tools left out of the model's tools (this"
+            " server cannot run them): {tools}",
+            requestId=responseId,
+            agent=agent,
+            tools=kinds,
+        )
+        return kinds.encode("ascii", "replace")
+
     # -- routes ---------------------------------------------------------
 
     @app.route("/v1/responses", methods=["POST"])
@@ -943,11 +1213,15 @@ class ResponsesHeadend:
             )
         requestScope(request).setAgent(agent.id)
         turns = self._sealedTurns(parsed, agent.spec, principal)
+        responseId = _newId("resp")
+        headers = {b"x-request-id": responseId.encode("ascii")}
+        if parsed.hostedTools:
+            headers[IGNORED_TOOLS_HEADER] = self._hosted(parsed.hostedTools, responseId, agent.id)
         history: list[dict[str, Any]] = []
         if parsed.previousResponseId is not None:
             history = await self._history(principal, parsed.previousResponseId)
         items = await self._resolve(principal, parsed.items)
-        responseId = _newId("resp")
+        checkCallOutputs(history, items)
         labels = RunLabels(
             requestId=responseId,
             stream=parsed.stream,
@@ -987,6 +1261,7 @@ class ResponsesHeadend:
             },
             frames=parsed.stream,
             sealed=[] if turns is None else turns.sealed,
+            namespaced={tool.spec.name: tool for tool in parsed.tools if tool.namespace},
         )
         slot = await self.pool.acquire()
         try:
@@ -996,7 +1271,7 @@ class ResponsesHeadend:
                 encoder,
                 slot,
                 self.streamHeadGrace,
-                {b"x-request-id": responseId.encode("ascii")},
+                headers,
                 f"{responseId}: agent {agent.id}",
                 redactor=self._redactor(),
                 maxAnswer=self.maxAnswer,
@@ -1150,10 +1425,18 @@ class ResponsesHeadend:
 
 
 __all__ = [
+    "HOSTED_IGNORE",
+    "HOSTED_POLICIES",
+    "HOSTED_REFUSE",
+    "HOSTED_TOOL_TYPES",
+    "IGNORED_TOOLS_HEADER",
     "ITEMS",
     "ResponsesEncoder",
     "ResponsesHeadend",
     "ResponsesRequest",
     "conversation",
+    "isHostedTool",
+    "namespacedName",
     "parseResponsesRequest",
+    "parseTools",
 ]

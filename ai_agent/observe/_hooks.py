@@ -228,6 +228,15 @@ class Observer:
         """
         return _NULL_RUN
 
+    def redactWith(self, scrub: Callable[[str], str]) -> None:
+        """
+        Scrub the text spans carry (messages, tool arguments and results,
+        when content capture is on) with C{scrub}: the redactor of the
+        configured secrets that also scrubs every response
+        (L{ai_agent.redaction.Redactor.scrub}).  Set when the configuration
+        is loaded, and again when it is reloaded.
+        """
+
     def queueEntered(self) -> None:
         """
         A request began waiting for a run slot.
@@ -286,6 +295,7 @@ class Observability(Observer):
         self.tracer = None if tracing is None else tracing.tracer
         self.captureContent = tracing is not None and tracing.captureContent
         self._clock = clock
+        self.scrub: Callable[[str], str] = _unchanged
 
     @property
     def enabled(self) -> bool:
@@ -297,6 +307,9 @@ class Observability(Observer):
 
     def clock(self) -> float:
         return self._clock()
+
+    def redactWith(self, scrub: Callable[[str], str]) -> None:
+        self.scrub = scrub
 
     def request(self, headend: str, route: str, request: Any) -> RequestScope:
         scope = _Request(self, headend, route, request)
@@ -499,7 +512,9 @@ class _Call(CallScope):
                         443 if parts.scheme == "https" else 80
                     )
             if observer.captureContent:
-                attributes["gen_ai.input.messages"] = _messagesJSON(request.messages)
+                attributes["gen_ai.input.messages"] = _messagesJSON(
+                    request.messages, observer.scrub
+                )
             self.span = tracer.start_span(
                 f"chat {model}",
                 context=trace.set_span_in_context(run.span),
@@ -541,7 +556,9 @@ class _Call(CallScope):
                     "gen_ai.response.time_to_first_chunk", self.firstChunk - self.started
                 )
             if self.observer.captureContent:
-                span.set_attribute("gen_ai.output.messages", _outputJSON(response))
+                span.set_attribute(
+                    "gen_ai.output.messages", _outputJSON(response, self.observer.scrub)
+                )
             span.end()
 
     def failed(self, code: str, cost: float | None = None) -> None:
@@ -570,7 +587,9 @@ class _Call(CallScope):
                 ("cache_write", usage.cacheWriteTokens),
                 ("reasoning", usage.reasoningTokens),
             ):
-                if count:
+                # A counter only goes up: a count below zero (which the
+                # providers refuse anyway) would raise here.
+                if count > 0:
                     metrics.child(tokens, provider, model, kind).inc(count)
         if cost:
             metrics.child(metrics.cost, self.run.agent, provider, model).inc(cost)
@@ -595,7 +614,7 @@ class _Tool(ToolScope):
                 "gen_ai.tool.type": kind,
             }
             if observer.captureContent:
-                attributes["gen_ai.tool.call.arguments"] = arguments
+                attributes["gen_ai.tool.call.arguments"] = observer.scrub(arguments)
             self.span = observer.tracer.start_span(
                 f"execute_tool {name}",
                 context=trace.set_span_in_context(run.span),
@@ -615,7 +634,7 @@ class _Tool(ToolScope):
         span = self.span
         if span is not None:
             if self.observer.captureContent and result is not None:
-                span.set_attribute("gen_ai.tool.call.result", result)
+                span.set_attribute("gen_ai.tool.call.result", self.observer.scrub(result))
             if outcome != "ok":
                 _errorStatus(span, outcome)
             span.end()
@@ -630,40 +649,55 @@ _CONVENTION_REASONS = {
 }
 
 
-def _messagesJSON(messages: Sequence[Any]) -> str:
+def _unchanged(text: str) -> str:
+    return text
+
+
+def _messagesJSON(messages: Sequence[Any], scrub: Callable[[str], str] = _unchanged) -> str:
     """
-    Messages in the GenAI conventions' shape (role and parts), as JSON.
+    Messages in the GenAI conventions' shape (role and parts), as JSON,
+    each text through C{scrub}.
     """
     out: list[dict[str, Any]] = []
     for message in messages:
         parts: list[dict[str, Any]] = []
         if message.content:
-            parts.append({"type": "text", "content": message.content})
+            parts.append({"type": "text", "content": scrub(message.content)})
         for call in message.toolCalls:
             parts.append(
-                {"type": "tool_call", "id": call.id, "name": call.name, "arguments": call.arguments}
+                {
+                    "type": "tool_call",
+                    "id": call.id,
+                    "name": call.name,
+                    "arguments": scrub(call.arguments),
+                }
             )
         if message.toolCallId is not None:
             parts = [
                 {
                     "type": "tool_call_response",
                     "id": message.toolCallId,
-                    "response": message.content,
+                    "response": scrub(message.content),
                 }
             ]
         out.append({"role": message.role, "parts": parts})
     return json.dumps(out, ensure_ascii=False)
 
 
-def _outputJSON(response: LLMResponse) -> str:
+def _outputJSON(response: LLMResponse, scrub: Callable[[str], str] = _unchanged) -> str:
     parts: list[dict[str, Any]] = []
     if response.reasoning:
-        parts.append({"type": "reasoning", "content": response.reasoning})
+        parts.append({"type": "reasoning", "content": scrub(response.reasoning)})
     if response.content:
-        parts.append({"type": "text", "content": response.content})
+        parts.append({"type": "text", "content": scrub(response.content)})
     for call in response.toolCalls:
         parts.append(
-            {"type": "tool_call", "id": call.id, "name": call.name, "arguments": call.arguments}
+            {
+                "type": "tool_call",
+                "id": call.id,
+                "name": call.name,
+                "arguments": scrub(call.arguments),
+            }
         )
     reason = _CONVENTION_REASONS.get(response.finishReason, response.finishReason)
     return json.dumps(

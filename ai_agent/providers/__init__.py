@@ -16,6 +16,7 @@ from ai_agent.providers._base import (
     LLMRequest,
     LLMResponse,
     Provider,
+    TokenCounter,
     ToolCall,
     ToolSpec,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "OpenAIProvider",
     "Provider",
     "ToolCall",
+    "TokenCounter",
     "ToolSpec",
     "makeProvider",
 ]

@@ -9,7 +9,7 @@ its edge.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -104,6 +104,10 @@ class LLMRequest:
     @ivar model: the upstream model name (the part after C{provider/}).
     @ivar reasoning: a reasoning effort (C{low}, C{medium}, C{high}, ...) or
         L{None} to leave the provider's default.
+    @ivar topK: C{top_k}, for providers that take it, or L{None}.
+    @ivar repeatPenalty: C{repeat_penalty} (llama.cpp, vLLM), or L{None}.
+    @ivar reasoningTokens: the thinking budget for providers that take one
+        (Anthropic), or L{None} for the budget of C{reasoning}.
     @ivar timeout: the longest silence allowed from the upstream, in seconds
         (before the response headers and between body chunks).
     @ivar totalTimeout: the longest the whole call may take, in seconds.
@@ -134,6 +138,9 @@ class LLMRequest:
     totalTimeout: float | None = None
     toolChoice: ToolChoice | None = None
     parallelToolCalls: bool | None = None
+    topK: int | None = None
+    repeatPenalty: float | None = None
+    reasoningTokens: int | None = None
 
 
 @attrs.frozen
@@ -204,6 +211,26 @@ class Provider(Protocol):
         ...
 
 
+@runtime_checkable
+class TokenCounter(Protocol):
+    """
+    A provider whose API counts a request's input tokens itself (Anthropic's
+    C{count_tokens}), for the Messages API's C{count_tokens} route.
+    """
+
+    def countTokens(self, request: LLMRequest) -> Deferred[int]:
+        """
+        The input tokens of C{request}'s system text, messages and tools.
+
+        @return: fires with the count, or fails with
+            L{ai_agent.errors.ProviderError} (under C{request}'s timeouts;
+            an answer past the provider's bound for a count is an
+            C{upstream_answer_too_large}); cancelling it closes the
+            upstream connection.
+        """
+        ...
+
+
 __all__ = [
     "CallbackSink",
     "ChatMessage",
@@ -212,5 +239,6 @@ __all__ = [
     "LLMResponse",
     "Provider",
     "ToolCall",
+    "TokenCounter",
     "ToolSpec",
 ]

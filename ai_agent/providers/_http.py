@@ -77,6 +77,13 @@ The most bytes of one upstream answer's body (an event stream or one JSON
 document) read before the call fails with C{upstream_answer_too_large}.
 """
 
+MAX_TOKEN_COUNT = 1_000_000_000
+"""
+The largest token count of one call an upstream's usage may report; a
+larger one (like a negative one, or one that is not a whole number) is not
+believed and the call fails with C{upstream_invalid_response}.
+"""
+
 MAX_ERROR_BODY = 64 * 1024
 MAX_ERROR_MESSAGE = 300
 
@@ -423,6 +430,26 @@ class HTTPCall:
         """
         raise NotImplementedError
 
+    def callURL(self) -> str:
+        """
+        The URL this call is posted to: the provider's, unless the call is
+        of another kind (a token count).
+        """
+        return self.provider.url
+
+    def callPayload(self) -> dict[str, Any]:
+        """
+        The JSON body of this call.
+        """
+        return self.provider.payload(self.request)
+
+    def answerLimit(self) -> int:
+        """
+        The most bytes of this call's answer body read before it fails
+        with C{upstream_answer_too_large} (and its connection is closed).
+        """
+        return self.provider.maxAnswerBytes
+
     def markEnd(self) -> None:
         """
         The stream's end marker arrived: the answer is complete.
@@ -447,12 +474,7 @@ class HTTPCall:
         try:
             headers = provider.requestHeaders(request)
             injectTraceContext(headers)
-            requestDeferred = _post(
-                provider.http,
-                provider.url,
-                provider.payload(request),
-                headers,
-            )
+            requestDeferred = _post(provider.http, self.callURL(), self.callPayload(), headers)
         except Exception as e:
             self._fail(self.error("could not send a request", describe(e), retryable=False))
             return self.result
@@ -572,10 +594,11 @@ class HTTPCall:
         self._armTimer()
         try:
             self._answerBytes += len(data)
-            if self._answerBytes > self.provider.maxAnswerBytes and self._mode != ERROR:
+            limit = self.answerLimit()
+            if self._answerBytes > limit and self._mode != ERROR:
                 raise self.error(
                     "sent too long an answer",
-                    f"more than {self.provider.maxAnswerBytes} bytes",
+                    f"more than {limit} bytes",
                     code="upstream_answer_too_large",
                     retryable=False,
                 )
@@ -698,6 +721,38 @@ class HTTPCall:
         return self.error(
             "sent an invalid response", cause, code="upstream_invalid_response", retryable=True
         )
+
+    def tokenCount(self, usage: Any, key: str, where: str) -> int:
+        """
+        One token count of an upstream's usage object: 0 when it (or the
+        object) is absent or null, else a whole number from 0 to
+        L{MAX_TOKEN_COUNT}.
+
+        @param where: the usage object's path in the answer, for the error.
+        @raise ProviderError: the count is negative, too large, or not a
+            whole number (a 502 naming the field, as other malformed
+            answers are).
+        """
+        value = usage.get(key) if isinstance(usage, dict) else None
+        if value is None:
+            return 0
+        field = f"{where}.{key}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.invalid(f"the upstream reported {field} as {jsonKind(value)}, not a count")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise self.invalid(
+                    f"the upstream reported {field} as {value!r}, not a whole number"
+                )
+            value = int(value)
+        if value < 0:
+            raise self.invalid(f"the upstream reported a negative {field} ({value})")
+        if value > MAX_TOKEN_COUNT:
+            raise self.invalid(
+                f"the upstream reported an impossible {field} ({truncate(str(value), 40)};"
+                f" at most {MAX_TOKEN_COUNT} is believed)"
+            )
+        return int(value)
 
     def _unreadable(self, error: Exception) -> ProviderError:
         """
@@ -986,6 +1041,23 @@ def describe(error: BaseException) -> str:
     return f"{name}: {text}"
 
 
+def jsonKind(value: Any) -> str:
+    """
+    What a JSON value is, for a message about an answer of the wrong shape.
+    """
+    if value is None:
+        return "missing or null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "an empty string" if not value else "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
 def truncate(text: str, limit: int = MAX_ERROR_MESSAGE) -> str:
     """
     C{text} cut to C{limit} characters, with an ellipsis when cut.
@@ -1049,7 +1121,9 @@ __all__ = [
     "HTTPProvider",
     "MAX_ANSWER_BYTES",
     "MAX_RETRY_AFTER",
+    "MAX_TOKEN_COUNT",
     "describe",
+    "jsonKind",
     "errorMessage",
     "truncate",
 ]

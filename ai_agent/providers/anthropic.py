@@ -29,10 +29,18 @@ from collections import OrderedDict
 from typing import Any, ClassVar, Mapping, Sequence
 
 import attrs
+from twisted.internet.defer import Deferred, fail
 
 from ai_agent import __version__
 from ai_agent.events import FinishReason, Usage
-from ai_agent.providers._base import ChatMessage, DeltaSink, LLMRequest, LLMResponse, ToolCall
+from ai_agent.providers._base import (
+    CallbackSink,
+    ChatMessage,
+    DeltaSink,
+    LLMRequest,
+    LLMResponse,
+    ToolCall,
+)
 from ai_agent.providers._http import HTTPCall, HTTPProvider, loadsJSON, truncate
 from ai_agent.request import OutputFormat, ToolChoice
 from ai_agent.sse import SSEEvent
@@ -74,6 +82,13 @@ pass through unchanged.
 """
 
 _REMEMBERED_ANSWERS = 1024
+
+MAX_COUNT_ANSWER = 1024 * 1024
+"""
+The most bytes of a C{count_tokens} answer read (a count is a few dozen
+bytes); past it the count fails with C{upstream_answer_too_large} and its
+connection is closed.
+"""
 
 
 def messagesURL(baseUrl: str) -> str:
@@ -229,6 +244,19 @@ class AnthropicProvider(HTTPProvider):
         """
         return _MessageCall(self, request, sink)
 
+    def countTokens(self, request: LLMRequest) -> Deferred[int]:
+        """
+        The input tokens of C{request} (its system text, messages and
+        tools) as Anthropic counts them: one C{POST
+        {baseUrl}/v1/messages/count_tokens}, under C{request}'s timeouts,
+        its answer read up to L{MAX_COUNT_ANSWER} bytes.  See
+        L{ai_agent.providers.TokenCounter}.
+        """
+        if self.missingVariables:
+            return fail(self._notConfigured())
+        call = _CountCall(self, attrs.evolve(request, stream=False), CallbackSink())
+        return call.start().addCallback(lambda response: response.usage.promptTokens)
+
     @property
     def url(self) -> str:
         """
@@ -241,6 +269,9 @@ class AnthropicProvider(HTTPProvider):
         The JSON body for C{request}.
         """
         budget = THINKING_BUDGETS.get(request.reasoning or "none")
+        if request.reasoningTokens and request.reasoning != "none":
+            # The agent's own budget (reasoningTokens) over the effort's.
+            budget = request.reasoningTokens
         if budget is not None and not self._canThink(request.messages):
             budget = None
         choice = request.toolChoice
@@ -280,12 +311,15 @@ class AnthropicProvider(HTTPProvider):
             if maxTokens <= budget:
                 # max_tokens counts the thinking too: leave room for the answer.
                 body["max_tokens"] = budget + maxTokens
-            # Anthropic refuses temperature and top_p changes while thinking.
+            # Anthropic refuses temperature, top_p and top_k changes while
+            # thinking.
         else:
             if request.temperature is not None:
                 body["temperature"] = request.temperature
             if request.topP is not None:
                 body["top_p"] = request.topP
+            if request.topK is not None:
+                body["top_k"] = request.topK
         if request.stop:
             body["stop_sequences"] = list(request.stop)
         body["stream"] = request.stream
@@ -469,9 +503,8 @@ class _MessageCall(HTTPCall):
             "cache_read_input_tokens",
             "output_tokens",
         ):
-            value = usage.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
-                self._usage[key] = value
+            if usage.get(key) is not None:
+                self._usage[key] = self.tokenCount(usage, key, "usage")
 
     def assembled(self) -> LLMResponse:
         return self._answer([block for _, block in sorted(self._contentBlocks.items())])
@@ -551,6 +584,33 @@ class _MessageCall(HTTPCall):
         )
 
 
+@attrs.define(eq=False)
+class _CountCall(HTTPCall):
+    """
+    One C{count_tokens} call: its answer is C{{"input_tokens": N}}, kept
+    as an L{LLMResponse}'s prompt tokens.
+    """
+
+    def callURL(self) -> str:
+        return messagesURL(self.provider.baseUrl) + "/count_tokens"
+
+    def callPayload(self) -> dict[str, Any]:
+        payload = self.provider.payload(self.request)
+        return {key: payload[key] for key in _COUNTED if key in payload}
+
+    def answerLimit(self) -> int:
+        return min(self.provider.maxAnswerBytes, MAX_COUNT_ANSWER)
+
+    def parseBody(self, body: dict[str, Any]) -> LLMResponse:
+        if body.get("input_tokens") is None:
+            raise self.invalid("the count has no input_tokens")
+        return LLMResponse("", usage=Usage(self.tokenCount(body, "input_tokens", "the count")))
+
+
+#: The fields of a Messages call that a token count takes.
+_COUNTED = ("model", "system", "messages", "tools")
+
+
 def _arguments(block: _Block) -> str:
     text = "".join(block.parts)
     if text.strip():
@@ -576,6 +636,7 @@ __all__ = [
     "ANTHROPIC_VERSION",
     "AnthropicProvider",
     "DEFAULT_MAX_TOKENS",
+    "MAX_COUNT_ANSWER",
     "STOP_REASONS",
     "THINKING_BUDGETS",
     "messagesURL",

@@ -53,6 +53,17 @@ NOT_INSTALLED = "provider_not_configured"
 DEFAULT_CONTEXT_SIZE = 4096
 DEFAULT_PARALLEL = 2
 
+#: The output limit of a call to an embedded model when neither the agent
+#: (C{maxOutputTokens}) nor the client set one: a small CPU model that
+#: starts repeating itself would otherwise run on to the context's end
+#: (minutes of tokens).
+DEFAULT_MAX_TOKENS = 512
+
+#: llama.cpp's repetition penalty for embedded models (its own default,
+#: 1.0, is none) and the tokens it looks back over; sent with every call.
+REPEAT_PENALTY = 1.1
+REPEAT_LAST_N = 64
+
 
 def bundledModelPath(distribution: str = BUNDLED_DISTRIBUTION) -> str | None:
     """
@@ -167,6 +178,24 @@ def loadServer(path: str, settings: LocalSettings, key: str) -> tuple[Any, str]:
     return server, str(server.listening_address)
 
 
+@attrs.define(eq=False)
+class LlamaServerProvider(OpenAIProvider):
+    """
+    The OpenAI wire to an embedded llama.cpp server, with sampling defaults
+    fit for a small model on a first run: an output limit when the request
+    has none (L{DEFAULT_MAX_TOKENS}) and, when the agent sets no
+    C{repeatPenalty}, a repetition penalty (L{REPEAT_PENALTY}); over the
+    last L{REPEAT_LAST_N} tokens, in llama.cpp's own fields.
+    """
+
+    def payload(self, request: LLMRequest) -> dict[str, Any]:
+        body = super().payload(request)
+        body.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+        body.setdefault("repeat_penalty", REPEAT_PENALTY)
+        body["repeat_last_n"] = REPEAT_LAST_N
+        return body
+
+
 def _stopServer(holder: list[Any]) -> None:
     """
     Release the server in C{holder}, its last reference (its destructor
@@ -251,7 +280,7 @@ class _Engine:
         def loaded(result: tuple[Any, str]) -> None:
             server, url = result
             self._server = server
-            self._inner = OpenAIProvider(
+            self._inner = LlamaServerProvider(
                 name=provider.name,
                 baseUrl=url.rstrip("/") + "/v1",
                 http=provider.http,
@@ -422,6 +451,10 @@ class LocalProvider:
 __all__ = [
     "BUNDLED_DISTRIBUTION",
     "BUNDLED_MODEL",
+    "DEFAULT_MAX_TOKENS",
+    "LlamaServerProvider",
+    "REPEAT_LAST_N",
+    "REPEAT_PENALTY",
     "LocalProvider",
     "LocalSettings",
     "bundledModelPath",

@@ -18,7 +18,7 @@ import attrs
 from ai_agent import __version__
 from ai_agent.events import FinishReason, Usage
 from ai_agent.providers._base import DeltaSink, LLMRequest, LLMResponse, ToolCall
-from ai_agent.providers._http import HTTPCall, HTTPProvider, loadsJSON, truncate
+from ai_agent.providers._http import HTTPCall, HTTPProvider, jsonKind, loadsJSON, truncate
 from ai_agent.request import OutputFormat, ToolChoice
 from ai_agent.sse import SSEEvent
 
@@ -64,6 +64,10 @@ class OpenAIProvider(HTTPProvider):
         optional: dict[str, Any] = {
             "temperature": request.temperature,
             "top_p": request.topP,
+            # Extensions of llama.cpp's and vLLM's servers (refused at load
+            # for endpoints without them, see ai_agent.providers.sampling).
+            "top_k": request.topK,
+            "repeat_penalty": request.repeatPenalty,
             "max_tokens": request.maxTokens,
             "seed": request.seed,
         }
@@ -157,11 +161,12 @@ class _Completion(HTTPCall):
             self.sink.content(content)
         toolCalls = delta.get("tool_calls")
         if toolCalls is not None and not isinstance(toolCalls, list):
-            raise self.invalid(f"a stream chunk's delta.tool_calls is {_kind(toolCalls)}")
+            raise self.invalid(f"a stream chunk's delta.tool_calls is {jsonKind(toolCalls)}")
         for position, call in enumerate(toolCalls or ()):
             if not isinstance(call, dict):
                 raise self.invalid(
-                    f"a stream chunk's delta.tool_calls[{position}] is {_kind(call)}, not an object"
+                    f"a stream chunk's delta.tool_calls[{position}] is {jsonKind(call)},"
+                    " not an object"
                 )
             self._toolCallDelta(position, call)
         finishReason = choice.get("finish_reason")
@@ -178,7 +183,7 @@ class _Completion(HTTPCall):
         function = call.get("function") or {}
         if not isinstance(function, dict):
             raise self.invalid(
-                f"a stream chunk's delta.tool_calls[{position}].function is {_kind(function)},"
+                f"a stream chunk's delta.tool_calls[{position}].function is {jsonKind(function)},"
                 " not an object"
             )
         if isinstance(function.get("name"), str) and function["name"] and not parts.name:
@@ -212,11 +217,20 @@ class _Completion(HTTPCall):
     def _takeUsage(self, body: Mapping[str, Any]) -> None:
         usage = body.get("usage")
         if isinstance(usage, dict):
+            count = self.tokenCount
             self._usage = Usage(
-                _count(usage, "prompt_tokens"),
-                _count(usage, "completion_tokens"),
-                cacheReadTokens=_count(usage.get("prompt_tokens_details"), "cached_tokens"),
-                reasoningTokens=_count(usage.get("completion_tokens_details"), "reasoning_tokens"),
+                count(usage, "prompt_tokens", "usage"),
+                count(usage, "completion_tokens", "usage"),
+                cacheReadTokens=count(
+                    usage.get("prompt_tokens_details"),
+                    "cached_tokens",
+                    "usage.prompt_tokens_details",
+                ),
+                reasoningTokens=count(
+                    usage.get("completion_tokens_details"),
+                    "reasoning_tokens",
+                    "usage.completion_tokens_details",
+                ),
             )
 
     # Not streaming.
@@ -230,22 +244,24 @@ class _Completion(HTTPCall):
         if value is None:
             return []
         if not isinstance(value, list):
-            raise self.invalid(f"{where} is {_kind(value)}, not an array")
+            raise self.invalid(f"{where} is {jsonKind(value)}, not an array")
         toolCalls: list[ToolCall] = []
         for index, call in enumerate(value):
             if not isinstance(call, dict):
-                raise self.invalid(f"{where}[{index}] is {_kind(call)}, not an object")
+                raise self.invalid(f"{where}[{index}] is {jsonKind(call)}, not an object")
             function = call.get("function")
             if not isinstance(function, dict):
-                raise self.invalid(f"{where}[{index}].function is {_kind(function)}, not an object")
+                raise self.invalid(
+                    f"{where}[{index}].function is {jsonKind(function)}, not an object"
+                )
             name = function.get("name")
             if not isinstance(name, str) or not name:
                 raise self.invalid(
-                    f"{where}[{index}].function.name is {_kind(name)}, not a tool name"
+                    f"{where}[{index}].function.name is {jsonKind(name)}, not a tool name"
                 )
             callId = call.get("id")
             if callId is not None and not isinstance(callId, str):
-                raise self.invalid(f"{where}[{index}].id is {_kind(callId)}, not a string")
+                raise self.invalid(f"{where}[{index}].id is {jsonKind(callId)}, not a string")
             arguments = function.get("arguments", "")
             toolCalls.append(
                 ToolCall(
@@ -262,7 +278,7 @@ class _Completion(HTTPCall):
             raise self.invalid("the response has no choices")
         message = choices[0].get("message")
         if not isinstance(message, dict):
-            raise self.invalid(f"choices[0].message is {_kind(message)}, not an object")
+            raise self.invalid(f"choices[0].message is {jsonKind(message)}, not an object")
         content = _text(message.get("content"))
         reasoning = _text(message.get("reasoning_content")) or _text(message.get("reasoning"))
         toolCalls = self._toolCallsOf(message.get("tool_calls"))
@@ -283,23 +299,6 @@ class _Completion(HTTPCall):
         )
 
 
-def _kind(value: Any) -> str:
-    """
-    What a JSON value is, for a message about an answer of the wrong shape.
-    """
-    if value is None:
-        return "missing or null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "an empty string" if not value else "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 #: Chat Completions' C{finish_reason} values in neutral words.
 FINISH_REASONS: Mapping[str, str] = {
     "stop": FinishReason.END,
@@ -318,11 +317,6 @@ def _finishReason(value: Any, calledTools: bool) -> str:
     if not isinstance(value, str) or not value:
         return FinishReason.TOOL_CALLS if calledTools else FinishReason.END
     return FINISH_REASONS.get(value, value)
-
-
-def _count(usage: Any, key: str) -> int:
-    value = usage.get(key) if isinstance(usage, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def toolChoice(choice: ToolChoice) -> str | dict[str, Any]:

@@ -85,8 +85,10 @@ class DocumentTooLargeError(StoreError):
 class StoreUnavailableError(StoreError):
     """
     The database could not be reached or failed (a 503 C{server} error,
-    code C{store_unavailable}, with C{Retry-After}).  The message carries
-    the database's own explanation, with any password removed.
+    code C{store_unavailable}, with C{Retry-After}).  The message says why
+    in neutral words (L{ai_agent.store._reasons.neutralReason}); the
+    database's own explanation, which names files, hosts and users, goes to
+    the operator's log only.
     """
 
     def __init__(self, message: str) -> None:

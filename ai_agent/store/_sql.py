@@ -49,6 +49,7 @@ from ai_agent.store._base import (
     urlSecrets,
     usableKeys,
 )
+from ai_agent.store._reasons import neutralReason
 
 T = TypeVar("T")
 
@@ -808,7 +809,11 @@ class SQLStore:
                 store=self.description,
                 problem=problem,
             )
-            return Failure(StoreUnavailableError(f"the run store failed: {problem}"))
+            # The client is told why in words of its own: the database's
+            # message names the file, host or user (the log has it).
+            return Failure(
+                StoreUnavailableError(f"the run store is unavailable: {neutralReason(error)}")
+            )
         return failure
 
     def _transaction(self, operation: _Operation, work: Callable[[Any], T]) -> T:

@@ -1,10 +1,12 @@
 """
-Tools for agents: MCP servers (C{<server>__<tool>}) and sub-agents
-(C{agent__<name>}).
+Tools for agents: MCP servers (C{<server>__<tool>}), REST tools
+(C{rest__<name>}) and sub-agents (C{agent__<name>}).
 
   - L{McpManager} / L{McpServer}: the MCP client, over stdio and Streamable
     HTTP, with shared servers restarted after a crash.
   - L{SubAgentTool}: a sub-agent run as a tool.
+  - L{RestTool} / L{RestCatalog}: HTTP API calls from C{restTools} and
+    C{openapiSpecs}.
   - L{ToolBoxFactory}: builds the tool box of each run for
     L{ai_agent.session.SessionRunner}.
 """
@@ -19,6 +21,7 @@ from ai_agent.tools.mcp import (
     McpTool,
     formatToolResult,
 )
+from ai_agent.tools.rest import RestCatalog, RestTool
 from ai_agent.tools.subagent import NestedSink, SubAgentTool
 
 __all__ = [
@@ -32,6 +35,8 @@ __all__ = [
     "McpServer",
     "McpTool",
     "NestedSink",
+    "RestCatalog",
+    "RestTool",
     "SubAgentTool",
     "ToolBoxFactory",
     "formatToolResult",

@@ -119,8 +119,15 @@ class StdioProcess(ProcessProtocol):
         reactor: Any,
         onMessage: Callable[[Any], None],
         onEnded: Callable[[str], None],
+        scrub: Callable[[str], str] = str,
     ) -> None:
+        """
+        @param scrub: applied to the server's text before it is logged (its
+            standard error, stray output): the configured secrets'
+            redactor.
+        """
         self.server = server
+        self.scrub = scrub
         self.reactor = reactor
         self.onMessage = onMessage
         self.onEnded = onEnded
@@ -144,6 +151,7 @@ class StdioProcess(ProcessProtocol):
         env: Mapping[str, str],
         onMessage: Callable[[Any], None],
         onEnded: Callable[[str], None],
+        scrub: Callable[[str], str] = str,
     ) -> StdioProcess:
         """
         Start a server process.
@@ -151,7 +159,7 @@ class StdioProcess(ProcessProtocol):
         @raise McpError: the command cannot be found or started.
         """
         executable = findExecutable(server, command, env)
-        protocol = cls(server, reactor, onMessage, onEnded)
+        protocol = cls(server, reactor, onMessage, onEnded, scrub)
         try:
             reactor.spawnProcess(protocol, executable, [command, *args], env=dict(env))
         except OSError as error:
@@ -252,7 +260,7 @@ class StdioProcess(ProcessProtocol):
             log.warn(
                 "MCP server {server} wrote a line that is not JSON on its standard output: {line}",
                 server=self.server,
-                line=text[:200].decode("utf-8", "replace"),
+                line=self.scrub(text[:200].decode("utf-8", "replace")),
             )
             return
         self.onMessage(message)
@@ -285,7 +293,7 @@ class StdioProcess(ProcessProtocol):
         self._errLogged += len(line) + 1
         text = line.rstrip(b"\r").decode("utf-8", "replace")
         if text.strip():
-            log.info("MCP server {server}: {line}", server=self.server, line=text)
+            log.info("MCP server {server}: {line}", server=self.server, line=self.scrub(text))
 
     def _reportDropped(self) -> None:
         if self._errDropped:

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_tools -*-
 """
 The tools one agent may call: the tools of the MCP servers named in its
-C{tools:} list, as C{<server>__<tool>}, and its sub-agents, as
-C{agent__<name>}.
+C{tools:} list, as C{<server>__<tool>}, the REST tools it names (a
+C{restTools} name, or C{openapi:<document>} for all of a document's
+operations), as C{rest__<name>}, and its sub-agents, as C{agent__<name>}.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ai_agent.providers import ToolSpec
 from ai_agent.tools._jsonrpc import McpError
 from ai_agent.tools._naming import toolName
 from ai_agent.tools.mcp import McpManager, McpServer
+from ai_agent.tools.rest import RestCatalog, RestTool
 from ai_agent.tools.subagent import AgentRunner, SubAgentTool
 
 log = Logger()
@@ -55,6 +57,10 @@ class AgentToolBox:
     mcp: McpManager | None
     subAgents: tuple[SubAgentTool, ...] = ()
     startTimeout: float = 60.0
+    #: The agent's REST tools, and the C{tools} entries that chose them
+    #: (every other entry names an MCP server).
+    restTools: tuple[RestTool, ...] = ()
+    restEntries: frozenset[str] = frozenset()
     instructions: list[str] = attrs.field(factory=list, init=False)
     unavailable: dict[str, str] = attrs.field(factory=dict, init=False)
     _routes: dict[str, _Route] = attrs.field(factory=dict, init=False)
@@ -79,6 +85,8 @@ class AgentToolBox:
         routes: dict[str, _Route] = {}
         servers: list[McpServer] = []
         for name in self.agent.tools:
+            if name in self.restEntries:
+                continue
             try:
                 assert self.mcp is not None, "an agent with tools needs an McpManager"
                 servers.append(self.mcp.server(name))
@@ -120,6 +128,18 @@ class AgentToolBox:
                 specs.append(
                     ToolSpec(exposed, tool.description, functionParameters(tool.inputSchema))
                 )
+        for rest in self.restTools:
+            if rest.name in routes:
+                log.warn(
+                    "agent {agent}: the REST tool {tool} is already an MCP tool; left out",
+                    agent=self.agent.name,
+                    tool=rest.name,
+                )
+                continue
+            routes[rest.name] = rest.call
+            if rest.config.cache is not None:
+                self._cached[rest.name] = rest.config.cache
+            specs.append(rest.toolSpec())
         for sub in self.subAgents:
             if sub.name in routes:
                 log.warn(
@@ -196,6 +216,7 @@ class ToolBoxFactory:
     runner: AgentRunner | None = None
     startTimeout: float = 60.0
     subAgentLimiter: SubAgentLimiter | None = None
+    rest: RestCatalog = attrs.field(factory=RestCatalog)
 
     def __call__(self, agent: AgentSpec) -> AgentToolBox:
         subAgents: list[SubAgentTool] = []
@@ -203,7 +224,10 @@ class ToolBoxFactory:
             assert self.runner is not None, "ToolBoxFactory.runner is not set"
             for path in agent.agents:
                 subAgents.append(SubAgentTool(self.agents[path], self.runner, self.subAgentLimiter))
-        return AgentToolBox(agent, self.mcp, tuple(subAgents), self.startTimeout)
+        restTools, restEntries = self.rest.select(agent.tools)
+        return AgentToolBox(
+            agent, self.mcp, tuple(subAgents), self.startTimeout, restTools, restEntries
+        )
 
 
 __all__ = ["AgentToolBox", "ToolBoxFactory", "functionParameters"]

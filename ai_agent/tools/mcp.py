@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextvars
 import json
 from functools import partial
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
 from treq.client import HTTPClient
@@ -194,6 +194,9 @@ class McpServer:
     backoff: Sequence[float] = DEFAULT_BACKOFF
     stableAfter: float = 30.0
     stopGrace: float = 2.0
+    #: Applied to the server's own text before it is logged (its errors,
+    #: log notifications, standard error): the configured secrets' redactor.
+    scrub: Callable[[str], str] = attrs.field(default=str, repr=False)
     state: str = attrs.field(default="idle", init=False)
     tools: tuple[McpTool, ...] = attrs.field(default=(), init=False)
     listed: bool = attrs.field(default=False, init=False)
@@ -388,6 +391,7 @@ class McpServer:
                 childEnvironment(self.environ, config.env),
                 connection.messageReceived,
                 partial(self._ended, generation),
+                self.scrub,
             )
             self._process = process
             connection.transport = process
@@ -482,7 +486,9 @@ class McpServer:
             return
         self._startup = None
         error = failure.value.message if isinstance(failure.value, McpError) else None
-        self.lastError = error or f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
+        self.lastError = self.scrub(
+            error or f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
+        )
         delay = self._nextDelay()
         log.warn(
             "MCP server {server} failed to start: {error}; trying again in {delay:g} s",
@@ -588,7 +594,7 @@ class McpServer:
                 "MCP server {server} logged ({level}): {data}",
                 server=self.name,
                 level=params.get("level"),
-                data=json.dumps(params.get("data"), ensure_ascii=False)[:500],
+                data=self.scrub(json.dumps(params.get("data"), ensure_ascii=False)[:500]),
             )
 
     def _refreshTools(self) -> None:

@@ -2,7 +2,8 @@
 """
 Sub-agents as tools: each agent file named in an agent's C{agents:} list is
 offered to the model as C{agent__<name>} (its C{toolName}, else its file
-name), described by its C{description}, taking C{{"prompt": string}}.
+name), described by its C{description}, taking C{{"prompt": string}} or, when
+the agent declares a structured C{input}, the arguments of its schema.
 
 Calling one runs a child session of that agent, through the same runner as
 the parent, on the prompt as its only user message; the child's answer is
@@ -20,7 +21,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
-from ai_agent.agentfile import AgentSpec
+from ai_agent.agentfile import PROMPT_SCHEMA, AgentSpec, InvalidInputError
 from ai_agent.errors import AgentError
 from ai_agent.events import (
     PROGRESS_TYPES,
@@ -39,21 +40,6 @@ from ai_agent.request import RunRequest
 from ai_agent.tools._naming import toolName
 
 SUBAGENT_NAMESPACE = "agent"
-
-PROMPT_SCHEMA: Mapping[str, Any] = {
-    "type": "object",
-    "properties": {
-        "prompt": {
-            "type": "string",
-            "description": "The complete request for the sub-agent: it sees nothing else.",
-        }
-    },
-    "required": ["prompt"],
-    "additionalProperties": False,
-}
-"""
-The parameters of every sub-agent tool.
-"""
 
 
 class AgentRunner(Protocol):
@@ -145,21 +131,25 @@ class SubAgentTool:
         description = self.spec.description or f"The {self.spec.name} agent."
         if self.spec.usage:
             description = f"{description}\n\nUsage: {self.spec.usage}"
-        return ToolSpec(self.name, description, PROMPT_SCHEMA)
+        return ToolSpec(self.name, description, self.spec.inputSchema())
 
     def call(self, arguments: Mapping[str, Any], sink: EventSink, owner: str = "") -> Deferred[str]:
         """
-        Run the sub-agent on C{arguments["prompt"]}, for the principal
-        named C{owner} (the parent run's: what the child keeps, its cached
-        answers included, is that principal's).
+        Run the sub-agent on C{arguments["prompt"]}, or, for an agent with a
+        structured C{input}, on the arguments validated against its schema
+        (as compact JSON); arguments that do not fit fail before the run.
+        The child runs for the principal named C{owner} (the parent run's:
+        what the child keeps, its cached answers included, is that
+        principal's).
 
         @return: a Deferred firing with the child's answer, or failing with
             L{AgentError} when the child run fails.  Cancelling it cancels
             the child run.
         """
-        prompt = arguments.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            return fail(AgentError(f"{self.name} needs a 'prompt' string that is not empty"))
+        try:
+            prompt = self.spec.input.userMessage(arguments)
+        except InvalidInputError as error:
+            return fail(AgentError(f"{self.name} {error}"))
         nested = NestedSink(self.name, sink)
         request = RunRequest((ChatMessage("user", prompt),), owner=owner)
         if self.limiter is None:

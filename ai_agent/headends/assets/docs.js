@@ -37,6 +37,38 @@ function exampleBody(spec, operation, models) {
   return body;
 }
 
+// The methods an OpenAPI path item can hold; its other keys (parameters,
+// summary, servers, ...) are not operations.
+const METHODS = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+// Every operation of the document, as [path, method, operation].
+function operations(spec) {
+  const found = [];
+  for (const [path, item] of Object.entries(spec.paths || {})) {
+    for (const [method, operation] of Object.entries(item)) {
+      if (METHODS.includes(method)) {
+        found.push([path, method, operation]);
+      }
+    }
+  }
+  return found;
+}
+
+// What the page shows of an answer: the status line, then the body, JSON
+// indented (an error envelope or an object is unreadable on one line),
+// anything else (a stream's events, text) as it came.
+function answerText(status, statusText, contentType, text) {
+  let body = text;
+  if (/^application\/(.+\+)?json\b/i.test(contentType || "")) {
+    try {
+      body = JSON.stringify(JSON.parse(text), null, 2);
+    } catch (error) {
+      body = text;
+    }
+  }
+  return status + " " + statusText + "\n\n" + body;
+}
+
 function operationView(spec, path, method, operation, models) {
   const output = element("pre", { hidden: true });
   const pathInput = element("input", { value: path, size: 40 });
@@ -60,7 +92,12 @@ function operationView(spec, path, method, operation, models) {
         body: body === null ? undefined : body.value,
       });
       const text = await response.text();
-      output.textContent = response.status + " " + response.statusText + "\n\n" + text;
+      output.textContent = answerText(
+        response.status,
+        response.statusText,
+        response.headers.get("Content-Type"),
+        text,
+      );
     } catch (error) {
       output.textContent = String(error);
     }
@@ -72,10 +109,11 @@ function operationView(spec, path, method, operation, models) {
       "summary",
       {},
       element("span", { className: "method", textContent: method.toUpperCase() }),
-      element("code", { textContent: path }),
+      " ",
+      element("code", { className: "path", textContent: path }),
       " — " + (operation.summary || ""),
     ),
-    element("p", {}, "Path: ", pathInput),
+    element("p", {}, element("label", {}, "Path: ", pathInput)),
     ...(body === null ? [] : [element("p", {}, "Body (JSON):"), body]),
     element("p", {}, send),
     output,
@@ -91,14 +129,15 @@ async function main() {
       ? (((spec.components.schemas.ChatCompletionRequest.properties || {}).model || {}).examples || [])
       : [];
     status.textContent = (spec.info.title || "API") + " " + (spec.info.version || "");
-    for (const [path, item] of Object.entries(spec.paths)) {
-      for (const [method, operation] of Object.entries(item)) {
-        list.append(operationView(spec, path, method, operation, models));
-      }
+    for (const [path, method, operation] of operations(spec)) {
+      list.append(operationView(spec, path, method, operation, models));
     }
   } catch (error) {
     status.textContent = "Could not load /openapi.json: " + error;
   }
 }
 
-main();
+// Run in a page; loaded elsewhere (the tests' node), only define the functions.
+if (typeof document !== "undefined") {
+  main();
+}
