@@ -773,9 +773,17 @@ class _RunTools:
 
     async def _extract(self, messages: list[ChatMessage]) -> str:
         agent = self.agent
-        reader = attrs.evolve(
-            agent, models=agent.toolOutput.models or agent.models, output=OutputSpec()
-        )
+        reader = attrs.evolve(agent, output=OutputSpec())
+        if agent.toolOutput.models:
+            # Other models: the agent's own sampling keys may not apply.
+            reader = attrs.evolve(
+                reader,
+                models=agent.toolOutput.models,
+                reasoning=None,
+                reasoningTokens=None,
+                topK=None,
+                repeatPenalty=None,
+            )
         response, usage = await self.runner._callWithFallback(
             reader,
             messages,

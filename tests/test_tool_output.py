@@ -14,7 +14,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from ai_agent.agentfile import ToolOutputSpec
+from ai_agent.agentfile import OutputSpec, ToolOutputSpec
 from ai_agent.events import ContentDelta, Event, ExtractionProgress, Usage, progressText
 from ai_agent.providers import ChatMessage, LLMResponse, ToolCall
 from ai_agent.request import RunRequest
@@ -312,6 +312,48 @@ class SessionExtractionTests(SynchronousTestCase):
             progressText(progress[0]), "extracting from the output of t__log (chunk 1 of 1)\n"
         )
         self.assertEqual(finished.usage.promptTokens, 7)
+
+    def test_extractionModels(self) -> None:
+        """
+        With C{toolOutput.models}, the extraction call goes to those models,
+        without the agent's own sampling keys (which their provider may
+        not take) and without its JSON output format.
+        """
+        self.patch(output, "newHandle", lambda: "h-2")
+        agentProvider = ScriptedProvider(
+            name="first",
+            replies=[
+                LLMResponse(content="", toolCalls=(ToolCall("c1", "t__log", "{}"),)),
+                LLMResponse(
+                    content="",
+                    toolCalls=(
+                        ToolCall("c2", TOOL_OUTPUT, '{"handle": "h-2", "extract": "errors"}'),
+                    ),
+                ),
+                LLMResponse(content="{}"),
+            ],
+        )
+        reader = ScriptedProvider(name="cheap", replies=[LLMResponse(content="none")])
+        providers = {"first": agentProvider, "cheap": reader}
+        tools = _Tools({"t__log": lambda args: succeed(LOG)})
+        runner = SessionRunner(providers.__getitem__, Clock(), lambda agent: tools)
+        agent = _agent(
+            toolResponseMaxBytes=1000,
+            topK=40,
+            reasoningTokens=2048,
+            output=OutputSpec(format="json"),
+            toolOutput=ToolOutputSpec(models=("cheap/small",)),
+        )
+        self.successResultOf(
+            runner.run(agent, RunRequest((ChatMessage("user", "q"),)), lambda event: None)
+        )
+        (extraction,) = reader.requests
+        self.assertEqual(extraction.model, "small")
+        self.assertEqual(
+            (extraction.topK, extraction.reasoningTokens, extraction.outputFormat),
+            (None, None, None),
+        )
+        self.assertEqual(agentProvider.requests[0].topK, 40)
 
     def test_chunks(self) -> None:
         """
