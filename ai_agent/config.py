@@ -28,6 +28,7 @@ import attrs
 from twisted.logger import Logger
 
 from ai_agent.advice import didYouMean
+from ai_agent.agentfile import parseCacheTTL
 from ai_agent.errors import ConfigurationError
 
 log = Logger()
@@ -72,6 +73,16 @@ class McpServerConfig:
     url: str | None = None
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     missingVariables: tuple[str, ...] = ()
+    #: How long its tools' results are cached (seconds; L{None}: not).
+    cache: float | None = None
+    #: Per tool (its name on the server): how long its results are cached.
+    toolsCache: Mapping[str, float | None] = attrs.field(factory=dict)
+
+    def cacheTTL(self, tool: str) -> float | None:
+        """
+        How long the results of C{tool} (its name on the server) are cached.
+        """
+        return self.toolsCache[tool] if tool in self.toolsCache else self.cache
 
 
 #: The most bytes of a REST answer read, unless a tool sets its own.
@@ -136,6 +147,8 @@ class RestToolConfig:
     maxResponseBytes: int = DEFAULT_MAX_RESPONSE_BYTES
     missingVariables: tuple[str, ...] = ()
     source: str = ""
+    #: How long its results are cached (seconds; L{None}: not).
+    cache: float | None = None
 
 
 @attrs.frozen
@@ -259,7 +272,7 @@ _PROVIDER_KEYS = (
 )
 #: The keys only the C{local} type takes (its GGUF files and llama.cpp's settings).
 _LOCAL_KEYS = ("contextSize", "models", "parallel", "threads")
-_MCP_KEYS = ("args", "command", "env", "headers", "type", "url")
+_MCP_KEYS = ("args", "cache", "command", "env", "headers", "toolsCache", "type", "url")
 _PRICING_KEYS = ("completion", "prompt")
 #: What a named client key's entry takes (a later issue adds its limits).
 _CLIENT_KEY_KEYS = ("agents", "key", "keyHash")
@@ -560,6 +573,22 @@ def _checkMcpServers(path: str, section: object) -> None:
                     raise _wrongType(path, _keyPath(keyPath, "args"), "an array of strings", arg)
         for key in ("env", "headers"):
             _checkStringMap(path, _keyPath(keyPath, key), entry.get(key))
+        _checkCacheTTL(path, _keyPath(keyPath, "cache"), entry.get("cache"))
+        toolsCache = entry.get("toolsCache")
+        if toolsCache is not None:
+            for tool, ttl in _checkObject(
+                path, _keyPath(keyPath, "toolsCache"), toolsCache
+            ).items():
+                _checkCacheTTL(path, _keyPath(keyPath, "toolsCache", tool), ttl)
+
+
+def _checkCacheTTL(path: str, keyPath: str, value: object) -> None:
+    try:
+        parseCacheTTL(value)
+    except ValueError:
+        raise _wrongType(
+            path, keyPath, "off, milliseconds, or a duration like '30s', '1h', '7d'", value
+        ) from None
 
 
 def _checkPricing(path: str, section: object) -> None:
@@ -851,6 +880,10 @@ def _mcpServer(name: str, entry: Mapping[str, Any], source: str) -> McpServerCon
         url=url,
         headers=_stringMap(entry.get("headers")),
         missingVariables=_missingIn(entry),
+        cache=parseCacheTTL(entry.get("cache")),
+        toolsCache={
+            str(tool): parseCacheTTL(ttl) for tool, ttl in (entry.get("toolsCache") or {}).items()
+        },
     )
 
 
@@ -1045,7 +1078,6 @@ _OPENAPI_KEYS = (
 #: ignored here, with why.
 _IGNORED_REST_KEYS = {
     "queue": "calls are bounded by the agent's maxConcurrentTools",
-    "cache": "tool results are not cached",
 }
 #: The placeholder of a model's argument in a REST template.
 REST_PARAMETER = re.compile(r"\$\{parameters\.([^}]+)\}")
@@ -1206,6 +1238,12 @@ def _restTool(name: str, entry: Mapping[str, Any], source: str) -> RestToolConfi
     for key, why in _IGNORED_REST_KEYS.items():
         if key in entry:
             log.info("{where}.{key} is ignored here: {why}", where=where, key=key, why=why)
+    try:
+        cache = parseCacheTTL(entry.get("cache"))
+    except ValueError:
+        raise ConfigurationError(
+            f"{where}.cache must be off, milliseconds, or a duration like '30s', '1h', '7d'"
+        ) from None
     streamingEntry = entry.get("streaming")
     streaming = None
     if isinstance(streamingEntry, dict):
@@ -1239,6 +1277,7 @@ def _restTool(name: str, entry: Mapping[str, Any], source: str) -> RestToolConfi
         maxResponseBytes=entry.get("maxResponseBytes") or DEFAULT_MAX_RESPONSE_BYTES,
         missingVariables=missing,
         source=source,
+        cache=cache,
     )
 
 

@@ -5,7 +5,9 @@ these; the session knows nothing about HTTP.
 
 A run emits answer text (L{ContentDelta}), the model's own reasoning
 (L{ReasoningDelta}), the agent's progress as data (L{ToolStarted},
-L{ToolFinished}, L{Retrying}, and a sub-agent's progress inside
+L{ToolFinished}, L{Retrying}, advisors (L{AdvisorProgress}), routing and
+handoff (L{HandoffProgress}), the C{tool_output} extraction pass
+(L{ExtractionProgress}), and a sub-agent's progress inside
 L{SubAgentProgress}), the calls of the client's own tools it hands back
 (L{ClientToolCall}), token L{Usage} increments, and ends with L{Finished}.
 Encoders that show progress as text share L{progressText} and
@@ -86,6 +88,49 @@ class Retrying:
 
 
 @attrs.frozen
+class AdvisorProgress:
+    """
+    An advisor of the agent (its C{advisors}) started, answered, or failed
+    (C{error}: why; the agent goes on with a note saying so).
+
+    @ivar agent: the advisor's name.
+    """
+
+    agent: str
+    finished: bool = False
+    error: str | None = None
+
+
+@attrs.frozen
+class HandoffProgress:
+    """
+    The conversation went from one agent to another: C{kind} C{router}
+    when a router chose C{target} (with the router's C{message} for it, if
+    any), C{handoff} when C{source}'s answer went to its C{handoff} agent.
+    """
+
+    source: str
+    target: str
+    kind: str
+    message: str = ""
+
+
+@attrs.frozen
+class ExtractionProgress:
+    """
+    The C{tool_output} tool asked a model to extract what the agent wants
+    from one chunk of a kept tool result.
+
+    @ivar tool: the tool whose result is read.
+    @ivar chunk: which chunk (1, 2, ...) of C{chunks}.
+    """
+
+    tool: str
+    chunk: int
+    chunks: int
+
+
+@attrs.frozen
 class SubAgentProgress:
     """
     Something a sub-agent's run did, seen from its parent.
@@ -115,8 +160,24 @@ class ClientToolCall:
     arguments: str
 
 
-Progress = ToolStarted | ToolFinished | Retrying | SubAgentProgress
-PROGRESS_TYPES = (ToolStarted, ToolFinished, Retrying, SubAgentProgress)
+Progress = (
+    ToolStarted
+    | ToolFinished
+    | Retrying
+    | SubAgentProgress
+    | AdvisorProgress
+    | HandoffProgress
+    | ExtractionProgress
+)
+PROGRESS_TYPES = (
+    ToolStarted,
+    ToolFinished,
+    Retrying,
+    SubAgentProgress,
+    AdvisorProgress,
+    HandoffProgress,
+    ExtractionProgress,
+)
 
 
 @attrs.frozen
@@ -217,6 +278,21 @@ def progressText(event: Progress, detailed: bool = False) -> str:
         if event.skipped:
             return f"skipping {event.model}: {reason}\n"
         return f"{event.model} failed ({reason}); retrying\n"
+    if isinstance(event, AdvisorProgress):
+        if event.error is not None:
+            return f"advisor {event.agent} failed: {_summary(event.error)}\n"
+        if event.finished:
+            return f"advisor {event.agent} answered\n"
+        return f"asking advisor {event.agent}\n"
+    if isinstance(event, HandoffProgress):
+        if event.kind == "router":
+            note = f": {_summary(event.message)}" if event.message.strip() else ""
+            return f"{event.source} routed the conversation to {event.target}{note}\n"
+        return f"{event.source} handed its answer to {event.target}\n"
+    if isinstance(event, ExtractionProgress):
+        return (
+            f"extracting from the output of {event.tool} (chunk {event.chunk} of {event.chunks})\n"
+        )
     inner = event.event
     text = inner.text if isinstance(inner, ReasoningDelta) else progressText(inner, detailed)
     return f"[{event.agent}] {text}"
@@ -266,12 +342,15 @@ def _summary(text: str) -> str:
 
 
 __all__ = [
+    "AdvisorProgress",
     "ClientToolCall",
     "ContentDelta",
     "Event",
     "EventSink",
+    "ExtractionProgress",
     "FinishReason",
     "Finished",
+    "HandoffProgress",
     "ModelAnswering",
     "PROGRESS_TYPES",
     "Progress",

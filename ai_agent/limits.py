@@ -23,9 +23,12 @@ from twisted.internet.interfaces import IReactorTime
 from ai_agent.agentfile import AgentSpec
 from ai_agent.errors import AgentError, ErrorKind
 from ai_agent.events import (
+    AdvisorProgress,
     ContentDelta,
     Event,
     EventSink,
+    ExtractionProgress,
+    HandoffProgress,
     ReasoningDelta,
     Retrying,
     SubAgentProgress,
@@ -228,6 +231,12 @@ def _size(event: Event) -> int:
         return len(event.model) + len(event.reason)
     if isinstance(event, SubAgentProgress):
         return len(event.agent) + _size(event.event)
+    if isinstance(event, AdvisorProgress):
+        return len(event.agent) + len(event.error or "")
+    if isinstance(event, HandoffProgress):
+        return len(event.source) + len(event.target) + len(event.message)
+    if isinstance(event, ExtractionProgress):
+        return len(event.tool) + 16
     return 0
 
 

@@ -20,9 +20,13 @@ import attrs
 from ai_agent.config import headerSecrets
 from ai_agent.errors import AgentError
 from ai_agent.events import (
+    PROGRESS_TYPES,
+    AdvisorProgress,
     ContentDelta,
     Event,
     EventSink,
+    ExtractionProgress,
+    HandoffProgress,
     Progress,
     ReasoningDelta,
     Retrying,
@@ -254,7 +258,7 @@ class RedactingSink:
                 self.sink(event)
             elif text:
                 self.sink(ReasoningDelta(text))
-        elif isinstance(event, (ToolStarted, ToolFinished, Retrying, SubAgentProgress)):
+        elif isinstance(event, PROGRESS_TYPES):
             # Progress comes whole: each of its texts is scrubbed as it is.
             self.sink(self._progress(event))
         else:
@@ -281,6 +285,18 @@ class RedactingSink:
             return attrs.evolve(
                 event, model=scrub(event.model), reason=scrub(event.reason), detail=""
             )
+        if isinstance(event, AdvisorProgress):
+            error = None if event.error is None else scrub(event.error)
+            return attrs.evolve(event, agent=scrub(event.agent), error=error)
+        if isinstance(event, HandoffProgress):
+            return attrs.evolve(
+                event,
+                source=scrub(event.source),
+                target=scrub(event.target),
+                message=scrub(event.message),
+            )
+        if isinstance(event, ExtractionProgress):
+            return attrs.evolve(event, tool=scrub(event.tool))
         inner = event.event
         if isinstance(inner, ReasoningDelta):
             return attrs.evolve(event, event=ReasoningDelta(scrub(inner.text)))

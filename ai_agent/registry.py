@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Mapping
 
 import attrs
 
-from ai_agent.agentfile import AgentSpec, loadAgent
+from ai_agent.agentfile import AgentSpec, RouteTarget, loadAgent
 from ai_agent.config import Config
 from ai_agent.errors import ConfigurationError
 from ai_agent.providers.sampling import SAMPLING_KEYS, samplingProblem
@@ -97,11 +97,12 @@ def loadRegistry(
     load: Callable[[str], AgentSpec] = loadAgent,
 ) -> AgentRegistry:
     """
-    Load the agent files C{paths} and, recursively, their sub-agents.
+    Load the agent files C{paths} and, recursively, their sub-agents,
+    advisors, router destinations and handoff agents.
 
     @raise ConfigurationError: a file is missing or invalid, a sub-agent has
-        no C{description}, sub-agents form a cycle, or a model names a
-        provider the configuration does not define.
+        no C{description}, agents form a cycle (through any of those keys),
+        or a model names a provider the configuration does not define.
     """
     registry = AgentRegistry()
     taken: set[str] = set()
@@ -122,6 +123,13 @@ def loadRegistry(
                 raise ConfigurationError(
                     f"{child}: a sub-agent needs a 'description' (used by {path})"
                 )
+        for key, target in routeTargets(known):
+            if not os.path.isfile(target.path):
+                raise ConfigurationError(
+                    f"{path}: {key!r} names {target.label!r}, which is not an agent file"
+                    f" ({target.path} does not exist)"
+                )
+            visit(target.path, (*stack, path))
         return known
 
     for given in paths:
@@ -139,6 +147,18 @@ def loadRegistry(
     return registry
 
 
+def routeTargets(spec: AgentSpec) -> list[tuple[str, RouteTarget]]:
+    """
+    The agents C{spec} runs around its own run, with the key naming each:
+    C{advisors}, C{router} destinations and C{handoff}.
+    """
+    targets = [("advisors", target) for target in spec.advisors]
+    targets += [("router", target) for target in spec.router]
+    if spec.handoff is not None:
+        targets.append(("handoff", spec.handoff))
+    return targets
+
+
 def _uniqueId(name: str, taken: set[str]) -> str:
     if name not in taken:
         return name
@@ -149,7 +169,7 @@ def _uniqueId(name: str, taken: set[str]) -> str:
 
 
 def _checkProviders(spec: AgentSpec, providers: Mapping[str, object]) -> None:
-    for model in spec.models:
+    for model in (*spec.models, *spec.toolOutput.models):
         name, _ = splitModel(model)
         if name not in providers:
             known = ", ".join(sorted(providers)) or "none"
@@ -175,4 +195,4 @@ def _checkSampling(spec: AgentSpec, config: Config) -> None:
                 raise ConfigurationError(f"{spec.path}: {problem}")
 
 
-__all__ = ["AgentRegistry", "ServedAgent", "agentFiles", "loadRegistry"]
+__all__ = ["AgentRegistry", "ServedAgent", "agentFiles", "loadRegistry", "routeTargets"]

@@ -122,7 +122,11 @@ class Reloader:
         # policy) carries over unchanged.
         tools = attrs.evolve(runtime.tools, agents=registry.byPath, mcp=mcp, runner=None, rest=rest)
         runner = attrs.evolve(
-            runtime.runner, providers=providers, tools=tools, pricing=config.pricing
+            runtime.runner,
+            providers=providers,
+            tools=tools,
+            pricing=config.pricing,
+            agents=registry.byPath,
         )
         tools.runner = runner
         runtime.config, runtime.registry, runtime.providers = config, registry, providers

@@ -21,6 +21,7 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from ai_agent.cache import ResponseCache
 from ai_agent.clienttools import TurnStore
 from ai_agent.config import Config, describeMissing, loadConfig
 from ai_agent.errors import AgentError, ConfigurationError
@@ -186,9 +187,22 @@ def buildRuntime(
     # they outlive a restart and are shared by instances), else to an
     # in-memory store of this process's own: the same expiry (on the
     # reactor's clock) and bounds.
-    turns: TurnStore = StoreTurnStore(MemoryStore(reactor) if store is None else store)
+    # With --store none (and in direct mode) hidden turns and cached answers
+    # are kept in one expiring in-memory store.
+    kept: RunStore = MemoryStore(reactor) if store is None else store
+    turns: TurnStore = StoreTurnStore(kept)
     runner = SessionRunner(
-        providers, reactor, tools, pricing=config.pricing, turns=turns, observer=observer
+        providers,
+        reactor,
+        tools,
+        pricing=config.pricing,
+        turns=turns,
+        observer=observer,
+        agents=registry.byPath,
+        limiter=tools.subAgentLimiter,
+        # Agents' and tools' cache: the run store (shared by instances), or
+        # this process's memory with --store none.
+        cache=ResponseCache(kept),
     )
     tools.runner = runner
     # Spans carrying messages and tool text scrub the secrets responses do.

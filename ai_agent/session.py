@@ -21,7 +21,8 @@ import json
 import random
 import secrets
 from contextvars import copy_context
-from typing import Any, Callable, Coroutine, Mapping, Protocol, Sequence, cast
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Mapping, Protocol, Sequence, cast
 
 import attrs
 from twisted.internet import defer
@@ -39,7 +40,7 @@ from twisted.python.failure import Failure
 
 from ai_agent.accounting import CANCELLED, RunAccount, StreamMeter, estimateUsage
 from ai_agent.advice import clientReason, noModelAnswered
-from ai_agent.agentfile import AgentSpec
+from ai_agent.agentfile import AgentSpec, OutputSpec, ToolOutputSpec
 from ai_agent.clienttools import HiddenTurn, TurnStore, restoreConversation
 from ai_agent.config import Pricing
 from ai_agent.errors import AgentError, ProviderError, invalidRequest
@@ -57,7 +58,7 @@ from ai_agent.events import (
     ToolStarted,
     Usage,
 )
-from ai_agent.limits import boundedCalls, noToolsExchange
+from ai_agent.limits import SubAgentLimiter, boundedCalls, noToolsExchange
 from ai_agent.observe import NULL_OBSERVER, Observer, RunScope, ToolScope
 from ai_agent.providers import (
     CallbackSink,
@@ -70,6 +71,25 @@ from ai_agent.providers import (
 )
 from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
 from ai_agent.retry import NOT_CONFIGURED, RetryLoop, RetryPolicy, totalTimeout
+from ai_agent.routing import (
+    ROUTER_TOOL,
+    Orchestration,
+    RouteChoice,
+    orchestrated,
+    routerInstructions,
+    routerToolSpec,
+)
+from ai_agent.tools._toolbox import AgentToolBox
+from ai_agent.tools.output import (
+    EXTRACTION_MAX_TOKENS,
+    TOOL_OUTPUT,
+    TOOL_OUTPUT_SPEC,
+    RunOutputs,
+    ToolOutputError,
+)
+
+if TYPE_CHECKING:
+    from ai_agent.cache import ResponseCache
 
 log = Logger()
 
@@ -255,14 +275,44 @@ class SessionRunner:
     pricing: Mapping[str, Pricing] = attrs.field(factory=dict, repr=False)
     turns: TurnStore | None = None
     observer: Observer = attrs.field(default=NULL_OBSERVER, repr=False)
+    agents: Mapping[str, AgentSpec] = attrs.field(factory=dict, repr=False)
+    limiter: SubAgentLimiter | None = None
+    cache: ResponseCache | None = None
 
     def run(self, agent: AgentSpec, request: RunRequest, events: EventSink) -> Deferred[Finished]:
         """
-        Run C{agent} on C{request}.
+        Run C{agent} on C{request}: with its advisors, router and handoff
+        when it has them (see L{ai_agent.routing}).
 
         @return: a Deferred firing with L{Finished} when the agent answered,
             or failing with L{AgentError}.  Content, reasoning and progress
             go to C{events} as they arrive.
+        """
+        if agent.cache is not None and self.cache is not None:
+            return self.cache.run(
+                agent, request, events, lambda sink: self._uncached(agent, request, sink)
+            )
+        return self._uncached(agent, request, events)
+
+    def _uncached(
+        self, agent: AgentSpec, request: RunRequest, events: EventSink
+    ) -> Deferred[Finished]:
+        if orchestrated(agent):
+            return Orchestration(self, agent, request, events).run()
+        return self.runStage(agent, request, events)
+
+    def runStage(
+        self,
+        agent: AgentSpec,
+        request: RunRequest,
+        events: EventSink,
+        route: RouteChoice | None = None,
+    ) -> Deferred[Finished]:
+        """
+        Run C{agent}'s own loop on C{request} (no advisors or handoff).
+
+        @param route: for a router agent, where its model's choice goes:
+            the run ends once the model called C{router__handoff-to}.
         """
         account = RunAccount(
             agent.name, self.reactor.seconds(), self.pricing, labels=request.labels
@@ -275,7 +325,7 @@ class SessionRunner:
         # The run's end is told by callbacks rather than by a coroutine
         # around the turns: one coroutine frame less kept for the whole run.
         return ensureDeferred(
-            self._turns(agent, request, events, toolsRan, account, scope)
+            self._turns(agent, request, events, toolsRan, account, scope, route)
         ).addCallbacks(
             self._ended,
             self._failed,
@@ -394,9 +444,17 @@ class SessionRunner:
         toolsRan: list[bool],
         account: RunAccount,
         scope: RunScope = RunScope(),
+        route: RouteChoice | None = None,
     ) -> Finished:
         toolbox = self.tools(agent) if self.tools is not None else _NoTools()
+        if isinstance(toolbox, AgentToolBox):
+            # Its sub-agents run for the same principal.
+            toolbox.owner = request.owner
         ownSpecs = tuple(await maybeDeferred(toolbox.specs))
+        instructions = list(getattr(toolbox, "instructions", ()))
+        if route is not None:
+            ownSpecs += (routerToolSpec(agent, self.agents),)
+            instructions.append(routerInstructions(agent))
         clientTools = request.clientTools if agent.clientTools else ()
         choice = request.toolChoice if agent.clientTools else ToolChoice()
         _refuseClashes(clientTools, ownSpecs)
@@ -419,21 +477,27 @@ class SessionRunner:
                     agent=agent.name,
                     missing=", ".join(missing[:8]),
                 )
-        messages = buildMessages(
-            agent,
-            conversation,
-            getattr(toolbox, "instructions", ()),
-            request.instructions,
-        )
+        messages = buildMessages(agent, conversation, instructions, request.instructions)
         start = len(messages)
         meter = _UsageMeter(events)
+        kept = _RunTools(
+            self,
+            agent,
+            RunOutputs(agent.toolOutput, agent.toolResponseMaxBytes),
+            meter,
+            account,
+            scope,
+            request.owner,
+        )
         calledTools = False
         for turn in range(1, agent.maxTurns + 1):
             lastTurn = turn == agent.maxTurns
+            # tool_output is offered once a result was kept behind a handle.
+            turnSpecs = specs + (TOOL_OUTPUT_SPEC,) if kept.outputs else specs
             response, callUsage = await self._callWithFallback(
                 agent,
                 messages,
-                () if lastTurn else specs,
+                () if lastTurn else turnSpecs,
                 events,
                 request.sampling,
                 request.stream,
@@ -443,7 +507,7 @@ class SessionRunner:
                 scope=scope,
             )
             meter(callUsage)
-            if response.toolCalls and not specs and not lastTurn:
+            if response.toolCalls and not turnSpecs and not lastTurn:
                 # Calls to tools the model was not offered: it is told so.
                 messages.extend(noToolsExchange(response, toolbox, events))
                 continue
@@ -455,9 +519,15 @@ class SessionRunner:
             own = tuple(call for call in calls if call.name not in clientNames)
             handedBack = [call for call in calls if call.name in clientNames]
             results: list[ChatMessage] = []
+            if route is not None and any(call.name == ROUTER_TOOL for call in own):
+                results.extend(_routeCalls(route, own, meter.toolSink))
+                own = tuple(call for call in own if call.name != ROUTER_TOOL)
             if own:
                 toolsRan.append(True)
-                results = await self._runTools(agent, toolbox, own, meter.toolSink, scope)
+                results += await self._runTools(agent, toolbox, own, meter.toolSink, scope, kept)
+            if route is not None and route.target is not None:
+                # The destination takes the conversation from here.
+                return Finished(FinishReason.END, meter.total)
             if handedBack:
                 await self._saveHidden(
                     agent,
@@ -535,6 +605,7 @@ class SessionRunner:
         calls: tuple[ToolCall, ...],
         events: EventSink,
         scope: RunScope = RunScope(),
+        kept: _RunTools | None = None,
     ) -> list[ChatMessage]:
         """
         Run a turn's tool calls concurrently; every outcome, failures and
@@ -545,7 +616,7 @@ class SessionRunner:
         # A call that waits for a place starts from whatever freed it: each
         # runs in a copy of this run's context (see ai_agent.flow).
         pending = [
-            limit.run(copy_context().run, self._runTool, agent, toolbox, call, events, scope)
+            limit.run(copy_context().run, self._runTool, agent, toolbox, call, events, scope, kept)
             for call in running
         ]
         # Cancelling a DeferredList cancels every call in it.
@@ -564,9 +635,10 @@ class SessionRunner:
         call: ToolCall,
         events: EventSink,
         scope: RunScope = RunScope(),
+        kept: _RunTools | None = None,
     ) -> Deferred[str]:
         tool = scope.tool(call.name, call.id, call.arguments)
-        outcome = ensureDeferred(self._toolText(agent, toolbox, call, events, tool))
+        outcome = ensureDeferred(self._toolText(agent, toolbox, call, events, tool, kept))
 
         def cancelled(failure: Failure) -> Failure:
             if failure.check(CancelledError):
@@ -582,6 +654,7 @@ class SessionRunner:
         call: ToolCall,
         events: EventSink,
         tool: ToolScope = ToolScope(),
+        kept: _RunTools | None = None,
     ) -> str:
         events(ToolStarted(call.name, call.arguments, call.id))
         try:
@@ -596,8 +669,20 @@ class SessionRunner:
         # The tool call's span is current while the call starts: a
         # sub-agent's run and an MCP server's HTTP request find it there.
         with tool.activate():
-            attempt = maybeDeferred(toolbox.call, call.name, arguments, events)
-        if not call.name.startswith(SUBAGENT_PREFIX):
+            ttl = _cacheTTL(toolbox, call.name)
+            if call.name == TOOL_OUTPUT and kept is not None and kept.outputs:
+                attempt = kept.call(arguments, events)
+            elif ttl is not None and self.cache is not None:
+                attempt = self.cache.tool(
+                    kept.owner if kept is not None else "",
+                    call.name,
+                    arguments,
+                    ttl,
+                    partial(maybeDeferred, toolbox.call, call.name, arguments, events),
+                )
+            else:
+                attempt = maybeDeferred(toolbox.call, call.name, arguments, events)
+        if not call.name.startswith(SUBAGENT_PREFIX) and call.name != TOOL_OUTPUT:
             # A sub-agent is bounded by its own limits (its turns, its LLM
             # and tool timeouts), not by the parent's toolTimeout.
             attempt.addTimeout(agent.toolTimeout, self.reactor)
@@ -612,19 +697,118 @@ class SessionRunner:
             outcome = "timeout"
         except AgentError as error:
             text = f"error: {error.message}"
+        except ToolOutputError as error:
+            text = f"error: {error}"
         except Exception as error:  # noqa: BLE001 - the model reads any tool failure
             text = f"error: {type(error).__name__}: {error}"
         tool.end(outcome, text)
-        limit = agent.toolResponseMaxBytes
-        encoded = text.encode("utf-8")
-        if len(encoded) > limit:
-            kept = encoded[:limit].decode("utf-8", "ignore")
-            text = (
-                f"{kept}\n[truncated: the result was {len(encoded)} bytes;"
-                f" only the first {limit} are shown]"
-            )
+        if kept is not None and call.name != TOOL_OUTPUT:
+            # Over toolResponseMaxBytes: kept behind a handle, or cut.
+            text = kept.outputs.result(call.name, text)
+        else:
+            text = RunOutputs(_NO_HANDLES, agent.toolResponseMaxBytes).result(call.name, text)
         events(ToolFinished(call.name, text, call.id))
         return text
+
+
+_NO_HANDLES = ToolOutputSpec(enabled=False)
+
+
+def _cacheTTL(toolbox: ToolBox, name: str) -> float | None:
+    """
+    How long the result of the tool C{name} is cached (its MCP server's
+    C{cache} or C{toolsCache}), or L{None}: not cached.
+    """
+    cacheTTL = getattr(toolbox, "cacheTTL", None)
+    return None if cacheTTL is None else cacheTTL(name)
+
+
+def _routeCalls(
+    route: RouteChoice, calls: Sequence[ToolCall], events: EventSink
+) -> list[ChatMessage]:
+    """
+    The router's C{router__handoff-to} calls: the first valid one chooses.
+    """
+    results = []
+    for call in calls:
+        if call.name != ROUTER_TOOL:
+            continue
+        events(ToolStarted(call.name, call.arguments, call.id))
+        try:
+            arguments = json.loads(call.arguments) if call.arguments.strip() else {}
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            text = f"error: the arguments of {call.name} are not a JSON object"
+        elif route.target is not None:
+            text = f"error: already routed to {route.target.label}"
+        else:
+            text = route.choose(call, arguments)
+        events(ToolFinished(call.name, text, call.id))
+        results.append(ChatMessage("tool", text, toolCallId=call.id))
+    return results
+
+
+@attrs.define(eq=False)
+class _RunTools:
+    """
+    What a run's tool calls share: the tool results kept behind handles,
+    and the C{tool_output} calls reading them (whose extraction pass calls
+    the agent's models, or its C{toolOutput.models}, through the run's own
+    turn machinery: fallback, retries, accounting, usage; without tools,
+    streaming nothing but progress and usage); the principal (C{owner})
+    cached tool results belong to.
+    """
+
+    runner: SessionRunner
+    agent: AgentSpec
+    outputs: RunOutputs
+    meter: _UsageMeter
+    account: RunAccount
+    scope: RunScope
+    owner: str = ""
+
+    def call(self, arguments: Mapping[str, Any], events: EventSink) -> Deferred[str]:
+        return ensureDeferred(self.outputs.call(arguments, self._extract, events))
+
+    async def _extract(self, messages: list[ChatMessage]) -> str:
+        agent = self.agent
+        reader = attrs.evolve(agent, output=OutputSpec())
+        if agent.toolOutput.models:
+            # Other models: the agent's own sampling keys may not apply.
+            reader = attrs.evolve(
+                reader,
+                models=agent.toolOutput.models,
+                reasoning=None,
+                reasoningTokens=None,
+                topK=None,
+                repeatPenalty=None,
+            )
+        response, usage = await self.runner._callWithFallback(
+            reader,
+            messages,
+            (),
+            _progressOnly(self.meter.events),
+            Sampling(maxTokens=EXTRACTION_MAX_TOKENS),
+            False,
+            self.account,
+            scope=self.scope,
+        )
+        self.meter(usage)
+        return response.content
+
+
+def _progressOnly(events: EventSink) -> EventSink:
+    """
+    A sink passing on only progress (retries): an extraction call's text
+    is the tool's result, not part of the answer.
+    """
+
+    def sink(event: Event) -> None:
+        if not isinstance(event, (ContentDelta, ReasoningDelta, ModelAnswering)):
+            events(event)
+
+    return sink
 
 
 @attrs.define(eq=False)
@@ -823,7 +1007,7 @@ def _refuseClashes(clientTools: Sequence[ClientTool], own: Sequence[ToolSpec]) -
 
     @raise AgentError: a 400 naming the tool.
     """
-    ownNames = {spec.name for spec in own}
+    ownNames = {spec.name for spec in own} | {TOOL_OUTPUT}
     for tool in clientTools:
         name = tool.spec.name
         if name in ownNames or name.startswith(SUBAGENT_PREFIX):

@@ -17,8 +17,11 @@ from ai_agent.agentfile import (
     InputSpec,
     InvalidInputError,
     OutputSpec,
+    RouteTarget,
+    ToolOutputSpec,
     loadAgent,
     parseAgent,
+    parseCacheTTL,
     parseDuration,
 )
 from ai_agent.config import loadConfig
@@ -161,7 +164,9 @@ class KeyTests(SynchronousTestCase):
         An unknown key is named, and the allowed keys are listed.
         """
         error = self.assertRaises(ConfigurationError, agent, "modle: a/b")
-        self.assertIn(f"{PATH}: unknown frontmatter key 'modle' (allowed: agents,", str(error))
+        self.assertIn(
+            f"{PATH}: unknown frontmatter key 'modle' (allowed: advisors, agents,", str(error)
+        )
         self.assertIn("models", str(error))
 
     def test_runtimeOnlyKeys(self) -> None:
@@ -508,6 +513,103 @@ class CachingTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError) as caught:
             agent("models: a/b\ncaching: sometimes")
         self.assertIn("'caching'", str(caught.exception))
+
+
+class ParityKeyTests(SynchronousTestCase):
+    """
+    C{toolOutput}, C{advisors}, C{router}, C{handoff} and C{cache}, in the
+    TypeScript ai-agent's shapes.
+    """
+
+    def test_toolOutput(self) -> None:
+        """
+        C{toolOutput} takes the original's keys (or a bare boolean); it is
+        on by default; unknown inner keys and out-of-range values are
+        refused by name.
+        """
+        self.assertEqual(agent("models: a/b").toolOutput, ToolOutputSpec())
+        self.assertTrue(agent("models: a/b").toolOutput.enabled)
+        self.assertFalse(agent("models: a/b\ntoolOutput: false").toolOutput.enabled)
+        spec = agent(
+            "models: a/b\ntoolOutput:\n  enabled: true\n  maxChunks: 3\n  overlapPercent: 20\n"
+            "  avgLineBytesThreshold: 500\n  models: [a/c]"
+        ).toolOutput
+        self.assertEqual(spec, ToolOutputSpec(True, 3, 20, 500, ("a/c",)))
+        for bad, where in (
+            ("toolOutput: {storeDirx: 1}", "unknown key 'storeDirx' in 'toolOutput'"),
+            ("toolOutput: {overlapPercent: 60}", "'toolOutput.overlapPercent' must be"),
+            ("toolOutput: {maxChunks: 0}", "'toolOutput.maxChunks' must be"),
+            ("toolOutput: 3", "'toolOutput' must be true, false or a mapping"),
+        ):
+            error = self.assertRaises(ConfigurationError, agent, f"models: a/b\n{bad}")
+            self.assertIn(where, str(error))
+
+    def test_routingKeys(self) -> None:
+        """
+        C{advisors} (a list or a comma string), C{router.destinations} and
+        C{handoff} keep each target as written and its absolute path,
+        relative to the file (the C{.ai} suffix optional).
+        """
+        spec = agent(
+            "models: a/b\nadvisors: ./x.ai, y\nrouter:\n  destinations: [./d1.ai]\n"
+            "handoff: ../fmt.ai",
+            path="/srv/agents/main.ai",
+        )
+        self.assertEqual(
+            spec.advisors,
+            (RouteTarget("./x.ai", "/srv/agents/x.ai"), RouteTarget("y", "/srv/agents/y")),
+        )
+        self.assertEqual(spec.router, (RouteTarget("./d1.ai", "/srv/agents/d1.ai"),))
+        self.assertEqual(spec.handoff, RouteTarget("../fmt.ai", "/srv/fmt.ai"))
+
+    def test_routingErrors(self) -> None:
+        """
+        A router without destinations or with other keys, a list as
+        C{handoff}, and a destination named twice are refused by name.
+        """
+        for bad, where in (
+            ("router: ./a.ai", "'router' must be a mapping with 'destinations'"),
+            ("router: {destinations: []}", "'router.destinations' must name at least one"),
+            ("router: {destinations: [a], strategy: x}", "unknown key 'strategy' in 'router'"),
+            ("router: {destinations: [a, a]}", "must not name an agent twice"),
+            ("handoff: [a, b]", "'handoff' must be one agent file"),
+        ):
+            error = self.assertRaises(ConfigurationError, agent, f"models: a/b\n{bad}")
+            self.assertIn(where, str(error))
+
+    def test_cache(self) -> None:
+        """
+        C{cache} is off by default and for C{off}/C{none}/C{0}; a number is
+        milliseconds; a string has a unit up to years; anything else is
+        refused by name.
+        """
+        self.assertIsNone(agent("models: a/b").cache)
+        values = {
+            "off": None,
+            "none": None,
+            "0": None,
+            "5000": 5.0,
+            "'30s'": 30.0,
+            "1h": 3600.0,
+            "2d": 172800.0,
+            "1w": 604800.0,
+            "1mo": 2592000.0,
+            "1y": 31536000.0,
+            "250ms": 0.25,
+        }
+        for written, seconds in values.items():
+            self.assertEqual(agent(f"models: a/b\ncache: {written}").cache, seconds, written)
+        for bad in ("soon", "-5", "1 fortnight"):
+            error = self.assertRaises(ConfigurationError, agent, f"models: a/b\ncache: {bad}")
+            self.assertIn("'cache' must be off, a number of milliseconds", str(error))
+        self.assertEqual(parseCacheTTL("1h"), 3600.0)
+
+    def test_digest(self) -> None:
+        """
+        The digest changes with any change of the file's text.
+        """
+        self.assertNotEqual(agent("models: a/b").digest, agent("models: a/b", body="Hi.").digest)
+        self.assertEqual(agent("models: a/b").digest, agent("models: a/b").digest)
 
 
 class DocumentedKeysTests(SynchronousTestCase):

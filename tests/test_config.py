@@ -624,7 +624,8 @@ class SectionTests(LoadConfigTestCase):
         )
         self.assertConfigError(
             {"mcpServers": {"fs": {"command": "x", "cwd": "/"}}},
-            "mcpServers.fs: unknown key 'cwd' (allowed: args, command, env, headers, type, url)",
+            "mcpServers.fs: unknown key 'cwd'"
+            " (allowed: args, cache, command, env, headers, toolsCache, type, url)",
         )
 
     def test_pricing(self) -> None:

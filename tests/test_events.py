@@ -8,6 +8,9 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from ai_agent.events import (
+    AdvisorProgress,
+    ExtractionProgress,
+    HandoffProgress,
     ReasoningDelta,
     ReasoningText,
     Retrying,
@@ -50,6 +53,36 @@ class ProgressTextTests(SynchronousTestCase):
         self.assertEqual(
             progressText(SubAgentProgress("agent__a", ReasoningDelta("thinking\n"))),
             "[agent__a] thinking\n",
+        )
+
+    def test_orchestration(self) -> None:
+        """
+        Advisors (started, answered, failed), a router's choice (with and
+        without its message), a handoff and an extraction chunk each get
+        one line, nested under a sub-agent like any progress.
+        """
+        lines = [
+            progressText(AdvisorProgress("legal")),
+            progressText(AdvisorProgress("legal", finished=True)),
+            progressText(AdvisorProgress("legal", finished=True, error="upstream\ndown")),
+            progressText(HandoffProgress("desk", "billing", "router", "refund")),
+            progressText(HandoffProgress("desk", "billing", "router")),
+            progressText(HandoffProgress("research", "fmt", "handoff")),
+            progressText(ExtractionProgress("logs__read", 2, 3)),
+            progressText(SubAgentProgress("agent__x", HandoffProgress("x", "y", "handoff"))),
+        ]
+        self.assertEqual(
+            lines,
+            [
+                "asking advisor legal\n",
+                "advisor legal answered\n",
+                "advisor legal failed: upstream down\n",
+                "desk routed the conversation to billing: refund\n",
+                "desk routed the conversation to billing\n",
+                "research handed its answer to fmt\n",
+                "extracting from the output of logs__read (chunk 2 of 3)\n",
+                "[agent__x] x handed its answer to y\n",
+            ],
         )
 
     def test_longCut(self) -> None:

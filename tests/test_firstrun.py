@@ -903,7 +903,7 @@ class UnitTests(SynchronousTestCase):
         message = str(error)
         self.assertEqual(message.count("(allowed: "), 1)
         for part in (
-            "unknown frontmatter key 'modles' (allowed: agents,",
+            "unknown frontmatter key 'modles' (allowed: advisors, agents,",
             "; did you mean 'models'?",
             "unknown frontmatter key 'temprature'; did you mean 'temperature'?",
             "'verbose' is a runtime option, use command-line flags instead: ai-agent --verbose",

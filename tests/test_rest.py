@@ -668,9 +668,13 @@ class EndToEndTests(TestCase):
         """
         A REST call slower than the agent's C{toolTimeout} becomes an error
         text and its connection is closed (the API sees the client go); a
-        long answer is cut at C{toolResponseMaxBytes} for the model.
+        long answer is cut at C{toolResponseMaxBytes} for the model (with
+        C{toolOutput: false}; otherwise it is kept behind a handle, see
+        tests/test_tool_output.py).
         """
-        server = await self.start("toolTimeout: 300ms\ntoolResponseMaxBytes: 100")
+        server = await self.start(
+            "toolTimeout: 300ms\ntoolResponseMaxBytes: 100\ntoolOutput: false"
+        )
         server.upstream.script(
             Reply(toolCalls=[("rest__hang", {})]),
             Reply(toolCalls=[("rest__lookup", {"id": "y" * 300})]),

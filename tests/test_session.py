@@ -11,7 +11,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from ai_agent.agentfile import AgentSpec
+from ai_agent.agentfile import AgentSpec, ToolOutputSpec
 from ai_agent.errors import ProviderError
 from ai_agent.events import ContentDelta, Event, EventSink, FinishReason, Usage
 from ai_agent.providers import ChatMessage, DeltaSink, LLMRequest, LLMResponse, ToolCall, ToolSpec
@@ -329,7 +329,8 @@ class SessionTests(SynchronousTestCase):
 
     def test_truncation(self) -> None:
         """
-        A tool result over C{toolResponseMaxBytes} is cut with a note.
+        A tool result over C{toolResponseMaxBytes} is cut with a note when
+        the agent's C{toolOutput} is off (handles: L{tests.test_tool_output}).
         """
         provider = ScriptedProvider(
             name="first",
@@ -342,7 +343,7 @@ class SessionTests(SynchronousTestCase):
         tools = _Tools({"t__big": lambda args: succeed("é" * 100)})
         self.successResultOf(
             self.runner(lambda agent: tools).run(
-                _agent(toolResponseMaxBytes=11),
+                _agent(toolResponseMaxBytes=11, toolOutput=ToolOutputSpec(enabled=False)),
                 RunRequest((ChatMessage("user", "x"),)),
                 self.events.append,
             )

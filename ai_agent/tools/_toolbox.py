@@ -64,6 +64,9 @@ class AgentToolBox:
     instructions: list[str] = attrs.field(factory=list, init=False)
     unavailable: dict[str, str] = attrs.field(factory=dict, init=False)
     _routes: dict[str, _Route] = attrs.field(factory=dict, init=False)
+    #: The principal the run is for; its sub-agents run for it too.
+    owner: str = attrs.field(default="", init=False)
+    _cached: dict[str, float | None] = attrs.field(factory=dict, init=False)
 
     def specs(self) -> Deferred[list[ToolSpec]]:
         """
@@ -119,6 +122,9 @@ class AgentToolBox:
                     )
                     continue
                 routes[exposed] = partial(self._callMcp, server, tool.name)
+                ttl = server.config.cacheTTL(tool.name)
+                if ttl is not None:
+                    self._cached[exposed] = ttl
                 specs.append(
                     ToolSpec(exposed, tool.description, functionParameters(tool.inputSchema))
                 )
@@ -131,6 +137,8 @@ class AgentToolBox:
                 )
                 continue
             routes[rest.name] = rest.call
+            if rest.config.cache is not None:
+                self._cached[rest.name] = rest.config.cache
             specs.append(rest.toolSpec())
         for sub in self.subAgents:
             if sub.name in routes:
@@ -140,10 +148,17 @@ class AgentToolBox:
                     tool=sub.name,
                 )
                 continue
-            routes[sub.name] = sub.call
+            routes[sub.name] = partial(self._callSubAgent, sub)
             specs.append(sub.toolSpec())
         self._routes = routes
         return specs
+
+    def cacheTTL(self, name: str) -> float | None:
+        """
+        How long results of the tool the model calls C{name} are cached
+        (its MCP server's C{cache} or C{toolsCache}), or L{None}.
+        """
+        return self._cached.get(name)
 
     def _leftOut(self, server: str, reason: str) -> None:
         self.unavailable[server] = reason
@@ -170,6 +185,11 @@ class AgentToolBox:
                 )
             return fail(AgentError(f"there is no tool named {name!r}"))
         return route(arguments, sink)
+
+    def _callSubAgent(
+        self, sub: SubAgentTool, arguments: Mapping[str, Any], sink: EventSink
+    ) -> Deferred[str]:
+        return sub.call(arguments, sink, self.owner)
 
     def _callMcp(
         self, server: McpServer, tool: str, arguments: Mapping[str, Any], sink: EventSink

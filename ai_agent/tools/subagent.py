@@ -133,11 +133,14 @@ class SubAgentTool:
             description = f"{description}\n\nUsage: {self.spec.usage}"
         return ToolSpec(self.name, description, self.spec.inputSchema())
 
-    def call(self, arguments: Mapping[str, Any], sink: EventSink) -> Deferred[str]:
+    def call(self, arguments: Mapping[str, Any], sink: EventSink, owner: str = "") -> Deferred[str]:
         """
         Run the sub-agent on C{arguments["prompt"]}, or, for an agent with a
         structured C{input}, on the arguments validated against its schema
         (as compact JSON); arguments that do not fit fail before the run.
+        The child runs for the principal named C{owner} (the parent run's:
+        what the child keeps, its cached answers included, is that
+        principal's).
 
         @return: a Deferred firing with the child's answer, or failing with
             L{AgentError} when the child run fails.  Cancelling it cancels
@@ -148,7 +151,7 @@ class SubAgentTool:
         except InvalidInputError as error:
             return fail(AgentError(f"{self.name} {error}"))
         nested = NestedSink(self.name, sink)
-        request = RunRequest((ChatMessage("user", prompt),))
+        request = RunRequest((ChatMessage("user", prompt),), owner=owner)
         if self.limiter is None:
             run = self.runner.run(self.spec, request, nested)
         else:

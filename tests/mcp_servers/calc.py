@@ -3,7 +3,7 @@ A small MCP server for the tests, written with the official MCP Python SDK
 (C{mcp.server.mcpserver.MCPServer}).
 
     python tests/mcp_servers/calc.py [--http [--json]] [--marker DIR]
-                                     [--page-size N] [--many N]
+                                     [--page-size N] [--many N] [--logs]
 
 Over stdio by default.  With C{--http} it serves Streamable HTTP at C{/mcp}
 on 127.0.0.1, on a port the system picks, and prints C{PORT <n>} on its
@@ -17,7 +17,8 @@ C{crash} (the process exits), C{env} (reads an environment variable),
 C{header} (a header of the call's HTTP request),
 C{big} (a long text), C{picture} (an image and a text), C{weather}
 (structured content only), C{log} (writes to stderr), and with
-C{--many N} that many C{noop_<i>} tools.  With C{--page-size N}, C{tools/list}
+C{--many N} that many C{noop_<i>} tools, with C{--logs} C{lines} (a log of
+numbered lines).  With C{--page-size N}, C{tools/list}
 answers in pages of N tools.
 """
 
@@ -59,7 +60,7 @@ class PagedServer(MCPServer):
         return types.ListToolsResult(tools=tools[start:end], next_cursor=nextCursor)
 
 
-def build(marker: str | None, many: int) -> PagedServer:
+def build(marker: str | None, many: int, logs: bool = False) -> PagedServer:
     """
     The server and its tools.
     """
@@ -131,6 +132,16 @@ def build(marker: str | None, many: int) -> PagedServer:
         sys.stderr.flush()
         return "logged"
 
+    if logs:
+
+        @server.tool()
+        def lines(count: int) -> str:
+            """A log of `count` numbered lines; every 1000th is an ERROR line."""
+            return "\n".join(
+                f"{i:07d} level={'ERROR' if i % 1000 == 0 else 'info'} request {i} served"
+                for i in range(1, count + 1)
+            )
+
     for index in range(many):
 
         def noop(index: int = index) -> str:
@@ -167,8 +178,9 @@ def main() -> None:
     parser.add_argument("--marker")
     parser.add_argument("--page-size", type=int)
     parser.add_argument("--many", type=int, default=0)
+    parser.add_argument("--logs", action="store_true", help="offer the 'lines' tool")
     options = parser.parse_args()
-    server = build(options.marker, options.many)
+    server = build(options.marker, options.many, options.logs)
     server.pageSize = options.page_size
     if options.http:
         anyio.run(serveHttp, server, options.json)
