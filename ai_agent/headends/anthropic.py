@@ -59,6 +59,7 @@ from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumps as _dumps
 from ai_agent.headends._json import dumpsAny as _dumpsAny
 from ai_agent.headends._json import dumpsPlain as _dumpsPlain
+from ai_agent.headends._quota import admitted
 from ai_agent.headends._request import (
     MAX_MESSAGES,
     MAX_OUTPUT_TOKENS,
@@ -1039,7 +1040,9 @@ class AnthropicHeadend:
             thinking=parsed.thinking,
         )
         requestId = labels.requestId.encode("ascii")
-        slot = await self.pool.acquire()
+        admission, slot = await admitted(
+            request, self.pool, principalOf(request), agent.id, anthropic=True
+        )
         try:
             response = RunResponse(
                 request,
@@ -1056,7 +1059,7 @@ class AnthropicHeadend:
             )
 
             def begin(events: EventSink) -> Deferred[Finished]:
-                return self.runner.run(agent.spec, run, events)
+                return self.runner.run(agent.spec, run, admission.meter(events))
 
             if parsed.stream:
                 await response.stream(begin)
@@ -1064,6 +1067,7 @@ class AnthropicHeadend:
             return await response.complete(begin)
         finally:
             slot.release()
+            admission.release()
 
     @app.route("/v1/messages/count_tokens", methods=["POST"])
     @observedRoute("anthropic", "/v1/messages/count_tokens")
@@ -1078,7 +1082,11 @@ class AnthropicHeadend:
         parsed = await self._parse(request, parseCountTokensRequest)
         agent = self._agent(request, parsed)
         requestScope(request).setAgent(agent.id)
-        slot = await self.pool.acquire()
+        # Counted as a request (requests per minute, concurrent runs); it
+        # spends no tokens.
+        admission, slot = await admitted(
+            request, self.pool, principalOf(request), agent.id, anthropic=True
+        )
         try:
             specs: list[ToolSpec] = []
             instructions: list[str] = []
@@ -1091,6 +1099,7 @@ class AnthropicHeadend:
             counted = await self._providerCount(agent.spec, parsed, specs, instructions)
         finally:
             slot.release()
+            admission.release()
         if counted is None:
             counted = estimateTokens(agent.spec.prompt, parsed, specs)
         request.setHeader(b"content-type", _JSON)

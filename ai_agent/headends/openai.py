@@ -43,6 +43,7 @@ from ai_agent.headends._answers import (
 )
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
+from ai_agent.headends._quota import admitted
 from ai_agent.headends._request import (
     OFF_REACTOR_THRESHOLD,
     ChatRequest,
@@ -563,7 +564,7 @@ class OpenAIHeadend:
             ),
             frames=chat.stream,
         )
-        slot = await self.pool.acquire()
+        admission, slot = await admitted(request, self.pool, principal, agent.id)
         try:
             response = RunResponse(
                 request,
@@ -581,7 +582,7 @@ class OpenAIHeadend:
 
             def begin(events: EventSink) -> Deferred[Finished]:
                 # The agent loop, or one direct call for a background task.
-                return start(agent.spec, run, events)
+                return start(agent.spec, run, admission.meter(events))
 
             if chat.stream:
                 await response.stream(begin)
@@ -589,6 +590,7 @@ class OpenAIHeadend:
             return await response.complete(begin)
         finally:
             slot.release()
+            admission.release()
 
     def _taskOf(
         self, request: IRequest, chat: ChatRequest, fromMessages: str | None | _NotYet = _NOT_YET

@@ -53,6 +53,7 @@ from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumps as _dumps
 from ai_agent.headends._json import dumpsAny as _dumpsAny
 from ai_agent.headends._json import dumpsPlain as _dumpsPlain
+from ai_agent.headends._quota import admitted
 from ai_agent.headends._request import (
     MAX_MESSAGES,
     MAX_OUTPUT_TOKENS,
@@ -1262,7 +1263,7 @@ class ResponsesHeadend:
             sealed=[] if turns is None else turns.sealed,
             namespaced={tool.spec.name: tool for tool in parsed.tools if tool.namespace},
         )
-        slot = await self.pool.acquire()
+        admission, slot = await admitted(request, self.pool, principal, agent.id)
         try:
             response = RunResponse(
                 request,
@@ -1281,7 +1282,7 @@ class ResponsesHeadend:
             )
 
             def begin(events: EventSink) -> Deferred[Finished]:
-                return self.runner.run(agent.spec, run, events)
+                return self.runner.run(agent.spec, run, admission.meter(events))
 
             if parsed.stream:
                 await response.stream(begin)
@@ -1289,6 +1290,7 @@ class ResponsesHeadend:
             return await response.complete(begin)
         finally:
             slot.release()
+            admission.release()
 
     def _sealedTurns(
         self, parsed: ResponsesRequest, spec: AgentSpec, principal: Principal
