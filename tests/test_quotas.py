@@ -18,7 +18,7 @@ from typing import Any
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, LoopingCall
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -484,13 +484,18 @@ class LiveTests(TestCase):
                 Deferred.fromCoroutine(_post(http, _base(server), api)) for _ in range(CLIENTS)
             ]
             await server.upstream.waitForRequests(3)
-            refused = [r for r in requests if not r.called]
-            self.assertTrue(len(refused) >= 3)
             await _allButHeld(requests, 3)
-            self.assertEqual(server.upstream.held, 3, api)
+            # Every other request was answered while three runs held their
+            # place; none of them reached the upstream.
             self.assertEqual(len(server.upstream.requests), 3, api)
-            server.upstream.release()
-            answers = await gatherResults(requests)
+            self.assertEqual(sum(1 for r in requests if r.called), CLIENTS - 3)
+            # Let the held answers go (one may only now reach its hold).
+            pump = LoopingCall(server.upstream.release)
+            pump.start(0.02)
+            try:
+                answers = await gatherResults(requests)
+            finally:
+                pump.stop()
             self.assertEqual(sorted(code for code, _, _ in answers), [200] * 3 + [429] * 47)
             code, _, _ = await _post(http, _base(server), api)
             self.assertEqual(code, 200, api)
@@ -565,7 +570,9 @@ class LiveTests(TestCase):
         base = _base(server)
         response = await http.post(
             base + "/v1/messages/count_tokens",
-            json.dumps({"model": "plain", "messages": [{"role": "user", "content": "hi"}]}),
+            json.dumps(
+                {"model": "plain", "messages": [{"role": "user", "content": "hi"}]}
+            ).encode(),
             headers={"Content-Type": "application/json", "x-api-key": KA},
         )
         await response.content()
