@@ -677,6 +677,49 @@ class ProcessTests(TestCase):
         self.assertEqual(codes, [200] * 9 + [429] * 41)
         self.assertEqual(len(self.upstream.requests), 9)
 
+    async def _sharedRuns(self, store: str, limit: int) -> None:
+        folder = await self._project({"limits": {"default": {"concurrentRuns": limit}}})
+        location = os.path.join(folder, store) if store == "store.sqlite3" else store
+        (_, one), (_, two) = [await self._serve(folder, "--store", location) for _ in range(2)]
+        self.upstream.script(*[Reply("held", hold=True, usage=(1, 1))] * limit)
+        http = _http(self)
+        requests = [
+            Deferred.fromCoroutine(_post(http, (one, two)[n % 2], "messages"))
+            for n in range(CLIENTS)
+        ]
+        await _allButHeld(requests, limit)
+        await self.upstream.waitForRequests(limit)
+        self.assertEqual(len(self.upstream.requests), limit)
+        pump = LoopingCall(self.upstream.release)
+        pump.start(0.02)
+        try:
+            answers = await gatherResults(requests)
+        finally:
+            pump.stop()
+        self.assertEqual(
+            sorted(code for code, _, _ in answers), [200] * limit + [429] * (CLIENTS - limit)
+        )
+        # The leases were given back: both processes admit runs again.
+        self.assertEqual([(await _post(http, base, "chat"))[0] for base in (one, two)], [200] * 2)
+
+    async def test_twoProcessesShareRunsSQLite(self) -> None:
+        """
+        Two server processes on one SQLite file share one concurrent-runs
+        count: of 50 concurrent clients split between them against 3 runs,
+        exactly 3 run and 47 are refused at once; the leases come back when
+        the runs end.
+        """
+        await self._sharedRuns("store.sqlite3", 3)
+
+    async def test_twoProcessesShareRunsPostgreSQL(self) -> None:
+        """
+        The same on one PostgreSQL database: exactly 3 of 50 run at once.
+        """
+        if POSTGRES_URL is None:
+            raise SkipTest("AI_AGENT_TEST_POSTGRES_URL is not set")
+        await _clearCounters(POSTGRES_URL)
+        await self._sharedRuns(POSTGRES_URL, 3)
+
     async def test_sighupChangesLimit(self) -> None:
         """
         SIGHUP applies a new limit without a restart: a key over its 2
