@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from ai_agent.accounting import Pricing, callCost
 from ai_agent.errors import AgentError, ErrorKind
 from ai_agent.events import Event, EventSink, ModelAnswering, Usage
+from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.principals import Principal
 from ai_agent.quotaconfig import LIMIT_NAMES, NO_LIMITS, Limits, LimitsConfig
 
@@ -76,6 +77,12 @@ class Counters(Protocol):
     def renew(self, key: str, holder: str, expiresAt: float) -> Deferred[None]:
         """
         Move the expiry of C{holder}'s lease on C{key}.
+        """
+        ...
+
+    def held(self, key: str) -> Deferred[int]:
+        """
+        How many leases on C{key} are held (unexpired) now.
         """
         ...
 
@@ -129,6 +136,10 @@ class MemoryCounters:
     def letGo(self, key: str, holder: str) -> Deferred[None]:
         self._leases.get(key, {}).pop(holder, None)
         return succeed(None)
+
+    def held(self, key: str) -> Deferred[int]:
+        now = self.clock.seconds()
+        return succeed(sum(1 for e in self._leases.get(key, {}).values() if e > now))
 
 
 def _resetIn(seconds: float) -> bytes:
@@ -201,9 +212,13 @@ class Admission:
         """
         C{events}, with each L{Usage} event charged first (see L{charge}).
         """
-        if not any(
-            s.limits.tokensPerDay is not None or s.limits.costPerDay is not None
-            for s in self.scopes
+        quotas = self.quotas
+        if quotas is None or not (
+            quotas.observer.metrics is not None
+            or any(
+                s.limits.tokensPerDay is not None or s.limits.costPerDay is not None
+                for s in self.scopes
+            )
         ):
             return events
         model: list[str | None] = [None]
@@ -266,7 +281,7 @@ class Admission:
                         f" {limits.costPerDay:g} USD for today; the run was stopped",
                         dayEnd - now,
                     )
-        quotas.observer.charged(self, tokens, cost)
+        quotas.observer.limitCharged(self.key, self.agent, tokens, cost)
         if crossed is not None:
             raise crossed
 
@@ -352,33 +367,6 @@ def _windowEnd(now: float, window: float) -> float:
     return (math.floor(now / window) + 1) * window
 
 
-class QuotaObserver(Protocol):
-    """
-    Told of what limits do (metrics).
-    """
-
-    def refused(self, key: str, agent: str, limit: str) -> None:
-        """
-        A request of key C{key} for C{agent} was refused by C{limit}.
-        """
-        ...
-
-    def charged(self, admission: Admission, tokens: float, cost: float) -> None:
-        """
-        A run spent C{tokens} costing C{cost}.
-        """
-        ...
-
-
-@attrs.define
-class _NoObserver:
-    def refused(self, key: str, agent: str, limit: str) -> None:
-        pass
-
-    def charged(self, admission: Admission, tokens: float, cost: float) -> None:
-        pass
-
-
 @attrs.define(eq=False)
 class Quotas:
     """
@@ -396,7 +384,7 @@ class Quotas:
     counters: Counters
     config: Callable[[], LimitsConfig]
     pricing: Callable[[], Mapping[str, Pricing]] = lambda: {}
-    observer: QuotaObserver = attrs.field(factory=_NoObserver)
+    observer: Observer = NULL_OBSERVER
     leaseTime: float = LEASE_TIME
 
     def _add(self, name: str, now: float, window: float, amount: float) -> Deferred[float]:
@@ -408,7 +396,7 @@ class Quotas:
     def _refused(
         self, admission: Admission, scope: _Scope, limit: str, message: str, retryAfter: float
     ) -> AgentError:
-        self.observer.refused(admission.key, admission.agent, limit)
+        self.observer.limitRefused(admission.key, admission.agent, limit)
         log.info(
             "limits: {kind} {name} over {limit}",
             kind=scope.kind,
@@ -433,6 +421,43 @@ class Quotas:
             found.append(_Scope("agent", agent, forAgent))
         return found
 
+    def usage(self, principal: Principal) -> Deferred[dict[str, Any]]:
+        """
+        What C{principal} may see of its own limits: its limits, and its
+        requests this minute, runs now, tokens and cost today (never
+        another key's, nor the agents' shared counts).
+        """
+        return Deferred.fromCoroutine(self._usage(principal))
+
+    async def _usage(self, principal: Principal) -> dict[str, Any]:
+        limits = self.config().forKey(principal.name)
+        name = f"key/{principal.name or '-'}"
+        now = self.reactor.seconds()
+        used: dict[str, Any] = {
+            "requestsThisMinute": None,
+            "concurrentRuns": None,
+            "tokensToday": None,
+            "costToday": None,
+        }
+        if limits.requestsPerMinute is not None:
+            used["requestsThisMinute"] = int(await self._add(f"requests/{name}", now, MINUTE, 0))
+        if limits.concurrentRuns is not None:
+            used["concurrentRuns"] = await self.counters.held(f"runs/{name}")
+        if limits.tokensPerDay is not None:
+            used["tokensToday"] = int(await self._add(f"tokens/{name}", now, DAY, 0))
+        if limits.costPerDay is not None:
+            used["costToday"] = round(await self._add(f"cost/{name}", now, DAY, 0), 6)
+        return {
+            "object": "limits",
+            "key": principal.name or None,
+            "limits": {limit: getattr(limits, limit) for limit in LIMIT_NAMES},
+            "usage": used,
+            "resets": {
+                "minute": int(_windowEnd(now, MINUTE)),
+                "day": int(_windowEnd(now, DAY)),
+            },
+        }
+
     def admit(self, principal: Principal, agent: str) -> Deferred[Admission]:
         """
         Count a request of C{principal} for C{agent}.
@@ -443,7 +468,11 @@ class Quotas:
         """
         scopes = self.scopes(principal, agent)
         if not scopes:
-            return succeed(Admission(None))
+            # Nothing to count; with metrics on, what the run spends is
+            # still told (no store is asked).
+            if self.observer.metrics is None:
+                return succeed(Admission(None))
+            return succeed(Admission(self, [], key=principal.name, agent=agent))
         return Deferred.fromCoroutine(self._admit(principal, agent, scopes))
 
     async def _admit(self, principal: Principal, agent: str, scopes: list[_Scope]) -> Admission:
@@ -514,7 +543,6 @@ __all__ = [
     "Limits",
     "LimitsConfig",
     "MemoryCounters",
-    "QuotaObserver",
     "Quotas",
     "refusal",
 ]

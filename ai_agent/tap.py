@@ -691,7 +691,7 @@ class StartupExitError(SystemExit, Exception):
     """
 
 
-def makeQuotas(reactor: Any, runtime: Runtime, observer: Any = None) -> Quotas:
+def makeQuotas(reactor: Any, runtime: Runtime, observer: Observer = NULL_OBSERVER) -> Quotas:
     """
     The limits per key and agent of C{runtime}'s configuration (read at
     each request, so a reload changes them), counted in its run store's
@@ -700,13 +700,12 @@ def makeQuotas(reactor: Any, runtime: Runtime, observer: Any = None) -> Quotas:
     """
     store = runtime.store
     counters: Counters = store if isinstance(store, SQLStore) else MemoryCounters(reactor)
-    quotaObserver = getattr(observer, "quotas", None)
     return Quotas(
         reactor,
         counters,
         lambda: runtime.config.limits,
         lambda: runtime.config.pricing,
-        **({} if quotaObserver is None else {"observer": quotaObserver}),
+        observer=observer,
     )
 
 

@@ -26,6 +26,7 @@ from ai_agent.config import loadConfig
 from ai_agent.errors import AgentError, ConfigurationError, ErrorKind
 from ai_agent.events import ModelAnswering, Usage
 from ai_agent.headends._http import APIKeys, HTTPPolicy
+from ai_agent.observe import NULL_OBSERVER, Metrics, Observability
 from ai_agent.pool import RunPool
 from ai_agent.principals import Principal
 from ai_agent.quotas import Limits, LimitsConfig, MemoryCounters, Quotas
@@ -413,7 +414,9 @@ async def _limitedServer(
         policy=None if keys is None else HTTPPolicy(apiKeys=keys),
         **kwargs,
     )
-    server.pool.quotas = makeQuotas(reactor, server.runtime)
+    server.pool.quotas = makeQuotas(
+        reactor, server.runtime, kwargs.get("observer") or NULL_OBSERVER
+    )
     return server
 
 
@@ -583,6 +586,67 @@ class LiveTests(TestCase):
         self.assertEqual((await _post(http, base, "chat", key=KA))[0], 200)
         self.assertEqual((await _post(http, base, "chat", key=KA))[0], 429)
         self.assertEqual((await _post(http, base, "chat", key=KB))[0], 200)
+
+    async def test_usageEndpointAndMetrics(self) -> None:
+        """
+        C{GET /v1/limits} shows a key its own limits and usage, never the
+        other key's; the metrics count spent tokens and refusals by key
+        name and agent, and hold no key.
+        """
+        observer = Observability(Metrics(multiprocess=False), None, clock=reactor.seconds)
+        keys = APIKeys.fromKeys([KA])
+        server = await _limitedServer(
+            self,
+            {"default": {"tokensPerDay": 1000}},
+            keys=keys,
+            observer=observer,
+            extraConfig={
+                "keys": {
+                    "team-a": {"key": KA, "limits": {"requestsPerMinute": 2}},
+                    "team-b": {"key": KB},
+                }
+            },
+        )
+        keys.replace(APIKeys.fromKeys([], server.runtime.config.keys.values()))
+        server.upstream.script(*[Reply("ok", usage=(7, 3))] * 3)
+        http = _http(self)
+        base = _base(server)
+        codes = [(await _post(http, base, "chat", key=key))[0] for key in (KA, KA, KA, KB)]
+        self.assertEqual(codes, [200, 200, 429, 200])
+        code, mine = await _get(http, base + "/v1/limits", KA)
+        self.assertEqual(code, 200)
+        self.assertEqual(mine["key"], "team-a")
+        self.assertEqual(
+            mine["limits"],
+            {
+                "requestsPerMinute": 2,
+                "concurrentRuns": None,
+                "tokensPerDay": 1000,
+                "costPerDay": None,
+            },
+        )
+        self.assertEqual(mine["usage"]["requestsThisMinute"], 3)
+        self.assertEqual(mine["usage"]["tokensToday"], 20)
+        code, theirs = await _get(http, base + "/v1/limits", KB)
+        self.assertEqual((theirs["key"], theirs["usage"]["tokensToday"]), ("team-b", 10))
+        self.assertNotIn("team-a", json.dumps(theirs))
+        self.assertEqual((await _get(http, base + "/v1/limits", "wrong"))[0], 401)
+        metrics = observer.metrics
+        assert metrics is not None
+        scrape = metrics.render()[0].decode()
+        self.assertIn(
+            'ai_agent_limit_refusals_total{agent="plain",key="team-a",limit="requestsPerMinute"}'
+            " 1.0",
+            scrape,
+        )
+        self.assertIn('ai_agent_key_tokens_total{agent="plain",key="team-a"} 20.0', scrape)
+        self.assertIn('ai_agent_key_tokens_total{agent="plain",key="team-b"} 10.0', scrape)
+        self.assertNotIn(KA, scrape)
+
+
+async def _get(http: Any, url: str, key: str) -> tuple[int, Any]:
+    response = await http.get(url, headers={"Authorization": f"Bearer {key}"})
+    return int(response.code), json.loads(await response.content())
 
 
 async def _allButHeld(requests: list[Deferred[Any]], held: int) -> None:

@@ -164,6 +164,7 @@ _HOLD = (
 )
 _RENEW = "UPDATE ai_agent_leases SET expires_at = ? WHERE lease_key = ? AND holder = ?"
 _LET_GO = "DELETE FROM ai_agent_leases WHERE lease_key = ? AND holder = ?"
+_HELD = "SELECT COUNT(*) FROM ai_agent_leases WHERE lease_key = ? AND expires_at > ?"
 _STATS = "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM ai_agent_store WHERE expires_at > ?"
 _STATS_NS = _STATS + " AND ns = ?"
 # The newest documents that fit in the bounds are kept; the rest go.
@@ -702,6 +703,18 @@ class SQLStore:
             cursor.execute(self.dialect.sql(_LET_GO), (key, holder))
 
         return self._call("letGo", work)
+
+    def held(self, key: str) -> Deferred[int]:
+        """
+        How many unexpired leases on C{key} there are.
+        """
+        now = self.clock.seconds()
+
+        def work(cursor: Any) -> int:
+            cursor.execute(self.dialect.sql(_HELD), (key, now))
+            return int(cursor.fetchone()[0])
+
+        return self._call("held", work)
 
     def stats(self, namespace: str | None = None) -> Deferred[StoreStats]:
         if namespace is not None:
