@@ -784,6 +784,57 @@ class ProcessTests(TestCase):
         await _clearCounters(POSTGRES_URL)
         await self._sharedRuns(POSTGRES_URL, 3)
 
+    async def _sharedTokens(self, store: str) -> None:
+        limit, perCall = 100, 10
+        folder = await self._project(
+            {"keys": {"team-a": {"key": KA}}, "limits": {"default": {"tokensPerDay": limit}}}
+        )
+        location = os.path.join(folder, store) if store == "store.sqlite3" else store
+        (_, one), (_, two) = [await self._serve(folder, "--store", location) for _ in range(2)]
+        self.upstream.script(*[Reply("ok", usage=(5, 5))] * CLIENTS)
+        http = _http(self)
+
+        async def wave() -> list[int]:
+            answers = await gatherResults(
+                [
+                    Deferred.fromCoroutine(_post(http, (one, two)[n % 2], "chat", key=KA))
+                    for n in range(CLIENTS)
+                ]
+            )
+            return [code for code, _, _ in answers]
+
+        first = await wave()
+        ran = len(self.upstream.requests)
+        # Every admitted run made its one call and was charged for it, in
+        # whichever process: the shared count lost no update.
+        self.assertEqual(first.count(200), ran)
+        _, usage = await _get(http, one + "/v1/limits", KA)
+        self.assertEqual(usage["usage"]["tokensToday"], ran * perCall)
+        # The documented bound: one call per run in flight past the budget.
+        self.assertLessEqual(ran * perCall, limit + CLIENTS * perCall)
+        # Once the budget is spent, both processes refuse every request.
+        self.assertEqual(await wave(), [429] * CLIENTS)
+        self.assertEqual(len(self.upstream.requests), ran)
+
+    async def test_twoProcessesShareTokensSQLite(self) -> None:
+        """
+        Two server processes on one SQLite file charge one token budget: 50
+        concurrent requests each spending 10 tokens against 100 per day
+        are all counted (the spent total is exactly what the upstream
+        reported), the overshoot stays within one call per run in flight,
+        and then every request is refused.
+        """
+        await self._sharedTokens("store.sqlite3")
+
+    async def test_twoProcessesShareTokensPostgreSQL(self) -> None:
+        """
+        The same on one PostgreSQL database.
+        """
+        if POSTGRES_URL is None:
+            raise SkipTest("AI_AGENT_TEST_POSTGRES_URL is not set")
+        await _clearCounters(POSTGRES_URL)
+        await self._sharedTokens(POSTGRES_URL)
+
     async def test_sighupChangesLimit(self) -> None:
         """
         SIGHUP applies a new limit without a restart: a key over its 2
