@@ -169,6 +169,16 @@ class _Scope:
     def counterName(self) -> str:
         return f"{self.kind}/{self.name}"
 
+    @property
+    def who(self) -> str:
+        """
+        The scope in a client's message: the key or agent by name (a
+        server without keys: "this server").
+        """
+        if self.kind == "key" and self.name == "-":
+            return "this server"
+        return f"the {self.kind} {self.name!r}"
+
 
 def refusal(limit: str, message: str, retryAfter: float) -> AgentError:
     """
@@ -263,7 +273,7 @@ class Admission:
                         self,
                         scope,
                         "tokensPerDay",
-                        f"the {scope.kind} {scope.name!r} has used its {limits.tokensPerDay}"
+                        f"{scope.who} has used its {limits.tokensPerDay}"
                         " tokens for today; the run was stopped",
                         dayEnd - now,
                     )
@@ -277,7 +287,7 @@ class Admission:
                         self,
                         scope,
                         "costPerDay",
-                        f"the {scope.kind} {scope.name!r} has spent its"
+                        f"{scope.who} has spent its"
                         f" {limits.costPerDay:g} USD for today; the run was stopped",
                         dayEnd - now,
                     )
@@ -320,6 +330,8 @@ class Admission:
         tightest limit on requests and on tokens among the key's and the
         agent's.
         """
+        if not self.scopes:
+            return []
         requests = [s for s in self.scopes if s.limits.requestsPerMinute is not None]
         tokens = [s for s in self.scopes if s.limits.tokensPerDay is not None]
         found: list[tuple[bytes, bytes]] = []
@@ -480,7 +492,7 @@ class Quotas:
         admission = Admission(self, scopes, now, uuid.uuid4().hex, principal.name, agent)
         minuteEnd, dayEnd = _windowEnd(now, MINUTE), _windowEnd(now, DAY)
         for scope in scopes:
-            limits, who = scope.limits, f"the {scope.kind} {scope.name!r}"
+            limits, who = scope.limits, scope.who
             if limits.requestsPerMinute is not None:
                 scope.requests = await self._add(f"requests/{scope.counterName}", now, MINUTE, 1)
                 if scope.requests > limits.requestsPerMinute:
@@ -523,7 +535,7 @@ class Quotas:
                     admission,
                     scope,
                     "concurrentRuns",
-                    f"the {scope.kind} {scope.name!r} already has {limit} runs going",
+                    f"{scope.who} already has {limit} runs going",
                     1,
                 )
             admission.leases.append(key)

@@ -506,49 +506,59 @@ class LiveTests(TestCase):
     async def test_budgetCrossedMidRun(self) -> None:
         """
         A run of several turns, each upstream call reporting 100 + 10
-        tokens, against 250 tokens per day: the third call crosses the
-        budget and the run ends there with a 429 in the API's envelope (no
-        fourth call); streamed, the error comes in-band after the answer
-        began.
+        tokens, against 250 tokens per day, on every API: the third call
+        crosses the budget and the run ends there (no fourth call) with
+        the API's rate-limit error, a 429 when nothing was sent yet,
+        in-band when streamed; the next request of the day is refused
+        before it runs.
         """
-        for stream in (False, True):
-            server = await _limitedServer(
-                self,
-                {"default": {"tokensPerDay": 250}},
-                agents={"tooled.ai": TOOLED},
-                mcpServers={"calc": calcEntry()},
-            )
-            server.upstream.script(
-                *[Reply(toolCalls=[("calc__add", {"a": 1, "b": 2})], usage=(100, 10))] * 5,
-                Reply("done", usage=(100, 10)),
-            )
-            http = _http(self)
-            response = await http.post(
-                server.baseUrl + "/chat/completions",
-                json.dumps(
-                    {
-                        "model": "tooled",
-                        "stream": stream,
-                        "messages": [{"role": "user", "content": "add"}],
-                    }
-                ).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            text = (await response.content()).decode()
-            self.assertEqual(len(server.upstream.requests), 3, stream)
-            if stream:
-                self.assertEqual(response.code, 200)
-                self.assertIn('"type":"rate_limit_error"', text.replace(" ", ""))
-                self.assertIn("250 tokens", text)
-            else:
-                self.assertEqual(response.code, 429)
-                body = json.loads(text)
-                self.assertEqual(body["error"]["code"], "rate_limit_exceeded")
-                self.assertIn("250 tokens", body["error"]["message"])
-            # The day's budget is gone: the next request is refused first.
-            code, _, _ = await _post(http, _base(server), "chat", model="tooled")
-            self.assertEqual(code, 429)
-            self.assertEqual(len(server.upstream.requests), 3)
+        inBand: list[str] = []
+        for api in APIS:
+            for stream in (False, True):
+                server = await _limitedServer(
+                    self,
+                    {"default": {"tokensPerDay": 250}},
+                    agents={"tooled.ai": TOOLED},
+                    mcpServers={"calc": calcEntry()},
+                )
+                server.upstream.script(
+                    *[Reply(toolCalls=[("calc__add", {"a": 1, "b": 2})], usage=(100, 10))] * 5,
+                    Reply("done", usage=(100, 10)),
+                )
+                path, body, errorType = APIS[api]
+                http = _http(self)
+                response = await http.post(
+                    _base(server) + path,
+                    json.dumps({**body("tooled"), "stream": stream}).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                text = (await response.content()).decode()
+                where = f"{api}, stream={stream}"
+                self.assertEqual(len(server.upstream.requests), 3, where)
+                self.assertIn("250 tokens", text, where)
+                compact = text.replace(" ", "")
+                if response.code == 200:
+                    # Streamed, once the answer began: the error in-band.
+                    self.assertTrue(stream, where)
+                    inBand.append(where)
+                    if api == "responses":
+                        # Responses ends a stream with response.failed,
+                        # whose error has a code and no type.
+                        self.assertIn("response.failed", compact, where)
+                        self.assertIn('"code":"rate_limit_exceeded"', compact, where)
+                    else:
+                        self.assertIn(f'"type":"{errorType}"', compact, where)
+                else:
+                    # Nothing sent yet (a stream whose head had not gone
+                    # out either): the status, in the API's envelope.
+                    self.assertEqual(response.code, 429, where)
+                    self.assertEqual(json.loads(text)["error"]["type"], errorType, where)
+                code, _, _ = await _post(http, _base(server), api, model="tooled")
+                self.assertEqual(code, 429, where)
+                self.assertEqual(len(server.upstream.requests), 3, where)
+        # Chat Completions and Responses had begun their streams (their
+        # progress went out): the error came in-band there.
+        self.assertEqual(inBand, ["chat, stream=True", "responses, stream=True"])
 
     async def test_perKeyAndCountTokens(self) -> None:
         """

@@ -884,9 +884,7 @@ class PostgresStoreTests(PostgresTestMixin, SQLStoreBehaviourMixin, TestCase):
             with psycopg.connect(POSTGRES_URL) as connection:
                 return connection.execute("SELECT version FROM ai_agent_store_schema").fetchall()
 
-        self.assertEqual(
-            await deferToThread(versions), [(version,) for version, _ in MIGRATIONS]
-        )
+        self.assertEqual(await deferToThread(versions), [(version,) for version, _ in MIGRATIONS])
         await stores[3].put(TURNS, "a", 1)
         self.assertEqual((await stores[0].get(TURNS, "a")).document, 1)  # type: ignore[union-attr]
 
