@@ -470,13 +470,20 @@ class Quotas:
             },
         }
 
-    def admit(self, principal: Principal, agent: str) -> Deferred[Admission]:
+    def admit(
+        self,
+        principal: Principal,
+        agent: str,
+        onRefusal: Callable[[Admission], object] | None = None,
+    ) -> Deferred[Admission]:
         """
         Count a request of C{principal} for C{agent}.
 
+        @param onRefusal: told of the refused admission before the refusal
+            (for its L{Admission.headers}: what is left, which is nothing).
         @return: a Deferred firing with the run's L{Admission} (release it
             when the run ends), or failing with a 429 L{AgentError} naming
-            the limit reached.
+            the limit reached.  Cancelling it gives back what it took.
         """
         scopes = self.scopes(principal, agent)
         if not scopes:
@@ -485,11 +492,21 @@ class Quotas:
             if self.observer.metrics is None:
                 return succeed(Admission(None))
             return succeed(Admission(self, [], key=principal.name, agent=agent))
-        return Deferred.fromCoroutine(self._admit(principal, agent, scopes))
-
-    async def _admit(self, principal: Principal, agent: str, scopes: list[_Scope]) -> Admission:
         now = self.reactor.seconds()
         admission = Admission(self, scopes, now, uuid.uuid4().hex, principal.name, agent)
+
+        async def admitting() -> Admission:
+            try:
+                return await self._admit(admission)
+            except AgentError as error:
+                if error.kind == ErrorKind.RATE_LIMIT and onRefusal is not None:
+                    onRefusal(admission)
+                raise
+
+        return Deferred.fromCoroutine(admitting())
+
+    async def _admit(self, admission: Admission) -> Admission:
+        now, scopes = admission.now, admission.scopes
         minuteEnd, dayEnd = _windowEnd(now, MINUTE), _windowEnd(now, DAY)
         for scope in scopes:
             limits, who = scope.limits, scope.who
@@ -528,7 +545,14 @@ class Quotas:
             if limit is None:
                 continue
             key = f"runs/{scope.counterName}"
-            held = await self.counters.hold(key, admission.holder, limit, now + self.leaseTime)
+            try:
+                held = await self.counters.hold(key, admission.holder, limit, now + self.leaseTime)
+            except BaseException:
+                # Cancelled (the client went away) or failed: the lease may
+                # have been taken all the same; give back every one.
+                admission.leases.append(key)
+                admission.release()
+                raise
             if not held:
                 admission.release()
                 raise self._refused(

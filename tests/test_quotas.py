@@ -235,6 +235,36 @@ class QuotaTests(SynchronousTestCase):
         third.release()
         self.successResultOf(quotas.admit(Principal("c"), "chat"))
 
+    def test_cancelledAdmissionGivesBack(self) -> None:
+        """
+        A client that goes away while its lease is being taken (the
+        database's answer not yet back) gives the lease back: the counters
+        are told to let it go, so it does not wait for its expiry.
+        """
+        clock = Clock()
+        taken: list[Deferred[bool]] = []
+        let: list[tuple[str, str]] = []
+
+        class SlowCounters(MemoryCounters):
+            def hold(self, key: str, holder: str, limit: int, expiresAt: float) -> Deferred[bool]:
+                super().hold(key, holder, limit, expiresAt)
+                d: Deferred[bool] = Deferred()
+                taken.append(d)
+                return d
+
+            def letGo(self, key: str, holder: str) -> Deferred[None]:
+                let.append((key, holder))
+                return super().letGo(key, holder)
+
+        counters = SlowCounters(clock)
+        quotas = _quotas(clock, LimitsConfig(default=Limits(concurrentRuns=1)), counters)
+        admitting = quotas.admit(Principal("a"), "chat")
+        self.assertEqual(len(taken), 1)
+        admitting.cancel()
+        self.failureResultOf(admitting)
+        self.assertEqual([key for key, _ in let], ["runs/key/a"])
+        self.assertEqual(self.successResultOf(counters.held("runs/key/a")), 0)
+
     def test_tokensCharged(self) -> None:
         """
         Each L{Usage} event passes on, then is charged: the call that takes
@@ -457,6 +487,12 @@ class LiveTests(TestCase):
                         self.assertEqual(body["type"], "error")
                     retry = int(headers.getRawHeaders(b"retry-after")[0])
                     self.assertTrue(1 <= retry <= 60, retry)
+                    remainingName = (
+                        b"anthropic-ratelimit-requests-remaining"
+                        if api == "messages"
+                        else b"x-ratelimit-remaining-requests"
+                    )
+                    self.assertEqual(headers.getRawHeaders(remainingName), [b"0"], api)
             remaining = sorted(
                 int(
                     headers.getRawHeaders(

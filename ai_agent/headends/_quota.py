@@ -28,10 +28,16 @@ async def admitted(
     @raise AgentError: a 429 when a limit is reached (before any slot is
         taken), or the pool's refusal (the admission is then released).
     """
+
+    def setHeaders(admission: Admission) -> None:
+        for name, value in admission.headers(anthropic):
+            request.setHeader(name, value)
+
     quotas = pool.quotas
-    admission = UNLIMITED if quotas is None else await quotas.admit(principal, agent)
-    for name, value in admission.headers(anthropic):
-        request.setHeader(name, value)
+    admission = UNLIMITED
+    if quotas is not None:
+        admission = await quotas.admit(principal, agent, setHeaders)
+        setHeaders(admission)
     try:
         slot = await pool.acquire(principal.name)
     except BaseException:
