@@ -220,7 +220,10 @@ class Admission:
 
     def meter(self, events: EventSink) -> EventSink:
         """
-        C{events}, with each L{Usage} event charged first (see L{charge}).
+        C{events}, with each L{Usage} event passed on and then charged
+        (see L{charge}); the model of the call comes from the
+        L{ModelAnswering} event before it.  C{events} itself when nothing
+        is charged nor measured.
         """
         quotas = self.quotas
         if quotas is None or not (

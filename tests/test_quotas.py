@@ -643,14 +643,16 @@ class LiveTests(TestCase):
         keys = APIKeys.fromKeys([KA])
         server = await _limitedServer(
             self,
-            {"default": {"tokensPerDay": 1000}},
+            {"default": {"tokensPerDay": 1000, "costPerDay": 1.0}},
             keys=keys,
             observer=observer,
             extraConfig={
                 "keys": {
                     "team-a": {"key": KA, "limits": {"requestsPerMinute": 2}},
                     "team-b": {"key": KB},
-                }
+                },
+                # 10 tokens of a run: 0.01 USD.
+                "pricing": {"fake/test-model": {"prompt": 1000, "completion": 1000}},
             },
         )
         keys.replace(APIKeys.fromKeys([], server.runtime.config.keys.values()))
@@ -668,11 +670,12 @@ class LiveTests(TestCase):
                 "requestsPerMinute": 2,
                 "concurrentRuns": None,
                 "tokensPerDay": 1000,
-                "costPerDay": None,
+                "costPerDay": 1.0,
             },
         )
         self.assertEqual(mine["usage"]["requestsThisMinute"], 3)
         self.assertEqual(mine["usage"]["tokensToday"], 20)
+        self.assertEqual(mine["usage"]["costToday"], 0.02)
         code, theirs = await _get(http, base + "/v1/limits", KB)
         self.assertEqual((theirs["key"], theirs["usage"]["tokensToday"]), ("team-b", 10))
         self.assertNotIn("team-a", json.dumps(theirs))
@@ -687,6 +690,7 @@ class LiveTests(TestCase):
         )
         self.assertIn('ai_agent_key_tokens_total{agent="plain",key="team-a"} 20.0', scrape)
         self.assertIn('ai_agent_key_tokens_total{agent="plain",key="team-b"} 10.0', scrape)
+        self.assertIn('ai_agent_key_cost_usd_total{agent="plain",key="team-b"} 0.01', scrape)
         self.assertNotIn(KA, scrape)
 
 
