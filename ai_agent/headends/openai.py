@@ -6,6 +6,7 @@ C{/v1/models} and C{/v1/chat/completions}, streamed as Server-Sent Events.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -15,7 +16,6 @@ import attrs
 import orjson
 from klein import Klein
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -26,7 +26,6 @@ from ai_agent.advice import endpointHint
 from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, notFound
 from ai_agent.events import (
     ClientToolCall,
-    EventSink,
     Finished,
     FinishReason,
     Progress,
@@ -41,17 +40,16 @@ from ai_agent.headends._answers import (
     writeError,
     wrongMethod,
 )
+from ai_agent.headends._api import API, Exchange, serve
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
 from ai_agent.headends._request import (
-    OFF_REACTOR_THRESHOLD,
     ChatRequest,
     headerLookup,
     parseChatRequest,
 )
-from ai_agent.headends._stream import RunResponse
 from ai_agent.limits import MAX_RUN_ANSWER
-from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
+from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.pool import RunPool
 from ai_agent.principals import resolveFor, visibleAgents, visibleIds
 from ai_agent.reactors import IReactorTimeAndThreads
@@ -527,68 +525,48 @@ class OpenAIHeadend:
             return _dumps(anthropic.modelObject(agent))
         return _dumps(_modelEntry(agent))
 
-    @app.route("/v1/chat/completions", methods=["POST"])
-    @observedRoute("openai", "/v1/chat/completions")
-    async def chatCompletions(self, request: IRequest) -> bytes | None:
+    @functools.cached_property
+    def api(self) -> API[_ParsedChat]:
         """
-        Run an agent on a conversation; answer in one JSON body or stream.
+        Chat Completions as an L{API} value, served by L{serve}.
         """
-        content = request.content
-        content.seek(0, 2)
-        size = content.tell()
-        content.seek(0)
-        fromMessages: str | None | _NotYet = _NOT_YET
-        if size < OFF_REACTOR_THRESHOLD:
-            chat = parseChatRequest(content.read())
-        else:
-            # A large body would hold up every other stream while parsed:
-            # it is read and parsed in a thread, one at a time, and the
-            # task its messages show looked for there too.
-            parser = _parseWithTask if self.taskShortcut else _parseWithoutTask
-            chat, fromMessages = await self._bodyGate().parse(content, parser)
-        principal = principalOf(request)
-        agent = resolveFor(self.registry, principal, chat.model)
-        if agent is None:
-            raise _unknownModel(chat.model, visibleIds(self.registry, principal))
-        requestScope(request).setAgent(agent.id)
-        labels = self._labels(request, chat, fromMessages)
-        run = attrs.evolve(chat.runRequest(labels), owner=principal.name)
-        encoder = ChatEncoder(
+        return API(
+            name="openai",
+            route="/v1/chat/completions",
+            parse=_parseSmall,
+            parseLarge=_parseWithTask if self.taskShortcut else _parseWithoutTask,
+            model=lambda parsed: parsed.chat.model,
+            stream=lambda parsed: parsed.chat.stream,
+            errors=OPENAI_ERRORS,
+            unknownModel=_unknownModel,
+            newId=_completionId,
+            labels=lambda request, parsed, requestId: self._labels(
+                request, parsed.chat, parsed.fromMessages, requestId
+            ),
+            toRunRequest=lambda exchange: exchange.parsed.chat.runRequest(exchange.labels),
+            encoder=self._encoder,
+            headers=lambda exchange: {b"x-request-id": exchange.labels.requestId.encode("ascii")},
+        )
+
+    def _encoder(self, exchange: Exchange[_ParsedChat]) -> ChatEncoder:
+        chat = exchange.parsed.chat
+        return ChatEncoder(
             ChunkEncoder(
-                labels.requestId,
-                int(self.reactor.seconds()),
-                agent.id,
+                exchange.labels.requestId,
+                int(exchange.created),
+                exchange.agent.id,
                 chat.includeUsage,
                 self.reasoningField,
             ),
             frames=chat.stream,
         )
-        slot = await self.pool.acquire()
-        try:
-            response = RunResponse(
-                request,
-                self.reactor,
-                encoder,
-                slot,
-                self.streamHeadGrace,
-                {b"x-request-id": labels.requestId.encode("ascii")},
-                f"{labels.requestId}: agent {agent.id}",
-                redactor=self._redactor(),
-                maxAnswer=self.maxAnswer,
-                stallTimeout=self.clientStallTimeout,
-            )
-            start = self.runner.run if labels.task is None else self.runner.runDirect
 
-            def begin(events: EventSink) -> Deferred[Finished]:
-                # The agent loop, or one direct call for a background task.
-                return start(agent.spec, run, events)
-
-            if chat.stream:
-                await response.stream(begin)
-                return None
-            return await response.complete(begin)
-        finally:
-            slot.release()
+    @app.route("/v1/chat/completions", methods=["POST"])
+    async def chatCompletions(self, request: IRequest) -> bytes | None:
+        """
+        Run an agent on a conversation; answer in one JSON body or stream.
+        """
+        return await serve(self.api, self, request)
 
     def _taskOf(
         self, request: IRequest, chat: ChatRequest, fromMessages: str | None | _NotYet = _NOT_YET
@@ -611,7 +589,11 @@ class OpenAIHeadend:
         return fromMessages
 
     def _labels(
-        self, request: IRequest, chat: ChatRequest, fromMessages: str | None | _NotYet = _NOT_YET
+        self,
+        request: IRequest,
+        chat: ChatRequest,
+        fromMessages: str | None | _NotYet = _NOT_YET,
+        requestId: str | None = None,
     ) -> RunLabels:
         """
         What the run's log line says about the request: its id, the task
@@ -620,7 +602,7 @@ class OpenAIHeadend:
         C{Authorization} header).
         """
         return RunLabels(
-            requestId=_completionId(),
+            requestId=_completionId() if requestId is None else requestId,
             stream=chat.stream,
             task=self._taskOf(request, chat, fromMessages),
             user=None if chat.user is None else loggable(chat.user),
@@ -628,19 +610,37 @@ class OpenAIHeadend:
         )
 
 
-def _parseWithTask(body: bytes) -> tuple[ChatRequest, str | None | _NotYet]:
+@attrs.frozen
+class _ParsedChat:
+    """
+    A parsed Chat Completions request, and the task its messages show when
+    that was looked for already (in the thread that parsed a large body).
+    """
+
+    chat: ChatRequest
+    fromMessages: str | None | _NotYet = _NOT_YET
+
+
+def _parseSmall(body: bytes) -> _ParsedChat:
+    """
+    On the reactor: the request (its task looked for later, if needed).
+    """
+    return _ParsedChat(parseChatRequest(body))
+
+
+def _parseWithTask(body: bytes) -> _ParsedChat:
     """
     In a thread: the request, and the task its messages show.
     """
     chat = parseChatRequest(body)
-    return chat, messageTask(chat.messages)
+    return _ParsedChat(chat, messageTask(chat.messages))
 
 
-def _parseWithoutTask(body: bytes) -> tuple[ChatRequest, str | None | _NotYet]:
+def _parseWithoutTask(body: bytes) -> _ParsedChat:
     """
     In a thread: the request alone (the task shortcut is off).
     """
-    return parseChatRequest(body), None
+    return _ParsedChat(parseChatRequest(body), None)
 
 
 def _modelEntry(agent: ServedAgent) -> dict[str, Any]:
