@@ -19,6 +19,7 @@ while the stream is otherwise silent.  Errors use Anthropic's envelope
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -28,7 +29,7 @@ from typing import Any, Callable, ClassVar, Iterable, cast
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -40,7 +41,6 @@ from ai_agent.agentfile import AgentSpec
 from ai_agent.errors import AgentError, ErrorKind, ProviderError, invalidRequest, notFound
 from ai_agent.events import (
     ClientToolCall,
-    EventSink,
     Finished,
     FinishReason,
     Progress,
@@ -54,6 +54,7 @@ from ai_agent.headends._answers import (
     writeError,
     wrongMethod,
 )
+from ai_agent.headends._api import API, Exchange, observed, parseBody, resolveAgent, serve
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumps as _dumps
@@ -65,7 +66,6 @@ from ai_agent.headends._request import (
     MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     MAX_TOOLS,
-    OFF_REACTOR_THRESHOLD,
     TOOL_NAME,
     headerLookup,
     loadBody,
@@ -74,11 +74,9 @@ from ai_agent.headends._request import (
     showValue,
     typeName,
 )
-from ai_agent.headends._stream import RunResponse
 from ai_agent.limits import MAX_RUN_ANSWER
-from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
+from ai_agent.observe import NULL_OBSERVER, Observer, requestScope
 from ai_agent.pool import RunPool
-from ai_agent.principals import resolveFor, visibleIds
 from ai_agent.providers import ChatMessage, LLMRequest, TokenCounter, ToolCall, ToolSpec
 from ai_agent.reactors import IReactorTimeAndThreads
 from ai_agent.redaction import Redactor, shorten
@@ -934,6 +932,11 @@ def _messageId() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
+def _messagesHeaders(exchange: Exchange[MessagesRequest]) -> dict[bytes, bytes]:
+    requestId = exchange.labels.requestId.encode("ascii")
+    return {b"request-id": requestId, b"x-request-id": requestId}
+
+
 # -- the routes ---------------------------------------------------------
 
 
@@ -996,77 +999,57 @@ class AnthropicHeadend:
 
     # -- routes ---------------------------------------------------------
 
-    async def _parse(
-        self, request: IRequest, parser: Callable[[bytes], MessagesRequest]
-    ) -> MessagesRequest:
-        content = request.content
-        content.seek(0, 2)
-        size = content.tell()
-        content.seek(0)
-        if size < OFF_REACTOR_THRESHOLD:
-            return parser(content.read())
-        # A large body is read and parsed in a thread, one at a time.
-        return await self._bodyGate().parse(content, parser)
+    @functools.cached_property
+    def countApi(self) -> API[MessagesRequest]:
+        """
+        C{count_tokens}: the Messages API's request and errors, parsed with
+        L{parseCountTokensRequest} (it runs nothing: only its parse and
+        agent resolution are used).
+        """
+        return attrs.evolve(
+            self.api, route="/v1/messages/count_tokens", parse=parseCountTokensRequest
+        )
 
-    def _agent(self, request: IRequest, parsed: MessagesRequest) -> ServedAgent:
-        principal = principalOf(request)
-        agent = resolveFor(self.registry, principal, parsed.model)
-        if agent is None:
-            raise unknownModel(parsed.model, visibleIds(self.registry, principal))
-        return agent
+    @functools.cached_property
+    def api(self) -> API[MessagesRequest]:
+        """
+        The Messages API as an L{API} value, served by L{serve}.
+        """
+        return API(
+            name="anthropic",
+            route="/v1/messages",
+            parse=parseMessagesRequest,
+            model=lambda parsed: parsed.model,
+            stream=lambda parsed: parsed.stream,
+            errors=ANTHROPIC_ERRORS,
+            unknownModel=unknownModel,
+            newId=_messageId,
+            labels=lambda request, parsed, requestId: RunLabels(
+                requestId=requestId,
+                stream=parsed.stream,
+                user=parsed.user,
+                forwarded=forwardedHeaders(headerLookup(request)),
+            ),
+            toRunRequest=lambda exchange: exchange.parsed.runRequest(exchange.labels),
+            encoder=lambda exchange: MessagesEncoder(
+                exchange.labels.requestId,
+                exchange.agent.id,
+                estimateTokens(exchange.agent.spec.prompt, exchange.parsed),
+                frames=exchange.parsed.stream,
+                thinking=exchange.parsed.thinking,
+            ),
+            headers=_messagesHeaders,
+            keepAlive=self.pingInterval,
+        )
 
     @app.route("/v1/messages", methods=["POST"])
-    @observedRoute("anthropic", "/v1/messages")
     async def messages(self, request: IRequest) -> bytes | None:
         """
         Run an agent on a conversation; answer with a message or stream it.
         """
-        parsed = await self._parse(request, parseMessagesRequest)
-        agent = self._agent(request, parsed)
-        requestScope(request).setAgent(agent.id)
-        labels = RunLabels(
-            requestId=_messageId(),
-            stream=parsed.stream,
-            user=parsed.user,
-            forwarded=forwardedHeaders(headerLookup(request)),
-        )
-        run = attrs.evolve(parsed.runRequest(labels), owner=principalOf(request).name)
-        encoder = MessagesEncoder(
-            labels.requestId,
-            agent.id,
-            estimateTokens(agent.spec.prompt, parsed),
-            frames=parsed.stream,
-            thinking=parsed.thinking,
-        )
-        requestId = labels.requestId.encode("ascii")
-        slot = await self.pool.acquire()
-        try:
-            response = RunResponse(
-                request,
-                self.reactor,
-                encoder,
-                slot,
-                self.streamHeadGrace,
-                {b"request-id": requestId, b"x-request-id": requestId},
-                f"{labels.requestId}: agent {agent.id}",
-                redactor=self._redactor(),
-                maxAnswer=self.maxAnswer,
-                stallTimeout=self.clientStallTimeout,
-                keepAlive=self.pingInterval,
-            )
-
-            def begin(events: EventSink) -> Deferred[Finished]:
-                return self.runner.run(agent.spec, run, events)
-
-            if parsed.stream:
-                await response.stream(begin)
-                return None
-            return await response.complete(begin)
-        finally:
-            slot.release()
+        return await serve(self.api, self, request)
 
     @app.route("/v1/messages/count_tokens", methods=["POST"])
-    @observedRoute("anthropic", "/v1/messages/count_tokens")
     async def countTokens(self, request: IRequest) -> bytes:
         """
         The input tokens a request would start with: the count of the
@@ -1075,8 +1058,18 @@ class AnthropicHeadend:
         over the agent's prompt and tools and the request.  A count takes a
         slot of the same pool as runs (a full queue is the same 529).
         """
-        parsed = await self._parse(request, parseCountTokensRequest)
-        agent = self._agent(request, parsed)
+        return await observed(
+            self,
+            request,
+            "anthropic",
+            "/v1/messages/count_tokens",
+            ANTHROPIC_ERRORS,
+            lambda: self._countTokens(request),
+        )
+
+    async def _countTokens(self, request: IRequest) -> bytes:
+        parsed = await parseBody(self.countApi, self, request)
+        agent = resolveAgent(self.countApi, self, principalOf(request), parsed.model)
         requestScope(request).setAgent(agent.id)
         slot = await self.pool.acquire()
         try:
