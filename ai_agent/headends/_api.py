@@ -99,8 +99,9 @@ class Exchange(Generic[P]):
     state: Any = None
 
 
-#: Given an exchange and its encoder, what to call with the run's end.
-_Keeper = Callable[[Exchange[P], RunEncoder], Callable[[Finished], Deferred[None]]]
+#: Given an exchange and its encoder, what to call with the run's end
+#: (L{None}: nothing for this exchange).
+_Keeper = Callable[[Exchange[P], RunEncoder], Callable[[Finished], Deferred[None]] | None]
 
 
 @attrs.frozen
@@ -147,9 +148,7 @@ class API(Generic[P]):
     headers: Callable[[Exchange[P]], dict[bytes, bytes]]
     parseLarge: Callable[[bytes], P] | None = None
     beforeRun: Callable[[Exchange[P]], Awaitable[Any]] | None = None
-    beforeFinish: (
-        Callable[[Exchange[P], RunEncoder], Callable[[Finished], Deferred[None]]] | None
-    ) = None
+    beforeFinish: _Keeper[P] | None = None
     keepAlive: float | None = None
 
 
