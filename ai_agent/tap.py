@@ -25,8 +25,9 @@ from twisted.web.server import Site
 from ai_agent.advice import didYouMean
 from ai_agent.config import ClientKey
 from ai_agent.connections import TrackingFactory
-from ai_agent.errors import OPENAI_ERRORS, ConfigurationError
+from ai_agent.errors import ConfigurationError
 from ai_agent.headends._http import APIKeys, HTTPPolicy
+from ai_agent.headends._openai_errors import OPENAI_ERRORS
 from ai_agent.headends._site import Mount
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.headends.responses import HOSTED_IGNORE, HOSTED_POLICIES, ResponsesHeadend

@@ -35,7 +35,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 
-from ai_agent.errors import OPENAI_ERRORS, ErrorFormat
+from ai_agent.errors import ErrorFormat
+from ai_agent.headends._openai_errors import OPENAI_ERRORS
 
 
 @attrs.frozen

@@ -7,13 +7,10 @@ C{/v1/models} and C{/v1/chat/completions}, streamed as Server-Sent Events.
 from __future__ import annotations
 
 import functools
-import json
-import re
 import secrets
 from typing import Any, ClassVar
 
 import attrs
-import orjson
 from klein import Klein
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
@@ -23,7 +20,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.advice import endpointHint
-from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, notFound
+from ai_agent.errors import AgentError, ErrorFormat, notFound
 from ai_agent.events import (
     ClientToolCall,
     Finished,
@@ -43,6 +40,9 @@ from ai_agent.headends._answers import (
 from ai_agent.headends._api import API, Exchange, serve
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
+from ai_agent.headends._json import dumps as _dumps
+from ai_agent.headends._json import dumpsPlain as _dumpsPlain
+from ai_agent.headends._openai_errors import OPENAI_ERRORS
 from ai_agent.headends._request import (
     ChatRequest,
     headerLookup,
@@ -71,9 +71,6 @@ THINK_OPEN = "<think>\n"
 THINK_CLOSE = "\n</think>\n\n"
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 class _NotYet:
     """
     The type of L{_NOT_YET}: a request's task not yet looked for in its
@@ -82,30 +79,6 @@ class _NotYet:
 
 
 _NOT_YET = _NotYet()
-
-
-def _dumps(value: Any) -> bytes:
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate (from a model's answer, say) has no UTF-8 form;
-        # send the replacement character rather than failing the response.
-        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
-
-
-def _dumpsPlain(value: Any) -> bytes:
-    """
-    L{_dumps} for a value holding no float (strings, integers, booleans,
-    L{None}, lists and objects with string keys), with orjson: for these it
-    writes the same bytes (floats it writes differently: C{1e-7}, not
-    C{1e-07}).  A lone surrogate or an integer past 64 bits makes orjson
-    refuse, and L{_dumps} write it.
-    """
-    try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return _dumps(value)
 
 
 @attrs.define

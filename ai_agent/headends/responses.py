@@ -32,7 +32,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.agentfile import AgentSpec
-from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorKind, invalidRequest, notFound
+from ai_agent.errors import AgentError, ErrorKind, invalidRequest, notFound
 from ai_agent.events import (
     ClientToolCall,
     Finished,
@@ -54,6 +54,7 @@ from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumps as _dumps
 from ai_agent.headends._json import dumpsAny as _dumpsAny
 from ai_agent.headends._json import dumpsPlain as _dumpsPlain
+from ai_agent.headends._openai_errors import OPENAI_ERRORS
 from ai_agent.headends._request import (
     MAX_MESSAGES,
     MAX_OUTPUT_TOKENS,
