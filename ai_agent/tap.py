@@ -421,6 +421,10 @@ def makeSite(
     if speed is None:
         speed = speedLayer(stock=False)
     router = speed.router(headend.app, mounts)
+    # The OpenAI routes answer errors and model lists in the shape of the
+    # API a request comes from, as the site's guard does.
+    headend.errorFormats = router.errorFormat
+    headend.modelCatalogs = router.modelCatalog
     resource: Any = router if metrics is None else WithMetrics(router, metrics)
     return speed.site(resource, policy, router.errorFormat, logPath=accessLog, reactor=reactor)
 
@@ -445,6 +449,7 @@ def apiMounts(
     """
     from ai_agent.headends.anthropic import (
         ANTHROPIC_ERRORS,
+        ANTHROPIC_MODELS,
         AnthropicHeadend,
         isAnthropicClient,
     )
@@ -469,7 +474,12 @@ def apiMounts(
     return [
         Mount(b"/v1/responses", responses.app, OPENAI_ERRORS, headend=responses),
         Mount(
-            b"/v1/messages", anthropic.app, ANTHROPIC_ERRORS, isAnthropicClient, headend=anthropic
+            b"/v1/messages",
+            anthropic.app,
+            ANTHROPIC_ERRORS,
+            isAnthropicClient,
+            headend=anthropic,
+            models=ANTHROPIC_MODELS,
         ),
     ]
 

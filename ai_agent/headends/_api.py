@@ -34,12 +34,21 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar
 
 import attrs
+from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.errors import AgentError, ErrorFormat
 from ai_agent.events import EventSink, Finished
+from ai_agent.headends._answers import (
+    configuredRedactor,
+    unknownEndpoint,
+    writeError,
+    wrongMethod,
+)
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
 from ai_agent.headends._request import OFF_REACTOR_THRESHOLD
@@ -150,6 +159,79 @@ class API(Generic[P]):
     beforeRun: Callable[[Exchange[P]], Awaitable[Any]] | None = None
     beforeFinish: _Keeper[P] | None = None
     keepAlive: float | None = None
+
+
+class Headend:
+    """
+    What every headend (an attrs class with C{slots=False}) shares: the
+    redactor of the configured secrets and the body gate, each made once
+    when first needed.  Its Klein error handlers come from
+    L{installErrorHandlers}.
+    """
+
+    runner: SessionRunner
+    reactor: IReactorTimeAndThreads
+    redactor: Redactor | None
+    bodyGate: BodyGate | None
+    threadPool: Any
+
+    def _redactor(self) -> Redactor:
+        """
+        The configured secrets to keep out of every response (by default
+        those of the runner's configuration).
+        """
+        if self.redactor is None:
+            self.redactor = configuredRedactor(self.runner)
+        return self.redactor
+
+    def _bodyGate(self) -> BodyGate:
+        """
+        The gate large bodies are read and parsed through, in a thread of
+        C{threadPool} (by default the reactor's).
+        """
+        if self.bodyGate is None:
+            if self.threadPool is None:
+                self.threadPool = self.reactor.getThreadPool()
+            self.bodyGate = BodyGate(self.reactor, self.threadPool)
+        return self.bodyGate
+
+
+def installErrorHandlers(
+    app: Klein,
+    errors: Callable[[Any, IRequest], ErrorFormat],
+    hint: Callable[[IRequest], str] | None = None,
+    before: Callable[[IRequest], None] | None = None,
+) -> None:
+    """
+    Give a headend's Klein C{app} its error handlers, the same for every
+    API: an L{AgentError} raised by a route, a path no route serves (404,
+    with C{hint}'s advice appended) and a route asked with another method
+    (405), each written by L{writeError} in the format C{errors} chooses for
+    the request (given the headend and the request), secrets redacted.
+
+    @param before: called with the request before an error is written (the
+        Messages API sets its C{request-id} there).
+    """
+
+    def write(self: Headend, request: IRequest, error: AgentError) -> bytes:
+        if before is not None:
+            before(request)
+        return writeError(request, error, errors(self, request), self._redactor())
+
+    @app.handle_errors(AgentError)
+    def agentError(self: Headend, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, AgentError)
+        return write(self, request, error)
+
+    @app.handle_errors(NotFound)
+    def notFound(self: Headend, request: IRequest, failure: Failure) -> bytes:
+        advice = "" if hint is None else hint(request)
+        return write(self, request, unknownEndpoint(request, advice))
+
+    @app.handle_errors(MethodNotAllowed)
+    def badMethod(self: Headend, request: IRequest, failure: Failure) -> bytes:
+        return write(self, request, wrongMethod(request, failure))
 
 
 async def parseBody(api: API[P], host: Host, request: IRequest) -> P:
@@ -289,4 +371,15 @@ async def serve(api: API[P], host: Host, request: IRequest) -> bytes | None:
     return await observed(host, request, api.name, api.route, api.errors, work)
 
 
-__all__ = ["API", "Exchange", "Host", "observed", "parseBody", "resolveAgent", "runOn", "serve"]
+__all__ = [
+    "API",
+    "Exchange",
+    "Headend",
+    "Host",
+    "installErrorHandlers",
+    "observed",
+    "parseBody",
+    "resolveAgent",
+    "runOn",
+    "serve",
+]

@@ -31,10 +31,8 @@ import attrs
 from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.agentfile import AgentSpec
@@ -48,13 +46,16 @@ from ai_agent.events import (
     Usage,
 )
 from ai_agent.flow import CLIENT_STALL_TIMEOUT
-from ai_agent.headends._answers import (
-    configuredRedactor,
-    unknownEndpoint,
-    writeError,
-    wrongMethod,
+from ai_agent.headends._api import (
+    API,
+    Exchange,
+    Headend,
+    installErrorHandlers,
+    observed,
+    parseBody,
+    resolveAgent,
+    serve,
 )
-from ai_agent.headends._api import API, Exchange, observed, parseBody, resolveAgent, serve
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumps as _dumps
@@ -928,8 +929,39 @@ def unknownModel(model: str, served: list[str]) -> AgentError:
     )
 
 
+@attrs.frozen
+class AnthropicModels:
+    """
+    Anthropic's model list and model object, and its 404 for an unknown
+    model (a L{ai_agent.headends._site.ModelCatalog}): what C{GET
+    /v1/models} answers an Anthropic client.
+    """
+
+    def listing(self, agents: Iterable[ServedAgent]) -> dict[str, Any]:
+        return modelList(agents)
+
+    def entry(self, agent: ServedAgent) -> dict[str, Any]:
+        return modelObject(agent)
+
+    def unknown(self, model: str, served: list[str]) -> AgentError:
+        return unknownModel(model, served)
+
+
+#: The Messages API's model list (see L{AnthropicModels}).
+ANTHROPIC_MODELS = AnthropicModels()
+
+
 def _messageId() -> str:
     return "msg_" + secrets.token_hex(12)
+
+
+def _setRequestId(request: IRequest) -> None:
+    """
+    Give an error answer a C{request-id} when the route set none, as
+    Anthropic's API always does.
+    """
+    if request.responseHeaders.getRawHeaders(b"request-id") is None:
+        request.setHeader(b"request-id", _messageId().replace("msg_", "req_").encode())
 
 
 def _messagesHeaders(exchange: Exchange[MessagesRequest]) -> dict[bytes, bytes]:
@@ -941,7 +973,7 @@ def _messagesHeaders(exchange: Exchange[MessagesRequest]) -> dict[bytes, bytes]:
 
 
 @attrs.define(slots=False)
-class AnthropicHeadend:
+class AnthropicHeadend(Headend):
     """
     Klein routes for the Anthropic Messages API on one port (mounted at
     C{/v1/messages}); reloadable like the OpenAI headend (C{registry} and
@@ -964,38 +996,7 @@ class AnthropicHeadend:
     clientStallTimeout: float = CLIENT_STALL_TIMEOUT
     maxAnswer: int = MAX_RUN_ANSWER
 
-    def _redactor(self) -> Redactor:
-        if self.redactor is None:
-            self.redactor = configuredRedactor(self.runner)
-        return self.redactor
-
-    def _bodyGate(self) -> BodyGate:
-        if self.bodyGate is None:
-            if self.threadPool is None:
-                self.threadPool = self.reactor.getThreadPool()
-            self.bodyGate = BodyGate(self.reactor, self.threadPool)
-        return self.bodyGate
-
-    # -- errors ---------------------------------------------------------
-
-    @app.handle_errors(AgentError)
-    def _agentError(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, AgentError)
-        return self._errorBody(request, error)
-
-    @app.handle_errors(NotFound)
-    def _notFound(self, request: IRequest, failure: Failure) -> bytes:
-        return self._errorBody(request, unknownEndpoint(request))
-
-    @app.handle_errors(MethodNotAllowed)
-    def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
-        return self._errorBody(request, wrongMethod(request, failure))
-
-    def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
-        if request.responseHeaders.getRawHeaders(b"request-id") is None:
-            request.setHeader(b"request-id", _messageId().replace("msg_", "req_").encode())
-        return writeError(request, error, ANTHROPIC_ERRORS, self._redactor())
+    installErrorHandlers(app, lambda self, request: ANTHROPIC_ERRORS, before=_setRequestId)
 
     # -- routes ---------------------------------------------------------
 
@@ -1143,6 +1144,8 @@ class AnthropicHeadend:
 
 __all__ = [
     "ANTHROPIC_ERRORS",
+    "ANTHROPIC_MODELS",
+    "AnthropicModels",
     "AnthropicErrors",
     "AnthropicHeadend",
     "MessagesEncoder",

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import functools
 import secrets
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import attrs
 from klein import Klein
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
-from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.advice import endpointHint
@@ -30,14 +29,8 @@ from ai_agent.events import (
     Usage,
 )
 from ai_agent.flow import CLIENT_STALL_TIMEOUT
-from ai_agent.headends import anthropic, pages
-from ai_agent.headends._answers import (
-    configuredRedactor,
-    unknownEndpoint,
-    writeError,
-    wrongMethod,
-)
-from ai_agent.headends._api import API, Exchange, serve
+from ai_agent.headends import pages
+from ai_agent.headends._api import API, Exchange, Headend, installErrorHandlers, serve
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumps as _dumps
@@ -48,6 +41,7 @@ from ai_agent.headends._request import (
     headerLookup,
     parseChatRequest,
 )
+from ai_agent.headends._site import ModelCatalog
 from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.pool import RunPool
@@ -328,7 +322,7 @@ class ChatEncoder:
 
 
 @attrs.define(slots=False)
-class OpenAIHeadend:
+class OpenAIHeadend(Headend):
     """
     Klein routes for one OpenAI-compatible port.
     """
@@ -351,53 +345,30 @@ class OpenAIHeadend:
     clientStallTimeout: float = CLIENT_STALL_TIMEOUT
     maxAnswer: int = MAX_RUN_ANSWER
 
-    def _redactor(self) -> Redactor:
-        """
-        The configured secrets to keep out of every response (by default
-        those of the runner's configuration).
-        """
-        if self.redactor is None:
-            self.redactor = configuredRedactor(self.runner)
-        return self.redactor
+    #: The site's chooser of the error format for a request (that of the
+    #: API it comes from; see L{ai_agent.headends._site.APIRouter}); OpenAI's
+    #: when L{None}.
+    errorFormats: Callable[[bytes, Headers], ErrorFormat] | None = None
+    #: The site's chooser of the model-list shape for a request; OpenAI's
+    #: when it is L{None} or answers L{None}.
+    modelCatalogs: Callable[[bytes, Headers], ModelCatalog | None] | None = None
 
-    def _bodyGate(self) -> BodyGate:
-        """
-        The gate large bodies are parsed through.
-        """
-        if self.bodyGate is None:
-            self.bodyGate = BodyGate(self.reactor, self._threadPool())
-        return self.bodyGate
+    def _errorFormat(self, request: IRequest) -> ErrorFormat:
+        if self.errorFormats is None:
+            return OPENAI_ERRORS
+        return self.errorFormats(request.path, request.requestHeaders)
 
-    def _threadPool(self) -> Any:
-        """
-        The pool that parses large bodies off the reactor thread.
-        """
-        if self.threadPool is None:
-            self.threadPool = self.reactor.getThreadPool()
-        return self.threadPool
+    def _models(self, request: IRequest) -> ModelCatalog:
+        catalog = None
+        if self.modelCatalogs is not None:
+            catalog = self.modelCatalogs(request.path, request.requestHeaders)
+        return OPENAI_MODELS if catalog is None else catalog
 
-    # -- errors ---------------------------------------------------------
-
-    @app.handle_errors(AgentError)
-    def _agentError(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, AgentError)
-        return self._errorBody(request, error)
-
-    @app.handle_errors(NotFound)
-    def _notFound(self, request: IRequest, failure: Failure) -> bytes:
-        hint = endpointHint(request.path.decode("utf-8", "replace"))
-        return self._errorBody(request, unknownEndpoint(request, hint))
-
-    @app.handle_errors(MethodNotAllowed)
-    def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
-        return self._errorBody(request, wrongMethod(request, failure))
-
-    def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
-        # Anthropic clients get their own envelope everywhere (as from the guard).
-        fromAnthropic = request.getHeader(anthropic.VERSION_HEADER) is not None
-        errors: ErrorFormat = anthropic.ANTHROPIC_ERRORS if fromAnthropic else OPENAI_ERRORS
-        return writeError(request, error, errors, self._redactor())
+    installErrorHandlers(
+        app,
+        lambda self, request: self._errorFormat(request),
+        hint=lambda request: endpointHint(request.path.decode("utf-8", "replace")),
+    )
 
     # -- routes ---------------------------------------------------------
 
@@ -471,14 +442,12 @@ class OpenAIHeadend:
     @app.route("/v1/models", methods=["GET"])
     def models(self, request: IRequest) -> bytes:
         """
-        Every served agent as an OpenAI model (as an Anthropic model list
-        to Anthropic clients).
+        Every served agent as a model, in the shape of the API the request
+        comes from (OpenAI's, or Anthropic's to Anthropic clients).
         """
         request.setHeader(b"content-type", _JSON)
         served = visibleAgents(self.registry, principalOf(request))
-        if request.getHeader(anthropic.VERSION_HEADER) is not None:
-            return _dumps(anthropic.modelList(served))
-        return _dumps({"object": "list", "data": [_modelEntry(agent) for agent in served]})
+        return _dumps(self._models(request).listing(served))
 
     @app.route("/v1/models/<path:modelId>", methods=["GET"])
     def model(self, request: IRequest, modelId: str) -> bytes:
@@ -487,16 +456,11 @@ class OpenAIHeadend:
         """
         principal = principalOf(request)
         agent = resolveFor(self.registry, principal, modelId)
-        fromAnthropic = request.getHeader(anthropic.VERSION_HEADER) is not None
+        catalog = self._models(request)
         if agent is None:
-            served = visibleIds(self.registry, principal)
-            if fromAnthropic:
-                raise anthropic.unknownModel(modelId, served)
-            raise _unknownModel(modelId, served)
+            raise catalog.unknown(modelId, visibleIds(self.registry, principal))
         request.setHeader(b"content-type", _JSON)
-        if fromAnthropic:
-            return _dumps(anthropic.modelObject(agent))
-        return _dumps(_modelEntry(agent))
+        return _dumps(catalog.entry(agent))
 
     @functools.cached_property
     def api(self) -> API[_ParsedChat]:
@@ -626,6 +590,27 @@ def _modelEntry(agent: ServedAgent) -> dict[str, Any]:
     if agent.spec.description:
         entry["description"] = agent.spec.description
     return entry
+
+
+@attrs.frozen
+class OpenAIModels:
+    """
+    OpenAI's model list and model object, and its 404 for an unknown model
+    (a L{ModelCatalog}).
+    """
+
+    def listing(self, agents: Iterable[ServedAgent]) -> dict[str, Any]:
+        return {"object": "list", "data": [_modelEntry(agent) for agent in agents]}
+
+    def entry(self, agent: ServedAgent) -> dict[str, Any]:
+        return _modelEntry(agent)
+
+    def unknown(self, model: str, served: list[str]) -> AgentError:
+        return _unknownModel(model, served)
+
+
+#: OpenAI's model list (see L{OpenAIModels}).
+OPENAI_MODELS = OpenAIModels()
 
 
 def _page(request: IRequest, contentType: bytes, body: bytes) -> bytes:

@@ -26,9 +26,7 @@ import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.agentfile import AgentSpec
@@ -42,13 +40,7 @@ from ai_agent.events import (
     Usage,
 )
 from ai_agent.flow import CLIENT_STALL_TIMEOUT
-from ai_agent.headends._answers import (
-    configuredRedactor,
-    unknownEndpoint,
-    writeError,
-    wrongMethod,
-)
-from ai_agent.headends._api import API, Exchange, serve
+from ai_agent.headends._api import API, Exchange, Headend, installErrorHandlers, serve
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumps as _dumps
@@ -1047,7 +1039,7 @@ class ResponsesEncoder:
 
 
 @attrs.define(slots=False)
-class ResponsesHeadend:
+class ResponsesHeadend(Headend):
     """
     Klein routes for the Responses API, beside the OpenAI headend on the
     same port and pool.
@@ -1083,35 +1075,9 @@ class ResponsesHeadend:
     hostedTools: str = attrs.field(
         default=HOSTED_IGNORE, validator=attrs.validators.in_(HOSTED_POLICIES)
     )
+    threadPool: Any = None
 
-    def _redactor(self) -> Redactor:
-        if self.redactor is None:
-            self.redactor = configuredRedactor(self.runner)
-        return self.redactor
-
-    def _bodyGate(self) -> BodyGate:
-        if self.bodyGate is None:
-            self.bodyGate = BodyGate(self.reactor, self.reactor.getThreadPool())
-        return self.bodyGate
-
-    # -- errors ---------------------------------------------------------
-
-    @app.handle_errors(AgentError)
-    def _agentError(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, AgentError)
-        return self._errorBody(request, error)
-
-    @app.handle_errors(NotFound)
-    def _notFound(self, request: IRequest, failure: Failure) -> bytes:
-        return self._errorBody(request, unknownEndpoint(request))
-
-    @app.handle_errors(MethodNotAllowed)
-    def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
-        return self._errorBody(request, wrongMethod(request, failure))
-
-    def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
-        return writeError(request, error, OPENAI_ERRORS, self._redactor())
+    installErrorHandlers(app, lambda self, request: OPENAI_ERRORS)
 
     # -- the store ------------------------------------------------------
 
