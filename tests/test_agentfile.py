@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -412,9 +413,13 @@ class OutputTests(SynchronousTestCase):
         mapping, and a schema with a non-json format are errors naming the key.
         """
         error = self.assertRaises(
-            ConfigurationError, agent, "models: a/b\noutput:\n  format: json\n  schemaRef: x.json"
+            ConfigurationError, agent, "models: a/b\noutput:\n  format: json\n  shema: {}"
         )
-        self.assertIn("unknown key 'schemaRef' in 'output'", str(error))
+        self.assertEqual(
+            str(error),
+            f"{PATH}: unknown key 'shema' in 'output' (allowed: format, schema, schemaRef);"
+            " did you mean 'schema'?",
+        )
         error = self.assertRaises(ConfigurationError, agent, "models: a/b\noutput:\n  format: xml")
         self.assertIn("'output.format' must be one of markdown, text, json", str(error))
         error = self.assertRaises(ConfigurationError, agent, "models: a/b\noutput:\n  schema: [1]")
@@ -427,6 +432,91 @@ class OutputTests(SynchronousTestCase):
         self.assertIn("'output.schema' needs 'output.format' json", str(error))
         error = self.assertRaises(ConfigurationError, agent, "models: a/b\noutput: json")
         self.assertIn("'output' must be a mapping", str(error))
+
+    def test_invalidInlineSchema(self) -> None:
+        """
+        An inline output schema is checked against the JSON Schema
+        metaschema at load, as an input schema is: a broken one would
+        otherwise be sent to the provider with every call of the agent.
+        """
+        error = self.assertRaises(
+            ConfigurationError, agent, "models: a/b\noutput:\n  schema: {type: object, required: 5}"
+        )
+        self.assertEqual(
+            str(error),
+            f"{PATH}: 'output.schema' is not a valid JSON Schema"
+            " (at required: 5 is not of type 'array')",
+        )
+
+    def _schemaDirectory(self, files: Mapping[str, str]) -> str:
+        """
+        A directory holding C{files} (relative name to text); returns the
+        path of an agent file C{a.ai} in it (not written).
+        """
+        directory = os.path.abspath(self.mktemp())
+        for name, text in files.items():
+            path = os.path.join(directory, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        return os.path.join(directory, "a.ai")
+
+    def test_schemaRef(self) -> None:
+        """
+        C{schemaRef} names a YAML or JSON schema file relative to the agent
+        file's directory (not the working directory); the loaded schema is
+        the output schema, and without C{format} the format is json.
+        """
+        schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+        path = self._schemaDirectory(
+            {
+                "schemas/out.yaml": "type: object\nproperties:\n  answer: {type: string}\n",
+                "schemas/out.json": json.dumps(schema),
+            }
+        )
+        for lines in (
+            "output:\n  format: json\n  schemaRef: schemas/out.yaml",
+            "output:\n  schemaRef: ./schemas/out.json",
+        ):
+            spec = agent(f"models: a/b\n{lines}", path=path)
+            self.assertEqual(spec.output, OutputSpec("json", schema), lines)
+
+    def test_schemaRefErrors(self) -> None:
+        """
+        A missing schema file, a file that is not JSON or YAML, one that is
+        not a mapping, one that is not a valid JSON Schema, C{schemaRef}
+        beside C{schema}, and C{schemaRef} with a non-json format are each
+        refused at load with a message naming C{output.schemaRef} and the
+        file.
+        """
+        path = self._schemaDirectory(
+            {
+                "bad.json": '{"type": "object", "required": 5}',
+                "list.yaml": "- a\n- b\n",
+                "broken.yaml": "type: [object\n",
+                "ok.json": '{"type": "object"}',
+            }
+        )
+        directory = os.path.dirname(path)
+        cases = {
+            "{schemaRef: nowhere.json}": f"'output.schemaRef' names"
+            f" {os.path.join(directory, 'nowhere.json')}: No such file or directory",
+            "{schemaRef: broken.yaml}": f"'output.schemaRef' names"
+            f" {os.path.join(directory, 'broken.yaml')}, which is not JSON or YAML",
+            "{schemaRef: list.yaml}": "'output.schemaRef' must name a JSON Schema object"
+            " (a mapping), got a list",
+            "{schemaRef: bad.json}": "'output.schemaRef' is not a valid JSON Schema"
+            " (at required: 5 is not of type 'array')",
+            "{schema: {type: object}, schemaRef: ok.json}": "'output' takes 'schema' or"
+            " 'schemaRef', not both",
+            "{format: markdown, schemaRef: ok.json}": "'output.schemaRef' needs"
+            " 'output.format' json",
+            "{schemaRef: 5}": "'output.schemaRef' must be a string, got 5",
+        }
+        for lines, message in cases.items():
+            with self.assertRaises(ConfigurationError) as caught:
+                agent(f"models: a/b\noutput: {lines}", path=path)
+            self.assertEqual(str(caught.exception), f"{path}: {message}", lines)
 
 
 class NameTests(SynchronousTestCase):
@@ -865,6 +955,8 @@ class InputTests(SynchronousTestCase):
             " schemaRef); did you mean 'schema'?",
             "input: [a]": "'input' must be a mapping with 'format' and 'schema' or 'schemaRef',"
             " got a list",
+            "input: {schema: {type: object}, schemaRef: in.json}": "'input' takes 'schema' or"
+            " 'schemaRef', not both",
         }
         for lines, message in cases.items():
             with self.assertRaises(ConfigurationError) as caught:
