@@ -287,6 +287,18 @@ Keys the TypeScript ai-agent rejects in frontmatter because they are
 command-line options; rejected here, each with what to use here instead.
 """
 
+UNSUPPORTED_KEYS: Mapping[str, str] = {
+    "plugins": "the TypeScript ai-agent loads these JavaScript modules into its own"
+    " Node.js process, and this server runs no JavaScript; give the agent an MCP server"
+    " or a REST tool for work its model calls, a 'handoff' agent to rework its final"
+    " answer, or 'output.schema' for fields the answer must have",
+}
+"""
+Frontmatter keys of the TypeScript ai-agent that are deliberately not
+supported here, each with the reason and what to use instead
+(docs/agent-files.md, "Not supported, on purpose").
+"""
+
 OUTPUT_FORMATS = ("markdown", "text", "json")
 
 REASONING_LEVELS = ("none", "minimal", "low", "medium", "high", "default")
@@ -956,6 +968,9 @@ def parseAgent(text: str, path: str) -> AgentSpec:
                 f"use command-line flags instead: {RUNTIME_ONLY_KEYS[key]}"
             )
             continue
+        if key in UNSUPPORTED_KEYS:
+            problems.append(f"frontmatter key {key!r} is not supported: {UNSUPPORTED_KEYS[key]}")
+            continue
         parse = _KEYS.get(key)
         if parse is None:
             problem = f"unknown frontmatter key {key!r}"
@@ -1005,6 +1020,8 @@ __all__ = [
     "InputSpec",
     "InvalidInputError",
     "OutputSpec",
+    "RUNTIME_ONLY_KEYS",
+    "UNSUPPORTED_KEYS",
     "RouteTarget",
     "ToolOutputSpec",
     "parseCacheTTL",

@@ -181,6 +181,28 @@ class KeyTests(SynchronousTestCase):
         error = self.assertRaises(ConfigurationError, agent, "models: a/b\ntargets: [x]")
         self.assertIn("runtime option", str(error))
 
+    def test_pluginsRefusedWithReason(self) -> None:
+        """
+        C{plugins}, the original's JavaScript final-report modules, is
+        refused with why and what to use here instead (not as a misspelt
+        key with a list of allowed ones), alongside the file's other
+        problems.
+        """
+        error = self.assertRaises(
+            ConfigurationError, agent, "models: a/b\nplugins: [./report.js]\nmaxTurns: 0"
+        )
+        self.assertTrue(
+            str(error).startswith(
+                f"{PATH}: frontmatter key 'plugins' is not supported: the TypeScript ai-agent"
+                " loads these JavaScript modules into its own Node.js process"
+            ),
+            str(error),
+        )
+        for alternative in ("an MCP server", "a REST tool", "a 'handoff' agent"):
+            self.assertIn(alternative, str(error))
+        self.assertNotIn("allowed:", str(error))
+        self.assertIn("'maxTurns' must be an integer >= 1", str(error))
+
     def test_nonStringKey(self) -> None:
         """
         A frontmatter key that YAML reads as a number is an error.
@@ -725,18 +747,22 @@ class DocumentedKeysTests(SynchronousTestCase):
 
     def test_unsupportedKeysRejected(self) -> None:
         """
-        Each key named under "Not supported" is refused as an unknown key,
-        and none of them is also in the table (the page once listed
-        C{maxToolCallsPerTurn} in both).
+        The keys listed under "Not supported, on purpose" (one C{- `key`}
+        item each) are exactly those the parser refuses with a reason, each
+        is refused naming itself, and none of them is also in the table
+        (the page once listed C{maxToolCallsPerTurn} in both).
         """
+        from ai_agent.agentfile import UNSUPPORTED_KEYS
+
         docs = self._docs()
-        section = docs.split("## Not supported", 1)[1].split("\n## ", 1)[0]
-        names = [n for n in re.findall(r"`(\w+)`", section) if n != "output"]
+        section = docs.split("\n## Not supported, on purpose\n", 1)[1].split("\n## ", 1)[0]
+        names = re.findall(r"^- `(\w+)`", section, re.MULTILINE)
+        self.assertEqual(sorted(names), sorted(UNSUPPORTED_KEYS))
         self.assertIn("plugins", names)
         for name in names:
             with self.assertRaises(ConfigurationError, msg=name) as caught:
                 agent(f"models: openai/gpt-4o\n{name}: 1")
-            self.assertIn(name, str(caught.exception))
+            self.assertIn(f"frontmatter key {name!r} is not supported", str(caught.exception))
         table = set(re.findall(r"^\| `(\w+)` \|", docs, re.MULTILINE))
         self.assertEqual(table & set(names), set())
 
