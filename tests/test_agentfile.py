@@ -767,6 +767,32 @@ class DocumentedKeysTests(SynchronousTestCase):
         self.assertEqual(table & set(names), set())
 
 
+class ShippedAgentFilesTests(SynchronousTestCase):
+    """
+    The agent files this repository ships as examples (C{agents/}) and
+    those written in the TypeScript ai-agent's style for the tests
+    (C{tests/fixtures/}) all load.
+    """
+
+    def test_allLoad(self) -> None:
+        """
+        Every C{.ai} file under C{agents/} and C{tests/fixtures/} parses,
+        and each directory has some (a moved directory must fail here, not
+        pass with nothing checked).
+        """
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        for directory in ("agents", os.path.join("tests", "fixtures")):
+            found = [
+                os.path.join(folder, name)
+                for folder, _, names in os.walk(os.path.join(root, directory))
+                for name in names
+                if name.endswith(".ai")
+            ]
+            self.assertNotEqual(found, [], directory)
+            for path in found:
+                self.assertEqual(loadAgent(path).path, path)
+
+
 class SamplingKeyTests(SynchronousTestCase):
     """
     C{topK}, C{repeatPenalty} and C{reasoningTokens}: parsed as the
