@@ -287,6 +287,18 @@ Keys the TypeScript ai-agent rejects in frontmatter because they are
 command-line options; rejected here, each with what to use here instead.
 """
 
+UNSUPPORTED_KEYS: Mapping[str, str] = {
+    "plugins": "the TypeScript ai-agent loads these JavaScript modules into its own"
+    " Node.js process, and this server runs no JavaScript; give the agent an MCP server"
+    " or a REST tool for work its model calls, a 'handoff' agent to rework its final"
+    " answer, or 'output.schema' for fields the answer must have",
+}
+"""
+Frontmatter keys of the TypeScript ai-agent that are deliberately not
+supported here, each with the reason and what to use instead
+(docs/agent-files.md, "Not supported, on purpose").
+"""
+
 OUTPUT_FORMATS = ("markdown", "text", "json")
 
 REASONING_LEVELS = ("none", "minimal", "low", "medium", "high", "default")
@@ -564,20 +576,21 @@ def _schema(ctx: _Context, key: str, value: object) -> Mapping[str, Any]:
 
 
 def _output(ctx: _Context, key: str, value: object) -> OutputSpec:
+    """
+    C{output}: C{format} (C{markdown}, C{text} or C{json}) and, for
+    C{json}, C{schema} or C{schemaRef} (see L{_sectionSchema}).
+    """
     if not isinstance(value, dict):
-        raise ctx.fail(key, "must be a mapping with 'format' and optional 'schema'", value)
-    for inner in value:
-        if inner not in ("format", "schema"):
-            raise ConfigurationError(
-                f"{ctx.path}: unknown key {inner!r} in 'output' (allowed: format, schema)"
-            )
-    schema = _schema(ctx, "output.schema", value["schema"]) if "schema" in value else None
+        raise ctx.fail(
+            key, "must be a mapping with 'format' and optional 'schema' or 'schemaRef'", value
+        )
+    schemaKey, schema = _sectionSchema(ctx, "output", value)
     outputFormat = value.get("format", "json" if schema is not None else "markdown")
     if not isinstance(outputFormat, str) or outputFormat.lower() not in OUTPUT_FORMATS:
         raise ctx.fail("output.format", f"must be one of {', '.join(OUTPUT_FORMATS)}", outputFormat)
     outputFormat = outputFormat.lower()
     if schema is not None and outputFormat != "json":
-        raise ConfigurationError(f"{ctx.path}: 'output.schema' needs 'output.format' json")
+        raise ConfigurationError(f"{ctx.path}: {schemaKey!r} needs 'output.format' json")
     return OutputSpec(format=outputFormat, schema=schema)
 
 
@@ -728,30 +741,61 @@ def _schemaFile(ctx: _Context, key: str, value: object) -> object:
         ) from None
 
 
+_SCHEMA_SECTION_KEYS = ("format", "schema", "schemaRef")
+
+
+def _sectionSchema(
+    ctx: _Context, section: str, value: Mapping[str, object]
+) -> tuple[str, Mapping[str, Any] | None]:
+    """
+    The JSON Schema of the C{input} or C{output} mapping C{value}: its
+    C{schema} (a mapping, or a string of JSON or YAML) or its C{schemaRef}
+    (a JSON or YAML file relative to the agent file), never both, checked
+    against the JSON Schema metaschema (its own C{$schema}, draft 2020-12
+    by default).  Other keys than C{format}, C{schema} and C{schemaRef}
+    are refused.
+
+    @return: the key the schema came from (C{"output.schemaRef"}, for the
+        section's further messages) and the schema, or L{None} for none.
+    """
+    for inner in value:
+        if inner not in _SCHEMA_SECTION_KEYS:
+            raise ConfigurationError(
+                f"{ctx.path}: unknown key {inner!r} in {section!r}"
+                f" (allowed: {', '.join(_SCHEMA_SECTION_KEYS)})"
+                + didYouMean(str(inner), _SCHEMA_SECTION_KEYS)
+            )
+    if "schema" in value and "schemaRef" in value:
+        raise ConfigurationError(f"{ctx.path}: {section!r} takes 'schema' or 'schemaRef', not both")
+    if "schema" in value:
+        key = f"{section}.schema"
+        schema = _schema(ctx, key, value["schema"])
+    elif "schemaRef" in value:
+        key = f"{section}.schemaRef"
+        loaded = _schemaFile(ctx, key, value["schemaRef"])
+        if not isinstance(loaded, dict):
+            raise ctx.fail(key, "must name a JSON Schema object (a mapping)", loaded)
+        schema = loaded
+    else:
+        return f"{section}.schema", None
+    try:
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+    except SchemaError as error:
+        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+        raise ConfigurationError(
+            f"{ctx.path}: {key!r} is not a valid JSON Schema (at {where}: {error.message})"
+        ) from None
+    return key, schema
+
+
 def _input(ctx: _Context, key: str, value: object) -> InputSpec:
     """
     C{input}: C{format} (C{text} or C{json}) and, for C{json}, C{schema}
-    (a mapping, or a string of JSON or YAML) or C{schemaRef} (a file).  The
-    schema must be a valid JSON Schema describing an object.
+    or C{schemaRef} (see L{_sectionSchema}), which must describe an object.
     """
     if not isinstance(value, dict):
         raise ctx.fail(key, "must be a mapping with 'format' and 'schema' or 'schemaRef'", value)
-    for inner in value:
-        if inner not in ("format", "schema", "schemaRef"):
-            raise ConfigurationError(
-                f"{ctx.path}: unknown key {inner!r} in 'input' (allowed: format, schema,"
-                " schemaRef)" + didYouMean(str(inner), ("format", "schema", "schemaRef"))
-            )
-    if "schema" in value and "schemaRef" in value:
-        raise ConfigurationError(f"{ctx.path}: 'input' takes 'schema' or 'schemaRef', not both")
-    schema: Mapping[str, Any] | None = None
-    if "schema" in value:
-        schema = _schema(ctx, "input.schema", value["schema"])
-    elif "schemaRef" in value:
-        loaded = _schemaFile(ctx, "input.schemaRef", value["schemaRef"])
-        if not isinstance(loaded, dict):
-            raise ctx.fail("input.schemaRef", "must name a JSON Schema object", loaded)
-        schema = loaded
+    schemaKey, schema = _sectionSchema(ctx, "input", value)
     inputFormat = value.get("format", "json" if schema is not None else "text")
     if not isinstance(inputFormat, str) or inputFormat.lower() not in INPUT_FORMATS:
         raise ctx.fail("input.format", f"must be one of {', '.join(INPUT_FORMATS)}", inputFormat)
@@ -759,23 +803,16 @@ def _input(ctx: _Context, key: str, value: object) -> InputSpec:
     if inputFormat == "text":
         if schema is not None:
             raise ConfigurationError(
-                f"{ctx.path}: 'input.schema' needs 'input.format' json"
+                f"{ctx.path}: {schemaKey!r} needs 'input.format' json"
                 " (a text input is one 'prompt' string)"
             )
         return InputSpec()
     if schema is None:
         return InputSpec(format="json")
-    try:
-        validator_for(schema, default=Draft202012Validator).check_schema(schema)
-    except SchemaError as error:
-        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
-        raise ConfigurationError(
-            f"{ctx.path}: 'input.schema' is not a valid JSON Schema (at {where}: {error.message})"
-        ) from None
     schemaType = schema.get("type", "object" if "properties" in schema else None)
     if schemaType != "object":
         raise ConfigurationError(
-            f"{ctx.path}: 'input.schema' must describe an object (type: object): callers send"
+            f"{ctx.path}: {schemaKey!r} must describe an object (type: object): callers send"
             " a tool call's arguments, which are a JSON object"
         )
     return InputSpec(format="json", schema=schema)
@@ -931,6 +968,9 @@ def parseAgent(text: str, path: str) -> AgentSpec:
                 f"use command-line flags instead: {RUNTIME_ONLY_KEYS[key]}"
             )
             continue
+        if key in UNSUPPORTED_KEYS:
+            problems.append(f"frontmatter key {key!r} is not supported: {UNSUPPORTED_KEYS[key]}")
+            continue
         parse = _KEYS.get(key)
         if parse is None:
             problem = f"unknown frontmatter key {key!r}"
@@ -980,6 +1020,8 @@ __all__ = [
     "InputSpec",
     "InvalidInputError",
     "OutputSpec",
+    "RUNTIME_ONLY_KEYS",
+    "UNSUPPORTED_KEYS",
     "RouteTarget",
     "ToolOutputSpec",
     "parseCacheTTL",
