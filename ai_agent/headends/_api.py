@@ -274,6 +274,11 @@ async def runOn(
     streamed (returns L{None} once the stream ended) or whole (returns the
     body).  The run holds a slot of the pool while it goes.
 
+    The body returned is the whole answer (L{RunResponse} has set its
+    headers): a JSON-RPC handler gives C{api} an encoder that writes its
+    whole response, envelope included (C{attrs.evolve(api, encoder=...)}
+    with the request's id), rather than wrapping what comes back.
+
     @raise AgentError: an unknown model, a full queue, a run that failed
         before anything was sent.
     """
