@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IRequest
 
 from ai_agent.accounting import RunLabels
-from ai_agent.errors import AgentError, ErrorKind, invalidRequest, notFound
+from ai_agent.errors import AgentError, ErrorFormat, ErrorKind, invalidRequest, notFound
 from ai_agent.events import ClientToolCall, Finished, Progress, Usage
 from ai_agent.headends._api import API, Exchange, Headend, installErrorHandlers, runOn, serve
 from ai_agent.headends._http import principalOf
@@ -139,7 +139,10 @@ class _EchoHeadend(Headend):
     bodyGate: Any = None
     threadPool: Any = None
 
-    installErrorHandlers(app, lambda self, request: ECHO.errors)
+    installErrorHandlers(app)
+
+    def _errorFormat(self, request: IRequest) -> ErrorFormat:
+        return ECHO.errors
 
     @app.route("/v1/echo", methods=["POST"])
     async def echo(self, request: IRequest) -> bytes | None:

@@ -165,8 +165,9 @@ class Headend:
     """
     What every headend (an attrs class with C{slots=False}) shares: the
     redactor of the configured secrets and the body gate, each made once
-    when first needed.  Its Klein error handlers come from
-    L{installErrorHandlers}.
+    when first needed, and the writing of an error in the API's format
+    (C{_errorFormat}, which each headend gives).  Its Klein error handlers
+    come from L{installErrorHandlers}.
     """
 
     runner: SessionRunner
@@ -195,43 +196,42 @@ class Headend:
             self.bodyGate = BodyGate(self.reactor, self.threadPool)
         return self.bodyGate
 
+    def _errorFormat(self, request: IRequest) -> ErrorFormat:
+        """
+        The error format of C{request}'s answer (the API's).
+        """
+        raise NotImplementedError
 
-def installErrorHandlers(
-    app: Klein,
-    errors: Callable[[Any, IRequest], ErrorFormat],
-    hint: Callable[[IRequest], str] | None = None,
-    before: Callable[[IRequest], None] | None = None,
-) -> None:
+    def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
+        """
+        Answer C{request} with C{error} in its error format (L{writeError}:
+        status, headers, body, secrets redacted).
+        """
+        return writeError(request, error, self._errorFormat(request), self._redactor())
+
+
+def installErrorHandlers(app: Klein, hint: Callable[[IRequest], str] | None = None) -> None:
     """
     Give a headend's Klein C{app} its error handlers, the same for every
     API: an L{AgentError} raised by a route, a path no route serves (404,
     with C{hint}'s advice appended) and a route asked with another method
-    (405), each written by L{writeError} in the format C{errors} chooses for
-    the request (given the headend and the request), secrets redacted.
-
-    @param before: called with the request before an error is written (the
-        Messages API sets its C{request-id} there).
+    (405), each written by L{Headend._errorBody}.
     """
-
-    def write(self: Headend, request: IRequest, error: AgentError) -> bytes:
-        if before is not None:
-            before(request)
-        return writeError(request, error, errors(self, request), self._redactor())
 
     @app.handle_errors(AgentError)
     def agentError(self: Headend, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, AgentError)
-        return write(self, request, error)
+        return self._errorBody(request, error)
 
     @app.handle_errors(NotFound)
     def notFound(self: Headend, request: IRequest, failure: Failure) -> bytes:
         advice = "" if hint is None else hint(request)
-        return write(self, request, unknownEndpoint(request, advice))
+        return self._errorBody(request, unknownEndpoint(request, advice))
 
     @app.handle_errors(MethodNotAllowed)
     def badMethod(self: Headend, request: IRequest, failure: Failure) -> bytes:
-        return write(self, request, wrongMethod(request, failure))
+        return self._errorBody(request, wrongMethod(request, failure))
 
 
 async def parseBody(api: API[P], host: Host, request: IRequest) -> P:

@@ -36,7 +36,14 @@ from twisted.web.iweb import IRequest
 
 from ai_agent.accounting import RunLabels
 from ai_agent.agentfile import AgentSpec
-from ai_agent.errors import AgentError, ErrorKind, ProviderError, invalidRequest, notFound
+from ai_agent.errors import (
+    AgentError,
+    ErrorFormat,
+    ErrorKind,
+    ProviderError,
+    invalidRequest,
+    notFound,
+)
 from ai_agent.events import (
     ClientToolCall,
     Finished,
@@ -955,15 +962,6 @@ def _messageId() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
-def _setRequestId(request: IRequest) -> None:
-    """
-    Give an error answer a C{request-id} when the route set none, as
-    Anthropic's API always does.
-    """
-    if request.responseHeaders.getRawHeaders(b"request-id") is None:
-        request.setHeader(b"request-id", _messageId().replace("msg_", "req_").encode())
-
-
 def _messagesHeaders(exchange: Exchange[MessagesRequest]) -> dict[bytes, bytes]:
     requestId = exchange.labels.requestId.encode("ascii")
     return {b"request-id": requestId, b"x-request-id": requestId}
@@ -996,7 +994,16 @@ class AnthropicHeadend(Headend):
     clientStallTimeout: float = CLIENT_STALL_TIMEOUT
     maxAnswer: int = MAX_RUN_ANSWER
 
-    installErrorHandlers(app, lambda self, request: ANTHROPIC_ERRORS, before=_setRequestId)
+    installErrorHandlers(app)
+
+    def _errorFormat(self, request: IRequest) -> ErrorFormat:
+        return ANTHROPIC_ERRORS
+
+    def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
+        # Anthropic's API gives every answer a request id, errors included.
+        if request.responseHeaders.getRawHeaders(b"request-id") is None:
+            request.setHeader(b"request-id", _messageId().replace("msg_", "req_").encode())
+        return super()._errorBody(request, error)
 
     # -- routes ---------------------------------------------------------
 

@@ -365,9 +365,7 @@ class OpenAIHeadend(Headend):
         return OPENAI_MODELS if catalog is None else catalog
 
     installErrorHandlers(
-        app,
-        lambda self, request: self._errorFormat(request),
-        hint=lambda request: endpointHint(request.path.decode("utf-8", "replace")),
+        app, hint=lambda request: endpointHint(request.path.decode("utf-8", "replace"))
     )
 
     # -- routes ---------------------------------------------------------

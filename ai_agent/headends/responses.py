@@ -30,7 +30,7 @@ from twisted.web.iweb import IRequest
 
 from ai_agent.accounting import RunLabels
 from ai_agent.agentfile import AgentSpec
-from ai_agent.errors import AgentError, ErrorKind, invalidRequest, notFound
+from ai_agent.errors import AgentError, ErrorFormat, ErrorKind, invalidRequest, notFound
 from ai_agent.events import (
     ClientToolCall,
     Finished,
@@ -1077,7 +1077,10 @@ class ResponsesHeadend(Headend):
     )
     threadPool: Any = None
 
-    installErrorHandlers(app, lambda self, request: OPENAI_ERRORS)
+    installErrorHandlers(app)
+
+    def _errorFormat(self, request: IRequest) -> ErrorFormat:
+        return OPENAI_ERRORS
 
     # -- the store ------------------------------------------------------
 
