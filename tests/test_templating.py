@@ -419,3 +419,37 @@ class EndToEndTests(TestCase):
         self.assertIn("- Respond in GitHub Markdown.", prompt)
         self.assertNotIn("${", prompt)
         self.assertNotIn("{{", prompt)
+
+
+class ReloadTests(TestCase):
+    """
+    A reload (what C{SIGHUP} triggers) reads the included files again.
+    """
+
+    def test_reloadReadsIncludes(self) -> None:
+        """
+        After an included file changes, L{Reloader.reload} serves the agent
+        with the new text; an include that went missing fails the reload
+        and the previous prompt is still served.
+        """
+        from ai_agent.reload import Reloader
+        from ai_agent.runtime import buildRuntime
+
+        folder = os.path.abspath(self.mktemp())
+        with open(_write(folder, ".ai-agent.json", ""), "w") as f:
+            json.dump({"providers": {"fake": {"type": "openai", "baseUrl": "http://h/v1"}}}, f)
+        agent = _write(
+            folder, "agents/chat.ai", _agentText("${include:../shared/rules.md}", "models: fake/m")
+        )
+        rules = _write(folder, "shared/rules.md", "Rules v1")
+        environ = {"HOME": folder}
+        runtime = buildRuntime(reactor, [agent], cwd=folder, environ=environ)
+        self.addCleanup(runtime.close)
+        reloader = Reloader(reactor, runtime, [agent], None, cwd=folder, environ=environ)
+        self.assertEqual(runtime.registry.byPath[agent].prompt, "Rules v1")
+        _write(folder, "shared/rules.md", "Rules v2")
+        self.assertTrue(reloader.reload())
+        self.assertEqual(runtime.registry.byPath[agent].prompt, "Rules v2")
+        os.remove(rules)
+        self.assertFalse(reloader.reload())
+        self.assertEqual(runtime.registry.byPath[agent].prompt, "Rules v2")
