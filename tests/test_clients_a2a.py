@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any, Awaitable, Callable
 
 import httpx
@@ -324,8 +325,7 @@ class MessageTests(TestCase):
 
         following = _run(server, follow)
         # The subscription is in place once the task has a listener.
-        while not any(run.listeners for run in _a2a(server)._running.values()):
-            await _tick()
+        await _until(lambda: any(run.listeners for run in _a2a(server)._running.values()))
         server.upstream.release()
         events = await following
         self.assertEqual(events[0].task.id, task.id)
@@ -481,10 +481,102 @@ def _a2a(server: LiveServer) -> Any:
     return next(m.headend for m in server.mounts if isinstance(m.headend, A2AHeadend))
 
 
-def _tick() -> Any:
+async def _until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """
+    Wait (checking every reactor turn) until C{condition} holds; fail
+    after C{timeout} seconds.
+    """
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
-    return deferLater(reactor, 0.01, lambda: None)
+    waited = 0.0
+    while not condition():
+        if waited > timeout:
+            raise AssertionError(f"not true after {timeout} s: {condition}")
+        await deferLater(reactor, 0.01, lambda: None)
+        waited += 0.01
 
 
+POSTGRES_URL = os.environ.get("AI_AGENT_TEST_POSTGRES_URL", "")
+
+
+class SharedStoreTests(TestCase):
+    """
+    Two server instances on one PostgreSQL store: a task created on one is
+    read, followed and cancelled from the other.
+    """
+
+    async def _pair(self) -> tuple[LiveServer, LiveServer]:
+        if not POSTGRES_URL:
+            self.skipTest("AI_AGENT_TEST_POSTGRES_URL is not set: no PostgreSQL server to test")
+        from twisted.internet import reactor
+
+        from ai_agent.store import makeStore
+
+        keys = APIKeys.fromKeys([KA])
+        servers = []
+        for _ in range(2):
+            server = await startServer(
+                self, store=makeStore(POSTGRES_URL, reactor), policy=HTTPPolicy(apiKeys=keys)
+            )
+            # Shorter ticks than the default second, for a quick test.
+            _a2a(server).tickInterval = _a2a(server).followInterval = 0.1
+            self.addCleanup(_a2a(server).stopRunning)
+            servers.append(server)
+        return servers[0], servers[1]
+
+    async def test_getFollowAndCancelFromAnother(self) -> None:
+        """
+        A completed task made on one instance is got on the other with its
+        answer; a running one is followed there (its stored answer and
+        final status arrive) and a second running one is cancelled there:
+        the instance running it stops its upstream call and the task ends
+        C{TASK_STATE_CANCELED} on both.
+        """
+        one, two = await self._pair()
+        one.upstream.script(Reply("Stored answer."), Reply("Followed answer.", hold=True))
+
+        async def make(client: Any, http: Any) -> Any:
+            return (await _events(client, _message("First")))[0].task
+
+        done = await _run(one, make, key=KA, streaming=False)
+
+        async def get(client: Any, http: Any) -> Any:
+            return await client.get_task(GetTaskRequest(id=done.id))
+
+        got = await _run(two, get, key=KA, streaming=False)
+        self.assertEqual(got.status.state, TaskState.TASK_STATE_COMPLETED)
+        self.assertEqual(_taskAnswer(got), "Stored answer.")
+
+        running = await _run(one, make, key=KA, streaming=False, polling=True)
+        await one.upstream.waitForRequests(2)
+
+        async def follow(client: Any, http: Any) -> Any:
+            return [e async for e in client.subscribe(SubscribeToTaskRequest(id=running.id))]
+
+        following = _run(two, follow, key=KA)
+        await _until(lambda: running.id in _a2a(two).following)
+        one.upstream.release()
+        events = await following
+        self.assertEqual(events[0].task.id, running.id)
+        self.assertEqual(_answer(events), "Followed answer.")
+        self.assertEqual(events[-1].status_update.status.state, TaskState.TASK_STATE_COMPLETED)
+
+        one.upstream.script(Reply("Never finished", hold=True))
+        held = await _run(one, make, key=KA, streaming=False, polling=True)
+        await one.upstream.waitForRequests(3)
+
+        async def cancel(client: Any, http: Any) -> Any:
+            return await client.cancel_task(CancelTaskRequest(id=held.id))
+
+        canceled = await _run(two, cancel, key=KA, streaming=False)
+        self.assertEqual(canceled.status.state, TaskState.TASK_STATE_CANCELED)
+        self.assertEqual(await one.upstream.waitForDisconnects(1), 1)
+
+        async def getHeld(client: Any, http: Any) -> Any:
+            return await client.get_task(GetTaskRequest(id=held.id))
+
+        self.assertEqual(
+            (await _run(one, getHeld, key=KA, streaming=False)).status.state,
+            TaskState.TASK_STATE_CANCELED,
+        )

@@ -473,6 +473,7 @@ class _TaskRun:
     _dirty: bool = False
     cancelRequested: bool = False
     ended: bool = False
+    _aborted: AgentError | None = None
 
     @property
     def taskId(self) -> str:
@@ -582,6 +583,15 @@ class _TaskRun:
         if self._working is not None:
             self._working.cancel()
 
+    def _abort(self, error: AgentError) -> None:
+        """
+        The server is stopping and the run did not finish in the drain
+        time: stop it; the task ends failed with C{error}'s message.
+        """
+        self._aborted = error
+        if self._working is not None and not self.ended:
+            self._working.cancel()
+
     async def drive(self) -> None:
         """
         Run the task to its end; never fails.
@@ -596,6 +606,7 @@ class _TaskRun:
         try:
             self._working = headend.pool.acquire()
             slot = await self._working
+            slot.onAbort = self._abort
             if self.cancelRequested:
                 raise CancelledError()
             self._status(WORKING)
@@ -604,7 +615,10 @@ class _TaskRun:
             assert isinstance(finished, Finished)
             await self._end(COMPLETED)
         except CancelledError:
-            await self._end(CANCELED, "the task was canceled")
+            if self._aborted is not None:
+                await self._end(FAILED, self._aborted.message)
+            else:
+                await self._end(CANCELED, "the task was canceled")
         except AgentError as error:
             safe = safeError(error, headend._redactor(), inBand=True)
             await self._end(FAILED, safe.message)
@@ -702,6 +716,8 @@ class A2AHeadend:
     tickInterval: float = TICK_INTERVAL
     followInterval: float = FOLLOW_INTERVAL
     _running: dict[str, _TaskRun] = attrs.field(factory=dict)
+    #: Streams following a task that runs on another instance, by task id.
+    following: dict[str, int] = attrs.field(factory=dict)
     _memory: RunStore | None = None
 
     def _redactor(self) -> Redactor:
@@ -1076,6 +1092,27 @@ class A2AHeadend:
         store = self._owned(principalOf(request))
         state = task["status"]["state"]
         sent = len(_answerText(task))
+        self.following[taskId] = self.following.get(taskId, 0) + 1
+        try:
+            await self._poll(store, task, state, sent, send)
+        finally:
+            self.following[taskId] -= 1
+            if not self.following[taskId]:
+                del self.following[taskId]
+
+    async def _poll(
+        self,
+        store: OwnedStore,
+        task: dict[str, Any],
+        state: str,
+        sent: int,
+        send: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """
+        Send a task's stored changes until it ends: the answer's new text,
+        a new state.
+        """
+        taskId = task["id"]
         while state not in TERMINAL:
             await deferLater(self.reactor, self.followInterval, lambda: None)
             task = (await self._stored(store, taskId))["task"]
@@ -1320,12 +1357,18 @@ class A2AHeadend:
         self._agent(request, agent)
         raise a2aError("EXTENDED_AGENT_CARD_NOT_CONFIGURED", "this agent has no extended card")
 
-    def stopRunning(self) -> None:
+    def stopRunning(self) -> Deferred[list[Any]]:
         """
-        Cancel every task running here (the server stops).
+        Cancel every task running here; fires once they all ended (their
+        end stored).
         """
-        for run in list(self._running.values()):
+        from twisted.internet.defer import gatherResults
+
+        runs = list(self._running.values())
+        ended = [run.whenEnded() for run in runs]
+        for run in runs:
             run.cancel()
+        return gatherResults(ended)
 
 
 def _rpcInvalid(message: str) -> AgentError:
