@@ -988,6 +988,8 @@ class A2AHeadend:
         if not isinstance(token, str) or not token.isdigit():
             raise _invalidParams("'pageToken' is not a token this server gave", "pageToken")
         status = params.get("status")
+        if status in ("TASK_STATE_UNSPECIFIED", "", 0):
+            status = None
         if status is not None and status not in STATES:
             raise _invalidParams(
                 f"'status' must be a TASK_STATE_* name, not {shorten(repr(status))}", "status"
