@@ -580,3 +580,42 @@ class SharedStoreTests(TestCase):
             (await _run(one, getHeld, key=KA, streaming=False)).status.state,
             TaskState.TASK_STATE_CANCELED,
         )
+
+
+class EmbeddedModelTests(TestCase):
+    """
+    An agent on the bundled SmolLM2 model, streamed to the Python SDK.
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        from tests.test_provider_local import _embeddedProblem
+
+        problem = _embeddedProblem()
+        if problem is not None:
+            raise self.skipTest(f"the embedded model cannot run here: {problem}")
+
+    async def test_streamFromEmbeddedModel(self) -> None:
+        """
+        The embedded model's answer streams as artifact chunks that add up
+        to the completed task's answer (got afterwards), which is not
+        empty.
+        """
+        from tests.test_provider_local import EMBEDDED_AGENT
+
+        server = await startServer(
+            self,
+            agents={"agent.ai": EMBEDDED_AGENT},
+            extraProviders={"local": {"type": "local", "threads": 1, "parallel": 1}},
+        )
+
+        async def body(client: Any, http: Any) -> Any:
+            events = await _events(client, _message("What is 2+2?"))
+            got = await client.get_task(GetTaskRequest(id=events[0].task.id))
+            return events, got
+
+        events, got = await _run(server, body)
+        self.assertEqual(events[-1].status_update.status.state, TaskState.TASK_STATE_COMPLETED)
+        self.assertTrue(_answer(events).strip())
+        self.assertEqual(_answer(events), _taskAnswer(got))
