@@ -16,6 +16,7 @@ import httpx
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from ai_agent.errors import AgentError
 from ai_agent.headends._http import HTTPPolicy
 from ai_agent.headends.a2a import A2A_ERRORS, a2aError, parseSendParams, rpcError, taskView
 from ai_agent.observe import Metrics, Observability
@@ -349,5 +350,6 @@ class ValueTests(SynchronousTestCase):
             ({"role": "ROLE_USER", "parts": [{"text": "x"}]}, "messageId"),
             ({"messageId": "m", "role": "ROLE_USER", "parts": [{"what": 1}]}, "none of"),
         ]:
-            error = self.assertRaises(Exception, parseSendParams, {"message": message}, agent)
+            error = self.assertRaises(AgentError, parseSendParams, {"message": message}, agent)
             self.assertIn(said, str(error))
+            self.assertEqual(rpcError(None, error)["error"]["code"], -32602)
