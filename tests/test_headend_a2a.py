@@ -260,6 +260,56 @@ class TaskLifeTests(TestCase):
         self.assertEqual(none["tasks"], [])
 
 
+def _a2a(server: LiveServer) -> Any:
+    from ai_agent.headends.a2a import A2AHeadend
+
+    return next(m.headend for m in server.mounts if isinstance(m.headend, A2AHeadend))
+
+
+class StreamTests(TestCase):
+    """
+    A stream's life beside the task's.
+    """
+
+    async def test_keepAliveThenLeave(self) -> None:
+        """
+        A stream whose task is silent (its model call held) gets comment
+        lines after the task; a client that leaves does not cancel the task,
+        which still completes and is got with its answer.
+        """
+        server = await startServer(self)
+        headend = _a2a(server)
+        headend.keepAliveInterval = 0.05
+        server.upstream.script(Reply("After the silence.", hold=True))
+
+        def readUntilKeepAlive() -> list[str]:
+            lines = []
+            with httpx.stream(
+                "POST",
+                _url(server, "/a2a/agent/message:stream"),
+                content=json.dumps(_message()).encode(),
+                headers={"content-type": "application/json", **V1},
+                timeout=20,
+            ) as response:
+                for line in response.iter_lines():
+                    lines.append(line)
+                    if line.startswith(": keep-alive"):
+                        return lines
+            return lines
+
+        lines = await inThread(readUntilKeepAlive)
+        self.assertEqual(lines[-1], ": keep-alive")
+        taskId = json.loads(lines[0][len("data: ") :])["task"]["id"]
+        await server.upstream.waitForRequests(1)
+        [run] = headend._running.values()
+        ended = run.whenEnded()
+        server.upstream.release()
+        await ended
+        got = (await _get(server, f"/a2a/agent/tasks/{taskId}")).json()
+        self.assertEqual(got["status"]["state"], "TASK_STATE_COMPLETED")
+        self.assertEqual(got["artifacts"][0]["parts"][0]["text"], "After the silence.")
+
+
 class ServerTests(TestCase):
     """
     The headend as part of the server: metrics, reloads.

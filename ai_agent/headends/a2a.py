@@ -85,6 +85,8 @@ TICK_INTERVAL = 1.0
 #: Seconds an instance following a task it does not run waits between
 #: reads of the stored snapshot.
 FOLLOW_INTERVAL = 1.0
+#: Seconds a started stream may stay silent before a comment line is sent.
+KEEPALIVE_INTERVAL = 15.0
 #: Ticks a cancel from another instance waits for the running instance
 #: before it marks the task canceled itself (that instance is gone).
 CANCEL_WAIT_TICKS = 5
@@ -715,6 +717,7 @@ class A2AHeadend:
     redactor: Redactor | None = None
     tickInterval: float = TICK_INTERVAL
     followInterval: float = FOLLOW_INTERVAL
+    keepAliveInterval: float = KEEPALIVE_INTERVAL
     _running: dict[str, _TaskRun] = attrs.field(factory=dict)
     #: Streams following a task that runs on another instance, by task id.
     following: dict[str, int] = attrs.field(factory=dict)
@@ -1250,9 +1253,27 @@ class A2AHeadend:
                 stream.start()
             stream.send(frame(event))
 
+        def keepAlive() -> None:
+            if started:
+                stream.send(b": keep-alive\n\n")
+
+        # A comment line while the task is silent (a slow tool, a queue), so
+        # that proxies do not take the stream for dead.
+        pinger = LoopingCall(keepAlive)
+        pinger.clock = self.reactor
+        pinger.start(self.keepAliveInterval, now=False)
         try:
             await self._follow(request, agent, taskId, send, sending)
+        except AgentError as error:
+            if not started:
+                raise
+            # The stream is under way: it can only end (the task is still
+            # there to get).
+            self.log.warn(
+                "a2a stream of task {task} ended early: {error}", task=taskId, error=error.message
+            )
         finally:
+            pinger.stop()
             stream.end()
 
     # -- the HTTP+JSON binding ------------------------------------------
