@@ -30,6 +30,7 @@ from a2a.types import (
     TaskNotFoundError,
     TaskState,
 )
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from ai_agent.headends._http import APIKeys, HTTPPolicy
@@ -521,7 +522,7 @@ class SharedStoreTests(TestCase):
             )
             # Shorter ticks than the default second, for a quick test.
             _a2a(server).tickInterval = _a2a(server).followInterval = 0.1
-            self.addCleanup(_a2a(server).stopRunning)
+            self.addCleanup(lambda h=_a2a(server): Deferred.fromCoroutine(h.stopRunning()))
             servers.append(server)
         return servers[0], servers[1]
 

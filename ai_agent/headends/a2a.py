@@ -31,7 +31,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -473,6 +473,7 @@ class _TaskRun:
     _working: Deferred[Any] | None = None
     _ticker: LoopingCall | None = None
     _dirty: bool = False
+    _writes: Deferred[None] = attrs.field(factory=lambda: succeed(None))
     cancelRequested: bool = False
     ended: bool = False
     _aborted: AgentError | None = None
@@ -644,8 +645,22 @@ class _TaskRun:
         except Exception:
             log.failure("a2a task {task}: storing its snapshot failed", task=self.taskId)
 
+    def write(self, put: Callable[[], Deferred[None]]) -> Deferred[None]:
+        """
+        Run C{put} once the task's earlier writes are done, in order; the
+        Deferred returned fails if this write does (the later ones still
+        run).
+        """
+        done: Deferred[None] = Deferred()
+
+        def run(_: object) -> Deferred[None]:
+            return put().addCallbacks(done.callback, done.errback)
+
+        self._writes.addCallback(run)
+        return done
+
     def _put(self) -> Deferred[None]:
-        return self.store.putMany(TASKS, {self.taskId: self._document()})
+        return self.write(lambda: self.store.putMany(TASKS, {self.taskId: self._document()}))
 
     def _document(self) -> dict[str, Any]:
         return {"agent": self.agent.id, "task": self.task, "turns": self.turns}
@@ -680,6 +695,8 @@ class _TaskRun:
         self.ended = False
         self._status(state, reason)
         self.ended = True
+        # The end is stored before the clients hear of it: whoever they ask
+        # next, on any instance, has the finished task.
         try:
             await self._put()
         except Exception:
@@ -920,20 +937,7 @@ class A2AHeadend:
             labels=labels,
             owner=principal.name,
         )
-        index = await store.get(INDEX, _INDEX_KEY)
-        indexed = [] if index is None else list(index.document.get("tasks", ()))
         turns = [{"role": "user", "content": parsed.text}]
-        await store.putEntries(
-            [
-                (TASKS, taskId, {"agent": agent.id, "task": task, "turns": turns}),
-                (
-                    CONTEXTS,
-                    contextId,
-                    {"agent": agent.id, "tasks": [*earlier, taskId][-MAX_CONTEXT_TASKS:]},
-                ),
-                (INDEX, _INDEX_KEY, {"tasks": [taskId, *indexed][:MAX_INDEXED]}),
-            ]
-        )
         taskRun = _TaskRun(self, store, agent, task, turns, run)
         self._running[principal.scoped(taskId)] = taskRun
         self.log.info(
@@ -942,8 +946,55 @@ class A2AHeadend:
             agent=agent.id,
             context=contextId,
         )
+        # The task, its context and the key's index are stored beside the
+        # run, not before it: every later write of the task waits for this
+        # one (L{_TaskRun.write}).  A non-blocking send answers once it is
+        # stored, so that the id it gives out can be read anywhere.
+        created = taskRun.write(
+            lambda: Deferred.fromCoroutine(
+                self._record(store, agent.id, taskId, contextId, earlier, task, turns)
+            )
+        )
+        if parsed.returnImmediately:
+            try:
+                await created
+            except BaseException:
+                del self._running[principal.scoped(taskId)]
+                raise
+        else:
+            created.addErrback(
+                lambda f: log.failure("a2a task {task}: storing it failed", f, task=taskId)
+            )
         Deferred.fromCoroutine(taskRun.drive())
         return taskRun, parsed
+
+    async def _record(
+        self,
+        store: OwnedStore,
+        agent: str,
+        taskId: str,
+        contextId: str,
+        earlier: list[str],
+        task: dict[str, Any],
+        turns: list[dict[str, str]],
+    ) -> None:
+        """
+        Store a new task, its context's task list and the key's index
+        (newest first), in one transaction.
+        """
+        index = await store.get(INDEX, _INDEX_KEY)
+        indexed = [] if index is None else list(index.document.get("tasks", ()))
+        await store.putEntries(
+            [
+                (TASKS, taskId, {"agent": agent, "task": task, "turns": turns}),
+                (
+                    CONTEXTS,
+                    contextId,
+                    {"agent": agent, "tasks": [*earlier, taskId][-MAX_CONTEXT_TASKS:]},
+                ),
+                (INDEX, _INDEX_KEY, {"tasks": [taskId, *indexed][:MAX_INDEXED]}),
+            ]
+        )
 
     async def _stored(self, store: OwnedStore, taskId: Any) -> dict[str, Any]:
         if not isinstance(taskId, str) or not taskId:
@@ -1380,10 +1431,10 @@ class A2AHeadend:
         self._agent(request, agent)
         raise a2aError("EXTENDED_AGENT_CARD_NOT_CONFIGURED", "this agent has no extended card")
 
-    def stopRunning(self) -> Deferred[list[Any]]:
+    async def stopRunning(self) -> None:
         """
-        Cancel every task running here; fires once they all ended (their
-        end stored).
+        Cancel every task running here; fires once they all ended and
+        their end was stored.
         """
         from twisted.internet.defer import gatherResults
 
@@ -1391,7 +1442,8 @@ class A2AHeadend:
         ended = [run.whenEnded() for run in runs]
         for run in runs:
             run.cancel()
-        return gatherResults(ended)
+        await gatherResults(ended)
+        await gatherResults([run.write(lambda: succeed(None)) for run in runs])
 
 
 def _rpcInvalid(message: str) -> AgentError:
