@@ -905,7 +905,8 @@ class A2AHeadend:
             )
         contextId = parsed.contextId or str(uuid.uuid4())
         history: list[ChatMessage] = []
-        context = await store.get(CONTEXTS, contextId)
+        # A new context has nothing to read (no store trip before the run).
+        context = None if parsed.contextId is None else await store.get(CONTEXTS, contextId)
         earlier: list[str] = []
         if context is not None:
             if context.document.get("agent") != agent.id:
