@@ -49,8 +49,10 @@ from ai_agent.events import (
     progressText,
 )
 from ai_agent.headends._answers import configuredRedactor, unknownEndpoint, wrongMethod
+from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumpsAny as _dumpsAny
+from ai_agent.headends._request import OFF_REACTOR_THRESHOLD, loadBody
 from ai_agent.headends._sse import SSEStream
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
@@ -208,7 +210,7 @@ def rpcCode(error: AgentError) -> int:
     kind = A2A_ERROR_KINDS.get(error.code or "")
     if kind is not None:
         return kind.rpcCode
-    if error.code == "parse_error":
+    if error.code == "invalid_json":
         return PARSE_ERROR
     if error.code == "invalid_jsonrpc":
         return INVALID_REQUEST
@@ -735,6 +737,7 @@ class A2AHeadend:
     tickInterval: float = TICK_INTERVAL
     followInterval: float = FOLLOW_INTERVAL
     keepAliveInterval: float = KEEPALIVE_INTERVAL
+    bodyGate: BodyGate | None = None
     _running: dict[str, _TaskRun] = attrs.field(factory=dict)
     #: Streams following a task that runs on another instance, by task id.
     following: dict[str, int] = attrs.field(factory=dict)
@@ -1207,13 +1210,7 @@ class A2AHeadend:
         served = self._agent(request, agent)
         requestId: Any = None
         try:
-            body = request.content.read()
-            try:
-                data = json.loads(body)
-            except ValueError:
-                raise AgentError(
-                    "the body is not JSON", 400, ErrorKind.INVALID_REQUEST, "parse_error"
-                ) from None
+            data = await self._parseJSON(request)
             if not isinstance(data, dict):
                 raise _rpcInvalid("the body must be one JSON-RPC request object")
             requestId = data.get("id")
@@ -1330,12 +1327,24 @@ class A2AHeadend:
 
     # -- the HTTP+JSON binding ------------------------------------------
 
-    def _body(self, request: IRequest) -> Any:
-        body = request.content.read()
-        try:
-            return json.loads(body) if body.strip() else {}
-        except ValueError:
-            raise _invalidParams("the body is not JSON") from None
+    async def _parseJSON(self, request: IRequest) -> Any:
+        """
+        The request's JSON body, with the other APIs' checks (depth, size,
+        no NaN; L{loadBody}); a large one is read and parsed in a thread
+        (the L{BodyGate}).
+        """
+        content = request.content
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        if size < OFF_REACTOR_THRESHOLD:
+            return loadBody(content.read())
+        return await self._bodyGate().parse(content, loadBody)
+
+    def _bodyGate(self) -> BodyGate:
+        if self.bodyGate is None:
+            self.bodyGate = BodyGate(self.reactor, self.reactor.getThreadPool())
+        return self.bodyGate
 
     @app.route("/a2a/<agent>/message:send", methods=["POST"])
     @observedRoute("a2a", "/a2a/{agent}/message:send")
@@ -1345,7 +1354,7 @@ class A2AHeadend:
         """
         served = self._agent(request, agent)
         self._checkVersion(request)
-        result = await self._rpcCall(request, served, "SendMessage", self._body(request))
+        result = await self._rpcCall(request, served, "SendMessage", await self._parseJSON(request))
         return self._json(request, result)
 
     @app.route("/a2a/<agent>/message:stream", methods=["POST"])
@@ -1356,7 +1365,7 @@ class A2AHeadend:
         """
         served = self._agent(request, agent)
         self._checkVersion(request)
-        await self._stream(request, served, True, self._body(request), _restFrame)
+        await self._stream(request, served, True, await self._parseJSON(request), _restFrame)
 
     @app.route("/a2a/<agent>/tasks", methods=["GET"])
     @observedRoute("a2a", "/a2a/{agent}/tasks")
@@ -1463,25 +1472,14 @@ def _query(request: IRequest) -> dict[str, Any]:
     }
 
 
-def isA2APath(path: bytes, headers: Any) -> bool:
-    """
-    Whether a request is an A2A one wherever it goes (the card's
-    well-known path), for its errors.
-    """
-    return path == b"/.well-known/agent-card.json"
-
-
 __all__ = [
     "A2AErrors",
     "A2AHeadend",
     "A2A_ERRORS",
     "PROTOCOL_VERSION",
     "SendParams",
-    "TaskRun",
     "a2aError",
     "parseSendParams",
     "rpcError",
     "taskView",
 ]
-
-TaskRun = _TaskRun
