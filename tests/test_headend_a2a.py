@@ -310,6 +310,54 @@ class StreamTests(TestCase):
         self.assertEqual(got["artifacts"][0]["parts"][0]["text"], "After the silence.")
 
 
+class QueueTests(TestCase):
+    """
+    Tasks and the run pool: waiting for a slot, shutdown.
+    """
+
+    async def test_cancelWhileQueued(self) -> None:
+        """
+        With one run slot taken, a second non-blocking task waits
+        C{TASK_STATE_SUBMITTED}; cancelling it ends it C{TASK_STATE_CANCELED}
+        without any upstream call of its own.
+        """
+        server = await startServer(self, concurrency=1)
+        server.upstream.script(Reply("First.", hold=True))
+        immediate = {"configuration": {"returnImmediately": True}}
+        first = await _post(server, "/a2a/agent/message:send", {**_message("one"), **immediate})
+        await server.upstream.waitForRequests(1)
+        second = await _post(server, "/a2a/agent/message:send", {**_message("two"), **immediate})
+        task = second.json()["task"]
+        self.assertEqual(task["status"]["state"], "TASK_STATE_SUBMITTED")
+        canceled = await _post(server, f"/a2a/agent/tasks/{task['id']}:cancel", {})
+        self.assertEqual(canceled.json()["status"]["state"], "TASK_STATE_CANCELED")
+        server.upstream.release()
+        [run] = _a2a(server)._running.values()
+        self.assertEqual(run.taskId, first.json()["task"]["id"])
+        self.assertEqual((await run.whenEnded())["status"]["state"], "TASK_STATE_COMPLETED")
+        self.assertEqual(len(server.upstream.requests), 1)
+
+    async def test_drainTimeoutFailsTask(self) -> None:
+        """
+        A task still running when the server's drain time is over ends
+        C{TASK_STATE_FAILED} with the shutdown's reason, and its upstream
+        call goes away.
+        """
+        server = await startServer(self)
+        server.upstream.script(Reply("Never.", hold=True))
+        immediate = {"configuration": {"returnImmediately": True}}
+        await _post(server, "/a2a/agent/message:send", {**_message(), **immediate})
+        await server.upstream.waitForRequests(1)
+        [run] = _a2a(server)._running.values()
+        ended = run.whenEnded()
+        drained = server.pool.drain(0)
+        task = await ended
+        await drained
+        self.assertEqual(task["status"]["state"], "TASK_STATE_FAILED")
+        self.assertIn("shut down", task["status"]["message"]["parts"][0]["text"])
+        self.assertEqual(await server.upstream.waitForDisconnects(1), 1)
+
+
 class ServerTests(TestCase):
     """
     The headend as part of the server: metrics, reloads.
