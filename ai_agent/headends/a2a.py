@@ -694,9 +694,7 @@ class _TaskRun:
             reply = _textMessage("ROLE_AGENT", answer, self.taskId, self.task["contextId"])
             self.task.setdefault("history", []).append(reply)
             self.turns.append({"role": "assistant", "content": answer})
-        self.ended = False
         self._status(state, reason)
-        self.ended = True
         # The end is stored before the clients hear of it: whoever they ask
         # next, on any instance, has the finished task.
         try:
