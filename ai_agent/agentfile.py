@@ -25,6 +25,7 @@ from jsonschema.validators import Draft202012Validator, validator_for
 
 from ai_agent.advice import didYouMean
 from ai_agent.errors import ConfigurationError
+from ai_agent.templating import resolveIncludes
 
 
 @attrs.frozen
@@ -206,7 +207,8 @@ class AgentSpec:
         run; the model is told the rest were not run.
     @ivar maxConcurrentTools: the most tool and sub-agent calls of one run
         in flight at once.
-    @ivar prompt: the system prompt (the body).
+    @ivar prompt: the system prompt: the body with its includes resolved
+        (its variables are substituted per run, L{ai_agent.templating}).
     @ivar input: what callers send when running the agent as a tool.
     @ivar clientTools: whether the tools a client sends with its request are
         shown to the model and handed back when called (L{False}: ignored,
@@ -220,7 +222,8 @@ class AgentSpec:
         answer is the run's.
     @ivar cache: how long (seconds) a run's answer and its tool calls'
         results are kept and replayed for the same input; L{None}: off.
-    @ivar digest: a SHA-256 of the file's text (part of the cache key).
+    @ivar digest: a SHA-256 of the file's text and of its prompt with the
+        includes resolved (part of the cache key).
     """
 
     path: str
@@ -948,11 +951,12 @@ def parseAgent(text: str, path: str) -> AgentSpec:
     @param text: the whole file.
     @param path: where it was read from; names the file in errors, gives
         the agent's default name, and is the base for relative sub-agent
-        paths.
+        and include paths.
 
     @raise ConfigurationError: if the file is not a valid agent.
     """
-    frontmatter, firstLine, prompt = _splitFile(text, path)
+    frontmatter, firstLine, body = _splitFile(text, path)
+    prompt = body
     data = _loadFrontmatter(frontmatter, firstLine, path)
     absolute = os.path.abspath(path)
     ctx = _Context(path=path, directory=os.path.dirname(absolute))
@@ -988,10 +992,15 @@ def parseAgent(text: str, path: str) -> AgentSpec:
     if "models" not in values and "models" not in invalid:
         problems.append("'models' is required (one 'provider/model' or a list of them)")
     problems.extend(_reasoningProblems(values))
+    try:
+        prompt = resolveIncludes(body, path)
+    except ConfigurationError as error:
+        problems.append(str(error).removeprefix(f"{path}: "))
     if problems:
         raise ConfigurationError(f"{path}: " + "; ".join(problems))
     name = values.get("toolName") or _AI_SUFFIX.sub("", os.path.basename(path)) or "agent"
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # The included files' text is part of the agent (and of its cache key).
+    digest = hashlib.sha256(f"{text}\0{prompt}".encode()).hexdigest()
     return AgentSpec(path=absolute, name=name, prompt=prompt, digest=digest, **values)
 
 

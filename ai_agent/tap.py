@@ -471,8 +471,20 @@ def apiMounts(
         reactor,
         observer=runtime.runner.observer,
     )
+    from ai_agent.headends.a2a import A2A_ERRORS, A2AHeadend
+
+    a2a = A2AHeadend(
+        runtime.registry,
+        runtime.runner,
+        pool,
+        reactor,
+        store=runtime.store,
+        observer=runtime.runner.observer,
+    )
     return [
         Mount(b"/v1/responses", responses.app, OPENAI_ERRORS, headend=responses),
+        Mount(b"/a2a", a2a.app, A2A_ERRORS, headend=a2a),
+        Mount(b"/.well-known/agent-card.json", a2a.app, A2A_ERRORS, headend=a2a),
         Mount(
             b"/v1/messages",
             anthropic.app,
