@@ -465,8 +465,18 @@ def apiMounts(
         reactor,
         observer=runtime.runner.observer,
     )
+    from ai_agent.headends.mcp import MCP_ERRORS, McpHeadend
+
+    mcp = McpHeadend(
+        runtime.registry,
+        runtime.runner,
+        pool,
+        reactor,
+        observer=runtime.runner.observer,
+    )
     return [
         Mount(b"/v1/responses", responses.app, OPENAI_ERRORS, headend=responses),
+        Mount(b"/mcp", mcp.app, MCP_ERRORS, headend=mcp),
         Mount(
             b"/v1/messages", anthropic.app, ANTHROPIC_ERRORS, isAnthropicClient, headend=anthropic
         ),

@@ -1,0 +1,515 @@
+"""
+The MCP headend (C{/mcp} and C{--mcp stdio}): served agents as MCP tools,
+proven with the official MCP Python SDK client, unmodified, over real
+sockets against the fake upstream, in both the handshake mode
+(C{initialize}, sessions) and the 2026-07-28 mode (C{server/discover}, no
+session); plus the protocol's refusals seen on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import HTTPConnectionPool
+
+from ai_agent.headends._http import APIKeys, HTTPPolicy
+from ai_agent.headends._mcpcore import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    ProtocolError,
+    _CallProgress,
+    parseMessage,
+    toolName,
+)
+from ai_agent.headends.mcp import McpHeadend
+from ai_agent.testing import Reply
+from tests._harness import SENTINEL_KEY, LiveServer, inThread, startServer
+
+CHAT_AGENT = """\
+---
+description: Answers questions
+usage: Ask it anything.
+models: fake/test-model
+---
+You are the chat agent.
+"""
+
+JSON_AGENT = """\
+---
+description: Adds numbers
+models: fake/test-model
+input:
+  format: json
+  schema:
+    type: object
+    properties:
+      a: {type: integer}
+      b: {type: integer}
+    required: [a, b]
+output:
+  format: json
+  schema:
+    type: object
+    properties:
+      sum: {type: integer}
+    required: [sum]
+---
+You add numbers.
+"""
+
+AGENTS = {"chat.ai": CHAT_AGENT, "adder.ai": JSON_AGENT}
+
+
+async def _server(testCase: TestCase, **kwargs: Any) -> LiveServer:
+    return await startServer(testCase, AGENTS, **kwargs)
+
+
+def _url(server: LiveServer) -> str:
+    return f"http://127.0.0.1:{server.port.getHost().port}/mcp"
+
+
+def _sdk(url: str, mode: str, work: Any, **clientKwargs: Any) -> Deferred[Any]:
+    """
+    Run C{work(client)} with an MCP SDK client connected to C{url} in
+    C{mode}, on its own event loop in a thread.
+    """
+    from mcp import Client
+
+    async def main() -> Any:
+        async with Client(url, mode=mode, **clientKwargs) as client:  # type: ignore[arg-type]
+            return await work(client)
+
+    return inThread(asyncio.run, main())
+
+
+class SDKClientTests(TestCase):
+    """
+    The MCP Python SDK client lists the agents as tools and calls them, with
+    progress, in each mode it speaks.
+    """
+
+    async def _listAndCall(self, mode: str) -> None:
+        server = await _server(self)
+        server.upstream.script(Reply(content="Paris."))
+
+        async def work(client: Any) -> Any:
+            tools = await client.list_tools()
+            notes: list[tuple[float, str | None]] = []
+
+            async def progress(value: float, total: float | None, message: str | None) -> None:
+                notes.append((value, message))
+
+            result = await client.call_tool(
+                "chat", {"prompt": "Capital?"}, progress_callback=progress
+            )
+            return client.protocol_version, tools, result, notes
+
+        version, tools, result, notes = await _sdk(_url(server), mode, work)
+        byName = {tool.name: tool for tool in tools.tools}
+        self.assertEqual(sorted(byName), ["adder", "chat"])
+        self.assertEqual(byName["chat"].description, "Answers questions\n\nUsage: Ask it anything.")
+        self.assertEqual(byName["chat"].input_schema["required"], ["prompt"])
+        self.assertIs(byName["chat"].annotations.read_only_hint, True)
+        self.assertIsNone(byName["chat"].output_schema)
+        self.assertEqual(byName["adder"].output_schema["required"], ["sum"])
+        self.assertFalse(result.is_error)
+        self.assertEqual(result.content[0].text, "Paris.")
+        self.assertTrue(notes, "no progress notification arrived")
+        values = [value for value, _ in notes]
+        self.assertEqual(values, sorted(set(values)))
+        self.assertIn("turn 1: fake/test-model answering", [message for _, message in notes])
+        # The agent saw the prompt as its user message.
+        sent = server.upstream.requests[-1].body["messages"]
+        self.assertEqual(sent[-1]["content"], "Capital?")
+        return version
+
+    async def test_handshakeMode(self) -> None:
+        """
+        In the handshake mode (C{mode="legacy"}: C{initialize}, a session)
+        the SDK negotiates 2025-11-25, lists both agents as tools with their
+        descriptions and schemas, and a call answers the agent's text with
+        increasing progress notifications.
+        """
+        version = await self._listAndCall("legacy")
+        self.assertEqual(version, "2025-11-25")
+
+    async def test_modernMode(self) -> None:
+        """
+        By default (C{mode="auto"}) the SDK's C{server/discover} probe is
+        answered, so it stays in the 2026-07-28 mode (no fallback to
+        C{initialize}), and lists and calls the same way.
+        """
+        version = await self._listAndCall("auto")
+        self.assertEqual(version, "2026-07-28")
+
+    async def test_structuredOutput(self) -> None:
+        """
+        An agent with JSON input and output schemas takes the schema's
+        arguments (its user message is them as compact JSON) and answers
+        C{structuredContent}, which the SDK validates against the listed
+        C{outputSchema}.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content='{"sum": 5}'))
+
+        async def work(client: Any) -> Any:
+            return await client.call_tool("adder", {"a": 2, "b": 3})
+
+        result = await _sdk(_url(server), "legacy", work)
+        self.assertFalse(result.is_error)
+        self.assertEqual(result.structured_content, {"sum": 5})
+        sent = server.upstream.requests[-1].body["messages"]
+        self.assertEqual(json.loads(sent[-1]["content"]), {"a": 2, "b": 3})
+
+    async def test_badArgumentsAreToolErrors(self) -> None:
+        """
+        Arguments that do not fit the agent's input are a result with
+        C{isError} naming the fault, and no run starts.
+        """
+        server = await _server(self)
+
+        async def work(client: Any) -> Any:
+            return await client.call_tool("adder", {"a": "two"})
+
+        result = await _sdk(_url(server), "legacy", work)
+        self.assertTrue(result.is_error)
+        self.assertIn("adder", result.content[0].text)
+        self.assertEqual(server.upstream.requests, [])
+
+    async def test_failedRunIsToolError(self) -> None:
+        """
+        A run that fails (the upstream answers 400) is a result with
+        C{isError} and the reason, without the provider's key.
+        """
+        server = await _server(self)
+        server.upstream.script(
+            Reply(status=400, errorBody={"error": {"message": f"bad key {SENTINEL_KEY}"}})
+        )
+
+        async def work(client: Any) -> Any:
+            return await client.call_tool("chat", {"prompt": "hi"})
+
+        result = await _sdk(_url(server), "legacy", work)
+        self.assertTrue(result.is_error)
+        self.assertTrue(result.content[0].text)
+        self.assertNotIn(SENTINEL_KEY, result.content[0].text)
+
+    async def test_progressKeepsShortTimeoutAlive(self) -> None:
+        """
+        A run longer than the client's timeout survives when that timeout
+        restarts on each progress notification (as Claude Code's idle
+        watchdog and the TypeScript SDK's C{resetTimeoutOnProgress} do; the
+        Python SDK has no such option, so the test's client keeps the
+        deadline): the heartbeat (0.5 s here) keeps a 2 s timeout from
+        firing during a 3 s run.
+        """
+        server = await _server(self)
+        for mount in server.mounts:
+            if isinstance(mount.headend, McpHeadend):
+                mount.headend.heartbeat = 0.5
+        server.upstream.script(Reply(content="late answer", delay=3.0))
+
+        async def work(client: Any) -> Any:
+            loop = asyncio.get_running_loop()
+            deadline = [loop.time() + 2.0]
+            notes: list[str | None] = []
+
+            async def progress(value: float, total: float | None, message: str | None) -> None:
+                deadline[0] = loop.time() + 2.0
+                notes.append(message)
+
+            call = asyncio.ensure_future(
+                client.call_tool("chat", {"prompt": "slow"}, progress_callback=progress)
+            )
+            while not call.done():
+                if loop.time() > deadline[0]:
+                    call.cancel()
+                    raise AssertionError(f"no progress for 2 s; got {notes}")
+                await asyncio.wait([call], timeout=0.1)
+            return call.result(), notes
+
+        result, notes = await _sdk(_url(server), "legacy", work)
+        self.assertEqual(result.content[0].text, "late answer")
+        self.assertIn("still working", notes)
+
+    async def test_closedConnectionCancelsRun(self) -> None:
+        """
+        A client that gives up on a call (its timeout fires, it closes the
+        stream) stops the run: the upstream call is dropped.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content="never", hold=True))
+
+        async def work(client: Any) -> Any:
+            try:
+                await client.call_tool("chat", {"prompt": "hold"}, read_timeout_seconds=1.0)
+            except Exception as error:
+                return type(error).__name__
+            return "answered"
+
+        outcome = await _sdk(_url(server), "auto", work)
+        self.assertNotEqual(outcome, "answered")
+        await server.upstream.waitForDisconnects(1)
+
+
+class WireTests(TestCase):
+    """
+    C{/mcp}'s answers to protocol mistakes and to requests it must refuse,
+    on the wire.
+    """
+
+    async def _post(
+        self, server: LiveServer, body: bytes, headers: dict[bytes, list[bytes]] | None = None
+    ) -> tuple[int, Any, Any]:
+        sent = {b"content-type": [b"application/json"], b"accept": [b"application/json"]}
+        sent.update(headers or {})
+        response = await treq.post(
+            _url(server), data=body, headers=sent, pool=HTTPConnectionPool(reactor, False)
+        )
+        text = await response.content()
+        return response.code, response.headers, json.loads(text) if text else None
+
+    async def _initialize(self, server: LiveServer) -> bytes:
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {}},
+            }
+        ).encode()
+        code, headers, answer = await self._post(server, body)
+        self.assertEqual(code, 200)
+        self.assertEqual(answer["result"]["protocolVersion"], "2025-06-18")
+        return headers.getRawHeaders(b"mcp-session-id")[0]
+
+    async def test_parseError(self) -> None:
+        """
+        A body that is not JSON is a 400 with JSON-RPC error -32700.
+        """
+        server = await _server(self)
+        code, _, answer = await self._post(server, b"{not json")
+        self.assertEqual((code, answer["error"]["code"], answer["id"]), (400, PARSE_ERROR, None))
+
+    async def test_batchRefused(self) -> None:
+        """
+        A JSON-RPC batch is a 400 with -32600 saying batches are not taken.
+        """
+        server = await _server(self)
+        code, _, answer = await self._post(server, b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]')
+        self.assertEqual((code, answer["error"]["code"]), (400, INVALID_REQUEST))
+        self.assertIn("batch", answer["error"]["message"])
+
+    async def test_sessionRequired(self) -> None:
+        """
+        After the handshake, a request without C{Mcp-Session-Id} is a 400,
+        one with an unknown id a 404; C{notifications/initialized} is a 202
+        without a body; an unknown method is -32601; an unknown tool -32602;
+        DELETE ends the session (then 404).
+        """
+        server = await _server(self)
+        session = await self._initialize(server)
+        listing = b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
+        code, _, _ = await self._post(server, listing)
+        self.assertEqual(code, 400)
+        code, _, _ = await self._post(server, listing, {b"mcp-session-id": [b"nope"]})
+        self.assertEqual(code, 404)
+        withSession = {b"mcp-session-id": [session]}
+        code, _, answer = await self._post(
+            server, b'{"jsonrpc":"2.0","method":"notifications/initialized"}', withSession
+        )
+        self.assertEqual((code, answer), (202, None))
+        code, _, answer = await self._post(
+            server, b'{"jsonrpc":"2.0","id":3,"method":"resources/list"}', withSession
+        )
+        self.assertEqual((code, answer["error"]["code"]), (200, -32601))
+        code, _, answer = await self._post(
+            server,
+            b'{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"nope"}}',
+            withSession,
+        )
+        self.assertEqual(answer["error"]["code"], INVALID_PARAMS)
+        self.assertIn("chat", answer["error"]["message"])
+        response = await treq.delete(
+            _url(server), headers=withSession, pool=HTTPConnectionPool(reactor, False)
+        )
+        await response.content()
+        self.assertEqual(response.code, 204)
+        code, _, _ = await self._post(server, listing, withSession)
+        self.assertEqual(code, 404)
+
+    async def test_modernHeaderMismatch(self) -> None:
+        """
+        In the 2026-07-28 mode a C{tools/call} whose C{Mcp-Name} differs
+        from the body's tool is a 400 with -32020, and an unknown version is
+        -32022 naming the supported ones.
+        """
+        server = await _server(self)
+        body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"chat","arguments":{"prompt":"x"}}}'
+        code, _, answer = await self._post(
+            server,
+            body,
+            {
+                b"mcp-protocol-version": [b"2026-07-28"],
+                b"mcp-method": [b"tools/call"],
+                b"mcp-name": [b"adder"],
+            },
+        )
+        self.assertEqual((code, answer["error"]["code"]), (400, -32020))
+        code, _, answer = await self._post(
+            server,
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+            {b"mcp-protocol-version": [b"2099-01-01"]},
+        )
+        self.assertEqual((code, answer["error"]["code"]), (400, -32022))
+        self.assertIn("2025-11-25", answer["error"]["data"]["supported"])
+        self.assertEqual(server.upstream.requests, [])
+
+    async def test_foreignOriginForbidden(self) -> None:
+        """
+        A request with an C{Origin} the server does not allow is a 403 (a
+        browser page must not reach a local server); without C{Origin} it
+        is served.
+        """
+        server = await _server(self)
+        code, _, answer = await self._post(
+            server,
+            b'{"jsonrpc":"2.0","id":1,"method":"server/discover"}',
+            {b"origin": [b"http://evil.example"]},
+        )
+        self.assertEqual(code, 403)
+        self.assertEqual(answer["jsonrpc"], "2.0")
+        code, _, answer = await self._post(
+            server, b'{"jsonrpc":"2.0","id":1,"method":"server/discover"}'
+        )
+        self.assertEqual(code, 200)
+        self.assertIn("2026-07-28", answer["result"]["supportedVersions"])
+
+    async def test_reboundHostForbidden(self) -> None:
+        """
+        On a loopback bind, a C{Host} naming another host (DNS rebinding)
+        is a 403; C{localhost} is served.
+        """
+        server = await _server(self)
+        body = b'{"jsonrpc":"2.0","id":1,"method":"server/discover"}'
+        code, _, _ = await self._post(server, body, {b"host": [b"attacker.example:80"]})
+        self.assertEqual(code, 403)
+        code, _, _ = await self._post(server, body, {b"host": [b"localhost:1234"]})
+        self.assertEqual(code, 200)
+
+    async def test_keyRequired(self) -> None:
+        """
+        With keys set, C{/mcp} without one is a 401 with
+        C{WWW-Authenticate} and a JSON-RPC-shaped body; with one, served.
+        """
+        server = await _server(self, policy=HTTPPolicy(apiKeys=APIKeys.fromKeys(["sk-mcp-key"])))
+        body = b'{"jsonrpc":"2.0","id":1,"method":"server/discover"}'
+        code, headers, answer = await self._post(server, body)
+        self.assertEqual(code, 401)
+        self.assertTrue(headers.hasHeader(b"www-authenticate"))
+        self.assertEqual(answer["error"]["code"], INVALID_REQUEST)
+        self.assertNotIn("sk-mcp-key", json.dumps(answer))
+        code, _, _ = await self._post(server, body, {b"authorization": [b"Bearer sk-mcp-key"]})
+        self.assertEqual(code, 200)
+
+
+class StdioTests(TestCase):
+    """
+    C{ai-agent --agent ... --mcp stdio} with the SDK's stdio client: the
+    process speaks MCP on stdout and nothing else.
+    """
+
+    async def test_sdkStdioClient(self) -> None:
+        """
+        The SDK starts the command, lists the agent as a tool and calls it;
+        the answer comes from the fake upstream.
+        """
+        from mcp import StdioServerParameters
+
+        server = await _server(self)
+        server.upstream.script(Reply(content="stdio answer"))
+        config = os.path.join(server.directory, "config.json")
+        agent = os.path.join(server.directory, "chat.ai")
+        params = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "ai_agent", "--agent", agent, "--config", config, "--mcp", "stdio"],
+            env={**os.environ, "HOME": server.directory},
+            cwd=server.directory,
+        )
+
+        async def work(client: Any) -> Any:
+            tools = await client.list_tools()
+            result = await client.call_tool("chat", {"prompt": "over stdio"})
+            return [tool.name for tool in tools.tools], result
+
+        for mode in ("legacy", "auto"):
+            server.upstream.script(Reply(content="stdio answer"))
+            names, result = await _sdk(params, mode, work)  # type: ignore[arg-type]
+            self.assertEqual(names, ["chat"])
+            self.assertEqual(result.content[0].text, "stdio answer")
+
+
+class UnitTests(SynchronousTestCase):
+    """
+    The protocol's pieces without sockets.
+    """
+
+    def test_toolNames(self) -> None:
+        """
+        Ids MCP allows are kept; others have each foreign character made
+        C{_} and are cut to 128 characters.
+        """
+        self.assertEqual(toolName("team/chat v2"), "team_chat_v2")
+        self.assertEqual(toolName("ok.name-1_x"), "ok.name-1_x")
+        self.assertEqual(len(toolName("a" * 200)), 128)
+
+    def test_parseMessage(self) -> None:
+        """
+        A request, a notification and a response are told apart; a message
+        without C{jsonrpc: "2.0"} or with params that are not an object is
+        refused with its code.
+        """
+        self.assertTrue(parseMessage(b'{"jsonrpc":"2.0","id":1,"method":"ping"}').isRequest)
+        note = parseMessage(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        self.assertTrue(note.isNotification)
+        reply = parseMessage(b'{"jsonrpc":"2.0","id":1,"result":{}}')
+        self.assertIsNone(reply.method)
+        with self.assertRaises(ProtocolError) as raised:
+            parseMessage(b'{"id":1,"method":"ping"}')
+        self.assertEqual(raised.exception.code, INVALID_REQUEST)
+        with self.assertRaises(ProtocolError) as raised:
+            parseMessage(b'{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}')
+        self.assertEqual(raised.exception.code, INVALID_PARAMS)
+
+    def test_heartbeat(self) -> None:
+        """
+        A call's progress sends a heartbeat after each silence of the
+        interval, with the progress value still increasing, and none after
+        it stops.
+        """
+        clock = Clock()
+        sent: list[dict[str, Any]] = []
+        progress = _CallProgress("tok", sent.append, clock, 5.0)
+        progress.start()
+        clock.advance(4.9)
+        self.assertEqual(len(sent), 1)
+        progress.emit("calling a tool")
+        clock.advance(4.9)
+        self.assertEqual(len(sent), 2)
+        clock.advance(0.2)
+        self.assertEqual(len(sent), 3)
+        self.assertEqual(sent[-1]["params"]["message"], "still working")
+        self.assertEqual([s["params"]["progress"] for s in sent], [1, 2, 3])
+        progress.stop()
+        clock.advance(60)
+        self.assertEqual(len(sent), 3)
