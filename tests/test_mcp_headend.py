@@ -355,7 +355,14 @@ class WireTests(TestCase):
         -32022 naming the supported ones.
         """
         server = await _server(self)
-        body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"chat","arguments":{"prompt":"x"}}}'
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "chat", "arguments": {"prompt": "x"}},
+            }
+        ).encode()
         code, _, answer = await self._post(
             server,
             body,
