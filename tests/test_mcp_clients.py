@@ -1,0 +1,198 @@
+"""
+Real MCP clients, unmodified, using served agents as MCP tools: Claude
+Code (C{claude -p} with C{--mcp-config}, over Streamable HTTP and over
+stdio) and the TypeScript SDK client (C{@modelcontextprotocol/sdk}), all
+offline against the fake upstream.
+
+Claude Code's own model is an agent of the same server (its Anthropic
+Messages API), scripted to call C{mcp__agents__helper}; the helper agent
+then runs against the fake upstream when Claude Code calls the tool, and
+the model's next turn gets the helper's answer as the tool's result.
+
+Skipped, with the reason, without Node.js 20 or the installed packages
+(C{npm ci --prefix tests/js}).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Mapping
+
+from twisted.trial.unittest import TestCase
+
+from ai_agent.headends.mcp import McpHeadend
+from ai_agent.testing import Reply
+from tests import test_claude_code
+from tests._harness import LiveServer, startServer
+from tests._process import run
+from tests.test_claude_code import CLAUDE, CLAUDE_TIMEOUT, _environment
+from tests.test_clients_js import JS, _skipReason, runNodeTests
+
+CODER = """\
+---
+description: The agent behind Claude Code
+models: fake/test-model
+---
+You are the coder agent.
+"""
+
+HELPER = """\
+---
+description: Knows the secret
+usage: Ask it for the secret.
+models: fake/test-model
+---
+You are the helper agent.
+"""
+
+AGENTS = {"coder.ai": CODER, "helper.ai": HELPER}
+
+SECRET = "The secret is 7f3a."
+
+
+def _isHelperRun(body: Mapping[str, Any]) -> bool:
+    # The helper agent's runs start with its own prompt.
+    messages = body.get("messages") or [{}]
+    return "You are the helper agent." in json.dumps(messages[0])
+
+
+def _toolResults(body: Mapping[str, Any]) -> str:
+    return json.dumps([m for m in body["messages"] if m.get("role") == "tool"])
+
+
+class ClaudeCodeMcpTests(TestCase):
+    """
+    Claude Code calls a served agent as an MCP tool and answers with what
+    the tool returned.
+    """
+
+    skip = test_claude_code._skip()
+
+    async def _useHelper(self, server: LiveServer, entry: dict[str, Any]) -> None:
+        server.upstream.scriptFor(_isHelperRun, Reply(content=SECRET))
+        server.upstream.script(
+            Reply(toolCalls=[("mcp__agents__helper", {"prompt": "What is the secret?"})]),
+            Reply(content="The helper says 7f3a."),
+        )
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        env = _environment(server, "coder", home, ANTHROPIC_API_KEY="any-key")
+        config = json.dumps({"mcpServers": {"agents": entry}})
+        out, err, code = await run(
+            [
+                "timeout",
+                str(CLAUDE_TIMEOUT),
+                CLAUDE,
+                "-p",
+                "Ask the helper for the secret",
+                "--mcp-config",
+                config,
+                "--strict-mcp-config",
+                "--allowedTools",
+                "mcp__agents__helper",
+                "--output-format",
+                "json",
+            ],
+            home,
+            env,
+        )
+        if code != 0:
+            self.fail(f"claude exited with {code}:\n{out.decode()}\n{err.decode()}")
+        result = json.loads(out)
+        self.assertEqual(result["result"], "The helper says 7f3a.")
+        # The coder's first turn offered the tool to its model.
+        coderCalls = [r for r in server.upstream.requests if not _isHelperRun(r.body)]
+        offered = [tool["function"]["name"] for tool in coderCalls[0].body["tools"]]
+        self.assertIn("mcp__agents__helper", offered)
+        # The helper ran on the prompt Claude Code's model wrote.
+        [helperRun] = [r for r in server.upstream.requests if _isHelperRun(r.body)]
+        self.assertEqual(helperRun.body["messages"][-1]["content"], "What is the secret?")
+        # The coder's last turn got the helper's answer as the tool result.
+        self.assertIn(SECRET, _toolResults(coderCalls[-1].body))
+
+    async def test_overHttp(self) -> None:
+        """
+        With the server's C{/mcp} in C{--mcp-config} (C{type: http}), Claude
+        Code lists the agents, its model calls C{mcp__agents__helper}, the
+        helper agent runs, and the answer that used its result is printed.
+        """
+        server = await startServer(self, agents=AGENTS)
+        url = f"http://127.0.0.1:{server.port.getHost().port}/mcp"
+        await self._useHelper(server, {"type": "http", "url": url})
+
+    async def test_overStdio(self) -> None:
+        """
+        With C{ai-agent --agent helper.ai --mcp stdio} as the MCP server
+        (Claude Code starts it), the same call works end to end.
+        """
+        server = await startServer(self, agents=AGENTS)
+        entry = {
+            "command": sys.executable,
+            "args": [
+                "-m",
+                "ai_agent",
+                "--agent",
+                os.path.join(server.directory, "helper.ai"),
+                "--config",
+                os.path.join(server.directory, "config.json"),
+                "--mcp",
+                "stdio",
+            ],
+            "env": {"HOME": server.directory, "PATH": os.environ.get("PATH", "")},
+        }
+        await self._useHelper(server, entry)
+
+
+def _nodeSkip() -> str | None:
+    reason = _skipReason()
+    if reason is None and not os.path.isdir(
+        os.path.join(JS, "node_modules", "@modelcontextprotocol", "sdk")
+    ):
+        return "@modelcontextprotocol/sdk is not installed: run `npm ci --prefix tests/js` first"
+    return reason
+
+
+class TypeScriptSDKTests(TestCase):
+    """
+    The TypeScript SDK's client (C{StreamableHTTPClientTransport}) lists,
+    calls with progress (its timeout reset on progress), and cancels.
+    """
+
+    skip = _nodeSkip()
+
+    async def test_listCallProgressCancel(self) -> None:
+        """
+        C{tests/js/mcp.test.mjs}: the client lists both agents with their
+        descriptions, a call answers the helper's text after increasing
+        progress notifications, a 1 s timeout that restarts on progress
+        survives a 2 s run (the heartbeat is 0.5 s here), and an aborted
+        call (the SDK sends C{notifications/cancelled}) stops the helper's
+        run upstream.
+        """
+        server = await startServer(self, agents=AGENTS)
+        for mount in server.mounts:
+            if isinstance(mount.headend, McpHeadend):
+                mount.headend.heartbeat = 0.5
+        server.upstream.scriptFor(
+            _isHelperRun,
+            Reply(content=SECRET),
+            Reply(content="slow answer", delay=2.0),
+            Reply(content="held", hold=True),
+        )
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key in ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT")
+        }
+        env.update(AI_AGENT_BASE_URL=server.baseUrl, NO_COLOR="1", NODE_NO_WARNINGS="1")
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        output, problem = await runNodeTests(
+            "mcp.test.mjs", JS, env, os.path.join(folder, "counts.json")
+        )
+        if problem is not None:
+            self.fail(f"node --test mcp.test.mjs {problem}:\n{output}")
+        await server.upstream.waitForDisconnects(1)
+        self.assertEqual(len([r for r in server.upstream.requests if _isHelperRun(r.body)]), 3)
