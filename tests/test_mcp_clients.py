@@ -29,6 +29,7 @@ from tests._harness import LiveServer, startServer
 from tests._process import run
 from tests.test_claude_code import CLAUDE, CLAUDE_TIMEOUT, _environment
 from tests.test_clients_js import JS, _skipReason, runNodeTests
+from tests.test_headend_responses import CODEX
 
 CODER = """\
 ---
@@ -196,3 +197,76 @@ class TypeScriptSDKTests(TestCase):
             self.fail(f"node --test mcp.test.mjs {problem}:\n{output}")
         await server.upstream.waitForDisconnects(1)
         self.assertEqual(len([r for r in server.upstream.requests if _isHelperRun(r.body)]), 3)
+
+
+#: A Codex home: the server's Responses API as its model provider, the
+#: server's C{/mcp} as its MCP server C{agents}, the helper tool approved.
+CODEX_MCP_CONFIG = """\
+model = "coder"
+model_provider = "aiagent"
+
+[model_providers.aiagent]
+name = "ai-agent"
+base_url = "{baseUrl}"
+wire_api = "responses"
+env_key = "AI_AGENT_KEY"
+
+[mcp_servers.agents]
+url = "{mcpUrl}"
+
+[mcp_servers.agents.tools.helper]
+approval_mode = "approve"
+"""
+
+
+class CodexMcpTests(TestCase):
+    """
+    C{codex exec} with the server's C{/mcp} in its C{mcp_servers}.
+    """
+
+    def setUp(self) -> None:
+        import shutil
+
+        if shutil.which("node") is None:
+            raise self.skipTest("node is not installed: the Codex CLI needs Node.js")
+        if not os.path.exists(CODEX):
+            raise self.skipTest("the Codex CLI is missing: run `npm ci --prefix tests/js` first")
+
+    async def test_helperAsMcpTool(self) -> None:
+        """
+        Codex lists the agents from C{/mcp} (its model is offered the
+        helper in the C{mcp__agents} namespace), its model calls the
+        helper, Codex calls C{tools/call} (the helper agent runs against
+        the fake upstream), and the model's next turn gets the helper's
+        answer as the call's output; Codex prints the final answer.
+        """
+        server = await startServer(self, agents=AGENTS)
+        server.upstream.scriptFor(_isHelperRun, Reply(content=SECRET))
+        server.upstream.script(
+            Reply(toolCalls=[("mcp__agents__helper", {"prompt": "What is the secret?"})]),
+            Reply(content="The helper says 7f3a."),
+        )
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        port = server.port.getHost().port
+        with open(os.path.join(home, "config.toml"), "w", encoding="utf-8") as f:
+            f.write(
+                CODEX_MCP_CONFIG.format(
+                    baseUrl=server.baseUrl, mcpUrl=f"http://127.0.0.1:{port}/mcp"
+                )
+            )
+        env = {"PATH": os.environ["PATH"], "HOME": home, "CODEX_HOME": home, "AI_AGENT_KEY": "k"}
+        out, err, code = await run(
+            [CODEX, "exec", "--skip-git-repo-check", "Ask the helper"], cwd=home, env=env
+        )
+        output = (out + err).decode("utf-8", "replace")
+        self.assertEqual(code, 0, output)
+        self.assertIn("The helper says 7f3a.", out.decode())
+        coderCalls = [r for r in server.upstream.requests if not _isHelperRun(r.body)]
+        offered = {tool["function"]["name"] for tool in coderCalls[0].body.get("tools", ())}
+        self.assertIn("mcp__agents__helper", offered)
+        [helperRun] = [r for r in server.upstream.requests if _isHelperRun(r.body)]
+        self.assertEqual(helperRun.body["messages"][-1]["content"], "What is the secret?")
+        self.assertIn(SECRET, _toolResults(coderCalls[-1].body))
+
+    test_helperAsMcpTool.timeout = 120  # type: ignore[attr-defined]
