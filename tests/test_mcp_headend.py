@@ -348,6 +348,58 @@ class WireTests(TestCase):
         code, _, _ = await self._post(server, listing, withSession)
         self.assertEqual(code, 404)
 
+    async def test_reloadTellsListeners(self) -> None:
+        """
+        After a reload (what SIGHUP runs) that adds an agent, a session's
+        GET stream gets C{notifications/tools/list_changed}, and
+        C{tools/list} then lists the new agent.
+        """
+        from ai_agent.reload import Reloader
+
+        server = await _server(self)
+        [headend] = [m.headend for m in server.mounts if isinstance(m.headend, McpHeadend)]
+        session = await self._initialize(server)
+        withSession = {b"mcp-session-id": [session], b"accept": [b"text/event-stream"]}
+        pool = HTTPConnectionPool(reactor, False)
+        stream = await treq.get(_url(server), headers=withSession, unbuffered=True, pool=pool)
+        self.assertEqual(stream.code, 200)
+        received: list[bytes] = []
+        told: Deferred[None] = Deferred()
+
+        def collect(data: bytes) -> None:
+            received.append(data)
+            if b"notifications/tools/list_changed" in b"".join(received) and not told.called:
+                told.callback(None)
+
+        reading = treq.collect(stream, collect)
+        reading.addErrback(lambda _: None)
+        paths = [os.path.join(server.directory, name) for name in AGENTS]
+        extra = os.path.join(server.directory, "extra.ai")
+        with open(extra, "w", encoding="utf-8") as f:
+            f.write(CHAT_AGENT)
+        reloader = Reloader(
+            reactor,
+            server.runtime,
+            [*paths, extra],
+            os.path.join(server.directory, "config.json"),
+            headends=[headend],
+            cwd=server.directory,
+            environ={"HOME": server.directory},
+        )
+        self.assertTrue(reloader.reload())
+        await told.addTimeout(10, reactor)
+        code, _, answer = await self._post(
+            server,
+            b'{"jsonrpc":"2.0","id":5,"method":"tools/list"}',
+            {b"mcp-session-id": [session]},
+        )
+        self.assertIn("extra", [tool["name"] for tool in answer["result"]["tools"]])
+        response = await treq.delete(
+            _url(server), headers={b"mcp-session-id": [session]}, pool=pool
+        )
+        await response.content()
+        await reading
+
     async def test_modernHeaderMismatch(self) -> None:
         """
         In the 2026-07-28 mode a C{tools/call} whose C{Mcp-Name} differs
