@@ -16,7 +16,7 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -242,11 +242,7 @@ class SDKClientTests(TestCase):
         self.assertEqual(result.content[0].text, "late answer")
         self.assertIn("still working", notes)
 
-    async def test_closedConnectionCancelsRun(self) -> None:
-        """
-        A client that gives up on a call (its timeout fires, it closes the
-        stream) stops the run: the upstream call is dropped.
-        """
+    async def _cancelled(self, mode: str) -> None:
         server = await _server(self)
         server.upstream.script(Reply(content="never", hold=True))
 
@@ -257,9 +253,62 @@ class SDKClientTests(TestCase):
                 return type(error).__name__
             return "answered"
 
-        outcome = await _sdk(_url(server), "auto", work)
+        outcome = await _sdk(_url(server), mode, work)
         self.assertNotEqual(outcome, "answered")
         await server.upstream.waitForDisconnects(1)
+        [headend] = [m.headend for m in server.mounts if isinstance(m.headend, McpHeadend)]
+        self.assertEqual([s.calls for s in headend.sessions.values()], [])
+        self.assertEqual(server.pool.activeRuns, 0)
+
+    async def test_cancelHandshakeMode(self) -> None:
+        """
+        In the handshake mode, a call the client gives up on (its timeout
+        fires: it sends C{notifications/cancelled} and closes the session)
+        stops the run: the upstream call is dropped and the slot is free.
+        """
+        await self._cancelled("legacy")
+
+    async def test_cancelModernMode(self) -> None:
+        """
+        In the 2026-07-28 mode (cancel = closing the call's stream) the
+        same give-up stops the run.
+        """
+        await self._cancelled("auto")
+
+    async def test_agentWithMcpToolShowsProgress(self) -> None:
+        """
+        An agent that itself calls an MCP tool (the SDK-built calc server),
+        served over MCP, shows its tool call to the caller as progress
+        messages, and answers with the text that used the tool's result.
+        """
+        from tests.mcp_servers import calcEntry
+
+        agent = CHAT_AGENT.replace(
+            "models: fake/test-model", "models: fake/test-model\ntools: [calc]"
+        )
+        server = await startServer(self, {"chat.ai": agent}, mcpServers={"calc": calcEntry()})
+        server.upstream.script(
+            Reply(toolCalls=[("calc__add", {"a": 20, "b": 22})]), Reply(content="It is 42.")
+        )
+
+        async def work(client: Any) -> Any:
+            notes: list[str | None] = []
+
+            async def progress(value: float, total: float | None, message: str | None) -> None:
+                notes.append(message)
+
+            tools = await client.list_tools()
+            result = await client.call_tool("chat", {"prompt": "add"}, progress_callback=progress)
+            return tools, result, notes
+
+        tools, result, notes = await _sdk(_url(server), "auto", work)
+        [tool] = tools.tools
+        self.assertIs(tool.annotations.read_only_hint, False)
+        self.assertIs(tool.annotations.open_world_hint, True)
+        self.assertEqual(result.content[0].text, "It is 42.")
+        text = "\n".join(note or "" for note in notes)
+        self.assertIn("calling calc__add", text)
+        self.assertIn("calc__add → 42", text)
 
 
 class WireTests(TestCase):
@@ -347,6 +396,41 @@ class WireTests(TestCase):
         self.assertEqual(response.code, 204)
         code, _, _ = await self._post(server, listing, withSession)
         self.assertEqual(code, 404)
+
+    async def test_cancelledNotification(self) -> None:
+        """
+        C{notifications/cancelled} naming a running call's request id stops
+        its run (the upstream call is dropped) while the call's connection
+        stays open; the call is then answered without a result (202), as
+        the spec says no response is due.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content="never", hold=True))
+        session = await self._initialize(server)
+        withSession = {b"mcp-session-id": [session]}
+        call = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": "call-1",
+                "method": "tools/call",
+                "params": {"name": "chat", "arguments": {"prompt": "hold"}},
+            }
+        ).encode()
+        calling = ensureDeferred(self._post(server, call, withSession))
+        await server.upstream.waitForRequests(1)
+        cancel = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": "call-1", "reason": "enough"},
+            }
+        ).encode()
+        code, _, _ = await self._post(server, cancel, withSession)
+        self.assertEqual(code, 202)
+        await server.upstream.waitForDisconnects(1)
+        code, _, answer = await calling
+        self.assertEqual((code, answer), (202, None))
+        self.assertEqual(server.pool.activeRuns, 0)
 
     async def test_reloadTellsListeners(self) -> None:
         """
