@@ -656,3 +656,31 @@ class UnitTests(SynchronousTestCase):
         progress.stop()
         clock.advance(60)
         self.assertEqual(len(sent), 3)
+
+
+class MetricsTests(TestCase):
+    """
+    MCP requests in the server's metrics, under C{headend="mcp"}.
+    """
+
+    async def test_counted(self) -> None:
+        """
+        A C{tools/call} is counted under C{headend="mcp"} with the agent it
+        ran and status 200; the OpenAI headend's count is untouched.
+        """
+        from ai_agent.observe import Metrics, Observability
+        from tests.test_observe import metricSeries, metricValue, scrape
+
+        observer = Observability(Metrics(), None, clock=reactor.seconds)
+        server = await _server(self, observer=observer)
+        server.upstream.script(Reply(content="one"))
+
+        async def work(client: Any) -> Any:
+            return await client.call_tool("chat", {"prompt": "hi"})
+
+        await _sdk(_url(server), "auto", work)
+        status, text = await scrape(self, server.baseUrl[: -len("/v1")] + "/metrics")
+        self.assertEqual(status, 200)
+        requests = "ai_agent_requests_total"
+        self.assertEqual(metricValue(text, requests, agent="chat", headend="mcp", status="200"), 1)
+        self.assertEqual(metricSeries(text, requests, headend="openai"), [])
