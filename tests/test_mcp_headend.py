@@ -204,6 +204,25 @@ class SDKClientTests(TestCase):
         self.assertTrue(result.content[0].text)
         self.assertNotIn(SENTINEL_KEY, result.content[0].text)
 
+    async def test_answerCap(self) -> None:
+        """
+        A run whose answer grows past the server's bound is stopped, and the
+        call is a result with C{isError} saying so (not the cut answer).
+        """
+        server = await _server(self)
+        for mount in server.mounts:
+            if isinstance(mount.headend, McpHeadend):
+                mount.headend.maxAnswer = 20
+        server.upstream.script(Reply(content="word " * 40))
+
+        async def work(client: Any) -> Any:
+            return await client.call_tool("chat", {"prompt": "talk"})
+
+        result = await _sdk(_url(server), "legacy", work)
+        self.assertTrue(result.is_error)
+        self.assertIn("20", result.content[0].text)
+        self.assertNotIn("word word", result.content[0].text)
+
     async def test_progressKeepsShortTimeoutAlive(self) -> None:
         """
         A run longer than the client's timeout survives when that timeout

@@ -33,7 +33,7 @@ from ai_agent.events import (
     ModelAnswering,
     progressText,
 )
-from ai_agent.limits import MAX_RUN_ANSWER
+from ai_agent.limits import MAX_RUN_ANSWER, AnswerCap
 from ai_agent.pool import RunPool
 from ai_agent.principals import Principal, visibleAgents
 from ai_agent.providers import ChatMessage
@@ -459,7 +459,10 @@ class McpCore:
             elif isinstance(event, PROGRESS_TYPES):
                 progress.emit(progressText(event).strip())
 
-        sink = RedactingSink(self.redactor, onEvent)
+        redacting = RedactingSink(self.redactor, onEvent)
+        # The same bound on a run's answer (text, reasoning, progress) as
+        # RunResponse sets for the HTTP APIs.
+        sink = AnswerCap(redacting, self.maxAnswer)
         labels = RunLabels(requestId=requestId, stream=progress is not None)
         run = RunRequest((ChatMessage("user", prompt),), labels=labels, owner=principal.name)
         stopped: list[AgentError] = []
@@ -474,6 +477,14 @@ class McpCore:
                 started.cancel()
 
             slot.onAbort = abort
+
+            def over() -> None:
+                # Called from inside an upstream read: stop on the next turn.
+                if not stopped:
+                    stopped.append(sink.error())
+                    self.reactor.callLater(0, started.cancel)
+
+            sink.onOver = over
             finished: Finished = await started
         except CancelledError:
             if stopped:
@@ -486,17 +497,16 @@ class McpCore:
             slot.release()
             if progress is not None:
                 progress.stop()
-        sink.flush()
+        if stopped:
+            # Over the cap: the run ended before the cancel reached it.
+            return toolError(self._reason(stopped[0]))
+        redacting.flush()
         return self._result(agent, "".join(answer), finished)
 
     def _reason(self, error: AgentError) -> str:
         return safeError(error, self.redactor, inBand=True).message
 
     def _result(self, agent: ServedAgent, text: str, finished: Finished) -> dict[str, Any]:
-        if len(text) > self.maxAnswer:
-            return toolError(
-                f"the answer is larger than this server's limit of {self.maxAnswer} characters"
-            )
         if finished.reason == FinishReason.MAX_TOKENS:
             text += "\n[the answer was cut at the agent's output token limit]"
         result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": False}
