@@ -270,3 +270,75 @@ class CodexMcpTests(TestCase):
         self.assertIn(SECRET, _toolResults(coderCalls[-1].body))
 
     test_helperAsMcpTool.timeout = 120  # type: ignore[attr-defined]
+
+
+#: Where the MCP Inspector's CLI may be installed: tests/js (if added there)
+#: or the repository root (C{npm install --no-save @modelcontextprotocol/inspector@0.15}).
+_INSPECTORS = [
+    os.path.join(JS, "node_modules", ".bin", "mcp-inspector"),
+    os.path.join(os.path.dirname(JS), "..", "node_modules", ".bin", "mcp-inspector"),
+]
+
+
+def _inspector() -> str | None:
+    for path in _INSPECTORS:
+        if os.path.exists(path):
+            return os.path.abspath(path)
+    return None
+
+
+class InspectorTests(TestCase):
+    """
+    The MCP Inspector's CLI mode (C{mcp-inspector --cli}), unmodified.
+    """
+
+    def setUp(self) -> None:
+        reason = _skipReason()
+        if reason is not None:
+            raise self.skipTest(reason)
+        if _inspector() is None:
+            raise self.skipTest(
+                "the MCP Inspector is not installed (not a tests/js dependency: its lock would"
+                " re-resolve the matrix's packages); run `npm install --no-save"
+                " @modelcontextprotocol/inspector@0.15` at the repository root"
+            )
+
+    async def test_listAndCall(self) -> None:
+        """
+        C{--method tools/list} prints both agents with their input schemas;
+        C{--method tools/call --tool-name helper --tool-arg prompt=...}
+        runs the helper against the fake upstream and prints its answer.
+        """
+        inspector = _inspector()
+        assert inspector is not None
+        server = await startServer(self, agents=AGENTS)
+        server.upstream.scriptFor(_isHelperRun, Reply(content=SECRET))
+        url = f"http://127.0.0.1:{server.port.getHost().port}/mcp"
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.path.abspath(self.mktemp())}
+        os.makedirs(env["HOME"])
+        common = [inspector, "--cli", url, "--transport", "http"]
+        out, err, code = await run([*common, "--method", "tools/list"], env["HOME"], env)
+        self.assertEqual(code, 0, (out + err).decode())
+        listed = json.loads(out)
+        self.assertEqual(sorted(tool["name"] for tool in listed["tools"]), ["coder", "helper"])
+        out, err, code = await run(
+            [
+                *common,
+                "--method",
+                "tools/call",
+                "--tool-name",
+                "helper",
+                "--tool-arg",
+                "prompt=What is the secret?",
+            ],
+            env["HOME"],
+            env,
+        )
+        self.assertEqual(code, 0, (out + err).decode())
+        called = json.loads(out)
+        self.assertEqual(called["content"][0]["text"], SECRET)
+        self.assertIs(called["isError"], False)
+        [helperRun] = [r for r in server.upstream.requests if _isHelperRun(r.body)]
+        self.assertEqual(helperRun.body["messages"][-1]["content"], "What is the secret?")
+
+    test_listAndCall.timeout = 120  # type: ignore[attr-defined]
