@@ -17,7 +17,9 @@ from typing import Any
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
@@ -34,6 +36,7 @@ from ai_agent.headends._mcpcore import (
 from ai_agent.headends.mcp import McpHeadend
 from ai_agent.testing import Reply
 from tests._harness import SENTINEL_KEY, LiveServer, inThread, startServer
+from tests._process import exitStatus
 
 CHAT_AGENT = """\
 ---
@@ -619,6 +622,80 @@ class StdioTests(TestCase):
             names, result = await _sdk(params, mode, work)  # type: ignore[arg-type]
             self.assertEqual(names, ["chat"])
             self.assertEqual(result.content[0].text, "stdio answer")
+
+
+class _StdioChild(ProcessProtocol):
+    """
+    A C{--mcp stdio} child: its stdout lines, its stderr, its end.
+    """
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.ended: Deferred[int] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(exitStatus(reason))
+
+
+class StdioEndTests(TestCase):
+    """
+    The end of a C{--mcp stdio} process.
+    """
+
+    async def test_endOfInputCancelsCalls(self) -> None:
+        """
+        When standard input closes while a call runs, the run is cancelled
+        (its upstream call is dropped) and the process exits 0; everything
+        it wrote on standard output is JSON-RPC messages, one per line.
+        """
+        server = await _server(self)
+        server.upstream.script(Reply(content="never", hold=True))
+        child = _StdioChild()
+        args = [
+            sys.executable,
+            "-m",
+            "ai_agent",
+            "--agent",
+            os.path.join(server.directory, "chat.ai"),
+            "--config",
+            os.path.join(server.directory, "config.json"),
+            "--mcp",
+            "stdio",
+        ]
+        env = {**os.environ, "HOME": server.directory}
+        transport = reactor.spawnProcess(child, sys.executable, args, env, server.directory)
+        messages = [
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {}},
+            },
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "chat", "arguments": {"prompt": "hold"}},
+            },
+        ]
+        transport.write(b"".join(json.dumps(m).encode() + b"\n" for m in messages))
+        await server.upstream.waitForRequests(1)
+        transport.closeStdin()
+        await server.upstream.waitForDisconnects(1)
+        code = await child.ended.addTimeout(30, reactor)
+        self.assertEqual(code, 0, child.err.decode())
+        lines = child.out.decode().splitlines()
+        answers = [json.loads(line) for line in lines]
+        self.assertEqual([a.get("id") for a in answers], [1])
+        self.assertEqual(answers[0]["result"]["serverInfo"]["name"], "ai-agent")
 
 
 class UnitTests(SynchronousTestCase):
