@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from ai_agent import __version__
 from ai_agent.accounting import RunLabels
 from ai_agent.agentfile import InvalidInputError
-from ai_agent.errors import AgentError, ErrorKind
+from ai_agent.errors import AgentError
 from ai_agent.events import (
     PROGRESS_TYPES,
     ContentDelta,
@@ -57,10 +57,6 @@ SUPPORTED_VERSIONS = (*HANDSHAKE_VERSIONS, MODERN_VERSION)
 #: C{notifications/progress} before one is sent anyway ("still working"),
 #: for clients whose timeout restarts on progress.
 HEARTBEAT_INTERVAL = 5.0
-
-#: The most JSON-RPC messages of one stdio line or HTTP body (batches are
-#: not part of the protocol since 2025-06-18; one message is taken).
-MAX_BATCH = 1
 
 #: The C{_meta} keys of the 2026-07-28 per-request envelope.
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
@@ -532,10 +528,6 @@ def toolError(reason: str, retryAfter: float | None = None) -> dict[str, Any]:
     if retryAfter is not None:
         result["_meta"] = {"retryAfter": max(1, round(retryAfter))}
     return result
-
-
-def overloaded(error: AgentError) -> bool:
-    return error.kind == ErrorKind.OVERLOADED
 
 
 __all__ = [

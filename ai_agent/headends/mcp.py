@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import attrs
 from klein import Klein
@@ -529,14 +529,6 @@ class McpHeadend:
             )
         return session
 
-    def stop(self) -> None:
-        """
-        End every session (at shutdown).
-        """
-        sessions, self.sessions = self.sessions, {}
-        for session in sessions.values():
-            session.close()
-
 
 def _header(request: IRequest, name: bytes) -> str | None:
     value = request.getHeader(name)
@@ -667,13 +659,6 @@ class McpStdioProtocol(LineOnlyReceiver):
             call.cancel()
         if not self.done.called:
             self.done.callback(None)
-
-
-def servedSessions(headends: Iterable[Any]) -> int:
-    """
-    The open MCP sessions of C{headends} (for tests and status).
-    """
-    return sum(len(h.sessions) for h in headends if isinstance(h, McpHeadend))
 
 
 __all__ = [
