@@ -80,6 +80,10 @@ class ClaudeCodeMcpTests(TestCase):
         home = os.path.abspath(self.mktemp())
         os.makedirs(home)
         env = _environment(server, "coder", home, ANTHROPIC_API_KEY="any-key")
+        # Wait for the MCP server before the first turn (by default Claude
+        # Code starts without a server that is slow to connect, as a
+        # stdio child on a loaded machine can be); its connect timeout 60 s.
+        env.update(MCP_CONNECTION_NONBLOCKING="false", MCP_TIMEOUT="60000")
         config = json.dumps({"mcpServers": {"agents": entry}})
         out, err, code = await run(
             [
