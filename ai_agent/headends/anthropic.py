@@ -1125,7 +1125,15 @@ class AnthropicHeadend:
             return None
         call = LLMRequest(
             model,
-            tuple(buildMessages(agent, parsed.messages, instructions, parsed.system)),
+            tuple(
+                buildMessages(
+                    agent,
+                    parsed.messages,
+                    instructions,
+                    parsed.system,
+                    self.runner.promptVariables(agent),
+                )
+            ),
             (*specs, *(tool.spec for tool in parsed.tools)),
             stream=False,
             timeout=PROVIDER_COUNT_TIMEOUT,
