@@ -419,6 +419,24 @@ class WireTests(TestCase):
         code, _, _ = await self._post(server, listing, withSession)
         self.assertEqual(code, 404)
 
+    async def test_sessionsBounded(self) -> None:
+        """
+        At the bound on sessions, a new C{initialize} makes room by
+        forgetting the least recently used idle session (its id is then a
+        404); the new one is served.
+        """
+        server = await _server(self)
+        [headend] = [m.headend for m in server.mounts if isinstance(m.headend, McpHeadend)]
+        headend.maxSessions = 1
+        first = await self._initialize(server)
+        second = await self._initialize(server)
+        listing = b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
+        code, _, _ = await self._post(server, listing, {b"mcp-session-id": [first]})
+        self.assertEqual(code, 404)
+        code, _, answer = await self._post(server, listing, {b"mcp-session-id": [second]})
+        self.assertEqual(code, 200)
+        self.assertEqual(list(headend.sessions), [second.decode()])
+
     async def test_cancelledNotification(self) -> None:
         """
         C{notifications/cancelled} naming a running call's request id stops
@@ -729,6 +747,23 @@ class UnitTests(SynchronousTestCase):
         with self.assertRaises(ProtocolError) as raised:
             parseMessage(b'{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}')
         self.assertEqual(raised.exception.code, INVALID_PARAMS)
+
+    def test_idleSessions(self) -> None:
+        """
+        Sessions unused for longer than the idle time and not busy (no
+        call, no open stream) are the ones to forget, least recently used
+        first.
+        """
+        from ai_agent.headends.mcp import _Session, idleSessions
+
+        old = _Session("old", "k", "2025-11-25", lastUsed=10.0)
+        older = _Session("older", "k", "2025-11-25", lastUsed=5.0)
+        busy = _Session("busy", "k", "2025-11-25", lastUsed=0.0)
+        busy.calls[1] = Deferred()
+        fresh = _Session("fresh", "k", "2025-11-25", lastUsed=1790.0)
+        sessions = {s.id: s for s in (old, older, busy, fresh)}
+        self.assertEqual(idleSessions(sessions, 1800.0, 60.0), ["older", "old"])
+        self.assertEqual(idleSessions(sessions, 1800.0, 1791.0), ["older"])
 
     def test_heartbeat(self) -> None:
         """

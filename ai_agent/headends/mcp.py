@@ -87,6 +87,14 @@ NAME_HEADER = b"mcp-name"
 
 _JSON = b"application/json"
 
+#: Seconds a handshake-era session may go unused (no request, no open
+#: stream, no running call) before it is forgotten (as the MCP SDK's server).
+SESSION_IDLE = 30 * 60.0
+
+#: The most sessions kept at once; past it the least recently used idle one
+#: is forgotten, and with none idle C{initialize} is refused (503).
+MAX_SESSIONS = 10_000
+
 #: Host names a loopback-bound server answers to.
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 
@@ -146,6 +154,14 @@ class _Session:
     waiters: list[Deferred[None]] = attrs.field(factory=list)
     calls: dict[Any, Deferred[Any]] = attrs.field(factory=dict)
     cancelled: set[Any] = attrs.field(factory=set)
+    lastUsed: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """
+        Whether a call runs or a stream is open on this session.
+        """
+        return bool(self.calls or self.streams)
 
     def notify(self, message: dict[str, Any]) -> None:
         for stream in list(self.streams):
@@ -167,6 +183,15 @@ class _Session:
         for waiter in waiters:
             if not waiter.called:
                 waiter.callback(None)
+
+
+def idleSessions(sessions: dict[str, _Session], now: float, idle: float) -> list[str]:
+    """
+    The ids of the sessions not busy and unused for more than C{idle}
+    seconds at C{now}, least recently used first.
+    """
+    quiet = [s for s in sessions.values() if not s.busy and now - s.lastUsed > idle]
+    return [s.id for s in sorted(quiet, key=lambda s: s.lastUsed)]
 
 
 def _reloaded(headend: McpHeadend, attribute: Any, registry: AgentRegistry) -> AgentRegistry:
@@ -203,6 +228,8 @@ class McpHeadend:
     redactor: Redactor | None = None
     maxAnswer: int = MAX_RUN_ANSWER
     sessions: dict[str, _Session] = attrs.field(factory=dict)
+    sessionIdle: float = SESSION_IDLE
+    maxSessions: int = MAX_SESSIONS
 
     def _redactor(self) -> Redactor:
         if self.redactor is None:
@@ -304,7 +331,9 @@ class McpHeadend:
         principal = principalOf(request)
         if message.method == "initialize" and message.isRequest:
             version, result = self.core().initialize(message.params)
+            self._makeRoom()
             session = _Session(secrets.token_urlsafe(24), principal.name, version)
+            session.lastUsed = self.reactor.seconds()
             self.sessions[session.id] = session
             request.setHeader(SESSION_HEADER, session.id.encode("ascii"))
             return self._answer(request, resultMessage(message.id, result))
@@ -442,6 +471,7 @@ class McpHeadend:
         finally:
             if session is not None:
                 session.calls.pop(message.id, None)
+                session.lastUsed = self.reactor.seconds()
         if session is None:
             result["resultType"] = "complete"
         answer = resultMessage(message.id, result)
@@ -507,6 +537,29 @@ class McpHeadend:
             ),
         )
 
+    def _makeRoom(self) -> None:
+        """
+        Forget the sessions idle too long, and, at L{maxSessions}, the
+        least recently used idle one.
+
+        @raise AgentError: a 503 when every kept session is busy.
+        """
+        now = self.reactor.seconds()
+        for sessionId in idleSessions(self.sessions, now, self.sessionIdle):
+            del self.sessions[sessionId]
+        if len(self.sessions) < self.maxSessions:
+            return
+        quiet = idleSessions(self.sessions, now, -1.0)
+        if not quiet:
+            raise AgentError(
+                "too many MCP sessions are in use; retry later",
+                503,
+                ErrorKind.OVERLOADED,
+                "too_many_sessions",
+                retryAfter=5.0,
+            )
+        del self.sessions[quiet[0]]
+
     def _session(self, request: IRequest, principal: Principal) -> _Session:
         """
         The request's session.
@@ -527,6 +580,7 @@ class McpHeadend:
             raise AgentError(
                 "Session not found: initialize again", 404, ErrorKind.NOT_FOUND, "unknown_session"
             )
+        session.lastUsed = self.reactor.seconds()
         return session
 
 
