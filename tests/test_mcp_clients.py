@@ -1,8 +1,10 @@
 """
 Real MCP clients, unmodified, using served agents as MCP tools: Claude
 Code (C{claude -p} with C{--mcp-config}, over Streamable HTTP and over
-stdio) and the TypeScript SDK client (C{@modelcontextprotocol/sdk}), all
-offline against the fake upstream.
+stdio), Codex (C{codex exec} with C{mcp_servers}) and the MCP Inspector's
+CLI, all offline against the fake upstream.  (The TypeScript SDK client's
+file, C{tests/js/mcp.test.mjs}, runs in the JavaScript matrix:
+C{tests.test_clients_js.JavaScriptClientTests.test_mcpSdk}.)
 
 Claude Code's own model is an agent of the same server (its Anthropic
 Messages API), scripted to call C{mcp__agents__helper}; the helper agent
@@ -22,13 +24,12 @@ from typing import Any, Mapping
 
 from twisted.trial.unittest import TestCase
 
-from ai_agent.headends.mcp import McpHeadend
 from ai_agent.testing import Reply
 from tests import test_claude_code
 from tests._harness import LiveServer, startServer
 from tests._process import run
 from tests.test_claude_code import CLAUDE, CLAUDE_TIMEOUT, _environment
-from tests.test_clients_js import JS, _skipReason, runNodeTests
+from tests.test_clients_js import JS, _skipReason
 from tests.test_headend_responses import CODEX
 
 CODER = """\
@@ -148,59 +149,6 @@ class ClaudeCodeMcpTests(TestCase):
             "env": {"HOME": server.directory, "PATH": os.environ.get("PATH", "")},
         }
         await self._useHelper(server, entry)
-
-
-def _nodeSkip() -> str | None:
-    reason = _skipReason()
-    if reason is None and not os.path.isdir(
-        os.path.join(JS, "node_modules", "@modelcontextprotocol", "sdk")
-    ):
-        return "@modelcontextprotocol/sdk is not installed: run `npm ci --prefix tests/js` first"
-    return reason
-
-
-class TypeScriptSDKTests(TestCase):
-    """
-    The TypeScript SDK's client (C{StreamableHTTPClientTransport}) lists,
-    calls with progress (its timeout reset on progress), and cancels.
-    """
-
-    skip = _nodeSkip()
-
-    async def test_listCallProgressCancel(self) -> None:
-        """
-        C{tests/js/mcp.test.mjs}: the client lists both agents with their
-        descriptions, a call answers the helper's text after increasing
-        progress notifications, a 1 s timeout that restarts on progress
-        survives a 2 s run (the heartbeat is 0.5 s here), and an aborted
-        call (the SDK sends C{notifications/cancelled}) stops the helper's
-        run upstream.
-        """
-        server = await startServer(self, agents=AGENTS)
-        for mount in server.mounts:
-            if isinstance(mount.headend, McpHeadend):
-                mount.headend.heartbeat = 0.5
-        server.upstream.scriptFor(
-            _isHelperRun,
-            Reply(content=SECRET),
-            Reply(content="slow answer", delay=2.0),
-            Reply(content="held", hold=True),
-        )
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key in ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT")
-        }
-        env.update(AI_AGENT_BASE_URL=server.baseUrl, NO_COLOR="1", NODE_NO_WARNINGS="1")
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        output, problem = await runNodeTests(
-            "mcp.test.mjs", JS, env, os.path.join(folder, "counts.json")
-        )
-        if problem is not None:
-            self.fail(f"node --test mcp.test.mjs {problem}:\n{output}")
-        await server.upstream.waitForDisconnects(1)
-        self.assertEqual(len([r for r in server.upstream.requests if _isHelperRun(r.body)]), 3)
 
 
 #: A Codex home: the server's Responses API as its model provider, the
