@@ -207,6 +207,36 @@ class SDKClientTests(TestCase):
         self.assertTrue(result.content[0].text)
         self.assertNotIn(SENTINEL_KEY, result.content[0].text)
 
+    async def test_noKeyInProgress(self) -> None:
+        """
+        A provider key that a tool call's arguments quote never reaches the
+        caller: the progress messages are redacted as every API's stream.
+        """
+        from tests.mcp_servers import calcEntry
+
+        agent = CHAT_AGENT.replace(
+            "models: fake/test-model", "models: fake/test-model\ntools: [calc]"
+        )
+        server = await startServer(self, {"chat.ai": agent}, mcpServers={"calc": calcEntry()})
+        server.upstream.script(
+            Reply(toolCalls=[("calc__add", {"a": 1, "b": 2, "note": SENTINEL_KEY})]),
+            Reply(content="Done."),
+        )
+
+        async def work(client: Any) -> Any:
+            notes: list[str | None] = []
+
+            async def progress(value: float, total: float | None, message: str | None) -> None:
+                notes.append(message)
+
+            await client.call_tool("chat", {"prompt": "add"}, progress_callback=progress)
+            return notes
+
+        notes = await _sdk(_url(server), "legacy", work)
+        text = "\n".join(note or "" for note in notes)
+        self.assertIn("calling calc__add", text)
+        self.assertNotIn(SENTINEL_KEY, text)
+
     async def test_answerCap(self) -> None:
         """
         A run whose answer grows past the server's bound is stopped, and the
