@@ -465,6 +465,16 @@ def apiMounts(
         reactor,
         observer=runtime.runner.observer,
     )
+    from ai_agent.headends.a2a import A2A_ERRORS, A2AHeadend
+
+    a2a = A2AHeadend(
+        runtime.registry,
+        runtime.runner,
+        pool,
+        reactor,
+        store=runtime.store,
+        observer=runtime.runner.observer,
+    )
     from ai_agent.headends.mcp import MCP_ERRORS, McpHeadend
 
     mcp = McpHeadend(
@@ -476,6 +486,8 @@ def apiMounts(
     )
     return [
         Mount(b"/v1/responses", responses.app, OPENAI_ERRORS, headend=responses),
+        Mount(b"/a2a", a2a.app, A2A_ERRORS, headend=a2a),
+        Mount(b"/.well-known/agent-card.json", a2a.app, A2A_ERRORS, headend=a2a),
         Mount(b"/mcp", mcp.app, MCP_ERRORS, headend=mcp),
         Mount(
             b"/v1/messages", anthropic.app, ANTHROPIC_ERRORS, isAnthropicClient, headend=anthropic

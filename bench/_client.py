@@ -19,7 +19,7 @@ from bench._stats import ResponseParser
 
 # The first text: a chat chunk's delta.content, a Responses output_text
 # delta, or an Anthropic text_delta (never sent empty).
-_CONTENT = re.compile(rb'"(?:content|delta)":\s*"(?!")|"text_delta"')
+_CONTENT = re.compile(rb'"(?:content|delta)":\s*"(?!")|"text_delta"|"artifactUpdate"')
 
 #: The Anthropic API version the Messages requests name.
 ANTHROPIC_VERSION = "2023-06-01"
@@ -106,6 +106,17 @@ class Target:
         if tools:
             body["tools"] = tools
         return self.post(f"{self.prefix}/chat/completions", json.dumps(body).encode())
+
+    def a2a(self, text: str, stream: bool) -> bytes:
+        """
+        The raw bytes of one A2A 1.0 message to the agent (HTTP+JSON
+        binding): C{message:stream} or C{message:send}.
+        """
+        body = {"message": {"messageId": "bench", "role": "ROLE_USER", "parts": [{"text": text}]}}
+        verb = "stream" if stream else "send"
+        return self.post(
+            f"/a2a/{self.model}/message:{verb}", json.dumps(body).encode(), {"A2A-Version": "1.0"}
+        )
 
     def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
         """

@@ -349,6 +349,38 @@ def checkMessagesStream(body: bytes) -> StreamCheck:
     return StreamCheck(tuple(pieces), done, errors, bad)
 
 
+def checkA2AStream(body: bytes) -> StreamCheck:
+    """
+    Read an SSE A2A stream (HTTP+JSON binding: bare StreamResponses): the
+    pieces are its C{artifactUpdate}s' non-empty texts, C{done} whether a
+    C{TASK_STATE_COMPLETED} status came, errors the statuses of a task
+    that failed or was canceled.
+    """
+    pieces: list[str] = []
+    done = False
+    errors = 0
+    bad = 0
+    for _, data in sseEvents(body):
+        try:
+            value = json.loads(data)
+        except ValueError:
+            bad += 1
+            continue
+        if not isinstance(value, dict):
+            bad += 1
+        elif "artifactUpdate" in value:
+            for part in value["artifactUpdate"].get("artifact", {}).get("parts", ()):
+                if part.get("text"):
+                    pieces.append(part["text"])
+        elif "statusUpdate" in value:
+            state = value["statusUpdate"].get("status", {}).get("state")
+            if state == "TASK_STATE_COMPLETED":
+                done = True
+            elif state in ("TASK_STATE_FAILED", "TASK_STATE_CANCELED", "TASK_STATE_REJECTED"):
+                errors += 1
+    return StreamCheck(tuple(pieces), done, errors, bad)
+
+
 def sseEvents(body: bytes) -> list[tuple[int, bytes]]:
     """
     The data of each SSE event of C{body} (events without data left out),
@@ -491,6 +523,21 @@ def messagesText(body: bytes) -> str | None:
         if value["type"] != "message" or value["stop_reason"] != "end_turn":
             return None
         parts = [block["text"] for block in value["content"] if block.get("type") == "text"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return "".join(parts) if parts and all(isinstance(p, str) for p in parts) else None
+
+
+def a2aText(body: bytes) -> str | None:
+    """
+    The answer of a blocking A2A C{message:send} (its artifacts' texts
+    joined), or L{None} unless the task completed.
+    """
+    try:
+        task: Any = json.loads(body)["task"]
+        if task["status"]["state"] != "TASK_STATE_COMPLETED":
+            return None
+        parts = [part["text"] for artifact in task["artifacts"] for part in artifact["parts"]]
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return "".join(parts) if parts and all(isinstance(p, str) for p in parts) else None

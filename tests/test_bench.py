@@ -40,7 +40,9 @@ from bench._report import (
 )
 from bench._stats import (
     ResponseParser,
+    a2aText,
     addedPerRound,
+    checkA2AStream,
     checkMessagesStream,
     checkResponsesStream,
     checkStream,
@@ -687,6 +689,46 @@ class HeadendParsingTests(SynchronousTestCase):
         broken = body + _sse("error", error={"type": "overloaded_error"}) + _sse("message_stop")
         self.assertFalse(checkMessagesStream(broken).intact(["a", "b"]))
 
+    def test_a2aStream(self) -> None:
+        """
+        An A2A stream's pieces are its C{artifactUpdate}s' non-empty texts
+        (not the task nor the status messages); it is intact when a
+        completed status came, not when the task failed.
+        """
+
+        def data(value: object) -> bytes:
+            return b"data: " + json.dumps(value).encode() + b"\n\n"
+
+        def chunk(text: str) -> bytes:
+            return data({"artifactUpdate": {"artifact": {"parts": [{"text": text}]}}})
+
+        def status(state: str) -> bytes:
+            return data({"statusUpdate": {"status": {"state": state}}})
+
+        body = data({"task": {"id": "t"}}) + status("TASK_STATE_WORKING")
+        body += chunk("a") + chunk("b") + chunk("")
+        check = checkA2AStream(body + status("TASK_STATE_COMPLETED"))
+        self.assertEqual(check.pieces, ("a", "b"))
+        self.assertTrue(check.intact(["a", "b"]))
+        self.assertFalse(checkA2AStream(body).intact(["a", "b"]))
+        self.assertFalse(checkA2AStream(body + status("TASK_STATE_FAILED")).intact(["a", "b"]))
+        self.assertIsNone(_client._CONTENT.search(data({"task": {"id": "t"}})))
+        self.assertIsNotNone(_client._CONTENT.search(chunk("a")))
+
+    def test_a2aText(self) -> None:
+        """
+        A blocking A2A send's answer is its completed task's artifact text;
+        a task in any other state is None.
+        """
+        task = {
+            "status": {"state": "TASK_STATE_COMPLETED"},
+            "artifacts": [{"parts": [{"text": "echo: "}, {"text": "ping"}]}],
+        }
+        self.assertEqual(a2aText(json.dumps({"task": task}).encode()), "echo: ping")
+        failed = {**task, "status": {"state": "TASK_STATE_FAILED"}}
+        self.assertIsNone(a2aText(json.dumps({"task": failed}).encode()))
+        self.assertIsNone(a2aText(b"{}"))
+
     def test_firstTokenPattern(self) -> None:
         """
         The client's first-token pattern finds an Anthropic C{text_delta},
@@ -824,6 +866,22 @@ class HeadendReportTests(SynchronousTestCase):
         rows = targetsTable(old, figures(old))
         self.assertFalse([r for r in rows if r[0].startswith(name)])
         self.assertEqual(headendLines(figures(old)), [])
+
+    def test_a2aTargetRow(self) -> None:
+        """
+        The A2A arm has its own target row (its streamed message's added
+        time to the first piece against Chat Completions'), absent from a
+        run that did not measure it.
+        """
+        name = "A2A streamed message within 10 %"
+        samples = self.samples(1.0, 1.0)
+        self.assertFalse(
+            [r for r in targetsTable(samples, figures(samples)) if r[0].startswith(name)]
+        )
+        chat = samples["ttft_c1"]
+        samples["ttft_a2a_c1"] = {"ai-agent": chat["ai-agent"]}
+        [row] = [r for r in targetsTable(samples, figures(samples)) if r[0].startswith(name)]
+        self.assertEqual((row[2], row[3]), ("1.00×", "met"))
 
 
 # Tools inside a run: the MCP server and a sub-agent.

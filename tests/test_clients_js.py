@@ -322,6 +322,18 @@ class JavaScriptClientTests(TestCase):
         schema = formatted["response_format"]["json_schema"]["schema"]
         self.assertEqual(schema["properties"], {"title": {"type": "string"}})
 
+    async def test_a2aSdk(self) -> None:
+        """
+        The C{@a2a-js/sdk} client on the A2A 1.0 headend: the card resolved
+        from C{/a2a/<agent>}, a blocking send (the completed task with the
+        echoed answer), get with a history length, list by context,
+        C{TaskNotCancelableError} and C{TaskNotFoundError}, and a stream on
+        each binding (the task, the answer's chunks, the completed status).
+        """
+        server = await self._server()
+        await self._node("a2a.test.mjs", server)
+        self.assertEqual(len(server.upstream.requests), 3)
+
     async def test_langchainJs(self) -> None:
         """
         LangChain.js C{ChatOpenAI} with C{streamUsage} invokes, streams
