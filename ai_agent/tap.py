@@ -481,10 +481,20 @@ def apiMounts(
         store=runtime.store,
         observer=runtime.runner.observer,
     )
+    from ai_agent.headends.mcp import MCP_ERRORS, McpHeadend
+
+    mcp = McpHeadend(
+        runtime.registry,
+        runtime.runner,
+        pool,
+        reactor,
+        observer=runtime.runner.observer,
+    )
     return [
         Mount(b"/v1/responses", responses.app, OPENAI_ERRORS, headend=responses),
         Mount(b"/a2a", a2a.app, A2A_ERRORS, headend=a2a),
         Mount(b"/.well-known/agent-card.json", a2a.app, A2A_ERRORS, headend=a2a),
+        Mount(b"/mcp", mcp.app, MCP_ERRORS, headend=mcp),
         Mount(
             b"/v1/messages",
             anthropic.app,

@@ -73,6 +73,28 @@ class Target:
         headers = {"x-api-key": self.key, "anthropic-version": ANTHROPIC_VERSION}
         return self.post(f"{self.prefix}/messages", json.dumps(body).encode(), headers)
 
+    def mcpCall(self, text: str) -> bytes:
+        """
+        The raw bytes of one MCP C{tools/call} of the agent (C{/mcp}, the
+        2026-07-28 per-request mode: no session, its headers, a JSON
+        answer).
+        """
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": self.model, "arguments": {"prompt": text}},
+        }
+        headers = {
+            "Authorization": f"Bearer {self.key}",
+            "Accept": "application/json",
+            "MCP-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": self.model,
+        }
+        root = self.prefix.removesuffix("/v1")
+        return self.post(f"{root}/mcp", json.dumps(body).encode(), headers)
+
     def toolChat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], stream: bool = False
     ) -> bytes:

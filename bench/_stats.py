@@ -498,6 +498,21 @@ def responsesText(body: bytes) -> str | None:
     return "".join(parts) if parts and all(isinstance(p, str) for p in parts) else None
 
 
+def mcpText(body: bytes) -> str | None:
+    """
+    The text of an MCP C{tools/call} answer (its C{text} content joined),
+    or L{None} unless it is a result without C{isError}.
+    """
+    try:
+        value: Any = json.loads(body)["result"]
+        if value.get("isError"):
+            return None
+        parts = [block["text"] for block in value["content"] if block.get("type") == "text"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return "".join(parts) if parts and all(isinstance(p, str) for p in parts) else None
+
+
 def messagesText(body: bytes) -> str | None:
     """
     The text of a non-streamed Anthropic message (its C{text} blocks

@@ -797,7 +797,7 @@ class HeadendReportTests(SynchronousTestCase):
     the target row.
     """
 
-    def samples(self, responses: float, messages: float) -> dict[str, Any]:
+    def samples(self, responses: float, messages: float, mcp: float = 1.02) -> dict[str, Any]:
         def rounds(*values: float) -> dict[str, Any]:
             return {str(r): {"ms": [v, v], "bad": 0} for r, v in enumerate(values)}
 
@@ -809,6 +809,7 @@ class HeadendReportTests(SynchronousTestCase):
             "latency_c1": {"direct": rounds(0.2, 0.3), "ai-agent": rounds(1.2, 1.3)},
             "latency_responses_c1": {"ai-agent": rounds(0.2 + responses, 0.3 + responses)},
             "latency_messages_c1": {"ai-agent": rounds(0.2 + messages, 0.3 + messages)},
+            "latency_mcp_c1": {"ai-agent": rounds(0.2 + mcp, 0.3 + mcp)},
             "ttft_c1": {"direct": rounds(0.1), "ai-agent": rounds(1.1)},
             "ttft_messages_c1": {"ai-agent": rounds(1.6)},
             "tools_c1": trips,
@@ -825,6 +826,7 @@ class HeadendReportTests(SynchronousTestCase):
         self.assertAlmostEqual(f["latency_responses_c1.added_p50.ai-agent"]["value"], 1.05)
         self.assertAlmostEqual(f["latency_responses_c1.vsChat.ai-agent"], 1.05)
         self.assertAlmostEqual(f["latency_messages_c1.vsChat.ai-agent"], 1.2)
+        self.assertAlmostEqual(f["latency_mcp_c1.vsChat.ai-agent"], 1.02)
         self.assertAlmostEqual(f["ttft_messages_c1.added_p50.ai-agent"]["value"], 1.5)
         self.assertAlmostEqual(f["ttft_messages_c1.vsChat.ai-agent"], 1.5)
         self.assertAlmostEqual(f["tools_c1.perRequestAdded.ai-agent"]["value"], 1.0)
@@ -839,7 +841,7 @@ class HeadendReportTests(SynchronousTestCase):
         The target is met when every ratio is within 10 %, not met when one
         is above, and not measured while one is missing and none is above.
         """
-        name = "Responses / Anthropic / client-tool round trip within 10 %"
+        name = "Responses / Anthropic / MCP tools/call / client-tool round trip within 10 %"
 
         def verdict(samples: dict[str, Any]) -> tuple[str, str]:
             rows = targetsTable(samples, figures(samples))
@@ -848,8 +850,9 @@ class HeadendReportTests(SynchronousTestCase):
 
         measured, ok = verdict(self.samples(1.05, 1.08))
         self.assertEqual(ok, "met")
-        self.assertIn("Responses 1.05×, Anthropic 1.08×", measured)
+        self.assertIn("Responses 1.05×, Anthropic 1.08×, MCP tools/call 1.02×", measured)
         self.assertEqual(verdict(self.samples(1.05, 1.2))[1], "**not met**")
+        self.assertEqual(verdict(self.samples(1.05, 1.05, 1.3))[1], "**not met**")
         partial = self.samples(1.0, 1.0)
         del partial["latency_messages_c1"]
         measured, ok = verdict(partial)
@@ -858,7 +861,7 @@ class HeadendReportTests(SynchronousTestCase):
         partial["latency_responses_c1"] = {"ai-agent": {"0": {"ms": [9.0], "bad": 0}}}
         self.assertEqual(verdict(partial)[1], "**not met**")
         old = self.samples(1.0, 1.0)
-        for figure in ("latency_responses_c1", "latency_messages_c1", "tools_c1"):
+        for figure in ("latency_responses_c1", "latency_messages_c1", "latency_mcp_c1", "tools_c1"):
             del old[figure]
         rows = targetsTable(old, figures(old))
         self.assertFalse([r for r in rows if r[0].startswith(name)])

@@ -488,6 +488,7 @@ class PathSpellingTests(TestCase):
             {"/.well-known/agent-card.json", "/a2a/<agent>", "/a2a/<agent>/message:send"}
             <= {rule.rule for rule in rules}
         )
+        self.assertIn("/mcp", {rule.rule for rule in rules})
         checked = 0
         for rule in rules:
             rule_ = rule.rule.replace("<path:modelId>", "agent").replace("<name>", "docs.js")
