@@ -57,6 +57,8 @@ setup(
             "langchain-openai>=1.0",
             # The Responses API's client in tests/test_headend_responses.py.
             "openai-agents>=0.24",
+            # The A2A headend's client in tests/test_clients_a2a.py.
+            "a2a-sdk>=1.3",
             "mcp>=2.3,<3",
             "hypothesis>=6.100",
             # The screen of the terminal programs (Claude Code, Codex) that

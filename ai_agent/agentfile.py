@@ -25,6 +25,7 @@ from jsonschema.validators import Draft202012Validator, validator_for
 
 from ai_agent.advice import didYouMean
 from ai_agent.errors import ConfigurationError
+from ai_agent.templating import resolveIncludes
 
 
 @attrs.frozen
@@ -206,7 +207,8 @@ class AgentSpec:
         run; the model is told the rest were not run.
     @ivar maxConcurrentTools: the most tool and sub-agent calls of one run
         in flight at once.
-    @ivar prompt: the system prompt (the body).
+    @ivar prompt: the system prompt: the body with its includes resolved
+        (its variables are substituted per run, L{ai_agent.templating}).
     @ivar input: what callers send when running the agent as a tool.
     @ivar clientTools: whether the tools a client sends with its request are
         shown to the model and handed back when called (L{False}: ignored,
@@ -220,7 +222,8 @@ class AgentSpec:
         answer is the run's.
     @ivar cache: how long (seconds) a run's answer and its tool calls'
         results are kept and replayed for the same input; L{None}: off.
-    @ivar digest: a SHA-256 of the file's text (part of the cache key).
+    @ivar digest: a SHA-256 of the file's text and of its prompt with the
+        includes resolved (part of the cache key).
     """
 
     path: str
@@ -285,6 +288,18 @@ RUNTIME_ONLY_KEYS: Mapping[str, str] = {
 """
 Keys the TypeScript ai-agent rejects in frontmatter because they are
 command-line options; rejected here, each with what to use here instead.
+"""
+
+UNSUPPORTED_KEYS: Mapping[str, str] = {
+    "plugins": "the TypeScript ai-agent loads these JavaScript modules into its own"
+    " Node.js process, and this server runs no JavaScript; give the agent an MCP server"
+    " or a REST tool for work its model calls, a 'handoff' agent to rework its final"
+    " answer, or 'output.schema' for fields the answer must have",
+}
+"""
+Frontmatter keys of the TypeScript ai-agent that are deliberately not
+supported here, each with the reason and what to use instead
+(docs/agent-files.md, "Not supported, on purpose").
 """
 
 OUTPUT_FORMATS = ("markdown", "text", "json")
@@ -564,20 +579,21 @@ def _schema(ctx: _Context, key: str, value: object) -> Mapping[str, Any]:
 
 
 def _output(ctx: _Context, key: str, value: object) -> OutputSpec:
+    """
+    C{output}: C{format} (C{markdown}, C{text} or C{json}) and, for
+    C{json}, C{schema} or C{schemaRef} (see L{_sectionSchema}).
+    """
     if not isinstance(value, dict):
-        raise ctx.fail(key, "must be a mapping with 'format' and optional 'schema'", value)
-    for inner in value:
-        if inner not in ("format", "schema"):
-            raise ConfigurationError(
-                f"{ctx.path}: unknown key {inner!r} in 'output' (allowed: format, schema)"
-            )
-    schema = _schema(ctx, "output.schema", value["schema"]) if "schema" in value else None
+        raise ctx.fail(
+            key, "must be a mapping with 'format' and optional 'schema' or 'schemaRef'", value
+        )
+    schemaKey, schema = _sectionSchema(ctx, "output", value)
     outputFormat = value.get("format", "json" if schema is not None else "markdown")
     if not isinstance(outputFormat, str) or outputFormat.lower() not in OUTPUT_FORMATS:
         raise ctx.fail("output.format", f"must be one of {', '.join(OUTPUT_FORMATS)}", outputFormat)
     outputFormat = outputFormat.lower()
     if schema is not None and outputFormat != "json":
-        raise ConfigurationError(f"{ctx.path}: 'output.schema' needs 'output.format' json")
+        raise ConfigurationError(f"{ctx.path}: {schemaKey!r} needs 'output.format' json")
     return OutputSpec(format=outputFormat, schema=schema)
 
 
@@ -728,30 +744,61 @@ def _schemaFile(ctx: _Context, key: str, value: object) -> object:
         ) from None
 
 
+_SCHEMA_SECTION_KEYS = ("format", "schema", "schemaRef")
+
+
+def _sectionSchema(
+    ctx: _Context, section: str, value: Mapping[str, object]
+) -> tuple[str, Mapping[str, Any] | None]:
+    """
+    The JSON Schema of the C{input} or C{output} mapping C{value}: its
+    C{schema} (a mapping, or a string of JSON or YAML) or its C{schemaRef}
+    (a JSON or YAML file relative to the agent file), never both, checked
+    against the JSON Schema metaschema (its own C{$schema}, draft 2020-12
+    by default).  Other keys than C{format}, C{schema} and C{schemaRef}
+    are refused.
+
+    @return: the key the schema came from (C{"output.schemaRef"}, for the
+        section's further messages) and the schema, or L{None} for none.
+    """
+    for inner in value:
+        if inner not in _SCHEMA_SECTION_KEYS:
+            raise ConfigurationError(
+                f"{ctx.path}: unknown key {inner!r} in {section!r}"
+                f" (allowed: {', '.join(_SCHEMA_SECTION_KEYS)})"
+                + didYouMean(str(inner), _SCHEMA_SECTION_KEYS)
+            )
+    if "schema" in value and "schemaRef" in value:
+        raise ConfigurationError(f"{ctx.path}: {section!r} takes 'schema' or 'schemaRef', not both")
+    if "schema" in value:
+        key = f"{section}.schema"
+        schema = _schema(ctx, key, value["schema"])
+    elif "schemaRef" in value:
+        key = f"{section}.schemaRef"
+        loaded = _schemaFile(ctx, key, value["schemaRef"])
+        if not isinstance(loaded, dict):
+            raise ctx.fail(key, "must name a JSON Schema object (a mapping)", loaded)
+        schema = loaded
+    else:
+        return f"{section}.schema", None
+    try:
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+    except SchemaError as error:
+        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+        raise ConfigurationError(
+            f"{ctx.path}: {key!r} is not a valid JSON Schema (at {where}: {error.message})"
+        ) from None
+    return key, schema
+
+
 def _input(ctx: _Context, key: str, value: object) -> InputSpec:
     """
     C{input}: C{format} (C{text} or C{json}) and, for C{json}, C{schema}
-    (a mapping, or a string of JSON or YAML) or C{schemaRef} (a file).  The
-    schema must be a valid JSON Schema describing an object.
+    or C{schemaRef} (see L{_sectionSchema}), which must describe an object.
     """
     if not isinstance(value, dict):
         raise ctx.fail(key, "must be a mapping with 'format' and 'schema' or 'schemaRef'", value)
-    for inner in value:
-        if inner not in ("format", "schema", "schemaRef"):
-            raise ConfigurationError(
-                f"{ctx.path}: unknown key {inner!r} in 'input' (allowed: format, schema,"
-                " schemaRef)" + didYouMean(str(inner), ("format", "schema", "schemaRef"))
-            )
-    if "schema" in value and "schemaRef" in value:
-        raise ConfigurationError(f"{ctx.path}: 'input' takes 'schema' or 'schemaRef', not both")
-    schema: Mapping[str, Any] | None = None
-    if "schema" in value:
-        schema = _schema(ctx, "input.schema", value["schema"])
-    elif "schemaRef" in value:
-        loaded = _schemaFile(ctx, "input.schemaRef", value["schemaRef"])
-        if not isinstance(loaded, dict):
-            raise ctx.fail("input.schemaRef", "must name a JSON Schema object", loaded)
-        schema = loaded
+    schemaKey, schema = _sectionSchema(ctx, "input", value)
     inputFormat = value.get("format", "json" if schema is not None else "text")
     if not isinstance(inputFormat, str) or inputFormat.lower() not in INPUT_FORMATS:
         raise ctx.fail("input.format", f"must be one of {', '.join(INPUT_FORMATS)}", inputFormat)
@@ -759,23 +806,16 @@ def _input(ctx: _Context, key: str, value: object) -> InputSpec:
     if inputFormat == "text":
         if schema is not None:
             raise ConfigurationError(
-                f"{ctx.path}: 'input.schema' needs 'input.format' json"
+                f"{ctx.path}: {schemaKey!r} needs 'input.format' json"
                 " (a text input is one 'prompt' string)"
             )
         return InputSpec()
     if schema is None:
         return InputSpec(format="json")
-    try:
-        validator_for(schema, default=Draft202012Validator).check_schema(schema)
-    except SchemaError as error:
-        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
-        raise ConfigurationError(
-            f"{ctx.path}: 'input.schema' is not a valid JSON Schema (at {where}: {error.message})"
-        ) from None
     schemaType = schema.get("type", "object" if "properties" in schema else None)
     if schemaType != "object":
         raise ConfigurationError(
-            f"{ctx.path}: 'input.schema' must describe an object (type: object): callers send"
+            f"{ctx.path}: {schemaKey!r} must describe an object (type: object): callers send"
             " a tool call's arguments, which are a JSON object"
         )
     return InputSpec(format="json", schema=schema)
@@ -911,11 +951,12 @@ def parseAgent(text: str, path: str) -> AgentSpec:
     @param text: the whole file.
     @param path: where it was read from; names the file in errors, gives
         the agent's default name, and is the base for relative sub-agent
-        paths.
+        and include paths.
 
     @raise ConfigurationError: if the file is not a valid agent.
     """
-    frontmatter, firstLine, prompt = _splitFile(text, path)
+    frontmatter, firstLine, body = _splitFile(text, path)
+    prompt = body
     data = _loadFrontmatter(frontmatter, firstLine, path)
     absolute = os.path.abspath(path)
     ctx = _Context(path=path, directory=os.path.dirname(absolute))
@@ -930,6 +971,9 @@ def parseAgent(text: str, path: str) -> AgentSpec:
                 f"frontmatter key {key!r} is a runtime option, "
                 f"use command-line flags instead: {RUNTIME_ONLY_KEYS[key]}"
             )
+            continue
+        if key in UNSUPPORTED_KEYS:
+            problems.append(f"frontmatter key {key!r} is not supported: {UNSUPPORTED_KEYS[key]}")
             continue
         parse = _KEYS.get(key)
         if parse is None:
@@ -948,10 +992,15 @@ def parseAgent(text: str, path: str) -> AgentSpec:
     if "models" not in values and "models" not in invalid:
         problems.append("'models' is required (one 'provider/model' or a list of them)")
     problems.extend(_reasoningProblems(values))
+    try:
+        prompt = resolveIncludes(body, path)
+    except ConfigurationError as error:
+        problems.append(str(error).removeprefix(f"{path}: "))
     if problems:
         raise ConfigurationError(f"{path}: " + "; ".join(problems))
     name = values.get("toolName") or _AI_SUFFIX.sub("", os.path.basename(path)) or "agent"
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # The included files' text is part of the agent (and of its cache key).
+    digest = hashlib.sha256(f"{text}\0{prompt}".encode()).hexdigest()
     return AgentSpec(path=absolute, name=name, prompt=prompt, digest=digest, **values)
 
 
@@ -980,6 +1029,8 @@ __all__ = [
     "InputSpec",
     "InvalidInputError",
     "OutputSpec",
+    "RUNTIME_ONLY_KEYS",
+    "UNSUPPORTED_KEYS",
     "RouteTarget",
     "ToolOutputSpec",
     "parseCacheTTL",

@@ -38,7 +38,7 @@ from ai_agent.observe import MULTIPROC_DIR, jsonFileLogObserver
 from ai_agent.providers import ChatMessage
 from ai_agent.request import RunRequest
 from ai_agent.startup import WORKER_VARIABLE, StartupError, embeddedModels, textObserver
-from ai_agent.tap import ServerOptions, makeService, speedLayerFor
+from ai_agent.tap import ServerOptions, makeQuotas, makeService, speedLayerFor
 from ai_agent.workers import ADOPTABLE, parseInherited, startWorkers, watchParent
 
 #: The values of C{--log-format}.
@@ -65,6 +65,13 @@ class Options(ServerOptions):
         '"@path" from a file. The answer streams to standard output.'
     )
     optParameters: list[list[Any]] = [
+        [
+            "mcp",
+            None,
+            None,
+            "Serve the agents as MCP tools on standard input and output ('stdio');"
+            " logs go to standard error.",
+        ],
         [
             "list-tools",
             None,
@@ -96,6 +103,7 @@ class Options(ServerOptions):
         self["prompt"] = None
         self["version"] = False
         self["interactive"] = False
+        self["mcp"] = None
 
     def opt_version(self) -> None:
         """
@@ -129,6 +137,9 @@ class Options(ServerOptions):
             return
         super().postOptions()
         self._checkWorkers()
+        if self["mcp"] is not None:
+            self._checkMcp()
+            return
         if self["endpoints"]:
             if self["prompt"] is not None:
                 raise usage.UsageError(
@@ -160,6 +171,17 @@ class Options(ServerOptions):
                     raise usage.UsageError(
                         f"--workers serves TCP or UNIX endpoints only, not {endpoint!r}"
                     )
+
+    def _checkMcp(self) -> None:
+        if self["mcp"] != "stdio":
+            raise usage.UsageError(f"--mcp takes 'stdio', not {self['mcp']!r}")
+        if self["prompt"] is not None or self["endpoints"]:
+            raise usage.UsageError(
+                "--mcp stdio takes no prompt and no --openai-completions (serve /mcp on a"
+                " port with --openai-completions alone)"
+            )
+        if self["workers"] > 1:
+            raise usage.UsageError("--mcp stdio runs in one process (no --workers)")
 
     def _checkListTools(self) -> None:
         if self["prompt"] is not None or self["openai-completions"]:
@@ -327,6 +349,55 @@ def runDirect(reactor: Any, options: Options, stdout: TextIO, stderr: TextIO) ->
                 f"ai-agent: answered by the embedded model {', '.join(embedded)};"
                 " set a provider's key for a bigger model\n"
             )
+        return EXIT_OK
+
+    return ensureDeferred(main())
+
+
+def runMcpStdio(reactor: Any, options: Options) -> Any:
+    """
+    Serve the agents as MCP tools on standard input and output until the
+    input ends (its running calls are then cancelled); fire with the exit
+    code.  Nothing but MCP messages is written to standard output.
+    """
+    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.stdio import StandardIO
+
+    from ai_agent.headends._answers import configuredRedactor
+    from ai_agent.headends._mcpcore import McpCore
+    from ai_agent.headends.mcp import McpStdioProtocol
+    from ai_agent.pool import RunPool
+    from ai_agent.runtime import buildRuntime
+
+    async def main() -> int:
+        runtime = buildRuntime(
+            reactor,
+            options["agents"],
+            configFile=options["config"],
+            speed=speedLayerFor(options, os.environ),
+        )
+        pool = RunPool(
+            reactor,
+            options["openai-completions-concurrency"],
+            options["openai-completions-queue"],
+            options["openai-completions-queue-timeout"],
+            # The configured limits (no keys: the defaults, and the
+            # agents'), counted in this process.
+            quotas=makeQuotas(reactor, runtime),
+        )
+        core = McpCore(
+            runtime.registry,
+            runtime.runner,
+            pool,
+            reactor,
+            redactor=configuredRedactor(runtime.runner),
+        )
+        protocol = McpStdioProtocol(core)
+        StandardIO(protocol, reactor=reactor)
+        try:
+            await protocol.done
+        finally:
+            await runtime.close()
         return EXIT_OK
 
     return ensureDeferred(main())
@@ -555,6 +626,8 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
     def start() -> None:
         if options["list-tools"] is not None:
             work = runListTools(reactor, options, stdout, stderr)
+        elif options["mcp"] is not None:
+            work = runMcpStdio(reactor, options)
         else:
             work = runDirect(reactor, options, stdout, stderr)
         running.append(work)

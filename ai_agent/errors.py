@@ -3,14 +3,13 @@
 Errors as data, in no API's shape: every failure the server can report
 carries its HTTP status, a neutral kind, a machine-readable code and the
 request field at fault.  Each API renders them in its own envelope, once,
-at its edge (L{ErrorFormat}: L{OPENAI_ERRORS} here; the Anthropic headend
-brings its own).
+at its edge (an L{ErrorFormat} beside each API's description:
+L{ai_agent.headends._openai_errors}, L{ai_agent.headends.anthropic}).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
@@ -111,52 +110,6 @@ class ErrorFormat(Protocol):
         ...
 
 
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-@attrs.frozen
-class OpenAIErrors:
-    """
-    OpenAI's envelope: C{{"error": {"message", "type", "param", "code"}}}.
-    """
-
-    def type(self, error: AgentError) -> str:
-        """
-        OpenAI's C{type} for C{error}'s kind.
-        """
-        if error.kind == ErrorKind.RATE_LIMIT:
-            return "rate_limit_error"
-        if error.kind == ErrorKind.TIMEOUT and error.status >= 500:
-            return "timeout_error"
-        if error.status >= 500 or error.kind in (ErrorKind.SERVER, ErrorKind.OVERLOADED):
-            return "server_error"
-        return "invalid_request_error"
-
-    def envelope(self, error: AgentError) -> dict[str, Any]:
-        """
-        The envelope as a JSON-ready value.
-        """
-        return {
-            "error": {
-                "message": error.message,
-                "type": self.type(error),
-                "param": error.param,
-                "code": error.code,
-            }
-        }
-
-    def status(self, error: AgentError) -> int:
-        return error.status
-
-    def body(self, error: AgentError) -> bytes:
-        return _dumps(self.envelope(error))
-
-
-#: The error format of the OpenAI routes (and of paths no API owns).
-OPENAI_ERRORS = OpenAIErrors()
-
-
 def invalidRequest(message: str, param: str | None = None, code: str | None = None) -> AgentError:
     """
     A 400: the request is malformed.
@@ -217,8 +170,6 @@ __all__ = [
     "ConfigurationError",
     "ErrorFormat",
     "ErrorKind",
-    "OPENAI_ERRORS",
-    "OpenAIErrors",
     "ProviderError",
     "invalidRequest",
     "notFound",

@@ -129,6 +129,8 @@ class RunRequest:
     @ivar turns: where this run keeps and finds its hidden turns instead
         of the runner's store (the Responses API's sealed turns of a
         C{store: false} request), or L{None}.
+    @ivar subAgent: whether another agent's run called this one as a tool
+        (its prompt's C{${FORMAT}} then says so).
     """
 
     conversation: tuple[ChatMessage, ...]
@@ -141,6 +143,7 @@ class RunRequest:
     parallelToolCalls: bool | None = None
     owner: str = ""
     turns: TurnStore | None = None
+    subAgent: bool = False
 
 
 __all__ = ["ClientTool", "OutputFormat", "RunRequest", "Sampling", "ToolChoice"]

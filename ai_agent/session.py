@@ -79,6 +79,7 @@ from ai_agent.routing import (
     routerInstructions,
     routerToolSpec,
 )
+from ai_agent.templating import HostFacts, promptVariables, substituteVariables
 from ai_agent.tools._toolbox import AgentToolBox
 from ai_agent.tools.output import (
     EXTRACTION_MAX_TOKENS,
@@ -169,9 +170,11 @@ def buildMessages(
     conversation: Sequence[ChatMessage],
     instructions: Sequence[str] = (),
     clientInstructions: Sequence[str] = (),
+    variables: Mapping[str, str] | None = None,
 ) -> list[ChatMessage]:
     """
-    The messages of a run's first LLM call: the agent's prompt (followed by
+    The messages of a run's first LLM call: the agent's prompt, its
+    C{variables} substituted (L{ai_agent.templating}; followed by
     the C{instructions} its tools' servers give) as the first system
     message, then the client's own instructions (C{clientInstructions}, then
     the conversation's system and developer messages), each as a system
@@ -179,7 +182,8 @@ def buildMessages(
     the conversation in order.
     """
     messages: list[ChatMessage] = []
-    prompt = "\n\n".join(part for part in (agent.prompt, *instructions) if part)
+    own = agent.prompt if variables is None else substituteVariables(agent.prompt, variables)
+    prompt = "\n\n".join(part for part in (own, *instructions) if part)
     if prompt:
         messages.append(ChatMessage("system", prompt))
     messages.extend(ChatMessage("system", text) for text in clientInstructions if text)
@@ -278,6 +282,21 @@ class SessionRunner:
     agents: Mapping[str, AgentSpec] = attrs.field(factory=dict, repr=False)
     limiter: SubAgentLimiter | None = None
     cache: ResponseCache | None = None
+    host: HostFacts = attrs.field(factory=HostFacts.current, repr=False)
+
+    def promptVariables(self, agent: AgentSpec, subAgent: bool = False) -> Mapping[str, str]:
+        """
+        The values of the prompt variables for a run of C{agent} starting
+        now (the reactor's time).
+        """
+        return promptVariables(
+            self.reactor.seconds(),
+            self.host,
+            agent.maxTurns,
+            agent.maxToolCallsPerTurn,
+            agent.output.format,
+            subAgent,
+        )
 
     def run(self, agent: AgentSpec, request: RunRequest, events: EventSink) -> Deferred[Finished]:
         """
@@ -477,7 +496,13 @@ class SessionRunner:
                     agent=agent.name,
                     missing=", ".join(missing[:8]),
                 )
-        messages = buildMessages(agent, conversation, instructions, request.instructions)
+        messages = buildMessages(
+            agent,
+            conversation,
+            instructions,
+            request.instructions,
+            self.promptVariables(agent, request.subAgent),
+        )
         start = len(messages)
         meter = _UsageMeter(events)
         kept = _RunTools(

@@ -25,8 +25,9 @@ from twisted.web.server import Site
 from ai_agent.advice import didYouMean
 from ai_agent.config import ClientKey
 from ai_agent.connections import TrackingFactory
-from ai_agent.errors import OPENAI_ERRORS, ConfigurationError
+from ai_agent.errors import ConfigurationError
 from ai_agent.headends._http import APIKeys, HTTPPolicy
+from ai_agent.headends._openai_errors import OPENAI_ERRORS
 from ai_agent.headends._site import Mount
 from ai_agent.headends.openai import OpenAIHeadend
 from ai_agent.headends.responses import HOSTED_IGNORE, HOSTED_POLICIES, ResponsesHeadend
@@ -422,6 +423,10 @@ def makeSite(
     if speed is None:
         speed = speedLayer(stock=False)
     router = speed.router(headend.app, mounts)
+    # The OpenAI routes answer errors and model lists in the shape of the
+    # API a request comes from, as the site's guard does.
+    headend.errorFormats = router.errorFormat
+    headend.modelCatalogs = router.modelCatalog
     resource: Any = router if metrics is None else WithMetrics(router, metrics)
     return speed.site(resource, policy, router.errorFormat, logPath=accessLog, reactor=reactor)
 
@@ -446,6 +451,7 @@ def apiMounts(
     """
     from ai_agent.headends.anthropic import (
         ANTHROPIC_ERRORS,
+        ANTHROPIC_MODELS,
         AnthropicHeadend,
         isAnthropicClient,
     )
@@ -467,10 +473,37 @@ def apiMounts(
         reactor,
         observer=runtime.runner.observer,
     )
+    from ai_agent.headends.a2a import A2A_ERRORS, A2AHeadend
+
+    a2a = A2AHeadend(
+        runtime.registry,
+        runtime.runner,
+        pool,
+        reactor,
+        store=runtime.store,
+        observer=runtime.runner.observer,
+    )
+    from ai_agent.headends.mcp import MCP_ERRORS, McpHeadend
+
+    mcp = McpHeadend(
+        runtime.registry,
+        runtime.runner,
+        pool,
+        reactor,
+        observer=runtime.runner.observer,
+    )
     return [
         Mount(b"/v1/responses", responses.app, OPENAI_ERRORS, headend=responses),
+        Mount(b"/a2a", a2a.app, A2A_ERRORS, headend=a2a),
+        Mount(b"/.well-known/agent-card.json", a2a.app, A2A_ERRORS, headend=a2a),
+        Mount(b"/mcp", mcp.app, MCP_ERRORS, headend=mcp),
         Mount(
-            b"/v1/messages", anthropic.app, ANTHROPIC_ERRORS, isAnthropicClient, headend=anthropic
+            b"/v1/messages",
+            anthropic.app,
+            ANTHROPIC_ERRORS,
+            isAnthropicClient,
+            headend=anthropic,
+            models=ANTHROPIC_MODELS,
         ),
     ]
 

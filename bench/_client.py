@@ -19,7 +19,7 @@ from bench._stats import ResponseParser
 
 # The first text: a chat chunk's delta.content, a Responses output_text
 # delta, or an Anthropic text_delta (never sent empty).
-_CONTENT = re.compile(rb'"(?:content|delta)":\s*"(?!")|"text_delta"')
+_CONTENT = re.compile(rb'"(?:content|delta)":\s*"(?!")|"text_delta"|"artifactUpdate"')
 
 #: The Anthropic API version the Messages requests name.
 ANTHROPIC_VERSION = "2023-06-01"
@@ -73,6 +73,28 @@ class Target:
         headers = {"x-api-key": self.key, "anthropic-version": ANTHROPIC_VERSION}
         return self.post(f"{self.prefix}/messages", json.dumps(body).encode(), headers)
 
+    def mcpCall(self, text: str) -> bytes:
+        """
+        The raw bytes of one MCP C{tools/call} of the agent (C{/mcp}, the
+        2026-07-28 per-request mode: no session, its headers, a JSON
+        answer).
+        """
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": self.model, "arguments": {"prompt": text}},
+        }
+        headers = {
+            "Authorization": f"Bearer {self.key}",
+            "Accept": "application/json",
+            "MCP-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": self.model,
+        }
+        root = self.prefix.removesuffix("/v1")
+        return self.post(f"{root}/mcp", json.dumps(body).encode(), headers)
+
     def toolChat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], stream: bool = False
     ) -> bytes:
@@ -84,6 +106,17 @@ class Target:
         if tools:
             body["tools"] = tools
         return self.post(f"{self.prefix}/chat/completions", json.dumps(body).encode())
+
+    def a2a(self, text: str, stream: bool) -> bytes:
+        """
+        The raw bytes of one A2A 1.0 message to the agent (HTTP+JSON
+        binding): C{message:stream} or C{message:send}.
+        """
+        body = {"message": {"messageId": "bench", "role": "ROLE_USER", "parts": [{"text": text}]}}
+        verb = "stream" if stream else "send"
+        return self.post(
+            f"/a2a/{self.model}/message:{verb}", json.dumps(body).encode(), {"A2A-Version": "1.0"}
+        )
 
     def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
         """

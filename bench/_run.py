@@ -29,12 +29,15 @@ import attrs
 from bench import _report
 from bench._client import Connection, ConnectionLostError, Result, Sampler, Target, request
 from bench._stats import (
+    a2aText,
+    checkA2AStream,
     checkMessagesStream,
     checkResponsesStream,
     checkStream,
     completionText,
     cpuSeconds,
     handedBackCall,
+    mcpText,
     messagesText,
     percentile,
     readAgentStream,
@@ -513,11 +516,16 @@ async def measureTTFTResponses(target: Target, count: int) -> dict[str, Any]:
 async def measureLatencyHeadend(target: Target, api: str, count: int) -> dict[str, Any]:
     """
     Non-streamed requests at concurrency 1 on another headend of this
-    server (C{api}: C{responses}, stored as by default, or C{messages},
-    Anthropic's); an answer counts only when its text is exactly the echo.
+    server (C{api}: C{responses}, stored as by default, C{messages},
+    Anthropic's, or C{mcp}, the agent called as an MCP tool); an answer
+    counts only when its text is exactly the echo.
     """
     if api == "responses":
         raw, text = target.responses(PING, False), responsesText
+    elif api == "a2a":
+        raw, text = target.a2a(PING, False), a2aText
+    elif api == "mcp":
+        raw, text = target.mcpCall(PING), mcpText
     else:
         raw, text = target.messages(PING, False), messagesText
     sampler = Sampler(target.port)
@@ -536,6 +544,15 @@ async def measureTTFTMessages(target: Target, count: int) -> dict[str, Any]:
     """
     raw = target.messages(SHORT, True)
     return await _measureStreamTTFT(target.port, raw, checkMessagesStream, count)
+
+
+async def measureTTFTA2A(target: Target, count: int) -> dict[str, Any]:
+    """
+    Time to the first C{artifactUpdate} of a streamed A2A message
+    (C{message:stream}; the task kept in the run store).
+    """
+    raw = target.a2a(SHORT, True)
+    return await _measureStreamTTFT(target.port, raw, checkA2AStream, count)
 
 
 async def measureToolTrip(target: Target, count: int) -> dict[str, Any]:
@@ -1331,9 +1348,10 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
             await Sampler(fast[arm].port).run(fast[arm].chat(SHORT, True), 4, count=plan.warmup)
             await measureToolTrip(fast[arm], max(5, plan.warmup // 5))
         await Sampler(ours.port).run(fast[OURS].responses(SHORT, True), 4, count=plan.warmup)
-        for api in ("responses", "messages"):
+        for api in ("responses", "messages", "a2a", "mcp"):
             await measureLatencyHeadend(fast[OURS], api, plan.warmup)
         await measureTTFTMessages(fast[OURS], plan.warmup)
+        await measureTTFTA2A(fast[OURS], plan.warmup)
 
         order: list[list[str]] = []
         for r in range(plan.rounds):
@@ -1363,7 +1381,10 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
                 "latency_messages_c1": lambda: measureLatencyHeadend(
                     fast[OURS], "messages", plan.latency1
                 ),
+                "latency_mcp_c1": lambda: measureLatencyHeadend(fast[OURS], "mcp", plan.latency1),
                 "ttft_messages_c1": lambda: measureTTFTMessages(fast[OURS], plan.ttft),
+                "latency_a2a_c1": lambda: measureLatencyHeadend(fast[OURS], "a2a", plan.latency1),
+                "ttft_a2a_c1": lambda: measureTTFTA2A(fast[OURS], plan.ttft),
             }
             shuffled = random.sample(list(headends), len(headends))
             order.append(["headends", *shuffled])

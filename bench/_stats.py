@@ -349,6 +349,38 @@ def checkMessagesStream(body: bytes) -> StreamCheck:
     return StreamCheck(tuple(pieces), done, errors, bad)
 
 
+def checkA2AStream(body: bytes) -> StreamCheck:
+    """
+    Read an SSE A2A stream (HTTP+JSON binding: bare StreamResponses): the
+    pieces are its C{artifactUpdate}s' non-empty texts, C{done} whether a
+    C{TASK_STATE_COMPLETED} status came, errors the statuses of a task
+    that failed or was canceled.
+    """
+    pieces: list[str] = []
+    done = False
+    errors = 0
+    bad = 0
+    for _, data in sseEvents(body):
+        try:
+            value = json.loads(data)
+        except ValueError:
+            bad += 1
+            continue
+        if not isinstance(value, dict):
+            bad += 1
+        elif "artifactUpdate" in value:
+            for part in value["artifactUpdate"].get("artifact", {}).get("parts", ()):
+                if part.get("text"):
+                    pieces.append(part["text"])
+        elif "statusUpdate" in value:
+            state = value["statusUpdate"].get("status", {}).get("state")
+            if state == "TASK_STATE_COMPLETED":
+                done = True
+            elif state in ("TASK_STATE_FAILED", "TASK_STATE_CANCELED", "TASK_STATE_REJECTED"):
+                errors += 1
+    return StreamCheck(tuple(pieces), done, errors, bad)
+
+
 def sseEvents(body: bytes) -> list[tuple[int, bytes]]:
     """
     The data of each SSE event of C{body} (events without data left out),
@@ -466,6 +498,21 @@ def responsesText(body: bytes) -> str | None:
     return "".join(parts) if parts and all(isinstance(p, str) for p in parts) else None
 
 
+def mcpText(body: bytes) -> str | None:
+    """
+    The text of an MCP C{tools/call} answer (its C{text} content joined),
+    or L{None} unless it is a result without C{isError}.
+    """
+    try:
+        value: Any = json.loads(body)["result"]
+        if value.get("isError"):
+            return None
+        parts = [block["text"] for block in value["content"] if block.get("type") == "text"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return "".join(parts) if parts and all(isinstance(p, str) for p in parts) else None
+
+
 def messagesText(body: bytes) -> str | None:
     """
     The text of a non-streamed Anthropic message (its C{text} blocks
@@ -476,6 +523,21 @@ def messagesText(body: bytes) -> str | None:
         if value["type"] != "message" or value["stop_reason"] != "end_turn":
             return None
         parts = [block["text"] for block in value["content"] if block.get("type") == "text"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return "".join(parts) if parts and all(isinstance(p, str) for p in parts) else None
+
+
+def a2aText(body: bytes) -> str | None:
+    """
+    The answer of a blocking A2A C{message:send} (its artifacts' texts
+    joined), or L{None} unless the task completed.
+    """
+    try:
+        task: Any = json.loads(body)["task"]
+        if task["status"]["state"] != "TASK_STATE_COMPLETED":
+            return None
+        parts = [part["text"] for artifact in task["artifacts"] for part in artifact["parts"]]
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return "".join(parts) if parts and all(isinstance(p, str) for p in parts) else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -179,6 +180,28 @@ class KeyTests(SynchronousTestCase):
             self.assertIn(f"'{key}' is a runtime option, use command-line flags", str(error))
         error = self.assertRaises(ConfigurationError, agent, "models: a/b\ntargets: [x]")
         self.assertIn("runtime option", str(error))
+
+    def test_pluginsRefusedWithReason(self) -> None:
+        """
+        C{plugins}, the original's JavaScript final-report modules, is
+        refused with why and what to use here instead (not as a misspelt
+        key with a list of allowed ones), alongside the file's other
+        problems.
+        """
+        error = self.assertRaises(
+            ConfigurationError, agent, "models: a/b\nplugins: [./report.js]\nmaxTurns: 0"
+        )
+        self.assertTrue(
+            str(error).startswith(
+                f"{PATH}: frontmatter key 'plugins' is not supported: the TypeScript ai-agent"
+                " loads these JavaScript modules into its own Node.js process"
+            ),
+            str(error),
+        )
+        for alternative in ("an MCP server", "a REST tool", "a 'handoff' agent"):
+            self.assertIn(alternative, str(error))
+        self.assertNotIn("allowed:", str(error))
+        self.assertIn("'maxTurns' must be an integer >= 1", str(error))
 
     def test_nonStringKey(self) -> None:
         """
@@ -412,9 +435,13 @@ class OutputTests(SynchronousTestCase):
         mapping, and a schema with a non-json format are errors naming the key.
         """
         error = self.assertRaises(
-            ConfigurationError, agent, "models: a/b\noutput:\n  format: json\n  schemaRef: x.json"
+            ConfigurationError, agent, "models: a/b\noutput:\n  format: json\n  shema: {}"
         )
-        self.assertIn("unknown key 'schemaRef' in 'output'", str(error))
+        self.assertEqual(
+            str(error),
+            f"{PATH}: unknown key 'shema' in 'output' (allowed: format, schema, schemaRef);"
+            " did you mean 'schema'?",
+        )
         error = self.assertRaises(ConfigurationError, agent, "models: a/b\noutput:\n  format: xml")
         self.assertIn("'output.format' must be one of markdown, text, json", str(error))
         error = self.assertRaises(ConfigurationError, agent, "models: a/b\noutput:\n  schema: [1]")
@@ -427,6 +454,91 @@ class OutputTests(SynchronousTestCase):
         self.assertIn("'output.schema' needs 'output.format' json", str(error))
         error = self.assertRaises(ConfigurationError, agent, "models: a/b\noutput: json")
         self.assertIn("'output' must be a mapping", str(error))
+
+    def test_invalidInlineSchema(self) -> None:
+        """
+        An inline output schema is checked against the JSON Schema
+        metaschema at load, as an input schema is: a broken one would
+        otherwise be sent to the provider with every call of the agent.
+        """
+        error = self.assertRaises(
+            ConfigurationError, agent, "models: a/b\noutput:\n  schema: {type: object, required: 5}"
+        )
+        self.assertEqual(
+            str(error),
+            f"{PATH}: 'output.schema' is not a valid JSON Schema"
+            " (at required: 5 is not of type 'array')",
+        )
+
+    def _schemaDirectory(self, files: Mapping[str, str]) -> str:
+        """
+        A directory holding C{files} (relative name to text); returns the
+        path of an agent file C{a.ai} in it (not written).
+        """
+        directory = os.path.abspath(self.mktemp())
+        for name, text in files.items():
+            path = os.path.join(directory, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        return os.path.join(directory, "a.ai")
+
+    def test_schemaRef(self) -> None:
+        """
+        C{schemaRef} names a YAML or JSON schema file relative to the agent
+        file's directory (not the working directory); the loaded schema is
+        the output schema, and without C{format} the format is json.
+        """
+        schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+        path = self._schemaDirectory(
+            {
+                "schemas/out.yaml": "type: object\nproperties:\n  answer: {type: string}\n",
+                "schemas/out.json": json.dumps(schema),
+            }
+        )
+        for lines in (
+            "output:\n  format: json\n  schemaRef: schemas/out.yaml",
+            "output:\n  schemaRef: ./schemas/out.json",
+        ):
+            spec = agent(f"models: a/b\n{lines}", path=path)
+            self.assertEqual(spec.output, OutputSpec("json", schema), lines)
+
+    def test_schemaRefErrors(self) -> None:
+        """
+        A missing schema file, a file that is not JSON or YAML, one that is
+        not a mapping, one that is not a valid JSON Schema, C{schemaRef}
+        beside C{schema}, and C{schemaRef} with a non-json format are each
+        refused at load with a message naming C{output.schemaRef} and the
+        file.
+        """
+        path = self._schemaDirectory(
+            {
+                "bad.json": '{"type": "object", "required": 5}',
+                "list.yaml": "- a\n- b\n",
+                "broken.yaml": "type: [object\n",
+                "ok.json": '{"type": "object"}',
+            }
+        )
+        directory = os.path.dirname(path)
+        cases = {
+            "{schemaRef: nowhere.json}": f"'output.schemaRef' names"
+            f" {os.path.join(directory, 'nowhere.json')}: No such file or directory",
+            "{schemaRef: broken.yaml}": f"'output.schemaRef' names"
+            f" {os.path.join(directory, 'broken.yaml')}, which is not JSON or YAML",
+            "{schemaRef: list.yaml}": "'output.schemaRef' must name a JSON Schema object"
+            " (a mapping), got a list",
+            "{schemaRef: bad.json}": "'output.schemaRef' is not a valid JSON Schema"
+            " (at required: 5 is not of type 'array')",
+            "{schema: {type: object}, schemaRef: ok.json}": "'output' takes 'schema' or"
+            " 'schemaRef', not both",
+            "{format: markdown, schemaRef: ok.json}": "'output.schemaRef' needs"
+            " 'output.format' json",
+            "{schemaRef: 5}": "'output.schemaRef' must be a string, got 5",
+        }
+        for lines, message in cases.items():
+            with self.assertRaises(ConfigurationError) as caught:
+                agent(f"models: a/b\noutput: {lines}", path=path)
+            self.assertEqual(str(caught.exception), f"{path}: {message}", lines)
 
 
 class NameTests(SynchronousTestCase):
@@ -635,20 +747,50 @@ class DocumentedKeysTests(SynchronousTestCase):
 
     def test_unsupportedKeysRejected(self) -> None:
         """
-        Each key named under "Not supported" is refused as an unknown key,
-        and none of them is also in the table (the page once listed
-        C{maxToolCallsPerTurn} in both).
+        The keys listed under "Not supported, on purpose" (one C{- `key`}
+        item each) are exactly those the parser refuses with a reason, each
+        is refused naming itself, and none of them is also in the table
+        (the page once listed C{maxToolCallsPerTurn} in both).
         """
+        from ai_agent.agentfile import UNSUPPORTED_KEYS
+
         docs = self._docs()
-        section = docs.split("## Not supported", 1)[1].split("\n## ", 1)[0]
-        names = [n for n in re.findall(r"`(\w+)`", section) if n != "output"]
+        section = docs.split("\n## Not supported, on purpose\n", 1)[1].split("\n## ", 1)[0]
+        names = re.findall(r"^- `(\w+)`", section, re.MULTILINE)
+        self.assertEqual(sorted(names), sorted(UNSUPPORTED_KEYS))
         self.assertIn("plugins", names)
         for name in names:
             with self.assertRaises(ConfigurationError, msg=name) as caught:
                 agent(f"models: openai/gpt-4o\n{name}: 1")
-            self.assertIn(name, str(caught.exception))
+            self.assertIn(f"frontmatter key {name!r} is not supported", str(caught.exception))
         table = set(re.findall(r"^\| `(\w+)` \|", docs, re.MULTILINE))
         self.assertEqual(table & set(names), set())
+
+
+class ShippedAgentFilesTests(SynchronousTestCase):
+    """
+    The agent files this repository ships as examples (C{agents/}) and
+    those written in the TypeScript ai-agent's style for the tests
+    (C{tests/fixtures/}) all load.
+    """
+
+    def test_allLoad(self) -> None:
+        """
+        Every C{.ai} file under C{agents/} and C{tests/fixtures/} parses,
+        and each directory has some (a moved directory must fail here, not
+        pass with nothing checked).
+        """
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        for directory in ("agents", os.path.join("tests", "fixtures")):
+            found = [
+                os.path.join(folder, name)
+                for folder, _, names in os.walk(os.path.join(root, directory))
+                for name in names
+                if name.endswith(".ai")
+            ]
+            self.assertNotEqual(found, [], directory)
+            for path in found:
+                self.assertEqual(loadAgent(path).path, path)
 
 
 class SamplingKeyTests(SynchronousTestCase):
@@ -865,6 +1007,8 @@ class InputTests(SynchronousTestCase):
             " schemaRef); did you mean 'schema'?",
             "input: [a]": "'input' must be a mapping with 'format' and 'schema' or 'schemaRef',"
             " got a list",
+            "input: {schema: {type: object}, schemaRef: in.json}": "'input' takes 'schema' or"
+            " 'schemaRef', not both",
         }
         for lines, message in cases.items():
             with self.assertRaises(ConfigurationError) as caught:

@@ -40,7 +40,9 @@ from bench._report import (
 )
 from bench._stats import (
     ResponseParser,
+    a2aText,
     addedPerRound,
+    checkA2AStream,
     checkMessagesStream,
     checkResponsesStream,
     checkStream,
@@ -687,6 +689,46 @@ class HeadendParsingTests(SynchronousTestCase):
         broken = body + _sse("error", error={"type": "overloaded_error"}) + _sse("message_stop")
         self.assertFalse(checkMessagesStream(broken).intact(["a", "b"]))
 
+    def test_a2aStream(self) -> None:
+        """
+        An A2A stream's pieces are its C{artifactUpdate}s' non-empty texts
+        (not the task nor the status messages); it is intact when a
+        completed status came, not when the task failed.
+        """
+
+        def data(value: object) -> bytes:
+            return b"data: " + json.dumps(value).encode() + b"\n\n"
+
+        def chunk(text: str) -> bytes:
+            return data({"artifactUpdate": {"artifact": {"parts": [{"text": text}]}}})
+
+        def status(state: str) -> bytes:
+            return data({"statusUpdate": {"status": {"state": state}}})
+
+        body = data({"task": {"id": "t"}}) + status("TASK_STATE_WORKING")
+        body += chunk("a") + chunk("b") + chunk("")
+        check = checkA2AStream(body + status("TASK_STATE_COMPLETED"))
+        self.assertEqual(check.pieces, ("a", "b"))
+        self.assertTrue(check.intact(["a", "b"]))
+        self.assertFalse(checkA2AStream(body).intact(["a", "b"]))
+        self.assertFalse(checkA2AStream(body + status("TASK_STATE_FAILED")).intact(["a", "b"]))
+        self.assertIsNone(_client._CONTENT.search(data({"task": {"id": "t"}})))
+        self.assertIsNotNone(_client._CONTENT.search(chunk("a")))
+
+    def test_a2aText(self) -> None:
+        """
+        A blocking A2A send's answer is its completed task's artifact text;
+        a task in any other state is None.
+        """
+        task = {
+            "status": {"state": "TASK_STATE_COMPLETED"},
+            "artifacts": [{"parts": [{"text": "echo: "}, {"text": "ping"}]}],
+        }
+        self.assertEqual(a2aText(json.dumps({"task": task}).encode()), "echo: ping")
+        failed = {**task, "status": {"state": "TASK_STATE_FAILED"}}
+        self.assertIsNone(a2aText(json.dumps({"task": failed}).encode()))
+        self.assertIsNone(a2aText(b"{}"))
+
     def test_firstTokenPattern(self) -> None:
         """
         The client's first-token pattern finds an Anthropic C{text_delta},
@@ -755,7 +797,7 @@ class HeadendReportTests(SynchronousTestCase):
     the target row.
     """
 
-    def samples(self, responses: float, messages: float) -> dict[str, Any]:
+    def samples(self, responses: float, messages: float, mcp: float = 1.02) -> dict[str, Any]:
         def rounds(*values: float) -> dict[str, Any]:
             return {str(r): {"ms": [v, v], "bad": 0} for r, v in enumerate(values)}
 
@@ -767,6 +809,7 @@ class HeadendReportTests(SynchronousTestCase):
             "latency_c1": {"direct": rounds(0.2, 0.3), "ai-agent": rounds(1.2, 1.3)},
             "latency_responses_c1": {"ai-agent": rounds(0.2 + responses, 0.3 + responses)},
             "latency_messages_c1": {"ai-agent": rounds(0.2 + messages, 0.3 + messages)},
+            "latency_mcp_c1": {"ai-agent": rounds(0.2 + mcp, 0.3 + mcp)},
             "ttft_c1": {"direct": rounds(0.1), "ai-agent": rounds(1.1)},
             "ttft_messages_c1": {"ai-agent": rounds(1.6)},
             "tools_c1": trips,
@@ -783,6 +826,7 @@ class HeadendReportTests(SynchronousTestCase):
         self.assertAlmostEqual(f["latency_responses_c1.added_p50.ai-agent"]["value"], 1.05)
         self.assertAlmostEqual(f["latency_responses_c1.vsChat.ai-agent"], 1.05)
         self.assertAlmostEqual(f["latency_messages_c1.vsChat.ai-agent"], 1.2)
+        self.assertAlmostEqual(f["latency_mcp_c1.vsChat.ai-agent"], 1.02)
         self.assertAlmostEqual(f["ttft_messages_c1.added_p50.ai-agent"]["value"], 1.5)
         self.assertAlmostEqual(f["ttft_messages_c1.vsChat.ai-agent"], 1.5)
         self.assertAlmostEqual(f["tools_c1.perRequestAdded.ai-agent"]["value"], 1.0)
@@ -797,7 +841,7 @@ class HeadendReportTests(SynchronousTestCase):
         The target is met when every ratio is within 10 %, not met when one
         is above, and not measured while one is missing and none is above.
         """
-        name = "Responses / Anthropic / client-tool round trip within 10 %"
+        name = "Responses / Anthropic / MCP tools/call / client-tool round trip within 10 %"
 
         def verdict(samples: dict[str, Any]) -> tuple[str, str]:
             rows = targetsTable(samples, figures(samples))
@@ -806,8 +850,9 @@ class HeadendReportTests(SynchronousTestCase):
 
         measured, ok = verdict(self.samples(1.05, 1.08))
         self.assertEqual(ok, "met")
-        self.assertIn("Responses 1.05×, Anthropic 1.08×", measured)
+        self.assertIn("Responses 1.05×, Anthropic 1.08×, MCP tools/call 1.02×", measured)
         self.assertEqual(verdict(self.samples(1.05, 1.2))[1], "**not met**")
+        self.assertEqual(verdict(self.samples(1.05, 1.05, 1.3))[1], "**not met**")
         partial = self.samples(1.0, 1.0)
         del partial["latency_messages_c1"]
         measured, ok = verdict(partial)
@@ -816,11 +861,27 @@ class HeadendReportTests(SynchronousTestCase):
         partial["latency_responses_c1"] = {"ai-agent": {"0": {"ms": [9.0], "bad": 0}}}
         self.assertEqual(verdict(partial)[1], "**not met**")
         old = self.samples(1.0, 1.0)
-        for figure in ("latency_responses_c1", "latency_messages_c1", "tools_c1"):
+        for figure in ("latency_responses_c1", "latency_messages_c1", "latency_mcp_c1", "tools_c1"):
             del old[figure]
         rows = targetsTable(old, figures(old))
         self.assertFalse([r for r in rows if r[0].startswith(name)])
         self.assertEqual(headendLines(figures(old)), [])
+
+    def test_a2aTargetRow(self) -> None:
+        """
+        The A2A arm has its own target row (its streamed message's added
+        time to the first piece against Chat Completions'), absent from a
+        run that did not measure it.
+        """
+        name = "A2A streamed message within 10 %"
+        samples = self.samples(1.0, 1.0)
+        self.assertFalse(
+            [r for r in targetsTable(samples, figures(samples)) if r[0].startswith(name)]
+        )
+        chat = samples["ttft_c1"]
+        samples["ttft_a2a_c1"] = {"ai-agent": chat["ai-agent"]}
+        [row] = [r for r in targetsTable(samples, figures(samples)) if r[0].startswith(name)]
+        self.assertEqual((row[2], row[3]), ("1.00×", "met"))
 
 
 # Tools inside a run: the MCP server and a sub-agent.

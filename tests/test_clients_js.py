@@ -200,6 +200,32 @@ class JavaScriptClientTests(TestCase):
         )
         await self._node("ai-sdk-scripted.test.mjs", server)
 
+    async def test_mcpSdk(self) -> None:
+        """
+        The TypeScript MCP SDK's client (C{StreamableHTTPClientTransport})
+        against C{/mcp}: it lists both agents with their descriptions, a
+        call answers the helper's text after increasing progress
+        notifications, a 1 s timeout that restarts on progress survives a
+        2 s run (the heartbeat is 0.5 s here), and an aborted call (the SDK
+        sends C{notifications/cancelled}) stops the helper's run upstream.
+        """
+        from ai_agent.headends.mcp import McpHeadend
+        from tests.test_mcp_clients import AGENTS, SECRET, _isHelperRun
+
+        server = await startServer(self, agents=AGENTS)
+        for mount in server.mounts:
+            if isinstance(mount.headend, McpHeadend):
+                mount.headend.heartbeat = 0.5
+        server.upstream.scriptFor(
+            _isHelperRun,
+            Reply(content=SECRET),
+            Reply(content="slow answer", delay=2.0),
+            Reply(content="held", hold=True),
+        )
+        await self._node("mcp.test.mjs", server)
+        await server.upstream.waitForDisconnects(1)
+        self.assertEqual(len([r for r in server.upstream.requests if _isHelperRun(r.body)]), 3)
+
     async def test_vercelResponses(self) -> None:
         """
         The Vercel AI SDK's C{openai.responses()} model: C{generateText}
@@ -295,6 +321,18 @@ class JavaScriptClientTests(TestCase):
         ]
         schema = formatted["response_format"]["json_schema"]["schema"]
         self.assertEqual(schema["properties"], {"title": {"type": "string"}})
+
+    async def test_a2aSdk(self) -> None:
+        """
+        The C{@a2a-js/sdk} client on the A2A 1.0 headend: the card resolved
+        from C{/a2a/<agent>}, a blocking send (the completed task with the
+        echoed answer), get with a history length, list by context,
+        C{TaskNotCancelableError} and C{TaskNotFoundError}, and a stream on
+        each binding (the task, the answer's chunks, the completed status).
+        """
+        server = await self._server()
+        await self._node("a2a.test.mjs", server)
+        self.assertEqual(len(server.upstream.requests), 3)
 
     async def test_langchainJs(self) -> None:
         """

@@ -10,7 +10,6 @@ import json
 from twisted.trial.unittest import SynchronousTestCase
 
 from ai_agent.errors import (
-    OPENAI_ERRORS,
     AgentError,
     ErrorKind,
     ProviderError,
@@ -18,6 +17,7 @@ from ai_agent.errors import (
     notFound,
     overloaded,
 )
+from ai_agent.headends._openai_errors import OPENAI_ERRORS
 
 
 class ErrorKindTests(SynchronousTestCase):

@@ -1521,7 +1521,8 @@ class ParserPropertyTests(TestCase):
         from hypothesis import HealthCheck, given, settings
         from hypothesis import strategies as st
 
-        from ai_agent.errors import OPENAI_ERRORS, AgentError
+        from ai_agent.errors import AgentError
+        from ai_agent.headends._openai_errors import OPENAI_ERRORS
         from ai_agent.headends.responses import conversation, parseResponsesRequest
         from tests.test_hostile_input import _encodings, _json, _text
 
@@ -1598,7 +1599,7 @@ class MountTests(TestCase):
         OpenAI's error envelope, naming its headend (over the runtime's
         registry, runner and store) so that a reload gives it new agents.
         """
-        from ai_agent.errors import OPENAI_ERRORS
+        from ai_agent.headends._openai_errors import OPENAI_ERRORS
         from ai_agent.headends.responses import ResponsesHeadend
         from ai_agent.tap import apiMounts
 

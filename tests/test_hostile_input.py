@@ -23,9 +23,10 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from ai_agent.errors import OPENAI_ERRORS, ErrorKind
+from ai_agent.errors import ErrorKind
 from ai_agent.headends import _request as parsing
 from ai_agent.headends._bodies import BodyGate
+from ai_agent.headends._openai_errors import OPENAI_ERRORS
 from ai_agent.headends._request import (
     MAX_DEPTH,
     MAX_MESSAGES,

@@ -483,6 +483,12 @@ class PathSpellingTests(TestCase):
         apps = [self.server.headend.app, *(mount.app for mount in self.server.mounts)]
         rules = [rule for app in apps for rule in app.url_map.iter_rules()]
         self.assertGreater(len(rules), 3)
+        # The A2A routes (cards, JSON-RPC, HTTP+JSON) are among them.
+        self.assertTrue(
+            {"/.well-known/agent-card.json", "/a2a/<agent>", "/a2a/<agent>/message:send"}
+            <= {rule.rule for rule in rules}
+        )
+        self.assertIn("/mcp", {rule.rule for rule in rules})
         checked = 0
         for rule in rules:
             rule_ = rule.rule.replace("<path:modelId>", "agent").replace("<name>", "docs.js")

@@ -354,14 +354,15 @@ class StdioTests(TestCase):
 
     async def test_handshakeAndPagedTools(self) -> None:
         """
-        The client offers protocol 2025-06-18 and accepts the server's
-        answer, then lists the tools with their descriptions and input
+        The client offers protocol 2025-11-25 (the newest handshake
+        version, which the SDK's server accepts as offered) and accepts the
+        server's answer, then lists the tools with their descriptions and input
         schemas, following C{nextCursor} to the last page.
         """
         server = _server(self, _stdio("calc", "--page-size", "2", "--many", "3"))
         tools = await server.listTools()
         self.assertEqual(server.state, "ready")
-        self.assertEqual(server.protocolVersion, "2025-06-18")
+        self.assertEqual(server.protocolVersion, "2025-11-25")
         self.assertEqual(server.serverInfo["name"], "calc")
         self.assertEqual(server.instructions, "Arithmetic for tests.")
         self.assertEqual(
@@ -637,7 +638,7 @@ class HttpTests(TestCase):
         )
         tools = await server.listTools()
         self.assertEqual(len(tools), 10)
-        self.assertEqual(server.protocolVersion, "2025-06-18")
+        self.assertEqual(server.protocolVersion, "2025-11-25")
         self.assertEqual(await server.callTool("add", {"a": 20, "b": 22}, 10), "42")
         with self.assertRaises(McpError):
             await server.callTool("fail", {"message": "nope"}, 10)

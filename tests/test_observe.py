@@ -240,6 +240,53 @@ class MetricsTests(TestCase):
         self.assertEqual(value(cost, agent="helper", **model), 20 + 2 * 2)
         self.assertIn("process_cpu_seconds", metricNames(text))
 
+    async def test_statusWrittenIsCounted(self) -> None:
+        """
+        A request refused by the full pool is counted under the status the
+        client was answered with: an Anthropic client gets C{529
+        overloaded_error} and the metric says C{status="529"} (not the
+        neutral error's 503); a Chat Completions client gets a 503, counted
+        as 503.
+        """
+        import treq
+
+        observer = Observability(Metrics(), None, clock=reactor.seconds)
+        server = await startServer(
+            self, concurrency=1, maxQueue=0, observer=observer, agents={"agent.ai": AGENT}
+        )
+        upstream = server.upstream
+        upstream.script(Reply(content="held", hold=True))
+        held = _HeldStream(server.port.getHost().port)
+        self.addCleanup(held.close)
+        await upstream.waitForRequests(1).addTimeout(10, reactor)
+        base = server.baseUrl[: -len("/v1")]
+        body = {"model": "agent", "max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}
+        client = httpClient(self)
+        response = await client.post(
+            base + "/v1/messages",
+            json.dumps(body).encode(),
+            headers={"content-type": "application/json", "anthropic-version": "2023-06-01"},
+        ).addTimeout(10, reactor)
+        answer = json.loads(await treq.content(response))
+        self.assertEqual(response.code, 529)
+        self.assertEqual(answer["error"]["type"], "overloaded_error")
+        chat = await client.post(
+            base + "/v1/chat/completions",
+            json.dumps({"model": "agent", "messages": body["messages"]}).encode(),
+            headers={"content-type": "application/json"},
+        ).addTimeout(10, reactor)
+        await treq.content(chat)
+        self.assertEqual(chat.code, 503)
+        upstream.release()
+        await waitFor(lambda: server.pool.activeRuns == 0)
+
+        status, text = await scrape(self, base + "/metrics")
+        self.assertEqual(status, 200)
+        requests = "ai_agent_requests_total"
+        self.assertEqual(metricSeries(text, requests, headend="anthropic", status="529"), [1])
+        self.assertEqual(metricSeries(text, requests, headend="anthropic", status="503"), [])
+        self.assertEqual(metricSeries(text, requests, headend="openai", status="503"), [1])
+
     async def test_clientToolHandedBack(self) -> None:
         """
         A client's own tool, called by the model and handed back to the

@@ -703,8 +703,8 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", 
 class ParityExamplesTests(TestCase):
     """
     The agent files of C{tests/fixtures/parity}, written as for the
-    TypeScript ai-agent (a sub-agent with an C{input} schema file, REST and
-    OpenAPI tools, sampling keys), load and run here.
+    TypeScript ai-agent (a sub-agent with C{input} and C{output} schema
+    files, REST and OpenAPI tools, sampling keys), load and run here.
     """
 
     async def test_planner(self) -> None:
@@ -712,8 +712,8 @@ class ParityExamplesTests(TestCase):
         The planner calls its REST tool, an imported OpenAPI operation and
         its structured sub-agent in one turn; each reaches its target with
         the configured secrets, the sub-agent's model gets the arguments as
-        JSON and its own C{topK} and C{repeatPenalty}, and no secret is in
-        the run's events.
+        JSON, its own C{topK} and C{repeatPenalty} and its C{output.schemaRef}
+        file as C{response_format}, and no secret is in the run's events.
         """
         from ai_agent.events import ContentDelta
         from ai_agent.providers import ChatMessage
@@ -744,7 +744,7 @@ class ParityExamplesTests(TestCase):
                     ("agent__weather", {"city": "Oslo", "days": 2}),
                 ]
             ),
-            Reply(content="Sunny"),
+            Reply(content='{"city":"Oslo","forecast":"Sunny"}'),
             Reply(content="Go."),
         )
         events: list[Any] = []
@@ -760,11 +760,14 @@ class ParityExamplesTests(TestCase):
             child["messages"][-1], {"role": "user", "content": '{"city":"Oslo","days":2}'}
         )
         self.assertEqual((child["top_k"], child["repeat_penalty"]), (40, 1.1))
+        with open(os.path.join(FIXTURES, "specs", "weather-output.json"), encoding="utf-8") as f:
+            self.assertEqual(child["response_format"]["json_schema"]["schema"], json.load(f))
+        self.assertNotIn("response_format", first)
         requests = {r.uri: r for r in api.requests}
         self.assertEqual(requests["/geocode?q=Oslo"].headers["authorization"], f"Bearer {SECRET}")
         self.assertEqual(requests["/pets/7"].headers["x-api-key"], "pets-key-0123456789")
         tools = [m["content"] for m in last["messages"] if m["role"] == "tool"]
         self.assertEqual(json.loads(tools[0])["authorization"], "[redacted]")
-        self.assertEqual(tools[2], "Sunny")
+        self.assertEqual(tools[2], '{"city":"Oslo","forecast":"Sunny"}')
         self.assertNotIn(SECRET, repr(events))
         self.assertNotIn("pets-key-0123456789", repr(events))

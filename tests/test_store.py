@@ -29,7 +29,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from ai_agent.clienttools import HiddenTurn
-from ai_agent.errors import OPENAI_ERRORS
+from ai_agent.headends._openai_errors import OPENAI_ERRORS
 from ai_agent.principals import IMPLICIT, Principal
 from ai_agent.providers import ChatMessage, ToolCall
 from ai_agent.store import (

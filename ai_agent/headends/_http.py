@@ -29,7 +29,8 @@ from twisted.web.server import Request, Site
 
 from ai_agent._eager import EagerWrites, noDelay
 from ai_agent.config import ClientKey
-from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, ErrorKind
+from ai_agent.errors import AgentError, ErrorFormat, ErrorKind
+from ai_agent.headends._openai_errors import OPENAI_ERRORS
 from ai_agent.headends._refusals import RefusalLog
 from ai_agent.principals import IMPLICIT, NOBODY, Principal, anonymousPrincipal
 from ai_agent.redaction import shorten

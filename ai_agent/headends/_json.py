@@ -1,14 +1,19 @@
 # -*- test-case-name: tests.test_headend_responses,tests.test_headend_anthropic -*-
 """
-What the headends need to know to write JSON with orjson: it writes text,
-integers, booleans, null, lists and objects with string keys exactly as
-C{json.dumps(ensure_ascii=False, separators=(",", ":"))} does, but not
-every float (C{1e-7}, not C{1e-07}; C{null} for C{NaN}).
+The one JSON writer of every API and every error envelope.
+
+orjson writes text, integers, booleans, null, lists and objects with string
+keys exactly as C{json.dumps(ensure_ascii=False, separators=(",", ":"))}
+does, but not every float (C{1e-7}, not C{1e-07}; C{null} for C{NaN}), and
+it refuses a lone surrogate (text with no UTF-8 form, from a model's
+answer, say): that is written as U+FFFD, the replacement character a client
+can display, by every API, streamed or whole.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -39,18 +44,26 @@ def holdsFloat(value: Any) -> bool:
 _PLAIN_TYPES = frozenset({str, int, bool, type(None)})
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def dumps(value: Any) -> bytes:
     """
     C{value} as compact JSON in UTF-8, with json (a lone surrogate, which
-    has no UTF-8 form, written as C{?}).
+    has no UTF-8 form, written as U+FFFD).
     """
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 def dumpsPlain(value: Any) -> bytes:
     """
     L{dumps} for a value holding no float, with orjson (the same bytes; a
-    lone surrogate makes orjson refuse, and L{dumps} write it).
+    lone surrogate or an integer past 64 bits makes orjson refuse, and
+    L{dumps} write it).
     """
     try:
         return orjson.dumps(value)

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_quotas -*-
 """
-The one call each run route makes before its run: the key's and agent's
-limits (L{ai_agent.quotas}), then a slot of the pool.
+The one call the run pipeline (L{ai_agent.headends._api.runOn}), Anthropic's
+C{count_tokens}, MCP's C{tools/call} and an A2A task make before a run: the
+key's and agent's limits (L{ai_agent.quotas}), then a slot of the pool.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ async def admitted(
     """
     Admit a run of C{principal} on C{agent} within its limits, then wait
     for a slot of C{pool} in C{principal}'s turn; the remaining budget goes
-    into C{request}'s headers (Anthropic's names when C{anthropic}).
+    into C{request}'s headers (Anthropic's names when C{anthropic}; no
+    headers when C{request} is L{None}: an MCP tool call, an A2A task).
 
     @return: the admission and the slot; release both when the run ends.
     @raise AgentError: a 429 when a limit is reached (before any slot is
@@ -30,6 +32,8 @@ async def admitted(
     """
 
     def setHeaders(admission: Admission) -> None:
+        if request is None:
+            return
         for name, value in admission.headers(anthropic):
             request.setHeader(name, value)
 

@@ -22,7 +22,7 @@ hot paths.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import attrs
 from klein import Klein
@@ -35,7 +35,31 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 
-from ai_agent.errors import OPENAI_ERRORS, ErrorFormat
+from ai_agent.errors import AgentError, ErrorFormat
+from ai_agent.headends._openai_errors import OPENAI_ERRORS
+
+
+class ModelCatalog(Protocol):
+    """
+    An API's shape of C{GET /v1/models} and C{GET /v1/models/{id}}: the
+    OpenAI routes answer in the shape of the API a request comes from (a
+    L{Mount}'s C{models}, chosen as its error format is).
+    """
+
+    def listing(self, agents: Iterable[Any]) -> Any:
+        """
+        The served agents (L{ai_agent.registry.ServedAgent}) as a model list.
+        """
+
+    def entry(self, agent: Any) -> Any:
+        """
+        One served agent as a model object.
+        """
+
+    def unknown(self, model: str, served: list[str]) -> AgentError:
+        """
+        The 404 for a model no agent is served under.
+        """
 
 
 @attrs.frozen
@@ -51,6 +75,8 @@ class Mount:
         so (for example, for requests carrying the API's version header).
     @ivar headend: the object C{app} is bound to, when it serves agents (it
         has C{registry} and C{runner}): a reload gives it the new ones.
+    @ivar models: the API's shape of the model list, for the requests whose
+        errors it claims, or L{None}.
     """
 
     prefix: bytes
@@ -58,6 +84,7 @@ class Mount:
     errors: ErrorFormat
     claimsErrors: Callable[[bytes, Headers], bool] | None = None
     headend: Any = attrs.field(default=None, kw_only=True)
+    models: ModelCatalog | None = attrs.field(default=None, kw_only=True)
     resource: IResource = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -244,6 +271,20 @@ class APIRouter(Resource):
                 return mount.errors
         return OPENAI_ERRORS
 
+    def modelCatalog(self, path: bytes, headers: Headers) -> ModelCatalog | None:
+        """
+        The model-list shape for a request, chosen as its error format is:
+        that of the API claiming the request, or L{None} for OpenAI's.
+        """
+        for mount in self.mounts:
+            if (
+                mount.models is not None
+                and mount.claimsErrors is not None
+                and mount.claimsErrors(path, headers)
+            ):
+                return mount.models
+        return None
+
 
 class DirectRouter(APIRouter):
     """
@@ -268,4 +309,4 @@ class DirectRouter(APIRouter):
         return self._resourceFor(request.path).render(request)
 
 
-__all__ = ["APIRouter", "DirectRouter", "Mount"]
+__all__ = ["APIRouter", "DirectRouter", "ModelCatalog", "Mount"]

@@ -19,6 +19,7 @@ while the stream is otherwise silent.  Errors use Anthropic's envelope
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -28,19 +29,23 @@ from typing import Any, Callable, ClassVar, Iterable, cast
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.agentfile import AgentSpec
-from ai_agent.errors import AgentError, ErrorKind, ProviderError, invalidRequest, notFound
+from ai_agent.errors import (
+    AgentError,
+    ErrorFormat,
+    ErrorKind,
+    ProviderError,
+    invalidRequest,
+    notFound,
+)
 from ai_agent.events import (
     ClientToolCall,
-    EventSink,
     Finished,
     FinishReason,
     Progress,
@@ -48,11 +53,15 @@ from ai_agent.events import (
     Usage,
 )
 from ai_agent.flow import CLIENT_STALL_TIMEOUT
-from ai_agent.headends._answers import (
-    configuredRedactor,
-    unknownEndpoint,
-    writeError,
-    wrongMethod,
+from ai_agent.headends._api import (
+    API,
+    Exchange,
+    Headend,
+    installErrorHandlers,
+    observed,
+    parseBody,
+    resolveAgent,
+    serve,
 )
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
@@ -66,7 +75,6 @@ from ai_agent.headends._request import (
     MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     MAX_TOOLS,
-    OFF_REACTOR_THRESHOLD,
     TOOL_NAME,
     headerLookup,
     loadBody,
@@ -75,11 +83,9 @@ from ai_agent.headends._request import (
     showValue,
     typeName,
 )
-from ai_agent.headends._stream import RunResponse
 from ai_agent.limits import MAX_RUN_ANSWER
-from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
+from ai_agent.observe import NULL_OBSERVER, Observer, requestScope
 from ai_agent.pool import RunPool
-from ai_agent.principals import resolveFor, visibleIds
 from ai_agent.providers import ChatMessage, LLMRequest, TokenCounter, ToolCall, ToolSpec
 from ai_agent.reactors import IReactorTimeAndThreads
 from ai_agent.redaction import Redactor, shorten
@@ -931,15 +937,42 @@ def unknownModel(model: str, served: list[str]) -> AgentError:
     )
 
 
+@attrs.frozen
+class AnthropicModels:
+    """
+    Anthropic's model list and model object, and its 404 for an unknown
+    model (a L{ai_agent.headends._site.ModelCatalog}): what C{GET
+    /v1/models} answers an Anthropic client.
+    """
+
+    def listing(self, agents: Iterable[ServedAgent]) -> dict[str, Any]:
+        return modelList(agents)
+
+    def entry(self, agent: ServedAgent) -> dict[str, Any]:
+        return modelObject(agent)
+
+    def unknown(self, model: str, served: list[str]) -> AgentError:
+        return unknownModel(model, served)
+
+
+#: The Messages API's model list (see L{AnthropicModels}).
+ANTHROPIC_MODELS = AnthropicModels()
+
+
 def _messageId() -> str:
     return "msg_" + secrets.token_hex(12)
+
+
+def _messagesHeaders(exchange: Exchange[MessagesRequest]) -> dict[bytes, bytes]:
+    requestId = exchange.labels.requestId.encode("ascii")
+    return {b"request-id": requestId, b"x-request-id": requestId}
 
 
 # -- the routes ---------------------------------------------------------
 
 
 @attrs.define(slots=False)
-class AnthropicHeadend:
+class AnthropicHeadend(Headend):
     """
     Klein routes for the Anthropic Messages API on one port (mounted at
     C{/v1/messages}); reloadable like the OpenAI headend (C{registry} and
@@ -962,115 +995,70 @@ class AnthropicHeadend:
     clientStallTimeout: float = CLIENT_STALL_TIMEOUT
     maxAnswer: int = MAX_RUN_ANSWER
 
-    def _redactor(self) -> Redactor:
-        if self.redactor is None:
-            self.redactor = configuredRedactor(self.runner)
-        return self.redactor
+    installErrorHandlers(app)
 
-    def _bodyGate(self) -> BodyGate:
-        if self.bodyGate is None:
-            if self.threadPool is None:
-                self.threadPool = self.reactor.getThreadPool()
-            self.bodyGate = BodyGate(self.reactor, self.threadPool)
-        return self.bodyGate
-
-    # -- errors ---------------------------------------------------------
-
-    @app.handle_errors(AgentError)
-    def _agentError(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, AgentError)
-        return self._errorBody(request, error)
-
-    @app.handle_errors(NotFound)
-    def _notFound(self, request: IRequest, failure: Failure) -> bytes:
-        return self._errorBody(request, unknownEndpoint(request))
-
-    @app.handle_errors(MethodNotAllowed)
-    def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
-        return self._errorBody(request, wrongMethod(request, failure))
+    def _errorFormat(self, request: IRequest) -> ErrorFormat:
+        return ANTHROPIC_ERRORS
 
     def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
+        # Anthropic's API gives every answer a request id, errors included.
         if request.responseHeaders.getRawHeaders(b"request-id") is None:
             request.setHeader(b"request-id", _messageId().replace("msg_", "req_").encode())
-        return writeError(request, error, ANTHROPIC_ERRORS, self._redactor())
+        return super()._errorBody(request, error)
 
     # -- routes ---------------------------------------------------------
 
-    async def _parse(
-        self, request: IRequest, parser: Callable[[bytes], MessagesRequest]
-    ) -> MessagesRequest:
-        content = request.content
-        content.seek(0, 2)
-        size = content.tell()
-        content.seek(0)
-        if size < OFF_REACTOR_THRESHOLD:
-            return parser(content.read())
-        # A large body is read and parsed in a thread, one at a time.
-        return await self._bodyGate().parse(content, parser)
+    @functools.cached_property
+    def countApi(self) -> API[MessagesRequest]:
+        """
+        C{count_tokens}: the Messages API's request and errors, parsed with
+        L{parseCountTokensRequest} (it runs nothing: only its parse and
+        agent resolution are used).
+        """
+        return attrs.evolve(
+            self.api, route="/v1/messages/count_tokens", parse=parseCountTokensRequest
+        )
 
-    def _agent(self, request: IRequest, parsed: MessagesRequest) -> ServedAgent:
-        principal = principalOf(request)
-        agent = resolveFor(self.registry, principal, parsed.model)
-        if agent is None:
-            raise unknownModel(parsed.model, visibleIds(self.registry, principal))
-        return agent
+    @functools.cached_property
+    def api(self) -> API[MessagesRequest]:
+        """
+        The Messages API as an L{API} value, served by L{serve}.
+        """
+        return API(
+            name="anthropic",
+            route="/v1/messages",
+            parse=parseMessagesRequest,
+            model=lambda parsed: parsed.model,
+            stream=lambda parsed: parsed.stream,
+            errors=ANTHROPIC_ERRORS,
+            unknownModel=unknownModel,
+            newId=_messageId,
+            labels=lambda request, parsed, requestId: RunLabels(
+                requestId=requestId,
+                stream=parsed.stream,
+                user=parsed.user,
+                forwarded=forwardedHeaders(headerLookup(request)),
+            ),
+            toRunRequest=lambda exchange: exchange.parsed.runRequest(exchange.labels),
+            encoder=lambda exchange: MessagesEncoder(
+                exchange.labels.requestId,
+                exchange.agent.id,
+                estimateTokens(exchange.agent.spec.prompt, exchange.parsed),
+                frames=exchange.parsed.stream,
+                thinking=exchange.parsed.thinking,
+            ),
+            headers=_messagesHeaders,
+            keepAlive=self.pingInterval,
+        )
 
     @app.route("/v1/messages", methods=["POST"])
-    @observedRoute("anthropic", "/v1/messages")
     async def messages(self, request: IRequest) -> bytes | None:
         """
         Run an agent on a conversation; answer with a message or stream it.
         """
-        parsed = await self._parse(request, parseMessagesRequest)
-        agent = self._agent(request, parsed)
-        requestScope(request).setAgent(agent.id)
-        labels = RunLabels(
-            requestId=_messageId(),
-            stream=parsed.stream,
-            user=parsed.user,
-            forwarded=forwardedHeaders(headerLookup(request)),
-        )
-        run = attrs.evolve(parsed.runRequest(labels), owner=principalOf(request).name)
-        encoder = MessagesEncoder(
-            labels.requestId,
-            agent.id,
-            estimateTokens(agent.spec.prompt, parsed),
-            frames=parsed.stream,
-            thinking=parsed.thinking,
-        )
-        requestId = labels.requestId.encode("ascii")
-        admission, slot = await admitted(
-            request, self.pool, principalOf(request), agent.id, anthropic=True
-        )
-        try:
-            response = RunResponse(
-                request,
-                self.reactor,
-                encoder,
-                slot,
-                self.streamHeadGrace,
-                {b"request-id": requestId, b"x-request-id": requestId},
-                f"{labels.requestId}: agent {agent.id}",
-                redactor=self._redactor(),
-                maxAnswer=self.maxAnswer,
-                stallTimeout=self.clientStallTimeout,
-                keepAlive=self.pingInterval,
-            )
-
-            def begin(events: EventSink) -> Deferred[Finished]:
-                return self.runner.run(agent.spec, run, admission.meter(events))
-
-            if parsed.stream:
-                await response.stream(begin)
-                return None
-            return await response.complete(begin)
-        finally:
-            slot.release()
-            admission.release()
+        return await serve(self.api, self, request)
 
     @app.route("/v1/messages/count_tokens", methods=["POST"])
-    @observedRoute("anthropic", "/v1/messages/count_tokens")
     async def countTokens(self, request: IRequest) -> bytes:
         """
         The input tokens a request would start with: the count of the
@@ -1079,8 +1067,18 @@ class AnthropicHeadend:
         over the agent's prompt and tools and the request.  A count takes a
         slot of the same pool as runs (a full queue is the same 529).
         """
-        parsed = await self._parse(request, parseCountTokensRequest)
-        agent = self._agent(request, parsed)
+        return await observed(
+            self,
+            request,
+            "anthropic",
+            "/v1/messages/count_tokens",
+            ANTHROPIC_ERRORS,
+            lambda: self._countTokens(request),
+        )
+
+    async def _countTokens(self, request: IRequest) -> bytes:
+        parsed = await parseBody(self.countApi, self, request)
+        agent = resolveAgent(self.countApi, self, principalOf(request), parsed.model)
         requestScope(request).setAgent(agent.id)
         # Counted as a request (requests per minute, concurrent runs); it
         # spends no tokens.
@@ -1134,7 +1132,15 @@ class AnthropicHeadend:
             return None
         call = LLMRequest(
             model,
-            tuple(buildMessages(agent, parsed.messages, instructions, parsed.system)),
+            tuple(
+                buildMessages(
+                    agent,
+                    parsed.messages,
+                    instructions,
+                    parsed.system,
+                    self.runner.promptVariables(agent),
+                )
+            ),
             (*specs, *(tool.spec for tool in parsed.tools)),
             stream=False,
             timeout=PROVIDER_COUNT_TIMEOUT,
@@ -1159,6 +1165,8 @@ class AnthropicHeadend:
 
 __all__ = [
     "ANTHROPIC_ERRORS",
+    "ANTHROPIC_MODELS",
+    "AnthropicModels",
     "AnthropicErrors",
     "AnthropicHeadend",
     "MessagesEncoder",

@@ -6,27 +6,22 @@ C{/v1/models} and C{/v1/chat/completions}, streamed as Server-Sent Events.
 
 from __future__ import annotations
 
-import json
-import re
+import functools
 import secrets
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import attrs
-import orjson
 from klein import Klein
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.advice import endpointHint
-from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorFormat, notFound
+from ai_agent.errors import AgentError, ErrorFormat, notFound
 from ai_agent.events import (
     ClientToolCall,
-    EventSink,
     Finished,
     FinishReason,
     Progress,
@@ -34,25 +29,21 @@ from ai_agent.events import (
     Usage,
 )
 from ai_agent.flow import CLIENT_STALL_TIMEOUT
-from ai_agent.headends import anthropic, pages
-from ai_agent.headends._answers import (
-    configuredRedactor,
-    unknownEndpoint,
-    writeError,
-    wrongMethod,
-)
+from ai_agent.headends import pages
+from ai_agent.headends._api import API, Exchange, Headend, installErrorHandlers, serve
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
-from ai_agent.headends._quota import admitted
+from ai_agent.headends._json import dumps as _dumps
+from ai_agent.headends._json import dumpsPlain as _dumpsPlain
+from ai_agent.headends._openai_errors import OPENAI_ERRORS
 from ai_agent.headends._request import (
-    OFF_REACTOR_THRESHOLD,
     ChatRequest,
     headerLookup,
     parseChatRequest,
 )
-from ai_agent.headends._stream import RunResponse
+from ai_agent.headends._site import ModelCatalog
 from ai_agent.limits import MAX_RUN_ANSWER
-from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
+from ai_agent.observe import NULL_OBSERVER, Observer
 from ai_agent.pool import RunPool
 from ai_agent.principals import resolveFor, visibleAgents, visibleIds
 from ai_agent.reactors import IReactorTimeAndThreads
@@ -74,9 +65,6 @@ THINK_OPEN = "<think>\n"
 THINK_CLOSE = "\n</think>\n\n"
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 class _NotYet:
     """
     The type of L{_NOT_YET}: a request's task not yet looked for in its
@@ -85,30 +73,6 @@ class _NotYet:
 
 
 _NOT_YET = _NotYet()
-
-
-def _dumps(value: Any) -> bytes:
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate (from a model's answer, say) has no UTF-8 form;
-        # send the replacement character rather than failing the response.
-        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
-
-
-def _dumpsPlain(value: Any) -> bytes:
-    """
-    L{_dumps} for a value holding no float (strings, integers, booleans,
-    L{None}, lists and objects with string keys), with orjson: for these it
-    writes the same bytes (floats it writes differently: C{1e-7}, not
-    C{1e-07}).  A lone surrogate or an integer past 64 bits makes orjson
-    refuse, and L{_dumps} write it.
-    """
-    try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return _dumps(value)
 
 
 @attrs.define
@@ -358,7 +322,7 @@ class ChatEncoder:
 
 
 @attrs.define(slots=False)
-class OpenAIHeadend:
+class OpenAIHeadend(Headend):
     """
     Klein routes for one OpenAI-compatible port.
     """
@@ -381,53 +345,28 @@ class OpenAIHeadend:
     clientStallTimeout: float = CLIENT_STALL_TIMEOUT
     maxAnswer: int = MAX_RUN_ANSWER
 
-    def _redactor(self) -> Redactor:
-        """
-        The configured secrets to keep out of every response (by default
-        those of the runner's configuration).
-        """
-        if self.redactor is None:
-            self.redactor = configuredRedactor(self.runner)
-        return self.redactor
+    #: The site's chooser of the error format for a request (that of the
+    #: API it comes from; see L{ai_agent.headends._site.APIRouter}); OpenAI's
+    #: when L{None}.
+    errorFormats: Callable[[bytes, Headers], ErrorFormat] | None = None
+    #: The site's chooser of the model-list shape for a request; OpenAI's
+    #: when it is L{None} or answers L{None}.
+    modelCatalogs: Callable[[bytes, Headers], ModelCatalog | None] | None = None
 
-    def _bodyGate(self) -> BodyGate:
-        """
-        The gate large bodies are parsed through.
-        """
-        if self.bodyGate is None:
-            self.bodyGate = BodyGate(self.reactor, self._threadPool())
-        return self.bodyGate
+    def _errorFormat(self, request: IRequest) -> ErrorFormat:
+        if self.errorFormats is None:
+            return OPENAI_ERRORS
+        return self.errorFormats(request.path, request.requestHeaders)
 
-    def _threadPool(self) -> Any:
-        """
-        The pool that parses large bodies off the reactor thread.
-        """
-        if self.threadPool is None:
-            self.threadPool = self.reactor.getThreadPool()
-        return self.threadPool
+    def _models(self, request: IRequest) -> ModelCatalog:
+        catalog = None
+        if self.modelCatalogs is not None:
+            catalog = self.modelCatalogs(request.path, request.requestHeaders)
+        return OPENAI_MODELS if catalog is None else catalog
 
-    # -- errors ---------------------------------------------------------
-
-    @app.handle_errors(AgentError)
-    def _agentError(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, AgentError)
-        return self._errorBody(request, error)
-
-    @app.handle_errors(NotFound)
-    def _notFound(self, request: IRequest, failure: Failure) -> bytes:
-        hint = endpointHint(request.path.decode("utf-8", "replace"))
-        return self._errorBody(request, unknownEndpoint(request, hint))
-
-    @app.handle_errors(MethodNotAllowed)
-    def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
-        return self._errorBody(request, wrongMethod(request, failure))
-
-    def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
-        # Anthropic clients get their own envelope everywhere (as from the guard).
-        fromAnthropic = request.getHeader(anthropic.VERSION_HEADER) is not None
-        errors: ErrorFormat = anthropic.ANTHROPIC_ERRORS if fromAnthropic else OPENAI_ERRORS
-        return writeError(request, error, errors, self._redactor())
+    installErrorHandlers(
+        app, hint=lambda request: endpointHint(request.path.decode("utf-8", "replace"))
+    )
 
     # -- routes ---------------------------------------------------------
 
@@ -501,14 +440,12 @@ class OpenAIHeadend:
     @app.route("/v1/models", methods=["GET"])
     def models(self, request: IRequest) -> bytes:
         """
-        Every served agent as an OpenAI model (as an Anthropic model list
-        to Anthropic clients).
+        Every served agent as a model, in the shape of the API the request
+        comes from (OpenAI's, or Anthropic's to Anthropic clients).
         """
         request.setHeader(b"content-type", _JSON)
         served = visibleAgents(self.registry, principalOf(request))
-        if request.getHeader(anthropic.VERSION_HEADER) is not None:
-            return _dumps(anthropic.modelList(served))
-        return _dumps({"object": "list", "data": [_modelEntry(agent) for agent in served]})
+        return _dumps(self._models(request).listing(served))
 
     @app.route("/v1/limits", methods=["GET"])
     async def limits(self, request: IRequest) -> bytes:
@@ -532,80 +469,54 @@ class OpenAIHeadend:
         """
         principal = principalOf(request)
         agent = resolveFor(self.registry, principal, modelId)
-        fromAnthropic = request.getHeader(anthropic.VERSION_HEADER) is not None
+        catalog = self._models(request)
         if agent is None:
-            served = visibleIds(self.registry, principal)
-            if fromAnthropic:
-                raise anthropic.unknownModel(modelId, served)
-            raise _unknownModel(modelId, served)
+            raise catalog.unknown(modelId, visibleIds(self.registry, principal))
         request.setHeader(b"content-type", _JSON)
-        if fromAnthropic:
-            return _dumps(anthropic.modelObject(agent))
-        return _dumps(_modelEntry(agent))
+        return _dumps(catalog.entry(agent))
 
-    @app.route("/v1/chat/completions", methods=["POST"])
-    @observedRoute("openai", "/v1/chat/completions")
-    async def chatCompletions(self, request: IRequest) -> bytes | None:
+    @functools.cached_property
+    def api(self) -> API[_ParsedChat]:
         """
-        Run an agent on a conversation; answer in one JSON body or stream.
+        Chat Completions as an L{API} value, served by L{serve}.
         """
-        content = request.content
-        content.seek(0, 2)
-        size = content.tell()
-        content.seek(0)
-        fromMessages: str | None | _NotYet = _NOT_YET
-        if size < OFF_REACTOR_THRESHOLD:
-            chat = parseChatRequest(content.read())
-        else:
-            # A large body would hold up every other stream while parsed:
-            # it is read and parsed in a thread, one at a time, and the
-            # task its messages show looked for there too.
-            parser = _parseWithTask if self.taskShortcut else _parseWithoutTask
-            chat, fromMessages = await self._bodyGate().parse(content, parser)
-        principal = principalOf(request)
-        agent = resolveFor(self.registry, principal, chat.model)
-        if agent is None:
-            raise _unknownModel(chat.model, visibleIds(self.registry, principal))
-        requestScope(request).setAgent(agent.id)
-        labels = self._labels(request, chat, fromMessages)
-        run = attrs.evolve(chat.runRequest(labels), owner=principal.name)
-        encoder = ChatEncoder(
+        return API(
+            name="openai",
+            route="/v1/chat/completions",
+            parse=_parseSmall,
+            parseLarge=_parseWithTask if self.taskShortcut else _parseWithoutTask,
+            model=lambda parsed: parsed.chat.model,
+            stream=lambda parsed: parsed.chat.stream,
+            errors=OPENAI_ERRORS,
+            unknownModel=_unknownModel,
+            newId=_completionId,
+            labels=lambda request, parsed, requestId: self._labels(
+                request, parsed.chat, parsed.fromMessages, requestId
+            ),
+            toRunRequest=lambda exchange: exchange.parsed.chat.runRequest(exchange.labels),
+            encoder=self._encoder,
+            headers=lambda exchange: {b"x-request-id": exchange.labels.requestId.encode("ascii")},
+        )
+
+    def _encoder(self, exchange: Exchange[_ParsedChat]) -> ChatEncoder:
+        chat = exchange.parsed.chat
+        return ChatEncoder(
             ChunkEncoder(
-                labels.requestId,
-                int(self.reactor.seconds()),
-                agent.id,
+                exchange.labels.requestId,
+                int(exchange.created),
+                exchange.agent.id,
                 chat.includeUsage,
                 self.reasoningField,
             ),
             frames=chat.stream,
         )
-        admission, slot = await admitted(request, self.pool, principal, agent.id)
-        try:
-            response = RunResponse(
-                request,
-                self.reactor,
-                encoder,
-                slot,
-                self.streamHeadGrace,
-                {b"x-request-id": labels.requestId.encode("ascii")},
-                f"{labels.requestId}: agent {agent.id}",
-                redactor=self._redactor(),
-                maxAnswer=self.maxAnswer,
-                stallTimeout=self.clientStallTimeout,
-            )
-            start = self.runner.run if labels.task is None else self.runner.runDirect
 
-            def begin(events: EventSink) -> Deferred[Finished]:
-                # The agent loop, or one direct call for a background task.
-                return start(agent.spec, run, admission.meter(events))
-
-            if chat.stream:
-                await response.stream(begin)
-                return None
-            return await response.complete(begin)
-        finally:
-            slot.release()
-            admission.release()
+    @app.route("/v1/chat/completions", methods=["POST"])
+    async def chatCompletions(self, request: IRequest) -> bytes | None:
+        """
+        Run an agent on a conversation; answer in one JSON body or stream.
+        """
+        return await serve(self.api, self, request)
 
     def _taskOf(
         self, request: IRequest, chat: ChatRequest, fromMessages: str | None | _NotYet = _NOT_YET
@@ -628,7 +539,11 @@ class OpenAIHeadend:
         return fromMessages
 
     def _labels(
-        self, request: IRequest, chat: ChatRequest, fromMessages: str | None | _NotYet = _NOT_YET
+        self,
+        request: IRequest,
+        chat: ChatRequest,
+        fromMessages: str | None | _NotYet = _NOT_YET,
+        requestId: str | None = None,
     ) -> RunLabels:
         """
         What the run's log line says about the request: its id, the task
@@ -637,7 +552,7 @@ class OpenAIHeadend:
         C{Authorization} header).
         """
         return RunLabels(
-            requestId=_completionId(),
+            requestId=_completionId() if requestId is None else requestId,
             stream=chat.stream,
             task=self._taskOf(request, chat, fromMessages),
             user=None if chat.user is None else loggable(chat.user),
@@ -645,19 +560,37 @@ class OpenAIHeadend:
         )
 
 
-def _parseWithTask(body: bytes) -> tuple[ChatRequest, str | None | _NotYet]:
+@attrs.frozen
+class _ParsedChat:
+    """
+    A parsed Chat Completions request, and the task its messages show when
+    that was looked for already (in the thread that parsed a large body).
+    """
+
+    chat: ChatRequest
+    fromMessages: str | None | _NotYet = _NOT_YET
+
+
+def _parseSmall(body: bytes) -> _ParsedChat:
+    """
+    On the reactor: the request (its task looked for later, if needed).
+    """
+    return _ParsedChat(parseChatRequest(body))
+
+
+def _parseWithTask(body: bytes) -> _ParsedChat:
     """
     In a thread: the request, and the task its messages show.
     """
     chat = parseChatRequest(body)
-    return chat, messageTask(chat.messages)
+    return _ParsedChat(chat, messageTask(chat.messages))
 
 
-def _parseWithoutTask(body: bytes) -> tuple[ChatRequest, str | None | _NotYet]:
+def _parseWithoutTask(body: bytes) -> _ParsedChat:
     """
     In a thread: the request alone (the task shortcut is off).
     """
-    return parseChatRequest(body), None
+    return _ParsedChat(parseChatRequest(body), None)
 
 
 def _modelEntry(agent: ServedAgent) -> dict[str, Any]:
@@ -670,6 +603,27 @@ def _modelEntry(agent: ServedAgent) -> dict[str, Any]:
     if agent.spec.description:
         entry["description"] = agent.spec.description
     return entry
+
+
+@attrs.frozen
+class OpenAIModels:
+    """
+    OpenAI's model list and model object, and its 404 for an unknown model
+    (a L{ModelCatalog}).
+    """
+
+    def listing(self, agents: Iterable[ServedAgent]) -> dict[str, Any]:
+        return {"object": "list", "data": [_modelEntry(agent) for agent in agents]}
+
+    def entry(self, agent: ServedAgent) -> dict[str, Any]:
+        return _modelEntry(agent)
+
+    def unknown(self, model: str, served: list[str]) -> AgentError:
+        return _unknownModel(model, served)
+
+
+#: OpenAI's model list (see L{OpenAIModels}).
+OPENAI_MODELS = OpenAIModels()
 
 
 def _page(request: IRequest, contentType: bytes, body: bytes) -> bytes:

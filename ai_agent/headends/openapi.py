@@ -766,8 +766,8 @@ def _responsesSchemas() -> dict[str, Any]:
         "type": "object",
         "description": "An input or output item: a message (input_text or output_text "
         "parts), a function_call, a function_call_output, a reasoning item, or (input only) "
-        "an item_reference to a stored output item.",
-        "required": ["type"],
+        "an item_reference to a stored output item. An input item without a type is a "
+        "message (as OpenAI accepts it).",
         "properties": {
             "type": {"type": "string"},
             "id": {"type": "string"},
@@ -822,6 +822,11 @@ def _responsesSchemas() -> dict[str, Any]:
             "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": item}]},
             "instructions": {"type": ["string", "null"]},
             "previous_response_id": {"type": ["string", "null"]},
+            "conversation": {
+                "type": "null",
+                "description": "Conversation objects are not supported: chain responses "
+                "with previous_response_id.",
+            },
             "store": {"type": ["boolean", "null"], "default": True},
             "stream": {"type": ["boolean", "null"], "default": False},
             "background": {
@@ -1039,9 +1044,10 @@ def _build() -> dict[str, Any]:
             "title": "ai-agent",
             "version": __version__,
             "description": "LLM agents defined in .ai files, served as models over OpenAI's "
-            "Chat Completions API and Anthropic's Messages API. Errors use OpenAI's envelope, "
-            "except on /v1/messages and to requests carrying an anthropic-version header, "
-            "which get Anthropic's. The /v1 routes need an API key only when "
+            "Chat Completions and Responses APIs and Anthropic's Messages API. Errors use "
+            "OpenAI's envelope, except on /v1/messages and to requests carrying an "
+            "anthropic-version header, which get Anthropic's. The /v1 routes need an API key "
+            "only when "
             "the server was started with --api-key, --api-key-file or AI_AGENT_API_KEYS.",
         },
         "paths": _everyOperation({**_paths(), **_responsesPaths()}),

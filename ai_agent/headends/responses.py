@@ -16,25 +16,23 @@ docs/responses.md.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.agentfile import AgentSpec
-from ai_agent.errors import OPENAI_ERRORS, AgentError, ErrorKind, invalidRequest, notFound
+from ai_agent.errors import AgentError, ErrorFormat, ErrorKind, invalidRequest, notFound
 from ai_agent.events import (
     ClientToolCall,
-    EventSink,
     Finished,
     FinishReason,
     Progress,
@@ -42,23 +40,17 @@ from ai_agent.events import (
     Usage,
 )
 from ai_agent.flow import CLIENT_STALL_TIMEOUT
-from ai_agent.headends._answers import (
-    configuredRedactor,
-    unknownEndpoint,
-    writeError,
-    wrongMethod,
-)
+from ai_agent.headends._api import API, Exchange, Headend, installErrorHandlers, serve
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumps as _dumps
 from ai_agent.headends._json import dumpsAny as _dumpsAny
 from ai_agent.headends._json import dumpsPlain as _dumpsPlain
-from ai_agent.headends._quota import admitted
+from ai_agent.headends._openai_errors import OPENAI_ERRORS
 from ai_agent.headends._request import (
     MAX_MESSAGES,
     MAX_OUTPUT_TOKENS,
     MAX_TOOLS,
-    OFF_REACTOR_THRESHOLD,
     TOOL_NAME,
     functionSpec,
     headerLookup,
@@ -69,11 +61,11 @@ from ai_agent.headends._request import (
     showValue,
     typeName,
 )
-from ai_agent.headends._stream import RunResponse
+from ai_agent.headends._stream import RunEncoder
 from ai_agent.limits import MAX_RUN_ANSWER
-from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
+from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute
 from ai_agent.pool import RunPool
-from ai_agent.principals import Principal, resolveFor, visibleIds
+from ai_agent.principals import Principal
 from ai_agent.providers import ChatMessage, ToolCall
 from ai_agent.reactors import IReactorTimeAndThreads
 from ai_agent.redaction import Redactor, shorten
@@ -127,6 +119,57 @@ _MAX_TOOL_NAME = 64
 
 def _newId(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(16)}"
+
+
+@attrs.frozen
+class _Before:
+    """
+    What the Responses API's C{beforeRun} hook found for one request.
+
+    @ivar turns: the sealed turns of a C{store: false} request, or L{None}.
+    @ivar headers: the response headers (the id, the ignored hosted tools).
+    @ivar history: the items of the C{previous_response_id} chain.
+    @ivar items: the request's input, its item references resolved.
+    @ivar owned: the run store as the principal sees it, when the response
+        is to be stored.
+    """
+
+    turns: SealedTurns | None
+    headers: dict[bytes, bytes]
+    history: list[dict[str, Any]]
+    items: list[dict[str, Any]]
+    owned: OwnedStore | None
+
+
+def _unknownModel(model: str, served: list[str]) -> AgentError:
+    return notFound(
+        f"The model {shorten(repr(model))} does not exist: no agent is served"
+        f" under that name (served: {shorten(', '.join(served) or 'none')})",
+        "model_not_found",
+        "model",
+    )
+
+
+def _headers(exchange: Exchange[ResponsesRequest]) -> dict[bytes, bytes]:
+    before = exchange.state
+    assert isinstance(before, _Before)
+    return before.headers
+
+
+def _runRequest(exchange: Exchange[ResponsesRequest]) -> RunRequest:
+    parsed, before = exchange.parsed, exchange.state
+    assert isinstance(before, _Before)
+    return RunRequest(
+        conversation([*before.history, *before.items]),
+        () if not parsed.instructions else (parsed.instructions,),
+        parsed.sampling,
+        stream=True,
+        labels=exchange.labels,
+        clientTools=parsed.tools,
+        toolChoice=parsed.toolChoice,
+        parallelToolCalls=parsed.parallelToolCalls,
+        turns=before.turns,
+    )
 
 
 def isHostedTool(kind: str) -> bool:
@@ -996,7 +1039,7 @@ class ResponsesEncoder:
 
 
 @attrs.define(slots=False)
-class ResponsesHeadend:
+class ResponsesHeadend(Headend):
     """
     Klein routes for the Responses API, beside the OpenAI headend on the
     same port and pool.
@@ -1032,35 +1075,12 @@ class ResponsesHeadend:
     hostedTools: str = attrs.field(
         default=HOSTED_IGNORE, validator=attrs.validators.in_(HOSTED_POLICIES)
     )
+    threadPool: Any = None
 
-    def _redactor(self) -> Redactor:
-        if self.redactor is None:
-            self.redactor = configuredRedactor(self.runner)
-        return self.redactor
+    installErrorHandlers(app)
 
-    def _bodyGate(self) -> BodyGate:
-        if self.bodyGate is None:
-            self.bodyGate = BodyGate(self.reactor, self.reactor.getThreadPool())
-        return self.bodyGate
-
-    # -- errors ---------------------------------------------------------
-
-    @app.handle_errors(AgentError)
-    def _agentError(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, AgentError)
-        return self._errorBody(request, error)
-
-    @app.handle_errors(NotFound)
-    def _notFound(self, request: IRequest, failure: Failure) -> bytes:
-        return self._errorBody(request, unknownEndpoint(request))
-
-    @app.handle_errors(MethodNotAllowed)
-    def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
-        return self._errorBody(request, wrongMethod(request, failure))
-
-    def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
-        return writeError(request, error, OPENAI_ERRORS, self._redactor())
+    def _errorFormat(self, request: IRequest) -> ErrorFormat:
+        return OPENAI_ERRORS
 
     # -- the store ------------------------------------------------------
 
@@ -1186,111 +1206,100 @@ class ResponsesHeadend:
 
     # -- routes ---------------------------------------------------------
 
+    @functools.cached_property
+    def api(self) -> API[ResponsesRequest]:
+        """
+        The Responses API as an L{API} value, served by L{serve}: its
+        C{beforeRun} hook reads the history (C{previous_response_id}, item
+        references, sealed turns) and its C{beforeFinish} stores the
+        response.
+        """
+        return API(
+            name="responses",
+            route="/v1/responses",
+            parse=parseResponsesRequest,
+            model=lambda parsed: parsed.model,
+            stream=lambda parsed: parsed.stream,
+            errors=OPENAI_ERRORS,
+            unknownModel=_unknownModel,
+            newId=lambda: _newId("resp"),
+            labels=lambda request, parsed, requestId: RunLabels(
+                requestId=requestId,
+                stream=parsed.stream,
+                user=None if parsed.user is None else loggable(parsed.user),
+                forwarded=forwardedHeaders(headerLookup(request)),
+            ),
+            toRunRequest=_runRequest,
+            encoder=self._encoder,
+            headers=_headers,
+            beforeRun=self._beforeRun,
+            beforeFinish=self._beforeFinish,
+        )
+
     @app.route("/v1/responses", methods=["POST"])
-    @observedRoute("responses", "/v1/responses")
     async def create(self, request: IRequest) -> bytes | None:
         """
         Run an agent on the input items; answer with the response object
         or stream its events.
         """
-        content = request.content
-        content.seek(0, 2)
-        size = content.tell()
-        content.seek(0)
-        if size < OFF_REACTOR_THRESHOLD:
-            parsed = parseResponsesRequest(content.read())
-        else:
-            parsed = await self._bodyGate().parse(content, parseResponsesRequest)
-        principal = principalOf(request)
-        agent = resolveFor(self.registry, principal, parsed.model)
-        if agent is None:
-            served = visibleIds(self.registry, principal)
-            raise notFound(
-                f"The model {shorten(repr(parsed.model))} does not exist: no agent is served"
-                f" under that name (served: {shorten(', '.join(served) or 'none')})",
-                "model_not_found",
-                "model",
-            )
-        requestScope(request).setAgent(agent.id)
-        turns = self._sealedTurns(parsed, agent.spec, principal)
-        responseId = _newId("resp")
+        return await serve(self.api, self, request)
+
+    async def _beforeRun(self, exchange: Exchange[ResponsesRequest]) -> _Before:
+        """
+        Before the run: the sealed turns of a C{store: false} request, the
+        hosted-tools policy, the history of C{previous_response_id} and the
+        input with its item references resolved; a store that is down fails
+        the request now (503), before the run spends an upstream call on an
+        answer it could not keep.
+        """
+        parsed, principal = exchange.parsed, exchange.principal
+        turns = self._sealedTurns(parsed, exchange.agent.spec, principal)
+        responseId = exchange.labels.requestId
         headers = {b"x-request-id": responseId.encode("ascii")}
         if parsed.hostedTools:
-            headers[IGNORED_TOOLS_HEADER] = self._hosted(parsed.hostedTools, responseId, agent.id)
+            headers[IGNORED_TOOLS_HEADER] = self._hosted(
+                parsed.hostedTools, responseId, exchange.agent.id
+            )
         history: list[dict[str, Any]] = []
         if parsed.previousResponseId is not None:
             history = await self._history(principal, parsed.previousResponseId)
         items = await self._resolve(principal, parsed.items)
         checkCallOutputs(history, items)
-        labels = RunLabels(
-            requestId=responseId,
-            stream=parsed.stream,
-            user=None if parsed.user is None else loggable(parsed.user),
-            forwarded=forwardedHeaders(headerLookup(request)),
-        )
-        run = RunRequest(
-            conversation([*history, *items]),
-            () if not parsed.instructions else (parsed.instructions,),
-            parsed.sampling,
-            True,
-            labels,
-            parsed.tools,
-            parsed.toolChoice,
-            parsed.parallelToolCalls,
-            owner=principal.name,
-            turns=turns,
-        )
         owned = self._owned(principal) if parsed.store else None
         if owned is not None:
-            # A store that is down fails the request now (503), before the
-            # run spends an upstream call on an answer it could not keep.
             await owned.store.checkAvailable()
-        encoder = ResponsesEncoder(
+        return _Before(turns, headers, history, items, owned)
+
+    def _encoder(self, exchange: Exchange[ResponsesRequest]) -> ResponsesEncoder:
+        parsed, before = exchange.parsed, exchange.state
+        assert isinstance(before, _Before)
+        return ResponsesEncoder(
             {
-                "id": responseId,
+                "id": exchange.labels.requestId,
                 "object": "response",
-                "created_at": int(self.reactor.seconds()),
-                "model": agent.id,
+                "created_at": int(exchange.created),
+                "model": exchange.agent.id,
                 "instructions": parsed.instructions,
                 "previous_response_id": parsed.previousResponseId,
                 "parallel_tool_calls": parsed.parallelToolCalls is not False,
-                "store": owned is not None,
+                "store": before.owned is not None,
                 "background": False,
                 "user": parsed.user,
                 **parsed.echo,
             },
             frames=parsed.stream,
-            sealed=[] if turns is None else turns.sealed,
+            sealed=[] if before.turns is None else before.turns.sealed,
             namespaced={tool.spec.name: tool for tool in parsed.tools if tool.namespace},
         )
-        admission, slot = await admitted(request, self.pool, principal, agent.id)
-        try:
-            response = RunResponse(
-                request,
-                self.reactor,
-                encoder,
-                slot,
-                self.streamHeadGrace,
-                headers,
-                f"{responseId}: agent {agent.id}",
-                redactor=self._redactor(),
-                maxAnswer=self.maxAnswer,
-                stallTimeout=self.clientStallTimeout,
-                beforeFinish=None
-                if owned is None
-                else self._keeper(owned, encoder, parsed.previousResponseId, items),
-            )
 
-            def begin(events: EventSink) -> Deferred[Finished]:
-                return self.runner.run(agent.spec, run, admission.meter(events))
-
-            if parsed.stream:
-                await response.stream(begin)
-                return None
-            return await response.complete(begin)
-        finally:
-            slot.release()
-            admission.release()
+    def _beforeFinish(
+        self, exchange: Exchange[ResponsesRequest], encoder: RunEncoder
+    ) -> Callable[[Finished], Deferred[None]] | None:
+        before = exchange.state
+        assert isinstance(before, _Before) and isinstance(encoder, ResponsesEncoder)
+        if before.owned is None:
+            return None
+        return self._keeper(before.owned, encoder, exchange.parsed.previousResponseId, before.items)
 
     def _sealedTurns(
         self, parsed: ResponsesRequest, spec: AgentSpec, principal: Principal

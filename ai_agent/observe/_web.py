@@ -15,7 +15,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from ai_agent.errors import AgentError
+from ai_agent.errors import AgentError, ErrorKind
 from ai_agent.observe._metrics import Metrics
 
 #: The path metrics are served at.
@@ -78,13 +78,13 @@ class MetricsResource(Resource):
 
     def render(self, request: Any) -> Any:
         if request.method not in (b"GET", b"HEAD"):
-            request.setResponseCode(405)
+            from ai_agent.headends._openai_errors import OPENAI_ERRORS
+
+            error = AgentError("use GET", 405, ErrorKind.INVALID_REQUEST, "method_not_allowed")
+            request.setResponseCode(OPENAI_ERRORS.status(error))
             request.setHeader(b"allow", b"GET, HEAD")
             request.setHeader(b"content-type", b"application/json")
-            return (
-                b'{"error":{"message":"use GET","type":"invalid_request_error",'
-                b'"param":null,"code":"method_not_allowed"}}'
-            )
+            return OPENAI_ERRORS.body(error)
         pool = self.threadPool or self.reactor.getThreadPool()
         rendering = deferToThreadPool(self.reactor, pool, self.metrics.render)
 

@@ -45,10 +45,13 @@ from ai_agent.tools._stdio import StdioProcess, childEnvironment
 
 log = Logger()
 
-PROTOCOL_VERSION = "2025-06-18"
+PROTOCOL_VERSION = "2025-11-25"
 """
-The MCP protocol version offered in C{initialize}; the server's answer is
-accepted whatever it is.
+The MCP protocol version offered in C{initialize} (the newest handshake
+version; servers built on the MCP SDKs 2.x serve it beside the 2026-07-28
+per-request mode, and answer an older one they prefer, such as 2025-06-18,
+which is accepted: the server's answer is taken whatever it is and sent as
+C{MCP-Protocol-Version} on HTTP).
 """
 
 CLIENT_INFO = {"name": "ai-agent", "version": __version__}

@@ -151,7 +151,7 @@ class SubAgentTool:
         except InvalidInputError as error:
             return fail(AgentError(f"{self.name} {error}"))
         nested = NestedSink(self.name, sink)
-        request = RunRequest((ChatMessage("user", prompt),), owner=owner)
+        request = RunRequest((ChatMessage("user", prompt),), owner=owner, subAgent=True)
         if self.limiter is None:
             run = self.runner.run(self.spec, request, nested)
         else:

@@ -1,0 +1,1493 @@
+# -*- test-case-name: tests.test_headend_a2a,tests.test_clients_a2a -*-
+"""
+The A2A 1.0 headend: every served agent is an A2A agent under
+C{/a2a/<agent>}, with its Agent Card, the JSON-RPC 2.0 binding (C{POST
+/a2a/<agent>}) and the HTTP+JSON binding (C{POST /a2a/<agent>/message:send},
+C{GET /a2a/<agent>/tasks/<id>}, ...).  See docs/a2a-headend.md.
+
+A message starts a task: a run of the agent that lives apart from the HTTP
+request that started it (L{_TaskRun}), so that a client may send and leave
+(C{returnImmediately}), stream it, subscribe to it again, get it, list it
+and cancel it.  Tasks and their contexts are kept in the run store, owned by
+the key that made them (L{OwnedStore}): another server instance on the same
+PostgreSQL store reads them, follows a running one by polling its stored
+snapshot, and cancels one by storing a cancel request that the running
+instance reads at its next tick (L{TICK_INTERVAL}).
+
+The run's events become A2A stream events (L{TaskEncoder}): the agent's
+progress as C{statusUpdate}s (state C{TASK_STATE_WORKING} with the progress
+line as the status message), the answer as C{artifactUpdate} chunks
+appended to one artifact, then the final status.  Errors are A2A's
+(L{A2AErrors}): JSON-RPC error codes on the JSON-RPC binding, a
+C{google.rpc.Status} body with an C{ErrorInfo} reason on the HTTP+JSON one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Callable, ClassVar, Mapping
+
+import attrs
+from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from ai_agent.accounting import RunLabels
+from ai_agent.agentfile import InvalidInputError
+from ai_agent.errors import AgentError, ErrorKind
+from ai_agent.events import (
+    PROGRESS_TYPES,
+    ContentDelta,
+    Event,
+    Finished,
+    progressText,
+)
+from ai_agent.headends._answers import configuredRedactor, unknownEndpoint, wrongMethod
+from ai_agent.headends._bodies import BodyGate
+from ai_agent.headends._http import principalOf
+from ai_agent.headends._json import dumpsAny as _dumpsAny
+from ai_agent.headends._quota import admitted
+from ai_agent.headends._request import OFF_REACTOR_THRESHOLD, loadBody
+from ai_agent.headends._sse import SSEStream
+from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
+from ai_agent.pool import RunPool
+from ai_agent.principals import IMPLICIT, Principal, resolveFor
+from ai_agent.providers import ChatMessage
+from ai_agent.reactors import IReactorTimeAndThreads
+from ai_agent.redaction import Redactor, safeError, shorten
+from ai_agent.registry import AgentRegistry, ServedAgent
+from ai_agent.request import RunRequest
+from ai_agent.session import SessionRunner
+from ai_agent.store import MemoryStore, OwnedStore, RunStore
+
+log = Logger()
+
+#: The protocol version served.
+PROTOCOL_VERSION = "1.0"
+#: The header (or query parameter) a client names its A2A version with.
+VERSION_HEADER = b"a2a-version"
+
+#: Store namespaces: tasks by id, contexts (their tasks) by id, the
+#: principal's task index (for C{ListTasks}), cancel requests by task id.
+TASKS = "a2a.tasks"
+CONTEXTS = "a2a.contexts"
+INDEX = "a2a.index"
+CANCELS = "a2a.cancels"
+_INDEX_KEY = "tasks"
+
+#: Seconds between a running task's ticks: its snapshot is stored (for
+#: readers on other instances) and its cancel request looked for.  A
+#: cancel from another instance takes effect within one tick.
+TICK_INTERVAL = 1.0
+#: Seconds an instance following a task it does not run waits between
+#: reads of the stored snapshot.
+FOLLOW_INTERVAL = 1.0
+#: Seconds a started stream may stay silent before a comment line is sent.
+KEEPALIVE_INTERVAL = 15.0
+#: Ticks a cancel from another instance waits for the running instance
+#: before it marks the task canceled itself (that instance is gone).
+CANCEL_WAIT_TICKS = 5
+
+#: Tasks the index keeps per principal (newest first), for C{ListTasks}.
+MAX_INDEXED = 1000
+#: Earlier tasks of a context read as the conversation's history.
+MAX_CONTEXT_TASKS = 50
+#: C{ListTasks} page sizes.
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+#: Parts in one message.
+MAX_PARTS = 64
+
+SUBMITTED = "TASK_STATE_SUBMITTED"
+WORKING = "TASK_STATE_WORKING"
+COMPLETED = "TASK_STATE_COMPLETED"
+FAILED = "TASK_STATE_FAILED"
+CANCELED = "TASK_STATE_CANCELED"
+REJECTED = "TASK_STATE_REJECTED"
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELED, REJECTED})
+STATES = frozenset(
+    {
+        SUBMITTED,
+        WORKING,
+        COMPLETED,
+        FAILED,
+        CANCELED,
+        REJECTED,
+        "TASK_STATE_INPUT_REQUIRED",
+        "TASK_STATE_AUTH_REQUIRED",
+    }
+)
+
+#: The one artifact a task's answer is written to.
+ANSWER_ARTIFACT = "answer"
+
+
+# -- errors -------------------------------------------------------------
+
+
+@attrs.frozen
+class _A2AErrorKind:
+    """
+    One of A2A's errors: its JSON-RPC code, HTTP status, C{ErrorInfo}
+    reason.
+    """
+
+    rpcCode: int
+    status: int
+    reason: str
+
+
+#: A2A's errors by the C{code} of the L{AgentError} carrying them.
+A2A_ERROR_KINDS = {
+    "TASK_NOT_FOUND": _A2AErrorKind(-32001, 404, "TASK_NOT_FOUND"),
+    "TASK_NOT_CANCELABLE": _A2AErrorKind(-32002, 400, "TASK_NOT_CANCELABLE"),
+    "PUSH_NOTIFICATION_NOT_SUPPORTED": _A2AErrorKind(
+        -32003, 400, "PUSH_NOTIFICATION_NOT_SUPPORTED"
+    ),
+    "UNSUPPORTED_OPERATION": _A2AErrorKind(-32004, 400, "UNSUPPORTED_OPERATION"),
+    "CONTENT_TYPE_NOT_SUPPORTED": _A2AErrorKind(-32005, 400, "CONTENT_TYPE_NOT_SUPPORTED"),
+    "EXTENDED_AGENT_CARD_NOT_CONFIGURED": _A2AErrorKind(
+        -32007, 400, "EXTENDED_AGENT_CARD_NOT_CONFIGURED"
+    ),
+    "VERSION_NOT_SUPPORTED": _A2AErrorKind(-32009, 400, "VERSION_NOT_SUPPORTED"),
+}
+
+#: JSON-RPC's own errors.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+#: google.rpc.Code names of HTTP statuses.
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    431: "INVALID_ARGUMENT",
+    499: "CANCELLED",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+_DOMAIN = "a2a-protocol.org"
+
+
+def a2aError(code: str, message: str) -> AgentError:
+    """
+    One of A2A's errors (C{code} a key of L{A2A_ERROR_KINDS}).
+    """
+    kind = A2A_ERROR_KINDS[code]
+    errorKind = ErrorKind.NOT_FOUND if kind.status == 404 else ErrorKind.INVALID_REQUEST
+    return AgentError(message, kind.status, errorKind, code)
+
+
+def taskNotFound(taskId: str) -> AgentError:
+    return a2aError("TASK_NOT_FOUND", f"task {shorten(repr(taskId))} was not found")
+
+
+def _invalidParams(message: str, param: str | None = None) -> AgentError:
+    return AgentError(message, 400, ErrorKind.INVALID_REQUEST, "invalid_params", param)
+
+
+def rpcCode(error: AgentError) -> int:
+    """
+    The JSON-RPC error code of C{error}.
+    """
+    kind = A2A_ERROR_KINDS.get(error.code or "")
+    if kind is not None:
+        return kind.rpcCode
+    if error.code == "invalid_json":
+        return PARSE_ERROR
+    if error.code == "invalid_jsonrpc":
+        return INVALID_REQUEST
+    if error.code == "method_not_found":
+        return METHOD_NOT_FOUND
+    if error.status < 500 and error.kind == ErrorKind.INVALID_REQUEST:
+        return INVALID_PARAMS
+    return INTERNAL_ERROR
+
+
+def _errorInfo(error: AgentError) -> dict[str, Any]:
+    kind = A2A_ERROR_KINDS.get(error.code or "")
+    reason = kind.reason if kind is not None else (error.code or "ERROR").upper()
+    metadata = {} if error.param is None else {"param": error.param}
+    return {"@type": _ERROR_INFO, "reason": reason, "domain": _DOMAIN, "metadata": metadata}
+
+
+@attrs.frozen
+class A2AErrors:
+    """
+    The HTTP+JSON binding's envelope (an L{ai_agent.errors.ErrorFormat}):
+    C{google.rpc.Status} C{{"error": {"code", "status", "message",
+    "details": [ErrorInfo]}}}.  Also what the guard's refusals (a missing
+    key, a body too large) on C{/a2a/...} paths are written in, for both
+    bindings: those are HTTP errors before any JSON-RPC request is read.
+    """
+
+    def status(self, error: AgentError) -> int:
+        return error.status
+
+    def envelope(self, error: AgentError) -> dict[str, Any]:
+        return {
+            "error": {
+                "code": error.status,
+                "status": _STATUS_NAMES.get(error.status, "INTERNAL"),
+                "message": error.message,
+                "details": [_errorInfo(error)],
+            }
+        }
+
+    def body(self, error: AgentError) -> bytes:
+        return _dumpsAny(self.envelope(error))
+
+
+#: The error format of the A2A paths.
+A2A_ERRORS = A2AErrors()
+
+
+def rpcError(requestId: Any, error: AgentError) -> dict[str, Any]:
+    """
+    C{error} as a JSON-RPC 2.0 error response.
+    """
+    return {
+        "jsonrpc": "2.0",
+        "id": requestId,
+        "error": {"code": rpcCode(error), "message": error.message, "data": [_errorInfo(error)]},
+    }
+
+
+# -- values -------------------------------------------------------------
+
+
+def _now(clock: Callable[[], float]) -> str:
+    seconds = clock()
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{whole}.{int(seconds * 1000) % 1000:03d}Z"
+
+
+def _textMessage(
+    role: str, text: str, taskId: str, contextId: str, messageId: str | None = None
+) -> dict[str, Any]:
+    return {
+        "messageId": messageId or str(uuid.uuid4()),
+        "role": role,
+        "parts": [{"text": text}],
+        "taskId": taskId,
+        "contextId": contextId,
+    }
+
+
+@attrs.frozen
+class SendParams:
+    """
+    A validated C{SendMessageRequest}: the user's text for the run, the
+    message as the task's history keeps it, and the configuration.
+    """
+
+    message: dict[str, Any]
+    text: str
+    contextId: str | None
+    taskId: str | None
+    returnImmediately: bool
+    historyLength: int | None
+    metadata: dict[str, Any]
+
+
+def _historyLength(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _invalidParams(f"'{where}' must be an integer of 0 or more", where)
+    return value
+
+
+def parseSendParams(params: Any, agent: ServedAgent) -> SendParams:
+    """
+    A C{SendMessageRequest} for C{agent}: a user message of text and data
+    parts (a data part is the agent's input per its C{inputSchema()}; a
+    file part is refused by name: the agent takes no files).
+
+    @raise AgentError: invalid params, or A2A's content type not supported.
+    """
+    if not isinstance(params, dict):
+        raise _invalidParams("the params must be a SendMessageRequest object")
+    message = params.get("message")
+    if not isinstance(message, dict):
+        raise _invalidParams("'message' must be a Message object", "message")
+    messageId = message.get("messageId")
+    if not isinstance(messageId, str) or not messageId:
+        raise _invalidParams("'message.messageId' must be a string", "message.messageId")
+    role = message.get("role")
+    if role != "ROLE_USER":
+        raise _invalidParams(
+            f"'message.role' must be \"ROLE_USER\", not {shorten(json.dumps(role))}",
+            "message.role",
+        )
+    parts = message.get("parts")
+    if not isinstance(parts, list) or not parts:
+        raise _invalidParams("'message.parts' must be a list of parts", "message.parts")
+    if len(parts) > MAX_PARTS:
+        raise _invalidParams(f"'message.parts' holds more than {MAX_PARTS} parts", "message.parts")
+    texts: list[str] = []
+    for index, part in enumerate(parts):
+        where = f"message.parts[{index}]"
+        if not isinstance(part, dict):
+            raise _invalidParams(f"'{where}' must be a Part object", where)
+        if "text" in part:
+            if not isinstance(part["text"], str):
+                raise _invalidParams(f"'{where}.text' must be a string", f"{where}.text")
+            texts.append(part["text"])
+        elif "data" in part:
+            data = part["data"]
+            if not isinstance(data, dict):
+                raise _invalidParams(
+                    f"'{where}.data' must be an object matching the agent's input schema",
+                    f"{where}.data",
+                )
+            try:
+                texts.append(agent.spec.input.userMessage(data))
+            except InvalidInputError as error:
+                raise _invalidParams(f"'{where}.data' {error}", f"{where}.data") from None
+        elif "raw" in part or "url" in part or "file" in part:
+            name = part.get("filename") or part.get("mediaType") or "a file part"
+            raise a2aError(
+                "CONTENT_TYPE_NOT_SUPPORTED",
+                f"'{where}' is a file ({shorten(str(name))}): agent {agent.id} takes text and"
+                " data parts only",
+            )
+        else:
+            raise _invalidParams(f"'{where}' has none of text, data, raw or url", where)
+    text = "\n".join(texts)
+    if not text.strip():
+        raise _invalidParams("the message has no text", "message.parts")
+    configuration = params.get("configuration") or {}
+    if not isinstance(configuration, dict):
+        raise _invalidParams("'configuration' must be an object", "configuration")
+    if configuration.get("taskPushNotificationConfig") or configuration.get(
+        "pushNotificationConfig"
+    ):
+        raise a2aError(
+            "PUSH_NOTIFICATION_NOT_SUPPORTED", "push notifications are not supported here"
+        )
+    returnImmediately = configuration.get("returnImmediately", False)
+    if not isinstance(returnImmediately, bool):
+        raise _invalidParams(
+            "'configuration.returnImmediately' must be a boolean",
+            "configuration.returnImmediately",
+        )
+    contextId = message.get("contextId")
+    taskId = message.get("taskId")
+    for name, value in (("contextId", contextId), ("taskId", taskId)):
+        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 200):
+            raise _invalidParams(f"'message.{name}' must be a string", f"message.{name}")
+    metadata = params.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise _invalidParams("'metadata' must be an object", "metadata")
+    kept = {
+        key: message[key] for key in ("messageId", "role", "parts", "metadata") if key in message
+    }
+    return SendParams(
+        kept,
+        text,
+        contextId,
+        taskId,
+        returnImmediately,
+        _historyLength(configuration.get("historyLength"), "configuration.historyLength"),
+        metadata,
+    )
+
+
+def taskView(
+    task: Mapping[str, Any], historyLength: int | None = None, artifacts: bool = True
+) -> dict[str, Any]:
+    """
+    A task as a client sees it: its history cut to the last
+    C{historyLength} messages (none for 0, all for L{None}).
+    """
+    view = dict(task)
+    history = view.get("history") or []
+    if historyLength is not None:
+        history = history[len(history) - historyLength :] if historyLength else []
+    if history:
+        view["history"] = history
+    else:
+        view.pop("history", None)
+    if not artifacts or not view.get("artifacts"):
+        view.pop("artifacts", None)
+    return view
+
+
+def _answerText(task: Mapping[str, Any]) -> str:
+    for artifact in task.get("artifacts") or ():
+        if artifact.get("artifactId") == ANSWER_ARTIFACT:
+            return "".join(part.get("text", "") for part in artifact.get("parts", ()))
+    return ""
+
+
+# -- one task's run -----------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Listener:
+    """
+    A stream following a task: C{send} gets each StreamResponse,
+    C{close} is called once the task ended.
+    """
+
+    send: Callable[[dict[str, Any]], None]
+    close: Callable[[], None]
+
+
+@attrs.define(eq=False)
+class _TaskRun:
+    """
+    One task's run of its agent, apart from any HTTP request: events go
+    to the task's listeners (L{TaskEncoder}'s stream events) and to the
+    task kept in memory, whose snapshot is stored at each tick and at the
+    end.
+    """
+
+    headend: A2AHeadend
+    store: OwnedStore
+    agent: ServedAgent
+    task: dict[str, Any]
+    turns: list[dict[str, str]]
+    run: RunRequest
+    listeners: list[_Listener] = attrs.field(factory=list)
+    _answer: list[str] = attrs.field(factory=list)
+    _waiters: list[Deferred[dict[str, Any]]] = attrs.field(factory=list)
+    _working: Deferred[Any] | None = None
+    _ticker: LoopingCall | None = None
+    _dirty: bool = False
+    _writes: Deferred[None] = attrs.field(factory=lambda: succeed(None))
+    cancelRequested: bool = False
+    ended: bool = False
+    _aborted: AgentError | None = None
+
+    @property
+    def taskId(self) -> str:
+        return str(self.task["id"])
+
+    def _stamp(self) -> str:
+        return _now(self.headend.reactor.seconds)
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            listener.send(event)
+
+    def _status(self, state: str, text: str | None = None) -> None:
+        status: dict[str, Any] = {"state": state, "timestamp": self._stamp()}
+        if text is not None:
+            status["message"] = _textMessage(
+                "ROLE_AGENT", text, self.taskId, self.task["contextId"]
+            )
+        self.task["status"] = status
+        self._dirty = True
+        self._emit(
+            {
+                "statusUpdate": {
+                    "taskId": self.taskId,
+                    "contextId": self.task["contextId"],
+                    "status": status,
+                }
+            }
+        )
+
+    def event(self, event: Event) -> None:
+        """
+        The run's event sink.
+        """
+        if self.ended:
+            return
+        if isinstance(event, ContentDelta):
+            if not event.text:
+                return
+            first = not self._answer
+            self._answer.append(event.text)
+            self.task["artifacts"] = [
+                {
+                    "artifactId": ANSWER_ARTIFACT,
+                    "name": ANSWER_ARTIFACT,
+                    "parts": [{"text": "".join(self._answer)}],
+                }
+            ]
+            self._dirty = True
+            self._emit(
+                {
+                    "artifactUpdate": {
+                        "taskId": self.taskId,
+                        "contextId": self.task["contextId"],
+                        "artifact": {
+                            "artifactId": ANSWER_ARTIFACT,
+                            "name": ANSWER_ARTIFACT,
+                            "parts": [{"text": event.text}],
+                        },
+                        "append": not first,
+                        "lastChunk": False,
+                    }
+                }
+            )
+        elif isinstance(event, PROGRESS_TYPES):
+            self._status(WORKING, progressText(event).rstrip("\n"))
+
+    def subscribe(self, listener: _Listener) -> None:
+        """
+        Follow the task: the task first, then its updates.
+        """
+        listener.send({"task": taskView(self.task)})
+        if self.ended:
+            listener.close()
+        else:
+            self.listeners.append(listener)
+
+    def unsubscribe(self, listener: _Listener) -> None:
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+
+    def whenEnded(self) -> Deferred[dict[str, Any]]:
+        """
+        The task once it reached a terminal state; cancelling this stops
+        only the wait (the task runs on).
+        """
+        if self.ended:
+            d: Deferred[dict[str, Any]] = Deferred()
+            d.callback(self.task)
+            return d
+
+        def forget(d: Deferred[dict[str, Any]]) -> None:
+            if d in self._waiters:
+                self._waiters.remove(d)
+
+        waiter: Deferred[dict[str, Any]] = Deferred(forget)
+        self._waiters.append(waiter)
+        return waiter
+
+    def cancel(self) -> None:
+        """
+        Stop the run (and its upstream calls); the task ends canceled.
+        """
+        if self.ended or self.cancelRequested:
+            return
+        self.cancelRequested = True
+        if self._working is not None:
+            self._working.cancel()
+
+    def _abort(self, error: AgentError) -> None:
+        """
+        The server is stopping and the run did not finish in the drain
+        time: stop it; the task ends failed with C{error}'s message.
+        """
+        self._aborted = error
+        if self._working is not None and not self.ended:
+            self._working.cancel()
+
+    async def drive(self) -> None:
+        """
+        Run the task to its end; never fails.
+        """
+        headend = self.headend
+        ticker = self._ticker = LoopingCall(self._tick)
+        ticker.clock = headend.reactor
+        ticker.start(headend.tickInterval, now=False).addErrback(
+            lambda f: log.failure("a2a task ticker failed", f)
+        )
+        slot = None
+        admission = None
+        try:
+            # The key's and agent's limits (a refusal fails the task with
+            # its reason), then a slot in the key's turn.
+            self._working = Deferred.fromCoroutine(
+                admitted(None, headend.pool, self.store.principal, self.agent.id)
+            )
+            admission, slot = await self._working
+            slot.onAbort = self._abort
+            if self.cancelRequested:
+                raise CancelledError()
+            self._status(WORKING)
+            self._working = headend.runner.run(
+                self.agent.spec, self.run, admission.meter(self.event)
+            )
+            finished = await self._working
+            assert isinstance(finished, Finished)
+            await self._end(COMPLETED)
+        except CancelledError:
+            if self._aborted is not None:
+                await self._end(FAILED, self._aborted.message)
+            else:
+                await self._end(CANCELED, "the task was canceled")
+        except AgentError as error:
+            safe = safeError(error, headend._redactor(), inBand=True)
+            await self._end(FAILED, safe.message)
+        except Exception:
+            log.failure("a2a task {task} failed", task=self.taskId)
+            await self._end(FAILED, "the agent failed (an internal error)")
+        finally:
+            if slot is not None:
+                slot.release()
+            if admission is not None:
+                admission.release()
+
+    async def _tick(self) -> None:
+        if self.ended:
+            return
+        try:
+            if self._dirty:
+                self._dirty = False
+                await self._put()
+            if await self.store.get(CANCELS, self.taskId) is not None:
+                log.info("a2a task {task}: canceled from another instance", task=self.taskId)
+                self.cancel()
+        except Exception:
+            log.failure("a2a task {task}: storing its snapshot failed", task=self.taskId)
+
+    def write(self, put: Callable[[], Deferred[None]]) -> Deferred[None]:
+        """
+        Run C{put} once the task's earlier writes are done, in order; the
+        Deferred returned fails if this write does (the later ones still
+        run).
+        """
+        done: Deferred[None] = Deferred()
+
+        def run(_: object) -> Deferred[None]:
+            return put().addCallbacks(done.callback, done.errback)
+
+        self._writes.addCallback(run)
+        return done
+
+    def _put(self) -> Deferred[None]:
+        return self.write(lambda: self.store.putMany(TASKS, {self.taskId: self._document()}))
+
+    def _document(self) -> dict[str, Any]:
+        return {"agent": self.agent.id, "task": self.task, "turns": self.turns}
+
+    async def _end(self, state: str, reason: str | None = None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        answer = "".join(self._answer)
+        if answer:
+            self._emit(
+                {
+                    "artifactUpdate": {
+                        "taskId": self.taskId,
+                        "contextId": self.task["contextId"],
+                        "artifact": {
+                            "artifactId": ANSWER_ARTIFACT,
+                            "name": ANSWER_ARTIFACT,
+                            "parts": [{"text": ""}],
+                        },
+                        "append": True,
+                        "lastChunk": True,
+                    }
+                }
+            )
+        if state == COMPLETED:
+            reply = _textMessage("ROLE_AGENT", answer, self.taskId, self.task["contextId"])
+            self.task.setdefault("history", []).append(reply)
+            self.turns.append({"role": "assistant", "content": answer})
+        self._status(state, reason)
+        # The end is stored before the clients hear of it: whoever they ask
+        # next, on any instance, has the finished task.
+        try:
+            await self._put()
+        except Exception:
+            log.failure("a2a task {task}: storing its end failed", task=self.taskId)
+        self.headend._running.pop(self.store.principal.scoped(self.taskId), None)
+        listeners, self.listeners = self.listeners, []
+        for listener in listeners:
+            listener.close()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(self.task)
+
+
+# -- the headend ----------------------------------------------------------
+
+
+@attrs.define(slots=False)
+class A2AHeadend:
+    """
+    Klein routes for A2A 1.0 on one port (mounted at C{/a2a} and the
+    well-known card path); reloadable (C{registry} and C{runner} are
+    swapped on SIGHUP).  Without a run store (C{--store none}) tasks are
+    kept in memory, on this instance only.
+    """
+
+    log: ClassVar[Logger] = Logger()
+    app: ClassVar[Klein] = Klein()
+
+    registry: AgentRegistry
+    runner: SessionRunner
+    pool: RunPool
+    reactor: IReactorTimeAndThreads
+    store: RunStore | None = None
+    observer: Observer = NULL_OBSERVER
+    redactor: Redactor | None = None
+    tickInterval: float = TICK_INTERVAL
+    followInterval: float = FOLLOW_INTERVAL
+    keepAliveInterval: float = KEEPALIVE_INTERVAL
+    bodyGate: BodyGate | None = None
+    _running: dict[str, _TaskRun] = attrs.field(factory=dict)
+    #: Streams following a task that runs on another instance, by task id.
+    following: dict[str, int] = attrs.field(factory=dict)
+    _memory: RunStore | None = None
+
+    def _redactor(self) -> Redactor:
+        if self.redactor is None:
+            self.redactor = configuredRedactor(self.runner)
+        return self.redactor
+
+    def _owned(self, principal: Principal) -> OwnedStore:
+        store = self.store
+        if store is None:
+            if self._memory is None:
+                self._memory = MemoryStore(self.reactor)
+            store = self._memory
+        return OwnedStore(store, principal)
+
+    # -- errors ---------------------------------------------------------
+
+    @app.handle_errors(AgentError)
+    def _agentError(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, AgentError)
+        return self._errorBody(request, error)
+
+    @app.handle_errors(NotFound)
+    def _notFound(self, request: IRequest, failure: Failure) -> bytes:
+        return self._errorBody(request, unknownEndpoint(request))
+
+    @app.handle_errors(MethodNotAllowed)
+    def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
+        return self._errorBody(request, wrongMethod(request, failure))
+
+    def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
+        from ai_agent.headends._answers import writeError
+
+        return writeError(request, error, A2A_ERRORS, self._redactor())
+
+    # -- the card -------------------------------------------------------
+
+    def _agent(self, request: IRequest, name: str) -> ServedAgent:
+        agent = resolveFor(self.registry, principalOf(request), name)
+        if agent is None or agent.id != name:
+            raise AgentError(
+                f"no agent {shorten(repr(name))} is served here",
+                404,
+                ErrorKind.NOT_FOUND,
+                "agent_not_found",
+            )
+        requestScope(request).setAgent(agent.id)
+        return agent
+
+    def card(self, request: IRequest, agent: ServedAgent) -> dict[str, Any]:
+        """
+        C{agent}'s Agent Card, with the URLs this request reached us by.
+        """
+        host = request.getHeader(b"host") or b"127.0.0.1"
+        scheme = "https" if request.isSecure() else "http"
+        base = f"{scheme}://{host.decode('ascii', 'replace')}/a2a/{agent.id}"
+        spec = agent.spec
+        description = spec.description or f"The {agent.id} agent"
+        skill: dict[str, Any] = {
+            "id": agent.id,
+            "name": agent.id,
+            "description": description + (f"\n\nUsage: {spec.usage}" if spec.usage else ""),
+            "tags": ["ai-agent"],
+            "inputModes": ["text/plain", "application/json"],
+            "outputModes": ["text/plain"],
+        }
+        card: dict[str, Any] = {
+            "name": agent.id,
+            "description": description,
+            "version": spec.digest[:12] or str(agent.created),
+            "supportedInterfaces": [
+                {"url": base, "protocolBinding": "JSONRPC", "protocolVersion": PROTOCOL_VERSION},
+                {
+                    "url": base,
+                    "protocolBinding": "HTTP+JSON",
+                    "protocolVersion": PROTOCOL_VERSION,
+                },
+            ],
+            "capabilities": {
+                "streaming": True,
+                "pushNotifications": False,
+                "extendedAgentCard": False,
+            },
+            "defaultInputModes": ["text/plain", "application/json"],
+            "defaultOutputModes": ["text/plain"],
+            "skills": [skill],
+        }
+        if principalOf(request) is not IMPLICIT:
+            card["securitySchemes"] = {
+                "bearer": {"httpAuthSecurityScheme": {"scheme": "bearer"}},
+                "apiKey": {"apiKeySecurityScheme": {"location": "header", "name": "x-api-key"}},
+            }
+            card["securityRequirements"] = [
+                {"schemes": {"bearer": {"list": []}}},
+                {"schemes": {"apiKey": {"list": []}}},
+            ]
+        return card
+
+    @app.route("/.well-known/agent-card.json", methods=["GET"])
+    @observedRoute("a2a", "/.well-known/agent-card.json")
+    async def wellKnownCard(self, request: IRequest) -> bytes:
+        """
+        The card of the first agent this key may use.
+        """
+        principal = principalOf(request)
+        for agent in self.registry.served:
+            if principal.mayUse(agent):
+                requestScope(request).setAgent(agent.id)
+                return self._json(request, self.card(request, agent))
+        raise AgentError("no agent is served here", 404, ErrorKind.NOT_FOUND, "agent_not_found")
+
+    @app.route("/a2a/<agent>/.well-known/agent-card.json", methods=["GET"])
+    @app.route("/a2a/<agent>", methods=["GET"])
+    @observedRoute("a2a", "/a2a/{agent}/.well-known/agent-card.json")
+    async def agentCard(self, request: IRequest, agent: str) -> bytes:
+        """
+        One agent's card.
+        """
+        return self._json(request, self.card(request, self._agent(request, agent)))
+
+    def _json(self, request: IRequest, value: Any, status: int = 200) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        return _dumpsAny(value)
+
+    # -- the version ----------------------------------------------------
+
+    def _checkVersion(self, request: IRequest) -> None:
+        raw = request.getHeader(VERSION_HEADER)
+        if raw is None:
+            values = request.args.get(b"A2A-Version") or request.args.get(b"a2a-version")
+            raw = values[0] if values else None
+        version = (raw or b"").decode("ascii", "replace").strip()
+        parts = version.split(".")
+        if len(parts) >= 2 and parts[0] == "1" and parts[1] == "0":
+            return
+        if version in ("1",):
+            return
+        said = f"A2A-Version {shorten(repr(version))}" if version else "no A2A-Version (0.3)"
+        raise a2aError(
+            "VERSION_NOT_SUPPORTED",
+            f"{said} is not supported: this server speaks A2A 1.0; send 'A2A-Version: 1.0'",
+        )
+
+    # -- operations (both bindings) ---------------------------------------
+
+    async def _send(
+        self, request: IRequest, agent: ServedAgent, params: Any
+    ) -> tuple[_TaskRun, SendParams]:
+        """
+        Start a task for a C{SendMessageRequest}.
+        """
+        parsed = parseSendParams(params, agent)
+        principal = principalOf(request)
+        store = self._owned(principal)
+        if parsed.taskId is not None:
+            stored = await self._stored(store, parsed.taskId)
+            state = stored["task"]["status"]["state"]
+            raise a2aError(
+                "UNSUPPORTED_OPERATION",
+                f"task {shorten(repr(parsed.taskId))} is {state}: it takes no more messages"
+                " (this server's tasks never wait for input); send a new message in its"
+                " context instead",
+            )
+        contextId = parsed.contextId or str(uuid.uuid4())
+        history: list[ChatMessage] = []
+        # A new context has nothing to read (no store trip before the run).
+        context = None if parsed.contextId is None else await store.get(CONTEXTS, contextId)
+        earlier: list[str] = []
+        if context is not None:
+            if context.document.get("agent") != agent.id:
+                raise _invalidParams(
+                    f"context {shorten(repr(contextId))} belongs to another agent",
+                    "message.contextId",
+                )
+            earlier = list(context.document.get("tasks", ()))
+            found = await store.getMany(TASKS, earlier)
+            for earlierId in earlier:
+                kept = found.get(earlierId)
+                if kept is None:
+                    continue
+                turns = kept.document.get("turns", ())
+                if len(turns) == 2:
+                    history.extend(ChatMessage(t["role"], t["content"]) for t in turns)
+        taskId = str(uuid.uuid4())
+        message = {**parsed.message, "taskId": taskId, "contextId": contextId}
+        task: dict[str, Any] = {
+            "id": taskId,
+            "contextId": contextId,
+            "status": {"state": SUBMITTED, "timestamp": _now(self.reactor.seconds)},
+            "history": [message],
+            "metadata": {"agent": agent.id},
+        }
+        labels = RunLabels(requestId=f"task_{taskId}", stream=True)
+        run = RunRequest(
+            (*history, ChatMessage("user", parsed.text)),
+            labels=labels,
+            owner=principal.name,
+        )
+        turns = [{"role": "user", "content": parsed.text}]
+        taskRun = _TaskRun(self, store, agent, task, turns, run)
+        self._running[principal.scoped(taskId)] = taskRun
+        self.log.info(
+            "a2a task {task}: agent {agent} (context {context})",
+            task=taskId,
+            agent=agent.id,
+            context=contextId,
+        )
+        # The task, its context and the key's index are stored beside the
+        # run, not before it: every later write of the task waits for this
+        # one (L{_TaskRun.write}).  A non-blocking send answers once it is
+        # stored, so that the id it gives out can be read anywhere.
+        created = taskRun.write(
+            lambda: Deferred.fromCoroutine(
+                self._record(store, agent.id, taskId, contextId, earlier, task, turns)
+            )
+        )
+        if parsed.returnImmediately:
+            try:
+                await created
+            except BaseException:
+                del self._running[principal.scoped(taskId)]
+                raise
+        else:
+            created.addErrback(
+                lambda f: log.failure("a2a task {task}: storing it failed", f, task=taskId)
+            )
+        Deferred.fromCoroutine(taskRun.drive())
+        return taskRun, parsed
+
+    async def _record(
+        self,
+        store: OwnedStore,
+        agent: str,
+        taskId: str,
+        contextId: str,
+        earlier: list[str],
+        task: dict[str, Any],
+        turns: list[dict[str, str]],
+    ) -> None:
+        """
+        Store a new task, its context's task list and the key's index
+        (newest first), in one transaction.
+        """
+        index = await store.get(INDEX, _INDEX_KEY)
+        indexed = [] if index is None else list(index.document.get("tasks", ()))
+        await store.putEntries(
+            [
+                (TASKS, taskId, {"agent": agent, "task": task, "turns": turns}),
+                (
+                    CONTEXTS,
+                    contextId,
+                    {"agent": agent, "tasks": [*earlier, taskId][-MAX_CONTEXT_TASKS:]},
+                ),
+                (INDEX, _INDEX_KEY, {"tasks": [taskId, *indexed][:MAX_INDEXED]}),
+            ]
+        )
+
+    async def _stored(self, store: OwnedStore, taskId: Any) -> dict[str, Any]:
+        if not isinstance(taskId, str) or not taskId:
+            raise _invalidParams("'id' must be a task id string", "id")
+        found = await store.get(TASKS, taskId)
+        if found is None:
+            raise taskNotFound(taskId)
+        document: dict[str, Any] = found.document
+        return document
+
+    async def _task(
+        self, request: IRequest, agent: ServedAgent, taskId: Any
+    ) -> tuple[dict[str, Any], _TaskRun | None]:
+        """
+        A task of this key's and C{agent}'s: the running one's own
+        snapshot when it runs here, else the stored one.
+        """
+        principal = principalOf(request)
+        if isinstance(taskId, str):
+            running = self._running.get(principal.scoped(taskId))
+            if running is not None and running.agent.id == agent.id:
+                return running.task, running
+        document = await self._stored(self._owned(principal), taskId)
+        if document.get("agent") != agent.id:
+            raise taskNotFound(taskId)
+        return document["task"], None
+
+    async def _get(self, request: IRequest, agent: ServedAgent, params: Any) -> dict[str, Any]:
+        if not isinstance(params, dict):
+            raise _invalidParams("the params must be a GetTaskRequest object")
+        task, _ = await self._task(request, agent, params.get("id"))
+        return taskView(task, _historyLength(params.get("historyLength"), "historyLength"))
+
+    async def _list(self, request: IRequest, agent: ServedAgent, params: Any) -> dict[str, Any]:
+        if not isinstance(params, dict):
+            raise _invalidParams("the params must be a ListTasksRequest object")
+        store = self._owned(principalOf(request))
+        pageSize = params.get("pageSize", DEFAULT_PAGE_SIZE)
+        if isinstance(pageSize, str) and pageSize.isdigit():
+            pageSize = int(pageSize)
+        if isinstance(pageSize, bool) or not isinstance(pageSize, int) or not 0 < pageSize:
+            raise _invalidParams("'pageSize' must be a positive integer", "pageSize")
+        pageSize = min(pageSize, MAX_PAGE_SIZE)
+        token = params.get("pageToken") or "0"
+        if not isinstance(token, str) or not token.isdigit():
+            raise _invalidParams("'pageToken' is not a token this server gave", "pageToken")
+        status = params.get("status")
+        if status in ("TASK_STATE_UNSPECIFIED", "", 0):
+            status = None
+        if status is not None and status not in STATES:
+            raise _invalidParams(
+                f"'status' must be a TASK_STATE_* name, not {shorten(repr(status))}", "status"
+            )
+        contextId = params.get("contextId")
+        historyLength = _historyLength(params.get("historyLength"), "historyLength")
+        includeArtifacts = params.get("includeArtifacts") in (True, "true")
+        index = await store.get(INDEX, _INDEX_KEY)
+        ids = [] if index is None else list(index.document.get("tasks", ()))
+        found = await store.getMany(TASKS, ids)
+        tasks = []
+        for taskId in ids:
+            document = found.get(taskId)
+            if document is None or document.document.get("agent") != agent.id:
+                continue
+            running = self._running.get(store.principal.scoped(taskId))
+            task = running.task if running is not None else document.document["task"]
+            if contextId is not None and task.get("contextId") != contextId:
+                continue
+            if status is not None and task["status"]["state"] != status:
+                continue
+            tasks.append(task)
+        start = int(token)
+        page = tasks[start : start + pageSize]
+        following = start + pageSize
+        return {
+            "tasks": [taskView(task, historyLength, includeArtifacts) for task in page],
+            "nextPageToken": str(following) if following < len(tasks) else "",
+            "pageSize": pageSize,
+            "totalSize": len(tasks),
+        }
+
+    async def _cancel(self, request: IRequest, agent: ServedAgent, params: Any) -> dict[str, Any]:
+        if not isinstance(params, dict):
+            raise _invalidParams("the params must be a CancelTaskRequest object")
+        taskId = params.get("id")
+        task, running = await self._task(request, agent, taskId)
+        state = task["status"]["state"]
+        if state in TERMINAL:
+            raise a2aError(
+                "TASK_NOT_CANCELABLE",
+                f"task {shorten(repr(taskId))} is {state}: a finished task cannot be canceled",
+            )
+        if running is not None:
+            waiting = running.whenEnded()
+            running.cancel()
+            return taskView(await waiting)
+        # Another instance runs it: ask it through the store, and wait for
+        # its next ticks; if it never answers (it is gone), end it here.
+        store = self._owned(principalOf(request))
+        assert isinstance(taskId, str)
+        await store.putMany(CANCELS, {taskId: {"at": self.reactor.seconds()}})
+        for _ in range(CANCEL_WAIT_TICKS):
+            await deferLater(self.reactor, self.followInterval, lambda: None)
+            document = await self._stored(store, taskId)
+            if document["task"]["status"]["state"] in TERMINAL:
+                return taskView(document["task"])
+        document = await self._stored(store, taskId)
+        task = document["task"]
+        if task["status"]["state"] not in TERMINAL:
+            task["status"] = {
+                "state": CANCELED,
+                "timestamp": _now(self.reactor.seconds),
+                "message": _textMessage(
+                    "ROLE_AGENT",
+                    "the task was canceled (its instance did not answer)",
+                    taskId,
+                    task["contextId"],
+                ),
+            }
+            await store.putMany(TASKS, {taskId: document})
+        return taskView(task)
+
+    async def _follow(
+        self,
+        request: IRequest,
+        agent: ServedAgent,
+        taskId: Any,
+        send: Callable[[dict[str, Any]], None],
+        starting: bool,
+    ) -> None:
+        """
+        Stream a task's events to C{send} until it ends: live when it runs
+        here, else by polling its stored snapshot.  A subscription
+        (C{starting} false) to a finished task is A2A's unsupported
+        operation.
+        """
+        task, running = await self._task(request, agent, taskId)
+        if not starting and task["status"]["state"] in TERMINAL:
+            raise a2aError(
+                "UNSUPPORTED_OPERATION",
+                f"task {shorten(repr(taskId))} is {task['status']['state']}: there is nothing"
+                " left to subscribe to; get it instead",
+            )
+        if running is not None:
+            ended: Deferred[None] = Deferred(lambda _: running.unsubscribe(listener))
+            listener = _Listener(send, lambda: ended.callback(None))
+            running.subscribe(listener)
+            await ended
+            return
+        send({"task": taskView(task)})
+        store = self._owned(principalOf(request))
+        state = task["status"]["state"]
+        sent = len(_answerText(task))
+        self.following[taskId] = self.following.get(taskId, 0) + 1
+        try:
+            await self._poll(store, task, state, sent, send)
+        finally:
+            self.following[taskId] -= 1
+            if not self.following[taskId]:
+                del self.following[taskId]
+
+    async def _poll(
+        self,
+        store: OwnedStore,
+        task: dict[str, Any],
+        state: str,
+        sent: int,
+        send: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """
+        Send a task's stored changes until it ends: the answer's new text,
+        a new state.
+        """
+        taskId = task["id"]
+        while state not in TERMINAL:
+            await deferLater(self.reactor, self.followInterval, lambda: None)
+            task = (await self._stored(store, taskId))["task"]
+            text = _answerText(task)
+            base = {"taskId": task["id"], "contextId": task["contextId"]}
+            if len(text) > sent:
+                send(
+                    {
+                        "artifactUpdate": {
+                            **base,
+                            "artifact": {
+                                "artifactId": ANSWER_ARTIFACT,
+                                "name": ANSWER_ARTIFACT,
+                                "parts": [{"text": text[sent:]}],
+                            },
+                            "append": sent > 0,
+                            "lastChunk": False,
+                        }
+                    }
+                )
+                sent = len(text)
+            if task["status"]["state"] != state or task["status"]["state"] in TERMINAL:
+                state = task["status"]["state"]
+                send({"statusUpdate": {**base, "status": task["status"]}})
+
+    # -- the JSON-RPC binding ---------------------------------------------
+
+    @app.route("/a2a/<agent>", methods=["POST"])
+    @observedRoute("a2a", "/a2a/{agent}")
+    async def jsonrpc(self, request: IRequest, agent: str) -> bytes | None:
+        """
+        A JSON-RPC 2.0 request: A2A's methods, its errors as JSON-RPC
+        errors (HTTP 200).
+        """
+        served = self._agent(request, agent)
+        requestId: Any = None
+        try:
+            data = await self._parseJSON(request)
+            if not isinstance(data, dict):
+                raise _rpcInvalid("the body must be one JSON-RPC request object")
+            requestId = data.get("id")
+            if data.get("jsonrpc") != "2.0" or not isinstance(data.get("method"), str):
+                raise _rpcInvalid("a JSON-RPC 2.0 request needs 'jsonrpc': '2.0' and a 'method'")
+            if requestId is not None and not isinstance(requestId, (str, int)):
+                requestId = None
+                raise _rpcInvalid("'id' must be a string or an integer")
+            method = data["method"]
+            params = data.get("params", {})
+            self._checkVersion(request)
+            if method in ("SendStreamingMessage", "SubscribeToTask"):
+                await self._rpcStream(request, served, requestId, method, params)
+                return None
+            result = await self._rpcCall(request, served, method, params)
+            return self._json(request, {"jsonrpc": "2.0", "id": requestId, "result": result})
+        except AgentError as error:
+            safe = safeError(error, self._redactor())
+            return self._json(request, rpcError(requestId, safe))
+
+    async def _rpcCall(
+        self, request: IRequest, agent: ServedAgent, method: str, params: Any
+    ) -> dict[str, Any]:
+        if method == "SendMessage":
+            taskRun, parsed = await self._send(request, agent, params)
+            task = taskRun.task if parsed.returnImmediately else await taskRun.whenEnded()
+            return {"task": taskView(task, parsed.historyLength)}
+        if method == "GetTask":
+            return await self._get(request, agent, params)
+        if method == "ListTasks":
+            return await self._list(request, agent, params)
+        if method == "CancelTask":
+            return await self._cancel(request, agent, params)
+        if method.endswith("PushNotificationConfig") or method.endswith("PushNotificationConfigs"):
+            raise a2aError(
+                "PUSH_NOTIFICATION_NOT_SUPPORTED", "push notifications are not supported here"
+            )
+        if method == "GetExtendedAgentCard":
+            raise a2aError("EXTENDED_AGENT_CARD_NOT_CONFIGURED", "this agent has no extended card")
+        raise AgentError(
+            f"no method {shorten(repr(method))}: A2A 1.0 methods are SendMessage,"
+            " SendStreamingMessage, GetTask, ListTasks, CancelTask and SubscribeToTask",
+            400,
+            ErrorKind.INVALID_REQUEST,
+            "method_not_found",
+        )
+
+    async def _rpcStream(
+        self, request: IRequest, agent: ServedAgent, requestId: Any, method: str, params: Any
+    ) -> None:
+        def frame(event: dict[str, Any]) -> bytes:
+            return (
+                b"data: "
+                + _dumpsAny({"jsonrpc": "2.0", "id": requestId, "result": event})
+                + b"\n\n"
+            )
+
+        await self._stream(request, agent, method == "SendStreamingMessage", params, frame)
+        return None
+
+    async def _stream(
+        self,
+        request: IRequest,
+        agent: ServedAgent,
+        sending: bool,
+        params: Any,
+        frame: Callable[[dict[str, Any]], bytes],
+    ) -> None:
+        """
+        Stream a new task (C{sending}) or a running one as SSE; the errors
+        found before the stream starts are answered as usual.
+        """
+        if sending:
+            taskRun, _ = await self._send(request, agent, params)
+            taskId: Any = taskRun.taskId
+        else:
+            if not isinstance(params, dict):
+                raise _invalidParams("the params must be a SubscribeToTaskRequest object")
+            taskId = params.get("id")
+            # Found (or refused) before the stream starts.
+            await self._task(request, agent, taskId)
+        stream = SSEStream(request)  # type: ignore[arg-type]
+        started = False
+
+        def send(event: dict[str, Any]) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                stream.start()
+            stream.send(frame(event))
+
+        def keepAlive() -> None:
+            if started:
+                stream.send(b": keep-alive\n\n")
+
+        # A comment line while the task is silent (a slow tool, a queue), so
+        # that proxies do not take the stream for dead.
+        pinger = LoopingCall(keepAlive)
+        pinger.clock = self.reactor
+        pinger.start(self.keepAliveInterval, now=False)
+        try:
+            await self._follow(request, agent, taskId, send, sending)
+        except AgentError as error:
+            if not started:
+                raise
+            # The stream is under way: it can only end (the task is still
+            # there to get).
+            self.log.warn(
+                "a2a stream of task {task} ended early: {error}", task=taskId, error=error.message
+            )
+        finally:
+            pinger.stop()
+            stream.end()
+
+    # -- the HTTP+JSON binding ------------------------------------------
+
+    async def _parseJSON(self, request: IRequest) -> Any:
+        """
+        The request's JSON body, with the other APIs' checks (depth, size,
+        no NaN; L{loadBody}); a large one is read and parsed in a thread
+        (the L{BodyGate}).
+        """
+        content = request.content
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        if size < OFF_REACTOR_THRESHOLD:
+            return loadBody(content.read())
+        return await self._bodyGate().parse(content, loadBody)
+
+    def _bodyGate(self) -> BodyGate:
+        if self.bodyGate is None:
+            self.bodyGate = BodyGate(self.reactor, self.reactor.getThreadPool())
+        return self.bodyGate
+
+    @app.route("/a2a/<agent>/message:send", methods=["POST"])
+    @observedRoute("a2a", "/a2a/{agent}/message:send")
+    async def restSend(self, request: IRequest, agent: str) -> bytes:
+        """
+        C{SendMessage} over HTTP+JSON.
+        """
+        served = self._agent(request, agent)
+        self._checkVersion(request)
+        result = await self._rpcCall(request, served, "SendMessage", await self._parseJSON(request))
+        return self._json(request, result)
+
+    @app.route("/a2a/<agent>/message:stream", methods=["POST"])
+    @observedRoute("a2a", "/a2a/{agent}/message:stream")
+    async def restStream(self, request: IRequest, agent: str) -> None:
+        """
+        C{SendStreamingMessage} over HTTP+JSON: SSE of bare StreamResponses.
+        """
+        served = self._agent(request, agent)
+        self._checkVersion(request)
+        await self._stream(request, served, True, await self._parseJSON(request), _restFrame)
+
+    @app.route("/a2a/<agent>/tasks", methods=["GET"])
+    @observedRoute("a2a", "/a2a/{agent}/tasks")
+    async def restList(self, request: IRequest, agent: str) -> bytes:
+        """
+        C{ListTasks} over HTTP+JSON (its fields as query parameters).
+        """
+        served = self._agent(request, agent)
+        self._checkVersion(request)
+        return self._json(request, await self._list(request, served, _query(request)))
+
+    @app.route("/a2a/<agent>/tasks/<taskId>", methods=["GET"])
+    @observedRoute("a2a", "/a2a/{agent}/tasks/{id}")
+    async def restTask(self, request: IRequest, agent: str, taskId: str) -> bytes | None:
+        """
+        C{GetTask}, C{CancelTask} (C{<id>:cancel}) and C{SubscribeToTask}
+        (C{<id>:subscribe}) over HTTP+JSON: werkzeug's rules cannot split
+        a segment at its colon, so the verb is read here.
+        """
+        served = self._agent(request, agent)
+        self._checkVersion(request)
+        taskId, _, verb = taskId.partition(":")
+        if verb == "subscribe":
+            await self._stream(request, served, False, {"id": taskId}, _restFrame)
+            return None
+        if verb:
+            raise unknownEndpoint(request)
+        return self._json(
+            request, await self._get(request, served, {**_query(request), "id": taskId})
+        )
+
+    @app.route("/a2a/<agent>/tasks/<taskId>", methods=["POST"])
+    @observedRoute("a2a", "/a2a/{agent}/tasks/{id}:verb")
+    async def restTaskVerb(self, request: IRequest, agent: str, taskId: str) -> bytes | None:
+        """
+        C{POST /tasks/<id>:cancel} and C{POST /tasks/<id>:subscribe}.
+        """
+        served = self._agent(request, agent)
+        self._checkVersion(request)
+        taskId, _, verb = taskId.partition(":")
+        if verb == "cancel":
+            return self._json(request, await self._cancel(request, served, {"id": taskId}))
+        if verb == "subscribe":
+            await self._stream(request, served, False, {"id": taskId}, _restFrame)
+            return None
+        if verb.endswith("pushNotificationConfigs") or "pushNotificationConfigs" in taskId:
+            raise a2aError(
+                "PUSH_NOTIFICATION_NOT_SUPPORTED", "push notifications are not supported here"
+            )
+        raise unknownEndpoint(request)
+
+    @app.route("/a2a/<agent>/tasks/<taskId>/pushNotificationConfigs", methods=["GET", "POST"])
+    @app.route(
+        "/a2a/<agent>/tasks/<taskId>/pushNotificationConfigs/<configId>",
+        methods=["GET", "DELETE"],
+    )
+    @observedRoute("a2a", "/a2a/{agent}/tasks/{id}/pushNotificationConfigs")
+    async def restPush(self, request: IRequest, agent: str, taskId: str, **_: str) -> bytes:
+        """
+        Push notification configuration: not supported (A2A's error).
+        """
+        self._agent(request, agent)
+        raise a2aError(
+            "PUSH_NOTIFICATION_NOT_SUPPORTED", "push notifications are not supported here"
+        )
+
+    @app.route("/a2a/<agent>/extendedAgentCard", methods=["GET"])
+    @observedRoute("a2a", "/a2a/{agent}/extendedAgentCard")
+    async def restExtendedCard(self, request: IRequest, agent: str) -> bytes:
+        """
+        No extended card (A2A's error).
+        """
+        self._agent(request, agent)
+        raise a2aError("EXTENDED_AGENT_CARD_NOT_CONFIGURED", "this agent has no extended card")
+
+    async def stopRunning(self) -> None:
+        """
+        Cancel every task running here; fires once they all ended and
+        their end was stored.
+        """
+        from twisted.internet.defer import gatherResults
+
+        runs = list(self._running.values())
+        ended = [run.whenEnded() for run in runs]
+        for run in runs:
+            run.cancel()
+        await gatherResults(ended)
+        await gatherResults([run.write(lambda: succeed(None)) for run in runs])
+
+
+def _rpcInvalid(message: str) -> AgentError:
+    return AgentError(message, 400, ErrorKind.INVALID_REQUEST, "invalid_jsonrpc")
+
+
+def _restFrame(event: dict[str, Any]) -> bytes:
+    return b"data: " + _dumpsAny(event) + b"\n\n"
+
+
+def _query(request: IRequest) -> dict[str, Any]:
+    return {
+        key.decode("utf-8", "replace"): values[-1].decode("utf-8", "replace")
+        for key, values in request.args.items()
+        if values
+    }
+
+
+__all__ = [
+    "A2AErrors",
+    "A2AHeadend",
+    "A2A_ERRORS",
+    "PROTOCOL_VERSION",
+    "SendParams",
+    "a2aError",
+    "parseSendParams",
+    "rpcError",
+    "taskView",
+]

@@ -1,0 +1,282 @@
+"""
+The request parsers and the published C{/openapi.json} agree: one corpus
+of bodies (valid and invalid, every API), each sent through the parser and
+through a JSON Schema (Draft 2020-12) validator reading the document the
+real server serves; they must agree on accepting or refusing every body.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import jsonschema
+import treq
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from ai_agent.errors import AgentError
+from ai_agent.headends._request import parseChatRequest
+from ai_agent.headends.anthropic import parseCountTokensRequest, parseMessagesRequest
+from ai_agent.headends.responses import parseResponsesRequest
+from tests._harness import startServer
+from tests.mcp_servers import httpClient
+
+_USER = {"role": "user", "content": "hi"}
+_FN = {"type": "function", "function": {"name": "f"}}
+
+#: Chat Completions bodies: (body, accepted).
+CHAT: list[tuple[Any, bool]] = [
+    ({"model": "a", "messages": [_USER]}, True),
+    ({"model": "a", "messages": [_USER], "stream": True}, True),
+    ({"model": "a", "messages": [_USER], "stream": True, "stream_options": None}, True),
+    ({"model": "a", "messages": [_USER], "stream_options": {"include_usage": True}}, True),
+    ({"model": "a", "messages": [{"role": "system", "content": "s"}, _USER]}, True),
+    ({"model": "a", "messages": [{"role": "developer", "content": "s"}, _USER]}, True),
+    (
+        {"model": "a", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]},
+        True,
+    ),
+    (
+        {
+            "model": "a",
+            "messages": [
+                _USER,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{}"}}],
+                },
+                {"role": "tool", "tool_call_id": "1", "content": "ok"},
+            ],
+        },
+        True,
+    ),
+    ({"model": "a", "messages": [_USER], "temperature": 2, "top_p": 0}, True),
+    ({"model": "a", "messages": [_USER], "max_tokens": 1, "seed": -3, "user": "u"}, True),
+    ({"model": "a", "messages": [_USER], "stop": ["a", "b"]}, True),
+    ({"model": "a", "messages": [_USER], "stop": "a"}, True),
+    ({"model": "a", "messages": [_USER], "n": 1}, True),
+    ({"model": "a", "messages": [_USER], "tools": [_FN], "tool_choice": "auto"}, True),
+    ({"model": "a", "messages": [_USER], "tools": [_FN], "tool_choice": "none"}, True),
+    (
+        {
+            "model": "a",
+            "messages": [_USER],
+            "tools": [_FN],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+        },
+        True,
+    ),
+    ({"model": "a", "messages": [_USER], "parallel_tool_calls": False}, True),
+    ({"model": "a", "messages": [_USER], "anything": {"else": [1]}}, True),
+    ({"messages": [_USER]}, False),
+    ({"model": "", "messages": [_USER]}, False),
+    ({"model": 3, "messages": [_USER]}, False),
+    ({"model": "a"}, False),
+    ({"model": "a", "messages": []}, False),
+    ({"model": "a", "messages": [{"role": "robot", "content": "x"}]}, False),
+    ({"model": "a", "messages": [{"role": "user"}]}, False),
+    ({"model": "a", "messages": [{"role": "user", "content": None}]}, False),
+    ({"model": "a", "messages": [{"role": "tool", "content": "x"}]}, False),
+    ({"model": "a", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, False),
+    ({"model": "a", "messages": [_USER], "n": 2}, False),
+    ({"model": "a", "messages": [_USER], "temperature": 3}, False),
+    ({"model": "a", "messages": [_USER], "top_p": "1"}, False),
+    ({"model": "a", "messages": [_USER], "max_completion_tokens": 0}, False),
+    ({"model": "a", "messages": [_USER], "stop": ["a"] * 5}, False),
+    ({"model": "a", "messages": [_USER], "stream": "yes"}, False),
+    ({"model": "a", "messages": [_USER], "tools": [1]}, False),
+    ({"model": "a", "messages": [_USER], "tools": [{"type": "function"}]}, False),
+    ({"model": "a", "messages": [_USER], "tools": [{"function": {"name": "a b"}}]}, False),
+    ({"model": "a", "messages": [_USER], "tool_choice": "always"}, False),
+    ({"model": "a", "messages": [_USER], "parallel_tool_calls": "yes"}, False),
+    ([1], False),
+]
+
+#: Responses bodies: (body, accepted).
+RESPONSES: list[tuple[Any, bool]] = [
+    ({"model": "a", "input": "hi"}, True),
+    # The shape OpenAI accepts without a type (it was refused by the schema).
+    ({"model": "a", "input": [{"role": "user", "content": "x"}]}, True),
+    ({"model": "a", "input": [{"type": "message", "role": "user", "content": "x"}]}, True),
+    (
+        {
+            "model": "a",
+            "input": [
+                {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "x"}],
+                }
+            ],
+        },
+        True,
+    ),
+    ({"model": "a", "input": [{"role": "developer", "content": "x"}, _USER]}, True),
+    ({"model": "a", "input": "hi", "instructions": "be brief"}, True),
+    ({"model": "a", "input": "hi", "instructions": None}, True),
+    ({"model": "a", "input": "hi", "stream": True}, True),
+    ({"model": "a", "input": "hi", "store": False}, True),
+    ({"model": "a", "input": "hi", "background": False}, True),
+    ({"model": "a", "input": "hi", "temperature": 2, "top_p": 1}, True),
+    ({"model": "a", "input": "hi", "max_output_tokens": 1}, True),
+    ({"model": "a", "input": "hi", "metadata": {"k": "v"}}, True),
+    ({"model": "a", "input": "hi", "user": "u"}, True),
+    ({"model": "a", "input": "hi", "tools": [{"type": "function", "name": "f"}]}, True),
+    ({"model": "a", "input": "hi", "tools": [{"type": "web_search"}]}, True),
+    ({"model": "a", "input": "hi", "parallel_tool_calls": True}, True),
+    ({"model": "a", "input": "hi", "conversation": None}, True),
+    ({"model": "a", "input": "hi", "reasoning": {"effort": "low"}, "truncation": "auto"}, True),
+    ({"input": "hi"}, False),
+    ({"model": "", "input": "hi"}, False),
+    ({"model": 1, "input": "hi"}, False),
+    ({"model": "a"}, False),
+    ({"model": "a", "input": 3}, False),
+    ({"model": "a", "input": "hi", "background": True}, False),
+    # Conversation objects are refused (the schema accepted them).
+    ({"model": "a", "input": "hi", "conversation": "c"}, False),
+    ({"model": "a", "input": "hi", "conversation": {"id": "c"}}, False),
+    ({"model": "a", "input": "hi", "temperature": 2.5}, False),
+    ({"model": "a", "input": "hi", "top_p": 1.5}, False),
+    ({"model": "a", "input": "hi", "max_output_tokens": 0}, False),
+    ({"model": "a", "input": "hi", "stream": "yes"}, False),
+    ({"model": "a", "input": "hi", "store": "no"}, False),
+    ({"model": "a", "input": "hi", "instructions": 3}, False),
+    ({"model": "a", "input": "hi", "previous_response_id": 3}, False),
+    ({"model": "a", "input": "hi", "tools": {}}, False),
+    ({"model": "a", "input": "hi", "tools": [{"type": "function"}]}, False),
+    ({"model": "a", "input": "hi", "tools": [{"type": "function", "name": "a b"}]}, False),
+    ({"model": "a", "input": "hi", "metadata": {"k": 1}}, False),
+    ({"model": "a", "input": "hi", "user": 3}, False),
+    ({"model": "a", "input": [{"role": "robot", "content": "x"}]}, False),
+    ({"model": "a", "input": [3]}, False),
+    ("hi", False),
+]
+
+_M = {"model": "a", "max_tokens": 8, "messages": [_USER]}
+
+#: Messages bodies: (body, accepted).
+MESSAGES: list[tuple[Any, bool]] = [
+    (_M, True),
+    ({**_M, "stream": True}, True),
+    ({**_M, "system": "s"}, True),
+    ({**_M, "system": [{"type": "text", "text": "s"}]}, True),
+    ({**_M, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]}, True),
+    (
+        {
+            **_M,
+            "messages": [
+                _USER,
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+                },
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}],
+                },
+            ],
+        },
+        True,
+    ),
+    ({**_M, "temperature": 1, "top_p": 0.5, "top_k": 3}, True),
+    ({**_M, "stop_sequences": ["x"]}, True),
+    ({**_M, "tools": [{"name": "f", "input_schema": {"type": "object"}}]}, True),
+    (
+        {
+            **_M,
+            "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "tool", "name": "f"},
+        },
+        True,
+    ),
+    ({**_M, "tool_choice": {"type": "auto"}}, True),
+    ({**_M, "thinking": {"type": "enabled", "budget_tokens": 1024}}, True),
+    ({**_M, "thinking": {"type": "adaptive"}}, True),
+    ({**_M, "metadata": {"user_id": "u"}}, True),
+    ({**_M, "anything": {"else": 1}}, True),
+    ({"model": "a", "messages": [_USER]}, False),
+    ({"max_tokens": 8, "messages": [_USER]}, False),
+    ({**_M, "model": ""}, False),
+    ({**_M, "max_tokens": 0}, False),
+    ({**_M, "max_tokens": "8"}, False),
+    ({**_M, "messages": []}, False),
+    ({**_M, "messages": [{"role": "robot", "content": "x"}]}, False),
+    ({**_M, "messages": [{"role": "user"}]}, False),
+    ({**_M, "messages": [{"role": "user", "content": [{"type": "image"}]}]}, False),
+    ({**_M, "temperature": 1.5}, False),
+    ({**_M, "stream": "yes"}, False),
+    ({**_M, "tools": [{"name": "a b"}]}, False),
+    ({**_M, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}, False),
+    ({**_M, "tool_choice": {"type": "x"}}, False),
+    ({**_M, "stop_sequences": "x"}, False),
+    ({**_M, "system": 3}, False),
+    ({**_M, "top_k": "3"}, False),
+    ([_M], False),
+]
+
+#: count_tokens bodies: (body, accepted); it needs no max_tokens.
+COUNT_TOKENS: list[tuple[Any, bool]] = [
+    ({"model": "a", "messages": [_USER]}, True),
+    (_M, True),
+    ({"model": "a", "messages": [_USER], "system": "s"}, True),
+    ({"model": "a", "messages": []}, False),
+    ({"messages": [_USER]}, False),
+    ({"model": "a", "messages": [{"role": "user"}]}, False),
+]
+
+#: Each corpus with its schema component and parser.
+_CORPORA: dict[str, tuple[str, Callable[[bytes], Any], list[tuple[Any, bool]]]] = {
+    "chat": ("ChatCompletionRequest", parseChatRequest, CHAT),
+    "responses": ("ResponseRequest", parseResponsesRequest, RESPONSES),
+    "messages": ("MessagesRequest", parseMessagesRequest, MESSAGES),
+    "count_tokens": ("CountTokensRequest", parseCountTokensRequest, COUNT_TOKENS),
+}
+
+
+def _parses(parse: Callable[[bytes], Any], body: Any) -> bool:
+    try:
+        parse(json.dumps(body).encode())
+    except AgentError:
+        return False
+    return True
+
+
+class AgreementTests(TestCase):
+    """
+    The parsers and the served document, on one corpus.
+    """
+
+    async def test_agreeOnEveryBody(self) -> None:
+        """
+        For every body of every API, the parser and a Draft 2020-12
+        validator of the served C{/openapi.json} both accept it or both
+        refuse it, and that is what the corpus says (so that neither can
+        drift alone: Responses' C{input} items without a C{type} are
+        accepted, C{conversation: "c"} is refused).
+        """
+        server = await startServer(self)
+        response = (
+            await httpClient(self)
+            .get(server.baseUrl[: -len("/v1")] + "/openapi.json")
+            .addTimeout(10, reactor)
+        )
+        self.assertEqual(response.code, 200)
+        document = json.loads(await treq.content(response))
+        disagreements = []
+        for api, (component, parse, corpus) in _CORPORA.items():
+            if api != "count_tokens":
+                self.assertGreaterEqual(len(corpus), 30, api)
+            validator = jsonschema.Draft202012Validator(
+                {
+                    "$ref": f"#/components/schemas/{component}",
+                    "components": document["components"],
+                }
+            )
+            for body, accepted in corpus:
+                got = (validator.is_valid(body), _parses(parse, body))
+                if got != (accepted, accepted):
+                    disagreements.append((api, body, "schema, parser:", got))
+        self.maxDiff = None
+        self.assertEqual(disagreements, [])
