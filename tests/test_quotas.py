@@ -506,6 +506,59 @@ class LiveTests(TestCase):
             )
             self.assertEqual(remaining, list(range(7)), api)
 
+    async def test_requestsPerMinuteMCP(self) -> None:
+        """
+        On MCP, 50 concurrent C{tools/call}s in one session against 7
+        requests per minute: exactly 7 runs reach the upstream; the other
+        43 are tool errors naming the limit (MCP's way to fail a call),
+        and the admitted answer.
+        """
+        server = await _limitedServer(
+            self, {"default": {"requestsPerMinute": 7}}, concurrency=8, maxQueue=64
+        )
+        http = _http(self)
+        url = _base(server) + "/mcp"
+        sent = {b"content-type": [b"application/json"], b"accept": [b"application/json"]}
+
+        async def rpc(body: dict[str, Any], session: bytes | None = None) -> tuple[Any, Any]:
+            headers = dict(sent)
+            if session is not None:
+                headers[b"mcp-session-id"] = [session]
+            response = await http.post(url, json.dumps(body).encode(), headers=headers)
+            return response.headers, json.loads(await response.content())
+
+        headers, _ = await rpc(
+            {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {}},
+            }
+        )
+        session = headers.getRawHeaders(b"mcp-session-id")[0]
+        answers = await gatherResults(
+            [
+                Deferred.fromCoroutine(
+                    rpc(
+                        {
+                            "jsonrpc": "2.0",
+                            "id": n + 1,
+                            "method": "tools/call",
+                            "params": {"name": "plain", "arguments": {"prompt": "hi"}},
+                        },
+                        session,
+                    )
+                )
+                for n in range(CLIENTS)
+            ]
+        )
+        results = [answer["result"] for _, answer in answers]
+        failed = [r for r in results if r.get("isError")]
+        self.assertEqual(len(failed), CLIENTS - 7)
+        self.assertEqual(len(server.upstream.requests), 7)
+        for result in failed:
+            self.assertIn("7 requests per minute", result["content"][0]["text"])
+
     async def test_concurrentRunsEveryAPI(self) -> None:
         """
         50 concurrent requests against 3 concurrent runs per key, the
