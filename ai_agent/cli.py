@@ -38,7 +38,7 @@ from ai_agent.observe import MULTIPROC_DIR, jsonFileLogObserver
 from ai_agent.providers import ChatMessage
 from ai_agent.request import RunRequest
 from ai_agent.startup import WORKER_VARIABLE, StartupError, embeddedModels, textObserver
-from ai_agent.tap import ServerOptions, makeService, speedLayerFor
+from ai_agent.tap import ServerOptions, makeQuotas, makeService, speedLayerFor
 from ai_agent.workers import ADOPTABLE, parseInherited, startWorkers, watchParent
 
 #: The values of C{--log-format}.
@@ -381,6 +381,9 @@ def runMcpStdio(reactor: Any, options: Options) -> Any:
             options["openai-completions-concurrency"],
             options["openai-completions-queue"],
             options["openai-completions-queue-timeout"],
+            # The configured limits (no keys: the defaults, and the
+            # agents'), counted in this process.
+            quotas=makeQuotas(reactor, runtime),
         )
         core = McpCore(
             runtime.registry,

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from ai_agent.advice import didYouMean
 from ai_agent.agentfile import parseCacheTTL
 from ai_agent.errors import ConfigurationError
+from ai_agent.quotaconfig import Limits, LimitsConfig
 
 log = Logger()
 
@@ -216,6 +217,7 @@ class Config:
     restTools: Mapping[str, RestToolConfig] = attrs.field(factory=dict)
     openapiSpecs: Mapping[str, OpenApiSpecConfig] = attrs.field(factory=dict)
     restSecrets: tuple[str, ...] = attrs.field(default=(), repr=False)
+    limits: LimitsConfig = attrs.field(factory=LimitsConfig)
 
 
 @attrs.frozen
@@ -228,11 +230,13 @@ class ClientKey:
     @ivar digest: the SHA-256 of the key (from C{key}, or C{keyHash}
         written as C{sha256:<hex>}); the key itself is not kept.
     @ivar agents: the model ids the key may use, or L{None} for all.
+    @ivar limits: the key's own limits (C{"limits"}), over the defaults.
     """
 
     name: str
     digest: bytes = attrs.field(repr=False)
     agents: tuple[str, ...] | None = None
+    limits: Limits = Limits()
 
 
 PROVIDER_TYPES = ("anthropic", "local", "ollama", "openai")
@@ -274,8 +278,10 @@ _PROVIDER_KEYS = (
 _LOCAL_KEYS = ("contextSize", "models", "parallel", "threads")
 _MCP_KEYS = ("args", "cache", "command", "env", "headers", "toolsCache", "type", "url")
 _PRICING_KEYS = ("completion", "prompt")
-#: What a named client key's entry takes (a later issue adds its limits).
-_CLIENT_KEY_KEYS = ("agents", "key", "keyHash")
+#: What a named client key's entry takes.
+_CLIENT_KEY_KEYS = ("agents", "key", "keyHash", "limits")
+#: What the top-level C{"limits"} takes.
+_LIMITS_KEYS = ("agents", "default")
 _SECTIONS = (
     "providers",
     "mcpServers",
@@ -284,6 +290,7 @@ _SECTIONS = (
     "sealingKeys",
     "restTools",
     "openapiSpecs",
+    "limits",
 )
 
 #: A named key's name: what the run store and logs know the tenant by.
@@ -625,6 +632,40 @@ def _checkClientKeys(path: str, section: object) -> None:
             not isinstance(agents, list) or not all(isinstance(a, str) for a in agents)
         ):
             raise _wrongType(path, _keyPath(keyPath, "agents"), "an array of model ids", agents)
+        if "limits" in entry:
+            _parseLimits(path, _keyPath(keyPath, "limits"), entry["limits"])
+
+
+def _parseLimits(path: str, keyPath: str, value: object) -> Limits:
+    try:
+        return Limits.parse(value)
+    except ValueError as error:
+        raise ConfigurationError(f"{path}: {keyPath}: {error}") from None
+
+
+def _checkLimitsSection(path: str, section: object) -> None:
+    section = _checkObject(path, "limits", section)
+    _checkKeys(path, "limits", section, _LIMITS_KEYS)
+    if "default" in section:
+        _parseLimits(path, "limits.default", section["default"])
+    for agent, entry in _checkObject(path, "limits.agents", section.get("agents", {})).items():
+        _parseLimits(path, _keyPath("limits", "agents", agent), entry)
+
+
+def _limitsConfig(section: object, keys: Mapping[str, ClientKey]) -> LimitsConfig:
+    """
+    The limits of the merged configuration (each layer was checked).
+    """
+    section = section if isinstance(section, dict) else {}
+    default = section.get("default")
+    return LimitsConfig(
+        default=Limits() if default is None else _parseLimits("", "limits.default", default),
+        agents={
+            str(agent): _parseLimits("", _keyPath("limits", "agents", agent), entry)
+            for agent, entry in (section.get("agents") or {}).items()
+        },
+        keys={name: key.limits for name, key in keys.items() if not key.limits.empty},
+    )
 
 
 def _checkSealingKeys(path: str, section: object) -> None:
@@ -648,6 +689,7 @@ def _checkLayer(path: str, data: object) -> dict[str, Any]:
         "sealingKeys": _checkSealingKeys,
         "restTools": _checkRestTools,
         "openapiSpecs": _checkOpenApiSpecs,
+        "limits": _checkLimitsSection,
     }
     for section, check in checks.items():
         if section in data:
@@ -922,8 +964,12 @@ def _clientKey(name: str, entry: Mapping[str, Any], source: str) -> ClientKey:
             )
         digest = bytes.fromhex(match.group(1))
     agents = entry.get("agents")
+    limits = entry.get("limits")
     return ClientKey(
-        name, digest, None if agents is None else tuple(_text(a) or "" for a in agents)
+        name,
+        digest,
+        None if agents is None else tuple(_text(a) or "" for a in agents),
+        Limits() if limits is None else _parseLimits(source, _keyPath(keyPath, "limits"), limits),
     )
 
 
@@ -1022,13 +1068,15 @@ def loadConfig(
     }
     extra = {key: _asWritten(value) for key, value in merged.items() if key not in _SECTIONS}
     restTools, openapiSpecs = _restSections(merged, layers, mcpServers)
+    keys = _clientKeys(layers, merged.get("keys"))
     return Config(
         providers=providers,
         mcpServers=mcpServers,
         pricing=pricing,
         sources=tuple(layer.path for layer in layers),
         extra=extra,
-        keys=_clientKeys(layers, merged.get("keys")),
+        keys=keys,
+        limits=_limitsConfig(merged.get("limits"), keys),
         sealingKeys=_sealingKeys(merged.get("sealingKeys")),
         restTools=restTools,
         openapiSpecs=openapiSpecs,

@@ -3,22 +3,91 @@
 The concurrency pool: at most C{concurrency} agent runs at once, a bounded
 queue behind them and a bounded wait in it.  Past either bound a request is
 refused with 503 and C{Retry-After}, before anything was sent to it.
+
+The queue is fair between client keys: a freed slot goes to the keys with
+someone waiting in turn (round robin), so one key queueing many requests
+does not make the others wait behind all of them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections import deque
+from typing import TYPE_CHECKING, Callable
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ai_agent.errors import AgentError, overloaded
 from ai_agent.observe import NULL_OBSERVER, Observer
+
+if TYPE_CHECKING:
+    from ai_agent.quotas import Quotas
+
+
+@attrs.define(eq=False)
+class _FairQueue:
+    """
+    C{tokens} slots, and a queue per owner (client key) of those waiting
+    for one; a freed slot goes to the owners in turn.
+    """
+
+    tokens: int
+    _queues: dict[str, deque[Deferred[None]]] = attrs.field(factory=dict)
+
+    @property
+    def waiting(self) -> int:
+        """
+        How many wait.
+        """
+        return sum(len(queue) for queue in self._queues.values())
+
+    def acquire(self, owner: str) -> Deferred[None]:
+        """
+        A slot, at once when one is free, else in C{owner}'s turn.
+        Cancelling the wait leaves the queue.
+        """
+        if self.tokens > 0:
+            self.tokens -= 1
+            return succeed(None)
+
+        def forget(waiter: Deferred[None]) -> None:
+            queue = self._queues.get(owner)
+            if queue is not None and waiter in queue:
+                queue.remove(waiter)
+                if not queue:
+                    del self._queues[owner]
+
+        waiter: Deferred[None] = Deferred(canceller=forget)
+        self._queues.setdefault(owner, deque()).append(waiter)
+        return waiter
+
+    def release(self) -> None:
+        """
+        A slot is free: to the first waiter of the owner whose turn it is
+        (that owner then goes to the back of the turn), else kept.
+        """
+        if not self._queues:
+            self.tokens += 1
+            return
+        owner = next(iter(self._queues))
+        queue = self._queues.pop(owner)
+        waiter = queue.popleft()
+        if queue:
+            self._queues[owner] = queue
+        waiter.callback(None)
+
+    def takeAll(self) -> list[Deferred[None]]:
+        """
+        Empty the queue: every waiter, oldest owner first.
+        """
+        found = [waiter for queue in self._queues.values() for waiter in queue]
+        self._queues.clear()
+        return found
 
 
 @attrs.define(eq=False)
@@ -66,7 +135,10 @@ class RunPool(Service):
     maxQueue: int = 16
     queueTimeout: float = 30.0
     observer: Observer = NULL_OBSERVER
-    _semaphore: DeferredSemaphore = attrs.field(init=False)
+    #: The limits per key and agent runs are admitted by before they wait
+    #: for a slot (see L{ai_agent.headends._quota.admitted}), if any.
+    quotas: Quotas | None = None
+    _semaphore: _FairQueue = attrs.field(init=False)
     _stopping: bool = attrs.field(init=False, default=False)
     _active: set[Slot] = attrs.field(init=False, factory=set)
     _idle: list[Deferred[None]] = attrs.field(init=False, factory=list)
@@ -76,7 +148,7 @@ class RunPool(Service):
             raise ValueError("concurrency must be at least 1")
         if self.maxQueue < 0:
             raise ValueError("maxQueue must not be negative")
-        self._semaphore = DeferredSemaphore(self.concurrency)
+        self._semaphore = _FairQueue(self.concurrency)
 
     @property
     def activeRuns(self) -> int:
@@ -90,14 +162,15 @@ class RunPool(Service):
         """
         Requests waiting for a slot now.
         """
-        return len(self._semaphore.waiting)
+        return self._semaphore.waiting
 
     def _retryAfter(self) -> float:
         return float(max(1, min(30, math.ceil(self.queueTimeout / 4))))
 
-    def acquire(self) -> Deferred[Slot]:
+    def acquire(self, owner: str = "") -> Deferred[Slot]:
         """
-        Wait for a slot.
+        Wait for a slot, in C{owner}'s turn (the client key's name: see
+        L{_FairQueue}).
 
         @return: a Deferred firing with a L{Slot}, or failing with an
             overloaded L{AgentError} when the queue is full, the wait
@@ -122,7 +195,7 @@ class RunPool(Service):
                     self._retryAfter(),
                 )
             )
-        waiter = self._semaphore.acquire()
+        waiter = self._semaphore.acquire(owner)
         if waiter.called:
             observer.slotAcquired(0.0)
             return waiter.addCallback(lambda _: self._newSlot())
@@ -192,8 +265,7 @@ class RunPool(Service):
         """
         self._stopping = True
         shutdown = overloaded("the server is shutting down", self._retryAfter())
-        for waiter in list(self._semaphore.waiting):
-            self._semaphore.waiting.remove(waiter)
+        for waiter in self._semaphore.takeAll():
             waiter.errback(shutdown)
         if not self._active:
             return succeed(None)

@@ -43,12 +43,14 @@ from ai_agent.observe import (
 )
 from ai_agent.pool import RunPool
 from ai_agent.principals import unknownAgents
+from ai_agent.quotas import Counters, MemoryCounters, Quotas
 from ai_agent.reload import Reloader, onHangup
 from ai_agent.runtime import Runtime, buildRuntime
 from ai_agent.speed import SpeedLayer, StockTwisted, speedLayer, stockRequested
 from ai_agent.startup import address, bannerLines, listenError
 from ai_agent.stopsignals import StopSignals
 from ai_agent.store import StoreService, checkLocation, makeStore, parseDuration
+from ai_agent.store._sql import SQLStore
 from ai_agent.workers import AdoptedPortService
 
 log = Logger()
@@ -722,6 +724,24 @@ class StartupExitError(SystemExit, Exception):
     """
 
 
+def makeQuotas(reactor: Any, runtime: Runtime, observer: Observer = NULL_OBSERVER) -> Quotas:
+    """
+    The limits per key and agent of C{runtime}'s configuration (read at
+    each request, so a reload changes them), counted in its run store's
+    database when it is a SQL one (every process on it shares the counts),
+    else in this process.
+    """
+    store = runtime.store
+    counters: Counters = store if isinstance(store, SQLStore) else MemoryCounters(reactor)
+    return Quotas(
+        reactor,
+        counters,
+        lambda: runtime.config.limits,
+        lambda: runtime.config.pricing,
+        observer=observer,
+    )
+
+
 def makeService(
     options: ServerOptions,
     reactor: Any = None,
@@ -797,6 +817,7 @@ def makeService(
             metricsListener._raiseSynchronously = True
             metricsListener.setServiceParent(top)
             log.info("serving /metrics on {endpoint}", endpoint=metricsEndpoint)
+    quotas = makeQuotas(reactor, runtime, observer)
     for index, endpoint in enumerate(endpoints):
         pool = RunPool(
             reactor,
@@ -804,6 +825,7 @@ def makeService(
             options["openai-completions-queue"],
             options["openai-completions-queue-timeout"],
             observer=observer,
+            quotas=quotas,
         )
         headend = OpenAIHeadend(
             runtime.registry,

@@ -55,6 +55,7 @@ from ai_agent.store import (
 )
 from ai_agent.store._base import urlSecrets
 from ai_agent.store._reasons import neutralReason
+from ai_agent.store._sql import MIGRATIONS
 from ai_agent.tap import ServerOptions
 from tests._harness import writeAgent
 
@@ -704,7 +705,9 @@ class SQLiteStoreTests(SQLStoreBehaviourMixin, TestCase):
         self.addCleanup(connection.close)
         self.assertEqual(connection.execute("PRAGMA journal_mode").fetchone()[0], "wal")
         rows = connection.execute("SELECT version FROM ai_agent_store_schema").fetchall()
-        self.assertEqual(rows, [(SCHEMA_VERSION,)])
+        # Each migration applied is recorded, the last one the current version.
+        self.assertEqual(rows, [(version,) for version, _ in MIGRATIONS])
+        self.assertEqual(rows[-1], (SCHEMA_VERSION,))
 
     async def test_secureDelete(self) -> None:
         """
@@ -881,7 +884,7 @@ class PostgresStoreTests(PostgresTestMixin, SQLStoreBehaviourMixin, TestCase):
             with psycopg.connect(POSTGRES_URL) as connection:
                 return connection.execute("SELECT version FROM ai_agent_store_schema").fetchall()
 
-        self.assertEqual(await deferToThread(versions), [(SCHEMA_VERSION,)])
+        self.assertEqual(await deferToThread(versions), [(version,) for version, _ in MIGRATIONS])
         await stores[3].put(TURNS, "a", 1)
         self.assertEqual((await stores[0].get(TURNS, "a")).document, 1)  # type: ignore[union-attr]
 

@@ -51,6 +51,7 @@ from ai_agent.headends._answers import (
 )
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
+from ai_agent.headends._quota import admitted
 from ai_agent.headends._request import OFF_REACTOR_THRESHOLD
 from ai_agent.headends._stream import RunEncoder, RunResponse
 from ai_agent.observe import Observer, requestScope
@@ -292,7 +293,10 @@ async def runOn(
     encoder = api.encoder(exchange)
     headers = api.headers(exchange)
     beforeFinish = None if api.beforeFinish is None else api.beforeFinish(exchange, encoder)
-    slot = await host.pool.acquire()
+    # The key's and agent's limits, then a slot in the key's turn.
+    admission, slot = await admitted(
+        request, host.pool, principal, agent.id, anthropic=api.name == "anthropic"
+    )
     try:
         response = RunResponse(
             request,
@@ -313,7 +317,7 @@ async def runOn(
         start = runner.run if labels.task is None else runner.runDirect
 
         def begin(events: EventSink) -> Deferred[Finished]:
-            return start(agent.spec, run, events)
+            return start(agent.spec, run, admission.meter(events))
 
         if api.stream(parsed):
             await response.stream(begin)
@@ -321,6 +325,7 @@ async def runOn(
         return await response.complete(begin)
     finally:
         slot.release()
+        admission.release()
 
 
 async def observed(

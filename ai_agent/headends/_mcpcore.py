@@ -33,6 +33,7 @@ from ai_agent.events import (
     ModelAnswering,
     progressText,
 )
+from ai_agent.headends._quota import admitted
 from ai_agent.limits import MAX_RUN_ANSWER, AnswerCap
 from ai_agent.pool import RunPool
 from ai_agent.principals import Principal, visibleAgents
@@ -438,7 +439,8 @@ class McpCore:
         if isinstance(token, (str, int)) and not isinstance(token, bool):
             progress = _CallProgress(token, send, self.reactor, self.heartbeat)
         try:
-            slot = await self.pool.acquire()
+            # The key's and agent's limits, then a slot in the key's turn.
+            admission, slot = await admitted(None, self.pool, principal, agent.id)
         except AgentError as error:
             return toolError(self._reason(error), retryAfter=error.retryAfter)
         answer: list[str] = []
@@ -459,13 +461,14 @@ class McpCore:
         # The same bound on a run's answer (text, reasoning, progress) as
         # RunResponse sets for the HTTP APIs.
         sink = AnswerCap(redacting, self.maxAnswer)
+        metered = admission.meter(sink)
         labels = RunLabels(requestId=requestId, stream=progress is not None)
         run = RunRequest((ChatMessage("user", prompt),), labels=labels, owner=principal.name)
         stopped: list[AgentError] = []
         try:
             if progress is not None:
                 progress.start()
-            started = self.runner.run(agent.spec, run, sink)
+            started = self.runner.run(agent.spec, run, metered)
 
             def abort(error: AgentError) -> None:
                 # The pool stops the run at shutdown.
@@ -491,6 +494,7 @@ class McpCore:
         finally:
             slot.onAbort = None
             slot.release()
+            admission.release()
             if progress is not None:
                 progress.stop()
         if stopped:

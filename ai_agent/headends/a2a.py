@@ -52,6 +52,7 @@ from ai_agent.headends._answers import configuredRedactor, unknownEndpoint, wron
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumpsAny as _dumpsAny
+from ai_agent.headends._quota import admitted
 from ai_agent.headends._request import OFF_REACTOR_THRESHOLD, loadBody
 from ai_agent.headends._sse import SSEStream
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
@@ -608,14 +609,21 @@ class _TaskRun:
             lambda f: log.failure("a2a task ticker failed", f)
         )
         slot = None
+        admission = None
         try:
-            self._working = headend.pool.acquire()
-            slot = await self._working
+            # The key's and agent's limits (a refusal fails the task with
+            # its reason), then a slot in the key's turn.
+            self._working = Deferred.fromCoroutine(
+                admitted(None, headend.pool, self.store.principal, self.agent.id)
+            )
+            admission, slot = await self._working
             slot.onAbort = self._abort
             if self.cancelRequested:
                 raise CancelledError()
             self._status(WORKING)
-            self._working = headend.runner.run(self.agent.spec, self.run, self.event)
+            self._working = headend.runner.run(
+                self.agent.spec, self.run, admission.meter(self.event)
+            )
             finished = await self._working
             assert isinstance(finished, Finished)
             await self._end(COMPLETED)
@@ -633,6 +641,8 @@ class _TaskRun:
         finally:
             if slot is not None:
                 slot.release()
+            if admission is not None:
+                admission.release()
 
     async def _tick(self) -> None:
         if self.ended:

@@ -68,6 +68,7 @@ from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumps as _dumps
 from ai_agent.headends._json import dumpsAny as _dumpsAny
 from ai_agent.headends._json import dumpsPlain as _dumpsPlain
+from ai_agent.headends._quota import admitted
 from ai_agent.headends._request import (
     MAX_MESSAGES,
     MAX_OUTPUT_TOKENS,
@@ -1079,7 +1080,11 @@ class AnthropicHeadend(Headend):
         parsed = await parseBody(self.countApi, self, request)
         agent = resolveAgent(self.countApi, self, principalOf(request), parsed.model)
         requestScope(request).setAgent(agent.id)
-        slot = await self.pool.acquire()
+        # Counted as a request (requests per minute, concurrent runs); it
+        # spends no tokens.
+        admission, slot = await admitted(
+            request, self.pool, principalOf(request), agent.id, anthropic=True
+        )
         try:
             specs: list[ToolSpec] = []
             instructions: list[str] = []
@@ -1092,6 +1097,7 @@ class AnthropicHeadend(Headend):
             counted = await self._providerCount(agent.spec, parsed, specs, instructions)
         finally:
             slot.release()
+            admission.release()
         if counted is None:
             counted = estimateTokens(agent.spec.prompt, parsed, specs)
         request.setHeader(b"content-type", _JSON)

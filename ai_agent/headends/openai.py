@@ -447,6 +447,21 @@ class OpenAIHeadend(Headend):
         served = visibleAgents(self.registry, principalOf(request))
         return _dumps(self._models(request).listing(served))
 
+    @app.route("/v1/limits", methods=["GET"])
+    async def limits(self, request: IRequest) -> bytes:
+        """
+        The requesting key's own limits and usage (read-only; another
+        key's are never shown).  See docs/security.md ("Limits").
+        """
+        principal = principalOf(request)
+        quotas = self.pool.quotas
+        if quotas is None:
+            raise notFound("this server enforces no limits", "limits_not_enabled")
+        answer = await quotas.usage(principal)
+        request.setHeader(b"content-type", _JSON)
+        request.setHeader(b"cache-control", b"no-store")
+        return _dumps(answer)
+
     @app.route("/v1/models/<path:modelId>", methods=["GET"])
     def model(self, request: IRequest, modelId: str) -> bytes:
         """

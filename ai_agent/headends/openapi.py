@@ -651,6 +651,32 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/limits": {
+            "get": {
+                "operationId": "getLimits",
+                "summary": "The requesting key's own limits and usage (never another key's).",
+                "security": _KEYED,
+                "responses": {
+                    "200": _jsonResponse(
+                        "The key's limits (null: none) and what it used of each: requests"
+                        " this minute, runs now, tokens and cost (USD) today (UTC); resets"
+                        " as Unix times.",
+                        {
+                            "type": "object",
+                            "required": ["object", "key", "limits", "usage", "resets"],
+                            "properties": {
+                                "object": {"const": "limits"},
+                                "key": {"type": ["string", "null"]},
+                                "limits": {"type": "object"},
+                                "usage": {"type": "object"},
+                                "resets": {"type": "object"},
+                            },
+                        },
+                    ),
+                    **_errors("Unauthorized", "NotFound", "RequestTimeout", "Unavailable"),
+                },
+            }
+        },
         "/v1/models/{model}": {
             "get": {
                 "operationId": "retrieveModel",

@@ -257,6 +257,18 @@ class Observer:
         A request was refused a run slot (503).
         """
 
+    def limitRefused(self, key: str, agent: str, limit: str) -> None:
+        """
+        A request of the key named C{key} for C{agent} was refused, or its
+        run ended, by C{limit} (see L{ai_agent.quotas}).
+        """
+
+    def limitCharged(self, key: str, agent: str, tokens: float, cost: float) -> None:
+        """
+        A run of the key named C{key} on C{agent} spent C{tokens} costing
+        C{cost} USD.
+        """
+
     def clock(self) -> float:
         """
         Seconds, for measuring waits.
@@ -336,6 +348,18 @@ class Observability(Observer):
     def rejected(self) -> None:
         if self._metrics is not None:
             self._metrics.queueRejections.inc()
+
+    def limitRefused(self, key: str, agent: str, limit: str) -> None:
+        if self._metrics is not None:
+            self._metrics.limitRefusals.labels(key or "-", agent, limit).inc()
+
+    def limitCharged(self, key: str, agent: str, tokens: float, cost: float) -> None:
+        metrics = self._metrics
+        if metrics is not None:
+            if tokens:
+                metrics.keyTokens.labels(key or "-", agent).inc(tokens)
+            if cost:
+                metrics.keyCost.labels(key or "-", agent).inc(cost)
 
 
 def _errorStatus(span: Any, errorType: str) -> None:

@@ -132,6 +132,23 @@ class Metrics:
             "LLM calls that failed and were followed by another attempt of the same turn.",
             ("provider", "model"),
         )
+        self.limitRefusals = counter(
+            "ai_agent_limit_refusals",
+            "Requests refused (429), or runs ended, by a limit: requestsPerMinute,"
+            " concurrentRuns, tokensPerDay or costPerDay; by key name (never the key)"
+            " and agent.",
+            ("key", "agent", "limit"),
+        )
+        self.keyTokens = counter(
+            "ai_agent_key_tokens",
+            "Tokens (input plus output) runs spent, by key name (never the key) and agent.",
+            ("key", "agent"),
+        )
+        self.keyCost = counter(
+            "ai_agent_key_cost_usd",
+            "USD runs spent (from the configured pricing), by key name and agent.",
+            ("key", "agent"),
+        )
         self.toolCalls = counter(
             "ai_agent_tool_calls",
             "Tool calls, by outcome: ok, error, timeout or cancelled (handed_back: a client's"

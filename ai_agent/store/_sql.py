@@ -73,6 +73,21 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX IF NOT EXISTS ai_agent_store_age ON ai_agent_store (created_at)",
         ),
     ),
+    (
+        2,
+        (
+            # The counters of limits per key and agent (see ai_agent.quotas).
+            "CREATE TABLE IF NOT EXISTS ai_agent_counters ("
+            " counter_key TEXT PRIMARY KEY,"
+            " value DOUBLE PRECISION NOT NULL,"
+            " expires_at DOUBLE PRECISION NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS ai_agent_leases ("
+            " lease_key TEXT NOT NULL,"
+            " holder TEXT NOT NULL,"
+            " expires_at DOUBLE PRECISION NOT NULL,"
+            " PRIMARY KEY (lease_key, holder))",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -130,6 +145,26 @@ _CHAIN = (
 _FIND = "SELECT expires_at FROM ai_agent_store WHERE ns = ? AND doc_key = ?"
 _DELETE = "DELETE FROM ai_agent_store WHERE ns = ? AND doc_key = ?"
 _PURGE = "DELETE FROM ai_agent_store WHERE expires_at <= ?"
+_PURGE_COUNTERS = "DELETE FROM ai_agent_counters WHERE expires_at <= ?"
+_PURGE_LEASES = "DELETE FROM ai_agent_leases WHERE expires_at <= ?"
+# One statement: every process adding to one counter at once gets its own
+# new value (the row is locked for the update).
+_INCREMENT = (
+    "INSERT INTO ai_agent_counters (counter_key, value, expires_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (counter_key) DO UPDATE SET"
+    " value = CASE WHEN ai_agent_counters.expires_at <= ? THEN excluded.value"
+    " ELSE ai_agent_counters.value + excluded.value END,"
+    " expires_at = excluded.expires_at"
+    " RETURNING value"
+)
+_EXPIRE_LEASES = "DELETE FROM ai_agent_leases WHERE lease_key = ? AND expires_at <= ?"
+_HOLD = (
+    "INSERT INTO ai_agent_leases (lease_key, holder, expires_at) SELECT ?, ?, ?"
+    " WHERE (SELECT COUNT(*) FROM ai_agent_leases WHERE lease_key = ?) < ?"
+)
+_RENEW = "UPDATE ai_agent_leases SET expires_at = ? WHERE lease_key = ? AND holder = ?"
+_LET_GO = "DELETE FROM ai_agent_leases WHERE lease_key = ? AND holder = ?"
+_HELD = "SELECT COUNT(*) FROM ai_agent_leases WHERE lease_key = ? AND expires_at > ?"
 _STATS = "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM ai_agent_store WHERE expires_at > ?"
 _STATS_NS = _STATS + " AND ns = ?"
 # The newest documents that fit in the bounds are kept; the rest go.
@@ -166,6 +201,10 @@ class Dialect:
     marker: str = "?"
     tableExists: str = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
     lockStatements: tuple[str, ...] = ()
+    #: Run first in a transaction taking a concurrent-runs lease, with the
+    #: lease's key: serialises them per key (PostgreSQL; SQLite has one
+    #: writer at a time anyway).
+    leaseLock: str | None = None
     errors: tuple[type[BaseException], ...] = ()
     secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
     prepare: Callable[[], None] | None = None
@@ -316,6 +355,7 @@ def postgresDialect(
             " AS parsed)"
         ),
         lockStatements=(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})",),
+        leaseLock="SELECT pg_advisory_xact_lock(hashtext(%s))",
         errors=(psycopg.Error,),
         secrets=tuple(urlSecrets(url)),
         isBroken=isBroken,
@@ -591,6 +631,8 @@ class SQLStore:
         def work(cursor: Any) -> tuple[int, StoreStats]:
             cursor.execute(self.dialect.sql(_PURGE), (now,))
             removed = max(cursor.rowcount, 0)
+            cursor.execute(self.dialect.sql(_PURGE_COUNTERS), (now,))
+            cursor.execute(self.dialect.sql(_PURGE_LEASES), (now,))
             stats = self._count(cursor, now)
             if stats.entries > self.maxEntries or stats.bytes > self.maxBytes:
                 removed += self._evict(cursor)
@@ -602,6 +644,77 @@ class SQLStore:
             return removed
 
         return self._call("purge", work).addCallback(purged)
+
+    # --- counters of limits (ai_agent.quotas.Counters) ---------------------------
+
+    def increment(self, key: str, amount: float, expiresAt: float) -> Deferred[float]:
+        """
+        Add C{amount} to the counter C{key} (an expired one starts again
+        from 0), in one statement; fire with its new value.  Not retried on
+        a broken connection (the first attempt's commit may have landed).
+        """
+        now = self.clock.seconds()
+        sql = self.dialect.sql(_INCREMENT)
+
+        def work(cursor: Any) -> float:
+            cursor.execute(sql, (key, amount, expiresAt, now))
+            return float(cursor.fetchone()[0])
+
+        return self._call("increment", work, retry=False)
+
+    def hold(self, key: str, holder: str, limit: int, expiresAt: float) -> Deferred[bool]:
+        """
+        Take one of C{limit} leases on C{key} as C{holder} until
+        C{expiresAt}, when fewer are held (expired ones are dropped first):
+        fire with whether it was taken.
+        """
+        now = self.clock.seconds()
+        dialect = self.dialect
+
+        def work(cursor: Any) -> bool:
+            if dialect.name == "sqlite":
+                # The write lock first: the count and the insert see the
+                # same leases as every other process.
+                cursor.execute("BEGIN IMMEDIATE")
+            if dialect.leaseLock is not None:
+                cursor.execute(dialect.leaseLock, (key,))
+            cursor.execute(dialect.sql(_EXPIRE_LEASES), (key, now))
+            cursor.execute(dialect.sql(_HOLD), (key, holder, expiresAt, key, limit))
+            return bool(cursor.rowcount == 1)
+
+        return self._call("hold", work, retry=False)
+
+    def renew(self, key: str, holder: str, expiresAt: float) -> Deferred[None]:
+        """
+        Move the expiry of C{holder}'s lease on C{key}.
+        """
+
+        def work(cursor: Any) -> None:
+            cursor.execute(self.dialect.sql(_RENEW), (expiresAt, key, holder))
+
+        return self._call("renew", work)
+
+    def letGo(self, key: str, holder: str) -> Deferred[None]:
+        """
+        Give back C{holder}'s lease on C{key}.
+        """
+
+        def work(cursor: Any) -> None:
+            cursor.execute(self.dialect.sql(_LET_GO), (key, holder))
+
+        return self._call("letGo", work)
+
+    def held(self, key: str) -> Deferred[int]:
+        """
+        How many unexpired leases on C{key} there are.
+        """
+        now = self.clock.seconds()
+
+        def work(cursor: Any) -> int:
+            cursor.execute(self.dialect.sql(_HELD), (key, now))
+            return int(cursor.fetchone()[0])
+
+        return self._call("held", work)
 
     def stats(self, namespace: str | None = None) -> Deferred[StoreStats]:
         if namespace is not None:
