@@ -267,9 +267,12 @@ class JSONParserAgreementTests(SynchronousTestCase):
     def test_sameOutcome(self, body: bytes) -> None:
         """
         Any body gives the same value, or the same 400 (message, code and
-        param), with orjson tried first as with json alone.
+        param), with orjson tried first as with json alone (both after the
+        leading byte order mark the parser drops first, so that a body of
+        two marks is compared as the parser sees it).
         """
-        self.assertEqual(_outcome(loadBody, body), _outcome(_parseWithJSON, body))
+        withoutMark = body[3:] if body.startswith(b"\xef\xbb\xbf") else body
+        self.assertEqual(_outcome(loadBody, body), _outcome(_parseWithJSON, withoutMark))
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(_json)
