@@ -13,11 +13,13 @@ from typing import Any, Callable
 import jsonschema
 import treq
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ai_agent.errors import AgentError
-from ai_agent.headends._request import parseChatRequest
+from ai_agent.headends._request import MAX_MESSAGES, ChatCompletionRequest, parseChatRequest
+from ai_agent.headends._schema import schemaComponents
 from ai_agent.headends.anthropic import parseCountTokensRequest, parseMessagesRequest
+from ai_agent.headends.openapi import OPENAPI
 from ai_agent.headends.responses import parseResponsesRequest
 from tests._harness import startServer
 from tests.mcp_servers import httpClient
@@ -280,3 +282,63 @@ class AgreementTests(TestCase):
                     disagreements.append((api, body, "schema, parser:", got))
         self.maxDiff = None
         self.assertEqual(disagreements, [])
+
+
+class ChatTypesTests(SynchronousTestCase):
+    """
+    The Chat Completions request types: msgspec's refusals as the project's
+    400s, and the published components generated from the same types.
+    """
+
+    def test_paramFromPath(self) -> None:
+        """
+        A refusal deep in the body names the field by msgspec's path without
+        its C{$.} (C{messages[1].content[0].text}), in the words the
+        hand-written parser used.
+        """
+        body = {"model": "a", "messages": [_USER, {"role": "user", "content": [{"type": "text"}]}]}
+        with self.assertRaises(AgentError) as caught:
+            parseChatRequest(json.dumps(body).encode())
+        error = caught.exception
+        self.assertEqual(
+            (error.status, error.param, error.code, error.message),
+            (
+                400,
+                "messages[1].content[0].text",
+                "invalid_type",
+                "'messages[1].content[0].text' must be a string",
+            ),
+        )
+
+    def test_nullIsAbsent(self) -> None:
+        """
+        A wrong type is refused naming what the field takes, without
+        C{null} (which the parser reads as "not given", and accepts).
+        """
+        base = {"model": "a", "messages": [_USER]}
+        parseChatRequest(json.dumps({**base, "seed": None}).encode())
+        with self.assertRaises(AgentError) as caught:
+            parseChatRequest(json.dumps({**base, "seed": "3"}).encode())
+        self.assertEqual(
+            (caught.exception.param, caught.exception.message),
+            ("seed", "'seed' must be an integer, not a string"),
+        )
+
+    def test_componentsFromTypes(self) -> None:
+        """
+        The served request component is the one generated from the types:
+        its bounds are the types' (C{messages} at most L{MAX_MESSAGES}), and
+        each role's message is its own component, told apart by C{role}.
+        """
+        schemas = OPENAPI["components"]["schemas"]
+        generated = schemaComponents([ChatCompletionRequest])
+        self.assertEqual(
+            schemas["ChatCompletionRequest"]["properties"],
+            generated["ChatCompletionRequest"]["properties"],
+        )
+        messages = schemas["ChatCompletionRequest"]["properties"]["messages"]
+        self.assertEqual(messages["maxItems"], MAX_MESSAGES)
+        self.assertEqual(
+            set(messages["items"]["discriminator"]["mapping"]),
+            {"system", "developer", "user", "assistant", "tool"},
+        )
