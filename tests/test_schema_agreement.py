@@ -342,3 +342,33 @@ class ChatTypesTests(SynchronousTestCase):
             set(messages["items"]["discriminator"]["mapping"]),
             {"system", "developer", "user", "assistant", "tool"},
         )
+
+    def test_stopOfNonStrings(self) -> None:
+        """
+        C{stop} holding an empty array (or any non-string) is a 400 naming
+        C{stop}, not a failure of the words for it (it was a 500 once).
+        """
+        for stop in ([[]], [1], [None, "a"]):
+            body = {"model": "a", "messages": [_USER], "stop": stop}
+            with self.assertRaises(AgentError) as caught:
+                parseChatRequest(json.dumps(body).encode())
+            self.assertEqual(
+                (caught.exception.status, caught.exception.param, caught.exception.message),
+                (400, "stop", "'stop' must be a string or an array of strings"),
+                stop,
+            )
+
+    def test_modelNamedFirst(self) -> None:
+        """
+        A missing or empty C{model} is named before any other mistake, and
+        a missing C{messages} before the mistakes of the other fields (as
+        the hand-written parser did, and OpenAI does).
+        """
+        for body, param in [
+            ({"messages": None, "n": 2}, "model"),
+            ({"model": ["x"]}, "model"),
+            ({"model": "a", "temperature": 9}, "messages"),
+        ]:
+            with self.assertRaises(AgentError) as caught:
+                parseChatRequest(json.dumps(body).encode())
+            self.assertEqual(caught.exception.param, param, body)

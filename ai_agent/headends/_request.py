@@ -380,6 +380,15 @@ def parseChatRequest(body: bytes) -> ChatRequest:
         raise invalidRequest(
             f"the request body must be a JSON object, not {_typeName(data)}", code="invalid_json"
         )
+    # The model, then the messages, are named before any other mistake
+    # (msgspec would name a missing field after the mistakes of the others).
+    model = data.get("model")
+    if model is None or not isinstance(model, str) or not model:
+        raise _CHAT_WORDS["model"]("model", model)
+    if data.get("messages") is None:
+        raise invalidRequest(
+            "you must provide a messages parameter", "messages", "missing_required_parameter"
+        )
     request = convertBody(data, ChatCompletionRequest, _CHAT_WORDS)
     messages = tuple(
         _chatMessage(message, f"messages[{index}]")
@@ -544,6 +553,23 @@ def _toolCallId(param: str, value: Any) -> AgentError:
     )
 
 
+def _mustBe(what: str) -> Override:
+    def words(param: str, value: Any) -> AgentError:
+        return invalidRequest(f"'{param}' must be {what}", param, "invalid_type")
+
+    return words
+
+
+def _content(param: str, value: Any) -> AgentError:
+    if value is None:
+        return invalidRequest(f"'{param}' is required", param, "missing_required_parameter")
+    return invalidRequest(
+        f"'{param}' must be a string or an array of content parts, not {_typeName(value)}",
+        param,
+        "invalid_type",
+    )
+
+
 def _part(param: str, value: Any) -> AgentError:
     where = param.rsplit(".", 1)[0] if param.endswith(".type") else param
     if isinstance(value, str) or param.endswith(".type"):
@@ -552,22 +578,26 @@ def _part(param: str, value: Any) -> AgentError:
             where,
             "unsupported_content_type",
         )
-    return invalidRequest(f"'{param}' is not a text part", param, "invalid_type")
+    return invalidRequest(
+        f"'{param}' must be an object, not {_typeName(value)}", param, "invalid_type"
+    )
 
 
 def _stop(param: str, value: Any) -> AgentError:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         if len(value) > 4:
             return invalidRequest("'stop' may hold at most 4 sequences", "stop", "invalid_value")
-        longest = max(len(v) for v in value)
-    elif isinstance(value, str):
-        longest = len(value)
-    else:
+        return _stopSequence(param, max(value, key=len, default=""))
+    return _stopSequence(param, value)
+
+
+def _stopSequence(param: str, value: Any) -> AgentError:
+    if not isinstance(value, str):
         return invalidRequest(
             "'stop' must be a string or an array of strings", "stop", "invalid_type"
         )
     return invalidRequest(
-        f"'stop' sequences may be at most {MAX_STOP_LENGTH} characters long, got {longest}",
+        f"'stop' sequences may be at most {MAX_STOP_LENGTH} characters long, got {len(value)}",
         "stop",
         "invalid_value",
     )
@@ -649,7 +679,7 @@ _CHAT_WORDS: dict[str, Override] = {
         f"'{param}' must be a string", param, "invalid_type"
     ),
     "stop": _stop,
-    "stop[]": _stop,
+    "stop[]": _stopSequence,
     "messages[].tool_calls[].function": lambda param, value: invalidRequest(
         f"'{param}' must be an object", param, "invalid_type"
     ),
@@ -659,9 +689,18 @@ _CHAT_WORDS: dict[str, Override] = {
     "tools[].function.name": _toolName,
     "tools[].type": _toolType,
     "tool_choice": _toolChoiceWords,
-    "tool_choice.type": lambda param, value: _toolChoiceWords("tool_choice", None),
-    "tool_choice.function": lambda param, value: _toolChoiceWords("tool_choice", None),
-    "tool_choice.function.name": lambda param, value: _toolChoiceWords("tool_choice", None),
+    "tool_choice.type": lambda param, value: _toolChoiceWords("tool_choice", {}),
+    "tool_choice.function": lambda param, value: _toolChoiceWords("tool_choice", {}),
+    "tool_choice.function.name": lambda param, value: _toolChoiceWords("tool_choice", {}),
+    "messages[].content": _content,
+    "stream_options": _mustBe("an object"),
+    "response_format": _mustBe("an object"),
+    "response_format.json_schema": _mustBe("an object"),
+    "response_format.json_schema.name": lambda param, value: invalidRequest(
+        f"'{param}' must be a non-empty string", param, "invalid_type"
+    ),
+    "messages[].tool_calls": _mustBe("an array"),
+    "response_format.json_schema.schema": _mustBe("an object"),
     "response_format.type": _formatType,
 }
 

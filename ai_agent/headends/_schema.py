@@ -103,7 +103,12 @@ def translate(
             )
         return invalidRequest(f"'{param}' is required", param, "missing_required_parameter")
     expected = _EXPECTED.match(reason)
-    if expected is not None and expected.group("got") == "null":
+    if expected is not None and expected.group("got") == "null" and not param.endswith("]"):
+        # A null field is a field not given (an array's null item is not).
+        if "." not in param and "[" not in param:
+            return invalidRequest(
+                f"you must provide a {param} parameter", param, "missing_required_parameter"
+            )
         return invalidRequest(f"'{param}' is required", param, "missing_required_parameter")
     if expected is not None:
         got = _NOUNS.get(expected.group("got"), expected.group("got"))
