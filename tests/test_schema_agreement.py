@@ -18,7 +18,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from ai_agent.errors import AgentError
 from ai_agent.headends._request import MAX_MESSAGES, ChatCompletionRequest, parseChatRequest
 from ai_agent.headends._schema import schemaComponents
-from ai_agent.headends.anthropic import parseCountTokensRequest, parseMessagesRequest
+from ai_agent.headends.anthropic import (
+    CountTokensRequest,
+    MessagesRequestBody,
+    parseCountTokensRequest,
+    parseMessagesRequest,
+)
 from ai_agent.headends.openapi import OPENAPI
 from ai_agent.headends.responses import parseResponsesRequest
 from tests._harness import startServer
@@ -372,3 +377,55 @@ class ChatTypesTests(SynchronousTestCase):
             with self.assertRaises(AgentError) as caught:
                 parseChatRequest(json.dumps(body).encode())
             self.assertEqual(caught.exception.param, param, body)
+
+
+class MessagesTypesTests(SynchronousTestCase):
+    """
+    The Messages request types: refusals in Anthropic's words with the
+    C{param} from msgspec's path, components generated from the types.
+    """
+
+    def test_blockTypeByRole(self) -> None:
+        """
+        Content blocks are a tagged union on C{type}, by role: a
+        C{tool_use} block in a user message is refused as unsupported there,
+        naming the block; a block without a C{type} names its C{type}.
+        """
+        for content, param, message in [
+            (
+                [{"type": "tool_use", "id": "t", "name": "f"}],
+                "messages[0].content[0]",
+                'messages[0].content[0]: "tool_use" blocks are not supported; agents here'
+                " take text (text, tool_use, tool_result and echoed thinking blocks)",
+            ),
+            (
+                [{"text": "x"}],
+                "messages[0].content[0].type",
+                "messages[0].content[0].type: a string is required",
+            ),
+        ]:
+            body = {**_M, "messages": [{"role": "user", "content": content}]}
+            with self.assertRaises(AgentError) as caught:
+                parseMessagesRequest(json.dumps(body).encode())
+            self.assertEqual((caught.exception.param, caught.exception.message), (param, message))
+
+    def test_systemTextBlocksNeedType(self) -> None:
+        """
+        A C{system} block without C{type} is refused (a tagged type alone,
+        outside a union, would let it through).
+        """
+        with self.assertRaises(AgentError) as caught:
+            parseMessagesRequest(json.dumps({**_M, "system": [{"text": "s"}]}).encode())
+        self.assertEqual(caught.exception.param, "system[0].type")
+
+    def test_componentsFromTypes(self) -> None:
+        """
+        The served Messages and count_tokens components are generated from
+        the types: C{max_tokens} is required by one and not the other.
+        """
+        schemas = OPENAPI["components"]["schemas"]
+        generated = schemaComponents([MessagesRequestBody, CountTokensRequest])
+        self.assertEqual(schemas["MessagesRequest"], generated["MessagesRequestBody"])
+        self.assertEqual(schemas["CountTokensRequest"], generated["CountTokensRequest"])
+        self.assertIn("max_tokens", schemas["MessagesRequest"]["required"])
+        self.assertNotIn("max_tokens", schemas["CountTokensRequest"]["required"])

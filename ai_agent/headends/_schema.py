@@ -74,8 +74,58 @@ def _describe(want: str) -> str:
     return " or ".join(alternatives)
 
 
+def anthropicWords(error: msgspec.ValidationError, data: Any) -> AgentError:
+    """
+    msgspec's refusal in the words of Anthropic's API: C{param: reason},
+    no C{code}.
+    """
+    param, reason, missing = _located(error)
+    value = _valueAt(data, param)
+    if missing or (reason.endswith("got `null`") and not param.endswith("]")):
+        return invalidRequest(f"{param}: Field required", param)
+    expected = _EXPECTED.match(reason)
+    if expected is not None:
+        got = _NOUNS.get(expected.group("got"), expected.group("got"))
+        return invalidRequest(
+            f"{param}: must be {_describe(expected.group('want'))}, not {got}", param or None
+        )
+    if _INVALID.match(reason) is not None:
+        return invalidRequest(f"{param}: invalid value {_show(value)}", param)
+    bound = _BOUND.match(reason)
+    if bound is not None:
+        want, rule = bound.group("want"), bound.group("rule")
+        if want == "array" and "<=" in rule:
+            count = len(value) if isinstance(value, list) else "too many"
+            return invalidRequest(
+                f"{param}: {count} items; at most {rule.rsplit(' ', 1)[-1]} are allowed", param
+            )
+        return invalidRequest(
+            f"{param}: must be {_NAMES.get(want, want)} {rule}, got {_show(value)}", param
+        )
+    return invalidRequest(f"{param}: {reason}", param or None)
+
+
+def _located(error: msgspec.ValidationError) -> tuple[str, str, bool]:
+    """
+    The C{param} of msgspec's refusal, its reason, and whether the reason
+    is a missing field (whose name the C{param} then ends with).
+    """
+    text = str(error)
+    at = _AT.search(text)
+    path = at.group("path") if at else ""
+    reason = text[: at.start()] if at else text
+    missing = _MISSING.match(reason)
+    if missing is not None:
+        field = missing.group("field")
+        return (f"{_param(path)}.{field}" if path else field), reason, True
+    return _param(path), reason, False
+
+
 def translate(
-    error: msgspec.ValidationError, data: Any, overrides: Mapping[str, Override] = {}
+    error: msgspec.ValidationError,
+    data: Any,
+    overrides: Mapping[str, Override] = {},
+    words: Callable[[msgspec.ValidationError, Any], AgentError] | None = None,
 ) -> AgentError:
     """
     msgspec's refusal as the project's 400: C{param} from its path, the
@@ -96,6 +146,8 @@ def translate(
     value = _valueAt(data, param)
     if override is not None:
         return override(param, value)
+    if words is not None:
+        return words(error, data)
     if missing is not None:
         if not path:
             return invalidRequest(
@@ -145,14 +197,21 @@ def translate(
     return invalidRequest(f"'{param}': {reason}", param or None, "invalid_value")
 
 
-def convertBody(data: Any, kind: type[T], overrides: Mapping[str, Override] = {}) -> T:
+def convertBody(
+    data: Any,
+    kind: type[T],
+    overrides: Mapping[str, Override] = {},
+    words: Callable[[msgspec.ValidationError, Any], AgentError] | None = None,
+) -> T:
     """
-    C{data} (a parsed body) as a C{kind}, or the 400 that says why not.
+    C{data} (a parsed body) as a C{kind}, or the 400 that says why not:
+    in the words of C{overrides} for its C{param}, else of C{words} (by
+    default, OpenAI's style: C{'param' must be ...}).
     """
     try:
         return msgspec.convert(data, kind, strict=True)
     except msgspec.ValidationError as error:
-        raise translate(error, data, overrides) from None
+        raise translate(error, data, overrides, words) from None
 
 
 def schemaComponents(kinds: Sequence[type]) -> dict[str, Any]:
@@ -166,4 +225,4 @@ def schemaComponents(kinds: Sequence[type]) -> dict[str, Any]:
     return components
 
 
-__all__ = ["Override", "convertBody", "schemaComponents", "translate"]
+__all__ = ["Override", "anthropicWords", "convertBody", "schemaComponents", "translate"]

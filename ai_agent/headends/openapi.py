@@ -20,14 +20,11 @@ from typing import Any, Sequence
 from ai_agent import __version__
 from ai_agent.headends._request import (
     MAX_DEPTH,
-    MAX_MESSAGES,
     MAX_OUTPUT_TOKENS,
-    MAX_STOP_LENGTH,
-    MAX_STOP_SEQUENCES,
-    MAX_TOOLS,
     ChatCompletionRequest,
 )
 from ai_agent.headends._schema import schemaComponents
+from ai_agent.headends.anthropic import CountTokensRequest, MessagesRequestBody
 
 _REF = "#/components/"
 
@@ -859,162 +856,18 @@ __all__ = ["OPENAPI", "openapiDocument"]
 # -- the Anthropic Messages API (ai_agent.headends.anthropic) -----------
 
 
-#: Anthropic's structured-output format (C{output_config.format}).
-_OUTPUT_FORMAT: dict[str, Any] = {
-    "type": "object",
-    "description": "The answer's format: JSON conforming to the schema, as one text block; "
-    "overrides the agent's `output`.",
-    "required": ["type", "schema"],
-    "properties": {"type": {"const": "json_schema"}, "schema": {"type": "object"}},
-}
+def _messagesRequestSchemas() -> dict[str, Any]:
+    """
+    The Messages and count_tokens requests' components, generated from
+    their types (L{MessagesRequestBody}, L{CountTokensRequest}).
+    """
+    schemas = schemaComponents([MessagesRequestBody, CountTokensRequest])
+    schemas["MessagesRequest"] = schemas.pop("MessagesRequestBody")
+    return schemas
 
 
 def _anthropicSchemas() -> dict[str, Any]:
     text = {"type": "string"}
-    textBlock = {
-        "type": "object",
-        "required": ["type", "text"],
-        "properties": {"type": {"const": "text"}, "text": text},
-    }
-    textContent = {"anyOf": [text, {"type": "array", "items": textBlock}]}
-    block = {
-        "description": "A content block: text, tool_use (assistant turns), tool_result (user "
-        "turns), or thinking and redacted_thinking blocks echoed back (accepted, not sent to "
-        "the model). Image, document and other blocks are refused with a 400 naming them.",
-        "oneOf": [
-            textBlock,
-            {
-                "type": "object",
-                "required": ["type", "id", "name"],
-                "properties": {
-                    "type": {"const": "tool_use"},
-                    "id": {"type": "string", "minLength": 1},
-                    "name": text,
-                    "input": {"type": "object"},
-                },
-            },
-            {
-                "type": "object",
-                "required": ["type", "tool_use_id"],
-                "properties": {
-                    "type": {"const": "tool_result"},
-                    "tool_use_id": {"type": "string", "minLength": 1},
-                    "content": _nullable(textContent),
-                    "is_error": _nullable({"type": "boolean"}),
-                },
-            },
-            {
-                "type": "object",
-                "required": ["type"],
-                "properties": {"type": {"enum": ["thinking", "redacted_thinking"]}},
-            },
-        ],
-    }
-    message = {
-        "type": "object",
-        "required": ["role", "content"],
-        "properties": {
-            "role": {
-                "enum": ["user", "assistant", "system"],
-                "description": "system messages (as Claude Code sends them) join the system "
-                "text after the agent's prompt.",
-            },
-            "content": {"anyOf": [text, {"type": "array", "items": block}]},
-        },
-    }
-    tool = {
-        "type": "object",
-        "description": "A custom tool, run by the client when the model calls it. "
-        "Anthropic's server tools (a type such as web_search_20250305) are refused.",
-        "required": ["name"],
-        "properties": {
-            "type": _nullable({"const": "custom"}),
-            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-            "description": _nullable(text),
-            "input_schema": {"type": "object"},
-        },
-    }
-    toolChoice = {
-        "type": "object",
-        "required": ["type"],
-        "properties": {
-            "type": {"enum": ["auto", "any", "tool", "none"]},
-            "name": {"type": "string", "description": "With type tool: one of the tools."},
-            "disable_parallel_tool_use": _nullable({"type": "boolean"}),
-        },
-    }
-    counted = {
-        "model": {"type": "string", "minLength": 1, "description": "The agent."},
-        "messages": {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": MAX_MESSAGES,
-            "items": message,
-        },
-        "system": _nullable(textContent),
-        "tools": _nullable({"type": "array", "maxItems": MAX_TOOLS, "items": tool}),
-        "tool_choice": _nullable(toolChoice),
-        "thinking": _nullable(
-            {
-                "description": "enabled (with a budget of at least 1024 tokens) or adaptive "
-                "asks for thinking blocks in the answer; disabled or no thinking leaves them "
-                "out. The budget is not passed on.",
-                "oneOf": [
-                    {
-                        "type": "object",
-                        "required": ["type", "budget_tokens"],
-                        "properties": {
-                            "type": {"const": "enabled"},
-                            "budget_tokens": {"type": "integer", "minimum": 1024},
-                        },
-                    },
-                    {
-                        "type": "object",
-                        "required": ["type"],
-                        "properties": {"type": {"enum": ["adaptive", "disabled"]}},
-                    },
-                ],
-            }
-        ),
-        "output_config": _nullable(
-            {
-                "type": "object",
-                "properties": {
-                    "format": _nullable(_OUTPUT_FORMAT),
-                    "effort": _nullable({"type": "string", "description": "Accepted; not used."}),
-                },
-            }
-        ),
-        "output_format": _nullable(
-            {
-                **_OUTPUT_FORMAT,
-                "description": "The structured-outputs beta's name for output_config.format; "
-                "not with it.",
-            }
-        ),
-    }
-    request = {
-        "type": "object",
-        "description": "Anthropic's Messages request. Fields not listed are accepted and "
-        "ignored; so are any anthropic-version and anthropic-beta headers.",
-        "required": ["model", "messages", "max_tokens"],
-        "properties": {
-            **counted,
-            "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_OUTPUT_TOKENS},
-            "stream": _nullable({"type": "boolean"}),
-            "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
-            "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
-            "top_k": _nullable({"type": "integer", "description": "Accepted; not used."}),
-            "stop_sequences": _nullable(
-                {
-                    "type": "array",
-                    "items": {"type": "string", "maxLength": MAX_STOP_LENGTH},
-                    "maxItems": MAX_STOP_SEQUENCES,
-                }
-            ),
-            "metadata": {"description": "metadata.user_id is logged with the run."},
-        },
-    }
     usage = {
         "type": "object",
         "required": ["input_tokens", "output_tokens"],
@@ -1091,12 +944,7 @@ def _anthropicSchemas() -> dict[str, Any]:
                 },
             },
         },
-        "MessagesRequest": request,
-        "CountTokensRequest": {
-            "type": "object",
-            "required": ["model", "messages"],
-            "properties": counted,
-        },
+        **_messagesRequestSchemas(),
         "AnthropicMessage": answer,
         "AnthropicStreamEvent": {
             "type": "object",
