@@ -29,6 +29,9 @@ setup(
         "pyyaml>=6.0",
         "prometheus_client>=0.20",
         "orjson>=3.9",
+        # Request bodies as typed schemas: validation and /openapi.json components
+        # from one definition (ai_agent/headends/_schema.py).
+        "msgspec>=0.18",
         # Regular expressions with a timeout, for tool_output's grep
         # (ai_agent/tools/output.py).
         "regex>=2023.0",

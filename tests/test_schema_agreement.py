@@ -13,11 +13,18 @@ from typing import Any, Callable
 import jsonschema
 import treq
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ai_agent.errors import AgentError
-from ai_agent.headends._request import parseChatRequest
-from ai_agent.headends.anthropic import parseCountTokensRequest, parseMessagesRequest
+from ai_agent.headends._request import MAX_MESSAGES, ChatCompletionRequest, parseChatRequest
+from ai_agent.headends._schema import schemaComponents
+from ai_agent.headends.anthropic import (
+    CountTokensRequest,
+    MessagesRequestBody,
+    parseCountTokensRequest,
+    parseMessagesRequest,
+)
+from ai_agent.headends.openapi import OPENAPI
 from ai_agent.headends.responses import parseResponsesRequest
 from tests._harness import startServer
 from tests.mcp_servers import httpClient
@@ -280,3 +287,173 @@ class AgreementTests(TestCase):
                     disagreements.append((api, body, "schema, parser:", got))
         self.maxDiff = None
         self.assertEqual(disagreements, [])
+
+
+class ChatTypesTests(SynchronousTestCase):
+    """
+    The Chat Completions request types: msgspec's refusals as the project's
+    400s, and the published components generated from the same types.
+    """
+
+    def test_paramFromPath(self) -> None:
+        """
+        A refusal deep in the body names the field by msgspec's path without
+        its C{$.} (C{messages[1].content[0].text}), in the words the
+        hand-written parser used.
+        """
+        body = {"model": "a", "messages": [_USER, {"role": "user", "content": [{"type": "text"}]}]}
+        with self.assertRaises(AgentError) as caught:
+            parseChatRequest(json.dumps(body).encode())
+        error = caught.exception
+        self.assertEqual(
+            (error.status, error.param, error.code, error.message),
+            (
+                400,
+                "messages[1].content[0].text",
+                "invalid_type",
+                "'messages[1].content[0].text' must be a string",
+            ),
+        )
+
+    def test_nullIsAbsent(self) -> None:
+        """
+        A wrong type is refused naming what the field takes, without
+        C{null} (which the parser reads as "not given", and accepts).
+        """
+        base = {"model": "a", "messages": [_USER]}
+        parseChatRequest(json.dumps({**base, "seed": None}).encode())
+        with self.assertRaises(AgentError) as caught:
+            parseChatRequest(json.dumps({**base, "seed": "3"}).encode())
+        self.assertEqual(
+            (caught.exception.param, caught.exception.message),
+            ("seed", "'seed' must be an integer, not a string"),
+        )
+
+    def test_componentsFromTypes(self) -> None:
+        """
+        The served request component is the one generated from the types:
+        its bounds are the types' (C{messages} at most L{MAX_MESSAGES}), and
+        each role's message is its own component, told apart by C{role}.
+        """
+        schemas = OPENAPI["components"]["schemas"]
+        generated = schemaComponents([ChatCompletionRequest])
+        self.assertEqual(
+            schemas["ChatCompletionRequest"]["properties"],
+            generated["ChatCompletionRequest"]["properties"],
+        )
+        messages = schemas["ChatCompletionRequest"]["properties"]["messages"]
+        self.assertEqual(messages["maxItems"], MAX_MESSAGES)
+        self.assertEqual(
+            set(messages["items"]["discriminator"]["mapping"]),
+            {"system", "developer", "user", "assistant", "tool"},
+        )
+
+    def test_toolNameTrailingNewline(self) -> None:
+        """
+        A tool name with a newline at its end is refused, naming the name
+        (msgspec matches patterns with C{re.search}, where C{$} alone would
+        also match before a final newline), and a plain name is accepted.
+        """
+        for name, refused in (("a\n", True), ("get_weather-2", False)):
+            tool = {"type": "function", "function": {"name": name, "parameters": {}}}
+            body = json.dumps({"model": "a", "messages": [_USER], "tools": [tool]}).encode()
+            if not refused:
+                parseChatRequest(body)
+                continue
+            with self.assertRaises(AgentError) as caught:
+                parseChatRequest(body)
+            self.assertEqual(caught.exception.status, 400)
+            self.assertEqual(caught.exception.param, "tools[0].function.name")
+
+    def test_stopOfNonStrings(self) -> None:
+        """
+        C{stop} holding an empty array (or any non-string) is a 400 naming
+        C{stop}, not a failure of the words for it (it was a 500 once).
+        """
+        for stop in ([[]], [1], [None, "a"]):
+            body = {"model": "a", "messages": [_USER], "stop": stop}
+            with self.assertRaises(AgentError) as caught:
+                parseChatRequest(json.dumps(body).encode())
+            self.assertEqual(
+                (caught.exception.status, caught.exception.param, caught.exception.message),
+                (400, "stop", "'stop' must be a string or an array of strings"),
+                stop,
+            )
+
+    def test_modelNamedFirst(self) -> None:
+        """
+        A missing or empty C{model} is named before any other mistake, and
+        a missing C{messages} before the mistakes of the other fields (as
+        the hand-written parser did, and OpenAI does).
+        """
+        for body, param in [
+            ({"messages": None, "n": 2}, "model"),
+            ({"model": ["x"]}, "model"),
+            ({"model": "a", "temperature": 9}, "messages"),
+        ]:
+            with self.assertRaises(AgentError) as caught:
+                parseChatRequest(json.dumps(body).encode())
+            self.assertEqual(caught.exception.param, param, body)
+
+
+class MessagesTypesTests(SynchronousTestCase):
+    """
+    The Messages request types: refusals in Anthropic's words with the
+    C{param} from msgspec's path, components generated from the types.
+    """
+
+    def test_toolNameTrailingNewline(self) -> None:
+        """
+        A Messages tool whose name ends in a newline is refused, naming it.
+        """
+        tool = {"name": "a\n", "input_schema": {"type": "object"}}
+        body = {"model": "a", "max_tokens": 5, "messages": [_USER], "tools": [tool]}
+        with self.assertRaises(AgentError) as caught:
+            parseMessagesRequest(json.dumps(body).encode())
+        self.assertEqual(caught.exception.status, 400)
+        self.assertEqual(caught.exception.param, "tools[0].name")
+
+    def test_blockTypeByRole(self) -> None:
+        """
+        Content blocks are a tagged union on C{type}, by role: a
+        C{tool_use} block in a user message is refused as unsupported there,
+        naming the block; a block without a C{type} names its C{type}.
+        """
+        for content, param, message in [
+            (
+                [{"type": "tool_use", "id": "t", "name": "f"}],
+                "messages[0].content[0]",
+                'messages[0].content[0]: "tool_use" blocks are not supported; agents here'
+                " take text (text, tool_use, tool_result and echoed thinking blocks)",
+            ),
+            (
+                [{"text": "x"}],
+                "messages[0].content[0].type",
+                "messages[0].content[0].type: a string is required",
+            ),
+        ]:
+            body = {**_M, "messages": [{"role": "user", "content": content}]}
+            with self.assertRaises(AgentError) as caught:
+                parseMessagesRequest(json.dumps(body).encode())
+            self.assertEqual((caught.exception.param, caught.exception.message), (param, message))
+
+    def test_systemTextBlocksNeedType(self) -> None:
+        """
+        A C{system} block without C{type} is refused (a tagged type alone,
+        outside a union, would let it through).
+        """
+        with self.assertRaises(AgentError) as caught:
+            parseMessagesRequest(json.dumps({**_M, "system": [{"text": "s"}]}).encode())
+        self.assertEqual(caught.exception.param, "system[0].type")
+
+    def test_componentsFromTypes(self) -> None:
+        """
+        The served Messages and count_tokens components are generated from
+        the types: C{max_tokens} is required by one and not the other.
+        """
+        schemas = OPENAPI["components"]["schemas"]
+        generated = schemaComponents([MessagesRequestBody, CountTokensRequest])
+        self.assertEqual(schemas["MessagesRequest"], generated["MessagesRequestBody"])
+        self.assertEqual(schemas["CountTokensRequest"], generated["CountTokensRequest"])
+        self.assertIn("max_tokens", schemas["MessagesRequest"]["required"])
+        self.assertNotIn("max_tokens", schemas["CountTokensRequest"]["required"])

@@ -22,13 +22,15 @@ import math
 import re
 from array import array
 from itertools import accumulate
-from typing import Any, Callable, Iterator
+from typing import Annotated, Any, Callable, Iterator, Literal, Sequence
 
 import attrs
 import orjson
+from msgspec import Meta, Struct
 
 from ai_agent.accounting import RunLabels
 from ai_agent.errors import AgentError, invalidRequest
+from ai_agent.headends._schema import TOOL_NAME_PATTERN, Override, convertBody
 from ai_agent.providers import ChatMessage, ToolCall, ToolSpec
 from ai_agent.redaction import shorten
 from ai_agent.request import ClientTool, OutputFormat, RunRequest, Sampling, ToolChoice
@@ -118,9 +120,258 @@ class ChatRequest:
         )
 
 
+# -- the Chat Completions request as types (see ai_agent.headends._schema) ----
+
+_NonEmpty = Annotated[str, Meta(min_length=1)]
+_Stop = Annotated[str, Meta(max_length=MAX_STOP_LENGTH)]
+_MaxTokens = Annotated[int, Meta(ge=1, le=MAX_OUTPUT_TOKENS)]
+
+
+class ChatTextPart(Struct, tag_field="type", tag="text"):
+    """A text part of a message's content."""
+
+    text: str
+
+
+class ChatInputTextPart(Struct, tag_field="type", tag="input_text"):
+    """A text part, as the Responses API names it."""
+
+    text: str
+
+
+class ChatOutputTextPart(Struct, tag_field="type", tag="output_text"):
+    """An answer's text part, as the Responses API names it."""
+
+    text: str
+
+
+class ChatRefusalPart(Struct, tag_field="type", tag="refusal"):
+    """A refusal part: its text if given, else its refusal."""
+
+    refusal: str
+    text: str | None = None
+
+
+_Part = str | ChatTextPart | ChatInputTextPart | ChatOutputTextPart | ChatRefusalPart
+_Content = Annotated[
+    str | list[_Part],
+    Meta(
+        description="Text, or an array of text parts (joined with newlines). Parts of "
+        "other types (images, audio) are refused with a 400 naming the part."
+    ),
+]
+
+
+class ChatFunctionCall(Struct):
+    """The function of an assistant's tool call."""
+
+    name: str
+    arguments: str = ""
+
+
+class ChatToolCall(Struct):
+    """A tool call of an assistant message."""
+
+    function: ChatFunctionCall
+    id: str
+    type: str | None = None
+
+
+class ChatSystemMessage(Struct, tag_field="role", tag="system"):
+    """A system message."""
+
+    content: _Content
+    name: str | None = None
+
+
+class ChatDeveloperMessage(Struct, tag_field="role", tag="developer"):
+    """A developer message (a system message, as newer models name it)."""
+
+    content: _Content
+    name: str | None = None
+
+
+class ChatUserMessage(Struct, tag_field="role", tag="user"):
+    """A user message."""
+
+    content: _Content
+    name: str | None = None
+
+
+class ChatAssistantMessage(Struct, tag_field="role", tag="assistant"):
+    """
+    An assistant message: content is required unless it carries
+    tool_calls.
+    """
+
+    content: _Content | None = None
+    name: str | None = None
+    tool_calls: list[ChatToolCall] | None = None
+
+
+class ChatToolMessage(Struct, tag_field="role", tag="tool"):
+    """A tool's result, answering one of the assistant's tool_calls."""
+
+    content: _Content
+    tool_call_id: _NonEmpty
+    name: str | None = None
+
+
+_Message = (
+    ChatSystemMessage
+    | ChatDeveloperMessage
+    | ChatUserMessage
+    | ChatAssistantMessage
+    | ChatToolMessage
+)
+
+
+class ChatStreamOptions(Struct):
+    """Options of a streamed answer."""
+
+    include_usage: bool | None = None
+
+
+class ChatTextFormat(Struct, tag_field="type", tag="text"):
+    """Plain text answers (the default)."""
+
+
+class ChatJSONObjectFormat(Struct, tag_field="type", tag="json_object"):
+    """Any JSON object as the answer."""
+
+
+class ChatJSONSchemaSpec(Struct):
+    """The named schema of a json_schema answer format."""
+
+    name: _NonEmpty
+    description: str | None = None
+    schema: dict[str, Any] = {}
+    strict: bool | None = None
+
+
+class ChatJSONSchemaFormat(Struct, tag_field="type", tag="json_schema"):
+    """JSON conforming to a schema as the answer."""
+
+    json_schema: ChatJSONSchemaSpec
+
+
+class ChatFunction(Struct):
+    """A client's function tool."""
+
+    name: Annotated[str, Meta(pattern=TOOL_NAME_PATTERN)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatFunctionTool(Struct):
+    """A client tool: only functions (type may be left out)."""
+
+    function: ChatFunction
+    type: Literal["function"] = "function"
+
+
+class ChatNamedFunction(Struct):
+    """The function tool_choice names."""
+
+    name: str
+
+
+class ChatNamedToolChoice(Struct):
+    """tool_choice naming one function of tools."""
+
+    type: Literal["function"]
+    function: ChatNamedFunction
+
+
+class ChatCompletionRequest(Struct):
+    """
+    A Chat Completions request. Fields not listed here are accepted and
+    ignored. The body must be UTF-8 JSON nested at most 64 levels deep and
+    its strings must not hold lone UTF-16 surrogates; otherwise the answer
+    is a 400.
+    """
+
+    model: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="An agent's model id (see GET /v1/models), its file name "
+            "or path, in any letter case.",
+        ),
+    ]
+    messages: Annotated[list[_Message], Meta(min_length=1, max_length=MAX_MESSAGES)]
+    stream: bool | None = None
+    stream_options: ChatStreamOptions | None = None
+    n: Annotated[int, Meta(ge=1, le=1, description="Only 1: an agent gives one answer.")] | None = (
+        None
+    )
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    max_completion_tokens: _MaxTokens | None = None
+    max_tokens: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                le=MAX_OUTPUT_TOKENS,
+                description="Used when max_completion_tokens is not given.",
+            ),
+        ]
+        | None
+    ) = None
+    stop: _Stop | Annotated[list[_Stop], Meta(max_length=4)] | None = None
+    seed: int | None = None
+    response_format: (
+        Annotated[
+            ChatTextFormat | ChatJSONObjectFormat | ChatJSONSchemaFormat,
+            Meta(description="The answer's format; overrides the agent's `output`."),
+        ]
+        | None
+    ) = None
+    user: str | None = None
+    tools: (
+        Annotated[
+            list[ChatFunctionTool],
+            Meta(
+                max_length=MAX_TOOLS,
+                description="The client's own function tools (names unique): shown "
+                "to the model beside the agent's own tools; a call of one ends the run "
+                "with tool_calls for the client to run (ignored for agents with "
+                "clientTools: false).",
+            ),
+        ]
+        | None
+    ) = None
+    tool_choice: (
+        Annotated[
+            Literal["none", "auto", "required"] | ChatNamedToolChoice,
+            Meta(
+                description="none hides the client's tools (the agent keeps its "
+                "own); a named function (one of tools) is called on the first LLM call; "
+                "required makes the model call some tool before it answers."
+            ),
+        ]
+        | None
+    ) = None
+    parallel_tool_calls: bool | None = None
+
+
+_ROLE_OF: dict[type, str] = {
+    ChatSystemMessage: "system",
+    ChatDeveloperMessage: "developer",
+    ChatUserMessage: "user",
+    ChatAssistantMessage: "assistant",
+    ChatToolMessage: "tool",
+}
+
+
 def parseChatRequest(body: bytes) -> ChatRequest:
     """
-    Parse and validate a request body.
+    Parse and validate a request body: the hostile-input checks of
+    L{loadBody}, then the L{ChatCompletionRequest} type, then the rules
+    that span fields (tool names unique, C{tool_choice} among C{tools},
+    tool results answering a call).
 
     @raise AgentError: a 400 naming the offending C{param}.
     """
@@ -129,108 +380,329 @@ def parseChatRequest(body: bytes) -> ChatRequest:
         raise invalidRequest(
             f"the request body must be a JSON object, not {_typeName(data)}", code="invalid_json"
         )
+    # The model, then the messages, are named before any other mistake
+    # (msgspec would name a missing field after the mistakes of the others).
     model = data.get("model")
-    if model is None:
+    if model is None or not isinstance(model, str) or not model:
+        raise _CHAT_WORDS["model"]("model", model)
+    if data.get("messages") is None:
         raise invalidRequest(
-            "you must provide a model parameter", "model", "missing_required_parameter"
+            "you must provide a messages parameter", "messages", "missing_required_parameter"
         )
-    if not isinstance(model, str) or not model:
-        raise invalidRequest("'model' must be a non-empty string", "model", "invalid_type")
-    messages = _parseMessages(data.get("messages"))
-    stream = _optional(data, "stream", bool, False)
-    includeUsage = False
-    options = data.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise invalidRequest(
-                "'stream_options' must be an object", "stream_options", "invalid_type"
-            )
-        includeUsage = _optional(
-            options, "include_usage", bool, False, "stream_options.include_usage"
-        )
-    n = _optional(data, "n", int, 1)
-    if n != 1:
-        raise invalidRequest(
-            "only n=1 is supported: an agent gives one answer", "n", "unsupported_value"
-        )
-    temperature = _number(data, "temperature", 0.0, 2.0)
-    topP = _number(data, "top_p", 0.0, 1.0)
-    maxTokens = _optional(data, "max_completion_tokens", int, None)
+    request = convertBody(data, ChatCompletionRequest, _CHAT_WORDS)
+    messages = tuple(
+        _chatMessage(message, f"messages[{index}]")
+        for index, message in enumerate(request.messages)
+    )
+    _checkToolResults(messages)
+    maxTokens = request.max_completion_tokens
     if maxTokens is None:
-        maxTokens = _optional(data, "max_tokens", int, None)
-        maxParam = "max_tokens"
-    else:
-        maxParam = "max_completion_tokens"
-    if maxTokens is not None and not 1 <= maxTokens <= MAX_OUTPUT_TOKENS:
-        raise invalidRequest(
-            f"'{maxParam}' must be between 1 and {MAX_OUTPUT_TOKENS}, got {_show(maxTokens)}",
-            maxParam,
-            "invalid_value",
-        )
-    seed = _optional(data, "seed", int, None)
-    stop = _parseStop(data.get("stop"))
-    user = _optional(data, "user", str, None)
-    tools = parseFunctionTools(data.get("tools"))
-    toolChoice = parseToolChoice(data.get("tool_choice"), tools)
-    parallel = _optional(data, "parallel_tool_calls", bool, None)
-    responseFormat = _parseResponseFormat(data.get("response_format"))
+        maxTokens = request.max_tokens
+    stop = request.stop
+    tools = _chatTools(request.tools or ())
     return ChatRequest(
-        model=model,
+        model=request.model,
         messages=messages,
-        stream=stream,
-        includeUsage=includeUsage,
-        sampling=Sampling(temperature, topP, maxTokens, stop, seed, responseFormat),
-        user=user,
+        stream=bool(request.stream),
+        includeUsage=bool(request.stream_options and request.stream_options.include_usage),
+        sampling=Sampling(
+            request.temperature,
+            request.top_p,
+            maxTokens,
+            (stop,) if isinstance(stop, str) else tuple(stop or ()),
+            request.seed,
+            _responseFormat(request.response_format),
+        ),
+        user=request.user,
         tools=tools,
-        toolChoice=toolChoice,
-        parallelToolCalls=parallel,
+        toolChoice=_chatToolChoice(request.tool_choice, tools),
+        parallelToolCalls=request.parallel_tool_calls,
     )
 
 
-def _parseResponseFormat(value: Any) -> OutputFormat | None:
-    """
-    A client's C{response_format}: C{text} (the default: L{None}),
-    C{json_object}, or C{json_schema} with a C{name} and an object
-    C{schema}.
-    """
-    param = "response_format"
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise invalidRequest(f"'{param}' must be an object", param, "invalid_type")
-    kind = value.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return OutputFormat()
-    if kind != "json_schema":
+def _chatMessage(message: _Message, where: str) -> ChatMessage:
+    toolCalls: tuple[ToolCall, ...] = ()
+    toolCallId = None
+    if isinstance(message, ChatAssistantMessage):
+        toolCalls = tuple(
+            ToolCall(call.id, call.function.name, call.function.arguments)
+            for call in message.tool_calls or ()
+        )
+        if message.content is None and not toolCalls:
+            raise invalidRequest(
+                f"'{where}.content' is required",
+                f"{where}.content",
+                "missing_required_parameter",
+            )
+    elif isinstance(message, ChatToolMessage):
+        toolCallId = message.tool_call_id
+    role = _ROLE_OF[type(message)]
+    return ChatMessage(role, _text(message.content), message.name, toolCalls, toolCallId)
+
+
+def _text(content: str | list[_Part] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, ChatRefusalPart):
+            texts.append(part.refusal if part.text is None else part.text)
+        else:
+            texts.append(part.text)
+    return "\n".join(texts)
+
+
+def _chatTools(tools: Sequence[ChatFunctionTool]) -> tuple[ClientTool, ...]:
+    result: list[ClientTool] = []
+    names: set[str] = set()
+    for index, tool in enumerate(tools):
+        where = f"tools[{index}].function"
+        function = tool.function
+        if function.name in names:
+            raise invalidRequest(
+                f"'{where}.name' repeats the tool name {function.name!r}",
+                f"{where}.name",
+                "duplicate_tool_name",
+            )
+        names.add(function.name)
+        parameters = function.parameters
+        if parameters is None:
+            parameters = {"type": "object", "properties": {}}
+        spec = ToolSpec(function.name, function.description or "", parameters)
+        result.append(ClientTool(spec, f"{where}.name"))
+    return tuple(result)
+
+
+def _chatToolChoice(
+    choice: str | ChatNamedToolChoice | None, tools: tuple[ClientTool, ...]
+) -> ToolChoice:
+    if choice is None:
+        return ToolChoice()
+    if isinstance(choice, str):
+        return ToolChoice(choice)
+    name = choice.function.name
+    if name not in {tool.spec.name for tool in tools}:
+        param = "tool_choice.function.name"
         raise invalidRequest(
-            f"'{param}.type' must be one of text, json_object, json_schema",
-            f"{param}.type",
+            f"'{param}' names {_show(name)}, which is not in 'tools'", param, "invalid_value"
+        )
+    return ToolChoice(ToolChoice.TOOL, name)
+
+
+def _responseFormat(
+    value: ChatTextFormat | ChatJSONObjectFormat | ChatJSONSchemaFormat | None,
+) -> OutputFormat | None:
+    if value is None or isinstance(value, ChatTextFormat):
+        return None
+    if isinstance(value, ChatJSONObjectFormat):
+        return OutputFormat()
+    spec = value.json_schema
+    return OutputFormat(spec.schema, spec.name, spec.description, spec.strict)
+
+
+def _between(low: float, high: float) -> Override:
+    def words(param: str, value: Any) -> AgentError:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return invalidRequest(
+                f"'{param}' must be a number, not {_typeName(value)}", param, "invalid_type"
+            )
+        return invalidRequest(
+            f"'{param}' must be between {low:g} and {high:g}, got {value}", param, "invalid_value"
+        )
+
+    return words
+
+
+def _tokens(param: str, value: Any) -> AgentError:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return invalidRequest(
+            f"'{param}' must be an integer, not {_typeName(value)}", param, "invalid_type"
+        )
+    return invalidRequest(
+        f"'{param}' must be between 1 and {MAX_OUTPUT_TOKENS}, got {_show(value)}",
+        param,
+        "invalid_value",
+    )
+
+
+def _onlyOne(param: str, value: Any) -> AgentError:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return invalidRequest(
+            f"'{param}' must be an integer, not {_typeName(value)}", param, "invalid_type"
+        )
+    return invalidRequest(
+        "only n=1 is supported: an agent gives one answer", param, "unsupported_value"
+    )
+
+
+def _role(param: str, value: Any) -> AgentError:
+    return invalidRequest(
+        f"'{param}' must be one of {', '.join(sorted(_ROLES))}, got {_show(value)}",
+        param,
+        "invalid_value",
+    )
+
+
+def _toolCallId(param: str, value: Any) -> AgentError:
+    return invalidRequest(
+        f"'{param}' must be a non-empty string for a tool message", param, "invalid_type"
+    )
+
+
+def _mustBe(what: str) -> Override:
+    def words(param: str, value: Any) -> AgentError:
+        return invalidRequest(f"'{param}' must be {what}", param, "invalid_type")
+
+    return words
+
+
+def _content(param: str, value: Any) -> AgentError:
+    if value is None:
+        return invalidRequest(f"'{param}' is required", param, "missing_required_parameter")
+    return invalidRequest(
+        f"'{param}' must be a string or an array of content parts, not {_typeName(value)}",
+        param,
+        "invalid_type",
+    )
+
+
+def _part(param: str, value: Any) -> AgentError:
+    where = param.rsplit(".", 1)[0] if param.endswith(".type") else param
+    if isinstance(value, str) or param.endswith(".type"):
+        return invalidRequest(
+            f"'{where}' is a {_show(value)} part; agents here take text parts only",
+            where,
+            "unsupported_content_type",
+        )
+    return invalidRequest(
+        f"'{param}' must be an object, not {_typeName(value)}", param, "invalid_type"
+    )
+
+
+def _stop(param: str, value: Any) -> AgentError:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        if len(value) > 4:
+            return invalidRequest("'stop' may hold at most 4 sequences", "stop", "invalid_value")
+        return _stopSequence(param, max(value, key=len, default=""))
+    return _stopSequence(param, value)
+
+
+def _stopSequence(param: str, value: Any) -> AgentError:
+    if not isinstance(value, str):
+        return invalidRequest(
+            "'stop' must be a string or an array of strings", "stop", "invalid_type"
+        )
+    return invalidRequest(
+        f"'stop' sequences may be at most {MAX_STOP_LENGTH} characters long, got {len(value)}",
+        "stop",
+        "invalid_value",
+    )
+
+
+def _toolCall(param: str, value: Any) -> AgentError:
+    where = param[: param.index("]", param.index(".tool_calls[")) + 1]
+    return invalidRequest(
+        f"'{where}' needs a string id, function.name and function.arguments",
+        where,
+        "invalid_type",
+    )
+
+
+def _toolName(param: str, value: Any) -> AgentError:
+    return invalidRequest(
+        f"'{param}' must be 1 to 64 letters, digits, '_' or '-', got {_show(value)}",
+        param,
+        "invalid_value",
+    )
+
+
+def _toolType(param: str, value: Any) -> AgentError:
+    return invalidRequest(
+        f"'{param}' is {_show(value)}; only function tools are supported"
+        " (hosted tools are not available here)",
+        param,
+        "unsupported_tool_type",
+    )
+
+
+def _toolChoiceWords(param: str, value: Any) -> AgentError:
+    if not isinstance(value, (str, dict)):
+        return invalidRequest(
+            f"'tool_choice' must be a string or an object, not {_typeName(value)}",
+            "tool_choice",
+            "invalid_type",
+        )
+    if isinstance(value, str):
+        return invalidRequest(
+            f"'tool_choice' must be none, auto, required or a function, got {_show(value)}",
+            "tool_choice",
             "invalid_value",
         )
-    spec = value.get("json_schema")
-    if not isinstance(spec, dict):
-        raise invalidRequest(
-            f"'{param}.json_schema' must be an object", f"{param}.json_schema", "invalid_type"
-        )
-    name = spec.get("name")
-    if not isinstance(name, str) or not name:
-        raise invalidRequest(
-            f"'{param}.json_schema.name' must be a non-empty string",
-            f"{param}.json_schema.name",
-            "invalid_type",
-        )
-    schema = spec.get("schema", {})
-    if not isinstance(schema, dict):
-        raise invalidRequest(
-            f"'{param}.json_schema.schema' must be an object",
-            f"{param}.json_schema.schema",
-            "invalid_type",
-        )
-    description = _optional(spec, "description", str, None, f"{param}.json_schema.description")
-    strict = _optional(spec, "strict", bool, None, f"{param}.json_schema.strict")
-    return OutputFormat(schema, name, description, strict)
+    return invalidRequest(
+        "'tool_choice' must be none, auto, required or"
+        ' {"type": "function", "function": {"name": ...}}',
+        "tool_choice",
+        "invalid_value",
+    )
+
+
+def _formatType(param: str, value: Any) -> AgentError:
+    return invalidRequest(
+        f"'{param}' must be one of text, json_object, json_schema", param, "invalid_value"
+    )
+
+
+#: The words of the refusals clients and tests rely on, by C{param}.
+_CHAT_WORDS: dict[str, Override] = {
+    "model": lambda param, value: (
+        invalidRequest("you must provide a model parameter", param, "missing_required_parameter")
+        if value is None
+        else invalidRequest("'model' must be a non-empty string", param, "invalid_type")
+    ),
+    "tools[].function": lambda param, value: invalidRequest(
+        f"'{param}' must be an object", param, "invalid_type"
+    ),
+    "n": _onlyOne,
+    "temperature": _between(0.0, 2.0),
+    "top_p": _between(0.0, 1.0),
+    "max_tokens": _tokens,
+    "max_completion_tokens": _tokens,
+    "messages[].role": _role,
+    "messages[].tool_call_id": _toolCallId,
+    "messages[].content[]": _part,
+    "messages[].content[].type": _part,
+    "messages[].content[].text": lambda param, value: invalidRequest(
+        f"'{param}' must be a string", param, "invalid_type"
+    ),
+    "stop": _stop,
+    "stop[]": _stopSequence,
+    "messages[].tool_calls[].function": lambda param, value: invalidRequest(
+        f"'{param}' must be an object", param, "invalid_type"
+    ),
+    "messages[].tool_calls[].id": _toolCall,
+    "messages[].tool_calls[].function.name": _toolCall,
+    "messages[].tool_calls[].function.arguments": _toolCall,
+    "tools[].function.name": _toolName,
+    "tools[].type": _toolType,
+    "tool_choice": _toolChoiceWords,
+    "tool_choice.type": lambda param, value: _toolChoiceWords("tool_choice", {}),
+    "tool_choice.function": lambda param, value: _toolChoiceWords("tool_choice", {}),
+    "tool_choice.function.name": lambda param, value: _toolChoiceWords("tool_choice", {}),
+    "messages[].content": _content,
+    "stream_options": _mustBe("an object"),
+    "response_format": _mustBe("an object"),
+    "response_format.json_schema": _mustBe("an object"),
+    "response_format.json_schema.name": lambda param, value: invalidRequest(
+        f"'{param}' must be a non-empty string", param, "invalid_type"
+    ),
+    "messages[].tool_calls": _mustBe("an array"),
+    "response_format.json_schema.schema": _mustBe("an object"),
+    "response_format.type": _formatType,
+}
 
 
 def _loads(body: bytes) -> Any:
@@ -499,65 +971,6 @@ def _show(value: Any) -> str:
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def parseFunctionTools(value: Any, nested: bool = True) -> tuple[ClientTool, ...]:
-    """
-    C{tools}: at most L{MAX_TOOLS} function tools, each with a name of
-    letters, digits, C{_} and C{-} (at most 64), names unique, an optional
-    description and JSON-schema C{parameters} object; any other tool type
-    is refused, naming it.
-
-    @param nested: the function is under C{function} (Chat Completions,
-        where C{type} may be left out), or flat in the tool (the Responses
-        API, where C{type} is required).
-    """
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise invalidRequest(
-            f"'tools' must be an array, not {_typeName(value)}", "tools", "invalid_type"
-        )
-    if len(value) > MAX_TOOLS:
-        raise invalidRequest(
-            f"'tools' holds {len(value)} items; at most {MAX_TOOLS} are allowed",
-            "tools",
-            "array_above_max_length",
-        )
-    tools: list[ClientTool] = []
-    names: set[str] = set()
-    for index, tool in enumerate(value):
-        where = f"tools[{index}]"
-        if not isinstance(tool, dict):
-            raise invalidRequest(
-                f"'{where}' must be an object, not {_typeName(tool)}", where, "invalid_type"
-            )
-        kind = tool.get("type", "function" if nested else None)
-        if kind != "function":
-            raise invalidRequest(
-                f"'{where}.type' is {_show(kind)}; only function tools are supported"
-                " (hosted tools are not available here)",
-                f"{where}.type",
-                "unsupported_tool_type",
-            )
-        function: Any = tool
-        functionWhere = where
-        if nested:
-            function, functionWhere = tool.get("function"), f"{where}.function"
-            if not isinstance(function, dict):
-                raise invalidRequest(
-                    f"'{functionWhere}' must be an object", functionWhere, "invalid_type"
-                )
-        spec = functionSpec(function, functionWhere)
-        if spec.name in names:
-            raise invalidRequest(
-                f"'{functionWhere}.name' repeats the tool name {spec.name!r}",
-                f"{functionWhere}.name",
-                "duplicate_tool_name",
-            )
-        names.add(spec.name)
-        tools.append(ClientTool(spec, f"{functionWhere}.name"))
-    return tuple(tools)
-
-
 def functionSpec(function: dict[str, Any], where: str) -> ToolSpec:
     """
     A client's function definition (C{name}, C{description},
@@ -678,50 +1091,6 @@ def _number(data: dict[str, Any], key: str, low: float, high: float) -> float | 
     return float(value)
 
 
-def _parseStop(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise invalidRequest(
-            "'stop' must be a string or an array of strings", "stop", "invalid_type"
-        )
-    elif len(value) > 4:
-        raise invalidRequest("'stop' may hold at most 4 sequences", "stop", "invalid_value")
-    for sequence in value:
-        if len(sequence) > MAX_STOP_LENGTH:
-            raise invalidRequest(
-                f"'stop' sequences may be at most {MAX_STOP_LENGTH} characters long,"
-                f" got {len(sequence)}",
-                "stop",
-                "invalid_value",
-            )
-    return tuple(value)
-
-
-def _parseMessages(value: Any) -> tuple[ChatMessage, ...]:
-    if value is None:
-        raise invalidRequest(
-            "you must provide a messages parameter", "messages", "missing_required_parameter"
-        )
-    if not isinstance(value, list):
-        raise invalidRequest(
-            f"'messages' must be an array, not {_typeName(value)}", "messages", "invalid_type"
-        )
-    if not value:
-        raise invalidRequest("'messages' must not be empty", "messages", "empty_array")
-    if len(value) > MAX_MESSAGES:
-        raise invalidRequest(
-            f"'messages' holds {len(value)} items; at most {MAX_MESSAGES} are allowed",
-            "messages",
-            "array_above_max_length",
-        )
-    messages = tuple(_parseMessage(item, f"messages[{index}]") for index, item in enumerate(value))
-    _checkToolResults(messages)
-    return messages
-
-
 def _checkToolResults(messages: tuple[ChatMessage, ...]) -> None:
     """
     Refuse a C{tool} message that answers no tool call of the assistant
@@ -749,106 +1118,6 @@ def _checkToolResults(messages: tuple[ChatMessage, ...]) -> None:
             )
 
 
-def _parseMessage(item: Any, where: str) -> ChatMessage:
-    if not isinstance(item, dict):
-        raise invalidRequest(
-            f"'{where}' must be an object, not {_typeName(item)}", where, "invalid_type"
-        )
-    role = item.get("role")
-    if not isinstance(role, str) or role not in _ROLES:
-        raise invalidRequest(
-            f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}, got {_show(role)}",
-            f"{where}.role",
-            "invalid_value",
-        )
-    name = _optional(item, "name", str, None, f"{where}.name")
-    toolCalls = _parseToolCalls(item.get("tool_calls"), where) if role == "assistant" else ()
-    content = _parseContent(item.get("content"), f"{where}.content", required=not toolCalls)
-    toolCallId = None
-    if role == "tool":
-        toolCallId = item.get("tool_call_id")
-        if not isinstance(toolCallId, str) or not toolCallId:
-            raise invalidRequest(
-                f"'{where}.tool_call_id' must be a non-empty string for a tool message",
-                f"{where}.tool_call_id",
-                "invalid_type",
-            )
-    return ChatMessage(role, content, name, toolCalls, toolCallId)
-
-
-def _parseContent(value: Any, where: str, required: bool) -> str:
-    if value is None:
-        if required:
-            raise invalidRequest(f"'{where}' is required", where, "missing_required_parameter")
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        texts = []
-        for index, part in enumerate(value):
-            partWhere = f"{where}[{index}]"
-            if isinstance(part, str):
-                texts.append(part)
-                continue
-            if not isinstance(part, dict):
-                raise invalidRequest(
-                    f"'{partWhere}' must be an object, not {_typeName(part)}",
-                    partWhere,
-                    "invalid_type",
-                )
-            kind = part.get("type")
-            if kind in ("text", "input_text", "output_text", "refusal"):
-                text = part.get("text", part.get("refusal"))
-                if not isinstance(text, str):
-                    raise invalidRequest(
-                        f"'{partWhere}.text' must be a string", f"{partWhere}.text", "invalid_type"
-                    )
-                texts.append(text)
-            else:
-                raise invalidRequest(
-                    f"'{partWhere}' is a {_show(kind)} part; agents here take text parts only",
-                    partWhere,
-                    "unsupported_content_type",
-                )
-        return "\n".join(texts)
-    raise invalidRequest(
-        f"'{where}' must be a string or an array of content parts, not {_typeName(value)}",
-        where,
-        "invalid_type",
-    )
-
-
-def _parseToolCalls(value: Any, where: str) -> tuple[ToolCall, ...]:
-    if value is None:
-        return ()
-    param = f"{where}.tool_calls"
-    if not isinstance(value, list):
-        raise invalidRequest(f"'{param}' must be an array", param, "invalid_type")
-    calls = []
-    for index, call in enumerate(value):
-        callWhere = f"{param}[{index}]"
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict):
-            raise invalidRequest(
-                f"'{callWhere}.function' must be an object", f"{callWhere}.function", "invalid_type"
-            )
-        callId = call.get("id")
-        fname = function.get("name")
-        arguments = function.get("arguments", "")
-        if (
-            not isinstance(callId, str)
-            or not isinstance(fname, str)
-            or not isinstance(arguments, str)
-        ):
-            raise invalidRequest(
-                f"'{callWhere}' needs a string id, function.name and function.arguments",
-                callWhere,
-                "invalid_type",
-            )
-        calls.append(ToolCall(callId, fname, arguments))
-    return tuple(calls)
-
-
 def headerLookup(request: Any) -> Callable[[bytes], bytes | None]:
     """
     What C{request.getHeader} answers (a header's last value, or L{None}),
@@ -874,7 +1143,6 @@ __all__ = [
     "TOOL_NAME",
     "functionSpec",
     "headerLookup",
-    "parseFunctionTools",
     "parseToolChoice",
     "loadBody",
     "numberField",

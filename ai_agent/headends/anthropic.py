@@ -25,10 +25,11 @@ import json
 import math
 import secrets
 import time
-from typing import Any, Callable, ClassVar, Iterable, cast
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Literal, cast
 
 import attrs
 from klein import Klein
+from msgspec import Meta, Struct, field
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
@@ -75,14 +76,12 @@ from ai_agent.headends._request import (
     MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     MAX_TOOLS,
-    TOOL_NAME,
     headerLookup,
     loadBody,
-    numberField,
-    optionalField,
     showValue,
     typeName,
 )
+from ai_agent.headends._schema import TOOL_NAME_PATTERN, Override, anthropicWords, convertBody
 from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, requestScope
 from ai_agent.pool import RunPool
@@ -183,6 +182,199 @@ def isAnthropicClient(path: bytes, headers: Headers) -> bool:
 # -- the request --------------------------------------------------------
 
 
+# -- the Messages request as types (see ai_agent.headends._schema) ------------
+
+_NonEmpty = Annotated[str, Meta(min_length=1)]
+
+
+class AnthropicTextBlock(Struct, tag_field="type", tag="text"):
+    """A text block."""
+
+    text: str
+
+
+class AnthropicTextOnlyBlock(Struct):
+    """A text block where only text blocks may be (system, a tool result)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class AnthropicToolUseBlock(Struct, tag_field="type", tag="tool_use"):
+    """An assistant's tool call."""
+
+    id: _NonEmpty
+    name: str
+    input: dict[str, Any] = {}
+
+
+class AnthropicToolResultBlock(Struct, tag_field="type", tag="tool_result"):
+    """A tool's result, answering a tool_use block of the assistant message before."""
+
+    tool_use_id: _NonEmpty
+    content: str | list[AnthropicTextOnlyBlock] | None = None
+    is_error: bool | None = None
+
+
+class AnthropicThinkingBlock(Struct, tag_field="type", tag="thinking"):
+    """An echoed thinking block (not replayed to the model)."""
+
+
+class AnthropicRedactedThinkingBlock(Struct, tag_field="type", tag="redacted_thinking"):
+    """An echoed redacted thinking block (not replayed to the model)."""
+
+
+_UserBlock = (
+    AnthropicTextBlock
+    | AnthropicToolResultBlock
+    | AnthropicThinkingBlock
+    | AnthropicRedactedThinkingBlock
+)
+_AssistantBlock = (
+    AnthropicTextBlock
+    | AnthropicToolUseBlock
+    | AnthropicThinkingBlock
+    | AnthropicRedactedThinkingBlock
+)
+
+
+class AnthropicUserMessage(Struct, tag_field="role", tag="user"):
+    """A user turn: text and tool_result blocks."""
+
+    content: str | list[_UserBlock]
+
+
+class AnthropicAssistantMessage(Struct, tag_field="role", tag="assistant"):
+    """An assistant turn: text and tool_use blocks."""
+
+    content: str | list[_AssistantBlock]
+
+
+class AnthropicSystemMessage(Struct, tag_field="role", tag="system"):
+    """A system message inside the conversation (as Claude Code sends)."""
+
+    content: str | list[AnthropicTextOnlyBlock]
+
+
+_AnthropicMessage = AnthropicUserMessage | AnthropicAssistantMessage | AnthropicSystemMessage
+
+
+class AnthropicTool(Struct):
+    """A custom tool (Anthropic's server tools are refused)."""
+
+    name: Annotated[str, Meta(pattern=TOOL_NAME_PATTERN)]
+    type: Literal["custom"] | None = None
+    description: str | None = None
+    input_schema: dict[str, Any] = field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+class AnthropicToolChoiceAuto(Struct, tag_field="type", tag="auto"):
+    """The model decides."""
+
+    disable_parallel_tool_use: bool | None = None
+
+
+class AnthropicToolChoiceAny(Struct, tag_field="type", tag="any"):
+    """The model calls some tool."""
+
+    disable_parallel_tool_use: bool | None = None
+
+
+class AnthropicToolChoiceNone(Struct, tag_field="type", tag="none"):
+    """The client's tools are hidden."""
+
+    disable_parallel_tool_use: bool | None = None
+
+
+class AnthropicToolChoiceTool(Struct, tag_field="type", tag="tool"):
+    """The named tool (one of tools) is called."""
+
+    name: str
+    disable_parallel_tool_use: bool | None = None
+
+
+_ToolChoice = (
+    AnthropicToolChoiceAuto
+    | AnthropicToolChoiceAny
+    | AnthropicToolChoiceNone
+    | AnthropicToolChoiceTool
+)
+
+
+class AnthropicThinkingEnabled(Struct, tag_field="type", tag="enabled"):
+    """Thinking blocks, with a budget (checked, not used)."""
+
+    budget_tokens: Annotated[int, Meta(ge=1024)]
+
+
+class AnthropicThinkingAdaptive(Struct, tag_field="type", tag="adaptive"):
+    """Thinking blocks, the budget left to the model."""
+
+
+class AnthropicThinkingDisabled(Struct, tag_field="type", tag="disabled"):
+    """No thinking blocks."""
+
+
+class AnthropicOutputFormat(Struct):
+    """
+    The answer's format: JSON conforming to the schema, as one text block;
+    overrides the agent's `output`.
+    """
+
+    type: Literal["json_schema"]
+    schema: dict[str, Any]
+
+
+class AnthropicOutputConfig(Struct):
+    """output_config: the answer's format; effort is checked and not used."""
+
+    effort: str | None = None
+    format: AnthropicOutputFormat | None = None
+
+
+class CountTokensRequest(Struct, kw_only=True):
+    """
+    A count_tokens request: a Messages request without max_tokens. Fields
+    not listed here are accepted and ignored.
+    """
+
+    model: _NonEmpty
+    messages: Annotated[list[_AnthropicMessage], Meta(min_length=1, max_length=MAX_MESSAGES)]
+    system: str | list[AnthropicTextOnlyBlock] | None = None
+    stream: bool | None = None
+    temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Meta(description="Accepted; not used.")] | None = None
+    stop_sequences: (
+        Annotated[
+            list[Annotated[str, Meta(max_length=MAX_STOP_LENGTH)]],
+            Meta(max_length=MAX_STOP_SEQUENCES),
+        ]
+        | None
+    ) = None
+    tools: Annotated[list[AnthropicTool], Meta(max_length=MAX_TOOLS)] | None = None
+    tool_choice: _ToolChoice | None = None
+    metadata: Annotated[Any, Meta(description="metadata.user_id is logged with the run.")] = None
+    thinking: (
+        AnthropicThinkingEnabled | AnthropicThinkingAdaptive | AnthropicThinkingDisabled | None
+    ) = None
+    output_config: AnthropicOutputConfig | None = None
+    output_format: AnthropicOutputFormat | None = None
+    max_tokens: Annotated[int, Meta(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
+
+
+class MessagesRequestBody(CountTokensRequest, kw_only=True):
+    """
+    Anthropic's Messages request (max_tokens required). Fields not listed
+    are accepted and ignored; so are any anthropic-version and
+    anthropic-beta headers.
+    """
+
+    max_tokens: Annotated[int, Meta(ge=1, le=MAX_OUTPUT_TOKENS)]
+
+
 @attrs.frozen
 class MessagesRequest:
     """
@@ -243,281 +435,104 @@ def _parse(body: bytes, requireMaxTokens: bool) -> MessagesRequest:
     data = loadBody(body)
     if not isinstance(data, dict):
         raise invalidRequest(f"the request body must be a JSON object, not {typeName(data)}")
+    # The model, then a missing max_tokens, are named before any other
+    # mistake (msgspec would name a missing field after the others').
     model = data.get("model")
     if not isinstance(model, str) or not model:
-        raise invalidRequest("model: a non-empty string is required", "model")
-    maxTokens = optionalField(data, "max_tokens", int, None)
-    if maxTokens is None and requireMaxTokens:
+        raise _MESSAGES_WORDS["model"]("model", model)
+    if requireMaxTokens and data.get("max_tokens") is None:
         raise invalidRequest("max_tokens: Field required", "max_tokens")
-    if maxTokens is not None and not 1 <= maxTokens <= MAX_OUTPUT_TOKENS:
+    kind = MessagesRequestBody if requireMaxTokens else CountTokensRequest
+    request = convertBody(data, kind, _MESSAGES_WORDS, anthropicWords)
+    if request.output_format is not None and (
+        request.output_config is not None and request.output_config.format is not None
+    ):
         raise invalidRequest(
-            f"max_tokens: must be between 1 and {MAX_OUTPUT_TOKENS}, got {showValue(maxTokens)}",
-            "max_tokens",
+            "output_format: both output_format and output_config.format were given;"
+            " send only output_config.format (output_format is its older name)",
+            "output_format",
         )
-    temperature = numberField(data, "temperature", 0.0, 1.0)
-    topP = numberField(data, "top_p", 0.0, 1.0)
-    # Accepted for the SDKs' sake; no provider here is asked for it.
-    optionalField(data, "top_k", int, None)
-    stop = _stopSequences(data.get("stop_sequences"))
-    tools = _parseTools(data.get("tools"))
-    choice, parallel = _parseToolChoice(data.get("tool_choice"), tools)
-    metadata = data.get("metadata")
+    outputFormat = request.output_format or (
+        request.output_config.format if request.output_config is not None else None
+    )
+    tools = _tools(request.tools or ())
+    choice, parallel = _toolChoice(request.tool_choice, tools)
+    metadata = request.metadata
     user = None
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         user = loggable(metadata["user_id"])
+    system = request.system
+    systemText = _blockTexts(system) if system else ""
     return MessagesRequest(
-        model=model,
-        messages=_parseMessages(data.get("messages")),
-        system=_parseSystem(data.get("system")),
-        stream=optionalField(data, "stream", bool, False),
-        sampling=Sampling(temperature, topP, maxTokens, stop, None, _parseOutputFormat(data)),
+        model=request.model,
+        messages=_messages(request.messages),
+        system=(systemText,) if systemText else (),
+        stream=bool(request.stream),
+        sampling=Sampling(
+            request.temperature,
+            request.top_p,
+            request.max_tokens,
+            tuple(request.stop_sequences or ()),
+            None,
+            None if outputFormat is None else OutputFormat(outputFormat.schema),
+        ),
         tools=tools,
         toolChoice=choice,
         parallelToolCalls=parallel,
         user=user,
-        thinking=_parseThinking(data.get("thinking")),
+        thinking=isinstance(
+            request.thinking, (AnthropicThinkingEnabled, AnthropicThinkingAdaptive)
+        ),
     )
 
-
-#: The C{thinking.type}s that ask for thinking blocks.
-_THINKING_ON = ("enabled", "adaptive")
 
 #: Anthropic's smallest C{thinking.budget_tokens}.
 MIN_THINKING_BUDGET = 1024
 
 
-def _parseThinking(value: Any) -> bool:
-    """
-    C{thinking}: whether the client asked for thinking blocks
-    (C{{"type": "enabled", "budget_tokens": n}} or C{{"type": "adaptive"}};
-    C{{"type": "disabled"}} or no C{thinking} does not).  The budget is
-    checked as Anthropic checks it and not used: the agent's file decides
-    its models' reasoning.
-    """
-    if value is None:
-        return False
-    if not isinstance(value, dict):
-        raise invalidRequest(f"thinking: must be an object, not {typeName(value)}", "thinking")
-    kind = value.get("type")
-    if kind not in (*_THINKING_ON, "disabled"):
-        raise invalidRequest(
-            f"thinking.type: must be enabled, adaptive or disabled, got {showValue(kind)}",
-            "thinking.type",
-        )
-    if kind == "enabled":
-        budget = value.get("budget_tokens")
-        if not isinstance(budget, int) or isinstance(budget, bool):
-            raise invalidRequest(
-                "thinking.budget_tokens: an integer is required when thinking is enabled",
-                "thinking.budget_tokens",
-            )
-        if budget < MIN_THINKING_BUDGET:
-            raise invalidRequest(
-                f"thinking.budget_tokens: must be at least {MIN_THINKING_BUDGET}",
-                "thinking.budget_tokens",
-            )
-    return kind in _THINKING_ON
+def _blockTexts(content: str | list[AnthropicTextOnlyBlock]) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(block.text for block in content)
 
 
-def _parseOutputFormat(data: dict[str, Any]) -> OutputFormat | None:
-    """
-    The answer's format: C{output_config.format}, or the older top-level
-    C{output_format} (Anthropic's structured-outputs beta), each
-    C{{"type": "json_schema", "schema": {...}}}; not both.
-    C{output_config.effort} is checked and not used (the agent's file
-    decides its models' reasoning).
-    """
-    config = data.get("output_config")
-    spec, param = None, "output_config.format"
-    if config is not None:
-        if not isinstance(config, dict):
-            raise invalidRequest(
-                f"output_config: must be an object, not {typeName(config)}", "output_config"
-            )
-        effort = config.get("effort")
-        if effort is not None and not isinstance(effort, str):
-            raise invalidRequest(
-                f"output_config.effort: must be a string, not {typeName(effort)}",
-                "output_config.effort",
-            )
-        spec = config.get("format")
-    legacy = data.get("output_format")
-    if legacy is not None:
-        if spec is not None:
-            raise invalidRequest(
-                "output_format: both output_format and output_config.format were given;"
-                " send only output_config.format (output_format is its older name)",
-                "output_format",
-            )
-        spec, param = legacy, "output_format"
-    if spec is None:
-        return None
-    if not isinstance(spec, dict):
-        raise invalidRequest(f"{param}: must be an object, not {typeName(spec)}", param)
-    kind = spec.get("type")
-    if kind != "json_schema":
-        raise invalidRequest(
-            f"{param}.type: must be json_schema, got {showValue(kind)}", f"{param}.type"
-        )
-    schema = spec.get("schema")
-    if not isinstance(schema, dict):
-        raise invalidRequest(
-            f"{param}.schema: a JSON Schema object is required, not {typeName(schema)}",
-            f"{param}.schema",
-        )
-    return OutputFormat(schema)
-
-
-def _strings(value: Any, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise invalidRequest(f"{where}: must be an array of strings", where)
-    return tuple(value)
-
-
-def _stopSequences(value: Any) -> tuple[str, ...]:
-    """
-    C{stop_sequences}: at most L{MAX_STOP_SEQUENCES} strings of at most
-    L{MAX_STOP_LENGTH} characters.
-    """
-    stop = _strings(value, "stop_sequences")
-    if len(stop) > MAX_STOP_SEQUENCES:
-        raise invalidRequest(
-            f"stop_sequences: {len(stop)} sequences; at most {MAX_STOP_SEQUENCES} are allowed",
-            "stop_sequences",
-        )
-    for index, sequence in enumerate(stop):
-        if len(sequence) > MAX_STOP_LENGTH:
-            where = f"stop_sequences[{index}]"
-            raise invalidRequest(
-                f"{where}: {len(sequence)} characters; at most {MAX_STOP_LENGTH} are allowed",
-                where,
-            )
-    return stop
-
-
-def _parseSystem(value: Any) -> tuple[str, ...]:
-    if value is None or value == "":
-        return ()
-    text = _text(value, "system")
-    return (text,) if text else ()
-
-
-def _blocks(value: Any, where: str) -> list[tuple[str, dict[str, Any], str]]:
-    """
-    A C{content} value as C{(type, block, path)} triples; a string is one
-    text block.
-    """
-    if isinstance(value, str):
-        return [("text", {"type": "text", "text": value}, where)]
-    if not isinstance(value, list):
-        raise invalidRequest(
-            f"{where}: must be a string or an array of content blocks, not {typeName(value)}",
-            where,
-        )
-    blocks = []
-    for index, block in enumerate(value):
-        path = f"{where}[{index}]"
-        if not isinstance(block, dict):
-            raise invalidRequest(f"{path}: must be an object, not {typeName(block)}", path)
-        kind = block.get("type")
-        if not isinstance(kind, str):
-            raise invalidRequest(f"{path}.type: a string is required", f"{path}.type")
-        blocks.append((kind, block, path))
-    return blocks
-
-
-def _unsupportedBlock(kind: str, path: str) -> AgentError:
-    return invalidRequest(
-        f"{path}: {showValue(kind)} blocks are not supported; agents here take text"
-        " (text, tool_use, tool_result and echoed thinking blocks)",
-        path,
-        "unsupported_content_type",
-    )
-
-
-def _blockText(block: dict[str, Any], path: str) -> str:
-    text = block.get("text")
-    if not isinstance(text, str):
-        raise invalidRequest(f"{path}.text: a string is required", f"{path}.text")
-    return text
-
-
-def _text(value: Any, where: str) -> str:
-    """
-    The text of a content value holding only text blocks.
-    """
-    texts = []
-    for kind, block, path in _blocks(value, where):
-        if kind != "text":
-            raise _unsupportedBlock(kind, path)
-        texts.append(_blockText(block, path))
-    return "\n".join(texts)
-
-
-def _parseMessages(value: Any) -> tuple[ChatMessage, ...]:
-    if value is None:
-        raise invalidRequest("messages: Field required", "messages")
-    if not isinstance(value, list):
-        raise invalidRequest(f"messages: must be an array, not {typeName(value)}", "messages")
-    if not value:
-        raise invalidRequest("messages: at least one message is required", "messages")
-    if len(value) > MAX_MESSAGES:
-        raise invalidRequest(
-            f"messages: {len(value)} messages; at most {MAX_MESSAGES} are allowed", "messages"
-        )
+def _messages(items: list[_AnthropicMessage]) -> tuple[ChatMessage, ...]:
     conversation: list[ChatMessage] = []
     # The tool_use ids of the last assistant message: the tool_result
     # blocks that may follow.
     calls: frozenset[str] = frozenset()
-    for index, item in enumerate(value):
-        where = f"messages[{index}]"
-        if not isinstance(item, dict):
-            raise invalidRequest(f"{where}: must be an object, not {typeName(item)}", where)
-        role = item.get("role")
-        content = item.get("content")
-        if content is None:
-            raise invalidRequest(f"{where}.content: Field required", f"{where}.content")
-        if role == "assistant":
-            message = _assistantMessage(content, f"{where}.content")
+    for index, item in enumerate(items):
+        where = f"messages[{index}].content"
+        if isinstance(item, AnthropicAssistantMessage):
+            message = _assistantMessage(item.content)
             calls = frozenset(call.id for call in message.toolCalls)
             conversation.append(message)
-        elif role == "user":
-            conversation.extend(_userMessages(content, f"{where}.content", calls))
-        elif role == "system":
-            # Claude Code sends system messages inside the conversation.
-            conversation.append(ChatMessage("system", _text(content, f"{where}.content")))
+        elif isinstance(item, AnthropicUserMessage):
+            conversation.extend(_userMessages(item.content, where, calls))
         else:
-            raise invalidRequest(
-                f"{where}.role: must be user or assistant, got {showValue(role)}",
-                f"{where}.role",
-            )
+            # Claude Code sends system messages inside the conversation.
+            conversation.append(ChatMessage("system", _blockTexts(item.content)))
     return tuple(conversation)
 
 
-def _assistantMessage(content: Any, where: str) -> ChatMessage:
+def _assistantMessage(content: str | list[_AssistantBlock]) -> ChatMessage:
+    if isinstance(content, str):
+        return ChatMessage("assistant", content)
     texts: list[str] = []
     calls: list[ToolCall] = []
-    for kind, block, path in _blocks(content, where):
-        if kind == "text":
-            texts.append(_blockText(block, path))
-        elif kind == "tool_use":
-            callId, name, arguments = block.get("id"), block.get("name"), block.get("input", {})
-            if not isinstance(callId, str) or not callId or not isinstance(name, str):
-                raise invalidRequest(f"{path}: a tool_use block needs a string id and name", path)
-            if not isinstance(arguments, dict):
-                raise invalidRequest(f"{path}.input: must be an object", f"{path}.input")
-            calls.append(ToolCall(callId, name, json.dumps(arguments, ensure_ascii=False)))
-        elif kind in ("thinking", "redacted_thinking"):
-            # Echoed back by clients; the agent's reasoning is not replayed.
-            continue
-        else:
-            raise _unsupportedBlock(kind, path)
+    for block in content:
+        if isinstance(block, AnthropicTextBlock):
+            texts.append(block.text)
+        elif isinstance(block, AnthropicToolUseBlock):
+            arguments = json.dumps(block.input, ensure_ascii=False)
+            calls.append(ToolCall(block.id, block.name, arguments))
+        # Echoed thinking blocks: the agent's reasoning is not replayed.
     return ChatMessage("assistant", "".join(texts), toolCalls=tuple(calls))
 
 
-def _userMessages(content: Any, where: str, calls: frozenset[str]) -> list[ChatMessage]:
+def _userMessages(
+    content: str | list[_UserBlock], where: str, calls: frozenset[str]
+) -> list[ChatMessage]:
     """
     A user turn: each C{tool_result} block as a tool message (first, so
     they follow the assistant's calls), then the text as a user message.
@@ -526,119 +541,288 @@ def _userMessages(content: Any, where: str, calls: frozenset[str]) -> list[ChatM
         C{tool_result} answering another id is refused, in the words of
         Anthropic's API.
     """
+    if isinstance(content, str):
+        return [ChatMessage("user", content)]
     results: list[ChatMessage] = []
     texts: list[str] = []
-    for kind, block, path in _blocks(content, where):
-        if kind == "text":
-            texts.append(_blockText(block, path))
-        elif kind == "tool_result":
-            callId = block.get("tool_use_id")
-            if not isinstance(callId, str) or not callId:
-                raise invalidRequest(
-                    f"{path}.tool_use_id: a non-empty string is required", f"{path}.tool_use_id"
-                )
+    for index, block in enumerate(content):
+        if isinstance(block, AnthropicTextBlock):
+            texts.append(block.text)
+        elif isinstance(block, AnthropicToolResultBlock):
+            callId = block.tool_use_id
             if callId not in calls:
+                path = f"{where}[{index}]"
                 raise invalidRequest(
                     f"{path}: unexpected `tool_use_id` found in `tool_result` blocks:"
                     f" {shorten(callId)}. Each `tool_result` block must have a corresponding"
                     " `tool_use` block in the previous message.",
                     f"{path}.tool_use_id",
                 )
-            result = block.get("content", "")
-            text = _text(result, f"{path}.content") if result else ""
-            isError = optionalField(block, "is_error", bool, False, f"{path}.is_error")
-            if isError:
+            text = _blockTexts(block.content) if block.content else ""
+            if block.is_error:
                 text = "Error: " + text
             results.append(ChatMessage("tool", text, toolCallId=callId))
-        elif kind in ("thinking", "redacted_thinking"):
-            continue
-        else:
-            raise _unsupportedBlock(kind, path)
     if texts or not results:
         results.append(ChatMessage("user", "\n".join(texts)))
     return results
 
 
-def _parseTools(value: Any) -> tuple[ClientTool, ...]:
+def _tools(items: list[AnthropicTool] | tuple[()]) -> tuple[ClientTool, ...]:
     """
-    C{tools}: custom tools (a name, a description, an C{input_schema});
-    Anthropic's server tools (C{web_search_…}, C{bash_…}, …) are refused
-    by name, since only the client could run them and the model here
-    would not know them.
+    C{tools}: custom tools (a name, a description, an C{input_schema}),
+    names unique.
     """
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise invalidRequest(f"tools: must be an array, not {typeName(value)}", "tools")
-    if len(value) > MAX_TOOLS:
-        raise invalidRequest(f"tools: {len(value)} tools; at most {MAX_TOOLS} are allowed", "tools")
     tools: list[ClientTool] = []
     names: set[str] = set()
-    for index, tool in enumerate(value):
+    for index, tool in enumerate(items):
         where = f"tools[{index}]"
-        if not isinstance(tool, dict):
-            raise invalidRequest(f"{where}: must be an object, not {typeName(tool)}", where)
-        kind = tool.get("type")
-        if kind not in (None, "custom"):
+        if tool.name in names:
             raise invalidRequest(
-                f"{where}: {showValue(kind)} is one of Anthropic's server tools, which this"
-                " server does not run; send custom tools (a name and an input_schema)",
-                f"{where}.type",
-                "unsupported_tool_type",
+                f"{where}.name: the tool name {tool.name!r} repeats", f"{where}.name"
             )
-        name = tool.get("name")
-        if not isinstance(name, str) or TOOL_NAME.fullmatch(name) is None:
-            raise invalidRequest(
-                f"{where}.name: must be 1 to 64 letters, digits, '_' or '-', got {showValue(name)}",
-                f"{where}.name",
-            )
-        if name in names:
-            raise invalidRequest(f"{where}.name: the tool name {name!r} repeats", f"{where}.name")
-        names.add(name)
-        description = optionalField(tool, "description", str, "", f"{where}.description")
-        schema = tool.get("input_schema", {"type": "object", "properties": {}})
-        if not isinstance(schema, dict):
-            raise invalidRequest(
-                f"{where}.input_schema: must be a JSON Schema object", f"{where}.input_schema"
-            )
-        tools.append(ClientTool(ToolSpec(name, description, schema), f"{where}.name"))
+        names.add(tool.name)
+        spec = ToolSpec(tool.name, tool.description or "", tool.input_schema)
+        tools.append(ClientTool(spec, f"{where}.name"))
     return tuple(tools)
 
 
-def _parseToolChoice(value: Any, tools: tuple[ClientTool, ...]) -> tuple[ToolChoice, bool | None]:
+def _toolChoice(
+    value: _ToolChoice | None, tools: tuple[ClientTool, ...]
+) -> tuple[ToolChoice, bool | None]:
     """
     C{tool_choice} (C{auto}, C{any}, C{tool} with a C{name}, C{none}) and
     its C{disable_parallel_tool_use}.
     """
     if value is None:
         return ToolChoice(), None
-    if not isinstance(value, dict):
-        raise invalidRequest(
-            f"tool_choice: must be an object, not {typeName(value)}", "tool_choice"
-        )
-    disable = optionalField(
-        value, "disable_parallel_tool_use", bool, None, "tool_choice.disable_parallel_tool_use"
-    )
+    disable = value.disable_parallel_tool_use
     parallel = None if disable is None else not disable
-    kind = value.get("type")
-    if kind == "auto":
-        return ToolChoice(), parallel
-    if kind == "any":
+    if isinstance(value, AnthropicToolChoiceAny):
         return ToolChoice(ToolChoice.REQUIRED), parallel
-    if kind == "none":
+    if isinstance(value, AnthropicToolChoiceNone):
         return ToolChoice(ToolChoice.NONE), parallel
-    if kind == "tool":
-        name = value.get("name")
-        if not isinstance(name, str) or name not in {tool.spec.name for tool in tools}:
+    if isinstance(value, AnthropicToolChoiceTool):
+        if value.name not in {tool.spec.name for tool in tools}:
             raise invalidRequest(
-                f"tool_choice.name: {showValue(name)} is not one of the tools",
+                f"tool_choice.name: {showValue(value.name)} is not one of the tools",
                 "tool_choice.name",
             )
-        return ToolChoice(ToolChoice.TOOL, name), parallel
-    raise invalidRequest(
-        f"tool_choice.type: must be auto, any, tool or none, got {showValue(kind)}",
-        "tool_choice.type",
+        return ToolChoice(ToolChoice.TOOL, value.name), parallel
+    return ToolChoice(), parallel
+
+
+def _unsupportedBlock(kind: Any, path: str) -> AgentError:
+    return invalidRequest(
+        f"{path}: {showValue(kind)} blocks are not supported; agents here take text"
+        " (text, tool_use, tool_result and echoed thinking blocks)",
+        path,
+        "unsupported_content_type",
     )
+
+
+def _blockType(param: str, value: Any) -> AgentError:
+    path = param.rsplit(".", 1)[0]
+    if not isinstance(value, str):
+        return invalidRequest(f"{param}: a string is required", param)
+    return _unsupportedBlock(value, path)
+
+
+def _typed(what: str) -> Override:
+    """The words L{optionalField} used: C{'param' must be a boolean, not ...}."""
+
+    def words(param: str, value: Any) -> AgentError:
+        return invalidRequest(
+            f"'{param}' must be {what}, not {typeName(value)}", param, "invalid_type"
+        )
+
+    return words
+
+
+def _between(low: float, high: float) -> Override:
+    """The words L{numberField} used."""
+
+    def words(param: str, value: Any) -> AgentError:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return invalidRequest(
+                f"'{param}' must be a number, not {typeName(value)}", param, "invalid_type"
+            )
+        return invalidRequest(
+            f"'{param}' must be between {low:g} and {high:g}, got {value}", param, "invalid_value"
+        )
+
+    return words
+
+
+def _maxTokens(param: str, value: Any) -> AgentError:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return _typed("an integer")(param, value)
+    return invalidRequest(
+        f"max_tokens: must be between 1 and {MAX_OUTPUT_TOKENS}, got {showValue(value)}",
+        "max_tokens",
+    )
+
+
+def _content(param: str, value: Any) -> AgentError:
+    if value is None:
+        return invalidRequest(f"{param}: Field required", param)
+    return invalidRequest(
+        f"{param}: must be a string or an array of content blocks, not {typeName(value)}", param
+    )
+
+
+def _stopSequences(param: str, value: Any) -> AgentError:
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return invalidRequest(
+            f"stop_sequences: {len(value)} sequences; at most {MAX_STOP_SEQUENCES} are allowed",
+            "stop_sequences",
+        )
+    return invalidRequest("stop_sequences: must be an array of strings", "stop_sequences")
+
+
+def _stopSequence(param: str, value: Any) -> AgentError:
+    if not isinstance(value, str):
+        return invalidRequest("stop_sequences: must be an array of strings", "stop_sequences")
+    return invalidRequest(
+        f"{param}: {len(value)} characters; at most {MAX_STOP_LENGTH} are allowed", param
+    )
+
+
+def _toolType(param: str, value: Any) -> AgentError:
+    where = param.rsplit(".", 1)[0]
+    return invalidRequest(
+        f"{where}: {showValue(value)} is one of Anthropic's server tools, which this"
+        " server does not run; send custom tools (a name and an input_schema)",
+        param,
+        "unsupported_tool_type",
+    )
+
+
+def _toolUse(param: str, value: Any) -> AgentError:
+    path = param.rsplit(".", 1)[0]
+    return invalidRequest(f"{path}: a tool_use block needs a string id and name", path)
+
+
+def _thinkingType(param: str, value: Any) -> AgentError:
+    return invalidRequest(
+        f"thinking.type: must be enabled, adaptive or disabled, got {showValue(value)}",
+        "thinking.type",
+    )
+
+
+def _budget(param: str, value: Any) -> AgentError:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return invalidRequest(
+            "thinking.budget_tokens: an integer is required when thinking is enabled",
+            "thinking.budget_tokens",
+        )
+    return invalidRequest(
+        f"thinking.budget_tokens: must be at least {MIN_THINKING_BUDGET}",
+        "thinking.budget_tokens",
+    )
+
+
+def _formatType(param: str, value: Any) -> AgentError:
+    return invalidRequest(f"{param}: must be json_schema, got {showValue(value)}", param)
+
+
+def _formatSchema(param: str, value: Any) -> AgentError:
+    return invalidRequest(
+        f"{param}: a JSON Schema object is required, not {typeName(value)}", param
+    )
+
+
+def _object(param: str, value: Any) -> AgentError:
+    return invalidRequest(f"{param}: must be an object, not {typeName(value)}", param)
+
+
+#: The words of the refusals clients and tests rely on, by C{param}; the
+#: rest are in Anthropic's style (L{anthropicWords}).
+_MESSAGES_WORDS: dict[str, Override] = {
+    "model": lambda param, value: invalidRequest("model: a non-empty string is required", "model"),
+    "max_tokens": _maxTokens,
+    "temperature": _between(0.0, 1.0),
+    "top_p": _between(0.0, 1.0),
+    "top_k": _typed("an integer"),
+    "stream": _typed("a boolean"),
+    "messages": lambda param, value: (
+        invalidRequest("messages: Field required", "messages")
+        if value is None
+        else invalidRequest("messages: at least one message is required", "messages")
+        if value == []
+        else invalidRequest(
+            f"messages: {len(value)} messages; at most {MAX_MESSAGES} are allowed", "messages"
+        )
+        if isinstance(value, list)
+        else invalidRequest(f"messages: must be an array, not {typeName(value)}", "messages")
+    ),
+    "messages[]": _object,
+    "messages[].role": lambda param, value: invalidRequest(
+        f"{param}: must be user or assistant, got {showValue(value)}", param
+    ),
+    "messages[].content": _content,
+    "messages[].content[]": _object,
+    "messages[].content[].type": _blockType,
+    "messages[].content[].text": lambda param, value: invalidRequest(
+        f"{param}: a string is required", param
+    ),
+    "messages[].content[].id": _toolUse,
+    "messages[].content[].name": _toolUse,
+    "messages[].content[].input": lambda param, value: invalidRequest(
+        f"{param}: must be an object", param
+    ),
+    "messages[].content[].tool_use_id": lambda param, value: invalidRequest(
+        f"{param}: a non-empty string is required", param
+    ),
+    "messages[].content[].is_error": _typed("a boolean"),
+    "messages[].content[].content": _content,
+    "messages[].content[].content[]": _object,
+    "messages[].content[].content[].type": _blockType,
+    "messages[].content[].content[].text": lambda param, value: invalidRequest(
+        f"{param}: a string is required", param
+    ),
+    "system": _content,
+    "system[]": _object,
+    "system[].type": _blockType,
+    "system[].text": lambda param, value: invalidRequest(f"{param}: a string is required", param),
+    "stop_sequences": _stopSequences,
+    "stop_sequences[]": _stopSequence,
+    "tools": lambda param, value: (
+        invalidRequest(f"tools: {len(value)} tools; at most {MAX_TOOLS} are allowed", "tools")
+        if isinstance(value, list)
+        else invalidRequest(f"tools: must be an array, not {typeName(value)}", "tools")
+    ),
+    "tools[]": _object,
+    "tools[].type": _toolType,
+    "tools[].name": lambda param, value: invalidRequest(
+        f"{param}: must be 1 to 64 letters, digits, '_' or '-', got {showValue(value)}", param
+    ),
+    "tools[].description": _typed("a string"),
+    "tools[].input_schema": lambda param, value: invalidRequest(
+        f"{param}: must be a JSON Schema object", param
+    ),
+    "tool_choice": _object,
+    "tool_choice.type": lambda param, value: invalidRequest(
+        f"tool_choice.type: must be auto, any, tool or none, got {showValue(value)}",
+        "tool_choice.type",
+    ),
+    "tool_choice.name": lambda param, value: invalidRequest(
+        f"tool_choice.name: {showValue(value)} is not one of the tools", "tool_choice.name"
+    ),
+    "tool_choice.disable_parallel_tool_use": _typed("a boolean"),
+    "thinking": _object,
+    "thinking.type": _thinkingType,
+    "thinking.budget_tokens": _budget,
+    "output_config": _object,
+    "output_config.effort": lambda param, value: invalidRequest(
+        f"{param}: must be a string, not {typeName(value)}", param
+    ),
+    "output_config.format": _object,
+    "output_config.format.type": _formatType,
+    "output_config.format.schema": _formatSchema,
+    "output_format": _object,
+    "output_format.type": _formatType,
+    "output_format.schema": _formatSchema,
+}
 
 
 # -- token estimate -----------------------------------------------------

@@ -3,9 +3,11 @@
 The OpenAPI 3.1 description of the server's endpoints (the OpenAI-compatible
 headend's and the Anthropic Messages API's), served at C{GET /openapi.json}.
 
-The request schema follows what L{ai_agent.headends._request} accepts: the
-fields it reads are typed and bounded as it checks them, every other field
-is allowed and ignored.  Limits that a schema cannot state (nesting at most
+The Chat Completions request components are generated from the types that
+validate it (L{ai_agent.headends._request.ChatCompletionRequest}); the
+other request schemas follow what their parsers accept: the fields they
+read are typed and bounded as they check them, every other field is
+allowed and ignored.  Limits that a schema cannot state (nesting at most
 L{MAX_DEPTH} deep, no lone surrogates, the body size cap) are written in the
 descriptions and answered with a 400 or 413.
 """
@@ -18,12 +20,11 @@ from typing import Any, Sequence
 from ai_agent import __version__
 from ai_agent.headends._request import (
     MAX_DEPTH,
-    MAX_MESSAGES,
     MAX_OUTPUT_TOKENS,
-    MAX_STOP_LENGTH,
-    MAX_STOP_SEQUENCES,
-    MAX_TOOLS,
+    ChatCompletionRequest,
 )
+from ai_agent.headends._schema import schemaComponents
+from ai_agent.headends.anthropic import CountTokensRequest, MessagesRequestBody
 
 _REF = "#/components/"
 
@@ -45,6 +46,29 @@ def _jsonResponse(description: str, schema: dict[str, Any], **extra: Any) -> dic
         "content": {"application/json": {"schema": schema}},
         **extra,
     }
+
+
+def _chatRequestSchemas() -> dict[str, Any]:
+    """
+    The Chat Completions request's components, generated from its types
+    (L{ChatCompletionRequest}), with what a type cannot state: the limits
+    checked before parsing, and that an assistant message needs C{content}
+    unless it carries C{tool_calls}.
+    """
+    schemas = schemaComponents([ChatCompletionRequest])
+    schemas["ChatCompletionRequest"]["description"] = (
+        "A Chat Completions request. Fields not listed here are accepted "
+        f"and ignored. The body must be UTF-8 JSON nested at most {MAX_DEPTH} levels deep "
+        "and its strings must not hold lone UTF-16 surrogates; otherwise the answer is a 400."
+    )
+    schemas["ChatAssistantMessage"]["anyOf"] = [
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        {
+            "required": ["tool_calls"],
+            "properties": {"tool_calls": {"type": "array", "minItems": 1}},
+        },
+    ]
+    return schemas
 
 
 def _schemas() -> dict[str, Any]:
@@ -109,238 +133,6 @@ def _schemas() -> dict[str, Any]:
         "properties": {
             "object": {"const": "list"},
             "data": {"type": "array", "items": _ref("schemas", "Model")},
-        },
-    }
-    textPart = {
-        "type": "object",
-        "required": ["type", "text"],
-        "properties": {
-            "type": {"enum": ["text", "input_text", "output_text"]},
-            "text": {"type": "string"},
-        },
-    }
-    refusalPart = {
-        "type": "object",
-        "required": ["type", "refusal"],
-        "properties": {
-            "type": {"const": "refusal"},
-            "refusal": {"type": "string"},
-            "text": {"type": "string"},
-        },
-    }
-    content = {
-        "description": "Text, or an array of text parts (joined with newlines). Parts of "
-        "other types (images, audio) are refused with a 400 naming the part.",
-        "anyOf": [
-            {"type": "string"},
-            {
-                "type": "array",
-                "items": {"anyOf": [{"type": "string"}, textPart, refusalPart]},
-            },
-        ],
-    }
-    toolCall = {
-        "type": "object",
-        "required": ["id", "function"],
-        "properties": {
-            "id": {"type": "string"},
-            "type": {"type": "string"},
-            "function": {
-                "type": "object",
-                "required": ["name"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "arguments": {"type": "string"},
-                },
-            },
-        },
-    }
-    name = _nullable({"type": "string"})
-    message = {
-        "description": "A message of the conversation. content is required, except that an "
-        "assistant message may carry tool_calls instead; a tool message needs tool_call_id.",
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["role", "content"],
-                "properties": {
-                    "role": {"enum": ["system", "developer", "user"]},
-                    "content": content,
-                    "name": name,
-                },
-            },
-            {
-                "type": "object",
-                "required": ["role"],
-                "properties": {
-                    "role": {"const": "assistant"},
-                    "content": _nullable(content),
-                    "name": name,
-                    "tool_calls": _nullable({"type": "array", "items": toolCall}),
-                },
-                "anyOf": [
-                    {"required": ["content"], "properties": {"content": content}},
-                    {
-                        "required": ["tool_calls"],
-                        "properties": {"tool_calls": {"type": "array", "minItems": 1}},
-                    },
-                ],
-            },
-            {
-                "type": "object",
-                "required": ["role", "content", "tool_call_id"],
-                "properties": {
-                    "role": {"const": "tool"},
-                    "content": content,
-                    "name": name,
-                    "tool_call_id": {"type": "string", "minLength": 1},
-                },
-            },
-        ],
-    }
-    request = {
-        "type": "object",
-        "description": "A Chat Completions request. Fields not listed here are accepted "
-        f"and ignored. The body must be UTF-8 JSON nested at most {MAX_DEPTH} levels deep "
-        "and its strings must not hold lone UTF-16 surrogates; otherwise the answer is a 400.",
-        "required": ["model", "messages"],
-        "properties": {
-            "model": {
-                "type": "string",
-                "minLength": 1,
-                "description": "An agent's model id (see GET /v1/models), its file name "
-                "or path, in any letter case.",
-            },
-            "messages": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": MAX_MESSAGES,
-                "items": _ref("schemas", "ChatMessage"),
-            },
-            "stream": _nullable({"type": "boolean"}),
-            "stream_options": _nullable(
-                {
-                    "type": "object",
-                    "properties": {"include_usage": _nullable({"type": "boolean"})},
-                }
-            ),
-            "n": _nullable(
-                {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": 1,
-                    "description": "Only 1: an agent gives one answer.",
-                }
-            ),
-            "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 2}),
-            "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
-            "max_completion_tokens": _nullable(
-                {"type": "integer", "minimum": 1, "maximum": MAX_OUTPUT_TOKENS}
-            ),
-            "max_tokens": _nullable(
-                {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": MAX_OUTPUT_TOKENS,
-                    "description": "Used when max_completion_tokens is not given.",
-                }
-            ),
-            "stop": _nullable(
-                {
-                    "anyOf": [
-                        {"type": "string", "maxLength": MAX_STOP_LENGTH},
-                        {
-                            "type": "array",
-                            "items": {"type": "string", "maxLength": MAX_STOP_LENGTH},
-                            "maxItems": 4,
-                        },
-                    ]
-                }
-            ),
-            "seed": _nullable({"type": "integer"}),
-            "response_format": _nullable(
-                {
-                    "description": "The answer's format; overrides the agent's `output`.",
-                    "oneOf": [
-                        {
-                            "type": "object",
-                            "required": ["type"],
-                            "properties": {"type": {"enum": ["text", "json_object"]}},
-                        },
-                        {
-                            "type": "object",
-                            "required": ["type", "json_schema"],
-                            "properties": {
-                                "type": {"const": "json_schema"},
-                                "json_schema": {
-                                    "type": "object",
-                                    "required": ["name"],
-                                    "properties": {
-                                        "name": {"type": "string", "minLength": 1},
-                                        "description": {"type": "string"},
-                                        "schema": {"type": "object"},
-                                        "strict": _nullable({"type": "boolean"}),
-                                    },
-                                },
-                            },
-                        },
-                    ],
-                }
-            ),
-            "user": _nullable({"type": "string"}),
-            "tools": _nullable(
-                {
-                    "type": "array",
-                    "maxItems": MAX_TOOLS,
-                    "items": {
-                        "type": "object",
-                        "required": ["function"],
-                        "properties": {
-                            "type": {"const": "function"},
-                            "function": {
-                                "type": "object",
-                                "required": ["name"],
-                                "properties": {
-                                    "name": {
-                                        "type": "string",
-                                        "pattern": "^[A-Za-z0-9_-]{1,64}$",
-                                    },
-                                    "description": _nullable({"type": "string"}),
-                                    "parameters": _nullable({"type": "object"}),
-                                    "strict": _nullable({"type": "boolean"}),
-                                },
-                            },
-                        },
-                    },
-                    "description": "The client's own function tools (names unique): shown "
-                    "to the model beside the agent's own tools; a call of one ends the run "
-                    "with tool_calls for the client to run (ignored for agents with "
-                    "clientTools: false).",
-                }
-            ),
-            "tool_choice": _nullable(
-                {
-                    "oneOf": [
-                        {"enum": ["none", "auto", "required"]},
-                        {
-                            "type": "object",
-                            "required": ["type", "function"],
-                            "properties": {
-                                "type": {"const": "function"},
-                                "function": {
-                                    "type": "object",
-                                    "required": ["name"],
-                                    "properties": {"name": {"type": "string"}},
-                                },
-                            },
-                        },
-                    ],
-                    "description": "none hides the client's tools (the agent keeps its "
-                    "own); a named function (one of tools) is called on the first LLM call; "
-                    "required makes the model call some tool before it answers.",
-                }
-            ),
-            "parallel_tool_calls": _nullable({"type": "boolean"}),
         },
     }
     usage = {
@@ -428,8 +220,7 @@ def _schemas() -> dict[str, Any]:
         "Health": health,
         "Model": model,
         "ModelList": modelList,
-        "ChatMessage": message,
-        "ChatCompletionRequest": request,
+        **_chatRequestSchemas(),
         "ChatCompletion": completion,
         "Usage": usage,
     }
@@ -1091,162 +882,18 @@ __all__ = ["OPENAPI", "openapiDocument"]
 # -- the Anthropic Messages API (ai_agent.headends.anthropic) -----------
 
 
-#: Anthropic's structured-output format (C{output_config.format}).
-_OUTPUT_FORMAT: dict[str, Any] = {
-    "type": "object",
-    "description": "The answer's format: JSON conforming to the schema, as one text block; "
-    "overrides the agent's `output`.",
-    "required": ["type", "schema"],
-    "properties": {"type": {"const": "json_schema"}, "schema": {"type": "object"}},
-}
+def _messagesRequestSchemas() -> dict[str, Any]:
+    """
+    The Messages and count_tokens requests' components, generated from
+    their types (L{MessagesRequestBody}, L{CountTokensRequest}).
+    """
+    schemas = schemaComponents([MessagesRequestBody, CountTokensRequest])
+    schemas["MessagesRequest"] = schemas.pop("MessagesRequestBody")
+    return schemas
 
 
 def _anthropicSchemas() -> dict[str, Any]:
     text = {"type": "string"}
-    textBlock = {
-        "type": "object",
-        "required": ["type", "text"],
-        "properties": {"type": {"const": "text"}, "text": text},
-    }
-    textContent = {"anyOf": [text, {"type": "array", "items": textBlock}]}
-    block = {
-        "description": "A content block: text, tool_use (assistant turns), tool_result (user "
-        "turns), or thinking and redacted_thinking blocks echoed back (accepted, not sent to "
-        "the model). Image, document and other blocks are refused with a 400 naming them.",
-        "oneOf": [
-            textBlock,
-            {
-                "type": "object",
-                "required": ["type", "id", "name"],
-                "properties": {
-                    "type": {"const": "tool_use"},
-                    "id": {"type": "string", "minLength": 1},
-                    "name": text,
-                    "input": {"type": "object"},
-                },
-            },
-            {
-                "type": "object",
-                "required": ["type", "tool_use_id"],
-                "properties": {
-                    "type": {"const": "tool_result"},
-                    "tool_use_id": {"type": "string", "minLength": 1},
-                    "content": _nullable(textContent),
-                    "is_error": _nullable({"type": "boolean"}),
-                },
-            },
-            {
-                "type": "object",
-                "required": ["type"],
-                "properties": {"type": {"enum": ["thinking", "redacted_thinking"]}},
-            },
-        ],
-    }
-    message = {
-        "type": "object",
-        "required": ["role", "content"],
-        "properties": {
-            "role": {
-                "enum": ["user", "assistant", "system"],
-                "description": "system messages (as Claude Code sends them) join the system "
-                "text after the agent's prompt.",
-            },
-            "content": {"anyOf": [text, {"type": "array", "items": block}]},
-        },
-    }
-    tool = {
-        "type": "object",
-        "description": "A custom tool, run by the client when the model calls it. "
-        "Anthropic's server tools (a type such as web_search_20250305) are refused.",
-        "required": ["name"],
-        "properties": {
-            "type": _nullable({"const": "custom"}),
-            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-            "description": _nullable(text),
-            "input_schema": {"type": "object"},
-        },
-    }
-    toolChoice = {
-        "type": "object",
-        "required": ["type"],
-        "properties": {
-            "type": {"enum": ["auto", "any", "tool", "none"]},
-            "name": {"type": "string", "description": "With type tool: one of the tools."},
-            "disable_parallel_tool_use": _nullable({"type": "boolean"}),
-        },
-    }
-    counted = {
-        "model": {"type": "string", "minLength": 1, "description": "The agent."},
-        "messages": {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": MAX_MESSAGES,
-            "items": message,
-        },
-        "system": _nullable(textContent),
-        "tools": _nullable({"type": "array", "maxItems": MAX_TOOLS, "items": tool}),
-        "tool_choice": _nullable(toolChoice),
-        "thinking": _nullable(
-            {
-                "description": "enabled (with a budget of at least 1024 tokens) or adaptive "
-                "asks for thinking blocks in the answer; disabled or no thinking leaves them "
-                "out. The budget is not passed on.",
-                "oneOf": [
-                    {
-                        "type": "object",
-                        "required": ["type", "budget_tokens"],
-                        "properties": {
-                            "type": {"const": "enabled"},
-                            "budget_tokens": {"type": "integer", "minimum": 1024},
-                        },
-                    },
-                    {
-                        "type": "object",
-                        "required": ["type"],
-                        "properties": {"type": {"enum": ["adaptive", "disabled"]}},
-                    },
-                ],
-            }
-        ),
-        "output_config": _nullable(
-            {
-                "type": "object",
-                "properties": {
-                    "format": _nullable(_OUTPUT_FORMAT),
-                    "effort": _nullable({"type": "string", "description": "Accepted; not used."}),
-                },
-            }
-        ),
-        "output_format": _nullable(
-            {
-                **_OUTPUT_FORMAT,
-                "description": "The structured-outputs beta's name for output_config.format; "
-                "not with it.",
-            }
-        ),
-    }
-    request = {
-        "type": "object",
-        "description": "Anthropic's Messages request. Fields not listed are accepted and "
-        "ignored; so are any anthropic-version and anthropic-beta headers.",
-        "required": ["model", "messages", "max_tokens"],
-        "properties": {
-            **counted,
-            "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_OUTPUT_TOKENS},
-            "stream": _nullable({"type": "boolean"}),
-            "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
-            "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
-            "top_k": _nullable({"type": "integer", "description": "Accepted; not used."}),
-            "stop_sequences": _nullable(
-                {
-                    "type": "array",
-                    "items": {"type": "string", "maxLength": MAX_STOP_LENGTH},
-                    "maxItems": MAX_STOP_SEQUENCES,
-                }
-            ),
-            "metadata": {"description": "metadata.user_id is logged with the run."},
-        },
-    }
     usage = {
         "type": "object",
         "required": ["input_tokens", "output_tokens"],
@@ -1323,12 +970,7 @@ def _anthropicSchemas() -> dict[str, Any]:
                 },
             },
         },
-        "MessagesRequest": request,
-        "CountTokensRequest": {
-            "type": "object",
-            "required": ["model", "messages"],
-            "properties": counted,
-        },
+        **_messagesRequestSchemas(),
         "AnthropicMessage": answer,
         "AnthropicStreamEvent": {
             "type": "object",
