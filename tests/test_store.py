@@ -19,6 +19,7 @@ import sqlite3
 import threading
 from typing import Any, Callable
 
+import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -525,10 +526,131 @@ class StoreBehaviourMixin:
             await store.put(TURNS, "a", 1)
 
 
+class _WatchedConnection:
+    """
+    A real database connection whose commits are recorded in C{events} (as
+    C{"commit"}); a commit for which C{plan} holds an error raises it
+    instead (the transaction is then rolled back by the store).
+    """
+
+    def __init__(
+        self, connection: Any, events: list[str], plan: list[BaseException | None]
+    ) -> None:
+        self._connection = connection
+        self._events = events
+        self._plan = plan
+
+    def commit(self) -> None:
+        error = self._plan.pop(0) if self._plan else None
+        if error is not None:
+            raise error
+        self._connection.commit()
+        self._events.append("commit")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+
 class SQLStoreBehaviourMixin(StoreBehaviourMixin):
     """
     What only a store on a database in threads shows.
     """
+
+    async def openWatchedStore(
+        self, events: list[str], plan: list[BaseException | None], **limits: Any
+    ) -> SQLStore:
+        """
+        An open store with one thread (one connection) whose commits are
+        recorded in C{events} from now on, and fail as C{plan} says.
+        """
+        store = self.makeStore(connections=1, **limits)
+        connect = store.dialect.connect
+        store.dialect = attrs.evolve(
+            store.dialect, connect=lambda: _WatchedConnection(connect(), events, plan)
+        )
+        self.addCleanup(store.close)  # type: ignore[attr-defined]
+        await withTimeout(store.start())
+        del events[:]
+        return store
+
+    def holdThread(self, store: SQLStore) -> tuple[threading.Event, Deferred[Any]]:
+        """
+        Keep C{store}'s one thread busy until the returned event is set (so
+        that operations queue up behind it).
+        """
+        release = threading.Event()
+        self.addCleanup(release.set)  # type: ignore[attr-defined]
+        return release, store._inThread("hold", lambda cursor: release.wait(TIMEOUT))
+
+    async def test_queuedWritesCommittedTogether(self) -> None:
+        """
+        Writes queued while the store's thread is busy are committed
+        together, in one transaction (group commit); each caller's Deferred
+        fires only after that commit, and another store on the same
+        database (another instance) then reads every one of them.
+        """
+        events: list[str] = []
+        store = await self.openWatchedStore(events, [])
+        other = await self.openStore()
+        release, held = self.holdThread(store)
+        puts = [
+            store.put(RESPONSES, f"resp_{n}", {"n": n}).addCallback(
+                lambda _, n=n: events.append(f"fired {n}")
+            )
+            for n in range(5)
+        ]
+        release.set()
+        await withTimeout(gatherResults([held, *puts]))
+        # The hold's own transaction, then one for the five writes.
+        self.assertEqual(events, ["commit", "commit", *(f"fired {n}" for n in range(5))])
+        found = await other.getMany(RESPONSES, [f"resp_{n}" for n in range(5)])
+        self.assertEqual(
+            {k: v.document for k, v in found.items()}, {f"resp_{n}": {"n": n} for n in range(5)}
+        )
+
+    async def test_failedGroupCommitFailsEach(self) -> None:
+        """
+        When the database fails a group's commit, every write of the group
+        fails with the store's own 503 error, none of them is stored, and
+        the next write works.
+        """
+        events: list[str] = []
+        plan: list[BaseException | None] = []
+        logs = LogCapture(self)  # type: ignore[arg-type]
+        store = await self.openWatchedStore(events, plan)
+        release, held = self.holdThread(store)
+        puts = [store.put(RESPONSES, f"resp_{n}", {"n": n}) for n in range(3)]
+        # The hold's commit goes through; the group's fails.
+        plan.extend([None, store.dialect.errors[0]("disk I/O error")])
+        release.set()
+        await withTimeout(held)
+        for put in puts:
+            with self.assertRaises(StoreUnavailableError) as caught:  # type: ignore[attr-defined]
+                await withTimeout(put)
+            self.assertEqual(caught.exception.status, 503)
+        self.assertIn("disk I/O error", logs.everything())
+        other = await self.openStore()
+        self.assertEqual(await other.getMany(RESPONSES, ["resp_0", "resp_1", "resp_2"]), {})
+        await store.put(RESPONSES, "resp_3", {"n": 3})
+        self.assertEqual((await other.get(RESPONSES, "resp_3")).document, {"n": 3})  # type: ignore[union-attr]
+
+    async def test_oneBadWriteInAGroup(self) -> None:
+        """
+        A document too large, queued with other writes, fails only its own
+        caller (a 413); the writes queued with it are stored.
+        """
+        events: list[str] = []
+        store = await self.openWatchedStore(events, [], maxDocumentSize=100)
+        release, held = self.holdThread(store)
+        small = store.put(RESPONSES, "resp_small", {"n": 1})
+        large = store.put(RESPONSES, "resp_large", {"text": "x" * 200})
+        after = store.put(RESPONSES, "resp_after", {"n": 2})
+        release.set()
+        await withTimeout(gatherResults([held, small, after]))
+        with self.assertRaises(DocumentTooLargeError):  # type: ignore[attr-defined]
+            await withTimeout(large)
+        found = await store.getMany(RESPONSES, ["resp_small", "resp_large", "resp_after"])
+        self.assertEqual(sorted(found), ["resp_after", "resp_small"])
 
     async def test_restart(self) -> None:
         """
@@ -832,11 +954,11 @@ class PostgresTestMixin:
         return deferToThread(drop)
 
     def makePostgresStore(self, url: str = "", **limits: Any) -> SQLStore:
+        limits.setdefault("connections", 4)
         return SQLStore(
             postgresDialect(url or POSTGRES_URL),
             reactor,
             self.clock,  # type: ignore[attr-defined]
-            connections=4,
             **limits,
         )
 

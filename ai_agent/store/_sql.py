@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -25,10 +26,8 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from ai_agent.store._base import (
     DEFAULT_MAX_BYTES,
@@ -401,17 +400,6 @@ def routePsycopgLogging() -> None:
         logger.propagate = False
 
 
-class _StoreThreads(ThreadPool):
-    """
-    The store's threads: daemon threads, so that a database that stopped
-    answering cannot keep the process from exiting.
-    """
-
-    @staticmethod
-    def threadFactory(*args: Any, **kwargs: Any) -> threading.Thread:  # type: ignore[override]
-        return threading.Thread(*args, daemon=True, **kwargs)
-
-
 @attrs.define(eq=False)
 class _Operation:
     """
@@ -421,12 +409,113 @@ class _Operation:
     @ivar started: the store's clock when it was asked for.
     @ivar retry: whether it may run again on a new connection when its
         connection broke under it (see L{SQLStore._transaction}).
+    @ivar groupable: whether it may be committed in one transaction with
+        other such operations queued at the same time (writes, whose
+        outcome does not depend on running alone).
     """
 
     name: str
     started: float
     retry: bool = True
+    groupable: bool = False
     cancelled: bool = False
+
+
+#: The most queued writes a store thread commits in one transaction.
+GROUP_LIMIT = 64
+
+
+@attrs.define(eq=False)
+class _Job:
+    """
+    One operation handed to a store thread, with the Deferred its result
+    is delivered to (on the reactor).
+    """
+
+    operation: _Operation
+    work: Callable[[Any], Any]
+    result: Deferred[Any]
+
+
+#: Put in a store thread's queue to end that thread.
+_STOP = object()
+
+
+@attrs.define(eq=False)
+class _StoreWorkers:
+    """
+    The store's own threads, fed by one queue: a job costs one C{put} on a
+    L{queue.SimpleQueue} to hand over (no thread pool's bookkeeping), and
+    one C{callFromThread} for all the jobs a thread ran together.
+
+    A thread that takes a write (L{_Operation.groupable}) also takes the
+    writes queued behind it, up to L{GROUP_LIMIT}, and hands them to
+    C{run} together, to be committed in one transaction (group commit).
+    They are daemon threads, so that a database that stopped answering
+    cannot keep the process from exiting.
+
+    @ivar run: called in a store thread with the jobs to run together.
+    @ivar exited: called in a store thread as it ends (to close its
+        connection).
+    """
+
+    count: int
+    name: str
+    reactor: IReactorFromThreads
+    run: Callable[[list[_Job]], None]
+    exited: Callable[[], None]
+    _queue: queue.SimpleQueue[Any] = attrs.field(factory=queue.SimpleQueue, init=False)
+    _threads: list[threading.Thread] = attrs.field(factory=list, init=False)
+    _running: int = attrs.field(default=0, init=False)
+    _stopped: Deferred[None] = attrs.field(factory=Deferred, init=False)
+
+    def start(self) -> None:
+        for number in range(self.count):
+            thread = threading.Thread(target=self._serve, name=f"{self.name}-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            self._running += 1
+
+    def submit(self, job: _Job) -> None:
+        self._queue.put(job)
+
+    def stop(self) -> Deferred[None]:
+        """
+        End the threads once the jobs queued before are done; the Deferred
+        fires when every thread has ended (a hung one never does: leave it).
+        """
+        for _ in range(self._running):
+            self._queue.put(_STOP)
+        if not self._running and not self._stopped.called:
+            self._stopped.callback(None)
+        return _observe(self._stopped)
+
+    def _ended(self) -> None:
+        self._running -= 1
+        if not self._running:
+            self._stopped.callback(None)
+
+    def _serve(self) -> None:
+        taken = self._queue.get
+        following: Any = None
+        while True:
+            job = taken() if following is None else following
+            following = None
+            if job is _STOP:
+                break
+            batch = [job]
+            while job.operation.groupable and len(batch) < GROUP_LIMIT:
+                try:
+                    following = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if following is _STOP or not following.operation.groupable:
+                    break
+                batch.append(following)
+                following = None
+            self.run(batch)
+        self.exited()
+        self.reactor.callFromThread(self._ended)
 
 
 @attrs.define(eq=False)
@@ -459,10 +548,8 @@ class SQLStore:
     connections: int = 1
     closeTimeout: float = 10.0
     livenessWindow: float = DEFAULT_LIVENESS_WINDOW
-    _threads: ThreadPool | None = attrs.field(default=None, init=False)
+    _threads: _StoreWorkers | None = attrs.field(default=None, init=False)
     _local: threading.local = attrs.field(factory=threading.local, init=False)
-    _liveConnections: list[Any] = attrs.field(factory=list, init=False)
-    _connectionsLock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _pending: set[Deferred[Any]] = attrs.field(factory=set, init=False)
     _opening: Deferred[None] | None = attrs.field(default=None, init=False)
     _waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
@@ -534,7 +621,7 @@ class SQLStore:
                 stats = StoreStats(before.entries + len(items), before.bytes + added)
             self._estimate = stats
 
-        return self._call("put", work).addCallback(stored)
+        return self._call("put", work, groupable=True).addCallback(stored)
 
     def get(self, namespace: str, key: str) -> Deferred[StoredDocument | None]:
         return self.getMany(namespace, [key]).addCallback(lambda found: found.get(key))
@@ -780,12 +867,11 @@ class SQLStore:
                 count=len(self._pending),
                 timeout=self.closeTimeout,
             )
-            # Joining would wait for them: leave that to a thread of its own.
-            threading.Thread(target=threads.stop, daemon=True).start()
+            # Waiting would wait for them: their threads end when they do.
+            threads.stop()
             return
-        closing = deferToThreadPool(self.reactor, threads, self._closeConnections)
-        await DeferredList([closing], consumeErrors=True)
-        threads.stop()
+        # Each thread closes its own connection as it ends.
+        await threads.stop()
         self.log.info("run store closed ({store})", store=self.description)
 
     def _whenReady(self) -> Deferred[None]:
@@ -828,7 +914,13 @@ class SQLStore:
 
     async def _open(self) -> None:
         if self._threads is None:
-            self._threads = _StoreThreads(1, self.connections, name="ai-agent-store")
+            self._threads = _StoreWorkers(
+                self.connections,
+                "ai-agent-store",
+                self.reactor,
+                self._runJobs,
+                self._closeConnection,
+            )
             self._threads.start()
         now = self.clock.seconds()
         version, stats = await self._inThread("open", lambda cursor: self._migrate(cursor, now))
@@ -910,7 +1002,9 @@ class SQLStore:
             )
         return removed
 
-    def _call(self, name: str, work: Callable[[Any], T], retry: bool = True) -> Deferred[T]:
+    def _call(
+        self, name: str, work: Callable[[Any], T], retry: bool = True, groupable: bool = False
+    ) -> Deferred[T]:
         """
         Run C{work} with a cursor once the store is open.
 
@@ -918,27 +1012,37 @@ class SQLStore:
             connection when its connection broke under it: only for work
             whose second run leaves the database as one run would (see
             L{_transaction}).
+        @param groupable: whether C{work} may share its transaction with
+            other such work queued at the same time (see L{_runJobs}).
         """
+
+        if self._ready:
+            return self._inThread(name, work, retry, groupable)
 
         async def call() -> T:
             await self._whenReady()
-            return await self._inThread(name, work, retry)
+            return await self._inThread(name, work, retry, groupable)
 
         return Deferred.fromCoroutine(call())
 
-    def _inThread(self, name: str, work: Callable[[Any], T], retry: bool = True) -> Deferred[T]:
+    def _inThread(
+        self, name: str, work: Callable[[Any], T], retry: bool = True, groupable: bool = False
+    ) -> Deferred[T]:
         """
-        Run C{work(cursor)} in one transaction on a pool thread.  The
-        returned Deferred is the caller's own: cancelling it skips the work
-        if it has not started, and fires it with L{CancelledError} at once.
+        Run C{work(cursor)} in one transaction on a store thread (with other
+        writes queued at the same time when C{groupable}: see L{_runJobs}).
+        The returned Deferred is the caller's own: cancelling it skips the
+        work if it has not started, and fires it with L{CancelledError} at
+        once.
         """
         if self._closed and name != "open":
             return _failed(StoreError("the run store is closed"))
         threads = self._threads
         if threads is None:
             return _failed(StoreError("the run store is not open"))
-        operation = _Operation(name, self.clock.seconds(), retry)
-        inner = deferToThreadPool(self.reactor, threads, self._transaction, operation, work)
+        operation = _Operation(name, self.clock.seconds(), retry, groupable)
+        inner: Deferred[T] = Deferred()
+        threads.submit(_Job(operation, work, inner))
         self._pending.add(inner)
 
         def cancel(outer: Deferred[T]) -> None:
@@ -981,6 +1085,46 @@ class SQLStore:
                 StoreUnavailableError(f"the run store is unavailable: {neutralReason(error)}")
             )
         return failure
+
+    def _runJobs(self, jobs: list[_Job]) -> None:
+        """
+        In a store thread: run C{jobs} and deliver each one's outcome on the
+        reactor (one C{callFromThread} for all).  Several jobs (writes
+        queued together) share one transaction, committed once: each
+        caller's Deferred fires after that commit.  When the database
+        fails the shared transaction, every job fails with its error (a
+        503 for each caller, after the one retry on a new connection that
+        any transaction gets); when one job's own work fails it (a document
+        too large), each job runs again alone, so that only that caller
+        fails.
+        """
+        live = [job for job in jobs if not job.operation.cancelled]
+        outcomes: list[tuple[_Job, Any]] = [
+            (job, Failure(CancelledError())) for job in jobs if job.operation.cancelled
+        ]
+        if len(live) > 1:
+            group = _Operation(
+                "put",
+                min(job.operation.started for job in live),
+                all(job.operation.retry for job in live),
+            )
+            try:
+                results = self._transaction(group, lambda cursor: _together(live, cursor))
+            except self.dialect.errors:
+                failure = Failure()
+                outcomes.extend((job, failure) for job in live)
+                live = []
+            except BaseException:
+                pass  # one job's own failure: each alone, below
+            else:
+                outcomes.extend(zip(live, results, strict=True))
+                live = []
+        for job in live:
+            try:
+                outcomes.append((job, self._transaction(job.operation, job.work)))
+            except BaseException:
+                outcomes.append((job, Failure()))
+        self.reactor.callFromThread(_deliver, outcomes)
 
     def _transaction(self, operation: _Operation, work: Callable[[Any], T]) -> T:
         """
@@ -1039,8 +1183,6 @@ class SQLStore:
             connection = self.dialect.connect()
             local.connection = connection
             local.lastUsed = now
-            with self._connectionsLock:
-                self._liveConnections.append(connection)
         local.lastUsed = max(local.lastUsed, now)
         return connection
 
@@ -1068,22 +1210,40 @@ class SQLStore:
 
     def _dropConnection(self, connection: Any) -> None:
         self._local.connection = None
-        with self._connectionsLock:
-            if connection in self._liveConnections:
-                self._liveConnections.remove(connection)
         try:
             connection.close()
         except BaseException:
             pass  # already unusable
 
-    def _closeConnections(self) -> None:
-        with self._connectionsLock:
-            opened, self._liveConnections = self._liveConnections, []
-        for connection in opened:
-            try:
-                connection.close()
-            except BaseException:
-                pass  # closing anyway
+    def _closeConnection(self) -> None:
+        """
+        In a store thread, as it ends: close its connection, if it has one.
+        """
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            self._dropConnection(connection)
+
+
+def _together(jobs: list[_Job], cursor: Any) -> list[Any]:
+    """
+    In a store thread: the work of C{jobs} on one cursor, in order; a job
+    cancelled while the ones before it ran is skipped (its outcome a
+    L{CancelledError} L{Failure}).
+    """
+    return [
+        Failure(CancelledError()) if job.operation.cancelled else job.work(cursor) for job in jobs
+    ]
+
+
+def _deliver(outcomes: list[tuple[_Job, Any]]) -> None:
+    """
+    On the reactor: each job's result (or L{Failure}) to its Deferred.
+    """
+    for job, outcome in outcomes:
+        if isinstance(outcome, Failure):
+            job.result.errback(outcome)
+        else:
+            job.result.callback(outcome)
 
 
 def _ping(cursor: Any) -> None:
