@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -522,6 +523,63 @@ class StoreTests(TestCase):
             _seen(two, 0)[1:],
             [("user", "hello"), ("assistant", "From one."), ("user", "continue")],
         )
+
+    async def readsItsOwnWritesAcross(self, location: str) -> None:
+        """
+        Two servers, each with its own handle on the run store at
+        C{location} (two instances): requests made on the first at once
+        (their writes queue up and are committed together), streamed and
+        not, are each read back on the second (a GET, then a continuation
+        with C{previous_response_id}) as soon as its client has the answer.
+        """
+        count = 8
+        one = await _server(self, store=makeStore(location, reactor))
+        two = await _server(self, store=makeStore(location, reactor))
+        one.upstream.script(*(Reply(content=f"Answer {n}.") for n in range(count)))
+        two.upstream.script(*(Reply(content="Next.") for _ in range(count)))
+        first, second = one.client(), two.client()
+
+        def ask(n: int) -> tuple[str, str]:
+            if n % 2:
+                created = first.responses.create(model=MODEL, input=f"question {n}")
+                return created.id, created.output_text
+            with first.responses.create(model=MODEL, input=f"question {n}", stream=True) as events:
+                for event in events:
+                    if event.type == "response.completed":
+                        return event.response.id, event.response.output_text
+            raise AssertionError("no response.completed event")
+
+        def trip(n: int) -> tuple[str, str, str]:
+            responseId, text = ask(n)
+            fetched = second.responses.retrieve(responseId)
+            continued = second.responses.create(
+                model=MODEL, input="and?", previous_response_id=responseId
+            )
+            return text, fetched.output_text, continued.output_text
+
+        trips = await gatherResults([inThread(trip, n) for n in range(count)])
+        self.assertEqual(
+            sorted(text for text, _, _ in trips), [f"Answer {n}." for n in range(count)]
+        )
+        for text, fetched, continued in trips:
+            self.assertEqual(fetched, text)
+            self.assertEqual(continued, "Next.")
+
+    async def test_readYourOwnWriteAcrossSQLite(self) -> None:
+        """
+        Read-your-own-write across two servers sharing one SQLite file
+        (see L{readsItsOwnWritesAcross}).
+        """
+        await self.readsItsOwnWritesAcross(os.path.abspath(self.mktemp()))
+
+    async def test_readYourOwnWriteAcrossPostgres(self) -> None:
+        """
+        Read-your-own-write across two servers sharing one PostgreSQL
+        database (see L{readsItsOwnWritesAcross}).
+        """
+        if not POSTGRES_URL:
+            self.skipTest("AI_AGENT_TEST_POSTGRES_URL is not set: no PostgreSQL server to test")
+        await self.readsItsOwnWritesAcross(POSTGRES_URL)
 
 
 class ToolTests(TestCase):
