@@ -121,6 +121,16 @@ class TurnStore(Protocol):
         """
         ...
 
+    def findTurns(
+        self, callIdGroups: Sequence[Sequence[str]], owner: str = ""
+    ) -> Deferred[list[HiddenTurn | None]]:
+        """
+        L{findTurn} for each group of call ids (the calls of one assistant
+        message), in one read of the store: a conversation with many
+        handed-back turns costs one trip to the database, not one each.
+        """
+        ...
+
 
 async def restoreConversation(
     conversation: Sequence[ChatMessage], store: TurnStore, owner: str = ""
@@ -136,14 +146,19 @@ async def restoreConversation(
     """
     restored: list[ChatMessage] = []
     missing: list[str] = []
+    groups = [
+        [call.id for call in message.toolCalls]
+        for message in conversation
+        if message.role == "assistant" and message.toolCalls
+    ]
+    turns = iter(await store.findTurns(groups, owner) if groups else ())
     for message in conversation:
         if message.role != "assistant" or not message.toolCalls:
             restored.append(message)
             continue
-        callIds = [call.id for call in message.toolCalls]
-        turn = await store.findTurn(callIds, owner)
+        turn = next(turns)
         if turn is None:
-            missing.extend(callIds)
+            missing.extend(call.id for call in message.toolCalls)
             restored.append(message)
             continue
         restored.extend(turn.before)

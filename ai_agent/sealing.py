@@ -176,13 +176,27 @@ class SealedTurns:
         return succeed(None)
 
     def findTurn(self, callIds: Sequence[str], owner: str = "") -> Deferred[HiddenTurn | None]:
-        for callId in callIds:
-            turn = self.opened.get(callId)
-            if turn is not None:
-                return succeed(turn)
-        if self.fallback is None:
-            return succeed(None)
-        return self.fallback.findTurn(callIds, owner)
+        return self.findTurns([callIds], owner).addCallback(lambda turns: turns[0])
+
+    def findTurns(
+        self, callIdGroups: Sequence[Sequence[str]], owner: str = ""
+    ) -> Deferred[list[HiddenTurn | None]]:
+        turns: list[HiddenTurn | None] = [
+            next((self.opened[i] for i in callIds if i in self.opened), None)
+            for callIds in callIdGroups
+        ]
+        unopened = [n for n, turn in enumerate(turns) if turn is None]
+        if not unopened or self.fallback is None:
+            return succeed(turns)
+
+        def found(stored: list[HiddenTurn | None]) -> list[HiddenTurn | None]:
+            for n, turn in zip(unopened, stored, strict=True):
+                turns[n] = turn
+            return turns
+
+        return self.fallback.findTurns([callIdGroups[n] for n in unopened], owner).addCallback(
+            found
+        )
 
 
 def openedTurns(

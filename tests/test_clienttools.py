@@ -29,6 +29,7 @@ from ai_agent.events import (
 )
 from ai_agent.providers import ChatMessage, LLMResponse, ToolCall, ToolSpec
 from ai_agent.request import ClientTool, RunRequest, ToolChoice
+from ai_agent.sealing import SealedTurns, Sealer
 from ai_agent.session import SessionRunner
 from ai_agent.store import MemoryStore, StoreTurnStore
 from ai_agent.testing import ScriptedProvider
@@ -326,6 +327,24 @@ class HandBackTests(SynchronousTestCase):
         self.assertEqual(seen[0].clientTools, ())
 
 
+class _ReadsCounted:
+    """
+    A store whose C{getMany} calls are recorded (their keys), the rest
+    passed through.
+    """
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.reads: list[list[str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def getMany(self, namespace: str, keys: Any) -> Deferred[Any]:
+        self.reads.append(list(keys))
+        return self.store.getMany(namespace, keys)
+
+
 class HiddenTurnTests(SynchronousTestCase):
     """
     L{HiddenTurn} survives a store as JSON; L{restoreConversation} splices.
@@ -366,6 +385,69 @@ class HiddenTurnTests(SynchronousTestCase):
         )
         self.assertEqual(restored, [user, full, own, result])
         self.assertEqual(missing, [])
+
+    def threeRounds(
+        self, store: Any
+    ) -> tuple[list[ChatMessage], list[ChatMessage], list[HiddenTurn]]:
+        """
+        A client's conversation of three handed-back rounds (the second
+        one's turn kept nowhere), the conversation with the kept turns put
+        back, and the three turns.
+        """
+        conversation: list[ChatMessage] = [ChatMessage("user", "q")]
+        expected: list[ChatMessage] = [ChatMessage("user", "q")]
+        turns = []
+        for n in range(3):
+            full = ChatMessage(
+                "assistant",
+                "",
+                toolCalls=(ToolCall(f"o{n}", "t", "{}"), ToolCall(f"c{n}", "w", "{}")),
+            )
+            own = ChatMessage("tool", f"r{n}", toolCallId=f"o{n}")
+            turn = HiddenTurn((), full, (own,), (f"c{n}",))
+            turns.append(turn)
+            if n != 1 and store is not None:
+                store.saveTurn(turn)
+            seen = ChatMessage("assistant", "", toolCalls=(ToolCall(f"c{n}", "w", "{}"),))
+            result = ChatMessage("tool", f"x{n}", toolCallId=f"c{n}")
+            conversation += [seen, result]
+            expected += [seen, result] if n == 1 else [full, own, result]
+        return conversation, expected, turns
+
+    def test_oneReadForManyTurns(self) -> None:
+        """
+        The hidden turns of a conversation of several handed-back rounds
+        are read from the store in one C{getMany}, each put back in its
+        place; a round whose turn was not kept is left as the client sent
+        it and its call ids reported missing.
+        """
+        memory = _ReadsCounted(MemoryStore(Clock()))
+        store = StoreTurnStore(memory)  # type: ignore[arg-type]
+        conversation, expected, _ = self.threeRounds(store)
+        restored, missing = self.successResultOf(
+            Deferred.fromCoroutine(restoreConversation(conversation, store))
+        )
+        self.assertEqual(restored, expected)
+        self.assertEqual(missing, ["c1"])
+        self.assertEqual(len(memory.reads), 1)
+
+    def test_sealedAndStoredTurns(self) -> None:
+        """
+        A C{store: false} run finds turns among those the client sent back
+        sealed first, and reads only the others from the store, in one
+        read.
+        """
+        memory = _ReadsCounted(MemoryStore(Clock()))
+        stored = StoreTurnStore(memory)  # type: ignore[arg-type]
+        conversation, expected, turns = self.threeRounds(None)
+        stored.saveTurn(turns[2])
+        sealed = SealedTurns(Sealer.fromSecrets(["k" * 32]), {"c0": turns[0]}, stored)
+        restored, missing = self.successResultOf(
+            Deferred.fromCoroutine(restoreConversation(conversation, sealed))
+        )
+        self.assertEqual(restored, expected)
+        self.assertEqual(missing, ["c1"])
+        self.assertEqual(memory.reads, [["c1", "c2"]])
 
     def test_bounded(self) -> None:
         """

@@ -57,22 +57,37 @@ class StoreTurnStore:
         )
 
     def findTurn(self, callIds: Sequence[str], owner: str = "") -> Deferred[HiddenTurn | None]:
-        def found(documents: dict[str, StoredDocument]) -> HiddenTurn | None:
-            for callId in callIds:
-                stored = documents.get(callId)
-                if stored is None:
-                    continue
-                try:
-                    return HiddenTurn.fromJSON(stored.document)
-                except ValueError as error:
-                    self.log.warn(
-                        "run store: the hidden turn under {callId} is unreadable: {error}",
-                        callId=callId,
-                        error=str(error),
-                    )
-            return None
+        return self.findTurns([callIds], owner).addCallback(lambda turns: turns[0])
 
-        return self._owned(owner).getMany(TURNS, callIds).addCallback(found)
+    def findTurns(
+        self, callIdGroups: Sequence[Sequence[str]], owner: str = ""
+    ) -> Deferred[list[HiddenTurn | None]]:
+        def found(documents: dict[str, StoredDocument]) -> list[HiddenTurn | None]:
+            return [self._first(callIds, documents) for callIds in callIdGroups]
+
+        everyId = [callId for callIds in callIdGroups for callId in callIds]
+        return self._owned(owner).getMany(TURNS, everyId).addCallback(found)
+
+    def _first(
+        self, callIds: Sequence[str], documents: dict[str, StoredDocument]
+    ) -> HiddenTurn | None:
+        """
+        The turn of the first of C{callIds} that has a readable one in
+        C{documents}.
+        """
+        for callId in callIds:
+            stored = documents.get(callId)
+            if stored is None:
+                continue
+            try:
+                return HiddenTurn.fromJSON(stored.document)
+            except ValueError as error:
+                self.log.warn(
+                    "run store: the hidden turn under {callId} is unreadable: {error}",
+                    callId=callId,
+                    error=str(error),
+                )
+        return None
 
 
 __all__ = ["StoreTurnStore"]
