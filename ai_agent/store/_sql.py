@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.test_store -*-
 """
 The run store on a SQL database: one set of queries, run on SQLite or on
-PostgreSQL (psycopg 3), always in a dedicated thread pool so the reactor
+PostgreSQL (psycopg 3), always on the store's own threads so the reactor
 never waits for the database.
 
-Each pool thread holds its own connection, opened on first use, replaced
+Each store thread holds its own connection, opened on first use, replaced
 before use when it has been idle longer than the dialect's C{idleTimeout},
 and dropped when the database reports it broken.  An operation that fails
 because its connection broke (a restarted PostgreSQL server ends every
@@ -525,10 +525,10 @@ class SQLStore:
     The run store on a SQL database (see L{ai_agent.store.RunStore}).
 
     @ivar dialect: the database.
-    @ivar reactor: runs the thread pool's results back on the reactor.
+    @ivar reactor: runs the store threads' results back on the reactor.
     @ivar clock: the time documents are created and expire at, and the
         periodic purge's timer.
-    @ivar connections: the pool's threads (each with one connection); 1 for
+    @ivar connections: the store's threads (each with one connection); 1 for
         SQLite, whose writes are serialised anyway.
     @ivar maxBytes: the bound on the documents' total size.
     @ivar maxEntries: the bound on the number of documents.
@@ -1129,7 +1129,7 @@ class SQLStore:
 
     def _transaction(self, operation: _Operation, work: Callable[[Any], T]) -> T:
         """
-        In a pool thread: C{work} in one transaction on this thread's
+        In a store thread: C{work} in one transaction on this thread's
         connection; when it fails because that connection broke (the
         database restarted, or dropped it), once more on a new connection.
 
@@ -1165,7 +1165,7 @@ class SQLStore:
 
     def _connection(self, now: float) -> Any:
         """
-        In a pool thread: this thread's connection, opened when it has none,
+        In a store thread: this thread's connection, opened when it has none,
         replaced when it is broken or has been idle longer than the
         dialect's C{idleTimeout}.
         """
@@ -1189,7 +1189,7 @@ class SQLStore:
 
     def _attempt(self, connection: Any, work: Callable[[Any], T]) -> T:
         """
-        In a pool thread: C{work} in one transaction on C{connection},
+        In a store thread: C{work} in one transaction on C{connection},
         which is dropped if it turns out to be broken.
         """
         try:
