@@ -492,7 +492,6 @@ class ResponsesRequestBody(Struct):
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
 
 _TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
-_DEFAULT_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 
 def parseResponsesRequest(body: bytes) -> ResponsesRequest:
@@ -743,7 +742,9 @@ def _clientTools(value: Sequence[_Tool]) -> tuple[ClientTool, ...]:
 
 
 def _spec(name: str, tool: ResponsesFunctionTool | ResponsesNamespaceFunction) -> ToolSpec:
-    parameters = _DEFAULT_PARAMETERS if tool.parameters is None else tool.parameters
+    parameters = tool.parameters
+    if parameters is None:
+        parameters = {"type": "object", "properties": {}}
     return ToolSpec(name, tool.description or "", parameters)
 
 
@@ -787,8 +788,8 @@ def _outputFormat(
     return None
 
 
-# -- the words of the refusals (the hand-written parser's, which clients
-# and tests rely on), by param; the rest are msgspec's in OpenAI's style.
+# -- the words of the refusals: those clients and tests rely on, by param;
+# the rest are msgspec's, in OpenAI's style (see ai_agent.headends._schema).
 
 
 def _toolNameWords(param: str, value: Any) -> AgentError:
