@@ -1293,7 +1293,7 @@ class ParserTests(TestCase):
         from ai_agent.headends.responses import parseResponsesRequest
 
         cases = {
-            "tools[0].name": {"input": "x", "tools": [{"type": "namespace", "tools": []}]},
+            "tools[0].name": {"input": "x", "tools": [{"type": "namespace", "tools": [WEATHER]}]},
             "tools[0].tools": {"input": "x", "tools": [{"type": "namespace", "name": "ns"}]},
             "tools[1].tools[0].type": {
                 "input": "x",

@@ -25,7 +25,10 @@ from ai_agent.headends.anthropic import (
     parseMessagesRequest,
 )
 from ai_agent.headends.openapi import OPENAPI
-from ai_agent.headends.responses import parseResponsesRequest
+from ai_agent.headends.responses import (
+    ResponsesRequestBody,
+    parseResponsesRequest,
+)
 from tests._harness import startServer
 from tests.mcp_servers import httpClient
 
@@ -101,6 +104,18 @@ CHAT: list[tuple[Any, bool]] = [
     ([1], False),
 ]
 
+_IN = {"type": "input_text", "text": "x"}
+_OUT = {"type": "output_text", "text": "x", "annotations": []}
+_CALL = {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}
+_CALL_OUTPUT = {"type": "function_call_output", "call_id": "c", "output": "ok"}
+_FUNCTION = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+_NAMESPACE = {
+    "type": "namespace",
+    "name": "mcp__calc",
+    "description": "The calc server's tools.",
+    "tools": [{**_FUNCTION, "name": "add", "defer_loading": True}, {**_FUNCTION, "name": "sub"}],
+}
+
 #: Responses bodies: (body, accepted).
 RESPONSES: list[tuple[Any, bool]] = [
     ({"model": "a", "input": "hi"}, True),
@@ -159,6 +174,147 @@ RESPONSES: list[tuple[Any, bool]] = [
     ({"model": "a", "input": [{"role": "robot", "content": "x"}]}, False),
     ({"model": "a", "input": [3]}, False),
     ("hi", False),
+    # Items without a type: a message when it has a role, else refused.
+    ({"model": "a", "input": [{"role": "assistant", "content": [_OUT]}]}, True),
+    ({"model": "a", "input": [{"content": "x"}]}, False),
+    ({"model": "a", "input": [{"type": None, "role": "user", "content": "x"}]}, False),
+    # Every item type, and unknown ones.
+    ({"model": "a", "input": [_CALL, _CALL_OUTPUT]}, True),
+    ({"model": "a", "input": [_CALL, {**_CALL_OUTPUT, "output": [_IN]}]}, True),
+    ({"model": "a", "input": [{**_CALL, "namespace": "mcp__calc"}, _CALL_OUTPUT]}, True),
+    ({"model": "a", "input": [{**_CALL, "namespace": "a.b"}]}, False),
+    ({"model": "a", "input": [{"type": "item_reference", "id": "msg_1"}]}, True),
+    ({"model": "a", "input": [{"type": "item_reference"}]}, False),
+    (
+        {"model": "a", "input": [{"type": "reasoning", "summary": [], "encrypted_content": "e"}]},
+        True,
+    ),
+    ({"model": "a", "input": [{"type": "reasoning", "encrypted_content": 3}]}, False),
+    ({"model": "a", "input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, False),
+    ({"model": "a", "input": [{"type": "function_call_output", "call_id": "c"}]}, False),
+    ({"model": "a", "input": [{"type": "computer_call", "call_id": "c"}]}, False),
+    ({"model": "a", "input": [{"type": "x", "role": "user", "content": "x"}]}, False),
+    # Content parts: text parts only, each with its text (a refusal's may be
+    # its refusal).
+    (
+        {
+            "model": "a",
+            "input": [{"role": "user", "content": [_IN, {"type": "text", "text": "y"}]}],
+        },
+        True,
+    ),
+    (
+        {
+            "model": "a",
+            "input": [{"role": "assistant", "content": [{"type": "refusal", "refusal": "n"}]}],
+        },
+        True,
+    ),
+    (
+        {
+            "model": "a",
+            "input": [{"role": "assistant", "content": [{"type": "refusal", "text": "n"}]}],
+        },
+        True,
+    ),
+    ({"model": "a", "input": [{"role": "assistant", "content": [{"type": "refusal"}]}]}, False),
+    (
+        {
+            "model": "a",
+            "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}],
+        },
+        False,
+    ),
+    ({"model": "a", "input": [{"role": "user", "content": [{"text": "x"}]}]}, False),
+    ({"model": "a", "input": [{"role": "user", "content": [{"type": "input_text"}]}]}, False),
+    ({"model": "a", "input": [{"role": "user", "content": ["x"]}]}, False),
+    ({"model": "a", "input": [{"role": "user", "content": 3}]}, False),
+    # Namespace tools as Codex sends them, hosted tools, other tools.
+    ({"model": "a", "input": "hi", "tools": [_NAMESPACE]}, True),
+    ({"model": "a", "input": "hi", "tools": [{**_NAMESPACE, "tools": []}]}, False),
+    ({"model": "a", "input": "hi", "tools": [{**_NAMESPACE, "name": "a b"}]}, False),
+    ({"model": "a", "input": "hi", "tools": [{**_NAMESPACE, "tools": [{"name": "f"}]}]}, False),
+    (
+        {
+            "model": "a",
+            "input": "hi",
+            "tools": [{**_NAMESPACE, "tools": [{"type": "custom", "name": "f"}]}],
+        },
+        False,
+    ),
+    ({"model": "a", "input": "hi", "tools": [{"type": "namespace", "tools": [_FUNCTION]}]}, False),
+    (
+        {
+            "model": "a",
+            "input": "hi",
+            "tools": [
+                {"type": "web_search_2025_08_26"},
+                {"type": "file_search", "vector_store_ids": []},
+            ],
+        },
+        True,
+    ),
+    (
+        {
+            "model": "a",
+            "input": "hi",
+            "tools": [{"type": "mcp", "server_label": "s"}, {"type": "image_generation"}],
+        },
+        True,
+    ),
+    ({"model": "a", "input": "hi", "tools": [{"type": "custom", "name": "f"}]}, False),
+    ({"model": "a", "input": "hi", "tools": [{"type": "local_shell"}]}, False),
+    ({"model": "a", "input": "hi", "tools": [{"name": "f"}]}, False),
+    ({"model": "a", "input": "hi", "tools": [{**_FUNCTION, "parameters": []}]}, False),
+    # tool_choice, text.format, reasoning, truncation, include.
+    (
+        {
+            "model": "a",
+            "input": "hi",
+            "tools": [_FUNCTION],
+            "tool_choice": {"type": "function", "name": "f"},
+        },
+        True,
+    ),
+    ({"model": "a", "input": "hi", "tool_choice": "required"}, True),
+    ({"model": "a", "input": "hi", "tool_choice": "always"}, False),
+    ({"model": "a", "input": "hi", "tool_choice": {"type": "web_search"}}, False),
+    ({"model": "a", "input": "hi", "tool_choice": 3}, False),
+    (
+        {
+            "model": "a",
+            "input": "hi",
+            "text": {"format": {"type": "json_object"}, "verbosity": "low"},
+        },
+        True,
+    ),
+    (
+        {
+            "model": "a",
+            "input": "hi",
+            "text": {"format": {"type": "json_schema", "name": "o", "schema": {}}},
+        },
+        True,
+    ),
+    ({"model": "a", "input": "hi", "text": {"format": {"type": "json_schema", "name": ""}}}, False),
+    ({"model": "a", "input": "hi", "text": {"format": {"type": "yaml"}}}, False),
+    ({"model": "a", "input": "hi", "text": "json"}, False),
+    ({"model": "a", "input": "hi", "reasoning": {"effort": "high", "summary": "auto"}}, True),
+    ({"model": "a", "input": "hi", "reasoning": "high"}, False),
+    ({"model": "a", "input": "hi", "truncation": "sometimes"}, False),
+    ({"model": "a", "input": "hi", "include": ["reasoning.encrypted_content"]}, True),
+    ({"model": "a", "input": "hi", "include": [1]}, False),
+    # metadata: 16 pairs, keys of 64 characters at most, values of 512.
+    ({"model": "a", "input": "hi", "metadata": {f"k{i}": "v" for i in range(16)}}, True),
+    ({"model": "a", "input": "hi", "metadata": {f"k{i}": "v" for i in range(17)}}, False),
+    ({"model": "a", "input": "hi", "metadata": {"k" * 64: "v" * 512}}, True),
+    ({"model": "a", "input": "hi", "metadata": {"k" * 65: "v"}}, False),
+    ({"model": "a", "input": "hi", "metadata": {"k": "v" * 513}}, False),
+    ({"model": "a", "input": "hi", "metadata": "k"}, False),
+    # conversation: only null; background: only false or null.
+    ({"model": "a", "input": "hi", "conversation": {"id": "conv_1", "x": 1}}, False),
+    ({"model": "a", "input": "hi", "background": None}, True),
+    ({"model": "a", "input": "hi", "background": "no"}, False),
 ]
 
 _M = {"model": "a", "max_tokens": 8, "messages": [_USER]}
@@ -457,3 +613,189 @@ class MessagesTypesTests(SynchronousTestCase):
         self.assertEqual(schemas["CountTokensRequest"], generated["CountTokensRequest"])
         self.assertIn("max_tokens", schemas["MessagesRequest"]["required"])
         self.assertNotIn("max_tokens", schemas["CountTokensRequest"]["required"])
+
+
+class ResponsesTypesTests(SynchronousTestCase):
+    """
+    The Responses request types: refusals in the hand-written parser's
+    words with the C{param} from msgspec's path, the published components
+    generated from the same types.
+    """
+
+    def _refusal(self, body: dict[str, Any]) -> tuple[int, str | None, str | None, str]:
+        """
+        The Responses parser's refusal of C{body} (a model and input
+        added): its status, C{param}, C{code} and message.
+        """
+        with self.assertRaises(AgentError) as caught:
+            parseResponsesRequest(json.dumps({"model": "a", "input": "hi", **body}).encode())
+        error = caught.exception
+        return error.status, error.param, error.code, error.message
+
+    def test_itemWithoutType(self) -> None:
+        """
+        An input item without a C{type} is a message (its parts as the
+        role's), and one without a role is refused naming its C{role}.
+        """
+        body = {"model": "a", "input": [{"role": "assistant", "content": "x"}]}
+        (item,) = parseResponsesRequest(json.dumps(body).encode()).items
+        self.assertEqual(
+            (item["type"], item["role"], item["content"]),
+            ("message", "assistant", [{"type": "output_text", "text": "x", "annotations": []}]),
+        )
+        self.assertEqual(
+            self._refusal({"input": [{"content": "x"}]}),
+            (
+                400,
+                "input[0].role",
+                "invalid_value",
+                "'input[0].role' must be one of assistant, developer, system, user, got null",
+            ),
+        )
+
+    def test_unknownItemAndPartTypes(self) -> None:
+        """
+        An unknown item type names the item's C{type}; a part that is not
+        text names the part, as the hand-written parser did.
+        """
+        self.assertEqual(
+            self._refusal({"input": [_USER, {"type": "computer_call"}]}),
+            (
+                400,
+                "input[1].type",
+                "unsupported_value",
+                "'input[1].type' is \"computer_call\"; input items here are messages,"
+                " function_call, function_call_output, item_reference and reasoning",
+            ),
+        )
+        part = {"type": "input_image", "image_url": "u"}
+        self.assertEqual(
+            self._refusal({"input": [{"role": "user", "content": [_IN, part]}]}),
+            (
+                400,
+                "input[0].content[1]",
+                "unsupported_content_type",
+                "'input[0].content[1]' is a \"input_image\" part; agents here take text parts only",
+            ),
+        )
+
+    def test_missingOrNullString(self) -> None:
+        """
+        A call's missing C{call_id} is a missing parameter; a null one is
+        of the wrong type; both name the field in the same words.
+        """
+        call = {"type": "function_call", "name": "f", "arguments": "{}"}
+        for given, code in [
+            ({}, "missing_required_parameter"),
+            ({"call_id": None}, "invalid_type"),
+        ]:
+            self.assertEqual(
+                self._refusal({"input": [{**call, **given}]}),
+                (400, "input[0].call_id", code, "'input[0].call_id' must be a string, not null"),
+            )
+
+    def test_metadataBounds(self) -> None:
+        """
+        Metadata holds at most 16 pairs, keys of at most 64 characters and
+        string values of at most 512; a pair past a bound is named by its
+        key, too many pairs by C{metadata}.
+        """
+        pairs = {"k" * 64: "v" * 512, **{f"k{i}": "v" for i in range(15)}}
+        parsed = parseResponsesRequest(
+            json.dumps({"model": "a", "input": "hi", "metadata": pairs}).encode()
+        )
+        self.assertEqual(parsed.echo["metadata"], pairs)
+        words = "'metadata' keys are at most 64 characters and values strings of at most 512"
+        for metadata, param in [
+            ({"ok": "v", "k" * 65: "v"}, "metadata." + "k" * 61 + "..."),
+            ({"ok": "v", "long": "v" * 513}, "metadata.long"),
+            ({"ok": "v", "number": 1}, "metadata.number"),
+        ]:
+            self.assertEqual(
+                self._refusal({"metadata": metadata}), (400, param, "invalid_value", words)
+            )
+        self.assertEqual(
+            self._refusal({"metadata": {f"k{i}": "v" for i in range(17)}})[1:3],
+            ("metadata", "invalid_type"),
+        )
+
+    def test_hostedToolsSetApart(self) -> None:
+        """
+        Hosted tools of any of their types (dated web_search variants
+        too) are set apart with their places, the function tools beside
+        them keep theirs; a tool the client would run in another shape is
+        refused naming its C{type}.
+        """
+        tools = [{"type": "web_search_2025_08_26"}, _FUNCTION, {"type": "file_search"}]
+        parsed = parseResponsesRequest(
+            json.dumps({"model": "a", "input": "hi", "tools": tools}).encode()
+        )
+        self.assertEqual(
+            parsed.hostedTools,
+            (("web_search_2025_08_26", "tools[0]"), ("file_search", "tools[2]")),
+        )
+        self.assertEqual([(t.spec.name, t.param) for t in parsed.tools], [("f", "tools[1].name")])
+        self.assertEqual(parsed.echo["tools"], tools)
+        self.assertEqual(
+            self._refusal({"tools": [_FUNCTION, {"type": "custom", "name": "c"}]})[1:3],
+            ("tools[1].type", "unsupported_tool_type"),
+        )
+
+    def test_namespaceMembers(self) -> None:
+        """
+        A namespace's functions are client tools under the joined name,
+        keeping their namespace and own name; a member without a C{type}
+        names its C{type}.
+        """
+        parsed = parseResponsesRequest(
+            json.dumps({"model": "a", "input": "hi", "tools": [_NAMESPACE]}).encode()
+        )
+        self.assertEqual(
+            [(t.spec.name, t.param, t.namespace, t.clientName) for t in parsed.tools],
+            [
+                ("mcp__calc__add", "tools[0].tools[0].name", "mcp__calc", "add"),
+                ("mcp__calc__sub", "tools[0].tools[1].name", "mcp__calc", "sub"),
+            ],
+        )
+        self.assertEqual(
+            self._refusal({"tools": [{**_NAMESPACE, "tools": [{"name": "f"}]}]})[1:3],
+            ("tools[0].tools[0].type", "unsupported_tool_type"),
+        )
+
+    def test_toolNameTrailingNewline(self) -> None:
+        """
+        A function's or a namespace's name ending in a newline is refused,
+        naming it.
+        """
+        for tool, param in [
+            ({**_FUNCTION, "name": "f\n"}, "tools[0].name"),
+            ({**_NAMESPACE, "name": "ns\n"}, "tools[0].name"),
+            ({**_NAMESPACE, "tools": [{**_FUNCTION, "name": "g\n"}]}, "tools[0].tools[0].name"),
+        ]:
+            self.assertEqual(self._refusal({"tools": [tool]})[:3], (400, param, "invalid_value"))
+
+    def test_componentsFromTypes(self) -> None:
+        """
+        The served request component is the one generated from the types,
+        with what a type cannot state: a message's C{type} may be left out,
+        a hosted tool's C{type} is a pattern, C{background} only false.
+        """
+        schemas = OPENAPI["components"]["schemas"]
+        generated = schemaComponents([ResponsesRequestBody])
+        served = schemas["ResponseRequest"]["properties"]
+        for name, field in generated["ResponsesRequestBody"]["properties"].items():
+            if name not in ("input", "tools", "background"):
+                self.assertEqual(served[name], field, name)
+        self.assertEqual(served["input"]["anyOf"][1]["maxItems"], MAX_MESSAGES)
+        self.assertEqual(
+            served["metadata"]["anyOf"][0],
+            {
+                "type": "object",
+                "propertyNames": {"maxLength": 64},
+                "additionalProperties": {"type": "string", "maxLength": 512},
+                "maxProperties": 16,
+            },
+        )
+        self.assertNotIn("type", schemas["ResponsesMessageItem"]["required"])
+        self.assertIn("type", generated["ResponsesMessageItem"]["required"])
+        self.assertEqual(served["background"]["enum"], [False, None])

@@ -967,81 +967,6 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-#: What a tool's name may be (OpenAI's rule).
-TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def functionSpec(function: dict[str, Any], where: str) -> ToolSpec:
-    """
-    A client's function definition (C{name}, C{description},
-    C{parameters}) as a L{ToolSpec}; C{where} is its path, for errors.
-    """
-    name = function.get("name")
-    if not isinstance(name, str) or TOOL_NAME.fullmatch(name) is None:
-        raise invalidRequest(
-            f"'{where}.name' must be 1 to 64 letters, digits, '_' or '-', got {_show(name)}",
-            f"{where}.name",
-            "invalid_value",
-        )
-    description = _optional(function, "description", str, None, f"{where}.description")
-    # Accepted and not used: the agent's providers get the schema as given.
-    _optional(function, "strict", bool, None, f"{where}.strict")
-    parameters = function.get("parameters")
-    if parameters is None:
-        parameters = {"type": "object", "properties": {}}
-    if not isinstance(parameters, dict):
-        raise invalidRequest(
-            f"'{where}.parameters' must be a JSON Schema object",
-            f"{where}.parameters",
-            "invalid_type",
-        )
-    return ToolSpec(name, description or "", parameters)
-
-
-def parseToolChoice(value: Any, tools: tuple[ClientTool, ...], nested: bool = True) -> ToolChoice:
-    """
-    C{tool_choice}: C{none}, C{auto}, C{required}, or a function by a name
-    among C{tools}: C{{"type": "function", "function": {"name": …}}} when
-    C{nested} (Chat Completions), C{{"type": "function", "name": …}} when
-    not (the Responses API).
-    """
-    if value is None:
-        return ToolChoice()
-    if isinstance(value, str):
-        if value in (ToolChoice.NONE, ToolChoice.AUTO, ToolChoice.REQUIRED):
-            return ToolChoice(value)
-        raise invalidRequest(
-            f"'tool_choice' must be none, auto, required or a function, got {_show(value)}",
-            "tool_choice",
-            "invalid_value",
-        )
-    if not isinstance(value, dict):
-        raise invalidRequest(
-            f"'tool_choice' must be a string or an object, not {_typeName(value)}",
-            "tool_choice",
-            "invalid_type",
-        )
-    holder = value.get("function") if nested else value
-    name = holder.get("name") if isinstance(holder, dict) else None
-    example = (
-        '{"type": "function", "function": {"name": ...}}'
-        if nested
-        else '{"type": "function", "name": ...}'
-    )
-    if value.get("type") != "function" or not isinstance(name, str):
-        raise invalidRequest(
-            f"'tool_choice' must be none, auto, required or {example}",
-            "tool_choice",
-            "invalid_value",
-        )
-    param = "tool_choice.function.name" if nested else "tool_choice.name"
-    if name not in {tool.spec.name for tool in tools}:
-        raise invalidRequest(
-            f"'{param}' names {_show(name)}, which is not in 'tools'", param, "invalid_value"
-        )
-    return ToolChoice(ToolChoice.TOOL, name)
-
-
 def _rejectConstant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -1057,38 +982,6 @@ def _typeName(value: object) -> str:
         list: "an array",
         dict: "an object",
     }.get(type(value), type(value).__name__)
-
-
-def _optional(
-    data: dict[str, Any], key: str, kind: type, default: Any, param: str | None = None
-) -> Any:
-    value = data.get(key)
-    if value is None:
-        return default
-    # bool is an int in Python; JSON keeps them apart.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        expected = {bool: "a boolean", int: "an integer", str: "a string"}[kind]
-        raise invalidRequest(
-            f"'{param or key}' must be {expected}, not {_typeName(value)}",
-            param or key,
-            "invalid_type",
-        )
-    return value
-
-
-def _number(data: dict[str, Any], key: str, low: float, high: float) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise invalidRequest(
-            f"'{key}' must be a number, not {_typeName(value)}", key, "invalid_type"
-        )
-    if not low <= value <= high:
-        raise invalidRequest(
-            f"'{key}' must be between {low:g} and {high:g}, got {value}", key, "invalid_value"
-        )
-    return float(value)
 
 
 def _checkToolResults(messages: tuple[ChatMessage, ...]) -> None:
@@ -1128,11 +1021,9 @@ def headerLookup(request: Any) -> Callable[[bytes], bytes | None]:
     return last.get
 
 
-#: The body checks every API's parser shares (see L{_loads}, L{_optional},
-#: L{_number}, L{_typeName}, L{_show}).
+#: The body checks every API's parser shares (see L{_loads}, L{_typeName},
+#: L{_show}).
 loadBody = _loads
-optionalField = _optional
-numberField = _number
 typeName = _typeName
 showValue = _show
 
@@ -1140,13 +1031,8 @@ showValue = _show
 __all__ = [
     "AgentError",
     "ChatRequest",
-    "TOOL_NAME",
-    "functionSpec",
     "headerLookup",
-    "parseToolChoice",
     "loadBody",
-    "numberField",
-    "optionalField",
     "showValue",
     "typeName",
     "MAX_CONTAINERS",

@@ -55,7 +55,7 @@ def _param(path: str) -> str:
     return path[1:] if path.startswith(".") else path
 
 
-def _valueAt(data: Any, param: str) -> Any:
+def valueAt(data: Any, param: str) -> Any:
     """
     The client's value at C{param} (C{messages[0].content}), or L{None}.
     """
@@ -85,8 +85,8 @@ def anthropicWords(error: msgspec.ValidationError, data: Any) -> AgentError:
     msgspec's refusal in the words of Anthropic's API: C{param: reason},
     no C{code}.
     """
-    param, reason, missing = _located(error)
-    value = _valueAt(data, param)
+    param, reason, missing = locate(error)
+    value = valueAt(data, param)
     if missing or (reason.endswith("got `null`") and not param.endswith("]")):
         return invalidRequest(f"{param}: Field required", param)
     expected = _EXPECTED.match(reason)
@@ -111,7 +111,7 @@ def anthropicWords(error: msgspec.ValidationError, data: Any) -> AgentError:
     return invalidRequest(f"{param}: {reason}", param or None)
 
 
-def _located(error: msgspec.ValidationError) -> tuple[str, str, bool]:
+def locate(error: msgspec.ValidationError) -> tuple[str, str, bool]:
     """
     The C{param} of msgspec's refusal, its reason, and whether the reason
     is a missing field (whose name the C{param} then ends with).
@@ -149,7 +149,7 @@ def translate(
     else:
         param = _param(path)
     override = overrides.get(re.sub(r"\[\d+\]", "[]", param))
-    value = _valueAt(data, param)
+    value = valueAt(data, param)
     if override is not None:
         return override(param, value)
     if words is not None:
@@ -236,6 +236,8 @@ __all__ = [
     "Override",
     "anthropicWords",
     "convertBody",
+    "locate",
     "schemaComponents",
     "translate",
+    "valueAt",
 ]

@@ -628,7 +628,7 @@ def _blockType(param: str, value: Any) -> AgentError:
 
 
 def _typed(what: str) -> Override:
-    """The words L{optionalField} used: C{'param' must be a boolean, not ...}."""
+    """C{'param' must be a boolean, not ...}: the words of OpenAI's style."""
 
     def words(param: str, value: Any) -> AgentError:
         return invalidRequest(
@@ -639,7 +639,7 @@ def _typed(what: str) -> Override:
 
 
 def _between(low: float, high: float) -> Override:
-    """The words L{numberField} used."""
+    """C{'param' must be between low and high}: the words of OpenAI's style."""
 
     def words(param: str, value: Any) -> AgentError:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -3,13 +3,15 @@
 The OpenAPI 3.1 description of the server's endpoints (the OpenAI-compatible
 headend's and the Anthropic Messages API's), served at C{GET /openapi.json}.
 
-The Chat Completions request components are generated from the types that
-validate it (L{ai_agent.headends._request.ChatCompletionRequest}); the
-other request schemas follow what their parsers accept: the fields they
-read are typed and bounded as they check them, every other field is
-allowed and ignored.  Limits that a schema cannot state (nesting at most
-L{MAX_DEPTH} deep, no lone surrogates, the body size cap) are written in the
-descriptions and answered with a 400 or 413.
+The request components are generated from the types that validate each
+request (L{ai_agent.headends._request.ChatCompletionRequest},
+L{ai_agent.headends.responses.ResponsesRequestBody},
+L{ai_agent.headends.anthropic.MessagesRequestBody} and
+L{CountTokensRequest<ai_agent.headends.anthropic.CountTokensRequest>}):
+the fields their parsers read are typed and bounded as they check them,
+every other field is allowed and ignored.  Limits that a schema cannot
+state (nesting at most L{MAX_DEPTH} deep, no lone surrogates, the body size
+cap) are written in the descriptions and answered with a 400 or 413.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from typing import Any, Sequence
 from ai_agent import __version__
 from ai_agent.headends._request import (
     MAX_DEPTH,
-    MAX_OUTPUT_TOKENS,
     ChatCompletionRequest,
 )
 from ai_agent.headends._schema import schemaComponents
 from ai_agent.headends.anthropic import CountTokensRequest, MessagesRequestBody
+from ai_agent.headends.responses import HOSTED_TOOL_PATTERN, ResponsesRequestBody
 
 _REF = "#/components/"
 
@@ -544,6 +546,40 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _responsesRequestSchemas() -> dict[str, Any]:
+    """
+    The Responses request's components, generated from its types
+    (L{ResponsesRequestBody}), with what a type cannot state: an input
+    item without a type is a message, a hosted tool is any of
+    L{isHostedTool}'s types, a refusal part needs its refusal or its text,
+    and background may only be false.
+    """
+    schemas = schemaComponents([ResponsesRequestBody])
+    request = schemas.pop("ResponsesRequestBody")
+    schemas["ResponseRequest"] = request
+    request["description"] = (
+        f"{request['description']} The body must be UTF-8 JSON nested at most {MAX_DEPTH} "
+        "levels deep and its strings must not hold lone UTF-16 surrogates; otherwise the "
+        "answer is a 400."
+    )
+    properties = request["properties"]
+    # The type that tells the unions apart may be left out (a message), or
+    # be one of several (a hosted tool): not a discriminator's one value.
+    del properties["input"]["anyOf"][1]["items"]["discriminator"]
+    del properties["tools"]["anyOf"][0]["items"]["discriminator"]
+    schemas["ResponsesMessageItem"]["required"].remove("type")
+    schemas["ResponsesHostedTool"]["properties"]["type"] = {
+        "type": "string",
+        "pattern": HOSTED_TOOL_PATTERN,
+    }
+    schemas["ResponsesRefusal"]["anyOf"] = [
+        {"required": [field], "properties": {field: {"type": "string"}}}
+        for field in ("refusal", "text")
+    ]
+    properties["background"]["enum"] = [False, None]
+    return schemas
+
+
 def _responsesSchemas() -> dict[str, Any]:
     """
     The Responses API's bodies (C{/v1/responses}, see docs/responses.md).
@@ -569,86 +605,6 @@ def _responsesSchemas() -> dict[str, Any]:
             "arguments": {"type": "string"},
             "namespace": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
             "output": {"type": ["string", "array"]},
-        },
-    }
-    function = {
-        "type": "object",
-        "required": ["type", "name"],
-        "properties": {
-            "type": {"const": "function"},
-            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-            "description": {"type": "string"},
-            "parameters": {"type": "object"},
-            "strict": {"type": ["boolean", "null"]},
-        },
-    }
-    namespace = {
-        "type": "object",
-        "required": ["type", "name", "tools"],
-        "properties": {
-            "type": {"const": "namespace"},
-            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-            "description": {"type": "string"},
-            "tools": {"type": "array", "minItems": 1, "items": function},
-        },
-    }
-    hosted = {
-        "type": "object",
-        "required": ["type"],
-        "properties": {
-            "type": {
-                "type": "string",
-                "pattern": "^(web_search[a-z0-9_]*|file_search|code_interpreter"
-                "|image_generation|mcp)$",
-            }
-        },
-    }
-    request = {
-        "type": "object",
-        "description": "Fields not listed (reasoning, include, truncation, "
-        "prompt_cache_key, ...) are accepted and ignored.",
-        "required": ["model", "input"],
-        "properties": {
-            "model": {"type": "string", "minLength": 1, "description": "An agent's name."},
-            "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": item}]},
-            "instructions": {"type": ["string", "null"]},
-            "previous_response_id": {"type": ["string", "null"]},
-            "conversation": {
-                "type": "null",
-                "description": "Conversation objects are not supported: chain responses "
-                "with previous_response_id.",
-            },
-            "store": {"type": ["boolean", "null"], "default": True},
-            "stream": {"type": ["boolean", "null"], "default": False},
-            "background": {
-                "type": ["boolean", "null"],
-                "enum": [False, None],
-                "description": "Background responses are not supported.",
-            },
-            "tools": {
-                "type": ["array", "null"],
-                "description": "The client's own tools: functions, and namespaces of "
-                "functions (a call of one is handed back with its namespace); hosted tools "
-                "(web_search, file_search, ...) are left out of the model's tools and named "
-                "in the x-ai-agent-ignored-tools header, or refused (--hosted-tools refuse).",
-                "items": {"oneOf": [function, namespace, hosted]},
-            },
-            "tool_choice": {"type": ["string", "object", "null"]},
-            "parallel_tool_calls": {"type": ["boolean", "null"]},
-            "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
-            "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-            "max_output_tokens": {
-                "type": ["integer", "null"],
-                "minimum": 1,
-                "maximum": MAX_OUTPUT_TOKENS,
-            },
-            "text": {"type": ["object", "null"]},
-            "metadata": {
-                "type": ["object", "null"],
-                "maxProperties": 16,
-                "additionalProperties": {"type": "string", "maxLength": 512},
-            },
-            "user": {"type": ["string", "null"]},
         },
     }
     response = {
@@ -682,7 +638,7 @@ def _responsesSchemas() -> dict[str, Any]:
             "required": ["event", "data"],
             "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
         },
-        "ResponseRequest": request,
+        **_responsesRequestSchemas(),
         "Response": response,
         "ResponseItem": item,
         "ResponseDeleted": {

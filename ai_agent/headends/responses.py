@@ -20,10 +20,12 @@ import functools
 import hashlib
 import re
 import secrets
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Literal, Mapping, Sequence
 
 import attrs
+import msgspec
 from klein import Klein
+from msgspec import Meta, Struct
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -51,22 +53,18 @@ from ai_agent.headends._request import (
     MAX_MESSAGES,
     MAX_OUTPUT_TOKENS,
     MAX_TOOLS,
-    TOOL_NAME,
-    functionSpec,
     headerLookup,
     loadBody,
-    numberField,
-    optionalField,
-    parseToolChoice,
     showValue,
     typeName,
 )
+from ai_agent.headends._schema import TOOL_NAME_PATTERN, Override, locate, translate, valueAt
 from ai_agent.headends._stream import RunEncoder
 from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute
 from ai_agent.pool import RunPool
 from ai_agent.principals import Principal
-from ai_agent.providers import ChatMessage, ToolCall
+from ai_agent.providers import ChatMessage, ToolCall, ToolSpec
 from ai_agent.reactors import IReactorTimeAndThreads
 from ai_agent.redaction import Redactor, shorten
 from ai_agent.registry import AgentRegistry
@@ -86,11 +84,6 @@ MAX_CHAIN = 1000
 STREAM_HEAD_GRACE = 10.0
 
 _JSON = b"application/json"
-_ROLES = frozenset({"user", "assistant", "system", "developer"})
-_TEXT_PARTS = frozenset({"input_text", "output_text", "text", "refusal"})
-_INPUT_TYPES = frozenset(
-    {"message", "function_call", "function_call_output", "item_reference", "reasoning"}
-)
 
 
 #: Tools OpenAI runs on its own servers, which no client executes: this
@@ -98,6 +91,11 @@ _INPUT_TYPES = frozenset(
 #: matched by prefix).
 HOSTED_TOOL_TYPES = frozenset(
     {"file_search", "code_interpreter", "image_generation", "mcp", "web_search_preview"}
+)
+
+#: The hosted tools' types (see L{isHostedTool}) as a JSON Schema pattern.
+HOSTED_TOOL_PATTERN = (
+    "^(web_search[a-z0-9_]{0,54}|file_search|code_interpreter|image_generation|mcp)$"
 )
 
 #: What C{--hosted-tools} may say about them: leave them out of the
@@ -231,9 +229,281 @@ class ResponsesRequest:
     hostedTools: tuple[tuple[str, str], ...] = ()
 
 
+# -- the Responses request as types (see ai_agent.headends._schema) ------
+
+_ToolName = Annotated[str, Meta(pattern=TOOL_NAME_PATTERN)]
+
+
+class ResponsesInputText(Struct, tag_field="type", tag="input_text"):
+    """A text part of a message's content."""
+
+    text: str
+
+
+class ResponsesOutputText(Struct, tag_field="type", tag="output_text"):
+    """An answer's text part (an assistant message's, sent back)."""
+
+    text: str
+
+
+class ResponsesText(Struct, tag_field="type", tag="text"):
+    """A text part, as Chat Completions names it."""
+
+    text: str
+
+
+class ResponsesRefusal(Struct, tag_field="type", tag="refusal"):
+    """A refusal part: its text if given, else its refusal (one is required)."""
+
+    refusal: str | None = None
+    text: str | None = None
+
+
+_Part = ResponsesInputText | ResponsesOutputText | ResponsesText | ResponsesRefusal
+_Content = Annotated[
+    str | list[_Part],
+    Meta(
+        description="Text, or an array of text parts (joined with newlines). Parts of "
+        "other types (images, files, audio) are refused with a 400 naming the part."
+    ),
+]
+
+
+class ResponsesMessageItem(Struct, tag_field="type", tag="message"):
+    """
+    A message. An input item without a type is read as a message (as
+    OpenAI reads {"role": "user", "content": "..."}): it then needs a role.
+    """
+
+    role: Literal["user", "assistant", "system", "developer"]
+    content: _Content
+    id: str | None = None
+
+
+class ResponsesFunctionCallItem(Struct, tag_field="type", tag="function_call"):
+    """A call of one of the client's tools, as a response handed it out."""
+
+    call_id: str
+    name: str
+    arguments: str
+    namespace: _ToolName | None = None
+    id: str | None = None
+
+
+class ResponsesFunctionCallOutputItem(Struct, tag_field="type", tag="function_call_output"):
+    """A client tool's result, answering a function_call (text, or text parts)."""
+
+    call_id: str
+    output: _Content
+    id: str | None = None
+
+
+class ResponsesItemReference(Struct, tag_field="type", tag="item_reference"):
+    """An output item of a stored response, by its id."""
+
+    id: str
+
+
+class ResponsesReasoningItem(Struct, tag_field="type", tag="reasoning"):
+    """
+    A reasoning item: kept in the history, never shown to the model; one
+    this server sealed (encrypted_content) carries a hidden turn back.
+    """
+
+    encrypted_content: str | None = None
+    id: str | None = None
+
+
+_InputItem = (
+    ResponsesMessageItem
+    | ResponsesFunctionCallItem
+    | ResponsesFunctionCallOutputItem
+    | ResponsesItemReference
+    | ResponsesReasoningItem
+)
+
+
+class ResponsesFunctionTool(Struct, tag_field="type", tag="function"):
+    """A client's function tool."""
+
+    name: _ToolName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ResponsesNamespaceFunction(Struct, kw_only=True):
+    """A function of a namespace tool (as Codex sends its MCP servers' tools)."""
+
+    type: Literal["function"]
+    name: _ToolName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+    defer_loading: bool | None = None
+
+
+class ResponsesNamespaceTool(Struct, tag_field="type", tag="namespace"):
+    """
+    A named group of function tools: the model sees each as
+    namespace__name, and a call of one is handed back under its own name
+    with its namespace.
+    """
+
+    name: _ToolName
+    tools: Annotated[list[ResponsesNamespaceFunction], Meta(min_length=1)]
+    description: str | None = None
+
+
+class ResponsesHostedTool(Struct, tag_field="type", tag="web_search"):
+    """
+    A tool OpenAI runs itself (web_search and its dated variants,
+    file_search, code_interpreter, image_generation, mcp): left out of the
+    model's tools and named in the x-ai-agent-ignored-tools header, or
+    refused (--hosted-tools refuse).
+    """
+
+
+_Tool = ResponsesFunctionTool | ResponsesNamespaceTool | ResponsesHostedTool
+
+
+class ResponsesFunctionChoice(Struct):
+    """tool_choice naming one function of tools (of a namespace, if given)."""
+
+    type: Literal["function"]
+    name: str
+    namespace: _ToolName | None = None
+
+
+class ResponsesTextFormat(Struct, tag_field="type", tag="text"):
+    """Plain text answers (the default)."""
+
+
+class ResponsesJSONObjectFormat(Struct, tag_field="type", tag="json_object"):
+    """Any JSON object as the answer."""
+
+
+class ResponsesJSONSchemaFormat(Struct, tag_field="type", tag="json_schema"):
+    """JSON conforming to a schema as the answer."""
+
+    name: Annotated[str, Meta(min_length=1)] = "answer"
+    schema: dict[str, Any] = {}
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponsesTextConfig(Struct):
+    """The answer's text options: its format (others are ignored)."""
+
+    format: ResponsesTextFormat | ResponsesJSONObjectFormat | ResponsesJSONSchemaFormat | None = (
+        None
+    )
+
+
+class ResponsesReasoningConfig(Struct):
+    """Reasoning options: repeated in the response object, not used."""
+
+    effort: str | None = None
+    summary: str | None = None
+
+
+_MaxOutputTokens = Annotated[int, Meta(ge=1, le=MAX_OUTPUT_TOKENS)]
+#: Metadata as OpenAI bounds it: 16 pairs, keys of 64 characters at most,
+#: values of 512.
+_Metadata = Annotated[
+    dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]],
+    Meta(max_length=16),
+]
+
+
+class ResponsesRequestBody(Struct):
+    """
+    A Responses request. Fields not listed (include values other than
+    reasoning.encrypted_content, prompt_cache_key, service_tier, ...) are
+    accepted and ignored.
+    """
+
+    model: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="An agent's model id (see GET /v1/models), its file name "
+            "or path, in any letter case.",
+        ),
+    ]
+    input: Annotated[
+        str | Annotated[list[_InputItem], Meta(max_length=MAX_MESSAGES)],
+        Meta(
+            description="A user message's text, or input items (an item without a type "
+            "is a message)."
+        ),
+    ]
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    store: Annotated[bool, Meta(description="true when not given.")] | None = None
+    stream: bool | None = None
+    background: (
+        Annotated[bool, Meta(description="Background responses are not supported.")] | None
+    ) = None
+    conversation: Annotated[
+        None,
+        Meta(
+            description="Conversation objects are not supported: chain responses with "
+            "previous_response_id."
+        ),
+    ] = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    max_output_tokens: _MaxOutputTokens | None = None
+    tools: (
+        Annotated[
+            list[_Tool],
+            Meta(
+                description="The client's own tools: functions, and namespaces of functions "
+                f"({MAX_TOOLS} functions in all, names unique as the model sees them); hosted "
+                "tools (web_search, file_search, ...) are left out of the model's tools and "
+                "named in the x-ai-agent-ignored-tools header, or refused "
+                "(--hosted-tools refuse)."
+            ),
+        ]
+        | None
+    ) = None
+    tool_choice: (
+        Annotated[
+            Literal["none", "auto", "required"] | ResponsesFunctionChoice,
+            Meta(
+                description="none hides the client's tools (the agent keeps its own); a "
+                "named function (one of tools) is called on the first LLM call; required "
+                "makes the model call some tool before it answers."
+            ),
+        ]
+        | None
+    ) = None
+    parallel_tool_calls: bool | None = None
+    text: ResponsesTextConfig | None = None
+    reasoning: ResponsesReasoningConfig | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    metadata: _Metadata | None = None
+    user: str | None = None
+    include: list[str] | None = None
+
+
+#: The C{include} value asking for reasoning items' C{encrypted_content}.
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
+
+_TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
+
+
 def parseResponsesRequest(body: bytes) -> ResponsesRequest:
     """
-    Parse and validate a request body.
+    Parse and validate a request body: the hostile-input checks of
+    L{loadBody}, then the L{ResponsesRequestBody} type, then the rules
+    that span fields (tool names unique as the model sees them, at most
+    L{MAX_TOOLS} functions, C{tool_choice} among C{tools}).
+
+    An input item without a C{type} is given C{"type": "message"} before
+    the conversion, and each hosted tool (see L{isHostedTool}) is set
+    apart, its place holding a C{web_search} tool.
 
     @raise AgentError: a 400 naming the offending C{param}.
     """
@@ -242,6 +512,8 @@ def parseResponsesRequest(body: bytes) -> ResponsesRequest:
         raise invalidRequest(
             f"the request body must be a JSON object, not {typeName(data)}", code="invalid_json"
         )
+    # The model, then the input, are named before any other mistake (msgspec
+    # would name a missing field after the mistakes of the others).
     model = data.get("model")
     if model is None:
         raise invalidRequest(
@@ -249,108 +521,190 @@ def parseResponsesRequest(body: bytes) -> ResponsesRequest:
         )
     if not isinstance(model, str) or not model:
         raise invalidRequest("'model' must be a non-empty string", "model", "invalid_type")
-    if optionalField(data, "background", bool, False):
+    if data.get("input") is None:
+        raise invalidRequest(
+            "you must provide an input parameter", "input", "missing_required_parameter"
+        )
+    typed, hosted = _typedBody(data)
+    try:
+        request = msgspec.convert(typed, ResponsesRequestBody, strict=True)
+    except msgspec.ValidationError as error:
+        raise translate(error, typed, _RESPONSES_WORDS, _responsesWords) from None
+    if request.background:
         raise invalidRequest(
             "background responses are not supported here: leave 'background' false and"
             " stream the response instead",
             "background",
             "unsupported_value",
         )
-    if data.get("conversation") is not None:
-        raise invalidRequest(
-            "conversation objects are not supported here: chain responses with"
-            " 'previous_response_id' instead",
-            "conversation",
-            "unsupported_parameter",
+    if isinstance(request.input, str):
+        items: tuple[dict[str, Any], ...] = (
+            _message("user", [{"type": "input_text", "text": request.input}]),
         )
-    items = _parseInput(data.get("input"))
-    instructions = optionalField(data, "instructions", str, None)
-    previous = optionalField(data, "previous_response_id", str, None)
-    store = optionalField(data, "store", bool, True)
-    stream = optionalField(data, "stream", bool, False)
-    temperature = numberField(data, "temperature", 0.0, 2.0)
-    topP = numberField(data, "top_p", 0.0, 1.0)
-    maxTokens = optionalField(data, "max_output_tokens", int, None)
-    if maxTokens is not None and not 1 <= maxTokens <= MAX_OUTPUT_TOKENS:
-        raise invalidRequest(
-            f"'max_output_tokens' must be between 1 and {MAX_OUTPUT_TOKENS},"
-            f" got {showValue(maxTokens)}",
-            "max_output_tokens",
-            "invalid_value",
-        )
-    tools, hosted = parseTools(data.get("tools"))
-    toolChoice = parseToolChoice(_namespacedChoice(data.get("tool_choice")), tools, nested=False)
-    parallel = optionalField(data, "parallel_tool_calls", bool, None)
-    outputFormat = _parseText(data.get("text"))
-    metadata = _parseMetadata(data.get("metadata"))
-    user = optionalField(data, "user", str, None)
-    include = _parseInclude(data.get("include"))
-    echo = {
-        "tools": data.get("tools") or [],
-        "tool_choice": data.get("tool_choice") or "auto",
-        "text": data.get("text") or {"format": {"type": "text"}},
-        "metadata": metadata,
-        "temperature": temperature,
-        "top_p": topP,
-        "max_output_tokens": maxTokens,
-        "truncation": data.get("truncation") or "disabled",
-        "reasoning": data.get("reasoning") or {"effort": None, "summary": None},
-    }
+    else:
+        items = tuple(_item(item, f"input[{index}]") for index, item in enumerate(request.input))
+    tools = _clientTools(request.tools or ())
+    metadata = request.metadata or {}
+    text = request.text
     return ResponsesRequest(
         model=model,
         items=items,
-        instructions=instructions,
-        previousResponseId=previous,
-        store=store,
-        stream=stream,
-        sampling=Sampling(temperature, topP, maxTokens, (), None, outputFormat),
+        instructions=request.instructions,
+        previousResponseId=request.previous_response_id,
+        store=request.store is not False,
+        stream=bool(request.stream),
+        sampling=Sampling(
+            request.temperature,
+            request.top_p,
+            request.max_output_tokens,
+            (),
+            None,
+            None if text is None else _outputFormat(text.format),
+        ),
         tools=tools,
-        toolChoice=toolChoice,
-        parallelToolCalls=parallel,
-        user=user,
-        echo=echo,
-        include=include,
+        toolChoice=_toolChoice(request.tool_choice, tools),
+        parallelToolCalls=request.parallel_tool_calls,
+        user=request.user,
+        echo={
+            "tools": data.get("tools") or [],
+            "tool_choice": data.get("tool_choice") or "auto",
+            "text": data.get("text") or {"format": {"type": "text"}},
+            "metadata": metadata,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "max_output_tokens": request.max_output_tokens,
+            "truncation": request.truncation or "disabled",
+            "reasoning": data.get("reasoning") or {"effort": None, "summary": None},
+        },
+        include=frozenset(request.include or ()),
         hostedTools=hosted,
     )
 
 
-#: The C{include} value asking for reasoning items' C{encrypted_content}.
-ENCRYPTED_REASONING = "reasoning.encrypted_content"
-
-
-def _parseInclude(value: Any) -> frozenset[str]:
+def _typedBody(data: dict[str, Any]) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
     """
-    C{include}: the extra output a client asks for; only
-    L{ENCRYPTED_REASONING} changes anything here.
+    The body as L{ResponsesRequestBody} reads it (the client's own is
+    left as it was, for the response to repeat): input items without a
+    C{type} are messages, and hosted tools are set apart, each replaced by
+    a C{web_search} tool (one tagged type stands for them all, whatever
+    their C{type}).
+
+    @return: that body, and the hosted tools as C{(type, param)}.
     """
-    if value is None:
-        return frozenset()
-    if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
-        raise invalidRequest("'include' must be an array of strings", "include", "invalid_type")
-    return frozenset(value)
+    typed = data
+    items = data.get("input")
+    if isinstance(items, list):
+        given = [
+            {"type": "message", **item} if type(item) is dict and "type" not in item else item
+            for item in items
+        ]
+        typed = {**data, "input": given}
+    tools = data.get("tools")
+    hosted: list[tuple[str, str]] = []
+    if isinstance(tools, list):
+        kept = []
+        for index, tool in enumerate(tools):
+            kind = tool.get("type") if type(tool) is dict else None
+            if isinstance(kind, str) and isHostedTool(kind):
+                hosted.append((kind, f"tools[{index}]"))
+                tool = _HOSTED_TOOL
+            kept.append(tool)
+        if hosted:
+            typed = {**typed, "tools": kept}
+    return typed, tuple(hosted)
 
 
-def parseTools(value: Any) -> tuple[tuple[ClientTool, ...], tuple[tuple[str, str], ...]]:
+_HOSTED_TOOL = {"type": "web_search"}
+
+
+def _message(role: str, content: list[dict[str, Any]], itemId: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": itemId or _newId("msg"),
+        "status": "completed",
+        "role": role,
+        "content": content,
+    }
+
+
+def _item(item: _InputItem, where: str) -> dict[str, Any]:
     """
-    C{tools}: function tools, C{namespace} tools (each a named group of
-    function tools: every member becomes a client tool the model sees as
-    L{namespacedName}) and hosted tools (set apart, see L{isHostedTool}).
-    Names are unique as the model sees them; at most L{MAX_TOOLS}
-    functions in all.  Tools the client would run itself in another shape
-    (C{custom}, C{local_shell}, C{computer_use_preview}, ...) are refused,
-    naming the kind.
+    An input item as the item the history keeps (a C{message}'s parts as
+    C{input_text}, or C{output_text} for the assistant's).
+    """
+    if isinstance(item, ResponsesMessageItem):
+        partType = "output_text" if item.role == "assistant" else "input_text"
+        return _message(item.role, _parts(item.content, f"{where}.content", partType), item.id)
+    if isinstance(item, ResponsesFunctionCallItem):
+        call = {
+            "type": "function_call",
+            "id": item.id or _newId("fc"),
+            "call_id": item.call_id,
+            "name": item.name,
+            "arguments": item.arguments,
+            "status": "completed",
+        }
+        if item.namespace is not None:
+            call["namespace"] = item.namespace
+        return call
+    if isinstance(item, ResponsesFunctionCallOutputItem):
+        output = item.output
+        if not isinstance(output, str):
+            output = "\n".join(
+                part["text"] for part in _parts(output, f"{where}.output", "input_text")
+            )
+        return {
+            "type": "function_call_output",
+            "id": item.id or _newId("fco"),
+            "call_id": item.call_id,
+            "output": output,
+            "status": "completed",
+        }
+    if isinstance(item, ResponsesItemReference):
+        return {"type": "item_reference", "id": item.id, "where": where}
+    # A reasoning item is kept in the history but never shown to the model;
+    # one this server sealed carries a hidden turn back (ai_agent.sealing).
+    reasoning: dict[str, Any] = {"type": "reasoning", "id": item.id or _newId("rs"), "summary": []}
+    if item.encrypted_content is not None:
+        reasoning["encrypted_content"] = item.encrypted_content
+    return reasoning
 
-    @return: the client tools, and the hosted tools as C{(type, param)}.
+
+def _parts(content: str | list[_Part], where: str, partType: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [_textPart(partType, content)]
+    parts = []
+    for index, part in enumerate(content):
+        text = part.text
+        if text is None:
+            # A refusal part gave neither its text nor its refusal.
+            text = part.refusal if isinstance(part, ResponsesRefusal) else None
+            if text is None:
+                raise invalidRequest(
+                    f"'{where}[{index}].text' must be a string",
+                    f"{where}[{index}].text",
+                    "invalid_type",
+                )
+        parts.append(_textPart(partType, text))
+    return parts
+
+
+def _textPart(partType: str, text: str) -> dict[str, Any]:
+    if partType == "output_text":
+        return {"type": "output_text", "text": text, "annotations": []}
+    return {"type": "input_text", "text": text}
+
+
+def _clientTools(value: Sequence[_Tool]) -> tuple[ClientTool, ...]:
+    """
+    The client's tools: each function, and each member of a namespace
+    (shown to the model as L{namespacedName}); hosted tools were set apart
+    before.  Names are unique as the model sees them; at most L{MAX_TOOLS}
+    functions in all.
+
     @raise AgentError: a 400 naming the offending C{param}.
     """
-    if value is None:
-        return (), ()
-    if not isinstance(value, list):
-        raise invalidRequest(
-            f"'tools' must be an array, not {typeName(value)}", "tools", "invalid_type"
-        )
     tools: list[ClientTool] = []
-    hosted: list[tuple[str, str]] = []
     names: set[str] = set()
 
     def add(tool: ClientTool) -> None:
@@ -365,26 +719,18 @@ def parseTools(value: Any) -> tuple[tuple[ClientTool, ...], tuple[tuple[str, str
 
     for index, tool in enumerate(value):
         where = f"tools[{index}]"
-        if not isinstance(tool, dict):
-            raise invalidRequest(
-                f"'{where}' must be an object, not {typeName(tool)}", where, "invalid_type"
-            )
-        kind = tool.get("type")
-        if kind == "function":
-            add(ClientTool(functionSpec(tool, where), f"{where}.name"))
-        elif kind == "namespace":
-            for member in _namespaceMembers(tool, where):
-                add(member)
-        elif isinstance(kind, str) and isHostedTool(kind):
-            hosted.append((kind, where))
-        else:
-            raise invalidRequest(
-                f"'{where}.type' is {showValue(kind)}; the tools supported here are function"
-                " and namespace tools (hosted tools such as web_search are left out or"
-                " refused, as the server is configured)",
-                f"{where}.type",
-                "unsupported_tool_type",
-            )
+        if isinstance(tool, ResponsesFunctionTool):
+            add(ClientTool(_spec(tool.name, tool), f"{where}.name"))
+        elif isinstance(tool, ResponsesNamespaceTool):
+            for number, member in enumerate(tool.tools):
+                add(
+                    ClientTool(
+                        _spec(namespacedName(tool.name, member.name), member),
+                        f"{where}.tools[{number}].name",
+                        tool.name,
+                        member.name,
+                    )
+                )
     if len(tools) > MAX_TOOLS:
         raise invalidRequest(
             f"'tools' holds {len(tools)} functions (namespaces' members included);"
@@ -392,287 +738,305 @@ def parseTools(value: Any) -> tuple[tuple[ClientTool, ...], tuple[tuple[str, str
             "tools",
             "array_above_max_length",
         )
-    return tuple(tools), tuple(hosted)
+    return tuple(tools)
 
 
-def _namespaceMembers(tool: dict[str, Any], where: str) -> list[ClientTool]:
+def _spec(name: str, tool: ResponsesFunctionTool | ResponsesNamespaceFunction) -> ToolSpec:
+    parameters = tool.parameters
+    if parameters is None:
+        parameters = {"type": "object", "properties": {}}
+    return ToolSpec(name, tool.description or "", parameters)
+
+
+def _toolChoice(
+    value: str | ResponsesFunctionChoice | None, tools: tuple[ClientTool, ...]
+) -> ToolChoice:
     """
-    The function tools of a C{namespace} tool, each shown to the model as
-    L{namespacedName}.
+    C{tool_choice}: C{none}, C{auto}, C{required}, or a function among
+    C{tools} by its name (and its namespace, if it has one: then by the
+    name the model sees, L{namespacedName}).
     """
-    namespace = _toolName(tool.get("name"), f"{where}.name")
-    # The description is checked, not shown: the joined names say the group.
-    optionalField(tool, "description", str, None, f"{where}.description")
-    members = tool.get("tools")
-    if not isinstance(members, list) or not members:
-        raise invalidRequest(
-            f"'{where}.tools' must be a non-empty array of function tools, not {typeName(members)}",
-            f"{where}.tools",
-            "invalid_type" if members is not None else "missing_required_parameter",
-        )
-    found: list[ClientTool] = []
-    for index, member in enumerate(members):
-        memberWhere = f"{where}.tools[{index}]"
-        if not isinstance(member, dict):
-            raise invalidRequest(
-                f"'{memberWhere}' must be an object, not {typeName(member)}",
-                memberWhere,
-                "invalid_type",
-            )
-        kind = member.get("type")
-        if kind != "function":
-            raise invalidRequest(
-                f"'{memberWhere}.type' is {showValue(kind)}; a namespace's tools here are"
-                " function tools",
-                f"{memberWhere}.type",
-                "unsupported_tool_type",
-            )
-        optionalField(member, "defer_loading", bool, None, f"{memberWhere}.defer_loading")
-        spec = functionSpec(member, memberWhere)
-        shown = namespacedName(namespace, spec.name)
-        found.append(
-            ClientTool(attrs.evolve(spec, name=shown), f"{memberWhere}.name", namespace, spec.name)
-        )
-    return found
-
-
-def _toolName(value: Any, param: str) -> str:
-    """
-    A tool's or a namespace's name: 1 to 64 letters, digits, C{_} or C{-}.
-    """
-    if not isinstance(value, str) or TOOL_NAME.fullmatch(value) is None:
-        raise invalidRequest(
-            f"'{param}' must be 1 to 64 letters, digits, '_' or '-', got {showValue(value)}",
-            param,
-            "invalid_value" if value is not None else "missing_required_parameter",
-        )
-    return value
-
-
-def _namespacedChoice(value: Any) -> Any:
-    """
-    A C{tool_choice} naming a function of a namespace
-    (C{{"type": "function", "namespace": …, "name": …}}) as the name the
-    model sees; any other value as it is.
-    """
-    if not isinstance(value, dict) or value.get("namespace") is None:
-        return value
-    namespace = _toolName(value["namespace"], "tool_choice.namespace")
-    name = _toolName(value.get("name"), "tool_choice.name")
-    return {**value, "name": namespacedName(namespace, name)}
-
-
-def _parseInput(value: Any) -> tuple[dict[str, Any], ...]:
     if value is None:
-        raise invalidRequest(
-            "you must provide an input parameter", "input", "missing_required_parameter"
-        )
+        return ToolChoice()
     if isinstance(value, str):
-        return (_message("user", [{"type": "input_text", "text": value}]),)
-    if not isinstance(value, list):
+        return ToolChoice(value)
+    name = value.name
+    if value.namespace is not None:
+        if _TOOL_NAME.search(name) is None:
+            raise _toolNameWords("tool_choice.name", name)
+        name = namespacedName(value.namespace, name)
+    if name not in {tool.spec.name for tool in tools}:
         raise invalidRequest(
-            f"'input' must be a string or an array of items, not {typeName(value)}",
-            "input",
-            "invalid_type",
+            f"'tool_choice.name' names {showValue(name)}, which is not in 'tools'",
+            "tool_choice.name",
+            "invalid_value",
         )
-    if len(value) > MAX_MESSAGES:
-        raise invalidRequest(
-            f"'input' holds {len(value)} items; at most {MAX_MESSAGES} are allowed",
-            "input",
-            "array_above_max_length",
-        )
-    return tuple(_parseItem(item, f"input[{index}]") for index, item in enumerate(value))
+    return ToolChoice(ToolChoice.TOOL, name)
 
 
-def _message(role: str, content: list[dict[str, Any]], itemId: str | None = None) -> dict[str, Any]:
-    return {
-        "type": "message",
-        "id": itemId or _newId("msg"),
-        "status": "completed",
-        "role": role,
-        "content": content,
-    }
-
-
-def _string(item: dict[str, Any], key: str, where: str) -> str:
-    value = item.get(key)
-    if not isinstance(value, str):
-        raise invalidRequest(
-            f"'{where}.{key}' must be a string, not {typeName(value)}",
-            f"{where}.{key}",
-            "invalid_type" if key in item else "missing_required_parameter",
-        )
-    return value
-
-
-def _parseItem(item: Any, where: str) -> dict[str, Any]:
-    if not isinstance(item, dict):
-        raise invalidRequest(
-            f"'{where}' must be an object, not {typeName(item)}", where, "invalid_type"
-        )
-    kind = item.get("type", "message")
-    if not isinstance(kind, str) or kind not in _INPUT_TYPES:
-        raise invalidRequest(
-            f"'{where}.type' is {showValue(kind)}; input items here are messages, function_call,"
-            " function_call_output, item_reference and reasoning",
-            f"{where}.type",
-            "unsupported_value",
-        )
-    itemId = optionalField(item, "id", str, None, f"{where}.id")
-    if kind == "message":
-        role = item.get("role")
-        if not isinstance(role, str) or role not in _ROLES:
-            raise invalidRequest(
-                f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}, got {showValue(role)}",
-                f"{where}.role",
-                "invalid_value",
-            )
-        partType = "output_text" if role == "assistant" else "input_text"
-        parts = _parseParts(item.get("content"), f"{where}.content", partType)
-        return _message(role, parts, itemId)
-    if kind == "function_call":
-        call = {
-            "type": "function_call",
-            "id": itemId or _newId("fc"),
-            "call_id": _string(item, "call_id", where),
-            "name": _string(item, "name", where),
-            "arguments": _string(item, "arguments", where),
-            "status": "completed",
-        }
-        namespace = item.get("namespace")
-        if namespace is not None:
-            call["namespace"] = _toolName(namespace, f"{where}.namespace")
-        return call
-    if kind == "function_call_output":
-        output = item.get("output")
-        if isinstance(output, list):
-            output = "\n".join(
-                part["text"] for part in _parseParts(output, f"{where}.output", "input_text")
-            )
-        if not isinstance(output, str):
-            raise invalidRequest(
-                f"'{where}.output' must be a string, not {typeName(output)}",
-                f"{where}.output",
-                "invalid_type",
-            )
-        return {
-            "type": "function_call_output",
-            "id": itemId or _newId("fco"),
-            "call_id": _string(item, "call_id", where),
-            "output": output,
-            "status": "completed",
-        }
-    if kind == "item_reference":
-        return {"type": "item_reference", "id": _string(item, "id", where), "where": where}
-    # A reasoning item is kept in the history but never shown to the model;
-    # one this server sealed carries a hidden turn back (ai_agent.sealing).
-    reasoning: dict[str, Any] = {"type": "reasoning", "id": itemId or _newId("rs"), "summary": []}
-    encrypted = item.get("encrypted_content")
-    if encrypted is not None:
-        if not isinstance(encrypted, str):
-            raise invalidRequest(
-                f"'{where}.encrypted_content' must be a string, not {typeName(encrypted)}",
-                f"{where}.encrypted_content",
-                "invalid_type",
-            )
-        reasoning["encrypted_content"] = encrypted
-    return reasoning
-
-
-def _parseParts(value: Any, where: str, partType: str) -> list[dict[str, Any]]:
-    if isinstance(value, str):
-        return [_textPart(partType, value)]
-    if not isinstance(value, list):
-        raise invalidRequest(
-            f"'{where}' must be a string or an array of content parts, not {typeName(value)}",
-            where,
-            "invalid_type",
-        )
-    parts = []
-    for index, part in enumerate(value):
-        partWhere = f"{where}[{index}]"
-        if not isinstance(part, dict):
-            raise invalidRequest(
-                f"'{partWhere}' must be an object, not {typeName(part)}", partWhere, "invalid_type"
-            )
-        kind = part.get("type")
-        if not isinstance(kind, str) or kind not in _TEXT_PARTS:
-            raise invalidRequest(
-                f"'{partWhere}' is a {showValue(kind)} part; agents here take text parts only",
-                partWhere,
-                "unsupported_content_type",
-            )
-        text = part.get("text", part.get("refusal"))
-        if not isinstance(text, str):
-            raise invalidRequest(
-                f"'{partWhere}.text' must be a string", f"{partWhere}.text", "invalid_type"
-            )
-        parts.append(_textPart(partType, text))
-    return parts
-
-
-def _textPart(partType: str, text: str) -> dict[str, Any]:
-    if partType == "output_text":
-        return {"type": "output_text", "text": text, "annotations": []}
-    return {"type": "input_text", "text": text}
-
-
-def _parseText(value: Any) -> OutputFormat | None:
+def _outputFormat(
+    spec: ResponsesTextFormat | ResponsesJSONObjectFormat | ResponsesJSONSchemaFormat | None,
+) -> OutputFormat | None:
     """
     C{text.format}: C{text} (L{None}), C{json_object}, or C{json_schema}
     with C{name} and C{schema} beside the type.
     """
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise invalidRequest("'text' must be an object", "text", "invalid_type")
-    spec = value.get("format")
-    if spec is None:
-        return None
-    param = "text.format"
-    if not isinstance(spec, dict):
-        raise invalidRequest(f"'{param}' must be an object", param, "invalid_type")
-    kind = spec.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
+    if isinstance(spec, ResponsesJSONObjectFormat):
         return OutputFormat()
-    if kind != "json_schema":
-        raise invalidRequest(
-            f"'{param}.type' must be one of text, json_object, json_schema",
-            f"{param}.type",
+    if isinstance(spec, ResponsesJSONSchemaFormat):
+        return OutputFormat(spec.schema, spec.name, spec.description, spec.strict)
+    return None
+
+
+# -- the words of the refusals: those clients and tests rely on, by param;
+# the rest are msgspec's, in OpenAI's style (see ai_agent.headends._schema).
+
+
+def _toolNameWords(param: str, value: Any) -> AgentError:
+    return invalidRequest(
+        f"'{param}' must be 1 to 64 letters, digits, '_' or '-', got {showValue(value)}",
+        param,
+        "invalid_value" if value is not None else "missing_required_parameter",
+    )
+
+
+def _functionNameWords(param: str, value: Any) -> AgentError:
+    return invalidRequest(
+        f"'{param}' must be 1 to 64 letters, digits, '_' or '-', got {showValue(value)}",
+        param,
+        "invalid_value",
+    )
+
+
+def _objectWords(param: str, value: Any) -> AgentError:
+    return invalidRequest(
+        f"'{param}' must be an object, not {typeName(value)}", param, "invalid_type"
+    )
+
+
+def _contentWords(param: str, value: Any) -> AgentError:
+    return invalidRequest(
+        f"'{param}' must be a string or an array of content parts, not {typeName(value)}",
+        param,
+        "invalid_type",
+    )
+
+
+def _partTypeWords(param: str, value: Any) -> AgentError:
+    where = param.rsplit(".", 1)[0]
+    return invalidRequest(
+        f"'{where}' is a {showValue(value)} part; agents here take text parts only",
+        where,
+        "unsupported_content_type",
+    )
+
+
+def _partTextWords(param: str, value: Any) -> AgentError:
+    where = param.rsplit(".", 1)[0]
+    return invalidRequest(f"'{where}.text' must be a string", f"{where}.text", "invalid_type")
+
+
+def _between(low: float, high: float) -> Override:
+    def words(param: str, value: Any) -> AgentError:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return invalidRequest(
+                f"'{param}' must be a number, not {typeName(value)}", param, "invalid_type"
+            )
+        return invalidRequest(
+            f"'{param}' must be between {low:g} and {high:g}, got {value}", param, "invalid_value"
+        )
+
+    return words
+
+
+def _maxOutputTokens(param: str, value: Any) -> AgentError:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return invalidRequest(
+            f"'{param}' must be an integer, not {typeName(value)}", param, "invalid_type"
+        )
+    return invalidRequest(
+        f"'{param}' must be between 1 and {MAX_OUTPUT_TOKENS}, got {showValue(value)}",
+        param,
+        "invalid_value",
+    )
+
+
+def _inputWords(param: str, value: Any) -> AgentError:
+    if isinstance(value, list):
+        return invalidRequest(
+            f"'input' holds {len(value)} items; at most {MAX_MESSAGES} are allowed",
+            "input",
+            "array_above_max_length",
+        )
+    return invalidRequest(
+        f"'input' must be a string or an array of items, not {typeName(value)}",
+        "input",
+        "invalid_type",
+    )
+
+
+def _toolChoiceWords(param: str, value: Any) -> AgentError:
+    if isinstance(value, str):
+        return invalidRequest(
+            f"'tool_choice' must be none, auto, required or a function, got {showValue(value)}",
+            "tool_choice",
             "invalid_value",
         )
-    name = spec.get("name", "answer")
-    if not isinstance(name, str) or not name:
-        raise invalidRequest(
-            f"'{param}.name' must be a non-empty string", f"{param}.name", "invalid_type"
+    if not isinstance(value, dict):
+        return invalidRequest(
+            f"'tool_choice' must be a string or an object, not {typeName(value)}",
+            "tool_choice",
+            "invalid_type",
         )
-    schema = spec.get("schema", {})
-    if not isinstance(schema, dict):
-        raise invalidRequest(
-            f"'{param}.schema' must be an object", f"{param}.schema", "invalid_type"
-        )
-    description = optionalField(spec, "description", str, None, f"{param}.description")
-    strict = optionalField(spec, "strict", bool, None, f"{param}.strict")
-    return OutputFormat(schema, name, description, strict)
+    return invalidRequest(
+        '\'tool_choice\' must be none, auto, required or {"type": "function", "name": ...}',
+        "tool_choice",
+        "invalid_value",
+    )
 
 
-def _parseMetadata(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or len(value) > 16:
-        raise invalidRequest(
-            "'metadata' must be an object of at most 16 string values", "metadata", "invalid_type"
+def _metadataWords(data: Any) -> AgentError:
+    value = data.get("metadata")
+    if isinstance(value, dict) and len(value) <= 16:
+        for key, entry in value.items():
+            if len(key) > 64 or not isinstance(entry, str) or len(entry) > 512:
+                return invalidRequest(
+                    "'metadata' keys are at most 64 characters and values strings of at most 512",
+                    f"metadata.{shorten(key, 64)}",
+                    "invalid_value",
+                )
+    return invalidRequest(
+        "'metadata' must be an object of at most 16 string values", "metadata", "invalid_type"
+    )
+
+
+def _fixed(message: str, param: str, code: str) -> Override:
+    return lambda _param, _value: invalidRequest(message, param, code)
+
+
+_ITEM_TYPES = "messages, function_call, function_call_output, item_reference and reasoning"
+_PARTS: dict[str, Override] = {
+    "": _contentWords,
+    "[]": _objectWords,
+    "[].type": _partTypeWords,
+    "[].text": _partTextWords,
+    "[].refusal": _partTextWords,
+}
+
+#: The words of refusals by C{param} (any C{[n]} written C{[]}).
+_RESPONSES_WORDS: dict[str, Override] = {
+    "input": _inputWords,
+    "input[]": _objectWords,
+    "input[].type": lambda param, value: invalidRequest(
+        f"'{param}' is {showValue(value)}; input items here are {_ITEM_TYPES}",
+        param,
+        "unsupported_value",
+    ),
+    "input[].role": lambda param, value: invalidRequest(
+        f"'{param}' must be one of assistant, developer, system, user, got {showValue(value)}",
+        param,
+        "invalid_value",
+    ),
+    **{f"input[].content{suffix}": words for suffix, words in _PARTS.items()},
+    "input[].output": lambda param, value: invalidRequest(
+        f"'{param}' must be a string, not {typeName(value)}", param, "invalid_type"
+    ),
+    **{f"input[].output{suffix}": words for suffix, words in _PARTS.items() if suffix},
+    "input[].namespace": _toolNameWords,
+    "conversation": _fixed(
+        "conversation objects are not supported here: chain responses with"
+        " 'previous_response_id' instead",
+        "conversation",
+        "unsupported_parameter",
+    ),
+    "temperature": _between(0.0, 2.0),
+    "top_p": _between(0.0, 1.0),
+    "max_output_tokens": _maxOutputTokens,
+    "tools": lambda param, value: invalidRequest(
+        f"'tools' must be an array, not {typeName(value)}", "tools", "invalid_type"
+    ),
+    "tools[]": _objectWords,
+    "tools[].type": lambda param, value: invalidRequest(
+        f"'{param}' is {showValue(value)}; the tools supported here are function and namespace"
+        " tools (hosted tools such as web_search are left out or refused, as the server is"
+        " configured)",
+        param,
+        "unsupported_tool_type",
+    ),
+    "tools[].parameters": lambda param, value: invalidRequest(
+        f"'{param}' must be a JSON Schema object", param, "invalid_type"
+    ),
+    "tools[].tools": lambda param, value: invalidRequest(
+        f"'{param}' must be a non-empty array of function tools, not {typeName(value)}",
+        param,
+        "invalid_type" if value is not None else "missing_required_parameter",
+    ),
+    "tools[].tools[]": _objectWords,
+    "tools[].tools[].type": lambda param, value: invalidRequest(
+        f"'{param}' is {showValue(value)}; a namespace's tools here are function tools",
+        param,
+        "unsupported_tool_type",
+    ),
+    "tools[].tools[].name": _functionNameWords,
+    "tools[].tools[].parameters": lambda param, value: invalidRequest(
+        f"'{param}' must be a JSON Schema object", param, "invalid_type"
+    ),
+    "tool_choice": _toolChoiceWords,
+    "tool_choice.type": lambda param, value: _toolChoiceWords(param, {}),
+    "tool_choice.namespace": _toolNameWords,
+    "text": _fixed("'text' must be an object", "text", "invalid_type"),
+    "text.format": _fixed("'text.format' must be an object", "text.format", "invalid_type"),
+    "text.format.type": _fixed(
+        "'text.format.type' must be one of text, json_object, json_schema",
+        "text.format.type",
+        "invalid_value",
+    ),
+    "text.format.name": _fixed(
+        "'text.format.name' must be a non-empty string", "text.format.name", "invalid_type"
+    ),
+    "text.format.schema": _fixed(
+        "'text.format.schema' must be an object", "text.format.schema", "invalid_type"
+    ),
+    "metadata": lambda param, value: _metadataWords({"metadata": value}),
+    "include": _fixed("'include' must be an array of strings", "include", "invalid_type"),
+    "include[]": _fixed("'include' must be an array of strings", "include", "invalid_type"),
+}
+
+#: Fields of input items that are strings, refused in words that say
+#: whether the field was missing or of another type.
+_ITEM_STRINGS = frozenset({"input[].call_id", "input[].name", "input[].arguments", "input[].id"})
+
+
+def _responsesWords(error: msgspec.ValidationError, data: Any) -> AgentError:
+    """
+    The refusals whose words depend on more than the value at fault: a
+    missing string of an item (or one of another type), a tool's name
+    (a namespace's may be missing, a function's is invalid), the name of
+    a namespace's function in C{tool_choice}, a metadata pair (named by
+    its key); any other in OpenAI's style (L{translate}).
+    """
+    param, reason, missing = locate(error)
+    field = re.sub(r"\[\d+\]", "[]", param)
+    value = valueAt(data, param)
+    if field in _ITEM_STRINGS:
+        return invalidRequest(
+            f"'{param}' must be a string, not {typeName(value)}",
+            param,
+            "missing_required_parameter" if missing else "invalid_type",
         )
-    for key, entry in value.items():
-        if len(key) > 64 or not isinstance(entry, str) or len(entry) > 512:
-            raise invalidRequest(
-                "'metadata' keys are at most 64 characters and values strings of at most 512",
-                f"metadata.{shorten(key, 64)}",
-                "invalid_value",
-            )
-    return dict(value)
+    if field == "tools[].name":
+        tool = valueAt(data, param.rsplit(".", 1)[0])
+        if isinstance(tool, dict) and tool.get("type") == "namespace":
+            return _toolNameWords(param, value)
+        return _functionNameWords(param, value)
+    if field == "tool_choice.name":
+        choice = data.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("namespace") is not None:
+            return _toolNameWords(param, value)
+        return _toolChoiceWords(param, {})
+    if field.startswith("metadata") or (not param and "`$.metadata`" in reason):
+        return _metadataWords(data)
+    return translate(error, data)
 
 
 def checkCallOutputs(history: Iterable[dict[str, Any]], items: list[dict[str, Any]]) -> None:
@@ -1438,15 +1802,16 @@ __all__ = [
     "HOSTED_IGNORE",
     "HOSTED_POLICIES",
     "HOSTED_REFUSE",
+    "HOSTED_TOOL_PATTERN",
     "HOSTED_TOOL_TYPES",
     "IGNORED_TOOLS_HEADER",
     "ITEMS",
     "ResponsesEncoder",
     "ResponsesHeadend",
     "ResponsesRequest",
+    "ResponsesRequestBody",
     "conversation",
     "isHostedTool",
     "namespacedName",
     "parseResponsesRequest",
-    "parseTools",
 ]
