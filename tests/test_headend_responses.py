@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 import openai
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -1729,6 +1729,7 @@ class EncoderFastPathTests(SynchronousTestCase):
     L{ResponsesEncoder}'s fast paths write what its plain ones do.
     """
 
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(_ANY_JSON)
     def test_anyValueSameBytes(self, value: Any) -> None:
         """
