@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import attrs
+import orjson
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -30,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from ai_agent.headends._json import holdsFloat
 from ai_agent.store._base import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_DOCUMENT_SIZE,
@@ -1097,7 +1099,21 @@ def _ping(cursor: Any) -> None:
 def _encode(document: Any) -> tuple[str, int]:
     """
     The JSON text of C{document} and its size in bytes (UTF-8).
+
+    With orjson when the document holds no float (orjson writes C{NaN} as
+    C{null} where json refuses it): a stored Responses turn holds the
+    request's input, and json's encoder is one C call that keeps every
+    other thread, the reactor's among them, waiting while it writes (an
+    8 MiB prompt: 30-40 ms; orjson: 3-4 ms).
     """
+    if not holdsFloat(document):
+        try:
+            data = orjson.dumps(document)
+        except orjson.JSONEncodeError:
+            # A lone surrogate, an integer past 64 bits: json says.
+            pass
+        else:
+            return data.decode("utf-8"), len(data)
     text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     try:
         size = len(text.encode("utf-8"))
