@@ -212,8 +212,10 @@ def build(api: str, shape: str, model: str, limit: int) -> tuple[str, bytes]:
             ]
         else:
             # MCP's prompt and A2A's message are the one user text, echoed
-            # by the upstream: half the limit each way.
-            path, body = _envelope(api, model, _words(size // 2))
+            # by the upstream word by word: half the limit each way, in
+            # words of 64 KiB (64 frames, not 700,000).
+            word = "x" * 65535 + " "
+            path, body = _envelope(api, model, word * (size // 2 // len(word)))
         del body["x"]
         return path, json.dumps(body).encode()
     path, body = _envelope(api, model)
@@ -391,6 +393,8 @@ async def measure(options: argparse.Namespace) -> None:
                     await asyncio.sleep(0.05)
                     held.append(gaps(probe, start, time.monotonic()))
                     answer = _code(status, rest)
+                    if options.verbose:
+                        print(status, rest[:300])
                 cpu, outcome = parserCPU(api, body)
                 row = Row(api, shape, len(body), answer, held, cpu, outcome)
                 rows.append(row)
@@ -456,6 +460,7 @@ def main() -> None:
     parser.add_argument("--api", nargs="*", default=list(API_NAMES), choices=API_NAMES)
     parser.add_argument("--shape", nargs="*", default=list(SHAPES), choices=SHAPES)
     parser.add_argument("--extra", nargs="*", default=[], help="more server arguments")
+    parser.add_argument("--verbose", action="store_true", help="print each answer's start")
     asyncio.run(measure(parser.parse_args()))
 
 
