@@ -26,6 +26,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from ai_agent.errors import ErrorKind
 from ai_agent.headends import _request as parsing
 from ai_agent.headends._bodies import BodyGate
+from ai_agent.headends._mcpcore import (
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    ProtocolError,
+    parseMessage,
+)
 from ai_agent.headends._openai_errors import OPENAI_ERRORS
 from ai_agent.headends._request import (
     MAX_DEPTH,
@@ -39,6 +45,7 @@ from ai_agent.headends._request import (
     loadBody,
     parseChatRequest,
 )
+from ai_agent.headends.mcp import McpHeadend
 from ai_agent.testing import Reply
 from tests._harness import inThread, startServer
 
@@ -563,6 +570,46 @@ class ValueCountTests(SynchronousTestCase):
         self.assertEqual(caught.exception.code, "invalid_unicode")
 
 
+class McpBodyTests(SynchronousTestCase):
+    """
+    MCP's JSON-RPC messages (C{/mcp} and C{--mcp stdio}) get the other
+    APIs' checks of a body, each refusal a JSON-RPC error.
+    """
+
+    def test_tooManyValues(self) -> None:
+        """
+        A message of more than L{MAX_VALUES} values is -32600 (Invalid
+        Request) naming the count and the bound, refused before the JSON
+        parser runs (C{json.loads} took 200 ms for 4 million numbers, on
+        the reactor).
+        """
+        calls: list[bytes] = []
+        self.patch(parsing, "_parseWithJSON", lambda body: calls.append(body))
+        body = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":[' + b"0," * MAX_VALUES
+        with self.assertRaises(ProtocolError) as caught:
+            parseMessage(body + b"0]}}")
+        self.assertEqual((caught.exception.code, caught.exception.status), (INVALID_REQUEST, 400))
+        self.assertIn(f"at most {MAX_VALUES}", caught.exception.message)
+        self.assertEqual(calls, [])
+
+    def test_notJSON(self) -> None:
+        """
+        Nesting past L{MAX_DEPTH}, C{NaN} and a lone surrogate are -32700
+        (Parse error) saying what is wrong; a message within the bounds
+        parses.
+        """
+        for body, words in (
+            (b'{"jsonrpc":"2.0","id":1,"x":' + b"[" * 100 + b"]" * 100 + b"}", "levels deep"),
+            (b'{"jsonrpc":"2.0","id":1,"method":"ping","x":NaN}', "NaN"),
+            (b'{"jsonrpc":"2.0","id":1,"method":"ping","x":"\\ud800"}', "surrogate"),
+        ):
+            with self.assertRaises(ProtocolError) as caught:
+                parseMessage(body)
+            self.assertEqual(caught.exception.code, PARSE_ERROR)
+            self.assertIn(words, caught.exception.message)
+        self.assertTrue(parseMessage(b'{"jsonrpc":"2.0","id":1,"method":"ping"}').isRequest)
+
+
 def _stackDepth() -> list[None]:
     frame = sys._getframe()
     frames = []
@@ -1021,6 +1068,34 @@ class ServerEdgeCaseTests(TestCase):
                 self.assertIn("JSON values", answer["error"]["message"])
             else:
                 self.assertEqual(answer["error"]["code"], "request_too_complex")
+        self.assertEqual(server.upstream.requests, [])
+
+    async def test_mcpManyValues(self) -> None:
+        """
+        On C{/mcp}, the 8 MiB message of 4 million small numbers is a 400
+        with JSON-RPC error -32600 naming the bound, parsed in the thread
+        pool (a body of L{OFF_REACTOR_THRESHOLD} bytes or more), and the
+        upstream is never called (it was parsed on the reactor, 0.5 s, and
+        the call run).
+        """
+        server = await startServer(self)
+        [headend] = [m.headend for m in server.mounts if isinstance(m.headend, McpHeadend)]
+        pool = _CountingThreadPool()
+        headend.bodyGate = BodyGate(reactor, pool)
+        call = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "agent", "arguments": {"prompt": "hi"}},
+            "x": "@",
+        }
+        numbers = b"[" + b"0," * (4 * 1024 * 1024 - 200) + b"0]"
+        body = json.dumps(call).encode().replace(b'"@"', numbers)
+        status, _, data = await inThread(_postTo, server.port.getHost().port, b"/mcp", body)
+        answer = json.loads(data)
+        self.assertEqual((status, answer["error"]["code"]), (400, INVALID_REQUEST), data[:300])
+        self.assertIn(f"at most {MAX_VALUES}", answer["error"]["message"])
+        self.assertEqual(pool.calls, 1)
         self.assertEqual(server.upstream.requests, [])
 
     async def test_unicodeEdges(self) -> None:

@@ -34,6 +34,7 @@ from ai_agent.events import (
     progressText,
 )
 from ai_agent.headends._quota import admitted
+from ai_agent.headends._request import loadBody
 from ai_agent.limits import MAX_RUN_ANSWER, AnswerCap
 from ai_agent.pool import RunPool
 from ai_agent.principals import Principal, visibleAgents
@@ -144,17 +145,22 @@ class Message:
         return self.method is not None and not self.isRequest
 
 
-def parseMessage(body: bytes | str) -> Message:
+def parseMessage(body: bytes) -> Message:
     """
-    Parse one JSON-RPC message.
+    Parse one JSON-RPC message, with the other APIs' checks of a body
+    (L{loadBody}: UTF-8, nesting, the bound on JSON values that keeps a
+    parse short, no C{NaN}, no lone surrogate).
 
     @raise ProtocolError: -32700 for bytes that are not JSON, -32600 for
-        JSON that is not one JSON-RPC 2.0 message (a batch included).
+        JSON that is not one JSON-RPC 2.0 message (a batch included) or
+        holds more values than a body may.
     """
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ProtocolError(PARSE_ERROR, f"Parse error: {shorten(str(error), 200)}") from None
+        data = loadBody(body)
+    except AgentError as error:
+        if error.code == "request_too_complex":
+            raise ProtocolError(INVALID_REQUEST, f"Invalid Request: {error.message}") from None
+        raise ProtocolError(PARSE_ERROR, f"Parse error: {shorten(error.message, 200)}") from None
     return validateMessage(data)
 
 

@@ -37,7 +37,6 @@ from typing import Any, ClassVar
 import attrs
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
@@ -51,6 +50,7 @@ from ai_agent.headends._answers import (
     writeError,
     wrongMethod,
 )
+from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import GuardedRequest, principalOf
 from ai_agent.headends._mcpcore import (
     HANDSHAKE_VERSIONS,
@@ -72,11 +72,13 @@ from ai_agent.headends._mcpcore import (
     parseMessage,
     resultMessage,
 )
+from ai_agent.headends._request import OFF_REACTOR_THRESHOLD
 from ai_agent.headends._sse import SSEStream
 from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
 from ai_agent.principals import IMPLICIT, Principal
+from ai_agent.reactors import IReactorTimeAndThreads
 from ai_agent.redaction import Redactor
 from ai_agent.registry import AgentRegistry
 
@@ -222,7 +224,7 @@ class McpHeadend:
     registry: AgentRegistry = attrs.field(on_setattr=_reloaded)
     runner: Any
     pool: RunPool
-    reactor: IReactorTime
+    reactor: IReactorTimeAndThreads
     observer: Observer = NULL_OBSERVER
     heartbeat: float = HEARTBEAT_INTERVAL
     redactor: Redactor | None = None
@@ -230,6 +232,7 @@ class McpHeadend:
     sessions: dict[str, _Session] = attrs.field(factory=dict)
     sessionIdle: float = SESSION_IDLE
     maxSessions: int = MAX_SESSIONS
+    bodyGate: BodyGate | None = None
 
     def _redactor(self) -> Redactor:
         if self.redactor is None:
@@ -317,7 +320,7 @@ class McpHeadend:
         """
         self._screen(request)
         try:
-            message = parseMessage(request.content.read())
+            message = await self._parseMessage(request)
         except ProtocolError as error:
             return self._protocolError(request, None, error)
         version = _header(request, VERSION_HEADER)
@@ -326,6 +329,22 @@ class McpHeadend:
         if version is not None and version not in HANDSHAKE_VERSIONS:
             return self._protocolError(request, message.id, _unsupported(version))
         return await self._handshake(request, message)
+
+    async def _parseMessage(self, request: IRequest) -> Message:
+        """
+        The request's JSON-RPC message (L{parseMessage}): a small body
+        parsed here, a large one read and parsed in a thread, one at a
+        time (the L{BodyGate}), as the other APIs' bodies.
+        """
+        content = request.content
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        if size < OFF_REACTOR_THRESHOLD:
+            return parseMessage(content.read())
+        if self.bodyGate is None:
+            self.bodyGate = BodyGate(self.reactor, self.reactor.getThreadPool())
+        return await self.bodyGate.parse(content, parseMessage)
 
     async def _handshake(self, request: IRequest, message: Message) -> bytes | None:
         principal = principalOf(request)

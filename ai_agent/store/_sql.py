@@ -1261,7 +1261,10 @@ def _encode(document: Any) -> tuple[str, int]:
     orjson (a tenth of the json module's time); what orjson refuses (a lone
     surrogate, an integer past 64 bits, a key that is not a string) by the
     json module, as before.  Not a number (NaN, infinities) is written as
-    C{null} by orjson; no API's parser lets one into a document.
+    C{null} by orjson; no API's parser lets one into a document.  The
+    json module's encoder is one C call that keeps every other thread, the
+    reactor's among them, waiting while it writes (an 8 MiB prompt: 30-40
+    ms; orjson: 3-4 ms).
     """
     try:
         encoded = orjson.dumps(document)
