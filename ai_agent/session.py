@@ -612,8 +612,11 @@ class SessionRunner:
         if account is None:
             account = RunAccount(agent.name, self.reactor.seconds(), self.pricing)
         outputFormat = sampling.outputFormat or agentOutputFormat(agent)
+        # Made for the first model, the one most turns call (see
+        # _Turn.attempt).
+        firstModel = splitModel(agent.models[0])[1] if agent.models else ""
         request = _llmRequest(
-            agent, "", messages, specs, sampling, stream, agent.reasoning, outputFormat
+            agent, firstModel, messages, specs, sampling, stream, agent.reasoning, outputFormat
         )
         if specs:
             request = attrs.evolve(
@@ -882,13 +885,15 @@ class _Turn:
         sink.calling(model)
         call = self.scope.llmCall(providerName, upstreamModel, self.request, provider)
         meter = StreamMeter(sink)
+        request = self.request
+        if request.model != upstreamModel:
+            # A fallback model: the turn's request names the first.
+            request = attrs.evolve(request, model=upstreamModel)
         try:
             # The call's span is current while the request goes out, so
             # its traceparent goes with it.
             with call.activate():
-                calling = provider.complete(
-                    attrs.evolve(self.request, model=upstreamModel), call.sink(meter)
-                )
+                calling = provider.complete(request, call.sink(meter))
             response = await calling
         except ProviderError as error:
             self.reasons[model] = error

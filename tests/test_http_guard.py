@@ -21,6 +21,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from ai_agent._eager import EagerWrites
 from ai_agent.headends._http import (
@@ -972,3 +973,108 @@ class OneSendTests(SynchronousTestCase):
             data = self.respond(code, body, method).value()
             self.assertTrue(data.startswith(b"HTTP/1.1 %d " % code), data)
             self.assertTrue(data.endswith(b"\r\n\r\n"), data)
+
+
+class _RecordingClock(Clock):
+    """
+    A clock keeping the function of every call it was asked to make,
+    cancelled or not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: list[Callable[..., Any]] = []
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        self.made.append(callable)
+        return super().callLater(delay, callable, *args, **kw)
+
+
+class DeadlineTimerTests(SynchronousTestCase):
+    """
+    The request deadline's timer exists only while a request is incomplete
+    at the end of a read: a request that arrives in one read makes none.
+    """
+
+    def connect(self, eager: bool) -> tuple[_RecordingClock, Any, StringTransport, list[Any]]:
+        """
+        A site on a L{Clock} (with the speed layer's channel when C{eager})
+        whose resource answers C{GET} at once and holds every C{POST} open;
+        return the clock, the channel, its transport and the held requests.
+        """
+        held: list[Any] = []
+
+        class _Answer(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                return b"ok"
+
+            def render_POST(self, request: Any) -> Any:
+                held.append(request)
+                return NOT_DONE_YET
+
+        clock = _RecordingClock()
+        site = GuardedSite(
+            _Answer(),
+            HTTPPolicy(requestDeadline=10.0),
+            reactor=clock,
+            **(
+                {"requestFactory": EagerRequest, "newChannel": lambda: EagerChannel(EagerWrites())}
+                if eager
+                else {}
+            ),
+        )
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return clock, protocol._channel, transport, held
+
+    def deadlines(self, clock: _RecordingClock, channel: Any) -> list[Any]:
+        """
+        The channel's pending deadline timers.
+        """
+        return [call for call in clock.getDelayedCalls() if call.func == channel._deadlinePassed]
+
+    def test_wholeRequestsMakeNoTimer(self) -> None:
+        """
+        A request answered at once and a request held open (a stream), each
+        arriving in one read, leave no deadline timer behind, with and
+        without the speed layer.
+        """
+        for eager in (False, True):
+            clock, channel, transport, held = self.connect(eager)
+            channel.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            self.assertIn(b"HTTP/1.1 200 ", transport.value())
+            channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}")
+            self.assertEqual(len(held), 1)
+            made = [f for f in clock.made if f == channel._deadlinePassed]
+            self.assertEqual(made, [], f"eager={eager}")
+
+    def test_partialRequestHasDeadline(self) -> None:
+        """
+        A request whose body is still missing at the end of a read has the
+        deadline counted from that read: a 408 and a closed connection when
+        it passes; a request completed in time stops it.
+        """
+        for eager in (False, True):
+            clock, channel, transport, held = self.connect(eager)
+            clock.advance(5)
+            channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n")
+            (deadline,) = self.deadlines(clock, channel)
+            self.assertEqual(deadline.getTime(), 15.0)
+            channel.dataReceived(b"{")
+            self.assertEqual(self.deadlines(clock, channel), [deadline])
+            clock.advance(10)
+            self.assertEqual(held, [])
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "), transport.value())
+            self.assertTrue(transport.disconnecting)
+
+            clock, channel, transport, held = self.connect(eager)
+            channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{")
+            self.assertEqual(len(self.deadlines(clock, channel)), 1)
+            channel.dataReceived(b"}")
+            self.assertEqual(len(held), 1)
+            self.assertEqual(self.deadlines(clock, channel), [])
+            clock.advance(60)
+            self.assertFalse(transport.disconnecting)

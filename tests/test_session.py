@@ -149,7 +149,8 @@ class SessionTests(SynchronousTestCase):
     def test_fallback(self) -> None:
         """
         A retryable failure of the first model moves to the next one in the
-        agent's list, with a progress note as reasoning.
+        agent's list, with a progress note as reasoning; each is sent the
+        turn's request under its own upstream model name.
         """
         self.providers["first"] = ScriptedProvider(
             name="first", replies=[ProviderError("connection refused")]
@@ -161,7 +162,10 @@ class SessionTests(SynchronousTestCase):
         self.successResultOf(
             self.runner().run(agent, RunRequest((ChatMessage("user", "x"),)), self.events.append)
         )
-        self.assertEqual(self.providers["second"].requests[0].model, "m2")
+        (first,) = self.providers["first"].requests
+        (second,) = self.providers["second"].requests
+        self.assertEqual((first.model, second.model), ("m1", "m2"))
+        self.assertEqual(attrs.evolve(first, model="m2"), second)
         notes = _reasoning(self.events)
         self.assertIn("first/m1 failed", notes)
 

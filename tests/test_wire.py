@@ -563,6 +563,65 @@ class PoolTests(TestCase):
         self.assertEqual(json.loads(answer["got"]), {"k": "v"})
 
 
+class IdleTimerTests(SynchronousTestCase):
+    """
+    A pooled connection's idle timer, on a L{Clock}: one per connection,
+    pushed back at each release.
+    """
+
+    def test_pushedBackNotRemade(self) -> None:
+        """
+        Reusing a pooled connection neither cancels its idle timer nor makes
+        a new one at the next release: the same call is pushed back, so
+        the connection closes C{idleTimeout} seconds after its last release.
+        """
+        clock = Clock()
+        agent = WireAgent(clock, CachingEndpointFactory(clock, 1.0), idleTimeout=10.0)
+        protocol = _WireProtocol(agent, (b"http", b"h", 80))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.send(b"POST", b"POST / HTTP/1.1\r\nHost: h\r\n\r\n", b"", None, False, None)
+        protocol.dataReceived(OK)
+        timer = protocol.idleTimer
+        self.assertEqual((agent.idleConnections, clock.getDelayedCalls()), (1, [timer]))
+        clock.advance(6)
+        transport.clear()
+        agent.request(b"POST", b"http://h/v1", Headers(), BytesProducer(b"{}"))
+        self.assertTrue(transport.value().startswith(b"POST /v1 HTTP/1.1\r\n"))
+        self.assertEqual(agent.idleConnections, 0)
+        self.assertTrue(timer.active())
+        protocol.dataReceived(OK)
+        self.assertIs(protocol.idleTimer, timer)
+        self.assertEqual((agent.idleConnections, clock.getDelayedCalls()), (1, [timer]))
+        clock.advance(9.5)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.5)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual((agent.idleConnections, clock.getDelayedCalls()), (0, []))
+
+    def test_firedWhileInUse(self) -> None:
+        """
+        The idle timer firing while its connection answers a request leaves
+        the connection alone; its next release arms a new one.
+        """
+        clock = Clock()
+        agent = WireAgent(clock, CachingEndpointFactory(clock, 1.0), idleTimeout=10.0)
+        protocol = _WireProtocol(agent, (b"http", b"h", 80))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.send(b"POST", b"POST / HTTP/1.1\r\nHost: h\r\n\r\n", b"", None, False, None)
+        protocol.dataReceived(OK)
+        agent.request(b"POST", b"http://h/v1", Headers(), BytesProducer(b"{}"))
+        clock.advance(30)
+        self.assertFalse(transport.disconnecting)
+        self.assertIsNone(protocol.idleTimer)
+        protocol.dataReceived(OK)
+        self.assertEqual(agent.idleConnections, 1)
+        self.assertEqual([call.getTime() for call in clock.getDelayedCalls()], [40.0])
+        clock.advance(10)
+        self.assertTrue(transport.disconnecting)
+
+
 class SendNowTests(TestCase):
     """
     L{EagerWrites} on real TCP connections on 127.0.0.1.

@@ -589,9 +589,18 @@ class GuardedChannel(http.HTTPChannel):
     first byte of a request to the end of its body.  A client dripping
     bytes gets a 408 and a closed connection.  The deadline stops once a
     request is complete, so long responses (streams) are never cut.
+
+    Its timer is made only for a request still incomplete at the end of
+    the read its first bytes came in (in the same turn of the reactor, so
+    the deadline is the same): most requests arrive in one read, and a timer
+    made and cancelled for each of them costs a C{callLater} and a
+    C{cancel}, and stays in the reactor's heap until the reactor next
+    sweeps out cancelled calls.
     """
 
     _deadline: IDelayedCall | None = None
+    #: Whether a request's first bytes came in and it is not complete yet.
+    _requestBegun: bool = False
     _lingerCall: IDelayedCall | None = None
     #: Whether what the client sends is dropped unread (after a refusal
     #: answered before the request was read; the connection is closing).
@@ -626,12 +635,20 @@ class GuardedChannel(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._droppingInput:
             return
-        if self._deadline is None and not self._handlingRequest:
+        if not self._handlingRequest:
+            self._requestBegun = True
+        super().dataReceived(data)
+        if (
+            self._requestBegun
+            and self._deadline is None
+            and not self._droppingInput
+            and self.transport is not None
+        ):
             limit = getattr(getattr(self, "site", None), "policy", _DEFAULT_POLICY).requestDeadline
             self._deadline = self.callLater(limit, self._deadlinePassed)
-        super().dataReceived(data)
 
     def allContentReceived(self) -> None:
+        self._requestBegun = False
         self._stopDeadline()
         super().allContentReceived()
 

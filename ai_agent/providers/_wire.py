@@ -753,10 +753,8 @@ class WireAgent:
         if reuse:
             idle = self._idle.get(key)
             while idle:
+                # Its idle timer stays armed (see _release).
                 connection = idle.pop()
-                if connection.idleTimer is not None:
-                    connection.idleTimer.cancel()
-                    connection.idleTimer = None
                 if connection.state == _IDLE and connection.transport is not None:
                     connection.reused = True
                     retry = None
@@ -853,15 +851,28 @@ class WireAgent:
                 transport.loseConnection()
             return
         idle.append(connection)
-        connection.idleTimer = self._reactor.callLater(self.idleTimeout, self._expire, connection)
+        # One timer per connection, pushed back at each release rather than
+        # made at each release and cancelled at each reuse (a cancelled call
+        # stays in the reactor's heap until the reactor sweeps them out).
+        # It stays armed while the connection is in use: if it fires then,
+        # it only lets go of it (_expire), and the next release makes one.
+        timer = connection.idleTimer
+        if timer is not None and timer.active():
+            timer.reset(self.idleTimeout)
+        else:
+            connection.idleTimer = self._reactor.callLater(
+                self.idleTimeout, self._expire, connection
+            )
 
     def _expire(self, connection: _WireProtocol) -> None:
         timer, connection.idleTimer = connection.idleTimer, None
         if timer is not None and timer.active():
             timer.cancel()
         idle = self._idle.get(connection.key)
-        if idle and connection in idle:
-            idle.remove(connection)
+        if not idle or connection not in idle:
+            # In use since its last release.
+            return
+        idle.remove(connection)
         connection.state = _CLOSED
         transport = connection.transport
         if transport is not None:
