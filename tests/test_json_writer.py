@@ -54,6 +54,35 @@ class WriterTests(SynchronousTestCase):
             self.assertEqual(write({"t": _LONE}), b'{"t":"' + _REPLACED + b'"}')
         self.assertEqual(dumpsAny({"t": _LONE, "f": 0.5}), b'{"t":"' + _REPLACED + b'","f":0.5}')
 
+    def test_everydayFloatsByOrjson(self) -> None:
+        """
+        Floats of everyday magnitude (a response object's C{temperature}
+        and C{top_p}) are written by orjson, not json's encoder, with json's
+        bytes; those orjson spells otherwise (below 1e-4, from 1e16 on, not
+        finite) still go to json.
+        """
+        import ai_agent.headends._json as writer
+
+        written: list[Any] = []
+
+        class _Recording:
+            @staticmethod
+            def dumps(value: Any, **options: Any) -> str:
+                written.append(value)
+                return json.dumps(value, **options)
+
+        self.patch(writer, "json", _Recording)
+        everyday = [0.0, -0.0, 1.0, 0.7, 1e-4, 123.456, 9999999999999998.0, -2.5]
+        for value in everyday:
+            self.assertEqual(
+                dumpsAny({"t": value}), json.dumps({"t": value}, separators=(",", ":")).encode()
+            )
+        self.assertEqual(written, [])
+        odd = [1e-5, 1e16, 1e-7, 1.5e300, float("inf"), float("nan")]
+        for value in odd:
+            self.assertEqual(dumpsAny([value]), json.dumps([value]).encode())
+        self.assertEqual(len(written), len(odd))
+
     def test_errorEnvelopes(self) -> None:
         """
         Both error formats write an error whose message holds a lone
