@@ -18,12 +18,19 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ai_agent.errors import AgentError
 from ai_agent.headends._http import HTTPPolicy
-from ai_agent.headends.a2a import A2A_ERRORS, a2aError, parseSendParams, rpcError, taskView
+from ai_agent.headends.a2a import (
+    A2A_ERRORS,
+    A2AHeadend,
+    a2aError,
+    parseSendParams,
+    rpcError,
+    taskView,
+)
 from ai_agent.observe import Metrics, Observability
 from ai_agent.registry import ServedAgent
 from ai_agent.reload import Reloader
 from ai_agent.testing import Reply
-from tests._harness import LiveServer, inThread, startServer, writeAgent
+from tests._harness import SENTINEL_KEY, LiveServer, inThread, startServer, writeAgent
 from tests.mcp_servers import calcEntry
 
 V1 = {"A2A-Version": "1.0"}
@@ -170,6 +177,60 @@ class TaskLifeTests(TestCase):
         reason = task["status"]["message"]["parts"][0]["text"]
         self.assertIn("context too long", reason)
         self.assertNotIn("sk-sentinel", response.text)
+
+    async def test_answerCap(self) -> None:
+        """
+        A task whose answer grows past the server's bound (as the other
+        APIs bound a run's answer) is stopped and ends
+        C{TASK_STATE_FAILED} saying so, and the cut answer is not what
+        C{GetTask} returns as its artifact.
+        """
+        server = await startServer(self)
+        for mount in server.mounts:
+            if isinstance(mount.headend, A2AHeadend):
+                mount.headend.maxAnswer = 20
+        server.upstream.script(Reply(content="word " * 40))
+        response = await _post(server, "/a2a/agent/message:send", _message())
+        task = response.json()["task"]
+        self.assertEqual(task["status"]["state"], "TASK_STATE_FAILED")
+        reason = task["status"]["message"]["parts"][0]["text"]
+        self.assertIn("20", reason)
+        got = await _get(server, f"/a2a/agent/tasks/{task['id']}")
+        self.assertEqual(got.json()["status"]["state"], "TASK_STATE_FAILED")
+        answer = "".join(
+            part["text"]
+            for artifact in got.json().get("artifacts", ())
+            for part in artifact["parts"]
+        )
+        self.assertLessEqual(len(answer), 20)
+
+    async def test_noKeyInAnswer(self) -> None:
+        """
+        A provider key that the agent's answer quotes is taken out of the
+        task's artifact, streamed and stored, as every other API redacts
+        a run's answer.
+        """
+        server = await startServer(self)
+        server.upstream.script(
+            Reply(content=f"the key is {SENTINEL_KEY}."),
+            Reply(content=f"the key is {SENTINEL_KEY}."),
+        )
+        response = await _post(server, "/a2a/agent/message:send", _message())
+        task = response.json()["task"]
+        self.assertEqual(task["status"]["state"], "TASK_STATE_COMPLETED")
+        self.assertIn("the key is", response.text)
+        self.assertNotIn(SENTINEL_KEY, response.text)
+        got = await _get(server, f"/a2a/agent/tasks/{task['id']}")
+        self.assertIn("the key is", got.text)
+        self.assertNotIn(SENTINEL_KEY, got.text)
+        streamed = await _post(server, "/a2a/agent/message:stream", _message())
+        text = "".join(
+            event["artifactUpdate"]["artifact"]["parts"][0]["text"]
+            for event in _sse(streamed)
+            if "artifactUpdate" in event
+        )
+        self.assertTrue(text.startswith("the key is "), text)
+        self.assertNotIn(SENTINEL_KEY, streamed.text)
 
     async def test_progressAsStatusUpdates(self) -> None:
         """

@@ -34,9 +34,7 @@ from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.agentfile import InvalidInputError
@@ -45,16 +43,24 @@ from ai_agent.events import (
     PROGRESS_TYPES,
     ContentDelta,
     Event,
-    Finished,
     progressText,
 )
-from ai_agent.headends._answers import configuredRedactor, unknownEndpoint, wrongMethod
+from ai_agent.headends._a2a_errors import (
+    A2A_ERRORS,
+    A2AErrors,
+    _invalidParams,
+    a2aError,
+    rpcError,
+    taskNotFound,
+)
+from ai_agent.headends._answers import unknownEndpoint
+from ai_agent.headends._api import Headend, installErrorHandlers, runDetached
 from ai_agent.headends._bodies import BodyGate
 from ai_agent.headends._http import principalOf
 from ai_agent.headends._json import dumpsAny as _dumpsAny
-from ai_agent.headends._quota import admitted
 from ai_agent.headends._request import OFF_REACTOR_THRESHOLD, loadBody
 from ai_agent.headends._sse import SSEStream
+from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.observe import NULL_OBSERVER, Observer, observedRoute, requestScope
 from ai_agent.pool import RunPool
 from ai_agent.principals import IMPLICIT, Principal, resolveFor
@@ -126,149 +132,6 @@ STATES = frozenset(
 
 #: The one artifact a task's answer is written to.
 ANSWER_ARTIFACT = "answer"
-
-
-# -- errors -------------------------------------------------------------
-
-
-@attrs.frozen
-class _A2AErrorKind:
-    """
-    One of A2A's errors: its JSON-RPC code, HTTP status, C{ErrorInfo}
-    reason.
-    """
-
-    rpcCode: int
-    status: int
-    reason: str
-
-
-#: A2A's errors by the C{code} of the L{AgentError} carrying them.
-A2A_ERROR_KINDS = {
-    "TASK_NOT_FOUND": _A2AErrorKind(-32001, 404, "TASK_NOT_FOUND"),
-    "TASK_NOT_CANCELABLE": _A2AErrorKind(-32002, 400, "TASK_NOT_CANCELABLE"),
-    "PUSH_NOTIFICATION_NOT_SUPPORTED": _A2AErrorKind(
-        -32003, 400, "PUSH_NOTIFICATION_NOT_SUPPORTED"
-    ),
-    "UNSUPPORTED_OPERATION": _A2AErrorKind(-32004, 400, "UNSUPPORTED_OPERATION"),
-    "CONTENT_TYPE_NOT_SUPPORTED": _A2AErrorKind(-32005, 400, "CONTENT_TYPE_NOT_SUPPORTED"),
-    "EXTENDED_AGENT_CARD_NOT_CONFIGURED": _A2AErrorKind(
-        -32007, 400, "EXTENDED_AGENT_CARD_NOT_CONFIGURED"
-    ),
-    "VERSION_NOT_SUPPORTED": _A2AErrorKind(-32009, 400, "VERSION_NOT_SUPPORTED"),
-}
-
-#: JSON-RPC's own errors.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-
-#: google.rpc.Code names of HTTP statuses.
-_STATUS_NAMES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    405: "UNIMPLEMENTED",
-    408: "DEADLINE_EXCEEDED",
-    409: "ABORTED",
-    413: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED",
-    431: "INVALID_ARGUMENT",
-    499: "CANCELLED",
-    501: "UNIMPLEMENTED",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-
-_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
-_DOMAIN = "a2a-protocol.org"
-
-
-def a2aError(code: str, message: str) -> AgentError:
-    """
-    One of A2A's errors (C{code} a key of L{A2A_ERROR_KINDS}).
-    """
-    kind = A2A_ERROR_KINDS[code]
-    errorKind = ErrorKind.NOT_FOUND if kind.status == 404 else ErrorKind.INVALID_REQUEST
-    return AgentError(message, kind.status, errorKind, code)
-
-
-def taskNotFound(taskId: str) -> AgentError:
-    return a2aError("TASK_NOT_FOUND", f"task {shorten(repr(taskId))} was not found")
-
-
-def _invalidParams(message: str, param: str | None = None) -> AgentError:
-    return AgentError(message, 400, ErrorKind.INVALID_REQUEST, "invalid_params", param)
-
-
-def rpcCode(error: AgentError) -> int:
-    """
-    The JSON-RPC error code of C{error}.
-    """
-    kind = A2A_ERROR_KINDS.get(error.code or "")
-    if kind is not None:
-        return kind.rpcCode
-    if error.code == "invalid_json":
-        return PARSE_ERROR
-    if error.code == "invalid_jsonrpc":
-        return INVALID_REQUEST
-    if error.code == "method_not_found":
-        return METHOD_NOT_FOUND
-    if error.status < 500 and error.kind == ErrorKind.INVALID_REQUEST:
-        return INVALID_PARAMS
-    return INTERNAL_ERROR
-
-
-def _errorInfo(error: AgentError) -> dict[str, Any]:
-    kind = A2A_ERROR_KINDS.get(error.code or "")
-    reason = kind.reason if kind is not None else (error.code or "ERROR").upper()
-    metadata = {} if error.param is None else {"param": error.param}
-    return {"@type": _ERROR_INFO, "reason": reason, "domain": _DOMAIN, "metadata": metadata}
-
-
-@attrs.frozen
-class A2AErrors:
-    """
-    The HTTP+JSON binding's envelope (an L{ai_agent.errors.ErrorFormat}):
-    C{google.rpc.Status} C{{"error": {"code", "status", "message",
-    "details": [ErrorInfo]}}}.  Also what the guard's refusals (a missing
-    key, a body too large) on C{/a2a/...} paths are written in, for both
-    bindings: those are HTTP errors before any JSON-RPC request is read.
-    """
-
-    def status(self, error: AgentError) -> int:
-        return error.status
-
-    def envelope(self, error: AgentError) -> dict[str, Any]:
-        return {
-            "error": {
-                "code": error.status,
-                "status": _STATUS_NAMES.get(error.status, "INTERNAL"),
-                "message": error.message,
-                "details": [_errorInfo(error)],
-            }
-        }
-
-    def body(self, error: AgentError) -> bytes:
-        return _dumpsAny(self.envelope(error))
-
-
-#: The error format of the A2A paths.
-A2A_ERRORS = A2AErrors()
-
-
-def rpcError(requestId: Any, error: AgentError) -> dict[str, Any]:
-    """
-    C{error} as a JSON-RPC 2.0 error response.
-    """
-    return {
-        "jsonrpc": "2.0",
-        "id": requestId,
-        "error": {"code": rpcCode(error), "message": error.message, "data": [_errorInfo(error)]},
-    }
 
 
 # -- values -------------------------------------------------------------
@@ -479,7 +342,6 @@ class _TaskRun:
     _writes: Deferred[None] = attrs.field(factory=lambda: succeed(None))
     cancelRequested: bool = False
     ended: bool = False
-    _aborted: AgentError | None = None
 
     @property
     def taskId(self) -> str:
@@ -589,15 +451,6 @@ class _TaskRun:
         if self._working is not None:
             self._working.cancel()
 
-    def _abort(self, error: AgentError) -> None:
-        """
-        The server is stopping and the run did not finish in the drain
-        time: stop it; the task ends failed with C{error}'s message.
-        """
-        self._aborted = error
-        if self._working is not None and not self.ended:
-            self._working.cancel()
-
     async def drive(self) -> None:
         """
         Run the task to its end; never fails.
@@ -608,41 +461,31 @@ class _TaskRun:
         ticker.start(headend.tickInterval, now=False).addErrback(
             lambda f: log.failure("a2a task ticker failed", f)
         )
-        slot = None
-        admission = None
         try:
-            # The key's and agent's limits (a refusal fails the task with
-            # its reason), then a slot in the key's turn.
+            # The pipeline's run layer: the key's and agent's limits (a
+            # refusal fails the task with its reason), a slot in the key's
+            # turn, the answer's bound and redaction; the pool's stop at
+            # shutdown fails the task with its reason.
             self._working = Deferred.fromCoroutine(
-                admitted(None, headend.pool, self.store.principal, self.agent.id)
+                runDetached(
+                    headend,
+                    self.agent,
+                    self.run,
+                    self.store.principal,
+                    self.event,
+                    lambda: self._status(WORKING),
+                )
             )
-            admission, slot = await self._working
-            slot.onAbort = self._abort
-            if self.cancelRequested:
-                raise CancelledError()
-            self._status(WORKING)
-            self._working = headend.runner.run(
-                self.agent.spec, self.run, admission.meter(self.event)
-            )
-            finished = await self._working
-            assert isinstance(finished, Finished)
+            await self._working
             await self._end(COMPLETED)
         except CancelledError:
-            if self._aborted is not None:
-                await self._end(FAILED, self._aborted.message)
-            else:
-                await self._end(CANCELED, "the task was canceled")
+            await self._end(CANCELED, "the task was canceled")
         except AgentError as error:
             safe = safeError(error, headend._redactor(), inBand=True)
             await self._end(FAILED, safe.message)
         except Exception:
             log.failure("a2a task {task} failed", task=self.taskId)
             await self._end(FAILED, "the agent failed (an internal error)")
-        finally:
-            if slot is not None:
-                slot.release()
-            if admission is not None:
-                admission.release()
 
     async def _tick(self) -> None:
         if self.ended:
@@ -724,7 +567,7 @@ class _TaskRun:
 
 
 @attrs.define(slots=False)
-class A2AHeadend:
+class A2AHeadend(Headend):
     """
     Klein routes for A2A 1.0 on one port (mounted at C{/a2a} and the
     well-known card path); reloadable (C{registry} and C{runner} are
@@ -746,15 +589,12 @@ class A2AHeadend:
     followInterval: float = FOLLOW_INTERVAL
     keepAliveInterval: float = KEEPALIVE_INTERVAL
     bodyGate: BodyGate | None = None
+    threadPool: Any = None
+    maxAnswer: int = MAX_RUN_ANSWER
     _running: dict[str, _TaskRun] = attrs.field(factory=dict)
     #: Streams following a task that runs on another instance, by task id.
     following: dict[str, int] = attrs.field(factory=dict)
     _memory: RunStore | None = None
-
-    def _redactor(self) -> Redactor:
-        if self.redactor is None:
-            self.redactor = configuredRedactor(self.runner)
-        return self.redactor
 
     def _owned(self, principal: Principal) -> OwnedStore:
         store = self.store
@@ -764,26 +604,13 @@ class A2AHeadend:
             store = self._memory
         return OwnedStore(store, principal)
 
-    # -- errors ---------------------------------------------------------
-
-    @app.handle_errors(AgentError)
-    def _agentError(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, AgentError)
-        return self._errorBody(request, error)
-
-    @app.handle_errors(NotFound)
-    def _notFound(self, request: IRequest, failure: Failure) -> bytes:
-        return self._errorBody(request, unknownEndpoint(request))
-
-    @app.handle_errors(MethodNotAllowed)
-    def _badMethod(self, request: IRequest, failure: Failure) -> bytes:
-        return self._errorBody(request, wrongMethod(request, failure))
-
-    def _errorBody(self, request: IRequest, error: AgentError) -> bytes:
-        from ai_agent.headends._answers import writeError
-
-        return writeError(request, error, A2A_ERRORS, self._redactor())
+    def _errorFormat(self, request: IRequest) -> A2AErrors:
+        """
+        The HTTP+JSON binding's envelope: what the routes' errors and the
+        paths under C{/a2a} no route serves are answered in (a JSON-RPC
+        request's own errors are answered by L{jsonrpc}, with HTTP 200).
+        """
+        return A2A_ERRORS
 
     # -- the card -------------------------------------------------------
 
@@ -1349,11 +1176,6 @@ class A2AHeadend:
             return loadBody(content.read())
         return await self._bodyGate().parse(content, loadBody)
 
-    def _bodyGate(self) -> BodyGate:
-        if self.bodyGate is None:
-            self.bodyGate = BodyGate(self.reactor, self.reactor.getThreadPool())
-        return self.bodyGate
-
     @app.route("/a2a/<agent>/message:send", methods=["POST"])
     @observedRoute("a2a", "/a2a/{agent}/message:send")
     async def restSend(self, request: IRequest, agent: str) -> bytes:
@@ -1462,6 +1284,9 @@ class A2AHeadend:
             run.cancel()
         await gatherResults(ended)
         await gatherResults([run.write(lambda: succeed(None)) for run in runs])
+
+
+installErrorHandlers(A2AHeadend.app)
 
 
 def _rpcInvalid(message: str) -> AgentError:
