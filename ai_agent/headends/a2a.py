@@ -102,6 +102,11 @@ CANCEL_WAIT_TICKS = 5
 
 #: Tasks the index keeps per principal (newest first), for C{ListTasks}.
 MAX_INDEXED = 1000
+#: The index is kept in pages of this many task ids: a new task is added
+#: to the head page (a small document), a full head is kept as a page of
+#: its own, so that a send rewrites at most this many ids, not
+#: L{MAX_INDEXED}.
+INDEX_PAGE = 100
 #: Earlier tasks of a context read as the conversation's history.
 MAX_CONTEXT_TASKS = 50
 #: C{ListTasks} page sizes.
@@ -304,6 +309,49 @@ def _answerText(task: Mapping[str, Any]) -> str:
     return ""
 
 
+# -- a key's task index ------------------------------------------------
+
+
+def indexed(head: Mapping[str, Any] | None, taskId: str) -> list[tuple[str, str, Any]]:
+    """
+    The index documents to store for a new task, given the index's head
+    page as stored (L{None}: none yet): the head with C{taskId} first
+    and, when the head was full (L{INDEX_PAGE} ids), that page kept under
+    a key of its own, the oldest pages past L{MAX_INDEXED} ids left out.
+    """
+    ids = [] if head is None else list(head.get("tasks", ()))
+    pages = [] if head is None else list(head.get("pages", ()))
+    sealed = 0 if head is None else int(head.get("sealed", 0))
+    entries: list[tuple[str, str, Any]] = []
+    if len(ids) >= INDEX_PAGE:
+        sealed += 1
+        page = f"{_INDEX_KEY}.{sealed}"
+        entries.append((INDEX, page, {"tasks": ids}))
+        pages = [page, *pages][: MAX_INDEXED // INDEX_PAGE - 1]
+        ids = []
+    head = {"tasks": [taskId, *ids], "pages": pages, "sealed": sealed}
+    entries.append((INDEX, _INDEX_KEY, head))
+    return entries
+
+
+async def _indexOf(store: OwnedStore) -> list[str]:
+    """
+    The key's indexed task ids, newest first (at most L{MAX_INDEXED}).
+    """
+    head = await store.get(INDEX, _INDEX_KEY)
+    if head is None:
+        return []
+    ids = list(head.document.get("tasks", ()))
+    pages = list(head.document.get("pages", ()))
+    if pages:
+        found = await store.getMany(INDEX, pages)
+        for page in pages:
+            kept = found.get(page)
+            if kept is not None:
+                ids.extend(kept.document.get("tasks", ()))
+    return ids[:MAX_INDEXED]
+
+
 # -- one task's run -----------------------------------------------------
 
 
@@ -340,6 +388,10 @@ class _TaskRun:
     _ticker: LoopingCall | None = None
     _dirty: bool = False
     _writes: Deferred[None] = attrs.field(factory=lambda: succeed(None))
+    #: The task's first write (the task, its context, the key's index),
+    #: until it is made: at the first of its ticks or its end (or at once
+    #: for a non-blocking send).
+    _creation: Callable[[dict[str, Any]], Deferred[None]] | None = None
     cancelRequested: bool = False
     ended: bool = False
 
@@ -491,7 +543,7 @@ class _TaskRun:
         if self.ended:
             return
         try:
-            if self._dirty:
+            if self._dirty or self._creation is not None:
                 self._dirty = False
                 await self._put()
             if await self.store.get(CANCELS, self.taskId) is not None:
@@ -515,7 +567,18 @@ class _TaskRun:
         return done
 
     def _put(self) -> Deferred[None]:
-        return self.write(lambda: self.store.putMany(TASKS, {self.taskId: self._document()}))
+        """
+        Store the task as it is now: with its context and the key's index
+        the first time (one transaction), alone after that.
+        """
+
+        def put() -> Deferred[None]:
+            creation, self._creation = self._creation, None
+            if creation is not None:
+                return creation(self._document())
+            return self.store.putMany(TASKS, {self.taskId: self._document()})
+
+        return self.write(put)
 
     def _document(self) -> dict[str, Any]:
         return {"agent": self.agent.id, "task": self.task, "turns": self.turns}
@@ -785,25 +848,20 @@ class A2AHeadend(Headend):
             agent=agent.id,
             context=contextId,
         )
-        # The task, its context and the key's index are stored beside the
-        # run, not before it: every later write of the task waits for this
-        # one (L{_TaskRun.write}).  A non-blocking send answers once it is
-        # stored, so that the id it gives out can be read anywhere.
-        created = taskRun.write(
-            lambda: Deferred.fromCoroutine(
-                self._record(store, agent.id, taskId, contextId, earlier, task, turns)
-            )
+        # The task, its context and the key's index are stored with the
+        # task's first snapshot, in one transaction: at its first tick (a
+        # second in) or its end, whichever comes first, so a short task is
+        # written once.  A non-blocking send answers once it is stored, so
+        # that the id it gives out can be read anywhere.
+        taskRun._creation = lambda document: Deferred.fromCoroutine(
+            self._record(store, agent.id, taskId, contextId, earlier, document)
         )
         if parsed.returnImmediately:
             try:
-                await created
+                await taskRun._put()
             except BaseException:
                 del self._running[principal.scoped(taskId)]
                 raise
-        else:
-            created.addErrback(
-                lambda f: log.failure("a2a task {task}: storing it failed", f, task=taskId)
-            )
         Deferred.fromCoroutine(taskRun.drive())
         return taskRun, parsed
 
@@ -814,24 +872,22 @@ class A2AHeadend(Headend):
         taskId: str,
         contextId: str,
         earlier: list[str],
-        task: dict[str, Any],
-        turns: list[dict[str, str]],
+        document: dict[str, Any],
     ) -> None:
         """
-        Store a new task, its context's task list and the key's index
-        (newest first), in one transaction.
+        Store a new task (C{document}), its context's task list and the
+        key's index (newest first), in one transaction.
         """
-        index = await store.get(INDEX, _INDEX_KEY)
-        indexed = [] if index is None else list(index.document.get("tasks", ()))
+        head = await store.get(INDEX, _INDEX_KEY)
         await store.putEntries(
             [
-                (TASKS, taskId, {"agent": agent, "task": task, "turns": turns}),
+                (TASKS, taskId, document),
                 (
                     CONTEXTS,
                     contextId,
                     {"agent": agent, "tasks": [*earlier, taskId][-MAX_CONTEXT_TASKS:]},
                 ),
-                (INDEX, _INDEX_KEY, {"tasks": [taskId, *indexed][:MAX_INDEXED]}),
+                *indexed(None if head is None else head.document, taskId),
             ]
         )
 
@@ -890,8 +946,7 @@ class A2AHeadend(Headend):
         contextId = params.get("contextId")
         historyLength = _historyLength(params.get("historyLength"), "historyLength")
         includeArtifacts = params.get("includeArtifacts") in (True, "true")
-        index = await store.get(INDEX, _INDEX_KEY)
-        ids = [] if index is None else list(index.document.get("tasks", ()))
+        ids = await _indexOf(store)
         found = await store.getMany(TASKS, ids)
         tasks = []
         for taskId in ids:
@@ -1309,9 +1364,12 @@ __all__ = [
     "A2AErrors",
     "A2AHeadend",
     "A2A_ERRORS",
+    "INDEX_PAGE",
+    "MAX_INDEXED",
     "PROTOCOL_VERSION",
     "SendParams",
     "a2aError",
+    "indexed",
     "parseSendParams",
     "rpcError",
     "taskView",
