@@ -571,6 +571,43 @@ class StoreWriteTests(TestCase):
         self.assertEqual(listed, ids[::-1])
 
 
+class ConcurrentSendTests(TestCase):
+    """
+    Many tasks of one key created at once, on the SQLite store (whose
+    reads and writes run in its threads, so that they interleave).
+    """
+
+    async def test_concurrentSendsAllListed(self) -> None:
+        """
+        Tasks sent at the same time by one key are each in its index:
+        C{ListTasks} lists every one (no append lost to another's
+        read-then-write of the index).
+        """
+        from ai_agent.store import makeStore
+
+        store = makeStore(os.path.join(self.mktemp() + ".sqlite3"), reactor)
+        await store.start()
+        self.addCleanup(store.close)
+        server = await startServer(self, store=store)
+        count = 12
+        server.upstream.script(*[Reply(f"answer {n}") for n in range(count)])
+        immediate = {"configuration": {"returnImmediately": True}}
+        responses = await gatherResults(
+            [
+                Deferred.fromCoroutine(
+                    _post(server, "/a2a/agent/message:send", {**_message(), **immediate})
+                )
+                for _ in range(count)
+            ]
+        )
+        ids = {response.json()["task"]["id"] for response in responses}
+        self.assertEqual(len(ids), count)
+        listed = (await _get(server, "/a2a/agent/tasks", pageSize=100)).json()
+        self.assertEqual({task["id"] for task in listed["tasks"]}, ids)
+        headend = next(m.headend for m in server.mounts if isinstance(m.headend, A2AHeadend))
+        await gatherResults([run.whenEnded() for run in headend._running.values()])
+
+
 class IndexTests(SynchronousTestCase):
     """
     The key's task index kept in pages (L{indexed}).

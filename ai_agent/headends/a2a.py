@@ -34,6 +34,7 @@ from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from ai_agent.accounting import RunLabels
@@ -352,6 +353,64 @@ async def _indexOf(store: OwnedStore) -> list[str]:
     return ids[:MAX_INDEXED]
 
 
+@attrs.define(eq=False)
+class _Recorder:
+    """
+    The new tasks of one key, stored with the key's index: the index head
+    is read, each task appended to it in turn, and the tasks, their
+    contexts and the index written in one transaction.  Tasks that come
+    while a write is under way wait for it and go together in the next
+    one (a group commit): one index read and one transaction for all of
+    them, and no task lost from the index to another's read-then-write.
+
+    @ivar done: called once nothing is left to write.
+    """
+
+    store: OwnedStore
+    done: Callable[[], None]
+    _queued: list[tuple[str, list[tuple[str, str, Any]], Deferred[None]]] = attrs.field(
+        factory=list
+    )
+    _writing: bool = False
+
+    def record(self, taskId: str, entries: list[tuple[str, str, Any]]) -> Deferred[None]:
+        """
+        Store a new task's C{entries} (the task, its context) and add
+        C{taskId} to the key's index; fires once they are stored.
+        """
+        stored: Deferred[None] = Deferred()
+        self._queued.append((taskId, entries, stored))
+        if not self._writing:
+            Deferred.fromCoroutine(self._write())
+        return stored
+
+    async def _write(self) -> None:
+        self._writing = True
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    head = await self.store.get(INDEX, _INDEX_KEY)
+                    index = None if head is None else head.document
+                    entries: list[tuple[str, str, Any]] = []
+                    for taskId, taskEntries, _ in batch:
+                        entries.extend(taskEntries)
+                        *pages, (_, _, index) = indexed(index, taskId)
+                        entries.extend(pages)
+                    entries.append((INDEX, _INDEX_KEY, index))
+                    await self.store.putEntries(entries)
+                except Exception:
+                    failure = Failure()
+                    for _, _, stored in batch:
+                        stored.errback(failure)
+                else:
+                    for _, _, stored in batch:
+                        stored.callback(None)
+        finally:
+            self._writing = False
+            self.done()
+
+
 # -- one task's run -----------------------------------------------------
 
 
@@ -655,6 +714,7 @@ class A2AHeadend(Headend):
     threadPool: Any = None
     maxAnswer: int = MAX_RUN_ANSWER
     _running: dict[str, _TaskRun] = attrs.field(factory=dict)
+    _recorders: dict[str, _Recorder] = attrs.field(factory=dict)
     #: Streams following a task that runs on another instance, by task id.
     following: dict[str, int] = attrs.field(factory=dict)
     _memory: RunStore | None = None
@@ -856,8 +916,9 @@ class A2AHeadend(Headend):
         # second in) or its end, whichever comes first, so a short task is
         # written once.  A non-blocking send answers once it is stored, so
         # that the id it gives out can be read anywhere.
-        taskRun._creation = lambda document: Deferred.fromCoroutine(
-            self._record(store, agent.id, taskId, contextId, earlier, document)
+        contextTasks = {"agent": agent.id, "tasks": [*earlier, taskId][-MAX_CONTEXT_TASKS:]}
+        taskRun._creation = lambda document: self._recorder(store).record(
+            taskId, [(TASKS, taskId, document), (CONTEXTS, contextId, contextTasks)]
         )
         if parsed.returnImmediately:
             try:
@@ -868,31 +929,20 @@ class A2AHeadend(Headend):
         Deferred.fromCoroutine(taskRun.drive())
         return taskRun, parsed
 
-    async def _record(
-        self,
-        store: OwnedStore,
-        agent: str,
-        taskId: str,
-        contextId: str,
-        earlier: list[str],
-        document: dict[str, Any],
-    ) -> None:
+    def _recorder(self, store: OwnedStore) -> _Recorder:
         """
-        Store a new task (C{document}), its context's task list and the
-        key's index (newest first), in one transaction.
+        The writer of C{store}'s key's new tasks on this instance (one per
+        key while it has tasks to write).
         """
-        head = await store.get(INDEX, _INDEX_KEY)
-        await store.putEntries(
-            [
-                (TASKS, taskId, document),
-                (
-                    CONTEXTS,
-                    contextId,
-                    {"agent": agent, "tasks": [*earlier, taskId][-MAX_CONTEXT_TASKS:]},
-                ),
-                *indexed(None if head is None else head.document, taskId),
-            ]
-        )
+        name = store.principal.name
+        recorder = self._recorders.get(name)
+        if recorder is None:
+
+            def idle() -> None:
+                del self._recorders[name]
+
+            recorder = self._recorders[name] = _Recorder(store, idle)
+        return recorder
 
     async def _stored(self, store: OwnedStore, taskId: Any) -> dict[str, Any]:
         if not isinstance(taskId, str) or not taskId:
