@@ -115,7 +115,8 @@ def bannerLines(
     registry: AgentRegistry, config: Config, addresses: Sequence[str], apiKeys: bool = False
 ) -> list[str]:
     """
-    What the server says once its ports are bound: where it listens, the
+    What the server says once its ports are bound: where it listens (each
+    API's URL: OpenAI, Anthropic, MCP, A2A and its agent card), the
     models it serves, which providers have keys, and whether the embedded
     model will answer.
     """
@@ -124,6 +125,10 @@ def bannerLines(
         if base.startswith("http"):
             lines.append(f"  API: {base}/v1 (OpenAI-compatible; page: {base}/, docs: {base}/docs)")
             lines.append(f"  Anthropic Messages API: {base} (ANTHROPIC_BASE_URL for Claude Code)")
+            lines.append(f"  MCP (Streamable HTTP): {base}/mcp (each agent a tool)")
+            lines.append(
+                f"  A2A: {base}/a2a/<agent> (agent card: {base}/.well-known/agent-card.json)"
+            )
         else:
             lines.append(f"  API: {base}")
     lines.append(f"  models: {', '.join(registry.ids()) or 'none'}")

@@ -15,7 +15,7 @@ under way at once.
 This is a development tool for iterating on a change; the figures of record
 come from C{bench/run}.
 
-    python -m bench.profile [--api chat|stream|responses|anthropic|tooltrip]
+    python -m bench.profile [--api chat|stream|responses|anthropic|tooltrip|mcp|a2a|a2a-stream]
         [--count 2000] [--seconds 5] [--py-spy OUT] [--extra ARG ...]
 """
 
@@ -64,6 +64,12 @@ def _raw(target: Target, api: str) -> bytes:
         }
         raw = target.post("/v1/messages", json.dumps(body).encode())
         return raw.replace(b"\r\n\r\n", b"\r\nx-api-key: " + target.key.encode() + b"\r\n\r\n", 1)
+    if api == "mcp":
+        return target.mcpCall(PING)
+    if api == "a2a":
+        return target.a2a(PING, False)
+    if api == "a2a-stream":
+        return target.a2a(PING, True)
     raise SystemExit(f"unknown --api {api!r}")
 
 

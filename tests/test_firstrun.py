@@ -214,6 +214,47 @@ class StartStopTests(_Project, TestCase):
         for noise in ("Starting factory", "Stopping factory", "GuardedSite", "[ai_agent."):
             self.assertNotIn(noise, text)
 
+    async def test_bannerListsMcpAndA2A(self) -> None:
+        """
+        The banner names the MCP endpoint, the A2A endpoint and the agent
+        card URL the server serves, and each URL it prints answers: the
+        card names the agent, C{/mcp} lists it as a tool.
+        """
+        folder = await self.makeProject(self)
+        child = spawn(
+            self,
+            [*command("ai-agent"), "--agent", "agents", "--openai-completions", "0"],
+            folder,
+        )
+        await child.waitFor(b"  providers: fake (no key needed at 127.0.0.1:")
+        port = announcedPort(child.output)
+        self.assertIsNotNone(port)
+        base = f"http://127.0.0.1:{port}"
+        text = child.output.decode()
+        self.assertIn(f"  MCP (Streamable HTTP): {base}/mcp ", text)
+        card = f"{base}/.well-known/agent-card.json"
+        self.assertIn(f"  A2A: {base}/a2a/<agent> (agent card: {card})", text)
+        http = client()
+        response = await http.get(card)
+        self.assertEqual(response.code, 200)
+        self.assertEqual((await response.json())["name"], "chat")
+        response = await http.get(f"{base}/a2a/chat")
+        self.assertEqual((await response.json())["name"], "chat")
+        response = await http.post(
+            f"{base}/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={
+                "accept": "application/json, text/event-stream",
+                "mcp-protocol-version": "2026-07-28",
+                "mcp-method": "tools/list",
+            },
+        )
+        self.assertEqual(response.code, 200)
+        tools = (await response.json())["result"]["tools"]
+        self.assertEqual([tool["name"] for tool in tools], ["chat"])
+        child.send("TERM")
+        await ended(child)
+
     async def assertOneLine(self, argv: list[str], folder: str, expected: str) -> None:
         child = spawn(self, argv, folder)
         await ended(child)

@@ -10,20 +10,32 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import httpx
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ai_agent.errors import AgentError
 from ai_agent.headends._http import HTTPPolicy
-from ai_agent.headends.a2a import A2A_ERRORS, a2aError, parseSendParams, rpcError, taskView
+from ai_agent.headends.a2a import (
+    A2A_ERRORS,
+    INDEX_PAGE,
+    MAX_INDEXED,
+    A2AHeadend,
+    a2aError,
+    indexed,
+    parseSendParams,
+    rpcError,
+    taskView,
+)
 from ai_agent.observe import Metrics, Observability
 from ai_agent.registry import ServedAgent
 from ai_agent.reload import Reloader
+from ai_agent.store import MemoryStore
 from ai_agent.testing import Reply
-from tests._harness import LiveServer, inThread, startServer, writeAgent
+from tests._harness import SENTINEL_KEY, LiveServer, inThread, startServer, writeAgent
 from tests.mcp_servers import calcEntry
 
 V1 = {"A2A-Version": "1.0"}
@@ -170,6 +182,60 @@ class TaskLifeTests(TestCase):
         reason = task["status"]["message"]["parts"][0]["text"]
         self.assertIn("context too long", reason)
         self.assertNotIn("sk-sentinel", response.text)
+
+    async def test_answerCap(self) -> None:
+        """
+        A task whose answer grows past the server's bound (as the other
+        APIs bound a run's answer) is stopped and ends
+        C{TASK_STATE_FAILED} saying so, and the cut answer is not what
+        C{GetTask} returns as its artifact.
+        """
+        server = await startServer(self)
+        for mount in server.mounts:
+            if isinstance(mount.headend, A2AHeadend):
+                mount.headend.maxAnswer = 20
+        server.upstream.script(Reply(content="word " * 40))
+        response = await _post(server, "/a2a/agent/message:send", _message())
+        task = response.json()["task"]
+        self.assertEqual(task["status"]["state"], "TASK_STATE_FAILED")
+        reason = task["status"]["message"]["parts"][0]["text"]
+        self.assertIn("20", reason)
+        got = await _get(server, f"/a2a/agent/tasks/{task['id']}")
+        self.assertEqual(got.json()["status"]["state"], "TASK_STATE_FAILED")
+        answer = "".join(
+            part["text"]
+            for artifact in got.json().get("artifacts", ())
+            for part in artifact["parts"]
+        )
+        self.assertLessEqual(len(answer), 20)
+
+    async def test_noKeyInAnswer(self) -> None:
+        """
+        A provider key that the agent's answer quotes is taken out of the
+        task's artifact, streamed and stored, as every other API redacts
+        a run's answer.
+        """
+        server = await startServer(self)
+        server.upstream.script(
+            Reply(content=f"the key is {SENTINEL_KEY}."),
+            Reply(content=f"the key is {SENTINEL_KEY}."),
+        )
+        response = await _post(server, "/a2a/agent/message:send", _message())
+        task = response.json()["task"]
+        self.assertEqual(task["status"]["state"], "TASK_STATE_COMPLETED")
+        self.assertIn("the key is", response.text)
+        self.assertNotIn(SENTINEL_KEY, response.text)
+        got = await _get(server, f"/a2a/agent/tasks/{task['id']}")
+        self.assertIn("the key is", got.text)
+        self.assertNotIn(SENTINEL_KEY, got.text)
+        streamed = await _post(server, "/a2a/agent/message:stream", _message())
+        text = "".join(
+            event["artifactUpdate"]["artifact"]["parts"][0]["text"]
+            for event in _sse(streamed)
+            if "artifactUpdate" in event
+        )
+        self.assertTrue(text.startswith("the key is "), text)
+        self.assertNotIn(SENTINEL_KEY, streamed.text)
 
     async def test_progressAsStatusUpdates(self) -> None:
         """
@@ -400,6 +466,190 @@ class ServerTests(TestCase):
         self.assertNotEqual(before["version"], after["version"])
         card = await _get(server, "/a2a/other/.well-known/agent-card.json")
         self.assertEqual(card.json()["name"], "other")
+
+
+class _WriteCountingStore(MemoryStore):
+    """
+    The memory store, keeping each write (one transaction of a SQL store)
+    as the list of its entries' namespaces and keys.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(reactor)
+        self.writes: list[list[tuple[str, str, Any]]] = []
+
+    def putEntries(
+        self, entries: Iterable[tuple[str, str, Any]], ttl: float | None = None
+    ) -> Deferred[None]:
+        entries = list(entries)
+        self.writes.append(
+            [(n, k.rpartition(":")[2], json.loads(json.dumps(d))) for n, k, d in entries]
+        )
+        return super().putEntries(entries, ttl)
+
+
+class StoreWriteTests(TestCase):
+    """
+    What a task costs the run store: a short task is written once, the
+    key's index is appended to, not rewritten whole.
+    """
+
+    async def test_shortTaskWrittenOnce(self) -> None:
+        """
+        A blocking send whose run ends within its first tick is stored in
+        one write, after the run: the finished task, its context and the
+        key's index together; C{GetTask} and C{ListTasks} then find it.  A
+        non-blocking send is stored before it is answered (its id can be
+        read at once) and again at its end.
+        """
+        store = _WriteCountingStore()
+        server = await startServer(self, store=store)
+        headend = next(m.headend for m in server.mounts if isinstance(m.headend, A2AHeadend))
+        # No tick (a snapshot write) within the test, however slow the machine.
+        headend.tickInterval = 3600.0
+        server.upstream.script(Reply("First answer."), Reply("Second answer."))
+        response = await _post(server, "/a2a/agent/message:send", _message())
+        task = response.json()["task"]
+        self.assertEqual(task["status"]["state"], "TASK_STATE_COMPLETED")
+        self.assertEqual(len(store.writes), 1, store.writes)
+        [write] = store.writes
+        self.assertEqual(
+            [(namespace, key) for namespace, key, _ in write],
+            [
+                ("a2a.tasks", task["id"]),
+                ("a2a.contexts", task["contextId"]),
+                ("a2a.index", "tasks"),
+            ],
+        )
+        self.assertEqual(write[0][2]["task"]["status"]["state"], "TASK_STATE_COMPLETED")
+        got = await _get(server, f"/a2a/agent/tasks/{task['id']}")
+        self.assertEqual(got.json()["artifacts"][0]["parts"][0]["text"], "First answer.")
+        listed = await _get(server, "/a2a/agent/tasks")
+        self.assertEqual([t["id"] for t in listed.json()["tasks"]], [task["id"]])
+
+        store.writes.clear()
+        immediate = {"configuration": {"returnImmediately": True}}
+        response = await _post(server, "/a2a/agent/message:send", {**_message(), **immediate})
+        early = response.json()["task"]
+        # Written before the answer (the run may have ended since).
+        self.assertEqual(store.writes[0][0][1], early["id"])
+        self.assertEqual(store.writes[0][0][2]["task"]["status"]["state"], "TASK_STATE_SUBMITTED")
+        # Its end is stored before its waiters hear of it.
+        await gatherResults([run.whenEnded() for run in headend._running.values()])
+        got = await _get(server, f"/a2a/agent/tasks/{early['id']}")
+        self.assertEqual(got.json()["status"]["state"], "TASK_STATE_COMPLETED")
+        self.assertEqual(len(store.writes), 2)
+
+    async def test_indexAppendedInPages(self) -> None:
+        """
+        Past a page of the index (L{INDEX_PAGE} tasks) a send still writes
+        at most a page of task ids (the full head kept as a page of its
+        own, a new head), and C{ListTasks} lists every task, newest first,
+        across the pages.
+        """
+        store = _WriteCountingStore()
+        server = await startServer(self, store=store)
+        count = INDEX_PAGE + 5
+        server.upstream.script(*[Reply(f"answer {n}") for n in range(count)])
+        ids = []
+        for _ in range(count):
+            response = await _post(server, "/a2a/agent/message:send", _message())
+            ids.append(response.json()["task"]["id"])
+        for write in store.writes:
+            for namespace, _, document in write:
+                if namespace == "a2a.index":
+                    self.assertLessEqual(len(document["tasks"]), INDEX_PAGE)
+        listed = []
+        token = ""
+        while True:
+            page = (await _get(server, "/a2a/agent/tasks", pageSize=30, pageToken=token)).json()
+            self.assertEqual(page["totalSize"], count)
+            listed.extend(t["id"] for t in page["tasks"])
+            token = page["nextPageToken"]
+            if not token:
+                break
+        self.assertEqual(listed, ids[::-1])
+
+
+class ConcurrentSendTests(TestCase):
+    """
+    Many tasks of one key created at once, on the SQLite store (whose
+    reads and writes run in its threads, so that they interleave).
+    """
+
+    async def test_concurrentSendsAllListed(self) -> None:
+        """
+        Tasks sent at the same time by one key are each in its index:
+        C{ListTasks} lists every one (no append lost to another's
+        read-then-write of the index).
+        """
+        from ai_agent.store import makeStore
+
+        store = makeStore(os.path.join(self.mktemp() + ".sqlite3"), reactor)
+        await store.start()
+        self.addCleanup(store.close)
+        server = await startServer(self, store=store)
+        count = 12
+        server.upstream.script(*[Reply(f"answer {n}") for n in range(count)])
+        immediate = {"configuration": {"returnImmediately": True}}
+        responses = await gatherResults(
+            [
+                Deferred.fromCoroutine(
+                    _post(server, "/a2a/agent/message:send", {**_message(), **immediate})
+                )
+                for _ in range(count)
+            ]
+        )
+        ids = {response.json()["task"]["id"] for response in responses}
+        self.assertEqual(len(ids), count)
+        listed = (await _get(server, "/a2a/agent/tasks", pageSize=100)).json()
+        self.assertEqual({task["id"] for task in listed["tasks"]}, ids)
+        headend = next(m.headend for m in server.mounts if isinstance(m.headend, A2AHeadend))
+        await gatherResults([run.whenEnded() for run in headend._running.values()])
+
+
+class IndexTests(SynchronousTestCase):
+    """
+    The key's task index kept in pages (L{indexed}).
+    """
+
+    def test_pages(self) -> None:
+        """
+        A new task goes first in the head page; a full head is kept under a
+        numbered key of its own and listed after the new head; the pages
+        kept hold at most L{MAX_INDEXED} ids; an index written before pages
+        (one list of up to L{MAX_INDEXED} ids) becomes the first page.
+        """
+        [(namespace, key, head)] = indexed(None, "t1")
+        self.assertEqual(
+            (namespace, key, head),
+            ("a2a.index", "tasks", {"tasks": ["t1"], "pages": [], "sealed": 0}),
+        )
+        full = {"tasks": [f"t{n}" for n in range(INDEX_PAGE)], "pages": ["tasks.1"], "sealed": 1}
+        entries = indexed(full, "new")
+        self.assertEqual(
+            entries,
+            [
+                ("a2a.index", "tasks.2", {"tasks": full["tasks"]}),
+                (
+                    "a2a.index",
+                    "tasks",
+                    {"tasks": ["new"], "pages": ["tasks.2", "tasks.1"], "sealed": 2},
+                ),
+            ],
+        )
+        many = {
+            "tasks": ["x"] * INDEX_PAGE,
+            "pages": [f"tasks.{n}" for n in range(30, 0, -1)],
+            "sealed": 30,
+        }
+        head = indexed(many, "new")[-1][2]
+        self.assertEqual(len(head["pages"]) * INDEX_PAGE + INDEX_PAGE, MAX_INDEXED)
+        self.assertEqual(head["pages"][0], "tasks.31")
+        legacy = {"tasks": [f"old{n}" for n in range(MAX_INDEXED)]}
+        entries = indexed(legacy, "new")
+        self.assertEqual(entries[0], ("a2a.index", "tasks.1", legacy))
+        self.assertEqual(entries[1][2], {"tasks": ["new"], "pages": ["tasks.1"], "sealed": 1})
 
 
 class ValueTests(SynchronousTestCase):

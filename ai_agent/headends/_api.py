@@ -24,9 +24,20 @@ and L{serve} is both, observed (counted and timed under the status the
 client was actually answered with: the API's L{ErrorFormat} decides it, so
 a full queue an Anthropic client sees as a 529 is counted as a 529).
 
+The run part has a request-less form, L{runDetached}, for a run that no
+HTTP response carries: MCP's C{tools/call} (over Streamable HTTP, and
+over stdio, where there is no request at all) and A2A's tasks (which
+outlive the request that started them).  It owns what L{runOn} and
+L{RunResponse} own for an HTTP answer: the key's and agent's limits, a
+slot of the pool (released whatever happens), the configured secrets
+taken out of every event, the bound on the answer, the pool's stop at
+shutdown and cancellation; the caller gives an event sink and reads the
+run's end or its error.  No headend drives the runner or the pool itself.
+
 A new API adds three things: its request types (with the parser), its
 encoder, its error format; it builds an L{API} from them and routes its
-path to C{serve(api, host, request)}.
+path to C{serve(api, host, request)} (or, for a run apart from any
+response, calls L{runDetached} with its own sink).
 """
 
 from __future__ import annotations
@@ -36,13 +47,14 @@ from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar
 import attrs
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ai_agent.accounting import RunLabels
 from ai_agent.errors import AgentError, ErrorFormat
-from ai_agent.events import EventSink, Finished
+from ai_agent.events import Event, EventSink, Finished
 from ai_agent.headends._answers import (
     configuredRedactor,
     unknownEndpoint,
@@ -54,11 +66,12 @@ from ai_agent.headends._http import principalOf
 from ai_agent.headends._quota import admitted
 from ai_agent.headends._request import OFF_REACTOR_THRESHOLD
 from ai_agent.headends._stream import RunEncoder, RunResponse
+from ai_agent.limits import AnswerCap
 from ai_agent.observe import Observer, requestScope
 from ai_agent.pool import RunPool
 from ai_agent.principals import Principal, resolveFor, visibleIds
 from ai_agent.reactors import IReactorTimeAndThreads
-from ai_agent.redaction import Redactor
+from ai_agent.redaction import RedactingSink, Redactor
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.request import RunRequest
 from ai_agent.session import SessionRunner
@@ -328,6 +341,99 @@ async def runOn(
         admission.release()
 
 
+class RunHost(Protocol):
+    """
+    What a run apart from any HTTP request needs of its headend: the
+    runner, the pool, the reactor, the bound on an answer and the
+    redactor.
+    """
+
+    @property
+    def runner(self) -> SessionRunner: ...
+
+    @property
+    def pool(self) -> RunPool: ...
+
+    @property
+    def reactor(self) -> IReactorTime: ...
+
+    @property
+    def maxAnswer(self) -> int: ...
+
+    def _redactor(self) -> Redactor: ...
+
+
+def _nothing() -> None:
+    pass
+
+
+async def runDetached(
+    host: RunHost,
+    agent: ServedAgent,
+    run: RunRequest,
+    principal: Principal,
+    sink: Callable[[Event], None],
+    started: Callable[[], None] | None = None,
+) -> Finished:
+    """
+    The run part of the pipeline without an HTTP request: run C{agent} on
+    C{run} (its labels included) for C{principal}, its events to C{sink}
+    with the configured secrets taken out (the answer's text is flushed to
+    C{sink} before this returns), within the key's and agent's limits and
+    in a slot of the pool held until the run ends.  C{started} is called
+    once the run has its slot, as it starts.
+
+    Cancelling the Deferred of this coroutine stops the run (in the queue
+    or upstream) with L{CancelledError}.
+
+    @return: the run's end.
+    @raise AgentError: a limit reached or the queue full (before the run
+        starts; C{retryAfter} set), the run's failure, the answer grown past
+        C{host.maxAnswer} (C{answer_too_large}), the pool's error when it
+        stopped the run at shutdown.
+    """
+    admission, slot = await admitted(None, host.pool, principal, agent.id)
+    redacting = RedactingSink(host._redactor(), sink)
+    cap = AnswerCap(redacting, host.maxAnswer)
+    stopped: list[AgentError] = []
+    try:
+        if started is not None:
+            started()
+        running = host.runner.run(agent.spec, run, admission.meter(cap))
+
+        def abort(error: AgentError) -> None:
+            # The pool stops the run at shutdown.
+            if not stopped:
+                stopped.append(error)
+            running.cancel()
+
+        def over() -> None:
+            # Called from inside an upstream read: stop on the next turn.
+            if not stopped:
+                stopped.append(cap.error())
+                host.reactor.callLater(0, running.cancel)
+
+        slot.onAbort = abort
+        cap.onOver = over
+        try:
+            finished = await running
+        except CancelledError:
+            if stopped:
+                raise stopped[0] from None
+            raise
+        if stopped:
+            # Over the cap: the run ended before the cancel reached it.
+            raise stopped[0]
+        redacting.flush()
+        return finished
+    finally:
+        # Nothing that points back at this run is left behind.
+        slot.onAbort = None
+        cap.onOver = _nothing
+        slot.release()
+        admission.release()
+
+
 async def observed(
     host: Host,
     request: IRequest,
@@ -389,7 +495,9 @@ __all__ = [
     "installErrorHandlers",
     "observed",
     "parseBody",
+    "RunHost",
     "resolveAgent",
+    "runDetached",
     "runOn",
     "serve",
 ]

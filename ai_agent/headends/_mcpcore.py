@@ -16,7 +16,6 @@ import re
 from typing import Any, Callable, Mapping
 
 import attrs
-from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -33,15 +32,16 @@ from ai_agent.events import (
     ModelAnswering,
     progressText,
 )
-from ai_agent.headends._quota import admitted
+from ai_agent.headends._api import runDetached
 from ai_agent.headends._request import loadBody
-from ai_agent.limits import MAX_RUN_ANSWER, AnswerCap
+from ai_agent.limits import MAX_RUN_ANSWER
 from ai_agent.pool import RunPool
 from ai_agent.principals import Principal, visibleAgents
 from ai_agent.providers import ChatMessage
-from ai_agent.redaction import RedactingSink, Redactor, safeError, shorten
+from ai_agent.redaction import Redactor, safeError, shorten
 from ai_agent.registry import AgentRegistry, ServedAgent
 from ai_agent.request import RunRequest
+from ai_agent.session import SessionRunner
 
 log = Logger()
 
@@ -334,7 +334,7 @@ class McpCore:
     """
 
     registry: AgentRegistry
-    runner: Any
+    runner: SessionRunner
     pool: RunPool
     reactor: IReactorTime
     heartbeat: float = HEARTBEAT_INTERVAL
@@ -444,11 +444,6 @@ class McpCore:
         progress = None
         if isinstance(token, (str, int)) and not isinstance(token, bool):
             progress = _CallProgress(token, send, self.reactor, self.heartbeat)
-        try:
-            # The key's and agent's limits, then a slot in the key's turn.
-            admission, slot = await admitted(None, self.pool, principal, agent.id)
-        except AgentError as error:
-            return toolError(self._reason(error), retryAfter=error.retryAfter)
         answer: list[str] = []
         turns = [0]
 
@@ -463,51 +458,27 @@ class McpCore:
             elif isinstance(event, PROGRESS_TYPES):
                 progress.emit(progressText(event).strip())
 
-        redacting = RedactingSink(self.redactor, onEvent)
-        # The same bound on a run's answer (text, reasoning, progress) as
-        # RunResponse sets for the HTTP APIs.
-        sink = AnswerCap(redacting, self.maxAnswer)
-        metered = admission.meter(sink)
         labels = RunLabels(requestId=requestId, stream=progress is not None)
         run = RunRequest((ChatMessage("user", prompt),), labels=labels, owner=principal.name)
-        stopped: list[AgentError] = []
+        # The pipeline's run layer, apart from any HTTP request: limits, a
+        # slot of the pool, redaction, the answer's bound (as the HTTP APIs
+        # have it), the pool's stop at shutdown.
         try:
-            if progress is not None:
-                progress.start()
-            started = self.runner.run(agent.spec, run, metered)
-
-            def abort(error: AgentError) -> None:
-                # The pool stops the run at shutdown.
-                stopped.append(error)
-                started.cancel()
-
-            slot.onAbort = abort
-
-            def over() -> None:
-                # Called from inside an upstream read: stop on the next turn.
-                if not stopped:
-                    stopped.append(sink.error())
-                    self.reactor.callLater(0, started.cancel)
-
-            sink.onOver = over
-            finished: Finished = await started
-        except CancelledError:
-            if stopped:
-                return toolError(self._reason(stopped[0]), retryAfter=stopped[0].retryAfter)
-            raise
+            finished = await runDetached(
+                self, agent, run, principal, onEvent, None if progress is None else progress.start
+            )
         except AgentError as error:
             return toolError(self._reason(error), retryAfter=error.retryAfter)
         finally:
-            slot.onAbort = None
-            slot.release()
-            admission.release()
             if progress is not None:
                 progress.stop()
-        if stopped:
-            # Over the cap: the run ended before the cancel reached it.
-            return toolError(self._reason(stopped[0]))
-        redacting.flush()
         return self._result(agent, "".join(answer), finished)
+
+    def _redactor(self) -> Redactor:
+        """
+        The configured secrets kept out of a call's progress and result.
+        """
+        return self.redactor
 
     def _reason(self, error: AgentError) -> str:
         return safeError(error, self.redactor, inBand=True).message
