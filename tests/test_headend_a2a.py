@@ -209,6 +209,32 @@ class TaskLifeTests(TestCase):
         )
         self.assertLessEqual(len(answer), 20)
 
+    async def test_manyPiecesOneAnswer(self) -> None:
+        """
+        An answer streamed in many pieces is the task's one answer
+        artifact, whole, however the task is read: in the blocking send's
+        answer, by C{GetTask}, and, appended piece by piece, on the
+        stream (the artifact is joined when the task is read, not on each
+        piece).
+        """
+        server = await startServer(self)
+        pieces = [f"p{i} " for i in range(300)]
+        server.upstream.script(Reply(content=pieces), Reply(content=pieces))
+        response = await _post(server, "/a2a/agent/message:send", _message())
+        task = response.json()["task"]
+        self.assertEqual(task["status"]["state"], "TASK_STATE_COMPLETED")
+        [artifact] = task["artifacts"]
+        self.assertEqual(artifact["parts"], [{"text": "".join(pieces)}])
+        got = await _get(server, f"/a2a/agent/tasks/{task['id']}")
+        self.assertEqual(got.json()["artifacts"], task["artifacts"])
+        streamed = await _post(server, "/a2a/agent/message:stream", _message())
+        updates = [e["artifactUpdate"] for e in _sse(streamed) if "artifactUpdate" in e]
+        self.assertEqual(
+            "".join(u["artifact"]["parts"][0]["text"] for u in updates), "".join(pieces)
+        )
+        self.assertGreaterEqual(len(updates), len(pieces))
+        self.assertEqual([u["append"] for u in updates[:2]], [False, True])
+
     async def test_noKeyInAnswer(self) -> None:
         """
         A provider key that the agent's answer quotes is taken out of the

@@ -437,11 +437,13 @@ class _TaskRun:
     headend: A2AHeadend
     store: OwnedStore
     agent: ServedAgent
-    task: dict[str, Any]
+    _task: dict[str, Any]
     turns: list[dict[str, str]]
     run: RunRequest
     listeners: list[_Listener] = attrs.field(factory=list)
     _answer: list[str] = attrs.field(factory=list)
+    #: How many of the answer's pieces the task's answer artifact holds.
+    _joined: int = 0
     _waiters: list[Deferred[dict[str, Any]]] = attrs.field(factory=list)
     _working: Deferred[Any] | None = None
     _ticker: LoopingCall | None = None
@@ -455,8 +457,27 @@ class _TaskRun:
     ended: bool = False
 
     @property
+    def task(self) -> dict[str, Any]:
+        """
+        The task as it stands, its answer artifact holding the text so far:
+        joined when the task is read (a tick's write, a subscriber, a
+        C{tasks/get}, the end), not on every delta, which would copy the
+        whole answer again for each piece of it.
+        """
+        if self._joined != len(self._answer):
+            self._joined = len(self._answer)
+            self._task["artifacts"] = [
+                {
+                    "artifactId": ANSWER_ARTIFACT,
+                    "name": ANSWER_ARTIFACT,
+                    "parts": [{"text": "".join(self._answer)}],
+                }
+            ]
+        return self._task
+
+    @property
     def taskId(self) -> str:
-        return str(self.task["id"])
+        return str(self._task["id"])
 
     def _stamp(self) -> str:
         return _now(self.headend.reactor.seconds)
@@ -494,19 +515,12 @@ class _TaskRun:
                 return
             first = not self._answer
             self._answer.append(event.text)
-            self.task["artifacts"] = [
-                {
-                    "artifactId": ANSWER_ARTIFACT,
-                    "name": ANSWER_ARTIFACT,
-                    "parts": [{"text": "".join(self._answer)}],
-                }
-            ]
             self._dirty = True
             self._emit(
                 {
                     "artifactUpdate": {
                         "taskId": self.taskId,
-                        "contextId": self.task["contextId"],
+                        "contextId": self._task["contextId"],
                         "artifact": {
                             "artifactId": ANSWER_ARTIFACT,
                             "name": ANSWER_ARTIFACT,
