@@ -102,6 +102,8 @@ TOOL_AGENTS = {"stdio": "mcpstdio", "http": "mcphttp", "subagent": "parent"}
 # tool, against the upstream's /loop/v1 (bench/_upstream.py), driven by
 # this server and by third-party frameworks (bench/_agentloop.py).
 AGENT_LOOP = os.path.join(HERE, "_agentloop.py")
+#: The minimal MCP client (no SDK): the MCP server's own time per call.
+MCP_RAW = os.path.join(HERE, "_mcpraw.py")
 #: The tool calls of one loop run (the upstream's LOOP_TURNS).
 LOOP_TURNS = 5
 #: The loop arms' agents (in the "loop" directory), by MCP transport.
@@ -1095,9 +1097,9 @@ async def measureAgentLoop(setup: Setup, plan: Plan, rec: Recorder, rounds: int)
     by each third-party framework installed (bench/_agentloop.py, in its own
     process pinned to the server's CPU, timed around its run); with the
     orchestrating process's own CPU over each arm's runs.  The baselines:
-    the run's upstream calls made directly, and the MCP SDK's client calling
-    the same server.  In interleaved rounds, each arm once per round in a
-    random order.
+    the run's upstream calls made directly, and a minimal client without
+    SDK (bench/_mcpraw.py) calling the same MCP server.  In interleaved
+    rounds, each arm once per round in a random order.
     """
     count = plan.loopRuns
     mcpHttp, url = await startMcpHttp(setup)
@@ -1113,9 +1115,13 @@ async def measureAgentLoop(setup: Setup, plan: Plan, rec: Recorder, rounds: int)
         measures: dict[str, tuple[str, str, Callable[[], Awaitable[dict[str, Any]]]]] = {}
         expected = "result: " + TOOL_TEXT
         for transport, target in targets.items():
-            sdk = await SdkClient.start(setup, transport, target)
-            drivers.append(sdk)
-            measures[f"mcp-{transport}"] = ("loop_mcp", transport, partial(sdk.calls, count))
+            raw = await SdkClient.spawn(
+                setup, f"mcpraw-{transport}", [sys.executable, MCP_RAW, transport, *target]
+            )
+            if raw is None:
+                raise RuntimeError(f"the minimal MCP client did not start ({transport})")
+            drivers.append(raw)
+            measures[f"mcp-{transport}"] = ("loop_mcp", transport, partial(raw.calls, count))
             agent = Target(ours.port, "/v1", LOOP_AGENTS[transport], KEY)
             measures[f"{OURS}-{transport}"] = (
                 f"loop_{transport}",
