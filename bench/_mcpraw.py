@@ -68,6 +68,11 @@ class Stdio:
             if "id" in answer:
                 return answer
 
+    def refresh(self) -> None:
+        """
+        Nothing to do: the pipe stays open.
+        """
+
     def close(self) -> None:
         self.stdin.close()
         self.child.wait(10)
@@ -104,6 +109,14 @@ class Http:
                 return json.loads(line[5:])
         return None
 
+    def refresh(self) -> None:
+        """
+        A new connection, opened by an untimed C{ping}: the server closes an
+        idle one (uvicorn after 5 s), as it may have between two batches.
+        """
+        self.connection.close()
+        self.send({"jsonrpc": "2.0", "id": 0, "method": "ping"})
+
     def close(self) -> None:
         self.connection.close()
 
@@ -114,6 +127,7 @@ def calls(transport: Stdio | Http, count: int, first: int) -> dict[str, Any]:
     """
     values: list[float] = []
     bad = 0
+    transport.refresh()
     for number in range(first, first + count):
         started = time.perf_counter()
         answer = transport.send(_call(number))

@@ -1712,9 +1712,13 @@ async def runOnly(
     try:
         await waitReady(upstream, "/v1/models", 30)
         await measure(setup, upstream, rec)
+    except BaseException:
+        print(f"bench: failed; the logs are in {setup.directory}", flush=True)
+        raise
+    else:
+        shutil.rmtree(setup.directory, ignore_errors=True)
     finally:
         upstream.stop()
-        shutil.rmtree(setup.directory, ignore_errors=True)
     print("\n".join(lines(rec.samples)))
 
 
