@@ -899,7 +899,10 @@ class SdkClient:
         assert self.process.stdin is not None
         self.process.stdin.write(f"{count}\n".encode())
         await self.process.stdin.drain()
-        result: dict[str, Any] = json.loads(await self._line(120))
+        line = await self._line(120)
+        if not line:
+            raise RuntimeError(f"{self.process.pid} exited during a measure; see its log")
+        result: dict[str, Any] = json.loads(line)
         return result
 
     async def stop(self) -> None:

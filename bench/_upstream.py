@@ -94,9 +94,19 @@ def toolCallOf(body: Any) -> tuple[str, str] | None:
     its L{argumentName}, when the request has tools and its last message is
     a user message; otherwise L{None}.
     """
-    tools = body.get("tools") if isinstance(body, dict) else None
     last = _lastMessage(body)
-    if not isinstance(tools, list) or last is None or last.get("role") != "user":
+    if last is None or last.get("role") != "user":
+        return None
+    return _firstToolCall(body)
+
+
+def _firstToolCall(body: Any) -> tuple[str, str] | None:
+    """
+    A call of the first function tool of C{tools} with the last user
+    message as its L{argumentName}, or L{None} without such a tool.
+    """
+    tools = body.get("tools") if isinstance(body, dict) else None
+    if not isinstance(tools, list):
         return None
     for tool in tools:
         function = tool.get("function") if isinstance(tool, dict) else None
@@ -131,14 +141,7 @@ def loopCallOf(body: Any, turns: int = LOOP_TURNS) -> tuple[str, str] | None:
     """
     if toolResults(body) >= turns:
         return None
-    last = _lastMessage(body)
-    if last is not None and last.get("role") == "tool":
-        # toolCallOf answers only a user message: ask it as if the last
-        # message were the question again.
-        messages = [m for m in body["messages"] if isinstance(m, dict)]
-        asked = [m for m in messages if m.get("role") == "user"][-1:]
-        return toolCallOf({"tools": body.get("tools"), "messages": asked})
-    return toolCallOf(body)
+    return _firstToolCall(body)
 
 
 def argumentName(schema: Any) -> str:
