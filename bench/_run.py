@@ -1181,11 +1181,11 @@ def frameworkVersions() -> dict[str, str]:
     their venvs.
     """
     found: dict[str, str] = {}
-    for arm, packages in (
-        ("openai-agents", ("openai-agents", "mcp")),
-        ("langgraph", ("langgraph", "langchain-openai", "langchain-mcp-adapters", "mcp")),
-    ):
-        python = LOOP_FRAMEWORKS[arm][1]
+    packages = {
+        "openai-agents": ("openai-agents", "mcp"),
+        "langgraph": ("langgraph", "langchain-openai", "langchain-mcp-adapters", "mcp"),
+    }
+    for arm, (_, python) in LOOP_FRAMEWORKS.items():
         if not os.path.exists(python):
             continue
         script = (
@@ -1193,7 +1193,7 @@ def frameworkVersions() -> dict[str, str]:
             "print(' '.join(p + ' ' + m.version(p) for p in sys.argv[1:]))"
         )
         out = subprocess.run(
-            [python, "-c", script, *packages], capture_output=True, text=True
+            [python, "-c", script, *packages[arm]], capture_output=True, text=True
         ).stdout.strip()
         found[arm] = out or "?"
     return found

@@ -1416,3 +1416,104 @@ class AgentLoopWholeReportTests(SynchronousTestCase):
         self.assertIn("![The agent loop", text)
         self.assertIn("- The agent loop", text)
         self.assertTrue(os.path.exists(os.path.join(out, "img", "perf-agentloop.png")))
+
+
+class AgentLoopMeasureTests(SynchronousTestCase):
+    """
+    The agent-loop arms against real processes: the bench upstream, the
+    bench MCP server, this server, the OpenAI Agents SDK.
+    """
+
+    def test_minimalClientOverStdio(self) -> None:
+        """
+        The minimal MCP client (bench/_mcpraw.py, no SDK) starts the bench's
+        MCP server over stdio and answers each command with that many timed
+        calls, all answered with the echo.
+        """
+        done = subprocess.run(
+            [sys.executable, _run.MCP_RAW, "stdio", sys.executable, _run.MCP_SERVER],
+            input=b"3\n2\n\n",
+            capture_output=True,
+            timeout=60,
+        )
+        lines = done.stdout.decode().splitlines()
+        self.assertEqual(lines[0], "READY", done.stderr[-2000:])
+        answers = [json.loads(line) for line in lines[1:]]
+        self.assertEqual([(len(a["ms"]), a["bad"]) for a in answers], [(3, 0), (2, 0)])
+        self.assertTrue(all(ms > 0 for a in answers for ms in a["ms"]))
+
+    def test_agentsSdkRunsTheLoop(self) -> None:
+        """
+        The Agents SDK's driver runs the whole loop against /loop/v1: each
+        run (the warm-up and the two asked for) is answered exactly and
+        makes six upstream calls, five of them answered with the tool's
+        call.
+        """
+        try:
+            import agents  # noqa: F401
+        except ImportError:
+            raise SkipTest("openai-agents (a test dependency) is missing") from None
+        port = _benchUpstream(self)
+        done = subprocess.run(
+            [
+                sys.executable,
+                _run.AGENT_LOOP,
+                "agents",
+                f"http://127.0.0.1:{port}/loop/v1",
+                "stdio",
+                sys.executable,
+                _run.MCP_SERVER,
+            ],
+            input=b"2\n\n",
+            capture_output=True,
+            timeout=120,
+        )
+        lines = done.stdout.decode().splitlines()
+        self.assertEqual(lines[0], "READY", done.stderr[-2000:])
+        answer = json.loads(lines[1])
+        self.assertEqual((len(answer["ms"]), answer["bad"]), (2, 0))
+
+        async def stats() -> Any:
+            result = await _client.request(port, Target(port, "", "").get("/bench/stats"))
+            return json.loads(result.body)
+
+        self.assertEqual(asyncio.run(stats())["requests"], 6 * 3)
+
+    def test_loopArmsThroughTheServer(self) -> None:
+        """
+        One short round of the agent-loop arms (LangGraph left out: it has
+        a venv of its own): this server and the Agents SDK over both MCP
+        transports, the minimal MCP client, the direct upstream calls; every
+        arm is recorded with no wrong answer, and the orchestrators with the
+        CPU their own process used.
+        """
+        try:
+            import agents  # noqa: F401
+        except ImportError:
+            raise SkipTest("openai-agents (a test dependency) is missing") from None
+        setup = _run.Setup.create(_benchUpstream(self))
+        self.addCleanup(shutil.rmtree, setup.directory, True)
+        plan = attrs.evolve(_run.QUICK, loopRuns=2)
+        rec = _run.Recorder()
+        frameworks = {"openai-agents": ("agents", sys.executable)}
+        with mock.patch.object(_run, "LOOP_FRAMEWORKS", frameworks):
+            asyncio.run(_run.measureAgentLoop(setup, plan, rec, 1))
+        recorded = {
+            (figure, arm): value["0"]
+            for figure, arms in rec.samples.items()
+            if figure.startswith("loop_")
+            for arm, value in arms.items()
+        }
+        orchestrators = {
+            (f"loop_{t}", arm) for t in ("stdio", "http") for arm in ("ai-agent", "openai-agents")
+        }
+        self.assertEqual(
+            set(recorded),
+            orchestrators
+            | {("loop_mcp", "stdio"), ("loop_mcp", "http"), ("loop_direct", "direct")},
+        )
+        for key, value in recorded.items():
+            self.assertEqual((value["bad"], len(value["ms"])), (0, 2), key)
+        for key in orchestrators:
+            self.assertGreater(recorded[key]["cpuS"], 0, key)
+        self.assertEqual(rec.samples["loopTurns"], 5)
