@@ -921,13 +921,19 @@ class SdkClient:
             await self.process.wait()
 
 
-async def startMcpHttp(setup: Setup) -> tuple[Proc, str]:
+async def startMcpHttp(setup: Setup, name: str = "mcp-http") -> tuple[Proc, str]:
     """
     The bench's MCP server over Streamable HTTP (uvicorn, one process),
-    pinned to the upstream's CPU; return it and its URL.
+    pinned to the upstream's CPU, its output in C{name}.log; return it and
+    its URL (its port read from what it writes to that log: a log reused by
+    an earlier server names that server's port before).
     """
+    try:
+        before = os.path.getsize(os.path.join(setup.directory, f"{name}.log"))
+    except OSError:
+        before = 0
     proc = spawn(
-        "mcp-http",
+        name,
         [sys.executable, MCP_SERVER, "--http"],
         str(MCP_CPU),
         setup.directory,
@@ -935,7 +941,7 @@ async def startMcpHttp(setup: Setup) -> tuple[Proc, str]:
         0,
     )
     for _ in range(3000):
-        for line in _read(proc.log).splitlines():
+        for line in _read(proc.log)[before:].splitlines():
             if line.startswith("PORT "):
                 proc.port = int(line.split()[1])
                 return proc, f"http://127.0.0.1:{proc.port}/mcp"
@@ -1105,7 +1111,7 @@ async def measureAgentLoop(setup: Setup, plan: Plan, rec: Recorder, rounds: int)
     rounds, each arm once per round in a random order.
     """
     count = plan.loopRuns
-    mcpHttp, url = await startMcpHttp(setup)
+    mcpHttp, url = await startMcpHttp(setup, "mcp-http-loop")
     procs: list[Proc] = [mcpHttp]
     drivers: list[SdkClient] = []
     try:

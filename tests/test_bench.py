@@ -1517,3 +1517,24 @@ class AgentLoopMeasureTests(SynchronousTestCase):
         for key in orchestrators:
             self.assertGreater(recorded[key]["cpuS"], 0, key)
         self.assertEqual(rec.samples["loopTurns"], 5)
+
+    def test_mcpHttpServersApart(self) -> None:
+        """
+        Two MCP servers over Streamable HTTP started one after the other in
+        one working directory (the tool arms', then the agent loop's) each
+        answer with their own port, read from what each wrote to the log
+        (the second one once read the first one's port there).
+        """
+        setup = _run.Setup.create(0)
+        self.addCleanup(shutil.rmtree, setup.directory, True)
+
+        async def main() -> list[str]:
+            urls = []
+            for _ in range(2):
+                proc, url = await _run.startMcpHttp(setup)
+                self.addCleanup(proc.stop)
+                urls.append(url)
+            return urls
+
+        first, second = asyncio.run(main())
+        self.assertNotEqual(first, second)
