@@ -15,6 +15,8 @@ from typing import Any
 from bench._stats import addedPerRound, median, percentile, ratio, summarize
 
 DIRECT, OURS, LITE = "direct", "ai-agent", "litellm"
+#: This server on stock Twisted (C{--stock-twisted}), in the same rounds.
+STOCK = "ai-agent-stock"
 NOTES_BEGIN, NOTES_END = "<!-- notes:begin -->", "<!-- notes:end -->"
 
 #: The latency figures (per-request samples in milliseconds, per round and
@@ -85,7 +87,7 @@ def figures(samples: dict[str, Any]) -> dict[str, Any]:
     The headline figures of a run: medians over rounds, ratios, checks.
     """
     out: dict[str, Any] = {}
-    arms = [arm for arm in (OURS, LITE) if arm in samples.get("latency_c1", {})]
+    arms = [arm for arm in (OURS, STOCK, LITE) if arm in samples.get("latency_c1", {})]
     for figure, _, _ in LATENCY_FIGURES:
         if figure not in samples:
             continue
@@ -108,23 +110,24 @@ def figures(samples: dict[str, Any]) -> dict[str, Any]:
     # The other headends, against the upstream's own (chat) figure of the
     # same round, and as a ratio to Chat Completions' added figure.
     for figure, baseline, _ in HEADEND_FIGURES:
-        values = _rounds(samples, figure, OURS)
-        if not values:
-            continue
-        direct = _rounds(samples, baseline, DIRECT)
-        for q in (50, 99):
-            added = addedPerRound(values, direct, q)
-            if added:
-                out[f"{figure}.added_p{q}.{OURS}"] = summarize(added).asDict()
-        out[f"{figure}.p50.{OURS}"] = median([percentile(v, 50) for v in values.values()])
-        out[f"{figure}.p99.{OURS}"] = median([percentile(v, 99) for v in values.values()])
-        out[f"{figure}.bad.{OURS}"] = sum(
-            value.get("bad", 0) for value in samples[figure][OURS].values()
-        )
-        ours = _value(out, f"{figure}.added_p50.{OURS}")
-        chat = _value(out, f"{baseline}.added_p50.{OURS}")
-        if ours is not None and chat is not None:
-            out[f"{figure}.vsChat.{OURS}"] = ratio(ours, chat)
+        for server in (OURS, STOCK):
+            values = _rounds(samples, figure, server)
+            if not values:
+                continue
+            direct = _rounds(samples, baseline, DIRECT)
+            for q in (50, 99):
+                added = addedPerRound(values, direct, q)
+                if added:
+                    out[f"{figure}.added_p{q}.{server}"] = summarize(added).asDict()
+            out[f"{figure}.p50.{server}"] = median([percentile(v, 50) for v in values.values()])
+            out[f"{figure}.p99.{server}"] = median([percentile(v, 99) for v in values.values()])
+            out[f"{figure}.bad.{server}"] = sum(
+                value.get("bad", 0) for value in samples[figure][server].values()
+            )
+            ours = _value(out, f"{figure}.added_p50.{server}")
+            chat = _value(out, f"{baseline}.added_p50.{server}")
+            if ours is not None and chat is not None:
+                out[f"{figure}.vsChat.{server}"] = ratio(ours, chat)
     # The client-tool round trip per request: each request's added p50
     # (against the same request sent directly, in the same round), the two
     # requests' mean.
@@ -490,6 +493,223 @@ def toolLines(samples: dict[str, Any]) -> list[str]:
     return lines
 
 
+def stockLines(f: dict[str, Any]) -> list[str]:
+    """
+    The stock-Twisted table: the core figures of this server with the speed
+    layer (the default) and with C{--stock-twisted}, measured in the same
+    interleaved rounds (nothing when the stock server was not measured).
+    """
+    if f"latency_c1.p50.{STOCK}" not in f:
+        return []
+    lines = [
+        "## On stock Twisted",
+        "",
+        "The same server started with `--stock-twisted` (the speed layer off: Twisted's own",
+        "`Request.write` and request processing, Klein's routing, treq on Twisted's `Agent`),",
+        "measured in the same rounds as the default, in a random order with the other arms.",
+        "Milliseconds unless marked; medians over rounds with the interquartile range.",
+        "",
+        "| figure | speed layer (default) | stock Twisted | stock / speed layer |",
+        "| --- | --- | --- | --- |",
+    ]
+
+    def row(label: str, key: str, digits: int = 3) -> None:
+        fast, stock = f.get(f"{key}.{OURS}"), f.get(f"{key}.{STOCK}")
+        a, b = _value(f, f"{key}.{OURS}"), _value(f, f"{key}.{STOCK}")
+        share = "n/a" if a is None or b is None or a <= 0 else f"{b / a:.2f}×"
+        lines.append(f"| {label} | {_fmt(fast, digits)} | {_fmt(stock, digits)} | {share} |")
+
+    row("added latency p50, non-streamed, c=1", "latency_c1.added_p50")
+    row("added latency p99, non-streamed, c=1", "latency_c1.added_p99")
+    row("added latency p50, non-streamed, c=16", "latency_c16.added_p50")
+    row("time to first token, added p50, c=1", "ttft_c1.added_p50")
+    row("client-tool round trip, added p50", "tools_c1.added_p50")
+    row("requests/s (c=32, one core)", "rps", 0)
+    row("server CPU per request, µs", "rps.cpuPerRequestUs", 0)
+    row("requests/s per core (1 / CPU per request)", "rps.perCore", 0)
+    row("relayed tokens/s", "tokens", 0)
+    for figure, _, label in HEADEND_FIGURES:
+        if f"{figure}.added_p50.{STOCK}" in f:
+            row(f"{label}: added p50", f"{figure}.added_p50")
+    bad = sum(
+        value
+        for key, value in f.items()
+        if key.endswith(f".bad.{STOCK}") and isinstance(value, int)
+    )
+    lines += ["", f"Failed or wrong answers on stock Twisted: {bad}.", ""]
+    return lines
+
+
+#: The agent loop's orchestrators, in the order they are reported.
+LOOP_ARMS = ((OURS, "ai-agent"), ("openai-agents", "OpenAI Agents SDK"), ("langgraph", "LangGraph"))
+
+
+def agentLoopFigures(samples: dict[str, Any]) -> dict[str, Any]:
+    """
+    The agent loop: per MCP transport and orchestrator, the run's p50 and
+    p99, the latency it adds per turn and the CPU its process uses per turn,
+    and this server's ratios to each framework.
+
+    Added per turn, per round: (the run's p50 − the p50 of the run's
+    upstream calls made directly one after the other − turns × the p50 per
+    call of a minimal MCP client without SDK) / turns.  CPU per turn, per round: the
+    orchestrating process's CPU over the round's runs / (runs answered
+    right × turns).  Each reported as the median over rounds.
+    """
+    out: dict[str, Any] = {}
+    turns = int(samples.get("loopTurns", 5))
+    direct = _rounds(samples, "loop_direct", DIRECT)
+    if direct:
+        out["loop.direct.p50"] = _p(direct, 50)
+    for transport, _ in MCP_TRANSPORTS:
+        mcp = _rounds(samples, "loop_mcp", transport)
+        if mcp:
+            out[f"loop.mcp.p50.{transport}"] = _p(mcp, 50)
+        perArm = samples.get(f"loop_{transport}", {})
+        for arm, _ in LOOP_ARMS:
+            run = _rounds(samples, f"loop_{transport}", arm)
+            if not run:
+                continue
+            key = f"{transport}.{arm}"
+            out[f"loop.run.p50.{key}"] = _p(run, 50)
+            out[f"loop.run.p99.{key}"] = _p(run, 99)
+            out[f"loop.bad.{key}"] = sum(v.get("bad", 0) for v in perArm[arm].values())
+            added = [
+                (
+                    percentile(run[r], 50)
+                    - percentile(direct[r], 50)
+                    - turns * percentile(mcp[r], 50)
+                )
+                / turns
+                for r in sorted(run)
+                if direct.get(r) and mcp.get(r)
+            ]
+            if added:
+                out[f"loop.addedPerTurn.{key}"] = summarize(added).asDict()
+            cpu = [
+                v["cpuS"] * 1000 / (len(v["ms"]) * turns)
+                for v in perArm[arm].values()
+                if v.get("ms") and "cpuS" in v
+            ]
+            if cpu:
+                out[f"loop.cpuPerTurn.{key}"] = summarize(cpu).asDict()
+        for arm, _ in LOOP_ARMS[1:]:
+            for measure in ("addedPerTurn", "cpuPerTurn"):
+                ours = _value(out, f"loop.{measure}.{transport}.{OURS}")
+                theirs = _value(out, f"loop.{measure}.{transport}.{arm}")
+                if ours is not None and theirs is not None:
+                    out[f"loop.vs.{measure}.{transport}.{arm}"] = ratio(ours, theirs)
+    return out
+
+
+def agentLoopLines(samples: dict[str, Any]) -> list[str]:
+    """
+    The agent-loop section (nothing when not measured).
+    """
+    f = agentLoopFigures(samples)
+    if not any(key.startswith("loop.run.") for key in f):
+        return []
+    turns = int(samples.get("loopTurns", 5))
+    versions = samples.get("loopVersions", {})
+    lines = [
+        "## The agent loop against the SDKs",
+        "",
+        f"One run of {turns} turns, each calling the bench's MCP tool (`echo`, over stdio or",
+        "Streamable HTTP), then the answer: driven by this server (a streamed request from the",
+        "load client), by the OpenAI Agents SDK and by LangGraph's prebuilt ReAct agent (each in",
+        "its own process pinned to the server's CPU), against the same upstream and the same MCP",
+        "server. Milliseconds, medians over rounds with the interquartile range. *Added per",
+        f"turn*: (run p50 − its {turns + 1} upstream calls made directly"
+        f" ({_fmt(f.get('loop.direct.p50'), 3)} p50) − {turns} × the MCP server's p50 per"
+        f" call, from a minimal client) / {turns}; *CPU per turn*: the orchestrating"
+        f" process's CPU over the runs / (runs × {turns}). Ratio: ai-agent's figure over"
+        " the framework's (goal ≤ 0.5).",
+        "",
+        "| MCP transport | orchestrator | run p50 / p99 | added per turn | CPU per turn"
+        " | ai-agent's ratio, added / CPU | failed or wrong |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for transport, name in MCP_TRANSPORTS:
+        for arm, label in LOOP_ARMS:
+            key = f"{transport}.{arm}"
+            if f"loop.run.p50.{key}" not in f:
+                continue
+            ratios = "—"
+            if arm != OURS:
+                ratios = " / ".join(
+                    "n/a" if (v := f.get(f"loop.vs.{m}.{key}")) is None else f"{v:.2f}×"
+                    for m in ("addedPerTurn", "cpuPerTurn")
+                )
+            cells = [
+                name,
+                label,
+                _fmt(f.get(f"loop.run.p50.{key}"), 2)
+                + " / "
+                + _fmt(f.get(f"loop.run.p99.{key}"), 2),
+                _fmt(f.get(f"loop.addedPerTurn.{key}"), 3),
+                _fmt(f.get(f"loop.cpuPerTurn.{key}"), 3),
+                ratios,
+                str(f.get(f"loop.bad.{key}", 0)),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    mcp = ", ".join(
+        f"{name} {_fmt(f.get(f'loop.mcp.p50.{t}'), 3)}"
+        for t, name in MCP_TRANSPORTS
+        if f"loop.mcp.p50.{t}" in f
+    )
+    if mcp:
+        lines += [
+            f"The MCP server's p50 per call from a minimal client without SDK (the baseline"
+            f" subtracted): {mcp}.",
+            "",
+        ]
+    if versions:
+        lines += [
+            "Versions: " + "; ".join(f"{arm}: {text}" for arm, text in versions.items()) + ".",
+            "",
+        ]
+    return lines
+
+
+def agentLoopPlot(samples: dict[str, Any], imgDir: str) -> list[tuple[str, str]]:
+    """
+    One PNG for the agent loop: added latency and CPU per turn, by MCP
+    transport and orchestrator (nothing when not measured).
+    """
+    f = agentLoopFigures(samples)
+    arms = [
+        (arm, label)
+        for arm, label in LOOP_ARMS
+        if any(f"loop.run.p50.{t}.{arm}" in f for t, _ in MCP_TRANSPORTS)
+    ]
+    if not arms:
+        return []
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    width = 0.8 / len(arms)
+    positions = range(len(MCP_TRANSPORTS))
+    for ax, (measure, title) in zip(
+        axes,
+        (("addedPerTurn", "latency added per turn"), ("cpuPerTurn", "orchestrator CPU per turn")),
+        strict=True,
+    ):
+        for i, (arm, label) in enumerate(arms):
+            values = [_value(f, f"loop.{measure}.{t}.{arm}") or 0 for t, _ in MCP_TRANSPORTS]
+            offset = (i - (len(arms) - 1) / 2) * width
+            bars = ax.bar([p + offset for p in positions], values, width=width, label=label)
+            ax.bar_label(bars, fmt="%.2f")
+        ax.set_xticks(list(positions), [name for _, name in MCP_TRANSPORTS])
+        ax.set_ylabel("ms per turn (median of rounds)")
+        ax.set_title(f"Agent loop: {title}")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(imgDir, "perf-agentloop.png"), dpi=100)
+    plt.close(fig)
+    return [("perf-agentloop.png", "The agent loop: this server against the SDKs, per turn")]
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "n/a"
@@ -672,6 +892,27 @@ def targetsTable(samples: dict[str, Any], f: dict[str, Any]) -> list[tuple[str, 
             f" {_fmt(_value(tools, 'subagent.cost'), 3)} ms end to end",
             True,
         )
+    loop = agentLoopFigures(samples)
+    loopRatios = [
+        (
+            f"{name} vs {label}",
+            loop.get(f"loop.vs.addedPerTurn.{t}.{arm}"),
+            loop.get(f"loop.vs.cpuPerTurn.{t}.{arm}"),
+        )
+        for t, name in MCP_TRANSPORTS
+        for arm, label in LOOP_ARMS[1:]
+        if f"loop.run.p50.{t}.{arm}" in loop
+    ]
+    if loopRatios:
+        row(
+            "agent loop (5 MCP tool turns): ai-agent's added latency / CPU per turn over the SDKs'",
+            "≤ 0.5×",
+            "; ".join(f"{what} {_fmt(added)}× / {_fmt(cpu)}×" for what, added, cpu in loopRatios),
+            all(
+                added is not None and cpu is not None and added <= 0.5 and cpu <= 0.5
+                for _, added, cpu in loopRatios
+            ),
+        )
     return rows
 
 
@@ -689,7 +930,7 @@ def latencyCurves(samples: dict[str, Any]) -> list[tuple[str, str, dict[str, lis
     The latency CDFs to draw: (figure, title, every sample of every round
     by arm) for each latency figure measured.
     """
-    arms = [arm for arm in (DIRECT, OURS, LITE) if arm in samples.get("latency_c1", {})]
+    arms = [arm for arm in (DIRECT, OURS, STOCK, LITE) if arm in samples.get("latency_c1", {})]
     curves = []
     for figure, _, title in LATENCY_FIGURES:
         perArm = {
@@ -713,7 +954,7 @@ def plots(samples: dict[str, Any], f: dict[str, Any], imgDir: str) -> list[tuple
 
     os.makedirs(imgDir, exist_ok=True)
     made: list[tuple[str, str]] = []
-    arms = [arm for arm in (DIRECT, OURS, LITE) if arm in samples.get("latency_c1", {})]
+    arms = [arm for arm in (DIRECT, OURS, STOCK, LITE) if arm in samples.get("latency_c1", {})]
     for figure, title, perArm in latencyCurves(samples):
         fig, ax = plt.subplots(figsize=(7, 4))
         for arm, values in perArm.items():
@@ -737,7 +978,8 @@ def plots(samples: dict[str, Any], f: dict[str, Any], imgDir: str) -> list[tuple
     ]
     for ax, (key, label, names) in zip(axes[:2], panels, strict=True):
         values = [_value(f, f"{key}.{arm}") or 0 for arm in names]
-        bars = ax.bar(names, values, color=["#888", "#2a7", "#c63"][: len(names)])
+        colors = {DIRECT: "#888", OURS: "#2a7", STOCK: "#7b5", LITE: "#c63"}
+        bars = ax.bar(names, values, color=[colors[name] for name in names])
         ax.bar_label(bars, fmt="%.0f")
         ax.set_title(label)
     workers = [w for w in ("1", "2") if f"workers.{w}" in f]
@@ -753,6 +995,7 @@ def plots(samples: dict[str, Any], f: dict[str, Any], imgDir: str) -> list[tuple
     plt.close(fig)
     made.append(("perf-throughput.png", "Throughput (median of rounds)"))
     made += headendToolPlot(samples, f, imgDir)
+    made += agentLoopPlot(samples, imgDir)
     return made
 
 
@@ -810,7 +1053,7 @@ def allFiguresTable(f: dict[str, Any]) -> list[str]:
     The "All figures" table: one column per arm measured, one row per
     figure (a latency figure's rows only when it was measured).
     """
-    armsPresent = [a for a in (DIRECT, OURS, LITE) if f"latency_c1.p50.{a}" in f]
+    armsPresent = [a for a in (DIRECT, OURS, STOCK, LITE) if f"latency_c1.p50.{a}" in f]
     lines = ["| figure | " + " | ".join(armsPresent) + " |"]
     lines += ["| --- |" + " --- |" * len(armsPresent)]
 
@@ -919,7 +1162,7 @@ def write(samples: dict[str, Any], outDir: str) -> None:
         "round values.",
         "",
     ]
-    armsPresent = [a for a in (DIRECT, OURS, LITE) if f"latency_c1.p50.{a}" in f]
+    armsPresent = [a for a in (DIRECT, OURS, STOCK, LITE) if f"latency_c1.p50.{a}" in f]
     lines += allFiguresTable(f)
     lines.append("")
     lines += ["CPU use during the throughput windows (fraction of one core, per round):", ""]
@@ -989,8 +1232,10 @@ def write(samples: dict[str, Any], outDir: str) -> None:
             " the upstream, so on this 2-CPU machine the second worker competes with them."
         )
     lines.append("")
+    lines += stockLines(f)
     lines += headendLines(f)
     lines += toolLines(samples)
+    lines += agentLoopLines(samples)
     lines += observeLines(samples)
     lines += ["## Plots", ""]
     for name, caption in images:
@@ -1066,6 +1311,39 @@ def write(samples: dict[str, Any], outDir: str) -> None:
         "  answer. The sub-agent call is timed between its progress frames as above, and minus",
         "  the child's upstream call made directly; end to end, the run's p50 minus its three",
         "  upstream calls made directly, minus a plain run's added p50.",
+        "- The agent loop (a server of its own, `ours-loop`, on CPU 0; the MCP server on CPU 1",
+        "  as for the tool arms; in interleaved rounds, each arm once per round in a random",
+        "  order, after a warm-up round): the upstream's `/loop/v1` answers a request that offers",
+        "  tools with a call of the first one (the user's message as `text`) while its history",
+        '  holds fewer than five tool results, then with "result: " and the last result, so',
+        "  every orchestrator runs the same loop: five turns, each one MCP `echo` call, and a",
+        "  sixth upstream call for the answer. *ai-agent*: a streamed request from the load",
+        "  client to an agent whose `tools:` names the MCP server, timed to its last byte,",
+        "  counted only when the answer is exact. *OpenAI Agents SDK* and *LangGraph*:",
+        "  `bench/_agentloop.py`, in a process of its own pinned to CPU 0 like the server (the",
+        "  SDKs run in-process, so that process is the orchestrator): `Runner.run` on an `Agent`",
+        "  with `OpenAIChatCompletionsModel` and `MCPServerStdio` / `MCPServerStreamableHttp`",
+        "  (tool list cached, tracing off), or `create_react_agent` on `ChatOpenAI` with the",
+        "  tools of one MCP session held open (`load_mcp_tools`); each run timed around that",
+        "  call, counted only when the final answer is exact; retries off everywhere; the SDKs'",
+        "  model calls non-streamed (their default), ours streamed (this server always streams",
+        "  from its upstream). Baselines in the same rounds: the run's six upstream calls made",
+        "  directly, streamed, one after the other on one keep-alive connection (*direct*), and",
+        "  the MCP server's own time per call: `bench/_mcpraw.py`, a minimal client without SDK",
+        "  pinned to CPU 0 (one JSON-RPC line written and one read over stdio; one POST on a",
+        "  keep-alive `http.client` connection over Streamable HTTP), calling `echo` one call",
+        "  after the other on one session. *Added per turn* = (the arm's run p50 − the direct",
+        "  sequence's p50 − 5 × the minimal client's p50 per call) / 5, per round, median over",
+        "  rounds: what the orchestrator adds to each turn beyond the model's and the tool's own",
+        "  time, its MCP client included. *CPU per turn* = the orchestrating",
+        "  process's user + system CPU (`/proc/PID/stat`, that process alone: not the stdio MCP",
+        "  server it starts) over the round's runs / (runs × 5). This server's figure includes",
+        "  parsing the client's request and streaming the answer back, which the in-process",
+        "  SDKs do not pay.",
+        "- Stock Twisted: a second server, `ours-stock`, started with `--stock-twisted`, runs",
+        "  beside the default one through the core rounds (latency, TTFT, the client-tool round",
+        "  trip, requests/s, tokens/s, the headends, cancellation), each its own arm in the same",
+        "  random order per round, on the same CPU 0 (one measured at a time).",
         "- Requests/s: 32 closed-loop keep-alive connections, non-streamed, for the window; only",
         "  correct answers count. Tokens/s: 8 streams at a time, each the 401 word-tokens of the",
         "  echo; a stream counts only when every content frame arrived once, in order, unmerged,",

