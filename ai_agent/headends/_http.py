@@ -271,14 +271,50 @@ class GuardedRequest(Request):
     cap while streaming in is refused when it crosses it.
     """
 
+    # A request's attributes fit the table of names its class's instances
+    # share (a held stream's request keeps 0.3 KiB of values instead of a
+    # 1.5 KiB dictionary of its own) only if every name is in that table.
+    # CPython 3.11 adds a name to it only while there is room, and takes
+    # one place from the room at each instance made: after the first few
+    # requests a name no request has set yet gets an instance its own
+    # dictionary.  So this class's own attributes, and three of Request's,
+    # are slots (out of the table); the others number 27, under the 29 a
+    # class's table holds; and a stream's two names (Request's
+    # registerProducer) are set on every request, so that they are in the
+    # table before the first stream.  The census is in docs/performance.md.
+    __slots__ = (
+        "principal",
+        "_refusal",
+        "_received",
+        "_answered",
+        "_canonical",
+        "code",
+        "code_message",
+        "finished",
+    )
+
     #: Whose key this request carries (L{IMPLICIT} on a server without
     #: keys), set as its head arrives; L{None} without a valid key on a path
     #: that needs none.  Read it with L{principalOf}.
-    principal: Principal | None = None
-    _refusal: AgentError | None = None
-    _received: int = 0
-    _answered: bool = False
-    _canonical: tuple[bytes, bytes] | None = None
+    principal: Principal | None
+    _refusal: AgentError | None
+    _received: int
+    _answered: bool
+    _canonical: tuple[bytes, bytes] | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.principal = None
+        self._refusal = None
+        self._received = 0
+        self._answered = False
+        self._canonical = None
+        # Request's class defaults.
+        self.code = Request.code
+        self.code_message = Request.code_message
+        self.finished = Request.finished
+        super().__init__(*args, **kwargs)
+        self.streamingProducer = False
+        self.producer = None
 
     @property
     def policy(self) -> HTTPPolicy:
