@@ -214,6 +214,22 @@ class RequestDictionaryTests(SynchronousTestCase):
         held.registerProducer(_Producer(), True)
         return sys.getsizeof(vars(held)), sys.getsizeof(vars(other))
 
+    def _channelSizes(self, layer: SpeedLayer) -> tuple[int, int]:
+        site = layer.site(layer.router(_Probe().app), HTTPPolicy(), openaiErrors, reactor=Clock())
+        prototype = site.newChannel()
+        fresh = type("Fresh", (type(prototype),), {})
+        arguments = [prototype.writes] if isinstance(prototype, EagerChannel) else []
+        site.newChannel = lambda: fresh(*arguments)
+        channels = []
+        for _ in range(60):
+            channel = site.buildProtocol(None)
+            channel.makeConnection(StringTransport())
+            channel.dataReceived(b"POST /ok HTTP/1.1\r\nContent-Length: 1\r\n\r\nx")
+            channels.append(channel._channel)
+        held, other = channels[-2:]
+        held.registerProducer(_Producer(), True)
+        return sys.getsizeof(vars(held)), sys.getsizeof(vars(other))
+
     def test_streamAfterManyRequests(self) -> None:
         """
         After many whole answers, a request that starts streaming (registers
@@ -222,6 +238,16 @@ class RequestDictionaryTests(SynchronousTestCase):
         """
         for layer in (StockTwisted(), EagerTwisted()):
             held, other = self._sizes(layer)
+            self.assertEqual(held, other, layer)
+
+    def test_channelAfterManyConnections(self) -> None:
+        """
+        After many connections, a channel whose request streams (its
+        producer registered) has a dictionary no larger than one whose
+        request did not.  Both layers.
+        """
+        for layer in (StockTwisted(), EagerTwisted()):
+            held, other = self._channelSizes(layer)
             self.assertEqual(held, other, layer)
 
 

@@ -634,18 +634,36 @@ class GuardedChannel(http.HTTPChannel):
     sweeps out cancelled calls.
     """
 
-    _deadline: IDelayedCall | None = None
+    # Slots, and the names Twisted's channel sets late set at once, for the
+    # reason given on GuardedRequest: a held stream's channel then keeps
+    # its attributes in its class's shared table of names.
+    __slots__ = ("_deadline", "_requestBegun", "_lingerCall", "_droppingInput")
+
+    _deadline: IDelayedCall | None
     #: Whether a request's first bytes came in and it is not complete yet.
-    _requestBegun: bool = False
-    _lingerCall: IDelayedCall | None = None
+    _requestBegun: bool
+    _lingerCall: IDelayedCall | None
     #: Whether what the client sends is dropped unread (after a refusal
     #: answered before the request was read; the connection is closing).
-    _droppingInput: bool = False
+    _droppingInput: bool
     #: The request line's target and method, which Twisted's L{HTTPChannel}
     #: sets once that line is in and deletes after the head (L{None} in
     #: between: this class's default).
     _path: bytes | None = None
     _command: bytes | None = None
+
+    def __init__(self) -> None:
+        self._deadline = None
+        self._requestBegun = False
+        self._lingerCall = None
+        self._droppingInput = False
+        super().__init__()
+        # Set later by HTTPChannel (a body read, a stream's producer): the
+        # defaults of its class and of LineReceiver.
+        self.line_mode = 1
+        self._savedTimeOut = None
+        self._requestProducer = None
+        self._requestProducerStreaming = None
 
     def dropInput(self) -> None:
         """
@@ -791,15 +809,17 @@ class EagerChannel(GuardedChannel):
     through the L{EagerWrites} it shares with the upstream client.
     """
 
+    __slots__ = ("writes", "_host", "_peer", "_head")
+
     def __init__(self, writes: EagerWrites) -> None:
+        self._host: Any = None
+        self._peer: Any = None
+        self._head: bytes | None = None
         super().__init__()
         self.writes = writes
 
     def sendQueuedNow(self) -> None:
         self.writes.flushNow(self.transport)
-
-    _host: Any = None
-    _peer: Any = None
 
     def getHost(self) -> Any:
         # Each request asks (twisted.web's Request keeps both addresses);
@@ -813,8 +833,6 @@ class EagerChannel(GuardedChannel):
         if self._peer is None:
             self._peer = super().getPeer()
         return self._peer
-
-    _head: bytes | None = None
 
     # A response with a length (an answer or an error, not a stream) goes
     # out in one send, now: its head waits for the first bytes of its body
