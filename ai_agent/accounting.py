@@ -19,13 +19,14 @@ import json
 from typing import Mapping, Sequence
 
 import attrs
-from twisted.logger import Logger
 
 from ai_agent.config import Pricing
 from ai_agent.events import Usage
+from ai_agent.observe import DebugLogger
 from ai_agent.providers._base import ChatMessage, DeltaSink, ToolSpec
 
-log = Logger()
+#: Its debug line (one per LLM call) costs nothing when debug is not written.
+log = DebugLogger()
 
 _MILLION = 1_000_000
 

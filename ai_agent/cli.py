@@ -34,7 +34,7 @@ from ai_agent.events import (
     ReasoningDelta,
     ReasoningText,
 )
-from ai_agent.observe import MULTIPROC_DIR, jsonFileLogObserver
+from ai_agent.observe import MULTIPROC_DIR, jsonFileLogObserver, writeDebug
 from ai_agent.providers import ChatMessage
 from ai_agent.request import RunRequest
 from ai_agent.startup import WORKER_VARIABLE, StartupError, embeddedModels, textObserver
@@ -239,6 +239,7 @@ def _startLogging(options: Options, stderr: TextIO) -> LogLevelFilterPredicate:
     else:
         level = LogLevel.warn
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    writeDebug(level)
     worker = None
     if options["worker-fds"] is not None:
         worker = os.environ.get(WORKER_VARIABLE, "?")

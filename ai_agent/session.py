@@ -79,7 +79,7 @@ from ai_agent.routing import (
     routerInstructions,
     routerToolSpec,
 )
-from ai_agent.templating import HostFacts, promptVariables, substituteVariables
+from ai_agent.templating import HostFacts, PromptVariables, substituteVariables
 from ai_agent.tools._toolbox import AgentToolBox
 from ai_agent.tools.output import (
     EXTRACTION_MAX_TOKENS,
@@ -287,9 +287,9 @@ class SessionRunner:
     def promptVariables(self, agent: AgentSpec, subAgent: bool = False) -> Mapping[str, str]:
         """
         The values of the prompt variables for a run of C{agent} starting
-        now (the reactor's time).
+        now (the reactor's time), made when first looked up.
         """
-        return promptVariables(
+        return PromptVariables(
             self.reactor.seconds(),
             self.host,
             agent.maxTurns,

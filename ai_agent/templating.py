@@ -23,7 +23,7 @@ import os
 import platform
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -223,18 +223,49 @@ def formatDescription(outputFormat: str, subAgent: bool = False) -> str:
     return FORMAT_DESCRIPTIONS.get(outputFormat, FORMAT_DESCRIPTIONS["markdown"])
 
 
-def promptVariables(
+class PromptVariables(Mapping[str, str]):
+    """
+    The built-in variables of a run started at C{now} (seconds since the
+    epoch, from the session's reactor), made on the first look-up: a
+    prompt without a variable reference never asks, so its runs do not
+    format the date.
+    """
+
+    def __init__(
+        self,
+        now: float,
+        host: HostFacts,
+        maxTurns: int,
+        maxTools: int,
+        outputFormat: str,
+        subAgent: bool = False,
+    ) -> None:
+        self._arguments = (now, host, maxTurns, maxTools, outputFormat, subAgent)
+        self._values: dict[str, str] | None = None
+
+    def _made(self) -> dict[str, str]:
+        if self._values is None:
+            self._values = _variables(*self._arguments)
+        return self._values
+
+    def __getitem__(self, name: str) -> str:
+        return self._made()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._made())
+
+    def __len__(self) -> int:
+        return len(self._made())
+
+
+def _variables(
     now: float,
     host: HostFacts,
     maxTurns: int,
     maxTools: int,
     outputFormat: str,
-    subAgent: bool = False,
-) -> Mapping[str, str]:
-    """
-    The built-in variables of a run started at C{now} (seconds since the
-    epoch, from the session's reactor).
-    """
+    subAgent: bool,
+) -> dict[str, str]:
     moment = datetime.fromtimestamp(now, host.zone)
     return {
         "DATETIME": moment.isoformat(timespec="seconds"),
@@ -251,6 +282,10 @@ def promptVariables(
         "MAX_TOOLS": str(maxTools),
         "FORMAT": formatDescription(outputFormat, subAgent),
     }
+
+
+#: The built-in variables of a run (L{PromptVariables}).
+promptVariables = PromptVariables
 
 
 def substituteVariables(text: str, variables: Mapping[str, str]) -> str:
@@ -273,6 +308,7 @@ __all__ = [
     "MAX_INCLUDE_DEPTH",
     "SUBAGENT_FORMAT",
     "HostFacts",
+    "PromptVariables",
     "formatDescription",
     "promptVariables",
     "resolveIncludes",

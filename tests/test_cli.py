@@ -5,12 +5,17 @@ real fake upstream.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+from typing import Any
 
 from twisted.internet import reactor
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from ai_agent import cli
+from ai_agent.observe import DebugLogger
 from ai_agent.testing import Reply, startFakeUpstream
 from tests._harness import SENTINEL_KEY, writeAgent
 from tests._process import childEnvironment, command, run
@@ -185,6 +190,53 @@ class DirectModeTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn(b"LOCAL_KEY", err)
         self.assertEqual(self.upstream.requests, [])
+
+
+class _Beginner:
+    """
+    Stands for twisted.logger's global beginner: keeps the observers it is
+    given instead of starting the process's logging.
+    """
+
+    def __init__(self) -> None:
+        self.observers: list[Any] = []
+
+    def beginLoggingTo(self, observers: list[Any], **kwargs: Any) -> None:
+        self.observers.extend(observers)
+
+
+class LogLevelTests(SynchronousTestCase):
+    """
+    The level the CLI logs at decides whether debug events are made at all
+    (L{ai_agent.observe.DebugLogger}).
+    """
+
+    def _start(self, *arguments: str) -> LogLevel:
+        self.addCleanup(setattr, DebugLogger, "written", DebugLogger.written)
+        self.patch(cli, "globalLogBeginner", _Beginner())
+        directory = self.mktemp()
+        os.makedirs(directory)
+        agent = writeAgent(directory, "a.ai")
+        options = cli.Options()
+        options.parseOptions(["--agent", agent, *arguments])
+        predicate = cli._startLogging(options, io.StringIO())
+        return predicate.defaultLogLevel
+
+    def test_serverMakesNoDebugEvents(self) -> None:
+        """
+        A server logs at info: its debug events are not made.
+        """
+        DebugLogger.written = True
+        self.assertEqual(self._start("--openai-completions", "0"), LogLevel.info)
+        self.assertFalse(DebugLogger.written)
+
+    def test_quietMakesNoDebugEvents(self) -> None:
+        """
+        C{--quiet} logs errors only: no debug events either.
+        """
+        DebugLogger.written = True
+        self.assertEqual(self._start("--openai-completions", "0", "--quiet"), LogLevel.error)
+        self.assertFalse(DebugLogger.written)
 
 
 class VersionTests(SynchronousTestCase):

@@ -16,7 +16,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
@@ -28,11 +34,13 @@ from ai_agent.events import Usage
 from ai_agent.headends._http import APIKeys, HTTPPolicy
 from ai_agent.observe import (
     NULL_OBSERVER,
+    DebugLogger,
     Metrics,
     Observability,
     Tracing,
     eventAsJSON,
     tracingWanted,
+    writeDebug,
 )
 from ai_agent.tap import ServerOptions, makeObserver
 from ai_agent.testing import Reply, startFakeUpstream
@@ -484,6 +492,67 @@ class JSONLogTests(SynchronousTestCase):
         self.assertIn("chatcmpl-1 for agent agent stop", record["message"])
         self.assertIn("trace " + "ab" * 16, record["message"])
         self.assertFalse([key for key in record if key.startswith(("_", "log_"))])
+
+
+class DebugLoggerTests(SynchronousTestCase):
+    """
+    L{DebugLogger}: a debug event is made only when the process writes
+    debug events (L{writeDebug}, called by the CLI with the level it chose).
+    """
+
+    def setUp(self) -> None:
+        self.addCleanup(setattr, DebugLogger, "written", DebugLogger.written)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def _accountingEvents(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("log_namespace") == "ai_agent.accounting"]
+
+    def test_debugOffMakesNoEvent(self) -> None:
+        """
+        Logging at info: an upstream call's debug line reaches no observer at
+        all (not even one that sees every level, so it was never made), while
+        the run's info line still does.
+        """
+        writeDebug(LogLevel.info)
+        account = RunAccount("agent", 10.0, labels=RunLabels("chatcmpl-1"))
+        account.record("fake/test-model", Usage(3, 4), 0.5)
+        account.finish("stop", 11.25)
+        self.assertEqual([e["log_level"] for e in self._accountingEvents()], [LogLevel.info])
+
+    def test_debugOnWritesIt(self) -> None:
+        """
+        Logging at debug: the call's debug line is made and written, with its
+        fields, by a text observer filtering at debug.
+        """
+        writeDebug(LogLevel.debug)
+        lines: list[str] = []
+        observer = FilteringLogObserver(
+            lambda event: lines.append(formatEvent(event)),
+            [LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug)],
+        )
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        RunAccount("agent", 10.0).record("fake/test-model", Usage(3, 4), 0.5)
+        [event] = self._accountingEvents()
+        self.assertEqual(event["log_level"], LogLevel.debug)
+        self.assertEqual(
+            lines, ["agent agent: fake/test-model call answered in 0.500s, 3+4 tokens"]
+        )
+
+    def test_otherLevelsUntouched(self) -> None:
+        """
+        With debug off, a L{DebugLogger}'s other levels are emitted as a
+        L{Logger}'s are; and it keeps the namespace of the module that made it.
+        """
+        writeDebug(LogLevel.warn)
+        log = DebugLogger()
+        log.debug("dropped")
+        log.info("kept {n}", n=1)
+        log.warn("kept {n}", n=2)
+        mine = [e for e in self.events if e.get("log_namespace") == __name__]
+        self.assertEqual([formatEvent(e) for e in mine], ["kept 1", "kept 2"])
 
 
 class JSONLogMessageTests(SynchronousTestCase):

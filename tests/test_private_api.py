@@ -235,3 +235,42 @@ class TwistedPrivateAPITests(SynchronousTestCase):
         request.write(b"abc")
         request.finish()
         self.assertTrue(channel.transport.written.getvalue().endswith(b"ABC!"))
+
+    def test_channelLateNames(self) -> None:
+        """
+        The names L{GuardedChannel} sets when it is made, so that they are in
+        its class's shared table of names before a stream sets them (see its
+        slots): L{http.HTTPChannel}'s class defaults C{_savedTimeOut},
+        C{_requestProducer} and C{_requestProducerStreaming}, L{None} each,
+        and the C{line_mode} of its line receiver, 1; and the request's
+        producer pair, C{producer} and C{streamingProducer}, which
+        C{Request.registerProducer} sets.
+        """
+        from twisted.web.test.requesthelper import DummyChannel
+
+        self.assertEqual(
+            [
+                http.HTTPChannel._savedTimeOut,
+                http.HTTPChannel._requestProducer,
+                http.HTTPChannel._requestProducerStreaming,
+            ],
+            [None, None, None],
+        )
+        self.assertEqual(http.HTTPChannel.line_mode, 1)
+
+        class Producer:
+            def pauseProducing(self) -> None:
+                pass
+
+            def resumeProducing(self) -> None:
+                pass
+
+            def stopProducing(self) -> None:
+                pass
+
+        request = http.Request(DummyChannel(), False)
+        producer = Producer()
+        request.registerProducer(producer, True)
+        self.assertEqual(
+            (vars(request)["producer"], vars(request)["streamingProducer"]), (producer, True)
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from typing import Any
 
 from treq.client import HTTPClient
@@ -178,6 +179,76 @@ def _exchange(layer: SpeedLayer, raw: bytes) -> bytes:
     protocol.makeConnection(transport)
     protocol.dataReceived(raw)
     return re.sub(rb"\r\nDate: [^\r]*", b"", transport.value())
+
+
+class _Producer:
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class RequestDictionaryTests(SynchronousTestCase):
+    """
+    A held stream's request keeps its attributes in the table of names its
+    class's instances share, not in a dictionary of its own (see
+    L{GuardedRequest}'s slots).
+    """
+
+    def _sizes(self, layer: SpeedLayer) -> tuple[int, int]:
+        # A class of its own: a table of names no other test filled.
+        site = layer.site(layer.router(_Probe().app), HTTPPolicy(), openaiErrors, reactor=Clock())
+        fresh = type("Fresh", (site.requestFactory,), {})
+        site.requestFactory = fresh
+        for _ in range(60):
+            channel = site.buildProtocol(None)
+            channel.makeConnection(StringTransport())
+            channel.dataReceived(b"POST /ok HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        # The HTTP/1.1 channel in Twisted's wrapper (tests/test_private_api.py).
+        inner = channel._channel
+        held, other = fresh(inner), fresh(inner)
+        held.registerProducer(_Producer(), True)
+        return sys.getsizeof(vars(held)), sys.getsizeof(vars(other))
+
+    def _channelSizes(self, layer: SpeedLayer) -> tuple[int, int]:
+        site = layer.site(layer.router(_Probe().app), HTTPPolicy(), openaiErrors, reactor=Clock())
+        prototype = site.newChannel()
+        fresh = type("Fresh", (type(prototype),), {})
+        arguments = [prototype.writes] if isinstance(prototype, EagerChannel) else []
+        site.newChannel = lambda: fresh(*arguments)
+        channels = []
+        for _ in range(60):
+            channel = site.buildProtocol(None)
+            channel.makeConnection(StringTransport())
+            channel.dataReceived(b"POST /ok HTTP/1.1\r\nContent-Length: 1\r\n\r\nx")
+            channels.append(channel._channel)
+        held, other = channels[-2:]
+        held.registerProducer(_Producer(), True)
+        return sys.getsizeof(vars(held)), sys.getsizeof(vars(other))
+
+    def test_streamAfterManyRequests(self) -> None:
+        """
+        After many whole answers, a request that starts streaming (registers
+        its producer) has a dictionary no larger than one that does not: no
+        name it sets is new to its class's shared table.  Both layers.
+        """
+        for layer in (StockTwisted(), EagerTwisted()):
+            held, other = self._sizes(layer)
+            self.assertEqual(held, other, layer)
+
+    def test_channelAfterManyConnections(self) -> None:
+        """
+        After many connections, a channel whose request streams (its
+        producer registered) has a dictionary no larger than one whose
+        request did not.  Both layers.
+        """
+        for layer in (StockTwisted(), EagerTwisted()):
+            held, other = self._channelSizes(layer)
+            self.assertEqual(held, other, layer)
 
 
 class SameBytesTests(SynchronousTestCase):

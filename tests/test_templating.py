@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import UTC
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -329,6 +329,32 @@ class SessionVariableTests(SynchronousTestCase):
         )
         self.assertEqual(provider.requests[0].messages[1].content, "${DATETIME}")
 
+    def test_madeOnlyWhenReferenced(self) -> None:
+        """
+        A run of an agent whose prompt names no variable never makes them
+        (its host's zone is not consulted, so the date is not formatted);
+        one whose prompt does gets them made once, at the run's time.
+        """
+        zone = _CountingZone()
+        host = HostFacts("o", "a", "k", "h", "u", "/", "UTC", zone)
+        clock = Clock()
+        clock.advance(86400.0)
+        provider = ScriptedProvider(
+            name="first", replies=[LLMResponse(content="a"), LLMResponse(content="b")]
+        )
+        runner = SessionRunner({"first": provider}.__getitem__, clock, host=host)
+        request = RunRequest((ChatMessage("user", "${DATETIME} {{DAY}}"),))
+        plain = AgentSpec(path="/a.ai", name="a", prompt="Be brief.", models=("first/m",))
+        self.successResultOf(runner.run(plain, request, lambda e: None))
+        self.assertEqual(zone.consulted, 0)
+        dated = AgentSpec(path="/b.ai", name="b", prompt="${DAY} {{DATETIME}}", models=("first/m",))
+        self.successResultOf(runner.run(dated, request, lambda e: None))
+        self.assertEqual(zone.consulted, 1)
+        self.assertEqual(
+            [r.messages[0].content for r in provider.requests],
+            ["Be brief.", "Friday 1970-01-02T00:00:00+00:00"],
+        )
+
     def test_utcZone(self) -> None:
         """
         In UTC the offset is written C{+00:00}.
@@ -337,6 +363,27 @@ class SessionVariableTests(SynchronousTestCase):
         self.assertEqual(
             promptVariables(0.0, host, 1, 1, "json")["DATETIME"], "1970-01-01T00:00:00+00:00"
         )
+
+
+class _CountingZone(tzinfo):
+    """
+    UTC, counting how often a time is converted into it.
+    """
+
+    consulted = 0
+
+    def fromutc(self, moment: datetime) -> datetime:
+        self.consulted += 1
+        return moment
+
+    def utcoffset(self, moment: datetime | None) -> timedelta:
+        return timedelta(0)
+
+    def dst(self, moment: datetime | None) -> timedelta:
+        return timedelta(0)
+
+    def tzname(self, moment: datetime | None) -> str:
+        return "UTC"
 
 
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d")

@@ -271,14 +271,50 @@ class GuardedRequest(Request):
     cap while streaming in is refused when it crosses it.
     """
 
+    # A request's attributes fit the table of names its class's instances
+    # share (a held stream's request keeps 0.3 KiB of values instead of a
+    # 1.5 KiB dictionary of its own) only if every name is in that table.
+    # CPython 3.11 adds a name to it only while there is room, and takes
+    # one place from the room at each instance made: after the first few
+    # requests a name no request has set yet gets an instance its own
+    # dictionary.  So this class's own attributes, and three of Request's,
+    # are slots (out of the table); the others number 27, under the 29 a
+    # class's table holds; and a stream's two names (Request's
+    # registerProducer) are set on every request, so that they are in the
+    # table before the first stream.  The census is in docs/performance.md.
+    __slots__ = (
+        "principal",
+        "_refusal",
+        "_received",
+        "_answered",
+        "_canonical",
+        "code",
+        "code_message",
+        "finished",
+    )
+
     #: Whose key this request carries (L{IMPLICIT} on a server without
     #: keys), set as its head arrives; L{None} without a valid key on a path
     #: that needs none.  Read it with L{principalOf}.
-    principal: Principal | None = None
-    _refusal: AgentError | None = None
-    _received: int = 0
-    _answered: bool = False
-    _canonical: tuple[bytes, bytes] | None = None
+    principal: Principal | None
+    _refusal: AgentError | None
+    _received: int
+    _answered: bool
+    _canonical: tuple[bytes, bytes] | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.principal = None
+        self._refusal = None
+        self._received = 0
+        self._answered = False
+        self._canonical = None
+        # Request's class defaults.
+        self.code = Request.code
+        self.code_message = Request.code_message
+        self.finished = Request.finished
+        super().__init__(*args, **kwargs)
+        self.streamingProducer = False
+        self.producer = None
 
     @property
     def policy(self) -> HTTPPolicy:
@@ -598,18 +634,36 @@ class GuardedChannel(http.HTTPChannel):
     sweeps out cancelled calls.
     """
 
-    _deadline: IDelayedCall | None = None
+    # Slots, and the names Twisted's channel sets late set at once, for the
+    # reason given on GuardedRequest: a held stream's channel then keeps
+    # its attributes in its class's shared table of names.
+    __slots__ = ("_deadline", "_requestBegun", "_lingerCall", "_droppingInput")
+
+    _deadline: IDelayedCall | None
     #: Whether a request's first bytes came in and it is not complete yet.
-    _requestBegun: bool = False
-    _lingerCall: IDelayedCall | None = None
+    _requestBegun: bool
+    _lingerCall: IDelayedCall | None
     #: Whether what the client sends is dropped unread (after a refusal
     #: answered before the request was read; the connection is closing).
-    _droppingInput: bool = False
+    _droppingInput: bool
     #: The request line's target and method, which Twisted's L{HTTPChannel}
     #: sets once that line is in and deletes after the head (L{None} in
     #: between: this class's default).
     _path: bytes | None = None
     _command: bytes | None = None
+
+    def __init__(self) -> None:
+        self._deadline = None
+        self._requestBegun = False
+        self._lingerCall = None
+        self._droppingInput = False
+        super().__init__()
+        # Set later by HTTPChannel (a body read, a stream's producer): the
+        # defaults of its class and of LineReceiver.
+        self.line_mode = 1
+        self._savedTimeOut = None
+        self._requestProducer = None
+        self._requestProducerStreaming = None
 
     def dropInput(self) -> None:
         """
@@ -755,15 +809,17 @@ class EagerChannel(GuardedChannel):
     through the L{EagerWrites} it shares with the upstream client.
     """
 
+    __slots__ = ("writes", "_host", "_peer", "_head")
+
     def __init__(self, writes: EagerWrites) -> None:
+        self._host: Any = None
+        self._peer: Any = None
+        self._head: bytes | None = None
         super().__init__()
         self.writes = writes
 
     def sendQueuedNow(self) -> None:
         self.writes.flushNow(self.transport)
-
-    _host: Any = None
-    _peer: Any = None
 
     def getHost(self) -> Any:
         # Each request asks (twisted.web's Request keeps both addresses);
@@ -777,8 +833,6 @@ class EagerChannel(GuardedChannel):
         if self._peer is None:
             self._peer = super().getPeer()
         return self._peer
-
-    _head: bytes | None = None
 
     # A response with a length (an answer or an error, not a stream) goes
     # out in one send, now: its head waits for the first bytes of its body

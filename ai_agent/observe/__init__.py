@@ -21,7 +21,7 @@ from ai_agent.observe._hooks import (
     ToolScope,
     requestScope,
 )
-from ai_agent.observe._logs import eventAsJSON, jsonFileLogObserver
+from ai_agent.observe._logs import DebugLogger, eventAsJSON, jsonFileLogObserver, writeDebug
 from ai_agent.observe._metrics import (
     MULTIPROC_DIR,
     TOKEN_TYPES,
@@ -47,6 +47,7 @@ from ai_agent.observe._web import (
 __all__ = [
     "CAPTURE_VARIABLE",
     "CallScope",
+    "DebugLogger",
     "IRequestScope",
     "METRICS_PATH",
     "MULTIPROC_DIR",
@@ -71,4 +72,5 @@ __all__ = [
     "observedRoute",
     "requestScope",
     "tracingWanted",
+    "writeDebug",
 ]
