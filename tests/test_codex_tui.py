@@ -14,6 +14,8 @@ import pty
 import shutil
 import signal
 import struct
+import subprocess
+import tempfile
 import termios
 from typing import Callable
 
@@ -232,8 +234,15 @@ class CodexTUITests(TestCase):
             Reply(content="The probe said hello."),
         )
         home = os.path.abspath(self.mktemp())
-        workdir = os.path.join(home, "work")
-        os.makedirs(workdir)
+        # A project of its own, as a user starts Codex in (Codex asks to
+        # trust a Git repository's root): not a folder of this checkout,
+        # whose root Codex would offer to trust and walk whole (its tox
+        # and npm trees included) before the prompt shows, long enough
+        # for the retried key to pile up and Codex to give up.
+        workdir = tempfile.mkdtemp(prefix="codex-work-")
+        self.addCleanup(shutil.rmtree, workdir, True)
+        subprocess.run(["git", "init", "-q", workdir], check=True, timeout=30)
+        os.makedirs(home)
         with open(os.path.join(home, "config.toml"), "w", encoding="utf-8") as f:
             f.write(CODEX_CONFIG.format(model=MODEL, baseUrl=server.baseUrl))
         self.addCleanup(self.stopDaemon, home)
