@@ -504,7 +504,12 @@ def _responseFormat(
     return OutputFormat(spec.schema, spec.name, spec.description, spec.strict)
 
 
-def _between(low: float, high: float) -> Override:
+def between(low: float, high: float) -> Override:
+    """
+    C{'param' must be between low and high} (a number not in its bounds), or
+    C{must be a number}: the words of OpenAI's style, for every API.
+    """
+
     def words(param: str, value: Any) -> AgentError:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return invalidRequest(
@@ -517,7 +522,11 @@ def _between(low: float, high: float) -> Override:
     return words
 
 
-def _tokens(param: str, value: Any) -> AgentError:
+def outputTokens(param: str, value: Any) -> AgentError:
+    """
+    The words for a bound on output tokens (C{max_tokens},
+    C{max_completion_tokens}, C{max_output_tokens}) out of its range.
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         return invalidRequest(
             f"'{param}' must be an integer, not {_typeName(value)}", param, "invalid_type"
@@ -667,10 +676,10 @@ _CHAT_WORDS: dict[str, Override] = {
         f"'{param}' must be an object", param, "invalid_type"
     ),
     "n": _onlyOne,
-    "temperature": _between(0.0, 2.0),
-    "top_p": _between(0.0, 1.0),
-    "max_tokens": _tokens,
-    "max_completion_tokens": _tokens,
+    "temperature": between(0.0, 2.0),
+    "top_p": between(0.0, 1.0),
+    "max_tokens": outputTokens,
+    "max_completion_tokens": outputTokens,
     "messages[].role": _role,
     "messages[].tool_call_id": _toolCallId,
     "messages[].content[]": _part,
@@ -1029,6 +1038,8 @@ showValue = _show
 
 
 __all__ = [
+    "between",
+    "outputTokens",
     "AgentError",
     "ChatRequest",
     "headerLookup",

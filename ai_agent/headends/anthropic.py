@@ -76,6 +76,7 @@ from ai_agent.headends._request import (
     MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     MAX_TOOLS,
+    between,
     headerLookup,
     loadBody,
     showValue,
@@ -638,21 +639,6 @@ def _typed(what: str) -> Override:
     return words
 
 
-def _between(low: float, high: float) -> Override:
-    """C{'param' must be between low and high}: the words of OpenAI's style."""
-
-    def words(param: str, value: Any) -> AgentError:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return invalidRequest(
-                f"'{param}' must be a number, not {typeName(value)}", param, "invalid_type"
-            )
-        return invalidRequest(
-            f"'{param}' must be between {low:g} and {high:g}, got {value}", param, "invalid_value"
-        )
-
-    return words
-
-
 def _maxTokens(param: str, value: Any) -> AgentError:
     if isinstance(value, bool) or not isinstance(value, int):
         return _typed("an integer")(param, value)
@@ -740,8 +726,8 @@ def _object(param: str, value: Any) -> AgentError:
 _MESSAGES_WORDS: dict[str, Override] = {
     "model": lambda param, value: invalidRequest("model: a non-empty string is required", "model"),
     "max_tokens": _maxTokens,
-    "temperature": _between(0.0, 1.0),
-    "top_p": _between(0.0, 1.0),
+    "temperature": between(0.0, 1.0),
+    "top_p": between(0.0, 1.0),
     "top_k": _typed("an integer"),
     "stream": _typed("a boolean"),
     "messages": lambda param, value: (

@@ -53,8 +53,10 @@ from ai_agent.headends._request import (
     MAX_MESSAGES,
     MAX_OUTPUT_TOKENS,
     MAX_TOOLS,
+    between,
     headerLookup,
     loadBody,
+    outputTokens,
     showValue,
     typeName,
 )
@@ -836,31 +838,6 @@ def _partTextWords(param: str, value: Any) -> AgentError:
     return invalidRequest(f"'{where}.text' must be a string", f"{where}.text", "invalid_type")
 
 
-def _between(low: float, high: float) -> Override:
-    def words(param: str, value: Any) -> AgentError:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return invalidRequest(
-                f"'{param}' must be a number, not {typeName(value)}", param, "invalid_type"
-            )
-        return invalidRequest(
-            f"'{param}' must be between {low:g} and {high:g}, got {value}", param, "invalid_value"
-        )
-
-    return words
-
-
-def _maxOutputTokens(param: str, value: Any) -> AgentError:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return invalidRequest(
-            f"'{param}' must be an integer, not {typeName(value)}", param, "invalid_type"
-        )
-    return invalidRequest(
-        f"'{param}' must be between 1 and {MAX_OUTPUT_TOKENS}, got {showValue(value)}",
-        param,
-        "invalid_value",
-    )
-
-
 def _inputWords(param: str, value: Any) -> AgentError:
     if isinstance(value, list):
         return invalidRequest(
@@ -949,9 +926,9 @@ _RESPONSES_WORDS: dict[str, Override] = {
         "conversation",
         "unsupported_parameter",
     ),
-    "temperature": _between(0.0, 2.0),
-    "top_p": _between(0.0, 1.0),
-    "max_output_tokens": _maxOutputTokens,
+    "temperature": between(0.0, 2.0),
+    "top_p": between(0.0, 1.0),
+    "max_output_tokens": outputTokens,
     "tools": lambda param, value: invalidRequest(
         f"'tools' must be an array, not {typeName(value)}", "tools", "invalid_type"
     ),
